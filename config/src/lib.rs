@@ -1,0 +1,480 @@
+//! The vringswitch configuration file.
+//!
+//! Owns the TOML schema, parsing with precise error locations (file, line, column) and the
+//! semantic checks that make a configuration safe to start from (unique names, ports on
+//! existing bridges, absolute socket paths...). It never touches sockets, threads or guests:
+//! the daemon turns a validated [`Config`] into running parts.
+#![deny(unsafe_code)]
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use toml::Spanned;
+
+/// Default directory for vhost-user sockets of the built-in configuration.
+pub const DEFAULT_SOCKET_DIR: &str = "/run/vringswitch";
+/// Default FDB ageing time, as in OVS and Linux bridges.
+pub const DEFAULT_FDB_AGING_S: u64 = 300;
+/// Default number of frames a worker pops from one queue per poll.
+pub const DEFAULT_BURST: usize = 32;
+/// Default maximum number of queue pairs a vhost-user port accepts.
+pub const DEFAULT_QUEUE_PAIRS: u16 = 4;
+/// Largest number of queue pairs a port may accept.
+pub const MAX_QUEUE_PAIRS: u16 = 16;
+/// Largest burst a worker may be configured with.
+pub const MAX_BURST: usize = 64;
+/// Largest vring size the switch accepts from a frontend.
+pub const MAX_QUEUE_SIZE: u16 = 1024;
+
+/// Errors from loading or validating a configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or does not match the schema.
+    #[error("config file {path}, line {line}, column {column}: {message}")]
+    Syntax {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    /// The file parses but is inconsistent (duplicate names, missing bridge, ...).
+    #[error("config file {path}, line {line}: {message}")]
+    Invalid {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
+}
+
+/// Whole daemon configuration.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub dataplane: DataplaneConfig,
+    #[serde(default)]
+    pub bridges: Vec<BridgeConfig>,
+    #[serde(default)]
+    pub ports: Vec<PortConfig>,
+}
+
+/// Worker threads and their polling behaviour.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DataplaneConfig {
+    /// CPU cores to pin one worker each to.
+    #[serde(default = "default_cores")]
+    pub cores: Spanned<Vec<usize>>,
+    /// Frames popped from one queue per poll (1 to 64).
+    #[serde(default = "default_burst")]
+    pub burst: Spanned<usize>,
+    /// Microseconds of empty polls before a worker sleeps on the kick eventfds.
+    #[serde(default = "default_idle_us")]
+    pub idle_poll_us: u64,
+}
+
+impl Default for DataplaneConfig {
+    fn default() -> Self {
+        DataplaneConfig {
+            cores: default_cores(),
+            burst: default_burst(),
+            idle_poll_us: default_idle_us(),
+        }
+    }
+}
+
+/// One L2 learning bridge.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BridgeConfig {
+    pub name: Spanned<String>,
+    /// Seconds after which an idle FDB entry is forgotten.
+    #[serde(default = "default_aging")]
+    pub fdb_aging_s: Spanned<u64>,
+}
+
+/// Kind of port.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+pub enum PortType {
+    #[serde(rename = "vhost-user")]
+    VhostUser,
+}
+
+/// Who listens on the vhost-user socket.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SocketMode {
+    /// vringswitch listens, the VMM connects.
+    Server,
+    /// The VMM listens (`server=on`), vringswitch connects and reconnects.
+    Client,
+}
+
+/// One port attached to a bridge.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PortConfig {
+    pub name: Spanned<String>,
+    pub bridge: Spanned<String>,
+    #[serde(rename = "type")]
+    pub kind: PortType,
+    pub socket: Spanned<PathBuf>,
+    pub mode: SocketMode,
+    /// Maximum queue pairs accepted from the frontend.
+    #[serde(default = "default_queue_pairs")]
+    pub queues: Spanned<u16>,
+}
+
+fn default_cores() -> Spanned<Vec<usize>> {
+    Spanned::new(0..0, vec![default_core()])
+}
+fn default_burst() -> Spanned<usize> {
+    Spanned::new(0..0, DEFAULT_BURST)
+}
+fn default_idle_us() -> u64 {
+    200
+}
+fn default_aging() -> Spanned<u64> {
+    Spanned::new(0..0, DEFAULT_FDB_AGING_S)
+}
+fn default_queue_pairs() -> Spanned<u16> {
+    Spanned::new(0..0, DEFAULT_QUEUE_PAIRS)
+}
+
+/// The last CPU of the machine: on a small host it leaves CPU 0 to the VMs and the kernel.
+pub fn default_core() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get() - 1)
+        .unwrap_or(0)
+}
+
+impl Config {
+    /// The built-in configuration used when no `--config` is given: bridge `br0` with ports
+    /// `vm1` and `vm2`, server-mode sockets in `socket_dir`.
+    pub fn builtin(socket_dir: &Path) -> Config {
+        let port = |name: &str| PortConfig {
+            name: Spanned::new(0..0, name.to_string()),
+            bridge: Spanned::new(0..0, "br0".to_string()),
+            kind: PortType::VhostUser,
+            socket: Spanned::new(0..0, socket_dir.join(format!("{name}.sock"))),
+            mode: SocketMode::Server,
+            queues: default_queue_pairs(),
+        };
+        Config {
+            dataplane: DataplaneConfig::default(),
+            bridges: vec![BridgeConfig {
+                name: Spanned::new(0..0, "br0".to_string()),
+                fdb_aging_s: default_aging(),
+            }],
+            ports: vec![port("vm1"), port("vm2")],
+        }
+    }
+
+    /// Reads, parses and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses and validates configuration text; `path` is only used in error messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| {
+            let (line, column) = e
+                .span()
+                .map(|s| line_col(text, s.start))
+                .unwrap_or((1, 1));
+            ConfigError::Syntax {
+                path: path.to_path_buf(),
+                line,
+                column,
+                message: e.message().to_string(),
+            }
+        })?;
+        config.validate(text, path)?;
+        Ok(config)
+    }
+
+    fn validate(&self, text: &str, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |span: std::ops::Range<usize>, message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            line: line_col(text, span.start).0,
+            message,
+        };
+
+        let cores = &self.dataplane.cores;
+        if cores.get_ref().is_empty() {
+            return Err(invalid(
+                cores.span(),
+                "dataplane.cores must name at least one core".into(),
+            ));
+        }
+        let mut seen_cores = HashSet::new();
+        for core in cores.get_ref() {
+            if !seen_cores.insert(core) {
+                return Err(invalid(
+                    cores.span(),
+                    format!("dataplane.cores names core {core} twice"),
+                ));
+            }
+        }
+        let burst = *self.dataplane.burst.get_ref();
+        if burst == 0 || burst > MAX_BURST {
+            return Err(invalid(
+                self.dataplane.burst.span(),
+                format!("dataplane.burst must be between 1 and {MAX_BURST}, not {burst}"),
+            ));
+        }
+
+        let mut bridges = HashSet::new();
+        for bridge in &self.bridges {
+            check_name("bridge", &bridge.name).map_err(|m| invalid(bridge.name.span(), m))?;
+            if !bridges.insert(bridge.name.get_ref().as_str()) {
+                return Err(invalid(
+                    bridge.name.span(),
+                    format!("duplicate bridge name {:?}", bridge.name.get_ref()),
+                ));
+            }
+            let aging = *bridge.fdb_aging_s.get_ref();
+            if !(1..=1_000_000).contains(&aging) {
+                return Err(invalid(
+                    bridge.fdb_aging_s.span(),
+                    format!("fdb_aging_s must be between 1 and 1000000 seconds, not {aging}"),
+                ));
+            }
+        }
+
+        let mut ports = HashSet::new();
+        let mut sockets = HashSet::new();
+        for port in &self.ports {
+            check_name("port", &port.name).map_err(|m| invalid(port.name.span(), m))?;
+            if !ports.insert(port.name.get_ref().as_str()) {
+                return Err(invalid(
+                    port.name.span(),
+                    format!("duplicate port name {:?}", port.name.get_ref()),
+                ));
+            }
+            if !bridges.contains(port.bridge.get_ref().as_str()) {
+                return Err(invalid(
+                    port.bridge.span(),
+                    format!(
+                        "port {:?} names bridge {:?}, which is not defined in [[bridges]]",
+                        port.name.get_ref(),
+                        port.bridge.get_ref()
+                    ),
+                ));
+            }
+            let socket = port.socket.get_ref();
+            if !socket.is_absolute() {
+                return Err(invalid(
+                    port.socket.span(),
+                    format!("socket path {} must be absolute", socket.display()),
+                ));
+            }
+            // sun_path holds 108 bytes including the terminating NUL.
+            if socket.as_os_str().len() > 107 {
+                return Err(invalid(
+                    port.socket.span(),
+                    format!(
+                        "socket path {} is longer than the 107 bytes a unix socket allows",
+                        socket.display()
+                    ),
+                ));
+            }
+            if !sockets.insert(socket.clone()) {
+                return Err(invalid(
+                    port.socket.span(),
+                    format!("socket {} is used by two ports", socket.display()),
+                ));
+            }
+            let queues = *port.queues.get_ref();
+            if queues == 0 || queues > MAX_QUEUE_PAIRS {
+                return Err(invalid(
+                    port.queues.span(),
+                    format!("queues must be between 1 and {MAX_QUEUE_PAIRS}, not {queues}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_name(what: &str, name: &Spanned<String>) -> Result<(), String> {
+    let name = name.get_ref();
+    let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    if name.is_empty() || name.len() > 64 || !name.chars().all(ok_char) {
+        return Err(format!(
+            "{what} name {name:?} must be 1 to 64 characters of A-Z a-z 0-9 - _ ."
+        ));
+    }
+    Ok(())
+}
+
+/// 1-based line and column of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rfind('\n').map_or(offset, |nl| offset - nl - 1) + 1;
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[dataplane]
+cores = [1]
+
+[[bridges]]
+name = "br0"
+
+[[bridges]]
+name = "br1"
+fdb_aging_s = 60
+
+[[ports]]
+name = "vm1"
+bridge = "br0"
+type = "vhost-user"
+socket = "/run/vringswitch/vm1.sock"
+mode = "server"
+
+[[ports]]
+name = "vm2"
+bridge = "br1"
+type = "vhost-user"
+socket = "/run/vringswitch/vm2.sock"
+mode = "client"
+queues = 2
+"#;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("/etc/vringswitch.toml"))
+    }
+
+    fn err(text: &str) -> String {
+        parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn parses_the_documented_shape() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.dataplane.cores.get_ref(), &vec![1]);
+        assert_eq!(*c.dataplane.burst.get_ref(), DEFAULT_BURST);
+        assert_eq!(c.bridges.len(), 2);
+        assert_eq!(*c.bridges[0].fdb_aging_s.get_ref(), 300);
+        assert_eq!(*c.bridges[1].fdb_aging_s.get_ref(), 60);
+        assert_eq!(c.ports[0].mode, SocketMode::Server);
+        assert_eq!(c.ports[1].mode, SocketMode::Client);
+        assert_eq!(*c.ports[0].queues.get_ref(), DEFAULT_QUEUE_PAIRS);
+        assert_eq!(*c.ports[1].queues.get_ref(), 2);
+        assert_eq!(c.ports[1].kind, PortType::VhostUser);
+    }
+
+    #[test]
+    fn builtin_is_valid() {
+        let c = Config::builtin(Path::new(DEFAULT_SOCKET_DIR));
+        let text = toml::to_string(&c).unwrap();
+        let back = parse(&text).unwrap();
+        assert_eq!(back.ports.len(), 2);
+        assert_eq!(
+            back.ports[0].socket.get_ref(),
+            Path::new("/run/vringswitch/vm1.sock")
+        );
+    }
+
+    #[test]
+    fn syntax_error_names_file_line_and_column() {
+        let e = err("[dataplane]\ncores = [1\n");
+        assert!(e.starts_with("config file /etc/vringswitch.toml, line 2"), "{e}");
+    }
+
+    #[test]
+    fn unknown_field_is_rejected_with_its_line() {
+        let e = err("[[bridges]]\nname = \"br0\"\ncolour = \"red\"\n");
+        assert!(e.contains("line 3"), "{e}");
+        assert!(e.contains("unknown field `colour`"), "{e}");
+    }
+
+    #[test]
+    fn wrong_mode_and_type_are_rejected() {
+        let bad = GOOD.replace("mode = \"client\"", "mode = \"both\"");
+        assert!(err(&bad).contains("line 24"), "{}", err(&bad));
+        let bad = GOOD.replacen("type = \"vhost-user\"", "type = \"tap\"", 1);
+        assert!(err(&bad).contains("unknown variant `tap`"), "{}", err(&bad));
+    }
+
+    #[test]
+    fn semantic_errors_point_at_the_offending_line() {
+        let bad = GOOD.replace("bridge = \"br1\"", "bridge = \"nope\"");
+        let e = err(&bad);
+        assert!(e.contains("line 22"), "{e}");
+        assert!(e.contains("\"nope\", which is not defined"), "{e}");
+
+        let bad = GOOD.replace("name = \"br1\"", "name = \"br0\"");
+        assert!(err(&bad).contains("duplicate bridge name \"br0\""));
+
+        let bad = GOOD.replace("name = \"vm2\"", "name = \"vm1\"");
+        let e = err(&bad);
+        assert!(e.contains("line 20") && e.contains("duplicate port name"), "{e}");
+
+        let bad = GOOD.replace("/run/vringswitch/vm2.sock", "/run/vringswitch/vm1.sock");
+        assert!(err(&bad).contains("used by two ports"));
+
+        let bad = GOOD.replace("/run/vringswitch/vm2.sock", "vm2.sock");
+        assert!(err(&bad).contains("must be absolute"));
+
+        let long = format!("/{}", "x".repeat(120));
+        let bad = GOOD.replace("/run/vringswitch/vm2.sock", &long);
+        assert!(err(&bad).contains("longer than the 107 bytes"));
+
+        let bad = GOOD.replace("queues = 2", "queues = 0");
+        assert!(err(&bad).contains("queues must be between 1 and 16"));
+
+        let bad = GOOD.replace("fdb_aging_s = 60", "fdb_aging_s = 0");
+        assert!(err(&bad).contains("fdb_aging_s must be between"));
+
+        let bad = GOOD.replace("cores = [1]", "cores = []");
+        assert!(err(&bad).contains("at least one core"));
+
+        let bad = GOOD.replace("cores = [1]", "cores = [1, 1]");
+        assert!(err(&bad).contains("core 1 twice"));
+
+        let bad = GOOD.replace("cores = [1]", "cores = [1]\nburst = 65");
+        assert!(err(&bad).contains("burst must be between 1 and 64"));
+
+        let bad = GOOD.replace("name = \"vm1\"", "name = \"vm 1\"");
+        assert!(err(&bad).contains("must be 1 to 64 characters"));
+    }
+
+    #[test]
+    fn negative_numbers_are_syntax_errors() {
+        let e = err("[dataplane]\ncores = [-1]\n");
+        assert!(e.contains("line 2"), "{e}");
+    }
+
+    #[test]
+    fn missing_file_names_the_path() {
+        let e = Config::load(Path::new("/nonexistent/v.toml")).unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/v.toml"));
+    }
+
+    #[test]
+    fn line_col_counts_from_one() {
+        assert_eq!(line_col("ab\ncd", 0), (1, 1));
+        assert_eq!(line_col("ab\ncd", 4), (2, 2));
+        assert_eq!(line_col("ab", 99), (1, 3));
+    }
+}

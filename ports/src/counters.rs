@@ -1,0 +1,194 @@
+//! Per-port packet counters, one cache-padded set per writer.
+//!
+//! Each forwarding worker owns one slot of every port and is its only writer, so the hot
+//! path updates counters with a plain load and store (no read-modify-write shared across
+//! cores). Readers (metrics, API) sum the slots at scrape time.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crossbeam_utils::CachePadded;
+
+/// Why a frame was not delivered. Every drop is counted under exactly one reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DropReason {
+    /// The destination RX ring had no (or not enough) free buffers.
+    NoRxBuffer,
+    /// A descriptor chain was malformed: wrong direction, outside guest memory, too short
+    /// for the virtio-net header, or too many segments.
+    BadDescriptor,
+    /// The frame is larger than the switch forwards, or than the destination buffer without
+    /// mergeable RX buffers.
+    TooBig,
+    /// The destination port has no connected peer (or its RX queue is not enabled).
+    PortDown,
+    /// The source MAC address is multicast or zero: such frames are never forwarded nor learnt.
+    InvalidSrcMac,
+    /// The destination MAC was learnt on the ingress port itself.
+    Hairpin,
+}
+
+impl DropReason {
+    /// Every reason, in a stable order.
+    pub const ALL: [DropReason; 6] = [
+        DropReason::NoRxBuffer,
+        DropReason::BadDescriptor,
+        DropReason::TooBig,
+        DropReason::PortDown,
+        DropReason::InvalidSrcMac,
+        DropReason::Hairpin,
+    ];
+
+    /// Label value used in metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::NoRxBuffer => "no_rx_buffer",
+            DropReason::BadDescriptor => "bad_descriptor",
+            DropReason::TooBig => "too_big",
+            DropReason::PortDown => "port_down",
+            DropReason::InvalidSrcMac => "invalid_src_mac",
+            DropReason::Hairpin => "hairpin",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Counters of one port written by one worker. Direction is the switch's view: `rx` counts
+/// frames received from the VM, `tx` frames delivered to the VM.
+#[derive(Debug, Default)]
+pub struct PortCounters {
+    rx_packets: AtomicU64,
+    rx_bytes: AtomicU64,
+    tx_packets: AtomicU64,
+    tx_bytes: AtomicU64,
+    drops: [AtomicU64; DropReason::ALL.len()],
+}
+
+/// Adds to a counter that has a single writer: a load and a store, no locked instruction.
+/// Relaxed suffices: readers only need each value to be one that was written.
+#[inline]
+fn bump(counter: &AtomicU64, n: u64) {
+    counter.store(counter.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+}
+
+impl PortCounters {
+    /// Frames and bytes received from the VM.
+    #[inline]
+    pub fn add_rx(&self, packets: u64, bytes: u64) {
+        bump(&self.rx_packets, packets);
+        bump(&self.rx_bytes, bytes);
+    }
+
+    /// Frames and bytes delivered to the VM.
+    #[inline]
+    pub fn add_tx(&self, packets: u64, bytes: u64) {
+        bump(&self.tx_packets, packets);
+        bump(&self.tx_bytes, bytes);
+    }
+
+    /// Frames dropped for `reason`.
+    #[inline]
+    pub fn add_drop(&self, reason: DropReason, packets: u64) {
+        bump(&self.drops[reason.index()], packets);
+    }
+}
+
+/// A port's counters: one [`PortCounters`] per writer (worker), summed on read.
+#[derive(Debug)]
+pub struct PortStats {
+    slots: Box<[CachePadded<PortCounters>]>,
+}
+
+/// A sum of all writers' counters at one instant.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PortCountersSnapshot {
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    pub drops: [u64; DropReason::ALL.len()],
+}
+
+impl PortCountersSnapshot {
+    /// Drops counted under `reason`.
+    pub fn drops(&self, reason: DropReason) -> u64 {
+        self.drops[reason.index()]
+    }
+}
+
+impl PortStats {
+    /// Counters for `writers` independent writers.
+    pub fn new(writers: usize) -> PortStats {
+        PortStats {
+            slots: (0..writers.max(1))
+                .map(|_| CachePadded::new(PortCounters::default()))
+                .collect(),
+        }
+    }
+
+    /// The slot of writer `writer`. Each writer must use only its own slot.
+    #[inline]
+    pub fn slot(&self, writer: usize) -> &PortCounters {
+        &self.slots[writer]
+    }
+
+    /// Number of writer slots.
+    pub fn writers(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Sums every writer's counters.
+    pub fn snapshot(&self) -> PortCountersSnapshot {
+        let mut s = PortCountersSnapshot::default();
+        for c in self.slots.iter() {
+            s.rx_packets += c.rx_packets.load(Ordering::Relaxed);
+            s.rx_bytes += c.rx_bytes.load(Ordering::Relaxed);
+            s.tx_packets += c.tx_packets.load(Ordering::Relaxed);
+            s.tx_bytes += c.tx_bytes.load(Ordering::Relaxed);
+            for (sum, d) in s.drops.iter_mut().zip(c.drops.iter()) {
+                *sum += d.load(Ordering::Relaxed);
+            }
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_sums_all_writers() {
+        let stats = PortStats::new(3);
+        stats.slot(0).add_rx(2, 128);
+        stats.slot(2).add_rx(1, 64);
+        stats.slot(1).add_tx(5, 500);
+        stats.slot(1).add_drop(DropReason::NoRxBuffer, 3);
+        stats.slot(2).add_drop(DropReason::NoRxBuffer, 1);
+        stats.slot(0).add_drop(DropReason::Hairpin, 1);
+        let s = stats.snapshot();
+        assert_eq!((s.rx_packets, s.rx_bytes), (3, 192));
+        assert_eq!((s.tx_packets, s.tx_bytes), (5, 500));
+        assert_eq!(s.drops(DropReason::NoRxBuffer), 4);
+        assert_eq!(s.drops(DropReason::Hairpin), 1);
+        assert_eq!(s.drops(DropReason::TooBig), 0);
+    }
+
+    #[test]
+    fn reason_labels_are_distinct() {
+        let mut labels: Vec<_> = DropReason::ALL.iter().map(|r| r.as_str()).collect();
+        labels.sort();
+        labels.dedup();
+        assert_eq!(labels.len(), DropReason::ALL.len());
+        for (i, r) in DropReason::ALL.iter().enumerate() {
+            assert_eq!(r.index(), i);
+        }
+    }
+
+    #[test]
+    fn zero_writers_still_has_a_slot() {
+        assert_eq!(PortStats::new(0).writers(), 1);
+    }
+}

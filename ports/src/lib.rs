@@ -1,0 +1,14 @@
+//! Ports of the switch: the places frames enter and leave it.
+//!
+//! A [`PortHandle`] is what the forwarding workers see of a port: its identity, a doorbell
+//! that wakes them, the currently attached queues (if a peer is connected) and per-worker
+//! counters. The [`vhost_user`] module turns a unix socket into such an attachment and keeps
+//! it served across reconnects; [`vhost_user::rings`] is the per-frame split-ring data path.
+#![deny(unsafe_code)]
+
+pub mod counters;
+pub mod port;
+pub mod vhost_user;
+
+pub use counters::{DropReason, PortCounters, PortStats};
+pub use port::{Attachment, PortHandle, PortId};

@@ -1,0 +1,227 @@
+//! What the forwarding workers see of a port.
+//!
+//! The control side (a vhost-user connection thread) publishes an [`Attachment`] when the
+//! peer's rings become usable and withdraws it when the peer goes away; every change bumps a
+//! generation number so a worker notices with one relaxed load per poll. Workers hold the
+//! attachment through an `Arc`, so guest mappings stay valid for as long as a worker can
+//! still touch them (RCU by reference counting): there is no use-after-unmap to guard.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwapOption;
+use vhost_user_backend::VringMutex;
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_net::VIRTIO_NET_F_MRG_RXBUF;
+use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::counters::PortStats;
+
+/// Stable identifier of a port for the lifetime of the daemon (never reused).
+pub type PortId = u32;
+/// Guest memory as mapped from a frontend's memory table.
+pub type GuestMem = GuestMemoryMmap<()>;
+/// The swappable guest memory of one connection.
+pub type GuestMemAtomic = GuestMemoryAtomic<GuestMem>;
+/// One virtqueue with its kick/call eventfds, shared with the vhost-user handler thread.
+pub type Vring = VringMutex<GuestMemAtomic>;
+
+/// The queues of a connected peer, as handed to the workers.
+pub struct Attachment {
+    /// All virtqueues of the connection: `2 * i` is RX (switch to VM), `2 * i + 1` is TX.
+    pub vrings: Vec<Vring>,
+    /// Guest memory of this connection; replaced in place on SET_MEM_TABLE.
+    pub mem: GuestMemAtomic,
+    features: Arc<AtomicU64>,
+}
+
+impl Attachment {
+    /// Creates an attachment; `features` is updated by the connection on SET_FEATURES.
+    pub fn new(vrings: Vec<Vring>, mem: GuestMemAtomic, features: Arc<AtomicU64>) -> Attachment {
+        Attachment {
+            vrings,
+            mem,
+            features,
+        }
+    }
+
+    /// The virtio features the frontend acknowledged.
+    #[inline]
+    pub fn features(&self) -> u64 {
+        // Relaxed: features are set during the handshake, before the rings are enabled, and
+        // the vring lock the worker takes next orders everything after it.
+        self.features.load(Ordering::Relaxed)
+    }
+
+    /// Length of the virtio-net header on this connection's rings.
+    #[inline]
+    pub fn hdr_len(&self) -> usize {
+        virtio_net_hdr_len(self.features())
+    }
+
+    /// Whether mergeable RX buffers were negotiated.
+    #[inline]
+    pub fn mrg_rxbuf(&self) -> bool {
+        self.features() & (1 << VIRTIO_NET_F_MRG_RXBUF) != 0
+    }
+
+    /// Number of queue pairs the connection has rings for.
+    #[inline]
+    pub fn queue_pairs(&self) -> usize {
+        self.vrings.len() / 2
+    }
+}
+
+/// Size of `struct virtio_net_hdr` for a feature set: 12 bytes with VERSION_1 or
+/// MRG_RXBUF (it carries `num_buffers`), 10 bytes for a legacy device without it.
+pub fn virtio_net_hdr_len(features: u64) -> usize {
+    if features & ((1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_NET_F_MRG_RXBUF)) != 0 {
+        12
+    } else {
+        10
+    }
+}
+
+/// A port as shared between its connection thread, the workers and the control plane.
+pub struct PortHandle {
+    id: PortId,
+    name: String,
+    doorbell: EventFd,
+    attachment: ArcSwapOption<Attachment>,
+    generation: AtomicU64,
+    connected: AtomicBool,
+    connections: AtomicU64,
+    stats: PortStats,
+}
+
+impl PortHandle {
+    /// A port with `writers` counter slots (one per worker).
+    pub fn new(id: PortId, name: &str, writers: usize) -> std::io::Result<PortHandle> {
+        Ok(PortHandle {
+            id,
+            name: name.to_string(),
+            doorbell: EventFd::new(EFD_NONBLOCK)?,
+            attachment: ArcSwapOption::empty(),
+            generation: AtomicU64::new(0),
+            connected: AtomicBool::new(false),
+            connections: AtomicU64::new(0),
+            stats: PortStats::new(writers),
+        })
+    }
+
+    pub fn id(&self) -> PortId {
+        self.id
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Counters of this port.
+    pub fn stats(&self) -> &PortStats {
+        &self.stats
+    }
+
+    /// Eventfd that becomes readable when workers should look at this port (kick, attach,
+    /// detach). Workers register it in their epoll.
+    pub fn doorbell(&self) -> &EventFd {
+        &self.doorbell
+    }
+
+    /// Wakes workers sleeping on this port.
+    pub fn ring_doorbell(&self) {
+        // A full eventfd counter (EAGAIN) still leaves it readable: nothing is lost.
+        let _ = self.doorbell.write(1);
+    }
+
+    /// Clears the doorbell after a wake-up.
+    pub fn drain_doorbell(&self) {
+        let _ = self.doorbell.read();
+    }
+
+    /// Changes whenever the attachment changes. Acquire pairs with the Release in
+    /// [`Self::attach`]/[`Self::detach`] so the new attachment is visible once seen.
+    #[inline]
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// The current attachment, if a peer is connected and its rings were set up.
+    pub fn attachment(&self) -> Option<Arc<Attachment>> {
+        self.attachment.load_full()
+    }
+
+    /// Publishes the queues of a newly set-up connection.
+    pub fn attach(&self, attachment: Arc<Attachment>) {
+        self.attachment.store(Some(attachment));
+        self.generation.fetch_add(1, Ordering::Release);
+        self.ring_doorbell();
+    }
+
+    /// Withdraws the queues of a connection that went away.
+    pub fn detach(&self) {
+        self.attachment.store(None);
+        self.generation.fetch_add(1, Ordering::Release);
+        self.ring_doorbell();
+    }
+
+    /// Records whether a frontend is connected on the socket.
+    pub fn set_connected(&self, connected: bool) {
+        if connected {
+            self.connections.fetch_add(1, Ordering::Relaxed);
+        }
+        self.connected.store(connected, Ordering::Relaxed);
+    }
+
+    /// Whether a frontend is connected on the socket right now.
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+
+    /// How many times a frontend connected since the port was created.
+    pub fn connections(&self) -> u64 {
+        self.connections.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_length_follows_features() {
+        assert_eq!(virtio_net_hdr_len(0), 10);
+        assert_eq!(virtio_net_hdr_len(1 << VIRTIO_F_VERSION_1), 12);
+        assert_eq!(virtio_net_hdr_len(1 << VIRTIO_NET_F_MRG_RXBUF), 12);
+    }
+
+    #[test]
+    fn attach_and_detach_bump_generation_and_ring() {
+        let p = PortHandle::new(7, "vm1", 1).unwrap();
+        assert_eq!(p.id(), 7);
+        let g0 = p.generation();
+        let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
+        p.attach(Arc::new(Attachment::new(
+            vec![],
+            mem,
+            Arc::new(AtomicU64::new(0)),
+        )));
+        assert!(p.generation() > g0);
+        assert!(p.attachment().is_some());
+        assert_eq!(p.doorbell().read().unwrap(), 1);
+        p.detach();
+        assert!(p.attachment().is_none());
+        assert_eq!(p.doorbell().read().unwrap(), 1);
+    }
+
+    #[test]
+    fn connection_count_only_rises() {
+        let p = PortHandle::new(1, "vm1", 1).unwrap();
+        p.set_connected(true);
+        p.set_connected(false);
+        p.set_connected(true);
+        assert!(p.is_connected());
+        assert_eq!(p.connections(), 2);
+    }
+}

@@ -1,0 +1,223 @@
+//! The `VhostUserBackend` of one connection of a port.
+//!
+//! The library's handler thread does the protocol; this type answers its questions
+//! (features, queue count) and forwards its events: the first time a ring becomes ready it
+//! publishes the connection's rings to the [`PortHandle`], and every kick rings the port's
+//! doorbell so a sleeping worker wakes. It never touches a frame.
+
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost_user_backend::{VhostUserBackend, VringMutex};
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_net::{VIRTIO_NET_F_MQ, VIRTIO_NET_F_MRG_RXBUF};
+use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
+use vm_memory::GuestMemoryAtomic;
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::event::{new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier};
+
+use crate::port::{Attachment, GuestMemAtomic, PortHandle};
+
+/// Largest ring a frontend may ask for.
+pub const MAX_QUEUE_SIZE: usize = 1024;
+
+/// Virtio features offered to every frontend. Only what the data path implements and what
+/// the handler library dispatches: no packed ring, no offloads yet, no RARP/MTU/STATUS
+/// messages (the library would drop the connection on them).
+pub fn offered_features(queue_pairs: u16) -> u64 {
+    let mut f = (1u64 << VIRTIO_F_VERSION_1)
+        | (1 << VIRTIO_NET_F_MRG_RXBUF)
+        | (1 << VIRTIO_RING_F_EVENT_IDX)
+        | (1 << VIRTIO_RING_F_INDIRECT_DESC)
+        | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
+    if queue_pairs > 1 {
+        f |= 1 << VIRTIO_NET_F_MQ;
+    }
+    f
+}
+
+/// vhost-user protocol features offered to every frontend.
+pub fn offered_protocol_features() -> VhostUserProtocolFeatures {
+    VhostUserProtocolFeatures::MQ
+        | VhostUserProtocolFeatures::REPLY_ACK
+        | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
+}
+
+/// Backend state of one connection. A new one is made for every connection.
+pub struct NetBackend {
+    port: Arc<PortHandle>,
+    queue_pairs: u16,
+    mem: GuestMemAtomic,
+    acked_features: Arc<AtomicU64>,
+    published: AtomicBool,
+    exit_notifiers: Mutex<Vec<EventNotifier>>,
+    leaked_exit_fds: Mutex<Vec<RawFd>>,
+}
+
+impl NetBackend {
+    pub fn new(port: Arc<PortHandle>, queue_pairs: u16, mem: GuestMemAtomic) -> NetBackend {
+        NetBackend {
+            port,
+            queue_pairs,
+            mem,
+            acked_features: Arc::new(AtomicU64::new(0)),
+            published: AtomicBool::new(false),
+            exit_notifiers: Mutex::new(Vec::new()),
+            leaked_exit_fds: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Features acknowledged by the frontend so far.
+    pub fn acked_features(&self) -> u64 {
+        self.acked_features.load(Ordering::Relaxed)
+    }
+
+    /// Whether this connection's rings were handed to the workers.
+    pub fn published(&self) -> bool {
+        self.published.load(Ordering::Acquire)
+    }
+
+    /// The exit-event consumer fds this connection handed to the library, which registers
+    /// them in its epoll with `into_raw_fd()` and never closes them (vhost-user-backend
+    /// 0.24). The connection closes them once the library's handler is gone.
+    pub fn take_leaked_exit_fds(&self) -> Vec<RawFd> {
+        std::mem::take(&mut *self.leaked_exit_fds.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Stops the library's event thread(s) of this connection.
+    pub fn signal_exit(&self) {
+        for n in self.exit_notifiers.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            let _ = n.notify();
+        }
+    }
+}
+
+impl VhostUserBackend for NetBackend {
+    type Bitmap = ();
+    type Vring = VringMutex<GuestMemoryAtomic<crate::port::GuestMem>>;
+
+    fn num_queues(&self) -> usize {
+        2 * usize::from(self.queue_pairs)
+    }
+
+    fn max_queue_size(&self) -> usize {
+        MAX_QUEUE_SIZE
+    }
+
+    fn features(&self) -> u64 {
+        offered_features(self.queue_pairs)
+    }
+
+    fn acked_features(&self, features: u64) {
+        self.acked_features.store(features, Ordering::Relaxed);
+    }
+
+    fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        offered_protocol_features()
+    }
+
+    fn set_event_idx(&self, _enabled: bool) {
+        // Each Queue carries its own event_idx flag, set by the handler.
+    }
+
+    fn update_memory(&self, _mem: GuestMemAtomic) -> io::Result<()> {
+        // The handler replaced the contents of the GuestMemoryAtomic we share with it;
+        // workers load a fresh snapshot every burst.
+        Ok(())
+    }
+
+    fn queues_per_thread(&self) -> Vec<u64> {
+        // One library thread watches every kick fd of this connection.
+        vec![(1u64 << self.num_queues()) - 1]
+    }
+
+    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
+        let (consumer, notifier) = new_event_consumer_and_notifier(EventFlag::NONBLOCK).ok()?;
+        let mine = notifier.try_clone().ok()?;
+        self.leaked_exit_fds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(consumer.as_raw_fd());
+        self.exit_notifiers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(mine);
+        Some((consumer, notifier))
+    }
+
+    fn stop_vring(&self, _queue_index: u32) -> io::Result<()> {
+        // Workers hold the vring lock for a whole burst and check `ready` under it, and the
+        // handler cleared `ready` under that lock before calling us: no chain is in flight.
+        Ok(())
+    }
+
+    fn handle_event(
+        &self,
+        _device_event: u16,
+        _evset: EventSet,
+        vrings: &[Self::Vring],
+        _thread_id: usize,
+    ) -> io::Result<()> {
+        // Called when a ring becomes ready and enabled, and on every kick.
+        if !self.published.load(Ordering::Acquire) {
+            let attachment = Attachment::new(
+                vrings.to_vec(),
+                self.mem.clone(),
+                self.acked_features.clone(),
+            );
+            self.port.attach(Arc::new(attachment));
+            self.published.store(true, Ordering::Release);
+            tracing::info!(
+                port = self.port.name(),
+                features = format_args!("{:#x}", self.acked_features()),
+                queue_pairs = self.queue_pairs,
+                "port rings ready"
+            );
+        } else {
+            self.port.ring_doorbell();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn features_include_protocol_features_and_mq_only_when_multiqueue() {
+        let single = offered_features(1);
+        assert_ne!(single & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits(), 0);
+        assert_eq!(single & (1 << VIRTIO_NET_F_MQ), 0);
+        assert_ne!(offered_features(2) & (1 << VIRTIO_NET_F_MQ), 0);
+        for bit in [
+            VIRTIO_F_VERSION_1,
+            VIRTIO_NET_F_MRG_RXBUF,
+            VIRTIO_RING_F_EVENT_IDX,
+            VIRTIO_RING_F_INDIRECT_DESC,
+        ] {
+            assert_ne!(single & (1 << bit), 0, "bit {bit}");
+        }
+    }
+
+    #[test]
+    fn protocol_features_never_include_messages_the_library_drops() {
+        let p = offered_protocol_features();
+        for bad in [
+            VhostUserProtocolFeatures::RARP,
+            VhostUserProtocolFeatures::MTU,
+            VhostUserProtocolFeatures::STATUS,
+            VhostUserProtocolFeatures::INFLIGHT_SHMFD,
+            VhostUserProtocolFeatures::INBAND_NOTIFICATIONS,
+            VhostUserProtocolFeatures::LOG_SHMFD,
+        ] {
+            assert!(!p.contains(bad), "{bad:?}");
+        }
+        assert!(p.contains(VhostUserProtocolFeatures::MQ));
+        assert!(p.contains(VhostUserProtocolFeatures::REPLY_ACK));
+        assert!(p.contains(VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS));
+    }
+}

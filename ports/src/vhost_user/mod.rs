@@ -1,0 +1,42 @@
+//! vhost-user ports: vringswitch as the vhost-user backend of a VM's virtio-net device.
+//!
+//! - [`backend`]: what we tell the frontend (features, queue count) and how the library's
+//!   events reach the workers;
+//! - [`connection`]: one thread per port that serves the socket, in server or client mode,
+//!   again after every disconnect;
+//! - [`rings`]: the per-frame split-ring data path used by the workers.
+
+pub mod backend;
+pub mod connection;
+pub mod rings;
+
+use std::path::PathBuf;
+
+pub use connection::{VhostUserPort, VhostUserPortConfig};
+
+/// Errors of a vhost-user port.
+#[derive(Debug, thiserror::Error)]
+pub enum VhostUserError {
+    #[error("cannot create the socket directory {path}: {source}")]
+    SocketDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot listen on vhost-user socket {path}: {source}")]
+    Listen {
+        path: PathBuf,
+        #[source]
+        source: vhost::vhost_user::Error,
+    },
+    #[error("cannot set permissions of {path}: {source}")]
+    Permissions {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot spawn the connection thread: {0}")]
+    Spawn(#[source] std::io::Error),
+    #[error("cannot create an eventfd: {0}")]
+    EventFd(#[source] std::io::Error),
+}

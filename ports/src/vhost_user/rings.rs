@@ -1,0 +1,419 @@
+//! The per-frame split-ring data path: pop TX chains, deliver into RX chains, publish used
+//! entries once per burst.
+//!
+//! Everything here runs on a worker core with the vring lock held. It never allocates (the
+//! caller passes pre-sized scratch vectors), never logs, and never trusts guest memory: each
+//! descriptor is copied out of the ring once, each buffer range is checked against the right
+//! VM's memory before use, and every loop is bounded by the ring size or a fixed limit. A
+//! frame is copied exactly once, from the source VM's TX buffers straight into the
+//! destination VM's RX buffers.
+
+use std::num::Wrapping;
+use std::sync::atomic::{fence, Ordering};
+
+use virtio_bindings::virtio_ring::VRING_AVAIL_F_NO_INTERRUPT;
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend};
+
+use crate::counters::DropReason;
+use crate::port::GuestMem;
+
+/// Largest frame (without the virtio-net header) the switch forwards.
+pub const MAX_FRAME_LEN: usize = 65_550;
+/// Shortest frame forwarded: an Ethernet header.
+pub const MIN_FRAME_LEN: usize = 14;
+/// Most buffer segments a TX frame may have (Linux uses at most 19).
+pub const MAX_TX_SEGS: usize = 64;
+/// Most RX chains one frame may be spread over with mergeable RX buffers.
+pub const MAX_RX_CHAINS: usize = 64;
+/// Most writable segments over all RX chains of one frame.
+pub const MAX_RX_SEGS: usize = 256;
+/// Bytes of the frame copied to the stack for the forwarding decision.
+pub const PEEK_LEN: usize = 18;
+
+/// A guest buffer range, copied out of a descriptor and checked against guest memory.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Seg {
+    pub addr: u64,
+    pub len: u32,
+}
+
+/// A frame popped from a TX queue. Its segments (header excluded) live in the caller's
+/// segment array at `segs`.
+#[derive(Debug, Clone)]
+pub struct TxFrame {
+    pub head: u16,
+    pub segs: std::ops::Range<usize>,
+    pub len: u32,
+    /// The first bytes of the frame, copied once: decisions are made on this copy.
+    pub peek: [u8; PEEK_LEN],
+}
+
+/// Result of popping one TX chain.
+#[derive(Debug)]
+pub enum PopTx {
+    /// No chain available.
+    Empty,
+    /// A well-formed frame.
+    Frame(TxFrame),
+    /// A chain that cannot be forwarded; it must still be returned to the guest as used.
+    Bad { head: u16, reason: DropReason },
+}
+
+/// Pops one chain from a TX queue and describes the frame in it. `segs` must have room for
+/// [`MAX_TX_SEGS`] more entries without growing.
+pub fn pop_tx(queue: &mut Queue, mem: &GuestMem, hdr_len: usize, segs: &mut Vec<Seg>) -> PopTx {
+    debug_assert!(segs.capacity() - segs.len() >= MAX_TX_SEGS);
+    let Some(chain) = queue.pop_descriptor_chain(mem) else {
+        return PopTx::Empty;
+    };
+    let head = chain.head_index();
+    let start = segs.len();
+    let bad = |segs: &mut Vec<Seg>, reason| {
+        segs.truncate(start);
+        PopTx::Bad { head, reason }
+    };
+    let mut skip = hdr_len as u64;
+    let mut total: u64 = 0;
+    // The chain iterator is bounded by the queue size (or the indirect table size).
+    for desc in chain {
+        if desc.is_write_only() {
+            return bad(segs, DropReason::BadDescriptor);
+        }
+        let mut addr = desc.addr().0;
+        let mut len = u64::from(desc.len());
+        total += len;
+        if skip > 0 {
+            let s = skip.min(len);
+            let Some(a) = addr.checked_add(s) else {
+                return bad(segs, DropReason::BadDescriptor);
+            };
+            addr = a;
+            len -= s;
+            skip -= s;
+        }
+        if len == 0 {
+            continue;
+        }
+        if !mem.check_range(GuestAddress(addr), len as usize) {
+            return bad(segs, DropReason::BadDescriptor);
+        }
+        if segs.len() - start >= MAX_TX_SEGS {
+            return bad(segs, DropReason::BadDescriptor);
+        }
+        segs.push(Seg {
+            addr,
+            len: len as u32,
+        });
+    }
+    if total < (hdr_len + MIN_FRAME_LEN) as u64 {
+        return bad(segs, DropReason::BadDescriptor);
+    }
+    let len = total - hdr_len as u64;
+    if len > MAX_FRAME_LEN as u64 {
+        return bad(segs, DropReason::TooBig);
+    }
+    let mut peek = [0u8; PEEK_LEN];
+    let n = (len as usize).min(PEEK_LEN);
+    if read_segs(mem, &segs[start..], &mut peek[..n]).is_err() {
+        return bad(segs, DropReason::BadDescriptor);
+    }
+    PopTx::Frame(TxFrame {
+        head,
+        segs: start..segs.len(),
+        len: len as u32,
+        peek,
+    })
+}
+
+/// Copies the first `buf.len()` bytes described by `segs` into `buf`.
+fn read_segs(mem: &GuestMem, segs: &[Seg], buf: &mut [u8]) -> Result<(), ()> {
+    let mut done = 0;
+    for s in segs {
+        if done == buf.len() {
+            break;
+        }
+        let n = (s.len as usize).min(buf.len() - done);
+        mem.read_slice(&mut buf[done..done + n], GuestAddress(s.addr))
+            .map_err(|_| ())?;
+        done += n;
+    }
+    if done == buf.len() {
+        Ok(())
+    } else {
+        Err(())
+    }
+}
+
+/// Writes `bytes` at the start of the area described by `segs`.
+fn write_segs(mem: &GuestMem, segs: &[Seg], bytes: &[u8]) -> Result<(), ()> {
+    let mut done = 0;
+    for s in segs {
+        if done == bytes.len() {
+            break;
+        }
+        let n = (s.len as usize).min(bytes.len() - done);
+        mem.write_slice(&bytes[done..done + n], GuestAddress(s.addr))
+            .map_err(|_| ())?;
+        done += n;
+    }
+    if done == bytes.len() {
+        Ok(())
+    } else {
+        Err(())
+    }
+}
+
+/// A position in a segment list.
+#[derive(Clone, Copy, Default)]
+struct Cursor {
+    seg: usize,
+    off: u32,
+}
+
+impl Cursor {
+    /// Moves the cursor forward by `n` bytes.
+    fn advance(&mut self, segs: &[Seg], mut n: usize) {
+        while n > 0 && self.seg < segs.len() {
+            let left = (segs[self.seg].len - self.off) as usize;
+            if n < left {
+                self.off += n as u32;
+                return;
+            }
+            n -= left;
+            self.seg += 1;
+            self.off = 0;
+        }
+    }
+}
+
+/// Copies `len` bytes from the source segments (another VM's memory) to the destination
+/// segments starting at `dst_at`, one memcpy per contiguous piece, no bounce buffer.
+fn copy_between(
+    src_mem: &GuestMem,
+    src: &[Seg],
+    dst_mem: &GuestMem,
+    dst: &[Seg],
+    dst_at: Cursor,
+    mut len: usize,
+) -> Result<(), ()> {
+    let mut s = Cursor::default();
+    let mut d = dst_at;
+    // Each step consumes at least one byte, or fails: bounded by `len`.
+    while len > 0 {
+        let (Some(ss), Some(ds)) = (src.get(s.seg), dst.get(d.seg)) else {
+            return Err(());
+        };
+        let n = ((ss.len - s.off) as usize)
+            .min((ds.len - d.off) as usize)
+            .min(len);
+        let src_slice = src_mem
+            .get_slices(GuestAddress(ss.addr + u64::from(s.off)), n)
+            .next()
+            .ok_or(())?
+            .map_err(|_| ())?;
+        let dst_slice = dst_mem
+            .get_slices(GuestAddress(ds.addr + u64::from(d.off)), src_slice.len())
+            .next()
+            .ok_or(())?
+            .map_err(|_| ())?;
+        let k = dst_slice.len();
+        if k == 0 {
+            return Err(());
+        }
+        src_slice
+            .subslice(0, k)
+            .map_err(|_| ())?
+            .copy_to_volatile_slice(dst_slice);
+        s.advance(src, k);
+        d.advance(dst, k);
+        len -= k;
+    }
+    Ok(())
+}
+
+/// Pre-sized scratch space for [`deliver`]: no allocation on the hot path.
+pub struct RxScratch {
+    segs: Vec<Seg>,
+    chains: Vec<(u16, u32)>,
+}
+
+impl Default for RxScratch {
+    fn default() -> Self {
+        RxScratch {
+            segs: Vec::with_capacity(MAX_RX_SEGS),
+            chains: Vec::with_capacity(MAX_RX_CHAINS),
+        }
+    }
+}
+
+/// Used-ring entries (head, written length) waiting to be published for one queue.
+pub type UsedBatch = Vec<(u16, u32)>;
+
+/// Why a delivery failed, and whether guest buffers were consumed doing so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeliverError {
+    pub reason: DropReason,
+}
+
+/// Copies one frame into a destination RX queue. The chains used are appended to `used`
+/// (published later by [`publish_used`]); on a shortage nothing is consumed.
+#[allow(clippy::too_many_arguments)]
+pub fn deliver(
+    queue: &mut Queue,
+    dst_mem: &GuestMem,
+    hdr_len: usize,
+    mrg_rxbuf: bool,
+    src_mem: &GuestMem,
+    src_segs: &[Seg],
+    frame_len: u32,
+    scratch: &mut RxScratch,
+    used: &mut UsedBatch,
+) -> Result<(), DeliverError> {
+    scratch.segs.clear();
+    scratch.chains.clear();
+    let need = hdr_len as u64 + u64::from(frame_len);
+    let mut have: u64 = 0;
+    let mut bad_chain = false;
+    // Bounded by MAX_RX_CHAINS and by the ring (pop fails once the ring is empty).
+    while have < need && scratch.chains.len() < MAX_RX_CHAINS {
+        let Some(chain) = queue.pop_descriptor_chain(dst_mem) else {
+            break;
+        };
+        let head = chain.head_index();
+        let mut cap: u64 = 0;
+        for desc in chain {
+            let len = u64::from(desc.len());
+            if !desc.is_write_only()
+                || scratch.segs.len() >= MAX_RX_SEGS
+                || !dst_mem.check_range(desc.addr(), len as usize)
+            {
+                bad_chain = true;
+                break;
+            }
+            if len > 0 {
+                scratch.segs.push(Seg {
+                    addr: desc.addr().0,
+                    len: desc.len(),
+                });
+                cap += len;
+            }
+        }
+        scratch.chains.push((head, cap.min(u64::from(u32::MAX)) as u32));
+        if bad_chain {
+            break;
+        }
+        have += cap;
+        if !mrg_rxbuf {
+            break;
+        }
+    }
+    if bad_chain {
+        // A malformed chain cannot be rewound past: give every popped chain back unused.
+        used.extend(scratch.chains.iter().map(|&(head, _)| (head, 0)));
+        return Err(DeliverError {
+            reason: DropReason::BadDescriptor,
+        });
+    }
+    if have < need {
+        for _ in 0..scratch.chains.len() {
+            queue.go_to_previous_position();
+        }
+        let reason = if !mrg_rxbuf && !scratch.chains.is_empty() {
+            DropReason::TooBig
+        } else {
+            DropReason::NoRxBuffer
+        };
+        return Err(DeliverError { reason });
+    }
+
+    let mut hdr = [0u8; 12];
+    let num_buffers = scratch.chains.len() as u16;
+    hdr[10..12].copy_from_slice(&num_buffers.to_le_bytes());
+    let copied = write_segs(dst_mem, &scratch.segs, &hdr[..hdr_len]).and_then(|()| {
+        let mut at = Cursor::default();
+        at.advance(&scratch.segs, hdr_len);
+        copy_between(
+            src_mem,
+            src_segs,
+            dst_mem,
+            &scratch.segs,
+            at,
+            frame_len as usize,
+        )
+    });
+    if copied.is_err() {
+        // Memory changed under us (e.g. a region was removed): hand the buffers back empty.
+        used.extend(scratch.chains.iter().map(|&(head, _)| (head, 0)));
+        return Err(DeliverError {
+            reason: DropReason::BadDescriptor,
+        });
+    }
+    let mut left = need;
+    for &(head, cap) in &scratch.chains {
+        let n = left.min(u64::from(cap));
+        used.push((head, n as u32));
+        left -= n;
+    }
+    Ok(())
+}
+
+/// Writes the used entries of a burst and publishes them with one used.idx store. Returns
+/// whether the driver asked to be notified (EVENT_IDX or VRING_AVAIL_F_NO_INTERRUPT).
+pub fn publish_used(queue: &mut Queue, mem: &GuestMem, used: &[(u16, u32)]) -> Result<bool, ()> {
+    if used.is_empty() {
+        return Ok(false);
+    }
+    let size = queue.size();
+    if size == 0 {
+        return Err(());
+    }
+    let base = GuestAddress(queue.used_ring());
+    let old = Wrapping(queue.next_used());
+    let mut idx = old;
+    for &(head, len) in used {
+        if head >= size {
+            // A head the driver never could have offered (its ring is corrupt): there is no
+            // used slot to give back.
+            continue;
+        }
+        let slot = u64::from(idx.0 % size);
+        let entry = base
+            .0
+            .checked_add(4 + slot * 8)
+            .ok_or(())
+            .map(GuestAddress)?;
+        let mut raw = [0u8; 8];
+        raw[..4].copy_from_slice(&u32::from(head).to_le_bytes());
+        raw[4..].copy_from_slice(&len.to_le_bytes());
+        mem.write_slice(&raw, entry).map_err(|_| ())?;
+        idx += Wrapping(1);
+    }
+    // Release: the entries above must be visible before the driver sees the new index.
+    mem.store(
+        u16::to_le(idx.0),
+        base.checked_add(2).ok_or(())?,
+        Ordering::Release,
+    )
+    .map_err(|_| ())?;
+    queue.set_next_used(idx.0);
+
+    // The index store must be visible before we read the driver's suppression state.
+    fence(Ordering::SeqCst);
+    let avail = GuestAddress(queue.avail_ring());
+    if queue.event_idx_enabled() {
+        let used_event_addr = avail.checked_add(4 + 2 * u64::from(size)).ok_or(())?;
+        let used_event: u16 = mem
+            .load(used_event_addr, Ordering::Acquire)
+            .map_err(|_| ())?;
+        let used_event = Wrapping(u16::from_le(used_event));
+        // Notify if used_event lies in [old, idx): the same test as Linux's vring_need_event.
+        Ok(idx - used_event - Wrapping(1) < idx - old)
+    } else {
+        let flags: u16 = mem.load(avail, Ordering::Acquire).map_err(|_| ())?;
+        Ok(u16::from_le(flags) & VRING_AVAIL_F_NO_INTERRUPT as u16 == 0)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,290 @@
+use super::*;
+use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+use virtio_queue::desc::{split::Descriptor, RawDescriptor};
+use virtio_queue::mock::MockSplitQueue;
+use vm_memory::GuestMemoryMmap;
+
+const BUF: u64 = 0x10_0000;
+
+fn mem() -> GuestMem {
+    GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000), (GuestAddress(BUF), 0x10_0000)])
+        .unwrap()
+}
+
+fn desc(addr: u64, len: u32, write: bool) -> RawDescriptor {
+    let flags = if write { VRING_DESC_F_WRITE as u16 } else { 0 };
+    RawDescriptor::from(Descriptor::new(addr, len, flags, 0))
+}
+
+/// Offers one chain made of `descs`, linked in order, starting at table index `at`.
+fn offer(q: &MockSplitQueue<GuestMem>, at: u16, descs: &[RawDescriptor]) {
+    let mut linked = Vec::new();
+    for (i, d) in descs.iter().enumerate() {
+        let d = Descriptor::from(*d);
+        let (flags, next) = if i + 1 < descs.len() {
+            (d.flags() | VRING_DESC_F_NEXT as u16, at + i as u16 + 1)
+        } else {
+            (d.flags(), 0)
+        };
+        linked.push(RawDescriptor::from(Descriptor::new(
+            d.addr().0,
+            d.len(),
+            flags,
+            next,
+        )));
+    }
+    q.add_desc_chains(&linked, at).unwrap();
+}
+
+fn frame(len: usize) -> Vec<u8> {
+    let mut f: Vec<u8> = (0..len).map(|i| (i * 7 + 3) as u8).collect();
+    f[..6].copy_from_slice(&[0x02, 0, 0, 0, 0, 2]);
+    f[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0, 1]);
+    f
+}
+
+#[test]
+fn pop_tx_skips_a_header_that_straddles_descriptors() {
+    let m = mem();
+    let vq = MockSplitQueue::new(&m, 16);
+    let f = frame(100);
+    // 8 bytes of header, then 4 more header bytes + 60 frame bytes, then 40 frame bytes.
+    m.write_slice(&[0u8; 8], GuestAddress(BUF)).unwrap();
+    let mut second = vec![0u8; 4];
+    second.extend_from_slice(&f[..60]);
+    m.write_slice(&second, GuestAddress(BUF + 0x100)).unwrap();
+    m.write_slice(&f[60..], GuestAddress(BUF + 0x200)).unwrap();
+    offer(
+        &vq,
+        0,
+        &[
+            desc(BUF, 8, false),
+            desc(BUF + 0x100, 64, false),
+            desc(BUF + 0x200, 40, false),
+        ],
+    );
+    let mut q: Queue = vq.create_queue().unwrap();
+    let mut segs = Vec::with_capacity(2 * MAX_TX_SEGS);
+    let PopTx::Frame(tx) = pop_tx(&mut q, &m, 12, &mut segs) else {
+        panic!("expected a frame")
+    };
+    assert_eq!(tx.len, 100);
+    assert_eq!(tx.peek[..], f[..PEEK_LEN]);
+    assert_eq!(
+        &segs[tx.segs.clone()],
+        &[
+            Seg {
+                addr: BUF + 0x104,
+                len: 60
+            },
+            Seg {
+                addr: BUF + 0x200,
+                len: 40
+            }
+        ]
+    );
+    assert!(matches!(pop_tx(&mut q, &m, 12, &mut segs), PopTx::Empty));
+}
+
+#[test]
+fn pop_tx_rejects_malformed_chains() {
+    let m = mem();
+    let cases: Vec<(Vec<RawDescriptor>, DropReason)> = vec![
+        // A write-only descriptor in a TX chain.
+        (vec![desc(BUF, 12, false), desc(BUF + 0x100, 64, true)], DropReason::BadDescriptor),
+        // Shorter than header + Ethernet header.
+        (vec![desc(BUF, 12 + 13, false)], DropReason::BadDescriptor),
+        // Buffer outside guest memory.
+        (vec![desc(BUF, 12, false), desc(0x4000_0000, 64, false)], DropReason::BadDescriptor),
+        // Buffer running past the end of guest memory.
+        (vec![desc(0x1f_fff0, 64, false)], DropReason::BadDescriptor),
+        // Larger than the largest frame.
+        (
+            vec![desc(BUF, 12, false), desc(BUF, (MAX_FRAME_LEN + 1) as u32, false)],
+            DropReason::TooBig,
+        ),
+    ];
+    for (descs, reason) in cases {
+        let vq = MockSplitQueue::new(&m, 16);
+        offer(&vq, 0, &descs);
+        let mut q: Queue = vq.create_queue().unwrap();
+        let mut segs = Vec::with_capacity(MAX_TX_SEGS);
+        match pop_tx(&mut q, &m, 12, &mut segs) {
+            PopTx::Bad { head, reason: r } => {
+                assert_eq!(head, 0);
+                assert_eq!(r, reason, "{descs:?}");
+            }
+            other => panic!("{descs:?}: {other:?}"),
+        }
+        assert!(segs.is_empty());
+    }
+}
+
+#[test]
+fn pop_tx_bounds_segment_count() {
+    let m = mem();
+    let vq = MockSplitQueue::new(&m, 128);
+    let descs: Vec<_> = (0..(MAX_TX_SEGS as u64 + 2))
+        .map(|i| desc(BUF + i * 16, 16, false))
+        .collect();
+    offer(&vq, 0, &descs);
+    let mut q: Queue = vq.create_queue().unwrap();
+    let mut segs = Vec::with_capacity(MAX_TX_SEGS);
+    assert!(matches!(
+        pop_tx(&mut q, &m, 12, &mut segs),
+        PopTx::Bad {
+            reason: DropReason::BadDescriptor,
+            ..
+        }
+    ));
+}
+
+/// Sets up a TX frame of `len` bytes at a fixed place and returns its segments.
+fn source(m: &GuestMem, len: usize) -> (Vec<u8>, Vec<Seg>) {
+    let f = frame(len);
+    m.write_slice(&f, GuestAddress(BUF + 0x8_0000)).unwrap();
+    (
+        f,
+        vec![Seg {
+            addr: BUF + 0x8_0000,
+            len: len as u32,
+        }],
+    )
+}
+
+#[test]
+fn mergeable_rx_spreads_a_full_frame_over_small_buffers() {
+    let m = mem();
+    let vq = MockSplitQueue::new(&m, 16);
+    for i in 0..4u16 {
+        offer(&vq, i, &[desc(BUF + u64::from(i) * 0x1000, 512, true)]);
+    }
+    let mut q: Queue = vq.create_queue().unwrap();
+    let (f, src) = source(&m, 1514);
+    let mut scratch = RxScratch::default();
+    let mut used = Vec::new();
+    deliver(&mut q, &m, 12, true, &m, &src, 1514, &mut scratch, &mut used).unwrap();
+    // 12 + 1514 = 1526 bytes: 512 + 512 + 502.
+    assert_eq!(used, vec![(0, 512), (1, 512), (2, 502)]);
+    let mut hdr = [0u8; 12];
+    m.read_slice(&mut hdr, GuestAddress(BUF)).unwrap();
+    assert_eq!(u16::from_le_bytes([hdr[10], hdr[11]]), 3, "num_buffers");
+    assert_eq!(hdr[..10], [0u8; 10]);
+    let mut got = vec![0u8; 1514];
+    m.read_slice(&mut got[..500], GuestAddress(BUF + 12)).unwrap();
+    m.read_slice(&mut got[500..1012], GuestAddress(BUF + 0x1000))
+        .unwrap();
+    m.read_slice(&mut got[1012..], GuestAddress(BUF + 0x2000))
+        .unwrap();
+    assert_eq!(got, f);
+    assert_eq!(q.next_avail(), 3);
+}
+
+#[test]
+fn shortage_consumes_nothing() {
+    let m = mem();
+    let vq = MockSplitQueue::new(&m, 16);
+    for i in 0..2u16 {
+        offer(&vq, i, &[desc(BUF + u64::from(i) * 0x1000, 512, true)]);
+    }
+    let mut q: Queue = vq.create_queue().unwrap();
+    let (_, src) = source(&m, 1514);
+    let mut scratch = RxScratch::default();
+    let mut used = Vec::new();
+    let e = deliver(&mut q, &m, 12, true, &m, &src, 1514, &mut scratch, &mut used).unwrap_err();
+    assert_eq!(e.reason, DropReason::NoRxBuffer);
+    assert!(used.is_empty());
+    assert_eq!(q.next_avail(), 0);
+    // A frame that fits still goes through afterwards.
+    let (_, src) = source(&m, 60);
+    deliver(&mut q, &m, 12, true, &m, &src, 60, &mut scratch, &mut used).unwrap();
+    assert_eq!(used, vec![(0, 72)]);
+}
+
+#[test]
+fn without_mergeable_buffers_one_chain_must_hold_the_frame() {
+    let m = mem();
+    let vq = MockSplitQueue::new(&m, 16);
+    offer(&vq, 0, &[desc(BUF, 512, true)]);
+    offer(&vq, 1, &[desc(BUF + 0x1000, 2048, true)]);
+    let mut q: Queue = vq.create_queue().unwrap();
+    let (_, src) = source(&m, 1514);
+    let mut scratch = RxScratch::default();
+    let mut used = Vec::new();
+    let e = deliver(&mut q, &m, 12, false, &m, &src, 1514, &mut scratch, &mut used).unwrap_err();
+    assert_eq!(e.reason, DropReason::TooBig);
+    assert_eq!(q.next_avail(), 0);
+    let (_, src) = source(&m, 100);
+    deliver(&mut q, &m, 12, false, &m, &src, 100, &mut scratch, &mut used).unwrap();
+    let mut hdr = [0u8; 12];
+    m.read_slice(&mut hdr, GuestAddress(BUF)).unwrap();
+    assert_eq!(u16::from_le_bytes([hdr[10], hdr[11]]), 1);
+}
+
+#[test]
+fn read_only_rx_chain_is_returned_unused() {
+    let m = mem();
+    let vq = MockSplitQueue::new(&m, 16);
+    offer(&vq, 0, &[desc(BUF, 512, false)]);
+    let mut q: Queue = vq.create_queue().unwrap();
+    let (_, src) = source(&m, 60);
+    let mut scratch = RxScratch::default();
+    let mut used = Vec::new();
+    let e = deliver(&mut q, &m, 12, true, &m, &src, 60, &mut scratch, &mut used).unwrap_err();
+    assert_eq!(e.reason, DropReason::BadDescriptor);
+    assert_eq!(used, vec![(0, 0)]);
+}
+
+#[test]
+fn rx_writes_nothing_past_the_frame() {
+    let m = mem();
+    let vq = MockSplitQueue::new(&m, 16);
+    m.write_slice(&[0xAAu8; 2048], GuestAddress(BUF)).unwrap();
+    offer(&vq, 0, &[desc(BUF, 2048, true)]);
+    let mut q: Queue = vq.create_queue().unwrap();
+    let (_, src) = source(&m, 64);
+    let mut scratch = RxScratch::default();
+    let mut used = Vec::new();
+    deliver(&mut q, &m, 12, true, &m, &src, 64, &mut scratch, &mut used).unwrap();
+    let mut after = [0u8; 64];
+    m.read_slice(&mut after, GuestAddress(BUF + 76)).unwrap();
+    assert_eq!(after, [0xAA; 64]);
+}
+
+#[test]
+fn publish_used_writes_entries_then_index_once() {
+    let m = mem();
+    let vq = MockSplitQueue::new(&m, 8);
+    let mut q: Queue = vq.create_queue().unwrap();
+    let notify = publish_used(&mut q, &m, &[(3, 100), (5, 0)]).unwrap();
+    assert!(notify, "no suppression requested");
+    let used = vq.used_addr().0;
+    let idx: u16 = m.read_obj(GuestAddress(used + 2)).unwrap();
+    assert_eq!(idx, 2);
+    let e0: [u32; 2] = m.read_obj(GuestAddress(used + 4)).unwrap();
+    let e1: [u32; 2] = m.read_obj(GuestAddress(used + 12)).unwrap();
+    assert_eq!((e0, e1), ([3, 100], [5, 0]));
+    assert_eq!(q.next_used(), 2);
+    // Heads beyond the ring are never written.
+    publish_used(&mut q, &m, &[(8, 1)]).unwrap();
+    assert_eq!(q.next_used(), 2);
+}
+
+#[test]
+fn publish_used_honours_event_idx_and_no_interrupt() {
+    let m = mem();
+    let vq = MockSplitQueue::new(&m, 8);
+    let mut q: Queue = vq.create_queue().unwrap();
+    let avail = vq.avail_addr().0;
+    // Legacy suppression flag.
+    m.write_obj(VRING_AVAIL_F_NO_INTERRUPT as u16, GuestAddress(avail))
+        .unwrap();
+    assert!(!publish_used(&mut q, &m, &[(0, 1)]).unwrap());
+    // EVENT_IDX: the driver wants a notification once used passes used_event = 2.
+    q.set_event_idx(true);
+    let used_event = GuestAddress(avail + 4 + 2 * 8);
+    m.write_obj(2u16, used_event).unwrap();
+    assert!(!publish_used(&mut q, &m, &[(1, 1)]).unwrap(), "1 -> 2");
+    assert!(publish_used(&mut q, &m, &[(2, 1), (3, 1)]).unwrap(), "2 -> 4");
+    assert!(!publish_used(&mut q, &m, &[(4, 1)]).unwrap(), "4 -> 5");
+}
