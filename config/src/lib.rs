@@ -190,10 +190,7 @@ impl Config {
     /// Parses and validates configuration text; `path` is only used in error messages.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let config: Config = toml::from_str(text).map_err(|e| {
-            let (line, column) = e
-                .span()
-                .map(|s| line_col(text, s.start))
-                .unwrap_or((1, 1));
+            let (line, column) = e.span().map(|s| line_col(text, s.start)).unwrap_or((1, 1));
             ConfigError::Syntax {
                 path: path.to_path_buf(),
                 line,
@@ -309,6 +306,11 @@ impl Config {
     }
 }
 
+/// Renders a configuration as TOML (e.g. to show the built-in one).
+pub fn to_toml(config: &Config) -> Result<String, toml::ser::Error> {
+    toml::to_string(config)
+}
+
 fn check_name(what: &str, name: &Spanned<String>) -> Result<(), String> {
     let name = name.get_ref();
     let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
@@ -398,7 +400,10 @@ queues = 2
     #[test]
     fn syntax_error_names_file_line_and_column() {
         let e = err("[dataplane]\ncores = [1\n");
-        assert!(e.starts_with("config file /etc/vringswitch.toml, line 2"), "{e}");
+        assert!(
+            e.starts_with("config file /etc/vringswitch.toml, line 2"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -428,7 +433,10 @@ queues = 2
 
         let bad = GOOD.replace("name = \"vm2\"", "name = \"vm1\"");
         let e = err(&bad);
-        assert!(e.contains("line 20") && e.contains("duplicate port name"), "{e}");
+        assert!(
+            e.contains("line 20") && e.contains("duplicate port name"),
+            "{e}"
+        );
 
         let bad = GOOD.replace("/run/vringswitch/vm2.sock", "/run/vringswitch/vm1.sock");
         assert!(err(&bad).contains("used by two ports"));

@@ -70,7 +70,10 @@ pub struct PortCounters {
 /// Relaxed suffices: readers only need each value to be one that was written.
 #[inline]
 fn bump(counter: &AtomicU64, n: u64) {
-    counter.store(counter.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+    counter.store(
+        counter.load(Ordering::Relaxed).wrapping_add(n),
+        Ordering::Relaxed,
+    );
 }
 
 impl PortCounters {

@@ -9,12 +9,12 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use arc_swap::ArcSwapOption;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use vhost_user_backend::VringMutex;
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_net::VIRTIO_NET_F_MRG_RXBUF;
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vmm_sys_util::eventfd::EventFd;
 
 use crate::counters::PortStats;
 
@@ -87,7 +87,7 @@ pub fn virtio_net_hdr_len(features: u64) -> usize {
 pub struct PortHandle {
     id: PortId,
     name: String,
-    doorbell: EventFd,
+    wakers: ArcSwap<Vec<Arc<EventFd>>>,
     attachment: ArcSwapOption<Attachment>,
     generation: AtomicU64,
     connected: AtomicBool,
@@ -97,17 +97,17 @@ pub struct PortHandle {
 
 impl PortHandle {
     /// A port with `writers` counter slots (one per worker).
-    pub fn new(id: PortId, name: &str, writers: usize) -> std::io::Result<PortHandle> {
-        Ok(PortHandle {
+    pub fn new(id: PortId, name: &str, writers: usize) -> PortHandle {
+        PortHandle {
             id,
             name: name.to_string(),
-            doorbell: EventFd::new(EFD_NONBLOCK)?,
+            wakers: ArcSwap::from_pointee(Vec::new()),
             attachment: ArcSwapOption::empty(),
             generation: AtomicU64::new(0),
             connected: AtomicBool::new(false),
             connections: AtomicU64::new(0),
             stats: PortStats::new(writers),
-        })
+        }
     }
 
     pub fn id(&self) -> PortId {
@@ -123,21 +123,18 @@ impl PortHandle {
         &self.stats
     }
 
-    /// Eventfd that becomes readable when workers should look at this port (kick, attach,
-    /// detach). Workers register it in their epoll.
-    pub fn doorbell(&self) -> &EventFd {
-        &self.doorbell
+    /// Sets the wake-up eventfds of the workers that poll this port's queues. Each worker
+    /// has its own, so one worker draining its eventfd never hides a wake-up from another.
+    pub fn set_wakers(&self, wakers: Vec<Arc<EventFd>>) {
+        self.wakers.store(Arc::new(wakers));
     }
 
-    /// Wakes workers sleeping on this port.
+    /// Wakes the workers of this port (a kick, an attach or a detach happened).
     pub fn ring_doorbell(&self) {
-        // A full eventfd counter (EAGAIN) still leaves it readable: nothing is lost.
-        let _ = self.doorbell.write(1);
-    }
-
-    /// Clears the doorbell after a wake-up.
-    pub fn drain_doorbell(&self) {
-        let _ = self.doorbell.read();
+        for w in self.wakers.load().iter() {
+            // A full eventfd counter (EAGAIN) still leaves it readable: nothing is lost.
+            let _ = w.write(1);
+        }
     }
 
     /// Changes whenever the attachment changes. Acquire pairs with the Release in
@@ -198,8 +195,11 @@ mod tests {
 
     #[test]
     fn attach_and_detach_bump_generation_and_ring() {
-        let p = PortHandle::new(7, "vm1", 1).unwrap();
+        let p = PortHandle::new(7, "vm1", 1);
         assert_eq!(p.id(), 7);
+        let w1 = Arc::new(EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK).unwrap());
+        let w2 = Arc::new(EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK).unwrap());
+        p.set_wakers(vec![w1.clone(), w2.clone()]);
         let g0 = p.generation();
         let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
         p.attach(Arc::new(Attachment::new(
@@ -209,15 +209,17 @@ mod tests {
         )));
         assert!(p.generation() > g0);
         assert!(p.attachment().is_some());
-        assert_eq!(p.doorbell().read().unwrap(), 1);
+        assert_eq!(w1.read().unwrap(), 1);
+        assert_eq!(w2.read().unwrap(), 1);
         p.detach();
         assert!(p.attachment().is_none());
-        assert_eq!(p.doorbell().read().unwrap(), 1);
+        assert_eq!(w1.read().unwrap(), 1);
+        assert_eq!(w2.read().unwrap(), 1);
     }
 
     #[test]
     fn connection_count_only_rises() {
-        let p = PortHandle::new(1, "vm1", 1).unwrap();
+        let p = PortHandle::new(1, "vm1", 1);
         p.set_connected(true);
         p.set_connected(false);
         p.set_connected(true);

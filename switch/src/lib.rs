@@ -1,1 +1,183 @@
+//! The forwarding engine: L2 learning bridges over ports, run by pinned workers.
+//!
+//! [`Switch`] is the part shared between the control side and the workers: the current
+//! [`Topology`] (swapped whole on change), the workers' wake-up eventfds, the clock and the
+//! stop flag. The control side builds topologies and calls [`Switch::set_topology`]; the
+//! workers ([`worker`]) pick the new one up at their next poll.
 
+pub mod affinity;
+pub mod ethernet;
+pub mod fdb;
+pub mod topology;
+pub mod worker;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+pub use topology::{BridgeRt, PortRt, Topology};
+
+/// Errors of the forwarding engine.
+#[derive(Debug, thiserror::Error)]
+pub enum SwitchError {
+    #[error("cannot create a worker eventfd: {0}")]
+    EventFd(#[source] std::io::Error),
+    #[error("cannot start worker {index}: {source}")]
+    Spawn {
+        index: usize,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Affinity(#[from] affinity::AffinityError),
+}
+
+/// What the control side shares with one worker.
+pub struct WorkerShared {
+    pub core: usize,
+    pub wake: Arc<EventFd>,
+    wakeups: AtomicU64,
+}
+
+impl WorkerShared {
+    fn count_wakeup(&self) {
+        // Single writer (the worker): load + store.
+        self.wakeups
+            .store(self.wakeups.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+    }
+
+    /// Times the worker woke from sleep.
+    pub fn wakeups(&self) -> u64 {
+        self.wakeups.load(Ordering::Relaxed)
+    }
+}
+
+/// Engine settings.
+#[derive(Debug, Clone)]
+pub struct SwitchConfig {
+    pub cores: Vec<usize>,
+    pub burst: usize,
+    pub idle_poll: Duration,
+}
+
+/// The forwarding engine.
+pub struct Switch {
+    topology: ArcSwap<Topology>,
+    topology_gen: AtomicU64,
+    pub workers: Vec<WorkerShared>,
+    burst: usize,
+    idle_poll: Duration,
+    stop: AtomicBool,
+    epoch: Instant,
+}
+
+impl Switch {
+    pub fn new(config: &SwitchConfig) -> Result<Arc<Switch>, SwitchError> {
+        for &core in &config.cores {
+            affinity::check_core(core)?;
+        }
+        let workers = config
+            .cores
+            .iter()
+            .map(|&core| {
+                Ok(WorkerShared {
+                    core,
+                    wake: Arc::new(EventFd::new(EFD_NONBLOCK).map_err(SwitchError::EventFd)?),
+                    wakeups: AtomicU64::new(0),
+                })
+            })
+            .collect::<Result<Vec<_>, SwitchError>>()?;
+        Ok(Arc::new(Switch {
+            topology: ArcSwap::from_pointee(Topology::default()),
+            topology_gen: AtomicU64::new(0),
+            workers,
+            burst: config.burst.clamp(1, 64),
+            idle_poll: config.idle_poll,
+            stop: AtomicBool::new(false),
+            epoch: Instant::now(),
+        }))
+    }
+
+    /// Seconds since the switch started: the clock of FDB ageing.
+    #[inline]
+    pub fn now_secs(&self) -> u64 {
+        self.epoch.elapsed().as_secs()
+    }
+
+    #[inline]
+    fn topology_generation(&self) -> u64 {
+        // Acquire pairs with the Release in set_topology: the new topology is visible.
+        self.topology_gen.load(Ordering::Acquire)
+    }
+
+    #[inline]
+    fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+
+    /// The current topology.
+    pub fn topology(&self) -> Arc<Topology> {
+        self.topology.load_full()
+    }
+
+    /// Installs a new topology, tells each port which workers to wake, and wakes them all.
+    pub fn set_topology(&self, topology: Topology) {
+        let n = self.workers.len();
+        for (id, p) in topology.ports.iter().enumerate() {
+            if let Some(p) = p {
+                let wakers = topology
+                    .workers_of(id as u32, n)
+                    .into_iter()
+                    .map(|w| self.workers[w].wake.clone())
+                    .collect();
+                p.handle.set_wakers(wakers);
+            }
+        }
+        self.topology.store(Arc::new(topology));
+        self.topology_gen.fetch_add(1, Ordering::Release);
+        self.wake_all();
+    }
+
+    fn wake_all(&self) {
+        for w in &self.workers {
+            let _ = w.wake.write(1);
+        }
+    }
+
+    /// Starts one pinned worker per configured core.
+    pub fn start_workers(self: &Arc<Switch>) -> Result<Vec<JoinHandle<()>>, SwitchError> {
+        let mut handles = Vec::new();
+        for index in 0..self.workers.len() {
+            let worker = worker::Worker::new(index, self.clone())
+                .map_err(|source| SwitchError::Spawn { index, source })?;
+            let core = self.workers[index].core;
+            let h = std::thread::Builder::new()
+                .name(format!("worker-{core}"))
+                .spawn(move || {
+                    if let Err(e) = affinity::pin_current_thread(core) {
+                        tracing::error!(error = %e, "worker runs unpinned");
+                    }
+                    worker.run();
+                })
+                .map_err(|source| SwitchError::Spawn { index, source })?;
+            handles.push(h);
+        }
+        Ok(handles)
+    }
+
+    /// Asks the workers to stop and wakes them.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.wake_all();
+    }
+
+    /// Runs FDB ageing on every bridge; call about once a second.
+    pub fn age_fdbs(&self) -> usize {
+        let now = self.now_secs();
+        self.topology().bridges.iter().map(|b| b.fdb.age(now)).sum()
+    }
+}

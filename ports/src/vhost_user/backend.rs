@@ -17,7 +17,9 @@ use virtio_bindings::virtio_net::{VIRTIO_NET_F_MQ, VIRTIO_NET_F_MRG_RXBUF};
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use vm_memory::GuestMemoryAtomic;
 use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::event::{new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier};
+use vmm_sys_util::event::{
+    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
+};
 
 use crate::port::{Attachment, GuestMemAtomic, PortHandle};
 
@@ -84,12 +86,22 @@ impl NetBackend {
     /// them in its epoll with `into_raw_fd()` and never closes them (vhost-user-backend
     /// 0.24). The connection closes them once the library's handler is gone.
     pub fn take_leaked_exit_fds(&self) -> Vec<RawFd> {
-        std::mem::take(&mut *self.leaked_exit_fds.lock().unwrap_or_else(|e| e.into_inner()))
+        std::mem::take(
+            &mut *self
+                .leaked_exit_fds
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        )
     }
 
     /// Stops the library's event thread(s) of this connection.
     pub fn signal_exit(&self) {
-        for n in self.exit_notifiers.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        for n in self
+            .exit_notifiers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
             let _ = n.notify();
         }
     }
@@ -190,7 +202,10 @@ mod tests {
     #[test]
     fn features_include_protocol_features_and_mq_only_when_multiqueue() {
         let single = offered_features(1);
-        assert_ne!(single & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits(), 0);
+        assert_ne!(
+            single & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits(),
+            0
+        );
         assert_eq!(single & (1 << VIRTIO_NET_F_MQ), 0);
         assert_ne!(offered_features(2) & (1 << VIRTIO_NET_F_MQ), 0);
         for bit in [

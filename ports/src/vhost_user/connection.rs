@@ -166,7 +166,11 @@ fn serve(
     let mut last_client_error: Option<Instant> = None;
     while !control.stop.load(Ordering::SeqCst) {
         let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
-        let backend = Arc::new(NetBackend::new(port.clone(), config.queue_pairs, mem.clone()));
+        let backend = Arc::new(NetBackend::new(
+            port.clone(),
+            config.queue_pairs,
+            mem.clone(),
+        ));
         let mut daemon = match VhostUserDaemon::new(name.clone(), backend.clone(), mem) {
             Ok(d) => d,
             Err(e) => {
@@ -187,8 +191,7 @@ fn serve(
             close_leaked(&backend);
             // In client mode the VMM may simply not be up yet: say so once a minute.
             let now = Instant::now();
-            if last_client_error.is_none_or(|t| now.duration_since(t) > Duration::from_secs(60))
-            {
+            if last_client_error.is_none_or(|t| now.duration_since(t) > Duration::from_secs(60)) {
                 tracing::warn!(port = %name, socket = %config.socket.display(), error = %e,
                     "vhost-user connection failed, retrying");
                 last_client_error = Some(now);
@@ -217,10 +220,13 @@ fn serve(
         drop(daemon);
         close_leaked(&backend);
         match result {
-            Ok(()) => tracing::info!(port = %name, features = format_args!("{features:#x}"),
+            Ok(())
+            | Err(vhost_user_backend::Error::HandleRequest(
+                vhost::vhost_user::Error::Disconnected | vhost::vhost_user::Error::PartialMessage,
+            )) => tracing::info!(port = %name, features = format_args!("{features:#x}"),
                 "vhost-user frontend disconnected"),
             Err(e) => tracing::warn!(port = %name, error = %e,
-                "vhost-user connection ended with an error"),
+                "vhost-user connection closed after a protocol error"),
         }
     }
 }

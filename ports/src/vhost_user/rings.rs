@@ -299,7 +299,9 @@ pub fn deliver(
                 cap += len;
             }
         }
-        scratch.chains.push((head, cap.min(u64::from(u32::MAX)) as u32));
+        scratch
+            .chains
+            .push((head, cap.min(u64::from(u32::MAX)) as u32));
         if bad_chain {
             break;
         }

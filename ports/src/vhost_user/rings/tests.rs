@@ -91,16 +91,25 @@ fn pop_tx_rejects_malformed_chains() {
     let m = mem();
     let cases: Vec<(Vec<RawDescriptor>, DropReason)> = vec![
         // A write-only descriptor in a TX chain.
-        (vec![desc(BUF, 12, false), desc(BUF + 0x100, 64, true)], DropReason::BadDescriptor),
+        (
+            vec![desc(BUF, 12, false), desc(BUF + 0x100, 64, true)],
+            DropReason::BadDescriptor,
+        ),
         // Shorter than header + Ethernet header.
         (vec![desc(BUF, 12 + 13, false)], DropReason::BadDescriptor),
         // Buffer outside guest memory.
-        (vec![desc(BUF, 12, false), desc(0x4000_0000, 64, false)], DropReason::BadDescriptor),
+        (
+            vec![desc(BUF, 12, false), desc(0x4000_0000, 64, false)],
+            DropReason::BadDescriptor,
+        ),
         // Buffer running past the end of guest memory.
         (vec![desc(0x1f_fff0, 64, false)], DropReason::BadDescriptor),
         // Larger than the largest frame.
         (
-            vec![desc(BUF, 12, false), desc(BUF, (MAX_FRAME_LEN + 1) as u32, false)],
+            vec![
+                desc(BUF, 12, false),
+                desc(BUF, (MAX_FRAME_LEN + 1) as u32, false),
+            ],
             DropReason::TooBig,
         ),
     ];
@@ -163,7 +172,18 @@ fn mergeable_rx_spreads_a_full_frame_over_small_buffers() {
     let (f, src) = source(&m, 1514);
     let mut scratch = RxScratch::default();
     let mut used = Vec::new();
-    deliver(&mut q, &m, 12, true, &m, &src, 1514, &mut scratch, &mut used).unwrap();
+    deliver(
+        &mut q,
+        &m,
+        12,
+        true,
+        &m,
+        &src,
+        1514,
+        &mut scratch,
+        &mut used,
+    )
+    .unwrap();
     // 12 + 1514 = 1526 bytes: 512 + 512 + 502.
     assert_eq!(used, vec![(0, 512), (1, 512), (2, 502)]);
     let mut hdr = [0u8; 12];
@@ -171,7 +191,8 @@ fn mergeable_rx_spreads_a_full_frame_over_small_buffers() {
     assert_eq!(u16::from_le_bytes([hdr[10], hdr[11]]), 3, "num_buffers");
     assert_eq!(hdr[..10], [0u8; 10]);
     let mut got = vec![0u8; 1514];
-    m.read_slice(&mut got[..500], GuestAddress(BUF + 12)).unwrap();
+    m.read_slice(&mut got[..500], GuestAddress(BUF + 12))
+        .unwrap();
     m.read_slice(&mut got[500..1012], GuestAddress(BUF + 0x1000))
         .unwrap();
     m.read_slice(&mut got[1012..], GuestAddress(BUF + 0x2000))
@@ -191,7 +212,18 @@ fn shortage_consumes_nothing() {
     let (_, src) = source(&m, 1514);
     let mut scratch = RxScratch::default();
     let mut used = Vec::new();
-    let e = deliver(&mut q, &m, 12, true, &m, &src, 1514, &mut scratch, &mut used).unwrap_err();
+    let e = deliver(
+        &mut q,
+        &m,
+        12,
+        true,
+        &m,
+        &src,
+        1514,
+        &mut scratch,
+        &mut used,
+    )
+    .unwrap_err();
     assert_eq!(e.reason, DropReason::NoRxBuffer);
     assert!(used.is_empty());
     assert_eq!(q.next_avail(), 0);
@@ -211,11 +243,33 @@ fn without_mergeable_buffers_one_chain_must_hold_the_frame() {
     let (_, src) = source(&m, 1514);
     let mut scratch = RxScratch::default();
     let mut used = Vec::new();
-    let e = deliver(&mut q, &m, 12, false, &m, &src, 1514, &mut scratch, &mut used).unwrap_err();
+    let e = deliver(
+        &mut q,
+        &m,
+        12,
+        false,
+        &m,
+        &src,
+        1514,
+        &mut scratch,
+        &mut used,
+    )
+    .unwrap_err();
     assert_eq!(e.reason, DropReason::TooBig);
     assert_eq!(q.next_avail(), 0);
     let (_, src) = source(&m, 100);
-    deliver(&mut q, &m, 12, false, &m, &src, 100, &mut scratch, &mut used).unwrap();
+    deliver(
+        &mut q,
+        &m,
+        12,
+        false,
+        &m,
+        &src,
+        100,
+        &mut scratch,
+        &mut used,
+    )
+    .unwrap();
     let mut hdr = [0u8; 12];
     m.read_slice(&mut hdr, GuestAddress(BUF)).unwrap();
     assert_eq!(u16::from_le_bytes([hdr[10], hdr[11]]), 1);
@@ -285,6 +339,9 @@ fn publish_used_honours_event_idx_and_no_interrupt() {
     let used_event = GuestAddress(avail + 4 + 2 * 8);
     m.write_obj(2u16, used_event).unwrap();
     assert!(!publish_used(&mut q, &m, &[(1, 1)]).unwrap(), "1 -> 2");
-    assert!(publish_used(&mut q, &m, &[(2, 1), (3, 1)]).unwrap(), "2 -> 4");
+    assert!(
+        publish_used(&mut q, &m, &[(2, 1), (3, 1)]).unwrap(),
+        "2 -> 4"
+    );
     assert!(!publish_used(&mut q, &m, &[(4, 1)]).unwrap(), "4 -> 5");
 }

@@ -1,0 +1,113 @@
+//! `vringswitch`: the daemon. Parses arguments, loads the configuration, runs until SIGINT
+//! or SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use vringswitch_config::Config;
+use vringswitch_control::daemon::Daemon;
+use vringswitch_control::http;
+
+/// A user-space virtual switch for VMs attached over vhost-user.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Configuration file (TOML). Without it: bridge br0 with ports vm1 and vm2, server-mode
+    /// sockets in --socket-dir.
+    #[arg(long, value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Address of the HTTP endpoint (/healthz, /metrics).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9180")]
+    api: SocketAddr,
+    /// Socket directory of the built-in configuration [default: /run/vringswitch as root,
+    /// else $XDG_RUNTIME_DIR/vringswitch or /tmp/vringswitch-$UID].
+    #[arg(long, value_name = "DIR")]
+    socket_dir: Option<PathBuf>,
+    /// Print the configuration in effect as TOML and exit.
+    #[arg(long)]
+    print_config: bool,
+}
+
+fn default_socket_dir() -> PathBuf {
+    if uid() == 0 {
+        return PathBuf::from(vringswitch_config::DEFAULT_SOCKET_DIR);
+    }
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(d) => PathBuf::from(d).join("vringswitch"),
+        None => std::env::temp_dir().join(format!("vringswitch-{}", uid())),
+    }
+}
+
+/// Effective uid of this process (owner of /proc/self), without FFI.
+fn uid() -> u32 {
+    std::fs::metadata("/proc/self").map_or(0, |m| {
+        use std::os::unix::fs::MetadataExt;
+        m.uid()
+    })
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("VRINGSWITCH_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+
+    let config = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => {
+            let dir = args.socket_dir.clone().unwrap_or_else(default_socket_dir);
+            tracing::info!(socket_dir = %dir.display(), "no --config: built-in configuration");
+            Config::builtin(&dir)
+        }
+    };
+    if args.print_config {
+        print!("{}", vringswitch_config::to_toml(&config)?);
+        return Ok(());
+    }
+
+    let daemon = Daemon::start(&config).context("cannot start vringswitch")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let switch = daemon.switch.clone();
+    let result: anyhow::Result<()> = runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(args.api)
+            .await
+            .with_context(|| format!("cannot listen on --api {}", args.api))?;
+        tracing::info!(api = %args.api, "HTTP endpoint ready");
+        let app = http::router(switch.clone());
+        let ager = switch.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                ager.age_fdbs();
+            }
+        });
+        let server = axum::serve(listener, app).with_graceful_shutdown(shutdown_signal());
+        server.await.context("HTTP server failed")
+    });
+    tracing::info!("stopping");
+    daemon.stop();
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    result
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+}

@@ -1,0 +1,209 @@
+//! Ethernet II header as a typed view over bytes.
+//!
+//! [`EthernetFrame::new_checked`] verifies the length once; no accessor can panic after it.
+
+use std::fmt;
+
+/// A 48-bit MAC address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct MacAddr(pub [u8; 6]);
+
+impl MacAddr {
+    pub const BROADCAST: MacAddr = MacAddr([0xff; 6]);
+
+    /// Group (multicast or broadcast) address: the I/G bit of the first octet.
+    pub fn is_multicast(&self) -> bool {
+        self.0[0] & 1 != 0
+    }
+
+    pub fn is_broadcast(&self) -> bool {
+        *self == Self::BROADCAST
+    }
+
+    pub fn is_zero(&self) -> bool {
+        self.0 == [0; 6]
+    }
+
+    /// The address as the low 48 bits of a u64.
+    pub fn to_u64(self) -> u64 {
+        self.0
+            .iter()
+            .fold(0u64, |acc, &b| (acc << 8) | u64::from(b))
+    }
+
+    pub fn from_u64(v: u64) -> MacAddr {
+        let b = v.to_be_bytes();
+        MacAddr([b[2], b[3], b[4], b[5], b[6], b[7]])
+    }
+}
+
+impl fmt::Display for MacAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            b[0], b[1], b[2], b[3], b[4], b[5]
+        )
+    }
+}
+
+impl std::str::FromStr for MacAddr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut out = [0u8; 6];
+        let mut parts = s.split(':');
+        for b in out.iter_mut() {
+            let p = parts
+                .next()
+                .ok_or_else(|| format!("{s:?} is not a MAC address"))?;
+            if p.len() != 2 {
+                return Err(format!("{s:?} is not a MAC address"));
+            }
+            *b = u8::from_str_radix(p, 16).map_err(|_| format!("{s:?} is not a MAC address"))?;
+        }
+        if parts.next().is_some() {
+            return Err(format!("{s:?} is not a MAC address"));
+        }
+        Ok(MacAddr(out))
+    }
+}
+
+/// EtherType values the switch cares about; others are kept as they are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EtherType {
+    Ipv4,
+    Arp,
+    Vlan,
+    Ipv6,
+    Unknown(u16),
+}
+
+impl From<u16> for EtherType {
+    fn from(v: u16) -> Self {
+        match v {
+            0x0800 => EtherType::Ipv4,
+            0x0806 => EtherType::Arp,
+            0x8100 => EtherType::Vlan,
+            0x86dd => EtherType::Ipv6,
+            other => EtherType::Unknown(other),
+        }
+    }
+}
+
+mod field {
+    use std::ops::Range;
+    pub const DST: Range<usize> = 0..6;
+    pub const SRC: Range<usize> = 6..12;
+    pub const ETHERTYPE: Range<usize> = 12..14;
+}
+
+/// Length of an Ethernet II header.
+pub const HEADER_LEN: usize = field::ETHERTYPE.end;
+
+/// Error: the buffer is shorter than an Ethernet header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("frame shorter than an Ethernet header")]
+pub struct Truncated;
+
+/// A read-only view of an Ethernet frame.
+#[derive(Debug, Clone, Copy)]
+pub struct EthernetFrame<T: AsRef<[u8]>> {
+    buffer: T,
+}
+
+impl<T: AsRef<[u8]>> EthernetFrame<T> {
+    /// Wraps a buffer without checking it; accessors may panic if it is too short.
+    pub fn new_unchecked(buffer: T) -> Self {
+        EthernetFrame { buffer }
+    }
+
+    /// Wraps a buffer that holds at least an Ethernet header.
+    pub fn new_checked(buffer: T) -> Result<Self, Truncated> {
+        let f = Self::new_unchecked(buffer);
+        f.check_len()?;
+        Ok(f)
+    }
+
+    pub fn check_len(&self) -> Result<(), Truncated> {
+        if self.buffer.as_ref().len() < HEADER_LEN {
+            Err(Truncated)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn mac(&self, r: std::ops::Range<usize>) -> MacAddr {
+        let mut m = [0u8; 6];
+        m.copy_from_slice(&self.buffer.as_ref()[r]);
+        MacAddr(m)
+    }
+
+    pub fn dst(&self) -> MacAddr {
+        self.mac(field::DST)
+    }
+
+    pub fn src(&self) -> MacAddr {
+        self.mac(field::SRC)
+    }
+
+    pub fn ethertype(&self) -> EtherType {
+        let b = &self.buffer.as_ref()[field::ETHERTYPE];
+        EtherType::from(u16::from_be_bytes([b[0], b[1]]))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FRAME: [u8; 16] = [
+        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, // dst
+        0x52, 0x54, 0x00, 0x12, 0x34, 0x56, // src
+        0x08, 0x06, // ARP
+        0xaa, 0xbb,
+    ];
+
+    #[test]
+    fn deconstructs() {
+        let f = EthernetFrame::new_checked(&FRAME[..]).unwrap();
+        assert!(f.dst().is_broadcast());
+        assert!(f.dst().is_multicast());
+        assert_eq!(f.src(), MacAddr([0x52, 0x54, 0, 0x12, 0x34, 0x56]));
+        assert!(!f.src().is_multicast());
+        assert_eq!(f.ethertype(), EtherType::Arp);
+    }
+
+    #[test]
+    fn rejects_short_buffers() {
+        for n in 0..HEADER_LEN {
+            assert_eq!(
+                EthernetFrame::new_checked(&FRAME[..n]).unwrap_err(),
+                Truncated
+            );
+        }
+        assert!(EthernetFrame::new_checked(&FRAME[..HEADER_LEN]).is_ok());
+    }
+
+    #[test]
+    fn ethertypes_round_trip_unknown_values() {
+        assert_eq!(EtherType::from(0x0800), EtherType::Ipv4);
+        assert_eq!(EtherType::from(0x8100), EtherType::Vlan);
+        assert_eq!(EtherType::from(0x86dd), EtherType::Ipv6);
+        assert_eq!(EtherType::from(0x88cc), EtherType::Unknown(0x88cc));
+    }
+
+    #[test]
+    fn mac_conversions() {
+        let m: MacAddr = "02:00:00:00:00:0a".parse().unwrap();
+        assert_eq!(m.to_string(), "02:00:00:00:00:0a");
+        assert_eq!(MacAddr::from_u64(m.to_u64()), m);
+        assert_eq!(m.to_u64(), 0x0200_0000_000a);
+        assert!("02:00:00:00:00".parse::<MacAddr>().is_err());
+        assert!("02:00:00:00:00:0a:0b".parse::<MacAddr>().is_err());
+        assert!("02:00:00:00:00:zz".parse::<MacAddr>().is_err());
+        assert!("002:00:00:00:00:0".parse::<MacAddr>().is_err());
+        assert!(MacAddr::default().is_zero());
+        assert!(MacAddr([0x01, 0, 0x5e, 0, 0, 1]).is_multicast());
+    }
+}

@@ -1,0 +1,116 @@
+//! The switch's layout as the workers see it: bridges, their ports, and which worker polls
+//! which TX queue. Immutable once built; the control side swaps in a new one.
+
+use std::sync::Arc;
+
+use vringswitch_ports::{PortHandle, PortId};
+
+use crate::fdb::Fdb;
+
+/// One bridge.
+pub struct BridgeRt {
+    pub name: String,
+    pub fdb: Arc<Fdb>,
+    /// Ports on this bridge.
+    pub ports: Vec<PortId>,
+}
+
+/// One port and where it sits.
+pub struct PortRt {
+    pub handle: Arc<PortHandle>,
+    /// Index into [`Topology::bridges`].
+    pub bridge: usize,
+    /// Queue pairs the port accepts.
+    pub queue_pairs: u16,
+}
+
+/// Bridges and ports; ports are indexed by their [`PortId`].
+#[derive(Default)]
+pub struct Topology {
+    pub bridges: Vec<BridgeRt>,
+    pub ports: Vec<Option<PortRt>>,
+}
+
+impl Topology {
+    #[inline]
+    pub fn port(&self, id: PortId) -> Option<&PortRt> {
+        self.ports.get(id as usize).and_then(Option::as_ref)
+    }
+
+    /// Which of `workers` polls TX queue pair `qp` of `port`: spread so that a port's queue
+    /// pairs land on different workers.
+    pub fn owner(port: PortId, qp: u16, workers: usize) -> usize {
+        (port as usize + qp as usize) % workers.max(1)
+    }
+
+    /// The TX queues `worker` polls, as (port, queue pair).
+    pub fn tx_queues_of(&self, worker: usize, workers: usize) -> Vec<(PortId, u16)> {
+        let mut out = Vec::new();
+        for (id, p) in self.ports.iter().enumerate() {
+            let Some(p) = p else { continue };
+            for qp in 0..p.queue_pairs {
+                if Self::owner(id as PortId, qp, workers) == worker {
+                    out.push((id as PortId, qp));
+                }
+            }
+        }
+        out
+    }
+
+    /// Workers that poll at least one queue of `port`.
+    pub fn workers_of(&self, port: PortId, workers: usize) -> Vec<usize> {
+        let Some(p) = self.port(port) else {
+            return Vec::new();
+        };
+        let mut w: Vec<usize> = (0..p.queue_pairs)
+            .map(|qp| Self::owner(port, qp, workers))
+            .collect();
+        w.sort_unstable();
+        w.dedup();
+        w
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn topo(pairs: &[u16]) -> Topology {
+        Topology {
+            bridges: vec![],
+            ports: pairs
+                .iter()
+                .enumerate()
+                .map(|(i, &q)| {
+                    Some(PortRt {
+                        handle: Arc::new(PortHandle::new(i as PortId, "p", 1)),
+                        bridge: 0,
+                        queue_pairs: q,
+                    })
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn every_queue_has_exactly_one_owner() {
+        let t = topo(&[1, 2, 4]);
+        for workers in 1..4 {
+            let mut all: Vec<_> = (0..workers)
+                .flat_map(|w| t.tx_queues_of(w, workers))
+                .collect();
+            all.sort_unstable();
+            assert_eq!(all.len(), 7);
+            all.dedup();
+            assert_eq!(all.len(), 7);
+        }
+    }
+
+    #[test]
+    fn queue_pairs_spread_over_workers() {
+        let t = topo(&[2]);
+        assert_eq!(t.workers_of(0, 2), vec![0, 1]);
+        assert_eq!(t.workers_of(0, 1), vec![0]);
+        assert!(t.workers_of(5, 2).is_empty());
+    }
+}
