@@ -375,7 +375,7 @@ fn deliver_to(
             }
         }
         // The used ring is not in guest memory: nothing was delivered.
-        Err(()) => counters.add_drop(DropReason::BadDescriptor, packets),
+        Err(_) => counters.add_drop(DropReason::BadDescriptor, packets),
     }
 }
 

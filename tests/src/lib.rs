@@ -1,1 +1,45 @@
+//! Test harness shared by the integration tests in `tests/tests/`:
+//! - [`frontend`]: a VM without QEMU (shared memory, split virtqueues driven as a guest
+//!   driver drives them, the vhost-user protocol through the vhost crate's `Frontend`);
+//! - [`daemon`]: starts the real `vringswitch` binary with a given configuration and reads
+//!   its metrics;
+//! - [`wait_until`]: polling with a deadline instead of sleeps.
+#![deny(unsafe_code)]
 
+pub mod daemon;
+pub mod frontend;
+
+use std::time::{Duration, Instant};
+
+/// Polls `cond` every few milliseconds until it returns `Some`, or panics with `what` after
+/// `timeout`.
+pub fn wait_until<T>(timeout: Duration, what: &str, mut cond: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = cond() {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// A test frame: destination, source, an experimental EtherType, then `payload_len` bytes
+/// of a pattern derived from `seed`.
+pub fn frame(dst: [u8; 6], src: [u8; 6], payload_len: usize, seed: u8) -> Vec<u8> {
+    let mut f = Vec::with_capacity(14 + payload_len);
+    f.extend_from_slice(&dst);
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&[0x88, 0xb5]);
+    f.extend((0..payload_len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)));
+    f
+}
+
+pub const BROADCAST: [u8; 6] = [0xff; 6];
+
+/// The MAC address of test VM `n`.
+pub fn mac(n: u8) -> [u8; 6] {
+    [0x02, 0, 0, 0, 0, n]
+}

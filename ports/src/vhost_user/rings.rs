@@ -360,15 +360,24 @@ pub fn deliver(
     Ok(())
 }
 
+/// The used ring of a queue lies outside guest memory: the queue cannot be completed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("used ring outside guest memory")]
+pub struct BrokenUsedRing;
+
 /// Writes the used entries of a burst and publishes them with one used.idx store. Returns
 /// whether the driver asked to be notified (EVENT_IDX or VRING_AVAIL_F_NO_INTERRUPT).
-pub fn publish_used(queue: &mut Queue, mem: &GuestMem, used: &[(u16, u32)]) -> Result<bool, ()> {
+pub fn publish_used(
+    queue: &mut Queue,
+    mem: &GuestMem,
+    used: &[(u16, u32)],
+) -> Result<bool, BrokenUsedRing> {
     if used.is_empty() {
         return Ok(false);
     }
     let size = queue.size();
     if size == 0 {
-        return Err(());
+        return Err(BrokenUsedRing);
     }
     let base = GuestAddress(queue.used_ring());
     let old = Wrapping(queue.next_used());
@@ -383,36 +392,40 @@ pub fn publish_used(queue: &mut Queue, mem: &GuestMem, used: &[(u16, u32)]) -> R
         let entry = base
             .0
             .checked_add(4 + slot * 8)
-            .ok_or(())
+            .ok_or(BrokenUsedRing)
             .map(GuestAddress)?;
         let mut raw = [0u8; 8];
         raw[..4].copy_from_slice(&u32::from(head).to_le_bytes());
         raw[4..].copy_from_slice(&len.to_le_bytes());
-        mem.write_slice(&raw, entry).map_err(|_| ())?;
+        mem.write_slice(&raw, entry).map_err(|_| BrokenUsedRing)?;
         idx += Wrapping(1);
     }
     // Release: the entries above must be visible before the driver sees the new index.
     mem.store(
         u16::to_le(idx.0),
-        base.checked_add(2).ok_or(())?,
+        base.checked_add(2).ok_or(BrokenUsedRing)?,
         Ordering::Release,
     )
-    .map_err(|_| ())?;
+    .map_err(|_| BrokenUsedRing)?;
     queue.set_next_used(idx.0);
 
     // The index store must be visible before we read the driver's suppression state.
     fence(Ordering::SeqCst);
     let avail = GuestAddress(queue.avail_ring());
     if queue.event_idx_enabled() {
-        let used_event_addr = avail.checked_add(4 + 2 * u64::from(size)).ok_or(())?;
+        let used_event_addr = avail
+            .checked_add(4 + 2 * u64::from(size))
+            .ok_or(BrokenUsedRing)?;
         let used_event: u16 = mem
             .load(used_event_addr, Ordering::Acquire)
-            .map_err(|_| ())?;
+            .map_err(|_| BrokenUsedRing)?;
         let used_event = Wrapping(u16::from_le(used_event));
         // Notify if used_event lies in [old, idx): the same test as Linux's vring_need_event.
         Ok(idx - used_event - Wrapping(1) < idx - old)
     } else {
-        let flags: u16 = mem.load(avail, Ordering::Acquire).map_err(|_| ())?;
+        let flags: u16 = mem
+            .load(avail, Ordering::Acquire)
+            .map_err(|_| BrokenUsedRing)?;
         Ok(u16::from_le(flags) & VRING_AVAIL_F_NO_INTERRUPT as u16 == 0)
     }
 }

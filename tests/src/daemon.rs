@@ -1,0 +1,205 @@
+//! Runs the real `vringswitch` binary for a test.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::wait_until;
+
+/// Path of the daemon binary: `$VRINGSWITCH_BIN`, else next to the test executable's
+/// target directory.
+pub fn binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("VRINGSWITCH_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>/vringswitch
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|d| d.join("vringswitch"))
+        .expect("target directory");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first with `cargo build --bin vringswitch` \
+         (or set VRINGSWITCH_BIN)",
+        bin.display()
+    );
+    bin
+}
+
+/// A scratch directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!(
+            "vs-{tag}-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running daemon, killed on drop.
+pub struct Daemon {
+    child: Option<Child>,
+    pub api: String,
+    pub config: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    /// Starts the daemon with `config` (TOML) and waits until its API answers and every
+    /// server socket named in `sockets` exists.
+    pub fn start(dir: &Path, config: &str, sockets: &[PathBuf]) -> Daemon {
+        let path = dir.join("vringswitch.toml");
+        std::fs::write(&path, config).unwrap();
+        let api = format!("127.0.0.1:{}", free_port());
+        let mut d = Daemon {
+            child: None,
+            api,
+            config: path,
+            log: dir.join("vringswitch.log"),
+        };
+        d.spawn();
+        d.wait_ready(sockets);
+        d
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(binary())
+            .arg("--config")
+            .arg(&self.config)
+            .arg("--api")
+            .arg(&self.api)
+            .env("VRINGSWITCH_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("cannot start vringswitch");
+        self.child = Some(child);
+    }
+
+    fn wait_ready(&mut self, sockets: &[PathBuf]) {
+        let api = self.api.clone();
+        wait_until(Duration::from_secs(20), "the daemon's /healthz", || {
+            if let Some(c) = self.child.as_mut() {
+                if let Ok(Some(status)) = c.try_wait() {
+                    panic!("vringswitch exited with {status}: {}", self.log_text());
+                }
+            }
+            http_get(&api, "/healthz").ok().filter(|b| b.contains("ok"))
+        });
+        for s in sockets {
+            wait_until(Duration::from_secs(10), "the port sockets", || {
+                s.exists().then_some(())
+            });
+        }
+    }
+
+    /// Kills the daemon with SIGKILL.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the daemon again with the same configuration and API address.
+    pub fn restart(&mut self, sockets: &[PathBuf]) {
+        self.kill();
+        self.spawn();
+        self.wait_ready(sockets);
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The /metrics page.
+    pub fn metrics(&self) -> String {
+        http_get(&self.api, "/metrics").expect("GET /metrics")
+    }
+
+    /// Value of one sample of /metrics, e.g.
+    /// `metric("vringswitch_port_rx_packets_total", &[("port", "vm1")])`; 0 if absent.
+    pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
+        metric_value(&self.metrics(), name, labels)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Finds a sample in Prometheus text: the first line for `name` carrying all `labels`.
+pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> u64 {
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix(name) else {
+            continue;
+        };
+        if !(rest.starts_with('{') || rest.starts_with(' ')) {
+            continue;
+        }
+        if labels
+            .iter()
+            .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))
+        {
+            let v = rest.rsplit(' ').next().unwrap_or("0");
+            return v.parse::<f64>().unwrap_or(0.0) as u64;
+        }
+    }
+    0
+}
+
+/// A minimal HTTP/1.1 GET returning the body.
+pub fn http_get(addr: &str, path: &str) -> std::io::Result<String> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)?;
+    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string());
+    body.ok_or_else(|| std::io::Error::other("malformed HTTP response"))
+}

@@ -1,0 +1,480 @@
+//! A VM without QEMU: guest memory in a shared tmpfs file, split virtqueues driven the way a
+//! guest's virtio-net driver drives them, and the vhost-user protocol spoken through the
+//! vhost crate's `Frontend`.
+//!
+//! Layout of guest memory (GPA 0 .. [`MEM_SIZE`]): the rings of queue `q` at
+//! `RINGS + q * 0x1_0000` (descriptors, then avail at +0x4000, used at +0x8000), and the
+//! buffer of descriptor `d` of queue `q` at `BUFFERS + (q * QUEUE_SIZE + d) * BUF_STRIDE`.
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::time::Duration;
+
+use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost::vhost_user::{Frontend, VhostUserFrontend};
+use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_net::{VIRTIO_NET_F_MQ, VIRTIO_NET_F_MRG_RXBUF};
+use virtio_bindings::virtio_ring::{
+    VIRTIO_RING_F_EVENT_IDX, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
+};
+use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::wait_until;
+
+pub const MEM_SIZE: u64 = 64 << 20;
+pub const QUEUE_SIZE: u16 = 256;
+pub const RINGS: u64 = 0x10_0000;
+pub const BUFFERS: u64 = 0x100_0000;
+pub const BUF_STRIDE: u64 = 0x4000;
+/// Virtio-net header length with VERSION_1.
+pub const HDR_LEN: usize = 12;
+
+/// How the test VM negotiates.
+#[derive(Debug, Clone, Copy)]
+pub struct VmOptions {
+    pub queue_pairs: u16,
+    pub mrg_rxbuf: bool,
+    pub event_idx: bool,
+}
+
+impl Default for VmOptions {
+    fn default() -> Self {
+        VmOptions {
+            queue_pairs: 1,
+            mrg_rxbuf: true,
+            event_idx: true,
+        }
+    }
+}
+
+/// A received frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Received {
+    pub frame: Vec<u8>,
+    /// `num_buffers` from the virtio-net header.
+    pub num_buffers: u16,
+    /// Used lengths of each buffer the frame came in.
+    pub used_lens: Vec<u32>,
+}
+
+/// Driver side of one split virtqueue.
+pub struct DriverQueue {
+    pub index: u16,
+    pub kick: EventFd,
+    pub call: EventFd,
+    next_avail: u16,
+    last_used: u16,
+    free: Vec<u16>,
+}
+
+impl DriverQueue {
+    fn desc_addr(&self) -> u64 {
+        RINGS + u64::from(self.index) * 0x1_0000
+    }
+    fn avail_addr(&self) -> u64 {
+        self.desc_addr() + 0x4000
+    }
+    fn used_addr(&self) -> u64 {
+        self.desc_addr() + 0x8000
+    }
+    /// Buffer of descriptor `d`.
+    pub fn buf_addr(&self, d: u16) -> u64 {
+        BUFFERS + (u64::from(self.index) * u64::from(QUEUE_SIZE) + u64::from(d)) * BUF_STRIDE
+    }
+}
+
+/// A test VM attached to one vhost-user socket.
+pub struct TestVm {
+    pub frontend: Frontend,
+    pub mem: GuestMemoryMmap<()>,
+    pub queues: Vec<DriverQueue>,
+    pub features: u64,
+    pub mac: [u8; 6],
+    _file: File,
+}
+
+fn shared_memory() -> (File, GuestMemoryMmap<()>) {
+    let path = Path::new("/dev/shm").join(format!(
+        "vringswitch-test-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    ));
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .expect("create guest memory in /dev/shm");
+    std::fs::remove_file(&path).unwrap();
+    file.set_len(MEM_SIZE).unwrap();
+    let mem = GuestMemoryMmap::<()>::from_ranges_with_files(&[(
+        GuestAddress(0),
+        MEM_SIZE as usize,
+        Some(FileOffset::new(file.try_clone().unwrap(), 0)),
+    )])
+    .unwrap();
+    (file, mem)
+}
+
+impl TestVm {
+    /// Connects to a server-mode port and does the whole handshake; RX rings start empty.
+    pub fn connect(socket: &Path, mac: [u8; 6], opts: VmOptions) -> TestVm {
+        let frontend = wait_until(Duration::from_secs(10), "the vhost-user socket", || {
+            Frontend::connect(socket, u64::from(2 * opts.queue_pairs)).ok()
+        });
+        Self::handshake(frontend, mac, opts)
+    }
+
+    /// Does the vhost-user handshake over an established connection.
+    pub fn handshake(mut frontend: Frontend, mac: [u8; 6], opts: VmOptions) -> TestVm {
+        let (file, mem) = shared_memory();
+        frontend.set_owner().expect("SET_OWNER");
+        let offered = frontend.get_features().expect("GET_FEATURES");
+        let mut wanted =
+            (1u64 << VIRTIO_F_VERSION_1) | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
+        if opts.mrg_rxbuf {
+            wanted |= 1 << VIRTIO_NET_F_MRG_RXBUF;
+        }
+        if opts.event_idx {
+            wanted |= 1 << VIRTIO_RING_F_EVENT_IDX;
+        }
+        if opts.queue_pairs > 1 {
+            wanted |= 1 << VIRTIO_NET_F_MQ;
+        }
+        assert_eq!(
+            offered & wanted,
+            wanted,
+            "backend lacks features: {offered:#x}"
+        );
+        let proto = frontend
+            .get_protocol_features()
+            .expect("GET_PROTOCOL_FEATURES");
+        let proto_wanted = VhostUserProtocolFeatures::MQ
+            | VhostUserProtocolFeatures::REPLY_ACK
+            | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS;
+        assert!(proto.contains(proto_wanted), "protocol features {proto:?}");
+        frontend.set_features(wanted).expect("SET_FEATURES");
+        frontend
+            .set_protocol_features(proto_wanted)
+            .expect("SET_PROTOCOL_FEATURES");
+        let qnum = frontend.get_queue_num().expect("GET_QUEUE_NUM");
+        assert!(qnum >= u64::from(2 * opts.queue_pairs), "queue num {qnum}");
+
+        let host = mem.get_host_address(GuestAddress(0)).unwrap() as u64;
+        let region = VhostUserMemoryRegionInfo {
+            guest_phys_addr: 0,
+            memory_size: MEM_SIZE,
+            userspace_addr: host,
+            mmap_offset: 0,
+            mmap_handle: file.as_raw_fd(),
+        };
+        frontend.set_mem_table(&[region]).expect("SET_MEM_TABLE");
+
+        let mut vm = TestVm {
+            frontend,
+            mem,
+            queues: Vec::new(),
+            features: wanted,
+            mac,
+            _file: file,
+        };
+        for q in 0..2 * opts.queue_pairs {
+            let dq = DriverQueue {
+                index: q,
+                kick: EventFd::new(EFD_NONBLOCK).unwrap(),
+                call: EventFd::new(EFD_NONBLOCK).unwrap(),
+                next_avail: 0,
+                last_used: 0,
+                free: (0..QUEUE_SIZE).rev().collect(),
+            };
+            vm.setup_queue(&dq, host);
+            vm.queues.push(dq);
+        }
+        vm
+    }
+
+    fn setup_queue(&mut self, dq: &DriverQueue, host: u64) {
+        let idx = usize::from(dq.index);
+        // Rings start zeroed (fresh memory or after a reconnect below).
+        self.mem
+            .write_slice(&[0u8; 0xC000], GuestAddress(dq.desc_addr()))
+            .unwrap();
+        self.frontend
+            .set_vring_num(idx, QUEUE_SIZE)
+            .expect("SET_VRING_NUM");
+        let config = VringConfigData {
+            queue_max_size: QUEUE_SIZE,
+            queue_size: QUEUE_SIZE,
+            flags: 0,
+            desc_table_addr: host + dq.desc_addr(),
+            used_ring_addr: host + dq.used_addr(),
+            avail_ring_addr: host + dq.avail_addr(),
+            log_addr: None,
+        };
+        self.frontend
+            .set_vring_addr(idx, &config)
+            .expect("SET_VRING_ADDR");
+        self.frontend
+            .set_vring_base(idx, 0)
+            .expect("SET_VRING_BASE");
+        self.frontend
+            .set_vring_call(idx, &dq.call)
+            .expect("SET_VRING_CALL");
+        self.frontend
+            .set_vring_kick(idx, &dq.kick)
+            .expect("SET_VRING_KICK");
+        self.frontend
+            .set_vring_enable(idx, true)
+            .expect("SET_VRING_ENABLE");
+    }
+
+    fn write_desc(&self, q: u16, d: u16, addr: u64, len: u32, flags: u16, next: u16) {
+        let dq = &self.queues[usize::from(q)];
+        let mut raw = [0u8; 16];
+        raw[0..8].copy_from_slice(&addr.to_le_bytes());
+        raw[8..12].copy_from_slice(&len.to_le_bytes());
+        raw[12..14].copy_from_slice(&flags.to_le_bytes());
+        raw[14..16].copy_from_slice(&next.to_le_bytes());
+        self.mem
+            .write_slice(&raw, GuestAddress(dq.desc_addr() + u64::from(d) * 16))
+            .unwrap();
+    }
+
+    /// Puts chain heads on the avail ring and publishes the new index.
+    fn make_available(&mut self, q: u16, heads: &[u16]) {
+        let dq = &mut self.queues[usize::from(q)];
+        let avail = dq.avail_addr();
+        for &h in heads {
+            let slot = u64::from(dq.next_avail % QUEUE_SIZE);
+            self.mem
+                .write_obj(h.to_le(), GuestAddress(avail + 4 + 2 * slot))
+                .unwrap();
+            dq.next_avail = dq.next_avail.wrapping_add(1);
+        }
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        self.mem
+            .write_obj(dq.next_avail.to_le(), GuestAddress(avail + 2))
+            .unwrap();
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn alloc(&mut self, q: u16, n: usize) -> Vec<u16> {
+        let dq = &mut self.queues[usize::from(q)];
+        assert!(dq.free.len() >= n, "queue {q} out of descriptors");
+        (0..n).map(|_| dq.free.pop().unwrap()).collect()
+    }
+
+    /// RX queue of pair `pair`.
+    pub fn rx(pair: u16) -> u16 {
+        2 * pair
+    }
+
+    /// TX queue of pair `pair`.
+    pub fn tx(pair: u16) -> u16 {
+        2 * pair + 1
+    }
+
+    /// Offers `n` writable buffers of `len` bytes on RX queue `q` (one descriptor each).
+    pub fn post_rx(&mut self, q: u16, n: usize, len: u32) {
+        let heads = self.alloc(q, n);
+        for &d in &heads {
+            let addr = self.queues[usize::from(q)].buf_addr(d);
+            self.write_desc(q, d, addr, len, VRING_DESC_F_WRITE as u16, 0);
+        }
+        self.make_available(q, &heads);
+        let _ = self.queues[usize::from(q)].kick.write(1);
+    }
+
+    /// Sends `frame` on TX queue `q` behind a zeroed virtio-net header, in one descriptor.
+    pub fn send(&mut self, q: u16, frame: &[u8]) {
+        self.send_split(q, frame, &[]);
+    }
+
+    /// Sends `frame` with the header+frame bytes split at the given offsets into several
+    /// chained descriptors.
+    pub fn send_split(&mut self, q: u16, frame: &[u8], cuts: &[usize]) {
+        let mut bytes = vec![0u8; HDR_LEN];
+        bytes.extend_from_slice(frame);
+        let mut bounds = vec![0];
+        bounds.extend(cuts.iter().copied().filter(|&c| c > 0 && c < bytes.len()));
+        bounds.push(bytes.len());
+        let descs = self.alloc(q, bounds.len() - 1);
+        for (i, w) in bounds.windows(2).enumerate() {
+            let d = descs[i];
+            let addr = self.queues[usize::from(q)].buf_addr(d);
+            assert!((w[1] - w[0]) as u64 <= BUF_STRIDE);
+            self.mem
+                .write_slice(&bytes[w[0]..w[1]], GuestAddress(addr))
+                .unwrap();
+            let last = i + 1 == descs.len();
+            let (flags, next) = if last {
+                (0, 0)
+            } else {
+                (VRING_DESC_F_NEXT as u16, descs[i + 1])
+            };
+            self.write_desc(q, d, addr, (w[1] - w[0]) as u32, flags, next);
+        }
+        self.make_available(q, &descs[..1]);
+        let _ = self.queues[usize::from(q)].kick.write(1);
+    }
+
+    /// Offers a raw chain of (addr, len, write) descriptors on queue `q`.
+    pub fn offer_raw_chain(&mut self, q: u16, descs: &[(u64, u32, bool)]) {
+        let ids = self.alloc(q, descs.len());
+        for (i, &(addr, len, write)) in descs.iter().enumerate() {
+            let mut flags = if write { VRING_DESC_F_WRITE as u16 } else { 0 };
+            let next = if i + 1 < ids.len() {
+                flags |= VRING_DESC_F_NEXT as u16;
+                ids[i + 1]
+            } else {
+                0
+            };
+            self.write_desc(q, ids[i], addr, len, flags, next);
+        }
+        self.make_available(q, &ids[..1]);
+        let _ = self.queues[usize::from(q)].kick.write(1);
+    }
+
+    /// The device's used index of queue `q`.
+    pub fn used_idx(&self, q: u16) -> u16 {
+        let dq = &self.queues[usize::from(q)];
+        u16::from_le(self.mem.read_obj(GuestAddress(dq.used_addr() + 2)).unwrap())
+    }
+
+    /// The driver's avail index of queue `q`.
+    pub fn avail_idx(&self, q: u16) -> u16 {
+        self.queues[usize::from(q)].next_avail
+    }
+
+    fn used_entry(&self, q: u16, n: u16) -> (u16, u32) {
+        let dq = &self.queues[usize::from(q)];
+        let slot = u64::from(n % QUEUE_SIZE);
+        let e: [u32; 2] = self
+            .mem
+            .read_obj(GuestAddress(dq.used_addr() + 4 + 8 * slot))
+            .unwrap();
+        (u32::from_le(e[0]) as u16, u32::from_le(e[1]))
+    }
+
+    /// Frees the descriptors of every chain the device returned on TX queue `q`, and says
+    /// how many chains that was.
+    pub fn reap_tx(&mut self, q: u16) -> usize {
+        let used = self.used_idx(q);
+        let mut n = 0;
+        while self.queues[usize::from(q)].last_used != used {
+            let at = self.queues[usize::from(q)].last_used;
+            let (head, _) = self.used_entry(q, at);
+            self.free_chain(q, head);
+            self.queues[usize::from(q)].last_used = at.wrapping_add(1);
+            n += 1;
+        }
+        n
+    }
+
+    fn free_chain(&mut self, q: u16, head: u16) {
+        let mut d = head;
+        for _ in 0..QUEUE_SIZE {
+            let dq = &self.queues[usize::from(q)];
+            let raw: [u8; 16] = self
+                .mem
+                .read_obj(GuestAddress(dq.desc_addr() + u64::from(d) * 16))
+                .unwrap();
+            self.queues[usize::from(q)].free.push(d);
+            let flags = u16::from_le_bytes([raw[12], raw[13]]);
+            if flags & VRING_DESC_F_NEXT as u16 == 0 {
+                break;
+            }
+            d = u16::from_le_bytes([raw[14], raw[15]]);
+        }
+    }
+
+    /// Takes every frame the device delivered on RX queue `q` since the last call. Buffers
+    /// are not re-offered.
+    pub fn recv(&mut self, q: u16) -> Vec<Received> {
+        let mrg = self.features & (1 << VIRTIO_NET_F_MRG_RXBUF) != 0;
+        let mut out = Vec::new();
+        let used = self.used_idx(q);
+        while self.queues[usize::from(q)].last_used != used {
+            let at = self.queues[usize::from(q)].last_used;
+            let (head, len) = self.used_entry(q, at);
+            let addr = self.queues[usize::from(q)].buf_addr(head);
+            let mut data = vec![0u8; len as usize];
+            self.mem.read_slice(&mut data, GuestAddress(addr)).unwrap();
+            self.free_chain(q, head);
+            let mut next = at.wrapping_add(1);
+            assert!(
+                data.len() >= HDR_LEN,
+                "used length {len} shorter than the header"
+            );
+            let num_buffers = u16::from_le_bytes([data[10], data[11]]);
+            let mut used_lens = vec![len];
+            let mut frame = data[HDR_LEN..].to_vec();
+            if mrg {
+                for _ in 1..num_buffers {
+                    assert_ne!(
+                        next, used,
+                        "num_buffers {num_buffers} but fewer used entries"
+                    );
+                    let (h, l) = self.used_entry(q, next);
+                    let mut more = vec![0u8; l as usize];
+                    let a = self.queues[usize::from(q)].buf_addr(h);
+                    self.mem.read_slice(&mut more, GuestAddress(a)).unwrap();
+                    self.free_chain(q, h);
+                    frame.extend_from_slice(&more);
+                    used_lens.push(l);
+                    next = next.wrapping_add(1);
+                }
+            }
+            self.queues[usize::from(q)].last_used = next;
+            out.push(Received {
+                frame,
+                num_buffers,
+                used_lens,
+            });
+        }
+        out
+    }
+
+    /// Waits until `n` frames arrived on RX queue `q` (failing after `timeout`), then
+    /// checks for a short while that no more come.
+    pub fn expect_frames(&mut self, q: u16, n: usize, timeout: Duration) -> Vec<Received> {
+        let mut got = Vec::new();
+        let deadline = std::time::Instant::now() + timeout;
+        while got.len() < n {
+            got.extend(self.recv(q));
+            if std::time::Instant::now() > deadline {
+                panic!("expected {n} frames on queue {q}, got {}", got.len());
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        got.extend(self.recv(q));
+        assert_eq!(got.len(), n, "more frames than expected on queue {q}");
+        got
+    }
+
+    /// Checks that nothing arrives on RX queue `q` for `quiet`.
+    pub fn expect_nothing(&mut self, q: u16, quiet: Duration) {
+        std::thread::sleep(quiet);
+        let got = self.recv(q);
+        assert!(
+            got.is_empty(),
+            "unexpected frames on queue {q}: {}",
+            got.len()
+        );
+    }
+
+    /// Waits until the device consumed every chain offered on TX queue `q`.
+    pub fn wait_tx_done(&mut self, q: u16, timeout: Duration) {
+        wait_until(timeout, "TX chains to be consumed", || {
+            self.reap_tx(q);
+            (self.used_idx(q) == self.avail_idx(q)).then_some(())
+        });
+    }
+}

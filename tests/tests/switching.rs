@@ -1,0 +1,377 @@
+//! L2 switching through the real daemon, with test VMs as vhost-user frontends.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use vhost::VhostBackend;
+use vringswitch_tests::daemon::{Daemon, TempDir};
+use vringswitch_tests::frontend::{TestVm, VmOptions};
+use vringswitch_tests::{frame, mac, BROADCAST};
+
+const T: Duration = Duration::from_secs(10);
+const QUIET: Duration = Duration::from_millis(150);
+
+/// A daemon with the given (bridge, [ports]) layout, server-mode sockets in a temp dir.
+struct Setup {
+    dir: TempDir,
+    daemon: Daemon,
+}
+
+impl Setup {
+    fn new(tag: &str, layout: &[(&str, &[&str])], queues: u16) -> Setup {
+        let dir = TempDir::new(tag);
+        let mut toml = String::from("[dataplane]\ncores = [1]\n");
+        let mut sockets = Vec::new();
+        for (bridge, ports) in layout {
+            toml.push_str(&format!("[[bridges]]\nname = \"{bridge}\"\n"));
+            for p in *ports {
+                let s = dir.path().join(format!("{p}.sock"));
+                toml.push_str(&format!(
+                    "[[ports]]\nname = \"{p}\"\nbridge = \"{bridge}\"\ntype = \"vhost-user\"\n\
+                     socket = \"{}\"\nmode = \"server\"\nqueues = {queues}\n",
+                    s.display()
+                ));
+                sockets.push(s);
+            }
+        }
+        let daemon = Daemon::start(dir.path(), &toml, &sockets);
+        Setup { dir, daemon }
+    }
+
+    fn socket(&self, port: &str) -> PathBuf {
+        self.dir.path().join(format!("{port}.sock"))
+    }
+
+    fn vm(&self, port: &str, n: u8) -> TestVm {
+        self.vm_with(port, n, VmOptions::default())
+    }
+
+    fn vm_with(&self, port: &str, n: u8, opts: VmOptions) -> TestVm {
+        let mut vm = TestVm::connect(&self.socket(port), mac(n), opts);
+        for pair in 0..opts.queue_pairs {
+            vm.post_rx(TestVm::rx(pair), 64, 2048);
+        }
+        vm
+    }
+
+    fn counter(&self, name: &str, port: &str) -> u64 {
+        self.daemon
+            .metric(&format!("vringswitch_port_{name}_total"), &[("port", port)])
+    }
+}
+
+fn wait_connected(s: &Setup, ports: &[&str]) {
+    vringswitch_tests::wait_until(T, "ports connected", || {
+        let m = s.daemon.metrics();
+        ports
+            .iter()
+            .all(|p| {
+                vringswitch_tests::daemon::metric_value(
+                    &m,
+                    "vringswitch_port_connected",
+                    &[("port", p)],
+                ) == 1
+            })
+            .then_some(())
+    });
+}
+
+#[test]
+fn flooding_reaches_every_other_port_and_never_the_ingress() {
+    let s = Setup::new("flood", &[("br0", &["a", "b", "c"])], 1);
+    let (mut a, mut b, mut c) = (s.vm("a", 1), s.vm("b", 2), s.vm("c", 3));
+    wait_connected(&s, &["a", "b", "c"]);
+    let f = frame(BROADCAST, mac(1), 100, 7);
+    a.send(TestVm::tx(0), &f);
+    for vm in [&mut b, &mut c] {
+        let got = vm.expect_frames(TestVm::rx(0), 1, T);
+        assert_eq!(got[0].frame, f, "bytes arrive unmodified");
+    }
+    a.expect_nothing(TestVm::rx(0), QUIET);
+    // Unknown unicast floods too.
+    let f = frame(mac(9), mac(1), 60, 8);
+    a.send(TestVm::tx(0), &f);
+    assert_eq!(b.expect_frames(TestVm::rx(0), 1, T)[0].frame, f);
+    assert_eq!(c.expect_frames(TestVm::rx(0), 1, T)[0].frame, f);
+    a.expect_nothing(TestVm::rx(0), QUIET);
+    a.wait_tx_done(TestVm::tx(0), T);
+    assert_eq!(s.counter("rx_packets", "a"), 2);
+    assert_eq!(s.counter("tx_packets", "b"), 2);
+    assert_eq!(s.counter("tx_packets", "c"), 2);
+    assert_eq!(s.counter("tx_packets", "a"), 0);
+}
+
+#[test]
+fn unicast_after_learning_goes_only_to_the_right_port() {
+    let s = Setup::new("unicast", &[("br0", &["a", "b", "c"])], 1);
+    let (mut a, mut b, mut c) = (s.vm("a", 1), s.vm("b", 2), s.vm("c", 3));
+    wait_connected(&s, &["a", "b", "c"]);
+    // b announces itself; a and c see the broadcast.
+    b.send(TestVm::tx(0), &frame(BROADCAST, mac(2), 46, 1));
+    a.expect_frames(TestVm::rx(0), 1, T);
+    c.expect_frames(TestVm::rx(0), 1, T);
+    // a -> b is now known: only b gets it, and a is learnt from it.
+    for i in 0..20u8 {
+        a.send(
+            TestVm::tx(0),
+            &frame(mac(2), mac(1), 46 + usize::from(i) * 70, i),
+        );
+    }
+    let got = b.expect_frames(TestVm::rx(0), 20, T);
+    for (i, r) in got.iter().enumerate() {
+        assert_eq!(r.frame, frame(mac(2), mac(1), 46 + i * 70, i as u8));
+    }
+    c.expect_nothing(TestVm::rx(0), QUIET);
+    // b -> a: only a.
+    b.send(TestVm::tx(0), &frame(mac(1), mac(2), 46, 3));
+    a.expect_frames(TestVm::rx(0), 1, T);
+    c.expect_nothing(TestVm::rx(0), QUIET);
+    assert_eq!(
+        s.daemon
+            .metric("vringswitch_fdb_entries", &[("bridge", "br0")]),
+        2
+    );
+}
+
+#[test]
+fn mac_moves_to_the_port_it_is_seen_on() {
+    let s = Setup::new("move", &[("br0", &["a", "b", "c"])], 1);
+    let (mut a, mut b, mut c) = (s.vm("a", 1), s.vm("b", 2), s.vm("c", 3));
+    wait_connected(&s, &["a", "b", "c"]);
+    // mac(7) first behind b, then behind c.
+    b.send(TestVm::tx(0), &frame(BROADCAST, mac(7), 46, 1));
+    a.expect_frames(TestVm::rx(0), 1, T);
+    c.expect_frames(TestVm::rx(0), 1, T);
+    c.send(TestVm::tx(0), &frame(BROADCAST, mac(7), 46, 2));
+    a.expect_frames(TestVm::rx(0), 1, T);
+    b.expect_frames(TestVm::rx(0), 1, T);
+    a.send(TestVm::tx(0), &frame(mac(7), mac(1), 46, 3));
+    c.expect_frames(TestVm::rx(0), 1, T);
+    b.expect_nothing(TestVm::rx(0), QUIET);
+}
+
+#[test]
+fn bridges_are_isolated() {
+    let s = Setup::new("isolated", &[("br0", &["a", "b"]), ("br1", &["c", "d"])], 1);
+    let (mut a, mut b) = (s.vm("a", 1), s.vm("b", 2));
+    let (mut c, mut d) = (s.vm("c", 3), s.vm("d", 4));
+    wait_connected(&s, &["a", "b", "c", "d"]);
+    a.send(TestVm::tx(0), &frame(BROADCAST, mac(1), 46, 1));
+    b.expect_frames(TestVm::rx(0), 1, T);
+    // c knows mac(1)? It must not: unicast to it floods inside br1 only.
+    c.send(TestVm::tx(0), &frame(mac(1), mac(3), 46, 2));
+    d.expect_frames(TestVm::rx(0), 1, T);
+    a.expect_nothing(TestVm::rx(0), QUIET);
+    b.expect_nothing(TestVm::rx(0), Duration::ZERO);
+    c.expect_nothing(TestVm::rx(0), Duration::ZERO);
+}
+
+#[test]
+fn mergeable_rx_spreads_a_1514_byte_frame_over_512_byte_buffers() {
+    let s = Setup::new("mrg", &[("br0", &["a", "b"])], 1);
+    let mut a = s.vm("a", 1);
+    let mut b = TestVm::connect(&s.socket("b"), mac(2), VmOptions::default());
+    b.post_rx(TestVm::rx(0), 16, 512);
+    wait_connected(&s, &["a", "b"]);
+    let f = frame(mac(2), mac(1), 1500, 5);
+    assert_eq!(f.len(), 1514);
+    // The sender splits header and frame over three descriptors, the header straddling two.
+    a.send_split(TestVm::tx(0), &f, &[5, 700]);
+    let got = b.expect_frames(TestVm::rx(0), 1, T);
+    assert_eq!(got[0].frame, f);
+    assert_eq!(got[0].num_buffers, 3);
+    assert_eq!(got[0].used_lens, vec![512, 512, 502]);
+}
+
+#[test]
+fn without_mergeable_buffers_num_buffers_is_one() {
+    let s = Setup::new("nomrg", &[("br0", &["a", "b"])], 1);
+    let mut a = s.vm("a", 1);
+    let opts = VmOptions {
+        mrg_rxbuf: false,
+        ..VmOptions::default()
+    };
+    let mut b = s.vm_with("b", 2, opts);
+    wait_connected(&s, &["a", "b"]);
+    let f = frame(mac(2), mac(1), 1500, 5);
+    a.send(TestVm::tx(0), &f);
+    let got = b.expect_frames(TestVm::rx(0), 1, T);
+    assert_eq!(got[0].frame, f);
+    assert_eq!(got[0].num_buffers, 1);
+}
+
+#[test]
+fn a_full_rx_ring_drops_and_counts() {
+    let s = Setup::new("full", &[("br0", &["a", "b"])], 1);
+    let mut a = s.vm("a", 1);
+    let mut b = TestVm::connect(&s.socket("b"), mac(2), VmOptions::default());
+    b.post_rx(TestVm::rx(0), 4, 2048);
+    wait_connected(&s, &["a", "b"]);
+    for i in 0..10u8 {
+        a.send(TestVm::tx(0), &frame(mac(2), mac(1), 100, i));
+    }
+    a.wait_tx_done(TestVm::tx(0), T);
+    let got = b.expect_frames(TestVm::rx(0), 4, T);
+    for (i, r) in got.iter().enumerate() {
+        assert_eq!(r.frame, frame(mac(2), mac(1), 100, i as u8));
+    }
+    assert_eq!(s.counter("rx_packets", "a"), 10);
+    assert_eq!(s.counter("tx_packets", "b"), 4);
+    assert_eq!(
+        s.daemon.metric(
+            "vringswitch_port_drops_total",
+            &[("port", "b"), ("reason", "no_rx_buffer")]
+        ),
+        6
+    );
+    // Buffers offered again are filled again: the worker never got stuck.
+    b.post_rx(TestVm::rx(0), 4, 2048);
+    a.send(TestVm::tx(0), &frame(mac(2), mac(1), 100, 99));
+    assert_eq!(
+        b.expect_frames(TestVm::rx(0), 1, T)[0].frame,
+        frame(mac(2), mac(1), 100, 99)
+    );
+}
+
+#[test]
+fn frames_of_every_size_arrive_unmodified() {
+    let s = Setup::new("sizes", &[("br0", &["a", "b"])], 1);
+    let mut a = s.vm("a", 1);
+    let mut b = TestVm::connect(&s.socket("b"), mac(2), VmOptions::default());
+    b.post_rx(TestVm::rx(0), 200, 1024);
+    wait_connected(&s, &["a", "b"]);
+    let sizes: Vec<usize> = (0..=1500).step_by(11).chain([1500, 4000, 9000]).collect();
+    let mut expected = Vec::new();
+    for (i, &n) in sizes.iter().enumerate() {
+        let f = frame(mac(2), mac(1), n, i as u8);
+        // Vary how the sender splits the chain.
+        let cuts: Vec<usize> = match i % 3 {
+            0 => vec![],
+            1 => vec![12],
+            _ => vec![3, 20, 200],
+        };
+        a.send_split(TestVm::tx(0), &f, &cuts);
+        expected.push(f);
+        if i % 32 == 31 {
+            a.wait_tx_done(TestVm::tx(0), T);
+        }
+    }
+    let got = b.expect_frames(TestVm::rx(0), expected.len(), T);
+    for (g, e) in got.iter().zip(&expected) {
+        assert_eq!(g.frame.len(), e.len());
+        assert!(g.frame == *e, "frame of {} bytes changed", e.len());
+    }
+}
+
+#[test]
+fn malformed_tx_chains_are_dropped_counted_and_returned() {
+    let s = Setup::new("badtx", &[("br0", &["a", "b"])], 1);
+    let mut a = s.vm("a", 1);
+    let mut b = s.vm("b", 2);
+    wait_connected(&s, &["a", "b"]);
+    // A TX chain with a write-only descriptor, one outside guest memory, and a runt.
+    a.offer_raw_chain(
+        TestVm::tx(0),
+        &[(0x200_0000, 12, false), (0x200_1000, 64, true)],
+    );
+    a.offer_raw_chain(
+        TestVm::tx(0),
+        &[(0x200_0000, 12, false), (1 << 40, 64, false)],
+    );
+    a.offer_raw_chain(TestVm::tx(0), &[(0x200_0000, 20, false)]);
+    a.send(TestVm::tx(0), &frame(mac(2), mac(1), 50, 1));
+    a.wait_tx_done(TestVm::tx(0), T);
+    assert_eq!(b.expect_frames(TestVm::rx(0), 1, T).len(), 1);
+    assert_eq!(
+        s.daemon.metric(
+            "vringswitch_port_drops_total",
+            &[("port", "a"), ("reason", "bad_descriptor")]
+        ),
+        3
+    );
+}
+
+#[test]
+fn reconnect_serves_the_port_again() {
+    let s = Setup::new("reconnect", &[("br0", &["a", "b"])], 1);
+    let mut b = s.vm("b", 2);
+    for round in 0..3u8 {
+        let mut a = s.vm("a", 1);
+        wait_connected(&s, &["a", "b"]);
+        a.send(TestVm::tx(0), &frame(mac(2), mac(1), 64, round));
+        let got = b.expect_frames(TestVm::rx(0), 1, T);
+        assert_eq!(got[0].frame, frame(mac(2), mac(1), 64, round));
+        b.send(TestVm::tx(0), &frame(mac(1), mac(2), 64, round));
+        assert_eq!(a.expect_frames(TestVm::rx(0), 1, T).len(), 1);
+        drop(a);
+        vringswitch_tests::wait_until(T, "a disconnected", || {
+            (s.daemon
+                .metric("vringswitch_port_connected", &[("port", "a")])
+                == 0)
+                .then_some(())
+        });
+    }
+}
+
+#[test]
+fn get_vring_base_during_traffic_leaves_no_chain_in_flight() {
+    let s = Setup::new("vringbase", &[("br0", &["a", "b"])], 1);
+    let mut a = s.vm("a", 1);
+    let mut b = TestVm::connect(&s.socket("b"), mac(2), VmOptions::default());
+    b.post_rx(TestVm::rx(0), 256, 2048);
+    wait_connected(&s, &["a", "b"]);
+    for i in 0..200u8 {
+        a.send(TestVm::tx(0), &frame(mac(2), mac(1), 200, i));
+    }
+    // Stop a's TX ring while the switch is busy with it.
+    let base = a
+        .frontend
+        .get_vring_base(usize::from(TestVm::tx(0)))
+        .expect("GET_VRING_BASE");
+    let used = a.used_idx(TestVm::tx(0));
+    assert_eq!(
+        u32::from(used),
+        base,
+        "every chain the backend took ({base}) was returned ({used})"
+    );
+    // Whatever it took reached b, nothing more arrives afterwards.
+    std::thread::sleep(QUIET);
+    let got = b.recv(TestVm::rx(0));
+    assert_eq!(got.len(), base as usize);
+    for (i, r) in got.iter().enumerate() {
+        assert_eq!(r.frame, frame(mac(2), mac(1), 200, i as u8));
+    }
+    std::thread::sleep(QUIET);
+    assert!(b.recv(TestVm::rx(0)).is_empty());
+}
+
+#[test]
+fn two_queue_pairs_are_both_serviced() {
+    let s = Setup::new("mq", &[("br0", &["a", "b"])], 2);
+    let opts = VmOptions {
+        queue_pairs: 2,
+        ..VmOptions::default()
+    };
+    let mut a = s.vm_with("a", 1, opts);
+    let mut b = s.vm_with("b", 2, opts);
+    wait_connected(&s, &["a", "b"]);
+    for pair in 0..2u16 {
+        for i in 0..5u8 {
+            a.send(
+                TestVm::tx(pair),
+                &frame(mac(2), mac(1), 80, i + 10 * pair as u8),
+            );
+        }
+    }
+    a.wait_tx_done(TestVm::tx(0), T);
+    a.wait_tx_done(TestVm::tx(1), T);
+    // Frames from TX pair n land on RX pair n.
+    let q0 = b.expect_frames(TestVm::rx(0), 5, T);
+    let q1 = b.expect_frames(TestVm::rx(1), 5, T);
+    assert_eq!(q0[0].frame, frame(mac(2), mac(1), 80, 0));
+    assert_eq!(q1[0].frame, frame(mac(2), mac(1), 80, 10));
+    // And back the other way on pair 1.
+    b.send(TestVm::tx(1), &frame(mac(1), mac(2), 80, 1));
+    assert_eq!(a.expect_frames(TestVm::rx(1), 1, T).len(), 1);
+    assert_eq!(s.counter("rx_packets", "a"), 10);
+}
