@@ -8,7 +8,7 @@
 
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::UnixStream;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -16,7 +16,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use vhost::vhost_user::Listener;
-use vhost_user_backend::{ShutdownHandle, VhostUserDaemon};
+use vhost_user_backend::VhostUserDaemon;
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 
 use super::backend::NetBackend;
@@ -46,7 +46,8 @@ pub struct VhostUserPortConfig {
 
 struct ConnectionControl {
     stop: AtomicBool,
-    shutdown: Mutex<Option<ShutdownHandle>>,
+    /// The frontend connection being served, to hang up on stop.
+    shutdown: Mutex<Option<UnixStream>>,
 }
 
 /// A running vhost-user port: a thread that keeps its socket served.
@@ -104,7 +105,7 @@ impl VhostUserPort {
         };
         self.control.stop.store(true, Ordering::SeqCst);
         if let Some(s) = lock(&self.control.shutdown).as_ref() {
-            s.shutdown();
+            let _ = s.shutdown(std::net::Shutdown::Both);
         }
         if self.config.mode == SocketMode::Server {
             // Wake a blocking accept(); the thread sees `stop` and hangs up at once.
@@ -128,7 +129,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Binds a server socket: parent directory created 0750, socket 0660.
-fn bind(path: &Path) -> Result<Listener, VhostUserError> {
+fn bind(path: &Path) -> Result<UnixListener, VhostUserError> {
     if let Some(dir) = path.parent() {
         if !dir.exists() {
             std::fs::create_dir_all(dir).map_err(|source| VhostUserError::SocketDir {
@@ -143,7 +144,14 @@ fn bind(path: &Path) -> Result<Listener, VhostUserError> {
             )?;
         }
     }
-    let listener = Listener::new(path, true).map_err(|source| VhostUserError::Listen {
+    // A stale socket of an earlier run would make bind fail.
+    if std::fs::symlink_metadata(path).is_ok_and(|m| {
+        use std::os::unix::fs::FileTypeExt;
+        m.file_type().is_socket()
+    }) {
+        let _ = std::fs::remove_file(path);
+    }
+    let listener = UnixListener::bind(path).map_err(|source| VhostUserError::Listen {
         path: path.to_path_buf(),
         source,
     })?;
@@ -156,79 +164,127 @@ fn bind(path: &Path) -> Result<Listener, VhostUserError> {
     Ok(listener)
 }
 
+/// Waits for the next frontend: accepts one in server mode, connects (retrying every
+/// [`CLIENT_RETRY_INTERVAL`]) in client mode. None once the port is stopping.
+fn next_frontend(
+    name: &str,
+    config: &VhostUserPortConfig,
+    listener: Option<&UnixListener>,
+    control: &ConnectionControl,
+) -> Option<UnixStream> {
+    let mut last_error: Option<Instant> = None;
+    while !control.stop.load(Ordering::SeqCst) {
+        let attempt = match listener {
+            Some(l) => l.accept().map(|(s, _)| s),
+            None => UnixStream::connect(&config.socket),
+        };
+        match attempt {
+            Ok(s) => return (!control.stop.load(Ordering::SeqCst)).then_some(s),
+            Err(e) => {
+                // In client mode the VMM may simply not be up yet: say so once a minute.
+                let now = Instant::now();
+                if last_error.is_none_or(|t| now.duration_since(t) > Duration::from_secs(60)) {
+                    tracing::warn!(port = %name, socket = %config.socket.display(), error = %e,
+                        "no vhost-user frontend yet, retrying");
+                    last_error = Some(now);
+                }
+                std::thread::sleep(CLIENT_RETRY_INTERVAL);
+            }
+        }
+    }
+    None
+}
+
+/// Private socket through which the library's handler receives the relayed connection.
+fn relay_socket(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!(
+        "vringswitch-{}-{}.relay.sock",
+        std::process::id(),
+        name
+    ))
+}
+
 fn serve(
     port: Arc<PortHandle>,
     config: VhostUserPortConfig,
-    mut listener: Option<Listener>,
+    listener: Option<UnixListener>,
     control: Arc<ConnectionControl>,
 ) {
     let name = port.name().to_string();
-    let mut last_client_error: Option<Instant> = None;
-    while !control.stop.load(Ordering::SeqCst) {
-        let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
-        let backend = Arc::new(NetBackend::new(
-            port.clone(),
-            config.queue_pairs,
-            mem.clone(),
-        ));
-        let mut daemon = match VhostUserDaemon::new(name.clone(), backend.clone(), mem) {
-            Ok(d) => d,
-            Err(e) => {
-                tracing::error!(port = %name, error = %e, "cannot create vhost-user handler");
-                std::thread::sleep(Duration::from_secs(1));
-                continue;
-            }
-        };
-        let started = match (&mut listener, config.mode) {
-            (Some(l), _) => daemon.start(l).map_err(|e| e.to_string()),
-            (None, _) => {
-                let path = config.socket.to_string_lossy().to_string();
-                daemon.start_client(&path).map_err(|e| e.to_string())
-            }
-        };
-        if let Err(e) = started {
-            drop(daemon);
-            close_leaked(&backend);
-            // In client mode the VMM may simply not be up yet: say so once a minute.
-            let now = Instant::now();
-            if last_client_error.is_none_or(|t| now.duration_since(t) > Duration::from_secs(60)) {
-                tracing::warn!(port = %name, socket = %config.socket.display(), error = %e,
-                    "vhost-user connection failed, retrying");
-                last_client_error = Some(now);
-            }
+    while let Some(frontend) = next_frontend(&name, &config, listener.as_ref(), &control) {
+        if let Err(e) = serve_connection(&port, &config, frontend, &control) {
+            tracing::warn!(port = %name, error = %e, "cannot serve the vhost-user connection");
             std::thread::sleep(CLIENT_RETRY_INTERVAL);
-            continue;
-        }
-        last_client_error = None;
-        {
-            let mut s = lock(&control.shutdown);
-            *s = daemon.shutdown_handle();
-            if control.stop.load(Ordering::SeqCst) {
-                daemon.request_shutdown();
-            }
-        }
-        port.set_connected(true);
-        tracing::info!(port = %name, socket = %config.socket.display(), "vhost-user frontend connected");
-
-        let result = daemon.wait();
-
-        *lock(&control.shutdown) = None;
-        port.detach();
-        port.set_connected(false);
-        backend.signal_exit();
-        let features = backend.acked_features();
-        drop(daemon);
-        close_leaked(&backend);
-        match result {
-            Ok(())
-            | Err(vhost_user_backend::Error::HandleRequest(
-                vhost::vhost_user::Error::Disconnected | vhost::vhost_user::Error::PartialMessage,
-            )) => tracing::info!(port = %name, features = format_args!("{features:#x}"),
-                "vhost-user frontend disconnected"),
-            Err(e) => tracing::warn!(port = %name, error = %e,
-                "vhost-user connection closed after a protocol error"),
         }
     }
+}
+
+fn serve_connection(
+    port: &Arc<PortHandle>,
+    config: &VhostUserPortConfig,
+    frontend: UnixStream,
+    control: &ConnectionControl,
+) -> std::io::Result<()> {
+    let name = port.name();
+    let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
+    let backend = Arc::new(NetBackend::new(
+        port.clone(),
+        config.queue_pairs,
+        mem.clone(),
+    ));
+    let mut daemon = VhostUserDaemon::new(name.to_string(), backend.clone(), mem)
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let private = relay_socket(name);
+    let result = (|| {
+        let mut inner = Listener::new(&private, true).map_err(std::io::Error::other)?;
+        let relay_side = UnixStream::connect(&private)?;
+        let _ = std::fs::remove_file(&private);
+        let relay = super::relay::start(frontend.try_clone()?, relay_side)?;
+        daemon
+            .start(&mut inner)
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        Ok::<_, std::io::Error>(relay)
+    })();
+    let _ = std::fs::remove_file(&private);
+    let relay = match result {
+        Ok(r) => r,
+        Err(e) => {
+            drop(daemon);
+            close_leaked(&backend);
+            return Err(e);
+        }
+    };
+    {
+        let mut s = lock(&control.shutdown);
+        *s = frontend.try_clone().ok();
+        if control.stop.load(Ordering::SeqCst) {
+            let _ = frontend.shutdown(std::net::Shutdown::Both);
+        }
+    }
+    port.set_connected(true);
+    tracing::info!(port = %name, socket = %config.socket.display(), "vhost-user frontend connected");
+
+    let result = daemon.wait();
+
+    *lock(&control.shutdown) = None;
+    let _ = frontend.shutdown(std::net::Shutdown::Both);
+    port.detach();
+    port.set_connected(false);
+    backend.signal_exit();
+    let features = backend.acked_features();
+    drop(daemon);
+    close_leaked(&backend);
+    let _ = relay.join();
+    match result {
+        Ok(())
+        | Err(vhost_user_backend::Error::HandleRequest(
+            vhost::vhost_user::Error::Disconnected | vhost::vhost_user::Error::PartialMessage,
+        )) => tracing::info!(port = %name, features = format_args!("{features:#x}"),
+            "vhost-user frontend disconnected"),
+        Err(e) => tracing::warn!(port = %name, error = %e,
+            "vhost-user connection closed after a protocol error"),
+    }
+    Ok(())
 }
 
 /// Closes the exit-event fds the library leaked, once its handler (and with it the event

@@ -8,6 +8,7 @@
 
 pub mod backend;
 pub mod connection;
+pub mod relay;
 pub mod rings;
 
 use std::path::PathBuf;
@@ -27,7 +28,7 @@ pub enum VhostUserError {
     Listen {
         path: PathBuf,
         #[source]
-        source: vhost::vhost_user::Error,
+        source: std::io::Error,
     },
     #[error("cannot set permissions of {path}: {source}")]
     Permissions {

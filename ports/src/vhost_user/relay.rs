@@ -1,0 +1,260 @@
+//! A message relay between a vhost-user frontend and the protocol handler, smoothing over
+//! one incompatibility between QEMU and the vhost crate.
+//!
+//! QEMU's virtio-net (7.2 at least) sends `SET_VRING_ENABLE` when the device is realized or
+//! reset, right after `GET_FEATURES` and long before `SET_FEATURES`. The vhost crate's
+//! backend protocol layer only accepts `SET_VRING_ENABLE` once `PROTOCOL_FEATURES` has been
+//! acknowledged through `SET_FEATURES`, and drops the connection otherwise. DPDK's vhost
+//! library accepts it at any time. This relay defers such early messages: it acknowledges
+//! them itself (if a reply was asked for) and replays them to the handler just after the
+//! frontend's `SET_FEATURES`. Every other message passes through unchanged, file
+//! descriptors included.
+//!
+//! It runs on the control path only (one thread per connection); frames never pass here.
+
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::thread::JoinHandle;
+
+use vmm_sys_util::sock_ctrl_msg::ScmSocket;
+
+const HDR_LEN: usize = 12;
+/// Largest message body accepted (the vhost crate's own limit is lower).
+const MAX_BODY: usize = 4096;
+/// Most file descriptors one message carries (SET_MEM_TABLE: 8 regions).
+const MAX_FDS: usize = 32;
+
+const SET_FEATURES: u32 = 2;
+const SET_VRING_ENABLE: u32 = 18;
+const FLAG_VERSION_1: u32 = 0x1;
+const FLAG_REPLY: u32 = 0x4;
+const FLAG_NEED_REPLY: u32 = 0x8;
+const PROTOCOL_FEATURES_BIT: u64 = 1 << 30;
+
+/// Starts relaying between `frontend` and `relay_side`, the relay's end of a connection to
+/// the protocol handler. The relay threads end when either side closes.
+pub fn start(frontend: UnixStream, relay_side: UnixStream) -> io::Result<JoinHandle<()>> {
+    let to_frontend = frontend.try_clone()?;
+    let from_handler = relay_side.try_clone()?;
+    // Replies from the handler to the frontend: plain bytes (no reply we send carries fds).
+    let back = std::thread::Builder::new()
+        .name("vhost-relay-rx".into())
+        .spawn(move || {
+            let mut from = from_handler;
+            let mut to = to_frontend;
+            let _ = io::copy(&mut from, &mut to);
+            let _ = to.shutdown(std::net::Shutdown::Both);
+            let _ = from.shutdown(std::net::Shutdown::Both);
+        })?;
+    let forward = std::thread::Builder::new()
+        .name("vhost-relay-tx".into())
+        .spawn(move || {
+            let mut relay = Relay {
+                frontend,
+                handler: relay_side,
+                features_set: false,
+                deferred: Vec::new(),
+            };
+            let _ = relay.run();
+            let _ = relay.frontend.shutdown(std::net::Shutdown::Both);
+            let _ = relay.handler.shutdown(std::net::Shutdown::Both);
+            let _ = back.join();
+        })?;
+    Ok(forward)
+}
+
+struct Relay {
+    frontend: UnixStream,
+    handler: UnixStream,
+    features_set: bool,
+    /// Bodies of SET_VRING_ENABLE messages held back until SET_FEATURES.
+    deferred: Vec<[u8; 8]>,
+}
+
+fn header(request: u32, flags: u32, size: u32) -> [u8; HDR_LEN] {
+    let mut h = [0u8; HDR_LEN];
+    h[0..4].copy_from_slice(&request.to_le_bytes());
+    h[4..8].copy_from_slice(&flags.to_le_bytes());
+    h[8..12].copy_from_slice(&size.to_le_bytes());
+    h
+}
+
+impl Relay {
+    fn run(&mut self) -> io::Result<()> {
+        loop {
+            let mut hdr = [0u8; HDR_LEN];
+            let fds = recv_header(&self.frontend, &mut hdr)?;
+            let request = u32::from_le_bytes([hdr[0], hdr[1], hdr[2], hdr[3]]);
+            let flags = u32::from_le_bytes([hdr[4], hdr[5], hdr[6], hdr[7]]);
+            let size = u32::from_le_bytes([hdr[8], hdr[9], hdr[10], hdr[11]]) as usize;
+            if size > MAX_BODY {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("vhost-user message of {size} bytes"),
+                ));
+            }
+            let mut body = vec![0u8; size];
+            self.frontend.read_exact(&mut body)?;
+
+            if request == SET_VRING_ENABLE && !self.features_set && size == 8 && fds.is_empty() {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(&body);
+                self.deferred.push(b);
+                if flags & FLAG_NEED_REPLY != 0 {
+                    let mut reply =
+                        header(SET_VRING_ENABLE, FLAG_VERSION_1 | FLAG_REPLY, 8).to_vec();
+                    reply.extend_from_slice(&0u64.to_le_bytes());
+                    self.frontend.write_all(&reply)?;
+                }
+                continue;
+            }
+
+            let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+            self.handler.send_with_fds(&[&hdr[..], &body[..]], &raw)?;
+            drop(fds);
+
+            if request == SET_FEATURES && size == 8 {
+                let features = u64::from_le_bytes(body[..8].try_into().unwrap_or([0; 8]));
+                self.features_set = true;
+                if features & PROTOCOL_FEATURES_BIT != 0 {
+                    // Replay the held-back enables now that they are legal, without asking
+                    // for replies (the frontend already got its acknowledgement).
+                    for b in std::mem::take(&mut self.deferred) {
+                        let mut msg = header(SET_VRING_ENABLE, FLAG_VERSION_1, 8).to_vec();
+                        msg.extend_from_slice(&b);
+                        self.handler.write_all(&msg)?;
+                    }
+                } else {
+                    // Without PROTOCOL_FEATURES every ring is enabled at SET_FEATURES.
+                    self.deferred.clear();
+                }
+            }
+        }
+    }
+}
+
+/// Reads a message header and the file descriptors sent with it.
+#[allow(unsafe_code)]
+fn recv_header(sock: &UnixStream, hdr: &mut [u8; HDR_LEN]) -> io::Result<Vec<OwnedFd>> {
+    let mut raw_fds = [-1 as RawFd; MAX_FDS];
+    let mut iov = [libc::iovec {
+        iov_base: hdr.as_mut_ptr().cast(),
+        iov_len: HDR_LEN,
+    }];
+    // SAFETY: the iovec points at `hdr`, a live buffer of exactly HDR_LEN bytes that nothing
+    // else accesses during the call, so the kernel may write any bytes into it.
+    let (n, nfds) = unsafe { sock.recv_with_fds(&mut iov, &mut raw_fds) }
+        .map_err(|e| io::Error::from_raw_os_error(e.errno()))?;
+    let fds: Vec<OwnedFd> = raw_fds[..nfds.min(MAX_FDS)]
+        .iter()
+        .filter(|&&fd| fd >= 0)
+        // SAFETY: recvmsg just installed these descriptors in our table and nothing else
+        // knows them: we are their only owner.
+        .map(|&fd| unsafe { OwnedFd::from_raw_fd(fd) })
+        .collect();
+    if n == 0 {
+        return Err(io::ErrorKind::UnexpectedEof.into());
+    }
+    if n < HDR_LEN {
+        (&*sock).read_exact(&mut hdr[n..])?;
+    }
+    Ok(fds)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn start_pair(relay_end: UnixStream) -> (UnixStream, JoinHandle<()>) {
+        let (handler, relay_side) = UnixStream::pair().unwrap();
+        (handler, start(relay_end, relay_side).unwrap())
+    }
+
+    fn read_msg(s: &mut UnixStream) -> ([u8; HDR_LEN], Vec<u8>) {
+        let mut h = [0u8; HDR_LEN];
+        s.read_exact(&mut h).unwrap();
+        let size = u32::from_le_bytes([h[8], h[9], h[10], h[11]]) as usize;
+        let mut b = vec![0u8; size];
+        s.read_exact(&mut b).unwrap();
+        (h, b)
+    }
+
+    fn msg(request: u32, flags: u32, body: &[u8]) -> Vec<u8> {
+        let mut m = header(request, flags, body.len() as u32).to_vec();
+        m.extend_from_slice(body);
+        m
+    }
+
+    #[test]
+    fn early_vring_enable_is_acked_and_replayed_after_set_features() {
+        let (mut fe, relay_end) = UnixStream::pair().unwrap();
+        let (mut handler, _t) = start_pair(relay_end);
+        let enable = [0u8, 0, 0, 0, 1, 0, 0, 0];
+        fe.write_all(&msg(
+            SET_VRING_ENABLE,
+            FLAG_VERSION_1 | FLAG_NEED_REPLY,
+            &enable,
+        ))
+        .unwrap();
+        // The frontend gets its ack from the relay.
+        let (h, b) = read_msg(&mut fe);
+        assert_eq!(
+            u32::from_le_bytes([h[0], h[1], h[2], h[3]]),
+            SET_VRING_ENABLE
+        );
+        assert_eq!(
+            u32::from_le_bytes([h[4], h[5], h[6], h[7]]),
+            FLAG_VERSION_1 | FLAG_REPLY
+        );
+        assert_eq!(b, 0u64.to_le_bytes());
+        // SET_FEATURES passes, then the enable follows it.
+        let features = (PROTOCOL_FEATURES_BIT | 1 << 32).to_le_bytes();
+        fe.write_all(&msg(SET_FEATURES, FLAG_VERSION_1, &features))
+            .unwrap();
+        let (h, b) = read_msg(&mut handler);
+        assert_eq!(h[0], SET_FEATURES as u8);
+        assert_eq!(b, features);
+        let (h, b) = read_msg(&mut handler);
+        assert_eq!(h[0], SET_VRING_ENABLE as u8);
+        assert_eq!(u32::from_le_bytes([h[4], h[5], h[6], h[7]]), FLAG_VERSION_1);
+        assert_eq!(b, enable);
+        // Later enables pass straight through.
+        fe.write_all(&msg(SET_VRING_ENABLE, FLAG_VERSION_1, &enable))
+            .unwrap();
+        let (h, _) = read_msg(&mut handler);
+        assert_eq!(h[0], SET_VRING_ENABLE as u8);
+        // Replies travel back.
+        handler
+            .write_all(&msg(1, FLAG_VERSION_1 | FLAG_REPLY, &[7; 8]))
+            .unwrap();
+        assert_eq!(read_msg(&mut fe).1, vec![7; 8]);
+    }
+
+    #[test]
+    fn file_descriptors_pass_through() {
+        let (fe, relay_end) = UnixStream::pair().unwrap();
+        let (handler, _t) = start_pair(relay_end);
+        let file = std::fs::File::open("/proc/self/stat").unwrap();
+        let body = [0u8; 8];
+        fe.send_with_fds(
+            &[&header(12, FLAG_VERSION_1, 8)[..], &body[..]],
+            &[file.as_raw_fd()],
+        )
+        .unwrap();
+        let mut hdr = [0u8; HDR_LEN];
+        let fds = recv_header(&handler, &mut hdr).unwrap();
+        assert_eq!(fds.len(), 1);
+        assert_eq!(hdr[0], 12);
+    }
+
+    #[test]
+    fn oversized_messages_end_the_relay() {
+        let (mut fe, relay_end) = UnixStream::pair().unwrap();
+        let (mut handler, t) = start_pair(relay_end);
+        fe.write_all(&header(1, FLAG_VERSION_1, 1 << 20)).unwrap();
+        t.join().unwrap();
+        let mut buf = [0u8; 1];
+        assert_eq!(handler.read(&mut buf).unwrap(), 0);
+    }
+}

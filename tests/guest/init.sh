@@ -1,0 +1,30 @@
+#!/bin/busybox sh
+# /init of the test guest. Kernel command line parameters:
+#   vs.ip=ADDR/PREFIX   address of eth0
+#   vs.peer=ADDR        address to ping, 20 pings a round, forever
+/bin/busybox --install -s /bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev 2>/dev/null
+for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci failover net_failover virtio_net; do
+    insmod /modules/$m.ko 2>/dev/null
+done
+ip=; peer=
+for arg in $(cat /proc/cmdline); do
+    case $arg in
+        vs.ip=*) ip=${arg#vs.ip=} ;;
+        vs.peer=*) peer=${arg#vs.peer=} ;;
+    esac
+done
+for i in $(seq 50); do [ -e /sys/class/net/eth0 ] && break; sleep 0.1; done
+ip link set lo up
+ip addr add "$ip" dev eth0
+ip link set eth0 up
+echo "VS-GUEST-READY $ip"
+round=0
+while true; do
+    round=$((round + 1))
+    out=$(ping -c 20 -i 0.1 -W 1 "$peer" 2>&1 | grep 'packets transmitted')
+    echo "VS-PING round=$round $out"
+    sleep 0.5
+done
