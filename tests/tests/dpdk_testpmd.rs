@@ -1,0 +1,281 @@
+//! End to end with DPDK: one testpmd owns two virtio_user ports (the two "VMs") attached to
+//! two vringswitch ports, forward mode `mac`, frames circulating gen0 -> switch -> gen1 ->
+//! switch -> gen0. Needs hugepages (scripts/test.sh sets them up). Run one at a time.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc::{channel, Receiver};
+use std::time::{Duration, Instant};
+
+use vringswitch_tests::daemon::{Daemon, TempDir};
+use vringswitch_tests::wait_until;
+
+const MAC0: &str = "02:00:00:00:00:01";
+const MAC1: &str = "02:00:00:00:00:02";
+
+fn check_environment() {
+    let ok = Command::new("dpdk-testpmd")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok();
+    assert!(
+        ok,
+        "dpdk-testpmd is missing: install it with `apt-get install dpdk-dev` (scripts/test.sh does this)"
+    );
+    let free: u64 = std::fs::read_to_string("/proc/meminfo")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("HugePages_Free:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(
+        free >= 256,
+        "testpmd needs 256 free 2 MiB hugepages mounted on /dev/hugepages (have {free}): \
+         echo 1024 > /proc/sys/vm/nr_hugepages; mount -t hugetlbfs nodev /dev/hugepages \
+         (scripts/test.sh does this)"
+    );
+}
+
+/// testpmd in interactive mode, its output collected line by line.
+struct Testpmd {
+    child: Child,
+    stdin: ChildStdin,
+    lines: Receiver<String>,
+    prefix: String,
+    seen: Vec<String>,
+}
+
+impl Testpmd {
+    fn start(sock0: &Path, sock1: &Path, frame_len: usize) -> Testpmd {
+        let prefix = format!("vstest{}", std::process::id());
+        // stdbuf: testpmd's stdout is block-buffered on a pipe; we read it as it goes.
+        let mut child = Command::new("stdbuf")
+            .args(["-oL", "dpdk-testpmd"])
+            .args([
+                "-l",
+                "0,1",
+                "--main-lcore",
+                "0",
+                "--no-pci",
+                "--single-file-segments",
+            ])
+            .args(["-m", "512", "--file-prefix", &prefix])
+            .arg("--vdev")
+            .arg(format!(
+                "net_virtio_user0,path={},queues=1,mac={MAC0}",
+                sock0.display()
+            ))
+            .arg("--vdev")
+            .arg(format!(
+                "net_virtio_user1,path={},queues=1,mac={MAC1}",
+                sock1.display()
+            ))
+            .args(["--", "-i", "--nb-cores=1", "--forward-mode=mac"])
+            .arg(format!("--eth-peer=0,{MAC1}"))
+            .arg(format!("--eth-peer=1,{MAC0}"))
+            .arg(format!("--txpkts={frame_len}"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start dpdk-testpmd");
+        let stdin = child.stdin.take().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = channel();
+        std::thread::spawn(move || {
+            for l in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut t = Testpmd {
+            child,
+            stdin,
+            lines,
+            prefix,
+            seen: Vec::new(),
+        };
+        // The prompt has no newline: the link check is the last line before it.
+        t.wait_for("Checking link statuses", Duration::from_secs(60));
+        std::thread::sleep(Duration::from_millis(500));
+        t
+    }
+
+    fn wait_for(&mut self, marker: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) => {
+                    let hit = l.contains(marker);
+                    self.seen.push(l);
+                    if hit {
+                        return;
+                    }
+                }
+                Err(_) => panic!(
+                    "testpmd: no {marker:?} within {timeout:?}; output:\n{}",
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    fn command(&mut self, cmd: &str) {
+        writeln!(self.stdin, "{cmd}").unwrap();
+        self.stdin.flush().unwrap();
+    }
+
+    /// Stops forwarding and returns (RX-packets, RX-dropped, TX-packets, TX-dropped) of each
+    /// port from testpmd's forward statistics.
+    fn stop(&mut self) -> Vec<[u64; 4]> {
+        let from = self.seen.len();
+        self.command("stop");
+        self.wait_for("Done.", Duration::from_secs(20));
+        let text = self.seen[from..].join("\n");
+        let mut ports = Vec::new();
+        let mut cur = [0u64; 4];
+        let mut in_port = false;
+        for l in text.lines() {
+            if l.contains("Forward statistics for port") {
+                in_port = true;
+                cur = [0; 4];
+            } else if in_port && l.contains("RX-packets:") {
+                cur[0] = field(l, "RX-packets:");
+                cur[1] = field(l, "RX-dropped:");
+            } else if in_port && l.contains("TX-packets:") {
+                cur[2] = field(l, "TX-packets:");
+                cur[3] = field(l, "TX-dropped:");
+                ports.push(cur);
+                in_port = false;
+            }
+        }
+        assert_eq!(ports.len(), 2, "cannot parse testpmd statistics:\n{text}");
+        ports
+    }
+}
+
+fn field(line: &str, name: &str) -> u64 {
+    line.split(name)
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {line:?}"))
+}
+
+impl Drop for Testpmd {
+    fn drop(&mut self) {
+        let _ = writeln!(self.stdin, "quit");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // A killed DPDK process leaves its hugepage files behind, holding the pages.
+        if let Ok(dir) = std::fs::read_dir("/dev/hugepages") {
+            for e in dir.flatten() {
+                if e.file_name().to_string_lossy().starts_with(&self.prefix) {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+    }
+}
+
+fn loopback(frame_len: usize) {
+    check_environment();
+    let dir = TempDir::new(&format!("dpdk{frame_len}"));
+    let (s0, s1) = (dir.path().join("vm1.sock"), dir.path().join("vm2.sock"));
+    let toml = format!(
+        "[dataplane]\ncores = [1]\n[[bridges]]\nname = \"br0\"\n\
+         [[ports]]\nname = \"vm1\"\nbridge = \"br0\"\ntype = \"vhost-user\"\nsocket = \"{}\"\nmode = \"server\"\nqueues = 1\n\
+         [[ports]]\nname = \"vm2\"\nbridge = \"br0\"\ntype = \"vhost-user\"\nsocket = \"{}\"\nmode = \"server\"\nqueues = 1\n",
+        s0.display(),
+        s1.display()
+    );
+    let daemon = Daemon::start(dir.path(), &toml, &[s0.clone(), s1.clone()]);
+    let mut pmd = Testpmd::start(&s0, &s1, frame_len);
+    pmd.command("start tx_first");
+    std::thread::sleep(Duration::from_secs(10));
+    let stats = pmd.stop();
+    // testpmd no longer polls; let the switch drain what testpmd handed over, then read
+    // our counters while testpmd is still connected.
+    let m = |name: &str, port: &str| daemon.metric(name, &[("port", port)]);
+    let drained = |port: &str| {
+        let a = m("vringswitch_port_rx_packets_total", port);
+        std::thread::sleep(Duration::from_millis(200));
+        (a == m("vringswitch_port_rx_packets_total", port)).then_some(a)
+    };
+    let rx1 = wait_until(Duration::from_secs(5), "vm1 drained", || drained("vm1"));
+    let rx2 = wait_until(Duration::from_secs(5), "vm2 drained", || drained("vm2"));
+    let drops = |port: &str| {
+        daemon.metric(
+            "vringswitch_port_drops_total",
+            &[("port", port), ("reason", "no_rx_buffer")],
+        )
+    };
+    let (tx1, tx2) = (
+        m("vringswitch_port_tx_packets_total", "vm1"),
+        m("vringswitch_port_tx_packets_total", "vm2"),
+    );
+    let [p0_rx, p0_rxd, p0_tx, _] = stats[0];
+    let [p1_rx, p1_rxd, p1_tx, _] = stats[1];
+    eprintln!(
+        "{frame_len} B: testpmd port0 rx {p0_rx} tx {p0_tx}, port1 rx {p1_rx} tx {p1_tx}; \
+         switch vm1 rx {rx1} tx {tx1} drops {}, vm2 rx {rx2} tx {tx2} drops {}",
+        drops("vm1"),
+        drops("vm2")
+    );
+    assert!(
+        p0_tx > 10_000 && p1_tx > 10_000,
+        "frames must flow: {stats:?}"
+    );
+    assert_eq!((p0_rxd, p1_rxd), (0, 0), "testpmd RX drops");
+    // Everything testpmd sent on port 0 was received from vm1, and vice versa.
+    assert_eq!(rx1, p0_tx, "vm1 rx vs testpmd port 0 TX");
+    assert_eq!(rx2, p1_tx, "vm2 rx vs testpmd port 1 TX");
+    // Every frame received was delivered or counted as dropped.
+    assert_eq!(rx1, tx2 + drops("vm2"), "vm1 -> vm2 accounted");
+    assert_eq!(rx2, tx1 + drops("vm1"), "vm2 -> vm1 accounted");
+    // testpmd received what we delivered, except what sat in its RX ring when it stopped.
+    for (delivered, received) in [(tx1, p0_rx), (tx2, p1_rx)] {
+        assert!(
+            received <= delivered && delivered - received <= 1024,
+            "delivered {delivered}, testpmd received {received}"
+        );
+    }
+    let errors: u64 = [
+        "bad_descriptor",
+        "too_big",
+        "invalid_src_mac",
+        "hairpin",
+        "port_down",
+    ]
+    .iter()
+    .map(|r| daemon.metric("vringswitch_port_drops_total", &[("reason", r)]))
+    .sum();
+    assert_eq!(
+        errors,
+        0,
+        "drops other than a full ring:\n{}",
+        daemon.metrics()
+    );
+}
+
+#[test]
+fn testpmd_loopback_64_byte_frames() {
+    loopback(64);
+}
+
+#[test]
+fn testpmd_loopback_1518_byte_frames() {
+    loopback(1518);
+}
