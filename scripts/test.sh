@@ -1,0 +1,51 @@
+#!/bin/bash
+# Runs every vringswitch test: unit tests, the test-frontend suite, the DPDK testpmd suite and
+# the QEMU guest suite. Installs what is missing (QEMU, busybox, cpio, DPDK) with apt-get
+# when run as root, and reserves hugepages for DPDK.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { echo "== $*" >&2; }
+
+need=()
+command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
+command -v dpdk-testpmd >/dev/null || need+=(dpdk-dev)
+[[ -x /bin/busybox ]] || need+=(busybox-static)
+command -v cpio >/dev/null || need+=(cpio)
+command -v stdbuf >/dev/null || need+=(coreutils)
+if ((${#need[@]})); then
+    if [[ $(id -u) -ne 0 ]]; then
+        echo "missing packages: ${need[*]}; install them (apt-get install ${need[*]}) or run as root" >&2
+        exit 1
+    fi
+    log "installing ${need[*]}"
+    apt-get update -q >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+# DPDK (testpmd) needs hugepages; the switch itself does not.
+free=$(awk '/HugePages_Free/{print $2}' /proc/meminfo)
+if ((free < 256)) && [[ $(id -u) -eq 0 ]]; then
+    log "reserving hugepages for testpmd"
+    total=$(awk '/HugePages_Total/{print $2}' /proc/meminfo)
+    echo $((total + 512)) > /proc/sys/vm/nr_hugepages
+fi
+if [[ $(id -u) -eq 0 ]]; then
+    mkdir -p /dev/hugepages
+    mountpoint -q /dev/hugepages || mount -t hugetlbfs nodev /dev/hugepages
+    # Pages held by files of DPDK processes that died earlier.
+    rm -f /dev/hugepages/vstest*map_* 2>/dev/null || true
+fi
+
+log "building"
+cargo build --workspace --all-targets
+
+log "unit tests and test-frontend suite"
+cargo test --workspace --exclude vringswitch-tests
+cargo test -p vringswitch-tests --test switching
+
+# Suites that boot guests or run testpmd share two cores: one test at a time.
+log "DPDK testpmd suite"
+cargo test -p vringswitch-tests --test dpdk_testpmd -- --test-threads=1
+log "QEMU guest suite"
+cargo test -p vringswitch-tests --test qemu_guests -- --test-threads=1
