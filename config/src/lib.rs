@@ -399,11 +399,14 @@ queues = 2
 
     #[test]
     fn syntax_error_names_file_line_and_column() {
-        let e = err("[dataplane]\ncores = [1\n");
+        let e = err("[dataplane]\ncores = [1,,2]\n");
         assert!(
-            e.starts_with("config file /etc/vringswitch.toml, line 2"),
+            e.starts_with("config file /etc/vringswitch.toml, line 2, column 12:"),
             "{e}"
         );
+        // An unterminated array is reported where the file ends.
+        let e = err("[dataplane]\ncores = [1\n");
+        assert!(e.contains("line 3"), "{e}");
     }
 
     #[test]
@@ -425,7 +428,7 @@ queues = 2
     fn semantic_errors_point_at_the_offending_line() {
         let bad = GOOD.replace("bridge = \"br1\"", "bridge = \"nope\"");
         let e = err(&bad);
-        assert!(e.contains("line 22"), "{e}");
+        assert!(e.contains("line 21"), "{e}");
         assert!(e.contains("\"nope\", which is not defined"), "{e}");
 
         let bad = GOOD.replace("name = \"br1\"", "name = \"br0\"");
