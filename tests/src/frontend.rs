@@ -324,6 +324,46 @@ impl TestVm {
         let _ = self.queues[usize::from(q)].kick.write(1);
     }
 
+    /// Sends `frame` through an indirect descriptor table: the header and the frame are
+    /// split at `cuts` into table entries, the ring holds one INDIRECT descriptor.
+    pub fn send_indirect(&mut self, q: u16, frame: &[u8], cuts: &[usize]) {
+        const INDIRECT: u16 = virtio_bindings::virtio_ring::VRING_DESC_F_INDIRECT as u16;
+        let mut bytes = vec![0u8; HDR_LEN];
+        bytes.extend_from_slice(frame);
+        let mut bounds = vec![0];
+        bounds.extend(cuts.iter().copied().filter(|&c| c > 0 && c < bytes.len()));
+        bounds.push(bytes.len());
+        let d = self.alloc(q, 1)[0];
+        let base = self.queues[usize::from(q)].buf_addr(d);
+        // Table at the start of the slot, data after it.
+        let n = bounds.len() - 1;
+        let mut data_at = base + 16 * n as u64;
+        for (i, w) in bounds.windows(2).enumerate() {
+            let len = (w[1] - w[0]) as u64;
+            self.mem
+                .write_slice(&bytes[w[0]..w[1]], GuestAddress(data_at))
+                .unwrap();
+            let (flags, next) = if i + 1 < n {
+                (VRING_DESC_F_NEXT as u16, i as u16 + 1)
+            } else {
+                (0, 0)
+            };
+            let mut raw = [0u8; 16];
+            raw[0..8].copy_from_slice(&data_at.to_le_bytes());
+            raw[8..12].copy_from_slice(&(len as u32).to_le_bytes());
+            raw[12..14].copy_from_slice(&flags.to_le_bytes());
+            raw[14..16].copy_from_slice(&next.to_le_bytes());
+            self.mem
+                .write_slice(&raw, GuestAddress(base + 16 * i as u64))
+                .unwrap();
+            data_at += len;
+        }
+        assert!(data_at - base <= BUF_STRIDE);
+        self.write_desc(q, d, base, 16 * n as u32, INDIRECT, 0);
+        self.make_available(q, &[d]);
+        let _ = self.queues[usize::from(q)].kick.write(1);
+    }
+
     /// Offers a raw chain of (addr, len, write) descriptors on queue `q`.
     pub fn offer_raw_chain(&mut self, q: u16, descs: &[(u64, u32, bool)]) {
         let ids = self.alloc(q, descs.len());

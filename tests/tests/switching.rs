@@ -375,3 +375,19 @@ fn two_queue_pairs_are_both_serviced() {
     assert_eq!(a.expect_frames(TestVm::rx(1), 1, T).len(), 1);
     assert_eq!(s.counter("rx_packets", "a"), 10);
 }
+
+#[test]
+fn indirect_tx_descriptors_are_followed() {
+    let s = Setup::new("indirect", &[("br0", &["a", "b"])], 1);
+    let mut a = s.vm("a", 1);
+    let mut b = s.vm("b", 2);
+    wait_connected(&s, &["a", "b"]);
+    let f = frame(mac(2), mac(1), 1000, 3);
+    a.send_indirect(TestVm::tx(0), &f, &[12, 40, 500]);
+    let small = frame(mac(2), mac(1), 30, 4);
+    a.send_indirect(TestVm::tx(0), &small, &[]);
+    let got = b.expect_frames(TestVm::rx(0), 2, T);
+    assert_eq!(got[0].frame, f);
+    assert_eq!(got[1].frame, small);
+    a.wait_tx_done(TestVm::tx(0), T);
+}

@@ -1,0 +1,106 @@
+//! Connections come and go: every kind of disconnect leaves the port served again, and
+//! nothing of the old connection (fds, threads, mappings) stays behind.
+
+use std::path::Path;
+use std::time::Duration;
+
+use vhost::vhost_user::{Frontend, VhostUserFrontend};
+use vhost::VhostBackend;
+use vringswitch_tests::daemon::{Daemon, TempDir};
+use vringswitch_tests::frontend::{TestVm, VmOptions};
+use vringswitch_tests::{frame, mac, wait_until};
+
+const T: Duration = Duration::from_secs(10);
+
+fn count(dir: &str) -> usize {
+    std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
+}
+
+/// (open fds, threads, guest mappings) of the daemon.
+fn resources(pid: u32) -> (usize, usize, usize) {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+    let guest = maps
+        .lines()
+        .filter(|l| l.contains("vringswitch-test"))
+        .count();
+    (
+        count(&format!("/proc/{pid}/fd")),
+        count(&format!("/proc/{pid}/task")),
+        guest,
+    )
+}
+
+fn config(dir: &Path) -> (String, Vec<std::path::PathBuf>) {
+    let a = dir.join("a.sock");
+    let b = dir.join("b.sock");
+    let mut toml = String::from("[dataplane]\ncores = [1]\n[[bridges]]\nname = \"br0\"\n");
+    for (n, s) in [("a", &a), ("b", &b)] {
+        toml.push_str(&format!(
+            "[[ports]]\nname = \"{n}\"\nbridge = \"br0\"\ntype = \"vhost-user\"\nsocket = \"{}\"\nmode = \"server\"\nqueues = 1\n",
+            s.display()
+        ));
+    }
+    (toml, vec![a, b])
+}
+
+fn ping_pong(s: &Path, b: &mut TestVm, round: u8) {
+    let mut a = TestVm::connect(s, mac(1), VmOptions::default());
+    a.post_rx(TestVm::rx(0), 8, 2048);
+    a.send(TestVm::tx(0), &frame(mac(2), mac(1), 64, round));
+    assert_eq!(
+        b.expect_frames(TestVm::rx(0), 1, T)[0].frame,
+        frame(mac(2), mac(1), 64, round)
+    );
+}
+
+#[test]
+fn disconnects_at_every_stage_leak_nothing() {
+    let dir = TempDir::new("lifecycle");
+    let (toml, sockets) = config(dir.path());
+    let daemon = Daemon::start(dir.path(), &toml, &sockets);
+    let pid = daemon.pid();
+    let mut b = TestVm::connect(&sockets[1], mac(2), VmOptions::default());
+    b.post_rx(TestVm::rx(0), 200, 2048);
+
+    // Warm up once, then take the baseline with port a disconnected.
+    ping_pong(&sockets[0], &mut b, 0);
+    let idle = || {
+        wait_until(T, "port a disconnected", || {
+            (daemon.metric("vringswitch_port_connected", &[("port", "a")]) == 0).then_some(())
+        })
+    };
+    idle();
+    std::thread::sleep(Duration::from_millis(200));
+    let baseline = resources(pid);
+
+    for round in 1..=40u8 {
+        match round % 4 {
+            // Connect and hang up at once.
+            0 => drop(std::os::unix::net::UnixStream::connect(&sockets[0]).unwrap()),
+            // Drop after a few messages, before any memory is shared.
+            1 => {
+                let mut fe = Frontend::connect(&sockets[0], 2).unwrap();
+                fe.set_owner().unwrap();
+                let _ = fe.get_features().unwrap();
+            }
+            // Drop after SET_MEM_TABLE and the ring setup, with traffic never started.
+            2 => drop(TestVm::connect(&sockets[0], mac(1), VmOptions::default())),
+            // A full session with traffic.
+            _ => ping_pong(&sockets[0], &mut b, round),
+        }
+        idle();
+    }
+    // The port is still served.
+    ping_pong(&sockets[0], &mut b, 99);
+    idle();
+    let settled = wait_until(T, "resources back to the baseline", || {
+        let r = resources(pid);
+        (r == baseline).then_some(r)
+    });
+    assert_eq!(settled, baseline, "(fds, threads, guest mappings)");
+    // Only port b's guest memory is mapped: nothing of port a's 40 connections.
+    assert_eq!(
+        baseline.2, 1,
+        "guest memory mappings while only b is connected"
+    );
+}
