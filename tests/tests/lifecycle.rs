@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use vhost::vhost_user::{Frontend, VhostUserFrontend};
+use vhost::vhost_user::Frontend;
 use vhost::VhostBackend;
 use vringswitch_tests::daemon::{Daemon, TempDir};
 use vringswitch_tests::frontend::{TestVm, VmOptions};
@@ -79,7 +79,7 @@ fn disconnects_at_every_stage_leak_nothing() {
             0 => drop(std::os::unix::net::UnixStream::connect(&sockets[0]).unwrap()),
             // Drop after a few messages, before any memory is shared.
             1 => {
-                let mut fe = Frontend::connect(&sockets[0], 2).unwrap();
+                let fe = Frontend::connect(&sockets[0], 2).unwrap();
                 fe.set_owner().unwrap();
                 let _ = fe.get_features().unwrap();
             }
