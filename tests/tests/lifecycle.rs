@@ -104,3 +104,15 @@ fn disconnects_at_every_stage_leak_nothing() {
         "guest memory mappings while only b is connected"
     );
 }
+
+#[test]
+fn sigterm_stops_the_daemon_even_with_its_sockets_deleted() {
+    let dir = TempDir::new("sigterm");
+    let (toml, sockets) = config(dir.path());
+    let mut daemon = Daemon::start(dir.path(), &toml, &sockets);
+    // One connected peer, one port waiting for a frontend whose socket file is gone.
+    let _b = TestVm::connect(&sockets[1], mac(2), VmOptions::default());
+    std::fs::remove_file(&sockets[0]).unwrap();
+    let status = daemon.terminate(Duration::from_secs(3));
+    assert!(status.success(), "exit status {status}");
+}

@@ -6,7 +6,7 @@
 //! ends, the port's attachment is withdrawn first, then the handler is dropped, which joins
 //! the library's threads and unmaps guest memory once no worker holds it any more.
 
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -18,10 +18,14 @@ use std::time::{Duration, Instant};
 use vhost::vhost_user::Listener;
 use vhost_user_backend::VhostUserDaemon;
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
 use super::backend::NetBackend;
 use super::VhostUserError;
 use crate::port::PortHandle;
+
+/// How often a port waiting for a frontend checks whether it should stop (ms).
+const STOP_CHECK_MS: i32 = 100;
 
 /// Interval between connection attempts in client mode.
 pub const CLIENT_RETRY_INTERVAL: Duration = Duration::from_millis(50);
@@ -107,10 +111,6 @@ impl VhostUserPort {
         if let Some(s) = lock(&self.control.shutdown).as_ref() {
             let _ = s.shutdown(std::net::Shutdown::Both);
         }
-        if self.config.mode == SocketMode::Server {
-            // Wake a blocking accept(); the thread sees `stop` and hangs up at once.
-            let _ = UnixStream::connect(&self.config.socket);
-        }
         let _ = thread.join();
         if self.config.mode == SocketMode::Server {
             let _ = std::fs::remove_file(&self.config.socket);
@@ -155,6 +155,12 @@ fn bind(path: &Path) -> Result<UnixListener, VhostUserError> {
         path: path.to_path_buf(),
         source,
     })?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|source| VhostUserError::Listen {
+            path: path.to_path_buf(),
+            source,
+        })?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(|source| {
         VhostUserError::Permissions {
             path: path.to_path_buf(),
@@ -173,10 +179,38 @@ fn next_frontend(
     control: &ConnectionControl,
 ) -> Option<UnixStream> {
     let mut last_error: Option<Instant> = None;
+    // In server mode, wait for a connection on epoll with a timeout, so a stop is noticed
+    // even if the socket file was removed meanwhile.
+    let epoll = match listener {
+        Some(l) => {
+            let epoll = Epoll::new().ok()?;
+            epoll
+                .ctl(
+                    ControlOperation::Add,
+                    l.as_raw_fd(),
+                    EpollEvent::new(EventSet::IN, 0),
+                )
+                .ok()?;
+            Some(epoll)
+        }
+        None => None,
+    };
     while !control.stop.load(Ordering::SeqCst) {
-        let attempt = match listener {
-            Some(l) => l.accept().map(|(s, _)| s),
-            None => UnixStream::connect(&config.socket),
+        let attempt = match (listener, &epoll) {
+            (Some(l), Some(epoll)) => {
+                let mut events = [EpollEvent::default(); 1];
+                match epoll.wait(STOP_CHECK_MS, &mut events) {
+                    Ok(0) => continue,
+                    Ok(_) => match l.accept() {
+                        Ok((s, _)) => s.set_nonblocking(false).map(|()| s),
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                        Err(e) => Err(e),
+                    },
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => Err(e),
+                }
+            }
+            _ => UnixStream::connect(&config.socket),
         };
         match attempt {
             Ok(s) => return (!control.stop.load(Ordering::SeqCst)).then_some(s),
