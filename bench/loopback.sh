@@ -61,9 +61,14 @@ for b in blocks[1:]:
             per_port[int(port)].append(int(m.group(1)))
 out = []
 for p in (0, 1):
-    s = per_port[p][len(per_port[p]) // 2:] or [0]
+    # Skip zero samples (before traffic starts, and while testpmd tears down its ports after
+    # stopping) and the first non-zero one (warm-up).
+    s = [x for x in per_port[p] if x > 0][1:] or [0]
     out.append(statistics.median(s) / 1e6)
 print(" ".join(f"{x:.3f}" for x in out))
+if not all(out):
+    print("no Rx-pps measured; generator output ends with:", file=sys.stderr)
+    print("\n".join(text.splitlines()[-15:]), file=sys.stderr)
 PY
 }
 
@@ -83,7 +88,7 @@ run_testpmd_switch() {
         -- --nb-cores=1 --forward-mode=io > "$W/sw.log" 2>&1 &
     local pid=$!
     for _ in $(seq 200); do [[ -S $W/a.sock && -S $W/b.sock ]] && break; sleep 0.05; done
-    sleep 1
+    sleep 3
     generate "$1"
     kill -TERM $pid 2>/dev/null; wait $pid 2>/dev/null || true
     rm -f "$W/a.sock" "$W/b.sock"
