@@ -14,10 +14,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use vhost_user_backend::VringT;
-use virtio_queue::QueueT;
+use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestAddressSpace;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
+use vringswitch_ports::port::GuestMem;
 use vringswitch_ports::vhost_user::rings::{
     deliver, pop_tx, publish_used, PopTx, RxScratch, Seg, TxFrame, UsedBatch, MAX_TX_SEGS,
 };
@@ -149,10 +150,8 @@ impl Worker {
             .resize_with(self.topology.bridges.len(), FdbCache::default);
     }
 
-    /// Sleeps until a kick or a change, unless a queue has work after notifications are
-    /// enabled (which closes the race with a driver that added buffers meanwhile).
-    fn sleep(&mut self) {
-        let mut pending = false;
+    /// Calls `f` on every TX queue of this worker that is ready and enabled, under its lock.
+    fn for_each_ready_tx(&mut self, mut f: impl FnMut(&mut Queue, &GuestMem)) {
         for &(port, qp) in &self.tx_queues {
             let Some(att) = attachment(&self.topology, &mut self.ports, port) else {
                 continue;
@@ -163,12 +162,16 @@ impl Worker {
             let mem = att.mem.memory();
             let mut st = vring.get_mut();
             if st.get_queue().ready() && st.is_enabled() {
-                pending |= st
-                    .get_queue_mut()
-                    .enable_notification(&*mem)
-                    .unwrap_or(true);
+                f(st.get_queue_mut(), &mem);
             }
         }
+    }
+
+    /// Sleeps until a kick or a change, unless a queue has work after notifications are
+    /// enabled (which closes the race with a driver that added buffers meanwhile).
+    fn sleep(&mut self) {
+        let mut pending = false;
+        self.for_each_ready_tx(|q, mem| pending |= q.enable_notification(mem).unwrap_or(true));
         if !pending {
             let mut events = [EpollEvent::default(); 1];
             // A timeout bounds the effect of anything missed; nothing should be.
@@ -176,19 +179,9 @@ impl Worker {
             let _ = self.wake.read();
             self.switch.workers[self.index].count_wakeup();
         }
-        for &(port, qp) in &self.tx_queues {
-            let Some(att) = attachment(&self.topology, &mut self.ports, port) else {
-                continue;
-            };
-            let Some(vring) = att.vrings.get(2 * usize::from(qp) + 1) else {
-                continue;
-            };
-            let mem = att.mem.memory();
-            let mut st = vring.get_mut();
-            if st.get_queue().ready() && st.is_enabled() {
-                let _ = st.get_queue_mut().disable_notification(&*mem);
-            }
-        }
+        self.for_each_ready_tx(|q, mem| {
+            let _ = q.disable_notification(mem);
+        });
     }
 
     /// Moves one burst from TX queue `i`. Returns the number of chains consumed.
@@ -303,7 +296,7 @@ fn deliver_to(
     ports: &mut [PortCache],
     dst: PortId,
     qp_hint: u16,
-    src_mem: &vringswitch_ports::port::GuestMem,
+    src_mem: &GuestMem,
     b: &mut Burst,
 ) {
     let Some(dst_rt) = topology.port(dst) else {
