@@ -41,6 +41,7 @@ fn qemu_binary() -> &'static str {
 struct Guest {
     child: Child,
     console: PathBuf,
+    monitor: PathBuf,
 }
 
 impl Guest {
@@ -58,6 +59,7 @@ impl Guest {
         let g = guest_dir();
         let console = dir.join(format!("{name}.console"));
         let _ = std::fs::remove_file(&console);
+        let monitor = dir.join(format!("{name}.monitor"));
         let chardev = if server {
             format!("socket,id=c0,path={},server=on,wait=off", socket.display())
         } else {
@@ -73,7 +75,9 @@ impl Guest {
                 "256M",
             ])
             .args(["-object", "memory-backend-memfd,id=mem,size=256M,share=on"])
-            .args(["-smp", "1", "-display", "none", "-no-reboot", "-nodefaults"])
+            .args(["-smp", "1", "-display", "none", "-nodefaults"])
+            .arg("-monitor")
+            .arg(format!("unix:{},server=on,wait=off", monitor.display()))
             .arg("-serial")
             .arg(format!("file:{}", console.display()))
             .arg("-kernel")
@@ -94,7 +98,27 @@ impl Guest {
             .stderr(std::fs::File::create(dir.join(format!("{name}.qemu.log"))).unwrap())
             .spawn()
             .expect("start qemu");
-        Guest { child, console }
+        Guest {
+            child,
+            console,
+            monitor,
+        }
+    }
+
+    /// Resets the VM as a reboot does (virtio reset, vhost rings stopped and set up again
+    /// on the same vhost-user connection).
+    fn reset(&self) {
+        use std::io::Write;
+        let mut s = wait_until(Duration::from_secs(10), "the QEMU monitor", || {
+            std::os::unix::net::UnixStream::connect(&self.monitor).ok()
+        });
+        s.write_all(b"system_reset\n").unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    /// Times the guest finished booting.
+    fn boots(&self) -> usize {
+        self.console_text().matches("VS-GUEST-READY").count()
     }
 
     fn console_text(&self) -> String {
@@ -102,8 +126,15 @@ impl Guest {
     }
 
     /// Ping rounds printed so far: (round, transmitted, received).
+    /// Rounds of the current boot.
     fn rounds(&self) -> Vec<(u32, u32, u32)> {
-        self.console_text()
+        let text = self.console_text();
+        let current = text
+            .rsplit("VS-GUEST-READY")
+            .next()
+            .unwrap_or("")
+            .to_string();
+        current
             .lines()
             .filter_map(|l| {
                 let l = l.trim();
@@ -166,7 +197,7 @@ fn config(dir: &Path, ports: &[(&str, &str)], mode: &str) -> (String, Vec<PathBu
 }
 
 #[test]
-fn guests_ping_through_server_ports_are_isolated_by_bridge_and_survive_qemu_restart() {
+fn guests_ping_through_server_ports_are_isolated_by_bridge_and_survive_qemu_restart_and_reboot() {
     let dir = TempDir::new("qemu-server");
     let (toml, sockets) = config(
         dir.path(),
@@ -232,6 +263,17 @@ fn guests_ping_through_server_ports_are_isolated_by_bridge_and_survive_qemu_rest
     let after = g2.last_round();
     g2.wait_clean_round(after, "g2 -> g1 pings after the restart");
     assert!(daemon.metric("vringswitch_port_rx_packets_total", &[("port", "vm1")]) >= 40);
+
+    // Reboot g2 (same QEMU, same vhost-user connection): ping works again afterwards.
+    let connections = daemon.metric("vringswitch_port_connected", &[("port", "vm2")]);
+    assert_eq!(connections, 1);
+    g2.reset();
+    wait_until(BOOT_AND_PING, "g2 to boot again", || {
+        (g2.boots() >= 2).then_some(())
+    });
+    g2.wait_clean_round(0, "g2 -> g1 pings after g2 rebooted");
+    let after = g1.last_round();
+    g1.wait_clean_round(after, "g1 -> g2 pings after g2 rebooted");
 }
 
 #[test]
