@@ -116,3 +116,28 @@ fn sigterm_stops_the_daemon_even_with_its_sockets_deleted() {
     let status = daemon.terminate(Duration::from_secs(3));
     assert!(status.success(), "exit status {status}");
 }
+
+#[test]
+fn a_bad_config_exits_non_zero_naming_file_line_and_problem() {
+    let dir = TempDir::new("badconfig");
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        "[[bridges]]\nname = \"br0\"\n[[ports]]\nname = \"vm1\"\nbridge = \"br9\"\n\
+         type = \"vhost-user\"\nsocket = \"/tmp/x.sock\"\nmode = \"server\"\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(vringswitch_tests::daemon::binary())
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("config file {}, line 5", path.display())),
+        "{err}"
+    );
+    assert!(err.contains("\"br9\", which is not defined"), "{err}");
+    assert!(!err.contains("Stack backtrace"), "{err}");
+}

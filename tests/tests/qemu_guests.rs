@@ -277,7 +277,7 @@ fn guests_ping_through_server_ports_are_isolated_by_bridge_and_survive_qemu_rest
 }
 
 #[test]
-fn guests_keep_their_nic_across_a_daemon_restart_in_client_mode() {
+fn client_mode_survives_daemon_restart_and_qemu_restart() {
     let dir = TempDir::new("qemu-client");
     let (toml, sockets) = config(dir.path(), &[("vm1", "br0"), ("vm2", "br0")], "client");
     // QEMU listens (server=on): the guests come up first, the switch connects later.
@@ -313,4 +313,27 @@ fn guests_keep_their_nic_across_a_daemon_restart_in_client_mode() {
     daemon.restart(&[]);
     g1.wait_clean_round(r1 + 1, "g1 pings after the daemon restart");
     g2.wait_clean_round(r2 + 1, "g2 pings after the daemon restart");
+
+    // Restart g1's QEMU (the socket server): the switch reconnects by itself.
+    let mut g1 = g1;
+    g1.kill();
+    let g1 = Guest::boot(
+        dir.path(),
+        "g1b",
+        &sockets[0],
+        "52:54:00:00:00:01",
+        "10.0.0.1",
+        "10.0.0.2",
+        true,
+    );
+    g1.wait_clean_round(0, "g1 pings after its QEMU restarted");
+    let after = g2.last_round();
+    g2.wait_clean_round(after, "g2 pings after g1's QEMU restarted");
+    assert!(
+        daemon
+            .log_text()
+            .matches("vhost-user frontend connected port=vm1")
+            .count()
+            >= 3
+    );
 }
