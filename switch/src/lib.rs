@@ -105,7 +105,13 @@ impl Switch {
     /// Seconds since the switch started: the clock of FDB ageing.
     #[inline]
     pub fn now_secs(&self) -> u64 {
-        self.epoch.elapsed().as_secs()
+        self.secs_at(Instant::now())
+    }
+
+    /// The FDB clock at instant `now`.
+    #[inline]
+    pub fn secs_at(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.epoch).as_secs()
     }
 
     #[inline]

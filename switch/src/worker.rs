@@ -116,14 +116,16 @@ impl Worker {
         let mut last_work = Instant::now();
         while !self.switch.stopping() {
             self.refresh_topology();
-            let now_s = self.switch.now_secs();
+            // One clock read per loop serves both the FDB clock and the idle timer.
+            let now = Instant::now();
+            let now_s = self.switch.secs_at(now);
             let mut moved = 0;
             for i in 0..self.tx_queues.len() {
                 moved += self.poll_tx_queue(i, now_s);
             }
             if moved > 0 {
-                last_work = Instant::now();
-            } else if last_work.elapsed() >= self.idle_poll {
+                last_work = now;
+            } else if now.duration_since(last_work) >= self.idle_poll {
                 self.sleep();
                 last_work = Instant::now();
             } else {
@@ -186,13 +188,26 @@ impl Worker {
 
     /// Moves one burst from TX queue `i`. Returns the number of chains consumed.
     fn poll_tx_queue(&mut self, i: usize, now_s: u64) -> usize {
-        let (src, qp) = self.tx_queues[i];
-        let topology = self.topology.clone();
-        let Some(src_rt) = topology.port(src) else {
+        let src = self.tx_queues[i].0;
+        if attachment(&self.topology, &mut self.ports, src).is_none() {
+            return 0;
+        }
+        // Lend the source's attachment out of its cache slot for the burst, so destinations
+        // can be looked up meanwhile without cloning an Arc (a refcount shared by every
+        // worker) per burst. The source is never a destination of its own frames.
+        let Some(att) = self.ports[src as usize].attachment.take() else {
             return 0;
         };
-        // A clone, so destination attachments can be looked up while this one is in use.
-        let Some(att) = attachment(&topology, &mut self.ports, src).cloned() else {
+        let moved = self.burst_from(i, &att, now_s);
+        self.ports[src as usize].attachment = Some(att);
+        moved
+    }
+
+    /// One burst from TX queue `i`, whose port's attachment is `att`.
+    fn burst_from(&mut self, i: usize, att: &Attachment, now_s: u64) -> usize {
+        let (src, qp) = self.tx_queues[i];
+        let topology: &Topology = &self.topology;
+        let Some(src_rt) = topology.port(src) else {
             return 0;
         };
         let Some(vring) = att.vrings.get(2 * usize::from(qp) + 1) else {
@@ -278,7 +293,7 @@ impl Worker {
         // Deliver, one destination ring at a time.
         for t in 0..b.targets.len() {
             let dst = b.targets[t];
-            deliver_to(self.index, &topology, &mut self.ports, dst, qp, src_mem, b);
+            deliver_to(self.index, topology, &mut self.ports, dst, qp, src_mem, b);
         }
 
         // Give the TX chains back, notify the sender once.

@@ -97,14 +97,8 @@ pub struct TestVm {
 }
 
 fn shared_memory() -> (File, GuestMemoryMmap<()>) {
-    let path = Path::new("/dev/shm").join(format!(
-        "vringswitch-test-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    ));
+    // The lifecycle test finds guest mappings in /proc/PID/maps by this prefix.
+    let path = Path::new("/dev/shm").join(crate::unique_name("vringswitch-test"));
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)

@@ -47,15 +47,13 @@ struct Guest {
 impl Guest {
     /// Boots a guest with `ip`, pinging `peer` forever. `server` makes QEMU listen on the
     /// socket (the switch connects: client-mode port).
-    fn boot(
-        dir: &Path,
-        name: &str,
-        socket: &Path,
-        mac: &str,
-        ip: &str,
-        peer: &str,
-        server: bool,
-    ) -> Guest {
+    /// Boots test VM `n` (MAC 52:54:00:00:00:0n, address 10.0.0.n) pinging VM `peer`.
+    fn boot(dir: &Path, name: &str, socket: &Path, n: u8, peer: u8, server: bool) -> Guest {
+        let (mac, ip, peer) = (
+            format!("52:54:00:00:00:{n:02x}"),
+            format!("10.0.0.{n}"),
+            format!("10.0.0.{peer}"),
+        );
         let g = guest_dir();
         let console = dir.join(format!("{name}.console"));
         let _ = std::fs::remove_file(&console);
@@ -205,33 +203,9 @@ fn guests_ping_through_server_ports_are_isolated_by_bridge_and_survive_qemu_rest
         "server",
     );
     let daemon = Daemon::start(dir.path(), &toml, &sockets);
-    let mut g1 = Guest::boot(
-        dir.path(),
-        "g1",
-        &sockets[0],
-        "52:54:00:00:00:01",
-        "10.0.0.1",
-        "10.0.0.2",
-        false,
-    );
-    let g2 = Guest::boot(
-        dir.path(),
-        "g2",
-        &sockets[1],
-        "52:54:00:00:00:02",
-        "10.0.0.2",
-        "10.0.0.1",
-        false,
-    );
-    let g3 = Guest::boot(
-        dir.path(),
-        "g3",
-        &sockets[2],
-        "52:54:00:00:00:03",
-        "10.0.0.3",
-        "10.0.0.1",
-        false,
-    );
+    let mut g1 = Guest::boot(dir.path(), "g1", &sockets[0], 1, 2, false);
+    let g2 = Guest::boot(dir.path(), "g2", &sockets[1], 2, 1, false);
+    let g3 = Guest::boot(dir.path(), "g3", &sockets[2], 3, 1, false);
 
     // 20 pings each way with no loss.
     g1.wait_clean_round(0, "g1 -> g2 pings");
@@ -250,15 +224,7 @@ fn guests_ping_through_server_ports_are_isolated_by_bridge_and_survive_qemu_rest
     wait_until(Duration::from_secs(10), "vm1 to disconnect", || {
         (daemon.metric("vringswitch_port_connected", &[("port", "vm1")]) == 0).then_some(())
     });
-    let g1 = Guest::boot(
-        dir.path(),
-        "g1b",
-        &sockets[0],
-        "52:54:00:00:00:01",
-        "10.0.0.1",
-        "10.0.0.2",
-        false,
-    );
+    let g1 = Guest::boot(dir.path(), "g1b", &sockets[0], 1, 2, false);
     g1.wait_clean_round(0, "pings after g1's QEMU restarted");
     let after = g2.last_round();
     g2.wait_clean_round(after, "g2 -> g1 pings after the restart");
@@ -281,24 +247,8 @@ fn client_mode_survives_daemon_restart_and_qemu_restart() {
     let dir = TempDir::new("qemu-client");
     let (toml, sockets) = config(dir.path(), &[("vm1", "br0"), ("vm2", "br0")], "client");
     // QEMU listens (server=on): the guests come up first, the switch connects later.
-    let g1 = Guest::boot(
-        dir.path(),
-        "g1",
-        &sockets[0],
-        "52:54:00:00:00:01",
-        "10.0.0.1",
-        "10.0.0.2",
-        true,
-    );
-    let g2 = Guest::boot(
-        dir.path(),
-        "g2",
-        &sockets[1],
-        "52:54:00:00:00:02",
-        "10.0.0.2",
-        "10.0.0.1",
-        true,
-    );
+    let g1 = Guest::boot(dir.path(), "g1", &sockets[0], 1, 2, true);
+    let g2 = Guest::boot(dir.path(), "g2", &sockets[1], 2, 1, true);
     wait_until(Duration::from_secs(10), "QEMU sockets", || {
         sockets.iter().all(|s| s.exists()).then_some(())
     });
@@ -317,15 +267,7 @@ fn client_mode_survives_daemon_restart_and_qemu_restart() {
     // Restart g1's QEMU (the socket server): the switch reconnects by itself.
     let mut g1 = g1;
     g1.kill();
-    let g1 = Guest::boot(
-        dir.path(),
-        "g1b",
-        &sockets[0],
-        "52:54:00:00:00:01",
-        "10.0.0.1",
-        "10.0.0.2",
-        true,
-    );
+    let g1 = Guest::boot(dir.path(), "g1b", &sockets[0], 1, 2, true);
     g1.wait_clean_round(0, "g1 pings after its QEMU restarted");
     let after = g2.last_round();
     g2.wait_clean_round(after, "g2 pings after g1's QEMU restarted");
