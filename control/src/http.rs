@@ -1,4 +1,5 @@
-//! The HTTP endpoint: `GET /healthz` and `GET /metrics` (Prometheus text format).
+//! The HTTP endpoint: `GET /healthz`, `GET /metrics` (Prometheus text format) and
+//! `GET /v1/stats` (the same counters as JSON, for `vringctl stats`).
 
 use std::sync::Arc;
 
@@ -6,8 +7,8 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
-use axum::Router;
-use vringswitch_metrics::Metrics;
+use axum::{Json, Router};
+use vringswitch_metrics::{Metrics, Snapshot};
 use vringswitch_switch::Switch;
 
 #[derive(Clone)]
@@ -21,6 +22,7 @@ pub fn router(switch: Arc<Switch>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .route("/v1/stats", get(stats))
         .with_state(AppState {
             switch,
             metrics: Arc::new(Metrics::new()),
@@ -40,4 +42,8 @@ async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
         )],
         body,
     )
+}
+
+async fn stats(State(s): State<AppState>) -> Json<Snapshot> {
+    Json(Snapshot::take(&s.switch))
 }

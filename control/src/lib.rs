@@ -1,6 +1,10 @@
-//! The vringswitch daemon, as a library: [`daemon`] assembles the switch and its ports from
-//! a configuration; [`http`] serves health and metrics. `main.rs` only parses arguments.
+//! The vringswitch daemon and its command line, as a library: [`daemon`] assembles the switch
+//! and its ports from a configuration; [`http`] serves the API, health and metrics;
+//! [`client`] and [`ctl`] are `vringctl`'s API client and output. The binaries only parse
+//! arguments.
 #![deny(unsafe_code)]
 
+pub mod client;
+pub mod ctl;
 pub mod daemon;
 pub mod http;

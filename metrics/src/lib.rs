@@ -1,52 +1,105 @@
 //! Prometheus metrics of the switch.
 //!
-//! The data path only writes per-worker counters; this crate reads them at scrape time,
-//! sums them and brings the Prometheus counters up to date (they only ever go up, and are
-//! never reset on scrape). Direction is the switch's view: rx = received from the VM,
-//! tx = delivered to the VM.
+//! The data path only writes per-worker counters; a scrape takes one [`Snapshot`] (summing
+//! the workers' slots) and renders it in the Prometheus text format. Series are built fresh
+//! at every scrape from the current topology, so a deleted port's series disappear with it.
+//! Direction is the switch's view: rx = received from the VM, tx = delivered to the VM.
 #![deny(unsafe_code)]
 
-use std::sync::Mutex;
+pub mod snapshot;
 
-use prometheus::{Encoder, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
-use vringswitch_ports::DropReason;
+pub use snapshot::{BridgeSnapshot, PortSnapshot, Snapshot, WorkerSnapshot};
+
+use prometheus::core::Collector;
+use prometheus::proto::{self, MetricFamily, MetricType};
+use prometheus::{Encoder, TextEncoder};
 use vringswitch_switch::Switch;
 
-/// The registry and the metric families it holds.
-pub struct Metrics {
-    registry: Registry,
-    rx_packets: IntCounterVec,
-    rx_bytes: IntCounterVec,
-    tx_packets: IntCounterVec,
-    tx_bytes: IntCounterVec,
-    drops: IntCounterVec,
-    connected: IntGaugeVec,
-    fdb_entries: IntGaugeVec,
-    scrape: Mutex<()>,
+/// Version of this build, for `vringswitch_build_info`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Builds one metric family at a time.
+struct Family {
+    mf: MetricFamily,
 }
 
-fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric definition");
-    registry
-        .register(Box::new(c.clone()))
-        .expect("metric registered once");
-    c
+/// Label pairs sorted by name, as Prometheus' own clients render them.
+fn labels(pairs: &[(&str, &str)]) -> Vec<proto::LabelPair> {
+    let mut pairs = pairs.to_vec();
+    pairs.sort_unstable_by_key(|(k, _)| *k);
+    pairs
+        .iter()
+        .map(|(k, v)| {
+            let mut l = proto::LabelPair::default();
+            l.set_name((*k).to_owned());
+            l.set_value((*v).to_owned());
+            l
+        })
+        .collect()
 }
 
-fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
-    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric definition");
-    registry
-        .register(Box::new(g.clone()))
-        .expect("metric registered once");
-    g
-}
-
-/// Raises a counter to `value` (counters cannot be set, only increased).
-fn raise(c: &prometheus::IntCounter, value: u64) {
-    let cur = c.get();
-    if value > cur {
-        c.inc_by(value - cur);
+impl Family {
+    fn new(name: &str, help: &str, kind: MetricType) -> Family {
+        let mut mf = MetricFamily::default();
+        mf.set_name(name.to_owned());
+        mf.set_help(help.to_owned());
+        mf.set_field_type(kind);
+        Family { mf }
     }
+
+    fn counter(name: &str, help: &str) -> Family {
+        Family::new(name, help, MetricType::COUNTER)
+    }
+
+    fn gauge(name: &str, help: &str) -> Family {
+        Family::new(name, help, MetricType::GAUGE)
+    }
+
+    fn add(&mut self, pairs: &[(&str, &str)], value: u64) -> &mut Family {
+        let mut m = proto::Metric::from_label(labels(pairs));
+        match self.mf.get_field_type() {
+            MetricType::COUNTER => {
+                let mut c = proto::Counter::default();
+                c.set_value(value as f64);
+                m.set_counter(c);
+            }
+            _ => {
+                let mut g = proto::Gauge::default();
+                g.set_value(value as f64);
+                m.set_gauge(g);
+            }
+        }
+        self.mf.mut_metric().push(m);
+        self
+    }
+
+    /// A histogram from non-cumulative bucket counts and the sum of observations.
+    fn add_histogram(&mut self, pairs: &[(&str, &str)], bounds: &[u32], counts: &[u64], sum: u64) {
+        let mut h = proto::Histogram::default();
+        let mut cumulative = 0;
+        let buckets = bounds
+            .iter()
+            .zip(counts)
+            .map(|(&bound, &n)| {
+                cumulative += n;
+                let mut b = proto::Bucket::default();
+                b.set_upper_bound(f64::from(bound));
+                b.set_cumulative_count(cumulative);
+                b
+            })
+            .collect();
+        h.set_bucket(buckets);
+        h.set_sample_count(cumulative);
+        h.set_sample_sum(sum as f64);
+        let mut m = proto::Metric::from_label(labels(pairs));
+        m.set_histogram(h);
+        self.mf.mut_metric().push(m);
+    }
+}
+
+/// Renders the switch's metrics for Prometheus.
+pub struct Metrics {
+    process: Option<prometheus::process_collector::ProcessCollector>,
 }
 
 impl Default for Metrics {
@@ -57,88 +110,190 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Metrics {
-        let r = Registry::new();
-        let pb = &["port", "bridge"];
         Metrics {
-            rx_packets: counter(
-                &r,
-                "vringswitch_port_rx_packets_total",
-                "Frames received from the VM on this port.",
-                pb,
-            ),
-            rx_bytes: counter(
-                &r,
-                "vringswitch_port_rx_bytes_total",
-                "Bytes of frames received from the VM (without virtio-net header).",
-                pb,
-            ),
-            tx_packets: counter(
-                &r,
-                "vringswitch_port_tx_packets_total",
-                "Frames delivered to the VM on this port.",
-                pb,
-            ),
-            tx_bytes: counter(
-                &r,
-                "vringswitch_port_tx_bytes_total",
-                "Bytes of frames delivered to the VM (without virtio-net header).",
-                pb,
-            ),
-            drops: counter(
-                &r,
-                "vringswitch_port_drops_total",
-                "Frames dropped, by the port they were received on or meant for, and why.",
-                &["port", "bridge", "reason"],
-            ),
-            connected: gauge(
-                &r,
-                "vringswitch_port_connected",
-                "1 while a vhost-user frontend is connected to the port.",
-                &["port"],
-            ),
-            fdb_entries: gauge(
-                &r,
-                "vringswitch_fdb_entries",
-                "MAC addresses in the bridge's forwarding database.",
-                &["bridge"],
-            ),
-            registry: r,
-            scrape: Mutex::new(()),
+            process: Some(prometheus::process_collector::ProcessCollector::for_self()),
         }
     }
 
-    /// Brings every metric up to date and renders the Prometheus text format.
+    /// Takes a snapshot of `switch` and renders it.
     pub fn render(&self, switch: &Switch) -> String {
-        let _one_at_a_time = self.scrape.lock().unwrap_or_else(|e| e.into_inner());
-        let topology = switch.topology();
-        for p in topology.ports.iter().flatten() {
-            let port = p.handle.name();
-            let bridge = topology.bridges[p.bridge].name.as_str();
-            let s = p.handle.stats().snapshot();
-            let l = &[port, bridge];
-            raise(&self.rx_packets.with_label_values(l), s.rx_packets);
-            raise(&self.rx_bytes.with_label_values(l), s.rx_bytes);
-            raise(&self.tx_packets.with_label_values(l), s.tx_packets);
-            raise(&self.tx_bytes.with_label_values(l), s.tx_bytes);
-            for r in DropReason::ALL {
-                raise(
-                    &self.drops.with_label_values(&[port, bridge, r.as_str()]),
-                    s.drops(r),
-                );
-            }
-            self.connected
-                .with_label_values(&[port])
-                .set(i64::from(p.handle.is_connected()));
-        }
-        for b in &topology.bridges {
-            self.fdb_entries
-                .with_label_values(&[b.name.as_str()])
-                .set(b.fdb.len() as i64);
+        self.render_snapshot(&Snapshot::take(switch))
+    }
+
+    /// Renders `s` in the Prometheus text format.
+    pub fn render_snapshot(&self, s: &Snapshot) -> String {
+        let mut families = families(s);
+        if let Some(p) = &self.process {
+            families.extend(p.collect());
         }
         let mut out = Vec::new();
-        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        // Only empty families fail to encode, and none is ever built empty.
+        let _ = TextEncoder::new().encode(&families, &mut out);
         String::from_utf8(out).unwrap_or_default()
     }
+}
+
+/// Every family of the switch's own metrics, none empty.
+fn families(s: &Snapshot) -> Vec<MetricFamily> {
+    let mut out = Vec::new();
+    let mut push = |f: &mut Family| {
+        if !f.mf.get_metric().is_empty() {
+            out.push(std::mem::take(&mut f.mf));
+        }
+    };
+
+    push(
+        Family::gauge(
+            "vringswitch_build_info",
+            "Always 1; the labels say which build is running.",
+        )
+        .add(&[("version", VERSION)], 1),
+    );
+    push(
+        Family::gauge(
+            "vringswitch_cycles_per_second",
+            "Rate of the cycle counter behind the worker cycle metrics (TSC on x86_64).",
+        )
+        .add(&[], s.cycles_per_second),
+    );
+    let connected = s.ports.iter().filter(|p| p.connected).count() as u64;
+    push(
+        Family::gauge(
+            "vringswitch_ports_configured",
+            "Ports in the configuration.",
+        )
+        .add(&[], s.ports.len() as u64),
+    );
+    push(
+        Family::gauge(
+            "vringswitch_ports_connected",
+            "Ports with a vhost-user frontend connected.",
+        )
+        .add(&[], connected),
+    );
+
+    // Ports.
+    let mut rx_packets = Family::counter(
+        "vringswitch_port_rx_packets_total",
+        "Frames received from the VM on this port.",
+    );
+    let mut rx_bytes = Family::counter(
+        "vringswitch_port_rx_bytes_total",
+        "Bytes of frames received from the VM (Ethernet frame, no virtio-net header).",
+    );
+    let mut tx_packets = Family::counter(
+        "vringswitch_port_tx_packets_total",
+        "Frames delivered to the VM on this port.",
+    );
+    let mut tx_bytes = Family::counter(
+        "vringswitch_port_tx_bytes_total",
+        "Bytes of frames delivered to the VM (Ethernet frame, no virtio-net header).",
+    );
+    let mut drops = Family::counter(
+        "vringswitch_port_drops_total",
+        "Frames dropped, by the port they were received on or meant for, and why.",
+    );
+    let mut port_connected = Family::gauge(
+        "vringswitch_port_connected",
+        "1 while a vhost-user frontend is connected to the port.",
+    );
+    let mut reconnects = Family::counter(
+        "vringswitch_port_reconnects_total",
+        "Connections of a vhost-user frontend to the port after the first one.",
+    );
+    for p in &s.ports {
+        let l = [("port", p.name.as_str()), ("bridge", p.bridge.as_str())];
+        rx_packets.add(&l, p.rx_packets);
+        rx_bytes.add(&l, p.rx_bytes);
+        tx_packets.add(&l, p.tx_packets);
+        tx_bytes.add(&l, p.tx_bytes);
+        for (reason, &n) in &p.drops {
+            drops.add(&[l[0], l[1], ("reason", reason.as_str())], n);
+        }
+        port_connected.add(&l[..1], u64::from(p.connected));
+        reconnects.add(&l[..1], p.reconnects);
+    }
+    for f in [
+        &mut rx_packets,
+        &mut rx_bytes,
+        &mut tx_packets,
+        &mut tx_bytes,
+        &mut drops,
+        &mut port_connected,
+        &mut reconnects,
+    ] {
+        push(f);
+    }
+
+    // Workers.
+    let mut busy = Family::counter(
+        "vringswitch_worker_busy_cycles_total",
+        "Cycles of worker loop iterations that moved at least one frame.",
+    );
+    let mut idle = Family::counter(
+        "vringswitch_worker_idle_cycles_total",
+        "Cycles of worker loop iterations that moved nothing, time asleep included.",
+    );
+    let mut packets = Family::counter(
+        "vringswitch_worker_packets_total",
+        "Chains the worker took from TX rings (frames, malformed ones included).",
+    );
+    let mut wakeups = Family::counter(
+        "vringswitch_worker_wakeups_total",
+        "Times the worker woke from sleep.",
+    );
+    let mut bursts = Family::new(
+        "vringswitch_worker_burst_size",
+        "Chains taken per non-empty poll of a TX queue.",
+        MetricType::HISTOGRAM,
+    );
+    for w in &s.workers {
+        let core = w.core.to_string();
+        let l = [("core", core.as_str())];
+        busy.add(&l, w.busy_cycles);
+        idle.add(&l, w.idle_cycles);
+        packets.add(&l, w.packets);
+        wakeups.add(&l, w.wakeups);
+        bursts.add_histogram(&l, &s.burst_bounds, &w.bursts, w.packets);
+    }
+    for f in [
+        &mut busy,
+        &mut idle,
+        &mut packets,
+        &mut wakeups,
+        &mut bursts,
+    ] {
+        push(f);
+    }
+
+    // Bridges.
+    let mut entries = Family::gauge(
+        "vringswitch_fdb_entries",
+        "MAC addresses in the bridge's forwarding database.",
+    );
+    let mut learned = Family::counter(
+        "vringswitch_fdb_learned_total",
+        "MAC addresses learnt by the bridge.",
+    );
+    let mut moved = Family::counter(
+        "vringswitch_fdb_moved_total",
+        "Learnt MAC addresses that moved to another port.",
+    );
+    let mut aged = Family::counter(
+        "vringswitch_fdb_aged_total",
+        "MAC addresses removed by ageing.",
+    );
+    for b in &s.bridges {
+        let l = [("bridge", b.name.as_str())];
+        entries.add(&l, b.fdb_entries);
+        learned.add(&l, b.fdb_learned);
+        moved.add(&l, b.fdb_moved);
+        aged.add(&l, b.fdb_aged);
+    }
+    for f in [&mut entries, &mut learned, &mut moved, &mut aged] {
+        push(f);
+    }
+    out
 }
 
 #[cfg(test)]
@@ -146,12 +301,12 @@ mod tests {
     use super::*;
     use std::sync::Arc;
     use std::time::Duration;
-    use vringswitch_ports::PortHandle;
-    use vringswitch_switch::fdb::Fdb;
+    use vringswitch_ports::{DropReason, PortHandle};
+    use vringswitch_switch::ethernet::MacAddr;
+    use vringswitch_switch::fdb::{fdb_key, Fdb};
     use vringswitch_switch::{BridgeRt, PortRt, SwitchConfig, Topology};
 
-    #[test]
-    fn renders_summed_counters_that_never_go_down() {
+    fn switch_with_port() -> (Arc<Switch>, Arc<PortHandle>) {
         let sw = Switch::new(&SwitchConfig {
             cores: vec![0],
             burst: 32,
@@ -171,23 +326,191 @@ mod tests {
                 queue_pairs: 1,
             })],
         });
+        (sw, h)
+    }
+
+    /// The value of the one sample `series` (name and labels exactly as rendered).
+    fn sample(text: &str, series: &str) -> f64 {
+        let mut found = text.lines().filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            (k == series).then(|| v.parse::<f64>().unwrap())
+        });
+        let v = found
+            .next()
+            .unwrap_or_else(|| panic!("no {series} in\n{text}"));
+        assert!(found.next().is_none(), "{series} twice");
+        v
+    }
+
+    #[test]
+    fn port_counters_are_summed_over_workers() {
+        let (sw, h) = switch_with_port();
         h.stats().slot(0).add_rx(3, 300);
         h.stats().slot(1).add_rx(2, 200);
+        h.stats().slot(0).add_tx(7, 700);
         h.stats().slot(1).add_drop(DropReason::NoRxBuffer, 4);
+        h.stats().slot(0).add_drop(DropReason::NoRxBuffer, 1);
         let m = Metrics::new();
         let text = m.render(&sw);
-        assert!(
-            text.contains("vringswitch_port_rx_packets_total{bridge=\"br0\",port=\"vm1\"} 5"),
-            "{text}"
+        let pb = "{bridge=\"br0\",port=\"vm1\"}";
+        assert_eq!(
+            sample(&text, &format!("vringswitch_port_rx_packets_total{pb}")),
+            5.0
         );
-        assert!(text.contains("vringswitch_port_rx_bytes_total{bridge=\"br0\",port=\"vm1\"} 500"));
-        assert!(text.contains(
-            "vringswitch_port_drops_total{bridge=\"br0\",port=\"vm1\",reason=\"no_rx_buffer\"} 4"
-        ));
-        assert!(text.contains("vringswitch_port_connected{port=\"vm1\"} 0"));
-        assert!(text.contains("vringswitch_fdb_entries{bridge=\"br0\"} 0"));
+        assert_eq!(
+            sample(&text, &format!("vringswitch_port_rx_bytes_total{pb}")),
+            500.0
+        );
+        assert_eq!(
+            sample(&text, &format!("vringswitch_port_tx_packets_total{pb}")),
+            7.0
+        );
+        assert_eq!(
+            sample(&text, &format!("vringswitch_port_tx_bytes_total{pb}")),
+            700.0
+        );
+        for r in DropReason::ALL {
+            let want = if r == DropReason::NoRxBuffer {
+                5.0
+            } else {
+                0.0
+            };
+            let series = format!(
+                "vringswitch_port_drops_total{{bridge=\"br0\",port=\"vm1\",reason=\"{}\"}}",
+                r.as_str()
+            );
+            assert_eq!(sample(&text, &series), want, "{series}");
+        }
+        assert_eq!(
+            sample(&text, "vringswitch_port_connected{port=\"vm1\"}"),
+            0.0
+        );
+        assert_eq!(
+            sample(&text, "vringswitch_port_reconnects_total{port=\"vm1\"}"),
+            0.0
+        );
+        assert_eq!(sample(&text, "vringswitch_ports_configured"), 1.0);
+        assert_eq!(sample(&text, "vringswitch_ports_connected"), 0.0);
         h.stats().slot(0).add_rx(1, 10);
         let text = m.render(&sw);
-        assert!(text.contains("vringswitch_port_rx_packets_total{bridge=\"br0\",port=\"vm1\"} 6"));
+        assert_eq!(
+            sample(&text, &format!("vringswitch_port_rx_packets_total{pb}")),
+            6.0
+        );
+    }
+
+    #[test]
+    fn connections_after_the_first_are_reconnects() {
+        let (sw, h) = switch_with_port();
+        h.set_connected(true);
+        h.set_connected(false);
+        h.set_connected(true);
+        let text = Metrics::new().render(&sw);
+        assert_eq!(
+            sample(&text, "vringswitch_port_connected{port=\"vm1\"}"),
+            1.0
+        );
+        assert_eq!(
+            sample(&text, "vringswitch_port_reconnects_total{port=\"vm1\"}"),
+            1.0
+        );
+        assert_eq!(sample(&text, "vringswitch_ports_connected"), 1.0);
+    }
+
+    #[test]
+    fn worker_cycles_and_burst_histogram() {
+        let (sw, _h) = switch_with_port();
+        let w = &sw.workers[0].stats;
+        w.add_burst(1);
+        w.add_burst(3);
+        w.add_burst(32);
+        w.add_busy(9000);
+        w.add_idle(100);
+        w.add_wakeup();
+        let text = Metrics::new().render(&sw);
+        let c = "{core=\"0\"}";
+        assert_eq!(
+            sample(&text, &format!("vringswitch_worker_busy_cycles_total{c}")),
+            9000.0
+        );
+        assert_eq!(
+            sample(&text, &format!("vringswitch_worker_idle_cycles_total{c}")),
+            100.0
+        );
+        assert_eq!(
+            sample(&text, &format!("vringswitch_worker_packets_total{c}")),
+            36.0
+        );
+        assert_eq!(
+            sample(&text, &format!("vringswitch_worker_wakeups_total{c}")),
+            1.0
+        );
+        let bucket = |le: &str| {
+            sample(
+                &text,
+                &format!("vringswitch_worker_burst_size_bucket{{core=\"0\",le=\"{le}\"}}"),
+            )
+        };
+        assert_eq!(bucket("1"), 1.0);
+        assert_eq!(bucket("2"), 1.0);
+        assert_eq!(bucket("4"), 2.0);
+        assert_eq!(bucket("16"), 2.0);
+        assert_eq!(bucket("32"), 3.0);
+        assert_eq!(bucket("64"), 3.0);
+        assert_eq!(bucket("+Inf"), 3.0);
+        assert_eq!(
+            sample(&text, &format!("vringswitch_worker_burst_size_sum{c}")),
+            36.0
+        );
+        assert_eq!(
+            sample(&text, &format!("vringswitch_worker_burst_size_count{c}")),
+            3.0
+        );
+        assert!(sample(&text, "vringswitch_cycles_per_second") > 1e8);
+    }
+
+    #[test]
+    fn fdb_and_build_info() {
+        let (sw, _h) = switch_with_port();
+        let fdb = &sw.topology().bridges[0].fdb;
+        let a = MacAddr([2, 0, 0, 0, 0, 1]);
+        let b = MacAddr([2, 0, 0, 0, 0, 2]);
+        fdb.learn(fdb_key(a, 0), 0, 0);
+        fdb.learn(fdb_key(b, 0), 0, 0);
+        fdb.learn(fdb_key(b, 0), 1, 0);
+        let text = Metrics::new().render(&sw);
+        let l = "{bridge=\"br0\"}";
+        assert_eq!(sample(&text, &format!("vringswitch_fdb_entries{l}")), 2.0);
+        assert_eq!(
+            sample(&text, &format!("vringswitch_fdb_learned_total{l}")),
+            2.0
+        );
+        assert_eq!(
+            sample(&text, &format!("vringswitch_fdb_moved_total{l}")),
+            1.0
+        );
+        assert_eq!(
+            sample(&text, &format!("vringswitch_fdb_aged_total{l}")),
+            0.0
+        );
+        assert_eq!(
+            sample(
+                &text,
+                &format!("vringswitch_build_info{{version=\"{VERSION}\"}}")
+            ),
+            1.0
+        );
+        assert!(text.contains("process_open_fds"), "{text}");
+    }
+
+    #[test]
+    fn a_port_removed_from_the_topology_loses_its_series() {
+        let (sw, _h) = switch_with_port();
+        let m = Metrics::new();
+        assert!(m.render(&sw).contains("port=\"vm1\""));
+        sw.set_topology(Topology::default());
+        let text = m.render(&sw);
+        assert!(!text.contains("port=\"vm1\""), "{text}");
+        assert_eq!(sample(&text, "vringswitch_ports_configured"), 0.0);
     }
 }

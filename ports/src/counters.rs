@@ -25,17 +25,20 @@ pub enum DropReason {
     InvalidSrcMac,
     /// The destination MAC was learnt on the ingress port itself.
     Hairpin,
+    /// The frame's VLAN is not allowed on the port it came in on or would go out of.
+    VlanFiltered,
 }
 
 impl DropReason {
     /// Every reason, in a stable order.
-    pub const ALL: [DropReason; 6] = [
+    pub const ALL: [DropReason; 7] = [
         DropReason::NoRxBuffer,
         DropReason::BadDescriptor,
         DropReason::TooBig,
         DropReason::PortDown,
         DropReason::InvalidSrcMac,
         DropReason::Hairpin,
+        DropReason::VlanFiltered,
     ];
 
     /// Label value used in metrics.
@@ -47,6 +50,7 @@ impl DropReason {
             DropReason::PortDown => "port_down",
             DropReason::InvalidSrcMac => "invalid_src_mac",
             DropReason::Hairpin => "hairpin",
+            DropReason::VlanFiltered => "vlan_filtered",
         }
     }
 

@@ -8,6 +8,7 @@
 pub mod affinity;
 pub mod ethernet;
 pub mod fdb;
+pub mod stats;
 pub mod topology;
 pub mod worker;
 
@@ -17,8 +18,10 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use crossbeam_utils::CachePadded;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+pub use stats::WorkerStats;
 pub use topology::{BridgeRt, PortRt, Topology};
 
 /// Errors of the forwarding engine.
@@ -38,22 +41,12 @@ pub enum SwitchError {
 
 /// What the control side shares with one worker.
 pub struct WorkerShared {
+    /// The CPU the worker is pinned to.
     pub core: usize,
+    /// Written to wake the worker from sleep.
     pub wake: Arc<EventFd>,
-    wakeups: AtomicU64,
-}
-
-impl WorkerShared {
-    fn count_wakeup(&self) {
-        // Single writer (the worker): load + store.
-        self.wakeups
-            .store(self.wakeups.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
-    }
-
-    /// Times the worker woke from sleep.
-    pub fn wakeups(&self) -> u64 {
-        self.wakeups.load(Ordering::Relaxed)
-    }
+    /// Written by the worker only, on a cache line of its own.
+    pub stats: CachePadded<WorkerStats>,
 }
 
 /// Engine settings.
@@ -80,6 +73,8 @@ impl Switch {
         for &core in &config.cores {
             affinity::check_core(core)?;
         }
+        // Calibrated once here, so that no scrape waits for it.
+        stats::cycles_per_second();
         let workers = config
             .cores
             .iter()
@@ -87,7 +82,7 @@ impl Switch {
                 Ok(WorkerShared {
                     core,
                     wake: Arc::new(EventFd::new(EFD_NONBLOCK).map_err(SwitchError::EventFd)?),
-                    wakeups: AtomicU64::new(0),
+                    stats: CachePadded::new(WorkerStats::default()),
                 })
             })
             .collect::<Result<Vec<_>, SwitchError>>()?;

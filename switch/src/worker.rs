@@ -26,6 +26,7 @@ use vringswitch_ports::{Attachment, DropReason, PortId};
 
 use crate::ethernet::EthernetFrame;
 use crate::fdb::{fdb_key, FdbCache};
+use crate::stats::cycles;
 use crate::topology::Topology;
 use crate::Switch;
 
@@ -112,8 +113,14 @@ impl Worker {
     }
 
     /// Runs until the switch stops.
+    ///
+    /// Each iteration's cycles are counted as busy if it moved a frame, else as idle
+    /// (sleeping included): one cycle-counter read per iteration.
     pub fn run(mut self) {
+        let switch = self.switch.clone();
+        let stats = &switch.workers[self.index].stats;
         let mut last_work = Instant::now();
+        let mut t_prev = cycles();
         while !self.switch.stopping() {
             self.refresh_topology();
             // One clock read per loop serves both the FDB clock and the idle timer.
@@ -123,13 +130,23 @@ impl Worker {
             for i in 0..self.tx_queues.len() {
                 moved += self.poll_tx_queue(i, now_s);
             }
+            let t = cycles();
+            let spent = t.wrapping_sub(t_prev);
+            t_prev = t;
             if moved > 0 {
+                stats.add_busy(spent);
                 last_work = now;
-            } else if now.duration_since(last_work) >= self.idle_poll {
-                self.sleep();
-                last_work = Instant::now();
             } else {
-                std::hint::spin_loop();
+                stats.add_idle(spent);
+                if now.duration_since(last_work) >= self.idle_poll {
+                    self.sleep();
+                    last_work = Instant::now();
+                    let t = cycles();
+                    stats.add_idle(t.wrapping_sub(t_prev));
+                    t_prev = t;
+                } else {
+                    std::hint::spin_loop();
+                }
             }
         }
     }
@@ -179,7 +196,7 @@ impl Worker {
             // A timeout bounds the effect of anything missed; nothing should be.
             let _ = self.epoll.wait(1000, &mut events);
             let _ = self.wake.read();
-            self.switch.workers[self.index].count_wakeup();
+            self.switch.workers[self.index].stats.add_wakeup();
         }
         self.for_each_ready_tx(|q, mem| {
             let _ = q.disable_notification(mem);
@@ -245,6 +262,7 @@ impl Worker {
         if consumed == 0 {
             return 0;
         }
+        self.switch.workers[self.index].stats.add_burst(consumed);
 
         // Decide, on the stack copies of the headers.
         let cache = &mut self.fdb_caches[src_rt.bridge];

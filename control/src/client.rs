@@ -1,0 +1,146 @@
+//! A small client of the daemon's HTTP API, for `vringctl` and the tests.
+
+use std::net::SocketAddr;
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::de::DeserializeOwned;
+
+/// Errors of an API call, worded for the person who ran the command.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(
+        "cannot reach the vringswitch API at {addr}: {source} (is the daemon running? see --api)"
+    )]
+    Connect {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("HTTP exchange with {addr} failed: {source}")]
+    Http {
+        addr: String,
+        #[source]
+        source: hyper::Error,
+    },
+    #[error("{method} {path}: HTTP {status}: {message}")]
+    Api {
+        method: Method,
+        path: String,
+        status: StatusCode,
+        message: String,
+    },
+    #[error("{path}: unexpected response: {source}")]
+    Decode {
+        path: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// Where the API listens, and the bearer token to present.
+#[derive(Debug, Clone)]
+pub struct ApiClient {
+    pub addr: SocketAddr,
+    pub token: Option<String>,
+}
+
+/// The message of an error response: `error: detail` from the API's JSON body, else the body.
+fn error_message(body: &[u8]) -> String {
+    #[derive(serde::Deserialize)]
+    struct ApiError {
+        error: String,
+        #[serde(default)]
+        detail: Option<String>,
+    }
+    match serde_json::from_slice::<ApiError>(body) {
+        Ok(ApiError {
+            error,
+            detail: Some(d),
+        }) if !d.is_empty() => format!("{error}: {d}"),
+        Ok(e) => e.error,
+        Err(_) => String::from_utf8_lossy(body).trim().to_owned(),
+    }
+}
+
+impl ApiClient {
+    /// Sends one request and returns the body of a 2xx answer.
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<Bytes, ClientError> {
+        let addr = self.addr.to_string();
+        let stream = tokio::net::TcpStream::connect(self.addr)
+            .await
+            .map_err(|source| ClientError::Connect {
+                addr: addr.clone(),
+                source,
+            })?;
+        let http = |source| ClientError::Http {
+            addr: addr.clone(),
+            source,
+        };
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(http)?;
+        let driver = tokio::spawn(conn);
+        let mut req = Request::builder()
+            .method(method.clone())
+            .uri(path)
+            .header(hyper::header::HOST, &addr);
+        if let Some(t) = &self.token {
+            req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let payload = match body {
+            Some(v) => {
+                req = req.header(hyper::header::CONTENT_TYPE, "application/json");
+                Bytes::from(v.to_string())
+            }
+            None => Bytes::new(),
+        };
+        let req = req
+            .body(Full::new(payload))
+            .expect("method, path and headers are valid");
+        let resp = sender.send_request(req).await.map_err(http)?;
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await.map_err(http)?.to_bytes();
+        driver.abort();
+        if !status.is_success() {
+            return Err(ClientError::Api {
+                method,
+                path: path.to_owned(),
+                status,
+                message: error_message(&bytes),
+            });
+        }
+        Ok(bytes)
+    }
+
+    /// GETs `path` and decodes its JSON body.
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        let body = self.call(Method::GET, path, None).await?;
+        serde_json::from_slice(&body).map_err(|source| ClientError::Decode {
+            path: path.to_owned(),
+            source,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::error_message;
+
+    #[test]
+    fn error_messages_carry_the_apis_words() {
+        assert_eq!(
+            error_message(br#"{"error":"unknown port","detail":"no port vm9"}"#),
+            "unknown port: no port vm9"
+        );
+        assert_eq!(error_message(br#"{"error":"conflict"}"#), "conflict");
+        assert_eq!(error_message(b"plain text\n"), "plain text");
+    }
+}

@@ -1,0 +1,212 @@
+//! What `vringctl` prints: aligned tables for people (`--json` prints the API's JSON instead).
+
+use comfy_table::presets::NOTHING;
+use comfy_table::{CellAlignment, Table};
+use vringswitch_metrics::Snapshot;
+
+/// An aligned table without borders; numeric columns (all but the first `text_cols`) are
+/// right-aligned.
+fn table(header: &[&str], text_cols: usize, rows: Vec<Vec<String>>) -> String {
+    let mut t = Table::new();
+    t.load_preset(NOTHING);
+    t.set_header(header.iter().map(|h| h.to_uppercase()));
+    for r in rows {
+        t.add_row(r);
+    }
+    for (i, col) in t.column_iter_mut().enumerate() {
+        if i >= text_cols {
+            col.set_cell_alignment(CellAlignment::Right);
+        }
+    }
+    // Lines without trailing blanks, starting at the first column.
+    t.to_string()
+        .lines()
+        .map(|l| l.trim_end().strip_prefix(' ').unwrap_or(l.trim_end()))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn opt(v: Option<f64>, digits: usize) -> String {
+    v.map_or_else(|| "-".to_owned(), |v| format!("{v:.digits$}"))
+}
+
+/// The per-core and per-port tables of `vringctl stats`. `s` holds either counts since start
+/// or the difference over an interval, as `scope` says.
+pub fn stats_tables(s: &Snapshot, scope: &str) -> String {
+    let cores = s
+        .workers
+        .iter()
+        .map(|w| {
+            vec![
+                w.core.to_string(),
+                opt(w.busy_ratio().map(|r| r * 100.0), 1),
+                opt(w.cycles_per_packet(), 0),
+                w.packets.to_string(),
+                opt(w.average_burst(), 1),
+                w.wakeups.to_string(),
+            ]
+        })
+        .collect();
+    let ports = s
+        .ports
+        .iter()
+        .map(|p| {
+            let reasons: Vec<String> = p
+                .drops
+                .iter()
+                .filter(|(_, &n)| n > 0)
+                .map(|(r, n)| format!("{r}={n}"))
+                .collect();
+            vec![
+                p.name.clone(),
+                p.bridge.clone(),
+                if p.connected { "up" } else { "down" }.to_owned(),
+                p.rx_packets.to_string(),
+                p.rx_bytes.to_string(),
+                p.tx_packets.to_string(),
+                p.tx_bytes.to_string(),
+                p.total_drops().to_string(),
+                reasons.join(","),
+            ]
+        })
+        .collect();
+    format!(
+        "Cores ({scope}; cycles at {:.2} GHz)\n{}\n\nPorts ({scope}; rx = from the VM, tx = to the VM)\n{}\n",
+        s.cycles_per_second as f64 / 1e9,
+        table(
+            &["core", "busy %", "cycles/pkt", "packets", "avg burst", "wakeups"],
+            1,
+            cores
+        ),
+        table(
+            &[
+                "port",
+                "bridge",
+                "link",
+                "rx packets",
+                "rx bytes",
+                "tx packets",
+                "tx bytes",
+                "drops",
+                "drop reasons"
+            ],
+            3,
+            ports
+        ),
+    )
+}
+
+/// The counters accumulated between two snapshots (ports matched by name; a port that is new
+/// in `later` counts from zero).
+pub fn difference(later: &Snapshot, earlier: &Snapshot) -> Snapshot {
+    let mut d = later.clone();
+    for w in &mut d.workers {
+        if let Some(e) = earlier.workers.iter().find(|e| e.core == w.core) {
+            *w = w.since(e);
+        }
+    }
+    for p in &mut d.ports {
+        if let Some(e) = earlier.port(&p.name) {
+            *p = p.since(e);
+        }
+    }
+    d
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vringswitch_metrics::{PortSnapshot, WorkerSnapshot};
+
+    fn sample() -> Snapshot {
+        Snapshot {
+            cycles_per_second: 2_000_000_000,
+            burst_bounds: vec![1, 2, 4, 8, 16, 32, 64],
+            workers: vec![WorkerSnapshot {
+                core: 1,
+                busy_cycles: 3000,
+                idle_cycles: 1000,
+                packets: 10,
+                wakeups: 2,
+                bursts: vec![0, 0, 0, 1, 0, 0, 0],
+            }],
+            ports: vec![PortSnapshot {
+                name: "vm1".into(),
+                bridge: "br0".into(),
+                connected: true,
+                reconnects: 0,
+                rx_packets: 10,
+                rx_bytes: 640,
+                tx_packets: 4,
+                tx_bytes: 256,
+                drops: [("hairpin".to_owned(), 0), ("no_rx_buffer".to_owned(), 6)]
+                    .into_iter()
+                    .collect(),
+            }],
+            bridges: vec![],
+        }
+    }
+
+    #[test]
+    fn tables_show_derived_figures() {
+        let out = stats_tables(&sample(), "since start");
+        let lines: Vec<&str> = out.lines().collect();
+        assert!(lines[0].starts_with("Cores (since start; cycles at 2.00 GHz)"));
+        let header: Vec<&str> = lines[1].split_whitespace().collect();
+        assert_eq!(header[0], "CORE");
+        let row: Vec<&str> = lines[2].split_whitespace().collect();
+        // busy 75 %, 300 cycles per packet, 10 packets, bursts of 10 on average, 2 wakeups.
+        assert_eq!(row, ["1", "75.0", "300", "10", "10.0", "2"]);
+        let port = out.lines().find(|l| l.starts_with("vm1")).unwrap();
+        let cols: Vec<&str> = port.split_whitespace().collect();
+        assert_eq!(
+            cols,
+            [
+                "vm1",
+                "br0",
+                "up",
+                "10",
+                "640",
+                "4",
+                "256",
+                "6",
+                "no_rx_buffer=6"
+            ]
+        );
+    }
+
+    #[test]
+    fn an_idle_core_shows_dashes_not_nan() {
+        let mut s = sample();
+        s.workers[0] = WorkerSnapshot {
+            core: 1,
+            bursts: vec![0; 7],
+            ..Default::default()
+        };
+        let out = stats_tables(&s, "since start");
+        let row: Vec<&str> = out.lines().nth(2).unwrap().split_whitespace().collect();
+        assert_eq!(row, ["1", "-", "-", "0", "-", "0"]);
+        assert!(!out.contains("NaN"));
+    }
+
+    #[test]
+    fn difference_subtracts_matching_ports_and_cores() {
+        let earlier = sample();
+        let mut later = sample();
+        later.workers[0].packets = 25;
+        later.workers[0].bursts[3] = 3;
+        later.ports[0].rx_packets = 30;
+        later.ports[0].drops.insert("no_rx_buffer".into(), 9);
+        later.ports.push(PortSnapshot {
+            name: "vm2".into(),
+            rx_packets: 5,
+            ..Default::default()
+        });
+        let d = difference(&later, &earlier);
+        assert_eq!(d.workers[0].packets, 15);
+        assert_eq!(d.workers[0].bursts[3], 2);
+        assert_eq!(d.ports[0].rx_packets, 20);
+        assert_eq!(d.ports[0].drops["no_rx_buffer"], 3);
+        assert_eq!(d.ports[1].rx_packets, 5);
+    }
+}

@@ -1,0 +1,200 @@
+//! One reading of every counter of the switch, summed over the workers.
+//!
+//! The same snapshot feeds `/metrics` (Prometheus text) and `/v1/stats` (JSON, read by
+//! `vringctl stats`), so the two always agree.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use vringswitch_ports::DropReason;
+use vringswitch_switch::stats::{cycles_per_second, BURST_BUCKETS};
+use vringswitch_switch::Switch;
+
+/// Counters of one forwarding worker.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerSnapshot {
+    /// The CPU it is pinned to.
+    pub core: usize,
+    /// Cycles of loop iterations that moved at least one frame.
+    pub busy_cycles: u64,
+    /// Cycles of loop iterations that moved nothing, sleep included.
+    pub idle_cycles: u64,
+    /// Chains taken from TX rings (frames, malformed ones included).
+    pub packets: u64,
+    /// Times it woke from sleep.
+    pub wakeups: u64,
+    /// Bursts by size, non-cumulative, one count per bound of `burst_bounds`.
+    pub bursts: Vec<u64>,
+}
+
+impl WorkerSnapshot {
+    /// Busy cycles per packet, if any packet was moved.
+    pub fn cycles_per_packet(&self) -> Option<f64> {
+        (self.packets > 0).then(|| self.busy_cycles as f64 / self.packets as f64)
+    }
+
+    /// Fraction of cycles that moved frames, if any cycle was counted.
+    pub fn busy_ratio(&self) -> Option<f64> {
+        let all = self.busy_cycles + self.idle_cycles;
+        (all > 0).then(|| self.busy_cycles as f64 / all as f64)
+    }
+
+    /// Average chains per non-empty burst.
+    pub fn average_burst(&self) -> Option<f64> {
+        let n: u64 = self.bursts.iter().sum();
+        (n > 0).then(|| self.packets as f64 / n as f64)
+    }
+
+    /// The counters accumulated since `earlier`.
+    pub fn since(&self, earlier: &WorkerSnapshot) -> WorkerSnapshot {
+        WorkerSnapshot {
+            core: self.core,
+            busy_cycles: self.busy_cycles.saturating_sub(earlier.busy_cycles),
+            idle_cycles: self.idle_cycles.saturating_sub(earlier.idle_cycles),
+            packets: self.packets.saturating_sub(earlier.packets),
+            wakeups: self.wakeups.saturating_sub(earlier.wakeups),
+            bursts: self
+                .bursts
+                .iter()
+                .zip(earlier.bursts.iter().chain(std::iter::repeat(&0)))
+                .map(|(a, b)| a.saturating_sub(*b))
+                .collect(),
+        }
+    }
+}
+
+/// Counters and state of one port.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortSnapshot {
+    pub name: String,
+    pub bridge: String,
+    pub connected: bool,
+    /// Connections after the first one.
+    pub reconnects: u64,
+    /// Frames received from the VM.
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    /// Frames delivered to the VM.
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    /// Drops by reason label; every reason is present.
+    pub drops: BTreeMap<String, u64>,
+}
+
+impl PortSnapshot {
+    /// All drops, whatever the reason.
+    pub fn total_drops(&self) -> u64 {
+        self.drops.values().sum()
+    }
+
+    /// The counters accumulated since `earlier` (state fields are this snapshot's).
+    pub fn since(&self, earlier: &PortSnapshot) -> PortSnapshot {
+        PortSnapshot {
+            rx_packets: self.rx_packets.saturating_sub(earlier.rx_packets),
+            rx_bytes: self.rx_bytes.saturating_sub(earlier.rx_bytes),
+            tx_packets: self.tx_packets.saturating_sub(earlier.tx_packets),
+            tx_bytes: self.tx_bytes.saturating_sub(earlier.tx_bytes),
+            drops: self
+                .drops
+                .iter()
+                .map(|(k, v)| {
+                    let before = earlier.drops.get(k).copied().unwrap_or(0);
+                    (k.clone(), v.saturating_sub(before))
+                })
+                .collect(),
+            ..self.clone()
+        }
+    }
+}
+
+/// Size and activity of one bridge's forwarding database.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BridgeSnapshot {
+    pub name: String,
+    pub fdb_entries: u64,
+    pub fdb_learned: u64,
+    pub fdb_moved: u64,
+    pub fdb_aged: u64,
+}
+
+/// Every counter of the switch at one instant.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// Rate of the cycle counter (the TSC on x86_64).
+    pub cycles_per_second: u64,
+    /// Upper bounds of the burst-size histogram buckets.
+    pub burst_bounds: Vec<u32>,
+    pub workers: Vec<WorkerSnapshot>,
+    pub ports: Vec<PortSnapshot>,
+    pub bridges: Vec<BridgeSnapshot>,
+}
+
+impl Snapshot {
+    /// Reads every counter of `switch`.
+    pub fn take(switch: &Switch) -> Snapshot {
+        let topology = switch.topology();
+        let workers = switch
+            .workers
+            .iter()
+            .map(|w| {
+                let s = w.stats.snapshot();
+                WorkerSnapshot {
+                    core: w.core,
+                    busy_cycles: s.busy_cycles,
+                    idle_cycles: s.idle_cycles,
+                    packets: s.packets,
+                    wakeups: s.wakeups,
+                    bursts: s.bursts.to_vec(),
+                }
+            })
+            .collect();
+        let ports = topology
+            .ports
+            .iter()
+            .flatten()
+            .map(|p| {
+                let s = p.handle.stats().snapshot();
+                PortSnapshot {
+                    name: p.handle.name().to_owned(),
+                    bridge: topology.bridges[p.bridge].name.clone(),
+                    connected: p.handle.is_connected(),
+                    reconnects: p.handle.connections().saturating_sub(1),
+                    rx_packets: s.rx_packets,
+                    rx_bytes: s.rx_bytes,
+                    tx_packets: s.tx_packets,
+                    tx_bytes: s.tx_bytes,
+                    drops: DropReason::ALL
+                        .iter()
+                        .map(|&r| (r.as_str().to_owned(), s.drops(r)))
+                        .collect(),
+                }
+            })
+            .collect();
+        let bridges = topology
+            .bridges
+            .iter()
+            .map(|b| {
+                let (learned, moved, aged) = b.fdb.counts();
+                BridgeSnapshot {
+                    name: b.name.clone(),
+                    fdb_entries: b.fdb.len() as u64,
+                    fdb_learned: learned,
+                    fdb_moved: moved,
+                    fdb_aged: aged,
+                }
+            })
+            .collect();
+        Snapshot {
+            cycles_per_second: cycles_per_second(),
+            burst_bounds: BURST_BUCKETS.to_vec(),
+            workers,
+            ports,
+            bridges,
+        }
+    }
+
+    /// A port by name.
+    pub fn port(&self, name: &str) -> Option<&PortSnapshot> {
+        self.ports.iter().find(|p| p.name == name)
+    }
+}
