@@ -42,7 +42,7 @@ cargo build --workspace --all-targets
 
 log "unit tests and test-frontend suite"
 cargo test --workspace --exclude vringswitch-tests
-cargo test -p vringswitch-tests --test switching --test lifecycle
+cargo test -p vringswitch-tests --test switching --test lifecycle --test observability
 
 # Suites that boot guests or run testpmd share two cores: one test at a time.
 log "DPDK testpmd suite"

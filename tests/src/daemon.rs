@@ -173,9 +173,12 @@ impl Daemon {
     }
 
     /// Value of one sample of /metrics, e.g.
-    /// `metric("vringswitch_port_rx_packets_total", &[("port", "vm1")])`; 0 if absent.
+    /// `metric("vringswitch_port_rx_packets_total", &[("port", "vm1")])`. Panics if the
+    /// series is absent: a missing series is a failure, never a zero.
     pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
-        metric_value(&self.metrics(), name, labels)
+        let text = self.metrics();
+        metric_value(&text, name, labels)
+            .unwrap_or_else(|| panic!("no series {name} {labels:?} in /metrics:\n{text}"))
     }
 }
 
@@ -186,7 +189,7 @@ impl Drop for Daemon {
 }
 
 /// Finds a sample in Prometheus text: the first line for `name` carrying all `labels`.
-pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> u64 {
+pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<u64> {
     for line in text.lines() {
         let Some(rest) = line.strip_prefix(name) else {
             continue;
@@ -198,11 +201,11 @@ pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> u64 {
             .iter()
             .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))
         {
-            let v = rest.rsplit(' ').next().unwrap_or("0");
-            return v.parse::<f64>().unwrap_or(0.0) as u64;
+            let v = rest.rsplit(' ').next()?;
+            return v.parse::<f64>().ok().map(|v| v as u64);
         }
     }
-    0
+    None
 }
 
 /// A minimal HTTP/1.1 GET returning the body.

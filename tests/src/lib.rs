@@ -8,6 +8,7 @@
 
 pub mod daemon;
 pub mod frontend;
+pub mod setup;
 
 use std::time::{Duration, Instant};
 

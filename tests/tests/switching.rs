@@ -1,86 +1,19 @@
 //! L2 switching through the real daemon, with test VMs as vhost-user frontends.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use vhost::VhostBackend;
-use vringswitch_tests::daemon::{Daemon, TempDir};
 use vringswitch_tests::frontend::{TestVm, VmOptions};
+use vringswitch_tests::setup::{Setup, T};
 use vringswitch_tests::{frame, mac, BROADCAST};
 
-const T: Duration = Duration::from_secs(10);
 const QUIET: Duration = Duration::from_millis(150);
-
-/// A daemon with the given (bridge, [ports]) layout, server-mode sockets in a temp dir.
-struct Setup {
-    dir: TempDir,
-    daemon: Daemon,
-}
-
-impl Setup {
-    fn new(tag: &str, layout: &[(&str, &[&str])], queues: u16) -> Setup {
-        let dir = TempDir::new(tag);
-        let mut toml = String::from("[dataplane]\ncores = [1]\n");
-        let mut sockets = Vec::new();
-        for (bridge, ports) in layout {
-            toml.push_str(&format!("[[bridges]]\nname = \"{bridge}\"\n"));
-            for p in *ports {
-                let s = dir.path().join(format!("{p}.sock"));
-                toml.push_str(&format!(
-                    "[[ports]]\nname = \"{p}\"\nbridge = \"{bridge}\"\ntype = \"vhost-user\"\n\
-                     socket = \"{}\"\nmode = \"server\"\nqueues = {queues}\n",
-                    s.display()
-                ));
-                sockets.push(s);
-            }
-        }
-        let daemon = Daemon::start(dir.path(), &toml, &sockets);
-        Setup { dir, daemon }
-    }
-
-    fn socket(&self, port: &str) -> PathBuf {
-        self.dir.path().join(format!("{port}.sock"))
-    }
-
-    fn vm(&self, port: &str, n: u8) -> TestVm {
-        self.vm_with(port, n, VmOptions::default())
-    }
-
-    fn vm_with(&self, port: &str, n: u8, opts: VmOptions) -> TestVm {
-        let mut vm = TestVm::connect(&self.socket(port), mac(n), opts);
-        for pair in 0..opts.queue_pairs {
-            vm.post_rx(TestVm::rx(pair), 64, 2048);
-        }
-        vm
-    }
-
-    fn counter(&self, name: &str, port: &str) -> u64 {
-        self.daemon
-            .metric(&format!("vringswitch_port_{name}_total"), &[("port", port)])
-    }
-}
-
-fn wait_connected(s: &Setup, ports: &[&str]) {
-    vringswitch_tests::wait_until(T, "ports connected", || {
-        let m = s.daemon.metrics();
-        ports
-            .iter()
-            .all(|p| {
-                vringswitch_tests::daemon::metric_value(
-                    &m,
-                    "vringswitch_port_connected",
-                    &[("port", p)],
-                ) == 1
-            })
-            .then_some(())
-    });
-}
 
 #[test]
 fn flooding_reaches_every_other_port_and_never_the_ingress() {
     let s = Setup::new("flood", &[("br0", &["a", "b", "c"])], 1);
     let (mut a, mut b, mut c) = (s.vm("a", 1), s.vm("b", 2), s.vm("c", 3));
-    wait_connected(&s, &["a", "b", "c"]);
+    s.wait_connected(&["a", "b", "c"]);
     let f = frame(BROADCAST, mac(1), 100, 7);
     a.send(TestVm::tx(0), &f);
     for vm in [&mut b, &mut c] {
@@ -105,7 +38,7 @@ fn flooding_reaches_every_other_port_and_never_the_ingress() {
 fn unicast_after_learning_goes_only_to_the_right_port() {
     let s = Setup::new("unicast", &[("br0", &["a", "b", "c"])], 1);
     let (mut a, mut b, mut c) = (s.vm("a", 1), s.vm("b", 2), s.vm("c", 3));
-    wait_connected(&s, &["a", "b", "c"]);
+    s.wait_connected(&["a", "b", "c"]);
     // b announces itself; a and c see the broadcast.
     b.send(TestVm::tx(0), &frame(BROADCAST, mac(2), 46, 1));
     a.expect_frames(TestVm::rx(0), 1, T);
@@ -137,7 +70,7 @@ fn unicast_after_learning_goes_only_to_the_right_port() {
 fn mac_moves_to_the_port_it_is_seen_on() {
     let s = Setup::new("move", &[("br0", &["a", "b", "c"])], 1);
     let (mut a, mut b, mut c) = (s.vm("a", 1), s.vm("b", 2), s.vm("c", 3));
-    wait_connected(&s, &["a", "b", "c"]);
+    s.wait_connected(&["a", "b", "c"]);
     // mac(7) first behind b, then behind c.
     b.send(TestVm::tx(0), &frame(BROADCAST, mac(7), 46, 1));
     a.expect_frames(TestVm::rx(0), 1, T);
@@ -155,7 +88,7 @@ fn bridges_are_isolated() {
     let s = Setup::new("isolated", &[("br0", &["a", "b"]), ("br1", &["c", "d"])], 1);
     let (mut a, mut b) = (s.vm("a", 1), s.vm("b", 2));
     let (mut c, mut d) = (s.vm("c", 3), s.vm("d", 4));
-    wait_connected(&s, &["a", "b", "c", "d"]);
+    s.wait_connected(&["a", "b", "c", "d"]);
     a.send(TestVm::tx(0), &frame(BROADCAST, mac(1), 46, 1));
     b.expect_frames(TestVm::rx(0), 1, T);
     // c knows mac(1)? It must not: unicast to it floods inside br1 only.
@@ -172,7 +105,7 @@ fn mergeable_rx_spreads_a_1514_byte_frame_over_512_byte_buffers() {
     let mut a = s.vm("a", 1);
     let mut b = TestVm::connect(&s.socket("b"), mac(2), VmOptions::default());
     b.post_rx(TestVm::rx(0), 16, 512);
-    wait_connected(&s, &["a", "b"]);
+    s.wait_connected(&["a", "b"]);
     let f = frame(mac(2), mac(1), 1500, 5);
     assert_eq!(f.len(), 1514);
     // The sender splits header and frame over three descriptors, the header straddling two.
@@ -192,7 +125,7 @@ fn without_mergeable_buffers_num_buffers_is_one() {
         ..VmOptions::default()
     };
     let mut b = s.vm_with("b", 2, opts);
-    wait_connected(&s, &["a", "b"]);
+    s.wait_connected(&["a", "b"]);
     let f = frame(mac(2), mac(1), 1500, 5);
     a.send(TestVm::tx(0), &f);
     let got = b.expect_frames(TestVm::rx(0), 1, T);
@@ -206,7 +139,7 @@ fn a_full_rx_ring_drops_and_counts() {
     let mut a = s.vm("a", 1);
     let mut b = TestVm::connect(&s.socket("b"), mac(2), VmOptions::default());
     b.post_rx(TestVm::rx(0), 4, 2048);
-    wait_connected(&s, &["a", "b"]);
+    s.wait_connected(&["a", "b"]);
     for i in 0..10u8 {
         a.send(TestVm::tx(0), &frame(mac(2), mac(1), 100, i));
     }
@@ -239,7 +172,7 @@ fn frames_of_every_size_arrive_unmodified() {
     let mut a = s.vm("a", 1);
     let mut b = TestVm::connect(&s.socket("b"), mac(2), VmOptions::default());
     b.post_rx(TestVm::rx(0), 200, 1024);
-    wait_connected(&s, &["a", "b"]);
+    s.wait_connected(&["a", "b"]);
     let sizes: Vec<usize> = (0..=1500).step_by(11).chain([1500, 4000, 9000]).collect();
     let mut expected = Vec::new();
     for (i, &n) in sizes.iter().enumerate() {
@@ -268,7 +201,7 @@ fn malformed_tx_chains_are_dropped_counted_and_returned() {
     let s = Setup::new("badtx", &[("br0", &["a", "b"])], 1);
     let mut a = s.vm("a", 1);
     let mut b = s.vm("b", 2);
-    wait_connected(&s, &["a", "b"]);
+    s.wait_connected(&["a", "b"]);
     // A TX chain with a write-only descriptor, one outside guest memory, and a runt.
     a.offer_raw_chain(
         TestVm::tx(0),
@@ -297,7 +230,7 @@ fn reconnect_serves_the_port_again() {
     let mut b = s.vm("b", 2);
     for round in 0..3u8 {
         let mut a = s.vm("a", 1);
-        wait_connected(&s, &["a", "b"]);
+        s.wait_connected(&["a", "b"]);
         a.send(TestVm::tx(0), &frame(mac(2), mac(1), 64, round));
         let got = b.expect_frames(TestVm::rx(0), 1, T);
         assert_eq!(got[0].frame, frame(mac(2), mac(1), 64, round));
@@ -319,7 +252,7 @@ fn get_vring_base_during_traffic_leaves_no_chain_in_flight() {
     let mut a = s.vm("a", 1);
     let mut b = TestVm::connect(&s.socket("b"), mac(2), VmOptions::default());
     b.post_rx(TestVm::rx(0), 256, 2048);
-    wait_connected(&s, &["a", "b"]);
+    s.wait_connected(&["a", "b"]);
     for i in 0..200u8 {
         a.send(TestVm::tx(0), &frame(mac(2), mac(1), 200, i));
     }
@@ -354,7 +287,7 @@ fn two_queue_pairs_are_both_serviced() {
     };
     let mut a = s.vm_with("a", 1, opts);
     let mut b = s.vm_with("b", 2, opts);
-    wait_connected(&s, &["a", "b"]);
+    s.wait_connected(&["a", "b"]);
     for pair in 0..2u16 {
         for i in 0..5u8 {
             a.send(
@@ -381,7 +314,7 @@ fn indirect_tx_descriptors_are_followed() {
     let s = Setup::new("indirect", &[("br0", &["a", "b"])], 1);
     let mut a = s.vm("a", 1);
     let mut b = s.vm("b", 2);
-    wait_connected(&s, &["a", "b"]);
+    s.wait_connected(&["a", "b"]);
     let f = frame(mac(2), mac(1), 1000, 3);
     a.send_indirect(TestVm::tx(0), &f, &[12, 40, 500]);
     let small = frame(mac(2), mac(1), 30, 4);
