@@ -1,7 +1,8 @@
 #!/bin/bash
-# Runs every vringswitch test: unit tests, the test-frontend suite, the DPDK testpmd suite and
-# the QEMU guest suite. Installs what is missing (QEMU, busybox, cpio, DPDK) with apt-get
-# when run as root, and reserves hugepages for DPDK.
+# Runs every vringswitch test: unit tests, the test-frontend suite, the deploy/ suite
+# (systemd, Prometheus), the DPDK testpmd suite and the QEMU guest suite. Installs what is
+# missing (QEMU, busybox, cpio, DPDK, Prometheus, strace, systemd) with apt-get when run as
+# root, and reserves hugepages for DPDK.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,6 +14,9 @@ command -v dpdk-testpmd >/dev/null || need+=(dpdk-dev)
 [[ -x /bin/busybox ]] || need+=(busybox-static)
 command -v cpio >/dev/null || need+=(cpio)
 command -v stdbuf >/dev/null || need+=(coreutils)
+command -v prometheus >/dev/null && command -v promtool >/dev/null || need+=(prometheus)
+command -v strace >/dev/null || need+=(strace)
+command -v systemd-analyze >/dev/null || need+=(systemd)
 if ((${#need[@]})); then
     if [[ $(id -u) -ne 0 ]]; then
         echo "missing packages: ${need[*]}; install them (apt-get install ${need[*]}) or run as root" >&2
@@ -43,6 +47,9 @@ cargo build --workspace --all-targets
 log "unit tests and test-frontend suite"
 cargo test --workspace --exclude vringswitch-tests
 cargo test -p vringswitch-tests --test switching --test lifecycle --test observability
+
+log "deploy/ suite: systemd unit, Prometheus, dashboard and rules"
+cargo test -p vringswitch-tests --test deploy -- --test-threads=1
 
 # Suites that boot guests or run testpmd share two cores: one test at a time.
 log "DPDK testpmd suite"

@@ -8,3 +8,4 @@ pub mod client;
 pub mod ctl;
 pub mod daemon;
 pub mod http;
+pub mod systemd;

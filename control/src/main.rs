@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::Parser;
 use vringswitch_config::Config;
 use vringswitch_control::daemon::Daemon;
-use vringswitch_control::http;
+use vringswitch_control::{http, systemd};
 
 /// A user-space virtual switch for VMs attached over vhost-user.
 #[derive(Parser, Debug)]
@@ -22,8 +22,9 @@ struct Args {
     /// Address of the HTTP endpoint (/healthz, /metrics).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9180")]
     api: SocketAddr,
-    /// Socket directory of the built-in configuration [default: /run/vringswitch as root,
-    /// else $XDG_RUNTIME_DIR/vringswitch or /tmp/vringswitch-$UID].
+    /// Socket directory of the built-in configuration [default: $RUNTIME_DIRECTORY under
+    /// systemd, else /run/vringswitch as root, else $XDG_RUNTIME_DIR/vringswitch or
+    /// /tmp/vringswitch-$UID].
     #[arg(long, value_name = "DIR")]
     socket_dir: Option<PathBuf>,
     /// Print the configuration in effect as TOML and exit.
@@ -32,6 +33,10 @@ struct Args {
 }
 
 fn default_socket_dir() -> PathBuf {
+    // Set by systemd's RuntimeDirectory=.
+    if let Some(d) = std::env::var_os("RUNTIME_DIRECTORY") {
+        return PathBuf::from(d);
+    }
     if uid() == 0 {
         return PathBuf::from(vringswitch_config::DEFAULT_SOCKET_DIR);
     }
@@ -98,6 +103,16 @@ fn run() -> anyhow::Result<()> {
             .with_context(|| format!("cannot listen on --api {}", args.api))?;
         tracing::info!(api = %args.api, "HTTP endpoint ready");
         let app = http::router(switch.clone());
+        // Under systemd (Type=notify), say we are up and keep the watchdog fed while the
+        // workers are alive. Without $NOTIFY_SOCKET these do nothing.
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+        let mut watchdog_usec = 0;
+        if sd_notify::watchdog_enabled(false, &mut watchdog_usec) {
+            tokio::spawn(systemd::feed_watchdog(
+                switch.clone(),
+                Duration::from_micros(watchdog_usec / 2),
+            ));
+        }
         let ager = switch.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -110,6 +125,7 @@ fn run() -> anyhow::Result<()> {
         server.await.context("HTTP server failed")
     });
     tracing::info!("stopping");
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     daemon.stop();
     runtime.shutdown_timeout(Duration::from_secs(1));
     result

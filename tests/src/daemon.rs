@@ -1,7 +1,6 @@
 //! Runs the real `vringswitch` binary for a test.
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -208,16 +207,12 @@ pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<u
     None
 }
 
-/// A minimal HTTP/1.1 GET returning the body.
+/// GETs `http://{addr}{path}` and returns the body of a 2xx answer; anything else is an
+/// error saying what came back.
 pub fn http_get(addr: &str, path: &str) -> std::io::Result<String> {
-    let mut s = TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut resp = String::new();
-    s.read_to_string(&mut resp)?;
-    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string());
-    body.ok_or_else(|| std::io::Error::other("malformed HTTP response"))
+    let resp = ureq::get(&format!("http://{addr}{path}"))
+        .timeout(Duration::from_secs(5))
+        .call()
+        .map_err(|e| std::io::Error::other(format!("GET {path}: {e}")))?;
+    resp.into_string()
 }

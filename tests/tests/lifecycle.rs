@@ -141,3 +141,66 @@ fn a_bad_config_exits_non_zero_naming_file_line_and_problem() {
     assert!(err.contains("\"br9\", which is not defined"), "{err}");
     assert!(!err.contains("Stack backtrace"), "{err}");
 }
+
+/// The daemon speaks systemd's notify protocol: READY=1 once it serves, WATCHDOG=1 while its
+/// workers run, STOPPING=1 on SIGTERM.
+#[test]
+fn systemd_hears_ready_watchdog_and_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = TempDir::new("sdnotify");
+    let (toml, sockets) = config(dir.path());
+    let path = dir.path().join("vringswitch.toml");
+    std::fs::write(&path, toml).unwrap();
+    let notify = dir.path().join("notify.sock");
+    let listener = UnixDatagram::bind(&notify).unwrap();
+    listener.set_read_timeout(Some(T)).unwrap();
+    let api = format!("127.0.0.1:{}", vringswitch_tests::daemon::free_port());
+    // systemd sets WATCHDOG_PID to the service's pid: the shell's, which exec keeps.
+    let child = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("WATCHDOG_PID=$$ exec \"$0\" --config \"$1\" --api \"$2\"")
+        .arg(vringswitch_tests::daemon::binary())
+        .arg(&path)
+        .arg(&api)
+        .env("NOTIFY_SOCKET", &notify)
+        .env("WATCHDOG_USEC", "2000000")
+        .stderr(std::fs::File::create(dir.path().join("log")).unwrap())
+        .spawn()
+        .unwrap();
+    let mut child = KillOnDrop(child);
+    let next = || {
+        let mut buf = [0u8; 256];
+        let n = listener.recv(&mut buf).expect("a notify message");
+        String::from_utf8_lossy(&buf[..n]).trim().to_owned()
+    };
+    assert_eq!(next(), "READY=1");
+    // READY comes after the API is up and the ports are listening.
+    assert!(vringswitch_tests::daemon::http_get(&api, "/healthz").is_ok());
+    assert!(sockets.iter().all(|s| s.exists()));
+    assert_eq!(next(), "WATCHDOG=1");
+    assert_eq!(next(), "WATCHDOG=1");
+    let ok = std::process::Command::new("kill")
+        .args(["-TERM", &child.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    // A watchdog ping may still be in flight before the stop.
+    let mut msg = next();
+    while msg == "WATCHDOG=1" {
+        msg = next();
+    }
+    assert_eq!(msg, "STOPPING=1");
+    assert!(child.0.wait().unwrap().success());
+    let log = std::fs::read_to_string(dir.path().join("log")).unwrap();
+    assert!(!log.contains("no progress"), "{log}");
+}
+
+/// Kills the child if the test fails before it exits.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -1,0 +1,484 @@
+//! The files in deploy/ work with the real tools: systemd accepts the unit and its system
+//! call filter lets the daemon run; Prometheus scrapes the daemon, and every expression of
+//! the Grafana dashboard and of the rules returns data.
+
+use std::collections::{BTreeSet, HashMap};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use vringswitch_tests::daemon::{binary, free_port, http_get, metric_value, TempDir};
+use vringswitch_tests::frontend::{TestVm, VmOptions};
+use vringswitch_tests::setup::{Setup, T};
+use vringswitch_tests::{frame, mac, wait_until};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn deploy(file: &str) -> PathBuf {
+    repo().join("deploy").join(file)
+}
+
+/// Fails, saying how to install it, if `tool` is not on PATH.
+fn require(tool: &str, package: &str) {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        found,
+        "{tool} is missing: install it with `apt-get install {package}` (scripts/test.sh does)"
+    );
+}
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{cmd:?} failed: {text}");
+    text
+}
+
+/// Kills the child's whole process group (spawn it with `process_group(0)`): under strace
+/// the daemon is strace's child and would outlive strace.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.0.id())])
+            .stderr(Stdio::null())
+            .status();
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// systemd
+
+/// The unit with ExecStart pointing at the binary under test (verify checks it exists).
+fn unit_for_test(dir: &Path) -> PathBuf {
+    let unit = std::fs::read_to_string(deploy("systemd/vringswitch.service")).unwrap();
+    assert!(unit.contains("ExecStart=/usr/local/bin/vringswitch "));
+    let unit = unit.replace(
+        "ExecStart=/usr/local/bin/vringswitch ",
+        &format!("ExecStart={} ", binary().display()),
+    );
+    let path = dir.join("vringswitch.service");
+    std::fs::write(&path, unit).unwrap();
+    path
+}
+
+#[test]
+fn systemd_analyze_verify_accepts_the_unit() {
+    require("systemd-analyze", "systemd");
+    let dir = TempDir::new("unit");
+    let out = run(Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(unit_for_test(dir.path())));
+    assert!(!out.contains("vringswitch.service:"), "warnings: {out}");
+}
+
+/// The system calls in systemd's filter set `set` (e.g. `@system-service`), groups expanded.
+fn syscall_set(set: &str) -> BTreeSet<String> {
+    let dump = run(Command::new("systemd-analyze").arg("syscall-filter"));
+    let mut groups: HashMap<String, Vec<String>> = HashMap::new();
+    let mut current = None;
+    for line in dump.lines() {
+        if let Some(g) = line.strip_prefix('@') {
+            current = Some(format!("@{}", g.trim()));
+            continue;
+        }
+        let item = line.trim();
+        if item.is_empty() || item.starts_with('#') {
+            continue;
+        }
+        if let Some(g) = &current {
+            groups.entry(g.clone()).or_default().push(item.to_owned());
+        }
+    }
+    let mut out = BTreeSet::new();
+    let mut todo = vec![set.to_owned()];
+    let mut seen = BTreeSet::new();
+    while let Some(g) = todo.pop() {
+        if !seen.insert(g.clone()) {
+            continue;
+        }
+        for item in groups.get(&g).unwrap_or_else(|| panic!("no group {g}")) {
+            if item.starts_with('@') {
+                todo.push(item.clone());
+            } else {
+                out.insert(item.clone());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn every_system_call_of_the_daemon_passes_the_units_filter() {
+    require("strace", "strace");
+    require("systemd-analyze", "systemd");
+    let unit = std::fs::read_to_string(deploy("systemd/vringswitch.service")).unwrap();
+    let filter: Vec<&str> = unit
+        .lines()
+        .filter_map(|l| l.strip_prefix("SystemCallFilter="))
+        .flat_map(str::split_whitespace)
+        .collect();
+    assert!(!filter.is_empty(), "the unit has no SystemCallFilter");
+    let mut allowed = BTreeSet::new();
+    for f in filter {
+        if f.starts_with('@') {
+            allowed.extend(syscall_set(f));
+        } else {
+            allowed.insert(f.to_owned());
+        }
+    }
+
+    // A server port with two VMs, a client port whose peer never appears, under strace.
+    let dir = TempDir::new("syscalls");
+    let sock = |n: &str| dir.path().join(format!("{n}.sock"));
+    let mut toml = String::from("[dataplane]\ncores = [1]\n[[bridges]]\nname = \"br0\"\n");
+    for (name, mode) in [("a", "server"), ("b", "server"), ("c", "client")] {
+        toml.push_str(&format!(
+            "[[ports]]\nname = \"{name}\"\nbridge = \"br0\"\ntype = \"vhost-user\"\n\
+             socket = \"{}\"\nmode = \"{mode}\"\n",
+            sock(name).display()
+        ));
+    }
+    let config = dir.path().join("vringswitch.toml");
+    std::fs::write(&config, toml).unwrap();
+    let trace = dir.path().join("strace.log");
+    let api = format!("127.0.0.1:{}", free_port());
+    let child = Command::new("strace")
+        .process_group(0)
+        .args(["-f", "-qq", "-o"])
+        .arg(&trace)
+        .arg("--")
+        .arg(binary())
+        .arg("--config")
+        .arg(&config)
+        .arg("--api")
+        .arg(&api)
+        .stderr(std::fs::File::create(dir.path().join("daemon.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let mut child = KillOnDrop(child);
+    wait_until(Duration::from_secs(30), "the daemon under strace", || {
+        http_get(&api, "/healthz").ok()
+    });
+    let mut a = TestVm::connect(&sock("a"), mac(1), VmOptions::default());
+    let mut b = TestVm::connect(&sock("b"), mac(2), VmOptions::default());
+    a.post_rx(TestVm::rx(0), 16, 2048);
+    b.post_rx(TestVm::rx(0), 16, 2048);
+    wait_until(Duration::from_secs(30), "a and b attached", || {
+        let m = http_get(&api, "/metrics").ok()?;
+        (metric_value(&m, "vringswitch_ports_connected", &[]) == Some(2)).then_some(())
+    });
+    for i in 0..4u8 {
+        a.send(TestVm::tx(0), &frame(mac(2), mac(1), 100, i));
+        b.expect_frames(TestVm::rx(0), 1, Duration::from_secs(30));
+        b.send(TestVm::tx(0), &frame(mac(1), mac(2), 100, i));
+        a.expect_frames(TestVm::rx(0), 1, Duration::from_secs(30));
+    }
+    drop(a);
+    let _a = TestVm::connect(&sock("a"), mac(1), VmOptions::default());
+    http_get(&api, "/metrics").unwrap();
+    http_get(&api, "/v1/stats").unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    // SIGTERM goes to the daemon, strace's child; strace exits with the daemon's status.
+    let strace = child.0.id();
+    let daemon = std::fs::read_to_string(format!("/proc/{strace}/task/{strace}/children"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    assert!(!daemon.is_empty() && !daemon.contains(' '), "{daemon:?}");
+    let ok = Command::new("kill")
+        .args(["-TERM", &daemon])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    assert!(child.0.wait().unwrap().success(), "the daemon failed");
+
+    let log = std::fs::read_to_string(&trace).unwrap();
+    let mut used = BTreeSet::new();
+    for line in log.lines() {
+        // "PID  name(args" or "PID  <... name resumed>"
+        let rest = line.split_once(' ').map_or("", |(_, r)| r.trim_start());
+        let name = rest
+            .strip_prefix("<... ")
+            .unwrap_or(rest)
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .next()
+            .unwrap_or("");
+        if !name.is_empty() && rest.len() > name.len() {
+            used.insert(name.to_owned());
+        }
+    }
+    assert!(used.contains("epoll_wait") || used.contains("epoll_pwait"));
+    assert!(used.contains("sched_setaffinity"), "{used:?}");
+    assert!(used.contains("mmap"), "{used:?}");
+    let refused: Vec<&String> = used.difference(&allowed).collect();
+    assert!(
+        refused.is_empty(),
+        "system calls outside the unit's SystemCallFilter: {refused:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Prometheus
+
+/// Percent-encodes a PromQL expression for a query string.
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+fn prom_query(prom: &str, expr: &str) -> Vec<Value> {
+    let body = http_get(prom, &format!("/api/v1/query?query={}", encode(expr)))
+        .unwrap_or_else(|e| panic!("query {expr}: {e}"));
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["status"], "success", "{expr}: {body}");
+    v["data"]["result"].as_array().cloned().unwrap_or_default()
+}
+
+/// The expression to the left of an alert's final comparison against a constant: the signal
+/// the alert watches, which must return data even when the alert does not fire.
+fn signal_of(expr: &str) -> &str {
+    for op in [" > ", " < ", " == ", " >= ", " <= ", " != "] {
+        if let Some((lhs, rhs)) = expr.rsplit_once(op) {
+            if rhs.trim().parse::<f64>().is_ok() {
+                return lhs.trim();
+            }
+        }
+    }
+    expr
+}
+
+/// Every `expr` in the dashboard, with Grafana's `$__rate_interval` made concrete.
+fn dashboard_exprs() -> Vec<String> {
+    let text = std::fs::read_to_string(deploy("grafana/vringswitch-dashboard.json")).unwrap();
+    let dash: Value = serde_json::from_str(&text).expect("dashboard is JSON");
+    let mut out = Vec::new();
+    for p in dash["panels"].as_array().expect("panels") {
+        for t in p["targets"].as_array().expect("targets") {
+            let e = t["expr"].as_str().expect("expr");
+            assert!(!e.contains('$') || e.contains("$__rate_interval"), "{e}");
+            out.push(e.replace("$__rate_interval", "1m"));
+        }
+    }
+    assert!(out.len() >= 10, "{out:?}");
+    out
+}
+
+/// (name, expr, is_alert) of every rule. The rules file keeps to a simple YAML subset
+/// (one-line or folded `expr`), read line by line; the count is checked against what
+/// Prometheus itself loaded.
+fn rules() -> Vec<(String, String, bool)> {
+    let text = std::fs::read_to_string(deploy("prometheus/vringswitch.rules.yml")).unwrap();
+    let mut out = Vec::new();
+    let mut lines = text.lines().peekable();
+    let mut name: Option<(String, bool)> = None;
+    while let Some(line) = lines.next() {
+        let t = line.trim_start().trim_start_matches("- ");
+        if let Some(n) = t.strip_prefix("record: ") {
+            name = Some((n.trim().to_owned(), false));
+        } else if let Some(n) = t.strip_prefix("alert: ") {
+            name = Some((n.trim().to_owned(), true));
+        } else if let Some(e) = t.strip_prefix("expr:") {
+            let (n, alert) = name.take().expect("expr after record or alert");
+            let mut expr = e.trim().to_owned();
+            if expr == ">" {
+                // A folded block: the indented lines that follow.
+                expr.clear();
+                let indent = line.len() - line.trim_start().len();
+                while let Some(next) = lines.peek() {
+                    if next.len() - next.trim_start().len() <= indent || next.trim().is_empty() {
+                        break;
+                    }
+                    expr.push_str(next.trim());
+                    expr.push(' ');
+                    lines.next();
+                }
+            }
+            out.push((n, expr.trim().to_owned(), alert));
+        }
+    }
+    assert!(out.iter().filter(|r| r.2).count() >= 3, "{out:?}");
+    out
+}
+
+#[test]
+fn promtool_accepts_the_rules_the_config_and_the_metrics() {
+    require("promtool", "prometheus");
+    run(Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(deploy("prometheus/vringswitch.rules.yml")));
+    run(Command::new("promtool")
+        .args(["check", "config"])
+        .arg(deploy("prometheus/prometheus.yml")));
+    let s = Setup::new("promtool", &[("br0", &["a", "b"])], 1);
+    let mut a = s.vm("a", 1);
+    let mut b = s.vm("b", 2);
+    s.wait_connected(&["a", "b"]);
+    a.send(TestVm::tx(0), &frame(mac(2), mac(1), 100, 0));
+    b.expect_frames(TestVm::rx(0), 1, T);
+    let metrics = s.daemon.metrics();
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(metrics.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn prometheus_scrapes_and_every_dashboard_and_rule_expression_returns_data() {
+    require("prometheus", "prometheus");
+    // c never connects: it is the port that is down, and flooding to it drops frames.
+    let s = Setup::new("prometheus", &[("br0", &["a", "b", "c"])], 1);
+    let mut a = s.vm("a", 1);
+    let mut b = s.vm("b", 2);
+    s.wait_connected(&["a", "b"]);
+
+    let dir = TempDir::new("prom");
+    let config = std::fs::read_to_string(deploy("prometheus/prometheus.yml")).unwrap();
+    let rules_file = deploy("prometheus/vringswitch.rules.yml");
+    let mut patched = config.clone();
+    for (from, to) in [
+        ("scrape_interval: 5s", "scrape_interval: 1s".to_owned()),
+        (
+            "evaluation_interval: 5s",
+            "evaluation_interval: 1s".to_owned(),
+        ),
+        ("\"127.0.0.1:9180\"", format!("\"{}\"", s.daemon.api)),
+        (
+            "- vringswitch.rules.yml",
+            format!("- {}", rules_file.display()),
+        ),
+    ] {
+        assert!(
+            patched.contains(from),
+            "prometheus.yml no longer has {from}"
+        );
+        patched = patched.replace(from, &to);
+    }
+    let config_path = dir.path().join("prometheus.yml");
+    std::fs::write(&config_path, patched).unwrap();
+    let prom = format!("127.0.0.1:{}", free_port());
+    let child = Command::new("prometheus")
+        .process_group(0)
+        .arg(format!("--config.file={}", config_path.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("data").display()
+        ))
+        .arg(format!("--web.listen-address={prom}"))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("prometheus.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let _prometheus = KillOnDrop(child);
+    wait_until(Duration::from_secs(30), "Prometheus ready", || {
+        http_get(&prom, "/-/ready").ok()
+    });
+
+    // Every expression that must return data: the dashboard's, the recording rules' (both
+    // the expression and the recorded series), the alerts that this setup makes fire (port
+    // c is down and drops frames), and the watched signal of the others.
+    let mut exprs: Vec<String> = dashboard_exprs();
+    let firing = ["VringswitchPortDown", "VringswitchDropsRising"];
+    for (name, expr, alert) in rules() {
+        if alert {
+            exprs.push(signal_of(&expr).to_owned());
+            if firing.contains(&name.as_str()) {
+                exprs.push(expr);
+            }
+        } else {
+            exprs.push(expr);
+            exprs.push(name);
+        }
+    }
+
+    // Traffic a -> b, and a flood that reaches c (down), until everything has data.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut round = 0u8;
+    let mut empty: Vec<String>;
+    loop {
+        for _ in 0..5 {
+            a.send(TestVm::tx(0), &frame(mac(2), mac(1), 100, round));
+            a.send(TestVm::tx(0), &frame(mac(9), mac(1), 100, round));
+            a.wait_tx_done(TestVm::tx(0), T);
+            let got = b.recv(TestVm::rx(0)).len();
+            b.post_rx(TestVm::rx(0), got, 2048);
+            round = round.wrapping_add(1);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        empty = exprs
+            .iter()
+            .filter(|e| prom_query(&prom, e).is_empty())
+            .cloned()
+            .collect();
+        if empty.is_empty() || Instant::now() > deadline {
+            break;
+        }
+    }
+    let log = std::fs::read_to_string(dir.path().join("prometheus.log")).unwrap_or_default();
+    assert!(
+        empty.is_empty(),
+        "no data for: {empty:#?}\nPrometheus log:\n{log}"
+    );
+
+    // The target is up, and every rule evaluates without error.
+    let up = prom_query(&prom, "up{job=\"vringswitch\"}");
+    assert_eq!(up[0]["value"][1], "1", "{up:?}");
+    let loaded: Value = serde_json::from_str(&http_get(&prom, "/api/v1/rules").unwrap()).unwrap();
+    let mut n = 0;
+    for g in loaded["data"]["groups"].as_array().unwrap() {
+        for r in g["rules"].as_array().unwrap() {
+            assert_eq!(r["health"], "ok", "{r}");
+            n += 1;
+        }
+    }
+    assert_eq!(n, rules().len());
+    // Port c's alert is on its way (pending for its `for:` duration, or firing).
+    let alerts: Value = serde_json::from_str(&http_get(&prom, "/api/v1/alerts").unwrap()).unwrap();
+    let down: Vec<&Value> = alerts["data"]["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["labels"]["alertname"] == "VringswitchPortDown")
+        .collect();
+    assert_eq!(down.len(), 1, "{alerts}");
+    assert_eq!(down[0]["labels"]["port"], "c");
+}
