@@ -29,6 +29,17 @@ pub fn binary() -> PathBuf {
     bin
 }
 
+/// Path of `vringctl`, built beside the daemon.
+pub fn vringctl() -> PathBuf {
+    let bin = binary().with_file_name("vringctl");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first with `cargo build --bin vringctl`",
+        bin.display()
+    );
+    bin
+}
+
 /// A scratch directory removed on drop.
 pub struct TempDir(pub PathBuf);
 
@@ -164,6 +175,22 @@ impl Daemon {
 
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Runs `vringctl --api <this daemon> args...`; returns its stdout, panics on failure.
+    pub fn vringctl(&self, args: &[&str]) -> String {
+        let out = Command::new(vringctl())
+            .arg("--api")
+            .arg(&self.api)
+            .args(args)
+            .output()
+            .expect("run vringctl");
+        assert!(
+            out.status.success(),
+            "vringctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("UTF-8 output")
     }
 
     /// The /metrics page.

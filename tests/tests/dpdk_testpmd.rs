@@ -8,6 +8,7 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{channel, Receiver};
 use std::time::{Duration, Instant};
 
+use vringswitch_metrics::Snapshot;
 use vringswitch_tests::daemon::{Daemon, TempDir};
 use vringswitch_tests::wait_until;
 
@@ -260,7 +261,13 @@ fn loopback(frame_len: usize) {
         "port_down",
     ]
     .iter()
-    .map(|r| daemon.metric("vringswitch_port_drops_total", &[("reason", r)]))
+    .flat_map(|r| [("vm1", r), ("vm2", r)])
+    .map(|(p, r)| {
+        daemon.metric(
+            "vringswitch_port_drops_total",
+            &[("port", p), ("reason", r)],
+        )
+    })
     .sum();
     assert_eq!(
         errors,
@@ -268,6 +275,39 @@ fn loopback(frame_len: usize) {
         "drops other than a full ring:\n{}",
         daemon.metrics()
     );
+
+    // vringctl stats says the same, to the frame, as JSON and as a table.
+    let snap: Snapshot = serde_json::from_str(&daemon.vringctl(&["--json", "stats"])).unwrap();
+    for (port, rx, tx) in [("vm1", p0_tx, tx1), ("vm2", p1_tx, tx2)] {
+        let p = snap.port(port).expect("port in vringctl stats");
+        assert_eq!((p.rx_packets, p.tx_packets), (rx, tx), "{port}: {p:?}");
+        assert_eq!(p.drops["no_rx_buffer"], drops(port), "{port}");
+        assert_eq!(p.total_drops(), drops(port), "{port}");
+    }
+    let table = daemon.vringctl(&["stats"]);
+    for (port, rx, tx) in [("vm1", p0_tx, tx1), ("vm2", p1_tx, tx2)] {
+        let row: Vec<&str> = table
+            .lines()
+            .find(|l| l.starts_with(port))
+            .unwrap_or_else(|| panic!("no {port} row in\n{table}"))
+            .split_whitespace()
+            .collect();
+        assert_eq!(row[3], rx.to_string(), "{table}");
+        assert_eq!(row[5], tx.to_string(), "{table}");
+    }
+    // The worker took every frame testpmd sent, and spent busy cycles on them.
+    let w = &snap.workers[0];
+    assert_eq!(w.packets, p0_tx + p1_tx, "{w:?}");
+    assert_eq!(
+        daemon.metric("vringswitch_worker_packets_total", &[("core", "1")]),
+        p0_tx + p1_tx
+    );
+    let cpp = w.cycles_per_packet().expect("packets moved");
+    eprintln!(
+        "{frame_len} B: {cpp:.0} busy cycles/packet (debug build unless VRINGSWITCH_BIN), average burst {:.1}\n{table}",
+        w.average_burst().unwrap_or(0.0)
+    );
+    assert!(cpp > 0.0);
 }
 
 #[test]
