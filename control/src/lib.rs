@@ -7,5 +7,6 @@
 pub mod client;
 pub mod ctl;
 pub mod daemon;
+pub mod drop_log;
 pub mod http;
 pub mod systemd;

@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::Parser;
 use vringswitch_config::Config;
 use vringswitch_control::daemon::Daemon;
-use vringswitch_control::{http, systemd};
+use vringswitch_control::{drop_log, http, systemd};
 
 /// A user-space virtual switch for VMs attached over vhost-user.
 #[derive(Parser, Debug)]
@@ -113,6 +113,10 @@ fn run() -> anyhow::Result<()> {
                 Duration::from_micros(watchdog_usec / 2),
             ));
         }
+        tokio::spawn(drop_log::report_drops(
+            switch.clone(),
+            Duration::from_secs(10),
+        ));
         let ager = switch.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));

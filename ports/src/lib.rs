@@ -7,6 +7,7 @@
 #![deny(unsafe_code)]
 
 pub mod counters;
+pub mod log_limit;
 pub mod port;
 pub mod vhost_user;
 

@@ -22,6 +22,7 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
 use super::backend::NetBackend;
 use super::VhostUserError;
+use crate::log_limit::LogLimiter;
 use crate::port::PortHandle;
 
 /// How often a port waiting for a frontend checks whether it should stop (ms).
@@ -245,9 +246,14 @@ fn serve(
     control: Arc<ConnectionControl>,
 ) {
     let name = port.name().to_string();
+    // A frontend failing in a loop gets one line per 10 s, with the count of the others.
+    let mut failures = LogLimiter::new(Duration::from_secs(10));
     while let Some(frontend) = next_frontend(&name, &config, listener.as_ref(), &control) {
         if let Err(e) = serve_connection(&port, &config, frontend, &control) {
-            tracing::warn!(port = %name, error = %e, "cannot serve the vhost-user connection");
+            if let Some(suppressed) = failures.check() {
+                tracing::warn!(port = %name, error = %e, suppressed,
+                    "cannot serve the vhost-user connection");
+            }
             std::thread::sleep(CLIENT_RETRY_INTERVAL);
         }
     }
