@@ -12,8 +12,18 @@ use vringswitch_switch::Switch;
 /// Reasons that point at a guest or its driver doing something wrong.
 const GUEST_FAULTS: [&str; 3] = ["bad_descriptor", "too_big", "invalid_src_mac"];
 
-/// A port's drops that grew between two readings: (port, guest fault?, [(reason, count)]).
-pub fn grown(before: &Snapshot, after: &Snapshot) -> Vec<(String, bool, Vec<(String, u64)>)> {
+/// Drops of one port that grew between two readings.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Grown {
+    pub port: String,
+    /// Whether a reason points at a faulty guest.
+    pub guest_fault: bool,
+    /// (reason, frames) for each reason that grew.
+    pub reasons: Vec<(String, u64)>,
+}
+
+/// The ports whose drops grew between two readings.
+pub fn grown(before: &Snapshot, after: &Snapshot) -> Vec<Grown> {
     let mut out = Vec::new();
     for p in &after.ports {
         let d = match before.port(&p.name) {
@@ -39,14 +49,19 @@ pub async fn report_drops(switch: Arc<Switch>, period: Duration) {
     loop {
         tick.tick().await;
         let after = Snapshot::take(&switch);
-        for (port, fault, reasons) in grown(&before, &after) {
+        for Grown {
+            port,
+            guest_fault,
+            reasons,
+        } in grown(&before, &after)
+        {
             let counts = reasons
                 .iter()
                 .map(|(r, n)| format!("{r}={n}"))
                 .collect::<Vec<_>>()
                 .join(" ");
             let secs = period.as_secs();
-            if fault {
+            if guest_fault {
                 tracing::warn!(port, drops = %counts, "frames dropped in the last {secs} s");
             } else {
                 tracing::debug!(port, drops = %counts, "frames dropped in the last {secs} s");
@@ -87,7 +102,10 @@ mod tests {
             ],
             ..Default::default()
         };
-        let g = grown(&before, &after);
+        let g: Vec<(String, bool, Vec<(String, u64)>)> = grown(&before, &after)
+            .into_iter()
+            .map(|g| (g.port, g.guest_fault, g.reasons))
+            .collect();
         assert_eq!(
             g,
             vec![
