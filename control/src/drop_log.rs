@@ -32,10 +32,14 @@ pub fn grown(before: &Snapshot, after: &Snapshot) -> Vec<Grown> {
         };
         let reasons: Vec<(String, u64)> = d.drops.into_iter().filter(|(_, n)| *n > 0).collect();
         if !reasons.is_empty() {
-            let fault = reasons
+            let guest_fault = reasons
                 .iter()
                 .any(|(r, _)| GUEST_FAULTS.contains(&r.as_str()));
-            out.push((p.name.clone(), fault, reasons));
+            out.push(Grown {
+                port: p.name.clone(),
+                guest_fault,
+                reasons,
+            });
         }
     }
     out
@@ -102,16 +106,25 @@ mod tests {
             ],
             ..Default::default()
         };
-        let g: Vec<(String, bool, Vec<(String, u64)>)> = grown(&before, &after)
-            .into_iter()
-            .map(|g| (g.port, g.guest_fault, g.reasons))
-            .collect();
+        let reasons = |r: &[(&str, u64)]| r.iter().map(|(k, n)| ((*k).to_owned(), *n)).collect();
         assert_eq!(
-            g,
+            grown(&before, &after),
             vec![
-                ("a".into(), true, vec![("bad_descriptor".into(), 3)]),
-                ("b".into(), false, vec![("no_rx_buffer".into(), 3)]),
-                ("d".into(), false, vec![("port_down".into(), 7)]),
+                Grown {
+                    port: "a".into(),
+                    guest_fault: true,
+                    reasons: reasons(&[("bad_descriptor", 3)]),
+                },
+                Grown {
+                    port: "b".into(),
+                    guest_fault: false,
+                    reasons: reasons(&[("no_rx_buffer", 3)]),
+                },
+                Grown {
+                    port: "d".into(),
+                    guest_fault: false,
+                    reasons: reasons(&[("port_down", 7)]),
+                },
             ]
         );
     }
