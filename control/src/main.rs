@@ -19,7 +19,7 @@ struct Args {
     /// sockets in --socket-dir.
     #[arg(long, value_name = "PATH")]
     config: Option<PathBuf>,
-    /// Address of the HTTP endpoint (/healthz, /metrics).
+    /// Address of the HTTP endpoint (/healthz, /metrics, /v1/stats).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9180")]
     api: SocketAddr,
     /// Socket directory of the built-in configuration [default: $RUNTIME_DIRECTORY under
