@@ -16,6 +16,7 @@ W=$(mktemp -d /tmp/vsbench.XXXX)
 trap 'pkill -f "file-prefix vsb" 2>/dev/null; pkill -f "$W/vs.toml" 2>/dev/null; rm -f /dev/hugepages/vsb*; rm -rf "$W"' EXIT
 cargo build --release --bin vringswitch -q
 BIN=target/release/vringswitch
+API_PORT=${API_PORT:-19180}
 
 cat > "$W/vs.toml" <<TOML
 [dataplane]
@@ -72,12 +73,20 @@ if not all(out):
 PY
 }
 
+# Prints "Mpps0 Mpps1 busy-cycles-per-packet" (the last from the switch's own accounting).
 run_vringswitch() {
-    "$BIN" --config "$W/vs.toml" --api 127.0.0.1:0 2>"$W/vs.log" &
+    "$BIN" --config "$W/vs.toml" --api 127.0.0.1:$API_PORT 2>"$W/vs.log" &
     local pid=$!
     for _ in $(seq 100); do [[ -S $W/a.sock && -S $W/b.sock ]] && break; sleep 0.05; done
-    generate "$1"
+    local mpps
+    mpps=$(generate "$1")
+    local cpp
+    cpp=$(curl -s "127.0.0.1:$API_PORT/v1/stats" | python3 -c '
+import json, sys
+w = json.load(sys.stdin)["workers"][0]
+print(round(w["busy_cycles"] / w["packets"]) if w["packets"] else 0)')
     kill -TERM $pid; wait $pid 2>/dev/null || true
+    echo "$mpps $cpp"
 }
 
 run_testpmd_switch() {
@@ -85,23 +94,29 @@ run_testpmd_switch() {
     (sleep $((SECS + 15)); echo) | timeout -s INT $((SECS + 40)) dpdk-testpmd -l 0,1 --main-lcore 0 \
         --no-pci --no-huge -m 1024 --file-prefix vsbsw \
         --vdev "net_vhost0,iface=$W/a.sock" --vdev "net_vhost1,iface=$W/b.sock" \
-        -- --nb-cores=1 --forward-mode=io > "$W/sw.log" 2>&1 &
+        -- --nb-cores=1 --forward-mode=io --record-core-cycles > "$W/sw.log" 2>&1 &
     local pid=$!
     for _ in $(seq 200); do [[ -S $W/a.sock && -S $W/b.sock ]] && break; sleep 0.05; done
     sleep 3
-    generate "$1"
-    kill -TERM $pid 2>/dev/null; wait $pid 2>/dev/null || true
+    local mpps
+    mpps=$(generate "$1")
+    kill -TERM $pid 2>/dev/null || true; wait $pid 2>/dev/null || true
     rm -f "$W/a.sock" "$W/b.sock"
+    # testpmd prints its forwarding core's cycles per packet when it stops.
+    local cpp
+    cpp=$(grep -o 'CPU cycles/packet=[0-9.]*' "$W/sw.log" | tail -1 | cut -d= -f2 || true)
+    cp "$W/sw.log" /tmp/vsbench-last-testpmd-switch.log
+    echo "$mpps ${cpp:-0}"
 }
 
-echo "| round | frame B | vringswitch Mpps/port | testpmd io-fwd Mpps/port | ratio |"
-echo "|---|---|---|---|---|"
+echo "| round | frame B | vringswitch Mpps/port | testpmd io-fwd Mpps/port | Mpps ratio | vringswitch busy cycles/pkt | testpmd cycles/pkt | cycles ratio |"
+echo "|---|---|---|---|---|---|---|---|"
 for r in $(seq "$ROUNDS"); do
     for size in "${SIZES[@]}"; do
-        read -r v0 v1 < <(run_vringswitch "$size")
-        read -r t0 t1 < <(run_testpmd_switch "$size")
+        read -r v0 v1 vc < <(run_vringswitch "$size")
+        read -r t0 t1 tc < <(run_testpmd_switch "$size")
         python3 -c "
 v=($v0+$v1)/2; t=($t0+$t1)/2
-print(f'| $r | $size | {v:.3f} ({$v0:.3f}/{$v1:.3f}) | {t:.3f} ({$t0:.3f}/{$t1:.3f}) | {v/t if t else 0:.2f} |')"
+print(f'| $r | $size | {v:.3f} ({$v0:.3f}/{$v1:.3f}) | {t:.3f} ({$t0:.3f}/{$t1:.3f}) | {v/t if t else 0:.2f} | {$vc:.0f} | {$tc:.0f} | {$vc/$tc if $tc else 0:.2f} |')"
     done
 done
