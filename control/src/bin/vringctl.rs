@@ -37,9 +37,19 @@ enum Command {
     /// Per-core load (busy %, cycles per packet, bursts) and per-port counters.
     Stats {
         /// Show what happened over this many seconds instead of the totals since start.
-        #[arg(long, short, value_name = "SECS")]
+        #[arg(long, short, value_name = "SECS", value_parser = parse_interval)]
         interval: Option<f64>,
     },
+}
+
+/// A number of seconds, above 0 and at most a day.
+fn parse_interval(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v <= 86_400.0 => Ok(v),
+        _ => Err(format!(
+            "{s:?} is not a number of seconds between 0 and 86400"
+        )),
+    }
 }
 
 /// Exit codes: 0 success, 1 the API refused or failed, 2 bad usage (clap), 3 unreachable.
@@ -84,7 +94,7 @@ async fn run(args: Args) -> Result<String, ClientError> {
             let first: Snapshot = api.get("/v1/stats").await?;
             let (s, scope) = match interval {
                 Some(secs) => {
-                    tokio::time::sleep(Duration::from_secs_f64(secs.max(0.0))).await;
+                    tokio::time::sleep(Duration::from_secs_f64(secs)).await;
                     let second: Snapshot = api.get("/v1/stats").await?;
                     (ctl::difference(&second, &first), format!("last {secs} s"))
                 }
