@@ -193,6 +193,15 @@ impl Daemon {
         String::from_utf8(out.stdout).expect("UTF-8 output")
     }
 
+    /// Waits until `port` reports a frontend connected (`true`) or none (`false`).
+    pub fn wait_port_connected(&self, port: &str, connected: bool) {
+        let what = format!("port {port} connected = {connected}");
+        wait_until(Duration::from_secs(10), &what, || {
+            let now = self.metric("vringswitch_port_connected", &[("port", port)]);
+            (now == u64::from(connected)).then_some(())
+        });
+    }
+
     /// The /metrics page.
     pub fn metrics(&self) -> String {
         http_get(&self.api, "/metrics").expect("GET /metrics")
@@ -242,4 +251,20 @@ pub fn http_get(addr: &str, path: &str) -> std::io::Result<String> {
         .call()
         .map_err(|e| std::io::Error::other(format!("GET {path}: {e}")))?;
     resp.into_string()
+}
+
+/// A child process killed, with its whole process group if it leads one (spawn it with
+/// `process_group(0)`: under strace the daemon is strace's child and would outlive strace),
+/// when the test ends, failed or not.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.0.id())])
+            .stderr(Stdio::null())
+            .status();
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

@@ -5,11 +5,11 @@
 use std::collections::{BTreeSet, HashMap};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use vringswitch_tests::daemon::{binary, free_port, http_get, metric_value, TempDir};
+use vringswitch_tests::daemon::{binary, free_port, http_get, metric_value, KillOnDrop, TempDir};
 use vringswitch_tests::frontend::{TestVm, VmOptions};
 use vringswitch_tests::setup::{Setup, T};
 use vringswitch_tests::{frame, mac, wait_until};
@@ -44,21 +44,6 @@ fn run(cmd: &mut Command) -> String {
     );
     assert!(out.status.success(), "{cmd:?} failed: {text}");
     text
-}
-
-/// Kills the child's whole process group (spawn it with `process_group(0)`): under strace
-/// the daemon is strace's child and would outlive strace.
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-KILL", "--", &format!("-{}", self.0.id())])
-            .stderr(Stdio::null())
-            .status();
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 // ---------------------------------------------------------------------------------------

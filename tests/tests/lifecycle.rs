@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use vhost::vhost_user::Frontend;
 use vhost::VhostBackend;
-use vringswitch_tests::daemon::{Daemon, TempDir};
+use vringswitch_tests::daemon::{Daemon, KillOnDrop, TempDir};
 use vringswitch_tests::frontend::{TestVm, VmOptions};
 use vringswitch_tests::{frame, mac, wait_until};
 
@@ -64,11 +64,7 @@ fn disconnects_at_every_stage_leak_nothing() {
 
     // Warm up once, then take the baseline with port a disconnected.
     ping_pong(&sockets[0], &mut b, 0);
-    let idle = || {
-        wait_until(T, "port a disconnected", || {
-            (daemon.metric("vringswitch_port_connected", &[("port", "a")]) == 0).then_some(())
-        })
-    };
+    let idle = || daemon.wait_port_connected("a", false);
     idle();
     std::thread::sleep(Duration::from_millis(200));
     let baseline = resources(pid);
@@ -193,14 +189,4 @@ fn systemd_hears_ready_watchdog_and_stopping() {
     assert!(child.0.wait().unwrap().success());
     let log = std::fs::read_to_string(dir.path().join("log")).unwrap();
     assert!(!log.contains("no progress"), "{log}");
-}
-
-/// Kills the child if the test fails before it exits.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }

@@ -171,12 +171,7 @@ fn every_counter_is_exact_after_a_known_workload() {
 
     // A reconnect is counted, and the port comes back.
     drop(a);
-    vringswitch_tests::wait_until(T, "a disconnected", || {
-        (s.daemon
-            .metric("vringswitch_port_connected", &[("port", "a")])
-            == 0)
-            .then_some(())
-    });
+    s.daemon.wait_port_connected("a", false);
     let _a = s.vm("a", 1);
     s.wait_connected(&["a"]);
     assert_eq!(

@@ -221,9 +221,7 @@ fn guests_ping_through_server_ports_are_isolated_by_bridge_and_survive_qemu_rest
 
     // Kill g1's QEMU and start it again: ping works again.
     g1.kill();
-    wait_until(Duration::from_secs(10), "vm1 to disconnect", || {
-        (daemon.metric("vringswitch_port_connected", &[("port", "vm1")]) == 0).then_some(())
-    });
+    daemon.wait_port_connected("vm1", false);
     let g1 = Guest::boot(dir.path(), "g1b", &sockets[0], 1, 2, false);
     g1.wait_clean_round(0, "pings after g1's QEMU restarted");
     let after = g2.last_round();

@@ -237,12 +237,7 @@ fn reconnect_serves_the_port_again() {
         b.send(TestVm::tx(0), &frame(mac(1), mac(2), 64, round));
         assert_eq!(a.expect_frames(TestVm::rx(0), 1, T).len(), 1);
         drop(a);
-        vringswitch_tests::wait_until(T, "a disconnected", || {
-            (s.daemon
-                .metric("vringswitch_port_connected", &[("port", "a")])
-                == 0)
-                .then_some(())
-        });
+        s.daemon.wait_port_connected("a", false);
     }
 }
 

@@ -149,6 +149,28 @@ fn pop_tx_bounds_segment_count() {
 }
 
 /// Sets up a TX frame of `len` bytes at a fixed place and returns its segments.
+/// Delivers the frame in `src` (in `m`) into `q`'s rings in `m`, behind a 12-byte header.
+fn deliver_frame(
+    q: &mut Queue,
+    m: &GuestMem,
+    mrg_rxbuf: bool,
+    src: &[Seg],
+    len: u32,
+    used: &mut UsedBatch,
+) -> Result<(), DeliverError> {
+    deliver(
+        q,
+        m,
+        12,
+        mrg_rxbuf,
+        m,
+        src,
+        len,
+        &mut RxScratch::default(),
+        used,
+    )
+}
+
 fn source(m: &GuestMem, len: usize) -> (Vec<u8>, Vec<Seg>) {
     let f = frame(len);
     m.write_slice(&f, GuestAddress(BUF + 0x8_0000)).unwrap();
@@ -170,20 +192,8 @@ fn mergeable_rx_spreads_a_full_frame_over_small_buffers() {
     }
     let mut q: Queue = vq.create_queue().unwrap();
     let (f, src) = source(&m, 1514);
-    let mut scratch = RxScratch::default();
     let mut used = Vec::new();
-    deliver(
-        &mut q,
-        &m,
-        12,
-        true,
-        &m,
-        &src,
-        1514,
-        &mut scratch,
-        &mut used,
-    )
-    .unwrap();
+    deliver_frame(&mut q, &m, true, &src, 1514, &mut used).unwrap();
     // 12 + 1514 = 1526 bytes: 512 + 512 + 502.
     assert_eq!(used, vec![(0, 512), (1, 512), (2, 502)]);
     let mut hdr = [0u8; 12];
@@ -210,26 +220,14 @@ fn shortage_consumes_nothing() {
     }
     let mut q: Queue = vq.create_queue().unwrap();
     let (_, src) = source(&m, 1514);
-    let mut scratch = RxScratch::default();
     let mut used = Vec::new();
-    let e = deliver(
-        &mut q,
-        &m,
-        12,
-        true,
-        &m,
-        &src,
-        1514,
-        &mut scratch,
-        &mut used,
-    )
-    .unwrap_err();
+    let e = deliver_frame(&mut q, &m, true, &src, 1514, &mut used).unwrap_err();
     assert_eq!(e.reason, DropReason::NoRxBuffer);
     assert!(used.is_empty());
     assert_eq!(q.next_avail(), 0);
     // A frame that fits still goes through afterwards.
     let (_, src) = source(&m, 60);
-    deliver(&mut q, &m, 12, true, &m, &src, 60, &mut scratch, &mut used).unwrap();
+    deliver_frame(&mut q, &m, true, &src, 60, &mut used).unwrap();
     assert_eq!(used, vec![(0, 72)]);
 }
 
@@ -241,35 +239,12 @@ fn without_mergeable_buffers_one_chain_must_hold_the_frame() {
     offer(&vq, 1, &[desc(BUF + 0x1000, 2048, true)]);
     let mut q: Queue = vq.create_queue().unwrap();
     let (_, src) = source(&m, 1514);
-    let mut scratch = RxScratch::default();
     let mut used = Vec::new();
-    let e = deliver(
-        &mut q,
-        &m,
-        12,
-        false,
-        &m,
-        &src,
-        1514,
-        &mut scratch,
-        &mut used,
-    )
-    .unwrap_err();
+    let e = deliver_frame(&mut q, &m, false, &src, 1514, &mut used).unwrap_err();
     assert_eq!(e.reason, DropReason::TooBig);
     assert_eq!(q.next_avail(), 0);
     let (_, src) = source(&m, 100);
-    deliver(
-        &mut q,
-        &m,
-        12,
-        false,
-        &m,
-        &src,
-        100,
-        &mut scratch,
-        &mut used,
-    )
-    .unwrap();
+    deliver_frame(&mut q, &m, false, &src, 100, &mut used).unwrap();
     let mut hdr = [0u8; 12];
     m.read_slice(&mut hdr, GuestAddress(BUF)).unwrap();
     assert_eq!(u16::from_le_bytes([hdr[10], hdr[11]]), 1);
@@ -282,9 +257,8 @@ fn read_only_rx_chain_is_returned_unused() {
     offer(&vq, 0, &[desc(BUF, 512, false)]);
     let mut q: Queue = vq.create_queue().unwrap();
     let (_, src) = source(&m, 60);
-    let mut scratch = RxScratch::default();
     let mut used = Vec::new();
-    let e = deliver(&mut q, &m, 12, true, &m, &src, 60, &mut scratch, &mut used).unwrap_err();
+    let e = deliver_frame(&mut q, &m, true, &src, 60, &mut used).unwrap_err();
     assert_eq!(e.reason, DropReason::BadDescriptor);
     assert_eq!(used, vec![(0, 0)]);
 }
@@ -297,9 +271,8 @@ fn rx_writes_nothing_past_the_frame() {
     offer(&vq, 0, &[desc(BUF, 2048, true)]);
     let mut q: Queue = vq.create_queue().unwrap();
     let (_, src) = source(&m, 64);
-    let mut scratch = RxScratch::default();
     let mut used = Vec::new();
-    deliver(&mut q, &m, 12, true, &m, &src, 64, &mut scratch, &mut used).unwrap();
+    deliver_frame(&mut q, &m, true, &src, 64, &mut used).unwrap();
     let mut after = [0u8; 64];
     m.read_slice(&mut after, GuestAddress(BUF + 76)).unwrap();
     assert_eq!(after, [0xAA; 64]);
