@@ -134,6 +134,7 @@ mod tests {
                 name: "vm1".into(),
                 bridge: "br0".into(),
                 connected: true,
+                ready: true,
                 reconnects: 0,
                 rx_packets: 10,
                 rx_bytes: 640,

@@ -197,6 +197,10 @@ fn families(s: &Snapshot) -> Vec<MetricFamily> {
         "vringswitch_port_connected",
         "1 while a vhost-user frontend is connected to the port.",
     );
+    let mut port_ready = Family::gauge(
+        "vringswitch_port_ready",
+        "1 while the frontend's rings are set up and the switch can deliver to the port.",
+    );
     let mut reconnects = Family::counter(
         "vringswitch_port_reconnects_total",
         "Connections of a vhost-user frontend to the port after the first one.",
@@ -211,6 +215,7 @@ fn families(s: &Snapshot) -> Vec<MetricFamily> {
             drops.add(&[l[0], l[1], ("reason", reason.as_str())], n);
         }
         port_connected.add(&l[..1], u64::from(p.connected));
+        port_ready.add(&l[..1], u64::from(p.ready));
         reconnects.add(&l[..1], p.reconnects);
     }
     for f in [
@@ -220,6 +225,7 @@ fn families(s: &Snapshot) -> Vec<MetricFamily> {
         &mut tx_bytes,
         &mut drops,
         &mut port_connected,
+        &mut port_ready,
         &mut reconnects,
     ] {
         push(f);
@@ -385,6 +391,7 @@ mod tests {
             sample(&text, "vringswitch_port_connected{port=\"vm1\"}"),
             0.0
         );
+        assert_eq!(sample(&text, "vringswitch_port_ready{port=\"vm1\"}"), 0.0);
         assert_eq!(
             sample(&text, "vringswitch_port_reconnects_total{port=\"vm1\"}"),
             0.0

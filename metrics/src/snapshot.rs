@@ -69,6 +69,8 @@ pub struct PortSnapshot {
     pub name: String,
     pub bridge: String,
     pub connected: bool,
+    /// The peer's rings are set up (after its first kick): frames can be delivered to it.
+    pub ready: bool,
     /// Connections after the first one.
     pub reconnects: u64,
     /// Frames received from the VM.
@@ -158,6 +160,7 @@ impl Snapshot {
                     name: p.handle.name().to_owned(),
                     bridge: topology.bridges[p.bridge].name.clone(),
                     connected: p.handle.is_connected(),
+                    ready: p.handle.is_ready(),
                     reconnects: p.handle.connections().saturating_sub(1),
                     rx_packets: s.rx_packets,
                     rx_bytes: s.rx_bytes,

@@ -163,6 +163,11 @@ impl PortHandle {
         self.ring_doorbell();
     }
 
+    /// Whether the peer's rings are set up, so that frames can be delivered to it.
+    pub fn is_ready(&self) -> bool {
+        self.attachment.load().is_some()
+    }
+
     /// Records whether a frontend is connected on the socket.
     pub fn set_connected(&self, connected: bool) {
         if connected {

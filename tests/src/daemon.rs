@@ -194,11 +194,17 @@ impl Daemon {
     }
 
     /// Waits until `port` reports a frontend connected (`true`) or none (`false`).
+    /// Waits until a frontend is connected to `port` and its rings are ready (the switch
+    /// can deliver to it), or until it is gone.
     pub fn wait_port_connected(&self, port: &str, connected: bool) {
-        let what = format!("port {port} connected = {connected}");
+        let what = format!("port {port} connected and ready = {connected}");
         wait_until(Duration::from_secs(10), &what, || {
-            let now = self.metric("vringswitch_port_connected", &[("port", port)]);
-            (now == u64::from(connected)).then_some(())
+            let text = self.metrics();
+            let l = [("port", port)];
+            let now = metric_value(&text, "vringswitch_port_connected", &l);
+            let ready = metric_value(&text, "vringswitch_port_ready", &l);
+            let want = Some(u64::from(connected));
+            (now == want && ready == want).then_some(())
         });
     }
 

@@ -3,9 +3,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::daemon::{metric_value, Daemon, TempDir};
+use crate::daemon::{Daemon, TempDir};
 use crate::frontend::{TestVm, VmOptions};
-use crate::{mac, wait_until};
+use crate::mac;
 
 /// How long a test waits for anything that should happen.
 pub const T: Duration = Duration::from_secs(10);
@@ -71,12 +71,8 @@ impl Setup {
 
     /// Waits until every port of `ports` reports a connected frontend.
     pub fn wait_connected(&self, ports: &[&str]) {
-        wait_until(T, "ports connected", || {
-            let m = self.daemon.metrics();
-            ports
-                .iter()
-                .all(|p| metric_value(&m, "vringswitch_port_connected", &[("port", p)]) == Some(1))
-                .then_some(())
-        });
+        for p in ports {
+            self.daemon.wait_port_connected(p, true);
+        }
     }
 }

@@ -164,9 +164,13 @@ fn every_system_call_of_the_daemon_passes_the_units_filter() {
     let mut b = TestVm::connect(&sock("b"), mac(2), VmOptions::default());
     a.post_rx(TestVm::rx(0), 16, 2048);
     b.post_rx(TestVm::rx(0), 16, 2048);
-    wait_until(Duration::from_secs(30), "a and b attached", || {
+    // Connected is not enough: a port's rings are ready after its first kick.
+    wait_until(Duration::from_secs(30), "a and b ready", || {
         let m = http_get(&api, "/metrics").ok()?;
-        (metric_value(&m, "vringswitch_ports_connected", &[]) == Some(2)).then_some(())
+        ["a", "b"]
+            .iter()
+            .all(|p| metric_value(&m, "vringswitch_port_ready", &[("port", p)]) == Some(1))
+            .then_some(())
     });
     for i in 0..4u8 {
         a.send(TestVm::tx(0), &frame(mac(2), mac(1), 100, i));
