@@ -197,15 +197,23 @@ impl Daemon {
     /// Waits until a frontend is connected to `port` and its rings are ready (the switch
     /// can deliver to it), or until it is gone.
     pub fn wait_port_connected(&self, port: &str, connected: bool) {
-        let what = format!("port {port} connected and ready = {connected}");
-        wait_until(Duration::from_secs(10), &what, || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let l = [("port", port)];
+        let want = Some(u64::from(connected));
+        loop {
             let text = self.metrics();
-            let l = [("port", port)];
             let now = metric_value(&text, "vringswitch_port_connected", &l);
             let ready = metric_value(&text, "vringswitch_port_ready", &l);
-            let want = Some(u64::from(connected));
-            (now == want && ready == want).then_some(())
-        });
+            if now == want && ready == want {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "port {port}: waited 10 s for connected and ready = {connected}, \
+                 still connected = {now:?}, ready = {ready:?}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// The /metrics page.

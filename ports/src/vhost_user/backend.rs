@@ -55,6 +55,9 @@ pub struct NetBackend {
     mem: GuestMemAtomic,
     acked_features: Arc<AtomicU64>,
     published: AtomicBool,
+    /// Set once the connection is gone; serialises attaching against [`Self::close`], so a
+    /// kick handled late by the library's event thread cannot attach a dead connection.
+    closed: Mutex<bool>,
     exit_notifiers: Mutex<Vec<EventNotifier>>,
     leaked_exit_fds: Mutex<Vec<RawFd>>,
 }
@@ -67,6 +70,7 @@ impl NetBackend {
             mem,
             acked_features: Arc::new(AtomicU64::new(0)),
             published: AtomicBool::new(false),
+            closed: Mutex::new(false),
             exit_notifiers: Mutex::new(Vec::new()),
             leaked_exit_fds: Mutex::new(Vec::new()),
         }
@@ -92,6 +96,13 @@ impl NetBackend {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner()),
         )
+    }
+
+    /// Withdraws this connection's rings from the workers for good: after this returns, no
+    /// late event can attach them again.
+    pub fn close(&self) {
+        *self.closed.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.port.detach();
     }
 
     /// Stops the library's event thread(s) of this connection.
@@ -175,6 +186,10 @@ impl VhostUserBackend for NetBackend {
     ) -> io::Result<()> {
         // Called when a ring becomes ready and enabled, and on every kick.
         if !self.published.load(Ordering::Acquire) {
+            let closed = self.closed.lock().unwrap_or_else(|e| e.into_inner());
+            if *closed {
+                return Ok(());
+            }
             let attachment = Attachment::new(
                 vrings.to_vec(),
                 self.mem.clone(),
@@ -216,6 +231,23 @@ mod tests {
         ] {
             assert_ne!(single & (1 << bit), 0, "bit {bit}");
         }
+    }
+
+    #[test]
+    fn a_kick_handled_after_close_does_not_attach_the_dead_connection() {
+        let port = Arc::new(PortHandle::new(1, "vm1", 1));
+        let mem = GuestMemoryAtomic::new(crate::port::GuestMem::new());
+        let live = NetBackend::new(port.clone(), 1, mem.clone());
+        live.handle_event(0, EventSet::IN, &[], 0).unwrap();
+        assert!(port.is_ready() && live.published());
+        live.close();
+        assert!(!port.is_ready());
+
+        let late = NetBackend::new(port.clone(), 1, mem);
+        late.close();
+        late.handle_event(0, EventSet::IN, &[], 0).unwrap();
+        assert!(!port.is_ready(), "attached after close");
+        assert!(!late.published());
     }
 
     #[test]

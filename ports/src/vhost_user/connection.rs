@@ -308,7 +308,7 @@ fn serve_connection(
 
     *lock(&control.shutdown) = None;
     let _ = frontend.shutdown(std::net::Shutdown::Both);
-    port.detach();
+    backend.close();
     port.set_connected(false);
     backend.signal_exit();
     let features = backend.acked_features();
