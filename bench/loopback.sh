@@ -4,6 +4,9 @@
 #
 #   bench/loopback.sh [SECONDS] [ROUNDS] [SIZES...]      default: 10 2 64 1518
 #
+# With PERF_OUT=FILE, the worker's core is sampled with perf (cpu-clock) during each
+# vringswitch run into FILE.SIZE; build with CARGO_PROFILE_RELEASE_DEBUG=true for symbols.
+#
 # A generator testpmd owns two virtio_user ports (mac forwarding, --tx-first) and its
 # forwarding lcore runs on CPU 0; the switch under test polls on CPU 1. Frames circulate
 # gen0 -> switch -> gen1 -> switch -> gen0; per-port Rx-pps is the figure. Needs root,
@@ -78,8 +81,16 @@ run_vringswitch() {
     "$BIN" --config "$W/vs.toml" --api 127.0.0.1:$API_PORT 2>"$W/vs.log" &
     local pid=$!
     for _ in $(seq 100); do [[ -S $W/a.sock && -S $W/b.sock ]] && break; sleep 0.05; done
-    local mpps
+    local mpps perf_pid=
+    if [[ -n ${PERF_OUT:-} ]]; then
+        # Samples of the worker's CPU (cpu-clock: a software event, for machines without
+        # hardware counters) over the middle of the run.
+        (sleep 3; exec perf record -q -e cpu-clock -F 4999 -g -C 1 -o "$PERF_OUT.$1" -- sleep $((SECS - 4))) \
+            >/dev/null 2>&1 &
+        perf_pid=$!
+    fi
     mpps=$(generate "$1")
+    [[ -n $perf_pid ]] && wait "$perf_pid"
     local cpp
     cpp=$(curl -s "127.0.0.1:$API_PORT/v1/stats" | python3 -c '
 import json, sys

@@ -19,8 +19,9 @@ use vm_memory::GuestAddressSpace;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 use vringswitch_ports::port::GuestMem;
+use vringswitch_ports::vhost_user::guest_view::GuestView;
 use vringswitch_ports::vhost_user::rings::{
-    deliver, pop_tx, publish_used, PopTx, RxScratch, Seg, TxFrame, UsedBatch, MAX_TX_SEGS,
+    PopTx, RingView, RxScratch, Seg, TxFrame, UsedBatch, MAX_TX_SEGS,
 };
 use vringswitch_ports::{Attachment, DropReason, PortId};
 
@@ -245,8 +246,9 @@ impl Worker {
         b.dests.clear();
         b.segs.clear();
         b.tx_used.clear();
+        let mut tx_ring = RingView::new(st.get_queue_mut(), src_mem);
         for _ in 0..self.burst_size {
-            match pop_tx(st.get_queue_mut(), src_mem, hdr_len, &mut b.segs) {
+            match tx_ring.pop_tx(hdr_len, &mut b.segs) {
                 PopTx::Empty => break,
                 PopTx::Bad { head, reason } => {
                     b.tx_used.push((head, 0));
@@ -262,6 +264,8 @@ impl Worker {
         if consumed == 0 {
             return 0;
         }
+        // Source buffers are read through their own view while the TX ring stays borrowed.
+        let mut src_view = GuestView::new(src_mem);
         self.switch.workers[self.index].stats.add_burst(consumed);
 
         // Decide, on the stack copies of the headers.
@@ -311,11 +315,19 @@ impl Worker {
         // Deliver, one destination ring at a time.
         for t in 0..b.targets.len() {
             let dst = b.targets[t];
-            deliver_to(self.index, topology, &mut self.ports, dst, qp, src_mem, b);
+            deliver_to(
+                self.index,
+                topology,
+                &mut self.ports,
+                dst,
+                qp,
+                &mut src_view,
+                b,
+            );
         }
 
         // Give the TX chains back, notify the sender once.
-        if let Ok(true) = publish_used(st.get_queue_mut(), src_mem, &b.tx_used) {
+        if let Ok(true) = tx_ring.publish_used(&b.tx_used) {
             let _ = st.signal_used_queue();
         }
         consumed
@@ -329,7 +341,7 @@ fn deliver_to(
     ports: &mut [PortCache],
     dst: PortId,
     qp_hint: u16,
-    src_mem: &GuestMem,
+    src: &mut GuestView<'_>,
     b: &mut Burst,
 ) {
     let Some(dst_rt) = topology.port(dst) else {
@@ -371,16 +383,15 @@ fn deliver_to(
     }
     b.rx_used.clear();
     let (mut packets, mut bytes) = (0u64, 0u64);
+    let mut ring = RingView::new(st.get_queue_mut(), dst_mem);
     for (f, d) in b.frames.iter().zip(b.dests.iter()) {
         if !wanted(d) {
             continue;
         }
-        match deliver(
-            st.get_queue_mut(),
-            dst_mem,
+        match ring.deliver(
             hdr_len,
             mrg,
-            src_mem,
+            src,
             &b.segs[f.segs.clone()],
             f.len,
             &mut b.rx_scratch,
@@ -393,7 +404,7 @@ fn deliver_to(
             Err(e) => counters.add_drop(e.reason, 1),
         }
     }
-    match publish_used(st.get_queue_mut(), dst_mem, &b.rx_used) {
+    match ring.publish_used(&b.rx_used) {
         Ok(notify) => {
             counters.add_tx(packets, bytes);
             if notify {

@@ -4,12 +4,16 @@
 //!   events reach the workers;
 //! - [`connection`]: one thread per port that serves the socket, in server or client mode,
 //!   again after every disconnect;
-//! - [`rings`]: the per-frame split-ring data path used by the workers.
+//! - [`rings`]: the per-frame split-ring data path used by the workers, over
+//!   [`split_ring`] (rings mapped once per burst) and [`guest_view`] (cached translation of
+//!   guest addresses, and the raw copies in and out of guest memory).
 
 pub mod backend;
 pub mod connection;
+pub mod guest_view;
 pub mod relay;
 pub mod rings;
+pub mod split_ring;
 
 use std::path::PathBuf;
 

@@ -1,6 +1,11 @@
 //! The per-frame split-ring data path: pop TX chains, deliver into RX chains, publish used
 //! entries once per burst.
 //!
+//! [`RingView`] is what the workers use: it takes the fast path ([`fast`]) on rings that map
+//! whole into guest memory (all rings seen in practice), and otherwise the general path
+//! below, built on virtio-queue and vm-memory's checked accessors. The general path is also
+//! the reference the fast path is tested against.
+//!
 //! Everything here runs on a worker core with the vring lock held. It never allocates (the
 //! caller passes pre-sized scratch vectors), never logs, and never trusts guest memory: each
 //! descriptor is copied out of the ring once, each buffer range is checked against the right
@@ -15,8 +20,12 @@ use virtio_bindings::virtio_ring::VRING_AVAIL_F_NO_INTERRUPT;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend};
 
+use super::guest_view::GuestView;
+use super::split_ring::SplitRing;
 use crate::counters::DropReason;
 use crate::port::GuestMem;
+
+mod fast;
 
 /// Largest frame (without the virtio-net header) the switch forwards.
 pub const MAX_FRAME_LEN: usize = 65_550;
@@ -60,9 +69,118 @@ pub enum PopTx {
     Bad { head: u16, reason: DropReason },
 }
 
-/// Pops one chain from a TX queue and describes the frame in it. `segs` must have room for
-/// [`MAX_TX_SEGS`] more entries without growing.
-pub fn pop_tx(queue: &mut Queue, mem: &GuestMem, hdr_len: usize, segs: &mut Vec<Seg>) -> PopTx {
+/// One virtqueue, locked by the caller for a burst, with the VM memory it lives in.
+pub struct RingView<'q, 'm> {
+    queue: &'q mut Queue,
+    view: GuestView<'m>,
+    split: Option<SplitRing<'m>>,
+    /// The driver's available index as last read (fast path only).
+    avail_idx: u16,
+}
+
+impl<'q, 'm> RingView<'q, 'm> {
+    /// Maps the rings of `queue` for the fast path if they can be, else uses the general one.
+    pub fn new(queue: &'q mut Queue, mem: &'m GuestMem) -> RingView<'q, 'm> {
+        let mut view = GuestView::new(mem);
+        let split = SplitRing::new(queue, &mut view);
+        let avail_idx = queue.next_avail();
+        RingView {
+            queue,
+            view,
+            split,
+            avail_idx,
+        }
+    }
+
+    /// A view that always takes the general path (for tests and comparisons).
+    pub fn general(queue: &'q mut Queue, mem: &'m GuestMem) -> RingView<'q, 'm> {
+        let avail_idx = queue.next_avail();
+        RingView {
+            queue,
+            view: GuestView::new(mem),
+            split: None,
+            avail_idx,
+        }
+    }
+
+    /// Whether the fast path is in use.
+    pub fn is_fast(&self) -> bool {
+        self.split.is_some()
+    }
+
+    /// Pops one chain from a TX queue and describes the frame in it. `segs` must have room
+    /// for [`MAX_TX_SEGS`] more entries without growing.
+    #[inline]
+    pub fn pop_tx(&mut self, hdr_len: usize, segs: &mut Vec<Seg>) -> PopTx {
+        match &self.split {
+            Some(ring) => fast::pop_tx(
+                ring,
+                &mut self.view,
+                &mut self.avail_idx,
+                self.queue,
+                hdr_len,
+                segs,
+            ),
+            None => pop_tx_general(self.queue, self.view.mem(), hdr_len, segs),
+        }
+    }
+
+    /// Copies one frame, `frame_len` bytes in `src_segs` of the VM seen by `src`, into this
+    /// RX queue. The chains used are appended to `used` (published later by
+    /// [`Self::publish_used`]); on a shortage nothing is consumed.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    pub fn deliver(
+        &mut self,
+        hdr_len: usize,
+        mrg_rxbuf: bool,
+        src: &mut GuestView<'_>,
+        src_segs: &[Seg],
+        frame_len: u32,
+        scratch: &mut RxScratch,
+        used: &mut UsedBatch,
+    ) -> Result<(), DeliverError> {
+        match &self.split {
+            Some(ring) => fast::deliver(
+                ring,
+                &mut self.view,
+                &mut self.avail_idx,
+                self.queue,
+                hdr_len,
+                mrg_rxbuf,
+                src,
+                src_segs,
+                frame_len,
+                scratch,
+                used,
+            ),
+            None => deliver_general(
+                self.queue,
+                self.view.mem(),
+                hdr_len,
+                mrg_rxbuf,
+                src.mem(),
+                src_segs,
+                frame_len,
+                scratch,
+                used,
+            ),
+        }
+    }
+
+    /// Writes the used entries of a burst and publishes them with one used.idx store.
+    /// Returns whether the driver asked to be notified (EVENT_IDX or
+    /// VRING_AVAIL_F_NO_INTERRUPT).
+    pub fn publish_used(&mut self, used: &[(u16, u32)]) -> Result<bool, BrokenUsedRing> {
+        match &self.split {
+            Some(ring) => fast::publish_used(ring, self.queue, used),
+            None => publish_used_general(self.queue, self.view.mem(), used),
+        }
+    }
+}
+
+/// General-path [`RingView::pop_tx`].
+fn pop_tx_general(queue: &mut Queue, mem: &GuestMem, hdr_len: usize, segs: &mut Vec<Seg>) -> PopTx {
     debug_assert!(segs.capacity() - segs.len() >= MAX_TX_SEGS);
     let Some(chain) = queue.pop_descriptor_chain(mem) else {
         return PopTx::Empty;
@@ -256,10 +374,9 @@ pub struct DeliverError {
     pub reason: DropReason,
 }
 
-/// Copies one frame into a destination RX queue. The chains used are appended to `used`
-/// (published later by [`publish_used`]); on a shortage nothing is consumed.
+/// General-path [`RingView::deliver`].
 #[allow(clippy::too_many_arguments)]
-pub fn deliver(
+fn deliver_general(
     queue: &mut Queue,
     dst_mem: &GuestMem,
     hdr_len: usize,
@@ -365,9 +482,8 @@ pub fn deliver(
 #[error("used ring outside guest memory")]
 pub struct BrokenUsedRing;
 
-/// Writes the used entries of a burst and publishes them with one used.idx store. Returns
-/// whether the driver asked to be notified (EVENT_IDX or VRING_AVAIL_F_NO_INTERRUPT).
-pub fn publish_used(
+/// General-path [`RingView::publish_used`].
+fn publish_used_general(
     queue: &mut Queue,
     mem: &GuestMem,
     used: &[(u16, u32)],

@@ -36,6 +36,34 @@ fn offer(q: &MockSplitQueue<GuestMem>, at: u16, descs: &[RawDescriptor]) {
     q.add_desc_chains(&linked, at).unwrap();
 }
 
+/// A view of `q` on the fast or the general path.
+fn ring<'q, 'm>(q: &'q mut Queue, m: &'m GuestMem, fast: bool) -> RingView<'q, 'm> {
+    let r = if fast {
+        RingView::new(q, m)
+    } else {
+        RingView::general(q, m)
+    };
+    assert_eq!(
+        r.is_fast(),
+        fast,
+        "the test's rings must map for the fast path"
+    );
+    r
+}
+
+fn pop_tx(q: &mut Queue, m: &GuestMem, hdr_len: usize, segs: &mut Vec<Seg>, fast: bool) -> PopTx {
+    ring(q, m, fast).pop_tx(hdr_len, segs)
+}
+
+fn publish_used(
+    q: &mut Queue,
+    m: &GuestMem,
+    fast: bool,
+    used: &[(u16, u32)],
+) -> Result<bool, BrokenUsedRing> {
+    ring(q, m, fast).publish_used(used)
+}
+
 fn frame(len: usize) -> Vec<u8> {
     let mut f: Vec<u8> = (0..len).map(|i| (i * 7 + 3) as u8).collect();
     f[..6].copy_from_slice(&[0x02, 0, 0, 0, 0, 2]);
@@ -43,8 +71,7 @@ fn frame(len: usize) -> Vec<u8> {
     f
 }
 
-#[test]
-fn pop_tx_skips_a_header_that_straddles_descriptors() {
+fn pop_tx_skips_a_header_that_straddles_descriptors(fast: bool) {
     let m = mem();
     let vq = MockSplitQueue::new(&m, 16);
     let f = frame(100);
@@ -65,7 +92,7 @@ fn pop_tx_skips_a_header_that_straddles_descriptors() {
     );
     let mut q: Queue = vq.create_queue().unwrap();
     let mut segs = Vec::with_capacity(2 * MAX_TX_SEGS);
-    let PopTx::Frame(tx) = pop_tx(&mut q, &m, 12, &mut segs) else {
+    let PopTx::Frame(tx) = pop_tx(&mut q, &m, 12, &mut segs, fast) else {
         panic!("expected a frame")
     };
     assert_eq!(tx.len, 100);
@@ -83,11 +110,13 @@ fn pop_tx_skips_a_header_that_straddles_descriptors() {
             }
         ]
     );
-    assert!(matches!(pop_tx(&mut q, &m, 12, &mut segs), PopTx::Empty));
+    assert!(matches!(
+        pop_tx(&mut q, &m, 12, &mut segs, fast),
+        PopTx::Empty
+    ));
 }
 
-#[test]
-fn pop_tx_rejects_malformed_chains() {
+fn pop_tx_rejects_malformed_chains(fast: bool) {
     let m = mem();
     let cases: Vec<(Vec<RawDescriptor>, DropReason)> = vec![
         // A write-only descriptor in a TX chain.
@@ -118,7 +147,7 @@ fn pop_tx_rejects_malformed_chains() {
         offer(&vq, 0, &descs);
         let mut q: Queue = vq.create_queue().unwrap();
         let mut segs = Vec::with_capacity(MAX_TX_SEGS);
-        match pop_tx(&mut q, &m, 12, &mut segs) {
+        match pop_tx(&mut q, &m, 12, &mut segs, fast) {
             PopTx::Bad { head, reason: r } => {
                 assert_eq!(head, 0);
                 assert_eq!(r, reason, "{descs:?}");
@@ -129,8 +158,7 @@ fn pop_tx_rejects_malformed_chains() {
     }
 }
 
-#[test]
-fn pop_tx_bounds_segment_count() {
+fn pop_tx_bounds_segment_count(fast: bool) {
     let m = mem();
     let vq = MockSplitQueue::new(&m, 128);
     let descs: Vec<_> = (0..(MAX_TX_SEGS as u64 + 2))
@@ -140,7 +168,7 @@ fn pop_tx_bounds_segment_count() {
     let mut q: Queue = vq.create_queue().unwrap();
     let mut segs = Vec::with_capacity(MAX_TX_SEGS);
     assert!(matches!(
-        pop_tx(&mut q, &m, 12, &mut segs),
+        pop_tx(&mut q, &m, 12, &mut segs, fast),
         PopTx::Bad {
             reason: DropReason::BadDescriptor,
             ..
@@ -153,17 +181,16 @@ fn pop_tx_bounds_segment_count() {
 fn deliver_frame(
     q: &mut Queue,
     m: &GuestMem,
+    fast: bool,
     mrg_rxbuf: bool,
     src: &[Seg],
     len: u32,
     used: &mut UsedBatch,
 ) -> Result<(), DeliverError> {
-    deliver(
-        q,
-        m,
+    ring(q, m, fast).deliver(
         12,
         mrg_rxbuf,
-        m,
+        &mut GuestView::new(m),
         src,
         len,
         &mut RxScratch::default(),
@@ -183,8 +210,7 @@ fn source(m: &GuestMem, len: usize) -> (Vec<u8>, Vec<Seg>) {
     )
 }
 
-#[test]
-fn mergeable_rx_spreads_a_full_frame_over_small_buffers() {
+fn mergeable_rx_spreads_a_full_frame_over_small_buffers(fast: bool) {
     let m = mem();
     let vq = MockSplitQueue::new(&m, 16);
     for i in 0..4u16 {
@@ -193,7 +219,7 @@ fn mergeable_rx_spreads_a_full_frame_over_small_buffers() {
     let mut q: Queue = vq.create_queue().unwrap();
     let (f, src) = source(&m, 1514);
     let mut used = Vec::new();
-    deliver_frame(&mut q, &m, true, &src, 1514, &mut used).unwrap();
+    deliver_frame(&mut q, &m, fast, true, &src, 1514, &mut used).unwrap();
     // 12 + 1514 = 1526 bytes: 512 + 512 + 502.
     assert_eq!(used, vec![(0, 512), (1, 512), (2, 502)]);
     let mut hdr = [0u8; 12];
@@ -211,8 +237,7 @@ fn mergeable_rx_spreads_a_full_frame_over_small_buffers() {
     assert_eq!(q.next_avail(), 3);
 }
 
-#[test]
-fn shortage_consumes_nothing() {
+fn shortage_consumes_nothing(fast: bool) {
     let m = mem();
     let vq = MockSplitQueue::new(&m, 16);
     for i in 0..2u16 {
@@ -221,18 +246,17 @@ fn shortage_consumes_nothing() {
     let mut q: Queue = vq.create_queue().unwrap();
     let (_, src) = source(&m, 1514);
     let mut used = Vec::new();
-    let e = deliver_frame(&mut q, &m, true, &src, 1514, &mut used).unwrap_err();
+    let e = deliver_frame(&mut q, &m, fast, true, &src, 1514, &mut used).unwrap_err();
     assert_eq!(e.reason, DropReason::NoRxBuffer);
     assert!(used.is_empty());
     assert_eq!(q.next_avail(), 0);
     // A frame that fits still goes through afterwards.
     let (_, src) = source(&m, 60);
-    deliver_frame(&mut q, &m, true, &src, 60, &mut used).unwrap();
+    deliver_frame(&mut q, &m, fast, true, &src, 60, &mut used).unwrap();
     assert_eq!(used, vec![(0, 72)]);
 }
 
-#[test]
-fn without_mergeable_buffers_one_chain_must_hold_the_frame() {
+fn without_mergeable_buffers_one_chain_must_hold_the_frame(fast: bool) {
     let m = mem();
     let vq = MockSplitQueue::new(&m, 16);
     offer(&vq, 0, &[desc(BUF, 512, true)]);
@@ -240,31 +264,29 @@ fn without_mergeable_buffers_one_chain_must_hold_the_frame() {
     let mut q: Queue = vq.create_queue().unwrap();
     let (_, src) = source(&m, 1514);
     let mut used = Vec::new();
-    let e = deliver_frame(&mut q, &m, false, &src, 1514, &mut used).unwrap_err();
+    let e = deliver_frame(&mut q, &m, fast, false, &src, 1514, &mut used).unwrap_err();
     assert_eq!(e.reason, DropReason::TooBig);
     assert_eq!(q.next_avail(), 0);
     let (_, src) = source(&m, 100);
-    deliver_frame(&mut q, &m, false, &src, 100, &mut used).unwrap();
+    deliver_frame(&mut q, &m, fast, false, &src, 100, &mut used).unwrap();
     let mut hdr = [0u8; 12];
     m.read_slice(&mut hdr, GuestAddress(BUF)).unwrap();
     assert_eq!(u16::from_le_bytes([hdr[10], hdr[11]]), 1);
 }
 
-#[test]
-fn read_only_rx_chain_is_returned_unused() {
+fn read_only_rx_chain_is_returned_unused(fast: bool) {
     let m = mem();
     let vq = MockSplitQueue::new(&m, 16);
     offer(&vq, 0, &[desc(BUF, 512, false)]);
     let mut q: Queue = vq.create_queue().unwrap();
     let (_, src) = source(&m, 60);
     let mut used = Vec::new();
-    let e = deliver_frame(&mut q, &m, true, &src, 60, &mut used).unwrap_err();
+    let e = deliver_frame(&mut q, &m, fast, true, &src, 60, &mut used).unwrap_err();
     assert_eq!(e.reason, DropReason::BadDescriptor);
     assert_eq!(used, vec![(0, 0)]);
 }
 
-#[test]
-fn rx_writes_nothing_past_the_frame() {
+fn rx_writes_nothing_past_the_frame(fast: bool) {
     let m = mem();
     let vq = MockSplitQueue::new(&m, 16);
     m.write_slice(&[0xAAu8; 2048], GuestAddress(BUF)).unwrap();
@@ -272,18 +294,17 @@ fn rx_writes_nothing_past_the_frame() {
     let mut q: Queue = vq.create_queue().unwrap();
     let (_, src) = source(&m, 64);
     let mut used = Vec::new();
-    deliver_frame(&mut q, &m, true, &src, 64, &mut used).unwrap();
+    deliver_frame(&mut q, &m, fast, true, &src, 64, &mut used).unwrap();
     let mut after = [0u8; 64];
     m.read_slice(&mut after, GuestAddress(BUF + 76)).unwrap();
     assert_eq!(after, [0xAA; 64]);
 }
 
-#[test]
-fn publish_used_writes_entries_then_index_once() {
+fn publish_used_writes_entries_then_index_once(fast: bool) {
     let m = mem();
     let vq = MockSplitQueue::new(&m, 8);
     let mut q: Queue = vq.create_queue().unwrap();
-    let notify = publish_used(&mut q, &m, &[(3, 100), (5, 0)]).unwrap();
+    let notify = publish_used(&mut q, &m, fast, &[(3, 100), (5, 0)]).unwrap();
     assert!(notify, "no suppression requested");
     let used = vq.used_addr().0;
     let idx: u16 = m.read_obj(GuestAddress(used + 2)).unwrap();
@@ -293,12 +314,11 @@ fn publish_used_writes_entries_then_index_once() {
     assert_eq!((e0, e1), ([3, 100], [5, 0]));
     assert_eq!(q.next_used(), 2);
     // Heads beyond the ring are never written.
-    publish_used(&mut q, &m, &[(8, 1)]).unwrap();
+    publish_used(&mut q, &m, fast, &[(8, 1)]).unwrap();
     assert_eq!(q.next_used(), 2);
 }
 
-#[test]
-fn publish_used_honours_event_idx_and_no_interrupt() {
+fn publish_used_honours_event_idx_and_no_interrupt(fast: bool) {
     let m = mem();
     let vq = MockSplitQueue::new(&m, 8);
     let mut q: Queue = vq.create_queue().unwrap();
@@ -306,15 +326,52 @@ fn publish_used_honours_event_idx_and_no_interrupt() {
     // Legacy suppression flag.
     m.write_obj(VRING_AVAIL_F_NO_INTERRUPT as u16, GuestAddress(avail))
         .unwrap();
-    assert!(!publish_used(&mut q, &m, &[(0, 1)]).unwrap());
+    assert!(!publish_used(&mut q, &m, fast, &[(0, 1)]).unwrap());
     // EVENT_IDX: the driver wants a notification once used passes used_event = 2.
     q.set_event_idx(true);
     let used_event = GuestAddress(avail + 4 + 2 * 8);
     m.write_obj(2u16, used_event).unwrap();
-    assert!(!publish_used(&mut q, &m, &[(1, 1)]).unwrap(), "1 -> 2");
     assert!(
-        publish_used(&mut q, &m, &[(2, 1), (3, 1)]).unwrap(),
+        !publish_used(&mut q, &m, fast, &[(1, 1)]).unwrap(),
+        "1 -> 2"
+    );
+    assert!(
+        publish_used(&mut q, &m, fast, &[(2, 1), (3, 1)]).unwrap(),
         "2 -> 4"
     );
-    assert!(!publish_used(&mut q, &m, &[(4, 1)]).unwrap(), "4 -> 5");
+    assert!(
+        !publish_used(&mut q, &m, fast, &[(4, 1)]).unwrap(),
+        "4 -> 5"
+    );
 }
+
+/// Every test above runs on the general path and on the fast path, with the same rings.
+macro_rules! on_both_paths {
+    ($($name:ident),* $(,)?) => {
+        mod general {
+            $(#[test]
+            fn $name() {
+                super::$name(false)
+            })*
+        }
+        mod fast {
+            $(#[test]
+            fn $name() {
+                super::$name(true)
+            })*
+        }
+    };
+}
+
+on_both_paths!(
+    pop_tx_skips_a_header_that_straddles_descriptors,
+    pop_tx_rejects_malformed_chains,
+    pop_tx_bounds_segment_count,
+    mergeable_rx_spreads_a_full_frame_over_small_buffers,
+    shortage_consumes_nothing,
+    without_mergeable_buffers_one_chain_must_hold_the_frame,
+    read_only_rx_chain_is_returned_unused,
+    rx_writes_nothing_past_the_frame,
+    publish_used_writes_entries_then_index_once,
+    publish_used_honours_event_idx_and_no_interrupt
+);

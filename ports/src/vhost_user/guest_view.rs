@@ -1,0 +1,273 @@
+//! Guest memory as the fast path sees it: guest-physical ranges translated to host pointers,
+//! with the last region hit cached, and the only raw copies in and out of a VM's memory.
+//!
+//! A [`GuestView`] borrows one snapshot of a VM's memory map (`&GuestMem`). The mappings of
+//! that snapshot stay in place for as long as the borrow lives (the snapshot owns them and is
+//! only dropped, never changed, when the frontend sends a new table), so every pointer this
+//! module derives is valid for `'m`. Every access is checked against the region it falls in:
+//! nothing here can reach outside the VM's mapped memory.
+//!
+//! Guest memory is shared with a running guest that may change it at any moment. The copies
+//! below therefore never create Rust references into it: they use raw pointer copies into or
+//! out of our own buffers, as vm-memory's own slice copies do, and every decision is taken on
+//! a copy on our side.
+
+// One of the few places where the data path touches guest memory through raw pointers;
+// each unsafe block says why it stays inside the VM's mapped regions.
+#![allow(unsafe_code)]
+
+use std::ptr::NonNull;
+
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress};
+
+use crate::port::GuestMem;
+
+/// Translates guest-physical addresses of one VM, remembering the last region used.
+pub struct GuestView<'m> {
+    mem: &'m GuestMem,
+    /// The cached region: guest-physical `[start, end)` and the host address of `start`.
+    /// `start == end` means nothing is cached.
+    start: u64,
+    end: u64,
+    host: *mut u8,
+}
+
+impl<'m> GuestView<'m> {
+    pub fn new(mem: &'m GuestMem) -> GuestView<'m> {
+        GuestView {
+            mem,
+            start: 0,
+            end: 0,
+            host: std::ptr::null_mut(),
+        }
+    }
+
+    /// The memory map this view translates.
+    pub fn mem(&self) -> &'m GuestMem {
+        self.mem
+    }
+
+    /// The host address of `addr` and how many of the `len` bytes from there lie in the same
+    /// region (at least 1 when `len > 0`), or `None` if `addr` is not guest memory.
+    #[inline]
+    fn piece(&mut self, addr: u64, len: usize) -> Option<(*mut u8, usize)> {
+        if !(self.start <= addr && addr < self.end) {
+            self.load_region(addr)?;
+        }
+        let off = addr - self.start;
+        let n = usize::try_from(self.end - addr).map_or(len, |room| room.min(len));
+        // SAFETY: `start <= addr < end`, so `off` is less than the region's length and the
+        // result points inside the region's mapping, which lives for 'm (module docs).
+        let p = unsafe { self.host.add(off as usize) };
+        Some((p, n))
+    }
+
+    #[cold]
+    fn load_region(&mut self, addr: u64) -> Option<()> {
+        let r = self.mem.find_region(GuestAddress(addr))?;
+        let host = r.get_host_address(MemoryRegionAddress(0)).ok()?;
+        let start = r.start_addr().0;
+        let end = start.checked_add(r.len())?;
+        if end <= addr {
+            return None;
+        }
+        (self.start, self.end, self.host) = (start, end, host);
+        Some(())
+    }
+
+    /// The host address of `[addr, addr + len)` if all of it lies in one region: rings and
+    /// indirect descriptor tables must, as DPDK's vhost library also requires.
+    pub fn contiguous(&mut self, addr: u64, len: usize) -> Option<NonNull<u8>> {
+        if len == 0 {
+            return None;
+        }
+        let (p, n) = self.piece(addr, len)?;
+        (n == len).then(|| NonNull::new(p)).flatten()
+    }
+
+    /// Whether every byte of `[addr, addr + len)` is guest memory (it may span regions).
+    #[inline]
+    pub fn covers(&mut self, mut addr: u64, mut len: usize) -> bool {
+        // Each step consumes at least one byte: bounded by `len`, and in practice by the
+        // number of regions the range crosses.
+        while len > 0 {
+            let Some((_, n)) = self.piece(addr, len) else {
+                return false;
+            };
+            len -= n;
+            // Cannot overflow: addr + n <= the region's end, which is a u64.
+            addr += n as u64;
+        }
+        true
+    }
+
+    /// Copies guest memory at `addr` into `buf`. Fails, having copied a prefix, if the range
+    /// is not all guest memory.
+    #[inline]
+    pub fn read(&mut self, mut addr: u64, buf: &mut [u8]) -> bool {
+        let mut done = 0;
+        while done < buf.len() {
+            let Some((p, n)) = self.piece(addr, buf.len() - done) else {
+                return false;
+            };
+            // SAFETY: `p` is valid for `n` bytes of guest memory (piece); the destination is
+            // our own buffer, in bounds since n <= buf.len() - done, and cannot overlap a
+            // guest mapping.
+            unsafe { std::ptr::copy_nonoverlapping(p, buf.as_mut_ptr().add(done), n) };
+            done += n;
+            addr += n as u64;
+        }
+        true
+    }
+
+    /// Copies `bytes` into guest memory at `addr`. Fails, having written a prefix, if the
+    /// range is not all guest memory.
+    #[inline]
+    pub fn write(&mut self, mut addr: u64, bytes: &[u8]) -> bool {
+        let mut done = 0;
+        while done < bytes.len() {
+            let Some((p, n)) = self.piece(addr, bytes.len() - done) else {
+                return false;
+            };
+            // SAFETY: `p` is valid for `n` bytes of guest memory (piece); the source is our
+            // own slice, in bounds since n <= bytes.len() - done.
+            unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr().add(done), p, n) };
+            done += n;
+            addr += n as u64;
+        }
+        true
+    }
+
+    /// Copies `len` bytes from `src_addr` in `src`'s VM to `dst_addr` in this view's VM: the
+    /// switch's one copy, memory to memory, a memmove per piece that lies in one region on
+    /// both sides. Fails, having copied a prefix, if either range is not all guest memory.
+    #[inline]
+    pub fn copy_from(
+        &mut self,
+        mut dst_addr: u64,
+        src: &mut GuestView<'_>,
+        mut src_addr: u64,
+        mut len: usize,
+    ) -> bool {
+        // Each step copies at least one byte: bounded by `len`.
+        while len > 0 {
+            let Some((s, n)) = src.piece(src_addr, len) else {
+                return false;
+            };
+            let Some((d, n)) = self.piece(dst_addr, n) else {
+                return false;
+            };
+            // SAFETY: `s` is valid for reads of at least `n` bytes and `d` for writes of `n`
+            // bytes (piece, each within its own VM's region). `copy` (memmove) stays correct
+            // even if a frontend mapped the same pages into two ports.
+            unsafe { std::ptr::copy(s, d, n) };
+            len -= n;
+            src_addr += n as u64;
+            dst_addr += n as u64;
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vm_memory::{Bytes, GuestMemoryMmap};
+
+    /// Two adjacent regions [0x1000, 0x3000) and [0x3000, 0x4000), then a hole, then
+    /// [0x10000, 0x11000).
+    fn mem() -> GuestMem {
+        GuestMemoryMmap::from_ranges(&[
+            (GuestAddress(0x1000), 0x2000),
+            (GuestAddress(0x3000), 0x1000),
+            (GuestAddress(0x10000), 0x1000),
+        ])
+        .unwrap()
+    }
+
+    #[test]
+    fn covers_follows_region_bounds_exactly() {
+        let m = mem();
+        let mut v = GuestView::new(&m);
+        assert!(v.covers(0x1000, 0x3000), "two adjacent regions");
+        assert!(v.covers(0x3fff, 1));
+        assert!(!v.covers(0x3fff, 2), "runs into the hole");
+        assert!(!v.covers(0xfff, 1), "below the first region");
+        assert!(!v.covers(0xfff, 2));
+        assert!(v.covers(0x10000, 0x1000));
+        assert!(!v.covers(0x10000, 0x1001));
+        assert!(!v.covers(u64::MAX, 1));
+        assert!(!v.covers(u64::MAX - 1, 5));
+        assert!(v.covers(0x5000, 0), "an empty range is trivially covered");
+    }
+
+    #[test]
+    fn contiguous_needs_one_region() {
+        let m = mem();
+        let mut v = GuestView::new(&m);
+        assert!(v.contiguous(0x1000, 0x2000).is_some());
+        assert!(v.contiguous(0x2ff0, 0x20).is_none(), "spans two regions");
+        assert!(v.contiguous(0x3000, 0x1001).is_none());
+        assert!(v.contiguous(0x3000, 0).is_none());
+        assert!(v.contiguous(0x9000, 1).is_none());
+    }
+
+    #[test]
+    fn read_and_write_span_adjacent_regions_and_stop_at_holes() {
+        let m = mem();
+        let mut v = GuestView::new(&m);
+        let data: Vec<u8> = (0..64).collect();
+        assert!(v.write(0x2fe0, &data));
+        let mut back = [0u8; 64];
+        m.read_slice(&mut back, GuestAddress(0x2fe0)).unwrap();
+        assert_eq!(back[..], data[..]);
+        let mut again = [0u8; 64];
+        assert!(v.read(0x2fe0, &mut again));
+        assert_eq!(again, back);
+        // Into the hole after 0x4000: fails and writes nothing past the region.
+        assert!(!v.write(0x3ff0, &data));
+        assert!(!v.read(0x3ff0, &mut again));
+        assert!(!v.read(0x20000, &mut again[..1]));
+    }
+
+    #[test]
+    fn copy_between_views_splits_at_region_bounds_on_both_sides() {
+        let src_mem = mem();
+        let dst_mem = mem();
+        let data: Vec<u8> = (0..200u8).collect();
+        src_mem.write_slice(&data, GuestAddress(0x2f80)).unwrap();
+        let mut src = GuestView::new(&src_mem);
+        let mut dst = GuestView::new(&dst_mem);
+        assert!(dst.copy_from(0x2fc0, &mut src, 0x2f80, 200));
+        let mut back = vec![0u8; 200];
+        dst_mem.read_slice(&mut back, GuestAddress(0x2fc0)).unwrap();
+        assert_eq!(back, data);
+        // The source runs into a hole: fails.
+        assert!(!dst.copy_from(0x1000, &mut src, 0x3f80, 0x100));
+        // The destination runs into a hole: fails without writing past the region.
+        dst_mem
+            .write_slice(&[0xAA; 16], GuestAddress(0x10ff0))
+            .unwrap();
+        assert!(!dst.copy_from(0x10ff8, &mut src, 0x1000, 16));
+        let mut tail = [0u8; 8];
+        dst_mem
+            .read_slice(&mut tail, GuestAddress(0x10ff0))
+            .unwrap();
+        assert_eq!(tail, [0xAA; 8], "bytes before the copy are untouched");
+    }
+
+    #[test]
+    fn the_cache_is_refreshed_when_another_region_is_hit() {
+        let m = mem();
+        let mut v = GuestView::new(&m);
+        m.write_slice(&[1], GuestAddress(0x1000)).unwrap();
+        m.write_slice(&[2], GuestAddress(0x10000)).unwrap();
+        let mut b = [0u8; 1];
+        for _ in 0..3 {
+            assert!(v.read(0x1000, &mut b));
+            assert_eq!(b, [1]);
+            assert!(v.read(0x10000, &mut b));
+            assert_eq!(b, [2]);
+        }
+    }
+}

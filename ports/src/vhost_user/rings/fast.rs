@@ -1,0 +1,348 @@
+//! The fast path: the same operations as the general path in `rings.rs`, on rings mapped
+//! once per burst ([`SplitRing`]) and guest memory translated through a cached region
+//! ([`GuestView`]). The available index is read once per burst rather than once per chain.
+//!
+//! Behaviour matches the general path on well-formed rings (the tests run both on the same
+//! rings). On malformed chains it is stricter: where virtio-queue's iterator silently ends a
+//! chain at a bad `next` index or a loop, this path refuses the chain as a bad descriptor.
+
+use virtio_bindings::virtio_ring::{
+    VRING_AVAIL_F_NO_INTERRUPT, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
+};
+use virtio_queue::{Queue, QueueT};
+
+use super::{
+    BrokenUsedRing, DeliverError, PopTx, RxScratch, Seg, TxFrame, UsedBatch, MAX_FRAME_LEN,
+    MAX_RX_CHAINS, MAX_RX_SEGS, MAX_TX_SEGS, MIN_FRAME_LEN, PEEK_LEN,
+};
+use crate::counters::DropReason;
+use crate::vhost_user::guest_view::GuestView;
+use crate::vhost_user::split_ring::{Desc, DescTable, SplitRing};
+
+const F_NEXT: u16 = VRING_DESC_F_NEXT as u16;
+const F_WRITE: u16 = VRING_DESC_F_WRITE as u16;
+const F_INDIRECT: u16 = VRING_DESC_F_INDIRECT as u16;
+
+/// Walks the chain starting at `head`, calling `each` on every buffer descriptor; an
+/// indirect table is followed once. Returns false if `each` does, or if the chain is
+/// malformed: an index past its table, more descriptors than the table holds (a loop), a
+/// nested or malformed indirect table. Bounded by the table sizes.
+#[inline]
+fn walk<'m>(
+    ring: &SplitRing<'m>,
+    view: &mut GuestView<'m>,
+    head: u16,
+    mut each: impl FnMut(&mut GuestView<'m>, &Desc) -> bool,
+) -> bool {
+    let mut table = ring.table();
+    let mut i = head;
+    let mut left = table.len();
+    let mut indirect = false;
+    loop {
+        let Some(d) = table.get(i) else {
+            return false;
+        };
+        if d.flags & F_INDIRECT != 0 {
+            if indirect || d.flags & F_NEXT != 0 {
+                return false;
+            }
+            let Some(t) = DescTable::indirect(view, d.addr, d.len) else {
+                return false;
+            };
+            (table, i, left, indirect) = (t, 0, t.len(), true);
+            continue;
+        }
+        if !each(view, &d) {
+            return false;
+        }
+        if d.flags & F_NEXT == 0 {
+            return true;
+        }
+        left -= 1;
+        if left == 0 {
+            return false;
+        }
+        i = d.next;
+    }
+}
+
+/// The next available head, reading the driver's index only when the cached one is used up.
+/// `None` if nothing is available, or if the driver's index is more than a ring ahead (a
+/// corrupt ring: like virtio-queue, treat it as empty).
+#[inline]
+fn next_head(ring: &SplitRing<'_>, avail_idx: &mut u16, next: u16) -> Option<u16> {
+    if next == *avail_idx {
+        *avail_idx = ring.avail_idx();
+        if next == *avail_idx {
+            return None;
+        }
+    }
+    if avail_idx.wrapping_sub(next) > ring.size() {
+        return None;
+    }
+    Some(ring.avail_head(next))
+}
+
+/// Fast-path [`super::RingView::pop_tx`].
+pub(super) fn pop_tx<'m>(
+    ring: &SplitRing<'m>,
+    view: &mut GuestView<'m>,
+    avail_idx: &mut u16,
+    queue: &mut Queue,
+    hdr_len: usize,
+    segs: &mut Vec<Seg>,
+) -> PopTx {
+    debug_assert!(segs.capacity() - segs.len() >= MAX_TX_SEGS);
+    let next = queue.next_avail();
+    let Some(head) = next_head(ring, avail_idx, next) else {
+        return PopTx::Empty;
+    };
+    queue.set_next_avail(next.wrapping_add(1));
+    let start = segs.len();
+    let mut skip = hdr_len as u64;
+    let mut total: u64 = 0;
+    let well_formed = walk(ring, view, head, |view, d| {
+        if d.flags & F_WRITE != 0 {
+            return false;
+        }
+        let mut addr = d.addr;
+        let mut len = u64::from(d.len);
+        total += len;
+        if skip > 0 {
+            let s = skip.min(len);
+            let Some(a) = addr.checked_add(s) else {
+                return false;
+            };
+            addr = a;
+            len -= s;
+            skip -= s;
+        }
+        if len == 0 {
+            return true;
+        }
+        if !view.covers(addr, len as usize) || segs.len() - start >= MAX_TX_SEGS {
+            return false;
+        }
+        segs.push(Seg {
+            addr,
+            len: len as u32,
+        });
+        true
+    });
+    let bad = |segs: &mut Vec<Seg>, reason| {
+        segs.truncate(start);
+        PopTx::Bad { head, reason }
+    };
+    if !well_formed || total < (hdr_len + MIN_FRAME_LEN) as u64 {
+        return bad(segs, DropReason::BadDescriptor);
+    }
+    let len = total - hdr_len as u64;
+    if len > MAX_FRAME_LEN as u64 {
+        return bad(segs, DropReason::TooBig);
+    }
+    let mut peek = [0u8; PEEK_LEN];
+    let n = (len as usize).min(PEEK_LEN);
+    let mut done = 0;
+    for s in &segs[start..] {
+        if done == n {
+            break;
+        }
+        let k = (s.len as usize).min(n - done);
+        if !view.read(s.addr, &mut peek[done..done + k]) {
+            return bad(segs, DropReason::BadDescriptor);
+        }
+        done += k;
+    }
+    PopTx::Frame(TxFrame {
+        head,
+        segs: start..segs.len(),
+        len: len as u32,
+        peek,
+    })
+}
+
+/// Fast-path [`super::RingView::deliver`].
+#[allow(clippy::too_many_arguments)]
+pub(super) fn deliver<'m>(
+    ring: &SplitRing<'m>,
+    view: &mut GuestView<'m>,
+    avail_idx: &mut u16,
+    queue: &mut Queue,
+    hdr_len: usize,
+    mrg_rxbuf: bool,
+    src: &mut GuestView<'_>,
+    src_segs: &[Seg],
+    frame_len: u32,
+    scratch: &mut RxScratch,
+    used: &mut UsedBatch,
+) -> Result<(), DeliverError> {
+    scratch.segs.clear();
+    scratch.chains.clear();
+    let need = hdr_len as u64 + u64::from(frame_len);
+    let mut have: u64 = 0;
+    let mut bad_chain = false;
+    let mut next = queue.next_avail();
+    // Bounded by MAX_RX_CHAINS and by the ring (next_head fails once it is empty).
+    while have < need && scratch.chains.len() < MAX_RX_CHAINS {
+        let Some(head) = next_head(ring, avail_idx, next) else {
+            break;
+        };
+        next = next.wrapping_add(1);
+        let mut cap: u64 = 0;
+        let segs = &mut scratch.segs;
+        let ok = walk(ring, view, head, |view, d| {
+            if d.flags & F_WRITE == 0
+                || segs.len() >= MAX_RX_SEGS
+                || !view.covers(d.addr, d.len as usize)
+            {
+                return false;
+            }
+            if d.len > 0 {
+                segs.push(Seg {
+                    addr: d.addr,
+                    len: d.len,
+                });
+                cap += u64::from(d.len);
+            }
+            true
+        });
+        scratch
+            .chains
+            .push((head, cap.min(u64::from(u32::MAX)) as u32));
+        if !ok {
+            bad_chain = true;
+            break;
+        }
+        have += cap;
+        if !mrg_rxbuf {
+            break;
+        }
+    }
+    if bad_chain {
+        // A malformed chain cannot be rewound past: give every popped chain back unused.
+        queue.set_next_avail(next);
+        used.extend(scratch.chains.iter().map(|&(head, _)| (head, 0)));
+        return Err(DeliverError {
+            reason: DropReason::BadDescriptor,
+        });
+    }
+    if have < need {
+        // Nothing consumed: the queue's position was not moved.
+        let reason = if !mrg_rxbuf && !scratch.chains.is_empty() {
+            DropReason::TooBig
+        } else {
+            DropReason::NoRxBuffer
+        };
+        return Err(DeliverError { reason });
+    }
+    queue.set_next_avail(next);
+
+    let mut hdr = [0u8; 12];
+    let num_buffers = scratch.chains.len() as u16;
+    hdr[10..12].copy_from_slice(&num_buffers.to_le_bytes());
+    if !write_then_copy(
+        view,
+        &scratch.segs,
+        &hdr[..hdr_len],
+        src,
+        src_segs,
+        frame_len,
+    ) {
+        // Cannot happen with the ranges checked above; hand the buffers back empty.
+        used.extend(scratch.chains.iter().map(|&(head, _)| (head, 0)));
+        return Err(DeliverError {
+            reason: DropReason::BadDescriptor,
+        });
+    }
+    let mut left = need;
+    for &(head, cap) in &scratch.chains {
+        let n = left.min(u64::from(cap));
+        used.push((head, n as u32));
+        left -= n;
+    }
+    Ok(())
+}
+
+/// Fills the destination segments with `hdr`, then with `len` bytes of the source
+/// segments: at most one memmove per (source piece, destination piece) pair.
+fn write_then_copy(
+    dst: &mut GuestView<'_>,
+    dst_segs: &[Seg],
+    hdr: &[u8],
+    src: &mut GuestView<'_>,
+    src_segs: &[Seg],
+    len: u32,
+) -> bool {
+    let mut d = dst_segs.iter();
+    let (mut d_addr, mut d_left) = (0u64, 0usize);
+    // The header.
+    let mut h = 0;
+    while h < hdr.len() {
+        if d_left == 0 {
+            let Some(s) = d.next() else { return false };
+            (d_addr, d_left) = (s.addr, s.len as usize);
+            continue;
+        }
+        let n = d_left.min(hdr.len() - h);
+        if !dst.write(d_addr, &hdr[h..h + n]) {
+            return false;
+        }
+        (h, d_addr, d_left) = (h + n, d_addr + n as u64, d_left - n);
+    }
+    // The frame. Each step moves at least one byte: bounded by `len`.
+    let mut s = src_segs.iter();
+    let (mut s_addr, mut s_left) = (0u64, 0usize);
+    let mut left = len as usize;
+    while left > 0 {
+        if s_left == 0 {
+            let Some(x) = s.next() else { return false };
+            (s_addr, s_left) = (x.addr, x.len as usize);
+            continue;
+        }
+        if d_left == 0 {
+            let Some(x) = d.next() else { return false };
+            (d_addr, d_left) = (x.addr, x.len as usize);
+            continue;
+        }
+        let n = s_left.min(d_left).min(left);
+        if !dst.copy_from(d_addr, src, s_addr, n) {
+            return false;
+        }
+        left -= n;
+        (s_addr, s_left) = (s_addr + n as u64, s_left - n);
+        (d_addr, d_left) = (d_addr + n as u64, d_left - n);
+    }
+    true
+}
+
+/// Fast-path [`super::RingView::publish_used`].
+pub(super) fn publish_used(
+    ring: &SplitRing<'_>,
+    queue: &mut Queue,
+    used: &[(u16, u32)],
+) -> Result<bool, BrokenUsedRing> {
+    if used.is_empty() {
+        return Ok(false);
+    }
+    let old = queue.next_used();
+    let mut idx = old;
+    for &(head, len) in used {
+        if head >= ring.size() {
+            // A head the driver never could have offered: there is no slot to give back.
+            continue;
+        }
+        ring.put_used(idx, head, len);
+        idx = idx.wrapping_add(1);
+    }
+    ring.set_used_idx(idx);
+    queue.set_next_used(idx);
+    // The index store must be visible before we read the driver's suppression state.
+    std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+    if queue.event_idx_enabled() {
+        let used_event = ring.used_event();
+        // Notify if used_event lies in [old, idx): Linux's vring_need_event.
+        Ok(idx.wrapping_sub(used_event).wrapping_sub(1) < idx.wrapping_sub(old))
+    } else {
+        Ok(ring.avail_flags() & VRING_AVAIL_F_NO_INTERRUPT as u16 == 0)
+    }
+}
