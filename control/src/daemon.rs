@@ -10,6 +10,7 @@ use vringswitch_config::{Config, SocketMode};
 use vringswitch_ports::vhost_user::connection::SocketMode as PortMode;
 use vringswitch_ports::vhost_user::{VhostUserError, VhostUserPort, VhostUserPortConfig};
 use vringswitch_ports::PortHandle;
+use vringswitch_switch::affinity::keep_off_cores;
 use vringswitch_switch::fdb::Fdb;
 use vringswitch_switch::{BridgeRt, PortRt, Switch, SwitchConfig, SwitchError, Topology};
 
@@ -42,6 +43,15 @@ impl Daemon {
             idle_poll: Duration::from_micros(config.dataplane.idle_poll_us),
         })?;
         let writers = switch.workers.len();
+        // Every thread started from here on (vhost-user event threads, connections, the
+        // API runtime) stays off the worker cores, as OVS keeps its handlers off PMD cores.
+        match keep_off_cores(config.dataplane.cores.get_ref()) {
+            Ok(kept) if kept.is_empty() => tracing::warn!(
+                "every CPU is a worker core: control threads will preempt the workers"
+            ),
+            Ok(kept) => tracing::debug!(cpus = ?kept, "control threads kept off the worker cores"),
+            Err(e) => tracing::warn!(error = %e, "control threads may run on worker cores"),
+        }
 
         let mut bridge_index = HashMap::new();
         let mut topology = Topology::default();

@@ -13,12 +13,14 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use vhost_user_backend::VringT;
-use virtio_queue::{Queue, QueueT};
+use std::os::fd::AsRawFd;
+
+use vhost_user_backend::{VringState, VringT};
+use virtio_queue::QueueT;
 use vm_memory::GuestAddressSpace;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
-use vringswitch_ports::port::GuestMem;
+use vringswitch_ports::port::{GuestMem, GuestMemAtomic};
 use vringswitch_ports::vhost_user::guest_view::GuestView;
 use vringswitch_ports::vhost_user::rings::{
     PopTx, RingView, RxScratch, Seg, TxFrame, UsedBatch, MAX_TX_SEGS,
@@ -85,6 +87,8 @@ pub struct Worker {
     burst: Burst,
     idle_poll: Duration,
     epoll: Epoll,
+    /// Kick eventfds added to `epoll` for one sleep (kept to reuse its allocation).
+    watched_kicks: Vec<i32>,
 }
 
 impl Worker {
@@ -109,6 +113,7 @@ impl Worker {
             burst: Burst::new(burst_size),
             idle_poll: switch.idle_poll,
             epoll,
+            watched_kicks: Vec::new(),
             switch,
         })
     }
@@ -171,36 +176,53 @@ impl Worker {
     }
 
     /// Calls `f` on every TX queue of this worker that is ready and enabled, under its lock.
-    fn for_each_ready_tx(&mut self, mut f: impl FnMut(&mut Queue, &GuestMem)) {
-        for &(port, qp) in &self.tx_queues {
-            let Some(att) = attachment(&self.topology, &mut self.ports, port) else {
-                continue;
-            };
-            let Some(vring) = att.vrings.get(2 * usize::from(qp) + 1) else {
-                continue;
-            };
-            let mem = att.mem.memory();
-            let mut st = vring.get_mut();
-            if st.get_queue().ready() && st.is_enabled() {
-                f(st.get_queue_mut(), &mem);
-            }
-        }
+    fn for_each_ready_tx(&mut self, f: impl FnMut(&mut VringState<GuestMemAtomic>, &GuestMem)) {
+        for_each_ready_tx(&self.topology, &mut self.ports, &self.tx_queues, f);
     }
 
     /// Sleeps until a kick or a change, unless a queue has work after notifications are
     /// enabled (which closes the race with a driver that added buffers meanwhile).
+    ///
+    /// The worker watches its TX queues' kick eventfds itself while asleep, so a kick wakes
+    /// it directly on its own core. The library's event thread sees the same kick and rings
+    /// the doorbell too; that second path only matters if it consumed the kick first.
     fn sleep(&mut self) {
         let mut pending = false;
-        self.for_each_ready_tx(|q, mem| pending |= q.enable_notification(mem).unwrap_or(true));
+        let mut kicks = std::mem::take(&mut self.watched_kicks);
+        kicks.clear();
+        let epoll = &self.epoll;
+        for_each_ready_tx(
+            &self.topology,
+            &mut self.ports,
+            &self.tx_queues,
+            |st, mem| {
+                if let Some(kick) = st.get_kick() {
+                    let fd = kick.as_raw_fd();
+                    if epoll
+                        .ctl(ControlOperation::Add, fd, EpollEvent::new(EventSet::IN, 1))
+                        .is_ok()
+                    {
+                        kicks.push(fd);
+                    }
+                }
+                pending |= st.get_queue_mut().enable_notification(mem).unwrap_or(true);
+            },
+        );
         if !pending {
-            let mut events = [EpollEvent::default(); 1];
+            let mut events = [EpollEvent::default(); 4];
             // A timeout bounds the effect of anything missed; nothing should be.
             let _ = self.epoll.wait(1000, &mut events);
             let _ = self.wake.read();
             self.switch.workers[self.index].stats.add_wakeup();
         }
-        self.for_each_ready_tx(|q, mem| {
-            let _ = q.disable_notification(mem);
+        for &fd in &kicks {
+            // The fd may have been closed meanwhile (the peer left): then the kernel already
+            // dropped it from the epoll set and this fails harmlessly.
+            let _ = epoll.ctl(ControlOperation::Delete, fd, EpollEvent::default());
+        }
+        self.watched_kicks = kicks;
+        self.for_each_ready_tx(|st, mem| {
+            let _ = st.get_queue_mut().disable_notification(mem);
         });
     }
 
@@ -413,6 +435,28 @@ fn deliver_to(
         }
         // The used ring is not in guest memory: nothing was delivered.
         Err(_) => counters.add_drop(DropReason::BadDescriptor, packets),
+    }
+}
+
+/// Calls `f` on every TX queue in `tx_queues` that is ready and enabled, under its lock.
+fn for_each_ready_tx(
+    topology: &Topology,
+    ports: &mut [PortCache],
+    tx_queues: &[(PortId, u16)],
+    mut f: impl FnMut(&mut VringState<GuestMemAtomic>, &GuestMem),
+) {
+    for &(port, qp) in tx_queues {
+        let Some(att) = attachment(topology, ports, port) else {
+            continue;
+        };
+        let Some(vring) = att.vrings.get(2 * usize::from(qp) + 1) else {
+            continue;
+        };
+        let mem = att.mem.memory();
+        let mut st = vring.get_mut();
+        if st.get_queue().ready() && st.is_enabled() {
+            f(&mut st, &mem);
+        }
     }
 }
 

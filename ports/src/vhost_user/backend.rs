@@ -179,7 +179,7 @@ impl VhostUserBackend for NetBackend {
 
     fn handle_event(
         &self,
-        _device_event: u16,
+        device_event: u16,
         _evset: EventSet,
         vrings: &[Self::Vring],
         _thread_id: usize,
@@ -203,7 +203,9 @@ impl VhostUserBackend for NetBackend {
                 queue_pairs = self.queue_pairs,
                 "port rings ready"
             );
-        } else {
+        } else if device_event % 2 == 1 {
+            // A TX kick (ring 2i+1): frames to forward. RX kicks (new receive buffers) need
+            // no worker: frames are never held back waiting for buffers.
             self.port.ring_doorbell();
         }
         Ok(())

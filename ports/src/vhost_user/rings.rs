@@ -168,8 +168,9 @@ impl<'q, 'm> RingView<'q, 'm> {
         }
     }
 
-    /// Writes the used entries of a burst and publishes them with one used.idx store.
-    /// Returns whether the driver asked to be notified (EVENT_IDX or
+    /// Writes the used entries of a burst and publishes them with one used.idx store; tells
+    /// the driver not to kick (VRING_USED_F_NO_NOTIFY, without EVENT_IDX) since the worker
+    /// is polling. Returns whether the driver asked to be notified (EVENT_IDX or
     /// VRING_AVAIL_F_NO_INTERRUPT).
     pub fn publish_used(&mut self, used: &[(u16, u32)]) -> Result<bool, BrokenUsedRing> {
         match &self.split {
@@ -491,6 +492,10 @@ fn publish_used_general(
     if used.is_empty() {
         return Ok(false);
     }
+    // While the worker polls, kicks only cost the driver a system call and wake a thread.
+    queue
+        .disable_notification(mem)
+        .map_err(|_| BrokenUsedRing)?;
     let size = queue.size();
     if size == 0 {
         return Err(BrokenUsedRing);

@@ -18,6 +18,7 @@ use std::marker::PhantomData;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU16, Ordering};
 
+use virtio_bindings::virtio_ring::VRING_USED_F_NO_NOTIFY;
 use virtio_queue::{Queue, QueueT};
 
 use super::guest_view::GuestView;
@@ -204,6 +205,15 @@ impl<'m> SplitRing<'m> {
         unsafe { std::ptr::copy_nonoverlapping(raw.as_ptr(), self.used.as_ptr().add(off), 8) };
     }
 
+    /// Sets VRING_USED_F_NO_NOTIFY: the driver need not kick while the worker polls.
+    #[inline]
+    pub fn suppress_kicks(&self) {
+        // SAFETY: bytes 0..2 of the used ring (checked in new()), 4-aligned as AtomicU16
+        // requires. Relaxed: the index store that follows (Release) orders it.
+        let v = unsafe { AtomicU16::from_ptr(self.used.as_ptr().cast::<u16>()) };
+        v.store((VRING_USED_F_NO_NOTIFY as u16).to_le(), Ordering::Relaxed);
+    }
+
     /// Publishes the used index. Release: the slots written before are visible first.
     #[inline]
     pub fn set_used_idx(&self, idx: u16) {
@@ -249,12 +259,15 @@ mod tests {
         );
         assert_eq!(ring.table().get(8), None, "past the table");
         ring.put_used(9, 5, 64);
+        ring.suppress_kicks();
         ring.set_used_idx(10);
         let used = vq.used_addr().0;
         let e: [u32; 2] = m.read_obj(GuestAddress(used + 4 + 8)).unwrap();
         assert_eq!(e, [5, 64], "slot 9 is slot 1");
         let idx: u16 = m.read_obj(GuestAddress(used + 2)).unwrap();
         assert_eq!(idx, 10);
+        let flags: u16 = m.read_obj(GuestAddress(used)).unwrap();
+        assert_eq!(flags, VRING_USED_F_NO_NOTIFY as u16);
         m.write_obj(7u16, GuestAddress(vq.avail_addr().0 + 4 + 16))
             .unwrap();
         assert_eq!(ring.used_event(), 7);

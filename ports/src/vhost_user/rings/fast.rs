@@ -326,6 +326,9 @@ pub(super) fn publish_used(
     }
     let old = queue.next_used();
     let mut idx = old;
+    if !queue.event_idx_enabled() {
+        ring.suppress_kicks();
+    }
     for &(head, len) in used {
         if head >= ring.size() {
             // A head the driver never could have offered: there is no slot to give back.

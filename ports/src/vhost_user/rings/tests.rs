@@ -1,5 +1,5 @@
 use super::*;
-use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE, VRING_USED_F_NO_NOTIFY};
 use virtio_queue::desc::{split::Descriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
 use vm_memory::GuestMemoryMmap;
@@ -312,6 +312,11 @@ fn publish_used_writes_entries_then_index_once(fast: bool) {
     let e0: [u32; 2] = m.read_obj(GuestAddress(used + 4)).unwrap();
     let e1: [u32; 2] = m.read_obj(GuestAddress(used + 12)).unwrap();
     assert_eq!((e0, e1), ([3, 100], [5, 0]));
+    let flags: u16 = m.read_obj(GuestAddress(used)).unwrap();
+    assert_eq!(
+        flags, VRING_USED_F_NO_NOTIFY as u16,
+        "kicks suppressed while polling"
+    );
     assert_eq!(q.next_used(), 2);
     // Heads beyond the ring are never written.
     publish_used(&mut q, &m, fast, &[(8, 1)]).unwrap();
