@@ -242,13 +242,8 @@ impl Config {
                     format!("duplicate bridge name {:?}", bridge.name.get_ref()),
                 ));
             }
-            let aging = *bridge.fdb_aging_s.get_ref();
-            if !(1..=1_000_000).contains(&aging) {
-                return Err(invalid(
-                    bridge.fdb_aging_s.span(),
-                    format!("fdb_aging_s must be between 1 and 1000000 seconds, not {aging}"),
-                ));
-            }
+            check_aging(*bridge.fdb_aging_s.get_ref())
+                .map_err(|m| invalid(bridge.fdb_aging_s.span(), m))?;
         }
 
         let mut ports = HashSet::new();
@@ -272,38 +267,52 @@ impl Config {
                 ));
             }
             let socket = port.socket.get_ref();
-            if !socket.is_absolute() {
-                return Err(invalid(
-                    port.socket.span(),
-                    format!("socket path {} must be absolute", socket.display()),
-                ));
-            }
-            // sun_path holds 108 bytes including the terminating NUL.
-            if socket.as_os_str().len() > 107 {
-                return Err(invalid(
-                    port.socket.span(),
-                    format!(
-                        "socket path {} is longer than the 107 bytes a unix socket allows",
-                        socket.display()
-                    ),
-                ));
-            }
+            check_socket_path(socket).map_err(|m| invalid(port.socket.span(), m))?;
             if !sockets.insert(socket.clone()) {
                 return Err(invalid(
                     port.socket.span(),
                     format!("socket {} is used by two ports", socket.display()),
                 ));
             }
-            let queues = *port.queues.get_ref();
-            if queues == 0 || queues > MAX_QUEUE_PAIRS {
-                return Err(invalid(
-                    port.queues.span(),
-                    format!("queues must be between 1 and {MAX_QUEUE_PAIRS}, not {queues}"),
-                ));
-            }
+            check_queues(*port.queues.get_ref()).map_err(|m| invalid(port.queues.span(), m))?;
         }
         Ok(())
     }
+}
+
+/// Checks an FDB ageing time in seconds.
+pub fn check_aging(aging: u64) -> Result<(), String> {
+    if !(1..=1_000_000).contains(&aging) {
+        return Err(format!(
+            "fdb_aging_s must be between 1 and 1000000 seconds, not {aging}"
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a vhost-user socket path: absolute, and short enough for a unix socket address.
+pub fn check_socket_path(socket: &Path) -> Result<(), String> {
+    if !socket.is_absolute() {
+        return Err(format!("socket path {} must be absolute", socket.display()));
+    }
+    // sun_path holds 108 bytes including the terminating NUL.
+    if socket.as_os_str().len() > 107 {
+        return Err(format!(
+            "socket path {} is longer than the 107 bytes a unix socket allows",
+            socket.display()
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a port's number of queue pairs.
+pub fn check_queues(queues: u16) -> Result<(), String> {
+    if queues == 0 || queues > MAX_QUEUE_PAIRS {
+        return Err(format!(
+            "queues must be between 1 and {MAX_QUEUE_PAIRS}, not {queues}"
+        ));
+    }
+    Ok(())
 }
 
 /// Renders a configuration as TOML (e.g. to show the built-in one).
@@ -312,7 +321,12 @@ pub fn to_toml(config: &Config) -> Result<String, toml::ser::Error> {
 }
 
 fn check_name(what: &str, name: &Spanned<String>) -> Result<(), String> {
-    let name = name.get_ref();
+    check_name_str(what, name.get_ref())
+}
+
+/// Checks a bridge or port name: 1 to 64 characters of A-Z a-z 0-9 - _ . (`what` names it in
+/// the message).
+pub fn check_name_str(what: &str, name: &str) -> Result<(), String> {
     let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
     if name.is_empty() || name.len() > 64 || !name.chars().all(ok_char) {
         return Err(format!(

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -90,19 +91,20 @@ fn run() -> anyhow::Result<()> {
         return Ok(());
     }
 
-    let daemon = Daemon::start(&config).context("cannot start vringswitch")?;
+    let daemon = Arc::new(Daemon::start(&config).context("cannot start vringswitch")?);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     let switch = daemon.switch.clone();
+    let api_daemon = daemon.clone();
     let result: anyhow::Result<()> = runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(args.api)
             .await
             .with_context(|| format!("cannot listen on --api {}", args.api))?;
         tracing::info!(api = %args.api, "HTTP endpoint ready");
-        let app = http::router(switch.clone());
+        let app = http::router(api_daemon);
         // Under systemd (Type=notify), say we are up and keep the watchdog fed while the
         // workers are alive. Without $NOTIFY_SOCKET these do nothing.
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);

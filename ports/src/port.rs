@@ -10,9 +10,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
-use vhost_user_backend::VringMutex;
+use vhost_user_backend::{VringMutex, VringT};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_net::VIRTIO_NET_F_MRG_RXBUF;
+use virtio_queue::QueueT;
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -64,6 +65,19 @@ impl Attachment {
     #[inline]
     pub fn mrg_rxbuf(&self) -> bool {
         self.features() & (1 << VIRTIO_NET_F_MRG_RXBUF) != 0
+    }
+
+    /// Number of queue pairs whose two rings are both ready and enabled right now.
+    pub fn active_queue_pairs(&self) -> usize {
+        self.vrings
+            .chunks_exact(2)
+            .filter(|pair| {
+                pair.iter().all(|v| {
+                    let st = v.get_ref();
+                    st.get_queue().ready() && st.is_enabled()
+                })
+            })
+            .count()
     }
 
     /// Number of queue pairs the connection has rings for.
