@@ -46,7 +46,7 @@ cargo build --workspace --all-targets
 
 log "unit tests and test-frontend suite"
 cargo test --workspace --exclude vringswitch-tests
-cargo test -p vringswitch-tests --test switching --test lifecycle --test observability
+cargo test -p vringswitch-tests --test switching --test lifecycle --test observability --test api
 
 log "deploy/ suite: systemd unit, Prometheus, dashboard and rules"
 cargo test -p vringswitch-tests --test deploy -- --test-threads=1

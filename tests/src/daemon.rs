@@ -267,6 +267,23 @@ pub fn http_get(addr: &str, path: &str) -> std::io::Result<String> {
     resp.into_string()
 }
 
+/// Sends `method path` with an optional JSON body; returns the status and the body, for
+/// error statuses too.
+pub fn http_request(addr: &str, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+    let req = ureq::request(method, &format!("http://{addr}{path}"))
+        .timeout(Duration::from_secs(10))
+        .set("Content-Type", "application/json");
+    let result = match body {
+        Some(b) => req.send_string(b),
+        None => req.call(),
+    };
+    match result {
+        Ok(resp) => (resp.status(), resp.into_string().unwrap()),
+        Err(ureq::Error::Status(code, resp)) => (code, resp.into_string().unwrap()),
+        Err(e) => panic!("{method} {path}: {e}"),
+    }
+}
+
 /// A child process killed, with its whole process group if it leads one (spawn it with
 /// `process_group(0)`: under strace the daemon is strace's child and would outlive strace),
 /// when the test ends, failed or not.

@@ -1,0 +1,366 @@
+//! The topology API (/v1/bridges, /v1/ports) against a running daemon: every endpoint, every
+//! error case, and changes made while other ports forward.
+
+use serde_json::{json, Value};
+use vhost::VhostBackend;
+use vringswitch_tests::daemon::http_request;
+use vringswitch_tests::frontend::TestVm;
+use vringswitch_tests::setup::{Setup, T};
+use vringswitch_tests::{frame, mac};
+
+/// Sends a request; returns the status and the body parsed as JSON (Null when empty).
+fn call(s: &Setup, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    let text = body.map(|b| b.to_string());
+    let (status, out) = http_request(&s.daemon.api, method, path, text.as_deref());
+    let v = if out.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{method} {path}: {e}: {out}"))
+    };
+    (status, v)
+}
+
+/// Sends a raw body.
+fn call_raw(s: &Setup, method: &str, path: &str, body: &str) -> (u16, Value) {
+    let (status, out) = http_request(&s.daemon.api, method, path, Some(body));
+    (status, serde_json::from_str(&out).unwrap())
+}
+
+/// Asserts an error response: status, kind, and a detail containing `says`.
+fn assert_error(got: (u16, Value), status: u16, kind: &str, says: &str) {
+    let (code, body) = got;
+    assert_eq!(code, status, "{body}");
+    assert_eq!(body["error"], kind, "{body}");
+    let detail = body["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains(says),
+        "detail {detail:?} should mention {says:?}"
+    );
+}
+
+fn names(list: &Value) -> Vec<String> {
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn bridges_are_created_listed_and_deleted_and_bad_requests_change_nothing() {
+    let s = Setup::new("api-bridges", &[("br0", &["a"])], 1);
+    let (code, list) = call(&s, "GET", "/v1/bridges", None);
+    assert_eq!(code, 200);
+    assert_eq!(
+        list,
+        json!([{"name": "br0", "fdb_aging_s": 300, "ports": ["a"]}])
+    );
+
+    let (code, br1) = call(
+        &s,
+        "POST",
+        "/v1/bridges",
+        Some(json!({"name": "br1", "fdb_aging_s": 60})),
+    );
+    assert_eq!(code, 201, "{br1}");
+    assert_eq!(br1, json!({"name": "br1", "fdb_aging_s": 60, "ports": []}));
+    let (code, got) = call(&s, "GET", "/v1/bridges/br1", None);
+    assert_eq!((code, got), (200, br1));
+    // The default ageing time.
+    let (code, br2) = call(&s, "POST", "/v1/bridges", Some(json!({"name": "br2"})));
+    assert_eq!((code, br2["fdb_aging_s"].clone()), (201, json!(300)));
+
+    assert_error(
+        call(&s, "POST", "/v1/bridges", Some(json!({"name": "br1"}))),
+        409,
+        "conflict",
+        "already exists",
+    );
+    assert_error(
+        call_raw(&s, "POST", "/v1/bridges", "{\"name\": "),
+        400,
+        "bad_request",
+        "request body",
+    );
+    assert_error(
+        call(
+            &s,
+            "POST",
+            "/v1/bridges",
+            Some(json!({"name": "x", "colour": 1})),
+        ),
+        400,
+        "bad_request",
+        "colour",
+    );
+    assert_error(
+        call(&s, "POST", "/v1/bridges", Some(json!({"fdb_aging_s": 1}))),
+        400,
+        "bad_request",
+        "name",
+    );
+    assert_error(
+        call(&s, "POST", "/v1/bridges", Some(json!({"name": "bad name"}))),
+        400,
+        "invalid",
+        "must be 1 to 64 characters",
+    );
+    assert_error(
+        call(
+            &s,
+            "POST",
+            "/v1/bridges",
+            Some(json!({"name": "x", "fdb_aging_s": 0})),
+        ),
+        400,
+        "invalid",
+        "fdb_aging_s",
+    );
+    assert_error(
+        call(
+            &s,
+            "POST",
+            "/v1/bridges",
+            Some(json!({"name": "x", "fdb_aging_s": -1})),
+        ),
+        400,
+        "bad_request",
+        "request body",
+    );
+    assert_error(
+        call(&s, "GET", "/v1/bridges/nope", None),
+        404,
+        "not_found",
+        "no bridge named \"nope\"",
+    );
+    assert_error(
+        call(&s, "DELETE", "/v1/bridges/br0", None),
+        409,
+        "conflict",
+        "still has ports [\"a\"]",
+    );
+    assert_error(
+        call(&s, "GET", "/v1/nothing-here", None),
+        404,
+        "not_found",
+        "no such endpoint",
+    );
+    // None of the refused requests changed anything.
+    let (_, list) = call(&s, "GET", "/v1/bridges", None);
+    assert_eq!(names(&list), ["br0", "br1", "br2"]);
+
+    assert_eq!(call(&s, "DELETE", "/v1/bridges/br1", None).0, 204);
+    assert_error(
+        call(&s, "DELETE", "/v1/bridges/br1", None),
+        404,
+        "not_found",
+        "br1",
+    );
+    let (_, list) = call(&s, "GET", "/v1/bridges", None);
+    assert_eq!(names(&list), ["br0", "br2"]);
+    // The metrics follow: br1's series are gone, br2's are there.
+    let m = s.daemon.metrics();
+    assert!(!m.contains("bridge=\"br1\""));
+    assert!(m.contains("vringswitch_fdb_entries{bridge=\"br2\"}"));
+}
+
+#[test]
+fn ports_are_created_with_live_state_and_deleted_and_bad_requests_change_nothing() {
+    let s = Setup::new("api-ports", &[("br0", &["a"])], 1);
+    let sock = |n: &str| s.dir.path().join(format!("{n}.sock"));
+    let port = |name: &str, bridge: &str, socket: &std::path::Path| {
+        json!({"name": name, "bridge": bridge, "type": "vhost-user",
+               "socket": socket, "mode": "server", "queues": 1})
+    };
+    assert_eq!(
+        call(&s, "POST", "/v1/bridges", Some(json!({"name": "br1"}))).0,
+        201
+    );
+    let (code, c) = call(&s, "POST", "/v1/ports", Some(port("c", "br1", &sock("c"))));
+    assert_eq!(code, 201, "{c}");
+    assert_eq!(c["bridge"], "br1");
+    assert_eq!(c["state"]["connected"], false);
+    assert_eq!(c["state"]["ready"], false);
+    assert_eq!(c["counters"]["rx_packets"], 0);
+    assert!(sock("c").exists(), "the server socket is bound");
+
+    // A VM attaches: the live state says so.
+    let mut vm = TestVm::connect(&sock("c"), mac(3), Default::default());
+    vm.post_rx(TestVm::rx(0), 8, 2048);
+    s.daemon.wait_port_connected("c", true);
+    let (code, c) = call(&s, "GET", "/v1/ports/c", None);
+    assert_eq!(code, 200);
+    assert_eq!(c["state"]["connected"], true);
+    assert_eq!(c["state"]["ready"], true);
+    assert_eq!(c["state"]["queue_pairs_active"], 1);
+    assert!(c["state"]["features"].as_str().unwrap().starts_with("0x"));
+    let (_, b) = call(&s, "GET", "/v1/bridges/br1", None);
+    assert_eq!(b["ports"], json!(["c"]));
+
+    let bad = [
+        (
+            port("c", "br1", &sock("c2")),
+            409,
+            "conflict",
+            "port \"c\" already exists",
+        ),
+        (
+            port("d", "nope", &sock("d")),
+            404,
+            "not_found",
+            "no bridge named \"nope\"",
+        ),
+        (
+            port("d", "br1", &sock("c")),
+            409,
+            "conflict",
+            "already used by port \"c\"",
+        ),
+        (
+            port("d", "br1", std::path::Path::new("rel.sock")),
+            400,
+            "invalid",
+            "must be absolute",
+        ),
+        (
+            port("bad/name", "br1", &sock("d")),
+            400,
+            "invalid",
+            "port name",
+        ),
+        (
+            {
+                let mut p = port("d", "br1", &sock("d"));
+                p["queues"] = json!(0);
+                p
+            },
+            400,
+            "invalid",
+            "queues must be between 1 and 16",
+        ),
+        (
+            {
+                let mut p = port("d", "br1", &sock("d"));
+                p["mode"] = json!("listen");
+                p
+            },
+            400,
+            "bad_request",
+            "listen",
+        ),
+        (
+            {
+                let mut p = port("d", "br1", &sock("d"));
+                p["type"] = json!("tap");
+                p
+            },
+            400,
+            "bad_request",
+            "tap",
+        ),
+        (
+            {
+                let mut p = port("d", "br1", &sock("d"));
+                p["vlan_id"] = json!(5);
+                p
+            },
+            400,
+            "bad_request",
+            "vlan_id",
+        ),
+        (
+            // The parent is a regular file: the socket cannot be bound.
+            port("d", "br1", &s.dir.path().join("vringswitch.toml/d.sock")),
+            422,
+            "port_failed",
+            "port d",
+        ),
+    ];
+    for (body, status, kind, says) in bad {
+        assert_error(
+            call(&s, "POST", "/v1/ports", Some(body)),
+            status,
+            kind,
+            says,
+        );
+    }
+    assert_error(
+        call(&s, "GET", "/v1/ports/d", None),
+        404,
+        "not_found",
+        "no port named \"d\"",
+    );
+    let (_, list) = call(&s, "GET", "/v1/ports", None);
+    assert_eq!(names(&list), ["a", "c"], "refused requests added nothing");
+    assert!(!sock("d").exists());
+
+    assert_eq!(call(&s, "DELETE", "/v1/ports/c", None).0, 204);
+    assert!(
+        !sock("c").exists(),
+        "a removed server port's socket is removed"
+    );
+    assert_error(
+        call(&s, "DELETE", "/v1/ports/c", None),
+        404,
+        "not_found",
+        "no port named \"c\"",
+    );
+    assert!(!s.daemon.metrics().contains("port=\"c\""));
+    // The VM was disconnected: its next message fails.
+    assert!(
+        vm.frontend.get_features().is_err(),
+        "the removed port's frontend is still served"
+    );
+    // The name and the socket can be used again, and the bridge deleted once empty.
+    assert_eq!(
+        call(&s, "POST", "/v1/ports", Some(port("c", "br1", &sock("c")))).0,
+        201
+    );
+    assert_eq!(call(&s, "DELETE", "/v1/ports/c", None).0, 204);
+    assert_eq!(call(&s, "DELETE", "/v1/bridges/br1", None).0, 204);
+}
+
+#[test]
+fn adding_and_removing_ports_loses_no_frame_between_two_others() {
+    let s = Setup::new("api-churn", &[("br0", &["a", "b"])], 1);
+    let (mut a, mut b) = (s.vm("a", 1), s.vm("b", 2));
+    s.wait_connected(&["a", "b"]);
+    // b is learnt, so a's frames are unicast to b.
+    b.send(TestVm::tx(0), &frame(mac(1), mac(2), 60, 0));
+    a.expect_frames(TestVm::rx(0), 1, T);
+    let mut sent = 0u64;
+    for round in 0..10u8 {
+        for i in 0..40u8 {
+            a.send(TestVm::tx(0), &frame(mac(2), mac(1), 100, i));
+            sent += 1;
+        }
+        // While those frames are in flight, change the topology around them.
+        let name = format!("p{round}");
+        let sock = s.dir.path().join(format!("{name}.sock"));
+        let body = json!({"name": name, "bridge": "br0", "type": "vhost-user",
+                          "socket": sock, "mode": "server", "queues": 1});
+        assert_eq!(call(&s, "POST", "/v1/ports", Some(body)).0, 201);
+        if round % 2 == 1 {
+            let prev = format!("p{}", round - 1);
+            assert_eq!(
+                call(&s, "DELETE", &format!("/v1/ports/{prev}"), None).0,
+                204
+            );
+        }
+        let got = b.expect_frames(TestVm::rx(0), 40, T);
+        for (i, r) in got.iter().enumerate() {
+            assert_eq!(
+                r.frame,
+                frame(mac(2), mac(1), 100, i as u8),
+                "round {round}"
+            );
+        }
+        b.post_rx(TestVm::rx(0), 40, 2048);
+        a.wait_tx_done(TestVm::tx(0), T);
+    }
+    assert_eq!(s.counter("rx_packets", "a"), sent);
+    assert_eq!(s.counter("tx_packets", "b"), sent);
+    for reason in ["no_rx_buffer", "port_down", "bad_descriptor"] {
+        assert_eq!(s.drops("a", reason) + s.drops("b", reason), 0, "{reason}");
+    }
+}
