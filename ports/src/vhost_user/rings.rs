@@ -366,6 +366,46 @@ impl Default for RxScratch {
     }
 }
 
+impl RxScratch {
+    /// Every chain popped for this frame goes back to the guest unused (a malformed chain
+    /// cannot be rewound past). Returns the error to report.
+    fn give_back(&self, used: &mut UsedBatch) -> DeliverError {
+        used.extend(self.chains.iter().map(|&(head, _)| (head, 0)));
+        DeliverError {
+            reason: DropReason::BadDescriptor,
+        }
+    }
+
+    /// Why a frame did not fit in the chains available: too big for one chain without
+    /// mergeable buffers, else not enough buffers.
+    fn shortage(&self, mrg_rxbuf: bool) -> DeliverError {
+        let reason = if !mrg_rxbuf && !self.chains.is_empty() {
+            DropReason::TooBig
+        } else {
+            DropReason::NoRxBuffer
+        };
+        DeliverError { reason }
+    }
+
+    /// The virtio-net header of a frame spread over the popped chains.
+    fn header(&self) -> [u8; 12] {
+        let mut hdr = [0u8; 12];
+        let num_buffers = self.chains.len() as u16;
+        hdr[10..12].copy_from_slice(&num_buffers.to_le_bytes());
+        hdr
+    }
+
+    /// Used entries for the chains holding `need` bytes, filled in order.
+    fn complete(&self, need: u64, used: &mut UsedBatch) {
+        let mut left = need;
+        for &(head, cap) in &self.chains {
+            let n = left.min(u64::from(cap));
+            used.push((head, n as u32));
+            left -= n;
+        }
+    }
+}
+
 /// Used-ring entries (head, written length) waiting to be published for one queue.
 pub type UsedBatch = Vec<(u16, u32)>;
 
@@ -429,27 +469,16 @@ fn deliver_general(
         }
     }
     if bad_chain {
-        // A malformed chain cannot be rewound past: give every popped chain back unused.
-        used.extend(scratch.chains.iter().map(|&(head, _)| (head, 0)));
-        return Err(DeliverError {
-            reason: DropReason::BadDescriptor,
-        });
+        return Err(scratch.give_back(used));
     }
     if have < need {
         for _ in 0..scratch.chains.len() {
             queue.go_to_previous_position();
         }
-        let reason = if !mrg_rxbuf && !scratch.chains.is_empty() {
-            DropReason::TooBig
-        } else {
-            DropReason::NoRxBuffer
-        };
-        return Err(DeliverError { reason });
+        return Err(scratch.shortage(mrg_rxbuf));
     }
 
-    let mut hdr = [0u8; 12];
-    let num_buffers = scratch.chains.len() as u16;
-    hdr[10..12].copy_from_slice(&num_buffers.to_le_bytes());
+    let hdr = scratch.header();
     let copied = write_segs(dst_mem, &scratch.segs, &hdr[..hdr_len]).and_then(|()| {
         let mut at = Cursor::default();
         at.advance(&scratch.segs, hdr_len);
@@ -464,17 +493,9 @@ fn deliver_general(
     });
     if copied.is_err() {
         // Memory changed under us (e.g. a region was removed): hand the buffers back empty.
-        used.extend(scratch.chains.iter().map(|&(head, _)| (head, 0)));
-        return Err(DeliverError {
-            reason: DropReason::BadDescriptor,
-        });
+        return Err(scratch.give_back(used));
     }
-    let mut left = need;
-    for &(head, cap) in &scratch.chains {
-        let n = left.min(u64::from(cap));
-        used.push((head, n as u32));
-        left -= n;
-    }
+    scratch.complete(need, used);
     Ok(())
 }
 
