@@ -108,6 +108,17 @@ struct State {
     next_id: PortId,
 }
 
+impl State {
+    /// Names of the ports on `bridge`.
+    fn port_names(&self, bridge: &str) -> Vec<String> {
+        self.ports
+            .values()
+            .filter(|p| p.spec.bridge == bridge)
+            .map(|p| p.spec.name.clone())
+            .collect()
+    }
+}
+
 /// A running switch: engine, workers and ports.
 pub struct Daemon {
     pub switch: Arc<Switch>,
@@ -163,21 +174,12 @@ impl Daemon {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Socket paths of the ports, for messages.
-    pub fn sockets(&self) -> Vec<PathBuf> {
-        self.state()
-            .ports
-            .values()
-            .map(|p| p.spec.socket.clone())
-            .collect()
-    }
-
-    /// The bridges, in creation order.
-    pub fn bridges(&self) -> Vec<BridgeSpec> {
-        self.state()
-            .bridges
+    /// The bridges, in creation order, each with the names of its ports.
+    pub fn bridges(&self) -> Vec<(BridgeSpec, Vec<String>)> {
+        let st = self.state();
+        st.bridges
             .iter()
-            .map(|b| b.spec.clone())
+            .map(|b| (b.spec.clone(), st.port_names(&b.spec.name)))
             .collect()
     }
 
@@ -189,13 +191,7 @@ impl Daemon {
             .iter()
             .find(|b| b.spec.name == name)
             .ok_or_else(|| no_bridge(name))?;
-        let ports = st
-            .ports
-            .values()
-            .filter(|p| p.spec.bridge == name)
-            .map(|p| p.spec.name.clone())
-            .collect();
-        Ok((b.spec.clone(), ports))
+        Ok((b.spec.clone(), st.port_names(name)))
     }
 
     /// The ports, by name, with their handles (for live state).
@@ -240,12 +236,7 @@ impl Daemon {
             .iter()
             .position(|b| b.spec.name == name)
             .ok_or_else(|| no_bridge(name))?;
-        let ports: Vec<&str> = st
-            .ports
-            .values()
-            .filter(|p| p.spec.bridge == name)
-            .map(|p| p.spec.name.as_str())
-            .collect();
+        let ports = st.port_names(name);
         if !ports.is_empty() {
             return Err(ChangeError::Conflict(format!(
                 "bridge {name:?} still has ports {ports:?}: delete or move them first"

@@ -175,11 +175,6 @@ impl Worker {
             .resize_with(self.topology.bridges.len(), FdbCache::default);
     }
 
-    /// Calls `f` on every TX queue of this worker that is ready and enabled, under its lock.
-    fn for_each_ready_tx(&mut self, f: impl FnMut(&mut VringState<GuestMemAtomic>, &GuestMem)) {
-        for_each_ready_tx(&self.topology, &mut self.ports, &self.tx_queues, f);
-    }
-
     /// Sleeps until a kick or a change, unless a queue has work after notifications are
     /// enabled (which closes the race with a driver that added buffers meanwhile).
     ///
@@ -221,9 +216,14 @@ impl Worker {
             let _ = epoll.ctl(ControlOperation::Delete, fd, EpollEvent::default());
         }
         self.watched_kicks = kicks;
-        self.for_each_ready_tx(|st, mem| {
-            let _ = st.get_queue_mut().disable_notification(mem);
-        });
+        for_each_ready_tx(
+            &self.topology,
+            &mut self.ports,
+            &self.tx_queues,
+            |st, mem| {
+                let _ = st.get_queue_mut().disable_notification(mem);
+            },
+        );
     }
 
     /// Moves one burst from TX queue `i`. Returns the number of chains consumed.

@@ -197,6 +197,12 @@ fn ports_are_created_with_live_state_and_deleted_and_bad_requests_change_nothing
     let (_, b) = call(&s, "GET", "/v1/bridges/br1", None);
     assert_eq!(b["ports"], json!(["c"]));
 
+    // Port "d" on br1 with one field replaced.
+    let d_with = |field: &str, value: Value| {
+        let mut p = port("d", "br1", &sock("d"));
+        p[field] = value;
+        p
+    };
     let bad = [
         (
             port("c", "br1", &sock("c2")),
@@ -229,45 +235,19 @@ fn ports_are_created_with_live_state_and_deleted_and_bad_requests_change_nothing
             "port name",
         ),
         (
-            {
-                let mut p = port("d", "br1", &sock("d"));
-                p["queues"] = json!(0);
-                p
-            },
+            d_with("queues", json!(0)),
             400,
             "invalid",
             "queues must be between 1 and 16",
         ),
         (
-            {
-                let mut p = port("d", "br1", &sock("d"));
-                p["mode"] = json!("listen");
-                p
-            },
+            d_with("mode", json!("listen")),
             400,
             "bad_request",
             "listen",
         ),
-        (
-            {
-                let mut p = port("d", "br1", &sock("d"));
-                p["type"] = json!("tap");
-                p
-            },
-            400,
-            "bad_request",
-            "tap",
-        ),
-        (
-            {
-                let mut p = port("d", "br1", &sock("d"));
-                p["vlan_id"] = json!(5);
-                p
-            },
-            400,
-            "bad_request",
-            "vlan_id",
-        ),
+        (d_with("type", json!("tap")), 400, "bad_request", "tap"),
+        (d_with("vlan_id", json!(5)), 400, "bad_request", "vlan_id"),
         (
             // The parent is a regular file: the socket cannot be bound.
             port("d", "br1", &s.dir.path().join("vringswitch.toml/d.sock")),
