@@ -23,7 +23,7 @@ use vmm_sys_util::eventfd::EventFd;
 use vringswitch_ports::port::{GuestMem, GuestMemAtomic};
 use vringswitch_ports::vhost_user::guest_view::GuestView;
 use vringswitch_ports::vhost_user::rings::{
-    PopTx, RingView, RxScratch, Seg, TxFrame, UsedBatch, MAX_TX_SEGS,
+    FrameEdit, PopTx, RingView, RxScratch, Seg, TxFrame, UsedBatch, MAX_TX_SEGS,
 };
 use vringswitch_ports::{Attachment, DropReason, PortId};
 

@@ -37,6 +37,10 @@ pub const MAX_TX_SEGS: usize = 64;
 pub const MAX_RX_CHAINS: usize = 64;
 /// Most writable segments over all RX chains of one frame.
 pub const MAX_RX_SEGS: usize = 256;
+/// Longest virtio-net header (with `num_buffers`).
+pub const VNET_HDR_MAX: usize = 12;
+/// Longest run of host bytes written before a frame's copied part: header and edit prefix.
+const HEAD_MAX: usize = VNET_HDR_MAX + FrameEdit::MAX_PREFIX;
 /// Bytes of the frame copied to the stack for the forwarding decision.
 pub const PEEK_LEN: usize = 18;
 
@@ -45,6 +49,42 @@ pub const PEEK_LEN: usize = 18;
 pub struct Seg {
     pub addr: u64,
     pub len: u32,
+}
+
+/// How a frame is changed on its way out, without a second copy: the first `skip` bytes of
+/// the source frame are replaced by `prefix[..prefix_len]` (from the host), the rest is
+/// copied from the source VM as usual. Used to add, remove or rewrite an 802.1Q tag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameEdit {
+    pub prefix: [u8; FrameEdit::MAX_PREFIX],
+    pub prefix_len: u8,
+    pub skip: u8,
+}
+
+impl FrameEdit {
+    /// Longest prefix: two MAC addresses and one 802.1Q tag.
+    pub const MAX_PREFIX: usize = 16;
+    /// The frame as it is.
+    pub const NONE: FrameEdit = FrameEdit {
+        prefix: [0; FrameEdit::MAX_PREFIX],
+        prefix_len: 0,
+        skip: 0,
+    };
+
+    /// Length of a `frame_len`-byte source frame after the edit, or `None` if the frame is
+    /// shorter than the bytes the edit replaces.
+    #[inline]
+    pub fn out_len(&self, frame_len: u32) -> Option<u32> {
+        frame_len
+            .checked_sub(u32::from(self.skip))
+            .map(|n| n + u32::from(self.prefix_len.min(Self::MAX_PREFIX as u8)))
+    }
+
+    /// The host bytes written before the copied rest.
+    #[inline]
+    pub fn prefix(&self) -> &[u8] {
+        &self.prefix[..usize::from(self.prefix_len).min(Self::MAX_PREFIX)]
+    }
 }
 
 /// A frame popped from a TX queue. Its segments (header excluded) live in the caller's
@@ -125,8 +165,8 @@ impl<'q, 'm> RingView<'q, 'm> {
         }
     }
 
-    /// Copies one frame, `frame_len` bytes in `src_segs` of the VM seen by `src`, into this
-    /// RX queue. The chains used are appended to `used` (published later by
+    /// Copies one frame, `frame_len` bytes in `src_segs` of the VM seen by `src`, changed
+    /// by `edit`, into this RX queue. The chains used are appended to `used` (published later by
     /// [`Self::publish_used`]); on a shortage nothing is consumed.
     #[allow(clippy::too_many_arguments)]
     #[inline]
@@ -137,6 +177,7 @@ impl<'q, 'm> RingView<'q, 'm> {
         src: &mut GuestView<'_>,
         src_segs: &[Seg],
         frame_len: u32,
+        edit: &FrameEdit,
         scratch: &mut RxScratch,
         used: &mut UsedBatch,
     ) -> Result<(), DeliverError> {
@@ -151,6 +192,7 @@ impl<'q, 'm> RingView<'q, 'm> {
                 src,
                 src_segs,
                 frame_len,
+                edit,
                 scratch,
                 used,
             ),
@@ -162,6 +204,7 @@ impl<'q, 'm> RingView<'q, 'm> {
                 src.mem(),
                 src_segs,
                 frame_len,
+                edit,
                 scratch,
                 used,
             ),
@@ -311,12 +354,13 @@ impl Cursor {
 fn copy_between(
     src_mem: &GuestMem,
     src: &[Seg],
+    src_at: Cursor,
     dst_mem: &GuestMem,
     dst: &[Seg],
     dst_at: Cursor,
     mut len: usize,
 ) -> Result<(), ()> {
-    let mut s = Cursor::default();
+    let mut s = src_at;
     let mut d = dst_at;
     // Each step consumes at least one byte, or fails: bounded by `len`.
     while len > 0 {
@@ -387,12 +431,17 @@ impl RxScratch {
         DeliverError { reason }
     }
 
-    /// The virtio-net header of a frame spread over the popped chains.
-    fn header(&self) -> [u8; 12] {
-        let mut hdr = [0u8; 12];
+    /// What is written before the copied part of a frame spread over the popped chains:
+    /// the first `hdr_len` bytes of its virtio-net header, then the edit's prefix. Returns
+    /// the bytes and how many of them to write.
+    fn header(&self, hdr_len: usize, edit: &FrameEdit) -> ([u8; HEAD_MAX], usize) {
+        let mut head = [0u8; HEAD_MAX];
         let num_buffers = self.chains.len() as u16;
-        hdr[10..12].copy_from_slice(&num_buffers.to_le_bytes());
-        hdr
+        head[10..12].copy_from_slice(&num_buffers.to_le_bytes());
+        let hdr_len = hdr_len.min(VNET_HDR_MAX);
+        let prefix = edit.prefix();
+        head[hdr_len..hdr_len + prefix.len()].copy_from_slice(prefix);
+        (head, hdr_len + prefix.len())
     }
 
     /// Used entries for the chains holding `need` bytes, filled in order.
@@ -425,12 +474,18 @@ fn deliver_general(
     src_mem: &GuestMem,
     src_segs: &[Seg],
     frame_len: u32,
+    edit: &FrameEdit,
     scratch: &mut RxScratch,
     used: &mut UsedBatch,
 ) -> Result<(), DeliverError> {
     scratch.segs.clear();
     scratch.chains.clear();
-    let need = hdr_len as u64 + u64::from(frame_len);
+    let Some(out_len) = edit.out_len(frame_len) else {
+        return Err(DeliverError {
+            reason: DropReason::BadDescriptor,
+        });
+    };
+    let need = hdr_len as u64 + u64::from(out_len);
     let mut have: u64 = 0;
     let mut bad_chain = false;
     // Bounded by MAX_RX_CHAINS and by the ring (pop fails once the ring is empty).
@@ -478,17 +533,20 @@ fn deliver_general(
         return Err(scratch.shortage(mrg_rxbuf));
     }
 
-    let hdr = scratch.header();
-    let copied = write_segs(dst_mem, &scratch.segs, &hdr[..hdr_len]).and_then(|()| {
+    let (head, head_len) = scratch.header(hdr_len, edit);
+    let copied = write_segs(dst_mem, &scratch.segs, &head[..head_len]).and_then(|()| {
         let mut at = Cursor::default();
-        at.advance(&scratch.segs, hdr_len);
+        at.advance(&scratch.segs, head_len);
+        let mut from = Cursor::default();
+        from.advance(src_segs, usize::from(edit.skip));
         copy_between(
             src_mem,
             src_segs,
+            from,
             dst_mem,
             &scratch.segs,
             at,
-            frame_len as usize,
+            (frame_len - u32::from(edit.skip)) as usize,
         )
     });
     if copied.is_err() {

@@ -12,7 +12,7 @@ use virtio_bindings::virtio_ring::{
 use virtio_queue::{Queue, QueueT};
 
 use super::{
-    BrokenUsedRing, DeliverError, PopTx, RxScratch, Seg, TxFrame, UsedBatch, MAX_FRAME_LEN,
+    BrokenUsedRing, DeliverError, FrameEdit, PopTx, RxScratch, Seg, TxFrame, UsedBatch, MAX_FRAME_LEN,
     MAX_RX_CHAINS, MAX_RX_SEGS, MAX_TX_SEGS, MIN_FRAME_LEN, PEEK_LEN,
 };
 use crate::counters::DropReason;
@@ -173,12 +173,18 @@ pub(super) fn deliver<'m>(
     src: &mut GuestView<'_>,
     src_segs: &[Seg],
     frame_len: u32,
+    edit: &FrameEdit,
     scratch: &mut RxScratch,
     used: &mut UsedBatch,
 ) -> Result<(), DeliverError> {
     scratch.segs.clear();
     scratch.chains.clear();
-    let need = hdr_len as u64 + u64::from(frame_len);
+    let Some(out_len) = edit.out_len(frame_len) else {
+        return Err(DeliverError {
+            reason: DropReason::BadDescriptor,
+        });
+    };
+    let need = hdr_len as u64 + u64::from(out_len);
     let mut have: u64 = 0;
     let mut bad_chain = false;
     let mut next = queue.next_avail();
@@ -237,16 +243,15 @@ pub(super) fn deliver<'m>(
     }
     queue.set_next_avail(next);
 
-    let mut hdr = [0u8; 12];
-    let num_buffers = scratch.chains.len() as u16;
-    hdr[10..12].copy_from_slice(&num_buffers.to_le_bytes());
+    let (head, head_len) = scratch.header(hdr_len, edit);
     if !write_then_copy(
         view,
         &scratch.segs,
-        &hdr[..hdr_len],
+        &head[..head_len],
         src,
         src_segs,
-        frame_len,
+        edit.skip.into(),
+        frame_len - u32::from(edit.skip),
     ) {
         // Cannot happen with the ranges checked above; hand the buffers back empty.
         used.extend(scratch.chains.iter().map(|&(head, _)| (head, 0)));
@@ -254,23 +259,20 @@ pub(super) fn deliver<'m>(
             reason: DropReason::BadDescriptor,
         });
     }
-    let mut left = need;
-    for &(head, cap) in &scratch.chains {
-        let n = left.min(u64::from(cap));
-        used.push((head, n as u32));
-        left -= n;
-    }
+    scratch.complete(need, used);
     Ok(())
 }
 
-/// Fills the destination segments with `hdr`, then with `len` bytes of the source
-/// segments: at most one memmove per (source piece, destination piece) pair.
+/// Fills the destination segments with `hdr`, then with `len` bytes of the source segments
+/// from their first `skip` bytes on: at most one memmove per (source piece, destination
+/// piece) pair.
 fn write_then_copy(
     dst: &mut GuestView<'_>,
     dst_segs: &[Seg],
     hdr: &[u8],
     src: &mut GuestView<'_>,
     src_segs: &[Seg],
+    mut skip: usize,
     len: u32,
 ) -> bool {
     let mut d = dst_segs.iter();
@@ -297,6 +299,9 @@ fn write_then_copy(
         if s_left == 0 {
             let Some(x) = s.next() else { return false };
             (s_addr, s_left) = (x.addr, x.len as usize);
+            // Bytes the edit replaces (at most a few, in the first segments).
+            let k = skip.min(s_left);
+            (s_addr, s_left, skip) = (s_addr + k as u64, s_left - k, skip - k);
             continue;
         }
         if d_left == 0 {

@@ -187,12 +187,27 @@ fn deliver_frame(
     len: u32,
     used: &mut UsedBatch,
 ) -> Result<(), DeliverError> {
+    deliver_edited(q, m, fast, mrg_rxbuf, src, len, &FrameEdit::NONE, used)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn deliver_edited(
+    q: &mut Queue,
+    m: &GuestMem,
+    fast: bool,
+    mrg_rxbuf: bool,
+    src: &[Seg],
+    len: u32,
+    edit: &FrameEdit,
+    used: &mut UsedBatch,
+) -> Result<(), DeliverError> {
     ring(q, m, fast).deliver(
         12,
         mrg_rxbuf,
         &mut GuestView::new(m),
         src,
         len,
+        edit,
         &mut RxScratch::default(),
         used,
     )
@@ -300,6 +315,65 @@ fn rx_writes_nothing_past_the_frame(fast: bool) {
     assert_eq!(after, [0xAA; 64]);
 }
 
+/// An edit whose prefix and skipped bytes straddle source and destination segments: the
+/// destination gets exactly prefix + source[skip..], spread over small buffers.
+fn edits_replace_the_head_of_the_frame(fast: bool) {
+    let m = mem();
+    let f = frame(100);
+    let at = BUF + 0x8_0000;
+    m.write_slice(&f, GuestAddress(at)).unwrap();
+    // Source in two pieces, split inside the bytes the edits replace.
+    let src = [Seg { addr: at, len: 10 }, Seg { addr: at + 10, len: 90 }];
+    let mut tag = [0u8; FrameEdit::MAX_PREFIX];
+    tag[..12].copy_from_slice(&f[..12]);
+    tag[12..].copy_from_slice(&[0x81, 0x00, 0x00, 0x05]);
+    let insert = FrameEdit {
+        prefix: tag,
+        prefix_len: 16,
+        skip: 12,
+    };
+    let strip = FrameEdit {
+        prefix: tag,
+        prefix_len: 12,
+        skip: 16,
+    };
+    let cases: [(&FrameEdit, Vec<u8>); 3] = [
+        (&FrameEdit::NONE, f.clone()),
+        (&insert, [&tag[..], &f[12..]].concat()),
+        (&strip, [&f[..12], &f[16..]].concat()),
+    ];
+    for (edit, want) in cases {
+        assert_eq!(edit.out_len(100), Some(want.len() as u32));
+        let vq = MockSplitQueue::new(&m, 16);
+        for i in 0..16u16 {
+            offer(&vq, i, &[desc(BUF + u64::from(i) * 0x100, 20, true)]);
+        }
+        let mut q: Queue = vq.create_queue().unwrap();
+        let mut used = Vec::new();
+        deliver_edited(&mut q, &m, fast, true, &src, 100, edit, &mut used).unwrap();
+        let total = 12 + want.len();
+        assert_eq!(used.iter().map(|u| u.1 as usize).sum::<usize>(), total);
+        let mut got = Vec::new();
+        for &(head, n) in &used {
+            let mut b = vec![0u8; n as usize];
+            m.read_slice(&mut b, GuestAddress(BUF + u64::from(head) * 0x100))
+                .unwrap();
+            got.extend(b);
+        }
+        assert_eq!(got[12..], want[..]);
+    }
+    // An edit that replaces more than the frame holds is refused, consuming nothing.
+    assert_eq!(strip.out_len(15), None);
+    let vq = MockSplitQueue::new(&m, 16);
+    offer(&vq, 0, &[desc(BUF, 2048, true)]);
+    let mut q: Queue = vq.create_queue().unwrap();
+    let mut used = Vec::new();
+    let e = deliver_edited(&mut q, &m, fast, true, &src[..1], 10, &strip, &mut used).unwrap_err();
+    assert_eq!(e.reason, DropReason::BadDescriptor);
+    assert!(used.is_empty());
+    assert_eq!(q.next_avail(), 0);
+}
+
 fn publish_used_writes_entries_then_index_once(fast: bool) {
     let m = mem();
     let vq = MockSplitQueue::new(&m, 8);
@@ -377,6 +451,7 @@ on_both_paths!(
     without_mergeable_buffers_one_chain_must_hold_the_frame,
     read_only_rx_chain_is_returned_unused,
     rx_writes_nothing_past_the_frame,
+    edits_replace_the_head_of_the_frame,
     publish_used_writes_entries_then_index_once,
     publish_used_honours_event_idx_and_no_interrupt
 );
