@@ -131,6 +131,51 @@ pub struct PortConfig {
     /// Maximum queue pairs accepted from the frontend.
     #[serde(default = "default_queue_pairs")]
     pub queues: Spanned<u16>,
+    /// VLAN membership; without it the port carries every VLAN as it comes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vlan: Option<Spanned<VlanConfig>>,
+}
+
+/// A port's VLAN setting.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(tag = "mode", rename_all = "lowercase", deny_unknown_fields)]
+pub enum VlanConfig {
+    /// Untagged frames enter VLAN `tag`; frames leave untagged; tagged frames are refused.
+    Access { tag: u16 },
+    /// Frames tagged with one of `tags` enter and leave tagged; others are refused.
+    Trunk { tags: Vec<u16> },
+}
+
+/// Highest VLAN id a port may name (4095 is reserved).
+pub const MAX_VLAN_ID: u16 = 4094;
+
+/// Checks a VLAN setting: ids from 1 to 4094, a trunk with at least one, none twice.
+pub fn check_vlan(vlan: &VlanConfig) -> Result<(), String> {
+    let check = |v: u16| {
+        if (1..=MAX_VLAN_ID).contains(&v) {
+            Ok(())
+        } else {
+            Err(format!(
+                "VLAN id {v} is out of range: use 1 to {MAX_VLAN_ID}"
+            ))
+        }
+    };
+    match vlan {
+        VlanConfig::Access { tag } => check(*tag),
+        VlanConfig::Trunk { tags } => {
+            if tags.is_empty() {
+                return Err("a trunk must carry at least one VLAN (tags = [..])".into());
+            }
+            let mut seen = HashSet::new();
+            for &v in tags {
+                check(v)?;
+                if !seen.insert(v) {
+                    return Err(format!("VLAN {v} is listed twice in tags"));
+                }
+            }
+            Ok(())
+        }
+    }
 }
 
 fn default_cores() -> Spanned<Vec<usize>> {
@@ -167,6 +212,7 @@ impl Config {
             socket: Spanned::new(0..0, socket_dir.join(format!("{name}.sock"))),
             mode: SocketMode::Server,
             queues: default_queue_pairs(),
+            vlan: None,
         };
         Config {
             dataplane: DataplaneConfig::default(),
@@ -275,6 +321,9 @@ impl Config {
                 ));
             }
             check_queues(*port.queues.get_ref()).map_err(|m| invalid(port.queues.span(), m))?;
+            if let Some(vlan) = &port.vlan {
+                check_vlan(vlan.get_ref()).map_err(|m| invalid(vlan.span(), m))?;
+            }
         }
         Ok(())
     }
@@ -428,6 +477,64 @@ queues = 2
         let e = err("[[bridges]]\nname = \"br0\"\ncolour = \"red\"\n");
         assert!(e.contains("line 3"), "{e}");
         assert!(e.contains("unknown field `colour`"), "{e}");
+    }
+
+    #[test]
+    fn vlans_parse_and_are_checked() {
+        let with = |vlan: &str| GOOD.replace("queues = 2", &format!("queues = 2\nvlan = {vlan}"));
+        let c = Config::parse(&with(r#"{ mode = "access", tag = 10 }"#), Path::new("t")).unwrap();
+        assert_eq!(
+            c.ports[1].vlan.as_ref().map(|v| v.get_ref().clone()),
+            Some(VlanConfig::Access { tag: 10 })
+        );
+        assert_eq!(c.ports[0].vlan, None);
+        let c = Config::parse(
+            &with(r#"{ mode = "trunk", tags = [10, 20] }"#),
+            Path::new("t"),
+        )
+        .unwrap();
+        assert_eq!(
+            c.ports[1].vlan.as_ref().map(|v| v.get_ref().clone()),
+            Some(VlanConfig::Trunk { tags: vec![10, 20] })
+        );
+        for (vlan, message) in [
+            (
+                r#"{ mode = "access", tag = 0 }"#,
+                "VLAN id 0 is out of range",
+            ),
+            (
+                r#"{ mode = "access", tag = 4095 }"#,
+                "VLAN id 4095 is out of range",
+            ),
+            (r#"{ mode = "trunk", tags = [] }"#, "at least one VLAN"),
+            (
+                r#"{ mode = "trunk", tags = [5, 5] }"#,
+                "VLAN 5 is listed twice",
+            ),
+            (
+                r#"{ mode = "trunk", tags = [1, 5000] }"#,
+                "VLAN id 5000 is out of range",
+            ),
+            (
+                r#"{ mode = "hybrid", tag = 1 }"#,
+                "unknown variant `hybrid`",
+            ),
+            (
+                r#"{ mode = "access", tag = 1, tags = [2] }"#,
+                "unknown field `tags`",
+            ),
+            (r#"{ mode = "access", tag = 70000 }"#, "line 26"),
+        ] {
+            let e = err(&with(vlan));
+            assert!(e.contains(message), "{vlan}: {e}");
+        }
+        // The rendering round-trips.
+        let c = Config::parse(&with(r#"{ mode = "access", tag = 10 }"#), Path::new("t")).unwrap();
+        let again = Config::parse(&to_toml(&c).unwrap(), Path::new("t")).unwrap();
+        assert_eq!(
+            again.ports[1].vlan.as_ref().map(|v| v.get_ref().clone()),
+            Some(VlanConfig::Access { tag: 10 })
+        );
     }
 
     #[test]

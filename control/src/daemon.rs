@@ -7,19 +7,22 @@
 //! ids, caches and frames), and port threads are started or stopped. Port ids are never
 //! reused, so a stale id in a worker's cache can never name another port.
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+pub use vringswitch_config::VlanConfig;
 use vringswitch_config::{Config, SocketMode};
 use vringswitch_ports::vhost_user::connection::SocketMode as PortMode;
 use vringswitch_ports::vhost_user::{VhostUserError, VhostUserPort, VhostUserPortConfig};
 use vringswitch_ports::{PortHandle, PortId};
 use vringswitch_switch::affinity::keep_off_cores;
-use vringswitch_switch::fdb::Fdb;
+use vringswitch_switch::ethernet::MacAddr;
+use vringswitch_switch::fdb::{fdb_key, split_key, Fdb};
+use vringswitch_switch::vlan::{VlanPolicy, UNTAGGED_VLAN};
 use vringswitch_switch::{BridgeRt, PortRt, Switch, SwitchConfig, SwitchError, Topology};
 
 /// Errors from starting the daemon.
@@ -29,6 +32,8 @@ pub enum DaemonError {
     Switch(#[from] SwitchError),
     #[error(transparent)]
     Change(#[from] ChangeError),
+    #[error("state file {path}: {message}; fix or remove it to start from the configuration file")]
+    State { path: PathBuf, message: String },
 }
 
 /// Why a topology change was refused. Nothing was changed.
@@ -50,6 +55,9 @@ pub enum ChangeError {
         #[source]
         source: VhostUserError,
     },
+    /// The change was made but could not be written to the state file.
+    #[error("the change is in effect but was not saved: {0}")]
+    NotSaved(String),
 }
 
 /// A bridge as configured.
@@ -84,6 +92,83 @@ pub struct PortSpec {
     pub mode: SocketMode,
     #[serde(default = "default_queues")]
     pub queues: u16,
+    /// VLAN membership; none: every VLAN as it comes, untagged frames in VLAN 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vlan: Option<VlanConfig>,
+}
+
+/// A change to a port (`PATCH`): fields left out stay as they are; `"vlan": null` removes
+/// the VLAN setting.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortPatch {
+    #[serde(default)]
+    pub bridge: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    pub vlan: Option<Option<VlanConfig>>,
+}
+
+/// Tells a field given as `null` (Some(None)) from one left out (None).
+fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
+}
+
+/// A static FDB entry as requested: `vlan` defaults to the port's untagged VLAN.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticMacRequest {
+    pub mac: String,
+    pub port: String,
+    #[serde(default)]
+    pub vlan: Option<u16>,
+}
+
+/// A static FDB entry as kept and saved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticMac {
+    pub bridge: String,
+    pub mac: String,
+    pub vlan: u16,
+    pub port: String,
+}
+
+/// One FDB entry as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FdbEntryView {
+    pub mac: String,
+    pub vlan: u16,
+    pub port: String,
+    /// Seconds since last seen; none for static entries, which never age.
+    pub age_s: Option<u64>,
+    #[serde(rename = "static")]
+    pub is_static: bool,
+}
+
+/// What the state file holds: the whole topology as built by the config file and the API.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SavedState {
+    pub version: u32,
+    pub bridges: Vec<BridgeSpec>,
+    pub ports: Vec<PortSpec>,
+    #[serde(default)]
+    pub static_macs: Vec<StaticMac>,
+}
+
+const STATE_VERSION: u32 = 1;
+
+/// Where the daemon keeps things.
+#[derive(Debug, Clone, Default)]
+pub struct DaemonOptions {
+    /// The state file: every accepted change is written there, and a start restores it.
+    pub state_file: Option<PathBuf>,
+    /// Sockets of ports created over the API must lie in this directory.
+    pub socket_dir: Option<PathBuf>,
 }
 
 fn default_queues() -> u16 {
@@ -93,6 +178,8 @@ fn default_queues() -> u16 {
 struct BridgeEntry {
     spec: BridgeSpec,
     fdb: Arc<Fdb>,
+    /// Static entries: FDB key -> port name.
+    statics: BTreeMap<u64, String>,
 }
 
 struct PortEntry {
@@ -117,6 +204,46 @@ impl State {
             .map(|p| p.spec.name.clone())
             .collect()
     }
+
+    fn bridge(&self, name: &str) -> Result<&BridgeEntry, ChangeError> {
+        self.bridges
+            .iter()
+            .find(|b| b.spec.name == name)
+            .ok_or_else(|| no_bridge(name))
+    }
+
+    /// What the state file records.
+    fn saved(&self) -> SavedState {
+        SavedState {
+            version: STATE_VERSION,
+            bridges: self.bridges.iter().map(|b| b.spec.clone()).collect(),
+            ports: self.ports.values().map(|p| p.spec.clone()).collect(),
+            static_macs: self
+                .bridges
+                .iter()
+                .flat_map(|b| {
+                    b.statics.iter().map(|(&key, port)| {
+                        let (mac, vlan) = split_key(key);
+                        StaticMac {
+                            bridge: b.spec.name.clone(),
+                            mac: mac.to_string(),
+                            vlan,
+                            port: port.clone(),
+                        }
+                    })
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The VLAN policy the workers apply for a port's setting.
+fn policy(vlan: Option<&VlanConfig>) -> VlanPolicy {
+    match vlan {
+        None => VlanPolicy::transparent(),
+        Some(VlanConfig::Access { tag }) => VlanPolicy::access(*tag),
+        Some(VlanConfig::Trunk { tags }) => VlanPolicy::trunk(tags),
+    }
 }
 
 /// A running switch: engine, workers and ports.
@@ -124,11 +251,17 @@ pub struct Daemon {
     pub switch: Arc<Switch>,
     state: Mutex<State>,
     workers: Mutex<Vec<JoinHandle<()>>>,
+    options: DaemonOptions,
 }
 
 impl Daemon {
-    /// Starts workers and ports as `config` describes.
-    pub fn start(config: &Config) -> Result<Daemon, DaemonError> {
+    /// Starts workers, then bridges and ports: from the state file if there is one, else
+    /// as `config` describes (and the state file is written from it).
+    pub fn start(config: &Config, options: DaemonOptions) -> Result<Daemon, DaemonError> {
+        let saved = match &options.state_file {
+            Some(path) => load_state(path)?,
+            None => None,
+        };
         let switch = Switch::new(&SwitchConfig {
             cores: config.dataplane.cores.get_ref().clone(),
             burst: *config.dataplane.burst.get_ref(),
@@ -148,24 +281,82 @@ impl Daemon {
             switch,
             state: Mutex::new(State::default()),
             workers: Mutex::new(workers),
+            options,
         };
-        for b in &config.bridges {
-            daemon.add_bridge(BridgeSpec {
-                name: b.name.get_ref().clone(),
-                fdb_aging_s: *b.fdb_aging_s.get_ref(),
-            })?;
+        let from_state = saved.is_some();
+        let saved = saved.unwrap_or_else(|| SavedState {
+            version: STATE_VERSION,
+            bridges: config
+                .bridges
+                .iter()
+                .map(|b| BridgeSpec {
+                    name: b.name.get_ref().clone(),
+                    fdb_aging_s: *b.fdb_aging_s.get_ref(),
+                })
+                .collect(),
+            ports: config
+                .ports
+                .iter()
+                .map(|p| PortSpec {
+                    name: p.name.get_ref().clone(),
+                    bridge: p.bridge.get_ref().clone(),
+                    kind: PortKind::VhostUser,
+                    socket: p.socket.get_ref().clone(),
+                    mode: p.mode,
+                    queues: *p.queues.get_ref(),
+                    vlan: p.vlan.as_ref().map(|v| v.get_ref().clone()),
+                })
+                .collect(),
+            static_macs: Vec::new(),
+        });
+        if let Err(e) = daemon.restore(saved) {
+            daemon.stop();
+            return Err(match (&daemon.options.state_file, from_state) {
+                (Some(path), true) => DaemonError::State {
+                    path: path.clone(),
+                    message: e.to_string(),
+                },
+                _ => e.into(),
+            });
         }
-        for p in &config.ports {
-            daemon.add_port(PortSpec {
-                name: p.name.get_ref().clone(),
-                bridge: p.bridge.get_ref().clone(),
-                kind: PortKind::VhostUser,
-                socket: p.socket.get_ref().clone(),
-                mode: p.mode,
-                queues: *p.queues.get_ref(),
-            })?;
+        if let Some(path) = &daemon.options.state_file {
+            tracing::info!(state = %path.display(), restored = from_state, "topology state file");
         }
         Ok(daemon)
+    }
+
+    /// Builds the topology of `saved` (into an empty daemon), then saves it.
+    fn restore(&self, saved: SavedState) -> Result<(), ChangeError> {
+        for b in saved.bridges {
+            self.add_bridge(b)?;
+        }
+        for p in saved.ports {
+            self.apply_add_port(p)?;
+        }
+        for m in saved.static_macs {
+            let bridge = m.bridge.clone();
+            self.apply_static_mac(
+                &bridge,
+                StaticMacRequest {
+                    mac: m.mac,
+                    port: m.port,
+                    vlan: Some(m.vlan),
+                },
+            )?;
+        }
+        self.save(&self.state())
+    }
+
+    /// Writes the state file, if there is one: temporary file, fsync, rename, fsync of the
+    /// directory. A crash leaves the old file or the new one, never a mix.
+    fn save(&self, st: &State) -> Result<(), ChangeError> {
+        let Some(path) = &self.options.state_file else {
+            return Ok(());
+        };
+        write_atomically(path, &st.saved()).map_err(|e| {
+            tracing::error!(state = %path.display(), error = %e, "cannot save the state file");
+            ChangeError::NotSaved(format!("state file {}: {e}", path.display()))
+        })
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -186,11 +377,7 @@ impl Daemon {
     /// One bridge and the names of its ports.
     pub fn bridge(&self, name: &str) -> Result<(BridgeSpec, Vec<String>), ChangeError> {
         let st = self.state();
-        let b = st
-            .bridges
-            .iter()
-            .find(|b| b.spec.name == name)
-            .ok_or_else(|| no_bridge(name))?;
+        let b = st.bridge(name)?;
         Ok((b.spec.clone(), st.port_names(name)))
     }
 
@@ -223,9 +410,13 @@ impl Daemon {
         }
         let fdb = Arc::new(Fdb::new(spec.fdb_aging_s));
         tracing::info!(bridge = %spec.name, fdb_aging_s = spec.fdb_aging_s, "bridge added");
-        st.bridges.push(BridgeEntry { spec, fdb });
+        st.bridges.push(BridgeEntry {
+            spec,
+            fdb,
+            statics: BTreeMap::new(),
+        });
         self.publish(&st);
-        Ok(())
+        self.save(&st)
     }
 
     /// Deletes a bridge that has no ports.
@@ -245,14 +436,26 @@ impl Daemon {
         st.bridges.remove(i);
         self.publish(&st);
         tracing::info!(bridge = %name, "bridge removed");
-        Ok(())
+        self.save(&st)
+    }
+
+    /// Creates a port asked for over the API: its socket must lie in the socket directory.
+    pub fn add_port(&self, spec: PortSpec) -> Result<(), ChangeError> {
+        if let Some(dir) = &self.options.socket_dir {
+            check_inside(&spec.socket, dir)?;
+        }
+        self.apply_add_port(spec)?;
+        self.save(&self.state())
     }
 
     /// Creates a port and starts serving its socket.
-    pub fn add_port(&self, spec: PortSpec) -> Result<(), ChangeError> {
+    fn apply_add_port(&self, spec: PortSpec) -> Result<(), ChangeError> {
         vringswitch_config::check_name_str("port", &spec.name).map_err(ChangeError::Invalid)?;
         vringswitch_config::check_socket_path(&spec.socket).map_err(ChangeError::Invalid)?;
         vringswitch_config::check_queues(spec.queues).map_err(ChangeError::Invalid)?;
+        if let Some(vlan) = &spec.vlan {
+            vringswitch_config::check_vlan(vlan).map_err(ChangeError::Invalid)?;
+        }
         let mut st = self.state();
         if st.ports.contains_key(&spec.name) {
             return Err(ChangeError::Conflict(format!(
@@ -298,23 +501,253 @@ impl Daemon {
         Ok(())
     }
 
-    /// Deletes a port: the workers stop using it, its learnt addresses are forgotten, its
-    /// frontend is disconnected and a server socket is removed.
+    /// Deletes a port: the workers stop using it, its addresses (learnt and static) are
+    /// forgotten, its frontend is disconnected and a server socket is removed.
     pub fn remove_port(&self, name: &str) -> Result<(), ChangeError> {
         let mut st = self.state();
         let mut entry = st.ports.remove(name).ok_or_else(|| no_port(name))?;
-        self.publish(&st);
-        if let Some(b) = st.bridges.iter().find(|b| b.spec.name == entry.spec.bridge) {
+        let generation = self.publish(&st);
+        self.quiesce(generation);
+        if let Some(b) = st
+            .bridges
+            .iter_mut()
+            .find(|b| b.spec.name == entry.spec.bridge)
+        {
             b.fdb.flush_port(entry.id);
+            b.statics.retain(|_, port| port != name);
         }
+        let saved = self.save(&st);
         drop(st);
         entry.port.stop();
         tracing::info!(port = %name, "port removed");
-        Ok(())
+        saved
     }
 
-    /// Installs the topology of `st` in the engine.
-    fn publish(&self, st: &State) {
+    /// Moves a port to another bridge and/or changes its VLAN setting, while it and every
+    /// other port keep forwarding. Its learnt addresses are forgotten; its static entries
+    /// follow it, and a change that would leave one outside the port's VLANs is refused.
+    pub fn update_port(&self, name: &str, patch: PortPatch) -> Result<PortSpec, ChangeError> {
+        let mut st = self.state();
+        let entry = st.ports.get(name).ok_or_else(|| no_port(name))?;
+        let (id, old) = (entry.id, entry.spec.clone());
+        let mut new = old.clone();
+        if let Some(bridge) = patch.bridge {
+            st.bridge(&bridge)?;
+            new.bridge = bridge;
+        }
+        if let Some(vlan) = patch.vlan {
+            if let Some(v) = &vlan {
+                vringswitch_config::check_vlan(v).map_err(ChangeError::Invalid)?;
+            }
+            new.vlan = vlan;
+        }
+        if new == old {
+            return Ok(new);
+        }
+        let policy = policy(new.vlan.as_ref());
+        let from = st.bridge(&old.bridge)?;
+        let statics: Vec<u64> = from
+            .statics
+            .iter()
+            .filter(|(_, p)| *p == name)
+            .map(|(&k, _)| k)
+            .collect();
+        if let Some(&k) = statics.iter().find(|&&k| !policy.is_member(split_key(k).1)) {
+            let (mac, vlan) = split_key(k);
+            return Err(ChangeError::Conflict(format!(
+                "static entry {mac} on VLAN {vlan} of port {name:?} would lie outside the \
+                 port's VLANs: delete it first (DELETE /v1/bridges/{}/fdb?port={name})",
+                old.bridge
+            )));
+        }
+        if new.bridge != old.bridge {
+            let to = st.bridge(&new.bridge)?;
+            if let Some(&k) = statics.iter().find(|k| to.statics.contains_key(k)) {
+                return Err(ChangeError::Conflict(format!(
+                    "bridge {:?} already has a static entry for {} on VLAN {}",
+                    new.bridge,
+                    split_key(k).0,
+                    split_key(k).1
+                )));
+            }
+        }
+        // Validated: apply.
+        if let Some(e) = st.ports.get_mut(name) {
+            e.spec = new.clone();
+        }
+        let generation = self.publish(&st);
+        self.quiesce(generation);
+        let from = st
+            .bridges
+            .iter_mut()
+            .find(|b| b.spec.name == old.bridge)
+            .ok_or_else(|| no_bridge(&old.bridge))?;
+        if new.bridge == old.bridge {
+            from.fdb.flush_port_dynamic(id);
+        } else {
+            from.fdb.flush_port(id);
+            from.statics.retain(|_, p| p != name);
+            let to = st
+                .bridges
+                .iter_mut()
+                .find(|b| b.spec.name == new.bridge)
+                .ok_or_else(|| no_bridge(&new.bridge))?;
+            for k in statics {
+                to.fdb.add_static(k, id);
+                to.statics.insert(k, name.to_string());
+            }
+        }
+        tracing::info!(port = %name, bridge = %new.bridge, vlan = ?new.vlan, "port changed");
+        self.save(&st)?;
+        Ok(new)
+    }
+
+    /// The FDB of a bridge, sorted by VLAN then MAC.
+    pub fn fdb(&self, bridge: &str) -> Result<Vec<FdbEntryView>, ChangeError> {
+        let st = self.state();
+        let b = st.bridge(bridge)?;
+        let names: HashMap<PortId, &str> = st
+            .ports
+            .values()
+            .map(|p| (p.id, p.spec.name.as_str()))
+            .collect();
+        let now = self.switch.now_secs();
+        let mut entries: Vec<(u64, FdbEntryView)> = b
+            .fdb
+            .entries()
+            .into_iter()
+            .map(|(key, e)| {
+                let (mac, vlan) = split_key(key);
+                let view = FdbEntryView {
+                    mac: mac.to_string(),
+                    vlan,
+                    port: names
+                        .get(&e.port)
+                        .map_or_else(|| format!("#{}", e.port), |n| n.to_string()),
+                    age_s: (!e.is_static).then(|| now.saturating_sub(e.last_seen)),
+                    is_static: e.is_static,
+                };
+                (u64::from(vlan) << 48 | mac.to_u64(), view)
+            })
+            .collect();
+        entries.sort_unstable_by_key(|(k, _)| *k);
+        Ok(entries.into_iter().map(|(_, v)| v).collect())
+    }
+
+    /// Adds (or replaces) a static FDB entry.
+    pub fn add_static_mac(
+        &self,
+        bridge: &str,
+        req: StaticMacRequest,
+    ) -> Result<StaticMac, ChangeError> {
+        let entry = self.apply_static_mac(bridge, req)?;
+        self.save(&self.state())?;
+        Ok(entry)
+    }
+
+    fn apply_static_mac(
+        &self,
+        bridge: &str,
+        req: StaticMacRequest,
+    ) -> Result<StaticMac, ChangeError> {
+        let mac: MacAddr = req.mac.parse().map_err(ChangeError::Invalid)?;
+        if mac.is_multicast() || mac.is_zero() {
+            return Err(ChangeError::Invalid(format!(
+                "{mac} is a group or zero address: a static entry needs a unicast MAC"
+            )));
+        }
+        let mut st = self.state();
+        st.bridge(bridge)?;
+        let port = st.ports.get(&req.port).ok_or_else(|| no_port(&req.port))?;
+        if port.spec.bridge != bridge {
+            return Err(ChangeError::Invalid(format!(
+                "port {:?} is on bridge {:?}, not {bridge:?}",
+                req.port, port.spec.bridge
+            )));
+        }
+        let vlan = match (req.vlan, &port.spec.vlan) {
+            (Some(v), _) => v,
+            (None, None) => UNTAGGED_VLAN,
+            (None, Some(VlanConfig::Access { tag })) => *tag,
+            (None, Some(VlanConfig::Trunk { .. })) => {
+                return Err(ChangeError::Invalid(format!(
+                    "port {:?} is a trunk: say which VLAN the entry is for (\"vlan\": N)",
+                    req.port
+                )))
+            }
+        };
+        if !policy(port.spec.vlan.as_ref()).is_member(vlan) {
+            return Err(ChangeError::Invalid(format!(
+                "port {:?} does not carry VLAN {vlan}",
+                req.port
+            )));
+        }
+        let (id, port_name) = (port.id, port.spec.name.clone());
+        let key = fdb_key(mac, vlan);
+        let b = st
+            .bridges
+            .iter_mut()
+            .find(|b| b.spec.name == bridge)
+            .ok_or_else(|| no_bridge(bridge))?;
+        b.fdb.add_static(key, id);
+        b.statics.insert(key, port_name.clone());
+        tracing::info!(bridge, %mac, vlan, port = %port_name, "static FDB entry added");
+        Ok(StaticMac {
+            bridge: bridge.to_string(),
+            mac: mac.to_string(),
+            vlan,
+            port: port_name,
+        })
+    }
+
+    /// Flushes a bridge's FDB, static entries included, or only the entries of `port`.
+    pub fn flush_fdb(&self, bridge: &str, port: Option<&str>) -> Result<(), ChangeError> {
+        let mut st = self.state();
+        let id = match port {
+            Some(p) => {
+                let e = st.ports.get(p).ok_or_else(|| no_port(p))?;
+                if e.spec.bridge != bridge {
+                    return Err(ChangeError::Invalid(format!(
+                        "port {p:?} is on bridge {:?}, not {bridge:?}",
+                        e.spec.bridge
+                    )));
+                }
+                Some(e.id)
+            }
+            None => None,
+        };
+        st.bridge(bridge)?;
+        let b = st
+            .bridges
+            .iter_mut()
+            .find(|b| b.spec.name == bridge)
+            .ok_or_else(|| no_bridge(bridge))?;
+        match (id, port) {
+            (Some(id), Some(p)) => {
+                b.fdb.flush_port(id);
+                b.statics.retain(|_, name| name != p);
+            }
+            _ => {
+                b.fdb.flush();
+                b.statics.clear();
+            }
+        }
+        tracing::info!(bridge, port = ?port, "FDB flushed");
+        self.save(&st)
+    }
+
+    /// Waits until no worker works with a topology older than `generation`.
+    fn quiesce(&self, generation: u64) {
+        if !self
+            .switch
+            .wait_until_seen(generation, Duration::from_secs(2))
+        {
+            tracing::warn!("a worker did not pick up the new topology within 2 s");
+        }
+    }
+
+    /// Installs the topology of `st` in the engine; returns its generation.
+    fn publish(&self, st: &State) -> u64 {
         let mut topology = Topology::default();
         for b in &st.bridges {
             topology.bridges.push(BridgeRt {
@@ -333,12 +766,13 @@ impl Daemon {
                 handle: p.port.handle().clone(),
                 bridge,
                 queue_pairs: p.spec.queues,
+                vlan: policy(p.spec.vlan.as_ref()),
             });
         }
         for b in &mut topology.bridges {
             b.ports.sort_unstable();
         }
-        self.switch.set_topology(topology);
+        self.switch.set_topology(topology)
     }
 
     /// Disconnects every port and stops the workers.
@@ -363,4 +797,161 @@ fn no_bridge(name: &str) -> ChangeError {
 
 fn no_port(name: &str) -> ChangeError {
     ChangeError::NotFound(format!("no port named {name:?}"))
+}
+
+/// Refuses a socket path outside `dir` (after resolving `.` and `..` by name).
+fn check_inside(socket: &Path, dir: &Path) -> Result<(), ChangeError> {
+    let mut clean = PathBuf::new();
+    for c in socket.components() {
+        match c {
+            Component::ParentDir => {
+                clean.pop();
+            }
+            Component::CurDir => {}
+            other => clean.push(other),
+        }
+    }
+    if clean.parent() == Some(dir) || (clean.starts_with(dir) && clean != dir) {
+        Ok(())
+    } else {
+        Err(ChangeError::Invalid(format!(
+            "socket {} is outside the socket directory {}: put it there",
+            socket.display(),
+            dir.display()
+        )))
+    }
+}
+
+/// Reads the state file; `None` if there is none yet.
+fn load_state(path: &Path) -> Result<Option<SavedState>, DaemonError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(DaemonError::State {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })
+        }
+    };
+    let saved: SavedState = serde_json::from_str(&text).map_err(|e| DaemonError::State {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    if saved.version != STATE_VERSION {
+        return Err(DaemonError::State {
+            path: path.to_path_buf(),
+            message: format!(
+                "version {} is not the {STATE_VERSION} this daemon understands",
+                saved.version
+            ),
+        });
+    }
+    Ok(Some(saved))
+}
+
+/// Writes `state` as JSON to `path` so that a crash at any point leaves either the old
+/// file or the new one: temporary file in the same directory, fsync, rename, fsync of the
+/// directory.
+fn write_atomically(path: &Path, state: &SavedState) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    std::fs::create_dir_all(dir)?;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let mut f = std::fs::File::create(&tmp)?;
+    let mut text = serde_json::to_vec_pretty(state).map_err(std::io::Error::other)?;
+    text.push(b'\n');
+    f.write_all(&text)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sockets_must_lie_in_the_socket_directory() {
+        let dir = Path::new("/run/vringswitch");
+        assert!(check_inside(Path::new("/run/vringswitch/a.sock"), dir).is_ok());
+        assert!(check_inside(Path::new("/run/vringswitch/vms/a.sock"), dir).is_ok());
+        assert!(check_inside(Path::new("/run/vringswitch/./a.sock"), dir).is_ok());
+        for bad in [
+            "/run/vringswitch",
+            "/run/vringswitch/../a.sock",
+            "/run/vringswitch/x/../../a.sock",
+            "/run/vringswitch2/a.sock",
+            "/tmp/a.sock",
+        ] {
+            let e = check_inside(Path::new(bad), dir).unwrap_err();
+            assert!(
+                e.to_string().contains("outside the socket directory"),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn state_files_are_replaced_whole() {
+        let dir = std::env::temp_dir().join(format!("vs-state-{}", std::process::id()));
+        let path = dir.join("sub/state.json");
+        assert_eq!(load_state(&path).unwrap(), None);
+        let state = SavedState {
+            version: STATE_VERSION,
+            bridges: vec![BridgeSpec {
+                name: "br0".into(),
+                fdb_aging_s: 60,
+            }],
+            ports: vec![PortSpec {
+                name: "p".into(),
+                bridge: "br0".into(),
+                kind: PortKind::VhostUser,
+                socket: "/run/x.sock".into(),
+                mode: SocketMode::Client,
+                queues: 2,
+                vlan: Some(VlanConfig::Trunk { tags: vec![5, 6] }),
+            }],
+            static_macs: vec![StaticMac {
+                bridge: "br0".into(),
+                mac: "02:00:00:00:00:01".into(),
+                vlan: 5,
+                port: "p".into(),
+            }],
+        };
+        write_atomically(&path, &state).unwrap();
+        assert_eq!(load_state(&path).unwrap(), Some(state.clone()));
+        assert!(!dir.join("sub/state.json.tmp").exists());
+        std::fs::write(&path, "{ not json").unwrap();
+        let e = load_state(&path).unwrap_err().to_string();
+        assert!(e.contains("state.json") && e.contains("remove it"), "{e}");
+        let mut future = state;
+        future.version = 9;
+        write_atomically(&path, &future).unwrap();
+        assert!(load_state(&path)
+            .unwrap_err()
+            .to_string()
+            .contains("version 9"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn patches_tell_null_from_absent() {
+        let p: PortPatch = serde_json::from_str("{}").unwrap();
+        assert_eq!(p, PortPatch::default());
+        let p: PortPatch = serde_json::from_str(r#"{"vlan": null}"#).unwrap();
+        assert_eq!(p.vlan, Some(None));
+        let p: PortPatch =
+            serde_json::from_str(r#"{"vlan": {"mode": "access", "tag": 3}, "bridge": "b"}"#)
+                .unwrap();
+        assert_eq!(p.vlan, Some(Some(VlanConfig::Access { tag: 3 })));
+        assert_eq!(p.bridge.as_deref(), Some("b"));
+        assert!(serde_json::from_str::<PortPatch>(r#"{"socket": "/x"}"#).is_err());
+    }
 }

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -18,7 +18,9 @@ use serde::Serialize;
 use vringswitch_metrics::{Metrics, PortSnapshot, Snapshot};
 use vringswitch_ports::PortHandle;
 
-use crate::daemon::{BridgeSpec, ChangeError, Daemon, PortSpec};
+use crate::daemon::{
+    BridgeSpec, ChangeError, Daemon, FdbEntryView, PortPatch, PortSpec, StaticMac, StaticMacRequest,
+};
 
 #[derive(Clone)]
 struct AppState {
@@ -35,7 +37,14 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route("/v1/bridges", get(list_bridges).post(add_bridge))
         .route("/v1/bridges/{name}", get(get_bridge).delete(remove_bridge))
         .route("/v1/ports", get(list_ports).post(add_port))
-        .route("/v1/ports/{name}", get(get_port).delete(remove_port))
+        .route(
+            "/v1/bridges/{name}/fdb",
+            get(get_fdb).post(add_static_mac).delete(flush_fdb),
+        )
+        .route(
+            "/v1/ports/{name}",
+            get(get_port).patch(update_port).delete(remove_port),
+        )
         .fallback(not_found)
         .with_state(AppState {
             daemon,
@@ -84,6 +93,7 @@ impl From<ChangeError> for ApiError {
             ChangeError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ChangeError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ChangeError::Port { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "port_failed"),
+            ChangeError::NotSaved(_) => (StatusCode::INTERNAL_SERVER_ERROR, "not_saved"),
         };
         ApiError::new(status, kind, e.to_string())
     }
@@ -262,10 +272,62 @@ async fn remove_port(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Runs a topology change off the async runtime: stopping a port joins its thread.
-async fn blocking(
-    f: impl FnOnce() -> Result<(), ChangeError> + Send + 'static,
-) -> Result<(), ApiError> {
+async fn update_port(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Json<PortView>, ApiError> {
+    let patch: PortPatch = parse(&body)?;
+    let daemon = s.daemon.clone();
+    let n = name.clone();
+    blocking(move || daemon.update_port(&n, patch)).await?;
+    let (spec, handle) = s.daemon.port(&name)?;
+    let snapshot = Snapshot::take(&s.daemon.switch);
+    Ok(Json(port_view(spec, &handle, &snapshot)))
+}
+
+async fn get_fdb(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Vec<FdbEntryView>>, ApiError> {
+    Ok(Json(s.daemon.fdb(&name)?))
+}
+
+async fn add_static_mac(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<StaticMac>), ApiError> {
+    let req: StaticMacRequest = parse(&body)?;
+    let daemon = s.daemon.clone();
+    let entry = blocking(move || daemon.add_static_mac(&name, req)).await?;
+    Ok((StatusCode::CREATED, Json(entry)))
+}
+
+/// `?port=NAME` of `DELETE /v1/bridges/{name}/fdb`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FlushQuery {
+    port: Option<String>,
+}
+
+async fn flush_fdb(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    query: Result<Query<FlushQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<StatusCode, ApiError> {
+    let Query(q) =
+        query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))?;
+    let daemon = s.daemon.clone();
+    blocking(move || daemon.flush_fdb(&name, q.port.as_deref())).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Runs a topology change off the async runtime: stopping a port joins its thread, and
+/// a change waits for the workers to pick it up.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ChangeError> + Send + 'static,
+) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?

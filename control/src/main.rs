@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use vringswitch_config::Config;
-use vringswitch_control::daemon::Daemon;
+use vringswitch_control::daemon::{Daemon, DaemonOptions};
 use vringswitch_control::{drop_log, http, systemd};
 
 /// A user-space virtual switch for VMs attached over vhost-user.
@@ -23,11 +23,17 @@ struct Args {
     /// Address of the HTTP endpoint (/healthz, /metrics, /v1/stats).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9180")]
     api: SocketAddr,
-    /// Socket directory of the built-in configuration [default: $RUNTIME_DIRECTORY under
+    /// Socket directory: sockets of ports created over the API must lie in it, and the
+    /// built-in configuration puts its sockets there [default: $RUNTIME_DIRECTORY under
     /// systemd, else /run/vringswitch as root, else $XDG_RUNTIME_DIR/vringswitch or
     /// /tmp/vringswitch-$UID].
     #[arg(long, value_name = "DIR")]
     socket_dir: Option<PathBuf>,
+    /// State file: every change made over the API is saved there, and a restart restores
+    /// it (it then wins over the bridges and ports of --config). Without it, changes last
+    /// until the daemon stops.
+    #[arg(long, value_name = "PATH")]
+    state: Option<PathBuf>,
     /// Print the configuration in effect as TOML and exit.
     #[arg(long)]
     print_config: bool,
@@ -78,12 +84,12 @@ fn run() -> anyhow::Result<()> {
         .init();
     let args = Args::parse();
 
+    let socket_dir = args.socket_dir.clone().unwrap_or_else(default_socket_dir);
     let config = match &args.config {
         Some(path) => Config::load(path)?,
         None => {
-            let dir = args.socket_dir.clone().unwrap_or_else(default_socket_dir);
-            tracing::info!(socket_dir = %dir.display(), "no --config: built-in configuration");
-            Config::builtin(&dir)
+            tracing::info!(socket_dir = %socket_dir.display(), "no --config: built-in configuration");
+            Config::builtin(&socket_dir)
         }
     };
     if args.print_config {
@@ -91,7 +97,16 @@ fn run() -> anyhow::Result<()> {
         return Ok(());
     }
 
-    let daemon = Arc::new(Daemon::start(&config).context("cannot start vringswitch")?);
+    let daemon = Arc::new(
+        Daemon::start(
+            &config,
+            DaemonOptions {
+                state_file: args.state.clone(),
+                socket_dir: Some(socket_dir.clone()),
+            },
+        )
+        .context("cannot start vringswitch")?,
+    );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()

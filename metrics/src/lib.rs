@@ -330,6 +330,7 @@ mod tests {
                 handle: h.clone(),
                 bridge: 0,
                 queue_pairs: 1,
+                vlan: Default::default(),
             })],
         });
         (sw, h)

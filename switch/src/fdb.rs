@@ -21,6 +21,14 @@ pub fn fdb_key(mac: MacAddr, vlan: u16) -> u64 {
     mac.to_u64() | (u64::from(vlan & 0x0fff) << 48)
 }
 
+/// The (MAC, VLAN) of a key made by [`fdb_key`].
+pub fn split_key(key: u64) -> (MacAddr, u16) {
+    (
+        MacAddr::from_u64(key & 0xffff_ffff_ffff),
+        (key >> 48) as u16 & 0x0fff,
+    )
+}
+
 /// One learnt or static address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FdbEntry {
@@ -161,6 +169,21 @@ impl Fdb {
     pub fn flush_port(&self, port: PortId) {
         self.map.retain(|_, e| e.port != port);
         self.invalidate();
+    }
+
+    /// Removes the dynamic (learnt) entries of `port`, keeping its static ones.
+    pub fn flush_port_dynamic(&self, port: PortId) {
+        self.map.retain(|_, e| e.port != port || e.is_static);
+        self.invalidate();
+    }
+
+    /// Removes one entry; returns whether there was one.
+    pub fn remove(&self, key: u64) -> bool {
+        let removed = self.map.remove(&key).is_some();
+        if removed {
+            self.invalidate();
+        }
+        removed
     }
 
     /// Removes every entry.
@@ -344,6 +367,26 @@ mod tests {
         assert_eq!(fdb.lookup(fdb_key(mac(1), 20)), Some(2));
         assert_eq!(fdb.lookup(fdb_key(mac(1), 0)), None);
         assert_eq!(fdb_key(mac(1), 0xffff), fdb_key(mac(1), 0x0fff));
+        assert_eq!(split_key(fdb_key(mac(1), 20)), (mac(1), 20));
+        assert_eq!(
+            split_key(fdb_key(MacAddr([0xfe; 6]), 4094)),
+            (MacAddr([0xfe; 6]), 4094)
+        );
+    }
+
+    #[test]
+    fn flushing_dynamic_entries_keeps_static_ones() {
+        let fdb = Fdb::new(300);
+        fdb.learn(fdb_key(mac(1), 0), 1, 0);
+        fdb.add_static(fdb_key(mac(2), 0), 1);
+        fdb.learn(fdb_key(mac(3), 0), 2, 0);
+        fdb.flush_port_dynamic(1);
+        assert_eq!(fdb.lookup(fdb_key(mac(1), 0)), None);
+        assert_eq!(fdb.lookup(fdb_key(mac(2), 0)), Some(1));
+        assert_eq!(fdb.lookup(fdb_key(mac(3), 0)), Some(2));
+        assert!(fdb.remove(fdb_key(mac(2), 0)));
+        assert!(!fdb.remove(fdb_key(mac(2), 0)));
+        assert_eq!(fdb.len(), 1);
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod ethernet;
 pub mod fdb;
 pub mod stats;
 pub mod topology;
+pub mod vlan;
 pub mod worker;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -47,6 +48,8 @@ pub struct WorkerShared {
     pub wake: Arc<EventFd>,
     /// Written by the worker only, on a cache line of its own.
     pub stats: CachePadded<WorkerStats>,
+    /// The topology generation the worker last picked up (written on changes only).
+    seen_generation: AtomicU64,
 }
 
 /// Engine settings.
@@ -83,6 +86,7 @@ impl Switch {
                     core,
                     wake: Arc::new(EventFd::new(EFD_NONBLOCK).map_err(SwitchError::EventFd)?),
                     stats: CachePadded::new(WorkerStats::default()),
+                    seen_generation: AtomicU64::new(0),
                 })
             })
             .collect::<Result<Vec<_>, SwitchError>>()?;
@@ -126,7 +130,8 @@ impl Switch {
     }
 
     /// Installs a new topology, tells each port which workers to wake, and wakes them all.
-    pub fn set_topology(&self, topology: Topology) {
+    /// Returns its generation (see [`Switch::wait_until_seen`]).
+    pub fn set_topology(&self, topology: Topology) -> u64 {
         let n = self.workers.len();
         for (id, p) in topology.ports.iter().enumerate() {
             if let Some(p) = p {
@@ -139,8 +144,38 @@ impl Switch {
             }
         }
         self.topology.store(Arc::new(topology));
-        self.topology_gen.fetch_add(1, Ordering::Release);
+        let generation = self.topology_gen.fetch_add(1, Ordering::Release) + 1;
         self.wake_all();
+        generation
+    }
+
+    /// Waits until every worker has finished the bursts it started under topologies older
+    /// than `generation`, or `timeout` passed (returns false then). After it, no worker
+    /// touches a port or learns an address through an older topology: e.g. a removed
+    /// port's addresses, flushed after this, cannot be learnt again.
+    pub fn wait_until_seen(&self, generation: u64, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let behind = self
+                .workers
+                .iter()
+                .any(|w| w.seen_generation.load(Ordering::Acquire) < generation);
+            if !behind || self.stopping() {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_micros(50));
+        }
+    }
+
+    /// Called by worker `index` once it works with topology `generation`.
+    #[inline]
+    fn mark_seen(&self, index: usize, generation: u64) {
+        self.workers[index]
+            .seen_generation
+            .store(generation, Ordering::Release);
     }
 
     fn wake_all(&self) {

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use vringswitch_ports::{PortHandle, PortId};
 
 use crate::fdb::Fdb;
+use crate::vlan::VlanPolicy;
 
 /// One bridge.
 pub struct BridgeRt {
@@ -22,6 +23,8 @@ pub struct PortRt {
     pub bridge: usize,
     /// Queue pairs the port accepts.
     pub queue_pairs: u16,
+    /// Which VLANs the port carries, tagged or not.
+    pub vlan: VlanPolicy,
 }
 
 /// Bridges and ports; ports are indexed by their [`PortId`].
@@ -86,6 +89,7 @@ mod tests {
                         handle: Arc::new(PortHandle::new(i as PortId, "p", 1)),
                         bridge: 0,
                         queue_pairs: q,
+                        vlan: VlanPolicy::default(),
                     })
                 })
                 .collect(),

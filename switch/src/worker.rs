@@ -23,7 +23,7 @@ use vmm_sys_util::eventfd::EventFd;
 use vringswitch_ports::port::{GuestMem, GuestMemAtomic};
 use vringswitch_ports::vhost_user::guest_view::GuestView;
 use vringswitch_ports::vhost_user::rings::{
-    FrameEdit, PopTx, RingView, RxScratch, Seg, TxFrame, UsedBatch, MAX_TX_SEGS,
+    PopTx, RingView, RxScratch, Seg, TxFrame, UsedBatch, MAX_TX_SEGS,
 };
 use vringswitch_ports::{Attachment, DropReason, PortId};
 
@@ -31,6 +31,7 @@ use crate::ethernet::EthernetFrame;
 use crate::fdb::{fdb_key, FdbCache};
 use crate::stats::cycles;
 use crate::topology::Topology;
+use crate::vlan::Ingress;
 use crate::Switch;
 
 /// Where a frame goes.
@@ -52,6 +53,8 @@ struct PortCache {
 struct Burst {
     frames: Vec<TxFrame>,
     dests: Vec<Dest>,
+    /// The VLAN of each frame, as it came in.
+    ingress: Vec<Ingress>,
     segs: Vec<Seg>,
     tx_used: UsedBatch,
     rx_used: UsedBatch,
@@ -64,6 +67,7 @@ impl Burst {
         Burst {
             frames: Vec::with_capacity(burst),
             dests: Vec::with_capacity(burst),
+            ingress: Vec::with_capacity(burst),
             segs: Vec::with_capacity(burst * MAX_TX_SEGS),
             tx_used: Vec::with_capacity(burst),
             rx_used: Vec::with_capacity(vringswitch_ports::vhost_user::backend::MAX_QUEUE_SIZE),
@@ -173,6 +177,7 @@ impl Worker {
         self.fdb_caches.clear();
         self.fdb_caches
             .resize_with(self.topology.bridges.len(), FdbCache::default);
+        self.switch.mark_seen(self.index, g);
     }
 
     /// Sleeps until a kick or a change, unless a queue has work after notifications are
@@ -266,6 +271,7 @@ impl Worker {
         }
         b.frames.clear();
         b.dests.clear();
+        b.ingress.clear();
         b.segs.clear();
         b.tx_used.clear();
         let mut tx_ring = RingView::new(st.get_queue_mut(), src_mem);
@@ -300,26 +306,38 @@ impl Worker {
             rx_bytes += u64::from(f.len);
             let eth = EthernetFrame::new_unchecked(&f.peek[..]);
             let (smac, dmac) = (eth.src(), eth.dst());
-            let dest = if smac.is_multicast() || smac.is_zero() {
-                counters.add_drop(DropReason::InvalidSrcMac, 1);
-                Dest::Drop
-            } else {
-                cache.learn(&bridge.fdb, fdb_key(smac, 0), src, now_s);
-                if dmac.is_multicast() {
-                    Dest::Flood
-                } else {
-                    match cache.lookup(&bridge.fdb, fdb_key(dmac, 0)) {
-                        Some(p) if p == src => {
-                            counters.add_drop(DropReason::Hairpin, 1);
-                            Dest::Drop
+            let ingress = src_rt.vlan.ingress(&f.peek, f.len);
+            let dest = match ingress {
+                _ if smac.is_multicast() || smac.is_zero() => {
+                    counters.add_drop(DropReason::InvalidSrcMac, 1);
+                    Dest::Drop
+                }
+                Err(_) => {
+                    counters.add_drop(DropReason::VlanFiltered, 1);
+                    Dest::Drop
+                }
+                Ok(Ingress { vlan, .. }) => {
+                    cache.learn(&bridge.fdb, fdb_key(smac, vlan), src, now_s);
+                    if dmac.is_multicast() {
+                        Dest::Flood
+                    } else {
+                        match cache.lookup(&bridge.fdb, fdb_key(dmac, vlan)) {
+                            Some(p) if p == src => {
+                                counters.add_drop(DropReason::Hairpin, 1);
+                                Dest::Drop
+                            }
+                            Some(p)
+                                if topology.port(p).is_some_and(|d| d.bridge == src_rt.bridge) =>
+                            {
+                                Dest::Port(p)
+                            }
+                            _ => Dest::Flood,
                         }
-                        Some(p) if topology.port(p).is_some_and(|d| d.bridge == src_rt.bridge) => {
-                            Dest::Port(p)
-                        }
-                        _ => Dest::Flood,
                     }
                 }
             };
+            b.ingress
+                .push(ingress.unwrap_or(Ingress { vlan: 0, tci: None }));
             match dest {
                 Dest::Flood => flood = true,
                 Dest::Port(p) if !b.targets.contains(&p) => b.targets.push(p),
@@ -370,12 +388,20 @@ fn deliver_to(
         return;
     };
     let counters = dst_rt.handle.stats().slot(worker);
-    let wanted = |d: &Dest| match *d {
+    let policy = &dst_rt.vlan;
+    // Flooded frames go to the ports of their VLAN only; a frame sent to one port outside
+    // its VLAN (a static entry, a policy changed meanwhile) is counted as filtered below.
+    let wanted = |d: &Dest, i: &Ingress| match *d {
         Dest::Port(p) => p == dst,
-        Dest::Flood => true,
+        Dest::Flood => policy.is_member(i.vlan),
         Dest::Drop => false,
     };
-    let count = b.dests.iter().filter(|d| wanted(d)).count() as u64;
+    let count = b
+        .dests
+        .iter()
+        .zip(&b.ingress)
+        .filter(|(d, i)| wanted(d, i))
+        .count() as u64;
     if count == 0 {
         return;
     }
@@ -406,22 +432,27 @@ fn deliver_to(
     b.rx_used.clear();
     let (mut packets, mut bytes) = (0u64, 0u64);
     let mut ring = RingView::new(st.get_queue_mut(), dst_mem);
-    for (f, d) in b.frames.iter().zip(b.dests.iter()) {
-        if !wanted(d) {
+    for ((f, d), i) in b.frames.iter().zip(&b.dests).zip(&b.ingress) {
+        if !wanted(d, i) {
             continue;
         }
+        let Some(edit) = policy.egress(*i, &f.peek) else {
+            counters.add_drop(DropReason::VlanFiltered, 1);
+            continue;
+        };
         match ring.deliver(
             hdr_len,
             mrg,
             src,
             &b.segs[f.segs.clone()],
             f.len,
+            &edit,
             &mut b.rx_scratch,
             &mut b.rx_used,
         ) {
             Ok(()) => {
                 packets += 1;
-                bytes += u64::from(f.len);
+                bytes += u64::from(edit.out_len(f.len).unwrap_or(f.len));
             }
             Err(e) => counters.add_drop(e.reason, 1),
         }

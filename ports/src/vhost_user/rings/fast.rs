@@ -12,8 +12,8 @@ use virtio_bindings::virtio_ring::{
 use virtio_queue::{Queue, QueueT};
 
 use super::{
-    BrokenUsedRing, DeliverError, FrameEdit, PopTx, RxScratch, Seg, TxFrame, UsedBatch, MAX_FRAME_LEN,
-    MAX_RX_CHAINS, MAX_RX_SEGS, MAX_TX_SEGS, MIN_FRAME_LEN, PEEK_LEN,
+    BrokenUsedRing, DeliverError, FrameEdit, PopTx, RxScratch, Seg, TxFrame, UsedBatch,
+    MAX_FRAME_LEN, MAX_RX_CHAINS, MAX_RX_SEGS, MAX_TX_SEGS, MIN_FRAME_LEN, PEEK_LEN,
 };
 use crate::counters::DropReason;
 use crate::vhost_user::guest_view::GuestView;

@@ -323,7 +323,13 @@ fn edits_replace_the_head_of_the_frame(fast: bool) {
     let at = BUF + 0x8_0000;
     m.write_slice(&f, GuestAddress(at)).unwrap();
     // Source in two pieces, split inside the bytes the edits replace.
-    let src = [Seg { addr: at, len: 10 }, Seg { addr: at + 10, len: 90 }];
+    let src = [
+        Seg { addr: at, len: 10 },
+        Seg {
+            addr: at + 10,
+            len: 90,
+        },
+    ];
     let mut tag = [0u8; FrameEdit::MAX_PREFIX];
     tag[..12].copy_from_slice(&f[..12]);
     tag[12..].copy_from_slice(&[0x81, 0x00, 0x00, 0x05]);
