@@ -76,12 +76,21 @@ pub struct Daemon {
     pub api: String,
     pub config: PathBuf,
     pub log: PathBuf,
+    /// The test's directory: also the daemon's --socket-dir.
+    pub dir: PathBuf,
+    /// Further command-line arguments.
+    pub args: Vec<String>,
 }
 
 impl Daemon {
     /// Starts the daemon with `config` (TOML) and waits until its API answers and every
     /// server socket named in `sockets` exists.
     pub fn start(dir: &Path, config: &str, sockets: &[PathBuf]) -> Daemon {
+        Self::start_with(dir, config, sockets, &[])
+    }
+
+    /// [`Daemon::start`] with further command-line arguments.
+    pub fn start_with(dir: &Path, config: &str, sockets: &[PathBuf], args: &[&str]) -> Daemon {
         let path = dir.join("vringswitch.toml");
         std::fs::write(&path, config).unwrap();
         let api = format!("127.0.0.1:{}", free_port());
@@ -90,6 +99,8 @@ impl Daemon {
             api,
             config: path,
             log: dir.join("vringswitch.log"),
+            dir: dir.to_path_buf(),
+            args: args.iter().map(|a| a.to_string()).collect(),
         };
         d.spawn();
         d.wait_ready(sockets);
@@ -107,6 +118,9 @@ impl Daemon {
             .arg(&self.config)
             .arg("--api")
             .arg(&self.api)
+            .arg("--socket-dir")
+            .arg(&self.dir)
+            .args(&self.args)
             .env("VRINGSWITCH_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)

@@ -6,6 +6,7 @@
 //! - [`wait_until`]: polling with a deadline instead of sleeps.
 #![deny(unsafe_code)]
 
+pub mod api;
 pub mod daemon;
 pub mod frontend;
 pub mod setup;

@@ -3,53 +3,15 @@
 
 use serde_json::{json, Value};
 use vhost::VhostBackend;
-use vringswitch_tests::daemon::http_request;
+use vringswitch_tests::api::{assert_error, call, call_raw, names};
 use vringswitch_tests::frontend::TestVm;
 use vringswitch_tests::setup::{Setup, T};
 use vringswitch_tests::{frame, mac};
 
-/// Sends a request; returns the status and the body parsed as JSON (Null when empty).
-fn call(s: &Setup, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-    let text = body.map(|b| b.to_string());
-    let (status, out) = http_request(&s.daemon.api, method, path, text.as_deref());
-    let v = if out.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{method} {path}: {e}: {out}"))
-    };
-    (status, v)
-}
-
-/// Sends a raw body.
-fn call_raw(s: &Setup, method: &str, path: &str, body: &str) -> (u16, Value) {
-    let (status, out) = http_request(&s.daemon.api, method, path, Some(body));
-    (status, serde_json::from_str(&out).unwrap())
-}
-
-/// Asserts an error response: status, kind, and a detail containing `says`.
-fn assert_error(got: (u16, Value), status: u16, kind: &str, says: &str) {
-    let (code, body) = got;
-    assert_eq!(code, status, "{body}");
-    assert_eq!(body["error"], kind, "{body}");
-    let detail = body["detail"].as_str().unwrap_or_default();
-    assert!(
-        detail.contains(says),
-        "detail {detail:?} should mention {says:?}"
-    );
-}
-
-fn names(list: &Value) -> Vec<String> {
-    list.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x["name"].as_str().unwrap().to_owned())
-        .collect()
-}
-
 #[test]
 fn bridges_are_created_listed_and_deleted_and_bad_requests_change_nothing() {
     let s = Setup::new("api-bridges", &[("br0", &["a"])], 1);
-    let (code, list) = call(&s, "GET", "/v1/bridges", None);
+    let (code, list) = call(&s.daemon, "GET", "/v1/bridges", None);
     assert_eq!(code, 200);
     assert_eq!(
         list,
@@ -57,34 +19,44 @@ fn bridges_are_created_listed_and_deleted_and_bad_requests_change_nothing() {
     );
 
     let (code, br1) = call(
-        &s,
+        &s.daemon,
         "POST",
         "/v1/bridges",
         Some(json!({"name": "br1", "fdb_aging_s": 60})),
     );
     assert_eq!(code, 201, "{br1}");
     assert_eq!(br1, json!({"name": "br1", "fdb_aging_s": 60, "ports": []}));
-    let (code, got) = call(&s, "GET", "/v1/bridges/br1", None);
+    let (code, got) = call(&s.daemon, "GET", "/v1/bridges/br1", None);
     assert_eq!((code, got), (200, br1));
     // The default ageing time.
-    let (code, br2) = call(&s, "POST", "/v1/bridges", Some(json!({"name": "br2"})));
+    let (code, br2) = call(
+        &s.daemon,
+        "POST",
+        "/v1/bridges",
+        Some(json!({"name": "br2"})),
+    );
     assert_eq!((code, br2["fdb_aging_s"].clone()), (201, json!(300)));
 
     assert_error(
-        call(&s, "POST", "/v1/bridges", Some(json!({"name": "br1"}))),
+        call(
+            &s.daemon,
+            "POST",
+            "/v1/bridges",
+            Some(json!({"name": "br1"})),
+        ),
         409,
         "conflict",
         "already exists",
     );
     assert_error(
-        call_raw(&s, "POST", "/v1/bridges", "{\"name\": "),
+        call_raw(&s.daemon, "POST", "/v1/bridges", "{\"name\": "),
         400,
         "bad_request",
         "request body",
     );
     assert_error(
         call(
-            &s,
+            &s.daemon,
             "POST",
             "/v1/bridges",
             Some(json!({"name": "x", "colour": 1})),
@@ -94,20 +66,30 @@ fn bridges_are_created_listed_and_deleted_and_bad_requests_change_nothing() {
         "colour",
     );
     assert_error(
-        call(&s, "POST", "/v1/bridges", Some(json!({"fdb_aging_s": 1}))),
+        call(
+            &s.daemon,
+            "POST",
+            "/v1/bridges",
+            Some(json!({"fdb_aging_s": 1})),
+        ),
         400,
         "bad_request",
         "name",
     );
     assert_error(
-        call(&s, "POST", "/v1/bridges", Some(json!({"name": "bad name"}))),
+        call(
+            &s.daemon,
+            "POST",
+            "/v1/bridges",
+            Some(json!({"name": "bad name"})),
+        ),
         400,
         "invalid",
         "must be 1 to 64 characters",
     );
     assert_error(
         call(
-            &s,
+            &s.daemon,
             "POST",
             "/v1/bridges",
             Some(json!({"name": "x", "fdb_aging_s": 0})),
@@ -118,7 +100,7 @@ fn bridges_are_created_listed_and_deleted_and_bad_requests_change_nothing() {
     );
     assert_error(
         call(
-            &s,
+            &s.daemon,
             "POST",
             "/v1/bridges",
             Some(json!({"name": "x", "fdb_aging_s": -1})),
@@ -128,35 +110,35 @@ fn bridges_are_created_listed_and_deleted_and_bad_requests_change_nothing() {
         "request body",
     );
     assert_error(
-        call(&s, "GET", "/v1/bridges/nope", None),
+        call(&s.daemon, "GET", "/v1/bridges/nope", None),
         404,
         "not_found",
         "no bridge named \"nope\"",
     );
     assert_error(
-        call(&s, "DELETE", "/v1/bridges/br0", None),
+        call(&s.daemon, "DELETE", "/v1/bridges/br0", None),
         409,
         "conflict",
         "still has ports [\"a\"]",
     );
     assert_error(
-        call(&s, "GET", "/v1/nothing-here", None),
+        call(&s.daemon, "GET", "/v1/nothing-here", None),
         404,
         "not_found",
         "no such endpoint",
     );
     // None of the refused requests changed anything.
-    let (_, list) = call(&s, "GET", "/v1/bridges", None);
+    let (_, list) = call(&s.daemon, "GET", "/v1/bridges", None);
     assert_eq!(names(&list), ["br0", "br1", "br2"]);
 
-    assert_eq!(call(&s, "DELETE", "/v1/bridges/br1", None).0, 204);
+    assert_eq!(call(&s.daemon, "DELETE", "/v1/bridges/br1", None).0, 204);
     assert_error(
-        call(&s, "DELETE", "/v1/bridges/br1", None),
+        call(&s.daemon, "DELETE", "/v1/bridges/br1", None),
         404,
         "not_found",
         "br1",
     );
-    let (_, list) = call(&s, "GET", "/v1/bridges", None);
+    let (_, list) = call(&s.daemon, "GET", "/v1/bridges", None);
     assert_eq!(names(&list), ["br0", "br2"]);
     // The metrics follow: br1's series are gone, br2's are there.
     let m = s.daemon.metrics();
@@ -173,10 +155,21 @@ fn ports_are_created_with_live_state_and_deleted_and_bad_requests_change_nothing
                "socket": socket, "mode": "server", "queues": 1})
     };
     assert_eq!(
-        call(&s, "POST", "/v1/bridges", Some(json!({"name": "br1"}))).0,
+        call(
+            &s.daemon,
+            "POST",
+            "/v1/bridges",
+            Some(json!({"name": "br1"}))
+        )
+        .0,
         201
     );
-    let (code, c) = call(&s, "POST", "/v1/ports", Some(port("c", "br1", &sock("c"))));
+    let (code, c) = call(
+        &s.daemon,
+        "POST",
+        "/v1/ports",
+        Some(port("c", "br1", &sock("c"))),
+    );
     assert_eq!(code, 201, "{c}");
     assert_eq!(c["bridge"], "br1");
     assert_eq!(c["state"]["connected"], false);
@@ -188,13 +181,13 @@ fn ports_are_created_with_live_state_and_deleted_and_bad_requests_change_nothing
     let mut vm = TestVm::connect(&sock("c"), mac(3), Default::default());
     vm.post_rx(TestVm::rx(0), 8, 2048);
     s.daemon.wait_port_connected("c", true);
-    let (code, c) = call(&s, "GET", "/v1/ports/c", None);
+    let (code, c) = call(&s.daemon, "GET", "/v1/ports/c", None);
     assert_eq!(code, 200);
     assert_eq!(c["state"]["connected"], true);
     assert_eq!(c["state"]["ready"], true);
     assert_eq!(c["state"]["queue_pairs_active"], 1);
     assert!(c["state"]["features"].as_str().unwrap().starts_with("0x"));
-    let (_, b) = call(&s, "GET", "/v1/bridges/br1", None);
+    let (_, b) = call(&s.daemon, "GET", "/v1/bridges/br1", None);
     assert_eq!(b["ports"], json!(["c"]));
 
     // Port "d" on br1 with one field replaced.
@@ -258,29 +251,29 @@ fn ports_are_created_with_live_state_and_deleted_and_bad_requests_change_nothing
     ];
     for (body, status, kind, says) in bad {
         assert_error(
-            call(&s, "POST", "/v1/ports", Some(body)),
+            call(&s.daemon, "POST", "/v1/ports", Some(body)),
             status,
             kind,
             says,
         );
     }
     assert_error(
-        call(&s, "GET", "/v1/ports/d", None),
+        call(&s.daemon, "GET", "/v1/ports/d", None),
         404,
         "not_found",
         "no port named \"d\"",
     );
-    let (_, list) = call(&s, "GET", "/v1/ports", None);
+    let (_, list) = call(&s.daemon, "GET", "/v1/ports", None);
     assert_eq!(names(&list), ["a", "c"], "refused requests added nothing");
     assert!(!sock("d").exists());
 
-    assert_eq!(call(&s, "DELETE", "/v1/ports/c", None).0, 204);
+    assert_eq!(call(&s.daemon, "DELETE", "/v1/ports/c", None).0, 204);
     assert!(
         !sock("c").exists(),
         "a removed server port's socket is removed"
     );
     assert_error(
-        call(&s, "DELETE", "/v1/ports/c", None),
+        call(&s.daemon, "DELETE", "/v1/ports/c", None),
         404,
         "not_found",
         "no port named \"c\"",
@@ -293,11 +286,17 @@ fn ports_are_created_with_live_state_and_deleted_and_bad_requests_change_nothing
     );
     // The name and the socket can be used again, and the bridge deleted once empty.
     assert_eq!(
-        call(&s, "POST", "/v1/ports", Some(port("c", "br1", &sock("c")))).0,
+        call(
+            &s.daemon,
+            "POST",
+            "/v1/ports",
+            Some(port("c", "br1", &sock("c")))
+        )
+        .0,
         201
     );
-    assert_eq!(call(&s, "DELETE", "/v1/ports/c", None).0, 204);
-    assert_eq!(call(&s, "DELETE", "/v1/bridges/br1", None).0, 204);
+    assert_eq!(call(&s.daemon, "DELETE", "/v1/ports/c", None).0, 204);
+    assert_eq!(call(&s.daemon, "DELETE", "/v1/bridges/br1", None).0, 204);
 }
 
 #[test]
@@ -319,11 +318,11 @@ fn adding_and_removing_ports_loses_no_frame_between_two_others() {
         let sock = s.dir.path().join(format!("{name}.sock"));
         let body = json!({"name": name, "bridge": "br0", "type": "vhost-user",
                           "socket": sock, "mode": "server", "queues": 1});
-        assert_eq!(call(&s, "POST", "/v1/ports", Some(body)).0, 201);
+        assert_eq!(call(&s.daemon, "POST", "/v1/ports", Some(body)).0, 201);
         if round % 2 == 1 {
             let prev = format!("p{}", round - 1);
             assert_eq!(
-                call(&s, "DELETE", &format!("/v1/ports/{prev}"), None).0,
+                call(&s.daemon, "DELETE", &format!("/v1/ports/{prev}"), None).0,
                 204
             );
         }
