@@ -441,6 +441,7 @@ impl Daemon {
 
     /// Creates a port asked for over the API: its socket must lie in the socket directory.
     pub fn add_port(&self, spec: PortSpec) -> Result<(), ChangeError> {
+        vringswitch_config::check_socket_path(&spec.socket).map_err(ChangeError::Invalid)?;
         if let Some(dir) = &self.options.socket_dir {
             check_inside(&spec.socket, dir)?;
         }

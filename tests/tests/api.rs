@@ -6,7 +6,7 @@ use vhost::VhostBackend;
 use vringswitch_tests::api::{assert_error, call, call_raw, names};
 use vringswitch_tests::frontend::TestVm;
 use vringswitch_tests::setup::{Setup, T};
-use vringswitch_tests::{frame, mac};
+use vringswitch_tests::{frame, mac, BROADCAST};
 
 #[test]
 fn bridges_are_created_listed_and_deleted_and_bad_requests_change_nothing() {
@@ -222,6 +222,18 @@ fn ports_are_created_with_live_state_and_deleted_and_bad_requests_change_nothing
             "must be absolute",
         ),
         (
+            port("d", "br1", std::path::Path::new("/tmp/elsewhere.sock")),
+            400,
+            "invalid",
+            "outside the socket directory",
+        ),
+        (
+            port("d", "br1", &s.dir.path().join("../d.sock")),
+            400,
+            "invalid",
+            "outside the socket directory",
+        ),
+        (
             port("bad/name", "br1", &sock("d")),
             400,
             "invalid",
@@ -300,8 +312,8 @@ fn ports_are_created_with_live_state_and_deleted_and_bad_requests_change_nothing
 }
 
 #[test]
-fn adding_and_removing_ports_loses_no_frame_between_two_others() {
-    let s = Setup::new("api-churn", &[("br0", &["a", "b"])], 1);
+fn adding_changing_and_removing_ports_loses_no_frame_between_two_others() {
+    let s = Setup::new("api-churn", &[("br0", &["a", "b"]), ("br1", &[])], 1);
     let (mut a, mut b) = (s.vm("a", 1), s.vm("b", 2));
     s.wait_connected(&["a", "b"]);
     // b is learnt, so a's frames are unicast to b.
@@ -319,6 +331,24 @@ fn adding_and_removing_ports_loses_no_frame_between_two_others() {
         let body = json!({"name": name, "bridge": "br0", "type": "vhost-user",
                           "socket": sock, "mode": "server", "queues": 1});
         assert_eq!(call(&s.daemon, "POST", "/v1/ports", Some(body)).0, 201);
+        let (code, moved) = call(
+            &s.daemon,
+            "PATCH",
+            &format!("/v1/ports/{name}"),
+            Some(json!({"bridge": "br1", "vlan": {"mode": "access", "tag": 7}})),
+        );
+        assert_eq!(code, 200, "{moved}");
+        assert_eq!(moved["bridge"], "br1");
+        assert_eq!(
+            call(
+                &s.daemon,
+                "DELETE",
+                &format!("/v1/bridges/br1/fdb?port={name}"),
+                None
+            )
+            .0,
+            204
+        );
         if round % 2 == 1 {
             let prev = format!("p{}", round - 1);
             assert_eq!(
@@ -342,4 +372,239 @@ fn adding_and_removing_ports_loses_no_frame_between_two_others() {
     for reason in ["no_rx_buffer", "port_down", "bad_descriptor"] {
         assert_eq!(s.drops("a", reason) + s.drops("b", reason), 0, "{reason}");
     }
+}
+
+#[test]
+fn fdb_is_listed_given_static_entries_and_flushed() {
+    let s = Setup::new("api-fdb", &[("br0", &["a", "b", "t"]), ("br1", &["z"])], 1);
+    let d = &s.daemon;
+    let (code, _) = call(
+        d,
+        "PATCH",
+        "/v1/ports/t",
+        Some(json!({"vlan": {"mode": "trunk", "tags": [5, 6]}})),
+    );
+    assert_eq!(code, 200);
+    let (mut a, mut b) = (s.vm("a", 1), s.vm("b", 2));
+    s.wait_connected(&["a", "b"]);
+    a.send(TestVm::tx(0), &frame(mac(2), mac(1), 60, 0));
+    b.expect_frames(TestVm::rx(0), 1, T);
+    let (code, fdb) = call(d, "GET", "/v1/bridges/br0/fdb", None);
+    assert_eq!(code, 200);
+    let entry = &fdb.as_array().unwrap()[0];
+    assert_eq!(
+        (
+            &entry["mac"],
+            &entry["vlan"],
+            &entry["port"],
+            &entry["static"]
+        ),
+        (
+            &json!("02:00:00:00:00:01"),
+            &json!(0),
+            &json!("a"),
+            &json!(false)
+        ),
+        "{fdb}"
+    );
+    assert!(entry["age_s"].as_u64().unwrap() < 5);
+
+    // A static entry steers frames to b even though the MAC was never seen there.
+    let (code, added) = call(
+        d,
+        "POST",
+        "/v1/bridges/br0/fdb",
+        Some(json!({"mac": "02:00:00:00:00:99", "port": "b"})),
+    );
+    assert_eq!(code, 201, "{added}");
+    assert_eq!(
+        added,
+        json!({"bridge": "br0", "mac": "02:00:00:00:00:99", "vlan": 0, "port": "b"})
+    );
+    a.send(TestVm::tx(0), &frame(mac(99), mac(1), 60, 1));
+    b.expect_frames(TestVm::rx(0), 1, T);
+    // A trunk port's entry names its VLAN.
+    let (code, _) = call(
+        d,
+        "POST",
+        "/v1/bridges/br0/fdb",
+        Some(json!({"mac": "02:00:00:00:00:98", "port": "t", "vlan": 6})),
+    );
+    assert_eq!(code, 201);
+    let (_, fdb) = call(d, "GET", "/v1/bridges/br0/fdb", None);
+    let statics: Vec<_> = fdb
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["static"] == true)
+        .map(|e| {
+            (
+                e["mac"].clone(),
+                e["vlan"].clone(),
+                e["port"].clone(),
+                e["age_s"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        statics,
+        [
+            (
+                json!("02:00:00:00:00:99"),
+                json!(0),
+                json!("b"),
+                Value::Null
+            ),
+            (
+                json!("02:00:00:00:00:98"),
+                json!(6),
+                json!("t"),
+                Value::Null
+            ),
+        ]
+    );
+
+    let bad = [
+        (
+            json!({"mac": "02:00:00:00:00", "port": "b"}),
+            400,
+            "invalid",
+            "not a MAC address",
+        ),
+        (
+            json!({"mac": "01:00:5e:00:00:01", "port": "b"}),
+            400,
+            "invalid",
+            "unicast",
+        ),
+        (
+            json!({"mac": "00:00:00:00:00:00", "port": "b"}),
+            400,
+            "invalid",
+            "unicast",
+        ),
+        (
+            json!({"mac": "02:00:00:00:00:07", "port": "nope"}),
+            404,
+            "not_found",
+            "no port named",
+        ),
+        (
+            json!({"mac": "02:00:00:00:00:07", "port": "z"}),
+            400,
+            "invalid",
+            "on bridge \"br1\"",
+        ),
+        (
+            json!({"mac": "02:00:00:00:00:07", "port": "t"}),
+            400,
+            "invalid",
+            "is a trunk",
+        ),
+        (
+            json!({"mac": "02:00:00:00:00:07", "port": "t", "vlan": 7}),
+            400,
+            "invalid",
+            "does not carry VLAN 7",
+        ),
+        (
+            json!({"mac": "02:00:00:00:00:07", "port": "b", "vlan": 70000}),
+            400,
+            "bad_request",
+            "70000",
+        ),
+        (
+            json!({"mac": "02:00:00:00:00:07", "port": "b", "age": 1}),
+            400,
+            "bad_request",
+            "age",
+        ),
+    ];
+    for (body, status, kind, says) in bad {
+        assert_error(
+            call(d, "POST", "/v1/bridges/br0/fdb", Some(body)),
+            status,
+            kind,
+            says,
+        );
+    }
+    assert_error(
+        call(
+            d,
+            "POST",
+            "/v1/bridges/nope/fdb",
+            Some(json!({"mac": "02:00:00:00:00:07", "port": "a"})),
+        ),
+        404,
+        "not_found",
+        "no bridge named \"nope\"",
+    );
+    assert_error(
+        call(d, "GET", "/v1/bridges/nope/fdb", None),
+        404,
+        "not_found",
+        "nope",
+    );
+    assert_error(
+        call(d, "DELETE", "/v1/bridges/br0/fdb?port=z", None),
+        400,
+        "invalid",
+        "on bridge",
+    );
+    assert_error(
+        call(d, "DELETE", "/v1/bridges/br0/fdb?port=nope", None),
+        404,
+        "not_found",
+        "nope",
+    );
+    assert_error(
+        call(d, "DELETE", "/v1/bridges/br0/fdb?colour=red", None),
+        400,
+        "bad_request",
+        "colour",
+    );
+    let (_, fdb) = call(d, "GET", "/v1/bridges/br0/fdb", None);
+    assert_eq!(
+        fdb.as_array().unwrap().len(),
+        3,
+        "refused requests changed nothing: {fdb}"
+    );
+
+    // A trunk that would lose the VLAN of its static entry is refused.
+    assert_error(
+        call(
+            d,
+            "PATCH",
+            "/v1/ports/t",
+            Some(json!({"vlan": {"mode": "trunk", "tags": [5]}})),
+        ),
+        409,
+        "conflict",
+        "static entry 02:00:00:00:00:98 on VLAN 6",
+    );
+    // Moving b takes its static entry along and forgets what it learnt.
+    let (code, _) = call(d, "PATCH", "/v1/ports/b", Some(json!({"bridge": "br1"})));
+    assert_eq!(code, 200);
+    let (_, fdb1) = call(d, "GET", "/v1/bridges/br1/fdb", None);
+    assert_eq!(fdb1.as_array().unwrap().len(), 1, "{fdb1}");
+    assert_eq!(fdb1[0]["mac"], "02:00:00:00:00:99");
+    let (code, _) = call(d, "PATCH", "/v1/ports/b", Some(json!({"bridge": "br0"})));
+    assert_eq!(code, 200);
+
+    // Flush one port's entries (static ones too), then everything.
+    assert_eq!(call(d, "DELETE", "/v1/bridges/br0/fdb?port=t", None).0, 204);
+    let (_, fdb) = call(d, "GET", "/v1/bridges/br0/fdb", None);
+    assert!(
+        fdb.as_array().unwrap().iter().all(|e| e["port"] != "t"),
+        "{fdb}"
+    );
+    assert!(!fdb.as_array().unwrap().is_empty());
+    assert_eq!(call(d, "DELETE", "/v1/bridges/br0/fdb", None).0, 204);
+    let (_, fdb) = call(d, "GET", "/v1/bridges/br0/fdb", None);
+    assert_eq!(fdb, json!([]));
+    // Learning starts again.
+    a.send(TestVm::tx(0), &frame(BROADCAST, mac(1), 60, 2));
+    b.expect_frames(TestVm::rx(0), 1, T);
+    let (_, fdb) = call(d, "GET", "/v1/bridges/br0/fdb", None);
+    assert_eq!(fdb.as_array().unwrap().len(), 1);
 }
