@@ -125,6 +125,24 @@ impl TestVm {
         Self::handshake(frontend, mac, opts)
     }
 
+    /// Waits (up to 10 s) for a client-mode port to connect to `listener`, as a VMM started
+    /// with `server=on` does, and does the whole handshake.
+    pub fn accept(
+        listener: &std::os::unix::net::UnixListener,
+        mac: [u8; 6],
+        opts: VmOptions,
+    ) -> TestVm {
+        listener
+            .set_nonblocking(true)
+            .expect("non-blocking listener");
+        let stream = wait_until(Duration::from_secs(10), "the switch to connect", || {
+            listener.accept().ok().map(|(s, _)| s)
+        });
+        stream.set_nonblocking(false).expect("blocking stream");
+        let frontend = Frontend::from_stream(stream, u64::from(2 * opts.queue_pairs));
+        Self::handshake(frontend, mac, opts)
+    }
+
     /// Does the vhost-user handshake over an established connection.
     pub fn handshake(mut frontend: Frontend, mac: [u8; 6], opts: VmOptions) -> TestVm {
         let (file, mem) = shared_memory();
