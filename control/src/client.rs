@@ -1,6 +1,7 @@
 //! A small client of the daemon's HTTP API, for `vringctl` and the tests.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
@@ -40,10 +41,39 @@ pub enum ClientError {
     },
 }
 
+/// Where the API listens: a TCP address, or the daemon's --api-socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl std::str::FromStr for Endpoint {
+    type Err = String;
+    /// `HOST:PORT`, or a path to a unix socket (absolute, or starting with `./`).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.starts_with('/') || s.starts_with("./") {
+            return Ok(Endpoint::Unix(PathBuf::from(s)));
+        }
+        s.parse().map(Endpoint::Tcp).map_err(|_| {
+            format!("{s:?} is neither an address like 127.0.0.1:9180 nor a socket path")
+        })
+    }
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Endpoint::Tcp(a) => write!(f, "{a}"),
+            Endpoint::Unix(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
 /// Where the API listens, and the bearer token to present.
 #[derive(Debug, Clone)]
 pub struct ApiClient {
-    pub addr: SocketAddr,
+    pub endpoint: Endpoint,
     pub token: Option<String>,
 }
 
@@ -73,25 +103,39 @@ impl ApiClient {
         path: &str,
         body: Option<serde_json::Value>,
     ) -> Result<Bytes, ClientError> {
-        let addr = self.addr.to_string();
-        let stream = tokio::net::TcpStream::connect(self.addr)
-            .await
-            .map_err(|source| ClientError::Connect {
-                addr: addr.clone(),
-                source,
-            })?;
+        let addr = self.endpoint.to_string();
+        let connect = |source| ClientError::Connect {
+            addr: addr.clone(),
+            source,
+        };
         let http = |source| ClientError::Http {
             addr: addr.clone(),
             source,
         };
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(http)?;
-        let driver = tokio::spawn(conn);
+        let (mut sender, driver) = match &self.endpoint {
+            Endpoint::Tcp(a) => {
+                let stream = tokio::net::TcpStream::connect(a).await.map_err(connect)?;
+                let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                    .await
+                    .map_err(http)?;
+                (sender, tokio::spawn(async move { conn.await.map(|_| ()) }))
+            }
+            Endpoint::Unix(p) => {
+                let stream = tokio::net::UnixStream::connect(p).await.map_err(connect)?;
+                let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                    .await
+                    .map_err(http)?;
+                (sender, tokio::spawn(async move { conn.await.map(|_| ()) }))
+            }
+        };
+        let host = match &self.endpoint {
+            Endpoint::Tcp(a) => a.to_string(),
+            Endpoint::Unix(_) => "localhost".to_owned(),
+        };
         let mut req = Request::builder()
             .method(method.clone())
             .uri(path)
-            .header(hyper::header::HOST, &addr);
+            .header(hyper::header::HOST, &host);
         if let Some(t) = &self.token {
             req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {t}"));
         }
@@ -133,6 +177,23 @@ impl ApiClient {
 #[cfg(test)]
 mod tests {
     use super::error_message;
+
+    #[test]
+    fn endpoints_are_addresses_or_socket_paths() {
+        use super::Endpoint;
+        assert_eq!(
+            "127.0.0.1:9180".parse::<Endpoint>(),
+            Ok(Endpoint::Tcp("127.0.0.1:9180".parse().unwrap()))
+        );
+        assert_eq!(
+            "/run/vringswitch/api.sock".parse::<Endpoint>(),
+            Ok(Endpoint::Unix("/run/vringswitch/api.sock".into()))
+        );
+        assert!("localhost"
+            .parse::<Endpoint>()
+            .unwrap_err()
+            .contains("neither"));
+    }
 
     #[test]
     fn error_messages_carry_the_apis_words() {

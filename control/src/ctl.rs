@@ -96,6 +96,121 @@ pub fn stats_tables(s: &Snapshot, scope: &str) -> String {
     )
 }
 
+/// A JSON field as table text: strings bare, null as "-".
+fn text(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::Null => "-".to_owned(),
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// A port's VLAN setting in a few words: "-", "access 10", "trunk 10,20".
+pub fn vlan_text(vlan: &serde_json::Value) -> String {
+    match vlan["mode"].as_str() {
+        Some("access") => format!("access {}", text(&vlan["tag"])),
+        Some("trunk") => {
+            let tags: Vec<String> = vlan["tags"]
+                .as_array()
+                .map(|a| a.iter().map(text).collect())
+                .unwrap_or_default();
+            format!("trunk {}", tags.join(","))
+        }
+        _ => "-".to_owned(),
+    }
+}
+
+/// `vringctl bridge list`: one line per bridge (`bridges` is the API's list).
+pub fn bridges_table(bridges: &serde_json::Value) -> String {
+    let rows = bridges
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|b| {
+            let ports: Vec<String> = b["ports"]
+                .as_array()
+                .map(|a| a.iter().map(text).collect())
+                .unwrap_or_default();
+            vec![text(&b["name"]), text(&b["fdb_aging_s"]), ports.join(",")]
+        })
+        .collect();
+    table(&["bridge", "fdb aging s", "ports"], 1, rows) + "\n"
+}
+
+/// `vringctl port list`: one line per port with its live state and main counters.
+pub fn ports_table(ports: &serde_json::Value) -> String {
+    let rows = ports
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            let st = &p["state"];
+            let link = match (st["connected"].as_bool(), st["ready"].as_bool()) {
+                (Some(true), Some(true)) => "up",
+                (Some(true), _) => "connecting",
+                _ => "down",
+            };
+            let c = &p["counters"];
+            let drops: u64 = c["drops"]
+                .as_object()
+                .map(|d| d.values().filter_map(|v| v.as_u64()).sum())
+                .unwrap_or(0);
+            vec![
+                text(&p["name"]),
+                text(&p["bridge"]),
+                text(&p["mode"]),
+                vlan_text(&p["vlan"]),
+                link.to_owned(),
+                text(&p["socket"]),
+                text(&st["queue_pairs_active"]),
+                text(&c["rx_packets"]),
+                text(&c["tx_packets"]),
+                drops.to_string(),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "port",
+            "bridge",
+            "mode",
+            "vlan",
+            "link",
+            "socket",
+            "queues",
+            "rx packets",
+            "tx packets",
+            "drops",
+        ],
+        6,
+        rows,
+    ) + "\n"
+}
+
+/// `vringctl fdb show`: one line per entry.
+pub fn fdb_table(entries: &serde_json::Value) -> String {
+    let rows = entries
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            vec![
+                text(&e["mac"]),
+                text(&e["vlan"]),
+                text(&e["port"]),
+                if e["static"] == true {
+                    "static"
+                } else {
+                    "learnt"
+                }
+                .to_owned(),
+                text(&e["age_s"]),
+            ]
+        })
+        .collect();
+    table(&["mac", "vlan", "port", "type", "age s"], 1, rows) + "\n"
+}
+
 /// The counters accumulated between two snapshots (ports matched by name; a port that is new
 /// in `later` counts from zero).
 pub fn difference(later: &Snapshot, earlier: &Snapshot) -> Snapshot {
@@ -174,6 +289,54 @@ mod tests {
                 "no_rx_buffer=6"
             ]
         );
+    }
+
+    #[test]
+    fn topology_tables_show_what_people_look_for() {
+        use serde_json::json;
+        let b = bridges_table(&json!([{"name": "br0", "fdb_aging_s": 300, "ports": ["a", "b"]}]));
+        let row: Vec<&str> = b.lines().nth(1).unwrap().split_whitespace().collect();
+        assert_eq!(row, ["br0", "300", "a,b"]);
+        let p = ports_table(&json!([{
+            "name": "a", "bridge": "br0", "type": "vhost-user", "socket": "/run/a.sock",
+            "mode": "server", "queues": 4, "vlan": {"mode": "trunk", "tags": [10, 20]},
+            "state": {"connected": true, "ready": true, "features": "0x1",
+                      "queue_pairs_active": 2},
+            "counters": {"rx_packets": 5, "tx_packets": 7,
+                         "drops": {"no_rx_buffer": 2, "hairpin": 1}}
+        }]));
+        let lines: Vec<&str> = p.lines().collect();
+        assert!(lines[0].starts_with("PORT"));
+        let row: Vec<&str> = lines[1].split_whitespace().collect();
+        assert_eq!(
+            row,
+            [
+                "a",
+                "br0",
+                "server",
+                "trunk",
+                "10,20",
+                "up",
+                "/run/a.sock",
+                "2",
+                "5",
+                "7",
+                "3"
+            ]
+        );
+        assert_eq!(vlan_text(&json!({"mode": "access", "tag": 3})), "access 3");
+        assert_eq!(vlan_text(&serde_json::Value::Null), "-");
+        let f = fdb_table(&json!([
+            {"mac": "02:00:00:00:00:01", "vlan": 0, "port": "a", "age_s": 4, "static": false},
+            {"mac": "02:00:00:00:00:02", "vlan": 5, "port": "b", "age_s": null, "static": true}
+        ]));
+        let rows: Vec<Vec<&str>> = f
+            .lines()
+            .skip(1)
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        assert_eq!(rows[0], ["02:00:00:00:00:01", "0", "a", "learnt", "4"]);
+        assert_eq!(rows[1], ["02:00:00:00:00:02", "5", "b", "static", "-"]);
     }
 
     #[test]

@@ -28,9 +28,11 @@ struct AppState {
     metrics: Arc<Metrics>,
 }
 
-/// The router of the HTTP endpoint.
-pub fn router(daemon: Arc<Daemon>) -> Router {
-    Router::new()
+/// The router of the HTTP endpoint. With a `token`, every request under `/v1` must carry
+/// `Authorization: Bearer <token>`; /healthz and /metrics stay open (for probes and
+/// Prometheus).
+pub fn router(daemon: Arc<Daemon>, token: Option<Arc<str>>) -> Router {
+    let app = Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/v1/stats", get(stats))
@@ -49,7 +51,50 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .with_state(AppState {
             daemon,
             metrics: Arc::new(Metrics::new()),
-        })
+        });
+    match token {
+        Some(t) => app.layer(axum::middleware::from_fn_with_state(t, require_token)),
+        None => app,
+    }
+}
+
+/// Refuses a `/v1` request without the bearer token.
+async fn require_token(
+    State(token): State<Arc<str>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let path = req.uri().path();
+    if path != "/v1" && !path.starts_with("/v1/") {
+        return next.run(req).await;
+    }
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        Some(g) if same_secret(g.trim().as_bytes(), token.as_bytes()) => next.run(req).await,
+        _ => {
+            let mut resp = ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "this API needs 'Authorization: Bearer <token>' with the daemon's \
+                 --api-token-file token (vringctl: --token or VRINGSWITCH_TOKEN)",
+            )
+            .into_response();
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+            resp
+        }
+    }
+}
+
+/// Compares secrets in time independent of where they differ.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// An API error: status, a short machine-readable kind, and what to fix.
@@ -332,4 +377,17 @@ async fn blocking<T: Send + 'static>(
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
         .map_err(ApiError::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_secret;
+
+    #[test]
+    fn secrets_compare_whole() {
+        assert!(same_secret(b"abc", b"abc"));
+        assert!(!same_secret(b"abc", b"abd"));
+        assert!(!same_secret(b"abc", b"abcd"));
+        assert!(!same_secret(b"", b"a"));
+    }
 }

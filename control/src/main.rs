@@ -29,6 +29,14 @@ struct Args {
     /// /tmp/vringswitch-$UID].
     #[arg(long, value_name = "DIR")]
     socket_dir: Option<PathBuf>,
+    /// File holding the bearer token that every /v1 request must carry. Required when
+    /// --api is not a loopback address.
+    #[arg(long, value_name = "PATH", env = "VRINGSWITCH_API_TOKEN_FILE")]
+    api_token_file: Option<PathBuf>,
+    /// Also serve the API on this unix socket (mode 0660, no token: the file's permissions
+    /// are the access control).
+    #[arg(long, value_name = "PATH")]
+    api_socket: Option<PathBuf>,
     /// State file: every change made over the API is saved there, and a restart restores
     /// it (it then wins over the bridges and ports of --config). Without it, changes last
     /// until the daemon stops.
@@ -84,6 +92,17 @@ fn run() -> anyhow::Result<()> {
         .init();
     let args = Args::parse();
 
+    let token = match &args.api_token_file {
+        Some(path) => Some(read_token(path)?),
+        None => None,
+    };
+    if token.is_none() && !args.api.ip().is_loopback() {
+        anyhow::bail!(
+            "--api {} is reachable from other hosts: give --api-token-file so that /v1 \
+             requests need a bearer token, or listen on 127.0.0.1",
+            args.api
+        );
+    }
     let socket_dir = args.socket_dir.clone().unwrap_or_else(default_socket_dir);
     let config = match &args.config {
         Some(path) => Config::load(path)?,
@@ -114,12 +133,18 @@ fn run() -> anyhow::Result<()> {
         .context("cannot start the async runtime")?;
     let switch = daemon.switch.clone();
     let api_daemon = daemon.clone();
+    let api_socket = args.api_socket.clone();
+    let api_addr = args.api;
     let result: anyhow::Result<()> = runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(args.api)
+        let listener = tokio::net::TcpListener::bind(api_addr)
             .await
-            .with_context(|| format!("cannot listen on --api {}", args.api))?;
-        tracing::info!(api = %args.api, "HTTP endpoint ready");
-        let app = http::router(api_daemon);
+            .with_context(|| format!("cannot listen on --api {api_addr}"))?;
+        tracing::info!(api = %api_addr, token = token.is_some(), "HTTP endpoint ready");
+        let app = http::router(api_daemon.clone(), token);
+        let unix = match &api_socket {
+            Some(path) => Some((bind_api_socket(path)?, http::router(api_daemon, None))),
+            None => None,
+        };
         // Under systemd (Type=notify), say we are up and keep the watchdog fed while the
         // workers are alive. Without $NOTIFY_SOCKET these do nothing.
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
@@ -142,14 +167,57 @@ fn run() -> anyhow::Result<()> {
                 ager.age_fdbs();
             }
         });
-        let server = axum::serve(listener, app).with_graceful_shutdown(shutdown_signal());
-        server.await.context("HTTP server failed")
+        let tcp = axum::serve(listener, app);
+        let unix = async {
+            match unix {
+                Some((l, app)) => axum::serve(l, app).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            r = tcp => r.context("HTTP server failed"),
+            r = unix => r.context("HTTP server on --api-socket failed"),
+            () = shutdown_signal() => Ok(()),
+        }
     });
+    if let Some(path) = &args.api_socket {
+        let _ = std::fs::remove_file(path);
+    }
     tracing::info!("stopping");
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     daemon.stop();
     runtime.shutdown_timeout(Duration::from_secs(1));
     result
+}
+
+/// Reads the API token: the file's content without surrounding blanks, not empty.
+fn read_token(path: &std::path::Path) -> anyhow::Result<Arc<str>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read --api-token-file {}", path.display()))?;
+    let token = text.trim();
+    if token.is_empty() {
+        anyhow::bail!("--api-token-file {} is empty", path.display());
+    }
+    Ok(Arc::from(token))
+}
+
+/// Binds the API's unix socket: directory created 0750 if missing, socket 0660.
+fn bind_api_socket(path: &std::path::Path) -> anyhow::Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    if let Some(dir) = path.parent().filter(|d| !d.exists()) {
+        std::fs::create_dir_all(dir)
+            .and_then(|()| std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o750)))
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
+        let _ = std::fs::remove_file(path);
+    }
+    let listener = tokio::net::UnixListener::bind(path)
+        .with_context(|| format!("cannot listen on --api-socket {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+        .with_context(|| format!("cannot set the mode of {}", path.display()))?;
+    tracing::info!(api_socket = %path.display(), "HTTP endpoint ready on a unix socket");
+    Ok(listener)
 }
 
 async fn shutdown_signal() {

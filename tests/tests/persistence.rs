@@ -56,7 +56,7 @@ fn topology_built_over_the_api_survives_kill_9() {
     let mut d = Daemon::start_with(
         dir.path(),
         &config,
-        &[a_sock.clone()],
+        std::slice::from_ref(&a_sock),
         &["--state", &state_arg],
     );
     assert!(state.exists(), "the state file is written at start");

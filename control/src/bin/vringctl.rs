@@ -1,11 +1,12 @@
 //! `vringctl`: the command line of vringswitch, a client of the daemon's HTTP API.
 
-use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use vringswitch_control::client::{ApiClient, ClientError};
+use hyper::Method;
+use serde_json::{json, Value};
+use vringswitch_control::client::{ApiClient, ClientError, Endpoint};
 use vringswitch_control::ctl;
 use vringswitch_metrics::Snapshot;
 
@@ -13,15 +14,15 @@ use vringswitch_metrics::Snapshot;
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
-    /// Address of the daemon's API.
+    /// The daemon's API: HOST:PORT, or the path of its --api-socket.
     #[arg(
         long,
         global = true,
-        value_name = "ADDR",
+        value_name = "ADDR|PATH",
         env = "VRINGSWITCH_API",
         default_value = "127.0.0.1:9180"
     )]
-    api: SocketAddr,
+    api: Endpoint,
     /// Bearer token, when the daemon requires one.
     #[arg(long, global = true, value_name = "TOKEN", env = "VRINGSWITCH_TOKEN")]
     token: Option<String>,
@@ -34,11 +35,119 @@ struct Args {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Bridges: list, show, add, del.
+    #[command(subcommand)]
+    Bridge(BridgeCmd),
+    /// Ports: list, show, add, set (move, VLAN), del.
+    #[command(subcommand)]
+    Port(PortCmd),
+    /// A bridge's forwarding table: show, add a static entry, flush.
+    #[command(subcommand)]
+    Fdb(FdbCmd),
     /// Per-core load (busy %, cycles per packet, bursts) and per-port counters.
     Stats {
         /// Show what happened over this many seconds instead of the totals since start.
         #[arg(long, short, value_name = "SECS", value_parser = parse_interval)]
         interval: Option<f64>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum BridgeCmd {
+    /// Every bridge with its ports.
+    List,
+    /// One bridge.
+    Show { name: String },
+    /// Creates a bridge.
+    Add {
+        name: String,
+        /// Seconds after which an idle learnt address is forgotten.
+        #[arg(long, value_name = "SECS")]
+        fdb_aging: Option<u64>,
+    },
+    /// Deletes a bridge (it must have no ports).
+    Del { name: String },
+}
+
+/// A VLAN setting on the command line.
+#[derive(clap::Args, Debug, Default)]
+#[group(multiple = false)]
+struct VlanArgs {
+    /// Access port of this VLAN (untagged frames).
+    #[arg(long, value_name = "VLAN")]
+    access: Option<u16>,
+    /// Trunk of these VLANs (tagged frames), e.g. 10,20.
+    #[arg(long, value_name = "VLANS", value_delimiter = ',')]
+    trunk: Option<Vec<u16>>,
+}
+
+impl VlanArgs {
+    fn json(&self) -> Option<Value> {
+        match (&self.access, &self.trunk) {
+            (Some(tag), _) => Some(json!({"mode": "access", "tag": tag})),
+            (None, Some(tags)) => Some(json!({"mode": "trunk", "tags": tags})),
+            (None, None) => None,
+        }
+    }
+}
+
+#[derive(Subcommand, Debug)]
+enum PortCmd {
+    /// Every port with its state and counters.
+    List,
+    /// One port, whole (as JSON).
+    Show { name: String },
+    /// Creates a vhost-user port.
+    Add {
+        name: String,
+        #[arg(long)]
+        bridge: String,
+        /// The vhost-user socket (inside the daemon's socket directory).
+        #[arg(long, value_name = "PATH")]
+        socket: std::path::PathBuf,
+        /// server: vringswitch listens; client: the VMM listens.
+        #[arg(long, default_value = "server", value_parser = ["server", "client"])]
+        mode: String,
+        /// Most queue pairs accepted.
+        #[arg(long)]
+        queues: Option<u16>,
+        #[command(flatten)]
+        vlan: VlanArgs,
+    },
+    /// Moves a port to another bridge and/or changes its VLAN setting.
+    Set {
+        name: String,
+        #[arg(long)]
+        bridge: Option<String>,
+        #[command(flatten)]
+        vlan: VlanArgs,
+        /// Removes the VLAN setting: every VLAN as it comes.
+        #[arg(long, conflicts_with_all = ["access", "trunk"])]
+        no_vlan: bool,
+    },
+    /// Deletes a port (its VM is disconnected).
+    Del { name: String },
+}
+
+#[derive(Subcommand, Debug)]
+enum FdbCmd {
+    /// The entries of a bridge's forwarding table.
+    Show { bridge: String },
+    /// Adds a static entry: frames to MAC go to PORT.
+    Add {
+        bridge: String,
+        mac: String,
+        #[arg(long)]
+        port: String,
+        /// The entry's VLAN [default: the port's untagged VLAN].
+        #[arg(long)]
+        vlan: Option<u16>,
+    },
+    /// Removes every entry, or only those of --port.
+    Flush {
+        bridge: String,
+        #[arg(long)]
+        port: Option<String>,
     },
 }
 
@@ -86,10 +195,14 @@ fn main() -> ExitCode {
 
 async fn run(args: Args) -> Result<String, ClientError> {
     let api = ApiClient {
-        addr: args.api,
+        endpoint: args.api,
         token: args.token,
     };
+    let json = args.json;
     match args.command {
+        Command::Bridge(cmd) => bridge(&api, cmd, json).await,
+        Command::Port(cmd) => port(&api, cmd, json).await,
+        Command::Fdb(cmd) => fdb(&api, cmd, json).await,
         Command::Stats { interval } => {
             let first: Snapshot = api.get("/v1/stats").await?;
             let (s, scope) = match interval {
@@ -106,5 +219,222 @@ async fn run(args: Args) -> Result<String, ClientError> {
                 Ok(ctl::stats_tables(&s, &scope))
             }
         }
+    }
+}
+
+/// The API's JSON, pretty, for --json.
+fn pretty(v: &Value) -> String {
+    serde_json::to_string_pretty(v).expect("JSON serialises") + "\n"
+}
+
+/// Sends a request and decodes its JSON answer (Null when empty).
+async fn send(
+    api: &ApiClient,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> Result<Value, ClientError> {
+    let bytes = api.call(method, path, body).await?;
+    if bytes.is_empty() {
+        return Ok(Value::Null);
+    }
+    serde_json::from_slice(&bytes).map_err(|source| ClientError::Decode {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// What a change prints: the API's answer with --json, else `done`.
+fn changed(v: &Value, json: bool, done: String) -> String {
+    if json && !v.is_null() {
+        pretty(v)
+    } else {
+        done + "\n"
+    }
+}
+
+async fn bridge(api: &ApiClient, cmd: BridgeCmd, json: bool) -> Result<String, ClientError> {
+    Ok(match cmd {
+        BridgeCmd::List => {
+            let v = send(api, Method::GET, "/v1/bridges", None).await?;
+            if json {
+                pretty(&v)
+            } else {
+                ctl::bridges_table(&v)
+            }
+        }
+        BridgeCmd::Show { name } => {
+            let v = send(
+                api,
+                Method::GET,
+                &format!("/v1/bridges/{}", seg(&name)),
+                None,
+            )
+            .await?;
+            if json {
+                pretty(&v)
+            } else {
+                ctl::bridges_table(&Value::Array(vec![v]))
+            }
+        }
+        BridgeCmd::Add { name, fdb_aging } => {
+            let mut body = json!({ "name": name });
+            if let Some(a) = fdb_aging {
+                body["fdb_aging_s"] = json!(a);
+            }
+            let v = send(api, Method::POST, "/v1/bridges", Some(body)).await?;
+            changed(&v, json, format!("bridge {name} added"))
+        }
+        BridgeCmd::Del { name } => {
+            let v = send(
+                api,
+                Method::DELETE,
+                &format!("/v1/bridges/{}", seg(&name)),
+                None,
+            )
+            .await?;
+            changed(&v, json, format!("bridge {name} deleted"))
+        }
+    })
+}
+
+async fn port(api: &ApiClient, cmd: PortCmd, json: bool) -> Result<String, ClientError> {
+    Ok(match cmd {
+        PortCmd::List => {
+            let v = send(api, Method::GET, "/v1/ports", None).await?;
+            if json {
+                pretty(&v)
+            } else {
+                ctl::ports_table(&v)
+            }
+        }
+        PortCmd::Show { name } => {
+            let v = send(api, Method::GET, &format!("/v1/ports/{}", seg(&name)), None).await?;
+            if json {
+                pretty(&v)
+            } else {
+                ctl::ports_table(&Value::Array(vec![v]))
+            }
+        }
+        PortCmd::Add {
+            name,
+            bridge,
+            socket,
+            mode,
+            queues,
+            vlan,
+        } => {
+            let mut body = json!({"name": name, "bridge": bridge, "type": "vhost-user",
+                                  "socket": socket, "mode": mode});
+            if let Some(q) = queues {
+                body["queues"] = json!(q);
+            }
+            if let Some(v) = vlan.json() {
+                body["vlan"] = v;
+            }
+            let v = send(api, Method::POST, "/v1/ports", Some(body)).await?;
+            changed(&v, json, format!("port {name} added"))
+        }
+        PortCmd::Set {
+            name,
+            bridge,
+            vlan,
+            no_vlan,
+        } => {
+            let mut body = json!({});
+            if let Some(b) = bridge {
+                body["bridge"] = json!(b);
+            }
+            if let Some(v) = vlan.json() {
+                body["vlan"] = v;
+            } else if no_vlan {
+                body["vlan"] = Value::Null;
+            }
+            let v = send(
+                api,
+                Method::PATCH,
+                &format!("/v1/ports/{}", seg(&name)),
+                Some(body),
+            )
+            .await?;
+            changed(&v, json, format!("port {name} changed"))
+        }
+        PortCmd::Del { name } => {
+            let v = send(
+                api,
+                Method::DELETE,
+                &format!("/v1/ports/{}", seg(&name)),
+                None,
+            )
+            .await?;
+            changed(&v, json, format!("port {name} deleted"))
+        }
+    })
+}
+
+async fn fdb(api: &ApiClient, cmd: FdbCmd, json: bool) -> Result<String, ClientError> {
+    Ok(match cmd {
+        FdbCmd::Show { bridge } => {
+            let v = send(
+                api,
+                Method::GET,
+                &format!("/v1/bridges/{}/fdb", seg(&bridge)),
+                None,
+            )
+            .await?;
+            if json {
+                pretty(&v)
+            } else {
+                ctl::fdb_table(&v)
+            }
+        }
+        FdbCmd::Add {
+            bridge,
+            mac,
+            port,
+            vlan,
+        } => {
+            let mut body = json!({"mac": mac, "port": port});
+            if let Some(v) = vlan {
+                body["vlan"] = json!(v);
+            }
+            let path = format!("/v1/bridges/{}/fdb", seg(&bridge));
+            let v = send(api, Method::POST, &path, Some(body)).await?;
+            changed(&v, json, format!("{mac} -> {port} added to {bridge}"))
+        }
+        FdbCmd::Flush { bridge, port } => {
+            let path = match &port {
+                Some(p) => format!("/v1/bridges/{}/fdb?port={}", seg(&bridge), seg(p)),
+                None => format!("/v1/bridges/{}/fdb", seg(&bridge)),
+            };
+            let v = send(api, Method::DELETE, &path, None).await?;
+            let what = port.map_or_else(
+                || "all entries".to_owned(),
+                |p| format!("port {p}'s entries"),
+            );
+            changed(&v, json, format!("{bridge}: {what} flushed"))
+        }
+    })
+}
+
+/// A name as one URL path segment or query value: unreserved characters as they are, the
+/// rest percent-encoded.
+fn seg(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn names_are_encoded_in_paths() {
+        assert_eq!(super::seg("vm-1_a.b"), "vm-1_a.b");
+        assert_eq!(super::seg("a/b?c&d"), "a%2Fb%3Fc%26d");
     }
 }
