@@ -608,3 +608,179 @@ fn fdb_is_listed_given_static_entries_and_flushed() {
     let (_, fdb) = call(d, "GET", "/v1/bridges/br0/fdb", None);
     assert_eq!(fdb.as_array().unwrap().len(), 1);
 }
+
+/// Runs vringctl with `args`; returns (exit code, stdout, stderr).
+fn vringctl(args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(vringswitch_tests::daemon::vringctl())
+        .args(args)
+        .output()
+        .expect("run vringctl");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_token_guards_v1_and_the_unix_socket_serves_vringctl() {
+    use std::os::unix::fs::PermissionsExt;
+    use vringswitch_tests::daemon::{binary, free_port, Daemon, TempDir};
+
+    let dir = TempDir::new("api-access");
+    // Off loopback without a token: refused at start.
+    let out = std::process::Command::new(binary())
+        .args(["--api", &format!("0.0.0.0:{}", free_port())])
+        .arg("--socket-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--api-token-file"), "{err}");
+
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "s3cret-token\n").unwrap();
+    let api_sock = dir.path().join("run/api.sock");
+    let a = dir.path().join("a.sock");
+    let config = format!(
+        "[dataplane]\ncores = [1]\n[[bridges]]\nname = \"br0\"\n[[ports]]\nname = \"a\"\n\
+         bridge = \"br0\"\ntype = \"vhost-user\"\nsocket = \"{}\"\nmode = \"server\"\n",
+        a.display()
+    );
+    let d = Daemon::start_with(
+        dir.path(),
+        &config,
+        std::slice::from_ref(&a),
+        &[
+            "--api-token-file",
+            token_file.to_str().unwrap(),
+            "--api-socket",
+            api_sock.to_str().unwrap(),
+        ],
+    );
+    // /v1 needs the token; /metrics and /healthz do not.
+    assert_error(
+        call(&d, "GET", "/v1/bridges", None),
+        401,
+        "unauthorized",
+        "Bearer",
+    );
+    let get = |auth: &str| match ureq::get(&format!("http://{}/v1/bridges", d.api))
+        .set("Authorization", auth)
+        .call()
+    {
+        Ok(r) => r.status(),
+        Err(ureq::Error::Status(code, _)) => code,
+        Err(e) => panic!("{e}"),
+    };
+    assert_eq!(get("Bearer s3cret-token"), 200);
+    assert_eq!(get("Bearer s3cret-tokeN"), 401);
+    assert_eq!(get("Basic s3cret-token"), 401);
+    assert!(d.metrics().contains("vringswitch_port_connected"));
+
+    // The unix socket: mode 0660, no token needed (its permissions are the guard).
+    let mode = std::fs::metadata(&api_sock).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o660);
+    let sock = api_sock.to_str().unwrap();
+    let tcp = d.api.as_str();
+
+    // A vringctl session over both, as in docs/api.md.
+    let ok = |args: &[&str]| {
+        let (code, out, err) = vringctl(args);
+        assert_eq!(code, 0, "vringctl {args:?}: {err}");
+        out
+    };
+    let vm_sock = dir.path().join("vm9.sock");
+    let vm_sock = vm_sock.to_str().unwrap();
+    ok(&["--api", sock, "bridge", "add", "br9", "--fdb-aging", "60"]);
+    let out = ok(&["--api", sock, "bridge", "list"]);
+    assert!(
+        out.lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["br9", "60"]),
+        "{out}"
+    );
+    ok(&[
+        "--api", sock, "port", "add", "vm9", "--bridge", "br9", "--socket", vm_sock, "--access",
+        "10",
+    ]);
+    let out = ok(&["--api", tcp, "--token", "s3cret-token", "port", "list"]);
+    let row = out.lines().find(|l| l.starts_with("vm9")).expect(&out);
+    let cols: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(
+        cols[..6],
+        ["vm9", "br9", "server", "access", "10", "down"],
+        "{out}"
+    );
+    ok(&["--api", sock, "port", "set", "vm9", "--trunk", "10,20"]);
+    let (_, p) = call_with_socket_free(&d, "vm9");
+    assert_eq!(p["vlan"], json!({"mode": "trunk", "tags": [10, 20]}));
+    ok(&[
+        "--api",
+        sock,
+        "fdb",
+        "add",
+        "br9",
+        "02:00:00:00:00:42",
+        "--port",
+        "vm9",
+        "--vlan",
+        "20",
+    ]);
+    let out = ok(&["--api", sock, "fdb", "show", "br9"]);
+    assert!(
+        out.contains("02:00:00:00:00:42") && out.contains("static"),
+        "{out}"
+    );
+    let out = ok(&["--api", sock, "--json", "fdb", "show", "br9"]);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v[0]["vlan"], 20);
+    ok(&["--api", sock, "fdb", "flush", "br9", "--port", "vm9"]);
+    assert_eq!(
+        ok(&["--api", sock, "--json", "fdb", "show", "br9"]).trim(),
+        "[]"
+    );
+    ok(&["--api", sock, "port", "set", "vm9", "--no-vlan"]);
+
+    // Errors carry the API's words and exit 1; an unreachable API exits 3; no token, 1.
+    let (code, _, err) = vringctl(&[
+        "--api", sock, "port", "add", "x", "--bridge", "nope", "--socket", vm_sock,
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("not_found: no bridge named \"nope\""), "{err}");
+    let (code, _, err) = vringctl(&["--api", sock, "bridge", "del", "br9"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("conflict") && err.contains("vm9"), "{err}");
+    let (code, _, err) = vringctl(&["--api", tcp, "bridge", "list"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("unauthorized"), "{err}");
+    let missing = dir.path().join("none.sock");
+    let (code, _, err) = vringctl(&["--api", missing.to_str().unwrap(), "bridge", "list"]);
+    assert_eq!(code, 3, "{err}");
+    let (code, _, _) = vringctl(&["--api", sock, "port", "add", "y", "--bridge", "br9"]);
+    assert_eq!(code, 2, "missing --socket is a usage error");
+    let (code, _, _) = vringctl(&[
+        "--api", sock, "port", "set", "vm9", "--access", "1", "--trunk", "2",
+    ]);
+    assert_eq!(code, 2, "--access and --trunk exclude each other");
+
+    ok(&["--api", sock, "port", "del", "vm9"]);
+    ok(&["--api", sock, "bridge", "del", "br9"]);
+    let out = ok(&["--api", sock, "--json", "bridge", "list"]);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(names(&v), ["br0"]);
+}
+
+/// GET /v1/ports/{name} over the unix socket, which needs no token.
+fn call_with_socket_free(d: &vringswitch_tests::daemon::Daemon, name: &str) -> (i32, Value) {
+    let (code, out, err) = vringctl(&[
+        "--api",
+        d.dir.join("run/api.sock").to_str().unwrap(),
+        "--json",
+        "port",
+        "show",
+        name,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    (code, serde_json::from_str(&out).unwrap())
+}
