@@ -109,7 +109,7 @@ pub enum PortType {
 }
 
 /// Who listens on the vhost-user socket.
-#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum SocketMode {
     /// vringswitch listens, the VMM connects.
@@ -137,13 +137,35 @@ pub struct PortConfig {
 }
 
 /// A port's VLAN setting.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(tag = "mode", rename_all = "lowercase", deny_unknown_fields)]
 pub enum VlanConfig {
     /// Untagged frames enter VLAN `tag`; frames leave untagged; tagged frames are refused.
-    Access { tag: u16 },
+    Access {
+        #[schema(minimum = 1, maximum = 4094)]
+        tag: u16,
+    },
     /// Frames tagged with one of `tags` enter and leave tagged; others are refused.
-    Trunk { tags: Vec<u16> },
+    Trunk {
+        #[schema(schema_with = vlan_list_schema)]
+        tags: Vec<u16>,
+    },
+}
+
+/// OpenAPI schema of a trunk's VLAN list: 1 to 4094 distinct ids of 1 to 4094.
+fn vlan_list_schema() -> utoipa::openapi::schema::Array {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, SchemaType, Type};
+    let id = ObjectBuilder::new()
+        .schema_type(SchemaType::Type(Type::Integer))
+        .minimum(Some(1))
+        .maximum(Some(MAX_VLAN_ID))
+        .build();
+    ArrayBuilder::new()
+        .items(id)
+        .min_items(Some(1))
+        .max_items(Some(usize::from(MAX_VLAN_ID)))
+        .unique_items(true)
+        .build()
 }
 
 /// Highest VLAN id a port may name (4095 is reserved).

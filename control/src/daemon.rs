@@ -8,7 +8,7 @@
 //! reused, so a stale id in a worker's cache can never name another port.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -61,11 +61,14 @@ pub enum ChangeError {
 }
 
 /// A bridge as configured.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BridgeSpec {
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,64}$")]
     pub name: String,
+    /// Seconds after which an idle learnt address is forgotten.
     #[serde(default = "default_aging")]
+    #[schema(minimum = 1, maximum = 1_000_000, default = 300)]
     pub fdb_aging_s: u64,
 }
 
@@ -74,23 +77,29 @@ fn default_aging() -> u64 {
 }
 
 /// Kind of port (only vhost-user so far).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum PortKind {
     #[serde(rename = "vhost-user")]
     VhostUser,
 }
 
 /// A port as configured.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PortSpec {
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,64}$")]
     pub name: String,
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,64}$")]
     pub bridge: String,
     #[serde(rename = "type")]
     pub kind: PortKind,
+    /// Absolute path of the vhost-user socket, inside the daemon's socket directory.
+    #[schema(value_type = String, pattern = "^/", max_length = 107)]
     pub socket: PathBuf,
     pub mode: SocketMode,
+    /// Most queue pairs accepted from the frontend.
     #[serde(default = "default_queues")]
+    #[schema(minimum = 1, maximum = 16, default = 4)]
     pub queues: u16,
     /// VLAN membership; none: every VLAN as it comes, untagged frames in VLAN 0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -99,12 +108,16 @@ pub struct PortSpec {
 
 /// A change to a port (`PATCH`): fields left out stay as they are; `"vlan": null` removes
 /// the VLAN setting.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PortPatch {
+    /// The bridge to move the port to.
     #[serde(default)]
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,64}$")]
     pub bridge: Option<String>,
+    /// The new VLAN setting; null removes it.
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<VlanConfig>, nullable)]
     pub vlan: Option<Option<VlanConfig>>,
 }
 
@@ -118,17 +131,22 @@ where
 }
 
 /// A static FDB entry as requested: `vlan` defaults to the port's untagged VLAN.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StaticMacRequest {
+    /// A unicast MAC address, e.g. 02:00:00:00:00:01.
+    #[schema(pattern = "^[0-9a-fA-F][02468aceACE](:[0-9a-fA-F]{2}){5}$")]
     pub mac: String,
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,64}$")]
     pub port: String,
+    /// The entry's VLAN; default: the port's untagged VLAN (0 without a VLAN setting).
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 4094)]
     pub vlan: Option<u16>,
 }
 
 /// A static FDB entry as kept and saved.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StaticMac {
     pub bridge: String,
@@ -138,7 +156,7 @@ pub struct StaticMac {
 }
 
 /// One FDB entry as the API shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct FdbEntryView {
     pub mac: String,
     pub vlan: u16,
@@ -439,6 +457,11 @@ impl Daemon {
         self.save(&st)
     }
 
+    /// Where sockets of ports created over the API must lie.
+    pub fn socket_dir(&self) -> Option<&Path> {
+        self.options.socket_dir.as_deref()
+    }
+
     /// Creates a port asked for over the API: its socket must lie in the socket directory.
     pub fn add_port(&self, spec: PortSpec) -> Result<(), ChangeError> {
         vringswitch_config::check_socket_path(&spec.socket).map_err(ChangeError::Invalid)?;
@@ -465,7 +488,7 @@ impl Daemon {
             )));
         }
         if !st.bridges.iter().any(|b| b.spec.name == spec.bridge) {
-            return Err(no_bridge(&spec.bridge));
+            return Err(referenced(no_bridge(&spec.bridge)));
         }
         if let Some(other) = st.ports.values().find(|p| p.spec.socket == spec.socket) {
             return Err(ChangeError::Conflict(format!(
@@ -533,7 +556,7 @@ impl Daemon {
         let (id, old) = (entry.id, entry.spec.clone());
         let mut new = old.clone();
         if let Some(bridge) = patch.bridge {
-            st.bridge(&bridge)?;
+            st.bridge(&bridge).map_err(referenced)?;
             new.bridge = bridge;
         }
         if let Some(vlan) = patch.vlan {
@@ -652,14 +675,17 @@ impl Daemon {
         req: StaticMacRequest,
     ) -> Result<StaticMac, ChangeError> {
         let mac: MacAddr = req.mac.parse().map_err(ChangeError::Invalid)?;
-        if mac.is_multicast() || mac.is_zero() {
+        if mac.is_multicast() {
             return Err(ChangeError::Invalid(format!(
-                "{mac} is a group or zero address: a static entry needs a unicast MAC"
+                "{mac} is a group address: a static entry needs a unicast MAC"
             )));
         }
         let mut st = self.state();
         st.bridge(bridge)?;
-        let port = st.ports.get(&req.port).ok_or_else(|| no_port(&req.port))?;
+        let port = st
+            .ports
+            .get(&req.port)
+            .ok_or_else(|| referenced(no_port(&req.port)))?;
         if port.spec.bridge != bridge {
             return Err(ChangeError::Invalid(format!(
                 "port {:?} is on bridge {:?}, not {bridge:?}",
@@ -706,7 +732,7 @@ impl Daemon {
         let mut st = self.state();
         let id = match port {
             Some(p) => {
-                let e = st.ports.get(p).ok_or_else(|| no_port(p))?;
+                let e = st.ports.get(p).ok_or_else(|| referenced(no_port(p)))?;
                 if e.spec.bridge != bridge {
                     return Err(ChangeError::Invalid(format!(
                         "port {p:?} is on bridge {:?}, not {bridge:?}",
@@ -800,27 +826,66 @@ fn no_port(name: &str) -> ChangeError {
     ChangeError::NotFound(format!("no port named {name:?}"))
 }
 
-/// Refuses a socket path outside `dir` (after resolving `.` and `..` by name).
-fn check_inside(socket: &Path, dir: &Path) -> Result<(), ChangeError> {
-    let mut clean = PathBuf::new();
-    for c in socket.components() {
-        match c {
-            Component::ParentDir => {
-                clean.pop();
-            }
-            Component::CurDir => {}
-            other => clean.push(other),
-        }
+/// A missing bridge or port named in a request's body or query, rather than in its URL:
+/// the request is wrong (400), the resource addressed was found.
+fn referenced(e: ChangeError) -> ChangeError {
+    match e {
+        ChangeError::NotFound(m) => ChangeError::Invalid(m),
+        other => other,
     }
-    if clean.parent() == Some(dir) || (clean.starts_with(dir) && clean != dir) {
-        Ok(())
+}
+
+/// Characters of a socket's file name created over the API (see [`socket_pattern`]).
+fn socket_name_ok(name: &str) -> bool {
+    let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    (1..=64).contains(&name.len()) && !name.starts_with('.') && name.chars().all(ok_char)
+}
+
+/// The socket directory as written in socket paths: without trailing slashes.
+fn dir_text(dir: &Path) -> String {
+    let d = dir.to_string_lossy();
+    let t = d.trim_end_matches('/');
+    if t.is_empty() {
+        "/".to_owned()
     } else {
-        Err(ChangeError::Invalid(format!(
-            "socket {} is outside the socket directory {}: put it there",
-            socket.display(),
-            dir.display()
-        )))
+        t.to_owned()
     }
+}
+
+/// Refuses a socket path that is not `DIR/NAME`, NAME being 1 to 64 characters of
+/// A-Z a-z 0-9 - _ . not starting with a dot. Exactly what [`socket_pattern`] says.
+fn check_inside(socket: &Path, dir: &Path) -> Result<(), ChangeError> {
+    let dir = dir_text(dir);
+    let s = socket.to_string_lossy();
+    let name = s.strip_prefix(dir.as_str()).and_then(|rest| {
+        if dir == "/" {
+            Some(rest)
+        } else {
+            rest.strip_prefix('/')
+        }
+    });
+    match name {
+        Some(n) if socket_name_ok(n) => Ok(()),
+        _ => Err(ChangeError::Invalid(format!(
+            "socket {} is outside the socket directory {dir}: use {dir}/NAME, NAME being 1 \
+             to 64 characters of A-Z a-z 0-9 - _ . not starting with a dot",
+            socket.display(),
+        ))),
+    }
+}
+
+/// The regular expression of socket paths accepted over the API, for the OpenAPI document.
+pub fn socket_pattern(dir: &Path) -> String {
+    let dir = dir_text(dir);
+    let mut escaped = String::new();
+    for c in dir.chars() {
+        if !c.is_ascii_alphanumeric() && c != '/' && c != '_' && c != '-' {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    let sep = if dir == "/" { "" } else { "/" };
+    format!("^{escaped}{sep}[A-Za-z0-9_-][A-Za-z0-9._-]{{0,63}}$")
 }
 
 /// Reads the state file; `None` if there is none yet.
@@ -880,23 +945,39 @@ mod tests {
 
     #[test]
     fn sockets_must_lie_in_the_socket_directory() {
-        let dir = Path::new("/run/vringswitch");
-        assert!(check_inside(Path::new("/run/vringswitch/a.sock"), dir).is_ok());
-        assert!(check_inside(Path::new("/run/vringswitch/vms/a.sock"), dir).is_ok());
-        assert!(check_inside(Path::new("/run/vringswitch/./a.sock"), dir).is_ok());
-        for bad in [
-            "/run/vringswitch",
-            "/run/vringswitch/../a.sock",
-            "/run/vringswitch/x/../../a.sock",
-            "/run/vringswitch2/a.sock",
-            "/tmp/a.sock",
-        ] {
-            let e = check_inside(Path::new(bad), dir).unwrap_err();
-            assert!(
-                e.to_string().contains("outside the socket directory"),
-                "{bad}"
-            );
+        for dir in ["/run/vringswitch", "/run/vringswitch/"] {
+            let dir = Path::new(dir);
+            for good in ["/run/vringswitch/a.sock", "/run/vringswitch/vm-1_x"] {
+                assert!(check_inside(Path::new(good), dir).is_ok(), "{good}");
+            }
+            for bad in [
+                "/run/vringswitch",
+                "/run/vringswitch/",
+                "/run/vringswitch//a.sock",
+                "/run/vringswitch/vms/a.sock",
+                "/run/vringswitch/./a.sock",
+                "/run/vringswitch/../a.sock",
+                "/run/vringswitch/.hidden",
+                "/run/vringswitch/a b",
+                "/run/vringswitch2/a.sock",
+                "/tmp/a.sock",
+            ] {
+                let e = check_inside(Path::new(bad), dir).unwrap_err();
+                assert!(
+                    e.to_string().contains("outside the socket directory"),
+                    "{bad}"
+                );
+            }
         }
+        assert!(check_inside(Path::new("/a.sock"), Path::new("/")).is_ok());
+        assert_eq!(
+            socket_pattern(Path::new("/tmp/vs.1+x/")),
+            r"^/tmp/vs\.1\+x/[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$"
+        );
+        assert_eq!(
+            socket_pattern(Path::new("/")),
+            "^/[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$"
+        );
     }
 
     #[test]

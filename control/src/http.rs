@@ -19,7 +19,8 @@ use vringswitch_metrics::{Metrics, PortSnapshot, Snapshot};
 use vringswitch_ports::PortHandle;
 
 use crate::daemon::{
-    BridgeSpec, ChangeError, Daemon, FdbEntryView, PortPatch, PortSpec, StaticMac, StaticMacRequest,
+    BridgeSpec, ChangeError, Daemon, FdbEntryView, PortKind, PortPatch, PortSpec, StaticMac,
+    StaticMacRequest, VlanConfig,
 };
 
 #[derive(Clone)]
@@ -28,12 +29,87 @@ struct AppState {
     metrics: Arc<Metrics>,
 }
 
+/// The OpenAPI document of this API, served at `/openapi.json`.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "vringswitch",
+        description = "Topology, FDB and counters of a vringswitch daemon (see docs/api.md). \
+            With --api-token-file, every /v1 request needs 'Authorization: Bearer <token>'."
+    ),
+    paths(
+        healthz,
+        metrics,
+        stats,
+        list_bridges,
+        add_bridge,
+        get_bridge,
+        remove_bridge,
+        get_fdb,
+        add_static_mac,
+        flush_fdb,
+        list_ports,
+        add_port,
+        get_port,
+        update_port,
+        remove_port
+    ),
+    components(schemas(
+        ErrorBody,
+        BridgeSpec,
+        BridgeView,
+        PortSpec,
+        PortPatch,
+        PortView,
+        PortState,
+        VlanConfig,
+        StaticMacRequest,
+        StaticMac,
+        FdbEntryView
+    ))
+)]
+pub struct ApiDoc;
+
+/// The OpenAPI document as served. Variants of the VLAN setting refuse unknown fields
+/// like every other request object; utoipa does not say so for enum variants.
+/// With a socket directory, the socket paths it accepts are in the document too.
+pub fn openapi_document(socket_dir: Option<&std::path::Path>) -> serde_json::Value {
+    let mut doc = serde_json::to_value(<ApiDoc as utoipa::OpenApi>::openapi())
+        .unwrap_or(serde_json::Value::Null);
+    if let Some(variants) = doc
+        .pointer_mut("/components/schemas/VlanConfig/oneOf")
+        .and_then(|v| v.as_array_mut())
+    {
+        for v in variants {
+            v["additionalProperties"] = serde_json::Value::Bool(false);
+        }
+    }
+    if let (Some(dir), Some(socket)) = (
+        socket_dir,
+        doc.pointer_mut("/components/schemas/PortSpec/properties/socket"),
+    ) {
+        socket["pattern"] = crate::daemon::socket_pattern(dir).into();
+        socket["description"] = format!(
+            "Path of the vhost-user socket: {}/NAME, NAME being 1 to 64 characters of \
+             A-Z a-z 0-9 - _ . not starting with a dot",
+            dir.display()
+        )
+        .into();
+    }
+    doc
+}
+
+async fn openapi(State(s): State<AppState>) -> Json<serde_json::Value> {
+    Json(openapi_document(s.daemon.socket_dir()))
+}
+
 /// The router of the HTTP endpoint. With a `token`, every request under `/v1` must carry
 /// `Authorization: Bearer <token>`; /healthz and /metrics stay open (for probes and
 /// Prometheus).
 pub fn router(daemon: Arc<Daemon>, token: Option<Arc<str>>) -> Router {
     let app = Router::new()
         .route("/healthz", get(healthz))
+        .route("/openapi.json", get(openapi))
         .route("/metrics", get(metrics))
         .route("/v1/stats", get(stats))
         .route("/v1/bridges", get(list_bridges).post(add_bridge))
@@ -115,9 +191,13 @@ impl ApiError {
     }
 }
 
-#[derive(Serialize)]
+/// Every error response.
+#[derive(Serialize, utoipa::ToSchema)]
 struct ErrorBody<'a> {
+    /// bad_request, invalid, unauthorized, not_found, conflict, port_failed, not_saved,
+    /// internal.
     error: &'a str,
+    /// What went wrong and what to fix.
     detail: &'a str,
 }
 
@@ -145,24 +225,54 @@ impl From<ChangeError> for ApiError {
 }
 
 /// Parses a JSON request body, refusing unknown fields, with the parser's message.
+/// Numbers written with a zero fraction (`300.0`) count as integers, as in JSON Schema.
 fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| {
+    let bad = |e: serde_json::Error| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
             "bad_request",
             format!("request body: {e}"),
         )
-    })
+    };
+    let mut value: serde_json::Value = serde_json::from_slice(body).map_err(bad)?;
+    // serde would also read a struct from an array of its fields in order.
+    if !value.is_object() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "request body: expected a JSON object",
+        ));
+    }
+    integral_floats_to_integers(&mut value);
+    serde_json::from_value(value).map_err(bad)
+}
+
+/// Rewrites every number with a zero fraction that fits an integer as that integer.
+fn integral_floats_to_integers(v: &mut serde_json::Value) {
+    use serde_json::Value;
+    match v {
+        Value::Number(n) if n.is_f64() => {
+            let f = n.as_f64().unwrap_or(f64::NAN);
+            if f.fract() == 0.0 && f >= -(2f64.powi(53)) && f <= 2f64.powi(53) {
+                *v = Value::from(f as i64);
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(integral_floats_to_integers),
+        Value::Object(o) => o.values_mut().for_each(integral_floats_to_integers),
+        _ => {}
+    }
 }
 
 async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
 }
 
+#[utoipa::path(get, path = "/healthz", responses((status = 200, description = "The daemon is up", body = String, content_type = "text/plain")))]
 async fn healthz() -> impl IntoResponse {
     "ok\n"
 }
 
+#[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")))]
 async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
     let body = s.metrics.render(&s.daemon.switch);
     (
@@ -174,36 +284,50 @@ async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
     )
 }
 
+#[utoipa::path(get, path = "/v1/stats", responses((status = 200, description = "Per-worker and per-port counters", body = Object), (status = 401, body = ErrorBody)))]
 async fn stats(State(s): State<AppState>) -> Json<Snapshot> {
     Json(Snapshot::take(&s.daemon.switch))
 }
 
 /// A bridge with its ports, as `GET /v1/bridges/{name}` returns it.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct BridgeView {
-    #[serde(flatten)]
-    spec: BridgeSpec,
+    name: String,
+    fdb_aging_s: u64,
     ports: Vec<String>,
 }
 
+impl BridgeView {
+    fn new(spec: BridgeSpec, ports: Vec<String>) -> BridgeView {
+        BridgeView {
+            name: spec.name,
+            fdb_aging_s: spec.fdb_aging_s,
+            ports,
+        }
+    }
+}
+
+#[utoipa::path(get, path = "/v1/bridges", responses((status = 200, body = [BridgeView]), (status = 401, body = ErrorBody)))]
 async fn list_bridges(State(s): State<AppState>) -> Json<Vec<BridgeView>> {
     let views = s
         .daemon
         .bridges()
         .into_iter()
-        .map(|(spec, ports)| BridgeView { spec, ports })
+        .map(|(spec, ports)| BridgeView::new(spec, ports))
         .collect();
     Json(views)
 }
 
+#[utoipa::path(get, path = "/v1/bridges/{name}", params(("name" = String, Path)), responses((status = 200, body = BridgeView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn get_bridge(
     State(s): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Json<BridgeView>, ApiError> {
     let (spec, ports) = s.daemon.bridge(&name)?;
-    Ok(Json(BridgeView { spec, ports }))
+    Ok(Json(BridgeView::new(spec, ports)))
 }
 
+#[utoipa::path(post, path = "/v1/bridges", request_body = BridgeSpec, responses((status = 201, body = BridgeView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 409, body = ErrorBody), (status = 500, body = ErrorBody, description = "Applied but not saved to the state file")))]
 async fn add_bridge(
     State(s): State<AppState>,
     body: Bytes,
@@ -213,9 +337,10 @@ async fn add_bridge(
     let daemon = s.daemon.clone();
     blocking(move || daemon.add_bridge(spec)).await?;
     let (spec, ports) = s.daemon.bridge(&name)?;
-    Ok((StatusCode::CREATED, Json(BridgeView { spec, ports })))
+    Ok((StatusCode::CREATED, Json(BridgeView::new(spec, ports))))
 }
 
+#[utoipa::path(delete, path = "/v1/bridges/{name}", params(("name" = String, Path)), responses((status = 204, description = "Deleted"), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody, description = "Ports are still on it"), (status = 500, body = ErrorBody)))]
 async fn remove_bridge(
     State(s): State<AppState>,
     Path(name): Path<String>,
@@ -226,7 +351,7 @@ async fn remove_bridge(
 }
 
 /// Live state of a port.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct PortState {
     /// A frontend is connected to the socket.
     connected: bool,
@@ -238,12 +363,22 @@ struct PortState {
     queue_pairs_active: usize,
 }
 
-/// A port: its configuration, live state and counters.
-#[derive(Serialize)]
+/// A port: its configuration (as in [`PortSpec`]), live state and counters.
+#[derive(Serialize, utoipa::ToSchema)]
 struct PortView {
-    #[serde(flatten)]
-    spec: PortSpec,
+    name: String,
+    bridge: String,
+    #[serde(rename = "type")]
+    kind: PortKind,
+    #[schema(value_type = String)]
+    socket: std::path::PathBuf,
+    mode: vringswitch_config::SocketMode,
+    queues: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    vlan: Option<VlanConfig>,
     state: PortState,
+    /// Packet, byte and drop counters (as in /v1/stats).
+    #[schema(value_type = Object)]
     counters: PortSnapshot,
 }
 
@@ -266,12 +401,19 @@ fn port_view(spec: PortSpec, handle: &PortHandle, snapshot: &Snapshot) -> PortVi
             ..PortSnapshot::default()
         });
     PortView {
-        spec,
+        name: spec.name,
+        bridge: spec.bridge,
+        kind: spec.kind,
+        socket: spec.socket,
+        mode: spec.mode,
+        queues: spec.queues,
+        vlan: spec.vlan,
         state,
         counters,
     }
 }
 
+#[utoipa::path(get, path = "/v1/ports", responses((status = 200, body = [PortView]), (status = 401, body = ErrorBody)))]
 async fn list_ports(State(s): State<AppState>) -> Json<Vec<PortView>> {
     let snapshot = Snapshot::take(&s.daemon.switch);
     let views = s
@@ -283,6 +425,7 @@ async fn list_ports(State(s): State<AppState>) -> Json<Vec<PortView>> {
     Json(views)
 }
 
+#[utoipa::path(get, path = "/v1/ports/{name}", params(("name" = String, Path)), responses((status = 200, body = PortView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn get_port(
     State(s): State<AppState>,
     Path(name): Path<String>,
@@ -292,6 +435,7 @@ async fn get_port(
     Ok(Json(port_view(spec, &handle, &snapshot)))
 }
 
+#[utoipa::path(post, path = "/v1/ports", request_body = PortSpec, responses((status = 201, body = PortView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody, description = "No such bridge"), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody, description = "The port could not be started"), (status = 500, body = ErrorBody)))]
 async fn add_port(
     State(s): State<AppState>,
     body: Bytes,
@@ -308,6 +452,7 @@ async fn add_port(
     ))
 }
 
+#[utoipa::path(delete, path = "/v1/ports/{name}", params(("name" = String, Path)), responses((status = 204, description = "Deleted"), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 500, body = ErrorBody)))]
 async fn remove_port(
     State(s): State<AppState>,
     Path(name): Path<String>,
@@ -317,6 +462,7 @@ async fn remove_port(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(patch, path = "/v1/ports/{name}", params(("name" = String, Path)), request_body = PortPatch, responses((status = 200, body = PortView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 500, body = ErrorBody)))]
 async fn update_port(
     State(s): State<AppState>,
     Path(name): Path<String>,
@@ -331,6 +477,7 @@ async fn update_port(
     Ok(Json(port_view(spec, &handle, &snapshot)))
 }
 
+#[utoipa::path(get, path = "/v1/bridges/{name}/fdb", params(("name" = String, Path)), responses((status = 200, body = [FdbEntryView]), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn get_fdb(
     State(s): State<AppState>,
     Path(name): Path<String>,
@@ -338,6 +485,7 @@ async fn get_fdb(
     Ok(Json(s.daemon.fdb(&name)?))
 }
 
+#[utoipa::path(post, path = "/v1/bridges/{name}/fdb", params(("name" = String, Path)), request_body = StaticMacRequest, responses((status = 201, body = StaticMac), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 500, body = ErrorBody)))]
 async fn add_static_mac(
     State(s): State<AppState>,
     Path(name): Path<String>,
@@ -356,6 +504,7 @@ struct FlushQuery {
     port: Option<String>,
 }
 
+#[utoipa::path(delete, path = "/v1/bridges/{name}/fdb", params(("name" = String, Path), ("port" = Option<String>, Query, description = "Flush only this port's entries")), responses((status = 204, description = "Flushed"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 500, body = ErrorBody)))]
 async fn flush_fdb(
     State(s): State<AppState>,
     Path(name): Path<String>,
@@ -382,6 +531,44 @@ async fn blocking<T: Send + 'static>(
 #[cfg(test)]
 mod tests {
     use super::same_secret;
+
+    #[test]
+    fn integral_floats_count_as_integers() {
+        let mut v = serde_json::json!({"a": 300.0, "b": [1.5, 2.0, -3.0], "c": 1e300, "d": "4.0"});
+        super::integral_floats_to_integers(&mut v);
+        assert_eq!(v["a"], serde_json::json!(300));
+        assert_eq!(v["b"], serde_json::json!([1.5, 2, -3]));
+        assert!(v["c"].is_f64());
+        assert_eq!(v["d"], "4.0");
+    }
+
+    #[test]
+    fn the_openapi_document_describes_every_route() {
+        let doc = super::openapi_document(Some(std::path::Path::new("/run/vs")));
+        assert_eq!(
+            doc["components"]["schemas"]["PortSpec"]["properties"]["socket"]["pattern"],
+            "^/run/vs/[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$"
+        );
+        for path in [
+            "/healthz",
+            "/metrics",
+            "/v1/stats",
+            "/v1/bridges",
+            "/v1/bridges/{name}",
+            "/v1/bridges/{name}/fdb",
+            "/v1/ports",
+            "/v1/ports/{name}",
+        ] {
+            assert!(doc["paths"][path].is_object(), "{path} is missing");
+        }
+        assert!(doc["paths"]["/v1/ports/{name}"]["patch"].is_object());
+        for v in doc["components"]["schemas"]["VlanConfig"]["oneOf"]
+            .as_array()
+            .unwrap()
+        {
+            assert_eq!(v["additionalProperties"], false);
+        }
+    }
 
     #[test]
     fn secrets_compare_whole() {

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use serde_json::json;
-use vringswitch_tests::api::{assert_error, call};
+use vringswitch_tests::api::{assert_error, call, call_raw};
 use vringswitch_tests::frontend::TestVm;
 use vringswitch_tests::setup::{Setup, T};
 use vringswitch_tests::{frame, mac, BROADCAST};
@@ -246,6 +246,12 @@ fn bad_vlan_settings_are_refused_and_change_nothing() {
         );
     }
     assert_error(
+        call_raw(d, "PATCH", "/v1/ports/a", "[null, null]"),
+        400,
+        "bad_request",
+        "expected a JSON object",
+    );
+    assert_error(
         call(d, "PATCH", "/v1/ports/nope", Some(json!({"vlan": null}))),
         404,
         "not_found",
@@ -253,8 +259,8 @@ fn bad_vlan_settings_are_refused_and_change_nothing() {
     );
     assert_error(
         call(d, "PATCH", "/v1/ports/a", Some(json!({"bridge": "nope"}))),
-        404,
-        "not_found",
+        400,
+        "invalid",
         "no bridge named \"nope\"",
     );
     assert_error(
