@@ -2,7 +2,7 @@
 # Runs every vringswitch test: unit tests, the test-frontend suite, the deploy/ suite
 # (systemd, Prometheus), the DPDK testpmd suite and the QEMU guest suite. Installs what is
 # missing (QEMU, busybox, cpio, DPDK, Prometheus, strace, systemd) with apt-get when run as
-# root, and reserves hugepages for DPDK.
+# root, schemathesis with pip, and reserves hugepages for DPDK.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,6 +27,22 @@ if ((${#need[@]})); then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need[@]}" >/dev/null
 fi
 
+# schemathesis (PyPI) checks the API against its /openapi.json.
+if ! command -v st >/dev/null; then
+    command -v pip3 >/dev/null || python3 -m pip --version >/dev/null 2>&1 || {
+        if [[ $(id -u) -eq 0 ]]; then
+            log "installing python3-pip"
+            apt-get update -q >/dev/null
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends python3-pip >/dev/null
+        fi
+    }
+    log "installing schemathesis"
+    python3 -m pip install -q schemathesis 2>/dev/null ||
+        python3 -m pip install -q --break-system-packages schemathesis
+    hash -r
+    command -v st >/dev/null || export PATH="$HOME/.local/bin:$PATH"
+fi
+
 # DPDK (testpmd) needs hugepages; the switch itself does not.
 free=$(awk '/HugePages_Free/{print $2}' /proc/meminfo)
 if ((free < 256)) && [[ $(id -u) -eq 0 ]]; then
@@ -46,7 +62,8 @@ cargo build --workspace --all-targets
 
 log "unit tests and test-frontend suite"
 cargo test --workspace --exclude vringswitch-tests
-cargo test -p vringswitch-tests --test switching --test lifecycle --test observability --test api
+cargo test -p vringswitch-tests --test switching --test lifecycle --test observability \
+    --test api --test vlans --test persistence --test openapi
 
 log "deploy/ suite: systemd unit, Prometheus, dashboard and rules"
 cargo test -p vringswitch-tests --test deploy -- --test-threads=1
