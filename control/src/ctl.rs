@@ -196,7 +196,6 @@ pub fn fdb_table(entries: &serde_json::Value) -> String {
         .map(|e| {
             vec![
                 text(&e["mac"]),
-                text(&e["vlan"]),
                 text(&e["port"]),
                 if e["static"] == true {
                     "static"
@@ -204,11 +203,12 @@ pub fn fdb_table(entries: &serde_json::Value) -> String {
                     "learnt"
                 }
                 .to_owned(),
+                text(&e["vlan"]),
                 text(&e["age_s"]),
             ]
         })
         .collect();
-    table(&["mac", "vlan", "port", "type", "age s"], 1, rows) + "\n"
+    table(&["mac", "port", "type", "vlan", "age s"], 3, rows) + "\n"
 }
 
 /// The counters accumulated between two snapshots (ports matched by name; a port that is new
@@ -335,8 +335,8 @@ mod tests {
             .skip(1)
             .map(|l| l.split_whitespace().collect())
             .collect();
-        assert_eq!(rows[0], ["02:00:00:00:00:01", "0", "a", "learnt", "4"]);
-        assert_eq!(rows[1], ["02:00:00:00:00:02", "5", "b", "static", "-"]);
+        assert_eq!(rows[0], ["02:00:00:00:00:01", "a", "learnt", "0", "4"]);
+        assert_eq!(rows[1], ["02:00:00:00:00:02", "b", "static", "5", "-"]);
     }
 
     #[test]

@@ -153,6 +153,13 @@ fn every_system_call_of_the_daemon_passes_the_units_filter() {
         .arg(&config)
         .arg("--api")
         .arg(&api)
+        // As the unit runs it: a state file and the API's unix socket.
+        .arg("--state")
+        .arg(dir.path().join("state/state.json"))
+        .arg("--api-socket")
+        .arg(dir.path().join("api.sock"))
+        .arg("--socket-dir")
+        .arg(dir.path())
         .stderr(std::fs::File::create(dir.path().join("daemon.log")).unwrap())
         .spawn()
         .unwrap();
@@ -182,6 +189,32 @@ fn every_system_call_of_the_daemon_passes_the_units_filter() {
     let _a = TestVm::connect(&sock("a"), mac(1), VmOptions::default());
     http_get(&api, "/metrics").unwrap();
     http_get(&api, "/v1/stats").unwrap();
+    // Topology changes over the API, each saved to the state file.
+    let port = format!(
+        r#"{{"name": "d", "bridge": "br1", "type": "vhost-user", "socket": "{}", "mode": "server"}}"#,
+        sock("d").display()
+    );
+    for (method, path, body, status) in [
+        ("POST", "/v1/bridges", Some(r#"{"name": "br1"}"#), 201),
+        ("POST", "/v1/ports", Some(port.as_str()), 201),
+        (
+            "PATCH",
+            "/v1/ports/d",
+            Some(r#"{"vlan": {"mode": "access", "tag": 3}}"#),
+            200,
+        ),
+        (
+            "POST",
+            "/v1/bridges/br1/fdb",
+            Some(r#"{"mac": "02:00:00:00:00:33", "port": "d"}"#),
+            201,
+        ),
+        ("DELETE", "/v1/ports/d", None, 204),
+        ("DELETE", "/v1/bridges/br1", None, 204),
+    ] {
+        let (code, text) = vringswitch_tests::daemon::http_request(&api, method, path, body);
+        assert_eq!(code, status, "{method} {path}: {text}");
+    }
     std::thread::sleep(Duration::from_millis(1500));
     // SIGTERM goes to the daemon, strace's child; strace exits with the daemon's status.
     let strace = child.0.id();
