@@ -343,10 +343,11 @@ impl Daemon {
         Ok(daemon)
     }
 
-    /// Builds the topology of `saved` (into an empty daemon), then saves it.
+    /// Builds the topology of `saved` (into an empty daemon), then saves it: only once it
+    /// is whole, so that a failure on the way leaves the state file as it was.
     fn restore(&self, saved: SavedState) -> Result<(), ChangeError> {
         for b in saved.bridges {
-            self.add_bridge(b)?;
+            self.apply_add_bridge(b)?;
         }
         for p in saved.ports {
             self.apply_add_port(p)?;
@@ -417,6 +418,11 @@ impl Daemon {
 
     /// Creates a bridge.
     pub fn add_bridge(&self, spec: BridgeSpec) -> Result<(), ChangeError> {
+        self.apply_add_bridge(spec)?;
+        self.save(&self.state())
+    }
+
+    fn apply_add_bridge(&self, spec: BridgeSpec) -> Result<(), ChangeError> {
         vringswitch_config::check_name_str("bridge", &spec.name).map_err(ChangeError::Invalid)?;
         vringswitch_config::check_aging(spec.fdb_aging_s).map_err(ChangeError::Invalid)?;
         let mut st = self.state();
@@ -434,7 +440,7 @@ impl Daemon {
             statics: BTreeMap::new(),
         });
         self.publish(&st);
-        self.save(&st)
+        Ok(())
     }
 
     /// Deletes a bridge that has no ports.

@@ -15,6 +15,8 @@ fn schemathesis_finds_no_failure() {
     let s = Setup::new("openapi", &[("br0", &["a", "b"])], 1);
     let url = format!("http://{}/openapi.json", s.daemon.api);
     let out = Command::new("st")
+        // Its cache goes to the test's directory, not into the source tree.
+        .current_dir(s.dir.path())
         .args(["run", &url, "--max-examples", "40", "--seed", "20261122"])
         .args(["--exclude-checks", "positive_data_acceptance", "--no-color"])
         .output()

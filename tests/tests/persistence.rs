@@ -143,10 +143,15 @@ fn a_damaged_state_file_stops_the_start_with_a_clear_message() {
     let state = dir.path().join("state.json");
     for (text, says) in [
         ("{\"version\": 1, \"bridges\": [", "EOF while parsing"),
-        ("{\"version\": 2, \"bridges\": [], \"ports\": []}", "version 2"),
         (
-            "{\"version\": 1, \"bridges\": [], \"ports\": [{\"name\": \"p\", \"bridge\": \"nope\", \
-             \"type\": \"vhost-user\", \"socket\": \"/tmp/p.sock\", \"mode\": \"server\"}]}",
+            "{\"version\": 2, \"bridges\": [], \"ports\": []}",
+            "version 2",
+        ),
+        (
+            // A valid bridge first: nothing may be saved before the whole file is restored.
+            "{\"version\": 1, \"bridges\": [{\"name\": \"br0\"}], \"ports\": [{\"name\": \"p\", \
+             \"bridge\": \"nope\", \"type\": \"vhost-user\", \"socket\": \"/tmp/p.sock\", \
+             \"mode\": \"server\"}]}",
             "no bridge named \"nope\"",
         ),
     ] {
