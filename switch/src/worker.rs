@@ -1,10 +1,10 @@
 //! A forwarding worker: one pinned thread that polls its TX queues in bursts.
 //!
 //! Per burst: lock the source TX ring once, pop up to `burst` chains, decide every frame on
-//! a stack copy of its header (learn the source, look up the destination), then for each
-//! destination lock its RX ring once, copy the frames straight from the source VM's buffers
-//! into the destination VM's buffers, publish the used entries with one index store and
-//! notify once. Finally the TX chains are returned and the source notified once.
+//! a stack copy of its header (its VLAN, learn the source, look up the destination), then
+//! for each destination lock its RX ring once, copy the frames straight from the source
+//! VM's buffers into the destination VM's buffers (pushing or popping a VLAN tag on the
+//! way), publish the used entries with one index store and notify once. Finally the TX chains are returned and the source notified once.
 //!
 //! Nothing here allocates after start-up, logs per frame, or writes memory another core
 //! writes (counters are per worker). When every queue stays empty for `idle_poll`, the
