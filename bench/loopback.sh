@@ -4,6 +4,7 @@
 #
 #   bench/loopback.sh [SECONDS] [ROUNDS] [SIZES...]      default: 10 2 64 1518
 #
+# With VRINGSWITCH_BIN=PATH, that binary is measured instead of a fresh release build.
 # With PERF_OUT=FILE, the worker's core is sampled with perf (cpu-clock) during each
 # vringswitch run into FILE.SIZE; build with CARGO_PROFILE_RELEASE_DEBUG=true for symbols.
 #
@@ -17,8 +18,13 @@ SECS=${1:-10}; ROUNDS=${2:-2}; shift $(( $# > 2 ? 2 : $# )) || true
 SIZES=("${@:-64 1518}"); [[ $# -eq 0 ]] && SIZES=(64 1518)
 W=$(mktemp -d /tmp/vsbench.XXXX)
 trap 'pkill -f "file-prefix vsb" 2>/dev/null; pkill -f "$W/vs.toml" 2>/dev/null; rm -f /dev/hugepages/vsb*; rm -rf "$W"' EXIT
-cargo build --release --bin vringswitch -q
-BIN=target/release/vringswitch
+# VRINGSWITCH_BIN=PATH benchmarks that binary instead (e.g. an older build, for an A/B).
+if [[ -n ${VRINGSWITCH_BIN:-} ]]; then
+    BIN=$VRINGSWITCH_BIN
+else
+    cargo build --release --bin vringswitch -q
+    BIN=target/release/vringswitch
+fi
 API_PORT=${API_PORT:-19180}
 
 cat > "$W/vs.toml" <<TOML
