@@ -114,20 +114,13 @@ impl ApiClient {
         };
         let (mut sender, driver) = match &self.endpoint {
             Endpoint::Tcp(a) => {
-                let stream = tokio::net::TcpStream::connect(a).await.map_err(connect)?;
-                let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                    .await
-                    .map_err(http)?;
-                (sender, tokio::spawn(async move { conn.await.map(|_| ()) }))
+                open(tokio::net::TcpStream::connect(a).await.map_err(connect)?).await
             }
             Endpoint::Unix(p) => {
-                let stream = tokio::net::UnixStream::connect(p).await.map_err(connect)?;
-                let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                    .await
-                    .map_err(http)?;
-                (sender, tokio::spawn(async move { conn.await.map(|_| ()) }))
+                open(tokio::net::UnixStream::connect(p).await.map_err(connect)?).await
             }
-        };
+        }
+        .map_err(http)?;
         let host = match &self.endpoint {
             Endpoint::Tcp(a) => a.to_string(),
             Endpoint::Unix(_) => "localhost".to_owned(),
@@ -172,6 +165,28 @@ impl ApiClient {
             source,
         })
     }
+}
+
+/// An HTTP/1 connection over `stream`: the request sender, and the task driving it.
+async fn open<S>(
+    stream: S,
+) -> Result<
+    (
+        hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+        tokio::task::JoinHandle<()>,
+    ),
+    hyper::Error,
+>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    Ok((
+        sender,
+        tokio::spawn(async move {
+            let _ = conn.await;
+        }),
+    ))
 }
 
 #[cfg(test)]

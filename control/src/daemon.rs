@@ -230,6 +230,13 @@ impl State {
             .ok_or_else(|| no_bridge(name))
     }
 
+    fn bridge_mut(&mut self, name: &str) -> Result<&mut BridgeEntry, ChangeError> {
+        self.bridges
+            .iter_mut()
+            .find(|b| b.spec.name == name)
+            .ok_or_else(|| no_bridge(name))
+    }
+
     /// What the state file records.
     fn saved(&self) -> SavedState {
         SavedState {
@@ -538,11 +545,7 @@ impl Daemon {
         let mut entry = st.ports.remove(name).ok_or_else(|| no_port(name))?;
         let generation = self.publish(&st);
         self.quiesce(generation);
-        if let Some(b) = st
-            .bridges
-            .iter_mut()
-            .find(|b| b.spec.name == entry.spec.bridge)
-        {
+        if let Ok(b) = st.bridge_mut(&entry.spec.bridge) {
             b.fdb.flush_port(entry.id);
             b.statics.retain(|_, port| port != name);
         }
@@ -607,21 +610,13 @@ impl Daemon {
         }
         let generation = self.publish(&st);
         self.quiesce(generation);
-        let from = st
-            .bridges
-            .iter_mut()
-            .find(|b| b.spec.name == old.bridge)
-            .ok_or_else(|| no_bridge(&old.bridge))?;
+        let from = st.bridge_mut(&old.bridge)?;
         if new.bridge == old.bridge {
             from.fdb.flush_port_dynamic(id);
         } else {
             from.fdb.flush_port(id);
             from.statics.retain(|_, p| p != name);
-            let to = st
-                .bridges
-                .iter_mut()
-                .find(|b| b.spec.name == new.bridge)
-                .ok_or_else(|| no_bridge(&new.bridge))?;
+            let to = st.bridge_mut(&new.bridge)?;
             for k in statics {
                 to.fdb.add_static(k, id);
                 to.statics.insert(k, name.to_string());
@@ -717,11 +712,7 @@ impl Daemon {
         }
         let (id, port_name) = (port.id, port.spec.name.clone());
         let key = fdb_key(mac, vlan);
-        let b = st
-            .bridges
-            .iter_mut()
-            .find(|b| b.spec.name == bridge)
-            .ok_or_else(|| no_bridge(bridge))?;
+        let b = st.bridge_mut(bridge)?;
         b.fdb.add_static(key, id);
         b.statics.insert(key, port_name.clone());
         tracing::info!(bridge, %mac, vlan, port = %port_name, "static FDB entry added");
@@ -749,12 +740,7 @@ impl Daemon {
             }
             None => None,
         };
-        st.bridge(bridge)?;
-        let b = st
-            .bridges
-            .iter_mut()
-            .find(|b| b.spec.name == bridge)
-            .ok_or_else(|| no_bridge(bridge))?;
+        let b = st.bridge_mut(bridge)?;
         match (id, port) {
             (Some(id), Some(p)) => {
                 b.fdb.flush_port(id);
@@ -841,10 +827,10 @@ fn referenced(e: ChangeError) -> ChangeError {
     }
 }
 
-/// Characters of a socket's file name created over the API (see [`socket_pattern`]).
+/// A socket's file name created over the API (see [`socket_pattern`]): a valid name, not
+/// starting with a dot.
 fn socket_name_ok(name: &str) -> bool {
-    let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
-    (1..=64).contains(&name.len()) && !name.starts_with('.') && name.chars().all(ok_char)
+    vringswitch_config::check_name_str("socket", name).is_ok() && !name.starts_with('.')
 }
 
 /// The socket directory as written in socket paths: without trailing slashes.

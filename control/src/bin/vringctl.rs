@@ -244,6 +244,15 @@ async fn send(
     })
 }
 
+/// What a query prints: the API's JSON with --json, else `table` of it.
+fn shown(v: &Value, json: bool, table: fn(&Value) -> String) -> String {
+    if json {
+        pretty(v)
+    } else {
+        table(v)
+    }
+}
+
 /// What a change prints: the API's answer with --json, else `done`.
 fn changed(v: &Value, json: bool, done: String) -> String {
     if json && !v.is_null() {
@@ -257,11 +266,7 @@ async fn bridge(api: &ApiClient, cmd: BridgeCmd, json: bool) -> Result<String, C
     Ok(match cmd {
         BridgeCmd::List => {
             let v = send(api, Method::GET, "/v1/bridges", None).await?;
-            if json {
-                pretty(&v)
-            } else {
-                ctl::bridges_table(&v)
-            }
+            shown(&v, json, ctl::bridges_table)
         }
         BridgeCmd::Show { name } => {
             let v = send(
@@ -271,11 +276,9 @@ async fn bridge(api: &ApiClient, cmd: BridgeCmd, json: bool) -> Result<String, C
                 None,
             )
             .await?;
-            if json {
-                pretty(&v)
-            } else {
-                ctl::bridges_table(&Value::Array(vec![v]))
-            }
+            shown(&v, json, |b| {
+                ctl::bridges_table(&Value::Array(vec![b.clone()]))
+            })
         }
         BridgeCmd::Add { name, fdb_aging } => {
             let mut body = json!({ "name": name });
@@ -302,19 +305,13 @@ async fn port(api: &ApiClient, cmd: PortCmd, json: bool) -> Result<String, Clien
     Ok(match cmd {
         PortCmd::List => {
             let v = send(api, Method::GET, "/v1/ports", None).await?;
-            if json {
-                pretty(&v)
-            } else {
-                ctl::ports_table(&v)
-            }
+            shown(&v, json, ctl::ports_table)
         }
         PortCmd::Show { name } => {
             let v = send(api, Method::GET, &format!("/v1/ports/{}", seg(&name)), None).await?;
-            if json {
-                pretty(&v)
-            } else {
-                ctl::ports_table(&Value::Array(vec![v]))
-            }
+            shown(&v, json, |p| {
+                ctl::ports_table(&Value::Array(vec![p.clone()]))
+            })
         }
         PortCmd::Add {
             name,
@@ -382,11 +379,7 @@ async fn fdb(api: &ApiClient, cmd: FdbCmd, json: bool) -> Result<String, ClientE
                 None,
             )
             .await?;
-            if json {
-                pretty(&v)
-            } else {
-                ctl::fdb_table(&v)
-            }
+            shown(&v, json, ctl::fdb_table)
         }
         FdbCmd::Add {
             bridge,

@@ -411,6 +411,22 @@ impl Default for RxScratch {
 }
 
 impl RxScratch {
+    /// Starts a delivery: empties the scratch space and returns the bytes the RX chains
+    /// must hold, header included. Refuses an edit that replaces more than the frame has.
+    fn start(
+        &mut self,
+        hdr_len: usize,
+        frame_len: u32,
+        edit: &FrameEdit,
+    ) -> Result<u64, DeliverError> {
+        self.segs.clear();
+        self.chains.clear();
+        let out_len = edit.out_len(frame_len).ok_or(DeliverError {
+            reason: DropReason::BadDescriptor,
+        })?;
+        Ok(hdr_len as u64 + u64::from(out_len))
+    }
+
     /// Every chain popped for this frame goes back to the guest unused (a malformed chain
     /// cannot be rewound past). Returns the error to report.
     fn give_back(&self, used: &mut UsedBatch) -> DeliverError {
@@ -478,14 +494,7 @@ fn deliver_general(
     scratch: &mut RxScratch,
     used: &mut UsedBatch,
 ) -> Result<(), DeliverError> {
-    scratch.segs.clear();
-    scratch.chains.clear();
-    let Some(out_len) = edit.out_len(frame_len) else {
-        return Err(DeliverError {
-            reason: DropReason::BadDescriptor,
-        });
-    };
-    let need = hdr_len as u64 + u64::from(out_len);
+    let need = scratch.start(hdr_len, frame_len, edit)?;
     let mut have: u64 = 0;
     let mut bad_chain = false;
     // Bounded by MAX_RX_CHAINS and by the ring (pop fails once the ring is empty).

@@ -177,14 +177,7 @@ pub(super) fn deliver<'m>(
     scratch: &mut RxScratch,
     used: &mut UsedBatch,
 ) -> Result<(), DeliverError> {
-    scratch.segs.clear();
-    scratch.chains.clear();
-    let Some(out_len) = edit.out_len(frame_len) else {
-        return Err(DeliverError {
-            reason: DropReason::BadDescriptor,
-        });
-    };
-    let need = hdr_len as u64 + u64::from(out_len);
+    let need = scratch.start(hdr_len, frame_len, edit)?;
     let mut have: u64 = 0;
     let mut bad_chain = false;
     let mut next = queue.next_avail();
