@@ -1,0 +1,697 @@
+#!/usr/bin/env python3
+"""The whole benchmark run of vringswitch against testpmd io-fwd and OVS-DPDK.
+
+    sudo bench/run.py                  # everything; rewrites the results section of
+                                       # docs/benchmarks.md and docs/benchmarks.png
+    bench/run.py --secs 8 --rounds 2 --sizes 64 512 1518 --only throughput --no-docs
+
+It installs what it lacks (dpdk-dev, openvswitch-switch-dpdk, matplotlib), sets up
+hugepages, builds the release binaries, then measures, interleaved in one run:
+
+- throughput: loopback through each switch (vringswitch, testpmd io-fwd with two net_vhost
+  ports, OVS-DPDK with a NORMAL bridge and two dpdkvhostuserclient ports) at every size,
+  switch after switch within each round; Mpps per port from the generator, and the switch's
+  own busy cycles per packet;
+- scaling: vringswitch with 2, 8 and 32 ports all carrying traffic, 8 ports in two VLANs,
+  and one port flooding broadcasts to 31 others;
+- idle: CPU used by each switch with two connected, idle ports, as % of a core;
+- latency: one frame at a time through each switch at 1000 frames/s (p50/p99, one way and
+  round trip), and vringswitch's wake-up: the first frame after 1 s of idle.
+
+Layout of the machine (2 cores): every switch polls on CPU 1; generators and probes run on
+CPU 0. Nothing else should run meanwhile.
+
+With VRINGSWITCH_BIN=PATH that binary is measured instead of a fresh build (A/B runs
+between commits). With PERF_OUT=PREFIX the worker's CPU is sampled with perf (cpu-clock)
+during each vringswitch throughput run into PREFIX.SIZE.
+"""
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+API_PORT = int(os.environ.get("API_PORT", "19180"))
+SWITCH_CPU = 1
+GEN_CPU = 0
+TESTPMD = "dpdk-testpmd"
+OVS_VSWITCHD = "/usr/lib/openvswitch-switch-dpdk/ovs-vswitchd-dpdk"
+OVS_SCHEMA = "/usr/share/openvswitch/vswitch.ovsschema"
+HUGEPAGES = 2048  # of 2 MiB: generators (up to 1 GiB for 32 ports) plus OVS (512 MiB)
+SWITCHES = ("vringswitch", "testpmd", "ovs")
+
+
+def log(msg):
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+def mac(n):
+    return f"02:00:00:00:00:{n:02x}"
+
+
+def sh(*cmd, **kw):
+    return subprocess.run(cmd, check=True, **kw)
+
+
+# ---------------------------------------------------------------- setup
+
+
+def setup(build):
+    if os.geteuid() != 0:
+        sys.exit("bench/run.py needs root (hugepages, DPDK, OVS)")
+    missing = [
+        pkg
+        for pkg, path in (
+            ("dpdk-dev", "/usr/bin/dpdk-testpmd"),
+            ("openvswitch-switch-dpdk", OVS_VSWITCHD),
+        )
+        if not Path(path).exists()
+    ]
+    if missing:
+        log(f"installing {' '.join(missing)}")
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        sh("apt-get", "update", "-q", env=env, stdout=subprocess.DEVNULL)
+        sh("apt-get", "install", "-y", "-q", *missing, env=env, stdout=subprocess.DEVNULL)
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        log("installing matplotlib from PyPI")
+        sh(sys.executable, "-m", "pip", "install", "-q", "matplotlib")
+    # Whatever an earlier run left polling or holding hugepages.
+    subprocess.run(["pkill", "-f", "file-prefix vsb"], stderr=subprocess.DEVNULL)
+    subprocess.run(["pkill", "-f", "ovs-vswitchd-dpdk"], stderr=subprocess.DEVNULL)
+    nr = Path("/proc/sys/vm/nr_hugepages")
+    if int(nr.read_text()) < HUGEPAGES:
+        nr.write_text(str(HUGEPAGES))
+    Path("/dev/hugepages").mkdir(exist_ok=True)
+    if "/dev/hugepages" not in Path("/proc/mounts").read_text():
+        sh("mount", "-t", "hugetlbfs", "nodev", "/dev/hugepages")
+    clean_hugepages()
+    if build:
+        log("building release binaries")
+        sh("cargo", "build", "--release", "-q", "--bin", "vringswitch", cwd=ROOT)
+    sh("cargo", "build", "--release", "-q", "-p", "vringswitch-tests", "--bin", "vs-probe", cwd=ROOT)
+
+
+def clean_hugepages():
+    for f in Path("/dev/hugepages").glob("vsb*"):
+        f.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------- generator
+
+
+def generator(work, socks, size, secs, server=False, mode="mac", prefix="vsbgen", peers=None):
+    """Runs testpmd owning one virtio_user port per socket for `secs` seconds.
+
+    Ports are paired (0-1, 2-3, ...); with `mode="mac"` each port forwards what it receives
+    to its partner's MAC, so frames circulate through the switch. Returns the list of each
+    port's median Rx-pps (Mpps) over the 1 s samples after the first non-zero one."""
+    extra = ",server=1" if server else ""
+    vdevs = []
+    for i, s in enumerate(socks):
+        vdevs += ["--vdev", f"net_virtio_user{i},path={s},queues=1,mac={mac(i + 1)}{extra}"]
+    peers = peers or {i: mac((i ^ 1) + 1) for i in range(len(socks))}
+    peer_args = [f"--eth-peer={i},{m}" for i, m in peers.items()]
+    mem = 512 if len(socks) <= 2 else 1024
+    cmd = [
+        "timeout", "-s", "INT", str(secs + 60), TESTPMD,
+        "-l", f"{SWITCH_CPU},{GEN_CPU}", "--main-lcore", str(SWITCH_CPU),
+        "--no-pci", "--single-file-segments", "-m", str(mem), "--file-prefix", prefix,
+        *vdevs, "--", "--nb-cores=1", f"--forward-mode={mode}", *peer_args,
+        f"--txpkts={size}", "--stats-period", "1",
+    ]
+    if mode == "mac":
+        cmd.append("--tx-first")
+    out = Path(work) / f"{prefix}.log"
+    with open(out, "w") as f:
+        p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT,
+                             start_new_session=True)
+    return p, out
+
+
+def stop_process_group(p, sig, timeout=30):
+    """Sends `sig` to the group `p` leads; SIGKILL if it has not exited after `timeout` s."""
+    try:
+        os.killpg(p.pid, sig)
+        p.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+    except ProcessLookupError:
+        p.wait()
+
+
+def stop_generator(p, out):
+    """Stops a generator (with --stats-period, testpmd runs until SIGINT) and parses its log."""
+    stop_process_group(p, signal.SIGINT)
+    text = out.read_text(errors="replace")
+    per_port = {}
+    for block in text.split("Port statistics")[1:]:
+        for port, body in re.findall(r"NIC statistics for port (\d+)\s+#+(.*?)#{10}", block, re.S):
+            m = re.search(r"Rx-pps:\s+(\d+)", body)
+            if m:
+                per_port.setdefault(int(port), []).append(int(m.group(1)))
+    clean_hugepages()
+    res = []
+    for port in sorted(per_port):
+        s = [x for x in per_port[port] if x > 0][1:]
+        res.append(statistics.median(s) / 1e6 if s else 0.0)
+    if not res or not any(res):
+        log("generator measured nothing; its output ends with:\n" + "\n".join(text.splitlines()[-15:]))
+    return res
+
+
+def run_generator(work, socks, size, secs, **kw):
+    p, out = generator(work, socks, size, secs, **kw)
+    time.sleep(secs)
+    return stop_generator(p, out)
+
+
+# ---------------------------------------------------------------- vringswitch
+
+
+class Vringswitch:
+    def __init__(self, work, nports=2, vlans=None):
+        self.work = Path(work)
+        self.socks = [str(self.work / f"p{i}.sock") for i in range(nports)]
+        lines = ["[dataplane]", f"cores = [{SWITCH_CPU}]", "[[bridges]]", 'name = "br0"']
+        for i, s in enumerate(self.socks):
+            lines += [
+                "[[ports]]", f'name = "p{i}"', 'bridge = "br0"', 'type = "vhost-user"',
+                f'socket = "{s}"', 'mode = "server"',
+            ]
+            if vlans:
+                lines.append(f'vlan = {{ mode = "access", tag = {vlans[i]} }}')
+        cfg = self.work / "vs.toml"
+        cfg.write_text("\n".join(lines) + "\n")
+        binary = os.environ.get("VRINGSWITCH_BIN") or str(ROOT / "target/release/vringswitch")
+        self.log = open(self.work / "vs.log", "w")
+        self.p = subprocess.Popen(
+            [binary, "--config", str(cfg), "--api", f"127.0.0.1:{API_PORT}"],
+            stdout=self.log, stderr=subprocess.STDOUT,
+        )
+        wait_for(lambda: all(Path(s).exists() for s in self.socks), "vringswitch's sockets")
+        wait_for(self.api_up, "vringswitch's API")
+
+    def api_up(self):
+        try:
+            self.stats()
+            return True
+        except OSError:
+            return False
+
+    def stats(self):
+        with urllib.request.urlopen(f"http://127.0.0.1:{API_PORT}/v1/stats", timeout=5) as r:
+            return json.load(r)
+
+    def cycles(self):
+        """Busy cycles of worker 0 and packets it took, so far."""
+        w = self.stats()["workers"][0]
+        return w["busy_cycles"], w["packets"]
+
+    def stop(self):
+        self.p.send_signal(signal.SIGTERM)
+        try:
+            self.p.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.p.kill()
+            self.p.wait()
+        self.log.close()
+
+
+def wait_for(cond, what, timeout=30):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if cond():
+            return
+        time.sleep(0.05)
+    raise SystemExit(f"timed out waiting for {what}")
+
+
+def perf_record(out, secs):
+    return subprocess.Popen(
+        ["perf", "record", "-q", "-e", "cpu-clock", "-F", "4999", "-g", "-C", str(SWITCH_CPU),
+         "-o", out, "--", "sleep", str(secs)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+
+
+def throughput_vringswitch(work, size, secs):
+    vs = Vringswitch(work)
+    try:
+        p, out = generator(work, vs.socks, size, secs)
+        # Count cycles over the measured part only: from after the warm-up second.
+        time.sleep(2)
+        c0, n0 = vs.cycles()
+        perf = None
+        if os.environ.get("PERF_OUT"):
+            perf = perf_record(f"{os.environ['PERF_OUT']}.{size}", max(secs - 4, 1))
+        time.sleep(secs - 2)
+        c1, n1 = vs.cycles()
+        mpps = stop_generator(p, out)
+        if perf:
+            perf.wait()
+    finally:
+        vs.stop()
+    return mpps, (c1 - c0) / (n1 - n0) if n1 > n0 else 0.0
+
+
+# ---------------------------------------------------------------- testpmd io-fwd as the switch
+
+
+class TestpmdSwitch:
+    def __init__(self, work):
+        self.work = Path(work)
+        self.socks = [str(self.work / f"t{i}.sock") for i in range(2)]
+        for s in self.socks:
+            Path(s).unlink(missing_ok=True)
+        self.out = self.work / "testpmd-switch.log"
+        with open(self.out, "w") as f:
+            self.p = subprocess.Popen(
+                [TESTPMD, "-l", f"{GEN_CPU},{SWITCH_CPU}", "--main-lcore", str(GEN_CPU),
+                 "--no-pci", "--no-huge", "-m", "1024", "--file-prefix", "vsbsw",
+                 *[a for i, s in enumerate(self.socks) for a in ("--vdev", f"net_vhost{i},iface={s}")],
+                 "--", "--nb-cores=1", "--forward-mode=io", "--record-core-cycles"],
+                # Without --stats-period it runs until a newline or SIGINT: keep stdin open.
+                stdin=subprocess.PIPE, stdout=f, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        wait_for(lambda: all(Path(s).exists() for s in self.socks), "testpmd's vhost sockets")
+        time.sleep(2)
+
+    def stop(self):
+        """Stops it; returns its forwarding core's cycles per packet over the whole run."""
+        stop_process_group(self.p, signal.SIGINT)
+        m = re.findall(r"CPU cycles/packet=([0-9.]+)", self.out.read_text(errors="replace"))
+        return float(m[-1]) if m else 0.0
+
+
+def throughput_testpmd(work, size, secs):
+    sw = TestpmdSwitch(work)
+    try:
+        mpps = run_generator(work, sw.socks, size, secs)
+    finally:
+        cpp = sw.stop()
+    return mpps, cpp
+
+
+# ---------------------------------------------------------------- OVS-DPDK
+
+
+class Ovs:
+    """ovsdb-server and ovs-vswitchd-dpdk run by hand in a scratch folder."""
+
+    def __init__(self, work, nports=2):
+        self.dir = Path(work) / "ovs"
+        self.dir.mkdir()
+        d = str(self.dir)
+        self.env = dict(os.environ, OVS_RUNDIR=d, OVS_LOGDIR=d, OVS_DBDIR=d)
+        self.db = f"unix:{d}/db.sock"
+        self.socks = [f"{d}/o{i}.sock" for i in range(nports)]
+        sh("ovsdb-tool", "create", f"{d}/conf.db", OVS_SCHEMA, env=self.env)
+        sh("ovsdb-server", f"{d}/conf.db", f"--remote=punix:{d}/db.sock",
+           f"--pidfile={d}/ovsdb.pid", "--detach", f"--log-file={d}/ovsdb.log", env=self.env)
+        self.vsctl("--no-wait", "init")
+        self.vsctl(
+            "--no-wait", "set", "Open_vSwitch", ".", "other_config:dpdk-init=true",
+            "other_config:dpdk-socket-mem=512", f"other_config:pmd-cpu-mask={1 << SWITCH_CPU:#x}",
+            f"other_config:dpdk-lcore-mask={1 << GEN_CPU:#x}",
+            'other_config:dpdk-extra="--no-pci --file-prefix=vsbovs"',
+        )
+        sh(OVS_VSWITCHD, self.db, f"--pidfile={d}/vswitchd.pid", "--detach",
+           f"--log-file={d}/vswitchd.log", env=self.env, stdout=subprocess.DEVNULL,
+           stderr=subprocess.DEVNULL)
+        self.vsctl("add-br", "br0", "--", "set", "bridge", "br0", "datapath_type=netdev")
+        for i, s in enumerate(self.socks):
+            self.vsctl("add-port", "br0", f"o{i}", "--", "set", "Interface", f"o{i}",
+                       "type=dpdkvhostuserclient", f"options:vhost-server-path={s}")
+        self.ctl = next(self.dir.glob("ovs-vswitchd*.ctl"))
+
+    def vsctl(self, *args):
+        sh("ovs-vsctl", f"--db={self.db}", *args, env=self.env, stdout=subprocess.DEVNULL)
+
+    def appctl(self, *args):
+        return subprocess.run(["ovs-appctl", "-t", str(self.ctl), *args], env=self.env,
+                              check=True, capture_output=True, text=True).stdout
+
+    def processing_cycles_per_packet(self):
+        out = self.appctl("dpif-netdev/pmd-stats-show")
+        m = re.search(r"avg processing cycles per packet: ([0-9.]+)", out)
+        return float(m.group(1)) if m else 0.0
+
+    def stop(self):
+        for name in ("vswitchd", "ovsdb"):
+            pid = self.dir / f"{name}.pid"
+            if pid.exists():
+                try:
+                    os.kill(int(pid.read_text()), signal.SIGTERM)
+                except (ProcessLookupError, ValueError):
+                    pass
+        deadline = time.time() + 10
+        while time.time() < deadline and subprocess.run(
+            ["pgrep", "-f", f"{self.dir}/"], capture_output=True
+        ).stdout:
+            time.sleep(0.1)
+        subprocess.run(["pkill", "-9", "-f", f"{self.dir}/"], stderr=subprocess.DEVNULL)
+        clean_hugepages()
+
+
+def throughput_ovs(work, size, secs):
+    ovs = Ovs(work)
+    try:
+        p, out = generator(work, ovs.socks, size, secs, server=True)
+        time.sleep(2)
+        ovs.appctl("dpif-netdev/pmd-stats-clear")
+        time.sleep(secs - 2)
+        cpp = ovs.processing_cycles_per_packet()
+        mpps = stop_generator(p, out)
+    finally:
+        ovs.stop()
+    return mpps, cpp
+
+
+# ---------------------------------------------------------------- scaling and flooding
+
+
+def scaling(work, nports, secs, vlans=None):
+    vs = Vringswitch(work, nports, vlans)
+    try:
+        p, out = generator(work, vs.socks, 64, secs)
+        time.sleep(2)
+        c0, n0 = vs.cycles()
+        time.sleep(secs - 2)
+        c1, n1 = vs.cycles()
+        mpps = stop_generator(p, out)
+    finally:
+        vs.stop()
+    return {"ports": nports, "mpps_total": sum(mpps),
+            "cycles_per_packet": (c1 - c0) / (n1 - n0) if n1 > n0 else 0.0}
+
+
+def flooding(work, nports, secs):
+    """Port 0 sends broadcasts as fast as it can (testpmd txonly); the other ports only
+    receive. Cost per flooded frame, and per copy delivered."""
+    vs = Vringswitch(work, nports)
+    try:
+        rx, rx_out = generator(work, vs.socks[1:], 64, secs, mode="rxonly", prefix="vsbrx",
+                               peers={0: mac(1)})
+        time.sleep(2)
+        tx, tx_out = generator(work, vs.socks[:1], 64, secs, mode="txonly", prefix="vsbtx",
+                               peers={0: "ff:ff:ff:ff:ff:ff"})
+        time.sleep(3)
+        s0 = vs.stats()
+        time.sleep(secs - 3)
+        s1 = vs.stats()
+        stop_generator(tx, tx_out)
+        stop_generator(rx, rx_out)
+    finally:
+        vs.stop()
+    busy = s1["workers"][0]["busy_cycles"] - s0["workers"][0]["busy_cycles"]
+    frames = s1["workers"][0]["packets"] - s0["workers"][0]["packets"]
+    delivered = sum(p["rx_packets"] for p in s1["ports"]) - sum(p["rx_packets"] for p in s0["ports"])
+    dropped = sum(sum(p["drops"].values()) for p in s1["ports"]) - sum(
+        sum(p["drops"].values()) for p in s0["ports"])
+    return {"ports": nports, "frames_per_s": frames / (secs - 3),
+            "cycles_per_frame": busy / frames if frames else 0.0,
+            "cycles_per_copy": busy / delivered if delivered else 0.0,
+            "delivered_per_frame": delivered / frames if frames else 0.0,
+            "dropped_per_frame": dropped / frames if frames else 0.0}
+
+
+# ---------------------------------------------------------------- idle and latency
+
+
+PROBE = str(ROOT / "target/release/vs-probe")
+
+
+def cpu_ticks(pid):
+    """utime + stime of every thread of `pid`, in clock ticks."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def idle_cpu(work, switch, secs=10):
+    """% of one core the switch uses with two connected ports and no traffic."""
+    sw, accept = start_switch(work, switch)
+    try:
+        probe = subprocess.Popen(
+            ["taskset", "-c", str(GEN_CPU), PROBE, "hold", "--a", sw.socks[0], "--b",
+             sw.socks[1], "--secs", str(secs + 5), *accept],
+            stdout=subprocess.PIPE, text=True,
+        )
+        if probe.stdout.readline().strip() != "ready":
+            raise SystemExit(f"vs-probe could not attach to {switch}")
+        time.sleep(2)
+        pid = switch_pid(sw)
+        t0 = cpu_ticks(pid)
+        time.sleep(secs)
+        t1 = cpu_ticks(pid)
+        probe.kill()
+        probe.wait()
+    finally:
+        stop_switch(sw)
+    return 100.0 * (t1 - t0) / os.sysconf("SC_CLK_TCK") / secs
+
+
+def start_switch(work, switch):
+    if switch == "vringswitch":
+        return Vringswitch(work), []
+    if switch == "testpmd":
+        return TestpmdSwitch(work), []
+    ovs = Ovs(work)
+    for s in ovs.socks:
+        Path(s).unlink(missing_ok=True)
+    return ovs, ["--accept"]
+
+
+def stop_switch(sw):
+    sw.stop()
+
+
+def switch_pid(sw):
+    if isinstance(sw, Ovs):
+        return int((sw.dir / "vswitchd.pid").read_text())
+    return sw.p.pid
+
+
+def latency(work, switch, samples, interval_us):
+    sw, accept = start_switch(work, switch)
+    try:
+        out = subprocess.run(
+            ["taskset", "-c", str(GEN_CPU), PROBE, "latency", "--a", sw.socks[0], "--b",
+             sw.socks[1], "--samples", str(samples), "--interval-us", str(interval_us), *accept],
+            check=True, capture_output=True, text=True, timeout=samples * interval_us / 1e6 + 120,
+        ).stdout
+    finally:
+        stop_switch(sw)
+    return json.loads(out)
+
+
+# ---------------------------------------------------------------- report
+
+
+def ratio(a, b):
+    return a / b if b else 0.0
+
+
+def report(res):
+    """Markdown for docs/benchmarks.md's results section."""
+    L = []
+    env = res["machine"]
+    L.append(f"Run {res['date']} at commit `{res['commit']}` on {env}, "
+             f"{res['secs']} s per measurement, {res['rounds']} rounds.\n")
+    L.append("### Throughput (loopback, Mpps per port; busy cycles per packet)\n")
+    L.append("Medians over the rounds. Ratios are vringswitch over the anchor: above 1 is "
+             "better for Mpps, below 1 is better for cycles.\n")
+    L.append("| frame B | vringswitch Mpps | testpmd Mpps | OVS Mpps | vs/testpmd | vs/OVS "
+             "| vringswitch cyc/pkt | testpmd cyc/pkt | OVS cyc/pkt | cyc vs/testpmd | cyc vs/OVS |")
+    L.append("|---|---|---|---|---|---|---|---|---|---|---|")
+    for size, s in res["summary"].items():
+        v, t, o = (s[k] for k in SWITCHES)
+        L.append(f"| {size} | {v['mpps']:.3f} | {t['mpps']:.3f} | {o['mpps']:.3f} "
+                 f"| {ratio(v['mpps'], t['mpps']):.2f} | {ratio(v['mpps'], o['mpps']):.2f} "
+                 f"| {v['cpp']:.0f} | {t['cpp']:.0f} | {o['cpp']:.0f} "
+                 f"| {ratio(v['cpp'], t['cpp']):.2f} | {ratio(v['cpp'], o['cpp']):.2f} |")
+    L.append("\nEvery measurement, in the order taken:\n")
+    L.append("| round | frame B | switch | Mpps port 0 / port 1 | busy cycles/pkt |")
+    L.append("|---|---|---|---|---|")
+    for m in res["throughput"]:
+        ports = " / ".join(f"{x:.3f}" for x in m["mpps_ports"])
+        L.append(f"| {m['round']} | {m['size']} | {m['switch']} | {ports} | {m['cpp']:.0f} |")
+    L.append("\n![throughput and cycles per packet](benchmarks.png)\n")
+    if res.get("scaling"):
+        L.append("### Scaling (vringswitch, 64 B, every port carrying traffic)\n")
+        L.append("| setup | ports | total Mpps | busy cycles/pkt | vs 2 ports |")
+        L.append("|---|---|---|---|---|")
+        base = res["scaling"][0]["cycles_per_packet"]
+        for s in res["scaling"]:
+            L.append(f"| {s['label']} | {s['ports']} | {s['mpps_total']:.3f} "
+                     f"| {s['cycles_per_packet']:.0f} | {ratio(s['cycles_per_packet'], base):.2f} |")
+        f = res.get("flood")
+        if f:
+            L.append(f"\nFlooding: one port sends 64 B broadcasts as fast as testpmd txonly can, "
+                     f"{f['ports'] - 1} ports receive: {f['frames_per_s'] / 1e6:.3f} M frames/s "
+                     f"taken, {f['cycles_per_frame']:.0f} busy cycles per flooded frame, "
+                     f"{f['cycles_per_copy']:.0f} per copy delivered "
+                     f"({f['delivered_per_frame']:.1f} copies delivered and "
+                     f"{f['dropped_per_frame']:.1f} dropped per frame; drops are receivers "
+                     f"with no buffer left).\n")
+    if res.get("idle") or res.get("latency"):
+        L.append("### Idle and latency\n")
+        L.append("| switch | idle CPU, % of a core | one way p50 / p99 µs | round trip p50 / p99 µs |")
+        L.append("|---|---|---|---|")
+        for sw in SWITCHES:
+            idle = res.get("idle", {}).get(sw)
+            lat = res.get("latency", {}).get(sw)
+            cells = [f"{idle:.1f}" if idle is not None else "not measured"]
+            for k in ("one_way_us", "rtt_us"):
+                cells.append(f"{lat[k]['p50']:.1f} / {lat[k]['p99']:.1f}" if lat else "not measured")
+            L.append(f"| {sw} | " + " | ".join(cells) + " |")
+        if res.get("latency"):
+            n = res["latency_samples"]
+            L.append(f"\nLatency: {n} frames of 64 B, one every ms (vs-probe: two test VMs on "
+                     f"CPU {GEN_CPU}). At this rate vringswitch's worker sleeps between frames "
+                     "(it polls for 200 µs after the last one), so every frame wakes it.\n")
+        w = res.get("wakeup")
+        if w:
+            L.append(f"Wake-up (first frame after 1 s of idle, {w['samples']} samples): "
+                     f"one way p50 {w['one_way_us']['p50']:.1f} µs, p99 "
+                     f"{w['one_way_us']['p99']:.1f} µs, max {w['one_way_us']['max']:.1f} µs.\n")
+    return "\n".join(L)
+
+
+def chart(res, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = list(res["summary"])
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    width = 0.27
+    for i, sw in enumerate(SWITCHES):
+        xs = [j + (i - 1) * width for j in range(len(sizes))]
+        ax1.bar(xs, [res["summary"][s][sw]["mpps"] for s in sizes], width, label=sw)
+        ax2.bar(xs, [res["summary"][s][sw]["cpp"] for s in sizes], width, label=sw)
+    for ax, title in ((ax1, "loopback Mpps per port (higher is better)"),
+                      (ax2, "switch busy cycles per packet (lower is better)")):
+        ax.set_xticks(range(len(sizes)), [f"{s} B" for s in sizes])
+        ax.set_title(title, fontsize=10)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"vringswitch vs testpmd io-fwd vs OVS-DPDK, {res['date']}, {res['commit']}",
+                 fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+
+
+def write_docs(res):
+    doc = ROOT / "docs/benchmarks.md"
+    text = doc.read_text()
+    begin, end = "<!-- bench/run.py results: begin -->", "<!-- bench/run.py results: end -->"
+    body = f"{begin}\n{report(res)}\n{end}"
+    if begin in text:
+        text = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: body, text, flags=re.S)
+    else:
+        text = text.rstrip() + "\n\n## Latest full run\n\n" + body + "\n"
+    doc.write_text(text)
+    chart(res, ROOT / "docs/benchmarks.png")
+
+
+# ---------------------------------------------------------------- main
+
+
+def machine():
+    cpu = re.search(r"model name\s*:\s*(.*)", Path("/proc/cpuinfo").read_text())
+    mem = int(re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text()).group(1))
+    return f"{os.cpu_count()} vCPUs ({cpu.group(1) if cpu else '?'}), {mem / 2**20:.0f} GiB"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--secs", type=int, default=8, help="seconds per throughput measurement")
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[64, 512, 1518])
+    ap.add_argument("--switches", nargs="+", default=list(SWITCHES), choices=SWITCHES)
+    ap.add_argument("--only", choices=["throughput", "scaling", "idle", "latency"], action="append",
+                    help="run only these parts (repeatable)")
+    ap.add_argument("--no-docs", action="store_true", help="print the report, leave docs/ alone")
+    ap.add_argument("--json", help="also write the raw results here")
+    args = ap.parse_args()
+    parts = set(args.only or ["throughput", "scaling", "idle", "latency"])
+    setup(build=not os.environ.get("VRINGSWITCH_BIN"))
+    commit = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT,
+                            capture_output=True, text=True).stdout.strip()
+    res = {"date": time.strftime("%Y-%m-%d"), "commit": commit, "machine": machine(),
+           "secs": args.secs, "rounds": args.rounds, "throughput": [], "summary": {}}
+    measure = {"vringswitch": throughput_vringswitch, "testpmd": throughput_testpmd,
+               "ovs": throughput_ovs}
+    with tempfile.TemporaryDirectory(prefix="vsbench.") as tmp:
+        n = 0
+
+        def work():
+            nonlocal n
+            n += 1
+            d = Path(tmp) / str(n)
+            d.mkdir()
+            return d
+
+        if "throughput" in parts:
+            for r in range(1, args.rounds + 1):
+                for size in args.sizes:
+                    for sw in args.switches:
+                        mpps, cpp = measure[sw](work(), size, args.secs)
+                        log(f"round {r} {size} B {sw}: {mpps} Mpps, {cpp:.0f} cycles/pkt")
+                        res["throughput"].append({"round": r, "size": size, "switch": sw,
+                                                  "mpps_ports": mpps, "cpp": cpp})
+            for size in args.sizes:
+                res["summary"][size] = {}
+                for sw in SWITCHES:
+                    ms = [m for m in res["throughput"] if m["size"] == size and m["switch"] == sw]
+                    res["summary"][size][sw] = {
+                        "mpps": statistics.median(statistics.mean(m["mpps_ports"] or [0]) for m in ms) if ms else 0.0,
+                        "cpp": statistics.median(m["cpp"] for m in ms) if ms else 0.0,
+                    }
+        if "scaling" in parts:
+            res["scaling"] = []
+            for label, nports, vlans in (
+                ("2 ports", 2, None),
+                ("8 ports", 8, None),
+                ("8 ports, VLANs 10 and 20", 8, [10] * 4 + [20] * 4),
+                ("32 ports", 32, None),
+            ):
+                s = scaling(work(), nports, args.secs, vlans)
+                s["label"] = label
+                log(f"scaling {label}: {s}")
+                res["scaling"].append(s)
+            res["flood"] = flooding(work(), 32, args.secs)
+            log(f"flood: {res['flood']}")
+        if "idle" in parts:
+            res["idle"] = {sw: idle_cpu(work(), sw) for sw in args.switches}
+            log(f"idle: {res['idle']}")
+        if "latency" in parts:
+            res["latency_samples"] = 2000
+            res["latency"] = {sw: latency(work(), sw, 2000, 1000) for sw in args.switches}
+            log(f"latency: {res['latency']}")
+            res["wakeup"] = latency(work(), "vringswitch", 30, 1_000_000)
+            log(f"wake-up: {res['wakeup']}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=1))
+    print(report(res))
+    if not args.no_docs:
+        write_docs(res)
+        log("wrote docs/benchmarks.md and docs/benchmarks.png")
+
+
+if __name__ == "__main__":
+    main()

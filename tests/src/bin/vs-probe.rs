@@ -1,0 +1,203 @@
+//! Latency probe for the benchmark harness (`bench/run.py`): two test VMs (the Rust
+//! frontend of `vringswitch_tests::frontend`) attached to a switch, measuring how long frames
+//! take to cross it. Works against any vhost-user backend: vringswitch, testpmd's net_vhost,
+//! OVS-DPDK (with `--accept`, as its dpdkvhostuserclient ports connect to us).
+//!
+//! ```text
+//! vs-probe latency --a SOCK --b SOCK [--accept] [--samples N] [--interval-us U] [--size B]
+//! vs-probe hold    --a SOCK --b SOCK [--accept] --secs S
+//! ```
+//!
+//! `latency` sends one frame A -> B every `interval`, times its arrival at B (one way), has
+//! B send it back and times its arrival at A (round trip), and prints a JSON object with
+//! p50/p99/max of both in microseconds. Frames that do not arrive within 100 ms count as
+//! lost. `hold` connects both ports, exchanges one frame each way (so both are learnt), prints
+//! `ready` and stays connected and silent for S seconds (the harness measures the switch's
+//! idle CPU meanwhile).
+
+use std::os::unix::net::UnixListener;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use vringswitch_tests::frontend::{TestVm, VmOptions};
+use vringswitch_tests::{frame, mac, BROADCAST};
+
+const RX: u16 = 0;
+const TX: u16 = 1;
+const RX_BUFS: usize = 128;
+const LOST_AFTER: Duration = Duration::from_millis(100);
+
+struct Args {
+    mode: String,
+    a: PathBuf,
+    b: PathBuf,
+    accept: bool,
+    samples: usize,
+    interval: Duration,
+    size: usize,
+    secs: u64,
+}
+
+fn usage(why: &str) -> ! {
+    eprintln!("vs-probe: {why}");
+    eprintln!(
+        "usage: vs-probe latency|hold --a SOCK --b SOCK [--accept] [--samples N] \
+         [--interval-us U] [--size BYTES] [--secs S]"
+    );
+    std::process::exit(2)
+}
+
+fn parse_args() -> Args {
+    let mut it = std::env::args().skip(1);
+    let mode = it.next().unwrap_or_else(|| usage("no mode"));
+    if mode != "latency" && mode != "hold" {
+        usage(&format!("unknown mode {mode:?}"));
+    }
+    let mut args = Args {
+        mode,
+        a: PathBuf::new(),
+        b: PathBuf::new(),
+        accept: false,
+        samples: 1000,
+        interval: Duration::from_millis(1),
+        size: 64,
+        secs: 10,
+    };
+    while let Some(flag) = it.next() {
+        if flag == "--accept" {
+            args.accept = true;
+            continue;
+        }
+        let value = it
+            .next()
+            .unwrap_or_else(|| usage(&format!("{flag} needs a value")));
+        let number = || -> u64 {
+            value
+                .parse()
+                .unwrap_or_else(|_| usage(&format!("{flag} wants a number, not {value:?}")))
+        };
+        match flag.as_str() {
+            "--a" => args.a = PathBuf::from(&value),
+            "--b" => args.b = PathBuf::from(&value),
+            "--samples" => args.samples = number() as usize,
+            "--interval-us" => args.interval = Duration::from_micros(number()),
+            "--size" => args.size = number() as usize,
+            "--secs" => args.secs = number(),
+            _ => usage(&format!("unknown flag {flag:?}")),
+        }
+    }
+    if args.a.as_os_str().is_empty() || args.b.as_os_str().is_empty() {
+        usage("--a and --b are required");
+    }
+    if !(60..=1514).contains(&args.size) {
+        usage("--size must be between 60 and 1514 (a frame without its FCS)");
+    }
+    args
+}
+
+fn attach(args: &Args) -> (TestVm, TestVm) {
+    let opts = VmOptions {
+        strict: false,
+        ..VmOptions::default()
+    };
+    let (mut a, mut b) = if args.accept {
+        // Both listeners exist before the switch looks for either.
+        let la = UnixListener::bind(&args.a).expect("bind --a");
+        let lb = UnixListener::bind(&args.b).expect("bind --b");
+        let a = TestVm::accept(&la, mac(1), opts);
+        let b = TestVm::accept(&lb, mac(2), opts);
+        (a, b)
+    } else {
+        (
+            TestVm::connect(&args.a, mac(1), opts),
+            TestVm::connect(&args.b, mac(2), opts),
+        )
+    };
+    a.post_rx(RX, RX_BUFS, 2048);
+    b.post_rx(RX, RX_BUFS, 2048);
+    // Give the backend time to see the rings enabled before the first frame.
+    std::thread::sleep(Duration::from_millis(500));
+    // One frame each way: a learning switch now knows both MACs.
+    b.send(TX, &frame(BROADCAST, mac(2), 46, 0));
+    a.expect_frames(RX, 1, Duration::from_secs(5));
+    a.send(TX, &frame(mac(2), mac(1), 46, 0));
+    b.expect_frames(RX, 1, Duration::from_secs(5));
+    a.post_rx(RX, 1, 2048);
+    b.post_rx(RX, 1, 2048);
+    a.reap_tx(TX);
+    b.reap_tx(TX);
+    (a, b)
+}
+
+/// Spins until `vm` has a used entry on its RX queue; the arrival time, or None when lost.
+fn arrival(vm: &mut TestVm) -> Option<Instant> {
+    let start = Instant::now();
+    loop {
+        if vm.has_used(RX) {
+            let t = Instant::now();
+            vm.recv(RX);
+            vm.post_rx(RX, 1, 2048);
+            return Some(t);
+        }
+        if start.elapsed() > LOST_AFTER {
+            return None;
+        }
+        std::hint::spin_loop();
+    }
+}
+
+fn percentiles(mut v: Vec<f64>) -> serde_json::Value {
+    if v.is_empty() {
+        return serde_json::Value::Null;
+    }
+    v.sort_by(f64::total_cmp);
+    let at = |p: f64| v[((p * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1];
+    serde_json::json!({ "p50": at(0.50), "p99": at(0.99), "max": v[v.len() - 1] })
+}
+
+fn latency(args: &Args, a: &mut TestVm, b: &mut TestVm) {
+    let mut one_way = Vec::with_capacity(args.samples);
+    let mut rtt = Vec::with_capacity(args.samples);
+    let mut lost = 0;
+    let forth = frame(mac(2), mac(1), args.size - 14, 1);
+    let back = frame(mac(1), mac(2), args.size - 14, 2);
+    for _ in 0..args.samples {
+        a.reap_tx(TX);
+        b.reap_tx(TX);
+        std::thread::sleep(args.interval);
+        let t0 = Instant::now();
+        a.send(TX, &forth);
+        let Some(t1) = arrival(b) else {
+            lost += 1;
+            continue;
+        };
+        one_way.push((t1 - t0).as_secs_f64() * 1e6);
+        b.send(TX, &back);
+        let Some(t2) = arrival(a) else {
+            lost += 1;
+            continue;
+        };
+        rtt.push((t2 - t0).as_secs_f64() * 1e6);
+    }
+    let out = serde_json::json!({
+        "samples": args.samples,
+        "lost": lost,
+        "interval_us": args.interval.as_micros() as u64,
+        "size": args.size,
+        "one_way_us": percentiles(one_way),
+        "rtt_us": percentiles(rtt),
+    });
+    println!("{out}");
+}
+
+fn main() {
+    let args = parse_args();
+    let (mut a, mut b) = attach(&args);
+    match args.mode.as_str() {
+        "latency" => latency(&args, &mut a, &mut b),
+        _ => {
+            println!("ready");
+            std::thread::sleep(Duration::from_secs(args.secs));
+        }
+    }
+}
