@@ -400,29 +400,31 @@ def scaling(work, nports, secs, vlans=None):
 
 
 def flooding(work, nports, secs):
-    """Port 0 sends broadcasts as fast as it can (testpmd txonly); the other ports only
-    receive. Cost per flooded frame, and per copy delivered."""
+    """Every port sends broadcasts: one generator (mac forwarding, every peer address
+    ff:ff:ff:ff:ff:ff, --tx-first) owns all ports, so each frame a port receives goes back
+    out as a broadcast and the switch floods it to the other nports - 1. One process polls
+    every receiver, so no receiver waits for a CPU. Cost per flooded frame and per copy
+    delivered (copies refused for want of RX buffers cost less and are counted apart)."""
     vs = Vringswitch(work, nports)
     try:
-        rx, rx_out = generator(work, vs.socks[1:], 64, secs, mode="rxonly", prefix="vsbrx",
-                               peers={0: mac(1)})
+        p, out = generator(work, vs.socks, 64, secs, peers={i: "ff:ff:ff:ff:ff:ff" for i in range(nports)})
         time.sleep(2)
-        tx, tx_out = generator(work, vs.socks[:1], 64, secs, mode="txonly", prefix="vsbtx",
-                               peers={0: "ff:ff:ff:ff:ff:ff"})
-        time.sleep(3)
         s0 = vs.stats()
-        time.sleep(secs - 3)
+        time.sleep(secs - 2)
         s1 = vs.stats()
-        stop_generator(tx, tx_out)
-        stop_generator(rx, rx_out)
+        stop_generator(p, out)
     finally:
         vs.stop()
+
+    def total(s, f):
+        return sum(f(p) for p in s["ports"])
+
     busy = s1["workers"][0]["busy_cycles"] - s0["workers"][0]["busy_cycles"]
     frames = s1["workers"][0]["packets"] - s0["workers"][0]["packets"]
-    delivered = sum(p["rx_packets"] for p in s1["ports"]) - sum(p["rx_packets"] for p in s0["ports"])
-    dropped = sum(sum(p["drops"].values()) for p in s1["ports"]) - sum(
-        sum(p["drops"].values()) for p in s0["ports"])
-    return {"ports": nports, "frames_per_s": frames / (secs - 3),
+    # Ports count from the switch's side: tx_packets are frames delivered to the VM.
+    delivered = total(s1, lambda p: p["tx_packets"]) - total(s0, lambda p: p["tx_packets"])
+    dropped = total(s1, lambda p: sum(p["drops"].values())) - total(s0, lambda p: sum(p["drops"].values()))
+    return {"ports": nports, "frames_per_s": frames / (secs - 2),
             "cycles_per_frame": busy / frames if frames else 0.0,
             "cycles_per_copy": busy / delivered if delivered else 0.0,
             "delivered_per_frame": delivered / frames if frames else 0.0,
@@ -511,6 +513,14 @@ def report(res):
     env = res["machine"]
     L.append(f"Run {res['date']} at commit `{res['commit']}` on {env}, "
              f"{res['secs']} s per measurement, {res['rounds']} rounds.\n")
+    if res["summary"]:
+        throughput_report(res, L)
+    scaling_report(res, L)
+    latency_report(res, L)
+    return "\n".join(L)
+
+
+def throughput_report(res, L):
     L.append("### Throughput (loopback, Mpps per port; busy cycles per packet)\n")
     L.append("Medians over the rounds. Ratios are vringswitch over the anchor: above 1 is "
              "better for Mpps, below 1 is better for cycles.\n")
@@ -530,6 +540,9 @@ def report(res):
         ports = " / ".join(f"{x:.3f}" for x in m["mpps_ports"])
         L.append(f"| {m['round']} | {m['size']} | {m['switch']} | {ports} | {m['cpp']:.0f} |")
     L.append("\n![throughput and cycles per packet](benchmarks.png)\n")
+
+
+def scaling_report(res, L):
     if res.get("scaling"):
         L.append("### Scaling (vringswitch, 64 B, every port carrying traffic)\n")
         L.append("| setup | ports | total Mpps | busy cycles/pkt | vs 2 ports |")
@@ -540,13 +553,17 @@ def report(res):
                      f"| {s['cycles_per_packet']:.0f} | {ratio(s['cycles_per_packet'], base):.2f} |")
         f = res.get("flood")
         if f:
-            L.append(f"\nFlooding: one port sends 64 B broadcasts as fast as testpmd txonly can, "
-                     f"{f['ports'] - 1} ports receive: {f['frames_per_s'] / 1e6:.3f} M frames/s "
+            L.append(f"\nFlooding: {f['ports']} ports each send back every frame they receive as a "
+                     f"64 B broadcast, so each frame goes to {f['ports'] - 1} ports: "
+                     f"{f['frames_per_s'] / 1e6:.3f} M frames/s "
                      f"taken, {f['cycles_per_frame']:.0f} busy cycles per flooded frame, "
                      f"{f['cycles_per_copy']:.0f} per copy delivered "
                      f"({f['delivered_per_frame']:.1f} copies delivered and "
                      f"{f['dropped_per_frame']:.1f} dropped per frame; drops are receivers "
                      f"with no buffer left).\n")
+
+
+def latency_report(res, L):
     if res.get("idle") or res.get("latency"):
         L.append("### Idle and latency\n")
         L.append("| switch | idle CPU, % of a core | one way p50 / p99 µs | round trip p50 / p99 µs |")
@@ -568,7 +585,13 @@ def report(res):
             L.append(f"Wake-up (first frame after 1 s of idle, {w['samples']} samples): "
                      f"one way p50 {w['one_way_us']['p50']:.1f} µs, p99 "
                      f"{w['one_way_us']['p99']:.1f} µs, max {w['one_way_us']['max']:.1f} µs.\n")
-    return "\n".join(L)
+    fl = res.get("wake_floor")
+    if fl:
+        L.append(f"The floor under any sleeping switch on this machine (vs-probe `floor`: a thread "
+                 f"on CPU {SWITCH_CPU} blocked on an eventfd, written after 1 s of idle, "
+                 f"{fl['samples']} samples): p50 {fl['one_way_us']['p50']:.1f} µs, p99 "
+                 f"{fl['one_way_us']['p99']:.1f} µs. It is the time the hypervisor takes to run "
+                 f"a halted vCPU again.\n")
 
 
 def chart(res, path):
@@ -685,6 +708,11 @@ def main():
             log(f"latency: {res['latency']}")
             res["wakeup"] = latency(work(), "vringswitch", 30, 1_000_000)
             log(f"wake-up: {res['wakeup']}")
+            res["wake_floor"] = json.loads(subprocess.run(
+                ["taskset", "-c", str(GEN_CPU), PROBE, "floor", "--samples", "30",
+                 "--interval-us", "1000000", "--core", str(SWITCH_CPU)],
+                check=True, capture_output=True, text=True).stdout)
+            log(f"wake-up floor: {res['wake_floor']}")
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=1))
     print(report(res))

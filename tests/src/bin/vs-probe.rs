@@ -6,6 +6,7 @@
 //! ```text
 //! vs-probe latency --a SOCK --b SOCK [--accept] [--samples N] [--interval-us U] [--size B]
 //! vs-probe hold    --a SOCK --b SOCK [--accept] --secs S
+//! vs-probe floor   [--samples N] [--interval-us U] [--core C]
 //! ```
 //!
 //! `latency` sends one frame A -> B every `interval`, times its arrival at B (one way), has
@@ -14,6 +15,10 @@
 //! lost. `hold` connects both ports, exchanges one frame each way (so both are learnt), prints
 //! `ready` and stays connected and silent for S seconds (the harness measures the switch's
 //! idle CPU meanwhile).
+//!
+//! `floor` needs no switch: it measures what any sleeping switch pays at least to wake, a
+//! thread pinned to core C (the switch's core) blocked on an eventfd, woken by a write from
+//! this core after `interval`. It prints the same JSON (`one_way_us`: write to wake-up).
 
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
@@ -36,13 +41,14 @@ struct Args {
     interval: Duration,
     size: usize,
     secs: u64,
+    core: usize,
 }
 
 fn usage(why: &str) -> ! {
     eprintln!("vs-probe: {why}");
     eprintln!(
-        "usage: vs-probe latency|hold --a SOCK --b SOCK [--accept] [--samples N] \
-         [--interval-us U] [--size BYTES] [--secs S]"
+        "usage: vs-probe latency|hold|floor --a SOCK --b SOCK [--accept] [--samples N] \
+         [--interval-us U] [--size BYTES] [--secs S] [--core C]"
     );
     std::process::exit(2)
 }
@@ -50,7 +56,7 @@ fn usage(why: &str) -> ! {
 fn parse_args() -> Args {
     let mut it = std::env::args().skip(1);
     let mode = it.next().unwrap_or_else(|| usage("no mode"));
-    if mode != "latency" && mode != "hold" {
+    if !["latency", "hold", "floor"].contains(&mode.as_str()) {
         usage(&format!("unknown mode {mode:?}"));
     }
     let mut args = Args {
@@ -62,6 +68,7 @@ fn parse_args() -> Args {
         interval: Duration::from_millis(1),
         size: 64,
         secs: 10,
+        core: 1,
     };
     while let Some(flag) = it.next() {
         if flag == "--accept" {
@@ -83,10 +90,11 @@ fn parse_args() -> Args {
             "--interval-us" => args.interval = Duration::from_micros(number()),
             "--size" => args.size = number() as usize,
             "--secs" => args.secs = number(),
+            "--core" => args.core = number() as usize,
             _ => usage(&format!("unknown flag {flag:?}")),
         }
     }
-    if args.a.as_os_str().is_empty() || args.b.as_os_str().is_empty() {
+    if args.mode != "floor" && (args.a.as_os_str().is_empty() || args.b.as_os_str().is_empty()) {
         usage("--a and --b are required");
     }
     if !(60..=1514).contains(&args.size) {
@@ -190,8 +198,51 @@ fn latency(args: &Args, a: &mut TestVm, b: &mut TestVm) {
     println!("{out}");
 }
 
+fn floor(args: &Args) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use vmm_sys_util::eventfd::EventFd;
+
+    let bell = Arc::new(EventFd::new(0).expect("eventfd"));
+    let woke = Arc::new(AtomicBool::new(false));
+    let core = args.core;
+    let waiter = {
+        let (bell, woke) = (bell.clone(), woke.clone());
+        std::thread::spawn(move || {
+            vringswitch_switch::affinity::pin_current_thread(core).expect("pin to --core");
+            // A blocking read: the thread sleeps in the kernel, as a switch's idle worker.
+            while bell.read().is_ok_and(|n| n != u64::MAX - 1) {
+                woke.store(true, Ordering::Release);
+            }
+        })
+    };
+    let mut wake = Vec::with_capacity(args.samples);
+    for _ in 0..args.samples {
+        std::thread::sleep(args.interval);
+        woke.store(false, Ordering::Relaxed);
+        let t0 = Instant::now();
+        bell.write(1).expect("eventfd write");
+        while !woke.load(Ordering::Acquire) {
+            std::hint::spin_loop();
+        }
+        wake.push(t0.elapsed().as_secs_f64() * 1e6);
+    }
+    // u64::MAX - 1 makes the read return that value: the waiter's signal to end.
+    bell.write(u64::MAX - 1).expect("eventfd write");
+    waiter.join().expect("waiter thread");
+    let out = serde_json::json!({
+        "samples": args.samples,
+        "interval_us": args.interval.as_micros() as u64,
+        "one_way_us": percentiles(wake),
+    });
+    println!("{out}");
+}
+
 fn main() {
     let args = parse_args();
+    if args.mode == "floor" {
+        return floor(&args);
+    }
     let (mut a, mut b) = attach(&args);
     match args.mode.as_str() {
         "latency" => latency(&args, &mut a, &mut b),
