@@ -49,6 +49,8 @@ OVS_VSWITCHD = "/usr/lib/openvswitch-switch-dpdk/ovs-vswitchd-dpdk"
 OVS_SCHEMA = "/usr/share/openvswitch/vswitch.ovsschema"
 HUGEPAGES = 2048  # of 2 MiB: generators (up to 1 GiB for 32 ports) plus OVS (512 MiB)
 SWITCHES = ("vringswitch", "testpmd", "ovs")
+# The TSC's frequency as vringswitch measured it (every switch here counts TSC cycles).
+TSC_HZ = [0]
 
 
 def log(msg):
@@ -216,9 +218,11 @@ class Vringswitch:
             return json.load(r)
 
     def cycles(self):
-        """Busy cycles of worker 0 and packets it took, so far."""
-        w = self.stats()["workers"][0]
-        return w["busy_cycles"], w["packets"]
+        """Busy cycles of worker 0, packets it took and bursts it took them in, so far."""
+        st = self.stats()
+        TSC_HZ[0] = st["cycles_per_second"]
+        w = st["workers"][0]
+        return w["busy_cycles"], w["packets"], sum(w["bursts"])
 
     def stop(self):
         self.p.send_signal(signal.SIGTERM)
@@ -253,18 +257,19 @@ def throughput_vringswitch(work, size, secs):
         p, out = generator(work, vs.socks, size, secs)
         # Count cycles over the measured part only: from after the warm-up second.
         time.sleep(2)
-        c0, n0 = vs.cycles()
+        c0, n0, b0 = vs.cycles()
         perf = None
         if os.environ.get("PERF_OUT"):
             perf = perf_record(f"{os.environ['PERF_OUT']}.{size}", max(secs - 4, 1))
         time.sleep(secs - 2)
-        c1, n1 = vs.cycles()
+        c1, n1, b1 = vs.cycles()
         mpps = stop_generator(p, out)
         if perf:
             perf.wait()
     finally:
         vs.stop()
-    return mpps, (c1 - c0) / (n1 - n0) if n1 > n0 else 0.0
+    burst = (n1 - n0) / (b1 - b0) if b1 > b0 else 0.0
+    return mpps, (c1 - c0) / (n1 - n0) if n1 > n0 else 0.0, burst
 
 
 # ---------------------------------------------------------------- testpmd io-fwd as the switch
@@ -303,7 +308,7 @@ def throughput_testpmd(work, size, secs):
         mpps = run_generator(work, sw.socks, size, secs)
     finally:
         cpp = sw.stop()
-    return mpps, cpp
+    return mpps, cpp, None
 
 
 # ---------------------------------------------------------------- OVS-DPDK
@@ -378,7 +383,7 @@ def throughput_ovs(work, size, secs):
         mpps = stop_generator(p, out)
     finally:
         ovs.stop()
-    return mpps, cpp
+    return mpps, cpp, None
 
 
 # ---------------------------------------------------------------- scaling and flooding
@@ -389,14 +394,15 @@ def scaling(work, nports, secs, vlans=None):
     try:
         p, out = generator(work, vs.socks, 64, secs)
         time.sleep(2)
-        c0, n0 = vs.cycles()
+        c0, n0, b0 = vs.cycles()
         time.sleep(secs - 2)
-        c1, n1 = vs.cycles()
+        c1, n1, b1 = vs.cycles()
         mpps = stop_generator(p, out)
     finally:
         vs.stop()
     return {"ports": nports, "mpps_total": sum(mpps),
-            "cycles_per_packet": (c1 - c0) / (n1 - n0) if n1 > n0 else 0.0}
+            "cycles_per_packet": (c1 - c0) / (n1 - n0) if n1 > n0 else 0.0,
+            "burst": (n1 - n0) / (b1 - b0) if b1 > b0 else 0.0}
 
 
 def flooding(work, nports, secs):
@@ -511,7 +517,8 @@ def report(res):
     """Markdown for docs/benchmarks.md's results section."""
     L = []
     env = res["machine"]
-    L.append(f"Run {res['date']} at commit `{res['commit']}` on {env}, "
+    tsc = f", TSC {res['tsc_hz'] / 1e9:.3f} GHz" if res.get("tsc_hz") else ""
+    L.append(f"Run {res['date']} at commit `{res['commit']}` on {env}{tsc}, "
              f"{res['secs']} s per measurement, {res['rounds']} rounds.\n")
     if res["summary"]:
         throughput_report(res, L)
@@ -534,23 +541,25 @@ def throughput_report(res, L):
                  f"| {v['cpp']:.0f} | {t['cpp']:.0f} | {o['cpp']:.0f} "
                  f"| {ratio(v['cpp'], t['cpp']):.2f} | {ratio(v['cpp'], o['cpp']):.2f} |")
     L.append("\nEvery measurement, in the order taken:\n")
-    L.append("| round | frame B | switch | Mpps port 0 / port 1 | busy cycles/pkt |")
-    L.append("|---|---|---|---|---|")
+    L.append("| round | frame B | switch | Mpps port 0 / port 1 | busy cycles/pkt | frames per burst |")
+    L.append("|---|---|---|---|---|---|")
     for m in res["throughput"]:
         ports = " / ".join(f"{x:.3f}" for x in m["mpps_ports"])
-        L.append(f"| {m['round']} | {m['size']} | {m['switch']} | {ports} | {m['cpp']:.0f} |")
+        burst = f"{m['burst']:.1f}" if m.get("burst") else ""
+        L.append(f"| {m['round']} | {m['size']} | {m['switch']} | {ports} | {m['cpp']:.0f} | {burst} |")
     L.append("\n![throughput and cycles per packet](benchmarks.png)\n")
 
 
 def scaling_report(res, L):
     if res.get("scaling"):
         L.append("### Scaling (vringswitch, 64 B, every port carrying traffic)\n")
-        L.append("| setup | ports | total Mpps | busy cycles/pkt | vs 2 ports |")
-        L.append("|---|---|---|---|---|")
+        L.append("| setup | ports | total Mpps | busy cycles/pkt | vs 2 ports | frames per burst |")
+        L.append("|---|---|---|---|---|---|")
         base = res["scaling"][0]["cycles_per_packet"]
         for s in res["scaling"]:
             L.append(f"| {s['label']} | {s['ports']} | {s['mpps_total']:.3f} "
-                     f"| {s['cycles_per_packet']:.0f} | {ratio(s['cycles_per_packet'], base):.2f} |")
+                     f"| {s['cycles_per_packet']:.0f} | {ratio(s['cycles_per_packet'], base):.2f} "
+                     f"| {s.get('burst', 0):.1f} |")
         f = res.get("flood")
         if f:
             L.append(f"\nFlooding: {f['ports']} ports each send back every frame they receive as a "
@@ -673,10 +682,10 @@ def main():
             for r in range(1, args.rounds + 1):
                 for size in args.sizes:
                     for sw in args.switches:
-                        mpps, cpp = measure[sw](work(), size, args.secs)
+                        mpps, cpp, burst = measure[sw](work(), size, args.secs)
                         log(f"round {r} {size} B {sw}: {mpps} Mpps, {cpp:.0f} cycles/pkt")
                         res["throughput"].append({"round": r, "size": size, "switch": sw,
-                                                  "mpps_ports": mpps, "cpp": cpp})
+                                                  "mpps_ports": mpps, "cpp": cpp, "burst": burst})
             for size in args.sizes:
                 res["summary"][size] = {}
                 for sw in SWITCHES:
@@ -713,6 +722,7 @@ def main():
                  "--interval-us", "1000000", "--core", str(SWITCH_CPU)],
                 check=True, capture_output=True, text=True).stdout)
             log(f"wake-up floor: {res['wake_floor']}")
+    res["tsc_hz"] = TSC_HZ[0]
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=1))
     print(report(res))
