@@ -134,6 +134,10 @@ pub struct PortConfig {
     /// VLAN membership; without it the port carries every VLAN as it comes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vlan: Option<Spanned<VlanConfig>>,
+    /// Port security: the only source MAC addresses the port may send from. Frames from any
+    /// other are dropped (counted as `mac_spoofed`) and never learnt. Without it, any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_macs: Option<Spanned<Vec<String>>>,
 }
 
 /// A port's VLAN setting.
@@ -166,6 +170,59 @@ fn vlan_list_schema() -> utoipa::openapi::schema::Array {
         .max_items(Some(usize::from(MAX_VLAN_ID)))
         .unique_items(true)
         .build()
+}
+
+/// Most source MAC addresses one port may be locked to.
+pub const MAX_ALLOWED_MACS: usize = 16;
+
+/// Parses `aa:bb:cc:dd:ee:ff` (hex digits of either case).
+pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
+    let bad = || format!("{s:?} is not a MAC address (aa:bb:cc:dd:ee:ff)");
+    let mut out = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in out.iter_mut() {
+        let p = parts.next().ok_or_else(bad)?;
+        if p.len() != 2 || !p.bytes().all(|c| c.is_ascii_hexdigit()) {
+            return Err(bad());
+        }
+        *b = u8::from_str_radix(p, 16).map_err(|_| bad())?;
+    }
+    if parts.next().is_some() {
+        return Err(bad());
+    }
+    Ok(out)
+}
+
+/// Checks a port-security list: 1 to [`MAX_ALLOWED_MACS`] unicast, non-zero MACs, none
+/// twice. Returns them parsed.
+pub fn check_allowed_macs(macs: &[String]) -> Result<Vec<[u8; 6]>, String> {
+    if macs.is_empty() {
+        return Err(
+            "allowed_macs is empty, which would drop every frame: leave it out to allow any \
+             source MAC"
+                .into(),
+        );
+    }
+    if macs.len() > MAX_ALLOWED_MACS {
+        return Err(format!(
+            "allowed_macs lists {} addresses; at most {MAX_ALLOWED_MACS}",
+            macs.len()
+        ));
+    }
+    let mut out: Vec<[u8; 6]> = Vec::with_capacity(macs.len());
+    for m in macs {
+        let mac = parse_mac(m)?;
+        if mac[0] & 1 != 0 || mac == [0; 6] {
+            return Err(format!(
+                "{m} is a group or zero address: a port can only send from a unicast MAC"
+            ));
+        }
+        if out.contains(&mac) {
+            return Err(format!("{m} is listed twice in allowed_macs"));
+        }
+        out.push(mac);
+    }
+    Ok(out)
 }
 
 /// Highest VLAN id a port may name (4095 is reserved).
@@ -235,6 +292,7 @@ impl Config {
             mode: SocketMode::Server,
             queues: default_queue_pairs(),
             vlan: None,
+            allowed_macs: None,
         };
         Config {
             dataplane: DataplaneConfig::default(),
@@ -345,6 +403,9 @@ impl Config {
             check_queues(*port.queues.get_ref()).map_err(|m| invalid(port.queues.span(), m))?;
             if let Some(vlan) = &port.vlan {
                 check_vlan(vlan.get_ref()).map_err(|m| invalid(vlan.span(), m))?;
+            }
+            if let Some(macs) = &port.allowed_macs {
+                check_allowed_macs(macs.get_ref()).map_err(|m| invalid(macs.span(), m))?;
             }
         }
         Ok(())
@@ -499,6 +560,60 @@ queues = 2
         let e = err("[[bridges]]\nname = \"br0\"\ncolour = \"red\"\n");
         assert!(e.contains("line 3"), "{e}");
         assert!(e.contains("unknown field `colour`"), "{e}");
+    }
+
+    #[test]
+    fn allowed_macs_parse_and_are_checked() {
+        let with = |v: &str| GOOD.replace("queues = 2", &format!("queues = 2\nallowed_macs = {v}"));
+        let c = Config::parse(
+            &with(r#"["02:00:00:00:00:01", "0A:bb:cc:dd:ee:ff"]"#),
+            Path::new("t"),
+        )
+        .unwrap();
+        assert_eq!(
+            c.ports[1]
+                .allowed_macs
+                .as_ref()
+                .map(|v| v.get_ref().clone()),
+            Some(vec![
+                "02:00:00:00:00:01".to_string(),
+                "0A:bb:cc:dd:ee:ff".to_string()
+            ])
+        );
+        assert_eq!(c.ports[0].allowed_macs, None);
+        let many = format!(
+            "[{}]",
+            (0..=MAX_ALLOWED_MACS)
+                .map(|i| format!("\"02:00:00:00:00:{i:02x}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        for (v, message) in [
+            ("[]", "drop every frame"),
+            (r#"["02:00:00:00:00"]"#, "is not a MAC address"),
+            (r#"["02:00:00:00:00:01:02"]"#, "is not a MAC address"),
+            (r#"["02:00:00:00:00:+1"]"#, "is not a MAC address"),
+            (r#"["02-00-00-00-00-01"]"#, "is not a MAC address"),
+            (r#"["01:00:5e:00:00:01"]"#, "group or zero"),
+            (r#"["ff:ff:ff:ff:ff:ff"]"#, "group or zero"),
+            (r#"["00:00:00:00:00:00"]"#, "group or zero"),
+            (
+                r#"["02:00:00:00:00:01", "02:00:00:00:00:01"]"#,
+                "listed twice",
+            ),
+            (many.as_str(), "at most 16"),
+            ("\"02:00:00:00:00:01\"", "invalid type"),
+        ] {
+            let e = err(&with(v));
+            assert!(e.contains(message), "{v}: {e}");
+        }
+        let text = with("[]");
+        let line = 1 + text
+            .lines()
+            .position(|l| l.starts_with("allowed_macs"))
+            .unwrap();
+        let e = err(&text);
+        assert!(e.contains(&format!("line {line}")), "{e}");
     }
 
     #[test]

@@ -22,6 +22,7 @@ use vringswitch_ports::{PortHandle, PortId};
 use vringswitch_switch::affinity::keep_off_cores;
 use vringswitch_switch::ethernet::MacAddr;
 use vringswitch_switch::fdb::{fdb_key, split_key, Fdb};
+use vringswitch_switch::port_security::{PortSecurity, MAX_ALLOWED};
 use vringswitch_switch::vlan::{VlanPolicy, UNTAGGED_VLAN};
 use vringswitch_switch::{BridgeRt, PortRt, Switch, SwitchConfig, SwitchError, Topology};
 
@@ -104,6 +105,11 @@ pub struct PortSpec {
     /// VLAN membership; none: every VLAN as it comes, untagged frames in VLAN 0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vlan: Option<VlanConfig>,
+    /// Port security: the only source MACs the port may send from (1 to 16 unicast
+    /// addresses); none: any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(min_items = 1, max_items = 16)]
+    pub allowed_macs: Option<Vec<String>>,
 }
 
 /// A change to a port (`PATCH`): fields left out stay as they are; `"vlan": null` removes
@@ -119,6 +125,10 @@ pub struct PortPatch {
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<VlanConfig>, nullable)]
     pub vlan: Option<Option<VlanConfig>>,
+    /// The new port-security list; null unlocks the port.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<Vec<String>>, nullable, min_items = 1, max_items = 16)]
+    pub allowed_macs: Option<Option<Vec<String>>>,
 }
 
 /// Tells a field given as `null` (Some(None)) from one left out (None).
@@ -263,6 +273,22 @@ impl State {
 }
 
 /// The VLAN policy the workers apply for a port's setting.
+/// The data path's form of a port-security list. Every path into the state checks the list
+/// first; should one ever slip through unchecked, the port fails closed.
+fn security(macs: Option<&Vec<String>>) -> PortSecurity {
+    const _: () = assert!(vringswitch_config::MAX_ALLOWED_MACS == MAX_ALLOWED);
+    let Some(macs) = macs else {
+        return PortSecurity::open();
+    };
+    vringswitch_config::check_allowed_macs(macs)
+        .ok()
+        .and_then(|m| {
+            let m: Vec<MacAddr> = m.into_iter().map(MacAddr).collect();
+            PortSecurity::locked(&m).ok()
+        })
+        .unwrap_or_else(PortSecurity::deny_all)
+}
+
 fn policy(vlan: Option<&VlanConfig>) -> VlanPolicy {
     match vlan {
         None => VlanPolicy::transparent(),
@@ -330,6 +356,7 @@ impl Daemon {
                     mode: p.mode,
                     queues: *p.queues.get_ref(),
                     vlan: p.vlan.as_ref().map(|v| v.get_ref().clone()),
+                    allowed_macs: p.allowed_macs.as_ref().map(|m| m.get_ref().clone()),
                 })
                 .collect(),
             static_macs: Vec::new(),
@@ -493,6 +520,9 @@ impl Daemon {
         if let Some(vlan) = &spec.vlan {
             vringswitch_config::check_vlan(vlan).map_err(ChangeError::Invalid)?;
         }
+        if let Some(macs) = &spec.allowed_macs {
+            vringswitch_config::check_allowed_macs(macs).map_err(ChangeError::Invalid)?;
+        }
         let mut st = self.state();
         if st.ports.contains_key(&spec.name) {
             return Err(ChangeError::Conflict(format!(
@@ -574,6 +604,12 @@ impl Daemon {
             }
             new.vlan = vlan;
         }
+        if let Some(macs) = patch.allowed_macs {
+            if let Some(m) = &macs {
+                vringswitch_config::check_allowed_macs(m).map_err(ChangeError::Invalid)?;
+            }
+            new.allowed_macs = macs;
+        }
         if new == old {
             return Ok(new);
         }
@@ -622,7 +658,13 @@ impl Daemon {
                 to.statics.insert(k, name.to_string());
             }
         }
-        tracing::info!(port = %name, bridge = %new.bridge, vlan = ?new.vlan, "port changed");
+        tracing::info!(
+            port = %name,
+            bridge = %new.bridge,
+            vlan = ?new.vlan,
+            allowed_macs = ?new.allowed_macs,
+            "port changed"
+        );
         self.save(&st)?;
         Ok(new)
     }
@@ -786,6 +828,7 @@ impl Daemon {
                 bridge,
                 queue_pairs: p.spec.queues,
                 vlan: policy(p.spec.vlan.as_ref()),
+                security: security(p.spec.allowed_macs.as_ref()),
             });
         }
         for b in &mut topology.bridges {
@@ -991,6 +1034,7 @@ mod tests {
                 mode: SocketMode::Client,
                 queues: 2,
                 vlan: Some(VlanConfig::Trunk { tags: vec![5, 6] }),
+                allowed_macs: Some(vec!["02:00:00:00:00:01".into()]),
             }],
             static_macs: vec![StaticMac {
                 bridge: "br0".into(),

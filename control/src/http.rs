@@ -376,6 +376,8 @@ struct PortView {
     queues: u16,
     #[serde(skip_serializing_if = "Option::is_none")]
     vlan: Option<VlanConfig>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    allowed_macs: Option<Vec<String>>,
     state: PortState,
     /// Packet, byte and drop counters (as in /v1/stats).
     #[schema(value_type = Object)]
@@ -408,6 +410,7 @@ fn port_view(spec: PortSpec, handle: &PortHandle, snapshot: &Snapshot) -> PortVi
         mode: spec.mode,
         queues: spec.queues,
         vlan: spec.vlan,
+        allowed_macs: spec.allowed_macs,
         state,
         counters,
     }

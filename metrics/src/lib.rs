@@ -331,6 +331,7 @@ mod tests {
                 bridge: 0,
                 queue_pairs: 1,
                 vlan: Default::default(),
+                security: Default::default(),
             })],
         });
         (sw, h)

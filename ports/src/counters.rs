@@ -27,11 +27,14 @@ pub enum DropReason {
     Hairpin,
     /// The frame's VLAN is not allowed on the port it came in on or would go out of.
     VlanFiltered,
+    /// The port is locked to a list of source MACs (port security) and the frame's source
+    /// is not on it. Such frames are never learnt either.
+    MacSpoofed,
 }
 
 impl DropReason {
     /// Every reason, in a stable order.
-    pub const ALL: [DropReason; 7] = [
+    pub const ALL: [DropReason; 8] = [
         DropReason::NoRxBuffer,
         DropReason::BadDescriptor,
         DropReason::TooBig,
@@ -39,6 +42,7 @@ impl DropReason {
         DropReason::InvalidSrcMac,
         DropReason::Hairpin,
         DropReason::VlanFiltered,
+        DropReason::MacSpoofed,
     ];
 
     /// Label value used in metrics.
@@ -51,6 +55,7 @@ impl DropReason {
             DropReason::InvalidSrcMac => "invalid_src_mac",
             DropReason::Hairpin => "hairpin",
             DropReason::VlanFiltered => "vlan_filtered",
+            DropReason::MacSpoofed => "mac_spoofed",
         }
     }
 

@@ -8,6 +8,7 @@
 pub mod affinity;
 pub mod ethernet;
 pub mod fdb;
+pub mod port_security;
 pub mod stats;
 pub mod topology;
 pub mod vlan;

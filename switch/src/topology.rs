@@ -6,6 +6,7 @@ use std::sync::Arc;
 use vringswitch_ports::{PortHandle, PortId};
 
 use crate::fdb::Fdb;
+use crate::port_security::PortSecurity;
 use crate::vlan::VlanPolicy;
 
 /// One bridge.
@@ -25,6 +26,8 @@ pub struct PortRt {
     pub queue_pairs: u16,
     /// Which VLANs the port carries, tagged or not.
     pub vlan: VlanPolicy,
+    /// Which source MACs the port may send from.
+    pub security: PortSecurity,
 }
 
 /// Bridges and ports; ports are indexed by their [`PortId`].
@@ -90,6 +93,7 @@ mod tests {
                         bridge: 0,
                         queue_pairs: q,
                         vlan: VlanPolicy::default(),
+                        security: Default::default(),
                     })
                 })
                 .collect(),

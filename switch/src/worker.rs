@@ -312,6 +312,11 @@ impl Worker {
                     counters.add_drop(DropReason::InvalidSrcMac, 1);
                     Dest::Drop
                 }
+                // Before learning: a spoofed source must not move anyone's FDB entry.
+                _ if !src_rt.security.permits(smac) => {
+                    counters.add_drop(DropReason::MacSpoofed, 1);
+                    Dest::Drop
+                }
                 Err(_) => {
                     counters.add_drop(DropReason::VlanFiltered, 1);
                     Dest::Drop
