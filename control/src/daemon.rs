@@ -272,7 +272,6 @@ impl State {
     }
 }
 
-/// The VLAN policy the workers apply for a port's setting.
 /// The data path's form of a port-security list. Every path into the state checks the list
 /// first; should one ever slip through unchecked, the port fails closed.
 fn security(macs: Option<&Vec<String>>) -> PortSecurity {
@@ -289,6 +288,7 @@ fn security(macs: Option<&Vec<String>>) -> PortSecurity {
         .unwrap_or_else(PortSecurity::deny_all)
 }
 
+/// The VLAN policy the workers apply for a port's setting.
 fn policy(vlan: Option<&VlanConfig>) -> VlanPolicy {
     match vlan {
         None => VlanPolicy::transparent(),
