@@ -251,16 +251,19 @@ def perf_record(out, secs):
     )
 
 
-def throughput_vringswitch(work, size, secs):
-    vs = Vringswitch(work)
+def measure_vringswitch(work, size, secs, nports=2, vlans=None):
+    """vringswitch with `nports` ports circulating `size`-byte frames. Returns each port's
+    Mpps, busy cycles per packet and frames per burst, the last two counted from after a
+    2 s warm-up to the end."""
+    vs = Vringswitch(work, nports, vlans)
     try:
         p, out = generator(work, vs.socks, size, secs)
-        # Count cycles over the measured part only: from after the warm-up second.
         time.sleep(2)
         c0, n0, b0 = vs.cycles()
         perf = None
         if os.environ.get("PERF_OUT"):
-            perf = perf_record(f"{os.environ['PERF_OUT']}.{size}", max(secs - 4, 1))
+            name = f"{os.environ['PERF_OUT']}.{size}" + ("" if nports == 2 else f".{nports}ports")
+            perf = perf_record(name, max(secs - 4, 1))
         time.sleep(secs - 2)
         c1, n1, b1 = vs.cycles()
         mpps = stop_generator(p, out)
@@ -268,8 +271,9 @@ def throughput_vringswitch(work, size, secs):
             perf.wait()
     finally:
         vs.stop()
+    cpp = (c1 - c0) / (n1 - n0) if n1 > n0 else 0.0
     burst = (n1 - n0) / (b1 - b0) if b1 > b0 else 0.0
-    return mpps, (c1 - c0) / (n1 - n0) if n1 > n0 else 0.0, burst
+    return mpps, cpp, burst
 
 
 # ---------------------------------------------------------------- testpmd io-fwd as the switch
@@ -390,19 +394,8 @@ def throughput_ovs(work, size, secs):
 
 
 def scaling(work, nports, secs, vlans=None):
-    vs = Vringswitch(work, nports, vlans)
-    try:
-        p, out = generator(work, vs.socks, 64, secs)
-        time.sleep(2)
-        c0, n0, b0 = vs.cycles()
-        time.sleep(secs - 2)
-        c1, n1, b1 = vs.cycles()
-        mpps = stop_generator(p, out)
-    finally:
-        vs.stop()
-    return {"ports": nports, "mpps_total": sum(mpps),
-            "cycles_per_packet": (c1 - c0) / (n1 - n0) if n1 > n0 else 0.0,
-            "burst": (n1 - n0) / (b1 - b0) if b1 > b0 else 0.0}
+    mpps, cpp, burst = measure_vringswitch(work, 64, secs, nports, vlans)
+    return {"ports": nports, "mpps_total": sum(mpps), "cycles_per_packet": cpp, "burst": burst}
 
 
 def flooding(work, nports, secs):
@@ -468,7 +461,7 @@ def idle_cpu(work, switch, secs=10):
         probe.kill()
         probe.wait()
     finally:
-        stop_switch(sw)
+        sw.stop()
     return 100.0 * (t1 - t0) / os.sysconf("SC_CLK_TCK") / secs
 
 
@@ -481,10 +474,6 @@ def start_switch(work, switch):
     for s in ovs.socks:
         Path(s).unlink(missing_ok=True)
     return ovs, ["--accept"]
-
-
-def stop_switch(sw):
-    sw.stop()
 
 
 def switch_pid(sw):
@@ -502,7 +491,7 @@ def latency(work, switch, samples, interval_us):
             check=True, capture_output=True, text=True, timeout=samples * interval_us / 1e6 + 120,
         ).stdout
     finally:
-        stop_switch(sw)
+        sw.stop()
     return json.loads(out)
 
 
@@ -666,7 +655,7 @@ def main():
                             capture_output=True, text=True).stdout.strip()
     res = {"date": time.strftime("%Y-%m-%d"), "commit": commit, "machine": machine(),
            "secs": args.secs, "rounds": args.rounds, "throughput": [], "summary": {}}
-    measure = {"vringswitch": throughput_vringswitch, "testpmd": throughput_testpmd,
+    measure = {"vringswitch": measure_vringswitch, "testpmd": throughput_testpmd,
                "ovs": throughput_ovs}
     with tempfile.TemporaryDirectory(prefix="vsbench.") as tmp:
         n = 0

@@ -594,6 +594,8 @@ queues = 2
             (r#"["02:00:00:00:00:01:02"]"#, "is not a MAC address"),
             (r#"["02:00:00:00:00:+1"]"#, "is not a MAC address"),
             (r#"["02-00-00-00-00-01"]"#, "is not a MAC address"),
+            (r#"["02:00:00:00:00:zz"]"#, "is not a MAC address"),
+            (r#"["002:00:00:00:00:0"]"#, "is not a MAC address"),
             (r#"["01:00:5e:00:00:01"]"#, "group or zero"),
             (r#"["ff:ff:ff:ff:ff:ff"]"#, "group or zero"),
             (r#"["00:00:00:00:00:00"]"#, "group or zero"),

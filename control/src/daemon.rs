@@ -717,7 +717,7 @@ impl Daemon {
         bridge: &str,
         req: StaticMacRequest,
     ) -> Result<StaticMac, ChangeError> {
-        let mac: MacAddr = req.mac.parse().map_err(ChangeError::Invalid)?;
+        let mac = MacAddr(vringswitch_config::parse_mac(&req.mac).map_err(ChangeError::Invalid)?);
         if mac.is_multicast() {
             return Err(ChangeError::Invalid(format!(
                 "{mac} is a group address: a static entry needs a unicast MAC"

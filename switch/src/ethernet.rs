@@ -48,27 +48,6 @@ impl fmt::Display for MacAddr {
     }
 }
 
-impl std::str::FromStr for MacAddr {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let mut out = [0u8; 6];
-        let mut parts = s.split(':');
-        for b in out.iter_mut() {
-            let p = parts
-                .next()
-                .ok_or_else(|| format!("{s:?} is not a MAC address"))?;
-            if p.len() != 2 {
-                return Err(format!("{s:?} is not a MAC address"));
-            }
-            *b = u8::from_str_radix(p, 16).map_err(|_| format!("{s:?} is not a MAC address"))?;
-        }
-        if parts.next().is_some() {
-            return Err(format!("{s:?} is not a MAC address"));
-        }
-        Ok(MacAddr(out))
-    }
-}
-
 /// EtherType values the switch cares about; others are kept as they are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EtherType {
@@ -195,14 +174,11 @@ mod tests {
 
     #[test]
     fn mac_conversions() {
-        let m: MacAddr = "02:00:00:00:00:0a".parse().unwrap();
+        // Parsing is vringswitch_config::parse_mac's, tested there.
+        let m = MacAddr([0x02, 0, 0, 0, 0, 0x0a]);
         assert_eq!(m.to_string(), "02:00:00:00:00:0a");
         assert_eq!(MacAddr::from_u64(m.to_u64()), m);
         assert_eq!(m.to_u64(), 0x0200_0000_000a);
-        assert!("02:00:00:00:00".parse::<MacAddr>().is_err());
-        assert!("02:00:00:00:00:0a:0b".parse::<MacAddr>().is_err());
-        assert!("02:00:00:00:00:zz".parse::<MacAddr>().is_err());
-        assert!("002:00:00:00:00:0".parse::<MacAddr>().is_err());
         assert!(MacAddr::default().is_zero());
         assert!(MacAddr([0x01, 0, 0x5e, 0, 0, 1]).is_multicast());
     }

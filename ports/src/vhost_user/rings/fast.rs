@@ -218,21 +218,13 @@ pub(super) fn deliver<'m>(
         }
     }
     if bad_chain {
-        // A malformed chain cannot be rewound past: give every popped chain back unused.
+        // A malformed chain cannot be rewound past: every popped chain goes back unused.
         queue.set_next_avail(next);
-        used.extend(scratch.chains.iter().map(|&(head, _)| (head, 0)));
-        return Err(DeliverError {
-            reason: DropReason::BadDescriptor,
-        });
+        return Err(scratch.give_back(used));
     }
     if have < need {
         // Nothing consumed: the queue's position was not moved.
-        let reason = if !mrg_rxbuf && !scratch.chains.is_empty() {
-            DropReason::TooBig
-        } else {
-            DropReason::NoRxBuffer
-        };
-        return Err(DeliverError { reason });
+        return Err(scratch.shortage(mrg_rxbuf));
     }
     queue.set_next_avail(next);
 
@@ -247,10 +239,7 @@ pub(super) fn deliver<'m>(
         frame_len - u32::from(edit.skip),
     ) {
         // Cannot happen with the ranges checked above; hand the buffers back empty.
-        used.extend(scratch.chains.iter().map(|&(head, _)| (head, 0)));
-        return Err(DeliverError {
-            reason: DropReason::BadDescriptor,
-        });
+        return Err(scratch.give_back(used));
     }
     scratch.complete(need, used);
     Ok(())
