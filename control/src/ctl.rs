@@ -251,6 +251,7 @@ mod tests {
                 connected: true,
                 ready: true,
                 reconnects: 0,
+                protocol_errors: 0,
                 rx_packets: 10,
                 rx_bytes: 640,
                 tx_packets: 4,

@@ -205,6 +205,10 @@ fn families(s: &Snapshot) -> Vec<MetricFamily> {
         "vringswitch_port_reconnects_total",
         "Connections of a vhost-user frontend to the port after the first one.",
     );
+    let mut protocol_errors = Family::counter(
+        "vringswitch_port_protocol_errors_total",
+        "vhost-user connections refused or closed because the frontend broke the protocol.",
+    );
     for p in &s.ports {
         let l = [("port", p.name.as_str()), ("bridge", p.bridge.as_str())];
         rx_packets.add(&l, p.rx_packets);
@@ -217,6 +221,7 @@ fn families(s: &Snapshot) -> Vec<MetricFamily> {
         port_connected.add(&l[..1], u64::from(p.connected));
         port_ready.add(&l[..1], u64::from(p.ready));
         reconnects.add(&l[..1], p.reconnects);
+        protocol_errors.add(&l[..1], p.protocol_errors);
     }
     for f in [
         &mut rx_packets,
@@ -227,6 +232,7 @@ fn families(s: &Snapshot) -> Vec<MetricFamily> {
         &mut port_connected,
         &mut port_ready,
         &mut reconnects,
+        &mut protocol_errors,
     ] {
         push(f);
     }

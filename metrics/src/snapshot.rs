@@ -73,6 +73,9 @@ pub struct PortSnapshot {
     pub ready: bool,
     /// Connections after the first one.
     pub reconnects: u64,
+    /// Connections refused or ended because the frontend broke the vhost-user protocol.
+    #[serde(default)]
+    pub protocol_errors: u64,
     /// Frames received from the VM.
     pub rx_packets: u64,
     pub rx_bytes: u64,
@@ -162,6 +165,7 @@ impl Snapshot {
                     connected: p.handle.is_connected(),
                     ready: p.handle.is_ready(),
                     reconnects: p.handle.connections().saturating_sub(1),
+                    protocol_errors: p.handle.protocol_errors(),
                     rx_packets: s.rx_packets,
                     rx_bytes: s.rx_bytes,
                     tx_packets: s.tx_packets,

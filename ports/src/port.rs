@@ -106,6 +106,7 @@ pub struct PortHandle {
     generation: AtomicU64,
     connected: AtomicBool,
     connections: AtomicU64,
+    protocol_errors: AtomicU64,
     stats: PortStats,
 }
 
@@ -120,6 +121,7 @@ impl PortHandle {
             generation: AtomicU64::new(0),
             connected: AtomicBool::new(false),
             connections: AtomicU64::new(0),
+            protocol_errors: AtomicU64::new(0),
             stats: PortStats::new(writers),
         }
     }
@@ -198,6 +200,17 @@ impl PortHandle {
     /// How many times a frontend connected since the port was created.
     pub fn connections(&self) -> u64 {
         self.connections.load(Ordering::Relaxed)
+    }
+
+    /// Counts a connection refused or ended because the frontend broke the protocol (bad
+    /// message, bad memory table, messages out of order).
+    pub fn note_protocol_error(&self) {
+        self.protocol_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// How many connections ended in a protocol error since the port was created.
+    pub fn protocol_errors(&self) -> u64 {
+        self.protocol_errors.load(Ordering::Relaxed)
     }
 }
 

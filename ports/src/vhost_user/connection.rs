@@ -21,6 +21,7 @@ use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
 use super::backend::NetBackend;
+use super::relay::RelayEnd;
 use super::VhostUserError;
 use crate::log_limit::LogLimiter;
 use crate::port::PortHandle;
@@ -249,14 +250,33 @@ fn serve(
     // A frontend failing in a loop gets one line per 10 s, with the count of the others.
     let mut failures = LogLimiter::new(Duration::from_secs(10));
     while let Some(frontend) = next_frontend(&name, &config, listener.as_ref(), &control) {
-        if let Err(e) = serve_connection(&port, &config, frontend, &control) {
-            if let Some(suppressed) = failures.check() {
-                tracing::warn!(port = %name, error = %e, suppressed,
-                    "cannot serve the vhost-user connection");
+        match serve_connection(&port, &config, frontend, &control) {
+            Ok(Ended::Disconnected) => {}
+            Ok(Ended::ProtocolError(error)) => {
+                port.note_protocol_error();
+                if let Some(suppressed) = failures.check() {
+                    tracing::warn!(port = %name, %error, suppressed,
+                        "vhost-user connection closed after a protocol error");
+                }
             }
-            std::thread::sleep(CLIENT_RETRY_INTERVAL);
+            Err(e) => {
+                if let Some(suppressed) = failures.check() {
+                    tracing::warn!(port = %name, error = %e, suppressed,
+                        "cannot serve the vhost-user connection");
+                }
+                std::thread::sleep(CLIENT_RETRY_INTERVAL);
+            }
         }
     }
+}
+
+/// How a served connection ended.
+enum Ended {
+    /// The frontend hung up (or the port was stopped).
+    Disconnected,
+    /// The frontend broke the protocol: a message refused by the relay, or an error of the
+    /// protocol handler.
+    ProtocolError(String),
 }
 
 fn serve_connection(
@@ -264,7 +284,7 @@ fn serve_connection(
     config: &VhostUserPortConfig,
     frontend: UnixStream,
     control: &ConnectionControl,
-) -> std::io::Result<()> {
+) -> std::io::Result<Ended> {
     let name = port.name();
     let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
     let backend = Arc::new(NetBackend::new(
@@ -314,17 +334,27 @@ fn serve_connection(
     let features = backend.acked_features();
     drop(daemon);
     close_leaked(&backend);
-    let _ = relay.join();
-    match result {
-        Ok(())
-        | Err(vhost_user_backend::Error::HandleRequest(
-            vhost::vhost_user::Error::Disconnected | vhost::vhost_user::Error::PartialMessage,
-        )) => tracing::info!(port = %name, features = format_args!("{features:#x}"),
-            "vhost-user frontend disconnected"),
-        Err(e) => tracing::warn!(port = %name, error = %e,
-            "vhost-user connection closed after a protocol error"),
-    }
-    Ok(())
+    // The relay's verdict comes first: a refused message also makes the handler see a
+    // disconnect.
+    let refused = match relay.join() {
+        Ok(RelayEnd::Refused(r)) => Some(r),
+        _ => None,
+    };
+    Ok(match (refused, result) {
+        (Some(r), _) => Ended::ProtocolError(format!("refused: {r}")),
+        (
+            None,
+            Ok(())
+            | Err(vhost_user_backend::Error::HandleRequest(
+                vhost::vhost_user::Error::Disconnected | vhost::vhost_user::Error::PartialMessage,
+            )),
+        ) => {
+            tracing::info!(port = %name, features = format_args!("{features:#x}"),
+                "vhost-user frontend disconnected");
+            Ended::Disconnected
+        }
+        (None, Err(e)) => Ended::ProtocolError(e.to_string()),
+    })
 }
 
 /// Closes the exit-event fds the library leaked, once its handler (and with it the event

@@ -11,6 +11,7 @@
 pub mod backend;
 pub mod connection;
 pub mod guest_view;
+pub mod message_check;
 pub mod relay;
 pub mod rings;
 pub mod split_ring;

@@ -19,22 +19,28 @@ use std::thread::JoinHandle;
 
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
-const HDR_LEN: usize = 12;
-/// Largest message body accepted (the vhost crate's own limit is lower).
-const MAX_BODY: usize = 4096;
+use super::message_check::{
+    check_header, check_message, Header, Refused, FLAG_NEED_REPLY, FLAG_REPLY, FLAG_VERSION_1,
+    HDR_LEN, SET_FEATURES, SET_VRING_ENABLE,
+};
+
 /// Most file descriptors one message carries (SET_MEM_TABLE: 8 regions).
 const MAX_FDS: usize = 32;
-
-const SET_FEATURES: u32 = 2;
-const SET_VRING_ENABLE: u32 = 18;
-const FLAG_VERSION_1: u32 = 0x1;
-const FLAG_REPLY: u32 = 0x4;
-const FLAG_NEED_REPLY: u32 = 0x8;
 const PROTOCOL_FEATURES_BIT: u64 = 1 << 30;
 
+/// How a relay ended.
+#[derive(Debug)]
+pub enum RelayEnd {
+    /// A side closed the connection, or the socket failed.
+    Closed,
+    /// The frontend sent a message [`super::message_check`] refused.
+    Refused(Refused),
+}
+
 /// Starts relaying between `frontend` and `relay_side`, the relay's end of a connection to
-/// the protocol handler. The relay threads end when either side closes.
-pub fn start(frontend: UnixStream, relay_side: UnixStream) -> io::Result<JoinHandle<()>> {
+/// the protocol handler. The relay threads end when either side closes, or when the frontend
+/// sends a message that is refused; joining the returned thread says which.
+pub fn start(frontend: UnixStream, relay_side: UnixStream) -> io::Result<JoinHandle<RelayEnd>> {
     let to_frontend = frontend.try_clone()?;
     let from_handler = relay_side.try_clone()?;
     // Replies from the handler to the frontend: plain bytes (no reply we send carries fds).
@@ -56,10 +62,17 @@ pub fn start(frontend: UnixStream, relay_side: UnixStream) -> io::Result<JoinHan
                 features_set: false,
                 deferred: Vec::new(),
             };
-            let _ = relay.run();
+            let end = match relay.run() {
+                Ok(never) => match never {},
+                Err(e) => match e.downcast::<Refused>() {
+                    Ok(refused) => RelayEnd::Refused(refused),
+                    Err(_) => RelayEnd::Closed,
+                },
+            };
             let _ = relay.frontend.shutdown(std::net::Shutdown::Both);
             let _ = relay.handler.shutdown(std::net::Shutdown::Both);
             let _ = back.join();
+            end
         })?;
     Ok(forward)
 }
@@ -73,29 +86,28 @@ struct Relay {
 }
 
 fn header(request: u32, flags: u32, size: u32) -> [u8; HDR_LEN] {
-    let mut h = [0u8; HDR_LEN];
-    h[0..4].copy_from_slice(&request.to_le_bytes());
-    h[4..8].copy_from_slice(&flags.to_le_bytes());
-    h[8..12].copy_from_slice(&size.to_le_bytes());
-    h
+    Header {
+        request,
+        flags,
+        size,
+    }
+    .encode()
 }
 
 impl Relay {
-    fn run(&mut self) -> io::Result<()> {
+    /// Relays until an error: a refused message comes back as an `io::Error` wrapping
+    /// [`Refused`].
+    fn run(&mut self) -> io::Result<std::convert::Infallible> {
+        let refuse = |r: Refused| io::Error::new(io::ErrorKind::InvalidData, r);
         loop {
             let mut hdr = [0u8; HDR_LEN];
             let fds = recv_header(&self.frontend, &mut hdr)?;
-            let request = u32::from_le_bytes([hdr[0], hdr[1], hdr[2], hdr[3]]);
-            let flags = u32::from_le_bytes([hdr[4], hdr[5], hdr[6], hdr[7]]);
-            let size = u32::from_le_bytes([hdr[8], hdr[9], hdr[10], hdr[11]]) as usize;
-            if size > MAX_BODY {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("vhost-user message of {size} bytes"),
-                ));
-            }
+            let parsed = Header::parse(&hdr);
+            check_header(&parsed).map_err(refuse)?;
+            let (request, flags, size) = (parsed.request, parsed.flags, parsed.size as usize);
             let mut body = vec![0u8; size];
             self.frontend.read_exact(&mut body)?;
+            check_message(&parsed, &body, &fds).map_err(refuse)?;
 
             if request == SET_VRING_ENABLE && !self.features_set && size == 8 && fds.is_empty() {
                 let mut b = [0u8; 8];
@@ -166,7 +178,7 @@ fn recv_header(sock: &UnixStream, hdr: &mut [u8; HDR_LEN]) -> io::Result<Vec<Own
 mod tests {
     use super::*;
 
-    fn start_pair(relay_end: UnixStream) -> (UnixStream, JoinHandle<()>) {
+    fn start_pair(relay_end: UnixStream) -> (UnixStream, JoinHandle<RelayEnd>) {
         let (handler, relay_side) = UnixStream::pair().unwrap();
         (handler, start(relay_end, relay_side).unwrap())
     }
@@ -253,8 +265,42 @@ mod tests {
         let (mut fe, relay_end) = UnixStream::pair().unwrap();
         let (mut handler, t) = start_pair(relay_end);
         fe.write_all(&header(1, FLAG_VERSION_1, 1 << 20)).unwrap();
-        t.join().unwrap();
+        assert!(matches!(
+            t.join().unwrap(),
+            RelayEnd::Refused(Refused::TooLong { .. })
+        ));
         let mut buf = [0u8; 1];
         assert_eq!(handler.read(&mut buf).unwrap(), 0);
+    }
+
+    #[test]
+    fn a_region_larger_than_its_file_never_reaches_the_handler() {
+        let (fe, relay_end) = UnixStream::pair().unwrap();
+        let (mut handler, t) = start_pair(relay_end);
+        let file = std::fs::File::open("/proc/self/exe").unwrap();
+        let len = file.metadata().unwrap().len();
+        let mut body = 1u64.to_le_bytes().to_vec();
+        for w in [0, len + 4096, 0x7f00_0000_0000, 0] {
+            body.extend_from_slice(&u64::to_le_bytes(w));
+        }
+        fe.send_with_fds(
+            &[&header(5, FLAG_VERSION_1, body.len() as u32)[..], &body[..]],
+            &[file.as_raw_fd()],
+        )
+        .unwrap();
+        assert!(matches!(
+            t.join().unwrap(),
+            RelayEnd::Refused(Refused::BadRegion { index: 0, .. })
+        ));
+        let mut buf = [0u8; 1];
+        assert_eq!(handler.read(&mut buf).unwrap(), 0);
+    }
+
+    #[test]
+    fn a_frontend_hanging_up_is_a_plain_close() {
+        let (fe, relay_end) = UnixStream::pair().unwrap();
+        let (_handler, t) = start_pair(relay_end);
+        drop(fe);
+        assert!(matches!(t.join().unwrap(), RelayEnd::Closed));
     }
 }

@@ -1,0 +1,492 @@
+//! Checks every vhost-user message from a frontend before the protocol handler sees it.
+//!
+//! The vhost crate checks much on its own (vring indexes, ring sizes, message sizes per
+//! request). What it cannot check is whether the memory a frontend hands over really is
+//! there: it maps `memory_size` bytes of each region's file from `mmap_offset` without
+//! looking at the file's size, and a region larger than its file maps fine and faults
+//! (SIGBUS, killing the whole switch) the first time a ring or buffer points past the end
+//! of the file. This module refuses such tables, along with headers, file-descriptor counts
+//! and regions that no correct frontend sends. A refused message ends the connection and is
+//! counted as a protocol error on the port.
+
+use std::fmt;
+use std::fs::File;
+use std::os::fd::OwnedFd;
+
+/// Bytes of a message header.
+pub const HDR_LEN: usize = 12;
+/// Largest message body accepted (the vhost crate's own limit is lower).
+pub const MAX_BODY: usize = 4096;
+/// Most regions in one SET_MEM_TABLE (the vhost-user limit).
+pub const MAX_REGIONS: usize = 8;
+
+pub const SET_FEATURES: u32 = 2;
+pub const SET_MEM_TABLE: u32 = 5;
+pub const SET_LOG_BASE: u32 = 6;
+pub const SET_LOG_FD: u32 = 7;
+pub const SET_VRING_KICK: u32 = 12;
+pub const SET_VRING_CALL: u32 = 13;
+pub const SET_VRING_ERR: u32 = 14;
+pub const SET_VRING_ENABLE: u32 = 18;
+pub const SET_BACKEND_REQ_FD: u32 = 21;
+pub const SET_INFLIGHT_FD: u32 = 32;
+pub const ADD_MEM_REG: u32 = 37;
+pub const SET_DEVICE_STATE_FD: u32 = 42;
+
+pub const FLAG_VERSION_MASK: u32 = 0x3;
+pub const FLAG_VERSION_1: u32 = 0x1;
+pub const FLAG_REPLY: u32 = 0x4;
+pub const FLAG_NEED_REPLY: u32 = 0x8;
+
+/// Bytes of one memory region description.
+const REGION_LEN: usize = 32;
+/// Bit of a vring-fd message's payload meaning "no file descriptor follows".
+const VRING_NOFD: u64 = 0x100;
+
+/// A message header, decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    pub request: u32,
+    pub flags: u32,
+    pub size: u32,
+}
+
+impl Header {
+    pub fn parse(raw: &[u8; HDR_LEN]) -> Header {
+        let word = |i: usize| u32::from_le_bytes([raw[i], raw[i + 1], raw[i + 2], raw[i + 3]]);
+        Header {
+            request: word(0),
+            flags: word(4),
+            size: word(8),
+        }
+    }
+
+    pub fn encode(&self) -> [u8; HDR_LEN] {
+        let mut h = [0u8; HDR_LEN];
+        h[0..4].copy_from_slice(&self.request.to_le_bytes());
+        h[4..8].copy_from_slice(&self.flags.to_le_bytes());
+        h[8..12].copy_from_slice(&self.size.to_le_bytes());
+        h
+    }
+}
+
+/// Why a message was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refused {
+    /// Version other than 1, the reply bit on a request, or unknown flag bits.
+    BadFlags { request: u32, flags: u32 },
+    /// Body longer than [`MAX_BODY`].
+    TooLong { request: u32, size: u32 },
+    /// File descriptors on a message that takes none, or the wrong number of them.
+    WrongFdCount {
+        request: u32,
+        expected: usize,
+        got: usize,
+    },
+    /// A memory table whose size does not match its region count, or with no region or
+    /// more than [`MAX_REGIONS`].
+    BadTable { request: u32, why: &'static str },
+    /// A region that cannot be mapped safely.
+    BadRegion { index: usize, why: String },
+}
+
+impl fmt::Display for Refused {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Refused::BadFlags { request, flags } => {
+                write!(f, "request {request} with bad header flags {flags:#x}")
+            }
+            Refused::TooLong { request, size } => {
+                write!(
+                    f,
+                    "request {request} with a {size}-byte body (most {MAX_BODY})"
+                )
+            }
+            Refused::WrongFdCount {
+                request,
+                expected,
+                got,
+            } => write!(
+                f,
+                "request {request} carried {got} file descriptors, expected {expected}"
+            ),
+            Refused::BadTable { request, why } => {
+                write!(f, "request {request}: bad memory table: {why}")
+            }
+            Refused::BadRegion { index, why } => write!(f, "memory region {index}: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for Refused {}
+
+/// Checks a header on its own, before the body is read.
+pub fn check_header(h: &Header) -> Result<(), Refused> {
+    let known = FLAG_VERSION_MASK | FLAG_REPLY | FLAG_NEED_REPLY;
+    if h.flags & FLAG_VERSION_MASK != FLAG_VERSION_1
+        || h.flags & FLAG_REPLY != 0
+        || h.flags & !known != 0
+    {
+        return Err(Refused::BadFlags {
+            request: h.request,
+            flags: h.flags,
+        });
+    }
+    if h.size as usize > MAX_BODY {
+        return Err(Refused::TooLong {
+            request: h.request,
+            size: h.size,
+        });
+    }
+    Ok(())
+}
+
+/// Checks a whole message: its file descriptors and, for memory tables, every region
+/// against the file it maps.
+pub fn check_message(h: &Header, body: &[u8], fds: &[OwnedFd]) -> Result<(), Refused> {
+    let wrong_count = |expected: usize| Refused::WrongFdCount {
+        request: h.request,
+        expected,
+        got: fds.len(),
+    };
+    match h.request {
+        SET_MEM_TABLE => check_mem_table(body, fds),
+        ADD_MEM_REG => {
+            if fds.len() != 1 {
+                return Err(wrong_count(1));
+            }
+            if body.len() != 8 + REGION_LEN {
+                return Err(Refused::BadTable {
+                    request: h.request,
+                    why: "body is not one region",
+                });
+            }
+            let region = Region::parse(&body[8..]);
+            region
+                .check(&fds[0])
+                .map_err(|why| Refused::BadRegion { index: 0, why })
+        }
+        SET_VRING_KICK | SET_VRING_CALL | SET_VRING_ERR => {
+            // The payload's NOFD bit says whether an fd follows.
+            let nofd = body.len() == 8
+                && u64::from_le_bytes(body.try_into().unwrap_or([0; 8])) & VRING_NOFD != 0;
+            let expected = usize::from(!nofd);
+            if fds.len() == expected {
+                Ok(())
+            } else {
+                Err(wrong_count(expected))
+            }
+        }
+        SET_LOG_BASE | SET_LOG_FD | SET_BACKEND_REQ_FD | SET_INFLIGHT_FD | SET_DEVICE_STATE_FD => {
+            if fds.len() <= 1 {
+                Ok(())
+            } else {
+                Err(wrong_count(1))
+            }
+        }
+        _ if fds.is_empty() => Ok(()),
+        _ => Err(wrong_count(0)),
+    }
+}
+
+fn check_mem_table(body: &[u8], fds: &[OwnedFd]) -> Result<(), Refused> {
+    let bad = |why| Refused::BadTable {
+        request: SET_MEM_TABLE,
+        why,
+    };
+    if body.len() < 8 {
+        return Err(bad("shorter than its header"));
+    }
+    let n = u32::from_le_bytes([body[0], body[1], body[2], body[3]]) as usize;
+    if n == 0 {
+        return Err(bad("no region"));
+    }
+    if n > MAX_REGIONS {
+        return Err(bad("more than 8 regions"));
+    }
+    if body.len() != 8 + n * REGION_LEN {
+        return Err(bad("size does not match the region count"));
+    }
+    if fds.len() != n {
+        return Err(Refused::WrongFdCount {
+            request: SET_MEM_TABLE,
+            expected: n,
+            got: fds.len(),
+        });
+    }
+    let regions: Vec<Region> = body[8..]
+        .chunks_exact(REGION_LEN)
+        .map(Region::parse)
+        .collect();
+    for (index, (r, fd)) in regions.iter().zip(fds).enumerate() {
+        r.check(fd)
+            .map_err(|why| Refused::BadRegion { index, why })?;
+    }
+    for (i, a) in regions.iter().enumerate() {
+        for (j, b) in regions.iter().enumerate().skip(i + 1) {
+            // Both ends were checked not to overflow.
+            if a.gpa < b.gpa + b.size && b.gpa < a.gpa + a.size {
+                return Err(Refused::BadRegion {
+                    index: j,
+                    why: format!("guest addresses overlap region {i}'s"),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One memory region as a frontend describes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Region {
+    gpa: u64,
+    size: u64,
+    uaddr: u64,
+    offset: u64,
+}
+
+impl Region {
+    fn parse(raw: &[u8]) -> Region {
+        let word = |i: usize| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&raw[i..i + 8]);
+            u64::from_le_bytes(b)
+        };
+        Region {
+            gpa: word(0),
+            size: word(8),
+            uaddr: word(16),
+            offset: word(24),
+        }
+    }
+
+    /// The region's own fields, then the file it maps: a regular file (memfd, tmpfs,
+    /// hugetlbfs) at least `offset + size` bytes long.
+    fn check(&self, fd: &OwnedFd) -> Result<(), String> {
+        self.check_fields()?;
+        let end = self.offset + self.size;
+        let meta = fd
+            .try_clone()
+            .map(File::from)
+            .and_then(|f| f.metadata())
+            .map_err(|e| format!("cannot inspect its file: {e}"))?;
+        if !meta.file_type().is_file() {
+            return Err("its file descriptor is not a regular file or memfd".into());
+        }
+        if meta.len() < end {
+            return Err(format!(
+                "maps bytes {}..{end} of a file of {} bytes",
+                self.offset,
+                meta.len()
+            ));
+        }
+        Ok(())
+    }
+
+    fn check_fields(&self) -> Result<(), String> {
+        if self.size == 0 {
+            return Err("size 0".into());
+        }
+        if usize::try_from(self.size).is_err() {
+            return Err(format!(
+                "size {:#x} does not fit the address space",
+                self.size
+            ));
+        }
+        for (what, start) in [
+            ("guest address", self.gpa),
+            ("frontend address", self.uaddr),
+            ("file offset", self.offset),
+        ] {
+            if start.checked_add(self.size).is_none() {
+                return Err(format!(
+                    "{what} {start:#x} + size {:#x} overflows",
+                    self.size
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn hdr(request: u32, flags: u32, size: u32) -> Header {
+        Header {
+            request,
+            flags,
+            size,
+        }
+    }
+
+    fn file_of(len: u64) -> OwnedFd {
+        let mut f = tempfile();
+        f.set_len(len).unwrap();
+        f.flush().unwrap();
+        f.into()
+    }
+
+    fn tempfile() -> File {
+        let path = std::env::temp_dir().join(format!(
+            "vringswitch-msgcheck-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        std::fs::remove_file(&path).unwrap();
+        f
+    }
+
+    fn region_bytes(gpa: u64, size: u64, uaddr: u64, offset: u64) -> Vec<u8> {
+        [gpa, size, uaddr, offset]
+            .iter()
+            .flat_map(|w| w.to_le_bytes())
+            .collect()
+    }
+
+    fn table(regions: &[(u64, u64, u64, u64)]) -> Vec<u8> {
+        let mut b = (regions.len() as u32).to_le_bytes().to_vec();
+        b.extend_from_slice(&[0; 4]);
+        for &(g, s, u, o) in regions {
+            b.extend(region_bytes(g, s, u, o));
+        }
+        b
+    }
+
+    #[test]
+    fn headers_need_version_1_no_reply_bit_no_unknown_flags_and_a_bounded_size() {
+        assert_eq!(check_header(&hdr(1, 1, 0)), Ok(()));
+        assert_eq!(check_header(&hdr(1, 1 | FLAG_NEED_REPLY, 8)), Ok(()));
+        for flags in [0, 2, 3, 1 | FLAG_REPLY, 1 | 0x10, 1 | 0x8000_0000] {
+            assert!(
+                matches!(
+                    check_header(&hdr(1, flags, 0)),
+                    Err(Refused::BadFlags { .. })
+                ),
+                "{flags:#x}"
+            );
+        }
+        assert_eq!(check_header(&hdr(1, 1, MAX_BODY as u32)), Ok(()));
+        assert!(matches!(
+            check_header(&hdr(1, 1, MAX_BODY as u32 + 1)),
+            Err(Refused::TooLong { .. })
+        ));
+        assert!(matches!(
+            check_header(&hdr(1, 1, u32::MAX)),
+            Err(Refused::TooLong { .. })
+        ));
+    }
+
+    #[test]
+    fn fds_only_where_the_request_takes_them() {
+        let fd = || file_of(4096);
+        assert_eq!(check_message(&hdr(1, 1, 0), &[], &[]), Ok(()));
+        assert!(matches!(
+            check_message(&hdr(1, 1, 0), &[], &[fd()]),
+            Err(Refused::WrongFdCount { expected: 0, .. })
+        ));
+        let kick = 0u64.to_le_bytes();
+        assert_eq!(
+            check_message(&hdr(SET_VRING_KICK, 1, 8), &kick, &[fd()]),
+            Ok(())
+        );
+        assert!(check_message(&hdr(SET_VRING_KICK, 1, 8), &kick, &[]).is_err());
+        assert!(check_message(&hdr(SET_VRING_CALL, 1, 8), &kick, &[fd(), fd()]).is_err());
+        let nofd = (VRING_NOFD | 1).to_le_bytes();
+        assert_eq!(
+            check_message(&hdr(SET_VRING_CALL, 1, 8), &nofd, &[]),
+            Ok(())
+        );
+        assert!(check_message(&hdr(SET_VRING_CALL, 1, 8), &nofd, &[fd()]).is_err());
+        assert_eq!(check_message(&hdr(SET_LOG_FD, 1, 0), &[], &[fd()]), Ok(()));
+        assert!(check_message(&hdr(SET_LOG_FD, 1, 0), &[], &[fd(), fd()]).is_err());
+    }
+
+    #[test]
+    fn a_table_of_regions_inside_their_files_passes() {
+        let body = table(&[
+            (0, 8192, 0x7000_0000, 0),
+            (0x10_0000, 4096, 0x8000_0000, 4096),
+        ]);
+        let fds = [file_of(8192), file_of(8192)];
+        assert_eq!(
+            check_message(&hdr(SET_MEM_TABLE, 1, body.len() as u32), &body, &fds),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn every_malformed_table_is_refused() {
+        let one = |r: (u64, u64, u64, u64), file_len: u64| {
+            let body = table(&[r]);
+            check_message(
+                &hdr(SET_MEM_TABLE, 1, body.len() as u32),
+                &body,
+                &[file_of(file_len)],
+            )
+        };
+        // Bigger than the file, at any offset.
+        assert!(matches!(
+            one((0, 8192, 0, 0), 4096),
+            Err(Refused::BadRegion { index: 0, .. })
+        ));
+        assert!(one((0, 4096, 0, 4096), 4096).is_err());
+        assert!(one((0, 4096, 0, 4095), 8192).is_ok());
+        // Size 0, and every overflow.
+        assert!(one((0, 0, 0, 0), 4096).is_err());
+        assert!(one((u64::MAX - 10, 4096, 0, 0), 4096).is_err());
+        assert!(one((0, 4096, u64::MAX - 10, 0), 4096).is_err());
+        assert!(one((0, 4096, 0, u64::MAX - 10), 4096).is_err());
+        assert!(one((0, u64::MAX, 0, 0), 4096).is_err());
+        // Counts.
+        let empty = table(&[]);
+        assert!(check_message(&hdr(SET_MEM_TABLE, 1, 8), &empty, &[]).is_err());
+        let nine: Vec<_> = (0..9).map(|i| (i << 20, 4096, 0, 0)).collect();
+        let body = table(&nine);
+        let fds: Vec<_> = (0..9).map(|_| file_of(4096)).collect();
+        assert!(check_message(&hdr(SET_MEM_TABLE, 1, 0), &body, &fds).is_err());
+        let body = table(&[(0, 4096, 0, 0)]);
+        assert!(matches!(
+            check_message(&hdr(SET_MEM_TABLE, 1, 0), &body, &[]),
+            Err(Refused::WrongFdCount { expected: 1, .. })
+        ));
+        assert!(check_message(&hdr(SET_MEM_TABLE, 1, 0), &body[..20], &[file_of(4096)]).is_err());
+        assert!(check_message(&hdr(SET_MEM_TABLE, 1, 0), &body[..4], &[]).is_err());
+        // Overlapping guest ranges.
+        let body = table(&[(0, 8192, 0, 0), (4096, 4096, 0x10000, 0)]);
+        assert!(matches!(
+            check_message(
+                &hdr(SET_MEM_TABLE, 1, 0),
+                &body,
+                &[file_of(8192), file_of(8192)]
+            ),
+            Err(Refused::BadRegion { index: 1, .. })
+        ));
+        // Not a regular file.
+        let null: OwnedFd = File::open("/dev/null").unwrap().into();
+        let body = table(&[(0, 4096, 0, 0)]);
+        assert!(check_message(&hdr(SET_MEM_TABLE, 1, 0), &body, &[null]).is_err());
+    }
+
+    #[test]
+    fn add_mem_reg_takes_one_region_and_one_fd() {
+        let mut body = vec![0u8; 8];
+        body.extend(region_bytes(0x100_0000, 4096, 0x1000, 0));
+        assert_eq!(
+            check_message(&hdr(ADD_MEM_REG, 1, 40), &body, &[file_of(4096)]),
+            Ok(())
+        );
+        assert!(check_message(&hdr(ADD_MEM_REG, 1, 40), &body, &[file_of(100)]).is_err());
+        assert!(check_message(&hdr(ADD_MEM_REG, 1, 40), &body, &[]).is_err());
+        assert!(check_message(&hdr(ADD_MEM_REG, 1, 40), &body[..32], &[file_of(4096)]).is_err());
+    }
+}
