@@ -10,7 +10,12 @@ use vringswitch_metrics::Snapshot;
 use vringswitch_switch::Switch;
 
 /// Reasons that point at a guest or its driver doing something wrong.
-const GUEST_FAULTS: [&str; 3] = ["bad_descriptor", "too_big", "invalid_src_mac"];
+const GUEST_FAULTS: [&str; 4] = [
+    "bad_descriptor",
+    "too_big",
+    "invalid_src_mac",
+    "mac_spoofed",
+];
 
 /// Drops of one port that grew between two readings.
 #[derive(Debug, PartialEq, Eq)]

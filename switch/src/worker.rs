@@ -278,6 +278,10 @@ impl Worker {
         for _ in 0..self.burst_size {
             match tx_ring.pop_tx(hdr_len, &mut b.segs) {
                 PopTx::Empty => break,
+                PopTx::Broken => {
+                    counters.add_drop(DropReason::BadDescriptor, 1);
+                    break;
+                }
                 PopTx::Bad { head, reason } => {
                     b.tx_used.push((head, 0));
                     counters.add_drop(reason, 1);

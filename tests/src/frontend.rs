@@ -63,6 +63,10 @@ pub struct Received {
     pub num_buffers: u16,
     /// Used lengths of each buffer the frame came in.
     pub used_lens: Vec<u32>,
+    /// The virtio-net header as the device wrote it.
+    pub header: [u8; HDR_LEN],
+    /// Head descriptor of each buffer the frame came in.
+    pub heads: Vec<u16>,
 }
 
 /// Driver side of one split virtqueue.
@@ -257,7 +261,8 @@ impl TestVm {
             .expect("SET_VRING_ENABLE");
     }
 
-    fn write_desc(&self, q: u16, d: u16, addr: u64, len: u32, flags: u16, next: u16) {
+    /// Writes descriptor `d` of queue `q` as given, checked or not (for hostile-guest tests).
+    pub fn write_desc(&self, q: u16, d: u16, addr: u64, len: u32, flags: u16, next: u16) {
         let dq = &self.queues[usize::from(q)];
         let mut raw = [0u8; 16];
         raw[0..8].copy_from_slice(&addr.to_le_bytes());
@@ -271,8 +276,8 @@ impl TestVm {
 
     /// Puts chain heads on the avail ring, publishes the new index and kicks the device if
     /// it asked to be told (as a guest driver does: the used ring's NO_NOTIFY flag, or with
-    /// EVENT_IDX its `avail_event`).
-    fn make_available(&mut self, q: u16, heads: &[u16]) {
+    /// EVENT_IDX its `avail_event`). Heads are not checked (for hostile-guest tests).
+    pub fn make_available(&mut self, q: u16, heads: &[u16]) {
         let dq = &mut self.queues[usize::from(q)];
         let old = dq.next_avail;
         let avail = dq.avail_addr();
@@ -432,6 +437,35 @@ impl TestVm {
         self.used_idx(q) != self.queues[usize::from(q)].last_used
     }
 
+    /// Writes the driver's avail index of queue `q` without putting anything on the ring (a
+    /// corrupt guest), and kicks.
+    pub fn corrupt_avail_idx(&mut self, q: u16, idx: u16) {
+        let dq = &self.queues[usize::from(q)];
+        self.mem
+            .write_obj(idx.to_le(), GuestAddress(dq.avail_addr() + 2))
+            .unwrap();
+        let _ = dq.kick.write(1);
+    }
+
+    /// Takes descriptors off the free list, for chains built by hand.
+    pub fn alloc_descs(&mut self, q: u16, n: usize) -> Vec<u16> {
+        self.alloc(q, n)
+    }
+
+    /// Fills guest memory `[addr, addr + len)` with `byte`.
+    pub fn fill(&self, addr: u64, len: usize, byte: u8) {
+        self.mem
+            .write_slice(&vec![byte; len], GuestAddress(addr))
+            .unwrap();
+    }
+
+    /// The first offset in `[addr, addr + len)` not holding `byte`, if any.
+    pub fn find_changed(&self, addr: u64, len: usize, byte: u8) -> Option<u64> {
+        let mut buf = vec![0u8; len];
+        self.mem.read_slice(&mut buf, GuestAddress(addr)).unwrap();
+        buf.iter().position(|&b| b != byte).map(|i| addr + i as u64)
+    }
+
     /// The driver's avail index of queue `q`.
     pub fn avail_idx(&self, q: u16) -> u16 {
         self.queues[usize::from(q)].next_avail
@@ -498,6 +532,9 @@ impl TestVm {
                 "used length {len} shorter than the header"
             );
             let num_buffers = u16::from_le_bytes([data[10], data[11]]);
+            let mut header = [0u8; HDR_LEN];
+            header.copy_from_slice(&data[..HDR_LEN]);
+            let mut heads = vec![head];
             let mut used_lens = vec![len];
             let mut frame = data[HDR_LEN..].to_vec();
             if mrg {
@@ -513,6 +550,7 @@ impl TestVm {
                     self.free_chain(q, h);
                     frame.extend_from_slice(&more);
                     used_lens.push(l);
+                    heads.push(h);
                     next = next.wrapping_add(1);
                 }
             }
@@ -521,6 +559,8 @@ impl TestVm {
                 frame,
                 num_buffers,
                 used_lens,
+                header,
+                heads,
             });
         }
         out

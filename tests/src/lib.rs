@@ -1,6 +1,7 @@
 //! Test harness shared by the integration tests in `tests/tests/`:
 //! - [`frontend`]: a VM without QEMU (shared memory, split virtqueues driven as a guest
 //!   driver drives them, the vhost-user protocol through the vhost crate's `Frontend`);
+//! - [`raw_frontend`]: a frontend that sends any bytes and fds, for the bad-input tests;
 //! - [`daemon`]: starts the real `vringswitch` binary with a given configuration and reads
 //!   its metrics;
 //! - [`wait_until`]: polling with a deadline instead of sleeps.
@@ -9,6 +10,7 @@
 pub mod api;
 pub mod daemon;
 pub mod frontend;
+pub mod raw_frontend;
 pub mod setup;
 
 use std::time::{Duration, Instant};

@@ -24,6 +24,8 @@ pub const SET_FEATURES: u32 = 2;
 pub const SET_MEM_TABLE: u32 = 5;
 pub const SET_LOG_BASE: u32 = 6;
 pub const SET_LOG_FD: u32 = 7;
+pub const SET_VRING_NUM: u32 = 8;
+pub const SET_VRING_ADDR: u32 = 9;
 pub const SET_VRING_KICK: u32 = 12;
 pub const SET_VRING_CALL: u32 = 13;
 pub const SET_VRING_ERR: u32 = 14;
@@ -31,12 +33,17 @@ pub const SET_VRING_ENABLE: u32 = 18;
 pub const SET_BACKEND_REQ_FD: u32 = 21;
 pub const SET_INFLIGHT_FD: u32 = 32;
 pub const ADD_MEM_REG: u32 = 37;
+pub const REM_MEM_REG: u32 = 38;
 pub const SET_DEVICE_STATE_FD: u32 = 42;
 
 pub const FLAG_VERSION_MASK: u32 = 0x3;
 pub const FLAG_VERSION_1: u32 = 0x1;
 pub const FLAG_REPLY: u32 = 0x4;
 pub const FLAG_NEED_REPLY: u32 = 0x8;
+
+/// Memory slots: what vhost-user-backend answers to GET_MAX_MEM_SLOTS. The library does
+/// not hold ADD_MEM_REG to it; [`MemSlots`] does.
+pub const MAX_MEM_SLOTS: usize = 509;
 
 /// Bytes of one memory region description.
 const REGION_LEN: usize = 32;
@@ -88,6 +95,10 @@ pub enum Refused {
     BadTable { request: u32, why: &'static str },
     /// A region that cannot be mapped safely.
     BadRegion { index: usize, why: String },
+    /// ADD_MEM_REG with every memory slot taken.
+    NoFreeSlot,
+    /// A ring size or ring addresses the virtio spec does not allow.
+    BadVring { request: u32, why: String },
 }
 
 impl fmt::Display for Refused {
@@ -114,6 +125,10 @@ impl fmt::Display for Refused {
                 write!(f, "request {request}: bad memory table: {why}")
             }
             Refused::BadRegion { index, why } => write!(f, "memory region {index}: {why}"),
+            Refused::BadVring { request, why } => write!(f, "request {request}: {why}"),
+            Refused::NoFreeSlot => {
+                write!(f, "ADD_MEM_REG beyond the {MAX_MEM_SLOTS} memory slots")
+            }
         }
     }
 }
@@ -151,6 +166,9 @@ pub fn check_message(h: &Header, body: &[u8], fds: &[OwnedFd]) -> Result<(), Ref
     };
     match h.request {
         SET_MEM_TABLE => check_mem_table(body, fds),
+        SET_VRING_NUM | SET_VRING_ADDR if !fds.is_empty() => Err(wrong_count(0)),
+        SET_VRING_NUM => check_vring_num(body),
+        SET_VRING_ADDR => check_vring_addr(body),
         ADD_MEM_REG => {
             if fds.len() != 1 {
                 return Err(wrong_count(1));
@@ -186,6 +204,88 @@ pub fn check_message(h: &Header, body: &[u8], fds: &[OwnedFd]) -> Result<(), Ref
         }
         _ if fds.is_empty() => Ok(()),
         _ => Err(wrong_count(0)),
+    }
+}
+
+/// Largest ring size of a split virtqueue.
+const MAX_RING_SIZE: u32 = 32768;
+/// The only flag of SET_VRING_ADDR: log used-ring writes.
+const VRING_ADDR_F_LOG: u32 = 0x1;
+
+/// A split ring's size is a power of two from 1 to 32768 (virtio 1.2, 2.7). The library only
+/// checks the bounds and quietly keeps its old size otherwise, so the frontend and the switch
+/// would disagree on where the rings end.
+fn check_vring_num(body: &[u8]) -> Result<(), Refused> {
+    // A body of the wrong size is the library's to refuse.
+    let Some(num) = body.get(4..8) else {
+        return Ok(());
+    };
+    let num = u32::from_le_bytes([num[0], num[1], num[2], num[3]]);
+    if num == 0 || num > MAX_RING_SIZE || !num.is_power_of_two() {
+        return Err(Refused::BadVring {
+            request: SET_VRING_NUM,
+            why: format!("ring size {num} is not a power of two from 1 to {MAX_RING_SIZE}"),
+        });
+    }
+    Ok(())
+}
+
+/// Ring addresses aligned as virtio requires (descriptors 16, avail 2, used 4) and no
+/// unknown flag. The library would otherwise keep the old, possibly zero, addresses.
+fn check_vring_addr(body: &[u8]) -> Result<(), Refused> {
+    if body.len() < 40 {
+        return Ok(());
+    }
+    let word = |i: usize| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&body[i..i + 8]);
+        u64::from_le_bytes(b)
+    };
+    let flags = u32::from_le_bytes([body[4], body[5], body[6], body[7]]);
+    let bad = |why: String| {
+        Err(Refused::BadVring {
+            request: SET_VRING_ADDR,
+            why,
+        })
+    };
+    if flags & !VRING_ADDR_F_LOG != 0 {
+        return bad(format!("unknown ring address flags {flags:#x}"));
+    }
+    for (what, addr, align) in [
+        ("descriptor table", word(8), 16),
+        ("used ring", word(16), 4),
+        ("available ring", word(24), 2),
+    ] {
+        if addr % align != 0 {
+            return bad(format!("{what} at {addr:#x} is not {align}-byte aligned"));
+        }
+    }
+    Ok(())
+}
+
+/// How many memory regions a connection has mapped, to hold ADD_MEM_REG to
+/// [`MAX_MEM_SLOTS`]. Call [`MemSlots::admit`] on messages that passed [`check_message`].
+#[derive(Debug, Default)]
+pub struct MemSlots {
+    used: usize,
+}
+
+impl MemSlots {
+    pub fn admit(&mut self, h: &Header, body: &[u8]) -> Result<(), Refused> {
+        match h.request {
+            SET_MEM_TABLE => {
+                self.used = body
+                    .get(..4)
+                    .map_or(0, |n| u32::from_le_bytes([n[0], n[1], n[2], n[3]]) as usize);
+            }
+            ADD_MEM_REG if self.used >= MAX_MEM_SLOTS => return Err(Refused::NoFreeSlot),
+            ADD_MEM_REG => self.used += 1,
+            // The handler refuses a removal of a region it does not have; counting one
+            // less either way only errs towards letting a later ADD_MEM_REG reach it.
+            REM_MEM_REG => self.used = self.used.saturating_sub(1),
+            _ => {}
+        }
+        Ok(())
     }
 }
 
@@ -475,6 +575,58 @@ mod tests {
         let null: OwnedFd = File::open("/dev/null").unwrap().into();
         let body = table(&[(0, 4096, 0, 0)]);
         assert!(check_message(&hdr(SET_MEM_TABLE, 1, 0), &body, &[null]).is_err());
+    }
+
+    #[test]
+    fn ring_sizes_are_powers_of_two_up_to_32768() {
+        let num = |n: u32| {
+            let mut b = 0u32.to_le_bytes().to_vec();
+            b.extend_from_slice(&n.to_le_bytes());
+            check_message(&hdr(SET_VRING_NUM, 1, 8), &b, &[])
+        };
+        for n in [1, 2, 256, 1024, 32768] {
+            assert_eq!(num(n), Ok(()), "{n}");
+        }
+        for n in [0, 3, 255, 257, 65536, u32::MAX] {
+            assert!(matches!(num(n), Err(Refused::BadVring { .. })), "{n}");
+        }
+    }
+
+    #[test]
+    fn ring_addresses_are_aligned_with_known_flags() {
+        let addr = |flags: u32, desc: u64, used: u64, avail: u64| {
+            let mut b = 0u32.to_le_bytes().to_vec();
+            b.extend_from_slice(&flags.to_le_bytes());
+            for w in [desc, used, avail, 0] {
+                b.extend_from_slice(&w.to_le_bytes());
+            }
+            check_message(&hdr(SET_VRING_ADDR, 1, 40), &b, &[])
+        };
+        assert_eq!(addr(0, 0x1000, 0x2004, 0x3002), Ok(()));
+        assert_eq!(addr(1, 0x1000, 0x2004, 0x3002), Ok(()));
+        assert!(addr(2, 0x1000, 0x2004, 0x3002).is_err());
+        assert!(addr(0, 0x1008, 0x2004, 0x3002).is_err());
+        assert!(addr(0, 0x1000, 0x2002, 0x3002).is_err());
+        assert!(addr(0, 0x1000, 0x2004, 0x3001).is_err());
+    }
+
+    #[test]
+    fn add_mem_reg_stops_at_the_slot_limit_and_a_new_table_starts_over() {
+        let mut slots = MemSlots::default();
+        let add = hdr(ADD_MEM_REG, 1, 40);
+        for _ in 0..MAX_MEM_SLOTS {
+            assert_eq!(slots.admit(&add, &[0; 40]), Ok(()));
+        }
+        assert_eq!(slots.admit(&add, &[0; 40]), Err(Refused::NoFreeSlot));
+        assert_eq!(slots.admit(&hdr(REM_MEM_REG, 1, 40), &[0; 40]), Ok(()));
+        assert_eq!(slots.admit(&add, &[0; 40]), Ok(()));
+        assert_eq!(slots.admit(&add, &[0; 40]), Err(Refused::NoFreeSlot));
+        let table = table(&[(0, 4096, 0, 0), (8192, 4096, 0, 0)]);
+        assert_eq!(slots.admit(&hdr(SET_MEM_TABLE, 1, 72), &table), Ok(()));
+        for _ in 2..MAX_MEM_SLOTS {
+            assert_eq!(slots.admit(&add, &[0; 40]), Ok(()));
+        }
+        assert_eq!(slots.admit(&add, &[0; 40]), Err(Refused::NoFreeSlot));
     }
 
     #[test]

@@ -20,8 +20,8 @@ use std::thread::JoinHandle;
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
 use super::message_check::{
-    check_header, check_message, Header, Refused, FLAG_NEED_REPLY, FLAG_REPLY, FLAG_VERSION_1,
-    HDR_LEN, SET_FEATURES, SET_VRING_ENABLE,
+    check_header, check_message, Header, MemSlots, Refused, FLAG_NEED_REPLY, FLAG_REPLY,
+    FLAG_VERSION_1, HDR_LEN, SET_FEATURES, SET_VRING_ENABLE,
 };
 
 /// Most file descriptors one message carries (SET_MEM_TABLE: 8 regions).
@@ -61,6 +61,7 @@ pub fn start(frontend: UnixStream, relay_side: UnixStream) -> io::Result<JoinHan
                 handler: relay_side,
                 features_set: false,
                 deferred: Vec::new(),
+                slots: MemSlots::default(),
             };
             let end = match relay.run() {
                 Ok(never) => match never {},
@@ -83,6 +84,8 @@ struct Relay {
     features_set: bool,
     /// Bodies of SET_VRING_ENABLE messages held back until SET_FEATURES.
     deferred: Vec<[u8; 8]>,
+    /// Memory regions mapped so far.
+    slots: MemSlots,
 }
 
 fn header(request: u32, flags: u32, size: u32) -> [u8; HDR_LEN] {
@@ -108,6 +111,7 @@ impl Relay {
             let mut body = vec![0u8; size];
             self.frontend.read_exact(&mut body)?;
             check_message(&parsed, &body, &fds).map_err(refuse)?;
+            self.slots.admit(&parsed, &body).map_err(refuse)?;
 
             if request == SET_VRING_ENABLE && !self.features_set && size == 8 && fds.is_empty() {
                 let mut b = [0u8; 8];

@@ -107,6 +107,9 @@ pub enum PopTx {
     Frame(TxFrame),
     /// A chain that cannot be forwarded; it must still be returned to the guest as used.
     Bad { head: u16, reason: DropReason },
+    /// The ring itself is corrupt (its available index is more than a ring ahead): the
+    /// queue was taken out of service until the frontend sets it up again.
+    Broken,
 }
 
 /// One virtqueue, locked by the caller for a burst, with the VM memory it lives in.

@@ -66,21 +66,35 @@ fn walk<'m>(
     }
 }
 
+/// What the available ring holds next.
+enum Next {
+    Head(u16),
+    Empty,
+    /// The driver's index is more than a ring ahead of ours: the ring is corrupt.
+    Corrupt,
+}
+
 /// The next available head, reading the driver's index only when the cached one is used up.
-/// `None` if nothing is available, or if the driver's index is more than a ring ahead (a
-/// corrupt ring: like virtio-queue, treat it as empty).
 #[inline]
-fn next_head(ring: &SplitRing<'_>, avail_idx: &mut u16, next: u16) -> Option<u16> {
+fn next_head(ring: &SplitRing<'_>, avail_idx: &mut u16, next: u16) -> Next {
     if next == *avail_idx {
         *avail_idx = ring.avail_idx();
         if next == *avail_idx {
-            return None;
+            return Next::Empty;
         }
     }
     if avail_idx.wrapping_sub(next) > ring.size() {
-        return None;
+        return Next::Corrupt;
     }
-    Some(ring.avail_head(next))
+    Next::Head(ring.avail_head(next))
+}
+
+/// Takes a queue whose ring is corrupt out of service, as a device that needs a reset: it
+/// is not polled again until the frontend sets it up anew (SET_VRING_KICK or a reconnect
+/// make it ready again).
+#[cold]
+fn disable(queue: &mut Queue) {
+    queue.set_ready(false);
 }
 
 /// Fast-path [`super::RingView::pop_tx`].
@@ -93,9 +107,17 @@ pub(super) fn pop_tx<'m>(
     segs: &mut Vec<Seg>,
 ) -> PopTx {
     debug_assert!(segs.capacity() - segs.len() >= MAX_TX_SEGS);
-    let next = queue.next_avail();
-    let Some(head) = next_head(ring, avail_idx, next) else {
+    if !queue.ready() {
         return PopTx::Empty;
+    }
+    let next = queue.next_avail();
+    let head = match next_head(ring, avail_idx, next) {
+        Next::Head(h) => h,
+        Next::Empty => return PopTx::Empty,
+        Next::Corrupt => {
+            disable(queue);
+            return PopTx::Broken;
+        }
     };
     queue.set_next_avail(next.wrapping_add(1));
     let start = segs.len();
@@ -177,14 +199,24 @@ pub(super) fn deliver<'m>(
     scratch: &mut RxScratch,
     used: &mut UsedBatch,
 ) -> Result<(), DeliverError> {
+    if !queue.ready() {
+        return Err(DeliverError {
+            reason: DropReason::PortDown,
+        });
+    }
     let need = scratch.start(hdr_len, frame_len, edit)?;
     let mut have: u64 = 0;
     let mut bad_chain = false;
     let mut next = queue.next_avail();
     // Bounded by MAX_RX_CHAINS and by the ring (next_head fails once it is empty).
     while have < need && scratch.chains.len() < MAX_RX_CHAINS {
-        let Some(head) = next_head(ring, avail_idx, next) else {
-            break;
+        let head = match next_head(ring, avail_idx, next) {
+            Next::Head(h) => h,
+            Next::Empty => break,
+            Next::Corrupt => {
+                disable(queue);
+                return Err(scratch.give_back(used));
+            }
         };
         next = next.wrapping_add(1);
         let mut cap: u64 = 0;
