@@ -270,6 +270,29 @@ fn serve(
     }
 }
 
+/// Serves one frontend connection that is already open, to its end, as a port serves each
+/// of its connections: relay, checks and protocol handler. Returns the protocol error that
+/// ended it, if any. For the fuzz targets; ports use [`VhostUserPort::start`].
+pub fn serve_stream(
+    port: &Arc<PortHandle>,
+    queue_pairs: u16,
+    frontend: UnixStream,
+) -> std::io::Result<Option<String>> {
+    let config = VhostUserPortConfig {
+        socket: PathBuf::from("/nonexistent"),
+        mode: SocketMode::Server,
+        queue_pairs,
+    };
+    let control = ConnectionControl {
+        stop: AtomicBool::new(false),
+        shutdown: Mutex::new(None),
+    };
+    Ok(match serve_connection(port, &config, frontend, &control)? {
+        Ended::Disconnected => None,
+        Ended::ProtocolError(e) => Some(e),
+    })
+}
+
 /// How a served connection ended.
 enum Ended {
     /// The frontend hung up (or the port was stopped).

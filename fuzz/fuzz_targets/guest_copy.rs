@@ -1,0 +1,143 @@
+//! The guest-to-guest copy on hostile rings: frames popped from a fuzzed TX ring in one
+//! VM's memory are delivered, edited, into a fuzzed RX ring in another VM's memory, then
+//! both used rings are published. Whatever the rings hold:
+//! - nothing panics;
+//! - the source VM's memory changes only in its used ring;
+//! - the destination VM's memory changes only in buffers its descriptors (direct or in
+//!   indirect tables) mark device-writable, and in its used ring.
+
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use virtio_queue::QueueT;
+use vm_memory::{Bytes, GuestAddress};
+use vringswitch_ports::vhost_user::guest_view::GuestView;
+use vringswitch_ports::vhost_user::rings::{
+    FrameEdit, PopTx, RingView, RxScratch, UsedBatch, MAX_TX_SEGS,
+};
+
+#[path = "rings.rs"]
+mod rings;
+use rings::{memory, queue, snapshot, Bytes8, GuestMem};
+
+const F_NEXT_WRITE_INDIRECT: (u16, u16) = (2, 4);
+
+/// Device-writable ranges a ring's descriptors describe, direct and one level indirect.
+fn writable(mem: &GuestMem, desc_table: u64, size: u16) -> Vec<(u64, u64)> {
+    let (write, indirect) = F_NEXT_WRITE_INDIRECT;
+    let read = |addr: u64| -> Option<(u64, u32, u16)> {
+        let mut raw = [0u8; 16];
+        mem.read_slice(&mut raw, GuestAddress(addr)).ok()?;
+        Some((
+            u64::from_le_bytes(raw[0..8].try_into().unwrap()),
+            u32::from_le_bytes(raw[8..12].try_into().unwrap()),
+            u16::from_le_bytes(raw[12..14].try_into().unwrap()),
+        ))
+    };
+    let mut out = Vec::new();
+    for i in 0..u64::from(size) {
+        let Some((addr, len, flags)) = read(desc_table + 16 * i) else {
+            continue;
+        };
+        if flags & write != 0 {
+            out.push((addr, u64::from(len)));
+        }
+        if flags & indirect != 0 {
+            for j in 0..u64::from(len / 16).min(4096) {
+                if let Some((a, l, f)) = read(addr.wrapping_add(16 * j)) {
+                    if f & write != 0 {
+                        out.push((a, u64::from(l)));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+fn inside(ranges: &[(u64, u64)], addr: u64) -> bool {
+    ranges.iter().any(|&(a, l)| addr >= a && addr - a < l)
+}
+
+/// Every changed byte lies in `allowed`.
+fn check_changes(what: &str, before: &[(u64, Vec<u8>)], mem: &GuestMem, allowed: &[(u64, u64)]) {
+    for ((start, old), (_, new)) in before.iter().zip(snapshot(mem)) {
+        for (i, (o, n)) in old.iter().zip(&new).enumerate() {
+            let addr = start + i as u64;
+            assert!(
+                o == n || inside(allowed, addr),
+                "{what}: byte {addr:#x} changed outside the allowed buffers"
+            );
+        }
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    let mut b = Bytes8::new(data);
+    let flags = b.u8();
+    let (hdr_len, mrg) = (if flags & 1 == 0 { 12 } else { 10 }, flags & 2 != 0);
+    let mut edit = FrameEdit::NONE;
+    edit.skip = b.u8() % 20;
+    edit.prefix_len = b.u8() % 17;
+    for p in edit.prefix.iter_mut() {
+        *p = b.u8();
+    }
+    let (mut src_q, src_used) = queue(&mut b);
+    let (mut dst_q, dst_used) = queue(&mut b);
+    let split = usize::from(b.u16());
+    let image = b.rest();
+    let (a, c) = image.split_at(split.min(image.len()));
+    let src_mem = memory(a);
+    let dst_mem = memory(c);
+    let src_before = snapshot(&src_mem);
+    let dst_before = snapshot(&dst_mem);
+    let dst_desc = dst_q.desc_table();
+    let dst_size = dst_q.size();
+    let used_ring = |at: u64, size: u16| (at, 6 + 8 * u64::from(size));
+    let mut allowed = writable(&dst_mem, dst_desc, dst_size);
+    allowed.push(used_ring(dst_used, dst_size));
+
+    let mut segs = Vec::with_capacity(MAX_TX_SEGS * 64);
+    let mut tx_used = UsedBatch::new();
+    let mut rx_used = UsedBatch::new();
+    let mut scratch = RxScratch::default();
+    {
+        let mut tx = RingView::new(&mut src_q, &src_mem);
+        let mut rx = RingView::new(&mut dst_q, &dst_mem);
+        let mut src_view = GuestView::new(&src_mem);
+        for _ in 0..64 {
+            if segs.capacity() - segs.len() < MAX_TX_SEGS {
+                break;
+            }
+            match tx.pop_tx(hdr_len, &mut segs) {
+                PopTx::Empty | PopTx::Broken => break,
+                PopTx::Bad { head, .. } => tx_used.push((head, 0)),
+                PopTx::Frame(f) => {
+                    tx_used.push((f.head, 0));
+                    let _ = rx.deliver(
+                        hdr_len,
+                        mrg,
+                        &mut src_view,
+                        &segs[f.segs.clone()],
+                        f.len,
+                        &edit,
+                        &mut scratch,
+                        &mut rx_used,
+                    );
+                }
+            }
+        }
+        let _ = rx.publish_used(&rx_used);
+        let _ = tx.publish_used(&tx_used);
+    }
+    // The writes may have rewritten the destination's own descriptors: what they say after
+    // counts as well.
+    allowed.extend(writable(&dst_mem, dst_desc, dst_size));
+    check_changes("destination", &dst_before, &dst_mem, &allowed);
+    check_changes(
+        "source",
+        &src_before,
+        &src_mem,
+        &[used_ring(src_used, src_q.size())],
+    );
+});
