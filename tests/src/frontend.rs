@@ -226,6 +226,27 @@ impl TestVm {
         vm
     }
 
+    /// This VM's memory as one vhost-user region.
+    pub fn region(&self) -> VhostUserMemoryRegionInfo {
+        VhostUserMemoryRegionInfo {
+            guest_phys_addr: 0,
+            memory_size: MEM_SIZE,
+            userspace_addr: self.mem.get_host_address(GuestAddress(0)).unwrap() as u64,
+            mmap_offset: 0,
+            mmap_handle: self._file.as_raw_fd(),
+        }
+    }
+
+    /// Sends the memory table again (a VMM does so when its memory layout changes): the
+    /// switch maps the memory anew and drops the old mapping.
+    pub fn resend_mem_table(&mut self, extra: &[VhostUserMemoryRegionInfo]) {
+        let mut regions = vec![self.region()];
+        regions.extend_from_slice(extra);
+        self.frontend
+            .set_mem_table(&regions)
+            .expect("SET_MEM_TABLE");
+    }
+
     fn setup_queue(&mut self, dq: &DriverQueue, host: u64) {
         let idx = usize::from(dq.index);
         // Rings start zeroed (fresh memory or after a reconnect below).
