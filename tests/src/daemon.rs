@@ -176,6 +176,24 @@ impl Daemon {
         }
     }
 
+    /// Waits up to `timeout` for the daemon to exit by itself (after a signal sent by other
+    /// means); returns its status.
+    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("vringswitch did not exit within {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Starts the daemon again with the same configuration and API address.
     pub fn restart(&mut self, sockets: &[PathBuf]) {
         self.kill();

@@ -605,6 +605,22 @@ impl TestVm {
         got
     }
 
+    /// Waits until at least `n` frames arrived on RX queue `q` and returns all that did.
+    pub fn expect_frames_at_least(&mut self, q: u16, n: usize, timeout: Duration) -> Vec<Received> {
+        let mut got = Vec::new();
+        let deadline = std::time::Instant::now() + timeout;
+        while got.len() < n {
+            got.extend(self.recv(q));
+            assert!(
+                std::time::Instant::now() < deadline,
+                "expected at least {n} frames on queue {q}, got {}",
+                got.len()
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        got
+    }
+
     /// Checks that nothing arrives on RX queue `q` for `quiet`.
     pub fn expect_nothing(&mut self, q: u16, quiet: Duration) {
         std::thread::sleep(quiet);
