@@ -163,3 +163,30 @@ fn allowed_macs_from_the_config_file_lock_the_port() {
         1
     );
 }
+
+#[test]
+fn vringctl_locks_and_unlocks_a_port() {
+    let s = Setup::new("portsec-ctl", &[("br0", &["a", "b"])], 1);
+    let locked = |d: &Daemon| call(d, "GET", "/v1/ports/a", None).1["allowed_macs"].clone();
+    s.daemon.vringctl(&[
+        "port",
+        "set",
+        "a",
+        "--allow-mac",
+        "02:00:00:00:00:01,02:00:00:00:00:11",
+    ]);
+    assert_eq!(
+        locked(&s.daemon),
+        json!(["02:00:00:00:00:01", "02:00:00:00:00:11"])
+    );
+    let mut a = s.vm("a", 1);
+    let mut b = s.vm("b", 2);
+    s.wait_connected(&["a", "b"]);
+    a.send(TestVm::tx(0), &frame(BROADCAST, mac(7), 50, 1));
+    b.expect_nothing(TestVm::rx(0), QUIET);
+    assert_eq!(s.drops("a", "mac_spoofed"), 1);
+    s.daemon.vringctl(&["port", "set", "a", "--no-mac-lock"]);
+    assert_eq!(locked(&s.daemon), Value::Null);
+    a.send(TestVm::tx(0), &frame(BROADCAST, mac(7), 50, 2));
+    assert_eq!(rx(&mut b, 1), vec![frame(BROADCAST, mac(7), 50, 2)]);
+}

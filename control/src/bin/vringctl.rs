@@ -113,8 +113,11 @@ enum PortCmd {
         queues: Option<u16>,
         #[command(flatten)]
         vlan: VlanArgs,
+        /// Locks the port to these source MACs (port security), e.g. 02:00:00:00:00:01.
+        #[arg(long = "allow-mac", value_name = "MAC", value_delimiter = ',')]
+        allow_mac: Option<Vec<String>>,
     },
-    /// Moves a port to another bridge and/or changes its VLAN setting.
+    /// Moves a port to another bridge, changes its VLAN setting and/or its port security.
     Set {
         name: String,
         #[arg(long)]
@@ -124,6 +127,12 @@ enum PortCmd {
         /// Removes the VLAN setting: every VLAN as it comes.
         #[arg(long, conflicts_with_all = ["access", "trunk"])]
         no_vlan: bool,
+        /// Locks the port to these source MACs (port security), replacing any list.
+        #[arg(long = "allow-mac", value_name = "MAC", value_delimiter = ',')]
+        allow_mac: Option<Vec<String>>,
+        /// Unlocks the port: any source MAC is accepted again.
+        #[arg(long, conflicts_with = "allow_mac")]
+        no_mac_lock: bool,
     },
     /// Deletes a port (its VM is disconnected).
     Del { name: String },
@@ -320,6 +329,7 @@ async fn port(api: &ApiClient, cmd: PortCmd, json: bool) -> Result<String, Clien
             mode,
             queues,
             vlan,
+            allow_mac,
         } => {
             let mut body = json!({"name": name, "bridge": bridge, "type": "vhost-user",
                                   "socket": socket, "mode": mode});
@@ -329,6 +339,9 @@ async fn port(api: &ApiClient, cmd: PortCmd, json: bool) -> Result<String, Clien
             if let Some(v) = vlan.json() {
                 body["vlan"] = v;
             }
+            if let Some(macs) = allow_mac {
+                body["allowed_macs"] = json!(macs);
+            }
             let v = send(api, Method::POST, "/v1/ports", Some(body)).await?;
             changed(&v, json, format!("port {name} added"))
         }
@@ -337,6 +350,8 @@ async fn port(api: &ApiClient, cmd: PortCmd, json: bool) -> Result<String, Clien
             bridge,
             vlan,
             no_vlan,
+            allow_mac,
+            no_mac_lock,
         } => {
             let mut body = json!({});
             if let Some(b) = bridge {
@@ -346,6 +361,11 @@ async fn port(api: &ApiClient, cmd: PortCmd, json: bool) -> Result<String, Clien
                 body["vlan"] = v;
             } else if no_vlan {
                 body["vlan"] = Value::Null;
+            }
+            if let Some(macs) = allow_mac {
+                body["allowed_macs"] = json!(macs);
+            } else if no_mac_lock {
+                body["allowed_macs"] = Value::Null;
             }
             let v = send(
                 api,
