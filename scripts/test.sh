@@ -64,7 +64,7 @@ log "unit tests and test-frontend suite"
 cargo test --workspace --exclude vringswitch-tests
 cargo test -p vringswitch-tests --test switching --test lifecycle --test observability \
     --test api --test vlans --test persistence --test openapi --test port_security \
-    --test hostile --test memory_changes --test soak --test restart
+    --test hostile --test memory_changes --test soak --test restart --test fairness
 
 log "deploy/ suite: systemd unit, Prometheus, dashboard and rules"
 cargo test -p vringswitch-tests --test deploy -- --test-threads=1

@@ -360,6 +360,38 @@ impl TestVm {
         self.make_available(q, &heads);
     }
 
+    /// Puts `frames` on TX queue `q` (one descriptor each, behind a zeroed header) and
+    /// publishes them with one avail index store, without kicking: the device sees them all
+    /// at once, whenever it next looks or is kicked ([`Self::kick`]).
+    pub fn offer_quietly(&mut self, q: u16, frames: &[Vec<u8>]) {
+        let heads = self.alloc(q, frames.len());
+        for (&d, f) in heads.iter().zip(frames) {
+            let addr = self.queues[usize::from(q)].buf_addr(d);
+            let mut bytes = vec![0u8; HDR_LEN];
+            bytes.extend_from_slice(f);
+            self.mem.write_slice(&bytes, GuestAddress(addr)).unwrap();
+            self.write_desc(q, d, addr, bytes.len() as u32, 0, 0);
+        }
+        let dq = &mut self.queues[usize::from(q)];
+        let avail = dq.avail_addr();
+        for &h in &heads {
+            let slot = u64::from(dq.next_avail % QUEUE_SIZE);
+            self.mem
+                .write_obj(h.to_le(), GuestAddress(avail + 4 + 2 * slot))
+                .unwrap();
+            dq.next_avail = dq.next_avail.wrapping_add(1);
+        }
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        self.mem
+            .write_obj(dq.next_avail.to_le(), GuestAddress(avail + 2))
+            .unwrap();
+    }
+
+    /// Kicks queue `q`.
+    pub fn kick(&self, q: u16) {
+        let _ = self.queues[usize::from(q)].kick.write(1);
+    }
+
     /// Sends `frame` on TX queue `q` behind a zeroed virtio-net header, in one descriptor.
     pub fn send(&mut self, q: u16, frame: &[u8]) {
         self.send_split(q, frame, &[]);
