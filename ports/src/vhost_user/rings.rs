@@ -119,6 +119,9 @@ pub struct RingView<'q, 'm> {
     split: Option<SplitRing<'m>>,
     /// The driver's available index as last read (fast path only).
     avail_idx: u16,
+    /// The queue's next available index when this view was made: while it has not moved,
+    /// no chain of this burst is in flight.
+    burst_start: u16,
 }
 
 impl<'q, 'm> RingView<'q, 'm> {
@@ -132,6 +135,7 @@ impl<'q, 'm> RingView<'q, 'm> {
             view,
             split,
             avail_idx,
+            burst_start: avail_idx,
         }
     }
 
@@ -143,6 +147,7 @@ impl<'q, 'm> RingView<'q, 'm> {
             view: GuestView::new(mem),
             split: None,
             avail_idx,
+            burst_start: avail_idx,
         }
     }
 
@@ -160,6 +165,7 @@ impl<'q, 'm> RingView<'q, 'm> {
                 ring,
                 &mut self.view,
                 &mut self.avail_idx,
+                self.queue.next_avail() == self.burst_start,
                 self.queue,
                 hdr_len,
                 segs,
@@ -189,6 +195,7 @@ impl<'q, 'm> RingView<'q, 'm> {
                 ring,
                 &mut self.view,
                 &mut self.avail_idx,
+                self.queue.next_avail() == self.burst_start,
                 self.queue,
                 hdr_len,
                 mrg_rxbuf,

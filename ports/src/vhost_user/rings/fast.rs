@@ -89,12 +89,30 @@ fn next_head(ring: &SplitRing<'_>, avail_idx: &mut u16, next: u16) -> Next {
     Next::Head(ring.avail_head(next))
 }
 
-/// Takes a queue whose ring is corrupt out of service, as a device that needs a reset: it
-/// is not polled again until the frontend sets it up anew (SET_VRING_KICK or a reconnect
-/// make it ready again).
+/// The driver's index is more than a ring ahead of ours. That is what a driver restarted
+/// from a base other than its used ring shows looks like: DPDK's virtio_user sends
+/// SET_VRING_BASE 0 when it reconnects to a restarted switch, whatever its rings hold. If
+/// the used index (read from the ring at SET_VRING_ADDR, and kept since) is within a ring of
+/// the driver's, restart from it, as DPDK's own vhost library does, and say so (true).
+/// Otherwise the ring is corrupt: take the queue out of service, as a device that needs a
+/// reset; it is not polled again until the frontend sets it up anew (false).
+/// Only done when no chain of this burst is in flight (`fresh`): rewinding past chains
+/// popped but not yet returned would hand them out twice.
 #[cold]
-fn disable(queue: &mut Queue) {
-    queue.set_ready(false);
+fn resync_or_disable(
+    queue: &mut Queue,
+    ring: &SplitRing<'_>,
+    driver_idx: u16,
+    fresh: bool,
+) -> bool {
+    let used = queue.next_used();
+    if fresh && queue.next_avail() != used && driver_idx.wrapping_sub(used) <= ring.size() {
+        queue.set_next_avail(used);
+        true
+    } else {
+        queue.set_ready(false);
+        false
+    }
 }
 
 /// Fast-path [`super::RingView::pop_tx`].
@@ -102,6 +120,7 @@ pub(super) fn pop_tx<'m>(
     ring: &SplitRing<'m>,
     view: &mut GuestView<'m>,
     avail_idx: &mut u16,
+    fresh: bool,
     queue: &mut Queue,
     hdr_len: usize,
     segs: &mut Vec<Seg>,
@@ -110,13 +129,20 @@ pub(super) fn pop_tx<'m>(
     if !queue.ready() {
         return PopTx::Empty;
     }
-    let next = queue.next_avail();
+    let mut next = queue.next_avail();
     let head = match next_head(ring, avail_idx, next) {
         Next::Head(h) => h,
         Next::Empty => return PopTx::Empty,
         Next::Corrupt => {
-            disable(queue);
-            return PopTx::Broken;
+            if !resync_or_disable(queue, ring, *avail_idx, fresh) {
+                return PopTx::Broken;
+            }
+            next = queue.next_avail();
+            match next_head(ring, avail_idx, next) {
+                Next::Head(h) => h,
+                Next::Empty => return PopTx::Empty,
+                Next::Corrupt => return PopTx::Broken,
+            }
         }
     };
     queue.set_next_avail(next.wrapping_add(1));
@@ -189,6 +215,7 @@ pub(super) fn deliver<'m>(
     ring: &SplitRing<'m>,
     view: &mut GuestView<'m>,
     avail_idx: &mut u16,
+    fresh: bool,
     queue: &mut Queue,
     hdr_len: usize,
     mrg_rxbuf: bool,
@@ -214,7 +241,13 @@ pub(super) fn deliver<'m>(
             Next::Head(h) => h,
             Next::Empty => break,
             Next::Corrupt => {
-                disable(queue);
+                // Only before the first chain of a frame: a resynchronised ring starts
+                // afresh.
+                if scratch.chains.is_empty() && resync_or_disable(queue, ring, *avail_idx, fresh) {
+                    next = queue.next_avail();
+                    continue;
+                }
+                queue.set_ready(false);
                 return Err(scratch.give_back(used));
             }
         };

@@ -468,6 +468,42 @@ fn a_corrupt_avail_index_disables_the_queue() {
     assert!(!q.ready());
 }
 
+/// A driver that restarts from SET_VRING_BASE 0 although its rings hold history (DPDK's
+/// virtio_user reconnecting to a restarted switch) resumes from its used index on the fast
+/// path instead of being taken for corrupt.
+#[test]
+fn a_driver_restarted_from_base_0_resumes_from_its_used_index() {
+    let m = mem();
+    let vq = MockSplitQueue::new(&m, 16);
+    offer(&vq, 0, &[desc(BUF, 12 + 60, false)]);
+    // The driver's history: 1000 chains made available and used; the next one, in ring
+    // slot 1000 % 16 = 8, is the chain above.
+    vq.avail().ring().ref_at(8).unwrap().store(u16::to_le(0));
+    vq.avail().idx().store(u16::to_le(1001));
+    vq.used().idx().store(u16::to_le(1000));
+    let mut q: Queue = vq.create_queue().unwrap();
+    q.set_next_avail(0);
+    q.set_next_used(1000);
+    let mut segs = Vec::with_capacity(MAX_TX_SEGS);
+    match pop_tx(&mut q, &m, 12, &mut segs, true) {
+        PopTx::Frame(f) => assert_eq!((f.head, f.len), (0, 60)),
+        other => panic!("{other:?}"),
+    }
+    assert!(q.ready());
+    assert_eq!(q.next_avail(), 1001);
+    // More than a ring between the used index and the driver's: corrupt after all.
+    vq.avail().idx().store(u16::to_le(1000 + 17));
+    let mut q: Queue = vq.create_queue().unwrap();
+    q.set_next_avail(0);
+    q.set_next_used(1000);
+    segs.clear();
+    assert!(matches!(
+        pop_tx(&mut q, &m, 12, &mut segs, true),
+        PopTx::Broken
+    ));
+    assert!(!q.ready());
+}
+
 /// Every test above runs on the general path and on the fast path, with the same rings.
 macro_rules! on_both_paths {
     ($($name:ident),* $(,)?) => {
