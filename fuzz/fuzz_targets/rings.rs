@@ -78,6 +78,7 @@ pub fn queue(b: &mut Bytes8<'_>) -> (Queue, u64) {
     q.set_used_ring_address(Some(used as u32), Some((used >> 32) as u32));
     q.set_event_idx(b.u8() & 1 != 0);
     q.set_next_avail(b.u16());
+    q.set_next_used(b.u16());
     q.set_ready(true);
     (q, used)
 }
