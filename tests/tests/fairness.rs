@@ -48,3 +48,109 @@ fn a_full_ring_of_a_noisy_neighbour_does_not_hold_back_a_victim() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Throughput fairness: a victim pair exchanging a steady 5,000 frames/s keeps at least 80%
+/// of what it delivers alone while another VM floods a third one as fast as the switch
+/// takes frames (its ring kept full, its destination's buffers recycled at once).
+#[test]
+fn a_flooding_neighbour_leaves_a_steady_pair_at_least_80_percent_of_its_baseline() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    const RATE: f64 = 5000.0;
+    const WINDOW: Duration = Duration::from_secs(3);
+
+    let s = Setup::new(
+        "fairness-rate",
+        &[("br0", &["victim", "peer", "noisy", "sink"])],
+        1,
+    );
+    let mut victim = s.vm("victim", 1);
+    let mut peer = s.vm("peer", 2);
+    let mut noisy = s.vm("noisy", 3);
+    let mut sink = s.vm("sink", 4);
+    s.wait_connected(&["victim", "peer", "noisy", "sink"]);
+    // peer and sink announce themselves: all the traffic below is known unicast.
+    for (vm, n) in [(&mut peer, 2), (&mut sink, 4)] {
+        vm.send(TestVm::tx(0), &frame([0xff; 6], mac(n), 50, 0));
+    }
+    victim.expect_frames(TestVm::rx(0), 2, T);
+    noisy.expect_frames(TestVm::rx(0), 2, T);
+    sink.expect_frames(TestVm::rx(0), 1, T);
+    peer.expect_frames(TestVm::rx(0), 1, T);
+    peer.post_rx(TestVm::rx(0), 192, 2048);
+    sink.post_rx(TestVm::rx(0), 192, 2048);
+
+    // The victim sends on a fixed schedule (catching up if its thread was late) for a
+    // window; its peer counts what arrives.
+    let steady = |victim: &mut TestVm, peer: &mut TestVm| -> (u64, u64) {
+        let start = Instant::now();
+        let (mut sent, mut got) = (0u64, 0u64);
+        while start.elapsed() < WINDOW {
+            let due = (start.elapsed().as_secs_f64() * RATE) as u64;
+            while sent < due {
+                victim.reap_tx(TestVm::tx(0));
+                if victim
+                    .avail_idx(TestVm::tx(0))
+                    .wrapping_sub(victim.used_idx(TestVm::tx(0)))
+                    >= 200
+                {
+                    break; // its ring is full: the switch is not taking its frames
+                }
+                victim.send(TestVm::tx(0), &frame(mac(2), mac(1), 60, sent as u8));
+                sent += 1;
+            }
+            got += peer.recycle(TestVm::rx(0)) as u64;
+            std::thread::sleep(Duration::from_micros(100));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        got += peer.recycle(TestVm::rx(0)) as u64;
+        (sent, got)
+    };
+
+    let (sent_alone, alone) = steady(&mut victim, &mut peer);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let flood = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let frames: Vec<Vec<u8>> = (0..200)
+                .map(|i| frame(mac(4), mac(3), 60, i as u8))
+                .collect();
+            noisy.offer_quietly(TestVm::tx(0), &frames);
+            noisy.kick(TestVm::tx(0));
+            let mut delivered = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                noisy.recycle(TestVm::tx(0));
+                delivered += sink.recycle(TestVm::rx(0)) as u64;
+                std::thread::yield_now();
+            }
+            delivered
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let worker_before = s
+        .daemon
+        .metric("vringswitch_worker_packets_total", &[("core", "1")]);
+    let (sent_loaded, loaded) = steady(&mut victim, &mut peer);
+    let worker_after = s
+        .daemon
+        .metric("vringswitch_worker_packets_total", &[("core", "1")]);
+    stop.store(true, Ordering::Relaxed);
+    let flooded = flood.join().expect("the flooding thread");
+    let switched = worker_after - worker_before;
+    eprintln!(
+        "victim alone: {alone} of {sent_alone} delivered; with the flood: {loaded} of \
+         {sent_loaded}; the switch took {switched} frames in the loaded window, the sink \
+         received {flooded} in all"
+    );
+    assert!(
+        switched > 10 * loaded,
+        "the flood did not load the switch: {switched} frames against the victim's {loaded}"
+    );
+    assert!(
+        loaded as f64 >= 0.8 * alone as f64,
+        "the victim fell to {loaded} frames from {alone} alone"
+    );
+}
