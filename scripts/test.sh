@@ -17,6 +17,7 @@ command -v stdbuf >/dev/null || need+=(coreutils)
 command -v prometheus >/dev/null && command -v promtool >/dev/null || need+=(prometheus)
 command -v strace >/dev/null || need+=(strace)
 command -v systemd-analyze >/dev/null || need+=(systemd)
+command -v c++ >/dev/null || need+=(g++)  # libFuzzer, built by the fuzz targets' check
 if ((${#need[@]})); then
     if [[ $(id -u) -ne 0 ]]; then
         echo "missing packages: ${need[*]}; install them (apt-get install ${need[*]}) or run as root" >&2
@@ -65,6 +66,11 @@ cargo test --workspace --exclude vringswitch-tests
 cargo test -p vringswitch-tests --test switching --test lifecycle --test observability \
     --test api --test vlans --test persistence --test openapi --test port_security \
     --test hostile --test memory_changes --test soak --test restart --test fairness
+
+# The fuzz targets (their own workspace, run with nightly: docs/fuzzing.md) must keep
+# compiling against the code they fuzz.
+log "fuzz targets compile"
+cargo check --manifest-path fuzz/Cargo.toml --bins
 
 log "deploy/ suite: systemd unit, Prometheus, dashboard and rules"
 cargo test -p vringswitch-tests --test deploy -- --test-threads=1
