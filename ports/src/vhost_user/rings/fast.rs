@@ -126,13 +126,11 @@ pub(super) fn pop_tx<'m>(
     segs: &mut Vec<Seg>,
 ) -> PopTx {
     debug_assert!(segs.capacity() - segs.len() >= MAX_TX_SEGS);
-    if !queue.ready() {
-        return PopTx::Empty;
-    }
     let mut next = queue.next_avail();
     let head = match next_head(ring, avail_idx, next) {
         Next::Head(h) => h,
         Next::Empty => return PopTx::Empty,
+        // Callers check `ready` once per burst, and end the burst on `Broken`.
         Next::Corrupt => {
             if !resync_or_disable(queue, ring, *avail_idx, fresh) {
                 return PopTx::Broken;
@@ -226,11 +224,6 @@ pub(super) fn deliver<'m>(
     scratch: &mut RxScratch,
     used: &mut UsedBatch,
 ) -> Result<(), DeliverError> {
-    if !queue.ready() {
-        return Err(DeliverError {
-            reason: DropReason::PortDown,
-        });
-    }
     let need = scratch.start(hdr_len, frame_len, edit)?;
     let mut have: u64 = 0;
     let mut bad_chain = false;
@@ -241,6 +234,13 @@ pub(super) fn deliver<'m>(
             Next::Head(h) => h,
             Next::Empty => break,
             Next::Corrupt => {
+                // Callers check `ready` once per burst: a queue disabled earlier in this
+                // burst is refused here, without counting it corrupt again.
+                if !queue.ready() {
+                    return Err(DeliverError {
+                        reason: DropReason::PortDown,
+                    });
+                }
                 // Only before the first chain of a frame: a resynchronised ring starts
                 // afresh.
                 if scratch.chains.is_empty() && resync_or_disable(queue, ring, *avail_idx, fresh) {
