@@ -149,13 +149,20 @@ impl VlanPolicy {
     }
 
     /// How a frame that entered as `ingress` leaves this port, or `None` if its VLAN does
-    /// not. `peek` is the frame's first bytes (its MAC addresses are kept).
+    /// not. `peek` is the frame's first bytes, copied once from the guest: the forwarding
+    /// decision was taken on them.
+    ///
+    /// Every edit rewrites all the bytes the decision read (the MAC addresses, the EtherType
+    /// or the tag and the EtherType after it) from `peek`, never from the guest's buffer: a
+    /// guest that changes its buffer between the decision and the copy (a double fetch)
+    /// cannot make the frame leave with addresses or a tag other than those it was switched
+    /// on (spoofing past port security, or hopping VLANs with a second tag).
     #[inline]
     pub fn egress(&self, ingress: Ingress, peek: &[u8; PEEK_LEN]) -> Option<FrameEdit> {
         let Ingress { vlan, tci } = ingress;
         if self.native == Some(vlan) {
             return Some(match tci {
-                None => FrameEdit::NONE,
+                None => keep(peek, UNTAGGED_HEADER_LEN),
                 Some(_) => pop_tag(peek),
             });
         }
@@ -163,36 +170,53 @@ impl VlanPolicy {
             return None;
         }
         Some(match tci {
-            Some(t) if t & VID_MASK == vlan => FrameEdit::NONE,
+            Some(t) if t & VID_MASK == vlan => keep(peek, TAGGED_HEADER_LEN),
             // Re-tagged (from a priority tag): the priority bits are kept.
-            Some(t) => push_tag(peek, (t & !VID_MASK) | vlan, 16),
-            None => push_tag(peek, vlan, 12),
+            Some(t) => push_tag(peek, (t & !VID_MASK) | vlan, TYPE_AT + 4),
+            None => push_tag(peek, vlan, TYPE_AT),
         })
     }
 }
 
-/// Replaces the first `skip` bytes (the MAC addresses, and the old tag if 16) by the MAC
-/// addresses and a tag of `tci`.
-fn push_tag(peek: &[u8; PEEK_LEN], tci: u16, skip: u8) -> FrameEdit {
+/// Bytes of an untagged Ethernet header: MAC addresses and EtherType.
+const UNTAGGED_HEADER_LEN: usize = 14;
+
+/// The frame as it is, its first `len` bytes written from `peek`.
+fn keep(peek: &[u8; PEEK_LEN], len: usize) -> FrameEdit {
     let mut prefix = [0u8; FrameEdit::MAX_PREFIX];
-    prefix[..TYPE_AT].copy_from_slice(&peek[..TYPE_AT]);
-    prefix[TYPE_AT..TYPE_AT + 2].copy_from_slice(&TPID_8021Q.to_be_bytes());
-    prefix[TYPE_AT + 2..].copy_from_slice(&tci.to_be_bytes());
+    prefix[..len].copy_from_slice(&peek[..len]);
     FrameEdit {
         prefix,
-        prefix_len: 16,
-        skip,
+        prefix_len: len as u8,
+        skip: len as u8,
     }
 }
 
-/// Removes the tag that follows the MAC addresses.
+/// The MAC addresses, a tag of `tci`, then the EtherType found at `type_at` (12 for an
+/// untagged frame, 16 for a tagged one whose tag is replaced).
+fn push_tag(peek: &[u8; PEEK_LEN], tci: u16, type_at: usize) -> FrameEdit {
+    let mut prefix = [0u8; FrameEdit::MAX_PREFIX];
+    prefix[..TYPE_AT].copy_from_slice(&peek[..TYPE_AT]);
+    prefix[TYPE_AT..TYPE_AT + 2].copy_from_slice(&TPID_8021Q.to_be_bytes());
+    prefix[TYPE_AT + 2..TYPE_AT + 4].copy_from_slice(&tci.to_be_bytes());
+    prefix[TYPE_AT + 4..TAGGED_HEADER_LEN].copy_from_slice(&peek[type_at..type_at + 2]);
+    FrameEdit {
+        prefix,
+        prefix_len: TAGGED_HEADER_LEN as u8,
+        skip: (type_at + 2) as u8,
+    }
+}
+
+/// Removes the tag that follows the MAC addresses: the MAC addresses, then the EtherType
+/// that followed the tag.
 fn pop_tag(peek: &[u8; PEEK_LEN]) -> FrameEdit {
     let mut prefix = [0u8; FrameEdit::MAX_PREFIX];
     prefix[..TYPE_AT].copy_from_slice(&peek[..TYPE_AT]);
+    prefix[TYPE_AT..UNTAGGED_HEADER_LEN].copy_from_slice(&peek[TYPE_AT + 4..TAGGED_HEADER_LEN]);
     FrameEdit {
         prefix,
-        prefix_len: TYPE_AT as u8,
-        skip: 16,
+        prefix_len: UNTAGGED_HEADER_LEN as u8,
+        skip: TAGGED_HEADER_LEN as u8,
     }
 }
 
@@ -233,11 +257,13 @@ mod tests {
         let p = VlanPolicy::transparent();
         let i = p.ingress(&untagged(), 64).unwrap();
         assert_eq!(i, Ingress { vlan: 0, tci: None });
-        assert_eq!(p.egress(i, &untagged()), Some(FrameEdit::NONE));
+        let f = frame_of(&untagged());
+        assert_eq!(apply(&p.egress(i, &untagged()).unwrap(), &f), f);
         let t = tagged(0x2000 | 42);
         let i = p.ingress(&t, 64).unwrap();
         assert_eq!(i.vlan, 42);
-        assert_eq!(p.egress(i, &t), Some(FrameEdit::NONE));
+        let f = frame_of(&t);
+        assert_eq!(apply(&p.egress(i, &t).unwrap(), &f), f);
         // VLAN 4095 is reserved.
         assert_eq!(p.ingress(&tagged(4095), 64), Err(Refused::Vlan));
         assert!(!p.is_member(4095));
@@ -258,10 +284,8 @@ mod tests {
             }
         );
         // To another access port of the VLAN: unchanged.
-        assert_eq!(
-            VlanPolicy::access(10).egress(i, &untagged()),
-            Some(FrameEdit::NONE)
-        );
+        let e = VlanPolicy::access(10).egress(i, &untagged()).unwrap();
+        assert_eq!(apply(&e, &f), f);
         // To a trunk: tagged with VLAN 10, priority 0.
         let e = trunk.egress(i, &untagged()).unwrap();
         let out = apply(&e, &f);
@@ -313,24 +337,57 @@ mod tests {
         let i = trunk.ingress(&t, 64).unwrap();
         assert_eq!(i.vlan, 20);
         // Trunk to trunk: as it is.
-        assert_eq!(
-            VlanPolicy::trunk(&[20]).egress(i, &t),
-            Some(FrameEdit::NONE)
-        );
-        // Trunk to access: untagged.
         let f = frame_of(&t);
+        let e = VlanPolicy::trunk(&[20]).egress(i, &t).unwrap();
+        assert_eq!(apply(&e, &f), f);
+        // Trunk to access: untagged.
         let out = apply(&VlanPolicy::access(20).egress(i, &t).unwrap(), &f);
         assert_eq!(out, [&f[..12], &f[16..]].concat());
         assert_eq!(VlanPolicy::access(30).egress(i, &t), None);
         // Trunk to a plain port: the tag stays.
-        assert_eq!(
-            VlanPolicy::transparent().egress(i, &t),
-            Some(FrameEdit::NONE)
-        );
+        let e = VlanPolicy::transparent().egress(i, &t).unwrap();
+        assert_eq!(apply(&e, &f), f);
         // Out-of-range tags in a trunk list are ignored.
         let odd = VlanPolicy::trunk(&[0, 4095, 5000, 7]);
         assert!(odd.is_member(7));
         assert!(!odd.is_member(0) && !odd.is_member(4095));
+    }
+
+    /// The double fetch, deterministically: whatever the guest writes over the header bytes
+    /// after the decision (here: every one of them flipped: 14 untagged, 18 with a tag), the
+    /// frame leaves with the addresses, EtherType and tag the decision read, for every kind
+    /// of port on both ends.
+    #[test]
+    fn the_header_a_frame_was_switched_on_is_the_header_it_leaves_with() {
+        let policies = [
+            VlanPolicy::transparent(),
+            VlanPolicy::access(10),
+            VlanPolicy::trunk(&[10]),
+        ];
+        for peek in [untagged(), tagged(10), tagged(0xa000)] {
+            let f = frame_of(&peek);
+            let header = if peek[12..14] == [0x81, 0x00] { 18 } else { 14 };
+            let mut tampered = f.clone();
+            for b in &mut tampered[..header] {
+                *b ^= 0xff;
+            }
+            for from in &policies {
+                let Ok(i) = from.ingress(&peek, f.len() as u32) else {
+                    continue;
+                };
+                for to in &policies {
+                    let Some(e) = to.egress(i, &peek) else {
+                        continue;
+                    };
+                    assert!(usize::from(e.skip) >= header);
+                    assert_eq!(
+                        apply(&e, &tampered),
+                        apply(&e, &f),
+                        "{from:?} -> {to:?}, {i:?}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

@@ -62,8 +62,8 @@ pub struct FrameEdit {
 }
 
 impl FrameEdit {
-    /// Longest prefix: two MAC addresses and one 802.1Q tag.
-    pub const MAX_PREFIX: usize = 16;
+    /// Longest prefix: two MAC addresses, one 802.1Q tag and the EtherType after it.
+    pub const MAX_PREFIX: usize = 18;
     /// The frame as it is.
     pub const NONE: FrameEdit = FrameEdit {
         prefix: [0; FrameEdit::MAX_PREFIX],

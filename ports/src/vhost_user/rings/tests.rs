@@ -332,7 +332,7 @@ fn edits_replace_the_head_of_the_frame(fast: bool) {
     ];
     let mut tag = [0u8; FrameEdit::MAX_PREFIX];
     tag[..12].copy_from_slice(&f[..12]);
-    tag[12..].copy_from_slice(&[0x81, 0x00, 0x00, 0x05]);
+    tag[12..16].copy_from_slice(&[0x81, 0x00, 0x00, 0x05]);
     let insert = FrameEdit {
         prefix: tag,
         prefix_len: 16,
@@ -345,7 +345,7 @@ fn edits_replace_the_head_of_the_frame(fast: bool) {
     };
     let cases: [(&FrameEdit, Vec<u8>); 3] = [
         (&FrameEdit::NONE, f.clone()),
-        (&insert, [&tag[..], &f[12..]].concat()),
+        (&insert, [&tag[..16], &f[12..]].concat()),
         (&strip, [&f[..12], &f[16..]].concat()),
     ];
     for (edit, want) in cases {
