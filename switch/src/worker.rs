@@ -306,6 +306,9 @@ impl Worker {
         let mut rx_bytes = 0u64;
         let mut flood = false;
         b.targets.clear();
+        // The decision of the previous frame that reached learning: (source key,
+        // destination key, destination). Within one burst nothing it depends on changes.
+        let mut last: Option<(u64, u64, Dest)> = None;
         for f in &b.frames {
             rx_bytes += u64::from(f.len);
             let eth = EthernetFrame::new_unchecked(&f.peek[..]);
@@ -326,23 +329,36 @@ impl Worker {
                     Dest::Drop
                 }
                 Ok(Ingress { vlan, .. }) => {
-                    cache.learn(&bridge.fdb, fdb_key(smac, vlan), src, now_s);
-                    if dmac.is_multicast() {
-                        Dest::Flood
-                    } else {
-                        match cache.lookup(&bridge.fdb, fdb_key(dmac, vlan)) {
-                            Some(p) if p == src => {
-                                counters.add_drop(DropReason::Hairpin, 1);
-                                Dest::Drop
-                            }
-                            Some(p)
-                                if topology.port(p).is_some_and(|d| d.bridge == src_rt.bridge) =>
-                            {
-                                Dest::Port(p)
-                            }
-                            _ => Dest::Flood,
+                    let (skey, dkey) = (fdb_key(smac, vlan), fdb_key(dmac, vlan));
+                    let dest = match last {
+                        // A run of frames of one flow: learned and looked up once.
+                        Some((s, d, dest)) if s == skey && d == dkey => dest,
+                        _ => {
+                            cache.learn(&bridge.fdb, skey, src, now_s);
+                            let dest = if dmac.is_multicast() {
+                                Dest::Flood
+                            } else {
+                                match cache.lookup(&bridge.fdb, dkey) {
+                                    Some(p) if p == src => Dest::Drop,
+                                    Some(p)
+                                        if topology
+                                            .port(p)
+                                            .is_some_and(|d| d.bridge == src_rt.bridge) =>
+                                    {
+                                        Dest::Port(p)
+                                    }
+                                    _ => Dest::Flood,
+                                }
+                            };
+                            last = Some((skey, dkey, dest));
+                            dest
                         }
+                    };
+                    if dest == Dest::Drop {
+                        // The destination was learned on the source port.
+                        counters.add_drop(DropReason::Hairpin, 1);
                     }
+                    dest
                 }
             };
             b.ingress

@@ -66,6 +66,55 @@ fn unicast_after_learning_goes_only_to_the_right_port() {
     );
 }
 
+/// Within one burst the worker reuses the previous frame's decision while the flow is the
+/// same; every change of flow, and every frame dropped before learning, must still be
+/// decided on its own.
+#[test]
+fn a_burst_mixing_flows_is_decided_frame_by_frame() {
+    let s = Setup::new("mixed", &[("br0", &["a", "b", "c"])], 1);
+    let (mut a, mut b, mut c) = (s.vm("a", 1), s.vm("b", 2), s.vm("c", 3));
+    s.wait_connected(&["a", "b", "c"]);
+    b.send(TestVm::tx(0), &frame(BROADCAST, mac(2), 46, 1));
+    c.send(TestVm::tx(0), &frame(BROADCAST, mac(3), 46, 2));
+    b.expect_frames(TestVm::rx(0), 1, T);
+    c.expect_frames(TestVm::rx(0), 1, T);
+    a.expect_frames(TestVm::rx(0), 2, T);
+    let multicast_src = [0x03, 0, 0, 0, 0, 1];
+    let burst = [
+        frame(mac(2), mac(1), 46, 10),        // 0: to b
+        frame(mac(2), mac(1), 46, 11),        // 1: to b, same flow
+        frame(mac(3), mac(1), 46, 12),        // 2: to c
+        frame(mac(1), mac(1), 46, 13),        // 3: to itself: hairpin drop
+        frame(mac(2), multicast_src, 46, 14), // 4: bad source: dropped before learning
+        frame(mac(2), mac(1), 46, 15),        // 5: to b
+        frame(BROADCAST, mac(1), 46, 16),     // 6: to b and c
+        frame(mac(2), mac(1), 46, 17),        // 7: to b
+        frame(mac(2), mac(1), 46, 18),        // 8: to b, same flow
+    ];
+    a.offer_quietly(TestVm::tx(0), &burst);
+    a.kick(TestVm::tx(0));
+    let to_b: Vec<_> = b
+        .expect_frames(TestVm::rx(0), 6, T)
+        .into_iter()
+        .map(|r| r.frame)
+        .collect();
+    let want_b: Vec<_> = [0, 1, 5, 6, 7, 8].map(|i| burst[i].clone()).to_vec();
+    assert_eq!(to_b, want_b, "b gets its frames, in order");
+    let to_c: Vec<_> = c
+        .expect_frames(TestVm::rx(0), 2, T)
+        .into_iter()
+        .map(|r| r.frame)
+        .collect();
+    assert_eq!(to_c, vec![burst[2].clone(), burst[6].clone()]);
+    a.expect_nothing(TestVm::rx(0), QUIET);
+    b.expect_nothing(TestVm::rx(0), Duration::ZERO);
+    c.expect_nothing(TestVm::rx(0), Duration::ZERO);
+    a.wait_tx_done(TestVm::tx(0), T);
+    assert_eq!(s.drops("a", "hairpin"), 1);
+    assert_eq!(s.drops("a", "invalid_src_mac"), 1);
+    assert_eq!(s.counter("rx_packets", "a"), 9);
+}
+
 #[test]
 fn mac_moves_to_the_port_it_is_seen_on() {
     let s = Setup::new("move", &[("br0", &["a", "b", "c"])], 1);
