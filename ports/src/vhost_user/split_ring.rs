@@ -121,6 +121,10 @@ impl<'m> DescTable<'m> {
 /// The rings of one split virtqueue, checked once.
 pub struct SplitRing<'m> {
     size: u16,
+    /// `size - 1`: the size is a power of two, so `idx & mask` is `idx % size` without the
+    /// hardware division `%` compiles to for a size known only at run time (several per
+    /// frame on the fast path).
+    mask: u16,
     desc: DescTable<'m>,
     /// `struct virtq_avail`: flags, idx, ring[size], used_event.
     avail: NonNull<u8>,
@@ -149,6 +153,7 @@ impl<'m> SplitRing<'m> {
         }
         Some(SplitRing {
             size,
+            mask: size - 1,
             desc: DescTable {
                 base: desc,
                 len: size,
@@ -191,7 +196,7 @@ impl<'m> SplitRing<'m> {
     /// The head index in available slot `idx` (reduced modulo the ring size).
     #[inline]
     pub fn avail_head(&self, idx: u16) -> u16 {
-        self.avail_u16(4 + 2 * usize::from(idx % self.size), Ordering::Relaxed)
+        self.avail_u16(4 + 2 * usize::from(idx & self.mask), Ordering::Relaxed)
     }
 
     /// The driver's flags (VRING_AVAIL_F_NO_INTERRUPT).
@@ -212,7 +217,7 @@ impl<'m> SplitRing<'m> {
         let mut raw = [0u8; 8];
         raw[..4].copy_from_slice(&u32::from(head).to_le_bytes());
         raw[4..].copy_from_slice(&len.to_le_bytes());
-        let off = 4 + 8 * usize::from(idx % self.size);
+        let off = 4 + 8 * usize::from(idx & self.mask);
         // SAFETY: off + 8 <= 4 + 8 * size, inside the used ring checked in new(), within a
         // region living for 'm. The driver does not read the slot before the index store
         // below publishes it.
@@ -278,6 +283,16 @@ mod tests {
         let used = vq.used_addr().0;
         let e: [u32; 2] = m.read_obj(GuestAddress(used + 4 + 8)).unwrap();
         assert_eq!(e, [5, 64], "slot 9 is slot 1");
+        ring.put_used(u16::MAX, 6, 32);
+        let e: [u32; 2] = m.read_obj(GuestAddress(used + 4 + 8 * 7)).unwrap();
+        assert_eq!(
+            e,
+            [6, 32],
+            "index 65535 is slot 7: the free-running index wraps too"
+        );
+        let avail = vq.avail_addr().0;
+        m.write_obj(4u16, GuestAddress(avail + 4 + 2 * 7)).unwrap();
+        assert_eq!(ring.avail_head(u16::MAX), 4);
         let idx: u16 = m.read_obj(GuestAddress(used + 2)).unwrap();
         assert_eq!(idx, 10);
         let flags: u16 = m.read_obj(GuestAddress(used)).unwrap();

@@ -95,7 +95,9 @@ fn next_head(ring: &SplitRing<'_>, avail_idx: &mut u16, next: u16) -> Next {
 /// the driver's core wrote overlap instead of following one another. At the start of a
 /// burst (`fresh`) the first descriptors are requested too. Hints only: what is read here
 /// decides nothing.
-#[inline]
+// Always inlined: called once per chain, its call overhead was a third of its
+// instructions (callgrind).
+#[inline(always)]
 fn prefetch_ahead(
     ring: &SplitRing<'_>,
     view: &mut GuestView<'_>,
