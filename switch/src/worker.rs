@@ -307,7 +307,9 @@ impl Worker {
         let mut flood = false;
         b.targets.clear();
         // The decision of the previous frame that reached learning: (source key,
-        // destination key, destination). Within one burst nothing it depends on changes.
+        // destination key, destination). Reusing it within the burst changes nothing: the
+        // FDB cache it came from is synced once per burst, and the checks before learning
+        // (source address, port security, VLAN) still run for every frame.
         let mut last: Option<(u64, u64, Dest)> = None;
         for f in &b.frames {
             rx_bytes += u64::from(f.len);
