@@ -121,10 +121,6 @@ impl<'m> DescTable<'m> {
 /// The rings of one split virtqueue, checked once.
 pub struct SplitRing<'m> {
     size: u16,
-    /// `size - 1`: the size is a power of two, so `idx & mask` is `idx % size` without the
-    /// hardware division `%` compiles to for a size known only at run time (several per
-    /// frame on the fast path).
-    mask: u16,
     desc: DescTable<'m>,
     /// `struct virtq_avail`: flags, idx, ring[size], used_event.
     avail: NonNull<u8>,
@@ -153,7 +149,6 @@ impl<'m> SplitRing<'m> {
         }
         Some(SplitRing {
             size,
-            mask: size - 1,
             desc: DescTable {
                 base: desc,
                 len: size,
@@ -193,10 +188,18 @@ impl<'m> SplitRing<'m> {
         self.avail_u16(2, Ordering::Acquire)
     }
 
+    /// The slot of free-running index `idx`: `idx % size`, as a mask since the size is a
+    /// power of two (checked in new()). `%` by a size known only at run time compiles to a
+    /// hardware division, several per frame on the fast path.
+    #[inline]
+    fn slot(&self, idx: u16) -> usize {
+        usize::from(idx & (self.size - 1))
+    }
+
     /// The head index in available slot `idx` (reduced modulo the ring size).
     #[inline]
     pub fn avail_head(&self, idx: u16) -> u16 {
-        self.avail_u16(4 + 2 * usize::from(idx & self.mask), Ordering::Relaxed)
+        self.avail_u16(4 + 2 * self.slot(idx), Ordering::Relaxed)
     }
 
     /// The driver's flags (VRING_AVAIL_F_NO_INTERRUPT).
@@ -217,7 +220,7 @@ impl<'m> SplitRing<'m> {
         let mut raw = [0u8; 8];
         raw[..4].copy_from_slice(&u32::from(head).to_le_bytes());
         raw[4..].copy_from_slice(&len.to_le_bytes());
-        let off = 4 + 8 * usize::from(idx & self.mask);
+        let off = 4 + 8 * self.slot(idx);
         // SAFETY: off + 8 <= 4 + 8 * size, inside the used ring checked in new(), within a
         // region living for 'm. The driver does not read the slot before the index store
         // below publishes it.
