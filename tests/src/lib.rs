@@ -15,6 +15,21 @@ pub mod setup;
 
 use std::time::{Duration, Instant};
 
+/// Counts of a process's resources (open fds, threads...) once transients are gone: the
+/// element-wise minimum of `read` over half a second. Each /metrics request leaves the
+/// daemon a socket for a moment after the reply (the client closes, the server notices
+/// later), so one reading can count it; a leak stays in every reading.
+pub fn settled_counts<const N: usize>(mut read: impl FnMut() -> [usize; N]) -> [usize; N] {
+    let mut min = [usize::MAX; N];
+    for _ in 0..10 {
+        for (m, r) in min.iter_mut().zip(read()) {
+            *m = (*m).min(r);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    min
+}
+
 /// Polls `cond` every few milliseconds until it returns `Some`, or panics with `what` after
 /// `timeout`.
 pub fn wait_until<T>(timeout: Duration, what: &str, mut cond: impl FnMut() -> Option<T>) -> T {

@@ -8,7 +8,7 @@ use vhost::vhost_user::Frontend;
 use vhost::VhostBackend;
 use vringswitch_tests::daemon::{Daemon, KillOnDrop, TempDir};
 use vringswitch_tests::frontend::{TestVm, VmOptions};
-use vringswitch_tests::{frame, mac, wait_until};
+use vringswitch_tests::{frame, mac, settled_counts, wait_until};
 
 const T: Duration = Duration::from_secs(10);
 
@@ -30,17 +30,13 @@ fn resources(pid: u32) -> (usize, usize, usize) {
     )
 }
 
-/// `resources` once transients are gone: the element-wise minimum of readings over half a
-/// second. Each /metrics request leaves the daemon a socket for a moment after the reply;
-/// a leak stays in every reading.
+/// `resources` once transients are gone ([`settled_counts`]).
 fn settled_resources(pid: u32) -> (usize, usize, usize) {
-    let mut min = (usize::MAX, usize::MAX, usize::MAX);
-    for _ in 0..10 {
-        let r = resources(pid);
-        min = (min.0.min(r.0), min.1.min(r.1), min.2.min(r.2));
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    min
+    let [fds, threads, guest] = settled_counts(|| {
+        let (f, t, g) = resources(pid);
+        [f, t, g]
+    });
+    (fds, threads, guest)
 }
 
 fn config(dir: &Path) -> (String, Vec<std::path::PathBuf>) {

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use vringswitch_tests::raw_frontend::*;
 use vringswitch_tests::setup::{Setup, T};
-use vringswitch_tests::wait_until;
+use vringswitch_tests::{settled_counts, wait_until};
 
 const CYCLES: u32 = 10_000;
 const WARM_UP: u32 = 200;
@@ -51,18 +51,12 @@ fn one_cycle(s: &Setup, i: u32) {
     }
 }
 
-/// (open fds, threads) once transients are gone: the minimum of readings taken over
-/// half a second. The test's own HTTP requests to /metrics each leave the daemon a socket
-/// for a moment after the reply (the client closes, the server notices later), so a single
-/// reading can count one; a leaked fd stays open and shows in every reading.
+/// (open fds, threads) once transients are gone ([`settled_counts`]).
 fn settled_fds_and_threads(pid: u32) -> (usize, usize) {
-    let (mut fds, mut threads) = (usize::MAX, usize::MAX);
-    for _ in 0..10 {
+    let [fds, threads] = settled_counts(|| {
         let (f, t, _) = resources(pid);
-        fds = fds.min(f);
-        threads = threads.min(t);
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+        [f, t]
+    });
     (fds, threads)
 }
 
