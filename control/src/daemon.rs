@@ -837,18 +837,23 @@ impl Daemon {
         self.switch.set_topology(topology)
     }
 
-    /// Disconnects every port and stops the workers.
+    /// Stops the workers, then disconnects every port.
+    ///
+    /// In that order: a worker ends only between bursts, and a burst delivers every frame it
+    /// took before giving the chains back. Were the ports disconnected first, a burst could
+    /// take frames from a port still attached and find their destination already gone:
+    /// frames consumed and lost on a clean shutdown.
     pub fn stop(&self) {
+        self.switch.stop();
+        let workers = std::mem::take(&mut *self.workers.lock().unwrap_or_else(|e| e.into_inner()));
+        for w in workers {
+            let _ = w.join();
+        }
         let ports: Vec<PortEntry> = std::mem::take(&mut self.state().ports)
             .into_values()
             .collect();
         for mut p in ports {
             p.port.stop();
-        }
-        self.switch.stop();
-        let workers = std::mem::take(&mut *self.workers.lock().unwrap_or_else(|e| e.into_inner()));
-        for w in workers {
-            let _ = w.join();
         }
     }
 }
