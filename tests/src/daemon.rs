@@ -40,7 +40,8 @@ pub fn vringctl() -> PathBuf {
     bin
 }
 
-/// A scratch directory removed on drop.
+/// A scratch directory removed on drop, unless the test is failing: then it is kept (and
+/// named on stderr) so the daemon's log can be read.
 pub struct TempDir(pub PathBuf);
 
 impl TempDir {
@@ -57,6 +58,10 @@ impl TempDir {
 
 impl Drop for TempDir {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("kept for the failing test: {}", self.0.display());
+            return;
+        }
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
