@@ -503,6 +503,12 @@ impl TestVm {
         u16::from_le(self.mem.read_obj(GuestAddress(dq.used_addr() + 2)).unwrap())
     }
 
+    /// The used index up to which returned chains were taken (by [`Self::reap_tx`] or
+    /// [`Self::recv`]).
+    pub fn taken_idx(&self, q: u16) -> u16 {
+        self.queues[usize::from(q)].last_used
+    }
+
     /// Whether the device returned chains on queue `q` that were not taken yet.
     pub fn has_used(&self, q: u16) -> bool {
         self.used_idx(q) != self.queues[usize::from(q)].last_used
