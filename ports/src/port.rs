@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
-use vhost_user_backend::{VringMutex, VringT};
+use vhost_user_backend::{VringMutex, VringState, VringT};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_net::VIRTIO_NET_F_MRG_RXBUF;
 use virtio_queue::QueueT;
@@ -35,16 +35,52 @@ pub struct Attachment {
     /// Guest memory of this connection; replaced in place on SET_MEM_TABLE.
     pub mem: GuestMemAtomic,
     features: Arc<AtomicU64>,
+    /// Per vring: whether its queue was lined up with its used ring since it was last seen
+    /// stopped (see [`Self::serviceable`]). Only touched under that vring's lock.
+    lined_up: Box<[AtomicBool]>,
 }
 
 impl Attachment {
     /// Creates an attachment; `features` is updated by the connection on SET_FEATURES.
     pub fn new(vrings: Vec<Vring>, mem: GuestMemAtomic, features: Arc<AtomicU64>) -> Attachment {
+        let lined_up = vrings.iter().map(|_| AtomicBool::new(false)).collect();
         Attachment {
             vrings,
             mem,
             features,
+            lined_up,
         }
+    }
+
+    /// Whether vring `i`, whose state `st` the caller holds locked, may be served now: it is
+    /// ready (set up and started) and enabled.
+    ///
+    /// The first time a queue is seen ready after it was set up (or seen stopped), its next
+    /// available index is moved to its used ring's index, as DPDK's vhost library does when
+    /// the two differ. The frontend's SET_VRING_BASE is not trusted for this: DPDK's
+    /// virtio_user sends 0 when it reconnects to a restarted switch, whatever its rings hold.
+    /// Starting from 0 would serve stale chains again, or, when the driver's index happens to
+    /// lie at or just past 0, nothing at all: the ring would look empty for good.
+    ///
+    /// Every worker access to a vring goes through here, so no chain is served before.
+    #[inline]
+    pub fn serviceable(&self, i: usize, st: &mut VringState<GuestMemAtomic>) -> bool {
+        let Some(lined_up) = self.lined_up.get(i) else {
+            return false;
+        };
+        let queue = st.get_queue_mut();
+        if !queue.ready() {
+            lined_up.store(false, Ordering::Relaxed);
+            return false;
+        }
+        if !lined_up.load(Ordering::Relaxed) {
+            // The used index as the library read it from the ring at SET_VRING_ADDR; only
+            // the workers move it after that, and none has served this queue yet.
+            let used = queue.next_used();
+            queue.set_next_avail(used);
+            lined_up.store(true, Ordering::Relaxed);
+        }
+        st.is_enabled()
     }
 
     /// The virtio features the frontend acknowledged.
@@ -223,6 +259,46 @@ mod tests {
         assert_eq!(virtio_net_hdr_len(0), 10);
         assert_eq!(virtio_net_hdr_len(1 << VIRTIO_F_VERSION_1), 12);
         assert_eq!(virtio_net_hdr_len(1 << VIRTIO_NET_F_MRG_RXBUF), 12);
+    }
+
+    #[test]
+    fn a_queue_is_lined_up_with_its_used_ring_once_per_start() {
+        let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
+        let vring = Vring::new(mem.clone(), 256).unwrap();
+        let att = Attachment::new(vec![vring], mem, Arc::new(AtomicU64::new(0)));
+        let v = &att.vrings[0];
+        let serviceable = || att.serviceable(0, &mut v.get_mut());
+        let next_avail = || v.get_ref().get_queue().next_avail();
+        // Not started yet: not served, nothing moved.
+        v.set_queue_next_avail(3);
+        assert!(!serviceable());
+        assert_eq!(next_avail(), 3);
+        // Started from base 0 with history in the used ring: served from the used index.
+        v.set_queue_next_avail(0);
+        v.set_queue_next_used(65530);
+        v.set_queue_ready(true);
+        v.set_enabled(true);
+        assert!(serviceable());
+        assert_eq!(next_avail(), 65530);
+        // Only once: chains taken since are not handed out again.
+        v.set_queue_next_avail(65533);
+        assert!(serviceable());
+        assert_eq!(next_avail(), 65533);
+        // Disabled (SET_VRING_ENABLE 0): not served, and not lined up again.
+        v.set_enabled(false);
+        assert!(!serviceable());
+        assert_eq!(next_avail(), 65533);
+        v.set_enabled(true);
+        // Stopped (GET_VRING_BASE) and started again: lined up again.
+        v.set_queue_ready(false);
+        assert!(!serviceable());
+        v.set_queue_next_avail(0);
+        v.set_queue_next_used(7);
+        v.set_queue_ready(true);
+        assert!(serviceable());
+        assert_eq!(next_avail(), 7);
+        // A vring the attachment does not have is never served.
+        assert!(!att.serviceable(1, &mut v.get_mut()));
     }
 
     #[test]

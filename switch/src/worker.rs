@@ -255,7 +255,8 @@ impl Worker {
         let Some(src_rt) = topology.port(src) else {
             return 0;
         };
-        let Some(vring) = att.vrings.get(2 * usize::from(qp) + 1) else {
+        let ring = 2 * usize::from(qp) + 1;
+        let Some(vring) = att.vrings.get(ring) else {
             return 0;
         };
         let bridge = &topology.bridges[src_rt.bridge];
@@ -266,7 +267,7 @@ impl Worker {
         let b = &mut self.burst;
 
         let mut st = vring.get_mut();
-        if !(st.get_queue().ready() && st.is_enabled()) {
+        if !att.serviceable(ring, &mut st) {
             return 0;
         }
         b.frames.clear();
@@ -446,12 +447,12 @@ fn deliver_to(
     let dst_guard = att.mem.memory();
     let dst_mem = &*dst_guard;
     // Prefer the RX ring of the same index as the source queue pair, else ring 0.
-    let preferred = usize::from(qp_hint) % pairs;
-    let mut st = att.vrings[2 * preferred].get_mut();
-    if !(st.get_queue().ready() && st.is_enabled()) {
+    let preferred = 2 * (usize::from(qp_hint) % pairs);
+    let mut st = att.vrings[preferred].get_mut();
+    if !att.serviceable(preferred, &mut st) {
         drop(st);
         st = att.vrings[0].get_mut();
-        if !(st.get_queue().ready() && st.is_enabled()) {
+        if !att.serviceable(0, &mut st) {
             counters.add_drop(DropReason::PortDown, count);
             return;
         }
@@ -507,12 +508,13 @@ fn for_each_ready_tx(
         let Some(att) = attachment(topology, ports, port) else {
             continue;
         };
-        let Some(vring) = att.vrings.get(2 * usize::from(qp) + 1) else {
+        let ring = 2 * usize::from(qp) + 1;
+        let Some(vring) = att.vrings.get(ring) else {
             continue;
         };
         let mem = att.mem.memory();
         let mut st = vring.get_mut();
-        if st.get_queue().ready() && st.is_enabled() {
+        if att.serviceable(ring, &mut st) {
             f(&mut st, &mem);
         }
     }

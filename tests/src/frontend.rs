@@ -42,6 +42,10 @@ pub struct VmOptions {
     /// (testpmd, OVS) measured by the benchmark probe: then features it lacks are simply not
     /// negotiated.
     pub strict: bool,
+    /// The rings start as if this many chains had already gone through them (the driver's
+    /// avail index and the used index both at this value), while SET_VRING_BASE still says
+    /// 0: what DPDK's virtio_user does when it reconnects to a restarted switch.
+    pub ring_history: u16,
 }
 
 impl Default for VmOptions {
@@ -51,6 +55,7 @@ impl Default for VmOptions {
             mrg_rxbuf: true,
             event_idx: true,
             strict: true,
+            ring_history: 0,
         }
     }
 }
@@ -216,8 +221,8 @@ impl TestVm {
                 index: q,
                 kick: EventFd::new(EFD_NONBLOCK).unwrap(),
                 call: EventFd::new(EFD_NONBLOCK).unwrap(),
-                next_avail: 0,
-                last_used: 0,
+                next_avail: opts.ring_history,
+                last_used: opts.ring_history,
                 free: (0..QUEUE_SIZE).rev().collect(),
             };
             vm.setup_queue(&dq, host);
@@ -253,6 +258,12 @@ impl TestVm {
         self.mem
             .write_slice(&[0u8; 0xC000], GuestAddress(dq.desc_addr()))
             .unwrap();
+        // The ring's history, if any (see VmOptions::ring_history); SET_VRING_BASE says 0.
+        for idx_at in [dq.avail_addr() + 2, dq.used_addr() + 2] {
+            self.mem
+                .write_obj(dq.next_avail.to_le(), GuestAddress(idx_at))
+                .unwrap();
+        }
         self.frontend
             .set_vring_num(idx, QUEUE_SIZE)
             .expect("SET_VRING_NUM");

@@ -322,6 +322,49 @@ fn get_vring_base_during_traffic_leaves_no_chain_in_flight() {
     assert!(b.recv(TestVm::rx(0)).is_empty());
 }
 
+/// A frontend whose rings hold history but which sends SET_VRING_BASE 0, as DPDK's
+/// virtio_user does when it reconnects to a restarted switch, is served from its used index.
+/// The indices are where starting from 0 finds a ring empty for good, the driver's index
+/// having wrapped to exactly 0: b's RX ring (64 buffers after 65472), a's TX ring (2 frames
+/// after 65534, offered before the switch looks).
+#[test]
+fn rings_with_history_and_base_0_are_served_from_their_used_index() {
+    let s = Setup::new("history", &[("br0", &["a", "b"])], 1);
+    let history = |ring_history| VmOptions {
+        ring_history,
+        ..VmOptions::default()
+    };
+    let mut b = s.vm_with("b", 2, history(65472));
+    assert_eq!(b.avail_idx(TestVm::rx(0)), 0);
+    let mut a = TestVm::connect(&s.socket("a"), mac(1), history(65534));
+    let sent: Vec<Vec<u8>> = (0..2).map(|i| frame(mac(2), mac(1), 80, i)).collect();
+    a.offer_quietly(TestVm::tx(0), &sent);
+    assert_eq!(a.avail_idx(TestVm::tx(0)), 0);
+    s.wait_connected(&["a", "b"]);
+    a.kick(TestVm::tx(0));
+    let got = b.expect_frames(TestVm::rx(0), 2, T);
+    for (r, f) in got.iter().zip(&sent) {
+        assert_eq!(r.frame, *f);
+    }
+    a.wait_tx_done(TestVm::tx(0), T);
+    assert_eq!(a.used_idx(TestVm::tx(0)), 0);
+    assert_eq!(b.used_idx(TestVm::rx(0)), 65474);
+    // And on, across the wrap of b's used index.
+    for batch in 0..3u8 {
+        let sent: Vec<Vec<u8>> = (0..32)
+            .map(|i| frame(mac(2), mac(1), 80, 32 * batch + i))
+            .collect();
+        for f in &sent {
+            a.send(TestVm::tx(0), f);
+        }
+        let got = b.expect_frames(TestVm::rx(0), 32, T);
+        assert!(got.iter().map(|r| &r.frame).eq(&sent));
+        b.post_rx(TestVm::rx(0), 32, 2048);
+    }
+    assert_eq!(b.used_idx(TestVm::rx(0)), 65474_u16.wrapping_add(96));
+    assert_eq!(s.drops("b", "no_rx_buffer"), 0);
+}
+
 #[test]
 fn two_queue_pairs_are_both_serviced() {
     let s = Setup::new("mq", &[("br0", &["a", "b"])], 2);

@@ -130,11 +130,13 @@ fn prefetch_ahead(
     }
 }
 
-/// The driver's index is more than a ring ahead of ours. That is what a driver restarted
-/// from a base other than its used ring shows looks like: DPDK's virtio_user sends
-/// SET_VRING_BASE 0 when it reconnects to a restarted switch, whatever its rings hold. If
-/// the used index (read from the ring at SET_VRING_ADDR, and kept since) is within a ring of
-/// the driver's, restart from it, as DPDK's own vhost library does, and say so (true).
+/// The driver's index is more than a ring ahead of ours. That is what a ring given a base
+/// other than its used index looks like (DPDK's virtio_user sends SET_VRING_BASE 0 when it
+/// reconnects, whatever its rings hold). A queue is lined up with its used index when a
+/// worker first sees it started (`Attachment::serviceable`); this catches a frontend that
+/// set a ring up again faster than a worker saw it stopped. If the used index (read from
+/// the ring at SET_VRING_ADDR, and kept since) is within a ring of the driver's, restart
+/// from it, as DPDK's own vhost library does, and say so (true).
 /// Otherwise the ring is corrupt: take the queue out of service, as a device that needs a
 /// reset; it is not polled again until the frontend sets it up anew (false).
 /// Only done when no chain of this burst is in flight (`fresh`): rewinding past chains
