@@ -16,6 +16,7 @@
 // each unsafe block says why it stays inside the VM's mapped regions.
 #![allow(unsafe_code)]
 
+use std::marker::PhantomData;
 use std::ptr::NonNull;
 
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress};
@@ -34,6 +35,54 @@ pub fn prefetch(p: *const u8) {
     };
     #[cfg(not(target_arch = "x86_64"))]
     let _ = p;
+}
+
+/// `len` bytes of one VM's memory lying in one mapped region, translated once so that the
+/// accesses after need no lookup. Only [`GuestView::span`] makes one, having checked the
+/// range; every access is checked against `len`.
+#[derive(Clone, Copy)]
+pub struct HostSpan<'m> {
+    ptr: NonNull<u8>,
+    len: usize,
+    _mem: PhantomData<&'m GuestMem>,
+}
+
+impl HostSpan<'_> {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Writes `bytes` at `off`. False, writing nothing, if they do not fit in the span.
+    #[inline]
+    pub fn write(&self, off: usize, bytes: &[u8]) -> bool {
+        if off > self.len || bytes.len() > self.len - off {
+            return false;
+        }
+        // SAFETY: the span's `len` bytes lie in one region mapped for 'm (GuestView::span),
+        // and `off + bytes.len() <= len`. The source is our own slice.
+        unsafe {
+            std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.ptr.as_ptr().add(off), bytes.len())
+        };
+        true
+    }
+
+    /// Copies `n` bytes of `src` from `src_off` to `off` in this span: the switch's one
+    /// copy, memory to memory. False, copying nothing, if either range does not fit.
+    #[inline]
+    pub fn copy_from(&self, off: usize, src: &HostSpan<'_>, src_off: usize, n: usize) -> bool {
+        if off > self.len || n > self.len - off || src_off > src.len || n > src.len - src_off {
+            return false;
+        }
+        // SAFETY: both ranges lie within their spans (checked above), each in one region
+        // mapped for its lifetime. `copy` (memmove) stays correct even if a frontend mapped
+        // the same pages into both VMs.
+        unsafe { std::ptr::copy(src.ptr.as_ptr().add(src_off), self.ptr.as_ptr().add(off), n) };
+        true
+    }
 }
 
 /// Translates guest-physical addresses of one VM, remembering the last region used.
@@ -100,12 +149,24 @@ impl<'m> GuestView<'m> {
 
     /// The host address of `[addr, addr + len)` if all of it lies in one region: rings and
     /// indirect descriptor tables must, as DPDK's vhost library also requires.
+    #[inline]
     pub fn contiguous(&mut self, addr: u64, len: usize) -> Option<NonNull<u8>> {
         if len == 0 {
             return None;
         }
         let (p, n) = self.piece(addr, len)?;
         (n == len).then(|| NonNull::new(p)).flatten()
+    }
+
+    /// `[addr, addr + len)` translated once, if it is not empty and lies in one region.
+    #[inline]
+    pub fn span(&mut self, addr: u64, len: usize) -> Option<HostSpan<'m>> {
+        let ptr = self.contiguous(addr, len)?;
+        Some(HostSpan {
+            ptr,
+            len,
+            _mem: PhantomData,
+        })
     }
 
     /// Whether every byte of `[addr, addr + len)` is guest memory (it may span regions).
@@ -277,6 +338,49 @@ mod tests {
             .read_slice(&mut tail, GuestAddress(0x10ff0))
             .unwrap();
         assert_eq!(tail, [0xAA; 8], "bytes before the copy are untouched");
+    }
+
+    #[test]
+    fn spans_stay_in_one_region_and_check_every_access() {
+        let src_mem = mem();
+        let dst_mem = mem();
+        let data: Vec<u8> = (0..64u8).collect();
+        src_mem.write_slice(&data, GuestAddress(0x1100)).unwrap();
+        let mut src = GuestView::new(&src_mem);
+        let mut dst = GuestView::new(&dst_mem);
+        assert!(dst.span(0x2ff0, 0x20).is_none(), "across two regions");
+        assert!(dst.span(0x3ff0, 0x20).is_none(), "into the hole");
+        assert!(dst.span(0x1000, 0).is_none());
+        let from = src.span(0x1100, 64).unwrap();
+        let to = dst.span(0x10f00, 0x100).unwrap();
+        assert_eq!((from.len(), to.len()), (64, 0x100));
+        assert!(to.write(0, &[7; 4]));
+        assert!(to.copy_from(4, &from, 0, 64));
+        let mut back = [0u8; 68];
+        dst_mem
+            .read_slice(&mut back, GuestAddress(0x10f00))
+            .unwrap();
+        assert_eq!(back[..4], [7; 4]);
+        assert_eq!(back[4..], data[..]);
+        // Out of bounds on either side: refused, nothing written past the span.
+        dst_mem
+            .write_slice(&[0xAA; 16], GuestAddress(0x10ff0))
+            .unwrap();
+        let edge = dst.span(0x10ff0, 8).unwrap();
+        assert!(!edge.write(4, &[1; 5]));
+        assert!(!edge.write(9, &[]));
+        assert!(edge.write(8, &[]));
+        assert!(!edge.copy_from(0, &from, 0, 9));
+        assert!(!edge.copy_from(1, &from, 0, 8));
+        assert!(!edge.copy_from(0, &from, 60, 5));
+        assert!(!edge.copy_from(0, &from, 65, 0));
+        assert!(edge.copy_from(0, &from, 56, 8));
+        let mut tail = [0u8; 16];
+        dst_mem
+            .read_slice(&mut tail, GuestAddress(0x10ff0))
+            .unwrap();
+        assert_eq!(tail[..8], data[56..]);
+        assert_eq!(tail[8..], [0xAA; 8], "bytes after the span are untouched");
     }
 
     #[test]

@@ -461,13 +461,7 @@ impl RxScratch {
     /// the first `hdr_len` bytes of its virtio-net header, then the edit's prefix. Returns
     /// the bytes and how many of them to write.
     fn header(&self, hdr_len: usize, edit: &FrameEdit) -> ([u8; HEAD_MAX], usize) {
-        let mut head = [0u8; HEAD_MAX];
-        let num_buffers = self.chains.len() as u16;
-        head[10..12].copy_from_slice(&num_buffers.to_le_bytes());
-        let hdr_len = hdr_len.min(VNET_HDR_MAX);
-        let prefix = edit.prefix();
-        head[hdr_len..hdr_len + prefix.len()].copy_from_slice(prefix);
-        (head, hdr_len + prefix.len())
+        rx_head(hdr_len, edit, self.chains.len() as u16)
     }
 
     /// Used entries for the chains holding `need` bytes, filled in order.
@@ -479,6 +473,19 @@ impl RxScratch {
             left -= n;
         }
     }
+}
+
+/// What is written before the copied part of a frame delivered in `num_buffers` chains:
+/// the first `hdr_len` bytes of its virtio-net header, then the edit's prefix. Returns the
+/// bytes and how many of them to write.
+#[inline]
+fn rx_head(hdr_len: usize, edit: &FrameEdit, num_buffers: u16) -> ([u8; HEAD_MAX], usize) {
+    let mut head = [0u8; HEAD_MAX];
+    head[10..12].copy_from_slice(&num_buffers.to_le_bytes());
+    let hdr_len = hdr_len.min(VNET_HDR_MAX);
+    let prefix = edit.prefix();
+    head[hdr_len..hdr_len + prefix.len()].copy_from_slice(prefix);
+    (head, hdr_len + prefix.len())
 }
 
 /// Used-ring entries (head, written length) waiting to be published for one queue.

@@ -12,7 +12,7 @@ use virtio_bindings::virtio_ring::{
 use virtio_queue::{Queue, QueueT};
 
 use super::{
-    BrokenUsedRing, DeliverError, FrameEdit, PopTx, RxScratch, Seg, TxFrame, UsedBatch,
+    rx_head, BrokenUsedRing, DeliverError, FrameEdit, PopTx, RxScratch, Seg, TxFrame, UsedBatch,
     MAX_FRAME_LEN, MAX_RX_CHAINS, MAX_RX_SEGS, MAX_TX_SEGS, MIN_FRAME_LEN, PEEK_LEN,
 };
 use crate::counters::DropReason;
@@ -269,6 +269,11 @@ pub(super) fn deliver<'m>(
     used: &mut UsedBatch,
 ) -> Result<(), DeliverError> {
     let need = scratch.start(hdr_len, frame_len, edit)?;
+    if let Some(done) = deliver_in_one_buffer(
+        ring, view, avail_idx, fresh, queue, hdr_len, src, src_segs, frame_len, edit, need, used,
+    ) {
+        return done;
+    }
     let mut have: u64 = 0;
     let mut bad_chain = false;
     let mut next = queue.next_avail();
@@ -360,6 +365,72 @@ pub(super) fn deliver<'m>(
     }
     scratch.complete(need, used);
     Ok(())
+}
+
+/// The common case of [`deliver`], without its scratch lists: the next RX chain is a single
+/// writable descriptor, in guest memory, that holds all `need` bytes. `None`, with nothing
+/// changed, when it is not (or the ring is empty or corrupt): `deliver` then takes its
+/// general course, which sorts those cases out.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn deliver_in_one_buffer<'m>(
+    ring: &SplitRing<'m>,
+    view: &mut GuestView<'m>,
+    avail_idx: &mut u16,
+    fresh: bool,
+    queue: &mut Queue,
+    hdr_len: usize,
+    src: &mut GuestView<'_>,
+    src_segs: &[Seg],
+    frame_len: u32,
+    edit: &FrameEdit,
+    need: u64,
+    used: &mut UsedBatch,
+) -> Option<Result<(), DeliverError>> {
+    let next = queue.next_avail();
+    let Next::Head(head) = next_head(ring, avail_idx, next) else {
+        return None;
+    };
+    let d = ring.table().get(head)?;
+    if d.flags & (F_NEXT | F_INDIRECT | F_WRITE) != F_WRITE || u64::from(d.len) < need {
+        return None;
+    }
+    let dst = view.span(d.addr, need as usize)?;
+    prefetch_ahead(ring, view, *avail_idx, next, 0, fresh);
+    queue.set_next_avail(next.wrapping_add(1));
+    let (bytes, n) = rx_head(hdr_len, edit, 1);
+    let mut ok = dst.write(0, &bytes[..n]);
+    // The frame from its first `skip` bytes on, a piece per source segment.
+    let (mut at, mut skip) = (n, usize::from(edit.skip));
+    let mut left = (frame_len - u32::from(edit.skip)) as usize;
+    for s in src_segs {
+        if left == 0 {
+            break;
+        }
+        let k = skip.min(s.len as usize);
+        skip -= k;
+        let len = (s.len as usize - k).min(left);
+        if len == 0 {
+            continue;
+        }
+        let from = s.addr + k as u64;
+        ok &= match src.span(from, len) {
+            Some(piece) => dst.copy_from(at, &piece, 0, len),
+            // A segment across two adjacent regions: copied region by region.
+            None => view.copy_from(d.addr + at as u64, src, from, len),
+        };
+        at += len;
+        left -= len;
+    }
+    if !ok || left > 0 {
+        // Cannot happen with the ranges checked (here and when the frame was popped).
+        used.push((head, 0));
+        return Some(Err(DeliverError {
+            reason: DropReason::BadDescriptor,
+        }));
+    }
+    used.push((head, need as u32));
+    Some(Ok(()))
 }
 
 /// Fills the destination segments with `hdr`, then with `len` bytes of the source segments
