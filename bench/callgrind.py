@@ -1,0 +1,92 @@
+#!/usr/bin/env python3
+"""Counts the instructions vringswitch runs per forwarded frame: the one measure here that
+the machine's noise does not move. The release binary runs under valgrind's callgrind, with
+bench/run.py's testpmd generator offering frames of SIZE bytes for 40 s (every burst full, so
+idle polls hardly count); the program's total is divided by the frames the worker forwarded.
+
+    bench/callgrind.py 64 [BINARY]        # default: target/release/vringswitch
+
+Prints instructions per frame, in all and for the data path's main functions (inclusive).
+Needs valgrind (apt-get install valgrind) and what bench/run.py sets up (hugepages,
+dpdk-testpmd): run that once first. The profile stays in /tmp/vs-callgrind/out.SIZE for
+callgrind_annotate.
+"""
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import urllib.request
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import run as B  # noqa: E402
+
+FUNCTIONS = ["fast::deliver", "fast::pop_tx", "RingView::publish_used", "Worker::run"]
+
+
+def main():
+    if len(sys.argv) not in (2, 3):
+        sys.exit(__doc__)
+    size = int(sys.argv[1])
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    binary = sys.argv[2] if len(sys.argv) == 3 else f"{root}/target/release/vringswitch"
+    for tool in ("valgrind", "callgrind_annotate"):
+        if subprocess.run(["which", tool], capture_output=True).returncode != 0:
+            sys.exit(f"{tool} is missing: apt-get install valgrind")
+    work = "/tmp/vs-callgrind"
+    os.makedirs(work, exist_ok=True)
+    socks = [f"{work}/p{i}.sock" for i in range(2)]
+    for s in socks:
+        if os.path.exists(s):
+            os.unlink(s)
+    lines = ["[dataplane]", f"cores = [{B.SWITCH_CPU}]", "[[bridges]]", 'name = "br0"']
+    for i, s in enumerate(socks):
+        lines += ["[[ports]]", f'name = "p{i}"', 'bridge = "br0"', 'type = "vhost-user"',
+                  f'socket = "{s}"', 'mode = "server"']
+    with open(f"{work}/vs.toml", "w") as f:
+        f.write("\n".join(lines) + "\n")
+    out = f"{work}/out.{size}"
+    log = open(f"{work}/vs.log", "w")
+    vs = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
+                           binary, "--config", f"{work}/vs.toml",
+                           "--api", f"127.0.0.1:{B.API_PORT}"],
+                          stdout=log, stderr=subprocess.STDOUT)
+    try:
+        B.wait_for(lambda: all(os.path.exists(s) for s in socks), "the switch's sockets", 120)
+        gen, gen_out = B.generator(work, socks, size, 40)
+        time.sleep(45)
+        B.stop_generator(gen, gen_out)
+        url = f"http://127.0.0.1:{B.API_PORT}/v1/stats"
+        stats = json.loads(urllib.request.urlopen(url).read())
+        frames = sum(w["packets"] for w in stats["workers"])
+    finally:
+        vs.send_signal(15)
+        vs.wait(timeout=300)
+    if frames == 0:
+        sys.exit("no frame was forwarded: see /tmp/vs-callgrind/vs.log")
+    # Run from elsewhere than the source tree: from inside it, callgrind_annotate names
+    # files differently and lists code inlined into a function under the function's name.
+    ann = subprocess.run(["callgrind_annotate", "--inclusive=yes", "--auto=no", out],
+                         capture_output=True, text=True, check=True, cwd="/").stdout
+    total = None
+    per = {}
+    for line in ann.splitlines():
+        m = re.match(r"\s*([\d,]+) \([^)]*\)\s+(.*)", line)
+        if not m:
+            continue
+        count, what = int(m.group(1).replace(",", "")), m.group(2)
+        if "PROGRAM TOTALS" in what:
+            total = count
+        for fn in FUNCTIONS:
+            # The function's own entry ("file:path::fn [binary]"), not code inlined into it.
+            if fn not in per and re.search(rf"::{re.escape(fn)} \[", what):
+                per[fn] = count
+    print(f"{size} B: {frames} frames forwarded, {total / frames:.0f} instructions per frame")
+    for fn in FUNCTIONS:
+        if fn in per:
+            print(f"  {fn}: {per[fn] / frames:.0f} per frame (inclusive)")
+
+
+if __name__ == "__main__":
+    main()
