@@ -56,6 +56,21 @@ impl HostSpan<'_> {
         self.len == 0
     }
 
+    /// Copies the span's bytes from `off` into `buf`. False, copying nothing, if they are not
+    /// all in the span.
+    #[inline]
+    pub fn read(&self, off: usize, buf: &mut [u8]) -> bool {
+        if off > self.len || buf.len() > self.len - off {
+            return false;
+        }
+        // SAFETY: the span's `len` bytes lie in one region mapped for 'm (GuestView::span),
+        // and `off + buf.len() <= len`. The destination is our own buffer.
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.ptr.as_ptr().add(off), buf.as_mut_ptr(), buf.len())
+        };
+        true
+    }
+
     /// Writes `bytes` at `off`. False, writing nothing, if they do not fit in the span.
     #[inline]
     pub fn write(&self, off: usize, bytes: &[u8]) -> bool {
@@ -374,6 +389,11 @@ mod tests {
         assert!(!edge.copy_from(1, &from, 0, 8));
         assert!(!edge.copy_from(0, &from, 60, 5));
         assert!(!edge.copy_from(0, &from, 65, 0));
+        let mut four = [0u8; 4];
+        assert!(from.read(60, &mut four));
+        assert_eq!(four, [60, 61, 62, 63]);
+        assert!(!from.read(61, &mut four));
+        assert!(!from.read(65, &mut []));
         assert!(edge.copy_from(0, &from, 56, 8));
         let mut tail = [0u8; 16];
         dst_mem

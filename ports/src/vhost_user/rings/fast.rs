@@ -188,6 +188,9 @@ pub(super) fn pop_tx<'m>(
     };
     prefetch_ahead(ring, view, *avail_idx, next, hdr_len as u64, fresh);
     queue.set_next_avail(next.wrapping_add(1));
+    if let Some(frame) = pop_in_one_buffer(ring, view, head, hdr_len, segs) {
+        return frame;
+    }
     let start = segs.len();
     let mut skip = hdr_len as u64;
     let mut total: u64 = 0;
@@ -249,6 +252,45 @@ pub(super) fn pop_tx<'m>(
         len: len as u32,
         peek,
     })
+}
+
+/// The common case of [`pop_tx`], without the general walk: chain `head` is a single
+/// readable descriptor, in one region, holding the virtio-net header and a frame of an
+/// acceptable length. `None`, with nothing changed, when it is not: `pop_tx` then walks the
+/// chain, reading the descriptor afresh, and sorts the case out.
+#[inline(always)]
+fn pop_in_one_buffer<'m>(
+    ring: &SplitRing<'m>,
+    view: &mut GuestView<'m>,
+    head: u16,
+    hdr_len: usize,
+    segs: &mut Vec<Seg>,
+) -> Option<PopTx> {
+    let d = ring.table().get(head)?;
+    if d.flags & (F_NEXT | F_INDIRECT | F_WRITE) != 0 {
+        return None;
+    }
+    let len = (d.len as usize).checked_sub(hdr_len)?;
+    if !(MIN_FRAME_LEN..=MAX_FRAME_LEN).contains(&len) {
+        return None;
+    }
+    let addr = d.addr.checked_add(hdr_len as u64)?;
+    let frame = view.span(addr, len)?;
+    let mut peek = [0u8; PEEK_LEN];
+    if !frame.read(0, &mut peek[..len.min(PEEK_LEN)]) {
+        return None;
+    }
+    let start = segs.len();
+    segs.push(Seg {
+        addr,
+        len: len as u32,
+    });
+    Some(PopTx::Frame(TxFrame {
+        head,
+        segs: start..start + 1,
+        len: len as u32,
+        peek,
+    }))
 }
 
 /// Fast-path [`super::RingView::deliver`].
