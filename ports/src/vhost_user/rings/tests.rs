@@ -501,6 +501,75 @@ fn a_driver_restarted_from_base_0_resumes_from_its_used_index() {
     assert!(!q.ready());
 }
 
+/// A frame delivered into one large buffer (on the fast path, its one-buffer course): the
+/// virtio-net header, the edited head, the rest of the frame, and not one byte past them; for
+/// both header lengths and every kind of edit, with frames on either side of the fixed-size
+/// head block's length.
+fn one_buffer_delivery_writes_exactly_the_frame(fast: bool) {
+    let m = mem();
+    for hdr_len in [10usize, 12] {
+        for len in [14usize, 19, 20, 21, 100] {
+            let f = frame(len);
+            let at = BUF + 0x8_0000;
+            m.write_slice(&f, GuestAddress(at)).unwrap();
+            let src = [Seg {
+                addr: at,
+                len: len as u32,
+            }];
+            // Bytes past the prefix's length must never reach the guest.
+            let mut tag = [0xAB; FrameEdit::MAX_PREFIX];
+            tag[..12].copy_from_slice(&f[..12]);
+            tag[12..16].copy_from_slice(&[0x81, 0x00, 0x00, 0x05]);
+            let edit = |prefix_len, skip| FrameEdit {
+                prefix: tag,
+                prefix_len,
+                skip,
+            };
+            let mut cases = vec![
+                (FrameEdit::NONE, f.clone()),
+                (edit(12, 12), f.clone()),
+                (edit(16, 12), [&tag[..16], &f[12..]].concat()),
+            ];
+            if len >= 16 {
+                cases.push((edit(12, 16), [&f[..12], &f[16..]].concat()));
+            }
+            for (edit, want) in cases {
+                let vq = MockSplitQueue::new(&m, 16);
+                m.write_slice(&[0xEE; 256], GuestAddress(BUF)).unwrap();
+                offer(&vq, 0, &[desc(BUF, 2048, true)]);
+                let mut q: Queue = vq.create_queue().unwrap();
+                let mut used = Vec::new();
+                ring(&mut q, &m, fast)
+                    .deliver(
+                        hdr_len,
+                        hdr_len == 12,
+                        &mut GuestView::new(&m),
+                        &src,
+                        len as u32,
+                        &edit,
+                        &mut RxScratch::default(),
+                        &mut used,
+                    )
+                    .unwrap();
+                let total = hdr_len + want.len();
+                assert_eq!(used, vec![(0, total as u32)], "{hdr_len} {len} {edit:?}");
+                let mut b = [0u8; 256];
+                m.read_slice(&mut b, GuestAddress(BUF)).unwrap();
+                let mut hdr = vec![0u8; hdr_len];
+                if hdr_len == 12 {
+                    hdr[10] = 1; // num_buffers
+                }
+                assert_eq!(b[..hdr_len], hdr[..], "{hdr_len} {len} {edit:?}");
+                assert_eq!(b[hdr_len..total], want[..], "{hdr_len} {len} {edit:?}");
+                assert!(
+                    b[total..].iter().all(|&x| x == 0xEE),
+                    "written past the frame: {hdr_len} {len} {edit:?}"
+                );
+            }
+        }
+    }
+}
+
 /// Every test above runs on the general path and on the fast path, with the same rings.
 macro_rules! on_both_paths {
     ($($name:ident),* $(,)?) => {
@@ -529,6 +598,7 @@ on_both_paths!(
     read_only_rx_chain_is_returned_unused,
     rx_writes_nothing_past_the_frame,
     edits_replace_the_head_of_the_frame,
+    one_buffer_delivery_writes_exactly_the_frame,
     publish_used_writes_entries_then_index_once,
     publish_used_honours_event_idx_and_no_interrupt
 );
