@@ -424,22 +424,24 @@ fn deliver_to(
         Dest::Flood => policy.is_member(i.vlan),
         Dest::Drop => false,
     };
-    let count = b
-        .dests
-        .iter()
-        .zip(&b.ingress)
-        .filter(|(d, i)| wanted(d, i))
-        .count() as u64;
-    if count == 0 {
+    // Usually the first frame is wanted: a scan, not a count, on the common path.
+    if !b.dests.iter().zip(&b.ingress).any(|(d, i)| wanted(d, i)) {
         return;
     }
+    let count = || {
+        b.dests
+            .iter()
+            .zip(&b.ingress)
+            .filter(|(d, i)| wanted(d, i))
+            .count() as u64
+    };
     let Some(att) = attachment(topology, ports, dst) else {
-        counters.add_drop(DropReason::PortDown, count);
+        counters.add_drop(DropReason::PortDown, count());
         return;
     };
     let pairs = att.queue_pairs();
     if pairs == 0 {
-        counters.add_drop(DropReason::PortDown, count);
+        counters.add_drop(DropReason::PortDown, count());
         return;
     }
     let hdr_len = att.hdr_len();
@@ -453,7 +455,7 @@ fn deliver_to(
         drop(st);
         st = att.vrings[0].get_mut();
         if !att.serviceable(0, &mut st) {
-            counters.add_drop(DropReason::PortDown, count);
+            counters.add_drop(DropReason::PortDown, count());
             return;
         }
     }
