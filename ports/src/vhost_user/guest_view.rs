@@ -48,6 +48,12 @@ pub struct HostSpan<'m> {
 }
 
 impl HostSpan<'_> {
+    /// Whether `n` bytes from `off` lie within the span.
+    #[inline]
+    fn holds(&self, off: usize, n: usize) -> bool {
+        off <= self.len && n <= self.len - off
+    }
+
     pub fn len(&self) -> usize {
         self.len
     }
@@ -60,7 +66,7 @@ impl HostSpan<'_> {
     /// all in the span.
     #[inline]
     pub fn read(&self, off: usize, buf: &mut [u8]) -> bool {
-        if off > self.len || buf.len() > self.len - off {
+        if !self.holds(off, buf.len()) {
             return false;
         }
         // SAFETY: the span's `len` bytes lie in one region mapped for 'm (GuestView::span),
@@ -74,7 +80,7 @@ impl HostSpan<'_> {
     /// Writes `bytes` at `off`. False, writing nothing, if they do not fit in the span.
     #[inline]
     pub fn write(&self, off: usize, bytes: &[u8]) -> bool {
-        if off > self.len || bytes.len() > self.len - off {
+        if !self.holds(off, bytes.len()) {
             return false;
         }
         // SAFETY: the span's `len` bytes lie in one region mapped for 'm (GuestView::span),
@@ -89,7 +95,7 @@ impl HostSpan<'_> {
     /// copy, memory to memory. False, copying nothing, if either range does not fit.
     #[inline]
     pub fn copy_from(&self, off: usize, src: &HostSpan<'_>, src_off: usize, n: usize) -> bool {
-        if off > self.len || n > self.len - off || src_off > src.len || n > src.len - src_off {
+        if !self.holds(off, n) || !src.holds(src_off, n) {
             return false;
         }
         // SAFETY: both ranges lie within their spans (checked above), each in one region

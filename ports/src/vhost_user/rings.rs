@@ -39,8 +39,10 @@ pub const MAX_RX_CHAINS: usize = 64;
 pub const MAX_RX_SEGS: usize = 256;
 /// Longest virtio-net header (with `num_buffers`).
 pub const VNET_HDR_MAX: usize = 12;
-/// Longest run of host bytes written before a frame's copied part: header and edit prefix.
-const HEAD_MAX: usize = VNET_HDR_MAX + FrameEdit::MAX_PREFIX;
+/// The block [`rx_head`] builds: the longest run of host bytes written before a frame's
+/// copied part (a 12-byte header and an 18-byte prefix), rounded up to two 16-byte moves.
+const HEAD_BLOCK: usize = 32;
+const _: () = assert!(VNET_HDR_MAX + FrameEdit::MAX_PREFIX <= HEAD_BLOCK);
 /// Bytes of the frame copied to the stack for the forwarding decision.
 pub const PEEK_LEN: usize = 18;
 
@@ -460,7 +462,7 @@ impl RxScratch {
     /// What is written before the copied part of a frame spread over the popped chains:
     /// the first `hdr_len` bytes of its virtio-net header, then the edit's prefix. Returns
     /// the bytes and how many of them to write.
-    fn header(&self, hdr_len: usize, edit: &FrameEdit) -> ([u8; HEAD_MAX], usize) {
+    fn header(&self, hdr_len: usize, edit: &FrameEdit) -> ([u8; HEAD_BLOCK], usize) {
         rx_head(hdr_len, edit, self.chains.len() as u16)
     }
 
@@ -476,16 +478,21 @@ impl RxScratch {
 }
 
 /// What is written before the copied part of a frame delivered in `num_buffers` chains:
-/// the first `hdr_len` bytes of its virtio-net header, then the edit's prefix. Returns the
-/// bytes and how many of them to write.
-#[inline]
-fn rx_head(hdr_len: usize, edit: &FrameEdit, num_buffers: u16) -> ([u8; HEAD_MAX], usize) {
-    let mut head = [0u8; HEAD_MAX];
+/// the first `hdr_len` bytes of its virtio-net header, then the edit's prefix. Returns a
+/// fixed-size block and how many of its bytes are the head; the rest is padding, which a
+/// caller may write too when the frame's own bytes overwrite it before anything is
+/// published (one store instead of a variable-length copy).
+#[inline(always)]
+fn rx_head(hdr_len: usize, edit: &FrameEdit, num_buffers: u16) -> ([u8; HEAD_BLOCK], usize) {
+    let mut head = [0u8; HEAD_BLOCK];
+    // num_buffers first, then the prefix: a 10-byte header has no num_buffers field and
+    // the prefix starts over it.
     head[10..12].copy_from_slice(&num_buffers.to_le_bytes());
     let hdr_len = hdr_len.min(VNET_HDR_MAX);
-    let prefix = edit.prefix();
-    head[hdr_len..hdr_len + prefix.len()].copy_from_slice(prefix);
-    (head, hdr_len + prefix.len())
+    // The whole prefix array (a fixed-size move); only its first `prefix().len()` bytes
+    // count.
+    head[hdr_len..hdr_len + FrameEdit::MAX_PREFIX].copy_from_slice(&edit.prefix);
+    (head, hdr_len + edit.prefix().len())
 }
 
 /// Used-ring entries (head, written length) waiting to be published for one queue.

@@ -13,7 +13,7 @@ use virtio_queue::{Queue, QueueT};
 
 use super::{
     rx_head, BrokenUsedRing, DeliverError, FrameEdit, PopTx, RxScratch, Seg, TxFrame, UsedBatch,
-    MAX_FRAME_LEN, MAX_RX_CHAINS, MAX_RX_SEGS, MAX_TX_SEGS, MIN_FRAME_LEN, PEEK_LEN, VNET_HDR_MAX,
+    MAX_FRAME_LEN, MAX_RX_CHAINS, MAX_RX_SEGS, MAX_TX_SEGS, MIN_FRAME_LEN, PEEK_LEN,
 };
 use crate::counters::DropReason;
 use crate::vhost_user::guest_view::GuestView;
@@ -409,23 +409,6 @@ pub(super) fn deliver<'m>(
     Ok(())
 }
 
-/// Length of [`padded_head`]'s block: the longest head (a 12-byte virtio-net header and an
-/// 18-byte prefix), rounded up to two 16-byte moves.
-const PADDED_HEAD: usize = 32;
-
-/// [`rx_head`] for a frame in one buffer, as a fixed-size block: the head's bytes, then
-/// padding the frame's own bytes are written over. Returns the block and the head's length.
-#[inline(always)]
-fn padded_head(hdr_len: usize, edit: &FrameEdit) -> ([u8; PADDED_HEAD], usize) {
-    let mut block = [0u8; PADDED_HEAD];
-    // num_buffers, then the prefix, in that order as in rx_head: a 10-byte header has no
-    // num_buffers field and the prefix starts over it.
-    block[10..12].copy_from_slice(&1u16.to_le_bytes());
-    let h = hdr_len.min(VNET_HDR_MAX);
-    block[h..h + FrameEdit::MAX_PREFIX].copy_from_slice(&edit.prefix);
-    (block, h + edit.prefix().len())
-}
-
 /// The common case of [`deliver`], without its scratch lists: the next RX chain is a single
 /// writable descriptor, in guest memory, that holds all `need` bytes. `None`, with nothing
 /// changed, when it is not (or the ring is empty or corrupt): `deliver` then takes its
@@ -457,17 +440,13 @@ fn deliver_in_one_buffer<'m>(
     let dst = view.span(d.addr, need as usize)?;
     prefetch_ahead(ring, view, *avail_idx, next, 0, fresh);
     queue.set_next_avail(next.wrapping_add(1));
-    let mut ok = if need as usize >= PADDED_HEAD {
-        // One fixed-size store, not a call to memcpy; the frame's bytes overwrite the
-        // padding right after, before anything is published.
-        let (bytes, n) = padded_head(hdr_len, edit);
-        debug_assert_eq!(n, rx_head(hdr_len, edit, 1).1);
-        dst.write(0, &bytes)
+    let (head_block, n) = rx_head(hdr_len, edit, 1);
+    // The whole block when the frame's bytes overwrite its padding right after.
+    let mut ok = if need as usize >= head_block.len() {
+        dst.write(0, &head_block)
     } else {
-        let (bytes, n) = rx_head(hdr_len, edit, 1);
-        dst.write(0, &bytes[..n])
+        dst.write(0, &head_block[..n])
     };
-    let n = hdr_len.min(VNET_HDR_MAX) + edit.prefix().len();
     // The frame from its first `skip` bytes on, a piece per source segment.
     let (mut at, mut skip) = (n, usize::from(edit.skip));
     let mut left = (frame_len - u32::from(edit.skip)) as usize;
