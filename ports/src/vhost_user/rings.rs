@@ -423,20 +423,10 @@ impl Default for RxScratch {
 }
 
 impl RxScratch {
-    /// Starts a delivery: empties the scratch space and returns the bytes the RX chains
-    /// must hold, header included. Refuses an edit that replaces more than the frame has.
-    fn start(
-        &mut self,
-        hdr_len: usize,
-        frame_len: u32,
-        edit: &FrameEdit,
-    ) -> Result<u64, DeliverError> {
+    /// Empties the scratch space for a delivery.
+    fn clear(&mut self) {
         self.segs.clear();
         self.chains.clear();
-        let out_len = edit.out_len(frame_len).ok_or(DeliverError {
-            reason: DropReason::BadDescriptor,
-        })?;
-        Ok(hdr_len as u64 + u64::from(out_len))
     }
 
     /// Every chain popped for this frame goes back to the guest unused (a malformed chain
@@ -495,6 +485,16 @@ fn rx_head(hdr_len: usize, edit: &FrameEdit, num_buffers: u16) -> ([u8; HEAD_BLO
     (head, hdr_len + edit.prefix().len())
 }
 
+/// The bytes the RX chains must hold for a `frame_len`-byte frame changed by `edit`,
+/// header included. Refuses an edit that replaces more than the frame has.
+#[inline(always)]
+fn rx_need(hdr_len: usize, frame_len: u32, edit: &FrameEdit) -> Result<u64, DeliverError> {
+    let out_len = edit.out_len(frame_len).ok_or(DeliverError {
+        reason: DropReason::BadDescriptor,
+    })?;
+    Ok(hdr_len as u64 + u64::from(out_len))
+}
+
 /// Used-ring entries (head, written length) waiting to be published for one queue.
 pub type UsedBatch = Vec<(u16, u32)>;
 
@@ -518,7 +518,8 @@ fn deliver_general(
     scratch: &mut RxScratch,
     used: &mut UsedBatch,
 ) -> Result<(), DeliverError> {
-    let need = scratch.start(hdr_len, frame_len, edit)?;
+    let need = rx_need(hdr_len, frame_len, edit)?;
+    scratch.clear();
     let mut have: u64 = 0;
     let mut bad_chain = false;
     // Bounded by MAX_RX_CHAINS and by the ring (pop fails once the ring is empty).

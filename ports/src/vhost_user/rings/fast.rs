@@ -12,8 +12,8 @@ use virtio_bindings::virtio_ring::{
 use virtio_queue::{Queue, QueueT};
 
 use super::{
-    rx_head, BrokenUsedRing, DeliverError, FrameEdit, PopTx, RxScratch, Seg, TxFrame, UsedBatch,
-    MAX_FRAME_LEN, MAX_RX_CHAINS, MAX_RX_SEGS, MAX_TX_SEGS, MIN_FRAME_LEN, PEEK_LEN,
+    rx_head, rx_need, BrokenUsedRing, DeliverError, FrameEdit, PopTx, RxScratch, Seg, TxFrame,
+    UsedBatch, MAX_FRAME_LEN, MAX_RX_CHAINS, MAX_RX_SEGS, MAX_TX_SEGS, MIN_FRAME_LEN, PEEK_LEN,
 };
 use crate::counters::DropReason;
 use crate::vhost_user::guest_view::GuestView;
@@ -158,7 +158,9 @@ fn resync_or_disable(
     }
 }
 
-/// Fast-path [`super::RingView::pop_tx`].
+/// Fast-path [`super::RingView::pop_tx`]. Inlined into the caller's burst loop: the common
+/// shape (one buffer) is handled here, everything else by [`pop_tx_walk`], out of line.
+#[inline(always)]
 pub(super) fn pop_tx<'m>(
     ring: &SplitRing<'m>,
     view: &mut GuestView<'m>,
@@ -169,28 +171,60 @@ pub(super) fn pop_tx<'m>(
     segs: &mut Vec<Seg>,
 ) -> PopTx {
     debug_assert!(segs.capacity() - segs.len() >= MAX_TX_SEGS);
-    let mut next = queue.next_avail();
-    let head = match next_head(ring, avail_idx, next) {
-        Next::Head(h) => h,
-        Next::Empty => return PopTx::Empty,
-        // Callers check `ready` once per burst, and end the burst on `Broken`.
-        Next::Corrupt => {
-            if !resync_or_disable(queue, ring, *avail_idx, fresh) {
-                return PopTx::Broken;
-            }
-            next = queue.next_avail();
-            match next_head(ring, avail_idx, next) {
-                Next::Head(h) => h,
-                Next::Empty => return PopTx::Empty,
-                Next::Corrupt => return PopTx::Broken,
-            }
-        }
+    let next = queue.next_avail();
+    let (head, next) = match next_head(ring, avail_idx, next) {
+        Next::Head(h) => (h, next),
+        _ => match head_when_not_ready(ring, avail_idx, fresh, queue) {
+            Ok(taken) => taken,
+            Err(none) => return none,
+        },
     };
     prefetch_ahead(ring, view, *avail_idx, next, hdr_len as u64, fresh);
     queue.set_next_avail(next.wrapping_add(1));
     if let Some(frame) = pop_in_one_buffer(ring, view, head, hdr_len, segs) {
         return frame;
     }
+    pop_tx_walk(ring, view, head, hdr_len, segs)
+}
+
+/// [`pop_tx`] when the ring held no chain or looked corrupt: the next head and its
+/// available index after a resynchronisation, else what to return.
+#[cold]
+#[inline(never)]
+fn head_when_not_ready(
+    ring: &SplitRing<'_>,
+    avail_idx: &mut u16,
+    fresh: bool,
+    queue: &mut Queue,
+) -> Result<(u16, u16), PopTx> {
+    let next = queue.next_avail();
+    match next_head(ring, avail_idx, next) {
+        Next::Head(h) => return Ok((h, next)),
+        Next::Empty => return Err(PopTx::Empty),
+        Next::Corrupt => {}
+    }
+    // Callers check `ready` once per burst, and end the burst on `Broken`.
+    if !resync_or_disable(queue, ring, *avail_idx, fresh) {
+        return Err(PopTx::Broken);
+    }
+    let next = queue.next_avail();
+    match next_head(ring, avail_idx, next) {
+        Next::Head(h) => Ok((h, next)),
+        Next::Empty => Err(PopTx::Empty),
+        Next::Corrupt => Err(PopTx::Broken),
+    }
+}
+
+/// The general case of [`pop_tx`]: chain `head` (already taken from the ring) walked
+/// descriptor by descriptor.
+#[inline(never)]
+fn pop_tx_walk<'m>(
+    ring: &SplitRing<'m>,
+    view: &mut GuestView<'m>,
+    head: u16,
+    hdr_len: usize,
+    segs: &mut Vec<Seg>,
+) -> PopTx {
     let start = segs.len();
     let mut skip = hdr_len as u64;
     let mut total: u64 = 0;
@@ -293,8 +327,11 @@ fn pop_in_one_buffer<'m>(
     }))
 }
 
-/// Fast-path [`super::RingView::deliver`].
+/// Fast-path [`super::RingView::deliver`]. Inlined into the caller's burst loop: the common
+/// shape (one buffer that holds the frame) is handled here, everything else by
+/// [`deliver_in_chains`], out of line.
 #[allow(clippy::too_many_arguments)]
+#[inline(always)]
 pub(super) fn deliver<'m>(
     ring: &SplitRing<'m>,
     view: &mut GuestView<'m>,
@@ -310,12 +347,39 @@ pub(super) fn deliver<'m>(
     scratch: &mut RxScratch,
     used: &mut UsedBatch,
 ) -> Result<(), DeliverError> {
-    let need = scratch.start(hdr_len, frame_len, edit)?;
+    let need = rx_need(hdr_len, frame_len, edit)?;
     if let Some(done) = deliver_in_one_buffer(
         ring, view, avail_idx, fresh, queue, hdr_len, src, src_segs, frame_len, edit, need, used,
     ) {
         return done;
     }
+    deliver_in_chains(
+        ring, view, avail_idx, fresh, queue, hdr_len, mrg_rxbuf, src, src_segs, frame_len, edit,
+        need, scratch, used,
+    )
+}
+
+/// The general case of [`deliver`]: the frame spread over as many chains (with mergeable
+/// buffers) and descriptors as it takes.
+#[allow(clippy::too_many_arguments)]
+#[inline(never)]
+fn deliver_in_chains<'m>(
+    ring: &SplitRing<'m>,
+    view: &mut GuestView<'m>,
+    avail_idx: &mut u16,
+    fresh: bool,
+    queue: &mut Queue,
+    hdr_len: usize,
+    mrg_rxbuf: bool,
+    src: &mut GuestView<'_>,
+    src_segs: &[Seg],
+    frame_len: u32,
+    edit: &FrameEdit,
+    need: u64,
+    scratch: &mut RxScratch,
+    used: &mut UsedBatch,
+) -> Result<(), DeliverError> {
+    scratch.clear();
     let mut have: u64 = 0;
     let mut bad_chain = false;
     let mut next = queue.next_avail();
