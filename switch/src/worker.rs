@@ -20,6 +20,7 @@ use virtio_queue::QueueT;
 use vm_memory::GuestAddressSpace;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
+use vringswitch_ports::counters::PortCounters;
 use vringswitch_ports::port::{GuestMem, GuestMemAtomic};
 use vringswitch_ports::vhost_user::guest_view::GuestView;
 use vringswitch_ports::vhost_user::rings::{
@@ -30,7 +31,7 @@ use vringswitch_ports::{Attachment, DropReason, PortId};
 use crate::ethernet::EthernetFrame;
 use crate::fdb::{fdb_key, FdbCache};
 use crate::stats::cycles;
-use crate::topology::Topology;
+use crate::topology::{BridgeRt, PortRt, Topology};
 use crate::vlan::Ingress;
 use crate::Switch;
 
@@ -49,12 +50,20 @@ struct PortCache {
     attachment: Option<Arc<Attachment>>,
 }
 
+/// A frame of the burst and what was decided for it.
+struct Frame {
+    tx: TxFrame,
+    dest: Dest,
+    /// The VLAN the frame came in on.
+    ingress: Ingress,
+}
+
+/// What a dropped frame is recorded with (it is never delivered).
+const UNTAGGED: Ingress = Ingress { vlan: 0, tci: None };
+
 /// Scratch space of one burst, sized at start-up.
 struct Burst {
-    frames: Vec<TxFrame>,
-    dests: Vec<Dest>,
-    /// The VLAN of each frame, as it came in.
-    ingress: Vec<Ingress>,
+    frames: Vec<Frame>,
     segs: Vec<Seg>,
     tx_used: UsedBatch,
     rx_used: UsedBatch,
@@ -66,8 +75,6 @@ impl Burst {
     fn new(burst: usize) -> Burst {
         Burst {
             frames: Vec::with_capacity(burst),
-            dests: Vec::with_capacity(burst),
-            ingress: Vec::with_capacity(burst),
             segs: Vec::with_capacity(burst * MAX_TX_SEGS),
             tx_used: Vec::with_capacity(burst),
             rx_used: Vec::with_capacity(vringswitch_ports::vhost_user::backend::MAX_QUEUE_SIZE),
@@ -271,13 +278,27 @@ impl Worker {
             return 0;
         }
         b.frames.clear();
-        b.dests.clear();
-        b.ingress.clear();
         b.segs.clear();
         b.tx_used.clear();
+        b.targets.clear();
+        let mut decide = Decision {
+            src,
+            src_rt,
+            bridge,
+            topology,
+            counters,
+            cache: &mut self.fdb_caches[src_rt.bridge],
+            synced: false,
+            now_s,
+            last: None,
+        };
+        let mut rx_bytes = 0u64;
+        let mut flood = false;
+        // Pop and decide in one pass, each frame on the stack copy of its header.
         let mut tx_ring = RingView::new(st.get_queue_mut(), src_mem);
         for _ in 0..self.burst_size {
-            match tx_ring.pop_tx(hdr_len, &mut b.segs) {
+            let tx = match tx_ring.pop_tx(hdr_len, &mut b.segs) {
+                PopTx::Frame(f) => f,
                 PopTx::Empty => break,
                 PopTx::Broken => {
                     counters.add_drop(DropReason::BadDescriptor, 1);
@@ -286,93 +307,24 @@ impl Worker {
                 PopTx::Bad { head, reason } => {
                     b.tx_used.push((head, 0));
                     counters.add_drop(reason, 1);
-                }
-                PopTx::Frame(f) => {
-                    b.tx_used.push((f.head, 0));
-                    b.frames.push(f);
-                }
-            }
-        }
-        let consumed = b.tx_used.len();
-        if consumed == 0 {
-            return 0;
-        }
-        // Source buffers are read through their own view while the TX ring stays borrowed.
-        let mut src_view = GuestView::new(src_mem);
-        self.switch.workers[self.index].stats.add_burst(consumed);
-
-        // Decide, on the stack copies of the headers.
-        let cache = &mut self.fdb_caches[src_rt.bridge];
-        cache.sync(&bridge.fdb);
-        let mut rx_bytes = 0u64;
-        let mut flood = false;
-        b.targets.clear();
-        // The decision of the previous frame that reached learning: (source key,
-        // destination key, destination). Reusing it within the burst changes nothing: the
-        // FDB cache it came from is synced once per burst, and the checks before learning
-        // (source address, port security, VLAN) still run for every frame.
-        let mut last: Option<(u64, u64, Dest)> = None;
-        for f in &b.frames {
-            rx_bytes += u64::from(f.len);
-            let eth = EthernetFrame::new_unchecked(&f.peek[..]);
-            let (smac, dmac) = (eth.src(), eth.dst());
-            let ingress = src_rt.vlan.ingress(&f.peek, f.len);
-            let dest = match ingress {
-                _ if smac.is_multicast() || smac.is_zero() => {
-                    counters.add_drop(DropReason::InvalidSrcMac, 1);
-                    Dest::Drop
-                }
-                // Before learning: a spoofed source must not move anyone's FDB entry.
-                _ if !src_rt.security.permits(smac) => {
-                    counters.add_drop(DropReason::MacSpoofed, 1);
-                    Dest::Drop
-                }
-                Err(_) => {
-                    counters.add_drop(DropReason::VlanFiltered, 1);
-                    Dest::Drop
-                }
-                Ok(Ingress { vlan, .. }) => {
-                    let (skey, dkey) = (fdb_key(smac, vlan), fdb_key(dmac, vlan));
-                    let dest = match last {
-                        // A run of frames of one flow: learned and looked up once.
-                        Some((s, d, dest)) if s == skey && d == dkey => dest,
-                        _ => {
-                            cache.learn(&bridge.fdb, skey, src, now_s);
-                            let dest = if dmac.is_multicast() {
-                                Dest::Flood
-                            } else {
-                                match cache.lookup(&bridge.fdb, dkey) {
-                                    Some(p) if p == src => Dest::Drop,
-                                    Some(p)
-                                        if topology
-                                            .port(p)
-                                            .is_some_and(|d| d.bridge == src_rt.bridge) =>
-                                    {
-                                        Dest::Port(p)
-                                    }
-                                    _ => Dest::Flood,
-                                }
-                            };
-                            last = Some((skey, dkey, dest));
-                            dest
-                        }
-                    };
-                    if dest == Dest::Drop {
-                        // The destination was learned on the source port.
-                        counters.add_drop(DropReason::Hairpin, 1);
-                    }
-                    dest
+                    continue;
                 }
             };
-            b.ingress
-                .push(ingress.unwrap_or(Ingress { vlan: 0, tci: None }));
+            b.tx_used.push((tx.head, 0));
+            rx_bytes += u64::from(tx.len);
+            let (ingress, dest) = decide.frame(&tx);
             match dest {
                 Dest::Flood => flood = true,
                 Dest::Port(p) if !b.targets.contains(&p) => b.targets.push(p),
                 _ => {}
             }
-            b.dests.push(dest);
+            b.frames.push(Frame { tx, dest, ingress });
         }
+        let consumed = b.tx_used.len();
+        if consumed == 0 {
+            return 0;
+        }
+        self.switch.workers[self.index].stats.add_burst(consumed);
         counters.add_rx(b.frames.len() as u64, rx_bytes);
         if flood {
             b.targets.clear();
@@ -380,7 +332,9 @@ impl Worker {
                 .extend(bridge.ports.iter().copied().filter(|&p| p != src));
         }
 
-        // Deliver, one destination ring at a time.
+        // Deliver, one destination ring at a time. Source buffers are read through their
+        // own view while the TX ring stays borrowed.
+        let mut src_view = GuestView::new(src_mem);
         for t in 0..b.targets.len() {
             let dst = b.targets[t];
             deliver_to(
@@ -402,6 +356,91 @@ impl Worker {
     }
 }
 
+/// What one burst's frames are decided with: the source port, its bridge and the bridge's
+/// FDB cache.
+struct Decision<'a> {
+    src: PortId,
+    src_rt: &'a PortRt,
+    bridge: &'a BridgeRt,
+    topology: &'a Topology,
+    counters: &'a PortCounters,
+    cache: &'a mut FdbCache,
+    /// Whether `cache` was synced with the FDB in this burst (before its first frame).
+    synced: bool,
+    now_s: u64,
+    /// The decision of the previous frame that reached learning: (source key, destination
+    /// key, destination). Reusing it within the burst changes nothing: the FDB cache it came
+    /// from is synced once per burst, and the checks before learning (source address, port
+    /// security, VLAN) still run for every frame.
+    last: Option<(u64, u64, Dest)>,
+}
+
+impl Decision<'_> {
+    /// The VLAN `tx` belongs to and where it goes; drops are counted here.
+    #[inline(always)]
+    fn frame(&mut self, tx: &TxFrame) -> (Ingress, Dest) {
+        let counters = self.counters;
+        let eth = EthernetFrame::new_unchecked(&tx.peek[..]);
+        let (smac, dmac) = (eth.src(), eth.dst());
+        let ingress = self.src_rt.vlan.ingress(&tx.peek, tx.len);
+        let vlan = match ingress {
+            _ if smac.is_multicast() || smac.is_zero() => {
+                counters.add_drop(DropReason::InvalidSrcMac, 1);
+                return (UNTAGGED, Dest::Drop);
+            }
+            // Before learning: a spoofed source must not move anyone's FDB entry.
+            _ if !self.src_rt.security.permits(smac) => {
+                counters.add_drop(DropReason::MacSpoofed, 1);
+                return (UNTAGGED, Dest::Drop);
+            }
+            Err(_) => {
+                counters.add_drop(DropReason::VlanFiltered, 1);
+                return (UNTAGGED, Dest::Drop);
+            }
+            Ok(i) => i,
+        };
+        let (skey, dkey) = (fdb_key(smac, vlan.vlan), fdb_key(dmac, vlan.vlan));
+        let dest = match self.last {
+            // A run of frames of one flow: learned and looked up once.
+            Some((s, d, dest)) if s == skey && d == dkey => dest,
+            _ => {
+                let dest = self.learn_and_look_up(skey, dkey, dmac.is_multicast());
+                self.last = Some((skey, dkey, dest));
+                dest
+            }
+        };
+        if dest == Dest::Drop {
+            // The destination was learned on the source port.
+            counters.add_drop(DropReason::Hairpin, 1);
+        }
+        (vlan, dest)
+    }
+
+    fn learn_and_look_up(&mut self, skey: u64, dkey: u64, multicast: bool) -> Dest {
+        let fdb = &self.bridge.fdb;
+        if !self.synced {
+            self.cache.sync(fdb);
+            self.synced = true;
+        }
+        self.cache.learn(fdb, skey, self.src, self.now_s);
+        if multicast {
+            return Dest::Flood;
+        }
+        match self.cache.lookup(fdb, dkey) {
+            Some(p) if p == self.src => Dest::Drop,
+            Some(p)
+                if self
+                    .topology
+                    .port(p)
+                    .is_some_and(|d| d.bridge == self.src_rt.bridge) =>
+            {
+                Dest::Port(p)
+            }
+            _ => Dest::Flood,
+        }
+    }
+}
+
 /// Copies every frame of the burst meant for `dst` into one of its RX rings.
 fn deliver_to(
     worker: usize,
@@ -419,22 +458,16 @@ fn deliver_to(
     let policy = &dst_rt.vlan;
     // Flooded frames go to the ports of their VLAN only; a frame sent to one port outside
     // its VLAN (a static entry, a policy changed meanwhile) is counted as filtered below.
-    let wanted = |d: &Dest, i: &Ingress| match *d {
+    let wanted = |f: &Frame| match f.dest {
         Dest::Port(p) => p == dst,
-        Dest::Flood => policy.is_member(i.vlan),
+        Dest::Flood => policy.is_member(f.ingress.vlan),
         Dest::Drop => false,
     };
     // Usually the first frame is wanted: a scan, not a count, on the common path.
-    if !b.dests.iter().zip(&b.ingress).any(|(d, i)| wanted(d, i)) {
+    if !b.frames.iter().any(wanted) {
         return;
     }
-    let count = || {
-        b.dests
-            .iter()
-            .zip(&b.ingress)
-            .filter(|(d, i)| wanted(d, i))
-            .count() as u64
-    };
+    let count = || b.frames.iter().filter(|f| wanted(f)).count() as u64;
     let Some(att) = attachment(topology, ports, dst) else {
         counters.add_drop(DropReason::PortDown, count());
         return;
@@ -462,11 +495,12 @@ fn deliver_to(
     b.rx_used.clear();
     let (mut packets, mut bytes) = (0u64, 0u64);
     let mut ring = RingView::new(st.get_queue_mut(), dst_mem);
-    for ((f, d), i) in b.frames.iter().zip(&b.dests).zip(&b.ingress) {
-        if !wanted(d, i) {
+    for f in &b.frames {
+        if !wanted(f) {
             continue;
         }
-        let Some(edit) = policy.egress(*i, &f.peek) else {
+        let tx = &f.tx;
+        let Some(edit) = policy.egress(f.ingress, &tx.peek) else {
             counters.add_drop(DropReason::VlanFiltered, 1);
             continue;
         };
@@ -474,15 +508,15 @@ fn deliver_to(
             hdr_len,
             mrg,
             src,
-            &b.segs[f.segs.clone()],
-            f.len,
+            &b.segs[tx.segs.clone()],
+            tx.len,
             &edit,
             &mut b.rx_scratch,
             &mut b.rx_used,
         ) {
             Ok(()) => {
                 packets += 1;
-                bytes += u64::from(edit.out_len(f.len).unwrap_or(f.len));
+                bytes += u64::from(edit.out_len(tx.len).unwrap_or(tx.len));
             }
             Err(e) => counters.add_drop(e.reason, 1),
         }
