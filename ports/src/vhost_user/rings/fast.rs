@@ -311,7 +311,13 @@ fn pop_in_one_buffer<'m>(
     let addr = d.addr.checked_add(hdr_len as u64)?;
     let frame = view.span(addr, len)?;
     let mut peek = [0u8; PEEK_LEN];
-    if !frame.read(0, &mut peek[..len.min(PEEK_LEN)]) {
+    // A fixed-size move for every frame but the shortest (a library call otherwise).
+    let read = if len >= PEEK_LEN {
+        frame.read(0, &mut peek)
+    } else {
+        frame.read(0, &mut peek[..len])
+    };
+    if !read {
         return None;
     }
     let start = segs.len();
