@@ -62,8 +62,8 @@ fuzz_target!(|data: &[u8]| {
             (PopTx::Empty, _) | (PopTx::Broken, _) => break,
             (PopTx::Frame(f), PopTx::Frame(g)) => {
                 assert_eq!((f.head, f.len), (g.head, g.len));
-                let fb = bytes_of(&fast_mem, &fast_segs[f.segs.clone()]);
-                let gb = bytes_of(&general_mem, &general_segs[g.segs.clone()]);
+                let fb = bytes_of(&fast_mem, f.segs_in(&fast_segs));
+                let gb = bytes_of(&general_mem, g.segs_in(&general_segs));
                 assert_eq!(fb.len(), f.len as usize);
                 assert_eq!(fb, gb);
                 let n = f.peek.len().min(fb.len());

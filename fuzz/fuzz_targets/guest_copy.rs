@@ -118,7 +118,7 @@ fuzz_target!(|data: &[u8]| {
                         hdr_len,
                         mrg,
                         &mut src_view,
-                        &segs[f.segs.clone()],
+                        f.segs_in(&segs),
                         f.len,
                         &edit,
                         &mut scratch,

@@ -312,13 +312,26 @@ impl Worker {
             };
             b.tx_used.push((tx.head, 0));
             rx_bytes += u64::from(tx.len);
-            let (ingress, dest) = decide.frame(&tx);
+            // Stored first, then decided on in place: moving a decided frame cost a store
+            // per field of its header copy (callgrind).
+            b.frames.push(Frame {
+                tx,
+                dest: Dest::Drop,
+                ingress: UNTAGGED,
+            });
+            let Some(f) = b.frames.last_mut() else {
+                continue;
+            };
+            let (ingress, dest) = decide.frame(&f.tx);
+            (f.ingress, f.dest) = (ingress, dest);
             match dest {
                 Dest::Flood => flood = true,
-                Dest::Port(p) if !b.targets.contains(&p) => b.targets.push(p),
+                // Usually the port of the frame before: checked first.
+                Dest::Port(p) if b.targets.last() != Some(&p) && !b.targets.contains(&p) => {
+                    b.targets.push(p)
+                }
                 _ => {}
             }
-            b.frames.push(Frame { tx, dest, ingress });
         }
         let consumed = b.tx_used.len();
         if consumed == 0 {
@@ -508,7 +521,7 @@ fn deliver_to(
             hdr_len,
             mrg,
             src,
-            &b.segs[tx.segs.clone()],
+            tx.segs_in(&b.segs),
             tx.len,
             &edit,
             &mut b.rx_scratch,

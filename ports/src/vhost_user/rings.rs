@@ -90,15 +90,39 @@ impl FrameEdit {
 }
 
 /// A frame popped from a TX queue. Its segments (header excluded) live in the caller's
-/// segment array at `segs`.
+/// segment array, at `seg_start..seg_end` ([`TxFrame::segs_in`]). 32 bytes: a frame is
+/// moved a few times per burst.
 #[derive(Debug, Clone)]
 pub struct TxFrame {
     pub head: u16,
-    pub segs: std::ops::Range<usize>,
     pub len: u32,
+    seg_start: u32,
+    seg_end: u32,
     /// The first bytes of the frame, copied once: decisions are made on this copy.
     pub peek: [u8; PEEK_LEN],
 }
+
+impl TxFrame {
+    /// A frame whose segments are `segs` of the caller's array (fewer than 2^32 entries).
+    #[inline]
+    fn new(head: u16, segs: std::ops::Range<usize>, len: u32, peek: [u8; PEEK_LEN]) -> TxFrame {
+        TxFrame {
+            head,
+            len,
+            seg_start: segs.start as u32,
+            seg_end: segs.end as u32,
+            peek,
+        }
+    }
+
+    /// The frame's segments, in `all`: the array given to [`RingView::pop_tx`].
+    #[inline]
+    pub fn segs_in<'a>(&self, all: &'a [Seg]) -> &'a [Seg] {
+        &all[self.seg_start as usize..self.seg_end as usize]
+    }
+}
+
+const _: () = assert!(std::mem::size_of::<TxFrame>() == 32);
 
 /// Result of popping one TX chain.
 #[derive(Debug)]
@@ -292,12 +316,7 @@ fn pop_tx_general(queue: &mut Queue, mem: &GuestMem, hdr_len: usize, segs: &mut 
     if read_segs(mem, &segs[start..], &mut peek[..n]).is_err() {
         return bad(segs, DropReason::BadDescriptor);
     }
-    PopTx::Frame(TxFrame {
-        head,
-        segs: start..segs.len(),
-        len: len as u32,
-        peek,
-    })
+    PopTx::Frame(TxFrame::new(head, start..segs.len(), len as u32, peek))
 }
 
 /// Copies the first `buf.len()` bytes described by `segs` into `buf`.

@@ -280,12 +280,7 @@ fn pop_tx_walk<'m>(
         }
         done += k;
     }
-    PopTx::Frame(TxFrame {
-        head,
-        segs: start..segs.len(),
-        len: len as u32,
-        peek,
-    })
+    PopTx::Frame(TxFrame::new(head, start..segs.len(), len as u32, peek))
 }
 
 /// The common case of [`pop_tx`], without the general walk: chain `head` is a single
@@ -325,12 +320,12 @@ fn pop_in_one_buffer<'m>(
         addr,
         len: len as u32,
     });
-    Some(PopTx::Frame(TxFrame {
+    Some(PopTx::Frame(TxFrame::new(
         head,
-        segs: start..start + 1,
-        len: len as u32,
+        start..start + 1,
+        len as u32,
         peek,
-    }))
+    )))
 }
 
 /// Fast-path [`super::RingView::deliver`]. Inlined into the caller's burst loop: the common

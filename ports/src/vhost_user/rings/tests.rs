@@ -98,7 +98,7 @@ fn pop_tx_skips_a_header_that_straddles_descriptors(fast: bool) {
     assert_eq!(tx.len, 100);
     assert_eq!(tx.peek[..], f[..PEEK_LEN]);
     assert_eq!(
-        &segs[tx.segs.clone()],
+        tx.segs_in(&segs),
         &[
             Seg {
                 addr: BUF + 0x104,
