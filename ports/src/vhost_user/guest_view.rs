@@ -109,10 +109,10 @@ impl HostSpan<'_> {
 /// Translates guest-physical addresses of one VM, remembering the last region used.
 pub struct GuestView<'m> {
     mem: &'m GuestMem,
-    /// The cached region: guest-physical `[start, end)` and the host address of `start`.
-    /// `start == end` means nothing is cached.
+    /// The cached region: guest-physical `[start, start + size)` and the host address of
+    /// `start`. `size == 0` means nothing is cached.
     start: u64,
-    end: u64,
+    size: u64,
     host: *mut u8,
 }
 
@@ -121,7 +121,7 @@ impl<'m> GuestView<'m> {
         GuestView {
             mem,
             start: 0,
-            end: 0,
+            size: 0,
             host: std::ptr::null_mut(),
         }
     }
@@ -136,13 +136,15 @@ impl<'m> GuestView<'m> {
     // Always inlined: the compiler left one call per frame otherwise (callgrind).
     #[inline(always)]
     fn piece(&mut self, addr: u64, len: usize) -> Option<(*mut u8, usize)> {
-        if !(self.start <= addr && addr < self.end) {
+        // One comparison: below `start` the difference wraps past any region's size.
+        if addr.wrapping_sub(self.start) >= self.size {
             self.load_region(addr)?;
         }
-        let off = addr - self.start;
-        let n = usize::try_from(self.end - addr).map_or(len, |room| room.min(len));
-        // SAFETY: `start <= addr < end`, so `off` is less than the region's length and the
-        // result points inside the region's mapping, which lives for 'm (module docs).
+        let off = addr.wrapping_sub(self.start);
+        let n = usize::try_from(self.size - off).map_or(len, |room| room.min(len));
+        // SAFETY: `off = addr - start < size` (checked above, or made so by load_region, which
+        // only caches a region holding `addr`), so the result points inside the region's
+        // mapping, which lives for 'm (module docs).
         let p = unsafe { self.host.add(off as usize) };
         Some((p, n))
     }
@@ -156,7 +158,7 @@ impl<'m> GuestView<'m> {
         if end <= addr {
             return None;
         }
-        (self.start, self.end, self.host) = (start, end, host);
+        (self.start, self.size, self.host) = (start, end - start, host);
         Some(())
     }
 

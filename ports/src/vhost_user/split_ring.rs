@@ -121,6 +121,8 @@ impl<'m> DescTable<'m> {
 /// The rings of one split virtqueue, checked once.
 pub struct SplitRing<'m> {
     size: u16,
+    /// `size - 1`: slots are indexes masked with it.
+    mask: u16,
     desc: DescTable<'m>,
     /// `struct virtq_avail`: flags, idx, ring[size], used_event.
     avail: NonNull<u8>,
@@ -149,6 +151,7 @@ impl<'m> SplitRing<'m> {
         }
         Some(SplitRing {
             size,
+            mask: size - 1,
             desc: DescTable {
                 base: desc,
                 len: size,
@@ -193,7 +196,7 @@ impl<'m> SplitRing<'m> {
     /// hardware division, several per frame on the fast path.
     #[inline]
     fn slot(&self, idx: u16) -> usize {
-        usize::from(idx & (self.size - 1))
+        usize::from(idx & self.mask)
     }
 
     /// The head index in available slot `idx` (reduced modulo the ring size).
