@@ -426,4 +426,30 @@ mod tests {
             assert_eq!(b, [2]);
         }
     }
+
+    #[test]
+    fn the_cached_region_ends_exactly_at_its_bounds() {
+        let m = mem();
+        let mut v = GuestView::new(&m);
+        m.write_slice(&[7], GuestAddress(0x10fff)).unwrap();
+        m.write_slice(&[9], GuestAddress(0x3fff)).unwrap();
+        let mut b = [0u8; 1];
+        assert!(v.read(0x10000, &mut b), "caches [0x10000, 0x11000)");
+        assert!(
+            !v.read(0xffff, &mut b),
+            "one below the cached region: a hole"
+        );
+        assert!(v.read(0x10fff, &mut b));
+        assert_eq!(b, [7]);
+        assert!(
+            !v.read(0x11000, &mut b),
+            "one past the cached region: a hole"
+        );
+        assert!(
+            v.read(0x3fff, &mut b),
+            "below the cached region: another region"
+        );
+        assert_eq!(b, [9]);
+        assert!(!v.read(u64::MAX, &mut b));
+    }
 }
