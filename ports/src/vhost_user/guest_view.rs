@@ -162,12 +162,14 @@ impl<'m> GuestView<'m> {
         Some(())
     }
 
-    /// Starts loading the cache line holding guest address `addr`, if it is guest memory.
-    /// A hint only: it reads nothing and cannot fault.
-    #[inline]
-    pub fn prefetch(&mut self, addr: u64) {
-        if let Some((p, _)) = self.piece(addr, 1) {
-            prefetch(p);
+    /// Starts loading the cache line holding guest address `addr`, if it lies in the cached
+    /// region (the region is not looked up for a hint). A hint only: it reads nothing and
+    /// cannot fault.
+    #[inline(always)]
+    pub fn prefetch(&self, addr: u64) {
+        let off = addr.wrapping_sub(self.start);
+        if off < self.size {
+            prefetch(self.host.wrapping_add(off as usize));
         }
     }
 

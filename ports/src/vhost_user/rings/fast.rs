@@ -100,7 +100,7 @@ fn next_head(ring: &SplitRing<'_>, avail_idx: &mut u16, next: u16) -> Next {
 #[inline(always)]
 fn prefetch_ahead(
     ring: &SplitRing<'_>,
-    view: &mut GuestView<'_>,
+    view: &GuestView<'_>,
     avail_idx: u16,
     next: u16,
     skip: u64,
@@ -120,9 +120,9 @@ fn prefetch_ahead(
         return;
     }
     if let Some(d) = table.get(ring.avail_head(one)) {
-        if d.flags & F_INDIRECT == 0 {
-            view.prefetch(d.addr.wrapping_add(skip.min(u64::from(d.len))));
-        }
+        // Whatever the descriptor holds (an indirect table, a buffer shorter than `skip`),
+        // the line is guest memory or not requested.
+        view.prefetch(d.addr.wrapping_add(skip));
     }
     let two = one.wrapping_add(1);
     if known(two) {
