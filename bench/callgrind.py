@@ -22,7 +22,7 @@ import urllib.request
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import run as B  # noqa: E402
 
-FUNCTIONS = ["fast::deliver", "fast::pop_tx", "RingView::publish_used", "Worker::run"]
+FUNCTIONS = ["Worker::run"]
 
 
 def main():

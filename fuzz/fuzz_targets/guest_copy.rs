@@ -13,7 +13,7 @@ use virtio_queue::QueueT;
 use vm_memory::{Bytes, GuestAddress};
 use vringswitch_ports::vhost_user::guest_view::GuestView;
 use vringswitch_ports::vhost_user::rings::{
-    FrameEdit, PopTx, RingView, RxScratch, UsedBatch, MAX_TX_SEGS,
+    FrameEdit, PopTx, RingView, RxScratch, MAX_TX_SEGS,
 };
 
 #[path = "rings.rs"]
@@ -98,8 +98,6 @@ fuzz_target!(|data: &[u8]| {
     allowed.push(used_ring(dst_used, dst_size));
 
     let mut segs = Vec::with_capacity(MAX_TX_SEGS * 64);
-    let mut tx_used = UsedBatch::new();
-    let mut rx_used = UsedBatch::new();
     let mut scratch = RxScratch::default();
     {
         let mut tx = RingView::new(&mut src_q, &src_mem);
@@ -111,9 +109,9 @@ fuzz_target!(|data: &[u8]| {
             }
             match tx.pop_tx(hdr_len, &mut segs) {
                 PopTx::Empty | PopTx::Broken => break,
-                PopTx::Bad { head, .. } => tx_used.push((head, 0)),
+                PopTx::Bad { head, .. } => tx.add_used(head, 0),
                 PopTx::Frame(f) => {
-                    tx_used.push((f.head, 0));
+                    tx.add_used(f.head, 0);
                     let _ = rx.deliver(
                         hdr_len,
                         mrg,
@@ -122,13 +120,12 @@ fuzz_target!(|data: &[u8]| {
                         f.len,
                         &edit,
                         &mut scratch,
-                        &mut rx_used,
                     );
                 }
             }
         }
-        let _ = rx.publish_used(&rx_used);
-        let _ = tx.publish_used(&tx_used);
+        let _ = rx.publish_used();
+        let _ = tx.publish_used();
     }
     // The writes may have rewritten the destination's own descriptors: what they say after
     // counts as well.

@@ -23,9 +23,7 @@ use vmm_sys_util::eventfd::EventFd;
 use vringswitch_ports::counters::PortCounters;
 use vringswitch_ports::port::{GuestMem, GuestMemAtomic};
 use vringswitch_ports::vhost_user::guest_view::GuestView;
-use vringswitch_ports::vhost_user::rings::{
-    PopTx, RingView, RxScratch, Seg, TxFrame, UsedBatch, MAX_TX_SEGS,
-};
+use vringswitch_ports::vhost_user::rings::{PopTx, RingView, RxScratch, Seg, TxFrame, MAX_TX_SEGS};
 use vringswitch_ports::{Attachment, DropReason, PortId};
 
 use crate::ethernet::EthernetFrame;
@@ -65,8 +63,6 @@ const UNTAGGED: Ingress = Ingress { vlan: 0, tci: None };
 struct Burst {
     frames: Vec<Frame>,
     segs: Vec<Seg>,
-    tx_used: UsedBatch,
-    rx_used: UsedBatch,
     rx_scratch: RxScratch,
     targets: Vec<PortId>,
 }
@@ -76,8 +72,6 @@ impl Burst {
         Burst {
             frames: Vec::with_capacity(burst),
             segs: Vec::with_capacity(burst * MAX_TX_SEGS),
-            tx_used: Vec::with_capacity(burst),
-            rx_used: Vec::with_capacity(vringswitch_ports::vhost_user::backend::MAX_QUEUE_SIZE),
             rx_scratch: RxScratch::default(),
             targets: Vec::with_capacity(256),
         }
@@ -279,7 +273,6 @@ impl Worker {
         }
         b.frames.clear();
         b.segs.clear();
-        b.tx_used.clear();
         b.targets.clear();
         let mut decide = Decision {
             src,
@@ -296,6 +289,7 @@ impl Worker {
         let mut flood = false;
         // Pop and decide in one pass, each frame on the stack copy of its header.
         let mut tx_ring = RingView::new(st.get_queue_mut(), src_mem);
+        let mut consumed = 0;
         for _ in 0..self.burst_size {
             let tx = match tx_ring.pop_tx(hdr_len, &mut b.segs) {
                 PopTx::Frame(f) => f,
@@ -305,12 +299,15 @@ impl Worker {
                     break;
                 }
                 PopTx::Bad { head, reason } => {
-                    b.tx_used.push((head, 0));
+                    tx_ring.add_used(head, 0);
+                    consumed += 1;
                     counters.add_drop(reason, 1);
                     continue;
                 }
             };
-            b.tx_used.push((tx.head, 0));
+            // The used entry is written now, published after the copies.
+            tx_ring.add_used(tx.head, 0);
+            consumed += 1;
             rx_bytes += u64::from(tx.len);
             // Stored first, then decided on in place: moving a decided frame cost a store
             // per field of its header copy (callgrind).
@@ -333,7 +330,6 @@ impl Worker {
                 _ => {}
             }
         }
-        let consumed = b.tx_used.len();
         if consumed == 0 {
             return 0;
         }
@@ -362,7 +358,7 @@ impl Worker {
         }
 
         // Give the TX chains back, notify the sender once.
-        if let Ok(true) = tx_ring.publish_used(&b.tx_used) {
+        if let Ok(true) = tx_ring.publish_used() {
             let _ = st.signal_used_queue();
         }
         consumed
@@ -505,7 +501,6 @@ fn deliver_to(
             return;
         }
     }
-    b.rx_used.clear();
     let (mut packets, mut bytes) = (0u64, 0u64);
     let mut ring = RingView::new(st.get_queue_mut(), dst_mem);
     for f in &b.frames {
@@ -525,7 +520,6 @@ fn deliver_to(
             tx.len,
             &edit,
             &mut b.rx_scratch,
-            &mut b.rx_used,
         ) {
             Ok(()) => {
                 packets += 1;
@@ -534,7 +528,7 @@ fn deliver_to(
             Err(e) => counters.add_drop(e.reason, 1),
         }
     }
-    match ring.publish_used(&b.rx_used) {
+    match ring.publish_used() {
         Ok(notify) => {
             counters.add_tx(packets, bytes);
             if notify {

@@ -148,6 +148,11 @@ pub struct RingView<'q, 'm> {
     /// The queue's next available index when this view was made: while it has not moved,
     /// no chain of this burst is in flight.
     burst_start: u16,
+    /// Where the next used entry goes. Entries from the queue's `next_used` up to here are
+    /// written in the used ring but not yet published (`publish_used`).
+    used_next: u16,
+    /// A used entry could not be written (general path: the used ring left guest memory).
+    used_broken: bool,
 }
 
 impl<'q, 'm> RingView<'q, 'm> {
@@ -155,25 +160,29 @@ impl<'q, 'm> RingView<'q, 'm> {
     pub fn new(queue: &'q mut Queue, mem: &'m GuestMem) -> RingView<'q, 'm> {
         let mut view = GuestView::new(mem);
         let split = SplitRing::new(queue, &mut view);
-        let avail_idx = queue.next_avail();
+        let (avail_idx, used_next) = (queue.next_avail(), queue.next_used());
         RingView {
             queue,
             view,
             split,
             avail_idx,
             burst_start: avail_idx,
+            used_next,
+            used_broken: false,
         }
     }
 
     /// A view that always takes the general path (for tests and comparisons).
     pub fn general(queue: &'q mut Queue, mem: &'m GuestMem) -> RingView<'q, 'm> {
-        let avail_idx = queue.next_avail();
+        let (avail_idx, used_next) = (queue.next_avail(), queue.next_used());
         RingView {
             queue,
             view: GuestView::new(mem),
             split: None,
             avail_idx,
             burst_start: avail_idx,
+            used_next,
+            used_broken: false,
         }
     }
 
@@ -201,8 +210,8 @@ impl<'q, 'm> RingView<'q, 'm> {
     }
 
     /// Copies one frame, `frame_len` bytes in `src_segs` of the VM seen by `src`, changed
-    /// by `edit`, into this RX queue. The chains used are appended to `used` (published later by
-    /// [`Self::publish_used`]); on a shortage nothing is consumed.
+    /// by `edit`, into this RX queue. The chains used are written to the used ring, to be
+    /// published by [`Self::publish_used`]; on a shortage nothing is consumed.
     #[allow(clippy::too_many_arguments)]
     #[inline]
     pub fn deliver(
@@ -214,7 +223,6 @@ impl<'q, 'm> RingView<'q, 'm> {
         frame_len: u32,
         edit: &FrameEdit,
         scratch: &mut RxScratch,
-        used: &mut UsedBatch,
     ) -> Result<(), DeliverError> {
         match &self.split {
             Some(ring) => fast::deliver(
@@ -230,31 +238,54 @@ impl<'q, 'm> RingView<'q, 'm> {
                 frame_len,
                 edit,
                 scratch,
-                used,
+                &mut self.used_next,
             ),
-            None => deliver_general(
-                self.queue,
+            None => {
+                let mem = self.view.mem();
+                let mut used =
+                    GeneralUsed::of(self.queue, &mut self.used_next, &mut self.used_broken);
+                deliver_general(
+                    self.queue,
+                    mem,
+                    hdr_len,
+                    mrg_rxbuf,
+                    src.mem(),
+                    src_segs,
+                    frame_len,
+                    edit,
+                    scratch,
+                    &mut |head, len| used.put(mem, head, len),
+                )
+            }
+        }
+    }
+
+    /// Gives chain `head` back to the driver with `len` bytes written: its used entry is
+    /// written now and published by [`Self::publish_used`]. A head past the ring (only a
+    /// corrupt ring offers one) has no slot to go back to and is skipped.
+    #[inline]
+    pub fn add_used(&mut self, head: u16, len: u32) {
+        match &self.split {
+            Some(ring) => fast::put_used(ring, &mut self.used_next, head, len),
+            None => GeneralUsed::of(self.queue, &mut self.used_next, &mut self.used_broken).put(
                 self.view.mem(),
-                hdr_len,
-                mrg_rxbuf,
-                src.mem(),
-                src_segs,
-                frame_len,
-                edit,
-                scratch,
-                used,
+                head,
+                len,
             ),
         }
     }
 
-    /// Writes the used entries of a burst and publishes them with one used.idx store; tells
-    /// the driver not to kick (VRING_USED_F_NO_NOTIFY, without EVENT_IDX) since the worker
-    /// is polling. Returns whether the driver asked to be notified (EVENT_IDX or
-    /// VRING_AVAIL_F_NO_INTERRUPT).
-    pub fn publish_used(&mut self, used: &[(u16, u32)]) -> Result<bool, BrokenUsedRing> {
+    /// Publishes the used entries written since the last publication (by `deliver` and
+    /// `add_used`) with one used.idx store; tells the driver not to kick
+    /// (VRING_USED_F_NO_NOTIFY, without EVENT_IDX) since the worker is polling. Returns
+    /// whether the driver asked to be notified (EVENT_IDX or VRING_AVAIL_F_NO_INTERRUPT).
+    pub fn publish_used(&mut self) -> Result<bool, BrokenUsedRing> {
+        if self.used_broken {
+            return Err(BrokenUsedRing);
+        }
         match &self.split {
-            Some(ring) => fast::publish_used(ring, self.queue, used),
-            None => publish_used_general(self.queue, self.view.mem(), used),
+            Some(ring) => Ok(fast::publish_used(ring, self.queue, self.used_next)),
+            None => publish_used_general(self.queue, self.view.mem(), self.used_next),
         }
     }
 }
@@ -449,9 +480,11 @@ impl RxScratch {
     }
 
     /// Every chain popped for this frame goes back to the guest unused (a malformed chain
-    /// cannot be rewound past). Returns the error to report.
-    fn give_back(&self, used: &mut UsedBatch) -> DeliverError {
-        used.extend(self.chains.iter().map(|&(head, _)| (head, 0)));
+    /// cannot be rewound past), through `used`. Returns the error to report.
+    fn give_back(&self, mut used: impl FnMut(u16, u32)) -> DeliverError {
+        for &(head, _) in &self.chains {
+            used(head, 0);
+        }
         DeliverError {
             reason: DropReason::BadDescriptor,
         }
@@ -476,11 +509,11 @@ impl RxScratch {
     }
 
     /// Used entries for the chains holding `need` bytes, filled in order.
-    fn complete(&self, need: u64, used: &mut UsedBatch) {
+    fn complete(&self, need: u64, mut used: impl FnMut(u16, u32)) {
         let mut left = need;
         for &(head, cap) in &self.chains {
             let n = left.min(u64::from(cap));
-            used.push((head, n as u32));
+            used(head, n as u32);
             left -= n;
         }
     }
@@ -514,8 +547,47 @@ fn rx_need(hdr_len: usize, frame_len: u32, edit: &FrameEdit) -> Result<u64, Deli
     Ok(hdr_len as u64 + u64::from(out_len))
 }
 
-/// Used-ring entries (head, written length) waiting to be published for one queue.
-pub type UsedBatch = Vec<(u16, u32)>;
+/// General-path used entries: written through vm-memory's checked accessors.
+struct GeneralUsed<'a> {
+    /// Guest address of the used ring, and the ring's size.
+    ring: u64,
+    size: u16,
+    next: &'a mut u16,
+    broken: &'a mut bool,
+}
+
+impl<'a> GeneralUsed<'a> {
+    fn of(queue: &Queue, next: &'a mut u16, broken: &'a mut bool) -> GeneralUsed<'a> {
+        GeneralUsed {
+            ring: queue.used_ring(),
+            size: queue.size(),
+            next,
+            broken,
+        }
+    }
+
+    /// Writes the used entry (head, len) at the next index; a failure is remembered and
+    /// reported when the entries are published.
+    fn put(&mut self, mem: &GuestMem, head: u16, len: u32) {
+        if head >= self.size {
+            // A head the driver never could have offered (its ring is corrupt): there is no
+            // used slot to give back.
+            return;
+        }
+        let slot = u64::from(*self.next % self.size);
+        let mut raw = [0u8; 8];
+        raw[..4].copy_from_slice(&u32::from(head).to_le_bytes());
+        raw[4..].copy_from_slice(&len.to_le_bytes());
+        let written = self
+            .ring
+            .checked_add(4 + slot * 8)
+            .is_some_and(|at| mem.write_slice(&raw, GuestAddress(at)).is_ok());
+        if !written {
+            *self.broken = true;
+        }
+        *self.next = self.next.wrapping_add(1);
+    }
+}
 
 /// Why a delivery failed, and whether guest buffers were consumed doing so.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -535,7 +607,7 @@ fn deliver_general(
     frame_len: u32,
     edit: &FrameEdit,
     scratch: &mut RxScratch,
-    used: &mut UsedBatch,
+    used: &mut impl FnMut(u16, u32),
 ) -> Result<(), DeliverError> {
     let need = rx_need(hdr_len, frame_len, edit)?;
     scratch.clear();
@@ -577,7 +649,7 @@ fn deliver_general(
         }
     }
     if bad_chain {
-        return Err(scratch.give_back(used));
+        return Err(scratch.give_back(&mut *used));
     }
     if have < need {
         for _ in 0..scratch.chains.len() {
@@ -604,9 +676,9 @@ fn deliver_general(
     });
     if copied.is_err() {
         // Memory changed under us (e.g. a region was removed): hand the buffers back empty.
-        return Err(scratch.give_back(used));
+        return Err(scratch.give_back(&mut *used));
     }
-    scratch.complete(need, used);
+    scratch.complete(need, &mut *used);
     Ok(())
 }
 
@@ -615,13 +687,15 @@ fn deliver_general(
 #[error("used ring outside guest memory")]
 pub struct BrokenUsedRing;
 
-/// General-path [`RingView::publish_used`].
+/// General-path [`RingView::publish_used`]: the entries up to `next` are written.
 fn publish_used_general(
     queue: &mut Queue,
     mem: &GuestMem,
-    used: &[(u16, u32)],
+    next: u16,
 ) -> Result<bool, BrokenUsedRing> {
-    if used.is_empty() {
+    let old = Wrapping(queue.next_used());
+    let idx = Wrapping(next);
+    if idx == old {
         return Ok(false);
     }
     // While the worker polls, kicks only cost the driver a system call and wake a thread.
@@ -629,31 +703,9 @@ fn publish_used_general(
         .disable_notification(mem)
         .map_err(|_| BrokenUsedRing)?;
     let size = queue.size();
-    if size == 0 {
-        return Err(BrokenUsedRing);
-    }
     let base = GuestAddress(queue.used_ring());
-    let old = Wrapping(queue.next_used());
-    let mut idx = old;
-    for &(head, len) in used {
-        if head >= size {
-            // A head the driver never could have offered (its ring is corrupt): there is no
-            // used slot to give back.
-            continue;
-        }
-        let slot = u64::from(idx.0 % size);
-        let entry = base
-            .0
-            .checked_add(4 + slot * 8)
-            .ok_or(BrokenUsedRing)
-            .map(GuestAddress)?;
-        let mut raw = [0u8; 8];
-        raw[..4].copy_from_slice(&u32::from(head).to_le_bytes());
-        raw[4..].copy_from_slice(&len.to_le_bytes());
-        mem.write_slice(&raw, entry).map_err(|_| BrokenUsedRing)?;
-        idx += Wrapping(1);
-    }
-    // Release: the entries above must be visible before the driver sees the new index.
+    // Release: the entries written before must be visible before the driver sees the new
+    // index.
     mem.store(
         u16::to_le(idx.0),
         base.checked_add(2).ok_or(BrokenUsedRing)?,

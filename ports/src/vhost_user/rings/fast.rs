@@ -12,8 +12,8 @@ use virtio_bindings::virtio_ring::{
 use virtio_queue::{Queue, QueueT};
 
 use super::{
-    rx_head, rx_need, BrokenUsedRing, DeliverError, FrameEdit, PopTx, RxScratch, Seg, TxFrame,
-    UsedBatch, MAX_FRAME_LEN, MAX_RX_CHAINS, MAX_RX_SEGS, MAX_TX_SEGS, MIN_FRAME_LEN, PEEK_LEN,
+    rx_head, rx_need, DeliverError, FrameEdit, PopTx, RxScratch, Seg, TxFrame, MAX_FRAME_LEN,
+    MAX_RX_CHAINS, MAX_RX_SEGS, MAX_TX_SEGS, MIN_FRAME_LEN, PEEK_LEN,
 };
 use crate::counters::DropReason;
 use crate::vhost_user::guest_view::GuestView;
@@ -346,7 +346,7 @@ pub(super) fn deliver<'m>(
     frame_len: u32,
     edit: &FrameEdit,
     scratch: &mut RxScratch,
-    used: &mut UsedBatch,
+    used: &mut u16,
 ) -> Result<(), DeliverError> {
     let need = rx_need(hdr_len, frame_len, edit)?;
     if let Some(done) = deliver_in_one_buffer(
@@ -378,7 +378,7 @@ fn deliver_in_chains<'m>(
     edit: &FrameEdit,
     need: u64,
     scratch: &mut RxScratch,
-    used: &mut UsedBatch,
+    used: &mut u16,
 ) -> Result<(), DeliverError> {
     scratch.clear();
     let mut have: u64 = 0;
@@ -404,7 +404,7 @@ fn deliver_in_chains<'m>(
                     continue;
                 }
                 queue.set_ready(false);
-                return Err(scratch.give_back(used));
+                return Err(scratch.give_back(|head, len| put_used(ring, used, head, len)));
             }
         };
         prefetch_ahead(
@@ -449,7 +449,7 @@ fn deliver_in_chains<'m>(
     if bad_chain {
         // A malformed chain cannot be rewound past: every popped chain goes back unused.
         queue.set_next_avail(next);
-        return Err(scratch.give_back(used));
+        return Err(scratch.give_back(|head, len| put_used(ring, used, head, len)));
     }
     if have < need {
         // Nothing consumed: the queue's position was not moved.
@@ -468,9 +468,9 @@ fn deliver_in_chains<'m>(
         frame_len - u32::from(edit.skip),
     ) {
         // Cannot happen with the ranges checked above; hand the buffers back empty.
-        return Err(scratch.give_back(used));
+        return Err(scratch.give_back(|head, len| put_used(ring, used, head, len)));
     }
-    scratch.complete(need, used);
+    scratch.complete(need, |head, len| put_used(ring, used, head, len));
     Ok(())
 }
 
@@ -492,7 +492,7 @@ fn deliver_in_one_buffer<'m>(
     frame_len: u32,
     edit: &FrameEdit,
     need: u64,
-    used: &mut UsedBatch,
+    used: &mut u16,
 ) -> Option<Result<(), DeliverError>> {
     let next = queue.next_avail();
     let Next::Head(head) = next_head(ring, avail_idx, next) else {
@@ -536,12 +536,12 @@ fn deliver_in_one_buffer<'m>(
     }
     if !ok || left > 0 {
         // Cannot happen with the ranges checked (here and when the frame was popped).
-        used.push((head, 0));
+        put_used(ring, used, head, 0);
         return Some(Err(DeliverError {
             reason: DropReason::BadDescriptor,
         }));
     }
-    used.push((head, need as u32));
+    put_used(ring, used, head, need as u32);
     Some(Ok(()))
 }
 
@@ -602,37 +602,34 @@ fn write_then_copy(
     true
 }
 
-/// Fast-path [`super::RingView::publish_used`].
-pub(super) fn publish_used(
-    ring: &SplitRing<'_>,
-    queue: &mut Queue,
-    used: &[(u16, u32)],
-) -> Result<bool, BrokenUsedRing> {
-    if used.is_empty() {
-        return Ok(false);
+/// Fast-path [`super::RingView::add_used`]: writes used entry (head, len) at index `next`
+/// and moves `next` on; skips a head past the ring (no slot to give back).
+#[inline(always)]
+pub(super) fn put_used(ring: &SplitRing<'_>, next: &mut u16, head: u16, len: u32) {
+    if head < ring.size() {
+        ring.put_used(*next, head, len);
+        *next = next.wrapping_add(1);
     }
+}
+
+/// Fast-path [`super::RingView::publish_used`]: the entries up to `next` are written.
+pub(super) fn publish_used(ring: &SplitRing<'_>, queue: &mut Queue, next: u16) -> bool {
     let old = queue.next_used();
-    let mut idx = old;
+    if next == old {
+        return false;
+    }
     if !queue.event_idx_enabled() {
         ring.suppress_kicks();
     }
-    for &(head, len) in used {
-        if head >= ring.size() {
-            // A head the driver never could have offered: there is no slot to give back.
-            continue;
-        }
-        ring.put_used(idx, head, len);
-        idx = idx.wrapping_add(1);
-    }
-    ring.set_used_idx(idx);
-    queue.set_next_used(idx);
+    ring.set_used_idx(next);
+    queue.set_next_used(next);
     // The index store must be visible before we read the driver's suppression state.
     std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
     if queue.event_idx_enabled() {
         let used_event = ring.used_event();
-        // Notify if used_event lies in [old, idx): Linux's vring_need_event.
-        Ok(idx.wrapping_sub(used_event).wrapping_sub(1) < idx.wrapping_sub(old))
+        // Notify if used_event lies in [old, next): Linux's vring_need_event.
+        next.wrapping_sub(used_event).wrapping_sub(1) < next.wrapping_sub(old)
     } else {
-        Ok(ring.avail_flags() & VRING_AVAIL_F_NO_INTERRUPT as u16 == 0)
+        ring.avail_flags() & VRING_AVAIL_F_NO_INTERRUPT as u16 == 0
     }
 }

@@ -61,7 +61,24 @@ fn publish_used(
     fast: bool,
     used: &[(u16, u32)],
 ) -> Result<bool, BrokenUsedRing> {
-    ring(q, m, fast).publish_used(used)
+    let mut r = ring(q, m, fast);
+    for &(head, len) in used {
+        r.add_used(head, len);
+    }
+    r.publish_used()
+}
+
+/// The used entries of `q` published from index `from` on, as the driver reads them.
+fn published_since(q: &Queue, m: &GuestMem, from: u16) -> Vec<(u16, u32)> {
+    let mut out = Vec::new();
+    let mut i = from;
+    while i != q.next_used() {
+        let at = q.used_ring() + 4 + 8 * u64::from(i % q.size());
+        let [head, len]: [u32; 2] = m.read_obj(GuestAddress(at)).unwrap();
+        out.push((head as u16, len));
+        i = i.wrapping_add(1);
+    }
+    out
 }
 
 fn frame(len: usize) -> Vec<u8> {
@@ -185,7 +202,7 @@ fn deliver_frame(
     mrg_rxbuf: bool,
     src: &[Seg],
     len: u32,
-    used: &mut UsedBatch,
+    used: &mut Vec<(u16, u32)>,
 ) -> Result<(), DeliverError> {
     deliver_edited(q, m, fast, mrg_rxbuf, src, len, &FrameEdit::NONE, used)
 }
@@ -199,9 +216,11 @@ fn deliver_edited(
     src: &[Seg],
     len: u32,
     edit: &FrameEdit,
-    used: &mut UsedBatch,
+    used: &mut Vec<(u16, u32)>,
 ) -> Result<(), DeliverError> {
-    ring(q, m, fast).deliver(
+    let from = q.next_used();
+    let mut r = ring(q, m, fast);
+    let delivered = r.deliver(
         12,
         mrg_rxbuf,
         &mut GuestView::new(m),
@@ -209,8 +228,10 @@ fn deliver_edited(
         len,
         edit,
         &mut RxScratch::default(),
-        used,
-    )
+    );
+    r.publish_used().unwrap();
+    used.extend(published_since(q, m, from));
+    delivered
 }
 
 fn source(m: &GuestMem, len: usize) -> (Vec<u8>, Vec<Seg>) {
@@ -403,6 +424,39 @@ fn publish_used_writes_entries_then_index_once(fast: bool) {
     assert_eq!(q.next_used(), 2);
 }
 
+/// Used entries are written as chains are given back, and stay invisible to the driver
+/// (its used index unmoved) until one publication makes them all visible.
+fn used_entries_wait_for_their_publication(fast: bool) {
+    let m = mem();
+    let vq = MockSplitQueue::new(&m, 8);
+    let mut q: Queue = vq.create_queue().unwrap();
+    let used = vq.used_addr().0;
+    let idx = |m: &GuestMem| m.read_obj::<u16>(GuestAddress(used + 2)).unwrap();
+    {
+        let mut r = ring(&mut q, &m, fast);
+        r.add_used(3, 100);
+        r.add_used(9, 1); // past the ring: skipped
+        r.add_used(5, 0);
+        assert_eq!(idx(&m), 0, "nothing published yet");
+        let e1: [u32; 2] = m.read_obj(GuestAddress(used + 12)).unwrap();
+        assert_eq!(e1, [5, 0], "written ahead, in order");
+        r.publish_used().unwrap();
+        assert_eq!(idx(&m), 2);
+        assert!(!r.publish_used().unwrap(), "nothing new: no notification");
+        assert_eq!(idx(&m), 2);
+    }
+    assert_eq!(q.next_used(), 2);
+    assert_eq!(published_since(&q, &m, 0), vec![(3, 100), (5, 0)]);
+    // A later view goes on from there, wrapping at the ring's size.
+    let mut r = ring(&mut q, &m, fast);
+    for head in 0..8 {
+        r.add_used(head, 1);
+    }
+    r.publish_used().unwrap();
+    assert_eq!(idx(&m), 10);
+    assert_eq!(published_since(&q, &m, 8), vec![(6, 1), (7, 1)]);
+}
+
 fn publish_used_honours_event_idx_and_no_interrupt(fast: bool) {
     let m = mem();
     let vq = MockSplitQueue::new(&m, 8);
@@ -459,7 +513,7 @@ fn a_corrupt_avail_index_disables_the_queue() {
     vq.avail().idx().store(u16::to_le(100));
     let mut q: Queue = vq.create_queue().unwrap();
     let (_, src) = source(&m, 60);
-    let mut used = UsedBatch::new();
+    let mut used = Vec::new();
     let err = deliver_frame(&mut q, &m, true, true, &src, 60, &mut used).unwrap_err();
     assert_eq!(err.reason, DropReason::BadDescriptor);
     assert!(!q.ready());
@@ -538,19 +592,19 @@ fn one_buffer_delivery_writes_exactly_the_frame(fast: bool) {
                 m.write_slice(&[0xEE; 256], GuestAddress(BUF)).unwrap();
                 offer(&vq, 0, &[desc(BUF, 2048, true)]);
                 let mut q: Queue = vq.create_queue().unwrap();
-                let mut used = Vec::new();
-                ring(&mut q, &m, fast)
-                    .deliver(
-                        hdr_len,
-                        hdr_len == 12,
-                        &mut GuestView::new(&m),
-                        &src,
-                        len as u32,
-                        &edit,
-                        &mut RxScratch::default(),
-                        &mut used,
-                    )
-                    .unwrap();
+                let mut r = ring(&mut q, &m, fast);
+                r.deliver(
+                    hdr_len,
+                    hdr_len == 12,
+                    &mut GuestView::new(&m),
+                    &src,
+                    len as u32,
+                    &edit,
+                    &mut RxScratch::default(),
+                )
+                .unwrap();
+                r.publish_used().unwrap();
+                let used = published_since(&q, &m, 0);
                 let total = hdr_len + want.len();
                 assert_eq!(used, vec![(0, total as u32)], "{hdr_len} {len} {edit:?}");
                 let mut b = [0u8; 256];
@@ -600,5 +654,6 @@ on_both_paths!(
     edits_replace_the_head_of_the_frame,
     one_buffer_delivery_writes_exactly_the_frame,
     publish_used_writes_entries_then_index_once,
+    used_entries_wait_for_their_publication,
     publish_used_honours_event_idx_and_no_interrupt
 );
