@@ -4,9 +4,13 @@ the machine's noise does not move. The release binary runs under valgrind's call
 bench/run.py's testpmd generator offering frames of SIZE bytes for 40 s (every burst full, so
 idle polls hardly count); the program's total is divided by the frames the worker forwarded.
 
-    bench/callgrind.py 64 [BINARY]        # default: target/release/vringswitch
+    bench/callgrind.py 64 [BINARY]          # default: target/release/vringswitch
+    bench/callgrind.py 64 [BINARY] --lines  # and where they go, by source line
 
 Prints instructions per frame, in all and for the data path's main functions (inclusive).
+With --lines, also the 40 source lines of the project that cost most per frame: each
+instruction is charged to the innermost line of the project it was inlined from (a
+`Vec::push` inlined into a line of worker.rs counts for that line), via addr2line.
 Needs valgrind (apt-get install valgrind) and what bench/run.py sets up (hugepages,
 dpdk-testpmd): run that once first. The profile stays in /tmp/vs-callgrind/out.SIZE for
 callgrind_annotate.
@@ -26,11 +30,14 @@ FUNCTIONS = ["Worker::run"]
 
 
 def main():
-    if len(sys.argv) not in (2, 3):
+    args = sys.argv[1:]
+    by_line = "--lines" in args
+    args = [a for a in args if a != "--lines"]
+    if len(args) not in (1, 2):
         sys.exit(__doc__)
-    size = int(sys.argv[1])
+    size = int(args[0])
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    binary = sys.argv[2] if len(sys.argv) == 3 else f"{root}/target/release/vringswitch"
+    binary = os.path.abspath(args[1]) if len(args) == 2 else f"{root}/target/release/vringswitch"
     for tool in ("valgrind", "callgrind_annotate"):
         if subprocess.run(["which", tool], capture_output=True).returncode != 0:
             sys.exit(f"{tool} is missing: apt-get install valgrind")
@@ -48,7 +55,9 @@ def main():
         f.write("\n".join(lines) + "\n")
     out = f"{work}/out.{size}"
     log = open(f"{work}/vs.log", "w")
-    vs = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
+    per_instr = ["--dump-instr=yes", "--compress-pos=no", "--compress-strings=no"]
+    vs = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"]
+                          + (per_instr if by_line else []) + [
                            binary, "--config", f"{work}/vs.toml",
                            "--api", f"127.0.0.1:{B.API_PORT}"],
                           stdout=log, stderr=subprocess.STDOUT)
@@ -86,6 +95,48 @@ def main():
     for fn in FUNCTIONS:
         if fn in per:
             print(f"  {fn}: {per[fn] / frames:.0f} per frame (inclusive)")
+    if by_line:
+        print_lines(out, binary, root, frames)
+
+
+def print_lines(out, binary, root, frames, top=40):
+    """The project's source lines that cost most per frame (self cost, inlining resolved)."""
+    counts = {}
+    fn_obj, skip_next = None, False
+    with open(out) as f:
+        for line in f:
+            if line.startswith("ob="):
+                fn_obj = line[3:].strip()
+            elif line.startswith("calls="):
+                skip_next = True  # the next cost line is the call's inclusive cost
+            elif line.startswith("0x"):
+                if skip_next:
+                    skip_next = False
+                    continue
+                parts = line.split()
+                if fn_obj == binary and len(parts) > 2:
+                    a = int(parts[0], 16)
+                    counts[a] = counts.get(a, 0) + int(parts[2])
+    hot = [a for a, c in counts.items() if c >= frames // 100]
+    resolved = subprocess.run(["addr2line", "-i", "-a", "-e", binary],
+                              input="".join(f"{a:#x}\n" for a in hot),
+                              capture_output=True, text=True, check=True).stdout
+    per_line, addr = {}, None
+    charged = set()
+    for line in resolved.splitlines():
+        if re.fullmatch(r"0x[0-9a-f]+", line):
+            addr = int(line, 16)
+            continue
+        # Frames come innermost first: charge the first one in the project's sources.
+        if addr in charged or not line.startswith(root + "/"):
+            continue
+        key = line[len(root) + 1:].split(" ")[0]
+        per_line[key] = per_line.get(key, 0) + counts[addr]
+        charged.add(addr)
+    rest = sum(c for a, c in counts.items() if a not in charged)
+    print(f"\nby source line (self, per frame; {rest / frames:.0f} of the binary elsewhere; libraries not counted):")
+    for key, c in sorted(per_line.items(), key=lambda kv: -kv[1])[:top]:
+        print(f"  {c / frames:6.1f}  {key}")
 
 
 if __name__ == "__main__":
