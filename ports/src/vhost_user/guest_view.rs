@@ -113,7 +113,7 @@ pub struct GuestView<'m> {
     /// `start`. `size == 0` means nothing is cached.
     start: u64,
     size: u64,
-    host: *mut u8,
+    host: NonNull<u8>,
 }
 
 impl<'m> GuestView<'m> {
@@ -122,7 +122,7 @@ impl<'m> GuestView<'m> {
             mem,
             start: 0,
             size: 0,
-            host: std::ptr::null_mut(),
+            host: NonNull::dangling(),
         }
     }
 
@@ -145,14 +145,14 @@ impl<'m> GuestView<'m> {
         // SAFETY: `off = addr - start < size` (checked above, or made so by load_region, which
         // only caches a region holding `addr`), so the result points inside the region's
         // mapping, which lives for 'm (module docs).
-        let p = unsafe { self.host.add(off as usize) };
+        let p = unsafe { self.host.as_ptr().add(off as usize) };
         Some((p, n))
     }
 
     #[cold]
     fn load_region(&mut self, addr: u64) -> Option<()> {
         let r = self.mem.find_region(GuestAddress(addr))?;
-        let host = r.get_host_address(MemoryRegionAddress(0)).ok()?;
+        let host = NonNull::new(r.get_host_address(MemoryRegionAddress(0)).ok()?)?;
         let start = r.start_addr().0;
         let end = start.checked_add(r.len())?;
         if end <= addr {
@@ -169,7 +169,7 @@ impl<'m> GuestView<'m> {
     pub fn prefetch(&self, addr: u64) {
         let off = addr.wrapping_sub(self.start);
         if off < self.size {
-            prefetch(self.host.wrapping_add(off as usize));
+            prefetch(self.host.as_ptr().wrapping_add(off as usize));
         }
     }
 
@@ -177,11 +177,19 @@ impl<'m> GuestView<'m> {
     /// indirect descriptor tables must, as DPDK's vhost library also requires.
     #[inline]
     pub fn contiguous(&mut self, addr: u64, len: usize) -> Option<NonNull<u8>> {
-        if len == 0 {
+        let mut off = addr.wrapping_sub(self.start);
+        if off >= self.size {
+            self.load_region(addr)?;
+            off = addr - self.start;
+        }
+        // Not empty and within the region, in one comparison (`len - 1` wraps for 0).
+        if (len as u64).wrapping_sub(1) >= self.size - off {
             return None;
         }
-        let (p, n) = self.piece(addr, len)?;
-        (n == len).then(|| NonNull::new(p)).flatten()
+        // SAFETY: `off < size` (checked above, or made so by load_region, which only caches a
+        // region holding `addr`), so the result points inside the region's mapping, which
+        // lives for 'm (module docs); a pointer into a mapping is not null.
+        Some(unsafe { self.host.add(off as usize) })
     }
 
     /// `[addr, addr + len)` translated once, if it is not empty and lies in one region.
