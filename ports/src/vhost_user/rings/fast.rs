@@ -16,7 +16,7 @@ use super::{
     MAX_RX_CHAINS, MAX_RX_SEGS, MAX_TX_SEGS, MIN_FRAME_LEN, PEEK_LEN,
 };
 use crate::counters::DropReason;
-use crate::vhost_user::guest_view::GuestView;
+use crate::vhost_user::guest_view::{GuestView, HostSpan};
 use crate::vhost_user::split_ring::{Desc, DescTable, SplitRing};
 
 const F_NEXT: u16 = VRING_DESC_F_NEXT as u16;
@@ -515,24 +515,28 @@ fn deliver_in_one_buffer<'m>(
     // The frame from its first `skip` bytes on, a piece per source segment.
     let (mut at, mut skip) = (n, usize::from(edit.skip));
     let mut left = (frame_len - u32::from(edit.skip)) as usize;
-    for s in src_segs {
-        if left == 0 {
-            break;
+    match src_segs {
+        // The usual source, a frame in one buffer: one piece.
+        [s] if s.len == frame_len => {
+            ok &= copy_piece(view, &dst, d.addr, at, src, s.addr + skip as u64, left);
+            left = 0;
         }
-        let k = skip.min(s.len as usize);
-        skip -= k;
-        let len = (s.len as usize - k).min(left);
-        if len == 0 {
-            continue;
+        _ => {
+            for s in src_segs {
+                if left == 0 {
+                    break;
+                }
+                let k = skip.min(s.len as usize);
+                skip -= k;
+                let len = (s.len as usize - k).min(left);
+                if len == 0 {
+                    continue;
+                }
+                ok &= copy_piece(view, &dst, d.addr, at, src, s.addr + k as u64, len);
+                at += len;
+                left -= len;
+            }
         }
-        let from = s.addr + k as u64;
-        ok &= match src.span(from, len) {
-            Some(piece) => dst.copy_from(at, &piece, 0, len),
-            // A segment across two adjacent regions: copied region by region.
-            None => view.copy_from(d.addr + at as u64, src, from, len),
-        };
-        at += len;
-        left -= len;
     }
     if !ok || left > 0 {
         // Cannot happen with the ranges checked (here and when the frame was popped).
@@ -543,6 +547,25 @@ fn deliver_in_one_buffer<'m>(
     }
     put_used(ring, used, head, need as u32);
     Some(Ok(()))
+}
+
+/// Copies `len` bytes of the source VM at `from` to `at` in `dst`, the span at guest address
+/// `dst_addr` of `view`'s VM.
+#[inline(always)]
+fn copy_piece(
+    view: &mut GuestView<'_>,
+    dst: &HostSpan<'_>,
+    dst_addr: u64,
+    at: usize,
+    src: &mut GuestView<'_>,
+    from: u64,
+    len: usize,
+) -> bool {
+    match src.span(from, len) {
+        Some(piece) => dst.copy_from(at, &piece, 0, len),
+        // A segment across two adjacent regions: copied region by region.
+        None => view.copy_from(dst_addr + at as u64, src, from, len),
+    }
 }
 
 /// Fills the destination segments with `hdr`, then with `len` bytes of the source segments
