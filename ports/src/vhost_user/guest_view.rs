@@ -177,19 +177,27 @@ impl<'m> GuestView<'m> {
     /// indirect descriptor tables must, as DPDK's vhost library also requires.
     #[inline]
     pub fn contiguous(&mut self, addr: u64, len: usize) -> Option<NonNull<u8>> {
-        let mut off = addr.wrapping_sub(self.start);
+        let off = addr.wrapping_sub(self.start);
         if off >= self.size {
-            self.load_region(addr)?;
-            off = addr - self.start;
+            return self.contiguous_elsewhere(addr, len);
         }
         // Not empty and within the region, in one comparison (`len - 1` wraps for 0).
         if (len as u64).wrapping_sub(1) >= self.size - off {
             return None;
         }
-        // SAFETY: `off < size` (checked above, or made so by load_region, which only caches a
-        // region holding `addr`), so the result points inside the region's mapping, which
-        // lives for 'm (module docs); a pointer into a mapping is not null.
+        // SAFETY: `off < size` (checked above), so the result points inside the cached
+        // region's mapping, which lives for 'm (module docs); a pointer into a mapping is
+        // not null.
         Some(unsafe { self.host.add(off as usize) })
+    }
+
+    /// [`Self::contiguous`] for an address outside the cached region: the region is looked
+    /// up first. Out of line, so the common case keeps its registers.
+    #[cold]
+    #[inline(never)]
+    fn contiguous_elsewhere(&mut self, addr: u64, len: usize) -> Option<NonNull<u8>> {
+        self.load_region(addr)?;
+        self.contiguous(addr, len)
     }
 
     /// `[addr, addr + len)` translated once, if it is not empty and lies in one region.
