@@ -12,8 +12,9 @@ hugepages, builds the release binaries, then measures, interleaved in one run:
   ports, OVS-DPDK with a NORMAL bridge and two dpdkvhostuserclient ports) at every size,
   switch after switch within each round; Mpps per port from the generator, and the switch's
   own busy cycles per packet;
-- scaling: vringswitch with 2, 8 and 32 ports all carrying traffic, 8 ports in two VLANs,
-  and one port flooding broadcasts to 31 others;
+- scaling: vringswitch with 2, 8 and 32 ports all carrying traffic, 8 ports in two VLANs
+  (each round; medians reported), testpmd io-fwd with as many ports after each (the
+  anchor's scaling), and 32 ports flooding broadcasts to each other;
 - idle: CPU used by each switch with two connected, idle ports, as % of a core;
 - latency: one frame at a time through each switch at 1000 frames/s (p50/p99, one way and
   round trip), and vringswitch's wake-up: the first frame after 1 s of idle.
@@ -280,9 +281,9 @@ def measure_vringswitch(work, size, secs, nports=2, vlans=None):
 
 
 class TestpmdSwitch:
-    def __init__(self, work):
+    def __init__(self, work, nports=2):
         self.work = Path(work)
-        self.socks = [str(self.work / f"t{i}.sock") for i in range(2)]
+        self.socks = [str(self.work / f"t{i}.sock") for i in range(nports)]
         for s in self.socks:
             Path(s).unlink(missing_ok=True)
         self.out = self.work / "testpmd-switch.log"
@@ -396,6 +397,32 @@ def throughput_ovs(work, size, secs):
 def scaling(work, nports, secs, vlans=None):
     mpps, cpp, burst = measure_vringswitch(work, 64, secs, nports, vlans)
     return {"ports": nports, "mpps_total": sum(mpps), "cycles_per_packet": cpp, "burst": burst}
+
+
+def median_scaling(runs):
+    """One setup's scaling rows over the rounds, as one row of medians."""
+    med = statistics.median
+    row = {"label": runs[0]["label"], "ports": runs[0]["ports"],
+           "mpps_total": med(s["mpps_total"] for s in runs),
+           "cycles_per_packet": med(s["cycles_per_packet"] for s in runs),
+           "burst": med(s["burst"] for s in runs)}
+    t = [s["testpmd"] for s in runs if "testpmd" in s]
+    if t:
+        row["testpmd"] = {"ports": row["ports"], "mpps_total": med(x["mpps_total"] for x in t),
+                          "cycles_per_packet": med(x["cycles_per_packet"] for x in t)}
+    return row
+
+
+def scaling_testpmd(work, nports, secs):
+    """The anchor's scaling: testpmd io-fwd with `nports` vhost ports (paired 0-1, 2-3, ...,
+    as the generator's), same traffic. Its cost per packet at 32 ports against 2 says what
+    the rings and buffers of more ports cost a switch that makes no decision."""
+    sw = TestpmdSwitch(work, nports)
+    try:
+        mpps = run_generator(work, sw.socks, 64, secs)
+    finally:
+        cpp = sw.stop()
+    return {"ports": nports, "mpps_total": sum(mpps), "cycles_per_packet": cpp}
 
 
 def flooding(work, nports, secs):
@@ -541,14 +568,26 @@ def throughput_report(res, L):
 
 def scaling_report(res, L):
     if res.get("scaling"):
-        L.append("### Scaling (vringswitch, 64 B, every port carrying traffic)\n")
-        L.append("| setup | ports | total Mpps | busy cycles/pkt | vs 2 ports | frames per burst |")
-        L.append("|---|---|---|---|---|---|")
+        L.append("### Scaling (64 B, every port carrying traffic; medians over the rounds)\n")
+        L.append("testpmd io-fwd with as many vhost ports, same traffic, measured after each "
+                 "vringswitch row: what more ports cost a switch that makes no decision.\n")
+        L.append("| setup | ports | total Mpps | busy cycles/pkt | vs 2 ports | frames per burst "
+                 "| testpmd total Mpps | testpmd cycles/pkt | testpmd vs its 2 ports |")
+        L.append("|---|---|---|---|---|---|---|---|---|")
         base = res["scaling"][0]["cycles_per_packet"]
+        tbase = res["scaling"][0].get("testpmd", {}).get("cycles_per_packet", 0.0)
         for s in res["scaling"]:
+            t = s.get("testpmd")
+            anchor = (f"{t['mpps_total']:.3f} | {t['cycles_per_packet']:.0f} "
+                      f"| {ratio(t['cycles_per_packet'], tbase):.2f}") if t else " | | "
             L.append(f"| {s['label']} | {s['ports']} | {s['mpps_total']:.3f} "
                      f"| {s['cycles_per_packet']:.0f} | {ratio(s['cycles_per_packet'], base):.2f} "
-                     f"| {s.get('burst', 0):.1f} |")
+                     f"| {s.get('burst', 0):.1f} | {anchor} |")
+        if len(res.get("scaling_runs", [])) > len(res["scaling"]):
+            L.append("\nBusy cycles/pkt in each round, vringswitch (testpmd): " + "; ".join(
+                f"{s['label']} round {s['round']}: {s['cycles_per_packet']:.0f}"
+                + (f" ({s['testpmd']['cycles_per_packet']:.0f})" if "testpmd" in s else "")
+                for s in res["scaling_runs"]) + ".")
         f = res.get("flood")
         if f:
             L.append(f"\nFlooding: {f['ports']} ports each send back every frame they receive as a "
@@ -684,17 +723,23 @@ def main():
                         "cpp": statistics.median(m["cpp"] for m in ms) if ms else 0.0,
                     }
         if "scaling" in parts:
-            res["scaling"] = []
-            for label, nports, vlans in (
+            setups = (
                 ("2 ports", 2, None),
                 ("8 ports", 8, None),
                 ("8 ports, VLANs 10 and 20", 8, [10] * 4 + [20] * 4),
                 ("32 ports", 32, None),
-            ):
-                s = scaling(work(), nports, args.secs, vlans)
-                s["label"] = label
-                log(f"scaling {label}: {s}")
-                res["scaling"].append(s)
+            )
+            res["scaling_runs"] = []
+            for r in range(1, args.rounds + 1):
+                for label, nports, vlans in setups:
+                    s = scaling(work(), nports, args.secs, vlans)
+                    s["label"], s["round"] = label, r
+                    if not vlans and "testpmd" in args.switches:
+                        s["testpmd"] = scaling_testpmd(work(), nports, args.secs)
+                    log(f"scaling round {r} {label}: {s}")
+                    res["scaling_runs"].append(s)
+            res["scaling"] = [median_scaling([s for s in res["scaling_runs"] if s["label"] == label])
+                              for label, _, _ in setups]
             res["flood"] = flooding(work(), 32, args.secs)
             log(f"flood: {res['flood']}")
         if "idle" in parts:
