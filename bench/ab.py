@@ -5,6 +5,7 @@ process and one 30 s generator run sampled every 3 s. Prints each run's samples,
 median and quartiles per binary.
 
     sudo bench/ab.py 64 /tmp/vs-old /tmp/vs-new
+    GEN_BURST=128 bench/ab.py 64 ...     # more frames in flight: the switch saturated
 
 Needs what bench/run.py sets up (hugepages, dpdk-testpmd): run that once first.
 """
@@ -16,6 +17,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import run as B
 work = "/tmp/abwork"; os.makedirs(work, exist_ok=True)
 size = int(sys.argv[1]); bins = sys.argv[2:]
+B.GEN_BURST[0] = int(os.environ.get("GEN_BURST", "32"))
 res = {b: [] for b in bins}
 for r in range(3):
     for b in bins:

@@ -45,6 +45,8 @@ ROOT = Path(__file__).resolve().parent.parent
 API_PORT = int(os.environ.get("API_PORT", "19180"))
 SWITCH_CPU = 1
 GEN_CPU = 0
+# The generator's burst: also the frames each port has in flight from --tx-first.
+GEN_BURST = [32]
 TESTPMD = "dpdk-testpmd"
 OVS_VSWITCHD = "/usr/lib/openvswitch-switch-dpdk/ovs-vswitchd-dpdk"
 OVS_SCHEMA = "/usr/share/openvswitch/vswitch.ovsschema"
@@ -132,7 +134,7 @@ def generator(work, socks, size, secs, server=False, mode="mac", prefix="vsbgen"
         "-l", f"{SWITCH_CPU},{GEN_CPU}", "--main-lcore", str(SWITCH_CPU),
         "--no-pci", "--single-file-segments", "-m", str(mem), "--file-prefix", prefix,
         *vdevs, "--", "--nb-cores=1", f"--forward-mode={mode}", *peer_args,
-        f"--txpkts={size}", "--stats-period", "1",
+        f"--txpkts={size}", "--stats-period", "1", "--record-core-cycles", f"--burst={GEN_BURST[0]}",
     ]
     if mode == "mac":
         cmd.append("--tx-first")
@@ -155,6 +157,14 @@ def stop_process_group(p, sig, timeout=30):
         p.wait()
 
 
+LAST_GEN_CPP = [0.0]
+
+
+def core_busy(cpp, mpps_ports):
+    """Share of a core busy at `cpp` cycles per packet for the total rate of `mpps_ports`."""
+    return cpp * sum(mpps_ports) * 1e6 / TSC_HZ[0] if TSC_HZ[0] else 0.0
+
+
 def stop_generator(p, out):
     """Stops a generator (with --stats-period, testpmd runs until SIGINT) and parses its log."""
     stop_process_group(p, signal.SIGINT)
@@ -166,6 +176,9 @@ def stop_generator(p, out):
             if m:
                 per_port.setdefault(int(port), []).append(int(m.group(1)))
     clean_hugepages()
+    # The generator's own busy cycles per packet it forwarded (--record-core-cycles).
+    m = re.findall(r"CPU cycles/packet=([0-9.]+)", text)
+    LAST_GEN_CPP[0] = float(m[-1]) if m else 0.0
     res = []
     for port in sorted(per_port):
         s = [x for x in per_port[port] if x > 0][1:]
@@ -535,7 +548,8 @@ def report(res):
     env = res["machine"]
     tsc = f", TSC {res['tsc_hz'] / 1e9:.3f} GHz" if res.get("tsc_hz") else ""
     L.append(f"Run {res['date']} at commit `{res['commit']}` on {env}{tsc}, "
-             f"{res['secs']} s per measurement, {res['rounds']} rounds.\n")
+             f"{res['secs']} s per measurement, {res['rounds']} rounds, generator burst "
+             f"{res.get('gen_burst', 32)}.\n")
     if res["summary"]:
         throughput_report(res, L)
     scaling_report(res, L)
@@ -557,12 +571,19 @@ def throughput_report(res, L):
                  f"| {v['cpp']:.0f} | {t['cpp']:.0f} | {o['cpp']:.0f} "
                  f"| {ratio(v['cpp'], t['cpp']):.2f} | {ratio(v['cpp'], o['cpp']):.2f} |")
     L.append("\nEvery measurement, in the order taken:\n")
-    L.append("| round | frame B | switch | Mpps port 0 / port 1 | busy cycles/pkt | frames per burst |")
-    L.append("|---|---|---|---|---|---|")
+    L.append("Busy shares are cycles per packet times packets per second, over the TSC rate: "
+             "a switch short of 100% waited for frames, so its Mpps measured the loop (the "
+             "generator's core and the frames in flight) more than the switch.\n")
+    L.append("| round | frame B | switch | Mpps port 0 / port 1 | busy cycles/pkt | switch core busy "
+             "| frames per burst | generator cycles/pkt | generator core busy |")
+    L.append("|---|---|---|---|---|---|---|---|---|")
     for m in res["throughput"]:
         ports = " / ".join(f"{x:.3f}" for x in m["mpps_ports"])
         burst = f"{m['burst']:.1f}" if m.get("burst") else ""
-        L.append(f"| {m['round']} | {m['size']} | {m['switch']} | {ports} | {m['cpp']:.0f} | {burst} |")
+        gen = m.get("gen_cpp", 0.0)
+        L.append(f"| {m['round']} | {m['size']} | {m['switch']} | {ports} | {m['cpp']:.0f} "
+                 f"| {core_busy(m['cpp'], m['mpps_ports']):.0%} | {burst} "
+                 f"| {gen:.0f} | {core_busy(gen, m['mpps_ports']):.0%} |")
     L.append("\n![throughput and cycles per packet](benchmarks.png)\n")
 
 
@@ -685,15 +706,20 @@ def main():
     ap.add_argument("--switches", nargs="+", default=list(SWITCHES), choices=SWITCHES)
     ap.add_argument("--only", choices=["throughput", "scaling", "idle", "latency"], action="append",
                     help="run only these parts (repeatable)")
+    ap.add_argument("--gen-burst", type=int, default=32,
+                    help="the generator's burst, and so the frames each port has in flight "
+                         "(--tx-first sends one burst per port); the default 32 leaves every "
+                         "switch but the slowest waiting on the loop part of the time")
     ap.add_argument("--no-docs", action="store_true", help="print the report, leave docs/ alone")
     ap.add_argument("--json", help="also write the raw results here")
     args = ap.parse_args()
     parts = set(args.only or ["throughput", "scaling", "idle", "latency"])
+    GEN_BURST[0] = args.gen_burst
     setup(build=not os.environ.get("VRINGSWITCH_BIN"))
     commit = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT,
                             capture_output=True, text=True).stdout.strip()
     res = {"date": time.strftime("%Y-%m-%d"), "commit": commit, "machine": machine(),
-           "secs": args.secs, "rounds": args.rounds, "throughput": [], "summary": {}}
+           "secs": args.secs, "rounds": args.rounds, "gen_burst": args.gen_burst, "throughput": [], "summary": {}}
     measure = {"vringswitch": measure_vringswitch, "testpmd": throughput_testpmd,
                "ovs": throughput_ovs}
     with tempfile.TemporaryDirectory(prefix="vsbench.") as tmp:
@@ -713,7 +739,8 @@ def main():
                         mpps, cpp, burst = measure[sw](work(), size, args.secs)
                         log(f"round {r} {size} B {sw}: {mpps} Mpps, {cpp:.0f} cycles/pkt")
                         res["throughput"].append({"round": r, "size": size, "switch": sw,
-                                                  "mpps_ports": mpps, "cpp": cpp, "burst": burst})
+                                                  "mpps_ports": mpps, "cpp": cpp, "burst": burst,
+                                                  "gen_cpp": LAST_GEN_CPP[0]})
             for size in args.sizes:
                 res["summary"][size] = {}
                 for sw in SWITCHES:
