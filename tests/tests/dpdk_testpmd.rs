@@ -254,6 +254,22 @@ fn loopback(frame_len: usize) {
         p0_tx > 10_000 && p1_tx > 10_000,
         "frames must flow: {stats:?}"
     );
+    // The virtio PMD took its in-order paths: the traffic above ran on them.
+    let log = daemon.log_text();
+    for port in ["vm1", "vm2"] {
+        let features = log
+            .lines()
+            .filter(|l| l.contains("port rings ready") && l.contains(&format!("port=\"{port}\"")))
+            .filter_map(|l| l.split("features=0x").nth(1))
+            .filter_map(|hex| u64::from_str_radix(hex.split_whitespace().next()?, 16).ok())
+            .last()
+            .unwrap_or_else(|| panic!("no negotiated features logged for {port}:\n{log}"));
+        assert_ne!(
+            features & (1 << 35),
+            0,
+            "{port} without VIRTIO_F_IN_ORDER: {features:#x}"
+        );
+    }
     assert_eq!((p0_rxd, p1_rxd), (0, 0), "testpmd RX drops");
     // Everything testpmd sent on port 0 was received from vm1, and vice versa.
     assert_eq!(rx1, p0_tx, "vm1 rx vs testpmd port 0 TX");
