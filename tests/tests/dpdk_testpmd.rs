@@ -262,7 +262,7 @@ fn loopback(frame_len: usize) {
             .filter(|l| l.contains("port rings ready") && l.contains(&format!("port=\"{port}\"")))
             .filter_map(|l| l.split("features=0x").nth(1))
             .filter_map(|hex| u64::from_str_radix(hex.split_whitespace().next()?, 16).ok())
-            .last()
+            .next_back()
             .unwrap_or_else(|| panic!("no negotiated features logged for {port}:\n{log}"));
         assert_ne!(
             features & (1 << 35),
