@@ -160,6 +160,28 @@ def stop_process_group(p, sig, timeout=30):
 LAST_GEN_CPP = [0.0]
 
 
+def balanced(m):
+    """Whether a throughput measurement is sound: frames circulate, so every port of the
+    loop must carry about the same rate. One port at zero, or far below the other, means a
+    port that never came up or stalled, not a rate."""
+    ports = m["mpps_ports"]
+    return bool(ports) and max(ports) > 0 and min(ports) >= 0.9 * max(ports)
+
+
+def summarize(res):
+    """Medians over the rounds per size and switch, sound measurements only."""
+    res["summary"] = {}
+    for size in dict.fromkeys(m["size"] for m in res["throughput"]):
+        res["summary"][size] = {}
+        for sw in SWITCHES:
+            ms = [m for m in res["throughput"]
+                  if m["size"] == size and m["switch"] == sw and balanced(m)]
+            res["summary"][size][sw] = {
+                "mpps": statistics.median(statistics.mean(m["mpps_ports"]) for m in ms) if ms else 0.0,
+                "cpp": statistics.median(m["cpp"] for m in ms) if ms else 0.0,
+            }
+
+
 def core_busy(cpp, mpps_ports):
     """Share of a core busy at `cpp` cycles per packet for the total rate of `mpps_ports`."""
     return cpp * sum(mpps_ports) * 1e6 / TSC_HZ[0] if TSC_HZ[0] else 0.0
@@ -581,6 +603,8 @@ def throughput_report(res, L):
         ports = " / ".join(f"{x:.3f}" for x in m["mpps_ports"])
         burst = f"{m['burst']:.1f}" if m.get("burst") else ""
         gen = m.get("gen_cpp", 0.0)
+        if not balanced(m):
+            ports += " (unbalanced: left out of the medians)"
         L.append(f"| {m['round']} | {m['size']} | {m['switch']} | {ports} | {m['cpp']:.0f} "
                  f"| {core_busy(m['cpp'], m['mpps_ports']):.0%} | {burst} "
                  f"| {gen:.0f} | {core_busy(gen, m['mpps_ports']):.0%} |")
@@ -710,9 +734,21 @@ def main():
                     help="the generator's burst, and so the frames each port has in flight "
                          "(--tx-first sends one burst per port); the default 32 leaves every "
                          "switch but the slowest waiting on the loop part of the time")
+    ap.add_argument("--report", metavar="JSON",
+                    help="measure nothing: report the results saved by an earlier --json")
     ap.add_argument("--no-docs", action="store_true", help="print the report, leave docs/ alone")
     ap.add_argument("--json", help="also write the raw results here")
     args = ap.parse_args()
+    if args.report:
+        res = json.loads(Path(args.report).read_text())
+        res["summary"] = {}
+        if res["throughput"]:
+            summarize(res)
+        TSC_HZ[0] = res.get("tsc_hz", 0)
+        print(report(res))
+        if not args.no_docs:
+            write_docs(res)
+        return
     parts = set(args.only or ["throughput", "scaling", "idle", "latency"])
     GEN_BURST[0] = args.gen_burst
     setup(build=not os.environ.get("VRINGSWITCH_BIN"))
@@ -741,14 +777,7 @@ def main():
                         res["throughput"].append({"round": r, "size": size, "switch": sw,
                                                   "mpps_ports": mpps, "cpp": cpp, "burst": burst,
                                                   "gen_cpp": LAST_GEN_CPP[0]})
-            for size in args.sizes:
-                res["summary"][size] = {}
-                for sw in SWITCHES:
-                    ms = [m for m in res["throughput"] if m["size"] == size and m["switch"] == sw]
-                    res["summary"][size][sw] = {
-                        "mpps": statistics.median(statistics.mean(m["mpps_ports"] or [0]) for m in ms) if ms else 0.0,
-                        "cpp": statistics.median(m["cpp"] for m in ms) if ms else 0.0,
-                    }
+            summarize(res)
         if "scaling" in parts:
             setups = (
                 ("2 ports", 2, None),
