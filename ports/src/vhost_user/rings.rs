@@ -226,19 +226,23 @@ impl<'q, 'm> RingView<'q, 'm> {
     ) -> Result<(), DeliverError> {
         match &self.split {
             Some(ring) => fast::deliver(
-                ring,
-                &mut self.view,
-                &mut self.avail_idx,
-                self.queue.next_avail() == self.burst_start,
-                self.queue,
+                fast::RxRing {
+                    ring,
+                    view: &mut self.view,
+                    avail_idx: &mut self.avail_idx,
+                    fresh: self.queue.next_avail() == self.burst_start,
+                    queue: self.queue,
+                    used: &mut self.used_next,
+                },
                 hdr_len,
                 mrg_rxbuf,
-                src,
-                src_segs,
-                frame_len,
-                edit,
+                fast::Source {
+                    view: src,
+                    segs: src_segs,
+                    len: frame_len,
+                    edit,
+                },
                 scratch,
-                &mut self.used_next,
             ),
             None => {
                 let mem = self.view.mem();

@@ -343,58 +343,93 @@ fn pop_in_one_buffer<'m>(
     )))
 }
 
+/// An RX ring on the fast path, as delivering a frame into it reads and moves it.
+pub(super) struct RxRing<'a, 'm> {
+    pub ring: &'a SplitRing<'m>,
+    pub view: &'a mut GuestView<'m>,
+    /// The driver's available index, as last read.
+    pub avail_idx: &'a mut u16,
+    /// No chain of this burst taken yet (see [`prefetch_ahead`], [`resync_or_disable`]).
+    pub fresh: bool,
+    pub queue: &'a mut Queue,
+    /// The next used slot to write.
+    pub used: &'a mut u16,
+}
+
+impl<'m> RxRing<'_, 'm> {
+    /// Every field, reborrowed, for code that uses them side by side.
+    #[inline(always)]
+    #[allow(clippy::type_complexity)]
+    fn parts(
+        &mut self,
+    ) -> (
+        &SplitRing<'m>,
+        &mut GuestView<'m>,
+        &mut u16,
+        bool,
+        &mut Queue,
+        &mut u16,
+    ) {
+        (
+            self.ring,
+            self.view,
+            self.avail_idx,
+            self.fresh,
+            self.queue,
+            self.used,
+        )
+    }
+}
+
+/// The frame to deliver: `len` bytes in `segs` of the VM seen through `view`, changed by
+/// `edit` on the way.
+pub(super) struct Source<'a, 's> {
+    pub view: &'a mut GuestView<'s>,
+    pub segs: &'a [Seg],
+    pub len: u32,
+    pub edit: &'a FrameEdit,
+}
+
+impl<'s> Source<'_, 's> {
+    /// Every field, reborrowed.
+    #[inline(always)]
+    fn parts(&mut self) -> (&mut GuestView<'s>, &[Seg], u32, &FrameEdit) {
+        (self.view, self.segs, self.len, self.edit)
+    }
+}
+
 /// Fast-path [`super::RingView::deliver`]. Inlined into the caller's burst loop: the common
 /// shape (one buffer that holds the frame) is handled here, everything else by
 /// [`deliver_in_chains`], out of line.
-#[allow(clippy::too_many_arguments)]
 #[inline(always)]
-pub(super) fn deliver<'m>(
-    ring: &SplitRing<'m>,
-    view: &mut GuestView<'m>,
-    avail_idx: &mut u16,
-    fresh: bool,
-    queue: &mut Queue,
+pub(super) fn deliver(
+    mut rx: RxRing<'_, '_>,
     hdr_len: usize,
     mrg_rxbuf: bool,
-    src: &mut GuestView<'_>,
-    src_segs: &[Seg],
-    frame_len: u32,
-    edit: &FrameEdit,
+    mut frame: Source<'_, '_>,
     scratch: &mut RxScratch,
-    used: &mut u16,
 ) -> Result<(), DeliverError> {
-    let need = rx_need(hdr_len, frame_len, edit)?;
-    if let Some(done) = deliver_in_one_buffer(
-        ring, view, avail_idx, fresh, queue, hdr_len, src, src_segs, frame_len, edit, need, used,
-    ) {
+    let need = rx_need(hdr_len, frame.len, frame.edit)?;
+    if let Some(done) = deliver_in_one_buffer(&mut rx, hdr_len, &mut frame, need) {
         return done;
     }
-    deliver_in_chains(
-        ring, view, avail_idx, fresh, queue, hdr_len, mrg_rxbuf, src, src_segs, frame_len, edit,
-        need, scratch, used,
-    )
+    // Moved, not borrowed: the common case above keeps both in registers.
+    deliver_in_chains(rx, hdr_len, mrg_rxbuf, frame, need, scratch)
 }
 
 /// The general case of [`deliver`]: the frame spread over as many chains (with mergeable
 /// buffers) and descriptors as it takes.
-#[allow(clippy::too_many_arguments)]
 #[inline(never)]
-fn deliver_in_chains<'m>(
-    ring: &SplitRing<'m>,
-    view: &mut GuestView<'m>,
-    avail_idx: &mut u16,
-    fresh: bool,
-    queue: &mut Queue,
+fn deliver_in_chains(
+    mut rx: RxRing<'_, '_>,
     hdr_len: usize,
     mrg_rxbuf: bool,
-    src: &mut GuestView<'_>,
-    src_segs: &[Seg],
-    frame_len: u32,
-    edit: &FrameEdit,
+    mut frame: Source<'_, '_>,
     need: u64,
     scratch: &mut RxScratch,
-    used: &mut u16,
 ) -> Result<(), DeliverError> {
+    let (ring, view, avail_idx, fresh, queue, used) = rx.parts();
+    let (src, src_segs, frame_len, edit) = frame.parts();
     scratch.clear();
     let mut have: u64 = 0;
     let mut bad_chain = false;
@@ -493,22 +528,15 @@ fn deliver_in_chains<'m>(
 /// writable descriptor, in guest memory, that holds all `need` bytes. `None`, with nothing
 /// changed, when it is not (or the ring is empty or corrupt): `deliver` then takes its
 /// general course, which sorts those cases out.
-#[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn deliver_in_one_buffer<'m>(
-    ring: &SplitRing<'m>,
-    view: &mut GuestView<'m>,
-    avail_idx: &mut u16,
-    fresh: bool,
-    queue: &mut Queue,
+fn deliver_in_one_buffer(
+    rx: &mut RxRing<'_, '_>,
     hdr_len: usize,
-    src: &mut GuestView<'_>,
-    src_segs: &[Seg],
-    frame_len: u32,
-    edit: &FrameEdit,
+    frame: &mut Source<'_, '_>,
     need: u64,
-    used: &mut u16,
 ) -> Option<Result<(), DeliverError>> {
+    let (ring, view, avail_idx, fresh, queue, used) = rx.parts();
+    let (src, src_segs, frame_len, edit) = frame.parts();
     let next = queue.next_avail();
     let Next::Head(head) = next_head(ring, avail_idx, next) else {
         return None;
