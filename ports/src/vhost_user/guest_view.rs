@@ -37,6 +37,9 @@ pub fn prefetch(p: *const u8) {
     let _ = p;
 }
 
+/// The longest write [`HostSpan::write_unless_equal`] compares with what is there first.
+pub const COMPARE_MAX: usize = 16;
+
 /// `len` bytes of one VM's memory lying in one mapped region, translated once so that the
 /// accesses after need no lookup. Only [`GuestView::span`] makes one, having checked the
 /// range; every access is checked against `len`.
@@ -89,6 +92,24 @@ impl HostSpan<'_> {
             std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.ptr.as_ptr().add(off), bytes.len())
         };
         true
+    }
+
+    /// Writes `bytes` at `off` unless the span holds them already, as it usually does for a
+    /// virtio-net header: the driver leaves the header of a reused buffer as the device
+    /// wrote it last time. A line the driver's core owns is then only read, where a write
+    /// would have taken it away, and that transfer is what the frame waited for (DPDK's
+    /// vhost library skips such writes too). Only `bytes` of up to [`COMPARE_MAX`] are
+    /// compared first. False, writing nothing, if they do not fit in the span.
+    #[inline]
+    pub fn write_unless_equal(&self, off: usize, bytes: &[u8]) -> bool {
+        if bytes.len() <= COMPARE_MAX {
+            let mut held = [0u8; COMPARE_MAX];
+            let held = &mut held[..bytes.len()];
+            if self.read(off, held) && held == bytes {
+                return true;
+            }
+        }
+        self.write(off, bytes)
     }
 
     /// Copies `n` bytes of `src` from `src_off` to `off` in this span: the switch's one
@@ -428,6 +449,55 @@ mod tests {
             .unwrap();
         assert_eq!(tail[..8], data[56..]);
         assert_eq!(tail[8..], [0xAA; 8], "bytes after the span are untouched");
+    }
+
+    /// Equal bytes are not written: the page is made read-only first, so a write would
+    /// fault and end the test. Different bytes are written, and bounds hold either way.
+    #[test]
+    #[allow(unsafe_code)]
+    fn write_unless_equal_leaves_equal_bytes_untouched() {
+        let m = mem();
+        let mut v = GuestView::new(&m);
+        let hdr = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0];
+        m.write_slice(&hdr, GuestAddress(0x10ff0)).unwrap();
+        let span = v.span(0x10000, 0x1000).unwrap();
+        let page = span.ptr.as_ptr();
+        let protect = |prot| {
+            // SAFETY: `page` is the start of a 0x1000-byte anonymous mapping that `m` owns
+            // (the region at 0x10000); only its protection changes, and it is restored.
+            unsafe { libc::mprotect(page.cast(), 0x1000, prot) }
+        };
+        assert_eq!(protect(libc::PROT_READ), 0);
+        let untouched = span.write_unless_equal(0xff0, &hdr);
+        assert_eq!(protect(libc::PROT_READ | libc::PROT_WRITE), 0);
+        assert!(untouched);
+        // One byte differs: the whole range is written.
+        let mut other = hdr;
+        other[0] = 1;
+        other[10] = 2;
+        assert!(span.write_unless_equal(0xff0, &other));
+        let mut back = [0u8; 12];
+        m.read_slice(&mut back, GuestAddress(0x10ff0)).unwrap();
+        assert_eq!(back, other);
+        // Longer than COMPARE_MAX: written without comparing.
+        let long = [5u8; COMPARE_MAX + 1];
+        assert!(span.write_unless_equal(0x100, &long));
+        let mut back = [0u8; COMPARE_MAX + 1];
+        m.read_slice(&mut back, GuestAddress(0x10100)).unwrap();
+        assert_eq!(back, long);
+        // Past the span's end: refused, nothing written.
+        assert!(!span.write_unless_equal(0xff8, &hdr));
+        assert!(!span.write_unless_equal(0xff8, &long));
+        let mut tail = [0u8; 8];
+        m.read_slice(&mut tail, GuestAddress(0x10ff8)).unwrap();
+        assert_eq!(
+            tail,
+            other[8..12]
+                .iter()
+                .chain(&[0; 4])
+                .copied()
+                .collect::<Vec<_>>()[..]
+        );
     }
 
     #[test]

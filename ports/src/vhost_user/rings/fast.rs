@@ -549,11 +549,15 @@ fn deliver_in_one_buffer(
     prefetch_ahead(ring, view, *avail_idx, next, 0, fresh);
     queue.set_next_avail(next.wrapping_add(1));
     let (head_block, n) = rx_head(hdr_len, edit, 1);
-    // The whole block when the frame's bytes overwrite its padding right after.
-    let mut ok = if need as usize >= head_block.len() {
-        dst.write(0, &head_block)
+    // The header, left alone if the buffer holds it already (see `write_unless_equal`);
+    // then the edit's prefix, as the whole rest of the block when the frame's bytes
+    // overwrite its padding right after.
+    let h = n - edit.prefix().len();
+    let mut ok = dst.write_unless_equal(0, &head_block[..h]);
+    ok &= if need as usize >= head_block.len() {
+        dst.write(h, &head_block[h..])
     } else {
-        dst.write(0, &head_block[..n])
+        dst.write(h, &head_block[h..n])
     };
     // The frame from its first `skip` bytes on, a piece per source segment.
     let (mut at, mut skip) = (n, usize::from(edit.skip));
