@@ -217,7 +217,11 @@ impl<'m> SplitRing<'m> {
         self.avail_u16(4 + 2 * usize::from(self.size), Ordering::Acquire)
     }
 
-    /// Writes used slot `idx` (reduced modulo the ring size).
+    /// Writes used slot `idx` (reduced modulo the ring size), unless it holds that entry
+    /// already. With in-order chains and frames of one size it usually does: the slot was
+    /// written with the same head and length one lap of the ring ago. The driver has read
+    /// it since, so a store would have to take the line back from the driver's core; a
+    /// read finds it shared (the same reason as `HostSpan::write_unless_equal`).
     #[inline]
     pub fn put_used(&self, idx: u16, head: u16, len: u32) {
         let mut raw = [0u8; 8];
@@ -225,9 +229,17 @@ impl<'m> SplitRing<'m> {
         raw[4..].copy_from_slice(&len.to_le_bytes());
         let off = 4 + 8 * self.slot(idx);
         // SAFETY: off + 8 <= 4 + 8 * size, inside the used ring checked in new(), within a
-        // region living for 'm. The driver does not read the slot before the index store
-        // below publishes it.
-        unsafe { std::ptr::copy_nonoverlapping(raw.as_ptr(), self.used.as_ptr().add(off), 8) };
+        // region living for 'm.
+        let slot = unsafe { self.used.as_ptr().add(off) };
+        // SAFETY: the 8 bytes at `slot` are in the used ring (above); read unaligned (slots
+        // are 4-aligned) into our own array. The driver only reads the used ring; whatever
+        // a misbehaving one wrote there is compared, not trusted.
+        let held = unsafe { std::ptr::read_unaligned(slot.cast::<[u8; 8]>()) };
+        if held != raw {
+            // SAFETY: as above. The driver does not read the slot before the index store
+            // that publishes it.
+            unsafe { std::ptr::copy_nonoverlapping(raw.as_ptr(), slot, 8) };
+        }
     }
 
     /// Sets VRING_USED_F_NO_NOTIFY: the driver need not kick while the worker polls.
@@ -254,10 +266,39 @@ mod tests {
     use super::*;
     use virtio_queue::desc::{split::Descriptor, RawDescriptor};
     use virtio_queue::mock::MockSplitQueue;
-    use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+    use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
     fn mem() -> GuestMem {
         GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap()
+    }
+
+    /// A slot that holds the entry already is not written: its page is made read-only
+    /// first, so a store would fault and end the test.
+    #[test]
+    fn put_used_leaves_a_slot_holding_the_entry_untouched() {
+        let m = mem();
+        let vq = MockSplitQueue::new(&m, 8);
+        let q: Queue = vq.create_queue().unwrap();
+        let mut view = GuestView::new(&m);
+        let ring = SplitRing::new(&q, &mut view).unwrap();
+        let used = vq.used_addr().0;
+        m.write_obj([3u32, 72], GuestAddress(used + 4 + 8 * 2))
+            .unwrap();
+        let page = m.get_host_address(GuestAddress(used & !0xfff)).unwrap();
+        let protect = |prot| {
+            // SAFETY: `page` is the page-aligned start of a page of the anonymous mapping
+            // `m` owns; only its protection changes, and it is restored below.
+            unsafe { libc::mprotect(page.cast(), 0x1000, prot) }
+        };
+        assert_eq!(protect(libc::PROT_READ), 0);
+        ring.put_used(2 + 8, 3, 72);
+        assert_eq!(protect(libc::PROT_READ | libc::PROT_WRITE), 0);
+        // A different head or length is written.
+        for (head, len) in [(3u16, 60u32), (4, 60)] {
+            ring.put_used(2, head, len);
+            let e: [u32; 2] = m.read_obj(GuestAddress(used + 4 + 8 * 2)).unwrap();
+            assert_eq!(e, [u32::from(head), len]);
+        }
     }
 
     #[test]
