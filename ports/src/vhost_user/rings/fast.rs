@@ -13,7 +13,7 @@ use virtio_queue::{Queue, QueueT};
 
 use super::{
     rx_head, rx_need, DeliverError, FrameEdit, PopTx, RxScratch, Seg, TxFrame, MAX_FRAME_LEN,
-    MAX_RX_CHAINS, MAX_RX_SEGS, MAX_TX_SEGS, MIN_FRAME_LEN, PEEK_LEN,
+    MAX_RX_CHAINS, MAX_RX_SEGS, MAX_TX_SEGS, MIN_FRAME_LEN, PEEK_LEN, VNET_HDR_MAX,
 };
 use crate::counters::DropReason;
 use crate::vhost_user::guest_view::{GuestView, HostSpan};
@@ -553,7 +553,11 @@ fn deliver_in_one_buffer(
     // then the edit's prefix, as the whole rest of the block when the frame's bytes
     // overwrite its padding right after.
     let h = n - edit.prefix().len();
-    let mut ok = dst.write_unless_equal(0, &head_block[..h]);
+    let mut ok = match head_block.split_first_chunk::<VNET_HDR_MAX>() {
+        Some((hdr, _)) if h == VNET_HDR_MAX => dst.write_unless_equal(0, hdr),
+        // A 10-byte header (legacy drivers without mergeable buffers): written.
+        _ => dst.write(0, &head_block[..h]),
+    };
     ok &= if need as usize >= head_block.len() {
         dst.write(h, &head_block[h..])
     } else {
