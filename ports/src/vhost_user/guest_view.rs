@@ -96,7 +96,9 @@ impl HostSpan<'_> {
     /// wrote it last time. A line the driver's core owns is then only read, where a write
     /// would have taken it away, and that transfer is what the frame waited for (DPDK's
     /// vhost library skips such writes too). False, writing nothing, if they do not fit in
-    /// the span. A fixed size, so that the comparison is a few loads, not a call.
+    /// the span. A fixed size, so that the comparison is a few loads, not a call. The
+    /// comparison is on a copy: a driver that changes its own buffer meanwhile, as it must
+    /// not, only confuses itself.
     #[inline]
     pub fn write_unless_equal<const N: usize>(&self, off: usize, bytes: &[u8; N]) -> bool {
         let mut held = [0u8; N];
