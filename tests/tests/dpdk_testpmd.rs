@@ -265,7 +265,7 @@ fn loopback(frame_len: usize) {
             .next_back()
             .unwrap_or_else(|| panic!("no negotiated features logged for {port}:\n{log}"));
         assert_ne!(
-            features & (1 << 35),
+            features & (1 << virtio_bindings::virtio_config::VIRTIO_F_IN_ORDER),
             0,
             "{port} without VIRTIO_F_IN_ORDER: {features:#x}"
         );
