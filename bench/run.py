@@ -162,8 +162,11 @@ LAST_GEN_CPP = [0.0]
 
 def balanced(m):
     """Whether a throughput measurement is sound: frames circulate, so every port of the
-    loop must carry about the same rate. One port at zero, or far below the other, means a
-    port that never came up or stalled, not a rate."""
+    loop must carry about the same rate. The loopback is two loops (port 0 -> switch -> port
+    1 -> generator -> port 0's TX, and the other way round), each started by one
+    `--tx-first` burst. A loop whose burst is lost stays empty for good: one port at zero
+    (seen with OVS at 512 and 1518 B, most likely a burst dropped before the other port was
+    ready), the other port carrying its loop alone, faster than with both loops running."""
     ports = m["mpps_ports"]
     return bool(ports) and max(ports) > 0 and min(ports) >= 0.9 * max(ports)
 
@@ -726,6 +729,9 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--secs", type=int, default=8, help="seconds per throughput measurement")
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--retries", type=int, default=2,
+                    help="throughput measurements taken again, at most this many times, when "
+                         "the loop came out unbalanced (a port's first burst lost)")
     ap.add_argument("--sizes", type=int, nargs="+", default=[64, 512, 1518])
     ap.add_argument("--switches", nargs="+", default=list(SWITCHES), choices=SWITCHES)
     ap.add_argument("--only", choices=["throughput", "scaling", "idle", "latency"], action="append",
@@ -772,11 +778,16 @@ def main():
             for r in range(1, args.rounds + 1):
                 for size in args.sizes:
                     for sw in args.switches:
-                        mpps, cpp, burst = measure[sw](work(), size, args.secs)
-                        log(f"round {r} {size} B {sw}: {mpps} Mpps, {cpp:.0f} cycles/pkt")
-                        res["throughput"].append({"round": r, "size": size, "switch": sw,
-                                                  "mpps_ports": mpps, "cpp": cpp, "burst": burst,
-                                                  "gen_cpp": LAST_GEN_CPP[0]})
+                        # An unbalanced loop lost a port's first burst (see `balanced`): it
+                        # is kept in the report, left out of the medians, and measured again.
+                        for _attempt in range(1 + args.retries):
+                            mpps, cpp, burst = measure[sw](work(), size, args.secs)
+                            log(f"round {r} {size} B {sw}: {mpps} Mpps, {cpp:.0f} cycles/pkt")
+                            m = {"round": r, "size": size, "switch": sw, "mpps_ports": mpps,
+                                 "cpp": cpp, "burst": burst, "gen_cpp": LAST_GEN_CPP[0]}
+                            res["throughput"].append(m)
+                            if balanced(m):
+                                break
             summarize(res)
         if "scaling" in parts:
             setups = (
