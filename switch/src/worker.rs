@@ -521,9 +521,9 @@ fn deliver_to(
             &edit,
             &mut b.rx_scratch,
         ) {
-            Ok(()) => {
+            Ok(n) => {
                 packets += 1;
-                bytes += u64::from(edit.out_len(tx.len).unwrap_or(tx.len));
+                bytes += u64::from(n);
             }
             Err(e) => counters.add_drop(e.reason, 1),
         }

@@ -210,7 +210,8 @@ impl<'q, 'm> RingView<'q, 'm> {
     }
 
     /// Copies one frame, `frame_len` bytes in `src_segs` of the VM seen by `src`, changed
-    /// by `edit`, into this RX queue. The chains used are written to the used ring, to be
+    /// by `edit`, into this RX queue, and returns its length as delivered (after the edit,
+    /// without the virtio-net header). The chains used are written to the used ring, to be
     /// published by [`Self::publish_used`]; on a shortage nothing is consumed.
     #[allow(clippy::too_many_arguments)]
     #[inline]
@@ -223,7 +224,7 @@ impl<'q, 'm> RingView<'q, 'm> {
         frame_len: u32,
         edit: &FrameEdit,
         scratch: &mut RxScratch,
-    ) -> Result<(), DeliverError> {
+    ) -> Result<u32, DeliverError> {
         match &self.split {
             Some(ring) => fast::deliver(
                 fast::RxRing {
@@ -612,7 +613,7 @@ fn deliver_general(
     edit: &FrameEdit,
     scratch: &mut RxScratch,
     used: &mut impl FnMut(u16, u32),
-) -> Result<(), DeliverError> {
+) -> Result<u32, DeliverError> {
     let need = rx_need(hdr_len, frame_len, edit)?;
     scratch.clear();
     let mut have: u64 = 0;
@@ -683,7 +684,7 @@ fn deliver_general(
         return Err(scratch.give_back(&mut *used));
     }
     scratch.complete(need, &mut *used);
-    Ok(())
+    Ok((need - hdr_len as u64) as u32)
 }
 
 /// The used ring of a queue lies outside guest memory: the queue cannot be completed.

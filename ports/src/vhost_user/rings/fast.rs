@@ -408,13 +408,15 @@ pub(super) fn deliver(
     mrg_rxbuf: bool,
     mut frame: Source<'_, '_>,
     scratch: &mut RxScratch,
-) -> Result<(), DeliverError> {
+) -> Result<u32, DeliverError> {
     let need = rx_need(hdr_len, frame.len, frame.edit)?;
+    // The frame as delivered, header excluded: at most MAX_FRAME_LEN plus a prefix.
+    let out_len = (need - hdr_len as u64) as u32;
     if let Some(done) = deliver_in_one_buffer(&mut rx, hdr_len, &mut frame, need) {
-        return done;
+        return done.map(|()| out_len);
     }
     // Moved, not borrowed: the common case above keeps both in registers.
-    deliver_in_chains(rx, hdr_len, mrg_rxbuf, frame, need, scratch)
+    deliver_in_chains(rx, hdr_len, mrg_rxbuf, frame, need, scratch).map(|()| out_len)
 }
 
 /// The general case of [`deliver`]: the frame spread over as many chains (with mergeable

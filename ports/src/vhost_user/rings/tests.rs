@@ -203,7 +203,7 @@ fn deliver_frame(
     src: &[Seg],
     len: u32,
     used: &mut Vec<(u16, u32)>,
-) -> Result<(), DeliverError> {
+) -> Result<u32, DeliverError> {
     deliver_edited(q, m, fast, mrg_rxbuf, src, len, &FrameEdit::NONE, used)
 }
 
@@ -217,7 +217,7 @@ fn deliver_edited(
     len: u32,
     edit: &FrameEdit,
     used: &mut Vec<(u16, u32)>,
-) -> Result<(), DeliverError> {
+) -> Result<u32, DeliverError> {
     let from = q.next_used();
     let mut r = ring(q, m, fast);
     let delivered = r.deliver(
@@ -255,7 +255,8 @@ fn mergeable_rx_spreads_a_full_frame_over_small_buffers(fast: bool) {
     let mut q: Queue = vq.create_queue().unwrap();
     let (f, src) = source(&m, 1514);
     let mut used = Vec::new();
-    deliver_frame(&mut q, &m, fast, true, &src, 1514, &mut used).unwrap();
+    let delivered = deliver_frame(&mut q, &m, fast, true, &src, 1514, &mut used).unwrap();
+    assert_eq!(delivered, 1514);
     // 12 + 1514 = 1526 bytes: 512 + 512 + 502.
     assert_eq!(used, vec![(0, 512), (1, 512), (2, 502)]);
     let mut hdr = [0u8; 12];
@@ -377,7 +378,8 @@ fn edits_replace_the_head_of_the_frame(fast: bool) {
         }
         let mut q: Queue = vq.create_queue().unwrap();
         let mut used = Vec::new();
-        deliver_edited(&mut q, &m, fast, true, &src, 100, edit, &mut used).unwrap();
+        let delivered = deliver_edited(&mut q, &m, fast, true, &src, 100, edit, &mut used);
+        assert_eq!(delivered, Ok(want.len() as u32));
         let total = 12 + want.len();
         assert_eq!(used.iter().map(|u| u.1 as usize).sum::<usize>(), total);
         let mut got = Vec::new();
@@ -605,7 +607,7 @@ fn one_buffer_delivery_writes_exactly_the_frame(fast: bool) {
                 offer(&vq, 0, &[desc(BUF, 2048, true)]);
                 let mut q: Queue = vq.create_queue().unwrap();
                 let mut r = ring(&mut q, &m, fast);
-                r.deliver(
+                let delivered = r.deliver(
                     hdr_len,
                     hdr_len == 12,
                     &mut GuestView::new(&m),
@@ -613,8 +615,8 @@ fn one_buffer_delivery_writes_exactly_the_frame(fast: bool) {
                     len as u32,
                     &edit,
                     &mut RxScratch::default(),
-                )
-                .unwrap();
+                );
+                assert_eq!(delivered, Ok(want.len() as u32), "{hdr_len} {len} {edit:?}");
                 r.publish_used().unwrap();
                 let used = published_since(&q, &m, 0);
                 let total = hdr_len + want.len();
