@@ -32,7 +32,7 @@ for r in range(3):
                 c1, n1, _ = vs.cycles()
                 res[b].append(round((c1-c0)/(n1-n0)) if n1 > n0 else 0)
                 c0, n0 = c1, n1
-            mpps = B.stop_generator(p, out)
+            mpps, _ = B.stop_generator(p, out)
         finally:
             vs.stop()
         print(r, os.path.basename(b), res[b][-8:], mpps, flush=True)

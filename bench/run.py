@@ -157,9 +157,6 @@ def stop_process_group(p, sig, timeout=30):
         p.wait()
 
 
-LAST_GEN_CPP = [0.0]
-
-
 def balanced(m):
     """Whether a throughput measurement is sound: frames circulate, so every port of the
     loop must carry about the same rate. The loopback is two loops (port 0 -> switch -> port
@@ -186,12 +183,18 @@ def summarize(res):
 
 
 def core_busy(cpp, mpps_ports):
-    """Share of a core busy at `cpp` cycles per packet for the total rate of `mpps_ports`."""
-    return cpp * sum(mpps_ports) * 1e6 / TSC_HZ[0] if TSC_HZ[0] else 0.0
+    """Share of a core busy at `cpp` cycles per packet for the total rate of `mpps_ports`,
+    as a percentage; "?" when the TSC rate is unknown (it is read from vringswitch's stats,
+    so a run without vringswitch has none)."""
+    if not TSC_HZ[0]:
+        return "?"
+    return f"{cpp * sum(mpps_ports) * 1e6 / TSC_HZ[0]:.0%}"
 
 
 def stop_generator(p, out):
-    """Stops a generator (with --stats-period, testpmd runs until SIGINT) and parses its log."""
+    """Stops a generator (with --stats-period, testpmd runs until SIGINT) and parses its log:
+    each port's median Rx Mpps, and the generator's own busy cycles per packet it forwarded
+    (`--record-core-cycles`; 0 if it printed none)."""
     stop_process_group(p, signal.SIGINT)
     text = out.read_text(errors="replace")
     per_port = {}
@@ -201,16 +204,15 @@ def stop_generator(p, out):
             if m:
                 per_port.setdefault(int(port), []).append(int(m.group(1)))
     clean_hugepages()
-    # The generator's own busy cycles per packet it forwarded (--record-core-cycles).
     m = re.findall(r"CPU cycles/packet=([0-9.]+)", text)
-    LAST_GEN_CPP[0] = float(m[-1]) if m else 0.0
+    gen_cpp = float(m[-1]) if m else 0.0
     res = []
     for port in sorted(per_port):
         s = [x for x in per_port[port] if x > 0][1:]
         res.append(statistics.median(s) / 1e6 if s else 0.0)
     if not res or not any(res):
         log("generator measured nothing; its output ends with:\n" + "\n".join(text.splitlines()[-15:]))
-    return res
+    return res, gen_cpp
 
 
 def run_generator(work, socks, size, secs, **kw):
@@ -292,8 +294,8 @@ def perf_record(out, secs):
 
 def measure_vringswitch(work, size, secs, nports=2, vlans=None):
     """vringswitch with `nports` ports circulating `size`-byte frames. Returns each port's
-    Mpps, busy cycles per packet and frames per burst, the last two counted from after a
-    2 s warm-up to the end."""
+    Mpps, busy cycles per packet and frames per burst (the two counted from after a 2 s
+    warm-up to the end), and the generator's cycles per packet."""
     vs = Vringswitch(work, nports, vlans)
     try:
         p, out = generator(work, vs.socks, size, secs)
@@ -305,14 +307,14 @@ def measure_vringswitch(work, size, secs, nports=2, vlans=None):
             perf = perf_record(name, max(secs - 4, 1))
         time.sleep(secs - 2)
         c1, n1, b1 = vs.cycles()
-        mpps = stop_generator(p, out)
+        mpps, gen_cpp = stop_generator(p, out)
         if perf:
             perf.wait()
     finally:
         vs.stop()
     cpp = (c1 - c0) / (n1 - n0) if n1 > n0 else 0.0
     burst = (n1 - n0) / (b1 - b0) if b1 > b0 else 0.0
-    return mpps, cpp, burst
+    return mpps, cpp, burst, gen_cpp
 
 
 # ---------------------------------------------------------------- testpmd io-fwd as the switch
@@ -348,10 +350,10 @@ class TestpmdSwitch:
 def throughput_testpmd(work, size, secs):
     sw = TestpmdSwitch(work)
     try:
-        mpps = run_generator(work, sw.socks, size, secs)
+        mpps, gen_cpp = run_generator(work, sw.socks, size, secs)
     finally:
         cpp = sw.stop()
-    return mpps, cpp, None
+    return mpps, cpp, None, gen_cpp
 
 
 # ---------------------------------------------------------------- OVS-DPDK
@@ -423,17 +425,17 @@ def throughput_ovs(work, size, secs):
         ovs.appctl("dpif-netdev/pmd-stats-clear")
         time.sleep(secs - 2)
         cpp = ovs.processing_cycles_per_packet()
-        mpps = stop_generator(p, out)
+        mpps, gen_cpp = stop_generator(p, out)
     finally:
         ovs.stop()
-    return mpps, cpp, None
+    return mpps, cpp, None, gen_cpp
 
 
 # ---------------------------------------------------------------- scaling and flooding
 
 
 def scaling(work, nports, secs, vlans=None):
-    mpps, cpp, burst = measure_vringswitch(work, 64, secs, nports, vlans)
+    mpps, cpp, burst, _ = measure_vringswitch(work, 64, secs, nports, vlans)
     return {"ports": nports, "mpps_total": sum(mpps), "cycles_per_packet": cpp, "burst": burst}
 
 
@@ -457,7 +459,7 @@ def scaling_testpmd(work, nports, secs):
     the rings and buffers of more ports cost a switch that makes no decision."""
     sw = TestpmdSwitch(work, nports)
     try:
-        mpps = run_generator(work, sw.socks, 64, secs)
+        mpps, _ = run_generator(work, sw.socks, 64, secs)
     finally:
         cpp = sw.stop()
     return {"ports": nports, "mpps_total": sum(mpps), "cycles_per_packet": cpp}
@@ -609,8 +611,8 @@ def throughput_report(res, L):
         if not balanced(m):
             ports += " (unbalanced: left out of the medians)"
         L.append(f"| {m['round']} | {m['size']} | {m['switch']} | {ports} | {m['cpp']:.0f} "
-                 f"| {core_busy(m['cpp'], m['mpps_ports']):.0%} | {burst} "
-                 f"| {gen:.0f} | {core_busy(gen, m['mpps_ports']):.0%} |")
+                 f"| {core_busy(m['cpp'], m['mpps_ports'])} | {burst} "
+                 f"| {gen:.0f} | {core_busy(gen, m['mpps_ports'])} |")
     L.append("\n![throughput and cycles per packet](benchmarks.png)\n")
 
 
@@ -781,10 +783,10 @@ def main():
                         # An unbalanced loop lost a port's first burst (see `balanced`): it
                         # is kept in the report, left out of the medians, and measured again.
                         for _attempt in range(1 + args.retries):
-                            mpps, cpp, burst = measure[sw](work(), size, args.secs)
+                            mpps, cpp, burst, gen_cpp = measure[sw](work(), size, args.secs)
                             log(f"round {r} {size} B {sw}: {mpps} Mpps, {cpp:.0f} cycles/pkt")
                             m = {"round": r, "size": size, "switch": sw, "mpps_ports": mpps,
-                                 "cpp": cpp, "burst": burst, "gen_cpp": LAST_GEN_CPP[0]}
+                                 "cpp": cpp, "burst": burst, "gen_cpp": gen_cpp}
                             res["throughput"].append(m)
                             if balanced(m):
                                 break
