@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use virtio_bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use vringswitch_tests::daemon::Daemon;
 use vringswitch_tests::frontend::{TestVm, BUF_STRIDE, HDR_LEN, MEM_SIZE, QUEUE_SIZE};
+use vringswitch_tests::process::open_fds;
 use vringswitch_tests::raw_frontend::*;
 use vringswitch_tests::setup::{Setup, T};
 use vringswitch_tests::{frame, mac, wait_until, BROADCAST};
@@ -127,12 +128,6 @@ impl HealthyPair {
             );
         }
     }
-}
-
-fn open_fds(d: &Daemon) -> usize {
-    std::fs::read_dir(format!("/proc/{}/fd", d.pid()))
-        .map(|r| r.count())
-        .unwrap_or(0)
 }
 
 fn alive(d: &Daemon) {
@@ -492,7 +487,7 @@ fn bad_messages() -> Vec<BadMessage> {
 fn hostile_frontend_messages_are_refused_counted_and_harm_no_one() {
     let s = Setup::new("hostile-msg", &[("br0", &["a", "b", "evil"])], 1);
     let healthy = HealthyPair::start(&s);
-    let fds_before = open_fds(&s.daemon);
+    let fds_before = open_fds(s.daemon.pid());
     let cases = bad_messages();
     let started = Instant::now();
     let mut refused = 0;
@@ -540,7 +535,7 @@ fn hostile_frontend_messages_are_refused_counted_and_harm_no_one() {
     s.daemon.wait_port_connected("evil", false);
     // Every fd received on every error path was closed.
     wait_until(T, "the daemon's open fds to fall back", || {
-        (open_fds(&s.daemon) <= fds_before).then_some(())
+        (open_fds(s.daemon.pid()) <= fds_before).then_some(())
     });
     alive(&s.daemon);
     healthy.finish(3);

@@ -8,25 +8,17 @@ use vhost::vhost_user::Frontend;
 use vhost::VhostBackend;
 use vringswitch_tests::daemon::{Daemon, KillOnDrop, TempDir};
 use vringswitch_tests::frontend::{TestVm, VmOptions};
+use vringswitch_tests::process::{mappings_of, open_fds, threads};
 use vringswitch_tests::{frame, mac, settled_counts, wait_until};
 
 const T: Duration = Duration::from_secs(10);
 
-fn count(dir: &str) -> usize {
-    std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
-}
-
 /// (open fds, threads, guest mappings) of the daemon.
 fn resources(pid: u32) -> (usize, usize, usize) {
-    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
-    let guest = maps
-        .lines()
-        .filter(|l| l.contains("vringswitch-test"))
-        .count();
     (
-        count(&format!("/proc/{pid}/fd")),
-        count(&format!("/proc/{pid}/task")),
-        guest,
+        open_fds(pid),
+        threads(pid),
+        mappings_of(pid, "vringswitch-test"),
     )
 }
 

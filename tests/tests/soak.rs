@@ -6,6 +6,7 @@
 use std::io::Write;
 use std::time::Instant;
 
+use vringswitch_tests::process::{open_fds, resident_kib, threads};
 use vringswitch_tests::raw_frontend::*;
 use vringswitch_tests::setup::{Setup, T};
 use vringswitch_tests::{settled_counts, wait_until};
@@ -15,18 +16,7 @@ const WARM_UP: u32 = 200;
 
 /// (open fds, threads, resident KiB) of a process.
 fn resources(pid: u32) -> (usize, usize, u64) {
-    let count = |d: String| std::fs::read_dir(d).map(|d| d.count()).unwrap_or(0);
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let rss = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0);
-    (
-        count(format!("/proc/{pid}/fd")),
-        count(format!("/proc/{pid}/task")),
-        rss,
-    )
+    (open_fds(pid), threads(pid), resident_kib(pid))
 }
 
 fn one_cycle(s: &Setup, i: u32) {
