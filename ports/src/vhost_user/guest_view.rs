@@ -54,14 +54,6 @@ impl HostSpan<'_> {
         off <= self.len && n <= self.len - off
     }
 
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
     /// Copies the span's bytes from `off` into `buf`. False, copying nothing, if they are not
     /// all in the span.
     #[inline]
@@ -412,7 +404,7 @@ mod tests {
         assert!(dst.span(0x1000, 0).is_none());
         let from = src.span(0x1100, 64).unwrap();
         let to = dst.span(0x10f00, 0x100).unwrap();
-        assert_eq!((from.len(), to.len()), (64, 0x100));
+        assert_eq!((from.len, to.len), (64, 0x100));
         assert!(to.write(0, &[7; 4]));
         assert!(to.copy_from(4, &from, 0, 64));
         let mut back = [0u8; 68];
