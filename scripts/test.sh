@@ -63,7 +63,7 @@ cargo build --workspace --all-targets
 
 log "unit tests and test-frontend suite"
 cargo test --workspace --exclude vringswitch-tests
-cargo test -p vringswitch-tests --test switching --test lifecycle --test observability \
+cargo test -p vringswitch-tests --lib --test switching --test lifecycle --test observability \
     --test api --test vlans --test persistence --test openapi --test port_security \
     --test hostile --test memory_changes --test soak --test restart --test fairness
 
