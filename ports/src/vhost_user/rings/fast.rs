@@ -550,20 +550,30 @@ fn deliver_in_one_buffer(
     let dst = view.span(d.addr, need as usize)?;
     prefetch_ahead(ring, view, *avail_idx, next, 0, fresh);
     queue.set_next_avail(next.wrapping_add(1));
-    let (head_block, n) = rx_head(hdr_len, edit, 1);
-    // The header, left alone if the buffer holds it already (see `write_unless_equal`);
-    // then the edit's prefix, as the whole rest of the block when the frame's bytes
-    // overwrite its padding right after.
-    let h = n - edit.prefix().len();
-    let mut ok = match head_block.split_first_chunk::<VNET_HDR_MAX>() {
-        Some((hdr, _)) if h == VNET_HDR_MAX => dst.write_unless_equal(0, hdr),
-        // A 10-byte header (legacy drivers without mergeable buffers): written.
-        _ => dst.write(0, &head_block[..h]),
-    };
-    ok &= if need as usize >= head_block.len() {
-        dst.write(h, &head_block[h..])
+    let prefix = edit.prefix();
+    let (mut ok, n) = if hdr_len == VNET_HDR_MAX {
+        // The header, left alone if the buffer holds it already (see
+        // `write_unless_equal`); then the edit's prefix, as its whole fixed-size array when
+        // the frame's bytes overwrite the array's tail right after. Fixed-size moves from
+        // where the bytes are: a block assembled first, and a run-time length, had cost a
+        // copy and a memcpy call per frame (callgrind).
+        let mut hdr = [0u8; VNET_HDR_MAX];
+        // num_buffers, the last two bytes: one buffer.
+        hdr[10..].copy_from_slice(&1u16.to_le_bytes());
+        let written = if need as usize >= VNET_HDR_MAX + FrameEdit::MAX_PREFIX {
+            dst.write(VNET_HDR_MAX, &edit.prefix)
+        } else {
+            dst.write(VNET_HDR_MAX, prefix)
+        };
+        (
+            dst.write_unless_equal(0, &hdr) & written,
+            VNET_HDR_MAX + prefix.len(),
+        )
     } else {
-        dst.write(h, &head_block[h..n])
+        // A 10-byte header (legacy drivers without mergeable buffers): header and prefix
+        // written as they are.
+        let (head_block, n) = rx_head(hdr_len, edit, 1);
+        (dst.write(0, &head_block[..n]), n)
     };
     // The frame from its first `skip` bytes on, a piece per source segment.
     let (mut at, mut skip) = (n, usize::from(edit.skip));

@@ -559,12 +559,13 @@ fn a_driver_restarted_from_base_0_resumes_from_its_used_index() {
 
 /// A frame delivered into one large buffer (on the fast path, its one-buffer course): the
 /// virtio-net header, the edited head, the rest of the frame, and not one byte past them; for
-/// both header lengths and every kind of edit, with frames on either side of the fixed-size
-/// head block's length.
+/// both header lengths and every kind of edit, with frames on either side of the lengths
+/// from which the fixed-size stores are taken (the edit's whole prefix array after a 12-byte
+/// header: 18 bytes of frame; the 32-byte head block after a 10-byte one: 22).
 fn one_buffer_delivery_writes_exactly_the_frame(fast: bool) {
     let m = mem();
     for hdr_len in [10usize, 12] {
-        for len in [14usize, 19, 20, 21, 100] {
+        for len in [14usize, 17, 18, 19, 20, 21, 22, 23, 100] {
             let f = frame(len);
             let at = BUF + 0x8_0000;
             m.write_slice(&f, GuestAddress(at)).unwrap();
