@@ -140,9 +140,9 @@ impl HostSpan<'_> {
     }
 }
 
-/// Copies `n` bytes from `src` to `dst` as memmove does (the ranges may overlap). Up to 64
-/// bytes, the usual rest of a small frame, inline: every byte is loaded, in moves that may
-/// overlap one another, before any is stored. Longer copies call memmove.
+/// Copies `n` bytes from `src` to `dst` as memmove does (the ranges may overlap). From 8
+/// to 64 bytes, the usual rest of a small frame, inline: every byte is loaded, in moves
+/// that may overlap one another, before any is stored. Other lengths call memmove.
 ///
 /// # Safety
 /// `src` must be valid for reads and `dst` for writes of `n` bytes.
