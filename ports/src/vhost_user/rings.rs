@@ -526,9 +526,8 @@ impl RxScratch {
 
 /// What is written before the copied part of a frame delivered in `num_buffers` chains:
 /// the first `hdr_len` bytes of its virtio-net header, then the edit's prefix. Returns a
-/// fixed-size block and how many of its bytes are the head; the rest is padding, which a
-/// caller may write too when the frame's own bytes overwrite it before anything is
-/// published (one store instead of a variable-length copy).
+/// fixed-size block and how many of its bytes are the head; the rest is padding. (The
+/// one-buffer fast path builds a 12-byte header and stores the prefix on its own instead.)
 #[inline(always)]
 fn rx_head(hdr_len: usize, edit: &FrameEdit, num_buffers: u16) -> ([u8; HEAD_BLOCK], usize) {
     let mut head = [0u8; HEAD_BLOCK];
