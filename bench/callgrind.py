@@ -6,6 +6,8 @@ idle polls hardly count); the program's total is divided by the frames the worke
 
     bench/callgrind.py 64 [BINARY]          # default: target/release/vringswitch
     bench/callgrind.py 64 [BINARY] --lines  # and where they go, by source line
+    bench/callgrind.py 64 [BINARY] --asm    # and each instruction run at least every other
+                                            # frame, with its count, in /tmp/vs-callgrind/asm.SIZE
 
 VS_BURST=N in the environment sets the worker's burst (default 32; 64 gave 641 against 639
 at 32 with this generator, so per-burst work is no longer what costs).
@@ -34,8 +36,9 @@ FUNCTIONS = ["Worker::run"]
 
 def main():
     args = sys.argv[1:]
-    by_line = "--lines" in args
-    args = [a for a in args if a != "--lines"]
+    by_asm = "--asm" in args
+    by_line = "--lines" in args or by_asm
+    args = [a for a in args if a not in ("--lines", "--asm")]
     if len(args) not in (1, 2):
         sys.exit(__doc__)
     size = int(args[0])
@@ -101,11 +104,45 @@ def main():
         if fn in per:
             print(f"  {fn}: {per[fn] / frames:.0f} per frame (inclusive)")
     if by_line:
-        print_lines(out, binary, root, frames)
+        counts = instruction_counts(out, binary)
+        print_lines(counts, binary, root, frames)
+        if by_asm:
+            write_asm(counts, binary, root, frames, f"{work}/asm.{size}")
 
 
-def print_lines(out, binary, root, frames, top=40):
-    """The project's source lines that cost most per frame (self cost, inlining resolved)."""
+def write_asm(counts, binary, root, frames, path):
+    """The disassembly of the range the hot instructions lie in, each instruction run at
+    least every other frame with its count per frame, and the project's source line above
+    each run of them: where stack traffic and calls in the burst loop show up."""
+    hot = sorted(a for a, c in counts.items() if c >= frames // 2)
+    if not hot:
+        return
+    dis = subprocess.run(["objdump", "-d", "-l", "-C", "--no-show-raw-insn",
+                          f"--start-address={hot[0]:#x}", f"--stop-address={hot[-1] + 16:#x}",
+                          binary], capture_output=True, text=True, check=True).stdout
+    lines, where, shown, total = [], None, None, 0.0
+    for line in dis.splitlines():
+        if line.startswith(root + "/") and re.match(r"\S+\.rs:\d+", line):
+            where = line[len(root) + 1:].split(" ")[0]
+            continue
+        m = re.match(r"\s*([0-9a-f]+):\s+(.*)", line)
+        if not m:
+            continue
+        per = counts.get(int(m.group(1), 16), 0) / frames
+        if per < 0.5:
+            continue
+        total += per
+        if where != shown:
+            lines.append(f"    # {where}")
+            shown = where
+        lines.append(f"{per:5.2f}  {m.group(1)}  {m.group(2)}")
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print(f"\n{total:.0f} instructions per frame listed in {path}")
+
+
+def instruction_counts(out, binary):
+    """Self cost per instruction address of `binary`, from a --dump-instr profile."""
     counts = {}
     fn_obj, skip_next = None, False
     with open(out) as f:
@@ -122,6 +159,11 @@ def print_lines(out, binary, root, frames, top=40):
                 if fn_obj == binary and len(parts) > 2:
                     a = int(parts[0], 16)
                     counts[a] = counts.get(a, 0) + int(parts[2])
+    return counts
+
+
+def print_lines(counts, binary, root, frames, top=40):
+    """The project's source lines that cost most per frame (self cost, inlining resolved)."""
     hot = [a for a, c in counts.items() if c >= frames // 100]
     resolved = subprocess.run(["addr2line", "-i", "-a", "-e", binary],
                               input="".join(f"{a:#x}\n" for a in hot),
