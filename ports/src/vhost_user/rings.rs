@@ -531,14 +531,23 @@ impl RxScratch {
 #[inline(always)]
 fn rx_head(hdr_len: usize, edit: &FrameEdit, num_buffers: u16) -> ([u8; HEAD_BLOCK], usize) {
     let mut head = [0u8; HEAD_BLOCK];
-    // num_buffers first, then the prefix: a 10-byte header has no num_buffers field and
-    // the prefix starts over it.
-    head[10..12].copy_from_slice(&num_buffers.to_le_bytes());
+    // The 12-byte header first, then the prefix: a 10-byte header has no num_buffers field
+    // and the prefix starts over it.
+    head[..VNET_HDR_MAX].copy_from_slice(&vnet_header(num_buffers));
     let hdr_len = hdr_len.min(VNET_HDR_MAX);
     // The whole prefix array (a fixed-size move); only its first `prefix().len()` bytes
     // count.
     head[hdr_len..hdr_len + FrameEdit::MAX_PREFIX].copy_from_slice(&edit.prefix);
     (head, hdr_len + edit.prefix().len())
+}
+
+/// The 12-byte virtio-net header of a received frame spread over `num_buffers` chains: no
+/// offloads, so every field is zero but `num_buffers`, its last two bytes.
+#[inline(always)]
+fn vnet_header(num_buffers: u16) -> [u8; VNET_HDR_MAX] {
+    let mut hdr = [0u8; VNET_HDR_MAX];
+    hdr[10..].copy_from_slice(&num_buffers.to_le_bytes());
+    hdr
 }
 
 /// The bytes the RX chains must hold for a `frame_len`-byte frame changed by `edit`,

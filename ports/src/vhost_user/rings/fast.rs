@@ -12,8 +12,8 @@ use virtio_bindings::virtio_ring::{
 use virtio_queue::{Queue, QueueT};
 
 use super::{
-    rx_head, rx_need, DeliverError, FrameEdit, PopTx, RxScratch, Seg, TxFrame, MAX_FRAME_LEN,
-    MAX_RX_CHAINS, MAX_RX_SEGS, MAX_TX_SEGS, MIN_FRAME_LEN, PEEK_LEN, VNET_HDR_MAX,
+    rx_head, rx_need, vnet_header, DeliverError, FrameEdit, PopTx, RxScratch, Seg, TxFrame,
+    MAX_FRAME_LEN, MAX_RX_CHAINS, MAX_RX_SEGS, MAX_TX_SEGS, MIN_FRAME_LEN, PEEK_LEN, VNET_HDR_MAX,
 };
 use crate::counters::DropReason;
 use crate::vhost_user::guest_view::{GuestView, HostSpan};
@@ -573,9 +573,7 @@ fn deliver_in_one_buffer(
         // the frame's bytes overwrite the array's tail right after. Fixed-size moves from
         // where the bytes are: a block assembled first, and a run-time length, had cost a
         // copy and a memcpy call per frame (callgrind).
-        let mut hdr = [0u8; VNET_HDR_MAX];
-        // num_buffers, the last two bytes: one buffer.
-        hdr[10..].copy_from_slice(&1u16.to_le_bytes());
+        let hdr = vnet_header(1);
         let written = if need as usize >= VNET_HDR_MAX + FrameEdit::MAX_PREFIX {
             dst.write_array(VNET_HDR_MAX, &edit.prefix)
         } else {
