@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use vringswitch_switch::Switch;
 
-/// Sum of busy and idle cycles of each worker: it grows at every loop iteration, and at
+/// Sum of busy and idle cycles of each worker: it grows at every poll of a TX queue, and at
 /// least once a second while the worker sleeps (its wait has a 1 s timeout).
 fn heartbeats(switch: &Switch) -> Vec<u64> {
     switch

@@ -240,11 +240,11 @@ fn families(s: &Snapshot) -> Vec<MetricFamily> {
     // Workers.
     let mut busy = Family::counter(
         "vringswitch_worker_busy_cycles_total",
-        "Cycles of worker loop iterations that moved at least one frame.",
+        "Cycles of worker polls of a TX queue that moved at least one frame.",
     );
     let mut idle = Family::counter(
         "vringswitch_worker_idle_cycles_total",
-        "Cycles of worker loop iterations that moved nothing, time asleep included.",
+        "Cycles of worker polls that moved nothing, time asleep included.",
     );
     let mut packets = Family::counter(
         "vringswitch_worker_packets_total",

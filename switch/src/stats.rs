@@ -1,9 +1,12 @@
-//! Per-worker cycle accounting, as OVS's `pmd-stats-show` does it.
+//! Per-worker cycle accounting, as `testpmd --record-core-cycles` does it.
 //!
 //! Each worker owns one [`WorkerStats`] and is its only writer (plain load and store, no
-//! locked instruction, its own cache line). Every loop iteration's cycles go to `busy` if it
-//! moved at least one frame and to `idle` otherwise; time asleep counts as idle. So busy
-//! cycles per packet is `busy / packets`, and the core's load is `busy / (busy + idle)`.
+//! locked instruction, its own cache line). Every poll of a TX queue is timed: its cycles go
+//! to `busy` if it moved at least one frame and to `idle` otherwise; time asleep counts as
+//! idle. So busy cycles per packet is `busy / packets`, and the core's load is
+//! `busy / (busy + idle)`: the share of the core spent moving frames, empty polls excluded
+//! (OVS's `pmd-stats-show` counts whole loop iterations instead, empty polls of other queues
+//! included).
 //!
 //! Cycles are TSC ticks on x86_64 and nanoseconds elsewhere; [`cycles_per_second`] says which.
 

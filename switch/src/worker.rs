@@ -125,8 +125,10 @@ impl Worker {
 
     /// Runs until the switch stops.
     ///
-    /// Each iteration's cycles are counted as busy if it moved a frame, else as idle
-    /// (sleeping included): one cycle-counter read per iteration.
+    /// Cycles are counted per poll of a TX queue, as `testpmd --record-core-cycles` counts
+    /// them per stream: a poll that moved a frame is busy, an empty one idle, and so is
+    /// sleeping. One cycle-counter read per poll; the loop's own overhead goes to the poll
+    /// after it.
     pub fn run(mut self) {
         let switch = self.switch.clone();
         let stats = &switch.workers[self.index].stats;
@@ -139,25 +141,27 @@ impl Worker {
             let now_s = self.switch.secs_at(now);
             let mut moved = 0;
             for i in 0..self.tx_queues.len() {
-                moved += self.poll_tx_queue(i, now_s);
-            }
-            let t = cycles();
-            let spent = t.wrapping_sub(t_prev);
-            t_prev = t;
-            if moved > 0 {
-                stats.add_busy(spent);
-                last_work = now;
-            } else {
-                stats.add_idle(spent);
-                if now.duration_since(last_work) >= self.idle_poll {
-                    self.sleep();
-                    last_work = Instant::now();
-                    let t = cycles();
-                    stats.add_idle(t.wrapping_sub(t_prev));
-                    t_prev = t;
+                let n = self.poll_tx_queue(i, now_s);
+                let t = cycles();
+                let spent = t.wrapping_sub(t_prev);
+                t_prev = t;
+                if n > 0 {
+                    stats.add_busy(spent);
                 } else {
-                    std::hint::spin_loop();
+                    stats.add_idle(spent);
                 }
+                moved += n;
+            }
+            if moved > 0 {
+                last_work = now;
+            } else if now.duration_since(last_work) >= self.idle_poll {
+                self.sleep();
+                last_work = Instant::now();
+                let t = cycles();
+                stats.add_idle(t.wrapping_sub(t_prev));
+                t_prev = t;
+            } else {
+                std::hint::spin_loop();
             }
         }
     }
