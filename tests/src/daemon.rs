@@ -161,42 +161,20 @@ impl Daemon {
 
     /// Sends SIGTERM and waits up to `timeout` for the daemon to exit; returns its status.
     pub fn terminate(&mut self, timeout: Duration) -> std::process::ExitStatus {
-        let mut child = self.child.take().expect("running");
+        let child = self.child.take().expect("running");
         let ok = Command::new("kill")
             .args(["-TERM", &child.id().to_string()])
             .status()
             .is_ok_and(|s| s.success());
         assert!(ok, "kill -TERM failed");
-        let deadline = std::time::Instant::now() + timeout;
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                return status;
-            }
-            if std::time::Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("vringswitch did not exit within {timeout:?} of SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        exit_status_within(child, timeout, " of SIGTERM")
     }
 
     /// Waits up to `timeout` for the daemon to exit by itself (after a signal sent by other
     /// means); returns its status.
     pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
-        let mut child = self.child.take().expect("running");
-        let deadline = std::time::Instant::now() + timeout;
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                return status;
-            }
-            if std::time::Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("vringswitch did not exit within {timeout:?}");
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let child = self.child.take().expect("running");
+        exit_status_within(child, timeout, "")
     }
 
     /// Starts the daemon again with the same configuration and API address.
@@ -334,5 +312,26 @@ impl Drop for KillOnDrop {
             .status();
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+/// `child`'s exit status, once it exits within `timeout`; otherwise kills it and fails the
+/// test, saying it did not exit within `timeout`, then `after` (e.g. " of SIGTERM").
+fn exit_status_within(
+    mut child: std::process::Child,
+    timeout: Duration,
+    after: &str,
+) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("vringswitch did not exit within {timeout:?}{after}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
 }

@@ -310,20 +310,8 @@ impl TestVm {
     /// it asked to be told (as a guest driver does: the used ring's NO_NOTIFY flag, or with
     /// EVENT_IDX its `avail_event`). Heads are not checked (for hostile-guest tests).
     pub fn make_available(&mut self, q: u16, heads: &[u16]) {
-        let dq = &mut self.queues[usize::from(q)];
-        let old = dq.next_avail;
-        let avail = dq.avail_addr();
-        for &h in heads {
-            let slot = u64::from(dq.next_avail % QUEUE_SIZE);
-            self.mem
-                .write_obj(h.to_le(), GuestAddress(avail + 4 + 2 * slot))
-                .unwrap();
-            dq.next_avail = dq.next_avail.wrapping_add(1);
-        }
-        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
-        self.mem
-            .write_obj(dq.next_avail.to_le(), GuestAddress(avail + 2))
-            .unwrap();
+        let old = self.queues[usize::from(q)].next_avail;
+        self.publish_avail(q, heads);
         std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
         if self.device_wants_kick(q, old) {
             let _ = self.queues[usize::from(q)].kick.write(1);
@@ -383,9 +371,15 @@ impl TestVm {
             self.mem.write_slice(&bytes, GuestAddress(addr)).unwrap();
             self.write_desc(q, d, addr, bytes.len() as u32, 0, 0);
         }
+        self.publish_avail(q, &heads);
+    }
+
+    /// Writes `heads` into queue `q`'s available ring, then the new avail index with one
+    /// store after a fence, as a driver does. No kick.
+    fn publish_avail(&mut self, q: u16, heads: &[u16]) {
         let dq = &mut self.queues[usize::from(q)];
         let avail = dq.avail_addr();
-        for &h in &heads {
+        for &h in heads {
             let slot = u64::from(dq.next_avail % QUEUE_SIZE);
             self.mem
                 .write_obj(h.to_le(), GuestAddress(avail + 4 + 2 * slot))
