@@ -61,7 +61,10 @@ const UNTAGGED: Ingress = Ingress { vlan: 0, tci: None };
 
 /// Scratch space of one burst, sized at start-up.
 struct Burst {
-    frames: Vec<Frame>,
+    /// One slot per frame of a burst, popped into in place; the burst's frames are the
+    /// first `len`.
+    slots: Vec<Frame>,
+    len: usize,
     segs: Vec<Seg>,
     rx_scratch: RxScratch,
     targets: Vec<PortId>,
@@ -69,8 +72,14 @@ struct Burst {
 
 impl Burst {
     fn new(burst: usize) -> Burst {
+        let empty = || Frame {
+            tx: TxFrame::default(),
+            dest: Dest::Drop,
+            ingress: UNTAGGED,
+        };
         Burst {
-            frames: Vec::with_capacity(burst),
+            slots: std::iter::repeat_with(empty).take(burst).collect(),
+            len: 0,
             segs: Vec::with_capacity(burst * MAX_TX_SEGS),
             rx_scratch: RxScratch::default(),
             targets: Vec::with_capacity(256),
@@ -275,7 +284,7 @@ impl Worker {
         if !att.serviceable(ring, &mut st) {
             return 0;
         }
-        b.frames.clear();
+        b.len = 0;
         b.segs.clear();
         b.targets.clear();
         let mut decide = Decision {
@@ -295,8 +304,12 @@ impl Worker {
         let mut tx_ring = RingView::new(st.get_queue_mut(), src_mem);
         let mut consumed = 0;
         for _ in 0..self.burst_size {
-            let tx = match tx_ring.pop_tx(hdr_len, &mut b.segs) {
-                PopTx::Frame(f) => f,
+            // Popped straight into its slot: a frame returned was moved through the stack.
+            let Some(f) = b.slots.get_mut(b.len) else {
+                break;
+            };
+            match tx_ring.pop_tx_into(hdr_len, &mut b.segs, &mut f.tx) {
+                PopTx::Frame(()) => {}
                 PopTx::Empty => break,
                 PopTx::Broken => {
                     counters.add_drop(DropReason::BadDescriptor, 1);
@@ -310,19 +323,12 @@ impl Worker {
                 }
             };
             // The used entry is written now, published after the copies.
-            tx_ring.add_used(tx.head, 0);
+            tx_ring.add_used(f.tx.head, 0);
             consumed += 1;
-            rx_bytes += u64::from(tx.len);
-            // Stored first, then decided on in place: moving a decided frame cost a store
-            // per field of its header copy (callgrind).
-            b.frames.push(Frame {
-                tx,
-                dest: Dest::Drop,
-                ingress: UNTAGGED,
-            });
-            let Some(f) = b.frames.last_mut() else {
-                continue;
-            };
+            rx_bytes += u64::from(f.tx.len);
+            b.len += 1;
+            // Decided on in place: moving a decided frame cost a store per field of its
+            // header copy (callgrind).
             let (ingress, dest) = decide.frame(&f.tx);
             (f.ingress, f.dest) = (ingress, dest);
             match dest {
@@ -338,7 +344,7 @@ impl Worker {
             return 0;
         }
         self.switch.workers[self.index].stats.add_burst(consumed);
-        counters.add_rx(b.frames.len() as u64, rx_bytes);
+        counters.add_rx(b.len as u64, rx_bytes);
         if flood {
             b.targets.clear();
             b.targets
@@ -477,10 +483,11 @@ fn deliver_to(
         Dest::Drop => false,
     };
     // Usually the first frame is wanted: a scan, not a count, on the common path.
-    if !b.frames.iter().any(wanted) {
+    let frames = &b.slots[..b.len];
+    if !frames.iter().any(wanted) {
         return;
     }
-    let count = || b.frames.iter().filter(|f| wanted(f)).count() as u64;
+    let count = || frames.iter().filter(|f| wanted(f)).count() as u64;
     let Some(att) = attachment(topology, ports, dst) else {
         counters.add_drop(DropReason::PortDown, count());
         return;
@@ -507,7 +514,7 @@ fn deliver_to(
     }
     let (mut packets, mut bytes) = (0u64, 0u64);
     let mut ring = RingView::new(st.get_queue_mut(), dst_mem);
-    for f in &b.frames {
+    for f in frames {
         if !wanted(f) {
             continue;
         }

@@ -92,7 +92,7 @@ impl FrameEdit {
 /// A frame popped from a TX queue. Its segments (header excluded) live in the caller's
 /// segment array, at `seg_start..seg_end` ([`TxFrame::segs_in`]). 32 bytes: a frame is
 /// moved a few times per burst.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct TxFrame {
     pub head: u16,
     pub len: u32,
@@ -124,13 +124,14 @@ impl TxFrame {
 
 const _: () = assert!(std::mem::size_of::<TxFrame>() == 32);
 
-/// Result of popping one TX chain.
+/// Result of popping one TX chain: the frame itself ([`RingView::pop_tx`]), or `()` when it
+/// was written where the caller asked ([`RingView::pop_tx_into`]).
 #[derive(Debug)]
-pub enum PopTx {
+pub enum PopTx<F = TxFrame> {
     /// No chain available.
     Empty,
     /// A well-formed frame.
-    Frame(TxFrame),
+    Frame(F),
     /// A chain that cannot be forwarded; it must still be returned to the guest as used.
     Bad { head: u16, reason: DropReason },
     /// The ring itself is corrupt (its available index is more than a ring ahead): the
@@ -195,6 +196,25 @@ impl<'q, 'm> RingView<'q, 'm> {
     /// for [`MAX_TX_SEGS`] more entries without growing.
     #[inline]
     pub fn pop_tx(&mut self, hdr_len: usize, segs: &mut Vec<Seg>) -> PopTx {
+        let mut frame = TxFrame::default();
+        match self.pop_tx_into(hdr_len, segs, &mut frame) {
+            PopTx::Frame(()) => PopTx::Frame(frame),
+            PopTx::Empty => PopTx::Empty,
+            PopTx::Bad { head, reason } => PopTx::Bad { head, reason },
+            PopTx::Broken => PopTx::Broken,
+        }
+    }
+
+    /// [`Self::pop_tx`], writing the frame into `out` (meaningful only if the result is
+    /// `Frame`): the burst loop pops straight into its array, where a returned frame was
+    /// moved through the stack (callgrind).
+    #[inline]
+    pub fn pop_tx_into(
+        &mut self,
+        hdr_len: usize,
+        segs: &mut Vec<Seg>,
+        out: &mut TxFrame,
+    ) -> PopTx<()> {
         match &self.split {
             Some(ring) => fast::pop_tx(
                 ring,
@@ -204,8 +224,9 @@ impl<'q, 'm> RingView<'q, 'm> {
                 self.queue,
                 hdr_len,
                 segs,
+                out,
             ),
-            None => pop_tx_general(self.queue, self.view.mem(), hdr_len, segs),
+            None => pop_tx_general(self.queue, self.view.mem(), hdr_len, segs, out),
         }
     }
 
@@ -296,7 +317,13 @@ impl<'q, 'm> RingView<'q, 'm> {
 }
 
 /// General-path [`RingView::pop_tx`].
-fn pop_tx_general(queue: &mut Queue, mem: &GuestMem, hdr_len: usize, segs: &mut Vec<Seg>) -> PopTx {
+fn pop_tx_general(
+    queue: &mut Queue,
+    mem: &GuestMem,
+    hdr_len: usize,
+    segs: &mut Vec<Seg>,
+    out: &mut TxFrame,
+) -> PopTx<()> {
     debug_assert!(segs.capacity() - segs.len() >= MAX_TX_SEGS);
     let Some(chain) = queue.pop_descriptor_chain(mem) else {
         return PopTx::Empty;
@@ -352,7 +379,8 @@ fn pop_tx_general(queue: &mut Queue, mem: &GuestMem, hdr_len: usize, segs: &mut 
     if read_segs(mem, &segs[start..], &mut peek[..n]).is_err() {
         return bad(segs, DropReason::BadDescriptor);
     }
-    PopTx::Frame(TxFrame::new(head, start..segs.len(), len as u32, peek))
+    *out = TxFrame::new(head, start..segs.len(), len as u32, peek);
+    PopTx::Frame(())
 }
 
 /// Copies the first `buf.len()` bytes described by `segs` into `buf`.

@@ -175,6 +175,9 @@ fn resync_or_disable(
 
 /// Fast-path [`super::RingView::pop_tx`]. Inlined into the caller's burst loop: the common
 /// shape (one buffer) is handled here, everything else by [`pop_tx_walk`], out of line.
+// The arguments are the fields of `RingView` and the caller's outputs: always inlined, so
+// none of them is passed on the stack.
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 pub(super) fn pop_tx<'m>(
     ring: &SplitRing<'m>,
@@ -184,7 +187,8 @@ pub(super) fn pop_tx<'m>(
     queue: &mut Queue,
     hdr_len: usize,
     segs: &mut Vec<Seg>,
-) -> PopTx {
+    out: &mut TxFrame,
+) -> PopTx<()> {
     debug_assert!(segs.capacity() - segs.len() >= MAX_TX_SEGS);
     let next = queue.next_avail();
     let (head, next) = match next_head(ring, avail_idx, next) {
@@ -196,10 +200,10 @@ pub(super) fn pop_tx<'m>(
     };
     prefetch_ahead(ring, view, *avail_idx, next, hdr_len as u64, fresh);
     queue.set_next_avail(next.wrapping_add(1));
-    if let Some(frame) = pop_in_one_buffer(ring, view, head, hdr_len, segs) {
-        return frame;
+    if let Some(popped) = pop_in_one_buffer(ring, view, head, hdr_len, segs, out) {
+        return popped;
     }
-    pop_tx_walk(ring, view, head, hdr_len, segs)
+    pop_tx_walk(ring, view, head, hdr_len, segs, out)
 }
 
 /// [`pop_tx`] when the ring held no chain or looked corrupt: the next head and its
@@ -211,7 +215,7 @@ fn head_when_not_ready(
     avail_idx: &mut u16,
     fresh: bool,
     queue: &mut Queue,
-) -> Result<(u16, u16), PopTx> {
+) -> Result<(u16, u16), PopTx<()>> {
     let next = queue.next_avail();
     match next_head(ring, avail_idx, next) {
         Next::Head(h) => return Ok((h, next)),
@@ -239,7 +243,8 @@ fn pop_tx_walk<'m>(
     head: u16,
     hdr_len: usize,
     segs: &mut Vec<Seg>,
-) -> PopTx {
+    out: &mut TxFrame,
+) -> PopTx<()> {
     let start = segs.len();
     let mut skip = hdr_len as u64;
     let mut total: u64 = 0;
@@ -295,7 +300,8 @@ fn pop_tx_walk<'m>(
         }
         done += k;
     }
-    PopTx::Frame(TxFrame::new(head, start..segs.len(), len as u32, peek))
+    *out = TxFrame::new(head, start..segs.len(), len as u32, peek);
+    PopTx::Frame(())
 }
 
 /// The common case of [`pop_tx`], without the general walk: chain `head` is a single
@@ -309,7 +315,8 @@ fn pop_in_one_buffer<'m>(
     head: u16,
     hdr_len: usize,
     segs: &mut Vec<Seg>,
-) -> Option<PopTx> {
+    out: &mut TxFrame,
+) -> Option<PopTx<()>> {
     let d = ring.table().get(head)?;
     if d.flags & (F_NEXT | F_INDIRECT | F_WRITE) != 0 {
         return None;
@@ -330,12 +337,8 @@ fn pop_in_one_buffer<'m>(
         addr,
         len: len as u32,
     });
-    Some(PopTx::Frame(TxFrame::new(
-        head,
-        start..start + 1,
-        len as u32,
-        peek,
-    )))
+    *out = TxFrame::new(head, start..start + 1, len as u32, peek);
+    Some(PopTx::Frame(()))
 }
 
 /// The peek of a `len`-byte frame shorter than [`PEEK_LEN`]: its bytes, then zeros.
