@@ -89,13 +89,14 @@ impl FrameEdit {
     }
 }
 
-/// A frame popped from a TX queue. Its segments (header excluded) live in the caller's
-/// segment array, at `seg_start..seg_end` ([`TxFrame::segs_in`]). 32 bytes: a frame is
-/// moved a few times per burst.
+/// A frame popped from a TX queue. Its segments (header excluded) are `one` when it is in
+/// one buffer (the usual case, `seg_start == seg_end`), else in the caller's segment array
+/// at `seg_start..seg_end` ([`TxFrame::segs_in`]).
 #[derive(Debug, Clone, Default)]
 pub struct TxFrame {
     pub head: u16,
     pub len: u32,
+    one: Seg,
     seg_start: u32,
     seg_end: u32,
     /// The first bytes of the frame, copied once: decisions are made on this copy.
@@ -103,26 +104,47 @@ pub struct TxFrame {
 }
 
 impl TxFrame {
-    /// A frame whose segments are `segs` of the caller's array (fewer than 2^32 entries).
+    /// A frame whose segments are `segs` of the caller's array (fewer than 2^32 entries,
+    /// at least one).
     #[inline]
     fn new(head: u16, segs: std::ops::Range<usize>, len: u32, peek: [u8; PEEK_LEN]) -> TxFrame {
+        debug_assert!(segs.start < segs.end);
         TxFrame {
             head,
             len,
+            one: Seg::default(),
             seg_start: segs.start as u32,
             seg_end: segs.end as u32,
             peek,
         }
     }
 
-    /// The frame's segments, in `all`: the array given to [`RingView::pop_tx`].
+    /// A frame of `len` bytes in one buffer, at guest address `addr`: the caller's
+    /// segment array is not used (a push there, and the bounds checks of the slice taken
+    /// back, cost more than the frame's own copy of it; callgrind).
     #[inline]
-    pub fn segs_in<'a>(&self, all: &'a [Seg]) -> &'a [Seg] {
-        &all[self.seg_start as usize..self.seg_end as usize]
+    fn in_one_buffer(head: u16, addr: u64, len: u32, peek: [u8; PEEK_LEN]) -> TxFrame {
+        TxFrame {
+            head,
+            len,
+            one: Seg { addr, len },
+            seg_start: 0,
+            seg_end: 0,
+            peek,
+        }
+    }
+
+    /// The frame's segments: its own one, or those in `all`, the array given to
+    /// [`RingView::pop_tx`].
+    #[inline]
+    pub fn segs_in<'a>(&'a self, all: &'a [Seg]) -> &'a [Seg] {
+        if self.seg_start == self.seg_end {
+            std::slice::from_ref(&self.one)
+        } else {
+            &all[self.seg_start as usize..self.seg_end as usize]
+        }
     }
 }
-
-const _: () = assert!(std::mem::size_of::<TxFrame>() == 32);
 
 /// Result of popping one TX chain: the frame itself ([`RingView::pop_tx`]), or `()` when it
 /// was written where the caller asked ([`RingView::pop_tx_into`]).

@@ -200,7 +200,7 @@ pub(super) fn pop_tx<'m>(
     };
     prefetch_ahead(ring, view, *avail_idx, next, hdr_len as u64, fresh);
     queue.set_next_avail(next.wrapping_add(1));
-    if let Some(popped) = pop_in_one_buffer(ring, view, head, hdr_len, segs, out) {
+    if let Some(popped) = pop_in_one_buffer(ring, view, head, hdr_len, out) {
         return popped;
     }
     pop_tx_walk(ring, view, head, hdr_len, segs, out)
@@ -314,7 +314,6 @@ fn pop_in_one_buffer<'m>(
     view: &mut GuestView<'m>,
     head: u16,
     hdr_len: usize,
-    segs: &mut Vec<Seg>,
     out: &mut TxFrame,
 ) -> Option<PopTx<()>> {
     let d = ring.table().get(head)?;
@@ -332,12 +331,7 @@ fn pop_in_one_buffer<'m>(
         Some(peek) => peek,
         None => peek_short(&frame, len)?,
     };
-    let start = segs.len();
-    segs.push(Seg {
-        addr,
-        len: len as u32,
-    });
-    *out = TxFrame::new(head, start..start + 1, len as u32, peek);
+    *out = TxFrame::in_one_buffer(head, addr, len as u32, peek);
     Some(PopTx::Frame(()))
 }
 

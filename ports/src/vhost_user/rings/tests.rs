@@ -133,6 +133,66 @@ fn pop_tx_skips_a_header_that_straddles_descriptors(fast: bool) {
     ));
 }
 
+/// A frame in one buffer and one spread over two, popped in turn: each names its own bytes
+/// (the fast path keeps a one-buffer frame's segment in the frame, not in the array).
+fn pop_tx_segments_of_one_and_of_several_buffers(fast: bool) {
+    let m = mem();
+    let vq = MockSplitQueue::new(&m, 16);
+    let f = frame(80);
+    let mut whole = vec![0u8; 12];
+    whole.extend_from_slice(&f);
+    m.write_slice(&whole, GuestAddress(BUF)).unwrap();
+    m.write_slice(&whole[..50], GuestAddress(BUF + 0x200))
+        .unwrap();
+    m.write_slice(&whole[50..], GuestAddress(BUF + 0x300))
+        .unwrap();
+    offer(&vq, 0, &[desc(BUF, 92, false)]);
+    offer(
+        &vq,
+        1,
+        &[desc(BUF + 0x200, 50, false), desc(BUF + 0x300, 42, false)],
+    );
+    let mut q: Queue = vq.create_queue().unwrap();
+    let mut segs = Vec::with_capacity(2 * MAX_TX_SEGS);
+    let mut r = ring(&mut q, &m, fast);
+    let PopTx::Frame(one) = r.pop_tx(12, &mut segs) else {
+        panic!("expected a frame")
+    };
+    let PopTx::Frame(two) = r.pop_tx(12, &mut segs) else {
+        panic!("expected a frame")
+    };
+    assert_eq!(
+        one.segs_in(&segs),
+        &[Seg {
+            addr: BUF + 12,
+            len: 80
+        }]
+    );
+    assert_eq!(
+        two.segs_in(&segs),
+        &[
+            Seg {
+                addr: BUF + 0x200 + 12,
+                len: 38
+            },
+            Seg {
+                addr: BUF + 0x300,
+                len: 42
+            }
+        ]
+    );
+    for tx in [&one, &two] {
+        assert_eq!(tx.len, 80);
+        let mut bytes = Vec::new();
+        for s in tx.segs_in(&segs) {
+            let mut b = vec![0u8; s.len as usize];
+            m.read_slice(&mut b, GuestAddress(s.addr)).unwrap();
+            bytes.extend_from_slice(&b);
+        }
+        assert_eq!(bytes, f);
+    }
+}
+
 fn pop_tx_rejects_malformed_chains(fast: bool) {
     let m = mem();
     let cases: Vec<(Vec<RawDescriptor>, DropReason)> = vec![
@@ -721,6 +781,7 @@ macro_rules! on_both_paths {
 
 on_both_paths!(
     pop_tx_skips_a_header_that_straddles_descriptors,
+    pop_tx_segments_of_one_and_of_several_buffers,
     pop_tx_rejects_malformed_chains,
     pop_tx_bounds_segment_count,
     mergeable_rx_spreads_a_full_frame_over_small_buffers,
