@@ -15,9 +15,9 @@ use vringswitch_switch::Switch;
 pub struct WorkerSnapshot {
     /// The CPU it is pinned to.
     pub core: usize,
-    /// Cycles of loop iterations that moved at least one frame.
+    /// Cycles of TX-queue polls that moved at least one frame.
     pub busy_cycles: u64,
-    /// Cycles of loop iterations that moved nothing, sleep included.
+    /// Cycles of polls that moved nothing, sleep included.
     pub idle_cycles: u64,
     /// Chains taken from TX rings (frames, malformed ones included).
     pub packets: u64,

@@ -64,13 +64,13 @@ fn bucket_of(n: usize) -> usize {
 }
 
 impl WorkerStats {
-    /// One loop iteration of `cycles` that moved frames.
+    /// A TX-queue poll of `cycles` that moved frames.
     #[inline]
     pub fn add_busy(&self, cycles: u64) {
         bump(&self.busy_cycles, cycles);
     }
 
-    /// One loop iteration (or a sleep) of `cycles` that moved nothing.
+    /// A TX-queue poll (or a sleep) of `cycles` that moved nothing.
     #[inline]
     pub fn add_idle(&self, cycles: u64) {
         bump(&self.idle_cycles, cycles);

@@ -185,3 +185,20 @@ fn every_counter_is_exact_after_a_known_workload() {
         0
     );
 }
+
+/// A poll that finds its queue empty is idle time, as testpmd counts it: with two ports
+/// connected and silent, the worker polls and sleeps without a busy cycle.
+#[test]
+fn quiet_ports_cost_no_busy_cycles() {
+    let s = Setup::new("quiet", &[("br0", &["a", "b"])], 1);
+    let _a = s.vm("a", 1);
+    let _b = s.vm("b", 2);
+    s.wait_connected(&["a", "b"]);
+    let before = stats(&s).workers[0].idle_cycles;
+    // A sleep is counted when the worker wakes, at the latest after its 1 s timeout.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let w = &stats(&s).workers[0];
+    assert_eq!(w.packets, 0, "{w:?}");
+    assert_eq!(w.busy_cycles, 0, "{w:?}");
+    assert!(w.idle_cycles > before, "idle cycles did not grow: {w:?}");
+}
