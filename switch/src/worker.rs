@@ -97,7 +97,6 @@ pub struct Worker {
     tx_queues: Vec<(PortId, u16)>,
     ports: Vec<PortCache>,
     fdb_caches: Vec<FdbCache>,
-    burst_size: usize,
     burst: Burst,
     idle_poll: Duration,
     epoll: Epoll,
@@ -114,7 +113,6 @@ impl Worker {
             wake.as_raw_fd_i32(),
             EpollEvent::new(EventSet::IN, 0),
         )?;
-        let burst_size = switch.burst;
         Ok(Worker {
             index,
             wake,
@@ -123,8 +121,7 @@ impl Worker {
             tx_queues: Vec::new(),
             ports: Vec::new(),
             fdb_caches: Vec::new(),
-            burst_size,
-            burst: Burst::new(burst_size),
+            burst: Burst::new(switch.burst),
             idle_poll: switch.idle_poll,
             epoll,
             watched_kicks: Vec::new(),
@@ -303,7 +300,8 @@ impl Worker {
         // Pop and decide in one pass, each frame on the stack copy of its header.
         let mut tx_ring = RingView::new(st.get_queue_mut(), src_mem);
         let mut consumed = 0;
-        for _ in 0..self.burst_size {
+        // One chain per slot at most; a malformed chain takes its turn without a slot.
+        for _ in 0..b.slots.len() {
             // Popped straight into its slot: a frame returned was moved through the stack.
             let Some(f) = b.slots.get_mut(b.len) else {
                 break;
