@@ -99,20 +99,27 @@ pub struct Worker {
     fdb_caches: Vec<FdbCache>,
     burst: Burst,
     idle_poll: Duration,
+    /// What a sleeping worker waits on: its wake eventfd, and the kick eventfds of its TX
+    /// queues as they were when it last went to sleep. Made anew with each topology, so it
+    /// never keeps queues that moved to another worker.
     epoll: Epoll,
-    /// Kick eventfds added to `epoll` for one sleep (kept to reuse its allocation).
-    watched_kicks: Vec<i32>,
+}
+
+/// A new wait set holding only `wake` (a kick's eventfd is added when the worker sleeps).
+fn wait_set(wake: &EventFd) -> std::io::Result<Epoll> {
+    let epoll = Epoll::new()?;
+    epoll.ctl(
+        ControlOperation::Add,
+        wake.as_raw_fd_i32(),
+        EpollEvent::new(EventSet::IN, 0),
+    )?;
+    Ok(epoll)
 }
 
 impl Worker {
     pub(crate) fn new(index: usize, switch: Arc<Switch>) -> std::io::Result<Worker> {
         let wake = switch.workers[index].wake.clone();
-        let epoll = Epoll::new()?;
-        epoll.ctl(
-            ControlOperation::Add,
-            wake.as_raw_fd_i32(),
-            EpollEvent::new(EventSet::IN, 0),
-        )?;
+        let epoll = wait_set(&wake)?;
         Ok(Worker {
             index,
             wake,
@@ -124,7 +131,6 @@ impl Worker {
             burst: Burst::new(switch.burst),
             idle_poll: switch.idle_poll,
             epoll,
-            watched_kicks: Vec::new(),
             switch,
         })
     }
@@ -188,6 +194,11 @@ impl Worker {
         self.fdb_caches.clear();
         self.fdb_caches
             .resize_with(self.topology.bridges.len(), FdbCache::default);
+        match wait_set(&self.wake) {
+            Ok(epoll) => self.epoll = epoll,
+            // The old set still works: a queue that left this worker only wakes it in vain.
+            Err(e) => tracing::warn!(error = %e, "worker keeps its old wait set"),
+        }
         self.switch.mark_seen(self.index, g);
     }
 
@@ -197,10 +208,19 @@ impl Worker {
     /// The worker watches its TX queues' kick eventfds itself while asleep, so a kick wakes
     /// it directly on its own core. The library's event thread sees the same kick and rings
     /// the doorbell too; that second path only matters if it consumed the kick first.
+    ///
+    /// A wake-up costs as few system calls as possible, since each is slow on a core that
+    /// was just halted: the doorbell is drained before sleeping, not after, and the kick
+    /// eventfds stay in the wait set (edge-triggered, so a kick nobody consumes wakes it
+    /// once). Adding one already there fails with EEXIST; a closed one left by itself.
     fn sleep(&mut self) {
+        // Whatever the doorbell announced before this point is seen below: a new topology
+        // or a stop by the checks, a new attachment or a kick by `for_each_ready_tx`.
+        let _ = self.wake.read();
+        if self.switch.topology_generation() != self.topology_gen || self.switch.stopping() {
+            return;
+        }
         let mut pending = false;
-        let mut kicks = std::mem::take(&mut self.watched_kicks);
-        kicks.clear();
         let epoll = &self.epoll;
         for_each_ready_tx(
             &self.topology,
@@ -208,13 +228,8 @@ impl Worker {
             &self.tx_queues,
             |st, mem| {
                 if let Some(kick) = st.get_kick() {
-                    let fd = kick.as_raw_fd();
-                    if epoll
-                        .ctl(ControlOperation::Add, fd, EpollEvent::new(EventSet::IN, 1))
-                        .is_ok()
-                    {
-                        kicks.push(fd);
-                    }
+                    let ev = EpollEvent::new(EventSet::IN | EventSet::EDGE_TRIGGERED, 1);
+                    let _ = epoll.ctl(ControlOperation::Add, kick.as_raw_fd(), ev);
                 }
                 pending |= st.get_queue_mut().enable_notification(mem).unwrap_or(true);
             },
@@ -223,15 +238,8 @@ impl Worker {
             let mut events = [EpollEvent::default(); 4];
             // A timeout bounds the effect of anything missed; nothing should be.
             let _ = self.epoll.wait(1000, &mut events);
-            let _ = self.wake.read();
             self.switch.workers[self.index].stats.add_wakeup();
         }
-        for &fd in &kicks {
-            // The fd may have been closed meanwhile (the peer left): then the kernel already
-            // dropped it from the epoll set and this fails harmlessly.
-            let _ = epoll.ctl(ControlOperation::Delete, fd, EpollEvent::default());
-        }
-        self.watched_kicks = kicks;
         for_each_ready_tx(
             &self.topology,
             &mut self.ports,
