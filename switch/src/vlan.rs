@@ -159,65 +159,73 @@ impl VlanPolicy {
     /// on (spoofing past port security, or hopping VLANs with a second tag).
     #[inline]
     pub fn egress(&self, ingress: Ingress, peek: &[u8; PEEK_LEN]) -> Option<FrameEdit> {
+        let mut edit = FrameEdit::NONE;
+        self.egress_into(ingress, peek, &mut edit).then_some(edit)
+    }
+
+    /// [`Self::egress`] for the data path: the edit is written into `edit` (a slot the
+    /// caller reuses, so the prefix is built where it is read) and `false` means the frame
+    /// does not leave here.
+    #[inline(always)]
+    pub fn egress_into(
+        &self,
+        ingress: Ingress,
+        peek: &[u8; PEEK_LEN],
+        edit: &mut FrameEdit,
+    ) -> bool {
         let Ingress { vlan, tci } = ingress;
-        if self.native == Some(vlan) {
-            return Some(match tci {
-                None => keep(peek, UNTAGGED_HEADER_LEN),
-                Some(_) => pop_tag(peek),
-            });
-        }
-        if !self.is_tagged(vlan) {
-            return None;
-        }
-        Some(match tci {
-            Some(t) if t & VID_MASK == vlan => keep(peek, TAGGED_HEADER_LEN),
-            // Re-tagged (from a priority tag): the priority bits are kept.
-            Some(t) => push_tag(peek, (t & !VID_MASK) | vlan, TYPE_AT + 4),
-            None => push_tag(peek, vlan, TYPE_AT),
-        })
+        // Every edit starts from the whole of `peek` (one 18-byte move, no zeroing) and
+        // patches what changes.
+        edit.prefix = *peek;
+        let (prefix_len, skip) = if self.native == Some(vlan) {
+            match tci {
+                None => (UNTAGGED_HEADER_LEN, UNTAGGED_HEADER_LEN),
+                Some(_) => pop_tag(&mut edit.prefix, peek),
+            }
+        } else if !self.is_tagged(vlan) {
+            return false;
+        } else {
+            match tci {
+                Some(t) if t & VID_MASK == vlan => (TAGGED_HEADER_LEN, TAGGED_HEADER_LEN),
+                // Re-tagged (from a priority tag): the priority bits are kept.
+                Some(t) => push_tag(&mut edit.prefix, peek, (t & !VID_MASK) | vlan, TYPE_AT + 4),
+                None => push_tag(&mut edit.prefix, peek, vlan, TYPE_AT),
+            }
+        };
+        edit.prefix_len = prefix_len as u8;
+        edit.skip = skip as u8;
+        true
     }
 }
 
 /// Bytes of an untagged Ethernet header: MAC addresses and EtherType.
 const UNTAGGED_HEADER_LEN: usize = 14;
 
-/// The frame as it is, its first `len` bytes written from `peek`.
-fn keep(peek: &[u8; PEEK_LEN], len: usize) -> FrameEdit {
-    let mut prefix = [0u8; FrameEdit::MAX_PREFIX];
-    prefix[..len].copy_from_slice(&peek[..len]);
-    FrameEdit {
-        prefix,
-        prefix_len: len as u8,
-        skip: len as u8,
-    }
-}
+const _: () = assert!(PEEK_LEN == FrameEdit::MAX_PREFIX);
 
-/// The MAC addresses, a tag of `tci`, then the EtherType found at `type_at` (12 for an
-/// untagged frame, 16 for a tagged one whose tag is replaced).
-fn push_tag(peek: &[u8; PEEK_LEN], tci: u16, type_at: usize) -> FrameEdit {
-    let mut prefix = [0u8; FrameEdit::MAX_PREFIX];
-    prefix[..TYPE_AT].copy_from_slice(&peek[..TYPE_AT]);
+/// Turns `prefix`, a copy of `peek`, into the MAC addresses, a tag of `tci`, then the
+/// EtherType found at `type_at` (12 for an untagged frame, 16 for a tagged one whose tag
+/// is replaced). Returns the prefix's length and how many source bytes it replaces.
+#[inline(always)]
+fn push_tag(
+    prefix: &mut [u8; PEEK_LEN],
+    peek: &[u8; PEEK_LEN],
+    tci: u16,
+    type_at: usize,
+) -> (usize, usize) {
+    prefix[TYPE_AT + 4..TAGGED_HEADER_LEN].copy_from_slice(&peek[type_at..type_at + 2]);
     prefix[TYPE_AT..TYPE_AT + 2].copy_from_slice(&TPID_8021Q.to_be_bytes());
     prefix[TYPE_AT + 2..TYPE_AT + 4].copy_from_slice(&tci.to_be_bytes());
-    prefix[TYPE_AT + 4..TAGGED_HEADER_LEN].copy_from_slice(&peek[type_at..type_at + 2]);
-    FrameEdit {
-        prefix,
-        prefix_len: TAGGED_HEADER_LEN as u8,
-        skip: (type_at + 2) as u8,
-    }
+    (TAGGED_HEADER_LEN, type_at + 2)
 }
 
-/// Removes the tag that follows the MAC addresses: the MAC addresses, then the EtherType
-/// that followed the tag.
-fn pop_tag(peek: &[u8; PEEK_LEN]) -> FrameEdit {
-    let mut prefix = [0u8; FrameEdit::MAX_PREFIX];
-    prefix[..TYPE_AT].copy_from_slice(&peek[..TYPE_AT]);
+/// Turns `prefix`, a copy of `peek`, into the MAC addresses, then the EtherType that
+/// followed the tag after them. Returns the prefix's length and how many source bytes it
+/// replaces.
+#[inline(always)]
+fn pop_tag(prefix: &mut [u8; PEEK_LEN], peek: &[u8; PEEK_LEN]) -> (usize, usize) {
     prefix[TYPE_AT..UNTAGGED_HEADER_LEN].copy_from_slice(&peek[TYPE_AT + 4..TAGGED_HEADER_LEN]);
-    FrameEdit {
-        prefix,
-        prefix_len: UNTAGGED_HEADER_LEN as u8,
-        skip: TAGGED_HEADER_LEN as u8,
-    }
+    (UNTAGGED_HEADER_LEN, TAGGED_HEADER_LEN)
 }
 
 #[cfg(test)]

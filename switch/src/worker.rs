@@ -23,7 +23,9 @@ use vmm_sys_util::eventfd::EventFd;
 use vringswitch_ports::counters::PortCounters;
 use vringswitch_ports::port::{GuestMem, GuestMemAtomic};
 use vringswitch_ports::vhost_user::guest_view::GuestView;
-use vringswitch_ports::vhost_user::rings::{PopTx, RingView, RxScratch, Seg, TxFrame, MAX_TX_SEGS};
+use vringswitch_ports::vhost_user::rings::{
+    FrameEdit, PopTx, RingView, RxScratch, Seg, TxFrame, MAX_TX_SEGS,
+};
 use vringswitch_ports::{Attachment, DropReason, PortId};
 
 use crate::ethernet::EthernetFrame;
@@ -520,15 +522,16 @@ fn deliver_to(
     }
     let (mut packets, mut bytes) = (0u64, 0u64);
     let mut ring = RingView::new(st.get_queue_mut(), dst_mem);
+    let mut edit = FrameEdit::NONE;
     for f in frames {
         if !wanted(f) {
             continue;
         }
         let tx = &f.tx;
-        let Some(edit) = policy.egress(f.ingress, &tx.peek) else {
+        if !policy.egress_into(f.ingress, &tx.peek, &mut edit) {
             counters.add_drop(DropReason::VlanFiltered, 1);
             continue;
-        };
+        }
         match ring.deliver(
             hdr_len,
             mrg,

@@ -56,7 +56,10 @@ pub struct Seg {
 /// How a frame is changed on its way out, without a second copy: the first `skip` bytes of
 /// the source frame are replaced by `prefix[..prefix_len]` (from the host), the rest is
 /// copied from the source VM as usual. Used to add, remove or rewrite an 802.1Q tag.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+///
+/// The bytes of `prefix` past `prefix_len` mean nothing (an edit is cheaper to build when
+/// they need not be zeroed), and two edits are equal when they write the same frame.
+#[derive(Debug, Clone, Copy)]
 pub struct FrameEdit {
     pub prefix: [u8; FrameEdit::MAX_PREFIX],
     pub prefix_len: u8,
@@ -88,6 +91,14 @@ impl FrameEdit {
         &self.prefix[..usize::from(self.prefix_len).min(Self::MAX_PREFIX)]
     }
 }
+
+impl PartialEq for FrameEdit {
+    fn eq(&self, other: &FrameEdit) -> bool {
+        self.prefix() == other.prefix() && self.skip == other.skip
+    }
+}
+
+impl Eq for FrameEdit {}
 
 /// A frame popped from a TX queue. Its segments (header excluded) are `one` when it is in
 /// one buffer (the usual case, `seg_start == seg_end`), else in the caller's segment array
