@@ -202,3 +202,32 @@ fn quiet_ports_cost_no_busy_cycles() {
     assert_eq!(w.busy_cycles, 0, "{w:?}");
     assert!(w.idle_cycles > before, "idle cycles did not grow: {w:?}");
 }
+
+/// A worker woken by traffic goes back to sleep once the traffic stops, and stays asleep
+/// until its 1 s timeout: neither the kick eventfds it keeps in its wait set nor the
+/// doorbell the library rings after each kick keep waking it.
+#[test]
+fn a_worker_sleeps_soundly_after_traffic() {
+    let s = Setup::new("sleeps", &[("br0", &["a", "b"])], 1);
+    let mut a = s.vm("a", 1);
+    let mut b = s.vm("b", 2);
+    s.wait_connected(&["a", "b"]);
+    // Each frame follows a pause longer than the worker's idle poll: each is a kick that
+    // wakes it, then the library's doorbell.
+    for i in 0..20 {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        a.reap_tx(TestVm::tx(0));
+        a.send(TestVm::tx(0), &frame(mac(2), mac(1), 46, i));
+        b.expect_frames(TestVm::rx(0), 1, T);
+        b.post_rx(TestVm::rx(0), 1, 2048);
+    }
+    let before = stats(&s).workers[0].wakeups;
+    assert!(
+        before >= 10,
+        "the frames did not wake a sleeping worker: {before} wake-ups"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let quiet = stats(&s).workers[0].wakeups - before;
+    // The 1 s timeout twice, one left over from the traffic (a doorbell rung late).
+    assert!(quiet <= 3, "{quiet} wake-ups in 2.5 s of silence");
+}
