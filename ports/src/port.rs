@@ -17,6 +17,8 @@ use virtio_queue::QueueT;
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::vhost_user::kicks::TxKicks;
+
 use crate::counters::PortStats;
 
 /// Stable identifier of a port for the lifetime of the daemon (never reused).
@@ -35,21 +37,36 @@ pub struct Attachment {
     /// Guest memory of this connection; replaced in place on SET_MEM_TABLE.
     pub mem: GuestMemAtomic,
     features: Arc<AtomicU64>,
+    /// The kick fds of the TX rings, which the library never sees.
+    tx_kicks: Arc<TxKicks>,
     /// Per vring: whether its queue was lined up with its used ring since it was last seen
     /// stopped (see [`Self::serviceable`]). Only touched under that vring's lock.
     lined_up: Box<[AtomicBool]>,
 }
 
 impl Attachment {
-    /// Creates an attachment; `features` is updated by the connection on SET_FEATURES.
-    pub fn new(vrings: Vec<Vring>, mem: GuestMemAtomic, features: Arc<AtomicU64>) -> Attachment {
+    /// Creates an attachment; `features` is updated by the connection on SET_FEATURES, and
+    /// `tx_kicks` by its relay on SET_VRING_KICK.
+    pub fn new(
+        vrings: Vec<Vring>,
+        mem: GuestMemAtomic,
+        features: Arc<AtomicU64>,
+        tx_kicks: Arc<TxKicks>,
+    ) -> Attachment {
         let lined_up = vrings.iter().map(|_| AtomicBool::new(false)).collect();
         Attachment {
             vrings,
             mem,
             features,
+            tx_kicks,
             lined_up,
         }
+    }
+
+    /// Calls `f` with the kick eventfd of TX ring `ring`, if the frontend gave one: the fd a
+    /// sleeping worker waits on. Open for the duration of the call.
+    pub fn with_tx_kick(&self, ring: usize, f: impl FnOnce(std::os::fd::RawFd)) {
+        self.tx_kicks.with(ring, f);
     }
 
     /// Whether vring `i`, whose state `st` the caller holds locked, may be served now: it is
@@ -265,7 +282,12 @@ mod tests {
     fn a_queue_is_lined_up_with_its_used_ring_once_per_start() {
         let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
         let vring = Vring::new(mem.clone(), 256).unwrap();
-        let att = Attachment::new(vec![vring], mem, Arc::new(AtomicU64::new(0)));
+        let att = Attachment::new(
+            vec![vring],
+            mem,
+            Arc::new(AtomicU64::new(0)),
+            Arc::new(TxKicks::new(1)),
+        );
         let v = &att.vrings[0];
         let serviceable = || att.serviceable(0, &mut v.get_mut());
         let next_avail = || v.get_ref().get_queue().next_avail();
@@ -314,6 +336,7 @@ mod tests {
             vec![],
             mem,
             Arc::new(AtomicU64::new(0)),
+            Arc::new(TxKicks::new(0)),
         )));
         assert!(p.generation() > g0);
         assert!(p.attachment().is_some());

@@ -13,8 +13,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use std::os::fd::AsRawFd;
-
 use vhost_user_backend::{VringState, VringT};
 use virtio_queue::QueueT;
 use vm_memory::GuestAddressSpace;
@@ -208,13 +206,20 @@ impl Worker {
     /// enabled (which closes the race with a driver that added buffers meanwhile).
     ///
     /// The worker watches its TX queues' kick eventfds itself while asleep, so a kick wakes
-    /// it directly on its own core. The library's event thread sees the same kick and rings
-    /// the doorbell too; that second path only matters if it consumed the kick first.
+    /// it directly on its own core. The library's event thread never sees them (the relay
+    /// hands it stand-ins, see `vringswitch_ports::vhost_user::kicks`), so it neither wakes
+    /// nor takes the vring's lock for a kick; the doorbell is for everything else.
     ///
     /// A wake-up costs as few system calls as possible, since each is slow on a core that
     /// was just halted: the doorbell is drained before sleeping, not after, and the kick
     /// eventfds stay in the wait set (edge-triggered, so a kick nobody consumes wakes it
     /// once). Adding one already there fails with EEXIST; a closed one left by itself.
+    ///
+    /// Nobody reads the kick eventfds, so a kick that came while the worker polled stays
+    /// reported until an `epoll_wait` returns it: with EVENT_IDX a driver kicks for its
+    /// first frame after every sleep, polled or not. Those are cleared before notifications
+    /// are enabled (the frames they announced are taken, or seen by the check after), so
+    /// they do not end the next sleep at once.
     fn sleep(&mut self) {
         // Whatever the doorbell announced before this point is seen below: a new topology
         // or a stop by the checks, a new attachment or a kick by `for_each_ready_tx`.
@@ -222,17 +227,25 @@ impl Worker {
         if self.switch.topology_generation() != self.topology_gen || self.switch.stopping() {
             return;
         }
+        let mut stale = [EpollEvent::default(); 16];
+        // Bounded: each round clears a full buffer of kicks, one per queue at most.
+        for _ in 0..=self.tx_queues.len() / stale.len() {
+            match self.epoll.wait(0, &mut stale) {
+                Ok(n) if n == stale.len() => continue,
+                _ => break,
+            }
+        }
         let mut pending = false;
         let epoll = &self.epoll;
         for_each_ready_tx(
             &self.topology,
             &mut self.ports,
             &self.tx_queues,
-            |st, mem| {
-                if let Some(kick) = st.get_kick() {
+            |att, ring, st, mem| {
+                att.with_tx_kick(ring, |kick| {
                     let ev = EpollEvent::new(EventSet::IN | EventSet::EDGE_TRIGGERED, 1);
-                    let _ = epoll.ctl(ControlOperation::Add, kick.as_raw_fd(), ev);
-                }
+                    let _ = epoll.ctl(ControlOperation::Add, kick, ev);
+                });
                 pending |= st.get_queue_mut().enable_notification(mem).unwrap_or(true);
             },
         );
@@ -246,7 +259,7 @@ impl Worker {
             &self.topology,
             &mut self.ports,
             &self.tx_queues,
-            |st, mem| {
+            |_, _, st, mem| {
                 let _ = st.get_queue_mut().disable_notification(mem);
             },
         );
@@ -565,7 +578,7 @@ fn for_each_ready_tx(
     topology: &Topology,
     ports: &mut [PortCache],
     tx_queues: &[(PortId, u16)],
-    mut f: impl FnMut(&mut VringState<GuestMemAtomic>, &GuestMem),
+    mut f: impl FnMut(&Attachment, usize, &mut VringState<GuestMemAtomic>, &GuestMem),
 ) {
     for &(port, qp) in tx_queues {
         let Some(att) = attachment(topology, ports, port) else {
@@ -578,7 +591,7 @@ fn for_each_ready_tx(
         let mem = att.mem.memory();
         let mut st = vring.get_mut();
         if att.serviceable(ring, &mut st) {
-            f(&mut st, &mem);
+            f(att, ring, &mut st, &mem);
         }
     }
 }

@@ -19,8 +19,18 @@ pub struct Setup {
 
 impl Setup {
     pub fn new(tag: &str, layout: &[(&str, &[&str])], queues: u16) -> Setup {
+        Setup::with_dataplane(tag, layout, queues, "")
+    }
+
+    /// As [`Setup::new`], with `dataplane` (TOML lines) added to the `[dataplane]` table.
+    pub fn with_dataplane(
+        tag: &str,
+        layout: &[(&str, &[&str])],
+        queues: u16,
+        dataplane: &str,
+    ) -> Setup {
         let dir = TempDir::new(tag);
-        let mut toml = String::from("[dataplane]\ncores = [1]\n");
+        let mut toml = format!("[dataplane]\ncores = [1]\n{dataplane}\n");
         let mut sockets = Vec::new();
         for (bridge, ports) in layout {
             toml.push_str(&format!("[[bridges]]\nname = \"{bridge}\"\n"));

@@ -204,27 +204,43 @@ fn quiet_ports_cost_no_busy_cycles() {
 }
 
 /// A worker woken by traffic goes back to sleep once the traffic stops, and stays asleep
-/// until its 1 s timeout: neither the kick eventfds it keeps in its wait set nor the
-/// doorbell the library rings after each kick keep waking it.
+/// until its 1 s timeout: neither the kick eventfds it keeps in its wait set (which nobody
+/// reads) nor the doorbell keep waking it. Each frame that wakes it does so once.
 #[test]
 fn a_worker_sleeps_soundly_after_traffic() {
-    let s = Setup::new("sleeps", &[("br0", &["a", "b"])], 1);
+    // An idle poll long enough for the reply of a round trip to come within it, whatever
+    // the machine's load; the pauses between round trips are longer.
+    let s = Setup::with_dataplane("sleeps", &[("br0", &["a", "b"])], 1, "idle_poll_us = 20000");
     let mut a = s.vm("a", 1);
     let mut b = s.vm("b", 2);
     s.wait_connected(&["a", "b"]);
-    // Each frame follows a pause longer than the worker's idle poll: each is a kick that
-    // wakes it, then the library's doorbell.
+    let start = stats(&s).workers[0].wakeups;
+    // Each round trip follows a pause longer than the worker's idle poll: its first frame
+    // is a kick that wakes the worker, its second (sent back at once) comes while the
+    // worker still polls, and kicks all the same (EVENT_IDX).
     for i in 0..20 {
-        std::thread::sleep(std::time::Duration::from_millis(5));
+        std::thread::sleep(std::time::Duration::from_millis(40));
         a.reap_tx(TestVm::tx(0));
         a.send(TestVm::tx(0), &frame(mac(2), mac(1), 46, i));
-        b.expect_frames(TestVm::rx(0), 1, T);
+        // Polled without sleeping (expect_frames waits 50 ms for more).
+        let deadline = std::time::Instant::now() + T;
+        while b.recv(TestVm::rx(0)).is_empty() {
+            assert!(std::time::Instant::now() < deadline, "frame {i} lost");
+        }
+        b.reap_tx(TestVm::tx(0));
+        b.send(TestVm::tx(0), &frame(mac(1), mac(2), 46, i));
+        a.expect_frames(TestVm::rx(0), 1, T);
+        a.post_rx(TestVm::rx(0), 1, 2048);
         b.post_rx(TestVm::rx(0), 1, 2048);
     }
     let before = stats(&s).workers[0].wakeups;
+    let woken = before - start;
+    // Once per round trip (and once for the 1 s timeout, should they straddle it). Not
+    // again for the reply's kick, which came while the worker polled: that one would end
+    // its next sleep at once, and every round trip would count twice.
     assert!(
-        before >= 10,
-        "the frames did not wake a sleeping worker: {before} wake-ups"
+        (20..=21).contains(&woken),
+        "20 round trips, each after a pause, woke the worker {woken} times"
     );
     std::thread::sleep(std::time::Duration::from_millis(2500));
     let quiet = stats(&s).workers[0].wakeups - before;

@@ -21,6 +21,7 @@ use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
 };
 
+use super::kicks::TxKicks;
 use crate::port::{Attachment, GuestMemAtomic, PortHandle};
 
 /// Largest ring a frontend may ask for.
@@ -60,6 +61,8 @@ pub struct NetBackend {
     queue_pairs: u16,
     mem: GuestMemAtomic,
     acked_features: Arc<AtomicU64>,
+    /// The TX rings' kick fds, filled by the connection's relay.
+    tx_kicks: Arc<TxKicks>,
     published: AtomicBool,
     /// Set once the connection is gone; serialises attaching against [`Self::close`], so a
     /// kick handled late by the library's event thread cannot attach a dead connection.
@@ -69,12 +72,18 @@ pub struct NetBackend {
 }
 
 impl NetBackend {
-    pub fn new(port: Arc<PortHandle>, queue_pairs: u16, mem: GuestMemAtomic) -> NetBackend {
+    pub fn new(
+        port: Arc<PortHandle>,
+        queue_pairs: u16,
+        mem: GuestMemAtomic,
+        tx_kicks: Arc<TxKicks>,
+    ) -> NetBackend {
         NetBackend {
             port,
             queue_pairs,
             mem,
             acked_features: Arc::new(AtomicU64::new(0)),
+            tx_kicks,
             published: AtomicBool::new(false),
             closed: Mutex::new(false),
             exit_notifiers: Mutex::new(Vec::new()),
@@ -190,7 +199,7 @@ impl VhostUserBackend for NetBackend {
         vrings: &[Self::Vring],
         _thread_id: usize,
     ) -> io::Result<()> {
-        // Called when a ring becomes ready and enabled, and on every kick.
+        // Called when a ring becomes ready and enabled, and on every RX kick.
         if !self.published.load(Ordering::Acquire) {
             let closed = self.closed.lock().unwrap_or_else(|e| e.into_inner());
             if *closed {
@@ -200,6 +209,7 @@ impl VhostUserBackend for NetBackend {
                 vrings.to_vec(),
                 self.mem.clone(),
                 self.acked_features.clone(),
+                self.tx_kicks.clone(),
             );
             self.port.attach(Arc::new(attachment));
             self.published.store(true, Ordering::Release);
@@ -210,7 +220,9 @@ impl VhostUserBackend for NetBackend {
                 "port rings ready"
             );
         } else if device_event % 2 == 1 {
-            // A TX kick (ring 2i+1): frames to forward. RX kicks (new receive buffers) need
+            // A TX ring (2i+1) started and enabled again: its worker adds the ring's kick fd
+            // to what it waits on. (The kicks themselves never come here: the relay keeps
+            // TX kick fds from the library, see `kicks`.) RX kicks (new receive buffers) need
             // no worker: frames are never held back waiting for buffers.
             self.port.ring_doorbell();
         }
@@ -246,13 +258,13 @@ mod tests {
     fn a_kick_handled_after_close_does_not_attach_the_dead_connection() {
         let port = Arc::new(PortHandle::new(1, "vm1", 1));
         let mem = GuestMemoryAtomic::new(crate::port::GuestMem::new());
-        let live = NetBackend::new(port.clone(), 1, mem.clone());
+        let live = NetBackend::new(port.clone(), 1, mem.clone(), Arc::new(TxKicks::new(2)));
         live.handle_event(0, EventSet::IN, &[], 0).unwrap();
         assert!(port.is_ready() && live.published());
         live.close();
         assert!(!port.is_ready());
 
-        let late = NetBackend::new(port.clone(), 1, mem);
+        let late = NetBackend::new(port.clone(), 1, mem, Arc::new(TxKicks::new(2)));
         late.close();
         late.handle_event(0, EventSet::IN, &[], 0).unwrap();
         assert!(!port.is_ready(), "attached after close");

@@ -21,6 +21,7 @@ use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
 use super::backend::NetBackend;
+use super::kicks::TxKicks;
 use super::relay::RelayEnd;
 use super::VhostUserError;
 use crate::log_limit::LogLimiter;
@@ -310,10 +311,12 @@ fn serve_connection(
 ) -> std::io::Result<Ended> {
     let name = port.name();
     let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
+    let tx_kicks = Arc::new(TxKicks::new(2 * usize::from(config.queue_pairs)));
     let backend = Arc::new(NetBackend::new(
         port.clone(),
         config.queue_pairs,
         mem.clone(),
+        tx_kicks.clone(),
     ));
     let mut daemon = VhostUserDaemon::new(name.to_string(), backend.clone(), mem)
         .map_err(|e| std::io::Error::other(e.to_string()))?;
@@ -322,7 +325,7 @@ fn serve_connection(
         let mut inner = Listener::new(&private, true).map_err(std::io::Error::other)?;
         let relay_side = UnixStream::connect(&private)?;
         let _ = std::fs::remove_file(&private);
-        let relay = super::relay::start(frontend.try_clone()?, relay_side)?;
+        let relay = super::relay::start(frontend.try_clone()?, relay_side, tx_kicks)?;
         daemon
             .start(&mut inner)
             .map_err(|e| std::io::Error::other(e.to_string()))?;

@@ -7,26 +7,35 @@
 //! acknowledged through `SET_FEATURES`, and drops the connection otherwise. DPDK's vhost
 //! library accepts it at any time. This relay defers such early messages: it acknowledges
 //! them itself (if a reply was asked for) and replays them to the handler just after the
-//! frontend's `SET_FEATURES`. Every other message passes through unchanged, file
-//! descriptors included.
+//! frontend's `SET_FEATURES`.
+//!
+//! It also keeps the kick eventfd of every TX ring from the library (see [`super::kicks`]):
+//! the real one goes to the connection's [`TxKicks`] for the workers, the library gets a
+//! stand-in. Every other message passes through unchanged, file descriptors included.
 //!
 //! It runs on the control path only (one thread per connection); frames never pass here.
 
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
+
+use super::kicks::TxKicks;
 
 use super::message_check::{
     check_header, check_message, Header, MemSlots, Refused, FLAG_NEED_REPLY, FLAG_REPLY,
-    FLAG_VERSION_1, HDR_LEN, SET_FEATURES, SET_VRING_ENABLE,
+    FLAG_VERSION_1, HDR_LEN, SET_FEATURES, SET_VRING_ENABLE, SET_VRING_KICK,
 };
 
 /// Most file descriptors one message carries (SET_MEM_TABLE: 8 regions).
 const MAX_FDS: usize = 32;
 const PROTOCOL_FEATURES_BIT: u64 = 1 << 30;
+/// The ring index in a SET_VRING_KICK/CALL/ERR payload (bit 8 is the NOFD flag).
+const VRING_INDEX_MASK: u64 = 0xff;
 
 /// How a relay ended.
 #[derive(Debug)]
@@ -38,9 +47,14 @@ pub enum RelayEnd {
 }
 
 /// Starts relaying between `frontend` and `relay_side`, the relay's end of a connection to
-/// the protocol handler. The relay threads end when either side closes, or when the frontend
-/// sends a message that is refused; joining the returned thread says which.
-pub fn start(frontend: UnixStream, relay_side: UnixStream) -> io::Result<JoinHandle<RelayEnd>> {
+/// the protocol handler. TX kick fds go to `kicks`. The relay threads end when either side
+/// closes, or when the frontend sends a message that is refused; joining the returned
+/// thread says which.
+pub fn start(
+    frontend: UnixStream,
+    relay_side: UnixStream,
+    kicks: Arc<TxKicks>,
+) -> io::Result<JoinHandle<RelayEnd>> {
     let to_frontend = frontend.try_clone()?;
     let from_handler = relay_side.try_clone()?;
     // Replies from the handler to the frontend: plain bytes (no reply we send carries fds).
@@ -62,6 +76,7 @@ pub fn start(frontend: UnixStream, relay_side: UnixStream) -> io::Result<JoinHan
                 features_set: false,
                 deferred: Vec::new(),
                 slots: MemSlots::default(),
+                kicks,
             };
             let end = match relay.run() {
                 Ok(never) => match never {},
@@ -86,6 +101,8 @@ struct Relay {
     deferred: Vec<[u8; 8]>,
     /// Memory regions mapped so far.
     slots: MemSlots,
+    /// Where the real kick fds of TX rings go.
+    kicks: Arc<TxKicks>,
 }
 
 fn header(request: u32, flags: u32, size: u32) -> [u8; HDR_LEN] {
@@ -126,9 +143,26 @@ impl Relay {
                 continue;
             }
 
-            let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+            let mut fds = fds;
+            // The stand-in for a TX ring's kick fd, open until the library has its own copy.
+            let mut stand_in = None;
+            if let Some(index) = self.kept_kick(request, &body) {
+                // Kept before the library sees the message: by the time the ring is started
+                // and a worker told, its kick fd is in the table.
+                let real = fds.pop();
+                if real.is_some() {
+                    stand_in = Some(EventFd::new(EFD_NONBLOCK)?);
+                }
+                self.kicks.set(index, real);
+            }
+            let raw: Vec<RawFd> = fds
+                .iter()
+                .map(AsRawFd::as_raw_fd)
+                .chain(stand_in.as_ref().map(AsRawFd::as_raw_fd))
+                .collect();
             self.handler.send_with_fds(&[&hdr[..], &body[..]], &raw)?;
             drop(fds);
+            drop(stand_in);
 
             if request == SET_FEATURES && size == 8 {
                 let features = u64::from_le_bytes(body[..8].try_into().unwrap_or([0; 8]));
@@ -147,6 +181,16 @@ impl Relay {
                 }
             }
         }
+    }
+
+    /// The ring whose kick fd `request` sets, if that fd belongs in [`TxKicks`].
+    fn kept_kick(&self, request: u32, body: &[u8]) -> Option<usize> {
+        if request != SET_VRING_KICK {
+            return None;
+        }
+        let payload = u64::from_le_bytes(body.try_into().ok()?);
+        let index = (payload & VRING_INDEX_MASK) as usize;
+        self.kicks.keeps(index).then_some(index)
     }
 }
 
@@ -183,8 +227,19 @@ mod tests {
     use super::*;
 
     fn start_pair(relay_end: UnixStream) -> (UnixStream, JoinHandle<RelayEnd>) {
+        let (handler, t, _) = start_with_kicks(relay_end);
+        (handler, t)
+    }
+
+    /// A relay for a one-queue-pair connection, and its TX kick table.
+    fn start_with_kicks(relay_end: UnixStream) -> (UnixStream, JoinHandle<RelayEnd>, Arc<TxKicks>) {
         let (handler, relay_side) = UnixStream::pair().unwrap();
-        (handler, start(relay_end, relay_side).unwrap())
+        let kicks = Arc::new(TxKicks::new(2));
+        (
+            handler,
+            start(relay_end, relay_side, kicks.clone()).unwrap(),
+            kicks,
+        )
     }
 
     fn read_msg(s: &mut UnixStream) -> ([u8; HDR_LEN], Vec<u8>) {
@@ -262,6 +317,73 @@ mod tests {
         let fds = recv_header(&handler, &mut hdr).unwrap();
         assert_eq!(fds.len(), 1);
         assert_eq!(hdr[0], 12);
+    }
+
+    /// Sends SET_VRING_KICK for `ring` with `kick` attached.
+    fn send_kick(fe: &UnixStream, ring: u64, kick: &EventFd) {
+        fe.send_with_fds(
+            &[
+                &header(SET_VRING_KICK, FLAG_VERSION_1, 8)[..],
+                &ring.to_le_bytes(),
+            ],
+            &[kick.as_raw_fd()],
+        )
+        .unwrap();
+    }
+
+    /// Whether `fd` is readable right now.
+    #[allow(unsafe_code)]
+    fn readable(fd: RawFd) -> bool {
+        let mut p = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: `p` is one valid pollfd for the duration of the call; timeout 0.
+        let n = unsafe { libc::poll(&mut p, 1, 0) };
+        n == 1 && p.revents & libc::POLLIN != 0
+    }
+
+    #[test]
+    fn a_tx_kick_fd_is_kept_and_the_library_gets_a_stand_in() {
+        let (fe, relay_end) = UnixStream::pair().unwrap();
+        let (handler, _t, kicks) = start_with_kicks(relay_end);
+        let kick = EventFd::new(EFD_NONBLOCK).unwrap();
+        send_kick(&fe, 1, &kick);
+        let mut hdr = [0u8; HDR_LEN];
+        let fds = recv_header(&handler, &mut hdr).unwrap();
+        assert_eq!(hdr[0], SET_VRING_KICK as u8);
+        assert_eq!(fds.len(), 1, "the library still gets a kick fd");
+        let mut body = [0u8; 8];
+        (&handler).read_exact(&mut body).unwrap();
+        assert_eq!(u64::from_le_bytes(body), 1);
+        // The frontend's kicks reach the kept fd, not the library's.
+        kick.write(1).unwrap();
+        let mut kept = None;
+        kicks.with(1, |fd| kept = Some(readable(fd)));
+        assert_eq!(kept, Some(true), "kept fd not the frontend's");
+        assert!(!readable(fds[0].as_raw_fd()), "the library saw the kick");
+
+        // An RX ring's kick fd passes through as it came.
+        let rx_kick = EventFd::new(EFD_NONBLOCK).unwrap();
+        send_kick(&fe, 0, &rx_kick);
+        let fds = recv_header(&handler, &mut hdr).unwrap();
+        (&handler).read_exact(&mut body).unwrap();
+        rx_kick.write(1).unwrap();
+        assert!(readable(fds[0].as_raw_fd()));
+        kicks.with(0, |_| panic!("an RX kick fd was kept"));
+
+        // NOFD (the frontend will not kick): the kept fd is dropped, nothing is sent.
+        (&fe)
+            .write_all(&msg(
+                SET_VRING_KICK,
+                FLAG_VERSION_1,
+                &(1u64 | 1 << 8).to_le_bytes(),
+            ))
+            .unwrap();
+        let fds = recv_header(&handler, &mut hdr).unwrap();
+        assert!(fds.is_empty());
+        kicks.with(1, |_| panic!("a cleared kick fd is still kept"));
     }
 
     #[test]
