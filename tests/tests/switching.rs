@@ -290,6 +290,51 @@ fn reconnect_serves_the_port_again() {
     }
 }
 
+/// A sleeping worker wakes for a kick at once, on every queue pair, after each reconnect:
+/// the kick eventfds are the worker's alone (the library gets stand-ins), so a frame that
+/// waited for the worker's 1 s timeout instead would mean a kick fd was lost or misfiled.
+#[test]
+fn a_kick_wakes_the_sleeping_worker_on_every_queue_after_each_reconnect() {
+    let s = Setup::new("kickwake", &[("br0", &["a", "b"])], 2);
+    let two = VmOptions {
+        queue_pairs: 2,
+        ..VmOptions::default()
+    };
+    let mut b = s.vm_with("b", 2, two);
+    for round in 0..2u8 {
+        let mut a = s.vm_with("a", 1, two);
+        s.wait_connected(&["a", "b"]);
+        for pair in [0, 1, 0, 1] {
+            // Far longer than the idle poll: the worker is asleep when the frame comes.
+            std::thread::sleep(Duration::from_millis(50));
+            a.reap_tx(TestVm::tx(pair));
+            let f = frame(mac(2), mac(1), 64, round * 4 + pair as u8);
+            let sent = std::time::Instant::now();
+            a.send(TestVm::tx(pair), &f);
+            let got = loop {
+                let mut got = b.recv(TestVm::rx(0));
+                got.extend(b.recv(TestVm::rx(1)));
+                if !got.is_empty() || sent.elapsed() > T {
+                    break got;
+                }
+                std::thread::sleep(Duration::from_micros(100));
+            };
+            let took = sent.elapsed();
+            assert_eq!(got.len(), 1, "round {round}, pair {pair}: frame lost");
+            assert_eq!(got[0].frame, f);
+            // The worker's timeout is 1 s; a woken worker takes microseconds.
+            assert!(
+                took < Duration::from_millis(300),
+                "round {round}, pair {pair}: the frame took {took:?}, as if no kick woke the worker"
+            );
+            b.post_rx(TestVm::rx(0), 1, 2048);
+            b.post_rx(TestVm::rx(1), 1, 2048);
+        }
+        drop(a);
+        s.daemon.wait_port_connected("a", false);
+    }
+}
+
 #[test]
 fn get_vring_base_during_traffic_leaves_no_chain_in_flight() {
     let s = Setup::new("vringbase", &[("br0", &["a", "b"])], 1);
