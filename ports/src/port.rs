@@ -17,9 +17,8 @@ use virtio_queue::QueueT;
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::vhost_user::kicks::TxKicks;
-
 use crate::counters::PortStats;
+use crate::vhost_user::kicks::TxKicks;
 
 /// Stable identifier of a port for the lifetime of the daemon (never reused).
 pub type PortId = u32;
@@ -286,7 +285,7 @@ mod tests {
             vec![vring],
             mem,
             Arc::new(AtomicU64::new(0)),
-            Arc::new(TxKicks::new(1)),
+            Arc::new(TxKicks::new(1, || {})),
         );
         let v = &att.vrings[0];
         let serviceable = || att.serviceable(0, &mut v.get_mut());
@@ -336,7 +335,7 @@ mod tests {
             vec![],
             mem,
             Arc::new(AtomicU64::new(0)),
-            Arc::new(TxKicks::new(0)),
+            Arc::new(TxKicks::new(0, || {})),
         )));
         assert!(p.generation() > g0);
         assert!(p.attachment().is_some());

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use vhost::VhostBackend;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vringswitch_tests::frontend::{TestVm, VmOptions};
 use vringswitch_tests::setup::{Setup, T};
 use vringswitch_tests::{frame, mac, BROADCAST};
@@ -332,6 +333,46 @@ fn a_kick_wakes_the_sleeping_worker_on_every_queue_after_each_reconnect() {
         }
         drop(a);
         s.daemon.wait_port_connected("a", false);
+    }
+}
+
+/// A frontend may hand over a new kick eventfd for a ring that is running (no
+/// GET_VRING_BASE before it): a sleeping worker must then wait on the new one.
+#[test]
+fn a_kick_fd_replaced_on_a_running_ring_wakes_the_sleeping_worker() {
+    let s = Setup::new("kickswap", &[("br0", &["a", "b"])], 1);
+    let mut a = s.vm("a", 1);
+    let mut b = s.vm("b", 2);
+    s.wait_connected(&["a", "b"]);
+    let tx = TestVm::tx(0);
+    for round in 0..3u8 {
+        // The worker is asleep, waiting on the old kick fd, when the new one arrives.
+        std::thread::sleep(Duration::from_millis(50));
+        let kick = EventFd::new(EFD_NONBLOCK).unwrap();
+        a.frontend
+            .set_vring_kick(usize::from(tx), &kick)
+            .expect("SET_VRING_KICK");
+        a.queues[usize::from(tx)].kick = kick;
+        std::thread::sleep(Duration::from_millis(50));
+        a.reap_tx(tx);
+        let f = frame(mac(2), mac(1), 64, round);
+        let sent = std::time::Instant::now();
+        a.send(tx, &f);
+        let got = loop {
+            let got = b.recv(TestVm::rx(0));
+            if !got.is_empty() || sent.elapsed() > T {
+                break got;
+            }
+            std::thread::sleep(Duration::from_micros(100));
+        };
+        let took = sent.elapsed();
+        assert_eq!(got.len(), 1, "round {round}: frame lost");
+        assert_eq!(got[0].frame, f);
+        assert!(
+            took < Duration::from_millis(300),
+            "round {round}: the frame took {took:?}, as if the worker still waited on the old kick fd"
+        );
+        b.post_rx(TestVm::rx(0), 1, 2048);
     }
 }
 

@@ -258,13 +258,18 @@ mod tests {
     fn a_kick_handled_after_close_does_not_attach_the_dead_connection() {
         let port = Arc::new(PortHandle::new(1, "vm1", 1));
         let mem = GuestMemoryAtomic::new(crate::port::GuestMem::new());
-        let live = NetBackend::new(port.clone(), 1, mem.clone(), Arc::new(TxKicks::new(2)));
+        let live = NetBackend::new(
+            port.clone(),
+            1,
+            mem.clone(),
+            Arc::new(TxKicks::new(2, || {})),
+        );
         live.handle_event(0, EventSet::IN, &[], 0).unwrap();
         assert!(port.is_ready() && live.published());
         live.close();
         assert!(!port.is_ready());
 
-        let late = NetBackend::new(port.clone(), 1, mem, Arc::new(TxKicks::new(2)));
+        let late = NetBackend::new(port.clone(), 1, mem, Arc::new(TxKicks::new(2, || {})));
         late.close();
         late.handle_event(0, EventSet::IN, &[], 0).unwrap();
         assert!(!port.is_ready(), "attached after close");

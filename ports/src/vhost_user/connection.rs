@@ -311,7 +311,16 @@ fn serve_connection(
 ) -> std::io::Result<Ended> {
     let name = port.name();
     let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
-    let tx_kicks = Arc::new(TxKicks::new(2 * usize::from(config.queue_pairs)));
+    // Weak: the table lives in the attachment the port holds.
+    let doorbell = Arc::downgrade(port);
+    let tx_kicks = Arc::new(TxKicks::new(
+        2 * usize::from(config.queue_pairs),
+        move || {
+            if let Some(port) = doorbell.upgrade() {
+                port.ring_doorbell();
+            }
+        },
+    ));
     let backend = Arc::new(NetBackend::new(
         port.clone(),
         config.queue_pairs,

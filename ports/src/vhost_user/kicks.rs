@@ -19,16 +19,26 @@ pub fn is_tx_ring(index: usize) -> bool {
 }
 
 /// The real kick eventfds of one connection's TX rings, by ring index.
-#[derive(Debug)]
 pub struct TxKicks {
     fds: Mutex<Vec<Option<OwnedFd>>>,
+    /// Tells the port's workers that a kick fd changed: a sleeping worker waits on the
+    /// fds it found when it fell asleep, and only looks again when woken.
+    changed: Box<dyn Fn() + Send + Sync>,
+}
+
+impl std::fmt::Debug for TxKicks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TxKicks").field("fds", &self.fds).finish()
+    }
 }
 
 impl TxKicks {
-    /// A table for a connection of `rings` rings, with no kick fd yet.
-    pub fn new(rings: usize) -> TxKicks {
+    /// A table for a connection of `rings` rings, with no kick fd yet; `changed` is called
+    /// after each change.
+    pub fn new(rings: usize, changed: impl Fn() + Send + Sync + 'static) -> TxKicks {
         TxKicks {
             fds: Mutex::new((0..rings).map(|_| None).collect()),
+            changed: Box::new(changed),
         }
     }
 
@@ -38,14 +48,21 @@ impl TxKicks {
     }
 
     /// Sets (or clears, for a frontend that will not kick) ring `index`'s kick fd, closing
-    /// the one it replaces. Ignored for a ring not [kept](Self::keeps).
+    /// the one it replaces, then says so. Ignored for a ring not [kept](Self::keeps).
+    ///
+    /// A frontend may replace the kick fd of a ring that is running, with no stop and
+    /// start around it (nothing the library reacts to): without the call, a sleeping
+    /// worker would wait on the old fd until its timeout.
     pub fn set(&self, index: usize, fd: Option<OwnedFd>) {
         if !is_tx_ring(index) {
             return;
         }
         if let Some(slot) = self.lock().get_mut(index) {
             *slot = fd;
+        } else {
+            return;
         }
+        (self.changed)();
     }
 
     /// Calls `f` with ring `index`'s kick fd, if it has one; the fd stays open during the
@@ -65,6 +82,8 @@ impl TxKicks {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
 
     /// Any open descriptor will do: the table never looks at what it is.
     fn some_fd() -> OwnedFd {
@@ -77,9 +96,19 @@ mod tests {
         got
     }
 
+    /// A table for `rings` rings, and how many changes it reported.
+    fn table(rings: usize) -> (TxKicks, Arc<AtomicUsize>) {
+        let changes = Arc::new(AtomicUsize::new(0));
+        let c = changes.clone();
+        let k = TxKicks::new(rings, move || {
+            c.fetch_add(1, Ordering::Relaxed);
+        });
+        (k, changes)
+    }
+
     #[test]
     fn only_tx_rings_the_connection_has_are_kept() {
-        let k = TxKicks::new(4);
+        let (k, changes) = table(4);
         assert!(!k.keeps(0));
         assert!(k.keeps(1));
         assert!(!k.keeps(2));
@@ -89,21 +118,25 @@ mod tests {
         k.set(5, Some(some_fd()));
         assert_eq!(held(&k, 0), None);
         assert_eq!(held(&k, 5), None);
+        assert_eq!(changes.load(Ordering::Relaxed), 0);
     }
 
     #[test]
-    fn a_kick_fd_is_replaced_and_cleared() {
-        let k = TxKicks::new(2);
+    fn a_kick_fd_is_replaced_and_cleared_and_each_change_reported() {
+        let (k, changes) = table(2);
         assert_eq!(held(&k, 1), None);
         let a = some_fd();
         let raw_a = a.as_raw_fd();
         k.set(1, Some(a));
         assert_eq!(held(&k, 1), Some(raw_a));
+        assert_eq!(changes.load(Ordering::Relaxed), 1);
         let b = some_fd();
         let raw_b = b.as_raw_fd();
         k.set(1, Some(b));
         assert_eq!(held(&k, 1), Some(raw_b));
+        assert_eq!(changes.load(Ordering::Relaxed), 2);
         k.set(1, None);
         assert_eq!(held(&k, 1), None);
+        assert_eq!(changes.load(Ordering::Relaxed), 3);
     }
 }

@@ -25,7 +25,6 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
 use super::kicks::TxKicks;
-
 use super::message_check::{
     check_header, check_message, Header, MemSlots, Refused, FLAG_NEED_REPLY, FLAG_REPLY,
     FLAG_VERSION_1, HDR_LEN, SET_FEATURES, SET_VRING_ENABLE, SET_VRING_KICK,
@@ -234,7 +233,7 @@ mod tests {
     /// A relay for a one-queue-pair connection, and its TX kick table.
     fn start_with_kicks(relay_end: UnixStream) -> (UnixStream, JoinHandle<RelayEnd>, Arc<TxKicks>) {
         let (handler, relay_side) = UnixStream::pair().unwrap();
-        let kicks = Arc::new(TxKicks::new(2));
+        let kicks = Arc::new(TxKicks::new(2, || {}));
         (
             handler,
             start(relay_end, relay_side, kicks.clone()).unwrap(),
