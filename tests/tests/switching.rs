@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use vhost::VhostBackend;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
-use vringswitch_tests::frontend::{TestVm, VmOptions};
+use vringswitch_tests::frontend::{Received, TestVm, VmOptions};
 use vringswitch_tests::setup::{Setup, T};
 use vringswitch_tests::{frame, mac, BROADCAST};
 
@@ -291,6 +291,27 @@ fn reconnect_serves_the_port_again() {
     }
 }
 
+/// Sends `f` on `from`'s TX queue `tx` and polls `to`'s RX queues of `pairs` (every 100 µs,
+/// for up to `T`) until frames arrive: those frames, and how long after sending they came.
+fn timed_delivery(
+    from: &mut TestVm,
+    tx: u16,
+    f: &[u8],
+    to: &mut TestVm,
+    pairs: &[u16],
+) -> (Vec<Received>, Duration) {
+    from.reap_tx(tx);
+    let sent = std::time::Instant::now();
+    from.send(tx, f);
+    loop {
+        let got: Vec<Received> = pairs.iter().flat_map(|&p| to.recv(TestVm::rx(p))).collect();
+        if !got.is_empty() || sent.elapsed() > T {
+            return (got, sent.elapsed());
+        }
+        std::thread::sleep(Duration::from_micros(100));
+    }
+}
+
 /// A sleeping worker wakes for a kick at once, on every queue pair, after each reconnect:
 /// the kick eventfds are the worker's alone (the library gets stand-ins), so a frame that
 /// waited for the worker's 1 s timeout instead would mean a kick fd was lost or misfiled.
@@ -308,19 +329,8 @@ fn a_kick_wakes_the_sleeping_worker_on_every_queue_after_each_reconnect() {
         for pair in [0, 1, 0, 1] {
             // Far longer than the idle poll: the worker is asleep when the frame comes.
             std::thread::sleep(Duration::from_millis(50));
-            a.reap_tx(TestVm::tx(pair));
             let f = frame(mac(2), mac(1), 64, round * 4 + pair as u8);
-            let sent = std::time::Instant::now();
-            a.send(TestVm::tx(pair), &f);
-            let got = loop {
-                let mut got = b.recv(TestVm::rx(0));
-                got.extend(b.recv(TestVm::rx(1)));
-                if !got.is_empty() || sent.elapsed() > T {
-                    break got;
-                }
-                std::thread::sleep(Duration::from_micros(100));
-            };
-            let took = sent.elapsed();
+            let (got, took) = timed_delivery(&mut a, TestVm::tx(pair), &f, &mut b, &[0, 1]);
             assert_eq!(got.len(), 1, "round {round}, pair {pair}: frame lost");
             assert_eq!(got[0].frame, f);
             // The worker's timeout is 1 s; a woken worker takes microseconds.
@@ -354,18 +364,8 @@ fn a_kick_fd_replaced_on_a_running_ring_wakes_the_sleeping_worker() {
             .expect("SET_VRING_KICK");
         a.queues[usize::from(tx)].kick = kick;
         std::thread::sleep(Duration::from_millis(50));
-        a.reap_tx(tx);
         let f = frame(mac(2), mac(1), 64, round);
-        let sent = std::time::Instant::now();
-        a.send(tx, &f);
-        let got = loop {
-            let got = b.recv(TestVm::rx(0));
-            if !got.is_empty() || sent.elapsed() > T {
-                break got;
-            }
-            std::thread::sleep(Duration::from_micros(100));
-        };
-        let took = sent.elapsed();
+        let (got, took) = timed_delivery(&mut a, tx, &f, &mut b, &[0]);
         assert_eq!(got.len(), 1, "round {round}: frame lost");
         assert_eq!(got[0].frame, f);
         assert!(
