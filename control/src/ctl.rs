@@ -187,6 +187,30 @@ pub fn ports_table(ports: &serde_json::Value) -> String {
     ) + "\n"
 }
 
+/// `vringctl port show`: the port's line, then one line per queue pair.
+pub fn port_detail(port: &serde_json::Value) -> String {
+    let mut out = ports_table(&serde_json::Value::Array(vec![port.clone()]));
+    let rows: Vec<Vec<String>> = port["counters"]["queues"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+        .map(|(i, q)| {
+            vec![
+                i.to_string(),
+                text(&q["rx_packets"]),
+                text(&q["tx_packets"]),
+            ]
+        })
+        .collect();
+    if !rows.is_empty() {
+        out.push('\n');
+        out += &table(&["queue pair", "rx packets", "tx packets"], 0, rows);
+        out.push('\n');
+    }
+    out
+}
+
 /// `vringctl fdb show`: one line per entry.
 pub fn fdb_table(entries: &serde_json::Value) -> String {
     let rows = entries
@@ -259,6 +283,7 @@ mod tests {
                 drops: [("hairpin".to_owned(), 0), ("no_rx_buffer".to_owned(), 6)]
                     .into_iter()
                     .collect(),
+                queues: vec![],
             }],
             bridges: vec![],
         }
@@ -352,6 +377,30 @@ mod tests {
         let row: Vec<&str> = out.lines().nth(2).unwrap().split_whitespace().collect();
         assert_eq!(row, ["1", "-", "-", "0", "-", "0"]);
         assert!(!out.contains("NaN"));
+    }
+
+    #[test]
+    fn port_detail_has_a_line_per_queue_pair() {
+        let port = serde_json::json!({
+            "name": "vm1", "bridge": "br0", "mode": "server", "socket": "/s",
+            "state": {"connected": true, "ready": true, "queue_pairs_active": 2},
+            "counters": {"rx_packets": 30, "tx_packets": 12, "drops": {},
+                         "queues": [{"rx_packets": 20, "tx_packets": 5},
+                                    {"rx_packets": 10, "tx_packets": 7}]}
+        });
+        let out = port_detail(&port);
+        let lines: Vec<Vec<&str>> = out
+            .lines()
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        assert_eq!(lines[1][0], "vm1");
+        assert_eq!(
+            lines[3],
+            ["QUEUE", "PAIR", "RX", "PACKETS", "TX", "PACKETS"]
+        );
+        assert_eq!(lines[4], ["0", "20", "5"]);
+        assert_eq!(lines[5], ["1", "10", "7"]);
+        assert_eq!(lines.len(), 6);
     }
 
     #[test]

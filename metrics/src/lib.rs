@@ -8,7 +8,7 @@
 
 pub mod snapshot;
 
-pub use snapshot::{BridgeSnapshot, PortSnapshot, Snapshot, WorkerSnapshot};
+pub use snapshot::{BridgeSnapshot, PortSnapshot, QueueSnapshot, Snapshot, WorkerSnapshot};
 
 use prometheus::core::Collector;
 use prometheus::proto::{self, MetricFamily, MetricType};
@@ -209,8 +209,21 @@ fn families(s: &Snapshot) -> Vec<MetricFamily> {
         "vringswitch_port_protocol_errors_total",
         "vhost-user connections refused or closed because the frontend broke the protocol.",
     );
+    let mut queue_rx = Family::counter(
+        "vringswitch_port_queue_rx_packets_total",
+        "Frames received from the VM on one queue pair of the port.",
+    );
+    let mut queue_tx = Family::counter(
+        "vringswitch_port_queue_tx_packets_total",
+        "Frames delivered to the VM on one queue pair of the port.",
+    );
     for p in &s.ports {
         let l = [("port", p.name.as_str()), ("bridge", p.bridge.as_str())];
+        for (i, q) in p.queues.iter().enumerate() {
+            let i = i.to_string();
+            queue_rx.add(&[l[0], ("queue", &i)], q.rx_packets);
+            queue_tx.add(&[l[0], ("queue", &i)], q.tx_packets);
+        }
         rx_packets.add(&l, p.rx_packets);
         rx_bytes.add(&l, p.rx_bytes);
         tx_packets.add(&l, p.tx_packets);
@@ -233,6 +246,8 @@ fn families(s: &Snapshot) -> Vec<MetricFamily> {
         &mut port_ready,
         &mut reconnects,
         &mut protocol_errors,
+        &mut queue_rx,
+        &mut queue_tx,
     ] {
         push(f);
     }
@@ -359,9 +374,9 @@ mod tests {
     #[test]
     fn port_counters_are_summed_over_workers() {
         let (sw, h) = switch_with_port();
-        h.stats().slot(0).add_rx(3, 300);
-        h.stats().slot(1).add_rx(2, 200);
-        h.stats().slot(0).add_tx(7, 700);
+        h.stats().slot(0).add_rx(0, 3, 300);
+        h.stats().slot(1).add_rx(1, 2, 200);
+        h.stats().slot(0).add_tx(0, 7, 700);
         h.stats().slot(1).add_drop(DropReason::NoRxBuffer, 4);
         h.stats().slot(0).add_drop(DropReason::NoRxBuffer, 1);
         let m = Metrics::new();
@@ -383,6 +398,25 @@ mod tests {
             sample(&text, &format!("vringswitch_port_tx_bytes_total{pb}")),
             700.0
         );
+        // Queue pair 1 counted a frame: it is shown though no frontend has its rings.
+        for (queue, rx, tx) in [(0, 3.0, 7.0), (1, 2.0, 0.0)] {
+            let q = format!("{{port=\"vm1\",queue=\"{queue}\"}}");
+            assert_eq!(
+                sample(
+                    &text,
+                    &format!("vringswitch_port_queue_rx_packets_total{q}")
+                ),
+                rx
+            );
+            assert_eq!(
+                sample(
+                    &text,
+                    &format!("vringswitch_port_queue_tx_packets_total{q}")
+                ),
+                tx
+            );
+        }
+        assert!(!text.contains("queue=\"2\""));
         for r in DropReason::ALL {
             let want = if r == DropReason::NoRxBuffer {
                 5.0
@@ -406,7 +440,7 @@ mod tests {
         );
         assert_eq!(sample(&text, "vringswitch_ports_configured"), 1.0);
         assert_eq!(sample(&text, "vringswitch_ports_connected"), 0.0);
-        h.stats().slot(0).add_rx(1, 10);
+        h.stats().slot(0).add_rx(0, 1, 10);
         let text = m.render(&sw);
         assert_eq!(
             sample(&text, &format!("vringswitch_port_rx_packets_total{pb}")),

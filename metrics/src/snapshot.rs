@@ -84,6 +84,19 @@ pub struct PortSnapshot {
     pub tx_bytes: u64,
     /// Drops by reason label; every reason is present.
     pub drops: BTreeMap<String, u64>,
+    /// Frames by queue pair: every queue pair the frontend has rings for, and any that
+    /// counted frames before.
+    #[serde(default)]
+    pub queues: Vec<QueueSnapshot>,
+}
+
+/// Frames of one queue pair of a port.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueSnapshot {
+    /// Frames received from the VM on this queue pair's TX ring.
+    pub rx_packets: u64,
+    /// Frames delivered to the VM into this queue pair's RX ring.
+    pub tx_packets: u64,
 }
 
 impl PortSnapshot {
@@ -105,6 +118,20 @@ impl PortSnapshot {
                 .map(|(k, v)| {
                     let before = earlier.drops.get(k).copied().unwrap_or(0);
                     (k.clone(), v.saturating_sub(before))
+                })
+                .collect(),
+            queues: self
+                .queues
+                .iter()
+                .zip(
+                    earlier
+                        .queues
+                        .iter()
+                        .chain(std::iter::repeat(&QueueSnapshot::default())),
+                )
+                .map(|(q, e)| QueueSnapshot {
+                    rx_packets: q.rx_packets.saturating_sub(e.rx_packets),
+                    tx_packets: q.tx_packets.saturating_sub(e.tx_packets),
                 })
                 .collect(),
             ..self.clone()
@@ -159,6 +186,17 @@ impl Snapshot {
             .flatten()
             .map(|p| {
                 let s = p.handle.stats().snapshot();
+                let rings = p.handle.attachment().map_or(1, |a| a.queue_pairs());
+                let counted = (0..s.queue_rx_packets.len())
+                    .rev()
+                    .find(|&q| s.queue_rx_packets[q] | s.queue_tx_packets[q] != 0)
+                    .map_or(0, |q| q + 1);
+                let queues = (0..rings.max(counted).min(s.queue_rx_packets.len()))
+                    .map(|q| QueueSnapshot {
+                        rx_packets: s.queue_rx_packets[q],
+                        tx_packets: s.queue_tx_packets[q],
+                    })
+                    .collect();
                 PortSnapshot {
                     name: p.handle.name().to_owned(),
                     bridge: topology.bridges[p.bridge].name.clone(),
@@ -174,6 +212,7 @@ impl Snapshot {
                         .iter()
                         .map(|&r| (r.as_str().to_owned(), s.drops(r)))
                         .collect(),
+                    queues,
                 }
             })
             .collect();

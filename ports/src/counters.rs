@@ -64,6 +64,10 @@ impl DropReason {
     }
 }
 
+/// Queue pairs counted one by one; a port with more (none today: the configuration allows
+/// 16) counts the rest under the last.
+pub const COUNTED_QUEUE_PAIRS: usize = 16;
+
 /// Counters of one port written by one worker. Direction is the switch's view: `rx` counts
 /// frames received from the VM, `tx` frames delivered to the VM.
 #[derive(Debug, Default)]
@@ -73,6 +77,15 @@ pub struct PortCounters {
     tx_packets: AtomicU64,
     tx_bytes: AtomicU64,
     drops: [AtomicU64; DropReason::ALL.len()],
+    /// Frames received on each queue pair's TX ring, and delivered into each RX ring.
+    queue_rx_packets: [AtomicU64; COUNTED_QUEUE_PAIRS],
+    queue_tx_packets: [AtomicU64; COUNTED_QUEUE_PAIRS],
+}
+
+/// The counter slot of queue pair `qp`.
+#[inline]
+fn queue_slot(qp: usize) -> usize {
+    qp.min(COUNTED_QUEUE_PAIRS - 1)
 }
 
 /// Adds to a counter that has a single writer: a load and a store, no locked instruction.
@@ -86,18 +99,20 @@ fn bump(counter: &AtomicU64, n: u64) {
 }
 
 impl PortCounters {
-    /// Frames and bytes received from the VM.
+    /// Frames and bytes received from the VM on queue pair `qp`.
     #[inline]
-    pub fn add_rx(&self, packets: u64, bytes: u64) {
+    pub fn add_rx(&self, qp: usize, packets: u64, bytes: u64) {
         bump(&self.rx_packets, packets);
         bump(&self.rx_bytes, bytes);
+        bump(&self.queue_rx_packets[queue_slot(qp)], packets);
     }
 
-    /// Frames and bytes delivered to the VM.
+    /// Frames and bytes delivered to the VM on queue pair `qp`.
     #[inline]
-    pub fn add_tx(&self, packets: u64, bytes: u64) {
+    pub fn add_tx(&self, qp: usize, packets: u64, bytes: u64) {
         bump(&self.tx_packets, packets);
         bump(&self.tx_bytes, bytes);
+        bump(&self.queue_tx_packets[queue_slot(qp)], packets);
     }
 
     /// Frames dropped for `reason`.
@@ -121,6 +136,10 @@ pub struct PortCountersSnapshot {
     pub tx_packets: u64,
     pub tx_bytes: u64,
     pub drops: [u64; DropReason::ALL.len()],
+    /// Frames received from the VM on each queue pair.
+    pub queue_rx_packets: [u64; COUNTED_QUEUE_PAIRS],
+    /// Frames delivered to the VM on each queue pair.
+    pub queue_tx_packets: [u64; COUNTED_QUEUE_PAIRS],
 }
 
 impl PortCountersSnapshot {
@@ -162,6 +181,12 @@ impl PortStats {
             for (sum, d) in s.drops.iter_mut().zip(c.drops.iter()) {
                 *sum += d.load(Ordering::Relaxed);
             }
+            for (sum, q) in s.queue_rx_packets.iter_mut().zip(&c.queue_rx_packets) {
+                *sum += q.load(Ordering::Relaxed);
+            }
+            for (sum, q) in s.queue_tx_packets.iter_mut().zip(&c.queue_tx_packets) {
+                *sum += q.load(Ordering::Relaxed);
+            }
         }
         s
     }
@@ -174,9 +199,9 @@ mod tests {
     #[test]
     fn snapshot_sums_all_writers() {
         let stats = PortStats::new(3);
-        stats.slot(0).add_rx(2, 128);
-        stats.slot(2).add_rx(1, 64);
-        stats.slot(1).add_tx(5, 500);
+        stats.slot(0).add_rx(0, 2, 128);
+        stats.slot(2).add_rx(1, 1, 64);
+        stats.slot(1).add_tx(1, 5, 500);
         stats.slot(1).add_drop(DropReason::NoRxBuffer, 3);
         stats.slot(2).add_drop(DropReason::NoRxBuffer, 1);
         stats.slot(0).add_drop(DropReason::Hairpin, 1);
@@ -186,6 +211,19 @@ mod tests {
         assert_eq!(s.drops(DropReason::NoRxBuffer), 4);
         assert_eq!(s.drops(DropReason::Hairpin), 1);
         assert_eq!(s.drops(DropReason::TooBig), 0);
+        assert_eq!(&s.queue_rx_packets[..3], &[2, 1, 0]);
+        assert_eq!(&s.queue_tx_packets[..3], &[0, 5, 0]);
+    }
+
+    #[test]
+    fn queue_pairs_beyond_the_counted_ones_go_to_the_last() {
+        let stats = PortStats::new(1);
+        stats.slot(0).add_rx(COUNTED_QUEUE_PAIRS + 4, 1, 60);
+        stats.slot(0).add_tx(usize::MAX, 2, 60);
+        let s = stats.snapshot();
+        assert_eq!(s.queue_rx_packets[COUNTED_QUEUE_PAIRS - 1], 1);
+        assert_eq!(s.queue_tx_packets[COUNTED_QUEUE_PAIRS - 1], 2);
+        assert_eq!(s.rx_packets, 1);
     }
 
     #[test]

@@ -365,7 +365,7 @@ impl Worker {
             return 0;
         }
         self.switch.workers[self.index].stats.add_burst(consumed);
-        counters.add_rx(b.len as u64, rx_bytes);
+        counters.add_rx(usize::from(qp), b.len as u64, rx_bytes);
         if flood {
             b.targets.clear();
             b.targets
@@ -524,9 +524,11 @@ fn deliver_to(
     let dst_mem = &*dst_guard;
     // Prefer the RX ring of the same index as the source queue pair, else ring 0.
     let preferred = 2 * (usize::from(qp_hint) % pairs);
+    let mut rx_qp = preferred / 2;
     let mut st = att.vrings[preferred].get_mut();
     if !att.serviceable(preferred, &mut st) {
         drop(st);
+        rx_qp = 0;
         st = att.vrings[0].get_mut();
         if !att.serviceable(0, &mut st) {
             counters.add_drop(DropReason::PortDown, count());
@@ -563,7 +565,7 @@ fn deliver_to(
     }
     match ring.publish_used() {
         Ok(notify) => {
-            counters.add_tx(packets, bytes);
+            counters.add_tx(rx_qp, packets, bytes);
             if notify {
                 let _ = st.signal_used_queue();
             }

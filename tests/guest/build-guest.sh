@@ -2,13 +2,15 @@
 # Builds the tiny test guest used by the QEMU end-to-end tests, from Debian packages only:
 #   - the kernel of linux-image-<version>-cloud-amd64 (virtio-net is a module there),
 #   - a busybox-static initramfs whose /init configures eth0 from the kernel command line
-#     and pings a peer in a loop, printing each round's summary on the serial console.
+#     and pings a peer in a loop, printing each round's summary on the serial console
+#     (on a guest with two CPUs, a second loop pinned to CPU 1 prints VS-PING1 rounds).
 # Output: $OUT/vmlinuz and $OUT/initramfs.gz (default OUT: tests/guest/build).
 # Needs: apt-get (root) for busybox-static and cpio if missing, and dpkg.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 OUT=${OUT:-$HERE/build}
-if [[ -s $OUT/vmlinuz && -s $OUT/initramfs.gz && $OUT/initramfs.gz -nt $HERE/init.sh ]]; then
+if [[ -s $OUT/vmlinuz && -s $OUT/initramfs.gz && $OUT/initramfs.gz -nt $HERE/init.sh &&
+      $OUT/initramfs.gz -nt $HERE/build-guest.sh ]]; then
     exit 0
 fi
 need=()
@@ -34,8 +36,10 @@ ver=${pkg#linux-image-}
 mods=kernel/lib/modules/$ver/kernel
 mkdir -p root/bin root/sbin root/proc root/sys root/dev root/modules root/tmp
 cp /bin/busybox root/bin/busybox
+# virtio_mmio: the microvm machine has no PCI.
 for m in drivers/virtio/virtio_ring drivers/virtio/virtio drivers/virtio/virtio_pci_modern_dev \
-         drivers/virtio/virtio_pci_legacy_dev drivers/virtio/virtio_pci net/core/failover \
+         drivers/virtio/virtio_pci_legacy_dev drivers/virtio/virtio_pci drivers/virtio/virtio_mmio \
+         net/core/failover \
          drivers/net/net_failover drivers/net/virtio_net; do
     f=$mods/$m.ko
     [[ -f $f ]] || f=$(ls "$f".* 2>/dev/null | head -1)

@@ -4,6 +4,7 @@
 //! - [`raw_frontend`]: a frontend that sends any bytes and fds, for the bad-input tests;
 //! - [`daemon`]: starts the real `vringswitch` binary with a given configuration and reads
 //!   its metrics;
+//! - [`guest`]: real QEMU guests that ping each other, and their serial consoles;
 //! - [`process`]: the fds, threads and memory a process holds, for the leak checks;
 //! - [`wait_until`]: polling with a deadline instead of sleeps.
 #![deny(unsafe_code)]
@@ -11,6 +12,7 @@
 pub mod api;
 pub mod daemon;
 pub mod frontend;
+pub mod guest;
 pub mod process;
 pub mod raw_frontend;
 pub mod setup;

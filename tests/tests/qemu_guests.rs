@@ -3,182 +3,24 @@
 //! (`--test-threads=1`): each boots several guests on a 2-core machine.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use vringswitch_tests::daemon::{Daemon, TempDir};
+use vringswitch_tests::guest::{Guest, GuestSpec, Machine, BOOT_AND_PING};
 use vringswitch_tests::wait_until;
 
-const BOOT_AND_PING: Duration = Duration::from_secs(120);
-
-fn guest_dir() -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let out = root.join("../target/guest");
-    let status = Command::new("bash")
-        .arg(root.join("guest/build-guest.sh"))
-        .env("OUT", &out)
-        .status()
-        .expect("run tests/guest/build-guest.sh");
-    assert!(status.success(), "building the test guest failed");
-    out
-}
-
-fn qemu_binary() -> &'static str {
-    let ok = Command::new("qemu-system-x86_64")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        ok,
-        "qemu-system-x86_64 is missing: install it with `apt-get install qemu-system-x86` \
-         (scripts/test.sh does this)"
-    );
-    "qemu-system-x86_64"
-}
-
-/// One QEMU guest whose serial console goes to a file.
-struct Guest {
-    child: Child,
-    console: PathBuf,
-    monitor: PathBuf,
-}
-
-impl Guest {
-    /// Boots a guest with `ip`, pinging `peer` forever. `server` makes QEMU listen on the
-    /// socket (the switch connects: client-mode port).
-    /// Boots test VM `n` (MAC 52:54:00:00:00:0n, address 10.0.0.n) pinging VM `peer`.
-    fn boot(dir: &Path, name: &str, socket: &Path, n: u8, peer: u8, server: bool) -> Guest {
-        let (mac, ip, peer) = (
-            format!("52:54:00:00:00:{n:02x}"),
-            format!("10.0.0.{n}"),
-            format!("10.0.0.{peer}"),
-        );
-        let g = guest_dir();
-        let console = dir.join(format!("{name}.console"));
-        let _ = std::fs::remove_file(&console);
-        let monitor = dir.join(format!("{name}.monitor"));
-        let chardev = if server {
-            format!("socket,id=c0,path={},server=on,wait=off", socket.display())
-        } else {
-            format!("socket,id=c0,path={}", socket.display())
-        };
-        let child = Command::new(qemu_binary())
-            .args([
-                "-accel",
-                "tcg",
-                "-machine",
-                "q35,memory-backend=mem",
-                "-m",
-                "256M",
-            ])
-            .args(["-object", "memory-backend-memfd,id=mem,size=256M,share=on"])
-            .args(["-smp", "1", "-display", "none", "-nodefaults"])
-            .arg("-monitor")
-            .arg(format!("unix:{},server=on,wait=off", monitor.display()))
-            .arg("-serial")
-            .arg(format!("file:{}", console.display()))
-            .arg("-kernel")
-            .arg(g.join("vmlinuz"))
-            .arg("-initrd")
-            .arg(g.join("initramfs.gz"))
-            .arg("-append")
-            .arg(format!(
-                "console=ttyS0 panic=-1 quiet vs.ip={ip}/24 vs.peer={peer}"
-            ))
-            .arg("-chardev")
-            .arg(chardev)
-            .args(["-netdev", "vhost-user,id=n0,chardev=c0"])
-            // vectors=0: QEMU 7.2 under TCG crashes setting up MSI-X notifiers for vhost.
-            .arg("-device")
-            .arg(format!("virtio-net-pci,netdev=n0,vectors=0,mac={mac}"))
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join(format!("{name}.qemu.log"))).unwrap())
-            .spawn()
-            .expect("start qemu");
-        Guest {
-            child,
-            console,
-            monitor,
-        }
-    }
-
-    /// Resets the VM as a reboot does (virtio reset, vhost rings stopped and set up again
-    /// on the same vhost-user connection).
-    fn reset(&self) {
-        use std::io::Write;
-        let mut s = wait_until(Duration::from_secs(10), "the QEMU monitor", || {
-            std::os::unix::net::UnixStream::connect(&self.monitor).ok()
-        });
-        s.write_all(b"system_reset\n").unwrap();
-        std::thread::sleep(Duration::from_millis(500));
-    }
-
-    /// Times the guest finished booting.
-    fn boots(&self) -> usize {
-        self.console_text().matches("VS-GUEST-READY").count()
-    }
-
-    fn console_text(&self) -> String {
-        std::fs::read_to_string(&self.console).unwrap_or_default()
-    }
-
-    /// Ping rounds printed so far: (round, transmitted, received).
-    /// Rounds of the current boot.
-    fn rounds(&self) -> Vec<(u32, u32, u32)> {
-        let text = self.console_text();
-        let current = text
-            .rsplit("VS-GUEST-READY")
-            .next()
-            .unwrap_or("")
-            .to_string();
-        current
-            .lines()
-            .filter_map(|l| {
-                let l = l.trim();
-                let rest = l.strip_prefix("VS-PING round=")?;
-                let mut w = rest.split_whitespace();
-                let round = w.next()?.parse().ok()?;
-                let tx = w.next()?.parse().ok()?;
-                let rx = rest
-                    .split(", ")
-                    .nth(1)?
-                    .split_whitespace()
-                    .next()?
-                    .parse()
-                    .ok()?;
-                Some((round, tx, rx))
-            })
-            .collect()
-    }
-
-    /// Waits for a complete round (20 of 20) that started after round `after`.
-    fn wait_clean_round(&self, after: u32, what: &str) -> u32 {
-        wait_until(BOOT_AND_PING, what, || {
-            self.rounds()
-                .into_iter()
-                .find(|&(r, tx, rx)| r > after + 1 && tx == 20 && rx == 20)
-                .map(|(r, _, _)| r)
-        })
-    }
-
-    fn last_round(&self) -> u32 {
-        self.rounds().last().map_or(0, |r| r.0)
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Guest {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 fn config(dir: &Path, ports: &[(&str, &str)], mode: &str) -> (String, Vec<PathBuf>) {
+    config_queues(dir, ports, mode, 1)
+}
+
+/// A configuration of `ports` (name, bridge) with `queues` queue pairs each, and their
+/// sockets in `dir`.
+fn config_queues(
+    dir: &Path,
+    ports: &[(&str, &str)],
+    mode: &str,
+    queues: u16,
+) -> (String, Vec<PathBuf>) {
     let mut toml = String::from(
         "[dataplane]\ncores = [1]\n[[bridges]]\nname = \"br0\"\n[[bridges]]\nname = \"br1\"\n",
     );
@@ -186,7 +28,7 @@ fn config(dir: &Path, ports: &[(&str, &str)], mode: &str) -> (String, Vec<PathBu
     for (port, bridge) in ports {
         let s = dir.join(format!("{port}.sock"));
         toml.push_str(&format!(
-            "[[ports]]\nname = \"{port}\"\nbridge = \"{bridge}\"\ntype = \"vhost-user\"\nsocket = \"{}\"\nmode = \"{mode}\"\nqueues = 1\n",
+            "[[ports]]\nname = \"{port}\"\nbridge = \"{bridge}\"\ntype = \"vhost-user\"\nsocket = \"{}\"\nmode = \"{mode}\"\nqueues = {queues}\n",
             s.display()
         ));
         sockets.push(s);
@@ -203,9 +45,9 @@ fn guests_ping_through_server_ports_are_isolated_by_bridge_and_survive_qemu_rest
         "server",
     );
     let daemon = Daemon::start(dir.path(), &toml, &sockets);
-    let mut g1 = Guest::boot(dir.path(), "g1", &sockets[0], 1, 2, false);
-    let g2 = Guest::boot(dir.path(), "g2", &sockets[1], 2, 1, false);
-    let g3 = Guest::boot(dir.path(), "g3", &sockets[2], 3, 1, false);
+    let mut g1 = Guest::boot(dir.path(), &GuestSpec::new("g1", &sockets[0], 1, 2));
+    let g2 = Guest::boot(dir.path(), &GuestSpec::new("g2", &sockets[1], 2, 1));
+    let g3 = Guest::boot(dir.path(), &GuestSpec::new("g3", &sockets[2], 3, 1));
 
     // 20 pings each way with no loss.
     g1.wait_clean_round(0, "g1 -> g2 pings");
@@ -222,7 +64,7 @@ fn guests_ping_through_server_ports_are_isolated_by_bridge_and_survive_qemu_rest
     // Kill g1's QEMU and start it again: ping works again.
     g1.kill();
     daemon.wait_port_connected("vm1", false);
-    let g1 = Guest::boot(dir.path(), "g1b", &sockets[0], 1, 2, false);
+    let g1 = Guest::boot(dir.path(), &GuestSpec::new("g1b", &sockets[0], 1, 2));
     g1.wait_clean_round(0, "pings after g1's QEMU restarted");
     let after = g2.last_round();
     g2.wait_clean_round(after, "g2 -> g1 pings after the restart");
@@ -245,8 +87,14 @@ fn client_mode_survives_daemon_restart_and_qemu_restart() {
     let dir = TempDir::new("qemu-client");
     let (toml, sockets) = config(dir.path(), &[("vm1", "br0"), ("vm2", "br0")], "client");
     // QEMU listens (server=on): the guests come up first, the switch connects later.
-    let g1 = Guest::boot(dir.path(), "g1", &sockets[0], 1, 2, true);
-    let g2 = Guest::boot(dir.path(), "g2", &sockets[1], 2, 1, true);
+    let g1 = Guest::boot(
+        dir.path(),
+        &GuestSpec::new("g1", &sockets[0], 1, 2).listening(),
+    );
+    let g2 = Guest::boot(
+        dir.path(),
+        &GuestSpec::new("g2", &sockets[1], 2, 1).listening(),
+    );
     wait_until(Duration::from_secs(10), "QEMU sockets", || {
         sockets.iter().all(|s| s.exists()).then_some(())
     });
@@ -265,7 +113,10 @@ fn client_mode_survives_daemon_restart_and_qemu_restart() {
     // Restart g1's QEMU (the socket server): the switch reconnects by itself.
     let mut g1 = g1;
     g1.kill();
-    let g1 = Guest::boot(dir.path(), "g1b", &sockets[0], 1, 2, true);
+    let g1 = Guest::boot(
+        dir.path(),
+        &GuestSpec::new("g1b", &sockets[0], 1, 2).listening(),
+    );
     g1.wait_clean_round(0, "g1 pings after its QEMU restarted");
     let after = g2.last_round();
     g2.wait_clean_round(after, "g2 pings after g1's QEMU restarted");
@@ -276,4 +127,74 @@ fn client_mode_survives_daemon_restart_and_qemu_restart() {
             .count()
             >= 3
     );
+}
+
+/// QEMU 7.2 sends its memory table once per queue pair (ADD_MEM_REG from each queue pair's
+/// vhost device): the duplicates must be taken, and both queue pairs must carry frames.
+#[test]
+fn multiqueue_guests_ping_over_both_queue_pairs() {
+    let dir = TempDir::new("qemu-mq");
+    let (toml, sockets) = config_queues(dir.path(), &[("vm1", "br0"), ("vm2", "br0")], "server", 2);
+    let daemon = Daemon::start(dir.path(), &toml, &sockets);
+    let g1 = Guest::boot(
+        dir.path(),
+        &GuestSpec::new("g1", &sockets[0], 1, 2).multiqueue(2, 2),
+    );
+    let g2 = Guest::boot(
+        dir.path(),
+        &GuestSpec::new("g2", &sockets[1], 2, 1).multiqueue(2, 2),
+    );
+    // Each CPU of each guest pings the other guest, 20 of 20.
+    for (g, name) in [(&g1, "g1"), (&g2, "g2")] {
+        for label in ["VS-PING", "VS-PING1"] {
+            g.wait_clean_round_of(label, 0, &format!("{name}'s {label} rounds"));
+        }
+        assert!(
+            g.text().contains("cpus=2 queues=2"),
+            "{name} did not come up with two queue pairs:\n{}",
+            g.text()
+        );
+    }
+    for port in ["vm1", "vm2"] {
+        assert_eq!(
+            daemon.metric("vringswitch_port_protocol_errors_total", &[("port", port)]),
+            0
+        );
+        for queue in ["0", "1"] {
+            let l = [("port", port), ("queue", queue)];
+            let rx = daemon.metric("vringswitch_port_queue_rx_packets_total", &l);
+            let tx = daemon.metric("vringswitch_port_queue_tx_packets_total", &l);
+            assert!(
+                rx > 0 && tx > 0,
+                "port {port} queue pair {queue}: {rx} frames from the guest, {tx} to it"
+            );
+        }
+        let show = daemon.vringctl(&["port", "show", port]);
+        let lines: Vec<Vec<&str>> = show
+            .lines()
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        assert_eq!(lines[1][6], "2", "active queue pairs of {port}:\n{show}");
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.first() == Some(&"1") && l.len() == 3),
+            "no line for queue pair 1 in vringctl port show {port}:\n{show}"
+        );
+    }
+}
+
+/// A microvm guest (virtio-mmio, no PCI) on one port pings a PCI guest on another.
+#[test]
+fn a_microvm_guest_pings_a_pci_guest() {
+    let dir = TempDir::new("qemu-microvm");
+    let (toml, sockets) = config(dir.path(), &[("vm1", "br0"), ("vm2", "br0")], "server");
+    let _daemon = Daemon::start(dir.path(), &toml, &sockets);
+    let micro = Guest::boot(
+        dir.path(),
+        &GuestSpec::new("micro", &sockets[0], 1, 2).machine(Machine::Microvm),
+    );
+    let pci = Guest::boot(dir.path(), &GuestSpec::new("pci", &sockets[1], 2, 1));
+    micro.wait_clean_round(0, "microvm -> PCI guest pings");
+    pci.wait_clean_round(0, "PCI guest -> microvm pings");
 }

@@ -318,9 +318,7 @@ async fn port(api: &ApiClient, cmd: PortCmd, json: bool) -> Result<String, Clien
         }
         PortCmd::Show { name } => {
             let v = send(api, Method::GET, &format!("/v1/ports/{}", seg(&name)), None).await?;
-            shown(&v, json, |p| {
-                ctl::ports_table(&Value::Array(vec![p.clone()]))
-            })
+            shown(&v, json, ctl::port_detail)
         }
         PortCmd::Add {
             name,

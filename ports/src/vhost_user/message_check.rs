@@ -42,11 +42,9 @@ pub const FLAG_REPLY: u32 = 0x4;
 pub const FLAG_NEED_REPLY: u32 = 0x8;
 
 /// Memory slots: what vhost-user-backend answers to GET_MAX_MEM_SLOTS. The library does
-/// not hold ADD_MEM_REG to it; [`MemSlots`] does.
+/// not hold ADD_MEM_REG to it; [`super::mem_regions::MemRegions`] does.
 pub const MAX_MEM_SLOTS: usize = 509;
 
-/// Bytes of one memory region description.
-const REGION_LEN: usize = 32;
 /// Bit of a vring-fd message's payload meaning "no file descriptor follows".
 const VRING_NOFD: u64 = 0x100;
 
@@ -97,6 +95,9 @@ pub enum Refused {
     BadRegion { index: usize, why: String },
     /// ADD_MEM_REG with every memory slot taken.
     NoFreeSlot,
+    /// ADD_MEM_REG of a region that overlaps one already mapped without being an exact copy
+    /// of it.
+    Overlap { gpa: u64, size: u64, with: u64 },
     /// A ring size or ring addresses the virtio spec does not allow.
     BadVring { request: u32, why: String },
 }
@@ -129,6 +130,11 @@ impl fmt::Display for Refused {
             Refused::NoFreeSlot => {
                 write!(f, "ADD_MEM_REG beyond the {MAX_MEM_SLOTS} memory slots")
             }
+            Refused::Overlap { gpa, size, with } => write!(
+                f,
+                "ADD_MEM_REG of guest addresses {gpa:#x}+{size:#x} overlaps the region at \
+                 {with:#x} without being the same region"
+            ),
         }
     }
 }
@@ -195,7 +201,9 @@ pub fn check_message(h: &Header, body: &[u8], fds: &[OwnedFd]) -> Result<(), Ref
                 Err(wrong_count(expected))
             }
         }
-        SET_LOG_BASE | SET_LOG_FD | SET_BACKEND_REQ_FD | SET_INFLIGHT_FD | SET_DEVICE_STATE_FD => {
+        // REM_MEM_REG: the spec lets an old frontend attach the region's fd, to be closed.
+        SET_LOG_BASE | SET_LOG_FD | SET_BACKEND_REQ_FD | SET_INFLIGHT_FD | SET_DEVICE_STATE_FD
+        | REM_MEM_REG => {
             if fds.len() <= 1 {
                 Ok(())
             } else {
@@ -263,32 +271,6 @@ fn check_vring_addr(body: &[u8]) -> Result<(), Refused> {
     Ok(())
 }
 
-/// How many memory regions a connection has mapped, to hold ADD_MEM_REG to
-/// [`MAX_MEM_SLOTS`]. Call [`MemSlots::admit`] on messages that passed [`check_message`].
-#[derive(Debug, Default)]
-pub struct MemSlots {
-    used: usize,
-}
-
-impl MemSlots {
-    pub fn admit(&mut self, h: &Header, body: &[u8]) -> Result<(), Refused> {
-        match h.request {
-            SET_MEM_TABLE => {
-                self.used = body
-                    .get(..4)
-                    .map_or(0, |n| u32::from_le_bytes([n[0], n[1], n[2], n[3]]) as usize);
-            }
-            ADD_MEM_REG if self.used >= MAX_MEM_SLOTS => return Err(Refused::NoFreeSlot),
-            ADD_MEM_REG => self.used += 1,
-            // The handler refuses a removal of a region it does not have; counting one
-            // less either way only errs towards letting a later ADD_MEM_REG reach it.
-            REM_MEM_REG => self.used = self.used.saturating_sub(1),
-            _ => {}
-        }
-        Ok(())
-    }
-}
-
 fn check_mem_table(body: &[u8], fds: &[OwnedFd]) -> Result<(), Refused> {
     let bad = |why| Refused::BadTable {
         request: SET_MEM_TABLE,
@@ -338,15 +320,19 @@ fn check_mem_table(body: &[u8], fds: &[OwnedFd]) -> Result<(), Refused> {
 
 /// One memory region as a frontend describes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Region {
-    gpa: u64,
-    size: u64,
-    uaddr: u64,
-    offset: u64,
+pub(crate) struct Region {
+    pub gpa: u64,
+    pub size: u64,
+    pub uaddr: u64,
+    pub offset: u64,
 }
 
+/// Bytes of one memory region description.
+pub(crate) const REGION_LEN: usize = 32;
+
 impl Region {
-    fn parse(raw: &[u8]) -> Region {
+    /// Decodes the first [`REGION_LEN`] bytes of `raw`, which must hold that many.
+    pub(crate) fn parse(raw: &[u8]) -> Region {
         let word = |i: usize| {
             let mut b = [0u8; 8];
             b.copy_from_slice(&raw[i..i + 8]);
@@ -608,25 +594,6 @@ mod tests {
         assert!(addr(0, 0x1008, 0x2004, 0x3002).is_err());
         assert!(addr(0, 0x1000, 0x2002, 0x3002).is_err());
         assert!(addr(0, 0x1000, 0x2004, 0x3001).is_err());
-    }
-
-    #[test]
-    fn add_mem_reg_stops_at_the_slot_limit_and_a_new_table_starts_over() {
-        let mut slots = MemSlots::default();
-        let add = hdr(ADD_MEM_REG, 1, 40);
-        for _ in 0..MAX_MEM_SLOTS {
-            assert_eq!(slots.admit(&add, &[0; 40]), Ok(()));
-        }
-        assert_eq!(slots.admit(&add, &[0; 40]), Err(Refused::NoFreeSlot));
-        assert_eq!(slots.admit(&hdr(REM_MEM_REG, 1, 40), &[0; 40]), Ok(()));
-        assert_eq!(slots.admit(&add, &[0; 40]), Ok(()));
-        assert_eq!(slots.admit(&add, &[0; 40]), Err(Refused::NoFreeSlot));
-        let table = table(&[(0, 4096, 0, 0), (8192, 4096, 0, 0)]);
-        assert_eq!(slots.admit(&hdr(SET_MEM_TABLE, 1, 72), &table), Ok(()));
-        for _ in 2..MAX_MEM_SLOTS {
-            assert_eq!(slots.admit(&add, &[0; 40]), Ok(()));
-        }
-        assert_eq!(slots.admit(&add, &[0; 40]), Err(Refused::NoFreeSlot));
     }
 
     #[test]

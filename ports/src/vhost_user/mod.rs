@@ -4,8 +4,9 @@
 //!   events reach the workers;
 //! - [`connection`]: one thread per port that serves the socket, in server or client mode,
 //!   again after every disconnect;
-//! - [`relay`] and [`kicks`]: the messages checked before the library sees them, and TX
-//!   kick fds kept for the workers;
+//! - [`relay`], [`message_check`], [`mem_regions`] and [`kicks`]: the messages checked
+//!   before the library sees them, duplicate memory regions absorbed, and TX kick fds kept
+//!   for the workers;
 //! - [`rings`]: the per-frame split-ring data path used by the workers, over
 //!   [`split_ring`] (rings mapped once per burst) and [`guest_view`] (cached translation of
 //!   guest addresses, and the raw copies in and out of guest memory).
@@ -14,6 +15,7 @@ pub mod backend;
 pub mod connection;
 pub mod guest_view;
 pub mod kicks;
+pub mod mem_regions;
 pub mod message_check;
 pub mod relay;
 pub mod rings;

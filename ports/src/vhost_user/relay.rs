@@ -11,7 +11,9 @@
 //!
 //! It also keeps the kick eventfd of every TX ring from the library (see [`super::kicks`]):
 //! the real one goes to the connection's [`TxKicks`] for the workers, the library gets a
-//! stand-in. Every other message passes through unchanged, file descriptors included.
+//! stand-in. A memory region QEMU 7.2 adds once per queue pair reaches the library once (see
+//! [`super::mem_regions`]). Every other message passes through unchanged, file descriptors
+//! included.
 //!
 //! It runs on the control path only (one thread per connection); frames never pass here.
 
@@ -25,9 +27,10 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
 use super::kicks::TxKicks;
+use super::mem_regions::{Admission, MemRegions};
 use super::message_check::{
-    check_header, check_message, Header, MemSlots, Refused, FLAG_NEED_REPLY, FLAG_REPLY,
-    FLAG_VERSION_1, HDR_LEN, SET_FEATURES, SET_VRING_ENABLE, SET_VRING_KICK,
+    check_header, check_message, Header, Refused, FLAG_NEED_REPLY, FLAG_REPLY, FLAG_VERSION_1,
+    HDR_LEN, SET_FEATURES, SET_VRING_ENABLE, SET_VRING_KICK,
 };
 
 /// Most file descriptors one message carries (SET_MEM_TABLE: 8 regions).
@@ -74,7 +77,7 @@ pub fn start(
                 handler: relay_side,
                 features_set: false,
                 deferred: Vec::new(),
-                slots: MemSlots::default(),
+                regions: MemRegions::default(),
                 kicks,
             };
             let end = match relay.run() {
@@ -98,8 +101,8 @@ struct Relay {
     features_set: bool,
     /// Bodies of SET_VRING_ENABLE messages held back until SET_FEATURES.
     deferred: Vec<[u8; 8]>,
-    /// Memory regions mapped so far.
-    slots: MemSlots,
+    /// Memory regions mapped so far, with their copies.
+    regions: MemRegions,
     /// Where the real kick fds of TX rings go.
     kicks: Arc<TxKicks>,
 }
@@ -127,18 +130,16 @@ impl Relay {
             let mut body = vec![0u8; size];
             self.frontend.read_exact(&mut body)?;
             check_message(&parsed, &body, &fds).map_err(refuse)?;
-            self.slots.admit(&parsed, &body).map_err(refuse)?;
+            if self.regions.admit(&parsed, &body, &fds).map_err(refuse)? == Admission::Absorb {
+                self.acknowledge(request, flags)?;
+                continue;
+            }
 
             if request == SET_VRING_ENABLE && !self.features_set && size == 8 && fds.is_empty() {
                 let mut b = [0u8; 8];
                 b.copy_from_slice(&body);
                 self.deferred.push(b);
-                if flags & FLAG_NEED_REPLY != 0 {
-                    let mut reply =
-                        header(SET_VRING_ENABLE, FLAG_VERSION_1 | FLAG_REPLY, 8).to_vec();
-                    reply.extend_from_slice(&0u64.to_le_bytes());
-                    self.frontend.write_all(&reply)?;
-                }
+                self.acknowledge(request, flags)?;
                 continue;
             }
 
@@ -180,6 +181,18 @@ impl Relay {
                 }
             }
         }
+    }
+
+    /// Answers a message the relay handles itself with success, if the frontend asked for a
+    /// reply. The frontend waits for it before its next message, so no reply of the
+    /// handler's is in flight meanwhile.
+    fn acknowledge(&mut self, request: u32, flags: u32) -> io::Result<()> {
+        if flags & FLAG_NEED_REPLY != 0 {
+            let mut reply = header(request, FLAG_VERSION_1 | FLAG_REPLY, 8).to_vec();
+            reply.extend_from_slice(&0u64.to_le_bytes());
+            self.frontend.write_all(&reply)?;
+        }
+        Ok(())
     }
 
     /// The ring whose kick fd `request` sets, if that fd belongs in [`TxKicks`].
@@ -419,6 +432,75 @@ mod tests {
         ));
         let mut buf = [0u8; 1];
         assert_eq!(handler.read(&mut buf).unwrap(), 0);
+    }
+
+    /// A memfd-like file of `len` bytes.
+    fn ram(len: u64) -> std::fs::File {
+        let path =
+            std::env::temp_dir().join(format!("vringswitch-relay-ram-{}", std::process::id()));
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        std::fs::remove_file(&path).unwrap();
+        f.set_len(len).unwrap();
+        f
+    }
+
+    fn send_region(fe: &UnixStream, request: u32, gpa: u64, uaddr: u64, fd: Option<RawFd>) {
+        let mut body = vec![0u8; 8];
+        for w in [gpa, 0x1000, uaddr, 0] {
+            body.extend_from_slice(&w.to_le_bytes());
+        }
+        let hdr = header(request, FLAG_VERSION_1 | FLAG_NEED_REPLY, body.len() as u32);
+        let fds: Vec<RawFd> = fd.into_iter().collect();
+        fe.send_with_fds(&[&hdr[..], &body[..]], &fds).unwrap();
+    }
+
+    #[test]
+    fn a_region_added_once_per_queue_pair_reaches_the_handler_once() {
+        use super::super::message_check::{ADD_MEM_REG, REM_MEM_REG};
+        let (mut fe, relay_end) = UnixStream::pair().unwrap();
+        let (handler, t) = start_pair(relay_end);
+        let file = ram(0x1000);
+        let next_from_handler = || {
+            let mut hdr = [0u8; HDR_LEN];
+            let fds = recv_header(&handler, &mut hdr).unwrap();
+            let h = Header::parse(&hdr);
+            let mut body = vec![0u8; h.size as usize];
+            (&handler).read_exact(&mut body).unwrap();
+            (h.request, body[8..16].to_vec(), fds.len())
+        };
+        let ack = |h: &mut UnixStream| read_msg(h);
+        // Queue pair 0 adds the region: the handler maps it (and would answer).
+        send_region(&fe, ADD_MEM_REG, 0, 0x5000, Some(file.as_raw_fd()));
+        assert_eq!(
+            next_from_handler(),
+            (ADD_MEM_REG, 0u64.to_le_bytes().to_vec(), 1)
+        );
+        // Queue pair 1 adds the same region: the relay answers, the handler sees nothing.
+        send_region(&fe, ADD_MEM_REG, 0, 0x5000, Some(file.as_raw_fd()));
+        let (h, b) = ack(&mut fe);
+        assert_eq!(Header::parse(&h).request, ADD_MEM_REG);
+        assert_eq!(Header::parse(&h).flags, FLAG_VERSION_1 | FLAG_REPLY);
+        assert_eq!(b, 0u64.to_le_bytes());
+        // The first removal is the relay's, the second the handler's.
+        send_region(&fe, REM_MEM_REG, 0, 0x5000, None);
+        let (h, _) = ack(&mut fe);
+        assert_eq!(Header::parse(&h).request, REM_MEM_REG);
+        send_region(&fe, REM_MEM_REG, 0, 0x5000, None);
+        assert_eq!(next_from_handler().0, REM_MEM_REG);
+        // A different region over the same guest addresses ends the connection.
+        send_region(&fe, ADD_MEM_REG, 0x2000, 0x9000, Some(file.as_raw_fd()));
+        assert_eq!(next_from_handler().0, ADD_MEM_REG);
+        send_region(&fe, ADD_MEM_REG, 0x2000, 0x7000, Some(file.as_raw_fd()));
+        assert!(matches!(
+            t.join().unwrap(),
+            RelayEnd::Refused(Refused::Overlap { .. })
+        ));
     }
 
     #[test]

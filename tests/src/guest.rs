@@ -1,0 +1,275 @@
+//! Real VMs for the end-to-end tests: the tiny test guest (tests/guest/build-guest.sh) booted
+//! by QEMU under TCG, and the ping rounds it prints on its serial console.
+//!
+//! The guest configures eth0 from its kernel command line and pings a peer forever, 20
+//! pings a round; with two CPUs each CPU pings (CPU 1's rounds are labelled `VS-PING1`), so a
+//! multiqueue NIC sends on both queue pairs.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::wait_until;
+
+/// Time a TCG guest gets to boot and finish a ping round.
+pub const BOOT_AND_PING: Duration = Duration::from_secs(120);
+
+/// The guest's kernel and initramfs, built (once) by tests/guest/build-guest.sh.
+pub fn guest_dir() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = root.join("../target/guest");
+    let status = Command::new("bash")
+        .arg(root.join("guest/build-guest.sh"))
+        .env("OUT", &out)
+        .status()
+        .expect("run tests/guest/build-guest.sh");
+    assert!(status.success(), "building the test guest failed");
+    out
+}
+
+/// `qemu-system-x86_64`, or a panic saying how to install it.
+pub fn qemu_binary() -> &'static str {
+    let ok = Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        ok,
+        "qemu-system-x86_64 is missing: install it with `apt-get install qemu-system-x86` \
+         (scripts/test.sh does this)"
+    );
+    "qemu-system-x86_64"
+}
+
+/// Test VM `n`'s MAC address: 52:54:00:00:00:0n.
+pub fn guest_mac(n: u8) -> String {
+    format!("52:54:00:00:00:{n:02x}")
+}
+
+/// The kernel command line of test VM `n` (address 10.0.0.n) pinging VM `peer`.
+pub fn guest_cmdline(n: u8, peer: u8) -> String {
+    format!("console=ttyS0 panic=-1 quiet vs.ip=10.0.0.{n}/24 vs.peer=10.0.0.{peer}")
+}
+
+/// The machine QEMU emulates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Machine {
+    /// q35 with virtio-net-pci.
+    Q35,
+    /// microvm with virtio-net-device: virtio-mmio, no PCI at all.
+    Microvm,
+}
+
+/// What to boot.
+#[derive(Debug, Clone)]
+pub struct GuestSpec {
+    pub name: String,
+    pub socket: PathBuf,
+    /// Test VM number: MAC 52:54:00:00:00:0n, address 10.0.0.n.
+    pub n: u8,
+    pub peer: u8,
+    /// QEMU listens on the socket (the switch connects: a client-mode port).
+    pub server: bool,
+    pub cpus: u8,
+    /// Queue pairs of the NIC (multiqueue when above 1).
+    pub queues: u16,
+    pub machine: Machine,
+}
+
+impl GuestSpec {
+    /// A one-CPU, one-queue q35 guest connecting to a server-mode port.
+    pub fn new(name: &str, socket: &Path, n: u8, peer: u8) -> GuestSpec {
+        GuestSpec {
+            name: name.to_owned(),
+            socket: socket.to_owned(),
+            n,
+            peer,
+            server: false,
+            cpus: 1,
+            queues: 1,
+            machine: Machine::Q35,
+        }
+    }
+
+    /// QEMU listens: for a client-mode port.
+    pub fn listening(mut self) -> GuestSpec {
+        self.server = true;
+        self
+    }
+
+    /// `cpus` CPUs and `queues` queue pairs.
+    pub fn multiqueue(mut self, cpus: u8, queues: u16) -> GuestSpec {
+        self.cpus = cpus;
+        self.queues = queues;
+        self
+    }
+
+    pub fn machine(mut self, machine: Machine) -> GuestSpec {
+        self.machine = machine;
+        self
+    }
+}
+
+/// The serial console of a guest, written to a file: boots and ping rounds.
+#[derive(Debug, Clone)]
+pub struct Console {
+    pub path: PathBuf,
+}
+
+impl Console {
+    pub fn text(&self) -> String {
+        std::fs::read_to_string(&self.path).unwrap_or_default()
+    }
+
+    /// Times the guest finished booting.
+    pub fn boots(&self) -> usize {
+        self.text().matches("VS-GUEST-READY").count()
+    }
+
+    /// Ping rounds of the current boot labelled `label` (`VS-PING` for CPU 0, `VS-PING1`
+    /// for CPU 1): (round, transmitted, received).
+    pub fn rounds_of(&self, label: &str) -> Vec<(u32, u32, u32)> {
+        let text = self.text();
+        let current = text.rsplit("VS-GUEST-READY").next().unwrap_or("");
+        let prefix = format!("{label} round=");
+        current
+            .lines()
+            .filter_map(|l| {
+                let rest = l.trim().strip_prefix(&prefix)?;
+                let mut w = rest.split_whitespace();
+                let round = w.next()?.parse().ok()?;
+                let tx = w.next()?.parse().ok()?;
+                let rx = rest
+                    .split(", ")
+                    .nth(1)?
+                    .split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()?;
+                Some((round, tx, rx))
+            })
+            .collect()
+    }
+
+    /// CPU 0's rounds.
+    pub fn rounds(&self) -> Vec<(u32, u32, u32)> {
+        self.rounds_of("VS-PING")
+    }
+
+    /// Waits for a complete round (20 of 20) labelled `label` that started after round
+    /// `after`, and returns its number.
+    pub fn wait_clean_round_of(&self, label: &str, after: u32, what: &str) -> u32 {
+        wait_until(BOOT_AND_PING, what, || {
+            self.rounds_of(label)
+                .into_iter()
+                .find(|&(r, tx, rx)| r > after + 1 && tx == 20 && rx == 20)
+                .map(|(r, _, _)| r)
+        })
+    }
+
+    pub fn wait_clean_round(&self, after: u32, what: &str) -> u32 {
+        self.wait_clean_round_of("VS-PING", after, what)
+    }
+
+    pub fn last_round(&self) -> u32 {
+        self.rounds().last().map_or(0, |r| r.0)
+    }
+}
+
+/// One QEMU guest whose serial console goes to a file; killed on drop.
+pub struct Guest {
+    child: Child,
+    pub console: Console,
+    monitor: PathBuf,
+}
+
+impl Guest {
+    /// Boots `spec` with its files (console, monitor socket, QEMU's log) in `dir`.
+    pub fn boot(dir: &Path, spec: &GuestSpec) -> Guest {
+        let g = guest_dir();
+        let console = dir.join(format!("{}.console", spec.name));
+        let _ = std::fs::remove_file(&console);
+        let monitor = dir.join(format!("{}.monitor", spec.name));
+        let mut chardev = format!("socket,id=c0,path={}", spec.socket.display());
+        if spec.server {
+            chardev.push_str(",server=on,wait=off");
+        }
+        let mut netdev = "vhost-user,id=n0,chardev=c0".to_owned();
+        if spec.queues > 1 {
+            netdev.push_str(&format!(",queues={}", spec.queues));
+        }
+        let mac = guest_mac(spec.n);
+        let (machine, device) = match spec.machine {
+            // vectors=0: QEMU 7.2 under TCG crashes setting up MSI-X notifiers for vhost.
+            Machine::Q35 => {
+                let mut d = format!("virtio-net-pci,netdev=n0,vectors=0,mac={mac}");
+                if spec.queues > 1 {
+                    d.push_str(",mq=on");
+                }
+                ("q35,memory-backend=mem", d)
+            }
+            Machine::Microvm => (
+                "microvm,memory-backend=mem",
+                format!("virtio-net-device,netdev=n0,mac={mac}"),
+            ),
+        };
+        let child = Command::new(qemu_binary())
+            .args(["-accel", "tcg", "-machine", machine, "-m", "256M"])
+            .args(["-object", "memory-backend-memfd,id=mem,size=256M,share=on"])
+            .args(["-smp", &spec.cpus.to_string(), "-display", "none"])
+            .args(["-nodefaults", "-no-user-config"])
+            .arg("-monitor")
+            .arg(format!("unix:{},server=on,wait=off", monitor.display()))
+            .arg("-serial")
+            .arg(format!("file:{}", console.display()))
+            .arg("-kernel")
+            .arg(g.join("vmlinuz"))
+            .arg("-initrd")
+            .arg(g.join("initramfs.gz"))
+            .arg("-append")
+            .arg(guest_cmdline(spec.n, spec.peer))
+            .arg("-chardev")
+            .arg(chardev)
+            .args(["-netdev", &netdev])
+            .args(["-device", &device])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join(format!("{}.qemu.log", spec.name))).unwrap())
+            .spawn()
+            .expect("start qemu");
+        Guest {
+            child,
+            console: Console { path: console },
+            monitor,
+        }
+    }
+
+    /// Resets the VM as a reboot does (virtio reset, vhost rings stopped and set up again
+    /// on the same vhost-user connection).
+    pub fn reset(&self) {
+        use std::io::Write;
+        let mut s = wait_until(Duration::from_secs(10), "the QEMU monitor", || {
+            std::os::unix::net::UnixStream::connect(&self.monitor).ok()
+        });
+        s.write_all(b"system_reset\n").unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl std::ops::Deref for Guest {
+    type Target = Console;
+    fn deref(&self) -> &Console {
+        &self.console
+    }
+}
+
+impl Drop for Guest {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
