@@ -26,6 +26,8 @@ use vringswitch_switch::port_security::{PortSecurity, MAX_ALLOWED};
 use vringswitch_switch::vlan::{VlanPolicy, UNTAGGED_VLAN};
 use vringswitch_switch::{BridgeRt, PortRt, Switch, SwitchConfig, SwitchError, Topology};
 
+use crate::instance_lock::InstanceLock;
+
 /// Errors from starting the daemon.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -35,6 +37,10 @@ pub enum DaemonError {
     Change(#[from] ChangeError),
     #[error("state file {path}: {message}; fix or remove it to start from the configuration file")]
     State { path: PathBuf, message: String },
+    #[error(transparent)]
+    Lock(#[from] crate::instance_lock::LockError),
+    #[error("cannot create the socket directory {path}: {error}")]
+    SocketDir { path: PathBuf, error: std::io::Error },
 }
 
 /// Why a topology change was refused. Nothing was changed.
@@ -303,12 +309,20 @@ pub struct Daemon {
     state: Mutex<State>,
     workers: Mutex<Vec<JoinHandle<()>>>,
     options: DaemonOptions,
+    /// Held while the daemon runs: no other daemon takes its socket directory or state file.
+    _lock: InstanceLock,
 }
 
 impl Daemon {
     /// Starts workers, then bridges and ports: from the state file if there is one, else
     /// as `config` describes (and the state file is written from it).
     pub fn start(config: &Config, options: DaemonOptions) -> Result<Daemon, DaemonError> {
+        if let Some(dir) = &options.socket_dir {
+            create_socket_dir(dir)?;
+        }
+        // Before anything is read or bound: a second daemon stops here, touching nothing.
+        let lock =
+            InstanceLock::acquire(options.socket_dir.as_deref(), options.state_file.as_deref())?;
         let saved = match &options.state_file {
             Some(path) => load_state(path)?,
             None => None,
@@ -333,6 +347,7 @@ impl Daemon {
             state: Mutex::new(State::default()),
             workers: Mutex::new(workers),
             options,
+            _lock: lock,
         };
         let from_state = saved.is_some();
         let saved = saved.unwrap_or_else(|| SavedState {
@@ -926,6 +941,22 @@ pub fn socket_pattern(dir: &Path) -> String {
     }
     let sep = if dir == "/" { "" } else { "/" };
     format!("^{escaped}{sep}[A-Za-z0-9_-][A-Za-z0-9._-]{{0,63}}$")
+}
+
+/// Creates the socket directory, mode 0750, if it does not exist.
+fn create_socket_dir(dir: &Path) -> Result<(), DaemonError> {
+    use std::os::unix::fs::DirBuilderExt;
+    match std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o750)
+        .create(dir)
+    {
+        Ok(()) => Ok(()),
+        Err(error) => Err(DaemonError::SocketDir {
+            path: dir.to_path_buf(),
+            error,
+        }),
+    }
 }
 
 /// Reads the state file; `None` if there is none yet.

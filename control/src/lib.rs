@@ -9,4 +9,5 @@ pub mod ctl;
 pub mod daemon;
 pub mod drop_log;
 pub mod http;
+pub mod instance_lock;
 pub mod systemd;

@@ -1,5 +1,5 @@
-//! `vringswitch`: the daemon. Parses arguments, loads the configuration, runs until SIGINT
-//! or SIGTERM.
+//! `vringswitch`: the daemon. Parses arguments, loads the configuration, runs until SIGTERM,
+//! SIGINT or SIGQUIT.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -11,6 +11,7 @@ use clap::Parser;
 use vringswitch_config::Config;
 use vringswitch_control::daemon::{Daemon, DaemonOptions};
 use vringswitch_control::{drop_log, http, systemd};
+use vringswitch_ports::socket_file::{self, BoundSocket};
 
 /// A user-space virtual switch for VMs attached over vhost-user.
 #[derive(Parser, Debug)]
@@ -126,6 +127,17 @@ fn run() -> anyhow::Result<()> {
         return Ok(());
     }
 
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    // Signal handlers first: a signal during the start is acted on once it is done, instead
+    // of killing the daemon halfway with sockets bound.
+    let signals = {
+        let _in_runtime = runtime.enter();
+        Signals::new().context("cannot install signal handlers")?
+    };
     let daemon = Arc::new(
         Daemon::start(
             &config,
@@ -136,23 +148,25 @@ fn run() -> anyhow::Result<()> {
         )
         .context("cannot start vringswitch")?,
     );
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
     let switch = daemon.switch.clone();
     let api_daemon = daemon.clone();
     let api_socket = args.api_socket.clone();
     let api_addr = args.api;
+    let api_socket_bound = Arc::new(std::sync::Mutex::new(None));
+    let bound_slot = api_socket_bound.clone();
     let result: anyhow::Result<()> = runtime.block_on(async move {
+        let api_socket_bound = bound_slot;
         let listener = tokio::net::TcpListener::bind(api_addr)
             .await
             .with_context(|| format!("cannot listen on --api {api_addr}"))?;
         tracing::info!(api = %api_addr, token = token.is_some(), "HTTP endpoint ready");
         let app = http::router(api_daemon.clone(), token);
         let unix = match &api_socket {
-            Some(path) => Some((bind_api_socket(path)?, http::router(api_daemon, None))),
+            Some(path) => {
+                let (listener, bound) = bind_api_socket(path)?;
+                *api_socket_bound.lock().unwrap_or_else(|e| e.into_inner()) = Some(bound);
+                Some((listener, http::router(api_daemon, None)))
+            }
             None => None,
         };
         // Under systemd (Type=notify), say we are up and keep the watchdog fed while the
@@ -187,11 +201,15 @@ fn run() -> anyhow::Result<()> {
         tokio::select! {
             r = tcp => r.context("HTTP server failed"),
             r = unix => r.context("HTTP server on --api-socket failed"),
-            () = shutdown_signal() => Ok(()),
+            () = signals.until_stop() => Ok(()),
         }
     });
-    if let Some(path) = &args.api_socket {
-        let _ = std::fs::remove_file(path);
+    let bound = api_socket_bound
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take();
+    if let (Some(path), Some(bound)) = (&args.api_socket, bound) {
+        vringswitch_ports::socket_file::remove_if_ours(path, bound);
     }
     tracing::info!("stopping");
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
@@ -211,32 +229,98 @@ fn read_token(path: &std::path::Path) -> anyhow::Result<Arc<str>> {
     Ok(Arc::from(token))
 }
 
-/// Binds the API's unix socket: directory created 0750 if missing, socket 0660.
-fn bind_api_socket(path: &std::path::Path) -> anyhow::Result<tokio::net::UnixListener> {
-    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+/// Binds the API's unix socket: directory created 0750 if missing, socket 0660. A socket
+/// another process listens on is never replaced.
+fn bind_api_socket(
+    path: &std::path::Path,
+) -> anyhow::Result<(tokio::net::UnixListener, BoundSocket)> {
+    use std::os::unix::fs::PermissionsExt;
     if let Some(dir) = path.parent().filter(|d| !d.exists()) {
         std::fs::create_dir_all(dir)
             .and_then(|()| std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o750)))
             .with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
-        let _ = std::fs::remove_file(path);
+    let (listener, bound) = socket_file::bind(path, 0o660)
+        .with_context(|| format!("--api-socket {}", path.display()))?;
+    let set_up = listener
+        .set_nonblocking(true)
+        .and_then(|()| tokio::net::UnixListener::from_std(listener))
+        .with_context(|| format!("cannot listen on --api-socket {}", path.display()));
+    match set_up {
+        Ok(l) => {
+            tracing::info!(api_socket = %path.display(), "HTTP endpoint ready on a unix socket");
+            Ok((l, bound))
+        }
+        Err(e) => {
+            socket_file::remove_if_ours(path, bound);
+            Err(e)
+        }
     }
-    let listener = tokio::net::UnixListener::bind(path)
-        .with_context(|| format!("cannot listen on --api-socket {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
-        .with_context(|| format!("cannot set the mode of {}", path.display()))?;
-    tracing::info!(api_socket = %path.display(), "HTTP endpoint ready on a unix socket");
-    Ok(listener)
 }
 
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => {},
-        _ = int.recv() => {},
+/// The signals the daemon acts on. Every signal whose default action would end the process
+/// is caught, so that no signal ends it without removing its sockets: SIGTERM, SIGINT and
+/// SIGQUIT stop it cleanly; SIGHUP, SIGUSR1 and SIGUSR2 are logged and otherwise ignored
+/// (there is nothing to reload: the topology changes over the API).
+struct Signals {
+    stop: Vec<(&'static str, tokio::signal::unix::Signal)>,
+    ignored: Vec<(&'static str, tokio::signal::unix::Signal)>,
+}
+
+impl Signals {
+    /// Installs the handlers; must run inside the tokio runtime.
+    fn new() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut stop = Vec::new();
+        for (name, kind) in [
+            ("SIGTERM", SignalKind::terminate()),
+            ("SIGINT", SignalKind::interrupt()),
+            ("SIGQUIT", SignalKind::quit()),
+        ] {
+            stop.push((name, signal(kind)?));
+        }
+        let mut ignored = Vec::new();
+        for (name, kind) in [
+            ("SIGHUP", SignalKind::hangup()),
+            ("SIGUSR1", SignalKind::user_defined1()),
+            ("SIGUSR2", SignalKind::user_defined2()),
+        ] {
+            ignored.push((name, signal(kind)?));
+        }
+        Ok(Signals { stop, ignored })
+    }
+
+    /// Returns when a stopping signal arrives, logging every other one.
+    async fn until_stop(mut self) {
+        use std::future::poll_fn;
+        use std::task::Poll;
+        loop {
+            let got = poll_fn(|cx| {
+                for (i, (_, s)) in self.stop.iter_mut().enumerate() {
+                    if s.poll_recv(cx).is_ready() {
+                        return Poll::Ready((true, i));
+                    }
+                }
+                for (i, (_, s)) in self.ignored.iter_mut().enumerate() {
+                    if s.poll_recv(cx).is_ready() {
+                        return Poll::Ready((false, i));
+                    }
+                }
+                Poll::Pending
+            })
+            .await;
+            match got {
+                (true, i) => {
+                    tracing::info!(signal = self.stop[i].0, "stopping on a signal");
+                    return;
+                }
+                (false, i) => tracing::warn!(
+                    signal = self.ignored[i].0,
+                    "signal ignored: vringswitch has nothing to reload; change the topology \
+                     with vringctl or the API, and stop it with SIGTERM"
+                ),
+            }
+        }
     }
 }
 

@@ -4,11 +4,13 @@
 //! that wakes them, the currently attached queues (if a peer is connected) and per-worker
 //! counters. The [`vhost_user`] module turns a unix socket into such an attachment and keeps
 //! it served across reconnects; [`vhost_user::rings`] is the per-frame split-ring data path.
+//! [`socket_file`] binds socket files without taking a live one from another process.
 #![deny(unsafe_code)]
 
 pub mod counters;
 pub mod log_limit;
 pub mod port;
+pub mod socket_file;
 pub mod vhost_user;
 
 pub use counters::{DropReason, PortCounters, PortStats};

@@ -190,3 +190,141 @@ fn systemd_hears_ready_watchdog_and_stopping() {
     let log = std::fs::read_to_string(dir.path().join("log")).unwrap();
     assert!(!log.contains("no progress"), "{log}");
 }
+
+/// Runs the daemon binary to completion with `args`; returns (success, stderr).
+fn run_daemon(args: &[&std::ffi::OsStr]) -> (bool, String) {
+    let out = std::process::Command::new(vringswitch_tests::daemon::binary())
+        .args(args)
+        .env("VRINGSWITCH_LOG", "info")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A second daemon on the same socket directory or state file refuses to start, and none
+/// takes a socket another process listens on: the first daemon's VMs keep their sockets,
+/// even when the second would have failed on the busy --api port anyway.
+#[test]
+fn a_second_daemon_refuses_and_leaves_the_first_ones_sockets() {
+    let dir = TempDir::new("second");
+    let (toml, sockets) = config(dir.path());
+    let state = dir.path().join("state.json");
+    let state_arg = state.to_str().unwrap().to_owned();
+    let daemon = Daemon::start_with(dir.path(), &toml, &sockets, &["--state", &state_arg]);
+    let pid = daemon.pid();
+    let os = |s: &str| std::ffi::OsString::from(s);
+    let free_api = || {
+        os(&format!(
+            "127.0.0.1:{}",
+            vringswitch_tests::daemon::free_port()
+        ))
+    };
+    let other = TempDir::new("second-other");
+    let other_config = other.path().join("other.toml");
+    std::fs::write(
+        &other_config,
+        "[dataplane]\ncores = [1]\n[[bridges]]\nname = \"br0\"\n",
+    )
+    .unwrap();
+
+    // The same socket directory, the same (busy) API address.
+    let (ok, err) = run_daemon(&[
+        &os("--config"),
+        daemon.config.as_os_str(),
+        &os("--socket-dir"),
+        dir.path().as_os_str(),
+        &os("--api"),
+        &os(&daemon.api),
+    ]);
+    assert!(!ok);
+    assert!(
+        err.contains(&format!(
+            "another vringswitch (pid {pid}) already uses the socket directory"
+        )),
+        "{err}"
+    );
+
+    // Another socket directory, the same state file.
+    let (ok, err) = run_daemon(&[
+        &os("--config"),
+        other_config.as_os_str(),
+        &os("--socket-dir"),
+        other.path().as_os_str(),
+        &os("--state"),
+        state.as_os_str(),
+        &os("--api"),
+        &free_api(),
+    ]);
+    assert!(!ok);
+    assert!(
+        err.contains(&format!(
+            "another vringswitch (pid {pid}) already uses the state file"
+        )),
+        "{err}"
+    );
+
+    // Another socket directory and no state, but the first daemon's sockets in the config.
+    let (ok, err) = run_daemon(&[
+        &os("--config"),
+        daemon.config.as_os_str(),
+        &os("--socket-dir"),
+        other.path().as_os_str(),
+        &os("--api"),
+        &free_api(),
+    ]);
+    assert!(!ok);
+    assert!(
+        err.contains("is the socket of a running process, which still listens on it"),
+        "{err}"
+    );
+
+    // The first daemon's ports still serve.
+    for s in &sockets {
+        assert!(s.exists(), "{} was removed", s.display());
+    }
+    let mut b = TestVm::connect(&sockets[1], mac(2), VmOptions::default());
+    b.post_rx(TestVm::rx(0), 8, 2048);
+    ping_pong(&sockets[0], &mut b, 1);
+}
+
+/// No signal whose default would end the daemon leaves its sockets behind: SIGHUP (and
+/// SIGUSR1/2) are logged and ignored, SIGQUIT stops it as SIGTERM does.
+#[test]
+fn sighup_is_logged_and_ignored_and_sigquit_stops_cleanly() {
+    let dir = TempDir::new("sighup");
+    let (toml, sockets) = config(dir.path());
+    let mut daemon = Daemon::start(dir.path(), &toml, &sockets);
+    let kill = |sig: &str, pid: u32| {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill {sig}");
+    };
+    kill("-HUP", daemon.pid());
+    wait_until(T, "the SIGHUP log line", || {
+        daemon
+            .log_text()
+            .lines()
+            .any(|l| l.contains("signal ignored") && l.contains("SIGHUP"))
+            .then_some(())
+    });
+    kill("-USR1", daemon.pid());
+    wait_until(T, "the SIGUSR1 log line", || {
+        daemon.log_text().contains("SIGUSR1").then_some(())
+    });
+    // Still serving.
+    let mut b = TestVm::connect(&sockets[1], mac(2), VmOptions::default());
+    b.post_rx(TestVm::rx(0), 8, 2048);
+    ping_pong(&sockets[0], &mut b, 1);
+    drop(b);
+    kill("-QUIT", daemon.pid());
+    let status = daemon.wait_exit(T);
+    assert!(status.success(), "exit status {status}");
+    for s in &sockets {
+        assert!(!s.exists(), "{} left behind", s.display());
+    }
+}

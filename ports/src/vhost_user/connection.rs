@@ -26,6 +26,7 @@ use super::relay::RelayEnd;
 use super::VhostUserError;
 use crate::log_limit::LogLimiter;
 use crate::port::PortHandle;
+use crate::socket_file::{self, BoundSocket};
 
 /// How often a port waiting for a frontend checks whether it should stop (ms).
 const STOP_CHECK_MS: i32 = 100;
@@ -63,6 +64,8 @@ pub struct VhostUserPort {
     config: VhostUserPortConfig,
     control: Arc<ConnectionControl>,
     thread: Option<JoinHandle<()>>,
+    /// The server socket file as bound, so that only it is removed on stop.
+    bound: Option<BoundSocket>,
 }
 
 impl VhostUserPort {
@@ -72,9 +75,12 @@ impl VhostUserPort {
         handle: Arc<PortHandle>,
         config: VhostUserPortConfig,
     ) -> Result<VhostUserPort, VhostUserError> {
-        let listener = match config.mode {
-            SocketMode::Server => Some(bind(&config.socket)?),
-            SocketMode::Client => None,
+        let (listener, bound) = match config.mode {
+            SocketMode::Server => {
+                let (l, b) = bind(&config.socket)?;
+                (Some(l), Some(b))
+            }
+            SocketMode::Client => (None, None),
         };
         let control = Arc::new(ConnectionControl {
             stop: AtomicBool::new(false),
@@ -94,6 +100,7 @@ impl VhostUserPort {
             config,
             control,
             thread: Some(thread),
+            bound,
         })
     }
 
@@ -105,7 +112,8 @@ impl VhostUserPort {
         &self.config
     }
 
-    /// Disconnects the frontend, stops serving and removes a server socket.
+    /// Disconnects the frontend, stops serving and removes a server socket (if the file at
+    /// its path is still the one bound).
     pub fn stop(&mut self) {
         let Some(thread) = self.thread.take() else {
             return;
@@ -115,8 +123,8 @@ impl VhostUserPort {
             let _ = s.shutdown(std::net::Shutdown::Both);
         }
         let _ = thread.join();
-        if self.config.mode == SocketMode::Server {
-            let _ = std::fs::remove_file(&self.config.socket);
+        if let Some(bound) = self.bound.take() {
+            socket_file::remove_if_ours(&self.config.socket, bound);
         }
     }
 }
@@ -131,8 +139,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Binds a server socket: parent directory created 0750, socket 0660.
-fn bind(path: &Path) -> Result<UnixListener, VhostUserError> {
+/// Binds a server socket: parent directory created 0750, socket 0660. A socket file a
+/// running process listens on is never replaced (see [`socket_file`]).
+fn bind(path: &Path) -> Result<(UnixListener, BoundSocket), VhostUserError> {
     if let Some(dir) = path.parent() {
         if !dir.exists() {
             std::fs::create_dir_all(dir).map_err(|source| VhostUserError::SocketDir {
@@ -147,30 +156,15 @@ fn bind(path: &Path) -> Result<UnixListener, VhostUserError> {
             )?;
         }
     }
-    // A stale socket of an earlier run would make bind fail.
-    if std::fs::symlink_metadata(path).is_ok_and(|m| {
-        use std::os::unix::fs::FileTypeExt;
-        m.file_type().is_socket()
-    }) {
-        let _ = std::fs::remove_file(path);
+    let (listener, bound) = socket_file::bind(path, 0o660)?;
+    if let Err(source) = listener.set_nonblocking(true) {
+        socket_file::remove_if_ours(path, bound);
+        return Err(VhostUserError::Listen {
+            path: path.to_path_buf(),
+            source,
+        });
     }
-    let listener = UnixListener::bind(path).map_err(|source| VhostUserError::Listen {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    listener
-        .set_nonblocking(true)
-        .map_err(|source| VhostUserError::Listen {
-            path: path.to_path_buf(),
-            source,
-        })?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(|source| {
-        VhostUserError::Permissions {
-            path: path.to_path_buf(),
-            source,
-        }
-    })?;
-    Ok(listener)
+    Ok((listener, bound))
 }
 
 /// Waits for the next frontend: accepts one in server mode, connects (retrying every

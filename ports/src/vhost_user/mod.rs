@@ -34,6 +34,8 @@ pub enum VhostUserError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    SocketFile(#[from] crate::socket_file::SocketFileError),
     #[error("cannot listen on vhost-user socket {path}: {source}")]
     Listen {
         path: PathBuf,
