@@ -27,6 +27,7 @@ use vringswitch_switch::vlan::{VlanPolicy, UNTAGGED_VLAN};
 use vringswitch_switch::{BridgeRt, PortRt, Switch, SwitchConfig, SwitchError, Topology};
 
 use crate::instance_lock::InstanceLock;
+use crate::state_file;
 
 /// Errors from starting the daemon.
 #[derive(Debug, thiserror::Error)]
@@ -40,7 +41,10 @@ pub enum DaemonError {
     #[error(transparent)]
     Lock(#[from] crate::instance_lock::LockError),
     #[error("cannot create the socket directory {path}: {error}")]
-    SocketDir { path: PathBuf, error: std::io::Error },
+    SocketDir {
+        path: PathBuf,
+        error: std::io::Error,
+    },
 }
 
 /// Why a topology change was refused. Nothing was changed.
@@ -194,7 +198,8 @@ pub struct SavedState {
     pub static_macs: Vec<StaticMac>,
 }
 
-const STATE_VERSION: u32 = 1;
+/// The state file's format version.
+pub const STATE_VERSION: u32 = 1;
 
 /// Where the daemon keeps things.
 #[derive(Debug, Clone, Default)]
@@ -324,7 +329,7 @@ impl Daemon {
         let lock =
             InstanceLock::acquire(options.socket_dir.as_deref(), options.state_file.as_deref())?;
         let saved = match &options.state_file {
-            Some(path) => load_state(path)?,
+            Some(path) => state_file::load(path)?,
             None => None,
         };
         let switch = Switch::new(&SwitchConfig {
@@ -350,32 +355,19 @@ impl Daemon {
             _lock: lock,
         };
         let from_state = saved.is_some();
-        let saved = saved.unwrap_or_else(|| SavedState {
-            version: STATE_VERSION,
-            bridges: config
-                .bridges
-                .iter()
-                .map(|b| BridgeSpec {
-                    name: b.name.get_ref().clone(),
-                    fdb_aging_s: *b.fdb_aging_s.get_ref(),
-                })
-                .collect(),
-            ports: config
-                .ports
-                .iter()
-                .map(|p| PortSpec {
-                    name: p.name.get_ref().clone(),
-                    bridge: p.bridge.get_ref().clone(),
-                    kind: PortKind::VhostUser,
-                    socket: p.socket.get_ref().clone(),
-                    mode: p.mode,
-                    queues: *p.queues.get_ref(),
-                    vlan: p.vlan.as_ref().map(|v| v.get_ref().clone()),
-                    allowed_macs: p.allowed_macs.as_ref().map(|m| m.get_ref().clone()),
-                })
-                .collect(),
-            static_macs: Vec::new(),
-        });
+        let from_config = state_file::from_config(config);
+        if let (Some(path), Some(saved)) = (&daemon.options.state_file, &saved) {
+            if let Some(ignored) = state_file::ignored_config(&from_config, saved) {
+                tracing::warn!(
+                    state = %path.display(),
+                    "the state file holds the topology, so these bridges and ports of the \
+                     configuration are not used: {ignored}. Make such changes with vringctl or \
+                     the API, or stop the daemon and delete the state file to start from the \
+                     configuration"
+                );
+            }
+        }
+        let saved = saved.unwrap_or(from_config);
         if let Err(e) = daemon.restore(saved) {
             daemon.stop();
             return Err(match (&daemon.options.state_file, from_state) {
@@ -421,7 +413,7 @@ impl Daemon {
         let Some(path) = &self.options.state_file else {
             return Ok(());
         };
-        write_atomically(path, &st.saved()).map_err(|e| {
+        state_file::write_atomically(path, &st.saved()).map_err(|e| {
             tracing::error!(state = %path.display(), error = %e, "cannot save the state file");
             ChangeError::NotSaved(format!("state file {}: {e}", path.display()))
         })
@@ -959,57 +951,6 @@ fn create_socket_dir(dir: &Path) -> Result<(), DaemonError> {
     }
 }
 
-/// Reads the state file; `None` if there is none yet.
-fn load_state(path: &Path) -> Result<Option<SavedState>, DaemonError> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => {
-            return Err(DaemonError::State {
-                path: path.to_path_buf(),
-                message: e.to_string(),
-            })
-        }
-    };
-    let saved: SavedState = serde_json::from_str(&text).map_err(|e| DaemonError::State {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })?;
-    if saved.version != STATE_VERSION {
-        return Err(DaemonError::State {
-            path: path.to_path_buf(),
-            message: format!(
-                "version {} is not the {STATE_VERSION} this daemon understands",
-                saved.version
-            ),
-        });
-    }
-    Ok(Some(saved))
-}
-
-/// Writes `state` as JSON to `path` so that a crash at any point leaves either the old
-/// file or the new one: temporary file in the same directory, fsync, rename, fsync of the
-/// directory.
-fn write_atomically(path: &Path, state: &SavedState) -> std::io::Result<()> {
-    use std::io::Write;
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    std::fs::create_dir_all(dir)?;
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    let mut f = std::fs::File::create(&tmp)?;
-    let mut text = serde_json::to_vec_pretty(state).map_err(std::io::Error::other)?;
-    text.push(b'\n');
-    f.write_all(&text)?;
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(&tmp, path)?;
-    std::fs::File::open(dir)?.sync_all()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1049,50 +990,6 @@ mod tests {
             socket_pattern(Path::new("/")),
             "^/[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$"
         );
-    }
-
-    #[test]
-    fn state_files_are_replaced_whole() {
-        let dir = std::env::temp_dir().join(format!("vs-state-{}", std::process::id()));
-        let path = dir.join("sub/state.json");
-        assert_eq!(load_state(&path).unwrap(), None);
-        let state = SavedState {
-            version: STATE_VERSION,
-            bridges: vec![BridgeSpec {
-                name: "br0".into(),
-                fdb_aging_s: 60,
-            }],
-            ports: vec![PortSpec {
-                name: "p".into(),
-                bridge: "br0".into(),
-                kind: PortKind::VhostUser,
-                socket: "/run/x.sock".into(),
-                mode: SocketMode::Client,
-                queues: 2,
-                vlan: Some(VlanConfig::Trunk { tags: vec![5, 6] }),
-                allowed_macs: Some(vec!["02:00:00:00:00:01".into()]),
-            }],
-            static_macs: vec![StaticMac {
-                bridge: "br0".into(),
-                mac: "02:00:00:00:00:01".into(),
-                vlan: 5,
-                port: "p".into(),
-            }],
-        };
-        write_atomically(&path, &state).unwrap();
-        assert_eq!(load_state(&path).unwrap(), Some(state.clone()));
-        assert!(!dir.join("sub/state.json.tmp").exists());
-        std::fs::write(&path, "{ not json").unwrap();
-        let e = load_state(&path).unwrap_err().to_string();
-        assert!(e.contains("state.json") && e.contains("remove it"), "{e}");
-        let mut future = state;
-        future.version = 9;
-        write_atomically(&path, &future).unwrap();
-        assert!(load_state(&path)
-            .unwrap_err()
-            .to_string()
-            .contains("version 9"));
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

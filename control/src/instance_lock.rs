@@ -32,7 +32,10 @@ pub enum LockError {
     },
     /// The cause is part of the message (not a separate source), so that it is said once.
     #[error("cannot lock {path}: {error}")]
-    Io { path: PathBuf, error: std::io::Error },
+    Io {
+        path: PathBuf,
+        error: std::io::Error,
+    },
 }
 
 fn pid_text(pid: Option<u32>) -> String {

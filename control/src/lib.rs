@@ -10,4 +10,5 @@ pub mod daemon;
 pub mod drop_log;
 pub mod http;
 pub mod instance_lock;
+pub mod state_file;
 pub mod systemd;

@@ -10,7 +10,7 @@ use anyhow::Context;
 use clap::Parser;
 use vringswitch_config::Config;
 use vringswitch_control::daemon::{Daemon, DaemonOptions};
-use vringswitch_control::{drop_log, http, systemd};
+use vringswitch_control::{drop_log, http, state_file, systemd};
 use vringswitch_ports::socket_file::{self, BoundSocket};
 
 /// A user-space virtual switch for VMs attached over vhost-user.
@@ -123,7 +123,7 @@ fn run() -> anyhow::Result<()> {
         }
     };
     if args.print_config {
-        print!("{}", vringswitch_config::to_toml(&config)?);
+        print!("{}", config_in_effect(&config, args.state.as_deref())?);
         return Ok(());
     }
 
@@ -216,6 +216,31 @@ fn run() -> anyhow::Result<()> {
     daemon.stop();
     runtime.shutdown_timeout(Duration::from_secs(1));
     result
+}
+
+/// What `--print-config` prints: the configuration, or with a state file that exists, its
+/// bridges and ports (which are what will run) under the configuration's `[dataplane]`.
+fn config_in_effect(config: &Config, state: Option<&std::path::Path>) -> anyhow::Result<String> {
+    let saved = match state {
+        Some(path) => state_file::load(path)?.map(|s| (path, s)),
+        None => None,
+    };
+    let Some((path, saved)) = saved else {
+        return Ok(vringswitch_config::to_toml(config)?);
+    };
+    let mut out = format!(
+        "# Bridges and ports from the state file {}: they are what runs, and the\n\
+         # configuration file's are not used while it exists.\n",
+        path.display()
+    );
+    if let Some(ignored) = state_file::ignored_config(&state_file::from_config(config), &saved) {
+        out.push_str(&format!("# Not used from the configuration: {ignored}.\n"));
+    }
+    out.push_str(&vringswitch_config::to_toml(&state_file::to_config(
+        &config.dataplane,
+        &saved,
+    ))?);
+    Ok(out)
 }
 
 /// Reads the API token: the file's content without surrounding blanks, not empty.

@@ -178,3 +178,81 @@ fn a_damaged_state_file_stops_the_start_with_a_clear_message() {
         );
     }
 }
+
+/// With a state file, edits of the configuration file's bridges and ports do nothing: the
+/// start says so in one warning naming them, and `--print-config --state` prints what runs.
+#[test]
+fn config_edits_shadowed_by_the_state_file_are_named_at_start_and_in_print_config() {
+    let dir = TempDir::new("shadowed");
+    let state = dir.path().join("state.json");
+    let state_arg = state.to_str().unwrap().to_owned();
+    let port = |name: &str, queues: u16| {
+        format!(
+            "[[ports]]\nname = \"{name}\"\nbridge = \"br0\"\ntype = \"vhost-user\"\n\
+             socket = \"{}\"\nmode = \"server\"\nqueues = {queues}\n",
+            dir.path().join(format!("{name}.sock")).display()
+        )
+    };
+    let base = "[dataplane]\ncores = [1]\n[[bridges]]\nname = \"br0\"\n";
+    let first = format!("{base}{}", port("a", 1));
+    let a_sock = dir.path().join("a.sock");
+    let mut d = Daemon::start_with(
+        dir.path(),
+        &first,
+        std::slice::from_ref(&a_sock),
+        &["--state", &state_arg],
+    );
+    assert!(!d.log_text().contains("are not used"), "{}", d.log_text());
+    d.terminate(T);
+
+    // The operator adds a port and changes another in the file, then restarts.
+    let edited = format!("{base}{}{}", port("a", 2), port("vm3", 1));
+    std::fs::write(&d.config, &edited).unwrap();
+    d.restart(std::slice::from_ref(&a_sock));
+    let log = d.log_text();
+    let warnings: Vec<&str> = log.lines().filter(|l| l.contains("are not used")).collect();
+    assert_eq!(warnings.len(), 1, "{log}");
+    for want in [
+        "port a (queues set otherwise in the state file)",
+        "port vm3 (not in the state file)",
+        "delete the state file",
+    ] {
+        assert!(
+            warnings[0].contains(want),
+            "{want:?} not in {}",
+            warnings[0]
+        );
+    }
+    let (_, ports) = call(&d, "GET", "/v1/ports", None);
+    assert_eq!(ports.as_array().unwrap().len(), 1, "{ports}");
+
+    // --print-config --state prints the state's ports, saying why.
+    let out = Command::new(binary())
+        .arg("--config")
+        .arg(&d.config)
+        .args(["--state", &state_arg, "--print-config"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.starts_with("# Bridges and ports from the state file"),
+        "{text}"
+    );
+    assert!(text.contains("port vm3 (not in the state file)"), "{text}");
+    let printed: toml::Value = toml::from_str(&text).unwrap();
+    let ports = printed["ports"].as_array().unwrap();
+    assert_eq!(ports.len(), 1, "{text}");
+    assert_eq!(ports[0]["name"].as_str(), Some("a"));
+    assert_eq!(ports[0]["queues"].as_integer(), Some(1));
+    assert_eq!(printed["dataplane"]["cores"].as_array().unwrap().len(), 1);
+    // Without --state it is the file as written.
+    let out = Command::new(binary())
+        .arg("--config")
+        .arg(&d.config)
+        .arg("--print-config")
+        .output()
+        .unwrap();
+    let printed: toml::Value = toml::from_str(&String::from_utf8(out.stdout).unwrap()).unwrap();
+    assert_eq!(printed["ports"].as_array().unwrap().len(), 2);
+}

@@ -1,0 +1,278 @@
+//! The state file: the topology as the API last left it, written atomically and read back
+//! at start, where it wins over the configuration file's bridges and ports.
+//!
+//! Also what an operator needs to see that: which bridges and ports of the configuration a
+//! state file makes unused ([`ignored_config`]), and the configuration that will actually
+//! run ([`to_config`], for `--print-config --state`).
+
+use std::path::{Path, PathBuf};
+
+use toml::Spanned;
+use vringswitch_config::{BridgeConfig, Config, DataplaneConfig, PortConfig, PortType};
+
+use crate::daemon::{BridgeSpec, DaemonError, PortKind, PortSpec, SavedState, STATE_VERSION};
+
+/// The topology a configuration describes, as the state file would record it.
+pub fn from_config(config: &Config) -> SavedState {
+    SavedState {
+        version: STATE_VERSION,
+        bridges: config
+            .bridges
+            .iter()
+            .map(|b| BridgeSpec {
+                name: b.name.get_ref().clone(),
+                fdb_aging_s: *b.fdb_aging_s.get_ref(),
+            })
+            .collect(),
+        ports: config
+            .ports
+            .iter()
+            .map(|p| PortSpec {
+                name: p.name.get_ref().clone(),
+                bridge: p.bridge.get_ref().clone(),
+                kind: PortKind::VhostUser,
+                socket: p.socket.get_ref().clone(),
+                mode: p.mode,
+                queues: *p.queues.get_ref(),
+                vlan: p.vlan.as_ref().map(|v| v.get_ref().clone()),
+                allowed_macs: p.allowed_macs.as_ref().map(|m| m.get_ref().clone()),
+            })
+            .collect(),
+        static_macs: Vec::new(),
+    }
+}
+
+/// The configuration that runs with `saved` restored: `dataplane` (which the state file
+/// does not hold) with the state's bridges and ports.
+pub fn to_config(dataplane: &DataplaneConfig, saved: &SavedState) -> Config {
+    let at = |v| Spanned::new(0..0, v);
+    Config {
+        dataplane: dataplane.clone(),
+        bridges: saved
+            .bridges
+            .iter()
+            .map(|b| BridgeConfig {
+                name: at(b.name.clone()),
+                fdb_aging_s: Spanned::new(0..0, b.fdb_aging_s),
+            })
+            .collect(),
+        ports: saved
+            .ports
+            .iter()
+            .map(|p| PortConfig {
+                name: at(p.name.clone()),
+                bridge: at(p.bridge.clone()),
+                kind: match p.kind {
+                    PortKind::VhostUser => PortType::VhostUser,
+                },
+                socket: Spanned::new(0..0, p.socket.clone()),
+                mode: p.mode,
+                queues: Spanned::new(0..0, p.queues),
+                vlan: p.vlan.clone().map(|v| Spanned::new(0..0, v)),
+                allowed_macs: p.allowed_macs.clone().map(|m| Spanned::new(0..0, m)),
+            })
+            .collect(),
+    }
+}
+
+/// What of the configuration's topology (`config`, as [`from_config`] gives it) goes
+/// unused because `state` is restored instead: bridges and ports only in the configuration,
+/// or set otherwise there. None when the state has everything as the configuration says.
+pub fn ignored_config(config: &SavedState, state: &SavedState) -> Option<String> {
+    let mut ignored = Vec::new();
+    for b in &config.bridges {
+        match state.bridges.iter().find(|s| s.name == b.name) {
+            None => ignored.push(format!("bridge {} (not in the state file)", b.name)),
+            Some(s) if s != b => ignored.push(format!(
+                "bridge {} (fdb_aging_s {} in the configuration, {} in the state file)",
+                b.name, b.fdb_aging_s, s.fdb_aging_s
+            )),
+            Some(_) => {}
+        }
+    }
+    for p in &config.ports {
+        match state.ports.iter().find(|s| s.name == p.name) {
+            None => ignored.push(format!("port {} (not in the state file)", p.name)),
+            Some(s) => {
+                let fields: Vec<&str> = [
+                    ("bridge", s.bridge != p.bridge),
+                    ("socket", s.socket != p.socket),
+                    ("mode", s.mode != p.mode),
+                    ("queues", s.queues != p.queues),
+                    ("vlan", s.vlan != p.vlan),
+                    ("allowed_macs", s.allowed_macs != p.allowed_macs),
+                ]
+                .into_iter()
+                .filter_map(|(f, differs)| differs.then_some(f))
+                .collect();
+                if !fields.is_empty() {
+                    ignored.push(format!(
+                        "port {} ({} set otherwise in the state file)",
+                        p.name,
+                        fields.join(", ")
+                    ));
+                }
+            }
+        }
+    }
+    (!ignored.is_empty()).then(|| ignored.join("; "))
+}
+
+/// Reads the state file; `None` if there is none yet.
+pub fn load(path: &Path) -> Result<Option<SavedState>, DaemonError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(DaemonError::State {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })
+        }
+    };
+    let saved: SavedState = serde_json::from_str(&text).map_err(|e| DaemonError::State {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    if saved.version != STATE_VERSION {
+        return Err(DaemonError::State {
+            path: path.to_path_buf(),
+            message: format!(
+                "version {} is not the {STATE_VERSION} this daemon understands",
+                saved.version
+            ),
+        });
+    }
+    Ok(Some(saved))
+}
+
+/// Writes `state` as JSON to `path` so that a crash at any point leaves either the old
+/// file or the new one: temporary file in the same directory, fsync, rename, fsync of the
+/// directory.
+pub fn write_atomically(path: &Path, state: &SavedState) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    std::fs::create_dir_all(dir)?;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let mut f = std::fs::File::create(&tmp)?;
+    let mut text = serde_json::to_vec_pretty(state).map_err(std::io::Error::other)?;
+    text.push(b'\n');
+    f.write_all(&text)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::daemon::{StaticMac, VlanConfig};
+    use vringswitch_config::SocketMode;
+
+    #[test]
+    fn state_files_are_replaced_whole() {
+        let dir = std::env::temp_dir().join(format!("vs-state-{}", std::process::id()));
+        let path = dir.join("sub/state.json");
+        assert_eq!(load(&path).unwrap(), None);
+        let state = SavedState {
+            version: STATE_VERSION,
+            bridges: vec![BridgeSpec {
+                name: "br0".into(),
+                fdb_aging_s: 60,
+            }],
+            ports: vec![PortSpec {
+                name: "p".into(),
+                bridge: "br0".into(),
+                kind: PortKind::VhostUser,
+                socket: "/run/x.sock".into(),
+                mode: SocketMode::Client,
+                queues: 2,
+                vlan: Some(VlanConfig::Trunk { tags: vec![5, 6] }),
+                allowed_macs: Some(vec!["02:00:00:00:00:01".into()]),
+            }],
+            static_macs: vec![StaticMac {
+                bridge: "br0".into(),
+                mac: "02:00:00:00:00:01".into(),
+                vlan: 5,
+                port: "p".into(),
+            }],
+        };
+        write_atomically(&path, &state).unwrap();
+        assert_eq!(load(&path).unwrap(), Some(state.clone()));
+        assert!(!dir.join("sub/state.json.tmp").exists());
+        std::fs::write(&path, "{ not json").unwrap();
+        let e = load(&path).unwrap_err().to_string();
+        assert!(e.contains("state.json") && e.contains("remove it"), "{e}");
+        let mut future = state;
+        future.version = 9;
+        write_atomically(&path, &future).unwrap();
+        assert!(load(&path).unwrap_err().to_string().contains("version 9"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn port(name: &str, queues: u16) -> PortSpec {
+        PortSpec {
+            name: name.into(),
+            bridge: "br0".into(),
+            kind: PortKind::VhostUser,
+            socket: format!("/run/vringswitch/{name}.sock").into(),
+            mode: SocketMode::Server,
+            queues,
+            vlan: None,
+            allowed_macs: None,
+        }
+    }
+
+    fn topology(bridges: &[(&str, u64)], ports: Vec<PortSpec>) -> SavedState {
+        SavedState {
+            version: STATE_VERSION,
+            bridges: bridges
+                .iter()
+                .map(|&(n, a)| BridgeSpec {
+                    name: n.into(),
+                    fdb_aging_s: a,
+                })
+                .collect(),
+            ports,
+            static_macs: vec![],
+        }
+    }
+
+    #[test]
+    fn what_the_state_file_leaves_unused_is_named() {
+        let state = topology(&[("br0", 300)], vec![port("vm1", 4), port("api", 1)]);
+        // The same topology (and a port added over the API since): nothing unused.
+        assert_eq!(
+            ignored_config(&topology(&[("br0", 300)], vec![port("vm1", 4)]), &state),
+            None
+        );
+        let mut moved = port("vm1", 2);
+        moved.vlan = Some(VlanConfig::Access { tag: 5 });
+        let config = topology(&[("br0", 60), ("br1", 300)], vec![moved, port("vm3", 4)]);
+        assert_eq!(
+            ignored_config(&config, &state).unwrap(),
+            "bridge br0 (fdb_aging_s 60 in the configuration, 300 in the state file); \
+             bridge br1 (not in the state file); \
+             port vm1 (queues, vlan set otherwise in the state file); \
+             port vm3 (not in the state file)"
+        );
+    }
+
+    #[test]
+    fn the_configuration_in_effect_is_the_states_topology_round_trip() {
+        let mut p = port("vm1", 2);
+        p.vlan = Some(VlanConfig::Trunk { tags: vec![5, 6] });
+        p.allowed_macs = Some(vec!["02:00:00:00:00:01".into()]);
+        let state = topology(&[("br0", 60)], vec![p]);
+        let config = to_config(&DataplaneConfig::default(), &state);
+        let text = vringswitch_config::to_toml(&config).unwrap();
+        let back: Config = toml::from_str(&text).unwrap();
+        assert_eq!(from_config(&back), state);
+    }
+}
