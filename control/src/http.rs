@@ -5,11 +5,12 @@
 //! Every error is a 4xx or 5xx with a JSON body `{"error": <kind>, "detail": <what to fix>}`,
 //! including malformed JSON and unknown fields; a refused request changed nothing.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -103,10 +104,21 @@ async fn openapi(State(s): State<AppState>) -> Json<serde_json::Value> {
     Json(openapi_document(s.daemon.socket_dir()))
 }
 
-/// The router of the HTTP endpoint. With a `token`, every request under `/v1` must carry
-/// `Authorization: Bearer <token>`; /healthz and /metrics stay open (for probes and
-/// Prometheus).
-pub fn router(daemon: Arc<Daemon>, token: Option<Arc<str>>) -> Router {
+/// Who may use `/v1` on one listener. /healthz, /metrics and /openapi.json are always open
+/// (for probes and Prometheus).
+#[derive(Debug, Clone)]
+pub enum ApiAccess {
+    /// Anyone who can connect (the unix socket, whose permissions are the control; or a
+    /// loopback address on a daemon with no unix socket).
+    Open,
+    /// Every `/v1` request carries `Authorization: Bearer <token>`.
+    Token(Arc<str>),
+    /// `/v1` is read-only: changes go through the unix socket at this path.
+    ReadOnly { api_socket: PathBuf },
+}
+
+/// The router of the HTTP endpoint, with `/v1` guarded as `access` says.
+pub fn router(daemon: Arc<Daemon>, access: ApiAccess) -> Router {
     let app = Router::new()
         .route("/healthz", get(healthz))
         .route("/openapi.json", get(openapi))
@@ -128,10 +140,40 @@ pub fn router(daemon: Arc<Daemon>, token: Option<Arc<str>>) -> Router {
             daemon,
             metrics: Arc::new(Metrics::new()),
         });
-    match token {
-        Some(t) => app.layer(axum::middleware::from_fn_with_state(t, require_token)),
-        None => app,
+    match access {
+        ApiAccess::Open => app,
+        ApiAccess::Token(t) => app.layer(axum::middleware::from_fn_with_state(t, require_token)),
+        ApiAccess::ReadOnly { api_socket } => app.layer(axum::middleware::from_fn_with_state(
+            Arc::new(api_socket),
+            refuse_changes,
+        )),
     }
+}
+
+fn is_v1(path: &str) -> bool {
+    path == "/v1" || path.starts_with("/v1/")
+}
+
+/// Refuses a `/v1` request that would change something (anything but GET and HEAD).
+async fn refuse_changes(
+    State(api_socket): State<Arc<PathBuf>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if !is_v1(req.uri().path()) || matches!(*req.method(), Method::GET | Method::HEAD) {
+        return next.run(req).await;
+    }
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        format!(
+            "changes are not accepted over TCP on this daemon: use its unix socket \
+             (vringctl --api {}) as a member of its group, or give the daemon \
+             --api-token-file to accept changes with a token",
+            api_socket.display()
+        ),
+    )
+    .into_response()
 }
 
 /// Refuses a `/v1` request without the bearer token.
@@ -140,8 +182,7 @@ async fn require_token(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    let path = req.uri().path();
-    if path != "/v1" && !path.starts_with("/v1/") {
+    if !is_v1(req.uri().path()) {
         return next.run(req).await;
     }
     let given = req

@@ -35,7 +35,8 @@ struct Args {
     #[arg(long, value_name = "PATH", env = "VRINGSWITCH_API_TOKEN_FILE")]
     api_token_file: Option<PathBuf>,
     /// Also serve the API on this unix socket (mode 0660, no token: the file's permissions
-    /// are the access control).
+    /// are the access control). Without --api-token-file, /v1 over TCP is then read-only:
+    /// changes go through this socket.
     #[arg(long, value_name = "PATH")]
     api_socket: Option<PathBuf>,
     /// State file: every change made over the API is saved there, and a restart restores
@@ -159,13 +160,18 @@ fn run() -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(api_addr)
             .await
             .with_context(|| format!("cannot listen on --api {api_addr}"))?;
-        tracing::info!(api = %api_addr, token = token.is_some(), "HTTP endpoint ready");
-        let app = http::router(api_daemon.clone(), token);
+        let writes = match (&token, &api_socket) {
+            (Some(_), _) => "with the token",
+            (None, Some(_)) => "no (read-only: changes go through the unix socket)",
+            (None, None) => "yes",
+        };
+        tracing::info!(api = %api_addr, changes = writes, "HTTP endpoint ready");
+        let app = http::router(api_daemon.clone(), tcp_access(token, api_socket.as_deref()));
         let unix = match &api_socket {
             Some(path) => {
                 let (listener, bound) = bind_api_socket(path)?;
                 *api_socket_bound.lock().unwrap_or_else(|e| e.into_inner()) = Some(bound);
-                Some((listener, http::router(api_daemon, None)))
+                Some((listener, http::router(api_daemon, http::ApiAccess::Open)))
             }
             None => None,
         };
@@ -216,6 +222,20 @@ fn run() -> anyhow::Result<()> {
     daemon.stop();
     runtime.shutdown_timeout(Duration::from_secs(1));
     result
+}
+
+/// Who may use `/v1` over TCP: holders of the token if there is one; else, when a unix
+/// socket serves the API (whose permissions say who may change the switch), anyone may
+/// read but changes go through the socket; else (a loopback address, checked at start)
+/// anyone on the host.
+fn tcp_access(token: Option<Arc<str>>, api_socket: Option<&std::path::Path>) -> http::ApiAccess {
+    match (token, api_socket) {
+        (Some(t), _) => http::ApiAccess::Token(t),
+        (None, Some(path)) => http::ApiAccess::ReadOnly {
+            api_socket: path.to_path_buf(),
+        },
+        (None, None) => http::ApiAccess::Open,
+    }
 }
 
 /// What `--print-config` prints: the configuration, or with a state file that exists, its

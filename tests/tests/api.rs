@@ -804,3 +804,58 @@ fn call_with_socket_free(d: &vringswitch_tests::daemon::Daemon, name: &str) -> (
     assert_eq!(code, 0, "{err}");
     (code, serde_json::from_str(&out).unwrap())
 }
+
+/// As the shipped unit runs it (an API socket, no token): anyone on the host may read /v1
+/// over TCP, but changes go through the unix socket, whose permissions say who may.
+#[test]
+fn with_an_api_socket_and_no_token_tcp_is_read_only() {
+    use vringswitch_tests::daemon::{http_request, http_request_unix, Daemon, TempDir};
+
+    let dir = TempDir::new("api-readonly");
+    let api_sock = dir.path().join("api.sock");
+    let d = Daemon::start_with(
+        dir.path(),
+        "[dataplane]\ncores = [1]\n[[bridges]]\nname = \"br0\"\n",
+        &[],
+        &["--api-socket", api_sock.to_str().unwrap()],
+    );
+    let port = format!(
+        r#"{{"name": "p", "bridge": "br0", "type": "vhost-user", "socket": "{}", "mode": "server"}}"#,
+        dir.path().join("p.sock").display()
+    );
+    for (method, path, body) in [
+        ("POST", "/v1/bridges", Some(r#"{"name": "br1"}"#)),
+        ("POST", "/v1/ports", Some(port.as_str())),
+        ("DELETE", "/v1/bridges/br0", None),
+        ("PATCH", "/v1/ports/p", Some(r#"{"vlan": null}"#)),
+        (
+            "POST",
+            "/v1/bridges/br0/fdb",
+            Some(r#"{"mac": "02:00:00:00:00:01", "port": "p"}"#),
+        ),
+        ("DELETE", "/v1/bridges/br0/fdb", None),
+    ] {
+        let (code, text) = http_request(&d.api, method, path, body);
+        assert_eq!(code, 403, "{method} {path} over TCP: {text}");
+        let v: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["error"], "forbidden");
+        assert!(
+            v["detail"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("vringctl --api {}", api_sock.display())),
+            "{text}"
+        );
+    }
+    let (code, text) = http_request(&d.api, "GET", "/v1/bridges", None);
+    assert_eq!((code, text.contains("br0")), (200, true), "{text}");
+    assert!(d.metrics().contains("vringswitch_ports_configured"));
+    // Nothing changed; over the socket the same changes are taken.
+    let (code, text) =
+        http_request_unix(&api_sock, "POST", "/v1/bridges", Some(r#"{"name": "br1"}"#));
+    assert_eq!(code, 201, "{text}");
+    let (code, text) = http_request_unix(&api_sock, "POST", "/v1/ports", Some(&port));
+    assert_eq!(code, 201, "{text}");
+    let (_, bridges) = call(&d, "GET", "/v1/bridges", None);
+    assert_eq!(bridges.as_array().unwrap().len(), 2, "{bridges}");
+}

@@ -189,7 +189,16 @@ fn every_system_call_of_the_daemon_passes_the_units_filter() {
     let _a = TestVm::connect(&sock("a"), mac(1), VmOptions::default());
     http_get(&api, "/metrics").unwrap();
     http_get(&api, "/v1/stats").unwrap();
-    // Topology changes over the API, each saved to the state file.
+    // Changes over TCP are refused (the unix socket serves them), reads are not.
+    let (code, text) = vringswitch_tests::daemon::http_request(
+        &api,
+        "POST",
+        "/v1/bridges",
+        Some(r#"{"name": "br1"}"#),
+    );
+    assert_eq!(code, 403, "{text}");
+    assert!(text.contains("api.sock"), "{text}");
+    // Topology changes over the unix socket, each saved to the state file.
     let port = format!(
         r#"{{"name": "d", "bridge": "br1", "type": "vhost-user", "socket": "{}", "mode": "server"}}"#,
         sock("d").display()
@@ -212,7 +221,12 @@ fn every_system_call_of_the_daemon_passes_the_units_filter() {
         ("DELETE", "/v1/ports/d", None, 204),
         ("DELETE", "/v1/bridges/br1", None, 204),
     ] {
-        let (code, text) = vringswitch_tests::daemon::http_request(&api, method, path, body);
+        let (code, text) = vringswitch_tests::daemon::http_request_unix(
+            &dir.path().join("api.sock"),
+            method,
+            path,
+            body,
+        );
         assert_eq!(code, status, "{method} {path}: {text}");
     }
     std::thread::sleep(Duration::from_millis(1500));
