@@ -1,8 +1,9 @@
 #!/bin/bash
 # Runs every vringswitch test: unit tests, the test-frontend suite, the deploy/ suite
-# (systemd, Prometheus), the DPDK testpmd suite and the QEMU guest suite. Installs what is
-# missing (QEMU, busybox, cpio, DPDK, Prometheus, strace, systemd) with apt-get when run as
-# root, schemathesis with pip, and reserves hugepages for DPDK.
+# (systemd, Prometheus), the DPDK testpmd suite, the QEMU guest suite (multiqueue and microvm
+# guests too) and the libvirt suite. Installs what is missing (QEMU, busybox, cpio, DPDK,
+# Prometheus, strace, systemd, libvirt) with apt-get when run as root, schemathesis with
+# pip, and reserves hugepages for DPDK.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,6 +19,10 @@ command -v prometheus >/dev/null && command -v promtool >/dev/null || need+=(pro
 command -v strace >/dev/null || need+=(strace)
 command -v systemd-analyze >/dev/null || need+=(systemd)
 command -v c++ >/dev/null || need+=(g++)  # libFuzzer, built by the fuzz targets' check
+command -v setpriv >/dev/null || need+=(util-linux)
+# libvirt's QEMU driver, for tests/libvirt.rs (users and daemons: tests/guest/libvirt-host.sh)
+command -v libvirtd >/dev/null || need+=(libvirt-daemon libvirt-daemon-driver-qemu)
+command -v virsh >/dev/null || need+=(libvirt-clients)
 if ((${#need[@]})); then
     if [[ $(id -u) -ne 0 ]]; then
         echo "missing packages: ${need[*]}; install them (apt-get install ${need[*]}) or run as root" >&2
@@ -80,3 +85,5 @@ log "DPDK testpmd suite"
 cargo test -p vringswitch-tests --test dpdk_testpmd -- --test-threads=1
 log "QEMU guest suite"
 cargo test -p vringswitch-tests --test qemu_guests -- --test-threads=1
+log "libvirt suite"
+cargo test -p vringswitch-tests --test libvirt -- --test-threads=1

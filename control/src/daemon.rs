@@ -899,8 +899,14 @@ fn dir_text(dir: &Path) -> String {
     }
 }
 
-/// Refuses a socket path that is not `DIR/NAME`, NAME being 1 to 64 characters of
-/// A-Z a-z 0-9 - _ . not starting with a dot. Exactly what [`socket_pattern`] says.
+/// The subdirectory of the socket directory where hypervisors create the sockets of
+/// client-mode ports: mode 2770, so that a hypervisor in the daemon's group may create
+/// sockets there and they belong to that group (the daemon's own directory is 0750).
+pub const CLIENT_SOCKET_SUBDIR: &str = "client";
+
+/// Refuses a socket path that is not `DIR/NAME` or `DIR/client/NAME`, NAME being 1 to 64
+/// characters of A-Z a-z 0-9 - _ . not starting with a dot. Exactly what
+/// [`socket_pattern`] says.
 fn check_inside(socket: &Path, dir: &Path) -> Result<(), ChangeError> {
     let dir = dir_text(dir);
     let s = socket.to_string_lossy();
@@ -911,11 +917,22 @@ fn check_inside(socket: &Path, dir: &Path) -> Result<(), ChangeError> {
             rest.strip_prefix('/')
         }
     });
+    // DIR/client itself is the subdirectory, never a socket.
+    let name = name.and_then(|n| {
+        match n
+            .strip_prefix(CLIENT_SOCKET_SUBDIR)
+            .and_then(|r| r.strip_prefix('/'))
+        {
+            Some(in_subdir) => Some(in_subdir),
+            None => (n != CLIENT_SOCKET_SUBDIR).then_some(n),
+        }
+    });
     match name {
         Some(n) if socket_name_ok(n) => Ok(()),
         _ => Err(ChangeError::Invalid(format!(
-            "socket {} is outside the socket directory {dir}: use {dir}/NAME, NAME being 1 \
-             to 64 characters of A-Z a-z 0-9 - _ . not starting with a dot",
+            "socket {} is outside the socket directory {dir}: use {dir}/NAME, or \
+             {dir}/{CLIENT_SOCKET_SUBDIR}/NAME for a socket the hypervisor creates, NAME being \
+             1 to 64 characters of A-Z a-z 0-9 - _ . not starting with a dot",
             socket.display(),
         ))),
     }
@@ -932,23 +949,30 @@ pub fn socket_pattern(dir: &Path) -> String {
         escaped.push(c);
     }
     let sep = if dir == "/" { "" } else { "/" };
-    format!("^{escaped}{sep}[A-Za-z0-9_-][A-Za-z0-9._-]{{0,63}}$")
+    format!("^{escaped}{sep}({CLIENT_SOCKET_SUBDIR}/)?[A-Za-z0-9_-][A-Za-z0-9._-]{{0,63}}$")
 }
 
-/// Creates the socket directory, mode 0750, if it does not exist.
+/// Creates the socket directory (mode 0750) if it does not exist, and its subdirectory for
+/// the sockets hypervisors create ([`CLIENT_SOCKET_SUBDIR`], mode 2770).
 fn create_socket_dir(dir: &Path) -> Result<(), DaemonError> {
-    use std::os::unix::fs::DirBuilderExt;
-    match std::fs::DirBuilder::new()
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |error| DaemonError::SocketDir { path, error }
+    };
+    std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o750)
         .create(dir)
-    {
-        Ok(()) => Ok(()),
-        Err(error) => Err(DaemonError::SocketDir {
-            path: dir.to_path_buf(),
-            error,
-        }),
+        .map_err(err(dir))?;
+    let client = dir.join(CLIENT_SOCKET_SUBDIR);
+    match std::fs::DirBuilder::new().mode(0o770).create(&client) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(()),
+        Err(e) => return Err(err(&client)(e)),
     }
+    // The setgid bit is set afterwards: mkdir's mode is masked by the umask and may drop it.
+    std::fs::set_permissions(&client, std::fs::Permissions::from_mode(0o2770)).map_err(err(&client))
 }
 
 #[cfg(test)]
@@ -959,7 +983,12 @@ mod tests {
     fn sockets_must_lie_in_the_socket_directory() {
         for dir in ["/run/vringswitch", "/run/vringswitch/"] {
             let dir = Path::new(dir);
-            for good in ["/run/vringswitch/a.sock", "/run/vringswitch/vm-1_x"] {
+            for good in [
+                "/run/vringswitch/a.sock",
+                "/run/vringswitch/vm-1_x",
+                "/run/vringswitch/client/a.sock",
+                "/run/vringswitch/client/client",
+            ] {
                 assert!(check_inside(Path::new(good), dir).is_ok(), "{good}");
             }
             for bad in [
@@ -967,6 +996,10 @@ mod tests {
                 "/run/vringswitch/",
                 "/run/vringswitch//a.sock",
                 "/run/vringswitch/vms/a.sock",
+                "/run/vringswitch/client/",
+                "/run/vringswitch/client",
+                "/run/vringswitch/client/x/a.sock",
+                "/run/vringswitch/client/.a",
                 "/run/vringswitch/./a.sock",
                 "/run/vringswitch/../a.sock",
                 "/run/vringswitch/.hidden",
@@ -984,11 +1017,11 @@ mod tests {
         assert!(check_inside(Path::new("/a.sock"), Path::new("/")).is_ok());
         assert_eq!(
             socket_pattern(Path::new("/tmp/vs.1+x/")),
-            r"^/tmp/vs\.1\+x/[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$"
+            r"^/tmp/vs\.1\+x/(client/)?[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$"
         );
         assert_eq!(
             socket_pattern(Path::new("/")),
-            "^/[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$"
+            "^/(client/)?[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$"
         );
     }
 

@@ -85,6 +85,10 @@ pub struct Daemon {
     pub dir: PathBuf,
     /// Further command-line arguments.
     pub args: Vec<String>,
+    /// The user (and group) the daemon runs as, instead of the test's.
+    pub run_as: Option<String>,
+    /// Its --socket-dir (default: `dir`).
+    pub socket_dir: PathBuf,
 }
 
 impl Daemon {
@@ -96,6 +100,19 @@ impl Daemon {
 
     /// [`Daemon::start`] with further command-line arguments.
     pub fn start_with(dir: &Path, config: &str, sockets: &[PathBuf], args: &[&str]) -> Daemon {
+        Self::start_as(dir, config, sockets, args, None, dir)
+    }
+
+    /// [`Daemon::start_with`] as `user` (its own group and supplementary groups, through
+    /// `setpriv`; the test must run as root) with `socket_dir` as --socket-dir.
+    pub fn start_as(
+        dir: &Path,
+        config: &str,
+        sockets: &[PathBuf],
+        args: &[&str],
+        user: Option<&str>,
+        socket_dir: &Path,
+    ) -> Daemon {
         let path = dir.join("vringswitch.toml");
         std::fs::write(&path, config).unwrap();
         let api = format!("127.0.0.1:{}", free_port());
@@ -106,6 +123,8 @@ impl Daemon {
             log: dir.join("vringswitch.log"),
             dir: dir.to_path_buf(),
             args: args.iter().map(|a| a.to_string()).collect(),
+            run_as: user.map(str::to_owned),
+            socket_dir: socket_dir.to_path_buf(),
         };
         d.spawn();
         d.wait_ready(sockets);
@@ -118,13 +137,22 @@ impl Daemon {
             .append(true)
             .open(&self.log)
             .unwrap();
-        let child = Command::new(binary())
+        let mut cmd = match &self.run_as {
+            Some(user) => {
+                let mut c = Command::new("setpriv");
+                c.args(["--reuid", user, "--regid", user, "--init-groups", "--"])
+                    .arg(binary());
+                c
+            }
+            None => Command::new(binary()),
+        };
+        let child = cmd
             .arg("--config")
             .arg(&self.config)
             .arg("--api")
             .arg(&self.api)
             .arg("--socket-dir")
-            .arg(&self.dir)
+            .arg(&self.socket_dir)
             .args(&self.args)
             .env("VRINGSWITCH_LOG", "info")
             .stdout(Stdio::null())
