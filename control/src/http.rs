@@ -591,7 +591,7 @@ mod tests {
         let doc = super::openapi_document(Some(std::path::Path::new("/run/vs")));
         assert_eq!(
             doc["components"]["schemas"]["PortSpec"]["properties"]["socket"]["pattern"],
-            "^/run/vs/[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$"
+            "^/run/vs/(client/)?[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$"
         );
         for path in [
             "/healthz",
