@@ -101,7 +101,10 @@ fn rest(selector: u8, data: &[u8]) {
     else {
         return;
     };
-    let router = vringswitch_control::http::router(f.daemon.clone(), None);
+    let router = vringswitch_control::http::router(
+        f.daemon.clone(),
+        vringswitch_control::http::ApiAccess::Open,
+    );
     let response = f
         .runtime
         .block_on(router.oneshot(request))

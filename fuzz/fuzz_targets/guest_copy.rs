@@ -12,9 +12,7 @@ use libfuzzer_sys::fuzz_target;
 use virtio_queue::QueueT;
 use vm_memory::{Bytes, GuestAddress};
 use vringswitch_ports::vhost_user::guest_view::GuestView;
-use vringswitch_ports::vhost_user::rings::{
-    FrameEdit, PopTx, RingView, RxScratch, MAX_TX_SEGS,
-};
+use vringswitch_ports::vhost_user::rings::{FrameEdit, PopTx, RingView, RxScratch, MAX_TX_SEGS};
 
 #[path = "rings.rs"]
 mod rings;
