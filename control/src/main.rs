@@ -10,7 +10,7 @@ use anyhow::Context;
 use clap::Parser;
 use vringswitch_config::Config;
 use vringswitch_control::daemon::{Daemon, DaemonOptions};
-use vringswitch_control::{drop_log, http, state_file, systemd};
+use vringswitch_control::{drop_log, http, http_server, state_file, systemd};
 use vringswitch_ports::socket_file::{self, BoundSocket};
 
 /// A user-space virtual switch for VMs attached over vhost-user.
@@ -197,16 +197,17 @@ fn run() -> anyhow::Result<()> {
                 ager.age_fdbs();
             }
         });
-        let tcp = axum::serve(listener, app);
+        let limits = http_server::Limits::default();
+        let tcp = http_server::serve_tcp(listener, app, limits);
         let unix = async {
             match unix {
-                Some((l, app)) => axum::serve(l, app).await,
+                Some((l, app)) => http_server::serve_unix(l, app, limits).await,
                 None => std::future::pending().await,
             }
         };
         tokio::select! {
-            r = tcp => r.context("HTTP server failed"),
-            r = unix => r.context("HTTP server on --api-socket failed"),
+            () = tcp => Ok(()),
+            () = unix => Ok(()),
             () = signals.until_stop() => Ok(()),
         }
     });

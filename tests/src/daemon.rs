@@ -85,8 +85,8 @@ pub struct Daemon {
     pub dir: PathBuf,
     /// Further command-line arguments.
     pub args: Vec<String>,
-    /// The user (and group) the daemon runs as, instead of the test's.
-    pub run_as: Option<String>,
+    /// A command the daemon runs under (`setpriv ...`, `prlimit ...`), if any.
+    pub prefix: Vec<String>,
     /// Its --socket-dir (default: `dir`).
     pub socket_dir: PathBuf,
 }
@@ -113,6 +113,23 @@ impl Daemon {
         user: Option<&str>,
         socket_dir: &Path,
     ) -> Daemon {
+        let prefix: Vec<&str> = match user {
+            Some(u) => vec!["setpriv", "--reuid", u, "--regid", u, "--init-groups", "--"],
+            None => vec![],
+        };
+        Self::start_under(dir, config, sockets, args, &prefix, socket_dir)
+    }
+
+    /// [`Daemon::start_with`] run by the command `prefix` (`prlimit --nofile=64 --`, say),
+    /// with `socket_dir` as --socket-dir.
+    pub fn start_under(
+        dir: &Path,
+        config: &str,
+        sockets: &[PathBuf],
+        args: &[&str],
+        prefix: &[&str],
+        socket_dir: &Path,
+    ) -> Daemon {
         let path = dir.join("vringswitch.toml");
         std::fs::write(&path, config).unwrap();
         let api = format!("127.0.0.1:{}", free_port());
@@ -123,7 +140,7 @@ impl Daemon {
             log: dir.join("vringswitch.log"),
             dir: dir.to_path_buf(),
             args: args.iter().map(|a| a.to_string()).collect(),
-            run_as: user.map(str::to_owned),
+            prefix: prefix.iter().map(|a| a.to_string()).collect(),
             socket_dir: socket_dir.to_path_buf(),
         };
         d.spawn();
@@ -137,11 +154,10 @@ impl Daemon {
             .append(true)
             .open(&self.log)
             .unwrap();
-        let mut cmd = match &self.run_as {
-            Some(user) => {
-                let mut c = Command::new("setpriv");
-                c.args(["--reuid", user, "--regid", user, "--init-groups", "--"])
-                    .arg(binary());
+        let mut cmd = match self.prefix.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(binary());
                 c
             }
             None => Command::new(binary()),

@@ -24,6 +24,9 @@ use vmm_sys_util::event::{
 use super::kicks::TxKicks;
 use crate::port::{Attachment, GuestMemAtomic, PortHandle};
 
+/// Event threads the library runs per connection (see `queues_per_thread`).
+const LIBRARY_THREADS: usize = 1;
+
 /// Largest ring a frontend may ask for.
 pub const MAX_QUEUE_SIZE: usize = 1024;
 
@@ -68,17 +71,30 @@ pub struct NetBackend {
     /// kick handled late by the library's event thread cannot attach a dead connection.
     closed: Mutex<bool>,
     exit_notifiers: Mutex<Vec<EventNotifier>>,
+    /// The library's exit events, made with the backend: the library asks for them while
+    /// setting up the connection, and a thread without one could never be stopped.
+    exit_events: Mutex<Vec<(EventConsumer, EventNotifier)>>,
     leaked_exit_fds: Mutex<Vec<RawFd>>,
 }
 
 impl NetBackend {
+    /// A backend for one connection, with every file descriptor it will need made now: out
+    /// of descriptors, this fails (and the connection is refused) instead of leaving the
+    /// library with a thread it cannot stop.
     pub fn new(
         port: Arc<PortHandle>,
         queue_pairs: u16,
         mem: GuestMemAtomic,
         tx_kicks: Arc<TxKicks>,
-    ) -> NetBackend {
-        NetBackend {
+    ) -> io::Result<NetBackend> {
+        let mut exit_events = Vec::new();
+        let mut exit_notifiers = Vec::new();
+        for _ in 0..LIBRARY_THREADS {
+            let (consumer, notifier) = new_event_consumer_and_notifier(EventFlag::NONBLOCK)?;
+            exit_notifiers.push(notifier.try_clone()?);
+            exit_events.push((consumer, notifier));
+        }
+        Ok(NetBackend {
             port,
             queue_pairs,
             mem,
@@ -86,9 +102,10 @@ impl NetBackend {
             tx_kicks,
             published: AtomicBool::new(false),
             closed: Mutex::new(false),
-            exit_notifiers: Mutex::new(Vec::new()),
+            exit_notifiers: Mutex::new(exit_notifiers),
+            exit_events: Mutex::new(exit_events),
             leaked_exit_fds: Mutex::new(Vec::new()),
-        }
+        })
     }
 
     /// Features acknowledged by the frontend so far.
@@ -169,20 +186,21 @@ impl VhostUserBackend for NetBackend {
 
     fn queues_per_thread(&self) -> Vec<u64> {
         // One library thread watches every kick fd of this connection.
+        const _: () = assert!(LIBRARY_THREADS == 1);
         vec![(1u64 << self.num_queues()) - 1]
     }
 
     fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
-        let (consumer, notifier) = new_event_consumer_and_notifier(EventFlag::NONBLOCK).ok()?;
-        let mine = notifier.try_clone().ok()?;
+        // Made in `new`, one per thread of `queues_per_thread`: never None.
+        let (consumer, notifier) = self
+            .exit_events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop()?;
         self.leaked_exit_fds
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(consumer.as_raw_fd());
-        self.exit_notifiers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(mine);
         Some((consumer, notifier))
     }
 
@@ -263,13 +281,14 @@ mod tests {
             1,
             mem.clone(),
             Arc::new(TxKicks::new(2, || {})),
-        );
+        )
+        .unwrap();
         live.handle_event(0, EventSet::IN, &[], 0).unwrap();
         assert!(port.is_ready() && live.published());
         live.close();
         assert!(!port.is_ready());
 
-        let late = NetBackend::new(port.clone(), 1, mem, Arc::new(TxKicks::new(2, || {})));
+        let late = NetBackend::new(port.clone(), 1, mem, Arc::new(TxKicks::new(2, || {}))).unwrap();
         late.close();
         late.handle_event(0, EventSet::IN, &[], 0).unwrap();
         assert!(!port.is_ready(), "attached after close");

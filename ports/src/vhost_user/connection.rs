@@ -19,6 +19,7 @@ use vhost::vhost_user::Listener;
 use vhost_user_backend::VhostUserDaemon;
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::backend::NetBackend;
 use super::kicks::TxKicks;
@@ -27,9 +28,6 @@ use super::VhostUserError;
 use crate::log_limit::LogLimiter;
 use crate::port::PortHandle;
 use crate::socket_file::{self, BoundSocket};
-
-/// How often a port waiting for a frontend checks whether it should stop (ms).
-const STOP_CHECK_MS: i32 = 100;
 
 /// Interval between connection attempts in client mode.
 pub const CLIENT_RETRY_INTERVAL: Duration = Duration::from_millis(50);
@@ -54,8 +52,77 @@ pub struct VhostUserPortConfig {
 
 struct ConnectionControl {
     stop: AtomicBool,
+    /// Written on stop: wakes the port's thread wherever it waits.
+    wake: EventFd,
     /// The frontend connection being served, to hang up on stop.
     shutdown: Mutex<Option<UnixStream>>,
+}
+
+impl ConnectionControl {
+    fn new() -> Result<ConnectionControl, VhostUserError> {
+        Ok(ConnectionControl {
+            stop: AtomicBool::new(false),
+            wake: EventFd::new(EFD_NONBLOCK).map_err(VhostUserError::EventFd)?,
+            shutdown: Mutex::new(None),
+        })
+    }
+}
+
+/// What a port's thread waits on between connections: the stop eventfd and, in server
+/// mode, the listening socket. Made before the thread starts, so that no descriptor the
+/// thread needs can be missing later.
+struct Waiter {
+    epoll: Epoll,
+    /// The stop eventfd alone, to pause without a readable listener ending the pause.
+    pause: Epoll,
+}
+
+const WAKE: u64 = 0;
+const LISTENER: u64 = 1;
+
+impl Waiter {
+    fn new(
+        control: &ConnectionControl,
+        listener: Option<&UnixListener>,
+    ) -> std::io::Result<Waiter> {
+        let epoll = Epoll::new()?;
+        epoll.ctl(
+            ControlOperation::Add,
+            control.wake.as_raw_fd(),
+            EpollEvent::new(EventSet::IN, WAKE),
+        )?;
+        if let Some(l) = listener {
+            epoll.ctl(
+                ControlOperation::Add,
+                l.as_raw_fd(),
+                EpollEvent::new(EventSet::IN, LISTENER),
+            )?;
+        }
+        let pause = Epoll::new()?;
+        pause.ctl(
+            ControlOperation::Add,
+            control.wake.as_raw_fd(),
+            EpollEvent::new(EventSet::IN, WAKE),
+        )?;
+        Ok(Waiter { epoll, pause })
+    }
+
+    /// Waits `timeout`, or less if the port is stopped meanwhile.
+    fn pause(&self, timeout: Duration) {
+        let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+        let mut events = [EpollEvent::default(); 1];
+        let _ = self.pause.wait(ms, &mut events);
+    }
+
+    /// Waits for a frontend on the listener; returns whether one may be there. A stop ends
+    /// the wait at once.
+    fn wait(&self) -> bool {
+        let mut events = [EpollEvent::default(); 2];
+        match self.epoll.wait(-1, &mut events) {
+            Ok(n) => events[..n].iter().any(|e| e.data() == LISTENER),
+            Err(_) => false,
+        }
+    }
 }
 
 /// A running vhost-user port: a thread that keeps its socket served.
@@ -82,18 +149,36 @@ impl VhostUserPort {
             }
             SocketMode::Client => (None, None),
         };
-        let control = Arc::new(ConnectionControl {
-            stop: AtomicBool::new(false),
-            shutdown: Mutex::new(None),
+        let made = ConnectionControl::new().and_then(|control| {
+            let waiter =
+                Waiter::new(&control, listener.as_ref()).map_err(VhostUserError::EventFd)?;
+            Ok((Arc::new(control), waiter))
         });
+        let (control, waiter) = match made {
+            Ok(m) => m,
+            Err(e) => {
+                if let Some(b) = bound {
+                    socket_file::remove_if_ours(&config.socket, b);
+                }
+                return Err(e);
+            }
+        };
         let thread = {
             let handle = handle.clone();
             let config = config.clone();
             let control = control.clone();
             std::thread::Builder::new()
                 .name(format!("vhost-{}", handle.name()))
-                .spawn(move || serve(handle, config, listener, control))
-                .map_err(VhostUserError::Spawn)?
+                .spawn(move || serve(handle, config, listener, waiter, control))
+        };
+        let thread = match thread {
+            Ok(t) => t,
+            Err(e) => {
+                if let Some(b) = bound {
+                    socket_file::remove_if_ours(&config.socket, b);
+                }
+                return Err(VhostUserError::Spawn(e));
+            }
         };
         Ok(VhostUserPort {
             handle,
@@ -119,6 +204,7 @@ impl VhostUserPort {
             return;
         };
         self.control.stop.store(true, Ordering::SeqCst);
+        let _ = self.control.wake.write(1);
         if let Some(s) = lock(&self.control.shutdown).as_ref() {
             let _ = s.shutdown(std::net::Shutdown::Both);
         }
@@ -173,78 +259,113 @@ fn next_frontend(
     name: &str,
     config: &VhostUserPortConfig,
     listener: Option<&UnixListener>,
+    waiter: &Waiter,
     control: &ConnectionControl,
 ) -> Option<UnixStream> {
     let mut last_error: Option<Instant> = None;
-    // In server mode, wait for a connection on epoll with a timeout, so a stop is noticed
-    // even if the socket file was removed meanwhile.
-    let epoll = match listener {
-        Some(l) => {
-            let epoll = Epoll::new().ok()?;
-            epoll
-                .ctl(
-                    ControlOperation::Add,
-                    l.as_raw_fd(),
-                    EpollEvent::new(EventSet::IN, 0),
-                )
-                .ok()?;
-            Some(epoll)
-        }
-        None => None,
-    };
     while !control.stop.load(Ordering::SeqCst) {
-        let attempt = match (listener, &epoll) {
-            (Some(l), Some(epoll)) => {
-                let mut events = [EpollEvent::default(); 1];
-                match epoll.wait(STOP_CHECK_MS, &mut events) {
-                    Ok(0) => continue,
-                    Ok(_) => match l.accept() {
-                        Ok((s, _)) => s.set_nonblocking(false).map(|()| s),
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                        Err(e) => Err(e),
-                    },
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+        let attempt = match listener {
+            Some(l) => {
+                if !waiter.wait() {
+                    continue;
+                }
+                match l.accept() {
+                    Ok((s, _)) => s.set_nonblocking(false).map(|()| s),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
                     Err(e) => Err(e),
                 }
             }
-            _ => UnixStream::connect(&config.socket),
+            None => UnixStream::connect(&config.socket),
         };
         match attempt {
             Ok(s) => return (!control.stop.load(Ordering::SeqCst)).then_some(s),
             Err(e) => {
-                // In client mode the VMM may simply not be up yet: say so once a minute.
+                // In client mode the VMM may simply not be up yet; in server mode accepting
+                // fails when the daemon is out of file descriptors: say so once a minute.
                 let now = Instant::now();
                 if last_error.is_none_or(|t| now.duration_since(t) > Duration::from_secs(60)) {
-                    tracing::warn!(port = %name, socket = %config.socket.display(), error = %e,
-                        "no vhost-user frontend yet, retrying");
+                    if listener.is_some() {
+                        tracing::warn!(port = %name, socket = %config.socket.display(),
+                            error = %explain(&e), "cannot accept a vhost-user connection, retrying");
+                    } else {
+                        tracing::warn!(port = %name, socket = %config.socket.display(),
+                            error = %e, "no vhost-user frontend yet, retrying");
+                    }
                     last_error = Some(now);
                 }
-                std::thread::sleep(CLIENT_RETRY_INTERVAL);
+                waiter.pause(CLIENT_RETRY_INTERVAL);
             }
         }
     }
     None
 }
 
-/// Private socket through which the library's handler receives the relayed connection.
-fn relay_socket(name: &str) -> PathBuf {
-    std::env::temp_dir().join(format!(
-        "vringswitch-{}-{}.relay.sock",
-        std::process::id(),
-        name
-    ))
+/// An I/O error in words for the log: running out of descriptors says so plainly.
+/// (An error the libraries wrapped keeps only its text.)
+fn explain(e: &std::io::Error) -> String {
+    let text = e.to_string();
+    let is = |errno: i32| {
+        e.raw_os_error() == Some(errno) || text.contains(&format!("(os error {errno})"))
+    };
+    if is(libc::EMFILE) {
+        format!("the daemon is out of file descriptors ({text})")
+    } else if is(libc::ENFILE) {
+        format!("the system is out of file descriptors ({text})")
+    } else {
+        text
+    }
+}
+
+/// A directory of mode 0700 under the temporary directory, with a random name, removed
+/// (with what is in it) on drop.
+struct PrivateDir(PathBuf);
+
+impl PrivateDir {
+    fn new() -> std::io::Result<PrivateDir> {
+        use std::io::Read;
+        use std::os::unix::fs::DirBuilderExt;
+        let mut random = [0u8; 16];
+        let mut urandom = std::fs::File::open("/dev/urandom")?;
+        for _ in 0..8 {
+            urandom.read_exact(&mut random)?;
+            let name: String = random.iter().map(|b| format!("{b:02x}")).collect();
+            let path = std::env::temp_dir().join(format!("vringswitch-relay-{name}"));
+            // mkdir fails on anything already at the path: a directory somebody else made
+            // in advance is never used.
+            match std::fs::DirBuilder::new().mode(0o700).create(&path) {
+                Ok(()) => return Ok(PrivateDir(path)),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(std::io::Error::new(
+            std::io::ErrorKind::AlreadyExists,
+            "no free name for a private directory",
+        ))
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for PrivateDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 fn serve(
     port: Arc<PortHandle>,
     config: VhostUserPortConfig,
     listener: Option<UnixListener>,
+    waiter: Waiter,
     control: Arc<ConnectionControl>,
 ) {
     let name = port.name().to_string();
     // A frontend failing in a loop gets one line per 10 s, with the count of the others.
     let mut failures = LogLimiter::new(Duration::from_secs(10));
-    while let Some(frontend) = next_frontend(&name, &config, listener.as_ref(), &control) {
+    while let Some(frontend) = next_frontend(&name, &config, listener.as_ref(), &waiter, &control) {
         match serve_connection(&port, &config, frontend, &control) {
             Ok(Ended::Disconnected) => {}
             Ok(Ended::ProtocolError(error)) => {
@@ -255,11 +376,13 @@ fn serve(
                 }
             }
             Err(e) => {
+                // The frontend was hung up on (it may try again): out of file descriptors,
+                // say, which the daemon recovers from once some are free.
                 if let Some(suppressed) = failures.check() {
-                    tracing::warn!(port = %name, error = %e, suppressed,
-                        "cannot serve the vhost-user connection");
+                    tracing::warn!(port = %name, error = %explain(&e), suppressed,
+                        "cannot serve the vhost-user connection; the frontend was hung up on");
                 }
-                std::thread::sleep(CLIENT_RETRY_INTERVAL);
+                waiter.pause(CLIENT_RETRY_INTERVAL);
             }
         }
     }
@@ -278,10 +401,7 @@ pub fn serve_stream(
         mode: SocketMode::Server,
         queue_pairs,
     };
-    let control = ConnectionControl {
-        stop: AtomicBool::new(false),
-        shutdown: Mutex::new(None),
-    };
+    let control = ConnectionControl::new().map_err(std::io::Error::other)?;
     Ok(match serve_connection(port, &config, frontend, &control)? {
         Ended::Disconnected => None,
         Ended::ProtocolError(e) => Some(e),
@@ -320,21 +440,29 @@ fn serve_connection(
         config.queue_pairs,
         mem.clone(),
         tx_kicks.clone(),
-    ));
-    let mut daemon = VhostUserDaemon::new(name.to_string(), backend.clone(), mem)
-        .map_err(|e| std::io::Error::other(e.to_string()))?;
-    let private = relay_socket(name);
+    )?);
+    let mut daemon = match VhostUserDaemon::new(name.to_string(), backend.clone(), mem) {
+        Ok(d) => d,
+        Err(e) => {
+            close_leaked(&backend);
+            return Err(std::io::Error::other(e.to_string()));
+        }
+    };
     let result = (|| {
-        let mut inner = Listener::new(&private, true).map_err(std::io::Error::other)?;
-        let relay_side = UnixStream::connect(&private)?;
-        let _ = std::fs::remove_file(&private);
+        // The library only serves a listening socket: one in a directory nobody else may
+        // enter, gone again before the library accepts, so the connection it accepts is
+        // the relay's and no one else's.
+        let private = PrivateDir::new()?;
+        let path = private.path().join("relay.sock");
+        let mut inner = Listener::new(&path, true).map_err(std::io::Error::other)?;
+        let relay_side = UnixStream::connect(&path)?;
+        drop(private);
         let relay = super::relay::start(frontend.try_clone()?, relay_side, tx_kicks)?;
         daemon
             .start(&mut inner)
             .map_err(|e| std::io::Error::other(e.to_string()))?;
         Ok::<_, std::io::Error>(relay)
     })();
-    let _ = std::fs::remove_file(&private);
     let relay = match result {
         Ok(r) => r,
         Err(e) => {
@@ -402,4 +530,25 @@ fn close_fd(fd: RawFd) {
     // thread (joined when the handler was dropped, which the caller did just before), so no
     // one else uses or will close this fd number: we are its sole owner now.
     drop(unsafe { OwnedFd::from_raw_fd(fd) });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    #[test]
+    fn a_private_dir_is_ours_alone_and_goes_with_what_is_in_it() {
+        let a = PrivateDir::new().unwrap();
+        let b = PrivateDir::new().unwrap();
+        assert_ne!(a.path(), b.path());
+        let meta = std::fs::symlink_metadata(a.path()).unwrap();
+        assert!(meta.is_dir());
+        assert_eq!(meta.permissions().mode() & 0o777, 0o700);
+        assert_eq!(meta.uid(), std::fs::metadata("/proc/self").unwrap().uid());
+        let path = a.path().to_path_buf();
+        let _l = UnixListener::bind(path.join("relay.sock")).unwrap();
+        drop(a);
+        assert!(!path.exists(), "{} left behind", path.display());
+    }
 }
