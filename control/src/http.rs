@@ -267,7 +267,20 @@ impl From<ChangeError> for ApiError {
 
 /// Parses a JSON request body, refusing unknown fields, with the parser's message.
 /// Numbers written with a zero fraction (`300.0`) count as integers, as in JSON Schema.
-fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+/// Reads a JSON request body. It must be sent as `application/json`: a web page cannot
+/// send that cross-site without a preflight, which the API never grants (see
+/// [`crate::http_guard`]).
+fn parse<T: DeserializeOwned>(
+    headers: &axum::http::HeaderMap,
+    body: &Bytes,
+) -> Result<T, ApiError> {
+    if !crate::http_guard::is_json(headers) {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "the request body must be JSON sent with 'Content-Type: application/json'",
+        ));
+    }
     let bad = |e: serde_json::Error| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -325,7 +338,7 @@ async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
     )
 }
 
-#[utoipa::path(get, path = "/v1/stats", responses((status = 200, description = "Per-worker and per-port counters", body = Object), (status = 401, body = ErrorBody)))]
+#[utoipa::path(get, path = "/v1/stats", responses((status = 200, description = "Per-worker and per-port counters", body = Object), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody, description = "A foreign Host or Origin, or a change over TCP on a daemon that takes changes on its unix socket only")))]
 async fn stats(State(s): State<AppState>) -> Json<Snapshot> {
     Json(Snapshot::take(&s.daemon.switch))
 }
@@ -348,7 +361,7 @@ impl BridgeView {
     }
 }
 
-#[utoipa::path(get, path = "/v1/bridges", responses((status = 200, body = [BridgeView]), (status = 401, body = ErrorBody)))]
+#[utoipa::path(get, path = "/v1/bridges", responses((status = 200, body = [BridgeView]), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody, description = "A foreign Host or Origin, or a change over TCP on a daemon that takes changes on its unix socket only")))]
 async fn list_bridges(State(s): State<AppState>) -> Json<Vec<BridgeView>> {
     let views = s
         .daemon
@@ -359,7 +372,7 @@ async fn list_bridges(State(s): State<AppState>) -> Json<Vec<BridgeView>> {
     Json(views)
 }
 
-#[utoipa::path(get, path = "/v1/bridges/{name}", params(("name" = String, Path)), responses((status = 200, body = BridgeView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+#[utoipa::path(get, path = "/v1/bridges/{name}", params(("name" = String, Path)), responses((status = 200, body = BridgeView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 403, body = ErrorBody, description = "A foreign Host or Origin, or a change over TCP on a daemon that takes changes on its unix socket only")))]
 async fn get_bridge(
     State(s): State<AppState>,
     Path(name): Path<String>,
@@ -368,12 +381,13 @@ async fn get_bridge(
     Ok(Json(BridgeView::new(spec, ports)))
 }
 
-#[utoipa::path(post, path = "/v1/bridges", request_body = BridgeSpec, responses((status = 201, body = BridgeView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 409, body = ErrorBody), (status = 500, body = ErrorBody, description = "Applied but not saved to the state file")))]
+#[utoipa::path(post, path = "/v1/bridges", request_body = BridgeSpec, responses((status = 201, body = BridgeView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 409, body = ErrorBody), (status = 500, body = ErrorBody, description = "Applied but not saved to the state file"), (status = 403, body = ErrorBody, description = "A foreign Host or Origin, or a change over TCP on a daemon that takes changes on its unix socket only"), (status = 415, body = ErrorBody, description = "The body was not sent as application/json")))]
 async fn add_bridge(
     State(s): State<AppState>,
+    headers: axum::http::HeaderMap,
     body: Bytes,
 ) -> Result<(StatusCode, Json<BridgeView>), ApiError> {
-    let spec: BridgeSpec = parse(&body)?;
+    let spec: BridgeSpec = parse(&headers, &body)?;
     let name = spec.name.clone();
     let daemon = s.daemon.clone();
     blocking(move || daemon.add_bridge(spec)).await?;
@@ -381,7 +395,7 @@ async fn add_bridge(
     Ok((StatusCode::CREATED, Json(BridgeView::new(spec, ports))))
 }
 
-#[utoipa::path(delete, path = "/v1/bridges/{name}", params(("name" = String, Path)), responses((status = 204, description = "Deleted"), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody, description = "Ports are still on it"), (status = 500, body = ErrorBody)))]
+#[utoipa::path(delete, path = "/v1/bridges/{name}", params(("name" = String, Path)), responses((status = 204, description = "Deleted"), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody, description = "Ports are still on it"), (status = 500, body = ErrorBody), (status = 403, body = ErrorBody, description = "A foreign Host or Origin, or a change over TCP on a daemon that takes changes on its unix socket only")))]
 async fn remove_bridge(
     State(s): State<AppState>,
     Path(name): Path<String>,
@@ -457,7 +471,7 @@ fn port_view(spec: PortSpec, handle: &PortHandle, snapshot: &Snapshot) -> PortVi
     }
 }
 
-#[utoipa::path(get, path = "/v1/ports", responses((status = 200, body = [PortView]), (status = 401, body = ErrorBody)))]
+#[utoipa::path(get, path = "/v1/ports", responses((status = 200, body = [PortView]), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody, description = "A foreign Host or Origin, or a change over TCP on a daemon that takes changes on its unix socket only")))]
 async fn list_ports(State(s): State<AppState>) -> Json<Vec<PortView>> {
     let snapshot = Snapshot::take(&s.daemon.switch);
     let views = s
@@ -469,7 +483,7 @@ async fn list_ports(State(s): State<AppState>) -> Json<Vec<PortView>> {
     Json(views)
 }
 
-#[utoipa::path(get, path = "/v1/ports/{name}", params(("name" = String, Path)), responses((status = 200, body = PortView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+#[utoipa::path(get, path = "/v1/ports/{name}", params(("name" = String, Path)), responses((status = 200, body = PortView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 403, body = ErrorBody, description = "A foreign Host or Origin, or a change over TCP on a daemon that takes changes on its unix socket only")))]
 async fn get_port(
     State(s): State<AppState>,
     Path(name): Path<String>,
@@ -479,12 +493,13 @@ async fn get_port(
     Ok(Json(port_view(spec, &handle, &snapshot)))
 }
 
-#[utoipa::path(post, path = "/v1/ports", request_body = PortSpec, responses((status = 201, body = PortView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody, description = "No such bridge"), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody, description = "The port could not be started"), (status = 500, body = ErrorBody)))]
+#[utoipa::path(post, path = "/v1/ports", request_body = PortSpec, responses((status = 201, body = PortView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody, description = "No such bridge"), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody, description = "The port could not be started"), (status = 500, body = ErrorBody), (status = 403, body = ErrorBody, description = "A foreign Host or Origin, or a change over TCP on a daemon that takes changes on its unix socket only"), (status = 415, body = ErrorBody, description = "The body was not sent as application/json")))]
 async fn add_port(
     State(s): State<AppState>,
+    headers: axum::http::HeaderMap,
     body: Bytes,
 ) -> Result<(StatusCode, Json<PortView>), ApiError> {
-    let spec: PortSpec = parse(&body)?;
+    let spec: PortSpec = parse(&headers, &body)?;
     let name = spec.name.clone();
     let daemon = s.daemon.clone();
     blocking(move || daemon.add_port(spec)).await?;
@@ -496,7 +511,7 @@ async fn add_port(
     ))
 }
 
-#[utoipa::path(delete, path = "/v1/ports/{name}", params(("name" = String, Path)), responses((status = 204, description = "Deleted"), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 500, body = ErrorBody)))]
+#[utoipa::path(delete, path = "/v1/ports/{name}", params(("name" = String, Path)), responses((status = 204, description = "Deleted"), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 500, body = ErrorBody), (status = 403, body = ErrorBody, description = "A foreign Host or Origin, or a change over TCP on a daemon that takes changes on its unix socket only")))]
 async fn remove_port(
     State(s): State<AppState>,
     Path(name): Path<String>,
@@ -506,13 +521,14 @@ async fn remove_port(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[utoipa::path(patch, path = "/v1/ports/{name}", params(("name" = String, Path)), request_body = PortPatch, responses((status = 200, body = PortView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 500, body = ErrorBody)))]
+#[utoipa::path(patch, path = "/v1/ports/{name}", params(("name" = String, Path)), request_body = PortPatch, responses((status = 200, body = PortView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 500, body = ErrorBody), (status = 403, body = ErrorBody, description = "A foreign Host or Origin, or a change over TCP on a daemon that takes changes on its unix socket only"), (status = 415, body = ErrorBody, description = "The body was not sent as application/json")))]
 async fn update_port(
     State(s): State<AppState>,
     Path(name): Path<String>,
+    headers: axum::http::HeaderMap,
     body: Bytes,
 ) -> Result<Json<PortView>, ApiError> {
-    let patch: PortPatch = parse(&body)?;
+    let patch: PortPatch = parse(&headers, &body)?;
     let daemon = s.daemon.clone();
     let n = name.clone();
     blocking(move || daemon.update_port(&n, patch)).await?;
@@ -521,7 +537,7 @@ async fn update_port(
     Ok(Json(port_view(spec, &handle, &snapshot)))
 }
 
-#[utoipa::path(get, path = "/v1/bridges/{name}/fdb", params(("name" = String, Path)), responses((status = 200, body = [FdbEntryView]), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+#[utoipa::path(get, path = "/v1/bridges/{name}/fdb", params(("name" = String, Path)), responses((status = 200, body = [FdbEntryView]), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 403, body = ErrorBody, description = "A foreign Host or Origin, or a change over TCP on a daemon that takes changes on its unix socket only")))]
 async fn get_fdb(
     State(s): State<AppState>,
     Path(name): Path<String>,
@@ -529,13 +545,14 @@ async fn get_fdb(
     Ok(Json(s.daemon.fdb(&name)?))
 }
 
-#[utoipa::path(post, path = "/v1/bridges/{name}/fdb", params(("name" = String, Path)), request_body = StaticMacRequest, responses((status = 201, body = StaticMac), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 500, body = ErrorBody)))]
+#[utoipa::path(post, path = "/v1/bridges/{name}/fdb", params(("name" = String, Path)), request_body = StaticMacRequest, responses((status = 201, body = StaticMac), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 500, body = ErrorBody), (status = 403, body = ErrorBody, description = "A foreign Host or Origin, or a change over TCP on a daemon that takes changes on its unix socket only"), (status = 415, body = ErrorBody, description = "The body was not sent as application/json")))]
 async fn add_static_mac(
     State(s): State<AppState>,
     Path(name): Path<String>,
+    headers: axum::http::HeaderMap,
     body: Bytes,
 ) -> Result<(StatusCode, Json<StaticMac>), ApiError> {
-    let req: StaticMacRequest = parse(&body)?;
+    let req: StaticMacRequest = parse(&headers, &body)?;
     let daemon = s.daemon.clone();
     let entry = blocking(move || daemon.add_static_mac(&name, req)).await?;
     Ok((StatusCode::CREATED, Json(entry)))
@@ -548,7 +565,7 @@ struct FlushQuery {
     port: Option<String>,
 }
 
-#[utoipa::path(delete, path = "/v1/bridges/{name}/fdb", params(("name" = String, Path), ("port" = Option<String>, Query, description = "Flush only this port's entries")), responses((status = 204, description = "Flushed"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 500, body = ErrorBody)))]
+#[utoipa::path(delete, path = "/v1/bridges/{name}/fdb", params(("name" = String, Path), ("port" = Option<String>, Query, description = "Flush only this port's entries")), responses((status = 204, description = "Flushed"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 500, body = ErrorBody), (status = 403, body = ErrorBody, description = "A foreign Host or Origin, or a change over TCP on a daemon that takes changes on its unix socket only")))]
 async fn flush_fdb(
     State(s): State<AppState>,
     Path(name): Path<String>,

@@ -9,6 +9,7 @@ pub mod ctl;
 pub mod daemon;
 pub mod drop_log;
 pub mod http;
+pub mod http_guard;
 pub mod http_server;
 pub mod instance_lock;
 pub mod state_file;

@@ -10,7 +10,7 @@ use anyhow::Context;
 use clap::Parser;
 use vringswitch_config::Config;
 use vringswitch_control::daemon::{Daemon, DaemonOptions};
-use vringswitch_control::{drop_log, http, http_server, state_file, systemd};
+use vringswitch_control::{drop_log, http, http_guard, http_server, state_file, systemd};
 use vringswitch_ports::socket_file::{self, BoundSocket};
 
 /// A user-space virtual switch for VMs attached over vhost-user.
@@ -39,6 +39,11 @@ struct Args {
     /// changes go through this socket.
     #[arg(long, value_name = "PATH")]
     api_socket: Option<PathBuf>,
+    /// A host name (or NAME:PORT) by which clients reach --api, besides its address (and
+    /// localhost on a loopback address). /v1 requests with any other Host are refused, so
+    /// that a web page cannot reach the API by DNS rebinding. Repeatable.
+    #[arg(long, value_name = "NAME")]
+    api_host: Vec<String>,
     /// State file: every change made over the API is saved there, and a restart restores
     /// it (it then wins over the bridges and ports of --config). Without it, changes last
     /// until the daemon stops.
@@ -153,6 +158,7 @@ fn run() -> anyhow::Result<()> {
     let api_daemon = daemon.clone();
     let api_socket = args.api_socket.clone();
     let api_addr = args.api;
+    let api_hosts = args.api_host.clone();
     let api_socket_bound = Arc::new(std::sync::Mutex::new(None));
     let bound_slot = api_socket_bound.clone();
     let result: anyhow::Result<()> = runtime.block_on(async move {
@@ -166,12 +172,19 @@ fn run() -> anyhow::Result<()> {
             (None, None) => "yes",
         };
         tracing::info!(api = %api_addr, changes = writes, "HTTP endpoint ready");
-        let app = http::router(api_daemon.clone(), tcp_access(token, api_socket.as_deref()));
+        let app = http_guard::guard(
+            http::router(api_daemon.clone(), tcp_access(token, api_socket.as_deref())),
+            http_guard::AllowedHosts::for_listener(api_addr, &api_hosts),
+        );
         let unix = match &api_socket {
             Some(path) => {
                 let (listener, bound) = bind_api_socket(path)?;
                 *api_socket_bound.lock().unwrap_or_else(|e| e.into_inner()) = Some(bound);
-                Some((listener, http::router(api_daemon, http::ApiAccess::Open)))
+                let app = http_guard::guard(
+                    http::router(api_daemon, http::ApiAccess::Open),
+                    http_guard::AllowedHosts::any(),
+                );
+                Some((listener, app))
             }
             None => None,
         };

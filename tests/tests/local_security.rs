@@ -2,6 +2,7 @@
 //! paths, exhaust its file descriptors, hold its ports, reach its API from a web page. Each
 //! case checks that the attempt fails and that the switch keeps serving its VMs.
 
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
@@ -138,4 +139,146 @@ fn running_out_of_file_descriptors_wedges_nothing() {
     for s in &sockets {
         assert!(!s.exists(), "{} left behind", s.display());
     }
+}
+
+/// Sends `request` as it is over a new TCP connection to `addr`; returns the status and
+/// the body of the answer.
+fn raw_http(addr: &str, request: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(T)).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no answer to {request:?}: {out:?}"));
+    let body = out.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_owned();
+    (status, body)
+}
+
+/// A web page in a browser on the host, with DNS rebinding or a simple cross-site POST
+/// (`text/plain`, foreign Origin and Host), cannot add a port or read the topology.
+#[test]
+fn a_web_page_cannot_use_the_api() {
+    let s = Setup::new("browser", &[("br0", &["a"])], 1);
+    let api = &s.daemon.api;
+    let body = format!(
+        r#"{{"name":"evil","bridge":"br0","type":"vhost-user","socket":"{}","mode":"server"}}"#,
+        s.dir.path().join("evil.sock").display()
+    );
+    let post = |host: &str, origin: Option<&str>, ct: &str| {
+        let origin = origin.map_or(String::new(), |o| format!("Origin: {o}\r\n"));
+        raw_http(
+            api,
+            &format!(
+                "POST /v1/ports HTTP/1.1\r\nHost: {host}\r\n{origin}Content-Type: {ct}\r\n\
+                 Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            ),
+        )
+    };
+    // The report's request: refused, and it changed nothing.
+    let (code, text) = post(
+        "evil.example:9180",
+        Some("http://evil.example"),
+        "text/plain",
+    );
+    assert_eq!(code, 403, "{text}");
+    // Each defence on its own.
+    let (code, text) = post(api, Some("http://evil.example"), "application/json");
+    assert_eq!(code, 403, "{text}");
+    assert!(text.contains("web pages"), "{text}");
+    let (code, text) = post(api, None, "text/plain");
+    assert_eq!(code, 415, "{text}");
+    assert!(text.contains("unsupported_media_type"), "{text}");
+    let (code, text) = raw_http(
+        api,
+        "GET /v1/bridges HTTP/1.1\r\nHost: rebound.example:9180\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(code, 403, "{text}");
+    assert!(text.contains("--api-host"), "{text}");
+    assert!(!s.dir.path().join("evil.sock").exists());
+    let (_, ports) = vringswitch_tests::api::call(&s.daemon, "GET", "/v1/ports", None);
+    assert_eq!(ports.as_array().unwrap().len(), 1, "{ports}");
+    // Metrics and health stay open to any Host (Prometheus scrapes by name).
+    let (code, _) = raw_http(
+        api,
+        "GET /metrics HTTP/1.1\r\nHost: switch.example\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(code, 200);
+    // The API's own client works as before.
+    let (code, text) = post(api, None, "application/json");
+    assert_eq!(code, 201, "{text}");
+}
+
+/// A name the operator allows with --api-host is accepted as Host.
+#[test]
+fn api_host_allows_a_name() {
+    let dir = TempDir::new("api-host");
+    let d = Daemon::start_with(
+        dir.path(),
+        "[dataplane]\ncores = [1]\n",
+        &[],
+        &["--api-host", "switch.example"],
+    );
+    let port = d.api.rsplit_once(':').unwrap().1;
+    let (code, text) = raw_http(
+        &d.api,
+        &format!(
+            "GET /v1/bridges HTTP/1.1\r\nHost: switch.example:{port}\r\nConnection: close\r\n\r\n"
+        ),
+    );
+    assert_eq!(code, 200, "{text}");
+}
+
+/// Idle clients can neither hold the API for long nor without bound: a silent connection
+/// is closed after the 10 s header deadline, and beyond 128 open connections the next is
+/// answered 503 (JSON) at once, while the unix socket keeps serving.
+#[test]
+fn idle_api_clients_are_bounded_and_timed_out() {
+    let dir = TempDir::new("api-limits");
+    let api_sock = dir.path().join("api.sock");
+    let d = Daemon::start_with(
+        dir.path(),
+        "[dataplane]\ncores = [1]\n",
+        &[],
+        &["--api-socket", api_sock.to_str().unwrap()],
+    );
+    let started = Instant::now();
+    let mut silent = TcpStream::connect(&d.api).unwrap();
+    silent
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut held: Vec<TcpStream> = (0..127)
+        .map(|_| TcpStream::connect(&d.api).unwrap())
+        .collect();
+    // Let the daemon accept them all.
+    std::thread::sleep(Duration::from_millis(500));
+    let (code, text) = raw_http(&d.api, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(code, 503, "{text}");
+    let v: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+    assert_eq!(v["error"], "busy");
+    let (code, _) =
+        vringswitch_tests::daemon::http_request_unix(&api_sock, "GET", "/v1/bridges", None);
+    assert_eq!(code, 200, "the unix socket is held up by TCP clients");
+    // The silent connection is closed by the daemon within the header deadline.
+    let mut buf = [0u8; 1];
+    let n = silent.read(&mut buf).unwrap_or(0);
+    assert_eq!(n, 0);
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(9) && waited < Duration::from_secs(15),
+        "closed after {waited:?}"
+    );
+    held.clear();
+    // The held ones were closed by the daemon too: there is room again.
+    wait_until(T, "room for a new API connection", || {
+        let (code, _) = raw_http(
+            &d.api,
+            "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        );
+        (code == 200).then_some(())
+    });
 }
