@@ -208,6 +208,8 @@ pub struct DaemonOptions {
     pub state_file: Option<PathBuf>,
     /// Sockets of ports created over the API must lie in this directory.
     pub socket_dir: Option<PathBuf>,
+    /// Other paths the daemon itself uses (its API socket): no port may take them.
+    pub own_paths: Vec<PathBuf>,
 }
 
 fn default_queues() -> u16 {
@@ -504,6 +506,38 @@ impl Daemon {
         self.save(&st)
     }
 
+    /// What `path` is to the daemon, if it is one of the paths it uses itself (its API
+    /// socket, its state file and the files beside it, its lock, the client socket
+    /// directory). Compared as written and with the directory resolved.
+    fn own_path(&self, path: &Path) -> Option<&'static str> {
+        let o = &self.options;
+        let mut own: Vec<(PathBuf, &'static str)> = o
+            .own_paths
+            .iter()
+            .map(|p| (p.clone(), "API socket"))
+            .collect();
+        if let Some(state) = &o.state_file {
+            own.push((state.clone(), "state file"));
+            for ext in ["tmp", "lock"] {
+                let mut p = state.as_os_str().to_owned();
+                p.push(format!(".{ext}"));
+                own.push((p.into(), "state file"));
+            }
+        }
+        if let Some(dir) = &o.socket_dir {
+            own.push((dir.join(crate::instance_lock::SOCKET_DIR_LOCK), "lock file"));
+            own.push((dir.join(CLIENT_SOCKET_SUBDIR), "client socket directory"));
+        }
+        let resolved = |p: &Path| -> Option<PathBuf> {
+            let dir = std::fs::canonicalize(p.parent()?).ok()?;
+            Some(dir.join(p.file_name()?))
+        };
+        let path_resolved = resolved(path);
+        own.into_iter()
+            .find(|(p, _)| p == path || (path_resolved.is_some() && resolved(p) == path_resolved))
+            .map(|(_, what)| what)
+    }
+
     /// Where sockets of ports created over the API must lie.
     pub fn socket_dir(&self) -> Option<&Path> {
         self.options.socket_dir.as_deref()
@@ -539,6 +573,12 @@ impl Daemon {
         }
         if !st.bridges.iter().any(|b| b.spec.name == spec.bridge) {
             return Err(referenced(no_bridge(&spec.bridge)));
+        }
+        if let Some(what) = self.own_path(&spec.socket) {
+            return Err(ChangeError::Conflict(format!(
+                "socket {} is the daemon's own {what}: give the port another path",
+                spec.socket.display()
+            )));
         }
         if let Some(other) = st.ports.values().find(|p| p.spec.socket == spec.socket) {
             return Err(ChangeError::Conflict(format!(

@@ -150,6 +150,7 @@ fn run() -> anyhow::Result<()> {
             DaemonOptions {
                 state_file: args.state.clone(),
                 socket_dir: Some(socket_dir.clone()),
+                own_paths: args.api_socket.iter().cloned().collect(),
             },
         )
         .context("cannot start vringswitch")?,

@@ -120,6 +120,21 @@ pub fn ignored_config(config: &SavedState, state: &SavedState) -> Option<String>
 
 /// Reads the state file; `None` if there is none yet.
 pub fn load(path: &Path) -> Result<Option<SavedState>, DaemonError> {
+    let refuse = |message: &str| DaemonError::State {
+        path: path.to_path_buf(),
+        message: message.to_owned(),
+    };
+    // Looked at before it is opened: a FIFO would block the start, a symbolic link would
+    // have every save replace the link (or write where it points).
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => {
+            return Err(refuse(
+                "is a symbolic link; give the path of the file itself",
+            ))
+        }
+        Ok(m) if !m.is_file() => return Err(refuse("is not a regular file")),
+        _ => {}
+    }
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -149,23 +164,50 @@ pub fn load(path: &Path) -> Result<Option<SavedState>, DaemonError> {
 /// Writes `state` as JSON to `path` so that a crash at any point leaves either the old
 /// file or the new one: temporary file in the same directory, fsync, rename, fsync of the
 /// directory.
+///
+/// The temporary file is made new (`O_EXCL`, `O_NOFOLLOW`) after removing whatever was at
+/// its path: a symbolic link planted there is removed, never written through. A failed
+/// write (a full disk) removes it again.
 pub fn write_atomically(path: &Path, state: &SavedState) -> std::io::Result<()> {
     use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
     std::fs::create_dir_all(dir)?;
+    if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "it is a symbolic link; give the path of the file itself",
+        ));
+    }
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
-    let mut f = std::fs::File::create(&tmp)?;
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o640)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&tmp)?;
     let mut text = serde_json::to_vec_pretty(state).map_err(std::io::Error::other)?;
     text.push(b'\n');
-    f.write_all(&text)?;
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(&tmp, path)?;
+    let written = f
+        .write_all(&text)
+        .and_then(|()| f.sync_all())
+        .and_then(|()| {
+            drop(f);
+            std::fs::rename(&tmp, path)
+        });
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
     std::fs::File::open(dir)?.sync_all()
 }
 
@@ -174,6 +216,40 @@ mod tests {
     use super::*;
     use crate::daemon::{StaticMac, VlanConfig};
     use vringswitch_config::SocketMode;
+
+    #[test]
+    fn symlinks_and_fifos_are_refused_and_never_written_through() {
+        let dir = std::env::temp_dir().join(format!("vs-state-links-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let target = dir.join("precious");
+        std::fs::write(&target, "keep").unwrap();
+        let state = topology(&[("br0", 60)], vec![]);
+        // A symlink planted at the temporary path: removed, the target untouched.
+        let path = dir.join("state.json");
+        std::os::unix::fs::symlink(&target, dir.join("state.json.tmp")).unwrap();
+        write_atomically(&path, &state).unwrap();
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep");
+        assert_eq!(load(&path).unwrap(), Some(state.clone()));
+        assert!(!dir.join("state.json.tmp").exists());
+        // A symlinked state path: refused on load and on save.
+        let linked = dir.join("linked.json");
+        std::os::unix::fs::symlink(&target, &linked).unwrap();
+        let e = load(&linked).unwrap_err().to_string();
+        assert!(e.contains("symbolic link"), "{e}");
+        assert!(write_atomically(&linked, &state).is_err());
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep");
+        // A FIFO: refused at once instead of blocking.
+        let fifo = dir.join("fifo.json");
+        let ok = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "mkfifo");
+        let e = load(&fifo).unwrap_err().to_string();
+        assert!(e.contains("not a regular file"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn state_files_are_replaced_whole() {

@@ -32,6 +32,7 @@ fn fixture() -> &'static Fixture {
             DaemonOptions {
                 state_file: None,
                 socket_dir: Some(dir),
+                own_paths: Vec::new(),
             },
         )
         .expect("start a daemon for the REST target");

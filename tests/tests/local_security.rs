@@ -6,7 +6,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use vringswitch_tests::daemon::{http_request, Daemon, TempDir};
+use vringswitch_tests::daemon::{http_request, http_request_unix, Daemon, TempDir};
 use vringswitch_tests::frontend::{TestVm, VmOptions};
 use vringswitch_tests::process::open_fds;
 use vringswitch_tests::setup::{Setup, T};
@@ -281,4 +281,113 @@ fn idle_api_clients_are_bounded_and_timed_out() {
         );
         (code == 200).then_some(())
     });
+}
+
+/// A port cannot take a path the daemon uses itself: its API socket (which a port would
+/// otherwise replace), its state file.
+#[test]
+fn a_port_cannot_take_the_daemons_own_paths() {
+    let dir = TempDir::new("own-paths");
+    let api_sock = dir.path().join("api.sock");
+    let state = dir.path().join("state.json");
+    let _daemon = Daemon::start_with(
+        dir.path(),
+        "[dataplane]\ncores = [1]\n[[bridges]]\nname = \"br0\"\n",
+        &[],
+        &[
+            "--api-socket",
+            api_sock.to_str().unwrap(),
+            "--state",
+            state.to_str().unwrap(),
+        ],
+    );
+    for (path, what) in [(&api_sock, "API socket"), (&state, "state file")] {
+        let body = format!(
+            r#"{{"name":"p","bridge":"br0","type":"vhost-user","socket":"{}","mode":"server"}}"#,
+            path.display()
+        );
+        let (code, text) = http_request_unix(&api_sock, "POST", "/v1/ports", Some(&body));
+        assert_eq!(code, 409, "{text}");
+        assert!(text.contains(&format!("the daemon's own {what}")), "{text}");
+    }
+    let (code, _) = http_request_unix(&api_sock, "GET", "/v1/ports", None);
+    assert_eq!(code, 200, "the API socket was taken");
+    assert!(std::fs::read_to_string(&state).unwrap().contains("br0"));
+}
+
+/// The state file's tricky paths: a symbolic link as the state path is refused at start
+/// (it was silently replaced), a FIFO is refused at once (the start hung), and a save on a
+/// full disk fails with 500 `not_saved`, leaving the old file and no temporary file.
+#[test]
+fn state_file_symlinks_fifos_and_full_disks() {
+    use vringswitch_tests::daemon::binary;
+    let dir = TempDir::new("state-paths");
+    let run = |state: &std::path::Path| {
+        let out = std::process::Command::new(binary())
+            .args(["--api", "127.0.0.1:0", "--socket-dir"])
+            .arg(dir.path().join("run"))
+            .arg("--state")
+            .arg(state)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let target = dir.path().join("elsewhere.json");
+    std::fs::write(&target, "{}").unwrap();
+    let link = dir.path().join("link.json");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let (ok, err) = run(&link);
+    assert!(!ok && err.contains("symbolic link"), "{err}");
+    let fifo = dir.path().join("fifo.json");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let (ok, err) = run(&fifo);
+    assert!(!ok && err.contains("not a regular file"), "{err}");
+
+    // A small file system, nearly full once the daemon has written its state.
+    let small = dir.path().join("small");
+    std::fs::create_dir(&small).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
+        .arg(&small)
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        mounted,
+        "mounting a tmpfs needs root (CI runs the suite as root)"
+    );
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(small.clone());
+    let state = small.join("state.json");
+    let d = Daemon::start_with(
+        dir.path(),
+        "[dataplane]\ncores = [1]\n[[bridges]]\nname = \"br0\"\n",
+        &[],
+        &["--state", state.to_str().unwrap()],
+    );
+    let before = std::fs::read_to_string(&state).unwrap();
+    // Fill what is left.
+    let filler = vec![0u8; 4096];
+    let mut f = std::fs::File::create(small.join("filler")).unwrap();
+    while f.write_all(&filler).is_ok() {}
+    drop(f);
+    let (code, text) = http_request(&d.api, "POST", "/v1/bridges", Some(r#"{"name": "br1"}"#));
+    assert_eq!(code, 500, "{text}");
+    assert!(text.contains("not_saved"), "{text}");
+    assert_eq!(std::fs::read_to_string(&state).unwrap(), before);
+    assert!(
+        !small.join("state.json.tmp").exists(),
+        "a temporary file stayed"
+    );
 }
