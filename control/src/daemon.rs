@@ -45,6 +45,16 @@ pub enum DaemonError {
         path: PathBuf,
         error: std::io::Error,
     },
+    #[error(
+        "the {what} {path} is not safe to use: {why}; another user could replace the \
+         daemon's sockets or files and receive a VM's memory. To fix: {fix}"
+    )]
+    UnsafeDir {
+        what: String,
+        path: PathBuf,
+        why: String,
+        fix: String,
+    },
 }
 
 /// Why a topology change was refused. Nothing was changed.
@@ -326,6 +336,23 @@ impl Daemon {
     pub fn start(config: &Config, options: DaemonOptions) -> Result<Daemon, DaemonError> {
         if let Some(dir) = &options.socket_dir {
             create_socket_dir(dir)?;
+        }
+        if let Some(dir) = options
+            .state_file
+            .as_deref()
+            .and_then(Path::parent)
+            .filter(|d| !d.as_os_str().is_empty())
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o750)
+                .create(dir)
+                .map_err(|e| DaemonError::State {
+                    path: dir.to_path_buf(),
+                    message: format!("cannot create its directory: {e}"),
+                })?;
+            check_own_dir(dir, "state directory", 0o022)?;
         }
         // Before anything is read or bound: a second daemon stops here, touching nothing.
         let lock =
@@ -993,7 +1020,8 @@ pub fn socket_pattern(dir: &Path) -> String {
 }
 
 /// Creates the socket directory (mode 0750) if it does not exist, and its subdirectory for
-/// the sockets hypervisors create ([`CLIENT_SOCKET_SUBDIR`], mode 2770).
+/// the sockets hypervisors create ([`CLIENT_SOCKET_SUBDIR`], mode 2770). Either must be
+/// this daemon's own, not writable by other users (see [`check_own_dir`]).
 fn create_socket_dir(dir: &Path) -> Result<(), DaemonError> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     let err = |path: &Path| {
@@ -1005,14 +1033,72 @@ fn create_socket_dir(dir: &Path) -> Result<(), DaemonError> {
         .mode(0o750)
         .create(dir)
         .map_err(err(dir))?;
+    check_own_dir(dir, "socket directory", 0o022)?;
     let client = dir.join(CLIENT_SOCKET_SUBDIR);
     match std::fs::DirBuilder::new().mode(0o770).create(&client) {
         Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(()),
+        // Group members may write in it (hypervisors create their sockets there); nobody
+        // else may.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            return check_own_dir(&client, "client socket directory", 0o002)
+        }
         Err(e) => return Err(err(&client)(e)),
     }
     // The setgid bit is set afterwards: mkdir's mode is masked by the umask and may drop it.
     std::fs::set_permissions(&client, std::fs::Permissions::from_mode(0o2770)).map_err(err(&client))
+}
+
+/// The effective user id of this process (the owner of `/proc/self`).
+fn own_uid() -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").map_or(u32::MAX, |m| m.uid())
+}
+
+/// Refuses a directory where another user could replace the daemon's files: one that is a
+/// symbolic link, is owned by another user, or has any of the `forbidden` write bits
+/// (group 0o020, others 0o002). Whoever controls a socket directory receives the memory
+/// of every VM that connects through it.
+pub fn check_own_dir(dir: &Path, what: &str, forbidden: u32) -> Result<(), DaemonError> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::symlink_metadata(dir).map_err(|error| DaemonError::SocketDir {
+        path: dir.to_path_buf(),
+        error,
+    })?;
+    let me = own_uid();
+    let unsafe_dir = |why: String| DaemonError::UnsafeDir {
+        what: what.to_owned(),
+        path: dir.to_path_buf(),
+        why,
+        fix: format!(
+            "remove it, or make it this user's alone: chown {me} {d} && chmod go-w {d}",
+            d = dir.display()
+        ),
+    };
+    if meta.file_type().is_symlink() {
+        return Err(unsafe_dir("it is a symbolic link".into()));
+    }
+    if !meta.is_dir() {
+        return Err(unsafe_dir("it is not a directory".into()));
+    }
+    if meta.uid() != me {
+        return Err(unsafe_dir(format!(
+            "it belongs to user {}, not to this daemon's user {me}",
+            meta.uid()
+        )));
+    }
+    let writable = meta.mode() & forbidden;
+    if writable != 0 {
+        let by = match (writable & 0o020 != 0, writable & 0o002 != 0) {
+            (true, true) => "its group and by other users",
+            (true, false) => "its group",
+            _ => "other users",
+        };
+        return Err(unsafe_dir(format!(
+            "it is writable by {by} (mode {:04o})",
+            meta.mode() & 0o7777
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -391,3 +391,79 @@ fn state_file_symlinks_fifos_and_full_disks() {
         "a temporary file stayed"
     );
 }
+
+/// A socket directory made in advance by another user (the non-root default
+/// /tmp/vringswitch-$UID can be), or writable by others, is refused with a message that
+/// says how to fix it, and nothing is created in it; so is such a state directory.
+#[test]
+fn socket_and_state_directories_of_other_users_are_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    use vringswitch_tests::daemon::binary;
+    let dir = TempDir::new("foreign-dirs");
+    let run = |args: &[&std::ffi::OsStr]| {
+        let out = std::process::Command::new(binary())
+            .args(["--api", "127.0.0.1:0"])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let chown_nobody = |p: &std::path::Path| {
+        assert!(
+            std::process::Command::new("chown")
+                .args(["nobody"])
+                .arg(p)
+                .status()
+                .unwrap()
+                .success(),
+            "chown nobody (the test runs as root)"
+        );
+    };
+    let foreign = dir.path().join("foreign");
+    std::fs::create_dir(&foreign).unwrap();
+    std::fs::set_permissions(&foreign, std::fs::Permissions::from_mode(0o777)).unwrap();
+    chown_nobody(&foreign);
+    let (ok, err) = run(&["--socket-dir".as_ref(), foreign.as_os_str()]);
+    assert!(!ok);
+    assert!(
+        err.contains("not safe to use") && err.contains("belongs to user"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("chown 0 {}", foreign.display())),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_dir(&foreign).unwrap().count(),
+        0,
+        "files made in it"
+    );
+
+    let open = dir.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let (ok, err) = run(&["--socket-dir".as_ref(), open.as_os_str()]);
+    assert!(!ok);
+    assert!(
+        err.contains("writable by its group and by other users (mode 0777)"),
+        "{err}"
+    );
+
+    let mine = dir.path().join("mine");
+    let state_dir = dir.path().join("state");
+    std::fs::create_dir(&state_dir).unwrap();
+    chown_nobody(&state_dir);
+    let state = state_dir.join("state.json");
+    let (ok, err) = run(&[
+        "--socket-dir".as_ref(),
+        mine.as_os_str(),
+        "--state".as_ref(),
+        state.as_os_str(),
+    ]);
+    assert!(!ok);
+    assert!(err.contains("the state directory"), "{err}");
+    assert!(!state.exists());
+}
