@@ -354,7 +354,7 @@ fn state_file_symlinks_fifos_and_full_disks() {
     let small = dir.path().join("small");
     std::fs::create_dir(&small).unwrap();
     let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
+        .args(["-t", "tmpfs", "-o", "size=64k,mode=0750", "tmpfs"])
         .arg(&small)
         .status()
         .is_ok_and(|s| s.success());
@@ -466,4 +466,54 @@ fn socket_and_state_directories_of_other_users_are_refused() {
     assert!(!ok);
     assert!(err.contains("the state directory"), "{err}");
     assert!(!state.exists());
+}
+
+/// A client that connects to a server port and says nothing loses the port after 10 s, so
+/// the real VM gets it; meanwhile (and whenever the port already serves a VM) a second
+/// frontend is hung up on at once instead of waiting in the backlog for ever.
+#[test]
+fn a_silent_client_cannot_hold_a_port() {
+    use std::os::unix::net::UnixStream;
+    let s = Setup::new("silent", &[("br0", &["a", "b"])], 1);
+    let mut b = s.vm("b", 2);
+    let started = Instant::now();
+    let _silent = UnixStream::connect(s.socket("a")).unwrap();
+    wait_until(T, "the silent client connected", || {
+        (s.daemon.metric("vringswitch_port_connected", &[("port", "a")]) == 1).then_some(())
+    });
+    // Knocking while the silent one holds the port: turned away at once.
+    let mut second = UnixStream::connect(s.socket("a")).unwrap();
+    second
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let mut buf = [0u8; 1];
+    assert_eq!(
+        second.read(&mut buf).unwrap_or(1),
+        0,
+        "the second frontend was not hung up on"
+    );
+    // The real VM, trying again as QEMU with reconnect= does, is served once the silent
+    // client has been dropped.
+    let mut a = connect_when_served(&s.socket("a"), 1, Duration::from_secs(30));
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(9) && waited < Duration::from_secs(20),
+        "{waited:?}"
+    );
+    a.post_rx(TestVm::rx(0), 16, 2048);
+    forwards(&s, &mut a, &mut b, 3);
+    let log = s.daemon.log_text();
+    assert!(log.contains("sent no message for 10 s"), "{log}");
+    assert!(
+        log.contains("a second vhost-user frontend was turned away"),
+        "{log}"
+    );
+    assert!(s.counter("protocol_errors", "a") >= 1);
+    // A VM in service: a second frontend is hung up on at once too.
+    let mut third = UnixStream::connect(s.socket("a")).unwrap();
+    third
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    assert_eq!(third.read(&mut buf).unwrap_or(1), 0);
+    forwards(&s, &mut a, &mut b, 4);
 }

@@ -75,10 +75,23 @@ struct Waiter {
     epoll: Epoll,
     /// The stop eventfd alone, to pause without a readable listener ending the pause.
     pause: Epoll,
+    /// Written by the relay when a connection ends.
+    ended: Arc<EventFd>,
 }
 
 const WAKE: u64 = 0;
 const LISTENER: u64 = 1;
+const ENDED: u64 = 2;
+
+/// What woke a port's thread while it serves a connection.
+enum Serving {
+    /// Another frontend is knocking.
+    Knock,
+    /// The connection ended.
+    Ended,
+    /// The port is stopping.
+    Stop,
+}
 
 impl Waiter {
     fn new(
@@ -104,7 +117,35 @@ impl Waiter {
             control.wake.as_raw_fd(),
             EpollEvent::new(EventSet::IN, WAKE),
         )?;
-        Ok(Waiter { epoll, pause })
+        let ended = Arc::new(EventFd::new(EFD_NONBLOCK)?);
+        epoll.ctl(
+            ControlOperation::Add,
+            ended.as_raw_fd(),
+            EpollEvent::new(EventSet::IN, ENDED),
+        )?;
+        Ok(Waiter {
+            epoll,
+            pause,
+            ended,
+        })
+    }
+
+    /// Waits while a connection is served.
+    fn wait_serving(&self) -> Serving {
+        let mut events = [EpollEvent::default(); 3];
+        let n = match self.epoll.wait(-1, &mut events) {
+            Ok(n) => n,
+            Err(_) => return Serving::Knock,
+        };
+        let got = |token| events[..n].iter().any(|e| e.data() == token);
+        if got(ENDED) {
+            let _ = self.ended.read();
+            Serving::Ended
+        } else if got(WAKE) {
+            Serving::Stop
+        } else {
+            Serving::Knock
+        }
     }
 
     /// Waits `timeout`, or less if the port is stopped meanwhile.
@@ -117,7 +158,7 @@ impl Waiter {
     /// Waits for a frontend on the listener; returns whether one may be there. A stop ends
     /// the wait at once.
     fn wait(&self) -> bool {
-        let mut events = [EpollEvent::default(); 2];
+        let mut events = [EpollEvent::default(); 3];
         match self.epoll.wait(-1, &mut events) {
             Ok(n) => events[..n].iter().any(|e| e.data() == LISTENER),
             Err(_) => false,
@@ -366,7 +407,14 @@ fn serve(
     // A frontend failing in a loop gets one line per 10 s, with the count of the others.
     let mut failures = LogLimiter::new(Duration::from_secs(10));
     while let Some(frontend) = next_frontend(&name, &config, listener.as_ref(), &waiter, &control) {
-        match serve_connection(&port, &config, frontend, &control) {
+        match serve_connection(
+            &port,
+            &config,
+            frontend,
+            listener.as_ref(),
+            &waiter,
+            &control,
+        ) {
             Ok(Ended::Disconnected) => {}
             Ok(Ended::ProtocolError(error)) => {
                 port.note_protocol_error();
@@ -402,10 +450,13 @@ pub fn serve_stream(
         queue_pairs,
     };
     let control = ConnectionControl::new().map_err(std::io::Error::other)?;
-    Ok(match serve_connection(port, &config, frontend, &control)? {
-        Ended::Disconnected => None,
-        Ended::ProtocolError(e) => Some(e),
-    })
+    let waiter = Waiter::new(&control, None)?;
+    Ok(
+        match serve_connection(port, &config, frontend, None, &waiter, &control)? {
+            Ended::Disconnected => None,
+            Ended::ProtocolError(e) => Some(e),
+        },
+    )
 }
 
 /// How a served connection ended.
@@ -421,6 +472,8 @@ fn serve_connection(
     port: &Arc<PortHandle>,
     config: &VhostUserPortConfig,
     frontend: UnixStream,
+    listener: Option<&UnixListener>,
+    waiter: &Waiter,
     control: &ConnectionControl,
 ) -> std::io::Result<Ended> {
     let name = port.name();
@@ -457,7 +510,12 @@ fn serve_connection(
         let mut inner = Listener::new(&path, true).map_err(std::io::Error::other)?;
         let relay_side = UnixStream::connect(&path)?;
         drop(private);
-        let relay = super::relay::start(frontend.try_clone()?, relay_side, tx_kicks)?;
+        let relay = super::relay::start(
+            frontend.try_clone()?,
+            relay_side,
+            tx_kicks,
+            waiter.ended.clone(),
+        )?;
         daemon
             .start(&mut inner)
             .map_err(|e| std::io::Error::other(e.to_string()))?;
@@ -481,6 +539,29 @@ fn serve_connection(
     port.set_connected(true);
     tracing::info!(port = %name, socket = %config.socket.display(), "vhost-user frontend connected");
 
+    // Until the connection ends, a second frontend is told at once that the port is taken
+    // (it is hung up on), instead of waiting in the backlog for an answer that never comes.
+    let mut knocks = LogLimiter::new(Duration::from_secs(10));
+    loop {
+        match waiter.wait_serving() {
+            Serving::Ended => break,
+            // `stop` hangs up on the frontend: the end follows.
+            Serving::Stop => {
+                let _ = frontend.shutdown(std::net::Shutdown::Both);
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Serving::Knock => {
+                if let Some(Ok((second, _))) = listener.map(UnixListener::accept) {
+                    let _ = second.shutdown(std::net::Shutdown::Both);
+                    if let Some(suppressed) = knocks.check() {
+                        tracing::warn!(port = %name, suppressed,
+                            "a second vhost-user frontend was turned away: the port already \
+                             serves one");
+                    }
+                }
+            }
+        }
+    }
     let result = daemon.wait();
 
     *lock(&control.shutdown) = None;

@@ -95,6 +95,9 @@ pub enum Refused {
     BadRegion { index: usize, why: String },
     /// ADD_MEM_REG with every memory slot taken.
     NoFreeSlot,
+    /// The frontend kept the connection waiting: no first message, or half of one, for
+    /// `seconds`.
+    Stalled { what: &'static str, seconds: u64 },
     /// ADD_MEM_REG of a region that overlaps one already mapped without being an exact copy
     /// of it.
     Overlap { gpa: u64, size: u64, with: u64 },
@@ -130,6 +133,10 @@ impl fmt::Display for Refused {
             Refused::NoFreeSlot => {
                 write!(f, "ADD_MEM_REG beyond the {MAX_MEM_SLOTS} memory slots")
             }
+            Refused::Stalled { what, seconds } => write!(
+                f,
+                "the frontend sent {what} for {seconds} s; the port is given to the next one"
+            ),
             Refused::Overlap { gpa, size, with } => write!(
                 f,
                 "ADD_MEM_REG of guest addresses {gpa:#x}+{size:#x} overlaps the region at \

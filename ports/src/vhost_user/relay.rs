@@ -22,6 +22,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
@@ -52,10 +53,42 @@ pub enum RelayEnd {
 /// the protocol handler. TX kick fds go to `kicks`. The relay threads end when either side
 /// closes, or when the frontend sends a message that is refused; joining the returned
 /// thread says which.
+/// How long a frontend may keep the relay waiting.
+#[derive(Debug, Clone, Copy)]
+pub struct Deadlines {
+    /// From connecting to its first whole message. QEMU and DPDK send theirs at once; a
+    /// client that connects and says nothing would hold the port from the real VM.
+    pub first_message: Duration,
+    /// From the first byte of a message to its last.
+    pub whole_message: Duration,
+}
+
+impl Default for Deadlines {
+    fn default() -> Self {
+        Deadlines {
+            first_message: Duration::from_secs(10),
+            whole_message: Duration::from_secs(10),
+        }
+    }
+}
+
+/// `ended` is written once both relay threads are done.
 pub fn start(
     frontend: UnixStream,
     relay_side: UnixStream,
     kicks: Arc<TxKicks>,
+    ended: Arc<EventFd>,
+) -> io::Result<JoinHandle<RelayEnd>> {
+    start_with(frontend, relay_side, kicks, ended, Deadlines::default())
+}
+
+/// [`start`] with other deadlines.
+pub fn start_with(
+    frontend: UnixStream,
+    relay_side: UnixStream,
+    kicks: Arc<TxKicks>,
+    ended: Arc<EventFd>,
+    deadlines: Deadlines,
 ) -> io::Result<JoinHandle<RelayEnd>> {
     let to_frontend = frontend.try_clone()?;
     let from_handler = relay_side.try_clone()?;
@@ -79,6 +112,7 @@ pub fn start(
                 deferred: Vec::new(),
                 regions: MemRegions::default(),
                 kicks,
+                deadlines,
             };
             let end = match relay.run() {
                 Ok(never) => match never {},
@@ -90,6 +124,7 @@ pub fn start(
             let _ = relay.frontend.shutdown(std::net::Shutdown::Both);
             let _ = relay.handler.shutdown(std::net::Shutdown::Both);
             let _ = back.join();
+            let _ = ended.write(1);
             end
         })?;
     Ok(forward)
@@ -105,6 +140,7 @@ struct Relay {
     regions: MemRegions,
     /// Where the real kick fds of TX rings go.
     kicks: Arc<TxKicks>,
+    deadlines: Deadlines,
 }
 
 fn header(request: u32, flags: u32, size: u32) -> [u8; HDR_LEN] {
@@ -121,14 +157,45 @@ impl Relay {
     /// [`Refused`].
     fn run(&mut self) -> io::Result<std::convert::Infallible> {
         let refuse = |r: Refused| io::Error::new(io::ErrorKind::InvalidData, r);
+        let stalled = |what: &'static str, after: Duration| {
+            move |e: io::Error| {
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) {
+                    refuse(Refused::Stalled {
+                        what,
+                        seconds: after.as_secs(),
+                    })
+                } else {
+                    e
+                }
+            }
+        };
+        let mut first = true;
         loop {
+            // Between messages the frontend may stay quiet for as long as it likes, except
+            // before its first one.
+            let (quiet, what) = if first {
+                (Some(self.deadlines.first_message), "no message")
+            } else {
+                (None, "")
+            };
+            self.frontend.set_read_timeout(quiet)?;
             let mut hdr = [0u8; HDR_LEN];
-            let fds = recv_header(&self.frontend, &mut hdr)?;
+            let whole = self.deadlines.whole_message;
+            let fds = recv_header(&self.frontend, &mut hdr, whole).map_err(|e| match quiet {
+                Some(after) if e.kind() != io::ErrorKind::UnexpectedEof => stalled(what, after)(e),
+                _ => stalled("half a message", whole)(e),
+            })?;
             let parsed = Header::parse(&hdr);
             check_header(&parsed).map_err(refuse)?;
             let (request, flags, size) = (parsed.request, parsed.flags, parsed.size as usize);
             let mut body = vec![0u8; size];
-            self.frontend.read_exact(&mut body)?;
+            self.frontend
+                .read_exact(&mut body)
+                .map_err(stalled("half a message", whole))?;
+            first = false;
             check_message(&parsed, &body, &fds).map_err(refuse)?;
             if self.regions.admit(&parsed, &body, &fds).map_err(refuse)? == Admission::Absorb {
                 self.acknowledge(request, flags)?;
@@ -206,9 +273,15 @@ impl Relay {
     }
 }
 
-/// Reads a message header and the file descriptors sent with it.
+/// Reads a message header and the file descriptors sent with it. Once its first bytes are
+/// in, the rest of the message must follow within `whole` (the socket's read timeout is
+/// set to it).
 #[allow(unsafe_code)]
-fn recv_header(sock: &UnixStream, hdr: &mut [u8; HDR_LEN]) -> io::Result<Vec<OwnedFd>> {
+fn recv_header(
+    sock: &UnixStream,
+    hdr: &mut [u8; HDR_LEN],
+    whole: Duration,
+) -> io::Result<Vec<OwnedFd>> {
     let mut raw_fds = [-1 as RawFd; MAX_FDS];
     let mut iov = [libc::iovec {
         iov_base: hdr.as_mut_ptr().cast(),
@@ -228,6 +301,7 @@ fn recv_header(sock: &UnixStream, hdr: &mut [u8; HDR_LEN]) -> io::Result<Vec<Own
     if n == 0 {
         return Err(io::ErrorKind::UnexpectedEof.into());
     }
+    sock.set_read_timeout(Some(whole))?;
     if n < HDR_LEN {
         (&*sock).read_exact(&mut hdr[n..])?;
     }
@@ -247,9 +321,10 @@ mod tests {
     fn start_with_kicks(relay_end: UnixStream) -> (UnixStream, JoinHandle<RelayEnd>, Arc<TxKicks>) {
         let (handler, relay_side) = UnixStream::pair().unwrap();
         let kicks = Arc::new(TxKicks::new(2, || {}));
+        let ended = Arc::new(EventFd::new(EFD_NONBLOCK).unwrap());
         (
             handler,
-            start(relay_end, relay_side, kicks.clone()).unwrap(),
+            start(relay_end, relay_side, kicks.clone(), ended).unwrap(),
             kicks,
         )
     }
@@ -326,7 +401,7 @@ mod tests {
         )
         .unwrap();
         let mut hdr = [0u8; HDR_LEN];
-        let fds = recv_header(&handler, &mut hdr).unwrap();
+        let fds = recv_header(&handler, &mut hdr, Duration::from_secs(5)).unwrap();
         assert_eq!(fds.len(), 1);
         assert_eq!(hdr[0], 12);
     }
@@ -363,7 +438,7 @@ mod tests {
         let kick = EventFd::new(EFD_NONBLOCK).unwrap();
         send_kick(&fe, 1, &kick);
         let mut hdr = [0u8; HDR_LEN];
-        let fds = recv_header(&handler, &mut hdr).unwrap();
+        let fds = recv_header(&handler, &mut hdr, Duration::from_secs(5)).unwrap();
         assert_eq!(hdr[0], SET_VRING_KICK as u8);
         assert_eq!(fds.len(), 1, "the library still gets a kick fd");
         let mut body = [0u8; 8];
@@ -379,7 +454,7 @@ mod tests {
         // An RX ring's kick fd passes through as it came.
         let rx_kick = EventFd::new(EFD_NONBLOCK).unwrap();
         send_kick(&fe, 0, &rx_kick);
-        let fds = recv_header(&handler, &mut hdr).unwrap();
+        let fds = recv_header(&handler, &mut hdr, Duration::from_secs(5)).unwrap();
         (&handler).read_exact(&mut body).unwrap();
         rx_kick.write(1).unwrap();
         assert!(readable(fds[0].as_raw_fd()));
@@ -393,7 +468,7 @@ mod tests {
                 &(1u64 | 1 << 8).to_le_bytes(),
             ))
             .unwrap();
-        let fds = recv_header(&handler, &mut hdr).unwrap();
+        let fds = recv_header(&handler, &mut hdr, Duration::from_secs(5)).unwrap();
         assert!(fds.is_empty());
         kicks.with(1, |_| panic!("a cleared kick fd is still kept"));
     }
@@ -468,7 +543,7 @@ mod tests {
         let file = ram(0x1000);
         let next_from_handler = || {
             let mut hdr = [0u8; HDR_LEN];
-            let fds = recv_header(&handler, &mut hdr).unwrap();
+            let fds = recv_header(&handler, &mut hdr, Duration::from_secs(5)).unwrap();
             let h = Header::parse(&hdr);
             let mut body = vec![0u8; h.size as usize];
             (&handler).read_exact(&mut body).unwrap();
@@ -501,6 +576,68 @@ mod tests {
             t.join().unwrap(),
             RelayEnd::Refused(Refused::Overlap { .. })
         ));
+    }
+
+    /// A relay whose deadlines are `ms` milliseconds.
+    fn start_hurried(relay_end: UnixStream, ms: u64) -> (UnixStream, JoinHandle<RelayEnd>) {
+        let (handler, relay_side) = UnixStream::pair().unwrap();
+        let kicks = Arc::new(TxKicks::new(2, || {}));
+        let ended = Arc::new(EventFd::new(EFD_NONBLOCK).unwrap());
+        let d = Duration::from_millis(ms);
+        let deadlines = Deadlines {
+            first_message: d,
+            whole_message: d,
+        };
+        let t = start_with(relay_end, relay_side, kicks, ended, deadlines).unwrap();
+        (handler, t)
+    }
+
+    #[test]
+    fn a_silent_frontend_or_half_a_message_ends_the_relay_but_quiet_after_hello_does_not() {
+        // Connects and says nothing.
+        let (_fe, relay_end) = UnixStream::pair().unwrap();
+        let (_h, t) = start_hurried(relay_end, 200);
+        let started = std::time::Instant::now();
+        assert!(matches!(
+            t.join().unwrap(),
+            RelayEnd::Refused(Refused::Stalled {
+                what: "no message",
+                ..
+            })
+        ));
+        assert!(started.elapsed() < Duration::from_secs(2));
+        // Half a header, then nothing.
+        let (mut fe, relay_end) = UnixStream::pair().unwrap();
+        let (_h, t) = start_hurried(relay_end, 200);
+        fe.write_all(&header(1, FLAG_VERSION_1, 0)[..5]).unwrap();
+        assert!(matches!(
+            t.join().unwrap(),
+            RelayEnd::Refused(Refused::Stalled { .. })
+        ));
+        // A whole header but half its body.
+        let (mut fe, relay_end) = UnixStream::pair().unwrap();
+        let (_h, t) = start_hurried(relay_end, 200);
+        fe.write_all(&header(2, FLAG_VERSION_1, 8)).unwrap();
+        fe.write_all(&[0; 3]).unwrap();
+        assert!(matches!(
+            t.join().unwrap(),
+            RelayEnd::Refused(Refused::Stalled {
+                what: "half a message",
+                ..
+            })
+        ));
+        // One message, then quiet for longer than the deadlines: still relayed after.
+        let (mut fe, relay_end) = UnixStream::pair().unwrap();
+        let (mut h, t) = start_hurried(relay_end, 100);
+        fe.write_all(&msg(1, FLAG_VERSION_1, &[])).unwrap();
+        assert_eq!(read_msg(&mut h).0[0], 1);
+        std::thread::sleep(Duration::from_millis(400));
+        assert!(
+            !t.is_finished(),
+            "a frontend quiet between messages was cut off"
+        );
+        fe.write_all(&msg(3, FLAG_VERSION_1, &[])).unwrap();
+        assert_eq!(read_msg(&mut h).0[0], 3);
     }
 
     #[test]
