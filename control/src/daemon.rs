@@ -4,10 +4,12 @@
 //! [`Daemon`] owns the desired topology (bridges and ports, by name) behind one mutex. Every
 //! change is validated whole before anything is touched, then applied: the engine gets a
 //! new [`Topology`] (workers pick it up at their next poll; ports not involved keep their
-//! ids, caches and frames), and port threads are started or stopped. Port ids are never
-//! reused, so a stale id in a worker's cache can never name another port.
+//! ids, caches and frames), and port threads are started or stopped. A removed port's id is
+//! reused only once every worker has rebuilt its caches from a topology without the port and
+//! the FDB has forgotten it, so a stale id can never name another port, and memory follows
+//! the live ports rather than every port ever made.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -244,6 +246,8 @@ struct State {
     bridges: Vec<BridgeEntry>,
     ports: BTreeMap<String, PortEntry>,
     next_id: PortId,
+    /// Ids of removed ports that no worker or FDB refers to any more.
+    free_ids: BTreeSet<PortId>,
 }
 
 impl State {
@@ -614,7 +618,8 @@ impl Daemon {
                 other.spec.name
             )));
         }
-        let id = st.next_id;
+        // The lowest id a removed port gave back, else a new one.
+        let id = st.free_ids.first().copied().unwrap_or(st.next_id);
         let handle = Arc::new(PortHandle::new(id, &spec.name, self.switch.workers.len()));
         let port = VhostUserPort::start(
             handle,
@@ -631,7 +636,9 @@ impl Daemon {
             port: spec.name.clone(),
             source,
         })?;
-        st.next_id += 1;
+        if !st.free_ids.remove(&id) {
+            st.next_id += 1;
+        }
         tracing::info!(port = %spec.name, bridge = %spec.bridge, socket = %spec.socket.display(),
             mode = ?spec.mode, "port ready");
         st.ports
@@ -648,10 +655,16 @@ impl Daemon {
         let mut st = self.state();
         let mut entry = st.ports.remove(name).ok_or_else(|| no_port(name))?;
         let generation = self.publish(&st);
-        self.quiesce(generation);
+        let seen = self.quiesce(generation);
         if let Ok(b) = st.bridge_mut(&entry.spec.bridge) {
             b.fdb.flush_port(entry.id);
             b.statics.retain(|_, port| port != name);
+        }
+        // Every worker has rebuilt its caches from a topology without the port, and the FDB
+        // no longer names it: the id may serve the next port. Unless a worker was late, so
+        // that memory follows the live ports, not every port ever made.
+        if seen {
+            st.free_ids.insert(entry.id);
         }
         let saved = self.save(&st);
         drop(st);
@@ -872,13 +885,16 @@ impl Daemon {
     }
 
     /// Waits until no worker works with a topology older than `generation`.
-    fn quiesce(&self, generation: u64) {
-        if !self
+    /// Waits until every worker has picked up topology `generation`; false if one did not
+    /// within 2 s.
+    fn quiesce(&self, generation: u64) -> bool {
+        let seen = self
             .switch
-            .wait_until_seen(generation, Duration::from_secs(2))
-        {
+            .wait_until_seen(generation, Duration::from_secs(2));
+        if !seen {
             tracing::warn!("a worker did not pick up the new topology within 2 s");
         }
+        seen
     }
 
     /// Installs the topology of `st` in the engine; returns its generation.

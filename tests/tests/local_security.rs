@@ -479,7 +479,10 @@ fn a_silent_client_cannot_hold_a_port() {
     let started = Instant::now();
     let _silent = UnixStream::connect(s.socket("a")).unwrap();
     wait_until(T, "the silent client connected", || {
-        (s.daemon.metric("vringswitch_port_connected", &[("port", "a")]) == 1).then_some(())
+        (s.daemon
+            .metric("vringswitch_port_connected", &[("port", "a")])
+            == 1)
+            .then_some(())
     });
     // Knocking while the silent one holds the port: turned away at once.
     let mut second = UnixStream::connect(s.socket("a")).unwrap();
@@ -516,4 +519,41 @@ fn a_silent_client_cannot_hold_a_port() {
         .unwrap();
     assert_eq!(third.read(&mut buf).unwrap_or(1), 0);
     forwards(&s, &mut a, &mut b, 4);
+}
+
+/// Adding and deleting ports over and over does not grow the daemon: a removed port's id
+/// (and with it its place in the topology and in every worker's caches) is reused.
+#[test]
+fn memory_follows_live_ports_not_every_port_ever_made() {
+    use vringswitch_tests::process::resident_kib;
+    let s = Setup::new("churn", &[("br0", &["a", "b"])], 1);
+    let mut a = s.vm("a", 1);
+    let mut b = s.vm("b", 2);
+    s.wait_connected(&["a", "b"]);
+    let pid = s.daemon.pid();
+    let body = |i: usize| {
+        format!(
+            r#"{{"name":"c{i}","bridge":"br0","type":"vhost-user","socket":"{}","mode":"server"}}"#,
+            s.dir.path().join(format!("c{i}.sock")).display()
+        )
+    };
+    let cycle = |i: usize| {
+        let (code, text) = http_request(&s.daemon.api, "POST", "/v1/ports", Some(&body(i)));
+        assert_eq!(code, 201, "{text}");
+        let (code, text) = http_request(&s.daemon.api, "DELETE", &format!("/v1/ports/c{i}"), None);
+        assert_eq!(code, 204, "{text}");
+    };
+    for i in 0..300 {
+        cycle(i);
+    }
+    let before = resident_kib(pid);
+    for i in 300..2300 {
+        cycle(i);
+    }
+    let after = resident_kib(pid);
+    assert!(
+        after <= before + 1024,
+        "2000 add/delete cycles grew the daemon from {before} KiB to {after} KiB"
+    );
+    forwards(&s, &mut a, &mut b, 9);
 }
