@@ -139,7 +139,9 @@ pub fn router(daemon: Arc<Daemon>, access: ApiAccess) -> Router {
         .with_state(AppState {
             daemon,
             metrics: Arc::new(Metrics::new()),
-        });
+        })
+        .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::from_fn(json_errors));
     match access {
         ApiAccess::Open => app,
         ApiAccess::Token(t) => app.layer(axum::middleware::from_fn_with_state(t, require_token)),
@@ -223,11 +225,18 @@ pub struct ApiError {
 }
 
 impl ApiError {
+    /// An error answer. The detail is cut to [`MAX_DETAIL`] characters: it may quote what
+    /// the client sent (a 2 MB name, say).
     fn new(status: StatusCode, error: &'static str, detail: impl Into<String>) -> ApiError {
+        let mut detail = detail.into();
+        if let Some((cut, _)) = detail.char_indices().nth(MAX_DETAIL) {
+            detail.truncate(cut);
+            detail.push_str("… (cut)");
+        }
         ApiError {
             status,
             error,
-            detail: detail.into(),
+            detail,
         }
     }
 }
@@ -241,6 +250,48 @@ struct ErrorBody<'a> {
     /// What went wrong and what to fix.
     detail: &'a str,
 }
+
+/// Most characters of an error's detail.
+const MAX_DETAIL: usize = 512;
+
+/// Gives every error answer the JSON body the API documents: those made by the HTTP layers
+/// rather than by a handler (413 for a body over the limit, 405, 408...) come as plain text.
+async fn json_errors(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let resp = next.run(req).await;
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return resp;
+    }
+    let (kind, detail) = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => (
+            "too_large",
+            format!("the request body is larger than {} bytes", BODY_LIMIT),
+        ),
+        StatusCode::METHOD_NOT_ALLOWED => (
+            "method_not_allowed",
+            "this path does not take that method".to_owned(),
+        ),
+        other => (
+            "http_error",
+            other.canonical_reason().unwrap_or("error").to_owned(),
+        ),
+    };
+    let mut out = ApiError::new(status, kind, detail).into_response();
+    // An Allow header (405) and the like stay.
+    for (name, value) in resp.headers() {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            out.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    out
+}
+
+/// The largest request body taken (axum's default).
+const BODY_LIMIT: usize = 2 * 1024 * 1024;
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {

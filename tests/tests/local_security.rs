@@ -557,3 +557,68 @@ fn memory_follows_live_ports_not_every_port_ever_made() {
     );
     forwards(&s, &mut a, &mut b, 9);
 }
+
+/// Every error answer is the API's JSON body, and never quotes a huge input whole: a body
+/// over the limit (413 was plain text), a method a path does not take (405), a 1.5 MB name.
+#[test]
+fn error_answers_are_json_and_short() {
+    let s = Setup::new("errors", &[("br0", &["a"])], 1);
+    let api = &s.daemon.api;
+    let huge = "x".repeat(3 * 1024 * 1024);
+    let (code, text) = http_request(api, "POST", "/v1/bridges", Some(&huge));
+    assert_eq!(code, 413, "{}", &text[..text.len().min(200)]);
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["error"], "too_large");
+    let (code, text) = http_request(api, "PUT", "/v1/bridges/br0", None);
+    assert_eq!(code, 405);
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["error"], "method_not_allowed");
+    let name = "n".repeat(1536 * 1024);
+    let (code, text) = http_request(
+        api,
+        "POST",
+        "/v1/bridges",
+        Some(&format!(r#"{{"name": "{name}"}}"#)),
+    );
+    assert_eq!(code, 400);
+    assert!(text.len() < 2048, "a {} byte answer", text.len());
+    assert!(text.contains("(cut)"), "{text}");
+}
+
+/// Stopping a daemon with 200 idle ports is prompt: their threads are woken, not polled
+/// (2 s before), and so is deleting one (100 ms before).
+#[test]
+fn idle_ports_stop_at_once() {
+    let dir = TempDir::new("idle-ports");
+    let mut toml = String::from("[dataplane]\ncores = [1]\n[[bridges]]\nname = \"br0\"\n");
+    let mut sockets = Vec::new();
+    for i in 0..200 {
+        let s = dir.path().join(format!("p{i}.sock"));
+        toml.push_str(&format!(
+            "[[ports]]\nname = \"p{i}\"\nbridge = \"br0\"\ntype = \"vhost-user\"\n\
+             socket = \"{}\"\nmode = \"{}\"\nqueues = 1\n",
+            s.display(),
+            if i % 2 == 0 { "server" } else { "client" }
+        ));
+        if i % 2 == 0 {
+            sockets.push(s);
+        }
+    }
+    let mut d = Daemon::start(dir.path(), &toml, &sockets);
+    let started = Instant::now();
+    let (code, text) = http_request(&d.api, "DELETE", "/v1/ports/p0", None);
+    assert_eq!(code, 204, "{text}");
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_millis(80),
+        "DELETE of an idle port took {took:?}"
+    );
+    let started = Instant::now();
+    let status = d.terminate(Duration::from_secs(5));
+    let took = started.elapsed();
+    assert!(status.success(), "{status}");
+    assert!(
+        took < Duration::from_millis(1000),
+        "SIGTERM with 200 idle ports took {took:?}"
+    );
+}
