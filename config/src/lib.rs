@@ -58,6 +58,10 @@ pub enum ConfigError {
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// Directory of the vhost-user sockets: the default place of a port's socket and where
+    /// the API's ports must put theirs. `--socket-dir` wins over it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket_dir: Option<Spanned<PathBuf>>,
     #[serde(default)]
     pub dataplane: DataplaneConfig,
     #[serde(default)]
@@ -126,6 +130,9 @@ pub struct PortConfig {
     pub bridge: Spanned<String>,
     #[serde(rename = "type")]
     pub kind: PortType,
+    /// The socket's path; empty (left out) until [`Config::fill_default_sockets`] gives it
+    /// `SOCKET_DIR/NAME.sock` (`SOCKET_DIR/client/NAME.sock` in client mode).
+    #[serde(default = "no_socket", skip_serializing_if = "is_no_socket")]
     pub socket: Spanned<PathBuf>,
     pub mode: SocketMode,
     /// Maximum queue pairs accepted from the frontend.
@@ -257,6 +264,27 @@ pub fn check_vlan(vlan: &VlanConfig) -> Result<(), String> {
     }
 }
 
+fn no_socket() -> Spanned<PathBuf> {
+    Spanned::new(0..0, PathBuf::new())
+}
+
+fn is_no_socket(s: &Spanned<PathBuf>) -> bool {
+    s.get_ref().as_os_str().is_empty()
+}
+
+/// Where a port's socket goes when none is given: `SOCKET_DIR/NAME.sock`, or for a
+/// client-mode port (the hypervisor creates the socket) `SOCKET_DIR/client/NAME.sock`.
+pub fn default_socket(socket_dir: &Path, name: &str, mode: SocketMode) -> PathBuf {
+    let file = format!("{name}.sock");
+    match mode {
+        SocketMode::Server => socket_dir.join(file),
+        SocketMode::Client => socket_dir.join(CLIENT_SOCKET_SUBDIR).join(file),
+    }
+}
+
+/// The subdirectory of the socket directory for sockets the hypervisor creates.
+pub const CLIENT_SOCKET_SUBDIR: &str = "client";
+
 fn default_cores() -> Spanned<Vec<usize>> {
     Spanned::new(0..0, vec![default_core()])
 }
@@ -295,6 +323,7 @@ impl Config {
             allowed_macs: None,
         };
         Config {
+            socket_dir: None,
             dataplane: DataplaneConfig::default(),
             bridges: vec![BridgeConfig {
                 name: Spanned::new(0..0, "br0".to_string()),
@@ -302,6 +331,24 @@ impl Config {
             }],
             ports: vec![port("vm1"), port("vm2")],
         }
+    }
+
+    /// Gives every port without a socket its default path in `socket_dir` (see
+    /// [`default_socket`]), then checks the paths as [`Config::parse`] checks given ones.
+    pub fn fill_default_sockets(&mut self, socket_dir: &Path) -> Result<(), String> {
+        let mut seen = HashSet::new();
+        for port in &mut self.ports {
+            if is_no_socket(&port.socket) {
+                let path = default_socket(socket_dir, port.name.get_ref(), port.mode);
+                port.socket = Spanned::new(port.socket.span(), path);
+            }
+            let socket = port.socket.get_ref();
+            check_socket_path(socket).map_err(|m| format!("port {}: {m}", port.name.get_ref()))?;
+            if !seen.insert(socket.clone()) {
+                return Err(format!("socket {} is used by two ports", socket.display()));
+            }
+        }
+        Ok(())
     }
 
     /// Reads, parses and validates a configuration file.
@@ -335,6 +382,14 @@ impl Config {
             message,
         };
 
+        if let Some(dir) = &self.socket_dir {
+            if !dir.get_ref().is_absolute() {
+                return Err(invalid(
+                    dir.span(),
+                    format!("socket_dir {} must be absolute", dir.get_ref().display()),
+                ));
+            }
+        }
         let cores = &self.dataplane.cores;
         if cores.get_ref().is_empty() {
             return Err(invalid(
@@ -393,8 +448,11 @@ impl Config {
                 ));
             }
             let socket = port.socket.get_ref();
-            check_socket_path(socket).map_err(|m| invalid(port.socket.span(), m))?;
-            if !sockets.insert(socket.clone()) {
+            if is_no_socket(&port.socket) {
+                // Given its default by fill_default_sockets.
+            } else if let Err(m) = check_socket_path(socket) {
+                return Err(invalid(port.socket.span(), m));
+            } else if !sockets.insert(socket.clone()) {
                 return Err(invalid(
                     port.socket.span(),
                     format!("socket {} is used by two ports", socket.display()),
@@ -747,5 +805,41 @@ queues = 2
         assert_eq!(line_col("ab\ncd", 0), (1, 1));
         assert_eq!(line_col("ab\ncd", 4), (2, 2));
         assert_eq!(line_col("ab", 99), (1, 3));
+    }
+
+    #[test]
+    fn ports_without_a_socket_get_one_in_the_socket_directory() {
+        let text = "socket_dir = \"/run/vs\"\n[[bridges]]\nname = \"br0\"\n\
+            [[ports]]\nname = \"vm9\"\nbridge = \"br0\"\ntype = \"vhost-user\"\nmode = \"server\"\n\
+            [[ports]]\nname = \"vm8\"\nbridge = \"br0\"\ntype = \"vhost-user\"\nmode = \"client\"\n\
+            [[ports]]\nname = \"vm7\"\nbridge = \"br0\"\ntype = \"vhost-user\"\nmode = \"server\"\n\
+            socket = \"/elsewhere/vm7.sock\"\n";
+        let mut c = Config::parse(text, Path::new("t.toml")).unwrap();
+        let dir = c.socket_dir.as_ref().unwrap().get_ref().clone();
+        assert_eq!(dir, Path::new("/run/vs"));
+        c.fill_default_sockets(&dir).unwrap();
+        let sockets: Vec<_> = c.ports.iter().map(|p| p.socket.get_ref().clone()).collect();
+        assert_eq!(
+            sockets,
+            [
+                PathBuf::from("/run/vs/vm9.sock"),
+                PathBuf::from("/run/vs/client/vm8.sock"),
+                PathBuf::from("/elsewhere/vm7.sock"),
+            ]
+        );
+        // What --print-config shows names them.
+        assert!(to_toml(&c)
+            .unwrap()
+            .contains("socket = \"/run/vs/client/vm8.sock\""));
+        // A default that collides with a given socket, and a relative socket_dir.
+        let text = "[[bridges]]\nname = \"br0\"\n\
+            [[ports]]\nname = \"a\"\nbridge = \"br0\"\ntype = \"vhost-user\"\nmode = \"server\"\n\
+            [[ports]]\nname = \"b\"\nbridge = \"br0\"\ntype = \"vhost-user\"\nmode = \"server\"\n\
+            socket = \"/run/vs/a.sock\"\n";
+        let mut c = Config::parse(text, Path::new("t.toml")).unwrap();
+        let e = c.fill_default_sockets(Path::new("/run/vs")).unwrap_err();
+        assert!(e.contains("used by two ports"), "{e}");
+        let e = Config::parse("socket_dir = \"run/vs\"\n", Path::new("t.toml")).unwrap_err();
+        assert!(e.to_string().contains("must be absolute"), "{e}");
     }
 }

@@ -116,7 +116,9 @@ pub struct PortSpec {
     pub bridge: String,
     #[serde(rename = "type")]
     pub kind: PortKind,
-    /// Absolute path of the vhost-user socket, inside the daemon's socket directory.
+    /// Absolute path of the vhost-user socket, inside the daemon's socket directory. Left
+    /// out: `SOCKET_DIR/NAME.sock`, or `SOCKET_DIR/client/NAME.sock` for a client-mode port.
+    #[serde(default)]
     #[schema(value_type = String, pattern = "^/", max_length = 107)]
     pub socket: PathBuf,
     pub mode: SocketMode,
@@ -574,14 +576,26 @@ impl Daemon {
         self.options.socket_dir.as_deref()
     }
 
-    /// Creates a port asked for over the API: its socket must lie in the socket directory.
-    pub fn add_port(&self, spec: PortSpec) -> Result<(), ChangeError> {
+    /// Creates a port asked for over the API: its socket must lie in the socket directory,
+    /// where it goes by default (see [`vringswitch_config::default_socket`]). Returns the
+    /// port as made.
+    pub fn add_port(&self, mut spec: PortSpec) -> Result<PortSpec, ChangeError> {
+        if spec.socket.as_os_str().is_empty() {
+            let Some(dir) = &self.options.socket_dir else {
+                return Err(ChangeError::Invalid(
+                    "socket is required: this daemon has no socket directory".into(),
+                ));
+            };
+            vringswitch_config::check_name_str("port", &spec.name).map_err(ChangeError::Invalid)?;
+            spec.socket = vringswitch_config::default_socket(dir, &spec.name, spec.mode);
+        }
         vringswitch_config::check_socket_path(&spec.socket).map_err(ChangeError::Invalid)?;
         if let Some(dir) = &self.options.socket_dir {
             check_inside(&spec.socket, dir)?;
         }
-        self.apply_add_port(spec)?;
-        self.save(&self.state())
+        self.apply_add_port(spec.clone())?;
+        self.save(&self.state())?;
+        Ok(spec)
     }
 
     /// Creates a port and starts serving its socket.
@@ -985,7 +999,7 @@ fn dir_text(dir: &Path) -> String {
 /// The subdirectory of the socket directory where hypervisors create the sockets of
 /// client-mode ports: mode 2770, so that a hypervisor in the daemon's group may create
 /// sockets there and they belong to that group (the daemon's own directory is 0750).
-pub const CLIENT_SOCKET_SUBDIR: &str = "client";
+pub use vringswitch_config::CLIENT_SOCKET_SUBDIR;
 
 /// Refuses a socket path that is not `DIR/NAME` or `DIR/client/NAME`, NAME being 1 to 64
 /// characters of A-Z a-z 0-9 - _ . not starting with a dot. Exactly what

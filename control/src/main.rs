@@ -120,14 +120,34 @@ fn run() -> anyhow::Result<()> {
             args.api
         );
     }
-    let socket_dir = args.socket_dir.clone().unwrap_or_else(default_socket_dir);
-    let config = match &args.config {
-        Some(path) => Config::load(path)?,
+    let loaded = match &args.config {
+        Some(path) => Some(Config::load(path)?),
+        None => None,
+    };
+    // --socket-dir, else the configuration's socket_dir, else the default.
+    let socket_dir = args
+        .socket_dir
+        .clone()
+        .or_else(|| {
+            loaded
+                .as_ref()?
+                .socket_dir
+                .as_ref()
+                .map(|d| d.get_ref().clone())
+        })
+        .unwrap_or_else(default_socket_dir);
+    let mut config = match loaded {
+        Some(c) => c,
         None => {
             tracing::info!(socket_dir = %socket_dir.display(), "no --config: built-in configuration");
             Config::builtin(&socket_dir)
         }
     };
+    if let Some(path) = &args.config {
+        config
+            .fill_default_sockets(&socket_dir)
+            .map_err(|m| anyhow::anyhow!("config file {}: {m}", path.display()))?;
+    }
     if args.print_config {
         print!("{}", config_in_effect(&config, args.state.as_deref())?);
         return Ok(());
@@ -272,8 +292,7 @@ fn config_in_effect(config: &Config, state: Option<&std::path::Path>) -> anyhow:
         out.push_str(&format!("# Not used from the configuration: {ignored}.\n"));
     }
     out.push_str(&vringswitch_config::to_toml(&state_file::to_config(
-        &config.dataplane,
-        &saved,
+        config, &saved,
     ))?);
     Ok(out)
 }

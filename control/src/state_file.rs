@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 
 use toml::Spanned;
-use vringswitch_config::{BridgeConfig, Config, DataplaneConfig, PortConfig, PortType};
+use vringswitch_config::{BridgeConfig, Config, PortConfig, PortType};
 
 use crate::daemon::{BridgeSpec, DaemonError, PortKind, PortSpec, SavedState, STATE_VERSION};
 
@@ -42,12 +42,13 @@ pub fn from_config(config: &Config) -> SavedState {
     }
 }
 
-/// The configuration that runs with `saved` restored: `dataplane` (which the state file
-/// does not hold) with the state's bridges and ports.
-pub fn to_config(dataplane: &DataplaneConfig, saved: &SavedState) -> Config {
+/// The configuration that runs with `saved` restored: the configuration's socket directory
+/// and `dataplane` (which the state file does not hold) with the state's bridges and ports.
+pub fn to_config(config: &Config, saved: &SavedState) -> Config {
     let at = |v| Spanned::new(0..0, v);
     Config {
-        dataplane: dataplane.clone(),
+        socket_dir: config.socket_dir.clone(),
+        dataplane: config.dataplane.clone(),
         bridges: saved
             .bridges
             .iter()
@@ -346,7 +347,7 @@ mod tests {
         p.vlan = Some(VlanConfig::Trunk { tags: vec![5, 6] });
         p.allowed_macs = Some(vec!["02:00:00:00:00:01".into()]);
         let state = topology(&[("br0", 60)], vec![p]);
-        let config = to_config(&DataplaneConfig::default(), &state);
+        let config = to_config(&Config::builtin(Path::new("/run/x")), &state);
         let text = vringswitch_config::to_toml(&config).unwrap();
         let back: Config = toml::from_str(&text).unwrap();
         assert_eq!(from_config(&back), state);

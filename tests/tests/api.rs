@@ -777,8 +777,8 @@ fn a_token_guards_v1_and_the_unix_socket_serves_vringctl() {
     let missing = dir.path().join("none.sock");
     let (code, _, err) = vringctl(&["--api", missing.to_str().unwrap(), "bridge", "list"]);
     assert_eq!(code, 3, "{err}");
-    let (code, _, _) = vringctl(&["--api", sock, "port", "add", "y", "--bridge", "br9"]);
-    assert_eq!(code, 2, "missing --socket is a usage error");
+    let (code, _, _) = vringctl(&["--api", sock, "port", "add", "y"]);
+    assert_eq!(code, 2, "missing --bridge is a usage error");
     let (code, _, _) = vringctl(&[
         "--api", sock, "port", "set", "vm9", "--access", "1", "--trunk", "2",
     ]);
@@ -858,4 +858,79 @@ fn with_an_api_socket_and_no_token_tcp_is_read_only() {
     assert_eq!(code, 201, "{text}");
     let (_, bridges) = call(&d, "GET", "/v1/bridges", None);
     assert_eq!(bridges.as_array().unwrap().len(), 2, "{bridges}");
+}
+
+/// A port's socket may be left out, as OVS chooses it for `ovs-vsctl add-port`: over the
+/// API and vringctl it is SOCKET_DIR/NAME.sock (SOCKET_DIR/client/NAME.sock for a
+/// client-mode port); in the configuration file too, SOCKET_DIR being its `socket_dir`
+/// unless --socket-dir says otherwise.
+#[test]
+fn a_port_without_a_socket_gets_one_in_the_socket_directory() {
+    use vringswitch_tests::daemon::{binary, Daemon, TempDir};
+    let dir = TempDir::new("default-socket");
+    let d = Daemon::start(
+        dir.path(),
+        "[dataplane]\ncores = [1]\n[[bridges]]\nname = \"br0\"\n",
+        &[],
+    );
+    let (code, p) = call(
+        &d,
+        "POST",
+        "/v1/ports",
+        Some(json!({"name": "vm9", "bridge": "br0", "type": "vhost-user", "mode": "server"})),
+    );
+    assert_eq!(code, 201, "{p}");
+    let want = dir.path().join("vm9.sock");
+    assert_eq!(p["socket"], json!(want));
+    assert!(want.exists());
+    let (code, p) = call(
+        &d,
+        "POST",
+        "/v1/ports",
+        Some(json!({"name": "vm8", "bridge": "br0", "type": "vhost-user", "mode": "client"})),
+    );
+    assert_eq!(code, 201, "{p}");
+    assert_eq!(p["socket"], json!(dir.path().join("client/vm8.sock")));
+    let (code, out, err) = vringctl(&["--api", &d.api, "port", "add", "vm7", "--bridge", "br0"]);
+    assert_eq!(code, 0, "{err}");
+    let want = dir.path().join("vm7.sock");
+    assert_eq!(
+        out.trim(),
+        format!("port vm7 added, socket {}", want.display())
+    );
+    assert!(want.exists());
+
+    // The configuration file: socket_dir, and a port without a socket.
+    let config = dir.path().join("c.toml");
+    std::fs::write(
+        &config,
+        "socket_dir = \"/run/vs-test\"\n[[bridges]]\nname = \"br0\"\n[[ports]]\nname = \"vm1\"\n\
+         bridge = \"br0\"\ntype = \"vhost-user\"\nmode = \"server\"\n",
+    )
+    .unwrap();
+    let print = |extra: &[&str]| {
+        let out = std::process::Command::new(binary())
+            .arg("--config")
+            .arg(&config)
+            .args(extra)
+            .arg("--print-config")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert!(print(&[]).contains("socket = \"/run/vs-test/vm1.sock\""));
+    let other = dir.path().join("other");
+    let text = print(&["--socket-dir", other.to_str().unwrap()]);
+    assert!(
+        text.contains(&format!(
+            "socket = \"{}\"",
+            other.join("vm1.sock").display()
+        )),
+        "{text}"
+    );
 }

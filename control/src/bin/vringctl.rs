@@ -102,9 +102,10 @@ enum PortCmd {
         name: String,
         #[arg(long)]
         bridge: String,
-        /// The vhost-user socket (inside the daemon's socket directory).
+        /// The vhost-user socket, inside the daemon's socket directory [default:
+        /// SOCKET_DIR/NAME.sock, or SOCKET_DIR/client/NAME.sock with --mode client].
         #[arg(long, value_name = "PATH")]
-        socket: std::path::PathBuf,
+        socket: Option<std::path::PathBuf>,
         /// server: vringswitch listens; client: the VMM listens.
         #[arg(long, default_value = "server", value_parser = ["server", "client"])]
         mode: String,
@@ -330,7 +331,10 @@ async fn port(api: &ApiClient, cmd: PortCmd, json: bool) -> Result<String, Clien
             allow_mac,
         } => {
             let mut body = json!({"name": name, "bridge": bridge, "type": "vhost-user",
-                                  "socket": socket, "mode": mode});
+                                  "mode": mode});
+            if let Some(s) = socket {
+                body["socket"] = json!(s);
+            }
             if let Some(q) = queues {
                 body["queues"] = json!(q);
             }
@@ -341,7 +345,8 @@ async fn port(api: &ApiClient, cmd: PortCmd, json: bool) -> Result<String, Clien
                 body["allowed_macs"] = json!(macs);
             }
             let v = send(api, Method::POST, "/v1/ports", Some(body)).await?;
-            changed(&v, json, format!("port {name} added"))
+            let socket = v["socket"].as_str().unwrap_or("?").to_owned();
+            changed(&v, json, format!("port {name} added, socket {socket}"))
         }
         PortCmd::Set {
             name,

@@ -29,6 +29,10 @@ use crate::log_limit::LogLimiter;
 use crate::port::PortHandle;
 use crate::socket_file::{self, BoundSocket};
 
+/// How long a frontend knocking at a port in service waits to learn whether the port is
+/// free after all (its own old connection ending).
+const KNOCK_GRACE: Duration = Duration::from_millis(500);
+
 /// Interval between connection attempts in client mode.
 pub const CLIENT_RETRY_INTERVAL: Duration = Duration::from_millis(50);
 
@@ -77,6 +81,8 @@ struct Waiter {
     pause: Epoll,
     /// Written by the relay when a connection ends.
     ended: Arc<EventFd>,
+    /// `ended` alone.
+    ended_only: Epoll,
 }
 
 const WAKE: u64 = 0;
@@ -123,11 +129,29 @@ impl Waiter {
             ended.as_raw_fd(),
             EpollEvent::new(EventSet::IN, ENDED),
         )?;
+        let ended_only = Epoll::new()?;
+        ended_only.ctl(
+            ControlOperation::Add,
+            ended.as_raw_fd(),
+            EpollEvent::new(EventSet::IN, ENDED),
+        )?;
         Ok(Waiter {
             epoll,
             pause,
             ended,
+            ended_only,
         })
+    }
+
+    /// Whether the connection ends within `grace`.
+    fn ends_within(&self, grace: Duration) -> bool {
+        let ms = i32::try_from(grace.as_millis()).unwrap_or(i32::MAX);
+        let mut events = [EpollEvent::default(); 1];
+        let ended = matches!(self.ended_only.wait(ms, &mut events), Ok(1));
+        if ended {
+            let _ = self.ended.read();
+        }
+        ended
     }
 
     /// Waits while a connection is served.
@@ -539,12 +563,15 @@ fn serve_connection(
     port.set_connected(true);
     tracing::info!(port = %name, socket = %config.socket.display(), "vhost-user frontend connected");
 
-    // Until the connection ends, a second frontend is told at once that the port is taken
-    // (it is hung up on), instead of waiting in the backlog for an answer that never comes.
+    // Until the connection ends, a second frontend is told that the port is taken (it is
+    // hung up on), instead of waiting in the backlog for an answer that never comes. Unless
+    // the connection ends within a moment: a frontend that reconnects (QEMU, DPDK) may come
+    // back before the end of its old connection is noticed, and is served.
     let mut knocks = LogLimiter::new(Duration::from_secs(10));
     loop {
         match waiter.wait_serving() {
             Serving::Ended => break,
+            Serving::Knock if waiter.ends_within(KNOCK_GRACE) => break,
             // `stop` hangs up on the frontend: the end follows.
             Serving::Stop => {
                 let _ = frontend.shutdown(std::net::Shutdown::Both);
