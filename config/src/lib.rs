@@ -842,4 +842,14 @@ queues = 2
         let e = Config::parse("socket_dir = \"run/vs\"\n", Path::new("t.toml")).unwrap_err();
         assert!(e.to_string().contains("must be absolute"), "{e}");
     }
+
+    #[test]
+    fn the_shipped_example_parses() {
+        let text = include_str!("../../deploy/vringswitch.example.toml");
+        let mut c = Config::parse(text, Path::new("vringswitch.example.toml")).unwrap();
+        c.fill_default_sockets(Path::new("/run/vringswitch"))
+            .unwrap();
+        let vm3 = c.ports.iter().find(|p| p.name.get_ref() == "vm3").unwrap();
+        assert_eq!(vm3.socket.get_ref(), Path::new("/run/vringswitch/vm3.sock"));
+    }
 }
