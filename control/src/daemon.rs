@@ -35,7 +35,7 @@ use crate::state_file;
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
     #[error("cannot start the forwarding engine: {0}")]
-    Switch(#[from] SwitchError),
+    Switch(SwitchError),
     #[error(transparent)]
     Change(#[from] ChangeError),
     #[error("state file {path}: {message}; fix or remove it to start from the configuration file")]
@@ -59,6 +59,13 @@ pub enum DaemonError {
     },
 }
 
+/// The cause is part of the message, not a separate source: said once.
+impl From<SwitchError> for DaemonError {
+    fn from(e: SwitchError) -> DaemonError {
+        DaemonError::Switch(e)
+    }
+}
+
 /// Why a topology change was refused. Nothing was changed.
 #[derive(Debug, thiserror::Error)]
 pub enum ChangeError {
@@ -72,12 +79,8 @@ pub enum ChangeError {
     #[error("{0}")]
     NotFound(String),
     /// The port could not be started (e.g. its socket cannot be bound).
-    #[error("port {port}: {source}")]
-    Port {
-        port: String,
-        #[source]
-        source: VhostUserError,
-    },
+    #[error("port {port}: {error}")]
+    Port { port: String, error: VhostUserError },
     /// The change was made but could not be written to the state file.
     #[error("the change is in effect but was not saved: {0}")]
     NotSaved(String),
@@ -646,9 +649,9 @@ impl Daemon {
                 queue_pairs: spec.queues,
             },
         )
-        .map_err(|source| ChangeError::Port {
+        .map_err(|error| ChangeError::Port {
             port: spec.name.clone(),
-            source,
+            error,
         })?;
         if !st.free_ids.remove(&id) {
             st.next_id += 1;

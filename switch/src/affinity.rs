@@ -5,12 +5,8 @@
 pub enum AffinityError {
     #[error("core {core} does not exist (this machine has cores 0 to {max})")]
     NoSuchCore { core: usize, max: usize },
-    #[error("cannot pin to core {core}: {source}")]
-    SetAffinity {
-        core: usize,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("cannot pin to core {core}: {error}")]
+    SetAffinity { core: usize, error: std::io::Error },
 }
 
 /// Number of CPUs online (cores beyond it can never be pinned to). Not the calling
@@ -45,7 +41,7 @@ pub fn pin_current_thread(core: usize) -> Result<(), AffinityError> {
     if rc != 0 {
         return Err(AffinityError::SetAffinity {
             core,
-            source: std::io::Error::last_os_error(),
+            error: std::io::Error::last_os_error(),
         });
     }
     Ok(())
@@ -64,7 +60,7 @@ pub fn keep_off_cores(cores: &[usize]) -> Result<Vec<usize>, AffinityError> {
     if unsafe { libc::sched_getaffinity(0, size, &mut set) } != 0 {
         return Err(AffinityError::SetAffinity {
             core: cores.first().copied().unwrap_or(0),
-            source: std::io::Error::last_os_error(),
+            error: std::io::Error::last_os_error(),
         });
     }
     let limit = libc::CPU_SETSIZE as usize;
@@ -83,7 +79,7 @@ pub fn keep_off_cores(cores: &[usize]) -> Result<Vec<usize>, AffinityError> {
     if unsafe { libc::sched_setaffinity(0, size, &set) } != 0 {
         return Err(AffinityError::SetAffinity {
             core: kept[0],
-            source: std::io::Error::last_os_error(),
+            error: std::io::Error::last_os_error(),
         });
     }
     Ok(kept)

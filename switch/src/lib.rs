@@ -30,13 +30,9 @@ pub use topology::{BridgeRt, PortRt, Topology};
 #[derive(Debug, thiserror::Error)]
 pub enum SwitchError {
     #[error("cannot create a worker eventfd: {0}")]
-    EventFd(#[source] std::io::Error),
-    #[error("cannot start worker {index}: {source}")]
-    Spawn {
-        index: usize,
-        #[source]
-        source: std::io::Error,
-    },
+    EventFd(std::io::Error),
+    #[error("cannot start worker {index}: {error}")]
+    Spawn { index: usize, error: std::io::Error },
     #[error(transparent)]
     Affinity(#[from] affinity::AffinityError),
 }
@@ -190,7 +186,7 @@ impl Switch {
         let mut handles = Vec::new();
         for index in 0..self.workers.len() {
             let worker = worker::Worker::new(index, self.clone())
-                .map_err(|source| SwitchError::Spawn { index, source })?;
+                .map_err(|error| SwitchError::Spawn { index, error })?;
             let core = self.workers[index].core;
             let h = std::thread::Builder::new()
                 .name(format!("worker-{core}"))
@@ -200,7 +196,7 @@ impl Switch {
                     }
                     worker.run();
                 })
-                .map_err(|source| SwitchError::Spawn { index, source })?;
+                .map_err(|error| SwitchError::Spawn { index, error })?;
             handles.push(h);
         }
         Ok(handles)

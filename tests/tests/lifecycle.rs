@@ -328,3 +328,25 @@ fn sighup_is_logged_and_ignored_and_sigquit_stops_cleanly() {
         assert!(!s.exists(), "{} left behind", s.display());
     }
 }
+
+/// Each cause is said once: a core that does not exist, a config file that does not.
+#[test]
+fn start_errors_say_each_cause_once() {
+    let dir = TempDir::new("once");
+    let config = dir.path().join("c.toml");
+    std::fs::write(&config, "[dataplane]\ncores = [77]\n").unwrap();
+    let socket_dir = dir.path().join("run");
+    let (ok, err) = run_daemon(&[
+        std::ffi::OsStr::new("--config"),
+        config.as_os_str(),
+        std::ffi::OsStr::new("--socket-dir"),
+        socket_dir.as_os_str(),
+    ]);
+    assert!(!ok);
+    assert_eq!(err.matches("core 77 does not exist").count(), 1, "{err}");
+    let missing = dir.path().join("missing.toml");
+    let (ok, err) = run_daemon(&[std::ffi::OsStr::new("--config"), missing.as_os_str()]);
+    assert!(!ok);
+    assert_eq!(err.matches("cannot read config file").count(), 1, "{err}");
+    assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
+}

@@ -295,14 +295,14 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 fn bind(path: &Path) -> Result<(UnixListener, BoundSocket), VhostUserError> {
     if let Some(dir) = path.parent() {
         if !dir.exists() {
-            std::fs::create_dir_all(dir).map_err(|source| VhostUserError::SocketDir {
+            std::fs::create_dir_all(dir).map_err(|error| VhostUserError::SocketDir {
                 path: dir.to_path_buf(),
-                source,
+                error,
             })?;
             std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o750)).map_err(
-                |source| VhostUserError::Permissions {
+                |error| VhostUserError::Permissions {
                     path: dir.to_path_buf(),
-                    source,
+                    error,
                 },
             )?;
         }
@@ -312,7 +312,7 @@ fn bind(path: &Path) -> Result<(UnixListener, BoundSocket), VhostUserError> {
         socket_file::remove_if_ours(path, bound);
         return Err(VhostUserError::Listen {
             path: path.to_path_buf(),
-            source,
+            error: source,
         });
     }
     Ok((listener, bound))

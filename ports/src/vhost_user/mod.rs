@@ -28,28 +28,25 @@ pub use connection::{VhostUserPort, VhostUserPortConfig};
 /// Errors of a vhost-user port.
 #[derive(Debug, thiserror::Error)]
 pub enum VhostUserError {
-    #[error("cannot create the socket directory {path}: {source}")]
+    #[error("cannot create the socket directory {path}: {error}")]
     SocketDir {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error(transparent)]
     SocketFile(#[from] crate::socket_file::SocketFileError),
-    #[error("cannot listen on vhost-user socket {path}: {source}")]
+    #[error("cannot listen on vhost-user socket {path}: {error}")]
     Listen {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
-    #[error("cannot set permissions of {path}: {source}")]
+    #[error("cannot set permissions of {path}: {error}")]
     Permissions {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("cannot spawn the connection thread: {0}")]
-    Spawn(#[source] std::io::Error),
+    Spawn(std::io::Error),
     #[error("cannot create an eventfd: {0}")]
-    EventFd(#[source] std::io::Error),
+    EventFd(std::io::Error),
 }
