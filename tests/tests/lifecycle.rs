@@ -287,6 +287,7 @@ fn a_second_daemon_refuses_and_leaves_the_first_ones_sockets() {
     }
     let mut b = TestVm::connect(&sockets[1], mac(2), VmOptions::default());
     b.post_rx(TestVm::rx(0), 8, 2048);
+    daemon.wait_port_connected("b", true);
     ping_pong(&sockets[0], &mut b, 1);
 }
 
@@ -319,6 +320,7 @@ fn sighup_is_logged_and_ignored_and_sigquit_stops_cleanly() {
     // Still serving.
     let mut b = TestVm::connect(&sockets[1], mac(2), VmOptions::default());
     b.post_rx(TestVm::rx(0), 8, 2048);
+    daemon.wait_port_connected("b", true);
     ping_pong(&sockets[0], &mut b, 1);
     drop(b);
     kill("-QUIT", daemon.pid());
