@@ -17,6 +17,7 @@ use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use vringswitch_metrics::{Metrics, PortSnapshot, Snapshot};
+use vringswitch_ports::log_limit::LogLimiter;
 use vringswitch_ports::PortHandle;
 
 use crate::daemon::{
@@ -141,10 +142,19 @@ pub fn router(daemon: Arc<Daemon>, access: ApiAccess) -> Router {
             metrics: Arc::new(Metrics::new()),
         })
         .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::from_fn(refuse_unknown_query))
         .layer(axum::middleware::from_fn(json_errors));
     match access {
         ApiAccess::Open => app,
-        ApiAccess::Token(t) => app.layer(axum::middleware::from_fn_with_state(t, require_token)),
+        ApiAccess::Token(t) => {
+            let failures = Arc::new(std::sync::Mutex::new(LogLimiter::new(
+                std::time::Duration::from_secs(10),
+            )));
+            app.layer(axum::middleware::from_fn_with_state(
+                (t, failures),
+                require_token,
+            ))
+        }
         ApiAccess::ReadOnly { api_socket } => app.layer(axum::middleware::from_fn_with_state(
             Arc::new(api_socket),
             refuse_changes,
@@ -180,21 +190,35 @@ async fn refuse_changes(
 
 /// Refuses a `/v1` request without the bearer token.
 async fn require_token(
-    State(token): State<Arc<str>>,
+    State((token, failures)): State<(Arc<str>, Arc<std::sync::Mutex<LogLimiter>>)>,
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
     if !is_v1(req.uri().path()) {
         return next.run(req).await;
     }
+    // The scheme is case-insensitive (RFC 9110, 11.1).
     let given = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t);
     match given {
         Some(g) if same_secret(g.trim().as_bytes(), token.as_bytes()) => next.run(req).await,
         _ => {
+            let why = if given.is_some() {
+                "a wrong token"
+            } else {
+                "no bearer token"
+            };
+            let mut limiter = failures.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(suppressed) = limiter.check() {
+                tracing::warn!(method = %req.method(), path = req.uri().path(), suppressed,
+                    "API request refused: {why}");
+            }
+            drop(limiter);
             let mut resp = ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
@@ -249,6 +273,30 @@ struct ErrorBody<'a> {
     error: &'a str,
     /// What went wrong and what to fix.
     detail: &'a str,
+}
+
+/// Refuses a query string on a `/v1` route that takes none: docs/api.md promises it, and
+/// a misspelt filter (`GET /v1/ports?bridge=br0`) must not quietly return everything. The
+/// one route with a query (`DELETE .../fdb?port=`) checks its own.
+async fn refuse_unknown_query(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let path = req.uri().path();
+    let takes_query = *req.method() == Method::DELETE && path.ends_with("/fdb");
+    if let Some(q) = req.uri().query().filter(|q| !q.is_empty()) {
+        if is_v1(path) && !takes_query {
+            let name = q.split('&').next().unwrap_or(q);
+            let name = name.split('=').next().unwrap_or(name);
+            return ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("unknown query parameter {name:?}: {path} takes none"),
+            )
+            .into_response();
+        }
+    }
+    next.run(req).await
 }
 
 /// Most characters of an error's detail.

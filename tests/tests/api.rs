@@ -6,7 +6,7 @@ use vhost::VhostBackend;
 use vringswitch_tests::api::{assert_error, call, call_raw, names};
 use vringswitch_tests::frontend::TestVm;
 use vringswitch_tests::setup::{Setup, T};
-use vringswitch_tests::{frame, mac, BROADCAST};
+use vringswitch_tests::{frame, mac, wait_until, BROADCAST};
 
 #[test]
 fn bridges_are_created_listed_and_deleted_and_bad_requests_change_nothing() {
@@ -695,8 +695,22 @@ fn a_token_guards_v1_and_the_unix_socket_serves_vringctl() {
         Err(e) => panic!("{e}"),
     };
     assert_eq!(get("Bearer s3cret-token"), 200);
+    // The scheme in any case (RFC 9110).
+    assert_eq!(get("bearer s3cret-token"), 200);
+    assert_eq!(get("BEARER s3cret-token"), 200);
     assert_eq!(get("Bearer s3cret-tokeN"), 401);
     assert_eq!(get("Basic s3cret-token"), 401);
+    // Refusals are logged, at a bounded rate.
+    wait_until(T, "the refused token in the log", || {
+        d.log_text()
+            .contains("API request refused: no bearer token")
+            .then_some(())
+    });
+    for _ in 0..20 {
+        assert_eq!(get("Bearer nope"), 401);
+    }
+    let lines = d.log_text().matches("API request refused").count();
+    assert!(lines <= 2, "{lines} log lines for 22 refusals");
     assert!(d.metrics().contains("vringswitch_port_connected"));
 
     // The unix socket: mode 0660, no token needed (its permissions are the guard).
@@ -933,4 +947,36 @@ fn a_port_without_a_socket_gets_one_in_the_socket_directory() {
         )),
         "{text}"
     );
+}
+
+/// A query string on a route that takes none is refused (a misspelt filter returned
+/// everything); the FDB flush's `port` still works.
+#[test]
+fn unknown_query_parameters_are_refused() {
+    let s = Setup::new("query", &[("br0", &["a"])], 1);
+    let d = &s.daemon;
+    for path in [
+        "/v1/ports?bridge=nope",
+        "/v1/bridges?x",
+        "/v1/stats?interval=1",
+    ] {
+        let (code, v) = call(d, "GET", path, None);
+        assert_eq!(code, 400, "{path}: {v}");
+        assert!(
+            v["detail"]
+                .as_str()
+                .unwrap()
+                .contains("unknown query parameter"),
+            "{v}"
+        );
+    }
+    let (code, v) = call(d, "GET", "/v1/ports?bridge=nope", None);
+    assert!(
+        v["detail"].as_str().unwrap().contains("\"bridge\""),
+        "{code} {v}"
+    );
+    let (code, _) = call(d, "DELETE", "/v1/bridges/br0/fdb?port=a", None);
+    assert_eq!(code, 204);
+    let (code, _) = call(d, "DELETE", "/v1/bridges/br0/fdb?prot=a", None);
+    assert_eq!(code, 400);
 }
