@@ -729,7 +729,7 @@ impl Daemon {
             let (mac, vlan) = split_key(k);
             return Err(ChangeError::Conflict(format!(
                 "static entry {mac} on VLAN {vlan} of port {name:?} would lie outside the \
-                 port's VLANs: delete it first (DELETE /v1/bridges/{}/fdb?port={name})",
+                 port's VLANs: delete it first (vringctl fdb del {} {mac} --vlan {vlan})",
                 old.bridge
             )));
         }
@@ -871,6 +871,60 @@ impl Daemon {
     }
 
     /// Flushes a bridge's FDB, static entries included, or only the entries of `port`.
+    /// Removes one entry, learnt or static, of `bridge`'s FDB: `mac` on `vlan`, or on the
+    /// only VLAN it is known on. Returns the VLAN it was on.
+    pub fn remove_fdb_entry(
+        &self,
+        bridge: &str,
+        mac: &str,
+        vlan: Option<u16>,
+    ) -> Result<u16, ChangeError> {
+        let mac = MacAddr(vringswitch_config::parse_mac(mac).map_err(ChangeError::Invalid)?);
+        let mut st = self.state();
+        let b = st.bridge_mut(bridge)?;
+        let vlan = match vlan {
+            Some(v) => v,
+            None => {
+                let mut vlans: Vec<u16> = b
+                    .fdb
+                    .entries()
+                    .into_iter()
+                    .map(|(k, _)| split_key(k))
+                    .filter(|(m, _)| *m == mac)
+                    .map(|(_, v)| v)
+                    .collect();
+                vlans.sort_unstable();
+                match vlans.as_slice() {
+                    [] => {
+                        return Err(ChangeError::NotFound(format!(
+                            "bridge {bridge:?} has no entry for {mac}"
+                        )))
+                    }
+                    [one] => *one,
+                    many => {
+                        let list: Vec<String> = many.iter().map(u16::to_string).collect();
+                        return Err(ChangeError::Invalid(format!(
+                            "{mac} is known on VLANs {} of bridge {bridge:?}: say which (vlan)",
+                            list.join(", ")
+                        )));
+                    }
+                }
+            }
+        };
+        let key = fdb_key(mac, vlan);
+        if !b.fdb.remove(key) {
+            return Err(ChangeError::NotFound(format!(
+                "bridge {bridge:?} has no entry for {mac} on VLAN {vlan}"
+            )));
+        }
+        let was_static = b.statics.remove(&key).is_some();
+        tracing::info!(bridge, %mac, vlan, was_static, "FDB entry removed");
+        if was_static {
+            self.save(&st)?;
+        }
+        Ok(vlan)
+    }
+
     pub fn flush_fdb(&self, bridge: &str, port: Option<&str>) -> Result<(), ChangeError> {
         let mut st = self.state();
         let id = match port {

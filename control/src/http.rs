@@ -50,6 +50,7 @@ struct AppState {
         get_fdb,
         add_static_mac,
         flush_fdb,
+        remove_fdb_entry,
         list_ports,
         add_port,
         get_port,
@@ -133,6 +134,10 @@ pub fn router(daemon: Arc<Daemon>, access: ApiAccess) -> Router {
             get(get_fdb).post(add_static_mac).delete(flush_fdb),
         )
         .route(
+            "/v1/bridges/{name}/fdb/{mac}",
+            axum::routing::delete(remove_fdb_entry),
+        )
+        .route(
             "/v1/ports/{name}",
             get(get_port).patch(update_port).delete(remove_port),
         )
@@ -142,7 +147,6 @@ pub fn router(daemon: Arc<Daemon>, access: ApiAccess) -> Router {
             metrics: Arc::new(Metrics::new()),
         })
         .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
-        .layer(axum::middleware::from_fn(refuse_unknown_query))
         .layer(axum::middleware::from_fn(json_errors));
     match access {
         ApiAccess::Open => app,
@@ -275,28 +279,34 @@ struct ErrorBody<'a> {
     detail: &'a str,
 }
 
-/// Refuses a query string on a `/v1` route that takes none: docs/api.md promises it, and
-/// a misspelt filter (`GET /v1/ports?bridge=br0`) must not quietly return everything. The
-/// one route with a query (`DELETE .../fdb?port=`) checks its own.
-async fn refuse_unknown_query(
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    let path = req.uri().path();
-    let takes_query = *req.method() == Method::DELETE && path.ends_with("/fdb");
-    if let Some(q) = req.uri().query().filter(|q| !q.is_empty()) {
-        if is_v1(path) && !takes_query {
-            let name = q.split('&').next().unwrap_or(q);
-            let name = name.split('=').next().unwrap_or(name);
-            return ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                format!("unknown query parameter {name:?}: {path} takes none"),
-            )
-            .into_response();
+/// An extractor that refuses a query string, for the `/v1` routes that take none:
+/// docs/api.md promises it, and a misspelt filter (`GET /v1/ports?bridge=br0`) must not
+/// quietly return everything. Checked after routing, so that a method a path does not
+/// take stays a 405.
+struct NoQuery;
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for NoQuery {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<NoQuery, ApiError> {
+        match parts.uri.query().filter(|q| !q.is_empty()) {
+            None => Ok(NoQuery),
+            Some(q) => {
+                let name = q.split(['&', '=']).next().unwrap_or(q);
+                Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    format!(
+                        "unknown query parameter {name:?}: {} takes none",
+                        parts.uri.path()
+                    ),
+                ))
+            }
         }
     }
-    next.run(req).await
 }
 
 /// Most characters of an error's detail.
@@ -438,7 +448,7 @@ async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
 }
 
 #[utoipa::path(get, path = "/v1/stats", responses((status = 200, description = "Per-worker and per-port counters", body = Object), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody, description = "A foreign Host or Origin, or a change over TCP on a daemon that takes changes on its unix socket only")))]
-async fn stats(State(s): State<AppState>) -> Json<Snapshot> {
+async fn stats(_: NoQuery, State(s): State<AppState>) -> Json<Snapshot> {
     Json(Snapshot::take(&s.daemon.switch))
 }
 
@@ -461,7 +471,7 @@ impl BridgeView {
 }
 
 #[utoipa::path(get, path = "/v1/bridges", responses((status = 200, body = [BridgeView]), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody, description = "A foreign Host or Origin, or a change over TCP on a daemon that takes changes on its unix socket only")))]
-async fn list_bridges(State(s): State<AppState>) -> Json<Vec<BridgeView>> {
+async fn list_bridges(_: NoQuery, State(s): State<AppState>) -> Json<Vec<BridgeView>> {
     let views = s
         .daemon
         .bridges()
@@ -473,6 +483,7 @@ async fn list_bridges(State(s): State<AppState>) -> Json<Vec<BridgeView>> {
 
 #[utoipa::path(get, path = "/v1/bridges/{name}", params(("name" = String, Path)), responses((status = 200, body = BridgeView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 403, body = ErrorBody, description = "A foreign Host or Origin, or a change over TCP on a daemon that takes changes on its unix socket only")))]
 async fn get_bridge(
+    _: NoQuery,
     State(s): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Json<BridgeView>, ApiError> {
@@ -482,6 +493,7 @@ async fn get_bridge(
 
 #[utoipa::path(post, path = "/v1/bridges", request_body = BridgeSpec, responses((status = 201, body = BridgeView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 409, body = ErrorBody), (status = 500, body = ErrorBody, description = "Applied but not saved to the state file"), (status = 403, body = ErrorBody, description = "A foreign Host or Origin, or a change over TCP on a daemon that takes changes on its unix socket only"), (status = 415, body = ErrorBody, description = "The body was not sent as application/json")))]
 async fn add_bridge(
+    _: NoQuery,
     State(s): State<AppState>,
     headers: axum::http::HeaderMap,
     body: Bytes,
@@ -496,6 +508,7 @@ async fn add_bridge(
 
 #[utoipa::path(delete, path = "/v1/bridges/{name}", params(("name" = String, Path)), responses((status = 204, description = "Deleted"), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody, description = "Ports are still on it"), (status = 500, body = ErrorBody), (status = 403, body = ErrorBody, description = "A foreign Host or Origin, or a change over TCP on a daemon that takes changes on its unix socket only")))]
 async fn remove_bridge(
+    _: NoQuery,
     State(s): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
@@ -571,7 +584,7 @@ fn port_view(spec: PortSpec, handle: &PortHandle, snapshot: &Snapshot) -> PortVi
 }
 
 #[utoipa::path(get, path = "/v1/ports", responses((status = 200, body = [PortView]), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody, description = "A foreign Host or Origin, or a change over TCP on a daemon that takes changes on its unix socket only")))]
-async fn list_ports(State(s): State<AppState>) -> Json<Vec<PortView>> {
+async fn list_ports(_: NoQuery, State(s): State<AppState>) -> Json<Vec<PortView>> {
     let snapshot = Snapshot::take(&s.daemon.switch);
     let views = s
         .daemon
@@ -584,6 +597,7 @@ async fn list_ports(State(s): State<AppState>) -> Json<Vec<PortView>> {
 
 #[utoipa::path(get, path = "/v1/ports/{name}", params(("name" = String, Path)), responses((status = 200, body = PortView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 403, body = ErrorBody, description = "A foreign Host or Origin, or a change over TCP on a daemon that takes changes on its unix socket only")))]
 async fn get_port(
+    _: NoQuery,
     State(s): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Json<PortView>, ApiError> {
@@ -594,6 +608,7 @@ async fn get_port(
 
 #[utoipa::path(post, path = "/v1/ports", request_body = PortSpec, responses((status = 201, body = PortView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody, description = "No such bridge"), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody, description = "The port could not be started"), (status = 500, body = ErrorBody), (status = 403, body = ErrorBody, description = "A foreign Host or Origin, or a change over TCP on a daemon that takes changes on its unix socket only"), (status = 415, body = ErrorBody, description = "The body was not sent as application/json")))]
 async fn add_port(
+    _: NoQuery,
     State(s): State<AppState>,
     headers: axum::http::HeaderMap,
     body: Bytes,
@@ -612,6 +627,7 @@ async fn add_port(
 
 #[utoipa::path(delete, path = "/v1/ports/{name}", params(("name" = String, Path)), responses((status = 204, description = "Deleted"), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 500, body = ErrorBody), (status = 403, body = ErrorBody, description = "A foreign Host or Origin, or a change over TCP on a daemon that takes changes on its unix socket only")))]
 async fn remove_port(
+    _: NoQuery,
     State(s): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
@@ -622,6 +638,7 @@ async fn remove_port(
 
 #[utoipa::path(patch, path = "/v1/ports/{name}", params(("name" = String, Path)), request_body = PortPatch, responses((status = 200, body = PortView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 500, body = ErrorBody), (status = 403, body = ErrorBody, description = "A foreign Host or Origin, or a change over TCP on a daemon that takes changes on its unix socket only"), (status = 415, body = ErrorBody, description = "The body was not sent as application/json")))]
 async fn update_port(
+    _: NoQuery,
     State(s): State<AppState>,
     Path(name): Path<String>,
     headers: axum::http::HeaderMap,
@@ -638,6 +655,7 @@ async fn update_port(
 
 #[utoipa::path(get, path = "/v1/bridges/{name}/fdb", params(("name" = String, Path)), responses((status = 200, body = [FdbEntryView]), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 403, body = ErrorBody, description = "A foreign Host or Origin, or a change over TCP on a daemon that takes changes on its unix socket only")))]
 async fn get_fdb(
+    _: NoQuery,
     State(s): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Json<Vec<FdbEntryView>>, ApiError> {
@@ -646,6 +664,7 @@ async fn get_fdb(
 
 #[utoipa::path(post, path = "/v1/bridges/{name}/fdb", params(("name" = String, Path)), request_body = StaticMacRequest, responses((status = 201, body = StaticMac), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 500, body = ErrorBody), (status = 403, body = ErrorBody, description = "A foreign Host or Origin, or a change over TCP on a daemon that takes changes on its unix socket only"), (status = 415, body = ErrorBody, description = "The body was not sent as application/json")))]
 async fn add_static_mac(
+    _: NoQuery,
     State(s): State<AppState>,
     Path(name): Path<String>,
     headers: axum::http::HeaderMap,
@@ -674,6 +693,26 @@ async fn flush_fdb(
         query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))?;
     let daemon = s.daemon.clone();
     blocking(move || daemon.flush_fdb(&name, q.port.as_deref())).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `?vlan=N` of `DELETE /v1/bridges/{name}/fdb/{mac}`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EntryQuery {
+    vlan: Option<u16>,
+}
+
+#[utoipa::path(delete, path = "/v1/bridges/{name}/fdb/{mac}", params(("name" = String, Path), ("mac" = String, Path, description = "The entry's MAC address"), ("vlan" = Option<u16>, Query, description = "The entry's VLAN; needed only when the MAC is known on several")), responses((status = 204, description = "Removed"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 500, body = ErrorBody), (status = 403, body = ErrorBody, description = "A foreign Host or Origin, or a change over TCP on a daemon that takes changes on its unix socket only")))]
+async fn remove_fdb_entry(
+    State(s): State<AppState>,
+    Path((name, mac)): Path<(String, String)>,
+    query: Result<Query<EntryQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<StatusCode, ApiError> {
+    let Query(q) =
+        query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))?;
+    let daemon = s.daemon.clone();
+    blocking(move || daemon.remove_fdb_entry(&name, &mac, q.vlan)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -716,6 +755,7 @@ mod tests {
             "/v1/bridges",
             "/v1/bridges/{name}",
             "/v1/bridges/{name}/fdb",
+            "/v1/bridges/{name}/fdb/{mac}",
             "/v1/ports",
             "/v1/ports/{name}",
         ] {

@@ -980,3 +980,91 @@ fn unknown_query_parameters_are_refused() {
     let (code, _) = call(d, "DELETE", "/v1/bridges/br0/fdb?prot=a", None);
     assert_eq!(code, 400);
 }
+
+/// One FDB entry, learnt or static, is deleted without flushing the port's others, over
+/// the API and with `vringctl fdb del`; a MAC known on several VLANs needs the VLAN.
+#[test]
+fn one_fdb_entry_is_deleted_alone() {
+    let s = Setup::new("fdb-del", &[("br0", &["a", "b", "t"])], 1);
+    let d = &s.daemon;
+    let (code, _) = call(
+        d,
+        "PATCH",
+        "/v1/ports/t",
+        Some(json!({"vlan": {"mode": "trunk", "tags": [5, 6]}})),
+    );
+    assert_eq!(code, 200);
+    let (mut a, mut b) = (s.vm("a", 1), s.vm("b", 2));
+    s.wait_connected(&["a", "b"]);
+    a.send(TestVm::tx(0), &frame(mac(2), mac(1), 60, 0));
+    b.expect_frames(TestVm::rx(0), 1, T);
+    for (m, vlan) in [
+        ("02:00:00:00:00:77", 5),
+        ("02:00:00:00:00:77", 6),
+        ("02:00:00:00:00:78", 5),
+    ] {
+        let (code, v) = call(
+            d,
+            "POST",
+            "/v1/bridges/br0/fdb",
+            Some(json!({"mac": m, "port": "t", "vlan": vlan})),
+        );
+        assert_eq!(code, 201, "{v}");
+    }
+    let entries = |d| {
+        let (_, fdb) = call(d, "GET", "/v1/bridges/br0/fdb", None);
+        let mut e: Vec<(String, u64)> = fdb
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                (
+                    e["mac"].as_str().unwrap().to_owned(),
+                    e["vlan"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        e.sort();
+        e
+    };
+    assert_eq!(entries(d).len(), 4);
+    // The learnt one, by MAC alone.
+    let (code, _) = call(d, "DELETE", "/v1/bridges/br0/fdb/02:00:00:00:00:01", None);
+    assert_eq!(code, 204);
+    // Known on two VLANs: which one must be said.
+    let (code, v) = call(d, "DELETE", "/v1/bridges/br0/fdb/02:00:00:00:00:77", None);
+    assert_eq!(code, 400, "{v}");
+    assert!(v["detail"].as_str().unwrap().contains("VLANs 5, 6"), "{v}");
+    let (code, _) = call(
+        d,
+        "DELETE",
+        "/v1/bridges/br0/fdb/02:00:00:00:00:77?vlan=6",
+        None,
+    );
+    assert_eq!(code, 204);
+    let (code, out, err) = vringctl(&[
+        "--api",
+        &d.api,
+        "fdb",
+        "del",
+        "br0",
+        "02:00:00:00:00:77",
+        "--vlan",
+        "5",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), "br0: entry 02:00:00:00:00:77 deleted");
+    assert_eq!(entries(d), [("02:00:00:00:00:78".to_owned(), 5)]);
+    // Not there, or not a MAC.
+    let (code, _) = call(d, "DELETE", "/v1/bridges/br0/fdb/02:00:00:00:00:01", None);
+    assert_eq!(code, 404);
+    let (code, _) = call(d, "DELETE", "/v1/bridges/br0/fdb/not-a-mac", None);
+    assert_eq!(code, 400);
+    let (code, _) = call(
+        d,
+        "DELETE",
+        "/v1/bridges/br0/fdb/02:00:00:00:00:78?vlna=5",
+        None,
+    );
+    assert_eq!(code, 400);
+}

@@ -153,6 +153,14 @@ enum FdbCmd {
         #[arg(long)]
         vlan: Option<u16>,
     },
+    /// Removes one entry, learnt or static.
+    Del {
+        bridge: String,
+        mac: String,
+        /// The entry's VLAN [needed only when MAC is known on several].
+        #[arg(long)]
+        vlan: Option<u16>,
+    },
     /// Removes every entry, or only those of --port.
     Flush {
         bridge: String,
@@ -417,6 +425,14 @@ async fn fdb(api: &ApiClient, cmd: FdbCmd, json: bool) -> Result<String, ClientE
             let path = format!("/v1/bridges/{}/fdb", seg(&bridge));
             let v = send(api, Method::POST, &path, Some(body)).await?;
             changed(&v, json, format!("{mac} -> {port} added to {bridge}"))
+        }
+        FdbCmd::Del { bridge, mac, vlan } => {
+            let mut path = format!("/v1/bridges/{}/fdb/{}", seg(&bridge), seg(&mac));
+            if let Some(v) = vlan {
+                path.push_str(&format!("?vlan={v}"));
+            }
+            let v = send(api, Method::DELETE, &path, None).await?;
+            changed(&v, json, format!("{bridge}: entry {mac} deleted"))
         }
         FdbCmd::Flush { bridge, port } => {
             let path = match &port {
