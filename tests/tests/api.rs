@@ -1068,3 +1068,79 @@ fn one_fdb_entry_is_deleted_alone() {
     );
     assert_eq!(code, 400);
 }
+
+/// Scripts as OVS users write them: --may-exist and --if-exists make add and delete
+/// idempotent; `port set` with nothing to change is a usage error; a PATCH that changes
+/// nothing forgets no learnt address.
+#[test]
+fn scripts_add_and_delete_idempotently() {
+    let s = Setup::new("idempotent", &[("br0", &["a", "b"])], 1);
+    let d = &s.daemon;
+    let api = d.api.as_str();
+    let ok = |args: &[&str]| {
+        let mut all = vec!["--api", api];
+        all.extend_from_slice(args);
+        let (code, out, err) = vringctl(&all);
+        assert_eq!(code, 0, "vringctl {args:?}: {err}");
+        out.trim().to_owned()
+    };
+    assert_eq!(
+        ok(&["bridge", "add", "br9", "--may-exist"]),
+        "bridge br9 added"
+    );
+    assert_eq!(
+        ok(&["bridge", "add", "br9", "--may-exist"]),
+        "bridge br9 already exists"
+    );
+    let (code, _, err) = vringctl(&["--api", api, "bridge", "add", "br9"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        ok(&["port", "add", "p9", "--bridge", "br9", "--may-exist"]).starts_with("port p9 added")
+    );
+    assert_eq!(
+        ok(&["port", "add", "p9", "--bridge", "br9", "--may-exist"]),
+        "port p9 already exists"
+    );
+    assert_eq!(ok(&["port", "del", "p9", "--if-exists"]), "port p9 deleted");
+    assert_eq!(
+        ok(&["port", "del", "p9", "--if-exists"]),
+        "no port p9: nothing to delete"
+    );
+    let (code, _, _) = vringctl(&["--api", api, "port", "del", "p9"]);
+    assert_eq!(code, 1);
+    assert_eq!(
+        ok(&["bridge", "del", "br9", "--if-exists"]),
+        "bridge br9 deleted"
+    );
+    assert_eq!(
+        ok(&["bridge", "del", "br9", "--if-exists"]),
+        "no bridge br9: nothing to delete"
+    );
+    assert_eq!(
+        ok(&["fdb", "del", "br0", "02:00:00:00:00:42", "--if-exists"]),
+        "br0: no entry 02:00:00:00:00:42: nothing to delete"
+    );
+
+    // Nothing to change.
+    let (code, _, err) = vringctl(&["--api", api, "port", "set", "a"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("nothing to change"), "{err}");
+    // A PATCH that changes nothing keeps what was learnt.
+    let (mut a, mut b) = (s.vm("a", 1), s.vm("b", 2));
+    s.wait_connected(&["a", "b"]);
+    a.send(TestVm::tx(0), &frame(mac(2), mac(1), 60, 0));
+    b.expect_frames(TestVm::rx(0), 1, T);
+    let (code, _) = call(
+        d,
+        "PATCH",
+        "/v1/ports/a",
+        Some(json!({"bridge": "br0", "vlan": null})),
+    );
+    assert_eq!(code, 200);
+    let (_, fdb) = call(d, "GET", "/v1/bridges/br0/fdb", None);
+    assert_eq!(
+        fdb.as_array().unwrap().len(),
+        1,
+        "a no-op PATCH flushed: {fdb}"
+    );
+}

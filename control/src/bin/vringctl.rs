@@ -64,9 +64,17 @@ enum BridgeCmd {
         /// Seconds after which an idle learnt address is forgotten.
         #[arg(long, value_name = "SECS")]
         fdb_aging: Option<u64>,
+        /// A bridge of that name already there is no error (it is left as it is).
+        #[arg(long)]
+        may_exist: bool,
     },
     /// Deletes a bridge (it must have no ports).
-    Del { name: String },
+    Del {
+        name: String,
+        /// No bridge of that name is no error.
+        #[arg(long)]
+        if_exists: bool,
+    },
 }
 
 /// A VLAN setting on the command line.
@@ -117,6 +125,9 @@ enum PortCmd {
         /// Locks the port to these source MACs (port security), e.g. 02:00:00:00:00:01.
         #[arg(long = "allow-mac", value_name = "MAC", value_delimiter = ',')]
         allow_mac: Option<Vec<String>>,
+        /// A port of that name already there is no error (it is left as it is).
+        #[arg(long)]
+        may_exist: bool,
     },
     /// Moves a port to another bridge, changes its VLAN setting and/or its port security.
     Set {
@@ -136,7 +147,12 @@ enum PortCmd {
         no_mac_lock: bool,
     },
     /// Deletes a port (its VM is disconnected).
-    Del { name: String },
+    Del {
+        name: String,
+        /// No port of that name is no error.
+        #[arg(long)]
+        if_exists: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -160,6 +176,9 @@ enum FdbCmd {
         /// The entry's VLAN [needed only when MAC is known on several].
         #[arg(long)]
         vlan: Option<u16>,
+        /// No such entry is no error.
+        #[arg(long)]
+        if_exists: bool,
     },
     /// Removes every entry, or only those of --port.
     Flush {
@@ -262,6 +281,31 @@ async fn send(
     })
 }
 
+/// Whether `GET path` finds something (200) rather than nothing (404).
+async fn exists(api: &ApiClient, path: &str) -> Result<bool, ClientError> {
+    match send(api, Method::GET, path, None).await {
+        Ok(_) => Ok(true),
+        Err(ClientError::Api { status, .. }) if status == hyper::StatusCode::NOT_FOUND => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// A deletion's answer, with a 404 made `None` when `if_exists` says it is no error.
+fn if_found(
+    if_exists: bool,
+    answer: Result<Value, ClientError>,
+) -> Result<Option<Value>, ClientError> {
+    match answer {
+        Ok(v) => Ok(Some(v)),
+        Err(ClientError::Api { status, .. })
+            if if_exists && status == hyper::StatusCode::NOT_FOUND =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// What a query prints: the API's JSON with --json, else `table` of it.
 fn shown(v: &Value, json: bool, table: fn(&Value) -> String) -> String {
     if json {
@@ -298,7 +342,15 @@ async fn bridge(api: &ApiClient, cmd: BridgeCmd, json: bool) -> Result<String, C
                 ctl::bridges_table(&Value::Array(vec![b.clone()]))
             })
         }
-        BridgeCmd::Add { name, fdb_aging } => {
+        BridgeCmd::Add {
+            name,
+            fdb_aging,
+            may_exist,
+        } => {
+            let path = format!("/v1/bridges/{}", seg(&name));
+            if may_exist && exists(api, &path).await? {
+                return Ok(format!("bridge {name} already exists\n"));
+            }
             let mut body = json!({ "name": name });
             if let Some(a) = fdb_aging {
                 body["fdb_aging_s"] = json!(a);
@@ -306,15 +358,12 @@ async fn bridge(api: &ApiClient, cmd: BridgeCmd, json: bool) -> Result<String, C
             let v = send(api, Method::POST, "/v1/bridges", Some(body)).await?;
             changed(&v, json, format!("bridge {name} added"))
         }
-        BridgeCmd::Del { name } => {
-            let v = send(
-                api,
-                Method::DELETE,
-                &format!("/v1/bridges/{}", seg(&name)),
-                None,
-            )
-            .await?;
-            changed(&v, json, format!("bridge {name} deleted"))
+        BridgeCmd::Del { name, if_exists } => {
+            let path = format!("/v1/bridges/{}", seg(&name));
+            match if_found(if_exists, send(api, Method::DELETE, &path, None).await)? {
+                Some(v) => changed(&v, json, format!("bridge {name} deleted")),
+                None => format!("no bridge {name}: nothing to delete\n"),
+            }
         }
     })
 }
@@ -337,7 +386,11 @@ async fn port(api: &ApiClient, cmd: PortCmd, json: bool) -> Result<String, Clien
             queues,
             vlan,
             allow_mac,
+            may_exist,
         } => {
+            if may_exist && exists(api, &format!("/v1/ports/{}", seg(&name))).await? {
+                return Ok(format!("port {name} already exists\n"));
+            }
             let mut body = json!({"name": name, "bridge": bridge, "type": "vhost-user",
                                   "mode": mode});
             if let Some(s) = socket {
@@ -378,6 +431,16 @@ async fn port(api: &ApiClient, cmd: PortCmd, json: bool) -> Result<String, Clien
             } else if no_mac_lock {
                 body["allowed_macs"] = Value::Null;
             }
+            if body.as_object().is_some_and(|o| o.is_empty()) {
+                use clap::CommandFactory;
+                Args::command()
+                    .error(
+                        clap::error::ErrorKind::MissingRequiredArgument,
+                        "nothing to change: give --bridge, --access, --trunk, --no-vlan, \
+                         --allow-mac or --no-mac-lock",
+                    )
+                    .exit();
+            }
             let v = send(
                 api,
                 Method::PATCH,
@@ -387,15 +450,12 @@ async fn port(api: &ApiClient, cmd: PortCmd, json: bool) -> Result<String, Clien
             .await?;
             changed(&v, json, format!("port {name} changed"))
         }
-        PortCmd::Del { name } => {
-            let v = send(
-                api,
-                Method::DELETE,
-                &format!("/v1/ports/{}", seg(&name)),
-                None,
-            )
-            .await?;
-            changed(&v, json, format!("port {name} deleted"))
+        PortCmd::Del { name, if_exists } => {
+            let path = format!("/v1/ports/{}", seg(&name));
+            match if_found(if_exists, send(api, Method::DELETE, &path, None).await)? {
+                Some(v) => changed(&v, json, format!("port {name} deleted")),
+                None => format!("no port {name}: nothing to delete\n"),
+            }
         }
     })
 }
@@ -426,13 +486,20 @@ async fn fdb(api: &ApiClient, cmd: FdbCmd, json: bool) -> Result<String, ClientE
             let v = send(api, Method::POST, &path, Some(body)).await?;
             changed(&v, json, format!("{mac} -> {port} added to {bridge}"))
         }
-        FdbCmd::Del { bridge, mac, vlan } => {
+        FdbCmd::Del {
+            bridge,
+            mac,
+            vlan,
+            if_exists,
+        } => {
             let mut path = format!("/v1/bridges/{}/fdb/{}", seg(&bridge), seg(&mac));
             if let Some(v) = vlan {
                 path.push_str(&format!("?vlan={v}"));
             }
-            let v = send(api, Method::DELETE, &path, None).await?;
-            changed(&v, json, format!("{bridge}: entry {mac} deleted"))
+            match if_found(if_exists, send(api, Method::DELETE, &path, None).await)? {
+                Some(v) => changed(&v, json, format!("{bridge}: entry {mac} deleted")),
+                None => format!("{bridge}: no entry {mac}: nothing to delete\n"),
+            }
         }
         FdbCmd::Flush { bridge, port } => {
             let path = match &port {
