@@ -187,9 +187,111 @@ pub fn ports_table(ports: &serde_json::Value) -> String {
     ) + "\n"
 }
 
-/// `vringctl port show`: the port's line, then one line per queue pair.
+/// A port's link in one word.
+fn link(port: &serde_json::Value) -> &'static str {
+    let st = &port["state"];
+    match (st["connected"].as_bool(), st["ready"].as_bool()) {
+        (Some(true), Some(true)) => "up",
+        (Some(true), _) => "connecting",
+        _ => "down",
+    }
+}
+
+/// Virtio and vhost-user feature bits by name, as a frontend may negotiate them.
+const FEATURE_NAMES: &[(u32, &str)] = &[
+    (0, "CSUM"),
+    (1, "GUEST_CSUM"),
+    (5, "MAC"),
+    (7, "GUEST_TSO4"),
+    (8, "GUEST_TSO6"),
+    (9, "GUEST_ECN"),
+    (10, "GUEST_UFO"),
+    (11, "HOST_TSO4"),
+    (12, "HOST_TSO6"),
+    (13, "HOST_ECN"),
+    (14, "HOST_UFO"),
+    (15, "MRG_RXBUF"),
+    (16, "STATUS"),
+    (17, "CTRL_VQ"),
+    (21, "GUEST_ANNOUNCE"),
+    (22, "MQ"),
+    (26, "LOG_ALL"),
+    (28, "INDIRECT_DESC"),
+    (29, "EVENT_IDX"),
+    (30, "PROTOCOL_FEATURES"),
+    (32, "VERSION_1"),
+    (34, "RING_PACKED"),
+    (35, "IN_ORDER"),
+];
+
+/// The negotiated features of a port (`0x...` in the API) by name; unknown bits by number.
+pub fn feature_names(hex: &str) -> String {
+    let Ok(bits) = u64::from_str_radix(hex.trim_start_matches("0x"), 16) else {
+        return "-".to_owned();
+    };
+    let mut names = Vec::new();
+    for bit in 0..64u32 {
+        if bits & (1 << bit) != 0 {
+            match FEATURE_NAMES.iter().find(|(b, _)| *b == bit) {
+                Some((_, n)) => names.push((*n).to_owned()),
+                None => names.push(format!("bit{bit}")),
+            }
+        }
+    }
+    if names.is_empty() {
+        "none".to_owned()
+    } else {
+        names.join(" ")
+    }
+}
+
+/// `vringctl show`: the whole switch as a tree, bridges and their ports, like
+/// `ovs-vsctl show`.
+pub fn show_tree(bridges: &serde_json::Value, ports: &serde_json::Value) -> String {
+    let ports = ports.as_array().cloned().unwrap_or_default();
+    let mut out = String::new();
+    for b in bridges.as_array().into_iter().flatten() {
+        let name = text(&b["name"]);
+        out.push_str(&format!(
+            "bridge {name} (fdb ageing {} s)\n",
+            text(&b["fdb_aging_s"])
+        ));
+        let mine: Vec<&serde_json::Value> = ports
+            .iter()
+            .filter(|p| text(&p["bridge"]) == name)
+            .collect();
+        if mine.is_empty() {
+            out.push_str("    no ports\n");
+        }
+        for p in mine {
+            out.push_str(&format!(
+                "    port {}: {} {}, link {}, queues {} of {}, vlan {}\n        socket {}\n",
+                text(&p["name"]),
+                text(&p["type"]),
+                text(&p["mode"]),
+                link(p),
+                text(&p["state"]["queue_pairs_active"]),
+                text(&p["queues"]),
+                vlan_text(&p["vlan"]),
+                text(&p["socket"]),
+            ));
+        }
+    }
+    out
+}
+
+/// `vringctl port show`: the port's line, its queues and negotiated features, then one
+/// line per queue pair.
 pub fn port_detail(port: &serde_json::Value) -> String {
     let mut out = ports_table(&serde_json::Value::Array(vec![port.clone()]));
+    out.push_str(&format!(
+        "\nqueue pairs: {} active of {} configured\nfeatures: {}\n",
+        text(&port["state"]["queue_pairs_active"]),
+        text(&port["queues"]),
+        port["state"]["features"]
+            .as_str()
+            .map_or_else(|| "- (no frontend)".to_owned(), feature_names),
+    ));
     let rows: Vec<Vec<String>> = port["counters"]["queues"]
         .as_array()
         .into_iter()
@@ -382,8 +484,9 @@ mod tests {
     #[test]
     fn port_detail_has_a_line_per_queue_pair() {
         let port = serde_json::json!({
-            "name": "vm1", "bridge": "br0", "mode": "server", "socket": "/s",
-            "state": {"connected": true, "ready": true, "queue_pairs_active": 2},
+            "name": "vm1", "bridge": "br0", "mode": "server", "socket": "/s", "queues": 4,
+            "state": {"connected": true, "ready": true, "queue_pairs_active": 2,
+                      "features": format!("{:#x}", (1u64 << 15) | (1 << 22) | (1 << 32) | (1 << 40))},
             "counters": {"rx_packets": 30, "tx_packets": 12, "drops": {},
                          "queues": [{"rx_packets": 20, "tx_packets": 5},
                                     {"rx_packets": 10, "tx_packets": 7}]}
@@ -394,13 +497,36 @@ mod tests {
             .map(|l| l.split_whitespace().collect())
             .collect();
         assert_eq!(lines[1][0], "vm1");
+        assert_eq!(lines[3].join(" "), "queue pairs: 2 active of 4 configured");
+        assert_eq!(lines[4].join(" "), "features: MRG_RXBUF MQ VERSION_1 bit40");
         assert_eq!(
-            lines[3],
+            lines[6],
             ["QUEUE", "PAIR", "RX", "PACKETS", "TX", "PACKETS"]
         );
-        assert_eq!(lines[4], ["0", "20", "5"]);
-        assert_eq!(lines[5], ["1", "10", "7"]);
-        assert_eq!(lines.len(), 6);
+        assert_eq!(lines[7], ["0", "20", "5"]);
+        assert_eq!(lines[8], ["1", "10", "7"]);
+        assert_eq!(lines.len(), 9);
+    }
+
+    #[test]
+    fn show_is_a_tree_of_bridges_and_their_ports() {
+        let bridges = serde_json::json!([
+            {"name": "br0", "fdb_aging_s": 300}, {"name": "br1", "fdb_aging_s": 60}
+        ]);
+        let ports = serde_json::json!([{
+            "name": "vm1", "bridge": "br0", "type": "vhost-user", "mode": "server",
+            "queues": 4, "socket": "/run/vringswitch/vm1.sock",
+            "vlan": {"mode": "access", "tag": 10},
+            "state": {"connected": true, "ready": true, "queue_pairs_active": 1}
+        }]);
+        assert_eq!(
+            show_tree(&bridges, &ports),
+            "bridge br0 (fdb ageing 300 s)\n\
+             \x20   port vm1: vhost-user server, link up, queues 1 of 4, vlan access 10\n\
+             \x20       socket /run/vringswitch/vm1.sock\n\
+             bridge br1 (fdb ageing 60 s)\n\
+             \x20   no ports\n"
+        );
     }
 
     #[test]

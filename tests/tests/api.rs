@@ -1144,3 +1144,40 @@ fn scripts_add_and_delete_idempotently() {
         "a no-op PATCH flushed: {fdb}"
     );
 }
+
+/// `vringctl show` draws the switch as `ovs-vsctl show` does, and `port show` the whole
+/// port: queues configured and active, negotiated features by name, counters.
+#[test]
+fn vringctl_show_draws_the_switch_and_port_show_the_whole_port() {
+    let s = Setup::new("show", &[("br0", &["a", "b"]), ("br1", &[])], 2);
+    let d = &s.daemon;
+    let _a = s.vm("a", 1);
+    s.wait_connected(&["a"]);
+    let show = d.vringctl(&["show"]);
+    let sock = |p: &str| s.socket(p).display().to_string();
+    let want = format!(
+        "bridge br0 (fdb ageing 300 s)\n\
+         \x20   port a: vhost-user server, link up, queues 1 of 2, vlan -\n\
+         \x20       socket {}\n\
+         \x20   port b: vhost-user server, link down, queues 0 of 2, vlan -\n\
+         \x20       socket {}\n\
+         bridge br1 (fdb ageing 300 s)\n\
+         \x20   no ports\n",
+        sock("a"),
+        sock("b")
+    );
+    assert_eq!(show, want);
+    let port = d.vringctl(&["port", "show", "a"]);
+    assert!(
+        port.contains("queue pairs: 1 active of 2 configured"),
+        "{port}"
+    );
+    assert!(
+        port.contains("features: MRG_RXBUF")
+            && port.contains("EVENT_IDX")
+            && port.contains("VERSION_1"),
+        "{port}"
+    );
+    let port = d.vringctl(&["port", "show", "b"]);
+    assert!(port.contains("features: - (no frontend)"), "{port}");
+}

@@ -44,6 +44,8 @@ enum Command {
     /// A bridge's forwarding table: show, add a static entry, flush.
     #[command(subcommand)]
     Fdb(FdbCmd),
+    /// The whole switch: bridges and their ports (type, link, queues, VLAN, socket).
+    Show,
     /// Per-core load (busy %, cycles per packet, bursts) and per-port counters.
     Stats {
         /// Show what happened over this many seconds instead of the totals since start.
@@ -240,6 +242,15 @@ async fn run(args: Args) -> Result<String, ClientError> {
         Command::Bridge(cmd) => bridge(&api, cmd, json).await,
         Command::Port(cmd) => port(&api, cmd, json).await,
         Command::Fdb(cmd) => fdb(&api, cmd, json).await,
+        Command::Show => {
+            let bridges = send(&api, Method::GET, "/v1/bridges", None).await?;
+            let ports = send(&api, Method::GET, "/v1/ports", None).await?;
+            if json {
+                Ok(pretty(&json!({"bridges": bridges, "ports": ports})))
+            } else {
+                Ok(ctl::show_tree(&bridges, &ports))
+            }
+        }
         Command::Stats { interval } => {
             let first: Snapshot = api.get("/v1/stats").await?;
             let (s, scope) = match interval {
