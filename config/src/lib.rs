@@ -146,6 +146,28 @@ pub struct PortConfig {
     pub allowed_macs: Option<Spanned<Vec<String>>>,
 }
 
+impl std::fmt::Display for SocketMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SocketMode::Server => "server",
+            SocketMode::Client => "client",
+        })
+    }
+}
+
+impl std::fmt::Display for VlanConfig {
+    /// As the configuration says it, in words: `access 10`, `trunk 10,20`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            VlanConfig::Access { tag } => write!(f, "access {tag}"),
+            VlanConfig::Trunk { tags } => {
+                let tags: Vec<String> = tags.iter().map(u16::to_string).collect();
+                write!(f, "trunk {}", tags.join(","))
+            }
+        }
+    }
+}
+
 /// A port's VLAN setting.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(tag = "mode", rename_all = "lowercase", deny_unknown_fields)]
@@ -367,7 +389,7 @@ impl Config {
                 path: path.to_path_buf(),
                 line,
                 column,
-                message: e.message().to_string(),
+                message: in_words(e.message()),
             }
         })?;
         config.validate(text, path)?;
@@ -477,6 +499,24 @@ pub fn check_aging(aging: u64) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// A parser's message with Rust's type names said in words: "expected u16" becomes
+/// "expected an integer from 0 to 65535".
+pub fn in_words(message: &str) -> String {
+    let mut out = message.to_owned();
+    for (rust, words) in [
+        ("usize", "a non-negative integer"),
+        ("u64", "a non-negative integer"),
+        ("u32", "an integer from 0 to 4294967295"),
+        ("u16", "an integer from 0 to 65535"),
+        ("u8", "an integer from 0 to 255"),
+        ("a sequence", "a list"),
+        ("a map", "a table"),
+    ] {
+        out = out.replace(&format!("expected {rust}"), &format!("expected {words}"));
+    }
+    out
 }
 
 /// Checks a vhost-user socket path: absolute, and short enough for a unix socket address.
@@ -840,6 +880,29 @@ queues = 2
         assert!(e.contains("used by two ports"), "{e}");
         let e = Config::parse("socket_dir = \"run/vs\"\n", Path::new("t.toml")).unwrap_err();
         assert!(e.to_string().contains("must be absolute"), "{e}");
+    }
+
+    #[test]
+    fn type_errors_speak_of_numbers_not_rust_types() {
+        let e = err("[dataplane]\nburst = \"x\"\n");
+        assert!(!e.contains("usize"), "{e}");
+        assert!(e.contains("a non-negative integer"), "{e}");
+        let e = err(
+            "[[bridges]]\nname = \"b\"\n[[ports]]\nname = \"p\"\nbridge = \"b\"\n\
+                     type = \"vhost-user\"\nmode = \"server\"\nqueues = 70000\n",
+        );
+        assert!(e.contains("an integer from 0 to 65535"), "{e}");
+        assert_eq!(in_words("expected u8"), "expected an integer from 0 to 255");
+    }
+
+    #[test]
+    fn modes_and_vlans_read_as_in_the_file() {
+        assert_eq!(SocketMode::Client.to_string(), "client");
+        assert_eq!(VlanConfig::Access { tag: 10 }.to_string(), "access 10");
+        assert_eq!(
+            VlanConfig::Trunk { tags: vec![10, 20] }.to_string(),
+            "trunk 10,20"
+        );
     }
 
     #[test]

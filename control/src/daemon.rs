@@ -381,7 +381,10 @@ impl Daemon {
             Ok(kept) if kept.is_empty() => tracing::warn!(
                 "every CPU is a worker core: control threads will preempt the workers"
             ),
-            Ok(kept) => tracing::debug!(cpus = ?kept, "control threads kept off the worker cores"),
+            Ok(kept) => {
+                let cpus: Vec<String> = kept.iter().map(usize::to_string).collect();
+                tracing::debug!(cpus = %cpus.join(","), "control threads kept off the worker cores")
+            }
             Err(e) => tracing::warn!(error = %e, "control threads may run on worker cores"),
         }
         let workers = switch.start_workers()?;
@@ -657,7 +660,7 @@ impl Daemon {
             st.next_id += 1;
         }
         tracing::info!(port = %spec.name, bridge = %spec.bridge, socket = %spec.socket.display(),
-            mode = ?spec.mode, "port ready");
+            mode = %spec.mode, "port ready");
         st.ports
             .insert(spec.name.clone(), PortEntry { id, spec, port });
         // A frontend that attached before this publication is picked up by the workers now:
@@ -765,8 +768,8 @@ impl Daemon {
         tracing::info!(
             port = %name,
             bridge = %new.bridge,
-            vlan = ?new.vlan,
-            allowed_macs = ?new.allowed_macs,
+            vlan = %new.vlan.as_ref().map_or_else(|| "any (untagged in 0)".to_owned(), |v| v.to_string()),
+            allowed_macs = %new.allowed_macs.as_ref().map_or_else(|| "any".to_owned(), |m| m.join(",")),
             "port changed"
         );
         self.save(&st)?;
@@ -951,7 +954,7 @@ impl Daemon {
                 b.statics.clear();
             }
         }
-        tracing::info!(bridge, port = ?port, "FDB flushed");
+        tracing::info!(bridge, port = port.unwrap_or("every port"), "FDB flushed");
         self.save(&st)
     }
 

@@ -394,7 +394,10 @@ fn parse<T: DeserializeOwned>(
         ApiError::new(
             StatusCode::BAD_REQUEST,
             "bad_request",
-            format!("request body: {e}"),
+            format!(
+                "request body: {}",
+                vringswitch_config::in_words(&e.to_string())
+            ),
         )
     };
     let mut value: serde_json::Value = serde_json::from_slice(body).map_err(bad)?;

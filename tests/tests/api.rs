@@ -1181,3 +1181,22 @@ fn vringctl_show_draws_the_switch_and_port_show_the_whole_port() {
     let port = d.vringctl(&["port", "show", "b"]);
     assert!(port.contains("features: - (no frontend)"), "{port}");
 }
+
+/// Type errors in a body speak of numbers, not of Rust types.
+#[test]
+fn type_errors_in_a_body_speak_of_numbers() {
+    let s = Setup::new("words", &[("br0", &["a"])], 1);
+    let (code, v) = call(
+        &s.daemon,
+        "POST",
+        "/v1/ports",
+        Some(
+            json!({"name": "p", "bridge": "br0", "type": "vhost-user", "mode": "server",
+                    "queues": 70000}),
+        ),
+    );
+    assert_eq!(code, 400);
+    let detail = v["detail"].as_str().unwrap();
+    assert!(detail.contains("an integer from 0 to 65535"), "{detail}");
+    assert!(!detail.contains("u16"), "{detail}");
+}
