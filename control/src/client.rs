@@ -1,6 +1,5 @@
 //! A small client of the daemon's HTTP API, for `vringctl` and the tests.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use http_body_util::{BodyExt, Full};
@@ -44,20 +43,54 @@ pub enum ClientError {
 /// Where the API listens: a TCP address, or the daemon's --api-socket.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Endpoint {
-    Tcp(SocketAddr),
+    /// `HOST:PORT` as given (a name is looked up when connecting, and sent as `Host`).
+    Tcp(String),
     Unix(PathBuf),
 }
 
+/// The daemon's default API port, for an address given without one.
+pub const DEFAULT_API_PORT: u16 = 9180;
+
 impl std::str::FromStr for Endpoint {
     type Err = String;
-    /// `HOST:PORT`, or a path to a unix socket (absolute, or starting with `./`).
+    /// `HOST[:PORT]` or `http://HOST[:PORT][/]` (HOST a name or an address, PORT 9180 if
+    /// left out), or a path to a unix socket (absolute, or starting with `./`).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         if s.starts_with('/') || s.starts_with("./") {
             return Ok(Endpoint::Unix(PathBuf::from(s)));
         }
-        s.parse().map(Endpoint::Tcp).map_err(|_| {
-            format!("{s:?} is neither an address like 127.0.0.1:9180 nor a socket path")
-        })
+        let bad = || {
+            format!(
+                "{s:?} is neither an address like 127.0.0.1:9180, localhost:9180 or \
+                 http://127.0.0.1:9180, nor a socket path"
+            )
+        };
+        let rest = s.strip_prefix("http://").unwrap_or(s);
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
+        if rest.is_empty() || rest.contains(['/', '?', '#', '@', ' ']) {
+            return Err(bad());
+        }
+        // [v6]:port, v6 alone, host:port, host alone.
+        let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
+            let (addr, after) = v6.split_once(']').ok_or_else(bad)?;
+            let port = match after.strip_prefix(':') {
+                Some(p) => p.parse().map_err(|_| bad())?,
+                None if after.is_empty() => DEFAULT_API_PORT,
+                None => return Err(bad()),
+            };
+            (format!("[{addr}]"), port)
+        } else if rest.parse::<std::net::Ipv6Addr>().is_ok() {
+            (format!("[{rest}]"), DEFAULT_API_PORT)
+        } else {
+            match rest.rsplit_once(':') {
+                Some((h, p)) => (h.to_owned(), p.parse().map_err(|_| bad())?),
+                None => (rest.to_owned(), DEFAULT_API_PORT),
+            }
+        };
+        if host.is_empty() {
+            return Err(bad());
+        }
+        Ok(Endpoint::Tcp(format!("{host}:{port}")))
     }
 }
 
@@ -114,7 +147,12 @@ impl ApiClient {
         };
         let (mut sender, driver) = match &self.endpoint {
             Endpoint::Tcp(a) => {
-                open(tokio::net::TcpStream::connect(a).await.map_err(connect)?).await
+                open(
+                    tokio::net::TcpStream::connect(a.as_str())
+                        .await
+                        .map_err(connect)?,
+                )
+                .await
             }
             Endpoint::Unix(p) => {
                 open(tokio::net::UnixStream::connect(p).await.map_err(connect)?).await
@@ -196,18 +234,37 @@ mod tests {
     #[test]
     fn endpoints_are_addresses_or_socket_paths() {
         use super::Endpoint;
-        assert_eq!(
-            "127.0.0.1:9180".parse::<Endpoint>(),
-            Ok(Endpoint::Tcp("127.0.0.1:9180".parse().unwrap()))
-        );
+        let tcp = |s: &str| Ok(Endpoint::Tcp(s.to_owned()));
+        for (given, want) in [
+            ("127.0.0.1:9180", "127.0.0.1:9180"),
+            ("localhost:9181", "localhost:9181"),
+            ("localhost", "localhost:9180"),
+            ("http://127.0.0.1:9180", "127.0.0.1:9180"),
+            ("http://switch.example:9180/", "switch.example:9180"),
+            ("http://switch.example", "switch.example:9180"),
+            ("[::1]:9180", "[::1]:9180"),
+            ("::1", "[::1]:9180"),
+            ("http://[::1]", "[::1]:9180"),
+        ] {
+            assert_eq!(given.parse::<Endpoint>(), tcp(want), "{given}");
+        }
         assert_eq!(
             "/run/vringswitch/api.sock".parse::<Endpoint>(),
             Ok(Endpoint::Unix("/run/vringswitch/api.sock".into()))
         );
-        assert!("localhost"
-            .parse::<Endpoint>()
-            .unwrap_err()
-            .contains("neither"));
+        for bad in [
+            "",
+            "http://",
+            "host:port",
+            "http://h:9180/v1",
+            "https//x",
+            "a b",
+        ] {
+            assert!(
+                bad.parse::<Endpoint>().unwrap_err().contains("neither"),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -15,7 +15,7 @@ use vringswitch_ports::socket_file::{self, BoundSocket};
 
 /// A user-space virtual switch for VMs attached over vhost-user.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(name = "vringswitch", version)]
 struct Args {
     /// Configuration file (TOML). Without it: bridge br0 with ports vm1 and vm2, server-mode
     /// sockets in --socket-dir.

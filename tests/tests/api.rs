@@ -1200,3 +1200,32 @@ fn type_errors_in_a_body_speak_of_numbers() {
     assert!(detail.contains("an integer from 0 to 65535"), "{detail}");
     assert!(!detail.contains("u16"), "{detail}");
 }
+
+/// `--api` takes what people type: a host name, an http:// URL; each binary names itself.
+#[test]
+fn api_addresses_as_people_type_them_and_binaries_that_name_themselves() {
+    let s = Setup::new("api-forms", &[("br0", &["a"])], 1);
+    let port = s.daemon.api.rsplit_once(':').unwrap().1.to_owned();
+    for api in [
+        format!("localhost:{port}"),
+        format!("http://127.0.0.1:{port}"),
+        format!("http://localhost:{port}/"),
+    ] {
+        let (code, out, err) = vringctl(&["--api", &api, "bridge", "list"]);
+        assert_eq!(code, 0, "--api {api}: {err}");
+        assert!(out.contains("br0"), "{out}");
+    }
+    let (code, _, err) = vringctl(&["--api", "http://localhost:1/v1", "bridge", "list"]);
+    assert_eq!(code, 2, "{err}");
+    for (bin, name) in [
+        (vringswitch_tests::daemon::binary(), "vringswitch"),
+        (vringswitch_tests::daemon::vringctl(), "vringctl"),
+    ] {
+        let out = std::process::Command::new(bin)
+            .arg("--version")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.starts_with(&format!("{name} ")), "{text}");
+    }
+}

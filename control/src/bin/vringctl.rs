@@ -12,9 +12,10 @@ use vringswitch_metrics::Snapshot;
 
 /// Control and inspect a running vringswitch.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(name = "vringctl", version)]
 struct Args {
-    /// The daemon's API: HOST:PORT, or the path of its --api-socket.
+    /// The daemon's API: HOST:PORT, http://HOST:PORT or HOST (port 9180), or the path of
+    /// its --api-socket.
     #[arg(
         long,
         global = true,
