@@ -52,6 +52,9 @@ struct Args {
     /// Print the configuration in effect as TOML and exit.
     #[arg(long)]
     print_config: bool,
+    /// Print this command's manual page (roff) and exit.
+    #[arg(long)]
+    manpage: bool,
 }
 
 fn default_socket_dir() -> PathBuf {
@@ -108,6 +111,15 @@ fn run() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
+    if args.manpage {
+        use clap::CommandFactory;
+        let mut out = Vec::new();
+        clap_mangen::Man::new(Args::command())
+            .render(&mut out)
+            .context("cannot render the manual page")?;
+        print!("{}", String::from_utf8_lossy(&out));
+        return Ok(());
+    }
 
     let token = match &args.api_token_file {
         Some(path) => Some(read_token(path)?),

@@ -518,3 +518,60 @@ fn prometheus_scrapes_and_every_dashboard_and_rule_expression_returns_data() {
     assert_eq!(down.len(), 1, "{alerts}");
     assert_eq!(down[0]["labels"]["port"], "c");
 }
+
+/// The shell completions and manual pages that docs/operations.md installs come from the
+/// binaries themselves (clap's definitions): bash reads the completion script, and the
+/// pages name every command and option.
+#[test]
+fn completions_and_manual_pages_are_generated_from_the_binaries() {
+    use vringswitch_tests::daemon::vringctl;
+    let run = |bin: &std::path::Path, args: &[&str]| {
+        let out = Command::new(bin).args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let bash = run(&vringctl(), &["completions", "bash"]);
+    let dir = TempDir::new("completions");
+    let script = dir.path().join("vringctl.bash");
+    std::fs::write(&script, &bash).unwrap();
+    let checked = Command::new("bash")
+        .arg("-n")
+        .arg(&script)
+        .status()
+        .unwrap();
+    assert!(checked.success(), "bash cannot read the completion script");
+    for word in [
+        "bridge",
+        "port",
+        "fdb",
+        "show",
+        "stats",
+        "--may-exist",
+        "--if-exists",
+    ] {
+        assert!(
+            bash.contains(word),
+            "{word} missing from the bash completions"
+        );
+    }
+    for shell in ["zsh", "fish"] {
+        assert!(
+            run(&vringctl(), &["completions", shell]).contains("fdb"),
+            "{shell}"
+        );
+    }
+    let page = run(&vringctl(), &["manpage"]);
+    assert!(page.contains(".TH vringctl 1"), "{page}");
+    for cmd in ["bridge", "port", "fdb", "show", "stats", "completions"] {
+        assert!(page.contains(cmd), "{cmd} missing from vringctl(1)");
+    }
+    let page = run(&binary(), &["--manpage"]);
+    assert!(page.contains(".TH vringswitch 1"), "{page}");
+    for opt in ["socket\\-dir", "api\\-socket", "state", "api\\-host"] {
+        assert!(page.contains(opt), "{opt} missing from vringswitch(1)");
+    }
+}

@@ -47,6 +47,14 @@ enum Command {
     Fdb(FdbCmd),
     /// The whole switch: bridges and their ports (type, link, queues, VLAN, socket).
     Show,
+    /// Prints a shell completion script (vringctl completions bash >
+    /// /usr/share/bash-completion/completions/vringctl).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Prints this command's manual page (roff), for man(1).
+    Manpage,
     /// Per-core load (busy %, cycles per packet, bursts) and per-port counters.
     Stats {
         /// Show what happened over this many seconds instead of the totals since start.
@@ -211,6 +219,10 @@ fn exit_code(e: &ClientError) -> u8 {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(out) = offline(&args.command) {
+        print!("{out}");
+        return ExitCode::SUCCESS;
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -233,6 +245,24 @@ fn main() -> ExitCode {
     }
 }
 
+/// Output that needs no daemon: completions and the manual page.
+fn offline(command: &Command) -> Option<String> {
+    use clap::CommandFactory;
+    let mut out = Vec::new();
+    match command {
+        Command::Completions { shell } => {
+            clap_complete::generate(*shell, &mut Args::command(), "vringctl", &mut out);
+        }
+        Command::Manpage => {
+            clap_mangen::Man::new(Args::command())
+                .render(&mut out)
+                .ok()?;
+        }
+        _ => return None,
+    }
+    Some(String::from_utf8_lossy(&out).into_owned())
+}
+
 async fn run(args: Args) -> Result<String, ClientError> {
     let api = ApiClient {
         endpoint: args.api,
@@ -243,6 +273,9 @@ async fn run(args: Args) -> Result<String, ClientError> {
         Command::Bridge(cmd) => bridge(&api, cmd, json).await,
         Command::Port(cmd) => port(&api, cmd, json).await,
         Command::Fdb(cmd) => fdb(&api, cmd, json).await,
+        Command::Completions { .. } | Command::Manpage => {
+            Ok(offline(&args.command).unwrap_or_default())
+        }
         Command::Show => {
             let bridges = send(&api, Method::GET, "/v1/bridges", None).await?;
             let ports = send(&api, Method::GET, "/v1/ports", None).await?;
