@@ -306,16 +306,35 @@ fn signal_of(expr: &str) -> &str {
     expr
 }
 
-/// Every `expr` in the dashboard, with Grafana's `$__rate_interval` made concrete.
+/// Every `expr` in the dashboard, with Grafana's `$__rate_interval` and the dashboard's
+/// variables (`$job`, `$instance`) made concrete.
 fn dashboard_exprs() -> Vec<String> {
     let text = std::fs::read_to_string(deploy("grafana/vringswitch-dashboard.json")).unwrap();
     let dash: Value = serde_json::from_str(&text).expect("dashboard is JSON");
     let mut out = Vec::new();
+    let vars: Vec<&str> = dash["templating"]["list"]
+        .as_array()
+        .expect("templating")
+        .iter()
+        .filter_map(|v| v["name"].as_str())
+        .collect();
+    assert_eq!(vars, ["job", "instance"]);
     for p in dash["panels"].as_array().expect("panels") {
         for t in p["targets"].as_array().expect("targets") {
             let e = t["expr"].as_str().expect("expr");
-            assert!(!e.contains('$') || e.contains("$__rate_interval"), "{e}");
-            out.push(e.replace("$__rate_interval", "1m"));
+            // Every series is of the host picked, so that several hosts never merge.
+            if e.contains("vringswitch_") {
+                assert!(
+                    e.contains(r#"instance=~"$instance""#) && e.contains(r#"job=~"$job""#),
+                    "{e} does not select the dashboard's host"
+                );
+            }
+            let e = e
+                .replace("$__rate_interval", "1m")
+                .replace("$instance", ".+")
+                .replace("$job", "vringswitch");
+            assert!(!e.contains('$'), "{e}");
+            out.push(e);
         }
     }
     assert!(out.len() >= 10, "{out:?}");
@@ -466,7 +485,9 @@ fn prometheus_scrapes_and_every_dashboard_and_rule_expression_returns_data() {
         }
     }
 
-    // Traffic a -> b, and a flood that reaches c (down), until everything has data.
+    // Traffic a -> b, a flood that reaches c (down: port_down drops, which DropsRising
+    // leaves out), and a frame from a group address (invalid_src_mac: DropsRising), until
+    // everything has data.
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut round = 0u8;
     let mut empty: Vec<String>;
@@ -474,6 +495,7 @@ fn prometheus_scrapes_and_every_dashboard_and_rule_expression_returns_data() {
         for _ in 0..5 {
             a.send(TestVm::tx(0), &frame(mac(2), mac(1), 100, round));
             a.send(TestVm::tx(0), &frame(mac(9), mac(1), 100, round));
+            a.send(TestVm::tx(0), &frame(mac(2), [0x01, 0, 0x5e, 0, 0, 1], 100, round));
             a.wait_tx_done(TestVm::tx(0), T);
             let got = b.recv(TestVm::rx(0)).len();
             b.post_rx(TestVm::rx(0), got, 2048);
@@ -517,6 +539,18 @@ fn prometheus_scrapes_and_every_dashboard_and_rule_expression_returns_data() {
         .collect();
     assert_eq!(down.len(), 1, "{alerts}");
     assert_eq!(down[0]["labels"]["port"], "c");
+    // Drops rise for a's group-address frames, not for the flood to c.
+    let drops: Vec<&Value> = alerts["data"]["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["labels"]["alertname"] == "VringswitchDropsRising")
+        .collect();
+    assert!(!drops.is_empty(), "{alerts}");
+    assert!(
+        drops.iter().all(|a| a["labels"]["reason"] != "port_down"),
+        "{alerts}"
+    );
 }
 
 /// The shell completions and manual pages that docs/operations.md installs come from the
