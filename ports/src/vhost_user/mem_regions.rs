@@ -165,7 +165,6 @@ impl MemRegions {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write;
 
     fn hdr(request: u32) -> Header {
         Header {
@@ -176,22 +175,7 @@ mod tests {
     }
 
     fn memfd(len: u64) -> OwnedFd {
-        let path = std::env::temp_dir().join(format!(
-            "vringswitch-memregions-{}-{:?}-{len}",
-            std::process::id(),
-            std::thread::current().id()
-        ));
-        let mut f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .unwrap();
-        std::fs::remove_file(&path).unwrap();
-        f.set_len(len).unwrap();
-        f.flush().unwrap();
-        f.into()
+        super::super::unlinked_file(len).into()
     }
 
     fn one(gpa: u64, size: u64, uaddr: u64, offset: u64) -> Vec<u8> {

@@ -405,7 +405,6 @@ impl Region {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write;
 
     fn hdr(request: u32, flags: u32, size: u32) -> Header {
         Header {
@@ -416,27 +415,7 @@ mod tests {
     }
 
     fn file_of(len: u64) -> OwnedFd {
-        let mut f = tempfile();
-        f.set_len(len).unwrap();
-        f.flush().unwrap();
-        f.into()
-    }
-
-    fn tempfile() -> File {
-        let path = std::env::temp_dir().join(format!(
-            "vringswitch-msgcheck-{}-{:?}",
-            std::process::id(),
-            std::thread::current().id()
-        ));
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .unwrap();
-        std::fs::remove_file(&path).unwrap();
-        f
+        super::super::unlinked_file(len).into()
     }
 
     fn region_bytes(gpa: u64, size: u64, uaddr: u64, offset: u64) -> Vec<u8> {

@@ -25,6 +25,29 @@ use std::path::PathBuf;
 
 pub use connection::{VhostUserPort, VhostUserPortConfig};
 
+/// A regular file of `len` bytes that no path names any more, standing in for a guest's
+/// memfd in tests.
+#[cfg(test)]
+pub(crate) fn unlinked_file(len: u64) -> std::fs::File {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    // One name per call: tests run in parallel threads of one process.
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let path = std::env::temp_dir().join(format!(
+        "vringswitch-test-file-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .unwrap();
+    std::fs::remove_file(&path).unwrap();
+    f.set_len(len).unwrap();
+    f
+}
+
 /// Errors of a vhost-user port.
 #[derive(Debug, thiserror::Error)]
 pub enum VhostUserError {

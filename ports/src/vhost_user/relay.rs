@@ -511,18 +511,7 @@ mod tests {
 
     /// A memfd-like file of `len` bytes.
     fn ram(len: u64) -> std::fs::File {
-        let path =
-            std::env::temp_dir().join(format!("vringswitch-relay-ram-{}", std::process::id()));
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .unwrap();
-        std::fs::remove_file(&path).unwrap();
-        f.set_len(len).unwrap();
-        f
+        super::super::unlinked_file(len)
     }
 
     fn send_region(fe: &UnixStream, request: u32, gpa: u64, uaddr: u64, fd: Option<RawFd>) {
