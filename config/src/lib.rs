@@ -111,6 +111,31 @@ pub enum PortType {
     VhostUser,
 }
 
+/// Whether a port is meant to carry traffic. Down: the switch neither polls it nor
+/// delivers to it (its VM keeps its socket), and monitoring expects it to have no VM.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum AdminState {
+    #[default]
+    Up,
+    Down,
+}
+
+impl AdminState {
+    pub fn is_up(&self) -> bool {
+        *self == AdminState::Up
+    }
+}
+
+impl std::fmt::Display for AdminState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AdminState::Up => "up",
+            AdminState::Down => "down",
+        })
+    }
+}
+
 /// Who listens on the vhost-user socket.
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
@@ -144,6 +169,9 @@ pub struct PortConfig {
     /// other are dropped (counted as `mac_spoofed`) and never learnt. Without it, any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allowed_macs: Option<Spanned<Vec<String>>>,
+    /// `down`: the port carries no traffic and is expected to have no VM.
+    #[serde(default, skip_serializing_if = "AdminState::is_up")]
+    pub admin: AdminState,
 }
 
 impl std::fmt::Display for SocketMode {
@@ -342,6 +370,7 @@ impl Config {
             queues: default_queue_pairs(),
             vlan: None,
             allowed_macs: None,
+            admin: AdminState::Up,
         };
         Config {
             socket_dir: None,

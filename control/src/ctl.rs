@@ -145,11 +145,7 @@ pub fn ports_table(ports: &serde_json::Value) -> String {
         .flatten()
         .map(|p| {
             let st = &p["state"];
-            let link = match (st["connected"].as_bool(), st["ready"].as_bool()) {
-                (Some(true), Some(true)) => "up",
-                (Some(true), _) => "connecting",
-                _ => "down",
-            };
+            let link = link(p);
             let c = &p["counters"];
             let drops: u64 = c["drops"]
                 .as_object()
@@ -189,6 +185,9 @@ pub fn ports_table(ports: &serde_json::Value) -> String {
 
 /// A port's link in one word.
 fn link(port: &serde_json::Value) -> &'static str {
+    if port["admin"] == "down" {
+        return "admin down";
+    }
     let st = &port["state"];
     match (st["connected"].as_bool(), st["ready"].as_bool()) {
         (Some(true), Some(true)) => "up",
@@ -375,6 +374,7 @@ mod tests {
                 name: "vm1".into(),
                 bridge: "br0".into(),
                 connected: true,
+                admin_down: false,
                 ready: true,
                 reconnects: 0,
                 protocol_errors: 0,

@@ -16,7 +16,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-pub use vringswitch_config::VlanConfig;
+pub use vringswitch_config::{AdminState, VlanConfig};
 use vringswitch_config::{Config, SocketMode};
 use vringswitch_ports::vhost_user::connection::SocketMode as PortMode;
 use vringswitch_ports::vhost_user::{VhostUserError, VhostUserPort, VhostUserPortConfig};
@@ -137,6 +137,10 @@ pub struct PortSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(min_items = 1, max_items = 16)]
     pub allowed_macs: Option<Vec<String>>,
+    /// `down`: the switch neither polls the port nor delivers to it, and monitoring expects
+    /// it to have no VM (the PortDown alert leaves it out). Default `up`.
+    #[serde(default, skip_serializing_if = "AdminState::is_up")]
+    pub admin: AdminState,
 }
 
 /// A change to a port (`PATCH`): fields left out stay as they are; `"vlan": null` removes
@@ -156,6 +160,9 @@ pub struct PortPatch {
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<Vec<String>>, nullable, min_items = 1, max_items = 16)]
     pub allowed_macs: Option<Option<Vec<String>>>,
+    /// `up` or `down`.
+    #[serde(default)]
+    pub admin: Option<AdminState>,
 }
 
 /// Tells a field given as `null` (Some(None)) from one left out (None).
@@ -717,6 +724,9 @@ impl Daemon {
             }
             new.allowed_macs = macs;
         }
+        if let Some(admin) = patch.admin {
+            new.admin = admin;
+        }
         if new == old {
             return Ok(new);
         }
@@ -768,6 +778,7 @@ impl Daemon {
         tracing::info!(
             port = %name,
             bridge = %new.bridge,
+            admin = %new.admin,
             vlan = %new.vlan.as_ref().map_or_else(|| "any (untagged in 0)".to_owned(), |v| v.to_string()),
             allowed_macs = %new.allowed_macs.as_ref().map_or_else(|| "any".to_owned(), |m| m.join(",")),
             "port changed"
@@ -986,13 +997,18 @@ impl Daemon {
             let Some(bridge) = st.bridges.iter().position(|b| b.spec.name == p.spec.bridge) else {
                 continue;
             };
-            topology.bridges[bridge].ports.push(p.id);
+            // An admin-down port is no flooding target of its bridge.
+            let admin_up = p.spec.admin.is_up();
+            if admin_up {
+                topology.bridges[bridge].ports.push(p.id);
+            }
             topology.ports[p.id as usize] = Some(PortRt {
                 handle: p.port.handle().clone(),
                 bridge,
                 queue_pairs: p.spec.queues,
                 vlan: policy(p.spec.vlan.as_ref()),
                 security: security(p.spec.allowed_macs.as_ref()),
+                admin_up,
             });
         }
         for b in &mut topology.bridges {

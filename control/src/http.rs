@@ -68,7 +68,8 @@ struct AppState {
         VlanConfig,
         StaticMacRequest,
         StaticMac,
-        FdbEntryView
+        FdbEntryView,
+        vringswitch_config::AdminState
     ))
 )]
 pub struct ApiDoc;
@@ -548,6 +549,7 @@ struct PortView {
     vlan: Option<VlanConfig>,
     #[serde(skip_serializing_if = "Option::is_none")]
     allowed_macs: Option<Vec<String>>,
+    admin: vringswitch_config::AdminState,
     state: PortState,
     /// Packet, byte and drop counters (as in /v1/stats).
     #[schema(value_type = Object)]
@@ -581,6 +583,7 @@ fn port_view(spec: PortSpec, handle: &PortHandle, snapshot: &Snapshot) -> PortVi
         queues: spec.queues,
         vlan: spec.vlan,
         allowed_macs: spec.allowed_macs,
+        admin: spec.admin,
         state,
         counters,
     }

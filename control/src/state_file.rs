@@ -36,6 +36,7 @@ pub fn from_config(config: &Config) -> SavedState {
                 queues: *p.queues.get_ref(),
                 vlan: p.vlan.as_ref().map(|v| v.get_ref().clone()),
                 allowed_macs: p.allowed_macs.as_ref().map(|m| m.get_ref().clone()),
+                admin: p.admin,
             })
             .collect(),
         static_macs: Vec::new(),
@@ -71,6 +72,7 @@ pub fn to_config(config: &Config, saved: &SavedState) -> Config {
                 queues: Spanned::new(0..0, p.queues),
                 vlan: p.vlan.clone().map(|v| Spanned::new(0..0, v)),
                 allowed_macs: p.allowed_macs.clone().map(|m| Spanned::new(0..0, m)),
+                admin: p.admin,
             })
             .collect(),
     }
@@ -102,6 +104,7 @@ pub fn ignored_config(config: &SavedState, state: &SavedState) -> Option<String>
                     ("queues", s.queues != p.queues),
                     ("vlan", s.vlan != p.vlan),
                     ("allowed_macs", s.allowed_macs != p.allowed_macs),
+                    ("admin", s.admin != p.admin),
                 ]
                 .into_iter()
                 .filter_map(|(f, differs)| differs.then_some(f))
@@ -272,6 +275,7 @@ mod tests {
                 queues: 2,
                 vlan: Some(VlanConfig::Trunk { tags: vec![5, 6] }),
                 allowed_macs: Some(vec!["02:00:00:00:00:01".into()]),
+                admin: crate::daemon::AdminState::Down,
             }],
             static_macs: vec![StaticMac {
                 bridge: "br0".into(),
@@ -303,6 +307,7 @@ mod tests {
             queues,
             vlan: None,
             allowed_macs: None,
+            admin: Default::default(),
         }
     }
 

@@ -197,6 +197,11 @@ fn families(s: &Snapshot) -> Vec<MetricFamily> {
         "vringswitch_port_connected",
         "1 while a vhost-user frontend is connected to the port.",
     );
+    let mut port_admin_up = Family::gauge(
+        "vringswitch_port_admin_up",
+        "1 unless the operator set the port down (it then carries no traffic, and is expected \
+         to have no VM).",
+    );
     let mut port_ready = Family::gauge(
         "vringswitch_port_ready",
         "1 while the frontend's rings are set up and the switch can deliver to the port.",
@@ -232,6 +237,7 @@ fn families(s: &Snapshot) -> Vec<MetricFamily> {
             drops.add(&[l[0], l[1], ("reason", reason.as_str())], n);
         }
         port_connected.add(&l[..1], u64::from(p.connected));
+        port_admin_up.add(&l[..1], u64::from(!p.admin_down));
         port_ready.add(&l[..1], u64::from(p.ready));
         reconnects.add(&l[..1], p.reconnects);
         protocol_errors.add(&l[..1], p.protocol_errors);
@@ -243,6 +249,7 @@ fn families(s: &Snapshot) -> Vec<MetricFamily> {
         &mut tx_bytes,
         &mut drops,
         &mut port_connected,
+        &mut port_admin_up,
         &mut port_ready,
         &mut reconnects,
         &mut protocol_errors,
@@ -348,6 +355,7 @@ mod tests {
                 ports: vec![0],
             }],
             ports: vec![Some(PortRt {
+                admin_up: true,
                 handle: h.clone(),
                 bridge: 0,
                 queue_pairs: 1,

@@ -73,6 +73,9 @@ pub struct PortSnapshot {
     pub ready: bool,
     /// Connections after the first one.
     pub reconnects: u64,
+    /// The operator set the port down.
+    #[serde(default)]
+    pub admin_down: bool,
     /// Connections refused or ended because the frontend broke the vhost-user protocol.
     #[serde(default)]
     pub protocol_errors: u64,
@@ -201,6 +204,7 @@ impl Snapshot {
                     name: p.handle.name().to_owned(),
                     bridge: topology.bridges[p.bridge].name.clone(),
                     connected: p.handle.is_connected(),
+                    admin_down: !p.admin_up,
                     ready: p.handle.is_ready(),
                     reconnects: p.handle.connections().saturating_sub(1),
                     protocol_errors: p.handle.protocol_errors(),

@@ -28,6 +28,9 @@ pub struct PortRt {
     pub vlan: VlanPolicy,
     /// Which source MACs the port may send from.
     pub security: PortSecurity,
+    /// False when the operator set the port down: its TX queues are not polled and nothing
+    /// is delivered to it.
+    pub admin_up: bool,
 }
 
 /// Bridges and ports; ports are indexed by their [`PortId`].
@@ -53,7 +56,9 @@ impl Topology {
     pub fn tx_queues_of(&self, worker: usize, workers: usize) -> Vec<(PortId, u16)> {
         let mut out = Vec::new();
         for (id, p) in self.ports.iter().enumerate() {
-            let Some(p) = p else { continue };
+            let Some(p) = p.as_ref().filter(|p| p.admin_up) else {
+                continue;
+            };
             for qp in 0..p.queue_pairs {
                 if Self::owner(id as PortId, qp, workers) == worker {
                     out.push((id as PortId, qp));
@@ -89,6 +94,7 @@ mod tests {
                 .enumerate()
                 .map(|(i, &q)| {
                     Some(PortRt {
+                        admin_up: true,
                         handle: Arc::new(PortHandle::new(i as PortId, "p", 1)),
                         bridge: 0,
                         queue_pairs: q,

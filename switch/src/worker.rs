@@ -605,7 +605,7 @@ fn attachment<'a>(
     ports: &'a mut [PortCache],
     port: PortId,
 ) -> Option<&'a Arc<Attachment>> {
-    let rt = topology.port(port)?;
+    let rt = topology.port(port).filter(|rt| rt.admin_up)?;
     let cache = ports.get_mut(port as usize)?;
     let g = rt.handle.generation();
     if g != cache.generation {

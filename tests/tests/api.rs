@@ -1229,3 +1229,54 @@ fn api_addresses_as_people_type_them_and_binaries_that_name_themselves() {
         assert!(text.starts_with(&format!("{name} ")), "{text}");
     }
 }
+
+/// A port set down carries no traffic either way while its VM stays connected, shows as
+/// such, and carries traffic again once set up.
+#[test]
+fn a_port_set_down_carries_nothing_until_set_up() {
+    let s = Setup::new("admin", &[("br0", &["a", "b"])], 1);
+    let d = &s.daemon;
+    let (mut a, mut b) = (s.vm("a", 1), s.vm("b", 2));
+    s.wait_connected(&["a", "b"]);
+    // Both MACs learnt.
+    b.send(TestVm::tx(0), &frame(mac(1), mac(2), 60, 0));
+    a.expect_frames(TestVm::rx(0), 1, T);
+    a.send(TestVm::tx(0), &frame(mac(2), mac(1), 60, 0));
+    b.expect_frames(TestVm::rx(0), 1, T);
+
+    let (code, out, err) = vringctl(&["--api", &d.api, "port", "set", "b", "--admin", "down"]);
+    assert_eq!(code, 0, "{err}: {out}");
+    assert_eq!(d.metric("vringswitch_port_admin_up", &[("port", "b")]), 0);
+    assert!(d
+        .vringctl(&["show"])
+        .contains("port b: vhost-user server, link admin down"));
+    // Unicast to b, a flood, and b's own frames: none goes through.
+    a.send(TestVm::tx(0), &frame(mac(2), mac(1), 60, 1));
+    a.send(TestVm::tx(0), &frame(BROADCAST, mac(1), 60, 2));
+    b.send(TestVm::tx(0), &frame(mac(1), mac(2), 60, 3));
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(
+        b.recv(TestVm::rx(0)).is_empty(),
+        "delivered to a port set down"
+    );
+    assert!(
+        a.recv(TestVm::rx(0)).is_empty(),
+        "a port set down was polled"
+    );
+    let (_, p) = call(d, "GET", "/v1/ports/b", None);
+    assert_eq!(p["admin"], "down");
+    assert_eq!(p["state"]["connected"], true);
+
+    vringctl(&["--api", &d.api, "port", "set", "b", "--admin", "up"]);
+    assert_eq!(d.metric("vringswitch_port_admin_up", &[("port", "b")]), 1);
+    // b's frame waited in its ring and goes now; traffic flows both ways again.
+    assert_eq!(
+        a.expect_frames(TestVm::rx(0), 1, T)[0].frame,
+        frame(mac(1), mac(2), 60, 3)
+    );
+    a.send(TestVm::tx(0), &frame(mac(2), mac(1), 60, 4));
+    assert_eq!(
+        b.expect_frames(TestVm::rx(0), 1, T)[0].frame,
+        frame(mac(2), mac(1), 60, 4)
+    );
+}

@@ -420,8 +420,16 @@ fn promtool_accepts_the_rules_the_config_and_the_metrics() {
 #[test]
 fn prometheus_scrapes_and_every_dashboard_and_rule_expression_returns_data() {
     require("prometheus", "prometheus");
-    // c never connects: it is the port that is down, and flooding to it drops frames.
-    let s = Setup::new("prometheus", &[("br0", &["a", "b", "c"])], 1);
+    // c never connects: it is the port that is down, and flooding to it drops frames. d
+    // never connects either, but the operator set it down: no alert is expected for it.
+    let s = Setup::new("prometheus", &[("br0", &["a", "b", "c", "d"])], 1);
+    let (code, text) = vringswitch_tests::daemon::http_request(
+        &s.daemon.api,
+        "PATCH",
+        "/v1/ports/d",
+        Some(r#"{"admin": "down"}"#),
+    );
+    assert_eq!(code, 200, "{text}");
     let mut a = s.vm("a", 1);
     let mut b = s.vm("b", 2);
     s.wait_connected(&["a", "b"]);
@@ -495,7 +503,10 @@ fn prometheus_scrapes_and_every_dashboard_and_rule_expression_returns_data() {
         for _ in 0..5 {
             a.send(TestVm::tx(0), &frame(mac(2), mac(1), 100, round));
             a.send(TestVm::tx(0), &frame(mac(9), mac(1), 100, round));
-            a.send(TestVm::tx(0), &frame(mac(2), [0x01, 0, 0x5e, 0, 0, 1], 100, round));
+            a.send(
+                TestVm::tx(0),
+                &frame(mac(2), [0x01, 0, 0x5e, 0, 0, 1], 100, round),
+            );
             a.wait_tx_done(TestVm::tx(0), T);
             let got = b.recv(TestVm::rx(0)).len();
             b.post_rx(TestVm::rx(0), got, 2048);

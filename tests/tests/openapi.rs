@@ -5,6 +5,10 @@
 //! succeed, but some refusals depend on the state and cannot be written in a schema (a
 //! port naming a bridge that does not exist, a static entry on a trunk without a VLAN);
 //! those are 400s by design.
+//!
+//! And for one operation, `use_after_free`: `DELETE /v1/bridges/{name}/fdb` flushes a
+//! table, which stays there (empty) by design, while the check takes a DELETE to remove
+//! what its path names.
 
 use std::process::Command;
 
@@ -14,9 +18,18 @@ use vringswitch_tests::setup::Setup;
 fn schemathesis_finds_no_failure() {
     let s = Setup::new("openapi", &[("br0", &["a", "b"])], 1);
     let url = format!("http://{}/openapi.json", s.daemon.api);
+    let config = s.dir.path().join("schemathesis.toml");
+    std::fs::write(
+        &config,
+        "[[operations]]\ninclude-method = \"DELETE\"\ninclude-path = \"/v1/bridges/{name}/fdb\"\n\
+         checks.use_after_free.enabled = false\n",
+    )
+    .unwrap();
     let out = Command::new("st")
         // Its cache goes to the test's directory, not into the source tree.
         .current_dir(s.dir.path())
+        .arg("--config-file")
+        .arg(&config)
         .args(["run", &url, "--max-examples", "40", "--seed", "20261122"])
         .args(["--exclude-checks", "positive_data_acceptance", "--no-color"])
         .output()

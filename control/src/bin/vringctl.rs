@@ -139,6 +139,9 @@ enum PortCmd {
         /// A port of that name already there is no error (it is left as it is).
         #[arg(long)]
         may_exist: bool,
+        /// down: the port carries no traffic and is expected to have no VM.
+        #[arg(long, value_parser = ["up", "down"])]
+        admin: Option<String>,
     },
     /// Moves a port to another bridge, changes its VLAN setting and/or its port security.
     Set {
@@ -156,6 +159,10 @@ enum PortCmd {
         /// Unlocks the port: any source MAC is accepted again.
         #[arg(long, conflicts_with = "allow_mac")]
         no_mac_lock: bool,
+        /// down: the switch stops polling the port and delivering to it, and monitoring
+        /// expects it to have no VM; up: back to normal.
+        #[arg(long, value_parser = ["up", "down"])]
+        admin: Option<String>,
     },
     /// Deletes a port (its VM is disconnected).
     Del {
@@ -432,6 +439,7 @@ async fn port(api: &ApiClient, cmd: PortCmd, json: bool) -> Result<String, Clien
             vlan,
             allow_mac,
             may_exist,
+            admin,
         } => {
             if may_exist && exists(api, &format!("/v1/ports/{}", seg(&name))).await? {
                 return Ok(format!("port {name} already exists\n"));
@@ -450,6 +458,9 @@ async fn port(api: &ApiClient, cmd: PortCmd, json: bool) -> Result<String, Clien
             if let Some(macs) = allow_mac {
                 body["allowed_macs"] = json!(macs);
             }
+            if let Some(a) = admin {
+                body["admin"] = json!(a);
+            }
             let v = send(api, Method::POST, "/v1/ports", Some(body)).await?;
             let socket = v["socket"].as_str().unwrap_or("?").to_owned();
             changed(&v, json, format!("port {name} added, socket {socket}"))
@@ -461,6 +472,7 @@ async fn port(api: &ApiClient, cmd: PortCmd, json: bool) -> Result<String, Clien
             no_vlan,
             allow_mac,
             no_mac_lock,
+            admin,
         } => {
             let mut body = json!({});
             if let Some(b) = bridge {
@@ -476,13 +488,16 @@ async fn port(api: &ApiClient, cmd: PortCmd, json: bool) -> Result<String, Clien
             } else if no_mac_lock {
                 body["allowed_macs"] = Value::Null;
             }
+            if let Some(a) = admin {
+                body["admin"] = json!(a);
+            }
             if body.as_object().is_some_and(|o| o.is_empty()) {
                 use clap::CommandFactory;
                 Args::command()
                     .error(
                         clap::error::ErrorKind::MissingRequiredArgument,
                         "nothing to change: give --bridge, --access, --trunk, --no-vlan, \
-                         --allow-mac or --no-mac-lock",
+                         --allow-mac, --no-mac-lock or --admin",
                     )
                     .exit();
             }
