@@ -66,6 +66,28 @@ impl Drop for TempDir {
     }
 }
 
+/// Whether process `pid` holds a socket listening on TCP `port` (per /proc/net/tcp and
+/// the process's fds).
+pub fn listens_on(pid: u32, port: u16) -> bool {
+    let suffix = format!(":{port:04X}");
+    let mut inodes = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = std::fs::read_to_string(table).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let w: Vec<&str> = line.split_whitespace().collect();
+            // sl local_address rem_address st ... inode (the tenth field)
+            if w.len() > 9 && w[1].ends_with(&suffix) && w[3] == "0A" {
+                inodes.push(format!("socket:[{}]", w[9]));
+            }
+        }
+    }
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .any(|l| inodes.iter().any(|i| l.as_os_str() == i.as_str()))
+}
+
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -180,13 +202,23 @@ impl Daemon {
 
     fn wait_ready(&mut self, sockets: &[PathBuf]) {
         let api = self.api.clone();
+        let port: u16 = api
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse().ok())
+            .unwrap_or(0);
         wait_until(Duration::from_secs(20), "the daemon's /healthz", || {
-            if let Some(c) = self.child.as_mut() {
-                if let Ok(Some(status)) = c.try_wait() {
-                    panic!("vringswitch exited with {status}: {}", self.log_text());
+            let pid = match self.child.as_mut() {
+                Some(c) => {
+                    if let Ok(Some(status)) = c.try_wait() {
+                        panic!("vringswitch exited with {status}: {}", self.log_text());
+                    }
+                    c.id()
                 }
-            }
-            http_get(&api, "/healthz").ok().filter(|b| b.contains("ok"))
+                None => return None,
+            };
+            // Answered by this daemon, not by another test's that got the same free port.
+            (listens_on(pid, port) && http_get(&api, "/healthz").is_ok_and(|b| b.contains("ok")))
+                .then_some(())
         });
         for s in sockets {
             wait_until(Duration::from_secs(10), "the port sockets", || {
