@@ -23,6 +23,7 @@ command -v setpriv >/dev/null || need+=(util-linux)
 # libvirt's QEMU driver, for tests/libvirt.rs (users and daemons: tests/guest/libvirt-host.sh)
 command -v libvirtd >/dev/null || need+=(libvirt-daemon libvirt-daemon-driver-qemu)
 command -v virsh >/dev/null || need+=(libvirt-clients)
+command -v tshark >/dev/null || need+=(tshark)  # reads the pcapng captures back
 if ((${#need[@]})); then
     if [[ $(id -u) -ne 0 ]]; then
         echo "missing packages: ${need[*]}; install them (apt-get install ${need[*]}) or run as root" >&2
@@ -71,7 +72,7 @@ cargo test --workspace --exclude vringswitch-tests
 cargo test -p vringswitch-tests --lib --test switching --test lifecycle --test observability \
     --test api --test vlans --test persistence --test openapi --test port_security \
     --test hostile --test memory_changes --test soak --test restart --test fairness \
-    --test local_security
+    --test local_security --test capture
 
 # The fuzz targets (their own workspace, run with nightly: docs/fuzzing.md) must keep
 # compiling against the code they fuzz.

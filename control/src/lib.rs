@@ -12,5 +12,6 @@ pub mod http;
 pub mod http_guard;
 pub mod http_server;
 pub mod instance_lock;
+pub mod pcapng;
 pub mod state_file;
 pub mod systemd;
