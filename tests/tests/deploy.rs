@@ -550,17 +550,21 @@ fn prometheus_scrapes_and_every_dashboard_and_rule_expression_returns_data() {
         .collect();
     assert_eq!(down.len(), 1, "{alerts}");
     assert_eq!(down[0]["labels"]["port"], "c");
-    // Drops rise for a's group-address frames, not for the flood to c.
-    let drops: Vec<&Value> = alerts["data"]["alerts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|a| a["labels"]["alertname"] == "VringswitchDropsRising")
-        .collect();
-    assert!(!drops.is_empty(), "{alerts}");
+    // Drops rise for a's group-address frames, not for the flood to c (the rule is
+    // evaluated every second: wait for it).
+    let drops = wait_until(Duration::from_secs(20), "the DropsRising alert", || {
+        let alerts: Value = serde_json::from_str(&http_get(&prom, "/api/v1/alerts").ok()?).ok()?;
+        let drops: Vec<Value> = alerts["data"]["alerts"]
+            .as_array()?
+            .iter()
+            .filter(|a| a["labels"]["alertname"] == "VringswitchDropsRising")
+            .cloned()
+            .collect();
+        (!drops.is_empty()).then_some(drops)
+    });
     assert!(
         drops.iter().all(|a| a["labels"]["reason"] != "port_down"),
-        "{alerts}"
+        "{drops:?}"
     );
 }
 
