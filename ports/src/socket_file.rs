@@ -54,10 +54,10 @@ pub enum SocketFileError {
 const ACCEPTING: u32 = 1 << 16;
 
 /// Whether some process of this network namespace listens on the socket file `path`.
-/// Errs towards "yes" when `/proc/net/unix` cannot be read.
+/// When `/proc/net/unix` cannot be read, a connection attempt decides (refused: stale).
 pub fn is_listening(path: &Path) -> bool {
     let Ok(table) = std::fs::read_to_string("/proc/net/unix") else {
-        return true;
+        return std::os::unix::net::UnixStream::connect(path).is_ok();
     };
     let wanted: Vec<PathBuf> = std::iter::once(path.to_path_buf())
         .chain(std::fs::canonicalize(path).ok())
@@ -74,11 +74,19 @@ pub fn is_listening(path: &Path) -> bool {
 
 /// Paths of the listening sockets in a `/proc/net/unix` table.
 fn listening_paths(table: &str) -> impl Iterator<Item = &str> {
-    // Num RefCount Protocol Flags Type St Inode Path
+    // Num RefCount Protocol Flags Type St Inode Path: the path is the rest of the line,
+    // spaces and all.
     table.lines().skip(1).filter_map(|line| {
-        let mut w = line.split_whitespace();
-        let flags = u32::from_str_radix(w.nth(3)?, 16).ok()?;
-        let path = w.nth(3)?;
+        let mut rest = line;
+        let mut fields = [""; 7];
+        for f in &mut fields {
+            rest = rest.trim_start();
+            let end = rest.find(char::is_whitespace)?;
+            *f = &rest[..end];
+            rest = &rest[end..];
+        }
+        let flags = u32::from_str_radix(fields[3], 16).ok()?;
+        let path = rest.trim_start();
         (flags & ACCEPTING != 0 && path.starts_with('/')).then_some(path)
     })
 }
@@ -148,8 +156,12 @@ mod tests {
             0000000000000000: 00000003 00000000 00000000 0001 03 23457 /run/a.sock\n\
             0000000000000000: 00000002 00000000 00010000 0001 01 23458 @abstract\n\
             0000000000000000: 00000002 00000000 00000000 0002 01 23459 /run/dgram\n\
-            0000000000000000: 00000002 00000000 00010000 0001 01 23460\n";
-        assert_eq!(listening_paths(table).collect::<Vec<_>>(), ["/run/a.sock"]);
+            0000000000000000: 00000002 00000000 00010000 0001 01 23460\n\
+            0000000000000000: 00000002 00000000 00010000 0001 01   461 /run/with space.sock\n";
+        assert_eq!(
+            listening_paths(table).collect::<Vec<_>>(),
+            ["/run/a.sock", "/run/with space.sock"]
+        );
     }
 
     #[test]
