@@ -400,12 +400,11 @@ fn adding_changing_and_removing_ports_loses_no_frame_between_two_others() {
     }
 }
 
-#[test]
-fn fdb_is_listed_given_static_entries_and_flushed() {
-    let s = Setup::new("api-fdb", &[("br0", &["a", "b", "t"]), ("br1", &["z"])], 1);
-    let d = &s.daemon;
+/// Makes port t a trunk of VLANs 5 and 6, connects VMs on a and b, and has a's MAC learnt
+/// (one frame a -> b).
+fn trunk_t_and_a_learnt(s: &Setup) -> (TestVm, TestVm) {
     let (code, _) = call(
-        d,
+        &s.daemon,
         "PATCH",
         "/v1/ports/t",
         Some(json!({"vlan": {"mode": "trunk", "tags": [5, 6]}})),
@@ -415,6 +414,14 @@ fn fdb_is_listed_given_static_entries_and_flushed() {
     s.wait_connected(&["a", "b"]);
     a.send(TestVm::tx(0), &frame(mac(2), mac(1), 60, 0));
     b.expect_frames(TestVm::rx(0), 1, T);
+    (a, b)
+}
+
+#[test]
+fn fdb_is_listed_given_static_entries_and_flushed() {
+    let s = Setup::new("api-fdb", &[("br0", &["a", "b", "t"]), ("br1", &["z"])], 1);
+    let d = &s.daemon;
+    let (mut a, mut b) = trunk_t_and_a_learnt(&s);
     let (code, fdb) = call(d, "GET", "/v1/bridges/br0/fdb", None);
     assert_eq!(code, 200);
     let entry = &fdb.as_array().unwrap()[0];
@@ -987,17 +994,7 @@ fn unknown_query_parameters_are_refused() {
 fn one_fdb_entry_is_deleted_alone() {
     let s = Setup::new("fdb-del", &[("br0", &["a", "b", "t"])], 1);
     let d = &s.daemon;
-    let (code, _) = call(
-        d,
-        "PATCH",
-        "/v1/ports/t",
-        Some(json!({"vlan": {"mode": "trunk", "tags": [5, 6]}})),
-    );
-    assert_eq!(code, 200);
-    let (mut a, mut b) = (s.vm("a", 1), s.vm("b", 2));
-    s.wait_connected(&["a", "b"]);
-    a.send(TestVm::tx(0), &frame(mac(2), mac(1), 60, 0));
-    b.expect_frames(TestVm::rx(0), 1, T);
+    let _vms = trunk_t_and_a_learnt(&s);
     for (m, vlan) in [
         ("02:00:00:00:00:77", 5),
         ("02:00:00:00:00:77", 6),

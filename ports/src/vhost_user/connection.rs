@@ -99,42 +99,31 @@ enum Serving {
     Stop,
 }
 
+/// An epoll set watching each `(fd, token)` for input.
+fn epoll_of(fds: &[(RawFd, u64)]) -> std::io::Result<Epoll> {
+    let epoll = Epoll::new()?;
+    for &(fd, token) in fds {
+        epoll.ctl(
+            ControlOperation::Add,
+            fd,
+            EpollEvent::new(EventSet::IN, token),
+        )?;
+    }
+    Ok(epoll)
+}
+
 impl Waiter {
     fn new(
         control: &ConnectionControl,
         listener: Option<&UnixListener>,
     ) -> std::io::Result<Waiter> {
-        let epoll = Epoll::new()?;
-        epoll.ctl(
-            ControlOperation::Add,
-            control.wake.as_raw_fd(),
-            EpollEvent::new(EventSet::IN, WAKE),
-        )?;
-        if let Some(l) = listener {
-            epoll.ctl(
-                ControlOperation::Add,
-                l.as_raw_fd(),
-                EpollEvent::new(EventSet::IN, LISTENER),
-            )?;
-        }
-        let pause = Epoll::new()?;
-        pause.ctl(
-            ControlOperation::Add,
-            control.wake.as_raw_fd(),
-            EpollEvent::new(EventSet::IN, WAKE),
-        )?;
         let ended = Arc::new(EventFd::new(EFD_NONBLOCK)?);
-        epoll.ctl(
-            ControlOperation::Add,
-            ended.as_raw_fd(),
-            EpollEvent::new(EventSet::IN, ENDED),
-        )?;
-        let ended_only = Epoll::new()?;
-        ended_only.ctl(
-            ControlOperation::Add,
-            ended.as_raw_fd(),
-            EpollEvent::new(EventSet::IN, ENDED),
-        )?;
+        let wake = (control.wake.as_raw_fd(), WAKE);
+        let mut all = vec![wake, (ended.as_raw_fd(), ENDED)];
+        all.extend(listener.map(|l| (l.as_raw_fd(), LISTENER)));
+        let epoll = epoll_of(&all)?;
+        let pause = epoll_of(&[wake])?;
+        let ended_only = epoll_of(&[(ended.as_raw_fd(), ENDED)])?;
         Ok(Waiter {
             epoll,
             pause,
@@ -214,35 +203,25 @@ impl VhostUserPort {
             }
             SocketMode::Client => (None, None),
         };
-        let made = ConnectionControl::new().and_then(|control| {
+        let started = ConnectionControl::new().and_then(|control| {
             let waiter =
                 Waiter::new(&control, listener.as_ref()).map_err(VhostUserError::EventFd)?;
-            Ok((Arc::new(control), waiter))
+            let control = Arc::new(control);
+            let (handle, config, shared) = (handle.clone(), config.clone(), control.clone());
+            let thread = std::thread::Builder::new()
+                .name(format!("vhost-{}", handle.name()))
+                .spawn(move || serve(handle, config, listener, waiter, shared))
+                .map_err(VhostUserError::Spawn)?;
+            Ok((control, thread))
         });
-        let (control, waiter) = match made {
-            Ok(m) => m,
+        // A port that cannot start leaves no socket file behind.
+        let (control, thread) = match started {
+            Ok(s) => s,
             Err(e) => {
                 if let Some(b) = bound {
                     socket_file::remove_if_ours(&config.socket, b);
                 }
                 return Err(e);
-            }
-        };
-        let thread = {
-            let handle = handle.clone();
-            let config = config.clone();
-            let control = control.clone();
-            std::thread::Builder::new()
-                .name(format!("vhost-{}", handle.name()))
-                .spawn(move || serve(handle, config, listener, waiter, control))
-        };
-        let thread = match thread {
-            Ok(t) => t,
-            Err(e) => {
-                if let Some(b) = bound {
-                    socket_file::remove_if_ours(&config.socket, b);
-                }
-                return Err(VhostUserError::Spawn(e));
             }
         };
         Ok(VhostUserPort {
