@@ -136,6 +136,26 @@ impl ApiClient {
         path: &str,
         body: Option<serde_json::Value>,
     ) -> Result<Bytes, ClientError> {
+        let mut answer = self.send(method, path, body).await?;
+        let mut bytes = Vec::new();
+        while let Some(piece) = answer.next().await? {
+            bytes.extend_from_slice(&piece);
+        }
+        Ok(Bytes::from(bytes))
+    }
+
+    /// GETs `path`, whose body is read as it comes ([`Streamed::next`]).
+    pub async fn stream(&self, path: &str) -> Result<Streamed, ClientError> {
+        self.send(Method::GET, path, None).await
+    }
+
+    /// Sends one request; a 2xx answer's body is left to read, another is an error.
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<Streamed, ClientError> {
         let addr = self.endpoint.to_string();
         let connect = |source| ClientError::Connect {
             addr: addr.clone(),
@@ -182,9 +202,16 @@ impl ApiClient {
             .expect("method, path and headers are valid");
         let resp = sender.send_request(req).await.map_err(http)?;
         let status = resp.status();
-        let bytes = resp.into_body().collect().await.map_err(http)?.to_bytes();
-        driver.abort();
+        let mut answer = Streamed {
+            body: resp.into_body(),
+            driver,
+            addr,
+        };
         if !status.is_success() {
+            let mut bytes = Vec::new();
+            while let Some(piece) = answer.next().await? {
+                bytes.extend_from_slice(&piece);
+            }
             return Err(ClientError::Api {
                 method,
                 path: path.to_owned(),
@@ -192,7 +219,7 @@ impl ApiClient {
                 message: error_message(&bytes),
             });
         }
-        Ok(bytes)
+        Ok(answer)
     }
 
     /// GETs `path` and decodes its JSON body.
@@ -202,6 +229,42 @@ impl ApiClient {
             path: path.to_owned(),
             source,
         })
+    }
+}
+
+/// The body of an answer, read piece by piece as it arrives; the connection closes when
+/// this is dropped.
+pub struct Streamed {
+    body: hyper::body::Incoming,
+    driver: tokio::task::JoinHandle<()>,
+    addr: String,
+}
+
+impl Streamed {
+    /// The next piece of the body, or `None` at its end.
+    pub async fn next(&mut self) -> Result<Option<Bytes>, ClientError> {
+        loop {
+            match self.body.frame().await {
+                None => return Ok(None),
+                Some(Err(source)) => {
+                    return Err(ClientError::Http {
+                        addr: self.addr.clone(),
+                        source,
+                    })
+                }
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        return Ok(Some(data));
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Streamed {
+    fn drop(&mut self) {
+        self.driver.abort();
     }
 }
 

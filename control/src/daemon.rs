@@ -22,6 +22,7 @@ use vringswitch_ports::vhost_user::connection::SocketMode as PortMode;
 use vringswitch_ports::vhost_user::{VhostUserError, VhostUserPort, VhostUserPortConfig};
 use vringswitch_ports::{PortHandle, PortId};
 use vringswitch_switch::affinity::keep_off_cores;
+use vringswitch_switch::capture::{CaptureSettings, CaptureTap};
 use vringswitch_switch::ethernet::MacAddr;
 use vringswitch_switch::fdb::{fdb_key, split_key, Fdb};
 use vringswitch_switch::port_security::{PortSecurity, MAX_ALLOWED};
@@ -260,6 +261,8 @@ struct State {
     next_id: PortId,
     /// Ids of removed ports that no worker or FDB refers to any more.
     free_ids: BTreeSet<PortId>,
+    /// Packet captures running, by port id (one per port at most).
+    captures: HashMap<PortId, Arc<CaptureTap>>,
 }
 
 impl State {
@@ -505,6 +508,61 @@ impl Daemon {
         Ok((p.spec.clone(), p.port.handle().clone()))
     }
 
+    /// Starts capturing port `name`'s frames into a new tap, which the caller drains and
+    /// hands to [`Daemon::end_capture`] when done. One capture per port at a time.
+    pub fn start_capture(
+        &self,
+        name: &str,
+        settings: CaptureSettings,
+    ) -> Result<Arc<CaptureTap>, ChangeError> {
+        let mut st = self.state();
+        let id = st.ports.get(name).ok_or_else(|| no_port(name))?.id;
+        if st.captures.contains_key(&id) {
+            return Err(ChangeError::Conflict(format!(
+                "port {name:?} is already being captured; one capture per port runs at a \
+                 time: end the other one (stop its vringctl capture) first"
+            )));
+        }
+        let tap = Arc::new(CaptureTap::new(settings));
+        st.captures.insert(id, tap.clone());
+        self.publish(&st);
+        tracing::info!(
+            port = %name,
+            direction = capture_direction(settings),
+            snaplen = settings.snaplen,
+            buffers = tap.capacity(),
+            "packet capture started"
+        );
+        Ok(tap)
+    }
+
+    /// Ends a capture started by [`Daemon::start_capture`]: the workers stop filling `tap`
+    /// once this returns. Frames still in it may be drained after.
+    pub fn end_capture(&self, tap: &Arc<CaptureTap>) {
+        let mut st = self.state();
+        let Some(&id) = st
+            .captures
+            .iter()
+            .find_map(|(id, t)| Arc::ptr_eq(t, tap).then_some(id))
+        else {
+            // Its port was removed, which ended it.
+            return;
+        };
+        st.captures.remove(&id);
+        let generation = self.publish(&st);
+        self.quiesce(generation);
+        let name = st
+            .ports
+            .values()
+            .find(|p| p.id == id)
+            .map_or("", |p| p.spec.name.as_str());
+        tracing::info!(
+            port = %name,
+            dropped = tap.dropped(),
+            "packet capture ended"
+        );
+    }
+
     /// Creates a bridge.
     pub fn add_bridge(&self, spec: BridgeSpec) -> Result<(), ChangeError> {
         self.apply_add_bridge(spec)?;
@@ -681,6 +739,11 @@ impl Daemon {
     pub fn remove_port(&self, name: &str) -> Result<(), ChangeError> {
         let mut st = self.state();
         let mut entry = st.ports.remove(name).ok_or_else(|| no_port(name))?;
+        if let Some(tap) = st.captures.remove(&entry.id) {
+            tap.close();
+            tracing::info!(port = %name, dropped = tap.dropped(),
+                "packet capture ended because its port was removed");
+        }
         let generation = self.publish(&st);
         let seen = self.quiesce(generation);
         if let Ok(b) = st.bridge_mut(&entry.spec.bridge) {
@@ -1009,6 +1072,7 @@ impl Daemon {
                 vlan: policy(p.spec.vlan.as_ref()),
                 security: security(p.spec.allowed_macs.as_ref()),
                 admin_up,
+                capture: st.captures.get(&p.id).cloned(),
             });
         }
         for b in &mut topology.bridges {
@@ -1029,12 +1093,24 @@ impl Daemon {
         for w in workers {
             let _ = w.join();
         }
-        let ports: Vec<PortEntry> = std::mem::take(&mut self.state().ports)
-            .into_values()
-            .collect();
+        let mut st = self.state();
+        for (_, tap) in st.captures.drain() {
+            tap.close();
+        }
+        let ports: Vec<PortEntry> = std::mem::take(&mut st.ports).into_values().collect();
+        drop(st);
         for mut p in ports {
             p.port.stop();
         }
+    }
+}
+
+/// A capture's direction in the API's words.
+pub fn capture_direction(s: CaptureSettings) -> &'static str {
+    match (s.from_vm, s.to_vm) {
+        (true, true) => "both",
+        (true, false) => "rx",
+        _ => "tx",
     }
 }
 

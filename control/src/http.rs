@@ -19,7 +19,9 @@ use serde::Serialize;
 use vringswitch_metrics::{Metrics, PortSnapshot, Snapshot};
 use vringswitch_ports::log_limit::LogLimiter;
 use vringswitch_ports::PortHandle;
+use vringswitch_switch::capture::CaptureSettings;
 
+use crate::capture_stream::{self, CaptureLimits};
 use crate::daemon::{
     BridgeSpec, ChangeError, Daemon, FdbEntryView, PortKind, PortPatch, PortSpec, StaticMac,
     StaticMacRequest, VlanConfig,
@@ -55,7 +57,8 @@ struct AppState {
         add_port,
         get_port,
         update_port,
-        remove_port
+        remove_port,
+        capture
     ),
     components(schemas(
         ErrorBody,
@@ -142,6 +145,7 @@ pub fn router(daemon: Arc<Daemon>, access: ApiAccess) -> Router {
             "/v1/ports/{name}",
             get(get_port).patch(update_port).delete(remove_port),
         )
+        .route("/v1/ports/{name}/capture", get(capture))
         .fallback(not_found)
         .with_state(AppState {
             daemon,
@@ -171,22 +175,36 @@ fn is_v1(path: &str) -> bool {
     path == "/v1" || path.starts_with("/v1/")
 }
 
-/// Refuses a `/v1` request that would change something (anything but GET and HEAD).
+/// Whether `path` is a port's packet capture: the VMs' traffic, which a read-only
+/// listener does not show.
+fn is_capture(path: &str) -> bool {
+    path.starts_with("/v1/ports/") && path.ends_with("/capture")
+}
+
+/// Refuses a `/v1` request that would change something (anything but GET and HEAD) or
+/// capture a port's frames.
 async fn refuse_changes(
     State(api_socket): State<Arc<PathBuf>>,
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    if !is_v1(req.uri().path()) || matches!(*req.method(), Method::GET | Method::HEAD) {
+    let path = req.uri().path();
+    let reads = matches!(*req.method(), Method::GET | Method::HEAD);
+    if !is_v1(path) || (reads && !is_capture(path)) {
         return next.run(req).await;
     }
+    let what = if reads {
+        "packet captures are not offered"
+    } else {
+        "changes are not accepted"
+    };
     ApiError::new(
         StatusCode::FORBIDDEN,
         "forbidden",
         format!(
-            "changes are not accepted over TCP on this daemon: use its unix socket \
+            "{what} over TCP on this daemon: use its unix socket \
              (vringctl --api {}) as a member of its group, or give the daemon \
-             --api-token-file to accept changes with a token",
+             --api-token-file to accept requests with a token",
             api_socket.display()
         ),
     )
@@ -720,6 +738,91 @@ async fn remove_fdb_entry(
     let daemon = s.daemon.clone();
     blocking(move || daemon.remove_fdb_entry(&name, &mac, q.vlan)).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// The query of `GET /v1/ports/{name}/capture`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CaptureQuery {
+    direction: Option<String>,
+    count: Option<u64>,
+    seconds: Option<u64>,
+    snaplen: Option<u32>,
+}
+
+/// Default and largest snaplen, tcpdump's.
+const MAX_SNAPLEN: u32 = 262_144;
+/// Longest capture by time: a day.
+const MAX_CAPTURE_SECONDS: u64 = 86_400;
+
+impl CaptureQuery {
+    fn settings(&self) -> Result<(CaptureSettings, CaptureLimits), ApiError> {
+        let bad = |detail: String| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", detail);
+        let (from_vm, to_vm) = match self.direction.as_deref().unwrap_or("both") {
+            "rx" => (true, false),
+            "tx" => (false, true),
+            "both" => (true, true),
+            other => {
+                return Err(bad(format!(
+                    "direction {other:?} is none of rx (frames the port's VM sends), tx \
+                     (frames delivered to it) or both"
+                )))
+            }
+        };
+        let snaplen = self.snaplen.unwrap_or(MAX_SNAPLEN);
+        if !(1..=MAX_SNAPLEN).contains(&snaplen) {
+            return Err(bad(format!(
+                "snaplen {snaplen} is not from 1 to {MAX_SNAPLEN} bytes"
+            )));
+        }
+        if self.count == Some(0) {
+            return Err(bad(
+                "count 0 would capture nothing: give at least 1, or no count".into(),
+            ));
+        }
+        if let Some(s) = self
+            .seconds
+            .filter(|s| !(1..=MAX_CAPTURE_SECONDS).contains(s))
+        {
+            return Err(bad(format!(
+                "seconds {s} is not from 1 to {MAX_CAPTURE_SECONDS}"
+            )));
+        }
+        Ok((
+            CaptureSettings {
+                from_vm,
+                to_vm,
+                snaplen,
+            },
+            CaptureLimits {
+                count: self.count,
+                seconds: self.seconds,
+            },
+        ))
+    }
+}
+
+#[utoipa::path(get, path = "/v1/ports/{name}/capture", params(("name" = String, Path), ("direction" = Option<String>, Query, description = "rx: frames the port's VM sends; tx: frames delivered to it, as it gets them (VLAN tag pushed or popped); both (the default)"), ("count" = Option<u64>, Query, description = "End after this many frames"), ("seconds" = Option<u64>, Query, description = "End after this long (1 to 86400)"), ("snaplen" = Option<u32>, Query, description = "Bytes kept of each frame, 1 to 262144 (the default)")), responses((status = 200, content_type = "application/x-pcapng", description = "pcapng, streamed until the capture ends: the client leaving, count, seconds, or the port removed. It closes with an interface statistics block: frames seen, and frames the capture could not keep (isb_ifdrop)."), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody, description = "The port is already being captured"), (status = 403, body = ErrorBody, description = "A foreign Host or Origin, or a capture over TCP on a daemon that takes changes on its unix socket only")))]
+async fn capture(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    query: Result<Query<CaptureQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) =
+        query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))?;
+    let (settings, limits) = q.settings()?;
+    let daemon = s.daemon.clone();
+    let port = name.clone();
+    let tap = blocking(move || daemon.start_capture(&port, settings)).await?;
+    let body = capture_stream::stream(s.daemon.clone(), &name, tap, limits);
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/x-pcapng"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        axum::body::Body::new(body),
+    )
+        .into_response())
 }
 
 /// Runs a topology change off the async runtime: stopping a port joins its thread, and

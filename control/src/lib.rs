@@ -4,6 +4,8 @@
 //! arguments.
 #![deny(unsafe_code)]
 
+pub mod capture_client;
+pub mod capture_stream;
 pub mod client;
 pub mod ctl;
 pub mod daemon;

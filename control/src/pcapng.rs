@@ -1,6 +1,7 @@
 //! The pcapng capture format (draft-ietf-opsawg-pcapng), as far as a port's capture needs:
-//! one section, one Ethernet interface per captured port, and one enhanced packet block per
-//! frame with its direction. Wireshark, tshark and tcpdump read it.
+//! one section, one Ethernet interface per captured port, one enhanced packet block per
+//! frame with its direction, and the interface's statistics at the end (frames seen and
+//! frames the capture could not keep). Wireshark, tshark and tcpdump read it.
 //!
 //! Every block is built into a caller's buffer, little-endian, with the byte-order magic
 //! saying so; nothing here allocates per frame beyond what the buffer needs.
@@ -10,6 +11,7 @@ const LINKTYPE_ETHERNET: u16 = 1;
 
 const SECTION_HEADER: u32 = 0x0A0D_0D0A;
 const INTERFACE_DESCRIPTION: u32 = 0x0000_0001;
+const INTERFACE_STATISTICS: u32 = 0x0000_0005;
 const ENHANCED_PACKET: u32 = 0x0000_0006;
 const BYTE_ORDER_MAGIC: u32 = 0x1A2B_3C4D;
 
@@ -18,6 +20,8 @@ const OPT_COMMENT: u16 = 1;
 const IF_NAME: u16 = 2;
 const IF_TSRESOL: u16 = 9;
 const EPB_FLAGS: u16 = 2;
+const ISB_IFRECV: u16 = 4;
+const ISB_IFDROP: u16 = 5;
 
 /// Which way a frame went, from the switch's port: as `epb_flags` bits 0-1 say it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,6 +121,83 @@ pub fn packet(
     out.extend_from_slice(&total.to_le_bytes());
 }
 
+/// Appends the statistics of `interface` at `ns`: `received` frames were seen, of which
+/// `dropped` could not be kept.
+pub fn statistics(out: &mut Vec<u8>, interface: u32, ns: u64, received: u64, dropped: u64) {
+    let mut body = Vec::with_capacity(48);
+    body.extend_from_slice(&interface.to_le_bytes());
+    body.extend_from_slice(&((ns >> 32) as u32).to_le_bytes());
+    body.extend_from_slice(&(ns as u32).to_le_bytes());
+    option(&mut body, ISB_IFRECV, &received.to_le_bytes());
+    option(&mut body, ISB_IFDROP, &dropped.to_le_bytes());
+    option(&mut body, OPT_END, &[]);
+    block(out, INTERFACE_STATISTICS, &body);
+}
+
+/// A malformed block in a capture read back.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("malformed pcapng block at byte {offset} (a length of {length})")]
+pub struct BadBlock {
+    pub offset: usize,
+    pub length: u32,
+}
+
+/// What a reader of a streamed capture learns from its blocks.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct StreamSummary {
+    /// Enhanced packet blocks seen.
+    pub packets: u64,
+    /// From the last interface statistics block: frames seen and frames not kept.
+    pub received: Option<u64>,
+    pub dropped: Option<u64>,
+}
+
+impl StreamSummary {
+    /// Splits `buf`, the start of a stream written by this module, at its last whole block:
+    /// returns how many bytes are whole blocks, counting what they hold. The rest is the
+    /// beginning of a block still coming.
+    pub fn whole_blocks(&mut self, buf: &[u8]) -> Result<usize, BadBlock> {
+        let mut at = 0;
+        while let Some(head) = buf.get(at..at + 8) {
+            let kind = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
+            let length = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+            if length < 12 || length % 4 != 0 || length > 1 << 24 {
+                return Err(BadBlock { offset: at, length });
+            }
+            let Some(block) = buf.get(at..at + length as usize) else {
+                break;
+            };
+            match kind {
+                ENHANCED_PACKET => self.packets += 1,
+                INTERFACE_STATISTICS => self.read_statistics(&block[8..block.len() - 4]),
+                _ => {}
+            }
+            at += length as usize;
+        }
+        Ok(at)
+    }
+
+    /// Reads the options of an interface statistics block's body.
+    fn read_statistics(&mut self, body: &[u8]) {
+        let mut at = 12; // interface, timestamp
+        while let Some(o) = body.get(at..at + 4) {
+            let code = u16::from_le_bytes([o[0], o[1]]);
+            let len = usize::from(u16::from_le_bytes([o[2], o[3]]));
+            let value = body
+                .get(at + 4..at + 4 + len)
+                .and_then(|v| <[u8; 8]>::try_from(v).ok())
+                .map(u64::from_le_bytes);
+            match code {
+                OPT_END => break,
+                ISB_IFRECV => self.received = value,
+                ISB_IFDROP => self.dropped = value,
+                _ => {}
+            }
+            at += 4 + pad4(len);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -200,5 +281,64 @@ mod tests {
             "epb_flags: inbound"
         );
         assert_eq!(out.len() % 4, 0);
+    }
+
+    #[test]
+    fn statistics_on_literal_bytes() {
+        let mut out = Vec::new();
+        statistics(&mut out, 0, 0x0000_0001_0000_0002, 10, 3);
+        assert_eq!(
+            out,
+            [
+                5, 0, 0, 0, // ISB
+                52, 0, 0, 0, // total length
+                0, 0, 0, 0, // interface 0
+                1, 0, 0, 0, 2, 0, 0, 0, // timestamp
+                4, 0, 8, 0, 10, 0, 0, 0, 0, 0, 0, 0, // isb_ifrecv 10
+                5, 0, 8, 0, 3, 0, 0, 0, 0, 0, 0, 0, // isb_ifdrop 3
+                0, 0, 0, 0, // opt_endofopt
+                52, 0, 0, 0,
+            ][..]
+        );
+    }
+
+    #[test]
+    fn a_stream_read_back_in_pieces() {
+        let mut stream = Vec::new();
+        section_header(&mut stream, "vm1");
+        interface(&mut stream, "vm1", 128);
+        packet(&mut stream, 0, 1, Direction::FromVm, &[1; 60], 60);
+        packet(&mut stream, 0, 2, Direction::ToVm, &[2; 61], 61);
+        statistics(&mut stream, 0, 3, 5, 3);
+        // Fed in pieces as they come off the wire; only whole blocks are taken.
+        for step in [1, 7, 13, 64, stream.len()] {
+            let mut summary = StreamSummary::default();
+            let (mut pending, mut taken) = (Vec::new(), 0);
+            for piece in stream.chunks(step) {
+                pending.extend_from_slice(piece);
+                let n = summary.whole_blocks(&pending).unwrap();
+                taken += n;
+                pending.drain(..n);
+            }
+            assert!(pending.is_empty(), "step {step}");
+            assert_eq!(taken, stream.len());
+            assert_eq!(
+                summary,
+                StreamSummary {
+                    packets: 2,
+                    received: Some(5),
+                    dropped: Some(3)
+                }
+            );
+        }
+        // A length that cannot be a block is an error, not a wait for more.
+        let mut summary = StreamSummary::default();
+        assert_eq!(
+            summary.whole_blocks(&[6, 0, 0, 0, 5, 0, 0, 0]),
+            Err(BadBlock {
+                offset: 0,
+                length: 5
+            })
+        );
     }
 }

@@ -361,6 +361,7 @@ mod tests {
                 queue_pairs: 1,
                 vlan: Default::default(),
                 security: Default::default(),
+                capture: None,
             })],
         });
         (sw, h)

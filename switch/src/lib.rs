@@ -6,6 +6,7 @@
 //! workers ([`worker`]) pick the new one up at their next poll.
 
 pub mod affinity;
+pub mod capture;
 pub mod ethernet;
 pub mod fdb;
 pub mod port_security;

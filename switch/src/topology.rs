@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use vringswitch_ports::{PortHandle, PortId};
 
+use crate::capture::CaptureTap;
 use crate::fdb::Fdb;
 use crate::port_security::PortSecurity;
 use crate::vlan::VlanPolicy;
@@ -31,6 +32,8 @@ pub struct PortRt {
     /// False when the operator set the port down: its TX queues are not polled and nothing
     /// is delivered to it.
     pub admin_up: bool,
+    /// The port's packet capture, while one runs.
+    pub capture: Option<Arc<CaptureTap>>,
 }
 
 /// Bridges and ports; ports are indexed by their [`PortId`].
@@ -100,6 +103,7 @@ mod tests {
                         queue_pairs: q,
                         vlan: VlanPolicy::default(),
                         security: Default::default(),
+                        capture: None,
                     })
                 })
                 .collect(),

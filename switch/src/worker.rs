@@ -26,11 +26,12 @@ use vringswitch_ports::vhost_user::rings::{
 };
 use vringswitch_ports::{Attachment, DropReason, PortId};
 
+use crate::capture::{wall_clock_ns, CaptureTap};
 use crate::ethernet::EthernetFrame;
 use crate::fdb::{fdb_key, FdbCache};
 use crate::stats::cycles;
 use crate::topology::{BridgeRt, PortRt, Topology};
-use crate::vlan::Ingress;
+use crate::vlan::{Ingress, VlanPolicy};
 use crate::Switch;
 
 /// Where a frame goes.
@@ -375,6 +376,9 @@ impl Worker {
         // Deliver, one destination ring at a time. Source buffers are read through their
         // own view while the TX ring stays borrowed.
         let mut src_view = GuestView::new(src_mem);
+        if let Some(tap) = src_rt.capture.as_deref() {
+            capture_from_vm(tap, &mut src_view, &b.slots[..b.len], &b.segs);
+        }
         for t in 0..b.targets.len() {
             let dst = b.targets[t];
             deliver_to(
@@ -535,6 +539,9 @@ fn deliver_to(
             return;
         }
     }
+    if let Some(tap) = dst_rt.capture.as_deref() {
+        capture_to_vm(tap, policy, src, b, wanted);
+    }
     let (mut packets, mut bytes) = (0u64, 0u64);
     let mut ring = RingView::new(st.get_queue_mut(), dst_mem);
     let mut edit = FrameEdit::NONE;
@@ -573,6 +580,83 @@ fn deliver_to(
         // The used ring is not in guest memory: nothing was delivered.
         Err(_) => counters.add_drop(DropReason::BadDescriptor, packets),
     }
+}
+
+/// Records the frames of a burst from a captured port's VM.
+#[cold]
+fn capture_from_vm(tap: &CaptureTap, src: &mut GuestView<'_>, frames: &[Frame], segs: &[Seg]) {
+    if !tap.settings().from_vm {
+        return;
+    }
+    let ns = wall_clock_ns();
+    for f in frames {
+        let frame_segs = f.tx.segs_in(segs);
+        tap.record(ns, false, f.tx.len, |buf| {
+            copy_for_capture(src, frame_segs, &FrameEdit::NONE, buf)
+        });
+    }
+}
+
+/// Records the frames of a burst the switch sends to a captured port's VM, as the VM gets
+/// them (VLAN tag pushed or popped), before they are delivered: as tcpdump on an interface
+/// sees what is sent to it, also a frame its ring then has no room for. Kept out of the
+/// delivery loop, which has nothing of the capture.
+#[cold]
+fn capture_to_vm(
+    tap: &CaptureTap,
+    policy: &VlanPolicy,
+    src: &mut GuestView<'_>,
+    b: &Burst,
+    wanted: impl Fn(&Frame) -> bool,
+) {
+    if !tap.settings().to_vm {
+        return;
+    }
+    let ns = wall_clock_ns();
+    let mut edit = FrameEdit::NONE;
+    for f in b.slots[..b.len].iter().filter(|f| wanted(f)) {
+        let tx = &f.tx;
+        if !policy.egress_into(f.ingress, &tx.peek, &mut edit) {
+            continue;
+        }
+        let Some(len) = edit.out_len(tx.len) else {
+            continue;
+        };
+        let segs = tx.segs_in(&b.segs);
+        tap.record(ns, true, len, |buf| copy_for_capture(src, segs, &edit, buf));
+    }
+}
+
+/// Copies the first bytes of a frame, as `edit` changes it, into `buf`; returns how many.
+/// The frame is in `segs` of the source VM's memory (checked there again: a segment that is
+/// not ends the copy).
+fn copy_for_capture(
+    src: &mut GuestView<'_>,
+    segs: &[Seg],
+    edit: &FrameEdit,
+    buf: &mut [u8],
+) -> usize {
+    let prefix = edit.prefix();
+    let mut n = prefix.len().min(buf.len());
+    buf[..n].copy_from_slice(&prefix[..n]);
+    let mut skip = u64::from(edit.skip);
+    for s in segs {
+        if n == buf.len() {
+            break;
+        }
+        let len = u64::from(s.len);
+        if skip >= len {
+            skip -= len;
+            continue;
+        }
+        let take = ((len - skip) as usize).min(buf.len() - n);
+        if !src.read(s.addr + skip, &mut buf[n..n + take]) {
+            break;
+        }
+        n += take;
+        skip = 0;
+    }
+    n
 }
 
 /// Calls `f` on every TX queue in `tx_queues` that is ready and enabled, under its lock.
@@ -623,5 +707,60 @@ impl AsRawFdI32 for EventFd {
     fn as_raw_fd_i32(&self) -> i32 {
         use std::os::fd::AsRawFd;
         self.as_raw_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+    use super::*;
+
+    /// 64 KiB of guest memory at 0, bytes 0, 1, 2... from 0x1000.
+    fn mem() -> GuestMem {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x1_0000)]).unwrap();
+        let pattern: Vec<u8> = (0..=255).collect();
+        mem.write_slice(&pattern, GuestAddress(0x1000)).unwrap();
+        mem
+    }
+
+    fn seg(addr: u64, len: u32) -> Seg {
+        Seg { addr, len }
+    }
+
+    #[test]
+    fn a_capture_copy_follows_segments_and_edits_and_stops_at_the_buffer() {
+        let mem = mem();
+        let mut view = GuestView::new(&mem);
+        // Two segments: 0..10 then 100..110 of the pattern.
+        let segs = [seg(0x1000, 10), seg(0x1000 + 100, 10)];
+        let mut buf = [0u8; 64];
+        let n = copy_for_capture(&mut view, &segs, &FrameEdit::NONE, &mut buf);
+        let want: Vec<u8> = (0..10).chain(100..110).collect();
+        assert_eq!(&buf[..n], &want[..]);
+
+        // An edit replacing the first 12 bytes (crossing into the second segment) by 4.
+        let mut edit = FrameEdit::NONE;
+        edit.prefix[..4].copy_from_slice(&[0xAA; 4]);
+        edit.prefix_len = 4;
+        edit.skip = 12;
+        let n = copy_for_capture(&mut view, &segs, &edit, &mut buf);
+        let want: Vec<u8> = [0xAA; 4].into_iter().chain(102..110).collect();
+        assert_eq!(&buf[..n], &want[..]);
+
+        // A short buffer (the snaplen) is filled and no more.
+        let mut small = [0u8; 6];
+        assert_eq!(copy_for_capture(&mut view, &segs, &edit, &mut small), 6);
+        assert_eq!(small, [0xAA, 0xAA, 0xAA, 0xAA, 102, 103]);
+    }
+
+    #[test]
+    fn a_capture_copy_ends_at_a_segment_outside_guest_memory() {
+        let mem = mem();
+        let mut view = GuestView::new(&mem);
+        let segs = [seg(0x1000, 4), seg(0xFFF0, 0x20), seg(0x1000, 4)];
+        let mut buf = [0u8; 64];
+        let n = copy_for_capture(&mut view, &segs, &FrameEdit::NONE, &mut buf);
+        assert_eq!(&buf[..n], &[0, 1, 2, 3]);
     }
 }

@@ -72,6 +72,16 @@ pub fn frame(dst: [u8; 6], src: [u8; 6], payload_len: usize, seed: u8) -> Vec<u8
     f
 }
 
+/// The same frame with an 802.1Q tag of `vid` (priority `pcp`) after the MAC addresses.
+pub fn tag(untagged: &[u8], vid: u16, pcp: u8) -> Vec<u8> {
+    let tci = (u16::from(pcp) << 13) | vid;
+    let mut f = untagged[..12].to_vec();
+    f.extend_from_slice(&[0x81, 0x00]);
+    f.extend_from_slice(&tci.to_be_bytes());
+    f.extend_from_slice(&untagged[12..]);
+    f
+}
+
 pub const BROADCAST: [u8; 6] = [0xff; 6];
 
 /// The MAC address of test VM `n`.

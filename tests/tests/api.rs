@@ -855,6 +855,8 @@ fn with_an_api_socket_and_no_token_tcp_is_read_only() {
             Some(r#"{"mac": "02:00:00:00:00:01", "port": "p"}"#),
         ),
         ("DELETE", "/v1/bridges/br0/fdb", None),
+        // A capture shows the VMs' traffic: not to whoever can reach the TCP port.
+        ("GET", "/v1/ports/p/capture", None),
     ] {
         let (code, text) = http_request(&d.api, method, path, body);
         assert_eq!(code, 403, "{method} {path} over TCP: {text}");

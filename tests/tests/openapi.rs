@@ -9,6 +9,10 @@
 //! And for one operation, `use_after_free`: `DELETE /v1/bridges/{name}/fdb` flushes a
 //! table, which stays there (empty) by design, while the check takes a DELETE to remove
 //! what its path names.
+//!
+//! The packet capture is left out: its answer streams until the client leaves (or a count
+//! or time it asks for), which schemathesis reads as a timeout. `tests/capture.rs` checks
+//! its queries and answers.
 
 use std::process::Command;
 
@@ -32,6 +36,7 @@ fn schemathesis_finds_no_failure() {
         .arg(&config)
         .args(["run", &url, "--max-examples", "40", "--seed", "20261122"])
         .args(["--exclude-checks", "positive_data_acceptance", "--no-color"])
+        .args(["--exclude-path", "/v1/ports/{name}/capture"])
         .output()
         .unwrap_or_else(|e| {
             panic!(

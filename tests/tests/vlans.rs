@@ -7,7 +7,7 @@ use serde_json::json;
 use vringswitch_tests::api::{assert_error, call, call_raw};
 use vringswitch_tests::frontend::TestVm;
 use vringswitch_tests::setup::{Setup, T};
-use vringswitch_tests::{frame, mac, BROADCAST};
+use vringswitch_tests::{frame, mac, tag, BROADCAST};
 
 /// How long "nothing arrives" is watched for.
 const QUIET: Duration = Duration::from_millis(300);
@@ -15,16 +15,6 @@ const QUIET: Duration = Duration::from_millis(300);
 /// `frame(..)` with an 802.1Q tag of `vid` (priority `pcp`) after the MAC addresses.
 fn tagged(dst: [u8; 6], src: [u8; 6], vid: u16, pcp: u8, payload: usize, seed: u8) -> Vec<u8> {
     tag(&frame(dst, src, payload, seed), vid, pcp)
-}
-
-/// The same frame with a tag inserted.
-fn tag(untagged: &[u8], vid: u16, pcp: u8) -> Vec<u8> {
-    let tci = (u16::from(pcp) << 13) | vid;
-    let mut f = untagged[..12].to_vec();
-    f.extend_from_slice(&[0x81, 0x00]);
-    f.extend_from_slice(&tci.to_be_bytes());
-    f.extend_from_slice(&untagged[12..]);
-    f
 }
 
 /// The same frame with its tag removed.

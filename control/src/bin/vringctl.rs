@@ -47,6 +47,29 @@ enum Command {
     Fdb(FdbCmd),
     /// The whole switch: bridges and their ports (type, link, queues, VLAN, socket).
     Show,
+    /// Captures a port's frames as pcapng, for tshark, Wireshark or tcpdump: to a pipe
+    /// (vringctl capture vm1 | tshark -r -) or a file (-w FILE). Ends after --count frames,
+    /// --seconds, or Ctrl-C.
+    Capture {
+        /// The port.
+        port: String,
+        /// Stop after this many frames.
+        #[arg(long, short = 'c', value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+        count: Option<u64>,
+        /// Stop after this many seconds (up to 86400).
+        #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=86_400))]
+        seconds: Option<u64>,
+        /// rx: frames the port's VM sends; tx: frames delivered to it, as it gets them
+        /// (VLAN tag pushed or popped); both.
+        #[arg(long, short = 'd', value_enum, default_value = "both")]
+        direction: CaptureDirection,
+        /// Bytes kept of each frame (1 to 262144).
+        #[arg(long, short = 's', value_name = "BYTES", value_parser = clap::value_parser!(u32).range(1..=262_144))]
+        snaplen: Option<u32>,
+        /// Write to FILE (replaced) instead of standard output.
+        #[arg(long, short = 'w', value_name = "FILE")]
+        write: Option<std::path::PathBuf>,
+    },
     /// Prints a shell completion script (vringctl completions bash >
     /// /usr/share/bash-completion/completions/vringctl).
     Completions {
@@ -61,6 +84,24 @@ enum Command {
         #[arg(long, short, value_name = "SECS", value_parser = parse_interval)]
         interval: Option<f64>,
     },
+}
+
+/// Which frames of a port a capture takes.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum CaptureDirection {
+    Rx,
+    Tx,
+    Both,
+}
+
+impl CaptureDirection {
+    fn api(self) -> &'static str {
+        match self {
+            CaptureDirection::Rx => "rx",
+            CaptureDirection::Tx => "tx",
+            CaptureDirection::Both => "both",
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -240,6 +281,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Command::Capture { .. } = args.command {
+        return runtime.block_on(capture(args));
+    }
     match runtime.block_on(run(args)) {
         Ok(out) => {
             print!("{out}");
@@ -248,6 +292,76 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("vringctl: error: {e}");
             ExitCode::from(exit_code(&e))
+        }
+    }
+}
+
+/// `vringctl capture`: the stream to its file or standard output, a summary on stderr.
+async fn capture(args: Args) -> ExitCode {
+    use std::io::IsTerminal;
+    use vringswitch_control::capture_client::{capture_to, end_message, CaptureError};
+    let Command::Capture {
+        port,
+        count,
+        seconds,
+        direction,
+        snaplen,
+        write,
+    } = args.command
+    else {
+        return ExitCode::FAILURE;
+    };
+    if write.is_none() && std::io::stdout().is_terminal() {
+        eprintln!(
+            "vringctl: error: a capture is binary pcapng: write it to a file (-w FILE) or \
+             pipe it (vringctl capture {port} | tshark -r -)"
+        );
+        return ExitCode::from(2);
+    }
+    let mut out: Box<dyn std::io::Write> = match &write {
+        Some(path) => match std::fs::File::create(path) {
+            Ok(f) => Box::new(f),
+            Err(e) => {
+                eprintln!("vringctl: error: cannot create {}: {e}", path.display());
+                return ExitCode::FAILURE;
+            }
+        },
+        None => Box::new(std::io::stdout().lock()),
+    };
+    let mut path = format!(
+        "/v1/ports/{}/capture?direction={}",
+        seg(&port),
+        direction.api()
+    );
+    for (key, value) in [
+        ("count", count),
+        ("seconds", seconds),
+        ("snaplen", snaplen.map(u64::from)),
+    ] {
+        if let Some(v) = value {
+            path += &format!("&{key}={v}");
+        }
+    }
+    let api = ApiClient {
+        endpoint: args.api,
+        token: args.token,
+    };
+    let stop = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    match capture_to(&api, &path, &mut *out, stop).await {
+        Ok(end) => {
+            eprintln!("vringctl: {}", end_message(&port, &end));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("vringctl: error: {e}");
+            ExitCode::from(match &e {
+                CaptureError::Api(c) => exit_code(c),
+                _ => 1,
+            })
         }
     }
 }
@@ -280,7 +394,7 @@ async fn run(args: Args) -> Result<String, ClientError> {
         Command::Bridge(cmd) => bridge(&api, cmd, json).await,
         Command::Port(cmd) => port(&api, cmd, json).await,
         Command::Fdb(cmd) => fdb(&api, cmd, json).await,
-        Command::Completions { .. } | Command::Manpage => {
+        Command::Completions { .. } | Command::Manpage | Command::Capture { .. } => {
             Ok(offline(&args.command).unwrap_or_default())
         }
         Command::Show => {

@@ -1,0 +1,147 @@
+//! A port's packet capture as an HTTP response body: pcapng, streamed while it runs.
+//!
+//! The body starts with the section header and the port's interface description, then
+//! carries the frames the workers put in the capture's tap, drained every few milliseconds
+//! in chunks. The capture ends when the client goes away, after `count` frames, after
+//! `seconds`, or when the port is removed; the switch then stops filling the tap, what it
+//! still holds is written, and an interface statistics block closes the stream with the
+//! frames seen and the frames the capture could not keep.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use vringswitch_switch::capture::{wall_clock_ns, CaptureTap};
+
+use crate::daemon::Daemon;
+use crate::pcapng::{self, Direction};
+
+/// When a capture ends, besides the client going away.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CaptureLimits {
+    /// Frames written.
+    pub count: Option<u64>,
+    /// Time since the start.
+    pub seconds: Option<u64>,
+}
+
+/// How often an idle capture looks for frames.
+const DRAIN_EVERY: Duration = Duration::from_millis(2);
+/// Bytes of frames sent as one piece of the body at most.
+const CHUNK: usize = 256 << 10;
+
+/// The response body: pieces sent by the draining task.
+pub struct CaptureBody(mpsc::Receiver<Bytes>);
+
+impl http_body::Body for CaptureBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|piece| piece.map(|b| Ok(http_body::Frame::data(b))))
+    }
+}
+
+/// Starts draining `tap`, the running capture of port `port`, into the body returned.
+pub fn stream(
+    daemon: Arc<Daemon>,
+    port: &str,
+    tap: Arc<CaptureTap>,
+    limits: CaptureLimits,
+) -> CaptureBody {
+    let (tx, rx) = mpsc::channel(8);
+    let settings = tap.settings();
+    let mut head = Vec::with_capacity(256);
+    pcapng::section_header(
+        &mut head,
+        &format!(
+            "vringswitch {}: port {port}, direction {}",
+            env!("CARGO_PKG_VERSION"),
+            crate::daemon::capture_direction(settings)
+        ),
+    );
+    pcapng::interface(&mut head, port, settings.snaplen);
+    // Cannot fail: the channel is new and has room.
+    let _ = tx.try_send(Bytes::from(head));
+    tokio::spawn(async move {
+        let mut written = 0;
+        let client_left = drain(&tap, &tx, limits, &mut written).await;
+        let (d, t) = (daemon.clone(), tap.clone());
+        // Ending it waits for the workers to let go of the tap.
+        let _ = tokio::task::spawn_blocking(move || d.end_capture(&t)).await;
+        if client_left {
+            return;
+        }
+        let mut tail = Vec::new();
+        take_frames(&tap, limits, &mut written, &mut tail);
+        pcapng::statistics(
+            &mut tail,
+            0,
+            wall_clock_ns(),
+            written + tap.dropped(),
+            tap.dropped(),
+        );
+        let _ = tx.send(Bytes::from(tail)).await;
+    });
+    CaptureBody(rx)
+}
+
+/// Sends frames until a limit is reached or the port is removed (false), or the client
+/// leaves (true).
+async fn drain(
+    tap: &CaptureTap,
+    tx: &mpsc::Sender<Bytes>,
+    limits: CaptureLimits,
+    written: &mut u64,
+) -> bool {
+    let deadline = limits
+        .seconds
+        .map(|s| Instant::now() + Duration::from_secs(s));
+    loop {
+        let mut chunk = Vec::new();
+        take_frames(tap, limits, written, &mut chunk);
+        if !chunk.is_empty() {
+            if tx.send(Bytes::from(chunk)).await.is_err() {
+                return true;
+            }
+            continue;
+        }
+        let counted_out = limits.count.is_some_and(|c| *written >= c);
+        let timed_out = deadline.is_some_and(|d| Instant::now() >= d);
+        if counted_out || timed_out || tap.is_closed() {
+            return false;
+        }
+        tokio::select! {
+            _ = tx.closed() => return true,
+            _ = tokio::time::sleep(DRAIN_EVERY) => {}
+        }
+    }
+}
+
+/// Appends frames from `tap` to `out` as packet blocks, up to a chunk's worth and the
+/// count limit.
+fn take_frames(tap: &CaptureTap, limits: CaptureLimits, written: &mut u64, out: &mut Vec<u8>) {
+    while out.len() < CHUNK && limits.count.is_none_or(|c| *written < c) {
+        let Some(f) = tap.take() else {
+            break;
+        };
+        let direction = if f.to_vm {
+            Direction::ToVm
+        } else {
+            Direction::FromVm
+        };
+        pcapng::packet(out, 0, f.ns, direction, f.data(), f.original_len);
+        tap.give_back(f);
+        *written += 1;
+    }
+}
