@@ -17,7 +17,9 @@ hugepages, builds the release binaries, then measures, interleaved in one run:
   anchor's scaling), and 32 ports flooding broadcasts to each other;
 - idle: CPU used by each switch with two connected, idle ports, as % of a core;
 - latency: one frame at a time through each switch at 1000 frames/s (p50/p99, one way and
-  round trip), and vringswitch's wake-up: the first frame after 1 s of idle.
+  round trip), and vringswitch's wake-up: the first frame after 1 s of idle;
+- capture: vringswitch's loopback at 64 and 1518 B with port p0 captured (vringctl capture
+  to /dev/null), interleaved with runs without.
 
 Layout of the machine (2 cores): every switch polls on CPU 1; generators and probes run on
 CPU 0. Nothing else should run meanwhile.
@@ -145,9 +147,16 @@ def generator(work, socks, size, secs, server=False, mode="mac", prefix="vsbgen"
     return p, out
 
 
-def stop_process_group(p, sig, timeout=30):
-    """Sends `sig` to the group `p` leads; SIGKILL if it has not exited after `timeout` s."""
+def stop_process_group(p, sig, timeout=30, wait_first=0):
+    """Sends `sig` to the group `p` leads, unless it exits within `wait_first` s; SIGKILL if
+    it has not exited `timeout` s after the signal."""
     try:
+        if wait_first:
+            try:
+                p.wait(timeout=wait_first)
+                return
+            except subprocess.TimeoutExpired:
+                pass
         os.killpg(p.pid, sig)
         p.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -292,13 +301,18 @@ def perf_record(out, secs):
     )
 
 
-def measure_vringswitch(work, size, secs, nports=2, vlans=None):
+def measure_vringswitch(work, size, secs, nports=2, vlans=None, capture=None):
     """vringswitch with `nports` ports circulating `size`-byte frames. Returns each port's
     Mpps, busy cycles per packet and frames per burst (the two counted from after a 2 s
-    warm-up to the end), and the generator's cycles per packet."""
+    warm-up to the end), and the generator's cycles per packet. With `capture` (a list of
+    `vringctl capture` options), port p0 is captured to /dev/null meanwhile, and the
+    capture's end message is kept in `capture_result` of the last call."""
     vs = Vringswitch(work, nports, vlans)
+    cap = None
     try:
         p, out = generator(work, vs.socks, size, secs)
+        if capture is not None:
+            cap = start_capture(work, capture)
         time.sleep(2)
         c0, n0, b0 = vs.cycles()
         perf = None
@@ -310,11 +324,56 @@ def measure_vringswitch(work, size, secs, nports=2, vlans=None):
         mpps, gen_cpp = stop_generator(p, out)
         if perf:
             perf.wait()
+        if cap:
+            CAPTURE_RESULT[0] = stop_capture(cap)
     finally:
         vs.stop()
     cpp = (c1 - c0) / (n1 - n0) if n1 > n0 else 0.0
     burst = (n1 - n0) / (b1 - b0) if b1 > b0 else 0.0
     return mpps, cpp, burst, gen_cpp
+
+
+CAPTURE_RESULT = [""]
+VRINGCTL = str(ROOT / "target/release/vringctl")
+
+
+def start_capture(work, options):
+    """`vringctl capture p0 OPTIONS -w /dev/null` on the generator's CPU, started once the
+    switch's capture is running."""
+    err = open(Path(work) / "capture.err", "w+")
+    p = subprocess.Popen(
+        ["taskset", "-c", str(GEN_CPU), VRINGCTL, "--api", f"127.0.0.1:{API_PORT}", "capture",
+         "p0", *options, "-w", "/dev/null"], stderr=err, start_new_session=True)
+    p.err = err
+    wait_for(lambda: "capture started" in (Path(work) / "vs.log").read_text(errors="replace"),
+             "the capture to start")
+    return p
+
+
+def stop_capture(p):
+    """Waits for a capture given --seconds to end (SIGINT after 30 s); returns what
+    vringctl said at the end: the frames kept and those that were not."""
+    stop_process_group(p, signal.SIGINT, wait_first=30)
+    p.err.seek(0)
+    return p.err.read().strip()
+
+
+def capture_cost(work, size, secs, rounds):
+    """Loopback at `size` with and without a capture of port p0 (both directions, 128-byte
+    snaplen, to /dev/null, for the generator's `secs`), interleaved over `rounds`: medians of
+    Mpps and busy cycles."""
+    runs = {"off": [], "on": []}
+    for _ in range(rounds):
+        for mode in ("off", "on"):
+            mpps, cpp, _, _ = measure_vringswitch(
+                work(), size, secs,
+                capture=None if mode == "off" else ["-s", "128", "--seconds", str(secs)])
+            runs[mode].append({"mpps": sum(mpps) / len(mpps), "cpp": cpp,
+                               "capture": CAPTURE_RESULT[0] if mode == "on" else ""})
+            log(f"capture {mode}, {size} B: {runs[mode][-1]}")
+    med = {m: {k: statistics.median(r[k] for r in rs) for k in ("mpps", "cpp")}
+           for m, rs in runs.items()}
+    return {"size": size, "runs": runs, "median": med}
 
 
 # ---------------------------------------------------------------- testpmd io-fwd as the switch
@@ -581,7 +640,27 @@ def report(res):
         throughput_report(res, L)
     scaling_report(res, L)
     latency_report(res, L)
+    capture_report(res, L)
     return "\n".join(L)
+
+
+def capture_report(res, L):
+    if not res.get("capture"):
+        return
+    L.append("### Packet capture (loopback with port p0 captured, against no capture)\n")
+    L.append("Port p0 captured both ways with a 128-byte snaplen by `vringctl capture -w "
+             f"/dev/null` on CPU {GEN_CPU} (the generator's), interleaved with runs without; "
+             "medians. Frames the capture could not keep are counted, not waited for.\n")
+    L.append("| frame B | Mpps per port off / on | busy cyc/pkt off / on | cycles on/off "
+             "| what each capture kept |")
+    L.append("|---|---|---|---|---|")
+    for c in res["capture"]:
+        off, on = c["median"]["off"], c["median"]["on"]
+        kept = "; ".join(r["capture"].removeprefix("vringctl: ") for r in c["runs"]["on"])
+        L.append(f"| {c['size']} | {off['mpps']:.3f} / {on['mpps']:.3f} "
+                 f"| {off['cpp']:.0f} / {on['cpp']:.0f} | {ratio(on['cpp'], off['cpp']):.2f} "
+                 f"| {kept} |")
+    L.append("")
 
 
 def throughput_report(res, L):
@@ -736,8 +815,8 @@ def main():
                          "the loop came out unbalanced (a port's first burst lost)")
     ap.add_argument("--sizes", type=int, nargs="+", default=[64, 512, 1518])
     ap.add_argument("--switches", nargs="+", default=list(SWITCHES), choices=SWITCHES)
-    ap.add_argument("--only", choices=["throughput", "scaling", "idle", "latency"], action="append",
-                    help="run only these parts (repeatable)")
+    ap.add_argument("--only", choices=["throughput", "scaling", "idle", "latency", "capture"],
+                    action="append", help="run only these parts (repeatable)")
     ap.add_argument("--gen-burst", type=int, default=32,
                     help="the generator's burst, and so the frames each port has in flight "
                          "(--tx-first sends one burst per port); the default 32 leaves every "
@@ -811,6 +890,9 @@ def main():
                               for label, _, _ in setups]
             res["flood"] = flooding(work(), 32, args.secs)
             log(f"flood: {res['flood']}")
+        if "capture" in parts:
+            res["capture"] = [capture_cost(work, size, args.secs, args.rounds)
+                              for size in (64, 1518)]
         if "idle" in parts:
             res["idle"] = {sw: idle_cpu(work(), sw) for sw in args.switches}
             log(f"idle: {res['idle']}")

@@ -100,30 +100,14 @@ impl CaptureTap {
         self.filled.capacity()
     }
 
-    /// Worker side: records one frame of `original_len` bytes, whose first bytes `fill`
-    /// writes into the buffer it is given and returns the count of. Counted as dropped
-    /// when no buffer is free.
+    /// Worker side: a recorder for the frames of one burst, all stamped `ns`.
     #[inline]
-    pub fn record(
-        &self,
-        ns: u64,
-        to_vm: bool,
-        original_len: u32,
-        fill: impl FnOnce(&mut [u8]) -> usize,
-    ) {
-        let Some(mut f) = self.free.pop() else {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
-            return;
-        };
-        let kept = fill(&mut f.data).min(f.data.len());
-        f.ns = ns;
-        f.to_vm = to_vm;
-        f.original_len = original_len;
-        f.kept = kept as u32;
-        // Cannot fail: there are as many slots as buffers.
-        if let Err(f) = self.filled.push(f) {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
-            let _ = self.free.push(f);
+    pub fn burst(&self, ns: u64) -> BurstRecorder<'_> {
+        BurstRecorder {
+            tap: self,
+            ns,
+            full: false,
+            dropped: 0,
         }
     }
 
@@ -149,6 +133,54 @@ impl CaptureTap {
 
     pub fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
+    }
+}
+
+/// Records the frames of one burst into a tap. Once no buffer is free, the rest of the
+/// burst is counted as dropped without looking again (the control side would hardly free
+/// one within a burst, and each look touches memory it writes); drops reach the tap's
+/// counter once, when the recorder is dropped.
+pub struct BurstRecorder<'a> {
+    tap: &'a CaptureTap,
+    ns: u64,
+    full: bool,
+    dropped: u64,
+}
+
+impl BurstRecorder<'_> {
+    /// Records one frame of `original_len` bytes, whose first bytes `fill` writes into the
+    /// buffer it is given and returns the count of.
+    #[inline]
+    pub fn record(
+        &mut self,
+        to_vm: bool,
+        original_len: u32,
+        fill: impl FnOnce(&mut [u8]) -> usize,
+    ) {
+        let taken = if self.full { None } else { self.tap.free.pop() };
+        let Some(mut f) = taken else {
+            self.full = true;
+            self.dropped += 1;
+            return;
+        };
+        let kept = fill(&mut f.data).min(f.data.len());
+        f.ns = self.ns;
+        f.to_vm = to_vm;
+        f.original_len = original_len;
+        f.kept = kept as u32;
+        // Cannot fail: there are as many slots as buffers.
+        if let Err(f) = self.tap.filled.push(f) {
+            self.dropped += 1;
+            let _ = self.tap.free.push(f);
+        }
+    }
+}
+
+impl Drop for BurstRecorder<'_> {
+    fn drop(&mut self) {
+        if self.dropped > 0 {
+            self.tap.dropped.fetch_add(self.dropped, Ordering::Relaxed);
+        }
     }
 }
 
@@ -184,12 +216,12 @@ mod tests {
     #[test]
     fn frames_come_out_in_order_cut_to_the_snaplen() {
         let t = tap(4);
-        t.record(7, false, 6, |b| {
+        t.burst(7).record(false, 6, |b| {
             b.copy_from_slice(&[1, 2, 3, 4]);
             4
         });
         // A fill that claims more than the buffer keeps the buffer.
-        t.record(8, true, 2, |b| {
+        t.burst(8).record(true, 2, |b| {
             b[..2].copy_from_slice(&[9, 9]);
             99
         });
@@ -211,7 +243,7 @@ mod tests {
         let t = tap(128);
         let n = t.capacity();
         for i in 0..n + 10 {
-            t.record(i as u64, false, 60, |_| 0);
+            t.burst(i as u64).record(false, 60, |_| 0);
         }
         assert_eq!(t.dropped(), 10);
         let mut taken = Vec::new();
@@ -223,9 +255,28 @@ mod tests {
         for f in taken {
             t.give_back(f);
         }
-        t.record(1, false, 60, |_| 0);
+        t.burst(1).record(false, 60, |_| 0);
         assert!(t.take().is_some());
         assert_eq!(t.dropped(), 10);
+    }
+
+    #[test]
+    fn a_burst_that_finds_the_tap_full_stops_looking_and_counts_once() {
+        let t = tap(128);
+        let n = t.capacity();
+        let mut burst = t.burst(1);
+        for _ in 0..n + 3 {
+            burst.record(false, 60, |_| 0);
+        }
+        // Freed in the middle of the burst: not looked at again.
+        t.give_back(t.take().unwrap());
+        burst.record(false, 60, |_| 0);
+        assert_eq!(t.dropped(), 0, "counted when the burst ends");
+        drop(burst);
+        assert_eq!(t.dropped(), 4);
+        // The next burst looks again.
+        t.burst(2).record(false, 60, |_| 0);
+        assert_eq!(t.dropped(), 4);
     }
 
     #[test]
@@ -235,11 +286,14 @@ mod tests {
             .map(|_| {
                 let t = t.clone();
                 std::thread::spawn(move || {
-                    for _ in 0..10_000 {
-                        t.record(0, true, 60, |b| {
-                            b[0] = 1;
-                            1
-                        });
+                    for _ in 0..1000 {
+                        let mut burst = t.burst(0);
+                        for _ in 0..10 {
+                            burst.record(true, 60, |b| {
+                                b[0] = 1;
+                                1
+                            });
+                        }
                     }
                 })
             })

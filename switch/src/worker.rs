@@ -588,10 +588,10 @@ fn capture_from_vm(tap: &CaptureTap, src: &mut GuestView<'_>, frames: &[Frame], 
     if !tap.settings().from_vm {
         return;
     }
-    let ns = wall_clock_ns();
+    let mut burst = tap.burst(wall_clock_ns());
     for f in frames {
         let frame_segs = f.tx.segs_in(segs);
-        tap.record(ns, false, f.tx.len, |buf| {
+        burst.record(false, f.tx.len, |buf| {
             copy_for_capture(src, frame_segs, &FrameEdit::NONE, buf)
         });
     }
@@ -612,7 +612,7 @@ fn capture_to_vm(
     if !tap.settings().to_vm {
         return;
     }
-    let ns = wall_clock_ns();
+    let mut burst = tap.burst(wall_clock_ns());
     let mut edit = FrameEdit::NONE;
     for f in b.slots[..b.len].iter().filter(|f| wanted(f)) {
         let tx = &f.tx;
@@ -623,7 +623,7 @@ fn capture_to_vm(
             continue;
         };
         let segs = tx.segs_in(&b.segs);
-        tap.record(ns, true, len, |buf| copy_for_capture(src, segs, &edit, buf));
+        burst.record(true, len, |buf| copy_for_capture(src, segs, &edit, buf));
     }
 }
 
