@@ -24,6 +24,7 @@ command -v setpriv >/dev/null || need+=(util-linux)
 command -v libvirtd >/dev/null || need+=(libvirt-daemon libvirt-daemon-driver-qemu)
 command -v virsh >/dev/null || need+=(libvirt-clients)
 command -v tshark >/dev/null || need+=(tshark)  # reads the pcapng captures back
+command -v script >/dev/null || need+=(bsdutils)  # a terminal for vringctl capture's refusal
 if ((${#need[@]})); then
     if [[ $(id -u) -ne 0 ]]; then
         echo "missing packages: ${need[*]}; install them (apt-get install ${need[*]}) or run as root" >&2

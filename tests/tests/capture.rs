@@ -428,7 +428,7 @@ fn vringctl_capture_refuses_a_terminal_and_says_what_to_do() {
             "/dev/null",
         ])
         .output()
-        .expect("run script(1) from util-linux");
+        .expect("run script(1): install it with `apt-get install bsdutils` (scripts/test.sh does)");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.contains("a capture is binary pcapng: write it to a file (-w FILE) or pipe it"),
