@@ -579,7 +579,10 @@ fn port_view(spec: PortSpec, handle: &PortHandle, snapshot: &Snapshot) -> PortVi
     let state = PortState {
         connected: handle.is_connected(),
         ready: attachment.is_some(),
-        features: attachment.as_ref().map(|a| format!("{:#x}", a.features())),
+        features: attachment
+            .as_ref()
+            .and_then(|a| a.features())
+            .map(|f| format!("{f:#x}")),
         queue_pairs_active: attachment.as_ref().map_or(0, |a| a.active_queue_pairs()),
     };
     let counters = snapshot

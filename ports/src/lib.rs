@@ -5,13 +5,15 @@
 //! counters. The [`vhost_user`] module turns a unix socket into such an attachment and keeps
 //! it served across reconnects; [`vhost_user::rings`] is the per-frame split-ring data path.
 //! [`socket_file`] binds socket files without taking a live one from another process.
+//! [`tap`] ports carry frames to and from the host's kernel through a TAP interface.
 #![deny(unsafe_code)]
 
 pub mod counters;
 pub mod log_limit;
 pub mod port;
 pub mod socket_file;
+pub mod tap;
 pub mod vhost_user;
 
 pub use counters::{DropReason, PortCounters, PortStats};
-pub use port::{Attachment, PortHandle, PortId};
+pub use port::{Attachment, PortHandle, PortId, VhostUserQueues};

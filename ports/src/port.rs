@@ -18,6 +18,7 @@ use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::counters::PortStats;
+use crate::tap::TapQueue;
 use crate::vhost_user::kicks::TxKicks;
 
 /// Stable identifier of a port for the lifetime of the daemon (never reused).
@@ -29,8 +30,43 @@ pub type GuestMemAtomic = GuestMemoryAtomic<GuestMem>;
 /// One virtqueue with its kick/call eventfds, shared with the vhost-user handler thread.
 pub type Vring = VringMutex<GuestMemAtomic>;
 
-/// The queues of a connected peer, as handed to the workers.
-pub struct Attachment {
+/// What a port offers the workers while it can carry frames, by kind. The workers choose
+/// the kind once per burst, never per frame.
+pub enum Attachment {
+    /// A VM's virtqueues (vhost-user).
+    VhostUser(VhostUserQueues),
+    /// A TAP interface's descriptor and receive buffers.
+    Tap(TapQueue),
+}
+
+impl Attachment {
+    /// The virtio features the frontend acknowledged (vhost-user ports).
+    pub fn features(&self) -> Option<u64> {
+        match self {
+            Attachment::VhostUser(q) => Some(q.features()),
+            Attachment::Tap(_) => None,
+        }
+    }
+
+    /// Queue pairs whose rings are all ready and enabled right now (a TAP port has one).
+    pub fn active_queue_pairs(&self) -> usize {
+        match self {
+            Attachment::VhostUser(q) => q.active_queue_pairs(),
+            Attachment::Tap(_) => 1,
+        }
+    }
+
+    /// Queue pairs the port has (a TAP port has one).
+    pub fn queue_pairs(&self) -> usize {
+        match self {
+            Attachment::VhostUser(q) => q.queue_pairs(),
+            Attachment::Tap(_) => 1,
+        }
+    }
+}
+
+/// The queues of a connected vhost-user peer, as handed to the workers.
+pub struct VhostUserQueues {
     /// All virtqueues of the connection: `2 * i` is RX (switch to VM), `2 * i + 1` is TX.
     pub vrings: Vec<Vring>,
     /// Guest memory of this connection; replaced in place on SET_MEM_TABLE.
@@ -43,7 +79,7 @@ pub struct Attachment {
     lined_up: Box<[AtomicBool]>,
 }
 
-impl Attachment {
+impl VhostUserQueues {
     /// Creates an attachment; `features` is updated by the connection on SET_FEATURES, and
     /// `tx_kicks` by its relay on SET_VRING_KICK.
     pub fn new(
@@ -51,9 +87,9 @@ impl Attachment {
         mem: GuestMemAtomic,
         features: Arc<AtomicU64>,
         tx_kicks: Arc<TxKicks>,
-    ) -> Attachment {
+    ) -> VhostUserQueues {
         let lined_up = vrings.iter().map(|_| AtomicBool::new(false)).collect();
-        Attachment {
+        VhostUserQueues {
             vrings,
             mem,
             features,
@@ -281,7 +317,7 @@ mod tests {
     fn a_queue_is_lined_up_with_its_used_ring_once_per_start() {
         let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
         let vring = Vring::new(mem.clone(), 256).unwrap();
-        let att = Attachment::new(
+        let att = VhostUserQueues::new(
             vec![vring],
             mem,
             Arc::new(AtomicU64::new(0)),
@@ -331,12 +367,12 @@ mod tests {
         p.set_wakers(vec![w1.clone(), w2.clone()]);
         let g0 = p.generation();
         let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
-        p.attach(Arc::new(Attachment::new(
+        p.attach(Arc::new(Attachment::VhostUser(VhostUserQueues::new(
             vec![],
             mem,
             Arc::new(AtomicU64::new(0)),
             Arc::new(TxKicks::new(0, || {})),
-        )));
+        ))));
         assert!(p.generation() > g0);
         assert!(p.attachment().is_some());
         assert_eq!(w1.read().unwrap(), 1);

@@ -20,11 +20,12 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 use vringswitch_ports::counters::PortCounters;
 use vringswitch_ports::port::{GuestMem, GuestMemAtomic};
+use vringswitch_ports::tap::{TapQueue, TapRead, TAP_BUFFERS};
 use vringswitch_ports::vhost_user::guest_view::GuestView;
 use vringswitch_ports::vhost_user::rings::{
-    FrameEdit, PopTx, RingView, RxScratch, Seg, TxFrame, MAX_TX_SEGS,
+    FrameEdit, PopTx, RingView, RxScratch, Seg, TxFrame, MAX_TX_SEGS, MIN_FRAME_LEN, PEEK_LEN,
 };
-use vringswitch_ports::{Attachment, DropReason, PortId};
+use vringswitch_ports::{Attachment, DropReason, PortId, VhostUserQueues};
 
 use crate::capture::{wall_clock_ns, CaptureTap};
 use crate::ethernet::EthernetFrame;
@@ -238,6 +239,16 @@ impl Worker {
         }
         let mut pending = false;
         let epoll = &self.epoll;
+        // A TAP port's descriptor, level-triggered: readable, it ends the sleep at once.
+        for &(port, _) in &self.tx_queues {
+            if let Some(Attachment::Tap(q)) =
+                attachment(&self.topology, &mut self.ports, port).map(|a| &**a)
+            {
+                use std::os::fd::AsRawFd;
+                let ev = EpollEvent::new(EventSet::IN, 2);
+                let _ = epoll.ctl(ControlOperation::Add, q.fd().as_raw_fd(), ev);
+            }
+        }
         for_each_ready_tx(
             &self.topology,
             &mut self.ports,
@@ -278,13 +289,17 @@ impl Worker {
         let Some(att) = self.ports[src as usize].attachment.take() else {
             return 0;
         };
-        let moved = self.burst_from(i, &att, now_s);
+        // The port's kind is chosen here, once per burst.
+        let moved = match &*att {
+            Attachment::VhostUser(q) => self.burst_from_vm(i, q, now_s),
+            Attachment::Tap(q) => self.burst_from_tap(i, q, now_s),
+        };
         self.ports[src as usize].attachment = Some(att);
         moved
     }
 
-    /// One burst from TX queue `i`, whose port's attachment is `att`.
-    fn burst_from(&mut self, i: usize, att: &Attachment, now_s: u64) -> usize {
+    /// One burst from TX queue `i` of a VM, whose queues are `att`.
+    fn burst_from_vm(&mut self, i: usize, att: &VhostUserQueues, now_s: u64) -> usize {
         let (src, qp) = self.tx_queues[i];
         let topology: &Topology = &self.topology;
         let Some(src_rt) = topology.port(src) else {
@@ -367,36 +382,128 @@ impl Worker {
         }
         self.switch.workers[self.index].stats.add_burst(consumed);
         counters.add_rx(usize::from(qp), b.len as u64, rx_bytes);
-        if flood {
-            b.targets.clear();
-            b.targets
-                .extend(bridge.ports.iter().copied().filter(|&p| p != src));
-        }
-
-        // Deliver, one destination ring at a time. Source buffers are read through their
-        // own view while the TX ring stays borrowed.
-        let mut src_view = GuestView::new(src_mem);
-        if let Some(tap) = src_rt.capture.as_deref() {
-            capture_from_vm(tap, &mut src_view, &b.slots[..b.len], &b.segs);
-        }
-        for t in 0..b.targets.len() {
-            let dst = b.targets[t];
-            deliver_to(
-                self.index,
-                topology,
-                &mut self.ports,
-                dst,
-                qp,
-                &mut src_view,
-                b,
-            );
-        }
+        // Source buffers are read through their own view while the TX ring stays borrowed.
+        let from = Source {
+            id: src,
+            rt: src_rt,
+            qp,
+            mem: src_mem,
+        };
+        deliver_burst(self.index, topology, &mut self.ports, &from, b, flood);
 
         // Give the TX chains back, notify the sender once.
         if let Ok(true) = tx_ring.publish_used() {
             let _ = st.signal_used_queue();
         }
         consumed
+    }
+}
+
+impl Worker {
+    /// One burst from a TAP port: frames the kernel sent, read into the port's buffers one
+    /// `read` each, then decided and delivered like a VM's.
+    fn burst_from_tap(&mut self, i: usize, q: &TapQueue, now_s: u64) -> usize {
+        let (src, qp) = self.tx_queues[i];
+        let topology: &Topology = &self.topology;
+        let Some(src_rt) = topology.port(src) else {
+            return 0;
+        };
+        let bridge = &topology.bridges[src_rt.bridge];
+        let counters = src_rt.handle.stats().slot(self.index);
+        let b = &mut self.burst;
+        b.len = 0;
+        b.segs.clear();
+        b.targets.clear();
+        let mut decide = Decision {
+            src,
+            src_rt,
+            bridge,
+            topology,
+            counters,
+            cache: &mut self.fdb_caches[src_rt.bridge],
+            synced: false,
+            now_s,
+            last: None,
+        };
+        let mut view = GuestView::new(q.mem());
+        let (mut rx_bytes, mut flood) = (0u64, false);
+        for slot in 0..b.slots.len().min(TAP_BUFFERS) {
+            let len = match q.read_frame(slot) {
+                TapRead::Frame(len) => len,
+                TapRead::Empty => break,
+                TapRead::Failed(_) => {
+                    // The interface went away: its port's control side sees it too.
+                    counters.add_drop(DropReason::PortDown, 1);
+                    break;
+                }
+            };
+            let addr = TapQueue::buffer(slot);
+            let mut peek = [0u8; PEEK_LEN];
+            let n = (len as usize).min(PEEK_LEN);
+            if (len as usize) < MIN_FRAME_LEN || !view.read(addr, &mut peek[..n]) {
+                counters.add_drop(DropReason::BadDescriptor, 1);
+                continue;
+            }
+            let f = &mut b.slots[b.len];
+            f.tx = TxFrame::in_one_buffer(0, addr, len, peek);
+            rx_bytes += u64::from(len);
+            b.len += 1;
+            let (ingress, dest) = decide.frame(&f.tx);
+            (f.ingress, f.dest) = (ingress, dest);
+            match dest {
+                Dest::Flood => flood = true,
+                Dest::Port(p) if !b.targets.contains(&p) => b.targets.push(p),
+                _ => {}
+            }
+        }
+        if b.len == 0 {
+            return 0;
+        }
+        self.switch.workers[self.index].stats.add_burst(b.len);
+        counters.add_rx(usize::from(qp), b.len as u64, rx_bytes);
+        let from = Source {
+            id: src,
+            rt: src_rt,
+            qp,
+            mem: q.mem(),
+        };
+        deliver_burst(self.index, topology, &mut self.ports, &from, b, flood);
+        b.len
+    }
+}
+
+/// The port a burst came from.
+struct Source<'a> {
+    id: PortId,
+    rt: &'a PortRt,
+    qp: u16,
+    /// The memory its frames are in.
+    mem: &'a GuestMem,
+}
+
+/// Delivers the decided frames of burst `b` from `from` to each destination (every other
+/// port of the bridge when one frame floods), one destination at a time.
+fn deliver_burst(
+    worker: usize,
+    topology: &Topology,
+    ports: &mut [PortCache],
+    from: &Source<'_>,
+    b: &mut Burst,
+    flood: bool,
+) {
+    if flood {
+        let bridge = &topology.bridges[from.rt.bridge];
+        b.targets.clear();
+        b.targets
+            .extend(bridge.ports.iter().copied().filter(|&p| p != from.id));
+    }
+    let mut src_view = GuestView::new(from.mem);
+    if let Some(cap) = from.rt.capture.as_deref() {
+        capture_from_vm(cap, &mut src_view, &b.slots[..b.len], &b.segs);
+    }
+    for t in 0..b.targets.len() {
+        let dst = b.targets[t];
+        deliver_to(worker, topology, ports, dst, from.qp, &mut src_view, b);
     }
 }
 
@@ -517,6 +624,11 @@ fn deliver_to(
         counters.add_drop(DropReason::PortDown, count());
         return;
     };
+    // The destination's kind is chosen here, once per burst and destination.
+    let att = match &**att {
+        Attachment::VhostUser(q) => q,
+        Attachment::Tap(q) => return deliver_to_tap(worker, dst_rt, q, src, b, wanted),
+    };
     let pairs = att.queue_pairs();
     if pairs == 0 {
         counters.add_drop(DropReason::PortDown, count());
@@ -539,8 +651,8 @@ fn deliver_to(
             return;
         }
     }
-    if let Some(tap) = dst_rt.capture.as_deref() {
-        capture_to_vm(tap, policy, src, b, wanted);
+    if let Some(cap) = dst_rt.capture.as_deref() {
+        capture_to_vm(cap, policy, src, b, wanted);
     }
     let (mut packets, mut bytes) = (0u64, 0u64);
     let mut ring = RingView::new(st.get_queue_mut(), dst_mem);
@@ -582,13 +694,60 @@ fn deliver_to(
     }
 }
 
+/// Writes every frame of the burst that `wanted` takes to TAP port `q`, each with one
+/// `writev` from the source's buffers (the VLAN edit as its first piece).
+fn deliver_to_tap(
+    worker: usize,
+    dst_rt: &PortRt,
+    q: &TapQueue,
+    src: &mut GuestView<'_>,
+    b: &Burst,
+    wanted: impl Fn(&Frame) -> bool,
+) {
+    let counters = dst_rt.handle.stats().slot(worker);
+    let policy = &dst_rt.vlan;
+    if let Some(cap) = dst_rt.capture.as_deref() {
+        capture_to_vm(cap, policy, src, b, &wanted);
+    }
+    let (mut packets, mut bytes) = (0u64, 0u64);
+    let mut edit = FrameEdit::NONE;
+    for f in b.slots[..b.len].iter().filter(|f| wanted(f)) {
+        let tx = &f.tx;
+        if !policy.egress_into(f.ingress, &tx.peek, &mut edit) {
+            counters.add_drop(DropReason::VlanFiltered, 1);
+            continue;
+        }
+        let Some(len) = edit.out_len(tx.len) else {
+            counters.add_drop(DropReason::BadDescriptor, 1);
+            continue;
+        };
+        let rest = len as usize - edit.prefix().len();
+        let segs = tx.segs_in(&b.segs);
+        match src.write_to(q.fd(), edit.prefix(), segs, usize::from(edit.skip), rest) {
+            Ok(n) => {
+                packets += 1;
+                bytes += n as u64;
+            }
+            // The kernel's queue for the interface is full.
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                counters.add_drop(DropReason::NoRxBuffer, 1)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {
+                counters.add_drop(DropReason::BadDescriptor, 1)
+            }
+            Err(_) => counters.add_drop(DropReason::PortDown, 1),
+        }
+    }
+    counters.add_tx(0, packets, bytes);
+}
+
 /// Records the frames of a burst from a captured port's VM.
 #[cold]
-fn capture_from_vm(tap: &CaptureTap, src: &mut GuestView<'_>, frames: &[Frame], segs: &[Seg]) {
-    if !tap.settings().from_vm {
+fn capture_from_vm(cap: &CaptureTap, src: &mut GuestView<'_>, frames: &[Frame], segs: &[Seg]) {
+    if !cap.settings().from_vm {
         return;
     }
-    let mut burst = tap.burst(wall_clock_ns());
+    let mut burst = cap.burst(wall_clock_ns());
     for f in frames {
         let frame_segs = f.tx.segs_in(segs);
         burst.record(false, f.tx.len, |buf| {
@@ -603,16 +762,16 @@ fn capture_from_vm(tap: &CaptureTap, src: &mut GuestView<'_>, frames: &[Frame], 
 /// delivery loop, which has nothing of the capture.
 #[cold]
 fn capture_to_vm(
-    tap: &CaptureTap,
+    cap: &CaptureTap,
     policy: &VlanPolicy,
     src: &mut GuestView<'_>,
     b: &Burst,
     wanted: impl Fn(&Frame) -> bool,
 ) {
-    if !tap.settings().to_vm {
+    if !cap.settings().to_vm {
         return;
     }
-    let mut burst = tap.burst(wall_clock_ns());
+    let mut burst = cap.burst(wall_clock_ns());
     let mut edit = FrameEdit::NONE;
     for f in b.slots[..b.len].iter().filter(|f| wanted(f)) {
         let tx = &f.tx;
@@ -664,10 +823,11 @@ fn for_each_ready_tx(
     topology: &Topology,
     ports: &mut [PortCache],
     tx_queues: &[(PortId, u16)],
-    mut f: impl FnMut(&Attachment, usize, &mut VringState<GuestMemAtomic>, &GuestMem),
+    mut f: impl FnMut(&VhostUserQueues, usize, &mut VringState<GuestMemAtomic>, &GuestMem),
 ) {
     for &(port, qp) in tx_queues {
-        let Some(att) = attachment(topology, ports, port) else {
+        let Some(Attachment::VhostUser(att)) = attachment(topology, ports, port).map(|a| &**a)
+        else {
             continue;
         };
         let ring = 2 * usize::from(qp) + 1;

@@ -22,7 +22,7 @@ use vmm_sys_util::event::{
 };
 
 use super::kicks::TxKicks;
-use crate::port::{Attachment, GuestMemAtomic, PortHandle};
+use crate::port::{Attachment, GuestMemAtomic, PortHandle, VhostUserQueues};
 
 /// Event threads the library runs per connection (see `queues_per_thread`).
 const LIBRARY_THREADS: usize = 1;
@@ -223,12 +223,12 @@ impl VhostUserBackend for NetBackend {
             if *closed {
                 return Ok(());
             }
-            let attachment = Attachment::new(
+            let attachment = Attachment::VhostUser(VhostUserQueues::new(
                 vrings.to_vec(),
                 self.mem.clone(),
                 self.acked_features.clone(),
                 self.tx_kicks.clone(),
-            );
+            ));
             self.port.attach(Arc::new(attachment));
             self.published.store(true, Ordering::Release);
             tracing::info!(

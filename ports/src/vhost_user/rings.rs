@@ -134,7 +134,7 @@ impl TxFrame {
     /// segment array is not used (a push there, and the bounds checks of the slice taken
     /// back, cost more than the frame's own copy of it; callgrind).
     #[inline]
-    fn in_one_buffer(head: u16, addr: u64, len: u32, peek: [u8; PEEK_LEN]) -> TxFrame {
+    pub fn in_one_buffer(head: u16, addr: u64, len: u32, peek: [u8; PEEK_LEN]) -> TxFrame {
         TxFrame {
             head,
             len,

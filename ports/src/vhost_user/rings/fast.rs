@@ -148,7 +148,7 @@ const BUF_AHEAD: u16 = 4;
 /// The driver's index is more than a ring ahead of ours. That is what a ring given a base
 /// other than its used index looks like (DPDK's virtio_user sends SET_VRING_BASE 0 when it
 /// reconnects, whatever its rings hold). A queue is lined up with its used index when a
-/// worker first sees it started (`Attachment::serviceable`); this catches a frontend that
+/// worker first sees it started (`VhostUserQueues::serviceable`); this catches a frontend that
 /// set a ring up again faster than a worker saw it stopped. If the used index (read from
 /// the ring at SET_VRING_ADDR, and kept since) is within a ring of the driver's, restart
 /// from it, as DPDK's own vhost library does, and say so (true).
