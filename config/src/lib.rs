@@ -109,6 +109,81 @@ pub struct BridgeConfig {
 pub enum PortType {
     #[serde(rename = "vhost-user")]
     VhostUser,
+    /// A TAP interface on the host: the switch's link to the host's own network stack.
+    #[serde(rename = "tap")]
+    Tap,
+}
+
+impl std::fmt::Display for PortType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PortType::VhostUser => "vhost-user",
+            PortType::Tap => "tap",
+        })
+    }
+}
+
+/// Longest interface name Linux takes (`IFNAMSIZ` less the terminating NUL).
+pub const MAX_IFNAME: usize = 15;
+/// Smallest and largest MTU a TAP port may be given.
+pub const MIN_MTU: u32 = 68;
+pub const MAX_MTU: u32 = 65_500;
+
+/// Why an interface name cannot be used.
+pub fn check_ifname(name: &str) -> Result<(), String> {
+    let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    if name.is_empty() || name.len() > MAX_IFNAME {
+        return Err(format!(
+            "interface name {name:?} must be 1 to {MAX_IFNAME} characters"
+        ));
+    }
+    if !name.chars().all(ok_char) || name == "." || name == ".." {
+        return Err(format!(
+            "interface name {name:?} may only have A-Z a-z 0-9 - _ . (and is not . or ..)"
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a TAP port's MTU.
+pub fn check_mtu(mtu: u32) -> Result<(), String> {
+    if !(MIN_MTU..=MAX_MTU).contains(&mtu) {
+        return Err(format!(
+            "mtu must be between {MIN_MTU} and {MAX_MTU}, not {mtu}"
+        ));
+    }
+    Ok(())
+}
+
+/// Which settings a port of each type has, given which were set: one rule for the
+/// configuration file, the API and the state file.
+pub fn check_port_settings(kind: PortType, given: &[(&'static str, bool)]) -> Result<(), String> {
+    let (own, other): (&[&str], PortType) = match kind {
+        PortType::VhostUser => (&["socket", "mode", "queues"], PortType::Tap),
+        PortType::Tap => (&["ifname", "mtu"], PortType::VhostUser),
+    };
+    let kind_only = ["socket", "mode", "queues", "ifname", "mtu"];
+    let foreign: Vec<&str> = given
+        .iter()
+        .filter(|(name, set)| *set && kind_only.contains(name) && !own.contains(name))
+        .map(|(name, _)| *name)
+        .collect();
+    if foreign.is_empty() {
+        return Ok(());
+    }
+    let named = match foreign.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} and {last}", rest.join(", ")),
+        _ => foreign.join(""),
+    };
+    Err(format!(
+        "{named} {} of a {other} port; a {kind} port has {}",
+        if foreign.len() == 1 {
+            "is a setting"
+        } else {
+            "are settings"
+        },
+        own.join(", ")
+    ))
 }
 
 /// Whether a port is meant to carry traffic. Down: the switch neither polls it nor
@@ -158,10 +233,18 @@ pub struct PortConfig {
     /// `SOCKET_DIR/NAME.sock` (`SOCKET_DIR/client/NAME.sock` in client mode).
     #[serde(default = "no_socket", skip_serializing_if = "is_no_socket")]
     pub socket: Spanned<PathBuf>,
-    pub mode: SocketMode,
-    /// Maximum queue pairs accepted from the frontend.
-    #[serde(default = "default_queue_pairs")]
-    pub queues: Spanned<u16>,
+    /// vhost-user: who listens on the socket; `server` when left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<SocketMode>,
+    /// vhost-user: most queue pairs accepted from the frontend (4 when left out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queues: Option<Spanned<u16>>,
+    /// tap: the interface's name; the port's name when left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ifname: Option<Spanned<String>>,
+    /// tap: the MTU the interface is set to; left as it is when left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<Spanned<u32>>,
     /// VLAN membership; without it the port carries every VLAN as it comes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vlan: Option<Spanned<VlanConfig>>,
@@ -346,10 +429,6 @@ fn default_idle_us() -> u64 {
 fn default_aging() -> Spanned<u64> {
     Spanned::new(0..0, DEFAULT_FDB_AGING_S)
 }
-fn default_queue_pairs() -> Spanned<u16> {
-    Spanned::new(0..0, DEFAULT_QUEUE_PAIRS)
-}
-
 /// The last CPU of the machine: on a small host it leaves CPU 0 to the VMs and the kernel.
 pub fn default_core() -> usize {
     std::thread::available_parallelism()
@@ -366,8 +445,10 @@ impl Config {
             bridge: Spanned::new(0..0, "br0".to_string()),
             kind: PortType::VhostUser,
             socket: Spanned::new(0..0, socket_dir.join(format!("{name}.sock"))),
-            mode: SocketMode::Server,
-            queues: default_queue_pairs(),
+            mode: Some(SocketMode::Server),
+            queues: None,
+            ifname: None,
+            mtu: None,
             vlan: None,
             allowed_macs: None,
             admin: AdminState::Up,
@@ -388,8 +469,12 @@ impl Config {
     pub fn fill_default_sockets(&mut self, socket_dir: &Path) -> Result<(), String> {
         let mut seen = HashSet::new();
         for port in &mut self.ports {
+            if port.kind != PortType::VhostUser {
+                continue;
+            }
             if is_no_socket(&port.socket) {
-                let path = default_socket(socket_dir, port.name.get_ref(), port.mode);
+                let mode = port.mode.unwrap_or(SocketMode::Server);
+                let path = default_socket(socket_dir, port.name.get_ref(), mode);
                 port.socket = Spanned::new(port.socket.span(), path);
             }
             let socket = port.socket.get_ref();
@@ -479,6 +564,7 @@ impl Config {
 
         let mut ports = HashSet::new();
         let mut sockets = HashSet::new();
+        let mut ifnames = HashSet::new();
         for port in &self.ports {
             check_name("port", &port.name).map_err(|m| invalid(port.name.span(), m))?;
             if !ports.insert(port.name.get_ref().as_str()) {
@@ -497,6 +583,37 @@ impl Config {
                     ),
                 ));
             }
+            check_port_settings(
+                port.kind,
+                &[
+                    ("socket", !is_no_socket(&port.socket)),
+                    ("mode", port.mode.is_some()),
+                    ("queues", port.queues.is_some()),
+                    ("ifname", port.ifname.is_some()),
+                    ("mtu", port.mtu.is_some()),
+                ],
+            )
+            .map_err(|m| {
+                invalid(
+                    port.name.span(),
+                    format!("port {:?}: {m}", port.name.get_ref()),
+                )
+            })?;
+            if port.kind == PortType::Tap {
+                let ifname = port.ifname.as_ref();
+                let name = ifname.map_or(port.name.get_ref(), |n| n.get_ref());
+                let span = ifname.map_or(port.name.span(), |n| n.span());
+                check_ifname(name).map_err(|m| invalid(span.clone(), m))?;
+                if !ifnames.insert(name.clone()) {
+                    return Err(invalid(
+                        span,
+                        format!("interface {name} is used by two ports"),
+                    ));
+                }
+                if let Some(mtu) = &port.mtu {
+                    check_mtu(*mtu.get_ref()).map_err(|m| invalid(mtu.span(), m))?;
+                }
+            }
             let socket = port.socket.get_ref();
             if is_no_socket(&port.socket) {
                 // Given its default by fill_default_sockets.
@@ -508,7 +625,9 @@ impl Config {
                     format!("socket {} is used by two ports", socket.display()),
                 ));
             }
-            check_queues(*port.queues.get_ref()).map_err(|m| invalid(port.queues.span(), m))?;
+            if let Some(q) = &port.queues {
+                check_queues(*q.get_ref()).map_err(|m| invalid(q.span(), m))?;
+            }
             if let Some(vlan) = &port.vlan {
                 check_vlan(vlan.get_ref()).map_err(|m| invalid(vlan.span(), m))?;
             }
@@ -650,10 +769,10 @@ queues = 2
         assert_eq!(c.bridges.len(), 2);
         assert_eq!(*c.bridges[0].fdb_aging_s.get_ref(), 300);
         assert_eq!(*c.bridges[1].fdb_aging_s.get_ref(), 60);
-        assert_eq!(c.ports[0].mode, SocketMode::Server);
-        assert_eq!(c.ports[1].mode, SocketMode::Client);
-        assert_eq!(*c.ports[0].queues.get_ref(), DEFAULT_QUEUE_PAIRS);
-        assert_eq!(*c.ports[1].queues.get_ref(), 2);
+        assert_eq!(c.ports[0].mode, Some(SocketMode::Server));
+        assert_eq!(c.ports[1].mode, Some(SocketMode::Client));
+        assert_eq!(c.ports[0].queues.as_ref().map(|q| *q.get_ref()), None);
+        assert_eq!(c.ports[1].queues.as_ref().map(|q| *q.get_ref()), Some(2));
         assert_eq!(c.ports[1].kind, PortType::VhostUser);
     }
 
@@ -806,8 +925,72 @@ queues = 2
     fn wrong_mode_and_type_are_rejected() {
         let bad = GOOD.replace("mode = \"client\"", "mode = \"both\"");
         assert!(err(&bad).contains("line 24"), "{}", err(&bad));
+        let bad = GOOD.replacen("type = \"vhost-user\"", "type = \"tun\"", 1);
+        assert!(err(&bad).contains("unknown variant `tun`"), "{}", err(&bad));
+        // A vhost-user port's settings on a tap port are refused, naming them.
         let bad = GOOD.replacen("type = \"vhost-user\"", "type = \"tap\"", 1);
-        assert!(err(&bad).contains("unknown variant `tap`"), "{}", err(&bad));
+        assert!(
+            err(&bad).contains(
+                "port \"vm1\": socket and mode are settings of a vhost-user port; a tap port \
+                 has ifname, mtu"
+            ),
+            "{}",
+            err(&bad)
+        );
+    }
+
+    #[test]
+    fn tap_ports_take_an_interface_name_and_an_mtu() {
+        let base = "[dataplane]\ncores = [1]\n[[bridges]]\nname = \"br0\"\n";
+        let tap = |extra: &str| {
+            format!("{base}[[ports]]\nname = \"up0\"\nbridge = \"br0\"\ntype = \"tap\"\n{extra}")
+        };
+        let c = Config::parse(&tap(""), Path::new("t")).unwrap();
+        assert_eq!(c.ports[0].kind, PortType::Tap);
+        assert!(
+            c.ports[0].ifname.is_none(),
+            "the port's name, filled in later"
+        );
+        let c = Config::parse(&tap("ifname = \"vs-up0\"\nmtu = 9000\n"), Path::new("t")).unwrap();
+        assert_eq!(c.ports[0].ifname.as_ref().unwrap().get_ref(), "vs-up0");
+        assert_eq!(*c.ports[0].mtu.as_ref().unwrap().get_ref(), 9000);
+        for (extra, says) in [
+            (
+                "ifname = \"a234567890123456\"\n",
+                "must be 1 to 15 characters",
+            ),
+            ("ifname = \"up/0\"\n", "may only have A-Z a-z 0-9 - _ ."),
+            ("mtu = 20\n", "mtu must be between 68 and 65500, not 20"),
+            ("queues = 2\n", "queues is a setting of a vhost-user port"),
+        ] {
+            let e = err(&tap(extra));
+            assert!(e.contains(says), "{extra}: {e}");
+        }
+        let two = format!(
+            "{}[[ports]]\nname = \"up1\"\nbridge = \"br0\"\ntype = \"tap\"\nifname = \"up0\"\n",
+            tap("")
+        );
+        assert!(
+            err(&two).contains("interface up0 is used by two ports"),
+            "{}",
+            err(&two)
+        );
+        // A port name too long for an interface needs an ifname.
+        let long = tap("").replace("\"up0\"", "\"a-port-name-too-long\"");
+        assert!(
+            err(&long).contains("must be 1 to 15 characters"),
+            "{}",
+            err(&long)
+        );
+        // vhost-user ports refuse the tap settings.
+        let vu = format!(
+            "{base}[[ports]]\nname = \"vm1\"\nbridge = \"br0\"\ntype = \"vhost-user\"\nmtu = 1500\n"
+        );
+        assert!(
+            err(&vu).contains("mtu is a setting of a tap port"),
+            "{}",
+            err(&vu)
+        );
     }
 
     #[test]

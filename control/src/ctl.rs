@@ -137,6 +137,24 @@ pub fn bridges_table(bridges: &serde_json::Value) -> String {
     table(&["bridge", "fdb aging s", "ports"], 1, rows) + "\n"
 }
 
+/// A port's mode column: a vhost-user port's socket mode, or `tap`.
+fn mode_text(p: &serde_json::Value) -> String {
+    if p["type"] == "tap" {
+        "tap".to_owned()
+    } else {
+        text(&p["mode"])
+    }
+}
+
+/// What a port is attached to: a vhost-user port's socket, a TAP port's interface.
+fn attached_to(p: &serde_json::Value) -> String {
+    if p["type"] == "tap" {
+        text(&p["ifname"])
+    } else {
+        text(&p["socket"])
+    }
+}
+
 /// `vringctl port list`: one line per port with its live state and main counters.
 pub fn ports_table(ports: &serde_json::Value) -> String {
     let rows = ports
@@ -154,10 +172,10 @@ pub fn ports_table(ports: &serde_json::Value) -> String {
             vec![
                 text(&p["name"]),
                 text(&p["bridge"]),
-                text(&p["mode"]),
+                mode_text(p),
                 vlan_text(&p["vlan"]),
                 link.to_owned(),
-                text(&p["socket"]),
+                attached_to(p),
                 text(&st["queue_pairs_active"]),
                 text(&c["rx_packets"]),
                 text(&c["tx_packets"]),
@@ -263,6 +281,20 @@ pub fn show_tree(bridges: &serde_json::Value, ports: &serde_json::Value) -> Stri
             out.push_str("    no ports\n");
         }
         for p in mine {
+            if p["type"] == "tap" {
+                out.push_str(&format!(
+                    "    port {}: tap, link {}, vlan {}\n        interface {}{}\n",
+                    text(&p["name"]),
+                    link(p),
+                    vlan_text(&p["vlan"]),
+                    text(&p["ifname"]),
+                    p["mtu"]
+                        .as_u64()
+                        .map(|m| format!(", mtu {m}"))
+                        .unwrap_or_default(),
+                ));
+                continue;
+            }
             out.push_str(&format!(
                 "    port {}: {} {}, link {}, queues {} of {}, vlan {}\n        socket {}\n",
                 text(&p["name"]),

@@ -17,7 +17,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 pub use vringswitch_config::{AdminState, VlanConfig};
-use vringswitch_config::{Config, SocketMode};
+use vringswitch_config::{Config, PortType, SocketMode};
+use vringswitch_ports::tap::{TapError, TapPort, TapPortConfig};
 use vringswitch_ports::vhost_user::connection::SocketMode as PortMode;
 use vringswitch_ports::vhost_user::{VhostUserError, VhostUserPort, VhostUserPortConfig};
 use vringswitch_ports::{PortHandle, PortId};
@@ -82,6 +83,9 @@ pub enum ChangeError {
     /// The port could not be started (e.g. its socket cannot be bound).
     #[error("port {port}: {error}")]
     Port { port: String, error: VhostUserError },
+    /// A TAP port's interface could not be opened.
+    #[error("port {port}: {error}")]
+    Tap { port: String, error: TapError },
     /// The change was made but could not be written to the state file.
     #[error("the change is in effect but was not saved: {0}")]
     NotSaved(String),
@@ -103,11 +107,42 @@ fn default_aging() -> u64 {
     vringswitch_config::DEFAULT_FDB_AGING_S
 }
 
-/// Kind of port (only vhost-user so far).
+/// Kind of port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum PortKind {
+    /// A VM's vhost-user socket.
     #[serde(rename = "vhost-user")]
     VhostUser,
+    /// A TAP interface on the host.
+    #[serde(rename = "tap")]
+    Tap,
+}
+
+impl PortKind {
+    /// The configuration file's word for it.
+    pub fn config_type(self) -> PortType {
+        match self {
+            PortKind::VhostUser => PortType::VhostUser,
+            PortKind::Tap => PortType::Tap,
+        }
+    }
+
+    pub fn from_config(t: PortType) -> PortKind {
+        match t {
+            PortType::VhostUser => PortKind::VhostUser,
+            PortType::Tap => PortKind::Tap,
+        }
+    }
+}
+
+impl std::fmt::Display for PortKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.config_type().fmt(f)
+    }
+}
+
+fn path_is_empty(p: &Path) -> bool {
+    p.as_os_str().is_empty()
 }
 
 /// A port as configured.
@@ -120,16 +155,27 @@ pub struct PortSpec {
     pub bridge: String,
     #[serde(rename = "type")]
     pub kind: PortKind,
-    /// Absolute path of the vhost-user socket, inside the daemon's socket directory. Left
+    /// vhost-user: absolute path of the socket, inside the daemon's socket directory. Left
     /// out: `SOCKET_DIR/NAME.sock`, or `SOCKET_DIR/client/NAME.sock` for a client-mode port.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "path_is_empty")]
     #[schema(value_type = String, pattern = "^/", max_length = 107)]
     pub socket: PathBuf,
-    pub mode: SocketMode,
-    /// Most queue pairs accepted from the frontend.
-    #[serde(default = "default_queues")]
+    /// vhost-user: who listens on the socket (`server` when left out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<SocketMode>,
+    /// vhost-user: most queue pairs accepted from the frontend (4 when left out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 1, maximum = 16, default = 4)]
-    pub queues: u16,
+    pub queues: Option<u16>,
+    /// tap: the interface's name (the port's name when left out). Created when missing,
+    /// and then removed with the port; an existing one is used as it is and left there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,15}$")]
+    pub ifname: Option<String>,
+    /// tap: the MTU the interface is set to (left as it is when left out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 68, maximum = 65500)]
+    pub mtu: Option<u32>,
     /// VLAN membership; none: every VLAN as it comes, untagged frames in VLAN 0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vlan: Option<VlanConfig>,
@@ -142,6 +188,75 @@ pub struct PortSpec {
     /// it to have no VM (the PortDown alert leaves it out). Default `up`.
     #[serde(default, skip_serializing_if = "AdminState::is_up")]
     pub admin: AdminState,
+}
+
+impl PortSpec {
+    /// The settings of its kind checked and the defaults it leaves out filled in, as the
+    /// port runs and is shown: a vhost-user port's mode and queues, a TAP port's interface
+    /// name.
+    pub fn normalized(mut self) -> Result<PortSpec, String> {
+        vringswitch_config::check_port_settings(
+            self.kind.config_type(),
+            &[
+                ("socket", !path_is_empty(&self.socket)),
+                ("mode", self.mode.is_some()),
+                ("queues", self.queues.is_some()),
+                ("ifname", self.ifname.is_some()),
+                ("mtu", self.mtu.is_some()),
+            ],
+        )
+        .map_err(|m| format!("port {:?}: {m}", self.name))?;
+        match self.kind {
+            PortKind::VhostUser => {
+                self.mode.get_or_insert(SocketMode::Server);
+                let queues = *self.queues.get_or_insert(default_queues());
+                vringswitch_config::check_queues(queues)?;
+            }
+            PortKind::Tap => {
+                let ifname = self.ifname.get_or_insert_with(|| self.name.clone());
+                vringswitch_config::check_ifname(ifname)?;
+                if let Some(mtu) = self.mtu {
+                    vringswitch_config::check_mtu(mtu)?;
+                }
+            }
+        }
+        Ok(self)
+    }
+
+    /// Who listens on a vhost-user port's socket.
+    pub fn socket_mode(&self) -> SocketMode {
+        self.mode.unwrap_or(SocketMode::Server)
+    }
+
+    /// Queue pairs the port runs: what a vhost-user port accepts, one for a TAP port.
+    pub fn queue_pairs(&self) -> u16 {
+        match self.kind {
+            PortKind::VhostUser => self.queues.unwrap_or_else(default_queues),
+            PortKind::Tap => 1,
+        }
+    }
+}
+
+/// A port's running side, by kind.
+enum RunningPort {
+    VhostUser(VhostUserPort),
+    Tap(TapPort),
+}
+
+impl RunningPort {
+    fn handle(&self) -> &Arc<PortHandle> {
+        match self {
+            RunningPort::VhostUser(p) => p.handle(),
+            RunningPort::Tap(p) => p.handle(),
+        }
+    }
+
+    fn stop(&mut self) {
+        match self {
+            RunningPort::VhostUser(p) => p.stop(),
+            RunningPort::Tap(p) => p.stop(),
+        }
+    }
 }
 
 /// A change to a port (`PATCH`): fields left out stay as they are; `"vlan": null` removes
@@ -251,7 +366,7 @@ struct BridgeEntry {
 struct PortEntry {
     id: PortId,
     spec: PortSpec,
-    port: VhostUserPort,
+    port: RunningPort,
 }
 
 #[derive(Default)]
@@ -650,30 +765,37 @@ impl Daemon {
     /// Creates a port asked for over the API: its socket must lie in the socket directory,
     /// where it goes by default (see [`vringswitch_config::default_socket`]). Returns the
     /// port as made.
-    pub fn add_port(&self, mut spec: PortSpec) -> Result<PortSpec, ChangeError> {
-        if spec.socket.as_os_str().is_empty() {
-            let Some(dir) = &self.options.socket_dir else {
-                return Err(ChangeError::Invalid(
-                    "socket is required: this daemon has no socket directory".into(),
-                ));
-            };
-            vringswitch_config::check_name_str("port", &spec.name).map_err(ChangeError::Invalid)?;
-            spec.socket = vringswitch_config::default_socket(dir, &spec.name, spec.mode);
-        }
-        vringswitch_config::check_socket_path(&spec.socket).map_err(ChangeError::Invalid)?;
-        if let Some(dir) = &self.options.socket_dir {
-            check_inside(&spec.socket, dir)?;
+    pub fn add_port(&self, spec: PortSpec) -> Result<PortSpec, ChangeError> {
+        let mut spec = spec.normalized().map_err(ChangeError::Invalid)?;
+        if spec.kind == PortKind::VhostUser {
+            if spec.socket.as_os_str().is_empty() {
+                let Some(dir) = &self.options.socket_dir else {
+                    return Err(ChangeError::Invalid(
+                        "socket is required: this daemon has no socket directory".into(),
+                    ));
+                };
+                vringswitch_config::check_name_str("port", &spec.name)
+                    .map_err(ChangeError::Invalid)?;
+                spec.socket =
+                    vringswitch_config::default_socket(dir, &spec.name, spec.socket_mode());
+            }
+            vringswitch_config::check_socket_path(&spec.socket).map_err(ChangeError::Invalid)?;
+            if let Some(dir) = &self.options.socket_dir {
+                check_inside(&spec.socket, dir)?;
+            }
         }
         self.apply_add_port(spec.clone())?;
         self.save(&self.state())?;
         Ok(spec)
     }
 
-    /// Creates a port and starts serving its socket.
+    /// Creates a port and starts it: serves its socket, or opens its interface.
     fn apply_add_port(&self, spec: PortSpec) -> Result<(), ChangeError> {
+        let spec = spec.normalized().map_err(ChangeError::Invalid)?;
         vringswitch_config::check_name_str("port", &spec.name).map_err(ChangeError::Invalid)?;
-        vringswitch_config::check_socket_path(&spec.socket).map_err(ChangeError::Invalid)?;
-        vringswitch_config::check_queues(spec.queues).map_err(ChangeError::Invalid)?;
+        if spec.kind == PortKind::VhostUser {
+            vringswitch_config::check_socket_path(&spec.socket).map_err(ChangeError::Invalid)?;
+        }
         if let Some(vlan) = &spec.vlan {
             vringswitch_config::check_vlan(vlan).map_err(ChangeError::Invalid)?;
         }
@@ -690,42 +812,76 @@ impl Daemon {
         if !st.bridges.iter().any(|b| b.spec.name == spec.bridge) {
             return Err(referenced(no_bridge(&spec.bridge)));
         }
-        if let Some(what) = self.own_path(&spec.socket) {
-            return Err(ChangeError::Conflict(format!(
-                "socket {} is the daemon's own {what}: give the port another path",
-                spec.socket.display()
-            )));
+        if spec.kind == PortKind::VhostUser {
+            if let Some(what) = self.own_path(&spec.socket) {
+                return Err(ChangeError::Conflict(format!(
+                    "socket {} is the daemon's own {what}: give the port another path",
+                    spec.socket.display()
+                )));
+            }
+            if let Some(other) = st.ports.values().find(|p| p.spec.socket == spec.socket) {
+                return Err(ChangeError::Conflict(format!(
+                    "socket {} is already used by port {:?}",
+                    spec.socket.display(),
+                    other.spec.name
+                )));
+            }
         }
-        if let Some(other) = st.ports.values().find(|p| p.spec.socket == spec.socket) {
+        if let Some(other) = spec.ifname.as_ref().and_then(|i| {
+            st.ports
+                .values()
+                .find(|p| p.spec.ifname.as_ref() == Some(i))
+        }) {
             return Err(ChangeError::Conflict(format!(
-                "socket {} is already used by port {:?}",
-                spec.socket.display(),
+                "interface {} is already used by port {:?}",
+                spec.ifname.as_deref().unwrap_or(""),
                 other.spec.name
             )));
         }
         // The lowest id a removed port gave back, else a new one.
         let id = st.free_ids.first().copied().unwrap_or(st.next_id);
         let handle = Arc::new(PortHandle::new(id, &spec.name, self.switch.workers.len()));
-        let port = VhostUserPort::start(
-            handle,
-            VhostUserPortConfig {
-                socket: spec.socket.clone(),
-                mode: match spec.mode {
-                    SocketMode::Server => PortMode::Server,
-                    SocketMode::Client => PortMode::Client,
-                },
-                queue_pairs: spec.queues,
-            },
-        )
-        .map_err(|error| ChangeError::Port {
-            port: spec.name.clone(),
-            error,
-        })?;
+        let port = match spec.kind {
+            PortKind::VhostUser => RunningPort::VhostUser(
+                VhostUserPort::start(
+                    handle,
+                    VhostUserPortConfig {
+                        socket: spec.socket.clone(),
+                        mode: match spec.socket_mode() {
+                            SocketMode::Server => PortMode::Server,
+                            SocketMode::Client => PortMode::Client,
+                        },
+                        queue_pairs: spec.queue_pairs(),
+                    },
+                )
+                .map_err(|error| ChangeError::Port {
+                    port: spec.name.clone(),
+                    error,
+                })?,
+            ),
+            PortKind::Tap => RunningPort::Tap(
+                TapPort::start(
+                    handle,
+                    TapPortConfig {
+                        ifname: spec.ifname.clone().unwrap_or_else(|| spec.name.clone()),
+                        mtu: spec.mtu,
+                    },
+                )
+                .map_err(|error| ChangeError::Tap {
+                    port: spec.name.clone(),
+                    error,
+                })?,
+            ),
+        };
         if !st.free_ids.remove(&id) {
             st.next_id += 1;
         }
-        tracing::info!(port = %spec.name, bridge = %spec.bridge, socket = %spec.socket.display(),
-            mode = %spec.mode, "port ready");
+        match spec.kind {
+            PortKind::VhostUser => tracing::info!(port = %spec.name, bridge = %spec.bridge,
+                socket = %spec.socket.display(), mode = %spec.socket_mode(), "port ready"),
+            PortKind::Tap => tracing::info!(port = %spec.name, bridge = %spec.bridge,
+                ifname = spec.ifname.as_deref().unwrap_or(""), "port ready"),
+        }
         st.ports
             .insert(spec.name.clone(), PortEntry { id, spec, port });
         // A frontend that attached before this publication is picked up by the workers now:
@@ -1068,7 +1224,7 @@ impl Daemon {
             topology.ports[p.id as usize] = Some(PortRt {
                 handle: p.port.handle().clone(),
                 bridge,
-                queue_pairs: p.spec.queues,
+                queue_pairs: p.spec.queue_pairs(),
                 vlan: policy(p.spec.vlan.as_ref()),
                 security: security(p.spec.allowed_macs.as_ref()),
                 admin_up,

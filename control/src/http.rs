@@ -386,7 +386,9 @@ impl From<ChangeError> for ApiError {
             ChangeError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid"),
             ChangeError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ChangeError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
-            ChangeError::Port { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "port_failed"),
+            ChangeError::Port { .. } | ChangeError::Tap { .. } => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "port_failed")
+            }
             ChangeError::NotSaved(_) => (StatusCode::INTERNAL_SERVER_ERROR, "not_saved"),
         };
         ApiError::new(status, kind, e.to_string())
@@ -559,10 +561,19 @@ struct PortView {
     bridge: String,
     #[serde(rename = "type")]
     kind: PortKind,
-    #[schema(value_type = String)]
-    socket: std::path::PathBuf,
-    mode: vringswitch_config::SocketMode,
+    /// vhost-user ports: socket, mode, queues.
+    #[schema(value_type = Option<String>)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    socket: Option<std::path::PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mode: Option<vringswitch_config::SocketMode>,
+    /// Queue pairs the port runs (one for a TAP port).
     queues: u16,
+    /// TAP ports: the interface and the MTU it was given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ifname: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mtu: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     vlan: Option<VlanConfig>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -595,13 +606,16 @@ fn port_view(spec: PortSpec, handle: &PortHandle, snapshot: &Snapshot) -> PortVi
             bridge: spec.bridge.clone(),
             ..PortSnapshot::default()
         });
+    let queues = spec.queue_pairs();
     PortView {
         name: spec.name,
         bridge: spec.bridge,
         kind: spec.kind,
-        socket: spec.socket,
+        socket: Some(spec.socket).filter(|s| !s.as_os_str().is_empty()),
         mode: spec.mode,
-        queues: spec.queues,
+        queues,
+        ifname: spec.ifname,
+        mtu: spec.mtu,
         vlan: spec.vlan,
         allowed_macs: spec.allowed_macs,
         admin: spec.admin,

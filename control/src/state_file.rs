@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 
 use toml::Spanned;
-use vringswitch_config::{BridgeConfig, Config, PortConfig, PortType};
+use vringswitch_config::{BridgeConfig, Config, PortConfig};
 
 use crate::daemon::{BridgeSpec, DaemonError, PortKind, PortSpec, SavedState, STATE_VERSION};
 
@@ -30,14 +30,20 @@ pub fn from_config(config: &Config) -> SavedState {
             .map(|p| PortSpec {
                 name: p.name.get_ref().clone(),
                 bridge: p.bridge.get_ref().clone(),
-                kind: PortKind::VhostUser,
+                kind: PortKind::from_config(p.kind),
                 socket: p.socket.get_ref().clone(),
                 mode: p.mode,
-                queues: *p.queues.get_ref(),
+                queues: p.queues.as_ref().map(|q| *q.get_ref()),
+                ifname: p.ifname.as_ref().map(|i| i.get_ref().clone()),
+                mtu: p.mtu.as_ref().map(|m| *m.get_ref()),
                 vlan: p.vlan.as_ref().map(|v| v.get_ref().clone()),
                 allowed_macs: p.allowed_macs.as_ref().map(|m| m.get_ref().clone()),
                 admin: p.admin,
             })
+            // As the port runs (defaults filled in): what the state file holds of it too.
+            // The configuration was checked, so this does not fail; if it did, the port's
+            // start would say why.
+            .map(|spec| spec.clone().normalized().unwrap_or(spec))
             .collect(),
         static_macs: Vec::new(),
     }
@@ -64,12 +70,12 @@ pub fn to_config(config: &Config, saved: &SavedState) -> Config {
             .map(|p| PortConfig {
                 name: at(p.name.clone()),
                 bridge: at(p.bridge.clone()),
-                kind: match p.kind {
-                    PortKind::VhostUser => PortType::VhostUser,
-                },
+                kind: p.kind.config_type(),
                 socket: Spanned::new(0..0, p.socket.clone()),
                 mode: p.mode,
-                queues: Spanned::new(0..0, p.queues),
+                queues: p.queues.map(|q| Spanned::new(0..0, q)),
+                ifname: p.ifname.clone().map(at),
+                mtu: p.mtu.map(|m| Spanned::new(0..0, m)),
                 vlan: p.vlan.clone().map(|v| Spanned::new(0..0, v)),
                 allowed_macs: p.allowed_macs.clone().map(|m| Spanned::new(0..0, m)),
                 admin: p.admin,
@@ -102,6 +108,8 @@ pub fn ignored_config(config: &SavedState, state: &SavedState) -> Option<String>
                     ("socket", s.socket != p.socket),
                     ("mode", s.mode != p.mode),
                     ("queues", s.queues != p.queues),
+                    ("ifname", s.ifname != p.ifname),
+                    ("mtu", s.mtu != p.mtu),
                     ("vlan", s.vlan != p.vlan),
                     ("allowed_macs", s.allowed_macs != p.allowed_macs),
                     ("admin", s.admin != p.admin),
@@ -271,8 +279,10 @@ mod tests {
                 bridge: "br0".into(),
                 kind: PortKind::VhostUser,
                 socket: "/run/x.sock".into(),
-                mode: SocketMode::Client,
-                queues: 2,
+                mode: Some(SocketMode::Client),
+                queues: Some(2),
+                ifname: None,
+                mtu: None,
                 vlan: Some(VlanConfig::Trunk { tags: vec![5, 6] }),
                 allowed_macs: Some(vec!["02:00:00:00:00:01".into()]),
                 admin: crate::daemon::AdminState::Down,
@@ -303,8 +313,10 @@ mod tests {
             bridge: "br0".into(),
             kind: PortKind::VhostUser,
             socket: format!("/run/vringswitch/{name}.sock").into(),
-            mode: SocketMode::Server,
-            queues,
+            mode: Some(SocketMode::Server),
+            queues: Some(queues),
+            ifname: None,
+            mtu: None,
             vlan: None,
             allowed_macs: None,
             admin: Default::default(),

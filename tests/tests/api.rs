@@ -271,7 +271,7 @@ fn ports_are_created_with_live_state_and_deleted_and_bad_requests_change_nothing
             "bad_request",
             "listen",
         ),
-        (d_with("type", json!("tap")), 400, "bad_request", "tap"),
+        (d_with("type", json!("tun")), 400, "bad_request", "tun"),
         (d_with("vlan_id", json!(5)), 400, "bad_request", "vlan_id"),
         (
             // A directory of that name is in the way: the socket cannot be bound.

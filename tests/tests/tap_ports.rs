@@ -4,20 +4,22 @@
 //! cross both ways: kernel to VM from the port's buffers, VM to kernel with one `writev`
 //! from the VM's buffers. Needs root, /dev/net/tun and iproute2 (`ip`).
 //!
-//! The daemon's configuration and API do not offer TAP ports yet (issue 26): this suite
-//! drives the engine directly, as the daemon does.
+//! The first test drives the engine directly, as the daemon does; the others go through
+//! the daemon: its configuration file, API, vringctl and state file.
 
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
+use serde_json::json;
 use vringswitch_ports::tap::{TapPort, TapPortConfig};
 use vringswitch_ports::vhost_user::connection::{SocketMode, VhostUserPortConfig};
 use vringswitch_ports::vhost_user::VhostUserPort;
 use vringswitch_ports::PortHandle;
 use vringswitch_switch::fdb::Fdb;
 use vringswitch_switch::{BridgeRt, PortRt, Switch, SwitchConfig, Topology};
-use vringswitch_tests::daemon::TempDir;
+use vringswitch_tests::api::{assert_error, call};
+use vringswitch_tests::daemon::{Daemon, TempDir};
 use vringswitch_tests::frontend::{TestVm, VmOptions};
 use vringswitch_tests::setup::T;
 use vringswitch_tests::{mac, BROADCAST};
@@ -230,4 +232,160 @@ fn the_kernel_answers_a_vm_through_a_tap_port_both_ways() {
         .output()
         .unwrap();
     assert!(!shown.status.success(), "{ifname} still exists");
+}
+
+/// Whether interface `ifname` exists, in namespace `ns` or the daemon's own.
+fn exists(ns: Option<&Netns>, ifname: &str) -> bool {
+    let mut cmd = Command::new("ip");
+    if let Some(ns) = ns {
+        cmd.args(["-n", &ns.0]);
+    }
+    cmd.args(["link", "show", ifname])
+        .output()
+        .unwrap()
+        .status
+        .success()
+}
+
+/// The VM on `socket` asks the kernel for 10.77.0.1 and pings it with `payload`.
+fn ping_the_kernel(socket: &std::path::Path, n: u8, payload: &[u8]) {
+    let mut vm = TestVm::connect(socket, mac(n), VmOptions::default());
+    vm.post_rx(TestVm::rx(0), 64, 2048);
+    vm.send(TestVm::tx(0), &arp_request(mac(n)));
+    let reply = expect(&mut vm, "ARP reply from the kernel", |f| {
+        f.len() >= 42 && f[12..14] == [0x08, 0x06] && f[20..22] == [0, 2]
+    });
+    let host_mac = <[u8; 6]>::try_from(&reply[6..12]).unwrap();
+    vm.send(TestVm::tx(0), &echo_request(host_mac, mac(n), 7, payload));
+    let reply = expect(&mut vm, "ICMP echo reply", |f| {
+        f.len() > 34 && f[12..14] == [0x08, 0x00] && f[23] == 1 && f[34] == 0
+    });
+    assert_eq!(&reply[42..], payload);
+}
+
+#[test]
+fn tap_ports_from_the_configuration_the_api_and_the_state_file() {
+    let dir = TempDir::new("tap-daemon");
+    let id = std::process::id() % 100_000;
+    let ns = Netns::new(&format!("vs-tapd-{id}"));
+    let (cfg_if, api_if) = (format!("vsc{id}"), format!("vsa{id}"));
+    let vm_sock = dir.path().join("vm.sock");
+    let state = dir.path().join("state.json");
+    let config = format!(
+        "[dataplane]\ncores = [1]\n[[bridges]]\nname = \"br0\"\n\
+         [[ports]]\nname = \"vm\"\nbridge = \"br0\"\ntype = \"vhost-user\"\nsocket = \"{}\"\n\
+         [[ports]]\nname = \"up0\"\nbridge = \"br0\"\ntype = \"tap\"\nifname = \"{cfg_if}\"\nmtu = 1400\n",
+        vm_sock.display()
+    );
+    let mut d = Daemon::start_with(
+        dir.path(),
+        &config,
+        std::slice::from_ref(&vm_sock),
+        &["--state", state.to_str().unwrap()],
+    );
+    // The interface the configuration names, moved to where the kernel side lives.
+    assert!(exists(None, &cfg_if), "the daemon created {cfg_if}");
+    ip(&["link", "set", &cfg_if, "netns", &ns.0]);
+    ns.ip(&["addr", "add", "10.77.0.1/24", "dev", &cfg_if]);
+    ns.ip(&["link", "set", &cfg_if, "up"]);
+    ping_the_kernel(&vm_sock, 1, &[0x5A; 1200]);
+    let (code, port) = call(&d, "GET", "/v1/ports/up0", None);
+    assert_eq!(code, 200, "{port}");
+    assert_eq!(port["type"], "tap");
+    assert_eq!(port["ifname"], cfg_if.as_str());
+    assert_eq!(port["mtu"], 1400);
+    assert_eq!(port["queues"], 1);
+    assert!(
+        port.get("socket").is_none() && port.get("mode").is_none(),
+        "{port}"
+    );
+    assert_eq!(port["state"]["connected"], true);
+    assert!(
+        port["counters"]["rx_packets"].as_u64().unwrap() >= 2,
+        "{port}"
+    );
+    assert!(
+        port["counters"]["tx_packets"].as_u64().unwrap() >= 2,
+        "{port}"
+    );
+
+    // Over the API, through vringctl: a second TAP port, shown in the tree.
+    let out = d.vringctl(&[
+        "port", "add", "up1", "--bridge", "br0", "--type", "tap", "--ifname", &api_if,
+    ]);
+    assert_eq!(out, format!("port up1 added, interface {api_if}\n"));
+    assert!(exists(None, &api_if));
+    let tree = d.vringctl(&["show"]);
+    assert!(
+        tree.contains(&format!(
+            "    port up0: tap, link up, vlan -\n        interface {cfg_if}, mtu 1400\n"
+        )),
+        "{tree}"
+    );
+    assert!(tree.contains(&format!("interface {api_if}\n")), "{tree}");
+
+    // Refused: settings of the other kind, an interface taken, one that is no TAP.
+    assert_error(
+        call(
+            &d,
+            "POST",
+            "/v1/ports",
+            Some(json!({"name": "x", "bridge": "br0", "type": "tap", "socket": "/tmp/x.sock"})),
+        ),
+        400,
+        "invalid",
+        "socket is a setting of a vhost-user port; a tap port has ifname, mtu",
+    );
+    assert_error(
+        call(
+            &d,
+            "POST",
+            "/v1/ports",
+            Some(json!({"name": "x", "bridge": "br0", "type": "tap", "ifname": api_if})),
+        ),
+        409,
+        "conflict",
+        &format!("interface {api_if} is already used by port \"up1\""),
+    );
+    assert_error(
+        call(
+            &d,
+            "POST",
+            "/v1/ports",
+            Some(json!({"name": "x", "bridge": "br0", "type": "tap", "ifname": "lo"})),
+        ),
+        422,
+        "port_failed",
+        "cannot open TAP interface lo",
+    );
+
+    // The state file brings both back after kill -9: the interfaces the daemon had made
+    // went with it, and are made again.
+    d.kill();
+    wait_until_gone(&api_if);
+    d.restart(std::slice::from_ref(&vm_sock));
+    assert!(exists(None, &api_if), "{api_if} made again");
+    assert!(
+        exists(None, &cfg_if),
+        "{cfg_if} made again, in the daemon's namespace"
+    );
+    let (_, ports) = call(&d, "GET", "/v1/ports", None);
+    let names: Vec<&str> = ports
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["up0", "up1", "vm"]);
+
+    // Deleting a port removes the interface it made.
+    let (code, body) = call(&d, "DELETE", "/v1/ports/up1", None);
+    assert_eq!(code, 204, "{body}");
+    wait_until_gone(&api_if);
+}
+
+fn wait_until_gone(ifname: &str) {
+    vringswitch_tests::wait_until(T, "the interface to go", || {
+        (!exists(None, ifname)).then_some(())
+    });
 }

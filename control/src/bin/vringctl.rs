@@ -157,21 +157,30 @@ enum PortCmd {
     List,
     /// One port, whole (as JSON).
     Show { name: String },
-    /// Creates a vhost-user port.
+    /// Creates a port: a VM's vhost-user socket, or a TAP interface on the host.
     Add {
         name: String,
         #[arg(long)]
         bridge: String,
-        /// The vhost-user socket, inside the daemon's socket directory [default:
+        /// vhost-user: a VM's socket; tap: a TAP interface on the host.
+        #[arg(long = "type", default_value = "vhost-user", value_parser = ["vhost-user", "tap"])]
+        kind: String,
+        /// vhost-user: the socket, inside the daemon's socket directory [default:
         /// SOCKET_DIR/NAME.sock, or SOCKET_DIR/client/NAME.sock with --mode client].
         #[arg(long, value_name = "PATH")]
         socket: Option<std::path::PathBuf>,
-        /// server: vringswitch listens; client: the VMM listens.
-        #[arg(long, default_value = "server", value_parser = ["server", "client"])]
-        mode: String,
-        /// Most queue pairs accepted.
+        /// vhost-user: server (vringswitch listens, the default) or client (the VMM listens).
+        #[arg(long, value_parser = ["server", "client"])]
+        mode: Option<String>,
+        /// vhost-user: most queue pairs accepted.
         #[arg(long)]
         queues: Option<u16>,
+        /// tap: the interface [default: the port's name]; created if missing.
+        #[arg(long, value_name = "NAME")]
+        ifname: Option<String>,
+        /// tap: the MTU to give the interface.
+        #[arg(long)]
+        mtu: Option<u32>,
         #[command(flatten)]
         vlan: VlanArgs,
         /// Locks the port to these source MACs (port security), e.g. 02:00:00:00:00:01.
@@ -547,9 +556,12 @@ async fn port(api: &ApiClient, cmd: PortCmd, json: bool) -> Result<String, Clien
         PortCmd::Add {
             name,
             bridge,
+            kind,
             socket,
             mode,
             queues,
+            ifname,
+            mtu,
             vlan,
             allow_mac,
             may_exist,
@@ -558,13 +570,20 @@ async fn port(api: &ApiClient, cmd: PortCmd, json: bool) -> Result<String, Clien
             if may_exist && exists(api, &format!("/v1/ports/{}", seg(&name))).await? {
                 return Ok(format!("port {name} already exists\n"));
             }
-            let mut body = json!({"name": name, "bridge": bridge, "type": "vhost-user",
-                                  "mode": mode});
+            let mut body = json!({"name": name, "bridge": bridge, "type": kind});
             if let Some(s) = socket {
                 body["socket"] = json!(s);
             }
-            if let Some(q) = queues {
-                body["queues"] = json!(q);
+            // Given as asked: the daemon says which settings a port of the type takes.
+            for (key, value) in [
+                ("mode", mode.map(|m| json!(m))),
+                ("queues", queues.map(|q| json!(q))),
+                ("ifname", ifname.map(|i| json!(i))),
+                ("mtu", mtu.map(|m| json!(m))),
+            ] {
+                if let Some(v) = value {
+                    body[key] = v;
+                }
             }
             if let Some(v) = vlan.json() {
                 body["vlan"] = v;
@@ -576,8 +595,14 @@ async fn port(api: &ApiClient, cmd: PortCmd, json: bool) -> Result<String, Clien
                 body["admin"] = json!(a);
             }
             let v = send(api, Method::POST, "/v1/ports", Some(body)).await?;
-            let socket = v["socket"].as_str().unwrap_or("?").to_owned();
-            changed(&v, json, format!("port {name} added, socket {socket}"))
+            let done = match v["ifname"].as_str() {
+                Some(ifname) => format!("port {name} added, interface {ifname}"),
+                None => format!(
+                    "port {name} added, socket {}",
+                    v["socket"].as_str().unwrap_or("?")
+                ),
+            };
+            changed(&v, json, done)
         }
         PortCmd::Set {
             name,

@@ -28,22 +28,6 @@ pub struct TapDevice {
     created: bool,
 }
 
-/// Why an interface name cannot be used.
-pub fn check_ifname(name: &str) -> Result<(), String> {
-    let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
-    if name.is_empty() || name.len() > MAX_IFNAME {
-        return Err(format!(
-            "interface name {name:?} must be 1 to {MAX_IFNAME} characters"
-        ));
-    }
-    if !name.chars().all(ok_char) || name == "." || name == ".." {
-        return Err(format!(
-            "interface name {name:?} may only have A-Z a-z 0-9 - _ . (and is not . or ..)"
-        ));
-    }
-    Ok(())
-}
-
 /// Whether an interface of that name exists in this network namespace.
 pub fn interface_exists(name: &str) -> bool {
     Path::new("/sys/class/net").join(name).exists()
@@ -91,7 +75,14 @@ impl TapDevice {
     /// Opens TAP interface `name` non-blocking, creating it if it does not exist, and sets
     /// it up (with `mtu` if given).
     pub fn open(name: &str, mtu: Option<u32>) -> io::Result<TapDevice> {
-        check_ifname(name).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        // The name's characters are checked with the configuration; its length bounds the
+        // copy into the kernel's struct.
+        if name.is_empty() || name.len() > MAX_IFNAME || name.contains('/') {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{name:?} cannot be an interface name"),
+            ));
+        }
         let existed = interface_exists(name);
         let file = std::fs::OpenOptions::new()
             .read(true)
@@ -139,16 +130,6 @@ impl TapDevice {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn interface_names_are_checked() {
-        assert!(check_ifname("tap0").is_ok());
-        assert!(check_ifname("vs-up.1_a").is_ok());
-        assert!(check_ifname("a23456789012345").is_ok());
-        for bad in ["", "a234567890123456", "tap/0", "tap 0", ".", "..", "täp"] {
-            assert!(check_ifname(bad).is_err(), "{bad:?}");
-        }
-    }
 
     #[test]
     fn an_ifreq_holds_the_name_nul_terminated() {

@@ -20,7 +20,7 @@ use vm_memory::{GuestAddress, GuestMemoryError, GuestMemoryMmap};
 
 use crate::port::{Attachment, GuestMem, PortHandle};
 use crate::vhost_user::rings::MAX_FRAME_LEN;
-pub use device::{check_ifname, TapDevice};
+pub use device::TapDevice;
 
 /// Bytes of one receive buffer: the longest frame the switch forwards.
 pub const TAP_BUFFER: u64 = MAX_FRAME_LEN as u64;
