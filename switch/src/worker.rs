@@ -245,8 +245,14 @@ impl Worker {
                 attachment(&self.topology, &mut self.ports, port).map(|a| &**a)
             {
                 use std::os::fd::AsRawFd;
-                let ev = EpollEvent::new(EventSet::IN, 2);
-                let _ = epoll.ctl(ControlOperation::Add, q.fd().as_raw_fd(), ev);
+                let fd = q.fd().as_raw_fd();
+                if q.failed() {
+                    // A gone interface's descriptor stays readable (an error): not waited on.
+                    let _ = epoll.ctl(ControlOperation::Delete, fd, EpollEvent::default());
+                } else {
+                    let ev = EpollEvent::new(EventSet::IN, 2);
+                    let _ = epoll.ctl(ControlOperation::Add, fd, ev);
+                }
             }
         }
         for_each_ready_tx(
@@ -408,6 +414,10 @@ impl Worker {
         let Some(src_rt) = topology.port(src) else {
             return 0;
         };
+        if q.failed() {
+            // Its interface is gone; the port's monitor takes it down.
+            return 0;
+        }
         let bridge = &topology.bridges[src_rt.bridge];
         let counters = src_rt.handle.stats().slot(self.index);
         let b = &mut self.burst;
@@ -432,8 +442,9 @@ impl Worker {
                 TapRead::Frame(len) => len,
                 TapRead::Empty => break,
                 TapRead::Failed(_) => {
-                    // The interface went away: its port's control side sees it too.
-                    counters.add_drop(DropReason::PortDown, 1);
+                    // The interface went away: no frame is lost that was read. The port's
+                    // monitor takes the port down, and up again once it is back.
+                    q.mark_failed();
                     break;
                 }
             };
@@ -735,7 +746,10 @@ fn deliver_to_tap(
             Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {
                 counters.add_drop(DropReason::BadDescriptor, 1)
             }
-            Err(_) => counters.add_drop(DropReason::PortDown, 1),
+            Err(_) => {
+                q.mark_failed();
+                counters.add_drop(DropReason::PortDown, 1)
+            }
         }
     }
     counters.add_tx(0, packets, bytes);

@@ -389,3 +389,101 @@ fn wait_until_gone(ifname: &str) {
         (!exists(None, ifname)).then_some(())
     });
 }
+
+/// CPU time (user + system, in clock ticks) the process has used.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = after.split(' ').collect();
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+#[test]
+fn a_deleted_interface_takes_the_port_down_counts_drops_and_comes_back() {
+    let dir = TempDir::new("tap-gone");
+    let id = std::process::id() % 100_000;
+    let (made, own) = (format!("vsm{id}"), format!("vsp{id}"));
+    let vm_sock = dir.path().join("vm.sock");
+    let config = format!(
+        "[dataplane]\ncores = [1]\n[[bridges]]\nname = \"br0\"\n\
+         [[ports]]\nname = \"vm\"\nbridge = \"br0\"\ntype = \"vhost-user\"\nsocket = \"{}\"\n\
+         [[ports]]\nname = \"made\"\nbridge = \"br0\"\ntype = \"tap\"\nifname = \"{made}\"\n",
+        vm_sock.display()
+    );
+    let d = Daemon::start(dir.path(), &config, std::slice::from_ref(&vm_sock));
+    // An interface someone else made (persistent): used as it is, left when the port goes.
+    let _ = Command::new("ip").args(["link", "del", &own]).output();
+    ip(&["tuntap", "add", &own, "mode", "tap"]);
+    let (code, body) = call(
+        &d,
+        "POST",
+        "/v1/ports",
+        Some(json!({"name": "own", "bridge": "br0", "type": "tap", "ifname": own})),
+    );
+    assert_eq!(code, 201, "{body}");
+    let mut vm = TestVm::connect(&vm_sock, mac(1), VmOptions::default());
+    vm.post_rx(TestVm::rx(0), 64, 2048);
+    d.wait_port_connected("vm", true);
+    let counter = |port: &str, name: &str| {
+        let (_, p) = call(&d, "GET", &format!("/v1/ports/{port}"), None);
+        p["counters"][name].as_u64().unwrap_or(0)
+    };
+    let port_down = |port: &str| {
+        let (_, p) = call(&d, "GET", &format!("/v1/ports/{port}"), None);
+        p["counters"]["drops"]["port_down"].as_u64().unwrap_or(0)
+    };
+    let broadcast = vringswitch_tests::frame(BROADCAST, mac(1), 100, 1);
+    vm.send(TestVm::tx(0), &broadcast);
+    vringswitch_tests::wait_until(T, "the broadcast to reach both interfaces", || {
+        (counter("made", "tx_packets") == 1 && counter("own", "tx_packets") == 1).then_some(())
+    });
+
+    // Both interfaces deleted by someone else, under traffic.
+    ip(&["link", "del", &made]);
+    ip(&["link", "del", &own]);
+    d.wait_port_connected("own", false);
+    let before = cpu_ticks(d.pid());
+    for _ in 0..20 {
+        vm.send(TestVm::tx(0), &broadcast);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // The port it made is made again; the other stays down, its frames counted as dropped.
+    vringswitch_tests::wait_until(T, "the made interface to be back", || {
+        exists(None, &made).then_some(())
+    });
+    d.wait_port_connected("made", true);
+    vringswitch_tests::wait_until(T, "the dropped frames to be counted", || {
+        (port_down("own") >= 19).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let used = cpu_ticks(d.pid()) - before;
+    // About 1.5 s passed: a core spinning would be ~150 ticks.
+    assert!(
+        used < 60,
+        "the daemon used {used} ticks while an interface was gone"
+    );
+    let log = d.log_text();
+    assert!(
+        log.contains("TAP interface is gone (deleted?): the port is down until it is back"),
+        "{log}"
+    );
+
+    // Made again by whoever made it: the port is up and carries frames again.
+    ip(&["tuntap", "add", &own, "mode", "tap"]);
+    d.wait_port_connected("own", true);
+    let sent = counter("own", "tx_packets");
+    vm.send(TestVm::tx(0), &broadcast);
+    vringswitch_tests::wait_until(T, "a frame on the interface made again", || {
+        (counter("own", "tx_packets") > sent).then_some(())
+    });
+    assert!(d
+        .log_text()
+        .contains("TAP interface is back: the port is up"));
+
+    // Deleting the port leaves an interface it did not make.
+    let (code, body) = call(&d, "DELETE", "/v1/ports/own", None);
+    assert_eq!(code, 204, "{body}");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(exists(None, &own), "{own} is not the port's to remove");
+    ip(&["link", "del", &own]);
+}

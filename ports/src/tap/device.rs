@@ -50,8 +50,8 @@ fn ifreq(name: &str) -> libc::ifreq {
 
 /// Runs `request` on `fd` with `req`.
 fn ioctl(fd: &impl AsRawFd, request: libc::c_ulong, req: &mut libc::ifreq) -> io::Result<()> {
-    // SAFETY: every request used here (TUNSETIFF, SIOCGIFFLAGS, SIOCSIFFLAGS, SIOCSIFMTU)
-    // reads and/or writes one `struct ifreq`, which `req` is, valid for the call.
+    // SAFETY: every request used here (TUNSETIFF, TUNGETIFF, SIOCGIFFLAGS, SIOCSIFFLAGS,
+    // SIOCSIFMTU) reads and/or writes one `struct ifreq`, which `req` is, valid for the call.
     let r = unsafe { libc::ioctl(fd.as_raw_fd(), request as _, req as *mut libc::ifreq) };
     if r < 0 {
         Err(io::Error::last_os_error())
@@ -114,6 +114,13 @@ impl TapDevice {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Whether the descriptor still has its interface: false once someone deleted it
+    /// (`ip link del`), whichever network namespace it was moved to.
+    pub fn is_attached(&self) -> bool {
+        let mut req = ifreq("");
+        ioctl(&self.file, libc::TUNGETIFF as libc::c_ulong, &mut req).is_ok()
     }
 
     /// Whether the daemon created the interface (it goes with the port).

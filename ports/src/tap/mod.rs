@@ -14,7 +14,10 @@ pub mod device;
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
 
 use vm_memory::{GuestAddress, GuestMemoryError, GuestMemoryMmap};
 
@@ -31,6 +34,9 @@ pub const TAP_BUFFERS: usize = 64;
 pub struct TapQueue {
     device: TapDevice,
     mem: GuestMem,
+    /// A read failed: the interface is gone. Workers leave the queue alone; the port's
+    /// monitor withdraws it.
+    failed: AtomicBool,
 }
 
 /// How reading a frame from the kernel went.
@@ -49,7 +55,22 @@ impl TapQueue {
         let size = TAP_BUFFER as usize * TAP_BUFFERS;
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), size)])
             .map_err(|e| io::Error::other(format!("cannot map the receive buffers: {e}")))?;
-        Ok(TapQueue { device, mem })
+        Ok(TapQueue {
+            device,
+            mem,
+            failed: AtomicBool::new(false),
+        })
+    }
+
+    /// Marks the queue as failed (a read or write found the interface gone).
+    pub fn mark_failed(&self) {
+        self.failed.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether a worker found the interface gone.
+    #[inline]
+    pub fn failed(&self) -> bool {
+        self.failed.load(Ordering::Relaxed)
     }
 
     /// The memory the receive buffers are in.
@@ -104,11 +125,27 @@ pub struct TapError {
     pub error: io::Error,
 }
 
-/// A running TAP port: its interface stays open until [`TapPort::stop`].
+/// How often a TAP port checks that its interface is still there, or back.
+const MONITOR_EVERY: Duration = Duration::from_millis(250);
+
+/// A running TAP port: its interface stays open until [`TapPort::stop`]. A monitor thread
+/// takes the port down when the interface disappears (someone deleted it) and up again
+/// when it can be opened again: at once if the port had created it (it is made again),
+/// once it exists again otherwise.
 pub struct TapPort {
     handle: Arc<PortHandle>,
     created: bool,
     ifname: String,
+    stop: Arc<AtomicBool>,
+    monitor: Option<JoinHandle<()>>,
+}
+
+/// Publishes a queue on `device` to the workers.
+fn publish(handle: &PortHandle, device: TapDevice) -> io::Result<()> {
+    let queue = TapQueue::new(device)?;
+    handle.set_connected(true);
+    handle.attach(Arc::new(Attachment::Tap(queue)));
+    Ok(())
 }
 
 impl TapPort {
@@ -121,19 +158,27 @@ impl TapPort {
         };
         let device = TapDevice::open(&config.ifname, config.mtu).map_err(fail)?;
         let created = device.created();
-        let queue = TapQueue::new(device).map_err(fail)?;
-        handle.set_connected(true);
-        handle.attach(Arc::new(Attachment::Tap(queue)));
+        publish(&handle, device).map_err(fail)?;
         tracing::info!(
             port = handle.name(),
             ifname = %config.ifname,
             created,
             "TAP interface open"
         );
+        let stop = Arc::new(AtomicBool::new(false));
+        let monitor = {
+            let (handle, stop, config) = (handle.clone(), stop.clone(), config.clone());
+            std::thread::Builder::new()
+                .name(format!("tap-{}", config.ifname))
+                .spawn(move || monitor(&handle, &config, created, &stop))
+                .map_err(fail)?
+        };
         Ok(TapPort {
             handle,
             created,
             ifname: config.ifname,
+            stop,
+            monitor: Some(monitor),
         })
     }
 
@@ -149,6 +194,11 @@ impl TapPort {
     /// Withdraws the interface from the workers; it closes once the last worker let go of
     /// it, and is gone then if the port created it.
     pub fn stop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(m) = self.monitor.take() {
+            m.thread().unpark();
+            let _ = m.join();
+        }
         self.handle.detach();
         self.handle.set_connected(false);
         tracing::debug!(port = self.handle.name(), ifname = %self.ifname, "TAP port stopped");
@@ -158,5 +208,52 @@ impl TapPort {
 impl Drop for TapPort {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// The monitor of a TAP port: down when its interface is gone, up when it is back.
+fn monitor(handle: &PortHandle, config: &TapPortConfig, created: bool, stop: &AtomicBool) {
+    let mut failures = crate::log_limit::LogLimiter::new(Duration::from_secs(60));
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::park_timeout(MONITOR_EVERY);
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let current = handle.attachment();
+        match current.as_deref() {
+            Some(Attachment::Tap(q)) => {
+                if !q.failed() && q.device.is_attached() {
+                    continue;
+                }
+                handle.detach();
+                handle.set_connected(false);
+                tracing::warn!(
+                    port = handle.name(),
+                    ifname = %config.ifname,
+                    "TAP interface is gone (deleted?): the port is down until it is back"
+                );
+            }
+            Some(_) => continue,
+            None => {
+                // The port made its interface: it makes it again. Otherwise it waits for
+                // whoever made it to make it again.
+                if !created && !device::interface_exists(&config.ifname) {
+                    continue;
+                }
+                match TapDevice::open(&config.ifname, config.mtu).and_then(|d| publish(handle, d)) {
+                    Ok(()) => tracing::info!(
+                        port = handle.name(),
+                        ifname = %config.ifname,
+                        "TAP interface is back: the port is up"
+                    ),
+                    Err(e) => {
+                        if let Some(suppressed) = failures.check() {
+                            tracing::warn!(port = handle.name(), ifname = %config.ifname,
+                                error = %e, suppressed, "cannot open the TAP interface again");
+                        }
+                    }
+                }
+            }
+        }
     }
 }
