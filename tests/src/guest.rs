@@ -75,6 +75,8 @@ pub struct GuestSpec {
     /// Queue pairs of the NIC (multiqueue when above 1).
     pub queues: u16,
     pub machine: Machine,
+    /// More kernel command line parameters (`vs.send=...`, see tests/guest/init.sh).
+    pub cmdline_extra: String,
 }
 
 impl GuestSpec {
@@ -89,7 +91,15 @@ impl GuestSpec {
             cpus: 1,
             queues: 1,
             machine: Machine::Q35,
+            cmdline_extra: String::new(),
         }
+    }
+
+    /// The guest also sends `mb` MiB of random bytes once to `addr:port` over TCP, and
+    /// prints their md5 (see [`Console::sent_md5`]).
+    pub fn sending(mut self, addr: &str, port: u16, mb: u32) -> GuestSpec {
+        self.cmdline_extra = format!(" vs.send={addr}:{port}:{mb}");
+        self
     }
 
     /// QEMU listens: for a client-mode port.
@@ -172,6 +182,20 @@ impl Console {
         self.wait_clean_round_of("VS-PING", after, what)
     }
 
+    /// The md5 of what the guest sends with [`GuestSpec::sending`], once it printed it.
+    pub fn sent_md5(&self) -> Option<String> {
+        let text = self.text();
+        let line = text.lines().rev().find(|l| l.starts_with("VS-MD5 "))?;
+        Some(line["VS-MD5 ".len()..].trim().to_owned())
+    }
+
+    /// The exit status of the guest's `nc` once the transfer ended.
+    pub fn sent_status(&self) -> Option<i32> {
+        let text = self.text();
+        let line = text.lines().rev().find(|l| l.starts_with("VS-SENT rc="))?;
+        line["VS-SENT rc=".len()..].trim().parse().ok()
+    }
+
     pub fn last_round(&self) -> u32 {
         self.rounds().last().map_or(0, |r| r.0)
     }
@@ -228,7 +252,7 @@ impl Guest {
             .arg("-initrd")
             .arg(g.join("initramfs.gz"))
             .arg("-append")
-            .arg(guest_cmdline(spec.n, spec.peer))
+            .arg(guest_cmdline(spec.n, spec.peer) + &spec.cmdline_extra)
             .arg("-chardev")
             .arg(chardev)
             .args(["-netdev", &netdev])

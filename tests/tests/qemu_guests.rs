@@ -198,3 +198,101 @@ fn a_microvm_guest_pings_a_pci_guest() {
     micro.wait_clean_round(0, "microvm -> PCI guest pings");
     pci.wait_clean_round(0, "PCI guest -> microvm pings");
 }
+
+#[test]
+fn a_guest_reaches_a_network_namespace_through_a_tap_port_with_ping_and_50_mb_of_tcp() {
+    use std::os::unix::process::CommandExt;
+    use std::process::{Command, Stdio};
+    let dir = TempDir::new("qemu-tap");
+    let id = std::process::id() % 100_000;
+    let (ns, ifname) = (format!("vs-qtap-{id}"), format!("vsq{id}"));
+    let ip = |args: &[&str]| {
+        let out = Command::new("ip").args(args).output().unwrap_or_else(|e| {
+            panic!("cannot run ip ({e}): install it with `apt-get install iproute2`")
+        });
+        assert!(
+            out.status.success(),
+            "ip {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let _ = Command::new("ip").args(["netns", "del", &ns]).output();
+    ip(&["netns", "add", &ns]);
+    struct DelNs(String);
+    impl Drop for DelNs {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "del", &self.0])
+                .output();
+        }
+    }
+    let _ns = DelNs(ns.clone());
+
+    let (mut toml, sockets) = config(dir.path(), &[("vm2", "br0")], "server");
+    toml.push_str(&format!(
+        "[[ports]]\nname = \"uplink\"\nbridge = \"br0\"\ntype = \"tap\"\nifname = \"{ifname}\"\n"
+    ));
+    let daemon = Daemon::start(dir.path(), &toml, &sockets);
+    ip(&["link", "set", &ifname, "netns", &ns]);
+    ip(&["-n", &ns, "addr", "add", "10.0.0.1/24", "dev", &ifname]);
+    ip(&["-n", &ns, "link", "set", &ifname, "up"]);
+    // The receiving end in the namespace; its stdin stays open so that it reads to the end.
+    let received = dir.path().join("received");
+    let listener = Command::new("ip")
+        .args(["netns", "exec", &ns, "sh", "-c"])
+        .arg(format!(
+            "sleep 600 | busybox nc -l -p 5001 > '{}'",
+            received.display()
+        ))
+        .stdout(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .expect("start the listener in the namespace");
+    let _listener = vringswitch_tests::daemon::KillOnDrop(listener);
+
+    // The guest (10.0.0.2) pings the namespace's 10.0.0.1 and sends it 50 MiB.
+    let spec = GuestSpec::new("g2", &sockets[0], 2, 1).sending("10.0.0.1", 5001, 50);
+    let g2 = Guest::boot(dir.path(), &spec);
+    g2.wait_clean_round(0, "g2 -> namespace pings through the TAP port");
+    // And the namespace pings the guest.
+    let out = Command::new("ip")
+        .args([
+            "netns", "exec", &ns, "busybox", "ping", "-c", "10", "-i", "0.2", "-W", "2", "10.0.0.2",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("10 packets transmitted, 10 packets received, 0% packet loss"),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let rc = wait_until(
+        Duration::from_secs(600),
+        "the guest's 50 MiB transfer",
+        || g2.console.sent_status(),
+    );
+    assert_eq!(rc, 0, "the guest's nc failed: {}", g2.console.text());
+    let want = g2.console.sent_md5().expect("the guest printed its md5");
+    let got = wait_until(
+        Duration::from_secs(30),
+        "the whole file at the namespace",
+        || {
+            let len = std::fs::metadata(&received).map(|m| m.len()).unwrap_or(0);
+            (len == 50 << 20).then_some(())
+        },
+    );
+    let () = got;
+    let out = Command::new("md5sum").arg(&received).output().unwrap();
+    let md5 = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        md5.split_whitespace().next(),
+        Some(want.as_str()),
+        "md5 of what arrived"
+    );
+    let frames = daemon.metric("vringswitch_port_rx_packets_total", &[("port", "vm2")]);
+    assert!(frames > 30_000, "50 MiB in {frames} frames");
+    let tap_tx = daemon.metric("vringswitch_port_tx_packets_total", &[("port", "uplink")]);
+    assert!(tap_tx > 30_000, "{tap_tx} frames to the kernel");
+}
