@@ -275,7 +275,7 @@ fn a_guest_reaches_a_network_namespace_through_a_tap_port_with_ping_and_50_mb_of
     );
     assert_eq!(rc, 0, "the guest's nc failed: {}", g2.console.text());
     let want = g2.console.sent_md5().expect("the guest printed its md5");
-    let got = wait_until(
+    wait_until(
         Duration::from_secs(30),
         "the whole file at the namespace",
         || {
@@ -283,7 +283,6 @@ fn a_guest_reaches_a_network_namespace_through_a_tap_port_with_ping_and_50_mb_of
             (len == 50 << 20).then_some(())
         },
     );
-    let () = got;
     let out = Command::new("md5sum").arg(&received).output().unwrap();
     let md5 = String::from_utf8_lossy(&out.stdout);
     assert_eq!(
