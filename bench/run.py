@@ -19,7 +19,9 @@ hugepages, builds the release binaries, then measures, interleaved in one run:
 - latency: one frame at a time through each switch at 1000 frames/s (p50/p99, one way and
   round trip), and vringswitch's wake-up: the first frame after 1 s of idle;
 - capture: vringswitch's loopback at 64 and 1518 B with port p0 captured (vringctl capture
-  to /dev/null), interleaved with runs without.
+  to /dev/null), interleaved with runs without;
+- tap: VM -> host through a TAP port (testpmd txonly into the switch, counted by the
+  kernel), vringswitch against OVS-DPDK's `type=tap`.
 
 Layout of the machine (2 cores): every switch polls on CPU 1; generators and probes run on
 CPU 0. Nothing else should run meanwhile.
@@ -234,7 +236,7 @@ def run_generator(work, socks, size, secs, **kw):
 
 
 class Vringswitch:
-    def __init__(self, work, nports=2, vlans=None):
+    def __init__(self, work, nports=2, vlans=None, tap=None):
         self.work = Path(work)
         self.socks = [str(self.work / f"p{i}.sock") for i in range(nports)]
         lines = ["[dataplane]", f"cores = [{SWITCH_CPU}]", "[[bridges]]", 'name = "br0"']
@@ -245,6 +247,9 @@ class Vringswitch:
             ]
             if vlans:
                 lines.append(f'vlan = {{ mode = "access", tag = {vlans[i]} }}')
+        if tap:
+            lines += ["[[ports]]", 'name = "up"', 'bridge = "br0"', 'type = "tap"',
+                      f'ifname = "{tap}"']
         cfg = self.work / "vs.toml"
         cfg.write_text("\n".join(lines) + "\n")
         binary = os.environ.get("VRINGSWITCH_BIN") or str(ROOT / "target/release/vringswitch")
@@ -459,6 +464,19 @@ class Ovs:
         m = re.search(r"avg processing cycles per packet: ([0-9.]+)", out)
         return float(m.group(1)) if m else 0.0
 
+    def all_threads_cycles_per_packet(self):
+        """Processing cycles over packets of every thread pmd-stats-show lists: the PMD
+        and the main thread, which polls ports that are not DPDK's (tap)."""
+        out = self.appctl("dpif-netdev/pmd-stats-show")
+        cycles, packets = 0.0, 0
+        for block in re.split(r"\n(?=\S)", out):
+            pk = re.search(r"packets received: (\d+)", block)
+            cy = re.search(r"processing cycles: (\d+)", block)
+            if pk and cy:
+                packets += int(pk.group(1))
+                cycles += int(cy.group(1))
+        return cycles / packets if packets else 0.0
+
     def stop(self):
         for name in ("vswitchd", "ovsdb"):
             pid = self.dir / f"{name}.pid"
@@ -488,6 +506,70 @@ def throughput_ovs(work, size, secs):
     finally:
         ovs.stop()
     return mpps, cpp, None, gen_cpp
+
+
+# ---------------------------------------------------------------- TAP ports
+
+TAP_IF = "vsbtap0"
+
+
+def tap_rx_packets():
+    """Frames the kernel got on the TAP interface (written into it by the switch)."""
+    return int(Path(f"/sys/class/net/{TAP_IF}/statistics/rx_packets").read_text())
+
+
+def tap_vm_to_host(work, switch, size, secs):
+    """VM -> host through a TAP port: testpmd txonly on a virtio_user port sends `size`-byte
+    frames to an unknown MAC, which the switch floods to its TAP port, the bridge's only
+    other port. The figure is what the kernel received on the interface (its rx_packets)
+    after a 2 s warm-up, and the switch's busy cycles per packet over the same window."""
+    peers = {0: mac(9)}
+    if switch == "vringswitch":
+        vs = Vringswitch(work, nports=1, tap=TAP_IF)
+        try:
+            wait_for(lambda: Path(f"/sys/class/net/{TAP_IF}").exists(), "the TAP interface")
+            p, out = generator(work, vs.socks, size, secs, mode="txonly", peers=peers)
+            time.sleep(2)
+            c0, n0, _ = vs.cycles()
+            k0, t0 = tap_rx_packets(), time.time()
+            time.sleep(secs - 2)
+            c1, n1, _ = vs.cycles()
+            k1, t1 = tap_rx_packets(), time.time()
+            stop_generator(p, out)
+        finally:
+            vs.stop()
+        return (k1 - k0) / (t1 - t0) / 1e6, (c1 - c0) / (n1 - n0) if n1 > n0 else 0.0
+    ovs = Ovs(work, nports=1)
+    try:
+        ovs.vsctl("add-port", "br0", TAP_IF, "--", "set", "Interface", TAP_IF, "type=tap")
+        wait_for(lambda: Path(f"/sys/class/net/{TAP_IF}").exists(), "OVS's TAP interface")
+        sh("ip", "link", "set", TAP_IF, "up")
+        p, out = generator(work, ovs.socks, size, secs, server=True, mode="txonly", peers=peers)
+        time.sleep(2)
+        ovs.appctl("dpif-netdev/pmd-stats-clear")
+        k0, t0 = tap_rx_packets(), time.time()
+        time.sleep(secs - 2)
+        k1, t1 = tap_rx_packets(), time.time()
+        cpp = ovs.all_threads_cycles_per_packet()
+        stop_generator(p, out)
+    finally:
+        ovs.stop()
+    return (k1 - k0) / (t1 - t0) / 1e6, cpp
+
+
+def tap_part(work, sizes, secs, rounds, switches):
+    runs = []
+    for r in range(1, rounds + 1):
+        for size in sizes:
+            for sw in switches:
+                if sw == "testpmd":
+                    continue
+                mpps, cpp = tap_vm_to_host(work(), sw, size, secs)
+                m = {"round": r, "size": size, "switch": sw, "direction": "vm_to_host",
+                     "mpps": mpps, "cpp": cpp}
+                log(f"tap round {r} {size} B {sw}: {m}")
+                runs.append(m)
+    return runs
 
 
 # ---------------------------------------------------------------- scaling and flooding
@@ -641,7 +723,26 @@ def report(res):
     scaling_report(res, L)
     latency_report(res, L)
     capture_report(res, L)
+    tap_report(res, L)
     return "\n".join(L)
+
+
+def tap_report(res, L):
+    if not res.get("tap"):
+        return
+    L.append("### TAP port, VM -> host (Mpps the kernel received; busy cycles per packet)\n")
+    L.append("testpmd txonly on a virtio_user port of the switch sends to an unknown MAC, "
+             f"flooded to the bridge's only other port, a TAP interface ({TAP_IF}); the "
+             "figure is the interface's rx_packets. OVS-DPDK 3.1: a `type=tap` port (polled "
+             "by its main thread) and a dpdkvhostuserclient port; its cycles are every "
+             "thread's processing cycles over packets. Both switches pay one write(2) per "
+             "frame into the kernel.\n")
+    L.append("| round | frame B | switch | Mpps | busy cycles/pkt |")
+    L.append("|---|---|---|---|---|")
+    for m in res["tap"]:
+        L.append(f"| {m['round']} | {m['size']} | {m['switch']} | {m['mpps']:.3f} "
+                 f"| {m['cpp']:.0f} |")
+    L.append("")
 
 
 def capture_report(res, L):
@@ -815,7 +916,8 @@ def main():
                          "the loop came out unbalanced (a port's first burst lost)")
     ap.add_argument("--sizes", type=int, nargs="+", default=[64, 512, 1518])
     ap.add_argument("--switches", nargs="+", default=list(SWITCHES), choices=SWITCHES)
-    ap.add_argument("--only", choices=["throughput", "scaling", "idle", "latency", "capture"],
+    ap.add_argument("--only", choices=["throughput", "scaling", "idle", "latency", "capture",
+                                       "tap"],
                     action="append", help="run only these parts (repeatable)")
     ap.add_argument("--gen-burst", type=int, default=32,
                     help="the generator's burst, and so the frames each port has in flight "
@@ -890,6 +992,8 @@ def main():
                               for label, _, _ in setups]
             res["flood"] = flooding(work(), 32, args.secs)
             log(f"flood: {res['flood']}")
+        if "tap" in parts:
+            res["tap"] = tap_part(work, args.sizes, args.secs, args.rounds, args.switches)
         if "capture" in parts:
             res["capture"] = [capture_cost(work, size, args.secs, args.rounds)
                               for size in (64, 1518)]
