@@ -887,8 +887,149 @@ impl AsRawFdI32 for EventFd {
 #[cfg(test)]
 mod tests {
     use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+    use vringswitch_ports::PortHandle;
 
     use super::*;
+    use crate::ethernet::MacAddr;
+    use crate::fdb::Fdb;
+    use crate::port_security::PortSecurity;
+    use crate::vlan::VlanPolicy;
+
+    /// One bridge of four ports: 0 transparent, 1 access VLAN 10, 2 trunk of 10 and 20,
+    /// 3 locked to MAC 02::03.
+    fn topology() -> Topology {
+        let port = |id: PortId, vlan: VlanPolicy, security: PortSecurity| {
+            Some(PortRt {
+                handle: Arc::new(PortHandle::new(id, "p", 1)),
+                bridge: 0,
+                queue_pairs: 1,
+                vlan,
+                security,
+                admin_up: true,
+                capture: None,
+            })
+        };
+        Topology {
+            bridges: vec![BridgeRt {
+                name: "br0".into(),
+                fdb: Arc::new(Fdb::new(300)),
+                ports: vec![0, 1, 2, 3],
+            }],
+            ports: vec![
+                port(0, VlanPolicy::transparent(), PortSecurity::open()),
+                port(1, VlanPolicy::access(10), PortSecurity::open()),
+                port(2, VlanPolicy::trunk(&[10, 20]), PortSecurity::open()),
+                port(
+                    3,
+                    VlanPolicy::transparent(),
+                    PortSecurity::locked(&[MacAddr(mac(3))]).unwrap(),
+                ),
+            ],
+        }
+    }
+
+    fn mac(n: u8) -> [u8; 6] {
+        [2, 0, 0, 0, 0, n]
+    }
+
+    /// A frame dst <- src, with an 802.1Q tag of `vid` if given, as a TxFrame's peek.
+    fn frame(dst: [u8; 6], src: [u8; 6], vid: Option<u16>) -> TxFrame {
+        let mut peek = [0u8; PEEK_LEN];
+        peek[..6].copy_from_slice(&dst);
+        peek[6..12].copy_from_slice(&src);
+        match vid {
+            Some(v) => {
+                peek[12..14].copy_from_slice(&[0x81, 0x00]);
+                peek[14..16].copy_from_slice(&v.to_be_bytes());
+                peek[16..18].copy_from_slice(&[0x88, 0xb5]);
+            }
+            None => peek[12..14].copy_from_slice(&[0x88, 0xb5]),
+        }
+        TxFrame::in_one_buffer(0, 0x1000, 64, peek)
+    }
+
+    /// Decides `tx` as sent on port `src`, with `cache` as the bridge's cache.
+    fn decide(t: &Topology, cache: &mut FdbCache, src: PortId, tx: &TxFrame) -> (Ingress, Dest) {
+        let src_rt = t.port(src).unwrap();
+        let mut d = Decision {
+            src,
+            src_rt,
+            bridge: &t.bridges[0],
+            topology: t,
+            counters: src_rt.handle.stats().slot(0),
+            cache,
+            synced: false,
+            now_s: 1,
+            last: None,
+        };
+        d.frame(tx)
+    }
+
+    fn drops(t: &Topology, port: PortId, reason: DropReason) -> u64 {
+        t.port(port).unwrap().handle.stats().snapshot().drops[reason as usize]
+    }
+
+    #[test]
+    fn unknown_and_group_destinations_flood_and_learnt_ones_go_to_their_port() {
+        let t = topology();
+        let mut cache = FdbCache::default();
+        // Unknown unicast floods; the source is learnt on its port and VLAN 0.
+        let (ingress, dest) = decide(&t, &mut cache, 0, &frame(mac(9), mac(1), None));
+        assert_eq!((ingress.vlan, dest), (0, Dest::Flood));
+        // Back to the learnt source: to its port only.
+        let (_, dest) = decide(&t, &mut cache, 3, &frame(mac(1), mac(3), None));
+        assert_eq!(dest, Dest::Port(0));
+        // Broadcast always floods.
+        let (_, dest) = decide(&t, &mut cache, 3, &frame([0xff; 6], mac(3), None));
+        assert_eq!(dest, Dest::Flood);
+        // To an address learnt on the ingress port itself: dropped, counted as hairpin.
+        let (_, dest) = decide(&t, &mut cache, 0, &frame(mac(1), mac(1), None));
+        assert_eq!(dest, Dest::Drop);
+        assert_eq!(drops(&t, 0, DropReason::Hairpin), 1);
+    }
+
+    #[test]
+    fn vlans_key_learning_and_refuse_what_a_port_does_not_carry() {
+        let t = topology();
+        let mut cache = FdbCache::default();
+        // Untagged on the access port: VLAN 10, learnt there.
+        let (ingress, _) = decide(&t, &mut cache, 1, &frame(mac(9), mac(1), None));
+        assert_eq!(ingress.vlan, 10);
+        // The same MAC is unknown in VLAN 20: a frame to it from the trunk floods.
+        let (ingress, dest) = decide(&t, &mut cache, 2, &frame(mac(1), mac(2), Some(20)));
+        assert_eq!((ingress.vlan, dest), (20, Dest::Flood));
+        // In VLAN 10 it is known on the access port.
+        let (_, dest) = decide(&t, &mut cache, 2, &frame(mac(1), mac(2), Some(10)));
+        assert_eq!(dest, Dest::Port(1));
+        // A tag the trunk does not carry is refused, and nothing is learnt from it.
+        let (_, dest) = decide(&t, &mut cache, 2, &frame(mac(9), mac(7), Some(30)));
+        assert_eq!(dest, Dest::Drop);
+        assert_eq!(drops(&t, 2, DropReason::VlanFiltered), 1);
+        let (_, dest) = decide(&t, &mut cache, 0, &frame(mac(7), mac(1), Some(30)));
+        assert_eq!(
+            dest,
+            Dest::Flood,
+            "02::07 was not learnt from the refused frame"
+        );
+    }
+
+    #[test]
+    fn bad_and_spoofed_sources_are_dropped_before_learning() {
+        let t = topology();
+        let mut cache = FdbCache::default();
+        for src in [[0u8; 6], [0x01, 0, 0x5e, 0, 0, 1]] {
+            let (_, dest) = decide(&t, &mut cache, 0, &frame(mac(9), src, None));
+            assert_eq!(dest, Dest::Drop);
+        }
+        assert_eq!(drops(&t, 0, DropReason::InvalidSrcMac), 2);
+        // Port 3 may only send from 02::03: a spoofed 02::01 moves nobody's entry.
+        decide(&t, &mut cache, 0, &frame(mac(9), mac(1), None));
+        let (_, dest) = decide(&t, &mut cache, 3, &frame(mac(9), mac(1), None));
+        assert_eq!(dest, Dest::Drop);
+        assert_eq!(drops(&t, 3, DropReason::MacSpoofed), 1);
+        let (_, dest) = decide(&t, &mut cache, 3, &frame(mac(1), mac(3), None));
+        assert_eq!(dest, Dest::Port(0), "02::01 is still on port 0");
+    }
 
     /// 64 KiB of guest memory at 0, bytes 0, 1, 2... from 0x1000.
     fn mem() -> GuestMem {
