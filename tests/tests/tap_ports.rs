@@ -577,3 +577,51 @@ fn tap_ports_come_and_go_while_a_vm_pair_loses_no_frame() {
     }
     assert!(exists(None, &ifname(7)));
 }
+
+#[test]
+fn an_unprivileged_daemon_attaches_to_an_interface_made_for_it_and_says_what_creating_one_needs() {
+    let dir = TempDir::new("tap-unprivileged");
+    let id = std::process::id() % 100_000;
+    let own = format!("vsn{id}");
+    let _ = Command::new("ip").args(["link", "del", &own]).output();
+    ip(&["tuntap", "add", &own, "mode", "tap", "user", "nobody"]);
+    ip(&["link", "set", &own, "up"]);
+    let status = Command::new("chown")
+        .args(["-R", "nobody"])
+        .arg(dir.path())
+        .status()
+        .unwrap();
+    assert!(status.success(), "chown the test directory to nobody");
+    let config = format!(
+        "[dataplane]\ncores = [1]\n[[bridges]]\nname = \"br0\"\n\
+         [[ports]]\nname = \"own\"\nbridge = \"br0\"\ntype = \"tap\"\nifname = \"{own}\"\n"
+    );
+    let as_nobody = [
+        "setpriv",
+        "--reuid",
+        "nobody",
+        "--regid",
+        "nogroup",
+        "--clear-groups",
+        "--",
+    ];
+    let d = Daemon::start_under(dir.path(), &config, &[], &[], &as_nobody, dir.path());
+    let (code, port) = call(&d, "GET", "/v1/ports/own", None);
+    assert_eq!(code, 200, "{port}");
+    assert_eq!(port["state"]["connected"], true, "{port}");
+    assert_error(
+        call(
+            &d,
+            "POST",
+            "/v1/ports",
+            Some(
+                json!({"name": "new", "bridge": "br0", "type": "tap", "ifname": format!("vsx{id}")}),
+            ),
+        ),
+        422,
+        "port_failed",
+        "creating an interface needs CAP_NET_ADMIN; or make it first for the daemon's user",
+    );
+    drop(d);
+    ip(&["link", "del", &own]);
+}

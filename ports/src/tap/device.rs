@@ -91,7 +91,20 @@ impl TapDevice {
             .open("/dev/net/tun")?;
         let mut req = ifreq(name);
         req.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short;
-        ioctl(&file, libc::TUNSETIFF as libc::c_ulong, &mut req)?;
+        ioctl(&file, libc::TUNSETIFF as libc::c_ulong, &mut req).map_err(|e| {
+            let hint = match e.raw_os_error() {
+                Some(libc::EPERM) if !existed => {
+                    ": creating an interface needs CAP_NET_ADMIN; or make it first for the \
+                     daemon's user (ip tuntap add NAME mode tap user USER)"
+                }
+                Some(libc::EPERM) => ": the interface belongs to another user",
+                Some(libc::EINVAL) | Some(libc::EBUSY) => {
+                    ": it is not a free TAP interface (another kind of interface, or in use)"
+                }
+                _ => "",
+            };
+            io::Error::new(e.kind(), format!("{e}{hint}"))
+        })?;
         let dev = TapDevice {
             file,
             name: name.to_owned(),
@@ -107,8 +120,20 @@ impl TapDevice {
         ioctl(&sock, libc::SIOCGIFFLAGS, &mut req)?;
         // SAFETY: SIOCGIFFLAGS filled the flags member of the union.
         let flags = unsafe { req.ifr_ifru.ifru_flags };
-        req.ifr_ifru.ifru_flags = flags | libc::IFF_UP as libc::c_short;
-        ioctl(&sock, libc::SIOCSIFFLAGS, &mut req)?;
+        let up = libc::IFF_UP as libc::c_short;
+        // An interface already up (made and set up by whoever owns it) needs no privilege.
+        if flags & up == 0 {
+            req.ifr_ifru.ifru_flags = flags | up;
+            ioctl(&sock, libc::SIOCSIFFLAGS, &mut req).map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!(
+                        "cannot set it up ({e}): give the daemon CAP_NET_ADMIN, or set it up \
+                         first (ip link set {name} up)"
+                    ),
+                )
+            })?;
+        }
         Ok(dev)
     }
 
