@@ -73,6 +73,14 @@ struct Burst {
 }
 
 impl Burst {
+    /// Empties it for the next burst.
+    #[inline(always)]
+    fn start(&mut self) {
+        self.len = 0;
+        self.segs.clear();
+        self.targets.clear();
+    }
+
     fn new(burst: usize) -> Burst {
         let empty = || Frame {
             tx: TxFrame::default(),
@@ -315,7 +323,6 @@ impl Worker {
         let Some(vring) = att.vrings.get(ring) else {
             return 0;
         };
-        let bridge = &topology.bridges[src_rt.bridge];
         let hdr_len = att.hdr_len();
         let src_guard = att.mem.memory();
         let src_mem = &*src_guard;
@@ -326,20 +333,9 @@ impl Worker {
         if !att.serviceable(ring, &mut st) {
             return 0;
         }
-        b.len = 0;
-        b.segs.clear();
-        b.targets.clear();
-        let mut decide = Decision {
-            src,
-            src_rt,
-            bridge,
-            topology,
-            counters,
-            cache: &mut self.fdb_caches[src_rt.bridge],
-            synced: false,
-            now_s,
-            last: None,
-        };
+        b.start();
+        let cache = &mut self.fdb_caches[src_rt.bridge];
+        let mut decide = Decision::new(src, src_rt, topology, counters, cache, now_s);
         let mut rx_bytes = 0u64;
         let mut flood = false;
         // Pop and decide in one pass, each frame on the stack copy of its header.
@@ -418,23 +414,11 @@ impl Worker {
             // Its interface is gone; the port's monitor takes it down.
             return 0;
         }
-        let bridge = &topology.bridges[src_rt.bridge];
         let counters = src_rt.handle.stats().slot(self.index);
         let b = &mut self.burst;
-        b.len = 0;
-        b.segs.clear();
-        b.targets.clear();
-        let mut decide = Decision {
-            src,
-            src_rt,
-            bridge,
-            topology,
-            counters,
-            cache: &mut self.fdb_caches[src_rt.bridge],
-            synced: false,
-            now_s,
-            last: None,
-        };
+        b.start();
+        let cache = &mut self.fdb_caches[src_rt.bridge];
+        let mut decide = Decision::new(src, src_rt, topology, counters, cache, now_s);
         let mut view = GuestView::new(q.mem());
         let (mut rx_bytes, mut flood) = (0u64, false);
         for slot in 0..b.slots.len().min(TAP_BUFFERS) {
@@ -535,6 +519,31 @@ struct Decision<'a> {
     /// from is synced once per burst, and the checks before learning (source address, port
     /// security, VLAN) still run for every frame.
     last: Option<(u64, u64, Dest)>,
+}
+
+impl<'a> Decision<'a> {
+    /// The decision of a burst from port `src`, whose bridge's FDB cache is `cache`.
+    #[inline(always)]
+    fn new(
+        src: PortId,
+        src_rt: &'a PortRt,
+        topology: &'a Topology,
+        counters: &'a PortCounters,
+        cache: &'a mut FdbCache,
+        now_s: u64,
+    ) -> Decision<'a> {
+        Decision {
+            src,
+            src_rt,
+            bridge: &topology.bridges[src_rt.bridge],
+            topology,
+            counters,
+            cache,
+            synced: false,
+            now_s,
+            last: None,
+        }
+    }
 }
 
 impl Decision<'_> {
@@ -951,18 +960,8 @@ mod tests {
     /// Decides `tx` as sent on port `src`, with `cache` as the bridge's cache.
     fn decide(t: &Topology, cache: &mut FdbCache, src: PortId, tx: &TxFrame) -> (Ingress, Dest) {
         let src_rt = t.port(src).unwrap();
-        let mut d = Decision {
-            src,
-            src_rt,
-            bridge: &t.bridges[0],
-            topology: t,
-            counters: src_rt.handle.stats().slot(0),
-            cache,
-            synced: false,
-            now_s: 1,
-            last: None,
-        };
-        d.frame(tx)
+        let counters = src_rt.handle.stats().slot(0);
+        Decision::new(src, src_rt, t, counters, cache, 1).frame(tx)
     }
 
     fn drops(t: &Topology, port: PortId, reason: DropReason) -> u64 {

@@ -13,6 +13,7 @@ pub mod api;
 pub mod daemon;
 pub mod frontend;
 pub mod guest;
+pub mod netns;
 pub mod process;
 pub mod raw_frontend;
 pub mod setup;

@@ -138,9 +138,10 @@ fn start_vringctl_capture(s: &Setup, args: &[&str]) -> std::process::Child {
         .expect("run vringctl capture")
 }
 
-/// Waits for `child` to exit successfully; returns its stderr.
+/// Waits for `child` (vringctl capture, or a pipeline ending in it) to exit successfully;
+/// returns its stderr.
 fn finished(mut child: std::process::Child) -> String {
-    let status = wait_until(T, "vringctl capture to end", || child.try_wait().unwrap());
+    let status = wait_until(T, "the capture to end", || child.try_wait().unwrap());
     let mut err = String::new();
     child
         .stderr
@@ -148,7 +149,7 @@ fn finished(mut child: std::process::Child) -> String {
         .unwrap()
         .read_to_string(&mut err)
         .unwrap();
-    assert!(status.success(), "vringctl capture failed: {err}");
+    assert!(status.success(), "the capture failed: {err}");
     err
 }
 
@@ -256,7 +257,7 @@ fn a_capture_pipes_into_tshark_and_takes_one_direction_cut_to_the_snaplen() {
         s.daemon.api,
         file.display()
     );
-    let mut child = Command::new("sh")
+    let child = Command::new("sh")
         .args(["-c", &pipeline])
         .stderr(Stdio::piped())
         .spawn()
@@ -269,15 +270,7 @@ fn a_capture_pipes_into_tshark_and_takes_one_direction_cut_to_the_snaplen() {
         a.send(TestVm::tx(0), &frame(mac(2), mac(1), 200 + n, 2));
     }
     b.expect_frames(TestVm::rx(0), 2, T);
-    let status = wait_until(T, "the pipeline to end", || child.try_wait().unwrap());
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    assert!(status.success(), "{err}");
+    let err = finished(child);
     assert!(err.contains("2 frames captured on port a"), "{err}");
     let text = std::fs::read_to_string(&file).unwrap();
     let rows: Vec<Vec<&str>> = text.lines().map(|l| l.split('\t').collect()).collect();

@@ -206,36 +206,16 @@ fn a_guest_reaches_a_network_namespace_through_a_tap_port_with_ping_and_50_mb_of
     let dir = TempDir::new("qemu-tap");
     let id = std::process::id() % 100_000;
     let (ns, ifname) = (format!("vs-qtap-{id}"), format!("vsq{id}"));
-    let ip = |args: &[&str]| {
-        let out = Command::new("ip").args(args).output().unwrap_or_else(|e| {
-            panic!("cannot run ip ({e}): install it with `apt-get install iproute2`")
-        });
-        assert!(
-            out.status.success(),
-            "ip {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    let _ = Command::new("ip").args(["netns", "del", &ns]).output();
-    ip(&["netns", "add", &ns]);
-    struct DelNs(String);
-    impl Drop for DelNs {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("ip")
-                .args(["netns", "del", &self.0])
-                .output();
-        }
-    }
-    let _ns = DelNs(ns.clone());
-
+    let netns = vringswitch_tests::netns::Netns::new(&ns);
+    let ip = vringswitch_tests::netns::ip;
     let (mut toml, sockets) = config(dir.path(), &[("vm2", "br0")], "server");
     toml.push_str(&format!(
         "[[ports]]\nname = \"uplink\"\nbridge = \"br0\"\ntype = \"tap\"\nifname = \"{ifname}\"\n"
     ));
     let daemon = Daemon::start(dir.path(), &toml, &sockets);
     ip(&["link", "set", &ifname, "netns", &ns]);
-    ip(&["-n", &ns, "addr", "add", "10.0.0.1/24", "dev", &ifname]);
-    ip(&["-n", &ns, "link", "set", &ifname, "up"]);
+    netns.ip(&["addr", "add", "10.0.0.1/24", "dev", &ifname]);
+    netns.ip(&["link", "set", &ifname, "up"]);
     // The receiving end in the namespace; its stdin stays open so that it reads to the end.
     let received = dir.path().join("received");
     let listener = Command::new("ip")

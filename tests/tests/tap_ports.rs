@@ -21,42 +21,9 @@ use vringswitch_switch::{BridgeRt, PortRt, Switch, SwitchConfig, Topology};
 use vringswitch_tests::api::{assert_error, call};
 use vringswitch_tests::daemon::{Daemon, TempDir};
 use vringswitch_tests::frontend::{TestVm, VmOptions};
+use vringswitch_tests::netns::{ip, Netns};
 use vringswitch_tests::setup::T;
 use vringswitch_tests::{mac, BROADCAST};
-
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().unwrap_or_else(|e| {
-        panic!("cannot run ip ({e}): install it with `apt-get install iproute2`")
-    });
-    assert!(
-        out.status.success(),
-        "ip {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A network namespace, deleted with its interfaces at the end.
-struct Netns(String);
-
-impl Netns {
-    fn new(name: &str) -> Netns {
-        let _ = Command::new("ip").args(["netns", "del", name]).output();
-        ip(&["netns", "add", name]);
-        Netns(name.to_owned())
-    }
-
-    fn ip(&self, args: &[&str]) {
-        let mut all = vec!["-n", self.0.as_str()];
-        all.extend_from_slice(args);
-        ip(&all);
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
-    }
-}
 
 fn checksum(bytes: &[u8]) -> u16 {
     let mut sum = 0u32;
@@ -434,8 +401,10 @@ fn a_deleted_interface_takes_the_port_down_counts_drops_and_comes_back() {
     };
     let broadcast = vringswitch_tests::frame(BROADCAST, mac(1), 100, 1);
     vm.send(TestVm::tx(0), &broadcast);
+    // At least: what the kernel sends from one interface (IPv6 neighbour discovery) is
+    // flooded to the other too.
     vringswitch_tests::wait_until(T, "the broadcast to reach both interfaces", || {
-        (counter("made", "tx_packets") == 1 && counter("own", "tx_packets") == 1).then_some(())
+        (counter("made", "tx_packets") >= 1 && counter("own", "tx_packets") >= 1).then_some(())
     });
 
     // Both interfaces deleted by someone else, under traffic.
