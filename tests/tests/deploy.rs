@@ -128,7 +128,9 @@ fn every_system_call_of_the_daemon_passes_the_units_filter() {
         }
     }
 
-    // A server port with two VMs, a client port whose peer never appears, under strace.
+    // A server port with two VMs, a client port whose peer never appears, and a TAP port
+    // (the first frame a sends floods to it, the kernel's own frames come from it), under
+    // strace.
     let dir = TempDir::new("syscalls");
     let sock = |n: &str| dir.path().join(format!("{n}.sock"));
     let mut toml = String::from("[dataplane]\ncores = [1]\n[[bridges]]\nname = \"br0\"\n");
@@ -139,6 +141,10 @@ fn every_system_call_of_the_daemon_passes_the_units_filter() {
             sock(name).display()
         ));
     }
+    let tap = format!("vsd{}", std::process::id() % 100_000);
+    toml.push_str(&format!(
+        "[[ports]]\nname = \"t\"\nbridge = \"br0\"\ntype = \"tap\"\nifname = \"{tap}\"\n"
+    ));
     let config = dir.path().join("vringswitch.toml");
     std::fs::write(&config, toml).unwrap();
     let trace = dir.path().join("strace.log");
@@ -262,6 +268,15 @@ fn every_system_call_of_the_daemon_passes_the_units_filter() {
     assert!(used.contains("epoll_wait") || used.contains("epoll_pwait"));
     assert!(used.contains("sched_setaffinity"), "{used:?}");
     assert!(used.contains("mmap"), "{used:?}");
+    // The TAP port was opened, set up and written to.
+    assert!(
+        log.contains("/dev/net/tun"),
+        "the TAP port's device was not opened"
+    );
+    assert!(
+        used.contains("ioctl") && used.contains("writev"),
+        "{used:?}"
+    );
     let refused: Vec<&String> = used.difference(&allowed).collect();
     assert!(
         refused.is_empty(),
