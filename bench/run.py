@@ -21,7 +21,8 @@ hugepages, builds the release binaries, then measures, interleaved in one run:
 - capture: vringswitch's loopback at 64 and 1518 B with port p0 captured (vringctl capture
   to /dev/null), interleaved with runs without;
 - tap: VM -> host through a TAP port (testpmd txonly into the switch, counted by the
-  kernel), vringswitch against OVS-DPDK's `type=tap`.
+  kernel) and host -> VM (testpmd txonly on af_packet, counted by vs-probe sink),
+  vringswitch against OVS-DPDK's `type=tap`.
 
 Layout of the machine (2 cores): every switch polls on CPU 1; generators and probes run on
 CPU 0. Nothing else should run meanwhile.
@@ -248,8 +249,9 @@ class Vringswitch:
             if vlans:
                 lines.append(f'vlan = {{ mode = "access", tag = {vlans[i]} }}')
         if tap:
+            # An MTU above 1518 - 14 lets the kernel send 1518-byte frames into it.
             lines += ["[[ports]]", 'name = "up"', 'bridge = "br0"', 'type = "tap"',
-                      f'ifname = "{tap}"']
+                      f'ifname = "{tap}"', "mtu = 9000"]
         cfg = self.work / "vs.toml"
         cfg.write_text("\n".join(lines) + "\n")
         binary = os.environ.get("VRINGSWITCH_BIN") or str(ROOT / "target/release/vringswitch")
@@ -541,7 +543,9 @@ def tap_vm_to_host(work, switch, size, secs):
         return (k1 - k0) / (t1 - t0) / 1e6, (c1 - c0) / (n1 - n0) if n1 > n0 else 0.0
     ovs = Ovs(work, nports=1)
     try:
-        ovs.vsctl("add-port", "br0", TAP_IF, "--", "set", "Interface", TAP_IF, "type=tap")
+        # OVS sets its ports' MTU itself: asked for 9000, as vringswitch's TAP gets.
+        ovs.vsctl("add-port", "br0", TAP_IF, "--", "set", "Interface", TAP_IF, "type=tap",
+                  "mtu_request=9000")
         wait_for(lambda: Path(f"/sys/class/net/{TAP_IF}").exists(), "OVS's TAP interface")
         sh("ip", "link", "set", TAP_IF, "up")
         p, out = generator(work, ovs.socks, size, secs, server=True, mode="txonly", peers=peers)
@@ -557,6 +561,69 @@ def tap_vm_to_host(work, switch, size, secs):
     return (k1 - k0) / (t1 - t0) / 1e6, cpp
 
 
+def tap_host_to_vm(work, switch, size, secs):
+    """Host -> VM through a TAP port: testpmd txonly on an af_packet port of the TAP
+    interface sends `size`-byte frames into the kernel, which hands them to the switch; the
+    switch floods them to its vhost-user port, where vs-probe `sink` (sleeping 20 µs between
+    looks, so that it leaves CPU 0 to the sender) takes and counts them. The figure is the
+    median of the sink's per-second counts after the first two, and the switch's busy cycles
+    per packet after a 2 s warm-up."""
+    work = Path(work)
+    sender = ["timeout", "-s", "INT", str(secs + 60), TESTPMD,
+              "-l", f"{SWITCH_CPU},{GEN_CPU}", "--main-lcore", str(SWITCH_CPU), "--no-pci",
+              "--single-file-segments", "-m", "512", "--file-prefix", "vsbtx",
+              "--vdev", f"net_af_packet0,iface={TAP_IF},qpairs=1", "--",
+              "--nb-cores=1", "--forward-mode=txonly", f"--eth-peer=0,{mac(9)}",
+              f"--txpkts={size}", "--stats-period", "1", f"--burst={GEN_BURST[0]}"]
+
+    def run(sock, accept, cycles):
+        sink = subprocess.Popen(
+            ["taskset", "-c", str(GEN_CPU), PROBE, "sink", "--a", sock, "--secs",
+             str(secs + 2), *(["--accept"] if accept else [])],
+            stdout=subprocess.PIPE, text=True, start_new_session=True)
+        assert sink.stdout.readline().strip() == "ready", "vs-probe sink did not start"
+        with open(work / "sender.log", "w") as f:
+            tx = subprocess.Popen(sender, stdin=subprocess.DEVNULL, stdout=f,
+                                  stderr=subprocess.STDOUT, start_new_session=True)
+        time.sleep(2)
+        c0 = cycles()
+        time.sleep(secs - 2)
+        c1 = cycles()
+        stop_process_group(tx, signal.SIGINT)
+        out, _ = sink.communicate(timeout=60)
+        clean_hugepages()
+        counts = [json.loads(line)["frames"] for line in out.splitlines() if line.startswith("{")]
+        counts = [c for c in counts if c > 0][2:]
+        mpps = statistics.median(counts) / 1e6 if counts else 0.0
+        return mpps, c0, c1
+
+    if switch == "vringswitch":
+        vs = Vringswitch(work, nports=1, tap=TAP_IF)
+        try:
+            wait_for(lambda: Path(f"/sys/class/net/{TAP_IF}").exists(), "the TAP interface")
+            mpps, (c0, n0, _), (c1, n1, _) = run(vs.socks[0], False, vs.cycles)
+        finally:
+            vs.stop()
+        return mpps, (c1 - c0) / (n1 - n0) if n1 > n0 else 0.0
+    ovs = Ovs(work, nports=1)
+    try:
+        # OVS sets its ports' MTU itself: asked for 9000, as vringswitch's TAP gets.
+        ovs.vsctl("add-port", "br0", TAP_IF, "--", "set", "Interface", TAP_IF, "type=tap",
+                  "mtu_request=9000")
+        wait_for(lambda: Path(f"/sys/class/net/{TAP_IF}").exists(), "OVS's TAP interface")
+        sh("ip", "link", "set", TAP_IF, "up")
+
+        def clear():
+            ovs.appctl("dpif-netdev/pmd-stats-clear")
+            return 0
+
+        mpps, _, _ = run(ovs.socks[0], True, clear)
+        cpp = ovs.all_threads_cycles_per_packet()
+    finally:
+        ovs.stop()
+    return mpps, cpp
+
+
 def tap_part(work, sizes, secs, rounds, switches):
     runs = []
     for r in range(1, rounds + 1):
@@ -564,11 +631,13 @@ def tap_part(work, sizes, secs, rounds, switches):
             for sw in switches:
                 if sw == "testpmd":
                     continue
-                mpps, cpp = tap_vm_to_host(work(), sw, size, secs)
-                m = {"round": r, "size": size, "switch": sw, "direction": "vm_to_host",
-                     "mpps": mpps, "cpp": cpp}
-                log(f"tap round {r} {size} B {sw}: {m}")
-                runs.append(m)
+                for direction, measure in (("vm_to_host", tap_vm_to_host),
+                                           ("host_to_vm", tap_host_to_vm)):
+                    mpps, cpp = measure(work(), sw, size, secs)
+                    m = {"round": r, "size": size, "switch": sw, "direction": direction,
+                         "mpps": mpps, "cpp": cpp}
+                    log(f"tap round {r} {size} B {sw}: {m}")
+                    runs.append(m)
     return runs
 
 
@@ -730,18 +799,20 @@ def report(res):
 def tap_report(res, L):
     if not res.get("tap"):
         return
-    L.append("### TAP port, VM -> host (Mpps the kernel received; busy cycles per packet)\n")
+    L.append("### TAP port (Mpps; busy cycles per packet)\n")
     L.append("testpmd txonly on a virtio_user port of the switch sends to an unknown MAC, "
              f"flooded to the bridge's only other port, a TAP interface ({TAP_IF}); the "
              "figure is the interface's rx_packets. OVS-DPDK 3.1: a `type=tap` port (polled "
              "by its main thread) and a dpdkvhostuserclient port; its cycles are every "
              "thread's processing cycles over packets. Both switches pay one write(2) per "
              "frame into the kernel.\n")
-    L.append("| round | frame B | switch | Mpps | busy cycles/pkt |")
-    L.append("|---|---|---|---|---|")
+    L.append("Host -> VM: testpmd txonly on an af_packet port of the interface; vs-probe "
+             "`sink` on the vhost-user port counts what arrives.\n")
+    L.append("| round | frame B | switch | direction | Mpps | busy cycles/pkt |")
+    L.append("|---|---|---|---|---|---|")
     for m in res["tap"]:
-        L.append(f"| {m['round']} | {m['size']} | {m['switch']} | {m['mpps']:.3f} "
-                 f"| {m['cpp']:.0f} |")
+        L.append(f"| {m['round']} | {m['size']} | {m['switch']} "
+                 f"| {m.get('direction', 'vm_to_host')} | {m['mpps']:.3f} | {m['cpp']:.0f} |")
     L.append("")
 
 

@@ -7,6 +7,7 @@
 //! vs-probe latency --a SOCK --b SOCK [--accept] [--samples N] [--interval-us U] [--size B]
 //! vs-probe hold    --a SOCK --b SOCK [--accept] --secs S
 //! vs-probe floor   [--samples N] [--interval-us U] [--core C]
+//! vs-probe sink    --a SOCK [--accept] --secs S
 //! ```
 //!
 //! `latency` sends one frame A -> B every `interval`, times its arrival at B (one way), has
@@ -17,6 +18,11 @@
 //! lost. `hold` connects both ports, exchanges one frame each way (so both are learnt), prints
 //! `ready` and stays connected and silent for S seconds (the harness measures the switch's
 //! idle CPU meanwhile).
+//!
+//! `sink` is a VM that only receives: one test VM on `--a` that gives every RX buffer back
+//! as soon as it sees it used, checking every 20 µs (sleeping in between, so that it leaves
+//! the core to a generator), and prints the frames received in each second, one JSON line
+//! per second, for S seconds.
 //!
 //! `floor` needs no switch: it measures what any sleeping switch pays at least to wake, a
 //! thread pinned to core C (the switch's core) blocked on an eventfd, woken by a write from
@@ -32,6 +38,8 @@ use vringswitch_tests::{frame, mac, BROADCAST};
 const RX: u16 = 0;
 const TX: u16 = 1;
 const RX_BUFS: usize = 128;
+/// A sink's RX buffers: all the ring holds but one.
+const SINK_BUFS: usize = 255;
 const LOST_AFTER: Duration = Duration::from_millis(100);
 
 struct Args {
@@ -49,7 +57,7 @@ struct Args {
 fn usage(why: &str) -> ! {
     eprintln!("vs-probe: {why}");
     eprintln!(
-        "usage: vs-probe latency|hold|floor --a SOCK --b SOCK [--accept] [--samples N] \
+        "usage: vs-probe latency|hold|floor|sink --a SOCK --b SOCK [--accept] [--samples N] \
          [--interval-us U] [--size BYTES] [--secs S] [--core C]"
     );
     std::process::exit(2)
@@ -58,7 +66,7 @@ fn usage(why: &str) -> ! {
 fn parse_args() -> Args {
     let mut it = std::env::args().skip(1);
     let mode = it.next().unwrap_or_else(|| usage("no mode"));
-    if !["latency", "hold", "floor"].contains(&mode.as_str()) {
+    if !["latency", "hold", "floor", "sink"].contains(&mode.as_str()) {
         usage(&format!("unknown mode {mode:?}"));
     }
     let mut args = Args {
@@ -96,8 +104,12 @@ fn parse_args() -> Args {
             _ => usage(&format!("unknown flag {flag:?}")),
         }
     }
-    if args.mode != "floor" && (args.a.as_os_str().is_empty() || args.b.as_os_str().is_empty()) {
-        usage("--a and --b are required");
+    let needs_b = args.mode == "latency" || args.mode == "hold";
+    if args.mode != "floor" && args.a.as_os_str().is_empty() {
+        usage("--a is required");
+    }
+    if needs_b && args.b.as_os_str().is_empty() {
+        usage("--b is required");
     }
     if !(60..=1514).contains(&args.size) {
         usage("--size must be between 60 and 1514 (a frame without its FCS)");
@@ -257,10 +269,42 @@ fn floor(args: &Args) {
     println!("{out}");
 }
 
+/// The `sink` mode: receives on `--a` and prints the frames of each second.
+fn sink(args: &Args) {
+    let opts = VmOptions {
+        strict: false,
+        ..VmOptions::default()
+    };
+    let mut vm = if args.accept {
+        let l = UnixListener::bind(&args.a).expect("bind --a");
+        TestVm::accept(&l, mac(1), opts)
+    } else {
+        TestVm::connect(&args.a, mac(1), opts)
+    };
+    vm.post_rx(RX, SINK_BUFS, 2048);
+    println!("ready");
+    let start = Instant::now();
+    let mut second = start + Duration::from_secs(1);
+    let mut frames = 0u64;
+    while start.elapsed() < Duration::from_secs(args.secs) {
+        frames += vm.recycle(RX) as u64;
+        let now = Instant::now();
+        if now >= second {
+            println!("{}", serde_json::json!({ "frames": frames }));
+            frames = 0;
+            second += Duration::from_secs(1);
+        }
+        std::thread::sleep(Duration::from_micros(20));
+    }
+}
+
 fn main() {
     let args = parse_args();
     if args.mode == "floor" {
         return floor(&args);
+    }
+    if args.mode == "sink" {
+        return sink(&args);
     }
     let (mut a, mut b) = attach(&args);
     match args.mode.as_str() {
