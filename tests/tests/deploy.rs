@@ -128,9 +128,9 @@ fn every_system_call_of_the_daemon_passes_the_units_filter() {
         }
     }
 
-    // A server port with two VMs, a client port whose peer never appears, and a TAP port
-    // (the first frame a sends floods to it, the kernel's own frames come from it), under
-    // strace.
+    // A server port with two VMs, a client port whose peer never appears, and on a bridge
+    // of their own a TAP port and a VM whose broadcast floods to it (the kernel's own
+    // frames come from it, and reach only that VM), under strace.
     let dir = TempDir::new("syscalls");
     let sock = |n: &str| dir.path().join(format!("{n}.sock"));
     let mut toml = String::from("[dataplane]\ncores = [1]\n[[bridges]]\nname = \"br0\"\n");
@@ -143,7 +143,10 @@ fn every_system_call_of_the_daemon_passes_the_units_filter() {
     }
     let tap = format!("vsd{}", std::process::id() % 100_000);
     toml.push_str(&format!(
-        "[[ports]]\nname = \"t\"\nbridge = \"br0\"\ntype = \"tap\"\nifname = \"{tap}\"\n"
+        "[[bridges]]\nname = \"brt\"\n\
+         [[ports]]\nname = \"e\"\nbridge = \"brt\"\ntype = \"vhost-user\"\nsocket = \"{}\"\n\
+         [[ports]]\nname = \"t\"\nbridge = \"brt\"\ntype = \"tap\"\nifname = \"{tap}\"\n",
+        sock("e").display()
     ));
     let config = dir.path().join("vringswitch.toml");
     std::fs::write(&config, toml).unwrap();
@@ -191,6 +194,22 @@ fn every_system_call_of_the_daemon_passes_the_units_filter() {
         b.send(TestVm::tx(0), &frame(mac(1), mac(2), 100, i));
         a.expect_frames(TestVm::rx(0), 1, Duration::from_secs(30));
     }
+    let mut e = TestVm::connect(&sock("e"), mac(5), VmOptions::default());
+    e.post_rx(TestVm::rx(0), 16, 2048);
+    wait_until(Duration::from_secs(30), "e ready", || {
+        let m = http_get(&api, "/metrics").ok()?;
+        (metric_value(&m, "vringswitch_port_ready", &[("port", "e")]) == Some(1)).then_some(())
+    });
+    e.send(TestVm::tx(0), &frame([0xff; 6], mac(5), 100, 0));
+    wait_until(
+        Duration::from_secs(30),
+        "the broadcast written to the TAP",
+        || {
+            let m = http_get(&api, "/metrics").ok()?;
+            (metric_value(&m, "vringswitch_port_tx_packets_total", &[("port", "t")]) >= Some(1))
+                .then_some(())
+        },
+    );
     drop(a);
     let _a = TestVm::connect(&sock("a"), mac(1), VmOptions::default());
     http_get(&api, "/metrics").unwrap();
