@@ -466,6 +466,14 @@ class Ovs:
         m = re.search(r"avg processing cycles per packet: ([0-9.]+)", out)
         return float(m.group(1)) if m else 0.0
 
+    def add_tap(self):
+        """A `type=tap` port TAP_IF on br0, set up, with the MTU vringswitch's TAP gets."""
+        # OVS sets its ports' MTU itself: asked for 9000.
+        self.vsctl("add-port", "br0", TAP_IF, "--", "set", "Interface", TAP_IF, "type=tap",
+                   "mtu_request=9000")
+        wait_for_tap("OVS's TAP interface")
+        sh("ip", "link", "set", TAP_IF, "up")
+
     def all_threads_cycles_per_packet(self):
         """Processing cycles over packets of every thread pmd-stats-show lists: the PMD
         and the main thread, which polls ports that are not DPDK's (tap)."""
@@ -515,6 +523,10 @@ def throughput_ovs(work, size, secs):
 TAP_IF = "vsbtap0"
 
 
+def wait_for_tap(what):
+    wait_for(lambda: Path(f"/sys/class/net/{TAP_IF}").exists(), what)
+
+
 def tap_rx_packets():
     """Frames the kernel got on the TAP interface (written into it by the switch)."""
     return int(Path(f"/sys/class/net/{TAP_IF}/statistics/rx_packets").read_text())
@@ -529,7 +541,7 @@ def tap_vm_to_host(work, switch, size, secs):
     if switch == "vringswitch":
         vs = Vringswitch(work, nports=1, tap=TAP_IF)
         try:
-            wait_for(lambda: Path(f"/sys/class/net/{TAP_IF}").exists(), "the TAP interface")
+            wait_for_tap("the TAP interface")
             p, out = generator(work, vs.socks, size, secs, mode="txonly", peers=peers)
             time.sleep(2)
             c0, n0, _ = vs.cycles()
@@ -543,11 +555,7 @@ def tap_vm_to_host(work, switch, size, secs):
         return (k1 - k0) / (t1 - t0) / 1e6, (c1 - c0) / (n1 - n0) if n1 > n0 else 0.0
     ovs = Ovs(work, nports=1)
     try:
-        # OVS sets its ports' MTU itself: asked for 9000, as vringswitch's TAP gets.
-        ovs.vsctl("add-port", "br0", TAP_IF, "--", "set", "Interface", TAP_IF, "type=tap",
-                  "mtu_request=9000")
-        wait_for(lambda: Path(f"/sys/class/net/{TAP_IF}").exists(), "OVS's TAP interface")
-        sh("ip", "link", "set", TAP_IF, "up")
+        ovs.add_tap()
         p, out = generator(work, ovs.socks, size, secs, server=True, mode="txonly", peers=peers)
         time.sleep(2)
         ovs.appctl("dpif-netdev/pmd-stats-clear")
@@ -600,18 +608,14 @@ def tap_host_to_vm(work, switch, size, secs):
     if switch == "vringswitch":
         vs = Vringswitch(work, nports=1, tap=TAP_IF)
         try:
-            wait_for(lambda: Path(f"/sys/class/net/{TAP_IF}").exists(), "the TAP interface")
+            wait_for_tap("the TAP interface")
             mpps, (c0, n0, _), (c1, n1, _) = run(vs.socks[0], False, vs.cycles)
         finally:
             vs.stop()
         return mpps, (c1 - c0) / (n1 - n0) if n1 > n0 else 0.0
     ovs = Ovs(work, nports=1)
     try:
-        # OVS sets its ports' MTU itself: asked for 9000, as vringswitch's TAP gets.
-        ovs.vsctl("add-port", "br0", TAP_IF, "--", "set", "Interface", TAP_IF, "type=tap",
-                  "mtu_request=9000")
-        wait_for(lambda: Path(f"/sys/class/net/{TAP_IF}").exists(), "OVS's TAP interface")
-        sh("ip", "link", "set", TAP_IF, "up")
+        ovs.add_tap()
 
         def clear():
             ovs.appctl("dpif-netdev/pmd-stats-clear")

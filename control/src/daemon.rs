@@ -827,16 +827,17 @@ impl Daemon {
                 )));
             }
         }
-        if let Some(other) = spec.ifname.as_ref().and_then(|i| {
-            st.ports
+        if let Some(ifname) = &spec.ifname {
+            if let Some(other) = st
+                .ports
                 .values()
-                .find(|p| p.spec.ifname.as_ref() == Some(i))
-        }) {
-            return Err(ChangeError::Conflict(format!(
-                "interface {} is already used by port {:?}",
-                spec.ifname.as_deref().unwrap_or(""),
-                other.spec.name
-            )));
+                .find(|p| p.spec.ifname.as_ref() == Some(ifname))
+            {
+                return Err(ChangeError::Conflict(format!(
+                    "interface {ifname} is already used by port {:?}",
+                    other.spec.name
+                )));
+            }
         }
         // The lowest id a removed port gave back, else a new one.
         let id = st.free_ids.first().copied().unwrap_or(st.next_id);
