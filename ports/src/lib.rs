@@ -5,11 +5,14 @@
 //! counters. The [`vhost_user`] module turns a unix socket into such an attachment and keeps
 //! it served across reconnects; [`vhost_user::rings`] is the per-frame split-ring data path.
 //! [`socket_file`] binds socket files without taking a live one from another process.
-//! [`tap`] ports carry frames to and from the host's kernel through a TAP interface.
+//! [`tap`] ports carry frames to and from the host's kernel through a TAP interface, and
+//! [`afxdp`] ports through an AF_XDP socket on a queue of a host interface.
 #![deny(unsafe_code)]
 
+pub mod afxdp;
 pub mod counters;
 pub mod log_limit;
+pub mod netif;
 pub mod port;
 pub mod socket_file;
 pub mod tap;

@@ -17,6 +17,7 @@ use virtio_queue::QueueT;
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::afxdp::AfXdpQueue;
 use crate::counters::PortStats;
 use crate::tap::TapQueue;
 use crate::vhost_user::kicks::TxKicks;
@@ -37,6 +38,8 @@ pub enum Attachment {
     VhostUser(VhostUserQueues),
     /// A TAP interface's descriptor and receive buffers.
     Tap(TapQueue),
+    /// An AF_XDP socket on a queue of a host interface, and its UMEM.
+    AfXdp(AfXdpQueue),
 }
 
 impl Attachment {
@@ -44,7 +47,7 @@ impl Attachment {
     pub fn features(&self) -> Option<u64> {
         match self {
             Attachment::VhostUser(q) => Some(q.features()),
-            Attachment::Tap(_) => None,
+            Attachment::Tap(_) | Attachment::AfXdp(_) => None,
         }
     }
 
@@ -52,7 +55,7 @@ impl Attachment {
     pub fn active_queue_pairs(&self) -> usize {
         match self {
             Attachment::VhostUser(q) => q.active_queue_pairs(),
-            Attachment::Tap(_) => 1,
+            Attachment::Tap(_) | Attachment::AfXdp(_) => 1,
         }
     }
 
@@ -60,7 +63,7 @@ impl Attachment {
     pub fn queue_pairs(&self) -> usize {
         match self {
             Attachment::VhostUser(q) => q.queue_pairs(),
-            Attachment::Tap(_) => 1,
+            Attachment::Tap(_) | Attachment::AfXdp(_) => 1,
         }
     }
 }

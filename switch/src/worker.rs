@@ -18,6 +18,7 @@ use virtio_queue::QueueT;
 use vm_memory::GuestAddressSpace;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
+use vringswitch_ports::afxdp::{AfXdpQueue, SendError};
 use vringswitch_ports::counters::PortCounters;
 use vringswitch_ports::port::{GuestMem, GuestMemAtomic};
 use vringswitch_ports::tap::{TapQueue, TapRead, TAP_BUFFERS};
@@ -247,14 +248,17 @@ impl Worker {
         }
         let mut pending = false;
         let epoll = &self.epoll;
-        // A TAP port's descriptor, level-triggered: readable, it ends the sleep at once.
+        // A TAP or AF_XDP port's descriptor, level-triggered: readable, it ends the sleep
+        // at once.
         for &(port, _) in &self.tx_queues {
-            if let Some(Attachment::Tap(q)) =
-                attachment(&self.topology, &mut self.ports, port).map(|a| &**a)
+            let att = attachment(&self.topology, &mut self.ports, port).map(|a| &**a);
+            let (fd, failed) = match att {
+                Some(Attachment::Tap(q)) => (std::os::fd::AsRawFd::as_raw_fd(&q.fd()), q.failed()),
+                Some(Attachment::AfXdp(q)) => (q.fd(), q.failed()),
+                _ => continue,
+            };
             {
-                use std::os::fd::AsRawFd;
-                let fd = q.fd().as_raw_fd();
-                if q.failed() {
+                if failed {
                     // A gone interface's descriptor stays readable (an error): not waited on.
                     let _ = epoll.ctl(ControlOperation::Delete, fd, EpollEvent::default());
                 } else {
@@ -307,6 +311,7 @@ impl Worker {
         let moved = match &*att {
             Attachment::VhostUser(q) => self.burst_from_vm(i, q, now_s),
             Attachment::Tap(q) => self.burst_from_tap(i, q, now_s),
+            Attachment::AfXdp(q) => self.burst_from_xdp(i, q, now_s),
         };
         self.ports[src as usize].attachment = Some(att);
         moved
@@ -464,6 +469,74 @@ impl Worker {
         };
         deliver_burst(self.index, topology, &mut self.ports, &from, b, flood);
         b.len
+    }
+}
+
+impl Worker {
+    /// One burst from an AF_XDP port: frames the kernel received into the UMEM, decided
+    /// and delivered like a VM's, then given back to the kernel's fill ring.
+    fn burst_from_xdp(&mut self, i: usize, q: &AfXdpQueue, now_s: u64) -> usize {
+        let (src, qp) = self.tx_queues[i];
+        let topology: &Topology = &self.topology;
+        let Some(src_rt) = topology.port(src) else {
+            return 0;
+        };
+        if q.failed() {
+            return 0;
+        }
+        // Held by another worker only across a topology change: its burst is nearly done.
+        let Some(mut rx) = q.rx() else {
+            return 0;
+        };
+        let b = &mut self.burst;
+        let taken = rx.take(b.slots.len());
+        if taken == 0 {
+            return 0;
+        }
+        let counters = src_rt.handle.stats().slot(self.index);
+        b.start();
+        let cache = &mut self.fdb_caches[src_rt.bridge];
+        let mut decide = Decision::new(src, src_rt, topology, counters, cache, now_s);
+        let mut view = GuestView::new(q.mem());
+        let (mut rx_bytes, mut flood) = (0u64, false);
+        for k in 0..taken {
+            let d = rx.frame(k);
+            let mut peek = [0u8; PEEK_LEN];
+            let n = (d.len as usize).min(PEEK_LEN);
+            // The kernel's descriptor is checked like a guest's: inside the UMEM, or dropped.
+            if (d.len as usize) < MIN_FRAME_LEN
+                || !view.covers(d.addr, d.len as usize)
+                || !view.read(d.addr, &mut peek[..n])
+            {
+                counters.add_drop(DropReason::BadDescriptor, 1);
+                continue;
+            }
+            let f = &mut b.slots[b.len];
+            f.tx = TxFrame::in_one_buffer(0, d.addr, d.len, peek);
+            rx_bytes += u64::from(d.len);
+            b.len += 1;
+            let (ingress, dest) = decide.frame(&f.tx);
+            (f.ingress, f.dest) = (ingress, dest);
+            match dest {
+                Dest::Flood => flood = true,
+                Dest::Port(p) if !b.targets.contains(&p) => b.targets.push(p),
+                _ => {}
+            }
+        }
+        if b.len > 0 {
+            self.switch.workers[self.index].stats.add_burst(b.len);
+            counters.add_rx(usize::from(qp), b.len as u64, rx_bytes);
+            let from = Source {
+                id: src,
+                rt: src_rt,
+                qp,
+                mem: q.mem(),
+            };
+            deliver_burst(self.index, topology, &mut self.ports, &from, b, flood);
+        }
+        // Every frame was copied out (or dropped): the kernel may receive into them again.
+        rx.recycle();
+        taken
     }
 }
 
@@ -648,6 +721,7 @@ fn deliver_to(
     let att = match &**att {
         Attachment::VhostUser(q) => q,
         Attachment::Tap(q) => return deliver_to_tap(worker, dst_rt, q, src, b, wanted),
+        Attachment::AfXdp(q) => return deliver_to_xdp(worker, dst_rt, q, src, b, wanted),
     };
     let pairs = att.queue_pairs();
     if pairs == 0 {
@@ -760,6 +834,65 @@ fn deliver_to_tap(
                 counters.add_drop(DropReason::PortDown, 1)
             }
         }
+    }
+    counters.add_tx(0, packets, bytes);
+}
+
+/// Copies every frame of the burst that `wanted` takes into AF_XDP port `q`'s UMEM and
+/// sends them, publishing the TX ring and waking the kernel once for the burst.
+fn deliver_to_xdp(
+    worker: usize,
+    dst_rt: &PortRt,
+    q: &AfXdpQueue,
+    src: &mut GuestView<'_>,
+    b: &Burst,
+    wanted: impl Fn(&Frame) -> bool,
+) {
+    let counters = dst_rt.handle.stats().slot(worker);
+    let policy = &dst_rt.vlan;
+    if q.failed() {
+        counters.add_drop(
+            DropReason::PortDown,
+            b.slots[..b.len].iter().filter(|f| wanted(f)).count() as u64,
+        );
+        return;
+    }
+    if let Some(cap) = dst_rt.capture.as_deref() {
+        capture_to_vm(cap, policy, src, b, &wanted);
+    }
+    let mut umem = GuestView::new(q.mem());
+    let mut tx = q.tx();
+    tx.reclaim();
+    let (mut packets, mut bytes) = (0u64, 0u64);
+    let mut edit = FrameEdit::NONE;
+    for f in b.slots[..b.len].iter().filter(|f| wanted(f)) {
+        let frame = &f.tx;
+        if !policy.egress_into(f.ingress, &frame.peek, &mut edit) {
+            counters.add_drop(DropReason::VlanFiltered, 1);
+            continue;
+        }
+        let Some(len) = edit.out_len(frame.len) else {
+            counters.add_drop(DropReason::BadDescriptor, 1);
+            continue;
+        };
+        let prefix = edit.prefix();
+        let rest = len as usize - prefix.len();
+        let segs = frame.segs_in(&b.segs);
+        let skip = usize::from(edit.skip);
+        match tx.send(len, |at| {
+            umem.gather_from(at, src, prefix, segs, skip, rest)
+        }) {
+            Ok(()) => {
+                packets += 1;
+                bytes += u64::from(len);
+            }
+            Err(SendError::Full) => counters.add_drop(DropReason::NoRxBuffer, 1),
+            Err(SendError::TooBig) => counters.add_drop(DropReason::TooBig, 1),
+            Err(SendError::BadSource) => counters.add_drop(DropReason::BadDescriptor, 1),
+        }
+    }
+    if !tx.flush() {
+        q.mark_failed();
     }
     counters.add_tx(0, packets, bytes);
 }

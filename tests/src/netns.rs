@@ -2,6 +2,11 @@
 //! network stack.
 
 use std::process::Command;
+use std::time::Duration;
+
+use crate::frontend::{TestVm, VmOptions};
+use crate::setup::T;
+use crate::{mac, BROADCAST};
 
 /// Runs `ip ARGS`, failing the test with its message if it fails, or with how to install
 /// iproute2 if it is missing.
@@ -39,4 +44,94 @@ impl Drop for Netns {
     fn drop(&mut self) {
         let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
     }
+}
+
+// The kernel as a peer: frames a test VM sends to an address in a namespace.
+
+/// The Internet checksum of `bytes`.
+pub fn checksum(bytes: &[u8]) -> u16 {
+    let mut sum = 0u32;
+    for pair in bytes.chunks(2) {
+        let word = u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)]);
+        sum += u32::from(word);
+    }
+    while sum > 0xFFFF {
+        sum = (sum & 0xFFFF) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// The test VM's address, and the kernel's in the namespace (10.77.0.1/24).
+pub const VM_IP: [u8; 4] = [10, 77, 0, 2];
+pub const HOST_IP: [u8; 4] = [10, 77, 0, 1];
+
+/// An ARP request from `src` (at [`VM_IP`]) for [`HOST_IP`].
+pub fn arp_request(src: [u8; 6]) -> Vec<u8> {
+    let mut f = BROADCAST.to_vec();
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 1]);
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&VM_IP);
+    f.extend_from_slice(&[0; 6]);
+    f.extend_from_slice(&HOST_IP);
+    f
+}
+
+/// An ICMP echo request from `src` ([`VM_IP`]) to `dst` ([`HOST_IP`]).
+pub fn echo_request(dst: [u8; 6], src: [u8; 6], id: u16, payload: &[u8]) -> Vec<u8> {
+    let mut icmp = vec![8, 0, 0, 0];
+    icmp.extend_from_slice(&id.to_be_bytes());
+    icmp.extend_from_slice(&1u16.to_be_bytes());
+    icmp.extend_from_slice(payload);
+    let c = checksum(&icmp);
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    let total = (20 + icmp.len()) as u16;
+    let mut iph = vec![0x45, 0];
+    iph.extend_from_slice(&total.to_be_bytes());
+    iph.extend_from_slice(&[0, 1, 0x40, 0, 64, 1, 0, 0]);
+    iph.extend_from_slice(&VM_IP);
+    iph.extend_from_slice(&HOST_IP);
+    let c = checksum(&iph);
+    iph[10..12].copy_from_slice(&c.to_be_bytes());
+    let mut f = dst.to_vec();
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&[0x08, 0x00]);
+    f.extend_from_slice(&iph);
+    f.extend_from_slice(&icmp);
+    f
+}
+
+/// Waits for a frame on the VM's RX queue that `want` accepts, skipping others (the
+/// kernel's IPv6 chatter).
+pub fn expect(vm: &mut TestVm, what: &str, want: impl Fn(&[u8]) -> bool) -> Vec<u8> {
+    let deadline = std::time::Instant::now() + T;
+    loop {
+        for r in vm.recv(TestVm::rx(0)) {
+            vm.post_rx(TestVm::rx(0), 1, 2048);
+            if want(&r.frame) {
+                return r.frame;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {what} within {T:?}"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// The VM on `socket` asks the kernel for 10.77.0.1 and pings it with `payload`.
+pub fn ping_the_kernel(socket: &std::path::Path, n: u8, payload: &[u8]) {
+    let mut vm = TestVm::connect(socket, mac(n), VmOptions::default());
+    vm.post_rx(TestVm::rx(0), 64, 2048);
+    vm.send(TestVm::tx(0), &arp_request(mac(n)));
+    let reply = expect(&mut vm, "ARP reply from the kernel", |f| {
+        f.len() >= 42 && f[12..14] == [0x08, 0x06] && f[20..22] == [0, 2]
+    });
+    let host_mac = <[u8; 6]>::try_from(&reply[6..12]).unwrap();
+    vm.send(TestVm::tx(0), &echo_request(host_mac, mac(n), 7, payload));
+    let reply = expect(&mut vm, "ICMP echo reply", |f| {
+        f.len() > 34 && f[12..14] == [0x08, 0x00] && f[23] == 1 && f[34] == 0
+    });
+    assert_eq!(&reply[42..], payload);
 }

@@ -21,77 +21,11 @@ use vringswitch_switch::{BridgeRt, PortRt, Switch, SwitchConfig, Topology};
 use vringswitch_tests::api::{assert_error, call};
 use vringswitch_tests::daemon::{Daemon, TempDir};
 use vringswitch_tests::frontend::{TestVm, VmOptions};
-use vringswitch_tests::netns::{ip, Netns};
+use vringswitch_tests::netns::{
+    arp_request, echo_request, expect, ip, ping_the_kernel, Netns, HOST_IP,
+};
 use vringswitch_tests::setup::T;
 use vringswitch_tests::{mac, BROADCAST};
-
-fn checksum(bytes: &[u8]) -> u16 {
-    let mut sum = 0u32;
-    for pair in bytes.chunks(2) {
-        let word = u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)]);
-        sum += u32::from(word);
-    }
-    while sum > 0xFFFF {
-        sum = (sum & 0xFFFF) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
-const VM_IP: [u8; 4] = [10, 77, 0, 2];
-const HOST_IP: [u8; 4] = [10, 77, 0, 1];
-
-fn arp_request(src: [u8; 6]) -> Vec<u8> {
-    let mut f = BROADCAST.to_vec();
-    f.extend_from_slice(&src);
-    f.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 1]);
-    f.extend_from_slice(&src);
-    f.extend_from_slice(&VM_IP);
-    f.extend_from_slice(&[0; 6]);
-    f.extend_from_slice(&HOST_IP);
-    f
-}
-
-fn echo_request(dst: [u8; 6], src: [u8; 6], id: u16, payload: &[u8]) -> Vec<u8> {
-    let mut icmp = vec![8, 0, 0, 0];
-    icmp.extend_from_slice(&id.to_be_bytes());
-    icmp.extend_from_slice(&1u16.to_be_bytes());
-    icmp.extend_from_slice(payload);
-    let c = checksum(&icmp);
-    icmp[2..4].copy_from_slice(&c.to_be_bytes());
-    let total = (20 + icmp.len()) as u16;
-    let mut iph = vec![0x45, 0];
-    iph.extend_from_slice(&total.to_be_bytes());
-    iph.extend_from_slice(&[0, 1, 0x40, 0, 64, 1, 0, 0]);
-    iph.extend_from_slice(&VM_IP);
-    iph.extend_from_slice(&HOST_IP);
-    let c = checksum(&iph);
-    iph[10..12].copy_from_slice(&c.to_be_bytes());
-    let mut f = dst.to_vec();
-    f.extend_from_slice(&src);
-    f.extend_from_slice(&[0x08, 0x00]);
-    f.extend_from_slice(&iph);
-    f.extend_from_slice(&icmp);
-    f
-}
-
-/// Waits for a frame on the VM's RX queue that `want` accepts, skipping others (the
-/// kernel's IPv6 chatter).
-fn expect(vm: &mut TestVm, what: &str, want: impl Fn(&[u8]) -> bool) -> Vec<u8> {
-    let deadline = std::time::Instant::now() + T;
-    loop {
-        for r in vm.recv(TestVm::rx(0)) {
-            vm.post_rx(TestVm::rx(0), 1, 2048);
-            if want(&r.frame) {
-                return r.frame;
-            }
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no {what} within {T:?}"
-        );
-        std::thread::sleep(Duration::from_millis(2));
-    }
-}
 
 #[test]
 fn the_kernel_answers_a_vm_through_a_tap_port_both_ways() {
@@ -212,22 +146,6 @@ fn exists(ns: Option<&Netns>, ifname: &str) -> bool {
         .unwrap()
         .status
         .success()
-}
-
-/// The VM on `socket` asks the kernel for 10.77.0.1 and pings it with `payload`.
-fn ping_the_kernel(socket: &std::path::Path, n: u8, payload: &[u8]) {
-    let mut vm = TestVm::connect(socket, mac(n), VmOptions::default());
-    vm.post_rx(TestVm::rx(0), 64, 2048);
-    vm.send(TestVm::tx(0), &arp_request(mac(n)));
-    let reply = expect(&mut vm, "ARP reply from the kernel", |f| {
-        f.len() >= 42 && f[12..14] == [0x08, 0x06] && f[20..22] == [0, 2]
-    });
-    let host_mac = <[u8; 6]>::try_from(&reply[6..12]).unwrap();
-    vm.send(TestVm::tx(0), &echo_request(host_mac, mac(n), 7, payload));
-    let reply = expect(&mut vm, "ICMP echo reply", |f| {
-        f.len() > 34 && f[12..14] == [0x08, 0x00] && f[23] == 1 && f[34] == 0
-    });
-    assert_eq!(&reply[42..], payload);
 }
 
 #[test]

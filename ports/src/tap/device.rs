@@ -12,12 +12,9 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
 
-/// Longest interface name Linux takes (`IFNAMSIZ` less the terminating NUL).
-pub const MAX_IFNAME: usize = 15;
+use crate::netif::{self, ifreq, interface_exists, ioctl, MAX_IFNAME};
 
 /// A TAP interface and the descriptor its frames are read from and written to.
 #[derive(Debug)]
@@ -26,49 +23,6 @@ pub struct TapDevice {
     name: String,
     /// The daemon created the interface (it goes when `file` closes).
     created: bool,
-}
-
-/// Whether an interface of that name exists in this network namespace.
-pub fn interface_exists(name: &str) -> bool {
-    Path::new("/sys/class/net").join(name).exists()
-}
-
-/// An `ifreq` naming `name` (checked by [`check_ifname`]), the rest zero.
-fn ifreq(name: &str) -> libc::ifreq {
-    // SAFETY: ifreq is plain old data (a name and a union of integers, addresses and a
-    // pointer); all zeroes is a valid value of each.
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (dst, &b) in req
-        .ifr_name
-        .iter_mut()
-        .zip(name.as_bytes().iter().take(MAX_IFNAME))
-    {
-        *dst = b as libc::c_char;
-    }
-    req
-}
-
-/// Runs `request` on `fd` with `req`.
-fn ioctl(fd: &impl AsRawFd, request: libc::c_ulong, req: &mut libc::ifreq) -> io::Result<()> {
-    // SAFETY: every request used here (TUNSETIFF, TUNGETIFF, SIOCGIFFLAGS, SIOCSIFFLAGS,
-    // SIOCSIFMTU) reads and/or writes one `struct ifreq`, which `req` is, valid for the call.
-    let r = unsafe { libc::ioctl(fd.as_raw_fd(), request as _, req as *mut libc::ifreq) };
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
-}
-
-/// A socket to ask the kernel about interfaces with.
-fn control_socket() -> io::Result<OwnedFd> {
-    // SAFETY: socket(2) with constant arguments; the result is checked before use.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fd was just returned by socket(2) and is owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 impl TapDevice {
@@ -110,30 +64,7 @@ impl TapDevice {
             name: name.to_owned(),
             created: !existed,
         };
-        let sock = control_socket()?;
-        if let Some(mtu) = mtu {
-            let mut req = ifreq(name);
-            req.ifr_ifru.ifru_mtu = mtu as libc::c_int;
-            ioctl(&sock, libc::SIOCSIFMTU, &mut req)?;
-        }
-        let mut req = ifreq(name);
-        ioctl(&sock, libc::SIOCGIFFLAGS, &mut req)?;
-        // SAFETY: SIOCGIFFLAGS filled the flags member of the union.
-        let flags = unsafe { req.ifr_ifru.ifru_flags };
-        let up = libc::IFF_UP as libc::c_short;
-        // An interface already up (made and set up by whoever owns it) needs no privilege.
-        if flags & up == 0 {
-            req.ifr_ifru.ifru_flags = flags | up;
-            ioctl(&sock, libc::SIOCSIFFLAGS, &mut req).map_err(|e| {
-                io::Error::new(
-                    e.kind(),
-                    format!(
-                        "cannot set it up ({e}): give the daemon CAP_NET_ADMIN, or set it up \
-                         first (ip link set {name} up)"
-                    ),
-                )
-            })?;
-        }
+        netif::set_up(name, mtu)?;
         Ok(dev)
     }
 
@@ -156,18 +87,5 @@ impl TapDevice {
     /// The descriptor frames are read from and written to.
     pub fn file(&self) -> &File {
         &self.file
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn an_ifreq_holds_the_name_nul_terminated() {
-        let req = ifreq("tap0");
-        let name: Vec<u8> = req.ifr_name.iter().map(|&c| c as u8).collect();
-        assert_eq!(&name[..5], b"tap0\0");
-        assert!(name[4..].iter().all(|&b| b == 0));
     }
 }

@@ -237,7 +237,7 @@ fn monitor(handle: &PortHandle, config: &TapPortConfig, created: bool, stop: &At
             None => {
                 // The port made its interface: it makes it again. Otherwise it waits for
                 // whoever made it to make it again.
-                if !created && !device::interface_exists(&config.ifname) {
+                if !created && !crate::netif::interface_exists(&config.ifname) {
                     continue;
                 }
                 match TapDevice::open(&config.ifname, config.mtu).and_then(|d| publish(handle, d)) {

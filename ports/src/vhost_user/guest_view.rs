@@ -415,6 +415,44 @@ impl<'m> GuestView<'m> {
         }
     }
 
+    /// Writes a frame at `dst_addr` of this view's memory: `prefix` (host bytes) then `len`
+    /// bytes of `src`'s memory from the ranges of `segs`, skipping their first `skip` bytes.
+    /// Returns false, having written a prefix, if a range is not memory of its side or the
+    /// segments hold fewer than `skip + len` bytes.
+    pub fn gather_from(
+        &mut self,
+        dst_addr: u64,
+        src: &mut GuestView<'_>,
+        prefix: &[u8],
+        segs: &[crate::vhost_user::rings::Seg],
+        mut skip: usize,
+        len: usize,
+    ) -> bool {
+        if !self.write(dst_addr, prefix) {
+            return false;
+        }
+        let mut at = dst_addr + prefix.len() as u64;
+        let mut left = len;
+        for s in segs {
+            if left == 0 {
+                break;
+            }
+            let seg_len = s.len as usize;
+            if skip >= seg_len {
+                skip -= seg_len;
+                continue;
+            }
+            let n = (seg_len - skip).min(left);
+            if !self.copy_from(at, src, s.addr + skip as u64, n) {
+                return false;
+            }
+            skip = 0;
+            left -= n;
+            at += n as u64;
+        }
+        left == 0
+    }
+
     /// Copies `len` bytes from `src_addr` in `src`'s VM to `dst_addr` in this view's VM: the
     /// switch's one copy, memory to memory, a memmove per piece that lies in one region on
     /// both sides. Fails, having copied a prefix, if either range is not all guest memory.
@@ -491,6 +529,43 @@ mod tests {
             len: 16,
         }];
         assert!(v.write_to(wr.as_fd(), b"", &hole, 0, 16).is_err());
+    }
+
+    #[test]
+    fn gather_from_writes_the_prefix_then_the_segments_and_refuses_what_is_not_memory() {
+        use crate::vhost_user::rings::Seg;
+        let src_mem = mem();
+        let data: Vec<u8> = (0..0x2000u32).map(|i| (i * 7) as u8).collect();
+        src_mem.write_slice(&data, GuestAddress(0x2000)).unwrap();
+        let dst_mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x2000)]).unwrap();
+        let (mut src, mut dst) = (GuestView::new(&src_mem), GuestView::new(&dst_mem));
+        // The first segment crosses from one source region into the next.
+        let segs = [
+            Seg {
+                addr: 0x2F00,
+                len: 0x200,
+            },
+            Seg {
+                addr: 0x2000,
+                len: 8,
+            },
+        ];
+        assert!(dst.gather_from(0x100, &mut src, b"TAG!", &segs, 2, 0x1FE + 4));
+        let mut got = vec![0u8; 4 + 0x1FE + 5];
+        dst_mem.read_slice(&mut got, GuestAddress(0x100)).unwrap();
+        assert_eq!(&got[..4], b"TAG!");
+        assert_eq!(&got[4..4 + 0x1FE], &data[0xF02..0x1100]);
+        assert_eq!(&got[4 + 0x1FE..4 + 0x1FE + 4], &data[..4]);
+        assert_eq!(got[4 + 0x1FE + 4], 0, "len stops the copy");
+        // More than the segments hold, a source in a hole, a destination past the end.
+        assert!(!dst.gather_from(0, &mut src, b"", &segs, 0, 0x209));
+        let hole = [Seg {
+            addr: 0x5000,
+            len: 16,
+        }];
+        assert!(!dst.gather_from(0, &mut src, b"", &hole, 0, 16));
+        assert!(!dst.gather_from(0x1FF8, &mut src, b"", &segs, 0, 16));
+        assert!(!dst.gather_from(0x1FFE, &mut src, b"TAG!", &segs, 0, 0));
     }
 
     /// Two adjacent regions [0x1000, 0x3000) and [0x3000, 0x4000), then a hole, then

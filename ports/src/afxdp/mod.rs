@@ -1,0 +1,554 @@
+//! AF_XDP ports: frames to and from one queue of a host interface, through the kernel's
+//! XDP path, without its network stack.
+//!
+//! The port binds an AF_XDP socket to a queue of an interface (`ifname`, `queue`): libxdp
+//! ([`libxdp`]) loads the XDP program that steers the queue's frames to the socket. The
+//! socket's UMEM, the memory frames are received into and sent from, is the port's own
+//! buffer pool, mapped like a VM's memory (a [`GuestMem`]) so the data path reads and
+//! writes it through the same checked views. Each frame is copied once: from the UMEM into
+//! the destination VM's buffers, or from the sending VM's buffers into the UMEM.
+//!
+//! The UMEM has [`UMEM_FRAMES`] frames of [`FRAME_SIZE`] bytes: the first half is lent to
+//! the kernel through the fill ring for receiving, the second half sends. A worker owns
+//! the receiving side while it polls the port; the sending side is locked once per burst by
+//! the worker delivering to it (several may).
+//!
+//! Modes ([`XdpMode`]): native with zero-copy where the driver offers it, native (the
+//! driver runs the program, the kernel copies), or generic (on socket buffers, any
+//! interface; veth in the tests). Best effort tries them in that order.
+
+pub mod libxdp;
+
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use vm_memory::{GuestAddress, GuestMemoryMmap};
+
+use crate::port::{Attachment, GuestMem, PortHandle};
+use libxdp::{Attach, Consumer, Geometry, Producer, Socket, SocketError, XdpDesc};
+
+/// Bytes of one UMEM frame (a page: the kernel's largest aligned frame).
+pub const FRAME_SIZE: u32 = 4096;
+/// Entries of each of the socket's rings.
+pub const RING_SIZE: u32 = 2048;
+/// Frames in the UMEM: one ring's worth for receiving, one for sending.
+pub const UMEM_FRAMES: u32 = 2 * RING_SIZE;
+/// The longest frame a port sends: a whole UMEM frame. (Received ones start after the
+/// kernel's headroom, 256 bytes, and are shorter.)
+pub const MAX_SEND: u32 = FRAME_SIZE;
+/// Most `sendto` wake-ups per burst: generic mode sends a limited batch per call (32 on
+/// today's kernels) and asks to be woken again for the rest.
+const MAX_KICKS: usize = 8;
+
+/// Where the XDP program runs and who copies frames; the same names as OVS's `xdp-mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum XdpMode {
+    /// Native with zero-copy, else native, else generic: the first the interface takes.
+    BestEffort,
+    NativeWithZeroCopy,
+    Native,
+    Generic,
+}
+
+impl XdpMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            XdpMode::BestEffort => "best-effort",
+            XdpMode::NativeWithZeroCopy => "native-with-zerocopy",
+            XdpMode::Native => "native",
+            XdpMode::Generic => "generic",
+        }
+    }
+
+    /// The ways of attaching to try, in order.
+    fn attempts(self) -> &'static [Attach] {
+        const ZC: Attach = Attach {
+            native: true,
+            zero_copy: true,
+        };
+        const NATIVE: Attach = Attach {
+            native: true,
+            zero_copy: false,
+        };
+        const GENERIC: Attach = Attach {
+            native: false,
+            zero_copy: false,
+        };
+        match self {
+            XdpMode::BestEffort => &[ZC, NATIVE, GENERIC],
+            XdpMode::NativeWithZeroCopy => &[ZC],
+            XdpMode::Native => &[NATIVE],
+            XdpMode::Generic => &[GENERIC],
+        }
+    }
+}
+
+/// The mode a socket got.
+pub fn attach_name(a: Attach) -> &'static str {
+    match (a.native, a.zero_copy) {
+        (true, true) => "native-with-zerocopy",
+        (true, false) => "native",
+        _ => "generic",
+    }
+}
+
+/// What the workers use of an AF_XDP port.
+pub struct AfXdpQueue {
+    // Field order matters: the socket goes first (libxdp still reads the rings' structures
+    // as it deletes it, and the kernel lets go of the UMEM), then the rings, then the UMEM.
+    socket: Socket,
+    rx: Mutex<RxSide>,
+    tx: Mutex<TxSide>,
+    mem: GuestMem,
+    attach: Attach,
+    ifindex: u32,
+    /// Sending found the interface gone. Workers leave the queue alone; the port's monitor
+    /// withdraws it.
+    failed: AtomicBool,
+}
+
+/// The receiving side: frames the kernel filled, and the fill ring they go back to.
+pub struct RxSide {
+    fill: Producer,
+    rx: Consumer,
+    /// Descriptors of the frames taken by [`RxSide::take`], until [`RxSide::recycle`].
+    taken: Vec<XdpDesc>,
+    rx_index: u32,
+    kick_fd: i32,
+}
+
+/// The sending side: free UMEM frames, the TX ring and the completion ring.
+pub struct TxSide {
+    tx: Producer,
+    comp: Consumer,
+    /// Addresses of sending frames not in the kernel's hands.
+    free: Vec<u64>,
+    /// Frames written into the TX ring and not yet published.
+    pending: u32,
+    fd: i32,
+}
+
+/// Why sending stopped.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SendError {
+    /// Every sending frame is with the kernel, or its TX ring is full.
+    Full,
+    /// The frame is longer than a UMEM frame.
+    TooBig,
+    /// The frame could not be read from its source.
+    BadSource,
+}
+
+impl AfXdpQueue {
+    /// Binds a socket to queue `queue` of `ifname`, in the first of `mode`'s ways the
+    /// interface takes, with the fill ring stocked.
+    pub fn open(ifname: &str, queue: u32, mode: XdpMode) -> Result<AfXdpQueue, AfXdpError> {
+        let fail = |error: String| AfXdpError {
+            ifname: ifname.to_owned(),
+            error,
+        };
+        let ifindex = crate::netif::ifindex(ifname)
+            .ok_or_else(|| fail("there is no interface of that name".into()))?;
+        let size = (UMEM_FRAMES * FRAME_SIZE) as usize;
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), size)])
+            .map_err(|e| fail(format!("cannot map the frame memory: {e}")))?;
+        let geometry = Geometry {
+            ring: RING_SIZE,
+            frame: FRAME_SIZE,
+        };
+        let mut errors = Vec::new();
+        let mut made = None;
+        for &attach in mode.attempts() {
+            match Socket::create(&mem, ifname, queue, geometry, attach) {
+                Ok(s) => {
+                    made = Some((s, attach));
+                    break;
+                }
+                Err(e @ SocketError::Load(_)) => return Err(fail(e.to_string())),
+                Err(e) => errors.push(format!("{}: {}", attach_name(attach), explain(&e))),
+            }
+        }
+        let Some((mut socket, attach)) = made else {
+            return Err(fail(format!(
+                "cannot bind an AF_XDP socket to queue {queue} ({})",
+                errors.join("; ")
+            )));
+        };
+        let broken = || fail("libxdp handed back no rings".into());
+        let (fill, rx) = socket.take_rx_side().ok_or_else(broken)?;
+        let (tx, comp) = socket.take_tx_side().ok_or_else(broken)?;
+        let fd = socket.fd();
+        let mut rx = RxSide {
+            fill,
+            rx,
+            taken: Vec::with_capacity(RING_SIZE as usize),
+            rx_index: 0,
+            kick_fd: fd,
+        };
+        // The receiving half of the UMEM goes to the kernel at once.
+        let idx = rx
+            .fill
+            .reserve(RING_SIZE)
+            .ok_or_else(|| fail("the fill ring is smaller than it was made".into()))?;
+        for i in 0..RING_SIZE {
+            rx.fill
+                .set_addr(idx.wrapping_add(i), u64::from(i * FRAME_SIZE));
+        }
+        rx.fill.submit(RING_SIZE);
+        let tx = TxSide {
+            tx,
+            comp,
+            free: (RING_SIZE..UMEM_FRAMES)
+                .rev()
+                .map(|i| u64::from(i * FRAME_SIZE))
+                .collect(),
+            pending: 0,
+            fd,
+        };
+        Ok(AfXdpQueue {
+            socket,
+            rx: Mutex::new(rx),
+            tx: Mutex::new(tx),
+            mem,
+            attach,
+            ifindex,
+            failed: AtomicBool::new(false),
+        })
+    }
+
+    /// The UMEM: the memory frames are received into and sent from.
+    pub fn mem(&self) -> &GuestMem {
+        &self.mem
+    }
+
+    /// The socket's descriptor: readable when received frames wait.
+    pub fn fd(&self) -> i32 {
+        self.socket.fd()
+    }
+
+    /// How the socket is attached.
+    pub fn attach(&self) -> Attach {
+        self.attach
+    }
+
+    /// Counters the kernel keeps for the socket.
+    pub fn statistics(&self) -> io::Result<libxdp::Statistics> {
+        self.socket.statistics()
+    }
+
+    /// The receiving side, unless another worker holds it (a topology change moved the
+    /// port between workers and the old one is still in its burst).
+    #[inline]
+    pub fn rx(&self) -> Option<MutexGuard<'_, RxSide>> {
+        match self.rx.try_lock() {
+            Ok(g) => Some(g),
+            Err(TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
+        }
+    }
+
+    /// The sending side, for one burst.
+    #[inline]
+    pub fn tx(&self) -> MutexGuard<'_, TxSide> {
+        self.tx.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn mark_failed(&self) {
+        self.failed.store(true, Ordering::Relaxed);
+    }
+
+    #[inline]
+    pub fn failed(&self) -> bool {
+        self.failed.load(Ordering::Relaxed)
+    }
+
+    /// Whether the interface the socket is bound to is still there (not deleted, nor
+    /// replaced by another of the same name).
+    pub fn interface_is_there(&self, ifname: &str) -> bool {
+        crate::netif::ifindex(ifname) == Some(self.ifindex)
+    }
+}
+
+/// What the kernel's refusal means for an AF_XDP socket.
+fn explain(e: &SocketError) -> String {
+    let SocketError::Socket(io) = e else {
+        return e.to_string();
+    };
+    let hint = match io.raw_os_error() {
+        Some(libc::EPERM) => " (needs CAP_NET_ADMIN, CAP_NET_RAW and CAP_BPF, or root)",
+        Some(libc::EOPNOTSUPP) => " (the driver does not offer it)",
+        Some(libc::EINVAL) => " (the interface has no such queue, or its MTU is too large)",
+        Some(libc::EBUSY) | Some(libc::EEXIST) => {
+            " (another XDP program or socket holds the interface)"
+        }
+        _ => "",
+    };
+    format!("{io}{hint}")
+}
+
+impl RxSide {
+    /// Takes up to `max` received frames; they stay valid until [`Self::recycle`].
+    #[inline]
+    pub fn take(&mut self, max: usize) -> usize {
+        debug_assert!(self.taken.is_empty(), "frames taken twice");
+        let (n, idx) = self.rx.peek(max.min(RING_SIZE as usize) as u32);
+        self.rx_index = idx;
+        for i in 0..n {
+            self.taken.push(self.rx.desc(idx.wrapping_add(i)));
+        }
+        n as usize
+    }
+
+    /// Frame `i` of those taken: its address in the UMEM and its length.
+    #[inline]
+    pub fn frame(&self, i: usize) -> XdpDesc {
+        self.taken[i]
+    }
+
+    /// Gives the taken frames back to the kernel to receive into again.
+    #[inline]
+    pub fn recycle(&mut self) {
+        let n = self.taken.len() as u32;
+        if n == 0 {
+            return;
+        }
+        // The fill ring holds every receiving frame: room for those taken out of it.
+        if let Some(idx) = self.fill.reserve(n) {
+            for (i, d) in self.taken.iter().enumerate() {
+                // The frame's start: the kernel put the data after its headroom.
+                let base = d.addr - d.addr % u64::from(FRAME_SIZE);
+                self.fill.set_addr(idx.wrapping_add(i as u32), base);
+            }
+            self.fill.submit(n);
+        }
+        self.rx.release(n);
+        self.taken.clear();
+        if self.fill.needs_wakeup() {
+            libxdp::wake_rx(self.kick_fd);
+        }
+    }
+}
+
+impl TxSide {
+    /// Takes back the frames the kernel finished sending.
+    #[inline]
+    pub fn reclaim(&mut self) {
+        let (n, idx) = self.comp.peek(RING_SIZE);
+        for i in 0..n {
+            let addr = self.comp.addr(idx.wrapping_add(i));
+            // Only frames of the sending half were handed out; anything else is ignored.
+            if (u64::from(RING_SIZE * FRAME_SIZE)..u64::from(UMEM_FRAMES * FRAME_SIZE))
+                .contains(&addr)
+                && self.free.len() < self.free.capacity()
+            {
+                self.free.push(addr - addr % u64::from(FRAME_SIZE));
+            }
+        }
+        self.comp.release(n);
+    }
+
+    /// Queues one frame of `len` bytes, written by `write` into the UMEM frame at the
+    /// address it is given (which returns false if the source could not be read).
+    #[inline]
+    pub fn send(&mut self, len: u32, write: impl FnOnce(u64) -> bool) -> Result<(), SendError> {
+        if len > MAX_SEND {
+            return Err(SendError::TooBig);
+        }
+        if self.free.is_empty() {
+            self.reclaim();
+        }
+        let Some(addr) = self.free.pop() else {
+            return Err(SendError::Full);
+        };
+        if !write(addr) {
+            self.free.push(addr);
+            return Err(SendError::BadSource);
+        }
+        let Some(idx) = self.tx.reserve(1) else {
+            self.free.push(addr);
+            return Err(SendError::Full);
+        };
+        self.tx.set_desc(
+            idx,
+            XdpDesc {
+                addr,
+                len,
+                options: 0,
+            },
+        );
+        self.pending += 1;
+        Ok(())
+    }
+
+    /// Publishes the queued frames and wakes the kernel to send them. Returns false if the
+    /// interface is gone.
+    #[inline]
+    pub fn flush(&mut self) -> bool {
+        if self.pending == 0 {
+            return true;
+        }
+        self.tx.submit(self.pending);
+        self.pending = 0;
+        for _ in 0..MAX_KICKS {
+            if !self.tx.needs_wakeup() {
+                break;
+            }
+            match libxdp::wake_tx(self.fd) {
+                Ok(true) => break,
+                // Generic mode sends a batch per call: again for the rest. (A full device
+                // queue gives up after a few: the frames go with the next burst.)
+                Ok(false) => {}
+                Err(_) => return false,
+            }
+        }
+        true
+    }
+}
+
+/// How an AF_XDP port is set up.
+#[derive(Debug, Clone)]
+pub struct AfXdpPortConfig {
+    pub ifname: String,
+    pub queue: u32,
+    pub mode: XdpMode,
+}
+
+/// Why an AF_XDP port could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot open an AF_XDP socket on interface {ifname}: {error}")]
+pub struct AfXdpError {
+    pub ifname: String,
+    pub error: String,
+}
+
+/// How often a port checks that its interface is still there, or back.
+const MONITOR_EVERY: Duration = Duration::from_millis(250);
+
+/// A running AF_XDP port: its socket stays bound until [`AfXdpPort::stop`]. A monitor
+/// thread takes the port down when the interface disappears and up again once an interface
+/// of that name exists again; it also counts the frames the kernel dropped for want of room
+/// in the socket's rings.
+pub struct AfXdpPort {
+    handle: Arc<PortHandle>,
+    config: AfXdpPortConfig,
+    stop: Arc<AtomicBool>,
+    monitor: Option<JoinHandle<()>>,
+}
+
+/// Opens a socket on the interface, sets it up and publishes it to the workers.
+fn publish(handle: &PortHandle, config: &AfXdpPortConfig) -> Result<Attach, AfXdpError> {
+    crate::netif::set_up(&config.ifname, None).map_err(|e| AfXdpError {
+        ifname: config.ifname.clone(),
+        error: e.to_string(),
+    })?;
+    let queue = AfXdpQueue::open(&config.ifname, config.queue, config.mode)?;
+    let attach = queue.attach();
+    handle.set_connected(true);
+    handle.attach(Arc::new(Attachment::AfXdp(queue)));
+    Ok(attach)
+}
+
+impl AfXdpPort {
+    pub fn start(
+        handle: Arc<PortHandle>,
+        config: AfXdpPortConfig,
+    ) -> Result<AfXdpPort, AfXdpError> {
+        let attach = publish(&handle, &config)?;
+        tracing::info!(
+            port = handle.name(),
+            ifname = %config.ifname,
+            queue = config.queue,
+            mode = attach_name(attach),
+            "AF_XDP socket bound"
+        );
+        let stop = Arc::new(AtomicBool::new(false));
+        let monitor = {
+            let (handle, stop, cfg) = (handle.clone(), stop.clone(), config.clone());
+            std::thread::Builder::new()
+                .name(format!("xdp-{}", config.ifname))
+                .spawn(move || monitor(&handle, &cfg, &stop))
+                .map_err(|e| AfXdpError {
+                    ifname: config.ifname.clone(),
+                    error: e.to_string(),
+                })?
+        };
+        Ok(AfXdpPort {
+            handle,
+            config,
+            stop,
+            monitor: Some(monitor),
+        })
+    }
+
+    pub fn handle(&self) -> &Arc<PortHandle> {
+        &self.handle
+    }
+
+    /// Withdraws the socket from the workers; it closes (and libxdp removes its XDP
+    /// program) once the last worker let go of it.
+    pub fn stop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(m) = self.monitor.take() {
+            m.thread().unpark();
+            let _ = m.join();
+        }
+        self.handle.detach();
+        self.handle.set_connected(false);
+        tracing::debug!(port = self.handle.name(), ifname = %self.config.ifname, "AF_XDP port stopped");
+    }
+}
+
+impl Drop for AfXdpPort {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The monitor of an AF_XDP port: down when its interface is gone, up when it is back.
+fn monitor(handle: &PortHandle, config: &AfXdpPortConfig, stop: &AtomicBool) {
+    let mut failures = crate::log_limit::LogLimiter::new(Duration::from_secs(60));
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::park_timeout(MONITOR_EVERY);
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let current = handle.attachment();
+        match current.as_deref() {
+            Some(Attachment::AfXdp(q)) => {
+                if !q.failed() && q.interface_is_there(&config.ifname) {
+                    continue;
+                }
+                handle.detach();
+                handle.set_connected(false);
+                tracing::warn!(
+                    port = handle.name(),
+                    ifname = %config.ifname,
+                    "interface is gone (deleted?): the AF_XDP port is down until it is back"
+                );
+            }
+            Some(_) => continue,
+            None => {
+                if crate::netif::ifindex(&config.ifname).is_none() {
+                    continue;
+                }
+                match publish(handle, config) {
+                    Ok(attach) => tracing::info!(
+                        port = handle.name(),
+                        ifname = %config.ifname,
+                        mode = attach_name(attach),
+                        "interface is back: the AF_XDP port is up"
+                    ),
+                    Err(e) => {
+                        if let Some(suppressed) = failures.check() {
+                            tracing::warn!(port = handle.name(), ifname = %config.ifname,
+                                error = %e.error, suppressed, "cannot bind the AF_XDP socket again");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
