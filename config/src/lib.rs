@@ -112,6 +112,10 @@ pub enum PortType {
     /// A TAP interface on the host: the switch's link to the host's own network stack.
     #[serde(rename = "tap")]
     Tap,
+    /// An AF_XDP socket on one queue of a host interface: frames to and from the wire (or
+    /// a veth) without the host's network stack.
+    #[serde(rename = "afxdp")]
+    AfXdp,
 }
 
 impl std::fmt::Display for PortType {
@@ -119,8 +123,69 @@ impl std::fmt::Display for PortType {
         f.write_str(match self {
             PortType::VhostUser => "vhost-user",
             PortType::Tap => "tap",
+            PortType::AfXdp => "afxdp",
         })
     }
+}
+
+impl PortType {
+    /// "a vhost-user port", "an afxdp port".
+    fn a_port(self) -> String {
+        match self {
+            PortType::AfXdp => format!("an {self} port"),
+            _ => format!("a {self} port"),
+        }
+    }
+
+    /// The settings only ports of this kind have.
+    pub fn own_settings(self) -> &'static [&'static str] {
+        match self {
+            PortType::VhostUser => &["socket", "mode", "queues"],
+            PortType::Tap => &["ifname", "mtu"],
+            PortType::AfXdp => &["ifname", "queue", "xdp_mode"],
+        }
+    }
+
+    const ALL: [PortType; 3] = [PortType::VhostUser, PortType::Tap, PortType::AfXdp];
+}
+
+/// Where an AF_XDP port's XDP program runs and who copies its frames (OVS's `xdp-mode`).
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq, utoipa::ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum XdpMode {
+    /// Native with zero-copy, else native, else generic: the first the interface takes.
+    #[default]
+    BestEffort,
+    /// In the driver, frames in the port's memory: the driver must offer zero-copy.
+    NativeWithZerocopy,
+    /// In the driver, frames copied by the kernel.
+    Native,
+    /// On socket buffers, after the driver: any interface.
+    Generic,
+}
+
+impl std::fmt::Display for XdpMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            XdpMode::BestEffort => "best-effort",
+            XdpMode::NativeWithZerocopy => "native-with-zerocopy",
+            XdpMode::Native => "native",
+            XdpMode::Generic => "generic",
+        })
+    }
+}
+
+/// Highest interface queue an AF_XDP port may bind to.
+pub const MAX_XDP_QUEUE: u32 = 1023;
+
+/// Checks an AF_XDP port's queue number (whether the interface has it, the kernel says).
+pub fn check_xdp_queue(queue: u32) -> Result<(), String> {
+    if queue > MAX_XDP_QUEUE {
+        return Err(format!(
+            "queue must be between 0 and {MAX_XDP_QUEUE}, not {queue}"
+        ));
+    }
+    Ok(())
 }
 
 /// Longest interface name Linux takes (`IFNAMSIZ` less the terminating NUL).
@@ -158,14 +223,15 @@ pub fn check_mtu(mtu: u32) -> Result<(), String> {
 /// Which settings a port of each type has, given which were set: one rule for the
 /// configuration file, the API and the state file.
 pub fn check_port_settings(kind: PortType, given: &[(&'static str, bool)]) -> Result<(), String> {
-    let (own, other): (&[&str], PortType) = match kind {
-        PortType::VhostUser => (&["socket", "mode", "queues"], PortType::Tap),
-        PortType::Tap => (&["ifname", "mtu"], PortType::VhostUser),
-    };
-    let kind_only = ["socket", "mode", "queues", "ifname", "mtu"];
+    let own = kind.own_settings();
     let foreign: Vec<&str> = given
         .iter()
-        .filter(|(name, set)| *set && kind_only.contains(name) && !own.contains(name))
+        .filter(|(name, set)| {
+            *set && !own.contains(name)
+                && PortType::ALL
+                    .iter()
+                    .any(|k| k.own_settings().contains(name))
+        })
         .map(|(name, _)| *name)
         .collect();
     if foreign.is_empty() {
@@ -175,13 +241,18 @@ pub fn check_port_settings(kind: PortType, given: &[(&'static str, bool)]) -> Re
         Some((last, rest)) if !rest.is_empty() => format!("{} and {last}", rest.join(", ")),
         _ => foreign.join(""),
     };
+    // The kind they belong to, if one kind has them all.
+    let owner = PortType::ALL
+        .into_iter()
+        .find(|k| k != &kind && foreign.iter().all(|f| k.own_settings().contains(f)));
+    let whose = match (owner, foreign.len()) {
+        (Some(k), 1) => format!("is a setting of {}", k.a_port()),
+        (Some(k), _) => format!("are settings of {}", k.a_port()),
+        (None, _) => format!("are not settings of {}", kind.a_port()),
+    };
     Err(format!(
-        "{named} {} of a {other} port; a {kind} port has {}",
-        if foreign.len() == 1 {
-            "is a setting"
-        } else {
-            "are settings"
-        },
+        "{named} {whose}; {} has {}",
+        kind.a_port(),
         own.join(", ")
     ))
 }
@@ -245,6 +316,12 @@ pub struct PortConfig {
     /// tap: the MTU the interface is set to; left as it is when left out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtu: Option<Spanned<u32>>,
+    /// afxdp: the interface queue the socket binds to (0 when left out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<Spanned<u32>>,
+    /// afxdp: where the XDP program runs (`best-effort` when left out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xdp_mode: Option<XdpMode>,
     /// VLAN membership; without it the port carries every VLAN as it comes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vlan: Option<Spanned<VlanConfig>>,
@@ -449,6 +526,8 @@ impl Config {
             queues: None,
             ifname: None,
             mtu: None,
+            queue: None,
+            xdp_mode: None,
             vlan: None,
             allowed_macs: None,
             admin: AdminState::Up,
@@ -591,6 +670,8 @@ impl Config {
                     ("queues", port.queues.is_some()),
                     ("ifname", port.ifname.is_some()),
                     ("mtu", port.mtu.is_some()),
+                    ("queue", port.queue.is_some()),
+                    ("xdp_mode", port.xdp_mode.is_some()),
                 ],
             )
             .map_err(|m| {
@@ -599,7 +680,7 @@ impl Config {
                     format!("port {:?}: {m}", port.name.get_ref()),
                 )
             })?;
-            if port.kind == PortType::Tap {
+            if matches!(port.kind, PortType::Tap | PortType::AfXdp) {
                 let ifname = port.ifname.as_ref();
                 let name = ifname.map_or(port.name.get_ref(), |n| n.get_ref());
                 let span = ifname.map_or(port.name.span(), |n| n.span());
@@ -612,6 +693,9 @@ impl Config {
                 }
                 if let Some(mtu) = &port.mtu {
                     check_mtu(*mtu.get_ref()).map_err(|m| invalid(mtu.span(), m))?;
+                }
+                if let Some(q) = &port.queue {
+                    check_xdp_queue(*q.get_ref()).map_err(|m| invalid(q.span(), m))?;
                 }
             }
             let socket = port.socket.get_ref();
@@ -990,6 +1074,57 @@ queues = 2
             err(&vu).contains("mtu is a setting of a tap port"),
             "{}",
             err(&vu)
+        );
+    }
+
+    #[test]
+    fn afxdp_ports_take_an_interface_a_queue_and_a_mode() {
+        let base = "[dataplane]\ncores = [1]\n[[bridges]]\nname = \"br0\"\n";
+        let xdp = |extra: &str| {
+            format!("{base}[[ports]]\nname = \"wire\"\nbridge = \"br0\"\ntype = \"afxdp\"\n{extra}")
+        };
+        let c = Config::parse(&xdp(""), Path::new("t")).unwrap();
+        assert_eq!(c.ports[0].kind, PortType::AfXdp);
+        assert!(c.ports[0].queue.is_none() && c.ports[0].xdp_mode.is_none());
+        let c = Config::parse(
+            &xdp("ifname = \"eth1\"\nqueue = 3\nxdp_mode = \"native-with-zerocopy\"\n"),
+            Path::new("t"),
+        )
+        .unwrap();
+        assert_eq!(c.ports[0].ifname.as_ref().unwrap().get_ref(), "eth1");
+        assert_eq!(*c.ports[0].queue.as_ref().unwrap().get_ref(), 3);
+        assert_eq!(c.ports[0].xdp_mode, Some(XdpMode::NativeWithZerocopy));
+        for (extra, want) in [
+            (
+                "queue = 1024\n",
+                "queue must be between 0 and 1023, not 1024",
+            ),
+            ("xdp_mode = \"fast\"\n", "unknown variant `fast`"),
+            (
+                "mtu = 1500\n",
+                "mtu is a setting of a tap port; an afxdp port has ifname, queue, xdp_mode",
+            ),
+            (
+                "socket = \"/run/x.sock\"\nmtu = 1500\n",
+                "socket and mtu are not settings of an afxdp port; an afxdp port has ifname, \
+                 queue, xdp_mode",
+            ),
+        ] {
+            let e = err(&xdp(extra));
+            assert!(e.contains(want), "{extra}: {e}");
+        }
+        // One interface for two ports, whatever their kinds, is refused.
+        let two = format!(
+            "{}[[ports]]\nname = \"t\"\nbridge = \"br0\"\ntype = \"tap\"\nifname = \"wire\"\n",
+            xdp("")
+        );
+        assert!(err(&two).contains("interface wire is used by two ports"));
+        // A tap port refuses the AF_XDP settings.
+        let tap = xdp("queue = 1\n").replace("\"afxdp\"", "\"tap\"");
+        assert!(
+            err(&tap).contains("queue is a setting of an afxdp port; a tap port has ifname, mtu"),
+            "{}",
+            err(&tap)
         );
     }
 

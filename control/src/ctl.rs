@@ -137,22 +137,43 @@ pub fn bridges_table(bridges: &serde_json::Value) -> String {
     table(&["bridge", "fdb aging s", "ports"], 1, rows) + "\n"
 }
 
-/// A port's mode column: a vhost-user port's socket mode, or `tap`.
+/// Whether the port is on a host interface (TAP, AF_XDP) rather than a VM's socket.
+fn on_interface(p: &serde_json::Value) -> bool {
+    p["type"] == "tap" || p["type"] == "afxdp"
+}
+
+/// A port's mode column: a vhost-user port's socket mode, or its kind.
 fn mode_text(p: &serde_json::Value) -> String {
-    if p["type"] == "tap" {
-        "tap".to_owned()
+    if on_interface(p) {
+        text(&p["type"])
     } else {
         text(&p["mode"])
     }
 }
 
-/// What a port is attached to: a vhost-user port's socket, a TAP port's interface.
+/// What a port is attached to: a vhost-user port's socket, a TAP port's interface, an
+/// AF_XDP port's interface and queue.
 fn attached_to(p: &serde_json::Value) -> String {
-    if p["type"] == "tap" {
-        text(&p["ifname"])
-    } else {
-        text(&p["socket"])
+    match p["type"].as_str() {
+        Some("tap") => text(&p["ifname"]),
+        Some("afxdp") => format!("{} queue {}", text(&p["ifname"]), text(&p["queue"])),
+        _ => text(&p["socket"]),
     }
+}
+
+/// An AF_XDP port's interface line: its queue and XDP mode, in effect and asked for.
+fn xdp_text(p: &serde_json::Value) -> String {
+    let asked = text(&p["xdp_mode"]);
+    let mode = match p["state"]["xdp_mode"].as_str() {
+        Some(m) if m == asked => m.to_owned(),
+        Some(m) => format!("{m} ({asked} asked)"),
+        None => format!("{asked} asked"),
+    };
+    format!(
+        "interface {} queue {}, xdp {mode}",
+        text(&p["ifname"]),
+        text(&p["queue"])
+    )
 }
 
 /// `vringctl port list`: one line per port with its live state and main counters.
@@ -281,6 +302,16 @@ pub fn show_tree(bridges: &serde_json::Value, ports: &serde_json::Value) -> Stri
             out.push_str("    no ports\n");
         }
         for p in mine {
+            if p["type"] == "afxdp" {
+                out.push_str(&format!(
+                    "    port {}: afxdp, link {}, vlan {}\n        {}\n",
+                    text(&p["name"]),
+                    link(p),
+                    vlan_text(&p["vlan"]),
+                    xdp_text(p),
+                ));
+                continue;
+            }
             if p["type"] == "tap" {
                 out.push_str(&format!(
                     "    port {}: tap, link {}, vlan {}\n        interface {}{}\n",
@@ -315,6 +346,10 @@ pub fn show_tree(bridges: &serde_json::Value, ports: &serde_json::Value) -> Stri
 /// line per queue pair.
 pub fn port_detail(port: &serde_json::Value) -> String {
     let mut out = ports_table(&serde_json::Value::Array(vec![port.clone()]));
+    if port["type"] == "afxdp" {
+        out.push_str(&format!("\n{}\n", xdp_text(port)));
+        return out;
+    }
     out.push_str(&format!(
         "\nqueue pairs: {} active of {} configured\nfeatures: {}\n",
         text(&port["state"]["queue_pairs_active"]),

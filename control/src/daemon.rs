@@ -17,7 +17,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 pub use vringswitch_config::{AdminState, VlanConfig};
-use vringswitch_config::{Config, PortType, SocketMode};
+use vringswitch_config::{Config, PortType, SocketMode, XdpMode};
+use vringswitch_ports::afxdp::{AfXdpError, AfXdpPort, AfXdpPortConfig, XdpMode as PortXdpMode};
 use vringswitch_ports::tap::{TapError, TapPort, TapPortConfig};
 use vringswitch_ports::vhost_user::connection::SocketMode as PortMode;
 use vringswitch_ports::vhost_user::{VhostUserError, VhostUserPort, VhostUserPortConfig};
@@ -86,6 +87,9 @@ pub enum ChangeError {
     /// A TAP port's interface could not be opened.
     #[error("port {port}: {error}")]
     Tap { port: String, error: TapError },
+    /// An AF_XDP port's socket could not be bound.
+    #[error("port {port}: {error}")]
+    AfXdp { port: String, error: AfXdpError },
     /// The change was made but could not be written to the state file.
     #[error("the change is in effect but was not saved: {0}")]
     NotSaved(String),
@@ -116,6 +120,9 @@ pub enum PortKind {
     /// A TAP interface on the host.
     #[serde(rename = "tap")]
     Tap,
+    /// An AF_XDP socket on a queue of a host interface.
+    #[serde(rename = "afxdp")]
+    AfXdp,
 }
 
 impl PortKind {
@@ -124,6 +131,7 @@ impl PortKind {
         match self {
             PortKind::VhostUser => PortType::VhostUser,
             PortKind::Tap => PortType::Tap,
+            PortKind::AfXdp => PortType::AfXdp,
         }
     }
 
@@ -131,6 +139,7 @@ impl PortKind {
         match t {
             PortType::VhostUser => PortKind::VhostUser,
             PortType::Tap => PortKind::Tap,
+            PortType::AfXdp => PortKind::AfXdp,
         }
     }
 }
@@ -169,6 +178,8 @@ pub struct PortSpec {
     pub queues: Option<u16>,
     /// tap: the interface's name (the port's name when left out). Created when missing,
     /// and then removed with the port; an existing one is used as it is and left there.
+    /// afxdp: the interface whose queue the socket binds to (the port's name when left
+    /// out); it must exist.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(pattern = "^[A-Za-z0-9._-]{1,15}$")]
     pub ifname: Option<String>,
@@ -176,6 +187,13 @@ pub struct PortSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 68, maximum = 65500)]
     pub mtu: Option<u32>,
+    /// afxdp: the interface queue the socket binds to (0 when left out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0, maximum = 1023, default = 0)]
+    pub queue: Option<u32>,
+    /// afxdp: where the XDP program runs (`best-effort` when left out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xdp_mode: Option<XdpMode>,
     /// VLAN membership; none: every VLAN as it comes, untagged frames in VLAN 0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vlan: Option<VlanConfig>,
@@ -203,6 +221,8 @@ impl PortSpec {
                 ("queues", self.queues.is_some()),
                 ("ifname", self.ifname.is_some()),
                 ("mtu", self.mtu.is_some()),
+                ("queue", self.queue.is_some()),
+                ("xdp_mode", self.xdp_mode.is_some()),
             ],
         )
         .map_err(|m| format!("port {:?}: {m}", self.name))?;
@@ -219,6 +239,12 @@ impl PortSpec {
                     vringswitch_config::check_mtu(mtu)?;
                 }
             }
+            PortKind::AfXdp => {
+                let ifname = self.ifname.get_or_insert_with(|| self.name.clone());
+                vringswitch_config::check_ifname(ifname)?;
+                vringswitch_config::check_xdp_queue(*self.queue.get_or_insert(0))?;
+                self.xdp_mode.get_or_insert(XdpMode::BestEffort);
+            }
         }
         Ok(self)
     }
@@ -228,11 +254,11 @@ impl PortSpec {
         self.mode.unwrap_or(SocketMode::Server)
     }
 
-    /// Queue pairs the port runs: what a vhost-user port accepts, one for a TAP port.
+    /// Queue pairs the port runs: what a vhost-user port accepts, one for the others.
     pub fn queue_pairs(&self) -> u16 {
         match self.kind {
             PortKind::VhostUser => self.queues.unwrap_or_else(default_queues),
-            PortKind::Tap => 1,
+            PortKind::Tap | PortKind::AfXdp => 1,
         }
     }
 }
@@ -241,6 +267,7 @@ impl PortSpec {
 enum RunningPort {
     VhostUser(VhostUserPort),
     Tap(TapPort),
+    AfXdp(AfXdpPort),
 }
 
 impl RunningPort {
@@ -248,6 +275,7 @@ impl RunningPort {
         match self {
             RunningPort::VhostUser(p) => p.handle(),
             RunningPort::Tap(p) => p.handle(),
+            RunningPort::AfXdp(p) => p.handle(),
         }
     }
 
@@ -255,6 +283,7 @@ impl RunningPort {
         match self {
             RunningPort::VhostUser(p) => p.stop(),
             RunningPort::Tap(p) => p.stop(),
+            RunningPort::AfXdp(p) => p.stop(),
         }
     }
 }
@@ -873,6 +902,25 @@ impl Daemon {
                     error,
                 })?,
             ),
+            PortKind::AfXdp => RunningPort::AfXdp(
+                AfXdpPort::start(
+                    handle,
+                    AfXdpPortConfig {
+                        ifname: spec.ifname.clone().unwrap_or_else(|| spec.name.clone()),
+                        queue: spec.queue.unwrap_or(0),
+                        mode: match spec.xdp_mode.unwrap_or_default() {
+                            XdpMode::BestEffort => PortXdpMode::BestEffort,
+                            XdpMode::NativeWithZerocopy => PortXdpMode::NativeWithZeroCopy,
+                            XdpMode::Native => PortXdpMode::Native,
+                            XdpMode::Generic => PortXdpMode::Generic,
+                        },
+                    },
+                )
+                .map_err(|error| ChangeError::AfXdp {
+                    port: spec.name.clone(),
+                    error,
+                })?,
+            ),
         };
         if !st.free_ids.remove(&id) {
             st.next_id += 1;
@@ -882,6 +930,9 @@ impl Daemon {
                 socket = %spec.socket.display(), mode = %spec.socket_mode(), "port ready"),
             PortKind::Tap => tracing::info!(port = %spec.name, bridge = %spec.bridge,
                 ifname = spec.ifname.as_deref().unwrap_or(""), "port ready"),
+            PortKind::AfXdp => tracing::info!(port = %spec.name, bridge = %spec.bridge,
+                ifname = spec.ifname.as_deref().unwrap_or(""), queue = spec.queue.unwrap_or(0),
+                "port ready"),
         }
         st.ports
             .insert(spec.name.clone(), PortEntry { id, spec, port });

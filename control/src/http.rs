@@ -386,7 +386,7 @@ impl From<ChangeError> for ApiError {
             ChangeError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid"),
             ChangeError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ChangeError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
-            ChangeError::Port { .. } | ChangeError::Tap { .. } => {
+            ChangeError::Port { .. } | ChangeError::Tap { .. } | ChangeError::AfXdp { .. } => {
                 (StatusCode::UNPROCESSABLE_ENTITY, "port_failed")
             }
             ChangeError::NotSaved(_) => (StatusCode::INTERNAL_SERVER_ERROR, "not_saved"),
@@ -552,6 +552,10 @@ struct PortState {
     features: Option<String>,
     /// Queue pairs whose rings are ready and enabled.
     queue_pairs_active: usize,
+    /// AF_XDP ports: how the socket is attached (`native-with-zerocopy`, `native` or
+    /// `generic`), while it is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    xdp_mode: Option<&'static str>,
 }
 
 /// A port: its configuration (as in [`PortSpec`]), live state and counters.
@@ -567,13 +571,18 @@ struct PortView {
     socket: Option<std::path::PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
     mode: Option<vringswitch_config::SocketMode>,
-    /// Queue pairs the port runs (one for a TAP port).
+    /// Queue pairs the port runs (one for TAP and AF_XDP ports).
     queues: u16,
-    /// TAP ports: the interface and the MTU it was given.
+    /// TAP and AF_XDP ports: the interface; the MTU a TAP interface was given.
     #[serde(skip_serializing_if = "Option::is_none")]
     ifname: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     mtu: Option<u32>,
+    /// AF_XDP ports: the interface queue and the XDP mode asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    queue: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    xdp_mode: Option<vringswitch_config::XdpMode>,
     #[serde(skip_serializing_if = "Option::is_none")]
     vlan: Option<VlanConfig>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -595,6 +604,12 @@ fn port_view(spec: PortSpec, handle: &PortHandle, snapshot: &Snapshot) -> PortVi
             .and_then(|a| a.features())
             .map(|f| format!("{f:#x}")),
         queue_pairs_active: attachment.as_ref().map_or(0, |a| a.active_queue_pairs()),
+        xdp_mode: match attachment.as_deref() {
+            Some(vringswitch_ports::Attachment::AfXdp(q)) => {
+                Some(vringswitch_ports::afxdp::attach_name(q.attach()))
+            }
+            _ => None,
+        },
     };
     let counters = snapshot
         .ports
@@ -616,6 +631,8 @@ fn port_view(spec: PortSpec, handle: &PortHandle, snapshot: &Snapshot) -> PortVi
         queues,
         ifname: spec.ifname,
         mtu: spec.mtu,
+        queue: spec.queue,
+        xdp_mode: spec.xdp_mode,
         vlan: spec.vlan,
         allowed_macs: spec.allowed_macs,
         admin: spec.admin,

@@ -12,16 +12,21 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
+use serde_json::json;
 use vringswitch_ports::afxdp::{AfXdpPort, AfXdpPortConfig, XdpMode};
 use vringswitch_ports::vhost_user::connection::{SocketMode, VhostUserPortConfig};
 use vringswitch_ports::vhost_user::VhostUserPort;
 use vringswitch_ports::{Attachment, PortHandle};
 use vringswitch_switch::fdb::Fdb;
 use vringswitch_switch::{BridgeRt, PortRt, Switch, SwitchConfig, Topology};
-use vringswitch_tests::daemon::TempDir;
+use vringswitch_tests::api::{assert_error, call};
+use vringswitch_tests::daemon::{Daemon, TempDir};
 use vringswitch_tests::frontend::{TestVm, VmOptions};
-use vringswitch_tests::mac;
-use vringswitch_tests::netns::{arp_request, echo_request, expect, ip, Netns, HOST_IP};
+use vringswitch_tests::netns::{
+    arp_request, echo_request, expect, ip, ping_the_kernel, Netns, HOST_IP,
+};
+use vringswitch_tests::setup::T;
+use vringswitch_tests::{mac, BROADCAST};
 
 /// A veth pair: `outer` in the daemon's namespace for the port, its peer in `ns` with
 /// 10.77.0.1/24 and TX checksumming off.
@@ -187,4 +192,266 @@ fn the_kernel_answers_a_vm_through_an_afxdp_port_both_ways() {
         // The socket's XDP program went with the port.
         assert_eq!(xdp_attached(&veth.outer), None, "{mode:?}");
     }
+}
+
+/// Whether interface `ifname` exists in the daemon's namespace.
+fn exists(ifname: &str) -> bool {
+    vringswitch_ports::netif::ifindex(ifname).is_some()
+}
+
+#[test]
+fn afxdp_ports_from_the_configuration_the_api_and_the_state_file() {
+    let dir = TempDir::new("afxdp-daemon");
+    let (wire, second) = (Veth::new("xc"), Veth::new("xa"));
+    let vm_sock = dir.path().join("vm.sock");
+    let state = dir.path().join("state.json");
+    let config = format!(
+        "[dataplane]\ncores = [1]\n[[bridges]]\nname = \"br0\"\n[[bridges]]\nname = \"br1\"\n\
+         [[ports]]\nname = \"vm\"\nbridge = \"br0\"\ntype = \"vhost-user\"\nsocket = \"{}\"\n\
+         [[ports]]\nname = \"wire\"\nbridge = \"br0\"\ntype = \"afxdp\"\nifname = \"{}\"\n\
+         xdp_mode = \"generic\"\n",
+        vm_sock.display(),
+        wire.outer
+    );
+    let mut d = Daemon::start_with(
+        dir.path(),
+        &config,
+        std::slice::from_ref(&vm_sock),
+        &["--state", state.to_str().unwrap()],
+    );
+    assert_eq!(xdp_attached(&wire.outer).as_deref(), Some("xdpgeneric"));
+    ping_the_kernel(&vm_sock, 1, &[0x5A; 1400]);
+    let (code, port) = call(&d, "GET", "/v1/ports/wire", None);
+    assert_eq!(code, 200, "{port}");
+    assert_eq!(port["type"], "afxdp");
+    assert_eq!(port["ifname"], wire.outer.as_str());
+    assert_eq!(port["queue"], 0);
+    assert_eq!(port["xdp_mode"], "generic");
+    assert_eq!(port["state"]["xdp_mode"], "generic");
+    assert_eq!(port["state"]["connected"], true);
+    assert!(
+        port.get("socket").is_none() && port.get("mtu").is_none(),
+        "{port}"
+    );
+    for counter in ["rx_packets", "tx_packets"] {
+        assert!(port["counters"][counter].as_u64().unwrap() >= 2, "{port}");
+    }
+
+    // Over the API, through vringctl, on a bridge of its own: veth runs XDP natively.
+    let out = d.vringctl(&[
+        "port",
+        "add",
+        "w2",
+        "--bridge",
+        "br1",
+        "--type",
+        "afxdp",
+        "--ifname",
+        &second.outer,
+    ]);
+    assert_eq!(
+        out,
+        format!(
+            "port w2 added, interface {} queue 0, xdp native\n",
+            second.outer
+        )
+    );
+    assert_eq!(xdp_attached(&second.outer).as_deref(), Some("xdp"));
+    let tree = d.vringctl(&["show"]);
+    assert!(
+        tree.contains(&format!(
+            "    port wire: afxdp, link up, vlan -\n        interface {} queue 0, xdp generic\n",
+            wire.outer
+        )),
+        "{tree}"
+    );
+    assert!(
+        tree.contains(&format!(
+            "interface {} queue 0, xdp native (best-effort asked)\n",
+            second.outer
+        )),
+        "{tree}"
+    );
+
+    // Refused: settings of another kind, an interface taken, none at all, a queue the
+    // interface does not have.
+    let add = |body: serde_json::Value| call(&d, "POST", "/v1/ports", Some(body));
+    assert_error(
+        add(json!({"name": "x", "bridge": "br0", "type": "afxdp", "ifname": "lo", "mtu": 1500})),
+        400,
+        "invalid",
+        "mtu is a setting of a tap port; an afxdp port has ifname, queue, xdp_mode",
+    );
+    assert_error(
+        add(json!({"name": "x", "bridge": "br0", "type": "afxdp", "ifname": second.outer})),
+        409,
+        "conflict",
+        &format!("interface {} is already used by port \"w2\"", second.outer),
+    );
+    assert_error(
+        add(json!({"name": "x", "bridge": "br0", "type": "afxdp", "ifname": "vs-nothing"})),
+        422,
+        "port_failed",
+        "cannot open an AF_XDP socket on interface vs-nothing: there is no interface of that name",
+    );
+    let third = Veth::new("xq");
+    assert_error(
+        add(
+            json!({"name": "x", "bridge": "br0", "type": "afxdp", "ifname": third.outer,
+                   "queue": 5, "xdp_mode": "generic"}),
+        ),
+        422,
+        "port_failed",
+        "cannot bind an AF_XDP socket to queue 5 (generic: Invalid argument (os error 22) \
+         (the interface has no such queue",
+    );
+    assert_eq!(xdp_attached(&third.outer), None, "nothing left behind");
+
+    // The state file brings both back after kill -9. The programs stay on the interfaces
+    // (attached through netlink, they outlive the process; libxdp's program passes frames
+    // to the kernel's stack while no socket is bound) and the restarted daemon's sockets
+    // use them again.
+    d.kill();
+    assert_eq!(xdp_attached(&wire.outer).as_deref(), Some("xdpgeneric"));
+    d.restart(std::slice::from_ref(&vm_sock));
+    assert_eq!(xdp_attached(&wire.outer).as_deref(), Some("xdpgeneric"));
+    assert_eq!(xdp_attached(&second.outer).as_deref(), Some("xdp"));
+    ping_the_kernel(&vm_sock, 2, &[0xA5; 200]);
+
+    // Deleting a port whose program this daemon loaded takes it off the interface, and
+    // leaves the interface.
+    let (code, body) = call(
+        &d,
+        "POST",
+        "/v1/ports",
+        Some(json!({"name": "w3", "bridge": "br1",
+        "type": "afxdp", "ifname": third.outer})),
+    );
+    assert_eq!(code, 201, "{body}");
+    assert_eq!(xdp_attached(&third.outer).as_deref(), Some("xdp"));
+    let (code, body) = call(&d, "DELETE", "/v1/ports/w3", None);
+    assert_eq!(code, 204, "{body}");
+    assert_eq!(xdp_attached(&third.outer), None);
+    assert!(exists(&third.outer));
+}
+/// CPU time (user + system, in clock ticks) the process has used.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = after.split(' ').collect();
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+#[test]
+fn a_deleted_interface_takes_the_afxdp_port_down_counts_drops_and_comes_back() {
+    let dir = TempDir::new("afxdp-gone");
+    let veth = Veth::new("xg");
+    let vm_sock = dir.path().join("vm.sock");
+    let config = format!(
+        "[dataplane]\ncores = [1]\n[[bridges]]\nname = \"br0\"\n\
+         [[ports]]\nname = \"vm\"\nbridge = \"br0\"\ntype = \"vhost-user\"\nsocket = \"{}\"\n\
+         [[ports]]\nname = \"wire\"\nbridge = \"br0\"\ntype = \"afxdp\"\nifname = \"{}\"\n",
+        vm_sock.display(),
+        veth.outer
+    );
+    let d = Daemon::start(dir.path(), &config, std::slice::from_ref(&vm_sock));
+    let mut vm = TestVm::connect(&vm_sock, mac(1), VmOptions::default());
+    vm.post_rx(TestVm::rx(0), 64, 2048);
+    d.wait_port_connected("vm", true);
+    let counter = |name: &str| {
+        let (_, p) = call(&d, "GET", "/v1/ports/wire", None);
+        p["counters"][name].as_u64().unwrap_or(0)
+    };
+    let port_down = || {
+        let (_, p) = call(&d, "GET", "/v1/ports/wire", None);
+        p["counters"]["drops"]["port_down"].as_u64().unwrap_or(0)
+    };
+    let broadcast = vringswitch_tests::frame(BROADCAST, mac(1), 100, 1);
+    vm.send(TestVm::tx(0), &broadcast);
+    vringswitch_tests::wait_until(T, "the broadcast to reach the interface", || {
+        (counter("tx_packets") >= 1).then_some(())
+    });
+
+    // Deleted by someone else, under traffic.
+    ip(&["link", "del", &veth.outer]);
+    d.wait_port_connected("wire", false);
+    let before = cpu_ticks(d.pid());
+    for _ in 0..20 {
+        vm.send(TestVm::tx(0), &broadcast);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    vringswitch_tests::wait_until(T, "the dropped frames to be counted", || {
+        (port_down() >= 20).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let used = cpu_ticks(d.pid()) - before;
+    // About 1.3 s passed: a core spinning would be ~130 ticks.
+    assert!(
+        used < 60,
+        "the daemon used {used} ticks while the interface was gone"
+    );
+    let log = d.log_text();
+    assert!(
+        log.contains("interface is gone (deleted?): the AF_XDP port is down until it is back"),
+        "{log}"
+    );
+
+    // Made again: the port binds again and carries frames again.
+    ip(&[
+        "link",
+        "add",
+        &veth.outer,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "inner",
+        "netns",
+        &veth.ns.0,
+    ]);
+    veth.ns.ip(&["link", "set", "inner", "up"]);
+    d.wait_port_connected("wire", true);
+    let sent = counter("tx_packets");
+    vm.send(TestVm::tx(0), &broadcast);
+    vringswitch_tests::wait_until(T, "a frame on the interface made again", || {
+        (counter("tx_packets") > sent).then_some(())
+    });
+    assert!(d
+        .log_text()
+        .contains("interface is back: the AF_XDP port is up"));
+}
+
+#[test]
+fn an_unprivileged_daemon_says_what_an_afxdp_port_needs() {
+    let dir = TempDir::new("afxdp-unprivileged");
+    let veth = Veth::new("xn");
+    ip(&["link", "set", &veth.outer, "up"]);
+    let status = Command::new("chown")
+        .args(["-R", "nobody"])
+        .arg(dir.path())
+        .status()
+        .unwrap();
+    assert!(status.success(), "chown the test directory to nobody");
+    let config = "[dataplane]\ncores = [1]\n[[bridges]]\nname = \"br0\"\n";
+    let as_nobody = [
+        "setpriv",
+        "--reuid",
+        "nobody",
+        "--regid",
+        "nogroup",
+        "--clear-groups",
+        "--",
+    ];
+    let d = Daemon::start_under(dir.path(), config, &[], &[], &as_nobody, dir.path());
+    assert_error(
+        call(
+            &d,
+            "POST",
+            "/v1/ports",
+            Some(json!({"name": "wire", "bridge": "br0", "type": "afxdp", "ifname": veth.outer})),
+        ),
+        422,
+        "port_failed",
+        "(needs CAP_NET_ADMIN, CAP_NET_RAW and CAP_BPF, or root)",
+    );
 }

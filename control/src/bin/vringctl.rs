@@ -157,13 +157,15 @@ enum PortCmd {
     List,
     /// One port, whole (as JSON).
     Show { name: String },
-    /// Creates a port: a VM's vhost-user socket, or a TAP interface on the host.
+    /// Creates a port: a VM's vhost-user socket, a TAP interface on the host, or an AF_XDP
+    /// socket on a queue of a host interface.
     Add {
         name: String,
         #[arg(long)]
         bridge: String,
-        /// vhost-user: a VM's socket; tap: a TAP interface on the host.
-        #[arg(long = "type", default_value = "vhost-user", value_parser = ["vhost-user", "tap"])]
+        /// vhost-user: a VM's socket; tap: a TAP interface on the host; afxdp: an AF_XDP
+        /// socket on a queue of a host interface.
+        #[arg(long = "type", default_value = "vhost-user", value_parser = ["vhost-user", "tap", "afxdp"])]
         kind: String,
         /// vhost-user: the socket, inside the daemon's socket directory [default:
         /// SOCKET_DIR/NAME.sock, or SOCKET_DIR/client/NAME.sock with --mode client].
@@ -175,12 +177,20 @@ enum PortCmd {
         /// vhost-user: most queue pairs accepted.
         #[arg(long)]
         queues: Option<u16>,
-        /// tap: the interface [default: the port's name]; created if missing.
+        /// tap: the interface [default: the port's name]; created if missing. afxdp: the
+        /// interface [default: the port's name], which must exist.
         #[arg(long, value_name = "NAME")]
         ifname: Option<String>,
         /// tap: the MTU to give the interface.
         #[arg(long)]
         mtu: Option<u32>,
+        /// afxdp: the interface queue to bind to [default: 0].
+        #[arg(long)]
+        queue: Option<u32>,
+        /// afxdp: where the XDP program runs [default: best-effort, the first of native
+        /// with zero-copy, native and generic that the interface takes].
+        #[arg(long, value_parser = ["best-effort", "native-with-zerocopy", "native", "generic"])]
+        xdp_mode: Option<String>,
         #[command(flatten)]
         vlan: VlanArgs,
         /// Locks the port to these source MACs (port security), e.g. 02:00:00:00:00:01.
@@ -562,6 +572,8 @@ async fn port(api: &ApiClient, cmd: PortCmd, json: bool) -> Result<String, Clien
             queues,
             ifname,
             mtu,
+            queue,
+            xdp_mode,
             vlan,
             allow_mac,
             may_exist,
@@ -580,6 +592,8 @@ async fn port(api: &ApiClient, cmd: PortCmd, json: bool) -> Result<String, Clien
                 ("queues", queues.map(|q| json!(q))),
                 ("ifname", ifname.map(|i| json!(i))),
                 ("mtu", mtu.map(|m| json!(m))),
+                ("queue", queue.map(|q| json!(q))),
+                ("xdp_mode", xdp_mode.map(|m| json!(m))),
             ] {
                 if let Some(v) = value {
                     body[key] = v;
@@ -596,6 +610,11 @@ async fn port(api: &ApiClient, cmd: PortCmd, json: bool) -> Result<String, Clien
             }
             let v = send(api, Method::POST, "/v1/ports", Some(body)).await?;
             let done = match v["ifname"].as_str() {
+                Some(ifname) if v["type"] == "afxdp" => format!(
+                    "port {name} added, interface {ifname} queue {}, xdp {}",
+                    v["queue"],
+                    v["state"]["xdp_mode"].as_str().unwrap_or("-")
+                ),
                 Some(ifname) => format!("port {name} added, interface {ifname}"),
                 None => format!(
                     "port {name} added, socket {}",

@@ -168,6 +168,8 @@ impl AfXdpQueue {
                     break;
                 }
                 Err(e @ SocketError::Load(_)) => return Err(fail(e.to_string())),
+                // Not a matter of mode: the same for each.
+                Err(e @ SocketError::Umem(_)) => return Err(fail(explain(&e))),
                 Err(e) => errors.push(format!("{}: {}", attach_name(attach), explain(&e))),
             }
         }
@@ -274,7 +276,7 @@ impl AfXdpQueue {
 
 /// What the kernel's refusal means for an AF_XDP socket.
 fn explain(e: &SocketError) -> String {
-    let SocketError::Socket(io) = e else {
+    let (SocketError::Socket(io) | SocketError::Umem(io)) = e else {
         return e.to_string();
     };
     let hint = match io.raw_os_error() {
@@ -286,7 +288,19 @@ fn explain(e: &SocketError) -> String {
         }
         _ => "",
     };
-    format!("{io}{hint}")
+    let hint = match io.raw_os_error() {
+        Some(libc::ENOBUFS) | Some(libc::ENOMEM) if matches!(e, SocketError::Umem(_)) => {
+            " (the frame memory, 16 MiB, is over the locked-memory limit: raise it \
+             (LimitMEMLOCK=) or give the daemon CAP_IPC_LOCK)"
+        }
+        _ => hint,
+    };
+    match e {
+        SocketError::Umem(_) => {
+            format!("cannot register the frame memory with the kernel: {io}{hint}")
+        }
+        _ => format!("{io}{hint}"),
+    }
 }
 
 impl RxSide {
@@ -440,10 +454,16 @@ pub struct AfXdpPort {
 
 /// Opens a socket on the interface, sets it up and publishes it to the workers.
 fn publish(handle: &PortHandle, config: &AfXdpPortConfig) -> Result<Attach, AfXdpError> {
-    crate::netif::set_up(&config.ifname, None).map_err(|e| AfXdpError {
+    let fail = |error: String| AfXdpError {
         ifname: config.ifname.clone(),
-        error: e.to_string(),
-    })?;
+        error,
+    };
+    if crate::netif::ifindex(&config.ifname).is_none() {
+        return Err(fail(
+            "there is no interface of that name (an AF_XDP port binds to one that exists)".into(),
+        ));
+    }
+    crate::netif::set_up(&config.ifname, None).map_err(|e| fail(e.to_string()))?;
     let queue = AfXdpQueue::open(&config.ifname, config.queue, config.mode)?;
     let attach = queue.attach();
     handle.set_connected(true);
@@ -491,10 +511,11 @@ impl AfXdpPort {
     /// program) once the last worker let go of it.
     pub fn stop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        if let Some(m) = self.monitor.take() {
-            m.thread().unpark();
-            let _ = m.join();
-        }
+        let Some(m) = self.monitor.take() else {
+            return;
+        };
+        m.thread().unpark();
+        let _ = m.join();
         self.handle.detach();
         self.handle.set_connected(false);
         tracing::debug!(port = self.handle.name(), ifname = %self.config.ifname, "AF_XDP port stopped");
