@@ -25,7 +25,9 @@ command -v libvirtd >/dev/null || need+=(libvirt-daemon libvirt-daemon-driver-qe
 command -v virsh >/dev/null || need+=(libvirt-clients)
 command -v tshark >/dev/null || need+=(tshark)  # reads the pcapng captures back
 command -v script >/dev/null || need+=(bsdutils)  # a terminal for vringctl capture's refusal
-command -v ip >/dev/null || need+=(iproute2)  # network namespaces for the TAP port tests
+command -v ip >/dev/null || need+=(iproute2)  # network namespaces for the TAP and AF_XDP port tests
+command -v ethtool >/dev/null || need+=(ethtool)  # TX checksumming off on veth for AF_XDP
+ldconfig -p | grep -q 'libxdp\.so\.1 ' || need+=(libxdp1)  # AF_XDP ports load it at runtime
 if ((${#need[@]})); then
     if [[ $(id -u) -ne 0 ]]; then
         echo "missing packages: ${need[*]}; install them (apt-get install ${need[*]}) or run as root" >&2
@@ -74,7 +76,7 @@ cargo test --workspace --exclude vringswitch-tests
 cargo test -p vringswitch-tests --lib --test switching --test lifecycle --test observability \
     --test api --test vlans --test persistence --test openapi --test port_security \
     --test hostile --test memory_changes --test soak --test restart --test fairness \
-    --test local_security --test capture --test tap_ports
+    --test local_security --test capture --test tap_ports --test afxdp_ports
 
 # The fuzz targets (their own workspace, run with nightly: docs/fuzzing.md) must keep
 # compiling against the code they fuzz.

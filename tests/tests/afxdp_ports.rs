@@ -455,3 +455,22 @@ fn an_unprivileged_daemon_says_what_an_afxdp_port_needs() {
         "(needs CAP_NET_ADMIN, CAP_NET_RAW and CAP_BPF, or root)",
     );
 }
+
+#[test]
+fn afxdp_and_tap_ports_come_and_go_while_a_vm_pair_loses_no_frame() {
+    let id = std::process::id() % 10_000;
+    let veths: Vec<Veth> = (0..3).map(|i| Veth::new(&format!("r{i}"))).collect();
+    let _daemon = vringswitch_tests::netns::ports_come_and_go(6, |round| {
+        let name = format!("u{round}");
+        if round % 2 == 0 {
+            let veth = &veths[usize::from(round / 2)];
+            json!({"name": name, "bridge": "br0", "type": "afxdp", "ifname": veth.outer})
+        } else {
+            json!({"name": name, "bridge": "br0", "type": "tap", "ifname": format!("vsr{id}y{round}")})
+        }
+    });
+    // Every AF_XDP port was removed (the last port is a TAP one): each took its program.
+    for veth in &veths {
+        assert_eq!(xdp_attached(&veth.outer), None, "{}", veth.outer);
+    }
+}

@@ -377,87 +377,12 @@ fn a_deleted_interface_takes_the_port_down_counts_drops_and_comes_back() {
 
 #[test]
 fn tap_ports_come_and_go_while_a_vm_pair_loses_no_frame() {
-    use vringswitch_tests::setup::Setup;
-    let s = Setup::new("tap-churn", &[("br0", &["a", "b"])], 1);
-    let (mut a, mut b) = (s.vm("a", 1), s.vm("b", 2));
-    s.wait_connected(&["a", "b"]);
-    b.send(
-        TestVm::tx(0),
-        &vringswitch_tests::frame(mac(1), mac(2), 60, 0),
-    );
-    a.expect_frames(TestVm::rx(0), 1, T);
     let id = std::process::id() % 10_000;
     let ifname = |round: u8| format!("vsr{id}x{round}");
-    let mut sent = 0u64;
-    for round in 0..8u8 {
-        for i in 0..40u8 {
-            a.send(
-                TestVm::tx(0),
-                &vringswitch_tests::frame(mac(2), mac(1), 100, i),
-            );
-            sent += 1;
-        }
-        // While those frames are in flight, a TAP port comes and the one before goes.
-        let body = json!({"name": format!("t{round}"), "bridge": "br0", "type": "tap",
-                          "ifname": ifname(round)});
-        let (code, made) = call(&s.daemon, "POST", "/v1/ports", Some(body));
-        assert_eq!(code, 201, "{made}");
-        if round > 0 {
-            let (code, body) = call(
-                &s.daemon,
-                "DELETE",
-                &format!("/v1/ports/t{}", round - 1),
-                None,
-            );
-            assert_eq!(code, 204, "{body}");
-        }
-        // The pair's frames, in order; what the kernel floods from a new interface (IPv6
-        // neighbour discovery) arrives too and is set aside.
-        let mut got = Vec::new();
-        let deadline = std::time::Instant::now() + T;
-        while got.len() < 40 {
-            for r in b.recv(TestVm::rx(0)) {
-                b.post_rx(TestVm::rx(0), 1, 2048);
-                if r.frame[6..12] == mac(1) {
-                    got.push(r.frame);
-                }
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "round {round}: {} of 40",
-                got.len()
-            );
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        for (i, f) in got.iter().enumerate() {
-            assert_eq!(
-                f,
-                &vringswitch_tests::frame(mac(2), mac(1), 100, i as u8),
-                "round {round}"
-            );
-        }
-        for _ in a.recv(TestVm::rx(0)) {
-            a.post_rx(TestVm::rx(0), 1, 2048);
-        }
-        a.wait_tx_done(TestVm::tx(0), T);
-    }
-    std::thread::sleep(Duration::from_millis(50));
-    let extra: Vec<_> = b
-        .recv(TestVm::rx(0))
-        .into_iter()
-        .filter(|r| r.frame[6..12] == mac(1))
-        .collect();
-    assert!(
-        extra.is_empty(),
-        "{} frames of the pair too many",
-        extra.len()
-    );
-    assert_eq!(s.counter("rx_packets", "a"), sent);
-    // b got the pair's frames and what the kernel flooded.
-    assert!(s.counter("tx_packets", "b") >= sent);
-    for reason in ["no_rx_buffer", "port_down", "bad_descriptor"] {
-        assert_eq!(s.drops("a", reason) + s.drops("b", reason), 0, "{reason}");
-    }
+    let _daemon = vringswitch_tests::netns::ports_come_and_go(8, |round| {
+        json!({"name": format!("t{round}"), "bridge": "br0", "type": "tap",
+               "ifname": ifname(round)})
+    });
     // Every interface but the last port's went with its port.
     for round in 0..7 {
         wait_until_gone(&ifname(round));
