@@ -202,7 +202,8 @@ pub struct PortHandle {
 }
 
 impl PortHandle {
-    /// A port with `writers` counter slots (one per worker).
+    /// A port with `writers` counter slots (one per worker), and one more for the port's
+    /// own thread ([`Self::own_counters`]).
     pub fn new(id: PortId, name: &str, writers: usize) -> PortHandle {
         PortHandle {
             id,
@@ -213,7 +214,7 @@ impl PortHandle {
             connected: AtomicBool::new(false),
             connections: AtomicU64::new(0),
             protocol_errors: AtomicU64::new(0),
-            stats: PortStats::new(writers),
+            stats: PortStats::new(writers.max(1) + 1),
         }
     }
 
@@ -228,6 +229,12 @@ impl PortHandle {
     /// Counters of this port.
     pub fn stats(&self) -> &PortStats {
         &self.stats
+    }
+
+    /// The counter slot of the port's own thread (an AF_XDP port's monitor counts there
+    /// what the kernel dropped): the last, which no worker uses.
+    pub fn own_counters(&self) -> &crate::PortCounters {
+        self.stats.slot(self.stats.writers() - 1)
     }
 
     /// Sets the wake-up eventfds of the workers that poll this port's queues. Each worker

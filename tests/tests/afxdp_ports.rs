@@ -474,3 +474,52 @@ fn afxdp_and_tap_ports_come_and_go_while_a_vm_pair_loses_no_frame() {
         assert_eq!(xdp_attached(&veth.outer), None, "{}", veth.outer);
     }
 }
+
+#[test]
+fn frames_the_kernel_drops_for_want_of_room_are_counted() {
+    let dir = TempDir::new("afxdp-full");
+    let veth = Veth::new("xf");
+    let config = format!(
+        "[dataplane]\ncores = [1]\n[[bridges]]\nname = \"br0\"\n\
+         [[ports]]\nname = \"wire\"\nbridge = \"br0\"\ntype = \"afxdp\"\nifname = \"{}\"\n",
+        veth.outer
+    );
+    let d = Daemon::start(dir.path(), &config, &[]);
+    // Down, the port is not polled: its RX ring (2048 entries) fills and the kernel drops
+    // the rest.
+    let (code, body) = call(
+        &d,
+        "PATCH",
+        "/v1/ports/wire",
+        Some(json!({"admin": "down"})),
+    );
+    assert_eq!(code, 200, "{body}");
+    let sent = 3000;
+    let script = format!(
+        "import socket\n\
+         s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)\n\
+         s.bind(('inner', 0))\n\
+         f = b'\\xff' * 6 + b'\\x02\\x00\\x00\\x00\\x00\\x09' + b'\\x88\\xb5' + b'\\x00' * 50\n\
+         for _ in range({sent}):\n\
+         \x20   s.send(f)\n"
+    );
+    let out = Command::new("ip")
+        .args(["netns", "exec", &veth.ns.0, "python3", "-c", &script])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dropped = || {
+        let (_, p) = call(&d, "GET", "/v1/ports/wire", None);
+        p["counters"]["drops"]["no_rx_buffer"].as_u64().unwrap_or(0)
+    };
+    // At least what did not fit in the ring; the IPv6 chatter of a new interface may add.
+    vringswitch_tests::wait_until(T, "the kernel's drops to be counted", || {
+        (dropped() >= sent - 2048).then_some(())
+    });
+    let n = dropped();
+    assert!(n <= sent + 20, "{n} drops counted for {sent} frames sent");
+}

@@ -528,9 +528,41 @@ impl Drop for AfXdpPort {
     }
 }
 
+/// Frames the kernel dropped on a socket's way in, as counted so far.
+#[derive(Debug, Default)]
+struct KernelDrops {
+    /// For want of room: the RX ring full, or no frame in the fill ring.
+    no_room: u64,
+    /// Descriptors it found invalid (the switch's own, on either ring).
+    invalid: u64,
+}
+
+impl KernelDrops {
+    /// Adds to the port's counters what the kernel dropped on `q`'s socket since last time.
+    fn add_new(&mut self, q: &AfXdpQueue, handle: &PortHandle) {
+        let Ok(st) = q.statistics() else { return };
+        let now = KernelDrops {
+            no_room: st.rx_dropped + st.rx_ring_full,
+            invalid: st.rx_invalid_descs + st.tx_invalid_descs,
+        };
+        let counters = handle.own_counters();
+        counters.add_drop(
+            crate::DropReason::NoRxBuffer,
+            now.no_room.saturating_sub(self.no_room),
+        );
+        counters.add_drop(
+            crate::DropReason::BadDescriptor,
+            now.invalid.saturating_sub(self.invalid),
+        );
+        *self = now;
+    }
+}
+
 /// The monitor of an AF_XDP port: down when its interface is gone, up when it is back.
 fn monitor(handle: &PortHandle, config: &AfXdpPortConfig, stop: &AtomicBool) {
     let mut failures = crate::log_limit::LogLimiter::new(Duration::from_secs(60));
+    // What the kernel had counted for the current socket when last looked at.
+    let mut counted = KernelDrops::default();
     while !stop.load(Ordering::Relaxed) {
         std::thread::park_timeout(MONITOR_EVERY);
         if stop.load(Ordering::Relaxed) {
@@ -539,9 +571,11 @@ fn monitor(handle: &PortHandle, config: &AfXdpPortConfig, stop: &AtomicBool) {
         let current = handle.attachment();
         match current.as_deref() {
             Some(Attachment::AfXdp(q)) => {
+                counted.add_new(q, handle);
                 if !q.failed() && q.interface_is_there(&config.ifname) {
                     continue;
                 }
+                counted = KernelDrops::default();
                 handle.detach();
                 handle.set_connected(false);
                 tracing::warn!(
@@ -555,6 +589,7 @@ fn monitor(handle: &PortHandle, config: &AfXdpPortConfig, stop: &AtomicBool) {
                 if crate::netif::ifindex(&config.ifname).is_none() {
                     continue;
                 }
+                counted = KernelDrops::default();
                 match publish(handle, config) {
                     Ok(attach) => tracing::info!(
                         port = handle.name(),
