@@ -27,7 +27,7 @@ command -v tshark >/dev/null || need+=(tshark)  # reads the pcapng captures back
 command -v script >/dev/null || need+=(bsdutils)  # a terminal for vringctl capture's refusal
 command -v ip >/dev/null || need+=(iproute2)  # network namespaces for the TAP and AF_XDP port tests
 command -v ethtool >/dev/null || need+=(ethtool)  # TX checksumming off on veth for AF_XDP
-ldconfig -p | grep -q 'libxdp\.so\.1 ' || need+=(libxdp1)  # AF_XDP ports load it at runtime
+compgen -G '/usr/lib/*/libxdp.so.1' >/dev/null || need+=(libxdp1)  # AF_XDP ports load it at runtime
 if ((${#need[@]})); then
     if [[ $(id -u) -ne 0 ]]; then
         echo "missing packages: ${need[*]}; install them (apt-get install ${need[*]}) or run as root" >&2

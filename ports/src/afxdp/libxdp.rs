@@ -238,8 +238,9 @@ pub struct Geometry {
 /// An AF_XDP socket bound to one queue of an interface, with its UMEM registered and its
 /// rings mapped.
 pub struct Socket {
-    umem: NonNull<c_void>,
-    socket: NonNull<c_void>,
+    /// libxdp's objects, once made (`Drop` deletes those that were).
+    umem: Option<NonNull<c_void>>,
+    socket: Option<NonNull<c_void>>,
     fd: RawFd,
     /// The rings' structures, which libxdp keeps pointers to until the socket is deleted:
     /// boxed, so they stay where they are when handed out.
@@ -300,8 +301,8 @@ impl Socket {
         let name = CString::new(ifname)
             .map_err(|_| SocketError::Socket(io::Error::other("interface name has a NUL")))?;
         let mut s = Socket {
-            umem: NonNull::dangling(),
-            socket: NonNull::dangling(),
+            umem: None,
+            socket: None,
             fd: -1,
             fill: Some(Box::new(RawRing::empty())),
             comp: Some(Box::new(RawRing::empty())),
@@ -334,14 +335,12 @@ impl Socket {
                 &umem_config,
             )
         };
-        s.umem = match NonNull::new(umem) {
+        let umem = match NonNull::new(umem) {
             Some(u) if r == 0 => u,
-            _ => {
-                // Nothing to delete: `Drop` must not see a socket or UMEM.
-                std::mem::forget(s);
-                return Err(SocketError::Umem(io::Error::from_raw_os_error(-r)));
-            }
+            // Nothing was made: dropping `s` frees our own parts only.
+            _ => return Err(SocketError::Umem(io::Error::from_raw_os_error(-r))),
         };
+        s.umem = Some(umem);
         let socket_config = SocketConfig {
             rx_size: geometry.ring,
             tx_size: geometry.ring,
@@ -366,23 +365,20 @@ impl Socket {
                 &mut socket,
                 name.as_ptr(),
                 queue,
-                s.umem.as_ptr(),
+                umem.as_ptr(),
                 ring(&mut s.rx),
                 ring(&mut s.tx),
                 &socket_config,
             )
         };
-        match NonNull::new(socket) {
-            Some(sock) if r == 0 => s.socket = sock,
-            _ => {
-                // SAFETY: the UMEM was made above and no socket uses it.
-                unsafe { (api.umem_delete)(s.umem.as_ptr()) };
-                std::mem::forget(s);
-                return Err(SocketError::Socket(io::Error::from_raw_os_error(-r)));
-            }
-        }
+        let socket = match NonNull::new(socket) {
+            Some(sock) if r == 0 => sock,
+            // libxdp undid what it did; dropping `s` deletes the UMEM.
+            _ => return Err(SocketError::Socket(io::Error::from_raw_os_error(-r))),
+        };
+        s.socket = Some(socket);
         // SAFETY: the socket was just made.
-        s.fd = unsafe { (api.socket_fd)(s.socket.as_ptr()) };
+        s.fd = unsafe { (api.socket_fd)(socket.as_ptr()) };
         let rings = [&s.fill, &s.comp, &s.rx, &s.tx];
         if s.fd < 0
             || !rings
@@ -438,12 +434,16 @@ impl Socket {
 impl Drop for Socket {
     fn drop(&mut self) {
         let Ok(api) = api() else { return };
-        // SAFETY: both were made by `create` and are deleted once, socket first. The ring
+        // SAFETY: each was made by `create` and is deleted once, socket first. The ring
         // structures are still alive (taken ones too: their owners hold the socket; see
         // `AfXdpQueue`'s field order), and libxdp unmaps the rings here.
         unsafe {
-            (api.socket_delete)(self.socket.as_ptr());
-            (api.umem_delete)(self.umem.as_ptr());
+            if let Some(socket) = self.socket.take() {
+                (api.socket_delete)(socket.as_ptr());
+            }
+            if let Some(umem) = self.umem.take() {
+                (api.umem_delete)(umem.as_ptr());
+            }
         }
     }
 }
