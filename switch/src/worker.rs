@@ -257,14 +257,12 @@ impl Worker {
                 Some(Attachment::AfXdp(q)) => (q.fd(), q.failed()),
                 _ => continue,
             };
-            {
-                if failed {
-                    // A gone interface's descriptor stays readable (an error): not waited on.
-                    let _ = epoll.ctl(ControlOperation::Delete, fd, EpollEvent::default());
-                } else {
-                    let ev = EpollEvent::new(EventSet::IN, 2);
-                    let _ = epoll.ctl(ControlOperation::Add, fd, ev);
-                }
+            if failed {
+                // A gone interface's descriptor stays readable (an error): not waited on.
+                let _ = epoll.ctl(ControlOperation::Delete, fd, EpollEvent::default());
+            } else {
+                let ev = EpollEvent::new(EventSet::IN, 2);
+                let _ = epoll.ctl(ControlOperation::Add, fd, ev);
             }
         }
         for_each_ready_tx(
