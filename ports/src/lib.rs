@@ -11,6 +11,7 @@
 
 pub mod afxdp;
 pub mod counters;
+mod interface_watch;
 pub mod log_limit;
 pub mod netif;
 pub mod port;

@@ -417,13 +417,11 @@ impl Worker {
             // Its interface is gone; the port's monitor takes it down.
             return 0;
         }
-        let counters = src_rt.handle.stats().slot(self.index);
         let b = &mut self.burst;
         b.start();
         let cache = &mut self.fdb_caches[src_rt.bridge];
-        let mut decide = Decision::new(src, src_rt, topology, counters, cache, now_s);
-        let mut view = GuestView::new(q.mem());
-        let (mut rx_bytes, mut flood) = (0u64, false);
+        let mut frames =
+            KernelFrames::new(src, src_rt, topology, q.mem(), self.index, cache, now_s);
         for slot in 0..b.slots.len().min(TAP_BUFFERS) {
             let len = match q.read_frame(slot) {
                 TapRead::Frame(len) => len,
@@ -435,42 +433,18 @@ impl Worker {
                     break;
                 }
             };
-            let addr = TapQueue::buffer(slot);
-            let mut peek = [0u8; PEEK_LEN];
-            let n = (len as usize).min(PEEK_LEN);
-            if (len as usize) < MIN_FRAME_LEN || !view.read(addr, &mut peek[..n]) {
-                counters.add_drop(DropReason::BadDescriptor, 1);
-                continue;
-            }
-            let f = &mut b.slots[b.len];
-            f.tx = TxFrame::in_one_buffer(0, addr, len, peek);
-            rx_bytes += u64::from(len);
-            b.len += 1;
-            let (ingress, dest) = decide.frame(&f.tx);
-            (f.ingress, f.dest) = (ingress, dest);
-            match dest {
-                Dest::Flood => flood = true,
-                Dest::Port(p) if !b.targets.contains(&p) => b.targets.push(p),
-                _ => {}
-            }
+            frames.push(b, TapQueue::buffer(slot), len);
         }
-        if b.len == 0 {
-            return 0;
-        }
-        self.switch.workers[self.index].stats.add_burst(b.len);
-        counters.add_rx(usize::from(qp), b.len as u64, rx_bytes);
         let from = Source {
             id: src,
             rt: src_rt,
             qp,
             mem: q.mem(),
         };
-        deliver_burst(self.index, topology, &mut self.ports, &from, b, flood);
+        frames.deliver(&self.switch, topology, &mut self.ports, &from, b);
         b.len
     }
-}
 
-impl Worker {
     /// One burst from an AF_XDP port: frames the kernel received into the UMEM, decided
     /// and delivered like a VM's, then given back to the kernel's fill ring.
     fn burst_from_xdp(&mut self, i: usize, q: &AfXdpQueue, now_s: u64) -> usize {
@@ -491,50 +465,101 @@ impl Worker {
         if taken == 0 {
             return 0;
         }
-        let counters = src_rt.handle.stats().slot(self.index);
         b.start();
         let cache = &mut self.fdb_caches[src_rt.bridge];
-        let mut decide = Decision::new(src, src_rt, topology, counters, cache, now_s);
-        let mut view = GuestView::new(q.mem());
-        let (mut rx_bytes, mut flood) = (0u64, false);
+        let mut frames =
+            KernelFrames::new(src, src_rt, topology, q.mem(), self.index, cache, now_s);
         for k in 0..taken {
             let d = rx.frame(k);
-            let mut peek = [0u8; PEEK_LEN];
-            let n = (d.len as usize).min(PEEK_LEN);
-            // The kernel's descriptor is checked like a guest's: inside the UMEM, or dropped.
-            if (d.len as usize) < MIN_FRAME_LEN
-                || !view.covers(d.addr, d.len as usize)
-                || !view.read(d.addr, &mut peek[..n])
-            {
-                counters.add_drop(DropReason::BadDescriptor, 1);
-                continue;
-            }
-            let f = &mut b.slots[b.len];
-            f.tx = TxFrame::in_one_buffer(0, d.addr, d.len, peek);
-            rx_bytes += u64::from(d.len);
-            b.len += 1;
-            let (ingress, dest) = decide.frame(&f.tx);
-            (f.ingress, f.dest) = (ingress, dest);
-            match dest {
-                Dest::Flood => flood = true,
-                Dest::Port(p) if !b.targets.contains(&p) => b.targets.push(p),
-                _ => {}
-            }
+            frames.push(b, d.addr, d.len);
         }
-        if b.len > 0 {
-            self.switch.workers[self.index].stats.add_burst(b.len);
-            counters.add_rx(usize::from(qp), b.len as u64, rx_bytes);
-            let from = Source {
-                id: src,
-                rt: src_rt,
-                qp,
-                mem: q.mem(),
-            };
-            deliver_burst(self.index, topology, &mut self.ports, &from, b, flood);
-        }
+        let from = Source {
+            id: src,
+            rt: src_rt,
+            qp,
+            mem: q.mem(),
+        };
+        frames.deliver(&self.switch, topology, &mut self.ports, &from, b);
         // Every frame was copied out (or dropped): the kernel may receive into them again.
         rx.recycle();
         taken
+    }
+}
+
+/// A burst of frames from the kernel (TAP, AF_XDP), each in one buffer of the port's own
+/// memory, decided as they are taken.
+struct KernelFrames<'a> {
+    decide: Decision<'a>,
+    view: GuestView<'a>,
+    worker: usize,
+    rx_bytes: u64,
+    flood: bool,
+}
+
+impl<'a> KernelFrames<'a> {
+    #[inline(always)]
+    fn new(
+        src: PortId,
+        src_rt: &'a PortRt,
+        topology: &'a Topology,
+        mem: &'a GuestMem,
+        worker: usize,
+        cache: &'a mut FdbCache,
+        now_s: u64,
+    ) -> KernelFrames<'a> {
+        let counters = src_rt.handle.stats().slot(worker);
+        KernelFrames {
+            decide: Decision::new(src, src_rt, topology, counters, cache, now_s),
+            view: GuestView::new(mem),
+            worker,
+            rx_bytes: 0,
+            flood: false,
+        }
+    }
+
+    /// Adds the frame of `len` bytes at `addr` to `b` and decides it. The address and
+    /// length are checked against the memory like a guest's descriptor: a frame too short
+    /// or not all inside it is dropped.
+    #[inline(always)]
+    fn push(&mut self, b: &mut Burst, addr: u64, len: u32) {
+        let mut peek = [0u8; PEEK_LEN];
+        let n = (len as usize).min(PEEK_LEN);
+        if (len as usize) < MIN_FRAME_LEN
+            || !self.view.covers(addr, len as usize)
+            || !self.view.read(addr, &mut peek[..n])
+        {
+            self.decide.counters.add_drop(DropReason::BadDescriptor, 1);
+            return;
+        }
+        let f = &mut b.slots[b.len];
+        f.tx = TxFrame::in_one_buffer(0, addr, len, peek);
+        self.rx_bytes += u64::from(len);
+        b.len += 1;
+        let (ingress, dest) = self.decide.frame(&f.tx);
+        (f.ingress, f.dest) = (ingress, dest);
+        match dest {
+            Dest::Flood => self.flood = true,
+            Dest::Port(p) if !b.targets.contains(&p) => b.targets.push(p),
+            _ => {}
+        }
+    }
+
+    /// Counts the burst's frames and delivers them.
+    fn deliver(
+        self,
+        switch: &Switch,
+        topology: &Topology,
+        ports: &mut [PortCache],
+        from: &Source<'_>,
+        b: &mut Burst,
+    ) {
+        if b.len == 0 {
+            return;
+        }
+        switch.workers[self.worker].stats.add_burst(b.len);
+        let counters = self.decide.counters;
+        counters.add_rx(usize::from(from.qp), b.len as u64, self.rx_bytes);
+        deliver_burst(self.worker, topology, ports, from, b, self.flood);
     }
 }
 

@@ -4,6 +4,14 @@
 use std::process::Command;
 use std::time::Duration;
 
+use std::sync::Arc;
+
+use vringswitch_ports::vhost_user::connection::{SocketMode, VhostUserPortConfig};
+use vringswitch_ports::vhost_user::VhostUserPort;
+use vringswitch_ports::PortHandle;
+use vringswitch_switch::fdb::Fdb;
+use vringswitch_switch::{BridgeRt, PortRt, Switch, SwitchConfig, Topology};
+
 use crate::api::call;
 use crate::frontend::{TestVm, VmOptions};
 use crate::setup::T;
@@ -121,20 +129,93 @@ pub fn expect(vm: &mut TestVm, what: &str, want: impl Fn(&[u8]) -> bool) -> Vec<
     }
 }
 
-/// The VM on `socket` asks the kernel for 10.77.0.1 and pings it with `payload`.
-pub fn ping_the_kernel(socket: &std::path::Path, n: u8, payload: &[u8]) {
+/// The VM on `socket` asks the kernel for [`HOST_IP`], then pings it once with each of
+/// `payloads`: the ARP reply and every echo reply must be for the VM, from that address,
+/// with the echo's id and its payload whole.
+pub fn ping_the_kernel(socket: &std::path::Path, n: u8, payloads: &[&[u8]]) {
     let mut vm = TestVm::connect(socket, mac(n), VmOptions::default());
     vm.post_rx(TestVm::rx(0), 64, 2048);
     vm.send(TestVm::tx(0), &arp_request(mac(n)));
     let reply = expect(&mut vm, "ARP reply from the kernel", |f| {
         f.len() >= 42 && f[12..14] == [0x08, 0x06] && f[20..22] == [0, 2]
     });
+    assert_eq!(&reply[..6], &mac(n), "the reply is for the VM");
+    assert_eq!(&reply[28..32], &HOST_IP);
     let host_mac = <[u8; 6]>::try_from(&reply[6..12]).unwrap();
-    vm.send(TestVm::tx(0), &echo_request(host_mac, mac(n), 7, payload));
-    let reply = expect(&mut vm, "ICMP echo reply", |f| {
-        f.len() > 34 && f[12..14] == [0x08, 0x00] && f[23] == 1 && f[34] == 0
-    });
-    assert_eq!(&reply[42..], payload);
+    for (i, payload) in payloads.iter().enumerate() {
+        let id = 0x4240 + i as u16;
+        vm.send(TestVm::tx(0), &echo_request(host_mac, mac(n), id, payload));
+        let reply = expect(&mut vm, "ICMP echo reply", |f| {
+            f.len() > 34 && f[12..14] == [0x08, 0x00] && f[23] == 1 && f[34] == 0
+        });
+        assert_eq!(&reply[38..40], &id.to_be_bytes(), "the echo's id");
+        assert_eq!(&reply[42..], *payload, "the payload came back whole");
+    }
+}
+
+/// The forwarding engine alone, as the daemon runs it: one worker on core 1 and bridge br0
+/// with a vhost-user port for a test VM (port 0) and an uplink (port 1, whose handle the
+/// caller made and started).
+pub struct Engine {
+    pub switch: Arc<Switch>,
+    workers: Vec<std::thread::JoinHandle<()>>,
+    vm_port: VhostUserPort,
+}
+
+impl Engine {
+    /// Starts the VM's port on `socket` and the worker.
+    pub fn with_uplink(socket: &std::path::Path, uplink: &Arc<PortHandle>) -> Engine {
+        let switch = Switch::new(&SwitchConfig {
+            cores: vec![1],
+            burst: 32,
+            idle_poll: Duration::from_micros(200),
+        })
+        .unwrap();
+        let vm = Arc::new(PortHandle::new(0, "vm", 1));
+        let vm_port = VhostUserPort::start(
+            vm.clone(),
+            VhostUserPortConfig {
+                socket: socket.to_owned(),
+                mode: SocketMode::Server,
+                queue_pairs: 1,
+            },
+        )
+        .unwrap();
+        let port = |handle: &Arc<PortHandle>| {
+            Some(PortRt {
+                handle: handle.clone(),
+                bridge: 0,
+                queue_pairs: 1,
+                vlan: Default::default(),
+                security: Default::default(),
+                admin_up: true,
+                capture: None,
+            })
+        };
+        switch.set_topology(Topology {
+            bridges: vec![BridgeRt {
+                name: "br0".into(),
+                fdb: Arc::new(Fdb::new(300)),
+                ports: vec![0, 1],
+            }],
+            ports: vec![port(&vm), port(uplink)],
+        });
+        let workers = switch.start_workers().unwrap();
+        Engine {
+            switch,
+            workers,
+            vm_port,
+        }
+    }
+
+    /// Stops the worker and the VM's port; the caller stops the uplink.
+    pub fn stop(mut self) {
+        self.switch.stop();
+        for w in self.workers.drain(..) {
+            w.join().unwrap();
+        }
+        self.vm_port.stop();
+    }
 }
 
 /// A VM pair on bridge br0 exchanges frames while, in each of `rounds` rounds, a port

@@ -36,6 +36,15 @@ pub fn mappings_of(pid: u32, marker: &str) -> usize {
         .count()
 }
 
+/// CPU time (user + system, in clock ticks) `pid` has used.
+pub fn cpu_ticks(pid: u32) -> u64 {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let Some(end) = stat.rfind(')') else { return 0 };
+    let f: Vec<&str> = stat[end + 2..].split(' ').collect();
+    let field = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    field(11) + field(12)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

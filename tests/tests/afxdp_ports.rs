@@ -14,17 +14,11 @@ use std::time::Duration;
 
 use serde_json::json;
 use vringswitch_ports::afxdp::{AfXdpPort, AfXdpPortConfig, XdpMode};
-use vringswitch_ports::vhost_user::connection::{SocketMode, VhostUserPortConfig};
-use vringswitch_ports::vhost_user::VhostUserPort;
 use vringswitch_ports::{Attachment, PortHandle};
-use vringswitch_switch::fdb::Fdb;
-use vringswitch_switch::{BridgeRt, PortRt, Switch, SwitchConfig, Topology};
 use vringswitch_tests::api::{assert_error, call};
 use vringswitch_tests::daemon::{Daemon, TempDir};
 use vringswitch_tests::frontend::{TestVm, VmOptions};
-use vringswitch_tests::netns::{
-    arp_request, echo_request, expect, ip, ping_the_kernel, Netns, HOST_IP,
-};
+use vringswitch_tests::netns::{ip, ping_the_kernel, Engine, Netns};
 use vringswitch_tests::setup::T;
 use vringswitch_tests::{mac, BROADCAST};
 
@@ -90,24 +84,8 @@ fn the_kernel_answers_a_vm_through_an_afxdp_port_both_ways() {
     for mode in [XdpMode::Generic, XdpMode::BestEffort] {
         let dir = TempDir::new("afxdp");
         let veth = Veth::new("xe");
-        let switch = Switch::new(&SwitchConfig {
-            cores: vec![1],
-            burst: 32,
-            idle_poll: Duration::from_micros(200),
-        })
-        .unwrap();
-        let vm_handle = Arc::new(PortHandle::new(0, "vm", 1));
         let xdp_handle = Arc::new(PortHandle::new(1, "uplink", 1));
         let socket = dir.path().join("vm.sock");
-        let mut vm_port = VhostUserPort::start(
-            vm_handle.clone(),
-            VhostUserPortConfig {
-                socket: socket.clone(),
-                mode: SocketMode::Server,
-                queue_pairs: 1,
-            },
-        )
-        .unwrap();
         let mut xdp_port = AfXdpPort::start(
             xdp_handle.clone(),
             AfXdpPortConfig {
@@ -134,46 +112,13 @@ fn the_kernel_answers_a_vm_through_an_afxdp_port_both_ways() {
             }
         }
 
-        let port = |handle: &Arc<PortHandle>| {
-            Some(PortRt {
-                handle: handle.clone(),
-                bridge: 0,
-                queue_pairs: 1,
-                vlan: Default::default(),
-                security: Default::default(),
-                admin_up: true,
-                capture: None,
-            })
-        };
-        switch.set_topology(Topology {
-            bridges: vec![BridgeRt {
-                name: "br0".into(),
-                fdb: Arc::new(Fdb::new(300)),
-                ports: vec![0, 1],
-            }],
-            ports: vec![port(&vm_handle), port(&xdp_handle)],
-        });
-        let workers = switch.start_workers().unwrap();
-
-        let mut vm = TestVm::connect(&socket, mac(1), VmOptions::default());
-        vm.post_rx(TestVm::rx(0), 64, 2048);
-        vm.send(TestVm::tx(0), &arp_request(mac(1)));
-        let reply = expect(&mut vm, "ARP reply from the kernel", |f| {
-            f.len() >= 42 && f[12..14] == [0x08, 0x06] && f[20..22] == [0, 2]
-        });
-        assert_eq!(&reply[..6], &mac(1), "the reply is for the VM");
-        assert_eq!(&reply[28..32], &HOST_IP);
-        let host_mac = <[u8; 6]>::try_from(&reply[6..12]).unwrap();
-        for (i, size) in [1000usize, 1472, 40].into_iter().enumerate() {
-            let payload: Vec<u8> = (0..size).map(|b| (b + i) as u8).collect();
-            let id = 0x4240 + i as u16;
-            vm.send(TestVm::tx(0), &echo_request(host_mac, mac(1), id, &payload));
-            let reply = expect(&mut vm, "ICMP echo reply", |f| {
-                f.len() > 34 && f[12..14] == [0x08, 0x00] && f[23] == 1 && f[34] == 0
-            });
-            assert_eq!(&reply[38..40], &id.to_be_bytes(), "the echo's id");
-            assert_eq!(&reply[42..], &payload[..], "the payload came back whole");
-        }
+        let engine = Engine::with_uplink(&socket, &xdp_handle);
+        let sizes = [1000usize, 1472, 40];
+        let payloads: Vec<Vec<u8>> = (0..sizes.len())
+            .map(|i| (0..sizes[i]).map(|b| (b + i) as u8).collect())
+            .collect();
+        let payloads: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
+        ping_the_kernel(&socket, 1, &payloads);
         let s = xdp_handle.stats().snapshot();
         assert!(
             s.rx_packets >= 4 && s.tx_packets >= 4,
@@ -182,13 +127,8 @@ fn the_kernel_answers_a_vm_through_an_afxdp_port_both_ways() {
             s.tx_packets
         );
 
-        switch.stop();
-        for w in workers {
-            w.join().unwrap();
-        }
-        vm_port.stop();
+        engine.stop();
         xdp_port.stop();
-        drop(switch);
         // The socket's XDP program went with the port.
         assert_eq!(xdp_attached(&veth.outer), None, "{mode:?}");
     }
@@ -220,7 +160,7 @@ fn afxdp_ports_from_the_configuration_the_api_and_the_state_file() {
         &["--state", state.to_str().unwrap()],
     );
     assert_eq!(xdp_attached(&wire.outer).as_deref(), Some("xdpgeneric"));
-    ping_the_kernel(&vm_sock, 1, &[0x5A; 1400]);
+    ping_the_kernel(&vm_sock, 1, &[&[0x5A; 1400]]);
     let (code, port) = call(&d, "GET", "/v1/ports/wire", None);
     assert_eq!(code, 200, "{port}");
     assert_eq!(port["type"], "afxdp");
@@ -316,7 +256,7 @@ fn afxdp_ports_from_the_configuration_the_api_and_the_state_file() {
     d.restart(std::slice::from_ref(&vm_sock));
     assert_eq!(xdp_attached(&wire.outer).as_deref(), Some("xdpgeneric"));
     assert_eq!(xdp_attached(&second.outer).as_deref(), Some("xdp"));
-    ping_the_kernel(&vm_sock, 2, &[0xA5; 200]);
+    ping_the_kernel(&vm_sock, 2, &[&[0xA5; 200]]);
 
     // Deleting a port whose program this daemon loaded takes it off the interface, and
     // leaves the interface.
@@ -334,14 +274,6 @@ fn afxdp_ports_from_the_configuration_the_api_and_the_state_file() {
     assert_eq!(xdp_attached(&third.outer), None);
     assert!(exists(&third.outer));
 }
-/// CPU time (user + system, in clock ticks) the process has used.
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let after = &stat[stat.rfind(')').unwrap() + 2..];
-    let f: Vec<&str> = after.split(' ').collect();
-    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
-}
-
 #[test]
 fn a_deleted_interface_takes_the_afxdp_port_down_counts_drops_and_comes_back() {
     let dir = TempDir::new("afxdp-gone");
@@ -375,7 +307,7 @@ fn a_deleted_interface_takes_the_afxdp_port_down_counts_drops_and_comes_back() {
     // Deleted by someone else, under traffic.
     ip(&["link", "del", &veth.outer]);
     d.wait_port_connected("wire", false);
-    let before = cpu_ticks(d.pid());
+    let before = vringswitch_tests::process::cpu_ticks(d.pid());
     for _ in 0..20 {
         vm.send(TestVm::tx(0), &broadcast);
         std::thread::sleep(Duration::from_millis(10));
@@ -384,7 +316,7 @@ fn a_deleted_interface_takes_the_afxdp_port_down_counts_drops_and_comes_back() {
         (port_down() >= 20).then_some(())
     });
     std::thread::sleep(Duration::from_secs(1));
-    let used = cpu_ticks(d.pid()) - before;
+    let used = vringswitch_tests::process::cpu_ticks(d.pid()) - before;
     // About 1.3 s passed: a core spinning would be ~130 ticks.
     assert!(
         used < 60,
@@ -392,7 +324,9 @@ fn a_deleted_interface_takes_the_afxdp_port_down_counts_drops_and_comes_back() {
     );
     let log = d.log_text();
     assert!(
-        log.contains("interface is gone (deleted?): the AF_XDP port is down until it is back"),
+        log.contains(
+            "AF_XDP port's interface is gone (deleted?): the port is down until it is back"
+        ),
         "{log}"
     );
 
@@ -418,7 +352,7 @@ fn a_deleted_interface_takes_the_afxdp_port_down_counts_drops_and_comes_back() {
     });
     assert!(d
         .log_text()
-        .contains("interface is back: the AF_XDP port is up"));
+        .contains("AF_XDP port's interface is back: the port is up"));
 }
 
 #[test]

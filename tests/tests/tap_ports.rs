@@ -13,17 +13,11 @@ use std::time::Duration;
 
 use serde_json::json;
 use vringswitch_ports::tap::{TapPort, TapPortConfig};
-use vringswitch_ports::vhost_user::connection::{SocketMode, VhostUserPortConfig};
-use vringswitch_ports::vhost_user::VhostUserPort;
 use vringswitch_ports::PortHandle;
-use vringswitch_switch::fdb::Fdb;
-use vringswitch_switch::{BridgeRt, PortRt, Switch, SwitchConfig, Topology};
 use vringswitch_tests::api::{assert_error, call};
 use vringswitch_tests::daemon::{Daemon, TempDir};
 use vringswitch_tests::frontend::{TestVm, VmOptions};
-use vringswitch_tests::netns::{
-    arp_request, echo_request, expect, ip, ping_the_kernel, Netns, HOST_IP,
-};
+use vringswitch_tests::netns::{ip, ping_the_kernel, Engine, Netns};
 use vringswitch_tests::setup::T;
 use vringswitch_tests::{mac, BROADCAST};
 
@@ -38,24 +32,8 @@ fn the_kernel_answers_a_vm_through_a_tap_port_both_ways() {
     let ns = Netns::new(&format!("vs-tap-{id}"));
     let ifname = format!("vst{id}");
 
-    let switch = Switch::new(&SwitchConfig {
-        cores: vec![1],
-        burst: 32,
-        idle_poll: Duration::from_micros(200),
-    })
-    .unwrap();
-    let vm_handle = Arc::new(PortHandle::new(0, "vm", 1));
     let tap_handle = Arc::new(PortHandle::new(1, "uplink", 1));
     let socket = dir.path().join("vm.sock");
-    let mut vm_port = VhostUserPort::start(
-        vm_handle.clone(),
-        VhostUserPortConfig {
-            socket: socket.clone(),
-            mode: SocketMode::Server,
-            queue_pairs: 1,
-        },
-    )
-    .unwrap();
     let mut tap_port = TapPort::start(
         tap_handle.clone(),
         TapPortConfig {
@@ -69,64 +47,20 @@ fn the_kernel_answers_a_vm_through_a_tap_port_both_ways() {
     ip(&["link", "set", &ifname, "netns", &ns.0]);
     ns.ip(&["addr", "add", "10.77.0.1/24", "dev", &ifname]);
     ns.ip(&["link", "set", &ifname, "up"]);
+    let engine = Engine::with_uplink(&socket, &tap_handle);
 
-    let port = |handle: &Arc<PortHandle>| {
-        Some(PortRt {
-            handle: handle.clone(),
-            bridge: 0,
-            queue_pairs: 1,
-            vlan: Default::default(),
-            security: Default::default(),
-            admin_up: true,
-            capture: None,
-        })
-    };
-    switch.set_topology(Topology {
-        bridges: vec![BridgeRt {
-            name: "br0".into(),
-            fdb: Arc::new(Fdb::new(300)),
-            ports: vec![0, 1],
-        }],
-        ports: vec![port(&vm_handle), port(&tap_handle)],
-    });
-    let workers = switch.start_workers().unwrap();
-
-    let mut vm = TestVm::connect(&socket, mac(1), VmOptions::default());
-    vm.post_rx(TestVm::rx(0), 64, 2048);
-    let host_mac = {
-        vm.send(TestVm::tx(0), &arp_request(mac(1)));
-        let reply = expect(&mut vm, "ARP reply from the kernel", |f| {
-            f.len() >= 42 && f[12..14] == [0x08, 0x06] && f[20..22] == [0, 2]
-        });
-        assert_eq!(&reply[..6], &mac(1), "the reply is for the VM");
-        assert_eq!(&reply[28..32], &HOST_IP);
-        <[u8; 6]>::try_from(&reply[6..12]).unwrap()
-    };
     let payload: Vec<u8> = (0..1000u32).map(|i| i as u8).collect();
-    vm.send(
-        TestVm::tx(0),
-        &echo_request(host_mac, mac(1), 0x4242, &payload),
+    ping_the_kernel(&socket, 1, &[&payload]);
+    let s = tap_handle.stats().snapshot();
+    assert!(
+        s.rx_packets >= 2 && s.tx_packets >= 2,
+        "tap rx {}, tx {}",
+        s.rx_packets,
+        s.tx_packets
     );
-    let reply = expect(&mut vm, "ICMP echo reply", |f| {
-        f.len() > 34 && f[12..14] == [0x08, 0x00] && f[23] == 1 && f[34] == 0
-    });
-    assert_eq!(&reply[38..40], &0x4242u16.to_be_bytes(), "the echo's id");
-    assert_eq!(&reply[42..], &payload[..], "the payload came back whole");
 
-    let stats = |h: &PortHandle| {
-        let s = h.stats().snapshot();
-        (s.rx_packets, s.tx_packets)
-    };
-    let (tap_rx, tap_tx) = stats(&tap_handle);
-    assert!(tap_rx >= 2 && tap_tx >= 2, "tap rx {tap_rx}, tx {tap_tx}");
-
-    switch.stop();
-    for w in workers {
-        w.join().unwrap();
-    }
-    vm_port.stop();
+    engine.stop();
     tap_port.stop();
-    drop(switch);
     // The port created the interface: it went with the port's last descriptor.
     let shown = Command::new("ip")
         .args(["-n", &ns.0, "link", "show", &ifname])
@@ -173,7 +107,7 @@ fn tap_ports_from_the_configuration_the_api_and_the_state_file() {
     ip(&["link", "set", &cfg_if, "netns", &ns.0]);
     ns.ip(&["addr", "add", "10.77.0.1/24", "dev", &cfg_if]);
     ns.ip(&["link", "set", &cfg_if, "up"]);
-    ping_the_kernel(&vm_sock, 1, &[0x5A; 1200]);
+    ping_the_kernel(&vm_sock, 1, &[&[0x5A; 1200]]);
     let (code, port) = call(&d, "GET", "/v1/ports/up0", None);
     assert_eq!(code, 200, "{port}");
     assert_eq!(port["type"], "tap");
@@ -275,14 +209,6 @@ fn wait_until_gone(ifname: &str) {
     });
 }
 
-/// CPU time (user + system, in clock ticks) the process has used.
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let after = &stat[stat.rfind(')').unwrap() + 2..];
-    let f: Vec<&str> = after.split(' ').collect();
-    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
-}
-
 #[test]
 fn a_deleted_interface_takes_the_port_down_counts_drops_and_comes_back() {
     let dir = TempDir::new("tap-gone");
@@ -329,7 +255,7 @@ fn a_deleted_interface_takes_the_port_down_counts_drops_and_comes_back() {
     ip(&["link", "del", &made]);
     ip(&["link", "del", &own]);
     d.wait_port_connected("own", false);
-    let before = cpu_ticks(d.pid());
+    let before = vringswitch_tests::process::cpu_ticks(d.pid());
     for _ in 0..20 {
         vm.send(TestVm::tx(0), &broadcast);
         std::thread::sleep(Duration::from_millis(10));
@@ -343,7 +269,7 @@ fn a_deleted_interface_takes_the_port_down_counts_drops_and_comes_back() {
         (port_down("own") >= 19).then_some(())
     });
     std::thread::sleep(Duration::from_secs(1));
-    let used = cpu_ticks(d.pid()) - before;
+    let used = vringswitch_tests::process::cpu_ticks(d.pid()) - before;
     // About 1.5 s passed: a core spinning would be ~150 ticks.
     assert!(
         used < 60,

@@ -22,11 +22,10 @@ pub mod libxdp;
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
-use std::thread::JoinHandle;
-use std::time::Duration;
 
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
+use crate::interface_watch::{Health, Watch, Watched};
 use crate::port::{Attachment, GuestMem, PortHandle};
 use libxdp::{Attach, Consumer, Geometry, Producer, Socket, SocketError, XdpDesc};
 
@@ -39,6 +38,9 @@ pub const UMEM_FRAMES: u32 = 2 * RING_SIZE;
 /// The longest frame a port sends: a whole UMEM frame. (Received ones start after the
 /// kernel's headroom, 256 bytes, and are shorter.)
 pub const MAX_SEND: u32 = FRAME_SIZE;
+/// Frames of the UMEM that send: the free list never holds more (a completion handed back
+/// twice is not counted twice).
+const SENDING_FRAMES: usize = (UMEM_FRAMES - RING_SIZE) as usize;
 /// Most `sendto` wake-ups per burst: generic mode sends a limited batch per call (32 on
 /// today's kernels) and asks to be woken again for the rest.
 const MAX_KICKS: usize = 8;
@@ -54,15 +56,6 @@ pub enum XdpMode {
 }
 
 impl XdpMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            XdpMode::BestEffort => "best-effort",
-            XdpMode::NativeWithZeroCopy => "native-with-zerocopy",
-            XdpMode::Native => "native",
-            XdpMode::Generic => "generic",
-        }
-    }
-
     /// The ways of attaching to try, in order.
     fn attempts(self) -> &'static [Attach] {
         const ZC: Attach = Attach {
@@ -143,15 +136,20 @@ pub enum SendError {
 }
 
 impl AfXdpQueue {
-    /// Binds a socket to queue `queue` of `ifname`, in the first of `mode`'s ways the
-    /// interface takes, with the fill ring stocked.
+    /// Sets `ifname` up and binds a socket to its queue `queue`, in the first of `mode`'s
+    /// ways the interface takes, with the fill ring stocked.
     pub fn open(ifname: &str, queue: u32, mode: XdpMode) -> Result<AfXdpQueue, AfXdpError> {
         let fail = |error: String| AfXdpError {
             ifname: ifname.to_owned(),
             error,
         };
-        let ifindex = crate::netif::ifindex(ifname)
-            .ok_or_else(|| fail("there is no interface of that name".into()))?;
+        let ifindex = crate::netif::ifindex(ifname).ok_or_else(|| {
+            fail(
+                "there is no interface of that name (an AF_XDP port binds to one that exists)"
+                    .into(),
+            )
+        })?;
+        crate::netif::set_up(ifname, None).map_err(|e| fail(e.to_string()))?;
         let size = (UMEM_FRAMES * FRAME_SIZE) as usize;
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), size)])
             .map_err(|e| fail(format!("cannot map the frame memory: {e}")))?;
@@ -279,8 +277,13 @@ fn explain(e: &SocketError) -> String {
     let (SocketError::Socket(io) | SocketError::Umem(io)) = e else {
         return e.to_string();
     };
+    let umem = matches!(e, SocketError::Umem(_));
     let hint = match io.raw_os_error() {
         Some(libc::EPERM) => " (needs CAP_NET_ADMIN, CAP_NET_RAW and CAP_BPF, or root)",
+        Some(libc::ENOBUFS) | Some(libc::ENOMEM) if umem => {
+            " (the frame memory, 16 MiB, is over the locked-memory limit: raise it \
+             (LimitMEMLOCK=) or give the daemon CAP_IPC_LOCK)"
+        }
         Some(libc::EOPNOTSUPP) => " (the driver does not offer it)",
         Some(libc::EINVAL) => " (the interface has no such queue, or its MTU is too large)",
         Some(libc::EBUSY) | Some(libc::EEXIST) => {
@@ -288,18 +291,10 @@ fn explain(e: &SocketError) -> String {
         }
         _ => "",
     };
-    let hint = match io.raw_os_error() {
-        Some(libc::ENOBUFS) | Some(libc::ENOMEM) if matches!(e, SocketError::Umem(_)) => {
-            " (the frame memory, 16 MiB, is over the locked-memory limit: raise it \
-             (LimitMEMLOCK=) or give the daemon CAP_IPC_LOCK)"
-        }
-        _ => hint,
-    };
-    match e {
-        SocketError::Umem(_) => {
-            format!("cannot register the frame memory with the kernel: {io}{hint}")
-        }
-        _ => format!("{io}{hint}"),
+    if umem {
+        format!("cannot register the frame memory with the kernel: {io}{hint}")
+    } else {
+        format!("{io}{hint}")
     }
 }
 
@@ -356,7 +351,7 @@ impl TxSide {
             // Only frames of the sending half were handed out; anything else is ignored.
             if (u64::from(RING_SIZE * FRAME_SIZE)..u64::from(UMEM_FRAMES * FRAME_SIZE))
                 .contains(&addr)
-                && self.free.len() < self.free.capacity()
+                && self.free.len() < SENDING_FRAMES
             {
                 self.free.push(addr - addr % u64::from(FRAME_SIZE));
             }
@@ -438,37 +433,29 @@ pub struct AfXdpError {
     pub error: String,
 }
 
-/// How often a port checks that its interface is still there, or back.
-const MONITOR_EVERY: Duration = Duration::from_millis(250);
-
 /// A running AF_XDP port: its socket stays bound until [`AfXdpPort::stop`]. A monitor
 /// thread takes the port down when the interface disappears and up again once an interface
 /// of that name exists again; it also counts the frames the kernel dropped for want of room
 /// in the socket's rings.
 pub struct AfXdpPort {
     handle: Arc<PortHandle>,
-    config: AfXdpPortConfig,
-    stop: Arc<AtomicBool>,
-    monitor: Option<JoinHandle<()>>,
+    ifname: String,
+    watch: Watch,
 }
 
-/// Opens a socket on the interface, sets it up and publishes it to the workers.
-fn publish(handle: &PortHandle, config: &AfXdpPortConfig) -> Result<Attach, AfXdpError> {
-    let fail = |error: String| AfXdpError {
-        ifname: config.ifname.clone(),
-        error,
-    };
-    if crate::netif::ifindex(&config.ifname).is_none() {
-        return Err(fail(
-            "there is no interface of that name (an AF_XDP port binds to one that exists)".into(),
-        ));
-    }
-    crate::netif::set_up(&config.ifname, None).map_err(|e| fail(e.to_string()))?;
+/// Binds a socket on the interface and publishes it to the workers.
+fn publish(handle: &PortHandle, config: &AfXdpPortConfig) -> Result<(), AfXdpError> {
     let queue = AfXdpQueue::open(&config.ifname, config.queue, config.mode)?;
-    let attach = queue.attach();
+    tracing::info!(
+        port = handle.name(),
+        ifname = %config.ifname,
+        queue = config.queue,
+        mode = attach_name(queue.attach()),
+        "AF_XDP socket bound"
+    );
     handle.set_connected(true);
     handle.attach(Arc::new(Attachment::AfXdp(queue)));
-    Ok(attach)
+    Ok(())
 }
 
 impl AfXdpPort {
@@ -476,30 +463,23 @@ impl AfXdpPort {
         handle: Arc<PortHandle>,
         config: AfXdpPortConfig,
     ) -> Result<AfXdpPort, AfXdpError> {
-        let attach = publish(&handle, &config)?;
-        tracing::info!(
-            port = handle.name(),
-            ifname = %config.ifname,
-            queue = config.queue,
-            mode = attach_name(attach),
-            "AF_XDP socket bound"
-        );
-        let stop = Arc::new(AtomicBool::new(false));
-        let monitor = {
-            let (handle, stop, cfg) = (handle.clone(), stop.clone(), config.clone());
-            std::thread::Builder::new()
-                .name(format!("xdp-{}", config.ifname))
-                .spawn(move || monitor(&handle, &cfg, &stop))
-                .map_err(|e| AfXdpError {
-                    ifname: config.ifname.clone(),
-                    error: e.to_string(),
-                })?
+        publish(&handle, &config)?;
+        let ifname = config.ifname.clone();
+        let watched = XdpWatch {
+            config,
+            counted: KernelDrops::default(),
         };
+        let watch =
+            Watch::start(format!("xdp-{ifname}"), handle.clone(), watched).map_err(|e| {
+                AfXdpError {
+                    ifname: ifname.clone(),
+                    error: e.to_string(),
+                }
+            })?;
         Ok(AfXdpPort {
             handle,
-            config,
-            stop,
-            monitor: Some(monitor),
+            ifname,
+            watch,
         })
     }
 
@@ -510,15 +490,9 @@ impl AfXdpPort {
     /// Withdraws the socket from the workers; it closes (and libxdp removes its XDP
     /// program) once the last worker let go of it.
     pub fn stop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        let Some(m) = self.monitor.take() else {
-            return;
-        };
-        m.thread().unpark();
-        let _ = m.join();
-        self.handle.detach();
-        self.handle.set_connected(false);
-        tracing::debug!(port = self.handle.name(), ifname = %self.config.ifname, "AF_XDP port stopped");
+        if self.watch.stop(&self.handle) {
+            tracing::debug!(port = self.handle.name(), ifname = %self.ifname, "AF_XDP port stopped");
+        }
     }
 }
 
@@ -558,53 +532,38 @@ impl KernelDrops {
     }
 }
 
-/// The monitor of an AF_XDP port: down when its interface is gone, up when it is back.
-fn monitor(handle: &PortHandle, config: &AfXdpPortConfig, stop: &AtomicBool) {
-    let mut failures = crate::log_limit::LogLimiter::new(Duration::from_secs(60));
-    // What the kernel had counted for the current socket when last looked at.
-    let mut counted = KernelDrops::default();
-    while !stop.load(Ordering::Relaxed) {
-        std::thread::park_timeout(MONITOR_EVERY);
-        if stop.load(Ordering::Relaxed) {
-            break;
+/// The monitor's view of an AF_XDP port.
+struct XdpWatch {
+    config: AfXdpPortConfig,
+    /// What the kernel had counted for the current socket when last looked at.
+    counted: KernelDrops,
+}
+
+impl Watched for XdpWatch {
+    const WHAT: &'static str = "AF_XDP port's interface";
+
+    fn ifname(&self) -> &str {
+        &self.config.ifname
+    }
+
+    fn health(&mut self, handle: &PortHandle, att: &Attachment) -> Option<Health> {
+        let Attachment::AfXdp(q) = att else {
+            return None;
+        };
+        self.counted.add_new(q, handle);
+        if !q.failed() && q.interface_is_there(&self.config.ifname) {
+            return Some(Health::Up);
         }
-        let current = handle.attachment();
-        match current.as_deref() {
-            Some(Attachment::AfXdp(q)) => {
-                counted.add_new(q, handle);
-                if !q.failed() && q.interface_is_there(&config.ifname) {
-                    continue;
-                }
-                counted = KernelDrops::default();
-                handle.detach();
-                handle.set_connected(false);
-                tracing::warn!(
-                    port = handle.name(),
-                    ifname = %config.ifname,
-                    "interface is gone (deleted?): the AF_XDP port is down until it is back"
-                );
-            }
-            Some(_) => continue,
-            None => {
-                if crate::netif::ifindex(&config.ifname).is_none() {
-                    continue;
-                }
-                counted = KernelDrops::default();
-                match publish(handle, config) {
-                    Ok(attach) => tracing::info!(
-                        port = handle.name(),
-                        ifname = %config.ifname,
-                        mode = attach_name(attach),
-                        "interface is back: the AF_XDP port is up"
-                    ),
-                    Err(e) => {
-                        if let Some(suppressed) = failures.check() {
-                            tracing::warn!(port = handle.name(), ifname = %config.ifname,
-                                error = %e.error, suppressed, "cannot bind the AF_XDP socket again");
-                        }
-                    }
-                }
-            }
-        }
+        self.counted = KernelDrops::default();
+        Some(Health::Gone)
+    }
+
+    fn may_return(&self) -> bool {
+        crate::netif::ifindex(&self.config.ifname).is_some()
+    }
+
+    fn reopen(&mut self, handle: &PortHandle) -> Result<(), String> {
+        self.counted = KernelDrops::default();
+        publish(handle, &self.config).map_err(|e| e.error)
     }
 }

@@ -16,11 +16,10 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
-use std::time::Duration;
 
 use vm_memory::{GuestAddress, GuestMemoryError, GuestMemoryMmap};
 
+use crate::interface_watch::{Health, Watch, Watched};
 use crate::port::{Attachment, GuestMem, PortHandle};
 use crate::vhost_user::rings::MAX_FRAME_LEN;
 pub use device::TapDevice;
@@ -125,9 +124,6 @@ pub struct TapError {
     pub error: io::Error,
 }
 
-/// How often a TAP port checks that its interface is still there, or back.
-const MONITOR_EVERY: Duration = Duration::from_millis(250);
-
 /// A running TAP port: its interface stays open until [`TapPort::stop`]. A monitor thread
 /// takes the port down when the interface disappears (someone deleted it) and up again
 /// when it can be opened again: at once if the port had created it (it is made again),
@@ -136,8 +132,7 @@ pub struct TapPort {
     handle: Arc<PortHandle>,
     created: bool,
     ifname: String,
-    stop: Arc<AtomicBool>,
-    monitor: Option<JoinHandle<()>>,
+    watch: Watch,
 }
 
 /// Publishes a queue on `device` to the workers.
@@ -165,20 +160,17 @@ impl TapPort {
             created,
             "TAP interface open"
         );
-        let stop = Arc::new(AtomicBool::new(false));
-        let monitor = {
-            let (handle, stop, config) = (handle.clone(), stop.clone(), config.clone());
-            std::thread::Builder::new()
-                .name(format!("tap-{}", config.ifname))
-                .spawn(move || monitor(&handle, &config, created, &stop))
-                .map_err(fail)?
+        let watched = TapWatch {
+            config: config.clone(),
+            created,
         };
+        let watch = Watch::start(format!("tap-{}", config.ifname), handle.clone(), watched)
+            .map_err(fail)?;
         Ok(TapPort {
             handle,
             created,
             ifname: config.ifname,
-            stop,
-            monitor: Some(monitor),
+            watch,
         })
     }
 
@@ -194,14 +186,9 @@ impl TapPort {
     /// Withdraws the interface from the workers; it closes once the last worker let go of
     /// it, and is gone then if the port created it.
     pub fn stop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(m) = self.monitor.take() {
-            m.thread().unpark();
-            let _ = m.join();
+        if self.watch.stop(&self.handle) {
+            tracing::debug!(port = self.handle.name(), ifname = %self.ifname, "TAP port stopped");
         }
-        self.handle.detach();
-        self.handle.set_connected(false);
-        tracing::debug!(port = self.handle.name(), ifname = %self.ifname, "TAP port stopped");
     }
 }
 
@@ -211,49 +198,37 @@ impl Drop for TapPort {
     }
 }
 
-/// The monitor of a TAP port: down when its interface is gone, up when it is back.
-fn monitor(handle: &PortHandle, config: &TapPortConfig, created: bool, stop: &AtomicBool) {
-    let mut failures = crate::log_limit::LogLimiter::new(Duration::from_secs(60));
-    while !stop.load(Ordering::Relaxed) {
-        std::thread::park_timeout(MONITOR_EVERY);
-        if stop.load(Ordering::Relaxed) {
-            break;
-        }
-        let current = handle.attachment();
-        match current.as_deref() {
-            Some(Attachment::Tap(q)) => {
-                if !q.failed() && q.device.is_attached() {
-                    continue;
-                }
-                handle.detach();
-                handle.set_connected(false);
-                tracing::warn!(
-                    port = handle.name(),
-                    ifname = %config.ifname,
-                    "TAP interface is gone (deleted?): the port is down until it is back"
-                );
-            }
-            Some(_) => continue,
-            None => {
-                // The port made its interface: it makes it again. Otherwise it waits for
-                // whoever made it to make it again.
-                if !created && !crate::netif::interface_exists(&config.ifname) {
-                    continue;
-                }
-                match TapDevice::open(&config.ifname, config.mtu).and_then(|d| publish(handle, d)) {
-                    Ok(()) => tracing::info!(
-                        port = handle.name(),
-                        ifname = %config.ifname,
-                        "TAP interface is back: the port is up"
-                    ),
-                    Err(e) => {
-                        if let Some(suppressed) = failures.check() {
-                            tracing::warn!(port = handle.name(), ifname = %config.ifname,
-                                error = %e, suppressed, "cannot open the TAP interface again");
-                        }
-                    }
-                }
-            }
-        }
+/// The monitor's view of a TAP port.
+struct TapWatch {
+    config: TapPortConfig,
+    created: bool,
+}
+
+impl Watched for TapWatch {
+    const WHAT: &'static str = "TAP interface";
+
+    fn ifname(&self) -> &str {
+        &self.config.ifname
+    }
+
+    fn health(&mut self, _: &PortHandle, att: &Attachment) -> Option<Health> {
+        let Attachment::Tap(q) = att else { return None };
+        Some(if !q.failed() && q.device.is_attached() {
+            Health::Up
+        } else {
+            Health::Gone
+        })
+    }
+
+    /// The port made its interface: it makes it again. Otherwise it waits for whoever made
+    /// it to make it again.
+    fn may_return(&self) -> bool {
+        self.created || crate::netif::interface_exists(&self.config.ifname)
+    }
+
+    fn reopen(&mut self, handle: &PortHandle) -> Result<(), String> {
+        TapDevice::open(&self.config.ifname, self.config.mtu)
+            .and_then(|d| publish(handle, d))
+            .map_err(|e| e.to_string())
     }
 }
