@@ -20,9 +20,10 @@ hugepages, builds the release binaries, then measures, interleaved in one run:
   round trip), and vringswitch's wake-up: the first frame after 1 s of idle;
 - capture: vringswitch's loopback at 64 and 1518 B with port p0 captured (vringctl capture
   to /dev/null), interleaved with runs without;
-- tap: VM -> host through a TAP port (testpmd txonly into the switch, counted by the
-  kernel) and host -> VM (testpmd txonly on af_packet, counted by vs-probe sink),
-  vringswitch against OVS-DPDK's `type=tap`.
+- tap, afxdp: VM -> host through a TAP port, or an AF_XDP port on a veth pair (testpmd
+  txonly into the switch, counted by the kernel), and host -> VM (testpmd txonly on
+  af_packet, counted by vs-probe sink), vringswitch against OVS-DPDK's `type=tap` and
+  `type=afxdp`.
 
 Layout of the machine (2 cores): every switch polls on CPU 1; generators and probes run on
 CPU 0. Nothing else should run meanwhile.
@@ -237,7 +238,7 @@ def run_generator(work, socks, size, secs, **kw):
 
 
 class Vringswitch:
-    def __init__(self, work, nports=2, vlans=None, tap=None):
+    def __init__(self, work, nports=2, vlans=None, uplink=None):
         self.work = Path(work)
         self.socks = [str(self.work / f"p{i}.sock") for i in range(nports)]
         lines = ["[dataplane]", f"cores = [{SWITCH_CPU}]", "[[bridges]]", 'name = "br0"']
@@ -248,10 +249,8 @@ class Vringswitch:
             ]
             if vlans:
                 lines.append(f'vlan = {{ mode = "access", tag = {vlans[i]} }}')
-        if tap:
-            # An MTU above 1518 - 14 lets the kernel send 1518-byte frames into it.
-            lines += ["[[ports]]", 'name = "up"', 'bridge = "br0"', 'type = "tap"',
-                      f'ifname = "{tap}"', "mtu = 9000"]
+        if uplink:
+            lines += uplink.vs_lines()
         cfg = self.work / "vs.toml"
         cfg.write_text("\n".join(lines) + "\n")
         binary = os.environ.get("VRINGSWITCH_BIN") or str(ROOT / "target/release/vringswitch")
@@ -518,50 +517,91 @@ def throughput_ovs(work, size, secs):
     return mpps, cpp, None, gen_cpp
 
 
-# ---------------------------------------------------------------- TAP ports
+# ---------------------------------------------------------------- uplink ports (TAP, AF_XDP)
 
 TAP_IF = "vsbtap0"
+# The veth pair of the AF_XDP runs: the switch's port on XDP_IF, the kernel's side XDP_PEER.
+XDP_IF, XDP_PEER = "vsbxdp0", "vsbxdp1"
+UPLINKS = ("tap", "afxdp")
+
+
+class Uplink:
+    """The kernel's side of an uplink port of `kind`: `port_if`, the interface the switch's
+    port is on, and `kernel_if`, where the kernel counts what the switch sent and where the
+    host's sender sends from. For a TAP port both are the TAP interface; for an AF_XDP port
+    they are the two ends of a veth pair (MTU 3000 on both: 1518-byte frames fit, and XDP
+    in veth's driver takes it), made here and deleted by `close`."""
+
+    def __init__(self, kind):
+        self.kind = kind
+        self.port_if = TAP_IF if kind == "tap" else XDP_IF
+        self.kernel_if = TAP_IF if kind == "tap" else XDP_PEER
+        if kind == "afxdp":
+            subprocess.run(["ip", "link", "del", XDP_IF], stderr=subprocess.DEVNULL)
+            sh("ip", "link", "add", XDP_IF, "type", "veth", "peer", "name", XDP_PEER)
+            for i in (XDP_IF, XDP_PEER):
+                sh("ip", "link", "set", i, "mtu", "3000", "up")
+
+    def vs_lines(self):
+        port = ["[[ports]]", 'name = "up"', 'bridge = "br0"', f'type = "{self.kind}"',
+                f'ifname = "{self.port_if}"']
+        # An MTU above 1518 - 14 lets the kernel send 1518-byte frames into a TAP.
+        return port + (["mtu = 9000"] if self.kind == "tap" else [])
+
+    def add_to_ovs(self, ovs):
+        if self.kind == "tap":
+            ovs.add_tap()
+        else:
+            ovs.vsctl("add-port", "br0", XDP_IF, "--", "set", "Interface", XDP_IF,
+                      "type=afxdp", "options:xdp-mode=native", "mtu_request=3000")
+
+    def wait(self, what):
+        wait_for(lambda: Path(f"/sys/class/net/{self.port_if}").exists(), what)
+
+    def rx_packets(self):
+        """Frames the kernel got on `kernel_if` (sent into it by the switch)."""
+        return int(Path(f"/sys/class/net/{self.kernel_if}/statistics/rx_packets").read_text())
+
+    def close(self):
+        if self.kind == "afxdp":
+            subprocess.run(["ip", "link", "del", XDP_IF], stderr=subprocess.DEVNULL)
 
 
 def wait_for_tap(what):
     wait_for(lambda: Path(f"/sys/class/net/{TAP_IF}").exists(), what)
 
 
-def tap_rx_packets():
-    """Frames the kernel got on the TAP interface (written into it by the switch)."""
-    return int(Path(f"/sys/class/net/{TAP_IF}/statistics/rx_packets").read_text())
-
-
-def tap_vm_to_host(work, switch, size, secs):
-    """VM -> host through a TAP port: testpmd txonly on a virtio_user port sends `size`-byte
-    frames to an unknown MAC, which the switch floods to its TAP port, the bridge's only
-    other port. The figure is what the kernel received on the interface (its rx_packets)
-    after a 2 s warm-up, and the switch's busy cycles per packet over the same window."""
+def uplink_vm_to_host(work, switch, uplink, size, secs):
+    """VM -> host through an uplink port: testpmd txonly on a virtio_user port sends
+    `size`-byte frames to an unknown MAC, which the switch floods to the uplink, the
+    bridge's only other port. The figure is what the kernel received (rx_packets of
+    `uplink.kernel_if`) after a 2 s warm-up, and the switch's busy cycles per packet over
+    the same window."""
     peers = {0: mac(9)}
     if switch == "vringswitch":
-        vs = Vringswitch(work, nports=1, tap=TAP_IF)
+        vs = Vringswitch(work, nports=1, uplink=uplink)
         try:
-            wait_for_tap("the TAP interface")
+            uplink.wait("the uplink's interface")
             p, out = generator(work, vs.socks, size, secs, mode="txonly", peers=peers)
             time.sleep(2)
             c0, n0, _ = vs.cycles()
-            k0, t0 = tap_rx_packets(), time.time()
+            k0, t0 = uplink.rx_packets(), time.time()
             time.sleep(secs - 2)
             c1, n1, _ = vs.cycles()
-            k1, t1 = tap_rx_packets(), time.time()
+            k1, t1 = uplink.rx_packets(), time.time()
             stop_generator(p, out)
         finally:
             vs.stop()
         return (k1 - k0) / (t1 - t0) / 1e6, (c1 - c0) / (n1 - n0) if n1 > n0 else 0.0
     ovs = Ovs(work, nports=1)
     try:
-        ovs.add_tap()
+        uplink.add_to_ovs(ovs)
         p, out = generator(work, ovs.socks, size, secs, server=True, mode="txonly", peers=peers)
         time.sleep(2)
         ovs.appctl("dpif-netdev/pmd-stats-clear")
-        k0, t0 = tap_rx_packets(), time.time()
+        k0, t0 = uplink.rx_packets(), time.time()
         time.sleep(secs - 2)
-        k1, t1 = tap_rx_packets(), time.time()
+        k1, t1 = uplink.rx_packets(), time.time()
         cpp = ovs.all_threads_cycles_per_packet()
         stop_generator(p, out)
     finally:
@@ -569,18 +609,18 @@ def tap_vm_to_host(work, switch, size, secs):
     return (k1 - k0) / (t1 - t0) / 1e6, cpp
 
 
-def tap_host_to_vm(work, switch, size, secs):
-    """Host -> VM through a TAP port: testpmd txonly on an af_packet port of the TAP
-    interface sends `size`-byte frames into the kernel, which hands them to the switch; the
-    switch floods them to its vhost-user port, where vs-probe `sink` (sleeping 20 µs between
-    looks, so that it leaves CPU 0 to the sender) takes and counts them. The figure is the
-    median of the sink's per-second counts after the first two, and the switch's busy cycles
-    per packet after a 2 s warm-up."""
+def uplink_host_to_vm(work, switch, uplink, size, secs):
+    """Host -> VM through an uplink port: testpmd txonly on an af_packet port of
+    `uplink.kernel_if` sends `size`-byte frames into the kernel, which hands them to the
+    switch's port; the switch floods them to its vhost-user port, where vs-probe `sink`
+    (sleeping 20 µs between looks, so that it leaves CPU 0 to the sender) takes and counts
+    them. The figure is the median of the sink's per-second counts after the first two, and
+    the switch's busy cycles per packet after a 2 s warm-up."""
     work = Path(work)
     sender = ["timeout", "-s", "INT", str(secs + 60), TESTPMD,
               "-l", f"{SWITCH_CPU},{GEN_CPU}", "--main-lcore", str(SWITCH_CPU), "--no-pci",
               "--single-file-segments", "-m", "512", "--file-prefix", "vsbtx",
-              "--vdev", f"net_af_packet0,iface={TAP_IF},qpairs=1", "--",
+              "--vdev", f"net_af_packet0,iface={uplink.kernel_if},qpairs=1", "--",
               "--nb-cores=1", "--forward-mode=txonly", f"--eth-peer=0,{mac(9)}",
               f"--txpkts={size}", "--stats-period", "1", f"--burst={GEN_BURST[0]}"]
 
@@ -606,16 +646,16 @@ def tap_host_to_vm(work, switch, size, secs):
         return mpps, c0, c1
 
     if switch == "vringswitch":
-        vs = Vringswitch(work, nports=1, tap=TAP_IF)
+        vs = Vringswitch(work, nports=1, uplink=uplink)
         try:
-            wait_for_tap("the TAP interface")
+            uplink.wait("the uplink's interface")
             mpps, (c0, n0, _), (c1, n1, _) = run(vs.socks[0], False, vs.cycles)
         finally:
             vs.stop()
         return mpps, (c1 - c0) / (n1 - n0) if n1 > n0 else 0.0
     ovs = Ovs(work, nports=1)
     try:
-        ovs.add_tap()
+        uplink.add_to_ovs(ovs)
 
         def clear():
             ovs.appctl("dpif-netdev/pmd-stats-clear")
@@ -628,19 +668,23 @@ def tap_host_to_vm(work, switch, size, secs):
     return mpps, cpp
 
 
-def tap_part(work, sizes, secs, rounds, switches):
+def uplink_part(work, kind, sizes, secs, rounds, switches):
     runs = []
     for r in range(1, rounds + 1):
         for size in sizes:
             for sw in switches:
                 if sw == "testpmd":
                     continue
-                for direction, measure in (("vm_to_host", tap_vm_to_host),
-                                           ("host_to_vm", tap_host_to_vm)):
-                    mpps, cpp = measure(work(), sw, size, secs)
+                for direction, measure in (("vm_to_host", uplink_vm_to_host),
+                                           ("host_to_vm", uplink_host_to_vm)):
+                    uplink = Uplink(kind)
+                    try:
+                        mpps, cpp = measure(work(), sw, uplink, size, secs)
+                    finally:
+                        uplink.close()
                     m = {"round": r, "size": size, "switch": sw, "direction": direction,
                          "mpps": mpps, "cpp": cpp}
-                    log(f"tap round {r} {size} B {sw}: {m}")
+                    log(f"{kind} round {r} {size} B {sw}: {m}")
                     runs.append(m)
     return runs
 
@@ -796,25 +840,37 @@ def report(res):
     scaling_report(res, L)
     latency_report(res, L)
     capture_report(res, L)
-    tap_report(res, L)
+    for kind in UPLINKS:
+        uplink_report(res, L, kind)
     return "\n".join(L)
 
 
-def tap_report(res, L):
-    if not res.get("tap"):
+UPLINK_TEXT = {
+    "tap": ("TAP port", f"a TAP interface ({TAP_IF})", "a `type=tap` port (polled by its "
+            "main thread)", "Both switches pay one write(2) per frame into the kernel."),
+    "afxdp": ("AF_XDP port", f"an AF_XDP socket on one end of a veth pair ({XDP_IF}, XDP in "
+              f"veth's driver, no zero-copy), counted at the other end ({XDP_PEER})",
+              "a `type=afxdp` port with `xdp-mode=native` (polled by its PMD thread)",
+              "Both switches copy each frame once between the socket's UMEM and the VM, and "
+              "wake the kernel with sendto(2) once per burst."),
+}
+
+
+def uplink_report(res, L, kind):
+    if not res.get(kind):
         return
-    L.append("### TAP port (Mpps; busy cycles per packet)\n")
+    title, port, ovs_port, note = UPLINK_TEXT[kind]
+    L.append(f"### {title} (Mpps; busy cycles per packet)\n")
     L.append("testpmd txonly on a virtio_user port of the switch sends to an unknown MAC, "
-             f"flooded to the bridge's only other port, a TAP interface ({TAP_IF}); the "
-             "figure is the interface's rx_packets. OVS-DPDK 3.1: a `type=tap` port (polled "
-             "by its main thread) and a dpdkvhostuserclient port; its cycles are every "
-             "thread's processing cycles over packets. Both switches pay one write(2) per "
-             "frame into the kernel.\n")
-    L.append("Host -> VM: testpmd txonly on an af_packet port of the interface; vs-probe "
-             "`sink` on the vhost-user port counts what arrives.\n")
+             f"flooded to the bridge's only other port, {port}; the figure is what the "
+             f"kernel received (rx_packets). OVS-DPDK 3.1: {ovs_port} and a "
+             "dpdkvhostuserclient port; its cycles are every thread's processing cycles over "
+             f"packets. {note}\n")
+    L.append("Host -> VM: testpmd txonly on an af_packet port of the kernel's interface; "
+             "vs-probe `sink` on the vhost-user port counts what arrives.\n")
     L.append("| round | frame B | switch | direction | Mpps | busy cycles/pkt |")
     L.append("|---|---|---|---|---|---|")
-    for m in res["tap"]:
+    for m in res[kind]:
         L.append(f"| {m['round']} | {m['size']} | {m['switch']} "
                  f"| {m.get('direction', 'vm_to_host')} | {m['mpps']:.3f} | {m['cpp']:.0f} |")
     L.append("")
@@ -992,7 +1048,7 @@ def main():
     ap.add_argument("--sizes", type=int, nargs="+", default=[64, 512, 1518])
     ap.add_argument("--switches", nargs="+", default=list(SWITCHES), choices=SWITCHES)
     ap.add_argument("--only", choices=["throughput", "scaling", "idle", "latency", "capture",
-                                       "tap"],
+                                       *UPLINKS],
                     action="append", help="run only these parts (repeatable)")
     ap.add_argument("--gen-burst", type=int, default=32,
                     help="the generator's burst, and so the frames each port has in flight "
@@ -1067,8 +1123,10 @@ def main():
                               for label, _, _ in setups]
             res["flood"] = flooding(work(), 32, args.secs)
             log(f"flood: {res['flood']}")
-        if "tap" in parts:
-            res["tap"] = tap_part(work, args.sizes, args.secs, args.rounds, args.switches)
+        for kind in UPLINKS:
+            if kind in parts:
+                res[kind] = uplink_part(work, kind, args.sizes, args.secs, args.rounds,
+                                        args.switches)
         if "capture" in parts:
             res["capture"] = [capture_cost(work, size, args.secs, args.rounds)
                               for size in (64, 1518)]
