@@ -70,6 +70,17 @@ fn systemd_analyze_verify_accepts_the_unit() {
         .arg("verify")
         .arg(unit_for_test(dir.path())));
     assert!(!out.contains("vringswitch.service:"), "warnings: {out}");
+    // With the drop-in AF_XDP ports need: its settings appended, as systemd merges them.
+    let with = TempDir::new("unit-afxdp");
+    let unit = std::fs::read_to_string(unit_for_test(dir.path())).unwrap();
+    let dropin = std::fs::read_to_string(deploy("systemd/afxdp-ports.conf")).unwrap();
+    let merged = with.path().join("vringswitch.service");
+    std::fs::write(&merged, format!("{unit}\n{dropin}")).unwrap();
+    let out = run(Command::new("systemd-analyze").arg("verify").arg(&merged));
+    assert!(
+        !out.contains("vringswitch.service:"),
+        "warnings with the drop-in: {out}"
+    );
 }
 
 /// The system calls in systemd's filter set `set` (e.g. `@system-service`), groups expanded.
@@ -113,20 +124,8 @@ fn every_system_call_of_the_daemon_passes_the_units_filter() {
     require("strace", "strace");
     require("systemd-analyze", "systemd");
     let unit = std::fs::read_to_string(deploy("systemd/vringswitch.service")).unwrap();
-    let filter: Vec<&str> = unit
-        .lines()
-        .filter_map(|l| l.strip_prefix("SystemCallFilter="))
-        .flat_map(str::split_whitespace)
-        .collect();
-    assert!(!filter.is_empty(), "the unit has no SystemCallFilter");
-    let mut allowed = BTreeSet::new();
-    for f in filter {
-        if f.starts_with('@') {
-            allowed.extend(syscall_set(f));
-        } else {
-            allowed.insert(f.to_owned());
-        }
-    }
+    let allowed = allowed_calls(&[&unit]);
+    let families = allowed_families(&[&unit]);
 
     // A server port with two VMs, a client port whose peer never appears, and on a bridge
     // of their own a TAP port and a VM whose broadcast floods to it (the kernel's own
@@ -150,29 +149,7 @@ fn every_system_call_of_the_daemon_passes_the_units_filter() {
     ));
     let config = dir.path().join("vringswitch.toml");
     std::fs::write(&config, toml).unwrap();
-    let trace = dir.path().join("strace.log");
-    let api = format!("127.0.0.1:{}", free_port());
-    let child = Command::new("strace")
-        .process_group(0)
-        .args(["-f", "-qq", "-o"])
-        .arg(&trace)
-        .arg("--")
-        .arg(binary())
-        .arg("--config")
-        .arg(&config)
-        .arg("--api")
-        .arg(&api)
-        // As the unit runs it: a state file and the API's unix socket.
-        .arg("--state")
-        .arg(dir.path().join("state/state.json"))
-        .arg("--api-socket")
-        .arg(dir.path().join("api.sock"))
-        .arg("--socket-dir")
-        .arg(dir.path())
-        .stderr(std::fs::File::create(dir.path().join("daemon.log")).unwrap())
-        .spawn()
-        .unwrap();
-    let mut child = KillOnDrop(child);
+    let (mut child, trace, api) = start_traced(dir.path(), &config);
     wait_until(Duration::from_secs(30), "the daemon under strace", || {
         http_get(&api, "/healthz").ok()
     });
@@ -255,35 +232,7 @@ fn every_system_call_of_the_daemon_passes_the_units_filter() {
         assert_eq!(code, status, "{method} {path}: {text}");
     }
     std::thread::sleep(Duration::from_millis(1500));
-    // SIGTERM goes to the daemon, strace's child; strace exits with the daemon's status.
-    let strace = child.0.id();
-    let daemon = std::fs::read_to_string(format!("/proc/{strace}/task/{strace}/children"))
-        .unwrap()
-        .trim()
-        .to_owned();
-    assert!(!daemon.is_empty() && !daemon.contains(' '), "{daemon:?}");
-    let ok = Command::new("kill")
-        .args(["-TERM", &daemon])
-        .status()
-        .unwrap();
-    assert!(ok.success());
-    assert!(child.0.wait().unwrap().success(), "the daemon failed");
-
-    let log = std::fs::read_to_string(&trace).unwrap();
-    let mut used = BTreeSet::new();
-    for line in log.lines() {
-        // "PID  name(args" or "PID  <... name resumed>"
-        let rest = line.split_once(' ').map_or("", |(_, r)| r.trim_start());
-        let name = rest
-            .strip_prefix("<... ")
-            .unwrap_or(rest)
-            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-            .next()
-            .unwrap_or("");
-        if !name.is_empty() && rest.len() > name.len() {
-            used.insert(name.to_owned());
-        }
-    }
+    let (log, used) = stop_traced(&mut child, &trace);
     assert!(used.contains("epoll_wait") || used.contains("epoll_pwait"));
     assert!(used.contains("sched_setaffinity"), "{used:?}");
     assert!(used.contains("mmap"), "{used:?}");
@@ -301,6 +250,227 @@ fn every_system_call_of_the_daemon_passes_the_units_filter() {
         refused.is_empty(),
         "system calls outside the unit's SystemCallFilter: {refused:?}"
     );
+    let opened = families_used(&log);
+    let refused: Vec<&String> = opened.difference(&families).collect();
+    assert!(
+        refused.is_empty(),
+        "socket families outside the unit's RestrictAddressFamilies: {refused:?}"
+    );
+}
+
+#[test]
+fn an_afxdp_ports_system_calls_pass_the_unit_with_its_drop_in() {
+    require("strace", "strace");
+    require("systemd-analyze", "systemd");
+    require("ip", "iproute2");
+    let unit = std::fs::read_to_string(deploy("systemd/vringswitch.service")).unwrap();
+    let dropin = std::fs::read_to_string(deploy("systemd/afxdp-ports.conf")).unwrap();
+    assert!(
+        !allowed_calls(&[&unit]).contains("bpf"),
+        "the unit alone allows bpf: the drop-in would not be needed"
+    );
+
+    // A VM whose broadcast goes out of an AF_XDP port, and frames from the veth's other end
+    // that come in through it.
+    let dir = TempDir::new("syscalls-xdp");
+    let id = std::process::id() % 100_000;
+    let (outer, peer) = (format!("vsdx{id}"), format!("vsdy{id}"));
+    let ip = vringswitch_tests::netns::ip;
+    let _ = Command::new("ip").args(["link", "del", &outer]).output();
+    ip(&["link", "add", &outer, "type", "veth", "peer", "name", &peer]);
+    ip(&["link", "set", &peer, "up"]);
+    struct DelLink(String);
+    impl Drop for DelLink {
+        fn drop(&mut self) {
+            let _ = Command::new("ip").args(["link", "del", &self.0]).output();
+        }
+    }
+    let _veth = DelLink(outer.clone());
+    let sock = dir.path().join("e.sock");
+    let config = dir.path().join("vringswitch.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[dataplane]\ncores = [1]\n[[bridges]]\nname = \"br0\"\n\
+             [[ports]]\nname = \"e\"\nbridge = \"br0\"\ntype = \"vhost-user\"\nsocket = \"{}\"\n\
+             [[ports]]\nname = \"x\"\nbridge = \"br0\"\ntype = \"afxdp\"\nifname = \"{outer}\"\n",
+            sock.display()
+        ),
+    )
+    .unwrap();
+    let (mut child, trace, api) = start_traced(dir.path(), &config);
+    wait_until(Duration::from_secs(30), "the daemon under strace", || {
+        http_get(&api, "/healthz").ok()
+    });
+    let counter = |name: &str| {
+        let m = http_get(&api, "/metrics").ok()?;
+        metric_value(&m, name, &[("port", "x")])
+    };
+    let mut e = TestVm::connect(&sock, mac(5), VmOptions::default());
+    e.post_rx(TestVm::rx(0), 64, 2048);
+    wait_until(Duration::from_secs(30), "e ready", || {
+        let m = http_get(&api, "/metrics").ok()?;
+        (metric_value(&m, "vringswitch_port_ready", &[("port", "e")]) == Some(1)).then_some(())
+    });
+    e.send(TestVm::tx(0), &frame([0xff; 6], mac(5), 100, 0));
+    wait_until(
+        Duration::from_secs(30),
+        "the broadcast sent on the AF_XDP port",
+        || (counter("vringswitch_port_tx_packets_total")? >= 1).then_some(()),
+    );
+    let script = format!(
+        "import socket\n\
+         s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)\n\
+         s.bind(('{peer}', 0))\n\
+         for _ in range(5):\n\
+         \x20   s.send(b'\\xff' * 6 + b'\\x02\\x00\\x00\\x00\\x00\\x09' + b'\\x88\\xb5' + bytes(50))\n"
+    );
+    let out = Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_until(
+        Duration::from_secs(30),
+        "frames received on the AF_XDP port",
+        || (counter("vringswitch_port_rx_packets_total")? >= 5).then_some(()),
+    );
+    let (log, used) = stop_traced(&mut child, &trace);
+
+    for call in ["bpf", "sendto", "mmap", "setsockopt"] {
+        assert!(used.contains(call), "{call} not seen: {used:?}");
+    }
+    let opened = families_used(&log);
+    assert!(opened.contains("AF_XDP"), "{opened:?}");
+    let allowed = allowed_calls(&[&unit, &dropin]);
+    let refused: Vec<&String> = used.difference(&allowed).collect();
+    assert!(
+        refused.is_empty(),
+        "system calls outside the unit's and the drop-in's SystemCallFilter: {refused:?}"
+    );
+    let families = allowed_families(&[&unit, &dropin]);
+    let refused: Vec<&String> = opened.difference(&families).collect();
+    assert!(
+        refused.is_empty(),
+        "socket families outside the unit's and the drop-in's RestrictAddressFamilies: \
+         {refused:?}"
+    );
+}
+
+/// What the `SystemCallFilter=` lines of `units` (a unit and its drop-ins) allow, groups
+/// expanded.
+fn allowed_calls(units: &[&str]) -> BTreeSet<String> {
+    let filter: Vec<&str> = units
+        .iter()
+        .flat_map(|u| u.lines())
+        .filter_map(|l| l.strip_prefix("SystemCallFilter="))
+        .flat_map(str::split_whitespace)
+        .collect();
+    assert!(!filter.is_empty(), "the unit has no SystemCallFilter");
+    let mut allowed = BTreeSet::new();
+    for f in filter {
+        if f.starts_with('@') {
+            allowed.extend(syscall_set(f));
+        } else {
+            allowed.insert(f.to_owned());
+        }
+    }
+    allowed
+}
+
+/// The socket families the `RestrictAddressFamilies=` lines of `units` allow.
+fn allowed_families(units: &[&str]) -> BTreeSet<String> {
+    let families: BTreeSet<String> = units
+        .iter()
+        .flat_map(|u| u.lines())
+        .filter_map(|l| l.strip_prefix("RestrictAddressFamilies="))
+        .flat_map(str::split_whitespace)
+        .map(str::to_owned)
+        .collect();
+    assert!(
+        !families.is_empty(),
+        "the unit has no RestrictAddressFamilies"
+    );
+    families
+}
+
+/// The families of the sockets an strace log shows opened (`socket(AF_XDP, ...`).
+fn families_used(log: &str) -> BTreeSet<String> {
+    log.match_indices("socket(AF_")
+        .filter_map(|(i, m)| {
+            let rest = &log[i + m.len() - 3..];
+            let end = rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))?;
+            Some(rest[..end].to_owned())
+        })
+        .collect()
+}
+
+/// The daemon, run with `config` under `strace -f` as the unit runs it (a state file and the
+/// API's unix socket in `dir`). Returns strace, its log's path and the API's address.
+fn start_traced(dir: &Path, config: &Path) -> (KillOnDrop, PathBuf, String) {
+    let trace = dir.join("strace.log");
+    let api = format!("127.0.0.1:{}", free_port());
+    let child = Command::new("strace")
+        .process_group(0)
+        .args(["-f", "-qq", "-o"])
+        .arg(&trace)
+        .arg("--")
+        .arg(binary())
+        .arg("--config")
+        .arg(config)
+        .arg("--api")
+        .arg(&api)
+        // As the unit runs it: a state file and the API's unix socket.
+        .arg("--state")
+        .arg(dir.join("state/state.json"))
+        .arg("--api-socket")
+        .arg(dir.join("api.sock"))
+        .arg("--socket-dir")
+        .arg(dir)
+        .stderr(std::fs::File::create(dir.join("daemon.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let child = KillOnDrop(child);
+    (child, trace, api)
+}
+
+/// Stops the traced daemon with SIGTERM (it must exit cleanly) and returns strace's log and
+/// the system calls in it.
+fn stop_traced(child: &mut KillOnDrop, trace: &Path) -> (String, BTreeSet<String>) {
+    // SIGTERM goes to the daemon, strace's child; strace exits with the daemon's status.
+    let strace = child.0.id();
+    let daemon = std::fs::read_to_string(format!("/proc/{strace}/task/{strace}/children"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    assert!(!daemon.is_empty() && !daemon.contains(' '), "{daemon:?}");
+    let ok = Command::new("kill")
+        .args(["-TERM", &daemon])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    assert!(child.0.wait().unwrap().success(), "the daemon failed");
+
+    let log = std::fs::read_to_string(trace).unwrap();
+    let mut used = BTreeSet::new();
+    for line in log.lines() {
+        // "PID  name(args" or "PID  <... name resumed>"
+        let rest = line.split_once(' ').map_or("", |(_, r)| r.trim_start());
+        let name = rest
+            .strip_prefix("<... ")
+            .unwrap_or(rest)
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .next()
+            .unwrap_or("");
+        if !name.is_empty() && rest.len() > name.len() {
+            used.insert(name.to_owned());
+        }
+    }
+    (log, used)
 }
 
 // ---------------------------------------------------------------------------------------
