@@ -10,11 +10,12 @@ use vringswitch_metrics::Snapshot;
 use vringswitch_switch::Switch;
 
 /// Reasons that point at a guest or its driver doing something wrong.
-const GUEST_FAULTS: [&str; 4] = [
+const GUEST_FAULTS: [&str; 5] = [
     "bad_descriptor",
     "too_big",
     "invalid_src_mac",
     "mac_spoofed",
+    "bad_offload",
 ];
 
 /// Drops of one port that grew between two readings.

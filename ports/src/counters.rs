@@ -30,11 +30,16 @@ pub enum DropReason {
     /// The port is locked to a list of source MACs (port security) and the frame's source
     /// is not on it. Such frames are never learnt either.
     MacSpoofed,
+    /// The frame's virtio-net header asked for an offload that was not negotiated, or
+    /// described the frame wrongly: a checksum or header position outside it, an unknown
+    /// segmentation type, a segment size under 48 bytes, a TSO frame over 64 KiB or one that
+    /// is not TCP.
+    BadOffload,
 }
 
 impl DropReason {
     /// Every reason, in a stable order.
-    pub const ALL: [DropReason; 8] = [
+    pub const ALL: [DropReason; 9] = [
         DropReason::NoRxBuffer,
         DropReason::BadDescriptor,
         DropReason::TooBig,
@@ -43,6 +48,7 @@ impl DropReason {
         DropReason::Hairpin,
         DropReason::VlanFiltered,
         DropReason::MacSpoofed,
+        DropReason::BadOffload,
     ];
 
     /// Label value used in metrics.
@@ -56,6 +62,7 @@ impl DropReason {
             DropReason::Hairpin => "hairpin",
             DropReason::VlanFiltered => "vlan_filtered",
             DropReason::MacSpoofed => "mac_spoofed",
+            DropReason::BadOffload => "bad_offload",
         }
     }
 
@@ -80,6 +87,37 @@ pub struct PortCounters {
     /// Frames received on each queue pair's TX ring, and delivered into each RX ring.
     queue_rx_packets: [AtomicU64; COUNTED_QUEUE_PAIRS],
     queue_tx_packets: [AtomicU64; COUNTED_QUEUE_PAIRS],
+    offloads: [AtomicU64; OffloadAction::ALL.len()],
+}
+
+/// What the switch did with a frame delivered to a port whose header asked for offloads
+/// (counted at the receiving port, once per frame whatever the number of segments).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OffloadAction {
+    /// Delivered with its header: the receiver completes the checksum or takes the TSO
+    /// frame as it is.
+    Passed,
+    /// Its checksum was completed by the switch.
+    Checksummed,
+    /// Cut into segments by the switch.
+    Segmented,
+}
+
+impl OffloadAction {
+    pub const ALL: [OffloadAction; 3] = [
+        OffloadAction::Passed,
+        OffloadAction::Checksummed,
+        OffloadAction::Segmented,
+    ];
+
+    /// Label value used in metrics and the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OffloadAction::Passed => "passed",
+            OffloadAction::Checksummed => "checksummed",
+            OffloadAction::Segmented => "segmented",
+        }
+    }
 }
 
 /// The counter slot of queue pair `qp`.
@@ -120,6 +158,12 @@ impl PortCounters {
     pub fn add_drop(&self, reason: DropReason, packets: u64) {
         bump(&self.drops[reason.index()], packets);
     }
+
+    /// A frame that asked for offloads, delivered after `action`.
+    #[inline]
+    pub fn add_offload(&self, action: OffloadAction) {
+        bump(&self.offloads[action as usize], 1);
+    }
 }
 
 /// A port's counters: one [`PortCounters`] per writer (worker), summed on read.
@@ -140,12 +184,19 @@ pub struct PortCountersSnapshot {
     pub queue_rx_packets: [u64; COUNTED_QUEUE_PAIRS],
     /// Frames delivered to the VM on each queue pair.
     pub queue_tx_packets: [u64; COUNTED_QUEUE_PAIRS],
+    /// Frames delivered after each [`OffloadAction`].
+    pub offloads: [u64; OffloadAction::ALL.len()],
 }
 
 impl PortCountersSnapshot {
     /// Drops counted under `reason`.
     pub fn drops(&self, reason: DropReason) -> u64 {
         self.drops[reason.index()]
+    }
+
+    /// Frames delivered after `action`.
+    pub fn offloads(&self, action: OffloadAction) -> u64 {
+        self.offloads[action as usize]
     }
 }
 
@@ -187,6 +238,9 @@ impl PortStats {
             for (sum, q) in s.queue_tx_packets.iter_mut().zip(&c.queue_tx_packets) {
                 *sum += q.load(Ordering::Relaxed);
             }
+            for (sum, o) in s.offloads.iter_mut().zip(&c.offloads) {
+                *sum += o.load(Ordering::Relaxed);
+            }
         }
         s
     }
@@ -205,7 +259,11 @@ mod tests {
         stats.slot(1).add_drop(DropReason::NoRxBuffer, 3);
         stats.slot(2).add_drop(DropReason::NoRxBuffer, 1);
         stats.slot(0).add_drop(DropReason::Hairpin, 1);
+        stats.slot(0).add_offload(OffloadAction::Segmented);
+        stats.slot(2).add_offload(OffloadAction::Segmented);
         let s = stats.snapshot();
+        assert_eq!(s.offloads(OffloadAction::Segmented), 2);
+        assert_eq!(s.offloads(OffloadAction::Passed), 0);
         assert_eq!((s.rx_packets, s.rx_bytes), (3, 192));
         assert_eq!((s.tx_packets, s.tx_bytes), (5, 500));
         assert_eq!(s.drops(DropReason::NoRxBuffer), 4);

@@ -14,10 +14,11 @@ pub mod counters;
 mod interface_watch;
 pub mod log_limit;
 pub mod netif;
+pub mod offload;
 pub mod port;
 pub mod socket_file;
 pub mod tap;
 pub mod vhost_user;
 
-pub use counters::{DropReason, PortCounters, PortStats};
+pub use counters::{DropReason, OffloadAction, PortCounters, PortStats};
 pub use port::{Attachment, PortHandle, PortId, VhostUserQueues};

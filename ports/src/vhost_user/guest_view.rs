@@ -453,6 +453,68 @@ impl<'m> GuestView<'m> {
         left == 0
     }
 
+    /// Copies bytes `off..off + buf.len()` of the frame held in `segs` into `buf`. False if
+    /// the segments hold fewer bytes, or one is not guest memory.
+    pub fn read_frame(
+        &mut self,
+        segs: &[crate::vhost_user::rings::Seg],
+        mut off: usize,
+        buf: &mut [u8],
+    ) -> bool {
+        let mut done = 0;
+        for s in segs {
+            if done == buf.len() {
+                break;
+            }
+            let seg_len = s.len as usize;
+            if off >= seg_len {
+                off -= seg_len;
+                continue;
+            }
+            let n = (seg_len - off).min(buf.len() - done);
+            if !self.read(s.addr + off as u64, &mut buf[done..done + n]) {
+                return false;
+            }
+            done += n;
+            off = 0;
+        }
+        done == buf.len()
+    }
+
+    /// Adds bytes `off..off + len` of the frame held in `segs` to `sum`, reading them where
+    /// they are. False if the segments hold fewer bytes, or one is not guest memory.
+    pub fn checksum_frame(
+        &mut self,
+        segs: &[crate::vhost_user::rings::Seg],
+        mut off: usize,
+        mut len: usize,
+        sum: &mut crate::offload::Checksum,
+    ) -> bool {
+        for s in segs {
+            if len == 0 {
+                break;
+            }
+            let seg_len = s.len as usize;
+            if off >= seg_len {
+                off -= seg_len;
+                continue;
+            }
+            let (mut addr, mut want) = (s.addr + off as u64, (seg_len - off).min(len));
+            off = 0;
+            // Each step takes at least one byte: bounded by the segment's length.
+            while want > 0 {
+                let Some((p, n)) = self.piece(addr, want) else {
+                    return false;
+                };
+                // SAFETY: `p` is valid for reads of `n` bytes of guest memory (piece); the
+                // guest may change them meanwhile, which only changes the sum.
+                unsafe { sum.add_raw(p, n) };
+                (addr, want, len) = (addr + n as u64, want - n, len - n);
+            }
+        }
+        len == 0
+    }
+
     /// Copies `len` bytes from `src_addr` in `src`'s VM to `dst_addr` in this view's VM: the
     /// switch's one copy, memory to memory, a memmove per piece that lies in one region on
     /// both sides. Fails, having copied a prefix, if either range is not all guest memory.
