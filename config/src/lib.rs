@@ -140,8 +140,8 @@ impl PortType {
     /// The settings only ports of this kind have.
     pub fn own_settings(self) -> &'static [&'static str] {
         match self {
-            PortType::VhostUser => &["socket", "mode", "queues"],
-            PortType::Tap => &["ifname", "mtu"],
+            PortType::VhostUser => &["socket", "mode", "queues", "offloads"],
+            PortType::Tap => &["ifname", "mtu", "offloads"],
             PortType::AfXdp => &["ifname", "queue", "xdp_mode"],
         }
     }
@@ -322,6 +322,10 @@ pub struct PortConfig {
     /// afxdp: where the XDP program runs (`best-effort` when left out).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub xdp_mode: Option<XdpMode>,
+    /// vhost-user and tap: whether checksum and segmentation offloads are offered to the
+    /// peer (true when left out). Off, the peer sends complete frames and gets them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offloads: Option<bool>,
     /// VLAN membership; without it the port carries every VLAN as it comes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vlan: Option<Spanned<VlanConfig>>,
@@ -528,6 +532,7 @@ impl Config {
             mtu: None,
             queue: None,
             xdp_mode: None,
+            offloads: None,
             vlan: None,
             allowed_macs: None,
             admin: AdminState::Up,
@@ -672,6 +677,7 @@ impl Config {
                     ("mtu", port.mtu.is_some()),
                     ("queue", port.queue.is_some()),
                     ("xdp_mode", port.xdp_mode.is_some()),
+                    ("offloads", port.offloads.is_some()),
                 ],
             )
             .map_err(|m| {

@@ -342,6 +342,23 @@ pub fn show_tree(bridges: &serde_json::Value, ports: &serde_json::Value) -> Stri
     out
 }
 
+/// A port's offload line: offered or not, and what the switch did with the frames that
+/// came to it asking for one.
+fn offloads_text(port: &serde_json::Value) -> String {
+    let offered = match port["offloads"].as_bool() {
+        Some(true) => "on",
+        Some(false) => "off",
+        None => return String::new(),
+    };
+    let c = &port["counters"]["offloads"];
+    format!(
+        "offloads: {offered}; frames passed {}, checksummed {}, segmented {}\n",
+        c["passed"].as_u64().unwrap_or(0),
+        c["checksummed"].as_u64().unwrap_or(0),
+        c["segmented"].as_u64().unwrap_or(0),
+    )
+}
+
 /// `vringctl port show`: the port's line, its queues and negotiated features, then one
 /// line per queue pair.
 pub fn port_detail(port: &serde_json::Value) -> String {
@@ -350,14 +367,19 @@ pub fn port_detail(port: &serde_json::Value) -> String {
         out.push_str(&format!("\n{}\n", xdp_text(port)));
         return out;
     }
-    out.push_str(&format!(
-        "\nqueue pairs: {} active of {} configured\nfeatures: {}\n",
-        text(&port["state"]["queue_pairs_active"]),
-        text(&port["queues"]),
-        port["state"]["features"]
-            .as_str()
-            .map_or_else(|| "- (no frontend)".to_owned(), feature_names),
-    ));
+    if port["type"] == "tap" {
+        out.push('\n');
+    } else {
+        out.push_str(&format!(
+            "\nqueue pairs: {} active of {} configured\nfeatures: {}\n",
+            text(&port["state"]["queue_pairs_active"]),
+            text(&port["queues"]),
+            port["state"]["features"]
+                .as_str()
+                .map_or_else(|| "- (no frontend)".to_owned(), feature_names),
+        ));
+    }
+    out.push_str(&offloads_text(port));
     let rows: Vec<Vec<String>> = port["counters"]["queues"]
         .as_array()
         .into_iter()
@@ -453,6 +475,7 @@ mod tests {
                     .into_iter()
                     .collect(),
                 queues: vec![],
+                offloads: Default::default(),
             }],
             bridges: vec![],
         }

@@ -194,6 +194,10 @@ pub struct PortSpec {
     /// afxdp: where the XDP program runs (`best-effort` when left out).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub xdp_mode: Option<XdpMode>,
+    /// vhost-user and tap: whether checksum and segmentation offloads are offered to the
+    /// peer (true when left out). Off, the peer sends complete frames and gets them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offloads: Option<bool>,
     /// VLAN membership; none: every VLAN as it comes, untagged frames in VLAN 0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vlan: Option<VlanConfig>,
@@ -223,6 +227,7 @@ impl PortSpec {
                 ("mtu", self.mtu.is_some()),
                 ("queue", self.queue.is_some()),
                 ("xdp_mode", self.xdp_mode.is_some()),
+                ("offloads", self.offloads.is_some()),
             ],
         )
         .map_err(|m| format!("port {:?}: {m}", self.name))?;
@@ -252,6 +257,15 @@ impl PortSpec {
     /// Who listens on a vhost-user port's socket.
     pub fn socket_mode(&self) -> SocketMode {
         self.mode.unwrap_or(SocketMode::Server)
+    }
+
+    /// Whether offloads are offered to the port's peer (never on an AF_XDP port, whose
+    /// frames the switch always finishes itself).
+    pub fn offloads(&self) -> bool {
+        match self.kind {
+            PortKind::VhostUser | PortKind::Tap => self.offloads.unwrap_or(true),
+            PortKind::AfXdp => false,
+        }
     }
 
     /// Queue pairs the port runs: what a vhost-user port accepts, one for the others.
@@ -882,6 +896,7 @@ impl Daemon {
                             SocketMode::Client => PortMode::Client,
                         },
                         queue_pairs: spec.queue_pairs(),
+                        offloads: spec.offloads(),
                     },
                 )
                 .map_err(|error| ChangeError::Port {

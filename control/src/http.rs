@@ -583,6 +583,9 @@ struct PortView {
     queue: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     xdp_mode: Option<vringswitch_config::XdpMode>,
+    /// vhost-user and TAP ports: whether offloads are offered to the peer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    offloads: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     vlan: Option<VlanConfig>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -622,6 +625,7 @@ fn port_view(spec: PortSpec, handle: &PortHandle, snapshot: &Snapshot) -> PortVi
             ..PortSnapshot::default()
         });
     let queues = spec.queue_pairs();
+    let offloads = (spec.kind != PortKind::AfXdp).then(|| spec.offloads());
     PortView {
         name: spec.name,
         bridge: spec.bridge,
@@ -633,6 +637,7 @@ fn port_view(spec: PortSpec, handle: &PortHandle, snapshot: &Snapshot) -> PortVi
         mtu: spec.mtu,
         queue: spec.queue,
         xdp_mode: spec.xdp_mode,
+        offloads,
         vlan: spec.vlan,
         allowed_macs: spec.allowed_macs,
         admin: spec.admin,

@@ -62,6 +62,7 @@ fuzz_target!(|data: &[u8]| {
             (PopTx::Empty, _) | (PopTx::Broken, _) => break,
             (PopTx::Frame(f), PopTx::Frame(g)) => {
                 assert_eq!((f.head, f.len), (g.head, g.len));
+                assert_eq!(f.vnet, g.vnet, "the virtio-net header read");
                 let fb = bytes_of(&fast_mem, f.segs_in(&fast_segs));
                 let gb = bytes_of(&general_mem, g.segs_in(&general_segs));
                 assert_eq!(fb.len(), f.len as usize);

@@ -193,6 +193,12 @@ fn families(s: &Snapshot) -> Vec<MetricFamily> {
         "vringswitch_port_drops_total",
         "Frames dropped, by the port they were received on or meant for, and why.",
     );
+    let mut offloads = Family::counter(
+        "vringswitch_port_offloads_total",
+        "Frames delivered to the port whose source left a checksum or segmentation to the \
+         receiver, by what the switch did: passed (with their virtio-net header, the receiver \
+         takes it), checksummed or segmented (done by the switch for a receiver that does not).",
+    );
     let mut port_connected = Family::gauge(
         "vringswitch_port_connected",
         "1 while a vhost-user frontend is connected to the port.",
@@ -236,6 +242,9 @@ fn families(s: &Snapshot) -> Vec<MetricFamily> {
         for (reason, &n) in &p.drops {
             drops.add(&[l[0], l[1], ("reason", reason.as_str())], n);
         }
+        for (action, &n) in &p.offloads {
+            offloads.add(&[l[0], ("action", action.as_str())], n);
+        }
         port_connected.add(&l[..1], u64::from(p.connected));
         port_admin_up.add(&l[..1], u64::from(!p.admin_down));
         port_ready.add(&l[..1], u64::from(p.ready));
@@ -248,6 +257,7 @@ fn families(s: &Snapshot) -> Vec<MetricFamily> {
         &mut tx_packets,
         &mut tx_bytes,
         &mut drops,
+        &mut offloads,
         &mut port_connected,
         &mut port_admin_up,
         &mut port_ready,

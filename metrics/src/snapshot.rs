@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use vringswitch_ports::DropReason;
+use vringswitch_ports::{DropReason, OffloadAction};
 use vringswitch_switch::stats::{cycles_per_second, BURST_BUCKETS};
 use vringswitch_switch::Switch;
 
@@ -91,6 +91,10 @@ pub struct PortSnapshot {
     /// counted frames before.
     #[serde(default)]
     pub queues: Vec<QueueSnapshot>,
+    /// Frames delivered to the port whose source asked for offloads, by what the switch
+    /// did with them (`passed`, `checksummed`, `segmented`); every action is present.
+    #[serde(default)]
+    pub offloads: BTreeMap<String, u64>,
 }
 
 /// Frames of one queue pair of a port.
@@ -120,6 +124,14 @@ impl PortSnapshot {
                 .iter()
                 .map(|(k, v)| {
                     let before = earlier.drops.get(k).copied().unwrap_or(0);
+                    (k.clone(), v.saturating_sub(before))
+                })
+                .collect(),
+            offloads: self
+                .offloads
+                .iter()
+                .map(|(k, v)| {
+                    let before = earlier.offloads.get(k).copied().unwrap_or(0);
                     (k.clone(), v.saturating_sub(before))
                 })
                 .collect(),
@@ -217,6 +229,10 @@ impl Snapshot {
                         .map(|&r| (r.as_str().to_owned(), s.drops(r)))
                         .collect(),
                     queues,
+                    offloads: OffloadAction::ALL
+                        .iter()
+                        .map(|&a| (a.as_str().to_owned(), s.offloads(a)))
+                        .collect(),
                 }
             })
             .collect();

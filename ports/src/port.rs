@@ -152,6 +152,18 @@ impl VhostUserQueues {
         virtio_net_hdr_len(self.features())
     }
 
+    /// The offloads the VM may use in the frames it sends (its TX ring).
+    #[inline]
+    pub fn sent_offloads(&self) -> crate::offload::OffloadCaps {
+        crate::offload::OffloadCaps::sent_by_guest(self.features())
+    }
+
+    /// The offloads the VM takes in the frames it receives (its RX ring).
+    #[inline]
+    pub fn taken_offloads(&self) -> crate::offload::OffloadCaps {
+        crate::offload::OffloadCaps::taken_by_guest(self.features())
+    }
+
     /// Whether mergeable RX buffers were negotiated.
     #[inline]
     pub fn mrg_rxbuf(&self) -> bool {

@@ -20,13 +20,15 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 use vringswitch_ports::afxdp::{AfXdpQueue, SendError};
 use vringswitch_ports::counters::PortCounters;
+use vringswitch_ports::offload::software::{self, Outgoing, Sent};
+use vringswitch_ports::offload::{OffloadCaps, VnetHeader};
 use vringswitch_ports::port::{GuestMem, GuestMemAtomic};
 use vringswitch_ports::tap::{TapQueue, TapRead, TAP_BUFFERS};
 use vringswitch_ports::vhost_user::guest_view::GuestView;
 use vringswitch_ports::vhost_user::rings::{
     FrameEdit, PopTx, RingView, RxScratch, Seg, TxFrame, MAX_TX_SEGS, MIN_FRAME_LEN, PEEK_LEN,
 };
-use vringswitch_ports::{Attachment, DropReason, PortId, VhostUserQueues};
+use vringswitch_ports::{Attachment, DropReason, OffloadAction, PortId, VhostUserQueues};
 
 use crate::capture::{wall_clock_ns, CaptureTap};
 use crate::ethernet::EthernetFrame;
@@ -327,6 +329,9 @@ impl Worker {
             return 0;
         };
         let hdr_len = att.hdr_len();
+        // Headers are read only from a VM that may send offloads: without, they mean nothing.
+        let sent = att.sent_offloads();
+        let read_vnet = !sent.is_empty();
         let src_guard = att.mem.memory();
         let src_mem = &*src_guard;
         let counters = src_rt.handle.stats().slot(self.index);
@@ -350,7 +355,7 @@ impl Worker {
             let Some(f) = b.slots.get_mut(b.len) else {
                 break;
             };
-            match tx_ring.pop_tx_into(hdr_len, &mut b.segs, &mut f.tx) {
+            match tx_ring.pop_tx_into(hdr_len, read_vnet, &mut b.segs, &mut f.tx) {
                 PopTx::Frame(()) => {}
                 PopTx::Empty => break,
                 PopTx::Broken => {
@@ -367,6 +372,13 @@ impl Worker {
             // The used entry is written now, published after the copies.
             tx_ring.add_used(f.tx.head, 0);
             consumed += 1;
+            if read_vnet
+                && f.tx.vnet != VnetHeader::default()
+                && !accept_offload(src_mem, &b.segs, &mut f.tx, sent)
+            {
+                counters.add_drop(DropReason::BadOffload, 1);
+                continue;
+            }
             rx_bytes += u64::from(f.tx.len);
             b.len += 1;
             // Decided on in place: moving a decided frame cost a store per field of its
@@ -753,6 +765,7 @@ fn deliver_to(
     }
     let hdr_len = att.hdr_len();
     let mrg = att.mrg_rxbuf();
+    let taken = att.taken_offloads();
     let dst_guard = att.mem.memory();
     let dst_mem = &*dst_guard;
     // Prefer the RX ring of the same index as the source queue pair, else ring 0.
@@ -781,6 +794,17 @@ fn deliver_to(
         let tx = &f.tx;
         if !policy.egress_into(f.ingress, &tx.peek, &mut edit) {
             counters.add_drop(DropReason::VlanFiltered, 1);
+            continue;
+        }
+        if tx.vnet.flags != 0 {
+            // Only a frame whose source asked for an offload (see `accept_offload`).
+            let segs = tx.segs_in(&b.segs);
+            let scratch = &mut b.rx_scratch;
+            let (p, n) = send_offloaded(src, tx, segs, &edit, taken, counters, |view, out| {
+                ring.deliver_built(hdr_len, mrg, view, segs, out, scratch)
+                    .map_err(|e| e.reason)
+            });
+            (packets, bytes) = (packets + p, bytes + n);
             continue;
         }
         match ring.deliver(
@@ -834,31 +858,104 @@ fn deliver_to_tap(
             counters.add_drop(DropReason::VlanFiltered, 1);
             continue;
         }
+        let segs = tx.segs_in(&b.segs);
+        if tx.vnet.flags != 0 {
+            let (p, n) = send_offloaded(
+                src,
+                tx,
+                segs,
+                &edit,
+                OffloadCaps::NONE,
+                counters,
+                |view, out| {
+                    view.write_to(q.fd(), out.head, segs, out.skip, out.len as usize)
+                        .map(|n| n as u32)
+                        .map_err(|e| tap_write_failed(q, &e))
+                },
+            );
+            (packets, bytes) = (packets + p, bytes + n);
+            continue;
+        }
         let Some(len) = edit.out_len(tx.len) else {
             counters.add_drop(DropReason::BadDescriptor, 1);
             continue;
         };
         let rest = len as usize - edit.prefix().len();
-        let segs = tx.segs_in(&b.segs);
         match src.write_to(q.fd(), edit.prefix(), segs, usize::from(edit.skip), rest) {
             Ok(n) => {
                 packets += 1;
                 bytes += n as u64;
             }
-            // The kernel's queue for the interface is full.
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                counters.add_drop(DropReason::NoRxBuffer, 1)
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {
-                counters.add_drop(DropReason::BadDescriptor, 1)
-            }
-            Err(_) => {
-                q.mark_failed();
-                counters.add_drop(DropReason::PortDown, 1)
-            }
+            Err(e) => counters.add_drop(tap_write_failed(q, &e), 1),
         }
     }
     counters.add_tx(0, packets, bytes);
+}
+
+/// Why a write to TAP port `q` failed, as a drop reason; an interface gone marks the port
+/// failed.
+fn tap_write_failed(q: &TapQueue, e: &std::io::Error) -> DropReason {
+    match e.kind() {
+        // The kernel's queue for the interface is full.
+        std::io::ErrorKind::WouldBlock => DropReason::NoRxBuffer,
+        std::io::ErrorKind::InvalidInput => DropReason::BadDescriptor,
+        _ => {
+            q.mark_failed();
+            DropReason::PortDown
+        }
+    }
+}
+
+/// Sends the frame `tx` (in `segs` of the source seen by `src`, changed by `edit`), whose
+/// source asked for offloads, to a receiver that takes `rx`, writing each frame that leaves
+/// with `write` (which returns its length). Counts what was done, or the drop, on the
+/// receiver's `counters`; returns the frames and bytes delivered.
+#[cold]
+#[inline(never)]
+fn send_offloaded<'m>(
+    src: &mut GuestView<'m>,
+    tx: &TxFrame,
+    segs: &[Seg],
+    edit: &FrameEdit,
+    rx: OffloadCaps,
+    counters: &PortCounters,
+    mut write: impl FnMut(&mut GuestView<'m>, &Outgoing<'_>) -> Result<u32, DropReason>,
+) -> (u64, u64) {
+    let (mut packets, mut bytes) = (0u64, 0u64);
+    let frame = software::Source {
+        view: src,
+        segs,
+        len: tx.len,
+        vnet: tx.vnet,
+    };
+    let sent = software::send(frame, edit, rx, |view, out| {
+        let n = write(view, out)?;
+        packets += 1;
+        bytes += u64::from(n);
+        Ok(())
+    });
+    match sent {
+        Ok(Sent::Passed) => counters.add_offload(OffloadAction::Passed),
+        Ok(Sent::Checksummed) => counters.add_offload(OffloadAction::Checksummed),
+        Ok(Sent::Segmented(_)) => counters.add_offload(OffloadAction::Segmented),
+        Err(reason) => counters.add_drop(reason, 1),
+    }
+    (packets, bytes)
+}
+
+/// Checks the virtio-net header of `tx`, a frame from a VM that may send the offloads
+/// `sent`, and leaves in it what its receivers are to see ([`vringswitch_ports::offload::accept`]).
+/// False if the header is refused.
+#[cold]
+#[inline(never)]
+fn accept_offload(mem: &GuestMem, segs: &[Seg], tx: &mut TxFrame, sent: OffloadCaps) -> bool {
+    let mut view = GuestView::new(mem);
+    let mut vnet = tx.vnet;
+    let ok =
+        vringswitch_ports::offload::accept(&mut view, tx.segs_in(segs), tx.len, &mut vnet, sent)
+            .is_ok();
+    tx.vnet = vnet;
+    ok
 }
 
 /// Copies every frame of the burst that `wanted` takes into AF_XDP port `q`'s UMEM and
@@ -892,6 +989,33 @@ fn deliver_to_xdp(
         let frame = &f.tx;
         if !policy.egress_into(f.ingress, &frame.peek, &mut edit) {
             counters.add_drop(DropReason::VlanFiltered, 1);
+            continue;
+        }
+        if frame.vnet.flags != 0 {
+            // No offloads on the wire: checksums completed, segments cut here.
+            let segs = frame.segs_in(&b.segs);
+            let (p, n) = send_offloaded(
+                src,
+                frame,
+                segs,
+                &edit,
+                OffloadCaps::NONE,
+                counters,
+                |view, out| {
+                    let len = out.frame_len();
+                    let (head, skip) = (out.head, out.skip);
+                    tx.send(len, |at| {
+                        umem.gather_from(at, view, head, segs, skip, out.len as usize)
+                    })
+                    .map(|()| len)
+                    .map_err(|e| match e {
+                        SendError::Full => DropReason::NoRxBuffer,
+                        SendError::TooBig => DropReason::TooBig,
+                        SendError::BadSource => DropReason::BadDescriptor,
+                    })
+                },
+            );
+            (packets, bytes) = (packets + p, bytes + n);
             continue;
         }
         let Some(len) = edit.out_len(frame.len) else {

@@ -46,6 +46,8 @@ pub struct VmOptions {
     /// avail index and the used index both at this value), while SET_VRING_BASE still says
     /// 0: what DPDK's virtio_user does when it reconnects to a restarted switch.
     pub ring_history: u16,
+    /// Offload features to negotiate too (`VIRTIO_NET_F_CSUM` and the like, as bits).
+    pub offloads: u64,
 }
 
 impl Default for VmOptions {
@@ -56,6 +58,7 @@ impl Default for VmOptions {
             event_idx: true,
             strict: true,
             ring_history: 0,
+            offloads: 0,
         }
     }
 }
@@ -173,6 +176,7 @@ impl TestVm {
         if opts.queue_pairs > 1 {
             wanted |= 1 << VIRTIO_NET_F_MQ;
         }
+        wanted |= opts.offloads;
         if !opts.strict {
             wanted &= offered | (1 << VIRTIO_F_VERSION_1);
         }
@@ -423,7 +427,19 @@ impl TestVm {
     /// Sends `frame` with the header+frame bytes split at the given offsets into several
     /// chained descriptors.
     pub fn send_split(&mut self, q: u16, frame: &[u8], cuts: &[usize]) {
-        let mut bytes = vec![0u8; HDR_LEN];
+        self.send_split_with_header(q, [0; HDR_LEN], frame, cuts);
+    }
+
+    /// Sends `frame` behind the virtio-net header `header`, the whole split at the given
+    /// offsets into chained descriptors (each at most [`BUF_STRIDE`] bytes).
+    pub fn send_split_with_header(
+        &mut self,
+        q: u16,
+        header: [u8; HDR_LEN],
+        frame: &[u8],
+        cuts: &[usize],
+    ) {
+        let mut bytes = header.to_vec();
         bytes.extend_from_slice(frame);
         let mut bounds = vec![0];
         bounds.extend(cuts.iter().copied().filter(|&c| c > 0 && c < bytes.len()));

@@ -178,6 +178,7 @@ impl Engine {
                 socket: socket.to_owned(),
                 mode: SocketMode::Server,
                 queue_pairs: 1,
+                offloads: true,
             },
         )
         .unwrap();

@@ -41,7 +41,7 @@ enum Command {
     Bridge(BridgeCmd),
     /// Ports: list, show, add, set (move, VLAN), del.
     #[command(subcommand)]
-    Port(PortCmd),
+    Port(Box<PortCmd>),
     /// A bridge's forwarding table: show, add a static entry, flush.
     #[command(subcommand)]
     Fdb(FdbCmd),
@@ -191,6 +191,10 @@ enum PortCmd {
         /// with zero-copy, native and generic that the interface takes].
         #[arg(long, value_parser = ["best-effort", "native-with-zerocopy", "native", "generic"])]
         xdp_mode: Option<String>,
+        /// vhost-user and tap: offer checksum and segmentation offloads to the peer
+        /// [default: on]. Off, the peer sends complete frames and gets them.
+        #[arg(long, value_parser = ["on", "off"])]
+        offloads: Option<String>,
         #[command(flatten)]
         vlan: VlanArgs,
         /// Locks the port to these source MACs (port security), e.g. 02:00:00:00:00:01.
@@ -411,7 +415,7 @@ async fn run(args: Args) -> Result<String, ClientError> {
     let json = args.json;
     match args.command {
         Command::Bridge(cmd) => bridge(&api, cmd, json).await,
-        Command::Port(cmd) => port(&api, cmd, json).await,
+        Command::Port(cmd) => port(&api, *cmd, json).await,
         Command::Fdb(cmd) => fdb(&api, cmd, json).await,
         Command::Completions { .. } | Command::Manpage | Command::Capture { .. } => {
             Ok(offline(&args.command).unwrap_or_default())
@@ -574,6 +578,7 @@ async fn port(api: &ApiClient, cmd: PortCmd, json: bool) -> Result<String, Clien
             mtu,
             queue,
             xdp_mode,
+            offloads,
             vlan,
             allow_mac,
             may_exist,
@@ -594,6 +599,7 @@ async fn port(api: &ApiClient, cmd: PortCmd, json: bool) -> Result<String, Clien
                 ("mtu", mtu.map(|m| json!(m))),
                 ("queue", queue.map(|q| json!(q))),
                 ("xdp_mode", xdp_mode.map(|m| json!(m))),
+                ("offloads", offloads.map(|o| json!(o == "on"))),
             ] {
                 if let Some(v) = value {
                     body[key] = v;

@@ -21,6 +21,9 @@ use virtio_bindings::virtio_net::{
 pub use checksum::Checksum;
 pub use vnet_header::VnetHeader;
 
+use crate::vhost_user::guest_view::GuestView;
+use crate::vhost_user::rings::Seg;
+
 /// Most bytes of a frame's headers the switch reads and rebuilds: Ethernet, two VLAN tags,
 /// IPv6 with options, and TCP with options fit.
 pub const MAX_HEADERS: usize = 256;
@@ -122,6 +125,42 @@ pub enum OffloadError {
     TooBig,
     #[error("a frame that claims TCP and is not, or is not as its header says")]
     NotTcp,
+}
+
+/// Checks the header `vnet` of a `len`-byte frame in `segs` of the memory seen by `view`,
+/// from a sender that negotiated `sent`, and leaves in `vnet` what its receivers are to
+/// see: nothing for a frame that needs nothing, the meaningful fields otherwise, and for a
+/// TSO frame the length of its headers as parsed here.
+pub fn accept(
+    view: &mut GuestView<'_>,
+    segs: &[Seg],
+    len: u32,
+    vnet: &mut VnetHeader,
+    sent: OffloadCaps,
+) -> Result<(), OffloadError> {
+    let needs = vnet.check(len, sent)?;
+    if needs.is_empty() {
+        *vnet = VnetHeader::default();
+        return Ok(());
+    }
+    let mut out = VnetHeader {
+        flags: VnetHeader::F_NEEDS_CSUM,
+        csum_start: vnet.csum_start,
+        csum_offset: vnet.csum_offset,
+        ..VnetHeader::default()
+    };
+    if vnet.is_gso() {
+        let mut head = [0u8; MAX_HEADERS];
+        let n = (len as usize).min(MAX_HEADERS);
+        if !view.read_frame(segs, 0, &mut head[..n]) {
+            return Err(OffloadError::OutsideFrame);
+        }
+        let layout = tcp_frame::check_tso(vnet, &head[..n], len)?;
+        (out.gso_type, out.gso_size) = (vnet.gso_type, vnet.gso_size);
+        out.hdr_len = layout.payload;
+    }
+    *vnet = out;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -23,7 +23,20 @@ pub struct Outgoing<'a> {
     pub len: u32,
 }
 
-impl Outgoing<'_> {
+impl<'a> Outgoing<'a> {
+    /// A `frame_len`-byte frame changed by `edit` and nothing else, or `None` if the edit
+    /// replaces more than the frame has.
+    #[inline(always)]
+    pub fn edited(frame_len: u32, edit: &'a FrameEdit) -> Option<Outgoing<'a>> {
+        let skip = u32::from(edit.skip);
+        Some(Outgoing {
+            vnet: VnetHeader::default(),
+            head: edit.prefix(),
+            skip: skip as usize,
+            len: frame_len.checked_sub(skip)?,
+        })
+    }
+
     /// The frame's length, virtio-net header excluded.
     pub fn frame_len(&self) -> u32 {
         self.head.len() as u32 + self.len
@@ -53,15 +66,16 @@ pub struct Source<'a, 'm> {
 
 /// Sends `frame`, changed by `edit` (a VLAN tag pushed or popped), to a receiver that
 /// takes the offloads `rx`, through `emit`: once with its header if the receiver takes all
-/// it needs, else once with its checksum completed, or once per segment. Everything about
+/// it needs, else once with its checksum completed, or once per segment. `emit` gets the
+/// source's view back, to copy the frame's bytes with. Everything about
 /// the frame's own headers is decided on a copy of them: the source cannot change it after.
 ///
 /// Frames already emitted stay sent when `emit` fails; the error is returned at once.
-pub fn send(
-    frame: Source<'_, '_>,
+pub fn send<'m>(
+    frame: Source<'_, 'm>,
     edit: &FrameEdit,
     rx: OffloadCaps,
-    mut emit: impl FnMut(&Outgoing<'_>) -> Result<(), DropReason>,
+    mut emit: impl FnMut(&mut GuestView<'m>, &Outgoing<'_>) -> Result<(), DropReason>,
 ) -> Result<Sent, DropReason> {
     let vnet = frame.vnet;
     let skip = usize::from(edit.skip);
@@ -87,12 +101,15 @@ pub fn send(
             (out.gso_type, out.gso_size) = (vnet.gso_type, vnet.gso_size);
             out.hdr_len = shift(vnet.hdr_len);
         }
-        emit(&Outgoing {
-            vnet: out,
-            head: prefix,
-            skip,
-            len: frame.len - skip as u32,
-        })?;
+        emit(
+            frame.view,
+            &Outgoing {
+                vnet: out,
+                head: prefix,
+                skip,
+                len: frame.len - skip as u32,
+            },
+        )?;
         return Ok(Sent::Passed);
     }
     let mut head = [0u8; MAX_HEADERS];
@@ -119,23 +136,21 @@ pub fn send(
         head[cs + co..end].copy_from_slice(&c.finish().to_be_bytes());
         let n = prefix.len() + end - skip;
         out[prefix.len()..n].copy_from_slice(&head[skip..end]);
-        emit(&Outgoing {
-            vnet: VnetHeader::default(),
-            head: &out[..n],
-            skip: end,
-            len: rest as u32,
-        })?;
+        emit(
+            frame.view,
+            &Outgoing {
+                vnet: VnetHeader::default(),
+                head: &out[..n],
+                skip: end,
+                len: rest as u32,
+            },
+        )?;
         return Ok(Sent::Checksummed);
     }
 
     // Checked at the source too; checked again on this copy, which is what is used.
-    let layout = tcp_frame::parse(&head[..hn], frame.len).map_err(|_| bad)?;
-    let v6 = vnet.gso_type & !VnetHeader::GSO_ECN == VnetHeader::GSO_TCPV6;
-    if layout.v6 != v6
-        || vnet.csum_start != layout.l4
-        || vnet.csum_offset != 16
-        || usize::from(layout.l3) < skip
-    {
+    let layout = tcp_frame::check_tso(&vnet, &head[..hn], frame.len).map_err(|_| bad)?;
+    if usize::from(layout.l3) < skip {
         return Err(bad);
     }
     let p = usize::from(layout.payload);
@@ -170,12 +185,15 @@ pub fn send(
             seg.tcp_checksum(&mut out, i, &c);
             VnetHeader::default()
         };
-        emit(&Outgoing {
-            vnet,
-            head: &out[..n],
-            skip: from,
-            len,
-        })?;
+        emit(
+            frame.view,
+            &Outgoing {
+                vnet,
+                head: &out[..n],
+                skip: from,
+                len,
+            },
+        )?;
     }
     Ok(Sent::Segmented(seg.count()))
 }
@@ -295,7 +313,7 @@ mod tests {
             len: f.frame.len() as u32,
             vnet: f.vnet,
         };
-        let r = send(src, edit, rx, |o| {
+        let r = send(src, edit, rx, |_, o| {
             let mut bytes = o.head.to_vec();
             let mut rest = vec![0u8; o.len as usize];
             assert!(reader.read_frame(&f.segs, o.skip, &mut rest));
@@ -570,7 +588,7 @@ mod tests {
             len: f.frame.len() as u32,
             vnet: f.vnet,
         };
-        let r = send(src, &FrameEdit::NONE, OffloadCaps::NONE, |_| {
+        let r = send(src, &FrameEdit::NONE, OffloadCaps::NONE, |_, _| {
             if sent == 2 {
                 return Err(DropReason::NoRxBuffer);
             }

@@ -122,6 +122,22 @@ pub fn parse(head: &[u8], frame_len: u32) -> Result<TcpLayout, OffloadError> {
     })
 }
 
+/// The layout of a TSO frame with header `vnet`, whose first bytes are `head` (see
+/// [`parse`]), if the frame is what the header says: TCP over the IP version of its
+/// segmentation type, its checksum to complete in the TCP header.
+pub fn check_tso(
+    vnet: &super::VnetHeader,
+    head: &[u8],
+    frame_len: u32,
+) -> Result<TcpLayout, OffloadError> {
+    let layout = parse(head, frame_len)?;
+    let v6 = vnet.gso_type & !super::VnetHeader::GSO_ECN == super::VnetHeader::GSO_TCPV6;
+    if layout.v6 != v6 || vnet.csum_start != layout.l4 || vnet.csum_offset != 16 {
+        return Err(OffloadError::NotTcp);
+    }
+    Ok(layout)
+}
+
 /// Headers that end past `head`: too long if `head` is all the switch reads, else past the
 /// frame.
 fn too_long(head: &[u8]) -> OffloadError {

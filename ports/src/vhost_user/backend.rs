@@ -13,7 +13,11 @@ use std::sync::{Arc, Mutex};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost_user_backend::{VhostUserBackend, VringMutex};
 use virtio_bindings::virtio_config::{VIRTIO_F_IN_ORDER, VIRTIO_F_VERSION_1};
-use virtio_bindings::virtio_net::{VIRTIO_NET_F_MQ, VIRTIO_NET_F_MRG_RXBUF};
+use virtio_bindings::virtio_net::{
+    VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_ECN, VIRTIO_NET_F_GUEST_TSO4,
+    VIRTIO_NET_F_GUEST_TSO6, VIRTIO_NET_F_HOST_ECN, VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6,
+    VIRTIO_NET_F_MQ, VIRTIO_NET_F_MRG_RXBUF,
+};
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use vm_memory::GuestMemoryAtomic;
 use vmm_sys_util::epoll::EventSet;
@@ -31,14 +35,19 @@ const LIBRARY_THREADS: usize = 1;
 pub const MAX_QUEUE_SIZE: usize = 1024;
 
 /// Virtio features offered to every frontend. Only what the data path implements and what
-/// the handler library dispatches: no packed ring, no offloads yet, no RARP/MTU/STATUS
-/// messages (the library would drop the connection on them).
+/// the handler library dispatches: no packed ring, no RARP/MTU/STATUS messages (the library
+/// would drop the connection on them).
+///
+/// With `offloads`, checksums and TSO both ways (`crate::offload`): the switch passes a
+/// frame's header to a receiver that negotiated what it needs, and completes the checksum
+/// or cuts the segments for one that did not. No UFO: QEMU 7.2 has no USO, and UFO's IP
+/// fragmentation is not offered.
 ///
 /// IN_ORDER: both paths use every queue's chains in the order the driver made them
 /// available (TX chains are given back as popped, RX chains as filled, refused ones in
 /// place; rings/tests.rs `chains_are_used_in_the_order_they_were_made_available`). A
 /// driver that knows it, as DPDK's virtio PMD, then takes its cheaper in-order paths.
-pub fn offered_features(queue_pairs: u16) -> u64 {
+pub fn offered_features(queue_pairs: u16, offloads: bool) -> u64 {
     let mut f = (1u64 << VIRTIO_F_VERSION_1)
         | (1 << VIRTIO_NET_F_MRG_RXBUF)
         | (1 << VIRTIO_RING_F_EVENT_IDX)
@@ -48,8 +57,21 @@ pub fn offered_features(queue_pairs: u16) -> u64 {
     if queue_pairs > 1 {
         f |= 1 << VIRTIO_NET_F_MQ;
     }
+    if offloads {
+        f |= OFFLOAD_FEATURES;
+    }
     f
 }
+
+/// The checksum and segmentation features, both directions.
+pub const OFFLOAD_FEATURES: u64 = (1 << VIRTIO_NET_F_CSUM)
+    | (1 << VIRTIO_NET_F_GUEST_CSUM)
+    | (1 << VIRTIO_NET_F_HOST_TSO4)
+    | (1 << VIRTIO_NET_F_HOST_TSO6)
+    | (1 << VIRTIO_NET_F_HOST_ECN)
+    | (1 << VIRTIO_NET_F_GUEST_TSO4)
+    | (1 << VIRTIO_NET_F_GUEST_TSO6)
+    | (1 << VIRTIO_NET_F_GUEST_ECN);
 
 /// vhost-user protocol features offered to every frontend.
 pub fn offered_protocol_features() -> VhostUserProtocolFeatures {
@@ -62,6 +84,7 @@ pub fn offered_protocol_features() -> VhostUserProtocolFeatures {
 pub struct NetBackend {
     port: Arc<PortHandle>,
     queue_pairs: u16,
+    offloads: bool,
     mem: GuestMemAtomic,
     acked_features: Arc<AtomicU64>,
     /// The TX rings' kick fds, filled by the connection's relay.
@@ -80,10 +103,11 @@ pub struct NetBackend {
 impl NetBackend {
     /// A backend for one connection, with every file descriptor it will need made now: out
     /// of descriptors, this fails (and the connection is refused) instead of leaving the
-    /// library with a thread it cannot stop.
+    /// library with a thread it cannot stop. It offers `queue_pairs`, and offloads if
+    /// `offloads`.
     pub fn new(
         port: Arc<PortHandle>,
-        queue_pairs: u16,
+        (queue_pairs, offloads): (u16, bool),
         mem: GuestMemAtomic,
         tx_kicks: Arc<TxKicks>,
     ) -> io::Result<NetBackend> {
@@ -97,6 +121,7 @@ impl NetBackend {
         Ok(NetBackend {
             port,
             queue_pairs,
+            offloads,
             mem,
             acked_features: Arc::new(AtomicU64::new(0)),
             tx_kicks,
@@ -163,7 +188,7 @@ impl VhostUserBackend for NetBackend {
     }
 
     fn features(&self) -> u64 {
-        offered_features(self.queue_pairs)
+        offered_features(self.queue_pairs, self.offloads)
     }
 
     fn acked_features(&self, features: u64) {
@@ -254,13 +279,16 @@ mod tests {
 
     #[test]
     fn features_include_protocol_features_and_mq_only_when_multiqueue() {
-        let single = offered_features(1);
+        let single = offered_features(1, true);
         assert_ne!(
             single & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits(),
             0
         );
         assert_eq!(single & (1 << VIRTIO_NET_F_MQ), 0);
-        assert_ne!(offered_features(2) & (1 << VIRTIO_NET_F_MQ), 0);
+        assert_ne!(offered_features(2, true) & (1 << VIRTIO_NET_F_MQ), 0);
+        assert_eq!(single & OFFLOAD_FEATURES, OFFLOAD_FEATURES);
+        assert_eq!(offered_features(1, false) & OFFLOAD_FEATURES, 0);
+        assert_eq!(offered_features(1, false) | OFFLOAD_FEATURES, single);
         for bit in [
             VIRTIO_F_VERSION_1,
             VIRTIO_NET_F_MRG_RXBUF,
@@ -278,7 +306,7 @@ mod tests {
         let mem = GuestMemoryAtomic::new(crate::port::GuestMem::new());
         let live = NetBackend::new(
             port.clone(),
-            1,
+            (1, true),
             mem.clone(),
             Arc::new(TxKicks::new(2, || {})),
         )
@@ -288,7 +316,13 @@ mod tests {
         live.close();
         assert!(!port.is_ready());
 
-        let late = NetBackend::new(port.clone(), 1, mem, Arc::new(TxKicks::new(2, || {}))).unwrap();
+        let late = NetBackend::new(
+            port.clone(),
+            (1, true),
+            mem,
+            Arc::new(TxKicks::new(2, || {})),
+        )
+        .unwrap();
         late.close();
         late.handle_event(0, EventSet::IN, &[], 0).unwrap();
         assert!(!port.is_ready(), "attached after close");

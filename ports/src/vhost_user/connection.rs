@@ -52,6 +52,8 @@ pub struct VhostUserPortConfig {
     pub mode: SocketMode,
     /// Queue pairs offered to the frontend.
     pub queue_pairs: u16,
+    /// Whether checksum and segmentation offloads are offered to the frontend.
+    pub offloads: bool,
 }
 
 struct ConnectionControl {
@@ -451,6 +453,7 @@ pub fn serve_stream(
         socket: PathBuf::from("/nonexistent"),
         mode: SocketMode::Server,
         queue_pairs,
+        offloads: true,
     };
     let control = ConnectionControl::new().map_err(std::io::Error::other)?;
     let waiter = Waiter::new(&control, None)?;
@@ -493,7 +496,7 @@ fn serve_connection(
     ));
     let backend = Arc::new(NetBackend::new(
         port.clone(),
-        config.queue_pairs,
+        (config.queue_pairs, config.offloads),
         mem.clone(),
         tx_kicks.clone(),
     )?);

@@ -23,6 +23,8 @@ use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend};
 use super::guest_view::GuestView;
 use super::split_ring::SplitRing;
 use crate::counters::DropReason;
+use crate::offload::software::Outgoing;
+use crate::offload::VnetHeader;
 use crate::port::GuestMem;
 
 mod fast;
@@ -112,6 +114,9 @@ pub struct TxFrame {
     seg_end: u32,
     /// The first bytes of the frame, copied once: decisions are made on this copy.
     pub peek: [u8; PEEK_LEN],
+    /// The frame's virtio-net header, if it was read (all zeros otherwise): what the frame
+    /// asks of its receivers.
+    pub vnet: VnetHeader,
 }
 
 impl TxFrame {
@@ -127,6 +132,7 @@ impl TxFrame {
             seg_start: segs.start as u32,
             seg_end: segs.end as u32,
             peek,
+            vnet: VnetHeader::default(),
         }
     }
 
@@ -142,6 +148,7 @@ impl TxFrame {
             seg_start: 0,
             seg_end: 0,
             peek,
+            vnet: VnetHeader::default(),
         }
     }
 
@@ -225,12 +232,12 @@ impl<'q, 'm> RingView<'q, 'm> {
         self.split.is_some()
     }
 
-    /// Pops one chain from a TX queue and describes the frame in it. `segs` must have room
-    /// for [`MAX_TX_SEGS`] more entries without growing.
+    /// Pops one chain from a TX queue and describes the frame in it, its virtio-net header
+    /// included. `segs` must have room for [`MAX_TX_SEGS`] more entries without growing.
     #[inline]
     pub fn pop_tx(&mut self, hdr_len: usize, segs: &mut Vec<Seg>) -> PopTx {
         let mut frame = TxFrame::default();
-        match self.pop_tx_into(hdr_len, segs, &mut frame) {
+        match self.pop_tx_into(hdr_len, true, segs, &mut frame) {
             PopTx::Frame(()) => PopTx::Frame(frame),
             PopTx::Empty => PopTx::Empty,
             PopTx::Bad { head, reason } => PopTx::Bad { head, reason },
@@ -240,11 +247,13 @@ impl<'q, 'm> RingView<'q, 'm> {
 
     /// [`Self::pop_tx`], writing the frame into `out` (meaningful only if the result is
     /// `Frame`): the burst loop pops straight into its array, where a returned frame was
-    /// moved through the stack (callgrind).
+    /// moved through the stack (callgrind). The frame's virtio-net header is read only if
+    /// `vnet` (its sender negotiated offloads; without, the header means nothing).
     #[inline]
     pub fn pop_tx_into(
         &mut self,
         hdr_len: usize,
+        vnet: bool,
         segs: &mut Vec<Seg>,
         out: &mut TxFrame,
     ) -> PopTx<()> {
@@ -255,11 +264,11 @@ impl<'q, 'm> RingView<'q, 'm> {
                 &mut self.avail_idx,
                 self.queue.next_avail() == self.burst_start,
                 self.queue,
-                hdr_len,
+                (hdr_len, vnet),
                 segs,
                 out,
             ),
-            None => pop_tx_general(self.queue, self.view.mem(), hdr_len, segs, out),
+            None => pop_tx_general(self.queue, self.view.mem(), hdr_len, vnet, segs, out),
         }
     }
 
@@ -303,6 +312,9 @@ impl<'q, 'm> RingView<'q, 'm> {
                 let mem = self.view.mem();
                 let mut used =
                     GeneralUsed::of(self.queue, &mut self.used_next, &mut self.used_broken);
+                let out = Outgoing::edited(frame_len, edit).ok_or(DeliverError {
+                    reason: DropReason::BadDescriptor,
+                })?;
                 deliver_general(
                     self.queue,
                     mem,
@@ -310,8 +322,59 @@ impl<'q, 'm> RingView<'q, 'm> {
                     mrg_rxbuf,
                     src.mem(),
                     src_segs,
-                    frame_len,
-                    edit,
+                    &out,
+                    scratch,
+                    &mut |head, len| used.put(mem, head, len),
+                )
+            }
+        }
+    }
+
+    /// Writes `out` (a virtio-net header, host bytes, then a range of the frame in
+    /// `src_segs` of the VM seen by `src`) into this RX queue, as [`Self::deliver`] does a
+    /// frame: the way frames that carry offloads are delivered. Returns the length
+    /// delivered, header excluded.
+    pub fn deliver_built(
+        &mut self,
+        hdr_len: usize,
+        mrg_rxbuf: bool,
+        src: &mut GuestView<'_>,
+        src_segs: &[Seg],
+        out: &Outgoing<'_>,
+        scratch: &mut RxScratch,
+    ) -> Result<u32, DeliverError> {
+        let need = hdr_len as u64 + u64::from(out.frame_len());
+        match &self.split {
+            Some(ring) => fast::deliver_built(
+                fast::RxRing {
+                    ring,
+                    view: &mut self.view,
+                    avail_idx: &mut self.avail_idx,
+                    fresh: self.queue.next_avail() == self.burst_start,
+                    queue: self.queue,
+                    used: &mut self.used_next,
+                },
+                hdr_len,
+                mrg_rxbuf,
+                src,
+                src_segs,
+                out,
+                need,
+                scratch,
+            )
+            .map(|()| out.frame_len()),
+            None => {
+                let mem = self.view.mem();
+                let mut used =
+                    GeneralUsed::of(self.queue, &mut self.used_next, &mut self.used_broken);
+                deliver_general(
+                    self.queue,
+                    mem,
+                    hdr_len,
+                    mrg_rxbuf,
+                    src.mem(),
+                    src_segs,
+                    out,
                     scratch,
                     &mut |head, len| used.put(mem, head, len),
                 )
@@ -354,6 +417,7 @@ fn pop_tx_general(
     queue: &mut Queue,
     mem: &GuestMem,
     hdr_len: usize,
+    read_vnet: bool,
     segs: &mut Vec<Seg>,
     out: &mut TxFrame,
 ) -> PopTx<()> {
@@ -369,6 +433,7 @@ fn pop_tx_general(
     };
     let mut skip = hdr_len as u64;
     let mut total: u64 = 0;
+    let mut vnet = [0u8; VNET_HDR_MAX];
     // The chain iterator is bounded by the queue size (or the indirect table size).
     for desc in chain {
         if desc.is_write_only() {
@@ -379,6 +444,14 @@ fn pop_tx_general(
         total += len;
         if skip > 0 {
             let s = skip.min(len);
+            let at = hdr_len - skip as usize;
+            if read_vnet
+                && mem
+                    .read_slice(&mut vnet[at..at + s as usize], GuestAddress(addr))
+                    .is_err()
+            {
+                return bad(segs, DropReason::BadDescriptor);
+            }
             let Some(a) = addr.checked_add(s) else {
                 return bad(segs, DropReason::BadDescriptor);
             };
@@ -413,6 +486,7 @@ fn pop_tx_general(
         return bad(segs, DropReason::BadDescriptor);
     }
     *out = TxFrame::new(head, start..segs.len(), len as u32, peek);
+    out.vnet = VnetHeader::from_bytes(vnet[..VnetHeader::LEN].try_into().expect("10 of 12"));
     PopTx::Frame(())
 }
 
@@ -452,6 +526,28 @@ fn write_segs(mem: &GuestMem, segs: &[Seg], bytes: &[u8]) -> Result<(), ()> {
     } else {
         Err(())
     }
+}
+
+/// Writes `bytes` into the area described by `segs` from `at` on.
+fn write_segs_at(mem: &GuestMem, segs: &[Seg], mut at: Cursor, bytes: &[u8]) -> Result<(), ()> {
+    let mut done = 0;
+    // Each step writes at least one byte or fails: bounded by `bytes`.
+    while done < bytes.len() {
+        let s = segs.get(at.seg).ok_or(())?;
+        let n = ((s.len - at.off) as usize).min(bytes.len() - done);
+        if n == 0 {
+            // Segments are never empty, and a cursor never rests at one's end.
+            return Err(());
+        }
+        mem.write_slice(
+            &bytes[done..done + n],
+            GuestAddress(s.addr + u64::from(at.off)),
+        )
+        .map_err(|_| ())?;
+        done += n;
+        at.advance(segs, n);
+    }
+    Ok(())
 }
 
 /// A position in a segment list.
@@ -567,11 +663,10 @@ impl RxScratch {
         DeliverError { reason }
     }
 
-    /// What is written before the copied part of a frame spread over the popped chains:
-    /// the first `hdr_len` bytes of its virtio-net header, then the edit's prefix. Returns
-    /// the bytes and how many of them to write.
-    fn header(&self, hdr_len: usize, edit: &FrameEdit) -> ([u8; HEAD_BLOCK], usize) {
-        rx_head(hdr_len, edit, self.chains.len() as u16)
+    /// The virtio-net header of a frame with header `vnet` spread over the popped chains,
+    /// as `hdr_len` bytes.
+    fn vnet_bytes(&self, vnet: &VnetHeader) -> [u8; VNET_HDR_MAX] {
+        vnet.to_bytes(self.chains.len() as u16)
     }
 
     /// Used entries for the chains holding `need` bytes, filled in order.
@@ -678,12 +773,11 @@ fn deliver_general(
     mrg_rxbuf: bool,
     src_mem: &GuestMem,
     src_segs: &[Seg],
-    frame_len: u32,
-    edit: &FrameEdit,
+    out: &Outgoing<'_>,
     scratch: &mut RxScratch,
     used: &mut impl FnMut(u16, u32),
 ) -> Result<u32, DeliverError> {
-    let need = rx_need(hdr_len, frame_len, edit)?;
+    let need = hdr_len as u64 + u64::from(out.frame_len());
     scratch.clear();
     let mut have: u64 = 0;
     let mut bad_chain = false;
@@ -732,12 +826,15 @@ fn deliver_general(
         return Err(scratch.shortage(mrg_rxbuf));
     }
 
-    let (head, head_len) = scratch.header(hdr_len, edit);
-    let copied = write_segs(dst_mem, &scratch.segs, &head[..head_len]).and_then(|()| {
+    let vnet = scratch.vnet_bytes(&out.vnet);
+    let hdr_len = hdr_len.min(VNET_HDR_MAX);
+    let copied = write_segs(dst_mem, &scratch.segs, &vnet[..hdr_len]).and_then(|()| {
         let mut at = Cursor::default();
-        at.advance(&scratch.segs, head_len);
+        at.advance(&scratch.segs, hdr_len);
+        write_segs_at(dst_mem, &scratch.segs, at, out.head)?;
+        at.advance(&scratch.segs, out.head.len());
         let mut from = Cursor::default();
-        from.advance(src_segs, usize::from(edit.skip));
+        from.advance(src_segs, out.skip);
         copy_between(
             src_mem,
             src_segs,
@@ -745,7 +842,7 @@ fn deliver_general(
             dst_mem,
             &scratch.segs,
             at,
-            (frame_len - u32::from(edit.skip)) as usize,
+            out.len as usize,
         )
     });
     if copied.is_err() {

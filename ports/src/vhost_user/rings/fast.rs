@@ -16,6 +16,8 @@ use super::{
     MAX_FRAME_LEN, MAX_RX_CHAINS, MAX_RX_SEGS, MAX_TX_SEGS, MIN_FRAME_LEN, PEEK_LEN, VNET_HDR_MAX,
 };
 use crate::counters::DropReason;
+use crate::offload::software::Outgoing;
+use crate::offload::VnetHeader;
 use crate::vhost_user::guest_view::{GuestView, HostSpan};
 use crate::vhost_user::split_ring::{Desc, DescTable, SplitRing};
 
@@ -185,7 +187,7 @@ pub(super) fn pop_tx<'m>(
     avail_idx: &mut u16,
     fresh: bool,
     queue: &mut Queue,
-    hdr_len: usize,
+    (hdr_len, vnet): (usize, bool),
     segs: &mut Vec<Seg>,
     out: &mut TxFrame,
 ) -> PopTx<()> {
@@ -200,10 +202,10 @@ pub(super) fn pop_tx<'m>(
     };
     prefetch_ahead(ring, view, *avail_idx, next, hdr_len as u64, fresh);
     queue.set_next_avail(next.wrapping_add(1));
-    if let Some(popped) = pop_in_one_buffer(ring, view, head, hdr_len, out) {
+    if let Some(popped) = pop_in_one_buffer(ring, view, head, hdr_len, vnet, out) {
         return popped;
     }
-    pop_tx_walk(ring, view, head, hdr_len, segs, out)
+    pop_tx_walk(ring, view, head, (hdr_len, vnet), segs, out)
 }
 
 /// [`pop_tx`] when the ring held no chain or looked corrupt: the next head and its
@@ -241,13 +243,14 @@ fn pop_tx_walk<'m>(
     ring: &SplitRing<'m>,
     view: &mut GuestView<'m>,
     head: u16,
-    hdr_len: usize,
+    (hdr_len, read_vnet): (usize, bool),
     segs: &mut Vec<Seg>,
     out: &mut TxFrame,
 ) -> PopTx<()> {
     let start = segs.len();
     let mut skip = hdr_len as u64;
     let mut total: u64 = 0;
+    let mut vnet = [0u8; VNET_HDR_MAX];
     let well_formed = walk(ring, view, head, |view, d| {
         if d.flags & F_WRITE != 0 {
             return false;
@@ -257,6 +260,10 @@ fn pop_tx_walk<'m>(
         total += len;
         if skip > 0 {
             let s = skip.min(len);
+            let at = hdr_len - skip as usize;
+            if read_vnet && !view.read(addr, &mut vnet[at..at + s as usize]) {
+                return false;
+            }
             let Some(a) = addr.checked_add(s) else {
                 return false;
             };
@@ -301,6 +308,7 @@ fn pop_tx_walk<'m>(
         done += k;
     }
     *out = TxFrame::new(head, start..segs.len(), len as u32, peek);
+    out.vnet = VnetHeader::from_bytes(vnet[..VnetHeader::LEN].try_into().expect("10 of 12"));
     PopTx::Frame(())
 }
 
@@ -314,6 +322,7 @@ fn pop_in_one_buffer<'m>(
     view: &mut GuestView<'m>,
     head: u16,
     hdr_len: usize,
+    read_vnet: bool,
     out: &mut TxFrame,
 ) -> Option<PopTx<()>> {
     let d = ring.table().get(head)?;
@@ -332,6 +341,11 @@ fn pop_in_one_buffer<'m>(
         None => peek_short(&frame, len)?,
     };
     *out = TxFrame::in_one_buffer(head, addr, len as u32, peek);
+    if read_vnet {
+        // The header lies right before the frame, in the same descriptor and region.
+        let hdr = view.span(d.addr, VnetHeader::LEN)?;
+        out.vnet = VnetHeader::from_bytes(&hdr.read_array::<{ VnetHeader::LEN }>(0)?);
+    }
     Some(PopTx::Frame(()))
 }
 
@@ -428,23 +442,48 @@ pub(super) fn deliver(
     if let Some(done) = deliver_in_one_buffer(&mut rx, hdr_len, &mut frame, need) {
         return done.map(|()| out_len);
     }
+    let out = Outgoing::edited(frame.len, frame.edit).ok_or(DeliverError {
+        reason: DropReason::BadDescriptor,
+    })?;
     // Moved, not borrowed: the common case above keeps both in registers.
-    deliver_in_chains(rx, hdr_len, mrg_rxbuf, frame, need, scratch).map(|()| out_len)
+    deliver_in_chains(
+        rx, hdr_len, mrg_rxbuf, frame.view, frame.segs, &out, need, scratch,
+    )
+    .map(|()| out_len)
+}
+
+/// Fast-path [`super::RingView::deliver_built`]: `out` is written over as many chains as it
+/// takes (`need` bytes with the header).
+#[allow(clippy::too_many_arguments)]
+#[inline(never)]
+pub(super) fn deliver_built(
+    rx: RxRing<'_, '_>,
+    hdr_len: usize,
+    mrg_rxbuf: bool,
+    src: &mut GuestView<'_>,
+    src_segs: &[Seg],
+    out: &Outgoing<'_>,
+    need: u64,
+    scratch: &mut RxScratch,
+) -> Result<(), DeliverError> {
+    deliver_in_chains(rx, hdr_len, mrg_rxbuf, src, src_segs, out, need, scratch)
 }
 
 /// The general case of [`deliver`]: the frame spread over as many chains (with mergeable
 /// buffers) and descriptors as it takes.
+#[allow(clippy::too_many_arguments)]
 #[inline(never)]
 fn deliver_in_chains(
     mut rx: RxRing<'_, '_>,
     hdr_len: usize,
     mrg_rxbuf: bool,
-    mut frame: Source<'_, '_>,
+    src: &mut GuestView<'_>,
+    src_segs: &[Seg],
+    out: &Outgoing<'_>,
     need: u64,
     scratch: &mut RxScratch,
 ) -> Result<(), DeliverError> {
     let (ring, view, avail_idx, fresh, queue, used) = rx.parts();
-    let (src, src_segs, frame_len, edit) = frame.parts();
     scratch.clear();
     let mut have: u64 = 0;
     let mut bad_chain = false;
@@ -522,15 +561,15 @@ fn deliver_in_chains(
     }
     queue.set_next_avail(next);
 
-    let (head, head_len) = scratch.header(hdr_len, edit);
+    let vnet = scratch.vnet_bytes(&out.vnet);
     if !write_then_copy(
         view,
         &scratch.segs,
-        &head[..head_len],
+        [&vnet[..hdr_len.min(VNET_HDR_MAX)], out.head],
         src,
         src_segs,
-        edit.skip.into(),
-        frame_len - u32::from(edit.skip),
+        out.skip,
+        out.len,
     ) {
         // Cannot happen with the ranges checked above; hand the buffers back empty.
         return Err(scratch.give_back(|head, len| put_used(ring, used, head, len)));
@@ -642,13 +681,14 @@ fn copy_piece(
     }
 }
 
-/// Fills the destination segments with `hdr`, then with `len` bytes of the source segments
-/// from their first `skip` bytes on: at most one memmove per (source piece, destination
-/// piece) pair.
+/// Fills the destination segments with the host bytes of `hdrs` one after the other (a
+/// virtio-net header, then headers the switch built), then with `len` bytes of the source
+/// segments from their first `skip` bytes on: at most one memmove per (source piece,
+/// destination piece) pair.
 fn write_then_copy(
     dst: &mut GuestView<'_>,
     dst_segs: &[Seg],
-    hdr: &[u8],
+    hdrs: [&[u8]; 2],
     src: &mut GuestView<'_>,
     src_segs: &[Seg],
     mut skip: usize,
@@ -656,19 +696,21 @@ fn write_then_copy(
 ) -> bool {
     let mut d = dst_segs.iter();
     let (mut d_addr, mut d_left) = (0u64, 0usize);
-    // The header.
-    let mut h = 0;
-    while h < hdr.len() {
-        if d_left == 0 {
-            let Some(s) = d.next() else { return false };
-            (d_addr, d_left) = (s.addr, s.len as usize);
-            continue;
+    // The host bytes.
+    for hdr in hdrs {
+        let mut h = 0;
+        while h < hdr.len() {
+            if d_left == 0 {
+                let Some(s) = d.next() else { return false };
+                (d_addr, d_left) = (s.addr, s.len as usize);
+                continue;
+            }
+            let n = d_left.min(hdr.len() - h);
+            if !dst.write(d_addr, &hdr[h..h + n]) {
+                return false;
+            }
+            (h, d_addr, d_left) = (h + n, d_addr + n as u64, d_left - n);
         }
-        let n = d_left.min(hdr.len() - h);
-        if !dst.write(d_addr, &hdr[h..h + n]) {
-            return false;
-        }
-        (h, d_addr, d_left) = (h + n, d_addr + n as u64, d_left - n);
     }
     // The frame. Each step moves at least one byte: bounded by `len`.
     let mut s = src_segs.iter();

@@ -93,8 +93,9 @@ fn pop_tx_skips_a_header_that_straddles_descriptors(fast: bool) {
     let vq = MockSplitQueue::new(&m, 16);
     let f = frame(100);
     // 8 bytes of header, then 4 more header bytes + 60 frame bytes, then 40 frame bytes.
-    m.write_slice(&[0u8; 8], GuestAddress(BUF)).unwrap();
-    let mut second = vec![0u8; 4];
+    let hdr = [1, 4, 54, 0, 0xa0, 5, 34, 0, 16, 0, 0, 0];
+    m.write_slice(&hdr[..8], GuestAddress(BUF)).unwrap();
+    let mut second = hdr[8..].to_vec();
     second.extend_from_slice(&f[..60]);
     m.write_slice(&second, GuestAddress(BUF + 0x100)).unwrap();
     m.write_slice(&f[60..], GuestAddress(BUF + 0x200)).unwrap();
@@ -114,6 +115,11 @@ fn pop_tx_skips_a_header_that_straddles_descriptors(fast: bool) {
     };
     assert_eq!(tx.len, 100);
     assert_eq!(tx.peek[..], f[..PEEK_LEN]);
+    // The header is read across its two descriptors.
+    assert_eq!(
+        tx.vnet,
+        VnetHeader::from_bytes(hdr[..10].try_into().unwrap())
+    );
     assert_eq!(
         tx.segs_in(&segs),
         &[
@@ -139,7 +145,8 @@ fn pop_tx_segments_of_one_and_of_several_buffers(fast: bool) {
     let m = mem();
     let vq = MockSplitQueue::new(&m, 16);
     let f = frame(80);
-    let mut whole = vec![0u8; 12];
+    let hdr = [1, 0, 0, 0, 0, 0, 34, 0, 6, 0, 0, 0];
+    let mut whole = hdr.to_vec();
     whole.extend_from_slice(&f);
     m.write_slice(&whole, GuestAddress(BUF)).unwrap();
     m.write_slice(&whole[..50], GuestAddress(BUF + 0x200))
@@ -158,6 +165,20 @@ fn pop_tx_segments_of_one_and_of_several_buffers(fast: bool) {
     let PopTx::Frame(one) = r.pop_tx(12, &mut segs) else {
         panic!("expected a frame")
     };
+    assert_eq!(
+        one.vnet,
+        VnetHeader::from_bytes(hdr[..10].try_into().unwrap())
+    );
+    // Not asked for, the header is not read: it means nothing without offloads.
+    let mut unread = TxFrame::default();
+    let mut q2: Queue = vq.create_queue().unwrap();
+    let mut r2 = ring(&mut q2, &m, fast);
+    assert!(matches!(
+        r2.pop_tx_into(12, false, &mut segs, &mut unread),
+        PopTx::Frame(())
+    ));
+    assert_eq!(unread.vnet, VnetHeader::default());
+    assert_eq!(unread.len, 80);
     let PopTx::Frame(two) = r.pop_tx(12, &mut segs) else {
         panic!("expected a frame")
     };
@@ -761,6 +782,79 @@ fn chains_are_used_in_the_order_they_were_made_available(fast: bool) {
     assert_eq!(used, [(7, 0), (3, 512), (11, 500), (5, 112), (1, 72)]);
 }
 
+/// A frame built by the switch (a virtio-net header, host bytes, a range of a source frame)
+/// spread over three mergeable buffers: the header with its num_buffers, then the bytes in
+/// order, and the used lengths.
+fn built_frames_carry_their_header_and_bytes(fast: bool) {
+    let m = mem();
+    let vq = MockSplitQueue::new(&m, 16);
+    for i in 0..6u16 {
+        offer(&vq, i, &[desc(BUF + 0x1000 * u64::from(i), 64, true)]);
+    }
+    let mut q: Queue = vq.create_queue().unwrap();
+    let src: Vec<u8> = (0..200u32).map(|i| (i * 3 + 1) as u8).collect();
+    m.write_slice(&src, GuestAddress(0x8000)).unwrap();
+    let src_segs = [
+        Seg {
+            addr: 0x8000,
+            len: 90,
+        },
+        Seg {
+            addr: 0x9000,
+            len: 110,
+        },
+    ];
+    m.write_slice(&src[90..], GuestAddress(0x9000)).unwrap();
+    let vnet = VnetHeader {
+        flags: 1,
+        gso_type: 1,
+        hdr_len: 54,
+        gso_size: 1448,
+        csum_start: 34,
+        csum_offset: 16,
+    };
+    let head = [0xAA; 20];
+    let out = Outgoing {
+        vnet,
+        head: &head,
+        skip: 85,
+        len: 100,
+    };
+    let mut scratch = RxScratch::default();
+    let mut src_view = GuestView::new(&m);
+    let mut r = ring(&mut q, &m, fast);
+    let n = r
+        .deliver_built(12, true, &mut src_view, &src_segs, &out, &mut scratch)
+        .unwrap();
+    assert_eq!(n, 120);
+    r.publish_used().unwrap();
+    // 12 + 20 + 100 = 132 bytes: three buffers of 64.
+    let mut got = Vec::new();
+    for i in 0..3u64 {
+        let mut b = vec![0u8; 64];
+        m.read_slice(&mut b, GuestAddress(BUF + 0x1000 * i))
+            .unwrap();
+        got.extend_from_slice(&b);
+    }
+    let mut want = vnet.to_bytes(3).to_vec();
+    want.extend_from_slice(&head);
+    want.extend_from_slice(&src[85..185]);
+    assert_eq!(&got[..132], &want[..]);
+    assert_eq!(published_since(&q, &m, 0), [(0, 64), (1, 64), (2, 4)]);
+
+    // A range past the source's end is refused, its buffers given back unused.
+    let mut r = ring(&mut q, &m, fast);
+    let past = Outgoing {
+        skip: 150,
+        len: 60,
+        ..out
+    };
+    let e = r
+        .deliver_built(12, true, &mut src_view, &src_segs, &past, &mut scratch)
+        .unwrap_err();
+    assert_eq!(e.reason, DropReason::BadDescriptor);
+}
+
 /// Every test above runs on the general path and on the fast path, with the same rings.
 macro_rules! on_both_paths {
     ($($name:ident),* $(,)?) => {
@@ -794,5 +888,6 @@ on_both_paths!(
     publish_used_writes_entries_then_index_once,
     used_entries_wait_for_their_publication,
     publish_used_honours_event_idx_and_no_interrupt,
-    chains_are_used_in_the_order_they_were_made_available
+    chains_are_used_in_the_order_they_were_made_available,
+    built_frames_carry_their_header_and_bytes
 );

@@ -1,0 +1,105 @@
+//! Offload headers from a hostile guest: a virtio-net header, what its sender and receiver
+//! negotiated, a VLAN edit and the frame, in one to three pieces of guest memory. The
+//! header is checked as a VM's TX frame is (`offload::accept`), then sent as the switch
+//! sends it to a receiver (`software::send`).
+//!
+//! Fails on a panic; on an outgoing frame that reads outside the source frame or builds
+//! headers longer than the switch's buffer; on segments whose payloads do not add up to the
+//! frame's; on more segments than a 64 KiB frame of the smallest segment size has.
+
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vringswitch_ports::offload::software::{self, Sent};
+use vringswitch_ports::offload::{self, OffloadCaps, VnetHeader, MAX_HEADERS};
+use vringswitch_ports::vhost_user::guest_view::GuestView;
+use vringswitch_ports::vhost_user::rings::{FrameEdit, Seg};
+
+#[path = "rings.rs"]
+mod rings;
+use rings::Bytes8;
+
+/// Every bitwise combination of the four offloads.
+fn caps(b: u8) -> OffloadCaps {
+    [
+        OffloadCaps::CSUM,
+        OffloadCaps::TSO4,
+        OffloadCaps::TSO6,
+        OffloadCaps::ECN,
+    ]
+    .into_iter()
+    .enumerate()
+    .filter(|(i, _)| b & (1 << i) != 0)
+    .fold(OffloadCaps::NONE, |c, (_, x)| c | x)
+}
+
+fuzz_target!(|data: &[u8]| {
+    let mut b = Bytes8::new(data);
+    let mut hdr = [0u8; VnetHeader::LEN];
+    for x in hdr.iter_mut() {
+        *x = b.u8();
+    }
+    let mut vnet = VnetHeader::from_bytes(&hdr);
+    let (sent, taken) = (caps(b.u8()), caps(b.u8()));
+    let mut edit = FrameEdit::NONE;
+    match b.u8() % 4 {
+        0 => {}
+        // Pop a tag: 12 bytes of addresses replace 16.
+        1 => (edit.prefix_len, edit.skip) = (12, 16),
+        // Push one: 16 bytes replace 12.
+        2 => (edit.prefix_len, edit.skip) = (16, 12),
+        // Rewrite one in place.
+        _ => (edit.prefix_len, edit.skip) = (16, 16),
+    }
+    let (cut1, cut2) = (usize::from(b.u16()), usize::from(b.u16()));
+    let frame = b.rest();
+    if frame.len() < 14 || frame.len() > 0x1_8000 {
+        return;
+    }
+    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x4_0000)]).unwrap();
+    let (c1, c2) = (cut1.min(frame.len()), (cut1 + cut2).min(frame.len()));
+    let mut segs = Vec::new();
+    for (addr, range) in [(0x100u64, 0..c1), (0x1_0001, c1..c2), (0x2_0000, c2..frame.len())] {
+        if !range.is_empty() {
+            mem.write_slice(&frame[range.clone()], GuestAddress(addr)).unwrap();
+            segs.push(Seg {
+                addr,
+                len: range.len() as u32,
+            });
+        }
+    }
+    let len = frame.len() as u32;
+    let mut view = GuestView::new(&mem);
+    if offload::accept(&mut view, &segs, len, &mut vnet, sent).is_err() {
+        return;
+    }
+    let mut payload = 0u64;
+    let mut frames = 0u32;
+    let src = software::Source {
+        view: &mut view,
+        segs: &segs,
+        len,
+        vnet,
+    };
+    let r = software::send(src, &edit, taken, |_, out| {
+        assert!(out.head.len() <= MAX_HEADERS + FrameEdit::MAX_PREFIX);
+        assert!(
+            out.skip as u64 + u64::from(out.len) <= u64::from(len),
+            "reads past the frame: {out:?}"
+        );
+        payload += u64::from(out.len);
+        frames += 1;
+        Ok(())
+    });
+    match r {
+        Ok(Sent::Segmented(n)) => {
+            assert_eq!(n, frames);
+            assert!(n <= 65_535 / 48 + 1, "{n} segments");
+            // Every payload byte once: the frame less its headers.
+            assert_eq!(payload, u64::from(len) - u64::from(vnet.hdr_len));
+        }
+        Ok(_) => assert_eq!(frames, 1),
+        Err(_) => {}
+    }
+});

@@ -1,0 +1,288 @@
+//! Checksum and segmentation offloads between test VMs through the daemon: a TSO frame
+//! reaches a VM that negotiated TSO as it is (header and all), and one that did not as
+//! segments whose checksums check out; a checksum left to the receiver is completed for a
+//! VM that cannot; hostile headers are counted as `bad_offload` and go nowhere.
+//! Frames are built and checked with etherparse, an implementation independent of ours.
+
+use std::time::Duration;
+
+use etherparse::{PacketBuilder, SlicedPacket, TransportSlice};
+use virtio_bindings::virtio_net::{
+    VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_ECN, VIRTIO_NET_F_GUEST_TSO4,
+    VIRTIO_NET_F_GUEST_TSO6, VIRTIO_NET_F_HOST_ECN, VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6,
+};
+use vringswitch_tests::api::call;
+use vringswitch_tests::daemon::{Daemon, TempDir};
+use vringswitch_tests::frontend::{Received, TestVm, VmOptions, HDR_LEN};
+use vringswitch_tests::mac;
+use vringswitch_tests::setup::{Setup, T};
+
+const SENDS_OFFLOADS: u64 = (1 << VIRTIO_NET_F_CSUM)
+    | (1 << VIRTIO_NET_F_HOST_TSO4)
+    | (1 << VIRTIO_NET_F_HOST_TSO6)
+    | (1 << VIRTIO_NET_F_HOST_ECN);
+const TAKES_OFFLOADS: u64 = (1 << VIRTIO_NET_F_GUEST_CSUM)
+    | (1 << VIRTIO_NET_F_GUEST_TSO4)
+    | (1 << VIRTIO_NET_F_GUEST_TSO6)
+    | (1 << VIRTIO_NET_F_GUEST_ECN);
+
+fn with(offloads: u64) -> VmOptions {
+    VmOptions {
+        offloads,
+        ..VmOptions::default()
+    }
+}
+
+/// A TCP over IPv4 frame from mac(1) to mac(2) with `payload`, its checksum field holding
+/// the pseudo-header sum as a sender that leaves the checksum to its device writes it.
+fn tcp_frame(payload: &[u8]) -> Vec<u8> {
+    let mut f = Vec::new();
+    PacketBuilder::ethernet2(mac(1), mac(2))
+        .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+        .tcp(40000, 5201, 7, 64000)
+        .ack(1)
+        .psh()
+        .write(&mut f, payload)
+        .unwrap();
+    let tcp_len = (f.len() - 34) as u32;
+    let field = pseudo_sum(&f[26..34], 6, tcp_len);
+    f[50..52].copy_from_slice(&field.to_be_bytes());
+    f
+}
+
+/// A UDP over IPv4 frame from mac(1) to mac(2), its checksum left to the receiver.
+fn udp_frame(payload: &[u8]) -> Vec<u8> {
+    let mut f = Vec::new();
+    PacketBuilder::ethernet2(mac(1), mac(2))
+        .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+        .udp(4000, 5000)
+        .write(&mut f, payload)
+        .unwrap();
+    let field = pseudo_sum(&f[26..34], 17, (f.len() - 34) as u32);
+    f[40..42].copy_from_slice(&field.to_be_bytes());
+    f
+}
+
+/// The folded (not complemented) sum of an IPv4 pseudo-header.
+fn pseudo_sum(addrs: &[u8], proto: u8, len: u32) -> u16 {
+    let mut s: u32 = 0;
+    for w in addrs.chunks(2) {
+        s += u32::from(u16::from_be_bytes([w[0], w[1]]));
+    }
+    s += u32::from(proto) + len;
+    while s > 0xffff {
+        s = (s & 0xffff) + (s >> 16);
+    }
+    s as u16
+}
+
+/// A virtio-net header: flags, gso_type, hdr_len, gso_size, csum_start, csum_offset.
+fn header(flags: u8, gso_type: u8, hdr_len: u16, gso_size: u16, start: u16, off: u16) -> [u8; 12] {
+    let mut h = [0u8; HDR_LEN];
+    h[0] = flags;
+    h[1] = gso_type;
+    h[2..4].copy_from_slice(&hdr_len.to_le_bytes());
+    h[4..6].copy_from_slice(&gso_size.to_le_bytes());
+    h[6..8].copy_from_slice(&start.to_le_bytes());
+    h[8..10].copy_from_slice(&off.to_le_bytes());
+    h
+}
+
+/// Sends `frame` behind `hdr` from `vm`, in descriptors of 16 KiB at most.
+fn send(vm: &mut TestVm, hdr: [u8; 12], frame: &[u8]) {
+    let cuts: Vec<usize> = (1..=frame.len() / 0x4000).map(|i| i * 0x4000).collect();
+    vm.send_split_with_header(TestVm::tx(0), hdr, frame, &cuts);
+    vm.kick(TestVm::tx(0));
+}
+
+/// The payload of a TCP or UDP frame, after checking its IP and L4 checksums.
+fn checked_payload(frame: &[u8]) -> Vec<u8> {
+    let p = SlicedPacket::from_ethernet(frame).expect("an Ethernet frame");
+    let Some(etherparse::InternetSlice::Ipv4(ip)) = &p.net else {
+        panic!("not IPv4")
+    };
+    let h = ip.header();
+    assert_eq!(h.header_checksum(), h.to_header().calc_header_checksum());
+    match p.transport.expect("a transport header") {
+        TransportSlice::Tcp(t) => {
+            let want = t.calc_checksum_ipv4(h.source(), h.destination()).unwrap();
+            assert_eq!(t.checksum(), want, "TCP checksum");
+            t.payload().to_vec()
+        }
+        TransportSlice::Udp(u) => {
+            let want = u
+                .to_header()
+                .calc_checksum_ipv4_raw(h.source(), h.destination(), u.payload())
+                .unwrap();
+            assert_eq!(u.checksum(), want, "UDP checksum");
+            u.payload().to_vec()
+        }
+        _ => panic!("neither TCP nor UDP"),
+    }
+}
+
+fn offloads(s: &Setup, port: &str, action: &str) -> u64 {
+    s.daemon.metric(
+        "vringswitch_port_offloads_total",
+        &[("port", port), ("action", action)],
+    )
+}
+
+/// One TSO frame flooded to a VM that takes TSO and to one that does not: the first gets it
+/// whole with its header, the second as segments that check out; a checksum left open is
+/// passed to the first and completed for the second.
+#[test]
+fn a_flooded_tso_frame_reaches_each_vm_as_it_can_take_it() {
+    let s = Setup::new("offloads", &[("br0", &["a", "b", "c"])], 1);
+    let mut a = s.vm_with("a", 1, with(SENDS_OFFLOADS));
+    let mut b = s.vm_with("b", 2, with(TAKES_OFFLOADS));
+    let mut c = s.vm_with("c", 3, with(0));
+    s.wait_connected(&["a", "b", "c"]);
+
+    let payload: Vec<u8> = (0..20_000u32).map(|i| (i * 7 + 1) as u8).collect();
+    let frame = tcp_frame(&payload);
+    // As Linux sends one: NEEDS_CSUM, TCPV4, headers 54 bytes, segments of 1448.
+    send(&mut a, header(1, 1, 54, 1448, 34, 16), &frame);
+
+    let got = b.expect_frames(TestVm::rx(0), 1, T);
+    assert!(
+        got[0].frame == frame,
+        "the TSO frame arrives as it was sent"
+    );
+    assert_eq!(&got[0].header[..10], &header(1, 1, 54, 1448, 34, 16)[..10]);
+    assert!(got[0].num_buffers > 1, "over mergeable buffers");
+
+    let segments = c.expect_frames(TestVm::rx(0), 14, T);
+    let mut joined = Vec::new();
+    for Received { frame, header, .. } in &segments {
+        assert_eq!(
+            header[..10],
+            [0; 10],
+            "segments need nothing of their receiver"
+        );
+        assert!(frame.len() <= 14 + 20 + 20 + 1448);
+        joined.extend(checked_payload(frame));
+    }
+    assert!(joined == payload, "the segments carry the payload in order");
+    c.expect_nothing(TestVm::rx(0), Duration::from_millis(200));
+    assert_eq!(offloads(&s, "b", "passed"), 1);
+    assert_eq!(offloads(&s, "c", "segmented"), 1);
+    assert_eq!(s.counter("tx_packets", "c"), 14);
+
+    // A UDP checksum left to the receiver.
+    let udp = udp_frame(&[5; 999]);
+    send(&mut a, header(1, 0, 0, 0, 34, 6), &udp);
+    let got = b.expect_frames(TestVm::rx(0), 1, T);
+    assert!(got[0].frame == udp);
+    assert_eq!(&got[0].header[..10], &header(1, 0, 0, 0, 34, 6)[..10]);
+    let got = c.expect_frames(TestVm::rx(0), 1, T);
+    assert_eq!(got[0].header[..10], [0; 10]);
+    assert_eq!(checked_payload(&got[0].frame), vec![5; 999]);
+    assert_eq!(offloads(&s, "b", "passed"), 2);
+    assert_eq!(offloads(&s, "c", "checksummed"), 1);
+    assert_eq!(s.drops("a", "bad_offload"), 0);
+}
+
+/// Headers that lie, or ask what was not negotiated, are dropped at their source and
+/// counted there; a VM that negotiated no offloads has its header ignored, as it means
+/// nothing.
+#[test]
+fn hostile_offload_headers_are_counted_and_go_nowhere() {
+    let s = Setup::new("badoffload", &[("br0", &["a", "b", "c"])], 1);
+    let mut a = s.vm_with("a", 1, with(SENDS_OFFLOADS));
+    let mut b = s.vm_with("b", 2, with(TAKES_OFFLOADS));
+    let mut c = s.vm_with("c", 3, with(0));
+    s.wait_connected(&["a", "b", "c"]);
+
+    let tcp = tcp_frame(&[1; 5000]);
+    let udp = udp_frame(&[1; 5000]);
+    let bad: [(&str, [u8; 12], &[u8]); 6] = [
+        ("gso_size 0", header(1, 1, 54, 0, 34, 16), &tcp),
+        (
+            "csum_start past the frame",
+            header(1, 0, 0, 0, 6000, 16),
+            &tcp,
+        ),
+        (
+            "hdr_len past the frame",
+            header(1, 1, 9000, 1448, 34, 16),
+            &tcp,
+        ),
+        ("UFO, not offered", header(1, 3, 42, 1400, 34, 6), &udp),
+        ("TSO of a UDP frame", header(1, 1, 42, 1400, 34, 6), &udp),
+        (
+            "TSO without a checksum to complete",
+            header(0, 1, 54, 1448, 34, 16),
+            &tcp,
+        ),
+    ];
+    for (i, (what, hdr, frame)) in bad.iter().enumerate() {
+        send(&mut a, *hdr, frame);
+        a.wait_tx_done(TestVm::tx(0), T);
+        assert_eq!(s.drops("a", "bad_offload"), i as u64 + 1, "{what}");
+    }
+    b.expect_nothing(TestVm::rx(0), Duration::from_millis(200));
+    c.expect_nothing(TestVm::rx(0), Duration::from_millis(10));
+
+    // ECN without HOST_ECN: a VM that did not negotiate it.
+    let mut d_opts = with((1 << VIRTIO_NET_F_CSUM) | (1 << VIRTIO_NET_F_HOST_TSO4));
+    d_opts.strict = true;
+    drop(c);
+    let mut d = s.vm_with("c", 4, d_opts);
+    s.wait_connected(&["c"]);
+    send(&mut d, header(1, 0x81, 54, 1448, 34, 16), &tcp);
+    d.wait_tx_done(TestVm::tx(0), T);
+    assert_eq!(s.drops("c", "bad_offload"), 1);
+
+    // A VM that negotiated nothing: its header is not read, the frame goes as it is.
+    drop(d);
+    let mut e = s.vm_with("c", 5, with(0));
+    s.wait_connected(&["c"]);
+    let plain = tcp_frame(&[2; 100]);
+    send(&mut e, header(1, 1, 0, 0, 0xffff, 0xffff), &plain);
+    let got = b.expect_frames(TestVm::rx(0), 1, T);
+    assert!(got[0].frame == plain);
+    assert_eq!(got[0].header[..10], [0; 10]);
+    assert_eq!(s.drops("c", "bad_offload"), 1);
+}
+
+/// A port with `offloads = false` offers none of the offload features; one without the
+/// setting offers them all, both directions.
+#[test]
+fn offloads_are_offered_unless_a_port_turns_them_off() {
+    use vhost::vhost_user::Frontend;
+    use vhost::VhostBackend;
+    let dir = TempDir::new("offloadsoff");
+    let on = dir.path().join("on.sock");
+    let off = dir.path().join("off.sock");
+    let toml = format!(
+        "[dataplane]\ncores = [1]\n[[bridges]]\nname = \"br0\"\n\
+         [[ports]]\nname = \"on\"\nbridge = \"br0\"\ntype = \"vhost-user\"\nsocket = \"{}\"\n\
+         [[ports]]\nname = \"off\"\nbridge = \"br0\"\ntype = \"vhost-user\"\nsocket = \"{}\"\n\
+         offloads = false\n",
+        on.display(),
+        off.display()
+    );
+    let d = Daemon::start(dir.path(), &toml, &[on.clone(), off.clone()]);
+    let all = SENDS_OFFLOADS | TAKES_OFFLOADS;
+    let offered = |socket: &std::path::Path| {
+        let f = Frontend::connect(socket, 2).unwrap();
+        f.set_owner().unwrap();
+        f.get_features().unwrap()
+    };
+    assert_eq!(offered(&on) & all, all);
+    assert_eq!(offered(&off) & all, 0);
+    let port = d.vringctl(&["port", "show", "off"]);
+    assert!(port.contains("offloads: off"), "{port}");
+    let port = d.vringctl(&["port", "show", "on"]);
+    assert!(port.contains("offloads: on; frames passed 0"), "{port}");
+    // The setting is for ports with a peer that negotiates.
+    let refused = call(
+        &d,
+        "POST",
+        "/v1/ports",
+        Some(serde_json::json!({"name": "x", "bridge": "br0", "type": "afxdp", "offloads": true})),
+    );
+    assert_eq!(refused.0, 400, "{refused:?}");
+    assert!(refused.1.to_string().contains("offloads"), "{refused:?}");
+}
