@@ -2,8 +2,13 @@
 # /init of the test guest. Kernel command line parameters:
 #   vs.ip=ADDR/PREFIX   address of eth0
 #   vs.peer=ADDR        address to ping, 20 pings a round, forever
-#   vs.send=ADDR:PORT:MB  also send MB MiB of random bytes once over TCP to ADDR:PORT
-#                       (busybox nc), printing VS-MD5 <md5> before and VS-SENT rc=N after
+#   vs.send=ADDR:PORT:MB[,ADDR:PORT:MB...]  also send MB MiB of random bytes once over TCP
+#                       to each ADDR:PORT in turn (busybox nc), printing
+#                       VS-MD5 <md5> before and VS-SENT rc=N after each (the last: VS-MD5
+#                       and VS-SENT; before it, VS-MD5-ADDR:PORT and VS-SENT-ADDR:PORT too)
+#   vs.recv=PORT[,PORT...]  receive one TCP stream on each PORT, printing
+#                       VS-RECV-PORT <md5> once it ended
+# It prints eth0's virtio features as VS-FEATURES <bits> (character i is feature bit i).
 # With two CPUs or more, each CPU pings (CPU 0 prints VS-PING rounds, CPU 1 VS-PING1): a
 # multiqueue NIC then sends on two queue pairs.
 /bin/busybox --install -s /bin
@@ -13,19 +18,31 @@ mount -t devtmpfs devtmpfs /dev 2>/dev/null
 for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_mmio failover net_failover virtio_net; do
     insmod /modules/$m.ko 2>/dev/null
 done
-ip=; peer=; send=
+ip=; peer=; send=; recv=
 for arg in $(cat /proc/cmdline); do
     case $arg in
         vs.ip=*) ip=${arg#vs.ip=} ;;
         vs.peer=*) peer=${arg#vs.peer=} ;;
         vs.send=*) send=${arg#vs.send=} ;;
+        vs.recv=*) recv=${arg#vs.recv=} ;;
     esac
 done
 for i in $(seq 50); do [ -e /sys/class/net/eth0 ] && break; sleep 0.1; done
 ip link set lo up
 ip addr add "$ip" dev eth0
 ip link set eth0 up
+echo "VS-FEATURES $(cat /sys/class/net/eth0/device/features)"
 echo "VS-GUEST-READY $ip cpus=$(nproc) queues=$(ls -d /sys/class/net/eth0/queues/tx-* | wc -l)"
+# Receivers first: a sender may start as soon as its guest is up. nc's stdin is a FIFO the
+# subshell holds open (busybox nc ends early at the end of its stdin), so nc ends with the
+# stream, then md5sum prints.
+for p in $(echo "$recv" | tr ',' ' '); do
+    (
+        mkfifo "/tmp/in.$p"
+        exec 3<>"/tmp/in.$p"
+        echo "VS-RECV-$p $(nc -l -p "$p" < "/tmp/in.$p" | md5sum | cut -d' ' -f1)"
+    ) &
+done
 # ping_loop CPU LABEL: rounds of 20 pings from CPU, forever.
 ping_loop() {
     round=0
@@ -38,11 +55,21 @@ ping_loop() {
 }
 if [ -n "$send" ]; then
     (
-        to=${send%%:*}; rest=${send#*:}; port=${rest%%:*}; mb=${rest#*:}
-        dd if=/dev/urandom of=/tmp/send bs=1048576 count="$mb" 2>/dev/null
-        echo "VS-MD5 $(md5sum /tmp/send | cut -d' ' -f1)"
-        nc "$to" "$port" < /tmp/send
-        echo "VS-SENT rc=$?"
+        for one in $(echo "$send" | tr ',' ' '); do
+            to=${one%%:*}; rest=${one#*:}; port=${rest%%:*}; mb=${rest#*:}
+            # The receiver may still be booting: wait until it answers, and its nc listens.
+            until ping -c 1 -W 1 "$to" >/dev/null 2>&1; do sleep 1; done
+            sleep 3
+            dd if=/dev/urandom of=/tmp/send bs=1048576 count="$mb" 2>/dev/null
+            md5=$(md5sum /tmp/send | cut -d' ' -f1)
+            echo "VS-MD5-$to:$port $md5"
+            echo "VS-MD5 $md5"
+            nc "$to" "$port" < /tmp/send
+            rc=$?
+            echo "VS-SENT-$to:$port rc=$rc"
+            echo "VS-SENT rc=$rc"
+            rm -f /tmp/send
+        done
     ) &
 fi
 [ "$(nproc)" -ge 2 ] && ping_loop 1 VS-PING1 &

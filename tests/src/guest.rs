@@ -77,6 +77,8 @@ pub struct GuestSpec {
     pub machine: Machine,
     /// More kernel command line parameters (`vs.send=...`, see tests/guest/init.sh).
     pub cmdline_extra: String,
+    /// More properties of the NIC (`,guest_tso4=off`...).
+    pub device_extra: String,
 }
 
 impl GuestSpec {
@@ -92,13 +94,36 @@ impl GuestSpec {
             queues: 1,
             machine: Machine::Q35,
             cmdline_extra: String::new(),
+            device_extra: String::new(),
         }
     }
 
     /// The guest also sends `mb` MiB of random bytes once to `addr:port` over TCP, and
     /// prints their md5 (see [`Console::sent_md5`]).
     pub fn sending(mut self, addr: &str, port: u16, mb: u32) -> GuestSpec {
-        self.cmdline_extra = format!(" vs.send={addr}:{port}:{mb}");
+        self.cmdline_extra += &format!(" vs.send={addr}:{port}:{mb}");
+        self
+    }
+
+    /// The guest sends `mb` MiB to each `(addr, port)` in turn, once (see
+    /// [`Console::sent_md5_to`], [`Console::sent_status_to`]).
+    pub fn sending_to(mut self, to: &[(&str, u16)], mb: u32) -> GuestSpec {
+        let list: Vec<String> = to.iter().map(|(a, p)| format!("{a}:{p}:{mb}")).collect();
+        self.cmdline_extra += &format!(" vs.send={}", list.join(","));
+        self
+    }
+
+    /// The guest receives one TCP stream on each of `ports` and prints its md5 (see
+    /// [`Console::received_md5`]).
+    pub fn receiving(mut self, ports: &[u16]) -> GuestSpec {
+        let list: Vec<String> = ports.iter().map(u16::to_string).collect();
+        self.cmdline_extra += &format!(" vs.recv={}", list.join(","));
+        self
+    }
+
+    /// More properties for the NIC, e.g. `guest_tso4=off`.
+    pub fn nic(mut self, properties: &str) -> GuestSpec {
+        self.device_extra += &format!(",{properties}");
         self
     }
 
@@ -189,6 +214,37 @@ impl Console {
         Some(line["VS-MD5 ".len()..].trim().to_owned())
     }
 
+    /// The line `PREFIX VALUE` the guest printed last, its value.
+    fn value_of(&self, prefix: &str) -> Option<String> {
+        let text = self.text();
+        let line = text.lines().rev().find(|l| l.starts_with(prefix))?;
+        Some(line[prefix.len()..].trim().to_owned())
+    }
+
+    /// The md5 of what the guest sends to `addr:port`, once it printed it.
+    pub fn sent_md5_to(&self, addr: &str, port: u16) -> Option<String> {
+        self.value_of(&format!("VS-MD5-{addr}:{port} "))
+    }
+
+    /// The exit status of the guest's `nc` to `addr:port` once that transfer ended.
+    pub fn sent_status_to(&self, addr: &str, port: u16) -> Option<i32> {
+        self.value_of(&format!("VS-SENT-{addr}:{port} rc="))?
+            .parse()
+            .ok()
+    }
+
+    /// The md5 of the stream the guest received on `port`, once it ended.
+    pub fn received_md5(&self, port: u16) -> Option<String> {
+        self.value_of(&format!("VS-RECV-{port} "))
+    }
+
+    /// Whether the guest's NIC negotiated virtio feature `bit` (as the guest's driver
+    /// shows it), once it printed them.
+    pub fn has_feature(&self, bit: u32) -> Option<bool> {
+        let bits = self.value_of("VS-FEATURES ")?;
+        Some(bits.as_bytes().get(bit as usize) == Some(&b'1'))
+    }
+
     /// The exit status of the guest's `nc` once the transfer ended.
     pub fn sent_status(&self) -> Option<i32> {
         let text = self.text();
@@ -231,11 +287,12 @@ impl Guest {
                 if spec.queues > 1 {
                     d.push_str(",mq=on");
                 }
+                d.push_str(&spec.device_extra);
                 ("q35,memory-backend=mem", d)
             }
             Machine::Microvm => (
                 "microvm,memory-backend=mem",
-                format!("virtio-net-device,netdev=n0,mac={mac}"),
+                format!("virtio-net-device,netdev=n0,mac={mac}{}", spec.device_extra),
             ),
         };
         let child = Command::new(qemu_binary())
