@@ -910,6 +910,7 @@ impl Daemon {
                     TapPortConfig {
                         ifname: spec.ifname.clone().unwrap_or_else(|| spec.name.clone()),
                         mtu: spec.mtu,
+                        offloads: spec.offloads(),
                     },
                 )
                 .map_err(|error| ChangeError::Tap {

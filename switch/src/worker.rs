@@ -23,7 +23,7 @@ use vringswitch_ports::counters::PortCounters;
 use vringswitch_ports::offload::software::{self, Outgoing, Sent};
 use vringswitch_ports::offload::{OffloadCaps, VnetHeader};
 use vringswitch_ports::port::{GuestMem, GuestMemAtomic};
-use vringswitch_ports::tap::{TapQueue, TapRead, TAP_BUFFERS};
+use vringswitch_ports::tap::{TapQueue, TapRead, TAP_BUFFERS, TAP_VNET_HDR};
 use vringswitch_ports::vhost_user::guest_view::GuestView;
 use vringswitch_ports::vhost_user::rings::{
     FrameEdit, PopTx, RingView, RxScratch, Seg, TxFrame, MAX_TX_SEGS, MIN_FRAME_LEN, PEEK_LEN,
@@ -434,6 +434,7 @@ impl Worker {
         let cache = &mut self.fdb_caches[src_rt.bridge];
         let mut frames =
             KernelFrames::new(src, src_rt, topology, q.mem(), self.index, cache, now_s);
+        let sent = q.offloads();
         for slot in 0..b.slots.len().min(TAP_BUFFERS) {
             let len = match q.read_frame(slot) {
                 TapRead::Frame(len) => len,
@@ -445,7 +446,7 @@ impl Worker {
                     break;
                 }
             };
-            frames.push(b, TapQueue::buffer(slot), len);
+            frames.push_with_header(b, TapQueue::buffer(slot), len, sent);
         }
         let from = Source {
             id: src,
@@ -553,6 +554,32 @@ impl<'a> KernelFrames<'a> {
             Dest::Flood => self.flood = true,
             Dest::Port(p) if !b.targets.contains(&p) => b.targets.push(p),
             _ => {}
+        }
+    }
+
+    /// [`Self::push`] for `len` bytes at `addr` that are a virtio-net header of
+    /// [`TAP_VNET_HDR`] bytes then the frame, from a sender that may use the offloads
+    /// `sent`. A header that asks for more, or describes the frame wrongly, drops it.
+    #[inline(always)]
+    fn push_with_header(&mut self, b: &mut Burst, addr: u64, len: u32, sent: OffloadCaps) {
+        let mut hdr = [0u8; VnetHeader::LEN];
+        if (len as usize) < TAP_VNET_HDR || !self.view.read(addr, &mut hdr) {
+            self.decide.counters.add_drop(DropReason::BadDescriptor, 1);
+            return;
+        }
+        let before = b.len;
+        self.push(b, addr + TAP_VNET_HDR as u64, len - TAP_VNET_HDR as u32);
+        let vnet = VnetHeader::from_bytes(&hdr);
+        if b.len == before || vnet == VnetHeader::default() {
+            return;
+        }
+        let f = &mut b.slots[before];
+        f.tx.vnet = vnet;
+        if !accept_offload(self.view.mem(), &b.segs, &mut f.tx, sent) {
+            // Taken back: nothing of the frame was delivered yet.
+            self.decide.counters.add_drop(DropReason::BadOffload, 1);
+            self.rx_bytes -= u64::from(f.tx.len);
+            b.len = before;
         }
     }
 
@@ -860,19 +887,14 @@ fn deliver_to_tap(
         }
         let segs = tx.segs_in(&b.segs);
         if tx.vnet.flags != 0 {
-            let (p, n) = send_offloaded(
-                src,
-                tx,
-                segs,
-                &edit,
-                OffloadCaps::NONE,
-                counters,
-                |view, out| {
-                    view.write_to(q.fd(), out.head, segs, out.skip, out.len as usize)
-                        .map(|n| n as u32)
+            let (p, n) =
+                send_offloaded(src, tx, segs, &edit, q.offloads(), counters, |view, out| {
+                    let vnet = out.vnet.to_bytes(0);
+                    let heads = [&vnet[..TAP_VNET_HDR], out.head];
+                    view.write_to(q.fd(), &heads, segs, out.skip, out.len as usize)
+                        .map(|n| n.saturating_sub(TAP_VNET_HDR) as u32)
                         .map_err(|e| tap_write_failed(q, &e))
-                },
-            );
+                });
             (packets, bytes) = (packets + p, bytes + n);
             continue;
         }
@@ -881,16 +903,20 @@ fn deliver_to_tap(
             continue;
         };
         let rest = len as usize - edit.prefix().len();
-        match src.write_to(q.fd(), edit.prefix(), segs, usize::from(edit.skip), rest) {
+        let heads = [&NO_OFFLOAD[..], edit.prefix()];
+        match src.write_to(q.fd(), &heads, segs, usize::from(edit.skip), rest) {
             Ok(n) => {
                 packets += 1;
-                bytes += n as u64;
+                bytes += n.saturating_sub(TAP_VNET_HDR) as u64;
             }
             Err(e) => counters.add_drop(tap_write_failed(q, &e), 1),
         }
     }
     counters.add_tx(0, packets, bytes);
 }
+
+/// The virtio-net header of a frame written to a TAP port that asks nothing of the kernel.
+const NO_OFFLOAD: [u8; TAP_VNET_HDR] = [0; TAP_VNET_HDR];
 
 /// Why a write to TAP port `q` failed, as a drop reason; an interface gone marks the port
 /// failed.

@@ -401,17 +401,26 @@ impl TestVm {
     /// one avail index store and a kick if the device asks. Returns how many. The cheapest
     /// way to keep a queue full, for load generators.
     pub fn recycle(&mut self, q: u16) -> usize {
+        self.recycle_counting(q).0
+    }
+
+    /// [`Self::recycle`], also returning the bytes the device wrote into (or took from)
+    /// the chains, as their used lengths say.
+    pub fn recycle_counting(&mut self, q: u16) -> (usize, u64) {
         let used = self.used_idx(q);
         let mut heads = Vec::new();
+        let mut bytes = 0u64;
         while self.queues[usize::from(q)].last_used != used {
             let at = self.queues[usize::from(q)].last_used;
-            heads.push(self.used_entry(q, at).0);
+            let (head, len) = self.used_entry(q, at);
+            heads.push(head);
+            bytes += u64::from(len);
             self.queues[usize::from(q)].last_used = at.wrapping_add(1);
         }
         if !heads.is_empty() {
             self.make_available(q, &heads);
         }
-        heads.len()
+        (heads.len(), bytes)
     }
 
     /// Kicks queue `q`.

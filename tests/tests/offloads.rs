@@ -286,3 +286,66 @@ fn offloads_are_offered_unless_a_port_turns_them_off() {
     assert_eq!(refused.0, 400, "{refused:?}");
     assert!(refused.1.to_string().contains("offloads"), "{refused:?}");
 }
+
+/// A TSO frame from a VM reaches the kernel through a TAP port whole (one packet of the
+/// interface, the kernel segments it if it must), or, with the port's offloads off, as the
+/// segments the switch cut; the interface's own counters say which.
+#[test]
+fn a_tap_port_passes_tso_frames_to_the_kernel_unless_its_offloads_are_off() {
+    let dir = TempDir::new("offloadtap");
+    let id = std::process::id() % 10_000;
+    let (on, off) = (format!("vsoffa{id}"), format!("vsoffb{id}"));
+    let vm = dir.path().join("a.sock");
+    let toml = format!(
+        "[dataplane]\ncores = [1]\n[[bridges]]\nname = \"br0\"\n\
+         [[ports]]\nname = \"a\"\nbridge = \"br0\"\ntype = \"vhost-user\"\nsocket = \"{}\"\n\
+         [[ports]]\nname = \"on\"\nbridge = \"br0\"\ntype = \"tap\"\nifname = \"{on}\"\nmtu = 1500\n\
+         [[ports]]\nname = \"off\"\nbridge = \"br0\"\ntype = \"tap\"\nifname = \"{off}\"\nmtu = 1500\n\
+         offloads = false\n",
+        vm.display()
+    );
+    let d = Daemon::start(dir.path(), &toml, std::slice::from_ref(&vm));
+    let stat = |ifname: &str, what: &str| -> u64 {
+        std::fs::read_to_string(format!("/sys/class/net/{ifname}/statistics/{what}"))
+            .unwrap_or_else(|e| panic!("{ifname}'s {what}: {e}"))
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    // The kernel's own frames from each interface (IPv6 neighbour discovery) would reach the
+    // other through the bridge: none.
+    for i in [&on, &off] {
+        std::fs::write(format!("/proc/sys/net/ipv6/conf/{i}/disable_ipv6"), "1").unwrap();
+    }
+    let mut a = TestVm::connect(&vm, mac(1), with(SENDS_OFFLOADS));
+    a.post_rx(TestVm::rx(0), 64, 2048);
+    std::thread::sleep(Duration::from_millis(300));
+    let before = [on.as_str(), off.as_str()].map(|i| stat(i, "rx_packets"));
+    let bytes_before = d.metric("vringswitch_port_tx_bytes_total", &[("port", "on")]);
+    let payload: Vec<u8> = (0..20_000u32).map(|i| i as u8).collect();
+    // To an unknown MAC: flooded to both TAP ports.
+    send(&mut a, header(1, 1, 54, 1448, 34, 16), &tcp_frame(&payload));
+    a.wait_tx_done(TestVm::tx(0), T);
+    vringswitch_tests::wait_until(T, "the frames at both interfaces", || {
+        (stat(&on, "rx_packets") > before[0] && stat(&off, "rx_packets") >= before[1] + 14)
+            .then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(stat(&on, "rx_packets") - before[0], 1, "one TSO frame");
+    assert_eq!(stat(&off, "rx_packets") - before[1], 14, "14 segments");
+    let passed = d.metric(
+        "vringswitch_port_offloads_total",
+        &[("port", "on"), ("action", "passed")],
+    );
+    let cut = d.metric(
+        "vringswitch_port_offloads_total",
+        &[("port", "off"), ("action", "segmented")],
+    );
+    assert_eq!((passed, cut), (1, 1));
+    let bytes = d.metric("vringswitch_port_tx_bytes_total", &[("port", "on")]);
+    assert_eq!(
+        bytes - bytes_before,
+        20_054,
+        "the frame, without its header"
+    );
+}

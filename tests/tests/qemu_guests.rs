@@ -200,12 +200,13 @@ fn a_microvm_guest_pings_a_pci_guest() {
 }
 
 #[test]
-fn a_guest_reaches_a_network_namespace_through_a_tap_port_with_ping_and_50_mb_of_tcp() {
+fn a_guest_reaches_a_network_namespace_through_a_tap_port_with_ping_and_100_mb_of_tcp_both_ways() {
     guest_reaches_a_namespace("tap");
 }
 
 #[test]
-fn a_guest_reaches_a_network_namespace_through_an_afxdp_port_with_ping_and_50_mb_of_tcp() {
+fn a_guest_reaches_a_network_namespace_through_an_afxdp_port_with_ping_and_100_mb_of_tcp_both_ways()
+{
     guest_reaches_a_namespace("afxdp");
 }
 
@@ -213,8 +214,13 @@ fn a_guest_reaches_a_network_namespace_through_an_afxdp_port_with_ping_and_50_mb
 /// port of `kind`: a TAP interface moved into the namespace, or an AF_XDP socket on one
 /// end of a veth pair whose other end is there (with TX checksumming off: XDP on veth
 /// hands over frames whose checksum the kernel left unfinished). Pings both ways lose
-/// nothing and 50 MiB over TCP arrive with the md5 the guest computed.
+/// nothing, and 100 MiB over TCP each way arrive with the md5 their sender computed.
+///
+/// The guest sends TSO frames: a TAP port passes them to the kernel as they are, an AF_XDP
+/// port has the switch cut them. The kernel sends TSO frames through a TAP port, passed to
+/// the guest as they are.
 fn guest_reaches_a_namespace(kind: &str) {
+    const MB: u64 = 100;
     use std::os::unix::process::CommandExt;
     use std::process::{Command, Stdio};
     let dir = TempDir::new(&format!("qemu-{kind}"));
@@ -264,8 +270,11 @@ fn guest_reaches_a_namespace(kind: &str) {
         .expect("start the listener in the namespace");
     let _listener = vringswitch_tests::daemon::KillOnDrop(listener);
 
-    // The guest (10.0.0.2) pings the namespace's 10.0.0.1 and sends it 50 MiB.
-    let spec = GuestSpec::new("g2", &sockets[0], 2, 1).sending("10.0.0.1", 5001, 50);
+    // The guest (10.0.0.2) pings the namespace's 10.0.0.1, sends it 100 MiB and takes as
+    // much from it.
+    let spec = GuestSpec::new("g2", &sockets[0], 2, 1)
+        .sending("10.0.0.1", 5001, MB as u32)
+        .receiving(&[5002]);
     let g2 = Guest::boot(dir.path(), &spec);
     g2.wait_clean_round(0, "g2 -> namespace pings through the uplink");
     // And the namespace pings the guest.
@@ -284,7 +293,7 @@ fn guest_reaches_a_namespace(kind: &str) {
 
     let rc = wait_until(
         Duration::from_secs(600),
-        "the guest's 50 MiB transfer",
+        "the guest's 100 MiB transfer",
         || g2.console.sent_status(),
     );
     assert_eq!(rc, 0, "the guest's nc failed: {}", g2.console.text());
@@ -294,7 +303,7 @@ fn guest_reaches_a_namespace(kind: &str) {
         "the whole file at the namespace",
         || {
             let len = std::fs::metadata(&received).map(|m| m.len()).unwrap_or(0);
-            (len == 50 << 20).then_some(())
+            (len == MB << 20).then_some(())
         },
     );
     let out = Command::new("md5sum").arg(&received).output().unwrap();
@@ -306,9 +315,70 @@ fn guest_reaches_a_namespace(kind: &str) {
     );
     // In bytes: TSO frames from the guest are fewer than the segments the kernel sees.
     let bytes = daemon.metric("vringswitch_port_rx_bytes_total", &[("port", "vm2")]);
-    assert!(bytes > 50 << 20, "{bytes} bytes from the guest");
+    assert!(bytes > MB << 20, "{bytes} bytes from the guest");
     let to_kernel = daemon.metric("vringswitch_port_tx_bytes_total", &[("port", "uplink")]);
-    assert!(to_kernel > 50 << 20, "{to_kernel} bytes to the kernel");
+    assert!(to_kernel > MB << 20, "{to_kernel} bytes to the kernel");
+
+    // And back: 100 MiB from the namespace to the guest.
+    let file = dir.path().join("to-guest");
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "head -c {} /dev/urandom > '{}' && md5sum '{}'",
+            MB << 20,
+            file.display(),
+            file.display()
+        ))
+        .output()
+        .unwrap();
+    let sent = String::from_utf8_lossy(&out.stdout);
+    let sent = sent
+        .split_whitespace()
+        .next()
+        .expect("md5 of the file")
+        .to_owned();
+    let out = Command::new("timeout")
+        .arg("600")
+        .args(["ip", "netns", "exec", &ns, "sh", "-c"])
+        .arg(format!("busybox nc 10.0.0.2 5002 < '{}'", file.display()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "the namespace's nc: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got = wait_until(Duration::from_secs(60), "the guest's md5", || {
+        g2.console.received_md5(5002)
+    });
+    assert_eq!(got, sent, "md5 of what reached the guest");
+
+    let offloads = |port, action| {
+        daemon.metric(
+            "vringswitch_port_offloads_total",
+            &[("port", port), ("action", action)],
+        )
+    };
+    let (to_kernel, to_guest) = if kind == "tap" {
+        (offloads("uplink", "passed"), offloads("vm2", "passed"))
+    } else {
+        (offloads("uplink", "segmented"), 0)
+    };
+    eprintln!("{kind}: offloaded frames to the kernel {to_kernel}, from it {to_guest}");
+    assert!(to_kernel > 100, "{to_kernel} TSO frames to the kernel");
+    if kind == "tap" {
+        assert!(
+            to_guest > 100,
+            "{to_guest} TSO frames from the kernel to the guest"
+        );
+    }
+    for port in ["vm2", "uplink"] {
+        let bad = daemon.metric(
+            "vringswitch_port_drops_total",
+            &[("port", port), ("reason", "bad_offload")],
+        );
+        assert_eq!(bad, 0, "bad offloads from {port}");
+    }
 }
 
 /// Offloads between real guests: `a` and `b` negotiate checksums and TSO both ways; `c`'s
@@ -398,7 +468,7 @@ fn tso_guests_and_a_guest_without_offloads_exchange_100_mb_with_matching_md5() {
     }
     // Fewer frames than 1500-byte ones would have been: the senders used TSO.
     let frames = daemon.metric("vringswitch_port_rx_packets_total", &[("port", "a")]);
-    let unsegmented = (2 * u64::from(MB) << 20) / 1448;
+    let unsegmented = ((2 * u64::from(MB)) << 20) / 1448;
     assert!(frames < unsegmented / 2, "{frames} frames from a");
     eprintln!("a sent {frames} frames; b got {passed} TSO frames passed, c {segmented} cut");
 }

@@ -39,6 +39,7 @@ fn the_kernel_answers_a_vm_through_a_tap_port_both_ways() {
         TapPortConfig {
             ifname: ifname.clone(),
             mtu: Some(1500),
+            offloads: true,
         },
     )
     .expect("open a TAP interface (needs root)");

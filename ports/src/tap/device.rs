@@ -3,9 +3,14 @@
 //! persistent), or attached to when it exists (`ip tuntap add NAME mode tap`, left as it is
 //! when the port goes).
 //!
-//! The ioctls are done here rather than through a TUN crate because the offloads to come
-//! (`IFF_VNET_HDR`, `TUNSETOFFLOAD`, `TUNSETVNETHDRSZ`) are ioctls of the same descriptor,
-//! which the crates do not offer. Each is one small `unsafe` call on a struct built here.
+//! Every frame read or written carries a virtio-net header (`IFF_VNET_HDR`, 10 bytes:
+//! `TUNSETVNETHDRSZ`), so that checksums and TSO frames pass between the host's stack and
+//! the VMs as they are; `TUNSETOFFLOAD` says which the kernel may leave to the switch in
+//! the frames it sends.
+//!
+//! The ioctls are done here rather than through a TUN crate because those offload ioctls
+//! are ioctls of the same descriptor, which the crates do not offer. Each is one small
+//! `unsafe` call on a value built here.
 
 // The TAP ioctls: each unsafe block says why the call is sound.
 #![allow(unsafe_code)]
@@ -15,6 +20,9 @@ use std::io;
 use std::os::unix::fs::OpenOptionsExt;
 
 use crate::netif::{self, ifreq, interface_exists, ioctl, MAX_IFNAME};
+
+/// Length of the virtio-net header in front of each frame read or written.
+pub const TAP_VNET_HDR: usize = 10;
 
 /// A TAP interface and the descriptor its frames are read from and written to.
 #[derive(Debug)]
@@ -27,8 +35,9 @@ pub struct TapDevice {
 
 impl TapDevice {
     /// Opens TAP interface `name` non-blocking, creating it if it does not exist, and sets
-    /// it up (with `mtu` if given).
-    pub fn open(name: &str, mtu: Option<u32>) -> io::Result<TapDevice> {
+    /// it up (with `mtu` if given). With `offloads`, the kernel may send frames whose
+    /// checksum is left to complete and TSO frames (TCP, IPv4 and IPv6, with ECN).
+    pub fn open(name: &str, mtu: Option<u32>, offloads: bool) -> io::Result<TapDevice> {
         // The name's characters are checked with the configuration; its length bounds the
         // copy into the kernel's struct.
         if name.is_empty() || name.len() > MAX_IFNAME || name.contains('/') {
@@ -44,7 +53,8 @@ impl TapDevice {
             .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
             .open("/dev/net/tun")?;
         let mut req = ifreq(name);
-        req.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short;
+        req.ifr_ifru.ifru_flags =
+            (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as libc::c_short;
         ioctl(&file, libc::TUNSETIFF as libc::c_ulong, &mut req).map_err(|e| {
             let hint = match e.raw_os_error() {
                 Some(libc::EPERM) if !existed => {
@@ -64,8 +74,32 @@ impl TapDevice {
             name: name.to_owned(),
             created: !existed,
         };
+        dev.set_vnet_header(offloads)?;
         netif::set_up(name, mtu)?;
         Ok(dev)
+    }
+
+    /// Sets the header's length (an interface used before may have another) and the
+    /// offloads the kernel may use in what it sends.
+    fn set_vnet_header(&self, offloads: bool) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let fd = self.file.as_raw_fd();
+        let size: libc::c_int = TAP_VNET_HDR as libc::c_int;
+        // SAFETY: TUNSETVNETHDRSZ reads one int through the pointer, which points at our
+        // own `size` for the duration of the call.
+        if unsafe { libc::ioctl(fd, libc::TUNSETVNETHDRSZ as _, &size) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let flags = if offloads {
+            libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6 | libc::TUN_F_TSO_ECN
+        } else {
+            0
+        };
+        // SAFETY: TUNSETOFFLOAD takes its flags as the argument itself, no pointer.
+        if unsafe { libc::ioctl(fd, libc::TUNSETOFFLOAD as _, libc::c_ulong::from(flags)) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
     }
 
     pub fn name(&self) -> &str {

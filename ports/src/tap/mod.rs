@@ -4,8 +4,12 @@
 //! and the port's own receive buffers. A worker reads frames from the kernel into those
 //! buffers, one `read` each, and delivers them as it delivers a VM's: one copy, from the
 //! buffer straight into the destination VM's. Frames for the kernel go out with one
-//! `writev` straight from the sending VM's buffers, the VLAN edit as a first piece: no copy
-//! on the switch's side.
+//! `writev` straight from the sending VM's buffers, the virtio-net header and the VLAN edit
+//! as first pieces: no copy on the switch's side.
+//!
+//! Each frame both ways has a virtio-net header ([`device::TAP_VNET_HDR`] bytes): with
+//! offloads on, TSO frames and checksums left to the receiver pass between the kernel and
+//! the VMs as they are (or are finished by the switch for a VM that cannot take them).
 //!
 //! The buffers are memory like a VM's (a [`GuestMem`] of the port's own), so the data path
 //! reads them through the same checked views.
@@ -22,10 +26,11 @@ use vm_memory::{GuestAddress, GuestMemoryError, GuestMemoryMmap};
 use crate::interface_watch::{Health, Watch, Watched};
 use crate::port::{Attachment, GuestMem, PortHandle};
 use crate::vhost_user::rings::MAX_FRAME_LEN;
-pub use device::TapDevice;
+pub use device::{TapDevice, TAP_VNET_HDR};
 
-/// Bytes of one receive buffer: the longest frame the switch forwards.
-pub const TAP_BUFFER: u64 = MAX_FRAME_LEN as u64;
+/// Bytes of one receive buffer: the virtio-net header and the longest frame the switch
+/// forwards.
+pub const TAP_BUFFER: u64 = (TAP_VNET_HDR + MAX_FRAME_LEN) as u64;
 /// Receive buffers: one per frame of the longest burst.
 pub const TAP_BUFFERS: usize = 64;
 
@@ -36,12 +41,15 @@ pub struct TapQueue {
     /// A read failed: the interface is gone. Workers leave the queue alone; the port's
     /// monitor withdraws it.
     failed: AtomicBool,
+    /// Offloads were asked of the kernel: it takes and sends TSO frames and checksums left
+    /// to complete.
+    offloads: bool,
 }
 
 /// How reading a frame from the kernel went.
 #[derive(Debug)]
 pub enum TapRead {
-    /// A frame of that many bytes is in the buffer.
+    /// A frame of that many bytes is in the buffer, virtio-net header included.
     Frame(u32),
     /// Nothing is waiting.
     Empty,
@@ -50,7 +58,7 @@ pub enum TapRead {
 }
 
 impl TapQueue {
-    fn new(device: TapDevice) -> io::Result<TapQueue> {
+    fn new(device: TapDevice, offloads: bool) -> io::Result<TapQueue> {
         let size = TAP_BUFFER as usize * TAP_BUFFERS;
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), size)])
             .map_err(|e| io::Error::other(format!("cannot map the receive buffers: {e}")))?;
@@ -58,6 +66,7 @@ impl TapQueue {
             device,
             mem,
             failed: AtomicBool::new(false),
+            offloads,
         })
     }
 
@@ -72,12 +81,24 @@ impl TapQueue {
         self.failed.load(Ordering::Relaxed)
     }
 
+    /// The offloads the kernel takes in frames written to it, and may use in frames it
+    /// sends.
+    #[inline]
+    pub fn offloads(&self) -> crate::offload::OffloadCaps {
+        if self.offloads {
+            crate::offload::OffloadCaps::ALL
+        } else {
+            crate::offload::OffloadCaps::NONE
+        }
+    }
+
     /// The memory the receive buffers are in.
     pub fn mem(&self) -> &GuestMem {
         &self.mem
     }
 
-    /// The address of receive buffer `i` in [`Self::mem`].
+    /// The address of receive buffer `i` in [`Self::mem`]: the frame's virtio-net header,
+    /// then the frame.
     #[inline]
     pub fn buffer(i: usize) -> u64 {
         i as u64 * TAP_BUFFER
@@ -114,6 +135,9 @@ impl TapQueue {
 pub struct TapPortConfig {
     pub ifname: String,
     pub mtu: Option<u32>,
+    /// Whether TSO frames and checksums left to complete pass to and from the kernel (else
+    /// the switch finishes them, and the kernel sends only finished frames).
+    pub offloads: bool,
 }
 
 /// Why a TAP port could not start.
@@ -136,8 +160,8 @@ pub struct TapPort {
 }
 
 /// Publishes a queue on `device` to the workers.
-fn publish(handle: &PortHandle, device: TapDevice) -> io::Result<()> {
-    let queue = TapQueue::new(device)?;
+fn publish(handle: &PortHandle, device: TapDevice, offloads: bool) -> io::Result<()> {
+    let queue = TapQueue::new(device, offloads)?;
     handle.set_connected(true);
     handle.attach(Arc::new(Attachment::Tap(queue)));
     Ok(())
@@ -151,9 +175,9 @@ impl TapPort {
             ifname: config.ifname.clone(),
             error,
         };
-        let device = TapDevice::open(&config.ifname, config.mtu).map_err(fail)?;
+        let device = TapDevice::open(&config.ifname, config.mtu, config.offloads).map_err(fail)?;
         let created = device.created();
-        publish(&handle, device).map_err(fail)?;
+        publish(&handle, device, config.offloads).map_err(fail)?;
         tracing::info!(
             port = handle.name(),
             ifname = %config.ifname,
@@ -227,8 +251,8 @@ impl Watched for TapWatch {
     }
 
     fn reopen(&mut self, handle: &PortHandle) -> Result<(), String> {
-        TapDevice::open(&self.config.ifname, self.config.mtu)
-            .and_then(|d| publish(handle, d))
+        TapDevice::open(&self.config.ifname, self.config.mtu, self.config.offloads)
+            .and_then(|d| publish(handle, d, self.config.offloads))
             .map_err(|e| e.to_string())
     }
 }

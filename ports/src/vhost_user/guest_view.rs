@@ -37,7 +37,7 @@ pub fn prefetch(p: *const u8) {
     let _ = p;
 }
 
-/// Most pieces one [`GuestView::write_to`] sends: the prefix and the frame's segments.
+/// Most pieces one [`GuestView::write_to`] sends: the host bytes and the frame's segments.
 pub const MAX_WRITE_PIECES: usize = 68;
 
 /// `len` bytes of one VM's memory lying in one mapped region, translated once so that the
@@ -343,14 +343,15 @@ impl<'m> GuestView<'m> {
         true
     }
 
-    /// Writes `prefix` (host bytes) then `len` bytes of guest memory from the ranges of
-    /// `segs` (skipping their first `skip` bytes) to `fd` with one `writev`: a frame sent
-    /// out of a VM's buffers without a copy on our side. At most [`MAX_WRITE_PIECES`]
-    /// pieces (a segment crossing a region boundary is two). Returns what `writev` returned.
+    /// Writes `heads` (host bytes, one after the other) then `len` bytes of guest memory
+    /// from the ranges of `segs` (skipping their first `skip` bytes) to `fd` with one
+    /// `writev`: a frame sent out of a VM's buffers without a copy on our side. At most
+    /// [`MAX_WRITE_PIECES`] pieces (a segment crossing a region boundary is two). Returns
+    /// what `writev` returned.
     pub fn write_to(
         &mut self,
         fd: std::os::fd::BorrowedFd<'_>,
-        prefix: &[u8],
+        heads: &[&[u8]],
         segs: &[crate::vhost_user::rings::Seg],
         mut skip: usize,
         len: usize,
@@ -363,12 +364,13 @@ impl<'m> GuestView<'m> {
         };
         let mut iov = [empty; MAX_WRITE_PIECES];
         let mut n = 0;
-        if !prefix.is_empty() {
-            iov[0] = libc::iovec {
-                iov_base: prefix.as_ptr() as *mut libc::c_void,
-                iov_len: prefix.len(),
+        for head in heads.iter().filter(|h| !h.is_empty()) {
+            let slot = iov.get_mut(n).ok_or_else(|| bad("too many pieces"))?;
+            *slot = libc::iovec {
+                iov_base: head.as_ptr() as *mut libc::c_void,
+                iov_len: head.len(),
             };
-            n = 1;
+            n += 1;
         }
         let mut left = len;
         for s in segs {
@@ -398,7 +400,7 @@ impl<'m> GuestView<'m> {
                 break;
             }
         }
-        // SAFETY: the first `n` iovecs point at `prefix` (our own slice, borrowed for the
+        // SAFETY: the first `n` iovecs point at `heads` (our own slices, borrowed for the
         // call) or at guest memory valid for their lengths (piece, within a region that
         // lives for 'm); writev only reads them.
         let r = unsafe {
@@ -573,7 +575,7 @@ mod tests {
             },
         ];
         let n = v
-            .write_to(wr.as_fd(), b"HDR", &segs, 2, 0x200 - 2 + 4)
+            .write_to(wr.as_fd(), &[b"H", b"DR"], &segs, 2, 0x200 - 2 + 4)
             .unwrap();
         assert_eq!(n, 3 + 0x1FE + 4);
         let mut got = vec![0u8; n];
@@ -590,7 +592,7 @@ mod tests {
             addr: 0x5000,
             len: 16,
         }];
-        assert!(v.write_to(wr.as_fd(), b"", &hole, 0, 16).is_err());
+        assert!(v.write_to(wr.as_fd(), &[b""], &hole, 0, 16).is_err());
     }
 
     #[test]

@@ -8,6 +8,8 @@
 //! vs-probe hold    --a SOCK --b SOCK [--accept] --secs S
 //! vs-probe floor   [--samples N] [--interval-us U] [--core C]
 //! vs-probe sink    --a SOCK [--accept] --secs S
+//! vs-probe tso     --a SOCK --b SOCK [--accept] --secs S [--size B] [--segment]
+//! vs-probe memcpy  [--size B] [--secs S] [--core C]
 //! ```
 //!
 //! `latency` sends one frame A -> B every `interval`, times its arrival at B (one way), has
@@ -23,6 +25,18 @@
 //! as soon as it sees it used, checking every 20 µs (sleeping in between, so that it leaves
 //! the core to a generator), and prints the frames received in each second, one JSON line
 //! per second, for S seconds.
+//!
+//! `tso` has A, which negotiates checksum offload and TSO, send TCP frames of `--size` bytes
+//! (64 KiB by default, in segments of 1448) to B, which takes TSO frames too, or with
+//! `--segment` takes no offload at all (the switch then cuts every frame). A keeps 32
+//! frames in flight, offering each chain again as soon as the switch used it; B gives its
+//! buffers (16 KiB, mergeable) back as soon as they are used. It prints, each second, the
+//! frames A sent and the bytes B received (virtio-net headers included), one JSON line per
+//! second, for S seconds.
+//!
+//! `memcpy` is the limit a switch's copy has: `--size`-byte copies (64 KiB by default) on
+//! core C, from 32 buffers to 64 others in turn (the footprint of `tso`'s rings), for S
+//! seconds; it prints the TSC cycles per copy.
 //!
 //! `floor` needs no switch: it measures what any sleeping switch pays at least to wake, a
 //! thread pinned to core C (the switch's core) blocked on an eventfd, woken by a write from
@@ -44,6 +58,8 @@ const LOST_AFTER: Duration = Duration::from_millis(100);
 
 struct Args {
     mode: String,
+    /// tso: B takes no offloads, so the switch segments.
+    segment: bool,
     a: PathBuf,
     b: PathBuf,
     accept: bool,
@@ -66,23 +82,29 @@ fn usage(why: &str) -> ! {
 fn parse_args() -> Args {
     let mut it = std::env::args().skip(1);
     let mode = it.next().unwrap_or_else(|| usage("no mode"));
-    if !["latency", "hold", "floor", "sink"].contains(&mode.as_str()) {
+    if !["latency", "hold", "floor", "sink", "tso", "memcpy"].contains(&mode.as_str()) {
         usage(&format!("unknown mode {mode:?}"));
     }
+    let tso = mode == "tso" || mode == "memcpy";
     let mut args = Args {
+        segment: false,
         mode,
         a: PathBuf::new(),
         b: PathBuf::new(),
         accept: false,
         samples: 1000,
         interval: Duration::from_millis(1),
-        size: 64,
+        size: if tso { 65_536 } else { 64 },
         secs: 10,
         core: 1,
     };
     while let Some(flag) = it.next() {
         if flag == "--accept" {
             args.accept = true;
+            continue;
+        }
+        if flag == "--segment" {
+            args.segment = true;
             continue;
         }
         let value = it
@@ -104,7 +126,16 @@ fn parse_args() -> Args {
             _ => usage(&format!("unknown flag {flag:?}")),
         }
     }
-    let needs_b = args.mode == "latency" || args.mode == "hold";
+    let needs_b = ["latency", "hold", "tso"].contains(&args.mode.as_str());
+    if tso {
+        if !(1514..=65_536).contains(&args.size) {
+            usage("--size must be between 1514 and 65536 for tso and memcpy");
+        }
+        if args.mode == "tso" && (args.a.as_os_str().is_empty() || args.b.as_os_str().is_empty()) {
+            usage("--a and --b are required");
+        }
+        return args;
+    }
     if args.mode != "floor" && args.a.as_os_str().is_empty() {
         usage("--a is required");
     }
@@ -298,10 +329,163 @@ fn sink(args: &Args) {
     }
 }
 
+/// The `tso` mode's frame: TCP over IPv4, mac(1) -> mac(2), `size` bytes, and the
+/// virtio-net header that leaves its checksum and segmentation (1448 bytes) to the device.
+fn tso_frame(size: usize) -> ([u8; 12], Vec<u8>) {
+    let mut f = vec![0u8; size];
+    f[..6].copy_from_slice(&mac(2));
+    f[6..12].copy_from_slice(&mac(1));
+    f[12..14].copy_from_slice(&[0x08, 0x00]);
+    let ip_len = (size - 14) as u16;
+    f[14..34].copy_from_slice(&[
+        0x45, 0, 0, 0, 0, 1, 0x40, 0, 64, 6, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2,
+    ]);
+    f[16..18].copy_from_slice(&ip_len.to_be_bytes());
+    // TCP: ports, sequence, ack, data offset 5, ACK|PSH, window.
+    f[34..54].copy_from_slice(&[
+        0x9c, 0x40, 0x14, 0x51, 0, 0, 0, 1, 0, 0, 0, 1, 0x50, 0x18, 0xff, 0xff, 0, 0, 0, 0,
+    ]);
+    for (i, b) in f[54..].iter_mut().enumerate() {
+        *b = i as u8;
+    }
+    let mut hdr = [0u8; 12];
+    hdr[0] = 1; // NEEDS_CSUM
+    hdr[1] = 1; // GSO_TCPV4
+    hdr[2..4].copy_from_slice(&54u16.to_le_bytes());
+    hdr[4..6].copy_from_slice(&1448u16.to_le_bytes());
+    hdr[6..8].copy_from_slice(&34u16.to_le_bytes());
+    hdr[8..10].copy_from_slice(&16u16.to_le_bytes());
+    (hdr, f)
+}
+
+/// The `tso` mode.
+fn tso(args: &Args) {
+    use virtio_bindings::virtio_net::{
+        VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_HOST_TSO4,
+    };
+    const IN_FLIGHT: usize = 32;
+    let sender = VmOptions {
+        strict: false,
+        offloads: (1 << VIRTIO_NET_F_CSUM) | (1 << VIRTIO_NET_F_HOST_TSO4),
+        ..VmOptions::default()
+    };
+    let receiver = VmOptions {
+        strict: false,
+        offloads: if args.segment {
+            0
+        } else {
+            (1 << VIRTIO_NET_F_GUEST_CSUM) | (1 << VIRTIO_NET_F_GUEST_TSO4)
+        },
+        ..VmOptions::default()
+    };
+    let (mut a, mut b) = if args.accept {
+        let la = UnixListener::bind(&args.a).expect("bind --a");
+        let lb = UnixListener::bind(&args.b).expect("bind --b");
+        let a = TestVm::accept(&la, mac(1), sender);
+        let b = TestVm::accept(&lb, mac(2), receiver);
+        (a, b)
+    } else {
+        (
+            TestVm::connect(&args.a, mac(1), sender),
+            TestVm::connect(&args.b, mac(2), receiver),
+        )
+    };
+    for (vm, want, what) in [(&a, sender, "A"), (&b, receiver, "B")] {
+        if vm.features & want.offloads != want.offloads {
+            eprintln!("vs-probe: the switch did not offer {what} its offloads");
+            std::process::exit(1);
+        }
+    }
+    a.post_rx(RX, 64, 16_384);
+    b.post_rx(RX, SINK_BUFS, 16_384);
+    std::thread::sleep(Duration::from_millis(500));
+    // One frame each way, so that a learning switch knows both.
+    b.send(TX, &frame(BROADCAST, mac(2), 46, 0));
+    a.expect_frames(RX, 1, Duration::from_secs(5));
+    a.send(TX, &frame(mac(2), mac(1), 46, 0));
+    b.expect_frames(RX, 1, Duration::from_secs(5));
+    b.post_rx(RX, 1, 16_384);
+    a.reap_tx(TX);
+    b.reap_tx(TX);
+    let (hdr, f) = tso_frame(args.size);
+    let cuts: Vec<usize> = (1..=(f.len() + 12) / 16_384).map(|i| i * 16_384).collect();
+    for _ in 0..IN_FLIGHT {
+        a.send_split_with_header(TX, hdr, &f, &cuts);
+    }
+    a.kick(TX);
+    println!("ready");
+    let start = Instant::now();
+    let mut second = start + Duration::from_secs(1);
+    let (mut sent, mut bytes) = (0u64, 0u64);
+    while start.elapsed() < Duration::from_secs(args.secs) {
+        let n = a.recycle(TX);
+        if n > 0 {
+            a.kick(TX);
+        }
+        sent += n as u64;
+        let (k, got) = b.recycle_counting(RX);
+        if k > 0 {
+            b.kick(RX);
+        }
+        bytes += got;
+        a.recycle(RX);
+        let now = Instant::now();
+        if now >= second {
+            println!(
+                "{}",
+                serde_json::json!({ "frames": sent, "rx_bytes": bytes })
+            );
+            (sent, bytes) = (0, 0);
+            second += Duration::from_secs(1);
+        }
+        std::hint::spin_loop();
+    }
+}
+
+/// The `memcpy` mode.
+fn memcpy(args: &Args) {
+    vringswitch_switch::affinity::pin_current_thread(args.core).expect("pin to --core");
+    let n = args.size;
+    let src: Vec<Vec<u8>> = (0..32).map(|i| vec![i as u8; n]).collect();
+    let mut dst: Vec<Vec<u8>> = (0..64).map(|_| vec![0u8; n]).collect();
+    let tsc = || {
+        // SAFETY: RDTSC has no preconditions; it reads the time-stamp counter.
+        #[allow(unsafe_code)]
+        unsafe {
+            std::arch::x86_64::_rdtsc()
+        }
+    };
+    let (start, t0) = (Instant::now(), tsc());
+    let mut copies = 0u64;
+    while start.elapsed() < Duration::from_secs(args.secs) {
+        for i in 0..64 {
+            let (s, d) = (&src[i % 32], &mut dst[i]);
+            // SAFETY: both buffers are `n` bytes long and distinct allocations.
+            #[allow(unsafe_code)]
+            unsafe {
+                std::ptr::copy(s.as_ptr(), d.as_mut_ptr(), n)
+            };
+        }
+        copies += 64;
+        std::hint::black_box(&mut dst);
+    }
+    let cycles = tsc() - t0;
+    println!(
+        "{}",
+        serde_json::json!({ "size": n, "copies": copies, "cycles_per_copy": cycles as f64 / copies as f64 })
+    );
+}
+
 fn main() {
     let args = parse_args();
     if args.mode == "floor" {
         return floor(&args);
+    }
+    if args.mode == "tso" {
+        return tso(&args);
+    }
+    if args.mode == "memcpy" {
+        return memcpy(&args);
     }
     if args.mode == "sink" {
         return sink(&args);
