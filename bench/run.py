@@ -20,6 +20,11 @@ hugepages, builds the release binaries, then measures, interleaved in one run:
   round trip), and vringswitch's wake-up: the first frame after 1 s of idle;
 - capture: vringswitch's loopback at 64 and 1518 B with port p0 captured (vringctl capture
   to /dev/null), interleaved with runs without;
+- tso: 65214-byte TSO frames (45 segments of 1448, as Linux sends them) from one vs-probe
+  VM to another that takes TSO, through vringswitch and through OVS-DPDK with
+  `userspace-tso-enable=true`: busy cycles per frame and Gbps; vringswitch again to a VM
+  that takes no offload (the switch cuts and checksums every frame); and a plain memcpy of
+  the frame on the switch's core, the limit of one copy;
 - tap, afxdp: VM -> host through a TAP port, or an AF_XDP port on a veth pair (testpmd
   txonly into the switch, counted by the kernel), and host -> VM (testpmd txonly on
   af_packet, counted by vs-probe sink), vringswitch against OVS-DPDK's `type=tap` and
@@ -427,7 +432,7 @@ def throughput_testpmd(work, size, secs):
 class Ovs:
     """ovsdb-server and ovs-vswitchd-dpdk run by hand in a scratch folder."""
 
-    def __init__(self, work, nports=2):
+    def __init__(self, work, nports=2, tso=False):
         self.dir = Path(work) / "ovs"
         self.dir.mkdir()
         d = str(self.dir)
@@ -440,9 +445,10 @@ class Ovs:
         self.vsctl("--no-wait", "init")
         self.vsctl(
             "--no-wait", "set", "Open_vSwitch", ".", "other_config:dpdk-init=true",
-            "other_config:dpdk-socket-mem=512", f"other_config:pmd-cpu-mask={1 << SWITCH_CPU:#x}",
+            f"other_config:dpdk-socket-mem={1024 if tso else 512}", f"other_config:pmd-cpu-mask={1 << SWITCH_CPU:#x}",
             f"other_config:dpdk-lcore-mask={1 << GEN_CPU:#x}",
             'other_config:dpdk-extra="--no-pci --file-prefix=vsbovs"',
+            f"other_config:userspace-tso-enable={'true' if tso else 'false'}",
         )
         sh(OVS_VSWITCHD, self.db, f"--pidfile={d}/vswitchd.pid", "--detach",
            f"--log-file={d}/vswitchd.log", env=self.env, stdout=subprocess.DEVNULL,
@@ -689,6 +695,74 @@ def uplink_part(work, kind, sizes, secs, rounds, switches):
     return runs
 
 
+# ---------------------------------------------------------------- TSO, VM to VM
+
+
+def tso_run(work, switch, secs, segment=False):
+    """vs-probe tso between two ports of `switch` for `secs`: the median of A's frames per
+    second and of B's received bytes per second after the first two, and the switch's busy
+    cycles per frame A sent, after a 2 s warm-up."""
+    extra = ["--segment"] if segment else []
+
+    def run(a, b, accept, cycles):
+        probe = subprocess.Popen(
+            ["taskset", "-c", str(GEN_CPU), PROBE, "tso", "--a", a, "--b", b, "--secs",
+             str(secs), *extra, *(["--accept"] if accept else [])],
+            stdout=subprocess.PIPE, text=True, start_new_session=True)
+        assert probe.stdout.readline().strip() == "ready", "vs-probe tso did not start"
+        time.sleep(2)
+        c0 = cycles()
+        time.sleep(secs - 3)
+        c1 = cycles()
+        out, _ = probe.communicate(timeout=60)
+        lines = [json.loads(x) for x in out.splitlines() if x.startswith("{")][2:]
+        fps = statistics.median(x["frames"] for x in lines) if lines else 0
+        rx = statistics.median(x["rx_bytes"] for x in lines) if lines else 0
+        return fps, rx, c0, c1
+
+    if switch == "vringswitch":
+        vs = Vringswitch(work)
+        try:
+            fps, rx, (c0, n0, _), (c1, n1, _) = run(vs.socks[0], vs.socks[1], False, vs.cycles)
+        finally:
+            vs.stop()
+        cpf = (c1 - c0) / (n1 - n0) if n1 > n0 else 0.0
+    else:
+        ovs = Ovs(work, tso=True)
+        try:
+            def clear():
+                ovs.appctl("dpif-netdev/pmd-stats-clear")
+                return 0
+            fps, rx, _, _ = run(ovs.socks[0], ovs.socks[1], True, clear)
+            cpf = ovs.processing_cycles_per_packet()
+        finally:
+            ovs.stop()
+    return {"switch": switch, "segment": segment, "frames_per_s": fps,
+            "gbps": rx * 8 / 1e9, "cycles_per_frame": cpf}
+
+
+def memcpy_limit(secs=3):
+    out = subprocess.run([PROBE, "memcpy", "--core", str(SWITCH_CPU), "--secs", str(secs)],
+                         check=True, capture_output=True, text=True).stdout
+    return json.loads(out)
+
+
+def tso_part(work, secs, rounds, switches):
+    runs = []
+    for r in range(1, rounds + 1):
+        for sw, segment in [(s, False) for s in switches if s != "testpmd"] + (
+                [("vringswitch", True)] if "vringswitch" in switches else []):
+            m = tso_run(work(), sw, secs, segment)
+            m["round"] = r
+            log(f"tso round {r}: {m}")
+            runs.append(m)
+        m = memcpy_limit()
+        m["round"] = r
+        log(f"memcpy round {r}: {m}")
+        runs.append(m)
+    return runs
+
+
 # ---------------------------------------------------------------- scaling and flooding
 
 
@@ -842,7 +916,37 @@ def report(res):
     capture_report(res, L)
     for kind in UPLINKS:
         uplink_report(res, L, kind)
+    tso_report(res, L)
     return "\n".join(L)
+
+
+def tso_report(res, L):
+    if not res.get("tso"):
+        return
+    L.append("### TSO frames VM to VM (65214-byte frames: 45 segments of 1448)\n")
+    L.append("vs-probe `tso`: VM A (CSUM, HOST_TSO4) keeps 32 TSO frames in flight to VM B "
+             "(GUEST_CSUM, GUEST_TSO4, 16 KiB mergeable buffers), both giving chains back as "
+             "soon as they are used. OVS-DPDK 3.1 with `userspace-tso-enable=true` "
+             "(dpdkvhostuserclient ports; its processing cycles per packet). \"cut\": "
+             "vringswitch to a B that takes no offload, 4 frames in flight, every frame cut "
+             "into 45 segments and checksummed by the switch. memcpy: the same frame copied "
+             "on the switch's core between buffers of the same footprint, the limit of one "
+             "copy.\n")
+    L.append("| round | switch | frames/s | Gbps into B | busy cycles/frame | vs memcpy |")
+    L.append("|---|---|---|---|---|---|")
+    by_round = {}
+    for m in res["tso"]:
+        if "cycles_per_copy" in m:
+            by_round[m["round"]] = m["cycles_per_copy"]
+    for m in res["tso"]:
+        copy = by_round.get(m["round"], 0)
+        if "cycles_per_copy" in m:
+            L.append(f"| {m['round']} | memcpy | | | {m['cycles_per_copy']:.0f} | 1.00 |")
+            continue
+        name = m["switch"] + (" (cut)" if m["segment"] else "")
+        L.append(f"| {m['round']} | {name} | {m['frames_per_s']:.0f} | {m['gbps']:.1f} "
+                 f"| {m['cycles_per_frame']:.0f} | {ratio(m['cycles_per_frame'], copy):.2f} |")
+    L.append("")
 
 
 UPLINK_TEXT = {
@@ -1048,7 +1152,7 @@ def main():
     ap.add_argument("--sizes", type=int, nargs="+", default=[64, 512, 1518])
     ap.add_argument("--switches", nargs="+", default=list(SWITCHES), choices=SWITCHES)
     ap.add_argument("--only", choices=["throughput", "scaling", "idle", "latency", "capture",
-                                       *UPLINKS],
+                                       "tso", *UPLINKS],
                     action="append", help="run only these parts (repeatable)")
     ap.add_argument("--gen-burst", type=int, default=32,
                     help="the generator's burst, and so the frames each port has in flight "
@@ -1127,6 +1231,8 @@ def main():
             if kind in parts:
                 res[kind] = uplink_part(work, kind, args.sizes, args.secs, args.rounds,
                                         args.switches)
+        if "tso" in parts:
+            res["tso"] = tso_part(work, args.secs, args.rounds, args.switches)
         if "capture" in parts:
             res["capture"] = [capture_cost(work, size, args.secs, args.rounds)
                               for size in (64, 1518)]
