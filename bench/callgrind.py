@@ -9,7 +9,8 @@ idle polls hardly count); the program's total is divided by the frames the worke
     bench/callgrind.py 64 [BINARY] --asm    # and each instruction run at least every other
                                             # frame, with its count, in /tmp/vs-callgrind/asm.SIZE
 
-VS_BURST=N in the environment sets the worker's burst (default 32; 64 gave 641 against 639
+VS_LINES=N prints N source lines instead of 40 (all of them, with a large N, to compare
+two builds file by file). VS_BURST=N in the environment sets the worker's burst (default 32; 64 gave 641 against 639
 at 32 with this generator, so per-burst work is no longer what costs).
 
 Prints instructions per frame, in all and for the data path's main functions (inclusive).
@@ -162,7 +163,7 @@ def instruction_counts(out, binary):
     return counts
 
 
-def print_lines(counts, binary, root, frames, top=40):
+def print_lines(counts, binary, root, frames, top=int(os.environ.get("VS_LINES", "40"))):
     """The project's source lines that cost most per frame (self cost, inlining resolved)."""
     hot = [a for a, c in counts.items() if c >= frames // 100]
     resolved = subprocess.run(["addr2line", "-i", "-a", "-e", binary],

@@ -56,27 +56,19 @@ impl OffloadCaps {
     }
 
     /// The offloads of `features` named by the four feature bits given, with the virtio
-    /// spec's dependencies applied: TSO only with checksums, ECN only with TSO.
+    /// spec's dependencies applied: TSO only with checksums, ECN only with TSO. Bit
+    /// arithmetic, no branch: the workers ask once per burst.
+    #[inline]
     fn from_bits(features: u64, csum: u32, tso4: u32, tso6: u32, ecn: u32) -> OffloadCaps {
-        let has = |bit: u32| features & (1 << bit) != 0;
-        let mut c = OffloadCaps::NONE;
-        if !has(csum) {
-            return c;
-        }
-        c = c | OffloadCaps::CSUM;
-        if has(tso4) {
-            c = c | OffloadCaps::TSO4;
-        }
-        if has(tso6) {
-            c = c | OffloadCaps::TSO6;
-        }
-        if has(ecn) && (has(tso4) || has(tso6)) {
-            c = c | OffloadCaps::ECN;
-        }
-        c
+        let bit = |b: u32| ((features >> b) & 1) as u8;
+        let c = bit(csum);
+        let (t4, t6) = (bit(tso4) & c, bit(tso6) & c);
+        let e = bit(ecn) & (t4 | t6);
+        OffloadCaps(c | t4 << 1 | t6 << 2 | e << 3)
     }
 
     /// What a VM that acknowledged `features` may send (CSUM, HOST_TSO4/6, HOST_ECN).
+    #[inline]
     pub fn sent_by_guest(features: u64) -> OffloadCaps {
         OffloadCaps::from_bits(
             features,
@@ -88,6 +80,7 @@ impl OffloadCaps {
     }
 
     /// What a VM that acknowledged `features` accepts (GUEST_CSUM, GUEST_TSO4/6, GUEST_ECN).
+    #[inline]
     pub fn taken_by_guest(features: u64) -> OffloadCaps {
         OffloadCaps::from_bits(
             features,

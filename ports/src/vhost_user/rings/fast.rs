@@ -340,12 +340,12 @@ fn pop_in_one_buffer<'m>(
         Some(peek) => peek,
         None => peek_short(&frame, len)?,
     };
-    *out = TxFrame::in_one_buffer(head, addr, len as u32, peek);
     if read_vnet {
         // The header lies right before the frame, in the same descriptor and region.
         let hdr = view.span(d.addr, VnetHeader::LEN)?;
         out.vnet = VnetHeader::from_bytes(&hdr.read_array::<{ VnetHeader::LEN }>(0)?);
     }
+    out.fill_one_buffer(head, addr, len as u32, peek);
     Some(PopTx::Frame(()))
 }
 
