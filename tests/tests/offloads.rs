@@ -349,3 +349,69 @@ fn a_tap_port_passes_tso_frames_to_the_kernel_unless_its_offloads_are_off() {
         "the frame, without its header"
     );
 }
+
+/// A TSO frame from an access port to trunks: a tag is pushed on the way, and the header
+/// passed to a TSO guest moves with it (csum_start and hdr_len 4 bytes on); a guest without
+/// offloads gets tagged segments that check out.
+#[test]
+fn a_tag_pushed_on_a_tso_frame_moves_its_header_and_tags_its_segments() {
+    let dir = TempDir::new("offloadvlan");
+    let socks: Vec<_> = ["a", "b", "c"]
+        .iter()
+        .map(|p| dir.path().join(format!("{p}.sock")))
+        .collect();
+    let port = |name: &str, sock: &std::path::Path, vlan: &str| {
+        format!(
+            "[[ports]]\nname = \"{name}\"\nbridge = \"br0\"\ntype = \"vhost-user\"\nsocket = \"{}\"\nvlan = {vlan}\n",
+            sock.display()
+        )
+    };
+    let toml = format!(
+        "[dataplane]\ncores = [1]\n[[bridges]]\nname = \"br0\"\n{}{}{}",
+        port("a", &socks[0], "{ mode = \"access\", tag = 10 }"),
+        port("b", &socks[1], "{ mode = \"trunk\", tags = [10] }"),
+        port("c", &socks[2], "{ mode = \"trunk\", tags = [10] }"),
+    );
+    let d = Daemon::start(dir.path(), &toml, &socks);
+    let vm = |i: usize, n: u8, offloads: u64| {
+        let mut vm = TestVm::connect(&socks[i], mac(n), with(offloads));
+        vm.post_rx(TestVm::rx(0), 64, 2048);
+        vm
+    };
+    let mut a = vm(0, 1, SENDS_OFFLOADS);
+    let mut b = vm(1, 2, TAKES_OFFLOADS);
+    let mut c = vm(2, 3, 0);
+    std::thread::sleep(Duration::from_millis(300));
+
+    let payload: Vec<u8> = (0..10_000u32).map(|i| (i * 3) as u8).collect();
+    let frame = tcp_frame(&payload);
+    send(&mut a, header(1, 1, 54, 1448, 34, 16), &frame);
+    let mut tagged = frame[..12].to_vec();
+    tagged.extend_from_slice(&[0x81, 0x00, 0x00, 10]);
+    tagged.extend_from_slice(&frame[12..]);
+    let got = b.expect_frames(TestVm::rx(0), 1, T);
+    assert!(got[0].frame == tagged, "the TSO frame, tagged with VLAN 10");
+    assert_eq!(&got[0].header[..10], &header(1, 1, 58, 1448, 38, 16)[..10]);
+    let segments = c.expect_frames(TestVm::rx(0), 7, T);
+    let mut joined = Vec::new();
+    for s in &segments {
+        assert_eq!(
+            s.frame[12..16],
+            [0x81, 0x00, 0x00, 10],
+            "each segment tagged"
+        );
+        joined.extend(checked_payload(&s.frame));
+    }
+    assert!(joined == payload);
+    c.expect_nothing(TestVm::rx(0), Duration::from_millis(200));
+    let offloads = |port, action| {
+        d.metric(
+            "vringswitch_port_offloads_total",
+            &[("port", port), ("action", action)],
+        )
+    };
+    assert_eq!(
+        (offloads("b", "passed"), offloads("c", "segmented")),
+        (1, 1)
+    );
+}
