@@ -447,6 +447,10 @@ impl Worker {
             let len = match q.read_frame(slot) {
                 TapRead::Frame(len) => len,
                 TapRead::Empty => break,
+                TapRead::TooLong => {
+                    frames.decide.counters.add_drop(DropReason::TooBig, 1);
+                    continue;
+                }
                 TapRead::Failed(_) => {
                     // The interface went away: no frame is lost that was read. The port's
                     // monitor takes the port down, and up again once it is back.

@@ -28,9 +28,11 @@ use crate::port::{Attachment, GuestMem, PortHandle};
 use crate::vhost_user::rings::MAX_FRAME_LEN;
 pub use device::{TapDevice, TAP_VNET_HDR};
 
-/// Bytes of one receive buffer: the virtio-net header and the longest frame the switch
-/// forwards.
-pub const TAP_BUFFER: u64 = (TAP_VNET_HDR + MAX_FRAME_LEN) as u64;
+/// Bytes of one receive buffer: the virtio-net header, the longest frame the switch
+/// forwards, and one byte more. The kernel cuts a frame too long for the buffer to its
+/// length and says nothing; a read that fills the buffer is such a frame
+/// ([`TapRead::TooLong`]).
+pub const TAP_BUFFER: u64 = (TAP_VNET_HDR + MAX_FRAME_LEN + 1) as u64;
 /// Receive buffers: one per frame of the longest burst.
 pub const TAP_BUFFERS: usize = 64;
 
@@ -53,6 +55,9 @@ pub enum TapRead {
     Frame(u32),
     /// Nothing is waiting.
     Empty,
+    /// The frame did not fit in the buffer and was cut (a GSO frame larger than 64 KiB,
+    /// from an interface whose `gso_max_size` was raised): dropped.
+    TooLong,
     /// The descriptor failed (the interface was deleted, most likely).
     Failed(io::Error),
 }
@@ -111,6 +116,7 @@ impl TapQueue {
         let at = GuestAddress(Self::buffer(i % TAP_BUFFERS));
         match vm_memory::Bytes::read_volatile_from(&self.mem, at, &mut file, TAP_BUFFER as usize) {
             Ok(0) => TapRead::Empty,
+            Ok(n) if n as u64 >= TAP_BUFFER => TapRead::TooLong,
             Ok(n) => TapRead::Frame(n as u32),
             Err(GuestMemoryError::IOError(e)) if e.kind() == io::ErrorKind::WouldBlock => {
                 TapRead::Empty
