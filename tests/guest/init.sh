@@ -1,8 +1,9 @@
 #!/bin/busybox sh
 # /init of the test guest. Kernel command line parameters:
 #   vs.ip=ADDR/PREFIX   address of eth0
+#   vs.ip6=ADDR/PREFIX  an IPv6 address of eth0 too
 #   vs.peer=ADDR        address to ping, 20 pings a round, forever
-#   vs.send=ADDR:PORT:MB[,ADDR:PORT:MB...]  also send MB MiB of random bytes once over TCP
+#   vs.send=ADDR_PORT_MB[,ADDR_PORT_MB...]  also send MB MiB of random bytes once over TCP
 #                       to each ADDR:PORT in turn (busybox nc), printing
 #                       VS-MD5 <md5> before and VS-SENT rc=N after each (the last: VS-MD5
 #                       and VS-SENT; before it, VS-MD5-ADDR:PORT and VS-SENT-ADDR:PORT too)
@@ -18,10 +19,11 @@ mount -t devtmpfs devtmpfs /dev 2>/dev/null
 for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_mmio failover net_failover virtio_net; do
     insmod /modules/$m.ko 2>/dev/null
 done
-ip=; peer=; send=; recv=
+ip=; ip6=; peer=; send=; recv=
 for arg in $(cat /proc/cmdline); do
     case $arg in
         vs.ip=*) ip=${arg#vs.ip=} ;;
+        vs.ip6=*) ip6=${arg#vs.ip6=} ;;
         vs.peer=*) peer=${arg#vs.peer=} ;;
         vs.send=*) send=${arg#vs.send=} ;;
         vs.recv=*) recv=${arg#vs.recv=} ;;
@@ -30,6 +32,7 @@ done
 for i in $(seq 50); do [ -e /sys/class/net/eth0 ] && break; sleep 0.1; done
 ip link set lo up
 ip addr add "$ip" dev eth0
+[ -n "$ip6" ] && ip -6 addr add "$ip6" dev eth0
 ip link set eth0 up
 echo "VS-FEATURES $(cat /sys/class/net/eth0/device/features)"
 echo "VS-GUEST-READY $ip cpus=$(nproc) queues=$(ls -d /sys/class/net/eth0/queues/tx-* | wc -l)"
@@ -56,7 +59,7 @@ ping_loop() {
 if [ -n "$send" ]; then
     (
         for one in $(echo "$send" | tr ',' ' '); do
-            to=${one%%:*}; rest=${one#*:}; port=${rest%%:*}; mb=${rest#*:}
+            to=${one%%_*}; rest=${one#*_}; port=${rest%%_*}; mb=${rest#*_}
             # The receiver may still be booting: wait until it answers, and its nc listens.
             until ping -c 1 -W 1 "$to" >/dev/null 2>&1; do sleep 1; done
             sleep 3

@@ -47,9 +47,13 @@ pub fn guest_mac(n: u8) -> String {
     format!("52:54:00:00:00:{n:02x}")
 }
 
-/// The kernel command line of test VM `n` (address 10.0.0.n) pinging VM `peer`.
+/// The kernel command line of test VM `n` (addresses 10.0.0.n and fd00::n) pinging VM
+/// `peer`.
 pub fn guest_cmdline(n: u8, peer: u8) -> String {
-    format!("console=ttyS0 panic=-1 quiet vs.ip=10.0.0.{n}/24 vs.peer=10.0.0.{peer}")
+    format!(
+        "console=ttyS0 panic=-1 quiet vs.ip=10.0.0.{n}/24 vs.ip6=fd00::{n}/64 \
+         vs.peer=10.0.0.{peer}"
+    )
 }
 
 /// The machine QEMU emulates.
@@ -101,14 +105,14 @@ impl GuestSpec {
     /// The guest also sends `mb` MiB of random bytes once to `addr:port` over TCP, and
     /// prints their md5 (see [`Console::sent_md5`]).
     pub fn sending(mut self, addr: &str, port: u16, mb: u32) -> GuestSpec {
-        self.cmdline_extra += &format!(" vs.send={addr}:{port}:{mb}");
+        self.cmdline_extra += &format!(" vs.send={addr}_{port}_{mb}");
         self
     }
 
     /// The guest sends `mb` MiB to each `(addr, port)` in turn, once (see
     /// [`Console::sent_md5_to`], [`Console::sent_status_to`]).
     pub fn sending_to(mut self, to: &[(&str, u16)], mb: u32) -> GuestSpec {
-        let list: Vec<String> = to.iter().map(|(a, p)| format!("{a}:{p}:{mb}")).collect();
+        let list: Vec<String> = to.iter().map(|(a, p)| format!("{a}_{p}_{mb}")).collect();
         self.cmdline_extra += &format!(" vs.send={}", list.join(","));
         self
     }

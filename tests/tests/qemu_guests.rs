@@ -384,8 +384,9 @@ fn guest_reaches_a_namespace(kind: &str) {
 /// Offloads between real guests: `a` and `b` negotiate checksums and TSO both ways; `c`'s
 /// NIC takes neither (`guest_tso4=off,guest_tso6=off,guest_csum=off`) but sends TSO frames.
 /// 100 MiB go from `a` to `b` (TSO frames passed through), from `a` to `c` (cut into
-/// segments by the switch) and from `c` to `b`, at once or in turn, each with the md5 its
-/// sender computed; the counters say what the switch did.
+/// segments by the switch), from `c` to `b`, and over IPv6 from `b` to `c` (TSO6 frames
+/// cut), at once or in turn, each with the md5 its sender computed; the counters say what
+/// the switch did.
 #[test]
 fn tso_guests_and_a_guest_without_offloads_exchange_100_mb_with_matching_md5() {
     const MB: u32 = 100;
@@ -403,12 +404,14 @@ fn tso_guests_and_a_guest_without_offloads_exchange_100_mb_with_matching_md5() {
     );
     let b = Guest::boot(
         dir.path(),
-        &GuestSpec::new("b", &sockets[1], 3, 2).receiving(&[5001, 5002]),
+        &GuestSpec::new("b", &sockets[1], 3, 2)
+            .receiving(&[5001, 5002])
+            .sending_to(&[("fd00::4", 5003)], MB),
     );
     let c = Guest::boot(
         dir.path(),
         &GuestSpec::new("c", &sockets[2], 4, 3)
-            .receiving(&[5001])
+            .receiving(&[5001, 5003])
             .sending_to(&[(to_b, 5002)], MB)
             .nic("guest_tso4=off,guest_tso6=off,guest_csum=off"),
     );
@@ -434,6 +437,7 @@ fn tso_guests_and_a_guest_without_offloads_exchange_100_mb_with_matching_md5() {
         (&a, &b, to_b, 5001),
         (&c, &b, to_b, 5002),
         (&a, &c, to_c, 5001),
+        (&b, &c, "fd00::4", 5003),
     ] {
         let what = format!("{MB} MiB to {to}:{port}");
         let rc = wait_until(transfer, &what, || sender.sent_status_to(to, port));
