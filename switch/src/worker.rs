@@ -906,7 +906,8 @@ fn deliver_offloaded_to_vm(
 }
 
 /// Writes every frame of the burst that `wanted` takes to TAP port `q`, each with one
-/// `writev` from the source's buffers (the VLAN edit as its first piece).
+/// `writev` from the source's buffers (a virtio-net header and the VLAN edit as its first
+/// pieces).
 fn deliver_to_tap(
     worker: usize,
     dst_rt: &PortRt,

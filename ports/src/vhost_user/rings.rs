@@ -712,8 +712,9 @@ fn rx_head(hdr_len: usize, edit: &FrameEdit, num_buffers: u16) -> ([u8; HEAD_BLO
     (head, hdr_len + edit.prefix().len())
 }
 
-/// The 12-byte virtio-net header of a received frame spread over `num_buffers` chains: no
-/// offloads, so every field is zero but `num_buffers`, its last two bytes.
+/// The 12-byte virtio-net header of a received frame spread over `num_buffers` chains that
+/// asks nothing of the receiver: every field is zero but `num_buffers`, its last two bytes.
+/// (Frames that ask for offloads are written by [`RingView::deliver_built`].)
 #[inline(always)]
 fn vnet_header(num_buffers: u16) -> [u8; VNET_HDR_MAX] {
     let mut hdr = [0u8; VNET_HDR_MAX];
