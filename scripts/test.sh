@@ -9,6 +9,12 @@ cd "$(dirname "$0")/.."
 
 log() { echo "== $*" >&2; }
 
+# Every file of tests/tests is run below: a new one left out of the lists is an error here.
+for f in tests/tests/*.rs; do
+    t=$(basename "$f" .rs)
+    grep -Eq -- "--test $t( |\$|$)" "$0" || { echo "scripts/test.sh does not run tests/tests/$t.rs: add it" >&2; exit 1; }
+done
+
 need=()
 command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
 command -v dpdk-testpmd >/dev/null || need+=(dpdk-dev)
