@@ -213,15 +213,16 @@ impl Console {
 
     /// The md5 of what the guest sends with [`GuestSpec::sending`], once it printed it.
     pub fn sent_md5(&self) -> Option<String> {
-        let text = self.text();
-        let line = text.lines().rev().find(|l| l.starts_with("VS-MD5 "))?;
-        Some(line["VS-MD5 ".len()..].trim().to_owned())
+        self.value_of("VS-MD5 ")
     }
 
-    /// The line `PREFIX VALUE` the guest printed last, its value.
+    /// The line `PREFIX VALUE` the guest printed last, its value. Only whole lines: the
+    /// serial console writes a line a few characters at a time, and a line still being
+    /// written would give a value cut short.
     fn value_of(&self, prefix: &str) -> Option<String> {
         let text = self.text();
-        let line = text.lines().rev().find(|l| l.starts_with(prefix))?;
+        let whole = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
+        let line = whole.lines().rev().find(|l| l.starts_with(prefix))?;
         Some(line[prefix.len()..].trim().to_owned())
     }
 
@@ -251,9 +252,7 @@ impl Console {
 
     /// The exit status of the guest's `nc` once the transfer ended.
     pub fn sent_status(&self) -> Option<i32> {
-        let text = self.text();
-        let line = text.lines().rev().find(|l| l.starts_with("VS-SENT rc="))?;
-        line["VS-SENT rc=".len()..].trim().parse().ok()
+        self.value_of("VS-SENT rc=")?.parse().ok()
     }
 
     pub fn last_round(&self) -> u32 {

@@ -360,7 +360,7 @@ impl<'q, 'm> RingView<'q, 'm> {
     ) -> Result<u32, DeliverError> {
         let need = hdr_len as u64 + u64::from(out.frame_len());
         match &self.split {
-            Some(ring) => fast::deliver_built(
+            Some(ring) => fast::deliver_in_chains(
                 fast::RxRing {
                     ring,
                     view: &mut self.view,

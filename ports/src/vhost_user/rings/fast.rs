@@ -452,28 +452,12 @@ pub(super) fn deliver(
     .map(|()| out_len)
 }
 
-/// Fast-path [`super::RingView::deliver_built`]: `out` is written over as many chains as it
-/// takes (`need` bytes with the header).
+/// The general case of [`deliver`], and fast-path [`super::RingView::deliver_built`]: `out`
+/// (`need` bytes with the header) spread over as many chains (with mergeable buffers) and
+/// descriptors as it takes.
 #[allow(clippy::too_many_arguments)]
 #[inline(never)]
-pub(super) fn deliver_built(
-    rx: RxRing<'_, '_>,
-    hdr_len: usize,
-    mrg_rxbuf: bool,
-    src: &mut GuestView<'_>,
-    src_segs: &[Seg],
-    out: &Outgoing<'_>,
-    need: u64,
-    scratch: &mut RxScratch,
-) -> Result<(), DeliverError> {
-    deliver_in_chains(rx, hdr_len, mrg_rxbuf, src, src_segs, out, need, scratch)
-}
-
-/// The general case of [`deliver`]: the frame spread over as many chains (with mergeable
-/// buffers) and descriptors as it takes.
-#[allow(clippy::too_many_arguments)]
-#[inline(never)]
-fn deliver_in_chains(
+pub(super) fn deliver_in_chains(
     mut rx: RxRing<'_, '_>,
     hdr_len: usize,
     mrg_rxbuf: bool,
