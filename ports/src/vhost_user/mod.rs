@@ -7,12 +7,14 @@
 //! - [`relay`], [`message_check`], [`mem_regions`] and [`kicks`]: the messages checked
 //!   before the library sees them, duplicate memory regions absorbed, and TX kick fds kept
 //!   for the workers;
+//! - [`dirty_log`]: a live migration's dirty log, mapped and checked (not wired in yet);
 //! - [`rings`]: the per-frame split-ring data path used by the workers, over
 //!   [`split_ring`] (rings mapped once per burst) and [`guest_view`] (cached translation of
 //!   guest addresses, and the raw copies in and out of guest memory).
 
 pub mod backend;
 pub mod connection;
+pub mod dirty_log;
 pub mod guest_view;
 pub mod kicks;
 pub mod mem_regions;
