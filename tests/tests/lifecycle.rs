@@ -62,6 +62,9 @@ fn disconnects_at_every_stage_leak_nothing() {
     let pid = daemon.pid();
     let mut b = TestVm::connect(&sockets[1], mac(2), VmOptions::default());
     b.post_rx(TestVm::rx(0), 200, 2048);
+    // Ready, not only connected: a frame flooded to b before the workers see its rings is
+    // dropped as port_down (that made the first ping_pong fail once in the full suite).
+    daemon.wait_port_connected("b", true);
 
     // Warm up once, then take the baseline with port a disconnected.
     ping_pong(&sockets[0], &mut b, 0);
