@@ -930,37 +930,37 @@ fn deliver_to_tap(
             continue;
         }
         let segs = tx.segs_in(&b.segs);
+        let write = |view: &mut GuestView<'_>, out: &Outgoing<'_>| write_to_tap(q, view, segs, out);
         if b.offloads && tx.vnet.flags != 0 {
-            let (p, n) =
-                send_offloaded(src, tx, segs, &edit, q.offloads(), counters, |view, out| {
-                    let vnet = out.vnet.to_bytes(0);
-                    let heads = [&vnet[..TAP_VNET_HDR], out.head];
-                    view.write_to(q.fd(), &heads, segs, out.skip, out.len as usize)
-                        .map(|n| n.saturating_sub(TAP_VNET_HDR) as u32)
-                        .map_err(|e| tap_write_failed(q, &e))
-                });
+            let (p, n) = send_offloaded(src, tx, segs, &edit, q.offloads(), counters, write);
             (packets, bytes) = (packets + p, bytes + n);
             continue;
         }
-        let Some(len) = edit.out_len(tx.len) else {
-            counters.add_drop(DropReason::BadDescriptor, 1);
-            continue;
-        };
-        let rest = len as usize - edit.prefix().len();
-        let heads = [&NO_OFFLOAD[..], edit.prefix()];
-        match src.write_to(q.fd(), &heads, segs, usize::from(edit.skip), rest) {
-            Ok(n) => {
-                packets += 1;
-                bytes += n.saturating_sub(TAP_VNET_HDR) as u64;
-            }
-            Err(e) => counters.add_drop(tap_write_failed(q, &e), 1),
+        match Outgoing::edited(tx.len, &edit).ok_or(DropReason::BadDescriptor) {
+            Ok(out) => match write(src, &out) {
+                Ok(n) => (packets, bytes) = (packets + 1, bytes + u64::from(n)),
+                Err(reason) => counters.add_drop(reason, 1),
+            },
+            Err(reason) => counters.add_drop(reason, 1),
         }
     }
     counters.add_tx(0, packets, bytes);
 }
 
-/// The virtio-net header of a frame written to a TAP port that asks nothing of the kernel.
-const NO_OFFLOAD: [u8; TAP_VNET_HDR] = [0; TAP_VNET_HDR];
+/// Writes `out` (its virtio-net header first, then the bytes of the frame in `segs` it
+/// names) to TAP port `q` with one `writev`; returns the frame's length.
+fn write_to_tap(
+    q: &TapQueue,
+    view: &mut GuestView<'_>,
+    segs: &[Seg],
+    out: &Outgoing<'_>,
+) -> Result<u32, DropReason> {
+    let vnet = out.vnet.to_bytes(0);
+    let heads = [&vnet[..TAP_VNET_HDR], out.head];
+    view.write_to(q.fd(), &heads, segs, out.skip, out.len as usize)
+        .map(|n| n.saturating_sub(TAP_VNET_HDR) as u32)
+        .map_err(|e| tap_write_failed(q, &e))
+}
 
 /// Why a write to TAP port `q` failed, as a drop reason; an interface gone marks the port
 /// failed.
@@ -1061,9 +1061,22 @@ fn deliver_to_xdp(
             counters.add_drop(DropReason::VlanFiltered, 1);
             continue;
         }
+        let segs = frame.segs_in(&b.segs);
+        // Into a free UMEM frame, sent with the burst; its length.
+        let mut send = |view: &mut GuestView<'_>, out: &Outgoing<'_>| {
+            let len = out.frame_len();
+            tx.send(len, |at| {
+                umem.gather_from(at, view, out.head, segs, out.skip, out.len as usize)
+            })
+            .map(|()| len)
+            .map_err(|e| match e {
+                SendError::Full => DropReason::NoRxBuffer,
+                SendError::TooBig => DropReason::TooBig,
+                SendError::BadSource => DropReason::BadDescriptor,
+            })
+        };
         if b.offloads && frame.vnet.flags != 0 {
             // No offloads on the wire: checksums completed, segments cut here.
-            let segs = frame.segs_in(&b.segs);
             let (p, n) = send_offloaded(
                 src,
                 frame,
@@ -1071,41 +1084,17 @@ fn deliver_to_xdp(
                 &edit,
                 OffloadCaps::NONE,
                 counters,
-                |view, out| {
-                    let len = out.frame_len();
-                    let (head, skip) = (out.head, out.skip);
-                    tx.send(len, |at| {
-                        umem.gather_from(at, view, head, segs, skip, out.len as usize)
-                    })
-                    .map(|()| len)
-                    .map_err(|e| match e {
-                        SendError::Full => DropReason::NoRxBuffer,
-                        SendError::TooBig => DropReason::TooBig,
-                        SendError::BadSource => DropReason::BadDescriptor,
-                    })
-                },
+                &mut send,
             );
             (packets, bytes) = (packets + p, bytes + n);
             continue;
         }
-        let Some(len) = edit.out_len(frame.len) else {
-            counters.add_drop(DropReason::BadDescriptor, 1);
-            continue;
-        };
-        let prefix = edit.prefix();
-        let rest = len as usize - prefix.len();
-        let segs = frame.segs_in(&b.segs);
-        let skip = usize::from(edit.skip);
-        match tx.send(len, |at| {
-            umem.gather_from(at, src, prefix, segs, skip, rest)
-        }) {
-            Ok(()) => {
-                packets += 1;
-                bytes += u64::from(len);
-            }
-            Err(SendError::Full) => counters.add_drop(DropReason::NoRxBuffer, 1),
-            Err(SendError::TooBig) => counters.add_drop(DropReason::TooBig, 1),
-            Err(SendError::BadSource) => counters.add_drop(DropReason::BadDescriptor, 1),
+        match Outgoing::edited(frame.len, &edit).ok_or(DropReason::BadDescriptor) {
+            Ok(out) => match send(src, &out) {
+                Ok(n) => (packets, bytes) = (packets + 1, bytes + u64::from(n)),
+                Err(reason) => counters.add_drop(reason, 1),
+            },
+            Err(reason) => counters.add_drop(reason, 1),
         }
     }
     if !tx.flush() {

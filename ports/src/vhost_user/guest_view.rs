@@ -22,6 +22,7 @@ use std::ptr::NonNull;
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress};
 
 use crate::port::GuestMem;
+use crate::vhost_user::rings::Seg;
 
 /// Starts loading the cache line at `p` into the cache. A hint with no architectural
 /// effect: it never faults and reads nothing into the program, whatever `p` is.
@@ -39,6 +40,46 @@ pub fn prefetch(p: *const u8) {
 
 /// Most pieces one [`GuestView::write_to`] sends: the host bytes and the frame's segments.
 pub const MAX_WRITE_PIECES: usize = 68;
+
+/// The guest ranges that hold bytes `skip..skip + len` of a frame in `segs`, in order, as
+/// (address, length): the segments' own, the first and last cut to the bytes asked for.
+/// They add up to less than `len` when the segments hold fewer bytes. Addresses are not
+/// checked here: the accesses that follow check each against guest memory.
+pub fn frame_ranges(segs: &[Seg], skip: usize, len: usize) -> FrameRanges<'_> {
+    FrameRanges {
+        segs: segs.iter(),
+        skip,
+        left: len,
+    }
+}
+
+/// See [`frame_ranges`].
+pub struct FrameRanges<'a> {
+    segs: std::slice::Iter<'a, Seg>,
+    skip: usize,
+    left: usize,
+}
+
+impl Iterator for FrameRanges<'_> {
+    type Item = (u64, usize);
+
+    fn next(&mut self) -> Option<(u64, usize)> {
+        // Bounded by the segments.
+        while self.left > 0 {
+            let s = self.segs.next()?;
+            let n = s.len as usize;
+            if self.skip >= n {
+                self.skip -= n;
+                continue;
+            }
+            let take = (n - self.skip).min(self.left);
+            let addr = s.addr.wrapping_add(self.skip as u64);
+            (self.skip, self.left) = (0, self.left - take);
+            return Some((addr, take));
+        }
+        None
+    }
+}
 
 /// `len` bytes of one VM's memory lying in one mapped region, translated once so that the
 /// accesses after need no lookup. Only [`GuestView::span`] makes one, having checked the
@@ -352,8 +393,8 @@ impl<'m> GuestView<'m> {
         &mut self,
         fd: std::os::fd::BorrowedFd<'_>,
         heads: &[&[u8]],
-        segs: &[crate::vhost_user::rings::Seg],
-        mut skip: usize,
+        segs: &[Seg],
+        skip: usize,
         len: usize,
     ) -> std::io::Result<usize> {
         let bad =
@@ -372,16 +413,8 @@ impl<'m> GuestView<'m> {
             };
             n += 1;
         }
-        let mut left = len;
-        for s in segs {
-            let seg_len = s.len as usize;
-            if skip >= seg_len {
-                skip -= seg_len;
-                continue;
-            }
-            let (mut addr, mut want) = (s.addr + skip as u64, (seg_len - skip).min(left));
-            skip = 0;
-            // Each step takes at least one byte: bounded by the segment's length.
+        for (mut addr, mut want) in frame_ranges(segs, skip, len) {
+            // Each step takes at least one byte: bounded by the range's length.
             while want > 0 {
                 let (p, got) = self
                     .piece(addr, want)
@@ -393,11 +426,7 @@ impl<'m> GuestView<'m> {
                 };
                 n += 1;
                 want -= got;
-                left -= got;
                 addr += got as u64;
-            }
-            if left == 0 {
-                break;
             }
         }
         // SAFETY: the first `n` iovecs point at `heads` (our own slices, borrowed for the
@@ -426,59 +455,34 @@ impl<'m> GuestView<'m> {
         dst_addr: u64,
         src: &mut GuestView<'_>,
         prefix: &[u8],
-        segs: &[crate::vhost_user::rings::Seg],
-        mut skip: usize,
+        segs: &[Seg],
+        skip: usize,
         len: usize,
     ) -> bool {
         if !self.write(dst_addr, prefix) {
             return false;
         }
         let mut at = dst_addr + prefix.len() as u64;
-        let mut left = len;
-        for s in segs {
-            if left == 0 {
-                break;
-            }
-            let seg_len = s.len as usize;
-            if skip >= seg_len {
-                skip -= seg_len;
-                continue;
-            }
-            let n = (seg_len - skip).min(left);
-            if !self.copy_from(at, src, s.addr + skip as u64, n) {
+        let mut done = 0;
+        for (addr, n) in frame_ranges(segs, skip, len) {
+            if !self.copy_from(at, src, addr, n) {
                 return false;
             }
-            skip = 0;
-            left -= n;
+            done += n;
             at += n as u64;
         }
-        left == 0
+        done == len
     }
 
     /// Copies bytes `off..off + buf.len()` of the frame held in `segs` into `buf`. False if
     /// the segments hold fewer bytes, or one is not guest memory.
-    pub fn read_frame(
-        &mut self,
-        segs: &[crate::vhost_user::rings::Seg],
-        mut off: usize,
-        buf: &mut [u8],
-    ) -> bool {
+    pub fn read_frame(&mut self, segs: &[Seg], off: usize, buf: &mut [u8]) -> bool {
         let mut done = 0;
-        for s in segs {
-            if done == buf.len() {
-                break;
-            }
-            let seg_len = s.len as usize;
-            if off >= seg_len {
-                off -= seg_len;
-                continue;
-            }
-            let n = (seg_len - off).min(buf.len() - done);
-            if !self.read(s.addr + off as u64, &mut buf[done..done + n]) {
+        for (addr, n) in frame_ranges(segs, off, buf.len()) {
+            if !self.read(addr, &mut buf[done..done + n]) {
                 return false;
             }
             done += n;
-            off = 0;
         }
         done == buf.len()
     }
@@ -487,23 +491,15 @@ impl<'m> GuestView<'m> {
     /// they are. False if the segments hold fewer bytes, or one is not guest memory.
     pub fn checksum_frame(
         &mut self,
-        segs: &[crate::vhost_user::rings::Seg],
-        mut off: usize,
-        mut len: usize,
+        segs: &[Seg],
+        off: usize,
+        len: usize,
         sum: &mut crate::offload::Checksum,
     ) -> bool {
-        for s in segs {
-            if len == 0 {
-                break;
-            }
-            let seg_len = s.len as usize;
-            if off >= seg_len {
-                off -= seg_len;
-                continue;
-            }
-            let (mut addr, mut want) = (s.addr + off as u64, (seg_len - off).min(len));
-            off = 0;
-            // Each step takes at least one byte: bounded by the segment's length.
+        let mut done = 0;
+        for (mut addr, mut want) in frame_ranges(segs, off, len) {
+            done += want;
+            // Each step takes at least one byte: bounded by the range's length.
             while want > 0 {
                 let Some((p, n)) = self.piece(addr, want) else {
                     return false;
@@ -511,10 +507,10 @@ impl<'m> GuestView<'m> {
                 // SAFETY: `p` is valid for reads of `n` bytes of guest memory (piece); the
                 // guest may change them meanwhile, which only changes the sum.
                 unsafe { sum.add_raw(p, n) };
-                (addr, want, len) = (addr + n as u64, want - n, len - n);
+                (addr, want) = (addr + n as u64, want - n);
             }
         }
-        len == 0
+        done == len
     }
 
     /// Copies `len` bytes from `src_addr` in `src`'s VM to `dst_addr` in this view's VM: the
@@ -552,6 +548,31 @@ impl<'m> GuestView<'m> {
 mod tests {
     use super::*;
     use vm_memory::{Bytes, GuestMemoryMmap};
+
+    #[test]
+    fn frame_ranges_skip_and_cut_segments_and_stop_at_their_end() {
+        let segs = [
+            Seg {
+                addr: 0x100,
+                len: 10,
+            },
+            Seg {
+                addr: 0x200,
+                len: 5,
+            },
+            Seg {
+                addr: 0x300,
+                len: 20,
+            },
+        ];
+        let got: Vec<_> = frame_ranges(&segs, 12, 10).collect();
+        assert_eq!(got, [(0x202, 3), (0x300, 7)]);
+        let got: Vec<_> = frame_ranges(&segs, 0, 100).collect();
+        assert_eq!(got, [(0x100, 10), (0x200, 5), (0x300, 20)], "all there is");
+        assert_eq!(frame_ranges(&segs, 35, 1).count(), 0, "past the end");
+        assert_eq!(frame_ranges(&segs, 3, 0).count(), 0);
+        assert_eq!(frame_ranges(&segs, 10, 5).collect::<Vec<_>>(), [(0x200, 5)]);
+    }
 
     #[test]
     fn write_to_sends_the_prefix_then_the_segments_across_regions_and_refuses_holes() {
