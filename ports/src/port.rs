@@ -21,6 +21,8 @@ use crate::afxdp::AfXdpQueue;
 use crate::counters::PortStats;
 use crate::tap::TapQueue;
 use crate::vhost_user::kicks::TxKicks;
+use crate::vhost_user::migration::MigrationState;
+use crate::vhost_user::relay::Shared;
 
 /// Stable identifier of a port for the lifetime of the daemon (never reused).
 pub type PortId = u32;
@@ -77,6 +79,8 @@ pub struct VhostUserQueues {
     features: Arc<AtomicU64>,
     /// The kick fds of the TX rings, which the library never sees.
     tx_kicks: Arc<TxKicks>,
+    /// The dirty log and announcements of a live migration.
+    migration: Arc<MigrationState>,
     /// Per vring: whether its queue was lined up with its used ring since it was last seen
     /// stopped (see [`Self::serviceable`]). Only touched under that vring's lock.
     lined_up: Box<[AtomicBool]>,
@@ -84,21 +88,28 @@ pub struct VhostUserQueues {
 
 impl VhostUserQueues {
     /// Creates an attachment; `features` is updated by the connection on SET_FEATURES, and
-    /// `tx_kicks` by its relay on SET_VRING_KICK.
+    /// `shared` by its relay (TX kick fds on SET_VRING_KICK, migration state).
     pub fn new(
         vrings: Vec<Vring>,
         mem: GuestMemAtomic,
         features: Arc<AtomicU64>,
-        tx_kicks: Arc<TxKicks>,
+        shared: Shared,
     ) -> VhostUserQueues {
         let lined_up = vrings.iter().map(|_| AtomicBool::new(false)).collect();
         VhostUserQueues {
             vrings,
             mem,
             features,
-            tx_kicks,
+            tx_kicks: shared.kicks,
+            migration: shared.migration,
             lined_up,
         }
+    }
+
+    /// The connection's live-migration state: [`MigrationState::pending`] once per burst.
+    #[inline(always)]
+    pub fn migration(&self) -> &MigrationState {
+        &self.migration
     }
 
     /// Calls `f` with the kick eventfd of TX ring `ring`, if the frontend gave one: the fd a
@@ -343,7 +354,7 @@ mod tests {
             vec![vring],
             mem,
             Arc::new(AtomicU64::new(0)),
-            Arc::new(TxKicks::new(1, || {})),
+            crate::vhost_user::relay::Shared::quiet(1),
         );
         let v = &att.vrings[0];
         let serviceable = || att.serviceable(0, &mut v.get_mut());
@@ -393,7 +404,7 @@ mod tests {
             vec![],
             mem,
             Arc::new(AtomicU64::new(0)),
-            Arc::new(TxKicks::new(0, || {})),
+            crate::vhost_user::relay::Shared::quiet(0),
         ))));
         assert!(p.generation() > g0);
         assert!(p.attachment().is_some());

@@ -14,9 +14,10 @@ use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatu
 use vhost_user_backend::{VhostUserBackend, VringMutex};
 use virtio_bindings::virtio_config::{VIRTIO_F_IN_ORDER, VIRTIO_F_VERSION_1};
 use virtio_bindings::virtio_net::{
-    VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_ECN, VIRTIO_NET_F_GUEST_TSO4,
-    VIRTIO_NET_F_GUEST_TSO6, VIRTIO_NET_F_HOST_ECN, VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6,
-    VIRTIO_NET_F_MQ, VIRTIO_NET_F_MRG_RXBUF,
+    VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_ANNOUNCE, VIRTIO_NET_F_GUEST_CSUM,
+    VIRTIO_NET_F_GUEST_ECN, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6,
+    VIRTIO_NET_F_HOST_ECN, VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_MQ,
+    VIRTIO_NET_F_MRG_RXBUF,
 };
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use vm_memory::GuestMemoryAtomic;
@@ -25,7 +26,7 @@ use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
 };
 
-use super::kicks::TxKicks;
+use super::relay::Shared;
 use crate::port::{Attachment, GuestMemAtomic, PortHandle, VhostUserQueues};
 
 /// Event threads the library runs per connection (see `queues_per_thread`).
@@ -35,8 +36,12 @@ const LIBRARY_THREADS: usize = 1;
 pub const MAX_QUEUE_SIZE: usize = 1024;
 
 /// Virtio features offered to every frontend. Only what the data path implements and what
-/// the handler library dispatches: no packed ring, no RARP/MTU/STATUS messages (the library
+/// the handler library dispatches: no packed ring, no MTU/STATUS messages (the library
 /// would drop the connection on them).
+///
+/// Live migration: VHOST_F_LOG_ALL (the relay maps the log, the workers mark it), and
+/// GUEST_ANNOUNCE, so that a migrated guest announces its addresses itself (QEMU implements
+/// the control queue that needs) and the bridge learns its new port at once.
 ///
 /// With `offloads`, checksums and TSO both ways (`crate::offload`): the switch passes a
 /// frame's header to a receiver that negotiated what it needs, and completes the checksum
@@ -53,6 +58,8 @@ pub fn offered_features(queue_pairs: u16, offloads: bool) -> u64 {
         | (1 << VIRTIO_RING_F_EVENT_IDX)
         | (1 << VIRTIO_RING_F_INDIRECT_DESC)
         | (1 << VIRTIO_F_IN_ORDER)
+        | (1 << VIRTIO_NET_F_GUEST_ANNOUNCE)
+        | VhostUserVirtioFeatures::LOG_ALL.bits()
         | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
     if queue_pairs > 1 {
         f |= 1 << VIRTIO_NET_F_MQ;
@@ -73,11 +80,15 @@ pub const OFFLOAD_FEATURES: u64 = (1 << VIRTIO_NET_F_CSUM)
     | (1 << VIRTIO_NET_F_GUEST_TSO6)
     | (1 << VIRTIO_NET_F_GUEST_ECN);
 
-/// vhost-user protocol features offered to every frontend.
+/// vhost-user protocol features offered to every frontend. LOG_SHMFD and RARP bring
+/// SET_LOG_BASE and SEND_RARP, which the relay answers itself (the library would panic on
+/// the first with our bitmap-less memory, and drop the connection on the second).
 pub fn offered_protocol_features() -> VhostUserProtocolFeatures {
     VhostUserProtocolFeatures::MQ
         | VhostUserProtocolFeatures::REPLY_ACK
         | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
+        | VhostUserProtocolFeatures::LOG_SHMFD
+        | VhostUserProtocolFeatures::RARP
 }
 
 /// Backend state of one connection. A new one is made for every connection.
@@ -87,8 +98,8 @@ pub struct NetBackend {
     offloads: bool,
     mem: GuestMemAtomic,
     acked_features: Arc<AtomicU64>,
-    /// The TX rings' kick fds, filled by the connection's relay.
-    tx_kicks: Arc<TxKicks>,
+    /// The TX rings' kick fds and the migration state, filled by the connection's relay.
+    shared: Shared,
     published: AtomicBool,
     /// Set once the connection is gone; serialises attaching against [`Self::close`], so a
     /// kick handled late by the library's event thread cannot attach a dead connection.
@@ -109,7 +120,7 @@ impl NetBackend {
         port: Arc<PortHandle>,
         (queue_pairs, offloads): (u16, bool),
         mem: GuestMemAtomic,
-        tx_kicks: Arc<TxKicks>,
+        shared: Shared,
     ) -> io::Result<NetBackend> {
         let mut exit_events = Vec::new();
         let mut exit_notifiers = Vec::new();
@@ -124,7 +135,7 @@ impl NetBackend {
             offloads,
             mem,
             acked_features: Arc::new(AtomicU64::new(0)),
-            tx_kicks,
+            shared,
             published: AtomicBool::new(false),
             closed: Mutex::new(false),
             exit_notifiers: Mutex::new(exit_notifiers),
@@ -252,7 +263,7 @@ impl VhostUserBackend for NetBackend {
                 vrings.to_vec(),
                 self.mem.clone(),
                 self.acked_features.clone(),
-                self.tx_kicks.clone(),
+                self.shared.clone(),
             ));
             self.port.attach(Arc::new(attachment));
             self.published.store(true, Ordering::Release);
@@ -295,9 +306,11 @@ mod tests {
             VIRTIO_RING_F_EVENT_IDX,
             VIRTIO_RING_F_INDIRECT_DESC,
             VIRTIO_F_IN_ORDER,
+            VIRTIO_NET_F_GUEST_ANNOUNCE,
         ] {
             assert_ne!(single & (1 << bit), 0, "bit {bit}");
         }
+        assert_ne!(single & VhostUserVirtioFeatures::LOG_ALL.bits(), 0);
     }
 
     #[test]
@@ -308,7 +321,7 @@ mod tests {
             port.clone(),
             (1, true),
             mem.clone(),
-            Arc::new(TxKicks::new(2, || {})),
+            crate::vhost_user::relay::Shared::quiet(2),
         )
         .unwrap();
         live.handle_event(0, EventSet::IN, &[], 0).unwrap();
@@ -320,7 +333,7 @@ mod tests {
             port.clone(),
             (1, true),
             mem,
-            Arc::new(TxKicks::new(2, || {})),
+            crate::vhost_user::relay::Shared::quiet(2),
         )
         .unwrap();
         late.close();
@@ -330,18 +343,19 @@ mod tests {
     }
 
     #[test]
-    fn protocol_features_never_include_messages_the_library_drops() {
+    fn protocol_features_include_only_messages_the_library_or_the_relay_answers() {
         let p = offered_protocol_features();
         for bad in [
-            VhostUserProtocolFeatures::RARP,
             VhostUserProtocolFeatures::MTU,
             VhostUserProtocolFeatures::STATUS,
             VhostUserProtocolFeatures::INFLIGHT_SHMFD,
             VhostUserProtocolFeatures::INBAND_NOTIFICATIONS,
-            VhostUserProtocolFeatures::LOG_SHMFD,
         ] {
             assert!(!p.contains(bad), "{bad:?}");
         }
+        // Answered by the relay, never by the library.
+        assert!(p.contains(VhostUserProtocolFeatures::LOG_SHMFD));
+        assert!(p.contains(VhostUserProtocolFeatures::RARP));
         assert!(p.contains(VhostUserProtocolFeatures::MQ));
         assert!(p.contains(VhostUserProtocolFeatures::REPLY_ACK));
         assert!(p.contains(VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS));

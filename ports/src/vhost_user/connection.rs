@@ -23,6 +23,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::backend::NetBackend;
 use super::kicks::TxKicks;
+use super::migration::MigrationState;
 use super::relay::RelayEnd;
 use super::VhostUserError;
 use crate::log_limit::LogLimiter;
@@ -494,11 +495,24 @@ fn serve_connection(
             }
         },
     ));
+    let doorbell = Arc::downgrade(port);
+    let migration = Arc::new(MigrationState::new(
+        2 * usize::from(config.queue_pairs),
+        move || {
+            if let Some(port) = doorbell.upgrade() {
+                port.ring_doorbell();
+            }
+        },
+    ));
+    let shared = super::relay::Shared {
+        kicks: tx_kicks,
+        migration,
+    };
     let backend = Arc::new(NetBackend::new(
         port.clone(),
         (config.queue_pairs, config.offloads),
         mem.clone(),
-        tx_kicks.clone(),
+        shared.clone(),
     )?);
     let mut daemon = match VhostUserDaemon::new(name.to_string(), backend.clone(), mem) {
         Ok(d) => d,
@@ -519,7 +533,7 @@ fn serve_connection(
         let relay = super::relay::start(
             frontend.try_clone()?,
             relay_side,
-            tx_kicks,
+            shared,
             waiter.ended.clone(),
         )?;
         daemon

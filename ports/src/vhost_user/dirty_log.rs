@@ -7,7 +7,8 @@
 //! marking a page can never touch outside the mapping. Marks are atomic ORs of whole bytes,
 //! as the frontend reads the bitmap while the switch writes it.
 //!
-//! Not wired into the protocol yet (issue 28): the relay and the data path use it next.
+//! The relay maps it ([`super::relay`]); the workers mark it through
+//! [`super::migration::MigrationState`].
 
 // The mapping and the atomic view of its bytes: each unsafe block says why it stays inside
 // the mapping.

@@ -152,6 +152,17 @@ impl MemRegions {
         Admission::Forward
     }
 
+    /// The end of guest memory: the highest guest address mapped, plus one (0 with no
+    /// region).
+    pub fn end(&self) -> u64 {
+        self.mapped
+            .iter()
+            // Both ends were checked not to overflow by `check_message`.
+            .map(|m| m.region.gpa + m.region.size)
+            .max()
+            .unwrap_or(0)
+    }
+
     /// Regions the handler maps.
     pub fn len(&self) -> usize {
         self.mapped.len()

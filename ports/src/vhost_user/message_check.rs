@@ -30,6 +30,7 @@ pub const SET_VRING_KICK: u32 = 12;
 pub const SET_VRING_CALL: u32 = 13;
 pub const SET_VRING_ERR: u32 = 14;
 pub const SET_VRING_ENABLE: u32 = 18;
+pub const SEND_RARP: u32 = 19;
 pub const SET_BACKEND_REQ_FD: u32 = 21;
 pub const SET_INFLIGHT_FD: u32 = 32;
 pub const ADD_MEM_REG: u32 = 37;
@@ -103,6 +104,11 @@ pub enum Refused {
     Overlap { gpa: u64, size: u64, with: u64 },
     /// A ring size or ring addresses the virtio spec does not allow.
     BadVring { request: u32, why: String },
+    /// A dirty log that cannot be used: not in its file, too small for guest memory, or
+    /// without a file.
+    BadLog(String),
+    /// SEND_RARP for an address no port can have (multicast or all zeros).
+    BadAnnounce { mac: [u8; 6] },
 }
 
 impl fmt::Display for Refused {
@@ -130,6 +136,13 @@ impl fmt::Display for Refused {
             }
             Refused::BadRegion { index, why } => write!(f, "memory region {index}: {why}"),
             Refused::BadVring { request, why } => write!(f, "request {request}: {why}"),
+            Refused::BadLog(why) => write!(f, "dirty log refused: {why}"),
+            Refused::BadAnnounce { mac } => write!(
+                f,
+                "SEND_RARP for {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}, which is not a \
+                 unicast address",
+                mac[0], mac[1], mac[2], mac[3], mac[4], mac[5]
+            ),
             Refused::NoFreeSlot => {
                 write!(f, "ADD_MEM_REG beyond the {MAX_MEM_SLOTS} memory slots")
             }
@@ -225,7 +238,7 @@ pub fn check_message(h: &Header, body: &[u8], fds: &[OwnedFd]) -> Result<(), Ref
 /// Largest ring size of a split virtqueue.
 const MAX_RING_SIZE: u32 = 32768;
 /// The only flag of SET_VRING_ADDR: log used-ring writes.
-const VRING_ADDR_F_LOG: u32 = 0x1;
+pub const VRING_ADDR_F_LOG: u32 = 0x1;
 
 /// A split ring's size is a power of two from 1 to 32768 (virtio 1.2, 2.7). The library only
 /// checks the bounds and quietly keeps its old size otherwise, so the frontend and the switch

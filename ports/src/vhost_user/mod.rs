@@ -7,7 +7,8 @@
 //! - [`relay`], [`message_check`], [`mem_regions`] and [`kicks`]: the messages checked
 //!   before the library sees them, duplicate memory regions absorbed, and TX kick fds kept
 //!   for the workers;
-//! - [`dirty_log`]: a live migration's dirty log, mapped and checked (not wired in yet);
+//! - [`dirty_log`] and [`migration`]: a live migration's dirty log, mapped and checked, and
+//!   what the relay shares of it (and of SEND_RARP) with the workers;
 //! - [`rings`]: the per-frame split-ring data path used by the workers, over
 //!   [`split_ring`] (rings mapped once per burst) and [`guest_view`] (cached translation of
 //!   guest addresses, and the raw copies in and out of guest memory).
@@ -19,6 +20,7 @@ pub mod guest_view;
 pub mod kicks;
 pub mod mem_regions;
 pub mod message_check;
+pub mod migration;
 pub mod relay;
 pub mod rings;
 pub mod split_ring;

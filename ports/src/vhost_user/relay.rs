@@ -12,8 +12,12 @@
 //! It also keeps the kick eventfd of every TX ring from the library (see [`super::kicks`]):
 //! the real one goes to the connection's [`TxKicks`] for the workers, the library gets a
 //! stand-in. A memory region QEMU 7.2 adds once per queue pair reaches the library once (see
-//! [`super::mem_regions`]). Every other message passes through unchanged, file descriptors
-//! included.
+//! [`super::mem_regions`]). It serves live migration itself (see [`super::migration`]):
+//! SET_LOG_BASE maps the dirty log (the library's own mapping would need a bitmap type in
+//! every guest memory access, and our data path writes through raw pointers anyway),
+//! VHOST_F_LOG_ALL in SET_FEATURES and the log flag of SET_VRING_ADDR are noted on their way
+//! to the library, and SEND_RARP (which the library has no handler for) is answered here.
+//! Every other message passes through unchanged, file descriptors included.
 //!
 //! It runs on the control path only (one thread per connection); frames never pass here.
 
@@ -27,16 +31,21 @@ use std::time::Duration;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
+use super::dirty_log::{DirtyLog, LOG_PAGE};
 use super::kicks::TxKicks;
 use super::mem_regions::{Admission, MemRegions};
 use super::message_check::{
-    check_header, check_message, Header, Refused, FLAG_NEED_REPLY, FLAG_REPLY, FLAG_VERSION_1,
-    HDR_LEN, SET_FEATURES, SET_VRING_ENABLE, SET_VRING_KICK,
+    check_header, check_message, Header, Refused, ADD_MEM_REG, FLAG_NEED_REPLY, FLAG_REPLY,
+    FLAG_VERSION_1, HDR_LEN, SEND_RARP, SET_FEATURES, SET_LOG_BASE, SET_MEM_TABLE, SET_VRING_ADDR,
+    SET_VRING_ENABLE, SET_VRING_KICK, VRING_ADDR_F_LOG,
 };
+use super::migration::MigrationState;
 
 /// Most file descriptors one message carries (SET_MEM_TABLE: 8 regions).
 const MAX_FDS: usize = 32;
 const PROTOCOL_FEATURES_BIT: u64 = 1 << 30;
+/// VHOST_F_LOG_ALL: log every write into guest memory.
+const LOG_ALL_BIT: u64 = 1 << 26;
 /// The ring index in a SET_VRING_KICK/CALL/ERR payload (bit 8 is the NOFD flag).
 const VRING_INDEX_MASK: u64 = 0xff;
 
@@ -72,21 +81,41 @@ impl Default for Deadlines {
     }
 }
 
+/// What the relay hands on to the rest of the connection.
+#[derive(Clone)]
+pub struct Shared {
+    /// Where the real kick fds of TX rings go.
+    pub kicks: Arc<TxKicks>,
+    /// The dirty log, logging state and announcements of a live migration.
+    pub migration: Arc<MigrationState>,
+}
+
+impl Shared {
+    /// The state of a connection with `rings` virtqueues whose doorbells ring nothing.
+    #[cfg(test)]
+    pub(crate) fn quiet(rings: usize) -> Shared {
+        Shared {
+            kicks: Arc::new(TxKicks::new(rings, || {})),
+            migration: Arc::new(MigrationState::new(rings, || {})),
+        }
+    }
+}
+
 /// `ended` is written once both relay threads are done.
 pub fn start(
     frontend: UnixStream,
     relay_side: UnixStream,
-    kicks: Arc<TxKicks>,
+    shared: Shared,
     ended: Arc<EventFd>,
 ) -> io::Result<JoinHandle<RelayEnd>> {
-    start_with(frontend, relay_side, kicks, ended, Deadlines::default())
+    start_with(frontend, relay_side, shared, ended, Deadlines::default())
 }
 
 /// [`start`] with other deadlines.
 pub fn start_with(
     frontend: UnixStream,
     relay_side: UnixStream,
-    kicks: Arc<TxKicks>,
+    shared: Shared,
     ended: Arc<EventFd>,
     deadlines: Deadlines,
 ) -> io::Result<JoinHandle<RelayEnd>> {
@@ -111,7 +140,10 @@ pub fn start_with(
                 features_set: false,
                 deferred: Vec::new(),
                 regions: MemRegions::default(),
-                kicks,
+                kicks: shared.kicks,
+                migration: shared.migration,
+                log_all: false,
+                log_covers: 0,
                 deadlines,
             };
             let end = match relay.run() {
@@ -140,6 +172,11 @@ struct Relay {
     regions: MemRegions,
     /// Where the real kick fds of TX rings go.
     kicks: Arc<TxKicks>,
+    migration: Arc<MigrationState>,
+    /// Whether the frontend's features have VHOST_F_LOG_ALL.
+    log_all: bool,
+    /// The guest memory the installed log covers (0 without one).
+    log_covers: u64,
     deadlines: Deadlines,
 }
 
@@ -201,6 +238,28 @@ impl Relay {
                 self.acknowledge(request, flags)?;
                 continue;
             }
+            if matches!(request, SET_MEM_TABLE | ADD_MEM_REG) {
+                self.check_log_covers_memory().map_err(refuse)?;
+            }
+            match request {
+                SET_LOG_BASE => {
+                    self.set_log_base(&body, fds).map_err(refuse)?;
+                    // The reply QEMU waits for, whatever the flags say: the log echoed, as
+                    // the vhost crate's own handler answers.
+                    let mut reply =
+                        header(request, FLAG_VERSION_1 | FLAG_REPLY, size as u32).to_vec();
+                    reply.extend_from_slice(&body);
+                    self.frontend.write_all(&reply)?;
+                    continue;
+                }
+                SEND_RARP => {
+                    self.send_rarp(&body).map_err(refuse)?;
+                    self.acknowledge(request, flags)?;
+                    continue;
+                }
+                SET_VRING_ADDR => self.note_vring_log(&body),
+                _ => {}
+            }
 
             if request == SET_VRING_ENABLE && !self.features_set && size == 8 && fds.is_empty() {
                 let mut b = [0u8; 8];
@@ -234,6 +293,10 @@ impl Relay {
             if request == SET_FEATURES && size == 8 {
                 let features = u64::from_le_bytes(body[..8].try_into().unwrap_or([0; 8]));
                 self.features_set = true;
+                self.log_all = features & LOG_ALL_BIT != 0;
+                self.check_log_covers_memory().map_err(refuse)?;
+                self.migration
+                    .set_logging(self.log_all && self.migration.has_log());
                 if features & PROTOCOL_FEATURES_BIT != 0 {
                     // Replay the held-back enables now that they are legal, without asking
                     // for replies (the frontend already got its acknowledgement).
@@ -259,6 +322,73 @@ impl Relay {
             reply.extend_from_slice(&0u64.to_le_bytes());
             self.frontend.write_all(&reply)?;
         }
+        Ok(())
+    }
+
+    /// Maps the log of SET_LOG_BASE (`mmap_size`, `mmap_offset`, one fd), checked against its
+    /// file and against guest memory, and installs it in place of the one before. QEMU 7.2
+    /// sends one per queue pair: each replaces the last, and a worker still marking the
+    /// old one keeps it mapped until its burst ends.
+    fn set_log_base(&mut self, body: &[u8], mut fds: Vec<OwnedFd>) -> Result<(), Refused> {
+        if body.len() != 16 {
+            return Err(Refused::BadLog(format!(
+                "SET_LOG_BASE with a {}-byte body, not 16",
+                body.len()
+            )));
+        }
+        let (Some(fd), true) = (fds.pop(), fds.is_empty()) else {
+            return Err(Refused::BadLog(
+                "SET_LOG_BASE without its shared memory file descriptor".into(),
+            ));
+        };
+        let word = |i: usize| u64::from_le_bytes(body[i..i + 8].try_into().unwrap_or([0; 8]));
+        let (size, offset) = (word(0), word(8));
+        let log = DirtyLog::map(&std::fs::File::from(fd), size, offset, self.regions.end())
+            .map_err(|e| Refused::BadLog(e.to_string()))?;
+        self.log_covers = size.saturating_mul(8).saturating_mul(LOG_PAGE);
+        self.migration.set_log(Some(Arc::new(log)));
+        self.migration.set_logging(self.log_all);
+        Ok(())
+    }
+
+    /// While logging, every page of guest memory must have its bit: a region beyond the
+    /// log (added before the frontend grew it, which QEMU does first) would have its writes
+    /// lost to the migration, and the guest its memory.
+    fn check_log_covers_memory(&self) -> Result<(), Refused> {
+        let end = self.regions.end();
+        if self.log_all && self.migration.has_log() && end > self.log_covers {
+            return Err(Refused::BadLog(format!(
+                "guest memory reaches {end:#x} while logging, the log only {:#x}",
+                self.log_covers
+            )));
+        }
+        Ok(())
+    }
+
+    /// Notes where SET_VRING_ADDR logs its used ring, if it does. The message itself goes
+    /// on to the library (which checks the ring index and addresses).
+    fn note_vring_log(&self, body: &[u8]) {
+        if body.len() < 40 {
+            return;
+        }
+        let index = u32::from_le_bytes([body[0], body[1], body[2], body[3]]) as usize;
+        let flags = u32::from_le_bytes([body[4], body[5], body[6], body[7]]);
+        let at = u64::from_le_bytes(body[32..40].try_into().unwrap_or([0; 8]));
+        self.migration
+            .set_used_log(index, (flags & VRING_ADDR_F_LOG != 0).then_some(at));
+    }
+
+    /// SEND_RARP: the frontend asks the switch to announce the VM's MAC from this port,
+    /// as the guest cannot (no VIRTIO_NET_F_GUEST_ANNOUNCE) after a migration.
+    fn send_rarp(&self, body: &[u8]) -> Result<(), Refused> {
+        let mut mac = [0u8; 6];
+        if let Some(b) = body.get(..6) {
+            mac.copy_from_slice(b);
+        }
+        if body.len() != 8 || mac[0] & 1 != 0 || mac == [0; 6] {
+            return Err(Refused::BadAnnounce { mac });
+        }
+        self.migration.announce(mac);
         Ok(())
     }
 
@@ -320,11 +450,12 @@ mod tests {
     /// A relay for a one-queue-pair connection, and its TX kick table.
     fn start_with_kicks(relay_end: UnixStream) -> (UnixStream, JoinHandle<RelayEnd>, Arc<TxKicks>) {
         let (handler, relay_side) = UnixStream::pair().unwrap();
-        let kicks = Arc::new(TxKicks::new(2, || {}));
         let ended = Arc::new(EventFd::new(EFD_NONBLOCK).unwrap());
+        let shared = Shared::quiet(2);
+        let kicks = shared.kicks.clone();
         (
             handler,
-            start(relay_end, relay_side, kicks.clone(), ended).unwrap(),
+            start(relay_end, relay_side, shared, ended).unwrap(),
             kicks,
         )
     }
@@ -570,14 +701,13 @@ mod tests {
     /// A relay whose deadlines are `ms` milliseconds.
     fn start_hurried(relay_end: UnixStream, ms: u64) -> (UnixStream, JoinHandle<RelayEnd>) {
         let (handler, relay_side) = UnixStream::pair().unwrap();
-        let kicks = Arc::new(TxKicks::new(2, || {}));
         let ended = Arc::new(EventFd::new(EFD_NONBLOCK).unwrap());
         let d = Duration::from_millis(ms);
         let deadlines = Deadlines {
             first_message: d,
             whole_message: d,
         };
-        let t = start_with(relay_end, relay_side, kicks, ended, deadlines).unwrap();
+        let t = start_with(relay_end, relay_side, Shared::quiet(2), ended, deadlines).unwrap();
         (handler, t)
     }
 
@@ -635,5 +765,192 @@ mod tests {
         let (_handler, t) = start_pair(relay_end);
         drop(fe);
         assert!(matches!(t.join().unwrap(), RelayEnd::Closed));
+    }
+}
+
+#[cfg(test)]
+mod migration_tests {
+    use super::*;
+    use crate::vhost_user::message_check::ADD_MEM_REG;
+
+    /// A relay for a one-queue-pair connection, and what it shares.
+    fn start_shared(relay_end: UnixStream) -> (UnixStream, JoinHandle<RelayEnd>, Shared) {
+        let (handler, relay_side) = UnixStream::pair().unwrap();
+        let ended = Arc::new(EventFd::new(EFD_NONBLOCK).unwrap());
+        let shared = Shared::quiet(2);
+        let t = start(relay_end, relay_side, shared.clone(), ended).unwrap();
+        (handler, t, shared)
+    }
+
+    fn read_msg(s: &UnixStream) -> (Header, Vec<u8>, usize) {
+        let mut h = [0u8; HDR_LEN];
+        let fds = recv_header(s, &mut h, Duration::from_secs(5)).unwrap();
+        let h = Header::parse(&h);
+        let mut b = vec![0u8; h.size as usize];
+        (&*s).read_exact(&mut b).unwrap();
+        (h, b, fds.len())
+    }
+
+    fn send(fe: &UnixStream, request: u32, flags: u32, body: &[u8], fds: &[RawFd]) {
+        let hdr = header(request, flags, body.len() as u32);
+        fe.send_with_fds(&[&hdr[..], body], fds).unwrap();
+    }
+
+    /// One region of `size` bytes at guest address `gpa`, added with ADD_MEM_REG.
+    fn add_region(fe: &UnixStream, gpa: u64, size: u64) -> std::fs::File {
+        let file = crate::vhost_user::unlinked_file(size);
+        let mut body = vec![0u8; 8];
+        for w in [gpa, size, 0x7f00_0000_0000 + gpa, 0] {
+            body.extend_from_slice(&w.to_le_bytes());
+        }
+        send(fe, ADD_MEM_REG, FLAG_VERSION_1, &body, &[file.as_raw_fd()]);
+        file
+    }
+
+    fn log_base(fe: &UnixStream, size: u64, offset: u64, fd: Option<RawFd>) {
+        let mut body = size.to_le_bytes().to_vec();
+        body.extend_from_slice(&offset.to_le_bytes());
+        let fds: Vec<RawFd> = fd.into_iter().collect();
+        send(fe, SET_LOG_BASE, FLAG_VERSION_1, &body, &fds);
+    }
+
+    fn set_features(fe: &UnixStream, features: u64) {
+        send(
+            fe,
+            SET_FEATURES,
+            FLAG_VERSION_1,
+            &features.to_le_bytes(),
+            &[],
+        );
+    }
+
+    #[test]
+    fn a_log_is_mapped_by_the_relay_answered_and_switched_on_by_log_all() {
+        let (fe, relay_end) = UnixStream::pair().unwrap();
+        let (handler, t, shared) = start_shared(relay_end);
+        let m = &shared.migration;
+        // 16 MiB of guest memory needs 512 bytes of log.
+        let _ram = add_region(&fe, 0, 16 << 20);
+        assert_eq!(read_msg(&handler).0.request, ADD_MEM_REG);
+        let log_file = crate::vhost_user::unlinked_file(8192);
+        log_base(&fe, 4096, 4096, Some(log_file.as_raw_fd()));
+        // Answered by the relay with the log echoed; the handler never sees it.
+        let (h, body, _) = read_msg(&fe);
+        assert_eq!(
+            (h.request, h.flags),
+            (SET_LOG_BASE, FLAG_VERSION_1 | FLAG_REPLY)
+        );
+        assert_eq!(body[..8], 4096u64.to_le_bytes());
+        assert!(
+            m.has_log() && !m.logging(),
+            "mapped, but LOG_ALL not acked yet"
+        );
+
+        // LOG_ALL on: logging; the features go on to the handler as they came.
+        set_features(&fe, LOG_ALL_BIT | PROTOCOL_FEATURES_BIT);
+        let (h, body, _) = read_msg(&handler);
+        assert_eq!(h.request, SET_FEATURES);
+        assert_eq!(body, (LOG_ALL_BIT | PROTOCOL_FEATURES_BIT).to_le_bytes());
+        assert!(m.logging());
+        assert!(m.active_log().is_some());
+
+        // The used ring's log address, noted and passed on.
+        let mut addr = Vec::new();
+        addr.extend_from_slice(&1u32.to_le_bytes());
+        addr.extend_from_slice(&VRING_ADDR_F_LOG.to_le_bytes());
+        for w in [0x1000u64, 0x3000, 0x2000, 0x3000] {
+            addr.extend_from_slice(&w.to_le_bytes());
+        }
+        send(&fe, SET_VRING_ADDR, FLAG_VERSION_1, &addr, &[]);
+        assert_eq!(read_msg(&handler).0.request, SET_VRING_ADDR);
+        let active = m.active_log().unwrap();
+        assert_eq!(active.for_ring(1).used_at, Some(0x3000));
+        assert_eq!(active.for_ring(0).used_at, None);
+        drop(active);
+
+        // A second SET_LOG_BASE (QEMU 7.2 sends one per queue pair) replaces the first.
+        log_base(&fe, 4096, 0, Some(log_file.as_raw_fd()));
+        assert_eq!(read_msg(&fe).0.request, SET_LOG_BASE);
+        assert!(m.logging());
+
+        // LOG_ALL off: no more logging, the log stays mapped until replaced.
+        set_features(&fe, PROTOCOL_FEATURES_BIT);
+        assert_eq!(read_msg(&handler).0.request, SET_FEATURES);
+        assert!(!m.logging() && m.has_log());
+        drop(fe);
+        assert!(matches!(t.join().unwrap(), RelayEnd::Closed));
+    }
+
+    #[test]
+    fn logs_that_do_not_fit_their_file_or_guest_memory_end_the_connection() {
+        let cases: [(u64, u64, bool, &str); 4] = [
+            // (size, offset, with an fd, what the refusal says)
+            (4096, 8192, true, "past the end"),
+            (256, 0, true, "needs 512"),
+            (4096, 0, false, "without its shared memory"),
+            (u64::MAX, 1, true, "past the end"),
+        ];
+        for (size, offset, with_fd, says) in cases {
+            let (fe, relay_end) = UnixStream::pair().unwrap();
+            let (handler, t, shared) = start_shared(relay_end);
+            let _ram = add_region(&fe, 0, 16 << 20);
+            assert_eq!(read_msg(&handler).0.request, ADD_MEM_REG);
+            let log_file = crate::vhost_user::unlinked_file(8192);
+            log_base(&fe, size, offset, with_fd.then_some(log_file.as_raw_fd()));
+            match t.join().unwrap() {
+                RelayEnd::Refused(r @ Refused::BadLog(_)) => {
+                    assert!(r.to_string().contains(says), "{r} for {size}/{offset}")
+                }
+                other => panic!("{other:?} for {size}/{offset}"),
+            }
+            assert!(!shared.migration.has_log());
+        }
+    }
+
+    #[test]
+    fn memory_added_beyond_the_log_while_logging_ends_the_connection() {
+        let (fe, relay_end) = UnixStream::pair().unwrap();
+        let (handler, t, _shared) = start_shared(relay_end);
+        let _ram = add_region(&fe, 0, 16 << 20);
+        assert_eq!(read_msg(&handler).0.request, ADD_MEM_REG);
+        // 512 bytes of log cover exactly 16 MiB.
+        let log_file = crate::vhost_user::unlinked_file(512);
+        log_base(&fe, 512, 0, Some(log_file.as_raw_fd()));
+        assert_eq!(read_msg(&fe).0.request, SET_LOG_BASE);
+        set_features(&fe, LOG_ALL_BIT | PROTOCOL_FEATURES_BIT);
+        assert_eq!(read_msg(&handler).0.request, SET_FEATURES);
+        let _more = add_region(&fe, 16 << 20, 1 << 20);
+        match t.join().unwrap() {
+            RelayEnd::Refused(r @ Refused::BadLog(_)) => {
+                assert!(r.to_string().contains("while logging"), "{r}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn send_rarp_is_answered_by_the_relay_and_bad_addresses_refused() {
+        let (fe, relay_end) = UnixStream::pair().unwrap();
+        let (handler, t, shared) = start_shared(relay_end);
+        let mac = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
+        let mut body = mac.to_vec();
+        body.extend_from_slice(&[0, 0]);
+        send(&fe, SEND_RARP, FLAG_VERSION_1 | FLAG_NEED_REPLY, &body, &[]);
+        let (h, ack, _) = read_msg(&fe);
+        assert_eq!((h.request, ack), (SEND_RARP, 0u64.to_le_bytes().to_vec()));
+        assert_eq!(shared.migration.take_announce(), Some(mac));
+        // The handler saw nothing of it: the next thing it gets is the next message.
+        set_features(&fe, PROTOCOL_FEATURES_BIT);
+        assert_eq!(read_msg(&handler).0.request, SET_FEATURES);
+        let mut bad = [0x01, 0, 0x5e, 0, 0, 1].to_vec();
+        bad.extend_from_slice(&[0, 0]);
+        send(&fe, SEND_RARP, FLAG_VERSION_1, &bad, &[]);
+        match t.join().unwrap() {
+            RelayEnd::Refused(r @ Refused::BadAnnounce { .. }) => {
+                assert!(r.to_string().contains("01:00:5e:00:00:01"), "{r}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(shared.migration.take_announce(), None);
     }
 }
