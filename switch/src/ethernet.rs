@@ -132,9 +132,47 @@ impl<T: AsRef<[u8]>> EthernetFrame<T> {
     }
 }
 
+/// Length of a [`rarp_announcement`]: the shortest Ethernet frame without its FCS.
+pub const RARP_LEN: usize = 60;
+
+/// The RARP a switch sends for a VM that moved to it (live migration), as QEMU and DPDK
+/// build theirs: broadcast from `mac`, "reverse request" (3) for `mac` itself, IPv4 over
+/// Ethernet with no protocol addresses, padded with zeros to 60 bytes. Every bridge on the
+/// way learns `mac` at the port it came from.
+pub fn rarp_announcement(mac: MacAddr) -> [u8; RARP_LEN] {
+    let mut f = [0u8; RARP_LEN];
+    f[field::DST].copy_from_slice(&MacAddr::BROADCAST.0);
+    f[field::SRC].copy_from_slice(&mac.0);
+    f[field::ETHERTYPE].copy_from_slice(&0x8035u16.to_be_bytes());
+    // htype 1 (Ethernet), ptype 0x0800, hlen 6, plen 4, op 3.
+    f[14..22].copy_from_slice(&[0, 1, 0x08, 0x00, 6, 4, 0, 3]);
+    f[22..28].copy_from_slice(&mac.0);
+    f[32..38].copy_from_slice(&mac.0);
+    f
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rarp_announcement_is_the_frame_qemu_sends() {
+        let mac = MacAddr([0x52, 0x54, 0, 0x12, 0x34, 0x56]);
+        let want: [u8; 42] = [
+            0xff, 0xff, 0xff, 0xff, 0xff, 0xff, // broadcast
+            0x52, 0x54, 0x00, 0x12, 0x34, 0x56, // from the VM
+            0x80, 0x35, // RARP
+            0x00, 0x01, 0x08, 0x00, 0x06, 0x04, 0x00, 0x03, // Ethernet/IPv4, reverse request
+            0x52, 0x54, 0x00, 0x12, 0x34, 0x56, 0, 0, 0, 0, // sender
+            0x52, 0x54, 0x00, 0x12, 0x34, 0x56, 0, 0, 0, 0, // target
+        ];
+        let f = rarp_announcement(mac);
+        assert_eq!(f[..42], want);
+        assert_eq!(f[42..], [0u8; RARP_LEN - 42]);
+        let e = EthernetFrame::new_checked(&f[..]).unwrap();
+        assert_eq!(e.src(), mac);
+        assert_eq!(e.ethertype(), EtherType::Unknown(0x8035));
+    }
 
     const FRAME: [u8; 16] = [
         0xff, 0xff, 0xff, 0xff, 0xff, 0xff, // dst

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use vhost_user_backend::{VringState, VringT};
 use virtio_queue::QueueT;
-use vm_memory::GuestAddressSpace;
+use vm_memory::{Bytes, GuestAddress, GuestAddressSpace};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 use vringswitch_ports::afxdp::{AfXdpQueue, SendError};
@@ -25,13 +25,15 @@ use vringswitch_ports::offload::{OffloadCaps, VnetHeader};
 use vringswitch_ports::port::{GuestMem, GuestMemAtomic};
 use vringswitch_ports::tap::{TapQueue, TapRead, TAP_BUFFERS, TAP_VNET_HDR};
 use vringswitch_ports::vhost_user::guest_view::GuestView;
+use vringswitch_ports::vhost_user::migration::{ANNOUNCE, LOGGING};
 use vringswitch_ports::vhost_user::rings::{
-    FrameEdit, PopTx, RingView, RxScratch, Seg, TxFrame, MAX_TX_SEGS, MIN_FRAME_LEN, PEEK_LEN,
+    log_notification_fields, BrokenUsedRing, FrameEdit, PopTx, RingView, RxScratch, Seg, TxFrame,
+    MAX_TX_SEGS, MIN_FRAME_LEN, PEEK_LEN,
 };
 use vringswitch_ports::{Attachment, DropReason, OffloadAction, PortId, VhostUserQueues};
 
 use crate::capture::{wall_clock_ns, CaptureTap};
-use crate::ethernet::EthernetFrame;
+use crate::ethernet::{rarp_announcement, EthernetFrame, MacAddr, RARP_LEN};
 use crate::fdb::{fdb_key, FdbCache};
 use crate::stats::cycles;
 use crate::topology::{BridgeRt, PortRt, Topology};
@@ -121,6 +123,8 @@ pub struct Worker {
     /// queues as they were when it last went to sleep. Made anew with each topology, so it
     /// never keeps queues that moved to another worker.
     epoll: Epoll,
+    /// Where an announcement a frontend asked for is built (see [`Self::announce`]).
+    announce_mem: GuestMem,
 }
 
 /// A new wait set holding only `wake` (a kick's eventfd is added when the worker sleeps).
@@ -149,6 +153,8 @@ impl Worker {
             burst: Burst::new(switch.burst),
             idle_poll: switch.idle_poll,
             epoll,
+            announce_mem: GuestMem::from_ranges(&[(GuestAddress(0), 4096)])
+                .map_err(std::io::Error::other)?,
             switch,
         })
     }
@@ -282,6 +288,9 @@ impl Worker {
                     let _ = epoll.ctl(ControlOperation::Add, kick, ev);
                 });
                 pending |= st.get_queue_mut().enable_notification(mem).unwrap_or(true);
+                if att.migration().pending() & LOGGING != 0 {
+                    log_notification(att, ring, st.get_queue());
+                }
             },
         );
         if !pending {
@@ -294,8 +303,11 @@ impl Worker {
             &self.topology,
             &mut self.ports,
             &self.tx_queues,
-            |_, _, st, mem| {
+            |att, ring, st, mem| {
                 let _ = st.get_queue_mut().disable_notification(mem);
+                if att.migration().pending() & LOGGING != 0 {
+                    log_notification(att, ring, st.get_queue());
+                }
             },
         );
     }
@@ -324,6 +336,11 @@ impl Worker {
 
     /// One burst from TX queue `i` of a VM, whose queues are `att`.
     fn burst_from_vm(&mut self, i: usize, att: &VhostUserQueues, now_s: u64) -> usize {
+        // The one look at a migration per burst.
+        let pending = att.migration().pending();
+        if pending & ANNOUNCE != 0 {
+            self.announce(i, att, now_s);
+        }
         let (src, qp) = self.tx_queues[i];
         let topology: &Topology = &self.topology;
         let Some(src_rt) = topology.port(src) else {
@@ -415,10 +432,85 @@ impl Worker {
         deliver_burst(self.index, topology, &mut self.ports, &from, b, flood);
 
         // Give the TX chains back, notify the sender once.
-        if let Ok(true) = tx_ring.publish_used() {
+        if let Ok(true) = publish(att, ring, &mut tx_ring, pending) {
             let _ = st.signal_used_queue();
         }
         consumed
+    }
+
+    /// Sends the RARP a frontend asked for (SEND_RARP, after a live migration) from the VM
+    /// of TX queue `i`, as if the VM had sent it: the bridge learns the MAC at this port,
+    /// and the frame floods to the other ports and on to the network.
+    #[cold]
+    #[inline(never)]
+    fn announce(&mut self, i: usize, att: &VhostUserQueues, now_s: u64) {
+        let Some(mac) = att.migration().take_announce() else {
+            return;
+        };
+        let (src, qp) = self.tx_queues[i];
+        let topology: &Topology = &self.topology;
+        let Some(src_rt) = topology.port(src) else {
+            return;
+        };
+        let mac = MacAddr(mac);
+        let frame = rarp_announcement(mac);
+        let mem = &self.announce_mem;
+        if mem.write_slice(&frame, GuestAddress(0)).is_err() {
+            return;
+        }
+        let b = &mut self.burst;
+        b.start();
+        let cache = &mut self.fdb_caches[src_rt.bridge];
+        let mut frames = KernelFrames::new(src, src_rt, topology, mem, self.index, cache, now_s);
+        frames.push(b, 0, RARP_LEN as u32);
+        let from = Source {
+            id: src,
+            rt: src_rt,
+            qp,
+            mem,
+        };
+        frames.deliver(&self.switch, topology, &mut self.ports, &from, b);
+        tracing::info!(port = src_rt.handle.name(), mac = %mac,
+            "sent a RARP for a migrated VM's address, as its frontend asked");
+    }
+}
+
+/// Publishes the used entries of ring `index` of the VM whose queues are `att`, logging
+/// the burst's writes first when `pending` (the burst's one look at the migration state)
+/// says a migration logs them.
+#[inline(always)]
+fn publish(
+    att: &VhostUserQueues,
+    index: usize,
+    ring: &mut RingView<'_, '_>,
+    pending: u32,
+) -> Result<bool, BrokenUsedRing> {
+    if pending & LOGGING == 0 {
+        ring.publish_used()
+    } else {
+        publish_logged(att, index, ring)
+    }
+}
+
+/// Marks what switching a TX ring's notifications on or off wrote into guest memory.
+#[cold]
+#[inline(never)]
+fn log_notification(att: &VhostUserQueues, ring: usize, queue: &virtio_queue::Queue) {
+    if let Some(log) = att.migration().active_log() {
+        log_notification_fields(queue, log.for_ring(ring));
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn publish_logged(
+    att: &VhostUserQueues,
+    index: usize,
+    ring: &mut RingView<'_, '_>,
+) -> Result<bool, BrokenUsedRing> {
+    match att.migration().active_log() {
+        Some(log) => ring.publish_used_logged(log.for_ring(index)),
+        None => ring.publish_used(),
     }
 }
 
@@ -862,7 +954,8 @@ fn deliver_to(
             Err(e) => counters.add_drop(e.reason, 1),
         }
     }
-    match ring.publish_used() {
+    let pending = att.migration().pending();
+    match publish(att, 2 * rx_qp, &mut ring, pending) {
         Ok(notify) => {
             counters.add_tx(rx_qp, packets, bytes);
             if notify {

@@ -9,6 +9,7 @@
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 
@@ -19,6 +20,8 @@ pub const LOGGING: u32 = 1;
 /// [`MigrationState::pending`] bit: a RARP is to be sent from the port.
 pub const ANNOUNCE: u32 = 2;
 
+/// Longest wait for workers to let go of a replaced log.
+const QUIESCE_TIMEOUT: Duration = Duration::from_secs(1);
 /// No used-ring logging for a ring.
 const NOT_LOGGED: u64 = u64::MAX;
 /// Set in [`MigrationState::announce`]'s word when a MAC waits.
@@ -69,10 +72,19 @@ impl MigrationState {
         })
     }
 
-    /// Installs the frontend's newest log (or none), replacing the one before. A worker
-    /// still marking the old one keeps it mapped until its burst ends.
+    /// Installs the frontend's newest log (or none), replacing the one before, and returns
+    /// once no worker marks the old one any more: the frontend syncs the old log as soon as
+    /// it has the answer to SET_LOG_BASE (QEMU's log resize), and must find every mark in
+    /// it. A worker holds a log for one burst's publication, microseconds; the wait is
+    /// bounded anyway.
     pub fn set_log(&self, log: Option<Arc<DirtyLog>>) {
-        self.log.store(log);
+        let Some(old) = self.log.swap(log) else {
+            return;
+        };
+        let deadline = Instant::now() + QUIESCE_TIMEOUT;
+        while Arc::strong_count(&old) > 1 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_micros(50));
+        }
     }
 
     /// Whether a log is installed.
@@ -163,7 +175,7 @@ mod tests {
 
     #[test]
     fn nothing_is_pending_until_logging_or_an_announcement_is_asked_for() {
-        let m = MigrationState::new(2, || {});
+        let m = Arc::new(MigrationState::new(2, || {}));
         assert_eq!(m.pending(), 0);
         assert!(m.active_log().is_none());
         // Logging on without a log: nothing to mark into.
@@ -178,6 +190,18 @@ mod tests {
         assert_eq!(active.for_ring(0).used_at, None);
         assert_eq!(active.for_ring(1).used_at, Some(0x5000));
         assert_eq!(active.for_ring(9).used_at, None);
+        // A replaced log is let go of by the workers before the frontend hears of it.
+        let held = m.active_log().unwrap();
+        let t0 = Instant::now();
+        let replacer = std::thread::spawn({
+            let m = m.clone();
+            move || m.set_log(Some(Arc::new(DirtyLog::map(&f, 4096, 0, 1 << 20).unwrap())))
+        });
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(!replacer.is_finished(), "replaced while a worker marks it");
+        drop((held, active));
+        replacer.join().unwrap();
+        assert!(t0.elapsed() < QUIESCE_TIMEOUT);
         m.set_logging(false);
         assert_eq!(m.pending(), 0);
         assert!(m.active_log().is_none());

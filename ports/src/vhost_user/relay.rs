@@ -258,6 +258,16 @@ impl Relay {
                     continue;
                 }
                 SET_VRING_ADDR => self.note_vring_log(&body),
+                SET_FEATURES if size == 8 => {
+                    // Before the library sees the features: it takes every vring's lock to
+                    // apply them, so a burst that began before logging was on has ended
+                    // by the time it answers the frontend's next message.
+                    let features = u64::from_le_bytes(body[..8].try_into().unwrap_or([0; 8]));
+                    self.log_all = features & LOG_ALL_BIT != 0;
+                    self.check_log_covers_memory().map_err(refuse)?;
+                    self.migration
+                        .set_logging(self.log_all && self.migration.has_log());
+                }
                 _ => {}
             }
 
@@ -293,10 +303,6 @@ impl Relay {
             if request == SET_FEATURES && size == 8 {
                 let features = u64::from_le_bytes(body[..8].try_into().unwrap_or([0; 8]));
                 self.features_set = true;
-                self.log_all = features & LOG_ALL_BIT != 0;
-                self.check_log_covers_memory().map_err(refuse)?;
-                self.migration
-                    .set_logging(self.log_all && self.migration.has_log());
                 if features & PROTOCOL_FEATURES_BIT != 0 {
                     // Replay the held-back enables now that they are legal, without asking
                     // for replies (the frontend already got its acknowledgement).

@@ -27,7 +27,10 @@ use crate::offload::software::Outgoing;
 use crate::offload::VnetHeader;
 use crate::port::GuestMem;
 
+mod dirty;
 mod fast;
+
+pub use dirty::log_notification_fields;
 
 /// Largest frame (without the virtio-net header) the switch forwards.
 pub const MAX_FRAME_LEN: usize = 65_550;

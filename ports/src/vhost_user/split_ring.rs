@@ -37,7 +37,7 @@ pub struct Desc {
 }
 
 impl Desc {
-    fn parse(raw: [u8; DESC_SIZE]) -> Desc {
+    pub(crate) fn parse(raw: [u8; DESC_SIZE]) -> Desc {
         let [a0, a1, a2, a3, a4, a5, a6, a7, l0, l1, l2, l3, f0, f1, n0, n1] = raw;
         Desc {
             addr: u64::from_le_bytes([a0, a1, a2, a3, a4, a5, a6, a7]),
@@ -240,6 +240,22 @@ impl<'m> SplitRing<'m> {
             // that publishes it.
             unsafe { std::ptr::copy_nonoverlapping(raw.as_ptr(), slot, 8) };
         }
+    }
+
+    /// The used entry in slot `idx` (reduced modulo the ring size): (head, length), as the
+    /// worker wrote it, or as a misbehaving driver overwrote it since.
+    #[inline]
+    pub fn used_entry(&self, idx: u16) -> (u32, u32) {
+        let off = 4 + 8 * self.slot(idx);
+        // SAFETY: off + 8 <= 4 + 8 * size, inside the used ring checked in new(), within a
+        // region living for 'm; read unaligned into our own array, whatever it holds.
+        let raw =
+            unsafe { std::ptr::read_unaligned(self.used.as_ptr().add(off).cast::<[u8; 8]>()) };
+        let [h0, h1, h2, h3, l0, l1, l2, l3] = raw;
+        (
+            u32::from_le_bytes([h0, h1, h2, h3]),
+            u32::from_le_bytes([l0, l1, l2, l3]),
+        )
     }
 
     /// Sets VRING_USED_F_NO_NOTIFY: the driver need not kick while the worker polls.

@@ -30,7 +30,7 @@ const F_INDIRECT: u16 = VRING_DESC_F_INDIRECT as u16;
 /// malformed: an index past its table, more descriptors than the table holds (a loop), a
 /// nested or malformed indirect table. Bounded by the table sizes.
 #[inline]
-fn walk<'m>(
+pub(super) fn walk<'m>(
     ring: &SplitRing<'m>,
     view: &mut GuestView<'m>,
     head: u16,
