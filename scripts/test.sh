@@ -82,7 +82,8 @@ cargo test --workspace --exclude vringswitch-tests
 cargo test -p vringswitch-tests --lib --test switching --test lifecycle --test observability \
     --test api --test vlans --test persistence --test openapi --test port_security \
     --test hostile --test memory_changes --test soak --test restart --test fairness \
-    --test local_security --test capture --test tap_ports --test afxdp_ports --test offloads
+    --test local_security --test capture --test tap_ports --test afxdp_ports --test offloads \
+    --test migration
 
 # The fuzz targets (their own workspace, run with nightly: docs/fuzzing.md) must keep
 # compiling against the code they fuzz.

@@ -48,6 +48,9 @@ pub struct VmOptions {
     pub ring_history: u16,
     /// Offload features to negotiate too (`VIRTIO_NET_F_CSUM` and the like, as bits).
     pub offloads: u64,
+    /// Negotiate what a live migration needs: LOG_SHMFD and RARP (see
+    /// [`TestVm::start_dirty_log`]).
+    pub migration: bool,
 }
 
 impl Default for VmOptions {
@@ -59,7 +62,44 @@ impl Default for VmOptions {
             strict: true,
             ring_history: 0,
             offloads: 0,
+            migration: false,
         }
+    }
+}
+
+/// Bytes of a dirty log for [`MEM_SIZE`] of guest memory: one bit per 4 KiB page.
+pub const DIRTY_LOG_LEN: u64 = MEM_SIZE / 4096 / 8;
+
+/// A dirty log as the frontend holds it.
+pub struct DirtyLogFile {
+    file: File,
+}
+
+impl DirtyLogFile {
+    /// The marked pages, by guest page number.
+    pub fn marked(&self) -> std::collections::BTreeSet<u64> {
+        use std::os::unix::fs::FileExt;
+        let mut bytes = vec![0u8; DIRTY_LOG_LEN as usize];
+        self.file
+            .read_exact_at(&mut bytes, 0)
+            .expect("read the log");
+        let mut pages = std::collections::BTreeSet::new();
+        for (i, b) in bytes.iter().enumerate() {
+            for bit in 0..8 {
+                if b & (1 << bit) != 0 {
+                    pages.insert(i as u64 * 8 + bit);
+                }
+            }
+        }
+        pages
+    }
+
+    /// Clears every mark, as the frontend does when it syncs the log.
+    pub fn clear(&self) {
+        use std::os::unix::fs::FileExt;
+        self.file
+            .write_all_at(&vec![0u8; DIRTY_LOG_LEN as usize], 0)
+            .expect("clear the log");
     }
 }
 
@@ -191,6 +231,9 @@ impl TestVm {
         let mut proto_wanted = VhostUserProtocolFeatures::MQ
             | VhostUserProtocolFeatures::REPLY_ACK
             | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS;
+        if opts.migration {
+            proto_wanted |= VhostUserProtocolFeatures::LOG_SHMFD | VhostUserProtocolFeatures::RARP;
+        }
         if !opts.strict {
             proto_wanted &= proto;
         }
@@ -233,6 +276,63 @@ impl TestVm {
             vm.queues.push(dq);
         }
         vm
+    }
+
+    /// Starts logging dirty pages, as QEMU does when a migration begins: SET_LOG_BASE with a
+    /// log for all of guest memory in a memfd-like file, LOG_ALL in the features, and the
+    /// log flag with the used ring's address on every ring. Needs `VmOptions::migration`.
+    pub fn start_dirty_log(&mut self) -> DirtyLogFile {
+        let file = crate::raw_frontend::memory_file(DIRTY_LOG_LEN);
+        self.frontend
+            .set_log_base(
+                0,
+                Some(vhost::VhostUserDirtyLogRegion {
+                    mmap_size: DIRTY_LOG_LEN,
+                    mmap_offset: 0,
+                    mmap_handle: file.as_raw_fd(),
+                }),
+            )
+            .expect("SET_LOG_BASE");
+        self.frontend
+            .set_features(self.features | VhostUserVirtioFeatures::LOG_ALL.bits())
+            .expect("SET_FEATURES with LOG_ALL");
+        self.set_ring_logging(true);
+        // A round trip, as QEMU makes after SET_FEATURES while logging: everything before
+        // it was handled once it is answered.
+        self.frontend.get_features().expect("GET_FEATURES");
+        DirtyLogFile { file }
+    }
+
+    /// Stops logging, as QEMU does when a migration ends or is cancelled.
+    pub fn stop_dirty_log(&mut self) {
+        self.frontend
+            .set_features(self.features)
+            .expect("SET_FEATURES without LOG_ALL");
+        self.set_ring_logging(false);
+        self.frontend.get_features().expect("GET_FEATURES");
+    }
+
+    fn set_ring_logging(&mut self, on: bool) {
+        let host = self.mem.get_host_address(GuestAddress(0)).unwrap() as u64;
+        for dq in &self.queues {
+            let config = VringConfigData {
+                queue_max_size: QUEUE_SIZE,
+                queue_size: QUEUE_SIZE,
+                flags: u32::from(on),
+                desc_table_addr: host + dq.desc_addr(),
+                used_ring_addr: host + dq.used_addr(),
+                avail_ring_addr: host + dq.avail_addr(),
+                log_addr: on.then_some(dq.used_addr()),
+            };
+            self.frontend
+                .set_vring_addr(usize::from(dq.index), &config)
+                .expect("SET_VRING_ADDR");
+        }
+    }
+
+    /// Guest address of queue `q`'s used ring.
+    pub fn used_ring_addr(&self, q: u16) -> u64 {
+        self.queues[usize::from(q)].used_addr()
     }
 
     /// This VM's memory as one vhost-user region.
