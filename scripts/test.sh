@@ -98,5 +98,7 @@ log "DPDK testpmd suite"
 cargo test -p vringswitch-tests --test dpdk_testpmd -- --test-threads=1
 log "QEMU guest suite"
 cargo test -p vringswitch-tests --test qemu_guests -- --test-threads=1
+log "live migration suite"
+cargo test -p vringswitch-tests --test live_migration -- --test-threads=1
 log "libvirt suite"
 cargo test -p vringswitch-tests --test libvirt -- --test-threads=1

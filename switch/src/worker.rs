@@ -326,7 +326,13 @@ impl Worker {
         };
         // The port's kind is chosen here, once per burst.
         let moved = match &*att {
-            Attachment::VhostUser(q) => self.burst_from_vm(i, q, now_s),
+            Attachment::VhostUser(q) => {
+                let (moved, pending) = self.burst_from_vm(i, q, now_s);
+                if pending & ANNOUNCE != 0 {
+                    self.announce(i, q, now_s);
+                }
+                moved
+            }
             Attachment::Tap(q) => self.burst_from_tap(i, q, now_s),
             Attachment::AfXdp(q) => self.burst_from_xdp(i, q, now_s),
         };
@@ -334,21 +340,18 @@ impl Worker {
         moved
     }
 
-    /// One burst from TX queue `i` of a VM, whose queues are `att`.
-    fn burst_from_vm(&mut self, i: usize, att: &VhostUserQueues, now_s: u64) -> usize {
-        // The one look at a migration per burst.
-        let pending = att.migration().pending();
-        if pending & ANNOUNCE != 0 {
-            self.announce(i, att, now_s);
-        }
+    /// One burst from TX queue `i` of a VM, whose queues are `att`. Returns the chains
+    /// consumed and the migration state seen
+    /// ([`vringswitch_ports::vhost_user::migration::MigrationState::pending`]).
+    fn burst_from_vm(&mut self, i: usize, att: &VhostUserQueues, now_s: u64) -> (usize, u32) {
         let (src, qp) = self.tx_queues[i];
         let topology: &Topology = &self.topology;
         let Some(src_rt) = topology.port(src) else {
-            return 0;
+            return (0, 0);
         };
         let ring = 2 * usize::from(qp) + 1;
         let Some(vring) = att.vrings.get(ring) else {
-            return 0;
+            return (0, 0);
         };
         let hdr_len = att.hdr_len();
         // Headers are read only from a VM that may send offloads: without, they mean nothing.
@@ -361,8 +364,12 @@ impl Worker {
 
         let mut st = vring.get_mut();
         if !att.serviceable(ring, &mut st) {
-            return 0;
+            return (0, 0);
         }
+        // The one look at a migration per burst, under the vring lock: the relay switches
+        // logging on before the library takes that lock to apply LOG_ALL, so a burst that
+        // saw it off has ended by the time the frontend hears back.
+        let pending = att.migration().pending();
         b.start();
         b.offloads = read_vnet;
         let cache = &mut self.fdb_caches[src_rt.bridge];
@@ -418,7 +425,7 @@ impl Worker {
             }
         }
         if consumed == 0 {
-            return 0;
+            return (0, pending);
         }
         self.switch.workers[self.index].stats.add_burst(consumed);
         counters.add_rx(usize::from(qp), b.len as u64, rx_bytes);
@@ -435,7 +442,7 @@ impl Worker {
         if let Ok(true) = publish(att, ring, &mut tx_ring, pending) {
             let _ = st.signal_used_queue();
         }
-        consumed
+        (consumed, pending)
     }
 
     /// Sends the RARP a frontend asked for (SEND_RARP, after a live migration) from the VM

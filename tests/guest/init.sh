@@ -3,6 +3,7 @@
 #   vs.ip=ADDR/PREFIX   address of eth0
 #   vs.ip6=ADDR/PREFIX  an IPv6 address of eth0 too
 #   vs.peer=ADDR        address to ping, 20 pings a round, forever
+#   vs.ping=SECS_COUNT  ping every SECS seconds, COUNT pings a round, rounds back to back
 #   vs.send=ADDR_PORT_MB[,ADDR_PORT_MB...]  also send MB MiB of random bytes once over TCP
 #                       to each ADDR:PORT in turn (busybox nc), printing
 #                       VS-MD5 <md5> before and VS-SENT rc=N after each (the last: VS-MD5
@@ -19,7 +20,7 @@ mount -t devtmpfs devtmpfs /dev 2>/dev/null
 for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_mmio failover net_failover virtio_net; do
     insmod /modules/$m.ko 2>/dev/null
 done
-ip=; ip6=; peer=; send=; recv=
+ip=; ip6=; peer=; send=; recv=; ping=
 for arg in $(cat /proc/cmdline); do
     case $arg in
         vs.ip=*) ip=${arg#vs.ip=} ;;
@@ -27,6 +28,7 @@ for arg in $(cat /proc/cmdline); do
         vs.peer=*) peer=${arg#vs.peer=} ;;
         vs.send=*) send=${arg#vs.send=} ;;
         vs.recv=*) recv=${arg#vs.recv=} ;;
+        vs.ping=*) ping=${arg#vs.ping=} ;;
     esac
 done
 for i in $(seq 50); do [ -e /sys/class/net/eth0 ] && break; sleep 0.1; done
@@ -46,14 +48,18 @@ for p in $(echo "$recv" | tr ',' ' '); do
         echo "VS-RECV-$p $(nc -l -p "$p" < "/tmp/in.$p" | md5sum | cut -d' ' -f1)"
     ) &
 done
-# ping_loop CPU LABEL: rounds of 20 pings from CPU, forever.
+# ping_loop CPU LABEL: rounds of pings from CPU, forever.
+interval=0.1; count=20; pause=0.5
+if [ -n "$ping" ]; then
+    interval=${ping%%_*}; count=${ping#*_}; pause=0.05
+fi
 ping_loop() {
     round=0
     while true; do
         round=$((round + 1))
-        out=$(taskset -c "$1" ping -c 20 -i 0.1 -W 1 "$peer" 2>&1 | grep 'packets transmitted')
+        out=$(taskset -c "$1" ping -c "$count" -i "$interval" -W 1 "$peer" 2>&1 | grep 'packets transmitted')
         echo "$2 round=$round $out"
-        sleep 0.5
+        sleep "$pause"
     done
 }
 if [ -n "$send" ]; then

@@ -83,6 +83,8 @@ pub struct GuestSpec {
     pub cmdline_extra: String,
     /// More properties of the NIC (`,guest_tso4=off`...).
     pub device_extra: String,
+    /// Wait for an incoming migration on this unix socket instead of booting.
+    pub incoming: Option<PathBuf>,
 }
 
 impl GuestSpec {
@@ -99,6 +101,25 @@ impl GuestSpec {
             machine: Machine::Q35,
             cmdline_extra: String::new(),
             device_extra: String::new(),
+            incoming: None,
+        }
+    }
+
+    /// Pings every `interval` seconds (`"0.01"`), `count` pings a round, rounds back to
+    /// back: outages of a few pings show as lost pings (see [`Console::lost_pings`]).
+    pub fn pinging_every(mut self, interval: &str, count: u32) -> GuestSpec {
+        self.cmdline_extra += &format!(" vs.ping={interval}_{count}");
+        self
+    }
+
+    /// The same VM, waiting for a live migration on `socket` (QEMU's `-incoming`): named
+    /// `name` (its console and QEMU log), its NIC on vhost-user socket `on`.
+    pub fn migration_target(&self, name: &str, on: &Path, socket: &Path) -> GuestSpec {
+        GuestSpec {
+            name: name.to_owned(),
+            socket: on.to_owned(),
+            incoming: Some(socket.to_owned()),
+            ..self.clone()
         }
     }
 
@@ -196,13 +217,13 @@ impl Console {
         self.rounds_of("VS-PING")
     }
 
-    /// Waits for a complete round (20 of 20) labelled `label` that started after round
+    /// Waits for a complete round (all of 20 pings or more) labelled `label` that started after round
     /// `after`, and returns its number.
     pub fn wait_clean_round_of(&self, label: &str, after: u32, what: &str) -> u32 {
         wait_until(BOOT_AND_PING, what, || {
             self.rounds_of(label)
                 .into_iter()
-                .find(|&(r, tx, rx)| r > after + 1 && tx == 20 && rx == 20)
+                .find(|&(r, tx, rx)| r > after + 1 && tx >= 20 && rx == tx)
                 .map(|(r, _, _)| r)
         })
     }
@@ -257,6 +278,15 @@ impl Console {
 
     pub fn last_round(&self) -> u32 {
         self.rounds().last().map_or(0, |r| r.0)
+    }
+
+    /// Pings lost in CPU 0's rounds after round `after`, and the rounds counted.
+    pub fn lost_pings(&self, after: u32) -> (u32, usize) {
+        let rounds: Vec<_> = self.rounds().into_iter().filter(|r| r.0 > after).collect();
+        (
+            rounds.iter().map(|&(_, tx, rx)| tx - rx.min(tx)).sum(),
+            rounds.len(),
+        )
     }
 }
 
@@ -317,6 +347,11 @@ impl Guest {
             .arg(chardev)
             .args(["-netdev", &netdev])
             .args(["-device", &device])
+            .args(
+                spec.incoming
+                    .iter()
+                    .flat_map(|p| ["-incoming".to_owned(), format!("unix:{}", p.display())]),
+            )
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.join(format!("{}.qemu.log", spec.name))).unwrap())
             .spawn()
@@ -337,6 +372,37 @@ impl Guest {
         });
         s.write_all(b"system_reset\n").unwrap();
         std::thread::sleep(Duration::from_millis(500));
+    }
+
+    /// Runs `command` on the QEMU monitor (HMP) and returns what it printed.
+    pub fn monitor(&self, command: &str) -> String {
+        use std::io::{Read, Write};
+        let mut s = wait_until(Duration::from_secs(10), "the QEMU monitor", || {
+            std::os::unix::net::UnixStream::connect(&self.monitor).ok()
+        });
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut out = Vec::new();
+        let mut read_to_prompt = |s: &mut std::os::unix::net::UnixStream| {
+            out.clear();
+            let mut buf = [0u8; 4096];
+            while !String::from_utf8_lossy(&out).contains("(qemu) ") {
+                let n = s.read(&mut buf).expect("the QEMU monitor's answer");
+                assert!(n > 0, "the QEMU monitor hung up");
+                out.extend_from_slice(&buf[..n]);
+            }
+            String::from_utf8_lossy(&out).into_owned()
+        };
+        read_to_prompt(&mut s);
+        s.write_all(format!("{command}\n").as_bytes()).unwrap();
+        // The monitor echoes the command, with terminal escapes, on its first line.
+        let answer = read_to_prompt(&mut s);
+        let answer = answer.split_once('\n').map_or("", |(_, rest)| rest);
+        answer.replace("(qemu) ", "")
+    }
+
+    /// Whether the QEMU process still runs.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
     }
 
     pub fn kill(&mut self) {

@@ -26,6 +26,7 @@ pub const SET_LOG_BASE: u32 = 6;
 pub const SET_LOG_FD: u32 = 7;
 pub const SET_VRING_NUM: u32 = 8;
 pub const SET_VRING_ADDR: u32 = 9;
+pub const GET_VRING_BASE: u32 = 11;
 pub const SET_VRING_KICK: u32 = 12;
 pub const SET_VRING_CALL: u32 = 13;
 pub const SET_VRING_ERR: u32 = 14;

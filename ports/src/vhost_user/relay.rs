@@ -36,8 +36,8 @@ use super::kicks::TxKicks;
 use super::mem_regions::{Admission, MemRegions};
 use super::message_check::{
     check_header, check_message, Header, Refused, ADD_MEM_REG, FLAG_NEED_REPLY, FLAG_REPLY,
-    FLAG_VERSION_1, HDR_LEN, SEND_RARP, SET_FEATURES, SET_LOG_BASE, SET_MEM_TABLE, SET_VRING_ADDR,
-    SET_VRING_ENABLE, SET_VRING_KICK, VRING_ADDR_F_LOG,
+    FLAG_VERSION_1, GET_VRING_BASE, HDR_LEN, REM_MEM_REG, SEND_RARP, SET_FEATURES, SET_LOG_BASE,
+    SET_MEM_TABLE, SET_VRING_ADDR, SET_VRING_ENABLE, SET_VRING_KICK, VRING_ADDR_F_LOG,
 };
 use super::migration::MigrationState;
 
@@ -144,6 +144,7 @@ pub fn start_with(
                 migration: shared.migration,
                 log_all: false,
                 log_covers: 0,
+                rings: Vec::new(),
                 deadlines,
             };
             let end = match relay.run() {
@@ -177,7 +178,18 @@ struct Relay {
     log_all: bool,
     /// The guest memory the installed log covers (0 without one).
     log_covers: u64,
+    /// What the relay knows of each ring, by index.
+    rings: Vec<RingSeen>,
     deadlines: Deadlines,
+}
+
+/// A ring as the relay saw it set up.
+#[derive(Debug, Clone, Copy, Default)]
+struct RingSeen {
+    /// The descriptor, used and available ring addresses the library last got.
+    addrs: Option<[u64; 3]>,
+    /// Started (a kick fd set) since it was last stopped (GET_VRING_BASE).
+    running: bool,
 }
 
 fn header(request: u32, flags: u32, size: u32) -> [u8; HDR_LEN] {
@@ -257,7 +269,18 @@ impl Relay {
                     self.acknowledge(request, flags)?;
                     continue;
                 }
-                SET_VRING_ADDR => self.note_vring_log(&body),
+                SET_VRING_ADDR => {
+                    self.note_vring_log(&body);
+                    if self.only_logging_changes(&body) {
+                        self.acknowledge(request, flags)?;
+                        continue;
+                    }
+                }
+                SET_VRING_KICK | GET_VRING_BASE => self.note_ring_state(request, &body),
+                SET_MEM_TABLE | ADD_MEM_REG | REM_MEM_REG => {
+                    // Addresses may translate anew: the next SET_VRING_ADDR goes through.
+                    self.rings.iter_mut().for_each(|r| r.addrs = None);
+                }
                 SET_FEATURES if size == 8 => {
                     // Before the library sees the features: it takes every vring's lock to
                     // apply them, so a burst that began before logging was on has ended
@@ -382,6 +405,53 @@ impl Relay {
         let at = u64::from_le_bytes(body[32..40].try_into().unwrap_or([0; 8]));
         self.migration
             .set_used_log(index, (flags & VRING_ADDR_F_LOG != 0).then_some(at));
+    }
+
+    /// Whether a SET_VRING_ADDR only switches used-ring logging on a running ring: the
+    /// same addresses as the library has. Such a message is answered here. The library
+    /// would set the addresses again and then reset the queue's used index from guest
+    /// memory, a read and a write under two separate holds of the vring lock: a burst
+    /// published in between would have its used entries overwritten and the used index
+    /// go back (QEMU sends this message to running rings when a migration starts and
+    /// ends). Any other SET_VRING_ADDR is passed on, its addresses noted.
+    fn only_logging_changes(&mut self, body: &[u8]) -> bool {
+        if body.len() < 40 {
+            return false;
+        }
+        let index = u32::from_le_bytes([body[0], body[1], body[2], body[3]]) as usize;
+        let word = |i: usize| u64::from_le_bytes(body[i..i + 8].try_into().unwrap_or([0; 8]));
+        let addrs = [word(8), word(16), word(24)];
+        let Some(ring) = self.ring(index) else {
+            return false;
+        };
+        if ring.running && ring.addrs == Some(addrs) {
+            return true;
+        }
+        ring.addrs = Some(addrs);
+        false
+    }
+
+    /// Notes a ring started (SET_VRING_KICK) or stopped (GET_VRING_BASE).
+    fn note_ring_state(&mut self, request: u32, body: &[u8]) {
+        let Some(word) = body.get(..4) else {
+            return;
+        };
+        let index = (u32::from_le_bytes([word[0], word[1], word[2], word[3]]) as u64
+            & VRING_INDEX_MASK) as usize;
+        if let Some(ring) = self.ring(index) {
+            ring.running = request == SET_VRING_KICK;
+        }
+    }
+
+    /// What the relay knows of ring `index` (at most 256 rings: the index field's width).
+    fn ring(&mut self, index: usize) -> Option<&mut RingSeen> {
+        if index > VRING_INDEX_MASK as usize {
+            return None;
+        }
+        if self.rings.len() <= index {
+            self.rings.resize(index + 1, RingSeen::default());
+        }
+        self.rings.get_mut(index)
     }
 
     /// SEND_RARP: the frontend asks the switch to announce the VM's MAC from this port,
@@ -932,6 +1002,80 @@ mod migration_tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    fn vring_addr(index: u32, flags: u32, desc: u64, log: u64) -> Vec<u8> {
+        let mut b = index.to_le_bytes().to_vec();
+        b.extend_from_slice(&flags.to_le_bytes());
+        for w in [desc, desc + 0x2000, desc + 0x1000, log] {
+            b.extend_from_slice(&w.to_le_bytes());
+        }
+        b
+    }
+
+    #[test]
+    fn switching_logging_on_a_running_ring_never_reaches_the_library() {
+        use crate::vhost_user::message_check::GET_VRING_BASE;
+        let (fe, relay_end) = UnixStream::pair().unwrap();
+        let (handler, _t, shared) = start_shared(relay_end);
+        let acked = FLAG_VERSION_1 | FLAG_NEED_REPLY;
+        // Set up and started: the addresses reach the library.
+        send(
+            &fe,
+            SET_VRING_ADDR,
+            acked,
+            &vring_addr(0, 0, 0x10000, 0),
+            &[],
+        );
+        assert_eq!(read_msg(&handler).0.request, SET_VRING_ADDR);
+        let nofd = (1u64 << 8).to_le_bytes();
+        send(&fe, SET_VRING_KICK, FLAG_VERSION_1, &nofd, &[]);
+        assert_eq!(read_msg(&handler).0.request, SET_VRING_KICK);
+        // The same addresses with the log flag: answered here, noted.
+        let log_on = vring_addr(0, VRING_ADDR_F_LOG, 0x10000, 0x12000);
+        send(&fe, SET_VRING_ADDR, acked, &log_on, &[]);
+        let (h, ack, _) = read_msg(&fe);
+        assert_eq!(
+            (h.request, ack),
+            (SET_VRING_ADDR, 0u64.to_le_bytes().to_vec())
+        );
+        let m = &shared.migration;
+        m.set_logging(true);
+        let f = crate::vhost_user::unlinked_file(4096);
+        m.set_log(Some(Arc::new(DirtyLog::map(&f, 4096, 0, 1 << 20).unwrap())));
+        assert_eq!(m.active_log().unwrap().for_ring(0).used_at, Some(0x12000));
+        // New addresses go through.
+        send(
+            &fe,
+            SET_VRING_ADDR,
+            acked,
+            &vring_addr(0, 0, 0x20000, 0),
+            &[],
+        );
+        let (h, body, _) = read_msg(&handler);
+        assert_eq!(
+            (h.request, body[8..16].to_vec()),
+            (SET_VRING_ADDR, 0x20000u64.to_le_bytes().to_vec())
+        );
+        assert_eq!(m.active_log().unwrap().for_ring(0).used_at, None);
+        // Stopped, then set up again at the same addresses: the library must see them (it
+        // reads the used index anew).
+        send(
+            &fe,
+            GET_VRING_BASE,
+            FLAG_VERSION_1,
+            &vring_addr(0, 0, 0, 0)[..8],
+            &[],
+        );
+        assert_eq!(read_msg(&handler).0.request, GET_VRING_BASE);
+        send(
+            &fe,
+            SET_VRING_ADDR,
+            acked,
+            &vring_addr(0, 0, 0x20000, 0),
+            &[],
+        );
+        assert_eq!(read_msg(&handler).0.request, SET_VRING_ADDR);
     }
 
     #[test]
