@@ -441,7 +441,7 @@ fn bad_messages() -> Vec<BadMessage> {
         },
         BadMessage {
             item: "8",
-            what: "SET_LOG_BASE (no dirty log is offered)",
+            what: "SET_LOG_BASE whose size and offset overflow",
             send: |f| {
                 f.negotiate();
                 let file = memory_file(4096);
