@@ -475,6 +475,17 @@ enum Ended {
     ProtocolError(String),
 }
 
+/// What rings `port`'s doorbell from the connection's shared tables. Weak: the tables live
+/// in the attachment the port holds.
+fn doorbell_of(port: &Arc<PortHandle>) -> impl Fn() + Send + Sync + 'static {
+    let port = Arc::downgrade(port);
+    move || {
+        if let Some(port) = port.upgrade() {
+            port.ring_doorbell();
+        }
+    }
+}
+
 fn serve_connection(
     port: &Arc<PortHandle>,
     config: &VhostUserPortConfig,
@@ -485,25 +496,9 @@ fn serve_connection(
 ) -> std::io::Result<Ended> {
     let name = port.name();
     let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
-    // Weak: the table lives in the attachment the port holds.
-    let doorbell = Arc::downgrade(port);
-    let tx_kicks = Arc::new(TxKicks::new(
-        2 * usize::from(config.queue_pairs),
-        move || {
-            if let Some(port) = doorbell.upgrade() {
-                port.ring_doorbell();
-            }
-        },
-    ));
-    let doorbell = Arc::downgrade(port);
-    let migration = Arc::new(MigrationState::new(
-        2 * usize::from(config.queue_pairs),
-        move || {
-            if let Some(port) = doorbell.upgrade() {
-                port.ring_doorbell();
-            }
-        },
-    ));
+    let rings = 2 * usize::from(config.queue_pairs);
+    let tx_kicks = Arc::new(TxKicks::new(rings, doorbell_of(port)));
+    let migration = Arc::new(MigrationState::new(rings, doorbell_of(port)));
     let shared = super::relay::Shared {
         kicks: tx_kicks,
         migration,
