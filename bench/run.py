@@ -25,6 +25,10 @@ hugepages, builds the release binaries, then measures, interleaved in one run:
   `userspace-tso-enable=true`: busy cycles per frame and Gbps; vringswitch again to a VM
   that takes no offload (the switch cuts and checksums every frame); and a plain memcpy of
   the frame on the switch's core, the limit of one copy;
+- dirtylog: what logging dirty pages for a live migration costs: vs-probe `stream` (two
+  test VMs on CPU 0 keeping 128 frames in flight to each other) through vringswitch with the
+  VMs logging dirty pages, as QEMU's do while a migration copies memory, against the same
+  without, at 64 and 1518 B, interleaved over the rounds;
 - tap, afxdp: VM -> host through a TAP port, or an AF_XDP port on a veth pair (testpmd
   txonly into the switch, counted by the kernel), and host -> VM (testpmd txonly on
   af_packet, counted by vs-probe sink), vringswitch against OVS-DPDK's `type=tap` and
@@ -741,6 +745,46 @@ def tso_run(work, switch, secs, segment=False):
             "gbps": rx * 8 / 1e9, "cycles_per_frame": cpf}
 
 
+def dirty_log_run(work, size, secs, logging):
+    """vs-probe stream through vringswitch for `secs`, the VMs logging dirty pages or not:
+    the median Mpps per port over the seconds after the first two, and the worker's busy
+    cycles per packet and frames per burst after a 2 s warm-up."""
+    vs = Vringswitch(work)
+    try:
+        probe = subprocess.Popen(
+            ["taskset", "-c", str(GEN_CPU), PROBE, "stream", "--a", vs.socks[0], "--b",
+             vs.socks[1], "--secs", str(secs), "--size", str(size),
+             *(["--dirty-log"] if logging else [])],
+            stdout=subprocess.PIPE, text=True, start_new_session=True)
+        assert probe.stdout.readline().strip() == "ready", "vs-probe stream did not start"
+        time.sleep(2)
+        c0, n0, b0 = vs.cycles()
+        time.sleep(secs - 3)
+        c1, n1, b1 = vs.cycles()
+        out, _ = probe.communicate(timeout=60)
+        if probe.returncode != 0:
+            raise SystemExit(f"vs-probe stream failed (exit {probe.returncode})")
+    finally:
+        vs.stop()
+    lines = [json.loads(x) for x in out.splitlines() if x.startswith("{")][2:]
+    mpps = statistics.median((x["a"] + x["b"]) / 2 for x in lines) / 1e6 if lines else 0.0
+    return {"size": size, "logging": logging, "mpps": mpps,
+            "cpp": (c1 - c0) / (n1 - n0) if n1 > n0 else 0.0,
+            "burst": (n1 - n0) / (b1 - b0) if b1 > b0 else 0.0}
+
+
+def dirty_log_part(work, secs, rounds):
+    runs = []
+    for r in range(1, rounds + 1):
+        for size in (64, 1518):
+            for logging in (False, True):
+                m = dirty_log_run(work(), size, secs, logging)
+                m["round"] = r
+                log(f"dirty log round {r}: {m}")
+                runs.append(m)
+    return runs
+
+
 def memcpy_limit(secs=3):
     out = subprocess.run([PROBE, "memcpy", "--core", str(SWITCH_CPU), "--secs", str(secs)],
                          check=True, capture_output=True, text=True).stdout
@@ -917,7 +961,32 @@ def report(res):
     for kind in UPLINKS:
         uplink_report(res, L, kind)
     tso_report(res, L)
+    dirty_log_report(res, L)
     return "\n".join(L)
+
+
+def dirty_log_report(res, L):
+    if not res.get("dirtylog"):
+        return
+    L.append("### Logging dirty pages for a live migration (loopback, off against on)\n")
+    L.append("vs-probe `stream`: two test VMs on CPU 0 keep 128 frames each in flight to each "
+             "other; with logging on both negotiated LOG_SHMFD and log dirty pages (LOG_ALL, "
+             "every ring's log flag), clearing the log every 100 ms, as QEMU does while a "
+             "migration copies memory. The probe, not the switch, sets the pace: busy cycles "
+             "per packet are the figure to compare. Medians over the rounds.\n")
+    L.append("| frame B | Mpps per port off / on | busy cyc/pkt off / on | cycles on/off "
+             "| frames/burst off / on |")
+    L.append("|---|---|---|---|---|")
+    for size in sorted({m["size"] for m in res["dirtylog"]}):
+        med = {}
+        for logging in (False, True):
+            rs = [m for m in res["dirtylog"] if m["size"] == size and m["logging"] == logging]
+            med[logging] = {k: statistics.median(m[k] for m in rs) for k in ("mpps", "cpp", "burst")}
+        off, on = med[False], med[True]
+        L.append(f"| {size} | {off['mpps']:.3f} / {on['mpps']:.3f} | {off['cpp']:.0f} / "
+                 f"{on['cpp']:.0f} | {ratio(on['cpp'], off['cpp']):.2f} | {off['burst']:.1f} / "
+                 f"{on['burst']:.1f} |")
+    L.append("")
 
 
 def tso_report(res, L):
@@ -1152,7 +1221,7 @@ def main():
     ap.add_argument("--sizes", type=int, nargs="+", default=[64, 512, 1518])
     ap.add_argument("--switches", nargs="+", default=list(SWITCHES), choices=SWITCHES)
     ap.add_argument("--only", choices=["throughput", "scaling", "idle", "latency", "capture",
-                                       "tso", *UPLINKS],
+                                       "tso", "dirtylog", *UPLINKS],
                     action="append", help="run only these parts (repeatable)")
     ap.add_argument("--gen-burst", type=int, default=32,
                     help="the generator's burst, and so the frames each port has in flight "
@@ -1233,6 +1302,8 @@ def main():
                                         args.switches)
         if "tso" in parts:
             res["tso"] = tso_part(work, args.secs, args.rounds, args.switches)
+        if "dirtylog" in parts:
+            res["dirtylog"] = dirty_log_part(work, args.secs, args.rounds)
         if "capture" in parts:
             res["capture"] = [capture_cost(work, size, args.secs, args.rounds)
                               for size in (64, 1518)]

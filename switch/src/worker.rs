@@ -366,10 +366,6 @@ impl Worker {
         if !att.serviceable(ring, &mut st) {
             return (0, 0);
         }
-        // The one look at a migration per burst, under the vring lock: the relay switches
-        // logging on before the library takes that lock to apply LOG_ALL, so a burst that
-        // saw it off has ended by the time the frontend hears back.
-        let pending = att.migration().pending();
         b.start();
         b.offloads = read_vnet;
         let cache = &mut self.fdb_caches[src_rt.bridge];
@@ -424,6 +420,12 @@ impl Worker {
                 _ => {}
             }
         }
+        // The one look at a migration per burst, after the frames are taken (a value kept
+        // across the loop costs it a register) and under the vring lock: the relay switches
+        // logging on before the library takes that lock to apply LOG_ALL, so a burst that
+        // saw it off has ended by the time the frontend hears back. The burst writes into
+        // this VM's memory only when it publishes below.
+        let pending = att.migration().pending();
         if consumed == 0 {
             return (0, pending);
         }

@@ -10,6 +10,7 @@
 //! vs-probe sink    --a SOCK [--accept] --secs S
 //! vs-probe tso     --a SOCK --b SOCK [--accept] --secs S [--size B] [--segment]
 //! vs-probe memcpy  [--size B] [--secs S] [--core C]
+//! vs-probe stream  --a SOCK --b SOCK [--accept] --secs S [--size B] [--dirty-log]
 //! ```
 //!
 //! `latency` sends one frame A -> B every `interval`, times its arrival at B (one way), has
@@ -38,6 +39,13 @@
 //! core C, from 32 buffers to 64 others in turn (the footprint of `tso`'s rings), for S
 //! seconds; it prints the TSC cycles per copy.
 //!
+//! `stream` is a loopback for what a migration costs: A and B each keep 128 frames of
+//! `--size` bytes in flight to the other, offering each chain again as soon as the switch
+//! used it, and give every RX buffer back as soon as it is used. With `--dirty-log` both
+//! negotiate LOG_SHMFD and log dirty pages all along, as QEMU does while a migration copies
+//! memory (and clear the log every 100 ms, as its dirty syncs do). It prints, each second,
+//! the frames A and B received, one JSON line per second, for S seconds.
+//!
 //! `floor` needs no switch: it measures what any sleeping switch pays at least to wake, a
 //! thread pinned to core C (the switch's core) blocked on an eventfd, woken by a write from
 //! this core after `interval`. It prints the same JSON (`one_way_us`: write to wake-up).
@@ -64,6 +72,8 @@ struct Args {
     mode: String,
     /// tso: B takes no offloads, so the switch segments.
     segment: bool,
+    /// stream: log dirty pages as a migrating VM does.
+    dirty_log: bool,
     a: PathBuf,
     b: PathBuf,
     accept: bool,
@@ -77,8 +87,9 @@ struct Args {
 fn usage(why: &str) -> ! {
     eprintln!("vs-probe: {why}");
     eprintln!(
-        "usage: vs-probe latency|hold|floor|sink --a SOCK --b SOCK [--accept] [--samples N] \
-         [--interval-us U] [--size BYTES] [--secs S] [--core C]"
+        "usage: vs-probe latency|hold|floor|sink|tso|memcpy|stream --a SOCK --b SOCK [--accept] \
+         [--samples N] [--interval-us U] [--size BYTES] [--secs S] [--core C] [--segment] \
+         [--dirty-log]"
     );
     std::process::exit(2)
 }
@@ -86,12 +97,17 @@ fn usage(why: &str) -> ! {
 fn parse_args() -> Args {
     let mut it = std::env::args().skip(1);
     let mode = it.next().unwrap_or_else(|| usage("no mode"));
-    if !["latency", "hold", "floor", "sink", "tso", "memcpy"].contains(&mode.as_str()) {
+    if ![
+        "latency", "hold", "floor", "sink", "tso", "memcpy", "stream",
+    ]
+    .contains(&mode.as_str())
+    {
         usage(&format!("unknown mode {mode:?}"));
     }
     let tso = mode == "tso" || mode == "memcpy";
     let mut args = Args {
         segment: false,
+        dirty_log: false,
         mode,
         a: PathBuf::new(),
         b: PathBuf::new(),
@@ -109,6 +125,10 @@ fn parse_args() -> Args {
         }
         if flag == "--segment" {
             args.segment = true;
+            continue;
+        }
+        if flag == "--dirty-log" {
+            args.dirty_log = true;
             continue;
         }
         let value = it
@@ -130,7 +150,7 @@ fn parse_args() -> Args {
             _ => usage(&format!("unknown flag {flag:?}")),
         }
     }
-    let needs_b = ["latency", "hold", "tso"].contains(&args.mode.as_str());
+    let needs_b = ["latency", "hold", "tso", "stream"].contains(&args.mode.as_str());
     if tso {
         if !(1514..=65_536).contains(&args.size) {
             usage("--size must be between 1514 and 65536 for tso and memcpy");
@@ -146,8 +166,12 @@ fn parse_args() -> Args {
     if needs_b && args.b.as_os_str().is_empty() {
         usage("--b is required");
     }
-    if !(60..=1514).contains(&args.size) {
-        usage("--size must be between 60 and 1514 (a frame without its FCS)");
+    // A stream's frames may be as long as the other loopbacks' (testpmd's 1518 bytes).
+    let longest = if args.mode == "stream" { 1518 } else { 1514 };
+    if !(60..=longest).contains(&args.size) {
+        usage(&format!(
+            "--size must be between 60 and {longest} (a frame without its FCS)"
+        ));
     }
     args
 }
@@ -448,6 +472,82 @@ fn tso(args: &Args) {
     }
 }
 
+/// The `stream` mode.
+fn stream(args: &Args) {
+    const IN_FLIGHT: usize = 128;
+    const CLEAR_EVERY: Duration = Duration::from_millis(100);
+    let opts = VmOptions {
+        strict: false,
+        migration: args.dirty_log,
+        ..VmOptions::default()
+    };
+    let (mut a, mut b) = if args.accept {
+        let la = UnixListener::bind(&args.a).expect("bind --a");
+        let lb = UnixListener::bind(&args.b).expect("bind --b");
+        let a = TestVm::accept(&la, mac(1), opts);
+        let b = TestVm::accept(&lb, mac(2), opts);
+        (a, b)
+    } else {
+        (
+            TestVm::connect(&args.a, mac(1), opts),
+            TestVm::connect(&args.b, mac(2), opts),
+        )
+    };
+    let logs = args
+        .dirty_log
+        .then(|| (a.start_dirty_log(), b.start_dirty_log()));
+    a.post_rx(RX, SINK_BUFS, 2048);
+    b.post_rx(RX, SINK_BUFS, 2048);
+    std::thread::sleep(Duration::from_millis(500));
+    // One frame each way, so that a learning switch knows both.
+    b.send(TX, &frame(BROADCAST, mac(2), 46, 0));
+    a.expect_frames(RX, 1, Duration::from_secs(5));
+    a.send(TX, &frame(mac(2), mac(1), 46, 0));
+    b.expect_frames(RX, 1, Duration::from_secs(5));
+    a.post_rx(RX, 1, 2048);
+    b.post_rx(RX, 1, 2048);
+    a.reap_tx(TX);
+    b.reap_tx(TX);
+    let to_b = vec![frame(mac(2), mac(1), args.size - 14, 1); IN_FLIGHT];
+    let to_a = vec![frame(mac(1), mac(2), args.size - 14, 2); IN_FLIGHT];
+    a.offer_quietly(TX, &to_b);
+    b.offer_quietly(TX, &to_a);
+    a.kick(TX);
+    b.kick(TX);
+    println!("ready");
+    let start = Instant::now();
+    let mut second = start + Duration::from_secs(1);
+    let mut cleared = start;
+    let (mut at_a, mut at_b) = (0u64, 0u64);
+    while start.elapsed() < Duration::from_secs(args.secs) {
+        for vm in [&mut a, &mut b] {
+            vm.recycle(TX);
+        }
+        at_a += a.recycle(RX) as u64;
+        at_b += b.recycle(RX) as u64;
+        let now = Instant::now();
+        if let Some((la, lb)) = &logs {
+            if now - cleared >= CLEAR_EVERY {
+                la.clear();
+                lb.clear();
+                cleared = now;
+            }
+        }
+        if now >= second {
+            println!("{}", serde_json::json!({ "a": at_a, "b": at_b }));
+            (at_a, at_b) = (0, 0);
+            second += Duration::from_secs(1);
+        }
+    }
+    if let Some((la, lb)) = &logs {
+        // The log must have been written to, or the run measured nothing.
+        if la.marked().is_empty() || lb.marked().is_empty() {
+            eprintln!("vs-probe: the switch marked no page in a log while it logged");
+            std::process::exit(1);
+        }
+    }
+}
+
 /// The `memcpy` mode.
 fn memcpy(args: &Args) {
     vringswitch_switch::affinity::pin_current_thread(args.core).expect("pin to --core");
@@ -495,6 +595,9 @@ fn main() {
     }
     if args.mode == "sink" {
         return sink(&args);
+    }
+    if args.mode == "stream" {
+        return stream(&args);
     }
     let (mut a, mut b) = attach(&args);
     match args.mode.as_str() {
