@@ -972,8 +972,8 @@ def dirty_log_report(res, L):
     L.append("vs-probe `stream`: two test VMs on CPU 0 keep 128 frames each in flight to each "
              "other; with logging on both negotiated LOG_SHMFD and log dirty pages (LOG_ALL, "
              "every ring's log flag), clearing the log every 100 ms, as QEMU does while a "
-             "migration copies memory. The probe, not the switch, sets the pace: busy cycles "
-             "per packet are the figure to compare. Medians over the rounds.\n")
+             "migration copies memory. Frames per burst say who set the pace (32, every burst "
+             "full: the switch). Medians over the rounds.\n")
     L.append("| frame B | Mpps per port off / on | busy cyc/pkt off / on | cycles on/off "
              "| frames/burst off / on |")
     L.append("|---|---|---|---|---|")
