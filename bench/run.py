@@ -29,6 +29,10 @@ hugepages, builds the release binaries, then measures, interleaved in one run:
   test VMs on CPU 0 keeping 128 frames in flight to each other) through vringswitch with the
   VMs logging dirty pages, as QEMU's do while a migration copies memory, against the same
   without, at 64 and 1518 B, interleaved over the rounds;
+- migration: the downtime of live migrations of a QEMU guest (TCG) between two ports of
+  vringswitch while another guest pings it every 10 ms (vs-migration), against the same
+  migrations between TAP interfaces of a Linux bridge with QEMU's own userspace virtio-net:
+  QEMU's downtime and the pings lost, interleaved over the rounds;
 - tap, afxdp: VM -> host through a TAP port, or an AF_XDP port on a veth pair (testpmd
   txonly into the switch, counted by the kernel), and host -> VM (testpmd txonly on
   af_packet, counted by vs-probe sink), vringswitch against OVS-DPDK's `type=tap` and
@@ -120,7 +124,8 @@ def setup(build):
     if build:
         log("building release binaries")
         sh("cargo", "build", "--release", "-q", "--bin", "vringswitch", cwd=ROOT)
-    sh("cargo", "build", "--release", "-q", "-p", "vringswitch-tests", "--bin", "vs-probe", cwd=ROOT)
+    sh("cargo", "build", "--release", "-q", "-p", "vringswitch-tests", "--bin", "vs-probe",
+       "--bin", "vs-migration", cwd=ROOT)
 
 
 def clean_hugepages():
@@ -785,6 +790,51 @@ def dirty_log_part(work, secs, rounds):
     return runs
 
 
+MIGRATIONS_PER_RUN = 4
+MIGRATION_PROBE = str(ROOT / "target/release/vs-migration")
+
+
+def need_guests():
+    """QEMU and what the test guest is built from (tests/guest/build-guest.sh)."""
+    need = [pkg for pkg, path in (("qemu-system-x86", "/usr/bin/qemu-system-x86_64"),
+                                  ("busybox-static", "/bin/busybox"), ("cpio", "/usr/bin/cpio"))
+            if not Path(path).exists()]
+    if need:
+        log(f"installing {' '.join(need)}")
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        sh("apt-get", "update", "-q", env=env, stdout=subprocess.DEVNULL)
+        sh("apt-get", "install", "-y", "-q", "--no-install-recommends", *need, env=env,
+           stdout=subprocess.DEVNULL)
+
+
+def migration_run(work, switch):
+    """vs-migration: MIGRATIONS_PER_RUN migrations of one guest, through `switch`
+    (vringswitch or tap); one dict per migration."""
+    env = dict(os.environ, VRINGSWITCH_BIN=os.environ.get("VRINGSWITCH_BIN")
+               or str(ROOT / "target/release/vringswitch"))
+    p = subprocess.run([MIGRATION_PROBE, "--switch", switch, "--migrations",
+                        str(MIGRATIONS_PER_RUN), "--dir", str(work)],
+                       capture_output=True, text=True, env=env, timeout=1200)
+    if p.returncode != 0:
+        raise SystemExit(f"vs-migration --switch {switch} failed:\n{p.stderr[-3000:]}")
+    runs = [json.loads(x) for x in p.stdout.splitlines() if x.startswith("{")]
+    for m in runs:
+        m["switch"] = switch
+    return runs
+
+
+def migration_part(work, rounds):
+    need_guests()
+    runs = []
+    for r in range(1, rounds + 1):
+        for switch in ("vringswitch", "tap"):
+            for m in migration_run(work(), switch):
+                m["round"] = r
+                log(f"migration round {r}: {m}")
+                runs.append(m)
+    return runs
+
+
 def memcpy_limit(secs=3):
     out = subprocess.run([PROBE, "memcpy", "--core", str(SWITCH_CPU), "--secs", str(secs)],
                          check=True, capture_output=True, text=True).stdout
@@ -962,7 +1012,41 @@ def report(res):
         uplink_report(res, L, kind)
     tso_report(res, L)
     dirty_log_report(res, L)
+    migration_report(res, L)
     return "\n".join(L)
+
+
+def migration_report(res, L):
+    if not res.get("migration"):
+        return
+    L.append("### Live migration downtime (QEMU guest, TCG, between two ports)\n")
+    L.append("vs-migration: guest A (1 vCPU, 256 MiB, idle but for answering pings) migrates "
+             f"{MIGRATIONS_PER_RUN} times per run between two ports, each time into a new QEMU "
+             "over a unix socket, while guest B pings it every 10 ms. vringswitch: two "
+             "server-mode vhost-user ports (the guest announces itself, GUEST_ANNOUNCE). tap: "
+             "QEMU 7.2's own userspace virtio-net on TAP interfaces of a Linux bridge, no "
+             "vhost-user backend at all. Downtime is QEMU's (`info migrate`); lost pings are "
+             "counted on B from the ping round before the migration to the first whole round "
+             "after it. Medians over all migrations.\n")
+    L.append("| NIC | migrations | QEMU downtime ms, median (min-max) | lost 10 ms pings, "
+             "median (min-max) | migration ms, median |")
+    L.append("|---|---|---|---|---|")
+    med = {}
+    for switch in ("vringswitch", "tap"):
+        ms = [m for m in res["migration"] if m["switch"] == switch]
+        if not ms:
+            continue
+        d = [m["downtime_ms"] for m in ms]
+        lost = [m["lost_pings"] for m in ms]
+        med[switch] = (statistics.median(d), statistics.median(lost))
+        L.append(f"| {switch} | {len(ms)} | {statistics.median(d):.0f} ({min(d)}-{max(d)}) "
+                 f"| {statistics.median(lost):.0f} ({min(lost)}-{max(lost)}) "
+                 f"| {statistics.median(m['took_ms'] for m in ms):.0f} |")
+    if len(med) == 2:
+        (dv, lv), (dt, lt) = med["vringswitch"], med["tap"]
+        L.append(f"\nvringswitch against tap: downtime {dv - dt:+.0f} ms, "
+                 f"lost pings {lv - lt:+.0f}.")
+    L.append("")
 
 
 def dirty_log_report(res, L):
@@ -1221,7 +1305,8 @@ def main():
     ap.add_argument("--sizes", type=int, nargs="+", default=[64, 512, 1518])
     ap.add_argument("--switches", nargs="+", default=list(SWITCHES), choices=SWITCHES)
     ap.add_argument("--only", choices=["throughput", "scaling", "idle", "latency", "capture",
-                                       "tso", "dirtylog", *UPLINKS],
+                                       "tso", "dirtylog", "migration",
+                                       *UPLINKS],
                     action="append", help="run only these parts (repeatable)")
     ap.add_argument("--gen-burst", type=int, default=32,
                     help="the generator's burst, and so the frames each port has in flight "
@@ -1302,6 +1387,8 @@ def main():
                                         args.switches)
         if "tso" in parts:
             res["tso"] = tso_part(work, args.secs, args.rounds, args.switches)
+        if "migration" in parts:
+            res["migration"] = migration_part(work, args.rounds)
         if "dirtylog" in parts:
             res["dirtylog"] = dirty_log_part(work, args.secs, args.rounds)
         if "capture" in parts:

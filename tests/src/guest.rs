@@ -85,6 +85,10 @@ pub struct GuestSpec {
     pub device_extra: String,
     /// Wait for an incoming migration on this unix socket instead of booting.
     pub incoming: Option<PathBuf>,
+    /// The NIC is QEMU's own userspace virtio-net on this TAP interface (created by QEMU,
+    /// the caller brings it up and bridges it) instead of vhost-user on `socket`: the
+    /// anchor the benchmark measures migrations against.
+    pub tap: Option<String>,
 }
 
 impl GuestSpec {
@@ -102,7 +106,15 @@ impl GuestSpec {
             cmdline_extra: String::new(),
             device_extra: String::new(),
             incoming: None,
+            tap: None,
         }
+    }
+
+    /// The NIC on TAP interface `ifname`, QEMU's userspace virtio-net (see
+    /// [`GuestSpec::tap`]); `socket` is then unused.
+    pub fn on_tap(mut self, ifname: &str) -> GuestSpec {
+        self.tap = Some(ifname.to_owned());
+        self
     }
 
     /// Pings every `interval` seconds (`"0.01"`), `count` pings a round, rounds back to
@@ -290,6 +302,19 @@ impl Console {
     }
 }
 
+/// What one live migration showed ([`Guest::migrate_into`]).
+#[derive(Debug)]
+pub struct Migrated {
+    /// From `migrate` to the guest running on the target.
+    pub took: Duration,
+    /// When the guest was seen running on the target.
+    pub running_at: std::time::Instant,
+    /// The downtime QEMU reports: the guest stopped on the source until it ran on the target.
+    pub downtime: Duration,
+    /// The source's `info migrate`.
+    pub status: String,
+}
+
 /// One QEMU guest whose serial console goes to a file; killed on drop.
 pub struct Guest {
     child: Child,
@@ -308,10 +333,17 @@ impl Guest {
         if spec.server {
             chardev.push_str(",server=on,wait=off");
         }
-        let mut netdev = "vhost-user,id=n0,chardev=c0".to_owned();
+        let mut netdev = match &spec.tap {
+            Some(ifname) => format!("tap,id=n0,ifname={ifname},script=no,downscript=no"),
+            None => "vhost-user,id=n0,chardev=c0".to_owned(),
+        };
         if spec.queues > 1 {
             netdev.push_str(&format!(",queues={}", spec.queues));
         }
+        let chardev = match spec.tap {
+            Some(_) => vec![],
+            None => vec!["-chardev".to_owned(), chardev],
+        };
         let mac = guest_mac(spec.n);
         let (machine, device) = match spec.machine {
             // vectors=0: QEMU 7.2 under TCG crashes setting up MSI-X notifiers for vhost.
@@ -343,8 +375,7 @@ impl Guest {
             .arg(g.join("initramfs.gz"))
             .arg("-append")
             .arg(guest_cmdline(spec.n, spec.peer) + &spec.cmdline_extra)
-            .arg("-chardev")
-            .arg(chardev)
+            .args(chardev)
             .args(["-netdev", &netdev])
             .args(["-device", &device])
             .args(
@@ -398,6 +429,42 @@ impl Guest {
         let answer = read_to_prompt(&mut s);
         let answer = answer.split_once('\n').map_or("", |(_, rest)| rest);
         answer.replace("(qemu) ", "")
+    }
+
+    /// Migrates this guest into `target`, a QEMU started from
+    /// [`GuestSpec::migration_target`] whose incoming socket is `channel` and is listening:
+    /// returns once the guest runs there, with what QEMU said of the migration. The source is
+    /// left paused; the caller ends it.
+    pub fn migrate_into(&self, target: &Guest, channel: &Path, timeout: Duration) -> Migrated {
+        let start = std::time::Instant::now();
+        let answer = self.monitor(&format!("migrate -d unix:{}", channel.display()));
+        assert!(!answer.contains("rror"), "migrate: {answer}");
+        let running_at = wait_until(timeout, "the guest to run on the target", || {
+            target
+                .monitor("info status")
+                .contains("VM status: running")
+                .then(std::time::Instant::now)
+        });
+        let status = self.monitor("info migrate");
+        assert!(
+            status.contains("Migration status: completed"),
+            "source after the switch-over: {status}"
+        );
+        let downtime = status
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("downtime: ")?
+                    .strip_suffix(" ms")?
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or_else(|| panic!("no downtime in QEMU's `info migrate`: {status}"));
+        Migrated {
+            took: running_at - start,
+            running_at,
+            downtime: Duration::from_millis(downtime),
+            status,
+        }
     }
 
     /// Whether the QEMU process still runs.

@@ -1,0 +1,181 @@
+//! Migration downtime for the benchmark harness (`bench/run.py --only migration`): live
+//! migrations of a real QEMU guest (TCG) between two ports of one switch while another
+//! guest pings it every 10 ms, measured the same way through vringswitch and through QEMU's
+//! own userspace virtio-net on TAP interfaces of a Linux bridge (the anchor: what the guest
+//! loses when no vhost-user backend takes part).
+//!
+//! ```text
+//! vs-migration --switch vringswitch|tap --migrations N --dir DIR
+//! ```
+//!
+//! Guest A migrates N times, from port `a` to `a2` and back (taps `vsm-a`, `vsm-a2` on
+//! bridge `vsmbr0` for `tap`), each time into a new QEMU. For each migration it prints one
+//! JSON line: QEMU's downtime (the guest stopped on the source until it runs on the target),
+//! the time from `migrate` to the guest running on the target, and the 10 ms pings from
+//! guest B to A lost over the migration (counted on B's console, from the last ping round
+//! before it to the first whole round after it). Needs root (TAP interfaces, a bridge) and
+//! vringswitch's release binary in VRINGSWITCH_BIN for `vringswitch`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use vringswitch_tests::daemon::Daemon;
+use vringswitch_tests::guest::{Guest, GuestSpec};
+use vringswitch_tests::netns::ip;
+use vringswitch_tests::wait_until;
+
+const BRIDGE: &str = "vsmbr0";
+const MIGRATION: Duration = Duration::from_secs(120);
+
+fn usage(why: &str) -> ! {
+    eprintln!("vs-migration: {why}");
+    eprintln!("usage: vs-migration --switch vringswitch|tap --migrations N --dir DIR");
+    std::process::exit(2)
+}
+
+/// Where each guest's NIC is: a vhost-user port or a TAP interface.
+enum Nics {
+    Vringswitch(Daemon),
+    Tap,
+}
+
+impl Nics {
+    fn spec(&self, dir: &Path, port: &str, n: u8, peer: u8) -> GuestSpec {
+        let spec = GuestSpec::new(port, &dir.join(format!("{port}.sock")), n, peer);
+        match self {
+            Nics::Vringswitch(_) => spec,
+            Nics::Tap => spec.on_tap(&tap(port)),
+        }
+    }
+
+    /// Ready for a guest whose NIC is `port` to use it: connected to the switch, or the tap
+    /// QEMU made up and bridged.
+    fn attach(&self, port: &str) {
+        match self {
+            Nics::Vringswitch(d) => wait_until(
+                Duration::from_secs(10),
+                "the guest's vhost-user connection",
+                || (d.metric("vringswitch_port_connected", &[("port", port)]) == 1).then_some(()),
+            ),
+            Nics::Tap => {
+                let ifname = tap(port);
+                wait_until(Duration::from_secs(10), "QEMU's TAP interface", || {
+                    Path::new("/sys/class/net")
+                        .join(&ifname)
+                        .exists()
+                        .then_some(())
+                });
+                ip(&["link", "set", &ifname, "master", BRIDGE, "up"]);
+            }
+        }
+    }
+
+    /// Waits until the port of a guest that was killed is free again.
+    fn detach(&self, port: &str) {
+        match self {
+            Nics::Vringswitch(d) => d.wait_port_connected(port, false),
+            Nics::Tap => {
+                let ifname = tap(port);
+                wait_until(Duration::from_secs(10), "the TAP interface to go", || {
+                    (!Path::new("/sys/class/net").join(&ifname).exists()).then_some(())
+                });
+            }
+        }
+    }
+}
+
+fn tap(port: &str) -> String {
+    format!("vsm-{port}")
+}
+
+fn main() {
+    let mut it = std::env::args().skip(1);
+    let (mut switch, mut migrations, mut dir) = (String::new(), 4u32, PathBuf::new());
+    while let Some(flag) = it.next() {
+        let value = it
+            .next()
+            .unwrap_or_else(|| usage(&format!("{flag} needs a value")));
+        match flag.as_str() {
+            "--switch" => switch = value,
+            "--migrations" => {
+                migrations = value
+                    .parse()
+                    .unwrap_or_else(|_| usage("--migrations wants a number"))
+            }
+            "--dir" => dir = PathBuf::from(value),
+            _ => usage(&format!("unknown flag {flag:?}")),
+        }
+    }
+    if dir.as_os_str().is_empty() {
+        usage("--dir is required");
+    }
+    let nics = match switch.as_str() {
+        "vringswitch" => {
+            let mut toml = String::from("[dataplane]\ncores = [1]\n[[bridges]]\nname = \"br0\"\n");
+            let mut sockets = Vec::new();
+            for port in ["a", "a2", "b"] {
+                let s = dir.join(format!("{port}.sock"));
+                toml.push_str(&format!(
+                    "[[ports]]\nname = \"{port}\"\nbridge = \"br0\"\ntype = \"vhost-user\"\n\
+                     socket = \"{}\"\nmode = \"server\"\n",
+                    s.display()
+                ));
+                sockets.push(s);
+            }
+            Nics::Vringswitch(Daemon::start(&dir, &toml, &sockets))
+        }
+        "tap" => {
+            let _ = Command::new("ip").args(["link", "del", BRIDGE]).output();
+            ip(&["link", "add", BRIDGE, "type", "bridge"]);
+            ip(&["link", "set", BRIDGE, "up"]);
+            Nics::Tap
+        }
+        _ => usage("--switch is vringswitch or tap"),
+    };
+    run(&dir, &nics, migrations);
+    if let Nics::Tap = nics {
+        ip(&["link", "del", BRIDGE]);
+    }
+}
+
+fn run(dir: &Path, nics: &Nics, migrations: u32) {
+    let b = Guest::boot(dir, &nics.spec(dir, "b", 2, 1).pinging_every("0.01", 100));
+    nics.attach("b");
+    let a_spec = nics.spec(dir, "a", 1, 2);
+    let mut on = ("a", Guest::boot(dir, &a_spec));
+    nics.attach("a");
+    b.wait_clean_round(0, "b -> a pings");
+    for k in 1..=migrations {
+        let to = if on.0 == "a" { "a2" } else { "a" };
+        let name = format!("a{}", k + 1);
+        let channel = dir.join(format!("{name}.migration"));
+        let target_spec = a_spec.migration_target(&name, &dir.join(format!("{to}.sock")), &channel);
+        let target_spec = match &nics {
+            Nics::Tap => target_spec.on_tap(&tap(to)),
+            Nics::Vringswitch(_) => target_spec,
+        };
+        let before = b.last_round();
+        let target = Guest::boot(dir, &target_spec);
+        wait_until(Duration::from_secs(10), "the target to listen", || {
+            channel.exists().then_some(())
+        });
+        nics.attach(to);
+        let migrated = on.1.migrate_into(&target, &channel, MIGRATION);
+        let (from, mut source) = std::mem::replace(&mut on, (to, target));
+        source.kill();
+        nics.detach(from);
+        b.wait_clean_round(before, "b -> a pings after the migration");
+        let (lost, rounds) = b.lost_pings(before);
+        println!(
+            "{}",
+            serde_json::json!({
+                "migration": k,
+                "downtime_ms": migrated.downtime.as_millis() as u64,
+                "took_ms": migrated.took.as_millis() as u64,
+                "lost_pings": lost,
+                "ping_rounds": rounds,
+            })
+        );
+    }
+}
