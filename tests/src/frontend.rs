@@ -73,13 +73,14 @@ pub const DIRTY_LOG_LEN: u64 = MEM_SIZE / 4096 / 8;
 /// A dirty log as the frontend holds it.
 pub struct DirtyLogFile {
     file: File,
+    len: u64,
 }
 
 impl DirtyLogFile {
     /// The marked pages, by guest page number.
     pub fn marked(&self) -> std::collections::BTreeSet<u64> {
         use std::os::unix::fs::FileExt;
-        let mut bytes = vec![0u8; DIRTY_LOG_LEN as usize];
+        let mut bytes = vec![0u8; self.len as usize];
         self.file
             .read_exact_at(&mut bytes, 0)
             .expect("read the log");
@@ -98,7 +99,7 @@ impl DirtyLogFile {
     pub fn clear(&self) {
         use std::os::unix::fs::FileExt;
         self.file
-            .write_all_at(&vec![0u8; DIRTY_LOG_LEN as usize], 0)
+            .write_all_at(&vec![0u8; self.len as usize], 0)
             .expect("clear the log");
     }
 }
@@ -282,12 +283,18 @@ impl TestVm {
     /// log for all of guest memory in a memfd-like file, LOG_ALL in the features, and the
     /// log flag with the used ring's address on every ring. Needs `VmOptions::migration`.
     pub fn start_dirty_log(&mut self) -> DirtyLogFile {
-        let file = crate::raw_frontend::memory_file(DIRTY_LOG_LEN);
+        self.start_dirty_log_of(DIRTY_LOG_LEN)
+    }
+
+    /// [`Self::start_dirty_log`] with a log of `len` bytes (one bit per 4 KiB page), for
+    /// guest memory the frontend will add beyond the VM's own.
+    pub fn start_dirty_log_of(&mut self, len: u64) -> DirtyLogFile {
+        let file = crate::raw_frontend::memory_file(len);
         self.frontend
             .set_log_base(
                 0,
                 Some(vhost::VhostUserDirtyLogRegion {
-                    mmap_size: DIRTY_LOG_LEN,
+                    mmap_size: len,
                     mmap_offset: 0,
                     mmap_handle: file.as_raw_fd(),
                 }),
@@ -300,7 +307,7 @@ impl TestVm {
         // A round trip, as QEMU makes after SET_FEATURES while logging: everything before
         // it was handled once it is answered.
         self.frontend.get_features().expect("GET_FEATURES");
-        DirtyLogFile { file }
+        DirtyLogFile { file, len }
     }
 
     /// Stops logging, as QEMU does when a migration ends or is cancelled.

@@ -4,10 +4,16 @@
 
 use std::collections::BTreeSet;
 
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+
+use vhost::vhost_user::VhostUserFrontend;
 use vhost::VhostBackend;
-use vhost::VhostUserDirtyLogRegion;
+use vhost::{VhostUserDirtyLogRegion, VhostUserMemoryRegionInfo};
 use vm_memory::{Bytes, GuestAddress};
-use vringswitch_tests::frontend::{TestVm, VmOptions, DIRTY_LOG_LEN, QUEUE_SIZE};
+use vringswitch_tests::frontend::{
+    TestVm, VmOptions, DIRTY_LOG_LEN, HDR_LEN, MEM_SIZE, QUEUE_SIZE,
+};
 use vringswitch_tests::raw_frontend::memory_file;
 use vringswitch_tests::setup::{Setup, T};
 use vringswitch_tests::{mac, wait_until};
@@ -115,6 +121,87 @@ fn while_logging_the_pages_the_switch_writes_are_marked_and_no_others() {
     b.kick(TestVm::tx(0));
     a.expect_frames(TestVm::rx(0), 40, T);
     assert!(log.marked().is_empty(), "marked with logging off");
+}
+
+/// A region the frontend adds while it logs (ADD_MEM_REG after SET_LOG_BASE, as when memory
+/// is hot-plugged during a migration) is logged too: frames the switch writes into RX buffers
+/// there mark the pages of their guest addresses, and no other page of the region.
+#[test]
+fn a_region_added_while_logging_is_logged_too() {
+    const EXTRA_LEN: u64 = 2 << 20;
+    let s = Setup::new("dirtylog-added", &[("br0", &["a", "b"])], 1);
+    let migrating = VmOptions {
+        migration: true,
+        ..VmOptions::default()
+    };
+    // No RX buffer in A's own memory: every frame goes to the added region.
+    let mut a = TestVm::connect(&s.socket("a"), mac(1), migrating);
+    let mut b = s.vm("b", 2);
+    s.wait_connected(&["a", "b"]);
+    let log = a.start_dirty_log_of(DIRTY_LOG_LEN + EXTRA_LEN / 4096 / 8);
+    let extra = memory_file(EXTRA_LEN);
+    extra
+        .write_all_at(&vec![PATTERN; EXTRA_LEN as usize], 0)
+        .unwrap();
+    a.frontend
+        .add_mem_region(&VhostUserMemoryRegionInfo {
+            guest_phys_addr: MEM_SIZE,
+            memory_size: EXTRA_LEN,
+            // The switch only uses frontend addresses to find rings; this lies far from any.
+            userspace_addr: 0x7e00_0000_0000,
+            mmap_offset: 0,
+            mmap_handle: extra.as_raw_fd(),
+        })
+        .expect("ADD_MEM_REG");
+    // One 2 KiB buffer every 256 KiB of the region, the fifth across a page boundary.
+    let bufs: Vec<u64> = (0..8)
+        .map(|i| MEM_SIZE + i * 0x4_0000 + if i == 4 { 4096 - 100 } else { 0 })
+        .collect();
+    let rx = TestVm::rx(0);
+    for &at in &bufs {
+        a.offer_raw_chain(rx, &[(at, 2048, true)]);
+    }
+    let sent = frames(2, 1, bufs.len(), 3);
+    for f in &sent {
+        b.send(TestVm::tx(0), f);
+    }
+    b.kick(TestVm::tx(0));
+    wait_until(T, "A's buffers in the added region to be used", || {
+        (a.used_idx(rx) == bufs.len() as u16).then_some(())
+    });
+
+    // Each frame is in its buffer (the chains were offered in order), behind its header.
+    let mut written = BTreeSet::new();
+    for (&at, f) in bufs.iter().zip(&sent) {
+        let mut got = vec![0u8; f.len()];
+        extra
+            .read_exact_at(&mut got, at - MEM_SIZE + HDR_LEN as u64)
+            .unwrap();
+        assert!(got == *f, "the frame in the buffer at {at:#x} differs");
+        written.extend(pages(at, (HDR_LEN + f.len()) as u64));
+    }
+    let region = pages(MEM_SIZE, EXTRA_LEN);
+    let used_page = a.used_ring_addr(rx) / 4096;
+    let marked = wait_until(T, "the RX used ring to be marked", || {
+        let m = log.marked();
+        m.contains(&used_page).then_some(m)
+    });
+    let in_region: BTreeSet<u64> = marked
+        .iter()
+        .copied()
+        .filter(|p| region.contains(p))
+        .collect();
+    assert_eq!(in_region, written, "pages of the added region marked");
+    // Every page of the region whose bytes changed is marked.
+    let mut now = vec![0u8; EXTRA_LEN as usize];
+    extra.read_exact_at(&mut now, 0).unwrap();
+    for (i, page) in now.chunks(4096).enumerate() {
+        if page.iter().any(|&b| b != PATTERN) {
+            let p = region.start + i as u64;
+            assert!(marked.contains(&p), "page {p:#x} changed, not marked");
+        }
+    }
+    assert_eq!(s.counter("protocol_errors", "a"), 0);
 }
 
 /// A log smaller than guest memory needs ends the connection, counted as a protocol error;
