@@ -10,6 +10,8 @@
 #                       and VS-SENT; before it, VS-MD5-ADDR:PORT and VS-SENT-ADDR:PORT too)
 #   vs.recv=PORT[,PORT...]  receive one TCP stream on each PORT, printing
 #                       VS-RECV-PORT <md5> once it ended
+#   vs.stats=SECS       print eth0's packet counters every SECS seconds:
+#                       VS-NETSTATS rx=N tx=N
 # It prints eth0's virtio features as VS-FEATURES <bits> (character i is feature bit i).
 # With two CPUs or more, each CPU pings (CPU 0 prints VS-PING rounds, CPU 1 VS-PING1): a
 # multiqueue NIC then sends on two queue pairs.
@@ -20,7 +22,7 @@ mount -t devtmpfs devtmpfs /dev 2>/dev/null
 for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_mmio failover net_failover virtio_net; do
     insmod /modules/$m.ko 2>/dev/null
 done
-ip=; ip6=; peer=; send=; recv=; ping=
+ip=; ip6=; peer=; send=; recv=; ping=; stats=
 for arg in $(cat /proc/cmdline); do
     case $arg in
         vs.ip=*) ip=${arg#vs.ip=} ;;
@@ -29,6 +31,7 @@ for arg in $(cat /proc/cmdline); do
         vs.send=*) send=${arg#vs.send=} ;;
         vs.recv=*) recv=${arg#vs.recv=} ;;
         vs.ping=*) ping=${arg#vs.ping=} ;;
+        vs.stats=*) stats=${arg#vs.stats=} ;;
     esac
 done
 for i in $(seq 50); do [ -e /sys/class/net/eth0 ] && break; sleep 0.1; done
@@ -48,6 +51,15 @@ for p in $(echo "$recv" | tr ',' ' '); do
         echo "VS-RECV-$p $(nc -l -p "$p" < "/tmp/in.$p" | md5sum | cut -d' ' -f1)"
     ) &
 done
+if [ -n "$stats" ]; then
+    (
+        c=/sys/class/net/eth0/statistics
+        while true; do
+            echo "VS-NETSTATS rx=$(cat $c/rx_packets) tx=$(cat $c/tx_packets)"
+            sleep "$stats"
+        done
+    ) &
+fi
 # ping_loop CPU LABEL: rounds of pings from CPU, forever.
 interval=0.1; count=20; pause=0.5
 if [ -n "$ping" ]; then

@@ -158,6 +158,13 @@ impl GuestSpec {
         self
     }
 
+    /// The guest prints eth0's packet counters every `secs` seconds (see
+    /// [`Console::netstats`]).
+    pub fn counting(mut self, secs: &str) -> GuestSpec {
+        self.cmdline_extra += &format!(" vs.stats={secs}");
+        self
+    }
+
     /// More properties for the NIC, e.g. `guest_tso4=off`.
     pub fn nic(mut self, properties: &str) -> GuestSpec {
         self.device_extra += &format!(",{properties}");
@@ -242,6 +249,17 @@ impl Console {
 
     pub fn wait_clean_round(&self, after: u32, what: &str) -> u32 {
         self.wait_clean_round_of("VS-PING", after, what)
+    }
+
+    /// The packets eth0 received and sent, as the guest printed them last (see
+    /// [`GuestSpec::counting`]).
+    pub fn netstats(&self) -> Option<(u64, u64)> {
+        let v = self.value_of("VS-NETSTATS ")?;
+        let (rx, tx) = v.split_once(' ')?;
+        Some((
+            rx.strip_prefix("rx=")?.parse().ok()?,
+            tx.strip_prefix("tx=")?.parse().ok()?,
+        ))
     }
 
     /// The md5 of what the guest sends with [`GuestSpec::sending`], once it printed it.

@@ -123,6 +123,61 @@ fn while_logging_the_pages_the_switch_writes_are_marked_and_no_others() {
     assert!(log.marked().is_empty(), "marked with logging off");
 }
 
+/// Every ring is logged, not only the first pair's: frames into A's second RX ring mark
+/// their buffers and that ring's used ring, and frames A sends on its second TX ring mark
+/// that ring's used ring.
+#[test]
+fn the_rings_of_every_queue_pair_are_logged() {
+    let s = Setup::new("dirtylog-mq", &[("br0", &["a", "b"])], 2);
+    let two = VmOptions {
+        queue_pairs: 2,
+        migration: true,
+        ..VmOptions::default()
+    };
+    // A's RX buffers only on its second pair: the switch delivers a frame to the pair of
+    // the index it came from.
+    let mut a = TestVm::connect(&s.socket("a"), mac(1), two);
+    a.post_rx(TestVm::rx(1), 64, 2048);
+    let mut b = s.vm_with(
+        "b",
+        2,
+        VmOptions {
+            queue_pairs: 2,
+            ..VmOptions::default()
+        },
+    );
+    s.wait_connected(&["a", "b"]);
+    let log = a.start_dirty_log();
+    let (rx, tx) = (TestVm::rx(1), TestVm::tx(1));
+    for f in frames(2, 1, 20, 5) {
+        b.send(tx, &f);
+    }
+    b.kick(tx);
+    let got = a.expect_frames(rx, 20, T);
+    for f in frames(1, 2, 5, 6) {
+        a.send(tx, &f);
+    }
+    a.kick(tx);
+    b.expect_frames(rx, 5, T);
+    a.wait_tx_done(tx, T);
+
+    let mut want = BTreeSet::new();
+    for r in &got {
+        for (&head, &len) in r.heads.iter().zip(&r.used_lens) {
+            want.extend(pages(
+                a.queues[usize::from(rx)].buf_addr(head),
+                u64::from(len),
+            ));
+        }
+    }
+    want.extend([rx, tx].map(|q| a.used_ring_addr(q) / 4096));
+    wait_until(
+        T,
+        "the second pair's buffers and used rings to be marked",
+        || want.is_subset(&log.marked()).then_some(()),
+    );
+}
+
 /// A region the frontend adds while it logs (ADD_MEM_REG after SET_LOG_BASE, as when memory
 /// is hot-plugged during a migration) is logged too: frames the switch writes into RX buffers
 /// there mark the pages of their guest addresses, and no other page of the region.
