@@ -65,6 +65,22 @@ pub enum Machine {
     Microvm,
 }
 
+/// Kernel command line parameters a machine type needs.
+///
+/// microvm has no HPET and no ACPI PM timer, only a PIT, and under TCG the kernel's TSC
+/// calibration against the PIT fails now and then ("tsc: Unable to calibrate against PIT"),
+/// the more often the busier the host: the kernel then hangs before it prints anything
+/// under `quiet`. Under TCG the guest's TSC is the host's, so its rate is given instead.
+fn machine_cmdline(machine: Machine) -> String {
+    match machine {
+        Machine::Q35 => String::new(),
+        Machine::Microvm => format!(
+            " tsc_early_khz={}",
+            vringswitch_switch::stats::cycles_per_second() / 1000
+        ),
+    }
+}
+
 /// What to boot.
 #[derive(Debug, Clone)]
 pub struct GuestSpec {
@@ -392,7 +408,11 @@ impl Guest {
             .arg("-initrd")
             .arg(g.join("initramfs.gz"))
             .arg("-append")
-            .arg(guest_cmdline(spec.n, spec.peer) + &spec.cmdline_extra)
+            .arg(
+                guest_cmdline(spec.n, spec.peer)
+                    + &machine_cmdline(spec.machine)
+                    + &spec.cmdline_extra,
+            )
             .args(chardev)
             .args(["-netdev", &netdev])
             .args(["-device", &device])
