@@ -252,8 +252,8 @@ impl Console {
         self.rounds_of("VS-PING")
     }
 
-    /// Waits for a complete round (all of 20 pings or more) labelled `label` that started after round
-    /// `after`, and returns its number.
+    /// Waits for a complete round (all of 20 pings or more) labelled `label` that started
+    /// after round `after`, and returns its number.
     pub fn wait_clean_round_of(&self, label: &str, after: u32, what: &str) -> u32 {
         wait_until(BOOT_AND_PING, what, || {
             self.rounds_of(label)

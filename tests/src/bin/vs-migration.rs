@@ -16,8 +16,9 @@
 //! guest B to A lost over the migration (counted on B's console, from the last ping round
 //! before it to the first whole round after it). With `--guest-announce off` the guest's
 //! NIC does not offer VIRTIO_NET_F_GUEST_ANNOUNCE: QEMU then announces the guest's MAC itself,
-//! through the switch (SEND_RARP) or straight onto the TAP, instead of asking the guest to. Needs root (TAP interfaces, a bridge) and
-//! vringswitch's release binary in VRINGSWITCH_BIN for `vringswitch`.
+//! through the switch (SEND_RARP) or straight onto the TAP, instead of asking the guest to.
+//! Needs root (TAP interfaces, a bridge) and vringswitch's release binary in VRINGSWITCH_BIN
+//! for `vringswitch`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -199,7 +200,8 @@ fn run(dir: &Path, nics: &Nics, migrations: u32, guest_announce: bool) {
         let to = if on.0 == "a" { "a2" } else { "a" };
         let name = format!("a{}", k + 1);
         let channel = dir.join(format!("{name}.migration"));
-        let target_spec = a_spec.migration_target(&name, &dir.join(format!("{to}.sock")), &channel);
+        let on_socket = dir.join(format!("{to}.sock"));
+        let target_spec = a_spec.migration_target(&name, &on_socket, &channel);
         let target_spec = match &nics {
             Nics::Tap => target_spec.on_tap(&tap(to)),
             Nics::Vringswitch(_) => target_spec,
@@ -217,6 +219,7 @@ fn run(dir: &Path, nics: &Nics, migrations: u32, guest_announce: bool) {
             "the bridge to learn A's port",
             || nics.knows(&mac, to).then(std::time::Instant::now),
         );
+        let fdb_after = moved.saturating_duration_since(migrated.running_at);
         let (from, mut source) = std::mem::replace(&mut on, (to, target));
         source.kill();
         nics.detach(from);
@@ -228,7 +231,7 @@ fn run(dir: &Path, nics: &Nics, migrations: u32, guest_announce: bool) {
                 "migration": k,
                 "downtime_ms": migrated.downtime.as_millis() as u64,
                 "took_ms": migrated.took.as_millis() as u64,
-                "fdb_after_ms": moved.saturating_duration_since(migrated.running_at).as_millis() as u64,
+                "fdb_after_ms": fdb_after.as_millis() as u64,
                 "lost_pings": lost,
                 "ping_rounds": rounds,
             })
