@@ -423,8 +423,9 @@ impl Worker {
         // The one look at a migration per burst, after the frames are taken (a value kept
         // across the loop costs it a register) and under the vring lock: the relay switches
         // logging on before the library takes that lock to apply LOG_ALL, so a burst that
-        // saw it off has ended by the time the frontend hears back. The burst writes into
-        // this VM's memory only when it publishes below.
+        // saw it off has ended by the time the frontend hears back. What the burst wrote
+        // into this VM's memory (the used entries, from the loop on) is marked at publish
+        // below, whenever it was written.
         let pending = att.migration().pending();
         if consumed == 0 {
             return (0, pending);
