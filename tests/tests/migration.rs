@@ -208,6 +208,9 @@ fn a_region_added_while_logging_is_logged_too() {
             mmap_handle: extra.as_raw_fd(),
         })
         .expect("ADD_MEM_REG");
+    // The frontend does not wait for ADD_MEM_REG to be done; a request with a reply, handled
+    // after it, makes sure it is before any buffer there is offered.
+    a.frontend.get_features().expect("GET_FEATURES");
     // One 2 KiB buffer every 256 KiB of the region, the fifth across a page boundary.
     let bufs: Vec<u64> = (0..8)
         .map(|i| MEM_SIZE + i * 0x4_0000 + if i == 4 { 4096 - 100 } else { 0 })
