@@ -108,7 +108,7 @@ impl VhostUserQueues {
 
     /// The connection's live-migration state: [`MigrationState::pending`] once per burst.
     #[inline(always)]
-    pub fn migration(&self) -> &MigrationState {
+    pub fn migration(&self) -> &Arc<MigrationState> {
         &self.migration
     }
 

@@ -25,7 +25,7 @@ use vringswitch_ports::offload::{OffloadCaps, VnetHeader};
 use vringswitch_ports::port::{GuestMem, GuestMemAtomic};
 use vringswitch_ports::tap::{TapQueue, TapRead, TAP_BUFFERS, TAP_VNET_HDR};
 use vringswitch_ports::vhost_user::guest_view::GuestView;
-use vringswitch_ports::vhost_user::migration::{ANNOUNCE, LOGGING};
+use vringswitch_ports::vhost_user::migration::{MigrationState, ANNOUNCE, LOGGING};
 use vringswitch_ports::vhost_user::rings::{
     log_notification_fields, BrokenUsedRing, FrameEdit, PopTx, RingView, RxScratch, Seg, TxFrame,
     MAX_TX_SEGS, MIN_FRAME_LEN, PEEK_LEN,
@@ -78,6 +78,13 @@ struct Burst {
     /// The frames' virtio-net headers were read (their source may use offloads): only then
     /// does a frame's `vnet` mean anything.
     offloads: bool,
+    /// The source's migration state as the burst saw it
+    /// ([`vringswitch_ports::vhost_user::migration::MigrationState::pending`]).
+    pending: u32,
+    /// While a migration logs: the source's migration state and TX ring index, for the
+    /// publish after the frame loop. Kept here, in memory, rather than in locals live across
+    /// the loop, which cost the loop two register spills per frame (callgrind).
+    logging: Option<(Arc<MigrationState>, usize)>,
 }
 
 impl Burst {
@@ -97,6 +104,8 @@ impl Burst {
             ingress: UNTAGGED,
         };
         Burst {
+            pending: 0,
+            logging: None,
             slots: std::iter::repeat_with(empty).take(burst).collect(),
             len: 0,
             segs: Vec::with_capacity(burst * MAX_TX_SEGS),
@@ -368,6 +377,14 @@ impl Worker {
         }
         b.start();
         b.offloads = read_vnet;
+        // The one look at a migration per burst, under the vring lock: the relay switches
+        // logging on before the library takes that lock to apply LOG_ALL, so a burst that
+        // saw it off has ended by the time the frontend hears back. What the burst writes
+        // into this VM's memory (its used entries, from the loop on) is marked at publish.
+        b.pending = att.migration().pending();
+        if b.pending & LOGGING != 0 {
+            b.logging = Some((att.migration().clone(), ring));
+        }
         let cache = &mut self.fdb_caches[src_rt.bridge];
         let mut decide = Decision::new(src, src_rt, topology, counters, cache, now_s);
         let mut rx_bytes = 0u64;
@@ -420,15 +437,9 @@ impl Worker {
                 _ => {}
             }
         }
-        // The one look at a migration per burst, after the frames are taken (a value kept
-        // across the loop costs it a register) and under the vring lock: the relay switches
-        // logging on before the library takes that lock to apply LOG_ALL, so a burst that
-        // saw it off has ended by the time the frontend hears back. What the burst wrote
-        // into this VM's memory (the used entries, from the loop on) is marked at publish
-        // below, whenever it was written.
-        let pending = att.migration().pending();
         if consumed == 0 {
-            return (0, pending);
+            b.logging = None;
+            return (0, b.pending);
         }
         self.switch.workers[self.index].stats.add_burst(consumed);
         counters.add_rx(usize::from(qp), b.len as u64, rx_bytes);
@@ -442,10 +453,14 @@ impl Worker {
         deliver_burst(self.index, topology, &mut self.ports, &from, b, flood);
 
         // Give the TX chains back, notify the sender once.
-        if let Ok(true) = publish(att, ring, &mut tx_ring, pending) {
+        let published = match b.logging.take() {
+            None => tx_ring.publish_used(),
+            Some((migration, ring)) => publish_logged(&migration, ring, &mut tx_ring),
+        };
+        if let Ok(true) = published {
             let _ = st.signal_used_queue();
         }
-        (consumed, pending)
+        (consumed, b.pending)
     }
 
     /// Sends the RARP a frontend asked for (SEND_RARP, after a live migration) from the VM
@@ -498,7 +513,7 @@ fn publish(
     if pending & LOGGING == 0 {
         ring.publish_used()
     } else {
-        publish_logged(att, index, ring)
+        publish_logged(att.migration(), index, ring)
     }
 }
 
@@ -514,11 +529,11 @@ fn log_notification(att: &VhostUserQueues, ring: usize, queue: &virtio_queue::Qu
 #[cold]
 #[inline(never)]
 fn publish_logged(
-    att: &VhostUserQueues,
+    migration: &MigrationState,
     index: usize,
     ring: &mut RingView<'_, '_>,
 ) -> Result<bool, BrokenUsedRing> {
-    match att.migration().active_log() {
+    match migration.active_log() {
         Some(log) => ring.publish_used_logged(log.for_ring(index)),
         None => ring.publish_used(),
     }
