@@ -181,33 +181,44 @@ fn attach(args: &Args) -> (TestVm, TestVm) {
         strict: false,
         ..VmOptions::default()
     };
-    let (mut a, mut b) = if args.accept {
+    let (mut a, mut b) = pair(args, opts, opts);
+    a.post_rx(RX, RX_BUFS, 2048);
+    b.post_rx(RX, RX_BUFS, 2048);
+    introduce(&mut a, &mut b, 2048);
+    (a, b)
+}
+
+/// Test VMs A (mac 1, `a_opts`) and B (mac 2, `b_opts`) on `--a` and `--b`: connected to
+/// the switch's sockets, or, with `--accept`, accepted on sockets of their own.
+fn pair(args: &Args, a_opts: VmOptions, b_opts: VmOptions) -> (TestVm, TestVm) {
+    if args.accept {
         // Both listeners exist before the switch looks for either.
         let la = UnixListener::bind(&args.a).expect("bind --a");
         let lb = UnixListener::bind(&args.b).expect("bind --b");
-        let a = TestVm::accept(&la, mac(1), opts);
-        let b = TestVm::accept(&lb, mac(2), opts);
+        let a = TestVm::accept(&la, mac(1), a_opts);
+        let b = TestVm::accept(&lb, mac(2), b_opts);
         (a, b)
     } else {
         (
-            TestVm::connect(&args.a, mac(1), opts),
-            TestVm::connect(&args.b, mac(2), opts),
+            TestVm::connect(&args.a, mac(1), a_opts),
+            TestVm::connect(&args.b, mac(2), b_opts),
         )
-    };
-    a.post_rx(RX, RX_BUFS, 2048);
-    b.post_rx(RX, RX_BUFS, 2048);
+    }
+}
+
+/// Once A and B posted their RX buffers: one frame each way, so that a learning switch knows
+/// both MACs; the buffer each used is given back (`buf_len` bytes), its TX chain reaped.
+fn introduce(a: &mut TestVm, b: &mut TestVm, buf_len: u32) {
     // Give the backend time to see the rings enabled before the first frame.
     std::thread::sleep(Duration::from_millis(500));
-    // One frame each way: a learning switch now knows both MACs.
     b.send(TX, &frame(BROADCAST, mac(2), 46, 0));
     a.expect_frames(RX, 1, Duration::from_secs(5));
     a.send(TX, &frame(mac(2), mac(1), 46, 0));
     b.expect_frames(RX, 1, Duration::from_secs(5));
-    a.post_rx(RX, 1, 2048);
-    b.post_rx(RX, 1, 2048);
+    a.post_rx(RX, 1, buf_len);
+    b.post_rx(RX, 1, buf_len);
     a.reap_tx(TX);
     b.reap_tx(TX);
-    (a, b)
 }
 
 /// Spins until `vm` has a used entry on its RX queue; the arrival time, or None when lost.
@@ -408,18 +419,7 @@ fn tso(args: &Args) {
         },
         ..VmOptions::default()
     };
-    let (mut a, mut b) = if args.accept {
-        let la = UnixListener::bind(&args.a).expect("bind --a");
-        let lb = UnixListener::bind(&args.b).expect("bind --b");
-        let a = TestVm::accept(&la, mac(1), sender);
-        let b = TestVm::accept(&lb, mac(2), receiver);
-        (a, b)
-    } else {
-        (
-            TestVm::connect(&args.a, mac(1), sender),
-            TestVm::connect(&args.b, mac(2), receiver),
-        )
-    };
+    let (mut a, mut b) = pair(args, sender, receiver);
     for (vm, want, what) in [(&a, sender, "A"), (&b, receiver, "B")] {
         if vm.features & want.offloads != want.offloads {
             eprintln!("vs-probe: the switch did not offer {what} its offloads");
@@ -428,15 +428,7 @@ fn tso(args: &Args) {
     }
     a.post_rx(RX, 64, 16_384);
     b.post_rx(RX, SINK_BUFS, 16_384);
-    std::thread::sleep(Duration::from_millis(500));
-    // One frame each way, so that a learning switch knows both.
-    b.send(TX, &frame(BROADCAST, mac(2), 46, 0));
-    a.expect_frames(RX, 1, Duration::from_secs(5));
-    a.send(TX, &frame(mac(2), mac(1), 46, 0));
-    b.expect_frames(RX, 1, Duration::from_secs(5));
-    b.post_rx(RX, 1, 16_384);
-    a.reap_tx(TX);
-    b.reap_tx(TX);
+    introduce(&mut a, &mut b, 16_384);
     let (hdr, f) = tso_frame(args.size);
     let cuts: Vec<usize> = (1..=(f.len() + 12) / 16_384).map(|i| i * 16_384).collect();
     for _ in 0..in_flight {
@@ -481,33 +473,13 @@ fn stream(args: &Args) {
         migration: args.dirty_log,
         ..VmOptions::default()
     };
-    let (mut a, mut b) = if args.accept {
-        let la = UnixListener::bind(&args.a).expect("bind --a");
-        let lb = UnixListener::bind(&args.b).expect("bind --b");
-        let a = TestVm::accept(&la, mac(1), opts);
-        let b = TestVm::accept(&lb, mac(2), opts);
-        (a, b)
-    } else {
-        (
-            TestVm::connect(&args.a, mac(1), opts),
-            TestVm::connect(&args.b, mac(2), opts),
-        )
-    };
+    let (mut a, mut b) = pair(args, opts, opts);
     let logs = args
         .dirty_log
         .then(|| (a.start_dirty_log(), b.start_dirty_log()));
     a.post_rx(RX, SINK_BUFS, 2048);
     b.post_rx(RX, SINK_BUFS, 2048);
-    std::thread::sleep(Duration::from_millis(500));
-    // One frame each way, so that a learning switch knows both.
-    b.send(TX, &frame(BROADCAST, mac(2), 46, 0));
-    a.expect_frames(RX, 1, Duration::from_secs(5));
-    a.send(TX, &frame(mac(2), mac(1), 46, 0));
-    b.expect_frames(RX, 1, Duration::from_secs(5));
-    a.post_rx(RX, 1, 2048);
-    b.post_rx(RX, 1, 2048);
-    a.reap_tx(TX);
-    b.reap_tx(TX);
+    introduce(&mut a, &mut b, 2048);
     let to_b = vec![frame(mac(2), mac(1), args.size - 14, 1); IN_FLIGHT];
     let to_a = vec![frame(mac(1), mac(2), args.size - 14, 2); IN_FLIGHT];
     a.offer_quietly(TX, &to_b);
