@@ -51,6 +51,23 @@ pub struct VmOptions {
     /// Negotiate what a live migration needs: LOG_SHMFD and RARP (see
     /// [`TestVm::start_dirty_log`]).
     pub migration: bool,
+    /// What the guest memory is a file of.
+    pub memory: MemoryBacking,
+}
+
+/// The file behind a test VM's memory, as VMMs choose it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemoryBacking {
+    /// A file in /dev/shm (tmpfs), unlinked: QEMU's `memory-backend-file,mem-path=/dev/shm`.
+    Shm,
+    /// A memfd, sealed against shrinking and growing as QEMU's `memory-backend-memfd` seals
+    /// it by default (`seal=on`), or not sealed at all (`seal=off`).
+    Memfd { sealed: bool },
+    /// A file in the hugetlbfs mounted at /dev/hugepages, unlinked: QEMU's
+    /// `memory-backend-file,mem-path=/dev/hugepages` and DPDK's `--single-file-segments`.
+    Hugetlbfs,
+    /// A regular file on disk (in the temporary directory), unlinked.
+    DiskFile,
 }
 
 impl Default for VmOptions {
@@ -63,6 +80,7 @@ impl Default for VmOptions {
             ring_history: 0,
             offloads: 0,
             migration: false,
+            memory: MemoryBacking::Shm,
         }
     }
 }
@@ -93,6 +111,11 @@ impl DirtyLogFile {
             }
         }
         pages
+    }
+
+    /// Cuts the log's file to nothing, as a hostile frontend may after SET_LOG_BASE.
+    pub fn shrink_file(&self) {
+        self.file.set_len(0).expect("shrink the log's file");
     }
 
     /// Clears every mark, as the frontend does when it syncs the log.
@@ -154,17 +177,49 @@ pub struct TestVm {
     _file: File,
 }
 
-fn shared_memory() -> (File, GuestMemoryMmap<()>) {
-    // The lifecycle test finds guest mappings in /proc/PID/maps by this prefix.
-    let path = Path::new("/dev/shm").join(crate::unique_name("vringswitch-test"));
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(&path)
-        .expect("create guest memory in /dev/shm");
-    std::fs::remove_file(&path).unwrap();
-    file.set_len(MEM_SIZE).unwrap();
+/// A file of [`MEM_SIZE`] bytes for guest memory, as `backing` makes it.
+fn memory_file(backing: MemoryBacking) -> File {
+    let unlinked = |dir: &Path, what: &str| {
+        // The lifecycle test finds guest mappings in /proc/PID/maps by this prefix.
+        let path = dir.join(crate::unique_name("vringswitch-test"));
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .unwrap_or_else(|e| panic!("create guest memory in {}: {e}{what}", dir.display()));
+        std::fs::remove_file(&path).unwrap();
+        file
+    };
+    let file = match backing {
+        MemoryBacking::Shm => unlinked(Path::new("/dev/shm"), ""),
+        MemoryBacking::DiskFile => unlinked(&std::env::temp_dir(), ""),
+        MemoryBacking::Hugetlbfs => unlinked(
+            Path::new("/dev/hugepages"),
+            " (as root: echo 512 > /proc/sys/vm/nr_hugepages; mkdir -p /dev/hugepages; \
+             mount -t hugetlbfs nodev /dev/hugepages; scripts/test.sh does it)",
+        ),
+        MemoryBacking::Memfd { .. } => {
+            use rustix::fs::{memfd_create, MemfdFlags};
+            File::from(
+                memfd_create(
+                    "vringswitch-test",
+                    MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
+                )
+                .expect("memfd_create"),
+            )
+        }
+    };
+    file.set_len(MEM_SIZE).expect("size guest memory");
+    if backing == (MemoryBacking::Memfd { sealed: true }) {
+        use rustix::fs::{fcntl_add_seals, SealFlags};
+        fcntl_add_seals(&file, SealFlags::SHRINK | SealFlags::GROW).expect("seal the memfd");
+    }
+    file
+}
+
+fn shared_memory(backing: MemoryBacking) -> (File, GuestMemoryMmap<()>) {
+    let file = memory_file(backing);
     let mem = GuestMemoryMmap::<()>::from_ranges_with_files(&[(
         GuestAddress(0),
         MEM_SIZE as usize,
@@ -203,7 +258,7 @@ impl TestVm {
 
     /// Does the vhost-user handshake over an established connection.
     pub fn handshake(mut frontend: Frontend, mac: [u8; 6], opts: VmOptions) -> TestVm {
-        let (file, mem) = shared_memory();
+        let (file, mem) = shared_memory(opts.memory);
         frontend.set_owner().expect("SET_OWNER");
         let offered = frontend.get_features().expect("GET_FEATURES");
         let mut wanted =
@@ -335,6 +390,14 @@ impl TestVm {
                 .set_vring_addr(usize::from(dq.index), &config)
                 .expect("SET_VRING_ADDR");
         }
+    }
+
+    /// Cuts the file behind guest memory to nothing (`ftruncate(fd, 0)`), as a hostile
+    /// frontend may once the switch mapped it. Fails for a memfd sealed against shrinking.
+    /// The VM's own memory is gone with it: touching it afterwards (sending, receiving,
+    /// posting buffers) raises SIGBUS in the test.
+    pub fn shrink_memory_file(&self) -> std::io::Result<()> {
+        self._file.set_len(0)
     }
 
     /// Guest address of queue `q`'s used ring.

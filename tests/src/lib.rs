@@ -5,6 +5,7 @@
 //! - [`daemon`]: starts the real `vringswitch` binary with a given configuration and reads
 //!   its metrics;
 //! - [`guest`]: real QEMU guests that ping each other, and their serial consoles;
+//! - [`healthy_pair`]: two ports forwarding in lock step, the measure of harm to others;
 //! - [`process`]: the fds, threads and memory a process holds, for the leak checks;
 //! - [`wait_until`]: polling with a deadline instead of sleeps.
 #![deny(unsafe_code)]
@@ -13,6 +14,7 @@ pub mod api;
 pub mod daemon;
 pub mod frontend;
 pub mod guest;
+pub mod healthy_pair;
 pub mod netns;
 pub mod process;
 pub mod raw_frontend;

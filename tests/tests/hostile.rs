@@ -10,134 +10,20 @@
 //! - a healthy pair of ports on the same bridge forwards with zero loss all the while.
 
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use virtio_bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use vringswitch_tests::daemon::Daemon;
 use vringswitch_tests::frontend::{TestVm, BUF_STRIDE, HDR_LEN, MEM_SIZE, QUEUE_SIZE};
+use vringswitch_tests::healthy_pair::{alive, HealthyPair, CANARY, CANARY_AT, CANARY_LEN};
 use vringswitch_tests::process::open_fds;
 use vringswitch_tests::raw_frontend::*;
 use vringswitch_tests::setup::{Setup, T};
 use vringswitch_tests::{frame, mac, wait_until, BROADCAST};
 
-/// Every VM fills this part of its memory (beyond any ring or buffer the test frontend
-/// uses) with [`CANARY`]; nothing may ever write there.
-const CANARY_AT: u64 = 0x200_0000;
-const CANARY_LEN: usize = 0x100_0000;
-const CANARY: u8 = 0xC5;
-
 const NEXT: u16 = VRING_DESC_F_NEXT as u16;
 const WRITE: u16 = VRING_DESC_F_WRITE as u16;
 const INDIRECT: u16 = VRING_DESC_F_INDIRECT as u16;
-
-/// Ports a and b forwarding to each other in lock step until stopped: a sends 16 frames to
-/// b, b must receive exactly those, intact, within 5 s. Any loss fails the test.
-struct HealthyPair {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<(TestVm, TestVm, u64)>>,
-}
-
-impl HealthyPair {
-    fn start(s: &Setup) -> HealthyPair {
-        let mut a = s.vm("a", 1);
-        let mut b = s.vm("b", 2);
-        s.wait_connected(&["a", "b"]);
-        for vm in [&a, &b] {
-            vm.fill(CANARY_AT, CANARY_LEN, CANARY);
-        }
-        // Other VMs' broadcasts reach b too, up to 144 of them before this thread takes
-        // any: b keeps a full ring of buffers so that none of a's frames finds it empty.
-        b.post_rx(TestVm::rx(0), usize::from(QUEUE_SIZE) - 64, 2048);
-        // b announces itself, so that a's frames to it are unicast.
-        b.send(TestVm::tx(0), &frame(BROADCAST, mac(2), 50, 0));
-        a.expect_frames(TestVm::rx(0), 1, T);
-        a.post_rx(TestVm::rx(0), 1, 2048);
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let thread = std::thread::spawn(move || {
-            let rx = TestVm::rx(0);
-            let mut rounds = 0u64;
-            while !flag.load(Ordering::Relaxed) {
-                let sent: Vec<Vec<u8>> = (0..16)
-                    .map(|i| frame(mac(2), mac(1), 60 + i * 13, rounds as u8))
-                    .collect();
-                for f in &sent {
-                    a.send(TestVm::tx(0), f);
-                }
-                // Floods from the other ports reach a and b too: they are taken and their
-                // buffers given back, but only a's frames count.
-                let mut got = Vec::new();
-                let deadline = Instant::now() + Duration::from_secs(5);
-                while got.len() < sent.len() {
-                    for (i, vm) in [&mut a, &mut b].into_iter().enumerate() {
-                        let frames = vm.recv(rx);
-                        vm.post_rx(rx, frames.len(), 2048);
-                        if i == 1 {
-                            got.extend(
-                                frames
-                                    .into_iter()
-                                    .filter(|r| r.frame[6..12] == mac(1))
-                                    .map(|r| r.frame),
-                            );
-                        }
-                    }
-                    assert!(
-                        Instant::now() < deadline,
-                        "healthy pair: {} of {} frames arrived in round {rounds}",
-                        got.len(),
-                        sent.len()
-                    );
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-                assert!(
-                    got == sent,
-                    "healthy pair: frames changed in round {rounds}"
-                );
-                a.wait_tx_done(TestVm::tx(0), T);
-                rounds += 1;
-            }
-            (a, b, rounds)
-        });
-        HealthyPair {
-            stop,
-            thread: Some(thread),
-        }
-    }
-
-    /// Stops the traffic; checks it kept flowing and that a's and b's canaries are intact.
-    fn finish(mut self, min_rounds: u64) {
-        self.stop.store(true, Ordering::Relaxed);
-        let (a, b, rounds) = self
-            .thread
-            .take()
-            .unwrap()
-            .join()
-            .expect("the healthy pair lost or changed frames");
-        assert!(
-            rounds >= min_rounds,
-            "the healthy pair forwarded only {rounds} rounds of 16 frames"
-        );
-        for (name, vm) in [("a", &a), ("b", &b)] {
-            assert_eq!(
-                vm.find_changed(CANARY_AT, CANARY_LEN, CANARY),
-                None,
-                "canary of healthy VM {name} overwritten"
-            );
-        }
-    }
-}
-
-fn alive(d: &Daemon) {
-    assert!(
-        std::path::Path::new(&format!("/proc/{}", d.pid())).exists(),
-        "the daemon died"
-    );
-    // The API answers.
-    d.metrics();
-}
 
 fn protocol_errors(s: &Setup) -> u64 {
     s.counter("protocol_errors", "evil")

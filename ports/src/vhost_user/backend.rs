@@ -20,7 +20,7 @@ use virtio_bindings::virtio_net::{
     VIRTIO_NET_F_MRG_RXBUF,
 };
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
-use vm_memory::GuestMemoryAtomic;
+use vm_memory::{GuestAddressSpace, GuestMemoryAtomic};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
@@ -96,6 +96,8 @@ pub struct NetBackend {
     port: Arc<PortHandle>,
     queue_pairs: u16,
     offloads: bool,
+    /// Guest memory as the workers see it: the library's mappings, shown only once the
+    /// memory fence guards them (see [`Self::update_memory`]).
     mem: GuestMemAtomic,
     acked_features: Arc<AtomicU64>,
     /// The TX rings' kick fds and the migration state, filled by the connection's relay.
@@ -115,7 +117,8 @@ impl NetBackend {
     /// A backend for one connection, with every file descriptor it will need made now: out
     /// of descriptors, this fails (and the connection is refused) instead of leaving the
     /// library with a thread it cannot stop. It offers `queue_pairs`, and offloads if
-    /// `offloads`.
+    /// `offloads`. `mem` is the workers' view of guest memory, not the one the library
+    /// maps into.
     pub fn new(
         port: Arc<PortHandle>,
         (queue_pairs, offloads): (u16, bool),
@@ -214,10 +217,16 @@ impl VhostUserBackend for NetBackend {
         // Each Queue carries its own event_idx flag, set by the handler.
     }
 
-    fn update_memory(&self, _mem: GuestMemAtomic) -> io::Result<()> {
-        // The handler replaced the contents of the GuestMemoryAtomic we share with it;
-        // workers load a fresh snapshot every burst.
-        Ok(())
+    fn update_memory(&self, mem: GuestMemAtomic) -> io::Result<()> {
+        // The library mapped a new memory table into its own `mem`, which no code of ours
+        // reads: the workers get it, in their next burst, once every region of it is registered with
+        // the memory fence. A frontend that shrinks a file of it then takes only its own
+        // connection down.
+        let next = (*mem.memory()).clone();
+        self.shared
+            .fence
+            .publish(next, &self.mem)
+            .map_err(io::Error::other)
     }
 
     fn queues_per_thread(&self) -> Vec<u64> {

@@ -23,6 +23,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::backend::NetBackend;
 use super::kicks::TxKicks;
+use super::memory_fence::MemoryFence;
 use super::migration::MigrationState;
 use super::relay::RelayEnd;
 use super::VhostUserError;
@@ -495,21 +496,26 @@ fn serve_connection(
     control: &ConnectionControl,
 ) -> std::io::Result<Ended> {
     let name = port.name();
-    let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
+    // The library maps the frontend's memory into `mapped`; the workers read `fenced`, to
+    // which the backend passes each table on once the memory fence guards it.
+    let mapped = GuestMemoryAtomic::new(GuestMemoryMmap::new());
+    let fenced = GuestMemoryAtomic::new(GuestMemoryMmap::new());
     let rings = 2 * usize::from(config.queue_pairs);
     let tx_kicks = Arc::new(TxKicks::new(rings, doorbell_of(port)));
     let migration = Arc::new(MigrationState::new(rings, doorbell_of(port)));
+    let fence = MemoryFence::new().map_err(std::io::Error::other)?;
     let shared = super::relay::Shared {
         kicks: tx_kicks,
         migration,
+        fence: fence.clone(),
     };
     let backend = Arc::new(NetBackend::new(
         port.clone(),
         (config.queue_pairs, config.offloads),
-        mem.clone(),
+        fenced,
         shared.clone(),
     )?);
-    let mut daemon = match VhostUserDaemon::new(name.to_string(), backend.clone(), mem) {
+    let mut daemon = match VhostUserDaemon::new(name.to_string(), backend.clone(), mapped) {
         Ok(d) => d,
         Err(e) => {
             close_leaked(&backend);
@@ -550,6 +556,12 @@ fn serve_connection(
         if control.stop.load(Ordering::SeqCst) {
             let _ = frontend.shutdown(std::net::Shutdown::Both);
         }
+    }
+    // A file of the frontend's memory shrank under the switch: hang up on it.
+    if let Ok(hang_up) = frontend.try_clone() {
+        fence.on_fault(move || {
+            let _ = hang_up.shutdown(std::net::Shutdown::Both);
+        });
     }
     port.set_connected(true);
     tracing::info!(port = %name, socket = %config.socket.display(), "vhost-user frontend connected");
@@ -597,6 +609,11 @@ fn serve_connection(
         _ => None,
     };
     Ok(match (refused, result) {
+        _ if fence.faulted() => Ended::ProtocolError(
+            "the frontend shrank or emptied a file of its guest memory or dirty log after the \
+             switch mapped it; the switch stopped using that memory"
+                .into(),
+        ),
         (Some(r), _) => Ended::ProtocolError(format!("refused: {r}")),
         (
             None,

@@ -19,6 +19,8 @@ use std::os::fd::AsRawFd;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU8, Ordering};
 
+use super::memory_fence::{FenceError, FencedMapping, MemoryFence};
+
 /// Bytes of guest memory one bit of the log stands for.
 pub const LOG_PAGE: u64 = 4096;
 
@@ -45,6 +47,9 @@ pub struct DirtyLog {
     /// Where the log starts in the mapping, and its length.
     start: usize,
     len: usize,
+    /// The mapping's registration with the connection's memory fence, if any: it must go
+    /// before the mapping does.
+    fenced: Option<FencedMapping>,
 }
 
 // SAFETY: the mapping is shared memory owned by this value; every access to it is through
@@ -113,7 +118,15 @@ impl DirtyLog {
             map_len,
             start,
             len,
+            fenced: None,
         })
+    }
+
+    /// Registers the mapping with `fence`, so that the frontend shrinking the log's file
+    /// takes down its own connection rather than the daemon (see [`MemoryFence`]).
+    pub fn guarded_by(mut self, fence: &MemoryFence) -> Result<DirtyLog, FenceError> {
+        self.fenced = Some(fence.guard(self.map.as_ptr(), self.map_len)?);
+        Ok(self)
     }
 
     /// The log's bytes, as atomics.
@@ -179,6 +192,8 @@ impl DirtyLog {
 
 impl Drop for DirtyLog {
     fn drop(&mut self) {
+        // Out of the fence's registry before the address range can be reused.
+        drop(self.fenced.take());
         // SAFETY: the mapping made in `map`, of this length, unmapped once; no reference
         // into it outlives `self` (`bytes` borrows `self`).
         unsafe { libc::munmap(self.map.as_ptr().cast(), self.map_len) };

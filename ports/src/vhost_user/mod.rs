@@ -9,6 +9,8 @@
 //!   for the workers;
 //! - [`dirty_log`] and [`migration`]: a live migration's dirty log, mapped and checked, and
 //!   what the relay shares of it (and of SEND_RARP) with the workers;
+//! - [`memory_fence`]: every mapping of a frontend's files registered, so that a frontend
+//!   shrinking one (SIGBUS on the next access) loses its own connection, not the daemon;
 //! - [`rings`]: the per-frame split-ring data path used by the workers, over
 //!   [`split_ring`] (rings mapped once per burst) and [`guest_view`] (cached translation of
 //!   guest addresses, and the raw copies in and out of guest memory).
@@ -19,6 +21,7 @@ pub mod dirty_log;
 pub mod guest_view;
 pub mod kicks;
 pub mod mem_regions;
+pub mod memory_fence;
 pub mod message_check;
 pub mod migration;
 pub mod relay;

@@ -34,6 +34,7 @@ use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 use super::dirty_log::{DirtyLog, LOG_PAGE};
 use super::kicks::TxKicks;
 use super::mem_regions::{Admission, MemRegions};
+use super::memory_fence::MemoryFence;
 use super::message_check::{
     check_header, check_message, Header, Refused, ADD_MEM_REG, FLAG_NEED_REPLY, FLAG_REPLY,
     FLAG_VERSION_1, GET_VRING_BASE, HDR_LEN, REM_MEM_REG, SEND_RARP, SET_FEATURES, SET_LOG_BASE,
@@ -88,6 +89,8 @@ pub struct Shared {
     pub kicks: Arc<TxKicks>,
     /// The dirty log, logging state and announcements of a live migration.
     pub migration: Arc<MigrationState>,
+    /// The connection's mappings of frontend files, guarded against the files shrinking.
+    pub fence: Arc<MemoryFence>,
 }
 
 impl Shared {
@@ -97,6 +100,7 @@ impl Shared {
         Shared {
             kicks: Arc::new(TxKicks::new(rings, || {})),
             migration: Arc::new(MigrationState::new(rings, || {})),
+            fence: MemoryFence::new().expect("a memory fence"),
         }
     }
 }
@@ -142,6 +146,7 @@ pub fn start_with(
                 regions: MemRegions::default(),
                 kicks: shared.kicks,
                 migration: shared.migration,
+                fence: shared.fence,
                 log_all: false,
                 log_covers: 0,
                 rings: Vec::new(),
@@ -174,6 +179,7 @@ struct Relay {
     /// Where the real kick fds of TX rings go.
     kicks: Arc<TxKicks>,
     migration: Arc<MigrationState>,
+    fence: Arc<MemoryFence>,
     /// Whether the frontend's features have VHOST_F_LOG_ALL.
     log_all: bool,
     /// The guest memory the installed log covers (0 without one).
@@ -373,6 +379,8 @@ impl Relay {
         let word = |i: usize| u64::from_le_bytes(body[i..i + 8].try_into().unwrap_or([0; 8]));
         let (size, offset) = (word(0), word(8));
         let log = DirtyLog::map(&std::fs::File::from(fd), size, offset, self.regions.end())
+            .map_err(|e| Refused::BadLog(e.to_string()))?
+            .guarded_by(&self.fence)
             .map_err(|e| Refused::BadLog(e.to_string()))?;
         self.log_covers = size.saturating_mul(8).saturating_mul(LOG_PAGE);
         self.migration.set_log(Some(Arc::new(log)));
