@@ -4,7 +4,7 @@
 //! In every case a healthy pair of ports on the same bridge forwards with zero loss all the
 //! while (see [`HealthyPair`]), and the daemon stays up.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use vringswitch_tests::frontend::{MemoryBacking, TestVm, VmOptions};
 use vringswitch_tests::healthy_pair::{alive, HealthyPair};
@@ -133,4 +133,102 @@ fn a_frontend_that_shrinks_its_dirty_log_takes_only_its_own_port_down() {
     alive(&s.daemon);
     // The sender's frames all went out.
     sender.wait_tx_done(TestVm::tx(0), Duration::from_secs(5));
+}
+
+/// Time from the first of 32 broadcasts from `sender` to the arrival at `near` of a unicast
+/// sent right behind them: what a neighbour waits while the switch floods.
+fn delay_behind_a_flood(sender: &mut TestVm, near: &mut TestVm) -> Duration {
+    let start = Instant::now();
+    flood(sender, 32);
+    sender.send(TestVm::tx(0), &frame(mac(4), mac(9), 60, 0xee));
+    let mut got = 0;
+    let mut seen = false;
+    while !seen {
+        let frames = near.recv(TestVm::rx(0));
+        got += frames.len();
+        near.post_rx(TestVm::rx(0), frames.len(), 2048);
+        seen = frames.iter().any(|r| r.frame[..6] == mac(4));
+        assert!(
+            start.elapsed() < T,
+            "the unicast to near never came ({got} frames)"
+        );
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    let waited = start.elapsed();
+    sender.wait_tx_done(TestVm::tx(0), T);
+    waited
+}
+
+/// Posts `n` RX chains on `evil`, each one indirect descriptor for a table (one for all) of
+/// `entries` writable descriptors of no length: chains that cost the walk of every entry
+/// and hold nothing.
+fn post_empty_indirect_chains(evil: &mut TestVm, n: usize, entries: u32) {
+    use vm_memory::{Bytes, GuestAddress};
+    const INDIRECT: u16 = virtio_bindings::virtio_ring::VRING_DESC_F_INDIRECT as u16;
+    const WRITE: u16 = virtio_bindings::virtio_ring::VRING_DESC_F_WRITE as u16;
+    const NEXT: u16 = virtio_bindings::virtio_ring::VRING_DESC_F_NEXT as u16;
+    // Past the canary area, inside the VM's 64 MiB.
+    let table = 0x300_0000u64;
+    let mut bytes = Vec::with_capacity(16 * entries as usize);
+    for i in 0..entries {
+        let (flags, next) = if i + 1 < entries {
+            (WRITE | NEXT, i as u16 + 1)
+        } else {
+            (WRITE, 0)
+        };
+        bytes.extend_from_slice(&0u64.to_le_bytes());
+        bytes.extend_from_slice(&0u32.to_le_bytes());
+        bytes.extend_from_slice(&flags.to_le_bytes());
+        bytes.extend_from_slice(&next.to_le_bytes());
+    }
+    evil.mem.write_slice(&bytes, GuestAddress(table)).unwrap();
+    let rx = TestVm::rx(0);
+    let heads = evil.alloc_descs(rx, n);
+    for &d in &heads {
+        evil.write_desc(rx, d, table, 16 * entries, INDIRECT, 0);
+    }
+    evil.make_available(rx, &heads);
+}
+
+/// A receiver posts RX chains that each cost the walk of 65,535 descriptors (an indirect
+/// table of empty ones), then chains within the ring's size that cost 256: a neighbour's
+/// unicast behind 32 broadcasts waits no longer than without them, the chains go back to
+/// their owner unused and its frames are counted as bad descriptors.
+#[test]
+fn a_receiver_whose_rx_chains_cost_millions_of_descriptors_delays_no_one() {
+    let s = Setup::new("walk", &[("br0", &["a", "b", "evil", "sender", "near"])], 1);
+    let healthy = HealthyPair::start(&s);
+    let mut sender = s.vm("sender", 9);
+    let mut near = s.vm("near", 4);
+    let mut evil = s.vm("evil", 3);
+    s.wait_connected(&["sender", "near", "evil"]);
+    // near announces itself: sender's frames to it are unicast.
+    near.send(TestVm::tx(0), &frame(BROADCAST, mac(4), 50, 0));
+    sender.expect_frames(TestVm::rx(0), 1, T);
+    // evil's own 64 buffers are used up by the first rounds, as an idle guest's would be.
+    let baseline = (0..4)
+        .map(|_| delay_behind_a_flood(&mut sender, &mut near))
+        .max()
+        .unwrap();
+    let taken_before = evil.used_idx(TestVm::rx(0));
+
+    for (entries, rounds) in [(65_535u32, 2), (256, 2)] {
+        post_empty_indirect_chains(&mut evil, 64, entries);
+        let attacked = (0..rounds)
+            .map(|_| delay_behind_a_flood(&mut sender, &mut near))
+            .max()
+            .unwrap();
+        eprintln!("tables of {entries}: {attacked:?} behind the flood, {baseline:?} without");
+        assert!(
+            attacked <= baseline * 3 + Duration::from_millis(50),
+            "tables of {entries}: a neighbour waited {attacked:?} behind the flood, \
+             {baseline:?} without the hostile receiver"
+        );
+    }
+    // Every hostile chain went back to evil, unused.
+    let given_back = evil.used_idx(TestVm::rx(0)).wrapping_sub(taken_before);
+    assert_eq!(given_back, 128, "hostile chains not given back");
+    assert!(s.drops("evil", "bad_descriptor") >= 64);
+    healthy.finish(3);
+    alive(&s.daemon);
 }

@@ -42,6 +42,21 @@ pub const MAX_TX_SEGS: usize = 64;
 pub const MAX_RX_CHAINS: usize = 64;
 /// Most writable segments over all RX chains of one frame.
 pub const MAX_RX_SEGS: usize = 256;
+/// Most descriptors one TX chain may have, those of no length and an indirect one included
+/// (Linux uses at most 20). A longer chain is dropped as a bad descriptor: otherwise a
+/// chain of 65,535 empty descriptors in an indirect table costs the worker, and every port
+/// it serves, the walk of all of them.
+pub const MAX_TX_DESCS: u32 = 256;
+/// Most descriptors the RX chains of one frame may have in all, those of no length and
+/// indirect ones included: room for [`MAX_RX_SEGS`] segments and [`MAX_RX_CHAINS`] chains,
+/// twice over. The chains a frame walked past it are given back unused and the frame is
+/// dropped as a bad descriptor, so that they are not walked again for the next frame.
+pub const MAX_RX_DESCS: u32 = 512;
+/// Most descriptors the RX chains of one ring may have in all for one burst of frames
+/// (a burst of 64 full-size TSO frames in single-descriptor mergeable buffers takes about
+/// 3,000). Past it, frames for that ring are dropped as bad descriptors until the next
+/// burst: a guest's RX ring costs the worker a bounded time per burst, whatever it holds.
+pub const RX_BURST_DESCS: u32 = 16_384;
 /// Longest virtio-net header (with `num_buffers`).
 pub const VNET_HDR_MAX: usize = 12;
 /// The block [`rx_head`] builds: the longest run of host bytes written before a frame's
@@ -211,6 +226,9 @@ pub struct RingView<'q, 'm> {
     used_next: u16,
     /// A used entry could not be written (general path: the used ring left guest memory).
     used_broken: bool,
+    /// Descriptors the RX chains of this burst's frames may still take, over all of them
+    /// (see [`RX_BURST_DESCS`]).
+    rx_walk_left: u32,
 }
 
 impl<'q, 'm> RingView<'q, 'm> {
@@ -227,6 +245,7 @@ impl<'q, 'm> RingView<'q, 'm> {
             burst_start: avail_idx,
             used_next,
             used_broken: false,
+            rx_walk_left: RX_BURST_DESCS,
         }
     }
 
@@ -241,6 +260,7 @@ impl<'q, 'm> RingView<'q, 'm> {
             burst_start: avail_idx,
             used_next,
             used_broken: false,
+            rx_walk_left: RX_BURST_DESCS,
         }
     }
 
@@ -315,6 +335,7 @@ impl<'q, 'm> RingView<'q, 'm> {
                     fresh: self.queue.next_avail() == self.burst_start,
                     queue: self.queue,
                     used: &mut self.used_next,
+                    walk_left: &mut self.rx_walk_left,
                 },
                 hdr_len,
                 mrg_rxbuf,
@@ -342,6 +363,7 @@ impl<'q, 'm> RingView<'q, 'm> {
                     src_segs,
                     &out,
                     scratch,
+                    &mut self.rx_walk_left,
                     &mut |head, len| used.put(mem, head, len),
                 )
             }
@@ -371,6 +393,7 @@ impl<'q, 'm> RingView<'q, 'm> {
                     fresh: self.queue.next_avail() == self.burst_start,
                     queue: self.queue,
                     used: &mut self.used_next,
+                    walk_left: &mut self.rx_walk_left,
                 },
                 hdr_len,
                 mrg_rxbuf,
@@ -394,6 +417,7 @@ impl<'q, 'm> RingView<'q, 'm> {
                     src_segs,
                     out,
                     scratch,
+                    &mut self.rx_walk_left,
                     &mut |head, len| used.put(mem, head, len),
                 )
             }
@@ -452,9 +476,10 @@ fn pop_tx_general(
     let mut skip = hdr_len as u64;
     let mut total: u64 = 0;
     let mut vnet = [0u8; VNET_HDR_MAX];
-    // The chain iterator is bounded by the queue size (or the indirect table size).
-    for desc in chain {
-        if desc.is_write_only() {
+    // The chain iterator is bounded by the queue size (or the indirect table size), and
+    // this loop by MAX_TX_DESCS.
+    for (n, desc) in chain.enumerate() {
+        if desc.is_write_only() || n >= MAX_TX_DESCS as usize {
             return bad(segs, DropReason::BadDescriptor);
         }
         let mut addr = desc.addr().0;
@@ -794,12 +819,16 @@ fn deliver_general(
     src_segs: &[Seg],
     out: &Outgoing<'_>,
     scratch: &mut RxScratch,
+    walk_left: &mut u32,
     used: &mut impl FnMut(u16, u32),
 ) -> Result<u32, DeliverError> {
     let need = hdr_len as u64 + u64::from(out.frame_len());
     scratch.clear();
     let mut have: u64 = 0;
     let mut bad_chain = false;
+    // As on the fast path: the descriptors this frame's chains may take.
+    let allowed = MAX_RX_DESCS.min(*walk_left);
+    let mut budget = allowed;
     // Bounded by MAX_RX_CHAINS and by the ring (pop fails once the ring is empty).
     while have < need && scratch.chains.len() < MAX_RX_CHAINS {
         let Some(chain) = queue.pop_descriptor_chain(dst_mem) else {
@@ -809,6 +838,11 @@ fn deliver_general(
         let mut cap: u64 = 0;
         for desc in chain {
             let len = u64::from(desc.len());
+            let Some(spent) = budget.checked_sub(1) else {
+                bad_chain = true;
+                break;
+            };
+            budget = spent;
             if !desc.is_write_only()
                 || scratch.segs.len() >= MAX_RX_SEGS
                 || !dst_mem.check_range(desc.addr(), len as usize)
@@ -835,6 +869,7 @@ fn deliver_general(
             break;
         }
     }
+    *walk_left -= allowed - budget;
     if bad_chain {
         return Err(scratch.give_back(&mut *used));
     }

@@ -17,7 +17,7 @@ use virtio_bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRI
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress};
 
-use super::{fast, BrokenUsedRing, RingView};
+use super::{fast, BrokenUsedRing, RingView, MAX_RX_DESCS};
 use crate::port::GuestMem;
 use crate::vhost_user::migration::WriteLog;
 use crate::vhost_user::split_ring::{Desc, DESC_SIZE};
@@ -58,7 +58,10 @@ impl RingView<'_, '_> {
             };
             match &self.split {
                 Some(ring) => {
-                    fast::walk(ring, &mut self.view, head as u16, |_, d| each(d));
+                    let mut budget = MAX_RX_DESCS;
+                    fast::walk(ring, &mut self.view, head as u16, &mut budget, |_, d| {
+                        each(d)
+                    });
                 }
                 None => walk_general(self.queue, self.view.mem(), head as u16, each),
             }
@@ -106,7 +109,8 @@ fn used_entry_general(queue: &Queue, mem: &GuestMem, idx: u16) -> Option<(u32, u
 fn walk_general(queue: &Queue, mem: &GuestMem, head: u16, mut each: impl FnMut(&Desc) -> bool) {
     let (mut table, mut len) = (queue.desc_table(), u64::from(queue.size()));
     let (mut i, mut left, mut indirect) = (u64::from(head), len, false);
-    loop {
+    // As the data path walked it: never more descriptors than a frame's chains may have.
+    for _ in 0..MAX_RX_DESCS {
         if i >= len {
             return;
         }

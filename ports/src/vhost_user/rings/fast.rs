@@ -13,7 +13,8 @@ use virtio_queue::{Queue, QueueT};
 
 use super::{
     rx_head, rx_need, vnet_header, DeliverError, FrameEdit, PopTx, RxScratch, Seg, TxFrame,
-    MAX_FRAME_LEN, MAX_RX_CHAINS, MAX_RX_SEGS, MAX_TX_SEGS, MIN_FRAME_LEN, PEEK_LEN, VNET_HDR_MAX,
+    MAX_FRAME_LEN, MAX_RX_CHAINS, MAX_RX_DESCS, MAX_RX_SEGS, MAX_TX_DESCS, MAX_TX_SEGS,
+    MIN_FRAME_LEN, PEEK_LEN, VNET_HDR_MAX,
 };
 use crate::counters::DropReason;
 use crate::offload::software::Outgoing;
@@ -28,12 +29,16 @@ const F_INDIRECT: u16 = VRING_DESC_F_INDIRECT as u16;
 /// Walks the chain starting at `head`, calling `each` on every buffer descriptor; an
 /// indirect table is followed once. Returns false if `each` does, or if the chain is
 /// malformed: an index past its table, more descriptors than the table holds (a loop), a
-/// nested or malformed indirect table. Bounded by the table sizes.
+/// nested or malformed indirect table, or one with more entries than the ring (the virtio
+/// spec's limit, which DPDK enforces too). Every descriptor visited, the indirect one and
+/// those of no length included, takes one from `budget`; the walk fails once it is spent.
+/// Bounded by the table sizes and by `budget`.
 #[inline]
 pub(super) fn walk<'m>(
     ring: &SplitRing<'m>,
     view: &mut GuestView<'m>,
     head: u16,
+    budget: &mut u32,
     mut each: impl FnMut(&mut GuestView<'m>, &Desc) -> bool,
 ) -> bool {
     let mut table = ring.table();
@@ -41,6 +46,10 @@ pub(super) fn walk<'m>(
     let mut left = table.len();
     let mut indirect = false;
     loop {
+        let Some(spent) = budget.checked_sub(1) else {
+            return false;
+        };
+        *budget = spent;
         let Some(d) = table.get(i) else {
             return false;
         };
@@ -48,7 +57,9 @@ pub(super) fn walk<'m>(
             if indirect || d.flags & F_NEXT != 0 {
                 return false;
             }
-            let Some(t) = DescTable::indirect(view, d.addr, d.len) else {
+            let Some(t) =
+                DescTable::indirect(view, d.addr, d.len).filter(|t| t.len() <= ring.table().len())
+            else {
                 return false;
             };
             (table, i, left, indirect) = (t, 0, t.len(), true);
@@ -251,7 +262,8 @@ fn pop_tx_walk<'m>(
     let mut skip = hdr_len as u64;
     let mut total: u64 = 0;
     let mut vnet = [0u8; VNET_HDR_MAX];
-    let well_formed = walk(ring, view, head, |view, d| {
+    let mut budget = MAX_TX_DESCS;
+    let well_formed = walk(ring, view, head, &mut budget, |view, d| {
         if d.flags & F_WRITE != 0 {
             return false;
         }
@@ -381,6 +393,8 @@ pub(super) struct RxRing<'a, 'm> {
     pub queue: &'a mut Queue,
     /// The next used slot to write.
     pub used: &'a mut u16,
+    /// Descriptors the ring's chains may still take in this burst.
+    pub walk_left: &'a mut u32,
 }
 
 impl<'m> RxRing<'_, 'm> {
@@ -396,6 +410,7 @@ impl<'m> RxRing<'_, 'm> {
         bool,
         &mut Queue,
         &mut u16,
+        &mut u32,
     ) {
         (
             self.ring,
@@ -404,6 +419,7 @@ impl<'m> RxRing<'_, 'm> {
             self.fresh,
             self.queue,
             self.used,
+            self.walk_left,
         )
     }
 }
@@ -467,11 +483,14 @@ pub(super) fn deliver_in_chains(
     need: u64,
     scratch: &mut RxScratch,
 ) -> Result<(), DeliverError> {
-    let (ring, view, avail_idx, fresh, queue, used) = rx.parts();
+    let (ring, view, avail_idx, fresh, queue, used, walk_left) = rx.parts();
     scratch.clear();
     let mut have: u64 = 0;
     let mut bad_chain = false;
     let mut next = queue.next_avail();
+    // What this frame's chains may take: at most MAX_RX_DESCS, and what the burst left.
+    let allowed = MAX_RX_DESCS.min(*walk_left);
+    let mut budget = allowed;
     // Bounded by MAX_RX_CHAINS and by the ring (next_head fails once it is empty).
     while have < need && scratch.chains.len() < MAX_RX_CHAINS {
         let head = match next_head(ring, avail_idx, next) {
@@ -506,7 +525,7 @@ pub(super) fn deliver_in_chains(
         next = next.wrapping_add(1);
         let mut cap: u64 = 0;
         let segs = &mut scratch.segs;
-        let ok = walk(ring, view, head, |view, d| {
+        let ok = walk(ring, view, head, &mut budget, |view, d| {
             if d.flags & F_WRITE == 0
                 || segs.len() >= MAX_RX_SEGS
                 || !view.covers(d.addr, d.len as usize)
@@ -534,8 +553,10 @@ pub(super) fn deliver_in_chains(
             break;
         }
     }
+    *walk_left -= allowed - budget;
     if bad_chain {
-        // A malformed chain cannot be rewound past: every popped chain goes back unused.
+        // A malformed chain (or one past the budget) cannot be rewound past: every popped
+        // chain goes back unused.
         queue.set_next_avail(next);
         return Err(scratch.give_back(|head, len| put_used(ring, used, head, len)));
     }
@@ -573,7 +594,7 @@ fn deliver_in_one_buffer(
     frame: &mut Source<'_, '_>,
     need: u64,
 ) -> Option<Result<(), DeliverError>> {
-    let (ring, view, avail_idx, fresh, queue, used) = rx.parts();
+    let (ring, view, avail_idx, fresh, queue, used, _) = rx.parts();
     let (src, src_segs, frame_len, edit) = frame.parts();
     let next = queue.next_avail();
     let Next::Head(head) = next_head(ring, avail_idx, next) else {

@@ -274,6 +274,68 @@ fn pop_tx_bounds_segment_count(fast: bool) {
     ));
 }
 
+/// Descriptors of no length cost a walk too: a TX chain may have [`MAX_TX_DESCS`] of them
+/// in all, not one more.
+fn pop_tx_bounds_descriptors_of_no_length(fast: bool) {
+    let m = mem();
+    let f = frame(60);
+    m.write_slice(&f, GuestAddress(BUF + 0x100)).unwrap();
+    for (n, ok) in [
+        (MAX_TX_DESCS as u64, true),
+        (MAX_TX_DESCS as u64 + 1, false),
+    ] {
+        let vq = MockSplitQueue::new(&m, 512);
+        let mut descs = vec![desc(BUF, 12, false)];
+        descs.extend((0..n - 2).map(|_| desc(0, 0, false)));
+        descs.push(desc(BUF + 0x100, 60, false));
+        offer(&vq, 0, &descs);
+        let mut q: Queue = vq.create_queue().unwrap();
+        let mut segs = Vec::with_capacity(MAX_TX_SEGS);
+        match pop_tx(&mut q, &m, 12, &mut segs, fast) {
+            PopTx::Frame(tx) => assert!(ok && tx.len == 60, "{n} descriptors"),
+            PopTx::Bad {
+                reason: DropReason::BadDescriptor,
+                ..
+            } => assert!(!ok, "{n} descriptors refused"),
+            other => panic!("{n} descriptors: {other:?}"),
+        }
+    }
+}
+
+/// A TX chain whose indirect table has more entries than the ring has is refused, as the
+/// virtio spec and DPDK refuse it, however few of them the chain uses. (The general path
+/// cannot see the table's size; it walks what the chain uses, within [`MAX_TX_DESCS`].)
+#[test]
+fn the_fast_path_refuses_an_indirect_table_larger_than_the_ring() {
+    use virtio_bindings::virtio_ring::VRING_DESC_F_INDIRECT;
+    let m = mem();
+    let f = frame(60);
+    m.write_slice(&[0u8; 12], GuestAddress(BUF + 0x100))
+        .unwrap();
+    m.write_slice(&f, GuestAddress(BUF + 0x10c)).unwrap();
+    let table = BUF + 0x1000;
+    m.write_obj(desc(BUF + 0x100, 72, false), GuestAddress(table))
+        .unwrap();
+    for (entries, ok) in [(16u32, true), (17, false)] {
+        let vq = MockSplitQueue::new(&m, 16);
+        let indirect = RawDescriptor::from(Descriptor::new(
+            table,
+            16 * entries,
+            VRING_DESC_F_INDIRECT as u16,
+            0,
+        ));
+        vq.add_desc_chains(&[indirect], 0).unwrap();
+        let mut q: Queue = vq.create_queue().unwrap();
+        let mut segs = Vec::with_capacity(MAX_TX_SEGS);
+        let popped = pop_tx(&mut q, &m, 12, &mut segs, true);
+        assert_eq!(
+            matches!(popped, PopTx::Frame(_)),
+            ok,
+            "a table of {entries}: {popped:?}"
+        );
+    }
+}
+
 /// Sets up a TX frame of `len` bytes at a fixed place and returns its segments.
 /// Delivers the frame in `src` (in `m`) into `q`'s rings in `m`, behind a 12-byte header.
 fn deliver_frame(
@@ -390,6 +452,75 @@ fn without_mergeable_buffers_one_chain_must_hold_the_frame(fast: bool) {
     let mut hdr = [0u8; 12];
     m.read_slice(&mut hdr, GuestAddress(BUF)).unwrap();
     assert_eq!(u16::from_le_bytes([hdr[10], hdr[11]]), 1);
+}
+
+/// `n` RX chains, each one indirect descriptor whose table (one for all) holds `entries`
+/// writable descriptors of no length: chains that cost a walk and hold nothing.
+fn offer_empty_indirect_chains(vq: &MockSplitQueue<GuestMem>, m: &GuestMem, n: u16, entries: u16) {
+    use virtio_bindings::virtio_ring::VRING_DESC_F_INDIRECT;
+    let table = BUF + 0x4_0000;
+    for i in 0..entries {
+        let (flags, next) = if i + 1 < entries {
+            ((VRING_DESC_F_WRITE | VRING_DESC_F_NEXT) as u16, i + 1)
+        } else {
+            (VRING_DESC_F_WRITE as u16, 0)
+        };
+        let d = RawDescriptor::from(Descriptor::new(0, 0, flags, next));
+        m.write_obj(d, GuestAddress(table + 16 * u64::from(i)))
+            .unwrap();
+    }
+    for k in 0..n {
+        let d = Descriptor::new(
+            table,
+            16 * u32::from(entries),
+            VRING_DESC_F_INDIRECT as u16,
+            0,
+        );
+        vq.add_desc_chains(&[RawDescriptor::from(d)], k).unwrap();
+    }
+}
+
+/// A receiver whose RX chains cost many descriptors each and hold nothing: each frame walks
+/// at most [`MAX_RX_DESCS`] of them, after which the chains it walked are given back unused
+/// (never walked again); each burst walks at most [`RX_BURST_DESCS`] for the ring, after
+/// which its frames are dropped at the cost of one chain each.
+fn rx_walks_are_bounded_per_frame_and_per_burst(fast: bool) {
+    let m = mem();
+    let vq = MockSplitQueue::new(&m, 1024);
+    // 511 entries and the indirect descriptor: a whole frame's budget per chain.
+    offer_empty_indirect_chains(&vq, &m, 200, 511);
+    let mut q: Queue = vq.create_queue().unwrap();
+    let (_, src) = source(&m, 60);
+    let mut scratch = RxScratch::default();
+    let mut burst = |q: &mut Queue, frames: usize| {
+        let mut r = ring(q, &m, fast);
+        for _ in 0..frames {
+            let e = r
+                .deliver(
+                    12,
+                    true,
+                    &mut GuestView::new(&m),
+                    &src,
+                    60,
+                    &FrameEdit::NONE,
+                    &mut scratch,
+                )
+                .unwrap_err();
+            assert_eq!(e.reason, DropReason::BadDescriptor);
+        }
+        r.publish_used().unwrap();
+    };
+    let per_burst = (RX_BURST_DESCS / MAX_RX_DESCS) as u16;
+    burst(&mut q, usize::from(per_burst) + 8);
+    // The first frames walked a chain each and gave it back with the next one, which they
+    // could not walk; once the burst's budget was spent, a frame gives back one chain.
+    assert_eq!(q.next_avail(), 2 * per_burst + 8);
+    let used = published_since(&q, &m, 0);
+    assert_eq!(used.len(), usize::from(2 * per_burst + 8));
+    assert!(used.iter().all(|&(_, len)| len == 0), "{used:?}");
+    // The next burst has its budget again.
+    burst(&mut q, 1);
+    assert_eq!(q.next_avail(), 2 * per_burst + 10);
 }
 
 fn read_only_rx_chain_is_returned_unused(fast: bool) {
@@ -1012,6 +1143,8 @@ on_both_paths!(
     pop_tx_segments_of_one_and_of_several_buffers,
     pop_tx_rejects_malformed_chains,
     pop_tx_bounds_segment_count,
+    pop_tx_bounds_descriptors_of_no_length,
+    rx_walks_are_bounded_per_frame_and_per_burst,
     mergeable_rx_spreads_a_full_frame_over_small_buffers,
     shortage_consumes_nothing,
     without_mergeable_buffers_one_chain_must_hold_the_frame,
