@@ -16,6 +16,15 @@ use toml::Spanned;
 pub const DEFAULT_SOCKET_DIR: &str = "/run/vringswitch";
 /// Default FDB ageing time, as in OVS and Linux bridges.
 pub const DEFAULT_FDB_AGING_S: u64 = 300;
+/// Addresses a bridge learns at most unless configured otherwise. OVS's `mac-table-size`
+/// defaults to 2048; this leaves room for a few hundred VMs with a few addresses each.
+pub const DEFAULT_BRIDGE_MAX_LEARNED: u32 = 8192;
+/// Addresses a port learns at most unless configured otherwise: one VM with containers or
+/// nested VMs behind it has a few dozen; one that sends from endless addresses is held to
+/// this many, so that it cannot fill its bridge's table.
+pub const DEFAULT_PORT_MAX_LEARNED: u32 = 1024;
+/// The highest `fdb_max_learned` accepted.
+pub const MAX_MAX_LEARNED: u32 = 1_000_000;
 /// Default number of frames a worker pops from one queue per poll.
 pub const DEFAULT_BURST: usize = 32;
 /// Default maximum number of queue pairs a vhost-user port accepts.
@@ -102,6 +111,9 @@ pub struct BridgeConfig {
     /// Seconds after which an idle FDB entry is forgotten.
     #[serde(default = "default_aging")]
     pub fdb_aging_s: Spanned<u64>,
+    /// Most addresses the bridge learns, over all its ports (static entries not counted).
+    #[serde(default = "default_bridge_max_learned")]
+    pub fdb_max_learned: Spanned<u32>,
 }
 
 /// Kind of port.
@@ -333,6 +345,10 @@ pub struct PortConfig {
     /// other are dropped (counted as `mac_spoofed`) and never learnt. Without it, any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allowed_macs: Option<Spanned<Vec<String>>>,
+    /// Most addresses the bridge learns on this port ([`DEFAULT_PORT_MAX_LEARNED`] when
+    /// left out). Past it, frames to the port's further addresses are flooded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fdb_max_learned: Option<Spanned<u32>>,
     /// `down`: the port carries no traffic and is expected to have no VM.
     #[serde(default, skip_serializing_if = "AdminState::is_up")]
     pub admin: AdminState,
@@ -510,6 +526,9 @@ fn default_idle_us() -> u64 {
 fn default_aging() -> Spanned<u64> {
     Spanned::new(0..0, DEFAULT_FDB_AGING_S)
 }
+fn default_bridge_max_learned() -> Spanned<u32> {
+    Spanned::new(0..0, DEFAULT_BRIDGE_MAX_LEARNED)
+}
 /// The last CPU of the machine: on a small host it leaves CPU 0 to the VMs and the kernel.
 pub fn default_core() -> usize {
     std::thread::available_parallelism()
@@ -535,6 +554,7 @@ impl Config {
             offloads: None,
             vlan: None,
             allowed_macs: None,
+            fdb_max_learned: None,
             admin: AdminState::Up,
         };
         Config {
@@ -543,6 +563,7 @@ impl Config {
             bridges: vec![BridgeConfig {
                 name: Spanned::new(0..0, "br0".to_string()),
                 fdb_aging_s: default_aging(),
+                fdb_max_learned: default_bridge_max_learned(),
             }],
             ports: vec![port("vm1"), port("vm2")],
         }
@@ -644,6 +665,8 @@ impl Config {
             }
             check_aging(*bridge.fdb_aging_s.get_ref())
                 .map_err(|m| invalid(bridge.fdb_aging_s.span(), m))?;
+            check_max_learned(*bridge.fdb_max_learned.get_ref())
+                .map_err(|m| invalid(bridge.fdb_max_learned.span(), m))?;
         }
 
         let mut ports = HashSet::new();
@@ -724,9 +747,22 @@ impl Config {
             if let Some(macs) = &port.allowed_macs {
                 check_allowed_macs(macs.get_ref()).map_err(|m| invalid(macs.span(), m))?;
             }
+            if let Some(n) = &port.fdb_max_learned {
+                check_max_learned(*n.get_ref()).map_err(|m| invalid(n.span(), m))?;
+            }
         }
         Ok(())
     }
+}
+
+/// Checks a limit on learnt addresses (a bridge's or a port's `fdb_max_learned`).
+pub fn check_max_learned(n: u32) -> Result<(), String> {
+    if !(1..=MAX_MAX_LEARNED).contains(&n) {
+        return Err(format!(
+            "fdb_max_learned must be between 1 and {MAX_MAX_LEARNED} addresses, not {n}"
+        ));
+    }
+    Ok(())
 }
 
 /// Checks an FDB ageing time in seconds.

@@ -131,10 +131,15 @@ pub fn bridges_table(bridges: &serde_json::Value) -> String {
                 .as_array()
                 .map(|a| a.iter().map(text).collect())
                 .unwrap_or_default();
-            vec![text(&b["name"]), text(&b["fdb_aging_s"]), ports.join(",")]
+            vec![
+                text(&b["name"]),
+                text(&b["fdb_aging_s"]),
+                text(&b["fdb_max_learned"]),
+                ports.join(","),
+            ]
         })
         .collect();
-    table(&["bridge", "fdb aging s", "ports"], 1, rows) + "\n"
+    table(&["bridge", "fdb aging s", "max learned", "ports"], 1, rows) + "\n"
 }
 
 /// Whether the port is on a host interface (TAP, AF_XDP) rather than a VM's socket.
@@ -201,6 +206,11 @@ pub fn ports_table(ports: &serde_json::Value) -> String {
                 text(&c["rx_packets"]),
                 text(&c["tx_packets"]),
                 drops.to_string(),
+                format!(
+                    "{}/{}",
+                    text(&c["fdb_learned"]),
+                    text(&p["fdb_max_learned"])
+                ),
             ]
         })
         .collect();
@@ -216,6 +226,7 @@ pub fn ports_table(ports: &serde_json::Value) -> String {
             "rx packets",
             "tx packets",
             "drops",
+            "macs learnt",
         ],
         6,
         rows,
@@ -291,8 +302,9 @@ pub fn show_tree(bridges: &serde_json::Value, ports: &serde_json::Value) -> Stri
     for b in bridges.as_array().into_iter().flatten() {
         let name = text(&b["name"]);
         out.push_str(&format!(
-            "bridge {name} (fdb ageing {} s)\n",
-            text(&b["fdb_aging_s"])
+            "bridge {name} (fdb ageing {} s, learns at most {})\n",
+            text(&b["fdb_aging_s"]),
+            text(&b["fdb_max_learned"])
         ));
         let mine: Vec<&serde_json::Value> = ports
             .iter()
@@ -476,6 +488,8 @@ mod tests {
                     .collect(),
                 queues: vec![],
                 offloads: Default::default(),
+                fdb_learned: 3,
+                fdb_max_learned: 1024,
             }],
             bridges: vec![],
         }
@@ -512,16 +526,18 @@ mod tests {
     #[test]
     fn topology_tables_show_what_people_look_for() {
         use serde_json::json;
-        let b = bridges_table(&json!([{"name": "br0", "fdb_aging_s": 300, "ports": ["a", "b"]}]));
+        let b = bridges_table(&json!([{"name": "br0", "fdb_aging_s": 300,
+            "fdb_max_learned": 8192, "ports": ["a", "b"]}]));
         let row: Vec<&str> = b.lines().nth(1).unwrap().split_whitespace().collect();
-        assert_eq!(row, ["br0", "300", "a,b"]);
+        assert_eq!(row, ["br0", "300", "8192", "a,b"]);
         let p = ports_table(&json!([{
             "name": "a", "bridge": "br0", "type": "vhost-user", "socket": "/run/a.sock",
             "mode": "server", "queues": 4, "vlan": {"mode": "trunk", "tags": [10, 20]},
             "state": {"connected": true, "ready": true, "features": "0x1",
                       "queue_pairs_active": 2},
             "counters": {"rx_packets": 5, "tx_packets": 7,
-                         "drops": {"no_rx_buffer": 2, "hairpin": 1}}
+                         "drops": {"no_rx_buffer": 2, "hairpin": 1}, "fdb_learned": 1},
+            "fdb_max_learned": 1024
         }]));
         let lines: Vec<&str> = p.lines().collect();
         assert!(lines[0].starts_with("PORT"));
@@ -539,7 +555,8 @@ mod tests {
                 "2",
                 "5",
                 "7",
-                "3"
+                "3",
+                "1/1024"
             ]
         );
         assert_eq!(vlan_text(&json!({"mode": "access", "tag": 3})), "access 3");
@@ -601,7 +618,8 @@ mod tests {
     #[test]
     fn show_is_a_tree_of_bridges_and_their_ports() {
         let bridges = serde_json::json!([
-            {"name": "br0", "fdb_aging_s": 300}, {"name": "br1", "fdb_aging_s": 60}
+            {"name": "br0", "fdb_aging_s": 300, "fdb_max_learned": 8192},
+            {"name": "br1", "fdb_aging_s": 60, "fdb_max_learned": 100}
         ]);
         let ports = serde_json::json!([{
             "name": "vm1", "bridge": "br0", "type": "vhost-user", "mode": "server",
@@ -611,10 +629,10 @@ mod tests {
         }]);
         assert_eq!(
             show_tree(&bridges, &ports),
-            "bridge br0 (fdb ageing 300 s)\n\
+            "bridge br0 (fdb ageing 300 s, learns at most 8192)\n\
              \x20   port vm1: vhost-user server, link up, queues 1 of 4, vlan access 10\n\
              \x20       socket /run/vringswitch/vm1.sock\n\
-             bridge br1 (fdb ageing 60 s)\n\
+             bridge br1 (fdb ageing 60 s, learns at most 100)\n\
              \x20   no ports\n"
         );
     }

@@ -105,10 +105,19 @@ pub struct BridgeSpec {
     #[serde(default = "default_aging")]
     #[schema(minimum = 1, maximum = 1_000_000, default = 300)]
     pub fdb_aging_s: u64,
+    /// Most addresses the bridge learns over all its ports (static entries not counted);
+    /// past it, frames to further addresses are flooded.
+    #[serde(default = "default_bridge_max_learned")]
+    #[schema(minimum = 1, maximum = 1_000_000, default = 8192)]
+    pub fdb_max_learned: u32,
 }
 
 fn default_aging() -> u64 {
     vringswitch_config::DEFAULT_FDB_AGING_S
+}
+
+fn default_bridge_max_learned() -> u32 {
+    vringswitch_config::DEFAULT_BRIDGE_MAX_LEARNED
 }
 
 /// Kind of port.
@@ -206,6 +215,11 @@ pub struct PortSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(min_items = 1, max_items = 16)]
     pub allowed_macs: Option<Vec<String>>,
+    /// Most addresses the bridge learns on this port (1024 when left out); past it, frames
+    /// to the port's further addresses are flooded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 1_000_000, default = 1024)]
+    pub fdb_max_learned: Option<u32>,
     /// `down`: the switch neither polls the port nor delivers to it, and monitoring expects
     /// it to have no VM (the PortDown alert leaves it out). Default `up`.
     #[serde(default, skip_serializing_if = "AdminState::is_up")]
@@ -213,6 +227,12 @@ pub struct PortSpec {
 }
 
 impl PortSpec {
+    /// Most addresses the bridge learns on the port, the default filled in.
+    pub fn fdb_max_learned(&self) -> u32 {
+        self.fdb_max_learned
+            .unwrap_or(vringswitch_config::DEFAULT_PORT_MAX_LEARNED)
+    }
+
     /// The settings of its kind checked and the defaults it leaves out filled in, as the
     /// port runs and is shown: a vhost-user port's mode and queues, a TAP port's interface
     /// name.
@@ -319,6 +339,10 @@ pub struct PortPatch {
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<Vec<String>>, nullable, min_items = 1, max_items = 16)]
     pub allowed_macs: Option<Option<Vec<String>>>,
+    /// The new limit on addresses learnt on the port.
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 1_000_000)]
+    pub fdb_max_learned: Option<u32>,
     /// `up` or `down`.
     #[serde(default)]
     pub admin: Option<AdminState>,
@@ -730,6 +754,8 @@ impl Daemon {
     fn apply_add_bridge(&self, spec: BridgeSpec) -> Result<(), ChangeError> {
         vringswitch_config::check_name_str("bridge", &spec.name).map_err(ChangeError::Invalid)?;
         vringswitch_config::check_aging(spec.fdb_aging_s).map_err(ChangeError::Invalid)?;
+        vringswitch_config::check_max_learned(spec.fdb_max_learned)
+            .map_err(ChangeError::Invalid)?;
         let mut st = self.state();
         if st.bridges.iter().any(|b| b.spec.name == spec.name) {
             return Err(ChangeError::Conflict(format!(
@@ -737,8 +763,12 @@ impl Daemon {
                 spec.name
             )));
         }
-        let fdb = Arc::new(Fdb::new(spec.fdb_aging_s));
-        tracing::info!(bridge = %spec.name, fdb_aging_s = spec.fdb_aging_s, "bridge added");
+        let fdb = Arc::new(Fdb::with_limit(
+            spec.fdb_aging_s,
+            spec.fdb_max_learned as usize,
+        ));
+        tracing::info!(bridge = %spec.name, fdb_aging_s = spec.fdb_aging_s,
+            fdb_max_learned = spec.fdb_max_learned, "bridge added");
         st.bridges.push(BridgeEntry {
             spec,
             fdb,
@@ -844,6 +874,9 @@ impl Daemon {
         }
         if let Some(macs) = &spec.allowed_macs {
             vringswitch_config::check_allowed_macs(macs).map_err(ChangeError::Invalid)?;
+        }
+        if let Some(n) = spec.fdb_max_learned {
+            vringswitch_config::check_max_learned(n).map_err(ChangeError::Invalid)?;
         }
         let mut st = self.state();
         if st.ports.contains_key(&spec.name) {
@@ -1011,6 +1044,10 @@ impl Daemon {
             }
             new.allowed_macs = macs;
         }
+        if let Some(n) = patch.fdb_max_learned {
+            vringswitch_config::check_max_learned(n).map_err(ChangeError::Invalid)?;
+            new.fdb_max_learned = Some(n);
+        }
         if let Some(admin) = patch.admin {
             new.admin = admin;
         }
@@ -1068,6 +1105,7 @@ impl Daemon {
             admin = %new.admin,
             vlan = %new.vlan.as_ref().map_or_else(|| "any (untagged in 0)".to_owned(), |v| v.to_string()),
             allowed_macs = %new.allowed_macs.as_ref().map_or_else(|| "any".to_owned(), |m| m.join(",")),
+            fdb_max_learned = new.fdb_max_learned(),
             "port changed"
         );
         self.save(&st)?;
@@ -1295,6 +1333,7 @@ impl Daemon {
                 queue_pairs: p.spec.queue_pairs(),
                 vlan: policy(p.spec.vlan.as_ref()),
                 security: security(p.spec.allowed_macs.as_ref()),
+                fdb_max_learned: p.spec.fdb_max_learned() as usize,
                 admin_up,
                 capture: st.captures.get(&p.id).cloned(),
             });

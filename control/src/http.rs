@@ -481,6 +481,8 @@ async fn stats(_: NoQuery, State(s): State<AppState>) -> Json<Snapshot> {
 struct BridgeView {
     name: String,
     fdb_aging_s: u64,
+    /// Most addresses the bridge learns over all its ports.
+    fdb_max_learned: u32,
     ports: Vec<String>,
 }
 
@@ -489,6 +491,7 @@ impl BridgeView {
         BridgeView {
             name: spec.name,
             fdb_aging_s: spec.fdb_aging_s,
+            fdb_max_learned: spec.fdb_max_learned,
             ports,
         }
     }
@@ -590,6 +593,8 @@ struct PortView {
     vlan: Option<VlanConfig>,
     #[serde(skip_serializing_if = "Option::is_none")]
     allowed_macs: Option<Vec<String>>,
+    /// Most addresses the bridge learns on the port (how many it has: `counters`).
+    fdb_max_learned: u32,
     admin: vringswitch_config::AdminState,
     state: PortState,
     /// Packet, byte and drop counters (as in /v1/stats).
@@ -626,6 +631,7 @@ fn port_view(spec: PortSpec, handle: &PortHandle, snapshot: &Snapshot) -> PortVi
         });
     let queues = spec.queue_pairs();
     let offloads = (spec.kind != PortKind::AfXdp).then(|| spec.offloads());
+    let fdb_max_learned = spec.fdb_max_learned();
     PortView {
         name: spec.name,
         bridge: spec.bridge,
@@ -640,6 +646,7 @@ fn port_view(spec: PortSpec, handle: &PortHandle, snapshot: &Snapshot) -> PortVi
         offloads,
         vlan: spec.vlan,
         allowed_macs: spec.allowed_macs,
+        fdb_max_learned,
         admin: spec.admin,
         state,
         counters,

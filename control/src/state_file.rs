@@ -22,6 +22,7 @@ pub fn from_config(config: &Config) -> SavedState {
             .map(|b| BridgeSpec {
                 name: b.name.get_ref().clone(),
                 fdb_aging_s: *b.fdb_aging_s.get_ref(),
+                fdb_max_learned: *b.fdb_max_learned.get_ref(),
             })
             .collect(),
         ports: config
@@ -41,6 +42,7 @@ pub fn from_config(config: &Config) -> SavedState {
                 offloads: p.offloads,
                 vlan: p.vlan.as_ref().map(|v| v.get_ref().clone()),
                 allowed_macs: p.allowed_macs.as_ref().map(|m| m.get_ref().clone()),
+                fdb_max_learned: p.fdb_max_learned.as_ref().map(|n| *n.get_ref()),
                 admin: p.admin,
             })
             // As the port runs (defaults filled in): what the state file holds of it too.
@@ -65,6 +67,7 @@ pub fn to_config(config: &Config, saved: &SavedState) -> Config {
             .map(|b| BridgeConfig {
                 name: at(b.name.clone()),
                 fdb_aging_s: Spanned::new(0..0, b.fdb_aging_s),
+                fdb_max_learned: Spanned::new(0..0, b.fdb_max_learned),
             })
             .collect(),
         ports: saved
@@ -84,6 +87,7 @@ pub fn to_config(config: &Config, saved: &SavedState) -> Config {
                 offloads: p.offloads,
                 vlan: p.vlan.clone().map(|v| Spanned::new(0..0, v)),
                 allowed_macs: p.allowed_macs.clone().map(|m| Spanned::new(0..0, m)),
+                fdb_max_learned: p.fdb_max_learned.map(|n| Spanned::new(0..0, n)),
                 admin: p.admin,
             })
             .collect(),
@@ -98,10 +102,22 @@ pub fn ignored_config(config: &SavedState, state: &SavedState) -> Option<String>
     for b in &config.bridges {
         match state.bridges.iter().find(|s| s.name == b.name) {
             None => ignored.push(format!("bridge {} (not in the state file)", b.name)),
-            Some(s) if s != b => ignored.push(format!(
-                "bridge {} (fdb_aging_s {} in the configuration, {} in the state file)",
-                b.name, b.fdb_aging_s, s.fdb_aging_s
-            )),
+            Some(s) if s != b => {
+                let mut differ = Vec::new();
+                if s.fdb_aging_s != b.fdb_aging_s {
+                    differ.push(format!(
+                        "fdb_aging_s {} in the configuration, {} in the state file",
+                        b.fdb_aging_s, s.fdb_aging_s
+                    ));
+                }
+                if s.fdb_max_learned != b.fdb_max_learned {
+                    differ.push(format!(
+                        "fdb_max_learned {} in the configuration, {} in the state file",
+                        b.fdb_max_learned, s.fdb_max_learned
+                    ));
+                }
+                ignored.push(format!("bridge {} ({})", b.name, differ.join("; ")));
+            }
             Some(_) => {}
         }
     }
@@ -121,6 +137,7 @@ pub fn ignored_config(config: &SavedState, state: &SavedState) -> Option<String>
                     ("offloads", s.offloads != p.offloads),
                     ("vlan", s.vlan != p.vlan),
                     ("allowed_macs", s.allowed_macs != p.allowed_macs),
+                    ("fdb_max_learned", s.fdb_max_learned != p.fdb_max_learned),
                     ("admin", s.admin != p.admin),
                 ]
                 .into_iter()
@@ -282,6 +299,7 @@ mod tests {
             bridges: vec![BridgeSpec {
                 name: "br0".into(),
                 fdb_aging_s: 60,
+                fdb_max_learned: 100,
             }],
             ports: vec![PortSpec {
                 name: "p".into(),
@@ -297,6 +315,7 @@ mod tests {
                 offloads: Some(false),
                 vlan: Some(VlanConfig::Trunk { tags: vec![5, 6] }),
                 allowed_macs: Some(vec!["02:00:00:00:00:01".into()]),
+                fdb_max_learned: Some(5),
                 admin: crate::daemon::AdminState::Down,
             }],
             static_macs: vec![StaticMac {
@@ -334,6 +353,7 @@ mod tests {
             offloads: None,
             vlan: None,
             allowed_macs: None,
+            fdb_max_learned: None,
             admin: Default::default(),
         }
     }
@@ -346,6 +366,7 @@ mod tests {
                 .map(|&(n, a)| BridgeSpec {
                     name: n.into(),
                     fdb_aging_s: a,
+                    fdb_max_learned: vringswitch_config::DEFAULT_BRIDGE_MAX_LEARNED,
                 })
                 .collect(),
             ports,

@@ -228,6 +228,14 @@ fn families(s: &Snapshot) -> Vec<MetricFamily> {
         "vringswitch_port_queue_tx_packets_total",
         "Frames delivered to the VM on one queue pair of the port.",
     );
+    let mut port_fdb = Family::gauge(
+        "vringswitch_port_fdb_learned",
+        "MAC addresses the bridge learnt on the port and still has.",
+    );
+    let mut port_fdb_max = Family::gauge(
+        "vringswitch_port_fdb_max_learned",
+        "Most MAC addresses the bridge learns on the port (fdb_max_learned).",
+    );
     for p in &s.ports {
         let l = [("port", p.name.as_str()), ("bridge", p.bridge.as_str())];
         for (i, q) in p.queues.iter().enumerate() {
@@ -250,6 +258,8 @@ fn families(s: &Snapshot) -> Vec<MetricFamily> {
         port_ready.add(&l[..1], u64::from(p.ready));
         reconnects.add(&l[..1], p.reconnects);
         protocol_errors.add(&l[..1], p.protocol_errors);
+        port_fdb.add(&l, p.fdb_learned);
+        port_fdb_max.add(&l, p.fdb_max_learned);
     }
     for f in [
         &mut rx_packets,
@@ -265,6 +275,8 @@ fn families(s: &Snapshot) -> Vec<MetricFamily> {
         &mut protocol_errors,
         &mut queue_rx,
         &mut queue_tx,
+        &mut port_fdb,
+        &mut port_fdb_max,
     ] {
         push(f);
     }
@@ -327,14 +339,33 @@ fn families(s: &Snapshot) -> Vec<MetricFamily> {
         "vringswitch_fdb_aged_total",
         "MAC addresses removed by ageing.",
     );
+    let mut max_learned = Family::gauge(
+        "vringswitch_fdb_max_learned",
+        "Most MAC addresses the bridge learns over all its ports (fdb_max_learned).",
+    );
+    let mut refused = Family::counter(
+        "vringswitch_fdb_learning_refused_total",
+        "Source MAC addresses not learnt because a limit was reached: their port's \
+         (limit=\"port\") or the bridge's (limit=\"bridge\"). Frames to them are flooded.",
+    );
     for b in &s.bridges {
         let l = [("bridge", b.name.as_str())];
         entries.add(&l, b.fdb_entries);
         learned.add(&l, b.fdb_learned);
         moved.add(&l, b.fdb_moved);
         aged.add(&l, b.fdb_aged);
+        max_learned.add(&l, b.fdb_max_learned);
+        refused.add(&[l[0], ("limit", "port")], b.fdb_refused_port_limit);
+        refused.add(&[l[0], ("limit", "bridge")], b.fdb_refused_bridge_limit);
     }
-    for f in [&mut entries, &mut learned, &mut moved, &mut aged] {
+    for f in [
+        &mut entries,
+        &mut learned,
+        &mut moved,
+        &mut aged,
+        &mut max_learned,
+        &mut refused,
+    ] {
         push(f);
     }
     out
@@ -371,6 +402,7 @@ mod tests {
                 queue_pairs: 1,
                 vlan: Default::default(),
                 security: Default::default(),
+                fdb_max_learned: usize::MAX,
                 capture: None,
             })],
         });
@@ -543,9 +575,9 @@ mod tests {
         let fdb = &sw.topology().bridges[0].fdb;
         let a = MacAddr([2, 0, 0, 0, 0, 1]);
         let b = MacAddr([2, 0, 0, 0, 0, 2]);
-        fdb.learn(fdb_key(a, 0), 0, 0);
-        fdb.learn(fdb_key(b, 0), 0, 0);
-        fdb.learn(fdb_key(b, 0), 1, 0);
+        fdb.learn(fdb_key(a, 0), 0, 0, usize::MAX);
+        fdb.learn(fdb_key(b, 0), 0, 0, usize::MAX);
+        fdb.learn(fdb_key(b, 0), 1, 0, usize::MAX);
         let text = Metrics::new().render(&sw);
         let l = "{bridge=\"br0\"}";
         assert_eq!(sample(&text, &format!("vringswitch_fdb_entries{l}")), 2.0);

@@ -95,6 +95,12 @@ pub struct PortSnapshot {
     /// did with them (`passed`, `checksummed`, `segmented`); every action is present.
     #[serde(default)]
     pub offloads: BTreeMap<String, u64>,
+    /// Addresses the bridge learnt on the port and still has.
+    #[serde(default)]
+    pub fdb_learned: u64,
+    /// Most addresses the bridge learns on the port.
+    #[serde(default)]
+    pub fdb_max_learned: u64,
 }
 
 /// Frames of one queue pair of a port.
@@ -162,6 +168,15 @@ pub struct BridgeSnapshot {
     pub fdb_learned: u64,
     pub fdb_moved: u64,
     pub fdb_aged: u64,
+    /// Most addresses the bridge learns.
+    #[serde(default)]
+    pub fdb_max_learned: u64,
+    /// Addresses not learnt because their port had learnt its most.
+    #[serde(default)]
+    pub fdb_refused_port_limit: u64,
+    /// Addresses not learnt because the bridge had learnt its most.
+    #[serde(default)]
+    pub fdb_refused_bridge_limit: u64,
 }
 
 /// Every counter of the switch at one instant.
@@ -233,6 +248,8 @@ impl Snapshot {
                         .iter()
                         .map(|&a| (a.as_str().to_owned(), s.offloads(a)))
                         .collect(),
+                    fdb_learned: topology.bridges[p.bridge].fdb.learned_on(p.handle.id()) as u64,
+                    fdb_max_learned: p.fdb_max_learned as u64,
                 }
             })
             .collect();
@@ -241,12 +258,16 @@ impl Snapshot {
             .iter()
             .map(|b| {
                 let (learned, moved, aged) = b.fdb.counts();
+                let (refused_port, refused_bridge) = b.fdb.refusals();
                 BridgeSnapshot {
                     name: b.name.clone(),
                     fdb_entries: b.fdb.len() as u64,
                     fdb_learned: learned,
                     fdb_moved: moved,
                     fdb_aged: aged,
+                    fdb_max_learned: b.fdb.max_learned() as u64,
+                    fdb_refused_port_limit: refused_port,
+                    fdb_refused_bridge_limit: refused_bridge,
                 }
             })
             .collect();

@@ -6,10 +6,16 @@
 //! can make a cached entry wrong (move, ageing, flush) bumps a generation number, and a
 //! worker whose cache is older clears it. Time is passed in (seconds), so ageing is exact in
 //! tests.
+//!
+//! Learning is limited, so that one port sending from endless source addresses cannot fill
+//! the table: each bridge learns at most [`Fdb::max_learned`] addresses and each port at most
+//! the limit its caller passes. An address past a limit is not learnt (frames to it are
+//! flooded, as to any unknown address) and the refusal is counted; static entries count
+//! against neither limit.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use dashmap::DashMap;
 use vringswitch_ports::PortId;
@@ -49,6 +55,17 @@ pub enum Learned {
     Refreshed,
     /// A static entry points elsewhere; nothing was changed.
     StaticConflict,
+    /// A limit kept the address from being learnt (or moved); nothing was changed.
+    Refused(Limit),
+}
+
+/// The limit that refused to learn an address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    /// The port learnt as many addresses as it may.
+    Port,
+    /// The bridge learnt as many addresses as it may.
+    Bridge,
 }
 
 /// The forwarding database of one bridge.
@@ -60,10 +77,25 @@ pub struct Fdb {
     learned: AtomicU64,
     moved: AtomicU64,
     aged: AtomicU64,
+    max_learned: AtomicUsize,
+    /// Learnt (not static) entries, over all ports.
+    dynamic: AtomicUsize,
+    /// Learnt entries by port. Locked only while an entry of `map` is (never the other
+    /// way round), and only when an entry is added, moved or removed.
+    per_port: DashMap<PortId, usize>,
+    refused_port: AtomicU64,
+    refused_bridge: AtomicU64,
 }
 
 impl Fdb {
+    /// A table whose learnt addresses are forgotten after `aging_s` idle seconds, with no
+    /// limit on how many it learns.
     pub fn new(aging_s: u64) -> Fdb {
+        Fdb::with_limit(aging_s, usize::MAX)
+    }
+
+    /// [`Fdb::new`], learning at most `max_learned` addresses.
+    pub fn with_limit(aging_s: u64, max_learned: usize) -> Fdb {
         Fdb {
             map: DashMap::new(),
             aging_s: AtomicU64::new(aging_s),
@@ -71,6 +103,73 @@ impl Fdb {
             learned: AtomicU64::new(0),
             moved: AtomicU64::new(0),
             aged: AtomicU64::new(0),
+            max_learned: AtomicUsize::new(max_learned),
+            dynamic: AtomicUsize::new(0),
+            per_port: DashMap::new(),
+            refused_port: AtomicU64::new(0),
+            refused_bridge: AtomicU64::new(0),
+        }
+    }
+
+    /// Most addresses the bridge learns; the ones it has stay when it is lowered.
+    pub fn max_learned(&self) -> usize {
+        self.max_learned.load(Ordering::Relaxed)
+    }
+
+    pub fn set_max_learned(&self, n: usize) {
+        self.max_learned.store(n, Ordering::Relaxed);
+    }
+
+    /// Addresses learnt on `port` and still in the table.
+    pub fn learned_on(&self, port: PortId) -> usize {
+        self.per_port.get(&port).map_or(0, |n| *n)
+    }
+
+    /// Addresses learnt and still in the table, over all ports.
+    pub fn learned_now(&self) -> usize {
+        self.dynamic.load(Ordering::Relaxed)
+    }
+
+    /// Addresses refused by a port's limit, and by the bridge's, since creation.
+    pub fn refusals(&self) -> (u64, u64) {
+        (
+            self.refused_port.load(Ordering::Relaxed),
+            self.refused_bridge.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Counts one more address learnt on `port` if both limits allow it.
+    fn admit(&self, port: PortId, port_limit: usize) -> Result<(), Limit> {
+        let mut n = self.per_port.entry(port).or_insert(0);
+        if *n >= port_limit {
+            self.refused_port.fetch_add(1, Ordering::Relaxed);
+            return Err(Limit::Port);
+        }
+        let max = self.max_learned();
+        // One more unless that passes the bridge's limit; workers learning at once never
+        // take it past the limit between them.
+        if self
+            .dynamic
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |d| {
+                (d < max).then_some(d + 1)
+            })
+            .is_err()
+        {
+            self.refused_bridge.fetch_add(1, Ordering::Relaxed);
+            return Err(Limit::Bridge);
+        }
+        *n += 1;
+        Ok(())
+    }
+
+    /// Counts a learnt address of `port` gone (aged, removed, replaced or moved away).
+    fn forget(&self, port: PortId) {
+        self.dynamic.fetch_sub(1, Ordering::Relaxed);
+        if let dashmap::mapref::entry::Entry::Occupied(mut n) = self.per_port.entry(port) {
+            *n.get_mut() -= 1;
+            if *n.get() == 0 {
+                n.remove();
+            }
         }
     }
 
@@ -93,11 +192,15 @@ impl Fdb {
         self.aging_s.store(s, Ordering::Relaxed);
     }
 
-    /// Records that `key` was seen on `port` at `now`.
-    pub fn learn(&self, key: u64, port: PortId, now: u64) -> Learned {
+    /// Records that `key` was seen on `port` at `now`: learns it, unless `port` has learnt
+    /// `port_limit` addresses already or the bridge its [`Fdb::max_learned`].
+    pub fn learn(&self, key: u64, port: PortId, now: u64, port_limit: usize) -> Learned {
         use dashmap::mapref::entry::Entry;
         match self.map.entry(key) {
             Entry::Vacant(v) => {
+                if let Err(limit) = self.admit(port, port_limit) {
+                    return Learned::Refused(limit);
+                }
                 v.insert(FdbEntry {
                     port,
                     last_seen: now,
@@ -115,12 +218,23 @@ impl Fdb {
                         Learned::StaticConflict
                     };
                 }
-                e.last_seen = now;
                 if e.port == port {
+                    e.last_seen = now;
                     Learned::Refreshed
                 } else {
+                    // A move counts against the new port's limit (never the bridge's: the
+                    // entry is there already).
+                    let mut n = self.per_port.entry(port).or_insert(0);
+                    if *n >= port_limit {
+                        self.refused_port.fetch_add(1, Ordering::Relaxed);
+                        return Learned::Refused(Limit::Port);
+                    }
+                    *n += 1;
+                    drop(n);
                     let from = e.port;
-                    e.port = port;
+                    (e.port, e.last_seen) = (port, now);
+                    self.dynamic.fetch_add(1, Ordering::Relaxed);
+                    self.forget(from);
                     drop(o);
                     self.moved.fetch_add(1, Ordering::Relaxed);
                     self.invalidate();
@@ -132,7 +246,7 @@ impl Fdb {
 
     /// Adds or replaces a static entry.
     pub fn add_static(&self, key: u64, port: PortId) {
-        self.map.insert(
+        let old = self.map.insert(
             key,
             FdbEntry {
                 port,
@@ -140,7 +254,27 @@ impl Fdb {
                 is_static: true,
             },
         );
+        if let Some(e) = old.filter(|e| !e.is_static) {
+            self.forget(e.port);
+        }
         self.invalidate();
+    }
+
+    /// Removes the entries `drop` picks, counting the learnt ones gone; returns how many
+    /// learnt ones went.
+    fn remove_where(&self, mut drop: impl FnMut(&FdbEntry) -> bool) -> usize {
+        let mut gone = 0;
+        self.map.retain(|_, e| {
+            if !drop(e) {
+                return true;
+            }
+            if !e.is_static {
+                self.forget(e.port);
+                gone += 1;
+            }
+            false
+        });
+        gone
     }
 
     pub fn lookup(&self, key: u64) -> Option<PortId> {
@@ -154,10 +288,8 @@ impl Fdb {
     /// Removes dynamic entries not seen for longer than the ageing time. Returns how many.
     pub fn age(&self, now: u64) -> usize {
         let aging = self.aging_s();
-        let before = self.map.len();
-        self.map
-            .retain(|_, e| e.is_static || now.saturating_sub(e.last_seen) < aging);
-        let removed = before.saturating_sub(self.map.len());
+        let removed =
+            self.remove_where(|e| !e.is_static && now.saturating_sub(e.last_seen) >= aging);
         if removed > 0 {
             self.aged.fetch_add(removed as u64, Ordering::Relaxed);
             self.invalidate();
@@ -167,28 +299,31 @@ impl Fdb {
 
     /// Removes every entry of `port` (dynamic and static), e.g. when it is deleted.
     pub fn flush_port(&self, port: PortId) {
-        self.map.retain(|_, e| e.port != port);
+        self.remove_where(|e| e.port == port);
         self.invalidate();
     }
 
     /// Removes the dynamic (learnt) entries of `port`, keeping its static ones.
     pub fn flush_port_dynamic(&self, port: PortId) {
-        self.map.retain(|_, e| e.port != port || e.is_static);
+        self.remove_where(|e| e.port == port && !e.is_static);
         self.invalidate();
     }
 
     /// Removes one entry; returns whether there was one.
     pub fn remove(&self, key: u64) -> bool {
-        let removed = self.map.remove(&key).is_some();
-        if removed {
-            self.invalidate();
+        let Some((_, e)) = self.map.remove(&key) else {
+            return false;
+        };
+        if !e.is_static {
+            self.forget(e.port);
         }
-        removed
+        self.invalidate();
+        true
     }
 
     /// Removes every entry.
     pub fn flush(&self) {
-        self.map.clear();
+        self.remove_where(|_| true);
         self.invalidate();
     }
 
@@ -243,8 +378,9 @@ pub const CACHE_CAPACITY: usize = 4096;
 /// A worker's private view of one bridge's FDB.
 pub struct FdbCache {
     generation: u64,
-    /// key -> (port, time this worker last wrote the entry to the shared table)
-    map: HashMap<u64, (PortId, u64), BuildHasherDefault<KeyHasher>>,
+    /// key -> (port, time this worker last wrote the entry to the shared table, or was
+    /// refused: then the entry is no destination, and only says when to try again)
+    map: HashMap<u64, (PortId, u64, bool), BuildHasherDefault<KeyHasher>>,
 }
 
 impl Default for FdbCache {
@@ -267,7 +403,7 @@ impl FdbCache {
         }
     }
 
-    fn insert(&mut self, key: u64, value: (PortId, u64)) {
+    fn insert(&mut self, key: u64, value: (PortId, u64, bool)) {
         if self.map.len() >= CACHE_CAPACITY && !self.map.contains_key(&key) {
             // Clearing keeps the allocation: no growth, no allocation on the hot path.
             self.map.clear();
@@ -275,34 +411,39 @@ impl FdbCache {
         self.map.insert(key, value);
     }
 
-    /// Learns a source address through the cache.
+    /// Learns a source address through the cache, within `port_limit` addresses for the
+    /// port. A refused address is tried again a second later, not at every frame.
     #[inline]
-    pub fn learn(&mut self, fdb: &Fdb, key: u64, port: PortId, now: u64) {
-        if let Some(&(p, t)) = self.map.get(&key) {
+    pub fn learn(&mut self, fdb: &Fdb, key: u64, port: PortId, now: u64, port_limit: usize) {
+        if let Some(&(p, t, _)) = self.map.get(&key) {
             if p == port && now.saturating_sub(t) < REFRESH_S {
                 return;
             }
         }
-        match fdb.learn(key, port, now) {
+        match fdb.learn(key, port, now, port_limit) {
             Learned::StaticConflict => {}
             Learned::Moved { .. } => {
                 // Our own move invalidated every cache, ours included.
                 self.sync(fdb);
-                self.insert(key, (port, now));
+                self.insert(key, (port, now, false));
             }
-            Learned::New | Learned::Refreshed => self.insert(key, (port, now)),
+            Learned::New | Learned::Refreshed => self.insert(key, (port, now, false)),
+            Learned::Refused(_) => self.insert(key, (port, now, true)),
         }
     }
 
     /// Looks a destination up, through the cache.
     #[inline]
     pub fn lookup(&mut self, fdb: &Fdb, key: u64) -> Option<PortId> {
-        if let Some(&(p, _)) = self.map.get(&key) {
-            return Some(p);
+        match self.map.get(&key) {
+            Some(&(p, _, false)) => return Some(p),
+            // Refused here a moment ago; another worker may have learnt it since.
+            Some(&(_, _, true)) => return fdb.lookup(key),
+            None => {}
         }
         let p = fdb.lookup(key)?;
         // Time 0: the next time this address is a source here, it is written through.
-        self.insert(key, (p, 0));
+        self.insert(key, (p, 0, false));
         Some(p)
     }
 }
@@ -319,10 +460,10 @@ mod tests {
     fn learns_moves_and_refreshes() {
         let fdb = Fdb::new(300);
         let k = fdb_key(mac(1), 0);
-        assert_eq!(fdb.learn(k, 1, 10), Learned::New);
-        assert_eq!(fdb.learn(k, 1, 11), Learned::Refreshed);
+        assert_eq!(fdb.learn(k, 1, 10, usize::MAX), Learned::New);
+        assert_eq!(fdb.learn(k, 1, 11, usize::MAX), Learned::Refreshed);
         let g = fdb.generation();
-        assert_eq!(fdb.learn(k, 2, 12), Learned::Moved { from: 1 });
+        assert_eq!(fdb.learn(k, 2, 12, usize::MAX), Learned::Moved { from: 1 });
         assert_ne!(fdb.generation(), g, "a move invalidates caches");
         assert_eq!(fdb.lookup(k), Some(2));
         assert_eq!(fdb.get(k).unwrap().last_seen, 12);
@@ -334,8 +475,8 @@ mod tests {
         let fdb = Fdb::new(300);
         let k1 = fdb_key(mac(1), 0);
         let k2 = fdb_key(mac(2), 0);
-        fdb.learn(k1, 1, 100);
-        fdb.learn(k2, 2, 200);
+        fdb.learn(k1, 1, 100, usize::MAX);
+        fdb.learn(k2, 2, 200, usize::MAX);
         assert_eq!(fdb.age(399), 0);
         assert_eq!(fdb.age(400), 1);
         assert_eq!(fdb.lookup(k1), None);
@@ -351,7 +492,7 @@ mod tests {
         let fdb = Fdb::new(1);
         let k = fdb_key(mac(1), 0);
         fdb.add_static(k, 5);
-        assert_eq!(fdb.learn(k, 6, 10), Learned::StaticConflict);
+        assert_eq!(fdb.learn(k, 6, 10, usize::MAX), Learned::StaticConflict);
         assert_eq!(fdb.age(1000), 0);
         assert_eq!(fdb.lookup(k), Some(5));
         fdb.flush_port(5);
@@ -361,8 +502,8 @@ mod tests {
     #[test]
     fn vlans_are_separate_keys() {
         let fdb = Fdb::new(300);
-        fdb.learn(fdb_key(mac(1), 10), 1, 0);
-        fdb.learn(fdb_key(mac(1), 20), 2, 0);
+        fdb.learn(fdb_key(mac(1), 10), 1, 0, usize::MAX);
+        fdb.learn(fdb_key(mac(1), 20), 2, 0, usize::MAX);
         assert_eq!(fdb.lookup(fdb_key(mac(1), 10)), Some(1));
         assert_eq!(fdb.lookup(fdb_key(mac(1), 20)), Some(2));
         assert_eq!(fdb.lookup(fdb_key(mac(1), 0)), None);
@@ -377,9 +518,9 @@ mod tests {
     #[test]
     fn flushing_dynamic_entries_keeps_static_ones() {
         let fdb = Fdb::new(300);
-        fdb.learn(fdb_key(mac(1), 0), 1, 0);
+        fdb.learn(fdb_key(mac(1), 0), 1, 0, usize::MAX);
         fdb.add_static(fdb_key(mac(2), 0), 1);
-        fdb.learn(fdb_key(mac(3), 0), 2, 0);
+        fdb.learn(fdb_key(mac(3), 0), 2, 0, usize::MAX);
         fdb.flush_port_dynamic(1);
         assert_eq!(fdb.lookup(fdb_key(mac(1), 0)), None);
         assert_eq!(fdb.lookup(fdb_key(mac(2), 0)), Some(1));
@@ -395,17 +536,17 @@ mod tests {
         let mut c = FdbCache::default();
         c.sync(&fdb);
         let k = fdb_key(mac(1), 0);
-        c.learn(&fdb, k, 1, 100);
+        c.learn(&fdb, k, 1, 100, usize::MAX);
         assert_eq!(fdb.get(k).unwrap().last_seen, 100);
-        c.learn(&fdb, k, 1, 100);
-        fdb.learn(k, 1, 50); // make the shared copy visibly older
-        c.learn(&fdb, k, 1, 100);
+        c.learn(&fdb, k, 1, 100, usize::MAX);
+        fdb.learn(k, 1, 50, usize::MAX); // make the shared copy visibly older
+        c.learn(&fdb, k, 1, 100, usize::MAX);
         assert_eq!(
             fdb.get(k).unwrap().last_seen,
             50,
             "no write within the second"
         );
-        c.learn(&fdb, k, 1, 101);
+        c.learn(&fdb, k, 1, 101, usize::MAX);
         assert_eq!(fdb.get(k).unwrap().last_seen, 101);
     }
 
@@ -416,10 +557,10 @@ mod tests {
         let k = fdb_key(mac(1), 0);
         a.sync(&fdb);
         b.sync(&fdb);
-        a.learn(&fdb, k, 1, 0);
+        a.learn(&fdb, k, 1, 0, usize::MAX);
         assert_eq!(b.lookup(&fdb, k), Some(1));
         // The address moves, learnt by worker a.
-        a.learn(&fdb, k, 2, 1);
+        a.learn(&fdb, k, 2, 1, usize::MAX);
         b.sync(&fdb);
         assert_eq!(b.lookup(&fdb, k), Some(2));
         // It ages out.
@@ -434,9 +575,124 @@ mod tests {
         let mut c = FdbCache::default();
         c.sync(&fdb);
         for i in 0..(CACHE_CAPACITY as u64 + 10) {
-            c.learn(&fdb, i, 1, 0);
+            c.learn(&fdb, i, 1, 0, usize::MAX);
         }
         assert!(c.map.len() <= CACHE_CAPACITY);
         assert_eq!(fdb.len(), CACHE_CAPACITY + 10);
+    }
+    #[test]
+    fn a_port_learns_no_more_than_its_limit_and_refusals_are_counted() {
+        let fdb = Fdb::new(300);
+        for n in 0..3 {
+            assert_eq!(fdb.learn(fdb_key(mac(n), 0), 1, 0, 3), Learned::New);
+        }
+        assert_eq!(
+            fdb.learn(fdb_key(mac(3), 0), 1, 0, 3),
+            Learned::Refused(Limit::Port)
+        );
+        assert_eq!(fdb.lookup(fdb_key(mac(3), 0)), None);
+        // What it has is refreshed as before; another port learns on.
+        assert_eq!(fdb.learn(fdb_key(mac(0), 0), 1, 5, 3), Learned::Refreshed);
+        assert_eq!(fdb.learn(fdb_key(mac(9), 0), 2, 0, 3), Learned::New);
+        assert_eq!((fdb.learned_on(1), fdb.learned_on(2)), (3, 1));
+        assert_eq!(fdb.refusals(), (1, 0));
+        // Once one ages out, the port learns again.
+        fdb.learn(fdb_key(mac(0), 0), 1, 200, 3);
+        assert_eq!(fdb.age(350), 3, "mac 1, 2 and 9");
+        assert_eq!(fdb.learned_on(1), 1);
+        assert_eq!(fdb.learn(fdb_key(mac(3), 0), 1, 350, 3), Learned::New);
+    }
+
+    #[test]
+    fn the_bridge_learns_no_more_than_its_limit_over_all_ports() {
+        let fdb = Fdb::with_limit(300, 4);
+        for n in 0..4 {
+            assert_eq!(
+                fdb.learn(fdb_key(mac(n), 0), u32::from(n % 2), 0, 10),
+                Learned::New
+            );
+        }
+        assert_eq!(
+            fdb.learn(fdb_key(mac(4), 0), 2, 0, 10),
+            Learned::Refused(Limit::Bridge)
+        );
+        // Static entries count against neither limit.
+        fdb.add_static(fdb_key(mac(5), 0), 2);
+        assert_eq!(fdb.learned_now(), 4);
+        assert_eq!(fdb.refusals(), (0, 1));
+        // Removing, flushing and replacing by a static entry each make room.
+        assert!(fdb.remove(fdb_key(mac(0), 0)));
+        assert_eq!(fdb.learn(fdb_key(mac(4), 0), 2, 0, 10), Learned::New);
+        fdb.add_static(fdb_key(mac(4), 0), 2);
+        fdb.flush_port_dynamic(1);
+        assert_eq!((fdb.learned_now(), fdb.learned_on(1)), (1, 0));
+        fdb.set_max_learned(1);
+        assert_eq!(
+            fdb.learn(fdb_key(mac(6), 0), 2, 0, 10),
+            Learned::Refused(Limit::Bridge)
+        );
+        fdb.flush();
+        assert_eq!((fdb.learned_now(), fdb.learned_on(0), fdb.len()), (0, 0, 0));
+    }
+
+    #[test]
+    fn a_move_counts_against_the_new_port_and_frees_the_old_one() {
+        let fdb = Fdb::with_limit(300, 2);
+        let k = fdb_key(mac(1), 0);
+        fdb.learn(k, 1, 0, 1);
+        fdb.learn(fdb_key(mac(2), 0), 2, 0, 1);
+        // Port 2 is full: the address stays where it was.
+        assert_eq!(fdb.learn(k, 2, 1, 1), Learned::Refused(Limit::Port));
+        assert_eq!(fdb.lookup(k), Some(1));
+        // Port 3 has room: it moves, though the bridge is full.
+        assert_eq!(fdb.learn(k, 3, 2, 1), Learned::Moved { from: 1 });
+        assert_eq!(
+            (fdb.learned_on(1), fdb.learned_on(3), fdb.learned_now()),
+            (0, 1, 2)
+        );
+    }
+
+    #[test]
+    fn workers_learning_at_once_never_pass_the_bridge_limit() {
+        let fdb = std::sync::Arc::new(Fdb::with_limit(300, 1000));
+        let threads: Vec<_> = (0..4u32)
+            .map(|t| {
+                let fdb = fdb.clone();
+                std::thread::spawn(move || {
+                    for n in 0..1000u64 {
+                        fdb.learn(u64::from(t) << 32 | n, t, 0, usize::MAX);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!((fdb.len(), fdb.learned_now()), (1000, 1000));
+        assert_eq!(fdb.refusals(), (0, 3000));
+        let per_port: usize = (0..4).map(|p| fdb.learned_on(p)).sum();
+        assert_eq!(per_port, 1000);
+    }
+
+    #[test]
+    fn a_refused_address_is_no_destination_and_is_tried_again_a_second_later() {
+        let fdb = Fdb::new(300);
+        let mut c = FdbCache::default();
+        c.sync(&fdb);
+        let (k1, k2) = (fdb_key(mac(1), 0), fdb_key(mac(2), 0));
+        c.learn(&fdb, k1, 1, 100, 1);
+        c.learn(&fdb, k2, 1, 100, 1);
+        assert_eq!(fdb.refusals(), (1, 0));
+        // Frames to it are flooded, not sent to the port it came from.
+        assert_eq!(c.lookup(&fdb, k2), None);
+        // Within the second, the shared table is not asked again.
+        c.learn(&fdb, k2, 1, 100, 1);
+        assert_eq!(fdb.refusals(), (1, 0));
+        // Room made elsewhere (mac 1 removed): the next second learns it.
+        fdb.remove(k1);
+        c.sync(&fdb);
+        c.learn(&fdb, k2, 1, 101, 1);
+        assert_eq!(fdb.lookup(k2), Some(1));
+        assert_eq!(c.lookup(&fdb, k2), Some(1));
     }
 }

@@ -29,6 +29,8 @@ pub struct PortRt {
     pub vlan: VlanPolicy,
     /// Which source MACs the port may send from.
     pub security: PortSecurity,
+    /// Most addresses the bridge learns on this port.
+    pub fdb_max_learned: usize,
     /// False when the operator set the port down: its TX queues are not polled and nothing
     /// is delivered to it.
     pub admin_up: bool,
@@ -103,6 +105,7 @@ mod tests {
                         queue_pairs: q,
                         vlan: VlanPolicy::default(),
                         security: Default::default(),
+                        fdb_max_learned: usize::MAX,
                         capture: None,
                     })
                 })

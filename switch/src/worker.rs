@@ -861,7 +861,8 @@ impl Decision<'_> {
             self.cache.sync(fdb);
             self.synced = true;
         }
-        self.cache.learn(fdb, skey, self.src, self.now_s);
+        self.cache
+            .learn(fdb, skey, self.src, self.now_s, self.src_rt.fdb_max_learned);
         if multicast {
             return Dest::Flood;
         }
@@ -1371,6 +1372,7 @@ mod tests {
                 queue_pairs: 1,
                 vlan,
                 security,
+                fdb_max_learned: usize::MAX,
                 admin_up: true,
                 capture: None,
             })

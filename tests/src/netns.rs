@@ -189,6 +189,7 @@ impl Engine {
                 queue_pairs: 1,
                 vlan: Default::default(),
                 security: Default::default(),
+                fdb_max_learned: usize::MAX,
                 admin_up: true,
                 capture: None,
             })

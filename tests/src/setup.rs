@@ -29,17 +29,40 @@ impl Setup {
         queues: u16,
         dataplane: &str,
     ) -> Setup {
+        Setup::with_settings(tag, layout, queues, dataplane, &[])
+    }
+
+    /// As [`Setup::with_dataplane`], with `settings` (TOML lines) added to the table of the
+    /// bridge or port they name.
+    pub fn with_settings(
+        tag: &str,
+        layout: &[(&str, &[&str])],
+        queues: u16,
+        dataplane: &str,
+        settings: &[(&str, &str)],
+    ) -> Setup {
         let dir = TempDir::new(tag);
         let mut toml = format!("[dataplane]\ncores = [1]\n{dataplane}\n");
+        let extra = |name: &str| -> String {
+            settings
+                .iter()
+                .filter(|(n, _)| *n == name)
+                .map(|(_, lines)| format!("{lines}\n"))
+                .collect()
+        };
         let mut sockets = Vec::new();
         for (bridge, ports) in layout {
-            toml.push_str(&format!("[[bridges]]\nname = \"{bridge}\"\n"));
+            toml.push_str(&format!(
+                "[[bridges]]\nname = \"{bridge}\"\n{}",
+                extra(bridge)
+            ));
             for p in *ports {
                 let s = dir.path().join(format!("{p}.sock"));
                 toml.push_str(&format!(
                     "[[ports]]\nname = \"{p}\"\nbridge = \"{bridge}\"\ntype = \"vhost-user\"\n\
-                     socket = \"{}\"\nmode = \"server\"\nqueues = {queues}\n",
-                    s.display()
+                     socket = \"{}\"\nmode = \"server\"\nqueues = {queues}\n{}",
+                    s.display(),
+                    extra(p)
                 ));
                 sockets.push(s);
             }

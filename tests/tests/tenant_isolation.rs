@@ -232,3 +232,129 @@ fn a_receiver_whose_rx_chains_cost_millions_of_descriptors_delays_no_one() {
     healthy.finish(3);
     alive(&s.daemon);
 }
+
+/// Sends one frame from each of `n` source addresses (`02:10:tag:..`), to `to`.
+fn send_from_many(vm: &mut TestVm, tag: u8, n: u16, to: [u8; 6]) {
+    for chunk in (0..n).collect::<Vec<_>>().chunks(128) {
+        for &i in chunk {
+            let [hi, lo] = i.to_be_bytes();
+            vm.send(
+                TestVm::tx(0),
+                &frame(to, [0x02, 0x10, tag, hi, lo, 1], 60, lo),
+            );
+        }
+        vm.wait_tx_done(TestVm::tx(0), T);
+    }
+}
+
+fn many(tag: u8, i: u16) -> [u8; 6] {
+    let [hi, lo] = i.to_be_bytes();
+    [0x02, 0x10, tag, hi, lo, 1]
+}
+
+/// Two ports send from 3,000 source addresses each: the first is held to the default
+/// limit of a port (1024), the second (allowed 2,000) to what is left of its bridge's
+/// (1,500 here). Both refusals are counted, the limits are shown by the API, vringctl and
+/// the metrics, frames to addresses not learnt reach them by flooding, and a healthy pair
+/// on the bridge forwards without loss all the while.
+#[test]
+fn a_port_sending_from_endless_addresses_fills_neither_its_bridge_nor_the_switch() {
+    let s = Setup::with_settings(
+        "fdbflood",
+        &[("br0", &["a", "b", "evil", "evil2", "sender"])],
+        1,
+        "",
+        &[
+            ("br0", "fdb_max_learned = 1500"),
+            ("evil2", "fdb_max_learned = 2000"),
+        ],
+    );
+    let healthy = HealthyPair::start(&s);
+    let mut sender = s.vm("sender", 9);
+    let mut evil = s.vm("evil", 3);
+    let mut evil2 = s.vm("evil2", 5);
+    s.wait_connected(&["sender", "evil", "evil2"]);
+    // sender is known before the flood of addresses.
+    flood(&mut sender, 1);
+    let br = [("bridge", "br0")];
+    let learnt = |port: &str| {
+        s.daemon
+            .metric("vringswitch_port_fdb_learned", &[("port", port)])
+    };
+
+    send_from_many(&mut evil, 3, 3000, mac(9));
+    wait_until(T, "evil's addresses learnt", || {
+        (learnt("evil") == 1024).then_some(())
+    });
+    assert_eq!(
+        s.daemon.metric(
+            "vringswitch_fdb_learning_refused_total",
+            &[("bridge", "br0"), ("limit", "port")]
+        ),
+        3000 - 1024
+    );
+    send_from_many(&mut evil2, 5, 3000, mac(9));
+    wait_until(T, "the bridge full", || {
+        (s.daemon.metric("vringswitch_fdb_entries", &br) == 1500).then_some(())
+    });
+    let evil2_learnt = learnt("evil2");
+    assert!(
+        evil2_learnt < 1500 - 1024,
+        "evil2 learnt {evil2_learnt} addresses"
+    );
+    assert_eq!(
+        s.daemon.metric(
+            "vringswitch_fdb_learning_refused_total",
+            &[("bridge", "br0"), ("limit", "bridge")]
+        ),
+        3000 - evil2_learnt
+    );
+    assert_eq!(s.daemon.metric("vringswitch_fdb_max_learned", &br), 1500);
+    assert_eq!(
+        s.daemon
+            .metric("vringswitch_port_fdb_max_learned", &[("port", "evil2")]),
+        2000
+    );
+    assert_eq!(
+        s.daemon
+            .metric("vringswitch_port_fdb_max_learned", &[("port", "evil")]),
+        1024
+    );
+
+    // A learnt address is reached by unicast; one refused, by flooding.
+    for vm in [&mut evil, &mut evil2] {
+        let earlier = vm.recv(TestVm::rx(0));
+        vm.post_rx(TestVm::rx(0), earlier.len(), 2048);
+    }
+    sender.send(TestVm::tx(0), &frame(many(3, 7), mac(9), 60, 1));
+    sender.send(TestVm::tx(0), &frame(many(3, 2999), mac(9), 60, 2));
+    let got = evil.expect_frames_at_least(TestVm::rx(0), 2, T);
+    assert!(got.iter().any(|r| r.frame[..6] == many(3, 7)));
+    assert!(got.iter().any(|r| r.frame[..6] == many(3, 2999)));
+    let flooded: Vec<_> = evil2.expect_frames_at_least(TestVm::rx(0), 1, T);
+    assert!(
+        flooded.iter().all(|r| r.frame[..6] == many(3, 2999)),
+        "only the frame to an address not learnt is flooded"
+    );
+
+    // The limits, as the API and vringctl show them.
+    let bridges = s.daemon.vringctl(&["bridge", "list"]);
+    assert!(
+        bridges.lines().nth(1).is_some_and(|l| l.contains("1500")),
+        "{bridges}"
+    );
+    let ports = s.daemon.vringctl(&["port", "list"]);
+    assert!(ports.contains("1024/1024"), "{ports}");
+    assert!(ports.contains(&format!("{evil2_learnt}/2000")), "{ports}");
+    let set = s
+        .daemon
+        .vringctl(&["port", "set", "evil", "--fdb-max-learned", "2048"]);
+    assert!(set.contains("changed"), "{set}");
+    assert_eq!(
+        s.daemon
+            .metric("vringswitch_port_fdb_max_learned", &[("port", "evil")]),
+        2048
+    );
+    healthy.finish(3);
+    alive(&s.daemon);
+}

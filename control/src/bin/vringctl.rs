@@ -116,6 +116,10 @@ enum BridgeCmd {
         /// Seconds after which an idle learnt address is forgotten.
         #[arg(long, value_name = "SECS")]
         fdb_aging: Option<u64>,
+        /// Most addresses the bridge learns over all its ports [default: 8192]; past it,
+        /// frames to further addresses are flooded.
+        #[arg(long, value_name = "N")]
+        fdb_max_learned: Option<u32>,
         /// A bridge of that name already there is no error (it is left as it is).
         #[arg(long)]
         may_exist: bool,
@@ -200,6 +204,10 @@ enum PortCmd {
         /// Locks the port to these source MACs (port security), e.g. 02:00:00:00:00:01.
         #[arg(long = "allow-mac", value_name = "MAC", value_delimiter = ',')]
         allow_mac: Option<Vec<String>>,
+        /// Most addresses the bridge learns on this port [default: 1024]; past it, frames
+        /// to the port's further addresses are flooded.
+        #[arg(long, value_name = "N")]
+        fdb_max_learned: Option<u32>,
         /// A port of that name already there is no error (it is left as it is).
         #[arg(long)]
         may_exist: bool,
@@ -207,7 +215,8 @@ enum PortCmd {
         #[arg(long, value_parser = ["up", "down"])]
         admin: Option<String>,
     },
-    /// Moves a port to another bridge, changes its VLAN setting and/or its port security.
+    /// Moves a port to another bridge, changes its VLAN setting, its port security and/or
+    /// its limit on learnt addresses.
     Set {
         name: String,
         #[arg(long)]
@@ -223,6 +232,9 @@ enum PortCmd {
         /// Unlocks the port: any source MAC is accepted again.
         #[arg(long, conflicts_with = "allow_mac")]
         no_mac_lock: bool,
+        /// Most addresses the bridge learns on this port (those it has stay).
+        #[arg(long, value_name = "N")]
+        fdb_max_learned: Option<u32>,
         /// down: the switch stops polling the port and delivering to it, and monitoring
         /// expects it to have no VM; up: back to normal.
         #[arg(long, value_parser = ["up", "down"])]
@@ -534,6 +546,7 @@ async fn bridge(api: &ApiClient, cmd: BridgeCmd, json: bool) -> Result<String, C
         BridgeCmd::Add {
             name,
             fdb_aging,
+            fdb_max_learned,
             may_exist,
         } => {
             let path = format!("/v1/bridges/{}", seg(&name));
@@ -543,6 +556,9 @@ async fn bridge(api: &ApiClient, cmd: BridgeCmd, json: bool) -> Result<String, C
             let mut body = json!({ "name": name });
             if let Some(a) = fdb_aging {
                 body["fdb_aging_s"] = json!(a);
+            }
+            if let Some(n) = fdb_max_learned {
+                body["fdb_max_learned"] = json!(n);
             }
             let v = send(api, Method::POST, "/v1/bridges", Some(body)).await?;
             changed(&v, json, format!("bridge {name} added"))
@@ -581,6 +597,7 @@ async fn port(api: &ApiClient, cmd: PortCmd, json: bool) -> Result<String, Clien
             offloads,
             vlan,
             allow_mac,
+            fdb_max_learned,
             may_exist,
             admin,
         } => {
@@ -611,6 +628,9 @@ async fn port(api: &ApiClient, cmd: PortCmd, json: bool) -> Result<String, Clien
             if let Some(macs) = allow_mac {
                 body["allowed_macs"] = json!(macs);
             }
+            if let Some(n) = fdb_max_learned {
+                body["fdb_max_learned"] = json!(n);
+            }
             if let Some(a) = admin {
                 body["admin"] = json!(a);
             }
@@ -636,6 +656,7 @@ async fn port(api: &ApiClient, cmd: PortCmd, json: bool) -> Result<String, Clien
             no_vlan,
             allow_mac,
             no_mac_lock,
+            fdb_max_learned,
             admin,
         } => {
             let mut body = json!({});
@@ -652,6 +673,9 @@ async fn port(api: &ApiClient, cmd: PortCmd, json: bool) -> Result<String, Clien
             } else if no_mac_lock {
                 body["allowed_macs"] = Value::Null;
             }
+            if let Some(n) = fdb_max_learned {
+                body["fdb_max_learned"] = json!(n);
+            }
             if let Some(a) = admin {
                 body["admin"] = json!(a);
             }
@@ -661,7 +685,7 @@ async fn port(api: &ApiClient, cmd: PortCmd, json: bool) -> Result<String, Clien
                     .error(
                         clap::error::ErrorKind::MissingRequiredArgument,
                         "nothing to change: give --bridge, --access, --trunk, --no-vlan, \
-                         --allow-mac, --no-mac-lock or --admin",
+                         --allow-mac, --no-mac-lock, --fdb-max-learned or --admin",
                     )
                     .exit();
             }
