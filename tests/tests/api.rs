@@ -1155,12 +1155,12 @@ fn vringctl_show_draws_the_switch_and_port_show_the_whole_port() {
     let show = d.vringctl(&["show"]);
     let sock = |p: &str| s.socket(p).display().to_string();
     let want = format!(
-        "bridge br0 (fdb ageing 300 s)\n\
+        "bridge br0 (fdb ageing 300 s, learns at most 8192)\n\
          \x20   port a: vhost-user server, link up, queues 1 of 2, vlan -\n\
          \x20       socket {}\n\
          \x20   port b: vhost-user server, link down, queues 0 of 2, vlan -\n\
          \x20       socket {}\n\
-         bridge br1 (fdb ageing 300 s)\n\
+         bridge br1 (fdb ageing 300 s, learns at most 8192)\n\
          \x20   no ports\n",
         sock("a"),
         sock("b")

@@ -196,7 +196,12 @@ fn hostile_offload_headers_are_counted_and_go_nowhere() {
 
     let tcp = tcp_frame(&[1; 5000]);
     let udp = udp_frame(&[1; 5000]);
-    let bad: [(&str, [u8; 12], &[u8]); 6] = [
+    let long = tcp_frame(&[1; 60_000]);
+    // 65,550 bytes untagged: an IPv4 datagram of 65,536, one more than its length field
+    // holds (the IP header still says 65,040; the frame is what counts).
+    let mut too_long = tcp_frame(&[1; 65_000]);
+    too_long.resize(65_550, 1);
+    let bad: [(&str, [u8; 12], &[u8]); 8] = [
         ("gso_size 0", header(1, 1, 54, 0, 34, 16), &tcp),
         (
             "csum_start past the frame",
@@ -214,6 +219,18 @@ fn hostile_offload_headers_are_counted_and_go_nowhere() {
             "TSO without a checksum to complete",
             header(0, 1, 54, 1448, 34, 16),
             &tcp,
+        ),
+        // 1,250 segments for a receiver without TSO; 536 is the smallest segment taken.
+        (
+            "60,000 bytes in segments of 48",
+            header(1, 1, 54, 48, 34, 16),
+            &long,
+        ),
+        // One segment of it would claim an IPv4 total length of 0.
+        (
+            "an untagged 65,550-byte TSO frame",
+            header(1, 1, 54, 65_535, 34, 16),
+            &too_long,
         ),
     ];
     for (i, (what, hdr, frame)) in bad.iter().enumerate() {

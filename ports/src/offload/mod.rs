@@ -112,7 +112,7 @@ pub enum OffloadError {
     UnknownGsoType,
     #[error("segmentation without a checksum to complete")]
     GsoWithoutChecksum,
-    #[error("a segment size of less than 48 bytes")]
+    #[error("a segment size of less than 536 bytes")]
     BadGsoSize,
     #[error("a segmentation frame over 64 KiB")]
     TooBig,

@@ -135,6 +135,12 @@ pub fn check_tso(
     if layout.v6 != v6 || vnet.csum_start != layout.l4 || vnet.csum_offset != 16 {
         return Err(OffloadError::NotTcp);
     }
+    // An IPv4 datagram's total length has 16 bits: past 65,535 bytes (a 65,550-byte frame
+    // without a tag, say) it would wrap, and a segment cut from it could claim 0 bytes.
+    // (An IPv6 payload under MAX_GSO_FRAME always fits its 16 bits.)
+    if !layout.v6 && frame_len - u32::from(layout.l3) > 65_535 {
+        return Err(OffloadError::TooBig);
+    }
     Ok(layout)
 }
 
@@ -445,6 +451,36 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn an_ipv4_tso_frame_whose_datagram_passes_64_kib_is_refused() {
+        use super::super::VnetHeader;
+        let f = tcp_frame(false, None, &[0; 10]);
+        let vnet = VnetHeader {
+            flags: VnetHeader::F_NEEDS_CSUM,
+            gso_type: VnetHeader::GSO_TCPV4,
+            hdr_len: 66,
+            gso_size: 1448,
+            csum_start: 34,
+            csum_offset: 16,
+        };
+        let head = &f[..66];
+        // Untagged: 14 bytes of Ethernet, then at most 65,535 of IP.
+        assert!(check_tso(&vnet, head, 14 + 65_535).is_ok());
+        assert_eq!(
+            check_tso(&vnet, head, 14 + 65_536),
+            Err(OffloadError::TooBig)
+        );
+        // IPv6 counts its payload without its own header: a frame of the same size fits.
+        let f6 = tcp_frame(true, None, &[0; 10]);
+        let vnet6 = VnetHeader {
+            gso_type: VnetHeader::GSO_TCPV6,
+            hdr_len: 86,
+            csum_start: 54,
+            ..vnet
+        };
+        assert!(check_tso(&vnet6, &f6[..86], 14 + 65_536).is_ok());
     }
 
     #[test]

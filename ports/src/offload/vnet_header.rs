@@ -8,9 +8,11 @@ use super::{OffloadCaps, OffloadError, MAX_HEADERS};
 /// Largest frame a TSO header may describe: an IP packet of 64 KiB behind an Ethernet
 /// header and two VLAN tags.
 pub const MAX_GSO_FRAME: u32 = 14 + 8 + 65_535;
-/// Smallest segment size taken (Linux's smallest TCP MSS): a smaller one would make one
-/// frame thousands of segments.
-pub const MIN_GSO_SIZE: u16 = 48;
+/// Smallest segment size taken: IPv4's default MSS (576-byte datagrams, RFC 1122), so that
+/// the switch cuts a frame into at most 123 segments for a receiver without TSO. A smaller
+/// one (Linux goes down to 48 for a peer that asks) would make one 64 KiB frame 1,365
+/// segments, each a delivery into every receiver that needs them cut.
+pub const MIN_GSO_SIZE: u16 = 536;
 
 /// The fields of a virtio-net header, without `num_buffers`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -211,6 +213,7 @@ mod tests {
         let cases = [
             (VnetHeader { gso_size: 0, ..h }, OffloadError::BadGsoSize),
             (VnetHeader { gso_size: 47, ..h }, OffloadError::BadGsoSize),
+            (VnetHeader { gso_size: 535, ..h }, OffloadError::BadGsoSize),
             (
                 VnetHeader { hdr_len: 2000, ..h },
                 OffloadError::OutsideFrame,
