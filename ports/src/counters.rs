@@ -32,7 +32,7 @@ pub enum DropReason {
     MacSpoofed,
     /// The frame's virtio-net header asked for an offload that was not negotiated, or
     /// described the frame wrongly: a checksum or header position outside it, an unknown
-    /// segmentation type, a segment size under 48 bytes, a TSO frame over 64 KiB or one that
+    /// segmentation type, a segment size under 536 bytes, a TSO frame over 64 KiB or one that
     /// is not TCP.
     BadOffload,
 }
