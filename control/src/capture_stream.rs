@@ -6,6 +6,11 @@
 //! `seconds`, or when the port is removed; the switch then stops filling the tap, what it
 //! still holds is written, and an interface statistics block closes the stream with the
 //! frames seen and the frames the capture could not keep.
+//!
+//! A reader that stops reading holds no capture slot: `seconds` ends the capture even while
+//! a piece waits for the reader, and so does a reader that took nothing for
+//! [`STALL_LIMIT`]. What could not be sent then is dropped, and the statistics are sent
+//! only if the reader takes them within [`TAIL_WAIT`].
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -32,6 +37,21 @@ pub struct CaptureLimits {
 
 /// How often an idle capture looks for frames.
 const DRAIN_EVERY: Duration = Duration::from_millis(2);
+/// How long a capture waits for its reader to take a piece before it ends.
+pub const STALL_LIMIT: Duration = Duration::from_secs(30);
+/// How long the end of the stream waits for its reader.
+const TAIL_WAIT: Duration = Duration::from_secs(1);
+
+/// Why a capture's draining stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    /// `count`, `seconds`, or the port removed.
+    Limit,
+    /// The client went away.
+    ClientLeft,
+    /// The reader took nothing for [`STALL_LIMIT`].
+    ReaderStalled,
+}
 /// Bytes of frames sent as one piece of the body at most.
 const CHUNK: usize = 256 << 10;
 
@@ -73,14 +93,21 @@ pub fn stream(
     pcapng::interface(&mut head, port, settings.snaplen);
     // Cannot fail: the channel is new and has room.
     let _ = tx.try_send(Bytes::from(head));
+    let port = port.to_owned();
     tokio::spawn(async move {
         let mut written = 0;
-        let client_left = drain(&tap, &tx, limits, &mut written).await;
+        let ended = drain(&tap, &tx, limits, &mut written).await;
         let (d, t) = (daemon.clone(), tap.clone());
         // Ending it waits for the workers to let go of the tap.
         let _ = tokio::task::spawn_blocking(move || d.end_capture(&t)).await;
-        if client_left {
-            return;
+        match ended {
+            Ended::ClientLeft => return,
+            Ended::ReaderStalled => {
+                tracing::warn!(port = %port, stalled_s = STALL_LIMIT.as_secs(),
+                    "packet capture ended because its reader stopped reading");
+                return;
+            }
+            Ended::Limit => {}
         }
         let mut tail = Vec::new();
         take_frames(&tap, limits, &mut written, &mut tail);
@@ -91,19 +118,20 @@ pub fn stream(
             written + tap.dropped(),
             tap.dropped(),
         );
-        let _ = tx.send(Bytes::from(tail)).await;
+        // A reader that stopped reading gets no more than a moment.
+        let _ = tokio::time::timeout(TAIL_WAIT, tx.send(Bytes::from(tail))).await;
     });
     CaptureBody(rx)
 }
 
-/// Sends frames until a limit is reached or the port is removed (false), or the client
-/// leaves (true).
+/// Sends frames until a limit is reached, the port is removed, the client leaves or the
+/// reader stops reading for [`STALL_LIMIT`].
 async fn drain(
     tap: &CaptureTap,
     tx: &mpsc::Sender<Bytes>,
     limits: CaptureLimits,
     written: &mut u64,
-) -> bool {
+) -> Ended {
     let deadline = limits
         .seconds
         .map(|s| Instant::now() + Duration::from_secs(s));
@@ -111,18 +139,23 @@ async fn drain(
         let mut chunk = Vec::new();
         take_frames(tap, limits, written, &mut chunk);
         if !chunk.is_empty() {
-            if tx.send(Bytes::from(chunk)).await.is_err() {
-                return true;
+            // Waits for the reader, but never past the deadline or the stall limit.
+            let stall = Instant::now() + STALL_LIMIT;
+            let until = deadline.map_or(stall, |d| d.min(stall));
+            match tokio::time::timeout_at(until, tx.send(Bytes::from(chunk))).await {
+                Ok(Ok(())) => continue,
+                Ok(Err(_)) => return Ended::ClientLeft,
+                Err(_) if deadline.is_some_and(|d| d <= until) => return Ended::Limit,
+                Err(_) => return Ended::ReaderStalled,
             }
-            continue;
         }
         let counted_out = limits.count.is_some_and(|c| *written >= c);
         let timed_out = deadline.is_some_and(|d| Instant::now() >= d);
         if counted_out || timed_out || tap.is_closed() {
-            return false;
+            return Ended::Limit;
         }
         tokio::select! {
-            _ = tx.closed() => return true,
+            _ = tx.closed() => return Ended::ClientLeft,
             _ = tokio::time::sleep(DRAIN_EVERY) => {}
         }
     }

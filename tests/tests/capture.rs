@@ -346,6 +346,45 @@ fn a_stalled_reader_loses_capture_frames_counted_and_no_traffic() {
     );
 }
 
+/// A reader that asks for a capture of 2 s and then stops reading, while enough frames
+/// pass to fill every buffer between the switch and it: the capture still ends at its
+/// deadline, and the port can be captured again.
+#[test]
+fn a_reader_that_stops_reading_keeps_no_capture_past_its_seconds() {
+    let s = Setup::new("capture-stuck", &[("br0", &["a", "b"])], 1);
+    let (mut a, mut b) = (s.vm("a", 1), s.vm("b", 2));
+    s.wait_connected(&["a", "b"]);
+    b.send(TestVm::tx(0), &frame(BROADCAST, mac(2), 60, 1));
+    a.expect_frames(TestVm::rx(0), 1, T);
+    let url = format!(
+        "http://{}/v1/ports/a/capture?direction=rx&seconds=2",
+        s.daemon.api
+    );
+    let started = std::time::Instant::now();
+    let stuck = ureq::get(&url).call().expect("start the capture");
+    wait_capture_started(&s, 1);
+    // About 24 MB of frames, more than the socket buffers and the stream's queue hold.
+    let big = frame(mac(2), mac(1), 1500, 3);
+    for _ in 0..320 {
+        a.offer_quietly(TestVm::tx(0), &vec![big.clone(); 50]);
+        a.kick(TestVm::tx(0));
+        b.expect_frames_at_least(TestVm::rx(0), 50, T);
+        a.wait_tx_done(TestVm::tx(0), T);
+        b.post_rx(TestVm::rx(0), 50, 2048);
+    }
+    let again = wait_until(T, "the port to be free for another capture", || {
+        let url = format!("http://{}/v1/ports/a/capture?count=1", s.daemon.api);
+        ureq::get(&url).call().ok()
+    });
+    assert!(
+        started.elapsed() >= std::time::Duration::from_secs(2),
+        "the second capture started before the first one's deadline"
+    );
+    drop(again);
+    drop(stuck);
+    assert!(s.daemon.log_text().contains("packet capture ended"));
+}
+
 #[test]
 fn capture_requests_are_checked_and_one_capture_runs_per_port() {
     let s = Setup::new("capture-checks", &[("br0", &["a", "b"])], 1);
