@@ -182,6 +182,18 @@ fn bad_messages() -> Vec<BadMessage> {
             refused: true,
         },
         BadMessage {
+            item: "22",
+            what: "a used-ring log address at the end of the address space",
+            send: |f| {
+                f.negotiate();
+                let _mem = f.set_memory(1 << 20);
+                let mut body = vring_addr(0, 1, 0x7000_0000, 0x7000_4000, 0x7000_2000);
+                body[32..40].copy_from_slice(&(u64::MAX - 3).to_le_bytes());
+                let _ = f.send_acked(SET_VRING_ADDR, &body, &[]);
+            },
+            refused: true,
+        },
+        BadMessage {
             item: "6",
             what: "unknown ring address flags",
             send: |f| {

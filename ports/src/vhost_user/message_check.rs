@@ -21,6 +21,7 @@ pub const MAX_BODY: usize = 4096;
 pub const MAX_REGIONS: usize = 8;
 
 pub const SET_FEATURES: u32 = 2;
+pub const RESET_OWNER: u32 = 4;
 pub const SET_MEM_TABLE: u32 = 5;
 pub const SET_LOG_BASE: u32 = 6;
 pub const SET_LOG_FD: u32 = 7;
@@ -34,6 +35,7 @@ pub const SET_VRING_ENABLE: u32 = 18;
 pub const SEND_RARP: u32 = 19;
 pub const SET_BACKEND_REQ_FD: u32 = 21;
 pub const SET_INFLIGHT_FD: u32 = 32;
+pub const RESET_DEVICE: u32 = 34;
 pub const ADD_MEM_REG: u32 = 37;
 pub const REM_MEM_REG: u32 = 38;
 pub const SET_DEVICE_STATE_FD: u32 = 42;
@@ -289,8 +291,21 @@ fn check_vring_addr(body: &[u8]) -> Result<(), Refused> {
             return bad(format!("{what} at {addr:#x} is not {align}-byte aligned"));
         }
     }
+    // The used ring of the largest queue the spec allows, logged at the guest address the
+    // frontend gives: the switch marks the log from there on, and no address of it may
+    // pass the end of the address space.
+    let log = word(32);
+    if flags & VRING_ADDR_F_LOG != 0 && log.checked_add(USED_RING_MAX_BYTES).is_none() {
+        return bad(format!(
+            "the used ring's log address {log:#x} leaves no room for a used ring"
+        ));
+    }
     Ok(())
 }
+
+/// Bytes of the used ring of a 32,768-entry queue, the largest the virtio spec allows:
+/// flags and index, the entries, and `avail_event`.
+const USED_RING_MAX_BYTES: u64 = 4 + 8 * 32_768 + 2;
 
 fn check_mem_table(body: &[u8], fds: &[OwnedFd]) -> Result<(), Refused> {
     let bad = |why| Refused::BadTable {
@@ -594,6 +609,31 @@ mod tests {
         assert!(addr(0, 0x1008, 0x2004, 0x3002).is_err());
         assert!(addr(0, 0x1000, 0x2002, 0x3002).is_err());
         assert!(addr(0, 0x1000, 0x2004, 0x3001).is_err());
+    }
+
+    #[test]
+    fn a_used_ring_log_address_leaves_room_for_the_ring() {
+        let logged_at = |flags: u32, log: u64| {
+            let mut b = 0u32.to_le_bytes().to_vec();
+            b.extend_from_slice(&flags.to_le_bytes());
+            for w in [0x1000, 0x2000, 0x3000, log] {
+                b.extend_from_slice(&w.to_le_bytes());
+            }
+            check_message(&hdr(SET_VRING_ADDR, 1, 40), &b, &[])
+        };
+        let last = u64::MAX - USED_RING_MAX_BYTES;
+        assert_eq!(logged_at(VRING_ADDR_F_LOG, last), Ok(()));
+        for log in [last + 1, u64::MAX - 3, u64::MAX] {
+            assert!(
+                logged_at(VRING_ADDR_F_LOG, log)
+                    .unwrap_err()
+                    .to_string()
+                    .contains("leaves no room"),
+                "{log:#x}"
+            );
+        }
+        // Without the log flag the address means nothing.
+        assert_eq!(logged_at(0, u64::MAX), Ok(()));
     }
 
     #[test]

@@ -37,8 +37,9 @@ use super::mem_regions::{Admission, MemRegions};
 use super::memory_fence::MemoryFence;
 use super::message_check::{
     check_header, check_message, Header, Refused, ADD_MEM_REG, FLAG_NEED_REPLY, FLAG_REPLY,
-    FLAG_VERSION_1, GET_VRING_BASE, HDR_LEN, REM_MEM_REG, SEND_RARP, SET_FEATURES, SET_LOG_BASE,
-    SET_MEM_TABLE, SET_VRING_ADDR, SET_VRING_ENABLE, SET_VRING_KICK, VRING_ADDR_F_LOG,
+    FLAG_VERSION_1, GET_VRING_BASE, HDR_LEN, REM_MEM_REG, RESET_DEVICE, RESET_OWNER, SEND_RARP,
+    SET_FEATURES, SET_LOG_BASE, SET_MEM_TABLE, SET_VRING_ADDR, SET_VRING_ENABLE, SET_VRING_KICK,
+    VRING_ADDR_F_LOG,
 };
 use super::migration::MigrationState;
 
@@ -286,6 +287,11 @@ impl Relay {
                 SET_MEM_TABLE | ADD_MEM_REG | REM_MEM_REG => {
                     // Addresses may translate anew: the next SET_VRING_ADDR goes through.
                     self.rings.iter_mut().for_each(|r| r.addrs = None);
+                }
+                RESET_OWNER | RESET_DEVICE => {
+                    // The frontend starts over: nothing the relay saw of its rings holds, and
+                    // every SET_VRING_ADDR after this goes to the library.
+                    self.rings.clear();
                 }
                 SET_FEATURES if size == 8 => {
                     // Before the library sees the features: it takes every vring's lock to
@@ -1084,6 +1090,28 @@ mod migration_tests {
             &[],
         );
         assert_eq!(read_msg(&handler).0.request, SET_VRING_ADDR);
+    }
+
+    #[test]
+    fn after_a_reset_the_same_ring_addresses_reach_the_library_again() {
+        let (fe, relay_end) = UnixStream::pair().unwrap();
+        let (handler, _t, _shared) = start_shared(relay_end);
+        let acked = FLAG_VERSION_1 | FLAG_NEED_REPLY;
+        let addrs = vring_addr(0, 0, 0x10000, 0);
+        send(&fe, SET_VRING_ADDR, acked, &addrs, &[]);
+        assert_eq!(read_msg(&handler).0.request, SET_VRING_ADDR);
+        let nofd = (1u64 << 8).to_le_bytes();
+        send(&fe, SET_VRING_KICK, FLAG_VERSION_1, &nofd, &[]);
+        assert_eq!(read_msg(&handler).0.request, SET_VRING_KICK);
+        // The frontend starts over without stopping the ring first.
+        send(&fe, RESET_OWNER, FLAG_VERSION_1, &[], &[]);
+        assert_eq!(read_msg(&handler).0.request, RESET_OWNER);
+        // Even with the log flag alone changed, the addresses go to the library: the relay
+        // no longer knows the ring as running with them.
+        let logged = vring_addr(0, VRING_ADDR_F_LOG, 0x10000, 0x12000);
+        send(&fe, SET_VRING_ADDR, acked, &logged, &[]);
+        let (h, body, _) = read_msg(&handler);
+        assert_eq!((h.request, body), (SET_VRING_ADDR, logged));
     }
 
     #[test]
