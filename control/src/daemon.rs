@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 pub use vringswitch_config::{AdminState, VlanConfig};
-use vringswitch_config::{Config, PortType, SocketMode, XdpMode};
+use vringswitch_config::{Config, PoliceConfig, PortType, SocketMode, XdpMode};
 use vringswitch_ports::afxdp::{AfXdpError, AfXdpPort, AfXdpPortConfig, XdpMode as PortXdpMode};
 use vringswitch_ports::tap::{TapError, TapPort, TapPortConfig};
 use vringswitch_ports::vhost_user::connection::SocketMode as PortMode;
@@ -27,6 +27,7 @@ use vringswitch_switch::affinity::keep_off_cores;
 use vringswitch_switch::capture::{CaptureSettings, CaptureTap};
 use vringswitch_switch::ethernet::MacAddr;
 use vringswitch_switch::fdb::{fdb_key, split_key, Fdb};
+use vringswitch_switch::police::{clock_ns, Policer};
 use vringswitch_switch::port_security::{PortSecurity, MAX_ALLOWED};
 use vringswitch_switch::vlan::{VlanPolicy, UNTAGGED_VLAN};
 use vringswitch_switch::{BridgeRt, PortRt, Switch, SwitchConfig, SwitchError, Topology};
@@ -220,6 +221,12 @@ pub struct PortSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 1, maximum = 1_000_000, default = 1024)]
     pub fdb_max_learned: Option<u32>,
+    /// Policing of what the port sends (its VM's frames); none: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub police_rx: Option<PoliceConfig>,
+    /// Policing of what the port is sent (frames delivered to its VM); none: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub police_tx: Option<PoliceConfig>,
     /// `down`: the switch neither polls the port nor delivers to it, and monitoring expects
     /// it to have no VM (the PortDown alert leaves it out). Default `up`.
     #[serde(default, skip_serializing_if = "AdminState::is_up")]
@@ -343,6 +350,14 @@ pub struct PortPatch {
     #[serde(default)]
     #[schema(minimum = 1, maximum = 1_000_000)]
     pub fdb_max_learned: Option<u32>,
+    /// The new policer of what the port sends; null removes it.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<PoliceConfig>, nullable)]
+    pub police_rx: Option<Option<PoliceConfig>>,
+    /// The new policer of what the port is sent; null removes it.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<PoliceConfig>, nullable)]
+    pub police_tx: Option<Option<PoliceConfig>>,
     /// `up` or `down`.
     #[serde(default)]
     pub admin: Option<AdminState>,
@@ -434,6 +449,28 @@ struct PortEntry {
     id: PortId,
     spec: PortSpec,
     port: RunningPort,
+    /// The policers of `spec` (what the port sends, what it is sent), kept across topology
+    /// changes: a bucket is made anew only when its setting changes.
+    police: [Option<Arc<Policer>>; 2],
+}
+
+/// Checks a port's policers.
+fn check_policers(spec: &PortSpec) -> Result<(), ChangeError> {
+    for (what, p) in [
+        ("police_rx", &spec.police_rx),
+        ("police_tx", &spec.police_tx),
+    ] {
+        if let Some(p) = p {
+            vringswitch_config::check_police(what, p).map_err(ChangeError::Invalid)?;
+        }
+    }
+    Ok(())
+}
+
+/// The policer `config` asks for, full now.
+fn policer(config: Option<&PoliceConfig>) -> Option<Arc<Policer>> {
+    let c = config?;
+    Some(Arc::new(Policer::new(c.bits(), c.packets(), clock_ns())))
 }
 
 #[derive(Default)]
@@ -878,6 +915,7 @@ impl Daemon {
         if let Some(n) = spec.fdb_max_learned {
             vringswitch_config::check_max_learned(n).map_err(ChangeError::Invalid)?;
         }
+        check_policers(&spec)?;
         let mut st = self.state();
         if st.ports.contains_key(&spec.name) {
             return Err(ChangeError::Conflict(format!(
@@ -983,8 +1021,18 @@ impl Daemon {
                 ifname = spec.ifname.as_deref().unwrap_or(""), queue = spec.queue.unwrap_or(0),
                 "port ready"),
         }
-        st.ports
-            .insert(spec.name.clone(), PortEntry { id, spec, port });
+        st.ports.insert(
+            spec.name.clone(),
+            PortEntry {
+                id,
+                police: [
+                    policer(spec.police_rx.as_ref()),
+                    policer(spec.police_tx.as_ref()),
+                ],
+                spec,
+                port,
+            },
+        );
         // A frontend that attached before this publication is picked up by the workers now:
         // set_topology gives the port its wakers and wakes every worker.
         self.publish(&st);
@@ -1048,6 +1096,13 @@ impl Daemon {
             vringswitch_config::check_max_learned(n).map_err(ChangeError::Invalid)?;
             new.fdb_max_learned = Some(n);
         }
+        if let Some(p) = patch.police_rx {
+            new.police_rx = p;
+        }
+        if let Some(p) = patch.police_tx {
+            new.police_tx = p;
+        }
+        check_policers(&new)?;
         if let Some(admin) = patch.admin {
             new.admin = admin;
         }
@@ -1083,6 +1138,12 @@ impl Daemon {
         }
         // Validated: apply.
         if let Some(e) = st.ports.get_mut(name) {
+            if new.police_rx != old.police_rx {
+                e.police[0] = policer(new.police_rx.as_ref());
+            }
+            if new.police_tx != old.police_tx {
+                e.police[1] = policer(new.police_tx.as_ref());
+            }
             e.spec = new.clone();
         }
         let generation = self.publish(&st);
@@ -1106,6 +1167,8 @@ impl Daemon {
             vlan = %new.vlan.as_ref().map_or_else(|| "any (untagged in 0)".to_owned(), |v| v.to_string()),
             allowed_macs = %new.allowed_macs.as_ref().map_or_else(|| "any".to_owned(), |m| m.join(",")),
             fdb_max_learned = new.fdb_max_learned(),
+            police_rx = %new.police_rx.map_or_else(|| "none".to_owned(), |p| p.to_string()),
+            police_tx = %new.police_tx.map_or_else(|| "none".to_owned(), |p| p.to_string()),
             "port changed"
         );
         self.save(&st)?;
@@ -1334,6 +1397,8 @@ impl Daemon {
                 vlan: policy(p.spec.vlan.as_ref()),
                 security: security(p.spec.allowed_macs.as_ref()),
                 fdb_max_learned: p.spec.fdb_max_learned() as usize,
+                police_rx: p.police[0].clone(),
+                police_tx: p.police[1].clone(),
                 admin_up,
                 capture: st.captures.get(&p.id).cloned(),
             });

@@ -595,6 +595,12 @@ struct PortView {
     allowed_macs: Option<Vec<String>>,
     /// Most addresses the bridge learns on the port (how many it has: `counters`).
     fdb_max_learned: u32,
+    /// Policers of what the port sends and of what it is sent (frames dropped by them:
+    /// `counters.drops.policed`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    police_rx: Option<vringswitch_config::PoliceConfig>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    police_tx: Option<vringswitch_config::PoliceConfig>,
     admin: vringswitch_config::AdminState,
     state: PortState,
     /// Packet, byte and drop counters (as in /v1/stats).
@@ -647,6 +653,8 @@ fn port_view(spec: PortSpec, handle: &PortHandle, snapshot: &Snapshot) -> PortVi
         vlan: spec.vlan,
         allowed_macs: spec.allowed_macs,
         fdb_max_learned,
+        police_rx: spec.police_rx,
+        police_tx: spec.police_tx,
         admin: spec.admin,
         state,
         counters,

@@ -43,6 +43,8 @@ pub fn from_config(config: &Config) -> SavedState {
                 vlan: p.vlan.as_ref().map(|v| v.get_ref().clone()),
                 allowed_macs: p.allowed_macs.as_ref().map(|m| m.get_ref().clone()),
                 fdb_max_learned: p.fdb_max_learned.as_ref().map(|n| *n.get_ref()),
+                police_rx: p.police_rx.as_ref().map(|c| *c.get_ref()),
+                police_tx: p.police_tx.as_ref().map(|c| *c.get_ref()),
                 admin: p.admin,
             })
             // As the port runs (defaults filled in): what the state file holds of it too.
@@ -88,6 +90,8 @@ pub fn to_config(config: &Config, saved: &SavedState) -> Config {
                 vlan: p.vlan.clone().map(|v| Spanned::new(0..0, v)),
                 allowed_macs: p.allowed_macs.clone().map(|m| Spanned::new(0..0, m)),
                 fdb_max_learned: p.fdb_max_learned.map(|n| Spanned::new(0..0, n)),
+                police_rx: p.police_rx.map(|c| Spanned::new(0..0, c)),
+                police_tx: p.police_tx.map(|c| Spanned::new(0..0, c)),
                 admin: p.admin,
             })
             .collect(),
@@ -138,6 +142,8 @@ pub fn ignored_config(config: &SavedState, state: &SavedState) -> Option<String>
                     ("vlan", s.vlan != p.vlan),
                     ("allowed_macs", s.allowed_macs != p.allowed_macs),
                     ("fdb_max_learned", s.fdb_max_learned != p.fdb_max_learned),
+                    ("police_rx", s.police_rx != p.police_rx),
+                    ("police_tx", s.police_tx != p.police_tx),
                     ("admin", s.admin != p.admin),
                 ]
                 .into_iter()
@@ -316,6 +322,13 @@ mod tests {
                 vlan: Some(VlanConfig::Trunk { tags: vec![5, 6] }),
                 allowed_macs: Some(vec!["02:00:00:00:00:01".into()]),
                 fdb_max_learned: Some(5),
+                police_rx: Some(vringswitch_config::PoliceConfig {
+                    rate_kbps: Some(10_000),
+                    burst_kb: None,
+                    rate_pps: Some(1000),
+                    burst_packets: Some(100),
+                }),
+                police_tx: None,
                 admin: crate::daemon::AdminState::Down,
             }],
             static_macs: vec![StaticMac {
@@ -354,6 +367,8 @@ mod tests {
             vlan: None,
             allowed_macs: None,
             fdb_max_learned: None,
+            police_rx: None,
+            police_tx: None,
             admin: Default::default(),
         }
     }

@@ -403,6 +403,8 @@ mod tests {
                 vlan: Default::default(),
                 security: Default::default(),
                 fdb_max_learned: usize::MAX,
+                police_rx: None,
+                police_tx: None,
                 capture: None,
             })],
         });

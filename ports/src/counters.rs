@@ -35,11 +35,14 @@ pub enum DropReason {
     /// segmentation type, a segment size under 536 bytes, a TSO frame over 64 KiB or one that
     /// is not TCP.
     BadOffload,
+    /// The port's policer (`police_rx` for what it sends, `police_tx` for what it is sent)
+    /// had no room for the frame.
+    Policed,
 }
 
 impl DropReason {
     /// Every reason, in a stable order.
-    pub const ALL: [DropReason; 9] = [
+    pub const ALL: [DropReason; 10] = [
         DropReason::NoRxBuffer,
         DropReason::BadDescriptor,
         DropReason::TooBig,
@@ -49,6 +52,7 @@ impl DropReason {
         DropReason::VlanFiltered,
         DropReason::MacSpoofed,
         DropReason::BadOffload,
+        DropReason::Policed,
     ];
 
     /// Label value used in metrics.
@@ -63,6 +67,7 @@ impl DropReason {
             DropReason::VlanFiltered => "vlan_filtered",
             DropReason::MacSpoofed => "mac_spoofed",
             DropReason::BadOffload => "bad_offload",
+            DropReason::Policed => "policed",
         }
     }
 

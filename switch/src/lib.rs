@@ -9,6 +9,7 @@ pub mod affinity;
 pub mod capture;
 pub mod ethernet;
 pub mod fdb;
+pub mod police;
 pub mod port_security;
 pub mod stats;
 pub mod topology;

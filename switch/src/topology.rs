@@ -7,6 +7,7 @@ use vringswitch_ports::{PortHandle, PortId};
 
 use crate::capture::CaptureTap;
 use crate::fdb::Fdb;
+use crate::police::Policer;
 use crate::port_security::PortSecurity;
 use crate::vlan::VlanPolicy;
 
@@ -31,6 +32,9 @@ pub struct PortRt {
     pub security: PortSecurity,
     /// Most addresses the bridge learns on this port.
     pub fdb_max_learned: usize,
+    /// Policers of what the port sends and of what it is sent.
+    pub police_rx: Option<Arc<Policer>>,
+    pub police_tx: Option<Arc<Policer>>,
     /// False when the operator set the port down: its TX queues are not polled and nothing
     /// is delivered to it.
     pub admin_up: bool,
@@ -106,6 +110,8 @@ mod tests {
                         vlan: VlanPolicy::default(),
                         security: Default::default(),
                         fdb_max_learned: usize::MAX,
+                        police_rx: None,
+                        police_tx: None,
                         capture: None,
                     })
                 })

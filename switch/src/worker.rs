@@ -35,6 +35,7 @@ use vringswitch_ports::{Attachment, DropReason, OffloadAction, PortId, VhostUser
 use crate::capture::{wall_clock_ns, CaptureTap};
 use crate::ethernet::{rarp_announcement, EthernetFrame, MacAddr, RARP_LEN};
 use crate::fdb::{fdb_key, FdbCache};
+use crate::police::{clock_ns, Policer};
 use crate::stats::cycles;
 use crate::topology::{BridgeRt, PortRt, Topology};
 use crate::vlan::{Ingress, VlanPolicy};
@@ -61,6 +62,9 @@ struct Frame {
     dest: Dest,
     /// The VLAN the frame came in on.
     ingress: Ingress,
+    /// The destination being delivered to has a policer, and it had no room for this frame
+    /// (meaningful only while such a destination is served: see `deliver_to`).
+    held: bool,
 }
 
 /// What a dropped frame is recorded with (it is never delivered).
@@ -102,6 +106,7 @@ impl Burst {
             tx: TxFrame::default(),
             dest: Dest::Drop,
             ingress: UNTAGGED,
+            held: false,
         };
         Burst {
             pending: 0,
@@ -764,6 +769,10 @@ fn deliver_burst(
     if let Some(cap) = from.rt.capture.as_deref() {
         capture_from_vm(cap, &mut src_view, &b.slots[..b.len], &b.segs);
     }
+    // After the capture: it shows what the port sent, policed or not.
+    if let Some(p) = from.rt.police_rx.as_deref() {
+        police_from(p, from.rt.handle.stats().slot(worker), b);
+    }
     for t in 0..b.targets.len() {
         let dst = b.targets[t];
         deliver_to(worker, topology, ports, dst, from.qp, &mut src_view, b);
@@ -894,7 +903,6 @@ fn deliver_to(
     let Some(dst_rt) = topology.port(dst) else {
         return;
     };
-    let counters = dst_rt.handle.stats().slot(worker);
     let policy = &dst_rt.vlan;
     // Flooded frames go to the ports of their VLAN only; a frame sent to one port outside
     // its VLAN (a static entry, a policy changed meanwhile) is counted as filtered below.
@@ -904,10 +912,71 @@ fn deliver_to(
         Dest::Drop => false,
     };
     // Usually the first frame is wanted: a scan, not a count, on the common path.
-    let frames = &b.slots[..b.len];
-    if !frames.iter().any(wanted) {
+    if !b.slots[..b.len].iter().any(wanted) {
         return;
     }
+    let to = (worker, dst, dst_rt, qp_hint);
+    match dst_rt.police_tx.as_deref() {
+        None => deliver_wanted(to, topology, ports, src, b, wanted),
+        Some(p) => {
+            police_to(p, dst_rt.handle.stats().slot(worker), b, wanted);
+            deliver_wanted(to, topology, ports, src, b, |f| wanted(f) && !f.held);
+        }
+    }
+}
+
+/// Holds back the frames of `b` for a destination (those `wanted`) that its policer `p` has
+/// no room for: they are marked `held` and counted as policed.
+#[cold]
+#[inline(never)]
+fn police_to(p: &Policer, counters: &PortCounters, b: &mut Burst, wanted: impl Fn(&Frame) -> bool) {
+    let mut allowance = p.allowance(clock_ns());
+    let mut policed = 0;
+    for f in &mut b.slots[..b.len] {
+        if wanted(f) {
+            f.held = !allowance.admit(f.tx.len);
+            policed += u64::from(f.held);
+        }
+    }
+    p.settle(&allowance);
+    if policed > 0 {
+        counters.add_drop(DropReason::Policed, policed);
+    }
+}
+
+/// Drops the frames of `b` that `p`, the policer of what their source sends, has no room
+/// for (counted as policed on `counters`, the source's).
+#[cold]
+#[inline(never)]
+fn police_from(p: &Policer, counters: &PortCounters, b: &mut Burst) {
+    let mut allowance = p.allowance(clock_ns());
+    let mut policed = 0;
+    for f in &mut b.slots[..b.len] {
+        if f.dest != Dest::Drop && !allowance.admit(f.tx.len) {
+            f.dest = Dest::Drop;
+            policed += 1;
+        }
+    }
+    p.settle(&allowance);
+    if policed > 0 {
+        counters.add_drop(DropReason::Policed, policed);
+    }
+}
+
+/// [`deliver_to`] once the frames are known to be wanted by `to`: (worker, destination,
+/// its topology entry, the source's queue pair).
+#[inline(always)]
+fn deliver_wanted(
+    (worker, dst, dst_rt, qp_hint): (usize, PortId, &PortRt, u16),
+    topology: &Topology,
+    ports: &mut [PortCache],
+    src: &mut GuestView<'_>,
+    b: &mut Burst,
+    wanted: impl Fn(&Frame) -> bool + Copy,
+) {
+    let counters = dst_rt.handle.stats().slot(worker);
+    let policy = &dst_rt.vlan;
+    let frames = &b.slots[..b.len];
     let count = || frames.iter().filter(|f| wanted(f)).count() as u64;
     let Some(att) = attachment(topology, ports, dst) else {
         counters.add_drop(DropReason::PortDown, count());
@@ -1088,6 +1157,9 @@ fn tap_write_failed(q: &TapQueue, e: &std::io::Error) -> DropReason {
         // The kernel's queue for the interface is full.
         std::io::ErrorKind::WouldBlock => DropReason::NoRxBuffer,
         std::io::ErrorKind::InvalidInput => DropReason::BadDescriptor,
+        // The interface is there but down (or moving to another network namespace): the
+        // frame cannot go, the port stays as it is.
+        _ if e.raw_os_error() == Some(libc::EIO) => DropReason::PortDown,
         _ => {
             q.mark_failed();
             DropReason::PortDown
@@ -1373,6 +1445,8 @@ mod tests {
                 vlan,
                 security,
                 fdb_max_learned: usize::MAX,
+                police_rx: None,
+                police_tx: None,
                 admin_up: true,
                 capture: None,
             })

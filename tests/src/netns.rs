@@ -190,6 +190,8 @@ impl Engine {
                 vlan: Default::default(),
                 security: Default::default(),
                 fdb_max_learned: usize::MAX,
+                police_rx: None,
+                police_tx: None,
                 admin_up: true,
                 capture: None,
             })

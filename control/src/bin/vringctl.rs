@@ -155,6 +155,51 @@ impl VlanArgs {
     }
 }
 
+/// A port's policers, as `key=value` lists.
+#[derive(clap::Args, Debug)]
+struct PoliceArgs {
+    /// Polices what the port sends (its VM's frames), e.g. `rate_kbps=100000` or
+    /// `rate_kbps=100000,burst_kb=10000,rate_pps=50000,burst_packets=5000`; frames past it
+    /// are dropped and counted as `policed`.
+    #[arg(long, value_name = "KEY=N,...", value_parser = police_spec)]
+    police_rx: Option<Value>,
+    /// Polices what the port is sent (frames delivered to its VM), as --police-rx.
+    #[arg(long, value_name = "KEY=N,...", value_parser = police_spec)]
+    police_tx: Option<Value>,
+}
+
+impl PoliceArgs {
+    /// Adds the policers given to a request body.
+    fn add_to(&self, body: &mut Value) {
+        for (key, v) in [
+            ("police_rx", &self.police_rx),
+            ("police_tx", &self.police_tx),
+        ] {
+            if let Some(v) = v {
+                body[key] = v.clone();
+            }
+        }
+    }
+}
+
+/// `rate_kbps=100000,burst_kb=10000` as the API's object (the daemon checks the keys).
+fn police_spec(s: &str) -> Result<Value, String> {
+    let mut o = serde_json::Map::new();
+    for pair in s.split(',').filter(|p| !p.is_empty()) {
+        let (k, v) = pair
+            .split_once('=')
+            .ok_or_else(|| format!("{pair:?} is not KEY=N (rate_kbps=100000, say)"))?;
+        let n: u64 = v
+            .parse()
+            .map_err(|_| format!("{k}={v}: {v:?} is not a whole number"))?;
+        o.insert(k.to_owned(), json!(n));
+    }
+    if o.is_empty() {
+        return Err("empty: give rate_kbps=N, rate_pps=N or both".into());
+    }
+    Ok(Value::Object(o))
+}
+
 #[derive(Subcommand, Debug)]
 enum PortCmd {
     /// Every port with its state and counters.
@@ -208,6 +253,8 @@ enum PortCmd {
         /// to the port's further addresses are flooded.
         #[arg(long, value_name = "N")]
         fdb_max_learned: Option<u32>,
+        #[command(flatten)]
+        police: PoliceArgs,
         /// A port of that name already there is no error (it is left as it is).
         #[arg(long)]
         may_exist: bool,
@@ -235,6 +282,14 @@ enum PortCmd {
         /// Most addresses the bridge learns on this port (those it has stay).
         #[arg(long, value_name = "N")]
         fdb_max_learned: Option<u32>,
+        #[command(flatten)]
+        police: PoliceArgs,
+        /// Removes the policer of what the port sends.
+        #[arg(long, conflicts_with = "police_rx")]
+        no_police_rx: bool,
+        /// Removes the policer of what the port is sent.
+        #[arg(long, conflicts_with = "police_tx")]
+        no_police_tx: bool,
         /// down: the switch stops polling the port and delivering to it, and monitoring
         /// expects it to have no VM; up: back to normal.
         #[arg(long, value_parser = ["up", "down"])]
@@ -598,6 +653,7 @@ async fn port(api: &ApiClient, cmd: PortCmd, json: bool) -> Result<String, Clien
             vlan,
             allow_mac,
             fdb_max_learned,
+            police,
             may_exist,
             admin,
         } => {
@@ -631,6 +687,7 @@ async fn port(api: &ApiClient, cmd: PortCmd, json: bool) -> Result<String, Clien
             if let Some(n) = fdb_max_learned {
                 body["fdb_max_learned"] = json!(n);
             }
+            police.add_to(&mut body);
             if let Some(a) = admin {
                 body["admin"] = json!(a);
             }
@@ -657,6 +714,9 @@ async fn port(api: &ApiClient, cmd: PortCmd, json: bool) -> Result<String, Clien
             allow_mac,
             no_mac_lock,
             fdb_max_learned,
+            police,
+            no_police_rx,
+            no_police_tx,
             admin,
         } => {
             let mut body = json!({});
@@ -676,6 +736,12 @@ async fn port(api: &ApiClient, cmd: PortCmd, json: bool) -> Result<String, Clien
             if let Some(n) = fdb_max_learned {
                 body["fdb_max_learned"] = json!(n);
             }
+            police.add_to(&mut body);
+            for (key, off) in [("police_rx", no_police_rx), ("police_tx", no_police_tx)] {
+                if off {
+                    body[key] = Value::Null;
+                }
+            }
             if let Some(a) = admin {
                 body["admin"] = json!(a);
             }
@@ -685,7 +751,8 @@ async fn port(api: &ApiClient, cmd: PortCmd, json: bool) -> Result<String, Clien
                     .error(
                         clap::error::ErrorKind::MissingRequiredArgument,
                         "nothing to change: give --bridge, --access, --trunk, --no-vlan, \
-                         --allow-mac, --no-mac-lock, --fdb-max-learned or --admin",
+                         --allow-mac, --no-mac-lock, --fdb-max-learned, --police-rx, \
+                         --police-tx, --no-police-rx, --no-police-tx or --admin",
                     )
                     .exit();
             }
