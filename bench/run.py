@@ -252,7 +252,7 @@ def run_generator(work, socks, size, secs, **kw):
 
 
 class Vringswitch:
-    def __init__(self, work, nports=2, vlans=None, uplink=None):
+    def __init__(self, work, nports=2, vlans=None, uplink=None, port_lines=()):
         self.work = Path(work)
         self.socks = [str(self.work / f"p{i}.sock") for i in range(nports)]
         lines = ["[dataplane]", f"cores = [{SWITCH_CPU}]", "[[bridges]]", 'name = "br0"']
@@ -263,6 +263,7 @@ class Vringswitch:
             ]
             if vlans:
                 lines.append(f'vlan = {{ mode = "access", tag = {vlans[i]} }}')
+            lines += port_lines
         if uplink:
             lines += uplink.vs_lines()
         cfg = self.work / "vs.toml"
@@ -321,13 +322,13 @@ def perf_record(out, secs):
     )
 
 
-def measure_vringswitch(work, size, secs, nports=2, vlans=None, capture=None):
+def measure_vringswitch(work, size, secs, nports=2, vlans=None, capture=None, port_lines=()):
     """vringswitch with `nports` ports circulating `size`-byte frames. Returns each port's
     Mpps, busy cycles per packet and frames per burst (the two counted from after a 2 s
     warm-up to the end), and the generator's cycles per packet. With `capture` (a list of
     `vringctl capture` options), port p0 is captured to /dev/null meanwhile, and the
     capture's end message is kept in `capture_result` of the last call."""
-    vs = Vringswitch(work, nports, vlans)
+    vs = Vringswitch(work, nports, vlans, port_lines=port_lines)
     cap = None
     try:
         p, out = generator(work, vs.socks, size, secs)
@@ -391,6 +392,29 @@ def capture_cost(work, size, secs, rounds):
             runs[mode].append({"mpps": sum(mpps) / len(mpps), "cpp": cpp,
                                "capture": CAPTURE_RESULT[0] if mode == "on" else ""})
             log(f"capture {mode}, {size} B: {runs[mode][-1]}")
+    med = {m: {k: statistics.median(r[k] for r in rs) for k in ("mpps", "cpp")}
+           for m, rs in runs.items()}
+    return {"size": size, "runs": runs, "median": med}
+
+
+# Every port policed both ways, bits and frames, at rates no loop reaches: the cost of
+# drawing from the buckets, with nothing dropped.
+POLICE_ALL = [
+    "police_rx = { rate_kbps = 100000000, rate_pps = 100000000 }",
+    "police_tx = { rate_kbps = 100000000, rate_pps = 100000000 }",
+]
+
+
+def policing_cost(work, size, secs, rounds):
+    """Loopback at `size` with both ports policed both ways (see POLICE_ALL) and without,
+    interleaved over `rounds`: medians of Mpps and busy cycles, and the frames policed."""
+    runs = {"off": [], "on": []}
+    for _ in range(rounds):
+        for mode in ("off", "on"):
+            mpps, cpp, _, _ = measure_vringswitch(
+                work(), size, secs, port_lines=POLICE_ALL if mode == "on" else ())
+            runs[mode].append({"mpps": sum(mpps) / len(mpps), "cpp": cpp})
+            log(f"policing {mode}, {size} B: {runs[mode][-1]}")
     med = {m: {k: statistics.median(r[k] for r in rs) for k in ("mpps", "cpp")}
            for m, rs in runs.items()}
     return {"size": size, "runs": runs, "median": med}
@@ -1016,6 +1040,7 @@ def report(res):
     scaling_report(res, L)
     latency_report(res, L)
     capture_report(res, L)
+    policing_report(res, L)
     for kind in UPLINKS:
         uplink_report(res, L, kind)
     tso_report(res, L)
@@ -1165,6 +1190,22 @@ def capture_report(res, L):
         L.append(f"| {c['size']} | {off['mpps']:.3f} / {on['mpps']:.3f} "
                  f"| {off['cpp']:.0f} / {on['cpp']:.0f} | {ratio(on['cpp'], off['cpp']):.2f} "
                  f"| {kept} |")
+    L.append("")
+
+
+def policing_report(res, L):
+    if not res.get("policing"):
+        return
+    L.append("### Policing (loopback with both ports policed both ways, against none)\n")
+    L.append("Every port has `police_rx` and `police_tx` of bits and frames at 100 Gbit/s and "
+             "100 Mframes/s, rates the loop never reaches: each burst draws from four buckets "
+             "and no frame is dropped. Interleaved with runs without; medians.\n")
+    L.append("| frame B | Mpps per port off / on | busy cyc/pkt off / on | cycles on/off |")
+    L.append("|---|---|---|---|")
+    for c in res["policing"]:
+        off, on = c["median"]["off"], c["median"]["on"]
+        L.append(f"| {c['size']} | {off['mpps']:.3f} / {on['mpps']:.3f} "
+                 f"| {off['cpp']:.0f} / {on['cpp']:.0f} | {ratio(on['cpp'], off['cpp']):.2f} |")
     L.append("")
 
 
@@ -1321,7 +1362,7 @@ def main():
     ap.add_argument("--sizes", type=int, nargs="+", default=[64, 512, 1518])
     ap.add_argument("--switches", nargs="+", default=list(SWITCHES), choices=SWITCHES)
     ap.add_argument("--only", choices=["throughput", "scaling", "idle", "latency", "capture",
-                                       "tso", "dirtylog", "migration",
+                                       "tso", "dirtylog", "migration", "policing",
                                        *UPLINKS],
                     action="append", help="run only these parts (repeatable)")
     ap.add_argument("--gen-burst", type=int, default=32,
@@ -1410,6 +1451,9 @@ def main():
         if "capture" in parts:
             res["capture"] = [capture_cost(work, size, args.secs, args.rounds)
                               for size in (64, 1518)]
+        if "policing" in parts:
+            res["policing"] = [policing_cost(work, size, args.secs, args.rounds)
+                               for size in (64, 1518)]
         if "idle" in parts:
             res["idle"] = {sw: idle_cpu(work(), sw) for sw in args.switches}
             log(f"idle: {res['idle']}")
