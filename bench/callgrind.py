@@ -10,7 +10,8 @@ idle polls hardly count); the program's total is divided by the frames the worke
                                             # frame, with its count, in /tmp/vs-callgrind/asm.SIZE
 
 VS_LINES=N prints N source lines instead of 40 (all of them, with a large N, to compare
-two builds file by file). VS_BURST=N in the environment sets the worker's burst (default 32; 64 gave 641 against 639
+two builds file by file). VS_POLICE=1 polices both ports both ways at rates nothing reaches
+(bench/run.py's POLICE_ALL): the policers' cost per frame. VS_BURST=N in the environment sets the worker's burst (default 32; 64 gave 641 against 639
 at 32 with this generator, so per-burst work is no longer what costs).
 
 Prints instructions per frame, in all and for the data path's main functions (inclusive).
@@ -60,6 +61,8 @@ def main():
     for i, s in enumerate(socks):
         lines += ["[[ports]]", f'name = "p{i}"', 'bridge = "br0"', 'type = "vhost-user"',
                   f'socket = "{s}"', 'mode = "server"']
+        if os.environ.get("VS_POLICE"):
+            lines += B.POLICE_ALL
     with open(f"{work}/vs.toml", "w") as f:
         f.write("\n".join(lines) + "\n")
     out = f"{work}/out.{size}"

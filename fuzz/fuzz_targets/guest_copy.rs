@@ -110,7 +110,7 @@ fuzz_target!(|data: &[u8]| {
                 PopTx::Bad { head, .. } => tx.add_used(head, 0),
                 PopTx::Frame(f) => {
                     tx.add_used(f.head, 0);
-                    let _ = rx.deliver(
+                    let _ = rx.deliver::<false>(
                         hdr_len,
                         mrg,
                         &mut src_view,

@@ -28,7 +28,7 @@ use vringswitch_ports::vhost_user::guest_view::GuestView;
 use vringswitch_ports::vhost_user::migration::{MigrationState, ANNOUNCE, LOGGING};
 use vringswitch_ports::vhost_user::rings::{
     log_notification_fields, BrokenUsedRing, FrameEdit, PopTx, RingView, RxScratch, Seg, TxFrame,
-    MAX_TX_SEGS, MIN_FRAME_LEN, PEEK_LEN,
+    WrittenRanges, MAX_TX_SEGS, MIN_FRAME_LEN, PEEK_LEN,
 };
 use vringswitch_ports::{Attachment, DropReason, OffloadAction, PortId, VhostUserQueues};
 
@@ -89,6 +89,8 @@ struct Burst {
     /// publish after the frame loop. Kept here, in memory, rather than in locals live across
     /// the loop, which cost the loop two register spills per frame (callgrind).
     logging: Option<(Arc<MigrationState>, usize)>,
+    /// What a delivery into a migrating VM wrote, for the logged publish.
+    written: WrittenRanges,
 }
 
 impl Burst {
@@ -117,6 +119,9 @@ impl Burst {
             rx_scratch: RxScratch::default(),
             targets: Vec::with_capacity(256),
             offloads: false,
+            // A frame in single-buffer chains takes one range; in small mergeable buffers,
+            // up to 64.
+            written: WrittenRanges::with_capacity(burst * 64),
         }
     }
 }
@@ -993,8 +998,6 @@ fn deliver_wanted(
         counters.add_drop(DropReason::PortDown, count());
         return;
     }
-    let hdr_len = att.hdr_len();
-    let mrg = att.mrg_rxbuf();
     let dst_guard = att.mem.memory();
     let dst_mem = &*dst_guard;
     // Prefer the RX ring of the same index as the source queue pair, else ring 0.
@@ -1013,43 +1016,19 @@ fn deliver_wanted(
     if let Some(cap) = dst_rt.capture.as_deref() {
         capture_to_vm(cap, policy, src, b, wanted);
     }
-    let (mut packets, mut bytes) = (0u64, 0u64);
-    let mut ring = RingView::new(st.get_queue_mut(), dst_mem);
-    let mut edit = FrameEdit::NONE;
-    for f in frames {
-        if !wanted(f) {
-            continue;
-        }
-        let tx = &f.tx;
-        if !policy.egress_into(f.ingress, &tx.peek, &mut edit) {
-            counters.add_drop(DropReason::VlanFiltered, 1);
-            continue;
-        }
-        if b.offloads && tx.vnet.flags != 0 {
-            // Only a frame whose source asked for an offload (see `accept_offload`).
-            let (segs, scratch) = (&b.segs[..], &mut b.rx_scratch);
-            let (p, n) =
-                deliver_offloaded_to_vm(att, &mut ring, src, tx, segs, scratch, &edit, counters);
-            (packets, bytes) = (packets + p, bytes + n);
-            continue;
-        }
-        match ring.deliver(
-            hdr_len,
-            mrg,
-            src,
-            tx.segs_in(&b.segs),
-            tx.len,
-            &edit,
-            &mut b.rx_scratch,
-        ) {
-            Ok(n) => {
-                packets += 1;
-                bytes += u64::from(n);
-            }
-            Err(e) => counters.add_drop(e.reason, 1),
-        }
-    }
+    // Read once, under the vring lock, for the deliveries and the publication alike.
     let pending = att.migration().pending();
+    let mut ring = RingView::new(st.get_queue_mut(), dst_mem);
+    let into = (att, &mut ring, src, counters);
+    let burst = (frames, &b.segs[..], &mut b.rx_scratch, b.offloads);
+    // Two instances of the loop: the one that records what it writes (while the VM is
+    // migrating) and the one that costs nothing for it.
+    let (packets, bytes) = if pending & LOGGING != 0 {
+        into.1.record_writes(&mut b.written);
+        deliver_frames::<true>(into, burst, policy, wanted)
+    } else {
+        deliver_frames::<false>(into, burst, policy, wanted)
+    };
     match publish(att, 2 * rx_qp, &mut ring, pending) {
         Ok(notify) => {
             counters.add_tx(rx_qp, packets, bytes);
@@ -1060,6 +1039,59 @@ fn deliver_wanted(
         // The used ring is not in guest memory: nothing was delivered.
         Err(_) => counters.add_drop(DropReason::BadDescriptor, packets),
     }
+}
+
+/// Delivers the frames of a burst (`frames`, their segments, the scratch space, whether
+/// their headers were read) that `wanted` picks into `ring`, an RX ring of the VM whose
+/// queues are `att`, counting drops on `counters`. Returns the frames and bytes delivered.
+#[inline(always)]
+fn deliver_frames<const RECORD: bool>(
+    (att, ring, src, counters): (
+        &VhostUserQueues,
+        &mut RingView<'_, '_>,
+        &mut GuestView<'_>,
+        &PortCounters,
+    ),
+    (frames, segs, rx_scratch, offloads): (&[Frame], &[Seg], &mut RxScratch, bool),
+    policy: &VlanPolicy,
+    wanted: impl Fn(&Frame) -> bool,
+) -> (u64, u64) {
+    let (hdr_len, mrg) = (att.hdr_len(), att.mrg_rxbuf());
+    let (mut packets, mut bytes) = (0u64, 0u64);
+    let mut edit = FrameEdit::NONE;
+    for f in frames {
+        if !wanted(f) {
+            continue;
+        }
+        let tx = &f.tx;
+        if !policy.egress_into(f.ingress, &tx.peek, &mut edit) {
+            counters.add_drop(DropReason::VlanFiltered, 1);
+            continue;
+        }
+        if offloads && tx.vnet.flags != 0 {
+            // Only a frame whose source asked for an offload (see `accept_offload`).
+            let (p, n) =
+                deliver_offloaded_to_vm(att, ring, src, tx, segs, rx_scratch, &edit, counters);
+            (packets, bytes) = (packets + p, bytes + n);
+            continue;
+        }
+        match ring.deliver::<RECORD>(
+            hdr_len,
+            mrg,
+            src,
+            tx.segs_in(segs),
+            tx.len,
+            &edit,
+            rx_scratch,
+        ) {
+            Ok(n) => {
+                packets += 1;
+                bytes += u64::from(n);
+            }
+            Err(e) => counters.add_drop(e.reason, 1),
+        }
+    }
+    (packets, bytes)
 }
 
 /// [`send_offloaded`] into `ring`, an RX ring of the VM whose queues are `att`. Out of the

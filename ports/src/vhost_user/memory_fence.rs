@@ -393,10 +393,15 @@ fn sweep() {
 }
 
 /// The bytes a mapping of `len` bytes of `region`'s file takes: hugetlbfs maps whole huge
-/// pages, anything else whole base pages.
+/// pages (a 4 KiB mapping of a 2 MiB-page file takes 2 MiB), anything else whole base
+/// pages.
 fn mapped_len(region: &MmapRegion<()>) -> usize {
     const HUGETLBFS_MAGIC: libc::c_long = 0x9584_58f6;
-    let mut page = 4096usize;
+    // SAFETY: sysconf has no preconditions.
+    let mut page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) })
+        .ok()
+        .filter(|&p| p > 0)
+        .unwrap_or(4096);
     if let Some(fo) = region.file_offset() {
         // SAFETY: a zeroed statfs is valid to fill; fstatfs writes it for an open fd.
         let mut st: libc::statfs = unsafe { std::mem::zeroed() };

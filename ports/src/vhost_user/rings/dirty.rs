@@ -1,11 +1,13 @@
 //! Logging a burst's writes into guest memory while a live migration runs.
 //!
-//! The copies of the data path stay as they are: once per burst, on a ring whose port is
-//! being migrated, the used entries the burst wrote are read back and their chains walked
-//! again, and the bytes each entry says were written (its length, over the chain's writable
-//! descriptors) are marked in the dirty log, as are the used ring's entries and index. A
-//! ring of a port that is not migrating never comes here: the worker checks one word per
-//! burst ([`crate::vhost_user::migration::MigrationState::pending`]).
+//! The copies of the data path stay as they are: while a port is being migrated, the burst
+//! records the guest ranges it writes frames into ([`super::WrittenRanges`], one entry per
+//! buffer), and once per burst they are marked in the dirty log, as are the used ring's
+//! entries and index. They are not read again out of guest memory, which the guest may
+//! have changed since. (A burst that did not record, or wrote more ranges than the record
+//! holds, has its used entries read back and their chains walked again instead.) A ring of
+//! a port that is not migrating never comes here: the worker checks one word per burst
+//! ([`crate::vhost_user::migration::MigrationState::pending`]).
 //!
 //! Order matters. A page is marked after it is written, so the frontend never copies a
 //! page, clears its bit, and misses the write that follows. The buffers are marked before
@@ -38,6 +40,32 @@ impl RingView<'_, '_> {
         if n == 0 {
             return self.publish_used();
         }
+        match self.written.take() {
+            // What the burst wrote, as it wrote it.
+            Some(w) if !w.overflow => {
+                for &(addr, len) in &w.ranges {
+                    log.log.mark(addr, len);
+                }
+            }
+            _ => self.mark_chains_used(log, old, n),
+        }
+        let published = self.publish_used();
+        if let Some(at) = log.used_at {
+            // The entries, in at most two runs of slots (the ring wraps once at most).
+            let first = u64::from(old % size);
+            let run = u64::from(n).min(u64::from(size) - first);
+            log.log.mark(at + 4 + 8 * first, 8 * run);
+            log.log.mark(at + 4, 8 * (u64::from(n) - run));
+            // Flags and index.
+            log.log.mark(at, 4);
+        }
+        published
+    }
+
+    /// Marks the buffers of the used entries `old..old + n` by walking their chains again
+    /// out of guest memory: for a burst whose writes were not recorded.
+    fn mark_chains_used(&mut self, log: WriteLog<'_>, old: u16, n: u16) {
+        let size = self.queue.size();
         for k in 0..n {
             let idx = old.wrapping_add(k);
             let (head, len) = match &self.split {
@@ -66,17 +94,6 @@ impl RingView<'_, '_> {
                 None => walk_general(self.queue, self.view.mem(), head as u16, each),
             }
         }
-        let published = self.publish_used();
-        if let Some(at) = log.used_at {
-            // The entries, in at most two runs of slots (the ring wraps once at most).
-            let first = u64::from(old % size);
-            let run = u64::from(n).min(u64::from(size) - first);
-            log.log.mark(at + 4 + 8 * first, 8 * run);
-            log.log.mark(at + 4, 8 * (u64::from(n) - run));
-            // Flags and index.
-            log.log.mark(at, 4);
-        }
-        published
     }
 }
 

@@ -16,6 +16,7 @@ use super::{
     MAX_FRAME_LEN, MAX_RX_CHAINS, MAX_RX_DESCS, MAX_RX_SEGS, MAX_TX_DESCS, MAX_TX_SEGS,
     MIN_FRAME_LEN, PEEK_LEN, VNET_HDR_MAX,
 };
+use super::WrittenRanges;
 use crate::counters::DropReason;
 use crate::offload::software::Outgoing;
 use crate::offload::VnetHeader;
@@ -395,6 +396,8 @@ pub(super) struct RxRing<'a, 'm> {
     pub used: &'a mut u16,
     /// Descriptors the ring's chains may still take in this burst.
     pub walk_left: &'a mut u32,
+    /// Where what is written is recorded, while the VM's memory is logged.
+    pub written: Option<&'a mut WrittenRanges>,
 }
 
 impl<'m> RxRing<'_, 'm> {
@@ -411,6 +414,7 @@ impl<'m> RxRing<'_, 'm> {
         &mut Queue,
         &mut u16,
         &mut u32,
+        Option<&mut WrittenRanges>,
     ) {
         (
             self.ring,
@@ -420,6 +424,7 @@ impl<'m> RxRing<'_, 'm> {
             self.queue,
             self.used,
             self.walk_left,
+            self.written.as_deref_mut(),
         )
     }
 }
@@ -483,7 +488,7 @@ pub(super) fn deliver_in_chains(
     need: u64,
     scratch: &mut RxScratch,
 ) -> Result<(), DeliverError> {
-    let (ring, view, avail_idx, fresh, queue, used, walk_left) = rx.parts();
+    let (ring, view, avail_idx, fresh, queue, used, walk_left, written) = rx.parts();
     scratch.clear();
     let mut have: u64 = 0;
     let mut bad_chain = false;
@@ -580,6 +585,9 @@ pub(super) fn deliver_in_chains(
         return Err(scratch.give_back(|head, len| put_used(ring, used, head, len)));
     }
     scratch.complete(need, |head, len| put_used(ring, used, head, len));
+    if let Some(w) = written {
+        w.push_segs(&scratch.segs, need);
+    }
     Ok(())
 }
 
@@ -594,7 +602,7 @@ fn deliver_in_one_buffer(
     frame: &mut Source<'_, '_>,
     need: u64,
 ) -> Option<Result<(), DeliverError>> {
-    let (ring, view, avail_idx, fresh, queue, used, _) = rx.parts();
+    let (ring, view, avail_idx, fresh, queue, used, _, written) = rx.parts();
     let (src, src_segs, frame_len, edit) = frame.parts();
     let next = queue.next_avail();
     let Next::Head(head) = next_head(ring, avail_idx, next) else {
@@ -664,6 +672,9 @@ fn deliver_in_one_buffer(
         }));
     }
     put_used(ring, used, head, need as u32);
+    if let Some(w) = written {
+        w.push(d.addr, need);
+    }
     Some(Ok(()))
 }
 

@@ -363,7 +363,7 @@ fn deliver_edited(
 ) -> Result<u32, DeliverError> {
     let from = q.next_used();
     let mut r = ring(q, m, fast);
-    let delivered = r.deliver(
+    let delivered = r.deliver::<false>(
         12,
         mrg_rxbuf,
         &mut GuestView::new(m),
@@ -496,7 +496,7 @@ fn rx_walks_are_bounded_per_frame_and_per_burst(fast: bool) {
         let mut r = ring(q, &m, fast);
         for _ in 0..frames {
             let e = r
-                .deliver(
+                .deliver::<false>(
                     12,
                     true,
                     &mut GuestView::new(&m),
@@ -820,7 +820,7 @@ fn one_buffer_delivery_writes_exactly_the_frame(fast: bool) {
                 offer(&vq, 0, &[desc(BUF, 2048, true)]);
                 let mut q: Queue = vq.create_queue().unwrap();
                 let mut r = ring(&mut q, &m, fast);
-                let delivered = r.deliver(
+                let delivered = r.deliver::<false>(
                     hdr_len,
                     hdr_len == 12,
                     &mut GuestView::new(&m),
@@ -1063,7 +1063,7 @@ fn logged_bursts_mark_exactly_the_pages_written(fast: bool) {
                 60 + rng.below(2000) as u32
             };
             let src = [Seg { addr: src_at, len }];
-            if r.deliver(
+            if r.deliver::<false>(
                 12,
                 true,
                 &mut GuestView::new(&m),
@@ -1120,6 +1120,51 @@ fn logged_bursts_mark_exactly_the_pages_written(fast: bool) {
     }
 }
 
+/// A guest that points its RX descriptor elsewhere after the switch wrote into its buffer
+/// and before the burst is published: the log holds the page written, not the page the
+/// descriptor names by then. Without a record of the writes (or one too small), the chains
+/// are read again, and the log follows the descriptor.
+fn logged_publish_marks_what_was_written_not_what_the_descriptors_say_after(fast: bool) {
+    use crate::vhost_user::dirty_log::DirtyLog;
+    use crate::vhost_user::migration::WriteLog;
+    let m = mem();
+    for room in [8, 0] {
+        let log_file = crate::vhost_user::unlinked_file(4096);
+        let log = DirtyLog::map(&log_file, 4096, 0, BUF + 0x10_0000).unwrap();
+        let vq = MockSplitQueue::new(&m, 16);
+        offer(&vq, 0, &[desc(BUF + 0x3000, 2048, true)]);
+        let mut q: Queue = vq.create_queue().unwrap();
+        let (_, src) = source(&m, 60);
+        let mut written = WrittenRanges::with_capacity(room);
+        let mut r = ring(&mut q, &m, fast);
+        r.record_writes(&mut written);
+        r.deliver::<true>(
+            12,
+            true,
+            &mut GuestView::new(&m),
+            &src,
+            60,
+            &FrameEdit::NONE,
+            &mut RxScratch::default(),
+        )
+        .unwrap();
+        let table = r.queue.desc_table();
+        m.write_obj(desc(BUF + 0x9000, 2048, true), GuestAddress(table))
+            .unwrap();
+        r.publish_used_logged(WriteLog {
+            log: &log,
+            used_at: None,
+        })
+        .unwrap();
+        let (written_page, named_page) = (log.is_marked(BUF + 0x3000), log.is_marked(BUF + 0x9000));
+        if room > 0 {
+            assert!(written_page && !named_page, "recorded: the page written");
+        } else {
+            assert!(!written_page && named_page, "not recorded: the chain read again");
+        }
+    }
+}
+
 /// Every test above runs on the general path and on the fast path, with the same rings.
 macro_rules! on_both_paths {
     ($($name:ident),* $(,)?) => {
@@ -1157,5 +1202,6 @@ on_both_paths!(
     publish_used_honours_event_idx_and_no_interrupt,
     chains_are_used_in_the_order_they_were_made_available,
     built_frames_carry_their_header_and_bytes,
-    logged_bursts_mark_exactly_the_pages_written
+    logged_bursts_mark_exactly_the_pages_written,
+    logged_publish_marks_what_was_written_not_what_the_descriptors_say_after
 );
