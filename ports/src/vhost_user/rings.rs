@@ -400,7 +400,11 @@ impl<'q, 'm> RingView<'q, 'm> {
                     queue: self.queue,
                     used: &mut self.used_next,
                     walk_left: &mut self.rx_walk_left,
-                    written: if RECORD { self.written.as_deref_mut() } else { None },
+                    written: if RECORD {
+                        self.written.as_deref_mut()
+                    } else {
+                        None
+                    },
                 },
                 hdr_len,
                 mrg_rxbuf,

@@ -11,12 +11,12 @@ use virtio_bindings::virtio_ring::{
 };
 use virtio_queue::{Queue, QueueT};
 
+use super::WrittenRanges;
 use super::{
     rx_head, rx_need, vnet_header, DeliverError, FrameEdit, PopTx, RxScratch, Seg, TxFrame,
     MAX_FRAME_LEN, MAX_RX_CHAINS, MAX_RX_DESCS, MAX_RX_SEGS, MAX_TX_DESCS, MAX_TX_SEGS,
     MIN_FRAME_LEN, PEEK_LEN, VNET_HDR_MAX,
 };
-use super::WrittenRanges;
 use crate::counters::DropReason;
 use crate::offload::software::Outgoing;
 use crate::offload::VnetHeader;

@@ -1160,7 +1160,10 @@ fn logged_publish_marks_what_was_written_not_what_the_descriptors_say_after(fast
         if room > 0 {
             assert!(written_page && !named_page, "recorded: the page written");
         } else {
-            assert!(!written_page && named_page, "not recorded: the chain read again");
+            assert!(
+                !written_page && named_page,
+                "not recorded: the chain read again"
+            );
         }
     }
 }
