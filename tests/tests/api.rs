@@ -15,17 +15,20 @@ fn bridges_are_created_listed_and_deleted_and_bad_requests_change_nothing() {
     assert_eq!(code, 200);
     assert_eq!(
         list,
-        json!([{"name": "br0", "fdb_aging_s": 300, "ports": ["a"]}])
+        json!([{"name": "br0", "fdb_aging_s": 300, "fdb_max_learned": 8192, "ports": ["a"]}])
     );
 
     let (code, br1) = call(
         &s.daemon,
         "POST",
         "/v1/bridges",
-        Some(json!({"name": "br1", "fdb_aging_s": 60})),
+        Some(json!({"name": "br1", "fdb_aging_s": 60, "fdb_max_learned": 100})),
     );
     assert_eq!(code, 201, "{br1}");
-    assert_eq!(br1, json!({"name": "br1", "fdb_aging_s": 60, "ports": []}));
+    assert_eq!(
+        br1,
+        json!({"name": "br1", "fdb_aging_s": 60, "fdb_max_learned": 100, "ports": []})
+    );
     let (code, got) = call(&s.daemon, "GET", "/v1/bridges/br1", None);
     assert_eq!((code, got), (200, br1));
     // The default ageing time.
@@ -116,6 +119,17 @@ fn bridges_are_created_listed_and_deleted_and_bad_requests_change_nothing() {
         400,
         "invalid",
         "fdb_aging_s",
+    );
+    assert_error(
+        call(
+            &s.daemon,
+            "POST",
+            "/v1/bridges",
+            Some(json!({"name": "x", "fdb_max_learned": 0})),
+        ),
+        400,
+        "invalid",
+        "fdb_max_learned must be between 1 and 1000000 addresses, not 0",
     );
     assert_error(
         call(
@@ -734,11 +748,21 @@ fn a_token_guards_v1_and_the_unix_socket_serves_vringctl() {
     };
     let vm_sock = dir.path().join("vm9.sock");
     let vm_sock = vm_sock.to_str().unwrap();
-    ok(&["--api", sock, "bridge", "add", "br9", "--fdb-aging", "60"]);
+    ok(&[
+        "--api",
+        sock,
+        "bridge",
+        "add",
+        "br9",
+        "--fdb-aging",
+        "60",
+        "--fdb-max-learned",
+        "500",
+    ]);
     let out = ok(&["--api", sock, "bridge", "list"]);
     assert!(
         out.lines()
-            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["br9", "60"]),
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["br9", "60", "500"]),
         "{out}"
     );
     ok(&[
