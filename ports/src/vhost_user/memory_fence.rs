@@ -229,8 +229,14 @@ fn errno() -> *mut libc::c_int {
 extern "C" fn on_sigbus(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
     // SAFETY: errno() points at this thread's errno, valid for the thread's life.
     let saved = unsafe { *errno() };
-    // SAFETY: the kernel passes a valid siginfo with SA_SIGINFO; for SIGBUS si_addr is the
-    // faulting address.
+    // SAFETY: the kernel passes a valid siginfo with SA_SIGINFO.
+    let code = unsafe { (*info).si_code };
+    // A SIGBUS some process sent (si_code 0 or less) carries no address: not ours.
+    if code <= 0 {
+        chain(sig, info, ctx);
+        return;
+    }
+    // SAFETY: as above; for a SIGBUS the kernel raised, si_addr is the faulting address.
     let addr = unsafe { (*info).si_addr() } as usize;
     let Some((slot, start, len)) = REGISTRY.find(addr) else {
         chain(sig, info, ctx);
