@@ -27,8 +27,9 @@ use vringswitch_switch::affinity::keep_off_cores;
 use vringswitch_switch::capture::{CaptureSettings, CaptureTap};
 use vringswitch_switch::ethernet::MacAddr;
 use vringswitch_switch::fdb::{fdb_key, split_key, Fdb};
-use vringswitch_switch::police::{clock_ns, Policer};
+use vringswitch_switch::police::Policer;
 use vringswitch_switch::port_security::{PortSecurity, MAX_ALLOWED};
+use vringswitch_switch::stats::{cycles, cycles_per_second};
 use vringswitch_switch::vlan::{VlanPolicy, UNTAGGED_VLAN};
 use vringswitch_switch::{BridgeRt, PortRt, Switch, SwitchConfig, SwitchError, Topology};
 
@@ -470,7 +471,12 @@ fn check_policers(spec: &PortSpec) -> Result<(), ChangeError> {
 /// The policer `config` asks for, full now.
 fn policer(config: Option<&PoliceConfig>) -> Option<Arc<Policer>> {
     let c = config?;
-    Some(Arc::new(Policer::new(c.bits(), c.packets(), clock_ns())))
+    Some(Arc::new(Policer::new(
+        c.bits(),
+        c.packets(),
+        cycles(),
+        cycles_per_second(),
+    )))
 }
 
 #[derive(Default)]

@@ -10,19 +10,10 @@
 //! tokens: the overshoot is bounded by one burst.
 //!
 //! Tokens are kept in millionths (of a bit, or of a frame), so that a slow rate refilled at
-//! every burst still adds up exactly. Time is passed in (nanoseconds on any monotonic
-//! clock), so tests are exact.
+//! every burst still adds up exactly. Time is the cycle counter the workers read anyway
+//! ([`crate::stats::cycles`]), passed in with its rate, so tests are exact.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
-use std::time::Instant;
-
-/// Nanoseconds on the clock policers run on (monotonic, from the first call).
-pub fn clock_ns() -> u64 {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    let epoch = *EPOCH.get_or_init(Instant::now);
-    u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
-}
 
 /// Millionths per token.
 const SCALE: u64 = 1_000_000;
@@ -30,8 +21,8 @@ const SCALE: u64 = 1_000_000;
 /// One token bucket: `rate` tokens a second, holding `burst` at most.
 #[derive(Debug)]
 struct Bucket {
-    /// Tokens a second (bits or frames).
-    rate: u64,
+    /// Millionths of a token per cycle, in 32.32 fixed point.
+    per_cycle: u64,
     /// Most tokens held, in millionths.
     cap: u64,
     /// Tokens held, in millionths.
@@ -41,10 +32,12 @@ struct Bucket {
 }
 
 impl Bucket {
-    fn new(rate: u64, burst: u64, now: u64) -> Bucket {
+    fn new(rate: u64, burst: u64, now: u64, cycles_per_second: u64) -> Bucket {
         let cap = burst.saturating_mul(SCALE);
+        let per_cycle =
+            (u128::from(rate) * u128::from(SCALE) << 32) / u128::from(cycles_per_second.max(1));
         Bucket {
-            rate,
+            per_cycle: u64::try_from(per_cycle).unwrap_or(u64::MAX),
             cap,
             // A new policer starts full: the port may send its burst at once.
             tokens: AtomicU64::new(cap),
@@ -62,8 +55,8 @@ impl Bucket {
                 .compare_exchange(last, now, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok()
         {
-            // ns * tokens/s * 1e6 / 1e9: millionths of a token.
-            let add = u128::from(now - last) * u128::from(self.rate) / 1000;
+            // Cycles times millionths per cycle: a multiply and a shift, no division.
+            let add = (u128::from(now - last) * u128::from(self.per_cycle)) >> 32;
             let add = u64::try_from(add).unwrap_or(u64::MAX);
             let cap = self.cap;
             let _ = self
@@ -95,15 +88,22 @@ pub struct Policer {
 
 impl Policer {
     /// A policer of `bits` (rate in bits/s, burst in bits) and/or `frames` (rate in
-    /// frames/s, burst in frames), full at time `now` (ns).
-    pub fn new(bits: Option<(u64, u64)>, frames: Option<(u64, u64)>, now: u64) -> Policer {
+    /// frames/s, burst in frames), full at cycle `now` of a counter that counts
+    /// `cycles_per_second`.
+    pub fn new(
+        bits: Option<(u64, u64)>,
+        frames: Option<(u64, u64)>,
+        now: u64,
+        cycles_per_second: u64,
+    ) -> Policer {
+        let bucket = |(rate, burst)| Bucket::new(rate, burst, now, cycles_per_second);
         Policer {
-            bits: bits.map(|(rate, burst)| Bucket::new(rate, burst, now)),
-            frames: frames.map(|(rate, burst)| Bucket::new(rate, burst, now)),
+            bits: bits.map(bucket),
+            frames: frames.map(bucket),
         }
     }
 
-    /// What the buckets hold at `now` (ns), for one burst of frames.
+    /// What the buckets hold at cycle `now`, for one burst of frames.
     #[inline]
     pub fn allowance(&self, now: u64) -> Allowance {
         Allowance {
@@ -155,6 +155,8 @@ mod tests {
     use super::*;
 
     const MS: u64 = 1_000_000;
+    /// Tests count cycles in nanoseconds.
+    const NS: u64 = 1_000_000_000;
 
     /// Frames of `len` bytes offered one by one at `now`, until one is refused; returns how
     /// many passed.
@@ -168,7 +170,7 @@ mod tests {
     #[test]
     fn a_full_bucket_lets_its_burst_through_then_the_rate() {
         // 1 Mbit/s, burst 100 kbit: 100,000 bits of 1000-byte frames is 12 of them.
-        let p = Policer::new(Some((1_000_000, 100_000)), None, 0);
+        let p = Policer::new(Some((1_000_000, 100_000)), None, 0, NS);
         assert_eq!(offer(&p, 0, 1000, 100), 12);
         assert_eq!(offer(&p, 0, 1000, 100), 0);
         // 8 ms later: 8000 bits, one frame (with the 4000 bits left over before).
@@ -186,7 +188,7 @@ mod tests {
 
     #[test]
     fn the_bucket_never_holds_more_than_its_burst() {
-        let p = Policer::new(Some((1_000_000, 100_000)), None, 0);
+        let p = Policer::new(Some((1_000_000, 100_000)), None, 0, NS);
         assert_eq!(offer(&p, 0, 1000, 100), 12);
         // An hour idle refills it to its burst, no more.
         assert_eq!(offer(&p, 3600 * 1000 * MS, 1000, 100), 12);
@@ -195,7 +197,7 @@ mod tests {
     #[test]
     fn a_slow_rate_refilled_at_every_burst_still_adds_up() {
         // 1 kbit/s refilled every microsecond: 1 millibit each time.
-        let p = Policer::new(Some((1000, 8000)), None, 0);
+        let p = Policer::new(Some((1000, 8000)), None, 0, NS);
         assert_eq!(offer(&p, 0, 1000, 10), 1);
         let mut passed = 0;
         for us in 1..=8_000_000u64 {
@@ -210,18 +212,18 @@ mod tests {
 
     #[test]
     fn frames_are_counted_whatever_their_size() {
-        let p = Policer::new(None, Some((1000, 10)), 0);
+        let p = Policer::new(None, Some((1000, 10)), 0, NS);
         assert_eq!(offer(&p, 0, 64, 100), 10);
         assert_eq!(offer(&p, 5 * MS, 9000, 100), 5);
         // Both buckets: the emptier one decides.
-        let both = Policer::new(Some((1_000_000, 80_000)), Some((1000, 100)), 0);
+        let both = Policer::new(Some((1_000_000, 80_000)), Some((1000, 100)), 0, NS);
         assert_eq!(offer(&both, 0, 1000, 1000), 10);
         assert_eq!(offer(&both, 100 * MS, 64, 1000), 100);
     }
 
     #[test]
     fn a_frame_that_does_not_fit_leaves_room_for_a_smaller_one() {
-        let p = Policer::new(Some((1_000_000, 10_000)), None, 0);
+        let p = Policer::new(Some((1_000_000, 10_000)), None, 0, NS);
         let mut a = p.allowance(0);
         assert!(a.admit(1000));
         assert!(!a.admit(1000), "8000 + 8000 bits > 10,000");
@@ -232,7 +234,7 @@ mod tests {
 
     #[test]
     fn time_going_back_adds_nothing() {
-        let p = Policer::new(Some((1_000_000, 8000)), None, 10 * MS);
+        let p = Policer::new(Some((1_000_000, 8000)), None, 10 * MS, NS);
         assert_eq!(offer(&p, 10 * MS, 1000, 10), 1);
         assert_eq!(offer(&p, 5 * MS, 1000, 10), 0);
         assert_eq!(offer(&p, 18 * MS, 1000, 10), 1);

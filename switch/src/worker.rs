@@ -35,7 +35,7 @@ use vringswitch_ports::{Attachment, DropReason, OffloadAction, PortId, VhostUser
 use crate::capture::{wall_clock_ns, CaptureTap};
 use crate::ethernet::{rarp_announcement, EthernetFrame, MacAddr, RARP_LEN};
 use crate::fdb::{fdb_key, FdbCache};
-use crate::police::{clock_ns, Policer};
+use crate::police::Policer;
 use crate::stats::cycles;
 use crate::topology::{BridgeRt, PortRt, Topology};
 use crate::vlan::{Ingress, VlanPolicy};
@@ -935,7 +935,7 @@ fn deliver_to(
 #[cold]
 #[inline(never)]
 fn police_to(p: &Policer, counters: &PortCounters, b: &mut Burst, wanted: impl Fn(&Frame) -> bool) {
-    let mut allowance = p.allowance(clock_ns());
+    let mut allowance = p.allowance(cycles());
     let mut policed = 0;
     for f in &mut b.slots[..b.len] {
         if wanted(f) {
@@ -954,7 +954,7 @@ fn police_to(p: &Policer, counters: &PortCounters, b: &mut Burst, wanted: impl F
 #[cold]
 #[inline(never)]
 fn police_from(p: &Policer, counters: &PortCounters, b: &mut Burst) {
-    let mut allowance = p.allowance(clock_ns());
+    let mut allowance = p.allowance(cycles());
     let mut policed = 0;
     for f in &mut b.slots[..b.len] {
         if f.dest != Dest::Drop && !allowance.admit(f.tx.len) {
