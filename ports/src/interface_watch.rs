@@ -13,8 +13,6 @@ use crate::port::{Attachment, PortHandle};
 
 /// How often a port checks that its interface is still there, or back.
 const EVERY: Duration = Duration::from_millis(250);
-/// How long after a first sign of its interface being gone a port looks again.
-const RECHECK: Duration = Duration::from_millis(100);
 
 /// What the attachment is, as the kind sees it.
 pub(crate) enum Health {
@@ -84,14 +82,7 @@ fn watch<W: Watched>(handle: &PortHandle, kind: &mut W, stop: &AtomicBool) {
             break;
         }
         let current = handle.attachment();
-        let mut health = current.as_deref().map(|att| kind.health(handle, att));
-        if let Some(Some(Health::Gone)) = health {
-            // Looked at again a moment later: an interface moved to another network
-            // namespace is detached from its descriptor for an instant, and is not gone.
-            std::thread::sleep(RECHECK);
-            health = current.as_deref().map(|att| kind.health(handle, att));
-        }
-        match health {
+        match current.as_deref().map(|att| kind.health(handle, att)) {
             Some(Some(Health::Up)) | Some(None) => {}
             Some(Some(Health::Gone)) => {
                 handle.detach();
