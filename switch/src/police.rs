@@ -35,7 +35,7 @@ impl Bucket {
     fn new(rate: u64, burst: u64, now: u64, cycles_per_second: u64) -> Bucket {
         let cap = burst.saturating_mul(SCALE);
         let per_cycle =
-            (u128::from(rate) * u128::from(SCALE) << 32) / u128::from(cycles_per_second.max(1));
+            ((u128::from(rate) * u128::from(SCALE)) << 32) / u128::from(cycles_per_second.max(1));
         Bucket {
             per_cycle: u64::try_from(per_cycle).unwrap_or(u64::MAX),
             cap,
