@@ -1,8 +1,9 @@
 //! One tenant cannot hurt another (issue 37): a frontend or guest that takes away memory the
-//! switch mapped, posts rings that cost the walk of millions of descriptors, floods the FDB
-//! with source addresses or asks for a thousand segments per frame harms only its own port.
-//! In every case a healthy pair of ports on the same bridge forwards with zero loss all the
-//! while (see [`HealthyPair`]), and the daemon stays up.
+//! switch mapped, posts rings that cost the walk of millions of descriptors, or floods the
+//! FDB with source addresses harms only its own port. In every case a healthy pair of ports
+//! on the same bridge forwards with zero loss all the while (see [`HealthyPair`]), and the
+//! daemon stays up. (A TSO frame asking for a thousand segments is in `offloads.rs`, a
+//! capture whose reader stops in `capture.rs`, rate limits in `policing.rs`.)
 
 use std::time::{Duration, Instant};
 
