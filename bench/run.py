@@ -379,22 +379,28 @@ def stop_capture(p):
     return p.err.read().strip()
 
 
-def capture_cost(work, size, secs, rounds):
-    """Loopback at `size` with and without a capture of port p0 (both directions, 128-byte
-    snaplen, to /dev/null, for the generator's `secs`), interleaved over `rounds`: medians of
-    Mpps and busy cycles."""
+def on_off_cost(what, work, size, secs, rounds, on, note=None):
+    """Loopback at `size` with `measure_vringswitch`'s options `on` and without, interleaved
+    over `rounds`: medians of Mpps and busy cycles. `note(mode)` adds to each run's record."""
     runs = {"off": [], "on": []}
     for _ in range(rounds):
         for mode in ("off", "on"):
-            mpps, cpp, _, _ = measure_vringswitch(
-                work(), size, secs,
-                capture=None if mode == "off" else ["-s", "128", "--seconds", str(secs)])
+            mpps, cpp, _, _ = measure_vringswitch(work(), size, secs,
+                                                  **(on if mode == "on" else {}))
             runs[mode].append({"mpps": sum(mpps) / len(mpps), "cpp": cpp,
-                               "capture": CAPTURE_RESULT[0] if mode == "on" else ""})
-            log(f"capture {mode}, {size} B: {runs[mode][-1]}")
+                               **(note(mode) if note else {})})
+            log(f"{what} {mode}, {size} B: {runs[mode][-1]}")
     med = {m: {k: statistics.median(r[k] for r in rs) for k in ("mpps", "cpp")}
            for m, rs in runs.items()}
     return {"size": size, "runs": runs, "median": med}
+
+
+def capture_cost(work, size, secs, rounds):
+    """Port p0 captured (both directions, 128-byte snaplen, to /dev/null, for the
+    generator's `secs`) against no capture; each run notes what the capture kept."""
+    return on_off_cost("capture", work, size, secs, rounds,
+                       {"capture": ["-s", "128", "--seconds", str(secs)]},
+                       lambda mode: {"capture": CAPTURE_RESULT[0] if mode == "on" else ""})
 
 
 # Every port policed both ways, bits and frames, at rates no loop reaches: the cost of
@@ -406,18 +412,8 @@ POLICE_ALL = [
 
 
 def policing_cost(work, size, secs, rounds):
-    """Loopback at `size` with both ports policed both ways (see POLICE_ALL) and without,
-    interleaved over `rounds`: medians of Mpps and busy cycles, and the frames policed."""
-    runs = {"off": [], "on": []}
-    for _ in range(rounds):
-        for mode in ("off", "on"):
-            mpps, cpp, _, _ = measure_vringswitch(
-                work(), size, secs, port_lines=POLICE_ALL if mode == "on" else ())
-            runs[mode].append({"mpps": sum(mpps) / len(mpps), "cpp": cpp})
-            log(f"policing {mode}, {size} B: {runs[mode][-1]}")
-    med = {m: {k: statistics.median(r[k] for r in rs) for k in ("mpps", "cpp")}
-           for m, rs in runs.items()}
-    return {"size": size, "runs": runs, "median": med}
+    """Both ports policed both ways (see POLICE_ALL) against no policer."""
+    return on_off_cost("policing", work, size, secs, rounds, {"port_lines": POLICE_ALL})
 
 
 # ---------------------------------------------------------------- testpmd io-fwd as the switch

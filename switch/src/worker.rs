@@ -35,7 +35,7 @@ use vringswitch_ports::{Attachment, DropReason, OffloadAction, PortId, VhostUser
 use crate::capture::{wall_clock_ns, CaptureTap};
 use crate::ethernet::{rarp_announcement, EthernetFrame, MacAddr, RARP_LEN};
 use crate::fdb::{fdb_key, FdbCache};
-use crate::police::Policer;
+use crate::police::{Allowance, Policer};
 use crate::stats::cycles;
 use crate::topology::{BridgeRt, PortRt, Topology};
 use crate::vlan::{Ingress, VlanPolicy};
@@ -776,7 +776,13 @@ fn deliver_burst(
     }
     // After the capture: it shows what the port sent, policed or not.
     if let Some(p) = from.rt.police_rx.as_deref() {
-        police_from(p, from.rt.handle.stats().slot(worker), b);
+        police(p, from.rt.handle.stats().slot(worker), b, |f, allowance| {
+            let policed = f.dest != Dest::Drop && !allowance.admit(f.tx.len);
+            if policed {
+                f.dest = Dest::Drop;
+            }
+            policed
+        });
     }
     for t in 0..b.targets.len() {
         let dst = b.targets[t];
@@ -924,43 +930,34 @@ fn deliver_to(
     match dst_rt.police_tx.as_deref() {
         None => deliver_wanted(to, topology, ports, src, b, wanted),
         Some(p) => {
-            police_to(p, dst_rt.handle.stats().slot(worker), b, wanted);
+            // Held back for this destination: `held` is meaningful until the next one.
+            police(p, dst_rt.handle.stats().slot(worker), b, |f, allowance| {
+                if !wanted(f) {
+                    return false;
+                }
+                f.held = !allowance.admit(f.tx.len);
+                f.held
+            });
             deliver_wanted(to, topology, ports, src, b, |f| wanted(f) && !f.held);
         }
     }
 }
 
-/// Holds back the frames of `b` for a destination (those `wanted`) that its policer `p` has
-/// no room for: they are marked `held` and counted as policed.
+/// Runs the frames of `b` past policer `p`: `each` gets every frame and the burst's
+/// allowance (to admit the frames it polices) and says whether the frame was policed.
+/// Policed frames are counted on `counters`, the policed port's.
 #[cold]
 #[inline(never)]
-fn police_to(p: &Policer, counters: &PortCounters, b: &mut Burst, wanted: impl Fn(&Frame) -> bool) {
+fn police(
+    p: &Policer,
+    counters: &PortCounters,
+    b: &mut Burst,
+    mut each: impl FnMut(&mut Frame, &mut Allowance) -> bool,
+) {
     let mut allowance = p.allowance(cycles());
     let mut policed = 0;
     for f in &mut b.slots[..b.len] {
-        if wanted(f) {
-            f.held = !allowance.admit(f.tx.len);
-            policed += u64::from(f.held);
-        }
-    }
-    p.settle(&allowance);
-    if policed > 0 {
-        counters.add_drop(DropReason::Policed, policed);
-    }
-}
-
-/// Drops the frames of `b` that `p`, the policer of what their source sends, has no room
-/// for (counted as policed on `counters`, the source's).
-#[cold]
-#[inline(never)]
-fn police_from(p: &Policer, counters: &PortCounters, b: &mut Burst) {
-    let mut allowance = p.allowance(cycles());
-    let mut policed = 0;
-    for f in &mut b.slots[..b.len] {
-        if f.dest != Dest::Drop && !allowance.admit(f.tx.len) {
-            f.dest = Dest::Drop;
-            policed += 1;
-        }
+        policed += u64::from(each(f, &mut allowance));
     }
     p.settle(&allowance);
     if policed > 0 {

@@ -28,6 +28,37 @@ fn flood(sender: &mut TestVm, n: usize) {
     }
 }
 
+/// After `evil`'s frontend made the switch's next access to its memory fault: `sender`'s
+/// broadcasts reach for that memory, the switch hangs up on evil (and only on it), counts
+/// and logs it, and serves evil's next connection (`opts`, new memory) as any other.
+fn lost_and_served_again(
+    s: &Setup,
+    sender: &mut TestVm,
+    mut evil: TestVm,
+    opts: VmOptions,
+    what: &str,
+) {
+    // From here on the test must not touch evil's memory either.
+    flood(sender, 4);
+    wait_hung_up(&mut evil, &format!("the switch to hang up on {what}"));
+    alive(&s.daemon);
+    s.daemon.wait_port_connected("evil", false);
+    assert!(
+        s.counter("protocol_errors", "evil") >= 1,
+        "{what}: not counted"
+    );
+    let log = s.daemon.log_text();
+    assert!(
+        log.contains("shrank or emptied a file of its guest memory or dirty log"),
+        "{what}: the log does not say what happened:\n{log}"
+    );
+    drop(evil);
+    let mut again = s.vm_with("evil", 3, opts);
+    s.wait_connected(&["evil"]);
+    flood(sender, 1);
+    again.expect_frames_at_least(TestVm::rx(0), 1, T);
+}
+
 /// A frontend shrinks the file behind its guest memory after the switch mapped it (the
 /// switch's next access to that memory would raise SIGBUS): only its port goes down, counted
 /// as a protocol error, and it is served again when it comes back. Every kind of guest
@@ -66,28 +97,8 @@ fn a_frontend_that_shrinks_its_memory_takes_only_its_own_port_down() {
             continue;
         }
         shrunk.expect("shrink the guest memory file");
-        // From here on the test must not touch evil's memory either.
-        flood(&mut sender, 4);
-        wait_hung_up(&mut evil, "the switch to hang up on the shrunk frontend");
-        alive(&s.daemon);
-        s.daemon.wait_port_connected("evil", false);
-        assert!(
-            s.counter("protocol_errors", "evil") >= 1,
-            "{backing:?}: the shrunk memory was not counted"
-        );
-        assert!(
-            s.daemon
-                .log_text()
-                .contains("shrank or emptied a file of its guest memory"),
-            "{backing:?}: the log does not say what happened:\n{}",
-            s.daemon.log_text()
-        );
-        // The tenant's next connection (a new memory file) is served as any other.
-        drop(evil);
-        let mut again = s.vm_with("evil", 3, opts);
-        s.wait_connected(&["evil"]);
-        flood(&mut sender, 1);
-        again.expect_frames_at_least(TestVm::rx(0), 1, T);
+        let what = format!("a frontend whose {backing:?} memory shrank");
+        lost_and_served_again(&s, &mut sender, evil, opts, &what);
         healthy.finish(3);
         alive(&s.daemon);
         sender.wait_tx_done(TestVm::tx(0), T);
@@ -113,23 +124,7 @@ fn a_frontend_that_shrinks_its_dirty_log_takes_only_its_own_port_down() {
     assert!(!log.marked().is_empty(), "the switch logged nothing");
 
     log.shrink_file();
-    flood(&mut sender, 4);
-    wait_hung_up(
-        &mut evil,
-        "the switch to hang up on the frontend with a shrunk log",
-    );
-    alive(&s.daemon);
-    s.daemon.wait_port_connected("evil", false);
-    assert!(s.counter("protocol_errors", "evil") >= 1);
-    assert!(s
-        .daemon
-        .log_text()
-        .contains("shrank or emptied a file of its guest memory or dirty log"));
-    drop(evil);
-    let mut again = s.vm_with("evil", 3, opts);
-    s.wait_connected(&["evil"]);
-    flood(&mut sender, 1);
-    again.expect_frames_at_least(TestVm::rx(0), 1, T);
+    lost_and_served_again(&s, &mut sender, evil, opts, "a frontend whose log shrank");
     healthy.finish(3);
     alive(&s.daemon);
     // The sender's frames all went out.

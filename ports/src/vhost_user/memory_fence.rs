@@ -520,7 +520,8 @@ impl MemoryFence {
     }
 
     /// Regions registered (and kept mapped) by this fence.
-    pub fn regions(&self) -> usize {
+    #[cfg(test)]
+    fn regions(&self) -> usize {
         lock(&self.held).len()
     }
 }
