@@ -118,15 +118,16 @@ fn two_hosts(tag: &str, t1: &str, t2: &str) -> TwoHosts {
 /// TCP from a to b through a port policed at 20 Mbit/s (what t1 sends, the default burst),
 /// then at 8 Mbit/s over the API (what t2 is sent, a burst of half a second): each time the
 /// switch carries the configured rate within 5% once TCP has settled, and drops the rest
-/// as `policed`.
+/// as `policed`. Each rate is averaged over 8 s: over 5 s, TCP's own sawtooth (and the
+/// burst refilled while it backs off) moved the figure by up to 3.5% either way.
 #[test]
 fn tcp_through_a_policed_port_settles_at_the_configured_rate() {
     let h = two_hosts("police", "police_rx = { rate_kbps = 20000 }", "");
     let d = &h.d;
-    let _stream = tcp_stream(&h.a, &h.b, "10.78.0.2", 14);
+    let _stream = tcp_stream(&h.a, &h.b, "10.78.0.2", 22);
     // Slow start and the first burst: left out of the measure.
     std::thread::sleep(Duration::from_secs(3));
-    let carried = delivered_bps(d, "t2", Duration::from_secs(5));
+    let carried = delivered_bps(d, "t2", Duration::from_secs(8));
     let want = 20_000_000.0;
     eprintln!("police_rx 20 Mbit/s: {:.2} Mbit/s carried", carried / 1e6);
     assert!(
@@ -156,7 +157,7 @@ fn tcp_through_a_policed_port_settles_at_the_configured_rate() {
     let out = d.vringctl(&["port", "set", "t1", "--no-police-rx"]);
     assert!(out.contains("changed"), "{out}");
     std::thread::sleep(Duration::from_secs(2));
-    let carried = delivered_bps(d, "t2", Duration::from_secs(5));
+    let carried = delivered_bps(d, "t2", Duration::from_secs(8));
     eprintln!("police_tx 8 Mbit/s: {:.2} Mbit/s carried", carried / 1e6);
     assert!(
         (carried - 8e6).abs() <= 8e6 * 0.05,
