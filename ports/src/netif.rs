@@ -38,7 +38,7 @@ pub(crate) fn ioctl(
     req: &mut libc::ifreq,
 ) -> io::Result<()> {
     // SAFETY: every request used with it (TUNSETIFF, TUNGETIFF, SIOCGIFFLAGS, SIOCSIFFLAGS,
-    // SIOCSIFMTU) reads and/or writes one `struct ifreq`, which `req` is, valid for the call.
+    // SIOCGIFMTU, SIOCSIFMTU) reads and/or writes one `struct ifreq`, which `req` is, valid for the call.
     let r = unsafe { libc::ioctl(fd.as_raw_fd(), request as _, req as *mut libc::ifreq) };
     if r < 0 {
         Err(io::Error::last_os_error())
@@ -65,6 +65,16 @@ pub fn ifindex(name: &str) -> Option<u32> {
     // SAFETY: if_nametoindex reads the NUL-terminated name, valid for the call.
     let i = unsafe { libc::if_nametoindex(name.as_ptr()) };
     (i != 0).then_some(i)
+}
+
+/// Interface `name`'s MTU, as `ip link` shows it.
+pub fn mtu(name: &str) -> io::Result<u32> {
+    let sock = control_socket()?;
+    let mut req = ifreq(name);
+    ioctl(&sock, libc::SIOCGIFMTU, &mut req)?;
+    // SAFETY: SIOCGIFMTU filled the mtu member of the union.
+    let mtu = unsafe { req.ifr_ifru.ifru_mtu };
+    u32::try_from(mtu).map_err(|_| io::Error::other(format!("negative MTU {mtu}")))
 }
 
 /// Sets interface `name` up, with `mtu` if given. An interface already up is left as it
@@ -106,5 +116,16 @@ mod tests {
         let name: Vec<u8> = req.ifr_name.iter().map(|&c| c as u8).collect();
         assert_eq!(&name[..5], b"tap0\0");
         assert!(name[4..].iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn the_mtu_of_an_interface_is_read_and_a_missing_one_is_an_error() {
+        let lo: u32 = std::fs::read_to_string("/sys/class/net/lo/mtu")
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert_eq!(mtu("lo").unwrap(), lo);
+        assert!(mtu("vs-no-such-if").is_err());
     }
 }

@@ -68,6 +68,16 @@ impl Attachment {
             Attachment::Tap(_) | Attachment::AfXdp(_) => 1,
         }
     }
+
+    /// The offloads the port's receiver takes in frames sent to it: what it is sent needing
+    /// more is finished (checksummed, cut) by the switch.
+    pub fn taken_offloads(&self) -> crate::offload::OffloadCaps {
+        match self {
+            Attachment::VhostUser(q) => q.taken_offloads(),
+            Attachment::Tap(q) => q.offloads(),
+            Attachment::AfXdp(_) => crate::offload::OffloadCaps::NONE,
+        }
+    }
 }
 
 /// The queues of a connected vhost-user peer, as handed to the workers.

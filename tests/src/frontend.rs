@@ -618,6 +618,29 @@ impl TestVm {
         frame: &[u8],
         cuts: &[usize],
     ) {
+        let head = self.write_chain(q, header, frame, cuts);
+        self.make_available(q, &[head]);
+    }
+
+    /// Puts each frame behind its virtio-net header on TX queue `q`, split as
+    /// [`Self::send_split_with_header`] splits it, and publishes them all with one avail
+    /// index store, without kicking (as [`Self::offer_quietly`]).
+    pub fn offer_quietly_with_headers(
+        &mut self,
+        q: u16,
+        frames: &[([u8; HDR_LEN], Vec<u8>)],
+        cuts: &[usize],
+    ) {
+        let heads: Vec<u16> = frames
+            .iter()
+            .map(|(header, frame)| self.write_chain(q, *header, frame, cuts))
+            .collect();
+        self.publish_avail(q, &heads);
+    }
+
+    /// Writes `frame` behind `header` into descriptors of queue `q` chained as `cuts` say;
+    /// returns the chain's head.
+    fn write_chain(&mut self, q: u16, header: [u8; HDR_LEN], frame: &[u8], cuts: &[usize]) -> u16 {
         let mut bytes = header.to_vec();
         bytes.extend_from_slice(frame);
         let mut bounds = vec![0];
@@ -639,7 +662,7 @@ impl TestVm {
             };
             self.write_desc(q, d, addr, (w[1] - w[0]) as u32, flags, next);
         }
-        self.make_available(q, &descs[..1]);
+        descs[0]
     }
 
     /// Sends `frame` through an indirect descriptor table: the header and the frame are

@@ -304,67 +304,163 @@ fn offloads_are_offered_unless_a_port_turns_them_off() {
     assert!(refused.1.to_string().contains("offloads"), "{refused:?}");
 }
 
-/// A TSO frame from a VM reaches the kernel through a TAP port whole (one packet of the
-/// interface, the kernel segments it if it must), or, with the port's offloads off, as the
-/// segments the switch cut; the interface's own counters say which.
-#[test]
-fn a_tap_port_passes_tso_frames_to_the_kernel_unless_its_offloads_are_off() {
-    let dir = TempDir::new("offloadtap");
-    let id = std::process::id() % 10_000;
-    let (on, off) = (format!("vsoffa{id}"), format!("vsoffb{id}"));
-    let vm = dir.path().join("a.sock");
-    let toml = format!(
-        "[dataplane]\ncores = [1]\n[[bridges]]\nname = \"br0\"\n\
-         [[ports]]\nname = \"a\"\nbridge = \"br0\"\ntype = \"vhost-user\"\nsocket = \"{}\"\n\
-         [[ports]]\nname = \"on\"\nbridge = \"br0\"\ntype = \"tap\"\nifname = \"{on}\"\nmtu = 1500\n\
-         [[ports]]\nname = \"off\"\nbridge = \"br0\"\ntype = \"tap\"\nifname = \"{off}\"\nmtu = 1500\n\
-         offloads = false\n",
-        vm.display()
-    );
-    let d = Daemon::start(dir.path(), &toml, std::slice::from_ref(&vm));
-    let stat = |ifname: &str, what: &str| -> u64 {
+/// A daemon with VM port `a` (which sends offloads) and two TAP ports on one bridge: `on`
+/// with offloads, `off` without, both at MTU 1500.
+struct TapPair {
+    _dir: TempDir,
+    d: Daemon,
+    on: String,
+    off: String,
+    a: TestVm,
+}
+
+impl TapPair {
+    fn start(tag: &str) -> TapPair {
+        let dir = TempDir::new(tag);
+        let id = std::process::id() % 10_000;
+        let (on, off) = (format!("{tag}a{id}"), format!("{tag}b{id}"));
+        let vm = dir.path().join("a.sock");
+        let toml = format!(
+            "[dataplane]\ncores = [1]\n[[bridges]]\nname = \"br0\"\n\
+             [[ports]]\nname = \"a\"\nbridge = \"br0\"\ntype = \"vhost-user\"\nsocket = \"{}\"\n\
+             [[ports]]\nname = \"on\"\nbridge = \"br0\"\ntype = \"tap\"\nifname = \"{on}\"\nmtu = 1500\n\
+             [[ports]]\nname = \"off\"\nbridge = \"br0\"\ntype = \"tap\"\nifname = \"{off}\"\nmtu = 1500\n\
+             offloads = false\n",
+            vm.display()
+        );
+        let d = Daemon::start(dir.path(), &toml, std::slice::from_ref(&vm));
+        // The kernel's own frames from each interface (IPv6 neighbour discovery) would
+        // reach the other through the bridge: none.
+        for i in [&on, &off] {
+            std::fs::write(format!("/proc/sys/net/ipv6/conf/{i}/disable_ipv6"), "1").unwrap();
+        }
+        let mut a = TestVm::connect(&vm, mac(1), with(SENDS_OFFLOADS));
+        a.post_rx(TestVm::rx(0), 64, 2048);
+        std::thread::sleep(Duration::from_millis(300));
+        TapPair {
+            _dir: dir,
+            d,
+            on,
+            off,
+            a,
+        }
+    }
+
+    /// A counter of the kernel's for interface `ifname`.
+    fn stat(ifname: &str, what: &str) -> u64 {
         std::fs::read_to_string(format!("/sys/class/net/{ifname}/statistics/{what}"))
             .unwrap_or_else(|e| panic!("{ifname}'s {what}: {e}"))
             .trim()
             .parse()
             .unwrap()
-    };
-    // The kernel's own frames from each interface (IPv6 neighbour discovery) would reach the
-    // other through the bridge: none.
-    for i in [&on, &off] {
-        std::fs::write(format!("/proc/sys/net/ipv6/conf/{i}/disable_ipv6"), "1").unwrap();
     }
-    let mut a = TestVm::connect(&vm, mac(1), with(SENDS_OFFLOADS));
-    a.post_rx(TestVm::rx(0), 64, 2048);
-    std::thread::sleep(Duration::from_millis(300));
-    let before = [on.as_str(), off.as_str()].map(|i| stat(i, "rx_packets"));
-    let bytes_before = d.metric("vringswitch_port_tx_bytes_total", &[("port", "on")]);
+
+    /// Packets each interface received so far: `[on, off]`.
+    fn received(&self) -> [u64; 2] {
+        [&self.on, &self.off].map(|i| Self::stat(i, "rx_packets"))
+    }
+
+    /// Frames dropped on the way to each TAP port as `too_big`: `[on, off]`.
+    fn too_big(&self) -> [u64; 2] {
+        ["on", "off"].map(|p| {
+            self.d.metric(
+                "vringswitch_port_drops_total",
+                &[("port", p), ("reason", "too_big")],
+            )
+        })
+    }
+}
+
+/// A TSO frame from a VM reaches the kernel through a TAP port whole (one packet of the
+/// interface, the kernel segments it if it must), or, with the port's offloads off, as the
+/// segments the switch cut; the interface's own counters say which.
+#[test]
+fn a_tap_port_passes_tso_frames_to_the_kernel_unless_its_offloads_are_off() {
+    let mut p = TapPair::start("vsoff");
+    let before = p.received();
+    let bytes_before =
+        p.d.metric("vringswitch_port_tx_bytes_total", &[("port", "on")]);
     let payload: Vec<u8> = (0..20_000u32).map(|i| i as u8).collect();
     // To an unknown MAC: flooded to both TAP ports.
-    send(&mut a, header(1, 1, 54, 1448, 34, 16), &tcp_frame(&payload));
-    a.wait_tx_done(TestVm::tx(0), T);
+    send(
+        &mut p.a,
+        header(1, 1, 54, 1448, 34, 16),
+        &tcp_frame(&payload),
+    );
+    p.a.wait_tx_done(TestVm::tx(0), T);
     vringswitch_tests::wait_until(T, "the frames at both interfaces", || {
-        (stat(&on, "rx_packets") > before[0] && stat(&off, "rx_packets") >= before[1] + 14)
-            .then_some(())
+        let now = p.received();
+        (now[0] > before[0] && now[1] >= before[1] + 14).then_some(())
     });
     std::thread::sleep(Duration::from_millis(200));
-    assert_eq!(stat(&on, "rx_packets") - before[0], 1, "one TSO frame");
-    assert_eq!(stat(&off, "rx_packets") - before[1], 14, "14 segments");
-    let passed = d.metric(
+    let now = p.received();
+    assert_eq!(now[0] - before[0], 1, "one TSO frame");
+    assert_eq!(now[1] - before[1], 14, "14 segments");
+    let passed = p.d.metric(
         "vringswitch_port_offloads_total",
         &[("port", "on"), ("action", "passed")],
     );
-    let cut = d.metric(
+    let cut = p.d.metric(
         "vringswitch_port_offloads_total",
         &[("port", "off"), ("action", "segmented")],
     );
     assert_eq!((passed, cut), (1, 1));
-    let bytes = d.metric("vringswitch_port_tx_bytes_total", &[("port", "on")]);
+    let bytes =
+        p.d.metric("vringswitch_port_tx_bytes_total", &[("port", "on")]);
     assert_eq!(
         bytes - bytes_before,
         20_054,
         "the frame, without its header"
     );
+    assert_eq!(p.too_big(), [0, 0]);
+}
+
+/// The receiver's MTU bounds what a TAP port is sent, as a Linux bridge bounds it: a frame
+/// longer than the interface's MTU (plus the Ethernet header and one VLAN tag) is dropped as
+/// `too_big`, and so is a TSO frame whose segments would be, whole or cut by the switch.
+/// An MTU changed with `ip link` while the port runs counts within a second.
+#[test]
+fn a_tap_port_is_never_sent_a_frame_or_segment_longer_than_its_mtu_allows() {
+    let mut p = TapPair::start("vsmtu");
+    for i in [&p.on, &p.off] {
+        vringswitch_tests::netns::ip(&["link", "set", "dev", i, "mtu", "1400"]);
+    }
+    std::thread::sleep(Duration::from_millis(1000));
+    let payload: Vec<u8> = (0..8000u32).map(|i| i as u8).collect();
+    // Segments of 1448 bytes make 1502-byte frames: over 1400 + 18 for both ports.
+    let before = p.received();
+    send(
+        &mut p.a,
+        header(1, 1, 54, 1448, 34, 16),
+        &tcp_frame(&payload),
+    );
+    p.a.wait_tx_done(TestVm::tx(0), T);
+    vringswitch_tests::wait_until(T, "both drops counted", || {
+        (p.too_big() == [1, 1]).then_some(())
+    });
+    // A plain frame of 1500 bytes (1514 with its Ethernet header) is over as well.
+    let plain = tcp_frame(&payload[..1460]);
+    assert_eq!(plain.len(), 1514);
+    p.a.send(TestVm::tx(0), &plain);
+    vringswitch_tests::wait_until(T, "both drops counted", || {
+        (p.too_big() == [2, 2]).then_some(())
+    });
+    // Segments of 1346 bytes (1400-byte frames) fit: one TSO frame to `on`, 6 segments to
+    // `off`; and so does a plain frame of exactly 1418 bytes.
+    send(
+        &mut p.a,
+        header(1, 1, 54, 1346, 34, 16),
+        &tcp_frame(&payload),
+    );
+    p.a.send(TestVm::tx(0), &tcp_frame(&payload[..1364]));
+    vringswitch_tests::wait_until(T, "the frames at both interfaces", || {
+        let now = p.received();
+        (now[0] >= before[0] + 2 && now[1] >= before[1] + 7).then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let now = p.received();
+    assert_eq!([now[0] - before[0], now[1] - before[1]], [2, 7]);
+    assert_eq!(p.too_big(), [2, 2]);
 }
 
 /// A TSO frame from an access port to trunks: a tag is pushed on the way, and the header
@@ -431,4 +527,72 @@ fn a_tag_pushed_on_a_tso_frame_moves_its_header_and_tags_its_segments() {
         (offloads("b", "passed"), offloads("c", "segmented")),
         (1, 1)
     );
+}
+
+/// Segmentation is charged to its sender: a TSO frame the switch is to cut takes a turn of
+/// the sender's burst per segment, so that one burst of a VM's is never more work than 32
+/// full-size frames. Eight TSO frames of 14 segments each, offered at once: to a VM that
+/// takes TSO they go in one burst; to one that does not, in bursts of at most 3 frames.
+#[test]
+fn tso_frames_the_switch_cuts_take_a_turn_of_their_sender_s_burst_per_segment() {
+    let s = Setup::new("offloadcharge", &[("br0", &["a", "b", "c"])], 1);
+    let mut a = s.vm_with("a", 1, with(SENDS_OFFLOADS));
+    let mut b = s.vm_with("b", 2, with(TAKES_OFFLOADS));
+    let mut c = s.vm_with("c", 3, with(0));
+    s.wait_connected(&["a", "b", "c"]);
+    // b and c announce themselves: the frames below are known unicast.
+    b.send(
+        TestVm::tx(0),
+        &vringswitch_tests::frame([0xff; 6], mac(2), 50, 0),
+    );
+    c.send(
+        TestVm::tx(0),
+        &vringswitch_tests::frame([0xff; 6], mac(3), 50, 0),
+    );
+    a.expect_frames(TestVm::rx(0), 2, T);
+    b.expect_frames(TestVm::rx(0), 1, T);
+    c.expect_frames(TestVm::rx(0), 1, T);
+    b.post_rx(TestVm::rx(0), 128, 2048);
+    c.post_rx(TestVm::rx(0), 128, 2048);
+    // Bursts of more than 2, 4 and 8 chains so far.
+    let over = |n: &str| -> u64 {
+        let total = s
+            .daemon
+            .metric("vringswitch_worker_burst_size_count", &[("core", "1")]);
+        total
+            - s.daemon.metric(
+                "vringswitch_worker_burst_size_bucket",
+                &[("core", "1"), ("le", n)],
+            )
+    };
+    let payload: Vec<u8> = (0..20_000u32).map(|i| (i * 7 + 1) as u8).collect();
+    for (n, vm) in [(2u8, &mut b), (3, &mut c)] {
+        let mut frame = tcp_frame(&payload);
+        frame[..6].copy_from_slice(&mac(n));
+        let frames: Vec<([u8; 12], Vec<u8>)> = (0..8)
+            .map(|_| (header(1, 1, 54, 1448, 34, 16), frame.clone()))
+            .collect();
+        // The worker is asleep by now: it sees all eight at once, at the kick.
+        std::thread::sleep(Duration::from_millis(300));
+        let before = [over("2"), over("4"), over("8")];
+        a.offer_quietly_with_headers(TestVm::tx(0), &frames, &[0x4000]);
+        a.kick(TestVm::tx(0));
+        let want = if n == 2 { 8 } else { 8 * 14 };
+        let got = vm.expect_frames(TestVm::rx(0), want, T);
+        a.wait_tx_done(TestVm::tx(0), T);
+        let after = [over("2"), over("4"), over("8")];
+        let grew: Vec<u64> = after.iter().zip(before).map(|(x, y)| x - y).collect();
+        if n == 2 {
+            assert!(got.iter().all(|r| r.frame == frame));
+            assert_eq!(grew, [1, 1, 0], "one burst of 8 chains");
+        } else {
+            // 14 + 14 turns, then a third frame that ends the burst: 3, 3 and 2 frames.
+            assert_eq!(
+                grew,
+                [2, 0, 0],
+                "bursts of at most 3 chains, two of them of 3"
+            );
+        }
+    }
+    assert_eq!(offloads(&s, "c", "segmented"), 8);
 }

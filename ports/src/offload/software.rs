@@ -41,6 +41,19 @@ impl<'a> Outgoing<'a> {
     pub fn frame_len(&self) -> u32 {
         self.head.len() as u32 + self.len
     }
+
+    /// The longest frame the receiver's link carries of it: the frame, or for one the
+    /// receiver is to cut, its first segment (`hdr_len` bytes of headers and `gso_size` of
+    /// payload).
+    #[inline]
+    pub fn longest_on_the_wire(&self) -> u32 {
+        let whole = self.frame_len();
+        if self.vnet.is_gso() {
+            whole.min(u32::from(self.vnet.hdr_len) + u32::from(self.vnet.gso_size))
+        } else {
+            whole
+        }
+    }
 }
 
 /// What was done to a frame on its way to one receiver.
@@ -408,6 +421,31 @@ mod tests {
             assert_eq!(got[0].0, f.vnet);
             assert!(got[0].1 == f.frame);
         }
+    }
+
+    #[test]
+    fn the_longest_frame_on_the_wire_is_the_first_segment_of_a_frame_still_to_cut() {
+        let head = [0u8; 18];
+        let plain = Outgoing {
+            vnet: VnetHeader::default(),
+            head: &head,
+            skip: 12,
+            len: 9000,
+        };
+        assert_eq!(plain.longest_on_the_wire(), 9018);
+        // Linux's TSO frame: 66 bytes of headers, segments of 1448.
+        let tso = Outgoing {
+            vnet: VnetHeader {
+                gso_type: VnetHeader::GSO_TCPV4,
+                hdr_len: 66,
+                gso_size: 1448,
+                ..VnetHeader::default()
+            },
+            ..plain
+        };
+        assert_eq!(tso.longest_on_the_wire(), 1514);
+        // One shorter than a segment is its own length.
+        assert_eq!(Outgoing { len: 1000, ..tso }.longest_on_the_wire(), 1018);
     }
 
     #[test]

@@ -80,6 +80,19 @@ impl VnetHeader {
         self.gso_type & !Self::GSO_ECN != Self::GSO_NONE
     }
 
+    /// The frames a `frame_len`-byte frame with this header is once cut: its segments for
+    /// a TSO frame, else 1. Meaningful for a header [`Self::check`] accepted.
+    #[inline]
+    pub fn segments(&self, frame_len: u32) -> u32 {
+        if !self.is_gso() || self.gso_size == 0 {
+            return 1;
+        }
+        frame_len
+            .saturating_sub(u32::from(self.hdr_len))
+            .div_ceil(u32::from(self.gso_size))
+            .max(1)
+    }
+
     /// What a receiver must accept to get the frame as it is (nothing for a frame whose
     /// checksums are complete). Meaningful for a header [`Self::check`] accepted.
     #[inline]
@@ -169,6 +182,33 @@ mod tests {
         assert_eq!(&b[..10], &LINUX_TSO4);
         assert_eq!(&b[10..], &[3, 0]);
         assert_eq!(h.needs(), OffloadCaps::CSUM | OffloadCaps::TSO4);
+    }
+
+    #[test]
+    fn a_tso_frame_counts_as_its_segments_and_any_other_as_one() {
+        let h = VnetHeader::from_bytes(&LINUX_TSO4);
+        // 66 bytes of headers, then payloads of 1448.
+        for (len, n) in [
+            (66 + 1448, 1),
+            (66 + 1449, 2),
+            (66 + 14_480, 10),
+            (66, 1),
+            (10, 1),
+        ] {
+            assert_eq!(h.segments(len), n, "{len} bytes");
+        }
+        // The most a checked header allows: a 64 KiB datagram at the smallest size.
+        let small = VnetHeader {
+            gso_size: MIN_GSO_SIZE,
+            hdr_len: 54,
+            ..h
+        };
+        assert_eq!(small.segments(14 + 65_535), 123);
+        let csum_only = VnetHeader {
+            gso_type: VnetHeader::GSO_NONE,
+            ..h
+        };
+        assert_eq!(csum_only.segments(65_000), 1);
     }
 
     #[test]

@@ -18,7 +18,7 @@ pub mod device;
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 
 use vm_memory::{GuestAddress, GuestMemoryError, GuestMemoryMmap};
@@ -46,7 +46,14 @@ pub struct TapQueue {
     /// Offloads were asked of the kernel: it takes and sends TSO frames and checksums left
     /// to complete.
     offloads: bool,
+    /// The interface's MTU, read at open and again by the port's monitor (an operator may
+    /// change it with `ip link`).
+    mtu: AtomicU32,
 }
+
+/// Bytes a frame may have beyond its interface's MTU: the Ethernet header and one VLAN
+/// tag, as Linux's bridge allows (`is_skb_forwardable`).
+pub const MTU_OVERHEAD: u32 = 14 + 4;
 
 /// How reading a frame from the kernel went.
 #[derive(Debug)]
@@ -67,12 +74,31 @@ impl TapQueue {
         let size = TAP_BUFFER as usize * TAP_BUFFERS;
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), size)])
             .map_err(|e| io::Error::other(format!("cannot map the receive buffers: {e}")))?;
+        let mtu = crate::netif::mtu(device.name())?;
         Ok(TapQueue {
             device,
             mem,
             failed: AtomicBool::new(false),
             offloads,
+            mtu: AtomicU32::new(mtu),
         })
+    }
+
+    /// The longest frame the interface takes: a longer one (or a TSO frame whose segments
+    /// would be) is dropped as `too_big`, as a Linux bridge drops it.
+    #[inline]
+    pub fn max_frame(&self) -> u32 {
+        self.mtu
+            .load(Ordering::Relaxed)
+            .saturating_add(MTU_OVERHEAD)
+    }
+
+    /// Reads the interface's MTU again. Kept as it was if the interface cannot be asked
+    /// (moved to another network namespace, where its name means nothing here).
+    fn refresh_mtu(&self) {
+        if let Ok(mtu) = crate::netif::mtu(self.device.name()) {
+            self.mtu.store(mtu, Ordering::Relaxed);
+        }
     }
 
     /// Marks the queue as failed (a read or write found the interface gone).
@@ -244,6 +270,7 @@ impl Watched for TapWatch {
     fn health(&mut self, _: &PortHandle, att: &Attachment) -> Option<Health> {
         let Attachment::Tap(q) = att else { return None };
         Some(if !q.failed() && q.device.is_attached() {
+            q.refresh_mtu();
             Health::Up
         } else {
             Health::Gone
