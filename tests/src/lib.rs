@@ -91,3 +91,12 @@ pub const BROADCAST: [u8; 6] = [0xff; 6];
 pub fn mac(n: u8) -> [u8; 6] {
     [0x02, 0, 0, 0, 0, n]
 }
+
+/// Pins the calling thread to CPU 0, where the tests' own work runs, so that a busy test
+/// thread never takes CPU 1 from the daemon's worker pinned there (a timing test measures
+/// the switch, not the scheduler).
+pub fn pin_to_cpu0() {
+    let mut set = rustix::thread::CpuSet::new();
+    set.set(0);
+    rustix::thread::sched_setaffinity(None, &set).expect("pinning a test thread to CPU 0");
+}
