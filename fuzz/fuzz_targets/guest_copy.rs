@@ -4,15 +4,23 @@
 //! - nothing panics;
 //! - the source VM's memory changes only in its used ring;
 //! - the destination VM's memory changes only in buffers its descriptors (direct or in
-//!   indirect tables) mark device-writable, and in its used ring.
+//!   indirect tables) mark device-writable, and in its used ring;
+//! - while the destination's pages are logged (a live migration), every byte of it that
+//!   changed is in a page marked dirty once the burst is published, whether the burst's
+//!   writes were recorded as it made them or (past the record's room) found again from its
+//!   used entries.
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use virtio_queue::QueueT;
 use vm_memory::{Bytes, GuestAddress};
+use vringswitch_ports::vhost_user::dirty_log::{log_bytes_for, DirtyLog};
 use vringswitch_ports::vhost_user::guest_view::GuestView;
-use vringswitch_ports::vhost_user::rings::{FrameEdit, PopTx, RingView, RxScratch, MAX_TX_SEGS};
+use vringswitch_ports::vhost_user::migration::WriteLog;
+use vringswitch_ports::vhost_user::rings::{
+    FrameEdit, PopTx, RingView, RxScratch, WrittenRanges, MAX_TX_SEGS,
+};
 
 #[path = "rings.rs"]
 mod rings;
@@ -53,6 +61,18 @@ fn writable(mem: &GuestMem, desc_table: u64, size: u16) -> Vec<(u64, u64)> {
     out
 }
 
+/// An unlinked file for the dirty log.
+fn tempfile() -> std::fs::File {
+    let t = vmm_sys_util::tempfile::TempFile::new().unwrap();
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(t.as_path())
+        .unwrap();
+    drop(t);
+    f
+}
+
 fn inside(ranges: &[(u64, u64)], addr: u64) -> bool {
     ranges.iter().any(|&(a, l)| addr >= a && addr - a < l)
 }
@@ -74,6 +94,9 @@ fuzz_target!(|data: &[u8]| {
     let mut b = Bytes8::new(data);
     let flags = b.u8();
     let (hdr_len, mrg) = (if flags & 1 == 0 { 12 } else { 10 }, flags & 2 != 0);
+    // Logged: with room to record a whole burst, or with room for two ranges only.
+    let logged = flags & 4 != 0;
+    let mut written = WrittenRanges::with_capacity(if flags & 8 != 0 { 2 } else { 64 * 512 });
     let mut edit = FrameEdit::NONE;
     edit.skip = b.u8() % 20;
     edit.prefix_len = b.u8() % 17;
@@ -95,11 +118,22 @@ fuzz_target!(|data: &[u8]| {
     let mut allowed = writable(&dst_mem, dst_desc, dst_size);
     allowed.push(used_ring(dst_used, dst_size));
 
+    let covers = rings::REGIONS
+        .iter()
+        .map(|&(start, len)| start + len as u64)
+        .max()
+        .unwrap();
+    let log_file = tempfile();
+    log_file.set_len(log_bytes_for(covers)).unwrap();
+    let log = DirtyLog::map(&log_file, log_bytes_for(covers), 0, covers).unwrap();
     let mut segs = Vec::with_capacity(MAX_TX_SEGS * 64);
     let mut scratch = RxScratch::default();
     {
         let mut tx = RingView::new(&mut src_q, &src_mem);
         let mut rx = RingView::new(&mut dst_q, &dst_mem);
+        if logged {
+            rx.record_writes(&mut written);
+        }
         let mut src_view = GuestView::new(&src_mem);
         for _ in 0..64 {
             if segs.capacity() - segs.len() < MAX_TX_SEGS {
@@ -110,25 +144,56 @@ fuzz_target!(|data: &[u8]| {
                 PopTx::Bad { head, .. } => tx.add_used(head, 0),
                 PopTx::Frame(f) => {
                     tx.add_used(f.head, 0);
-                    let _ = rx.deliver::<false>(
-                        hdr_len,
-                        mrg,
-                        &mut src_view,
-                        f.segs_in(&segs),
-                        f.len,
-                        &edit,
-                        &mut scratch,
-                    );
+                    let frame = f.segs_in(&segs);
+                    let _ = if logged {
+                        rx.deliver::<true>(
+                            hdr_len,
+                            mrg,
+                            &mut src_view,
+                            frame,
+                            f.len,
+                            &edit,
+                            &mut scratch,
+                        )
+                    } else {
+                        rx.deliver::<false>(
+                            hdr_len,
+                            mrg,
+                            &mut src_view,
+                            frame,
+                            f.len,
+                            &edit,
+                            &mut scratch,
+                        )
+                    };
                 }
             }
         }
-        let _ = rx.publish_used();
+        let _ = if logged {
+            rx.publish_used_logged(WriteLog {
+                log: &log,
+                used_at: Some(dst_used),
+            })
+        } else {
+            rx.publish_used()
+        };
         let _ = tx.publish_used();
     }
     // The writes may have rewritten the destination's own descriptors: what they say after
     // counts as well.
     allowed.extend(writable(&dst_mem, dst_desc, dst_size));
     check_changes("destination", &dst_before, &dst_mem, &allowed);
+    if logged {
+        for ((start, old), (_, new)) in dst_before.iter().zip(snapshot(&dst_mem)) {
+            for (i, (o, n)) in old.iter().zip(&new).enumerate() {
+                let addr = start + i as u64;
+                assert!(
+                    o == n || log.is_marked(addr),
+                    "byte {addr:#x} of the destination changed in a page not marked dirty"
+                );
+            }
+        }
+    }
     check_changes(
         "source",
         &src_before,

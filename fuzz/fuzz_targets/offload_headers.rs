@@ -5,13 +5,18 @@
 //!
 //! Fails on a panic; on an outgoing frame that reads outside the source frame or builds
 //! headers longer than the switch's buffer; on segments whose payloads do not add up to the
-//! frame's; on more segments than a 64 KiB frame of the smallest segment size has.
+//! frame's; on a segment count other than the one the sender's burst is charged for
+//! (`VnetHeader::segments`), or above what a 64 KiB datagram of the smallest segment size
+//! (`MIN_GSO_SIZE`) has; on a segment longer than its headers and one segment size (what a
+//! receiver's MTU is checked against); on an IPv4 segment whose total length is not its
+//! length (a wrapped one included).
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vringswitch_ports::offload::software::{self, Sent};
+use vringswitch_ports::offload::vnet_header::MIN_GSO_SIZE;
 use vringswitch_ports::offload::{self, OffloadCaps, VnetHeader, MAX_HEADERS};
 use vringswitch_ports::vhost_user::guest_view::GuestView;
 use vringswitch_ports::vhost_user::rings::{FrameEdit, Seg};
@@ -32,6 +37,21 @@ fn caps(b: u8) -> OffloadCaps {
     .enumerate()
     .filter(|(i, _)| b & (1 << i) != 0)
     .fold(OffloadCaps::NONE, |c, (_, x)| c | x)
+}
+
+/// An IPv4 packet's total length field in `head` (behind an Ethernet header and any VLAN
+/// tags) equals the bytes behind it in a frame of `frame_len`.
+fn check_ipv4_length(head: &[u8], frame_len: u32) {
+    let mut l3 = 12;
+    while head.len() >= l3 + 2 && [&[0x81, 0x00][..], &[0x88, 0xa8]].contains(&&head[l3..l3 + 2]) {
+        l3 += 4;
+    }
+    if head.len() < l3 + 6 || head[l3..l3 + 2] != [0x08, 0x00] {
+        return;
+    }
+    let l3 = l3 + 2;
+    let total = u16::from_be_bytes([head[l3 + 2], head[l3 + 3]]);
+    assert_eq!(u32::from(total), frame_len - l3 as u32, "an IPv4 total length");
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -82,12 +102,19 @@ fuzz_target!(|data: &[u8]| {
         len,
         vnet,
     };
+    let segment_max = u32::from(vnet.hdr_len) + u32::from(vnet.gso_size) + 4;
     let r = software::send(src, &edit, taken, |_, out| {
         assert!(out.head.len() <= MAX_HEADERS + FrameEdit::MAX_PREFIX);
         assert!(
             out.skip as u64 + u64::from(out.len) <= u64::from(len),
             "reads past the frame: {out:?}"
         );
+        assert!(out.longest_on_the_wire() <= out.frame_len());
+        if vnet.is_gso() && !out.vnet.is_gso() {
+            // A segment cut here: its headers (a tag pushed at most) and one segment.
+            assert!(out.frame_len() <= segment_max, "a segment of {}", out.frame_len());
+            check_ipv4_length(out.head, out.frame_len());
+        }
         payload += u64::from(out.len);
         frames += 1;
         Ok(())
@@ -95,7 +122,8 @@ fuzz_target!(|data: &[u8]| {
     match r {
         Ok(Sent::Segmented(n)) => {
             assert_eq!(n, frames);
-            assert!(n <= 65_535 / 48 + 1, "{n} segments");
+            assert_eq!(n, vnet.segments(len), "segments against the sender's charge");
+            assert!(n <= 65_535 / u32::from(MIN_GSO_SIZE) + 1, "{n} segments");
             // Every payload byte once: the frame less its headers.
             assert_eq!(payload, u64::from(len) - u64::from(vnet.hdr_len));
         }
