@@ -100,3 +100,13 @@ pub fn pin_to_cpu0() {
     set.set(0);
     rustix::thread::sched_setaffinity(None, &set).expect("pinning a test thread to CPU 0");
 }
+
+/// Held by each test of a binary that measures the switch's timing (delays, rates): while
+/// one holds it, the others wait, so no other test's daemon has a worker on CPU 1 meanwhile.
+/// (Test binaries run one after another; the tests of one binary run side by side.)
+pub fn timing_alone() -> std::sync::MutexGuard<'static, ()> {
+    static ALONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    ALONE
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}

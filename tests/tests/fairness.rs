@@ -13,6 +13,7 @@ const BURST: usize = 32;
 
 #[test]
 fn a_full_ring_of_a_noisy_neighbour_does_not_hold_back_a_victim() {
+    let _alone = vringswitch_tests::timing_alone();
     let s = Setup::new("fairness", &[("br0", &["noisy", "victim", "dst"])], 1);
     let mut noisy = s.vm("noisy", 1);
     let mut victim = s.vm("victim", 2);
@@ -54,6 +55,7 @@ fn a_full_ring_of_a_noisy_neighbour_does_not_hold_back_a_victim() {
 /// takes frames (its ring kept full, its destination's buffers recycled at once).
 #[test]
 fn a_flooding_neighbour_leaves_a_steady_pair_at_least_80_percent_of_its_baseline() {
+    let _alone = vringswitch_tests::timing_alone();
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
     use std::time::Instant;
@@ -163,6 +165,7 @@ fn a_flooding_neighbour_leaves_a_steady_pair_at_least_80_percent_of_its_baseline
 /// that took up to six bursts from a queue in a row gave 1.7 to 3.2.)
 #[test]
 fn a_blasting_neighbour_delays_a_probe_by_at_most_one_burst_of_its_frames() {
+    let _alone = vringswitch_tests::timing_alone();
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
     use std::time::Instant;
