@@ -10,13 +10,14 @@ use std::sync::atomic::Ordering;
 use libfuzzer_sys::fuzz_target;
 use virtio_queue::QueueT;
 use vm_memory::{Bytes, GuestAddress};
-use vringswitch_ports::vhost_user::rings::{PopTx, RingView, Seg, MAX_TX_SEGS};
+use vringswitch_ports::frame::Seg;
+use vringswitch_ports::vhost_user::rings::{PopTx, RingView, MAX_TX_SEGS};
 
 #[path = "rings.rs"]
 mod rings;
-use rings::{memory, queue, Bytes8, GuestMem};
+use rings::{memory, queue, Bytes8, FrameMem};
 
-fn bytes_of(mem: &GuestMem, segs: &[Seg]) -> Vec<u8> {
+fn bytes_of(mem: &FrameMem, segs: &[Seg]) -> Vec<u8> {
     let mut out = Vec::new();
     for s in segs {
         let mut v = vec![0u8; s.len as usize];

@@ -15,21 +15,22 @@
 use libfuzzer_sys::fuzz_target;
 use virtio_queue::QueueT;
 use vm_memory::{Bytes, GuestAddress};
+use vringswitch_ports::frame::view::MemView;
+use vringswitch_ports::frame::FrameEdit;
 use vringswitch_ports::vhost_user::dirty_log::{log_bytes_for, DirtyLog};
-use vringswitch_ports::vhost_user::guest_view::GuestView;
 use vringswitch_ports::vhost_user::migration::WriteLog;
 use vringswitch_ports::vhost_user::rings::{
-    FrameEdit, PopTx, RingView, RxScratch, WrittenRanges, MAX_TX_SEGS,
+    PopTx, RingView, RxScratch, WrittenRanges, MAX_TX_SEGS,
 };
 
 #[path = "rings.rs"]
 mod rings;
-use rings::{memory, queue, snapshot, Bytes8, GuestMem};
+use rings::{memory, queue, snapshot, Bytes8, FrameMem};
 
 const F_NEXT_WRITE_INDIRECT: (u16, u16) = (2, 4);
 
 /// Device-writable ranges a ring's descriptors describe, direct and one level indirect.
-fn writable(mem: &GuestMem, desc_table: u64, size: u16) -> Vec<(u64, u64)> {
+fn writable(mem: &FrameMem, desc_table: u64, size: u16) -> Vec<(u64, u64)> {
     let (write, indirect) = F_NEXT_WRITE_INDIRECT;
     let read = |addr: u64| -> Option<(u64, u32, u16)> {
         let mut raw = [0u8; 16];
@@ -78,7 +79,7 @@ fn inside(ranges: &[(u64, u64)], addr: u64) -> bool {
 }
 
 /// Every changed byte lies in `allowed`.
-fn check_changes(what: &str, before: &[(u64, Vec<u8>)], mem: &GuestMem, allowed: &[(u64, u64)]) {
+fn check_changes(what: &str, before: &[(u64, Vec<u8>)], mem: &FrameMem, allowed: &[(u64, u64)]) {
     for ((start, old), (_, new)) in before.iter().zip(snapshot(mem)) {
         for (i, (o, n)) in old.iter().zip(&new).enumerate() {
             let addr = start + i as u64;
@@ -134,7 +135,7 @@ fuzz_target!(|data: &[u8]| {
         if logged {
             rx.record_writes(&mut written);
         }
-        let mut src_view = GuestView::new(&src_mem);
+        let mut src_view = MemView::new(&src_mem);
         for _ in 0..64 {
             if segs.capacity() - segs.len() < MAX_TX_SEGS {
                 break;

@@ -15,11 +15,11 @@
 
 use libfuzzer_sys::fuzz_target;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vringswitch_ports::frame::view::MemView;
+use vringswitch_ports::frame::{FrameEdit, Seg};
 use vringswitch_ports::offload::software::{self, Sent};
 use vringswitch_ports::offload::vnet_header::MIN_GSO_SIZE;
 use vringswitch_ports::offload::{self, OffloadCaps, VnetHeader, MAX_HEADERS};
-use vringswitch_ports::vhost_user::guest_view::GuestView;
-use vringswitch_ports::vhost_user::rings::{FrameEdit, Seg};
 
 #[path = "rings.rs"]
 mod rings;
@@ -51,7 +51,11 @@ fn check_ipv4_length(head: &[u8], frame_len: u32) {
     }
     let l3 = l3 + 2;
     let total = u16::from_be_bytes([head[l3 + 2], head[l3 + 3]]);
-    assert_eq!(u32::from(total), frame_len - l3 as u32, "an IPv4 total length");
+    assert_eq!(
+        u32::from(total),
+        frame_len - l3 as u32,
+        "an IPv4 total length"
+    );
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -80,9 +84,14 @@ fuzz_target!(|data: &[u8]| {
     let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x4_0000)]).unwrap();
     let (c1, c2) = (cut1.min(frame.len()), (cut1 + cut2).min(frame.len()));
     let mut segs = Vec::new();
-    for (addr, range) in [(0x100u64, 0..c1), (0x1_0001, c1..c2), (0x2_0000, c2..frame.len())] {
+    for (addr, range) in [
+        (0x100u64, 0..c1),
+        (0x1_0001, c1..c2),
+        (0x2_0000, c2..frame.len()),
+    ] {
         if !range.is_empty() {
-            mem.write_slice(&frame[range.clone()], GuestAddress(addr)).unwrap();
+            mem.write_slice(&frame[range.clone()], GuestAddress(addr))
+                .unwrap();
             segs.push(Seg {
                 addr,
                 len: range.len() as u32,
@@ -90,7 +99,7 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     let len = frame.len() as u32;
-    let mut view = GuestView::new(&mem);
+    let mut view = MemView::new(&mem);
     if offload::accept(&mut view, &segs, len, &mut vnet, sent).is_err() {
         return;
     }
@@ -112,7 +121,11 @@ fuzz_target!(|data: &[u8]| {
         assert!(out.longest_on_the_wire() <= out.frame_len());
         if vnet.is_gso() && !out.vnet.is_gso() {
             // A segment cut here: its headers (a tag pushed at most) and one segment.
-            assert!(out.frame_len() <= segment_max, "a segment of {}", out.frame_len());
+            assert!(
+                out.frame_len() <= segment_max,
+                "a segment of {}",
+                out.frame_len()
+            );
             check_ipv4_length(out.head, out.frame_len());
         }
         payload += u64::from(out.len);
@@ -122,7 +135,11 @@ fuzz_target!(|data: &[u8]| {
     match r {
         Ok(Sent::Segmented(n)) => {
             assert_eq!(n, frames);
-            assert_eq!(n, vnet.segments(len), "segments against the sender's charge");
+            assert_eq!(
+                n,
+                vnet.segments(len),
+                "segments against the sender's charge"
+            );
             assert!(n <= 65_535 / u32::from(MIN_GSO_SIZE) + 1, "{n} segments");
             // Every payload byte once: the frame less its headers.
             assert_eq!(payload, u64::from(len) - u64::from(vnet.hdr_len));

@@ -8,7 +8,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 /// Two regions with a hole between them, so buffers can straddle, miss or run off memory.
 pub const REGIONS: [(u64, usize); 2] = [(0, 0x8000), (0x1_0000, 0x8000)];
 
-pub type GuestMem = GuestMemoryMmap<()>;
+pub type FrameMem = GuestMemoryMmap<()>;
 
 /// Reads fuzz bytes in order, zeros once they run out.
 #[derive(Clone)]
@@ -38,7 +38,7 @@ impl<'a> Bytes8<'a> {
 }
 
 /// Guest memory whose bytes are `image`, repeated (zero if empty).
-pub fn memory(image: &[u8]) -> GuestMem {
+pub fn memory(image: &[u8]) -> FrameMem {
     let mem =
         GuestMemoryMmap::<()>::from_ranges(&REGIONS.map(|(start, len)| (GuestAddress(start), len)))
             .unwrap();
@@ -84,7 +84,7 @@ pub fn queue(b: &mut Bytes8<'_>) -> (Queue, u64) {
 }
 
 /// Every byte of guest memory, region by region.
-pub fn snapshot(mem: &GuestMem) -> Vec<(u64, Vec<u8>)> {
+pub fn snapshot(mem: &FrameMem) -> Vec<(u64, Vec<u8>)> {
     REGIONS
         .iter()
         .map(|&(start, len)| {

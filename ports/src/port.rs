@@ -14,11 +14,12 @@ use vhost_user_backend::{VringMutex, VringState, VringT};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_net::VIRTIO_NET_F_MRG_RXBUF;
 use virtio_queue::QueueT;
-use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+use vm_memory::GuestMemoryAtomic;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::afxdp::AfXdpQueue;
 use crate::counters::PortStats;
+use crate::frame::FrameMem;
 use crate::tap::TapQueue;
 use crate::vhost_user::kicks::TxKicks;
 use crate::vhost_user::migration::MigrationState;
@@ -26,10 +27,8 @@ use crate::vhost_user::relay::Shared;
 
 /// Stable identifier of a port for the lifetime of the daemon (never reused).
 pub type PortId = u32;
-/// Guest memory as mapped from a frontend's memory table.
-pub type GuestMem = GuestMemoryMmap<()>;
 /// The swappable guest memory of one connection.
-pub type GuestMemAtomic = GuestMemoryAtomic<GuestMem>;
+pub type GuestMemAtomic = GuestMemoryAtomic<FrameMem>;
 /// One virtqueue with its kick/call eventfds, shared with the vhost-user handler thread.
 pub type Vring = VringMutex<GuestMemAtomic>;
 
@@ -358,7 +357,7 @@ mod tests {
 
     #[test]
     fn a_queue_is_lined_up_with_its_used_ring_once_per_start() {
-        let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
+        let mem = GuestMemoryAtomic::new(FrameMem::new());
         let vring = Vring::new(mem.clone(), 256).unwrap();
         let att = VhostUserQueues::new(
             vec![vring],
@@ -409,7 +408,7 @@ mod tests {
         let w2 = Arc::new(EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK).unwrap());
         p.set_wakers(vec![w1.clone(), w2.clone()]);
         let g0 = p.generation();
-        let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
+        let mem = GuestMemoryAtomic::new(FrameMem::new());
         p.attach(Arc::new(Attachment::VhostUser(VhostUserQueues::new(
             vec![],
             mem,

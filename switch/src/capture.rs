@@ -15,7 +15,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crossbeam_queue::ArrayQueue;
 use crossbeam_utils::CachePadded;
-use vringswitch_ports::vhost_user::rings::MAX_FRAME_LEN;
+use vringswitch_ports::frame::MAX_FRAME_LEN;
 
 /// What a capture takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

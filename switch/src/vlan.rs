@@ -11,7 +11,7 @@
 //! The FDB is keyed by (MAC, VLAN) and flooding stays inside the frame's VLAN. Tags are
 //! pushed and popped during the single copy (a [`FrameEdit`]), never by a second pass.
 
-use vringswitch_ports::vhost_user::rings::{FrameEdit, PEEK_LEN};
+use vringswitch_ports::frame::{FrameEdit, PEEK_LEN};
 
 /// TPID of an 802.1Q tag.
 pub const TPID_8021Q: u16 = 0x8100;

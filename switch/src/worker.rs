@@ -20,15 +20,16 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 use vringswitch_ports::afxdp::{AfXdpQueue, SendError};
 use vringswitch_ports::counters::PortCounters;
+use vringswitch_ports::frame::view::MemView;
+use vringswitch_ports::frame::FrameMem;
+use vringswitch_ports::frame::{FrameEdit, IngressFrame, Seg, MIN_FRAME_LEN, PEEK_LEN};
 use vringswitch_ports::offload::software::{self, Outgoing, Sent};
 use vringswitch_ports::offload::{OffloadCaps, VnetHeader};
-use vringswitch_ports::port::{GuestMem, GuestMemAtomic};
+use vringswitch_ports::port::GuestMemAtomic;
 use vringswitch_ports::tap::{TapQueue, TapRead, TAP_BUFFERS, TAP_VNET_HDR};
-use vringswitch_ports::vhost_user::guest_view::GuestView;
 use vringswitch_ports::vhost_user::migration::{MigrationState, ANNOUNCE, LOGGING};
 use vringswitch_ports::vhost_user::rings::{
-    log_notification_fields, BrokenUsedRing, FrameEdit, PopTx, RingView, RxScratch, Seg, TxFrame,
-    WrittenRanges, MAX_TX_SEGS, MIN_FRAME_LEN, PEEK_LEN,
+    log_notification_fields, BrokenUsedRing, PopTx, RingView, RxScratch, WrittenRanges, MAX_TX_SEGS,
 };
 use vringswitch_ports::{Attachment, DropReason, OffloadAction, PortId, VhostUserQueues};
 
@@ -58,7 +59,7 @@ struct PortCache {
 
 /// A frame of the burst and what was decided for it.
 struct Frame {
-    tx: TxFrame,
+    tx: IngressFrame,
     dest: Dest,
     /// The VLAN the frame came in on.
     ingress: Ingress,
@@ -105,7 +106,7 @@ impl Burst {
 
     fn new(burst: usize) -> Burst {
         let empty = || Frame {
-            tx: TxFrame::default(),
+            tx: IngressFrame::default(),
             dest: Dest::Drop,
             ingress: UNTAGGED,
             held: false,
@@ -143,7 +144,7 @@ pub struct Worker {
     /// never keeps queues that moved to another worker.
     epoll: Epoll,
     /// Where an announcement a frontend asked for is built (see [`Self::announce`]).
-    announce_mem: GuestMem,
+    announce_mem: FrameMem,
 }
 
 /// A new wait set holding only `wake` (a kick's eventfd is added when the worker sleeps).
@@ -172,7 +173,7 @@ impl Worker {
             burst: Burst::new(switch.burst),
             idle_poll: switch.idle_poll,
             epoll,
-            announce_mem: GuestMem::from_ranges(&[(GuestAddress(0), 4096)])
+            announce_mem: FrameMem::from_ranges(&[(GuestAddress(0), 4096)])
                 .map_err(std::io::Error::other)?,
             switch,
         })
@@ -526,7 +527,12 @@ impl Worker {
 /// if one were), else none.
 #[cold]
 #[inline(never)]
-fn cut_charge(topology: &Topology, ports: &mut [PortCache], tx: &TxFrame, dest: Dest) -> usize {
+fn cut_charge(
+    topology: &Topology,
+    ports: &mut [PortCache],
+    tx: &IngressFrame,
+    dest: Dest,
+) -> usize {
     let cut = match dest {
         Dest::Drop => false,
         Dest::Flood => true,
@@ -672,7 +678,7 @@ impl Worker {
 /// memory, decided as they are taken.
 struct KernelFrames<'a> {
     decide: Decision<'a>,
-    view: GuestView<'a>,
+    view: MemView<'a>,
     worker: usize,
     rx_bytes: u64,
     flood: bool,
@@ -684,7 +690,7 @@ impl<'a> KernelFrames<'a> {
         src: PortId,
         src_rt: &'a PortRt,
         topology: &'a Topology,
-        mem: &'a GuestMem,
+        mem: &'a FrameMem,
         worker: usize,
         cache: &'a mut FdbCache,
         now_s: u64,
@@ -692,7 +698,7 @@ impl<'a> KernelFrames<'a> {
         let counters = src_rt.handle.stats().slot(worker);
         KernelFrames {
             decide: Decision::new(src, src_rt, topology, counters, cache, now_s),
-            view: GuestView::new(mem),
+            view: MemView::new(mem),
             worker,
             rx_bytes: 0,
             flood: false,
@@ -714,7 +720,7 @@ impl<'a> KernelFrames<'a> {
             return;
         }
         let f = &mut b.slots[b.len];
-        f.tx = TxFrame::in_one_buffer(0, addr, len, peek);
+        f.tx = IngressFrame::in_one_buffer(0, addr, len, peek);
         self.rx_bytes += u64::from(len);
         b.len += 1;
         let (ingress, dest) = self.decide.frame(&f.tx);
@@ -781,7 +787,7 @@ struct Source<'a> {
     rt: &'a PortRt,
     qp: u16,
     /// The memory its frames are in.
-    mem: &'a GuestMem,
+    mem: &'a FrameMem,
 }
 
 /// Delivers the decided frames of burst `b` from `from` to each destination (every other
@@ -800,7 +806,7 @@ fn deliver_burst(
         b.targets
             .extend(bridge.ports.iter().copied().filter(|&p| p != from.id));
     }
-    let mut src_view = GuestView::new(from.mem);
+    let mut src_view = MemView::new(from.mem);
     if let Some(cap) = from.rt.capture.as_deref() {
         capture_from_vm(cap, &mut src_view, &b.slots[..b.len], &b.segs);
     }
@@ -867,7 +873,7 @@ impl<'a> Decision<'a> {
 impl Decision<'_> {
     /// The VLAN `tx` belongs to and where it goes; drops are counted here.
     #[inline(always)]
-    fn frame(&mut self, tx: &TxFrame) -> (Ingress, Dest) {
+    fn frame(&mut self, tx: &IngressFrame) -> (Ingress, Dest) {
         let counters = self.counters;
         let eth = EthernetFrame::new_unchecked(&tx.peek[..]);
         let (smac, dmac) = (eth.src(), eth.dst());
@@ -938,7 +944,7 @@ fn deliver_to(
     ports: &mut [PortCache],
     dst: PortId,
     qp_hint: u16,
-    src: &mut GuestView<'_>,
+    src: &mut MemView<'_>,
     b: &mut Burst,
 ) {
     let Some(dst_rt) = topology.port(dst) else {
@@ -1002,7 +1008,7 @@ fn deliver_wanted(
     (worker, dst, dst_rt, qp_hint): (usize, PortId, &PortRt, u16),
     topology: &Topology,
     ports: &mut [PortCache],
-    src: &mut GuestView<'_>,
+    src: &mut MemView<'_>,
     b: &mut Burst,
     wanted: impl Fn(&Frame) -> bool + Copy,
 ) {
@@ -1076,7 +1082,7 @@ fn deliver_frames<const RECORD: bool>(
     (att, ring, src, counters): (
         &VhostUserQueues,
         &mut RingView<'_, '_>,
-        &mut GuestView<'_>,
+        &mut MemView<'_>,
         &PortCounters,
     ),
     (frames, segs, rx_scratch, offloads): (&[Frame], &[Seg], &mut RxScratch, bool),
@@ -1129,8 +1135,8 @@ fn deliver_frames<const RECORD: bool>(
 fn deliver_offloaded_to_vm(
     att: &VhostUserQueues,
     ring: &mut RingView<'_, '_>,
-    src: &mut GuestView<'_>,
-    tx: &TxFrame,
+    src: &mut MemView<'_>,
+    tx: &IngressFrame,
     all_segs: &[Seg],
     scratch: &mut RxScratch,
     edit: &FrameEdit,
@@ -1159,7 +1165,7 @@ fn deliver_to_tap(
     worker: usize,
     dst_rt: &PortRt,
     q: &TapQueue,
-    src: &mut GuestView<'_>,
+    src: &mut MemView<'_>,
     b: &Burst,
     wanted: impl Fn(&Frame) -> bool,
 ) {
@@ -1180,7 +1186,7 @@ fn deliver_to_tap(
             continue;
         }
         let segs = tx.segs_in(&b.segs);
-        let write = |view: &mut GuestView<'_>, out: &Outgoing<'_>| {
+        let write = |view: &mut MemView<'_>, out: &Outgoing<'_>| {
             if out.longest_on_the_wire() > max_frame {
                 return Err(DropReason::TooBig);
             }
@@ -1206,7 +1212,7 @@ fn deliver_to_tap(
 /// names) to TAP port `q` with one `writev`; returns the frame's length.
 fn write_to_tap(
     q: &TapQueue,
-    view: &mut GuestView<'_>,
+    view: &mut MemView<'_>,
     segs: &[Seg],
     out: &Outgoing<'_>,
 ) -> Result<u32, DropReason> {
@@ -1241,13 +1247,13 @@ fn tap_write_failed(q: &TapQueue, e: &std::io::Error) -> DropReason {
 #[cold]
 #[inline(never)]
 fn send_offloaded<'m>(
-    src: &mut GuestView<'m>,
-    tx: &TxFrame,
+    src: &mut MemView<'m>,
+    tx: &IngressFrame,
     segs: &[Seg],
     edit: &FrameEdit,
     rx: OffloadCaps,
     counters: &PortCounters,
-    mut write: impl FnMut(&mut GuestView<'m>, &Outgoing<'_>) -> Result<u32, DropReason>,
+    mut write: impl FnMut(&mut MemView<'m>, &Outgoing<'_>) -> Result<u32, DropReason>,
 ) -> (u64, u64) {
     let (mut packets, mut bytes) = (0u64, 0u64);
     let frame = software::Source {
@@ -1276,8 +1282,8 @@ fn send_offloaded<'m>(
 /// False if the header is refused.
 #[cold]
 #[inline(never)]
-fn accept_offload(mem: &GuestMem, segs: &[Seg], tx: &mut TxFrame, sent: OffloadCaps) -> bool {
-    let mut view = GuestView::new(mem);
+fn accept_offload(mem: &FrameMem, segs: &[Seg], tx: &mut IngressFrame, sent: OffloadCaps) -> bool {
+    let mut view = MemView::new(mem);
     let mut vnet = tx.vnet;
     let ok =
         vringswitch_ports::offload::accept(&mut view, tx.segs_in(segs), tx.len, &mut vnet, sent)
@@ -1292,7 +1298,7 @@ fn deliver_to_xdp(
     worker: usize,
     dst_rt: &PortRt,
     q: &AfXdpQueue,
-    src: &mut GuestView<'_>,
+    src: &mut MemView<'_>,
     b: &Burst,
     wanted: impl Fn(&Frame) -> bool,
 ) {
@@ -1308,7 +1314,7 @@ fn deliver_to_xdp(
     if let Some(cap) = dst_rt.capture.as_deref() {
         capture_to_vm(cap, policy, src, b, &wanted);
     }
-    let mut umem = GuestView::new(q.mem());
+    let mut umem = MemView::new(q.mem());
     let mut tx = q.tx();
     tx.reclaim();
     let (mut packets, mut bytes) = (0u64, 0u64);
@@ -1321,7 +1327,7 @@ fn deliver_to_xdp(
         }
         let segs = frame.segs_in(&b.segs);
         // Into a free UMEM frame, sent with the burst; its length.
-        let mut send = |view: &mut GuestView<'_>, out: &Outgoing<'_>| {
+        let mut send = |view: &mut MemView<'_>, out: &Outgoing<'_>| {
             let len = out.frame_len();
             tx.send(len, |at| {
                 umem.gather_from(at, view, out.head, segs, out.skip, out.len as usize)
@@ -1363,7 +1369,7 @@ fn deliver_to_xdp(
 
 /// Records the frames of a burst from a captured port's VM.
 #[cold]
-fn capture_from_vm(cap: &CaptureTap, src: &mut GuestView<'_>, frames: &[Frame], segs: &[Seg]) {
+fn capture_from_vm(cap: &CaptureTap, src: &mut MemView<'_>, frames: &[Frame], segs: &[Seg]) {
     if !cap.settings().from_vm {
         return;
     }
@@ -1384,7 +1390,7 @@ fn capture_from_vm(cap: &CaptureTap, src: &mut GuestView<'_>, frames: &[Frame], 
 fn capture_to_vm(
     cap: &CaptureTap,
     policy: &VlanPolicy,
-    src: &mut GuestView<'_>,
+    src: &mut MemView<'_>,
     b: &Burst,
     wanted: impl Fn(&Frame) -> bool,
 ) {
@@ -1410,7 +1416,7 @@ fn capture_to_vm(
 /// The frame is in `segs` of the source VM's memory (checked there again: a segment that is
 /// not ends the copy).
 fn copy_for_capture(
-    src: &mut GuestView<'_>,
+    src: &mut MemView<'_>,
     segs: &[Seg],
     edit: &FrameEdit,
     buf: &mut [u8],
@@ -1443,7 +1449,7 @@ fn for_each_ready_tx(
     topology: &Topology,
     ports: &mut [PortCache],
     tx_queues: &[(PortId, u16)],
-    mut f: impl FnMut(&VhostUserQueues, usize, &mut VringState<GuestMemAtomic>, &GuestMem),
+    mut f: impl FnMut(&VhostUserQueues, usize, &mut VringState<GuestMemAtomic>, &FrameMem),
 ) {
     for &(port, qp) in tx_queues {
         let Some(Attachment::VhostUser(att)) = attachment(topology, ports, port).map(|a| &**a)
@@ -1541,8 +1547,8 @@ mod tests {
         [2, 0, 0, 0, 0, n]
     }
 
-    /// A frame dst <- src, with an 802.1Q tag of `vid` if given, as a TxFrame's peek.
-    fn frame(dst: [u8; 6], src: [u8; 6], vid: Option<u16>) -> TxFrame {
+    /// A frame dst <- src, with an 802.1Q tag of `vid` if given, as a IngressFrame's peek.
+    fn frame(dst: [u8; 6], src: [u8; 6], vid: Option<u16>) -> IngressFrame {
         let mut peek = [0u8; PEEK_LEN];
         peek[..6].copy_from_slice(&dst);
         peek[6..12].copy_from_slice(&src);
@@ -1554,11 +1560,16 @@ mod tests {
             }
             None => peek[12..14].copy_from_slice(&[0x88, 0xb5]),
         }
-        TxFrame::in_one_buffer(0, 0x1000, 64, peek)
+        IngressFrame::in_one_buffer(0, 0x1000, 64, peek)
     }
 
     /// Decides `tx` as sent on port `src`, with `cache` as the bridge's cache.
-    fn decide(t: &Topology, cache: &mut FdbCache, src: PortId, tx: &TxFrame) -> (Ingress, Dest) {
+    fn decide(
+        t: &Topology,
+        cache: &mut FdbCache,
+        src: PortId,
+        tx: &IngressFrame,
+    ) -> (Ingress, Dest) {
         let src_rt = t.port(src).unwrap();
         let counters = src_rt.handle.stats().slot(0);
         Decision::new(src, src_rt, t, counters, cache, 1).frame(tx)
@@ -1631,7 +1642,7 @@ mod tests {
     }
 
     /// 64 KiB of guest memory at 0, bytes 0, 1, 2... from 0x1000.
-    fn mem() -> GuestMem {
+    fn mem() -> FrameMem {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x1_0000)]).unwrap();
         let pattern: Vec<u8> = (0..=255).collect();
         mem.write_slice(&pattern, GuestAddress(0x1000)).unwrap();
@@ -1645,7 +1656,7 @@ mod tests {
     #[test]
     fn a_capture_copy_follows_segments_and_edits_and_stops_at_the_buffer() {
         let mem = mem();
-        let mut view = GuestView::new(&mem);
+        let mut view = MemView::new(&mem);
         // Two segments: 0..10 then 100..110 of the pattern.
         let segs = [seg(0x1000, 10), seg(0x1000 + 100, 10)];
         let mut buf = [0u8; 64];
@@ -1671,7 +1682,7 @@ mod tests {
     #[test]
     fn a_capture_copy_ends_at_a_segment_outside_guest_memory() {
         let mem = mem();
-        let mut view = GuestView::new(&mem);
+        let mut view = MemView::new(&mem);
         let segs = [seg(0x1000, 4), seg(0xFFF0, 0x20), seg(0x1000, 4)];
         let mut buf = [0u8; 64];
         let n = copy_for_capture(&mut view, &segs, &FrameEdit::NONE, &mut buf);

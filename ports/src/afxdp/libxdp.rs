@@ -24,7 +24,7 @@ use std::sync::OnceLock;
 
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress};
 
-use crate::port::GuestMem;
+use crate::frame::FrameMem;
 
 /// The library's soname.
 pub const LIBXDP: &str = "libxdp.so.1";
@@ -250,7 +250,7 @@ pub struct Socket {
     tx: Option<Box<RawRing>>,
     /// The UMEM's memory, kept mapped until after the socket and UMEM are deleted (fields
     /// drop after `Drop::drop`).
-    _umem_mem: GuestMem,
+    _umem_mem: FrameMem,
 }
 
 // SAFETY: the handles are only used by `Drop` (libxdp's objects are not tied to a thread);
@@ -278,7 +278,7 @@ impl Socket {
     /// Registers `mem` (one region from address 0, a whole number of frames) as the UMEM
     /// and binds a socket to queue `queue` of interface `ifname`.
     pub fn create(
-        mem: &GuestMem,
+        mem: &FrameMem,
         ifname: &str,
         queue: u32,
         geometry: Geometry,

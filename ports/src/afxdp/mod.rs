@@ -4,7 +4,7 @@
 //! The port binds an AF_XDP socket to a queue of an interface (`ifname`, `queue`): libxdp
 //! ([`libxdp`]) loads the XDP program that steers the queue's frames to the socket. The
 //! socket's UMEM, the memory frames are received into and sent from, is the port's own
-//! buffer pool, mapped like a VM's memory (a [`GuestMem`]) so the data path reads and
+//! buffer pool, mapped like a VM's memory (a [`FrameMem`]) so the data path reads and
 //! writes it through the same checked views. Each frame is copied once: from the UMEM into
 //! the destination VM's buffers, or from the sending VM's buffers into the UMEM.
 //!
@@ -25,8 +25,9 @@ use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
+use crate::frame::FrameMem;
 use crate::interface_watch::{Health, Watch, Watched};
-use crate::port::{Attachment, GuestMem, PortHandle};
+use crate::port::{Attachment, PortHandle};
 use libxdp::{Attach, Consumer, Geometry, Producer, Socket, SocketError, XdpDesc};
 
 /// Bytes of one UMEM frame (a page: the kernel's largest aligned frame).
@@ -95,7 +96,7 @@ pub struct AfXdpQueue {
     socket: Socket,
     rx: Mutex<RxSide>,
     tx: Mutex<TxSide>,
-    mem: GuestMem,
+    mem: FrameMem,
     attach: Attach,
     ifindex: u32,
     /// Sending found the interface gone. Workers leave the queue alone; the port's monitor
@@ -220,7 +221,7 @@ impl AfXdpQueue {
     }
 
     /// The UMEM: the memory frames are received into and sent from.
-    pub fn mem(&self) -> &GuestMem {
+    pub fn mem(&self) -> &FrameMem {
         &self.mem
     }
 

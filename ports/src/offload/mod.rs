@@ -21,8 +21,8 @@ use virtio_bindings::virtio_net::{
 pub use checksum::Checksum;
 pub use vnet_header::VnetHeader;
 
-use crate::vhost_user::guest_view::GuestView;
-use crate::vhost_user::rings::Seg;
+use crate::frame::view::MemView;
+use crate::frame::Seg;
 
 /// Most bytes of a frame's headers the switch reads and rebuilds: Ethernet, two VLAN tags,
 /// IPv6 with options, and TCP with options fit.
@@ -125,7 +125,7 @@ pub enum OffloadError {
 /// see: nothing for a frame that needs nothing, the meaningful fields otherwise, and for a
 /// TSO frame the length of its headers as parsed here.
 pub fn accept(
-    view: &mut GuestView<'_>,
+    view: &mut MemView<'_>,
     segs: &[Seg],
     len: u32,
     vnet: &mut VnetHeader,

@@ -10,8 +10,8 @@
 use super::tcp_frame::{self, Segmenter};
 use super::{Checksum, OffloadCaps, VnetHeader, MAX_HEADERS};
 use crate::counters::DropReason;
-use crate::vhost_user::guest_view::GuestView;
-use crate::vhost_user::rings::{FrameEdit, Seg};
+use crate::frame::view::MemView;
+use crate::frame::{FrameEdit, Seg};
 
 /// One frame as it leaves the switch: its virtio-net header (for receivers that have one),
 /// the bytes `head` from the switch, then `len` bytes of the source frame from byte `skip`.
@@ -71,7 +71,7 @@ pub enum Sent {
 /// header `vnet` that its source accepted ([`VnetHeader::check`], and for a TSO frame
 /// [`tcp_frame::parse`]).
 pub struct Source<'a, 'm> {
-    pub view: &'a mut GuestView<'m>,
+    pub view: &'a mut MemView<'m>,
     pub segs: &'a [Seg],
     pub len: u32,
     pub vnet: VnetHeader,
@@ -88,7 +88,7 @@ pub fn send<'m>(
     frame: Source<'_, 'm>,
     edit: &FrameEdit,
     rx: OffloadCaps,
-    mut emit: impl FnMut(&mut GuestView<'m>, &Outgoing<'_>) -> Result<(), DropReason>,
+    mut emit: impl FnMut(&mut MemView<'m>, &Outgoing<'_>) -> Result<(), DropReason>,
 ) -> Result<Sent, DropReason> {
     let vnet = frame.vnet;
     let skip = usize::from(edit.skip);
@@ -217,13 +217,13 @@ mod tests {
     use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
     use super::*;
-    use crate::port::GuestMem;
+    use crate::frame::FrameMem;
 
     /// A frame as a guest with offloads sends it, with its header, in three segments of
     /// guest memory: TCP (a TSO frame with the partial checksum Linux leaves) or UDP (a
     /// partial checksum only).
     struct GuestFrame {
-        mem: GuestMem,
+        mem: FrameMem,
         segs: Vec<Seg>,
         frame: Vec<u8>,
         vnet: VnetHeader,
@@ -317,8 +317,8 @@ mod tests {
         edit: &FrameEdit,
         rx: OffloadCaps,
     ) -> (Result<Sent, DropReason>, Received) {
-        let mut view = GuestView::new(&f.mem);
-        let mut reader = GuestView::new(&f.mem);
+        let mut view = MemView::new(&f.mem);
+        let mut reader = MemView::new(&f.mem);
         let mut got = Vec::new();
         let src = Source {
             view: &mut view,
@@ -618,7 +618,7 @@ mod tests {
     #[test]
     fn a_receiver_that_runs_out_of_room_keeps_the_segments_it_got() {
         let f = guest_frame(false, false, true, 5000, 1000);
-        let mut view = GuestView::new(&f.mem);
+        let mut view = MemView::new(&f.mem);
         let mut sent = 0;
         let src = Source {
             view: &mut view,

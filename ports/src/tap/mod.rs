@@ -11,7 +11,7 @@
 //! offloads on, TSO frames and checksums left to the receiver pass between the kernel and
 //! the VMs as they are (or are finished by the switch for a VM that cannot take them).
 //!
-//! The buffers are memory like a VM's (a [`GuestMem`] of the port's own), so the data path
+//! The buffers are memory like a VM's (a [`FrameMem`] of the port's own), so the data path
 //! reads them through the same checked views.
 
 pub mod device;
@@ -23,9 +23,10 @@ use std::sync::Arc;
 
 use vm_memory::{GuestAddress, GuestMemoryError, GuestMemoryMmap};
 
+use crate::frame::FrameMem;
+use crate::frame::MAX_FRAME_LEN;
 use crate::interface_watch::{Health, Watch, Watched};
-use crate::port::{Attachment, GuestMem, PortHandle};
-use crate::vhost_user::rings::MAX_FRAME_LEN;
+use crate::port::{Attachment, PortHandle};
 pub use device::{TapDevice, TAP_VNET_HDR};
 
 /// Bytes of one receive buffer: the virtio-net header, the longest frame the switch
@@ -39,7 +40,7 @@ pub const TAP_BUFFERS: usize = 64;
 /// What the workers use of a TAP port.
 pub struct TapQueue {
     device: TapDevice,
-    mem: GuestMem,
+    mem: FrameMem,
     /// A read failed: the interface is gone. Workers leave the queue alone; the port's
     /// monitor withdraws it.
     failed: AtomicBool,
@@ -124,7 +125,7 @@ impl TapQueue {
     }
 
     /// The memory the receive buffers are in.
-    pub fn mem(&self) -> &GuestMem {
+    pub fn mem(&self) -> &FrameMem {
         &self.mem
     }
 

@@ -191,7 +191,7 @@ impl NetBackend {
 
 impl VhostUserBackend for NetBackend {
     type Bitmap = ();
-    type Vring = VringMutex<GuestMemoryAtomic<crate::port::GuestMem>>;
+    type Vring = VringMutex<GuestMemoryAtomic<crate::frame::FrameMem>>;
 
     fn num_queues(&self) -> usize {
         2 * usize::from(self.queue_pairs)
@@ -325,7 +325,7 @@ mod tests {
     #[test]
     fn a_kick_handled_after_close_does_not_attach_the_dead_connection() {
         let port = Arc::new(PortHandle::new(1, "vm1", 1));
-        let mem = GuestMemoryAtomic::new(crate::port::GuestMem::new());
+        let mem = GuestMemoryAtomic::new(crate::frame::FrameMem::new());
         let live = NetBackend::new(
             port.clone(),
             (1, true),

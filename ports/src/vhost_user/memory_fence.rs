@@ -45,7 +45,8 @@ use std::time::Duration;
 
 use vm_memory::{GuestMemoryBackend, MmapRegion};
 
-use crate::port::{GuestMem, GuestMemAtomic};
+use crate::frame::FrameMem;
+use crate::port::GuestMemAtomic;
 
 /// Frontend mappings registered at once, over every connection of the daemon. A frontend
 /// has at most 509 memory regions and a log; a mapping shared by two memory tables takes one
@@ -454,7 +455,7 @@ impl MemoryFence {
     /// Registers the regions of `next` (guest memory as the protocol library just mapped
     /// it), then makes it what `to` holds, which is what the workers read. Fails, leaving
     /// `to` as it was, when the registry is full.
-    pub fn publish(&self, next: GuestMem, to: &GuestMemAtomic) -> Result<(), FenceError> {
+    pub fn publish(&self, next: FrameMem, to: &GuestMemAtomic) -> Result<(), FenceError> {
         let mut held = lock(&self.held);
         for region in next.iter() {
             let mmap = region.get_mmap();
@@ -569,7 +570,7 @@ mod tests {
         }
     }
 
-    fn file_memory(len: usize) -> (std::fs::File, GuestMem) {
+    fn file_memory(len: usize) -> (std::fs::File, FrameMem) {
         let f = unlinked_file(len as u64);
         let mem = GuestMemoryMmap::from_ranges_with_files(&[(
             GuestAddress(0x10_0000),

@@ -12,13 +12,12 @@
 //! - [`memory_fence`]: every mapping of a frontend's files registered, so that a frontend
 //!   shrinking one (SIGBUS on the next access) loses its own connection, not the daemon;
 //! - [`rings`]: the per-frame split-ring data path used by the workers, over
-//!   [`split_ring`] (rings mapped once per burst) and [`guest_view`] (cached translation of
-//!   guest addresses, and the raw copies in and out of guest memory).
+//!   [`split_ring`] (rings mapped once per burst) and [`crate::frame::view`] (cached
+//!   translation of guest addresses, and the raw copies in and out of guest memory).
 
 pub mod backend;
 pub mod connection;
 pub mod dirty_log;
-pub mod guest_view;
 pub mod kicks;
 pub mod mem_regions;
 pub mod memory_fence;

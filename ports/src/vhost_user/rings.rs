@@ -20,22 +20,20 @@ use virtio_bindings::virtio_ring::VRING_AVAIL_F_NO_INTERRUPT;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend};
 
-use super::guest_view::GuestView;
 use super::split_ring::SplitRing;
 use crate::counters::DropReason;
+use crate::frame::view::MemView;
+use crate::frame::{
+    FrameEdit, FrameMem, IngressFrame, Seg, MAX_FRAME_LEN, MIN_FRAME_LEN, PEEK_LEN,
+};
 use crate::offload::software::Outgoing;
 use crate::offload::VnetHeader;
-use crate::port::GuestMem;
 
 mod dirty;
 mod fast;
 
 pub use dirty::log_notification_fields;
 
-/// Largest frame (without the virtio-net header) the switch forwards.
-pub const MAX_FRAME_LEN: usize = 65_550;
-/// Shortest frame forwarded: an Ethernet header.
-pub const MIN_FRAME_LEN: usize = 14;
 /// Most buffer segments a TX frame may have (Linux uses at most 19).
 pub const MAX_TX_SEGS: usize = 64;
 /// Most RX chains one frame may be spread over with mergeable RX buffers.
@@ -63,143 +61,10 @@ pub const VNET_HDR_MAX: usize = 12;
 /// copied part (a 12-byte header and an 18-byte prefix), rounded up to two 16-byte moves.
 const HEAD_BLOCK: usize = 32;
 const _: () = assert!(VNET_HDR_MAX + FrameEdit::MAX_PREFIX <= HEAD_BLOCK);
-/// Bytes of the frame copied to the stack for the forwarding decision.
-pub const PEEK_LEN: usize = 18;
-
-/// A guest buffer range, copied out of a descriptor and checked against guest memory.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Seg {
-    pub addr: u64,
-    pub len: u32,
-}
-
-/// How a frame is changed on its way out, without a second copy: the first `skip` bytes of
-/// the source frame are replaced by `prefix[..prefix_len]` (from the host), the rest is
-/// copied from the source VM as usual. Used to add, remove or rewrite an 802.1Q tag.
-///
-/// The bytes of `prefix` past `prefix_len` mean nothing (an edit is cheaper to build when
-/// they need not be zeroed), and two edits are equal when they write the same frame.
-#[derive(Debug, Clone, Copy)]
-pub struct FrameEdit {
-    pub prefix: [u8; FrameEdit::MAX_PREFIX],
-    pub prefix_len: u8,
-    pub skip: u8,
-}
-
-impl FrameEdit {
-    /// Longest prefix: two MAC addresses, one 802.1Q tag and the EtherType after it.
-    pub const MAX_PREFIX: usize = 18;
-    /// The frame as it is.
-    pub const NONE: FrameEdit = FrameEdit {
-        prefix: [0; FrameEdit::MAX_PREFIX],
-        prefix_len: 0,
-        skip: 0,
-    };
-
-    /// Length of a `frame_len`-byte source frame after the edit, or `None` if the frame is
-    /// shorter than the bytes the edit replaces.
-    #[inline]
-    pub fn out_len(&self, frame_len: u32) -> Option<u32> {
-        frame_len
-            .checked_sub(u32::from(self.skip))
-            .map(|n| n + u32::from(self.prefix_len.min(Self::MAX_PREFIX as u8)))
-    }
-
-    /// The host bytes written before the copied rest.
-    #[inline]
-    pub fn prefix(&self) -> &[u8] {
-        &self.prefix[..usize::from(self.prefix_len).min(Self::MAX_PREFIX)]
-    }
-}
-
-impl PartialEq for FrameEdit {
-    fn eq(&self, other: &FrameEdit) -> bool {
-        self.prefix() == other.prefix() && self.skip == other.skip
-    }
-}
-
-impl Eq for FrameEdit {}
-
-/// A frame popped from a TX queue. Its segments (header excluded) are `one` when it is in
-/// one buffer (the usual case, `seg_start == seg_end`), else in the caller's segment array
-/// at `seg_start..seg_end` ([`TxFrame::segs_in`]).
-#[derive(Debug, Clone, Default)]
-pub struct TxFrame {
-    pub head: u16,
-    pub len: u32,
-    one: Seg,
-    seg_start: u32,
-    seg_end: u32,
-    /// The first bytes of the frame, copied once: decisions are made on this copy.
-    pub peek: [u8; PEEK_LEN],
-    /// The frame's virtio-net header, if it was read: what the frame asks of its
-    /// receivers. Meaningful only for frames popped with headers read
-    /// ([`RingView::pop_tx_into`]); left as it was otherwise.
-    pub vnet: VnetHeader,
-}
-
-impl TxFrame {
-    /// A frame whose segments are `segs` of the caller's array (fewer than 2^32 entries,
-    /// at least one).
-    #[inline]
-    fn new(head: u16, segs: std::ops::Range<usize>, len: u32, peek: [u8; PEEK_LEN]) -> TxFrame {
-        debug_assert!(segs.start < segs.end);
-        TxFrame {
-            head,
-            len,
-            one: Seg::default(),
-            seg_start: segs.start as u32,
-            seg_end: segs.end as u32,
-            peek,
-            vnet: VnetHeader::default(),
-        }
-    }
-
-    /// A frame of `len` bytes in one buffer, at guest address `addr`: the caller's
-    /// segment array is not used (a push there, and the bounds checks of the slice taken
-    /// back, cost more than the frame's own copy of it; callgrind).
-    #[inline]
-    pub fn in_one_buffer(head: u16, addr: u64, len: u32, peek: [u8; PEEK_LEN]) -> TxFrame {
-        TxFrame {
-            head,
-            len,
-            one: Seg { addr, len },
-            seg_start: 0,
-            seg_end: 0,
-            peek,
-            vnet: VnetHeader::default(),
-        }
-    }
-
-    /// Makes this the frame of `len` bytes in one buffer at `addr` ([`Self::in_one_buffer`]),
-    /// leaving `vnet` as it was: the fast path pops into a reused slot this way, one store
-    /// fewer per field it need not write.
-    #[inline(always)]
-    pub fn fill_one_buffer(&mut self, head: u16, addr: u64, len: u32, peek: [u8; PEEK_LEN]) {
-        self.head = head;
-        self.len = len;
-        self.one = Seg { addr, len };
-        self.seg_start = 0;
-        self.seg_end = 0;
-        self.peek = peek;
-    }
-
-    /// The frame's segments: its own one, or those in `all`, the array given to
-    /// [`RingView::pop_tx`].
-    #[inline]
-    pub fn segs_in<'a>(&'a self, all: &'a [Seg]) -> &'a [Seg] {
-        if self.seg_start == self.seg_end {
-            std::slice::from_ref(&self.one)
-        } else {
-            &all[self.seg_start as usize..self.seg_end as usize]
-        }
-    }
-}
-
 /// Result of popping one TX chain: the frame itself ([`RingView::pop_tx`]), or `()` when it
 /// was written where the caller asked ([`RingView::pop_tx_into`]).
 #[derive(Debug)]
-pub enum PopTx<F = TxFrame> {
+pub enum PopTx<F = IngressFrame> {
     /// No chain available.
     Empty,
     /// A well-formed frame.
@@ -214,7 +79,7 @@ pub enum PopTx<F = TxFrame> {
 /// One virtqueue, locked by the caller for a burst, with the VM memory it lives in.
 pub struct RingView<'q, 'm> {
     queue: &'q mut Queue,
-    view: GuestView<'m>,
+    view: MemView<'m>,
     split: Option<SplitRing<'m>>,
     /// The driver's available index as last read (fast path only).
     avail_idx: u16,
@@ -284,8 +149,8 @@ impl WrittenRanges {
 
 impl<'q, 'm> RingView<'q, 'm> {
     /// Maps the rings of `queue` for the fast path if they can be, else uses the general one.
-    pub fn new(queue: &'q mut Queue, mem: &'m GuestMem) -> RingView<'q, 'm> {
-        let mut view = GuestView::new(mem);
+    pub fn new(queue: &'q mut Queue, mem: &'m FrameMem) -> RingView<'q, 'm> {
+        let mut view = MemView::new(mem);
         let split = SplitRing::new(queue, &mut view);
         let (avail_idx, used_next) = (queue.next_avail(), queue.next_used());
         RingView {
@@ -302,11 +167,11 @@ impl<'q, 'm> RingView<'q, 'm> {
     }
 
     /// A view that always takes the general path (for tests and comparisons).
-    pub fn general(queue: &'q mut Queue, mem: &'m GuestMem) -> RingView<'q, 'm> {
+    pub fn general(queue: &'q mut Queue, mem: &'m FrameMem) -> RingView<'q, 'm> {
         let (avail_idx, used_next) = (queue.next_avail(), queue.next_used());
         RingView {
             queue,
-            view: GuestView::new(mem),
+            view: MemView::new(mem),
             split: None,
             avail_idx,
             burst_start: avail_idx,
@@ -333,7 +198,7 @@ impl<'q, 'm> RingView<'q, 'm> {
     /// included. `segs` must have room for [`MAX_TX_SEGS`] more entries without growing.
     #[inline]
     pub fn pop_tx(&mut self, hdr_len: usize, segs: &mut Vec<Seg>) -> PopTx {
-        let mut frame = TxFrame::default();
+        let mut frame = IngressFrame::default();
         match self.pop_tx_into(hdr_len, true, segs, &mut frame) {
             PopTx::Frame(()) => PopTx::Frame(frame),
             PopTx::Empty => PopTx::Empty,
@@ -353,7 +218,7 @@ impl<'q, 'm> RingView<'q, 'm> {
         hdr_len: usize,
         vnet: bool,
         segs: &mut Vec<Seg>,
-        out: &mut TxFrame,
+        out: &mut IngressFrame,
     ) -> PopTx<()> {
         match &self.split {
             Some(ring) => fast::pop_tx(
@@ -384,7 +249,7 @@ impl<'q, 'm> RingView<'q, 'm> {
         &mut self,
         hdr_len: usize,
         mrg_rxbuf: bool,
-        src: &mut GuestView<'_>,
+        src: &mut MemView<'_>,
         src_segs: &[Seg],
         frame_len: u32,
         edit: &FrameEdit,
@@ -454,7 +319,7 @@ impl<'q, 'm> RingView<'q, 'm> {
         &mut self,
         hdr_len: usize,
         mrg_rxbuf: bool,
-        src: &mut GuestView<'_>,
+        src: &mut MemView<'_>,
         src_segs: &[Seg],
         out: &Outgoing<'_>,
         scratch: &mut RxScratch,
@@ -534,11 +399,11 @@ impl<'q, 'm> RingView<'q, 'm> {
 /// General-path [`RingView::pop_tx`].
 fn pop_tx_general(
     queue: &mut Queue,
-    mem: &GuestMem,
+    mem: &FrameMem,
     hdr_len: usize,
     read_vnet: bool,
     segs: &mut Vec<Seg>,
-    out: &mut TxFrame,
+    out: &mut IngressFrame,
 ) -> PopTx<()> {
     debug_assert!(segs.capacity() - segs.len() >= MAX_TX_SEGS);
     let Some(chain) = queue.pop_descriptor_chain(mem) else {
@@ -605,13 +470,13 @@ fn pop_tx_general(
     if read_segs(mem, &segs[start..], &mut peek[..n]).is_err() {
         return bad(segs, DropReason::BadDescriptor);
     }
-    *out = TxFrame::new(head, start..segs.len(), len as u32, peek);
+    *out = IngressFrame::new(head, start..segs.len(), len as u32, peek);
     out.vnet = VnetHeader::from_bytes(vnet[..VnetHeader::LEN].try_into().expect("10 of 12"));
     PopTx::Frame(())
 }
 
 /// Copies the first `buf.len()` bytes described by `segs` into `buf`.
-fn read_segs(mem: &GuestMem, segs: &[Seg], buf: &mut [u8]) -> Result<(), ()> {
+fn read_segs(mem: &FrameMem, segs: &[Seg], buf: &mut [u8]) -> Result<(), ()> {
     let mut done = 0;
     for s in segs {
         if done == buf.len() {
@@ -630,7 +495,7 @@ fn read_segs(mem: &GuestMem, segs: &[Seg], buf: &mut [u8]) -> Result<(), ()> {
 }
 
 /// Writes `bytes` at the start of the area described by `segs`.
-fn write_segs(mem: &GuestMem, segs: &[Seg], bytes: &[u8]) -> Result<(), ()> {
+fn write_segs(mem: &FrameMem, segs: &[Seg], bytes: &[u8]) -> Result<(), ()> {
     let mut done = 0;
     for s in segs {
         if done == bytes.len() {
@@ -649,7 +514,7 @@ fn write_segs(mem: &GuestMem, segs: &[Seg], bytes: &[u8]) -> Result<(), ()> {
 }
 
 /// Writes `bytes` into the area described by `segs` from `at` on.
-fn write_segs_at(mem: &GuestMem, segs: &[Seg], mut at: Cursor, bytes: &[u8]) -> Result<(), ()> {
+fn write_segs_at(mem: &FrameMem, segs: &[Seg], mut at: Cursor, bytes: &[u8]) -> Result<(), ()> {
     let mut done = 0;
     // Each step writes at least one byte or fails: bounded by `bytes`.
     while done < bytes.len() {
@@ -696,10 +561,10 @@ impl Cursor {
 /// Copies `len` bytes from the source segments (another VM's memory) to the destination
 /// segments starting at `dst_at`, one memcpy per contiguous piece, no bounce buffer.
 fn copy_between(
-    src_mem: &GuestMem,
+    src_mem: &FrameMem,
     src: &[Seg],
     src_at: Cursor,
-    dst_mem: &GuestMem,
+    dst_mem: &FrameMem,
     dst: &[Seg],
     dst_at: Cursor,
     mut len: usize,
@@ -858,7 +723,7 @@ impl<'a> GeneralUsed<'a> {
 
     /// Writes the used entry (head, len) at the next index; a failure is remembered and
     /// reported when the entries are published.
-    fn put(&mut self, mem: &GuestMem, head: u16, len: u32) {
+    fn put(&mut self, mem: &FrameMem, head: u16, len: u32) {
         if head >= self.size {
             // A head the driver never could have offered (its ring is corrupt): there is no
             // used slot to give back.
@@ -889,10 +754,10 @@ pub struct DeliverError {
 #[allow(clippy::too_many_arguments)]
 fn deliver_general(
     queue: &mut Queue,
-    dst_mem: &GuestMem,
+    dst_mem: &FrameMem,
     hdr_len: usize,
     mrg_rxbuf: bool,
-    src_mem: &GuestMem,
+    src_mem: &FrameMem,
     src_segs: &[Seg],
     out: &Outgoing<'_>,
     scratch: &mut RxScratch,
@@ -995,7 +860,7 @@ pub struct BrokenUsedRing;
 /// General-path [`RingView::publish_used`]: the entries up to `next` are written.
 fn publish_used_general(
     queue: &mut Queue,
-    mem: &GuestMem,
+    mem: &FrameMem,
     next: u16,
 ) -> Result<bool, BrokenUsedRing> {
     let old = Wrapping(queue.next_used());

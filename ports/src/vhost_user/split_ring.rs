@@ -21,8 +21,8 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use virtio_bindings::virtio_ring::VRING_USED_F_NO_NOTIFY;
 use virtio_queue::{Queue, QueueT};
 
-use super::guest_view::GuestView;
-use crate::port::GuestMem;
+use crate::frame::view::MemView;
+use crate::frame::FrameMem;
 
 /// Bytes of one descriptor.
 pub const DESC_SIZE: usize = 16;
@@ -53,13 +53,13 @@ impl Desc {
 pub struct DescTable<'m> {
     base: NonNull<u8>,
     len: u16,
-    _mem: PhantomData<&'m GuestMem>,
+    _mem: PhantomData<&'m FrameMem>,
 }
 
 impl<'m> DescTable<'m> {
     /// The indirect table of `bytes` bytes at `addr`, if it is a whole number of
     /// descriptors (at most 65535) lying in one region.
-    pub fn indirect(view: &mut GuestView<'m>, addr: u64, bytes: u32) -> Option<DescTable<'m>> {
+    pub fn indirect(view: &mut MemView<'m>, addr: u64, bytes: u32) -> Option<DescTable<'m>> {
         if bytes == 0 || !(bytes as usize).is_multiple_of(DESC_SIZE) {
             return None;
         }
@@ -88,7 +88,7 @@ impl<'m> DescTable<'m> {
     pub fn prefetch(&self, i: u16) {
         if i < self.len {
             // The address is computed with wrapping arithmetic and only hinted at.
-            super::guest_view::prefetch(
+            crate::frame::view::prefetch(
                 self.base
                     .as_ptr()
                     .wrapping_add(usize::from(i) * DESC_SIZE)
@@ -133,7 +133,7 @@ pub struct SplitRing<'m> {
 impl<'m> SplitRing<'m> {
     /// Maps the rings of `queue`, or `None` if its size is not a power of two up to 32768,
     /// or a ring is misaligned or not within one region of guest memory.
-    pub fn new(queue: &Queue, view: &mut GuestView<'m>) -> Option<SplitRing<'m>> {
+    pub fn new(queue: &Queue, view: &mut MemView<'m>) -> Option<SplitRing<'m>> {
         let size = queue.size();
         if size == 0 || !size.is_power_of_two() || size > 32768 {
             return None;
@@ -284,7 +284,7 @@ mod tests {
     use virtio_queue::mock::MockSplitQueue;
     use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
-    fn mem() -> GuestMem {
+    fn mem() -> FrameMem {
         GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap()
     }
 
@@ -295,7 +295,7 @@ mod tests {
         let m = mem();
         let vq = MockSplitQueue::new(&m, 8);
         let q: Queue = vq.create_queue().unwrap();
-        let mut view = GuestView::new(&m);
+        let mut view = MemView::new(&m);
         let ring = SplitRing::new(&q, &mut view).unwrap();
         let used = vq.used_addr().0;
         m.write_obj([3u32, 72], GuestAddress(used + 4 + 8 * 2))
@@ -324,7 +324,7 @@ mod tests {
         let d = RawDescriptor::from(Descriptor::new(0x8000, 100, 2, 3));
         vq.add_desc_chains(&[d], 5).unwrap();
         let q: Queue = vq.create_queue().unwrap();
-        let mut view = GuestView::new(&m);
+        let mut view = MemView::new(&m);
         let ring = SplitRing::new(&q, &mut view).unwrap();
         assert_eq!(ring.size(), 8);
         assert_eq!(ring.avail_idx(), 1);
@@ -376,7 +376,7 @@ mod tests {
             (GuestAddress(0x10_0001), 0x1_0000),
         ])
         .unwrap();
-        let mut view = GuestView::new(&m);
+        let mut view = MemView::new(&m);
         let queue = |desc: u64, avail: u64, used: u64| {
             let mut q = Queue::new(8).unwrap();
             q.set_size(8);
@@ -411,7 +411,7 @@ mod tests {
     #[test]
     fn indirect_tables_must_be_whole_descriptors_in_one_region() {
         let m = mem();
-        let mut view = GuestView::new(&m);
+        let mut view = MemView::new(&m);
         assert_eq!(
             DescTable::indirect(&mut view, 0x1000, 64).map(|t| t.len()),
             Some(4)

@@ -20,7 +20,7 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress};
 
 use super::{fast, BrokenUsedRing, RingView, MAX_RX_DESCS};
-use crate::port::GuestMem;
+use crate::frame::FrameMem;
 use crate::vhost_user::migration::WriteLog;
 use crate::vhost_user::split_ring::{Desc, DESC_SIZE};
 
@@ -112,7 +112,7 @@ pub fn log_notification_fields(queue: &Queue, log: WriteLog<'_>) {
 }
 
 /// The used entry in slot `idx`, read through checked accessors (general path).
-fn used_entry_general(queue: &Queue, mem: &GuestMem, idx: u16) -> Option<(u32, u32)> {
+fn used_entry_general(queue: &Queue, mem: &FrameMem, idx: u16) -> Option<(u32, u32)> {
     let at = queue
         .used_ring()
         .checked_add(4 + 8 * u64::from(idx % queue.size()))?;
@@ -123,7 +123,7 @@ fn used_entry_general(queue: &Queue, mem: &GuestMem, idx: u16) -> Option<(u32, u
 /// Walks the chain at `head` through checked reads of guest memory (the general path's
 /// rings do not map whole), calling `each` on every buffer descriptor until it returns
 /// false. An indirect table is followed once; bounded by the table sizes.
-fn walk_general(queue: &Queue, mem: &GuestMem, head: u16, mut each: impl FnMut(&Desc) -> bool) {
+fn walk_general(queue: &Queue, mem: &FrameMem, head: u16, mut each: impl FnMut(&Desc) -> bool) {
     let (mut table, mut len) = (queue.desc_table(), u64::from(queue.size()));
     let (mut i, mut left, mut indirect) = (u64::from(head), len, false);
     // As the data path walked it: never more descriptors than a frame's chains may have.

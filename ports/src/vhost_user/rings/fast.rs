@@ -1,6 +1,6 @@
 //! The fast path: the same operations as the general path in `rings.rs`, on rings mapped
 //! once per burst ([`SplitRing`]) and guest memory translated through a cached region
-//! ([`GuestView`]). The available index is read once per burst rather than once per chain.
+//! ([`MemView`]). The available index is read once per burst rather than once per chain.
 //!
 //! Behaviour matches the general path on well-formed rings (the tests run both on the same
 //! rings). On malformed chains it is stricter: where virtio-queue's iterator silently ends a
@@ -13,14 +13,14 @@ use virtio_queue::{Queue, QueueT};
 
 use super::WrittenRanges;
 use super::{
-    rx_head, rx_need, vnet_header, DeliverError, FrameEdit, PopTx, RxScratch, Seg, TxFrame,
+    rx_head, rx_need, vnet_header, DeliverError, FrameEdit, IngressFrame, PopTx, RxScratch, Seg,
     MAX_FRAME_LEN, MAX_RX_CHAINS, MAX_RX_DESCS, MAX_RX_SEGS, MAX_TX_DESCS, MAX_TX_SEGS,
     MIN_FRAME_LEN, PEEK_LEN, VNET_HDR_MAX,
 };
 use crate::counters::DropReason;
+use crate::frame::view::{HostSpan, MemView};
 use crate::offload::software::Outgoing;
 use crate::offload::VnetHeader;
-use crate::vhost_user::guest_view::{GuestView, HostSpan};
 use crate::vhost_user::split_ring::{Desc, DescTable, SplitRing};
 
 const F_NEXT: u16 = VRING_DESC_F_NEXT as u16;
@@ -37,10 +37,10 @@ const F_INDIRECT: u16 = VRING_DESC_F_INDIRECT as u16;
 #[inline]
 pub(super) fn walk<'m>(
     ring: &SplitRing<'m>,
-    view: &mut GuestView<'m>,
+    view: &mut MemView<'m>,
     head: u16,
     budget: &mut u32,
-    mut each: impl FnMut(&mut GuestView<'m>, &Desc) -> bool,
+    mut each: impl FnMut(&mut MemView<'m>, &Desc) -> bool,
 ) -> bool {
     let mut table = ring.table();
     let mut i = head;
@@ -115,7 +115,7 @@ fn next_head(ring: &SplitRing<'_>, avail_idx: &mut u16, next: u16) -> Next {
 #[inline(always)]
 fn prefetch_ahead(
     ring: &SplitRing<'_>,
-    view: &GuestView<'_>,
+    view: &MemView<'_>,
     avail_idx: u16,
     next: u16,
     skip: u64,
@@ -195,13 +195,13 @@ fn resync_or_disable(
 #[inline(always)]
 pub(super) fn pop_tx<'m>(
     ring: &SplitRing<'m>,
-    view: &mut GuestView<'m>,
+    view: &mut MemView<'m>,
     avail_idx: &mut u16,
     fresh: bool,
     queue: &mut Queue,
     (hdr_len, vnet): (usize, bool),
     segs: &mut Vec<Seg>,
-    out: &mut TxFrame,
+    out: &mut IngressFrame,
 ) -> PopTx<()> {
     debug_assert!(segs.capacity() - segs.len() >= MAX_TX_SEGS);
     let next = queue.next_avail();
@@ -253,11 +253,11 @@ fn head_when_not_ready(
 #[inline(never)]
 fn pop_tx_walk<'m>(
     ring: &SplitRing<'m>,
-    view: &mut GuestView<'m>,
+    view: &mut MemView<'m>,
     head: u16,
     (hdr_len, read_vnet): (usize, bool),
     segs: &mut Vec<Seg>,
-    out: &mut TxFrame,
+    out: &mut IngressFrame,
 ) -> PopTx<()> {
     let start = segs.len();
     let mut skip = hdr_len as u64;
@@ -320,7 +320,7 @@ fn pop_tx_walk<'m>(
         }
         done += k;
     }
-    *out = TxFrame::new(head, start..segs.len(), len as u32, peek);
+    *out = IngressFrame::new(head, start..segs.len(), len as u32, peek);
     out.vnet = VnetHeader::from_bytes(vnet[..VnetHeader::LEN].try_into().expect("10 of 12"));
     PopTx::Frame(())
 }
@@ -332,11 +332,11 @@ fn pop_tx_walk<'m>(
 #[inline(always)]
 fn pop_in_one_buffer<'m>(
     ring: &SplitRing<'m>,
-    view: &mut GuestView<'m>,
+    view: &mut MemView<'m>,
     head: u16,
     hdr_len: usize,
     read_vnet: bool,
-    out: &mut TxFrame,
+    out: &mut IngressFrame,
 ) -> Option<PopTx<()>> {
     let d = ring.table().get(head)?;
     if d.flags & (F_NEXT | F_INDIRECT | F_WRITE) != 0 {
@@ -386,7 +386,7 @@ fn write_short(dst: &HostSpan<'_>, off: usize, bytes: &[u8]) -> bool {
 /// An RX ring on the fast path, as delivering a frame into it reads and moves it.
 pub(super) struct RxRing<'a, 'm> {
     pub ring: &'a SplitRing<'m>,
-    pub view: &'a mut GuestView<'m>,
+    pub view: &'a mut MemView<'m>,
     /// The driver's available index, as last read.
     pub avail_idx: &'a mut u16,
     /// No chain of this burst taken yet (see [`prefetch_ahead`], [`resync_or_disable`]).
@@ -408,7 +408,7 @@ impl<'m> RxRing<'_, 'm> {
         &mut self,
     ) -> (
         &SplitRing<'m>,
-        &mut GuestView<'m>,
+        &mut MemView<'m>,
         &mut u16,
         bool,
         &mut Queue,
@@ -432,7 +432,7 @@ impl<'m> RxRing<'_, 'm> {
 /// The frame to deliver: `len` bytes in `segs` of the VM seen through `view`, changed by
 /// `edit` on the way.
 pub(super) struct Source<'a, 's> {
-    pub view: &'a mut GuestView<'s>,
+    pub view: &'a mut MemView<'s>,
     pub segs: &'a [Seg],
     pub len: u32,
     pub edit: &'a FrameEdit,
@@ -441,7 +441,7 @@ pub(super) struct Source<'a, 's> {
 impl<'s> Source<'_, 's> {
     /// Every field, reborrowed.
     #[inline(always)]
-    fn parts(&mut self) -> (&mut GuestView<'s>, &[Seg], u32, &FrameEdit) {
+    fn parts(&mut self) -> (&mut MemView<'s>, &[Seg], u32, &FrameEdit) {
         (self.view, self.segs, self.len, self.edit)
     }
 }
@@ -482,7 +482,7 @@ pub(super) fn deliver_in_chains(
     mut rx: RxRing<'_, '_>,
     hdr_len: usize,
     mrg_rxbuf: bool,
-    src: &mut GuestView<'_>,
+    src: &mut MemView<'_>,
     src_segs: &[Seg],
     out: &Outgoing<'_>,
     need: u64,
@@ -682,11 +682,11 @@ fn deliver_in_one_buffer(
 /// `dst_addr` of `view`'s VM.
 #[inline(always)]
 fn copy_piece(
-    view: &mut GuestView<'_>,
+    view: &mut MemView<'_>,
     dst: &HostSpan<'_>,
     dst_addr: u64,
     at: usize,
-    src: &mut GuestView<'_>,
+    src: &mut MemView<'_>,
     from: u64,
     len: usize,
 ) -> bool {
@@ -702,10 +702,10 @@ fn copy_piece(
 /// segments from their first `skip` bytes on: at most one memmove per (source piece,
 /// destination piece) pair.
 fn write_then_copy(
-    dst: &mut GuestView<'_>,
+    dst: &mut MemView<'_>,
     dst_segs: &[Seg],
     hdrs: [&[u8]; 2],
-    src: &mut GuestView<'_>,
+    src: &mut MemView<'_>,
     src_segs: &[Seg],
     mut skip: usize,
     len: u32,

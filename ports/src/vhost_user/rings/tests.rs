@@ -6,7 +6,7 @@ use vm_memory::GuestMemoryMmap;
 
 const BUF: u64 = 0x10_0000;
 
-fn mem() -> GuestMem {
+fn mem() -> FrameMem {
     GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000), (GuestAddress(BUF), 0x10_0000)])
         .unwrap()
 }
@@ -17,7 +17,7 @@ fn desc(addr: u64, len: u32, write: bool) -> RawDescriptor {
 }
 
 /// Offers one chain made of `descs`, linked in order, starting at table index `at`.
-fn offer(q: &MockSplitQueue<GuestMem>, at: u16, descs: &[RawDescriptor]) {
+fn offer(q: &MockSplitQueue<FrameMem>, at: u16, descs: &[RawDescriptor]) {
     let mut linked = Vec::new();
     for (i, d) in descs.iter().enumerate() {
         let d = Descriptor::from(*d);
@@ -37,7 +37,7 @@ fn offer(q: &MockSplitQueue<GuestMem>, at: u16, descs: &[RawDescriptor]) {
 }
 
 /// A view of `q` on the fast or the general path.
-fn ring<'q, 'm>(q: &'q mut Queue, m: &'m GuestMem, fast: bool) -> RingView<'q, 'm> {
+fn ring<'q, 'm>(q: &'q mut Queue, m: &'m FrameMem, fast: bool) -> RingView<'q, 'm> {
     let r = if fast {
         RingView::new(q, m)
     } else {
@@ -51,13 +51,13 @@ fn ring<'q, 'm>(q: &'q mut Queue, m: &'m GuestMem, fast: bool) -> RingView<'q, '
     r
 }
 
-fn pop_tx(q: &mut Queue, m: &GuestMem, hdr_len: usize, segs: &mut Vec<Seg>, fast: bool) -> PopTx {
+fn pop_tx(q: &mut Queue, m: &FrameMem, hdr_len: usize, segs: &mut Vec<Seg>, fast: bool) -> PopTx {
     ring(q, m, fast).pop_tx(hdr_len, segs)
 }
 
 fn publish_used(
     q: &mut Queue,
-    m: &GuestMem,
+    m: &FrameMem,
     fast: bool,
     used: &[(u16, u32)],
 ) -> Result<bool, BrokenUsedRing> {
@@ -69,7 +69,7 @@ fn publish_used(
 }
 
 /// The used entries of `q` published from index `from` on, as the driver reads them.
-fn published_since(q: &Queue, m: &GuestMem, from: u16) -> Vec<(u16, u32)> {
+fn published_since(q: &Queue, m: &FrameMem, from: u16) -> Vec<(u16, u32)> {
     let mut out = Vec::new();
     let mut i = from;
     while i != q.next_used() {
@@ -170,7 +170,7 @@ fn pop_tx_segments_of_one_and_of_several_buffers(fast: bool) {
         VnetHeader::from_bytes(hdr[..10].try_into().unwrap())
     );
     // Not asked for, the header is not read: it means nothing without offloads.
-    let mut unread = TxFrame::default();
+    let mut unread = IngressFrame::default();
     let mut q2: Queue = vq.create_queue().unwrap();
     let mut r2 = ring(&mut q2, &m, fast);
     assert!(matches!(
@@ -340,7 +340,7 @@ fn the_fast_path_refuses_an_indirect_table_larger_than_the_ring() {
 /// Delivers the frame in `src` (in `m`) into `q`'s rings in `m`, behind a 12-byte header.
 fn deliver_frame(
     q: &mut Queue,
-    m: &GuestMem,
+    m: &FrameMem,
     fast: bool,
     mrg_rxbuf: bool,
     src: &[Seg],
@@ -353,7 +353,7 @@ fn deliver_frame(
 #[allow(clippy::too_many_arguments)]
 fn deliver_edited(
     q: &mut Queue,
-    m: &GuestMem,
+    m: &FrameMem,
     fast: bool,
     mrg_rxbuf: bool,
     src: &[Seg],
@@ -366,7 +366,7 @@ fn deliver_edited(
     let delivered = r.deliver::<false>(
         12,
         mrg_rxbuf,
-        &mut GuestView::new(m),
+        &mut MemView::new(m),
         src,
         len,
         edit,
@@ -377,7 +377,7 @@ fn deliver_edited(
     delivered
 }
 
-fn source(m: &GuestMem, len: usize) -> (Vec<u8>, Vec<Seg>) {
+fn source(m: &FrameMem, len: usize) -> (Vec<u8>, Vec<Seg>) {
     let f = frame(len);
     m.write_slice(&f, GuestAddress(BUF + 0x8_0000)).unwrap();
     (
@@ -456,7 +456,7 @@ fn without_mergeable_buffers_one_chain_must_hold_the_frame(fast: bool) {
 
 /// `n` RX chains, each one indirect descriptor whose table (one for all) holds `entries`
 /// writable descriptors of no length: chains that cost a walk and hold nothing.
-fn offer_empty_indirect_chains(vq: &MockSplitQueue<GuestMem>, m: &GuestMem, n: u16, entries: u16) {
+fn offer_empty_indirect_chains(vq: &MockSplitQueue<FrameMem>, m: &FrameMem, n: u16, entries: u16) {
     use virtio_bindings::virtio_ring::VRING_DESC_F_INDIRECT;
     let table = BUF + 0x4_0000;
     for i in 0..entries {
@@ -499,7 +499,7 @@ fn rx_walks_are_bounded_per_frame_and_per_burst(fast: bool) {
                 .deliver::<false>(
                     12,
                     true,
-                    &mut GuestView::new(&m),
+                    &mut MemView::new(&m),
                     &src,
                     60,
                     &FrameEdit::NONE,
@@ -645,7 +645,7 @@ fn used_entries_wait_for_their_publication(fast: bool) {
     let vq = MockSplitQueue::new(&m, 8);
     let mut q: Queue = vq.create_queue().unwrap();
     let used = vq.used_addr().0;
-    let idx = |m: &GuestMem| m.read_obj::<u16>(GuestAddress(used + 2)).unwrap();
+    let idx = |m: &FrameMem| m.read_obj::<u16>(GuestAddress(used + 2)).unwrap();
     {
         let mut r = ring(&mut q, &m, fast);
         r.add_used(3, 100);
@@ -823,7 +823,7 @@ fn one_buffer_delivery_writes_exactly_the_frame(fast: bool) {
                 let delivered = r.deliver::<false>(
                     hdr_len,
                     hdr_len == 12,
-                    &mut GuestView::new(&m),
+                    &mut MemView::new(&m),
                     &src,
                     len as u32,
                     &edit,
@@ -952,7 +952,7 @@ fn built_frames_carry_their_header_and_bytes(fast: bool) {
         len: 100,
     };
     let mut scratch = RxScratch::default();
-    let mut src_view = GuestView::new(&m);
+    let mut src_view = MemView::new(&m);
     let mut r = ring(&mut q, &m, fast);
     let n = r
         .deliver_built(12, true, &mut src_view, &src_segs, &out, &mut scratch)
@@ -1066,7 +1066,7 @@ fn logged_bursts_mark_exactly_the_pages_written(fast: bool) {
             if r.deliver::<false>(
                 12,
                 true,
-                &mut GuestView::new(&m),
+                &mut MemView::new(&m),
                 &src,
                 len,
                 &FrameEdit::NONE,
@@ -1141,7 +1141,7 @@ fn logged_publish_marks_what_was_written_not_what_the_descriptors_say_after(fast
         r.deliver::<true>(
             12,
             true,
-            &mut GuestView::new(&m),
+            &mut MemView::new(&m),
             &src,
             60,
             &FrameEdit::NONE,

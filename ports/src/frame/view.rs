@@ -1,7 +1,7 @@
 //! Guest memory as the fast path sees it: guest-physical ranges translated to host pointers,
 //! with the last region hit cached, and the only raw copies in and out of a VM's memory.
 //!
-//! A [`GuestView`] borrows one snapshot of a VM's memory map (`&GuestMem`). The mappings of
+//! A [`MemView`] borrows one snapshot of a VM's memory map (`&FrameMem`). The mappings of
 //! that snapshot stay in place for as long as the borrow lives (the snapshot owns them and is
 //! only dropped, never changed, when the frontend sends a new table), so every pointer this
 //! module derives is valid for `'m`. Every access is checked against the region it falls in:
@@ -21,8 +21,8 @@ use std::ptr::NonNull;
 
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress};
 
-use crate::port::GuestMem;
-use crate::vhost_user::rings::Seg;
+use crate::frame::FrameMem;
+use crate::frame::Seg;
 
 /// Starts loading the cache line at `p` into the cache. A hint with no architectural
 /// effect: it never faults and reads nothing into the program, whatever `p` is.
@@ -38,7 +38,7 @@ pub fn prefetch(p: *const u8) {
     let _ = p;
 }
 
-/// Most pieces one [`GuestView::write_to`] sends: the host bytes and the frame's segments.
+/// Most pieces one [`MemView::write_to`] sends: the host bytes and the frame's segments.
 pub const MAX_WRITE_PIECES: usize = 68;
 
 /// The guest ranges that hold bytes `skip..skip + len` of a frame in `segs`, in order, as
@@ -82,13 +82,13 @@ impl Iterator for FrameRanges<'_> {
 }
 
 /// `len` bytes of one VM's memory lying in one mapped region, translated once so that the
-/// accesses after need no lookup. Only [`GuestView::span`] makes one, having checked the
+/// accesses after need no lookup. Only [`MemView::span`] makes one, having checked the
 /// range; every access is checked against `len`.
 #[derive(Clone, Copy)]
 pub struct HostSpan<'m> {
     ptr: NonNull<u8>,
     len: usize,
-    _mem: PhantomData<&'m GuestMem>,
+    _mem: PhantomData<&'m FrameMem>,
 }
 
 impl HostSpan<'_> {
@@ -105,7 +105,7 @@ impl HostSpan<'_> {
         if !self.holds(off, buf.len()) {
             return false;
         }
-        // SAFETY: the span's `len` bytes lie in one region mapped for 'm (GuestView::span),
+        // SAFETY: the span's `len` bytes lie in one region mapped for 'm (MemView::span),
         // and `off + buf.len() <= len`. The destination is our own buffer.
         unsafe {
             std::ptr::copy_nonoverlapping(self.ptr.as_ptr().add(off), buf.as_mut_ptr(), buf.len())
@@ -119,7 +119,7 @@ impl HostSpan<'_> {
         if !self.holds(off, bytes.len()) {
             return false;
         }
-        // SAFETY: the span's `len` bytes lie in one region mapped for 'm (GuestView::span),
+        // SAFETY: the span's `len` bytes lie in one region mapped for 'm (MemView::span),
         // and `off + bytes.len() <= len`. The source is our own slice.
         unsafe {
             std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.ptr.as_ptr().add(off), bytes.len())
@@ -151,7 +151,7 @@ impl HostSpan<'_> {
         if !self.holds(off, N) {
             return None;
         }
-        // SAFETY: the span's `len` bytes lie in one region mapped for 'm (GuestView::span),
+        // SAFETY: the span's `len` bytes lie in one region mapped for 'm (MemView::span),
         // and `off + N <= len`; an unaligned read of a byte array has no alignment needs.
         Some(unsafe { std::ptr::read_unaligned(self.ptr.as_ptr().add(off).cast::<[u8; N]>()) })
     }
@@ -163,7 +163,7 @@ impl HostSpan<'_> {
         if !self.holds(off, N) {
             return false;
         }
-        // SAFETY: the span's `len` bytes lie in one region mapped for 'm (GuestView::span),
+        // SAFETY: the span's `len` bytes lie in one region mapped for 'm (MemView::span),
         // and `off + N <= len`; an unaligned write of a byte array has no alignment needs.
         unsafe { std::ptr::write_unaligned(self.ptr.as_ptr().add(off).cast::<[u8; N]>(), *bytes) };
         true
@@ -225,8 +225,8 @@ unsafe fn move_bytes(src: *const u8, dst: *mut u8, n: usize) {
 }
 
 /// Translates guest-physical addresses of one VM, remembering the last region used.
-pub struct GuestView<'m> {
-    mem: &'m GuestMem,
+pub struct MemView<'m> {
+    mem: &'m FrameMem,
     /// The cached region: guest-physical `[start, start + size)` and the host address of
     /// `start`. `size == 0` means nothing is cached.
     start: u64,
@@ -234,9 +234,9 @@ pub struct GuestView<'m> {
     host: NonNull<u8>,
 }
 
-impl<'m> GuestView<'m> {
-    pub fn new(mem: &'m GuestMem) -> GuestView<'m> {
-        GuestView {
+impl<'m> MemView<'m> {
+    pub fn new(mem: &'m FrameMem) -> MemView<'m> {
+        MemView {
             mem,
             start: 0,
             size: 0,
@@ -245,7 +245,7 @@ impl<'m> GuestView<'m> {
     }
 
     /// The memory map this view translates.
-    pub fn mem(&self) -> &'m GuestMem {
+    pub fn mem(&self) -> &'m FrameMem {
         self.mem
     }
 
@@ -453,7 +453,7 @@ impl<'m> GuestView<'m> {
     pub fn gather_from(
         &mut self,
         dst_addr: u64,
-        src: &mut GuestView<'_>,
+        src: &mut MemView<'_>,
         prefix: &[u8],
         segs: &[Seg],
         skip: usize,
@@ -520,7 +520,7 @@ impl<'m> GuestView<'m> {
     pub fn copy_from(
         &mut self,
         mut dst_addr: u64,
-        src: &mut GuestView<'_>,
+        src: &mut MemView<'_>,
         mut src_addr: u64,
         mut len: usize,
     ) -> bool {
@@ -576,13 +576,13 @@ mod tests {
 
     #[test]
     fn write_to_sends_the_prefix_then_the_segments_across_regions_and_refuses_holes() {
-        use crate::vhost_user::rings::Seg;
+        use crate::frame::Seg;
         use std::io::Read;
         use std::os::fd::AsFd;
         let m = mem();
         let data: Vec<u8> = (0..0x2000u32).map(|i| i as u8).collect();
         m.write_slice(&data, GuestAddress(0x2000)).unwrap();
-        let mut v = GuestView::new(&m);
+        let mut v = MemView::new(&m);
         let (mut rd, wr) = std::os::unix::net::UnixStream::pair().unwrap();
         // 0x2F00..0x3100 crosses from the first region into the second.
         let segs = [
@@ -618,12 +618,12 @@ mod tests {
 
     #[test]
     fn gather_from_writes_the_prefix_then_the_segments_and_refuses_what_is_not_memory() {
-        use crate::vhost_user::rings::Seg;
+        use crate::frame::Seg;
         let src_mem = mem();
         let data: Vec<u8> = (0..0x2000u32).map(|i| (i * 7) as u8).collect();
         src_mem.write_slice(&data, GuestAddress(0x2000)).unwrap();
         let dst_mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x2000)]).unwrap();
-        let (mut src, mut dst) = (GuestView::new(&src_mem), GuestView::new(&dst_mem));
+        let (mut src, mut dst) = (MemView::new(&src_mem), MemView::new(&dst_mem));
         // The first segment crosses from one source region into the next.
         let segs = [
             Seg {
@@ -655,7 +655,7 @@ mod tests {
 
     /// Two adjacent regions [0x1000, 0x3000) and [0x3000, 0x4000), then a hole, then
     /// [0x10000, 0x11000).
-    fn mem() -> GuestMem {
+    fn mem() -> FrameMem {
         GuestMemoryMmap::from_ranges(&[
             (GuestAddress(0x1000), 0x2000),
             (GuestAddress(0x3000), 0x1000),
@@ -667,7 +667,7 @@ mod tests {
     #[test]
     fn covers_follows_region_bounds_exactly() {
         let m = mem();
-        let mut v = GuestView::new(&m);
+        let mut v = MemView::new(&m);
         assert!(v.covers(0x1000, 0x3000), "two adjacent regions");
         assert!(v.covers(0x3fff, 1));
         assert!(!v.covers(0x3fff, 2), "runs into the hole");
@@ -683,7 +683,7 @@ mod tests {
     #[test]
     fn contiguous_needs_one_region() {
         let m = mem();
-        let mut v = GuestView::new(&m);
+        let mut v = MemView::new(&m);
         assert!(v.contiguous(0x1000, 0x2000).is_some());
         assert!(v.contiguous(0x2ff0, 0x20).is_none(), "spans two regions");
         assert!(v.contiguous(0x3000, 0x1001).is_none());
@@ -694,7 +694,7 @@ mod tests {
     #[test]
     fn read_and_write_span_adjacent_regions_and_stop_at_holes() {
         let m = mem();
-        let mut v = GuestView::new(&m);
+        let mut v = MemView::new(&m);
         let data: Vec<u8> = (0..64).collect();
         assert!(v.write(0x2fe0, &data));
         let mut back = [0u8; 64];
@@ -715,8 +715,8 @@ mod tests {
         let dst_mem = mem();
         let data: Vec<u8> = (0..200u8).collect();
         src_mem.write_slice(&data, GuestAddress(0x2f80)).unwrap();
-        let mut src = GuestView::new(&src_mem);
-        let mut dst = GuestView::new(&dst_mem);
+        let mut src = MemView::new(&src_mem);
+        let mut dst = MemView::new(&dst_mem);
         assert!(dst.copy_from(0x2fc0, &mut src, 0x2f80, 200));
         let mut back = vec![0u8; 200];
         dst_mem.read_slice(&mut back, GuestAddress(0x2fc0)).unwrap();
@@ -778,8 +778,8 @@ mod tests {
         let dst_mem = mem();
         let data: Vec<u8> = (0..64u8).collect();
         src_mem.write_slice(&data, GuestAddress(0x1100)).unwrap();
-        let mut src = GuestView::new(&src_mem);
-        let mut dst = GuestView::new(&dst_mem);
+        let mut src = MemView::new(&src_mem);
+        let mut dst = MemView::new(&dst_mem);
         assert!(dst.span(0x2ff0, 0x20).is_none(), "across two regions");
         assert!(dst.span(0x3ff0, 0x20).is_none(), "into the hole");
         assert!(dst.span(0x1000, 0).is_none());
@@ -826,7 +826,7 @@ mod tests {
     #[allow(unsafe_code)]
     fn write_unless_equal_leaves_equal_bytes_untouched() {
         let m = mem();
-        let mut v = GuestView::new(&m);
+        let mut v = MemView::new(&m);
         let hdr = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0];
         m.write_slice(&hdr, GuestAddress(0x10ff0)).unwrap();
         let span = v.span(0x10000, 0x1000).unwrap();
@@ -865,7 +865,7 @@ mod tests {
     #[test]
     fn the_cache_is_refreshed_when_another_region_is_hit() {
         let m = mem();
-        let mut v = GuestView::new(&m);
+        let mut v = MemView::new(&m);
         m.write_slice(&[1], GuestAddress(0x1000)).unwrap();
         m.write_slice(&[2], GuestAddress(0x10000)).unwrap();
         let mut b = [0u8; 1];
@@ -880,7 +880,7 @@ mod tests {
     #[test]
     fn the_cached_region_ends_exactly_at_its_bounds() {
         let m = mem();
-        let mut v = GuestView::new(&m);
+        let mut v = MemView::new(&m);
         m.write_slice(&[7], GuestAddress(0x10fff)).unwrap();
         m.write_slice(&[9], GuestAddress(0x3fff)).unwrap();
         let mut b = [0u8; 1];

@@ -1,0 +1,166 @@
+//! Frames and the memory they lie in, whatever port they came through: the layer every
+//! port kind, the offloads and the forwarding engine share.
+//!
+//! A frame is never copied on its way in: it stays where its port kind took it (a VM's
+//! guest memory, a TAP port's receive buffers, an AF_XDP UMEM), described by segments of
+//! that memory ([`Seg`]) and a copy of its first bytes taken once for the decision
+//! ([`IngressFrame::peek`]). [`view::MemView`] reads and writes such memory, checked; a
+//! [`FrameEdit`] says how the frame changes on its way out (a VLAN tag pushed, popped or
+//! rewritten) without a second copy.
+
+pub mod view;
+
+use vm_memory::GuestMemoryMmap;
+
+use crate::offload::VnetHeader;
+
+/// Memory frames lie in, mapped: a VM's guest memory as its frontend's table describes
+/// it, or a port's own buffers (a TAP port's, an AF_XDP UMEM) laid out the same way, so one
+/// checked path reads them all.
+pub type FrameMem = GuestMemoryMmap<()>;
+
+/// Largest frame (without the virtio-net header) the switch forwards.
+pub const MAX_FRAME_LEN: usize = 65_550;
+/// Shortest frame forwarded: an Ethernet header.
+pub const MIN_FRAME_LEN: usize = 14;
+/// Bytes of the frame copied to the stack for the forwarding decision.
+pub const PEEK_LEN: usize = 18;
+
+/// A range of the memory a frame lies in (a VM's buffer, a TAP or AF_XDP port's own), as
+/// its port kind took it: checked against that memory before any access.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Seg {
+    pub addr: u64,
+    pub len: u32,
+}
+
+/// How a frame is changed on its way out, without a second copy: the first `skip` bytes of
+/// the source frame are replaced by `prefix[..prefix_len]` (from the host), the rest is
+/// copied from the source VM as usual. Used to add, remove or rewrite an 802.1Q tag.
+///
+/// The bytes of `prefix` past `prefix_len` mean nothing (an edit is cheaper to build when
+/// they need not be zeroed), and two edits are equal when they write the same frame.
+#[derive(Debug, Clone, Copy)]
+pub struct FrameEdit {
+    pub prefix: [u8; FrameEdit::MAX_PREFIX],
+    pub prefix_len: u8,
+    pub skip: u8,
+}
+
+impl FrameEdit {
+    /// Longest prefix: two MAC addresses, one 802.1Q tag and the EtherType after it.
+    pub const MAX_PREFIX: usize = 18;
+    /// The frame as it is.
+    pub const NONE: FrameEdit = FrameEdit {
+        prefix: [0; FrameEdit::MAX_PREFIX],
+        prefix_len: 0,
+        skip: 0,
+    };
+
+    /// Length of a `frame_len`-byte source frame after the edit, or `None` if the frame is
+    /// shorter than the bytes the edit replaces.
+    #[inline]
+    pub fn out_len(&self, frame_len: u32) -> Option<u32> {
+        frame_len
+            .checked_sub(u32::from(self.skip))
+            .map(|n| n + u32::from(self.prefix_len.min(Self::MAX_PREFIX as u8)))
+    }
+
+    /// The host bytes written before the copied rest.
+    #[inline]
+    pub fn prefix(&self) -> &[u8] {
+        &self.prefix[..usize::from(self.prefix_len).min(Self::MAX_PREFIX)]
+    }
+}
+
+impl PartialEq for FrameEdit {
+    fn eq(&self, other: &FrameEdit) -> bool {
+        self.prefix() == other.prefix() && self.skip == other.skip
+    }
+}
+
+impl Eq for FrameEdit {}
+
+/// A frame that entered the switch through a port (a VM's TX chain, a read from a TAP
+/// interface, an AF_XDP descriptor). Its segments (header excluded) are `one` when it is in
+/// one buffer (the usual case, `seg_start == seg_end`), else in the caller's segment array
+/// at `seg_start..seg_end` ([`IngressFrame::segs_in`]).
+#[derive(Debug, Clone, Default)]
+pub struct IngressFrame {
+    /// The port kind's own name for the frame's buffers (a VM's chain head), given back
+    /// with them.
+    pub head: u16,
+    pub len: u32,
+    one: Seg,
+    seg_start: u32,
+    seg_end: u32,
+    /// The first bytes of the frame, copied once: decisions are made on this copy.
+    pub peek: [u8; PEEK_LEN],
+    /// The frame's virtio-net header, if it was read: what the frame asks of its
+    /// receivers. Meaningful only for frames taken with headers read (from a sender that
+    /// may use offloads); left as it was otherwise.
+    pub vnet: VnetHeader,
+}
+
+impl IngressFrame {
+    /// A frame whose segments are `segs` of the caller's array (fewer than 2^32 entries,
+    /// at least one).
+    #[inline]
+    pub(crate) fn new(
+        head: u16,
+        segs: std::ops::Range<usize>,
+        len: u32,
+        peek: [u8; PEEK_LEN],
+    ) -> IngressFrame {
+        debug_assert!(segs.start < segs.end);
+        IngressFrame {
+            head,
+            len,
+            one: Seg::default(),
+            seg_start: segs.start as u32,
+            seg_end: segs.end as u32,
+            peek,
+            vnet: VnetHeader::default(),
+        }
+    }
+
+    /// A frame of `len` bytes in one buffer, at guest address `addr`: the caller's
+    /// segment array is not used (a push there, and the bounds checks of the slice taken
+    /// back, cost more than the frame's own copy of it; callgrind).
+    #[inline]
+    pub fn in_one_buffer(head: u16, addr: u64, len: u32, peek: [u8; PEEK_LEN]) -> IngressFrame {
+        IngressFrame {
+            head,
+            len,
+            one: Seg { addr, len },
+            seg_start: 0,
+            seg_end: 0,
+            peek,
+            vnet: VnetHeader::default(),
+        }
+    }
+
+    /// Makes this the frame of `len` bytes in one buffer at `addr` ([`Self::in_one_buffer`]),
+    /// leaving `vnet` as it was: the fast path pops into a reused slot this way, one store
+    /// fewer per field it need not write.
+    #[inline(always)]
+    pub fn fill_one_buffer(&mut self, head: u16, addr: u64, len: u32, peek: [u8; PEEK_LEN]) {
+        self.head = head;
+        self.len = len;
+        self.one = Seg { addr, len };
+        self.seg_start = 0;
+        self.seg_end = 0;
+        self.peek = peek;
+    }
+
+    /// The frame's segments: its own one, or those in `all`, the array the frame was
+    /// taken with.
+    #[inline]
+    pub fn segs_in<'a>(&'a self, all: &'a [Seg]) -> &'a [Seg] {
+        if self.seg_start == self.seg_end {
+            std::slice::from_ref(&self.one)
+        } else {
+            &all[self.seg_start as usize..self.seg_end as usize]
+        }
+    }
+}
