@@ -25,13 +25,13 @@ use vringswitch_ports::vhost_user::{VhostUserError, VhostUserPort, VhostUserPort
 use vringswitch_ports::{PortHandle, PortId};
 use vringswitch_switch::affinity::keep_off_cores;
 use vringswitch_switch::capture::{CaptureSettings, CaptureTap};
-use vringswitch_switch::ethernet::MacAddr;
 use vringswitch_switch::fdb::{fdb_key, split_key, Fdb};
 use vringswitch_switch::police::Policer;
 use vringswitch_switch::port_security::{PortSecurity, MAX_ALLOWED};
 use vringswitch_switch::stats::{cycles, cycles_per_second};
 use vringswitch_switch::vlan::{VlanPolicy, UNTAGGED_VLAN};
 use vringswitch_switch::{BridgeRt, PortRt, Switch, SwitchConfig, SwitchError, Topology};
+use vringswitch_wire::ethernet::MacAddr;
 
 use crate::instance_lock::InstanceLock;
 use crate::state_file;

@@ -377,9 +377,9 @@ mod tests {
     use std::sync::Arc;
     use std::time::Duration;
     use vringswitch_ports::{DropReason, PortHandle};
-    use vringswitch_switch::ethernet::MacAddr;
     use vringswitch_switch::fdb::{fdb_key, Fdb};
     use vringswitch_switch::{BridgeRt, PortRt, SwitchConfig, Topology};
+    use vringswitch_wire::ethernet::MacAddr;
 
     fn switch_with_port() -> (Arc<Switch>, Arc<PortHandle>) {
         let sw = Switch::new(&SwitchConfig {

@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use dashmap::DashMap;
 use vringswitch_ports::PortId;
 
-use crate::ethernet::MacAddr;
+use vringswitch_wire::ethernet::MacAddr;
 
 /// Key of an FDB entry: MAC in the low 48 bits, VLAN above it.
 pub fn fdb_key(mac: MacAddr, vlan: u16) -> u64 {

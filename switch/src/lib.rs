@@ -7,7 +7,6 @@
 
 pub mod affinity;
 pub mod capture;
-pub mod ethernet;
 pub mod fdb;
 pub mod police;
 pub mod port_security;

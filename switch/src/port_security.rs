@@ -3,7 +3,7 @@
 //! Checked once per frame on the worker's hot path, so the set is a small inline array of
 //! 48-bit keys: no allocation, no pointer to chase, at most [`MAX_ALLOWED`] compares.
 
-use crate::ethernet::MacAddr;
+use vringswitch_wire::ethernet::MacAddr;
 
 /// Most addresses one port may be locked to (`vringswitch_config::MAX_ALLOWED_MACS`; the
 /// daemon checks the two agree).

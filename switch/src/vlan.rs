@@ -12,19 +12,10 @@
 //! pushed and popped during the single copy (a [`FrameEdit`]), never by a second pass.
 
 use vringswitch_ports::frame::{FrameEdit, PEEK_LEN};
+use vringswitch_wire::vlan::{self, MAX_VID, TAGGED_HEADER_LEN, UNTAGGED_HEADER_LEN, VID_MASK};
 
-/// TPID of an 802.1Q tag.
-pub const TPID_8021Q: u16 = 0x8100;
-/// Highest usable VLAN id (4095 is reserved).
-pub const MAX_VID: u16 = 4094;
 /// The VLAN of untagged frames on ports without a VLAN setting.
 pub const UNTAGGED_VLAN: u16 = 0;
-
-const VID_MASK: u16 = 0x0fff;
-/// Offset of the EtherType (or TPID) field.
-const TYPE_AT: usize = 12;
-/// Length of an Ethernet header with one 802.1Q tag.
-const TAGGED_HEADER_LEN: usize = 18;
 
 /// A port's VLAN membership: which VLAN travels untagged, which travel tagged.
 #[derive(Clone, PartialEq, Eq)]
@@ -123,16 +114,15 @@ impl VlanPolicy {
     /// port. A frame typed 802.1Q but too short to hold the tag is refused.
     #[inline]
     pub fn ingress(&self, peek: &[u8; PEEK_LEN], len: u32) -> Result<Ingress, Refused> {
-        if u16::from_be_bytes([peek[TYPE_AT], peek[TYPE_AT + 1]]) != TPID_8021Q {
+        let Some(tci) = vlan::tci(peek) else {
             return self
                 .native
                 .map(|vlan| Ingress { vlan, tci: None })
                 .ok_or(Refused::Vlan);
-        }
+        };
         if (len as usize) < TAGGED_HEADER_LEN {
             return Err(Refused::Vlan);
         }
-        let tci = u16::from_be_bytes([peek[TYPE_AT + 2], peek[TYPE_AT + 3]]);
         let vid = tci & VID_MASK;
         let vlan = if vid == 0 {
             // Priority-tagged: belongs to the untagged VLAN.
@@ -180,7 +170,7 @@ impl VlanPolicy {
         let (prefix_len, skip) = if self.native == Some(vlan) {
             match tci {
                 None => (UNTAGGED_HEADER_LEN, UNTAGGED_HEADER_LEN),
-                Some(_) => pop_tag(&mut edit.prefix, peek),
+                Some(_) => vlan::pop_tag(&mut edit.prefix, peek),
             }
         } else if !self.is_tagged(vlan) {
             return false;
@@ -188,8 +178,8 @@ impl VlanPolicy {
             match tci {
                 Some(t) if t & VID_MASK == vlan => (TAGGED_HEADER_LEN, TAGGED_HEADER_LEN),
                 // Re-tagged (from a priority tag): the priority bits are kept.
-                Some(t) => push_tag(&mut edit.prefix, peek, (t & !VID_MASK) | vlan, TYPE_AT + 4),
-                None => push_tag(&mut edit.prefix, peek, vlan, TYPE_AT),
+                Some(t) => vlan::replace_tag(&mut edit.prefix, peek, (t & !VID_MASK) | vlan),
+                None => vlan::push_tag(&mut edit.prefix, peek, vlan),
             }
         };
         edit.prefix_len = prefix_len as u8;
@@ -198,35 +188,7 @@ impl VlanPolicy {
     }
 }
 
-/// Bytes of an untagged Ethernet header: MAC addresses and EtherType.
-const UNTAGGED_HEADER_LEN: usize = 14;
-
-const _: () = assert!(PEEK_LEN == FrameEdit::MAX_PREFIX);
-
-/// Turns `prefix`, a copy of `peek`, into the MAC addresses, a tag of `tci`, then the
-/// EtherType found at `type_at` (12 for an untagged frame, 16 for a tagged one whose tag
-/// is replaced). Returns the prefix's length and how many source bytes it replaces.
-#[inline(always)]
-fn push_tag(
-    prefix: &mut [u8; PEEK_LEN],
-    peek: &[u8; PEEK_LEN],
-    tci: u16,
-    type_at: usize,
-) -> (usize, usize) {
-    prefix[TYPE_AT + 4..TAGGED_HEADER_LEN].copy_from_slice(&peek[type_at..type_at + 2]);
-    prefix[TYPE_AT..TYPE_AT + 2].copy_from_slice(&TPID_8021Q.to_be_bytes());
-    prefix[TYPE_AT + 2..TYPE_AT + 4].copy_from_slice(&tci.to_be_bytes());
-    (TAGGED_HEADER_LEN, type_at + 2)
-}
-
-/// Turns `prefix`, a copy of `peek`, into the MAC addresses, then the EtherType that
-/// followed the tag after them. Returns the prefix's length and how many source bytes it
-/// replaces.
-#[inline(always)]
-fn pop_tag(prefix: &mut [u8; PEEK_LEN], peek: &[u8; PEEK_LEN]) -> (usize, usize) {
-    prefix[TYPE_AT..UNTAGGED_HEADER_LEN].copy_from_slice(&peek[TYPE_AT + 4..TAGGED_HEADER_LEN]);
-    (UNTAGGED_HEADER_LEN, TAGGED_HEADER_LEN)
-}
+const _: () = assert!(PEEK_LEN == FrameEdit::MAX_PREFIX && PEEK_LEN == TAGGED_HEADER_LEN);
 
 #[cfg(test)]
 mod tests {

@@ -24,7 +24,7 @@ use vringswitch_ports::frame::view::MemView;
 use vringswitch_ports::frame::FrameMem;
 use vringswitch_ports::frame::{FrameEdit, IngressFrame, Seg, MIN_FRAME_LEN, PEEK_LEN};
 use vringswitch_ports::offload::software::{self, Outgoing, Sent};
-use vringswitch_ports::offload::{OffloadCaps, VnetHeader};
+use vringswitch_ports::offload::{OffloadCaps, VnetHeader, VnetOffloads};
 use vringswitch_ports::port::GuestMemAtomic;
 use vringswitch_ports::tap::{TapQueue, TapRead, TAP_BUFFERS, TAP_VNET_HDR};
 use vringswitch_ports::vhost_user::migration::{MigrationState, ANNOUNCE, LOGGING};
@@ -34,13 +34,13 @@ use vringswitch_ports::vhost_user::rings::{
 use vringswitch_ports::{Attachment, DropReason, OffloadAction, PortId, VhostUserQueues};
 
 use crate::capture::{wall_clock_ns, CaptureTap};
-use crate::ethernet::{rarp_announcement, EthernetFrame, MacAddr, RARP_LEN};
 use crate::fdb::{fdb_key, FdbCache};
 use crate::police::{Allowance, Policer};
 use crate::stats::cycles;
 use crate::topology::{BridgeRt, PortRt, Topology};
 use crate::vlan::{Ingress, VlanPolicy};
 use crate::Switch;
+use vringswitch_wire::ethernet::{rarp_announcement, EthernetFrame, MacAddr, RARP_LEN};
 
 /// Where a frame goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1502,10 +1502,10 @@ mod tests {
     use vringswitch_ports::PortHandle;
 
     use super::*;
-    use crate::ethernet::MacAddr;
     use crate::fdb::Fdb;
     use crate::port_security::PortSecurity;
     use crate::vlan::VlanPolicy;
+    use vringswitch_wire::ethernet::MacAddr;
 
     /// One bridge of four ports: 0 transparent, 1 access VLAN 10, 2 trunk of 10 and 20,
     /// 3 locked to MAC 02::03.

@@ -494,7 +494,7 @@ impl<'m> MemView<'m> {
         segs: &[Seg],
         off: usize,
         len: usize,
-        sum: &mut crate::offload::Checksum,
+        sum: &mut vringswitch_wire::Checksum,
     ) -> bool {
         let mut done = 0;
         for (mut addr, mut want) in frame_ranges(segs, off, len) {

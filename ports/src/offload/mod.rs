@@ -8,7 +8,6 @@
 //! segments, writing each segment's headers from a copy on the switch's side and each
 //! payload byte once into the receiver's buffers: still one copy, no bounce buffer.
 
-pub mod checksum;
 pub mod software;
 pub mod tcp_frame;
 pub mod vnet_header;
@@ -18,8 +17,7 @@ use virtio_bindings::virtio_net::{
     VIRTIO_NET_F_GUEST_TSO6, VIRTIO_NET_F_HOST_ECN, VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6,
 };
 
-pub use checksum::Checksum;
-pub use vnet_header::VnetHeader;
+pub use vnet_header::{VnetHeader, VnetOffloads};
 
 use crate::frame::view::MemView;
 use crate::frame::Seg;

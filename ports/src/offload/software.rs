@@ -8,7 +8,9 @@
 //! frame copied once.
 
 use super::tcp_frame::{self, Segmenter};
-use super::{Checksum, OffloadCaps, VnetHeader, MAX_HEADERS};
+use vringswitch_wire::Checksum;
+
+use super::{OffloadCaps, VnetHeader, VnetOffloads, MAX_HEADERS};
 use crate::counters::DropReason;
 use crate::frame::view::MemView;
 use crate::frame::{FrameEdit, Seg};

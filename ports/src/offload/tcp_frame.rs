@@ -4,23 +4,15 @@
 //! Everything works on a copy of the frame's first bytes on the switch's side: the guest
 //! cannot change what was checked after the check.
 
-use super::checksum::Checksum;
+use vringswitch_wire::ethernet::ethertype;
+use vringswitch_wire::ip::{
+    ipv6_options_header, protocol, Ipv4Packet, Ipv6Packet, IPV4_MIN_HEADER_LEN,
+};
+use vringswitch_wire::tcp::{self, TcpSegment};
+use vringswitch_wire::vlan::{TAG_LEN, TPID_8021AD, TPID_8021Q};
+use vringswitch_wire::Checksum;
+
 use super::{OffloadError, MAX_HEADERS};
-
-const ETH_P_IPV4: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86dd;
-const ETH_P_8021Q: u16 = 0x8100;
-const ETH_P_8021AD: u16 = 0x88a8;
-const IPPROTO_TCP: u8 = 6;
-/// IPv6 extension headers a TCP segment may carry and that segmentation copies as they
-/// are: hop-by-hop and destination options (a routing header would change the checksum's
-/// destination, a fragment header has no place in a TSO frame).
-const IPV6_HOP_BY_HOP: u8 = 0;
-const IPV6_DEST_OPTS: u8 = 60;
-
-const TCP_FIN: u8 = 0x01;
-const TCP_PSH: u8 = 0x08;
-const TCP_CWR: u8 = 0x80;
 
 /// Where the headers of a TCP frame lie.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,50 +53,58 @@ pub fn parse(head: &[u8], frame_len: u32) -> Result<TcpLayout, OffloadError> {
     let mut ethertype = be16(head, at).ok_or(not_tcp)?;
     // At most two tags (802.1ad outside 802.1Q).
     for _ in 0..2 {
-        if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
+        if ethertype != TPID_8021Q && ethertype != TPID_8021AD {
             break;
         }
-        at += 4;
+        at += TAG_LEN;
         ethertype = be16(head, at).ok_or(not_tcp)?;
     }
     let l3 = at + 2;
     let (l4, v6) = match ethertype {
-        ETH_P_IPV4 => {
-            let vihl = *head.get(l3).ok_or(not_tcp)?;
-            let ihl = usize::from(vihl & 0x0f) * 4;
-            if vihl >> 4 != 4 || ihl < 20 || head.len() < l3 + 20 {
+        ethertype::IPV4 => {
+            if head.len() < l3 + IPV4_MIN_HEADER_LEN {
+                return Err(not_tcp);
+            }
+            // Its options may run past `head`: the TCP header's check below says so.
+            let ip = Ipv4Packet::new_unchecked(&head[l3..]);
+            if ip.version() != 4 || ip.header_len() < IPV4_MIN_HEADER_LEN {
                 return Err(not_tcp);
             }
             // More fragments, or an offset: a fragment, not a segment.
-            if be16(head, l3 + 6).ok_or(not_tcp)? & 0x3fff != 0 || head[l3 + 9] != IPPROTO_TCP {
+            if ip.is_fragment() || ip.protocol() != protocol::TCP {
                 return Err(not_tcp);
             }
-            (l3 + ihl, false)
+            (l3 + ip.header_len(), false)
         }
-        ETH_P_IPV6 => {
-            if head.len() < l3 + 40 || head[l3] >> 4 != 6 {
-                return Err(not_tcp);
-            }
-            let mut next = head[l3 + 6];
-            let mut at = l3 + 40;
+        ethertype::IPV6 => {
+            let ip = Ipv6Packet::new_checked(&head[l3..]).map_err(|_| not_tcp)?;
+            let mut next = ip.next_header();
+            let mut at = l3 + vringswitch_wire::ip::IPV6_HEADER_LEN;
             // Bounded: each extension header is at least 8 bytes of a bounded head.
             for _ in 0..4 {
-                if next != IPV6_HOP_BY_HOP && next != IPV6_DEST_OPTS {
+                if next != protocol::HOP_BY_HOP && next != protocol::DEST_OPTS {
                     break;
                 }
-                let len = usize::from(*head.get(at + 1).ok_or(too_long(head))?);
-                next = head[at];
-                at += (len + 1) * 8;
+                let (after, len) = head
+                    .get(at..)
+                    .and_then(ipv6_options_header)
+                    .ok_or(too_long(head))?;
+                next = after;
+                at += len;
             }
-            if next != IPPROTO_TCP {
+            if next != protocol::TCP {
                 return Err(not_tcp);
             }
             (at, true)
         }
         _ => return Err(not_tcp),
     };
-    let doff = usize::from(*head.get(l4 + 12).ok_or(too_long(head))? >> 4) * 4;
-    if doff < 20 {
+    // The data offset is in the TCP header's 13th byte.
+    if head.len() <= l4 + 12 {
+        return Err(too_long(head));
+    }
+    let doff = TcpSegment::new_unchecked(&head[l4..]).header_len();
+    if doff < tcp::MIN_HEADER_LEN {
         return Err(not_tcp);
     }
     let payload = l4 + doff;
@@ -132,7 +132,10 @@ pub fn check_tso(
 ) -> Result<TcpLayout, OffloadError> {
     let layout = parse(head, frame_len)?;
     let v6 = vnet.gso_type & !super::VnetHeader::GSO_ECN == super::VnetHeader::GSO_TCPV6;
-    if layout.v6 != v6 || vnet.csum_start != layout.l4 || vnet.csum_offset != 16 {
+    if layout.v6 != v6
+        || vnet.csum_start != layout.l4
+        || usize::from(vnet.csum_offset) != tcp::CHECKSUM_OFFSET
+    {
         return Err(OffloadError::NotTcp);
     }
     // An IPv4 datagram's total length has 16 bits: past 65,535 bytes (a 65,550-byte frame
@@ -198,29 +201,27 @@ impl Segmenter {
         out[..p].copy_from_slice(&head[..p]);
         let (off, len) = self.payload(i);
         if l.v6 {
-            let plen = (p - l3 - 40) as u32 + len;
-            out[l3 + 4..l3 + 6].copy_from_slice(&(plen as u16).to_be_bytes());
+            let plen = (p - l3 - vringswitch_wire::ip::IPV6_HEADER_LEN) as u32 + len;
+            Ipv6Packet::new_unchecked(&mut out[l3..l4]).set_payload_len(plen as u16);
         } else {
-            let total = (p - l3) as u32 + len;
-            out[l3 + 2..l3 + 4].copy_from_slice(&(total as u16).to_be_bytes());
-            let id = u16::from_be_bytes([head[l3 + 4], head[l3 + 5]]).wrapping_add(i as u16);
-            out[l3 + 4..l3 + 6].copy_from_slice(&id.to_be_bytes());
-            out[l3 + 10..l3 + 12].copy_from_slice(&[0, 0]);
-            let mut c = Checksum::new();
-            c.add(&out[l3..l4]);
-            out[l3 + 10..l3 + 12].copy_from_slice(&c.finish().to_be_bytes());
+            let mut ip = Ipv4Packet::new_unchecked(&mut out[l3..l4]);
+            ip.set_total_len(((p - l3) as u32 + len) as u16);
+            let id = Ipv4Packet::new_unchecked(&head[l3..l4]).ident();
+            ip.set_ident(id.wrapping_add(i as u16));
+            ip.fill_checksum();
         }
-        let seq = u32::from_be_bytes([head[l4 + 4], head[l4 + 5], head[l4 + 6], head[l4 + 7]]);
-        out[l4 + 4..l4 + 8].copy_from_slice(&seq.wrapping_add(off).to_be_bytes());
-        let mut flags = head[l4 + 13];
+        let from = TcpSegment::new_unchecked(&head[l4..p]);
+        let mut flags = from.flags();
         if i + 1 != self.count() {
-            flags &= !(TCP_FIN | TCP_PSH);
+            flags &= !(tcp::flags::FIN | tcp::flags::PSH);
         }
         if i != 0 {
-            flags &= !TCP_CWR;
+            flags &= !tcp::flags::CWR;
         }
-        out[l4 + 13] = flags;
-        out[l4 + 16..l4 + 18].copy_from_slice(&[0, 0]);
+        let mut seg = TcpSegment::new_unchecked(&mut out[l4..p]);
+        seg.set_seq(from.seq().wrapping_add(off));
+        seg.set_flags(flags);
+        seg.set_checksum(0);
     }
 
     /// The sum of segment `i`'s pseudo-header, from the addresses in `out` (its headers).
@@ -230,12 +231,12 @@ impl Segmenter {
         let tcp_len = (p - l4) as u32 + self.payload(i).1;
         let mut c = Checksum::new();
         if l.v6 {
-            c.add(&out[l3 + 8..l3 + 40]);
+            c.add(Ipv6Packet::new_unchecked(&out[l3..l4]).addresses());
             c.add(&tcp_len.to_be_bytes());
-            c.add(&[0, 0, 0, IPPROTO_TCP]);
+            c.add(&[0, 0, 0, protocol::TCP]);
         } else {
-            c.add(&out[l3 + 12..l3 + 20]);
-            c.add(&[0, IPPROTO_TCP]);
+            c.add(Ipv4Packet::new_unchecked(&out[l3..l4]).addresses());
+            c.add(&[0, protocol::TCP]);
             c.add_u16(tcp_len as u16);
         }
         c
@@ -249,18 +250,21 @@ impl Segmenter {
             usize::from(self.layout.payload),
         );
         let mut c = self.pseudo_header(out, i);
-        out[l4 + 16..l4 + 18].copy_from_slice(&[0, 0]);
+        TcpSegment::new_unchecked(&mut out[l4..p]).set_checksum(0);
         c.add(&out[l4..p]);
         c.append(payload);
-        out[l4 + 16..l4 + 18].copy_from_slice(&c.finish().to_be_bytes());
+        TcpSegment::new_unchecked(&mut out[l4..p]).set_checksum(c.finish());
     }
 
     /// Stores segment `i`'s pseudo-header sum as its TCP checksum, for a receiver that
     /// completes checksums itself (NEEDS_CSUM from the TCP header on).
     pub fn partial_checksum(&self, out: &mut [u8], i: u32) {
-        let l4 = usize::from(self.layout.l4);
+        let (l4, p) = (
+            usize::from(self.layout.l4),
+            usize::from(self.layout.payload),
+        );
         let c = self.pseudo_header(out, i);
-        out[l4 + 16..l4 + 18].copy_from_slice(&c.folded().to_be_bytes());
+        TcpSegment::new_unchecked(&mut out[l4..p]).set_checksum(c.folded());
     }
 }
 

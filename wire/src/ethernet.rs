@@ -1,8 +1,11 @@
 //! Ethernet II header as a typed view over bytes.
 //!
 //! [`EthernetFrame::new_checked`] verifies the length once; no accessor can panic after it.
+//! The EtherTypes used anywhere in vringswitch are the constants of [`ethertype`].
 
 use std::fmt;
+
+use crate::Malformed;
 
 /// A 48-bit MAC address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
@@ -48,6 +51,19 @@ impl fmt::Display for MacAddr {
     }
 }
 
+/// EtherType values (and the TPIDs that take the EtherType's place in a tagged frame).
+pub mod ethertype {
+    pub const IPV4: u16 = 0x0800;
+    pub const ARP: u16 = 0x0806;
+    /// Reverse ARP: what a migrated VM (or the switch for it) announces itself with.
+    pub const RARP: u16 = 0x8035;
+    /// An 802.1Q tag follows.
+    pub const VLAN: u16 = 0x8100;
+    pub const IPV6: u16 = 0x86dd;
+    /// An 802.1ad service tag (QinQ) follows.
+    pub const QINQ: u16 = 0x88a8;
+}
+
 /// EtherType values the switch cares about; others are kept as they are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EtherType {
@@ -61,10 +77,10 @@ pub enum EtherType {
 impl From<u16> for EtherType {
     fn from(v: u16) -> Self {
         match v {
-            0x0800 => EtherType::Ipv4,
-            0x0806 => EtherType::Arp,
-            0x8100 => EtherType::Vlan,
-            0x86dd => EtherType::Ipv6,
+            ethertype::IPV4 => EtherType::Ipv4,
+            ethertype::ARP => EtherType::Arp,
+            ethertype::VLAN => EtherType::Vlan,
+            ethertype::IPV6 => EtherType::Ipv6,
             other => EtherType::Unknown(other),
         }
     }
@@ -80,11 +96,6 @@ mod field {
 /// Length of an Ethernet II header.
 pub const HEADER_LEN: usize = field::ETHERTYPE.end;
 
-/// Error: the buffer is shorter than an Ethernet header.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("frame shorter than an Ethernet header")]
-pub struct Truncated;
-
 /// A read-only view of an Ethernet frame.
 #[derive(Debug, Clone, Copy)]
 pub struct EthernetFrame<T: AsRef<[u8]>> {
@@ -98,15 +109,15 @@ impl<T: AsRef<[u8]>> EthernetFrame<T> {
     }
 
     /// Wraps a buffer that holds at least an Ethernet header.
-    pub fn new_checked(buffer: T) -> Result<Self, Truncated> {
+    pub fn new_checked(buffer: T) -> Result<Self, Malformed> {
         let f = Self::new_unchecked(buffer);
         f.check_len()?;
         Ok(f)
     }
 
-    pub fn check_len(&self) -> Result<(), Truncated> {
+    pub fn check_len(&self) -> Result<(), Malformed> {
         if self.buffer.as_ref().len() < HEADER_LEN {
-            Err(Truncated)
+            Err(Malformed)
         } else {
             Ok(())
         }
@@ -143,7 +154,7 @@ pub fn rarp_announcement(mac: MacAddr) -> [u8; RARP_LEN] {
     let mut f = [0u8; RARP_LEN];
     f[field::DST].copy_from_slice(&MacAddr::BROADCAST.0);
     f[field::SRC].copy_from_slice(&mac.0);
-    f[field::ETHERTYPE].copy_from_slice(&0x8035u16.to_be_bytes());
+    f[field::ETHERTYPE].copy_from_slice(&ethertype::RARP.to_be_bytes());
     // htype 1 (Ethernet), ptype 0x0800, hlen 6, plen 4, op 3.
     f[14..22].copy_from_slice(&[0, 1, 0x08, 0x00, 6, 4, 0, 3]);
     f[22..28].copy_from_slice(&mac.0);
@@ -171,7 +182,7 @@ mod tests {
         assert_eq!(f[42..], [0u8; RARP_LEN - 42]);
         let e = EthernetFrame::new_checked(&f[..]).unwrap();
         assert_eq!(e.src(), mac);
-        assert_eq!(e.ethertype(), EtherType::Unknown(0x8035));
+        assert_eq!(e.ethertype(), EtherType::Unknown(ethertype::RARP));
     }
 
     const FRAME: [u8; 16] = [
@@ -196,7 +207,7 @@ mod tests {
         for n in 0..HEADER_LEN {
             assert_eq!(
                 EthernetFrame::new_checked(&FRAME[..n]).unwrap_err(),
-                Truncated
+                Malformed
             );
         }
         assert!(EthernetFrame::new_checked(&FRAME[..HEADER_LEN]).is_ok());
