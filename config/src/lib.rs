@@ -117,8 +117,9 @@ pub struct BridgeConfig {
 }
 
 /// Kind of port.
-#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub enum PortType {
+    /// A VM's vhost-user socket.
     #[serde(rename = "vhost-user")]
     VhostUser,
     /// A TAP interface on the host: the switch's link to the host's own network stack.

@@ -18,9 +18,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 pub use vringswitch_config::{AdminState, VlanConfig};
 use vringswitch_config::{Config, PoliceConfig, PortType, SocketMode, XdpMode};
-use vringswitch_ports::afxdp::{AfXdpError, AfXdpPort, AfXdpPortConfig, XdpMode as PortXdpMode};
+use vringswitch_ports::afxdp::{AfXdpError, AfXdpPort, AfXdpPortConfig};
 use vringswitch_ports::tap::{TapError, TapPort, TapPortConfig};
-use vringswitch_ports::vhost_user::connection::SocketMode as PortMode;
 use vringswitch_ports::vhost_user::{VhostUserError, VhostUserPort, VhostUserPortConfig};
 use vringswitch_ports::{PortHandle, PortId};
 use vringswitch_switch::affinity::keep_off_cores;
@@ -122,45 +121,6 @@ fn default_bridge_max_learned() -> u32 {
     vringswitch_config::DEFAULT_BRIDGE_MAX_LEARNED
 }
 
-/// Kind of port.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-pub enum PortKind {
-    /// A VM's vhost-user socket.
-    #[serde(rename = "vhost-user")]
-    VhostUser,
-    /// A TAP interface on the host.
-    #[serde(rename = "tap")]
-    Tap,
-    /// An AF_XDP socket on a queue of a host interface.
-    #[serde(rename = "afxdp")]
-    AfXdp,
-}
-
-impl PortKind {
-    /// The configuration file's word for it.
-    pub fn config_type(self) -> PortType {
-        match self {
-            PortKind::VhostUser => PortType::VhostUser,
-            PortKind::Tap => PortType::Tap,
-            PortKind::AfXdp => PortType::AfXdp,
-        }
-    }
-
-    pub fn from_config(t: PortType) -> PortKind {
-        match t {
-            PortType::VhostUser => PortKind::VhostUser,
-            PortType::Tap => PortKind::Tap,
-            PortType::AfXdp => PortKind::AfXdp,
-        }
-    }
-}
-
-impl std::fmt::Display for PortKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.config_type().fmt(f)
-    }
-}
-
 fn path_is_empty(p: &Path) -> bool {
     p.as_os_str().is_empty()
 }
@@ -174,7 +134,7 @@ pub struct PortSpec {
     #[schema(pattern = "^[A-Za-z0-9._-]{1,64}$")]
     pub bridge: String,
     #[serde(rename = "type")]
-    pub kind: PortKind,
+    pub kind: PortType,
     /// vhost-user: absolute path of the socket, inside the daemon's socket directory. Left
     /// out: `SOCKET_DIR/NAME.sock`, or `SOCKET_DIR/client/NAME.sock` for a client-mode port.
     #[serde(default, skip_serializing_if = "path_is_empty")]
@@ -246,7 +206,7 @@ impl PortSpec {
     /// name.
     pub fn normalized(mut self) -> Result<PortSpec, String> {
         vringswitch_config::check_port_settings(
-            self.kind.config_type(),
+            self.kind,
             &[
                 ("socket", !path_is_empty(&self.socket)),
                 ("mode", self.mode.is_some()),
@@ -260,19 +220,19 @@ impl PortSpec {
         )
         .map_err(|m| format!("port {:?}: {m}", self.name))?;
         match self.kind {
-            PortKind::VhostUser => {
+            PortType::VhostUser => {
                 self.mode.get_or_insert(SocketMode::Server);
                 let queues = *self.queues.get_or_insert(default_queues());
                 vringswitch_config::check_queues(queues)?;
             }
-            PortKind::Tap => {
+            PortType::Tap => {
                 let ifname = self.ifname.get_or_insert_with(|| self.name.clone());
                 vringswitch_config::check_ifname(ifname)?;
                 if let Some(mtu) = self.mtu {
                     vringswitch_config::check_mtu(mtu)?;
                 }
             }
-            PortKind::AfXdp => {
+            PortType::AfXdp => {
                 let ifname = self.ifname.get_or_insert_with(|| self.name.clone());
                 vringswitch_config::check_ifname(ifname)?;
                 vringswitch_config::check_xdp_queue(*self.queue.get_or_insert(0))?;
@@ -291,16 +251,16 @@ impl PortSpec {
     /// frames the switch always finishes itself).
     pub fn offloads(&self) -> bool {
         match self.kind {
-            PortKind::VhostUser | PortKind::Tap => self.offloads.unwrap_or(true),
-            PortKind::AfXdp => false,
+            PortType::VhostUser | PortType::Tap => self.offloads.unwrap_or(true),
+            PortType::AfXdp => false,
         }
     }
 
     /// Queue pairs the port runs: what a vhost-user port accepts, one for the others.
     pub fn queue_pairs(&self) -> u16 {
         match self.kind {
-            PortKind::VhostUser => self.queues.unwrap_or_else(default_queues),
-            PortKind::Tap | PortKind::AfXdp => 1,
+            PortType::VhostUser => self.queues.unwrap_or_else(default_queues),
+            PortType::Tap | PortType::AfXdp => 1,
         }
     }
 }
@@ -883,7 +843,7 @@ impl Daemon {
     /// port as made.
     pub fn add_port(&self, spec: PortSpec) -> Result<PortSpec, ChangeError> {
         let mut spec = spec.normalized().map_err(ChangeError::Invalid)?;
-        if spec.kind == PortKind::VhostUser {
+        if spec.kind == PortType::VhostUser {
             if spec.socket.as_os_str().is_empty() {
                 let Some(dir) = &self.options.socket_dir else {
                     return Err(ChangeError::Invalid(
@@ -909,7 +869,7 @@ impl Daemon {
     fn apply_add_port(&self, spec: PortSpec) -> Result<(), ChangeError> {
         let spec = spec.normalized().map_err(ChangeError::Invalid)?;
         vringswitch_config::check_name_str("port", &spec.name).map_err(ChangeError::Invalid)?;
-        if spec.kind == PortKind::VhostUser {
+        if spec.kind == PortType::VhostUser {
             vringswitch_config::check_socket_path(&spec.socket).map_err(ChangeError::Invalid)?;
         }
         if let Some(vlan) = &spec.vlan {
@@ -932,7 +892,7 @@ impl Daemon {
         if !st.bridges.iter().any(|b| b.spec.name == spec.bridge) {
             return Err(referenced(no_bridge(&spec.bridge)));
         }
-        if spec.kind == PortKind::VhostUser {
+        if spec.kind == PortType::VhostUser {
             if let Some(what) = self.own_path(&spec.socket) {
                 return Err(ChangeError::Conflict(format!(
                     "socket {} is the daemon's own {what}: give the port another path",
@@ -963,15 +923,12 @@ impl Daemon {
         let id = st.free_ids.first().copied().unwrap_or(st.next_id);
         let handle = Arc::new(PortHandle::new(id, &spec.name, self.switch.workers.len()));
         let port = match spec.kind {
-            PortKind::VhostUser => RunningPort::VhostUser(
+            PortType::VhostUser => RunningPort::VhostUser(
                 VhostUserPort::start(
                     handle,
                     VhostUserPortConfig {
                         socket: spec.socket.clone(),
-                        mode: match spec.socket_mode() {
-                            SocketMode::Server => PortMode::Server,
-                            SocketMode::Client => PortMode::Client,
-                        },
+                        mode: spec.socket_mode(),
                         queue_pairs: spec.queue_pairs(),
                         offloads: spec.offloads(),
                     },
@@ -981,7 +938,7 @@ impl Daemon {
                     error,
                 })?,
             ),
-            PortKind::Tap => RunningPort::Tap(
+            PortType::Tap => RunningPort::Tap(
                 TapPort::start(
                     handle,
                     TapPortConfig {
@@ -995,18 +952,13 @@ impl Daemon {
                     error,
                 })?,
             ),
-            PortKind::AfXdp => RunningPort::AfXdp(
+            PortType::AfXdp => RunningPort::AfXdp(
                 AfXdpPort::start(
                     handle,
                     AfXdpPortConfig {
                         ifname: spec.ifname.clone().unwrap_or_else(|| spec.name.clone()),
                         queue: spec.queue.unwrap_or(0),
-                        mode: match spec.xdp_mode.unwrap_or_default() {
-                            XdpMode::BestEffort => PortXdpMode::BestEffort,
-                            XdpMode::NativeWithZerocopy => PortXdpMode::NativeWithZeroCopy,
-                            XdpMode::Native => PortXdpMode::Native,
-                            XdpMode::Generic => PortXdpMode::Generic,
-                        },
+                        mode: spec.xdp_mode.unwrap_or_default(),
                     },
                 )
                 .map_err(|error| ChangeError::AfXdp {
@@ -1019,11 +971,11 @@ impl Daemon {
             st.next_id += 1;
         }
         match spec.kind {
-            PortKind::VhostUser => tracing::info!(port = %spec.name, bridge = %spec.bridge,
+            PortType::VhostUser => tracing::info!(port = %spec.name, bridge = %spec.bridge,
                 socket = %spec.socket.display(), mode = %spec.socket_mode(), "port ready"),
-            PortKind::Tap => tracing::info!(port = %spec.name, bridge = %spec.bridge,
+            PortType::Tap => tracing::info!(port = %spec.name, bridge = %spec.bridge,
                 ifname = spec.ifname.as_deref().unwrap_or(""), "port ready"),
-            PortKind::AfXdp => tracing::info!(port = %spec.name, bridge = %spec.bridge,
+            PortType::AfXdp => tracing::info!(port = %spec.name, bridge = %spec.bridge,
                 ifname = spec.ifname.as_deref().unwrap_or(""), queue = spec.queue.unwrap_or(0),
                 "port ready"),
         }

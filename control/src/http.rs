@@ -16,6 +16,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use vringswitch_config::PortType;
 use vringswitch_metrics::{Metrics, PortSnapshot, Snapshot};
 use vringswitch_ports::log_limit::LogLimiter;
 use vringswitch_ports::PortHandle;
@@ -23,7 +24,7 @@ use vringswitch_switch::capture::CaptureSettings;
 
 use crate::capture_stream::{self, CaptureLimits};
 use crate::daemon::{
-    BridgeSpec, ChangeError, Daemon, FdbEntryView, PortKind, PortPatch, PortSpec, StaticMac,
+    BridgeSpec, ChangeError, Daemon, FdbEntryView, PortPatch, PortSpec, StaticMac,
     StaticMacRequest, VlanConfig,
 };
 
@@ -567,7 +568,7 @@ struct PortView {
     name: String,
     bridge: String,
     #[serde(rename = "type")]
-    kind: PortKind,
+    kind: PortType,
     /// vhost-user ports: socket, mode, queues.
     #[schema(value_type = Option<String>)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -636,7 +637,7 @@ fn port_view(spec: PortSpec, handle: &PortHandle, snapshot: &Snapshot) -> PortVi
             ..PortSnapshot::default()
         });
     let queues = spec.queue_pairs();
-    let offloads = (spec.kind != PortKind::AfXdp).then(|| spec.offloads());
+    let offloads = (spec.kind != PortType::AfXdp).then(|| spec.offloads());
     let fdb_max_learned = spec.fdb_max_learned();
     PortView {
         name: spec.name,

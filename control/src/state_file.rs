@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use toml::Spanned;
 use vringswitch_config::{BridgeConfig, Config, PortConfig};
 
-use crate::daemon::{BridgeSpec, DaemonError, PortKind, PortSpec, SavedState, STATE_VERSION};
+use crate::daemon::{BridgeSpec, DaemonError, PortSpec, SavedState, STATE_VERSION};
 
 /// The topology a configuration describes, as the state file would record it.
 pub fn from_config(config: &Config) -> SavedState {
@@ -31,7 +31,7 @@ pub fn from_config(config: &Config) -> SavedState {
             .map(|p| PortSpec {
                 name: p.name.get_ref().clone(),
                 bridge: p.bridge.get_ref().clone(),
-                kind: PortKind::from_config(p.kind),
+                kind: p.kind,
                 socket: p.socket.get_ref().clone(),
                 mode: p.mode,
                 queues: p.queues.as_ref().map(|q| *q.get_ref()),
@@ -78,7 +78,7 @@ pub fn to_config(config: &Config, saved: &SavedState) -> Config {
             .map(|p| PortConfig {
                 name: at(p.name.clone()),
                 bridge: at(p.bridge.clone()),
-                kind: p.kind.config_type(),
+                kind: p.kind,
                 socket: Spanned::new(0..0, p.socket.clone()),
                 mode: p.mode,
                 queues: p.queues.map(|q| Spanned::new(0..0, q)),
@@ -259,7 +259,7 @@ pub fn write_atomically(path: &Path, state: &SavedState) -> std::io::Result<()> 
 mod tests {
     use super::*;
     use crate::daemon::{StaticMac, VlanConfig};
-    use vringswitch_config::SocketMode;
+    use vringswitch_config::{PortType, SocketMode};
 
     #[test]
     fn symlinks_and_fifos_are_refused_and_never_written_through() {
@@ -310,7 +310,7 @@ mod tests {
             ports: vec![PortSpec {
                 name: "p".into(),
                 bridge: "br0".into(),
-                kind: PortKind::VhostUser,
+                kind: PortType::VhostUser,
                 socket: "/run/x.sock".into(),
                 mode: Some(SocketMode::Client),
                 queues: Some(2),
@@ -355,7 +355,7 @@ mod tests {
         PortSpec {
             name: name.into(),
             bridge: "br0".into(),
-            kind: PortKind::VhostUser,
+            kind: PortType::VhostUser,
             socket: format!("/run/vringswitch/{name}.sock").into(),
             mode: Some(SocketMode::Server),
             queues: Some(queues),

@@ -47,36 +47,28 @@ const SENDING_FRAMES: usize = (UMEM_FRAMES - RING_SIZE) as usize;
 const MAX_KICKS: usize = 8;
 
 /// Where the XDP program runs and who copies frames; the same names as OVS's `xdp-mode`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum XdpMode {
-    /// Native with zero-copy, else native, else generic: the first the interface takes.
-    BestEffort,
-    NativeWithZeroCopy,
-    Native,
-    Generic,
-}
+/// Defined once, with the port's settings.
+pub use vringswitch_config::XdpMode;
 
-impl XdpMode {
-    /// The ways of attaching to try, in order.
-    fn attempts(self) -> &'static [Attach] {
-        const ZC: Attach = Attach {
-            native: true,
-            zero_copy: true,
-        };
-        const NATIVE: Attach = Attach {
-            native: true,
-            zero_copy: false,
-        };
-        const GENERIC: Attach = Attach {
-            native: false,
-            zero_copy: false,
-        };
-        match self {
-            XdpMode::BestEffort => &[ZC, NATIVE, GENERIC],
-            XdpMode::NativeWithZeroCopy => &[ZC],
-            XdpMode::Native => &[NATIVE],
-            XdpMode::Generic => &[GENERIC],
-        }
+/// The ways of attaching to try for `mode`, in order.
+fn attempts(mode: XdpMode) -> &'static [Attach] {
+    const ZC: Attach = Attach {
+        native: true,
+        zero_copy: true,
+    };
+    const NATIVE: Attach = Attach {
+        native: true,
+        zero_copy: false,
+    };
+    const GENERIC: Attach = Attach {
+        native: false,
+        zero_copy: false,
+    };
+    match mode {
+        XdpMode::BestEffort => &[ZC, NATIVE, GENERIC],
+        XdpMode::NativeWithZerocopy => &[ZC],
+        XdpMode::Native => &[NATIVE],
+        XdpMode::Generic => &[GENERIC],
     }
 }
 
@@ -160,7 +152,7 @@ impl AfXdpQueue {
         };
         let mut errors = Vec::new();
         let mut made = None;
-        for &attach in mode.attempts() {
+        for &attach in attempts(mode) {
             match Socket::create(&mem, ifname, queue, geometry, attach) {
                 Ok(s) => {
                     made = Some((s, attach));

@@ -38,14 +38,9 @@ const KNOCK_GRACE: Duration = Duration::from_millis(500);
 /// Interval between connection attempts in client mode.
 pub const CLIENT_RETRY_INTERVAL: Duration = Duration::from_millis(50);
 
-/// Who listens on the socket.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SocketMode {
-    /// We listen; the VMM connects.
-    Server,
-    /// The VMM listens; we connect, and reconnect whenever it restarts.
-    Client,
-}
+/// Who listens on the socket: vringswitch (server) or the VMM (client), as the port's
+/// settings say. Defined once, with them.
+pub use vringswitch_config::SocketMode;
 
 /// How to serve a vhost-user port.
 #[derive(Debug, Clone)]
