@@ -38,7 +38,8 @@ pub(crate) fn ioctl(
     req: &mut libc::ifreq,
 ) -> io::Result<()> {
     // SAFETY: every request used with it (TUNSETIFF, TUNGETIFF, SIOCGIFFLAGS, SIOCSIFFLAGS,
-    // SIOCGIFMTU, SIOCSIFMTU) reads and/or writes one `struct ifreq`, which `req` is, valid for the call.
+    // SIOCGIFMTU, SIOCSIFMTU) reads and/or writes one `struct ifreq`, which `req` is, valid
+    // for the call.
     let r = unsafe { libc::ioctl(fd.as_raw_fd(), request as _, req as *mut libc::ifreq) };
     if r < 0 {
         Err(io::Error::last_os_error())
