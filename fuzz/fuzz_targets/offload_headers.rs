@@ -20,6 +20,9 @@ use vringswitch_ports::frame::{FrameEdit, Seg};
 use vringswitch_ports::offload::software::{self, Sent};
 use vringswitch_ports::offload::vnet_header::MIN_GSO_SIZE;
 use vringswitch_ports::offload::{self, OffloadCaps, VnetHeader, MAX_HEADERS};
+use vringswitch_wire::ethernet::ethertype;
+use vringswitch_wire::ip::Ipv4Packet;
+use vringswitch_wire::vlan::{TAG_LEN, TPID_8021AD, TPID_8021Q};
 
 #[path = "rings.rs"]
 mod rings;
@@ -42,15 +45,16 @@ fn caps(b: u8) -> OffloadCaps {
 /// An IPv4 packet's total length field in `head` (behind an Ethernet header and any VLAN
 /// tags) equals the bytes behind it in a frame of `frame_len`.
 fn check_ipv4_length(head: &[u8], frame_len: u32) {
+    let be16 = |at: usize| u16::from_be_bytes([head[at], head[at + 1]]);
     let mut l3 = 12;
-    while head.len() >= l3 + 2 && [&[0x81, 0x00][..], &[0x88, 0xa8]].contains(&&head[l3..l3 + 2]) {
-        l3 += 4;
+    while head.len() >= l3 + 2 && [TPID_8021Q, TPID_8021AD].contains(&be16(l3)) {
+        l3 += TAG_LEN;
     }
-    if head.len() < l3 + 6 || head[l3..l3 + 2] != [0x08, 0x00] {
+    if head.len() < l3 + 6 || be16(l3) != ethertype::IPV4 {
         return;
     }
     let l3 = l3 + 2;
-    let total = u16::from_be_bytes([head[l3 + 2], head[l3 + 3]]);
+    let total = Ipv4Packet::new_unchecked(&head[l3..]).total_len();
     assert_eq!(
         u32::from(total),
         frame_len - l3 as u32,

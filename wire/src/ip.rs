@@ -5,7 +5,7 @@
 //! Setters exist for what the switch rewrites when it cuts a TSO frame into segments.
 
 use crate::checksum::Checksum;
-use crate::Malformed;
+use crate::{be16, Malformed};
 
 /// IP protocol numbers (IPv4's protocol, IPv6's next header).
 pub mod protocol {
@@ -42,10 +42,6 @@ mod v6 {
     pub const HOP_LIMIT: usize = 7;
     pub const SRC: usize = 8;
     pub const DST: usize = 24;
-}
-
-fn be16(b: &[u8], at: usize) -> u16 {
-    u16::from_be_bytes([b[at], b[at + 1]])
 }
 
 /// An IPv4 header (and whatever follows it in the buffer).

@@ -35,3 +35,9 @@ impl std::fmt::Display for Malformed {
 
 impl std::error::Error for Malformed {}
 pub use virtio_net::VnetHeader;
+
+/// The big-endian 16-bit field at `at` of `b` (the views check their lengths first).
+#[inline(always)]
+pub(crate) fn be16(b: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([b[at], b[at + 1]])
+}

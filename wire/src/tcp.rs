@@ -55,8 +55,7 @@ impl<T: AsRef<[u8]>> TcpSegment<T> {
     }
 
     fn be16(&self, at: usize) -> u16 {
-        let b = self.buffer.as_ref();
-        u16::from_be_bytes([b[at], b[at + 1]])
+        crate::be16(self.buffer.as_ref(), at)
     }
 
     fn be32(&self, at: usize) -> u32 {

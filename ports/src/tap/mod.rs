@@ -54,7 +54,7 @@ pub struct TapQueue {
 
 /// Bytes a frame may have beyond its interface's MTU: the Ethernet header and one VLAN
 /// tag, as Linux's bridge allows (`is_skb_forwardable`).
-pub const MTU_OVERHEAD: u32 = 14 + 4;
+pub const MTU_OVERHEAD: u32 = vringswitch_wire::vlan::TAGGED_HEADER_LEN as u32;
 
 /// How reading a frame from the kernel went.
 #[derive(Debug)]
