@@ -12,6 +12,7 @@
 
 pub mod afxdp;
 pub mod counters;
+pub mod datapath;
 pub mod frame;
 mod interface_watch;
 pub mod log_limit;

@@ -18,20 +18,21 @@ use virtio_queue::QueueT;
 use vm_memory::{Bytes, GuestAddress, GuestAddressSpace};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
-use vringswitch_ports::afxdp::{AfXdpQueue, SendError};
+use vringswitch_ports::afxdp::AfXdpQueue;
 use vringswitch_ports::counters::PortCounters;
+use vringswitch_ports::datapath::{Egress, EgressBurst, Scratch, SendBuilt, SendBurst, Sent};
 use vringswitch_ports::frame::view::MemView;
 use vringswitch_ports::frame::FrameMem;
 use vringswitch_ports::frame::{FrameEdit, IngressFrame, Seg, MIN_FRAME_LEN, PEEK_LEN};
-use vringswitch_ports::offload::software::{self, Outgoing, Sent};
+use vringswitch_ports::offload::software::{self, Outgoing, Sent as OffloadSent};
 use vringswitch_ports::offload::{OffloadCaps, VnetHeader, VnetOffloads};
 use vringswitch_ports::port::GuestMemAtomic;
 use vringswitch_ports::tap::{TapQueue, TapRead, TAP_BUFFERS, TAP_VNET_HDR};
+use vringswitch_ports::vhost_user::egress::{log_notification, publish_logged};
 use vringswitch_ports::vhost_user::migration::{MigrationState, ANNOUNCE, LOGGING};
-use vringswitch_ports::vhost_user::rings::{
-    log_notification_fields, BrokenUsedRing, PopTx, RingView, RxScratch, WrittenRanges, MAX_TX_SEGS,
-};
+use vringswitch_ports::vhost_user::rings::{PopTx, RingView, MAX_TX_SEGS};
 use vringswitch_ports::{Attachment, DropReason, OffloadAction, PortId, VhostUserQueues};
+use vringswitch_wire::ethernet::{rarp_announcement, EthernetFrame, MacAddr, RARP_LEN};
 
 use crate::capture::{wall_clock_ns, CaptureTap};
 use crate::fdb::{fdb_key, FdbCache};
@@ -40,7 +41,6 @@ use crate::stats::cycles;
 use crate::topology::{BridgeRt, PortRt, Topology};
 use crate::vlan::{Ingress, VlanPolicy};
 use crate::Switch;
-use vringswitch_wire::ethernet::{rarp_announcement, EthernetFrame, MacAddr, RARP_LEN};
 
 /// Where a frame goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,7 +78,6 @@ struct Burst {
     slots: Vec<Frame>,
     len: usize,
     segs: Vec<Seg>,
-    rx_scratch: RxScratch,
     targets: Vec<PortId>,
     /// The frames' virtio-net headers were read (their source may use offloads): only then
     /// does a frame's `vnet` mean anything.
@@ -90,8 +89,8 @@ struct Burst {
     /// publish after the frame loop. Kept here, in memory, rather than in locals live across
     /// the loop, which cost the loop two register spills per frame (callgrind).
     logging: Option<(Arc<MigrationState>, usize)>,
-    /// What a delivery into a migrating VM wrote, for the logged publish.
-    written: WrittenRanges,
+    /// What the destinations' kinds need to take a burst (lent them per destination).
+    scratch: Scratch,
 }
 
 impl Burst {
@@ -117,12 +116,11 @@ impl Burst {
             slots: std::iter::repeat_with(empty).take(burst).collect(),
             len: 0,
             segs: Vec::with_capacity(burst * MAX_TX_SEGS),
-            rx_scratch: RxScratch::default(),
             targets: Vec::with_capacity(256),
             offloads: false,
             // A frame in single-buffer chains takes one range; in small mergeable buffers,
             // up to 64.
-            written: WrittenRanges::with_capacity(burst * 64),
+            scratch: Scratch::new(burst),
         }
     }
 }
@@ -543,45 +541,6 @@ fn cut_charge(
         tx.vnet.segments(tx.len) as usize - 1
     } else {
         0
-    }
-}
-
-/// Publishes the used entries of ring `index` of the VM whose queues are `att`, logging
-/// the burst's writes first when `pending` (the burst's one look at the migration state)
-/// says a migration logs them.
-#[inline(always)]
-fn publish(
-    att: &VhostUserQueues,
-    index: usize,
-    ring: &mut RingView<'_, '_>,
-    pending: u32,
-) -> Result<bool, BrokenUsedRing> {
-    if pending & LOGGING == 0 {
-        ring.publish_used()
-    } else {
-        publish_logged(att.migration(), index, ring)
-    }
-}
-
-/// Marks what switching a TX ring's notifications on or off wrote into guest memory.
-#[cold]
-#[inline(never)]
-fn log_notification(att: &VhostUserQueues, ring: usize, queue: &virtio_queue::Queue) {
-    if let Some(log) = att.migration().active_log() {
-        log_notification_fields(queue, log.for_ring(ring));
-    }
-}
-
-#[cold]
-#[inline(never)]
-fn publish_logged(
-    migration: &MigrationState,
-    index: usize,
-    ring: &mut RingView<'_, '_>,
-) -> Result<bool, BrokenUsedRing> {
-    match migration.active_log() {
-        Some(log) => ring.publish_used_logged(log.for_ring(index)),
-        None => ring.publish_used(),
     }
 }
 
@@ -1013,230 +972,96 @@ fn deliver_wanted(
     wanted: impl Fn(&Frame) -> bool + Copy,
 ) {
     let counters = dst_rt.handle.stats().slot(worker);
-    let policy = &dst_rt.vlan;
     let frames = &b.slots[..b.len];
     let count = || frames.iter().filter(|f| wanted(f)).count() as u64;
     let Some(att) = attachment(topology, ports, dst) else {
         counters.add_drop(DropReason::PortDown, count());
         return;
     };
-    // The destination's kind is chosen here, once per burst and destination.
-    let att = match &**att {
-        Attachment::VhostUser(q) => q,
-        Attachment::Tap(q) => return deliver_to_tap(worker, dst_rt, q, src, b, wanted),
-        Attachment::AfXdp(q) => return deliver_to_xdp(worker, dst_rt, q, src, b, wanted),
-    };
-    let pairs = att.queue_pairs();
-    if pairs == 0 {
-        counters.add_drop(DropReason::PortDown, count());
-        return;
-    }
-    let dst_guard = att.mem.memory();
-    let dst_mem = &*dst_guard;
-    // Prefer the RX ring of the same index as the source queue pair, else ring 0.
-    let preferred = 2 * (usize::from(qp_hint) % pairs);
-    let mut rx_qp = preferred / 2;
-    let mut st = att.vrings[preferred].get_mut();
-    if !att.serviceable(preferred, &mut st) {
-        drop(st);
-        rx_qp = 0;
-        st = att.vrings[0].get_mut();
-        if !att.serviceable(0, &mut st) {
-            counters.add_drop(DropReason::PortDown, count());
-            return;
-        }
-    }
-    if let Some(cap) = dst_rt.capture.as_deref() {
-        capture_to_vm(cap, policy, src, b, wanted);
-    }
-    // Read once, under the vring lock, for the deliveries and the publication alike.
-    let pending = att.migration().pending();
-    let mut ring = RingView::new(st.get_queue_mut(), dst_mem);
-    let into = (att, &mut ring, src, counters);
-    let burst = (frames, &b.segs[..], &mut b.rx_scratch, b.offloads);
-    // Two instances of the loop: the one that records what it writes (while the VM is
-    // migrating) and the one that costs nothing for it.
-    let (packets, bytes) = if pending & LOGGING != 0 {
-        into.1.record_writes(&mut b.written);
-        deliver_frames::<true>(into, burst, policy, wanted)
-    } else {
-        deliver_frames::<false>(into, burst, policy, wanted)
-    };
-    match publish(att, 2 * rx_qp, &mut ring, pending) {
-        Ok(notify) => {
-            counters.add_tx(rx_qp, packets, bytes);
-            if notify {
-                let _ = st.signal_used_queue();
-            }
-        }
-        // The used ring is not in guest memory: nothing was delivered.
-        Err(_) => counters.add_drop(DropReason::BadDescriptor, packets),
-    }
-}
-
-/// Delivers the frames of a burst (`frames`, their segments, the scratch space, whether
-/// their headers were read) that `wanted` picks into `ring`, an RX ring of the VM whose
-/// queues are `att`, counting drops on `counters`. Returns the frames and bytes delivered.
-#[inline(always)]
-fn deliver_frames<const RECORD: bool>(
-    (att, ring, src, counters): (
-        &VhostUserQueues,
-        &mut RingView<'_, '_>,
-        &mut MemView<'_>,
-        &PortCounters,
-    ),
-    (frames, segs, rx_scratch, offloads): (&[Frame], &[Seg], &mut RxScratch, bool),
-    policy: &VlanPolicy,
-    wanted: impl Fn(&Frame) -> bool,
-) -> (u64, u64) {
-    let (hdr_len, mrg) = (att.hdr_len(), att.mrg_rxbuf());
-    let (mut packets, mut bytes) = (0u64, 0u64);
-    let mut edit = FrameEdit::NONE;
-    for f in frames {
-        if !wanted(f) {
-            continue;
-        }
-        let tx = &f.tx;
-        if !policy.egress_into(f.ingress, &tx.peek, &mut edit) {
-            counters.add_drop(DropReason::VlanFiltered, 1);
-            continue;
-        }
-        if offloads && tx.vnet.flags != 0 {
-            // Only a frame whose source asked for an offload (see `accept_offload`).
-            let (p, n) =
-                deliver_offloaded_to_vm(att, ring, src, tx, segs, rx_scratch, &edit, counters);
-            (packets, bytes) = (packets + p, bytes + n);
-            continue;
-        }
-        match ring.deliver::<RECORD>(
-            hdr_len,
-            mrg,
-            src,
-            tx.segs_in(segs),
-            tx.len,
-            &edit,
-            rx_scratch,
-        ) {
-            Ok(n) => {
-                packets += 1;
-                bytes += u64::from(n);
-            }
-            Err(e) => counters.add_drop(e.reason, 1),
-        }
-    }
-    (packets, bytes)
-}
-
-/// [`send_offloaded`] into `ring`, an RX ring of the VM whose queues are `att`. Out of the
-/// delivery loop, whose registers it would otherwise take (callgrind).
-#[cold]
-#[inline(never)]
-#[allow(clippy::too_many_arguments)]
-fn deliver_offloaded_to_vm(
-    att: &VhostUserQueues,
-    ring: &mut RingView<'_, '_>,
-    src: &mut MemView<'_>,
-    tx: &IngressFrame,
-    all_segs: &[Seg],
-    scratch: &mut RxScratch,
-    edit: &FrameEdit,
-    counters: &PortCounters,
-) -> (u64, u64) {
-    let (hdr_len, mrg) = (att.hdr_len(), att.mrg_rxbuf());
-    let segs = tx.segs_in(all_segs);
-    send_offloaded(
+    let burst = ToPort {
         src,
-        tx,
-        segs,
-        edit,
-        att.taken_offloads(),
+        frames,
+        segs: &b.segs,
+        offloads: b.offloads,
+        policy: &dst_rt.vlan,
+        capture: dst_rt.capture.as_deref(),
         counters,
-        |view, out| {
-            ring.deliver_built(hdr_len, mrg, view, segs, out, scratch)
-                .map_err(|e| e.reason)
-        },
-    )
+        wanted,
+    };
+    let scratch = &mut b.scratch;
+    // The destination's kind is chosen here, once per burst and destination.
+    let opened = match &**att {
+        Attachment::VhostUser(q) => q.egress(qp_hint, counters, scratch, burst),
+        Attachment::Tap(q) => q.egress(qp_hint, counters, scratch, burst),
+        Attachment::AfXdp(q) => q.egress(qp_hint, counters, scratch, burst),
+    };
+    if let Err(reason) = opened {
+        counters.add_drop(reason, count());
+    }
 }
 
-/// Writes every frame of the burst that `wanted` takes to TAP port `q`, each with one
-/// `writev` from the source's buffers (a virtio-net header and the VLAN edit as its first
-/// pieces).
-fn deliver_to_tap(
-    worker: usize,
-    dst_rt: &PortRt,
-    q: &TapQueue,
-    src: &mut MemView<'_>,
-    b: &Burst,
-    wanted: impl Fn(&Frame) -> bool,
-) {
-    let counters = dst_rt.handle.stats().slot(worker);
-    let policy = &dst_rt.vlan;
-    if let Some(cap) = dst_rt.capture.as_deref() {
-        capture_to_vm(cap, policy, src, b, &wanted);
-    }
-    let (mut packets, mut bytes) = (0u64, 0u64);
-    let mut edit = FrameEdit::NONE;
-    // Frames longer than the interface's MTU allows (and segments of TSO frames) are
-    // dropped, as a Linux bridge drops them.
-    let max_frame = q.max_frame();
-    for f in b.slots[..b.len].iter().filter(|f| wanted(f)) {
-        let tx = &f.tx;
-        if !policy.egress_into(f.ingress, &tx.peek, &mut edit) {
-            counters.add_drop(DropReason::VlanFiltered, 1);
-            continue;
+/// The frames of a burst that `wanted` picks, as the engine sends them to one port: each
+/// changed as the port's VLAN policy says, finished by the offloads where the port cannot
+/// take what the frame asks, captured first if the port is.
+struct ToPort<'b, 'v, 'm, W> {
+    src: &'v mut MemView<'m>,
+    frames: &'b [Frame],
+    segs: &'b [Seg],
+    /// The frames' virtio-net headers were read (see [`Burst::offloads`]).
+    offloads: bool,
+    policy: &'b VlanPolicy,
+    capture: Option<&'b CaptureTap>,
+    counters: &'b PortCounters,
+    wanted: W,
+}
+
+impl<'m, W: Fn(&Frame) -> bool> SendBurst<'m> for ToPort<'_, '_, 'm, W> {
+    #[inline(always)]
+    fn send_to<E: EgressBurst<'m>>(self, port: &mut E) -> Sent {
+        let ToPort {
+            src,
+            frames,
+            segs,
+            offloads,
+            policy,
+            capture,
+            counters,
+            wanted,
+        } = self;
+        if let Some(cap) = capture {
+            capture_to_vm(cap, policy, src, frames, segs, &wanted);
         }
-        let segs = tx.segs_in(&b.segs);
-        let write = |view: &mut MemView<'_>, out: &Outgoing<'_>| {
-            if out.longest_on_the_wire() > max_frame {
-                return Err(DropReason::TooBig);
+        let mut sent = Sent::default();
+        let mut edit = FrameEdit::NONE;
+        for f in frames {
+            if !wanted(f) {
+                continue;
             }
-            write_to_tap(q, view, segs, out)
-        };
-        if b.offloads && tx.vnet.flags != 0 {
-            let (p, n) = send_offloaded(src, tx, segs, &edit, q.offloads(), counters, write);
-            (packets, bytes) = (packets + p, bytes + n);
-            continue;
-        }
-        match Outgoing::edited(tx.len, &edit).ok_or(DropReason::BadDescriptor) {
-            Ok(out) => match write(src, &out) {
-                Ok(n) => (packets, bytes) = (packets + 1, bytes + u64::from(n)),
+            let tx = &f.tx;
+            if !policy.egress_into(f.ingress, &tx.peek, &mut edit) {
+                counters.add_drop(DropReason::VlanFiltered, 1);
+                continue;
+            }
+            if offloads && tx.vnet.flags != 0 {
+                // Only a frame whose source asked for an offload (see `accept_offload`).
+                let rx = port.offloads();
+                let frame_segs = tx.segs_in(segs);
+                let mut built = port.built();
+                let (p, n) = send_offloaded(src, tx, frame_segs, &edit, rx, counters, |v, out| {
+                    built.send_built(v, frame_segs, out)
+                });
+                (sent.packets, sent.bytes) = (sent.packets + p, sent.bytes + n);
+                continue;
+            }
+            match port.send(src, tx.segs_in(segs), tx.len, &edit) {
+                Ok(n) => {
+                    sent.packets += 1;
+                    sent.bytes += u64::from(n);
+                }
                 Err(reason) => counters.add_drop(reason, 1),
-            },
-            Err(reason) => counters.add_drop(reason, 1),
+            }
         }
-    }
-    counters.add_tx(0, packets, bytes);
-}
-
-/// Writes `out` (its virtio-net header first, then the bytes of the frame in `segs` it
-/// names) to TAP port `q` with one `writev`; returns the frame's length.
-fn write_to_tap(
-    q: &TapQueue,
-    view: &mut MemView<'_>,
-    segs: &[Seg],
-    out: &Outgoing<'_>,
-) -> Result<u32, DropReason> {
-    let vnet = out.vnet.to_bytes(0);
-    let heads = [&vnet[..TAP_VNET_HDR], out.head];
-    view.write_to(q.fd(), &heads, segs, out.skip, out.len as usize)
-        .map(|n| n.saturating_sub(TAP_VNET_HDR) as u32)
-        .map_err(|e| tap_write_failed(q, &e))
-}
-
-/// Why a write to TAP port `q` failed, as a drop reason; an interface gone marks the port
-/// failed.
-fn tap_write_failed(q: &TapQueue, e: &std::io::Error) -> DropReason {
-    match e.kind() {
-        // The kernel's queue for the interface is full.
-        std::io::ErrorKind::WouldBlock => DropReason::NoRxBuffer,
-        std::io::ErrorKind::InvalidInput => DropReason::BadDescriptor,
-        // The interface is there but down (or moving to another network namespace): the
-        // frame cannot go, the port stays as it is.
-        _ if e.raw_os_error() == Some(libc::EIO) => DropReason::PortDown,
-        _ => {
-            q.mark_failed();
-            DropReason::PortDown
-        }
+        sent
     }
 }
 
@@ -1269,9 +1094,9 @@ fn send_offloaded<'m>(
         Ok(())
     });
     match sent {
-        Ok(Sent::Passed) => counters.add_offload(OffloadAction::Passed),
-        Ok(Sent::Checksummed) => counters.add_offload(OffloadAction::Checksummed),
-        Ok(Sent::Segmented(_)) => counters.add_offload(OffloadAction::Segmented),
+        Ok(OffloadSent::Passed) => counters.add_offload(OffloadAction::Passed),
+        Ok(OffloadSent::Checksummed) => counters.add_offload(OffloadAction::Checksummed),
+        Ok(OffloadSent::Segmented(_)) => counters.add_offload(OffloadAction::Segmented),
         Err(reason) => counters.add_drop(reason, 1),
     }
     (packets, bytes)
@@ -1290,81 +1115,6 @@ fn accept_offload(mem: &FrameMem, segs: &[Seg], tx: &mut IngressFrame, sent: Off
             .is_ok();
     tx.vnet = vnet;
     ok
-}
-
-/// Copies every frame of the burst that `wanted` takes into AF_XDP port `q`'s UMEM and
-/// sends them, publishing the TX ring and waking the kernel once for the burst.
-fn deliver_to_xdp(
-    worker: usize,
-    dst_rt: &PortRt,
-    q: &AfXdpQueue,
-    src: &mut MemView<'_>,
-    b: &Burst,
-    wanted: impl Fn(&Frame) -> bool,
-) {
-    let counters = dst_rt.handle.stats().slot(worker);
-    let policy = &dst_rt.vlan;
-    if q.failed() {
-        counters.add_drop(
-            DropReason::PortDown,
-            b.slots[..b.len].iter().filter(|f| wanted(f)).count() as u64,
-        );
-        return;
-    }
-    if let Some(cap) = dst_rt.capture.as_deref() {
-        capture_to_vm(cap, policy, src, b, &wanted);
-    }
-    let mut umem = MemView::new(q.mem());
-    let mut tx = q.tx();
-    tx.reclaim();
-    let (mut packets, mut bytes) = (0u64, 0u64);
-    let mut edit = FrameEdit::NONE;
-    for f in b.slots[..b.len].iter().filter(|f| wanted(f)) {
-        let frame = &f.tx;
-        if !policy.egress_into(f.ingress, &frame.peek, &mut edit) {
-            counters.add_drop(DropReason::VlanFiltered, 1);
-            continue;
-        }
-        let segs = frame.segs_in(&b.segs);
-        // Into a free UMEM frame, sent with the burst; its length.
-        let mut send = |view: &mut MemView<'_>, out: &Outgoing<'_>| {
-            let len = out.frame_len();
-            tx.send(len, |at| {
-                umem.gather_from(at, view, out.head, segs, out.skip, out.len as usize)
-            })
-            .map(|()| len)
-            .map_err(|e| match e {
-                SendError::Full => DropReason::NoRxBuffer,
-                SendError::TooBig => DropReason::TooBig,
-                SendError::BadSource => DropReason::BadDescriptor,
-            })
-        };
-        if b.offloads && frame.vnet.flags != 0 {
-            // No offloads on the wire: checksums completed, segments cut here.
-            let (p, n) = send_offloaded(
-                src,
-                frame,
-                segs,
-                &edit,
-                OffloadCaps::NONE,
-                counters,
-                &mut send,
-            );
-            (packets, bytes) = (packets + p, bytes + n);
-            continue;
-        }
-        match Outgoing::edited(frame.len, &edit).ok_or(DropReason::BadDescriptor) {
-            Ok(out) => match send(src, &out) {
-                Ok(n) => (packets, bytes) = (packets + 1, bytes + u64::from(n)),
-                Err(reason) => counters.add_drop(reason, 1),
-            },
-            Err(reason) => counters.add_drop(reason, 1),
-        }
-    }
-    if !tx.flush() {
-        q.mark_failed();
-    }
-    counters.add_tx(0, packets, bytes);
 }
 
 /// Records the frames of a burst from a captured port's VM.
@@ -1391,7 +1141,8 @@ fn capture_to_vm(
     cap: &CaptureTap,
     policy: &VlanPolicy,
     src: &mut MemView<'_>,
-    b: &Burst,
+    frames: &[Frame],
+    segs: &[Seg],
     wanted: impl Fn(&Frame) -> bool,
 ) {
     if !cap.settings().to_vm {
@@ -1399,7 +1150,7 @@ fn capture_to_vm(
     }
     let mut burst = cap.burst(wall_clock_ns());
     let mut edit = FrameEdit::NONE;
-    for f in b.slots[..b.len].iter().filter(|f| wanted(f)) {
+    for f in frames.iter().filter(|f| wanted(f)) {
         let tx = &f.tx;
         if !policy.egress_into(f.ingress, &tx.peek, &mut edit) {
             continue;
@@ -1407,8 +1158,10 @@ fn capture_to_vm(
         let Some(len) = edit.out_len(tx.len) else {
             continue;
         };
-        let segs = tx.segs_in(&b.segs);
-        burst.record(true, len, |buf| copy_for_capture(src, segs, &edit, buf));
+        let frame_segs = tx.segs_in(segs);
+        burst.record(true, len, |buf| {
+            copy_for_capture(src, frame_segs, &edit, buf)
+        });
     }
 }
 

@@ -17,6 +17,7 @@
 //! driver runs the program, the kernel copies), or generic (on socket buffers, any
 //! interface; veth in the tests). Best effort tries them in that order.
 
+mod egress;
 pub mod libxdp;
 
 use std::io;

@@ -15,6 +15,7 @@
 //! reads them through the same checked views.
 
 pub mod device;
+mod egress;
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};

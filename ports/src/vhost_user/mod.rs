@@ -18,6 +18,7 @@
 pub mod backend;
 pub mod connection;
 pub mod dirty_log;
+pub mod egress;
 pub mod kicks;
 pub mod mem_regions;
 pub mod memory_fence;
