@@ -21,7 +21,7 @@ use std::time::Duration;
 use axum::body::Bytes;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use vringswitch_switch::capture::{wall_clock_ns, CaptureTap};
+use vringswitch_switch::capture::{wall_clock_ns, PortCapture};
 
 use crate::daemon::Daemon;
 use crate::pcapng::{self, Direction};
@@ -76,7 +76,7 @@ impl http_body::Body for CaptureBody {
 pub fn stream(
     daemon: Arc<Daemon>,
     port: &str,
-    tap: Arc<CaptureTap>,
+    tap: Arc<PortCapture>,
     limits: CaptureLimits,
 ) -> CaptureBody {
     let (tx, rx) = mpsc::channel(8);
@@ -127,7 +127,7 @@ pub fn stream(
 /// Sends frames until a limit is reached, the port is removed, the client leaves or the
 /// reader stops reading for [`STALL_LIMIT`].
 async fn drain(
-    tap: &CaptureTap,
+    tap: &PortCapture,
     tx: &mpsc::Sender<Bytes>,
     limits: CaptureLimits,
     written: &mut u64,
@@ -163,7 +163,7 @@ async fn drain(
 
 /// Appends frames from `tap` to `out` as packet blocks, up to a chunk's worth and the
 /// count limit.
-fn take_frames(tap: &CaptureTap, limits: CaptureLimits, written: &mut u64, out: &mut Vec<u8>) {
+fn take_frames(tap: &PortCapture, limits: CaptureLimits, written: &mut u64, out: &mut Vec<u8>) {
     while out.len() < CHUNK && limits.count.is_none_or(|c| *written < c) {
         let Some(f) = tap.take() else {
             break;

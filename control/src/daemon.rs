@@ -23,7 +23,7 @@ use vringswitch_ports::tap::{TapError, TapPort, TapPortConfig};
 use vringswitch_ports::vhost_user::{VhostUserError, VhostUserPort, VhostUserPortConfig};
 use vringswitch_ports::{PortHandle, PortId};
 use vringswitch_switch::affinity::keep_off_cores;
-use vringswitch_switch::capture::{CaptureSettings, CaptureTap};
+use vringswitch_switch::capture::{CaptureSettings, PortCapture};
 use vringswitch_switch::fdb::{fdb_key, split_key, Fdb};
 use vringswitch_switch::police::Policer;
 use vringswitch_switch::port_security::{PortSecurity, MAX_ALLOWED};
@@ -447,7 +447,7 @@ struct State {
     /// Ids of removed ports that no worker or FDB refers to any more.
     free_ids: BTreeSet<PortId>,
     /// Packet captures running, by port id (one per port at most).
-    captures: HashMap<PortId, Arc<CaptureTap>>,
+    captures: HashMap<PortId, Arc<PortCapture>>,
 }
 
 impl State {
@@ -699,7 +699,7 @@ impl Daemon {
         &self,
         name: &str,
         settings: CaptureSettings,
-    ) -> Result<Arc<CaptureTap>, ChangeError> {
+    ) -> Result<Arc<PortCapture>, ChangeError> {
         let mut st = self.state();
         let id = st.ports.get(name).ok_or_else(|| no_port(name))?.id;
         if st.captures.contains_key(&id) {
@@ -708,7 +708,7 @@ impl Daemon {
                  time: end the other one (stop its vringctl capture) first"
             )));
         }
-        let tap = Arc::new(CaptureTap::new(settings));
+        let tap = Arc::new(PortCapture::new(settings));
         st.captures.insert(id, tap.clone());
         self.publish(&st);
         tracing::info!(
@@ -723,7 +723,7 @@ impl Daemon {
 
     /// Ends a capture started by [`Daemon::start_capture`]: the workers stop filling `tap`
     /// once this returns. Frames still in it may be drained after.
-    pub fn end_capture(&self, tap: &Arc<CaptureTap>) {
+    pub fn end_capture(&self, tap: &Arc<PortCapture>) {
         let mut st = self.state();
         let Some(&id) = st
             .captures

@@ -619,12 +619,7 @@ fn port_view(spec: PortSpec, handle: &PortHandle, snapshot: &Snapshot) -> PortVi
             .and_then(|a| a.features())
             .map(|f| format!("{f:#x}")),
         queue_pairs_active: attachment.as_ref().map_or(0, |a| a.active_queue_pairs()),
-        xdp_mode: match attachment.as_deref() {
-            Some(vringswitch_ports::Attachment::AfXdp(q)) => {
-                Some(vringswitch_ports::afxdp::attach_name(q.attach()))
-            }
-            _ => None,
-        },
+        xdp_mode: attachment.as_ref().and_then(|a| a.status().attach_mode()),
     };
     let counters = snapshot
         .ports

@@ -11,12 +11,29 @@
 //! the engine decides) stays the engine's: the per-frame loop is written once, in the
 //! engine, over this trait.
 //!
-//! Everything is generic, chosen by a `match` on the port's kind once per burst: no call
-//! through a vtable per frame.
+//! Receiving, a burst at a time: the engine asks the source's kind to open one of its
+//! queues ([`Ingress::ingress`]: a VM's TX ring locked, an AF_XDP RX ring's frames taken)
+//! and take frames into the engine's burst one by one ([`IngressBurst::take`]), each in
+//! the memory it lies in. The engine decides each frame as it is taken, delivers the
+//! burst, and the kind gives back what it took (used entries published and the VM
+//! notified once, the UMEM frames refilled). What a burst may hold, how frames are
+//! decided and counted, stays the engine's: its loop is written once, over this trait.
+//!
+//! Sleeping: before an idle worker sleeps, each kind says what wakes it for a queue
+//! ([`Ingress::arm_wakeup`]: a VM's kick eventfd, a TAP's descriptor) and whether work
+//! came meanwhile; after, [`Ingress::disarm_wakeup`].
+//!
+//! Everything is generic, chosen by a `match` on the port's kind once per burst (the one
+//! in [`crate::port::Attachment::visit`]): no call through a vtable per frame.
+
+use std::os::fd::RawFd;
+
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vringswitch_wire::ethernet::MacAddr;
 
 use crate::counters::{DropReason, PortCounters};
 use crate::frame::view::MemView;
-use crate::frame::{FrameEdit, Seg};
+use crate::frame::{FrameEdit, FrameMem, IngressFrame, Seg};
 use crate::offload::software::Outgoing;
 use crate::offload::OffloadCaps;
 use crate::vhost_user::rings::{RxScratch, WrittenRanges};
@@ -122,4 +139,152 @@ impl Scratch {
             written: WrittenRanges::with_capacity(burst * 64),
         }
     }
+}
+
+/// What became of one turn of a burst taken from a port ([`IngressBurst::take`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Take {
+    /// A frame was taken into the slot the engine lent.
+    Frame,
+    /// Nothing more to take now: the burst ends.
+    Empty,
+    /// Something was taken and dropped as `reason` (its buffers given back with the
+    /// burst's): it took its turn, and the burst goes on.
+    Dropped(DropReason),
+    /// The queue cannot be read on (its ring is no longer in guest memory): counted as
+    /// `reason`, and the burst ends with what it took.
+    Broken(DropReason),
+}
+
+/// A port's queue opened for one burst of frames taken from it.
+pub trait IngressBurst<'m> {
+    /// Takes the next frame into `frame`: its segments in the memory the frames lie in
+    /// (beyond one, pushed on `segs`, the burst's array), its length, its first bytes
+    /// and, when headers are read ([`Taking::headers`]), its virtio-net header.
+    fn take(&mut self, frame: &mut IngressFrame, segs: &mut Vec<Seg>) -> Take;
+}
+
+/// Where the frames of a burst lie, and what they may ask for.
+#[derive(Clone, Copy)]
+pub struct Taking<'m> {
+    /// The memory the frames lie in (and stay in until the burst is delivered).
+    pub mem: &'m FrameMem,
+    /// `Some(offloads)`: each frame comes with its sender's virtio-net header, and may ask
+    /// for these offloads. `None`: no header is read (a frame's `vnet` means nothing).
+    pub headers: Option<OffloadCaps>,
+    /// The queue pair the frames came in on.
+    pub qp: u16,
+}
+
+/// The engine's side of one burst taken from a port: given the opened queue, it takes,
+/// decides and delivers the burst's frames before the kind gives their buffers back.
+pub trait ReceiveBurst {
+    /// Frames the burst has room for.
+    fn room(&self) -> usize;
+
+    /// Takes frames from `port` (at most [`Self::room`] turns, fewer if its frames are
+    /// to be cut into many) and delivers them. Returns the turns taken: frames, and what
+    /// the kind took and dropped.
+    fn receive_from<'m, I: IngressBurst<'m>>(self, port: &mut I, taking: Taking<'m>) -> usize;
+}
+
+/// What one poll of a port's queue did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Polled {
+    /// Turns taken (see [`ReceiveBurst::receive_from`]).
+    pub taken: usize,
+    /// An address the port asks the switch to announce as its own, as if it had sent a
+    /// RARP for it (a VM's frontend after a live migration).
+    pub announce: Option<MacAddr>,
+}
+
+/// The receiving side of a port kind.
+pub trait Ingress {
+    /// Opens queue pair `qp` for one burst and lets `burst` take from it; then gives back
+    /// what was taken. A queue that cannot be read now (not ready, its interface gone)
+    /// gives nothing.
+    fn ingress<R: ReceiveBurst>(&self, qp: u16, burst: R) -> Polled;
+
+    /// Before the worker that polls queue pair `qp` sleeps: adds what wakes it for the
+    /// queue to `waits`, and asks the peer to signal new frames. Returns whether frames
+    /// came meanwhile (the worker then does not sleep).
+    fn arm_wakeup(&self, qp: u16, waits: &WaitSet<'_>) -> bool;
+
+    /// After the worker woke: the peer need no longer signal new frames on `qp`.
+    fn disarm_wakeup(&self, _qp: u16) {}
+}
+
+/// What a sleeping worker waits on.
+pub struct WaitSet<'e> {
+    epoll: &'e Epoll,
+}
+
+impl<'e> WaitSet<'e> {
+    pub fn new(epoll: &'e Epoll) -> WaitSet<'e> {
+        WaitSet { epoll }
+    }
+
+    /// Wakes the worker when `fd` (an eventfd nobody reads: a VM's kick) is signalled.
+    /// Edge-triggered, so a signal nobody consumes wakes it once; adding an fd already
+    /// there changes nothing.
+    pub fn wake_on_signal(&self, fd: RawFd) {
+        let ev = EpollEvent::new(EventSet::IN | EventSet::EDGE_TRIGGERED, 1);
+        let _ = self.epoll.ctl(ControlOperation::Add, fd, ev);
+    }
+
+    /// Wakes the worker while `fd` is readable (a TAP's or an AF_XDP socket's descriptor).
+    pub fn wake_while_readable(&self, fd: RawFd) {
+        let ev = EpollEvent::new(EventSet::IN, 2);
+        let _ = self.epoll.ctl(ControlOperation::Add, fd, ev);
+    }
+
+    /// Stops waiting on `fd` (a descriptor that stays readable as an error once its
+    /// interface is gone).
+    pub fn forget(&self, fd: RawFd) {
+        let _ = self
+            .epoll
+            .ctl(ControlOperation::Delete, fd, EpollEvent::default());
+    }
+}
+
+/// What the control plane shows of an attached port, whatever its kind.
+pub trait PortStatus {
+    /// Queue pairs the port has.
+    fn queue_pairs(&self) -> usize {
+        1
+    }
+
+    /// Queue pairs whose queues can carry frames right now.
+    fn active_queue_pairs(&self) -> usize {
+        1
+    }
+
+    /// The offloads the port's receiver takes in frames sent to it: what it is sent
+    /// needing more is finished (checksummed, cut) by the switch.
+    fn taken_offloads(&self) -> OffloadCaps;
+
+    /// The virtio features its peer acknowledged (vhost-user ports).
+    fn features(&self) -> Option<u64> {
+        None
+    }
+
+    /// How the port is attached to its interface, as a person reads it (AF_XDP ports:
+    /// `native-zerocopy`, `native-copy`, `generic`).
+    fn attach_mode(&self) -> Option<&'static str> {
+        None
+    }
+}
+
+/// A port kind: its data path both ways and its status. Each kind implements it in its
+/// own folder of `ports/`, and is named once, in the list of [`crate::port::Attachment`].
+pub trait PortKind: Ingress + Egress + PortStatus {}
+
+impl<T: Ingress + Egress + PortStatus> PortKind for T {}
+
+/// Something the engine does with a port of whatever kind: [`crate::port::Attachment::visit`]
+/// calls [`Self::visit`] with the port as its own type (a `match`, inlined), so that
+/// everything below is generic code of that kind.
+pub trait KindVisitor {
+    type Out;
+    fn visit<K: PortKind>(self, port: &K) -> Self::Out;
 }

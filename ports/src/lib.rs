@@ -24,4 +24,5 @@ pub mod tap;
 pub mod vhost_user;
 
 pub use counters::{DropReason, OffloadAction, PortCounters, PortStats};
-pub use port::{Attachment, PortHandle, PortId, VhostUserQueues};
+pub use port::{Attachment, PortHandle, PortId};
+pub use vhost_user::VhostUserQueues;

@@ -1,6 +1,6 @@
 //! Packet capture of one port, for the operator's Wireshark.
 //!
-//! A [`CaptureTap`] is a bounded pool of frame buffers, all allocated when the capture
+//! A [`PortCapture`] is a bounded pool of frame buffers, all allocated when the capture
 //! starts. A worker that forwards a frame of a captured port takes a free buffer, copies
 //! the frame's first bytes into it and queues it; the control side drains the queue into a
 //! pcapng stream and gives the buffers back. When no buffer is free the frame is counted as
@@ -56,7 +56,7 @@ impl CapturedFrame {
 
 /// The buffers of one port's capture, shared by the workers (which fill them) and the
 /// control side (which drains them).
-pub struct CaptureTap {
+pub struct PortCapture {
     settings: CaptureSettings,
     free: ArrayQueue<Box<CapturedFrame>>,
     filled: ArrayQueue<Box<CapturedFrame>>,
@@ -64,10 +64,10 @@ pub struct CaptureTap {
     closed: AtomicBool,
 }
 
-impl CaptureTap {
+impl PortCapture {
     /// A tap with every buffer it will use: up to 16 MiB, as many buffers of
     /// `min(snaplen, MAX_FRAME_LEN)` bytes as fit (64 to 4096).
-    pub fn new(settings: CaptureSettings) -> CaptureTap {
+    pub fn new(settings: CaptureSettings) -> PortCapture {
         let size = (settings.snaplen as usize).clamp(1, MAX_FRAME_LEN);
         let count = (BUFFER_BUDGET / size).clamp(MIN_BUFFERS, MAX_BUFFERS);
         let free = ArrayQueue::new(count);
@@ -82,7 +82,7 @@ impl CaptureTap {
             // Cannot fail: the queue holds exactly `count`.
             let _ = free.push(buffer);
         }
-        CaptureTap {
+        PortCapture {
             settings,
             free,
             filled: ArrayQueue::new(count),
@@ -116,7 +116,7 @@ impl CaptureTap {
         self.filled.pop()
     }
 
-    /// Control side: returns a buffer from [`CaptureTap::take`] to the pool.
+    /// Control side: returns a buffer from [`PortCapture::take`] to the pool.
     pub fn give_back(&self, f: Box<CapturedFrame>) {
         let _ = self.free.push(f);
     }
@@ -141,7 +141,7 @@ impl CaptureTap {
 /// one within a burst, and each look touches memory it writes); drops reach the tap's
 /// counter once, when the recorder is dropped.
 pub struct BurstRecorder<'a> {
-    tap: &'a CaptureTap,
+    tap: &'a PortCapture,
     ns: u64,
     full: bool,
     dropped: u64,
@@ -196,8 +196,8 @@ pub fn wall_clock_ns() -> u64 {
 mod tests {
     use super::*;
 
-    fn tap(snaplen: u32) -> CaptureTap {
-        CaptureTap::new(CaptureSettings {
+    fn tap(snaplen: u32) -> PortCapture {
+        PortCapture::new(CaptureSettings {
             from_vm: true,
             to_vm: true,
             snaplen,
@@ -299,7 +299,7 @@ mod tests {
             })
             .collect();
         let mut got = 0u64;
-        let mut drain = |t: &CaptureTap| {
+        let mut drain = |t: &PortCapture| {
             while let Some(f) = t.take() {
                 assert_eq!(f.data(), &[1]);
                 got += 1;

@@ -1,7 +1,7 @@
 //! Per-worker cycle accounting, as `testpmd --record-core-cycles` does it.
 //!
 //! Each worker owns one [`WorkerStats`] and is its only writer (plain load and store, no
-//! locked instruction, its own cache line). Every poll of a TX queue is timed: its cycles go
+//! locked instruction, its own cache line). Every poll of an ingress queue is timed: its cycles go
 //! to `busy` if it moved at least one frame and to `idle` otherwise; time asleep counts as
 //! idle. So busy cycles per packet is `busy / packets`, and the core's load is
 //! `busy / (busy + idle)`: the share of the core spent moving frames, empty polls excluded
@@ -24,7 +24,7 @@ pub struct WorkerStats {
     idle_cycles: AtomicU64,
     packets: AtomicU64,
     wakeups: AtomicU64,
-    /// Bursts by size: `bursts[i]` counts bursts of at most `BURST_BUCKETS[i]` chains and more
+    /// Bursts by size: `bursts[i]` counts bursts of at most `BURST_BUCKETS[i]` frames and more
     /// than the bucket below.
     bursts: [AtomicU64; BURST_BUCKETS.len()],
 }
@@ -55,7 +55,7 @@ fn bump(counter: &AtomicU64, n: u64) {
     );
 }
 
-/// The histogram bucket of a burst of `n` chains (`n` >= 1): the smallest power of two not
+/// The histogram bucket of a burst of `n` frames (`n` >= 1): the smallest power of two not
 /// below `n`, capped at the last bucket.
 #[inline]
 fn bucket_of(n: usize) -> usize {
@@ -76,7 +76,7 @@ impl WorkerStats {
         bump(&self.idle_cycles, cycles);
     }
 
-    /// A burst of `n` chains taken from one TX queue (`n` >= 1).
+    /// A burst of `n` frames taken from one ingress queue (`n` >= 1).
     #[inline]
     pub fn add_burst(&self, n: usize) {
         bump(&self.packets, n as u64);

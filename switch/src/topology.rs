@@ -1,11 +1,11 @@
 //! The switch's layout as the workers see it: bridges, their ports, and which worker polls
-//! which TX queue. Immutable once built; the control side swaps in a new one.
+//! which ingress queue. Immutable once built; the control side swaps in a new one.
 
 use std::sync::Arc;
 
 use vringswitch_ports::{PortHandle, PortId};
 
-use crate::capture::CaptureTap;
+use crate::capture::PortCapture;
 use crate::fdb::Fdb;
 use crate::police::Policer;
 use crate::port_security::PortSecurity;
@@ -35,11 +35,11 @@ pub struct PortRt {
     /// Policers of what the port sends and of what it is sent.
     pub police_rx: Option<Arc<Policer>>,
     pub police_tx: Option<Arc<Policer>>,
-    /// False when the operator set the port down: its TX queues are not polled and nothing
+    /// False when the operator set the port down: its ingress queues are not polled and nothing
     /// is delivered to it.
     pub admin_up: bool,
     /// The port's packet capture, while one runs.
-    pub capture: Option<Arc<CaptureTap>>,
+    pub capture: Option<Arc<PortCapture>>,
 }
 
 /// Bridges and ports; ports are indexed by their [`PortId`].
@@ -55,14 +55,15 @@ impl Topology {
         self.ports.get(id as usize).and_then(Option::as_ref)
     }
 
-    /// Which of `workers` polls TX queue pair `qp` of `port`: spread so that a port's queue
+    /// Which of `workers` polls ingress queue pair `qp` of `port`: spread so that a port's queue
     /// pairs land on different workers.
     pub fn owner(port: PortId, qp: u16, workers: usize) -> usize {
         (port as usize + qp as usize) % workers.max(1)
     }
 
-    /// The TX queues `worker` polls, as (port, queue pair).
-    pub fn tx_queues_of(&self, worker: usize, workers: usize) -> Vec<(PortId, u16)> {
+    /// The ingress queues `worker` polls (a VM's TX rings, a TAP or AF_XDP port's one), as
+    /// (port, queue pair).
+    pub fn ingress_queues_of(&self, worker: usize, workers: usize) -> Vec<(PortId, u16)> {
         let mut out = Vec::new();
         for (id, p) in self.ports.iter().enumerate() {
             let Some(p) = p.as_ref().filter(|p| p.admin_up) else {
@@ -124,7 +125,7 @@ mod tests {
         let t = topo(&[1, 2, 4]);
         for workers in 1..4 {
             let mut all: Vec<_> = (0..workers)
-                .flat_map(|w| t.tx_queues_of(w, workers))
+                .flat_map(|w| t.ingress_queues_of(w, workers))
                 .collect();
             all.sort_unstable();
             assert_eq!(all.len(), 7);

@@ -1,40 +1,37 @@
-//! A forwarding worker: one pinned thread that polls its TX queues in bursts.
+//! A forwarding worker: one pinned thread that polls its ingress queues in bursts.
 //!
-//! Per burst: lock the source TX ring once, pop up to `burst` chains, decide every frame on
-//! a stack copy of its header (its VLAN, learn the source, look up the destination), then
-//! for each destination lock its RX ring once, copy the frames straight from the source
-//! VM's buffers into the destination VM's buffers (pushing or popping a VLAN tag on the
-//! way), publish the used entries with one index store and notify once. Finally the TX chains are returned and the source notified once.
+//! Per burst: the source's kind opens the queue (a VM's TX ring locked, a TAP read, an
+//! AF_XDP ring's frames taken) and hands its frames over one by one, each left in the
+//! memory it lies in; every frame is decided on a stack copy of its header as it comes
+//! (its VLAN, port security, learning, the destination). Then, for each destination, its
+//! kind opens it once (a VM's RX ring locked), takes the frames meant for it, each copied
+//! once straight from the source's buffers (a VLAN tag pushed or popped on the way, the
+//! offloads finished where the receiver cannot), and closes it (used entries published
+//! with one index store, one notification). Finally the source's kind gives its buffers
+//! back. The kinds' side of this is `vringswitch_ports::datapath`; nothing here names one.
 //!
 //! Nothing here allocates after start-up, logs per frame, or writes memory another core
 //! writes (counters are per worker). When every queue stays empty for `idle_poll`, the
-//! worker enables notifications and sleeps on its eventfd until a kick or a change.
+//! worker arms its queues and sleeps until one has frames or something changes.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use vhost_user_backend::{VringState, VringT};
-use virtio_queue::QueueT;
-use vm_memory::{Bytes, GuestAddress, GuestAddressSpace};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
-use vringswitch_ports::afxdp::AfXdpQueue;
 use vringswitch_ports::counters::PortCounters;
-use vringswitch_ports::datapath::{Egress, EgressBurst, Scratch, SendBuilt, SendBurst, Sent};
+use vringswitch_ports::datapath::{
+    EgressBurst, IngressBurst, KindVisitor, Polled, PortKind, ReceiveBurst, Scratch, SendBuilt,
+    SendBurst, Sent, Take, Taking, WaitSet,
+};
 use vringswitch_ports::frame::view::MemView;
-use vringswitch_ports::frame::FrameMem;
-use vringswitch_ports::frame::{FrameEdit, IngressFrame, Seg, MIN_FRAME_LEN, PEEK_LEN};
+use vringswitch_ports::frame::{self, FrameEdit, FrameMem, IngressFrame, Seg, MAX_SEGS};
 use vringswitch_ports::offload::software::{self, Outgoing, Sent as OffloadSent};
 use vringswitch_ports::offload::{OffloadCaps, VnetHeader, VnetOffloads};
-use vringswitch_ports::port::GuestMemAtomic;
-use vringswitch_ports::tap::{TapQueue, TapRead, TAP_BUFFERS, TAP_VNET_HDR};
-use vringswitch_ports::vhost_user::egress::{log_notification, publish_logged};
-use vringswitch_ports::vhost_user::migration::{MigrationState, ANNOUNCE, LOGGING};
-use vringswitch_ports::vhost_user::rings::{PopTx, RingView, MAX_TX_SEGS};
-use vringswitch_ports::{Attachment, DropReason, OffloadAction, PortId, VhostUserQueues};
+use vringswitch_ports::{Attachment, DropReason, OffloadAction, PortId};
 use vringswitch_wire::ethernet::{rarp_announcement, EthernetFrame, MacAddr, RARP_LEN};
 
-use crate::capture::{wall_clock_ns, CaptureTap};
+use crate::capture::{wall_clock_ns, PortCapture};
 use crate::fdb::{fdb_key, FdbCache};
 use crate::police::{Allowance, Policer};
 use crate::stats::cycles;
@@ -58,8 +55,8 @@ struct PortCache {
 }
 
 /// A frame of the burst and what was decided for it.
-struct Frame {
-    tx: IngressFrame,
+struct Slot {
+    frame: IngressFrame,
     dest: Dest,
     /// The VLAN the frame came in on.
     ingress: Ingress,
@@ -75,20 +72,13 @@ const UNTAGGED: Ingress = Ingress { vlan: 0, tci: None };
 struct Burst {
     /// One slot per frame of a burst, popped into in place; the burst's frames are the
     /// first `len`.
-    slots: Vec<Frame>,
+    slots: Vec<Slot>,
     len: usize,
     segs: Vec<Seg>,
     targets: Vec<PortId>,
     /// The frames' virtio-net headers were read (their source may use offloads): only then
     /// does a frame's `vnet` mean anything.
     offloads: bool,
-    /// The source's migration state as the burst saw it
-    /// ([`vringswitch_ports::vhost_user::migration::MigrationState::pending`]).
-    pending: u32,
-    /// While a migration logs: the source's migration state and TX ring index, for the
-    /// publish after the frame loop. Kept here, in memory, rather than in locals live across
-    /// the loop, which cost the loop two register spills per frame (callgrind).
-    logging: Option<(Arc<MigrationState>, usize)>,
     /// What the destinations' kinds need to take a burst (lent them per destination).
     scratch: Scratch,
 }
@@ -104,22 +94,18 @@ impl Burst {
     }
 
     fn new(burst: usize) -> Burst {
-        let empty = || Frame {
-            tx: IngressFrame::default(),
+        let empty = || Slot {
+            frame: IngressFrame::default(),
             dest: Dest::Drop,
             ingress: UNTAGGED,
             held: false,
         };
         Burst {
-            pending: 0,
-            logging: None,
             slots: std::iter::repeat_with(empty).take(burst).collect(),
             len: 0,
-            segs: Vec::with_capacity(burst * MAX_TX_SEGS),
+            segs: Vec::with_capacity(burst * MAX_SEGS),
             targets: Vec::with_capacity(256),
             offloads: false,
-            // A frame in single-buffer chains takes one range; in small mergeable buffers,
-            // up to 64.
             scratch: Scratch::new(burst),
         }
     }
@@ -132,7 +118,7 @@ pub struct Worker {
     wake: Arc<EventFd>,
     topology: Arc<Topology>,
     topology_gen: u64,
-    tx_queues: Vec<(PortId, u16)>,
+    ingress_queues: Vec<(PortId, u16)>,
     ports: Vec<PortCache>,
     fdb_caches: Vec<FdbCache>,
     burst: Burst,
@@ -165,21 +151,20 @@ impl Worker {
             wake,
             topology: Arc::new(Topology::default()),
             topology_gen: u64::MAX,
-            tx_queues: Vec::new(),
+            ingress_queues: Vec::new(),
             ports: Vec::new(),
             fdb_caches: Vec::new(),
             burst: Burst::new(switch.burst),
             idle_poll: switch.idle_poll,
             epoll,
-            announce_mem: FrameMem::from_ranges(&[(GuestAddress(0), 4096)])
-                .map_err(std::io::Error::other)?,
+            announce_mem: frame::host_memory(4096)?,
             switch,
         })
     }
 
     /// Runs until the switch stops.
     ///
-    /// Cycles are counted per poll of a TX queue, as `testpmd --record-core-cycles` counts
+    /// Cycles are counted per poll of an ingress queue, as `testpmd --record-core-cycles` counts
     /// them per stream: a poll that moved a frame is busy, an empty one idle, and so is
     /// sleeping. One cycle-counter read per poll; the loop's own overhead goes to the poll
     /// after it.
@@ -194,8 +179,8 @@ impl Worker {
             let now = Instant::now();
             let now_s = self.switch.secs_at(now);
             let mut moved = 0;
-            for i in 0..self.tx_queues.len() {
-                let n = self.poll_tx_queue(i, now_s);
+            for i in 0..self.ingress_queues.len() {
+                let n = self.poll_ingress(i, now_s);
                 let t = cycles();
                 let spent = t.wrapping_sub(t_prev);
                 t_prev = t;
@@ -227,9 +212,9 @@ impl Worker {
         }
         self.topology_gen = g;
         self.topology = self.switch.topology.load_full();
-        self.tx_queues = self
+        self.ingress_queues = self
             .topology
-            .tx_queues_of(self.index, self.switch.workers.len());
+            .ingress_queues_of(self.index, self.switch.workers.len());
         self.ports.clear();
         self.ports
             .resize_with(self.topology.ports.len(), PortCache::default);
@@ -244,95 +229,61 @@ impl Worker {
         self.switch.mark_seen(self.index, g);
     }
 
-    /// Sleeps until a kick or a change, unless a queue has work after notifications are
-    /// enabled (which closes the race with a driver that added buffers meanwhile).
-    ///
-    /// The worker watches its TX queues' kick eventfds itself while asleep, so a kick wakes
-    /// it directly on its own core. The library's event thread never sees them (the relay
-    /// hands it stand-ins, see `vringswitch_ports::vhost_user::kicks`), so it neither wakes
-    /// nor takes the vring's lock for a kick; the doorbell is for everything else.
+    /// Sleeps until one of its queues has frames or the topology changes, unless a queue
+    /// has work once armed (each kind arms its queues, [`vringswitch_ports::datapath::Ingress::arm_wakeup`],
+    /// and says whether frames came meanwhile: that closes the race with a peer that added
+    /// some just before).
     ///
     /// A wake-up costs as few system calls as possible, since each is slow on a core that
-    /// was just halted: the doorbell is drained before sleeping, not after, and the kick
-    /// eventfds stay in the wait set (edge-triggered, so a kick nobody consumes wakes it
-    /// once). Adding one already there fails with EEXIST; a closed one left by itself.
+    /// was just halted: the doorbell is drained before sleeping, not after, and what the
+    /// kinds add to the wait set stays there (a VM's kick, edge-triggered, wakes it once
+    /// however long nobody consumes it). Adding an fd already there fails with EEXIST; a
+    /// closed one leaves by itself.
     ///
-    /// Nobody reads the kick eventfds, so a kick that came while the worker polled stays
-    /// reported until an `epoll_wait` returns it: with EVENT_IDX a driver kicks for its
-    /// first frame after every sleep, polled or not. Those are cleared before notifications
-    /// are enabled (the frames they announced are taken, or seen by the check after), so
-    /// they do not end the next sleep at once.
+    /// A kick that came while the worker polled stays reported until an `epoll_wait`
+    /// returns it: with EVENT_IDX a driver kicks for its first frame after every sleep,
+    /// polled or not. Those are cleared before the queues are armed (the frames they
+    /// announced are taken, or seen by the check after), so they do not end the next sleep
+    /// at once.
     fn sleep(&mut self) {
         // Whatever the doorbell announced before this point is seen below: a new topology
-        // or a stop by the checks, a new attachment or a kick by `for_each_ready_tx`.
+        // or a stop by the checks, a new attachment or a kick by arming the queues.
         let _ = self.wake.read();
         if self.switch.topology_generation() != self.topology_gen || self.switch.stopping() {
             return;
         }
         let mut stale = [EpollEvent::default(); 16];
         // Bounded: each round clears a full buffer of kicks, one per queue at most.
-        for _ in 0..=self.tx_queues.len() / stale.len() {
+        for _ in 0..=self.ingress_queues.len() / stale.len() {
             match self.epoll.wait(0, &mut stale) {
                 Ok(n) if n == stale.len() => continue,
                 _ => break,
             }
         }
+        let waits = WaitSet::new(&self.epoll);
         let mut pending = false;
-        let epoll = &self.epoll;
-        // A TAP or AF_XDP port's descriptor, level-triggered: readable, it ends the sleep
-        // at once.
-        for &(port, _) in &self.tx_queues {
-            let att = attachment(&self.topology, &mut self.ports, port).map(|a| &**a);
-            let (fd, failed) = match att {
-                Some(Attachment::Tap(q)) => (std::os::fd::AsRawFd::as_raw_fd(&q.fd()), q.failed()),
-                Some(Attachment::AfXdp(q)) => (q.fd(), q.failed()),
-                _ => continue,
-            };
-            if failed {
-                // A gone interface's descriptor stays readable (an error): not waited on.
-                let _ = epoll.ctl(ControlOperation::Delete, fd, EpollEvent::default());
-            } else {
-                let ev = EpollEvent::new(EventSet::IN, 2);
-                let _ = epoll.ctl(ControlOperation::Add, fd, ev);
+        for &(port, qp) in &self.ingress_queues {
+            if let Some(att) = attachment(&self.topology, &mut self.ports, port) {
+                pending |= att.visit(ArmWakeup { qp, waits: &waits });
             }
         }
-        for_each_ready_tx(
-            &self.topology,
-            &mut self.ports,
-            &self.tx_queues,
-            |att, ring, st, mem| {
-                att.with_tx_kick(ring, |kick| {
-                    let ev = EpollEvent::new(EventSet::IN | EventSet::EDGE_TRIGGERED, 1);
-                    let _ = epoll.ctl(ControlOperation::Add, kick, ev);
-                });
-                pending |= st.get_queue_mut().enable_notification(mem).unwrap_or(true);
-                if att.migration().pending() & LOGGING != 0 {
-                    log_notification(att, ring, st.get_queue());
-                }
-            },
-        );
         if !pending {
             let mut events = [EpollEvent::default(); 4];
             // A timeout bounds the effect of anything missed; nothing should be.
             let _ = self.epoll.wait(1000, &mut events);
             self.switch.workers[self.index].stats.add_wakeup();
         }
-        for_each_ready_tx(
-            &self.topology,
-            &mut self.ports,
-            &self.tx_queues,
-            |att, ring, st, mem| {
-                let _ = st.get_queue_mut().disable_notification(mem);
-                if att.migration().pending() & LOGGING != 0 {
-                    log_notification(att, ring, st.get_queue());
-                }
-            },
-        );
+        for &(port, qp) in &self.ingress_queues {
+            if let Some(att) = attachment(&self.topology, &mut self.ports, port) {
+                att.visit(DisarmWakeup { qp });
+            }
+        }
     }
 
-    /// Moves one burst from TX queue `i`. Returns the number of chains consumed.
-    fn poll_tx_queue(&mut self, i: usize, now_s: u64) -> usize {
-        let src = self.tx_queues[i].0;
+    /// Moves one burst from ingress queue `i`. Returns the turns it took (frames, and what
+    /// the port's kind took and dropped).
+    fn poll_ingress(&mut self, i: usize, now_s: u64) -> usize {
+        let (src, qp) = self.ingress_queues[i];
         if attachment(&self.topology, &mut self.ports, src).is_none() {
             return 0;
         }
@@ -342,105 +293,216 @@ impl Worker {
         let Some(att) = self.ports[src as usize].attachment.take() else {
             return 0;
         };
-        // The port's kind is chosen here, once per burst.
-        let moved = match &*att {
-            Attachment::VhostUser(q) => {
-                let (moved, pending) = self.burst_from_vm(i, q, now_s);
-                if pending & ANNOUNCE != 0 {
-                    self.announce(i, q, now_s);
-                }
-                moved
-            }
-            Attachment::Tap(q) => self.burst_from_tap(i, q, now_s),
-            Attachment::AfXdp(q) => self.burst_from_xdp(i, q, now_s),
+        let topology: &Topology = &self.topology;
+        let polled = match topology.port(src) {
+            // The port's kind is chosen here, once per burst.
+            Some(src_rt) => att.visit(Poll {
+                qp,
+                burst: FromPort {
+                    worker: self.index,
+                    switch: &self.switch,
+                    topology,
+                    ports: &mut self.ports,
+                    cache: &mut self.fdb_caches[src_rt.bridge],
+                    b: &mut self.burst,
+                    src,
+                    src_rt,
+                    now_s,
+                },
+            }),
+            None => Polled::default(),
         };
         self.ports[src as usize].attachment = Some(att);
-        moved
+        if let Some(mac) = polled.announce {
+            self.announce(i, mac, now_s);
+        }
+        polled.taken
     }
 
-    /// One burst from TX queue `i` of a VM, whose queues are `att`. Returns the chains
-    /// consumed and the migration state seen
-    /// ([`vringswitch_ports::vhost_user::migration::MigrationState::pending`]).
-    fn burst_from_vm(&mut self, i: usize, att: &VhostUserQueues, now_s: u64) -> (usize, u32) {
-        let (src, qp) = self.tx_queues[i];
+    /// Sends the RARP a port asked for (a VM's frontend, with SEND_RARP after a live
+    /// migration) from ingress queue `i`, as if the port had sent it: the bridge learns
+    /// the MAC at this port, and the frame floods to the other ports and on to the network.
+    #[cold]
+    #[inline(never)]
+    fn announce(&mut self, i: usize, mac: MacAddr, now_s: u64) {
+        let (src, qp) = self.ingress_queues[i];
         let topology: &Topology = &self.topology;
         let Some(src_rt) = topology.port(src) else {
-            return (0, 0);
+            return;
         };
-        let ring = 2 * usize::from(qp) + 1;
-        let Some(vring) = att.vrings.get(ring) else {
-            return (0, 0);
+        let mem = &self.announce_mem;
+        if !MemView::new(mem).write(0, &rarp_announcement(mac)) {
+            return;
+        }
+        let mut port = OneFrame {
+            view: MemView::new(mem),
+            len: RARP_LEN as u32,
+            taken: false,
         };
-        let hdr_len = att.hdr_len();
-        // Headers are read only from a VM that may send offloads: without, they mean nothing.
-        let sent = att.sent_offloads();
-        let read_vnet = !sent.is_empty();
-        let src_guard = att.mem.memory();
-        let src_mem = &*src_guard;
-        let counters = src_rt.handle.stats().slot(self.index);
-        let b = &mut self.burst;
+        let burst = FromPort {
+            worker: self.index,
+            switch: &self.switch,
+            topology,
+            ports: &mut self.ports,
+            cache: &mut self.fdb_caches[src_rt.bridge],
+            b: &mut self.burst,
+            src,
+            src_rt,
+            now_s,
+        };
+        let taking = Taking {
+            mem,
+            headers: None,
+            qp,
+        };
+        burst.receive_from(&mut port, taking);
+        tracing::info!(port = src_rt.handle.name(), mac = %mac,
+            "sent a RARP for a migrated VM's address, as its frontend asked");
+    }
+}
 
-        let mut st = vring.get_mut();
-        if !att.serviceable(ring, &mut st) {
-            return (0, 0);
+/// A port's kind polled for one burst.
+struct Poll<R> {
+    qp: u16,
+    burst: R,
+}
+
+impl<R: ReceiveBurst> KindVisitor for Poll<R> {
+    type Out = Polled;
+
+    #[inline(always)]
+    fn visit<K: PortKind>(self, port: &K) -> Polled {
+        port.ingress(self.qp, self.burst)
+    }
+}
+
+/// A port's queue armed before its worker sleeps.
+struct ArmWakeup<'a, 'e> {
+    qp: u16,
+    waits: &'a WaitSet<'e>,
+}
+
+impl KindVisitor for ArmWakeup<'_, '_> {
+    type Out = bool;
+
+    fn visit<K: PortKind>(self, port: &K) -> bool {
+        port.arm_wakeup(self.qp, self.waits)
+    }
+}
+
+/// A port's queue disarmed after its worker woke.
+struct DisarmWakeup {
+    qp: u16,
+}
+
+impl KindVisitor for DisarmWakeup {
+    type Out = ();
+
+    fn visit<K: PortKind>(self, port: &K) {
+        port.disarm_wakeup(self.qp)
+    }
+}
+
+/// One frame the switch built in its own memory, taken as if a port had sent it.
+struct OneFrame<'m> {
+    view: MemView<'m>,
+    len: u32,
+    taken: bool,
+}
+
+impl<'m> IngressBurst<'m> for OneFrame<'m> {
+    fn take(&mut self, frame: &mut IngressFrame, _segs: &mut Vec<Seg>) -> Take {
+        if std::mem::replace(&mut self.taken, true) {
+            Take::Empty
+        } else if frame.fill_from_buffer(&mut self.view, 0, self.len) {
+            Take::Frame
+        } else {
+            Take::Dropped(DropReason::BadDescriptor)
         }
+    }
+}
+
+/// The engine's side of a burst taken from a port: its frames decided as they are taken
+/// (VLAN, port security, learning, the destination), then delivered.
+struct FromPort<'w> {
+    worker: usize,
+    switch: &'w Switch,
+    topology: &'w Topology,
+    ports: &'w mut [PortCache],
+    /// The source's bridge's FDB cache.
+    cache: &'w mut FdbCache,
+    b: &'w mut Burst,
+    src: PortId,
+    src_rt: &'w PortRt,
+    now_s: u64,
+}
+
+impl ReceiveBurst for FromPort<'_> {
+    fn room(&self) -> usize {
+        self.b.slots.len()
+    }
+
+    #[inline(always)]
+    fn receive_from<'m, I: IngressBurst<'m>>(self, port: &mut I, taking: Taking<'m>) -> usize {
+        let FromPort {
+            worker,
+            switch,
+            topology,
+            ports,
+            cache,
+            b,
+            src,
+            src_rt,
+            now_s,
+        } = self;
+        let counters = src_rt.handle.stats().slot(worker);
         b.start();
+        // Headers are read only from a sender that may use offloads: only then do they
+        // mean anything.
+        let read_vnet = taking.headers.is_some();
+        let sent = taking.headers.unwrap_or(OffloadCaps::NONE);
         b.offloads = read_vnet;
-        // The one look at a migration per burst, under the vring lock: the relay switches
-        // logging on before the library takes that lock to apply LOG_ALL, so a burst that
-        // saw it off has ended by the time the frontend hears back. What the burst writes
-        // into this VM's memory (its used entries, from the loop on) is marked at publish.
-        b.pending = att.migration().pending();
-        if b.pending & LOGGING != 0 {
-            b.logging = Some((att.migration().clone(), ring));
-        }
-        let cache = &mut self.fdb_caches[src_rt.bridge];
         let mut decide = Decision::new(src, src_rt, topology, counters, cache, now_s);
         let mut rx_bytes = 0u64;
         let mut flood = false;
-        // Pop and decide in one pass, each frame on the stack copy of its header.
-        let mut tx_ring = RingView::new(st.get_queue_mut(), src_mem);
         let mut consumed = 0;
-        // One chain per slot at most; a malformed chain takes its turn without a slot, and a
-        // TSO frame the switch is to cut one turn per segment: a burst of them is then no
-        // more work than a burst of full-size frames. The turns are counted at TSO frames
-        // only (a check per frame cost 5 instructions at 64 B), so a burst whose TSO
+        // One frame per slot at most; what the kind drops takes its turn without a slot,
+        // and a TSO frame the switch is to cut one turn per segment: a burst of them is
+        // then no more work than a burst of full-size frames. The turns are counted at TSO
+        // frames only (a check per frame cost 5 instructions at 64 B), so a burst whose TSO
         // frames come first may take up to twice its turns.
         let mut charged = 0;
         for turn in 0..b.slots.len() {
-            // Popped straight into its slot: a frame returned was moved through the stack.
+            // Taken straight into its slot: a frame returned was moved through the stack.
             let Some(f) = b.slots.get_mut(b.len) else {
                 break;
             };
-            match tx_ring.pop_tx_into(hdr_len, read_vnet, &mut b.segs, &mut f.tx) {
-                PopTx::Frame(()) => {}
-                PopTx::Empty => break,
-                PopTx::Broken => {
-                    counters.add_drop(DropReason::BadDescriptor, 1);
+            match port.take(&mut f.frame, &mut b.segs) {
+                Take::Frame => {}
+                Take::Empty => break,
+                Take::Broken(reason) => {
+                    counters.add_drop(reason, 1);
                     break;
                 }
-                PopTx::Bad { head, reason } => {
-                    tx_ring.add_used(head, 0);
+                Take::Dropped(reason) => {
                     consumed += 1;
                     counters.add_drop(reason, 1);
                     continue;
                 }
-            };
-            // The used entry is written now, published after the copies.
-            tx_ring.add_used(f.tx.head, 0);
+            }
             consumed += 1;
             if read_vnet
-                && f.tx.vnet != VnetHeader::default()
-                && !accept_offload(src_mem, &b.segs, &mut f.tx, sent)
+                && f.frame.vnet != VnetHeader::default()
+                && !accept_offload(taking.mem, &b.segs, &mut f.frame, sent)
             {
                 counters.add_drop(DropReason::BadOffload, 1);
                 continue;
             }
-            rx_bytes += u64::from(f.tx.len);
+            rx_bytes += u64::from(f.frame.len);
             b.len += 1;
             // Decided on in place: moving a decided frame cost a store per field of its
             // header copy (callgrind).
-            let (ingress, dest) = decide.frame(&f.tx);
+            let (ingress, dest) = decide.frame(&f.frame);
             (f.ingress, f.dest) = (ingress, dest);
             match dest {
                 Dest::Flood => flood = true,
@@ -450,77 +512,31 @@ impl Worker {
                 }
                 _ => {}
             }
-            if read_vnet && f.tx.vnet.is_gso() {
-                charged += cut_charge(topology, &mut self.ports, &f.tx, dest);
+            if read_vnet && f.frame.vnet.is_gso() {
+                charged += cut_charge(topology, ports, &f.frame, dest);
                 if turn + 1 + charged >= b.slots.len() {
                     break;
                 }
             }
         }
         if consumed == 0 {
-            b.logging = None;
-            return (0, b.pending);
+            return 0;
         }
-        self.switch.workers[self.index].stats.add_burst(consumed);
-        counters.add_rx(usize::from(qp), b.len as u64, rx_bytes);
-        // Source buffers are read through their own view while the TX ring stays borrowed.
+        switch.workers[worker].stats.add_burst(consumed);
+        counters.add_rx(usize::from(taking.qp), b.len as u64, rx_bytes);
+        // The frames are read where the kind took them, which it holds until this returns.
         let from = Source {
             id: src,
             rt: src_rt,
-            qp,
-            mem: src_mem,
+            qp: taking.qp,
+            mem: taking.mem,
         };
-        deliver_burst(self.index, topology, &mut self.ports, &from, b, flood);
-
-        // Give the TX chains back, notify the sender once.
-        let published = match b.logging.take() {
-            None => tx_ring.publish_used(),
-            Some((migration, ring)) => publish_logged(&migration, ring, &mut tx_ring),
-        };
-        if let Ok(true) = published {
-            let _ = st.signal_used_queue();
-        }
-        (consumed, b.pending)
-    }
-
-    /// Sends the RARP a frontend asked for (SEND_RARP, after a live migration) from the VM
-    /// of TX queue `i`, as if the VM had sent it: the bridge learns the MAC at this port,
-    /// and the frame floods to the other ports and on to the network.
-    #[cold]
-    #[inline(never)]
-    fn announce(&mut self, i: usize, att: &VhostUserQueues, now_s: u64) {
-        let Some(mac) = att.migration().take_announce() else {
-            return;
-        };
-        let (src, qp) = self.tx_queues[i];
-        let topology: &Topology = &self.topology;
-        let Some(src_rt) = topology.port(src) else {
-            return;
-        };
-        let mac = MacAddr(mac);
-        let frame = rarp_announcement(mac);
-        let mem = &self.announce_mem;
-        if mem.write_slice(&frame, GuestAddress(0)).is_err() {
-            return;
-        }
-        let b = &mut self.burst;
-        b.start();
-        let cache = &mut self.fdb_caches[src_rt.bridge];
-        let mut frames = KernelFrames::new(src, src_rt, topology, mem, self.index, cache, now_s);
-        frames.push(b, 0, RARP_LEN as u32);
-        let from = Source {
-            id: src,
-            rt: src_rt,
-            qp,
-            mem,
-        };
-        frames.deliver(&self.switch, topology, &mut self.ports, &from, b);
-        tracing::info!(port = src_rt.handle.name(), mac = %mac,
-            "sent a RARP for a migrated VM's address, as its frontend asked");
+        deliver_burst(worker, topology, ports, &from, b, flood);
+        consumed
     }
 }
 
-/// The turns of a burst that TSO frame `tx`, going to `dest`, takes beyond its own: one per
+/// The turns of a burst that TSO frame `frame`, going to `dest`, takes beyond its own: one per
 /// further segment if a receiver is to get it cut by the switch (flooded, it is charged as
 /// if one were), else none.
 #[cold]
@@ -528,215 +544,19 @@ impl Worker {
 fn cut_charge(
     topology: &Topology,
     ports: &mut [PortCache],
-    tx: &IngressFrame,
+    frame: &IngressFrame,
     dest: Dest,
 ) -> usize {
     let cut = match dest {
         Dest::Drop => false,
         Dest::Flood => true,
         Dest::Port(p) => attachment(topology, ports, p)
-            .is_some_and(|a| !a.taken_offloads().contains(tx.vnet.needs())),
+            .is_some_and(|a| !a.taken_offloads().contains(frame.vnet.needs())),
     };
     if cut {
-        tx.vnet.segments(tx.len) as usize - 1
+        frame.vnet.segments(frame.len) as usize - 1
     } else {
         0
-    }
-}
-
-impl Worker {
-    /// One burst from a TAP port: frames the kernel sent, read into the port's buffers one
-    /// `read` each, then decided and delivered like a VM's.
-    fn burst_from_tap(&mut self, i: usize, q: &TapQueue, now_s: u64) -> usize {
-        let (src, qp) = self.tx_queues[i];
-        let topology: &Topology = &self.topology;
-        let Some(src_rt) = topology.port(src) else {
-            return 0;
-        };
-        if q.failed() {
-            // Its interface is gone; the port's monitor takes it down.
-            return 0;
-        }
-        let b = &mut self.burst;
-        b.start();
-        // Every frame gets the header read with it (see `push_with_header`).
-        b.offloads = true;
-        let cache = &mut self.fdb_caches[src_rt.bridge];
-        let mut frames =
-            KernelFrames::new(src, src_rt, topology, q.mem(), self.index, cache, now_s);
-        let sent = q.offloads();
-        for slot in 0..b.slots.len().min(TAP_BUFFERS) {
-            let len = match q.read_frame(slot) {
-                TapRead::Frame(len) => len,
-                TapRead::Empty => break,
-                TapRead::TooLong => {
-                    frames.decide.counters.add_drop(DropReason::TooBig, 1);
-                    continue;
-                }
-                TapRead::Failed(_) => {
-                    // The interface went away: no frame is lost that was read. The port's
-                    // monitor takes the port down, and up again once it is back.
-                    q.mark_failed();
-                    break;
-                }
-            };
-            frames.push_with_header(b, TapQueue::buffer(slot), len, sent);
-        }
-        let from = Source {
-            id: src,
-            rt: src_rt,
-            qp,
-            mem: q.mem(),
-        };
-        frames.deliver(&self.switch, topology, &mut self.ports, &from, b);
-        b.len
-    }
-
-    /// One burst from an AF_XDP port: frames the kernel received into the UMEM, decided
-    /// and delivered like a VM's, then given back to the kernel's fill ring.
-    fn burst_from_xdp(&mut self, i: usize, q: &AfXdpQueue, now_s: u64) -> usize {
-        let (src, qp) = self.tx_queues[i];
-        let topology: &Topology = &self.topology;
-        let Some(src_rt) = topology.port(src) else {
-            return 0;
-        };
-        if q.failed() {
-            return 0;
-        }
-        // Held by another worker only across a topology change: its burst is nearly done.
-        let Some(mut rx) = q.rx() else {
-            return 0;
-        };
-        let b = &mut self.burst;
-        let taken = rx.take(b.slots.len());
-        if taken == 0 {
-            return 0;
-        }
-        b.start();
-        let cache = &mut self.fdb_caches[src_rt.bridge];
-        let mut frames =
-            KernelFrames::new(src, src_rt, topology, q.mem(), self.index, cache, now_s);
-        for k in 0..taken {
-            let d = rx.frame(k);
-            frames.push(b, d.addr, d.len);
-        }
-        let from = Source {
-            id: src,
-            rt: src_rt,
-            qp,
-            mem: q.mem(),
-        };
-        frames.deliver(&self.switch, topology, &mut self.ports, &from, b);
-        // Every frame was copied out (or dropped): the kernel may receive into them again.
-        rx.recycle();
-        taken
-    }
-}
-
-/// A burst of frames from the kernel (TAP, AF_XDP), each in one buffer of the port's own
-/// memory, decided as they are taken.
-struct KernelFrames<'a> {
-    decide: Decision<'a>,
-    view: MemView<'a>,
-    worker: usize,
-    rx_bytes: u64,
-    flood: bool,
-}
-
-impl<'a> KernelFrames<'a> {
-    #[inline(always)]
-    fn new(
-        src: PortId,
-        src_rt: &'a PortRt,
-        topology: &'a Topology,
-        mem: &'a FrameMem,
-        worker: usize,
-        cache: &'a mut FdbCache,
-        now_s: u64,
-    ) -> KernelFrames<'a> {
-        let counters = src_rt.handle.stats().slot(worker);
-        KernelFrames {
-            decide: Decision::new(src, src_rt, topology, counters, cache, now_s),
-            view: MemView::new(mem),
-            worker,
-            rx_bytes: 0,
-            flood: false,
-        }
-    }
-
-    /// Adds the frame of `len` bytes at `addr` to `b` and decides it. The address and
-    /// length are checked against the memory like a guest's descriptor: a frame too short
-    /// or not all inside it is dropped.
-    #[inline(always)]
-    fn push(&mut self, b: &mut Burst, addr: u64, len: u32) {
-        let mut peek = [0u8; PEEK_LEN];
-        let n = (len as usize).min(PEEK_LEN);
-        if (len as usize) < MIN_FRAME_LEN
-            || !self.view.covers(addr, len as usize)
-            || !self.view.read(addr, &mut peek[..n])
-        {
-            self.decide.counters.add_drop(DropReason::BadDescriptor, 1);
-            return;
-        }
-        let f = &mut b.slots[b.len];
-        f.tx = IngressFrame::in_one_buffer(0, addr, len, peek);
-        self.rx_bytes += u64::from(len);
-        b.len += 1;
-        let (ingress, dest) = self.decide.frame(&f.tx);
-        (f.ingress, f.dest) = (ingress, dest);
-        match dest {
-            Dest::Flood => self.flood = true,
-            Dest::Port(p) if !b.targets.contains(&p) => b.targets.push(p),
-            _ => {}
-        }
-    }
-
-    /// [`Self::push`] for `len` bytes at `addr` that are a virtio-net header of
-    /// [`TAP_VNET_HDR`] bytes then the frame, from a sender that may use the offloads
-    /// `sent`. A header that asks for more, or describes the frame wrongly, drops it.
-    #[inline(always)]
-    fn push_with_header(&mut self, b: &mut Burst, addr: u64, len: u32, sent: OffloadCaps) {
-        let mut hdr = [0u8; VnetHeader::LEN];
-        if (len as usize) < TAP_VNET_HDR || !self.view.read(addr, &mut hdr) {
-            self.decide.counters.add_drop(DropReason::BadDescriptor, 1);
-            return;
-        }
-        let before = b.len;
-        self.push(b, addr + TAP_VNET_HDR as u64, len - TAP_VNET_HDR as u32);
-        let vnet = VnetHeader::from_bytes(&hdr);
-        if b.len == before {
-            return;
-        }
-        let f = &mut b.slots[before];
-        f.tx.vnet = VnetHeader::default();
-        if vnet == VnetHeader::default() {
-            return;
-        }
-        f.tx.vnet = vnet;
-        if !accept_offload(self.view.mem(), &b.segs, &mut f.tx, sent) {
-            // Taken back: nothing of the frame was delivered yet.
-            self.decide.counters.add_drop(DropReason::BadOffload, 1);
-            self.rx_bytes -= u64::from(f.tx.len);
-            b.len = before;
-        }
-    }
-
-    /// Counts the burst's frames and delivers them.
-    fn deliver(
-        self,
-        switch: &Switch,
-        topology: &Topology,
-        ports: &mut [PortCache],
-        from: &Source<'_>,
-        b: &mut Burst,
-    ) {
-        if b.len == 0 {
-            return;
-        }
-        switch.workers[self.worker].stats.add_burst(b.len);
-        let counters = self.decide.counters;
-        counters.add_rx(usize::from(from.qp), b.len as u64, self.rx_bytes);
-        deliver_burst(self.worker, topology, ports, from, b, self.flood);
     }
 }
 
@@ -772,7 +592,7 @@ fn deliver_burst(
     // After the capture: it shows what the port sent, policed or not.
     if let Some(p) = from.rt.police_rx.as_deref() {
         police(p, from.rt.handle.stats().slot(worker), b, |f, allowance| {
-            let policed = f.dest != Dest::Drop && !allowance.admit(f.tx.len);
+            let policed = f.dest != Dest::Drop && !allowance.admit(f.frame.len);
             if policed {
                 f.dest = Dest::Drop;
             }
@@ -830,13 +650,13 @@ impl<'a> Decision<'a> {
 }
 
 impl Decision<'_> {
-    /// The VLAN `tx` belongs to and where it goes; drops are counted here.
+    /// The VLAN `frame` belongs to and where it goes; drops are counted here.
     #[inline(always)]
-    fn frame(&mut self, tx: &IngressFrame) -> (Ingress, Dest) {
+    fn frame(&mut self, frame: &IngressFrame) -> (Ingress, Dest) {
         let counters = self.counters;
-        let eth = EthernetFrame::new_unchecked(&tx.peek[..]);
+        let eth = EthernetFrame::new_unchecked(&frame.peek[..]);
         let (smac, dmac) = (eth.src(), eth.dst());
-        let ingress = self.src_rt.vlan.ingress(&tx.peek, tx.len);
+        let ingress = self.src_rt.vlan.ingress(&frame.peek, frame.len);
         let vlan = match ingress {
             _ if smac.is_multicast() || smac.is_zero() => {
                 counters.add_drop(DropReason::InvalidSrcMac, 1);
@@ -896,7 +716,7 @@ impl Decision<'_> {
     }
 }
 
-/// Copies every frame of the burst meant for `dst` into one of its RX rings.
+/// Sends every frame of the burst meant for `dst` to it.
 fn deliver_to(
     worker: usize,
     topology: &Topology,
@@ -912,7 +732,7 @@ fn deliver_to(
     let policy = &dst_rt.vlan;
     // Flooded frames go to the ports of their VLAN only; a frame sent to one port outside
     // its VLAN (a static entry, a policy changed meanwhile) is counted as filtered below.
-    let wanted = |f: &Frame| match f.dest {
+    let wanted = |f: &Slot| match f.dest {
         Dest::Port(p) => p == dst,
         Dest::Flood => policy.is_member(f.ingress.vlan),
         Dest::Drop => false,
@@ -930,7 +750,7 @@ fn deliver_to(
                 if !wanted(f) {
                     return false;
                 }
-                f.held = !allowance.admit(f.tx.len);
+                f.held = !allowance.admit(f.frame.len);
                 f.held
             });
             deliver_wanted(to, topology, ports, src, b, |f| wanted(f) && !f.held);
@@ -947,7 +767,7 @@ fn police(
     p: &Policer,
     counters: &PortCounters,
     b: &mut Burst,
-    mut each: impl FnMut(&mut Frame, &mut Allowance) -> bool,
+    mut each: impl FnMut(&mut Slot, &mut Allowance) -> bool,
 ) {
     let mut allowance = p.allowance(cycles());
     let mut policed = 0;
@@ -969,7 +789,7 @@ fn deliver_wanted(
     ports: &mut [PortCache],
     src: &mut MemView<'_>,
     b: &mut Burst,
-    wanted: impl Fn(&Frame) -> bool + Copy,
+    wanted: impl Fn(&Slot) -> bool + Copy,
 ) {
     let counters = dst_rt.handle.stats().slot(worker);
     let frames = &b.slots[..b.len];
@@ -988,15 +808,32 @@ fn deliver_wanted(
         counters,
         wanted,
     };
-    let scratch = &mut b.scratch;
     // The destination's kind is chosen here, once per burst and destination.
-    let opened = match &**att {
-        Attachment::VhostUser(q) => q.egress(qp_hint, counters, scratch, burst),
-        Attachment::Tap(q) => q.egress(qp_hint, counters, scratch, burst),
-        Attachment::AfXdp(q) => q.egress(qp_hint, counters, scratch, burst),
-    };
+    let opened = att.visit(Send {
+        qp_hint,
+        counters,
+        scratch: &mut b.scratch,
+        burst,
+    });
     if let Err(reason) = opened {
         counters.add_drop(reason, count());
+    }
+}
+
+/// A port's kind sent one burst.
+struct Send<'a, S> {
+    qp_hint: u16,
+    counters: &'a PortCounters,
+    scratch: &'a mut Scratch,
+    burst: S,
+}
+
+impl<'m, S: SendBurst<'m>> KindVisitor for Send<'_, S> {
+    type Out = Result<(), DropReason>;
+
+    #[inline(always)]
+    fn visit<K: PortKind>(self, port: &K) -> Result<(), DropReason> {
+        port.egress(self.qp_hint, self.counters, self.scratch, self.burst)
     }
 }
 
@@ -1005,17 +842,17 @@ fn deliver_wanted(
 /// take what the frame asks, captured first if the port is.
 struct ToPort<'b, 'v, 'm, W> {
     src: &'v mut MemView<'m>,
-    frames: &'b [Frame],
+    frames: &'b [Slot],
     segs: &'b [Seg],
     /// The frames' virtio-net headers were read (see [`Burst::offloads`]).
     offloads: bool,
     policy: &'b VlanPolicy,
-    capture: Option<&'b CaptureTap>,
+    capture: Option<&'b PortCapture>,
     counters: &'b PortCounters,
     wanted: W,
 }
 
-impl<'m, W: Fn(&Frame) -> bool> SendBurst<'m> for ToPort<'_, '_, 'm, W> {
+impl<'m, W: Fn(&Slot) -> bool> SendBurst<'m> for ToPort<'_, '_, 'm, W> {
     #[inline(always)]
     fn send_to<E: EgressBurst<'m>>(self, port: &mut E) -> Sent {
         let ToPort {
@@ -1037,23 +874,24 @@ impl<'m, W: Fn(&Frame) -> bool> SendBurst<'m> for ToPort<'_, '_, 'm, W> {
             if !wanted(f) {
                 continue;
             }
-            let tx = &f.tx;
-            if !policy.egress_into(f.ingress, &tx.peek, &mut edit) {
+            let frame = &f.frame;
+            if !policy.egress_into(f.ingress, &frame.peek, &mut edit) {
                 counters.add_drop(DropReason::VlanFiltered, 1);
                 continue;
             }
-            if offloads && tx.vnet.flags != 0 {
+            if offloads && frame.vnet.flags != 0 {
                 // Only a frame whose source asked for an offload (see `accept_offload`).
                 let rx = port.offloads();
-                let frame_segs = tx.segs_in(segs);
+                let frame_segs = frame.segs_in(segs);
                 let mut built = port.built();
-                let (p, n) = send_offloaded(src, tx, frame_segs, &edit, rx, counters, |v, out| {
-                    built.send_built(v, frame_segs, out)
-                });
+                let (p, n) =
+                    send_offloaded(src, frame, frame_segs, &edit, rx, counters, |v, out| {
+                        built.send_built(v, frame_segs, out)
+                    });
                 (sent.packets, sent.bytes) = (sent.packets + p, sent.bytes + n);
                 continue;
             }
-            match port.send(src, tx.segs_in(segs), tx.len, &edit) {
+            match port.send(src, frame.segs_in(segs), frame.len, &edit) {
                 Ok(n) => {
                     sent.packets += 1;
                     sent.bytes += u64::from(n);
@@ -1065,7 +903,7 @@ impl<'m, W: Fn(&Frame) -> bool> SendBurst<'m> for ToPort<'_, '_, 'm, W> {
     }
 }
 
-/// Sends the frame `tx` (in `segs` of the source seen by `src`, changed by `edit`), whose
+/// Sends the frame `frame` (in `segs` of the source seen by `src`, changed by `edit`), whose
 /// source asked for offloads, to a receiver that takes `rx`, writing each frame that leaves
 /// with `write` (which returns its length). Counts what was done, or the drop, on the
 /// receiver's `counters`; returns the frames and bytes delivered.
@@ -1073,7 +911,7 @@ impl<'m, W: Fn(&Frame) -> bool> SendBurst<'m> for ToPort<'_, '_, 'm, W> {
 #[inline(never)]
 fn send_offloaded<'m>(
     src: &mut MemView<'m>,
-    tx: &IngressFrame,
+    frame: &IngressFrame,
     segs: &[Seg],
     edit: &FrameEdit,
     rx: OffloadCaps,
@@ -1084,8 +922,8 @@ fn send_offloaded<'m>(
     let frame = software::Source {
         view: src,
         segs,
-        len: tx.len,
-        vnet: tx.vnet,
+        len: frame.len,
+        vnet: frame.vnet,
     };
     let sent = software::send(frame, edit, rx, |view, out| {
         let n = write(view, out)?;
@@ -1102,31 +940,41 @@ fn send_offloaded<'m>(
     (packets, bytes)
 }
 
-/// Checks the virtio-net header of `tx`, a frame from a VM that may send the offloads
+/// Checks the virtio-net header of `frame`, a frame from a VM that may send the offloads
 /// `sent`, and leaves in it what its receivers are to see ([`vringswitch_ports::offload::accept`]).
 /// False if the header is refused.
 #[cold]
 #[inline(never)]
-fn accept_offload(mem: &FrameMem, segs: &[Seg], tx: &mut IngressFrame, sent: OffloadCaps) -> bool {
+fn accept_offload(
+    mem: &FrameMem,
+    segs: &[Seg],
+    frame: &mut IngressFrame,
+    sent: OffloadCaps,
+) -> bool {
     let mut view = MemView::new(mem);
-    let mut vnet = tx.vnet;
-    let ok =
-        vringswitch_ports::offload::accept(&mut view, tx.segs_in(segs), tx.len, &mut vnet, sent)
-            .is_ok();
-    tx.vnet = vnet;
+    let mut vnet = frame.vnet;
+    let ok = vringswitch_ports::offload::accept(
+        &mut view,
+        frame.segs_in(segs),
+        frame.len,
+        &mut vnet,
+        sent,
+    )
+    .is_ok();
+    frame.vnet = vnet;
     ok
 }
 
 /// Records the frames of a burst from a captured port's VM.
 #[cold]
-fn capture_from_vm(cap: &CaptureTap, src: &mut MemView<'_>, frames: &[Frame], segs: &[Seg]) {
+fn capture_from_vm(cap: &PortCapture, src: &mut MemView<'_>, frames: &[Slot], segs: &[Seg]) {
     if !cap.settings().from_vm {
         return;
     }
     let mut burst = cap.burst(wall_clock_ns());
     for f in frames {
-        let frame_segs = f.tx.segs_in(segs);
-        burst.record(false, f.tx.len, |buf| {
+        let frame_segs = f.frame.segs_in(segs);
+        burst.record(false, f.frame.len, |buf| {
             copy_for_capture(src, frame_segs, &FrameEdit::NONE, buf)
         });
     }
@@ -1138,12 +986,12 @@ fn capture_from_vm(cap: &CaptureTap, src: &mut MemView<'_>, frames: &[Frame], se
 /// delivery loop, which has nothing of the capture.
 #[cold]
 fn capture_to_vm(
-    cap: &CaptureTap,
+    cap: &PortCapture,
     policy: &VlanPolicy,
     src: &mut MemView<'_>,
-    frames: &[Frame],
+    frames: &[Slot],
     segs: &[Seg],
-    wanted: impl Fn(&Frame) -> bool,
+    wanted: impl Fn(&Slot) -> bool,
 ) {
     if !cap.settings().to_vm {
         return;
@@ -1151,14 +999,14 @@ fn capture_to_vm(
     let mut burst = cap.burst(wall_clock_ns());
     let mut edit = FrameEdit::NONE;
     for f in frames.iter().filter(|f| wanted(f)) {
-        let tx = &f.tx;
-        if !policy.egress_into(f.ingress, &tx.peek, &mut edit) {
+        let frame = &f.frame;
+        if !policy.egress_into(f.ingress, &frame.peek, &mut edit) {
             continue;
         }
-        let Some(len) = edit.out_len(tx.len) else {
+        let Some(len) = edit.out_len(frame.len) else {
             continue;
         };
-        let frame_segs = tx.segs_in(segs);
+        let frame_segs = frame.segs_in(segs);
         burst.record(true, len, |buf| {
             copy_for_capture(src, frame_segs, &edit, buf)
         });
@@ -1195,30 +1043,6 @@ fn copy_for_capture(
         skip = 0;
     }
     n
-}
-
-/// Calls `f` on every TX queue in `tx_queues` that is ready and enabled, under its lock.
-fn for_each_ready_tx(
-    topology: &Topology,
-    ports: &mut [PortCache],
-    tx_queues: &[(PortId, u16)],
-    mut f: impl FnMut(&VhostUserQueues, usize, &mut VringState<GuestMemAtomic>, &FrameMem),
-) {
-    for &(port, qp) in tx_queues {
-        let Some(Attachment::VhostUser(att)) = attachment(topology, ports, port).map(|a| &**a)
-        else {
-            continue;
-        };
-        let ring = 2 * usize::from(qp) + 1;
-        let Some(vring) = att.vrings.get(ring) else {
-            continue;
-        };
-        let mem = att.mem.memory();
-        let mut st = vring.get_mut();
-        if att.serviceable(ring, &mut st) {
-            f(att, ring, &mut st, &mem);
-        }
-    }
 }
 
 /// The current attachment of `port`, refreshed if it changed since last looked at.
@@ -1258,6 +1082,7 @@ mod tests {
     use crate::fdb::Fdb;
     use crate::port_security::PortSecurity;
     use crate::vlan::VlanPolicy;
+    use vringswitch_ports::frame::PEEK_LEN;
     use vringswitch_wire::ethernet::MacAddr;
 
     /// One bridge of four ports: 0 transparent, 1 access VLAN 10, 2 trunk of 10 and 20,
@@ -1316,16 +1141,16 @@ mod tests {
         IngressFrame::in_one_buffer(0, 0x1000, 64, peek)
     }
 
-    /// Decides `tx` as sent on port `src`, with `cache` as the bridge's cache.
+    /// Decides `frame` as sent on port `src`, with `cache` as the bridge's cache.
     fn decide(
         t: &Topology,
         cache: &mut FdbCache,
         src: PortId,
-        tx: &IngressFrame,
+        frame: &IngressFrame,
     ) -> (Ingress, Dest) {
         let src_rt = t.port(src).unwrap();
         let counters = src_rt.handle.stats().slot(0);
-        Decision::new(src, src_rt, t, counters, cache, 1).frame(tx)
+        Decision::new(src, src_rt, t, counters, cache, 1).frame(frame)
     }
 
     fn drops(t: &Topology, port: PortId, reason: DropReason) -> u64 {

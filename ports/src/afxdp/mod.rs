@@ -18,13 +18,12 @@
 //! interface; veth in the tests). Best effort tries them in that order.
 
 mod egress;
+mod ingress;
 pub mod libxdp;
 
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
-
-use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 use crate::frame::FrameMem;
 use crate::interface_watch::{Health, Watch, Watched};
@@ -145,8 +144,7 @@ impl AfXdpQueue {
         })?;
         crate::netif::set_up(ifname, None).map_err(|e| fail(e.to_string()))?;
         let size = (UMEM_FRAMES * FRAME_SIZE) as usize;
-        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), size)])
-            .map_err(|e| fail(format!("cannot map the frame memory: {e}")))?;
+        let mem = crate::frame::host_memory(size).map_err(|e| fail(e.to_string()))?;
         let geometry = Geometry {
             ring: RING_SIZE,
             frame: FRAME_SIZE,

@@ -25,6 +25,16 @@ pub const MAX_FRAME_LEN: usize = 65_550;
 pub const MIN_FRAME_LEN: usize = 14;
 /// Bytes of the frame copied to the stack for the forwarding decision.
 pub const PEEK_LEN: usize = 18;
+/// Most segments one frame is taken in: a kind takes a frame in at most this many, and a
+/// burst's segment array has room for this many more before each frame is taken.
+pub const MAX_SEGS: usize = 64;
+
+/// `len` bytes of memory of the switch's own, starting at address 0, laid out as frames'
+/// memory is: a port's receive buffers, a frame the switch sends itself.
+pub fn host_memory(len: usize) -> std::io::Result<FrameMem> {
+    FrameMem::from_ranges(&[(vm_memory::GuestAddress(0), len)])
+        .map_err(|e| std::io::Error::other(format!("cannot map {len} bytes of buffers: {e}")))
+}
 
 /// A range of the memory a frame lies in (a VM's buffer, a TAP or AF_XDP port's own), as
 /// its port kind took it: checked against that memory before any access.
@@ -151,6 +161,24 @@ impl IngressFrame {
         self.seg_start = 0;
         self.seg_end = 0;
         self.peek = peek;
+    }
+
+    /// Makes this the frame of the `len` bytes at `addr` of the memory `view` sees, in one
+    /// buffer (a kernel's frame, one the switch built), its first bytes copied and `vnet`
+    /// left as it was. Checked as a guest's descriptor is: false, and nothing taken, if it
+    /// is shorter than an Ethernet header or not all inside the memory.
+    #[inline(always)]
+    pub fn fill_from_buffer(&mut self, view: &mut view::MemView<'_>, addr: u64, len: u32) -> bool {
+        let mut peek = [0u8; PEEK_LEN];
+        let n = (len as usize).min(PEEK_LEN);
+        if (len as usize) < MIN_FRAME_LEN
+            || !view.covers(addr, len as usize)
+            || !view.read(addr, &mut peek[..n])
+        {
+            return false;
+        }
+        self.fill_one_buffer(0, addr, len, peek);
+        true
     }
 
     /// The frame's segments: its own one, or those in `all`, the array the frame was

@@ -16,13 +16,14 @@
 
 pub mod device;
 mod egress;
+mod ingress;
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 
-use vm_memory::{GuestAddress, GuestMemoryError, GuestMemoryMmap};
+use vm_memory::{GuestAddress, GuestMemoryError};
 
 use crate::frame::FrameMem;
 use crate::frame::MAX_FRAME_LEN;
@@ -74,8 +75,7 @@ pub enum TapRead {
 impl TapQueue {
     fn new(device: TapDevice, offloads: bool) -> io::Result<TapQueue> {
         let size = TAP_BUFFER as usize * TAP_BUFFERS;
-        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), size)])
-            .map_err(|e| io::Error::other(format!("cannot map the receive buffers: {e}")))?;
+        let mem = crate::frame::host_memory(size)?;
         let mtu = crate::netif::mtu(device.name())?;
         Ok(TapQueue {
             device,

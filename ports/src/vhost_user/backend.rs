@@ -26,8 +26,9 @@ use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
 };
 
+use super::queues::VhostUserQueues;
 use super::relay::Shared;
-use crate::port::{Attachment, GuestMemAtomic, PortHandle, VhostUserQueues};
+use crate::port::{Attachment, GuestMemAtomic, PortHandle};
 
 /// Event threads the library runs per connection (see `queues_per_thread`).
 const LIBRARY_THREADS: usize = 1;

@@ -6,15 +6,15 @@
 use vhost_user_backend::VringT;
 use vm_memory::GuestAddressSpace;
 
-use super::migration::{MigrationState, LOGGING};
-use super::rings::{log_notification_fields, BrokenUsedRing, RingView, RxScratch};
+use super::migration::LOGGING;
+use super::queues::{publish, VhostUserQueues};
+use super::rings::{RingView, RxScratch};
 use crate::counters::{DropReason, PortCounters};
 use crate::datapath::{Egress, EgressBurst, Scratch, SendBuilt, SendBurst};
 use crate::frame::view::MemView;
 use crate::frame::{FrameEdit, Seg};
 use crate::offload::software::Outgoing;
 use crate::offload::OffloadCaps;
-use crate::port::VhostUserQueues;
 
 /// One RX ring of a VM, locked for a burst. `RECORD`: the ranges written are recorded (the
 /// VM migrates); two instances of the engine's loop, one that records and one that costs
@@ -169,45 +169,5 @@ fn finish(
             counters.add_drop(DropReason::BadDescriptor, sent.packets);
             false
         }
-    }
-}
-
-/// Publishes the used entries of ring `index` of the VM whose queues are `att`, logging
-/// the burst's writes first when `pending` (the burst's one look at the migration state)
-/// says a migration logs them.
-#[inline(always)]
-pub fn publish(
-    att: &VhostUserQueues,
-    index: usize,
-    ring: &mut RingView<'_, '_>,
-    pending: u32,
-) -> Result<bool, BrokenUsedRing> {
-    if pending & LOGGING == 0 {
-        ring.publish_used()
-    } else {
-        publish_logged(att.migration(), index, ring)
-    }
-}
-
-/// [`publish`] while a migration logs the VM's writes.
-#[cold]
-#[inline(never)]
-pub fn publish_logged(
-    migration: &MigrationState,
-    index: usize,
-    ring: &mut RingView<'_, '_>,
-) -> Result<bool, BrokenUsedRing> {
-    match migration.active_log() {
-        Some(log) => ring.publish_used_logged(log.for_ring(index)),
-        None => ring.publish_used(),
-    }
-}
-
-/// Marks what switching a TX ring's notifications on or off wrote into guest memory.
-#[cold]
-#[inline(never)]
-pub fn log_notification(att: &VhostUserQueues, ring: usize, queue: &virtio_queue::Queue) {
-    if let Some(log) = att.migration().active_log() {
-        log_notification_fields(queue, log.for_ring(ring));
     }
 }

@@ -11,6 +11,9 @@
 //!   what the relay shares of it (and of SEND_RARP) with the workers;
 //! - [`memory_fence`]: every mapping of a frontend's files registered, so that a frontend
 //!   shrinking one (SIGBUS on the next access) loses its own connection, not the daemon;
+//! - `queues`, `ingress` and `egress`: the kind's side of the port contract
+//!   ([`crate::datapath`]): the VM's virtqueues as the workers hold them
+//!   ([`VhostUserQueues`]), a TX ring taken from and an RX ring sent to, a burst at a time;
 //! - [`rings`]: the per-frame split-ring data path used by the workers, over
 //!   [`split_ring`] (rings mapped once per burst) and [`crate::frame::view`] (cached
 //!   translation of guest addresses, and the raw copies in and out of guest memory).
@@ -18,12 +21,14 @@
 pub mod backend;
 pub mod connection;
 pub mod dirty_log;
-pub mod egress;
+mod egress;
+mod ingress;
 pub mod kicks;
 pub mod mem_regions;
 pub mod memory_fence;
 pub mod message_check;
 pub mod migration;
+mod queues;
 pub mod relay;
 pub mod rings;
 pub mod split_ring;
@@ -31,6 +36,7 @@ pub mod split_ring;
 use std::path::PathBuf;
 
 pub use connection::{VhostUserPort, VhostUserPortConfig};
+pub use queues::{virtio_net_hdr_len, VhostUserQueues};
 
 /// A regular file of `len` bytes that no path names any more, standing in for a guest's
 /// memfd in tests.

@@ -34,8 +34,8 @@ mod fast;
 
 pub use dirty::log_notification_fields;
 
-/// Most buffer segments a TX frame may have (Linux uses at most 19).
-pub const MAX_TX_SEGS: usize = 64;
+/// Most buffer segments a TX frame may have (Linux uses at most 19): any frame's most.
+pub const MAX_TX_SEGS: usize = crate::frame::MAX_SEGS;
 /// Most RX chains one frame may be spread over with mergeable RX buffers.
 pub const MAX_RX_CHAINS: usize = 64;
 /// Most writable segments over all RX chains of one frame.
