@@ -12,6 +12,19 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
+pub mod port;
+
+pub use port::afxdp::{check_xdp_queue, AfXdpSettings, XdpMode, MAX_XDP_QUEUE};
+pub use port::tap::{check_mtu, TapSettings, MAX_MTU, MIN_MTU};
+pub use port::vhost_user::{
+    check_queues, check_socket_path, default_socket, SocketMode, VhostUserSettings,
+    CLIENT_SOCKET_SUBDIR,
+};
+pub use port::{
+    check_ifname, check_port_settings, FieldError, KindSettings, KindSpec, PortSpec, PortType,
+    MAX_IFNAME,
+};
+
 /// Default directory for vhost-user sockets of the built-in configuration.
 pub const DEFAULT_SOCKET_DIR: &str = "/run/vringswitch";
 /// Default FDB ageing time, as in OVS and Linux bridges.
@@ -63,19 +76,67 @@ pub enum ConfigError {
 }
 
 /// Whole daemon configuration.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Config {
     /// Directory of the vhost-user sockets: the default place of a port's socket and where
     /// the API's ports must put theirs. `--socket-dir` wins over it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub socket_dir: Option<Spanned<PathBuf>>,
-    #[serde(default)]
     pub dataplane: DataplaneConfig,
-    #[serde(default)]
     pub bridges: Vec<BridgeConfig>,
+    pub ports: Vec<PortSpec>,
+    /// Where each port's fields lie in the file (one per port; none for a configuration
+    /// not read from a file), for the line of an error.
+    #[serde(skip)]
+    port_spans: SpansInFile,
+}
+
+/// Where each port lies in the file it was read from. Not part of what a configuration
+/// says: two configurations that say the same are equal wherever their ports were written.
+#[derive(Debug, Clone, Default)]
+struct SpansInFile(Vec<PortSpans>);
+
+impl PartialEq for SpansInFile {
+    fn eq(&self, _: &SpansInFile) -> bool {
+        true
+    }
+}
+
+/// The configuration file as TOML reads it: ports as their fields, each with where it lies.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
     #[serde(default)]
-    pub ports: Vec<PortConfig>,
+    socket_dir: Option<Spanned<PathBuf>>,
+    #[serde(default)]
+    dataplane: DataplaneConfig,
+    #[serde(default)]
+    bridges: Vec<BridgeConfig>,
+    #[serde(default)]
+    ports: Vec<Spanned<std::collections::BTreeMap<String, Spanned<toml::Value>>>>,
+}
+
+/// Where a port's table and each of its fields lie in the configuration file.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct PortSpans {
+    table: std::ops::Range<usize>,
+    fields: Vec<(String, std::ops::Range<usize>)>,
+}
+
+impl PortSpans {
+    /// Where `field` lies, else the port's name, else its table.
+    fn of(&self, field: Option<&str>) -> std::ops::Range<usize> {
+        let find = |f: &str| {
+            self.fields
+                .iter()
+                .find(|(k, _)| k == f)
+                .map(|(_, s)| s.clone())
+        };
+        field
+            .and_then(find)
+            .or_else(|| find("name"))
+            .unwrap_or_else(|| self.table.clone())
+    }
 }
 
 /// Worker threads and their polling behaviour.
@@ -116,160 +177,6 @@ pub struct BridgeConfig {
     pub fdb_max_learned: Spanned<u32>,
 }
 
-/// Kind of port.
-#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, utoipa::ToSchema)]
-pub enum PortType {
-    /// A VM's vhost-user socket.
-    #[serde(rename = "vhost-user")]
-    VhostUser,
-    /// A TAP interface on the host: the switch's link to the host's own network stack.
-    #[serde(rename = "tap")]
-    Tap,
-    /// An AF_XDP socket on one queue of a host interface: frames to and from the wire (or
-    /// a veth) without the host's network stack.
-    #[serde(rename = "afxdp")]
-    AfXdp,
-}
-
-impl std::fmt::Display for PortType {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            PortType::VhostUser => "vhost-user",
-            PortType::Tap => "tap",
-            PortType::AfXdp => "afxdp",
-        })
-    }
-}
-
-impl PortType {
-    /// "a vhost-user port", "an afxdp port".
-    fn a_port(self) -> String {
-        match self {
-            PortType::AfXdp => format!("an {self} port"),
-            _ => format!("a {self} port"),
-        }
-    }
-
-    /// The settings only ports of this kind have.
-    pub fn own_settings(self) -> &'static [&'static str] {
-        match self {
-            PortType::VhostUser => &["socket", "mode", "queues", "offloads"],
-            PortType::Tap => &["ifname", "mtu", "offloads"],
-            PortType::AfXdp => &["ifname", "queue", "xdp_mode"],
-        }
-    }
-
-    const ALL: [PortType; 3] = [PortType::VhostUser, PortType::Tap, PortType::AfXdp];
-}
-
-/// Where an AF_XDP port's XDP program runs and who copies its frames (OVS's `xdp-mode`).
-#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq, utoipa::ToSchema)]
-#[serde(rename_all = "kebab-case")]
-pub enum XdpMode {
-    /// Native with zero-copy, else native, else generic: the first the interface takes.
-    #[default]
-    BestEffort,
-    /// In the driver, frames in the port's memory: the driver must offer zero-copy.
-    NativeWithZerocopy,
-    /// In the driver, frames copied by the kernel.
-    Native,
-    /// On socket buffers, after the driver: any interface.
-    Generic,
-}
-
-impl std::fmt::Display for XdpMode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            XdpMode::BestEffort => "best-effort",
-            XdpMode::NativeWithZerocopy => "native-with-zerocopy",
-            XdpMode::Native => "native",
-            XdpMode::Generic => "generic",
-        })
-    }
-}
-
-/// Highest interface queue an AF_XDP port may bind to.
-pub const MAX_XDP_QUEUE: u32 = 1023;
-
-/// Checks an AF_XDP port's queue number (whether the interface has it, the kernel says).
-pub fn check_xdp_queue(queue: u32) -> Result<(), String> {
-    if queue > MAX_XDP_QUEUE {
-        return Err(format!(
-            "queue must be between 0 and {MAX_XDP_QUEUE}, not {queue}"
-        ));
-    }
-    Ok(())
-}
-
-/// Longest interface name Linux takes (`IFNAMSIZ` less the terminating NUL).
-pub const MAX_IFNAME: usize = 15;
-/// Smallest and largest MTU a TAP port may be given.
-pub const MIN_MTU: u32 = 68;
-pub const MAX_MTU: u32 = 65_500;
-
-/// Why an interface name cannot be used.
-pub fn check_ifname(name: &str) -> Result<(), String> {
-    let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
-    if name.is_empty() || name.len() > MAX_IFNAME {
-        return Err(format!(
-            "interface name {name:?} must be 1 to {MAX_IFNAME} characters"
-        ));
-    }
-    if !name.chars().all(ok_char) || name == "." || name == ".." {
-        return Err(format!(
-            "interface name {name:?} may only have A-Z a-z 0-9 - _ . (and is not . or ..)"
-        ));
-    }
-    Ok(())
-}
-
-/// Checks a TAP port's MTU.
-pub fn check_mtu(mtu: u32) -> Result<(), String> {
-    if !(MIN_MTU..=MAX_MTU).contains(&mtu) {
-        return Err(format!(
-            "mtu must be between {MIN_MTU} and {MAX_MTU}, not {mtu}"
-        ));
-    }
-    Ok(())
-}
-
-/// Which settings a port of each type has, given which were set: one rule for the
-/// configuration file, the API and the state file.
-pub fn check_port_settings(kind: PortType, given: &[(&'static str, bool)]) -> Result<(), String> {
-    let own = kind.own_settings();
-    let foreign: Vec<&str> = given
-        .iter()
-        .filter(|(name, set)| {
-            *set && !own.contains(name)
-                && PortType::ALL
-                    .iter()
-                    .any(|k| k.own_settings().contains(name))
-        })
-        .map(|(name, _)| *name)
-        .collect();
-    if foreign.is_empty() {
-        return Ok(());
-    }
-    let named = match foreign.split_last() {
-        Some((last, rest)) if !rest.is_empty() => format!("{} and {last}", rest.join(", ")),
-        _ => foreign.join(""),
-    };
-    // The kind they belong to, if one kind has them all.
-    let owner = PortType::ALL
-        .into_iter()
-        .find(|k| k != &kind && foreign.iter().all(|f| k.own_settings().contains(f)));
-    let whose = match (owner, foreign.len()) {
-        (Some(k), 1) => format!("is a setting of {}", k.a_port()),
-        (Some(k), _) => format!("are settings of {}", k.a_port()),
-        (None, _) => format!("are not settings of {}", kind.a_port()),
-    };
-    Err(format!(
-        "{named} {whose}; {} has {}",
-        kind.a_port(),
-        own.join(", ")
-    ))
-}
-
 /// Whether a port is meant to carry traffic. Down: the switch neither polls it nor
 /// delivers to it (its VM keeps its socket), and monitoring expects it to have no VM.
 #[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq, utoipa::ToSchema)]
@@ -291,81 +198,6 @@ impl std::fmt::Display for AdminState {
         f.write_str(match self {
             AdminState::Up => "up",
             AdminState::Down => "down",
-        })
-    }
-}
-
-/// Who listens on the vhost-user socket.
-#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, utoipa::ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum SocketMode {
-    /// vringswitch listens, the VMM connects.
-    Server,
-    /// The VMM listens (`server=on`), vringswitch connects and reconnects.
-    Client,
-}
-
-/// One port attached to a bridge.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct PortConfig {
-    pub name: Spanned<String>,
-    pub bridge: Spanned<String>,
-    #[serde(rename = "type")]
-    pub kind: PortType,
-    /// The socket's path; empty (left out) until [`Config::fill_default_sockets`] gives it
-    /// `SOCKET_DIR/NAME.sock` (`SOCKET_DIR/client/NAME.sock` in client mode).
-    #[serde(default = "no_socket", skip_serializing_if = "is_no_socket")]
-    pub socket: Spanned<PathBuf>,
-    /// vhost-user: who listens on the socket; `server` when left out.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mode: Option<SocketMode>,
-    /// vhost-user: most queue pairs accepted from the frontend (4 when left out).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub queues: Option<Spanned<u16>>,
-    /// tap: the interface's name; the port's name when left out.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ifname: Option<Spanned<String>>,
-    /// tap: the MTU the interface is set to; left as it is when left out.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mtu: Option<Spanned<u32>>,
-    /// afxdp: the interface queue the socket binds to (0 when left out).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub queue: Option<Spanned<u32>>,
-    /// afxdp: where the XDP program runs (`best-effort` when left out).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub xdp_mode: Option<XdpMode>,
-    /// vhost-user and tap: whether checksum and segmentation offloads are offered to the
-    /// peer (true when left out). Off, the peer sends complete frames and gets them.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub offloads: Option<bool>,
-    /// VLAN membership; without it the port carries every VLAN as it comes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub vlan: Option<Spanned<VlanConfig>>,
-    /// Port security: the only source MAC addresses the port may send from. Frames from any
-    /// other are dropped (counted as `mac_spoofed`) and never learnt. Without it, any.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub allowed_macs: Option<Spanned<Vec<String>>>,
-    /// Most addresses the bridge learns on this port ([`DEFAULT_PORT_MAX_LEARNED`] when
-    /// left out). Past it, frames to the port's further addresses are flooded.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub fdb_max_learned: Option<Spanned<u32>>,
-    /// Policing of what the port sends (its VM's frames); none: no limit.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub police_rx: Option<Spanned<PoliceConfig>>,
-    /// Policing of what the port is sent (frames delivered to its VM); none: no limit.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub police_tx: Option<Spanned<PoliceConfig>>,
-    /// `down`: the port carries no traffic and is expected to have no VM.
-    #[serde(default, skip_serializing_if = "AdminState::is_up")]
-    pub admin: AdminState,
-}
-
-impl std::fmt::Display for SocketMode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            SocketMode::Server => "server",
-            SocketMode::Client => "client",
         })
     }
 }
@@ -596,27 +428,6 @@ pub fn check_vlan(vlan: &VlanConfig) -> Result<(), String> {
     }
 }
 
-fn no_socket() -> Spanned<PathBuf> {
-    Spanned::new(0..0, PathBuf::new())
-}
-
-fn is_no_socket(s: &Spanned<PathBuf>) -> bool {
-    s.get_ref().as_os_str().is_empty()
-}
-
-/// Where a port's socket goes when none is given: `SOCKET_DIR/NAME.sock`, or for a
-/// client-mode port (the hypervisor creates the socket) `SOCKET_DIR/client/NAME.sock`.
-pub fn default_socket(socket_dir: &Path, name: &str, mode: SocketMode) -> PathBuf {
-    let file = format!("{name}.sock");
-    match mode {
-        SocketMode::Server => socket_dir.join(file),
-        SocketMode::Client => socket_dir.join(CLIENT_SOCKET_SUBDIR).join(file),
-    }
-}
-
-/// The subdirectory of the socket directory for sockets the hypervisor creates.
-pub const CLIENT_SOCKET_SUBDIR: &str = "client";
-
 fn default_cores() -> Spanned<Vec<usize>> {
     Spanned::new(0..0, vec![default_core()])
 }
@@ -640,21 +451,33 @@ pub fn default_core() -> usize {
 }
 
 impl Config {
+    /// A configuration not read from a file.
+    pub fn new(
+        socket_dir: Option<Spanned<PathBuf>>,
+        dataplane: DataplaneConfig,
+        bridges: Vec<BridgeConfig>,
+        ports: Vec<PortSpec>,
+    ) -> Config {
+        Config {
+            socket_dir,
+            dataplane,
+            bridges,
+            ports,
+            port_spans: SpansInFile::default(),
+        }
+    }
+
     /// The built-in configuration used when no `--config` is given: bridge `br0` with ports
     /// `vm1` and `vm2`, server-mode sockets in `socket_dir`.
     pub fn builtin(socket_dir: &Path) -> Config {
-        let port = |name: &str| PortConfig {
-            name: Spanned::new(0..0, name.to_string()),
-            bridge: Spanned::new(0..0, "br0".to_string()),
-            kind: PortType::VhostUser,
-            socket: Spanned::new(0..0, socket_dir.join(format!("{name}.sock"))),
-            mode: Some(SocketMode::Server),
-            queues: None,
-            ifname: None,
-            mtu: None,
-            queue: None,
-            xdp_mode: None,
-            offloads: None,
+        let port = |name: &str| PortSpec {
+            name: name.to_string(),
+            bridge: "br0".to_string(),
+            kind: KindSpec::VhostUser(VhostUserSettings {
+                socket: socket_dir.join(format!("{name}.sock")),
+                mode: Some(SocketMode::Server),
+                ..VhostUserSettings::default()
+            }),
             vlan: None,
             allowed_macs: None,
             fdb_max_learned: None,
@@ -662,16 +485,16 @@ impl Config {
             police_tx: None,
             admin: AdminState::Up,
         };
-        Config {
-            socket_dir: None,
-            dataplane: DataplaneConfig::default(),
-            bridges: vec![BridgeConfig {
+        Config::new(
+            None,
+            DataplaneConfig::default(),
+            vec![BridgeConfig {
                 name: Spanned::new(0..0, "br0".to_string()),
                 fdb_aging_s: default_aging(),
                 fdb_max_learned: default_bridge_max_learned(),
             }],
-            ports: vec![port("vm1"), port("vm2")],
-        }
+            vec![port("vm1"), port("vm2")],
+        )
     }
 
     /// Gives every port without a socket its default path in `socket_dir` (see
@@ -679,16 +502,14 @@ impl Config {
     pub fn fill_default_sockets(&mut self, socket_dir: &Path) -> Result<(), String> {
         let mut seen = HashSet::new();
         for port in &mut self.ports {
-            if port.kind != PortType::VhostUser {
+            let KindSpec::VhostUser(settings) = &mut port.kind else {
                 continue;
+            };
+            if !settings.has_socket() {
+                settings.socket = default_socket(socket_dir, &port.name, settings.mode());
             }
-            if is_no_socket(&port.socket) {
-                let mode = port.mode.unwrap_or(SocketMode::Server);
-                let path = default_socket(socket_dir, port.name.get_ref(), mode);
-                port.socket = Spanned::new(port.socket.span(), path);
-            }
-            let socket = port.socket.get_ref();
-            check_socket_path(socket).map_err(|m| format!("port {}: {m}", port.name.get_ref()))?;
+            let socket = &settings.socket;
+            check_socket_path(socket).map_err(|m| format!("port {}: {m}", port.name))?;
             if !seen.insert(socket.clone()) {
                 return Err(format!("socket {} is used by two ports", socket.display()));
             }
@@ -707,15 +528,57 @@ impl Config {
 
     /// Parses and validates configuration text; `path` is only used in error messages.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| {
-            let (line, column) = e.span().map(|s| line_col(text, s.start)).unwrap_or((1, 1));
+        let syntax = |span: Option<std::ops::Range<usize>>, message: &str| {
+            let (line, column) = span.map(|s| line_col(text, s.start)).unwrap_or((1, 1));
             ConfigError::Syntax {
                 path: path.to_path_buf(),
                 line,
                 column,
-                message: in_words(e.message()),
+                message: in_words(message),
             }
-        })?;
+        };
+        let file: ConfigFile = toml::from_str(text).map_err(|e| syntax(e.span(), e.message()))?;
+        let mut ports = Vec::with_capacity(file.ports.len());
+        let mut port_spans = Vec::with_capacity(file.ports.len());
+        for table in file.ports {
+            let table_span = table.span();
+            let mut fields: Vec<(String, Spanned<toml::Value>)> =
+                table.into_inner().into_iter().collect();
+            // In the order written: the first field at fault is the one reported.
+            fields.sort_by_key(|(_, v)| v.span().start);
+            let spans = PortSpans {
+                table: table_span,
+                fields: fields.iter().map(|(k, v)| (k.clone(), v.span())).collect(),
+            };
+            let mut values = Vec::with_capacity(fields.len());
+            for (key, value) in fields {
+                let span = value.span();
+                let value = serde_json::to_value(value.into_inner())
+                    .map_err(|e| syntax(Some(span), &e.to_string()))?;
+                values.push((key, value));
+            }
+            match PortSpec::from_fields(values) {
+                Ok(spec) => ports.push(spec),
+                Err(e) if e.syntax => {
+                    return Err(syntax(Some(spans.of(e.field.as_deref())), &e.message))
+                }
+                Err(e) => {
+                    return Err(ConfigError::Invalid {
+                        path: path.to_path_buf(),
+                        line: line_col(text, spans.of(e.field.as_deref()).start).0,
+                        message: e.message,
+                    })
+                }
+            }
+            port_spans.push(spans);
+        }
+        let config = Config {
+            socket_dir: file.socket_dir,
+            dataplane: file.dataplane,
+            bridges: file.bridges,
+            ports,
+            port_spans: SpansInFile(port_spans),
+        };
         config.validate(text, path)?;
         Ok(config)
     }
@@ -777,90 +640,42 @@ impl Config {
         let mut ports = HashSet::new();
         let mut sockets = HashSet::new();
         let mut ifnames = HashSet::new();
-        for port in &self.ports {
-            check_name("port", &port.name).map_err(|m| invalid(port.name.span(), m))?;
-            if !ports.insert(port.name.get_ref().as_str()) {
+        let no_spans = PortSpans::default();
+        for (i, port) in self.ports.iter().enumerate() {
+            let spans = self.port_spans.0.get(i).unwrap_or(&no_spans);
+            let at = |field: &str| spans.of(Some(field));
+            port.check()
+                .map_err(|e| invalid(spans.of(e.field.as_deref()), e.message))?;
+            if !ports.insert(port.name.as_str()) {
                 return Err(invalid(
-                    port.name.span(),
-                    format!("duplicate port name {:?}", port.name.get_ref()),
+                    at("name"),
+                    format!("duplicate port name {:?}", port.name),
                 ));
             }
-            if !bridges.contains(port.bridge.get_ref().as_str()) {
+            if !bridges.contains(port.bridge.as_str()) {
                 return Err(invalid(
-                    port.bridge.span(),
+                    at("bridge"),
                     format!(
                         "port {:?} names bridge {:?}, which is not defined in [[bridges]]",
-                        port.name.get_ref(),
-                        port.bridge.get_ref()
+                        port.name, port.bridge
                     ),
                 ));
             }
-            check_port_settings(
-                port.kind,
-                &[
-                    ("socket", !is_no_socket(&port.socket)),
-                    ("mode", port.mode.is_some()),
-                    ("queues", port.queues.is_some()),
-                    ("ifname", port.ifname.is_some()),
-                    ("mtu", port.mtu.is_some()),
-                    ("queue", port.queue.is_some()),
-                    ("xdp_mode", port.xdp_mode.is_some()),
-                    ("offloads", port.offloads.is_some()),
-                ],
-            )
-            .map_err(|m| {
-                invalid(
-                    port.name.span(),
-                    format!("port {:?}: {m}", port.name.get_ref()),
-                )
-            })?;
-            if matches!(port.kind, PortType::Tap | PortType::AfXdp) {
-                let ifname = port.ifname.as_ref();
-                let name = ifname.map_or(port.name.get_ref(), |n| n.get_ref());
-                let span = ifname.map_or(port.name.span(), |n| n.span());
-                check_ifname(name).map_err(|m| invalid(span.clone(), m))?;
-                if !ifnames.insert(name.clone()) {
+            if let Some(name) = port.ifname() {
+                if !ifnames.insert(name.to_owned()) {
                     return Err(invalid(
-                        span,
+                        at("ifname"),
                         format!("interface {name} is used by two ports"),
                     ));
                 }
-                if let Some(mtu) = &port.mtu {
-                    check_mtu(*mtu.get_ref()).map_err(|m| invalid(mtu.span(), m))?;
-                }
-                if let Some(q) = &port.queue {
-                    check_xdp_queue(*q.get_ref()).map_err(|m| invalid(q.span(), m))?;
-                }
             }
-            let socket = port.socket.get_ref();
-            if is_no_socket(&port.socket) {
-                // Given its default by fill_default_sockets.
-            } else if let Err(m) = check_socket_path(socket) {
-                return Err(invalid(port.socket.span(), m));
-            } else if !sockets.insert(socket.clone()) {
-                return Err(invalid(
-                    port.socket.span(),
-                    format!("socket {} is used by two ports", socket.display()),
-                ));
-            }
-            if let Some(q) = &port.queues {
-                check_queues(*q.get_ref()).map_err(|m| invalid(q.span(), m))?;
-            }
-            if let Some(vlan) = &port.vlan {
-                check_vlan(vlan.get_ref()).map_err(|m| invalid(vlan.span(), m))?;
-            }
-            if let Some(macs) = &port.allowed_macs {
-                check_allowed_macs(macs.get_ref()).map_err(|m| invalid(macs.span(), m))?;
-            }
-            if let Some(n) = &port.fdb_max_learned {
-                check_max_learned(*n.get_ref()).map_err(|m| invalid(n.span(), m))?;
-            }
-            for (what, p) in [
-                ("police_rx", &port.police_rx),
-                ("police_tx", &port.police_tx),
-            ] {
-                if let Some(p) = p {
-                    check_police(what, p.get_ref()).map_err(|m| invalid(p.span(), m))?;
+            // A port without a socket gets its default from fill_default_sockets.
+            if let Some(socket) = port.socket() {
+                if !sockets.insert(socket.to_owned()) {
+                    return Err(invalid(
+                        at("socket"),
+                        format!("socket {} is used by two ports", socket.display()),
+                    ));
                 }
             }
         }
@@ -904,31 +719,6 @@ pub fn in_words(message: &str) -> String {
         out = out.replace(&format!("expected {rust}"), &format!("expected {words}"));
     }
     out
-}
-
-/// Checks a vhost-user socket path: absolute, and short enough for a unix socket address.
-pub fn check_socket_path(socket: &Path) -> Result<(), String> {
-    if !socket.is_absolute() {
-        return Err(format!("socket path {} must be absolute", socket.display()));
-    }
-    // sun_path holds 108 bytes including the terminating NUL.
-    if socket.as_os_str().len() > 107 {
-        return Err(format!(
-            "socket path {} is longer than the 107 bytes a unix socket allows",
-            socket.display()
-        ));
-    }
-    Ok(())
-}
-
-/// Checks a port's number of queue pairs.
-pub fn check_queues(queues: u16) -> Result<(), String> {
-    if queues == 0 || queues > MAX_QUEUE_PAIRS {
-        return Err(format!(
-            "queues must be between 1 and {MAX_QUEUE_PAIRS}, not {queues}"
-        ));
-    }
-    Ok(())
 }
 
 /// Renders a configuration as TOML (e.g. to show the built-in one).
@@ -1000,6 +790,27 @@ queues = 2
         parse(text).unwrap_err().to_string()
     }
 
+    fn vu_of(p: &PortSpec) -> &VhostUserSettings {
+        match &p.kind {
+            KindSpec::VhostUser(s) => s,
+            k => panic!("a vhost-user port, not {}", k.port_type()),
+        }
+    }
+
+    fn tap_of(p: &PortSpec) -> &TapSettings {
+        match &p.kind {
+            KindSpec::Tap(s) => s,
+            k => panic!("a tap port, not {}", k.port_type()),
+        }
+    }
+
+    fn xdp_of(p: &PortSpec) -> &AfXdpSettings {
+        match &p.kind {
+            KindSpec::AfXdp(s) => s,
+            k => panic!("an afxdp port, not {}", k.port_type()),
+        }
+    }
+
     #[test]
     fn parses_the_documented_shape() {
         let c = parse(GOOD).unwrap();
@@ -1008,11 +819,11 @@ queues = 2
         assert_eq!(c.bridges.len(), 2);
         assert_eq!(*c.bridges[0].fdb_aging_s.get_ref(), 300);
         assert_eq!(*c.bridges[1].fdb_aging_s.get_ref(), 60);
-        assert_eq!(c.ports[0].mode, Some(SocketMode::Server));
-        assert_eq!(c.ports[1].mode, Some(SocketMode::Client));
-        assert_eq!(c.ports[0].queues.as_ref().map(|q| *q.get_ref()), None);
-        assert_eq!(c.ports[1].queues.as_ref().map(|q| *q.get_ref()), Some(2));
-        assert_eq!(c.ports[1].kind, PortType::VhostUser);
+        assert_eq!(vu_of(&c.ports[0]).mode, Some(SocketMode::Server));
+        assert_eq!(vu_of(&c.ports[1]).mode, Some(SocketMode::Client));
+        assert_eq!(vu_of(&c.ports[0]).queues, None);
+        assert_eq!(vu_of(&c.ports[1]).queues, Some(2));
+        assert_eq!(c.ports[1].port_type(), PortType::VhostUser);
     }
 
     #[test]
@@ -1022,7 +833,7 @@ queues = 2
         let back = parse(&text).unwrap();
         assert_eq!(back.ports.len(), 2);
         assert_eq!(
-            back.ports[0].socket.get_ref(),
+            vu_of(&back.ports[0]).socket.as_path(),
             Path::new("/run/vringswitch/vm1.sock")
         );
     }
@@ -1054,10 +865,10 @@ queues = 2
             Path::new("t"),
         )
         .unwrap();
-        let rx = *c.ports[1].police_rx.as_ref().unwrap().get_ref();
+        let rx = c.ports[1].police_rx.unwrap();
         assert_eq!(rx.bits(), Some((10_000_000, 5_000_000)), "half a second");
         assert_eq!(rx.packets(), None);
-        let tx = *c.ports[1].police_tx.as_ref().unwrap().get_ref();
+        let tx = c.ports[1].police_tx.unwrap();
         assert_eq!(tx.packets(), Some((1000, 10)));
         assert_eq!(tx.to_string(), "1000 frames/s, burst 10");
         // A slow rate still lets the largest frame through.
@@ -1102,10 +913,7 @@ queues = 2
         )
         .unwrap();
         assert_eq!(
-            c.ports[1]
-                .allowed_macs
-                .as_ref()
-                .map(|v| v.get_ref().clone()),
+            c.ports[1].allowed_macs.clone(),
             Some(vec![
                 "02:00:00:00:00:01".to_string(),
                 "0A:bb:cc:dd:ee:ff".to_string()
@@ -1154,7 +962,7 @@ queues = 2
         let with = |vlan: &str| GOOD.replace("queues = 2", &format!("queues = 2\nvlan = {vlan}"));
         let c = Config::parse(&with(r#"{ mode = "access", tag = 10 }"#), Path::new("t")).unwrap();
         assert_eq!(
-            c.ports[1].vlan.as_ref().map(|v| v.get_ref().clone()),
+            c.ports[1].vlan.clone(),
             Some(VlanConfig::Access { tag: 10 })
         );
         assert_eq!(c.ports[0].vlan, None);
@@ -1164,7 +972,7 @@ queues = 2
         )
         .unwrap();
         assert_eq!(
-            c.ports[1].vlan.as_ref().map(|v| v.get_ref().clone()),
+            c.ports[1].vlan.clone(),
             Some(VlanConfig::Trunk { tags: vec![10, 20] })
         );
         for (vlan, message) in [
@@ -1202,7 +1010,7 @@ queues = 2
         let c = Config::parse(&with(r#"{ mode = "access", tag = 10 }"#), Path::new("t")).unwrap();
         let again = Config::parse(&to_toml(&c).unwrap(), Path::new("t")).unwrap();
         assert_eq!(
-            again.ports[1].vlan.as_ref().map(|v| v.get_ref().clone()),
+            again.ports[1].vlan.clone(),
             Some(VlanConfig::Access { tag: 10 })
         );
     }
@@ -1232,14 +1040,14 @@ queues = 2
             format!("{base}[[ports]]\nname = \"up0\"\nbridge = \"br0\"\ntype = \"tap\"\n{extra}")
         };
         let c = Config::parse(&tap(""), Path::new("t")).unwrap();
-        assert_eq!(c.ports[0].kind, PortType::Tap);
+        assert_eq!(c.ports[0].port_type(), PortType::Tap);
         assert!(
-            c.ports[0].ifname.is_none(),
+            tap_of(&c.ports[0]).ifname.is_none(),
             "the port's name, filled in later"
         );
         let c = Config::parse(&tap("ifname = \"vs-up0\"\nmtu = 9000\n"), Path::new("t")).unwrap();
-        assert_eq!(c.ports[0].ifname.as_ref().unwrap().get_ref(), "vs-up0");
-        assert_eq!(*c.ports[0].mtu.as_ref().unwrap().get_ref(), 9000);
+        assert_eq!(tap_of(&c.ports[0]).ifname.as_deref(), Some("vs-up0"));
+        assert_eq!(tap_of(&c.ports[0]).mtu, Some(9000));
         for (extra, says) in [
             (
                 "ifname = \"a234567890123456\"\n",
@@ -1286,16 +1094,19 @@ queues = 2
             format!("{base}[[ports]]\nname = \"wire\"\nbridge = \"br0\"\ntype = \"afxdp\"\n{extra}")
         };
         let c = Config::parse(&xdp(""), Path::new("t")).unwrap();
-        assert_eq!(c.ports[0].kind, PortType::AfXdp);
-        assert!(c.ports[0].queue.is_none() && c.ports[0].xdp_mode.is_none());
+        assert_eq!(c.ports[0].port_type(), PortType::AfXdp);
+        assert!(xdp_of(&c.ports[0]).queue.is_none() && xdp_of(&c.ports[0]).xdp_mode.is_none());
         let c = Config::parse(
             &xdp("ifname = \"eth1\"\nqueue = 3\nxdp_mode = \"native-with-zerocopy\"\n"),
             Path::new("t"),
         )
         .unwrap();
-        assert_eq!(c.ports[0].ifname.as_ref().unwrap().get_ref(), "eth1");
-        assert_eq!(*c.ports[0].queue.as_ref().unwrap().get_ref(), 3);
-        assert_eq!(c.ports[0].xdp_mode, Some(XdpMode::NativeWithZerocopy));
+        assert_eq!(xdp_of(&c.ports[0]).ifname.as_deref(), Some("eth1"));
+        assert_eq!(xdp_of(&c.ports[0]).queue, Some(3));
+        assert_eq!(
+            xdp_of(&c.ports[0]).xdp_mode,
+            Some(XdpMode::NativeWithZerocopy)
+        );
         for (extra, want) in [
             (
                 "queue = 1024\n",
@@ -1406,7 +1217,7 @@ queues = 2
         let dir = c.socket_dir.as_ref().unwrap().get_ref().clone();
         assert_eq!(dir, Path::new("/run/vs"));
         c.fill_default_sockets(&dir).unwrap();
-        let sockets: Vec<_> = c.ports.iter().map(|p| p.socket.get_ref().clone()).collect();
+        let sockets: Vec<_> = c.ports.iter().map(|p| vu_of(p).socket.clone()).collect();
         assert_eq!(
             sockets,
             [
@@ -1460,7 +1271,10 @@ queues = 2
         let mut c = Config::parse(text, Path::new("vringswitch.example.toml")).unwrap();
         c.fill_default_sockets(Path::new("/run/vringswitch"))
             .unwrap();
-        let vm3 = c.ports.iter().find(|p| p.name.get_ref() == "vm3").unwrap();
-        assert_eq!(vm3.socket.get_ref(), Path::new("/run/vringswitch/vm3.sock"));
+        let vm3 = c.ports.iter().find(|p| p.name == "vm3").unwrap();
+        assert_eq!(
+            vu_of(vm3).socket.as_path(),
+            Path::new("/run/vringswitch/vm3.sock")
+        );
     }
 }

@@ -16,11 +16,9 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-pub use vringswitch_config::{AdminState, VlanConfig};
-use vringswitch_config::{Config, PoliceConfig, PortType, SocketMode, XdpMode};
-use vringswitch_ports::afxdp::{AfXdpError, AfXdpPort, AfXdpPortConfig};
-use vringswitch_ports::tap::{TapError, TapPort, TapPortConfig};
-use vringswitch_ports::vhost_user::{VhostUserError, VhostUserPort, VhostUserPortConfig};
+pub use vringswitch_config::{AdminState, PortSpec, VlanConfig};
+use vringswitch_config::{Config, KindSpec, PoliceConfig};
+use vringswitch_ports::port::{RunningPort, StartError};
 use vringswitch_ports::{PortHandle, PortId};
 use vringswitch_switch::affinity::keep_off_cores;
 use vringswitch_switch::capture::{CaptureSettings, PortCapture};
@@ -82,15 +80,9 @@ pub enum ChangeError {
     /// The named bridge or port does not exist.
     #[error("{0}")]
     NotFound(String),
-    /// The port could not be started (e.g. its socket cannot be bound).
+    /// The port could not be started (its socket cannot be bound, its interface opened).
     #[error("port {port}: {error}")]
-    Port { port: String, error: VhostUserError },
-    /// A TAP port's interface could not be opened.
-    #[error("port {port}: {error}")]
-    Tap { port: String, error: TapError },
-    /// An AF_XDP port's socket could not be bound.
-    #[error("port {port}: {error}")]
-    AfXdp { port: String, error: AfXdpError },
+    Start { port: String, error: StartError },
     /// The change was made but could not be written to the state file.
     #[error("the change is in effect but was not saved: {0}")]
     NotSaved(String),
@@ -119,175 +111,6 @@ fn default_aging() -> u64 {
 
 fn default_bridge_max_learned() -> u32 {
     vringswitch_config::DEFAULT_BRIDGE_MAX_LEARNED
-}
-
-fn path_is_empty(p: &Path) -> bool {
-    p.as_os_str().is_empty()
-}
-
-/// A port as configured.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct PortSpec {
-    #[schema(pattern = "^[A-Za-z0-9._-]{1,64}$")]
-    pub name: String,
-    #[schema(pattern = "^[A-Za-z0-9._-]{1,64}$")]
-    pub bridge: String,
-    #[serde(rename = "type")]
-    pub kind: PortType,
-    /// vhost-user: absolute path of the socket, inside the daemon's socket directory. Left
-    /// out: `SOCKET_DIR/NAME.sock`, or `SOCKET_DIR/client/NAME.sock` for a client-mode port.
-    #[serde(default, skip_serializing_if = "path_is_empty")]
-    #[schema(value_type = String, pattern = "^/", max_length = 107)]
-    pub socket: PathBuf,
-    /// vhost-user: who listens on the socket (`server` when left out).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mode: Option<SocketMode>,
-    /// vhost-user: most queue pairs accepted from the frontend (4 when left out).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(minimum = 1, maximum = 16, default = 4)]
-    pub queues: Option<u16>,
-    /// tap: the interface's name (the port's name when left out). Created when missing,
-    /// and then removed with the port; an existing one is used as it is and left there.
-    /// afxdp: the interface whose queue the socket binds to (the port's name when left
-    /// out); it must exist.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(pattern = "^[A-Za-z0-9._-]{1,15}$")]
-    pub ifname: Option<String>,
-    /// tap: the MTU the interface is set to (left as it is when left out).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(minimum = 68, maximum = 65500)]
-    pub mtu: Option<u32>,
-    /// afxdp: the interface queue the socket binds to (0 when left out).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(minimum = 0, maximum = 1023, default = 0)]
-    pub queue: Option<u32>,
-    /// afxdp: where the XDP program runs (`best-effort` when left out).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub xdp_mode: Option<XdpMode>,
-    /// vhost-user and tap: whether checksum and segmentation offloads are offered to the
-    /// peer (true when left out). Off, the peer sends complete frames and gets them.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub offloads: Option<bool>,
-    /// VLAN membership; none: every VLAN as it comes, untagged frames in VLAN 0.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub vlan: Option<VlanConfig>,
-    /// Port security: the only source MACs the port may send from (1 to 16 unicast
-    /// addresses); none: any.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(min_items = 1, max_items = 16)]
-    pub allowed_macs: Option<Vec<String>>,
-    /// Most addresses the bridge learns on this port (1024 when left out); past it, frames
-    /// to the port's further addresses are flooded.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(minimum = 1, maximum = 1_000_000, default = 1024)]
-    pub fdb_max_learned: Option<u32>,
-    /// Policing of what the port sends (its VM's frames); none: no limit.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub police_rx: Option<PoliceConfig>,
-    /// Policing of what the port is sent (frames delivered to its VM); none: no limit.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub police_tx: Option<PoliceConfig>,
-    /// `down`: the switch neither polls the port nor delivers to it, and monitoring expects
-    /// it to have no VM (the PortDown alert leaves it out). Default `up`.
-    #[serde(default, skip_serializing_if = "AdminState::is_up")]
-    pub admin: AdminState,
-}
-
-impl PortSpec {
-    /// Most addresses the bridge learns on the port, the default filled in.
-    pub fn fdb_max_learned(&self) -> u32 {
-        self.fdb_max_learned
-            .unwrap_or(vringswitch_config::DEFAULT_PORT_MAX_LEARNED)
-    }
-
-    /// The settings of its kind checked and the defaults it leaves out filled in, as the
-    /// port runs and is shown: a vhost-user port's mode and queues, a TAP port's interface
-    /// name.
-    pub fn normalized(mut self) -> Result<PortSpec, String> {
-        vringswitch_config::check_port_settings(
-            self.kind,
-            &[
-                ("socket", !path_is_empty(&self.socket)),
-                ("mode", self.mode.is_some()),
-                ("queues", self.queues.is_some()),
-                ("ifname", self.ifname.is_some()),
-                ("mtu", self.mtu.is_some()),
-                ("queue", self.queue.is_some()),
-                ("xdp_mode", self.xdp_mode.is_some()),
-                ("offloads", self.offloads.is_some()),
-            ],
-        )
-        .map_err(|m| format!("port {:?}: {m}", self.name))?;
-        match self.kind {
-            PortType::VhostUser => {
-                self.mode.get_or_insert(SocketMode::Server);
-                let queues = *self.queues.get_or_insert(default_queues());
-                vringswitch_config::check_queues(queues)?;
-            }
-            PortType::Tap => {
-                let ifname = self.ifname.get_or_insert_with(|| self.name.clone());
-                vringswitch_config::check_ifname(ifname)?;
-                if let Some(mtu) = self.mtu {
-                    vringswitch_config::check_mtu(mtu)?;
-                }
-            }
-            PortType::AfXdp => {
-                let ifname = self.ifname.get_or_insert_with(|| self.name.clone());
-                vringswitch_config::check_ifname(ifname)?;
-                vringswitch_config::check_xdp_queue(*self.queue.get_or_insert(0))?;
-                self.xdp_mode.get_or_insert(XdpMode::BestEffort);
-            }
-        }
-        Ok(self)
-    }
-
-    /// Who listens on a vhost-user port's socket.
-    pub fn socket_mode(&self) -> SocketMode {
-        self.mode.unwrap_or(SocketMode::Server)
-    }
-
-    /// Whether offloads are offered to the port's peer (never on an AF_XDP port, whose
-    /// frames the switch always finishes itself).
-    pub fn offloads(&self) -> bool {
-        match self.kind {
-            PortType::VhostUser | PortType::Tap => self.offloads.unwrap_or(true),
-            PortType::AfXdp => false,
-        }
-    }
-
-    /// Queue pairs the port runs: what a vhost-user port accepts, one for the others.
-    pub fn queue_pairs(&self) -> u16 {
-        match self.kind {
-            PortType::VhostUser => self.queues.unwrap_or_else(default_queues),
-            PortType::Tap | PortType::AfXdp => 1,
-        }
-    }
-}
-
-/// A port's running side, by kind.
-enum RunningPort {
-    VhostUser(VhostUserPort),
-    Tap(TapPort),
-    AfXdp(AfXdpPort),
-}
-
-impl RunningPort {
-    fn handle(&self) -> &Arc<PortHandle> {
-        match self {
-            RunningPort::VhostUser(p) => p.handle(),
-            RunningPort::Tap(p) => p.handle(),
-            RunningPort::AfXdp(p) => p.handle(),
-        }
-    }
-
-    fn stop(&mut self) {
-        match self {
-            RunningPort::VhostUser(p) => p.stop(),
-            RunningPort::Tap(p) => p.stop(),
-            RunningPort::AfXdp(p) => p.stop(),
-        }
-    }
 }
 
 /// A change to a port (`PATCH`): fields left out stay as they are; `"vlan": null` removes
@@ -395,10 +218,6 @@ pub struct DaemonOptions {
     pub own_paths: Vec<PathBuf>,
 }
 
-fn default_queues() -> u16 {
-    vringswitch_config::DEFAULT_QUEUE_PAIRS
-}
-
 struct BridgeEntry {
     spec: BridgeSpec,
     fdb: Arc<Fdb>,
@@ -409,23 +228,15 @@ struct BridgeEntry {
 struct PortEntry {
     id: PortId,
     spec: PortSpec,
-    port: RunningPort,
+    port: Box<dyn RunningPort>,
     /// The policers of `spec` (what the port sends, what it is sent), kept across topology
     /// changes: a bucket is made anew only when its setting changes.
     police: [Option<Arc<Policer>>; 2],
 }
 
-/// Checks a port's policers.
-fn check_policers(spec: &PortSpec) -> Result<(), ChangeError> {
-    for (what, p) in [
-        ("police_rx", &spec.police_rx),
-        ("police_tx", &spec.police_tx),
-    ] {
-        if let Some(p) = p {
-            vringswitch_config::check_police(what, p).map_err(ChangeError::Invalid)?;
-        }
-    }
-    Ok(())
+/// A port the schema's checks refuse.
+fn invalid(e: vringswitch_config::FieldError) -> ChangeError {
+    ChangeError::Invalid(e.message)
 }
 
 /// The policer `config` asks for, full now.
@@ -838,26 +649,25 @@ impl Daemon {
         self.options.socket_dir.as_deref()
     }
 
-    /// Creates a port asked for over the API: its socket must lie in the socket directory,
-    /// where it goes by default (see [`vringswitch_config::default_socket`]). Returns the
-    /// port as made.
+    /// Creates a port asked for over the API: a vhost-user port's socket must lie in the
+    /// socket directory, where it goes by default (see
+    /// [`vringswitch_config::default_socket`]). Returns the port as made.
     pub fn add_port(&self, spec: PortSpec) -> Result<PortSpec, ChangeError> {
-        let mut spec = spec.normalized().map_err(ChangeError::Invalid)?;
-        if spec.kind == PortType::VhostUser {
-            if spec.socket.as_os_str().is_empty() {
+        let mut spec = spec.normalized().map_err(invalid)?;
+        let name = spec.name.clone();
+        if let KindSpec::VhostUser(settings) = &mut spec.kind {
+            if !settings.has_socket() {
                 let Some(dir) = &self.options.socket_dir else {
                     return Err(ChangeError::Invalid(
                         "socket is required: this daemon has no socket directory".into(),
                     ));
                 };
-                vringswitch_config::check_name_str("port", &spec.name)
-                    .map_err(ChangeError::Invalid)?;
-                spec.socket =
-                    vringswitch_config::default_socket(dir, &spec.name, spec.socket_mode());
+                settings.socket = vringswitch_config::default_socket(dir, &name, settings.mode());
             }
-            vringswitch_config::check_socket_path(&spec.socket).map_err(ChangeError::Invalid)?;
+            vringswitch_config::check_socket_path(&settings.socket)
+                .map_err(ChangeError::Invalid)?;
             if let Some(dir) = &self.options.socket_dir {
-                check_inside(&spec.socket, dir)?;
+                check_inside(&settings.socket, dir)?;
             }
         }
         self.apply_add_port(spec.clone())?;
@@ -867,21 +677,15 @@ impl Daemon {
 
     /// Creates a port and starts it: serves its socket, or opens its interface.
     fn apply_add_port(&self, spec: PortSpec) -> Result<(), ChangeError> {
-        let spec = spec.normalized().map_err(ChangeError::Invalid)?;
-        vringswitch_config::check_name_str("port", &spec.name).map_err(ChangeError::Invalid)?;
-        if spec.kind == PortType::VhostUser {
-            vringswitch_config::check_socket_path(&spec.socket).map_err(ChangeError::Invalid)?;
+        let spec = spec.normalized().map_err(invalid)?;
+        if let KindSpec::VhostUser(settings) = &spec.kind {
+            if !settings.has_socket() {
+                return Err(ChangeError::Invalid(format!(
+                    "port {:?}: socket is required",
+                    spec.name
+                )));
+            }
         }
-        if let Some(vlan) = &spec.vlan {
-            vringswitch_config::check_vlan(vlan).map_err(ChangeError::Invalid)?;
-        }
-        if let Some(macs) = &spec.allowed_macs {
-            vringswitch_config::check_allowed_macs(macs).map_err(ChangeError::Invalid)?;
-        }
-        if let Some(n) = spec.fdb_max_learned {
-            vringswitch_config::check_max_learned(n).map_err(ChangeError::Invalid)?;
-        }
-        check_policers(&spec)?;
         let mut st = self.state();
         if st.ports.contains_key(&spec.name) {
             return Err(ChangeError::Conflict(format!(
@@ -892,27 +696,23 @@ impl Daemon {
         if !st.bridges.iter().any(|b| b.spec.name == spec.bridge) {
             return Err(referenced(no_bridge(&spec.bridge)));
         }
-        if spec.kind == PortType::VhostUser {
-            if let Some(what) = self.own_path(&spec.socket) {
+        if let Some(socket) = spec.socket() {
+            if let Some(what) = self.own_path(socket) {
                 return Err(ChangeError::Conflict(format!(
                     "socket {} is the daemon's own {what}: give the port another path",
-                    spec.socket.display()
+                    socket.display()
                 )));
             }
-            if let Some(other) = st.ports.values().find(|p| p.spec.socket == spec.socket) {
+            if let Some(other) = st.ports.values().find(|p| p.spec.socket() == Some(socket)) {
                 return Err(ChangeError::Conflict(format!(
                     "socket {} is already used by port {:?}",
-                    spec.socket.display(),
+                    socket.display(),
                     other.spec.name
                 )));
             }
         }
-        if let Some(ifname) = &spec.ifname {
-            if let Some(other) = st
-                .ports
-                .values()
-                .find(|p| p.spec.ifname.as_ref() == Some(ifname))
-            {
+        if let Some(ifname) = spec.ifname() {
+            if let Some(other) = st.ports.values().find(|p| p.spec.ifname() == Some(ifname)) {
                 return Err(ChangeError::Conflict(format!(
                     "interface {ifname} is already used by port {:?}",
                     other.spec.name
@@ -922,63 +722,17 @@ impl Daemon {
         // The lowest id a removed port gave back, else a new one.
         let id = st.free_ids.first().copied().unwrap_or(st.next_id);
         let handle = Arc::new(PortHandle::new(id, &spec.name, self.switch.workers.len()));
-        let port = match spec.kind {
-            PortType::VhostUser => RunningPort::VhostUser(
-                VhostUserPort::start(
-                    handle,
-                    VhostUserPortConfig {
-                        socket: spec.socket.clone(),
-                        mode: spec.socket_mode(),
-                        queue_pairs: spec.queue_pairs(),
-                        offloads: spec.offloads(),
-                    },
-                )
-                .map_err(|error| ChangeError::Port {
-                    port: spec.name.clone(),
-                    error,
-                })?,
-            ),
-            PortType::Tap => RunningPort::Tap(
-                TapPort::start(
-                    handle,
-                    TapPortConfig {
-                        ifname: spec.ifname.clone().unwrap_or_else(|| spec.name.clone()),
-                        mtu: spec.mtu,
-                        offloads: spec.offloads(),
-                    },
-                )
-                .map_err(|error| ChangeError::Tap {
-                    port: spec.name.clone(),
-                    error,
-                })?,
-            ),
-            PortType::AfXdp => RunningPort::AfXdp(
-                AfXdpPort::start(
-                    handle,
-                    AfXdpPortConfig {
-                        ifname: spec.ifname.clone().unwrap_or_else(|| spec.name.clone()),
-                        queue: spec.queue.unwrap_or(0),
-                        mode: spec.xdp_mode.unwrap_or_default(),
-                    },
-                )
-                .map_err(|error| ChangeError::AfXdp {
-                    port: spec.name.clone(),
-                    error,
-                })?,
-            ),
-        };
+        let port = vringswitch_ports::port::start(handle, &spec.kind).map_err(|error| {
+            ChangeError::Start {
+                port: spec.name.clone(),
+                error,
+            }
+        })?;
         if !st.free_ids.remove(&id) {
             st.next_id += 1;
         }
-        match spec.kind {
-            PortType::VhostUser => tracing::info!(port = %spec.name, bridge = %spec.bridge,
-                socket = %spec.socket.display(), mode = %spec.socket_mode(), "port ready"),
-            PortType::Tap => tracing::info!(port = %spec.name, bridge = %spec.bridge,
-                ifname = spec.ifname.as_deref().unwrap_or(""), "port ready"),
-            PortType::AfXdp => tracing::info!(port = %spec.name, bridge = %spec.bridge,
-                ifname = spec.ifname.as_deref().unwrap_or(""), queue = spec.queue.unwrap_or(0),
-                "port ready"),
-        }
+        tracing::info!(port = %spec.name, bridge = %spec.bridge, kind = %spec.port_type(),
+            settings = %spec.settings().describe(), "port ready");
         st.ports.insert(
             spec.name.clone(),
             PortEntry {
@@ -1060,7 +814,11 @@ impl Daemon {
         if let Some(p) = patch.police_tx {
             new.police_tx = p;
         }
-        check_policers(&new)?;
+        for (what, p) in [("police_rx", &new.police_rx), ("police_tx", &new.police_tx)] {
+            if let Some(p) = p {
+                vringswitch_config::check_police(what, p).map_err(ChangeError::Invalid)?;
+            }
+        }
         if let Some(admin) = patch.admin {
             new.admin = admin;
         }

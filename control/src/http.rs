@@ -16,7 +16,6 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use vringswitch_config::PortType;
 use vringswitch_metrics::{Metrics, PortSnapshot, Snapshot};
 use vringswitch_ports::log_limit::LogLimiter;
 use vringswitch_ports::PortHandle;
@@ -94,7 +93,7 @@ pub fn openapi_document(socket_dir: Option<&std::path::Path>) -> serde_json::Val
     }
     if let (Some(dir), Some(socket)) = (
         socket_dir,
-        doc.pointer_mut("/components/schemas/PortSpec/properties/socket"),
+        doc.pointer_mut("/components/schemas/VhostUserSettings/properties/socket"),
     ) {
         socket["pattern"] = crate::daemon::socket_pattern(dir).into();
         socket["description"] = format!(
@@ -104,7 +103,61 @@ pub fn openapi_document(socket_dir: Option<&std::path::Path>) -> serde_json::Val
         )
         .into();
     }
+    close_port_schema(&mut doc);
     doc
+}
+
+/// A port as utoipa writes its schema (all of: one of the kinds' schemas, and the fields
+/// every port has) leaves any other field open, which the daemon refuses: a generator
+/// would send them. Written out instead as one closed object per kind: the fields every
+/// port has, `type`, and the kind's own.
+fn close_port_schema(doc: &mut serde_json::Value) {
+    use serde_json::{json, Map, Value};
+    let schemas = &doc["components"]["schemas"];
+    let parts = schemas["PortSpec"]["allOf"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let Some(common) = parts.iter().find(|p| p.get("properties").is_some()) else {
+        return;
+    };
+    let mut kinds = Vec::new();
+    for variant in schemas["KindSpec"]["oneOf"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        let mut properties = common["properties"]
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
+        let mut required = common["required"].as_array().cloned().unwrap_or_default();
+        for part in variant["allOf"].as_array().into_iter().flatten() {
+            let own = match part["$ref"].as_str() {
+                Some(r) => &schemas[r.trim_start_matches("#/components/schemas/")],
+                None => part,
+            };
+            properties.extend(own["properties"].as_object().cloned().unwrap_or_default());
+            required.extend(own["required"].as_array().cloned().unwrap_or_default());
+        }
+        kinds.push(json!({
+            "type": "object",
+            "description": variant["description"],
+            "properties": Value::Object(properties),
+            "required": required,
+            "additionalProperties": false,
+        }));
+    }
+    if kinds.is_empty() {
+        return;
+    }
+    let mut port = Map::new();
+    port.insert(
+        "description".into(),
+        schemas["PortSpec"]["description"].clone(),
+    );
+    port.insert("oneOf".into(), Value::Array(kinds));
+    doc["components"]["schemas"]["PortSpec"] = Value::Object(port);
 }
 
 async fn openapi(State(s): State<AppState>) -> Json<serde_json::Value> {
@@ -387,9 +440,7 @@ impl From<ChangeError> for ApiError {
             ChangeError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid"),
             ChangeError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ChangeError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
-            ChangeError::Port { .. } | ChangeError::Tap { .. } | ChangeError::AfXdp { .. } => {
-                (StatusCode::UNPROCESSABLE_ENTITY, "port_failed")
-            }
+            ChangeError::Start { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "port_failed"),
             ChangeError::NotSaved(_) => (StatusCode::INTERNAL_SERVER_ERROR, "not_saved"),
         };
         ApiError::new(status, kind, e.to_string())
@@ -562,34 +613,17 @@ struct PortState {
     xdp_mode: Option<&'static str>,
 }
 
-/// A port: its configuration (as in [`PortSpec`]), live state and counters.
+/// A port: its configuration (as in [`PortSpec`], defaults filled in), live state and
+/// counters.
 #[derive(Serialize, utoipa::ToSchema)]
 struct PortView {
     name: String,
     bridge: String,
-    #[serde(rename = "type")]
-    kind: PortType,
-    /// vhost-user ports: socket, mode, queues.
-    #[schema(value_type = Option<String>)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    socket: Option<std::path::PathBuf>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    mode: Option<vringswitch_config::SocketMode>,
+    /// `type` and the kind's own settings.
+    #[serde(flatten)]
+    kind: vringswitch_config::KindSpec,
     /// Queue pairs the port runs (one for TAP and AF_XDP ports).
     queues: u16,
-    /// TAP and AF_XDP ports: the interface; the MTU a TAP interface was given.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    ifname: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    mtu: Option<u32>,
-    /// AF_XDP ports: the interface queue and the XDP mode asked for.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    queue: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    xdp_mode: Option<vringswitch_config::XdpMode>,
-    /// vhost-user and TAP ports: whether offloads are offered to the peer.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    offloads: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     vlan: Option<VlanConfig>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -632,20 +666,12 @@ fn port_view(spec: PortSpec, handle: &PortHandle, snapshot: &Snapshot) -> PortVi
             ..PortSnapshot::default()
         });
     let queues = spec.queue_pairs();
-    let offloads = (spec.kind != PortType::AfXdp).then(|| spec.offloads());
     let fdb_max_learned = spec.fdb_max_learned();
     PortView {
+        kind: spec.shown_kind(),
         name: spec.name,
         bridge: spec.bridge,
-        kind: spec.kind,
-        socket: Some(spec.socket).filter(|s| !s.as_os_str().is_empty()),
-        mode: spec.mode,
         queues,
-        ifname: spec.ifname,
-        mtu: spec.mtu,
-        queue: spec.queue,
-        xdp_mode: spec.xdp_mode,
-        offloads,
         vlan: spec.vlan,
         allowed_macs: spec.allowed_macs,
         fdb_max_learned,
@@ -687,7 +713,20 @@ async fn add_port(
     headers: axum::http::HeaderMap,
     body: Bytes,
 ) -> Result<(StatusCode, Json<PortView>), ApiError> {
-    let spec: PortSpec = parse(&headers, &body)?;
+    let fields: serde_json::Map<String, serde_json::Value> = parse(&headers, &body)?;
+    // Read field by field: a value of the wrong type is a bad request, a port the schema's
+    // checks refuse (a setting of another kind) an invalid one.
+    let spec = PortSpec::from_fields(fields.into_iter().collect()).map_err(|e| {
+        if e.syntax {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("request body: {e}"),
+            )
+        } else {
+            ChangeError::Invalid(e.message).into()
+        }
+    })?;
     let name = spec.name.clone();
     let daemon = s.daemon.clone();
     blocking(move || daemon.add_port(spec)).await?;
@@ -904,7 +943,7 @@ mod tests {
     fn the_openapi_document_describes_every_route() {
         let doc = super::openapi_document(Some(std::path::Path::new("/run/vs")));
         assert_eq!(
-            doc["components"]["schemas"]["PortSpec"]["properties"]["socket"]["pattern"],
+            doc["components"]["schemas"]["VhostUserSettings"]["properties"]["socket"]["pattern"],
             "^/run/vs/(client/)?[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$"
         );
         for path in [
@@ -927,6 +966,26 @@ mod tests {
         {
             assert_eq!(v["additionalProperties"], false);
         }
+        // A port: one closed object per kind, with the fields every port has and its own.
+        let kinds = doc["components"]["schemas"]["PortSpec"]["oneOf"]
+            .as_array()
+            .unwrap();
+        assert_eq!(kinds.len(), vringswitch_config::PortType::ALL.len());
+        for (k, t) in kinds.iter().zip(vringswitch_config::PortType::ALL) {
+            assert_eq!(k["additionalProperties"], false);
+            assert_eq!(k["properties"]["type"]["enum"][0], t.name());
+            for field in ["name", "bridge", "vlan", "admin"]
+                .iter()
+                .chain(t.own_settings())
+            {
+                assert!(k["properties"][field].is_object(), "{t}: {field}");
+            }
+            assert_eq!(k["required"], serde_json::json!(["name", "bridge", "type"]));
+        }
+        assert_eq!(
+            kinds[0]["properties"]["socket"]["pattern"],
+            "^/run/vs/(client/)?[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$"
+        );
     }
 
     #[test]

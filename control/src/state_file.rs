@@ -8,9 +8,9 @@
 use std::path::{Path, PathBuf};
 
 use toml::Spanned;
-use vringswitch_config::{BridgeConfig, Config, PortConfig};
+use vringswitch_config::{BridgeConfig, Config};
 
-use crate::daemon::{BridgeSpec, DaemonError, PortSpec, SavedState, STATE_VERSION};
+use crate::daemon::{BridgeSpec, DaemonError, SavedState, STATE_VERSION};
 
 /// The topology a configuration describes, as the state file would record it.
 pub fn from_config(config: &Config) -> SavedState {
@@ -28,29 +28,10 @@ pub fn from_config(config: &Config) -> SavedState {
         ports: config
             .ports
             .iter()
-            .map(|p| PortSpec {
-                name: p.name.get_ref().clone(),
-                bridge: p.bridge.get_ref().clone(),
-                kind: p.kind,
-                socket: p.socket.get_ref().clone(),
-                mode: p.mode,
-                queues: p.queues.as_ref().map(|q| *q.get_ref()),
-                ifname: p.ifname.as_ref().map(|i| i.get_ref().clone()),
-                mtu: p.mtu.as_ref().map(|m| *m.get_ref()),
-                queue: p.queue.as_ref().map(|q| *q.get_ref()),
-                xdp_mode: p.xdp_mode,
-                offloads: p.offloads,
-                vlan: p.vlan.as_ref().map(|v| v.get_ref().clone()),
-                allowed_macs: p.allowed_macs.as_ref().map(|m| m.get_ref().clone()),
-                fdb_max_learned: p.fdb_max_learned.as_ref().map(|n| *n.get_ref()),
-                police_rx: p.police_rx.as_ref().map(|c| *c.get_ref()),
-                police_tx: p.police_tx.as_ref().map(|c| *c.get_ref()),
-                admin: p.admin,
-            })
             // As the port runs (defaults filled in): what the state file holds of it too.
             // The configuration was checked, so this does not fail; if it did, the port's
             // start would say why.
-            .map(|spec| spec.clone().normalized().unwrap_or(spec))
+            .map(|spec| spec.clone().normalized().unwrap_or_else(|_| spec.clone()))
             .collect(),
         static_macs: Vec::new(),
     }
@@ -60,10 +41,10 @@ pub fn from_config(config: &Config) -> SavedState {
 /// and `dataplane` (which the state file does not hold) with the state's bridges and ports.
 pub fn to_config(config: &Config, saved: &SavedState) -> Config {
     let at = |v| Spanned::new(0..0, v);
-    Config {
-        socket_dir: config.socket_dir.clone(),
-        dataplane: config.dataplane.clone(),
-        bridges: saved
+    Config::new(
+        config.socket_dir.clone(),
+        config.dataplane.clone(),
+        saved
             .bridges
             .iter()
             .map(|b| BridgeConfig {
@@ -72,30 +53,8 @@ pub fn to_config(config: &Config, saved: &SavedState) -> Config {
                 fdb_max_learned: Spanned::new(0..0, b.fdb_max_learned),
             })
             .collect(),
-        ports: saved
-            .ports
-            .iter()
-            .map(|p| PortConfig {
-                name: at(p.name.clone()),
-                bridge: at(p.bridge.clone()),
-                kind: p.kind,
-                socket: Spanned::new(0..0, p.socket.clone()),
-                mode: p.mode,
-                queues: p.queues.map(|q| Spanned::new(0..0, q)),
-                ifname: p.ifname.clone().map(at),
-                mtu: p.mtu.map(|m| Spanned::new(0..0, m)),
-                queue: p.queue.map(|q| Spanned::new(0..0, q)),
-                xdp_mode: p.xdp_mode,
-                offloads: p.offloads,
-                vlan: p.vlan.clone().map(|v| Spanned::new(0..0, v)),
-                allowed_macs: p.allowed_macs.clone().map(|m| Spanned::new(0..0, m)),
-                fdb_max_learned: p.fdb_max_learned.map(|n| Spanned::new(0..0, n)),
-                police_rx: p.police_rx.map(|c| Spanned::new(0..0, c)),
-                police_tx: p.police_tx.map(|c| Spanned::new(0..0, c)),
-                admin: p.admin,
-            })
-            .collect(),
-    }
+        saved.ports.clone(),
+    )
 }
 
 /// What of the configuration's topology (`config`, as [`from_config`] gives it) goes
@@ -129,26 +88,7 @@ pub fn ignored_config(config: &SavedState, state: &SavedState) -> Option<String>
         match state.ports.iter().find(|s| s.name == p.name) {
             None => ignored.push(format!("port {} (not in the state file)", p.name)),
             Some(s) => {
-                let fields: Vec<&str> = [
-                    ("bridge", s.bridge != p.bridge),
-                    ("socket", s.socket != p.socket),
-                    ("mode", s.mode != p.mode),
-                    ("queues", s.queues != p.queues),
-                    ("ifname", s.ifname != p.ifname),
-                    ("mtu", s.mtu != p.mtu),
-                    ("queue", s.queue != p.queue),
-                    ("xdp_mode", s.xdp_mode != p.xdp_mode),
-                    ("offloads", s.offloads != p.offloads),
-                    ("vlan", s.vlan != p.vlan),
-                    ("allowed_macs", s.allowed_macs != p.allowed_macs),
-                    ("fdb_max_learned", s.fdb_max_learned != p.fdb_max_learned),
-                    ("police_rx", s.police_rx != p.police_rx),
-                    ("police_tx", s.police_tx != p.police_tx),
-                    ("admin", s.admin != p.admin),
-                ]
-                .into_iter()
-                .filter_map(|(f, differs)| differs.then_some(f))
-                .collect();
+                let fields = p.differences(s);
                 if !fields.is_empty() {
                     ignored.push(format!(
                         "port {} ({} set otherwise in the state file)",
@@ -258,8 +198,8 @@ pub fn write_atomically(path: &Path, state: &SavedState) -> std::io::Result<()> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::daemon::{StaticMac, VlanConfig};
-    use vringswitch_config::{PortType, SocketMode};
+    use crate::daemon::{PortSpec, StaticMac, VlanConfig};
+    use vringswitch_config::{KindSpec, SocketMode, VhostUserSettings};
 
     #[test]
     fn symlinks_and_fifos_are_refused_and_never_written_through() {
@@ -310,15 +250,12 @@ mod tests {
             ports: vec![PortSpec {
                 name: "p".into(),
                 bridge: "br0".into(),
-                kind: PortType::VhostUser,
-                socket: "/run/x.sock".into(),
-                mode: Some(SocketMode::Client),
-                queues: Some(2),
-                ifname: None,
-                mtu: None,
-                queue: None,
-                xdp_mode: None,
-                offloads: Some(false),
+                kind: KindSpec::VhostUser(VhostUserSettings {
+                    socket: "/run/x.sock".into(),
+                    mode: Some(SocketMode::Client),
+                    queues: Some(2),
+                    offloads: Some(false),
+                }),
                 vlan: Some(VlanConfig::Trunk { tags: vec![5, 6] }),
                 allowed_macs: Some(vec!["02:00:00:00:00:01".into()]),
                 fdb_max_learned: Some(5),
@@ -355,15 +292,12 @@ mod tests {
         PortSpec {
             name: name.into(),
             bridge: "br0".into(),
-            kind: PortType::VhostUser,
-            socket: format!("/run/vringswitch/{name}.sock").into(),
-            mode: Some(SocketMode::Server),
-            queues: Some(queues),
-            ifname: None,
-            mtu: None,
-            queue: None,
-            xdp_mode: None,
-            offloads: None,
+            kind: KindSpec::VhostUser(VhostUserSettings {
+                socket: format!("/run/vringswitch/{name}.sock").into(),
+                mode: Some(SocketMode::Server),
+                queues: Some(queues),
+                offloads: None,
+            }),
             vlan: None,
             allowed_macs: None,
             fdb_max_learned: None,
@@ -417,7 +351,7 @@ mod tests {
         let state = topology(&[("br0", 60)], vec![p]);
         let config = to_config(&Config::builtin(Path::new("/run/x")), &state);
         let text = vringswitch_config::to_toml(&config).unwrap();
-        let back: Config = toml::from_str(&text).unwrap();
+        let back = Config::parse(&text, Path::new("in-effect.toml")).unwrap();
         assert_eq!(from_config(&back), state);
     }
 }

@@ -13,6 +13,7 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use vhost_user_backend::VringMutex;
 use vm_memory::GuestMemoryAtomic;
 use vmm_sys_util::eventfd::EventFd;
+use vringswitch_config::KindSpec;
 
 use crate::afxdp::AfXdpQueue;
 use crate::counters::PortStats;
@@ -29,9 +30,10 @@ pub type GuestMemAtomic = GuestMemoryAtomic<FrameMem>;
 pub type Vring = VringMutex<GuestMemAtomic>;
 
 /// Defines [`Attachment`], one variant per port kind, and its dispatch: the one place the
-/// kinds are listed.
+/// kinds are listed. Each kind's name is also its variant in the schema's
+/// [`vringswitch_config::KindSpec`], whose settings its `start_port` takes.
 macro_rules! port_kinds {
-    ($($(#[$doc:meta])* $kind:ident($queue:ty),)+) => {
+    ($($(#[$doc:meta])* $kind:ident($queue:ty) started by $start:path,)+) => {
         /// What a port offers the workers while it can carry frames, by kind. The workers
         /// choose the kind once per burst, never per frame.
         pub enum Attachment {
@@ -54,17 +56,55 @@ macro_rules! port_kinds {
                 }
             }
         }
+
+        /// Starts the port `handle` names as `kind` says: its thread or monitor serves it,
+        /// and attaches it to `handle` whenever it can carry frames.
+        pub fn start(
+            handle: Arc<PortHandle>,
+            kind: &KindSpec,
+        ) -> Result<Box<dyn RunningPort>, StartError> {
+            match kind {
+                $(KindSpec::$kind(settings) => $start(handle, settings),)+
+            }
+        }
     };
 }
 
 port_kinds! {
     /// A VM's virtqueues (vhost-user).
-    VhostUser(VhostUserQueues),
+    VhostUser(VhostUserQueues) started by crate::vhost_user::start_port,
     /// A TAP interface's descriptor and receive buffers.
-    Tap(TapQueue),
+    Tap(TapQueue) started by crate::tap::start_port,
     /// An AF_XDP socket on a queue of a host interface, and its UMEM.
-    AfXdp(AfXdpQueue),
+    AfXdp(AfXdpQueue) started by crate::afxdp::start_port,
 }
+
+/// A port's running side, whatever its kind: what serves it (a connection thread, an
+/// interface monitor) until it is stopped.
+pub trait RunningPort: Send {
+    fn handle(&self) -> &Arc<PortHandle>;
+
+    /// Stops serving the port: its peer is let go, what the port made is removed.
+    fn stop(&mut self);
+}
+
+/// Why a port could not be started, as its kind says it.
+#[derive(Debug)]
+pub struct StartError(Box<dyn std::error::Error + Send + Sync>);
+
+impl StartError {
+    pub fn new(e: impl std::error::Error + Send + Sync + 'static) -> StartError {
+        StartError(Box::new(e))
+    }
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for StartError {}
 
 impl Attachment {
     /// The virtio features the frontend acknowledged (vhost-user ports).

@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 
 use crate::frame::FrameMem;
 use crate::interface_watch::{Health, Watch, Watched};
-use crate::port::{Attachment, PortHandle};
+use crate::port::{Attachment, PortHandle, RunningPort, StartError};
 use libxdp::{Attach, Consumer, Geometry, Producer, Socket, SocketError, XdpDesc};
 
 /// Bytes of one UMEM frame (a page: the kernel's largest aligned frame).
@@ -46,6 +46,7 @@ const SENDING_FRAMES: usize = (UMEM_FRAMES - RING_SIZE) as usize;
 /// today's kernels) and asks to be woken again for the rest.
 const MAX_KICKS: usize = 8;
 
+use vringswitch_config::AfXdpSettings;
 /// Where the XDP program runs and who copies frames; the same names as OVS's `xdp-mode`.
 /// Defined once, with the port's settings.
 pub use vringswitch_config::XdpMode;
@@ -492,6 +493,35 @@ impl Drop for AfXdpPort {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+impl RunningPort for AfXdpPort {
+    fn handle(&self) -> &Arc<PortHandle> {
+        &self.handle
+    }
+
+    fn stop(&mut self) {
+        AfXdpPort::stop(self)
+    }
+}
+
+/// Starts an AF_XDP port as its settings say (on the interface named after the port
+/// unless `ifname` is given).
+pub fn start_port(
+    handle: Arc<PortHandle>,
+    settings: &AfXdpSettings,
+) -> Result<Box<dyn RunningPort>, StartError> {
+    let config = AfXdpPortConfig {
+        ifname: settings
+            .ifname
+            .clone()
+            .unwrap_or_else(|| handle.name().to_owned()),
+        queue: settings.queue.unwrap_or(0),
+        mode: settings.xdp_mode.unwrap_or_default(),
+    };
+    AfXdpPort::start(handle, config)
+        .map(|p| Box::new(p) as Box<dyn RunningPort>)
+        .map_err(StartError::new)
 }
 
 /// Frames the kernel dropped on a socket's way in, as counted so far.

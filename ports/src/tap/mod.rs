@@ -24,11 +24,12 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 
 use vm_memory::{GuestAddress, GuestMemoryError};
+use vringswitch_config::{KindSettings, TapSettings};
 
 use crate::frame::FrameMem;
 use crate::frame::MAX_FRAME_LEN;
 use crate::interface_watch::{Health, Watch, Watched};
-use crate::port::{Attachment, PortHandle};
+use crate::port::{Attachment, PortHandle, RunningPort, StartError};
 pub use device::{TapDevice, TAP_VNET_HDR};
 
 /// Bytes of one receive buffer: the virtio-net header, the longest frame the switch
@@ -254,6 +255,35 @@ impl Drop for TapPort {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+impl RunningPort for TapPort {
+    fn handle(&self) -> &Arc<PortHandle> {
+        &self.handle
+    }
+
+    fn stop(&mut self) {
+        TapPort::stop(self)
+    }
+}
+
+/// Starts a TAP port as its settings say (the interface named after the port unless
+/// `ifname` is given).
+pub fn start_port(
+    handle: Arc<PortHandle>,
+    settings: &TapSettings,
+) -> Result<Box<dyn RunningPort>, StartError> {
+    let config = TapPortConfig {
+        ifname: settings
+            .ifname
+            .clone()
+            .unwrap_or_else(|| handle.name().to_owned()),
+        mtu: settings.mtu,
+        offloads: settings.offloads(),
+    };
+    TapPort::start(handle, config)
+        .map(|p| Box::new(p) as Box<dyn RunningPort>)
+        .map_err(StartError::new)
 }
 
 /// The monitor's view of a TAP port.

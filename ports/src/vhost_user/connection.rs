@@ -20,6 +20,7 @@ use vhost_user_backend::VhostUserDaemon;
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vringswitch_config::{KindSettings, VhostUserSettings};
 
 use super::backend::NetBackend;
 use super::kicks::TxKicks;
@@ -28,7 +29,7 @@ use super::migration::MigrationState;
 use super::relay::RelayEnd;
 use super::VhostUserError;
 use crate::log_limit::LogLimiter;
-use crate::port::PortHandle;
+use crate::port::{PortHandle, RunningPort, StartError};
 use crate::socket_file::{self, BoundSocket};
 
 /// How long a frontend knocking at a port in service waits to learn whether the port is
@@ -262,6 +263,32 @@ impl Drop for VhostUserPort {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+impl RunningPort for VhostUserPort {
+    fn handle(&self) -> &Arc<PortHandle> {
+        &self.handle
+    }
+
+    fn stop(&mut self) {
+        VhostUserPort::stop(self)
+    }
+}
+
+/// Starts a vhost-user port as its settings say (their socket given or filled in).
+pub fn start_port(
+    handle: Arc<PortHandle>,
+    settings: &VhostUserSettings,
+) -> Result<Box<dyn RunningPort>, StartError> {
+    let config = VhostUserPortConfig {
+        socket: settings.socket.clone(),
+        mode: settings.mode(),
+        queue_pairs: settings.queue_pairs(),
+        offloads: settings.offloads(),
+    };
+    VhostUserPort::start(handle, config)
+        .map(|p| Box::new(p) as Box<dyn RunningPort>)
+        .map_err(StartError::new)
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -35,7 +35,7 @@ pub mod split_ring;
 
 use std::path::PathBuf;
 
-pub use connection::{VhostUserPort, VhostUserPortConfig};
+pub use connection::{start_port, VhostUserPort, VhostUserPortConfig};
 pub use queues::{virtio_net_hdr_len, VhostUserQueues};
 
 /// A regular file of `len` bytes that no path names any more, standing in for a guest's

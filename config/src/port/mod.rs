@@ -1,0 +1,633 @@
+//! A port as the configuration file, the API, the state file and vringctl say it: one
+//! schema ([`PortSpec`]), flat as users write it and tagged by `type`.
+//!
+//! What every port has (its name, bridge, VLANs, port security, policers) is here; each
+//! kind's own settings are a type in this folder ([`vhost_user`], [`tap`], [`afxdp`]) with
+//! its checks and defaults, listed once in [`port_kinds!`]. A port is read from its fields
+//! one by one ([`PortSpec::from_fields`]), so that whoever reads it (the TOML file with
+//! its line numbers, the API's JSON) learns which field is wrong.
+
+pub mod afxdp;
+pub mod tap;
+pub mod vhost_user;
+
+use std::path::Path;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    check_allowed_macs, check_max_learned, check_name_str, check_police, check_vlan, in_words,
+    AdminState, PoliceConfig, VlanConfig,
+};
+pub use afxdp::AfXdpSettings;
+pub use tap::TapSettings;
+pub use vhost_user::VhostUserSettings;
+
+/// What is wrong with a port as given, and in which of its fields (none: the port as a
+/// whole, such as a field missing).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    pub field: Option<String>,
+    pub message: String,
+    /// The field's value has the wrong type or is not one of its words (`mode = "both"`),
+    /// rather than a value of the right type that a check refused.
+    pub syntax: bool,
+}
+
+impl FieldError {
+    /// A value the checks refuse, in `field`.
+    pub fn invalid(field: &str, message: impl Into<String>) -> FieldError {
+        FieldError {
+            field: Some(field.to_owned()),
+            message: message.into(),
+            syntax: false,
+        }
+    }
+
+    /// A port the checks refuse as a whole.
+    pub fn port(message: impl Into<String>) -> FieldError {
+        FieldError {
+            field: None,
+            message: message.into(),
+            syntax: false,
+        }
+    }
+
+    fn syntax(field: Option<&str>, message: String) -> FieldError {
+        FieldError {
+            field: field.map(str::to_owned),
+            message: in_words(&message),
+            syntax: true,
+        }
+    }
+}
+
+impl std::fmt::Display for FieldError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (&self.field, self.syntax) {
+            (Some(field), true) => write!(f, "{field}: {}", self.message),
+            _ => f.write_str(&self.message),
+        }
+    }
+}
+
+impl std::error::Error for FieldError {}
+
+/// The settings of one kind of port: what only ports of that kind have.
+pub trait KindSettings {
+    /// The fields, as written.
+    fn fields(&self) -> &'static [&'static str];
+
+    /// Checks the settings of port `port`: the error names the field.
+    fn check(&self, port: &str) -> Result<(), FieldError>;
+
+    /// Fills in the defaults left out, as the port runs and is shown (a vhost-user port's
+    /// mode and queues, an interface named after the port).
+    fn fill_defaults(&mut self, port: &str);
+
+    /// Fills in what a view of the running port shows of its settings beside its queue
+    /// pairs (which every view shows): the offloads in effect, where the kind has them.
+    fn show(&mut self) {}
+
+    /// Queue pairs the port runs.
+    fn queue_pairs(&self) -> u16 {
+        1
+    }
+
+    /// Whether checksum and segmentation offloads are offered to the port's peer.
+    fn offloads(&self) -> bool;
+
+    /// The host interface the port uses (one port per interface), for a port named `port`.
+    fn ifname<'a>(&'a self, _port: &'a str) -> Option<&'a str> {
+        None
+    }
+
+    /// The unix socket the port serves or connects to, once given.
+    fn socket(&self) -> Option<&Path> {
+        None
+    }
+
+    /// The settings as a log line shows them: `socket=/run/vm1.sock mode=server`.
+    fn describe(&self) -> String;
+}
+
+/// Defines [`PortType`] and [`KindSpec`], one variant per port kind, and what dispatches on
+/// them: the one place the kinds of the schema are listed.
+macro_rules! port_kinds {
+    ($($(#[$doc:meta])* $kind:ident = $name:tt, $article:tt, $settings:ty;)+) => {
+        /// Kind of port.
+        #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, utoipa::ToSchema)]
+        pub enum PortType {
+            $($(#[$doc])* #[serde(rename = $name)] $kind,)+
+        }
+
+        impl PortType {
+            /// Every kind, in the order they are listed.
+            pub const ALL: &'static [PortType] = &[$(PortType::$kind),+];
+
+            /// The kind's name, as `type` says it.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(PortType::$kind => $name,)+
+                }
+            }
+
+            /// "a vhost-user port", "an afxdp port".
+            pub fn a_port(self) -> String {
+                match self {
+                    $(PortType::$kind => format!("{} {} port", $article, $name),)+
+                }
+            }
+
+            /// The settings only ports of this kind have.
+            pub fn own_settings(self) -> &'static [&'static str] {
+                match self {
+                    $(PortType::$kind => <$settings>::FIELDS,)+
+                }
+            }
+
+            /// Reads the settings of a port of this kind from its own `fields`.
+            fn settings_from(self, fields: Fields) -> Result<KindSpec, FieldError> {
+                match self {
+                    $(PortType::$kind => from_fields::<$settings>(fields).map(KindSpec::$kind),)+
+                }
+            }
+        }
+
+        /// A port's kind and the settings only ports of that kind have: `type` and the
+        /// kind's fields, beside the port's others.
+        #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+        #[serde(tag = "type")]
+        pub enum KindSpec {
+            $($(#[$doc])* #[serde(rename = $name)] $kind($settings),)+
+        }
+
+        impl KindSpec {
+            pub fn port_type(&self) -> PortType {
+                match self {
+                    $(KindSpec::$kind(_) => PortType::$kind,)+
+                }
+            }
+
+            /// The settings, whatever their kind.
+            pub fn settings(&self) -> &dyn KindSettings {
+                match self {
+                    $(KindSpec::$kind(s) => s,)+
+                }
+            }
+
+            pub fn settings_mut(&mut self) -> &mut dyn KindSettings {
+                match self {
+                    $(KindSpec::$kind(s) => s,)+
+                }
+            }
+        }
+    };
+}
+
+port_kinds! {
+    /// A VM's vhost-user socket.
+    VhostUser = "vhost-user", "a", VhostUserSettings;
+    /// A TAP interface on the host: the switch's link to the host's own network stack.
+    Tap = "tap", "a", TapSettings;
+    /// An AF_XDP socket on one queue of a host interface: frames to and from the wire (or
+    /// a veth) without the host's network stack.
+    AfXdp = "afxdp", "an", AfXdpSettings;
+}
+
+impl std::fmt::Display for PortType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A port attached to a bridge, as given (defaults left out) or as it runs
+/// ([`PortSpec::normalized`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct PortSpec {
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,64}$")]
+    pub name: String,
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,64}$")]
+    pub bridge: String,
+    #[serde(flatten)]
+    pub kind: KindSpec,
+    /// VLAN membership; none: every VLAN as it comes, untagged frames in VLAN 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vlan: Option<VlanConfig>,
+    /// Port security: the only source MACs the port may send from (1 to 16 unicast
+    /// addresses). Frames from any other are dropped (counted as `mac_spoofed`) and never
+    /// learnt. None: any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(min_items = 1, max_items = 16)]
+    pub allowed_macs: Option<Vec<String>>,
+    /// Most addresses the bridge learns on this port (1024 when left out); past it, frames
+    /// to the port's further addresses are flooded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 1_000_000, default = 1024)]
+    pub fdb_max_learned: Option<u32>,
+    /// Policing of what the port sends (its VM's frames); none: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub police_rx: Option<PoliceConfig>,
+    /// Policing of what the port is sent (frames delivered to its VM); none: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub police_tx: Option<PoliceConfig>,
+    /// `down`: the switch neither polls the port nor delivers to it, and monitoring expects
+    /// it to have no VM (the PortDown alert leaves it out). Default `up`.
+    #[serde(default, skip_serializing_if = "AdminState::is_up")]
+    pub admin: AdminState,
+}
+
+/// The fields every port has, read apart from its kind's.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Common {
+    name: String,
+    bridge: String,
+    #[serde(default)]
+    vlan: Option<VlanConfig>,
+    #[serde(default)]
+    allowed_macs: Option<Vec<String>>,
+    #[serde(default)]
+    fdb_max_learned: Option<u32>,
+    #[serde(default)]
+    police_rx: Option<PoliceConfig>,
+    #[serde(default)]
+    police_tx: Option<PoliceConfig>,
+    #[serde(default)]
+    admin: AdminState,
+}
+
+/// The fields of [`Common`], as written.
+const COMMON_FIELDS: &[&str] = &[
+    "name",
+    "bridge",
+    "vlan",
+    "allowed_macs",
+    "fdb_max_learned",
+    "police_rx",
+    "police_tx",
+    "admin",
+];
+
+/// A port's fields as read, in the order given: any reader's values, held as JSON values.
+pub type Fields = Vec<(String, serde_json::Value)>;
+
+/// Reads a `T` (a struct that refuses unknown fields) from `fields`. On an error, each
+/// field is tried alone to find the one at fault.
+fn from_fields<T: DeserializeOwned>(fields: Fields) -> Result<T, FieldError> {
+    let object = |fields: &[(String, serde_json::Value)]| {
+        serde_json::Value::Object(fields.iter().cloned().collect())
+    };
+    match serde_json::from_value(object(&fields)) {
+        Ok(t) => Ok(t),
+        Err(e) => {
+            let culprit = fields.iter().find_map(|f| {
+                serde_json::from_value::<T>(object(std::slice::from_ref(f)))
+                    .err()
+                    .filter(|e| !e.to_string().starts_with("missing field"))
+                    .map(|e| (f.0.clone(), e))
+            });
+            Err(match culprit {
+                Some((field, e)) => FieldError::syntax(Some(&field), e.to_string()),
+                None => FieldError::syntax(None, e.to_string()),
+            })
+        }
+    }
+}
+
+impl PortSpec {
+    /// Reads a port from its fields, as given: `type`, the fields every port has, and its
+    /// kind's. A field of another kind is refused naming its kind; an unknown one as such.
+    pub fn from_fields(fields: Fields) -> Result<PortSpec, FieldError> {
+        let mut kind = None;
+        let (mut common, mut own) = (Fields::new(), Fields::new());
+        for (key, value) in fields {
+            if key == "type" {
+                let t = serde_json::from_value::<PortType>(value)
+                    .map_err(|e| FieldError::syntax(Some("type"), e.to_string()))?;
+                kind = Some(t);
+            } else if COMMON_FIELDS.contains(&key.as_str()) {
+                common.push((key, value));
+            } else {
+                own.push((key, value));
+            }
+        }
+        let kind = kind.ok_or_else(|| FieldError::syntax(None, "missing field `type`".into()))?;
+        let given: Vec<&str> = own.iter().map(|(k, _)| k.as_str()).collect();
+        check_port_settings(kind, &given).map_err(|m| {
+            let name = common
+                .iter()
+                .find(|(k, _)| k == "name")
+                .and_then(|(_, v)| v.as_str())
+                .unwrap_or("");
+            FieldError::port(format!("port {name:?}: {m}"))
+        })?;
+        if let Some((unknown, _)) = own.iter().find(|(k, _)| {
+            !PortType::ALL
+                .iter()
+                .any(|t| t.own_settings().contains(&k.as_str()))
+        }) {
+            let known: Vec<String> = COMMON_FIELDS
+                .iter()
+                .chain(["type"].iter())
+                .chain(kind.own_settings())
+                .map(|f| format!("`{f}`"))
+                .collect();
+            return Err(FieldError::syntax(
+                Some(unknown),
+                format!(
+                    "unknown field `{unknown}`, expected one of {}",
+                    known.join(", ")
+                ),
+            ));
+        }
+        let common: Common = from_fields(common)?;
+        Ok(PortSpec {
+            name: common.name,
+            bridge: common.bridge,
+            kind: kind.settings_from(own)?,
+            vlan: common.vlan,
+            allowed_macs: common.allowed_macs,
+            fdb_max_learned: common.fdb_max_learned,
+            police_rx: common.police_rx,
+            police_tx: common.police_tx,
+            admin: common.admin,
+        })
+    }
+
+    /// The port's kind.
+    pub fn port_type(&self) -> PortType {
+        self.kind.port_type()
+    }
+
+    /// Its kind's settings.
+    pub fn settings(&self) -> &dyn KindSettings {
+        self.kind.settings()
+    }
+
+    /// Checks everything about the port alone (not against other ports): the error names
+    /// the field.
+    pub fn check(&self) -> Result<(), FieldError> {
+        check_name_str("port", &self.name).map_err(|m| FieldError::invalid("name", m))?;
+        self.kind.settings().check(&self.name)?;
+        if let Some(vlan) = &self.vlan {
+            check_vlan(vlan).map_err(|m| FieldError::invalid("vlan", m))?;
+        }
+        if let Some(macs) = &self.allowed_macs {
+            check_allowed_macs(macs).map_err(|m| FieldError::invalid("allowed_macs", m))?;
+        }
+        if let Some(n) = self.fdb_max_learned {
+            check_max_learned(n).map_err(|m| FieldError::invalid("fdb_max_learned", m))?;
+        }
+        for (what, p) in [
+            ("police_rx", &self.police_rx),
+            ("police_tx", &self.police_tx),
+        ] {
+            if let Some(p) = p {
+                check_police(what, p).map_err(|m| FieldError::invalid(what, m))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Checked, with the defaults its kind leaves out filled in, as the port runs and is
+    /// shown.
+    pub fn normalized(mut self) -> Result<PortSpec, FieldError> {
+        self.check()?;
+        let name = self.name.clone();
+        self.kind.settings_mut().fill_defaults(&name);
+        Ok(self)
+    }
+
+    /// Most addresses the bridge learns on the port, the default filled in.
+    pub fn fdb_max_learned(&self) -> u32 {
+        self.fdb_max_learned
+            .unwrap_or(crate::DEFAULT_PORT_MAX_LEARNED)
+    }
+
+    /// Queue pairs the port runs.
+    pub fn queue_pairs(&self) -> u16 {
+        self.settings().queue_pairs()
+    }
+
+    /// Whether offloads are offered to the port's peer.
+    pub fn offloads(&self) -> bool {
+        self.settings().offloads()
+    }
+
+    /// The host interface the port uses, if its kind uses one.
+    pub fn ifname(&self) -> Option<&str> {
+        self.settings().ifname(&self.name)
+    }
+
+    /// The unix socket the port serves or connects to, once given.
+    pub fn socket(&self) -> Option<&Path> {
+        self.settings().socket()
+    }
+
+    /// The kind's settings as a view of the running port shows them beside its queue
+    /// pairs ([`KindSettings::show`]).
+    pub fn shown_kind(&self) -> KindSpec {
+        let mut kind = self.kind.clone();
+        kind.settings_mut().show();
+        kind
+    }
+
+    /// The fields whose values differ between two ports (`type` if their kinds do).
+    pub fn differences(&self, other: &PortSpec) -> Vec<String> {
+        let fields = |p: &PortSpec| match serde_json::to_value(p) {
+            Ok(serde_json::Value::Object(m)) => m,
+            _ => serde_json::Map::new(),
+        };
+        let (a, b) = (fields(self), fields(other));
+        let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
+        keys.sort();
+        keys.dedup();
+        keys.into_iter()
+            .filter(|k| a.get(*k) != b.get(*k) && k.as_str() != "name")
+            .cloned()
+            .collect()
+    }
+}
+
+impl<'de> Deserialize<'de> for PortSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<PortSpec, D::Error> {
+        let object = serde_json::Map::<String, serde_json::Value>::deserialize(d)?;
+        PortSpec::from_fields(object.into_iter().collect())
+            .map_err(|e| serde::de::Error::custom(e.to_string()))
+    }
+}
+
+/// Which settings a port of each type has, given which were set: a field another kind has
+/// is refused, naming that kind.
+pub fn check_port_settings(kind: PortType, given: &[&str]) -> Result<(), String> {
+    let own = kind.own_settings();
+    // Named in the order the kinds list them, whatever the order given.
+    let listed: Vec<&str> = PortType::ALL
+        .iter()
+        .flat_map(|k| k.own_settings().iter().copied())
+        .collect();
+    let mut foreign: Vec<&str> = given
+        .iter()
+        .copied()
+        .filter(|name| !own.contains(name) && listed.contains(name))
+        .collect();
+    foreign.sort_by_key(|f| listed.iter().position(|l| l == f));
+    foreign.dedup();
+    if foreign.is_empty() {
+        return Ok(());
+    }
+    let named = match foreign.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} and {last}", rest.join(", ")),
+        _ => foreign.join(""),
+    };
+    // The kind they belong to, if one kind has them all.
+    let owner = PortType::ALL
+        .iter()
+        .copied()
+        .find(|k| k != &kind && foreign.iter().all(|f| k.own_settings().contains(f)));
+    let whose = match (owner, foreign.len()) {
+        (Some(k), 1) => format!("is a setting of {}", k.a_port()),
+        (Some(k), _) => format!("are settings of {}", k.a_port()),
+        (None, _) => format!("are not settings of {}", kind.a_port()),
+    };
+    Err(format!(
+        "{named} {whose}; {} has {}",
+        kind.a_port(),
+        own.join(", ")
+    ))
+}
+
+/// Why an interface name cannot be used.
+pub fn check_ifname(name: &str) -> Result<(), String> {
+    let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    if name.is_empty() || name.len() > MAX_IFNAME {
+        return Err(format!(
+            "interface name {name:?} must be 1 to {MAX_IFNAME} characters"
+        ));
+    }
+    if !name.chars().all(ok_char) || name == "." || name == ".." {
+        return Err(format!(
+            "interface name {name:?} may only have A-Z a-z 0-9 - _ . (and is not . or ..)"
+        ));
+    }
+    Ok(())
+}
+
+/// Longest interface name Linux takes (`IFNAMSIZ` less the terminating NUL).
+pub const MAX_IFNAME: usize = 15;
+
+/// Checks the interface a port of a kind with one uses (`ifname`, else the port's name):
+/// the error names `ifname`.
+fn check_port_ifname(ifname: Option<&str>, port: &str) -> Result<(), FieldError> {
+    check_ifname(ifname.unwrap_or(port)).map_err(|m| FieldError::invalid("ifname", m))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn fields(v: serde_json::Value) -> Fields {
+        match v {
+            serde_json::Value::Object(m) => m.into_iter().collect(),
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn a_port_reads_and_writes_the_flat_shape_users_write() {
+        for given in [
+            json!({"name": "vm1", "bridge": "br0", "type": "vhost-user",
+                   "socket": "/run/vm1.sock", "mode": "client", "queues": 2,
+                   "vlan": {"mode": "access", "tag": 10}}),
+            json!({"name": "up0", "bridge": "br0", "type": "tap", "ifname": "vs-up0",
+                   "mtu": 9000, "offloads": false, "admin": "down"}),
+            json!({"name": "wire", "bridge": "br0", "type": "afxdp", "ifname": "eth1",
+                   "queue": 3, "xdp_mode": "native-with-zerocopy",
+                   "police_rx": {"rate_pps": 1000}}),
+        ] {
+            let spec: PortSpec = serde_json::from_value(given.clone()).unwrap();
+            assert_eq!(serde_json::to_value(&spec).unwrap(), given);
+            assert_eq!(PortSpec::from_fields(fields(given)).unwrap(), spec);
+        }
+    }
+
+    #[test]
+    fn the_field_at_fault_is_named() {
+        let bad = |v: serde_json::Value| PortSpec::from_fields(fields(v)).unwrap_err();
+        let e = bad(json!({"name": "a", "bridge": "b", "type": "vhost-user", "queues": 70000}));
+        assert_eq!(e.field.as_deref(), Some("queues"));
+        assert!(
+            e.syntax && e.message.contains("an integer from 0 to 65535"),
+            "{e}"
+        );
+        let e = bad(json!({"name": "a", "bridge": "b", "type": "tap", "vlan": {"mode": "x"}}));
+        assert_eq!(e.field.as_deref(), Some("vlan"));
+        let e = bad(json!({"name": "a", "bridge": "b", "type": "tun"}));
+        assert_eq!(e.field.as_deref(), Some("type"));
+        assert!(e.message.contains("unknown variant `tun`"), "{e}");
+        let e = bad(json!({"name": "a", "bridge": "b", "type": "tap", "colour": 1}));
+        assert_eq!(e.field.as_deref(), Some("colour"));
+        assert!(e.message.contains("unknown field `colour`"), "{e}");
+        let e = bad(json!({"name": "a", "bridge": "b"}));
+        assert!(
+            e.field.is_none() && e.message.contains("missing field `type`"),
+            "{e}"
+        );
+        let e = bad(json!({"name": "a", "type": "tap"}));
+        assert!(e.message.contains("missing field `bridge`"), "{e}");
+        // Checks that pass the types name their field too.
+        let spec = |v| PortSpec::from_fields(fields(v)).unwrap();
+        let e = spec(json!({"name": "a", "bridge": "b", "type": "tap", "mtu": 20}))
+            .check()
+            .unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("mtu"));
+        let e = spec(json!({"name": "a", "bridge": "b", "type": "vhost-user", "queues": 0}))
+            .check()
+            .unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("queues"));
+    }
+
+    #[test]
+    fn a_field_of_another_kind_names_its_kind() {
+        let e = PortSpec::from_fields(fields(json!({"name": "vm1", "bridge": "b",
+            "type": "tap", "socket": "/s", "mode": "server"})))
+        .unwrap_err();
+        assert_eq!(
+            e.message,
+            "port \"vm1\": socket and mode are settings of a vhost-user port; a tap port has \
+             ifname, mtu, offloads"
+        );
+    }
+
+    #[test]
+    fn each_kind_lists_the_fields_it_writes() {
+        let full = [
+            json!({"name": "a", "bridge": "b", "type": "vhost-user", "socket": "/s",
+                   "mode": "server", "queues": 1, "offloads": true}),
+            json!({"name": "a", "bridge": "b", "type": "tap", "ifname": "i", "mtu": 1500,
+                   "offloads": true}),
+            json!({"name": "a", "bridge": "b", "type": "afxdp", "ifname": "i", "queue": 0,
+                   "xdp_mode": "native"}),
+        ];
+        for v in full {
+            let spec: PortSpec = serde_json::from_value(v.clone()).unwrap();
+            let written = serde_json::to_value(&spec).unwrap();
+            let mut own: Vec<&str> = written
+                .as_object()
+                .unwrap()
+                .keys()
+                .map(String::as_str)
+                .filter(|k| !COMMON_FIELDS.contains(k) && *k != "type")
+                .collect();
+            let mut listed = spec.settings().fields().to_vec();
+            own.sort();
+            listed.sort();
+            assert_eq!(own, listed, "{v}");
+            assert_eq!(spec.port_type().own_settings(), spec.settings().fields());
+        }
+    }
+}
