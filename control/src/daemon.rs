@@ -1,211 +1,43 @@
 //! Assembling a running switch from a configuration, changing it at runtime, and taking it
 //! down again.
 //!
-//! [`Daemon`] owns the desired topology (bridges and ports, by name) behind one mutex. Every
-//! change is validated whole before anything is touched, then applied: the engine gets a
-//! new [`Topology`] (workers pick it up at their next poll; ports not involved keep their
-//! ids, caches and frames), and port threads are started or stopped. A removed port's id is
+//! [`Daemon`] owns the desired state (bridges and ports, by name: `desired`) behind one
+//! mutex. Every change is validated whole before anything is touched, then applied: the
+//! engine gets a new topology compiled from it (`topology`; workers pick it up at their
+//! next poll; ports not involved keep their ids, caches and frames), and ports are started
+//! (by their kind, `vringswitch_ports::port::start`) or stopped. A removed port's id is
 //! reused only once every worker has rebuilt its caches from a topology without the port and
 //! the FDB has forgotten it, so a stale id can never name another port, and memory follows
-//! the live ports rather than every port ever made.
+//! the live ports rather than every port ever made. What it is asked is in [`crate::schema`],
+//! why it refuses in [`crate::errors`], where sockets may go in [`crate::socket_dir`].
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-pub use vringswitch_config::{AdminState, PortSpec, VlanConfig};
-use vringswitch_config::{Config, KindSpec, PoliceConfig};
-use vringswitch_ports::port::{RunningPort, StartError};
+use vringswitch_config::{Config, KindSpec};
 use vringswitch_ports::{PortHandle, PortId};
 use vringswitch_switch::affinity::keep_off_cores;
 use vringswitch_switch::capture::{CaptureSettings, PortCapture};
 use vringswitch_switch::fdb::{fdb_key, split_key, Fdb};
-use vringswitch_switch::police::Policer;
-use vringswitch_switch::port_security::{PortSecurity, MAX_ALLOWED};
-use vringswitch_switch::stats::{cycles, cycles_per_second};
-use vringswitch_switch::vlan::{VlanPolicy, UNTAGGED_VLAN};
-use vringswitch_switch::{BridgeRt, PortRt, Switch, SwitchConfig, SwitchError, Topology};
+use vringswitch_switch::vlan::UNTAGGED_VLAN;
+use vringswitch_switch::{Switch, SwitchConfig};
 use vringswitch_wire::ethernet::MacAddr;
 
+use crate::desired::{BridgeEntry, PortEntry, State};
+use crate::errors::{invalid, no_bridge, no_port, referenced};
+pub use crate::errors::{ChangeError, DaemonError};
 use crate::instance_lock::InstanceLock;
+pub use crate::schema::{
+    AdminState, BridgeSpec, FdbEntryView, PortPatch, PortSpec, SavedState, StaticMac,
+    StaticMacRequest, VlanConfig, STATE_VERSION,
+};
+use crate::socket_dir::{check_inside, create_socket_dir};
+pub use crate::socket_dir::{check_own_dir, socket_pattern, CLIENT_SOCKET_SUBDIR};
 use crate::state_file;
-
-/// Errors from starting the daemon.
-#[derive(Debug, thiserror::Error)]
-pub enum DaemonError {
-    #[error("cannot start the forwarding engine: {0}")]
-    Switch(SwitchError),
-    #[error(transparent)]
-    Change(#[from] ChangeError),
-    #[error("state file {path}: {message}; fix or remove it to start from the configuration file")]
-    State { path: PathBuf, message: String },
-    #[error(transparent)]
-    Lock(#[from] crate::instance_lock::LockError),
-    #[error("cannot create the socket directory {path}: {error}")]
-    SocketDir {
-        path: PathBuf,
-        error: std::io::Error,
-    },
-    #[error(
-        "the {what} {path} is not safe to use: {why}; another user could replace the \
-         daemon's sockets or files and receive a VM's memory. To fix: {fix}"
-    )]
-    UnsafeDir {
-        what: String,
-        path: PathBuf,
-        why: String,
-        fix: String,
-    },
-}
-
-/// The cause is part of the message, not a separate source: said once.
-impl From<SwitchError> for DaemonError {
-    fn from(e: SwitchError) -> DaemonError {
-        DaemonError::Switch(e)
-    }
-}
-
-/// Why a topology change was refused. Nothing was changed.
-#[derive(Debug, thiserror::Error)]
-pub enum ChangeError {
-    /// The request itself is wrong (a bad name, a value out of range).
-    #[error("{0}")]
-    Invalid(String),
-    /// A bridge or port of that name already exists, or the socket is taken.
-    #[error("{0}")]
-    Conflict(String),
-    /// The named bridge or port does not exist.
-    #[error("{0}")]
-    NotFound(String),
-    /// The port could not be started (its socket cannot be bound, its interface opened).
-    #[error("port {port}: {error}")]
-    Start { port: String, error: StartError },
-    /// The change was made but could not be written to the state file.
-    #[error("the change is in effect but was not saved: {0}")]
-    NotSaved(String),
-}
-
-/// A bridge as configured.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct BridgeSpec {
-    #[schema(pattern = "^[A-Za-z0-9._-]{1,64}$")]
-    pub name: String,
-    /// Seconds after which an idle learnt address is forgotten.
-    #[serde(default = "default_aging")]
-    #[schema(minimum = 1, maximum = 1_000_000, default = 300)]
-    pub fdb_aging_s: u64,
-    /// Most addresses the bridge learns over all its ports (static entries not counted);
-    /// past it, frames to further addresses are flooded.
-    #[serde(default = "default_bridge_max_learned")]
-    #[schema(minimum = 1, maximum = 1_000_000, default = 8192)]
-    pub fdb_max_learned: u32,
-}
-
-fn default_aging() -> u64 {
-    vringswitch_config::DEFAULT_FDB_AGING_S
-}
-
-fn default_bridge_max_learned() -> u32 {
-    vringswitch_config::DEFAULT_BRIDGE_MAX_LEARNED
-}
-
-/// A change to a port (`PATCH`): fields left out stay as they are; `"vlan": null` removes
-/// the VLAN setting.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct PortPatch {
-    /// The bridge to move the port to.
-    #[serde(default)]
-    #[schema(pattern = "^[A-Za-z0-9._-]{1,64}$")]
-    pub bridge: Option<String>,
-    /// The new VLAN setting; null removes it.
-    #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<VlanConfig>, nullable)]
-    pub vlan: Option<Option<VlanConfig>>,
-    /// The new port-security list; null unlocks the port.
-    #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<Vec<String>>, nullable, min_items = 1, max_items = 16)]
-    pub allowed_macs: Option<Option<Vec<String>>>,
-    /// The new limit on addresses learnt on the port.
-    #[serde(default)]
-    #[schema(minimum = 1, maximum = 1_000_000)]
-    pub fdb_max_learned: Option<u32>,
-    /// The new policer of what the port sends; null removes it.
-    #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<PoliceConfig>, nullable)]
-    pub police_rx: Option<Option<PoliceConfig>>,
-    /// The new policer of what the port is sent; null removes it.
-    #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<PoliceConfig>, nullable)]
-    pub police_tx: Option<Option<PoliceConfig>>,
-    /// `up` or `down`.
-    #[serde(default)]
-    pub admin: Option<AdminState>,
-}
-
-/// Tells a field given as `null` (Some(None)) from one left out (None).
-fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
-where
-    D: serde::Deserializer<'de>,
-    T: Deserialize<'de>,
-{
-    Option::<T>::deserialize(d).map(Some)
-}
-
-/// A static FDB entry as requested: `vlan` defaults to the port's untagged VLAN.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct StaticMacRequest {
-    /// A unicast MAC address, e.g. 02:00:00:00:00:01.
-    #[schema(pattern = "^[0-9a-fA-F][02468aceACE](:[0-9a-fA-F]{2}){5}$")]
-    pub mac: String,
-    #[schema(pattern = "^[A-Za-z0-9._-]{1,64}$")]
-    pub port: String,
-    /// The entry's VLAN; default: the port's untagged VLAN (0 without a VLAN setting).
-    #[serde(default)]
-    #[schema(minimum = 0, maximum = 4094)]
-    pub vlan: Option<u16>,
-}
-
-/// A static FDB entry as kept and saved.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct StaticMac {
-    pub bridge: String,
-    pub mac: String,
-    pub vlan: u16,
-    pub port: String,
-}
-
-/// One FDB entry as the API shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-pub struct FdbEntryView {
-    pub mac: String,
-    pub vlan: u16,
-    pub port: String,
-    /// Seconds since last seen; none for static entries, which never age.
-    pub age_s: Option<u64>,
-    #[serde(rename = "static")]
-    pub is_static: bool,
-}
-
-/// What the state file holds: the whole topology as built by the config file and the API.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SavedState {
-    pub version: u32,
-    pub bridges: Vec<BridgeSpec>,
-    pub ports: Vec<PortSpec>,
-    #[serde(default)]
-    pub static_macs: Vec<StaticMac>,
-}
-
-/// The state file's format version.
-pub const STATE_VERSION: u32 = 1;
+use crate::topology::{self, policer, policy};
 
 /// Where the daemon keeps things.
 #[derive(Debug, Clone, Default)]
@@ -216,123 +48,6 @@ pub struct DaemonOptions {
     pub socket_dir: Option<PathBuf>,
     /// Other paths the daemon itself uses (its API socket): no port may take them.
     pub own_paths: Vec<PathBuf>,
-}
-
-struct BridgeEntry {
-    spec: BridgeSpec,
-    fdb: Arc<Fdb>,
-    /// Static entries: FDB key -> port name.
-    statics: BTreeMap<u64, String>,
-}
-
-struct PortEntry {
-    id: PortId,
-    spec: PortSpec,
-    port: Box<dyn RunningPort>,
-    /// The policers of `spec` (what the port sends, what it is sent), kept across topology
-    /// changes: a bucket is made anew only when its setting changes.
-    police: [Option<Arc<Policer>>; 2],
-}
-
-/// A port the schema's checks refuse.
-fn invalid(e: vringswitch_config::FieldError) -> ChangeError {
-    ChangeError::Invalid(e.message)
-}
-
-/// The policer `config` asks for, full now.
-fn policer(config: Option<&PoliceConfig>) -> Option<Arc<Policer>> {
-    let c = config?;
-    Some(Arc::new(Policer::new(
-        c.bits(),
-        c.packets(),
-        cycles(),
-        cycles_per_second(),
-    )))
-}
-
-#[derive(Default)]
-struct State {
-    bridges: Vec<BridgeEntry>,
-    ports: BTreeMap<String, PortEntry>,
-    next_id: PortId,
-    /// Ids of removed ports that no worker or FDB refers to any more.
-    free_ids: BTreeSet<PortId>,
-    /// Packet captures running, by port id (one per port at most).
-    captures: HashMap<PortId, Arc<PortCapture>>,
-}
-
-impl State {
-    /// Names of the ports on `bridge`.
-    fn port_names(&self, bridge: &str) -> Vec<String> {
-        self.ports
-            .values()
-            .filter(|p| p.spec.bridge == bridge)
-            .map(|p| p.spec.name.clone())
-            .collect()
-    }
-
-    fn bridge(&self, name: &str) -> Result<&BridgeEntry, ChangeError> {
-        self.bridges
-            .iter()
-            .find(|b| b.spec.name == name)
-            .ok_or_else(|| no_bridge(name))
-    }
-
-    fn bridge_mut(&mut self, name: &str) -> Result<&mut BridgeEntry, ChangeError> {
-        self.bridges
-            .iter_mut()
-            .find(|b| b.spec.name == name)
-            .ok_or_else(|| no_bridge(name))
-    }
-
-    /// What the state file records.
-    fn saved(&self) -> SavedState {
-        SavedState {
-            version: STATE_VERSION,
-            bridges: self.bridges.iter().map(|b| b.spec.clone()).collect(),
-            ports: self.ports.values().map(|p| p.spec.clone()).collect(),
-            static_macs: self
-                .bridges
-                .iter()
-                .flat_map(|b| {
-                    b.statics.iter().map(|(&key, port)| {
-                        let (mac, vlan) = split_key(key);
-                        StaticMac {
-                            bridge: b.spec.name.clone(),
-                            mac: mac.to_string(),
-                            vlan,
-                            port: port.clone(),
-                        }
-                    })
-                })
-                .collect(),
-        }
-    }
-}
-
-/// The data path's form of a port-security list. Every path into the state checks the list
-/// first; should one ever slip through unchecked, the port fails closed.
-fn security(macs: Option<&Vec<String>>) -> PortSecurity {
-    const _: () = assert!(vringswitch_config::MAX_ALLOWED_MACS == MAX_ALLOWED);
-    let Some(macs) = macs else {
-        return PortSecurity::open();
-    };
-    vringswitch_config::check_allowed_macs(macs)
-        .ok()
-        .and_then(|m| {
-            let m: Vec<MacAddr> = m.into_iter().map(MacAddr).collect();
-            PortSecurity::locked(&m).ok()
-        })
-        .unwrap_or_else(PortSecurity::deny_all)
-}
-
-/// The VLAN policy the workers apply for a port's setting.
-fn policy(vlan: Option<&VlanConfig>) -> VlanPolicy {
-    match vlan {
-        None => VlanPolicy::transparent(),
-        Some(VlanConfig::Access { tag }) => VlanPolicy::access(*tag),
-        Some(VlanConfig::Trunk { tags }) => VlanPolicy::trunk(tags),
-    }
 }
 
 /// A running switch: engine, workers and ports.
@@ -719,8 +434,7 @@ impl Daemon {
                 )));
             }
         }
-        // The lowest id a removed port gave back, else a new one.
-        let id = st.free_ids.first().copied().unwrap_or(st.next_id);
+        let id = st.free_id();
         let handle = Arc::new(PortHandle::new(id, &spec.name, self.switch.workers.len()));
         let port = vringswitch_ports::port::start(handle, &spec.kind).map_err(|error| {
             ChangeError::Start {
@@ -728,9 +442,7 @@ impl Daemon {
                 error,
             }
         })?;
-        if !st.free_ids.remove(&id) {
-            st.next_id += 1;
-        }
+        st.take_id(id);
         tracing::info!(port = %spec.name, bridge = %spec.bridge, kind = %spec.port_type(),
             settings = %spec.settings().describe(), "port ready");
         st.ports.insert(
@@ -771,7 +483,7 @@ impl Daemon {
         // no longer names it: the id may serve the next port. Unless a worker was late, so
         // that memory follows the live ports, not every port ever made.
         if seen {
-            st.free_ids.insert(entry.id);
+            st.give_back_id(entry.id);
         }
         let saved = self.save(&st);
         drop(st);
@@ -1088,41 +800,7 @@ impl Daemon {
 
     /// Installs the topology of `st` in the engine; returns its generation.
     fn publish(&self, st: &State) -> u64 {
-        let mut topology = Topology::default();
-        for b in &st.bridges {
-            topology.bridges.push(BridgeRt {
-                name: b.spec.name.clone(),
-                fdb: b.fdb.clone(),
-                ports: Vec::new(),
-            });
-        }
-        topology.ports.resize_with(st.next_id as usize, || None);
-        for p in st.ports.values() {
-            let Some(bridge) = st.bridges.iter().position(|b| b.spec.name == p.spec.bridge) else {
-                continue;
-            };
-            // An admin-down port is no flooding target of its bridge.
-            let admin_up = p.spec.admin.is_up();
-            if admin_up {
-                topology.bridges[bridge].ports.push(p.id);
-            }
-            topology.ports[p.id as usize] = Some(PortRt {
-                handle: p.port.handle().clone(),
-                bridge,
-                queue_pairs: p.spec.queue_pairs(),
-                vlan: policy(p.spec.vlan.as_ref()),
-                security: security(p.spec.allowed_macs.as_ref()),
-                fdb_max_learned: p.spec.fdb_max_learned() as usize,
-                police_rx: p.police[0].clone(),
-                police_tx: p.police[1].clone(),
-                admin_up,
-                capture: st.captures.get(&p.id).cloned(),
-            });
-        }
-        for b in &mut topology.bridges {
-            b.ports.sort_unstable();
-        }
-        self.switch.set_topology(topology)
+        self.switch.set_topology(topology::compile(st))
     }
 
     /// Stops the workers, then disconnects every port.
@@ -1155,239 +833,5 @@ pub fn capture_direction(s: CaptureSettings) -> &'static str {
         (true, true) => "both",
         (true, false) => "rx",
         _ => "tx",
-    }
-}
-
-fn no_bridge(name: &str) -> ChangeError {
-    ChangeError::NotFound(format!("no bridge named {name:?}"))
-}
-
-fn no_port(name: &str) -> ChangeError {
-    ChangeError::NotFound(format!("no port named {name:?}"))
-}
-
-/// A missing bridge or port named in a request's body or query, rather than in its URL:
-/// the request is wrong (400), the resource addressed was found.
-fn referenced(e: ChangeError) -> ChangeError {
-    match e {
-        ChangeError::NotFound(m) => ChangeError::Invalid(m),
-        other => other,
-    }
-}
-
-/// A socket's file name created over the API (see [`socket_pattern`]): a valid name, not
-/// starting with a dot.
-fn socket_name_ok(name: &str) -> bool {
-    vringswitch_config::check_name_str("socket", name).is_ok() && !name.starts_with('.')
-}
-
-/// The socket directory as written in socket paths: without trailing slashes.
-fn dir_text(dir: &Path) -> String {
-    let d = dir.to_string_lossy();
-    let t = d.trim_end_matches('/');
-    if t.is_empty() {
-        "/".to_owned()
-    } else {
-        t.to_owned()
-    }
-}
-
-/// The subdirectory of the socket directory where hypervisors create the sockets of
-/// client-mode ports: mode 2770, so that a hypervisor in the daemon's group may create
-/// sockets there and they belong to that group (the daemon's own directory is 0750).
-pub use vringswitch_config::CLIENT_SOCKET_SUBDIR;
-
-/// Refuses a socket path that is not `DIR/NAME` or `DIR/client/NAME`, NAME being 1 to 64
-/// characters of A-Z a-z 0-9 - _ . not starting with a dot. Exactly what
-/// [`socket_pattern`] says.
-fn check_inside(socket: &Path, dir: &Path) -> Result<(), ChangeError> {
-    let dir = dir_text(dir);
-    let s = socket.to_string_lossy();
-    let name = s.strip_prefix(dir.as_str()).and_then(|rest| {
-        if dir == "/" {
-            Some(rest)
-        } else {
-            rest.strip_prefix('/')
-        }
-    });
-    // DIR/client itself is the subdirectory, never a socket.
-    let name = name.and_then(|n| {
-        match n
-            .strip_prefix(CLIENT_SOCKET_SUBDIR)
-            .and_then(|r| r.strip_prefix('/'))
-        {
-            Some(in_subdir) => Some(in_subdir),
-            None => (n != CLIENT_SOCKET_SUBDIR).then_some(n),
-        }
-    });
-    match name {
-        Some(n) if socket_name_ok(n) => Ok(()),
-        _ => Err(ChangeError::Invalid(format!(
-            "socket {} is outside the socket directory {dir}: use {dir}/NAME, or \
-             {dir}/{CLIENT_SOCKET_SUBDIR}/NAME for a socket the hypervisor creates, NAME being \
-             1 to 64 characters of A-Z a-z 0-9 - _ . not starting with a dot",
-            socket.display(),
-        ))),
-    }
-}
-
-/// The regular expression of socket paths accepted over the API, for the OpenAPI document.
-pub fn socket_pattern(dir: &Path) -> String {
-    let dir = dir_text(dir);
-    let mut escaped = String::new();
-    for c in dir.chars() {
-        if !c.is_ascii_alphanumeric() && c != '/' && c != '_' && c != '-' {
-            escaped.push('\\');
-        }
-        escaped.push(c);
-    }
-    let sep = if dir == "/" { "" } else { "/" };
-    format!("^{escaped}{sep}({CLIENT_SOCKET_SUBDIR}/)?[A-Za-z0-9_-][A-Za-z0-9._-]{{0,63}}$")
-}
-
-/// Creates the socket directory (mode 0750) if it does not exist, and its subdirectory for
-/// the sockets hypervisors create ([`CLIENT_SOCKET_SUBDIR`], mode 2770). Either must be
-/// this daemon's own, not writable by other users (see [`check_own_dir`]).
-fn create_socket_dir(dir: &Path) -> Result<(), DaemonError> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    let err = |path: &Path| {
-        let path = path.to_path_buf();
-        move |error| DaemonError::SocketDir { path, error }
-    };
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o750)
-        .create(dir)
-        .map_err(err(dir))?;
-    check_own_dir(dir, "socket directory", 0o022)?;
-    let client = dir.join(CLIENT_SOCKET_SUBDIR);
-    match std::fs::DirBuilder::new().mode(0o770).create(&client) {
-        Ok(()) => {}
-        // Group members may write in it (hypervisors create their sockets there); nobody
-        // else may.
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            return check_own_dir(&client, "client socket directory", 0o002)
-        }
-        Err(e) => return Err(err(&client)(e)),
-    }
-    // The setgid bit is set afterwards: mkdir's mode is masked by the umask and may drop it.
-    std::fs::set_permissions(&client, std::fs::Permissions::from_mode(0o2770)).map_err(err(&client))
-}
-
-/// The effective user id of this process (the owner of `/proc/self`).
-fn own_uid() -> u32 {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/self").map_or(u32::MAX, |m| m.uid())
-}
-
-/// Refuses a directory where another user could replace the daemon's files: one that is a
-/// symbolic link, is owned by another user, or has any of the `forbidden` write bits
-/// (group 0o020, others 0o002). Whoever controls a socket directory receives the memory
-/// of every VM that connects through it.
-pub fn check_own_dir(dir: &Path, what: &str, forbidden: u32) -> Result<(), DaemonError> {
-    use std::os::unix::fs::MetadataExt;
-    let meta = std::fs::symlink_metadata(dir).map_err(|error| DaemonError::SocketDir {
-        path: dir.to_path_buf(),
-        error,
-    })?;
-    let me = own_uid();
-    let unsafe_dir = |why: String| DaemonError::UnsafeDir {
-        what: what.to_owned(),
-        path: dir.to_path_buf(),
-        why,
-        fix: format!(
-            "remove it, or make it this user's alone: chown {me} {d} && chmod go-w {d}",
-            d = dir.display()
-        ),
-    };
-    if meta.file_type().is_symlink() {
-        return Err(unsafe_dir("it is a symbolic link".into()));
-    }
-    if !meta.is_dir() {
-        return Err(unsafe_dir("it is not a directory".into()));
-    }
-    if meta.uid() != me {
-        return Err(unsafe_dir(format!(
-            "it belongs to user {}, not to this daemon's user {me}",
-            meta.uid()
-        )));
-    }
-    let writable = meta.mode() & forbidden;
-    if writable != 0 {
-        let by = match (writable & 0o020 != 0, writable & 0o002 != 0) {
-            (true, true) => "its group and by other users",
-            (true, false) => "its group",
-            _ => "other users",
-        };
-        return Err(unsafe_dir(format!(
-            "it is writable by {by} (mode {:04o})",
-            meta.mode() & 0o7777
-        )));
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sockets_must_lie_in_the_socket_directory() {
-        for dir in ["/run/vringswitch", "/run/vringswitch/"] {
-            let dir = Path::new(dir);
-            for good in [
-                "/run/vringswitch/a.sock",
-                "/run/vringswitch/vm-1_x",
-                "/run/vringswitch/client/a.sock",
-                "/run/vringswitch/client/client",
-            ] {
-                assert!(check_inside(Path::new(good), dir).is_ok(), "{good}");
-            }
-            for bad in [
-                "/run/vringswitch",
-                "/run/vringswitch/",
-                "/run/vringswitch//a.sock",
-                "/run/vringswitch/vms/a.sock",
-                "/run/vringswitch/client/",
-                "/run/vringswitch/client",
-                "/run/vringswitch/client/x/a.sock",
-                "/run/vringswitch/client/.a",
-                "/run/vringswitch/./a.sock",
-                "/run/vringswitch/../a.sock",
-                "/run/vringswitch/.hidden",
-                "/run/vringswitch/a b",
-                "/run/vringswitch2/a.sock",
-                "/tmp/a.sock",
-            ] {
-                let e = check_inside(Path::new(bad), dir).unwrap_err();
-                assert!(
-                    e.to_string().contains("outside the socket directory"),
-                    "{bad}"
-                );
-            }
-        }
-        assert!(check_inside(Path::new("/a.sock"), Path::new("/")).is_ok());
-        assert_eq!(
-            socket_pattern(Path::new("/tmp/vs.1+x/")),
-            r"^/tmp/vs\.1\+x/(client/)?[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$"
-        );
-        assert_eq!(
-            socket_pattern(Path::new("/")),
-            "^/(client/)?[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$"
-        );
-    }
-
-    #[test]
-    fn patches_tell_null_from_absent() {
-        let p: PortPatch = serde_json::from_str("{}").unwrap();
-        assert_eq!(p, PortPatch::default());
-        let p: PortPatch = serde_json::from_str(r#"{"vlan": null}"#).unwrap();
-        assert_eq!(p.vlan, Some(None));
-        let p: PortPatch =
-            serde_json::from_str(r#"{"vlan": {"mode": "access", "tag": 3}, "bridge": "b"}"#)
-                .unwrap();
-        assert_eq!(p.vlan, Some(Some(VlanConfig::Access { tag: 3 })));
-        assert_eq!(p.bridge.as_deref(), Some("b"));
-        assert!(serde_json::from_str::<PortPatch>(r#"{"socket": "/x"}"#).is_err());
     }
 }

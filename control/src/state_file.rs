@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 use toml::Spanned;
 use vringswitch_config::{BridgeConfig, Config};
 
-use crate::daemon::{BridgeSpec, DaemonError, SavedState, STATE_VERSION};
+use crate::errors::DaemonError;
+use crate::schema::{BridgeSpec, SavedState, STATE_VERSION};
 
 /// The topology a configuration describes, as the state file would record it.
 pub fn from_config(config: &Config) -> SavedState {
@@ -198,7 +199,7 @@ pub fn write_atomically(path: &Path, state: &SavedState) -> std::io::Result<()> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::daemon::{PortSpec, StaticMac, VlanConfig};
+    use crate::schema::{PortSpec, StaticMac, VlanConfig};
     use vringswitch_config::{KindSpec, SocketMode, VhostUserSettings};
 
     #[test]
@@ -266,7 +267,7 @@ mod tests {
                     burst_packets: Some(100),
                 }),
                 police_tx: None,
-                admin: crate::daemon::AdminState::Down,
+                admin: crate::schema::AdminState::Down,
             }],
             static_macs: vec![StaticMac {
                 bridge: "br0".into(),
