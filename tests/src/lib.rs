@@ -6,6 +6,7 @@
 //!   its metrics;
 //! - [`guest`]: real QEMU guests that ping each other, and their serial consoles;
 //! - [`healthy_pair`]: two ports forwarding in lock step, the measure of harm to others;
+//! - [`layout`]: the configuration a test starts a daemon with, built typed;
 //! - [`process`]: the fds, threads and memory a process holds, for the leak checks;
 //! - [`wait_until`]: polling with a deadline instead of sleeps.
 #![deny(unsafe_code)]
@@ -15,6 +16,7 @@ pub mod daemon;
 pub mod frontend;
 pub mod guest;
 pub mod healthy_pair;
+pub mod layout;
 pub mod netns;
 pub mod process;
 pub mod raw_frontend;

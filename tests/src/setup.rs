@@ -1,11 +1,27 @@
 //! A daemon with a given layout of bridges and server-mode ports, and test VMs on them.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::daemon::{Daemon, TempDir};
 use crate::frontend::{TestVm, VmOptions};
+use crate::layout::{vhost_user_with, Layout, PortSpec, SocketMode, VhostUserSettings};
 use crate::mac;
+
+/// The port [`Setup::new`] makes: vhost-user, server mode, `queues` queue pairs, its socket
+/// `NAME.sock` in `dir`.
+pub fn server_port(dir: &Path, name: &str, bridge: &str, queues: u16) -> PortSpec {
+    vhost_user_with(
+        name,
+        bridge,
+        VhostUserSettings {
+            socket: dir.join(format!("{name}.sock")),
+            mode: Some(SocketMode::Server),
+            queues: Some(queues),
+            offloads: None,
+        },
+    )
+}
 
 /// How long a test waits for anything that should happen.
 pub const T: Duration = Duration::from_secs(10);
@@ -19,55 +35,23 @@ pub struct Setup {
 
 impl Setup {
     pub fn new(tag: &str, layout: &[(&str, &[&str])], queues: u16) -> Setup {
-        Setup::with_dataplane(tag, layout, queues, "")
+        Setup::with_layout(tag, |dir| Setup::layout(dir, layout, queues))
     }
 
-    /// As [`Setup::new`], with `dataplane` (TOML lines) added to the `[dataplane]` table.
-    pub fn with_dataplane(
-        tag: &str,
-        layout: &[(&str, &[&str])],
-        queues: u16,
-        dataplane: &str,
-    ) -> Setup {
-        Setup::with_settings(tag, layout, queues, dataplane, &[])
+    /// The layout [`Setup::new`] starts: each bridge with its server-mode ports of `queues`
+    /// queue pairs, their sockets `PORT.sock` in `dir`.
+    pub fn layout(dir: &Path, layout: &[(&str, &[&str])], queues: u16) -> Layout {
+        layout.iter().fold(Layout::new(), |l, (bridge, ports)| {
+            l.bridge(bridge)
+                .ports(ports.iter().map(|p| server_port(dir, p, bridge, queues)))
+        })
     }
 
-    /// As [`Setup::with_dataplane`], with `settings` (TOML lines) added to the table of the
-    /// bridge or port they name.
-    pub fn with_settings(
-        tag: &str,
-        layout: &[(&str, &[&str])],
-        queues: u16,
-        dataplane: &str,
-        settings: &[(&str, &str)],
-    ) -> Setup {
+    /// A daemon with the layout `build` makes, given the temp dir its sockets go in.
+    pub fn with_layout(tag: &str, build: impl FnOnce(&Path) -> Layout) -> Setup {
         let dir = TempDir::new(tag);
-        let mut toml = format!("[dataplane]\ncores = [1]\n{dataplane}\n");
-        let extra = |name: &str| -> String {
-            settings
-                .iter()
-                .filter(|(n, _)| *n == name)
-                .map(|(_, lines)| format!("{lines}\n"))
-                .collect()
-        };
-        let mut sockets = Vec::new();
-        for (bridge, ports) in layout {
-            toml.push_str(&format!(
-                "[[bridges]]\nname = \"{bridge}\"\n{}",
-                extra(bridge)
-            ));
-            for p in *ports {
-                let s = dir.path().join(format!("{p}.sock"));
-                toml.push_str(&format!(
-                    "[[ports]]\nname = \"{p}\"\nbridge = \"{bridge}\"\ntype = \"vhost-user\"\n\
-                     socket = \"{}\"\nmode = \"server\"\nqueues = {queues}\n{}",
-                    s.display(),
-                    extra(p)
-                ));
-                sockets.push(s);
-            }
-        }
-        let daemon = Daemon::start(dir.path(), &toml, &sockets);
+        let layout = build(dir.path());
+        let daemon = Daemon::start(dir.path(), &layout.toml(), &layout.sockets());
         Setup { dir, daemon }
     }
 

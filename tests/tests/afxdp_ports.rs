@@ -18,6 +18,7 @@ use vringswitch_ports::{Attachment, PortHandle};
 use vringswitch_tests::api::{assert_error, call};
 use vringswitch_tests::daemon::{Daemon, TempDir};
 use vringswitch_tests::frontend::{TestVm, VmOptions};
+use vringswitch_tests::layout::{afxdp, afxdp_with, vhost_user, AfXdpSettings, Layout};
 use vringswitch_tests::netns::{ip, ping_the_kernel, Engine, Netns};
 use vringswitch_tests::setup::T;
 use vringswitch_tests::{mac, BROADCAST};
@@ -145,14 +146,20 @@ fn afxdp_ports_from_the_configuration_the_api_and_the_state_file() {
     let (wire, second) = (Veth::new("xc"), Veth::new("xa"));
     let vm_sock = dir.path().join("vm.sock");
     let state = dir.path().join("state.json");
-    let config = format!(
-        "[dataplane]\ncores = [1]\n[[bridges]]\nname = \"br0\"\n[[bridges]]\nname = \"br1\"\n\
-         [[ports]]\nname = \"vm\"\nbridge = \"br0\"\ntype = \"vhost-user\"\nsocket = \"{}\"\n\
-         [[ports]]\nname = \"wire\"\nbridge = \"br0\"\ntype = \"afxdp\"\nifname = \"{}\"\n\
-         xdp_mode = \"generic\"\n",
-        vm_sock.display(),
-        wire.outer
-    );
+    let config = Layout::new()
+        .bridge("br0")
+        .bridge("br1")
+        .port(vhost_user("vm", "br0", &vm_sock))
+        .port(afxdp_with(
+            "wire",
+            "br0",
+            AfXdpSettings {
+                ifname: Some(wire.outer.clone()),
+                queue: None,
+                xdp_mode: Some(XdpMode::Generic),
+            },
+        ))
+        .toml();
     let mut d = Daemon::start_with(
         dir.path(),
         &config,
@@ -279,13 +286,11 @@ fn a_deleted_interface_takes_the_afxdp_port_down_counts_drops_and_comes_back() {
     let dir = TempDir::new("afxdp-gone");
     let veth = Veth::new("xg");
     let vm_sock = dir.path().join("vm.sock");
-    let config = format!(
-        "[dataplane]\ncores = [1]\n[[bridges]]\nname = \"br0\"\n\
-         [[ports]]\nname = \"vm\"\nbridge = \"br0\"\ntype = \"vhost-user\"\nsocket = \"{}\"\n\
-         [[ports]]\nname = \"wire\"\nbridge = \"br0\"\ntype = \"afxdp\"\nifname = \"{}\"\n",
-        vm_sock.display(),
-        veth.outer
-    );
+    let config = Layout::new()
+        .bridge("br0")
+        .port(vhost_user("vm", "br0", &vm_sock))
+        .port(afxdp("wire", "br0", &veth.outer))
+        .toml();
     let d = Daemon::start(dir.path(), &config, std::slice::from_ref(&vm_sock));
     let mut vm = TestVm::connect(&vm_sock, mac(1), VmOptions::default());
     vm.post_rx(TestVm::rx(0), 64, 2048);
@@ -366,7 +371,7 @@ fn an_unprivileged_daemon_says_what_an_afxdp_port_needs() {
         .status()
         .unwrap();
     assert!(status.success(), "chown the test directory to nobody");
-    let config = "[dataplane]\ncores = [1]\n[[bridges]]\nname = \"br0\"\n";
+    let config = Layout::new().bridge("br0").toml();
     let as_nobody = [
         "setpriv",
         "--reuid",
@@ -376,7 +381,7 @@ fn an_unprivileged_daemon_says_what_an_afxdp_port_needs() {
         "--clear-groups",
         "--",
     ];
-    let d = Daemon::start_under(dir.path(), config, &[], &[], &as_nobody, dir.path());
+    let d = Daemon::start_under(dir.path(), &config, &[], &[], &as_nobody, dir.path());
     assert_error(
         call(
             &d,
@@ -413,11 +418,10 @@ fn afxdp_and_tap_ports_come_and_go_while_a_vm_pair_loses_no_frame() {
 fn frames_the_kernel_drops_for_want_of_room_are_counted() {
     let dir = TempDir::new("afxdp-full");
     let veth = Veth::new("xf");
-    let config = format!(
-        "[dataplane]\ncores = [1]\n[[bridges]]\nname = \"br0\"\n\
-         [[ports]]\nname = \"wire\"\nbridge = \"br0\"\ntype = \"afxdp\"\nifname = \"{}\"\n",
-        veth.outer
-    );
+    let config = Layout::new()
+        .bridge("br0")
+        .port(afxdp("wire", "br0", &veth.outer))
+        .toml();
     let d = Daemon::start(dir.path(), &config, &[]);
     // Down, the port is not polled: its RX ring (2048 entries) fills and the kernel drops
     // the rest.

@@ -5,6 +5,9 @@ use serde_json::{json, Value};
 use vhost::VhostBackend;
 use vringswitch_tests::api::{assert_error, call, call_raw, names};
 use vringswitch_tests::frontend::TestVm;
+use vringswitch_tests::layout::{
+    vhost_user, vhost_user_with, Layout, SocketMode, VhostUserSettings,
+};
 use vringswitch_tests::setup::{Setup, T};
 use vringswitch_tests::{frame, mac, wait_until, BROADCAST};
 
@@ -684,11 +687,10 @@ fn a_token_guards_v1_and_the_unix_socket_serves_vringctl() {
     std::fs::write(&token_file, "s3cret-token\n").unwrap();
     let api_sock = dir.path().join("run/api.sock");
     let a = dir.path().join("a.sock");
-    let config = format!(
-        "[dataplane]\ncores = [1]\n[[bridges]]\nname = \"br0\"\n[[ports]]\nname = \"a\"\n\
-         bridge = \"br0\"\ntype = \"vhost-user\"\nsocket = \"{}\"\nmode = \"server\"\n",
-        a.display()
-    );
+    let config = Layout::new()
+        .bridge("br0")
+        .port(vhost_user("a", "br0", &a))
+        .toml();
     let d = Daemon::start_with(
         dir.path(),
         &config,
@@ -860,7 +862,7 @@ fn with_an_api_socket_and_no_token_tcp_is_read_only() {
     let api_sock = dir.path().join("api.sock");
     let d = Daemon::start_with(
         dir.path(),
-        "[dataplane]\ncores = [1]\n[[bridges]]\nname = \"br0\"\n",
+        &Layout::new().bridge("br0").toml(),
         &[],
         &["--api-socket", api_sock.to_str().unwrap()],
     );
@@ -915,11 +917,7 @@ fn with_an_api_socket_and_no_token_tcp_is_read_only() {
 fn a_port_without_a_socket_gets_one_in_the_socket_directory() {
     use vringswitch_tests::daemon::{binary, Daemon, TempDir};
     let dir = TempDir::new("default-socket");
-    let d = Daemon::start(
-        dir.path(),
-        "[dataplane]\ncores = [1]\n[[bridges]]\nname = \"br0\"\n",
-        &[],
-    );
+    let d = Daemon::start(dir.path(), &Layout::new().bridge("br0").toml(), &[]);
     let (code, p) = call(
         &d,
         "POST",
@@ -949,12 +947,18 @@ fn a_port_without_a_socket_gets_one_in_the_socket_directory() {
 
     // The configuration file: socket_dir, and a port without a socket.
     let config = dir.path().join("c.toml");
-    std::fs::write(
-        &config,
-        "socket_dir = \"/run/vs-test\"\n[[bridges]]\nname = \"br0\"\n[[ports]]\nname = \"vm1\"\n\
-         bridge = \"br0\"\ntype = \"vhost-user\"\nmode = \"server\"\n",
-    )
-    .unwrap();
+    let layout = Layout::new()
+        .socket_dir(std::path::Path::new("/run/vs-test"))
+        .bridge("br0")
+        .port(vhost_user_with(
+            "vm1",
+            "br0",
+            VhostUserSettings {
+                mode: Some(SocketMode::Server),
+                ..VhostUserSettings::default()
+            },
+        ));
+    std::fs::write(&config, layout.toml()).unwrap();
     let print = |extra: &[&str]| {
         let out = std::process::Command::new(binary())
             .arg("--config")

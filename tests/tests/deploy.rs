@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use vringswitch_tests::daemon::{binary, free_port, http_get, metric_value, KillOnDrop, TempDir};
 use vringswitch_tests::frontend::{TestVm, VmOptions};
+use vringswitch_tests::layout::{afxdp, tap, vhost_user, vhost_user_in, Layout, SocketMode};
 use vringswitch_tests::setup::{Setup, T};
 use vringswitch_tests::{frame, mac, wait_until};
 
@@ -132,21 +133,34 @@ fn every_system_call_of_the_daemon_passes_the_units_filter() {
     // frames come from it, and reach only that VM), under strace.
     let dir = TempDir::new("syscalls");
     let sock = |n: &str| dir.path().join(format!("{n}.sock"));
-    let mut toml = String::from("[dataplane]\ncores = [1]\n[[bridges]]\nname = \"br0\"\n");
-    for (name, mode) in [("a", "server"), ("b", "server"), ("c", "client")] {
-        toml.push_str(&format!(
-            "[[ports]]\nname = \"{name}\"\nbridge = \"br0\"\ntype = \"vhost-user\"\n\
-             socket = \"{}\"\nmode = \"{mode}\"\n",
-            sock(name).display()
-        ));
-    }
-    let tap = format!("vsd{}", std::process::id() % 100_000);
-    toml.push_str(&format!(
-        "[[bridges]]\nname = \"brt\"\n\
-         [[ports]]\nname = \"e\"\nbridge = \"brt\"\ntype = \"vhost-user\"\nsocket = \"{}\"\n\
-         [[ports]]\nname = \"t\"\nbridge = \"brt\"\ntype = \"tap\"\nifname = \"{tap}\"\n",
-        sock("e").display()
-    ));
+    let tap_name = format!("vsd{}", std::process::id() % 100_000);
+    let toml = Layout::new()
+        .bridge("br0")
+        .port(vhost_user_in(
+            "a",
+            "br0",
+            &sock("a"),
+            SocketMode::Server,
+            None,
+        ))
+        .port(vhost_user_in(
+            "b",
+            "br0",
+            &sock("b"),
+            SocketMode::Server,
+            None,
+        ))
+        .port(vhost_user_in(
+            "c",
+            "br0",
+            &sock("c"),
+            SocketMode::Client,
+            None,
+        ))
+        .bridge("brt")
+        .port(vhost_user("e", "brt", &sock("e")))
+        .port(tap("t", "brt", &tap_name))
+        .toml();
     let config = dir.path().join("vringswitch.toml");
     std::fs::write(&config, toml).unwrap();
     let (mut child, trace, api) = start_traced(dir.path(), &config);
@@ -288,16 +302,12 @@ fn an_afxdp_ports_system_calls_pass_the_unit_with_its_drop_in() {
     let _veth = DelLink(outer.clone());
     let sock = dir.path().join("e.sock");
     let config = dir.path().join("vringswitch.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[dataplane]\ncores = [1]\n[[bridges]]\nname = \"br0\"\n\
-             [[ports]]\nname = \"e\"\nbridge = \"br0\"\ntype = \"vhost-user\"\nsocket = \"{}\"\n\
-             [[ports]]\nname = \"x\"\nbridge = \"br0\"\ntype = \"afxdp\"\nifname = \"{outer}\"\n",
-            sock.display()
-        ),
-    )
-    .unwrap();
+    let toml = Layout::new()
+        .bridge("br0")
+        .port(vhost_user("e", "br0", &sock))
+        .port(afxdp("x", "br0", &outer))
+        .toml();
+    std::fs::write(&config, toml).unwrap();
     let (mut child, trace, api) = start_traced(dir.path(), &config);
     wait_until(Duration::from_secs(30), "the daemon under strace", || {
         http_get(&api, "/healthz").ok()

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use vringswitch_metrics::Snapshot;
 use vringswitch_tests::daemon::{Daemon, TempDir};
+use vringswitch_tests::layout::{vhost_user_in, Layout, SocketMode};
 use vringswitch_tests::wait_until;
 
 const MAC0: &str = "02:00:00:00:00:01";
@@ -210,13 +211,7 @@ fn loopback(frame_len: usize) {
     check_environment();
     let dir = TempDir::new(&format!("dpdk{frame_len}"));
     let (s0, s1) = (dir.path().join("vm1.sock"), dir.path().join("vm2.sock"));
-    let toml = format!(
-        "[dataplane]\ncores = [1]\n[[bridges]]\nname = \"br0\"\n\
-         [[ports]]\nname = \"vm1\"\nbridge = \"br0\"\ntype = \"vhost-user\"\nsocket = \"{}\"\nmode = \"server\"\nqueues = 1\n\
-         [[ports]]\nname = \"vm2\"\nbridge = \"br0\"\ntype = \"vhost-user\"\nsocket = \"{}\"\nmode = \"server\"\nqueues = 1\n",
-        s0.display(),
-        s1.display()
-    );
+    let toml = two_ports(&s0, &s1, SocketMode::Server);
     let daemon = Daemon::start(dir.path(), &toml, &[s0.clone(), s1.clone()]);
     let mut pmd = Testpmd::start(&s0, &s1, frame_len);
     pmd.command("start tx_first");
@@ -341,6 +336,15 @@ fn loopback(frame_len: usize) {
     assert!(cpp > 0.0);
 }
 
+/// Ports vm1 and vm2 on `s0` and `s1`, one queue pair each, in `mode`.
+fn two_ports(s0: &Path, s1: &Path, mode: SocketMode) -> String {
+    Layout::new()
+        .bridge("br0")
+        .port(vhost_user_in("vm1", "br0", s0, mode, Some(1)))
+        .port(vhost_user_in("vm2", "br0", s1, mode, Some(1)))
+        .toml()
+}
+
 #[test]
 fn testpmd_loopback_64_byte_frames() {
     loopback(64);
@@ -362,13 +366,7 @@ fn testpmd_servers_carry_traffic_again_within_a_second_of_each_of_20_switch_kill
     check_environment();
     let dir = TempDir::new("dpdk-restart");
     let (s0, s1) = (dir.path().join("vm1.sock"), dir.path().join("vm2.sock"));
-    let toml = format!(
-        "[dataplane]\ncores = [1]\n[[bridges]]\nname = \"br0\"\n\
-         [[ports]]\nname = \"vm1\"\nbridge = \"br0\"\ntype = \"vhost-user\"\nsocket = \"{}\"\nmode = \"client\"\nqueues = 1\n\
-         [[ports]]\nname = \"vm2\"\nbridge = \"br0\"\ntype = \"vhost-user\"\nsocket = \"{}\"\nmode = \"client\"\nqueues = 1\n",
-        s0.display(),
-        s1.display()
-    );
+    let toml = two_ports(&s0, &s1, SocketMode::Client);
     // testpmd waits for the switch to connect before it finishes starting: the switch
     // first (its client ports retry until testpmd listens).
     let mut daemon = Daemon::start(dir.path(), &toml, &[]);

@@ -15,6 +15,7 @@ use std::process::Command;
 
 use vringswitch_tests::daemon::{Daemon, TempDir};
 use vringswitch_tests::guest::{guest_cmdline, guest_dir, guest_mac, Console, Guest, GuestSpec};
+use vringswitch_tests::layout::{vhost_user_in, Layout, SocketMode};
 
 /// The libvirt URI of the system QEMU driver.
 const URI: &str = "qemu:///system";
@@ -152,18 +153,18 @@ fn libvirt_domains_on_server_and_client_mode_ports_ping_restart_and_ping_again()
     let a = run.join("a.sock");
     let b = run.join("client/b.sock");
     let peer = run.join("peer.sock");
-    let mut toml = String::from("[dataplane]\ncores = [1]\n[[bridges]]\nname = \"br0\"\n");
-    for (name, socket, mode) in [
-        ("a", &a, "server"),
-        ("b", &b, "client"),
-        ("peer", &peer, "server"),
-    ] {
-        toml.push_str(&format!(
-            "[[ports]]\nname = \"{name}\"\nbridge = \"br0\"\ntype = \"vhost-user\"\n\
-             socket = \"{}\"\nmode = \"{mode}\"\nqueues = 1\n",
-            socket.display()
-        ));
-    }
+    let toml = Layout::new()
+        .bridge("br0")
+        .port(vhost_user_in("a", "br0", &a, SocketMode::Server, Some(1)))
+        .port(vhost_user_in("b", "br0", &b, SocketMode::Client, Some(1)))
+        .port(vhost_user_in(
+            "peer",
+            "br0",
+            &peer,
+            SocketMode::Server,
+            Some(1),
+        ))
+        .toml();
     let daemon = Daemon::start_as(
         dir.path(),
         &toml,

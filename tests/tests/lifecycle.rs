@@ -8,7 +8,9 @@ use vhost::vhost_user::Frontend;
 use vhost::VhostBackend;
 use vringswitch_tests::daemon::{Daemon, KillOnDrop, TempDir};
 use vringswitch_tests::frontend::{TestVm, VmOptions};
+use vringswitch_tests::layout::Layout;
 use vringswitch_tests::process::{mappings_of, open_fds, threads};
+use vringswitch_tests::setup::Setup;
 use vringswitch_tests::{frame, mac, settled_counts, wait_until};
 
 const T: Duration = Duration::from_secs(10);
@@ -34,14 +36,8 @@ fn settled_resources(pid: u32) -> (usize, usize, usize) {
 fn config(dir: &Path) -> (String, Vec<std::path::PathBuf>) {
     let a = dir.join("a.sock");
     let b = dir.join("b.sock");
-    let mut toml = String::from("[dataplane]\ncores = [1]\n[[bridges]]\nname = \"br0\"\n");
-    for (n, s) in [("a", &a), ("b", &b)] {
-        toml.push_str(&format!(
-            "[[ports]]\nname = \"{n}\"\nbridge = \"br0\"\ntype = \"vhost-user\"\nsocket = \"{}\"\nmode = \"server\"\nqueues = 1\n",
-            s.display()
-        ));
-    }
-    (toml, vec![a, b])
+    let layout = Setup::layout(dir, &[("br0", &["a", "b"])], 1);
+    (layout.toml(), vec![a, b])
 }
 
 fn ping_pong(s: &Path, b: &mut TestVm, round: u8) {
@@ -120,6 +116,7 @@ fn sigterm_stops_the_daemon_even_with_its_sockets_deleted() {
 fn a_bad_config_exits_non_zero_naming_file_line_and_problem() {
     let dir = TempDir::new("badconfig");
     let path = dir.path().join("bad.toml");
+    // Text: the line of the error in the file is what is tested.
     std::fs::write(
         &path,
         "[[bridges]]\nname = \"br0\"\n[[ports]]\nname = \"vm1\"\nbridge = \"br9\"\n\
@@ -227,11 +224,7 @@ fn a_second_daemon_refuses_and_leaves_the_first_ones_sockets() {
     };
     let other = TempDir::new("second-other");
     let other_config = other.path().join("other.toml");
-    std::fs::write(
-        &other_config,
-        "[dataplane]\ncores = [1]\n[[bridges]]\nname = \"br0\"\n",
-    )
-    .unwrap();
+    std::fs::write(&other_config, Layout::new().bridge("br0").toml()).unwrap();
 
     // The same socket directory, the same (busy) API address.
     let (ok, err) = run_daemon(&[
@@ -339,7 +332,7 @@ fn sighup_is_logged_and_ignored_and_sigquit_stops_cleanly() {
 fn start_errors_say_each_cause_once() {
     let dir = TempDir::new("once");
     let config = dir.path().join("c.toml");
-    std::fs::write(&config, "[dataplane]\ncores = [77]\n").unwrap();
+    std::fs::write(&config, Layout::new().cores(&[77]).toml()).unwrap();
     let socket_dir = dir.path().join("run");
     let (ok, err) = run_daemon(&[
         std::ffi::OsStr::new("--config"),

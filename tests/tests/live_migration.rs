@@ -13,6 +13,7 @@ use vringswitch_tests::api::call;
 use vringswitch_tests::daemon::{Daemon, TempDir};
 use vringswitch_tests::frontend::{TestVm, VmOptions};
 use vringswitch_tests::guest::{guest_mac, Guest, GuestSpec, BOOT_AND_PING};
+use vringswitch_tests::layout::{vhost_user_in, Layout, SocketMode};
 use vringswitch_tests::wait_until;
 
 /// Longest a migration of a 256 MiB TCG guest may take here.
@@ -73,20 +74,20 @@ fn config(dir: &Path, ports: &[(&str, &str)]) -> (String, Vec<PathBuf>) {
 
 /// [`config`] with `queues` queue pairs per port.
 fn config_queues(dir: &Path, ports: &[(&str, &str)], queues: u16) -> (String, Vec<PathBuf>) {
-    let mut toml = String::from("[dataplane]\ncores = [1]\n[[bridges]]\nname = \"br0\"\n");
+    let mut layout = Layout::new().bridge("br0");
     let mut sockets = Vec::new();
     for (port, mode) in ports {
         let s = dir.join(format!("{port}.sock"));
-        toml.push_str(&format!(
-            "[[ports]]\nname = \"{port}\"\nbridge = \"br0\"\ntype = \"vhost-user\"\n\
-             socket = \"{}\"\nmode = \"{mode}\"\nqueues = {queues}\n",
-            s.display()
-        ));
-        if *mode == "server" {
+        let mode = match *mode {
+            "server" => SocketMode::Server,
+            _ => SocketMode::Client,
+        };
+        layout = layout.port(vhost_user_in(port, "br0", &s, mode, Some(queues)));
+        if mode == SocketMode::Server {
             sockets.push(s);
         }
     }
-    (toml, sockets)
+    (layout.toml(), sockets)
 }
 
 /// The port the bridge has `mac` on, if any.

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use vringswitch_tests::daemon::{http_request, http_request_unix, Daemon, TempDir};
 use vringswitch_tests::frontend::{TestVm, VmOptions};
+use vringswitch_tests::layout::{vhost_user_with, Layout, SocketMode, VhostUserSettings};
 use vringswitch_tests::process::open_fds;
 use vringswitch_tests::setup::{Setup, T};
 use vringswitch_tests::{frame, mac, wait_until};
@@ -71,14 +72,7 @@ fn connect_when_served(socket: &std::path::Path, n: u8, timeout: Duration) -> Te
 fn running_out_of_file_descriptors_wedges_nothing() {
     let dir = TempDir::new("fds");
     let sockets = [dir.path().join("a.sock"), dir.path().join("b.sock")];
-    let mut toml = String::from("[dataplane]\ncores = [1]\n[[bridges]]\nname = \"br0\"\n");
-    for (name, s) in [("a", &sockets[0]), ("b", &sockets[1])] {
-        toml.push_str(&format!(
-            "[[ports]]\nname = \"{name}\"\nbridge = \"br0\"\ntype = \"vhost-user\"\n\
-             socket = \"{}\"\nmode = \"server\"\nqueues = 1\n",
-            s.display()
-        ));
-    }
+    let toml = Setup::layout(dir.path(), &[("br0", &["a", "b"])], 1).toml();
     let mut d = Daemon::start_under(
         dir.path(),
         &toml,
@@ -219,7 +213,7 @@ fn api_host_allows_a_name() {
     let dir = TempDir::new("api-host");
     let d = Daemon::start_with(
         dir.path(),
-        "[dataplane]\ncores = [1]\n",
+        &Layout::new().toml(),
         &[],
         &["--api-host", "switch.example"],
     );
@@ -242,7 +236,7 @@ fn idle_api_clients_are_bounded_and_timed_out() {
     let api_sock = dir.path().join("api.sock");
     let d = Daemon::start_with(
         dir.path(),
-        "[dataplane]\ncores = [1]\n",
+        &Layout::new().toml(),
         &[],
         &["--api-socket", api_sock.to_str().unwrap()],
     );
@@ -306,7 +300,7 @@ fn a_port_cannot_take_the_daemons_own_paths() {
     let state = dir.path().join("state.json");
     let _daemon = Daemon::start_with(
         dir.path(),
-        "[dataplane]\ncores = [1]\n[[bridges]]\nname = \"br0\"\n",
+        &Layout::new().bridge("br0").toml(),
         &[],
         &[
             "--api-socket",
@@ -386,7 +380,7 @@ fn state_file_symlinks_fifos_and_full_disks() {
     let state = small.join("state.json");
     let d = Daemon::start_with(
         dir.path(),
-        "[dataplane]\ncores = [1]\n[[bridges]]\nname = \"br0\"\n",
+        &Layout::new().bridge("br0").toml(),
         &[],
         &["--state", state.to_str().unwrap()],
     );
@@ -635,21 +629,30 @@ fn error_answers_are_json_and_short() {
 #[test]
 fn idle_ports_stop_at_once() {
     let dir = TempDir::new("idle-ports");
-    let mut toml = String::from("[dataplane]\ncores = [1]\n[[bridges]]\nname = \"br0\"\n");
+    let mut layout = Layout::new().bridge("br0");
     let mut sockets = Vec::new();
     for i in 0..200 {
         let s = dir.path().join(format!("p{i}.sock"));
-        toml.push_str(&format!(
-            "[[ports]]\nname = \"p{i}\"\nbridge = \"br0\"\ntype = \"vhost-user\"\n\
-             socket = \"{}\"\nmode = \"{}\"\nqueues = 1\n",
-            s.display(),
-            if i % 2 == 0 { "server" } else { "client" }
+        let server = i % 2 == 0;
+        layout = layout.port(vhost_user_with(
+            &format!("p{i}"),
+            "br0",
+            VhostUserSettings {
+                socket: s.clone(),
+                mode: Some(if server {
+                    SocketMode::Server
+                } else {
+                    SocketMode::Client
+                }),
+                queues: Some(1),
+                offloads: None,
+            },
         ));
-        if i % 2 == 0 {
+        if server {
             sockets.push(s);
         }
     }
-    let mut d = Daemon::start(dir.path(), &toml, &sockets);
+    let mut d = Daemon::start(dir.path(), &layout.toml(), &sockets);
     let started = Instant::now();
     let (code, text) = http_request(&d.api, "DELETE", "/v1/ports/p0", None);
     assert_eq!(code, 204, "{text}");

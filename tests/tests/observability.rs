@@ -210,7 +210,9 @@ fn quiet_ports_cost_no_busy_cycles() {
 fn a_worker_sleeps_soundly_after_traffic() {
     // An idle poll long enough for the reply of a round trip to come within it, whatever
     // the machine's load; the pauses between round trips are longer.
-    let s = Setup::with_dataplane("sleeps", &[("br0", &["a", "b"])], 1, "idle_poll_us = 20000");
+    let s = Setup::with_layout("sleeps", |dir| {
+        Setup::layout(dir, &[("br0", &["a", "b"])], 1).idle_poll_us(20000)
+    });
     let mut a = s.vm("a", 1);
     let mut b = s.vm("b", 2);
     s.wait_connected(&["a", "b"]);

@@ -14,6 +14,10 @@ use virtio_bindings::virtio_net::{
 use vringswitch_tests::api::call;
 use vringswitch_tests::daemon::{Daemon, TempDir};
 use vringswitch_tests::frontend::{Received, TestVm, VmOptions, HDR_LEN};
+use vringswitch_tests::layout::{
+    access, tap_with, trunk, vhost_user, vhost_user_with, Layout, PortSpec, TapSettings,
+    VhostUserSettings,
+};
 use vringswitch_tests::mac;
 use vringswitch_tests::setup::{Setup, T};
 
@@ -272,14 +276,19 @@ fn offloads_are_offered_unless_a_port_turns_them_off() {
     let dir = TempDir::new("offloadsoff");
     let on = dir.path().join("on.sock");
     let off = dir.path().join("off.sock");
-    let toml = format!(
-        "[dataplane]\ncores = [1]\n[[bridges]]\nname = \"br0\"\n\
-         [[ports]]\nname = \"on\"\nbridge = \"br0\"\ntype = \"vhost-user\"\nsocket = \"{}\"\n\
-         [[ports]]\nname = \"off\"\nbridge = \"br0\"\ntype = \"vhost-user\"\nsocket = \"{}\"\n\
-         offloads = false\n",
-        on.display(),
-        off.display()
-    );
+    let toml = Layout::new()
+        .bridge("br0")
+        .port(vhost_user("on", "br0", &on))
+        .port(vhost_user_with(
+            "off",
+            "br0",
+            VhostUserSettings {
+                socket: off.clone(),
+                offloads: Some(false),
+                ..VhostUserSettings::default()
+            },
+        ))
+        .toml();
     let d = Daemon::start(dir.path(), &toml, &[on.clone(), off.clone()]);
     let all = SENDS_OFFLOADS | TAKES_OFFLOADS;
     let offered = |socket: &std::path::Path| {
@@ -320,14 +329,23 @@ impl TapPair {
         let id = std::process::id() % 10_000;
         let (on, off) = (format!("{tag}a{id}"), format!("{tag}b{id}"));
         let vm = dir.path().join("a.sock");
-        let toml = format!(
-            "[dataplane]\ncores = [1]\n[[bridges]]\nname = \"br0\"\n\
-             [[ports]]\nname = \"a\"\nbridge = \"br0\"\ntype = \"vhost-user\"\nsocket = \"{}\"\n\
-             [[ports]]\nname = \"on\"\nbridge = \"br0\"\ntype = \"tap\"\nifname = \"{on}\"\nmtu = 1500\n\
-             [[ports]]\nname = \"off\"\nbridge = \"br0\"\ntype = \"tap\"\nifname = \"{off}\"\nmtu = 1500\n\
-             offloads = false\n",
-            vm.display()
-        );
+        let tap_port = |name: &str, ifname: &str, offloads| {
+            tap_with(
+                name,
+                "br0",
+                TapSettings {
+                    ifname: Some(ifname.to_owned()),
+                    mtu: Some(1500),
+                    offloads,
+                },
+            )
+        };
+        let toml = Layout::new()
+            .bridge("br0")
+            .port(vhost_user("a", "br0", &vm))
+            .port(tap_port("on", &on, None))
+            .port(tap_port("off", &off, Some(false)))
+            .toml();
         let d = Daemon::start(dir.path(), &toml, std::slice::from_ref(&vm));
         // The kernel's own frames from each interface (IPv6 neighbour discovery) would
         // reach the other through the bridge: none.
@@ -473,18 +491,16 @@ fn a_tag_pushed_on_a_tso_frame_moves_its_header_and_tags_its_segments() {
         .iter()
         .map(|p| dir.path().join(format!("{p}.sock")))
         .collect();
-    let port = |name: &str, sock: &std::path::Path, vlan: &str| {
-        format!(
-            "[[ports]]\nname = \"{name}\"\nbridge = \"br0\"\ntype = \"vhost-user\"\nsocket = \"{}\"\nvlan = {vlan}\n",
-            sock.display()
-        )
+    let port = |name: &str, sock: &std::path::Path, vlan| PortSpec {
+        vlan: Some(vlan),
+        ..vhost_user(name, "br0", sock)
     };
-    let toml = format!(
-        "[dataplane]\ncores = [1]\n[[bridges]]\nname = \"br0\"\n{}{}{}",
-        port("a", &socks[0], "{ mode = \"access\", tag = 10 }"),
-        port("b", &socks[1], "{ mode = \"trunk\", tags = [10] }"),
-        port("c", &socks[2], "{ mode = \"trunk\", tags = [10] }"),
-    );
+    let toml = Layout::new()
+        .bridge("br0")
+        .port(port("a", &socks[0], access(10)))
+        .port(port("b", &socks[1], trunk(&[10])))
+        .port(port("c", &socks[2], trunk(&[10])))
+        .toml();
     let d = Daemon::start(dir.path(), &toml, &socks);
     let vm = |i: usize, n: u8, offloads: u64| {
         let mut vm = TestVm::connect(&socks[i], mac(n), with(offloads));

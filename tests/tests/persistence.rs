@@ -8,7 +8,8 @@ use serde_json::{json, Value};
 use vringswitch_tests::api::call;
 use vringswitch_tests::daemon::{binary, Daemon, TempDir};
 use vringswitch_tests::frontend::TestVm;
-use vringswitch_tests::setup::T;
+use vringswitch_tests::layout::{vhost_user, Layout};
+use vringswitch_tests::setup::{server_port, T};
 use vringswitch_tests::{frame, mac};
 
 /// Bridges, ports (configuration only) and the FDB's static entries, as the API shows them.
@@ -47,11 +48,10 @@ fn topology_built_over_the_api_survives_kill_9() {
     let dir = TempDir::new("state");
     let state = dir.path().join("state/topology.json");
     let a_sock = dir.path().join("a.sock");
-    let config = format!(
-        "[dataplane]\ncores = [1]\n[[bridges]]\nname = \"br0\"\n[[ports]]\nname = \"a\"\n\
-         bridge = \"br0\"\ntype = \"vhost-user\"\nsocket = \"{}\"\nmode = \"server\"\n",
-        a_sock.display()
-    );
+    let config = Layout::new()
+        .bridge("br0")
+        .port(vhost_user("a", "br0", &a_sock))
+        .toml();
     let state_arg = state.to_str().unwrap().to_owned();
     let mut d = Daemon::start_with(
         dir.path(),
@@ -186,15 +186,9 @@ fn config_edits_shadowed_by_the_state_file_are_named_at_start_and_in_print_confi
     let dir = TempDir::new("shadowed");
     let state = dir.path().join("state.json");
     let state_arg = state.to_str().unwrap().to_owned();
-    let port = |name: &str, queues: u16| {
-        format!(
-            "[[ports]]\nname = \"{name}\"\nbridge = \"br0\"\ntype = \"vhost-user\"\n\
-             socket = \"{}\"\nmode = \"server\"\nqueues = {queues}\n",
-            dir.path().join(format!("{name}.sock")).display()
-        )
-    };
-    let base = "[dataplane]\ncores = [1]\n[[bridges]]\nname = \"br0\"\n";
-    let first = format!("{base}{}", port("a", 1));
+    let port = |name: &str, queues: u16| server_port(dir.path(), name, "br0", queues);
+    let base = Layout::new().bridge("br0");
+    let first = base.clone().port(port("a", 1)).toml();
     let a_sock = dir.path().join("a.sock");
     let mut d = Daemon::start_with(
         dir.path(),
@@ -206,7 +200,7 @@ fn config_edits_shadowed_by_the_state_file_are_named_at_start_and_in_print_confi
     d.terminate(T);
 
     // The operator adds a port and changes another in the file, then restarts.
-    let edited = format!("{base}{}{}", port("a", 2), port("vm3", 1));
+    let edited = base.port(port("a", 2)).port(port("vm3", 1)).toml();
     std::fs::write(&d.config, &edited).unwrap();
     d.restart(std::slice::from_ref(&a_sock));
     let log = d.log_text();

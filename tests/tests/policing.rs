@@ -11,6 +11,9 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use vringswitch_tests::api::{assert_error, call};
 use vringswitch_tests::daemon::{Daemon, TempDir};
+use vringswitch_tests::layout::{
+    tap_with, vhost_user, Layout, PoliceConfig, PortSpec, TapSettings,
+};
 use vringswitch_tests::netns::{ip, Netns};
 
 /// The bits per second the switch delivered to port `to` over `window`, from its byte
@@ -78,7 +81,7 @@ fn tcp_stream(from: &Netns, to: &Netns, addr: &str, secs: u64) -> Stream {
 
 /// Two TAP ports of one bridge, each interface moved into a namespace of its own with an
 /// address (10.78.0.1 and 10.78.0.2), offloads off (frames of the MTU), with the port
-/// settings `t1` and `t2` (TOML lines).
+/// policers `t1` and `t2` (of what each port sends).
 struct TwoHosts {
     _dir: TempDir,
     d: Daemon,
@@ -86,7 +89,7 @@ struct TwoHosts {
     b: Netns,
 }
 
-fn two_hosts(tag: &str, t1: &str, t2: &str) -> TwoHosts {
+fn two_hosts(tag: &str, t1: Option<PoliceConfig>, t2: Option<PoliceConfig>) -> TwoHosts {
     assert!(
         std::path::Path::new("/dev/net/tun").exists(),
         "/dev/net/tun is missing: load the tun module (modprobe tun)"
@@ -94,13 +97,23 @@ fn two_hosts(tag: &str, t1: &str, t2: &str) -> TwoHosts {
     let dir = TempDir::new(tag);
     let id = std::process::id() % 100_000;
     let (if1, if2) = (format!("vsp{id}a"), format!("vsp{id}b"));
-    let config = format!(
-        "[dataplane]\ncores = [1]\n[[bridges]]\nname = \"br0\"\n\
-         [[ports]]\nname = \"t1\"\nbridge = \"br0\"\ntype = \"tap\"\nifname = \"{if1}\"\n\
-         offloads = false\n{t1}\n\
-         [[ports]]\nname = \"t2\"\nbridge = \"br0\"\ntype = \"tap\"\nifname = \"{if2}\"\n\
-         offloads = false\n{t2}\n"
-    );
+    let host = |name: &str, ifname: &str, police_rx| PortSpec {
+        police_rx,
+        ..tap_with(
+            name,
+            "br0",
+            TapSettings {
+                ifname: Some(ifname.to_owned()),
+                mtu: None,
+                offloads: Some(false),
+            },
+        )
+    };
+    let config = Layout::new()
+        .bridge("br0")
+        .port(host("t1", &if1, t1))
+        .port(host("t2", &if2, t2))
+        .toml();
     let d = Daemon::start(dir.path(), &config, &[]);
     let (a, b) = (
         Netns::new(&format!("vs-pa-{id}")),
@@ -122,7 +135,13 @@ fn two_hosts(tag: &str, t1: &str, t2: &str) -> TwoHosts {
 /// burst refilled while it backs off) moved the figure by up to 3.5% either way.
 #[test]
 fn tcp_through_a_policed_port_settles_at_the_configured_rate() {
-    let h = two_hosts("police", "police_rx = { rate_kbps = 20000 }", "");
+    let rate = PoliceConfig {
+        rate_kbps: Some(20_000),
+        burst_kb: None,
+        rate_pps: None,
+        burst_packets: None,
+    };
+    let h = two_hosts("police", Some(rate), None);
     let d = &h.d;
     let _stream = tcp_stream(&h.a, &h.b, "10.78.0.2", 22);
     // Slow start and the first burst: left out of the measure.
@@ -178,12 +197,19 @@ fn tcp_through_a_policed_port_settles_at_the_configured_rate() {
 fn policers_are_checked_and_shown() {
     let dir = TempDir::new("police-cfg");
     let sock = dir.path().join("vm.sock");
-    let bad = format!(
-        "[dataplane]\ncores = [1]\n[[bridges]]\nname = \"br0\"\n\
-         [[ports]]\nname = \"vm\"\nbridge = \"br0\"\ntype = \"vhost-user\"\n\
-         socket = \"{}\"\npolice_rx = {{ burst_kb = 1000 }}\n",
-        sock.display()
-    );
+    let police = |rate_pps, burst_kb| PoliceConfig {
+        rate_kbps: None,
+        burst_kb,
+        rate_pps,
+        burst_packets: None,
+    };
+    let bad = Layout::new()
+        .bridge("br0")
+        .port(PortSpec {
+            police_rx: Some(police(None, Some(1000))),
+            ..vhost_user("vm", "br0", &sock)
+        })
+        .toml();
     let path = dir.path().join("bad.toml");
     std::fs::write(&path, bad).unwrap();
     let out = Command::new(vringswitch_tests::daemon::binary())
@@ -197,12 +223,13 @@ fn policers_are_checked_and_shown() {
         "{err}"
     );
 
-    let good = format!(
-        "[dataplane]\ncores = [1]\n[[bridges]]\nname = \"br0\"\n\
-         [[ports]]\nname = \"vm\"\nbridge = \"br0\"\ntype = \"vhost-user\"\n\
-         socket = \"{}\"\npolice_tx = {{ rate_pps = 1000 }}\n",
-        sock.display()
-    );
+    let good = Layout::new()
+        .bridge("br0")
+        .port(PortSpec {
+            police_tx: Some(police(Some(1000), None)),
+            ..vhost_user("vm", "br0", &sock)
+        })
+        .toml();
     let d = Daemon::start(dir.path(), &good, std::slice::from_ref(&sock));
     let (code, port) = call(&d, "GET", "/v1/ports/vm", None);
     assert_eq!(code, 200);

@@ -8,6 +8,7 @@ use serde_json::{json, Value};
 use vringswitch_tests::api::{assert_error, call};
 use vringswitch_tests::daemon::{Daemon, TempDir};
 use vringswitch_tests::frontend::{TestVm, VmOptions};
+use vringswitch_tests::layout::{macs, vhost_user, Layout, PortSpec};
 use vringswitch_tests::setup::{Setup, T};
 use vringswitch_tests::{frame, mac, BROADCAST};
 
@@ -128,15 +129,14 @@ fn a_locked_port_drops_spoofed_sources_and_they_never_reach_the_fdb() {
 fn allowed_macs_from_the_config_file_lock_the_port() {
     let dir = TempDir::new("portsec-config");
     let (sa, sb) = (dir.path().join("a.sock"), dir.path().join("b.sock"));
-    let toml = format!(
-        "[dataplane]\ncores = [1]\n[[bridges]]\nname = \"br0\"\n\
-         [[ports]]\nname = \"a\"\nbridge = \"br0\"\ntype = \"vhost-user\"\nsocket = \"{}\"\n\
-         mode = \"server\"\nallowed_macs = [\"02:00:00:00:00:01\", \"02:00:00:00:00:11\"]\n\
-         [[ports]]\nname = \"b\"\nbridge = \"br0\"\ntype = \"vhost-user\"\nsocket = \"{}\"\n\
-         mode = \"server\"\n",
-        sa.display(),
-        sb.display()
-    );
+    let toml = Layout::new()
+        .bridge("br0")
+        .port(PortSpec {
+            allowed_macs: macs(&["02:00:00:00:00:01", "02:00:00:00:00:11"]),
+            ..vhost_user("a", "br0", &sa)
+        })
+        .port(vhost_user("b", "br0", &sb))
+        .toml();
     let d = Daemon::start(dir.path(), &toml, &[sa.clone(), sb.clone()]);
     let (_, port_a) = call(&d, "GET", "/v1/ports/a", None);
     assert_eq!(

@@ -7,33 +7,41 @@ use std::time::Duration;
 
 use vringswitch_tests::daemon::{Daemon, TempDir};
 use vringswitch_tests::guest::{Guest, GuestSpec, Machine, BOOT_AND_PING};
+use vringswitch_tests::layout::{
+    afxdp, tap, vhost_user_with, Layout, SocketMode, VhostUserSettings,
+};
 use vringswitch_tests::wait_until;
 
-fn config(dir: &Path, ports: &[(&str, &str)], mode: &str) -> (String, Vec<PathBuf>) {
-    config_queues(dir, ports, mode, 1)
+fn config(dir: &Path, ports: &[(&str, &str)], mode: SocketMode) -> (String, Vec<PathBuf>) {
+    let (layout, sockets) = layout(dir, ports, mode, 1);
+    (layout.toml(), sockets)
 }
 
-/// A configuration of `ports` (name, bridge) with `queues` queue pairs each, and their
-/// sockets in `dir`.
-fn config_queues(
+/// A layout of `ports` (name, bridge) with `queues` queue pairs each, and their sockets in
+/// `dir`.
+fn layout(
     dir: &Path,
     ports: &[(&str, &str)],
-    mode: &str,
+    mode: SocketMode,
     queues: u16,
-) -> (String, Vec<PathBuf>) {
-    let mut toml = String::from(
-        "[dataplane]\ncores = [1]\n[[bridges]]\nname = \"br0\"\n[[bridges]]\nname = \"br1\"\n",
-    );
+) -> (Layout, Vec<PathBuf>) {
+    let mut layout = Layout::new().bridge("br0").bridge("br1");
     let mut sockets = Vec::new();
     for (port, bridge) in ports {
-        let s = dir.join(format!("{port}.sock"));
-        toml.push_str(&format!(
-            "[[ports]]\nname = \"{port}\"\nbridge = \"{bridge}\"\ntype = \"vhost-user\"\nsocket = \"{}\"\nmode = \"{mode}\"\nqueues = {queues}\n",
-            s.display()
+        let socket = dir.join(format!("{port}.sock"));
+        layout = layout.port(vhost_user_with(
+            port,
+            bridge,
+            VhostUserSettings {
+                socket: socket.clone(),
+                mode: Some(mode),
+                queues: Some(queues),
+                offloads: None,
+            },
         ));
-        sockets.push(s);
+        sockets.push(socket);
     }
-    (toml, sockets)
+    (layout, sockets)
 }
 
 #[test]
@@ -42,7 +50,7 @@ fn guests_ping_through_server_ports_are_isolated_by_bridge_and_survive_qemu_rest
     let (toml, sockets) = config(
         dir.path(),
         &[("vm1", "br0"), ("vm2", "br0"), ("vm3", "br1")],
-        "server",
+        SocketMode::Server,
     );
     let daemon = Daemon::start(dir.path(), &toml, &sockets);
     let mut g1 = Guest::boot(dir.path(), &GuestSpec::new("g1", &sockets[0], 1, 2));
@@ -85,7 +93,11 @@ fn guests_ping_through_server_ports_are_isolated_by_bridge_and_survive_qemu_rest
 #[test]
 fn client_mode_survives_daemon_restart_and_qemu_restart() {
     let dir = TempDir::new("qemu-client");
-    let (toml, sockets) = config(dir.path(), &[("vm1", "br0"), ("vm2", "br0")], "client");
+    let (toml, sockets) = config(
+        dir.path(),
+        &[("vm1", "br0"), ("vm2", "br0")],
+        SocketMode::Client,
+    );
     // QEMU listens (server=on): the guests come up first, the switch connects later.
     let g1 = Guest::boot(
         dir.path(),
@@ -134,8 +146,13 @@ fn client_mode_survives_daemon_restart_and_qemu_restart() {
 #[test]
 fn multiqueue_guests_ping_over_both_queue_pairs() {
     let dir = TempDir::new("qemu-mq");
-    let (toml, sockets) = config_queues(dir.path(), &[("vm1", "br0"), ("vm2", "br0")], "server", 2);
-    let daemon = Daemon::start(dir.path(), &toml, &sockets);
+    let (layout, sockets) = layout(
+        dir.path(),
+        &[("vm1", "br0"), ("vm2", "br0")],
+        SocketMode::Server,
+        2,
+    );
+    let daemon = Daemon::start(dir.path(), &layout.toml(), &sockets);
     let g1 = Guest::boot(
         dir.path(),
         &GuestSpec::new("g1", &sockets[0], 1, 2).multiqueue(2, 2),
@@ -188,7 +205,11 @@ fn multiqueue_guests_ping_over_both_queue_pairs() {
 #[test]
 fn a_microvm_guest_pings_a_pci_guest() {
     let dir = TempDir::new("qemu-microvm");
-    let (toml, sockets) = config(dir.path(), &[("vm1", "br0"), ("vm2", "br0")], "server");
+    let (toml, sockets) = config(
+        dir.path(),
+        &[("vm1", "br0"), ("vm2", "br0")],
+        SocketMode::Server,
+    );
     let _daemon = Daemon::start(dir.path(), &toml, &sockets);
     let micro = Guest::boot(
         dir.path(),
@@ -229,10 +250,12 @@ fn guest_reaches_a_namespace(kind: &str) {
     let netns = vringswitch_tests::netns::Netns::new(&ns);
     let ip = vringswitch_tests::netns::ip;
     // Deleting the namespace deletes the veth pair; a TAP interface goes with the daemon.
-    let (mut toml, sockets) = config(dir.path(), &[("vm2", "br0")], "server");
-    toml.push_str(&format!(
-        "[[ports]]\nname = \"uplink\"\nbridge = \"br0\"\ntype = \"{kind}\"\nifname = \"{ifname}\"\n"
-    ));
+    let (layout, sockets) = layout(dir.path(), &[("vm2", "br0")], SocketMode::Server, 1);
+    let uplink = match kind {
+        "tap" => tap("uplink", "br0", &ifname),
+        _ => afxdp("uplink", "br0", &ifname),
+    };
+    let toml = layout.port(uplink).toml();
     let inner = if kind == "tap" {
         ifname.clone()
     } else {
@@ -394,7 +417,7 @@ fn tso_guests_and_a_guest_without_offloads_exchange_100_mb_with_matching_md5() {
     let (toml, sockets) = config(
         dir.path(),
         &[("a", "br0"), ("b", "br0"), ("c", "br0")],
-        "server",
+        SocketMode::Server,
     );
     let daemon = Daemon::start(dir.path(), &toml, &sockets);
     let (to_b, to_c) = ("10.0.0.3", "10.0.0.4");

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use vringswitch_tests::daemon::{Daemon, TempDir};
 use vringswitch_tests::frontend::{TestVm, VmOptions};
+use vringswitch_tests::layout::{vhost_user_with, Layout, SocketMode, VhostUserSettings};
 use vringswitch_tests::{frame, mac};
 
 const T: Duration = Duration::from_secs(10);
@@ -22,14 +23,23 @@ fn setup(tag: &str) -> (TempDir, UnixListener, UnixListener, Daemon) {
         UnixListener::bind(&sa).unwrap(),
         UnixListener::bind(&sb).unwrap(),
     );
-    let mut toml = String::from("[dataplane]\ncores = [1]\n[[bridges]]\nname = \"br0\"\n");
-    for (n, s) in [("a", &sa), ("b", &sb)] {
-        toml.push_str(&format!(
-            "[[ports]]\nname = \"{n}\"\nbridge = \"br0\"\ntype = \"vhost-user\"\n\
-             socket = \"{}\"\nmode = \"client\"\nqueues = 1\n",
-            s.display()
-        ));
-    }
+    let client = |n: &str, s: &std::path::Path| {
+        vhost_user_with(
+            n,
+            "br0",
+            VhostUserSettings {
+                socket: s.to_path_buf(),
+                mode: Some(SocketMode::Client),
+                queues: Some(1),
+                offloads: None,
+            },
+        )
+    };
+    let toml = Layout::new()
+        .bridge("br0")
+        .port(client("a", &sa))
+        .port(client("b", &sb))
+        .toml();
     let daemon = Daemon::start(dir.path(), &toml, &[]);
     (dir, la, lb, daemon)
 }

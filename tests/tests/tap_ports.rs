@@ -17,6 +17,7 @@ use vringswitch_ports::PortHandle;
 use vringswitch_tests::api::{assert_error, call};
 use vringswitch_tests::daemon::{Daemon, TempDir};
 use vringswitch_tests::frontend::{TestVm, VmOptions};
+use vringswitch_tests::layout::{tap, tap_with, vhost_user, Layout, TapSettings};
 use vringswitch_tests::netns::{ip, ping_the_kernel, Engine, Netns};
 use vringswitch_tests::setup::T;
 use vringswitch_tests::{mac, BROADCAST};
@@ -91,12 +92,19 @@ fn tap_ports_from_the_configuration_the_api_and_the_state_file() {
     let (cfg_if, api_if) = (format!("vsc{id}"), format!("vsa{id}"));
     let vm_sock = dir.path().join("vm.sock");
     let state = dir.path().join("state.json");
-    let config = format!(
-        "[dataplane]\ncores = [1]\n[[bridges]]\nname = \"br0\"\n\
-         [[ports]]\nname = \"vm\"\nbridge = \"br0\"\ntype = \"vhost-user\"\nsocket = \"{}\"\n\
-         [[ports]]\nname = \"up0\"\nbridge = \"br0\"\ntype = \"tap\"\nifname = \"{cfg_if}\"\nmtu = 1400\n",
-        vm_sock.display()
-    );
+    let config = Layout::new()
+        .bridge("br0")
+        .port(vhost_user("vm", "br0", &vm_sock))
+        .port(tap_with(
+            "up0",
+            "br0",
+            TapSettings {
+                ifname: Some(cfg_if.clone()),
+                mtu: Some(1400),
+                offloads: None,
+            },
+        ))
+        .toml();
     let mut d = Daemon::start_with(
         dir.path(),
         &config,
@@ -216,12 +224,11 @@ fn a_deleted_interface_takes_the_port_down_counts_drops_and_comes_back() {
     let id = std::process::id() % 100_000;
     let (made, own) = (format!("vsm{id}"), format!("vsp{id}"));
     let vm_sock = dir.path().join("vm.sock");
-    let config = format!(
-        "[dataplane]\ncores = [1]\n[[bridges]]\nname = \"br0\"\n\
-         [[ports]]\nname = \"vm\"\nbridge = \"br0\"\ntype = \"vhost-user\"\nsocket = \"{}\"\n\
-         [[ports]]\nname = \"made\"\nbridge = \"br0\"\ntype = \"tap\"\nifname = \"{made}\"\n",
-        vm_sock.display()
-    );
+    let config = Layout::new()
+        .bridge("br0")
+        .port(vhost_user("vm", "br0", &vm_sock))
+        .port(tap("made", "br0", &made))
+        .toml();
     let d = Daemon::start(dir.path(), &config, std::slice::from_ref(&vm_sock));
     // An interface someone else made (persistent): used as it is, left when the port goes.
     let _ = Command::new("ip").args(["link", "del", &own]).output();
@@ -331,10 +338,10 @@ fn an_unprivileged_daemon_attaches_to_an_interface_made_for_it_and_says_what_cre
         .status()
         .unwrap();
     assert!(status.success(), "chown the test directory to nobody");
-    let config = format!(
-        "[dataplane]\ncores = [1]\n[[bridges]]\nname = \"br0\"\n\
-         [[ports]]\nname = \"own\"\nbridge = \"br0\"\ntype = \"tap\"\nifname = \"{own}\"\n"
-    );
+    let config = Layout::new()
+        .bridge("br0")
+        .port(tap("own", "br0", &own))
+        .toml();
     let as_nobody = [
         "setpriv",
         "--reuid",

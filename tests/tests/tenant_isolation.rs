@@ -7,9 +7,11 @@
 
 use std::time::{Duration, Instant};
 
+use vringswitch_config::DEFAULT_FDB_AGING_S;
 use vringswitch_tests::frontend::{MemoryBacking, TestVm, VmOptions};
 use vringswitch_tests::healthy_pair::{alive, HealthyPair};
-use vringswitch_tests::setup::{Setup, T};
+use vringswitch_tests::layout::{Layout, PortSpec};
+use vringswitch_tests::setup::{server_port, Setup, T};
 use vringswitch_tests::{frame, mac, wait_until, BROADCAST};
 
 /// Waits until the switch hangs up on `vm`: a request then fails.
@@ -255,16 +257,16 @@ fn many(tag: u8, i: u16) -> [u8; 6] {
 /// on the bridge forwards without loss all the while.
 #[test]
 fn a_port_sending_from_endless_addresses_fills_neither_its_bridge_nor_the_switch() {
-    let s = Setup::with_settings(
-        "fdbflood",
-        &[("br0", &["a", "b", "evil", "evil2", "sender"])],
-        1,
-        "",
-        &[
-            ("br0", "fdb_max_learned = 1500"),
-            ("evil2", "fdb_max_learned = 2000"),
-        ],
-    );
+    let s = Setup::with_layout("fdbflood", |dir| {
+        let port = |name| PortSpec {
+            // evil2 is allowed more than its bridge has left.
+            fdb_max_learned: (name == "evil2").then_some(2000),
+            ..server_port(dir, name, "br0", 1)
+        };
+        Layout::new()
+            .bridge_with("br0", DEFAULT_FDB_AGING_S, Some(1500))
+            .ports(["a", "b", "evil", "evil2", "sender"].map(port))
+    });
     let healthy = HealthyPair::start(&s);
     let mut sender = s.vm("sender", 9);
     let mut evil = s.vm("evil", 3);

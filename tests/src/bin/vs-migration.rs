@@ -27,6 +27,7 @@ use std::time::Duration;
 use vringswitch_tests::api::call;
 use vringswitch_tests::daemon::Daemon;
 use vringswitch_tests::guest::{guest_mac, Guest, GuestSpec};
+use vringswitch_tests::layout::{vhost_user, Layout};
 use vringswitch_tests::netns::ip;
 use vringswitch_tests::wait_until;
 
@@ -159,18 +160,11 @@ fn main() {
     }
     let nics = match switch.as_str() {
         "vringswitch" => {
-            let mut toml = String::from("[dataplane]\ncores = [1]\n[[bridges]]\nname = \"br0\"\n");
-            let mut sockets = Vec::new();
+            let mut layout = Layout::new().bridge("br0");
             for port in ["a", "a2", "b"] {
-                let s = dir.join(format!("{port}.sock"));
-                toml.push_str(&format!(
-                    "[[ports]]\nname = \"{port}\"\nbridge = \"br0\"\ntype = \"vhost-user\"\n\
-                     socket = \"{}\"\nmode = \"server\"\n",
-                    s.display()
-                ));
-                sockets.push(s);
+                layout = layout.port(vhost_user(port, "br0", &dir.join(format!("{port}.sock"))));
             }
-            Nics::Vringswitch(Daemon::start(&dir, &toml, &sockets))
+            Nics::Vringswitch(Daemon::start(&dir, &layout.toml(), &layout.sockets()))
         }
         "tap" => {
             let _ = Command::new("ip").args(["link", "del", BRIDGE]).output();
