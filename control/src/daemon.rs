@@ -402,38 +402,13 @@ impl Daemon {
             }
         }
         let mut st = self.state();
-        if st.ports.contains_key(&spec.name) {
+        if let Some(what) = spec.socket().and_then(|socket| self.own_path(socket)) {
             return Err(ChangeError::Conflict(format!(
-                "port {:?} already exists",
-                spec.name
+                "socket {} is the daemon's own {what}: give the port another path",
+                spec.socket().unwrap_or(Path::new("")).display()
             )));
         }
-        if !st.bridges.iter().any(|b| b.spec.name == spec.bridge) {
-            return Err(referenced(no_bridge(&spec.bridge)));
-        }
-        if let Some(socket) = spec.socket() {
-            if let Some(what) = self.own_path(socket) {
-                return Err(ChangeError::Conflict(format!(
-                    "socket {} is the daemon's own {what}: give the port another path",
-                    socket.display()
-                )));
-            }
-            if let Some(other) = st.ports.values().find(|p| p.spec.socket() == Some(socket)) {
-                return Err(ChangeError::Conflict(format!(
-                    "socket {} is already used by port {:?}",
-                    socket.display(),
-                    other.spec.name
-                )));
-            }
-        }
-        if let Some(ifname) = spec.ifname() {
-            if let Some(other) = st.ports.values().find(|p| p.spec.ifname() == Some(ifname)) {
-                return Err(ChangeError::Conflict(format!(
-                    "interface {ifname} is already used by port {:?}",
-                    other.spec.name
-                )));
-            }
-        }
+        st.check_new_port(&spec)?;
         let id = st.free_id();
         let handle = Arc::new(PortHandle::new(id, &spec.name, self.switch.workers.len()));
         let port = vringswitch_ports::port::start(handle, &spec.kind).map_err(|error| {
