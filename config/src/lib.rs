@@ -21,8 +21,8 @@ pub use port::vhost_user::{
     CLIENT_SOCKET_SUBDIR,
 };
 pub use port::{
-    check_ifname, check_port_settings, FieldError, KindSettings, KindSpec, PortSpec, PortType,
-    MAX_IFNAME,
+    check_ifname, check_port_settings, FieldError, KindSettings, KindSpec, KindWords, Live,
+    PortSpec, PortType, MAX_IFNAME,
 };
 
 /// Default directory for vhost-user sockets of the built-in configuration.

@@ -142,43 +142,31 @@ pub fn bridges_table(bridges: &serde_json::Value) -> String {
     table(&["bridge", "fdb aging s", "max learned", "ports"], 1, rows) + "\n"
 }
 
-/// Whether the port is on a host interface (TAP, AF_XDP) rather than a VM's socket.
-fn on_interface(p: &serde_json::Value) -> bool {
-    p["type"] == "tap" || p["type"] == "afxdp"
-}
-
-/// A port's mode column: a vhost-user port's socket mode, or its kind.
+/// A port's mode column: a vhost-user port's socket mode, else its kind (the port's own
+/// words, `words` in the API's view).
 fn mode_text(p: &serde_json::Value) -> String {
-    if on_interface(p) {
-        text(&p["type"])
-    } else {
-        text(&p["mode"])
-    }
+    text(&p["words"]["mode"])
 }
 
 /// What a port is attached to: a vhost-user port's socket, a TAP port's interface, an
 /// AF_XDP port's interface and queue.
 fn attached_to(p: &serde_json::Value) -> String {
-    match p["type"].as_str() {
-        Some("tap") => text(&p["ifname"]),
-        Some("afxdp") => format!("{} queue {}", text(&p["ifname"]), text(&p["queue"])),
-        _ => text(&p["socket"]),
-    }
+    text(&p["words"]["attached_to"])
 }
 
-/// An AF_XDP port's interface line: its queue and XDP mode, in effect and asked for.
-fn xdp_text(p: &serde_json::Value) -> String {
-    let asked = text(&p["xdp_mode"]);
-    let mode = match p["state"]["xdp_mode"].as_str() {
-        Some(m) if m == asked => m.to_owned(),
-        Some(m) => format!("{m} ({asked} asked)"),
-        None => format!("{asked} asked"),
-    };
-    format!(
-        "interface {} queue {}, xdp {mode}",
-        text(&p["ifname"]),
-        text(&p["queue"])
-    )
+/// Whether the port's queue pairs are its own to show (a VM's).
+fn own_queues(p: &serde_json::Value) -> bool {
+    p["words"]["own_queues"] == true
+}
+
+/// The port's kind and mode as its tree line starts: `vhost-user server`, `tap`.
+fn kind_text(p: &serde_json::Value) -> String {
+    let (kind, mode) = (text(&p["type"]), mode_text(p));
+    if kind == mode {
+        kind
+    } else {
+        format!("{kind} {mode}")
+    }
 }
 
 /// `vringctl port list`: one line per port with its live state and main counters.
@@ -314,40 +302,22 @@ pub fn show_tree(bridges: &serde_json::Value, ports: &serde_json::Value) -> Stri
             out.push_str("    no ports\n");
         }
         for p in mine {
-            if p["type"] == "afxdp" {
-                out.push_str(&format!(
-                    "    port {}: afxdp, link {}, vlan {}\n        {}\n",
-                    text(&p["name"]),
-                    link(p),
-                    vlan_text(&p["vlan"]),
-                    xdp_text(p),
-                ));
-                continue;
-            }
-            if p["type"] == "tap" {
-                out.push_str(&format!(
-                    "    port {}: tap, link {}, vlan {}\n        interface {}{}\n",
-                    text(&p["name"]),
-                    link(p),
-                    vlan_text(&p["vlan"]),
-                    text(&p["ifname"]),
-                    p["mtu"]
-                        .as_u64()
-                        .map(|m| format!(", mtu {m}"))
-                        .unwrap_or_default(),
-                ));
-                continue;
-            }
+            let queues = if own_queues(p) {
+                format!(
+                    "queues {} of {}, ",
+                    text(&p["state"]["queue_pairs_active"]),
+                    text(&p["queues"])
+                )
+            } else {
+                String::new()
+            };
             out.push_str(&format!(
-                "    port {}: {} {}, link {}, queues {} of {}, vlan {}\n        socket {}\n",
+                "    port {}: {}, link {}, {queues}vlan {}\n        {}\n",
                 text(&p["name"]),
-                text(&p["type"]),
-                text(&p["mode"]),
+                kind_text(p),
                 link(p),
-                text(&p["state"]["queue_pairs_active"]),
-                text(&p["queues"]),
                 vlan_text(&p["vlan"]),
-                text(&p["socket"]),
+                text(&p["words"]["detail"]),
             ));
         }
     }
@@ -375,12 +345,8 @@ fn offloads_text(port: &serde_json::Value) -> String {
 /// line per queue pair.
 pub fn port_detail(port: &serde_json::Value) -> String {
     let mut out = ports_table(&serde_json::Value::Array(vec![port.clone()]));
-    if port["type"] == "afxdp" {
-        out.push_str(&format!("\n{}\n", xdp_text(port)));
-        return out;
-    }
-    if port["type"] == "tap" {
-        out.push('\n');
+    if !own_queues(port) {
+        out.push_str(&format!("\n{}\n", text(&port["words"]["detail"])));
     } else {
         out.push_str(&format!(
             "\nqueue pairs: {} active of {} configured\nfeatures: {}\n",
@@ -533,6 +499,9 @@ mod tests {
         let p = ports_table(&json!([{
             "name": "a", "bridge": "br0", "type": "vhost-user", "socket": "/run/a.sock",
             "mode": "server", "queues": 4, "vlan": {"mode": "trunk", "tags": [10, 20]},
+            "words": {"mode": "server", "attached_to": "/run/a.sock",
+                      "summary": "socket /run/a.sock", "detail": "socket /run/a.sock",
+                      "own_queues": true},
             "state": {"connected": true, "ready": true, "features": "0x1",
                       "queue_pairs_active": 2},
             "counters": {"rx_packets": 5, "tx_packets": 7,
@@ -592,6 +561,8 @@ mod tests {
     fn port_detail_has_a_line_per_queue_pair() {
         let port = serde_json::json!({
             "name": "vm1", "bridge": "br0", "mode": "server", "socket": "/s", "queues": 4,
+            "words": {"mode": "server", "attached_to": "/s", "summary": "socket /s",
+                      "detail": "socket /s", "own_queues": true},
             "state": {"connected": true, "ready": true, "queue_pairs_active": 2,
                       "features": format!("{:#x}", (1u64 << 15) | (1 << 22) | (1 << 32) | (1 << 40))},
             "counters": {"rx_packets": 30, "tx_packets": 12, "drops": {},
@@ -625,6 +596,9 @@ mod tests {
             "name": "vm1", "bridge": "br0", "type": "vhost-user", "mode": "server",
             "queues": 4, "socket": "/run/vringswitch/vm1.sock",
             "vlan": {"mode": "access", "tag": 10},
+            "words": {"mode": "server", "attached_to": "/run/vringswitch/vm1.sock",
+                      "summary": "socket /run/vringswitch/vm1.sock",
+                      "detail": "socket /run/vringswitch/vm1.sock", "own_queues": true},
             "state": {"connected": true, "ready": true, "queue_pairs_active": 1}
         }]);
         assert_eq!(

@@ -638,6 +638,8 @@ struct PortView {
     police_tx: Option<vringswitch_config::PoliceConfig>,
     admin: vringswitch_config::AdminState,
     state: PortState,
+    /// How vringctl shows the port, in its kind's words.
+    words: vringswitch_config::KindWords,
     /// Packet, byte and drop counters (as in /v1/stats).
     #[schema(value_type = Object)]
     counters: PortSnapshot,
@@ -667,7 +669,11 @@ fn port_view(spec: PortSpec, handle: &PortHandle, snapshot: &Snapshot) -> PortVi
         });
     let queues = spec.queue_pairs();
     let fdb_max_learned = spec.fdb_max_learned();
+    let words = spec.words(&vringswitch_config::Live {
+        attach_mode: state.xdp_mode,
+    });
     PortView {
+        words,
         kind: spec.shown_kind(),
         name: spec.name,
         bridge: spec.bridge,

@@ -137,9 +137,11 @@ fn tap_ports_from_the_configuration_the_api_and_the_state_file() {
         "{port}"
     );
 
-    // Over the API, through vringctl: a second TAP port, shown in the tree.
+    // Over the API, through vringctl: a second TAP port, shown in the tree; its MTU given
+    // as a setting no flag names.
     let out = d.vringctl(&[
-        "port", "add", "up1", "--bridge", "br0", "--type", "tap", "--ifname", &api_if,
+        "port", "add", "up1", "--bridge", "br0", "--type", "tap", "--ifname", &api_if, "--set",
+        "mtu=1300",
     ]);
     assert_eq!(out, format!("port up1 added, interface {api_if}\n"));
     assert!(exists(None, &api_if));
@@ -150,7 +152,15 @@ fn tap_ports_from_the_configuration_the_api_and_the_state_file() {
         )),
         "{tree}"
     );
-    assert!(tree.contains(&format!("interface {api_if}\n")), "{tree}");
+    assert!(
+        tree.contains(&format!("interface {api_if}, mtu 1300\n")),
+        "{tree}"
+    );
+    let shown = d.vringctl(&["port", "show", "up1"]);
+    assert!(
+        shown.contains(&format!("\ninterface {api_if}, mtu 1300\n")),
+        "{shown}"
+    );
 
     // Refused: settings of the other kind, an interface taken, one that is no TAP.
     assert_error(

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{check_port_ifname, FieldError, KindSettings};
+use super::{check_port_ifname, FieldError, KindSettings, KindWords, Live};
 
 /// Where an AF_XDP port's XDP program runs and who copies its frames (OVS's `xdp-mode`).
 #[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq, utoipa::ToSchema)]
@@ -84,6 +84,26 @@ impl KindSettings for AfXdpSettings {
 
     fn ifname<'a>(&'a self, port: &'a str) -> Option<&'a str> {
         Some(self.ifname.as_deref().unwrap_or(port))
+    }
+
+    /// The XDP mode in effect, and the one asked for when they differ.
+    fn words(&self, port: &str, live: &Live<'_>) -> KindWords {
+        let ifname = self.ifname.as_deref().unwrap_or(port);
+        let queue = self.queue.unwrap_or(0);
+        let asked = self.xdp_mode.unwrap_or_default().to_string();
+        let on = format!("interface {ifname} queue {queue}");
+        let (now, mode) = match live.attach_mode {
+            Some(m) if m == asked => (m.to_owned(), m.to_owned()),
+            Some(m) => (m.to_owned(), format!("{m} ({asked} asked)")),
+            None => ("-".to_owned(), format!("{asked} asked")),
+        };
+        KindWords {
+            mode: "afxdp".into(),
+            attached_to: format!("{ifname} queue {queue}"),
+            summary: format!("{on}, xdp {now}"),
+            detail: format!("{on}, xdp {mode}"),
+            own_queues: false,
+        }
     }
 
     fn describe(&self) -> String {

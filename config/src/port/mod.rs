@@ -110,6 +110,33 @@ pub trait KindSettings {
 
     /// The settings as a log line shows them: `socket=/run/vm1.sock mode=server`.
     fn describe(&self) -> String;
+
+    /// How views show a port of this kind named `port` (normalized), in words, given what
+    /// its running side reports (`live`).
+    fn words(&self, port: &str, live: &Live<'_>) -> KindWords;
+}
+
+/// What the running side of a port reports that its views show.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Live<'a> {
+    /// How it is attached to its interface (AF_XDP: `native`, `generic`...), while it is.
+    pub attach_mode: Option<&'a str>,
+}
+
+/// How views (vringctl's list, tree and messages) show a port of a kind, in words.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct KindWords {
+    /// The list's mode column: a vhost-user port's socket mode, else its kind.
+    pub mode: String,
+    /// What the port is attached to: a socket, an interface (and its queue).
+    pub attached_to: String,
+    /// The port in a few words: `socket /run/vm1.sock`, `interface up0`.
+    pub summary: String,
+    /// The line under the port in the tree: its summary and what else it was given.
+    pub detail: String,
+    /// Its queue pairs are its own to show (how many are active, the features that came
+    /// with them): a VM's.
+    pub own_queues: bool,
 }
 
 /// Defines [`PortType`] and [`KindSpec`], one variant per port kind, and what dispatches on
@@ -432,6 +459,11 @@ impl PortSpec {
         let mut kind = self.kind.clone();
         kind.settings_mut().show();
         kind
+    }
+
+    /// How views show the port, in words (see [`KindSettings::words`]).
+    pub fn words(&self, live: &Live<'_>) -> KindWords {
+        self.settings().words(&self.name, live)
     }
 
     /// The fields whose values differ between two ports (`type` if their kinds do).

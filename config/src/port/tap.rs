@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{check_port_ifname, FieldError, KindSettings};
+use super::{check_port_ifname, FieldError, KindSettings, KindWords, Live};
 
 /// Smallest and largest MTU a TAP port may be given.
 pub const MIN_MTU: u32 = 68;
@@ -61,6 +61,21 @@ impl KindSettings for TapSettings {
 
     fn ifname<'a>(&'a self, port: &'a str) -> Option<&'a str> {
         Some(self.ifname.as_deref().unwrap_or(port))
+    }
+
+    fn words(&self, port: &str, _live: &Live<'_>) -> KindWords {
+        let ifname = self.ifname.as_deref().unwrap_or(port);
+        let summary = format!("interface {ifname}");
+        KindWords {
+            mode: "tap".into(),
+            attached_to: ifname.to_owned(),
+            detail: match self.mtu {
+                Some(mtu) => format!("{summary}, mtu {mtu}"),
+                None => summary.clone(),
+            },
+            summary,
+            own_queues: false,
+        }
     }
 
     fn describe(&self) -> String {

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::{FieldError, KindSettings};
+use super::{FieldError, KindSettings, KindWords, Live};
 use crate::{DEFAULT_QUEUE_PAIRS, MAX_QUEUE_PAIRS};
 
 /// Who listens on the vhost-user socket.
@@ -109,6 +109,17 @@ impl KindSettings for VhostUserSettings {
 
     fn describe(&self) -> String {
         format!("socket={} mode={}", self.socket.display(), self.mode())
+    }
+
+    fn words(&self, _port: &str, _live: &Live<'_>) -> KindWords {
+        let socket = self.socket.display().to_string();
+        KindWords {
+            mode: self.mode().to_string(),
+            summary: format!("socket {socket}"),
+            detail: format!("socket {socket}"),
+            attached_to: socket,
+            own_queues: true,
+        }
     }
 }
 

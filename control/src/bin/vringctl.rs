@@ -214,7 +214,7 @@ enum PortCmd {
         bridge: String,
         /// vhost-user: a VM's socket; tap: a TAP interface on the host; afxdp: an AF_XDP
         /// socket on a queue of a host interface.
-        #[arg(long = "type", default_value = "vhost-user", value_parser = ["vhost-user", "tap", "afxdp"])]
+        #[arg(long = "type", default_value = "vhost-user", value_parser = port_types())]
         kind: String,
         /// vhost-user: the socket, inside the daemon's socket directory [default:
         /// SOCKET_DIR/NAME.sock, or SOCKET_DIR/client/NAME.sock with --mode client].
@@ -255,6 +255,10 @@ enum PortCmd {
         fdb_max_learned: Option<u32>,
         #[command(flatten)]
         police: PoliceArgs,
+        /// A setting of the port's kind, as the API names it, for one no flag here names:
+        /// KEY=VALUE, VALUE read as JSON when it is (a number, true, false), else as text.
+        #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_setting)]
+        set: Vec<(String, Value)>,
         /// A port of that name already there is no error (it is left as it is).
         #[arg(long)]
         may_exist: bool,
@@ -654,6 +658,7 @@ async fn port(api: &ApiClient, cmd: PortCmd, json: bool) -> Result<String, Clien
             allow_mac,
             fdb_max_learned,
             police,
+            set,
             may_exist,
             admin,
         } => {
@@ -678,6 +683,9 @@ async fn port(api: &ApiClient, cmd: PortCmd, json: bool) -> Result<String, Clien
                     body[key] = v;
                 }
             }
+            for (key, value) in set {
+                body[key] = value;
+            }
             if let Some(v) = vlan.json() {
                 body["vlan"] = v;
             }
@@ -692,18 +700,10 @@ async fn port(api: &ApiClient, cmd: PortCmd, json: bool) -> Result<String, Clien
                 body["admin"] = json!(a);
             }
             let v = send(api, Method::POST, "/v1/ports", Some(body)).await?;
-            let done = match v["ifname"].as_str() {
-                Some(ifname) if v["type"] == "afxdp" => format!(
-                    "port {name} added, interface {ifname} queue {}, xdp {}",
-                    v["queue"],
-                    v["state"]["xdp_mode"].as_str().unwrap_or("-")
-                ),
-                Some(ifname) => format!("port {name} added, interface {ifname}"),
-                None => format!(
-                    "port {name} added, socket {}",
-                    v["socket"].as_str().unwrap_or("?")
-                ),
-            };
+            let done = format!(
+                "port {name} added, {}",
+                v["words"]["summary"].as_str().unwrap_or("?")
+            );
             changed(&v, json, done)
         }
         PortCmd::Set {
@@ -844,11 +844,43 @@ fn seg(s: &str) -> String {
         .collect()
 }
 
+/// The kinds of port, as `--type` takes them.
+fn port_types() -> clap::builder::PossibleValuesParser {
+    clap::builder::PossibleValuesParser::new(
+        vringswitch_config::PortType::ALL.iter().map(|t| t.name()),
+    )
+}
+
+/// `--set KEY=VALUE`: the value as JSON when it reads as JSON (a number, a boolean, a
+/// list), else as text.
+fn parse_setting(s: &str) -> Result<(String, Value), String> {
+    let (key, value) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))?;
+    if key.is_empty() {
+        return Err(format!("{s:?} names no setting"));
+    }
+    let value = serde_json::from_str(value).unwrap_or_else(|_| Value::String(value.to_owned()));
+    Ok((key.to_owned(), value))
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
     fn names_are_encoded_in_paths() {
         assert_eq!(super::seg("vm-1_a.b"), "vm-1_a.b");
         assert_eq!(super::seg("a/b?c&d"), "a%2Fb%3Fc%26d");
+    }
+
+    #[test]
+    fn settings_are_read_as_json_when_they_are() {
+        use serde_json::json;
+        let set = |s| super::parse_setting(s).unwrap();
+        assert_eq!(set("queue=3"), ("queue".into(), json!(3)));
+        assert_eq!(set("offloads=false"), ("offloads".into(), json!(false)));
+        assert_eq!(set("ifname=eth1"), ("ifname".into(), json!("eth1")));
+        assert_eq!(set("socket=/run/a=b"), ("socket".into(), json!("/run/a=b")));
+        assert!(super::parse_setting("queue").is_err());
+        assert!(super::parse_setting("=3").is_err());
     }
 }
