@@ -502,15 +502,13 @@ impl Config {
     pub fn fill_default_sockets(&mut self, socket_dir: &Path) -> Result<(), String> {
         let mut seen = HashSet::new();
         for port in &mut self.ports {
-            let KindSpec::VhostUser(settings) = &mut port.kind else {
+            let name = port.name.clone();
+            port.kind.settings_mut().fill_socket(&name, socket_dir);
+            let Some(socket) = port.socket() else {
                 continue;
             };
-            if !settings.has_socket() {
-                settings.socket = default_socket(socket_dir, &port.name, settings.mode());
-            }
-            let socket = &settings.socket;
-            check_socket_path(socket).map_err(|m| format!("port {}: {m}", port.name))?;
-            if !seen.insert(socket.clone()) {
+            check_socket_path(socket).map_err(|m| format!("port {name}: {m}"))?;
+            if !seen.insert(socket.to_path_buf()) {
                 return Err(format!("socket {} is used by two ports", socket.display()));
             }
         }

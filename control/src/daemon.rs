@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use vringswitch_config::{Config, KindSpec};
+use vringswitch_config::Config;
 use vringswitch_ports::{PortHandle, PortId};
 use vringswitch_switch::affinity::keep_off_cores;
 use vringswitch_switch::capture::{CaptureSettings, PortCapture};
@@ -364,25 +364,25 @@ impl Daemon {
         self.options.socket_dir.as_deref()
     }
 
-    /// Creates a port asked for over the API: a vhost-user port's socket must lie in the
+    /// Creates a port asked for over the API: the socket of a kind with one must lie in the
     /// socket directory, where it goes by default (see
     /// [`vringswitch_config::default_socket`]). Returns the port as made.
     pub fn add_port(&self, spec: PortSpec) -> Result<PortSpec, ChangeError> {
         let mut spec = spec.normalized().map_err(invalid)?;
         let name = spec.name.clone();
-        if let KindSpec::VhostUser(settings) = &mut spec.kind {
-            if !settings.has_socket() {
+        if spec.settings().has_a_socket() {
+            if spec.socket().is_none() {
                 let Some(dir) = &self.options.socket_dir else {
                     return Err(ChangeError::Invalid(
                         "socket is required: this daemon has no socket directory".into(),
                     ));
                 };
-                settings.socket = vringswitch_config::default_socket(dir, &name, settings.mode());
+                spec.kind.settings_mut().fill_socket(&name, dir);
             }
-            vringswitch_config::check_socket_path(&settings.socket)
-                .map_err(ChangeError::Invalid)?;
+            let socket = spec.socket().unwrap_or(Path::new(""));
+            vringswitch_config::check_socket_path(socket).map_err(ChangeError::Invalid)?;
             if let Some(dir) = &self.options.socket_dir {
-                check_inside(&settings.socket, dir)?;
+                check_inside(socket, dir)?;
             }
         }
         self.apply_add_port(spec.clone())?;
@@ -393,13 +393,11 @@ impl Daemon {
     /// Creates a port and starts it: serves its socket, or opens its interface.
     fn apply_add_port(&self, spec: PortSpec) -> Result<(), ChangeError> {
         let spec = spec.normalized().map_err(invalid)?;
-        if let KindSpec::VhostUser(settings) = &spec.kind {
-            if !settings.has_socket() {
-                return Err(ChangeError::Invalid(format!(
-                    "port {:?}: socket is required",
-                    spec.name
-                )));
-            }
+        if spec.settings().has_a_socket() && spec.socket().is_none() {
+            return Err(ChangeError::Invalid(format!(
+                "port {:?}: socket is required",
+                spec.name
+            )));
         }
         let mut st = self.state();
         if let Some(what) = spec.socket().and_then(|socket| self.own_path(socket)) {

@@ -108,6 +108,15 @@ pub trait KindSettings {
         None
     }
 
+    /// Whether ports of this kind have a unix socket: one must lie in the daemon's socket
+    /// directory when made over the API, and goes there when left out.
+    fn has_a_socket(&self) -> bool {
+        false
+    }
+
+    /// Gives a port named `port` without a socket its place in `socket_dir`.
+    fn fill_socket(&mut self, _port: &str, _socket_dir: &Path) {}
+
     /// The settings as a log line shows them: `socket=/run/vm1.sock mode=server`.
     fn describe(&self) -> String;
 

@@ -107,6 +107,16 @@ impl KindSettings for VhostUserSettings {
         self.has_socket().then_some(self.socket.as_path())
     }
 
+    fn has_a_socket(&self) -> bool {
+        true
+    }
+
+    fn fill_socket(&mut self, port: &str, socket_dir: &Path) {
+        if !self.has_socket() {
+            self.socket = default_socket(socket_dir, port, self.mode());
+        }
+    }
+
     fn describe(&self) -> String {
         format!("socket={} mode={}", self.socket.display(), self.mode())
     }
