@@ -26,7 +26,7 @@ use vringswitch_switch::vlan::UNTAGGED_VLAN;
 use vringswitch_switch::{Switch, SwitchConfig};
 use vringswitch_wire::ethernet::MacAddr;
 
-use crate::desired::{BridgeEntry, PortEntry, State};
+use crate::desired::{BridgeEntry, PortEntry, PortUpdate, State};
 use crate::errors::{invalid, no_bridge, no_port, referenced};
 pub use crate::errors::{ChangeError, DaemonError};
 use crate::instance_lock::InstanceLock;
@@ -470,73 +470,19 @@ impl Daemon {
     /// follow it, and a change that would leave one outside the port's VLANs is refused.
     pub fn update_port(&self, name: &str, patch: PortPatch) -> Result<PortSpec, ChangeError> {
         let mut st = self.state();
-        let entry = st.ports.get(name).ok_or_else(|| no_port(name))?;
-        let (id, old) = (entry.id, entry.spec.clone());
-        let mut new = old.clone();
-        if let Some(bridge) = patch.bridge {
-            st.bridge(&bridge).map_err(referenced)?;
-            new.bridge = bridge;
-        }
-        if let Some(vlan) = patch.vlan {
-            if let Some(v) = &vlan {
-                vringswitch_config::check_vlan(v).map_err(ChangeError::Invalid)?;
-            }
-            new.vlan = vlan;
-        }
-        if let Some(macs) = patch.allowed_macs {
-            if let Some(m) = &macs {
-                vringswitch_config::check_allowed_macs(m).map_err(ChangeError::Invalid)?;
-            }
-            new.allowed_macs = macs;
-        }
-        if let Some(n) = patch.fdb_max_learned {
-            vringswitch_config::check_max_learned(n).map_err(ChangeError::Invalid)?;
-            new.fdb_max_learned = Some(n);
-        }
-        if let Some(p) = patch.police_rx {
-            new.police_rx = p;
-        }
-        if let Some(p) = patch.police_tx {
-            new.police_tx = p;
-        }
-        for (what, p) in [("police_rx", &new.police_rx), ("police_tx", &new.police_tx)] {
-            if let Some(p) = p {
-                vringswitch_config::check_police(what, p).map_err(ChangeError::Invalid)?;
-            }
-        }
-        if let Some(admin) = patch.admin {
-            new.admin = admin;
-        }
-        if new == old {
-            return Ok(new);
-        }
-        let policy = policy(new.vlan.as_ref());
-        let from = st.bridge(&old.bridge)?;
-        let statics: Vec<u64> = from
-            .statics
-            .iter()
-            .filter(|(_, p)| *p == name)
-            .map(|(&k, _)| k)
-            .collect();
-        if let Some(&k) = statics.iter().find(|&&k| !policy.is_member(split_key(k).1)) {
-            let (mac, vlan) = split_key(k);
-            return Err(ChangeError::Conflict(format!(
-                "static entry {mac} on VLAN {vlan} of port {name:?} would lie outside the \
-                 port's VLANs: delete it first (vringctl fdb del {} {mac} --vlan {vlan})",
-                old.bridge
-            )));
-        }
-        if new.bridge != old.bridge {
-            let to = st.bridge(&new.bridge)?;
-            if let Some(&k) = statics.iter().find(|k| to.statics.contains_key(k)) {
-                return Err(ChangeError::Conflict(format!(
-                    "bridge {:?} already has a static entry for {} on VLAN {}",
-                    new.bridge,
-                    split_key(k).0,
-                    split_key(k).1
-                )));
-            }
-        }
+        let Some(PortUpdate {
+            id,
+            old,
+            new,
+            statics,
+        }) = st.plan_port_update(name, patch)?
+        else {
+            return st
+                .ports
+                .get(name)
+                .map(|p| p.spec.clone())
+                .ok_or_else(|| no_port(name));
+        };
         // Validated: apply.
         if let Some(e) = st.ports.get_mut(name) {
             if new.police_rx != old.police_rx {

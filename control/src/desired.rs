@@ -12,8 +12,9 @@ use vringswitch_switch::capture::PortCapture;
 use vringswitch_switch::fdb::{split_key, Fdb};
 use vringswitch_switch::police::Policer;
 
-use crate::errors::{no_bridge, referenced, ChangeError};
-use crate::schema::{BridgeSpec, PortSpec, SavedState, StaticMac, STATE_VERSION};
+use crate::errors::{no_bridge, no_port, referenced, ChangeError};
+use crate::schema::{BridgeSpec, PortPatch, PortSpec, SavedState, StaticMac, STATE_VERSION};
+use crate::topology::policy;
 
 pub(crate) struct BridgeEntry {
     pub spec: BridgeSpec,
@@ -29,6 +30,15 @@ pub(crate) struct PortEntry {
     /// The policers of `spec` (what the port sends, what it is sent), kept across topology
     /// changes: a bucket is made anew only when its setting changes.
     pub police: [Option<Arc<Policer>>; 2],
+}
+
+/// A change to a port, checked against the desired state (see [`State::plan_port_update`]).
+pub(crate) struct PortUpdate {
+    pub id: PortId,
+    pub old: PortSpec,
+    pub new: PortSpec,
+    /// The port's static entries (FDB keys), which follow it to a new bridge.
+    pub statics: Vec<u64>,
 }
 
 #[derive(Default)]
@@ -128,6 +138,89 @@ impl State {
         Ok(())
     }
 
+    /// Port `name` as `patch` leaves it, checked: the new settings, and the static entries
+    /// that go with it (they must stay in its VLANs, and not clash on a new bridge). None if
+    /// the patch changes nothing.
+    pub fn plan_port_update(
+        &self,
+        name: &str,
+        patch: PortPatch,
+    ) -> Result<Option<PortUpdate>, ChangeError> {
+        let entry = self.ports.get(name).ok_or_else(|| no_port(name))?;
+        let (id, old) = (entry.id, entry.spec.clone());
+        let mut new = old.clone();
+        if let Some(bridge) = patch.bridge {
+            self.bridge(&bridge).map_err(referenced)?;
+            new.bridge = bridge;
+        }
+        if let Some(vlan) = patch.vlan {
+            if let Some(v) = &vlan {
+                vringswitch_config::check_vlan(v).map_err(ChangeError::Invalid)?;
+            }
+            new.vlan = vlan;
+        }
+        if let Some(macs) = patch.allowed_macs {
+            if let Some(m) = &macs {
+                vringswitch_config::check_allowed_macs(m).map_err(ChangeError::Invalid)?;
+            }
+            new.allowed_macs = macs;
+        }
+        if let Some(n) = patch.fdb_max_learned {
+            vringswitch_config::check_max_learned(n).map_err(ChangeError::Invalid)?;
+            new.fdb_max_learned = Some(n);
+        }
+        if let Some(p) = patch.police_rx {
+            new.police_rx = p;
+        }
+        if let Some(p) = patch.police_tx {
+            new.police_tx = p;
+        }
+        for (what, p) in [("police_rx", &new.police_rx), ("police_tx", &new.police_tx)] {
+            if let Some(p) = p {
+                vringswitch_config::check_police(what, p).map_err(ChangeError::Invalid)?;
+            }
+        }
+        if let Some(admin) = patch.admin {
+            new.admin = admin;
+        }
+        if new == old {
+            return Ok(None);
+        }
+        let policy = policy(new.vlan.as_ref());
+        let from = self.bridge(&old.bridge)?;
+        let statics: Vec<u64> = from
+            .statics
+            .iter()
+            .filter(|(_, p)| *p == name)
+            .map(|(&k, _)| k)
+            .collect();
+        if let Some(&k) = statics.iter().find(|&&k| !policy.is_member(split_key(k).1)) {
+            let (mac, vlan) = split_key(k);
+            return Err(ChangeError::Conflict(format!(
+                "static entry {mac} on VLAN {vlan} of port {name:?} would lie outside the \
+                 port's VLANs: delete it first (vringctl fdb del {} {mac} --vlan {vlan})",
+                old.bridge
+            )));
+        }
+        if new.bridge != old.bridge {
+            let to = self.bridge(&new.bridge)?;
+            if let Some(&k) = statics.iter().find(|k| to.statics.contains_key(k)) {
+                return Err(ChangeError::Conflict(format!(
+                    "bridge {:?} already has a static entry for {} on VLAN {}",
+                    new.bridge,
+                    split_key(k).0,
+                    split_key(k).1
+                )));
+            }
+        }
+        Ok(Some(PortUpdate {
+            id,
+            old,
+            new,
+            statics,
+        }))
+    }
+
     /// What the state file records.
     pub fn saved(&self) -> SavedState {
         SavedState {
@@ -203,15 +296,17 @@ mod tests {
 
     fn with(ports: Vec<PortSpec>) -> State {
         let mut st = State::default();
-        st.bridges.push(BridgeEntry {
-            spec: BridgeSpec {
-                name: "br0".into(),
-                fdb_aging_s: 300,
-                fdb_max_learned: 100,
-            },
-            fdb: Arc::new(Fdb::new(300)),
-            statics: BTreeMap::new(),
-        });
+        for name in ["br0", "br1"] {
+            st.bridges.push(BridgeEntry {
+                spec: BridgeSpec {
+                    name: name.into(),
+                    fdb_aging_s: 300,
+                    fdb_max_learned: 100,
+                },
+                fdb: Arc::new(Fdb::new(300)),
+                statics: BTreeMap::new(),
+            });
+        }
         for spec in ports {
             let id = st.free_id();
             st.take_id(id);
@@ -268,5 +363,62 @@ mod tests {
         st.take_id(b);
         assert_eq!(st.free_id(), 2);
         assert_eq!(st.id_space(), 2, "a reused id grows nothing");
+    }
+
+    #[test]
+    fn a_port_update_keeps_its_static_entries_in_its_vlans_and_on_a_free_bridge() {
+        use vringswitch_config::VlanConfig;
+        use vringswitch_switch::fdb::fdb_key;
+        use vringswitch_wire::ethernet::MacAddr;
+
+        let mut st = with(vec![vm("a", "/run/a.sock")]);
+        let mac = MacAddr([2, 0, 0, 0, 0, 1]);
+        st.bridges[0].statics.insert(fdb_key(mac, 10), "a".into());
+        let patch =
+            |json: serde_json::Value| -> PortPatch { serde_json::from_value(json).unwrap() };
+        let refused = |st: &State, json| match st.plan_port_update("a", patch(json)) {
+            Err(e) => e.to_string(),
+            Ok(_) => "accepted".into(),
+        };
+        // Nothing changes: nothing to apply.
+        assert!(st
+            .plan_port_update("a", patch(serde_json::json!({})))
+            .unwrap()
+            .is_none());
+        // Its static entry on VLAN 10 must stay in its VLANs.
+        assert!(refused(
+            &st,
+            serde_json::json!({"vlan": {"mode": "access", "tag": 20}})
+        )
+        .starts_with("static entry 02:00:00:00:00:01 on VLAN 10 of port \"a\" would lie outside"));
+        let u = st
+            .plan_port_update(
+                "a",
+                patch(serde_json::json!({"vlan": {"mode": "trunk", "tags": [10, 20]}})),
+            )
+            .unwrap()
+            .unwrap();
+        assert_eq!(u.new.vlan, Some(VlanConfig::Trunk { tags: vec![10, 20] }));
+        assert_eq!(u.statics, [fdb_key(mac, 10)]);
+        // Moved, it takes its entry along: not onto a bridge that has one for that address.
+        st.bridges[1].statics.insert(fdb_key(mac, 10), "z".into());
+        assert_eq!(
+            refused(&st, serde_json::json!({"bridge": "br1"})),
+            "bridge \"br1\" already has a static entry for 02:00:00:00:00:01 on VLAN 10"
+        );
+        // Bad values, an unknown bridge or port: refused, as the API's 400 and 404.
+        assert!(refused(
+            &st,
+            serde_json::json!({"vlan": {"mode": "access", "tag": 5000}})
+        )
+        .contains("out of range"));
+        assert_eq!(
+            refused(&st, serde_json::json!({"bridge": "br9"})),
+            "no bridge named \"br9\""
+        );
+        assert!(matches!(
+            st.plan_port_update("b", PortPatch::default()),
+            Err(ChangeError::NotFound(_))
+        ));
     }
 }
