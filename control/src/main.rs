@@ -94,22 +94,53 @@ fn main() -> std::process::ExitCode {
 /// named there. That crate logs an error each time it polls a ring it cannot read, which a
 /// guest can make happen on every poll; the switch counts such faults and logs them at a
 /// bounded rate itself.
-fn log_filter(setting: Option<String>) -> tracing_subscriber::EnvFilter {
-    let mut directives = setting.unwrap_or_else(|| "info".to_owned());
+///
+/// A setting that names no level for messages in general (`verbose`, a typo, reads as the
+/// name of a module to log, and would leave every other message out, errors included) is
+/// taken with `info` before it, and one that does not parse is replaced by `info`: the
+/// returned warning says so, to be logged once logging works.
+fn log_filter(setting: Option<String>) -> (tracing_subscriber::EnvFilter, Option<String>) {
+    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+    let given = setting.unwrap_or_else(|| "info".to_owned());
+    let mut directives = given.clone();
+    let mut warning = None;
+    let has_level = given
+        .split(',')
+        .any(|d| LEVELS.contains(&d.trim().to_ascii_lowercase().as_str()));
+    if !has_level {
+        directives = format!("info,{given}");
+        warning = Some(format!(
+            "VRINGSWITCH_LOG={given:?} gives no level for the daemon's messages (one of \
+             trace, debug, info, warn, error, off, e.g. VRINGSWITCH_LOG=debug): they are \
+             logged at info, with {given:?} as well"
+        ));
+    }
     if !directives.contains("virtio_queue") {
         directives.push_str(",virtio_queue=off");
     }
-    tracing_subscriber::EnvFilter::try_new(&directives)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,virtio_queue=off"))
+    match tracing_subscriber::EnvFilter::try_new(&directives) {
+        Ok(filter) => (filter, warning),
+        Err(e) => (
+            tracing_subscriber::EnvFilter::new("info,virtio_queue=off"),
+            Some(format!(
+                "VRINGSWITCH_LOG={given:?} is not a log filter ({e}): messages are logged at \
+                 info"
+            )),
+        ),
+    }
 }
 
 fn run() -> anyhow::Result<()> {
     use std::io::IsTerminal;
+    let (filter, filter_warning) = log_filter(std::env::var("VRINGSWITCH_LOG").ok());
     tracing_subscriber::fmt()
         .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(log_filter(std::env::var("VRINGSWITCH_LOG").ok()))
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+    if let Some(warning) = filter_warning {
+        tracing::warn!("{warning}");
+    }
     let args = Args::parse();
     if args.manpage {
         use clap::CommandFactory;
@@ -423,6 +454,7 @@ mod tests {
     fn virtio_queue_is_silenced_unless_named() {
         let directives = |setting: Option<&str>| {
             let mut d: Vec<String> = log_filter(setting.map(str::to_owned))
+                .0
                 .to_string()
                 .split(',')
                 .map(str::to_owned)
@@ -436,5 +468,21 @@ mod tests {
             directives(Some("info,virtio_queue=debug")),
             ["info", "virtio_queue=debug"]
         );
+    }
+
+    #[test]
+    fn a_setting_without_a_level_keeps_the_daemons_messages_and_says_so() {
+        let (filter, warning) = log_filter(Some("verbose".into()));
+        let mut d: Vec<String> = filter.to_string().split(',').map(str::to_owned).collect();
+        d.sort();
+        assert_eq!(d, ["info", "verbose=trace", "virtio_queue=off"]);
+        assert!(warning.unwrap().contains("no level"));
+        // A level, for everything or besides modules named: as given, nothing said.
+        for ok in ["debug", "WARN", "vringswitch_ports=trace,info"] {
+            assert!(log_filter(Some(ok.into())).1.is_none(), "{ok}");
+        }
+        let (filter, warning) = log_filter(Some("info,x=[".into()));
+        assert_eq!(filter.to_string().split(',').count(), 2, "{filter}");
+        assert!(warning.unwrap().contains("is not a log filter"));
     }
 }

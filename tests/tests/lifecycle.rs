@@ -348,3 +348,26 @@ fn start_errors_say_each_cause_once() {
     assert_eq!(err.matches("cannot read config file").count(), 1, "{err}");
     assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
 }
+
+/// A log setting that names no level (a typo such as `verbose`, which reads as a module
+/// name) still logs the daemon's messages, and says why.
+#[test]
+fn a_log_setting_without_a_level_still_logs_and_says_so() {
+    let dir = TempDir::new("log-typo");
+    let toml = Setup::layout(dir.path(), &[("br0", &["a"])], 1).toml();
+    let sockets = [dir.path().join("a.sock")];
+    let d = Daemon::start_under(
+        dir.path(),
+        &toml,
+        &sockets,
+        &[],
+        &["env", "VRINGSWITCH_LOG=verbose"],
+        dir.path(),
+    );
+    let log = d.log_text();
+    assert!(log.contains("port ready"), "{log}");
+    assert!(
+        log.contains("VRINGSWITCH_LOG=\"verbose\" gives no level"),
+        "{log}"
+    );
+}
