@@ -38,6 +38,9 @@ pub enum ClientError {
         #[source]
         source: serde_json::Error,
     },
+    /// vringctl itself refuses: what the daemon holds is not what was asked.
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// Where the API listens: a TCP address, or the daemon's --api-socket.

@@ -1128,6 +1128,24 @@ fn scripts_add_and_delete_idempotently() {
         ok(&["port", "add", "p9", "--bridge", "br9", "--may-exist"]),
         "port p9 already exists"
     );
+    // As ovs-vsctl: a port that exists otherwise than asked is an error, naming what differs.
+    for (args, says) in [
+        (&["--bridge", "br0"][..], "bridge br9, not br0"),
+        (&["--bridge", "br9", "--access", "10"][..], "vlan none, not"),
+        (
+            &["--bridge", "br9", "--type", "tap"][..],
+            "type vhost-user, not tap",
+        ),
+    ] {
+        let mut all = vec!["--api", api, "port", "add", "p9", "--may-exist"];
+        all.extend_from_slice(args);
+        let (code, _, err) = vringctl(&all);
+        assert_eq!(code, 1, "{args:?}: {err}");
+        assert!(
+            err.contains("port p9 already exists, otherwise: ") && err.contains(says),
+            "{args:?}: {err}"
+        );
+    }
     assert_eq!(ok(&["port", "del", "p9", "--if-exists"]), "port p9 deleted");
     assert_eq!(
         ok(&["port", "del", "p9", "--if-exists"]),

@@ -355,7 +355,7 @@ fn parse_interval(s: &str) -> Result<f64, String> {
 fn exit_code(e: &ClientError) -> u8 {
     match e {
         ClientError::Connect { .. } | ClientError::Http { .. } => 3,
-        ClientError::Api { .. } | ClientError::Decode { .. } => 1,
+        ClientError::Api { .. } | ClientError::Decode { .. } | ClientError::Refused(_) => 1,
     }
 }
 
@@ -550,6 +550,43 @@ async fn exists(api: &ApiClient, path: &str) -> Result<bool, ClientError> {
     }
 }
 
+/// The object at `path`, or `None` if there is none.
+async fn found(api: &ApiClient, path: &str) -> Result<Option<Value>, ClientError> {
+    match send(api, Method::GET, path, None).await {
+        Ok(v) => Ok(Some(v)),
+        Err(ClientError::Api { status, .. }) if status == hyper::StatusCode::NOT_FOUND => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// `port add --may-exist` of a port that exists: no error only if it is as asked, as
+/// ovs-vsctl's --may-exist. Each setting asked is compared with the port's (settings left
+/// out are not).
+fn same_port(name: &str, asked: &Value, there: &Value) -> Result<(), ClientError> {
+    let differ: Vec<String> = asked
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(key, value)| key.as_str() != "name" && there.get(key.as_str()) != Some(*value))
+        .map(|(key, value)| {
+            let has = there.get(key.as_str()).map_or("none".to_owned(), |v| {
+                v.as_str().map_or_else(|| v.to_string(), str::to_owned)
+            });
+            let want = value
+                .as_str()
+                .map_or_else(|| value.to_string(), str::to_owned);
+            format!("{key} {has}, not {want}")
+        })
+        .collect();
+    if differ.is_empty() {
+        return Ok(());
+    }
+    Err(ClientError::Refused(format!(
+        "port {name} already exists, otherwise: {}",
+        differ.join("; ")
+    )))
+}
+
 /// A deletion's answer, with a 404 made `None` when `if_exists` says it is no error.
 fn if_found(
     if_exists: bool,
@@ -662,9 +699,6 @@ async fn port(api: &ApiClient, cmd: PortCmd, json: bool) -> Result<String, Clien
             may_exist,
             admin,
         } => {
-            if may_exist && exists(api, &format!("/v1/ports/{}", seg(&name))).await? {
-                return Ok(format!("port {name} already exists\n"));
-            }
             let mut body = json!({"name": name, "bridge": bridge, "type": kind});
             if let Some(s) = socket {
                 body["socket"] = json!(s);
@@ -698,6 +732,12 @@ async fn port(api: &ApiClient, cmd: PortCmd, json: bool) -> Result<String, Clien
             police.add_to(&mut body);
             if let Some(a) = admin {
                 body["admin"] = json!(a);
+            }
+            if may_exist {
+                if let Some(there) = found(api, &format!("/v1/ports/{}", seg(&name))).await? {
+                    return same_port(&name, &body, &there)
+                        .map(|()| format!("port {name} already exists\n"));
+                }
             }
             let v = send(api, Method::POST, "/v1/ports", Some(body)).await?;
             let done = format!(
