@@ -1,5 +1,6 @@
 //! `vringctl`: the command line of vringswitch, a client of the daemon's HTTP API.
 
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -15,15 +16,10 @@ use vringswitch_metrics::Snapshot;
 #[command(name = "vringctl", version)]
 struct Args {
     /// The daemon's API: HOST:PORT, http://HOST:PORT or HOST (port 9180), or the path of
-    /// its --api-socket.
-    #[arg(
-        long,
-        global = true,
-        value_name = "ADDR|PATH",
-        env = "VRINGSWITCH_API",
-        default_value = "127.0.0.1:9180"
-    )]
-    api: Endpoint,
+    /// its --api-socket [default: /run/vringswitch/api.sock, the shipped unit's, when it
+    /// is there (changes are taken there), else 127.0.0.1:9180].
+    #[arg(long, global = true, value_name = "ADDR|PATH", env = "VRINGSWITCH_API")]
+    api: Option<Endpoint>,
     /// Bearer token, when the daemon requires one.
     #[arg(long, global = true, value_name = "TOKEN", env = "VRINGSWITCH_TOKEN")]
     token: Option<String>,
@@ -437,7 +433,7 @@ async fn capture(args: Args) -> ExitCode {
         }
     }
     let api = ApiClient {
-        endpoint: args.api,
+        endpoint: endpoint(args.api, Path::new(DEFAULT_API_SOCKET)),
         token: args.token,
     };
     let stop = async {
@@ -480,7 +476,7 @@ fn offline(command: &Command) -> Option<String> {
 
 async fn run(args: Args) -> Result<String, ClientError> {
     let api = ApiClient {
-        endpoint: args.api,
+        endpoint: endpoint(args.api, Path::new(DEFAULT_API_SOCKET)),
         token: args.token,
     };
     let json = args.json;
@@ -548,6 +544,26 @@ async fn exists(api: &ApiClient, path: &str) -> Result<bool, ClientError> {
         Err(ClientError::Api { status, .. }) if status == hyper::StatusCode::NOT_FOUND => Ok(false),
         Err(e) => Err(e),
     }
+}
+
+/// The API socket of the shipped systemd unit (`--api-socket ${RUNTIME_DIRECTORY}/api.sock`).
+const DEFAULT_API_SOCKET: &str = "/run/vringswitch/api.sock";
+
+/// The API to talk to: `given`, else the daemon's unix socket `socket` when there is one
+/// (the shipped unit takes changes only there, as ovs-vsctl finds db.sock), else TCP on
+/// localhost.
+fn endpoint(given: Option<Endpoint>, socket: &Path) -> Endpoint {
+    use std::os::unix::fs::FileTypeExt;
+    given.unwrap_or_else(|| {
+        if std::fs::metadata(socket).is_ok_and(|m| m.file_type().is_socket()) {
+            Endpoint::Unix(socket.to_path_buf())
+        } else {
+            Endpoint::Tcp(format!(
+                "127.0.0.1:{}",
+                vringswitch_control::client::DEFAULT_API_PORT
+            ))
+        }
+    })
 }
 
 /// The object at `path`, or `None` if there is none.
@@ -910,6 +926,30 @@ mod tests {
     fn names_are_encoded_in_paths() {
         assert_eq!(super::seg("vm-1_a.b"), "vm-1_a.b");
         assert_eq!(super::seg("a/b?c&d"), "a%2Fb%3Fc%26d");
+    }
+
+    #[test]
+    fn the_daemons_socket_is_found_when_no_api_is_given() {
+        use vringswitch_control::client::Endpoint;
+        let dir = std::env::temp_dir().join(format!("vringctl-api-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let socket = dir.join("api.sock");
+        let _ = std::fs::remove_file(&socket);
+        let tcp = Endpoint::Tcp("127.0.0.1:9180".into());
+        assert_eq!(super::endpoint(None, &socket), tcp);
+        // A file that is no socket is not taken for one.
+        std::fs::write(&socket, "").unwrap();
+        assert_eq!(super::endpoint(None, &socket), tcp);
+        std::fs::remove_file(&socket).unwrap();
+        let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+        assert_eq!(
+            super::endpoint(None, &socket),
+            Endpoint::Unix(socket.clone())
+        );
+        // Given, it is used as given.
+        let given = Endpoint::Tcp("10.0.0.1:9180".into());
+        assert_eq!(super::endpoint(Some(given.clone()), &socket), given);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
