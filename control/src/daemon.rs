@@ -409,6 +409,7 @@ impl Daemon {
         st.check_new_port(&spec)?;
         let id = st.free_id();
         let handle = Arc::new(PortHandle::new(id, &spec.name, self.switch.workers.len()));
+        forget_learnt_on_link_down(&handle, st.bridge(&spec.bridge)?, id);
         let port = vringswitch_ports::port::start(handle, &spec.kind).map_err(|error| {
             ChangeError::Start {
                 port: spec.name.clone(),
@@ -441,6 +442,9 @@ impl Daemon {
     pub fn remove_port(&self, name: &str) -> Result<(), ChangeError> {
         let mut st = self.state();
         let mut entry = st.ports.remove(name).ok_or_else(|| no_port(name))?;
+        // Its id may name another port once given back: its link going down from here on
+        // must not touch that port's addresses.
+        entry.port.handle().no_link_down_hook();
         if let Some(tap) = st.captures.remove(&entry.id) {
             tap.close();
             tracing::info!(port = %name, dropped = tap.dropped(),
@@ -505,6 +509,9 @@ impl Daemon {
             for k in statics {
                 to.fdb.add_static(k, id);
                 to.statics.insert(k, name.to_string());
+            }
+            if let (Some(p), Ok(to)) = (st.ports.get(name), st.bridge(&new.bridge)) {
+                forget_learnt_on_link_down(p.port.handle(), to, id);
             }
         }
         tracing::info!(
@@ -744,6 +751,13 @@ impl Daemon {
             p.port.stop();
         }
     }
+}
+
+/// Has port `id` forget what `bridge` learnt on it whenever its link goes down (its static
+/// entries stay).
+fn forget_learnt_on_link_down(handle: &PortHandle, bridge: &BridgeEntry, id: PortId) {
+    let fdb = bridge.fdb.clone();
+    handle.on_link_down(move || fdb.flush_port_dynamic(id));
 }
 
 /// A capture's direction in the API's words.

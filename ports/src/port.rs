@@ -140,7 +140,12 @@ pub struct PortHandle {
     connections: AtomicU64,
     protocol_errors: AtomicU64,
     stats: PortStats,
+    /// Called when the port's link goes down (see [`Self::on_link_down`]).
+    on_link_down: ArcSwapOption<LinkDown>,
 }
+
+/// What is done when a port's link goes down: its learnt addresses forgotten.
+pub type LinkDown = Box<dyn Fn() + Send + Sync>;
 
 impl PortHandle {
     /// A port with `writers` counter slots (one per worker), and one more for the port's
@@ -156,6 +161,7 @@ impl PortHandle {
             connections: AtomicU64::new(0),
             protocol_errors: AtomicU64::new(0),
             stats: PortStats::new(writers.max(1) + 1),
+            on_link_down: ArcSwapOption::empty(),
         }
     }
 
@@ -211,11 +217,29 @@ impl PortHandle {
         self.ring_doorbell();
     }
 
-    /// Withdraws the queues of a connection that went away.
+    /// Withdraws the queues of a connection that went away (its link is down), and runs
+    /// what was given to [`Self::on_link_down`].
     pub fn detach(&self) {
         self.attachment.store(None);
         self.generation.fetch_add(1, Ordering::Release);
         self.ring_doorbell();
+        if let Some(hook) = self.on_link_down.load().as_ref() {
+            hook();
+        }
+    }
+
+    /// Sets what is done each time the port's link goes down (the peer gone, the
+    /// interface deleted): the daemon forgets the addresses its bridge learnt on it, as
+    /// Linux bridges and OVS do, so that frames to them flood instead of being dropped
+    /// until they age out.
+    pub fn on_link_down(&self, hook: impl Fn() + Send + Sync + 'static) {
+        self.on_link_down.store(Some(Arc::new(Box::new(hook))));
+    }
+
+    /// Nothing more is done when the link goes down (the port is being removed: its id may
+    /// soon name another port).
+    pub fn no_link_down_hook(&self) {
+        self.on_link_down.store(None);
     }
 
     /// Whether the peer's rings are set up, so that frames can be delivered to it.

@@ -1325,3 +1325,43 @@ fn a_port_set_down_carries_nothing_until_set_up() {
         frame(mac(2), mac(1), 60, 4)
     );
 }
+
+/// A port whose peer goes away (its link down) has its learnt addresses forgotten at once,
+/// its static entries kept; frames to a forgotten address flood instead of being dropped
+/// as `port_down` until the entry would have aged out (300 s).
+#[test]
+fn a_port_whose_link_goes_down_forgets_what_it_taught_the_bridge() {
+    let s = Setup::new("linkdown", &[("br0", &["a", "b", "c"])], 1);
+    let d = &s.daemon;
+    let (mut a, mut b, mut c) = (s.vm("a", 1), s.vm("b", 2), s.vm("c", 3));
+    s.wait_connected(&["a", "b", "c"]);
+    // b's address learnt (its frame to the unknown a flooded), and a static one on b.
+    b.send(TestVm::tx(0), &frame(mac(1), mac(2), 60, 0));
+    a.expect_frames(TestVm::rx(0), 1, T);
+    c.expect_frames(TestVm::rx(0), 1, T);
+    let (code, _) = call(
+        d,
+        "POST",
+        "/v1/bridges/br0/fdb",
+        Some(json!({"mac": "02:00:00:00:00:99", "port": "b"})),
+    );
+    assert_eq!(code, 201);
+    let on_b = || -> Vec<(String, bool)> {
+        let (_, fdb) = call(d, "GET", "/v1/bridges/br0/fdb", None);
+        fdb.as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["port"] == "b")
+            .map(|e| (e["mac"].as_str().unwrap().to_owned(), e["static"] == true))
+            .collect()
+    };
+    assert_eq!(on_b().len(), 2, "{:?}", on_b());
+    drop(b);
+    d.wait_port_connected("b", false);
+    wait_until(T, "b's learnt address forgotten", || {
+        (on_b() == [("02:00:00:00:00:99".to_owned(), true)]).then_some(())
+    });
+    // A frame to b's old address floods to c rather than being dropped.
+    a.send(TestVm::tx(0), &frame(mac(2), mac(1), 60, 1));
+    c.expect_frames(TestVm::rx(0), 1, T);
+}
