@@ -123,10 +123,12 @@ fn migrate(
 ) -> (Guest, Moved) {
     let channel = dir.join(format!("{name}.migration"));
     let target = Guest::boot(dir, &spec.migration_target(name, to_socket, &channel));
+    // Bound is not yet listening: QEMU binds the socket, then listens, and a source
+    // connecting in between is refused and fails its migration.
     wait_until(
         Duration::from_secs(10),
         "the migration target to listen",
-        || channel.exists().then_some(()),
+        || vringswitch_ports::socket_file::is_listening(&channel).then_some(()),
     );
     // Connected; its rings start when the guest runs there.
     wait_until(

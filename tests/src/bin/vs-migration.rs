@@ -203,7 +203,9 @@ fn run(dir: &Path, nics: &Nics, migrations: u32, guest_announce: bool) {
         let before = b.last_round();
         let target = Guest::boot(dir, &target_spec);
         wait_until(Duration::from_secs(10), "the target to listen", || {
-            channel.exists().then_some(())
+            // Bound is not yet listening: QEMU binds the socket, then listens, and a
+            // source connecting in between is refused and fails its migration.
+            vringswitch_ports::socket_file::is_listening(&channel).then_some(())
         });
         nics.attach(to);
         let migrated = on.1.migrate_into(&target, &channel, MIGRATION);
