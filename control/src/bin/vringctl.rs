@@ -549,13 +549,12 @@ async fn exists(api: &ApiClient, path: &str) -> Result<bool, ClientError> {
 /// The API socket of the shipped systemd unit (`--api-socket ${RUNTIME_DIRECTORY}/api.sock`).
 const DEFAULT_API_SOCKET: &str = "/run/vringswitch/api.sock";
 
-/// The API to talk to: `given`, else the daemon's unix socket `socket` when there is one
-/// (the shipped unit takes changes only there, as ovs-vsctl finds db.sock), else TCP on
-/// localhost.
+/// The API to talk to: `given`, else the daemon's unix socket `socket` when it takes this
+/// user's connections (the shipped unit takes changes only there, as ovs-vsctl finds
+/// db.sock; a user outside its group still reads over TCP), else TCP on localhost.
 fn endpoint(given: Option<Endpoint>, socket: &Path) -> Endpoint {
-    use std::os::unix::fs::FileTypeExt;
     given.unwrap_or_else(|| {
-        if std::fs::metadata(socket).is_ok_and(|m| m.file_type().is_socket()) {
+        if std::os::unix::net::UnixStream::connect(socket).is_ok() {
             Endpoint::Unix(socket.to_path_buf())
         } else {
             Endpoint::Tcp(format!(
