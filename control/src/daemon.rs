@@ -754,7 +754,8 @@ impl Daemon {
 }
 
 /// Has port `id` forget what `bridge` learnt on it whenever its link goes down (its static
-/// entries stay).
+/// entries stay). A worker in the middle of a burst from the port may learn one of its
+/// addresses again from a frame it took before; that entry then ages out as any other.
 fn forget_learnt_on_link_down(handle: &PortHandle, bridge: &BridgeEntry, id: PortId) {
     let fdb = bridge.fdb.clone();
     handle.on_link_down(move || fdb.flush_port_dynamic(id));
