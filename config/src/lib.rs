@@ -470,20 +470,13 @@ impl Config {
     /// The built-in configuration used when no `--config` is given: bridge `br0` with ports
     /// `vm1` and `vm2`, server-mode sockets in `socket_dir`.
     pub fn builtin(socket_dir: &Path) -> Config {
-        let port = |name: &str| PortSpec {
-            name: name.to_string(),
-            bridge: "br0".to_string(),
-            kind: KindSpec::VhostUser(VhostUserSettings {
+        let port = |name: &str| {
+            let settings = VhostUserSettings {
                 socket: socket_dir.join(format!("{name}.sock")),
                 mode: Some(SocketMode::Server),
                 ..VhostUserSettings::default()
-            }),
-            vlan: None,
-            allowed_macs: None,
-            fdb_max_learned: None,
-            police_rx: None,
-            police_tx: None,
-            admin: AdminState::Up,
+            };
+            PortSpec::new(name, "br0", KindSpec::VhostUser(settings))
         };
         Config::new(
             None,

@@ -265,17 +265,7 @@ mod tests {
     }
 
     fn spec(name: &str, bridge: &str, kind: KindSpec) -> PortSpec {
-        PortSpec {
-            name: name.into(),
-            bridge: bridge.into(),
-            kind,
-            vlan: None,
-            allowed_macs: None,
-            fdb_max_learned: None,
-            police_rx: None,
-            police_tx: None,
-            admin: Default::default(),
-        }
+        PortSpec::new(name, bridge, kind)
     }
 
     fn vm(name: &str, socket: &str) -> PortSpec {

@@ -290,22 +290,13 @@ mod tests {
     }
 
     fn port(name: &str, queues: u16) -> PortSpec {
-        PortSpec {
-            name: name.into(),
-            bridge: "br0".into(),
-            kind: KindSpec::VhostUser(VhostUserSettings {
-                socket: format!("/run/vringswitch/{name}.sock").into(),
-                mode: Some(SocketMode::Server),
-                queues: Some(queues),
-                offloads: None,
-            }),
-            vlan: None,
-            allowed_macs: None,
-            fdb_max_learned: None,
-            police_rx: None,
-            police_tx: None,
-            admin: Default::default(),
-        }
+        let settings = VhostUserSettings {
+            socket: format!("/run/vringswitch/{name}.sock").into(),
+            mode: Some(SocketMode::Server),
+            queues: Some(queues),
+            offloads: None,
+        };
+        PortSpec::new(name, "br0", KindSpec::VhostUser(settings))
     }
 
     fn topology(bridges: &[(&str, u64)], ports: Vec<PortSpec>) -> SavedState {

@@ -91,6 +91,20 @@ impl<'m, T: SendBuilt<'m>> SendBuilt<'m> for &mut T {
     }
 }
 
+/// [`EgressBurst::send`] for a kind whose every frame goes out as one the offloads could
+/// have built: the frame as it is, changed by `edit`.
+#[inline(always)]
+pub fn send_as_built<'m, P: SendBuilt<'m>>(
+    port: &mut P,
+    src: &mut MemView<'m>,
+    segs: &[Seg],
+    len: u32,
+    edit: &FrameEdit,
+) -> Result<u32, DropReason> {
+    let out = Outgoing::edited(len, edit).ok_or(DropReason::BadDescriptor)?;
+    port.send_built(src, segs, &out)
+}
+
 /// The engine's side of one burst sent to a port: given the opened port, it sends every
 /// frame of the burst meant for it and says how many frames and bytes were written.
 pub trait SendBurst<'m> {

@@ -118,17 +118,7 @@ impl Layout {
 
 /// A port of `kind` on `bridge`, with nothing else set.
 pub fn port(name: &str, bridge: &str, kind: KindSpec) -> PortSpec {
-    PortSpec {
-        name: name.to_owned(),
-        bridge: bridge.to_owned(),
-        kind,
-        vlan: None,
-        allowed_macs: None,
-        fdb_max_learned: None,
-        police_rx: None,
-        police_tx: None,
-        admin: AdminState::Up,
-    }
+    PortSpec::new(name, bridge, kind)
 }
 
 /// A vhost-user port on `bridge`: vringswitch listens on `socket`.

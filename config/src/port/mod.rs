@@ -392,6 +392,21 @@ impl PortSpec {
         })
     }
 
+    /// A port of `kind` on `bridge`, with nothing else set.
+    pub fn new(name: &str, bridge: &str, kind: KindSpec) -> PortSpec {
+        PortSpec {
+            name: name.to_owned(),
+            bridge: bridge.to_owned(),
+            kind,
+            vlan: None,
+            allowed_macs: None,
+            fdb_max_learned: None,
+            police_rx: None,
+            police_tx: None,
+            admin: AdminState::Up,
+        }
+    }
+
     /// The port's kind.
     pub fn port_type(&self) -> PortType {
         self.kind.port_type()

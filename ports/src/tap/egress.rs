@@ -3,7 +3,7 @@
 
 use super::{TapQueue, TAP_VNET_HDR};
 use crate::counters::{DropReason, PortCounters};
-use crate::datapath::{Egress, EgressBurst, Scratch, SendBuilt, SendBurst};
+use crate::datapath::{send_as_built, Egress, EgressBurst, Scratch, SendBuilt, SendBurst};
 use crate::frame::view::MemView;
 use crate::frame::{FrameEdit, Seg};
 use crate::offload::software::Outgoing;
@@ -41,8 +41,7 @@ impl<'m> EgressBurst<'m> for TapBurst<'_> {
         len: u32,
         edit: &FrameEdit,
     ) -> Result<u32, DropReason> {
-        let out = Outgoing::edited(len, edit).ok_or(DropReason::BadDescriptor)?;
-        self.send_built(src, segs, &out)
+        send_as_built(self, src, segs, len, edit)
     }
 }
 
