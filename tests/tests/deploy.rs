@@ -601,6 +601,10 @@ fn promtool_accepts_the_rules_the_config_and_the_metrics() {
     run(Command::new("promtool")
         .args(["check", "config"])
         .arg(deploy("prometheus/prometheus.yml")));
+    // The rules' own unit tests: which drops page someone and which do not, per host.
+    run(Command::new("promtool")
+        .current_dir(deploy("prometheus"))
+        .args(["test", "rules", "vringswitch.rules.test.yml"]));
     let s = Setup::new("promtool", &[("br0", &["a", "b"])], 1);
     let mut a = s.vm("a", 1);
     let mut b = s.vm("b", 2);
@@ -694,7 +698,11 @@ fn prometheus_scrapes_and_every_dashboard_and_rule_expression_returns_data() {
     // the expression and the recorded series), the alerts that this setup makes fire (port
     // c is down and drops frames), and the watched signal of the others.
     let mut exprs: Vec<String> = dashboard_exprs();
-    let firing = ["VringswitchPortDown", "VringswitchDropsRising"];
+    let firing = [
+        "VringswitchPortDown",
+        "VringswitchDropsRising",
+        "VringswitchRxRingFull",
+    ];
     for (name, expr, alert) in rules() {
         if alert {
             exprs.push(signal_of(&expr).to_owned());
@@ -708,8 +716,8 @@ fn prometheus_scrapes_and_every_dashboard_and_rule_expression_returns_data() {
     }
 
     // Traffic a -> b, a flood that reaches c (down: port_down drops, which DropsRising
-    // leaves out), and a frame from a group address (invalid_src_mac: DropsRising), until
-    // everything has data.
+    // leaves out), a frame from a group address (invalid_src_mac: DropsRising), and b -> a,
+    // which a never takes (its RX ring fills up: RxRingFull), until everything has data.
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut round = 0u8;
     let mut empty: Vec<String>;
@@ -722,6 +730,8 @@ fn prometheus_scrapes_and_every_dashboard_and_rule_expression_returns_data() {
                 &frame(mac(2), [0x01, 0, 0x5e, 0, 0, 1], 100, round),
             );
             a.wait_tx_done(TestVm::tx(0), T);
+            b.send(TestVm::tx(0), &frame(mac(1), mac(2), 100, round));
+            b.wait_tx_done(TestVm::tx(0), T);
             let got = b.recv(TestVm::rx(0)).len();
             b.post_rx(TestVm::rx(0), got, 2048);
             round = round.wrapping_add(1);
