@@ -56,6 +56,93 @@ pub fn guest_cmdline(n: u8, peer: u8) -> String {
     )
 }
 
+/// The QEMU options of README.md's examples ("Attach a QEMU VM"), made concrete for one test
+/// guest: what a user copies is what the suite boots. The first example (a server-mode
+/// port: QEMU connects, with `reconnect=`) gives the memory, machine, chardev, netdev and
+/// device; the client-mode example gives the chardev QEMU listens on. Under TCG the device
+/// gets `vectors=0`, as the README says.
+fn readme_qemu_args(socket: &Path, mac: &str, memory: &str, qemu_listens: bool) -> Vec<String> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("../README.md")).expect("read README.md");
+    let section = readme
+        .split("\n## Attach a QEMU VM\n")
+        .nth(1)
+        .expect("README.md has an \"Attach a QEMU VM\" section");
+    let section = section.split("\n## ").next().unwrap();
+    let blocks: Vec<&str> = section
+        .split("```sh\n")
+        .skip(1)
+        .map(|b| b.split("```").next().unwrap())
+        .collect();
+    assert!(
+        blocks.len() >= 2,
+        "README.md's QEMU section lost its examples"
+    );
+    assert!(
+        section.contains("Without KVM (TCG), add `vectors=0`"),
+        "README.md no longer says what TCG needs"
+    );
+    let words = |block: &str| -> Vec<String> {
+        block
+            .replace("\\\n", " ")
+            .split_whitespace()
+            .filter(|w| !["qemu-system-x86_64", "..."].contains(w))
+            .map(str::to_owned)
+            .collect()
+    };
+    let first = words(blocks[0]);
+    let listening = words(blocks[1]);
+    let concrete = |w: &str| -> String {
+        let w = w.replace("/run/vringswitch/vm1.sock", &socket.display().to_string());
+        let w = w.replace("52:54:00:00:00:01", mac);
+        let w = w.replace("size=1G", &format!("size={memory}"));
+        if w == "1G" {
+            memory.to_owned()
+        } else {
+            w
+        }
+    };
+    let mut out = Vec::new();
+    let mut it = first.iter();
+    while let (Some(opt), Some(value)) = (it.next(), it.next()) {
+        assert!(
+            opt.starts_with('-'),
+            "README.md's QEMU example: {opt} {value}"
+        );
+        let value = match opt.as_str() {
+            "-chardev" if qemu_listens => {
+                assert_eq!(listening[0], "-chardev", "README.md's client-mode example");
+                concrete(&listening[1])
+            }
+            "-device" => concrete(value) + ",vectors=0",
+            _ => concrete(value),
+        };
+        out.push(opt.clone());
+        out.push(value);
+    }
+    let joined = out.join(" ");
+    for (what, expected) in [
+        ("the socket", socket.display().to_string()),
+        ("the MAC", mac.to_owned()),
+        ("the memory", format!("size={memory}")),
+        (
+            "reconnect=1",
+            if qemu_listens {
+                "server=on"
+            } else {
+                "reconnect=1"
+            }
+            .to_owned(),
+        ),
+    ] {
+        assert!(
+            joined.contains(&expected),
+            "README.md's QEMU example no longer has {what} where the suite expects it: {joined}"
+        );
+    }
+    out
+}
+
 /// The machine QEMU emulates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Machine {
@@ -363,40 +450,78 @@ impl Guest {
         let console = dir.join(format!("{}.console", spec.name));
         let _ = std::fs::remove_file(&console);
         let monitor = dir.join(format!("{}.monitor", spec.name));
-        let mut chardev = format!("socket,id=c0,path={}", spec.socket.display());
-        if spec.server {
-            chardev.push_str(",server=on,wait=off");
-        }
-        let mut netdev = match &spec.tap {
-            Some(ifname) => format!("tap,id=n0,ifname={ifname},script=no,downscript=no"),
-            None => "vhost-user,id=n0,chardev=c0".to_owned(),
-        };
-        if spec.queues > 1 {
-            netdev.push_str(&format!(",queues={}", spec.queues));
-        }
-        let chardev = match spec.tap {
-            Some(_) => vec![],
-            None => vec!["-chardev".to_owned(), chardev],
-        };
         let mac = guest_mac(spec.n);
-        let (machine, device) = match spec.machine {
-            // vectors=0: QEMU 7.2 under TCG crashes setting up MSI-X notifiers for vhost.
-            Machine::Q35 => {
-                let mut d = format!("virtio-net-pci,netdev=n0,vectors=0,mac={mac}");
-                if spec.queues > 1 {
-                    d.push_str(",mq=on");
+        let memory = "256M";
+        let nic: Vec<String> = match (&spec.tap, spec.machine) {
+            // README.md's example, as a user would copy it.
+            (None, Machine::Q35) => {
+                let mut args = readme_qemu_args(&spec.socket, &mac, memory, spec.server);
+                for pair in args.chunks_mut(2) {
+                    match pair[0].as_str() {
+                        "-netdev" if spec.queues > 1 => {
+                            pair[1].push_str(&format!(",queues={}", spec.queues))
+                        }
+                        "-device" => {
+                            if spec.queues > 1 {
+                                pair[1].push_str(",mq=on");
+                            }
+                            pair[1].push_str(&spec.device_extra);
+                        }
+                        _ => {}
+                    }
                 }
-                d.push_str(&spec.device_extra);
-                ("q35,memory-backend=mem", d)
+                args
             }
-            Machine::Microvm => (
-                "microvm,memory-backend=mem",
-                format!("virtio-net-device,netdev=n0,mac={mac}{}", spec.device_extra),
-            ),
+            (tap, machine) => {
+                let mut chardev = format!("socket,id=c0,path={}", spec.socket.display());
+                if spec.server {
+                    chardev.push_str(",server=on,wait=off");
+                }
+                let mut netdev = match tap {
+                    Some(ifname) => {
+                        format!("tap,id=n0,ifname={ifname},script=no,downscript=no")
+                    }
+                    None => "vhost-user,id=n0,chardev=c0".to_owned(),
+                };
+                if spec.queues > 1 {
+                    netdev.push_str(&format!(",queues={}", spec.queues));
+                }
+                let (machine, device) = match machine {
+                    // vectors=0: QEMU 7.2 under TCG crashes setting up MSI-X notifiers for
+                    // vhost.
+                    Machine::Q35 => {
+                        let mut d = format!("virtio-net-pci,netdev=n0,vectors=0,mac={mac}");
+                        if spec.queues > 1 {
+                            d.push_str(",mq=on");
+                        }
+                        d.push_str(&spec.device_extra);
+                        ("q35,memory-backend=mem", d)
+                    }
+                    Machine::Microvm => (
+                        "microvm,memory-backend=mem",
+                        format!("virtio-net-device,netdev=n0,mac={mac}{}", spec.device_extra),
+                    ),
+                };
+                let mut args: Vec<String> = [
+                    "-object",
+                    &format!("memory-backend-memfd,id=mem,size={memory},share=on"),
+                    "-machine",
+                    machine,
+                    "-m",
+                    memory,
+                ]
+                .map(str::to_owned)
+                .to_vec();
+                if tap.is_none() {
+                    args.extend(["-chardev".to_owned(), chardev]);
+                }
+                args.extend(["-netdev".to_owned(), netdev, "-device".to_owned(), device]);
+                args
+            }
         };
         let child = Command::new(qemu_binary())
-            .args(["-accel", "tcg", "-machine", machine, "-m", "256M"])
-            .args(["-object", "memory-backend-memfd,id=mem,size=256M,share=on"])
+            .args(["-accel", "tcg"])
+            .args(nic)
             .args(["-smp", &spec.cpus.to_string(), "-display", "none"])
             .args(["-nodefaults", "-no-user-config"])
             .arg("-monitor")
@@ -413,9 +538,6 @@ impl Guest {
                     + &machine_cmdline(spec.machine)
                     + &spec.cmdline_extra,
             )
-            .args(chardev)
-            .args(["-netdev", &netdev])
-            .args(["-device", &device])
             .args(
                 spec.incoming
                     .iter()

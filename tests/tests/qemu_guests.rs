@@ -45,14 +45,14 @@ fn layout(
 }
 
 #[test]
-fn guests_ping_through_server_ports_are_isolated_by_bridge_and_survive_qemu_restart_and_reboot() {
+fn guests_ping_through_server_ports_are_isolated_by_bridge_and_survive_qemu_and_switch_restarts() {
     let dir = TempDir::new("qemu-server");
     let (toml, sockets) = config(
         dir.path(),
         &[("vm1", "br0"), ("vm2", "br0"), ("vm3", "br1")],
         SocketMode::Server,
     );
-    let daemon = Daemon::start(dir.path(), &toml, &sockets);
+    let mut daemon = Daemon::start(dir.path(), &toml, &sockets);
     let mut g1 = Guest::boot(dir.path(), &GuestSpec::new("g1", &sockets[0], 1, 2));
     let g2 = Guest::boot(dir.path(), &GuestSpec::new("g2", &sockets[1], 2, 1));
     let g3 = Guest::boot(dir.path(), &GuestSpec::new("g3", &sockets[2], 3, 1));
@@ -88,6 +88,15 @@ fn guests_ping_through_server_ports_are_isolated_by_bridge_and_survive_qemu_rest
     g2.wait_clean_round(0, "g2 -> g1 pings after g2 rebooted");
     let after = g1.last_round();
     g1.wait_clean_round(after, "g1 -> g2 pings after g2 rebooted");
+
+    // SIGKILL the daemon and start it again: the guests, booted with README.md's example
+    // (`reconnect=1` on the chardev), connect again by themselves and ping on.
+    daemon.kill();
+    let (r1, r2) = (g1.last_round(), g2.last_round());
+    std::thread::sleep(Duration::from_secs(2));
+    daemon.restart(&sockets);
+    g1.wait_clean_round(r1 + 1, "g1 pings after the daemon restart");
+    g2.wait_clean_round(r2 + 1, "g2 pings after the daemon restart");
 }
 
 #[test]
