@@ -10,6 +10,7 @@ use anyhow::Context;
 use clap::Parser;
 use vringswitch_config::Config;
 use vringswitch_control::daemon::{Daemon, DaemonOptions};
+use vringswitch_control::manpage::{self, Section};
 use vringswitch_control::{drop_log, http, http_guard, http_server, state_file, systemd};
 use vringswitch_ports::socket_file::{self, BoundSocket};
 
@@ -56,6 +57,104 @@ struct Args {
     #[arg(long)]
     manpage: bool,
 }
+
+/// The manual page's sections that the arguments do not give.
+const MANUAL: &[Section] = &[
+    Section {
+        title: "ENVIRONMENT",
+        intro: "",
+        entries: &[
+            (
+                "VRINGSWITCH_LOG",
+                "What to log: a level (error, warn, info, debug, trace), optionally followed \
+                 by levels per module (info,vringswitch_ports=debug). Default info. A setting \
+                 that gives no general level is taken with info before it, one that does not \
+                 parse is replaced by info; either way the first lines of the log say so.",
+            ),
+            ("VRINGSWITCH_API_TOKEN_FILE", "As --api-token-file."),
+            (
+                "RUNTIME_DIRECTORY",
+                "Set by systemd's RuntimeDirectory=: the default socket directory.",
+            ),
+            (
+                "XDG_RUNTIME_DIR",
+                "For a user other than root outside systemd, the default socket directory is \
+                 vringswitch in it.",
+            ),
+            (
+                "NOTIFY_SOCKET, WATCHDOG_USEC",
+                "Set by systemd: the daemon says when it is ready and when it stops \
+                 (Type=notify), and feeds the watchdog while its worker cores are alive.",
+            ),
+        ],
+    },
+    Section {
+        title: "SIGNALS",
+        intro: "",
+        entries: &[
+            (
+                "SIGTERM, SIGINT, SIGQUIT",
+                "Stop: the workers finish their bursts, every vhost-user connection is \
+                 closed and the sockets the daemon created are removed. The state file is \
+                 already up to date (it is written at each change).",
+            ),
+            (
+                "SIGHUP, SIGUSR1, SIGUSR2",
+                "Logged and otherwise ignored: there is nothing to reload, the switch is \
+                 changed through its API (vringctl).",
+            ),
+            (
+                "SIGKILL",
+                "As for any process. Started again with the same --state, the daemon \
+                 restores its bridges and ports; frontends of server-mode ports connect \
+                 again by themselves if QEMU's chardev has reconnect=1 (libvirt: \
+                 <reconnect enabled='yes'/>), client-mode ports are connected by the daemon.",
+            ),
+        ],
+    },
+    Section {
+        title: "EXIT STATUS",
+        intro: "",
+        entries: &[
+            (
+                "0",
+                "Stopped by a signal above, or --print-config or --manpage done.",
+            ),
+            (
+                "1",
+                "Could not start, or failed while running; the last line on standard \
+                 error says why (a configuration error with its file, line and column, a \
+                 socket or --api address in use, another daemon on the same state file).",
+            ),
+            ("2", "Bad command-line arguments."),
+        ],
+    },
+    Section {
+        title: "FILES",
+        intro: "",
+        entries: &[
+            (
+                "/run/vringswitch",
+                "The default socket directory as root; under the shipped systemd unit also \
+                 its API socket, api.sock.",
+            ),
+            (
+                "/etc/vringswitch/vringswitch.toml",
+                "The configuration file of the shipped systemd unit (see \
+                 deploy/vringswitch.example.toml and docs/configuration.md).",
+            ),
+            (
+                "/var/lib/vringswitch/state.json",
+                "The state file of the shipped systemd unit.",
+            ),
+        ],
+    },
+    Section {
+        title: "SEE ALSO",
+        intro: "vringctl(1), docs/operations.md and docs/configuration.md in the source tree.",
+        entries: &[],
+    },
+];
 
 fn default_socket_dir() -> PathBuf {
     // Set by systemd's RuntimeDirectory=.
@@ -144,11 +243,9 @@ fn run() -> anyhow::Result<()> {
     let args = Args::parse();
     if args.manpage {
         use clap::CommandFactory;
-        let mut out = Vec::new();
-        clap_mangen::Man::new(Args::command())
-            .render(&mut out)
-            .context("cannot render the manual page")?;
-        print!("{}", String::from_utf8_lossy(&out));
+        let page =
+            manpage::page(Args::command(), MANUAL).context("cannot render the manual page")?;
+        print!("{page}");
         return Ok(());
     }
 

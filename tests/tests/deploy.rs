@@ -842,9 +842,77 @@ fn completions_and_manual_pages_are_generated_from_the_binaries() {
     for cmd in ["bridge", "port", "fdb", "show", "stats", "completions"] {
         assert!(page.contains(cmd), "{cmd} missing from vringctl(1)");
     }
+    for section in ["ENVIRONMENT", "\"EXIT STATUS\"", "FILES", "\"SEE ALSO\""] {
+        assert!(
+            page.contains(&format!(".SH {section}")),
+            "{section} missing from vringctl(1)"
+        );
+    }
+    // Every page a page refers to is written by `vringctl manpage --dir`, and man reads it.
+    let man_dir = dir.path().join("man1");
+    std::fs::create_dir(&man_dir).unwrap();
+    let listed = run(
+        &vringctl(),
+        &["manpage", "--dir", man_dir.to_str().unwrap()],
+    );
+    let page_names = |text: &str| -> Vec<String> {
+        let mut out = Vec::new();
+        for (i, _) in text.match_indices("(1)") {
+            let name: String = text[..i]
+                .chars()
+                .rev()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '\\')
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
+            let name = name.replace("\\-", "-").trim_start_matches('-').to_owned();
+            if name.starts_with("vringctl") {
+                out.push(name);
+            }
+        }
+        out
+    };
+    let mut referred = 0;
+    for file in listed.lines() {
+        let text = std::fs::read_to_string(file).unwrap();
+        for name in page_names(&text) {
+            assert!(
+                man_dir.join(format!("{name}.1")).exists(),
+                "{file} refers to {name}(1), which vringctl manpage --dir did not write"
+            );
+            referred += 1;
+        }
+    }
+    assert!(referred >= 20, "{referred} references in {listed}");
+    if Command::new("man").arg("--version").output().is_ok() {
+        let shown = Command::new("man")
+            .arg("-l")
+            .arg(man_dir.join("vringctl-port-add.1"))
+            .env("MANPAGER", "cat")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&shown.stdout);
+        assert!(text.contains("--may-exist"), "{text}");
+    }
     let page = run(&binary(), &["--manpage"]);
     assert!(page.contains(".TH vringswitch 1"), "{page}");
     for opt in ["socket\\-dir", "api\\-socket", "state", "api\\-host"] {
         assert!(page.contains(opt), "{opt} missing from vringswitch(1)");
+    }
+    for section in [
+        "ENVIRONMENT",
+        "SIGNALS",
+        "\"EXIT STATUS\"",
+        "FILES",
+        "\"SEE ALSO\"",
+    ] {
+        assert!(
+            page.contains(&format!(".SH {section}")),
+            "{section} missing from vringswitch(1)"
+        );
+    }
+    for word in ["VRINGSWITCH_LOG", "SIGTERM", "SIGHUP"] {
+        assert!(page.contains(word), "{word} missing from vringswitch(1)");
     }
 }

@@ -57,6 +57,44 @@ struct Domain {
     console: Console,
 }
 
+/// The NIC of README.md's libvirt example, made concrete: what a user copies is what the
+/// suite runs. For `mode='server'` (QEMU listens) the example's `mode` is changed and its
+/// `<reconnect>` left out, as the README says.
+fn readme_interface(mac: &str, socket: &Path, mode: &str) -> String {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("../README.md")).expect("read README.md");
+    let section = readme
+        .split("\n## Attach a libvirt domain\n")
+        .nth(1)
+        .expect("README.md has an \"Attach a libvirt domain\" section");
+    let start = section
+        .find("<interface type='vhostuser'>")
+        .expect("README.md's libvirt example has a vhostuser interface");
+    let end = section[start..].find("</interface>").expect("its end") + start;
+    let mut xml = section[start..end + "</interface>".len()].to_owned();
+    for (from, to) in [
+        ("52:54:00:00:00:01", mac.to_owned()),
+        ("/run/vringswitch/vm1.sock", socket.display().to_string()),
+    ] {
+        assert!(
+            xml.contains(from),
+            "README.md's libvirt example lost {from}: {xml}"
+        );
+        xml = xml.replace(from, &to);
+    }
+    assert!(
+        xml.contains("mode='client'") && xml.contains("<reconnect enabled='yes'"),
+        "README.md's libvirt example no longer reconnects: {xml}"
+    );
+    if mode == "server" {
+        let open = xml.find("<reconnect").unwrap();
+        let close = xml[open..].find("/>").unwrap() + open + 2;
+        xml.replace_range(open..close, "");
+        xml = xml.replace("mode='client'", "mode='server'");
+    }
+    xml
+}
+
 impl Domain {
     /// Test VM `n` pinging `peer`, its NIC on `socket`; `mode` is libvirt's (`client`: QEMU
     /// connects; `server`: QEMU listens).
@@ -87,11 +125,7 @@ impl Domain {
   <on_crash>destroy</on_crash>
   <devices>
     <emulator>/usr/bin/qemu-system-x86_64</emulator>
-    <interface type='vhostuser'>
-      <mac address='{mac}'/>
-      <source type='unix' path='{socket}' mode='{mode}'/>
-      <model type='virtio'/>
-    </interface>
+    {interface}
     <serial type='file'><source path='{console}'/><target port='0'/></serial>
     <memballoon model='none'/>
   </devices>
@@ -105,8 +139,7 @@ impl Domain {
             kernel = dir.join("vmlinuz").display(),
             initrd = dir.join("initramfs.gz").display(),
             cmdline = guest_cmdline(n, peer),
-            mac = guest_mac(n),
-            socket = socket.display(),
+            interface = readme_interface(&guest_mac(n), socket, mode),
             console = console.display(),
         );
         let path = dir.join(format!("{name}.xml"));
@@ -135,7 +168,7 @@ impl Drop for Domain {
 }
 
 #[test]
-fn libvirt_domains_on_server_and_client_mode_ports_ping_restart_and_ping_again() {
+fn libvirt_domains_on_server_and_client_mode_ports_ping_through_domain_and_switch_restarts() {
     assert!(is_root(), "the libvirt test needs root (libvirtd, users)");
     prepare_host();
     let dir = TempDir::new("libvirt");
@@ -165,7 +198,7 @@ fn libvirt_domains_on_server_and_client_mode_ports_ping_restart_and_ping_again()
             Some(1),
         ))
         .toml();
-    let daemon = Daemon::start_as(
+    let mut daemon = Daemon::start_as(
         dir.path(),
         &toml,
         &[a.clone(), peer.clone()],
@@ -232,6 +265,29 @@ fn libvirt_domains_on_server_and_client_mode_ports_ping_restart_and_ping_again()
         }
         stage("disconnected");
     }
+
+    // SIGKILL the daemon under running domains and start it again: domain a reconnects by
+    // itself (README.md's `<reconnect>`), the daemon reconnects to domain b.
+    dom_a.start();
+    dom_b.start();
+    dom_a
+        .console
+        .wait_clean_round(0, "domain a pings before the daemon restart");
+    dom_b
+        .console
+        .wait_clean_round(0, "domain b pings before the daemon restart");
+    daemon.kill();
+    let (ra, rb) = (dom_a.console.last_round(), dom_b.console.last_round());
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    daemon.restart(&[a.clone(), peer.clone()]);
+    stage("daemon restarted");
+    dom_a
+        .console
+        .wait_clean_round(ra + 1, "domain a pings after the daemon restart");
+    dom_b
+        .console
+        .wait_clean_round(rb + 1, "domain b pings after the daemon restart");
+    stage("a and b pinged after the daemon restart");
     let log = daemon.log_text();
     assert!(
         log.matches("vhost-user frontend connected port=b").count() >= 2,

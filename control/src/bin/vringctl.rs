@@ -9,6 +9,7 @@ use hyper::Method;
 use serde_json::{json, Value};
 use vringswitch_control::client::{ApiClient, ClientError, Endpoint};
 use vringswitch_control::ctl;
+use vringswitch_control::manpage::{self, Section};
 use vringswitch_metrics::Snapshot;
 
 /// Control and inspect a running vringswitch.
@@ -72,8 +73,13 @@ enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
-    /// Prints this command's manual page (roff), for man(1).
-    Manpage,
+    /// Prints this command's manual page (roff), for man(1); with --dir, writes it and one
+    /// page per subcommand (vringctl-port.1, vringctl-port-add.1, ...) there.
+    Manpage {
+        /// Write every page into this directory (e.g. /usr/local/share/man/man1).
+        #[arg(long, value_name = "DIR")]
+        dir: Option<std::path::PathBuf>,
+    },
     /// Per-core load (busy %, cycles per packet, bursts) and per-port counters.
     Stats {
         /// Show what happened over this many seconds instead of the totals since start.
@@ -337,6 +343,55 @@ enum FdbCmd {
     },
 }
 
+/// The manual page's sections that the arguments do not give.
+const MANUAL: &[Section] = &[
+    Section {
+        title: "ENVIRONMENT",
+        intro: "",
+        entries: &[
+            ("VRINGSWITCH_API", "As --api."),
+            ("VRINGSWITCH_TOKEN", "As --token."),
+        ],
+    },
+    Section {
+        title: "EXIT STATUS",
+        intro: "",
+        entries: &[
+            (
+                "0",
+                "Done (with --may-exist or --if-exists, also when there was nothing to do).",
+            ),
+            (
+                "1",
+                "The daemon refused the request (the message says why: an unknown name, a \
+                 conflict, an invalid setting) or failed.",
+            ),
+            (
+                "2",
+                "Bad usage: an unknown command or option, or a value vringctl refuses before \
+                 asking the daemon.",
+            ),
+            ("3", "The daemon could not be reached."),
+        ],
+    },
+    Section {
+        title: "FILES",
+        intro: "",
+        entries: &[(
+            "/run/vringswitch/api.sock",
+            "The API socket of the shipped systemd unit: used when no --api is given and it \
+             takes the connection, else 127.0.0.1:9180 is.",
+        )],
+    },
+    Section {
+        title: "SEE ALSO",
+        intro: "vringswitch(1), and the page of each command: vringctl-bridge(1), \
+                vringctl-port(1), vringctl-port-add(1) and so on (vringctl manpage --dir DIR \
+                writes them all).",
+        entries: &[],
+    },
+];
+
 /// A number of seconds, above 0 and at most a day.
 fn parse_interval(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
@@ -464,10 +519,20 @@ fn offline(command: &Command) -> Option<String> {
         Command::Completions { shell } => {
             clap_complete::generate(*shell, &mut Args::command(), "vringctl", &mut out);
         }
-        Command::Manpage => {
-            clap_mangen::Man::new(Args::command())
-                .render(&mut out)
-                .ok()?;
+        Command::Manpage { dir: None } => {
+            return manpage::page(Args::command(), MANUAL).ok();
+        }
+        Command::Manpage { dir: Some(dir) } => {
+            return Some(match manpage::write_all(Args::command(), MANUAL, dir) {
+                Ok(files) => files.iter().map(|f| format!("{}\n", f.display())).collect(),
+                Err(e) => {
+                    eprintln!(
+                        "vringctl: error: cannot write the manual pages into {}: {e}",
+                        dir.display()
+                    );
+                    std::process::exit(1);
+                }
+            });
         }
         _ => return None,
     }
@@ -484,7 +549,7 @@ async fn run(args: Args) -> Result<String, ClientError> {
         Command::Bridge(cmd) => bridge(&api, cmd, json).await,
         Command::Port(cmd) => port(&api, *cmd, json).await,
         Command::Fdb(cmd) => fdb(&api, cmd, json).await,
-        Command::Completions { .. } | Command::Manpage | Command::Capture { .. } => {
+        Command::Completions { .. } | Command::Manpage { .. } | Command::Capture { .. } => {
             Ok(offline(&args.command).unwrap_or_default())
         }
         Command::Show => {
