@@ -78,6 +78,44 @@ pub fn mtu(name: &str) -> io::Result<u32> {
     u32::try_from(mtu).map_err(|_| io::Error::other(format!("negative MTU {mtu}")))
 }
 
+/// The MAC address an interface the daemon creates is given: the same for the same name on
+/// the same host (`host_id`: /etc/machine-id), so that a TAP made again after a restart
+/// keeps its address (neighbours' ARP caches, DHCP leases, firewall rules stay right), and
+/// different across hosts. Locally administered and unicast, as systemd's
+/// `MACAddressPolicy=persistent` makes them; FNV-1a of the two, which needs to be stable,
+/// not secret.
+pub fn stable_mac(host_id: &[u8], ifname: &str) -> [u8; 6] {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in host_id.iter().chain([0u8].iter()).chain(ifname.as_bytes()) {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    let b = hash.to_be_bytes();
+    [(b[0] & 0xfe) | 0x02, b[1], b[2], b[3], b[4], b[5]]
+}
+
+/// This host's identity for [`stable_mac`]: /etc/machine-id, or nothing where there is none
+/// (the MAC is then stable per name only).
+pub fn host_id() -> Vec<u8> {
+    std::fs::read("/etc/machine-id")
+        .map(|id| id.trim_ascii().to_vec())
+        .unwrap_or_default()
+}
+
+/// Sets interface `name`'s Ethernet address.
+pub fn set_mac(name: &str, mac: [u8; 6]) -> io::Result<()> {
+    let sock = control_socket()?;
+    let mut req = ifreq(name);
+    // SAFETY: writing plain-data members of the union, which was zeroed by ifreq.
+    unsafe {
+        req.ifr_ifru.ifru_hwaddr.sa_family = libc::ARPHRD_ETHER;
+        for (d, s) in req.ifr_ifru.ifru_hwaddr.sa_data.iter_mut().zip(mac) {
+            *d = s as libc::c_char;
+        }
+    }
+    ioctl(&sock, libc::SIOCSIFHWADDR, &mut req)
+}
+
 /// Sets interface `name` up, with `mtu` if given. An interface already up is left as it
 /// is: one made and set up by whoever owns it needs no privilege.
 pub fn set_up(name: &str, mtu: Option<u32>) -> io::Result<()> {
@@ -110,6 +148,23 @@ pub fn set_up(name: &str, mtu: Option<u32>) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stable_mac_is_local_unicast_and_depends_on_the_host_and_the_name() {
+        let id = b"4c4c4544003610468052b4c04f4d4d32";
+        let mac = stable_mac(id, "up0");
+        assert_eq!(mac, stable_mac(id, "up0"));
+        assert_eq!(
+            mac[0] & 0x03,
+            0x02,
+            "locally administered, unicast: {mac:02x?}"
+        );
+        assert_ne!(mac, stable_mac(id, "up1"));
+        assert_ne!(mac, stable_mac(b"another host", "up0"));
+        // Fixed by the algorithm (FNV-1a of one zero byte, checked by hand), not by a seed:
+        // the same on every run and build.
+        assert_eq!(stable_mac(b"", ""), [0xae, 0x63, 0xbd, 0x4c, 0x86, 0x01]);
+    }
 
     #[test]
     fn an_ifreq_holds_the_name_nul_terminated() {

@@ -113,6 +113,7 @@ fn tap_ports_from_the_configuration_the_api_and_the_state_file() {
     );
     // The interface the configuration names, moved to where the kernel side lives.
     assert!(exists(None, &cfg_if), "the daemon created {cfg_if}");
+    let cfg_mac = mac_of(&cfg_if);
     ip(&["link", "set", &cfg_if, "netns", &ns.0]);
     ns.ip(&["addr", "add", "10.77.0.1/24", "dev", &cfg_if]);
     ns.ip(&["link", "set", &cfg_if, "up"]);
@@ -198,7 +199,9 @@ fn tap_ports_from_the_configuration_the_api_and_the_state_file() {
     );
 
     // The state file brings both back after kill -9: the interfaces the daemon had made
-    // went with it, and are made again.
+    // went with it, and are made again, with the same MACs (locally administered).
+    let api_mac = mac_of(&api_if);
+    assert_ne!(api_mac, cfg_mac);
     d.kill();
     wait_until_gone(&api_if);
     d.restart(std::slice::from_ref(&vm_sock));
@@ -207,6 +210,10 @@ fn tap_ports_from_the_configuration_the_api_and_the_state_file() {
         exists(None, &cfg_if),
         "{cfg_if} made again, in the daemon's namespace"
     );
+    assert_eq!(mac_of(&api_if), api_mac, "{api_if}'s MAC after a restart");
+    assert_eq!(mac_of(&cfg_if), cfg_mac, "{cfg_if}'s MAC after a restart");
+    let first = u8::from_str_radix(&api_mac[..2], 16).unwrap();
+    assert_eq!(first & 3, 2, "{api_mac} is not a local unicast address");
     let (_, ports) = call(&d, "GET", "/v1/ports", None);
     let names: Vec<&str> = ports
         .as_array()
@@ -220,6 +227,14 @@ fn tap_ports_from_the_configuration_the_api_and_the_state_file() {
     let (code, body) = call(&d, "DELETE", "/v1/ports/up1", None);
     assert_eq!(code, 204, "{body}");
     wait_until_gone(&api_if);
+}
+
+/// An interface's MAC in the test's namespace, as `ip link` shows it.
+fn mac_of(ifname: &str) -> String {
+    std::fs::read_to_string(format!("/sys/class/net/{ifname}/address"))
+        .unwrap_or_else(|e| panic!("MAC of {ifname}: {e}"))
+        .trim()
+        .to_owned()
 }
 
 fn wait_until_gone(ifname: &str) {

@@ -1,6 +1,7 @@
 //! A Linux TAP interface opened through `/dev/net/tun`: created when missing (and gone
 //! again when its last descriptor closes, as the kernel does for a TAP nobody made
-//! persistent), or attached to when it exists (`ip tuntap add NAME mode tap`, left as it is
+//! persistent; made again, it gets the same MAC: `netif::stable_mac`), or attached to when
+//! it exists (`ip tuntap add NAME mode tap`, left as it is
 //! when the port goes).
 //!
 //! Every frame read or written carries a virtio-net header (`IFF_VNET_HDR`, 10 bytes:
@@ -75,6 +76,9 @@ impl TapDevice {
             created: !existed,
         };
         dev.set_vnet_header(offloads)?;
+        if dev.created {
+            netif::set_mac(name, netif::stable_mac(&netif::host_id(), name))?;
+        }
         netif::set_up(name, mtu)?;
         Ok(dev)
     }
