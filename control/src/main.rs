@@ -289,6 +289,11 @@ fn run() -> anyhow::Result<()> {
             .map_err(|m| anyhow::anyhow!("config file {}: {m}", path.display()))?;
     }
     if args.print_config {
+        // What the start would refuse about this host, not only about the file.
+        for &core in config.dataplane.cores.get_ref() {
+            vringswitch_switch::affinity::check_core(core)
+                .context("cannot use [dataplane] cores on this machine")?;
+        }
         print!("{}", config_in_effect(&config, args.state.as_deref())?);
         return Ok(());
     }
@@ -304,29 +309,53 @@ fn run() -> anyhow::Result<()> {
         let _in_runtime = runtime.enter();
         Signals::new().context("cannot install signal handlers")?
     };
-    let daemon = Arc::new(
-        Daemon::start(
-            &config,
-            DaemonOptions {
-                state_file: args.state.clone(),
-                socket_dir: Some(socket_dir.clone()),
-                own_paths: args.api_socket.iter().cloned().collect(),
-            },
-        )
-        .context("cannot start vringswitch")?,
-    );
+    // The API's listeners next, before any port: a second daemon given a busy --api or
+    // --api-socket stops here, before it binds a socket of its own ports or starts a worker.
+    let (listener, unix_listener) = {
+        let _in_runtime = runtime.enter();
+        let listener = std::net::TcpListener::bind(args.api)
+            .and_then(|l| {
+                l.set_nonblocking(true)?;
+                tokio::net::TcpListener::from_std(l)
+            })
+            .with_context(|| format!("cannot listen on --api {}", args.api))?;
+        let unix = match &args.api_socket {
+            Some(path) => Some(bind_api_socket(path)?),
+            None => None,
+        };
+        (listener, unix)
+    };
+    let (unix_listener, api_socket_bound) = match unix_listener {
+        Some((l, bound)) => (Some(l), Some(bound)),
+        None => (None, None),
+    };
+    let started = Daemon::start(
+        &config,
+        DaemonOptions {
+            state_file: args.state.clone(),
+            socket_dir: Some(socket_dir.clone()),
+            own_paths: args.api_socket.iter().cloned().collect(),
+        },
+    )
+    .context("cannot start vringswitch");
+    let remove_api_socket = |bound: Option<BoundSocket>| {
+        if let (Some(path), Some(bound)) = (&args.api_socket, bound) {
+            vringswitch_ports::socket_file::remove_if_ours(path, bound);
+        }
+    };
+    let daemon = match started {
+        Ok(d) => Arc::new(d),
+        Err(e) => {
+            remove_api_socket(api_socket_bound);
+            return Err(e);
+        }
+    };
     let switch = daemon.switch.clone();
     let api_daemon = daemon.clone();
     let api_socket = args.api_socket.clone();
     let api_addr = args.api;
     let api_hosts = args.api_host.clone();
-    let api_socket_bound = Arc::new(std::sync::Mutex::new(None));
-    let bound_slot = api_socket_bound.clone();
     let result: anyhow::Result<()> = runtime.block_on(async move {
-        let api_socket_bound = bound_slot;
-        let listener = tokio::net::TcpListener::bind(api_addr)
-            .await
-            .with_context(|| format!("cannot listen on --api {api_addr}"))?;
         let writes = match (&token, &api_socket) {
             (Some(_), _) => "with the token",
             (None, Some(_)) => "no (read-only: changes go through the unix socket)",
@@ -337,17 +366,16 @@ fn run() -> anyhow::Result<()> {
             http::router(api_daemon.clone(), tcp_access(token, api_socket.as_deref())),
             http_guard::AllowedHosts::for_listener(api_addr, &api_hosts),
         );
-        let unix = match &api_socket {
-            Some(path) => {
-                let (listener, bound) = bind_api_socket(path)?;
-                *api_socket_bound.lock().unwrap_or_else(|e| e.into_inner()) = Some(bound);
+        let unix = match (unix_listener, &api_socket) {
+            (Some(listener), Some(path)) => {
+                tracing::info!(api_socket = %path.display(), "HTTP endpoint ready on a unix socket");
                 let app = http_guard::guard(
                     http::router(api_daemon, http::ApiAccess::Open),
                     http_guard::AllowedHosts::any(),
                 );
                 Some((listener, app))
             }
-            None => None,
+            _ => None,
         };
         // Under systemd (Type=notify), say we are up and keep the watchdog fed while the
         // workers are alive. Without $NOTIFY_SOCKET these do nothing.
@@ -385,13 +413,7 @@ fn run() -> anyhow::Result<()> {
             () = signals.until_stop() => Ok(()),
         }
     });
-    let bound = api_socket_bound
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .take();
-    if let (Some(path), Some(bound)) = (&args.api_socket, bound) {
-        vringswitch_ports::socket_file::remove_if_ours(path, bound);
-    }
+    remove_api_socket(api_socket_bound);
     tracing::info!("stopping");
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     daemon.stop();
@@ -466,10 +488,7 @@ fn bind_api_socket(
         .and_then(|()| tokio::net::UnixListener::from_std(listener))
         .with_context(|| format!("cannot listen on --api-socket {}", path.display()));
     match set_up {
-        Ok(l) => {
-            tracing::info!(api_socket = %path.display(), "HTTP endpoint ready on a unix socket");
-            Ok((l, bound))
-        }
+        Ok(l) => Ok((l, bound)),
         Err(e) => {
             socket_file::remove_if_ours(path, bound);
             Err(e)

@@ -8,7 +8,7 @@ use vhost::vhost_user::Frontend;
 use vhost::VhostBackend;
 use vringswitch_tests::daemon::{Daemon, KillOnDrop, TempDir};
 use vringswitch_tests::frontend::{TestVm, VmOptions};
-use vringswitch_tests::layout::Layout;
+use vringswitch_tests::layout::{vhost_user, Layout};
 use vringswitch_tests::process::{mappings_of, open_fds, threads};
 use vringswitch_tests::setup::Setup;
 use vringswitch_tests::{frame, mac, settled_counts, wait_until};
@@ -204,9 +204,9 @@ fn run_daemon(args: &[&std::ffi::OsStr]) -> (bool, String) {
     )
 }
 
-/// A second daemon on the same socket directory or state file refuses to start, and none
-/// takes a socket another process listens on: the first daemon's VMs keep their sockets,
-/// even when the second would have failed on the busy --api port anyway.
+/// A second daemon on the same API address, socket directory or state file refuses to
+/// start, and none takes a socket another process listens on: the first daemon's VMs keep
+/// their sockets. A busy --api is found before any port is made.
 #[test]
 fn a_second_daemon_refuses_and_leaves_the_first_ones_sockets() {
     let dir = TempDir::new("second");
@@ -226,14 +226,45 @@ fn a_second_daemon_refuses_and_leaves_the_first_ones_sockets() {
     let other_config = other.path().join("other.toml");
     std::fs::write(&other_config, Layout::new().bridge("br0").toml()).unwrap();
 
-    // The same socket directory, the same (busy) API address.
+    // The same (busy) API address: refused before any port is made, in another socket
+    // directory with ports of its own.
+    let other_ports = other.path().join("ports.toml");
+    let other_socket = other.path().join("x.sock");
+    std::fs::write(
+        &other_ports,
+        Layout::new()
+            .bridge("br0")
+            .port(vhost_user("x", "br0", &other_socket))
+            .toml(),
+    )
+    .unwrap();
+    let (ok, err) = run_daemon(&[
+        &os("--config"),
+        other_ports.as_os_str(),
+        &os("--socket-dir"),
+        other.path().as_os_str(),
+        &os("--api"),
+        &os(&daemon.api),
+    ]);
+    assert!(!ok);
+    assert!(
+        err.contains(&format!("cannot listen on --api {}", daemon.api)),
+        "{err}"
+    );
+    assert!(
+        !err.contains("port ready") && !err.contains("worker"),
+        "ports were started before the API was bound: {err}"
+    );
+    assert!(!other_socket.exists());
+
+    // The same socket directory.
     let (ok, err) = run_daemon(&[
         &os("--config"),
         daemon.config.as_os_str(),
         &os("--socket-dir"),
         dir.path().as_os_str(),
         &os("--api"),
-        &os(&daemon.api),
+        &free_api(),
     ]);
     assert!(!ok);
     assert!(
@@ -341,6 +372,14 @@ fn start_errors_say_each_cause_once() {
         socket_dir.as_os_str(),
     ]);
     assert!(!ok);
+    assert_eq!(err.matches("core 77 does not exist").count(), 1, "{err}");
+    // --print-config checks what the start checks.
+    let (ok, err) = run_daemon(&[
+        std::ffi::OsStr::new("--config"),
+        config.as_os_str(),
+        std::ffi::OsStr::new("--print-config"),
+    ]);
+    assert!(!ok, "--print-config accepted core 77");
     assert_eq!(err.matches("core 77 does not exist").count(), 1, "{err}");
     let missing = dir.path().join("missing.toml");
     let (ok, err) = run_daemon(&[std::ffi::OsStr::new("--config"), missing.as_os_str()]);
