@@ -388,6 +388,43 @@ fn start_errors_say_each_cause_once() {
     assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
 }
 
+/// A client-mode port whose VM is not up yet says so at info, once: a VM that is off is
+/// normal, not a warning.
+#[test]
+fn a_client_mode_port_waiting_for_its_vm_says_so_at_info() {
+    let dir = TempDir::new("client-wait");
+    let socket = dir.path().join("client/vm.sock");
+    let toml = Layout::new()
+        .bridge("br0")
+        .port(vringswitch_tests::layout::vhost_user_in(
+            "vm",
+            "br0",
+            &socket,
+            vringswitch_tests::layout::SocketMode::Client,
+            None,
+        ))
+        .toml();
+    let d = Daemon::start(dir.path(), &toml, &[]);
+    let line = wait_until(T, "the waiting line", || {
+        d.log_text()
+            .lines()
+            .find(|l| l.contains("waiting for the VM to listen on its socket"))
+            .map(str::to_owned)
+    });
+    assert!(
+        line.contains(" INFO ") && line.contains("port=vm"),
+        "{line}"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let log = d.log_text();
+    assert!(!log.contains(" WARN "), "{log}");
+    assert_eq!(
+        log.matches("waiting for the VM").count(),
+        1,
+        "said more than once a minute: {log}"
+    );
+}
+
 /// A log setting that names no level (a typo such as `verbose`, which reads as a module
 /// name) still logs the daemon's messages, and says why.
 #[test]

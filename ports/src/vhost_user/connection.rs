@@ -350,16 +350,25 @@ fn next_frontend(
         match attempt {
             Ok(s) => return (!control.stop.load(Ordering::SeqCst)).then_some(s),
             Err(e) => {
-                // In client mode the VMM may simply not be up yet; in server mode accepting
-                // fails when the daemon is out of file descriptors: say so once a minute.
+                // In client mode the VMM may simply not be up yet (no socket, or nobody
+                // listening on it): normal, said at info. Anything else (no permission, out
+                // of file descriptors in either mode) is a warning. Once a minute.
                 let now = Instant::now();
                 if last_error.is_none_or(|t| now.duration_since(t) > Duration::from_secs(60)) {
+                    let not_up_yet = matches!(
+                        e.kind(),
+                        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+                    );
                     if listener.is_some() {
                         tracing::warn!(port = %name, socket = %config.socket.display(),
                             error = %explain(&e), "cannot accept a vhost-user connection, retrying");
+                    } else if not_up_yet {
+                        tracing::info!(port = %name, socket = %config.socket.display(),
+                            retry_ms = CLIENT_RETRY_INTERVAL.as_millis(),
+                            "waiting for the VM to listen on its socket");
                     } else {
                         tracing::warn!(port = %name, socket = %config.socket.display(),
-                            error = %e, "no vhost-user frontend yet, retrying");
+                            error = %explain(&e), "cannot connect to the VM's socket, retrying");
                     }
                     last_error = Some(now);
                 }
