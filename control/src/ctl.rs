@@ -234,51 +234,11 @@ fn link(port: &serde_json::Value) -> &'static str {
     }
 }
 
-/// Virtio and vhost-user feature bits by name, as a frontend may negotiate them.
-const FEATURE_NAMES: &[(u32, &str)] = &[
-    (0, "CSUM"),
-    (1, "GUEST_CSUM"),
-    (5, "MAC"),
-    (7, "GUEST_TSO4"),
-    (8, "GUEST_TSO6"),
-    (9, "GUEST_ECN"),
-    (10, "GUEST_UFO"),
-    (11, "HOST_TSO4"),
-    (12, "HOST_TSO6"),
-    (13, "HOST_ECN"),
-    (14, "HOST_UFO"),
-    (15, "MRG_RXBUF"),
-    (16, "STATUS"),
-    (17, "CTRL_VQ"),
-    (21, "GUEST_ANNOUNCE"),
-    (22, "MQ"),
-    (26, "LOG_ALL"),
-    (28, "INDIRECT_DESC"),
-    (29, "EVENT_IDX"),
-    (30, "PROTOCOL_FEATURES"),
-    (32, "VERSION_1"),
-    (34, "RING_PACKED"),
-    (35, "IN_ORDER"),
-];
-
 /// The negotiated features of a port (`0x...` in the API) by name; unknown bits by number.
 pub fn feature_names(hex: &str) -> String {
-    let Ok(bits) = u64::from_str_radix(hex.trim_start_matches("0x"), 16) else {
-        return "-".to_owned();
-    };
-    let mut names = Vec::new();
-    for bit in 0..64u32 {
-        if bits & (1 << bit) != 0 {
-            match FEATURE_NAMES.iter().find(|(b, _)| *b == bit) {
-                Some((_, n)) => names.push((*n).to_owned()),
-                None => names.push(format!("bit{bit}")),
-            }
-        }
-    }
-    if names.is_empty() {
-        "none".to_owned()
-    } else {
-        names.join(" ")
+    match u64::from_str_radix(hex.trim_start_matches("0x"), 16) {
+        Ok(bits) => vringswitch_ports::vhost_user::backend::feature_names(bits, " "),
+        Err(_) => "-".to_owned(),
     }
 }
 

@@ -239,7 +239,7 @@ impl Daemon {
         self.publish(&st);
         tracing::info!(
             port = %name,
-            direction = capture_direction(settings),
+            direction = %capture_direction(settings),
             snaplen = settings.snaplen,
             buffers = tap.capacity(),
             "packet capture started"
@@ -617,7 +617,7 @@ impl Daemon {
         let b = st.bridge_mut(bridge)?;
         b.fdb.add_static(key, id);
         b.statics.insert(key, port_name.clone());
-        tracing::info!(bridge, %mac, vlan, port = %port_name, "static FDB entry added");
+        tracing::info!(bridge = %bridge, %mac, vlan, port = %port_name, "static FDB entry added");
         Ok(StaticMac {
             bridge: bridge.to_string(),
             mac: mac.to_string(),
@@ -674,7 +674,7 @@ impl Daemon {
             )));
         }
         let was_static = b.statics.remove(&key).is_some();
-        tracing::info!(bridge, %mac, vlan, was_static, "FDB entry removed");
+        tracing::info!(bridge = %bridge, %mac, vlan, was_static, "FDB entry removed");
         if was_static {
             self.save(&st)?;
         }
@@ -707,7 +707,7 @@ impl Daemon {
                 b.statics.clear();
             }
         }
-        tracing::info!(bridge, port = port.unwrap_or("every port"), "FDB flushed");
+        tracing::info!(bridge = %bridge, port = %port.unwrap_or("every port"), "FDB flushed");
         self.save(&st)
     }
 

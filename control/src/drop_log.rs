@@ -72,9 +72,9 @@ pub async fn report_drops(switch: Arc<Switch>, period: Duration) {
                 .join(" ");
             let secs = period.as_secs();
             if guest_fault {
-                tracing::warn!(port, drops = %counts, "frames dropped in the last {secs} s");
+                tracing::warn!(port = %port, drops = %counts, "frames dropped in the last {secs} s");
             } else {
-                tracing::debug!(port, drops = %counts, "frames dropped in the last {secs} s");
+                tracing::debug!(port = %port, drops = %counts, "frames dropped in the last {secs} s");
             }
         }
         before = after;

@@ -292,7 +292,7 @@ async fn require_token(
             };
             let mut limiter = failures.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(suppressed) = limiter.check() {
-                tracing::warn!(method = %req.method(), path = req.uri().path(), suppressed,
+                tracing::warn!(method = %req.method(), path = %req.uri().path(), suppressed,
                     "API request refused: {why}");
             }
             drop(limiter);

@@ -97,7 +97,7 @@ where
                     Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
                 ) {
                     if let Some(suppressed) = exhausted.check() {
-                        tracing::warn!(listener = what, error = %e, suppressed,
+                        tracing::warn!(listener = %what, error = %e, suppressed,
                             "cannot accept an API connection: the daemon is out of file \
                              descriptors or memory; retrying");
                     }
@@ -109,7 +109,7 @@ where
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             if let Some(suppressed) = refused.check() {
                 tracing::warn!(
-                    listener = what,
+                    listener = %what,
                     limit = limits.max_connections,
                     suppressed,
                     "API connection refused: too many open connections"

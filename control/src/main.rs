@@ -361,7 +361,7 @@ fn run() -> anyhow::Result<()> {
             (None, Some(_)) => "no (read-only: changes go through the unix socket)",
             (None, None) => "yes",
         };
-        tracing::info!(api = %api_addr, changes = writes, "HTTP endpoint ready");
+        tracing::info!(api = %api_addr, changes = %writes, "HTTP endpoint ready");
         let app = http_guard::guard(
             http::router(api_daemon.clone(), tcp_access(token, api_socket.as_deref())),
             http_guard::AllowedHosts::for_listener(api_addr, &api_hosts),
@@ -549,11 +549,11 @@ impl Signals {
             .await;
             match got {
                 (true, i) => {
-                    tracing::info!(signal = self.stop[i].0, "stopping on a signal");
+                    tracing::info!(signal = %self.stop[i].0, "stopping on a signal");
                     return;
                 }
                 (false, i) => tracing::warn!(
-                    signal = self.ignored[i].0,
+                    signal = %self.ignored[i].0,
                     "signal ignored: vringswitch has nothing to reload; change the topology \
                      with vringctl or the API, and stop it with SIGTERM"
                 ),

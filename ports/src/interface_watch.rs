@@ -88,8 +88,8 @@ fn watch<W: Watched>(handle: &PortHandle, kind: &mut W, stop: &AtomicBool) {
                 handle.detach();
                 handle.set_connected(false);
                 tracing::warn!(
-                    port = handle.name(),
-                    ifname = kind.ifname(),
+                    port = %handle.name(),
+                    ifname = %kind.ifname(),
                     "{} is gone (deleted?): the port is down until it is back",
                     W::WHAT
                 );
@@ -97,17 +97,17 @@ fn watch<W: Watched>(handle: &PortHandle, kind: &mut W, stop: &AtomicBool) {
             None if !kind.may_return() => {}
             None => match kind.reopen(handle) {
                 Ok(()) => tracing::info!(
-                    port = handle.name(),
-                    ifname = kind.ifname(),
+                    port = %handle.name(),
+                    ifname = %kind.ifname(),
                     "{} is back: the port is up",
                     W::WHAT
                 ),
                 Err(error) => {
                     if let Some(suppressed) = failures.check() {
                         tracing::warn!(
-                            port = handle.name(),
-                            ifname = kind.ifname(),
-                            error,
+                            port = %handle.name(),
+                            ifname = %kind.ifname(),
+                            error = %error,
                             suppressed,
                             "cannot open the {} again",
                             W::WHAT

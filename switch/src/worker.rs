@@ -356,7 +356,7 @@ impl Worker {
             qp,
         };
         burst.receive_from(&mut port, taking);
-        tracing::info!(port = src_rt.handle.name(), mac = %mac,
+        tracing::info!(port = %src_rt.handle.name(), mac = %mac,
             "sent a RARP for a migrated VM's address, as its frontend asked");
     }
 }

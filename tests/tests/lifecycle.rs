@@ -356,6 +356,26 @@ fn sighup_is_logged_and_ignored_and_sigquit_stops_cleanly() {
     for s in &sockets {
         assert!(!s.exists(), "{} left behind", s.display());
     }
+    // Every line writes names the same way (port=b, never port="b"), and features by name.
+    let log = daemon.log_text();
+    for line in log.lines() {
+        for key in [
+            "port", "bridge", "signal", "ifname", "socket", "changes", "features",
+        ] {
+            assert!(
+                !line.contains(&format!(" {key}=\"")),
+                "{key} quoted in: {line}"
+            );
+        }
+    }
+    let ready = log
+        .lines()
+        .find(|l| l.contains("port rings ready") && l.contains("port=b "))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(
+        ready.contains("VERSION_1") && ready.contains("queue_pairs_offered=1"),
+        "{ready}"
+    );
 }
 
 /// Each cause is said once: a core that does not exist, a config file that does not.

@@ -440,10 +440,10 @@ pub struct AfXdpPort {
 fn publish(handle: &PortHandle, config: &AfXdpPortConfig) -> Result<(), AfXdpError> {
     let queue = AfXdpQueue::open(&config.ifname, config.queue, config.mode)?;
     tracing::info!(
-        port = handle.name(),
+        port = %handle.name(),
         ifname = %config.ifname,
         queue = config.queue,
-        mode = attach_name(queue.attach()),
+        mode = %attach_name(queue.attach()),
         "AF_XDP socket bound"
     );
     handle.set_connected(true);
@@ -484,7 +484,7 @@ impl AfXdpPort {
     /// program) once the last worker let go of it.
     pub fn stop(&mut self) {
         if self.watch.stop(&self.handle) {
-            tracing::debug!(port = self.handle.name(), ifname = %self.ifname, "AF_XDP port stopped");
+            tracing::debug!(port = %self.handle.name(), ifname = %self.ifname, "AF_XDP port stopped");
         }
     }
 }

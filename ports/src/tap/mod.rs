@@ -214,7 +214,7 @@ impl TapPort {
         let created = device.created();
         publish(&handle, device, config.offloads).map_err(fail)?;
         tracing::info!(
-            port = handle.name(),
+            port = %handle.name(),
             ifname = %config.ifname,
             created,
             "TAP interface open"
@@ -246,7 +246,7 @@ impl TapPort {
     /// it, and is gone then if the port created it.
     pub fn stop(&mut self) {
         if self.watch.stop(&self.handle) {
-            tracing::debug!(port = self.handle.name(), ifname = %self.ifname, "TAP port stopped");
+            tracing::debug!(port = %self.handle.name(), ifname = %self.ifname, "TAP port stopped");
         }
     }
 }

@@ -71,6 +71,50 @@ pub fn offered_features(queue_pairs: u16, offloads: bool) -> u64 {
     f
 }
 
+/// Virtio and vhost-user feature bits by name, as a frontend may negotiate them.
+const FEATURE_NAMES: &[(u32, &str)] = &[
+    (0, "CSUM"),
+    (1, "GUEST_CSUM"),
+    (5, "MAC"),
+    (7, "GUEST_TSO4"),
+    (8, "GUEST_TSO6"),
+    (9, "GUEST_ECN"),
+    (10, "GUEST_UFO"),
+    (11, "HOST_TSO4"),
+    (12, "HOST_TSO6"),
+    (13, "HOST_ECN"),
+    (14, "HOST_UFO"),
+    (15, "MRG_RXBUF"),
+    (16, "STATUS"),
+    (17, "CTRL_VQ"),
+    (21, "GUEST_ANNOUNCE"),
+    (22, "MQ"),
+    (26, "LOG_ALL"),
+    (28, "INDIRECT_DESC"),
+    (29, "EVENT_IDX"),
+    (30, "PROTOCOL_FEATURES"),
+    (32, "VERSION_1"),
+    (34, "RING_PACKED"),
+    (35, "IN_ORDER"),
+];
+
+/// Feature bits by name (`MRG_RXBUF MQ VERSION_1 ...` with `separator` " "), unknown bits
+/// by number, for people: the log (separated by commas, one field), `vringctl port show`.
+pub fn feature_names(bits: u64, separator: &str) -> String {
+    let names: Vec<String> = (0..64u32)
+        .filter(|bit| bits & (1 << bit) != 0)
+        .map(|bit| match FEATURE_NAMES.iter().find(|(b, _)| *b == bit) {
+            Some((_, n)) => (*n).to_owned(),
+            None => format!("bit{bit}"),
+        })
+        .collect();
+    if names.is_empty() {
+        "none".to_owned()
+    } else {
+        names.join(separator)
+    }
+}
+
 /// The checksum and segmentation features, both directions.
 pub const OFFLOAD_FEATURES: u64 = (1 << VIRTIO_NET_F_CSUM)
     | (1 << VIRTIO_NET_F_GUEST_CSUM)
@@ -278,9 +322,9 @@ impl VhostUserBackend for NetBackend {
             self.port.attach(Arc::new(attachment));
             self.published.store(true, Ordering::Release);
             tracing::info!(
-                port = self.port.name(),
-                features = format_args!("{:#x}", self.acked_features()),
-                queue_pairs = self.queue_pairs,
+                port = %self.port.name(),
+                features = %feature_names(self.acked_features(), ","),
+                queue_pairs_offered = self.queue_pairs,
                 "port rings ready"
             );
         } else if device_event % 2 == 1 {

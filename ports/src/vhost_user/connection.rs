@@ -653,7 +653,7 @@ fn serve_connection(
                 vhost::vhost_user::Error::Disconnected | vhost::vhost_user::Error::PartialMessage,
             )),
         ) => {
-            tracing::info!(port = %name, features = format_args!("{features:#x}"),
+            tracing::info!(port = %name, features = %super::backend::feature_names(features, ","),
                 "vhost-user frontend disconnected");
             Ended::Disconnected
         }
