@@ -140,6 +140,12 @@ fn close_port_schema(doc: &mut serde_json::Value) {
             properties.extend(own["properties"].as_object().cloned().unwrap_or_default());
             required.extend(own["required"].as_array().cloned().unwrap_or_default());
         }
+        // The kind a port is when it gives no type: `type` is optional there.
+        let default_kind = vringswitch_config::port::PortType::DEFAULT.name();
+        if properties["type"]["enum"] == json!([default_kind]) {
+            required.retain(|r| r != "type");
+            properties["type"]["default"] = json!(default_kind);
+        }
         kinds.push(json!({
             "type": "object",
             "description": variant["description"],
@@ -986,7 +992,13 @@ mod tests {
             {
                 assert!(k["properties"][field].is_object(), "{t}: {field}");
             }
-            assert_eq!(k["required"], serde_json::json!(["name", "bridge", "type"]));
+            // A port that gives no type is a VM's.
+            if *t == vringswitch_config::PortType::DEFAULT {
+                assert_eq!(k["required"], serde_json::json!(["name", "bridge"]));
+                assert_eq!(k["properties"]["type"]["default"], t.name());
+            } else {
+                assert_eq!(k["required"], serde_json::json!(["name", "bridge", "type"]));
+            }
         }
         assert_eq!(
             kinds[0]["properties"]["socket"]["pattern"],

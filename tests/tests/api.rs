@@ -936,6 +936,16 @@ fn a_port_without_a_socket_gets_one_in_the_socket_directory() {
     );
     assert_eq!(code, 201, "{p}");
     assert_eq!(p["socket"], json!(dir.path().join("client/vm8.sock")));
+    // Nor a type: a VM's port, as in the configuration file.
+    let (code, p) = call(
+        &d,
+        "POST",
+        "/v1/ports",
+        Some(json!({"name": "vm6", "bridge": "br0"})),
+    );
+    assert_eq!(code, 201, "{p}");
+    assert_eq!(p["type"], "vhost-user");
+    assert_eq!(p["socket"], json!(dir.path().join("vm6.sock")));
     let (code, out, err) = vringctl(&["--api", &d.api, "port", "add", "vm7", "--bridge", "br0"]);
     assert_eq!(code, 0, "{err}");
     let want = dir.path().join("vm7.sock");
@@ -982,6 +992,19 @@ fn a_port_without_a_socket_gets_one_in_the_socket_directory() {
             "socket = \"{}\"",
             other.join("vm1.sock").display()
         )),
+        "{text}"
+    );
+    // A port written by hand with neither type nor socket: a VM's, in the socket directory.
+    std::fs::write(
+        &config,
+        "socket_dir = \"/run/vs-test\"\n[[bridges]]\nname = \"br0\"\n\
+         [[ports]]\nname = \"vm2\"\nbridge = \"br0\"\n",
+    )
+    .unwrap();
+    let text = print(&[]);
+    assert!(
+        text.contains("type = \"vhost-user\"")
+            && text.contains("socket = \"/run/vs-test/vm2.sock\""),
         "{text}"
     );
 }

@@ -159,6 +159,9 @@ macro_rules! port_kinds {
         }
 
         impl PortType {
+            /// The kind of a port that does not say: a VM's.
+            pub const DEFAULT: PortType = PortType::VhostUser;
+
             /// Every kind, in the order they are listed.
             pub const ALL: &'static [PortType] = &[$(PortType::$kind),+];
 
@@ -349,7 +352,8 @@ impl PortSpec {
                 own.push((key, value));
             }
         }
-        let kind = kind.ok_or_else(|| FieldError::syntax(None, "missing field `type`".into()))?;
+        // As vringctl and OVS do: a port says its type when it is not a VM's.
+        let kind = kind.unwrap_or(PortType::DEFAULT);
         let given: Vec<&str> = own.iter().map(|(k, _)| k.as_str()).collect();
         check_port_settings(kind, &given).map_err(|m| {
             let name = common
@@ -628,11 +632,11 @@ mod tests {
         let e = bad(json!({"name": "a", "bridge": "b", "type": "tap", "colour": 1}));
         assert_eq!(e.field.as_deref(), Some("colour"));
         assert!(e.message.contains("unknown field `colour`"), "{e}");
-        let e = bad(json!({"name": "a", "bridge": "b"}));
-        assert!(
-            e.field.is_none() && e.message.contains("missing field `type`"),
-            "{e}"
-        );
+        // No type: a VM's port, in the config file and the API alike.
+        let spec = PortSpec::from_fields(fields(json!({"name": "a", "bridge": "b"}))).unwrap();
+        assert_eq!(spec.port_type(), PortType::VhostUser);
+        let e = bad(json!({"name": "a", "bridge": "b", "ifname": "x"}));
+        assert!(e.message.contains("is a setting of a tap port"), "{e}");
         let e = bad(json!({"name": "a", "type": "tap"}));
         assert!(e.message.contains("missing field `bridge`"), "{e}");
         // Checks that pass the types name their field too.
