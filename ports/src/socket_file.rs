@@ -128,12 +128,30 @@ pub fn bind(path: &Path, mode: u32) -> Result<(UnixListener, BoundSocket), Socke
     }
 }
 
+/// What is at a socket's path now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileAtPath {
+    /// The socket file as it was bound.
+    Ours,
+    /// Nothing: someone deleted it.
+    Gone,
+    /// Another file, put there by someone else (or unreadable).
+    Other,
+}
+
+/// Whether the file at `path` is still the socket `bound` describes.
+pub fn file_at(path: &Path, bound: BoundSocket) -> FileAtPath {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() && BoundSocket::of(&m) == bound => FileAtPath::Ours,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => FileAtPath::Gone,
+        _ => FileAtPath::Other,
+    }
+}
+
 /// Removes the socket file at `path` if it is still the one `bound` describes: a file put
 /// there since by someone else stays.
 pub fn remove_if_ours(path: &Path, bound: BoundSocket) {
-    let ours = std::fs::symlink_metadata(path)
-        .is_ok_and(|m| m.file_type().is_socket() && BoundSocket::of(&m) == bound);
-    if ours {
+    if file_at(path, bound) == FileAtPath::Ours {
         let _ = std::fs::remove_file(path);
     }
 }
@@ -147,6 +165,21 @@ mod tests {
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).unwrap();
         d
+    }
+
+    #[test]
+    fn the_file_at_a_path_is_ours_gone_or_another() {
+        let d = scratch("file-at");
+        let path = d.join("s.sock");
+        let (_listener, bound) = bind(&path, 0o660).unwrap();
+        assert_eq!(file_at(&path, bound), FileAtPath::Ours);
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(file_at(&path, bound), FileAtPath::Gone);
+        std::fs::write(&path, "x").unwrap();
+        assert_eq!(file_at(&path, bound), FileAtPath::Other);
+        remove_if_ours(&path, bound);
+        assert!(path.exists(), "another's file was removed");
+        std::fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]

@@ -408,6 +408,79 @@ fn start_errors_say_each_cause_once() {
     assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
 }
 
+/// A socket file deleted under the daemon is noticed and made again, while a VM is connected
+/// and while none is, with a warning each time; the one made again is removed at stop. A
+/// file someone else put in its place is left alone, with a warning.
+#[test]
+fn a_deleted_socket_file_is_made_again() {
+    let dir = TempDir::new("socket-deleted");
+    let (toml, sockets) = config(dir.path());
+    let mut daemon = Daemon::start(dir.path(), &toml, &sockets);
+    let made_again = |path: &Path, what: &str| {
+        wait_until(Duration::from_secs(5), what, || {
+            use std::os::unix::fs::FileTypeExt;
+            std::fs::symlink_metadata(path)
+                .is_ok_and(|m| m.file_type().is_socket())
+                .then_some(())
+        });
+    };
+    // b connected: its file deleted, made again; a frontend on a's new file reaches b.
+    let mut b = TestVm::connect(&sockets[1], mac(2), VmOptions::default());
+    b.post_rx(TestVm::rx(0), 8, 2048);
+    daemon.wait_port_connected("b", true);
+    std::fs::remove_file(&sockets[1]).unwrap();
+    std::fs::remove_file(&sockets[0]).unwrap();
+    made_again(&sockets[0], "a's socket file made again");
+    made_again(
+        &sockets[1],
+        "b's socket file made again while b is connected",
+    );
+    ping_pong(&sockets[0], &mut b, 1);
+    assert_eq!(
+        daemon
+            .log_text()
+            .matches("the socket file was deleted: made it again")
+            .count(),
+        2,
+        "{}",
+        daemon.log_text()
+    );
+    // Another file in a's place stays, and is named once.
+    drop(b);
+    wait_until(T, "a disconnected", || {
+        (daemon.metric("vringswitch_port_connected", &[("port", "a")]) == 0).then_some(())
+    });
+    std::fs::remove_file(&sockets[0]).unwrap();
+    std::fs::write(&sockets[0], "not a socket").unwrap();
+    wait_until(
+        Duration::from_secs(5),
+        "the warning about a's place",
+        || {
+            daemon
+                .log_text()
+                .contains("another file took the socket's place")
+                .then_some(())
+        },
+    );
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(
+        std::fs::read_to_string(&sockets[0]).unwrap(),
+        "not a socket"
+    );
+    assert_eq!(
+        daemon
+            .log_text()
+            .matches("another file took the socket's place")
+            .count(),
+        1
+    );
+    // At stop, b's socket (made again) goes; the file in a's place stays.
+    let status = daemon.terminate(T);
+    assert!(status.success(), "exit status {status}");
+    assert!(!sockets[1].exists(), "b's socket left behind");
+    assert!(sockets[0].exists());
+}
+
 /// A client-mode port whose VM is not up yet says so at info, once: a VM that is off is
 /// normal, not a warning.
 #[test]

@@ -97,6 +97,75 @@ enum Serving {
     Ended,
     /// The port is stopping.
     Stop,
+    /// [`SOCKET_CHECK`] passed: time to look at the socket file.
+    Tick,
+}
+
+/// How often a server-mode port looks whether its socket file is still there.
+const SOCKET_CHECK: Duration = Duration::from_secs(1);
+const SOCKET_CHECK_MS: i32 = 1000;
+
+/// A server-mode port's listening socket and the file that leads to it. Someone may delete
+/// the file (a cleanup script, `rm` of the socket directory): the listener still works, but
+/// no VM can find it, and nothing would say so. Looked at every [`SOCKET_CHECK`]: a deleted
+/// file is bound again, with a warning; a file someone else put in its place is left alone,
+/// with one warning.
+struct ServerSocket {
+    path: PathBuf,
+    listener: UnixListener,
+    /// The file as bound; shared with [`VhostUserPort::stop`], which removes only that one.
+    bound: Arc<Mutex<Option<BoundSocket>>>,
+    last_check: Instant,
+    /// What was last said about the file, so that each change is said once.
+    said: socket_file::FileAtPath,
+}
+
+impl ServerSocket {
+    fn check(&mut self, port: &str, waiter: &Waiter) {
+        if self.last_check.elapsed() < SOCKET_CHECK {
+            return;
+        }
+        self.last_check = Instant::now();
+        let Some(bound) = *lock(&self.bound) else {
+            return;
+        };
+        let now = socket_file::file_at(&self.path, bound);
+        match now {
+            socket_file::FileAtPath::Ours => {}
+            socket_file::FileAtPath::Gone => match bind(&self.path) {
+                Ok((listener, new)) => {
+                    if let Err(e) = waiter.replace_listener(&self.listener, &listener) {
+                        socket_file::remove_if_ours(&self.path, new);
+                        if self.said != now {
+                            tracing::warn!(port = %port, socket = %self.path.display(), error = %e,
+                                "the socket file was deleted and cannot be made again");
+                        }
+                    } else {
+                        self.listener = listener;
+                        *lock(&self.bound) = Some(new);
+                        tracing::warn!(port = %port, socket = %self.path.display(),
+                            "the socket file was deleted: made it again");
+                        self.said = socket_file::FileAtPath::Ours;
+                        return;
+                    }
+                }
+                Err(e) => {
+                    if self.said != now {
+                        tracing::warn!(port = %port, socket = %self.path.display(), error = %e,
+                            "the socket file was deleted and cannot be made again; retrying");
+                    }
+                }
+            },
+            socket_file::FileAtPath::Other => {
+                if self.said != now {
+                    tracing::warn!(port = %port, socket = %self.path.display(),
+                        "another file took the socket's place: no VM can reach the port \
+                         through it; delete that file and the port makes its socket again");
+                }
+            }
+        }
+        self.said = now;
+    }
 }
 
 /// An epoll set watching each `(fd, token)` for input.
@@ -143,10 +212,11 @@ impl Waiter {
         ended
     }
 
-    /// Waits while a connection is served.
+    /// Waits while a connection is served, at most [`SOCKET_CHECK`].
     fn wait_serving(&self) -> Serving {
         let mut events = [EpollEvent::default(); 3];
-        let n = match self.epoll.wait(-1, &mut events) {
+        let n = match self.epoll.wait(SOCKET_CHECK_MS, &mut events) {
+            Ok(0) => return Serving::Tick,
             Ok(n) => n,
             Err(_) => return Serving::Knock,
         };
@@ -161,6 +231,21 @@ impl Waiter {
         }
     }
 
+    /// Watches `new` for frontends instead of `old`.
+    fn replace_listener(&self, old: &UnixListener, new: &UnixListener) -> std::io::Result<()> {
+        self.epoll.ctl(
+            ControlOperation::Add,
+            new.as_raw_fd(),
+            EpollEvent::new(EventSet::IN, LISTENER),
+        )?;
+        let _ = self.epoll.ctl(
+            ControlOperation::Delete,
+            old.as_raw_fd(),
+            EpollEvent::default(),
+        );
+        Ok(())
+    }
+
     /// Waits `timeout`, or less if the port is stopped meanwhile.
     fn pause(&self, timeout: Duration) {
         let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
@@ -172,7 +257,7 @@ impl Waiter {
     /// the wait at once.
     fn wait(&self) -> bool {
         let mut events = [EpollEvent::default(); 3];
-        match self.epoll.wait(-1, &mut events) {
+        match self.epoll.wait(SOCKET_CHECK_MS, &mut events) {
             Ok(n) => events[..n].iter().any(|e| e.data() == LISTENER),
             Err(_) => false,
         }
@@ -185,8 +270,9 @@ pub struct VhostUserPort {
     config: VhostUserPortConfig,
     control: Arc<ConnectionControl>,
     thread: Option<JoinHandle<()>>,
-    /// The server socket file as bound, so that only it is removed on stop.
-    bound: Option<BoundSocket>,
+    /// The server socket file as bound (again, if it was deleted), so that only it is
+    /// removed on stop.
+    bound: Arc<Mutex<Option<BoundSocket>>>,
 }
 
 impl VhostUserPort {
@@ -203,14 +289,22 @@ impl VhostUserPort {
             }
             SocketMode::Client => (None, None),
         };
+        let bound = Arc::new(Mutex::new(bound));
         let started = ConnectionControl::new().and_then(|control| {
             let waiter =
                 Waiter::new(&control, listener.as_ref()).map_err(VhostUserError::EventFd)?;
+            let server = listener.map(|listener| ServerSocket {
+                path: config.socket.clone(),
+                listener,
+                bound: bound.clone(),
+                last_check: Instant::now(),
+                said: socket_file::FileAtPath::Ours,
+            });
             let control = Arc::new(control);
             let (handle, config, shared) = (handle.clone(), config.clone(), control.clone());
             let thread = std::thread::Builder::new()
                 .name(format!("vhost-{}", handle.name()))
-                .spawn(move || serve(handle, config, listener, waiter, shared))
+                .spawn(move || serve(handle, config, server, waiter, shared))
                 .map_err(VhostUserError::Spawn)?;
             Ok((control, thread))
         });
@@ -218,7 +312,7 @@ impl VhostUserPort {
         let (control, thread) = match started {
             Ok(s) => s,
             Err(e) => {
-                if let Some(b) = bound {
+                if let Some(b) = lock(&bound).take() {
                     socket_file::remove_if_ours(&config.socket, b);
                 }
                 return Err(e);
@@ -253,7 +347,7 @@ impl VhostUserPort {
             let _ = s.shutdown(std::net::Shutdown::Both);
         }
         let _ = thread.join();
-        if let Some(bound) = self.bound.take() {
+        if let Some(bound) = lock(&self.bound).take() {
             socket_file::remove_if_ours(&self.config.socket, bound);
         }
     }
@@ -328,18 +422,20 @@ fn bind(path: &Path) -> Result<(UnixListener, BoundSocket), VhostUserError> {
 fn next_frontend(
     name: &str,
     config: &VhostUserPortConfig,
-    listener: Option<&UnixListener>,
+    mut server: Option<&mut ServerSocket>,
     waiter: &Waiter,
     control: &ConnectionControl,
 ) -> Option<UnixStream> {
     let mut last_error: Option<Instant> = None;
+    let listening = server.is_some();
     while !control.stop.load(Ordering::SeqCst) {
-        let attempt = match listener {
-            Some(l) => {
+        let attempt = match server.as_deref_mut() {
+            Some(server) => {
+                server.check(name, waiter);
                 if !waiter.wait() {
                     continue;
                 }
-                match l.accept() {
+                match server.listener.accept() {
                     Ok((s, _)) => s.set_nonblocking(false).map(|()| s),
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
                     Err(e) => Err(e),
@@ -359,7 +455,7 @@ fn next_frontend(
                         e.kind(),
                         std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
                     );
-                    if listener.is_some() {
+                    if listening {
                         tracing::warn!(port = %name, socket = %config.socket.display(),
                             error = %explain(&e), "cannot accept a vhost-user connection, retrying");
                     } else if not_up_yet {
@@ -437,22 +533,15 @@ impl Drop for PrivateDir {
 fn serve(
     port: Arc<PortHandle>,
     config: VhostUserPortConfig,
-    listener: Option<UnixListener>,
+    mut server: Option<ServerSocket>,
     waiter: Waiter,
     control: Arc<ConnectionControl>,
 ) {
     let name = port.name().to_string();
     // A frontend failing in a loop gets one line per 10 s, with the count of the others.
     let mut failures = LogLimiter::new(Duration::from_secs(10));
-    while let Some(frontend) = next_frontend(&name, &config, listener.as_ref(), &waiter, &control) {
-        match serve_connection(
-            &port,
-            &config,
-            frontend,
-            listener.as_ref(),
-            &waiter,
-            &control,
-        ) {
+    while let Some(frontend) = next_frontend(&name, &config, server.as_mut(), &waiter, &control) {
+        match serve_connection(&port, &config, frontend, server.as_mut(), &waiter, &control) {
             Ok(Ended::Disconnected) => {}
             Ok(Ended::ProtocolError(error)) => {
                 port.note_protocol_error();
@@ -522,7 +611,7 @@ fn serve_connection(
     port: &Arc<PortHandle>,
     config: &VhostUserPortConfig,
     frontend: UnixStream,
-    listener: Option<&UnixListener>,
+    mut server: Option<&mut ServerSocket>,
     waiter: &Waiter,
     control: &ConnectionControl,
 ) -> std::io::Result<Ended> {
@@ -611,8 +700,13 @@ fn serve_connection(
                 let _ = frontend.shutdown(std::net::Shutdown::Both);
                 std::thread::sleep(Duration::from_millis(1));
             }
+            Serving::Tick => {
+                if let Some(server) = server.as_deref_mut() {
+                    server.check(name, waiter);
+                }
+            }
             Serving::Knock => {
-                if let Some(Ok((second, _))) = listener.map(UnixListener::accept) {
+                if let Some(Ok((second, _))) = server.as_deref().map(|s| s.listener.accept()) {
                     let _ = second.shutdown(std::net::Shutdown::Both);
                     if let Some(suppressed) = knocks.check() {
                         tracing::warn!(port = %name, suppressed,
