@@ -25,12 +25,15 @@ pub enum ClientError {
         #[source]
         source: hyper::Error,
     },
-    #[error("{method} {path}: HTTP {status}: {message}")]
+    /// The daemon answered with an error: said in its words (`detail`), with its code
+    /// (`not_found`...); the request only when there are no words.
+    #[error("{}", api_words(.method, .path, .status, .error, .detail.as_deref()))]
     Api {
         method: Method,
         path: String,
         status: StatusCode,
-        message: String,
+        error: String,
+        detail: Option<String>,
     },
     #[error("{path}: unexpected response: {source}")]
     Decode {
@@ -114,7 +117,8 @@ pub struct ApiClient {
 }
 
 /// The message of an error response: `error: detail` from the API's JSON body, else the body.
-fn error_message(body: &[u8]) -> String {
+/// The API's error body: its code and its words, or the body as text if it is not one.
+fn error_message(body: &[u8]) -> (String, Option<String>) {
     #[derive(serde::Deserialize)]
     struct ApiError {
         error: String,
@@ -122,13 +126,52 @@ fn error_message(body: &[u8]) -> String {
         detail: Option<String>,
     }
     match serde_json::from_slice::<ApiError>(body) {
-        Ok(ApiError {
-            error,
-            detail: Some(d),
-        }) if !d.is_empty() => format!("{error}: {d}"),
-        Ok(e) => e.error,
-        Err(_) => String::from_utf8_lossy(body).trim().to_owned(),
+        Ok(e) => (e.error, e.detail.filter(|d| !d.is_empty())),
+        Err(_) => (String::from_utf8_lossy(body).trim().to_owned(), None),
     }
+}
+
+/// An API error for a person: the daemon's words and its code (`no bridge named "x"
+/// (invalid)`); without words, the request, its path as typed (not percent-encoded), and
+/// the status.
+fn api_words(
+    method: &Method,
+    path: &str,
+    status: &StatusCode,
+    error: &str,
+    detail: Option<&str>,
+) -> String {
+    match detail {
+        Some(d) => format!("{d} ({error})"),
+        None => format!(
+            "{method} {}: {error} (HTTP {status})",
+            percent_decoded(path)
+        ),
+    }
+}
+
+/// `path` with its `%XX` escapes undone (as the user typed the names in it).
+fn percent_decoded(path: &str) -> String {
+    let bytes = path.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 impl ApiClient {
@@ -215,11 +258,13 @@ impl ApiClient {
             while let Some(piece) = answer.next().await? {
                 bytes.extend_from_slice(&piece);
             }
+            let (error, detail) = error_message(&bytes);
             return Err(ClientError::Api {
                 method,
                 path: path.to_owned(),
                 status,
-                message: error_message(&bytes),
+                error,
+                detail,
             });
         }
         Ok(answer)
@@ -295,7 +340,7 @@ where
 
 #[cfg(test)]
 mod tests {
-    use super::error_message;
+    use super::{error_message, percent_decoded, ClientError, Method, StatusCode};
 
     #[test]
     fn endpoints_are_addresses_or_socket_paths() {
@@ -335,11 +380,36 @@ mod tests {
 
     #[test]
     fn error_messages_carry_the_apis_words() {
+        let said = |body: &[u8], path: &str| {
+            let (error, detail) = error_message(body);
+            ClientError::Api {
+                method: Method::DELETE,
+                path: path.to_owned(),
+                status: StatusCode::NOT_FOUND,
+                error,
+                detail,
+            }
+            .to_string()
+        };
         assert_eq!(
-            error_message(br#"{"error":"unknown port","detail":"no port vm9"}"#),
-            "unknown port: no port vm9"
+            said(
+                br#"{"error":"not_found","detail":"no port named \"vm 9\""}"#,
+                "/v1/ports/vm%209"
+            ),
+            "no port named \"vm 9\" (not_found)"
         );
-        assert_eq!(error_message(br#"{"error":"conflict"}"#), "conflict");
-        assert_eq!(error_message(b"plain text\n"), "plain text");
+        assert_eq!(
+            said(
+                br#"{"error":"not_found"}"#,
+                "/v1/bridges/br0/fdb/52%3A54%3A00%3A00%3A00%3A01"
+            ),
+            "DELETE /v1/bridges/br0/fdb/52:54:00:00:00:01: not_found (HTTP 404 Not Found)"
+        );
+        assert_eq!(
+            error_message(b"plain text\n"),
+            ("plain text".to_owned(), None)
+        );
+        assert_eq!(percent_decoded("a%2"), "a%2");
+        assert_eq!(percent_decoded("%zz%41"), "%zzA");
     }
 }

@@ -814,7 +814,35 @@ fn a_token_guards_v1_and_the_unix_socket_serves_vringctl() {
         "--api", sock, "port", "add", "x", "--bridge", "nope", "--socket", vm_sock,
     ]);
     assert_eq!(code, 1);
-    assert!(err.contains("invalid: no bridge named \"nope\""), "{err}");
+    assert_eq!(
+        err.trim(),
+        "vringctl: error: no bridge named \"nope\" (invalid)",
+        "the daemon's words, not an HTTP line"
+    );
+    let (code, _, err) = vringctl(&["--api", sock, "fdb", "del", "br9", "52:54:00:00:00:99"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("52:54:00:00:00:99") && !err.contains("%3A") && !err.contains("HTTP"),
+        "{err}"
+    );
+    // A MAC that is none is a usage error, refused before anything is sent.
+    for args in [
+        &["fdb", "add", "br9", "52:54:00:00:00:0g", "--port", "vm9"][..],
+        &["fdb", "del", "br9", "zz:54"],
+        &[
+            "port",
+            "set",
+            "vm9",
+            "--allow-mac",
+            "02:00:00:00:00:01,nope",
+        ],
+    ] {
+        let mut all = vec!["--api", sock];
+        all.extend_from_slice(args);
+        let (code, _, err) = vringctl(&all);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(err.contains("is not a MAC address"), "{args:?}: {err}");
+    }
     let (code, _, err) = vringctl(&["--api", sock, "bridge", "del", "br9"]);
     assert_eq!(code, 1);
     assert!(err.contains("conflict") && err.contains("vm9"), "{err}");

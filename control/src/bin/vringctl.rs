@@ -249,7 +249,7 @@ enum PortCmd {
         #[command(flatten)]
         vlan: VlanArgs,
         /// Locks the port to these source MACs (port security), e.g. 02:00:00:00:00:01.
-        #[arg(long = "allow-mac", value_name = "MAC", value_delimiter = ',')]
+        #[arg(long = "allow-mac", value_name = "MAC", value_delimiter = ',', value_parser = mac_arg)]
         allow_mac: Option<Vec<String>>,
         /// Most addresses the bridge learns on this port [default: 1024]; past it, frames
         /// to the port's further addresses are flooded.
@@ -280,7 +280,7 @@ enum PortCmd {
         #[arg(long, conflicts_with_all = ["access", "trunk"])]
         no_vlan: bool,
         /// Locks the port to these source MACs (port security), replacing any list.
-        #[arg(long = "allow-mac", value_name = "MAC", value_delimiter = ',')]
+        #[arg(long = "allow-mac", value_name = "MAC", value_delimiter = ',', value_parser = mac_arg)]
         allow_mac: Option<Vec<String>>,
         /// Unlocks the port: any source MAC is accepted again.
         #[arg(long, conflicts_with = "allow_mac")]
@@ -317,6 +317,7 @@ enum FdbCmd {
     /// Adds a static entry: frames to MAC go to PORT.
     Add {
         bridge: String,
+        #[arg(value_parser = mac_arg)]
         mac: String,
         #[arg(long)]
         port: String,
@@ -327,6 +328,7 @@ enum FdbCmd {
     /// Removes one entry, learnt or static.
     Del {
         bridge: String,
+        #[arg(value_parser = mac_arg)]
         mac: String,
         /// The entry's VLAN [needed only when MAC is known on several].
         #[arg(long)]
@@ -391,6 +393,12 @@ const MANUAL: &[Section] = &[
         entries: &[],
     },
 ];
+
+/// A MAC address as the daemon takes it (aa:bb:cc:dd:ee:ff): refused here, as a usage error
+/// (exit 2), rather than sent.
+fn mac_arg(s: &str) -> Result<String, String> {
+    vringswitch_config::parse_mac(s).map(|_| s.to_owned())
+}
 
 /// A number of seconds, above 0 and at most a day.
 fn parse_interval(s: &str) -> Result<f64, String> {
