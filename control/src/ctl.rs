@@ -363,6 +363,30 @@ pub fn fdb_table(entries: &serde_json::Value) -> String {
     table(&["mac", "port", "type", "vlan", "age s"], 3, rows) + "\n"
 }
 
+/// `vringctl log show`: the general level, then each module's, marking those set on
+/// their own.
+pub fn log_table(v: &serde_json::Value) -> String {
+    let rows = v["modules"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|m| {
+            vec![
+                text(&m["name"]),
+                text(&m["level"]) + if m["own"] == true { " (own)" } else { "" },
+                text(&m["about"]),
+            ]
+        })
+        .collect();
+    format!(
+        "messages in general: {}\n\n{}\nfilter: {}\nat start: {}\n",
+        text(&v["default"]),
+        table(&["module", "level", "covers"], 3, rows),
+        text(&v["filter"]),
+        text(&v["at_start"])
+    )
+}
+
 /// The counters accumulated between two snapshots (ports matched by name; a port that is new
 /// in `later` counts from zero).
 pub fn difference(later: &Snapshot, earlier: &Snapshot) -> Snapshot {

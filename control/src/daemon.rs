@@ -48,6 +48,9 @@ pub struct DaemonOptions {
     pub socket_dir: Option<PathBuf>,
     /// Other paths the daemon itself uses (its API socket): no port may take them.
     pub own_paths: Vec<PathBuf>,
+    /// What changes the log levels at runtime (none where the caller keeps logging as it
+    /// is, as the fuzz target does).
+    pub log_control: Option<Arc<crate::log_levels::LogControl>>,
 }
 
 /// A running switch: engine, workers and ports.
@@ -63,6 +66,11 @@ pub struct Daemon {
 impl Daemon {
     /// Starts workers, then bridges and ports: from the state file if there is one, else
     /// as `config` describes (and the state file is written from it).
+    /// What changes the log levels, if the daemon's caller gave it.
+    pub fn log_control(&self) -> Option<&Arc<crate::log_levels::LogControl>> {
+        self.options.log_control.as_ref()
+    }
+
     pub fn start(config: &Config, options: DaemonOptions) -> Result<Daemon, DaemonError> {
         if let Some(dir) = &options.socket_dir {
             create_socket_dir(dir)?;

@@ -5,6 +5,7 @@
 //! Every error is a 4xx or 5xx with a JSON body `{"error": <kind>, "detail": <what to fix>}`,
 //! including malformed JSON and unknown fields; a refused request changed nothing.
 
+use crate::log_levels::{Level, LogControl, LogPatch, LogView, ModuleLevel};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -58,7 +59,9 @@ struct AppState {
         get_port,
         update_port,
         remove_port,
-        capture
+        capture,
+        get_log,
+        change_log
     ),
     components(schemas(
         ErrorBody,
@@ -72,7 +75,11 @@ struct AppState {
         StaticMacRequest,
         StaticMac,
         FdbEntryView,
-        vringswitch_config::AdminState
+        vringswitch_config::AdminState,
+        LogView,
+        LogPatch,
+        ModuleLevel,
+        Level
     ))
 )]
 pub struct ApiDoc;
@@ -206,6 +213,7 @@ pub fn router(daemon: Arc<Daemon>, access: ApiAccess) -> Router {
             get(get_port).patch(update_port).delete(remove_port),
         )
         .route("/v1/ports/{name}/capture", get(capture))
+        .route("/v1/log", get(get_log).patch(change_log))
         .fallback(not_found)
         .with_state(AppState {
             daemon,
@@ -394,8 +402,13 @@ const MAX_DETAIL: usize = 512;
 /// Gives every error answer the JSON body the API documents: those made by the HTTP layers
 /// rather than by a handler (413 for a body over the limit, 405, 408...) come as plain text.
 async fn json_errors(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    // Each request at debug (`vringctl log set http=debug`): who changed what, and when.
+    let (method, path) = (req.method().clone(), req.uri().path().to_owned());
+    let started = std::time::Instant::now();
     let resp = next.run(req).await;
     let status = resp.status();
+    tracing::debug!(method = %method, path = %path, status = status.as_u16(),
+        ms = started.elapsed().as_millis() as u64, "API request");
     let is_json = resp
         .headers()
         .get(header::CONTENT_TYPE)
@@ -776,6 +789,36 @@ async fn update_port(
     let (spec, handle) = s.daemon.port(&name)?;
     let snapshot = Snapshot::take(&s.daemon.switch);
     Ok(Json(port_view(spec, &handle, &snapshot)))
+}
+
+/// The log levels, or why they cannot be changed here.
+fn log_control(s: &AppState) -> Result<&Arc<LogControl>, ApiError> {
+    s.daemon.log_control().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "this daemon's log levels are set by whoever embeds it",
+        )
+    })
+}
+
+#[utoipa::path(get, path = "/v1/log", responses((status = 200, body = LogView, description = "The log levels in effect: in general and per module"), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody, description = "A foreign Host or Origin, or a change over TCP on a daemon that takes changes on its unix socket only")))]
+async fn get_log(_: NoQuery, State(s): State<AppState>) -> Result<Json<LogView>, ApiError> {
+    Ok(Json(log_control(&s)?.view()))
+}
+
+#[utoipa::path(patch, path = "/v1/log", request_body = LogPatch, responses((status = 200, body = LogView, description = "Applied at once; not saved (a restart logs as VRINGSWITCH_LOG says)"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody, description = "A foreign Host or Origin, or a change over TCP on a daemon that takes changes on its unix socket only"), (status = 415, body = ErrorBody, description = "The body was not sent as application/json")))]
+async fn change_log(
+    _: NoQuery,
+    State(s): State<AppState>,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> Result<Json<LogView>, ApiError> {
+    let patch: LogPatch = parse(&headers, &body)?;
+    log_control(&s)?
+        .change(&patch)
+        .map(Json)
+        .map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, "invalid", m))
 }
 
 #[utoipa::path(get, path = "/v1/bridges/{name}/fdb", params(("name" = String, Path)), responses((status = 200, body = [FdbEntryView]), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 403, body = ErrorBody, description = "A foreign Host or Origin, or a change over TCP on a daemon that takes changes on its unix socket only")))]

@@ -18,6 +18,7 @@ pub mod http;
 pub mod http_guard;
 pub mod http_server;
 pub mod instance_lock;
+pub mod log_levels;
 pub mod manpage;
 pub mod pcapng;
 pub mod schema;

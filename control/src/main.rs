@@ -10,6 +10,7 @@ use anyhow::Context;
 use clap::Parser;
 use vringswitch_config::Config;
 use vringswitch_control::daemon::{Daemon, DaemonOptions};
+use vringswitch_control::log_levels::{self, LogControl};
 use vringswitch_control::manpage::{self, Section};
 use vringswitch_control::{drop_log, http, http_guard, http_server, state_file, systemd};
 use vringswitch_ports::socket_file::{self, BoundSocket};
@@ -189,57 +190,40 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-/// The log filter: `VRINGSWITCH_LOG` (default `info`), with virtio-queue silenced unless
-/// named there. That crate logs an error each time it polls a ring it cannot read, which a
-/// guest can make happen on every poll; the switch counts such faults and logs them at a
-/// bounded rate itself.
-///
-/// A setting that names no level for messages in general (`verbose`, a typo, reads as the
-/// name of a module to log, and would leave every other message out, errors included) is
-/// taken with `info` before it, and one that does not parse is replaced by `info`: the
-/// returned warning says so, to be logged once logging works.
-fn log_filter(setting: Option<String>) -> (tracing_subscriber::EnvFilter, Option<String>) {
-    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
-    let given = setting.unwrap_or_else(|| "info".to_owned());
-    let mut directives = given.clone();
-    let mut warning = None;
-    let has_level = given
-        .split(',')
-        .any(|d| LEVELS.contains(&d.trim().to_ascii_lowercase().as_str()));
-    if !has_level {
-        directives = format!("info,{given}");
-        warning = Some(format!(
-            "VRINGSWITCH_LOG={given:?} gives no level for the daemon's messages (one of \
-             trace, debug, info, warn, error, off, e.g. VRINGSWITCH_LOG=debug): they are \
-             logged at info, with {given:?} as well"
-        ));
-    }
-    if !directives.contains("virtio_queue") {
-        directives.push_str(",virtio_queue=off");
-    }
-    match tracing_subscriber::EnvFilter::try_new(&directives) {
-        Ok(filter) => (filter, warning),
-        Err(e) => (
-            tracing_subscriber::EnvFilter::new("info,virtio_queue=off"),
-            Some(format!(
-                "VRINGSWITCH_LOG={given:?} is not a log filter ({e}): messages are logged at \
-                 info"
-            )),
-        ),
-    }
-}
-
 fn run() -> anyhow::Result<()> {
     use std::io::IsTerminal;
-    let (filter, filter_warning) = log_filter(std::env::var("VRINGSWITCH_LOG").ok());
-    tracing_subscriber::fmt()
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    // What to log: VRINGSWITCH_LOG at start, changed at runtime through the API (a
+    // reload handle: `vringctl log set`). virtio-queue is off unless named: it logs an error
+    // each time it polls a ring it cannot read, which a guest can make happen on every poll;
+    // the switch counts such faults and logs them at a bounded rate itself.
+    let setting = std::env::var("VRINGSWITCH_LOG").ok();
+    let (levels, filter, filter_warning) = log_levels::at_start(setting.as_deref());
+    let (filter, reload) = tracing_subscriber::reload::Layer::new(filter);
+    {
+        use tracing_subscriber::layer::SubscriberExt;
+        use tracing_subscriber::util::SubscriberInitExt;
+        tracing_subscriber::registry()
+            .with(filter)
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(std::io::stderr().is_terminal())
+                    .with_writer(std::io::stderr),
+            )
+            .init();
+    }
     if let Some(warning) = filter_warning {
         tracing::warn!("{warning}");
     }
+    let log_control = Arc::new(LogControl::new(
+        levels,
+        Box::new(move |filter: &str| {
+            let parsed = tracing_subscriber::EnvFilter::try_new(filter)
+                .map_err(|e| format!("{filter:?} is not a log filter: {e}"))?;
+            reload
+                .reload(parsed)
+                .map_err(|e| format!("cannot change the log levels: {e}"))
+        }),
+    ));
     let args = Args::parse();
     if args.manpage {
         use clap::CommandFactory;
@@ -335,6 +319,7 @@ fn run() -> anyhow::Result<()> {
             state_file: args.state.clone(),
             socket_dir: Some(socket_dir.clone()),
             own_paths: args.api_socket.iter().cloned().collect(),
+            log_control: Some(log_control),
         },
     )
     .context("cannot start vringswitch");
@@ -559,46 +544,5 @@ impl Signals {
                 ),
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::log_filter;
-
-    #[test]
-    fn virtio_queue_is_silenced_unless_named() {
-        let directives = |setting: Option<&str>| {
-            let mut d: Vec<String> = log_filter(setting.map(str::to_owned))
-                .0
-                .to_string()
-                .split(',')
-                .map(str::to_owned)
-                .collect();
-            d.sort();
-            d
-        };
-        assert_eq!(directives(None), ["info", "virtio_queue=off"]);
-        assert_eq!(directives(Some("debug")), ["debug", "virtio_queue=off"]);
-        assert_eq!(
-            directives(Some("info,virtio_queue=debug")),
-            ["info", "virtio_queue=debug"]
-        );
-    }
-
-    #[test]
-    fn a_setting_without_a_level_keeps_the_daemons_messages_and_says_so() {
-        let (filter, warning) = log_filter(Some("verbose".into()));
-        let mut d: Vec<String> = filter.to_string().split(',').map(str::to_owned).collect();
-        d.sort();
-        assert_eq!(d, ["info", "verbose=trace", "virtio_queue=off"]);
-        assert!(warning.unwrap().contains("no level"));
-        // A level, for everything or besides modules named: as given, nothing said.
-        for ok in ["debug", "WARN", "vringswitch_ports=trace,info"] {
-            assert!(log_filter(Some(ok.into())).1.is_none(), "{ok}");
-        }
-        let (filter, warning) = log_filter(Some("info,x=[".into()));
-        assert_eq!(filter.to_string().split(',').count(), 2, "{filter}");
-        assert!(warning.unwrap().contains("is not a log filter"));
     }
 }

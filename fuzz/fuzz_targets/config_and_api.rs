@@ -33,6 +33,7 @@ fn fixture() -> &'static Fixture {
                 state_file: None,
                 socket_dir: Some(dir),
                 own_paths: Vec::new(),
+                log_control: None,
             },
         )
         .expect("start a daemon for the REST target");

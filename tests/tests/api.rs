@@ -1416,3 +1416,73 @@ fn a_port_whose_link_goes_down_forgets_what_it_taught_the_bridge() {
     a.send(TestVm::tx(0), &frame(mac(2), mac(1), 60, 1));
     c.expect_frames(TestVm::rx(0), 1, T);
 }
+
+/// Log levels change at runtime, per module, through vringctl and the API, and a reset goes
+/// back to the start's; a bad module or level changes nothing.
+#[test]
+fn log_levels_change_per_module_at_runtime() {
+    let s = Setup::new("log-levels", &[("br0", &["a"])], 1);
+    let d = &s.daemon;
+    let requests = || d.log_text().matches("API request").count();
+    d.vringctl(&["bridge", "list"]);
+    assert_eq!(requests(), 0, "requests are logged at debug only");
+    let shown = d.vringctl(&["log", "set", "http=debug"]);
+    assert!(
+        shown.contains("http ") && shown.contains("debug (own)"),
+        "{shown}"
+    );
+    d.vringctl(&["bridge", "list"]);
+    wait_until(T, "the request's debug line", || {
+        d.log_text()
+            .lines()
+            .any(|l| {
+                l.contains("DEBUG") && l.contains("API request") && l.contains("path=/v1/bridges")
+            })
+            .then_some(())
+    });
+    // Other modules stay at info: no debug line of the switch or the ports.
+    assert!(
+        !d.log_text()
+            .lines()
+            .any(|l| l.contains("DEBUG") && !l.contains("vringswitch_control::http")),
+        "{}",
+        d.log_text()
+    );
+    let (code, v) = call(d, "GET", "/v1/log", None);
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["default"], "info");
+    let http = v["modules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "http")
+        .unwrap();
+    assert_eq!(
+        (http["level"].as_str(), http["own"].as_bool()),
+        (Some("debug"), Some(true))
+    );
+    // Refused whole: an unknown module beside a good one.
+    let (code, e) = call(
+        d,
+        "PATCH",
+        "/v1/log",
+        Some(json!({"modules": {"switch": "trace", "verbose": "debug"}})),
+    );
+    assert_eq!((code, e["error"].as_str()), (400, Some("invalid")), "{e}");
+    let (code, e) = call(d, "PATCH", "/v1/log", Some(json!({"default": "loud"})));
+    assert_eq!(
+        (code, e["error"].as_str()),
+        (400, Some("bad_request")),
+        "{e}"
+    );
+    let (_, after) = call(d, "GET", "/v1/log", None);
+    assert_eq!(after["filter"], v["filter"]);
+    // Reset: requests are no longer logged.
+    d.vringctl(&["log", "reset"]);
+    let before = requests();
+    d.vringctl(&["bridge", "list"]);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert_eq!(requests(), before, "{}", d.log_text());
+    let (_, v) = call(d, "GET", "/v1/log", None);
+    assert_eq!(v["filter"], v["at_start"]);
+}

@@ -80,12 +80,52 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         dir: Option<std::path::PathBuf>,
     },
+    /// What the daemon logs, per module, changed at runtime (as ovs-appctl vlog/set).
+    #[command(subcommand)]
+    Log(LogCmd),
     /// Per-core load (busy %, cycles per packet, bursts) and per-port counters.
     Stats {
         /// Show what happened over this many seconds instead of the totals since start.
         #[arg(long, short, value_name = "SECS", value_parser = parse_interval)]
         interval: Option<f64>,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum LogCmd {
+    /// The level of messages in general and of each module.
+    Show,
+    /// Sets levels: LEVEL for messages in general, MODULE=LEVEL for one module
+    /// (vringctl log set debug; vringctl log set vhost_user=debug http=debug); MODULE=default
+    /// makes a module follow the general level again. Levels: off, error, warn, info,
+    /// debug, trace. Not saved: a restart logs as VRINGSWITCH_LOG says.
+    Set {
+        #[arg(required = true, value_name = "[MODULE=]LEVEL", value_parser = log_setting)]
+        settings: Vec<(Option<String>, Option<String>)>,
+    },
+    /// Back to the levels the daemon started with (VRINGSWITCH_LOG).
+    Reset,
+}
+
+/// `LEVEL` or `MODULE=LEVEL` (`MODULE=default` to drop the module's own level).
+fn log_setting(s: &str) -> Result<(Option<String>, Option<String>), String> {
+    use vringswitch_control::log_levels::{target_of, Level};
+    let level = |l: &str| {
+        Level::parse(l)
+            .map(|l| l.name().to_owned())
+            .ok_or_else(|| format!("{l:?} is not a level: off, error, warn, info, debug or trace"))
+    };
+    match s.split_once('=') {
+        None => Ok((None, Some(level(s)?))),
+        Some((module, "default")) => {
+            target_of(module)?;
+            Ok((Some(module.to_owned()), None))
+        }
+        Some((module, l)) => {
+            target_of(module)?;
+            Ok((Some(module.to_owned()), Some(level(l)?)))
+        }
+    }
 }
 
 /// Which frames of a port a capture takes.
@@ -557,6 +597,7 @@ async fn run(args: Args) -> Result<String, ClientError> {
         Command::Bridge(cmd) => bridge(&api, cmd, json).await,
         Command::Port(cmd) => port(&api, *cmd, json).await,
         Command::Fdb(cmd) => fdb(&api, cmd, json).await,
+        Command::Log(cmd) => log(&api, cmd, json).await,
         Command::Completions { .. } | Command::Manpage { .. } | Command::Capture { .. } => {
             Ok(offline(&args.command).unwrap_or_default())
         }
@@ -707,6 +748,28 @@ fn changed(v: &Value, json: bool, done: String) -> String {
     } else {
         done + "\n"
     }
+}
+
+async fn log(api: &ApiClient, cmd: LogCmd, json: bool) -> Result<String, ClientError> {
+    let body = match cmd {
+        LogCmd::Show => {
+            let v = send(api, Method::GET, "/v1/log", None).await?;
+            return Ok(shown(&v, json, ctl::log_table));
+        }
+        LogCmd::Set { settings } => {
+            let mut body = json!({"modules": {}});
+            for (module, level) in settings {
+                match module {
+                    None => body["default"] = json!(level),
+                    Some(m) => body["modules"][m] = json!(level),
+                }
+            }
+            body
+        }
+        LogCmd::Reset => json!({"reset": true}),
+    };
+    let v = send(api, Method::PATCH, "/v1/log", Some(body)).await?;
+    Ok(shown(&v, json, ctl::log_table))
 }
 
 async fn bridge(api: &ApiClient, cmd: BridgeCmd, json: bool) -> Result<String, ClientError> {
