@@ -6,7 +6,7 @@
 //! the daemon turns a validated [`Config`] into running parts.
 #![deny(unsafe_code)]
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -175,6 +175,9 @@ pub struct BridgeConfig {
     /// Most addresses the bridge learns, over all its ports (static entries not counted).
     #[serde(default = "default_bridge_max_learned")]
     pub fdb_max_learned: Spanned<u32>,
+    /// Metadata for orchestrators, kept and shown, never acted on.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub external_ids: ExternalIds,
 }
 
 /// Whether a port is meant to carry traffic. Down: the switch neither polls it nor
@@ -364,6 +367,55 @@ pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
     Ok(out)
 }
 
+/// Free key-value metadata on a bridge or port, kept and shown but never acted on: the
+/// hook of orchestrators (a VM's UUID, a Neutron port's iface-id), as OVS's `external_ids`.
+pub type ExternalIds = BTreeMap<String, String>;
+
+/// Most entries of one [`ExternalIds`].
+pub const MAX_EXTERNAL_IDS: usize = 64;
+/// Longest key, in bytes.
+pub const MAX_EXTERNAL_ID_KEY: usize = 64;
+/// Longest value, in bytes.
+pub const MAX_EXTERNAL_ID_VALUE: usize = 1024;
+
+/// Checks external IDs: at most [`MAX_EXTERNAL_IDS`]; keys of 1 to 64 letters, digits and
+/// `. _ - : /`; values of at most 1024 bytes, no control characters.
+pub fn check_external_ids(ids: &ExternalIds) -> Result<(), String> {
+    if ids.len() > MAX_EXTERNAL_IDS {
+        return Err(format!(
+            "external_ids has {} entries; at most {MAX_EXTERNAL_IDS}",
+            ids.len()
+        ));
+    }
+    for (key, value) in ids {
+        check_external_id_key(key)?;
+        if value.len() > MAX_EXTERNAL_ID_VALUE {
+            return Err(format!(
+                "external_ids {key:?}: the value is {} bytes long; at most {MAX_EXTERNAL_ID_VALUE}",
+                value.len()
+            ));
+        }
+        if value.chars().any(char::is_control) {
+            return Err(format!(
+                "external_ids {key:?}: the value has a control character"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks one external ID's key (see [`check_external_ids`]).
+pub fn check_external_id_key(key: &str) -> Result<(), String> {
+    let ok_char = |c: char| c.is_ascii_alphanumeric() || "._-:/".contains(c);
+    if key.is_empty() || key.len() > MAX_EXTERNAL_ID_KEY || !key.chars().all(ok_char) {
+        return Err(format!(
+            "external_ids key {key:?} must be 1 to {MAX_EXTERNAL_ID_KEY} letters, digits and \
+             . _ - : /"
+        ));
+    }
+    Ok(())
+}
+
 /// Checks a port-security list: 1 to [`MAX_ALLOWED_MACS`] unicast, non-zero MACs, none
 /// twice. Returns them parsed.
 pub fn check_allowed_macs(macs: &[String]) -> Result<Vec<[u8; 6]>, String> {
@@ -485,6 +537,7 @@ impl Config {
                 name: Spanned::new(0..0, "br0".to_string()),
                 fdb_aging_s: default_aging(),
                 fdb_max_learned: default_bridge_max_learned(),
+                external_ids: ExternalIds::new(),
             }],
             vec![port("vm1"), port("vm2")],
         )
@@ -626,6 +679,12 @@ impl Config {
                 .map_err(|m| invalid(bridge.fdb_aging_s.span(), m))?;
             check_max_learned(*bridge.fdb_max_learned.get_ref())
                 .map_err(|m| invalid(bridge.fdb_max_learned.span(), m))?;
+            check_external_ids(&bridge.external_ids).map_err(|m| {
+                invalid(
+                    bridge.name.span(),
+                    format!("bridge {:?}: {m}", bridge.name.get_ref()),
+                )
+            })?;
         }
 
         let mut ports = HashSet::new();
@@ -1266,6 +1325,37 @@ queues = 2
         assert_eq!(
             vu_of(vm3).socket.as_path(),
             Path::new("/run/vringswitch/vm3.sock")
+        );
+    }
+
+    #[test]
+    fn external_ids_are_read_checked_and_written_back() {
+        let base = "[[bridges]]\nname = \"br0\"\n";
+        let c = parse(
+            "[[bridges]]\nname = \"br0\"\nexternal_ids = { owner = \"ops\" }\n\
+             [[ports]]\nname = \"vm1\"\nbridge = \"br0\"\nsocket = \"/run/a.sock\"\n\
+             external_ids = { \"iface-id\" = \"5f\", \"vm-uuid\" = \"9c\" }\n",
+        )
+        .unwrap();
+        assert_eq!(c.bridges[0].external_ids["owner"], "ops");
+        assert_eq!(c.ports[0].external_ids["iface-id"], "5f");
+        let written = to_toml(&c).unwrap();
+        let again = parse(&written).unwrap();
+        assert_eq!(again.ports[0].external_ids, c.ports[0].external_ids);
+        assert_eq!(again.bridges[0].external_ids, c.bridges[0].external_ids);
+        // A bad key names its port and line, or its bridge.
+        let e = err(&format!(
+            "{base}[[ports]]\nname = \"vm1\"\nbridge = \"br0\"\nsocket = \"/run/a.sock\"\n\
+             external_ids = {{ \"a b\" = \"1\" }}\n"
+        ));
+        assert!(
+            e.contains("line 7") && e.contains("external_ids key \"a b\""),
+            "{e}"
+        );
+        let e = err("[[bridges]]\nname = \"br0\"\nexternal_ids = { \"k\" = \"a\\u0007\" }\n");
+        assert!(
+            e.contains("bridge \"br0\"") && e.contains("control character"),
+            "{e}"
         );
     }
 }

@@ -254,6 +254,9 @@ pub fn show_tree(bridges: &serde_json::Value, ports: &serde_json::Value) -> Stri
             text(&b["fdb_aging_s"]),
             text(&b["fdb_max_learned"])
         ));
+        if let Some(ids) = external_ids_text(b) {
+            out.push_str(&format!("    external_ids {ids}\n"));
+        }
         let mine: Vec<&serde_json::Value> = ports
             .iter()
             .filter(|p| text(&p["bridge"]) == name)
@@ -279,7 +282,38 @@ pub fn show_tree(bridges: &serde_json::Value, ports: &serde_json::Value) -> Stri
                 vlan_text(&p["vlan"]),
                 text(&p["words"]["detail"]),
             ));
+            if let Some(ids) = external_ids_text(p) {
+                out.push_str(&format!("        external_ids {ids}\n"));
+            }
         }
+    }
+    out
+}
+
+/// A bridge's or port's external IDs as `key=value` pairs (values with spaces quoted), or
+/// `None` without any.
+pub fn external_ids_text(v: &serde_json::Value) -> Option<String> {
+    let ids = v["external_ids"].as_object().filter(|o| !o.is_empty())?;
+    Some(
+        ids.iter()
+            .map(|(k, v)| {
+                let v = v.as_str().unwrap_or_default();
+                if v.is_empty() || v.contains([' ', '"', '=']) {
+                    format!("{k}={v:?}")
+                } else {
+                    format!("{k}={v}")
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(" "),
+    )
+}
+
+/// `vringctl bridge show`: the bridge's line of the table, and its external IDs.
+pub fn bridge_detail(bridge: &serde_json::Value) -> String {
+    let mut out = bridges_table(&serde_json::Value::Array(vec![bridge.clone()]));
+    if let Some(ids) = external_ids_text(bridge) {
+        out.push_str(&format!("external_ids {ids}\n"));
     }
     out
 }
@@ -318,6 +352,9 @@ pub fn port_detail(port: &serde_json::Value) -> String {
         ));
     }
     out.push_str(&offloads_text(port));
+    if let Some(ids) = external_ids_text(port) {
+        out.push_str(&format!("external_ids {ids}\n"));
+    }
     let rows: Vec<Vec<String>> = port["counters"]["queues"]
         .as_array()
         .into_iter()

@@ -31,7 +31,7 @@ use crate::errors::{invalid, no_bridge, no_port, referenced};
 pub use crate::errors::{ChangeError, DaemonError};
 use crate::instance_lock::InstanceLock;
 pub use crate::schema::{
-    AdminState, BridgeSpec, FdbEntryView, PortPatch, PortSpec, SavedState, StaticMac,
+    AdminState, BridgePatch, BridgeSpec, FdbEntryView, PortPatch, PortSpec, SavedState, StaticMac,
     StaticMacRequest, VlanConfig, STATE_VERSION,
 };
 use crate::socket_dir::{check_inside, create_socket_dir};
@@ -293,6 +293,7 @@ impl Daemon {
         vringswitch_config::check_aging(spec.fdb_aging_s).map_err(ChangeError::Invalid)?;
         vringswitch_config::check_max_learned(spec.fdb_max_learned)
             .map_err(ChangeError::Invalid)?;
+        vringswitch_config::check_external_ids(&spec.external_ids).map_err(ChangeError::Invalid)?;
         let mut st = self.state();
         if st.bridges.iter().any(|b| b.spec.name == spec.name) {
             return Err(ChangeError::Conflict(format!(
@@ -315,6 +316,53 @@ impl Daemon {
         Ok(())
     }
 
+    /// Changes a bridge's FDB ageing, its limit on learnt addresses and/or its external IDs,
+    /// while it forwards: nothing learnt is forgotten (a lower limit only stops learning
+    /// until entries age out).
+    pub fn update_bridge(&self, name: &str, patch: BridgePatch) -> Result<BridgeSpec, ChangeError> {
+        let mut st = self.state();
+        let b = st.bridge_mut(name)?;
+        let mut new = b.spec.clone();
+        if let Some(s) = patch.fdb_aging_s {
+            vringswitch_config::check_aging(s).map_err(ChangeError::Invalid)?;
+            new.fdb_aging_s = s;
+        }
+        if let Some(n) = patch.fdb_max_learned {
+            vringswitch_config::check_max_learned(n).map_err(ChangeError::Invalid)?;
+            new.fdb_max_learned = n;
+        }
+        if let Some(ids) = &patch.external_ids {
+            new.external_ids = crate::schema::patched_external_ids(&b.spec.external_ids, ids)
+                .map_err(ChangeError::Invalid)?;
+        }
+        if new == b.spec {
+            return Ok(new);
+        }
+        b.fdb.set_aging_s(new.fdb_aging_s);
+        b.fdb.set_max_learned(new.fdb_max_learned as usize);
+        b.spec = new.clone();
+        tracing::info!(bridge = %name, fdb_aging_s = new.fdb_aging_s,
+            fdb_max_learned = new.fdb_max_learned, external_ids = new.external_ids.len(),
+            "bridge changed");
+        self.save(&st)?;
+        Ok(new)
+    }
+
+    /// Deletes a bridge and every port on it first (as `ovs-vsctl del-br`), each as
+    /// [`Daemon::remove_port`] does.
+    pub fn remove_bridge_with_ports(&self, name: &str) -> Result<Vec<String>, ChangeError> {
+        let ports = {
+            let st = self.state();
+            st.bridge(name)?;
+            st.port_names(name)
+        };
+        for port in &ports {
+            self.remove_port(port)?;
+        }
+        self.remove_bridge(name)?;
+        Ok(ports)
+    }
+
     /// Deletes a bridge that has no ports.
     pub fn remove_bridge(&self, name: &str) -> Result<(), ChangeError> {
         let mut st = self.state();
@@ -326,7 +374,7 @@ impl Daemon {
         let ports = st.port_names(name);
         if !ports.is_empty() {
             return Err(ChangeError::Conflict(format!(
-                "bridge {name:?} still has ports {ports:?}: delete or move them first"
+                "bridge {name:?} still has ports {ports:?}: delete or move them first, or delete the bridge with them (vringctl bridge del {name} --with-ports)"
             )));
         }
         st.bridges.remove(i);
@@ -495,6 +543,19 @@ impl Daemon {
                 .map(|p| p.spec.clone())
                 .ok_or_else(|| no_port(name));
         };
+        // Only its external IDs: nothing the data path sees, so nothing to publish or
+        // forget.
+        let mut same = new.clone();
+        same.external_ids = old.external_ids.clone();
+        if same == old {
+            if let Some(e) = st.ports.get_mut(name) {
+                e.spec = new.clone();
+            }
+            tracing::info!(port = %name, external_ids = new.external_ids.len(),
+                "port's external IDs changed");
+            self.save(&st)?;
+            return Ok(new);
+        }
         // Validated: apply.
         if let Some(e) = st.ports.get_mut(name) {
             if new.police_rx != old.police_rx {

@@ -183,6 +183,10 @@ impl State {
         if let Some(admin) = patch.admin {
             new.admin = admin;
         }
+        if let Some(ids) = &patch.external_ids {
+            new.external_ids = crate::schema::patched_external_ids(&old.external_ids, ids)
+                .map_err(ChangeError::Invalid)?;
+        }
         if new == old {
             return Ok(None);
         }
@@ -292,6 +296,7 @@ mod tests {
                     name: name.into(),
                     fdb_aging_s: 300,
                     fdb_max_learned: 100,
+                    external_ids: Default::default(),
                 },
                 fdb: Arc::new(Fdb::new(300)),
                 statics: BTreeMap::new(),
@@ -410,5 +415,52 @@ mod tests {
             st.plan_port_update("b", PortPatch::default()),
             Err(ChangeError::NotFound(_))
         ));
+    }
+
+    #[test]
+    fn external_ids_are_merged_key_by_key_and_checked() {
+        let mut st = with(vec![vm("a", "/run/a.sock")]);
+        let patch =
+            |json: serde_json::Value| -> PortPatch { serde_json::from_value(json).unwrap() };
+        let u = st
+            .plan_port_update(
+                "a",
+                patch(serde_json::json!({"external_ids": {"k": "1", "j": "2"}})),
+            )
+            .unwrap()
+            .unwrap();
+        assert_eq!(u.new.external_ids.len(), 2);
+        // Only the IDs differ: the daemon takes that as a change of metadata alone.
+        let mut same = u.new.clone();
+        same.external_ids = u.old.external_ids.clone();
+        assert_eq!(same, u.old);
+        st.ports.get_mut("a").unwrap().spec = u.new;
+        let u = st
+            .plan_port_update(
+                "a",
+                patch(serde_json::json!({"external_ids": {"k": null, "j": "3"}})),
+            )
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            u.new.external_ids,
+            [("j".to_owned(), "3".to_owned())].into_iter().collect()
+        );
+        // Removing a key that is not there, setting one as it is: nothing to do.
+        st.ports.get_mut("a").unwrap().spec = u.new;
+        assert!(st
+            .plan_port_update(
+                "a",
+                patch(serde_json::json!({"external_ids": {"x": null, "j": "3"}}))
+            )
+            .unwrap()
+            .is_none());
+        match st.plan_port_update(
+            "a",
+            patch(serde_json::json!({"external_ids": {"a b": "1"}})),
+        ) {
+            Err(e) => assert!(e.to_string().contains("external_ids key \"a b\""), "{e}"),
+            Ok(_) => panic!("a key with a space was taken"),
+        }
     }
 }

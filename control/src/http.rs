@@ -24,7 +24,7 @@ use vringswitch_switch::capture::CaptureSettings;
 
 use crate::capture_stream::{self, CaptureLimits};
 use crate::daemon::{
-    BridgeSpec, ChangeError, Daemon, FdbEntryView, PortPatch, PortSpec, StaticMac,
+    BridgePatch, BridgeSpec, ChangeError, Daemon, FdbEntryView, PortPatch, PortSpec, StaticMac,
     StaticMacRequest, VlanConfig,
 };
 
@@ -49,6 +49,7 @@ struct AppState {
         list_bridges,
         add_bridge,
         get_bridge,
+        update_bridge,
         remove_bridge,
         get_fdb,
         add_static_mac,
@@ -66,6 +67,7 @@ struct AppState {
     components(schemas(
         ErrorBody,
         BridgeSpec,
+        BridgePatch,
         BridgeView,
         PortSpec,
         PortPatch,
@@ -198,7 +200,10 @@ pub fn router(daemon: Arc<Daemon>, access: ApiAccess) -> Router {
         .route("/metrics", get(metrics))
         .route("/v1/stats", get(stats))
         .route("/v1/bridges", get(list_bridges).post(add_bridge))
-        .route("/v1/bridges/{name}", get(get_bridge).delete(remove_bridge))
+        .route(
+            "/v1/bridges/{name}",
+            get(get_bridge).patch(update_bridge).delete(remove_bridge),
+        )
         .route("/v1/ports", get(list_ports).post(add_port))
         .route(
             "/v1/bridges/{name}/fdb",
@@ -554,6 +559,8 @@ struct BridgeView {
     fdb_aging_s: u64,
     /// Most addresses the bridge learns over all its ports.
     fdb_max_learned: u32,
+    /// Metadata for orchestrators (empty: none).
+    external_ids: vringswitch_config::ExternalIds,
     ports: Vec<String>,
 }
 
@@ -563,6 +570,7 @@ impl BridgeView {
             name: spec.name,
             fdb_aging_s: spec.fdb_aging_s,
             fdb_max_learned: spec.fdb_max_learned,
+            external_ids: spec.external_ids,
             ports,
         }
     }
@@ -604,15 +612,45 @@ async fn add_bridge(
     Ok((StatusCode::CREATED, Json(BridgeView::new(spec, ports))))
 }
 
-#[utoipa::path(delete, path = "/v1/bridges/{name}", params(("name" = String, Path)), responses((status = 204, description = "Deleted"), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody, description = "Ports are still on it"), (status = 500, body = ErrorBody), (status = 403, body = ErrorBody, description = "A foreign Host or Origin, or a change over TCP on a daemon that takes changes on its unix socket only")))]
+/// `?with_ports=true` of `DELETE /v1/bridges/{name}`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RemoveBridgeQuery {
+    #[serde(default)]
+    with_ports: bool,
+}
+
+#[utoipa::path(delete, path = "/v1/bridges/{name}", params(("name" = String, Path), ("with_ports" = Option<bool>, Query, description = "Delete the bridge's ports first (as ovs-vsctl del-br); without it, a bridge with ports is refused")), responses((status = 204, description = "Deleted"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody, description = "Ports are still on it"), (status = 500, body = ErrorBody), (status = 403, body = ErrorBody, description = "A foreign Host or Origin, or a change over TCP on a daemon that takes changes on its unix socket only")))]
 async fn remove_bridge(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    query: Result<Query<RemoveBridgeQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<StatusCode, ApiError> {
+    let Query(q) =
+        query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))?;
+    let daemon = s.daemon.clone();
+    if q.with_ports {
+        blocking(move || daemon.remove_bridge_with_ports(&name).map(|_| ())).await?;
+    } else {
+        blocking(move || daemon.remove_bridge(&name)).await?;
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(patch, path = "/v1/bridges/{name}", params(("name" = String, Path)), request_body = BridgePatch, responses((status = 200, body = BridgeView, description = "Changed while it forwards: nothing learnt is forgotten"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 500, body = ErrorBody), (status = 403, body = ErrorBody, description = "A foreign Host or Origin, or a change over TCP on a daemon that takes changes on its unix socket only"), (status = 415, body = ErrorBody, description = "The body was not sent as application/json")))]
+async fn update_bridge(
     _: NoQuery,
     State(s): State<AppState>,
     Path(name): Path<String>,
-) -> Result<StatusCode, ApiError> {
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> Result<Json<BridgeView>, ApiError> {
+    let patch: BridgePatch = parse(&headers, &body)?;
     let daemon = s.daemon.clone();
-    blocking(move || daemon.remove_bridge(&name)).await?;
-    Ok(StatusCode::NO_CONTENT)
+    let n = name.clone();
+    blocking(move || daemon.update_bridge(&n, patch)).await?;
+    let (spec, ports) = s.daemon.bridge(&name)?;
+    Ok(Json(BridgeView::new(spec, ports)))
 }
 
 /// Live state of a port.
@@ -656,6 +694,8 @@ struct PortView {
     #[serde(skip_serializing_if = "Option::is_none")]
     police_tx: Option<vringswitch_config::PoliceConfig>,
     admin: vringswitch_config::AdminState,
+    /// Metadata for orchestrators (empty: none).
+    external_ids: vringswitch_config::ExternalIds,
     state: PortState,
     /// How vringctl shows the port, in its kind's words.
     words: vringswitch_config::KindWords,
@@ -703,6 +743,7 @@ fn port_view(spec: PortSpec, handle: &PortHandle, snapshot: &Snapshot) -> PortVi
         police_rx: spec.police_rx,
         police_tx: spec.police_tx,
         admin: spec.admin,
+        external_ids: spec.external_ids,
         state,
         counters,
     }

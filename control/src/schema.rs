@@ -3,8 +3,8 @@
 //! static FDB entries, the FDB as shown, and the state file's whole.
 
 use serde::{Deserialize, Serialize};
-use vringswitch_config::PoliceConfig;
 pub use vringswitch_config::{AdminState, PortSpec, VlanConfig};
+use vringswitch_config::{ExternalIds, PoliceConfig};
 
 /// A bridge as configured.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -21,6 +21,47 @@ pub struct BridgeSpec {
     #[serde(default = "default_bridge_max_learned")]
     #[schema(minimum = 1, maximum = 1_000_000, default = 8192)]
     pub fdb_max_learned: u32,
+    /// Metadata for orchestrators, kept and shown, never acted on (see the port's).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub external_ids: ExternalIds,
+}
+
+/// A change to a bridge (`PATCH`): fields left out stay as they are.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BridgePatch {
+    /// Seconds after which an idle learnt address is forgotten, from now on.
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 1_000_000)]
+    pub fdb_aging_s: Option<u64>,
+    /// Most addresses the bridge learns; lowering it forgets none already learnt.
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 1_000_000)]
+    pub fdb_max_learned: Option<u32>,
+    /// Keys to set, or to remove (`null`); keys left out stay.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub external_ids: Option<ExternalIdsPatch>,
+}
+
+/// Changes to external IDs: a key with a value sets it, with `null` removes it.
+pub type ExternalIdsPatch = std::collections::BTreeMap<String, Option<String>>;
+
+/// `ids` with `patch` applied, checked.
+pub fn patched_external_ids(
+    ids: &ExternalIds,
+    patch: &ExternalIdsPatch,
+) -> Result<ExternalIds, String> {
+    let mut out = ids.clone();
+    for (key, value) in patch {
+        vringswitch_config::check_external_id_key(key)?;
+        match value {
+            Some(v) => out.insert(key.clone(), v.clone()),
+            None => out.remove(key),
+        };
+    }
+    vringswitch_config::check_external_ids(&out)?;
+    Ok(out)
 }
 
 fn default_aging() -> u64 {
@@ -63,6 +104,11 @@ pub struct PortPatch {
     /// `up` or `down`.
     #[serde(default)]
     pub admin: Option<AdminState>,
+    /// External IDs to set, or to remove (`null`); keys left out stay. Changes nothing
+    /// else: the port keeps forwarding and its addresses stay learnt.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub external_ids: Option<ExternalIdsPatch>,
 }
 
 /// Tells a field given as `null` (Some(None)) from one left out (None).

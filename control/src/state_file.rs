@@ -24,6 +24,7 @@ pub fn from_config(config: &Config) -> SavedState {
                 name: b.name.get_ref().clone(),
                 fdb_aging_s: *b.fdb_aging_s.get_ref(),
                 fdb_max_learned: *b.fdb_max_learned.get_ref(),
+                external_ids: b.external_ids.clone(),
             })
             .collect(),
         ports: config
@@ -52,6 +53,7 @@ pub fn to_config(config: &Config, saved: &SavedState) -> Config {
                 name: at(b.name.clone()),
                 fdb_aging_s: Spanned::new(0..0, b.fdb_aging_s),
                 fdb_max_learned: Spanned::new(0..0, b.fdb_max_learned),
+                external_ids: b.external_ids.clone(),
             })
             .collect(),
         saved.ports.clone(),
@@ -79,6 +81,9 @@ pub fn ignored_config(config: &SavedState, state: &SavedState) -> Option<String>
                         "fdb_max_learned {} in the configuration, {} in the state file",
                         b.fdb_max_learned, s.fdb_max_learned
                     ));
+                }
+                if s.external_ids != b.external_ids {
+                    differ.push("external_ids set otherwise in the state file".to_owned());
                 }
                 ignored.push(format!("bridge {} ({})", b.name, differ.join("; ")));
             }
@@ -247,6 +252,7 @@ mod tests {
                 name: "br0".into(),
                 fdb_aging_s: 60,
                 fdb_max_learned: 100,
+                external_ids: [("owner".to_owned(), "ops".to_owned())].into(),
             }],
             ports: vec![PortSpec {
                 name: "p".into(),
@@ -268,6 +274,7 @@ mod tests {
                 }),
                 police_tx: None,
                 admin: crate::schema::AdminState::Down,
+                external_ids: [("iface-id".to_owned(), "5f1e".to_owned())].into(),
             }],
             static_macs: vec![StaticMac {
                 bridge: "br0".into(),
@@ -308,6 +315,7 @@ mod tests {
                     name: n.into(),
                     fdb_aging_s: a,
                     fdb_max_learned: vringswitch_config::DEFAULT_BRIDGE_MAX_LEARNED,
+                    external_ids: Default::default(),
                 })
                 .collect(),
             ports,

@@ -86,6 +86,7 @@ impl Layout {
                 0..0,
                 max_learned.unwrap_or(vringswitch_config::DEFAULT_BRIDGE_MAX_LEARNED),
             ),
+            external_ids: Default::default(),
         });
         self
     }

@@ -18,7 +18,8 @@ fn bridges_are_created_listed_and_deleted_and_bad_requests_change_nothing() {
     assert_eq!(code, 200);
     assert_eq!(
         list,
-        json!([{"name": "br0", "fdb_aging_s": 300, "fdb_max_learned": 8192, "ports": ["a"]}])
+        json!([{"name": "br0", "fdb_aging_s": 300, "fdb_max_learned": 8192, "external_ids": {},
+            "ports": ["a"]}])
     );
 
     let (code, br1) = call(
@@ -30,7 +31,8 @@ fn bridges_are_created_listed_and_deleted_and_bad_requests_change_nothing() {
     assert_eq!(code, 201, "{br1}");
     assert_eq!(
         br1,
-        json!({"name": "br1", "fdb_aging_s": 60, "fdb_max_learned": 100, "ports": []})
+        json!({"name": "br1", "fdb_aging_s": 60, "fdb_max_learned": 100, "external_ids": {},
+            "ports": []})
     );
     let (code, got) = call(&s.daemon, "GET", "/v1/bridges/br1", None);
     assert_eq!((code, got), (200, br1));
@@ -1485,4 +1487,163 @@ fn log_levels_change_per_module_at_runtime() {
     assert_eq!(requests(), before, "{}", d.log_text());
     let (_, v) = call(d, "GET", "/v1/log", None);
     assert_eq!(v["filter"], v["at_start"]);
+}
+
+/// External IDs on bridges and ports: from the configuration file, the API and vringctl,
+/// shown, kept in the state file across a restart, the base of --may-exist; changing them
+/// forgets no learnt address. `bridge set` changes the FDB ageing of a running bridge, and
+/// `bridge del --with-ports` takes its ports.
+#[test]
+fn external_ids_bridge_set_and_bridge_del_with_ports() {
+    use vringswitch_tests::daemon::{Daemon, TempDir};
+    let dir = TempDir::new("external-ids");
+    let state = dir.path().join("state.json");
+    let (a, b) = (dir.path().join("a.sock"), dir.path().join("b.sock"));
+    let toml = format!(
+        "[[bridges]]\nname = \"br0\"\nexternal_ids = {{ owner = \"ops\" }}\n\
+         [[ports]]\nname = \"a\"\nbridge = \"br0\"\nsocket = \"{}\"\n\
+         external_ids = {{ \"iface-id\" = \"0d5e-a\", \"vm-uuid\" = \"52f1\" }}\n\
+         [[ports]]\nname = \"b\"\nbridge = \"br0\"\nsocket = \"{}\"\n",
+        a.display(),
+        b.display()
+    );
+    let mut d = Daemon::start_with(
+        dir.path(),
+        &toml,
+        &[a.clone(), b.clone()],
+        &["--state", state.to_str().unwrap()],
+    );
+    let (_, port) = call(&d, "GET", "/v1/ports/a", None);
+    assert_eq!(
+        port["external_ids"],
+        json!({"iface-id": "0d5e-a", "vm-uuid": "52f1"})
+    );
+    let (_, bridge) = call(&d, "GET", "/v1/bridges/br0", None);
+    assert_eq!(bridge["external_ids"], json!({"owner": "ops"}));
+
+    // b learns its address; changing its external IDs forgets nothing.
+    let mut vb = TestVm::connect(&b, mac(2), Default::default());
+    vb.post_rx(TestVm::rx(0), 8, 2048);
+    vb.send(TestVm::tx(0), &frame(BROADCAST, mac(2), 64, 0));
+    wait_until(T, "b's address learnt", || {
+        let (_, fdb) = call(&d, "GET", "/v1/bridges/br0/fdb", None);
+        (fdb.as_array().unwrap().len() == 1).then_some(())
+    });
+    d.vringctl(&["port", "set", "b", "--external-id", "iface-id=77aa"]);
+    let (code, port) = call(
+        &d,
+        "PATCH",
+        "/v1/ports/a",
+        Some(json!({"external_ids": {"vm-uuid": null, "zone": "eu 1"}})),
+    );
+    assert_eq!(code, 200, "{port}");
+    assert_eq!(
+        port["external_ids"],
+        json!({"iface-id": "0d5e-a", "zone": "eu 1"})
+    );
+    let (_, fdb) = call(&d, "GET", "/v1/bridges/br0/fdb", None);
+    assert_eq!(
+        fdb.as_array().unwrap().len(),
+        1,
+        "an external ID change forgot: {fdb}"
+    );
+    let tree = d.vringctl(&["show"]);
+    assert!(
+        tree.contains("    external_ids owner=ops\n")
+            && tree.contains("        external_ids iface-id=0d5e-a zone=\"eu 1\"\n")
+            && tree.contains("        external_ids iface-id=77aa\n"),
+        "{tree}"
+    );
+    // Refused: a bad key, a control character, too many.
+    for ids in [
+        json!({"bad key": "x"}),
+        json!({"k": "a\nb"}),
+        Value::Object((0..65).map(|i| (format!("k{i}"), json!("v"))).collect()),
+    ] {
+        let (code, e) = call(
+            &d,
+            "PATCH",
+            "/v1/ports/a",
+            Some(json!({"external_ids": ids})),
+        );
+        assert_eq!((code, e["error"].as_str()), (400, Some("invalid")), "{e}");
+    }
+
+    // --may-exist compares the keys given.
+    d.vringctl(&[
+        "port",
+        "add",
+        "b",
+        "--bridge",
+        "br0",
+        "--may-exist",
+        "--external-id",
+        "iface-id=77aa",
+    ]);
+    let (code, _, err) = vringctl(&[
+        "--api",
+        &d.api,
+        "port",
+        "add",
+        "b",
+        "--bridge",
+        "br0",
+        "--may-exist",
+        "--external-id",
+        "iface-id=other",
+    ]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("external_ids iface-id \"77aa\", not \"other\""),
+        "{err}"
+    );
+
+    // bridge set: the ageing changes while the bridge runs; b's address goes within it.
+    let out = d.vringctl(&[
+        "bridge",
+        "set",
+        "br0",
+        "--fdb-aging",
+        "1",
+        "--remove-external-id",
+        "owner",
+    ]);
+    assert_eq!(out, "bridge br0 changed\n");
+    let (_, bridge) = call(&d, "GET", "/v1/bridges/br0", None);
+    assert_eq!(
+        (bridge["fdb_aging_s"].as_u64(), &bridge["external_ids"]),
+        (Some(1), &json!({}))
+    );
+    wait_until(
+        std::time::Duration::from_secs(5),
+        "b's address aged out",
+        || {
+            let (_, fdb) = call(&d, "GET", "/v1/bridges/br0/fdb", None);
+            fdb.as_array().unwrap().is_empty().then_some(())
+        },
+    );
+    drop(vb);
+
+    // Kept across a restart, from the state file.
+    d.kill();
+    d.restart(&[a.clone(), b.clone()]);
+    let (_, port) = call(&d, "GET", "/v1/ports/a", None);
+    assert_eq!(
+        port["external_ids"],
+        json!({"iface-id": "0d5e-a", "zone": "eu 1"})
+    );
+    let (_, bridge) = call(&d, "GET", "/v1/bridges/br0", None);
+    assert_eq!(bridge["fdb_aging_s"], 1);
+
+    // bridge del: refused with ports, unless --with-ports, which takes them and their sockets.
+    let (code, _, err) = vringctl(&["--api", &d.api, "bridge", "del", "br0"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("--with-ports"), "{err}");
+    assert_eq!(
+        d.vringctl(&["bridge", "del", "br0", "--with-ports"]),
+        "bridge br0 deleted\n"
+    );
+    let (_, ports) = call(&d, "GET", "/v1/ports", None);
+    assert_eq!(ports, json!([]));
+    assert!(!a.exists() && !b.exists());
 }

@@ -51,6 +51,6 @@ fn schemathesis_finds_no_failure() {
         String::from_utf8_lossy(&out.stderr)
     );
     // It really ran every operation.
-    assert!(text.contains("Tested: 18"), "{text}");
+    assert!(text.contains("Tested: 19"), "{text}");
     assert!(s.daemon.log_text().lines().all(|l| !l.contains("panicked")));
 }

@@ -275,6 +275,10 @@ pub struct PortSpec {
     /// it to have no VM (the PortDown alert leaves it out). Default `up`.
     #[serde(default, skip_serializing_if = "AdminState::is_up")]
     pub admin: AdminState,
+    /// Metadata for orchestrators (a VM's UUID, an iface-id), kept and shown, never acted
+    /// on: up to 64 keys of letters, digits and `. _ - : /`, values up to 1024 bytes.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub external_ids: crate::ExternalIds,
 }
 
 /// The fields every port has, read apart from its kind's.
@@ -295,6 +299,8 @@ struct Common {
     police_tx: Option<PoliceConfig>,
     #[serde(default)]
     admin: AdminState,
+    #[serde(default)]
+    external_ids: crate::ExternalIds,
 }
 
 /// The fields of [`Common`], as written.
@@ -307,6 +313,7 @@ const COMMON_FIELDS: &[&str] = &[
     "police_rx",
     "police_tx",
     "admin",
+    "external_ids",
 ];
 
 /// A port's fields as read, in the order given: any reader's values, held as JSON values.
@@ -393,6 +400,7 @@ impl PortSpec {
             police_rx: common.police_rx,
             police_tx: common.police_tx,
             admin: common.admin,
+            external_ids: common.external_ids,
         })
     }
 
@@ -408,6 +416,7 @@ impl PortSpec {
             police_rx: None,
             police_tx: None,
             admin: AdminState::Up,
+            external_ids: crate::ExternalIds::new(),
         }
     }
 
@@ -443,6 +452,8 @@ impl PortSpec {
                 check_police(what, p).map_err(|m| FieldError::invalid(what, m))?;
             }
         }
+        crate::check_external_ids(&self.external_ids)
+            .map_err(|m| FieldError::invalid("external_ids", m))?;
         Ok(())
     }
 

@@ -162,17 +162,81 @@ enum BridgeCmd {
         /// frames to further addresses are flooded.
         #[arg(long, value_name = "N")]
         fdb_max_learned: Option<u32>,
-        /// A bridge of that name already there is no error (it is left as it is).
+        /// A bridge of that name already there is no error if it has the external IDs
+        /// given (it is left as it is); otherwise vringctl says what differs.
         #[arg(long)]
         may_exist: bool,
+        #[command(flatten)]
+        ids: ExternalIdArgs,
     },
-    /// Deletes a bridge (it must have no ports).
+    /// Changes a bridge while it forwards: FDB ageing, its limit, external IDs.
+    Set {
+        name: String,
+        /// Seconds after which an idle learnt address is forgotten, from now on.
+        #[arg(long, value_name = "SECS")]
+        fdb_aging: Option<u64>,
+        /// Most addresses the bridge learns (lowering it forgets none already learnt).
+        #[arg(long, value_name = "N")]
+        fdb_max_learned: Option<u32>,
+        #[command(flatten)]
+        ids: ExternalIdArgs,
+        /// Removes this external ID (repeatable).
+        #[arg(long = "remove-external-id", value_name = "KEY")]
+        remove_ids: Vec<String>,
+    },
+    /// Deletes a bridge (it must have no ports, unless --with-ports).
     Del {
         name: String,
         /// No bridge of that name is no error.
         #[arg(long)]
         if_exists: bool,
+        /// Deletes its ports first, as ovs-vsctl del-br does.
+        #[arg(long)]
+        with_ports: bool,
     },
+}
+
+/// External IDs on the command line.
+#[derive(clap::Args, Debug, Default)]
+struct ExternalIdArgs {
+    /// Metadata for orchestrators, KEY=VALUE (repeatable): kept, shown, never acted on.
+    #[arg(long = "external-id", value_name = "KEY=VALUE", value_parser = external_id_arg)]
+    external_ids: Vec<(String, String)>,
+}
+
+impl ExternalIdArgs {
+    /// The IDs as the API takes them (none given: nothing).
+    fn json(&self) -> Option<Value> {
+        (!self.external_ids.is_empty()).then(|| {
+            Value::Object(
+                self.external_ids
+                    .iter()
+                    .map(|(k, v)| (k.clone(), json!(v)))
+                    .collect(),
+            )
+        })
+    }
+
+    /// The IDs to set and `remove` to remove, as a PATCH takes them.
+    fn patch(&self, remove: &[String]) -> Option<Value> {
+        let mut out = serde_json::Map::new();
+        for k in remove {
+            out.insert(k.clone(), Value::Null);
+        }
+        for (k, v) in &self.external_ids {
+            out.insert(k.clone(), json!(v));
+        }
+        (!out.is_empty()).then_some(Value::Object(out))
+    }
+}
+
+/// `KEY=VALUE` of an external ID, its key checked as the daemon checks it.
+fn external_id_arg(s: &str) -> Result<(String, String), String> {
+    let (key, value) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))?;
+    vringswitch_config::check_external_id_key(key)?;
+    Ok((key.to_owned(), value.to_owned()))
 }
 
 /// A VLAN setting on the command line.
@@ -307,6 +371,8 @@ enum PortCmd {
         /// down: the port carries no traffic and is expected to have no VM.
         #[arg(long, value_parser = ["up", "down"])]
         admin: Option<String>,
+        #[command(flatten)]
+        ids: ExternalIdArgs,
     },
     /// Moves a port to another bridge, changes its VLAN setting, its port security and/or
     /// its limit on learnt addresses.
@@ -340,6 +406,11 @@ enum PortCmd {
         /// expects it to have no VM; up: back to normal.
         #[arg(long, value_parser = ["up", "down"])]
         admin: Option<String>,
+        #[command(flatten)]
+        ids: ExternalIdArgs,
+        /// Removes this external ID (repeatable).
+        #[arg(long = "remove-external-id", value_name = "KEY")]
+        remove_ids: Vec<String>,
     },
     /// Deletes a port (its VM is disconnected).
     Del {
@@ -651,15 +722,6 @@ async fn send(
     })
 }
 
-/// Whether `GET path` finds something (200) rather than nothing (404).
-async fn exists(api: &ApiClient, path: &str) -> Result<bool, ClientError> {
-    match send(api, Method::GET, path, None).await {
-        Ok(_) => Ok(true),
-        Err(ClientError::Api { status, .. }) if status == hyper::StatusCode::NOT_FOUND => Ok(false),
-        Err(e) => Err(e),
-    }
-}
-
 /// The API socket of the shipped systemd unit (`--api-socket ${RUNTIME_DIRECTORY}/api.sock`).
 const DEFAULT_API_SOCKET: &str = "/run/vringswitch/api.sock";
 
@@ -688,11 +750,33 @@ async fn found(api: &ApiClient, path: &str) -> Result<Option<Value>, ClientError
     }
 }
 
-/// `port add --may-exist` of a port that exists: no error only if it is as asked, as
-/// ovs-vsctl's --may-exist. Each setting asked is compared with the port's (settings left
-/// out are not).
-fn same_port(name: &str, asked: &Value, there: &Value) -> Result<(), ClientError> {
-    let differ: Vec<String> = asked
+/// A usage error: a `set` that names nothing to change (`flags`: what it takes).
+fn nothing_to_change(flags: &str) -> ! {
+    use clap::CommandFactory;
+    Args::command()
+        .error(
+            clap::error::ErrorKind::MissingRequiredArgument,
+            format!("nothing to change: give {flags}"),
+        )
+        .exit()
+}
+
+/// `add --may-exist` of a bridge or port that exists: no error only if it is as asked, as
+/// ovs-vsctl's --may-exist. Each setting asked is compared with what is there (settings
+/// left out are not); of the external IDs, each key asked (others may be there too).
+fn same_as_asked(what: &str, name: &str, asked: &Value, there: &Value) -> Result<(), ClientError> {
+    let mut asked = asked.clone();
+    let mut differ: Vec<String> = Vec::new();
+    if let Some(Value::Object(ids)) = asked.as_object_mut().and_then(|o| o.remove("external_ids")) {
+        for (key, want) in ids {
+            let has = &there["external_ids"][&key];
+            if *has != want {
+                let has = has.as_str().map_or("none".to_owned(), |h| format!("{h:?}"));
+                differ.push(format!("external_ids {key} {has}, not {want}"));
+            }
+        }
+    }
+    let settings: Vec<String> = asked
         .as_object()
         .into_iter()
         .flatten()
@@ -707,11 +791,12 @@ fn same_port(name: &str, asked: &Value, there: &Value) -> Result<(), ClientError
             format!("{key} {has}, not {want}")
         })
         .collect();
+    differ.splice(0..0, settings);
     if differ.is_empty() {
         return Ok(());
     }
     Err(ClientError::Refused(format!(
-        "port {name} already exists, otherwise: {}",
+        "{what} {name} already exists, otherwise: {}",
         differ.join("; ")
     )))
 }
@@ -786,20 +871,16 @@ async fn bridge(api: &ApiClient, cmd: BridgeCmd, json: bool) -> Result<String, C
                 None,
             )
             .await?;
-            shown(&v, json, |b| {
-                ctl::bridges_table(&Value::Array(vec![b.clone()]))
-            })
+            shown(&v, json, ctl::bridge_detail)
         }
         BridgeCmd::Add {
             name,
             fdb_aging,
             fdb_max_learned,
             may_exist,
+            ids,
         } => {
             let path = format!("/v1/bridges/{}", seg(&name));
-            if may_exist && exists(api, &path).await? {
-                return Ok(format!("bridge {name} already exists\n"));
-            }
             let mut body = json!({ "name": name });
             if let Some(a) = fdb_aging {
                 body["fdb_aging_s"] = json!(a);
@@ -807,11 +888,53 @@ async fn bridge(api: &ApiClient, cmd: BridgeCmd, json: bool) -> Result<String, C
             if let Some(n) = fdb_max_learned {
                 body["fdb_max_learned"] = json!(n);
             }
+            if let Some(ids) = ids.json() {
+                body["external_ids"] = ids;
+            }
+            if may_exist {
+                if let Some(there) = found(api, &path).await? {
+                    return same_as_asked("bridge", &name, &body, &there)
+                        .map(|()| format!("bridge {name} already exists\n"));
+                }
+            }
             let v = send(api, Method::POST, "/v1/bridges", Some(body)).await?;
             changed(&v, json, format!("bridge {name} added"))
         }
-        BridgeCmd::Del { name, if_exists } => {
+        BridgeCmd::Set {
+            name,
+            fdb_aging,
+            fdb_max_learned,
+            ids,
+            remove_ids,
+        } => {
+            let mut body = json!({});
+            if let Some(a) = fdb_aging {
+                body["fdb_aging_s"] = json!(a);
+            }
+            if let Some(n) = fdb_max_learned {
+                body["fdb_max_learned"] = json!(n);
+            }
+            if let Some(p) = ids.patch(&remove_ids) {
+                body["external_ids"] = p;
+            }
+            if body.as_object().is_some_and(|o| o.is_empty()) {
+                nothing_to_change(
+                    "--fdb-aging, --fdb-max-learned, --external-id or --remove-external-id",
+                );
+            }
             let path = format!("/v1/bridges/{}", seg(&name));
+            let v = send(api, Method::PATCH, &path, Some(body)).await?;
+            changed(&v, json, format!("bridge {name} changed"))
+        }
+        BridgeCmd::Del {
+            name,
+            if_exists,
+            with_ports,
+        } => {
+            let mut path = format!("/v1/bridges/{}", seg(&name));
+            if with_ports {
+                path.push_str("?with_ports=true");
+            }
             match if_found(if_exists, send(api, Method::DELETE, &path, None).await)? {
                 Some(v) => changed(&v, json, format!("bridge {name} deleted")),
                 None => format!("no bridge {name}: nothing to delete\n"),
@@ -849,8 +972,12 @@ async fn port(api: &ApiClient, cmd: PortCmd, json: bool) -> Result<String, Clien
             set,
             may_exist,
             admin,
+            ids,
         } => {
             let mut body = json!({"name": name, "bridge": bridge, "type": kind});
+            if let Some(ids) = ids.json() {
+                body["external_ids"] = ids;
+            }
             if let Some(s) = socket {
                 body["socket"] = json!(s);
             }
@@ -886,7 +1013,7 @@ async fn port(api: &ApiClient, cmd: PortCmd, json: bool) -> Result<String, Clien
             }
             if may_exist {
                 if let Some(there) = found(api, &format!("/v1/ports/{}", seg(&name))).await? {
-                    return same_port(&name, &body, &there)
+                    return same_as_asked("port", &name, &body, &there)
                         .map(|()| format!("port {name} already exists\n"));
                 }
             }
@@ -909,8 +1036,13 @@ async fn port(api: &ApiClient, cmd: PortCmd, json: bool) -> Result<String, Clien
             no_police_rx,
             no_police_tx,
             admin,
+            ids,
+            remove_ids,
         } => {
             let mut body = json!({});
+            if let Some(p) = ids.patch(&remove_ids) {
+                body["external_ids"] = p;
+            }
             if let Some(b) = bridge {
                 body["bridge"] = json!(b);
             }
@@ -937,15 +1069,11 @@ async fn port(api: &ApiClient, cmd: PortCmd, json: bool) -> Result<String, Clien
                 body["admin"] = json!(a);
             }
             if body.as_object().is_some_and(|o| o.is_empty()) {
-                use clap::CommandFactory;
-                Args::command()
-                    .error(
-                        clap::error::ErrorKind::MissingRequiredArgument,
-                        "nothing to change: give --bridge, --access, --trunk, --no-vlan, \
-                         --allow-mac, --no-mac-lock, --fdb-max-learned, --police-rx, \
-                         --police-tx, --no-police-rx, --no-police-tx or --admin",
-                    )
-                    .exit();
+                nothing_to_change(
+                    "--bridge, --access, --trunk, --no-vlan, --allow-mac, --no-mac-lock, \
+                     --fdb-max-learned, --police-rx, --police-tx, --no-police-rx, \
+                     --no-police-tx, --admin, --external-id or --remove-external-id",
+                );
             }
             let v = send(
                 api,
