@@ -96,6 +96,49 @@ pub fn stats_tables(s: &Snapshot, scope: &str) -> String {
     )
 }
 
+/// `vringctl cores`: each worker core, its load, and the ingress queues it polls with the
+/// share of the core each takes (as `ovs-appctl dpif-netdev/pmd-rxq-show`). `s` holds counts
+/// since start or over an interval, as `scope` says.
+pub fn cores_text(s: &Snapshot, scope: &str) -> String {
+    let mut out = format!("Cores ({scope})\n");
+    for w in &s.workers {
+        // No cycles counted: the worker slept throughout (a sleep is counted when it ends).
+        let all = w.busy_cycles + w.idle_cycles;
+        let share = |cycles: u64| Some(cycles as f64 * 100.0 / all.max(1) as f64);
+        let rows: Vec<Vec<String>> = s
+            .ports
+            .iter()
+            .flat_map(|p| {
+                p.queues
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, q)| q.core == Some(w.core))
+                    .map(|(i, q)| {
+                        vec![
+                            p.name.clone(),
+                            i.to_string(),
+                            opt(share(q.busy_cycles), 1),
+                            q.rx_packets.to_string(),
+                        ]
+                    })
+            })
+            .collect();
+        out.push_str(&format!(
+            "\ncore {}: busy {} %, {} packets, {} queue{}\n",
+            w.core,
+            opt(share(w.busy_cycles), 1),
+            w.packets,
+            rows.len(),
+            if rows.len() == 1 { "" } else { "s" }
+        ));
+        if !rows.is_empty() {
+            out.push_str(&table(&["port", "queue", "busy %", "rx packets"], 2, rows));
+            out.push('\n');
+        }
+    }
+    out
+}
+
 /// A JSON field as table text: strings bare, null as "-".
 fn text(v: &serde_json::Value) -> String {
     match v {
@@ -222,6 +265,19 @@ pub fn ports_table(ports: &serde_json::Value) -> String {
 }
 
 /// A port's link in one word.
+/// `, core 1` or `, cores 0,1`: which cores poll the port (nothing while it is down).
+fn cores_of(port: &serde_json::Value) -> String {
+    let cores: Vec<String> = port["cores"]
+        .as_array()
+        .map(|a| a.iter().map(text).collect())
+        .unwrap_or_default();
+    match cores.len() {
+        0 => String::new(),
+        1 => format!(", core {}", cores[0]),
+        _ => format!(", cores {}", cores.join(",")),
+    }
+}
+
 fn link(port: &serde_json::Value) -> &'static str {
     if port["admin"] == "down" {
         return "admin down";
@@ -275,11 +331,12 @@ pub fn show_tree(bridges: &serde_json::Value, ports: &serde_json::Value) -> Stri
                 String::new()
             };
             out.push_str(&format!(
-                "    port {}: {}, link {}, {queues}vlan {}\n        {}\n",
+                "    port {}: {}, link {}, {queues}vlan {}{}\n        {}\n",
                 text(&p["name"]),
                 kind_text(p),
                 link(p),
                 vlan_text(&p["vlan"]),
+                cores_of(p),
                 text(&p["words"]["detail"]),
             ));
             if let Some(ids) = external_ids_text(p) {
@@ -483,6 +540,47 @@ mod tests {
     }
 
     #[test]
+    fn cores_list_the_queues_each_polls_with_their_share() {
+        use vringswitch_metrics::QueueSnapshot;
+        let mut s = sample();
+        s.workers.push(WorkerSnapshot {
+            core: 3,
+            busy_cycles: 1500,
+            idle_cycles: 500,
+            packets: 3,
+            ..WorkerSnapshot::default()
+        });
+        s.ports[0].queues = vec![
+            QueueSnapshot {
+                rx_packets: 7,
+                tx_packets: 0,
+                busy_cycles: 2000,
+                core: Some(1),
+            },
+            QueueSnapshot {
+                rx_packets: 3,
+                tx_packets: 0,
+                busy_cycles: 1000,
+                core: Some(3),
+            },
+        ];
+        let out = cores_text(&s, "since start");
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines[0], "Cores (since start)");
+        assert_eq!(lines[2], "core 1: busy 75.0 %, 10 packets, 1 queue");
+        // 2000 of core 1's 4000 cycles.
+        assert_eq!(
+            lines[4].split_whitespace().collect::<Vec<_>>(),
+            ["vm1", "0", "50.0", "7"]
+        );
+        assert_eq!(lines[6], "core 3: busy 75.0 %, 3 packets, 1 queue");
+        assert_eq!(
+            lines[8].split_whitespace().collect::<Vec<_>>(),
+            ["vm1", "1", "50.0", "3"]
+        );
+    }
+
+    #[test]
     fn tables_show_derived_figures() {
         let out = stats_tables(&sample(), "since start");
         let lines: Vec<&str> = out.lines().collect();
@@ -620,12 +718,13 @@ mod tests {
             "words": {"mode": "server", "attached_to": "/run/vringswitch/vm1.sock",
                       "summary": "socket /run/vringswitch/vm1.sock",
                       "detail": "socket /run/vringswitch/vm1.sock", "own_queues": true},
-            "state": {"connected": true, "ready": true, "queue_pairs_active": 1}
+            "state": {"connected": true, "ready": true, "queue_pairs_active": 1},
+            "cores": [0, 1]
         }]);
         assert_eq!(
             show_tree(&bridges, &ports),
             "bridge br0 (fdb ageing 300 s, learns at most 8192)\n\
-             \x20   port vm1: vhost-user server, link up, queues 1 of 4, vlan access 10\n\
+             \x20   port vm1: vhost-user server, link up, queues 1 of 4, vlan access 10, cores 0,1\n\
              \x20       socket /run/vringswitch/vm1.sock\n\
              bridge br1 (fdb ageing 60 s, learns at most 100)\n\
              \x20   no ports\n"

@@ -696,6 +696,8 @@ struct PortView {
     admin: vringswitch_config::AdminState,
     /// Metadata for orchestrators (empty: none).
     external_ids: vringswitch_config::ExternalIds,
+    /// The cores whose workers poll the port's queues (none while it is set down).
+    cores: Vec<usize>,
     state: PortState,
     /// How vringctl shows the port, in its kind's words.
     words: vringswitch_config::KindWords,
@@ -728,6 +730,22 @@ fn port_view(spec: PortSpec, handle: &PortHandle, snapshot: &Snapshot) -> PortVi
         });
     let queues = spec.queue_pairs();
     let fdb_max_learned = spec.fdb_max_learned();
+    let mut cores: Vec<usize> = if spec.admin == vringswitch_config::AdminState::Down {
+        Vec::new()
+    } else {
+        (0..queues)
+            .filter_map(|qp| {
+                let w = vringswitch_switch::topology::Topology::owner(
+                    handle.id(),
+                    qp,
+                    snapshot.workers.len(),
+                );
+                snapshot.workers.get(w).map(|w| w.core)
+            })
+            .collect()
+    };
+    cores.sort_unstable();
+    cores.dedup();
     let words = spec.words(&vringswitch_config::Live {
         attach_mode: state.xdp_mode,
     });
@@ -744,6 +762,7 @@ fn port_view(spec: PortSpec, handle: &PortHandle, snapshot: &Snapshot) -> PortVi
         police_tx: spec.police_tx,
         admin: spec.admin,
         external_ids: spec.external_ids,
+        cores,
         state,
         counters,
     }

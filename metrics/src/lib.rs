@@ -228,6 +228,11 @@ fn families(s: &Snapshot) -> Vec<MetricFamily> {
         "vringswitch_port_queue_tx_packets_total",
         "Frames delivered to the VM on one queue pair of the port.",
     );
+    let mut queue_busy = Family::counter(
+        "vringswitch_port_queue_busy_cycles_total",
+        "Cycles of worker polls of one queue pair's ingress that moved frames: its share of \
+         its core (vringctl cores).",
+    );
     let mut port_fdb = Family::gauge(
         "vringswitch_port_fdb_learned",
         "MAC addresses the bridge learnt on the port and still has.",
@@ -242,6 +247,7 @@ fn families(s: &Snapshot) -> Vec<MetricFamily> {
             let i = i.to_string();
             queue_rx.add(&[l[0], ("queue", &i)], q.rx_packets);
             queue_tx.add(&[l[0], ("queue", &i)], q.tx_packets);
+            queue_busy.add(&[l[0], ("queue", &i)], q.busy_cycles);
         }
         rx_packets.add(&l, p.rx_packets);
         rx_bytes.add(&l, p.rx_bytes);
@@ -275,6 +281,7 @@ fn families(s: &Snapshot) -> Vec<MetricFamily> {
         &mut protocol_errors,
         &mut queue_rx,
         &mut queue_tx,
+        &mut queue_busy,
         &mut port_fdb,
         &mut port_fdb_max,
     ] {

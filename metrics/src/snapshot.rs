@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use vringswitch_ports::{DropReason, OffloadAction};
 use vringswitch_switch::stats::{cycles_per_second, BURST_BUCKETS};
+use vringswitch_switch::topology::Topology;
 use vringswitch_switch::Switch;
 
 /// Counters of one forwarding worker.
@@ -110,6 +111,14 @@ pub struct QueueSnapshot {
     pub rx_packets: u64,
     /// Frames delivered to the VM into this queue pair's RX ring.
     pub tx_packets: u64,
+    /// Cycles of the worker's polls of this queue pair's ingress that moved frames: its
+    /// share of its core (`vringctl cores`).
+    #[serde(default)]
+    pub busy_cycles: u64,
+    /// The core whose worker polls this queue pair's ingress (none while the port is set
+    /// down).
+    #[serde(default)]
+    pub core: Option<usize>,
 }
 
 impl PortSnapshot {
@@ -153,6 +162,8 @@ impl PortSnapshot {
                 .map(|(q, e)| QueueSnapshot {
                     rx_packets: q.rx_packets.saturating_sub(e.rx_packets),
                     tx_packets: q.tx_packets.saturating_sub(e.tx_packets),
+                    busy_cycles: q.busy_cycles.saturating_sub(e.busy_cycles),
+                    core: q.core,
                 })
                 .collect(),
             ..self.clone()
@@ -225,6 +236,11 @@ impl Snapshot {
                     .map(|q| QueueSnapshot {
                         rx_packets: s.queue_rx_packets[q],
                         tx_packets: s.queue_tx_packets[q],
+                        busy_cycles: s.queue_busy_cycles[q],
+                        core: (p.admin_up && q < usize::from(p.queue_pairs)).then(|| {
+                            let w = Topology::owner(p.handle.id(), q as u16, switch.workers.len());
+                            switch.workers[w].core
+                        }),
                     })
                     .collect();
                 PortSnapshot {

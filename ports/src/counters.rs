@@ -92,6 +92,8 @@ pub struct PortCounters {
     /// Frames received on each queue pair's TX ring, and delivered into each RX ring.
     queue_rx_packets: [AtomicU64; COUNTED_QUEUE_PAIRS],
     queue_tx_packets: [AtomicU64; COUNTED_QUEUE_PAIRS],
+    /// Cycles of this worker's polls of each queue pair's ingress that moved frames.
+    queue_busy_cycles: [AtomicU64; COUNTED_QUEUE_PAIRS],
     offloads: [AtomicU64; OffloadAction::ALL.len()],
 }
 
@@ -158,6 +160,12 @@ impl PortCounters {
         bump(&self.queue_tx_packets[queue_slot(qp)], packets);
     }
 
+    /// Cycles of a poll of queue pair `qp`'s ingress that moved frames (once per burst).
+    #[inline]
+    pub fn add_busy(&self, qp: usize, cycles: u64) {
+        bump(&self.queue_busy_cycles[queue_slot(qp)], cycles);
+    }
+
     /// Frames dropped for `reason`.
     #[inline]
     pub fn add_drop(&self, reason: DropReason, packets: u64) {
@@ -189,6 +197,8 @@ pub struct PortCountersSnapshot {
     pub queue_rx_packets: [u64; COUNTED_QUEUE_PAIRS],
     /// Frames delivered to the VM on each queue pair.
     pub queue_tx_packets: [u64; COUNTED_QUEUE_PAIRS],
+    /// Cycles of busy polls of each queue pair's ingress.
+    pub queue_busy_cycles: [u64; COUNTED_QUEUE_PAIRS],
     /// Frames delivered after each [`OffloadAction`].
     pub offloads: [u64; OffloadAction::ALL.len()],
 }
@@ -243,6 +253,9 @@ impl PortStats {
             for (sum, q) in s.queue_tx_packets.iter_mut().zip(&c.queue_tx_packets) {
                 *sum += q.load(Ordering::Relaxed);
             }
+            for (sum, q) in s.queue_busy_cycles.iter_mut().zip(&c.queue_busy_cycles) {
+                *sum += q.load(Ordering::Relaxed);
+            }
             for (sum, o) in s.offloads.iter_mut().zip(&c.offloads) {
                 *sum += o.load(Ordering::Relaxed);
             }
@@ -266,7 +279,10 @@ mod tests {
         stats.slot(0).add_drop(DropReason::Hairpin, 1);
         stats.slot(0).add_offload(OffloadAction::Segmented);
         stats.slot(2).add_offload(OffloadAction::Segmented);
+        stats.slot(0).add_busy(1, 700);
+        stats.slot(2).add_busy(1, 300);
         let s = stats.snapshot();
+        assert_eq!(&s.queue_busy_cycles[..2], &[0, 1000]);
         assert_eq!(s.offloads(OffloadAction::Segmented), 2);
         assert_eq!(s.offloads(OffloadAction::Passed), 0);
         assert_eq!((s.rx_packets, s.rx_bytes), (3, 192));

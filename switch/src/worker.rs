@@ -186,6 +186,14 @@ impl Worker {
                 t_prev = t;
                 if n > 0 {
                     stats.add_busy(spent);
+                    // Per queue too, for `vringctl cores`: once per burst.
+                    let (src, qp) = self.ingress_queues[i];
+                    if let Some(p) = self.topology.port(src) {
+                        p.handle
+                            .stats()
+                            .slot(self.index)
+                            .add_busy(usize::from(qp), spent);
+                    }
                 } else {
                     stats.add_idle(spent);
                 }

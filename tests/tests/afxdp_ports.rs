@@ -205,9 +205,19 @@ fn afxdp_ports_from_the_configuration_the_api_and_the_state_file() {
     );
     assert_eq!(xdp_attached(&second.outer).as_deref(), Some("xdp"));
     let tree = d.vringctl(&["show"]);
+    let core = d
+        .vringctl(&["--json", "port", "show", "wire"])
+        .split("\"cores\": [")
+        .nth(1)
+        .and_then(|rest| {
+            rest.split(|c: char| !c.is_ascii_digit())
+                .find(|n| !n.is_empty())
+        })
+        .map(str::to_owned)
+        .expect("the core polling wire");
     assert!(
         tree.contains(&format!(
-            "    port wire: afxdp, link up, vlan -\n        interface {} queue 0, xdp generic\n",
+            "    port wire: afxdp, link up, vlan -, core {core}\n        interface {} queue 0, xdp generic\n",
             wire.outer
         )),
         "{tree}"

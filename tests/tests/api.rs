@@ -1253,11 +1253,15 @@ fn vringctl_show_draws_the_switch_and_port_show_the_whole_port() {
     s.wait_connected(&["a"]);
     let show = d.vringctl(&["show"]);
     let sock = |p: &str| s.socket(p).display().to_string();
+    // One worker: it polls both queue pairs of each port.
+    let (_, a) = call(d, "GET", "/v1/ports/a", None);
+    let core = a["cores"][0].as_u64().unwrap();
+    assert_eq!(a["cores"], json!([core]));
     let want = format!(
         "bridge br0 (fdb ageing 300 s, learns at most 8192)\n\
-         \x20   port a: vhost-user server, link up, queues 1 of 2, vlan -\n\
+         \x20   port a: vhost-user server, link up, queues 1 of 2, vlan -, core {core}\n\
          \x20       socket {}\n\
-         \x20   port b: vhost-user server, link down, queues 0 of 2, vlan -\n\
+         \x20   port b: vhost-user server, link down, queues 0 of 2, vlan -, core {core}\n\
          \x20       socket {}\n\
          bridge br1 (fdb ageing 300 s, learns at most 8192)\n\
          \x20   no ports\n",
@@ -1646,4 +1650,71 @@ fn external_ids_bridge_set_and_bridge_del_with_ports() {
     let (_, ports) = call(&d, "GET", "/v1/ports", None);
     assert_eq!(ports, json!([]));
     assert!(!a.exists() && !b.exists());
+}
+
+/// `vringctl cores` lists each worker core's queues with their share of it, from counters
+/// the worker keeps per queue; the frames a queue took are the port's on that queue.
+#[test]
+fn cores_show_which_core_polls_each_queue_and_its_share() {
+    let s = Setup::new("cores", &[("br0", &["a", "b"])], 2);
+    let d = &s.daemon;
+    let mut a = s.vm("a", 1);
+    let mut b = s.vm("b", 2);
+    s.wait_connected(&["a", "b"]);
+    for i in 0..200u8 {
+        a.send(TestVm::tx(0), &frame(mac(2), mac(1), 64, i));
+        if i % 50 == 49 {
+            a.wait_tx_done(TestVm::tx(0), T);
+            let got = b.recv(TestVm::rx(0)).len();
+            b.post_rx(TestVm::rx(0), got, 2048);
+        }
+    }
+    wait_until(T, "a's 200 frames counted", || {
+        (s.counter("rx_packets", "a") == 200).then_some(())
+    });
+    let snap: Value = serde_json::from_str(&d.vringctl(&["--json", "cores"])).unwrap();
+    let core = snap["workers"][0]["core"].as_u64().unwrap();
+    let a_queues = snap["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "a")
+        .unwrap()["queues"]
+        .clone();
+    assert_eq!(a_queues[0]["rx_packets"], 200, "{a_queues}");
+    assert_eq!(a_queues[0]["core"], core);
+    assert!(
+        a_queues[0]["busy_cycles"].as_u64().unwrap() > 0,
+        "{a_queues}"
+    );
+    assert_eq!(a_queues[1]["busy_cycles"], 0, "{a_queues}");
+    let text = d.vringctl(&["cores"]);
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with(&format!("core {core}: busy ")) && l.ends_with(" 4 queues")),
+        "{text}"
+    );
+    let row = lines
+        .iter()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|w| w.first() == Some(&"a") && w.get(1) == Some(&"0"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert_eq!(row[3], "200", "{text}");
+    assert!(row[2].parse::<f64>().unwrap() > 0.0, "{text}");
+    // Over an interval with no traffic: nothing moved.
+    let quiet = d.vringctl(&["cores", "--interval", "0.2"]);
+    assert!(quiet.contains("Cores (last 0.2 s)"), "{quiet}");
+    assert!(
+        quiet.contains(&format!("core {core}: busy 0.0 %, 0 packets")),
+        "{quiet}"
+    );
+    // The metric Prometheus gets.
+    assert!(
+        d.metric(
+            "vringswitch_port_queue_busy_cycles_total",
+            &[("port", "a"), ("queue", "0")]
+        ) > 0
+    );
 }

@@ -147,9 +147,11 @@ fn tap_ports_from_the_configuration_the_api_and_the_state_file() {
     assert_eq!(out, format!("port up1 added, interface {api_if}\n"));
     assert!(exists(None, &api_if));
     let tree = d.vringctl(&["show"]);
+    let (_, up0) = call(&d, "GET", "/v1/ports/up0", None);
+    let core = up0["cores"][0].as_u64().expect("the core polling up0");
     assert!(
         tree.contains(&format!(
-            "    port up0: tap, link up, vlan -\n        interface {cfg_if}, mtu 1400\n"
+            "    port up0: tap, link up, vlan -, core {core}\n        interface {cfg_if}, mtu 1400\n"
         )),
         "{tree}"
     );

@@ -83,6 +83,13 @@ enum Command {
     /// What the daemon logs, per module, changed at runtime (as ovs-appctl vlog/set).
     #[command(subcommand)]
     Log(LogCmd),
+    /// Which queue runs on which core, and each one's share of its core (as ovs-appctl
+    /// dpif-netdev/pmd-rxq-show).
+    Cores {
+        /// Over this many seconds instead of since start.
+        #[arg(long, short, value_name = "SECS", value_parser = parse_interval)]
+        interval: Option<f64>,
+    },
     /// Per-core load (busy %, cycles per packet, bursts) and per-port counters.
     Stats {
         /// Show what happened over this many seconds instead of the totals since start.
@@ -682,22 +689,38 @@ async fn run(args: Args) -> Result<String, ClientError> {
             }
         }
         Command::Stats { interval } => {
-            let first: Snapshot = api.get("/v1/stats").await?;
-            let (s, scope) = match interval {
-                Some(secs) => {
-                    tokio::time::sleep(Duration::from_secs_f64(secs)).await;
-                    let second: Snapshot = api.get("/v1/stats").await?;
-                    (ctl::difference(&second, &first), format!("last {secs} s"))
-                }
-                None => (first, "since start".to_owned()),
-            };
+            let (s, scope) = stats_over(&api, interval).await?;
             if args.json {
                 Ok(serde_json::to_string_pretty(&s).expect("a snapshot serialises") + "\n")
             } else {
                 Ok(ctl::stats_tables(&s, &scope))
             }
         }
+        Command::Cores { interval } => {
+            let (s, scope) = stats_over(&api, interval).await?;
+            if args.json {
+                Ok(serde_json::to_string_pretty(&s).expect("a snapshot serialises") + "\n")
+            } else {
+                Ok(ctl::cores_text(&s, &scope))
+            }
+        }
     }
+}
+
+/// The counters since start, or over `interval` seconds, and which it is.
+async fn stats_over(
+    api: &ApiClient,
+    interval: Option<f64>,
+) -> Result<(Snapshot, String), ClientError> {
+    let first: Snapshot = api.get("/v1/stats").await?;
+    Ok(match interval {
+        Some(secs) => {
+            tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+            let second: Snapshot = api.get("/v1/stats").await?;
+            (ctl::difference(&second, &first), format!("last {secs} s"))
+        }
+        None => (first, "since start".to_owned()),
+    })
 }
 
 /// The API's JSON, pretty, for --json.
