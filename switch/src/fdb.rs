@@ -244,6 +244,21 @@ impl Fdb {
         }
     }
 
+    /// What [`Fdb::learn`] would do now with `key` seen on `port`, changing nothing (for
+    /// `vringctl trace`; a worker learning meanwhile may make it otherwise).
+    pub fn would_learn(&self, key: u64, port: PortId, port_limit: usize) -> Learned {
+        let on_port = self.learned_on(port);
+        match self.get(key) {
+            None if on_port >= port_limit => Learned::Refused(Limit::Port),
+            None if self.learned_now() >= self.max_learned() => Learned::Refused(Limit::Bridge),
+            None => Learned::New,
+            Some(e) if e.port == port => Learned::Refreshed,
+            Some(e) if e.is_static => Learned::StaticConflict,
+            Some(_) if on_port >= port_limit => Learned::Refused(Limit::Port),
+            Some(e) => Learned::Moved { from: e.port },
+        }
+    }
+
     /// Adds or replaces a static entry.
     pub fn add_static(&self, key: u64, port: PortId) {
         let old = self.map.insert(
@@ -468,6 +483,29 @@ mod tests {
         assert_eq!(fdb.lookup(k), Some(2));
         assert_eq!(fdb.get(k).unwrap().last_seen, 12);
         assert_eq!(fdb.counts(), (1, 1, 0));
+    }
+
+    #[test]
+    fn would_learn_says_what_learn_then_does() {
+        // Port 1 may learn 2 addresses, the bridge 3; mac 9 is static on port 3.
+        let fdb = Fdb::with_limit(300, 3);
+        fdb.add_static(fdb_key(mac(9), 0), 3);
+        let steps: &[(u8, PortId)] = &[
+            (1, 1), // new
+            (1, 1), // refreshed
+            (2, 1), // new: port 1 at its limit
+            (3, 1), // refused: port 1's limit
+            (1, 2), // moved from 1
+            (3, 1), // new again: the move freed one of port 1's
+            (4, 2), // refused: the bridge's limit (1 on 2, 2 on 1)
+            (9, 1), // static elsewhere
+            (9, 3), // its own static entry
+        ];
+        for &(m, port) in steps {
+            let k = fdb_key(mac(m), 0);
+            let said = fdb.would_learn(k, port, 2);
+            assert_eq!(said, fdb.learn(k, port, 10, 2), "mac {m} on port {port}");
+        }
     }
 
     #[test]

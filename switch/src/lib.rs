@@ -12,6 +12,7 @@ pub mod police;
 pub mod port_security;
 pub mod stats;
 pub mod topology;
+pub mod trace;
 pub mod vlan;
 pub mod worker;
 

@@ -25,7 +25,7 @@ use vringswitch_ports::datapath::{
     SendBurst, Sent, Take, Taking, WaitSet,
 };
 use vringswitch_ports::frame::view::MemView;
-use vringswitch_ports::frame::{self, FrameEdit, FrameMem, IngressFrame, Seg, MAX_SEGS};
+use vringswitch_ports::frame::{self, FrameEdit, FrameMem, IngressFrame, Seg, MAX_SEGS, PEEK_LEN};
 use vringswitch_ports::offload::software::{self, Outgoing, Sent as OffloadSent};
 use vringswitch_ports::offload::{OffloadCaps, VnetHeader, VnetOffloads};
 use vringswitch_ports::{Attachment, DropReason, OffloadAction, PortId};
@@ -41,7 +41,7 @@ use crate::Switch;
 
 /// Where a frame goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Dest {
+pub(crate) enum Dest {
     Drop,
     Port(PortId),
     Flood,
@@ -588,10 +588,8 @@ fn deliver_burst(
     flood: bool,
 ) {
     if flood {
-        let bridge = &topology.bridges[from.rt.bridge];
         b.targets.clear();
-        b.targets
-            .extend(bridge.ports.iter().copied().filter(|&p| p != from.id));
+        b.targets.extend(flood_targets(topology, from.id, from.rt));
     }
     let mut src_view = MemView::new(from.mem);
     if let Some(cap) = from.rt.capture.as_deref() {
@@ -661,26 +659,14 @@ impl Decision<'_> {
     /// The VLAN `frame` belongs to and where it goes; drops are counted here.
     #[inline(always)]
     fn frame(&mut self, frame: &IngressFrame) -> (Ingress, Dest) {
-        let counters = self.counters;
-        let eth = EthernetFrame::new_unchecked(&frame.peek[..]);
-        let (smac, dmac) = (eth.src(), eth.dst());
-        let ingress = self.src_rt.vlan.ingress(&frame.peek, frame.len);
-        let vlan = match ingress {
-            _ if smac.is_multicast() || smac.is_zero() => {
-                counters.add_drop(DropReason::InvalidSrcMac, 1);
+        let (vlan, smac, dmac) = match admit(self.src_rt, &frame.peek, frame.len) {
+            Ok(admitted) => admitted,
+            Err(reason) => {
+                self.counters.add_drop(reason, 1);
                 return (UNTAGGED, Dest::Drop);
             }
-            // Before learning: a spoofed source must not move anyone's FDB entry.
-            _ if !self.src_rt.security.permits(smac) => {
-                counters.add_drop(DropReason::MacSpoofed, 1);
-                return (UNTAGGED, Dest::Drop);
-            }
-            Err(_) => {
-                counters.add_drop(DropReason::VlanFiltered, 1);
-                return (UNTAGGED, Dest::Drop);
-            }
-            Ok(i) => i,
         };
+        let counters = self.counters;
         let (skey, dkey) = (fdb_key(smac, vlan.vlan), fdb_key(dmac, vlan.vlan));
         let dest = match self.last {
             // A run of frames of one flow: learned and looked up once.
@@ -709,18 +695,78 @@ impl Decision<'_> {
         if multicast {
             return Dest::Flood;
         }
-        match self.cache.lookup(fdb, dkey) {
-            Some(p) if p == self.src => Dest::Drop,
-            Some(p)
-                if self
-                    .topology
-                    .port(p)
-                    .is_some_and(|d| d.bridge == self.src_rt.bridge) =>
-            {
-                Dest::Port(p)
-            }
-            _ => Dest::Flood,
-        }
+        destination(
+            self.cache.lookup(fdb, dkey),
+            self.src,
+            self.src_rt,
+            self.topology,
+        )
+    }
+}
+
+/// The checks on a frame's way in, before learning: a source address that can send, one
+/// port security allows, a VLAN the port carries. The frame's VLAN and addresses, or why
+/// it is dropped. Shared by the data path and [`crate::trace`].
+#[inline(always)]
+pub(crate) fn admit(
+    src_rt: &PortRt,
+    peek: &[u8; PEEK_LEN],
+    len: u32,
+) -> Result<(Ingress, MacAddr, MacAddr), DropReason> {
+    let eth = EthernetFrame::new_unchecked(&peek[..]);
+    let (smac, dmac) = (eth.src(), eth.dst());
+    let ingress = src_rt.vlan.ingress(peek, len);
+    match ingress {
+        _ if smac.is_multicast() || smac.is_zero() => Err(DropReason::InvalidSrcMac),
+        // Before learning: a spoofed source must not move anyone's FDB entry.
+        _ if !src_rt.security.permits(smac) => Err(DropReason::MacSpoofed),
+        Err(_) => Err(DropReason::VlanFiltered),
+        Ok(i) => Ok((i, smac, dmac)),
+    }
+}
+
+/// Where a unicast frame from `src` goes, given the port its destination was found on:
+/// that port if it is on the source's bridge, nowhere if it is the source itself (a
+/// hairpin), else every port (flooded). Shared by the data path and [`crate::trace`].
+#[inline(always)]
+pub(crate) fn destination(
+    found: Option<PortId>,
+    src: PortId,
+    src_rt: &PortRt,
+    topology: &Topology,
+) -> Dest {
+    match found {
+        Some(p) if p == src => Dest::Drop,
+        Some(p) if topology.port(p).is_some_and(|d| d.bridge == src_rt.bridge) => Dest::Port(p),
+        _ => Dest::Flood,
+    }
+}
+
+/// The ports a burst from `src` is offered to when one of its frames floods: every other
+/// port of its bridge (each then takes the frames of its VLANs). Shared by the data path
+/// and [`crate::trace`].
+#[inline]
+pub(crate) fn flood_targets<'t>(
+    topology: &'t Topology,
+    src: PortId,
+    src_rt: &PortRt,
+) -> impl Iterator<Item = PortId> + 't {
+    topology.bridges[src_rt.bridge]
+        .ports
+        .iter()
+        .copied()
+        .filter(move |&p| p != src)
+}
+
+/// Whether a frame decided as `dest`, in VLAN `vlan`, is for port `dst` with VLAN policy
+/// `policy`: flooded frames go to the ports of their VLAN only. Shared by the data path
+/// and [`crate::trace`].
+#[inline(always)]
+pub(crate) fn is_for(dest: Dest, vlan: u16, dst: PortId, policy: &VlanPolicy) -> bool {
+    match dest {
+        Dest::Port(p) => p == dst,
+        Dest::Flood => policy.is_member(vlan),
+        Dest::Drop => false,
     }
 }
 
@@ -740,11 +786,7 @@ fn deliver_to(
     let policy = &dst_rt.vlan;
     // Flooded frames go to the ports of their VLAN only; a frame sent to one port outside
     // its VLAN (a static entry, a policy changed meanwhile) is counted as filtered below.
-    let wanted = |f: &Slot| match f.dest {
-        Dest::Port(p) => p == dst,
-        Dest::Flood => policy.is_member(f.ingress.vlan),
-        Dest::Drop => false,
-    };
+    let wanted = |f: &Slot| is_for(f.dest, f.ingress.vlan, dst, policy);
     // Usually the first frame is wanted: a scan, not a count, on the common path.
     if !b.slots[..b.len].iter().any(wanted) {
         return;
