@@ -139,6 +139,59 @@ pub fn cores_text(s: &Snapshot, scope: &str) -> String {
     out
 }
 
+/// `vringctl trace`: the decision step by step, then each port offered the frame.
+pub fn trace_text(t: &serde_json::Value) -> String {
+    let mut out = format!("frame from {}\n", text(&t["port"]));
+    if let Some(vlan) = t["vlan"].as_u64() {
+        out.push_str(&format!("  vlan: {vlan}\n"));
+    }
+    if t["learning"].is_string() {
+        let learning = match (t["learning"].as_str(), t["learning_from"].as_str()) {
+            (Some("moved"), Some(from)) => format!("moved from {from}"),
+            (Some(l), _) => l.replace('_', " "),
+            _ => "-".to_owned(),
+        };
+        out.push_str(&format!("  source: {learning}\n"));
+    }
+    let lookup = match t["lookup"].as_str() {
+        Some("found") => format!(
+            "found on {}{}",
+            text(&t["found_port"]),
+            if t["found_static"] == true {
+                " (static)"
+            } else {
+                ""
+            }
+        ),
+        Some(l) => l.replace('_', " "),
+        None => "-".to_owned(),
+    };
+    out.push_str(&format!("  destination: {lookup}\n"));
+    let rows: Vec<Vec<String>> = t["outputs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|o| {
+            vec![
+                text(&o["port"]),
+                text(&o["action"]).replace('_', " "),
+                match (o["action"].as_str(), o["tag"].as_u64()) {
+                    (Some("deliver"), Some(t)) => format!("tagged {t}"),
+                    (Some("deliver"), None) => "untagged".to_owned(),
+                    _ => "-".to_owned(),
+                },
+            ]
+        })
+        .collect();
+    if !rows.is_empty() {
+        out.push('\n');
+        out.push_str(&table(&["port", "action", "vlan"], 3, rows));
+        out.push('\n');
+    }
+    out.push_str(&format!("\n{}\n", text(&t["summary"])));
+    out
+}
+
 /// A JSON field as table text: strings bare, null as "-".
 fn text(v: &serde_json::Value) -> String {
     match v {

@@ -750,6 +750,25 @@ impl Daemon {
         Ok(vlan)
     }
 
+    /// What the data path does with the frame `req` describes, computed by its own
+    /// decision steps on the topology and FDB in effect; nothing is learnt or sent.
+    pub fn trace(
+        &self,
+        req: &crate::trace::TraceRequest,
+    ) -> Result<crate::trace::TraceView, ChangeError> {
+        let frame = req.frame().map_err(ChangeError::Invalid)?;
+        let id = self
+            .state()
+            .ports
+            .get(&req.port)
+            .map(|p| p.id)
+            .ok_or_else(|| no_port(&req.port))?;
+        let topology = self.switch.topology();
+        let trace = vringswitch_switch::trace::trace(&topology, id, &frame)
+            .ok_or_else(|| no_port(&req.port))?;
+        Ok(crate::trace::view(&req.port, &trace, &topology))
+    }
+
     pub fn flush_fdb(&self, bridge: &str, port: Option<&str>) -> Result<(), ChangeError> {
         let mut st = self.state();
         let id = match port {

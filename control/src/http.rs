@@ -62,7 +62,8 @@ struct AppState {
         remove_port,
         capture,
         get_log,
-        change_log
+        change_log,
+        trace_frame
     ),
     components(schemas(
         ErrorBody,
@@ -80,6 +81,9 @@ struct AppState {
         vringswitch_config::AdminState,
         LogView,
         LogPatch,
+        crate::trace::TraceRequest,
+        crate::trace::TraceView,
+        crate::trace::TraceOutput,
         ModuleLevel,
         Level
     ))
@@ -219,6 +223,7 @@ pub fn router(daemon: Arc<Daemon>, access: ApiAccess) -> Router {
         )
         .route("/v1/ports/{name}/capture", get(capture))
         .route("/v1/log", get(get_log).patch(change_log))
+        .route("/v1/trace", axum::routing::post(trace_frame))
         .fallback(not_found)
         .with_state(AppState {
             daemon,
@@ -262,7 +267,9 @@ async fn refuse_changes(
     next: axum::middleware::Next,
 ) -> Response {
     let path = req.uri().path();
-    let reads = matches!(*req.method(), Method::GET | Method::HEAD);
+    // A trace changes nothing and shows no more than the FDB does: a read.
+    let reads = matches!(*req.method(), Method::GET | Method::HEAD)
+        || (*req.method() == Method::POST && path == "/v1/trace");
     if !is_v1(path) || (reads && !is_capture(path)) {
         return next.run(req).await;
     }
@@ -849,6 +856,17 @@ async fn update_port(
     let (spec, handle) = s.daemon.port(&name)?;
     let snapshot = Snapshot::take(&s.daemon.switch);
     Ok(Json(port_view(spec, &handle, &snapshot)))
+}
+
+#[utoipa::path(post, path = "/v1/trace", request_body = crate::trace::TraceRequest, responses((status = 200, body = crate::trace::TraceView, description = "What the data path does with that frame now; nothing is learnt or sent"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody, description = "No such port"), (status = 403, body = ErrorBody, description = "A foreign Host or Origin"), (status = 415, body = ErrorBody, description = "The body was not sent as application/json")))]
+async fn trace_frame(
+    _: NoQuery,
+    State(s): State<AppState>,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> Result<Json<crate::trace::TraceView>, ApiError> {
+    let req: crate::trace::TraceRequest = parse(&headers, &body)?;
+    Ok(Json(s.daemon.trace(&req)?))
 }
 
 /// The log levels, or why they cannot be changed here.

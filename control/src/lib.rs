@@ -26,3 +26,4 @@ pub mod socket_dir;
 pub mod state_file;
 pub mod systemd;
 mod topology;
+pub mod trace;

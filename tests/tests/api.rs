@@ -929,6 +929,7 @@ fn with_an_api_socket_and_no_token_tcp_is_read_only() {
     let (code, text) = http_request(&d.api, "GET", "/v1/bridges", None);
     assert_eq!((code, text.contains("br0")), (200, true), "{text}");
     assert!(d.metrics().contains("vringswitch_ports_configured"));
+
     // Nothing changed; over the socket the same changes are taken.
     let (code, text) =
         http_request_unix(&api_sock, "POST", "/v1/bridges", Some(r#"{"name": "br1"}"#));
@@ -937,6 +938,14 @@ fn with_an_api_socket_and_no_token_tcp_is_read_only() {
     assert_eq!(code, 201, "{text}");
     let (_, bridges) = call(&d, "GET", "/v1/bridges", None);
     assert_eq!(bridges.as_array().unwrap().len(), 2, "{bridges}");
+    // A trace changes nothing: a read, taken over TCP too.
+    let (code, text) = http_request(
+        &d.api,
+        "POST",
+        "/v1/trace",
+        Some(r#"{"port": "p", "src": "02:00:00:00:00:01", "dst": "ff:ff:ff:ff:ff:ff"}"#),
+    );
+    assert_eq!(code, 200, "{text}");
 }
 
 /// A port's socket may be left out, as OVS chooses it for `ovs-vsctl add-port`: over the

@@ -83,6 +83,25 @@ enum Command {
     /// What the daemon logs, per module, changed at runtime (as ovs-appctl vlog/set).
     #[command(subcommand)]
     Log(LogCmd),
+    /// Where would this frame go? The data path's decision for a frame PORT sends (VLAN,
+    /// port security, learning, FDB hit or flood, each port's tag), as ovs-appctl
+    /// ofproto/trace; nothing is learnt or sent.
+    Trace {
+        /// The port that sends the frame.
+        port: String,
+        /// Its source MAC.
+        #[arg(long, value_parser = mac_arg)]
+        src: String,
+        /// Its destination MAC (ff:ff:ff:ff:ff:ff floods).
+        #[arg(long, value_parser = mac_arg)]
+        dst: String,
+        /// The 802.1Q tag it carries (untagged without).
+        #[arg(long, value_name = "VID", value_parser = clap::value_parser!(u16).range(0..=4094))]
+        vlan: Option<u16>,
+        /// Its EtherType, e.g. 0x0806 [default: 0x0800].
+        #[arg(long, value_name = "TYPE", value_parser = ethertype_arg)]
+        ethertype: Option<u16>,
+    },
     /// Which queue runs on which core, and each one's share of its core (as ovs-appctl
     /// dpif-netdev/pmd-rxq-show).
     Cores {
@@ -518,6 +537,19 @@ fn mac_arg(s: &str) -> Result<String, String> {
     vringswitch_config::parse_mac(s).map(|_| s.to_owned())
 }
 
+/// An EtherType, in hex (0x0806) or decimal, at least 0x0600.
+fn ethertype_arg(s: &str) -> Result<u16, String> {
+    let v = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(hex) => u16::from_str_radix(hex, 16),
+        None => s.parse(),
+    }
+    .map_err(|_| format!("{s:?} is not an EtherType (0x0600 to 0xffff)"))?;
+    if v < 0x0600 {
+        return Err(format!("{s} is a length, not an EtherType: 0x0600 or more"));
+    }
+    Ok(v)
+}
+
 /// A number of seconds, above 0 and at most a day.
 fn parse_interval(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
@@ -695,6 +727,23 @@ async fn run(args: Args) -> Result<String, ClientError> {
             } else {
                 Ok(ctl::stats_tables(&s, &scope))
             }
+        }
+        Command::Trace {
+            port,
+            src,
+            dst,
+            vlan,
+            ethertype,
+        } => {
+            let mut body = json!({"port": port, "src": src, "dst": dst});
+            if let Some(v) = vlan {
+                body["vlan"] = json!(v);
+            }
+            if let Some(t) = ethertype {
+                body["ethertype"] = json!(t);
+            }
+            let v = send(&api, Method::POST, "/v1/trace", Some(body)).await?;
+            Ok(shown(&v, json, ctl::trace_text))
         }
         Command::Cores { interval } => {
             let (s, scope) = stats_over(&api, interval).await?;
