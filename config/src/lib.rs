@@ -12,8 +12,10 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
+pub mod mirror;
 pub mod port;
 
+pub use mirror::{check_mirrors, MirrorDirection, MirrorSpec};
 pub use port::afxdp::{check_xdp_queue, AfXdpSettings, XdpMode, MAX_XDP_QUEUE};
 pub use port::tap::{check_mtu, TapSettings, MAX_MTU, MIN_MTU};
 pub use port::vhost_user::{
@@ -85,10 +87,26 @@ pub struct Config {
     pub dataplane: DataplaneConfig,
     pub bridges: Vec<BridgeConfig>,
     pub ports: Vec<PortSpec>,
+    /// Port mirroring: frames of some ports copied to another.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mirrors: Vec<MirrorSpec>,
     /// Where each port's fields lie in the file (one per port; none for a configuration
     /// not read from a file), for the line of an error.
     #[serde(skip)]
     port_spans: SpansInFile,
+    /// Where each mirror lies in the file, likewise.
+    #[serde(skip)]
+    mirror_spans: MirrorSpans,
+}
+
+/// Where each mirror lies in the file it was read from (not part of what it says).
+#[derive(Debug, Clone, Default)]
+struct MirrorSpans(Vec<std::ops::Range<usize>>);
+
+impl PartialEq for MirrorSpans {
+    fn eq(&self, _: &MirrorSpans) -> bool {
+        true
+    }
 }
 
 /// Where each port lies in the file it was read from. Not part of what a configuration
@@ -114,6 +132,8 @@ struct ConfigFile {
     bridges: Vec<BridgeConfig>,
     #[serde(default)]
     ports: Vec<Spanned<std::collections::BTreeMap<String, Spanned<toml::Value>>>>,
+    #[serde(default)]
+    mirrors: Vec<Spanned<MirrorSpec>>,
 }
 
 /// Where a port's table and each of its fields lie in the configuration file.
@@ -515,8 +535,16 @@ impl Config {
             dataplane,
             bridges,
             ports,
+            mirrors: Vec::new(),
             port_spans: SpansInFile::default(),
+            mirror_spans: MirrorSpans::default(),
         }
+    }
+
+    /// The same, with these mirrors.
+    pub fn with_mirrors(mut self, mirrors: Vec<MirrorSpec>) -> Config {
+        self.mirrors = mirrors;
+        self
     }
 
     /// The built-in configuration used when no `--config` is given: bridge `br0` with ports
@@ -616,12 +644,15 @@ impl Config {
             }
             port_spans.push(spans);
         }
+        let mirror_spans = MirrorSpans(file.mirrors.iter().map(|m| m.span()).collect());
         let config = Config {
             socket_dir: file.socket_dir,
             dataplane: file.dataplane,
             bridges: file.bridges,
             ports,
+            mirrors: file.mirrors.into_iter().map(Spanned::into_inner).collect(),
             port_spans: SpansInFile(port_spans),
+            mirror_spans,
         };
         config.validate(text, path)?;
         Ok(config)
@@ -729,6 +760,10 @@ impl Config {
                 }
             }
         }
+        let specs: Vec<&PortSpec> = self.ports.iter().collect();
+        check_mirrors(&self.mirrors, &specs).map_err(|(i, message)| {
+            invalid(self.mirror_spans.0.get(i).cloned().unwrap_or(0..0), message)
+        })?;
         Ok(())
     }
 }
@@ -1357,5 +1392,31 @@ queues = 2
             e.contains("bridge \"br0\"") && e.contains("control character"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn mirrors_are_read_and_checked_with_their_line() {
+        let base = "[[bridges]]\nname = \"br0\"\n\
+            [[ports]]\nname = \"a\"\nbridge = \"br0\"\nsocket = \"/run/a.sock\"\n\
+            [[ports]]\nname = \"ids\"\nbridge = \"br0\"\nsocket = \"/run/ids.sock\"\n";
+        let c = parse(&format!(
+            "{base}[[mirrors]]\nname = \"span\"\nports = [\"a\"]\noutput = \"ids\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.mirrors[0].direction, MirrorDirection::Both);
+        let again = parse(&to_toml(&c).unwrap()).unwrap();
+        assert_eq!(again.mirrors, c.mirrors);
+        let e = err(&format!(
+            "{base}[[mirrors]]\nname = \"span\"\nports = [\"a\"]\noutput = \"nope\"\n"
+        ));
+        assert!(
+            e.contains("line 11") && e.contains("no port named \"nope\""),
+            "{e}"
+        );
+        let e = err(&format!(
+            "{base}[[mirrors]]\nname = \"span\"\nports = [\"a\"]\noutput = \"ids\"\n\
+             direction = \"sideways\"\n"
+        ));
+        assert!(e.contains("sideways"), "{e}");
     }
 }

@@ -353,7 +353,11 @@ pub fn feature_names(hex: &str) -> String {
 
 /// `vringctl show`: the whole switch as a tree, bridges and their ports, like
 /// `ovs-vsctl show`.
-pub fn show_tree(bridges: &serde_json::Value, ports: &serde_json::Value) -> String {
+pub fn show_tree(
+    bridges: &serde_json::Value,
+    ports: &serde_json::Value,
+    mirrors: &serde_json::Value,
+) -> String {
     let ports = ports.as_array().cloned().unwrap_or_default();
     let mut out = String::new();
     for b in bridges.as_array().into_iter().flatten() {
@@ -373,7 +377,7 @@ pub fn show_tree(bridges: &serde_json::Value, ports: &serde_json::Value) -> Stri
         if mine.is_empty() {
             out.push_str("    no ports\n");
         }
-        for p in mine {
+        for p in &mine {
             let queues = if own_queues(p) {
                 format!(
                     "queues {} of {}, ",
@@ -396,8 +400,54 @@ pub fn show_tree(bridges: &serde_json::Value, ports: &serde_json::Value) -> Stri
                 out.push_str(&format!("        external_ids {ids}\n"));
             }
         }
+        let names: Vec<String> = mine.iter().map(|p| text(&p["name"])).collect();
+        for m in mirrors
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|m| names.contains(&text(&m["output"])))
+        {
+            out.push_str(&format!("    mirror {}\n", mirror_text(m)));
+        }
     }
     out
+}
+
+/// A mirror in a few words: `span: vm1,vm2 both -> ids`.
+fn mirror_text(m: &serde_json::Value) -> String {
+    let ports: Vec<String> = m["ports"]
+        .as_array()
+        .map(|a| a.iter().map(text).collect())
+        .unwrap_or_default();
+    format!(
+        "{}: {} {} -> {}",
+        text(&m["name"]),
+        ports.join(","),
+        text(&m["direction"]),
+        text(&m["output"])
+    )
+}
+
+/// `vringctl mirror list`: one line per mirror.
+pub fn mirrors_table(mirrors: &serde_json::Value) -> String {
+    let rows = mirrors
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|m| {
+            let ports: Vec<String> = m["ports"]
+                .as_array()
+                .map(|a| a.iter().map(text).collect())
+                .unwrap_or_default();
+            vec![
+                text(&m["name"]),
+                ports.join(","),
+                text(&m["direction"]),
+                text(&m["output"]),
+            ]
+        })
+        .collect();
+    table(&["mirror", "ports", "direction", "output"], 4, rows) + "\n"
 }
 
 /// A bridge's or port's external IDs as `key=value` pairs (values with spaces quoted), or
@@ -775,7 +825,7 @@ mod tests {
             "cores": [0, 1]
         }]);
         assert_eq!(
-            show_tree(&bridges, &ports),
+            show_tree(&bridges, &ports, &serde_json::json!([])),
             "bridge br0 (fdb ageing 300 s, learns at most 8192)\n\
              \x20   port vm1: vhost-user server, link up, queues 1 of 4, vlan access 10, cores 0,1\n\
              \x20       socket /run/vringswitch/vm1.sock\n\

@@ -31,8 +31,8 @@ use crate::errors::{invalid, no_bridge, no_port, referenced};
 pub use crate::errors::{ChangeError, DaemonError};
 use crate::instance_lock::InstanceLock;
 pub use crate::schema::{
-    AdminState, BridgePatch, BridgeSpec, FdbEntryView, PortPatch, PortSpec, SavedState, StaticMac,
-    StaticMacRequest, VlanConfig, STATE_VERSION,
+    AdminState, BridgePatch, BridgeSpec, FdbEntryView, MirrorSpec, PortPatch, PortSpec, SavedState,
+    StaticMac, StaticMacRequest, VlanConfig, STATE_VERSION,
 };
 use crate::socket_dir::{check_inside, create_socket_dir};
 pub use crate::socket_dir::{check_own_dir, socket_pattern, CLIENT_SOCKET_SUBDIR};
@@ -173,6 +173,9 @@ impl Daemon {
                     vlan: Some(m.vlan),
                 },
             )?;
+        }
+        for m in saved.mirrors {
+            self.apply_add_mirror(m)?;
         }
         self.save(&self.state())
     }
@@ -351,11 +354,21 @@ impl Daemon {
     /// Deletes a bridge and every port on it first (as `ovs-vsctl del-br`), each as
     /// [`Daemon::remove_port`] does.
     pub fn remove_bridge_with_ports(&self, name: &str) -> Result<Vec<String>, ChangeError> {
-        let ports = {
+        let (ports, mirrors) = {
             let st = self.state();
             st.bridge(name)?;
-            st.port_names(name)
+            let ports = st.port_names(name);
+            let mirrors: Vec<String> = st
+                .mirrors
+                .iter()
+                .filter(|m| ports.contains(&m.output))
+                .map(|m| m.name.clone())
+                .collect();
+            (ports, mirrors)
         };
+        for mirror in &mirrors {
+            self.remove_mirror(mirror)?;
+        }
         for port in &ports {
             self.remove_port(port)?;
         }
@@ -497,6 +510,16 @@ impl Daemon {
     /// forgotten, its frontend is disconnected and a server socket is removed.
     pub fn remove_port(&self, name: &str) -> Result<(), ChangeError> {
         let mut st = self.state();
+        let mirrors: Vec<String> = st.mirrors_of(name).iter().map(|m| m.name.clone()).collect();
+        if let Some(m) = mirrors.first() {
+            if st.ports.contains_key(name) {
+                return Err(ChangeError::Conflict(format!(
+                    "port {name:?} is in mirror {}: delete the mirror first (vringctl mirror \
+                     del {m})",
+                    mirrors.join(", ")
+                )));
+            }
+        }
         let mut entry = st.ports.remove(name).ok_or_else(|| no_port(name))?;
         // Its id may name another port once given back: its link going down from here on
         // must not touch that port's addresses.
@@ -664,6 +687,13 @@ impl Daemon {
                 req.port, port.spec.bridge
             )));
         }
+        if let Some(m) = st.mirrors.iter().find(|m| m.output == req.port) {
+            return Err(ChangeError::Conflict(format!(
+                "port {:?} is the output of mirror {:?}, which carries nothing else: it is no \
+                 destination for a static entry",
+                req.port, m.name
+            )));
+        }
         let vlan = match (req.vlan, &port.spec.vlan) {
             (Some(v), _) => v,
             (None, None) => UNTAGGED_VLAN,
@@ -748,6 +778,86 @@ impl Daemon {
             self.save(&st)?;
         }
         Ok(vlan)
+    }
+
+    /// The port mirrors.
+    pub fn mirrors(&self) -> Vec<MirrorSpec> {
+        self.state().mirrors.clone()
+    }
+
+    pub fn mirror(&self, name: &str) -> Result<MirrorSpec, ChangeError> {
+        self.state()
+            .mirrors
+            .iter()
+            .find(|m| m.name == name)
+            .cloned()
+            .ok_or_else(|| ChangeError::NotFound(format!("no mirror named {name:?}")))
+    }
+
+    /// Starts copying the frames of a mirror's ports to its output, from their next burst.
+    pub fn add_mirror(&self, spec: MirrorSpec) -> Result<MirrorSpec, ChangeError> {
+        self.apply_add_mirror(spec.clone())?;
+        self.save(&self.state())?;
+        Ok(spec)
+    }
+
+    fn apply_add_mirror(&self, spec: MirrorSpec) -> Result<(), ChangeError> {
+        let mut st = self.state();
+        if st.mirrors.iter().any(|m| m.name == spec.name) {
+            return Err(ChangeError::Conflict(format!(
+                "mirror {:?} already exists",
+                spec.name
+            )));
+        }
+        for p in spec.ports.iter().chain([&spec.output]) {
+            if !st.ports.contains_key(p) {
+                return Err(referenced(no_port(p)));
+            }
+        }
+        let mut all = st.mirrors.clone();
+        all.push(spec.clone());
+        st.check_mirrors(&all, None)?;
+        let out = &spec.output;
+        if st
+            .bridges
+            .iter()
+            .any(|b| b.statics.values().any(|p| p == out))
+        {
+            return Err(ChangeError::Conflict(format!(
+                "port {out:?} has static FDB entries: a mirror's output carries nothing else; \
+                 delete them first (vringctl fdb del BRIDGE MAC)"
+            )));
+        }
+        let out_id = st.ports.get(out).map(|p| p.id);
+        st.mirrors.push(spec.clone());
+        let generation = self.publish(&st);
+        // Addresses learnt on the output go: it is no destination any more.
+        if let (Some(id), Some(b)) = (
+            out_id,
+            st.ports
+                .get(out)
+                .and_then(|p| st.bridges.iter().find(|b| b.spec.name == p.spec.bridge)),
+        ) {
+            self.quiesce(generation);
+            b.fdb.flush_port_dynamic(id);
+        }
+        tracing::info!(mirror = %spec.name, ports = %spec.ports.join(","),
+            direction = spec.direction.name(), output = %spec.output, "mirror added");
+        Ok(())
+    }
+
+    /// Stops a mirror: its output takes part in the bridge again.
+    pub fn remove_mirror(&self, name: &str) -> Result<(), ChangeError> {
+        let mut st = self.state();
+        let i = st
+            .mirrors
+            .iter()
+            .position(|m| m.name == name)
+            .ok_or_else(|| ChangeError::NotFound(format!("no mirror named {name:?}")))?;
+        st.mirrors.remove(i);
+        self.publish(&st);
+        tracing::info!(mirror = %name, "mirror removed");
+        self.save(&st)
     }
 
     /// What the data path does with the frame `req` describes, computed by its own

@@ -13,7 +13,9 @@ use vringswitch_switch::fdb::{split_key, Fdb};
 use vringswitch_switch::police::Policer;
 
 use crate::errors::{no_bridge, no_port, referenced, ChangeError};
-use crate::schema::{BridgeSpec, PortPatch, PortSpec, SavedState, StaticMac, STATE_VERSION};
+use crate::schema::{
+    BridgeSpec, MirrorSpec, PortPatch, PortSpec, SavedState, StaticMac, STATE_VERSION,
+};
 use crate::topology::policy;
 
 pub(crate) struct BridgeEntry {
@@ -50,6 +52,8 @@ pub(crate) struct State {
     free_ids: BTreeSet<PortId>,
     /// Packet captures running, by port id (one per port at most).
     pub captures: HashMap<PortId, Arc<PortCapture>>,
+    /// Port mirrors, in the order made.
+    pub mirrors: Vec<MirrorSpec>,
 }
 
 impl State {
@@ -190,6 +194,18 @@ impl State {
         if new == old {
             return Ok(None);
         }
+        if new.bridge != old.bridge && !self.mirrors_of(name).is_empty() {
+            let names: Vec<&str> = self
+                .mirrors_of(name)
+                .iter()
+                .map(|m| m.name.as_str())
+                .collect();
+            return Err(ChangeError::Conflict(format!(
+                "port {name:?} is in mirror {}: a mirror stays within one bridge; delete it \
+                 first (vringctl mirror del NAME)",
+                names.join(", ")
+            )));
+        }
         let policy = policy(new.vlan.as_ref());
         let from = self.bridge(&old.bridge)?;
         let statics: Vec<u64> = from
@@ -246,7 +262,34 @@ impl State {
                     })
                 })
                 .collect(),
+            mirrors: self.mirrors.clone(),
         }
+    }
+
+    /// The mirrors `port` is part of, as a source or an output.
+    pub fn mirrors_of(&self, port: &str) -> Vec<&MirrorSpec> {
+        self.mirrors
+            .iter()
+            .filter(|m| m.output == port || m.ports.iter().any(|p| p == port))
+            .collect()
+    }
+
+    /// Checks `mirrors` against the ports as they are, with `changed` in place of its
+    /// namesake (a port about to change).
+    pub fn check_mirrors(
+        &self,
+        mirrors: &[MirrorSpec],
+        changed: Option<&PortSpec>,
+    ) -> Result<(), ChangeError> {
+        let specs: Vec<&PortSpec> = self
+            .ports
+            .values()
+            .map(|p| match changed {
+                Some(c) if c.name == p.spec.name => c,
+                _ => &p.spec,
+            })
+            .collect();
+        vringswitch_config::check_mirrors(mirrors, &specs).map_err(|(_, m)| ChangeError::Invalid(m))
     }
 }
 

@@ -63,7 +63,11 @@ struct AppState {
         capture,
         get_log,
         change_log,
-        trace_frame
+        trace_frame,
+        list_mirrors,
+        add_mirror,
+        get_mirror,
+        remove_mirror
     ),
     components(schemas(
         ErrorBody,
@@ -81,6 +85,8 @@ struct AppState {
         vringswitch_config::AdminState,
         LogView,
         LogPatch,
+        vringswitch_config::MirrorSpec,
+        vringswitch_config::MirrorDirection,
         crate::trace::TraceRequest,
         crate::trace::TraceView,
         crate::trace::TraceOutput,
@@ -224,6 +230,8 @@ pub fn router(daemon: Arc<Daemon>, access: ApiAccess) -> Router {
         .route("/v1/ports/{name}/capture", get(capture))
         .route("/v1/log", get(get_log).patch(change_log))
         .route("/v1/trace", axum::routing::post(trace_frame))
+        .route("/v1/mirrors", get(list_mirrors).post(add_mirror))
+        .route("/v1/mirrors/{name}", get(get_mirror).delete(remove_mirror))
         .fallback(not_found)
         .with_state(AppState {
             daemon,
@@ -856,6 +864,47 @@ async fn update_port(
     let (spec, handle) = s.daemon.port(&name)?;
     let snapshot = Snapshot::take(&s.daemon.switch);
     Ok(Json(port_view(spec, &handle, &snapshot)))
+}
+
+#[utoipa::path(get, path = "/v1/mirrors", responses((status = 200, body = [vringswitch_config::MirrorSpec]), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody, description = "A foreign Host or Origin")))]
+async fn list_mirrors(
+    _: NoQuery,
+    State(s): State<AppState>,
+) -> Json<Vec<vringswitch_config::MirrorSpec>> {
+    Json(s.daemon.mirrors())
+}
+
+#[utoipa::path(get, path = "/v1/mirrors/{name}", params(("name" = String, Path)), responses((status = 200, body = vringswitch_config::MirrorSpec), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 403, body = ErrorBody, description = "A foreign Host or Origin")))]
+async fn get_mirror(
+    _: NoQuery,
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<vringswitch_config::MirrorSpec>, ApiError> {
+    Ok(Json(s.daemon.mirror(&name)?))
+}
+
+#[utoipa::path(post, path = "/v1/mirrors", request_body = vringswitch_config::MirrorSpec, responses((status = 201, body = vringswitch_config::MirrorSpec, description = "Frames are copied from the ports' next burst on"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 409, body = ErrorBody), (status = 500, body = ErrorBody), (status = 403, body = ErrorBody, description = "A foreign Host or Origin, or a change over TCP on a daemon that takes changes on its unix socket only"), (status = 415, body = ErrorBody, description = "The body was not sent as application/json")))]
+async fn add_mirror(
+    _: NoQuery,
+    State(s): State<AppState>,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> Result<(StatusCode, Json<vringswitch_config::MirrorSpec>), ApiError> {
+    let spec: vringswitch_config::MirrorSpec = parse(&headers, &body)?;
+    let daemon = s.daemon.clone();
+    let made = blocking(move || daemon.add_mirror(spec)).await?;
+    Ok((StatusCode::CREATED, Json(made)))
+}
+
+#[utoipa::path(delete, path = "/v1/mirrors/{name}", params(("name" = String, Path)), responses((status = 204, description = "Deleted: its output takes part in the bridge again"), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 500, body = ErrorBody), (status = 403, body = ErrorBody, description = "A foreign Host or Origin, or a change over TCP on a daemon that takes changes on its unix socket only")))]
+async fn remove_mirror(
+    _: NoQuery,
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let daemon = s.daemon.clone();
+    blocking(move || daemon.remove_mirror(&name)).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 #[utoipa::path(post, path = "/v1/trace", request_body = crate::trace::TraceRequest, responses((status = 200, body = crate::trace::TraceView, description = "What the data path does with that frame now; nothing is learnt or sent"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody, description = "No such port"), (status = 403, body = ErrorBody, description = "A foreign Host or Origin"), (status = 415, body = ErrorBody, description = "The body was not sent as application/json")))]

@@ -3,7 +3,7 @@
 //! static FDB entries, the FDB as shown, and the state file's whole.
 
 use serde::{Deserialize, Serialize};
-pub use vringswitch_config::{AdminState, PortSpec, VlanConfig};
+pub use vringswitch_config::{AdminState, MirrorDirection, MirrorSpec, PortSpec, VlanConfig};
 use vringswitch_config::{ExternalIds, PoliceConfig};
 
 /// A bridge as configured.
@@ -166,6 +166,8 @@ pub struct SavedState {
     pub ports: Vec<PortSpec>,
     #[serde(default)]
     pub static_macs: Vec<StaticMac>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mirrors: Vec<MirrorSpec>,
 }
 
 /// The state file's format version.

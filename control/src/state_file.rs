@@ -36,6 +36,7 @@ pub fn from_config(config: &Config) -> SavedState {
             .map(|spec| spec.clone().normalized().unwrap_or_else(|_| spec.clone()))
             .collect(),
         static_macs: Vec::new(),
+        mirrors: config.mirrors.clone(),
     }
 }
 
@@ -58,6 +59,7 @@ pub fn to_config(config: &Config, saved: &SavedState) -> Config {
             .collect(),
         saved.ports.clone(),
     )
+    .with_mirrors(saved.mirrors.clone())
 }
 
 /// What of the configuration's topology (`config`, as [`from_config`] gives it) goes
@@ -103,6 +105,16 @@ pub fn ignored_config(config: &SavedState, state: &SavedState) -> Option<String>
                     ));
                 }
             }
+        }
+    }
+    for m in &config.mirrors {
+        match state.mirrors.iter().find(|s| s.name == m.name) {
+            None => ignored.push(format!("mirror {} (not in the state file)", m.name)),
+            Some(s) if s != m => ignored.push(format!(
+                "mirror {} (set otherwise in the state file)",
+                m.name
+            )),
+            Some(_) => {}
         }
     }
     (!ignored.is_empty()).then(|| ignored.join("; "))
@@ -282,6 +294,12 @@ mod tests {
                 vlan: 5,
                 port: "p".into(),
             }],
+            mirrors: vec![vringswitch_config::MirrorSpec {
+                name: "span".into(),
+                ports: vec!["p".into()],
+                direction: vringswitch_config::MirrorDirection::Rx,
+                output: "ids".into(),
+            }],
         };
         write_atomically(&path, &state).unwrap();
         assert_eq!(load(&path).unwrap(), Some(state.clone()));
@@ -320,6 +338,7 @@ mod tests {
                 .collect(),
             ports,
             static_macs: vec![],
+            mirrors: vec![],
         }
     }
 

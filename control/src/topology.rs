@@ -9,7 +9,7 @@ use vringswitch_switch::police::Policer;
 use vringswitch_switch::port_security::{PortSecurity, MAX_ALLOWED};
 use vringswitch_switch::stats::{cycles, cycles_per_second};
 use vringswitch_switch::vlan::VlanPolicy;
-use vringswitch_switch::{BridgeRt, PortRt, Topology};
+use vringswitch_switch::{BridgeRt, PortMirrors, PortRt, Topology};
 use vringswitch_wire::ethernet::MacAddr;
 
 use crate::desired::State;
@@ -29,28 +29,67 @@ pub(crate) fn compile(st: &State) -> Topology {
         let Some(bridge) = st.bridges.iter().position(|b| b.spec.name == p.spec.bridge) else {
             continue;
         };
-        // An admin-down port is no flooding target of its bridge.
+        let mirror = mirrors_of(st, &p.spec.name);
+        // An admin-down port, or a mirror's output, is no flooding target of its bridge.
         let admin_up = p.spec.admin.is_up();
-        if admin_up {
+        if admin_up && !mirror.output {
             topology.bridges[bridge].ports.push(p.id);
         }
         topology.ports[p.id as usize] = Some(PortRt {
             handle: p.port.handle().clone(),
             bridge,
             queue_pairs: p.spec.queue_pairs(),
-            vlan: policy(p.spec.vlan.as_ref()),
-            security: security(p.spec.allowed_macs.as_ref()),
+            // A mirror's output shows each copy's VLAN: tagged, untagged in VLAN 0.
+            vlan: if mirror.output {
+                VlanPolicy::transparent()
+            } else {
+                policy(p.spec.vlan.as_ref())
+            },
+            // A mirror's output sends nothing into the bridge: every source is refused.
+            security: if mirror.output {
+                PortSecurity::deny_all()
+            } else {
+                security(p.spec.allowed_macs.as_ref())
+            },
             fdb_max_learned: p.spec.fdb_max_learned() as usize,
             police_rx: p.police[0].clone(),
             police_tx: p.police[1].clone(),
             admin_up,
             capture: st.captures.get(&p.id).cloned(),
+            mirror,
         });
     }
     for b in &mut topology.bridges {
         b.ports.sort_unstable();
     }
     topology
+}
+
+/// The mirrors port `name` is part of, in the workers' form: the outputs its frames are
+/// copied to each way, and whether it is an output itself.
+fn mirrors_of(st: &State, name: &str) -> PortMirrors {
+    let id_of = |port: &str| st.ports.get(port).map(|p| p.id);
+    let mut rx = Vec::new();
+    let mut tx = Vec::new();
+    for m in &st.mirrors {
+        if !m.ports.iter().any(|p| p == name) {
+            continue;
+        }
+        let Some(out) = id_of(&m.output) else {
+            continue;
+        };
+        if m.direction.rx() && !rx.contains(&out) {
+            rx.push(out);
+        }
+        if m.direction.tx() && !tx.contains(&out) {
+            tx.push(out);
+        }
+    }
+    PortMirrors {
+        rx: rx.into(),
+        tx: tx.into(),
+        output: st.mirrors.iter().any(|m| m.output == name),
+    }
 }
 
 /// The policer `config` asks for, full now.

@@ -413,6 +413,7 @@ mod tests {
                 police_rx: None,
                 police_tx: None,
                 capture: None,
+                mirror: Default::default(),
             })],
         });
         (sw, h)

@@ -38,11 +38,14 @@ pub enum DropReason {
     /// The port's policer (`police_rx` for what it sends, `police_tx` for what it is sent)
     /// had no room for the frame.
     Policed,
+    /// Sent by a mirror's output port, which carries mirrored frames only (its frames are
+    /// taken, so that its guest's transmit queue never stalls, and dropped).
+    MirrorOutput,
 }
 
 impl DropReason {
     /// Every reason, in a stable order.
-    pub const ALL: [DropReason; 10] = [
+    pub const ALL: [DropReason; 11] = [
         DropReason::NoRxBuffer,
         DropReason::BadDescriptor,
         DropReason::TooBig,
@@ -53,6 +56,7 @@ impl DropReason {
         DropReason::MacSpoofed,
         DropReason::BadOffload,
         DropReason::Policed,
+        DropReason::MirrorOutput,
     ];
 
     /// Label value used in metrics.
@@ -68,6 +72,7 @@ impl DropReason {
             DropReason::MacSpoofed => "mac_spoofed",
             DropReason::BadOffload => "bad_offload",
             DropReason::Policed => "policed",
+            DropReason::MirrorOutput => "mirror_output",
         }
     }
 

@@ -26,7 +26,7 @@ use crossbeam_utils::CachePadded;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 pub use stats::WorkerStats;
-pub use topology::{BridgeRt, PortRt, Topology};
+pub use topology::{BridgeRt, PortMirrors, PortRt, Topology};
 
 /// Errors of the forwarding engine.
 #[derive(Debug, thiserror::Error)]

@@ -40,6 +40,23 @@ pub struct PortRt {
     pub admin_up: bool,
     /// The port's packet capture, while one runs.
     pub capture: Option<Arc<PortCapture>>,
+    /// Port mirroring (SPAN) from and to this port.
+    pub mirror: PortMirrors,
+}
+
+/// The mirrors a port is part of, as the workers use them.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct PortMirrors {
+    /// Mirror outputs that get a copy of every frame this port sends (empty: none).
+    pub rx: Box<[PortId]>,
+    /// Mirror outputs that get a copy of every frame delivered to this port.
+    pub tx: Box<[PortId]>,
+    /// This port is a mirror's output: it is sent mirrored frames only (no flooding, no
+    /// FDB destination), and what it sends is dropped (`mirror_output`: its port security
+    /// permits no source) and not learnt, as an OVS mirror's output port carries no other
+    /// traffic. Its frames leave tagged with
+    /// their VLAN (untagged in VLAN 0), whatever its VLAN setting.
+    pub output: bool,
 }
 
 /// Bridges and ports; ports are indexed by their [`PortId`].
@@ -114,6 +131,7 @@ mod tests {
                         police_rx: None,
                         police_tx: None,
                         capture: None,
+                        mirror: PortMirrors::default(),
                     })
                 })
                 .collect(),

@@ -173,6 +173,7 @@ mod tests {
             police_tx: None,
             admin_up: up,
             capture: None,
+            mirror: Default::default(),
         }
     }
 

@@ -605,9 +605,54 @@ fn deliver_burst(
             policed
         });
     }
+    if !from.rt.mirror.rx.is_empty() {
+        mirror(
+            worker,
+            topology,
+            ports,
+            &from.rt.mirror.rx,
+            from.qp,
+            &mut src_view,
+            b,
+            |_| true,
+        );
+    }
     for t in 0..b.targets.len() {
         let dst = b.targets[t];
         deliver_to(worker, topology, ports, dst, from.qp, &mut src_view, b);
+    }
+}
+
+/// Sends the frames of `b` that `wanted` picks to each mirror output of `outputs` too, as
+/// they were sent or delivered, tagged with their VLAN (untagged in VLAN 0): the output's
+/// policy is made so ([`PortMirrors::output`]).
+///
+/// [`PortMirrors::output`]: crate::topology::PortMirrors::output
+#[cold]
+#[inline(never)]
+#[allow(clippy::too_many_arguments)]
+fn mirror(
+    worker: usize,
+    topology: &Topology,
+    ports: &mut [PortCache],
+    outputs: &[PortId],
+    qp_hint: u16,
+    src: &mut MemView<'_>,
+    b: &mut Burst,
+    wanted: impl Fn(&Slot) -> bool + Copy,
+) {
+    for &out in outputs {
+        let Some(out_rt) = topology.port(out) else {
+            continue;
+        };
+        deliver_wanted(
+            (worker, out, out_rt, qp_hint),
+            topology,
+            ports,
+            src,
+            b,
+            wanted,
+        );
     }
 }
 
@@ -718,8 +763,13 @@ pub(crate) fn admit(
     let ingress = src_rt.vlan.ingress(peek, len);
     match ingress {
         _ if smac.is_multicast() || smac.is_zero() => Err(DropReason::InvalidSrcMac),
-        // Before learning: a spoofed source must not move anyone's FDB entry.
-        _ if !src_rt.security.permits(smac) => Err(DropReason::MacSpoofed),
+        // Before learning: a spoofed source must not move anyone's FDB entry. A mirror's
+        // output permits no source at all: what it sends is dropped as such.
+        _ if !src_rt.security.permits(smac) => Err(if src_rt.mirror.output {
+            DropReason::MirrorOutput
+        } else {
+            DropReason::MacSpoofed
+        }),
         Err(_) => Err(DropReason::VlanFiltered),
         Ok(i) => Ok((i, smac, dmac)),
     }
@@ -793,7 +843,21 @@ fn deliver_to(
     }
     let to = (worker, dst, dst_rt, qp_hint);
     match dst_rt.police_tx.as_deref() {
-        None => deliver_wanted(to, topology, ports, src, b, wanted),
+        None => {
+            deliver_wanted(to, topology, ports, src, b, wanted);
+            if !dst_rt.mirror.tx.is_empty() {
+                mirror(
+                    worker,
+                    topology,
+                    ports,
+                    &dst_rt.mirror.tx,
+                    qp_hint,
+                    src,
+                    b,
+                    wanted,
+                );
+            }
+        }
         Some(p) => {
             // Held back for this destination: `held` is meaningful until the next one.
             police(p, dst_rt.handle.stats().slot(worker), b, |f, allowance| {
@@ -803,7 +867,20 @@ fn deliver_to(
                 f.held = !allowance.admit(f.frame.len);
                 f.held
             });
-            deliver_wanted(to, topology, ports, src, b, |f| wanted(f) && !f.held);
+            let sent = |f: &Slot| wanted(f) && !f.held;
+            deliver_wanted(to, topology, ports, src, b, sent);
+            if !dst_rt.mirror.tx.is_empty() {
+                mirror(
+                    worker,
+                    topology,
+                    ports,
+                    &dst_rt.mirror.tx,
+                    qp_hint,
+                    src,
+                    b,
+                    sent,
+                );
+            }
         }
     }
 }
@@ -1150,6 +1227,7 @@ mod tests {
                 police_tx: None,
                 admin_up: true,
                 capture: None,
+                mirror: Default::default(),
             })
         };
         Topology {

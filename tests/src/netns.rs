@@ -194,6 +194,7 @@ impl Engine {
                 police_tx: None,
                 admin_up: true,
                 capture: None,
+                mirror: Default::default(),
             })
         };
         switch.set_topology(Topology {

@@ -80,6 +80,9 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         dir: Option<std::path::PathBuf>,
     },
+    /// Port mirroring (SPAN): the frames of some ports copied to another, for an IDS.
+    #[command(subcommand)]
+    Mirror(MirrorCmd),
     /// What the daemon logs, per module, changed at runtime (as ovs-appctl vlog/set).
     #[command(subcommand)]
     Log(LogCmd),
@@ -114,6 +117,40 @@ enum Command {
         /// Show what happened over this many seconds instead of the totals since start.
         #[arg(long, short, value_name = "SECS", value_parser = parse_interval)]
         interval: Option<f64>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum MirrorCmd {
+    /// Every mirror.
+    List,
+    /// One mirror.
+    Show { name: String },
+    /// Copies the frames of --ports to --output (on the same bridge), from their next burst
+    /// on. The output then carries nothing else: it is not flooded to, no destination, and
+    /// what it sends is not taken. Copies leave it tagged with their VLAN (untagged in
+    /// VLAN 0).
+    Add {
+        name: String,
+        /// The ports whose frames are copied, e.g. vm1,vm2.
+        #[arg(long, value_name = "PORTS", value_delimiter = ',', required = true)]
+        ports: Vec<String>,
+        /// The port that gets the copies.
+        #[arg(long, value_name = "PORT")]
+        output: String,
+        /// rx: the frames they send; tx: the frames delivered to them; both.
+        #[arg(long, value_parser = ["rx", "tx", "both"], default_value = "both")]
+        direction: String,
+        /// A mirror of that name already there is no error if it is as asked.
+        #[arg(long)]
+        may_exist: bool,
+    },
+    /// Deletes a mirror: its output takes part in the bridge again.
+    Del {
+        name: String,
+        /// No mirror of that name is no error.
+        #[arg(long)]
+        if_exists: bool,
     },
 }
 
@@ -714,12 +751,16 @@ async fn run(args: Args) -> Result<String, ClientError> {
         Command::Show => {
             let bridges = send(&api, Method::GET, "/v1/bridges", None).await?;
             let ports = send(&api, Method::GET, "/v1/ports", None).await?;
+            let mirrors = send(&api, Method::GET, "/v1/mirrors", None).await?;
             if json {
-                Ok(pretty(&json!({"bridges": bridges, "ports": ports})))
+                Ok(pretty(
+                    &json!({"bridges": bridges, "ports": ports, "mirrors": mirrors}),
+                ))
             } else {
-                Ok(ctl::show_tree(&bridges, &ports))
+                Ok(ctl::show_tree(&bridges, &ports, &mirrors))
             }
         }
+        Command::Mirror(cmd) => mirror(&api, cmd, json).await,
         Command::Stats { interval } => {
             let (s, scope) = stats_over(&api, interval).await?;
             if args.json {
@@ -905,6 +946,56 @@ fn changed(v: &Value, json: bool, done: String) -> String {
     } else {
         done + "\n"
     }
+}
+
+async fn mirror(api: &ApiClient, cmd: MirrorCmd, json: bool) -> Result<String, ClientError> {
+    Ok(match cmd {
+        MirrorCmd::List => {
+            let v = send(api, Method::GET, "/v1/mirrors", None).await?;
+            shown(&v, json, ctl::mirrors_table)
+        }
+        MirrorCmd::Show { name } => {
+            let v = send(
+                api,
+                Method::GET,
+                &format!("/v1/mirrors/{}", seg(&name)),
+                None,
+            )
+            .await?;
+            shown(&v, json, |m| {
+                ctl::mirrors_table(&Value::Array(vec![m.clone()]))
+            })
+        }
+        MirrorCmd::Add {
+            name,
+            ports,
+            output,
+            direction,
+            may_exist,
+        } => {
+            let body =
+                json!({"name": name, "ports": ports, "output": output, "direction": direction});
+            if may_exist {
+                if let Some(there) = found(api, &format!("/v1/mirrors/{}", seg(&name))).await? {
+                    return same_as_asked("mirror", &name, &body, &there)
+                        .map(|()| format!("mirror {name} already exists\n"));
+                }
+            }
+            let v = send(api, Method::POST, "/v1/mirrors", Some(body)).await?;
+            changed(
+                &v,
+                json,
+                format!("mirror {name} added: {} -> {output}", ports.join(",")),
+            )
+        }
+        MirrorCmd::Del { name, if_exists } => {
+            let path = format!("/v1/mirrors/{}", seg(&name));
+            match if_found(if_exists, send(api, Method::DELETE, &path, None).await)? {
+                Some(v) => changed(&v, json, format!("mirror {name} deleted")),
+                None => format!("no mirror {name}: nothing to delete\n"),
+            }
+        }
+    })
 }
 
 async fn log(api: &ApiClient, cmd: LogCmd, json: bool) -> Result<String, ClientError> {
