@@ -252,7 +252,7 @@ def run_generator(work, socks, size, secs, **kw):
 
 
 class Vringswitch:
-    def __init__(self, work, nports=2, vlans=None, uplink=None, port_lines=()):
+    def __init__(self, work, nports=2, vlans=None, uplink=None, port_lines=(), extra_lines=()):
         self.work = Path(work)
         self.socks = [str(self.work / f"p{i}.sock") for i in range(nports)]
         lines = ["[dataplane]", f"cores = [{SWITCH_CPU}]", "[[bridges]]", 'name = "br0"']
@@ -266,6 +266,7 @@ class Vringswitch:
             lines += port_lines
         if uplink:
             lines += uplink.vs_lines()
+        lines += extra_lines
         cfg = self.work / "vs.toml"
         cfg.write_text("\n".join(lines) + "\n")
         binary = os.environ.get("VRINGSWITCH_BIN") or str(ROOT / "target/release/vringswitch")
@@ -414,6 +415,74 @@ POLICE_ALL = [
 def policing_cost(work, size, secs, rounds):
     """Both ports policed both ways (see POLICE_ALL) against no policer."""
     return on_off_cost("policing", work, size, secs, rounds, {"port_lines": POLICE_ALL})
+
+
+MIRROR_PPS = 1_000_000
+
+
+def mirror_run(work, size, secs, pps=MIRROR_PPS):
+    """vs-probe mirror through vringswitch: p0 and p1 exchange `size`-byte frames at `pps`
+    in all, p0 mirrored both ways to p2, whose VM takes every copy. Every frame p0 sent or
+    was sent must reach p2 once, with no drop anywhere."""
+    mirror = ["[[mirrors]]", 'name = "span"', 'ports = ["p0"]', 'output = "p2"']
+    vs = Vringswitch(work, nports=3, extra_lines=mirror)
+    try:
+        probe = subprocess.Popen(
+            ["taskset", "-c", str(GEN_CPU), PROBE, "mirror", "--a", vs.socks[0], "--b",
+             vs.socks[1], "--c", vs.socks[2], "--secs", str(secs), "--size", str(size),
+             "--pps", str(pps)],
+            stdout=subprocess.PIPE, text=True, start_new_session=True)
+        assert probe.stdout.readline().strip() == "ready", "vs-probe mirror did not start"
+        time.sleep(2)
+        c0, n0, b0 = vs.cycles()
+        time.sleep(secs - 3)
+        c1, n1, b1 = vs.cycles()
+        out, _ = probe.communicate(timeout=60)
+        if probe.returncode != 0:
+            raise SystemExit(f"vs-probe mirror failed (exit {probe.returncode})")
+        st = vs.stats()
+    finally:
+        vs.stop()
+    lines = [json.loads(x) for x in out.splitlines() if x.startswith("{")]
+    seconds = [x for x in lines if "offered" in x]
+    ports = {p["name"]: p for p in st["ports"]}
+    p0, p2 = ports["p0"], ports["p2"]
+    drops = {f"{name} {reason}": n for name, p in ports.items()
+             for reason, n in p["drops"].items() if n}
+    return {"size": size, "pps": pps, "secs": secs,
+            "offered_per_s": statistics.median(x["offered"] for x in seconds) if seconds else 0,
+            "mirrored": p0["rx_packets"] + p0["tx_packets"], "copies": p2["tx_packets"],
+            "drops": drops, "cpp": (c1 - c0) / (n1 - n0) if n1 > n0 else 0.0,
+            "longest_turn_us": max((x.get("longest_turn_us", 0) for x in seconds), default=0)}
+
+
+def mirror_part(work, secs, rounds):
+    runs = []
+    for r in range(1, rounds + 1):
+        for size in (64, 1518):
+            m = mirror_run(work(), size, secs)
+            m["round"] = r
+            log(f"mirror round {r}: {m}")
+            runs.append(m)
+    return runs
+
+
+def mirror_report(res, L):
+    if not res.get("mirror"):
+        return
+    L.append(f"### Port mirroring ({MIRROR_PPS / 1e6:g} Mpps through a mirrored port)\n")
+    L.append("vs-probe's A and B (ports p0 and p1) exchange frames at the rate in all, paced by "
+             "the clock; p0 is mirrored both ways to p2, whose VM gives every RX buffer back "
+             "as soon as it is used. Copies must equal what p0 sent and was sent, with no drop "
+             "anywhere. Cycles: the worker's busy cycles per frame it took (each taken frame "
+             "delivered once and copied once).\n")
+    L.append("| round | frame B | offered per s | p0 rx+tx | copies at p2 | drops | busy cyc/pkt |")
+    L.append("|---|---|---|---|---|---|---|")
+    for m in res["mirror"]:
+        drops = ", ".join(f"{k} {v}" for k, v in m["drops"].items()) or "none"
+        L.append(f"| {m['round']} | {m['size']} | {m['offered_per_s']:,} | {m['mirrored']:,} "
+                 f"| {m['copies']:,} | {drops} | {m['cpp']:.0f} |")
+    L.append("")
 
 
 # ---------------------------------------------------------------- testpmd io-fwd as the switch
@@ -1037,6 +1106,7 @@ def report(res):
     latency_report(res, L)
     capture_report(res, L)
     policing_report(res, L)
+    mirror_report(res, L)
     for kind in UPLINKS:
         uplink_report(res, L, kind)
     tso_report(res, L)
@@ -1358,7 +1428,7 @@ def main():
     ap.add_argument("--sizes", type=int, nargs="+", default=[64, 512, 1518])
     ap.add_argument("--switches", nargs="+", default=list(SWITCHES), choices=SWITCHES)
     ap.add_argument("--only", choices=["throughput", "scaling", "idle", "latency", "capture",
-                                       "tso", "dirtylog", "migration", "policing",
+                                       "tso", "dirtylog", "migration", "policing", "mirror",
                                        *UPLINKS],
                     action="append", help="run only these parts (repeatable)")
     ap.add_argument("--gen-burst", type=int, default=32,
@@ -1447,6 +1517,8 @@ def main():
         if "capture" in parts:
             res["capture"] = [capture_cost(work, size, args.secs, args.rounds)
                               for size in (64, 1518)]
+        if "mirror" in parts:
+            res["mirror"] = mirror_part(work, args.secs, args.rounds)
         if "policing" in parts:
             res["policing"] = [policing_cost(work, size, args.secs, args.rounds)
                                for size in (64, 1518)]

@@ -593,6 +593,22 @@ impl TestVm {
         (heads.len(), bytes)
     }
 
+    /// [`Self::recycle`] of at most `max` chains (the oldest the device returned); the
+    /// others stay returned for a later call. For generators that pace what they offer.
+    pub fn recycle_at_most(&mut self, q: u16, max: usize) -> usize {
+        let used = self.used_idx(q);
+        let mut heads = Vec::new();
+        while heads.len() < max && self.queues[usize::from(q)].last_used != used {
+            let at = self.queues[usize::from(q)].last_used;
+            heads.push(self.used_entry(q, at).0);
+            self.queues[usize::from(q)].last_used = at.wrapping_add(1);
+        }
+        if !heads.is_empty() {
+            self.make_available(q, &heads);
+        }
+        heads.len()
+    }
+
     /// Kicks queue `q`.
     pub fn kick(&self, q: u16) {
         let _ = self.queues[usize::from(q)].kick.write(1);

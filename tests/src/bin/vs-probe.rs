@@ -11,7 +11,14 @@
 //! vs-probe tso     --a SOCK --b SOCK [--accept] --secs S [--size B] [--segment]
 //! vs-probe memcpy  [--size B] [--secs S] [--core C]
 //! vs-probe stream  --a SOCK --b SOCK [--accept] --secs S [--size B] [--dirty-log]
+//! vs-probe mirror  --a SOCK --b SOCK --c SOCK --secs S --pps N [--size B]
 //! ```
+//!
+//! `mirror` has A and B send each other `--size`-byte frames at `--pps` frames per second
+//! in all (half each way, paced by the clock), and C, the output of a mirror of A, take
+//! what it is sent; each gives its RX buffers back as soon as they are used. It prints, each
+//! second, the frames A and B offered and A, B and C received, one JSON line per second,
+//! then a line with the totals.
 //!
 //! `latency` sends one frame A -> B every `interval`, times its arrival at B (one way), has
 //! B send it back and times its arrival at A (round trip), and prints a JSON object with
@@ -76,6 +83,10 @@ struct Args {
     dirty_log: bool,
     a: PathBuf,
     b: PathBuf,
+    /// mirror: the mirror output's socket.
+    c: PathBuf,
+    /// mirror: frames per second A and B offer in all.
+    pps: u64,
     accept: bool,
     samples: usize,
     interval: Duration,
@@ -98,7 +109,7 @@ fn parse_args() -> Args {
     let mut it = std::env::args().skip(1);
     let mode = it.next().unwrap_or_else(|| usage("no mode"));
     if ![
-        "latency", "hold", "floor", "sink", "tso", "memcpy", "stream",
+        "latency", "hold", "floor", "sink", "tso", "memcpy", "stream", "mirror",
     ]
     .contains(&mode.as_str())
     {
@@ -111,6 +122,8 @@ fn parse_args() -> Args {
         mode,
         a: PathBuf::new(),
         b: PathBuf::new(),
+        c: PathBuf::new(),
+        pps: 1_000_000,
         accept: false,
         samples: 1000,
         interval: Duration::from_millis(1),
@@ -142,6 +155,8 @@ fn parse_args() -> Args {
         match flag.as_str() {
             "--a" => args.a = PathBuf::from(&value),
             "--b" => args.b = PathBuf::from(&value),
+            "--c" => args.c = PathBuf::from(&value),
+            "--pps" => args.pps = number().max(1),
             "--samples" => args.samples = number() as usize,
             "--interval-us" => args.interval = Duration::from_micros(number()),
             "--size" => args.size = number() as usize,
@@ -150,7 +165,10 @@ fn parse_args() -> Args {
             _ => usage(&format!("unknown flag {flag:?}")),
         }
     }
-    let needs_b = ["latency", "hold", "tso", "stream"].contains(&args.mode.as_str());
+    let needs_b = ["latency", "hold", "tso", "stream", "mirror"].contains(&args.mode.as_str());
+    if args.mode == "mirror" && args.c.as_os_str().is_empty() {
+        usage("--c is required");
+    }
     if tso {
         if !(1514..=65_536).contains(&args.size) {
             usage("--size must be between 1514 and 65536 for tso and memcpy");
@@ -520,6 +538,88 @@ fn stream(args: &Args) {
     }
 }
 
+/// The `mirror` mode.
+fn mirror(args: &Args) {
+    // At most 64 frames each of A and B in flight: whatever C misses while this process is
+    // not running (it shares its core), the 128 copies those make fit in C's RX ring.
+    const IN_FLIGHT: usize = 64;
+    let opts = VmOptions {
+        strict: false,
+        ..VmOptions::default()
+    };
+    let (mut a, mut b) = pair(args, opts, opts);
+    let mut c = TestVm::connect(&args.c, mac(9), opts);
+    for vm in [&mut a, &mut b, &mut c] {
+        vm.post_rx(RX, SINK_BUFS, 2048);
+    }
+    introduce(&mut a, &mut b, 2048);
+    // What the introduction copied to C.
+    std::thread::sleep(Duration::from_millis(100));
+    c.recycle(RX);
+    let to_b = vec![frame(mac(2), mac(1), args.size - 14, 1); IN_FLIGHT];
+    let to_a = vec![frame(mac(1), mac(2), args.size - 14, 2); IN_FLIGHT];
+    println!("ready");
+    a.offer_quietly(TX, &to_b);
+    b.offer_quietly(TX, &to_a);
+    a.kick(TX);
+    b.kick(TX);
+    let start = Instant::now();
+    let mut offered = 2 * IN_FLIGHT as u64;
+    let mut second = start + Duration::from_secs(1);
+    let (mut at_a, mut at_b, mut at_c, mut sent) = (0u64, 0u64, 0u64, offered);
+    let mut totals = [0u64; 4];
+    let mut turn = 0usize;
+    let (mut last_loop, mut longest) = (Instant::now(), Duration::ZERO);
+    while start.elapsed() < Duration::from_secs(args.secs) {
+        let now = Instant::now();
+        longest = longest.max(now - last_loop);
+        last_loop = now;
+        // Frames due by now, paced by the clock; A and B take turns.
+        let due = (start.elapsed().as_nanos() * u128::from(args.pps) / 1_000_000_000) as u64;
+        let mut budget = due.saturating_sub(offered) as usize;
+        for _ in 0..2 {
+            if budget == 0 {
+                break;
+            }
+            let vm = if turn % 2 == 0 { &mut a } else { &mut b };
+            turn += 1;
+            let n = vm.recycle_at_most(TX, budget.div_ceil(2));
+            budget -= n;
+            offered += n as u64;
+            sent += n as u64;
+        }
+        at_a += a.recycle(RX) as u64;
+        at_b += b.recycle(RX) as u64;
+        at_c += c.recycle(RX) as u64;
+        let now = Instant::now();
+        if now >= second {
+            // The longest turn of this loop: over a ring's worth of frames, C's ring fills.
+            println!(
+                "{}",
+                serde_json::json!({ "offered": sent, "a": at_a, "b": at_b, "c": at_c,
+                    "longest_turn_us": longest.as_micros() as u64 })
+            );
+            longest = Duration::ZERO;
+            totals[0] += sent;
+            totals[1] += at_a;
+            totals[2] += at_b;
+            totals[3] += at_c;
+            (at_a, at_b, at_c, sent) = (0, 0, 0, 0);
+            second += Duration::from_secs(1);
+        }
+    }
+    // What is still on its way, then the totals.
+    std::thread::sleep(Duration::from_millis(200));
+    totals[0] += sent;
+    totals[1] += at_a + a.recycle(RX) as u64;
+    totals[2] += at_b + b.recycle(RX) as u64;
+    totals[3] += at_c + c.recycle(RX) as u64;
+    println!(
+        "{}",
+        serde_json::json!({ "total": { "offered": totals[0], "a": totals[1], "b": totals[2], "c": totals[3] } })
+    );
+}
+
 /// The `memcpy` mode.
 fn memcpy(args: &Args) {
     vringswitch_switch::affinity::pin_current_thread(args.core).expect("pin to --core");
@@ -570,6 +670,9 @@ fn main() {
     }
     if args.mode == "stream" {
         return stream(&args);
+    }
+    if args.mode == "mirror" {
+        return mirror(&args);
     }
     let (mut a, mut b) = attach(&args);
     match args.mode.as_str() {
