@@ -98,9 +98,9 @@ struct Args {
 fn usage(why: &str) -> ! {
     eprintln!("vs-probe: {why}");
     eprintln!(
-        "usage: vs-probe latency|hold|floor|sink|tso|memcpy|stream --a SOCK --b SOCK [--accept] \
-         [--samples N] [--interval-us U] [--size BYTES] [--secs S] [--core C] [--segment] \
-         [--dirty-log]"
+        "usage: vs-probe latency|hold|floor|sink|tso|memcpy|stream|mirror --a SOCK --b SOCK \
+         [--c SOCK] [--accept] [--samples N] [--interval-us U] [--size BYTES] [--secs S] \
+         [--core C] [--pps N] [--segment] [--dirty-log]"
     );
     std::process::exit(2)
 }
@@ -185,7 +185,11 @@ fn parse_args() -> Args {
         usage("--b is required");
     }
     // A stream's frames may be as long as the other loopbacks' (testpmd's 1518 bytes).
-    let longest = if args.mode == "stream" { 1518 } else { 1514 };
+    let longest = if args.mode == "stream" || args.mode == "mirror" {
+        1518
+    } else {
+        1514
+    };
     if !(60..=longest).contains(&args.size) {
         usage(&format!(
             "--size must be between 60 and {longest} (a frame without its FCS)"
@@ -574,9 +578,14 @@ fn mirror(args: &Args) {
         let now = Instant::now();
         longest = longest.max(now - last_loop);
         last_loop = now;
-        // Frames due by now, paced by the clock; A and B take turns.
+        // C first: its copies of the last round are taken before more are made.
+        at_c += c.recycle(RX) as u64;
+        // Frames due by now, paced by the clock; A and B take turns. After this process was
+        // off its core, it does not catch up faster than C takes copies: at most 64 frames a
+        // turn, and a backlog over a ring's worth is let go (the rate printed shows it).
         let due = (start.elapsed().as_nanos() * u128::from(args.pps) / 1_000_000_000) as u64;
-        let mut budget = due.saturating_sub(offered) as usize;
+        offered = offered.max(due.saturating_sub(256));
+        let mut budget = (due.saturating_sub(offered) as usize).min(IN_FLIGHT);
         for _ in 0..2 {
             if budget == 0 {
                 break;
