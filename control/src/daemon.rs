@@ -566,16 +566,31 @@ impl Daemon {
                 .map(|p| p.spec.clone())
                 .ok_or_else(|| no_port(name));
         };
-        // Only its external IDs: nothing the data path sees, so nothing to publish or
-        // forget.
+        // Settings of its kind that it takes while it runs: the running port first, so
+        // that a refusal (no permission to set an MTU) changes nothing.
+        if new.kind != old.kind {
+            if let Some(e) = st.ports.get_mut(name) {
+                e.port
+                    .change(&new.kind)
+                    .map_err(|error| ChangeError::Start {
+                        port: name.to_owned(),
+                        error: vringswitch_ports::port::StartError::new(std::io::Error::other(
+                            error,
+                        )),
+                    })?;
+            }
+        }
+        // Only its external IDs or such settings: nothing the data path sees, so nothing
+        // to publish or forget.
         let mut same = new.clone();
         same.external_ids = old.external_ids.clone();
+        same.kind = old.kind.clone();
         if same == old {
             if let Some(e) = st.ports.get_mut(name) {
                 e.spec = new.clone();
             }
             tracing::info!(port = %name, external_ids = new.external_ids.len(),
-                "port's external IDs changed");
+                settings = %new.settings().describe(), "port changed, forwarding on");
             self.save(&st)?;
             return Ok(new);
         }

@@ -191,6 +191,31 @@ impl State {
             new.external_ids = crate::schema::patched_external_ids(&old.external_ids, ids)
                 .map_err(ChangeError::Invalid)?;
         }
+        if let Some(changes) = &patch.settings {
+            let changed = new
+                .with_settings(changes)
+                .map_err(|e| ChangeError::Invalid(e.message))?;
+            let live = old.settings().live_fields();
+            let (was, now) = (
+                serde_json::to_value(&old.kind).unwrap_or_default(),
+                serde_json::to_value(&changed.kind).unwrap_or_default(),
+            );
+            if let Some(key) = changes
+                .keys()
+                .find(|k| !live.contains(&k.as_str()) && was.get(k.as_str()) != now.get(k.as_str()))
+            {
+                return Err(ChangeError::Conflict(format!(
+                    "{key} of port {name:?} cannot change while it runs{}: delete the port and \
+                     add it again (its peer reconnects)",
+                    if live.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (only {} can)", live.join(", "))
+                    }
+                )));
+            }
+            new.kind = changed.kind;
+        }
         if new == old {
             return Ok(None);
         }

@@ -109,6 +109,12 @@ pub struct PortPatch {
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub external_ids: Option<ExternalIdsPatch>,
+    /// Settings of the port's kind to change while it runs (`null`: back to the default):
+    /// those its kind takes live (a TAP port's `mtu`); any other is refused, as it needs
+    /// the port made again.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub settings: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 /// Tells a field given as `null` (Some(None)) from one left out (None).

@@ -86,6 +86,13 @@ pub trait RunningPort: Send {
 
     /// Stops serving the port: its peer is let go, what the port made is removed.
     fn stop(&mut self);
+
+    /// Takes its kind's settings `settings`, which differ from those it runs with only in
+    /// fields its kind lists as live ([`vringswitch_config::KindSettings::live_fields`]),
+    /// while it runs. The error says why not; the port then runs as before.
+    fn change(&mut self, _settings: &vringswitch_config::KindSpec) -> Result<(), String> {
+        Err("this kind of port takes no change while it runs".into())
+    }
 }
 
 /// Why a port could not be started, as its kind says it.

@@ -11,7 +11,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::json;
+use serde_json::{json, Value};
 use vringswitch_ports::tap::{TapPort, TapPortConfig};
 use vringswitch_ports::PortHandle;
 use vringswitch_tests::api::{assert_error, call};
@@ -200,6 +200,54 @@ fn tap_ports_from_the_configuration_the_api_and_the_state_file() {
         "cannot open TAP interface lo",
     );
 
+    // Its MTU changes while it runs; what needs the port made again is refused.
+    assert_eq!(
+        d.vringctl(&["port", "set", "up1", "--set", "mtu=1280"]),
+        "port up1 changed\n"
+    );
+    let mtu_of = |ifname: &str| {
+        std::fs::read_to_string(format!("/sys/class/net/{ifname}/mtu"))
+            .unwrap()
+            .trim()
+            .to_owned()
+    };
+    assert_eq!(mtu_of(&api_if), "1280");
+    let (_, up1) = call(&d, "GET", "/v1/ports/up1", None);
+    assert_eq!(up1["mtu"], 1280);
+    for (port, set, code, says) in [
+        (
+            "up1",
+            "offloads=false",
+            409,
+            "offloads of port \"up1\" cannot change while it runs (only mtu can)",
+        ),
+        (
+            "vm",
+            "queues=2",
+            409,
+            "queues of port \"vm\" cannot change while it runs: delete",
+        ),
+        (
+            "up1",
+            "colour=1",
+            400,
+            "colour is not a setting of a tap port",
+        ),
+        ("up1", "mtu=20", 400, "mtu"),
+    ] {
+        let (key, value) = set.split_once('=').unwrap();
+        let value: Value = serde_json::from_str(value).unwrap_or(json!(value));
+        let (got, e) = call(
+            &d,
+            "PATCH",
+            &format!("/v1/ports/{port}"),
+            Some(json!({"settings": {key: value}})),
+        );
+        assert_eq!(got, code, "{set}: {e}");
+        assert!(e["detail"].as_str().unwrap().contains(says), "{set}: {e}");
+    }
+    assert_eq!(mtu_of(&api_if), "1280");
+
     // The state file brings both back after kill -9: the interfaces the daemon had made
     // went with it, and are made again, with the same MACs (locally administered).
     let api_mac = mac_of(&api_if);
@@ -213,6 +261,7 @@ fn tap_ports_from_the_configuration_the_api_and_the_state_file() {
         "{cfg_if} made again, in the daemon's namespace"
     );
     assert_eq!(mac_of(&api_if), api_mac, "{api_if}'s MAC after a restart");
+    assert_eq!(mtu_of(&api_if), "1280", "{api_if}'s MTU after a restart");
     assert_eq!(mac_of(&cfg_if), cfg_mac, "{cfg_if}'s MAC after a restart");
     let first = u8::from_str_radix(&api_mac[..2], 16).unwrap();
     assert_eq!(first & 3, 2, "{api_mac} is not a local unicast address");

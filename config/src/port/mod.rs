@@ -90,6 +90,12 @@ pub trait KindSettings {
     /// pairs (which every view shows): the offloads in effect, where the kind has them.
     fn show(&mut self) {}
 
+    /// The fields a running port of this kind takes a change of (`vringctl port set NAME
+    /// --set KEY=VALUE`); any other needs the port made again (its peer reconnecting).
+    fn live_fields(&self) -> &'static [&'static str] {
+        &[]
+    }
+
     /// Queue pairs the port runs.
     fn queue_pairs(&self) -> u16 {
         1
@@ -459,6 +465,42 @@ impl PortSpec {
 
     /// Checked, with the defaults its kind leaves out filled in, as the port runs and is
     /// shown.
+    /// The port with its kind's settings changed as `changes` says (a field's new value,
+    /// or `null` for its default), checked; defaults filled in. A field its kind does not
+    /// have is refused by name.
+    pub fn with_settings(
+        &self,
+        changes: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<PortSpec, FieldError> {
+        let kind = self.port_type();
+        let mut fields: serde_json::Map<String, serde_json::Value> =
+            match serde_json::to_value(&self.kind) {
+                Ok(serde_json::Value::Object(o)) => o,
+                _ => serde_json::Map::new(),
+            };
+        fields.remove("type");
+        for (key, value) in changes {
+            if !kind.own_settings().contains(&key.as_str()) {
+                return Err(FieldError::invalid(
+                    key,
+                    format!(
+                        "{key} is not a setting of {}; it has {}",
+                        kind.a_port(),
+                        kind.own_settings().join(", ")
+                    ),
+                ));
+            }
+            if value.is_null() {
+                fields.remove(key);
+            } else {
+                fields.insert(key.clone(), value.clone());
+            }
+        }
+        let mut changed = self.clone();
+        changed.kind = kind.settings_from(fields.into_iter().collect())?;
+        changed.normalized()
+    }
+
     pub fn normalized(mut self) -> Result<PortSpec, FieldError> {
         self.check()?;
         let name = self.name.clone();

@@ -55,6 +55,12 @@ impl KindSettings for TapSettings {
         self.offloads = Some(KindSettings::offloads(self));
     }
 
+    /// The interface's MTU is set again while the port runs (the port reads it back every
+    /// 250 ms anyway).
+    fn live_fields(&self) -> &'static [&'static str] {
+        &["mtu"]
+    }
+
     fn offloads(&self) -> bool {
         self.offloads.unwrap_or(true)
     }

@@ -474,6 +474,11 @@ enum PortCmd {
         /// Removes this external ID (repeatable).
         #[arg(long = "remove-external-id", value_name = "KEY")]
         remove_ids: Vec<String>,
+        /// A setting of the port's kind that it takes while it runs, e.g. mtu=1400 on a
+        /// TAP port (repeatable; VALUE read as JSON when it is, null for the default). Any
+        /// other is refused: it needs the port made again.
+        #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_setting)]
+        set: Vec<(String, Value)>,
     },
     /// Deletes a port (its VM is disconnected).
     Del {
@@ -1201,8 +1206,12 @@ async fn port(api: &ApiClient, cmd: PortCmd, json: bool) -> Result<String, Clien
             admin,
             ids,
             remove_ids,
+            set,
         } => {
             let mut body = json!({});
+            if !set.is_empty() {
+                body["settings"] = Value::Object(set.into_iter().collect());
+            }
             if let Some(p) = ids.patch(&remove_ids) {
                 body["external_ids"] = p;
             }
@@ -1235,7 +1244,7 @@ async fn port(api: &ApiClient, cmd: PortCmd, json: bool) -> Result<String, Clien
                 nothing_to_change(
                     "--bridge, --access, --trunk, --no-vlan, --allow-mac, --no-mac-lock, \
                      --fdb-max-learned, --police-rx, --police-tx, --no-police-rx, \
-                     --no-police-tx, --admin, --external-id or --remove-external-id",
+                     --no-police-tx, --admin, --external-id, --remove-external-id or --set",
                 );
             }
             let v = send(

@@ -192,6 +192,9 @@ pub struct TapPort {
     created: bool,
     ifname: String,
     watch: Watch,
+    /// The MTU the interface is set to (0: left as it is), shared with the monitor, which
+    /// sets it again on an interface it makes again.
+    mtu: Arc<AtomicU32>,
 }
 
 /// Publishes a queue on `device` to the workers.
@@ -219,9 +222,11 @@ impl TapPort {
             created,
             "TAP interface open"
         );
+        let mtu = Arc::new(AtomicU32::new(config.mtu.unwrap_or(0)));
         let watched = TapWatch {
             config: config.clone(),
             created,
+            mtu: mtu.clone(),
         };
         let watch = Watch::start(format!("tap-{}", config.ifname), handle.clone(), watched)
             .map_err(fail)?;
@@ -230,6 +235,7 @@ impl TapPort {
             created,
             ifname: config.ifname,
             watch,
+            mtu,
         })
     }
 
@@ -265,6 +271,20 @@ impl RunningPort for TapPort {
     fn stop(&mut self) {
         TapPort::stop(self)
     }
+
+    fn change(&mut self, settings: &vringswitch_config::KindSpec) -> Result<(), String> {
+        let vringswitch_config::KindSpec::Tap(tap) = settings else {
+            return Err("not the settings of a TAP port".into());
+        };
+        if let Some(mtu) = tap.mtu {
+            crate::netif::set_up(&self.ifname, Some(mtu))
+                .map_err(|e| format!("cannot set the MTU of {} to {mtu}: {e}", self.ifname))?;
+        }
+        self.mtu.store(tap.mtu.unwrap_or(0), Ordering::Relaxed);
+        tracing::info!(port = %self.handle.name(), ifname = %self.ifname,
+            mtu = tap.mtu.unwrap_or(0), "TAP interface changed");
+        Ok(())
+    }
 }
 
 /// Starts a TAP port as its settings say (the interface named after the port unless
@@ -290,6 +310,8 @@ pub fn start_port(
 struct TapWatch {
     config: TapPortConfig,
     created: bool,
+    /// The MTU as last set (0: left as it is): see [`TapPort::change`].
+    mtu: Arc<AtomicU32>,
 }
 
 impl Watched for TapWatch {
@@ -316,7 +338,8 @@ impl Watched for TapWatch {
     }
 
     fn reopen(&mut self, handle: &PortHandle) -> Result<(), String> {
-        TapDevice::open(&self.config.ifname, self.config.mtu, self.config.offloads)
+        let mtu = Some(self.mtu.load(Ordering::Relaxed)).filter(|&m| m != 0);
+        TapDevice::open(&self.config.ifname, mtu, self.config.offloads)
             .and_then(|d| publish(handle, d, self.config.offloads))
             .map_err(|e| e.to_string())
     }
