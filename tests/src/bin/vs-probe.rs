@@ -590,7 +590,11 @@ fn mirror(args: &Args) {
             if budget == 0 {
                 break;
             }
-            let vm = if turn % 2 == 0 { &mut a } else { &mut b };
+            let vm = if turn.is_multiple_of(2) {
+                &mut a
+            } else {
+                &mut b
+            };
             turn += 1;
             let n = vm.recycle_at_most(TX, budget.div_ceil(2));
             budget -= n;
