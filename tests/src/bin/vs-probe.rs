@@ -578,13 +578,13 @@ fn mirror(args: &Args) {
         let now = Instant::now();
         longest = longest.max(now - last_loop);
         last_loop = now;
-        // C first: its copies of the last round are taken before more are made.
+        // C first: its copies of the last turn are taken before more are made.
         at_c += c.recycle(RX) as u64;
         // Frames due by now, paced by the clock; A and B take turns. After this process was
-        // off its core, it does not catch up faster than C takes copies: at most 64 frames a
-        // turn, and a backlog over a ring's worth is let go (the rate printed shows it).
+        // off its core it catches up no faster than C takes copies, at most 64 frames a
+        // turn; a backlog over 100 ms is let go (the rate printed shows it).
         let due = (start.elapsed().as_nanos() * u128::from(args.pps) / 1_000_000_000) as u64;
-        offered = offered.max(due.saturating_sub(256));
+        offered = offered.max(due.saturating_sub(args.pps / 10));
         let mut budget = (due.saturating_sub(offered) as usize).min(IN_FLIGHT);
         for _ in 0..2 {
             if budget == 0 {
