@@ -843,21 +843,7 @@ fn deliver_to(
     }
     let to = (worker, dst, dst_rt, qp_hint);
     match dst_rt.police_tx.as_deref() {
-        None => {
-            deliver_wanted(to, topology, ports, src, b, wanted);
-            if !dst_rt.mirror.tx.is_empty() {
-                mirror(
-                    worker,
-                    topology,
-                    ports,
-                    &dst_rt.mirror.tx,
-                    qp_hint,
-                    src,
-                    b,
-                    wanted,
-                );
-            }
-        }
+        None => deliver_and_mirror(to, topology, ports, src, b, wanted),
         Some(p) => {
             // Held back for this destination: `held` is meaningful until the next one.
             police(p, dst_rt.handle.stats().slot(worker), b, |f, allowance| {
@@ -867,21 +853,35 @@ fn deliver_to(
                 f.held = !allowance.admit(f.frame.len);
                 f.held
             });
-            let sent = |f: &Slot| wanted(f) && !f.held;
-            deliver_wanted(to, topology, ports, src, b, sent);
-            if !dst_rt.mirror.tx.is_empty() {
-                mirror(
-                    worker,
-                    topology,
-                    ports,
-                    &dst_rt.mirror.tx,
-                    qp_hint,
-                    src,
-                    b,
-                    sent,
-                );
-            }
+            deliver_and_mirror(to, topology, ports, src, b, |f| wanted(f) && !f.held);
         }
+    }
+}
+
+/// Sends the frames `wanted` picks to one port, and copies them to the outputs of the
+/// mirrors of what that port is sent, if any.
+#[inline(always)]
+fn deliver_and_mirror(
+    to: (usize, PortId, &PortRt, u16),
+    topology: &Topology,
+    ports: &mut [PortCache],
+    src: &mut MemView<'_>,
+    b: &mut Burst,
+    wanted: impl Fn(&Slot) -> bool + Copy,
+) {
+    deliver_wanted(to, topology, ports, src, b, wanted);
+    let (worker, _, dst_rt, qp_hint) = to;
+    if !dst_rt.mirror.tx.is_empty() {
+        mirror(
+            worker,
+            topology,
+            ports,
+            &dst_rt.mirror.tx,
+            qp_hint,
+            src,
+            b,
+            wanted,
+        );
     }
 }
 

@@ -56,19 +56,24 @@ pub fn guest_cmdline(n: u8, peer: u8) -> String {
     )
 }
 
+/// The text of README.md's section `title` (`## title`), up to the next section.
+pub fn readme_section(title: &str) -> String {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("../README.md")).expect("read README.md");
+    let section = readme
+        .split(&format!("\n## {title}\n"))
+        .nth(1)
+        .unwrap_or_else(|| panic!("README.md has no \"{title}\" section"));
+    section.split("\n## ").next().unwrap_or_default().to_owned()
+}
+
 /// The QEMU options of README.md's examples ("Attach a QEMU VM"), made concrete for one test
 /// guest: what a user copies is what the suite boots. The first example (a server-mode
 /// port: QEMU connects, with `reconnect=`) gives the memory, machine, chardev, netdev and
 /// device; the client-mode example gives the chardev QEMU listens on. Under TCG the device
 /// gets `vectors=0`, as the README says.
 fn readme_qemu_args(socket: &Path, mac: &str, memory: &str, qemu_listens: bool) -> Vec<String> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let readme = std::fs::read_to_string(root.join("../README.md")).expect("read README.md");
-    let section = readme
-        .split("\n## Attach a QEMU VM\n")
-        .nth(1)
-        .expect("README.md has an \"Attach a QEMU VM\" section");
-    let section = section.split("\n## ").next().unwrap();
+    let section = readme_section("Attach a QEMU VM");
     let blocks: Vec<&str> = section
         .split("```sh\n")
         .skip(1)

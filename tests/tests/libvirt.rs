@@ -61,12 +61,7 @@ struct Domain {
 /// suite runs. For `mode='server'` (QEMU listens) the example's `mode` is changed and its
 /// `<reconnect>` left out, as the README says.
 fn readme_interface(mac: &str, socket: &Path, mode: &str) -> String {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let readme = std::fs::read_to_string(root.join("../README.md")).expect("read README.md");
-    let section = readme
-        .split("\n## Attach a libvirt domain\n")
-        .nth(1)
-        .expect("README.md has an \"Attach a libvirt domain\" section");
+    let section = vringswitch_tests::guest::readme_section("Attach a libvirt domain");
     let start = section
         .find("<interface type='vhostuser'>")
         .expect("README.md's libvirt example has a vhostuser interface");
