@@ -13,6 +13,7 @@
 pub mod afxdp;
 pub mod counters;
 pub mod datapath;
+pub mod fd_channel;
 pub mod frame;
 mod interface_watch;
 pub mod log_limit;
