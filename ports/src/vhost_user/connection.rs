@@ -628,6 +628,7 @@ fn serve_connection(
         kicks: tx_kicks,
         migration,
         fence: fence.clone(),
+        setup: Default::default(),
     };
     let backend = Arc::new(NetBackend::new(
         port.clone(),

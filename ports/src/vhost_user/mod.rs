@@ -31,6 +31,7 @@ pub mod migration;
 mod queues;
 pub mod relay;
 pub mod rings;
+pub mod setup_log;
 pub mod split_ring;
 
 use std::path::PathBuf;

@@ -92,6 +92,8 @@ pub struct Shared {
     pub migration: Arc<MigrationState>,
     /// The connection's mappings of frontend files, guarded against the files shrinking.
     pub fence: Arc<MemoryFence>,
+    /// What the frontend said to set the connection up, for a hitless upgrade.
+    pub setup: Arc<std::sync::Mutex<super::setup_log::SetupLog>>,
 }
 
 impl Shared {
@@ -102,6 +104,7 @@ impl Shared {
             kicks: Arc::new(TxKicks::new(rings, || {})),
             migration: Arc::new(MigrationState::new(rings, || {})),
             fence: MemoryFence::new().expect("a memory fence"),
+            setup: Default::default(),
         }
     }
 }
@@ -148,6 +151,7 @@ pub fn start_with(
                 kicks: shared.kicks,
                 migration: shared.migration,
                 fence: shared.fence,
+                setup: shared.setup,
                 log_all: false,
                 log_covers: 0,
                 rings: Vec::new(),
@@ -181,6 +185,7 @@ struct Relay {
     kicks: Arc<TxKicks>,
     migration: Arc<MigrationState>,
     fence: Arc<MemoryFence>,
+    setup: Arc<std::sync::Mutex<super::setup_log::SetupLog>>,
     /// Whether the frontend's features have VHOST_F_LOG_ALL.
     log_all: bool,
     /// The guest memory the installed log covers (0 without one).
@@ -253,6 +258,12 @@ impl Relay {
                 .map_err(stalled("half a message", whole))?;
             first = false;
             check_message(&parsed, &body, &fds).map_err(refuse)?;
+            // Kept as the frontend said it: a new process replays it through a relay of
+            // its own, which then absorbs, defers and keeps exactly as this one does.
+            self.setup
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .record(request, flags, &body, &fds);
             if self.regions.admit(&parsed, &body, &fds).map_err(refuse)? == Admission::Absorb {
                 self.acknowledge(request, flags)?;
                 continue;
@@ -692,6 +703,44 @@ mod tests {
         let fds = recv_header(&handler, &mut hdr, Duration::from_secs(5)).unwrap();
         assert!(fds.is_empty());
         kicks.with(1, |_| panic!("a cleared kick fd is still kept"));
+    }
+
+    #[test]
+    fn the_setup_log_keeps_what_the_frontend_said_with_its_real_kick_fds() {
+        let (fe, relay_end) = UnixStream::pair().unwrap();
+        let (handler, relay_side) = UnixStream::pair().unwrap();
+        let shared = Shared::quiet(2);
+        let setup = shared.setup.clone();
+        let ended = Arc::new(EventFd::new(EFD_NONBLOCK).unwrap());
+        let _t = start(relay_end, relay_side, shared, ended).unwrap();
+        // An early enable (deferred by the relay), the features, a TX kick (kept by the
+        // relay, a stand-in to the library), a query.
+        let enable = [1u8, 0, 0, 0, 1, 0, 0, 0];
+        (&fe)
+            .write_all(&msg(SET_VRING_ENABLE, FLAG_VERSION_1, &enable))
+            .unwrap();
+        let features = (PROTOCOL_FEATURES_BIT | 1 << 32).to_le_bytes();
+        (&fe)
+            .write_all(&msg(SET_FEATURES, FLAG_VERSION_1, &features))
+            .unwrap();
+        let kick = EventFd::new(EFD_NONBLOCK).unwrap();
+        send_kick(&fe, 1, &kick);
+        (&fe).write_all(&msg(1, FLAG_VERSION_1, &[])).unwrap();
+        // Everything reached the library: features, enable, kick, query.
+        let mut hdr = [0u8; HDR_LEN];
+        for _ in 0..4 {
+            let _fds = recv_header(&handler, &mut hdr, Duration::from_secs(5)).unwrap();
+            let size = u32::from_le_bytes([hdr[8], hdr[9], hdr[10], hdr[11]]) as usize;
+            let mut body = vec![0u8; size];
+            (&handler).read_exact(&mut body).unwrap();
+        }
+        let log = setup.lock().unwrap();
+        let kept: Vec<u32> = log.entries().iter().map(|r| r.request).collect();
+        assert_eq!(kept, [SET_VRING_ENABLE, SET_FEATURES, SET_VRING_KICK]);
+        // The kick kept is the frontend's own: what it writes, the log's copy reads.
+        kick.write(1).unwrap();
+        assert!(readable(log.entries()[2].fds[0].as_raw_fd()));
+        assert!(!log.logging() && !log.incomplete());
     }
 
     #[test]
