@@ -127,15 +127,109 @@ pub fn start_with(
     ended: Arc<EventFd>,
     deadlines: Deadlines,
 ) -> io::Result<JoinHandle<RelayEnd>> {
-    let to_frontend = frontend.try_clone()?;
+    start_relay(frontend, None, relay_side, shared, ended, deadlines).map(|(relay, _)| relay)
+}
+
+/// Starts relaying for a connection another process set up (a hitless upgrade): the
+/// messages of `replay` (that process's [`super::setup_log::SetupLog`]) first, as if
+/// `frontend` sent them again, their replies dropped; then `frontend` itself, which notices
+/// nothing. The relay and the library end up as they were in the other process.
+pub fn start_replaying(
+    frontend: UnixStream,
+    replay: &[super::setup_log::Recorded],
+    relay_side: UnixStream,
+    shared: Shared,
+    ended: Arc<EventFd>,
+) -> io::Result<JoinHandle<RelayEnd>> {
+    let (feed, fed) = UnixStream::pair()?;
+    let messages: Vec<(Vec<u8>, Vec<OwnedFd>)> = replay
+        .iter()
+        .map(|r| {
+            let mut m = header(r.request, r.flags, r.body.len() as u32).to_vec();
+            m.extend_from_slice(&r.body);
+            let fds = r
+                .fds
+                .iter()
+                .map(OwnedFd::try_clone)
+                .collect::<io::Result<_>>()?;
+            Ok((m, fds))
+        })
+        .collect::<io::Result<_>>()?;
+    let real = frontend;
+    let (relay, target) = start_relay(
+        fed,
+        Some(real.try_clone()?),
+        relay_side,
+        shared,
+        ended,
+        Deadlines::default(),
+    )?;
+    std::thread::Builder::new()
+        .name("vhost-replay".into())
+        .spawn(move || {
+            let _ = feed_replay(&feed, &messages);
+            // Replies go to the frontend from here on; then the relay reads it.
+            *target.lock().unwrap_or_else(|e| e.into_inner()) = real;
+            let _ = feed.shutdown(std::net::Shutdown::Both);
+        })?;
+    Ok(relay)
+}
+
+/// The request the replay ends with, whose reply says every reply before it came: one
+/// the library always answers (GET_FEATURES).
+const REPLAY_SYNC: u32 = 1;
+
+/// Writes `messages` (with their descriptors) into the relay as its frontend would, then a
+/// GET_FEATURES, and reads and drops replies until that one's.
+fn feed_replay(feed: &UnixStream, messages: &[(Vec<u8>, Vec<OwnedFd>)]) -> io::Result<()> {
+    for (m, fds) in messages {
+        let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+        if raw.is_empty() {
+            (&*feed).write_all(m)?;
+        } else {
+            feed.send_with_fds(&[&m[..]], &raw)
+                .map_err(|e| io::Error::from_raw_os_error(e.errno()))?;
+        }
+    }
+    (&*feed).write_all(&header(REPLAY_SYNC, FLAG_VERSION_1, 0))?;
+    feed.set_read_timeout(Some(Duration::from_secs(10)))?;
+    loop {
+        let mut hdr = [0u8; HDR_LEN];
+        (&*feed).read_exact(&mut hdr)?;
+        let h = Header::parse(&hdr);
+        let mut body = vec![0u8; h.size as usize];
+        (&*feed).read_exact(&mut body)?;
+        if h.request == REPLAY_SYNC && h.flags & FLAG_REPLY != 0 {
+            return Ok(());
+        }
+    }
+}
+
+/// Where the handler's replies go: the frontend the relay answers now.
+type ReplyTarget = Arc<std::sync::Mutex<UnixStream>>;
+
+/// Starts both relay threads: `frontend` is read (and answered) first; with `then`, once it
+/// ends the relay carries on with `then`. Returns the relay and where replies go, which the
+/// replay's feeder points at `then` when the replay is done.
+fn start_relay(
+    frontend: UnixStream,
+    then: Option<UnixStream>,
+    relay_side: UnixStream,
+    shared: Shared,
+    ended: Arc<EventFd>,
+    deadlines: Deadlines,
+) -> io::Result<(JoinHandle<RelayEnd>, ReplyTarget)> {
+    let target: ReplyTarget = Arc::new(std::sync::Mutex::new(frontend.try_clone()?));
+    let replies = target.clone();
     let from_handler = relay_side.try_clone()?;
-    // Replies from the handler to the frontend: plain bytes (no reply we send carries fds).
+    // Replies from the handler to the frontend, a message at a time (none we send carries
+    // fds), to whichever frontend the relay answers now.
     let back = std::thread::Builder::new()
         .name("vhost-relay-rx".into())
         .spawn(move || {
             let mut from = from_handler;
-            let mut to = to_frontend;
-            let _ = io::copy(&mut from, &mut to);
+            let _ = copy_replies(&mut from, &replies);
+            let to = replies.lock().unwrap_or_else(|e| e.into_inner());
             let _ = to.shutdown(std::net::Shutdown::Both);
             let _ = from.shutdown(std::net::Shutdown::Both);
         })?;
@@ -144,6 +238,7 @@ pub fn start_with(
         .spawn(move || {
             let mut relay = Relay {
                 frontend,
+                then,
                 handler: relay_side,
                 features_set: false,
                 deferred: Vec::new(),
@@ -170,11 +265,13 @@ pub fn start_with(
             let _ = ended.write(1);
             end
         })?;
-    Ok(forward)
+    Ok((forward, target))
 }
 
 struct Relay {
     frontend: UnixStream,
+    /// The real frontend, read once the replay (`frontend` until then) ends.
+    then: Option<UnixStream>,
     handler: UnixStream,
     features_set: bool,
     /// Bodies of SET_VRING_ENABLE messages held back until SET_FEATURES.
@@ -202,6 +299,21 @@ struct RingSeen {
     addrs: Option<[u64; 3]>,
     /// Started (a kick fd set) since it was last stopped (GET_VRING_BASE).
     running: bool,
+}
+
+/// Copies the handler's replies to the frontend `target` holds, one whole message at a
+/// time, until either side closes.
+fn copy_replies(from: &mut UnixStream, target: &std::sync::Mutex<UnixStream>) -> io::Result<()> {
+    loop {
+        let mut hdr = [0u8; HDR_LEN];
+        from.read_exact(&mut hdr)?;
+        let size = Header::parse(&hdr).size as usize;
+        let mut body = vec![0u8; size];
+        from.read_exact(&mut body)?;
+        let mut to = target.lock().unwrap_or_else(|e| e.into_inner());
+        to.write_all(&hdr)?;
+        to.write_all(&body)?;
+    }
 }
 
 fn header(request: u32, flags: u32, size: u32) -> [u8; HDR_LEN] {
@@ -245,10 +357,22 @@ impl Relay {
             self.frontend.set_read_timeout(quiet)?;
             let mut hdr = [0u8; HDR_LEN];
             let whole = self.deadlines.whole_message;
-            let fds = recv_header(&self.frontend, &mut hdr, whole).map_err(|e| match quiet {
-                Some(after) if e.kind() != io::ErrorKind::UnexpectedEof => stalled(what, after)(e),
-                _ => stalled("half a message", whole)(e),
-            })?;
+            let fds = match recv_header(&self.frontend, &mut hdr, whole) {
+                // The replay ended: the real frontend from here on, quiet as it likes.
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof && self.then.is_some() => {
+                    if let Some(real) = self.then.take() {
+                        self.frontend = real;
+                    }
+                    first = false;
+                    continue;
+                }
+                r => r.map_err(|e| match quiet {
+                    Some(after) if e.kind() != io::ErrorKind::UnexpectedEof => {
+                        stalled(what, after)(e)
+                    }
+                    _ => stalled("half a message", whole)(e),
+                })?,
+            };
             let parsed = Header::parse(&hdr);
             check_header(&parsed).map_err(refuse)?;
             let (request, flags, size) = (parsed.request, parsed.flags, parsed.size as usize);
@@ -741,6 +865,91 @@ mod tests {
         kick.write(1).unwrap();
         assert!(readable(log.entries()[2].fds[0].as_raw_fd()));
         assert!(!log.logging() && !log.incomplete());
+    }
+
+    #[test]
+    fn a_replayed_setup_reaches_the_handler_and_then_the_frontend_carries_on_unaware() {
+        // What a first relay saw of a frontend: an early enable, the features, a TX kick.
+        let (fe1, relay_end1) = UnixStream::pair().unwrap();
+        let (handler1, relay_side1) = UnixStream::pair().unwrap();
+        let shared1 = Shared::quiet(2);
+        let setup = shared1.setup.clone();
+        let ended1 = Arc::new(EventFd::new(EFD_NONBLOCK).unwrap());
+        let _t1 = start(relay_end1, relay_side1, shared1, ended1).unwrap();
+        let enable = [1u8, 0, 0, 0, 1, 0, 0, 0];
+        let features = (PROTOCOL_FEATURES_BIT | 1 << 32).to_le_bytes();
+        (&fe1)
+            .write_all(&msg(SET_VRING_ENABLE, FLAG_VERSION_1, &enable))
+            .unwrap();
+        (&fe1)
+            .write_all(&msg(SET_FEATURES, FLAG_VERSION_1, &features))
+            .unwrap();
+        let kick = EventFd::new(EFD_NONBLOCK).unwrap();
+        send_kick(&fe1, 1, &kick);
+        let mut hdr = [0u8; HDR_LEN];
+        for _ in 0..3 {
+            recv_header(&handler1, &mut hdr, Duration::from_secs(5)).unwrap();
+            let size = u32::from_le_bytes([hdr[8], hdr[9], hdr[10], hdr[11]]) as usize;
+            (&handler1).read_exact(&mut vec![0u8; size]).unwrap();
+        }
+        let log = std::mem::take(&mut *setup.lock().unwrap());
+
+        // A second relay, as a new process makes it: the same frontend (here a fresh one,
+        // which must see nothing of the replay), a new handler.
+        let (fe2, relay_end2) = UnixStream::pair().unwrap();
+        let (mut handler2, relay_side2) = UnixStream::pair().unwrap();
+        let shared2 = Shared::quiet(2);
+        let kicks2 = shared2.kicks.clone();
+        let ended2 = Arc::new(EventFd::new(EFD_NONBLOCK).unwrap());
+        let _t2 = start_replaying(relay_end2, log.entries(), relay_side2, shared2, ended2).unwrap();
+        // The handler gets the setup as the first one did (the enable after the features),
+        // then the replay's closing query, which it answers.
+        let mut seen = Vec::new();
+        for _ in 0..4 {
+            let fds = recv_header(&handler2, &mut hdr, Duration::from_secs(5)).unwrap();
+            let size = u32::from_le_bytes([hdr[8], hdr[9], hdr[10], hdr[11]]) as usize;
+            (&handler2).read_exact(&mut vec![0u8; size]).unwrap();
+            seen.push((
+                u32::from_le_bytes([hdr[0], hdr[1], hdr[2], hdr[3]]),
+                fds.len(),
+            ));
+        }
+        assert_eq!(
+            seen,
+            [
+                (SET_FEATURES, 0),
+                (SET_VRING_ENABLE, 0),
+                (SET_VRING_KICK, 1),
+                (1, 0)
+            ]
+        );
+        handler2
+            .write_all(&msg(1, FLAG_VERSION_1 | FLAG_REPLY, &features))
+            .unwrap();
+        // The frontend's real kick is the new relay's too.
+        kick.write(1).unwrap();
+        let mut kept = None;
+        kicks2.with(1, |fd| kept = Some(readable(fd)));
+        assert_eq!(kept, Some(true));
+        // Nothing of the replay reached the frontend; what it sends now passes, and replies
+        // come back to it.
+        std::thread::sleep(Duration::from_millis(100));
+        fe2.set_nonblocking(true).unwrap();
+        let mut byte = [0u8; 1];
+        assert_eq!(
+            (&fe2).read(&mut byte).map_err(|e| e.kind()).unwrap_err(),
+            io::ErrorKind::WouldBlock,
+            "the replay answered the frontend"
+        );
+        fe2.set_nonblocking(false).unwrap();
+        (&fe2).write_all(&msg(1, FLAG_VERSION_1, &[])).unwrap();
+        let (h, _) = read_msg(&mut handler2);
+        assert_eq!(h[0], 1);
+        handler2
+            .write_all(&msg(1, FLAG_VERSION_1 | FLAG_REPLY, &[9; 8]))
+            .unwrap();
+        let mut fe2 = fe2;
+        assert_eq!(read_msg(&mut fe2).1, vec![9; 8]);
     }
 
     #[test]
