@@ -629,6 +629,7 @@ fn serve_connection(
         migration,
         fence: fence.clone(),
         setup: Default::default(),
+        detach: Arc::new(super::relay::Detach::new()?),
     };
     let backend = Arc::new(NetBackend::new(
         port.clone(),

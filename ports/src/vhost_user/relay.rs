@@ -24,6 +24,7 @@
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -58,6 +59,87 @@ pub enum RelayEnd {
     Closed,
     /// The frontend sent a message [`super::message_check`] refused.
     Refused(Refused),
+    /// Asked to let go ([`Detach::ask`]): between two messages, every reply delivered, the
+    /// frontend's socket left open and untouched for another process to carry on.
+    Detached,
+}
+
+/// Asks a relay to let go of its frontend without hanging up on it (a hitless upgrade),
+/// and counts the replies it still owes the frontend meanwhile.
+#[derive(Debug)]
+pub struct Detach {
+    asked: EventFd,
+    /// Replies the handler owes the frontend for messages already passed on.
+    owed: std::sync::atomic::AtomicUsize,
+    done: std::sync::atomic::AtomicBool,
+}
+
+impl Detach {
+    pub fn new() -> io::Result<Detach> {
+        Ok(Detach {
+            asked: EventFd::new(EFD_NONBLOCK)?,
+            owed: Default::default(),
+            done: Default::default(),
+        })
+    }
+
+    /// Asks the relay to let go after the message it is on and the replies it owes.
+    pub fn ask(&self) {
+        let _ = self.asked.write(1);
+    }
+
+    fn asked(&self) -> bool {
+        readable_now(self.asked.as_raw_fd())
+    }
+}
+
+/// Whether `fd` has input right now (a zero-timeout poll).
+#[allow(unsafe_code)]
+fn readable_now(fd: RawFd) -> bool {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: `p` is one valid pollfd for the duration of the call; timeout 0.
+    let n = unsafe { libc::poll(&mut p, 1, 0) };
+    // Input, or a hang-up or error that a read will report.
+    n == 1 && p.revents != 0
+}
+
+/// Waits until `a` or `b` has input (or either hangs up).
+#[allow(unsafe_code)]
+fn wait_either(a: RawFd, b: RawFd) -> io::Result<()> {
+    let mut p = [
+        libc::pollfd {
+            fd: a,
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: b,
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
+    loop {
+        // SAFETY: `p` is an array of two valid pollfds for the duration of the call.
+        let n = unsafe { libc::poll(p.as_mut_ptr(), 2, -1) };
+        if n >= 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// The requests the handler answers whatever their flags.
+fn always_answered(request: u32) -> bool {
+    // GET_FEATURES, GET_PROTOCOL_FEATURES, GET_VRING_BASE, GET_QUEUE_NUM, GET_CONFIG,
+    // GET_INFLIGHT_FD, GET_MAX_MEM_SLOTS.
+    matches!(request, 1 | 15 | 11 | 17 | 24 | 31 | 36)
 }
 
 /// Starts relaying between `frontend` and `relay_side`, the relay's end of a connection to
@@ -94,6 +176,8 @@ pub struct Shared {
     pub fence: Arc<MemoryFence>,
     /// What the frontend said to set the connection up, for a hitless upgrade.
     pub setup: Arc<std::sync::Mutex<super::setup_log::SetupLog>>,
+    /// How the relay is asked to let go of the frontend for a hitless upgrade.
+    pub detach: Arc<Detach>,
 }
 
 impl Shared {
@@ -105,6 +189,7 @@ impl Shared {
             migration: Arc::new(MigrationState::new(rings, || {})),
             fence: MemoryFence::new().expect("a memory fence"),
             setup: Default::default(),
+            detach: Arc::new(Detach::new().expect("an eventfd")),
         }
     }
 }
@@ -221,6 +306,7 @@ fn start_relay(
 ) -> io::Result<(JoinHandle<RelayEnd>, ReplyTarget)> {
     let target: ReplyTarget = Arc::new(std::sync::Mutex::new(frontend.try_clone()?));
     let replies = target.clone();
+    let detach = shared.detach.clone();
     let from_handler = relay_side.try_clone()?;
     // Replies from the handler to the frontend, a message at a time (none we send carries
     // fds), to whichever frontend the relay answers now.
@@ -228,9 +314,12 @@ fn start_relay(
         .name("vhost-relay-rx".into())
         .spawn(move || {
             let mut from = from_handler;
-            let _ = copy_replies(&mut from, &replies);
+            let _ = copy_replies(&mut from, &replies, &detach);
             let to = replies.lock().unwrap_or_else(|e| e.into_inner());
-            let _ = to.shutdown(std::net::Shutdown::Both);
+            // A relay that let go leaves the frontend's socket to whoever carries on.
+            if !detach.done.load(Ordering::SeqCst) {
+                let _ = to.shutdown(std::net::Shutdown::Both);
+            }
             let _ = from.shutdown(std::net::Shutdown::Both);
         })?;
     let forward = std::thread::Builder::new()
@@ -247,6 +336,7 @@ fn start_relay(
                 migration: shared.migration,
                 fence: shared.fence,
                 setup: shared.setup,
+                detach: shared.detach,
                 log_all: false,
                 log_covers: 0,
                 rings: Vec::new(),
@@ -254,12 +344,21 @@ fn start_relay(
             };
             let end = match relay.run() {
                 Ok(never) => match never {},
+                Err(e)
+                    if e.kind() == io::ErrorKind::Other
+                        && relay.detach.done.load(Ordering::SeqCst) =>
+                {
+                    RelayEnd::Detached
+                }
                 Err(e) => match e.downcast::<Refused>() {
                     Ok(refused) => RelayEnd::Refused(refused),
                     Err(_) => RelayEnd::Closed,
                 },
             };
-            let _ = relay.frontend.shutdown(std::net::Shutdown::Both);
+            // A relay that let go leaves the frontend's socket as it is.
+            if !matches!(end, RelayEnd::Detached) {
+                let _ = relay.frontend.shutdown(std::net::Shutdown::Both);
+            }
             let _ = relay.handler.shutdown(std::net::Shutdown::Both);
             let _ = back.join();
             let _ = ended.write(1);
@@ -283,6 +382,7 @@ struct Relay {
     migration: Arc<MigrationState>,
     fence: Arc<MemoryFence>,
     setup: Arc<std::sync::Mutex<super::setup_log::SetupLog>>,
+    detach: Arc<Detach>,
     /// Whether the frontend's features have VHOST_F_LOG_ALL.
     log_all: bool,
     /// The guest memory the installed log covers (0 without one).
@@ -303,7 +403,11 @@ struct RingSeen {
 
 /// Copies the handler's replies to the frontend `target` holds, one whole message at a
 /// time, until either side closes.
-fn copy_replies(from: &mut UnixStream, target: &std::sync::Mutex<UnixStream>) -> io::Result<()> {
+fn copy_replies(
+    from: &mut UnixStream,
+    target: &std::sync::Mutex<UnixStream>,
+    detach: &Detach,
+) -> io::Result<()> {
     loop {
         let mut hdr = [0u8; HDR_LEN];
         from.read_exact(&mut hdr)?;
@@ -313,6 +417,10 @@ fn copy_replies(from: &mut UnixStream, target: &std::sync::Mutex<UnixStream>) ->
         let mut to = target.lock().unwrap_or_else(|e| e.into_inner());
         to.write_all(&hdr)?;
         to.write_all(&body)?;
+        // One reply fewer owed (never below none: a reply nothing asked for is passed on).
+        let _ = detach
+            .owed
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
     }
 }
 
@@ -354,6 +462,11 @@ impl Relay {
             } else {
                 (None, "")
             };
+            // Between messages: let go if asked (once the replies owed are delivered), else
+            // wait for the next message.
+            if !first && self.then.is_none() {
+                self.wait_or_let_go()?;
+            }
             self.frontend.set_read_timeout(quiet)?;
             let mut hdr = [0u8; HDR_LEN];
             let whole = self.deadlines.whole_message;
@@ -466,6 +579,9 @@ impl Relay {
                 .map(AsRawFd::as_raw_fd)
                 .chain(stand_in.as_ref().map(AsRawFd::as_raw_fd))
                 .collect();
+            if always_answered(request) || flags & FLAG_NEED_REPLY != 0 {
+                self.detach.owed.fetch_add(1, Ordering::SeqCst);
+            }
             self.handler.send_with_fds(&[&hdr[..], &body[..]], &raw)?;
             drop(fds);
             drop(stand_in);
@@ -492,6 +608,32 @@ impl Relay {
     /// Answers a message the relay handles itself with success, if the frontend asked for a
     /// reply. The frontend waits for it before its next message, so no reply of the
     /// handler's is in flight meanwhile.
+    /// Waits for the frontend's next message, unless asked to let go: then waits for the
+    /// replies owed to reach the frontend and ends (an error of kind `Other`, with the
+    /// detach marked done).
+    fn wait_or_let_go(&mut self) -> io::Result<()> {
+        loop {
+            if self.detach.asked() {
+                let deadline = std::time::Instant::now() + Duration::from_secs(5);
+                while self.detach.owed.load(Ordering::SeqCst) > 0 {
+                    if std::time::Instant::now() > deadline {
+                        return Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "the handler never answered: cannot let go cleanly",
+                        ));
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                self.detach.done.store(true, Ordering::SeqCst);
+                return Err(io::Error::other("let go of the frontend"));
+            }
+            if readable_now(self.frontend.as_raw_fd()) {
+                return Ok(());
+            }
+            wait_either(self.frontend.as_raw_fd(), self.detach.asked.as_raw_fd())?;
+        }
+    }
+
     fn acknowledge(&mut self, request: u32, flags: u32) -> io::Result<()> {
         if flags & FLAG_NEED_REPLY != 0 {
             let mut reply = header(request, FLAG_VERSION_1 | FLAG_REPLY, 8).to_vec();
@@ -667,6 +809,8 @@ fn recv_header(
 mod tests {
     use super::*;
 
+    const SET_OWNER_REQ: u32 = 3;
+
     fn start_pair(relay_end: UnixStream) -> (UnixStream, JoinHandle<RelayEnd>) {
         let (handler, t, _) = start_with_kicks(relay_end);
         (handler, t)
@@ -777,14 +921,7 @@ mod tests {
     /// Whether `fd` is readable right now.
     #[allow(unsafe_code)]
     fn readable(fd: RawFd) -> bool {
-        let mut p = libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: `p` is one valid pollfd for the duration of the call; timeout 0.
-        let n = unsafe { libc::poll(&mut p, 1, 0) };
-        n == 1 && p.revents & libc::POLLIN != 0
+        readable_now(fd)
     }
 
     #[test]
@@ -950,6 +1087,42 @@ mod tests {
             .unwrap();
         let mut fe2 = fe2;
         assert_eq!(read_msg(&mut fe2).1, vec![9; 8]);
+    }
+
+    #[test]
+    fn a_relay_lets_go_after_the_replies_it_owes_and_leaves_the_frontend_open() {
+        let (fe, relay_end) = UnixStream::pair().unwrap();
+        let kept = relay_end.try_clone().unwrap();
+        let (mut handler, relay_side) = UnixStream::pair().unwrap();
+        let shared = Shared::quiet(2);
+        let detach = shared.detach.clone();
+        let ended = Arc::new(EventFd::new(EFD_NONBLOCK).unwrap());
+        let t = start(relay_end, relay_side, shared, ended).unwrap();
+        // A first message, then a query whose reply is owed when the relay is asked to go.
+        (&fe)
+            .write_all(&msg(SET_OWNER_REQ, FLAG_VERSION_1, &[]))
+            .unwrap();
+        read_msg(&mut handler);
+        (&fe).write_all(&msg(1, FLAG_VERSION_1, &[])).unwrap();
+        read_msg(&mut handler);
+        detach.ask();
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!t.is_finished(), "it let go with a reply owed");
+        handler
+            .write_all(&msg(1, FLAG_VERSION_1 | FLAG_REPLY, &[5; 8]))
+            .unwrap();
+        assert!(matches!(t.join().unwrap(), RelayEnd::Detached));
+        let mut fe = fe;
+        assert_eq!(
+            read_msg(&mut fe).1,
+            vec![5; 8],
+            "the owed reply reached the frontend"
+        );
+        // The frontend's socket is open: what it sends now waits for whoever carries on.
+        fe.write_all(&msg(1, FLAG_VERSION_1, &[])).unwrap();
+        let mut kept = kept;
+        let (h, _) = read_msg(&mut kept);
+        assert_eq!(h[0], 1);
     }
 
     #[test]
