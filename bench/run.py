@@ -417,6 +417,25 @@ def policing_cost(work, size, secs, rounds):
     return on_off_cost("policing", work, size, secs, rounds, {"port_lines": POLICE_ALL})
 
 
+def probe_run(vs, mode, secs, *args):
+    """Runs `vs-probe MODE --a p0 --b p1 --secs SECS ARGS` through `vs` on the generator's
+    core. Returns its output and the worker's (busy cycles, packets, bursts) 2 s in and 1 s
+    before the end."""
+    probe = subprocess.Popen(
+        ["taskset", "-c", str(GEN_CPU), PROBE, mode, "--a", vs.socks[0], "--b", vs.socks[1],
+         "--secs", str(secs), *args],
+        stdout=subprocess.PIPE, text=True, start_new_session=True)
+    assert probe.stdout.readline().strip() == "ready", f"vs-probe {mode} did not start"
+    time.sleep(2)
+    first = vs.cycles()
+    time.sleep(secs - 3)
+    last = vs.cycles()
+    out, _ = probe.communicate(timeout=60)
+    if probe.returncode != 0:
+        raise SystemExit(f"vs-probe {mode} failed (exit {probe.returncode})")
+    return out, first, last
+
+
 MIRROR_PPS = 1_000_000
 
 
@@ -427,19 +446,8 @@ def mirror_run(work, size, secs, pps=MIRROR_PPS):
     mirror = ["[[mirrors]]", 'name = "span"', 'ports = ["p0"]', 'output = "p2"']
     vs = Vringswitch(work, nports=3, extra_lines=mirror)
     try:
-        probe = subprocess.Popen(
-            ["taskset", "-c", str(GEN_CPU), PROBE, "mirror", "--a", vs.socks[0], "--b",
-             vs.socks[1], "--c", vs.socks[2], "--secs", str(secs), "--size", str(size),
-             "--pps", str(pps)],
-            stdout=subprocess.PIPE, text=True, start_new_session=True)
-        assert probe.stdout.readline().strip() == "ready", "vs-probe mirror did not start"
-        time.sleep(2)
-        c0, n0, b0 = vs.cycles()
-        time.sleep(secs - 3)
-        c1, n1, b1 = vs.cycles()
-        out, _ = probe.communicate(timeout=60)
-        if probe.returncode != 0:
-            raise SystemExit(f"vs-probe mirror failed (exit {probe.returncode})")
+        out, (c0, n0, _), (c1, n1, _) = probe_run(
+            vs, "mirror", secs, "--c", vs.socks[2], "--size", str(size), "--pps", str(pps))
         st = vs.stats()
     finally:
         vs.stop()
@@ -845,19 +853,8 @@ def dirty_log_run(work, size, secs, logging):
     cycles per packet and frames per burst after a 2 s warm-up."""
     vs = Vringswitch(work)
     try:
-        probe = subprocess.Popen(
-            ["taskset", "-c", str(GEN_CPU), PROBE, "stream", "--a", vs.socks[0], "--b",
-             vs.socks[1], "--secs", str(secs), "--size", str(size),
-             *(["--dirty-log"] if logging else [])],
-            stdout=subprocess.PIPE, text=True, start_new_session=True)
-        assert probe.stdout.readline().strip() == "ready", "vs-probe stream did not start"
-        time.sleep(2)
-        c0, n0, b0 = vs.cycles()
-        time.sleep(secs - 3)
-        c1, n1, b1 = vs.cycles()
-        out, _ = probe.communicate(timeout=60)
-        if probe.returncode != 0:
-            raise SystemExit(f"vs-probe stream failed (exit {probe.returncode})")
+        out, (c0, n0, b0), (c1, n1, b1) = probe_run(
+            vs, "stream", secs, "--size", str(size), *(["--dirty-log"] if logging else []))
     finally:
         vs.stop()
     lines = [json.loads(x) for x in out.splitlines() if x.startswith("{")][2:]

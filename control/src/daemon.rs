@@ -510,15 +510,13 @@ impl Daemon {
     /// forgotten, its frontend is disconnected and a server socket is removed.
     pub fn remove_port(&self, name: &str) -> Result<(), ChangeError> {
         let mut st = self.state();
+        // A mirror names only ports that exist.
         let mirrors: Vec<String> = st.mirrors_of(name).iter().map(|m| m.name.clone()).collect();
         if let Some(m) = mirrors.first() {
-            if st.ports.contains_key(name) {
-                return Err(ChangeError::Conflict(format!(
-                    "port {name:?} is in mirror {}: delete the mirror first (vringctl mirror \
-                     del {m})",
-                    mirrors.join(", ")
-                )));
-            }
+            return Err(ChangeError::Conflict(format!(
+                "port {name:?} is in mirror {}: delete the mirror first (vringctl mirror del {m})",
+                mirrors.join(", ")
+            )));
         }
         let mut entry = st.ports.remove(name).ok_or_else(|| no_port(name))?;
         // Its id may name another port once given back: its link going down from here on

@@ -119,11 +119,7 @@ fn check_peer(
     expected: &'static str,
 ) -> Result<(), HandoverError> {
     let (their_pid, their_uid) = fd_channel::peer(sock).map_err(ChannelError::Io)?;
-    let our_uid = std::fs::metadata("/proc/self").map_or(u32::MAX, |m| {
-        use std::os::unix::fs::MetadataExt;
-        m.uid()
-    });
-    if their_uid != our_uid || pid.is_some_and(|p| p != their_pid) {
+    if their_uid != crate::socket_dir::own_uid() || pid.is_some_and(|p| p != their_pid) {
         return Err(HandoverError::Stranger {
             pid: their_pid,
             uid: their_uid,

@@ -106,7 +106,7 @@ pub(crate) fn create_socket_dir(dir: &Path) -> Result<(), DaemonError> {
 }
 
 /// The effective user id of this process (the owner of `/proc/self`).
-fn own_uid() -> u32 {
+pub fn own_uid() -> u32 {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata("/proc/self").map_or(u32::MAX, |m| m.uid())
 }

@@ -920,10 +920,6 @@ mod tests {
 
     /// Whether `fd` is readable right now.
     #[allow(unsafe_code)]
-    fn readable(fd: RawFd) -> bool {
-        readable_now(fd)
-    }
-
     #[test]
     fn a_tx_kick_fd_is_kept_and_the_library_gets_a_stand_in() {
         let (fe, relay_end) = UnixStream::pair().unwrap();
@@ -940,9 +936,12 @@ mod tests {
         // The frontend's kicks reach the kept fd, not the library's.
         kick.write(1).unwrap();
         let mut kept = None;
-        kicks.with(1, |fd| kept = Some(readable(fd)));
+        kicks.with(1, |fd| kept = Some(readable_now(fd)));
         assert_eq!(kept, Some(true), "kept fd not the frontend's");
-        assert!(!readable(fds[0].as_raw_fd()), "the library saw the kick");
+        assert!(
+            !readable_now(fds[0].as_raw_fd()),
+            "the library saw the kick"
+        );
 
         // An RX ring's kick fd passes through as it came.
         let rx_kick = EventFd::new(EFD_NONBLOCK).unwrap();
@@ -950,7 +949,7 @@ mod tests {
         let fds = recv_header(&handler, &mut hdr, Duration::from_secs(5)).unwrap();
         (&handler).read_exact(&mut body).unwrap();
         rx_kick.write(1).unwrap();
-        assert!(readable(fds[0].as_raw_fd()));
+        assert!(readable_now(fds[0].as_raw_fd()));
         kicks.with(0, |_| panic!("an RX kick fd was kept"));
 
         // NOFD (the frontend will not kick): the kept fd is dropped, nothing is sent.
@@ -1000,7 +999,7 @@ mod tests {
         assert_eq!(kept, [SET_VRING_ENABLE, SET_FEATURES, SET_VRING_KICK]);
         // The kick kept is the frontend's own: what it writes, the log's copy reads.
         kick.write(1).unwrap();
-        assert!(readable(log.entries()[2].fds[0].as_raw_fd()));
+        assert!(readable_now(log.entries()[2].fds[0].as_raw_fd()));
         assert!(!log.logging() && !log.incomplete());
     }
 
@@ -1066,7 +1065,7 @@ mod tests {
         // The frontend's real kick is the new relay's too.
         kick.write(1).unwrap();
         let mut kept = None;
-        kicks2.with(1, |fd| kept = Some(readable(fd)));
+        kicks2.with(1, |fd| kept = Some(readable_now(fd)));
         assert_eq!(kept, Some(true));
         // Nothing of the replay reached the frontend; what it sends now passes, and replies
         // come back to it.
