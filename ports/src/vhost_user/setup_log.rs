@@ -143,16 +143,29 @@ impl SetupLog {
             .iter()
             .map(OwnedFd::try_clone)
             .collect::<std::io::Result<Vec<_>>>()?;
-        self.entries.push(Recorded {
+        let recorded = Recorded {
             request,
             flags,
             body: body.to_vec(),
             fds,
-        });
+        };
+        // What concerns the whole connection goes before every ring's messages: a ring's
+        // addresses only translate through a memory table sent before them, and a table
+        // the frontend sends again later must come first on replay too.
+        let at = match ring_of(request, body) {
+            Some(_) => self.entries.len(),
+            None => self
+                .entries
+                .iter()
+                .position(|r| ring_of(r.request, &r.body).is_some())
+                .unwrap_or(self.entries.len()),
+        };
+        self.entries.insert(at, recorded);
         Ok(())
     }
 
-    /// What to replay, in the order they came.
+    /// What to replay: the messages about the whole connection (owner, features, memory),
+    /// then those about rings, each in the order they came.
     pub fn entries(&self) -> &[Recorded] {
         &self.entries
     }
@@ -265,6 +278,30 @@ mod tests {
         assert!(log.logging());
         log.record(RESET_DEVICE, 1, &[], &[]);
         assert!(log.entries().is_empty() && !log.logging());
+    }
+
+    #[test]
+    fn a_table_sent_again_after_the_rings_replays_before_them() {
+        let mut log = SetupLog::default();
+        log.record(SET_OWNER, 1, &[], &[]);
+        log.record(SET_MEM_TABLE, 1, &[0; 40], &[fd()]);
+        log.record(SET_VRING_NUM, 1, &ring(0, 256), &[]);
+        log.record(SET_VRING_ADDR, 1, &[0; 40], &[]);
+        log.record(SET_MEM_TABLE, 1, &[1; 40], &[fd()]);
+        log.record(ADD_MEM_REG, 1, &region(0x4000, 0x1000), &[fd()]);
+        log.record(SET_FEATURES, 1, &fd_msg(1 << 32), &[]);
+        assert_eq!(
+            kinds(&log),
+            [
+                (SET_OWNER, None),
+                (SET_MEM_TABLE, None),
+                (ADD_MEM_REG, None),
+                (SET_FEATURES, None),
+                (SET_VRING_NUM, Some(0)),
+                (SET_VRING_ADDR, Some(0)),
+            ]
+        );
+        assert_eq!(log.entries()[1].body, [1; 40]);
     }
 
     #[test]
