@@ -235,6 +235,16 @@ impl PortHandle {
         }
     }
 
+    /// Withdraws the queues of a connection another process carries on (a hitless
+    /// upgrade): the link stays up, so nothing of [`Self::on_link_down`] runs. Returns the
+    /// attachment withdrawn, which the caller stops before the other process starts.
+    pub fn withdraw(&self) -> Option<Arc<Attachment>> {
+        let was = self.attachment.swap(None);
+        self.generation.fetch_add(1, Ordering::Release);
+        self.ring_doorbell();
+        was
+    }
+
     /// Sets what is done each time the port's link goes down (the peer gone, the
     /// interface deleted): the daemon forgets the addresses its bridge learnt on it, as
     /// Linux bridges and OVS do, so that frames to them flood instead of being dropped

@@ -221,6 +221,18 @@ impl NetBackend {
         self.port.detach();
     }
 
+    /// Withdraws this connection's rings from the workers for good, its link still up:
+    /// another process carries the connection on. Once this returns, no worker of this
+    /// process is in a burst on them or starts one.
+    pub fn close_for_handover(&self) {
+        *self.closed.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        if let Some(attachment) = self.port.withdraw() {
+            if let Attachment::VhostUser(queues) = &*attachment {
+                queues.stop_all();
+            }
+        }
+    }
+
     /// Stops the library's event thread(s) of this connection.
     pub fn signal_exit(&self) {
         for n in self

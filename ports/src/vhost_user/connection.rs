@@ -36,6 +36,9 @@ use crate::socket_file::{self, BoundSocket};
 /// free after all (its own old connection ending).
 const KNOCK_GRACE: Duration = Duration::from_millis(500);
 
+/// Where a port's thread says whether the connection it was handed could be set up again.
+type ReplayAnswer = std::sync::mpsc::SyncSender<Result<(), String>>;
+
 /// Interval between connection attempts in client mode.
 pub const CLIENT_RETRY_INTERVAL: Duration = Duration::from_millis(50);
 
@@ -54,12 +57,20 @@ pub struct VhostUserPortConfig {
     pub offloads: bool,
 }
 
+/// Where the port's thread answers a request to hand the port over: `Ok` once it let go
+/// of everything (its thread then ends, returning what it held), or why it cannot (it
+/// then serves on as before).
+type HandOverAnswer = std::sync::mpsc::SyncSender<Result<(), String>>;
+
 struct ConnectionControl {
     stop: AtomicBool,
-    /// Written on stop: wakes the port's thread wherever it waits.
+    /// Written on stop and on a request to hand over: wakes the port's thread wherever it
+    /// waits.
     wake: EventFd,
     /// The frontend connection being served, to hang up on stop.
     shutdown: Mutex<Option<UnixStream>>,
+    /// A request to hand the port over ([`VhostUserPort::hand_over`]).
+    hand_over: Mutex<Option<HandOverAnswer>>,
 }
 
 impl ConnectionControl {
@@ -68,8 +79,42 @@ impl ConnectionControl {
             stop: AtomicBool::new(false),
             wake: EventFd::new(EFD_NONBLOCK).map_err(VhostUserError::EventFd)?,
             shutdown: Mutex::new(None),
+            hand_over: Mutex::new(None),
         })
     }
+
+    fn handing_over(&self) -> bool {
+        lock(&self.hand_over).is_some()
+    }
+
+    /// Answers the request to hand over, if one is pending; `Err` withdraws it.
+    fn answer_hand_over(&self, answer: Result<(), String>) {
+        if let Some(to) = lock(&self.hand_over).take() {
+            let _ = to.send(answer);
+        }
+    }
+}
+
+/// A frontend connection that another process (or another port object) carries on: its
+/// socket, untouched, and what it said to set the connection up, which the one carrying on
+/// replays into its own protocol handler.
+pub struct CarriedConnection {
+    pub frontend: UnixStream,
+    pub log: super::setup_log::SetupLog,
+}
+
+/// Everything a vhost-user port hands over in a hitless upgrade.
+pub struct HandedOver {
+    /// In server mode: the listening socket, and the file bound to it (left in place).
+    pub listener: Option<(UnixListener, BoundSocket)>,
+    /// The frontend connected at the time, if one was.
+    pub connection: Option<CarriedConnection>,
+}
+
+/// What a port's thread held when it ended.
+struct Served {
+    listener: Option<UnixListener>,
+    carried: Option<CarriedConnection>,
 }
 
 /// What a port's thread waits on between connections: the stop eventfd and, in server
@@ -269,7 +314,7 @@ pub struct VhostUserPort {
     handle: Arc<PortHandle>,
     config: VhostUserPortConfig,
     control: Arc<ConnectionControl>,
-    thread: Option<JoinHandle<()>>,
+    thread: Option<JoinHandle<Served>>,
     /// The server socket file as bound (again, if it was deleted), so that only it is
     /// removed on stop.
     bound: Arc<Mutex<Option<BoundSocket>>>,
@@ -282,13 +327,56 @@ impl VhostUserPort {
         handle: Arc<PortHandle>,
         config: VhostUserPortConfig,
     ) -> Result<VhostUserPort, VhostUserError> {
-        let (listener, bound) = match config.mode {
-            SocketMode::Server => {
-                let (l, b) = bind(&config.socket)?;
-                (Some(l), Some(b))
-            }
-            SocketMode::Client => (None, None),
+        let listener = match config.mode {
+            SocketMode::Server => Some(bind(&config.socket)?),
+            SocketMode::Client => None,
         };
+        Self::launch(handle, config, listener, None)
+    }
+
+    /// Carries on serving a port that another process (or port object) handed over: its
+    /// listening socket, and the connection it served, whose setup is replayed into a
+    /// protocol handler of this port before the frontend's next message is read. The
+    /// frontend notices nothing. Returns once the replay is done; an error says why the
+    /// connection could not be carried on (the port then serves its socket as after a
+    /// disconnect).
+    pub fn take_over(
+        handle: Arc<PortHandle>,
+        config: VhostUserPortConfig,
+        handed: HandedOver,
+    ) -> Result<(VhostUserPort, Result<(), String>), VhostUserError> {
+        let listener = match (config.mode, handed.listener) {
+            (SocketMode::Server, Some(l)) => {
+                l.0.set_nonblocking(true)
+                    .map_err(|error| VhostUserError::Listen {
+                        path: config.socket.clone(),
+                        error,
+                    })?;
+                Some(l)
+            }
+            (SocketMode::Server, None) => Some(bind(&config.socket)?),
+            (SocketMode::Client, _) => None,
+        };
+        let Some(carried) = handed.connection else {
+            return Self::launch(handle, config, listener, None).map(|p| (p, Ok(())));
+        };
+        let (replayed, outcome) = std::sync::mpsc::sync_channel(1);
+        let port = Self::launch(handle, config, listener, Some((carried, replayed)))?;
+        let outcome = outcome
+            .recv()
+            .unwrap_or_else(|_| Err("the port's thread ended during the replay".into()));
+        Ok((port, outcome))
+    }
+
+    /// Starts the port's thread: serving `first` first, if given (answering on its sender
+    /// once its replay is done), then the socket.
+    fn launch(
+        handle: Arc<PortHandle>,
+        config: VhostUserPortConfig,
+        listener: Option<(UnixListener, BoundSocket)>,
+        first: Option<(CarriedConnection, ReplayAnswer)>,
+    ) -> Result<VhostUserPort, VhostUserError> {
+        let (listener, bound) = listener.unzip();
         let bound = Arc::new(Mutex::new(bound));
         let started = ConnectionControl::new().and_then(|control| {
             let waiter =
@@ -304,7 +392,7 @@ impl VhostUserPort {
             let (handle, config, shared) = (handle.clone(), config.clone(), control.clone());
             let thread = std::thread::Builder::new()
                 .name(format!("vhost-{}", handle.name()))
-                .spawn(move || serve(handle, config, server, waiter, shared))
+                .spawn(move || serve(handle, config, server, waiter, shared, first))
                 .map_err(VhostUserError::Spawn)?;
             Ok((control, thread))
         });
@@ -324,6 +412,35 @@ impl VhostUserPort {
             control,
             thread: Some(thread),
             bound,
+        })
+    }
+
+    /// Lets go of the port for another process to carry on (a hitless upgrade): the
+    /// connected frontend's relay lets go between two of its messages, once every reply it
+    /// owes has been sent; this process's workers stop using its rings; and the port's
+    /// thread ends, closing nothing the frontend or a VM looking for the socket would
+    /// notice. Declined, with the reason, while the VM is being migrated, or when its
+    /// connection cannot be carried on; the port then serves on as before.
+    pub fn hand_over(&mut self) -> Result<HandedOver, String> {
+        if self.thread.is_none() {
+            return Err("the port is stopped".into());
+        }
+        let (answer, answered) = std::sync::mpsc::sync_channel(1);
+        *lock(&self.control.hand_over) = Some(answer);
+        let _ = self.control.wake.write(1);
+        match answered.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(reason)) => return Err(reason),
+            Err(_) => return Err("the port's thread ended".into()),
+        }
+        let served = match self.thread.take().map(JoinHandle::join) {
+            Some(Ok(served)) => served,
+            _ => return Err("the port's thread ended".into()),
+        };
+        let bound = lock(&self.bound).take();
+        Ok(HandedOver {
+            listener: served.listener.zip(bound),
+            connection: served.carried,
         })
     }
 
@@ -428,7 +545,7 @@ fn next_frontend(
 ) -> Option<UnixStream> {
     let mut last_error: Option<Instant> = None;
     let listening = server.is_some();
-    while !control.stop.load(Ordering::SeqCst) {
+    while !control.stop.load(Ordering::SeqCst) && !control.handing_over() {
         let attempt = match server.as_deref_mut() {
             Some(server) => {
                 server.check(name, waiter);
@@ -536,12 +653,43 @@ fn serve(
     mut server: Option<ServerSocket>,
     waiter: Waiter,
     control: Arc<ConnectionControl>,
-) {
+    mut first: Option<(CarriedConnection, ReplayAnswer)>,
+) -> Served {
     let name = port.name().to_string();
     // A frontend failing in a loop gets one line per 10 s, with the count of the others.
     let mut failures = LogLimiter::new(Duration::from_secs(10));
-    while let Some(frontend) = next_frontend(&name, &config, server.as_mut(), &waiter, &control) {
-        match serve_connection(&port, &config, frontend, server.as_mut(), &waiter, &control) {
+    let mut carried = None;
+    loop {
+        let (frontend, replay) = match first.take() {
+            Some((c, answer)) => (c.frontend, Some((c.log, answer))),
+            None => match next_frontend(&name, &config, server.as_mut(), &waiter, &control) {
+                Some(f) => (f, None),
+                None => break,
+            },
+        };
+        if replay.is_none() && control.handing_over() {
+            // Connected just now: whatever it sent waits in its socket for whoever
+            // carries on, with nothing to replay.
+            carried = Some(CarriedConnection {
+                frontend,
+                log: Default::default(),
+            });
+            break;
+        }
+        let served = serve_connection(
+            &port,
+            &config,
+            frontend,
+            replay,
+            server.as_mut(),
+            &waiter,
+            &control,
+        );
+        match served {
+            Ok(Ended::HandedOver(c)) => {
+                carried = Some(c);
+                break;
+            }
             Ok(Ended::Disconnected) => {}
             Ok(Ended::ProtocolError(error)) => {
                 port.note_protocol_error();
@@ -560,6 +708,11 @@ fn serve(
                 waiter.pause(CLIENT_RETRY_INTERVAL);
             }
         }
+    }
+    control.answer_hand_over(Ok(()));
+    Served {
+        listener: server.map(|s| s.listener),
+        carried,
     }
 }
 
@@ -580,8 +733,8 @@ pub fn serve_stream(
     let control = ConnectionControl::new().map_err(std::io::Error::other)?;
     let waiter = Waiter::new(&control, None)?;
     Ok(
-        match serve_connection(port, &config, frontend, None, &waiter, &control)? {
-            Ended::Disconnected => None,
+        match serve_connection(port, &config, frontend, None, None, &waiter, &control)? {
+            Ended::Disconnected | Ended::HandedOver(_) => None,
             Ended::ProtocolError(e) => Some(e),
         },
     )
@@ -594,6 +747,47 @@ enum Ended {
     /// The frontend broke the protocol: a message refused by the relay, or an error of the
     /// protocol handler.
     ProtocolError(String),
+    /// The connection was let go of, for another process to carry on.
+    HandedOver(CarriedConnection),
+}
+
+/// How long a connection carried on may take to hand its rings to the workers after its
+/// replay.
+const RINGS_READY_WAIT: Duration = Duration::from_secs(1);
+
+/// How long a relay asked to let go may take to answer: it answers between two of the
+/// frontend's messages, and a frontend that connected just now may not have sent its
+/// first.
+const LET_GO_WAIT: Duration = Duration::from_secs(6);
+
+/// Asks the connection's relay to let go of its frontend; `Ok` once it did (its end
+/// follows), else why not (it relays on as before).
+fn let_go(detach: &super::relay::Detach, relay: &JoinHandle<RelayEnd>) -> Result<(), String> {
+    detach.ask();
+    let deadline = Instant::now() + LET_GO_WAIT;
+    loop {
+        if detach.done() {
+            return Ok(());
+        }
+        if let Some(reason) = detach.declined() {
+            return Err(reason);
+        }
+        let gone = relay.is_finished();
+        if gone || Instant::now() > deadline {
+            if !detach.withdraw() {
+                return Ok(());
+            }
+            return Err(if gone {
+                "its VM disconnected meanwhile".into()
+            } else {
+                format!(
+                    "its VM connected and has not said a whole message within {} s",
+                    LET_GO_WAIT.as_secs()
+                )
+            });
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }
 
 /// What rings `port`'s doorbell from the connection's shared tables. Weak: the tables live
@@ -611,6 +805,7 @@ fn serve_connection(
     port: &Arc<PortHandle>,
     config: &VhostUserPortConfig,
     frontend: UnixStream,
+    replay: Option<(super::setup_log::SetupLog, ReplayAnswer)>,
     mut server: Option<&mut ServerSocket>,
     waiter: &Waiter,
     control: &ConnectionControl,
@@ -631,16 +826,30 @@ fn serve_connection(
         setup: Default::default(),
         detach: Arc::new(super::relay::Detach::new()?),
     };
-    let backend = Arc::new(NetBackend::new(
+    let (replay, replay_answer) = replay.unzip();
+    // A connection carried over that cannot be set up again says why, once.
+    let say_replay = |outcome: Result<(), String>| {
+        if let Some(answer) = &replay_answer {
+            let _ = answer.send(outcome);
+        }
+    };
+    let backend = match NetBackend::new(
         port.clone(),
         (config.queue_pairs, config.offloads),
         fenced,
         shared.clone(),
-    )?);
+    ) {
+        Ok(b) => Arc::new(b),
+        Err(e) => {
+            say_replay(Err(e.to_string()));
+            return Err(e);
+        }
+    };
     let mut daemon = match VhostUserDaemon::new(name.to_string(), backend.clone(), mapped) {
         Ok(d) => d,
         Err(e) => {
             close_leaked(&backend);
+            say_replay(Err(e.to_string()));
             return Err(std::io::Error::other(e.to_string()));
         }
     };
@@ -653,25 +862,60 @@ fn serve_connection(
         let mut inner = Listener::new(&path, true).map_err(std::io::Error::other)?;
         let relay_side = UnixStream::connect(&path)?;
         drop(private);
-        let relay = super::relay::start(
-            frontend.try_clone()?,
-            relay_side,
-            shared,
-            waiter.ended.clone(),
-        )?;
+        let ended = waiter.ended.clone();
+        let (relay, replayed) = match &replay {
+            None => (
+                super::relay::start(frontend.try_clone()?, relay_side, shared.clone(), ended)?,
+                None,
+            ),
+            Some(log) => {
+                let (relay, replayed) = super::relay::start_replaying(
+                    frontend.try_clone()?,
+                    log.entries(),
+                    relay_side,
+                    shared.clone(),
+                    ended,
+                )?;
+                (relay, Some(replayed))
+            }
+        };
         daemon
             .start(&mut inner)
             .map_err(|e| std::io::Error::other(e.to_string()))?;
-        Ok::<_, std::io::Error>(relay)
+        Ok::<_, std::io::Error>((relay, replayed))
     })();
-    let relay = match result {
+    let (relay, replayed) = match result {
         Ok(r) => r,
         Err(e) => {
             drop(daemon);
             close_leaked(&backend);
+            say_replay(Err(e.to_string()));
             return Err(e);
         }
     };
+    // A connection carried over is set up again before anything else: the library has
+    // answered every message of the replay.
+    if let Some(replayed) = replayed {
+        let outcome = match replayed.join() {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(format!("setting the connection up again failed: {e}")),
+            Err(_) => Err("setting the connection up again failed".into()),
+        };
+        if let Err(e) = &outcome {
+            tracing::warn!(port = %name, error = %e,
+                "cannot carry on the VM's connection; it is hung up on and may reconnect");
+        } else if replay.as_ref().is_some_and(|log| log.started_rings()) {
+            // The library raises an event for every ring the replay started and enabled
+            // (as for any ring it starts), on which the backend hands the rings to the
+            // workers, on the library's thread. Waited for, so that the caller starts its
+            // workers with every port it took over ready to take frames.
+            let deadline = Instant::now() + RINGS_READY_WAIT;
+            while !backend.published() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_micros(100));
+            }
+        }
+        say_replay(outcome);
+    }
     {
         let mut s = lock(&control.shutdown);
         *s = frontend.try_clone().ok();
@@ -686,17 +930,36 @@ fn serve_connection(
         });
     }
     port.set_connected(true);
-    tracing::info!(port = %name, socket = %config.socket.display(), "vhost-user frontend connected");
+    if replay.is_some() {
+        tracing::info!(port = %name, socket = %config.socket.display(),
+            "vhost-user connection carried on from the previous process");
+    } else {
+        tracing::info!(port = %name, socket = %config.socket.display(),
+            "vhost-user frontend connected");
+    }
+    drop(replay);
 
     // Until the connection ends, a second frontend is told that the port is taken (it is
     // hung up on), instead of waiting in the backlog for an answer that never comes. Unless
     // the connection ends within a moment: a frontend that reconnects (QEMU, DPDK) may come
     // back before the end of its old connection is noticed, and is served.
     let mut knocks = LogLimiter::new(Duration::from_secs(10));
+    let mut handed = false;
     loop {
         match waiter.wait_serving() {
             Serving::Ended => break,
             Serving::Knock if waiter.ends_within(KNOCK_GRACE) => break,
+            // Let go, for another process to carry on: the relay's end follows. A stop
+            // meanwhile must not hang up on the frontend that process now serves.
+            Serving::Stop if handed || control.handing_over() => {
+                let _ = control.wake.read();
+                if !handed {
+                    match let_go(&shared.detach, &relay) {
+                        Ok(()) => handed = true,
+                        Err(reason) => control.answer_hand_over(Err(reason)),
+                    }
+                }
+            }
             // `stop` hangs up on the frontend: the end follows.
             Serving::Stop => {
                 let _ = frontend.shutdown(std::net::Shutdown::Both);
@@ -722,6 +985,30 @@ fn serve_connection(
     let result = daemon.wait();
 
     *lock(&control.shutdown) = None;
+    if handed {
+        // The relay has ended (it says so only then); it let go unless it failed first.
+        let relay_end = relay.join();
+        if matches!(relay_end, Ok(RelayEnd::Detached)) {
+            backend.close_for_handover();
+            port.set_connected(false);
+            backend.signal_exit();
+            drop(daemon);
+            close_leaked(&backend);
+            let log = std::mem::take(&mut *lock(&shared.setup));
+            tracing::info!(port = %name, "vhost-user connection handed over");
+            return Ok(Ended::HandedOver(CarriedConnection { frontend, log }));
+        }
+        control.answer_hand_over(Err(
+            "its connection failed while being handed over; the VM reconnects".into(),
+        ));
+        let _ = frontend.shutdown(std::net::Shutdown::Both);
+        backend.close();
+        port.set_connected(false);
+        backend.signal_exit();
+        drop(daemon);
+        close_leaked(&backend);
+        return Ok(Ended::Disconnected);
+    }
     let _ = frontend.shutdown(std::net::Shutdown::Both);
     backend.close();
     port.set_connected(false);

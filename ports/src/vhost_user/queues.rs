@@ -129,6 +129,16 @@ impl VhostUserQueues {
         self.features() & (1 << VIRTIO_NET_F_MRG_RXBUF) != 0
     }
 
+    /// Stops every ring for good in this process, once any burst on it has ended: each is
+    /// marked not ready under its lock, which every worker holds for a whole burst and
+    /// under which it checks readiness first ([`Self::serviceable`]). After this returns,
+    /// no worker here touches the rings again, and another process may take them over.
+    pub fn stop_all(&self) {
+        for v in &self.vrings {
+            v.get_mut().get_queue_mut().set_ready(false);
+        }
+    }
+
     /// Number of queue pairs whose two rings are both ready and enabled right now.
     pub fn active_queue_pairs(&self) -> usize {
         self.vrings

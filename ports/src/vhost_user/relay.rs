@@ -66,30 +66,101 @@ pub enum RelayEnd {
 
 /// Asks a relay to let go of its frontend without hanging up on it (a hitless upgrade),
 /// and counts the replies it still owes the frontend meanwhile.
+///
+/// An ask ends one of three ways: the relay lets go ([`Self::done`]), declines with a
+/// reason ([`Self::declined`]: a live migration is logging, or its setup log is not
+/// whole), or the asker withdraws it ([`Self::withdraw`]) before the relay got to it.
+/// Between two messages the relay looks, so the answer comes within one message's time.
 #[derive(Debug)]
 pub struct Detach {
+    /// Written by [`Self::ask`]: wakes a relay waiting for its frontend's next message.
     asked: EventFd,
     /// Replies the handler owes the frontend for messages already passed on.
     owed: std::sync::atomic::AtomicUsize,
-    done: std::sync::atomic::AtomicBool,
+    state: std::sync::atomic::AtomicU8,
+    /// Why the relay declined the last ask.
+    reason: std::sync::Mutex<String>,
 }
+
+const IDLE: u8 = 0;
+const ASKED: u8 = 1;
+const DONE: u8 = 2;
+const DECLINED: u8 = 3;
 
 impl Detach {
     pub fn new() -> io::Result<Detach> {
         Ok(Detach {
             asked: EventFd::new(EFD_NONBLOCK)?,
             owed: Default::default(),
-            done: Default::default(),
+            state: std::sync::atomic::AtomicU8::new(IDLE),
+            reason: Default::default(),
         })
     }
 
     /// Asks the relay to let go after the message it is on and the replies it owes.
     pub fn ask(&self) {
-        let _ = self.asked.write(1);
+        if self
+            .state
+            .compare_exchange(IDLE, ASKED, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+        {
+            let _ = self.asked.write(1);
+        }
     }
 
-    fn asked(&self) -> bool {
-        readable_now(self.asked.as_raw_fd())
+    /// Whether the relay let go.
+    pub fn done(&self) -> bool {
+        self.state.load(Ordering::SeqCst) == DONE
+    }
+
+    /// Why the relay declined the ask, if it did; the relay carries on as before, and may
+    /// be asked again.
+    pub fn declined(&self) -> Option<String> {
+        if self.state.load(Ordering::SeqCst) != DECLINED {
+            return None;
+        }
+        let reason = std::mem::take(&mut *self.reason.lock().unwrap_or_else(|e| e.into_inner()));
+        self.state.store(IDLE, Ordering::SeqCst);
+        Some(reason)
+    }
+
+    /// Withdraws an ask the relay has not answered; false if it let go meanwhile. After
+    /// this the relay carries on as if never asked.
+    pub fn withdraw(&self) -> bool {
+        match self
+            .state
+            .compare_exchange(ASKED, IDLE, Ordering::SeqCst, Ordering::SeqCst)
+        {
+            Ok(_) => true,
+            Err(now) => now != DONE,
+        }
+    }
+
+    /// Whether an ask waits for the relay's answer (the eventfd read).
+    fn take_ask(&self) -> bool {
+        let _ = self.asked.read();
+        self.state.load(Ordering::SeqCst) == ASKED
+    }
+
+    /// The relay's answer: `Ok` lets go, `Err` declines. False if the ask was withdrawn
+    /// meanwhile (the relay then carries on).
+    fn answer(&self, verdict: Result<(), String>) -> bool {
+        match verdict {
+            Ok(()) => self
+                .state
+                .compare_exchange(ASKED, DONE, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok(),
+            Err(reason) => {
+                *self.reason.lock().unwrap_or_else(|e| e.into_inner()) = reason;
+                let _ = self.state.compare_exchange(
+                    ASKED,
+                    DECLINED,
+                    Ordering::SeqCst,
+                    Ordering::SeqCst,
+                );
+                false
+            }
+        }
     }
 }
 
@@ -218,14 +289,16 @@ pub fn start_with(
 /// Starts relaying for a connection another process set up (a hitless upgrade): the
 /// messages of `replay` (that process's [`super::setup_log::SetupLog`]) first, as if
 /// `frontend` sent them again, their replies dropped; then `frontend` itself, which notices
-/// nothing. The relay and the library end up as they were in the other process.
+/// nothing. The relay and the library end up as they were in the other process. The
+/// second thread returned ends once the library has answered the whole replay (or the
+/// replay failed: the relay then ends too).
 pub fn start_replaying(
     frontend: UnixStream,
     replay: &[super::setup_log::Recorded],
     relay_side: UnixStream,
     shared: Shared,
     ended: Arc<EventFd>,
-) -> io::Result<JoinHandle<RelayEnd>> {
+) -> io::Result<(JoinHandle<RelayEnd>, JoinHandle<io::Result<()>>)> {
     let (feed, fed) = UnixStream::pair()?;
     let messages: Vec<(Vec<u8>, Vec<OwnedFd>)> = replay
         .iter()
@@ -241,23 +314,30 @@ pub fn start_replaying(
         })
         .collect::<io::Result<_>>()?;
     let real = frontend;
+    let whole = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (relay, target) = start_relay(
         fed,
-        Some(real.try_clone()?),
+        Some((real.try_clone()?, whole.clone())),
         relay_side,
         shared,
         ended,
         Deadlines::default(),
     )?;
-    std::thread::Builder::new()
+    let replayed = std::thread::Builder::new()
         .name("vhost-replay".into())
         .spawn(move || {
-            let _ = feed_replay(&feed, &messages);
-            // Replies go to the frontend from here on; then the relay reads it.
-            *target.lock().unwrap_or_else(|e| e.into_inner()) = real;
+            let fed = feed_replay(&feed, &messages);
+            if fed.is_ok() {
+                // Replies go to the frontend from here on; then the relay reads it.
+                *target.lock().unwrap_or_else(|e| e.into_inner()) = real;
+                whole.store(true, Ordering::SeqCst);
+            }
+            // A failed replay ends the relay with the feed, and the relay hangs up on the
+            // feed only: the real frontend is left as it is, for whoever still serves it.
             let _ = feed.shutdown(std::net::Shutdown::Both);
+            fed
         })?;
-    Ok(relay)
+    Ok((relay, replayed))
 }
 
 /// The request the replay ends with, whose reply says every reply before it came: one
@@ -298,7 +378,7 @@ type ReplyTarget = Arc<std::sync::Mutex<UnixStream>>;
 /// replay's feeder points at `then` when the replay is done.
 fn start_relay(
     frontend: UnixStream,
-    then: Option<UnixStream>,
+    then: Option<Then>,
     relay_side: UnixStream,
     shared: Shared,
     ended: Arc<EventFd>,
@@ -317,7 +397,7 @@ fn start_relay(
             let _ = copy_replies(&mut from, &replies, &detach);
             let to = replies.lock().unwrap_or_else(|e| e.into_inner());
             // A relay that let go leaves the frontend's socket to whoever carries on.
-            if !detach.done.load(Ordering::SeqCst) {
+            if !detach.done() {
                 let _ = to.shutdown(std::net::Shutdown::Both);
             }
             let _ = from.shutdown(std::net::Shutdown::Both);
@@ -344,10 +424,7 @@ fn start_relay(
             };
             let end = match relay.run() {
                 Ok(never) => match never {},
-                Err(e)
-                    if e.kind() == io::ErrorKind::Other
-                        && relay.detach.done.load(Ordering::SeqCst) =>
-                {
+                Err(e) if e.kind() == io::ErrorKind::Other && relay.detach.done() => {
                     RelayEnd::Detached
                 }
                 Err(e) => match e.downcast::<Refused>() {
@@ -367,10 +444,14 @@ fn start_relay(
     Ok((forward, target))
 }
 
+/// The real frontend a replaying relay carries on with, and whether the replay went
+/// through whole (set before the feed ends): a failed replay ends the relay instead.
+type Then = (UnixStream, Arc<std::sync::atomic::AtomicBool>);
+
 struct Relay {
     frontend: UnixStream,
-    /// The real frontend, read once the replay (`frontend` until then) ends.
-    then: Option<UnixStream>,
+    /// The real frontend, read once the replay (`frontend` until then) ends whole.
+    then: Option<Then>,
     handler: UnixStream,
     features_set: bool,
     /// Bodies of SET_VRING_ENABLE messages held back until SET_FEATURES.
@@ -473,8 +554,11 @@ impl Relay {
             let fds = match recv_header(&self.frontend, &mut hdr, whole) {
                 // The replay ended: the real frontend from here on, quiet as it likes.
                 Err(e) if e.kind() == io::ErrorKind::UnexpectedEof && self.then.is_some() => {
-                    if let Some(real) = self.then.take() {
-                        self.frontend = real;
+                    match self.then.take() {
+                        Some((real, whole)) if whole.load(Ordering::SeqCst) => {
+                            self.frontend = real;
+                        }
+                        _ => return Err(e),
                     }
                     first = false;
                     continue;
@@ -608,12 +692,13 @@ impl Relay {
     /// Answers a message the relay handles itself with success, if the frontend asked for a
     /// reply. The frontend waits for it before its next message, so no reply of the
     /// handler's is in flight meanwhile.
-    /// Waits for the frontend's next message, unless asked to let go: then waits for the
+    /// Waits for the frontend's next message, unless asked to let go: then, unless the
+    /// connection cannot be carried on elsewhere (the ask is declined), waits for the
     /// replies owed to reach the frontend and ends (an error of kind `Other`, with the
     /// detach marked done).
     fn wait_or_let_go(&mut self) -> io::Result<()> {
         loop {
-            if self.detach.asked() {
+            if self.detach.take_ask() && self.detach.answer(self.may_let_go()) {
                 let deadline = std::time::Instant::now() + Duration::from_secs(5);
                 while self.detach.owed.load(Ordering::SeqCst) > 0 {
                     if std::time::Instant::now() > deadline {
@@ -624,7 +709,6 @@ impl Relay {
                     }
                     std::thread::sleep(Duration::from_millis(1));
                 }
-                self.detach.done.store(true, Ordering::SeqCst);
                 return Err(io::Error::other("let go of the frontend"));
             }
             if readable_now(self.frontend.as_raw_fd()) {
@@ -632,6 +716,28 @@ impl Relay {
             }
             wait_either(self.frontend.as_raw_fd(), self.detach.asked.as_raw_fd())?;
         }
+    }
+
+    /// Whether another process could carry the connection on from its setup log.
+    fn may_let_go(&self) -> Result<(), String> {
+        let setup = self.setup.lock().unwrap_or_else(|e| e.into_inner());
+        // A log left installed after a migration ended is no reason: the next migration
+        // sends its own.
+        if self.log_all || setup.logging() {
+            return Err(
+                "its VM is being migrated (the switch logs the pages it writes); \
+                        upgrade once the migration has ended"
+                    .into(),
+            );
+        }
+        if setup.incomplete() {
+            return Err(
+                "part of what its VM said to set the connection up could not be kept \
+                        (the switch was out of file descriptors); reconnecting the VM mends it"
+                    .into(),
+            );
+        }
+        Ok(())
     }
 
     fn acknowledge(&mut self, request: u32, flags: u32) -> io::Result<()> {
@@ -1038,7 +1144,8 @@ mod tests {
         let shared2 = Shared::quiet(2);
         let kicks2 = shared2.kicks.clone();
         let ended2 = Arc::new(EventFd::new(EFD_NONBLOCK).unwrap());
-        let _t2 = start_replaying(relay_end2, log.entries(), relay_side2, shared2, ended2).unwrap();
+        let (_t2, _replayed) =
+            start_replaying(relay_end2, log.entries(), relay_side2, shared2, ended2).unwrap();
         // The handler gets the setup as the first one did (the enable after the features),
         // then the replay's closing query, which it answers.
         let mut seen = Vec::new();
@@ -1123,6 +1230,62 @@ mod tests {
         let mut kept = kept;
         let (h, _) = read_msg(&mut kept);
         assert_eq!(h[0], 1);
+    }
+
+    #[test]
+    fn a_relay_declines_to_let_go_while_its_vm_migrates_and_carries_on() {
+        let (fe, relay_end) = UnixStream::pair().unwrap();
+        let (mut handler, relay_side) = UnixStream::pair().unwrap();
+        let shared = Shared::quiet(2);
+        let detach = shared.detach.clone();
+        let ended = Arc::new(EventFd::new(EFD_NONBLOCK).unwrap());
+        let t = start(relay_end, relay_side, shared, ended).unwrap();
+        let features = |bits: u64| msg(SET_FEATURES, FLAG_VERSION_1, &bits.to_le_bytes());
+        (&fe).write_all(&features(LOG_ALL_BIT | 1 << 32)).unwrap();
+        read_msg(&mut handler);
+        detach.ask();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let reason = loop {
+            if let Some(r) = detach.declined() {
+                break r;
+            }
+            assert!(std::time::Instant::now() < deadline, "no answer");
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        assert!(reason.contains("migrated"), "{reason}");
+        assert!(!detach.done() && !t.is_finished());
+        // Still relaying; once the migration is over, the next ask is taken.
+        (&fe).write_all(&features(1 << 32)).unwrap();
+        read_msg(&mut handler);
+        detach.ask();
+        assert!(matches!(t.join().unwrap(), RelayEnd::Detached));
+        assert!(detach.done());
+    }
+
+    #[test]
+    fn an_ask_withdrawn_before_the_relay_answers_changes_nothing() {
+        let (fe, relay_end) = UnixStream::pair().unwrap();
+        let (mut handler, relay_side) = UnixStream::pair().unwrap();
+        let shared = Shared::quiet(2);
+        let detach = shared.detach.clone();
+        let ended = Arc::new(EventFd::new(EFD_NONBLOCK).unwrap());
+        let t = start(relay_end, relay_side, shared, ended).unwrap();
+        // Before its first message the relay does not look at asks.
+        detach.ask();
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(
+            detach.withdraw(),
+            "the relay let go before the first message"
+        );
+        (&fe)
+            .write_all(&msg(SET_OWNER_REQ, FLAG_VERSION_1, &[]))
+            .unwrap();
+        read_msg(&mut handler);
+        (&fe).write_all(&msg(1, FLAG_VERSION_1, &[])).unwrap();
+        read_msg(&mut handler);
+        assert!(!t.is_finished() && !detach.done());
+        drop(fe);
+        assert!(matches!(t.join().unwrap(), RelayEnd::Closed));
     }
 
     #[test]

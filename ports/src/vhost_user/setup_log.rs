@@ -170,6 +170,11 @@ impl SetupLog {
         &self.entries
     }
 
+    /// Whether a ring was started (a kick descriptor set): the connection carries frames.
+    pub fn started_rings(&self) -> bool {
+        self.entries.iter().any(|r| r.request == SET_VRING_KICK)
+    }
+
     /// Whether a dirty log is in use (a live migration): no handover then.
     pub fn logging(&self) -> bool {
         self.logging
