@@ -204,6 +204,87 @@ pub fn peer(sock: &UnixStream) -> io::Result<(u32, u32)> {
     Ok((cred.pid as u32, cred.uid))
 }
 
+/// Makes the channel to a child process: this process's end, and the child's, which
+/// [`spawn_keeping`] passes on under its number (both are close-on-exec here, so no other
+/// child of this process inherits either).
+pub fn pair_for_child() -> io::Result<(UnixStream, OwnedFd)> {
+    let (ours, theirs) = UnixStream::pair()?;
+    Ok((ours, theirs.into()))
+}
+
+/// Spawns `cmd` with `keep` open in the child under its number (every other descriptor of
+/// this process is close-on-exec, as Rust opens them).
+pub fn spawn_keeping(
+    cmd: &mut std::process::Command,
+    keep: &OwnedFd,
+) -> io::Result<std::process::Child> {
+    use std::os::unix::process::CommandExt;
+    let fd = keep.as_raw_fd();
+    // SAFETY: the closure runs in the child between fork and exec, where only
+    // async-signal-safe calls are allowed: it makes one fcntl call on a descriptor number
+    // it copied in, and allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn()
+}
+
+/// Takes the unix stream socket this process inherited under number `fd` (a parent's
+/// [`spawn_keeping`]), after checking that it is one; close-on-exec from here on. To be
+/// called once per number, at start, before anything else could own that descriptor.
+pub fn inherited(fd: RawFd) -> io::Result<UnixStream> {
+    let not = |what: &str| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("descriptor {fd} is {what}, not a unix stream socket"),
+        )
+    };
+    if fd < 3 {
+        return Err(not("standard input, output or error"));
+    }
+    // SAFETY: F_GETFD reads the descriptor's flags; it touches no memory of ours.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return Err(not("not open"));
+    }
+    let option = |name: libc::c_int| -> io::Result<libc::c_int> {
+        let mut value: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: getsockopt writes at most `len` bytes into `value`, an int of that size.
+        let rc = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                name,
+                (&mut value as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        if rc == 0 {
+            Ok(value)
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    };
+    let is_unix_stream = option(libc::SO_DOMAIN).ok() == Some(libc::AF_UNIX)
+        && option(libc::SO_TYPE).ok() == Some(libc::SOCK_STREAM);
+    if !is_unix_stream {
+        return Err(not("another kind of file"));
+    }
+    // SAFETY: F_SETFD sets the descriptor's flags; it touches no memory of ours.
+    if unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is open and a unix stream socket (checked above); it was inherited
+    // from the parent, and this process takes it once, at start, so nothing else here
+    // owns or closes it.
+    Ok(unsafe { UnixStream::from_raw_fd(fd) })
+}
+
 #[cfg(test)]
 mod tests {
     use std::os::fd::IntoRawFd;
@@ -222,6 +303,48 @@ mod tests {
             // borrows (they share its lifetime).
             .map(|f| unsafe { BorrowedFd::borrow_raw(f.as_raw_fd()) })
             .collect()
+    }
+
+    #[test]
+    fn only_an_open_unix_stream_socket_is_taken_as_inherited() {
+        assert!(inherited(1).is_err());
+        let file = std::fs::File::open("/dev/null").unwrap().into_raw_fd();
+        assert!(inherited(file)
+            .unwrap_err()
+            .to_string()
+            .contains("another kind"));
+        // SAFETY: `file` was made just above and is owned by nobody else.
+        drop(unsafe { OwnedFd::from_raw_fd(file) });
+        let dgram = std::os::unix::net::UnixDatagram::unbound()
+            .unwrap()
+            .into_raw_fd();
+        assert!(inherited(dgram).is_err());
+        // SAFETY: as above.
+        drop(unsafe { OwnedFd::from_raw_fd(dgram) });
+        let (a, b) = pair();
+        let raw = b.into_raw_fd();
+        let b = inherited(raw).unwrap();
+        send(&a, 3, b"x", &[]).unwrap();
+        assert_eq!(recv(&b, &Limits::default()).unwrap().body, b"x");
+        // SAFETY: F_GETFD on a descriptor we own; no memory touched.
+        assert_eq!(unsafe { libc::fcntl(raw, libc::F_GETFD) }, libc::FD_CLOEXEC);
+    }
+
+    #[test]
+    fn a_child_keeps_the_descriptor_it_is_given_and_no_other() {
+        let (ours, theirs) = pair_for_child().unwrap();
+        let (_other, other_theirs) = pair_for_child().unwrap();
+        let script = format!(
+            "ls /proc/self/fd/{} && ! ls /proc/self/fd/{} 2>/dev/null",
+            theirs.as_raw_fd(),
+            other_theirs.as_raw_fd()
+        );
+        let mut cmd = std::process::Command::new("sh");
+        cmd.args(["-c", &script])
+            .stdout(std::process::Stdio::null());
+        let status = spawn_keeping(&mut cmd, &theirs).unwrap().wait().unwrap();
+        assert!(status.success(), "the child did not have just its own end");
+        drop(ours);
     }
 
     #[test]

@@ -59,6 +59,17 @@ impl Watch {
         })
     }
 
+    /// Stops the thread and withdraws the port's attachment from the workers, its link
+    /// still up (another process carries the port on). Returns the attachment withdrawn.
+    pub fn stop_for_handover(&mut self, handle: &PortHandle) -> Option<Arc<Attachment>> {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            t.thread().unpark();
+            let _ = t.join();
+        }
+        handle.withdraw()
+    }
+
     /// Stops the thread and withdraws the port's attachment from the workers. Returns
     /// false if it was stopped already.
     pub fn stop(&mut self, handle: &PortHandle) -> bool {

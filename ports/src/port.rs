@@ -6,6 +6,7 @@
 //! attachment through an `Arc`, so guest mappings stay valid for as long as a worker can
 //! still touch them (RCU by reference counting): there is no use-after-unmap to guard.
 
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -33,7 +34,8 @@ pub type Vring = VringMutex<GuestMemAtomic>;
 /// kinds are listed. Each kind's name is also its variant in the schema's
 /// [`vringswitch_config::KindSpec`], whose settings its `start_port` takes.
 macro_rules! port_kinds {
-    ($($(#[$doc:meta])* $kind:ident($queue:ty) started by $start:path,)+) => {
+    ($($(#[$doc:meta])* $kind:ident($queue:ty) started by $start:path,
+        taken over by $take:path,)+) => {
         /// What a port offers the workers while it can carry frames, by kind. The workers
         /// choose the kind once per burst, never per frame.
         pub enum Attachment {
@@ -67,16 +69,45 @@ macro_rules! port_kinds {
                 $(KindSpec::$kind(settings) => $start(handle, settings),)+
             }
         }
+
+        /// Carries on serving the port `handle` names, as `kind` says, from what the
+        /// process before this one handed over ([`RunningPort::hand_over`]). Besides the
+        /// port, says whether its peer's connection could be carried on (if not, the port
+        /// serves on as after a disconnect).
+        pub fn take_over(
+            handle: Arc<PortHandle>,
+            kind: &KindSpec,
+            handed: HandedPort,
+        ) -> Result<TakenOver, StartError> {
+            match kind {
+                $(KindSpec::$kind(settings) => $take(handle, settings, handed),)+
+            }
+        }
     };
 }
+
+/// What a running port hands to the process replacing this one (a hitless upgrade): bytes
+/// that only its own kind writes and reads, and the descriptors they speak of.
+#[derive(Debug, Default)]
+pub struct HandedPort {
+    pub data: Vec<u8>,
+    pub fds: Vec<OwnedFd>,
+}
+
+/// A port taken over, and whether its peer's connection was carried on (the error says
+/// why not).
+pub type TakenOver = (Box<dyn RunningPort>, Result<(), String>);
 
 port_kinds! {
     /// A VM's virtqueues (vhost-user).
     VhostUser(VhostUserQueues) started by crate::vhost_user::start_port,
+        taken over by crate::vhost_user::take_over_port,
     /// A TAP interface's descriptor and receive buffers.
     Tap(TapQueue) started by crate::tap::start_port,
+        taken over by crate::tap::take_over_port,
     /// An AF_XDP socket on a queue of a host interface, and its UMEM.
     AfXdp(AfXdpQueue) started by crate::afxdp::start_port,
+        taken over by crate::afxdp::take_over_port,
 }
 
 /// A port's running side, whatever its kind: what serves it (a connection thread, an
@@ -92,6 +123,19 @@ pub trait RunningPort: Send {
     /// while it runs. The error says why not; the port then runs as before.
     fn change(&mut self, _settings: &vringswitch_config::KindSpec) -> Result<(), String> {
         Err("this kind of port takes no change while it runs".into())
+    }
+
+    /// Why the port cannot be handed over to a new process right now, if it cannot: asked
+    /// before an upgrade stops anything.
+    fn handover_refusal(&self) -> Option<String> {
+        Some("this kind of port is not carried over by an upgrade yet".into())
+    }
+
+    /// Lets go of the port for a new process to carry on (a hitless upgrade), closing
+    /// nothing its peer would notice; the workers have stopped. An error says why not: the
+    /// port then serves on as before.
+    fn hand_over(&mut self) -> Result<HandedPort, String> {
+        Err("this kind of port is not carried over by an upgrade yet".into())
     }
 }
 

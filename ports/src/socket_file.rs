@@ -30,6 +30,20 @@ impl BoundSocket {
             ctime: (meta.ctime(), meta.ctime_nsec()),
         }
     }
+
+    /// As four words, to hand to another process (a hitless upgrade).
+    pub fn to_words(self) -> [u64; 4] {
+        [self.dev, self.ino, self.ctime.0 as u64, self.ctime.1 as u64]
+    }
+
+    /// From [`Self::to_words`].
+    pub fn from_words(w: [u64; 4]) -> BoundSocket {
+        BoundSocket {
+            dev: w[0],
+            ino: w[1],
+            ctime: (w[2] as i64, w[3] as i64),
+        }
+    }
 }
 
 /// Why a socket could not be bound.

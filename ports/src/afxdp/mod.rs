@@ -524,6 +524,23 @@ pub fn start_port(
         .map_err(StartError::new)
 }
 
+/// An AF_XDP port is not carried over by an upgrade yet: the old process refuses the
+/// upgrade while it has one ([`RunningPort::handover_refusal`]'s default), so nothing of
+/// this kind ever arrives here; if something does, it is refused.
+pub fn take_over_port(
+    _handle: Arc<PortHandle>,
+    settings: &AfXdpSettings,
+    _handed: crate::port::HandedPort,
+) -> Result<crate::port::TakenOver, StartError> {
+    Err(StartError::new(std::io::Error::new(
+        std::io::ErrorKind::Unsupported,
+        format!(
+            "AF_XDP port on {} cannot be carried over by an upgrade",
+            settings.ifname.as_deref().unwrap_or("its interface")
+        ),
+    )))
+}
+
 /// Frames the kernel dropped on a socket's way in, as counted so far.
 #[derive(Debug, Default)]
 struct KernelDrops {

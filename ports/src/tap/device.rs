@@ -83,6 +83,49 @@ impl TapDevice {
         Ok(dev)
     }
 
+    /// Takes on the descriptor of TAP interface `name` that the process before this one
+    /// opened (a hitless upgrade), `created` by it or not, checking that it is one: a TAP
+    /// descriptor of that interface. The header and offloads are set as here.
+    pub fn adopt(file: File, name: &str, created: bool, offloads: bool) -> io::Result<TapDevice> {
+        let mut req = ifreq("");
+        ioctl(&file, libc::TUNGETIFF as libc::c_ulong, &mut req).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("the descriptor handed over is no TAP: {e}"),
+            )
+        })?;
+        let got: Vec<u8> = req
+            .ifr_name
+            .iter()
+            .take_while(|&&c| c != 0)
+            .map(|&c| c as u8)
+            .collect();
+        if got != name.as_bytes() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "the descriptor handed over is of interface {}, not {name}",
+                    String::from_utf8_lossy(&got)
+                ),
+            ));
+        }
+        // SAFETY: TUNGETIFF wrote the flags into the union's flags member.
+        let flags = i32::from(unsafe { req.ifr_ifru.ifru_flags });
+        if flags & libc::IFF_TAP == 0 || flags & libc::IFF_VNET_HDR == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the descriptor handed over is not a TAP with virtio-net headers",
+            ));
+        }
+        let dev = TapDevice {
+            file,
+            name: name.to_owned(),
+            created,
+        };
+        dev.set_vnet_header(offloads)?;
+        Ok(dev)
+    }
+
     /// Sets the header's length (an interface used before may have another) and the
     /// offloads the kernel may use in what it sends.
     fn set_vnet_header(&self, offloads: bool) -> io::Result<()> {

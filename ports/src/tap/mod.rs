@@ -214,14 +214,49 @@ impl TapPort {
             error,
         };
         let device = TapDevice::open(&config.ifname, config.mtu, config.offloads).map_err(fail)?;
-        let created = device.created();
-        publish(&handle, device, config.offloads).map_err(fail)?;
         tracing::info!(
             port = %handle.name(),
             ifname = %config.ifname,
-            created,
+            created = device.created(),
             "TAP interface open"
         );
+        Self::serve(handle, config, device)
+    }
+
+    /// Carries on a TAP port from the descriptor the process before this one handed over
+    /// (`None`: its interface was gone then, and is opened as at a start).
+    pub fn take_over(
+        handle: Arc<PortHandle>,
+        config: TapPortConfig,
+        handed: Option<(std::fs::File, bool)>,
+    ) -> Result<TapPort, TapError> {
+        let Some((file, created)) = handed else {
+            return Self::start(handle, config);
+        };
+        let fail = |error| TapError {
+            ifname: config.ifname.clone(),
+            error,
+        };
+        let device = TapDevice::adopt(file, &config.ifname, created, config.offloads)
+            .and_then(|d| crate::netif::set_up(&config.ifname, config.mtu).map(|()| d))
+            .map_err(fail)?;
+        tracing::info!(port = %handle.name(), ifname = %config.ifname,
+            "TAP interface carried on from the previous process");
+        Self::serve(handle, config, device)
+    }
+
+    /// Publishes `device` to the workers and starts the port's monitor.
+    fn serve(
+        handle: Arc<PortHandle>,
+        config: TapPortConfig,
+        device: TapDevice,
+    ) -> Result<TapPort, TapError> {
+        let fail = |error| TapError {
+            ifname: config.ifname.clone(),
+            error,
+        };
+        let created = device.created();
+        publish(&handle, device, config.offloads).map_err(fail)?;
         let mtu = Arc::new(AtomicU32::new(config.mtu.unwrap_or(0)));
         let watched = TapWatch {
             config: config.clone(),
@@ -285,6 +320,73 @@ impl RunningPort for TapPort {
             mtu = tap.mtu.unwrap_or(0), "TAP interface changed");
         Ok(())
     }
+
+    fn handover_refusal(&self) -> Option<String> {
+        None
+    }
+
+    /// Hands over a duplicate of the interface's descriptor (frames the kernel queued on
+    /// it wait there for the new process), and whether the port created the interface.
+    /// Bytes: that flag, 0 or 1; then a 1 if a descriptor follows.
+    fn hand_over(&mut self) -> Result<crate::port::HandedPort, String> {
+        let attachment = self.watch.stop_for_handover(&self.handle);
+        self.handle.set_connected(false);
+        let mut handed = crate::port::HandedPort {
+            data: vec![u8::from(self.created), 0],
+            fds: Vec::new(),
+        };
+        if let Some(Attachment::Tap(q)) = attachment.as_deref() {
+            if !q.failed() {
+                let fd = q
+                    .device
+                    .file()
+                    .try_clone()
+                    .map_err(|e| format!("cannot duplicate its descriptor: {e}"))?;
+                handed.data[1] = 1;
+                handed.fds.push(fd.into());
+            }
+        }
+        Ok(handed)
+    }
+}
+
+/// Carries on a TAP port the process before this one handed over
+/// ([`RunningPort::hand_over`]).
+pub fn take_over_port(
+    handle: Arc<PortHandle>,
+    settings: &TapSettings,
+    handed: crate::port::HandedPort,
+) -> Result<crate::port::TakenOver, StartError> {
+    let config = config_of(&handle, settings);
+    let bad = |what: &str| {
+        StartError::new(TapError {
+            ifname: config.ifname.clone(),
+            error: io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("what the previous process handed over does not read: {what}"),
+            ),
+        })
+    };
+    let mut fds = handed.fds.into_iter();
+    let device = match (handed.data.as_slice(), fds.next(), fds.next()) {
+        (&[created @ (0 | 1), 1], Some(fd), None) => Some((std::fs::File::from(fd), created == 1)),
+        (&[0 | 1, 0], None, None) => None,
+        _ => return Err(bad("not one flag and one descriptor")),
+    };
+    TapPort::take_over(handle, config, device)
+        .map(|p| (Box::new(p) as Box<dyn RunningPort>, Ok(())))
+        .map_err(StartError::new)
+}
+
+fn config_of(handle: &PortHandle, settings: &TapSettings) -> TapPortConfig {
+    TapPortConfig {
+        ifname: settings
+            .ifname
+            .clone()
+            .unwrap_or_else(|| handle.name().to_owned()),
+        mtu: settings.mtu,
+        offloads: settings.offloads(),
+    }
 }
 
 /// Starts a TAP port as its settings say (the interface named after the port unless
@@ -293,14 +395,7 @@ pub fn start_port(
     handle: Arc<PortHandle>,
     settings: &TapSettings,
 ) -> Result<Box<dyn RunningPort>, StartError> {
-    let config = TapPortConfig {
-        ifname: settings
-            .ifname
-            .clone()
-            .unwrap_or_else(|| handle.name().to_owned()),
-        mtu: settings.mtu,
-        offloads: settings.offloads(),
-    };
+    let config = config_of(&handle, settings);
     TapPort::start(handle, config)
         .map(|p| Box::new(p) as Box<dyn RunningPort>)
         .map_err(StartError::new)

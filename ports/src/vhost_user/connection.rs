@@ -71,6 +71,8 @@ struct ConnectionControl {
     shutdown: Mutex<Option<UnixStream>>,
     /// A request to hand the port over ([`VhostUserPort::hand_over`]).
     hand_over: Mutex<Option<HandOverAnswer>>,
+    /// The setup log of the connection being served.
+    setup: Mutex<Option<Arc<Mutex<super::setup_log::SetupLog>>>>,
 }
 
 impl ConnectionControl {
@@ -80,6 +82,7 @@ impl ConnectionControl {
             wake: EventFd::new(EFD_NONBLOCK).map_err(VhostUserError::EventFd)?,
             shutdown: Mutex::new(None),
             hand_over: Mutex::new(None),
+            setup: Mutex::new(None),
         })
     }
 
@@ -98,12 +101,14 @@ impl ConnectionControl {
 /// A frontend connection that another process (or another port object) carries on: its
 /// socket, untouched, and what it said to set the connection up, which the one carrying on
 /// replays into its own protocol handler.
+#[derive(Debug)]
 pub struct CarriedConnection {
     pub frontend: UnixStream,
     pub log: super::setup_log::SetupLog,
 }
 
 /// Everything a vhost-user port hands over in a hitless upgrade.
+#[derive(Debug)]
 pub struct HandedOver {
     /// In server mode: the listening socket, and the file bound to it (left in place).
     pub listener: Option<(UnixListener, BoundSocket)>,
@@ -484,6 +489,56 @@ impl RunningPort for VhostUserPort {
     fn stop(&mut self) {
         VhostUserPort::stop(self)
     }
+
+    fn handover_refusal(&self) -> Option<String> {
+        let setup = lock(&self.control.setup).clone()?;
+        let log = lock(&setup);
+        if log.logging() {
+            Some(
+                "its VM is being migrated (the switch logs the pages it writes); upgrade once \
+                 the migration has ended"
+                    .into(),
+            )
+        } else if log.incomplete() {
+            Some(
+                "part of what its VM said to set the connection up could not be kept (the \
+                 switch was out of file descriptors); reconnecting the VM mends it"
+                    .into(),
+            )
+        } else {
+            None
+        }
+    }
+
+    fn hand_over(&mut self) -> Result<crate::port::HandedPort, String> {
+        VhostUserPort::hand_over(self).map(super::carry::write)
+    }
+}
+
+/// Carries on a vhost-user port handed over by the process before this one.
+pub fn take_over_port(
+    handle: Arc<PortHandle>,
+    settings: &VhostUserSettings,
+    handed: crate::port::HandedPort,
+) -> Result<crate::port::TakenOver, StartError> {
+    let handed = super::carry::read(handed).map_err(|e| {
+        StartError::new(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("what the previous process handed over does not read: {e}"),
+        ))
+    })?;
+    VhostUserPort::take_over(handle, config_of(settings), handed)
+        .map(|(p, carried)| (Box::new(p) as Box<dyn RunningPort>, carried))
+        .map_err(StartError::new)
+}
+
+fn config_of(settings: &VhostUserSettings) -> VhostUserPortConfig {
+    VhostUserPortConfig {
+        socket: settings.socket.clone(),
+        mode: settings.mode(),
+        queue_pairs: settings.queue_pairs(),
+        offloads: settings.offloads(),
+    }
 }
 
 /// Starts a vhost-user port as its settings say (their socket given or filled in).
@@ -491,13 +546,7 @@ pub fn start_port(
     handle: Arc<PortHandle>,
     settings: &VhostUserSettings,
 ) -> Result<Box<dyn RunningPort>, StartError> {
-    let config = VhostUserPortConfig {
-        socket: settings.socket.clone(),
-        mode: settings.mode(),
-        queue_pairs: settings.queue_pairs(),
-        offloads: settings.offloads(),
-    };
-    VhostUserPort::start(handle, config)
+    VhostUserPort::start(handle, config_of(settings))
         .map(|p| Box::new(p) as Box<dyn RunningPort>)
         .map_err(StartError::new)
 }
@@ -929,6 +978,7 @@ fn serve_connection(
             let _ = hang_up.shutdown(std::net::Shutdown::Both);
         });
     }
+    *lock(&control.setup) = Some(shared.setup.clone());
     port.set_connected(true);
     if replay.is_some() {
         tracing::info!(port = %name, socket = %config.socket.display(),
@@ -985,6 +1035,7 @@ fn serve_connection(
     let result = daemon.wait();
 
     *lock(&control.shutdown) = None;
+    *lock(&control.setup) = None;
     if handed {
         // The relay has ended (it says so only then); it let go unless it failed first.
         let relay_end = relay.join();

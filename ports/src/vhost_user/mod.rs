@@ -19,6 +19,7 @@
 //!   translation of guest addresses, and the raw copies in and out of guest memory).
 
 pub mod backend;
+pub mod carry;
 pub mod connection;
 pub mod dirty_log;
 mod egress;
@@ -36,7 +37,7 @@ pub mod split_ring;
 
 use std::path::PathBuf;
 
-pub use connection::{start_port, VhostUserPort, VhostUserPortConfig};
+pub use connection::{start_port, take_over_port, VhostUserPort, VhostUserPortConfig};
 pub use queues::{virtio_net_hdr_len, VhostUserQueues};
 
 /// A regular file of `len` bytes that no path names any more, standing in for a guest's

@@ -67,6 +67,15 @@ fn region_of(body: &[u8]) -> Option<(u64, u64)> {
 }
 
 impl SetupLog {
+    /// A log of `entries` another process kept, to replay.
+    pub fn from_entries(entries: Vec<Recorded>) -> SetupLog {
+        SetupLog {
+            entries,
+            logging: false,
+            incomplete: false,
+        }
+    }
+
     /// Records one message the frontend sent and the relay let through (`fds` are its
     /// descriptors; duplicates are kept). Queries and what needs no replay are left out.
     pub fn record(&mut self, request: u32, flags: u32, body: &[u8], fds: &[OwnedFd]) {
@@ -168,6 +177,11 @@ impl SetupLog {
     /// then those about rings, each in the order they came.
     pub fn entries(&self) -> &[Recorded] {
         &self.entries
+    }
+
+    /// The messages to replay, taken.
+    pub fn into_entries(self) -> Vec<Recorded> {
+        self.entries
     }
 
     /// Whether a ring was started (a kick descriptor set): the connection carries frames.
