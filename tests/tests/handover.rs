@@ -200,8 +200,7 @@ fn a_port_whose_vm_migrates_is_not_handed_over_and_serves_on() {
     let _log = a.start_dirty_log();
     let refused = ports[0]
         .hand_over()
-        .err()
-        .expect("a migrating VM's port is kept");
+        .expect_err("a migrating VM's port is kept");
     assert!(refused.contains("migrated"), "{refused}");
     // Nothing changed: the port serves on, and is handed over once the migration ends.
     a.send(TestVm::tx(0), &frame(mac(2), mac(1), 60, 1));
