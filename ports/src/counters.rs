@@ -241,6 +241,29 @@ impl PortStats {
         self.slots.len()
     }
 
+    /// Adds `carried` (the port's counts in the process before this one), so that they
+    /// never go backwards across an upgrade. Only while no worker runs: it writes the
+    /// first worker's slot.
+    pub fn carry(&self, carried: &PortCountersSnapshot) {
+        let c = &self.slots[0];
+        bump(&c.rx_packets, carried.rx_packets);
+        bump(&c.rx_bytes, carried.rx_bytes);
+        bump(&c.tx_packets, carried.tx_packets);
+        bump(&c.tx_bytes, carried.tx_bytes);
+        let pairs = [
+            (&c.drops[..], &carried.drops[..]),
+            (&c.queue_rx_packets[..], &carried.queue_rx_packets[..]),
+            (&c.queue_tx_packets[..], &carried.queue_tx_packets[..]),
+            (&c.queue_busy_cycles[..], &carried.queue_busy_cycles[..]),
+            (&c.offloads[..], &carried.offloads[..]),
+        ];
+        for (counters, values) in pairs {
+            for (counter, &n) in counters.iter().zip(values) {
+                bump(counter, n);
+            }
+        }
+    }
+
     /// Sums every writer's counters.
     pub fn snapshot(&self) -> PortCountersSnapshot {
         let mut s = PortCountersSnapshot::default();
@@ -297,6 +320,27 @@ mod tests {
         assert_eq!(s.drops(DropReason::TooBig), 0);
         assert_eq!(&s.queue_rx_packets[..3], &[2, 1, 0]);
         assert_eq!(&s.queue_tx_packets[..3], &[0, 5, 0]);
+    }
+
+    #[test]
+    fn carried_counts_add_to_every_counter() {
+        let old = PortStats::new(2);
+        old.slot(0).add_rx(0, 2, 128);
+        old.slot(1).add_tx(1, 5, 500);
+        old.slot(1).add_drop(DropReason::NoRxBuffer, 3);
+        old.slot(0).add_offload(OffloadAction::Segmented);
+        old.slot(1).add_busy(1, 700);
+        let carried = old.snapshot();
+        let new = PortStats::new(3);
+        new.carry(&carried);
+        assert_eq!(new.snapshot(), carried, "nothing lost, nothing added");
+        new.slot(2).add_drop(DropReason::NoRxBuffer, 1);
+        new.slot(1).add_rx(0, 1, 60);
+        let s = new.snapshot();
+        assert_eq!(s.drops(DropReason::NoRxBuffer), 4);
+        assert_eq!((s.rx_packets, s.rx_bytes, s.queue_rx_packets[0]), (3, 188, 3));
+        assert_eq!(s.queue_busy_cycles[1], 700);
+        assert_eq!(s.offloads(OffloadAction::Segmented), 1);
     }
 
     #[test]

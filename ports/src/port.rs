@@ -332,6 +332,13 @@ impl PortHandle {
         self.protocol_errors.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Sets the connection and protocol error counts to the port's in the process before
+    /// this one (a hitless upgrade).
+    pub fn carry_counts(&self, connections: u64, protocol_errors: u64) {
+        self.connections.store(connections, Ordering::Relaxed);
+        self.protocol_errors.store(protocol_errors, Ordering::Relaxed);
+    }
+
     /// How many connections ended in a protocol error since the port was created.
     pub fn protocol_errors(&self) -> u64 {
         self.protocol_errors.load(Ordering::Relaxed)

@@ -355,6 +355,18 @@ impl Fdb {
         self.map.iter().map(|r| (*r.key(), *r.value())).collect()
     }
 
+    /// Sets the counts ([`Self::counts`], [`Self::refusals`]) to those the process before
+    /// this one handed over: `[learned, moved, aged, refused by a port's limit, refused by
+    /// the bridge's]`.
+    pub fn carry_counts(&self, counts: [u64; 5]) {
+        let [learned, moved, aged, refused_port, refused_bridge] = counts;
+        self.learned.store(learned, Ordering::Relaxed);
+        self.moved.store(moved, Ordering::Relaxed);
+        self.aged.store(aged, Ordering::Relaxed);
+        self.refused_port.store(refused_port, Ordering::Relaxed);
+        self.refused_bridge.store(refused_bridge, Ordering::Relaxed);
+    }
+
     /// (learned, moved, aged) counts since creation.
     pub fn counts(&self) -> (u64, u64, u64) {
         (
@@ -466,6 +478,17 @@ impl FdbCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn carried_counts_are_taken_as_they_were() {
+        let fdb = Fdb::new(300);
+        fdb.learn(1, 0, 5, usize::MAX);
+        fdb.carry_counts([10, 2, 3, 4, 5]);
+        assert_eq!(fdb.counts(), (10, 2, 3));
+        assert_eq!(fdb.refusals(), (4, 5));
+        fdb.learn(2, 0, 5, usize::MAX);
+        assert_eq!(fdb.counts().0, 11);
+    }
 
     fn mac(n: u8) -> MacAddr {
         MacAddr([2, 0, 0, 0, 0, n])

@@ -72,6 +72,12 @@ pub struct Switch {
 
 impl Switch {
     pub fn new(config: &SwitchConfig) -> Result<Arc<Switch>, SwitchError> {
+        Self::continuing(config, 0)
+    }
+
+    /// A switch whose clock ([`Self::now_secs`]) starts at `clock_secs`: the clock of the
+    /// process this one replaces, so that the FDB entries it hands over keep their ages.
+    pub fn continuing(config: &SwitchConfig, clock_secs: u64) -> Result<Arc<Switch>, SwitchError> {
         for &core in &config.cores {
             affinity::check_core(core)?;
         }
@@ -96,7 +102,10 @@ impl Switch {
             burst: config.burst.clamp(1, 64),
             idle_poll: config.idle_poll,
             stop: AtomicBool::new(false),
-            epoch: Instant::now(),
+            // The monotonic clock counts from boot, and no process has run longer.
+            epoch: Instant::now()
+                .checked_sub(Duration::from_secs(clock_secs))
+                .unwrap_or_else(Instant::now),
         }))
     }
 
@@ -210,9 +219,32 @@ impl Switch {
         self.wake_all();
     }
 
+    /// Undoes [`Self::stop`] once its workers have ended, so that
+    /// [`Self::start_workers`] may start them again (an upgrade that did not happen).
+    pub fn resume(&self) {
+        self.stop.store(false, Ordering::Relaxed);
+    }
+
     /// Runs FDB ageing on every bridge; call about once a second.
     pub fn age_fdbs(&self) -> usize {
         let now = self.now_secs();
         self.topology().bridges.iter().map(|b| b.fdb.age(now)).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_continuing_clock_starts_where_the_old_one_was() {
+        let config = SwitchConfig {
+            cores: vec![],
+            burst: 32,
+            idle_poll: Duration::from_micros(100),
+        };
+        assert!(Switch::new(&config).unwrap().now_secs() < 2);
+        let t = Switch::continuing(&config, 1234).unwrap().now_secs();
+        assert!((1234..1236).contains(&t), "{t}");
     }
 }

@@ -89,6 +89,18 @@ impl WorkerStats {
         bump(&self.wakeups, 1);
     }
 
+    /// Adds `carried` (the counts of the process before this one, on the same core), so
+    /// that they never go backwards across an upgrade. Only while no worker runs.
+    pub fn carry(&self, carried: &WorkerStatsSnapshot) {
+        bump(&self.busy_cycles, carried.busy_cycles);
+        bump(&self.idle_cycles, carried.idle_cycles);
+        bump(&self.packets, carried.packets);
+        bump(&self.wakeups, carried.wakeups);
+        for (b, n) in self.bursts.iter().zip(carried.bursts) {
+            bump(b, n);
+        }
+    }
+
     pub fn snapshot(&self) -> WorkerStatsSnapshot {
         let mut s = WorkerStatsSnapshot {
             busy_cycles: self.busy_cycles.load(Ordering::Relaxed),
@@ -134,6 +146,21 @@ pub fn cycles_per_second() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn carried_worker_counts_add_up() {
+        let old = WorkerStats::default();
+        old.add_busy(100);
+        old.add_idle(50);
+        old.add_burst(3);
+        old.add_wakeup();
+        let new = WorkerStats::default();
+        new.carry(&old.snapshot());
+        new.add_burst(3);
+        let s = new.snapshot();
+        assert_eq!((s.busy_cycles, s.idle_cycles, s.packets, s.wakeups), (100, 50, 6, 1));
+        assert_eq!(s.bursts[bucket_of(3)], 2);
+    }
 
     #[test]
     fn bursts_land_in_the_smallest_bucket_that_holds_them() {
