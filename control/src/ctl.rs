@@ -601,6 +601,27 @@ pub fn difference(later: &Snapshot, earlier: &Snapshot) -> Snapshot {
     d
 }
 
+/// What `vringctl upgrade` says of a successful upgrade (`POST /v1/upgrade`'s answer).
+pub fn upgrade_text(v: &serde_json::Value) -> String {
+    let mut out = format!(
+        "upgraded: pid {} -> pid {} (vringswitch {}); forwarding paused {:.1} ms; {} port(s) \
+         carried on\n",
+        v["old_pid"],
+        v["new_pid"],
+        v["new_version"].as_str().unwrap_or("?"),
+        v["paused_ms"].as_f64().unwrap_or(0.0),
+        v["ports"]
+    );
+    for pair in v["not_carried"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "  port {}: its VM reconnects: {}\n",
+            pair[0].as_str().unwrap_or("?"),
+            pair[1].as_str().unwrap_or("?")
+        ));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -39,6 +39,9 @@ pub use crate::socket_dir::{check_own_dir, socket_pattern, CLIENT_SOCKET_SUBDIR}
 use crate::state_file;
 use crate::topology::{self, policer, policy};
 
+mod handover;
+pub use handover::{Frozen, Handed};
+
 /// Where the daemon keeps things.
 #[derive(Debug, Clone, Default)]
 pub struct DaemonOptions {
@@ -60,7 +63,12 @@ pub struct Daemon {
     workers: Mutex<Vec<JoinHandle<()>>>,
     options: DaemonOptions,
     /// Held while the daemon runs: no other daemon takes its socket directory or state file.
-    _lock: InstanceLock,
+    lock: InstanceLock,
+    /// While a daemon starts from what the process before it handed over: the ports it
+    /// takes over instead of starting them.
+    taking_over: Mutex<Option<handover::TakingOver>>,
+    /// How the daemon replaces itself (`vringctl upgrade`), if its process can.
+    upgrader: std::sync::OnceLock<Arc<crate::upgrade::Upgrader>>,
 }
 
 impl Daemon {
@@ -69,6 +77,16 @@ impl Daemon {
     /// What changes the log levels, if the daemon's caller gave it.
     pub fn log_control(&self) -> Option<&Arc<crate::log_levels::LogControl>> {
         self.options.log_control.as_ref()
+    }
+
+    /// Lets the daemon replace itself with `upgrader` (`POST /v1/upgrade`); once only.
+    pub fn set_upgrader(&self, upgrader: Arc<crate::upgrade::Upgrader>) {
+        let _ = self.upgrader.set(upgrader);
+    }
+
+    /// How the daemon replaces itself, if its process gave it the means.
+    pub fn upgrader(&self) -> Option<&Arc<crate::upgrade::Upgrader>> {
+        self.upgrader.get()
     }
 
     pub fn start(config: &Config, options: DaemonOptions) -> Result<Daemon, DaemonError> {
@@ -122,7 +140,9 @@ impl Daemon {
             state: Mutex::new(State::default()),
             workers: Mutex::new(workers),
             options,
-            _lock: lock,
+            lock,
+            taking_over: Mutex::new(None),
+            upgrader: Default::default(),
         };
         let from_state = saved.is_some();
         let from_config = state_file::from_config(config);
@@ -479,15 +499,19 @@ impl Daemon {
         let id = st.free_id();
         let handle = Arc::new(PortHandle::new(id, &spec.name, self.switch.workers.len()));
         forget_learnt_on_link_down(&handle, st.bridge(&spec.bridge)?, id);
-        let port = vringswitch_ports::port::start(handle, &spec.kind).map_err(|error| {
-            ChangeError::Start {
-                port: spec.name.clone(),
-                error,
-            }
+        let handed = self.take_handed(&spec.name);
+        let carried_on = handed.is_some();
+        let port = match handed {
+            Some(handed) => self.take_over_port(handle, &spec, handed),
+            None => vringswitch_ports::port::start(handle, &spec.kind),
+        }
+        .map_err(|error| ChangeError::Start {
+            port: spec.name.clone(),
+            error,
         })?;
         st.take_id(id);
         tracing::info!(port = %spec.name, bridge = %spec.bridge, kind = %spec.port_type(),
-            settings = %spec.settings().describe(), "port ready");
+            settings = %spec.settings().describe(), carried_on, "port ready");
         st.ports.insert(
             spec.name.clone(),
             PortEntry {

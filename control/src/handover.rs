@@ -18,12 +18,178 @@ pub const VERSION: u32 = 1;
 /// The oldest format this binary still reads.
 pub const OLDEST_READ: u32 = 1;
 
-/// Frame kinds.
+/// Frame kinds, in the order they come.
 pub mod kind {
     /// Each side's versions.
     pub const HELLO: u16 = 1;
     /// One side gives up, saying why (the other then ends the exchange).
     pub const REFUSE: u16 = 2;
+    /// New to old: its configuration is loaded, it is ready to take everything.
+    pub const PREPARED: u16 = 3;
+    /// Old to new: [`super::Carried`], with the lock files and the API's listening
+    /// sockets as descriptors. The old one's workers have stopped by then.
+    pub const STATE: u16 = 4;
+    /// Old to new: one port ([`super::port_frame`]), its descriptors with it.
+    pub const PORT: u16 = 5;
+    /// Old to new: every port was sent.
+    pub const SENT: u16 = 6;
+    /// New to old: it serves every port, its workers run ([`super::Running`]).
+    pub const RUNNING: u16 = 7;
+    /// Old to new: systemd (if any) knows the new one as the service's main process; the
+    /// old one exits.
+    pub const HANDED: u16 = 8;
+}
+
+/// What the old process hands over besides its ports: the desired state, and what moves
+/// (the FDB with each entry's age, every counter).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Carried {
+    /// The old process's pid, for messages.
+    pub pid: u32,
+    pub saved: crate::schema::SavedState,
+    /// The old switch's clock ([`vringswitch_switch::Switch::now_secs`]): entries'
+    /// `last_seen` are on it.
+    pub clock_secs: u64,
+    pub bridges: Vec<CarriedBridge>,
+    pub ports: Vec<CarriedPort>,
+    pub workers: Vec<CarriedWorker>,
+    /// The frame's descriptors: this many lock files first, then the API's TCP listener if
+    /// `api_tcp`, then its unix socket's if `api_unix` (with the socket file's identity).
+    pub lock_files: usize,
+    pub api_tcp: bool,
+    pub api_unix: Option<[u64; 4]>,
+}
+
+/// A bridge's learnt addresses and counts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CarriedBridge {
+    pub name: String,
+    /// (FDB key, port name, last seen).
+    pub learnt: Vec<(u64, String, u64)>,
+    /// Learnt, moved, aged, refused by a port's limit, refused by the bridge's.
+    pub counts: [u64; 5],
+}
+
+/// A port's counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CarriedPort {
+    pub name: String,
+    pub connections: u64,
+    pub protocol_errors: u64,
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    /// By reason, as /metrics names them (a reason this binary does not know is left out).
+    pub drops: std::collections::BTreeMap<String, u64>,
+    pub offloads: std::collections::BTreeMap<String, u64>,
+    /// By queue pair.
+    pub queue_rx_packets: Vec<u64>,
+    pub queue_tx_packets: Vec<u64>,
+    pub queue_busy_cycles: Vec<u64>,
+}
+
+/// A worker's counters, by the core it runs on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CarriedWorker {
+    pub core: usize,
+    pub busy_cycles: u64,
+    pub idle_cycles: u64,
+    pub packets: u64,
+    pub wakeups: u64,
+    pub bursts: Vec<u64>,
+}
+
+/// What the new process says once it runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Running {
+    pub pid: u32,
+    /// The new binary's version.
+    pub version: String,
+    /// Ports whose peer's connection could not be carried on (name, why): they serve on
+    /// as after a disconnect.
+    pub not_carried: Vec<(String, String)>,
+}
+
+/// Longest port name in a [`kind::PORT`] frame.
+const MAX_PORT_NAME: usize = 1024;
+
+/// A [`kind::PORT`] frame's body: the port's name (length, then UTF-8), then what its
+/// kind wrote.
+pub fn port_frame(name: &str, data: &[u8]) -> Vec<u8> {
+    let mut body = (name.len() as u16).to_le_bytes().to_vec();
+    body.extend_from_slice(name.as_bytes());
+    body.extend_from_slice(data);
+    body
+}
+
+/// The name and kind's data of a [`kind::PORT`] frame's body.
+pub fn parse_port_frame(body: &[u8]) -> Result<(String, &[u8]), HandoverError> {
+    let bad = |what: &str| HandoverError::Unexpected {
+        what: format!("a port frame {what}"),
+        expected: "a port",
+    };
+    let len = body
+        .get(..2)
+        .map(|b| u16::from_le_bytes([b[0], b[1]]) as usize)
+        .ok_or_else(|| bad("without a name"))?;
+    if len > MAX_PORT_NAME {
+        return Err(bad("with a name too long"));
+    }
+    let name = body.get(2..2 + len).ok_or_else(|| bad("cut short"))?;
+    let name = std::str::from_utf8(name).map_err(|_| bad("whose name is not UTF-8"))?;
+    Ok((name.to_owned(), &body[2 + len..]))
+}
+
+/// Sends `value` as a frame of `kind`, with `fds`.
+pub fn send_with<T: Serialize>(
+    sock: &UnixStream,
+    kind: u16,
+    value: &T,
+    fds: &[std::os::fd::BorrowedFd<'_>],
+) -> Result<(), HandoverError> {
+    let body = serde_json::to_vec(value).map_err(|e| ChannelError::Io(e.into()))?;
+    fd_channel::send(sock, kind, &body, fds).map_err(ChannelError::Io)?;
+    Ok(())
+}
+
+/// Sends a refusal saying `why` (the channel may be gone already: nothing to do then).
+pub fn refuse(sock: &UnixStream, why: &str) {
+    let _ = fd_channel::send(sock, kind::REFUSE, why.as_bytes(), &[]);
+}
+
+/// Receives the next frame, which must be of kind `want` (`expected` names it in errors);
+/// a refusal is an error saying why.
+pub fn receive(
+    sock: &UnixStream,
+    limits: &Limits,
+    want: u16,
+    expected: &'static str,
+) -> Result<Frame, HandoverError> {
+    let frame = fd_channel::recv(sock, limits)?;
+    if frame.kind == kind::REFUSE {
+        return Err(HandoverError::Refused(
+            String::from_utf8_lossy(&frame.body).into_owned(),
+        ));
+    }
+    if frame.kind != want {
+        return Err(HandoverError::Unexpected {
+            what: format!("a frame of kind {}", frame.kind),
+            expected,
+        });
+    }
+    Ok(frame)
+}
+
+/// The body of `frame` as a `T`.
+pub fn body_of<T: for<'de> Deserialize<'de>>(
+    frame: &Frame,
+    expected: &'static str,
+) -> Result<T, HandoverError> {
+    serde_json::from_slice(&frame.body).map_err(|e| HandoverError::Unexpected {
+        what: format!("a body that does not read ({e})"),
+        expected,
+    })
 }
 
 /// What each side says first.
@@ -129,10 +295,16 @@ fn check_peer(
     Ok(())
 }
 
-/// The old process's side of the greeting, with its child `child` at the other end:
-/// returns the version to hand over in, or refuses (telling the child why).
-pub fn greet_as_old(sock: &UnixStream, child: u32, limits: &Limits) -> Result<u32, HandoverError> {
-    check_peer(sock, Some(child), "the new vringswitch this one started")?;
+/// The old process's side of the greeting, over its end of the socket pair it made for
+/// its child: returns the version to hand over in, or refuses (telling the child why).
+/// (A socket pair's credentials are its maker's: this process's own on both ends, which
+/// only such a pair has.)
+pub fn greet_as_old(sock: &UnixStream, limits: &Limits) -> Result<u32, HandoverError> {
+    check_peer(
+        sock,
+        Some(std::process::id()),
+        "the new vringswitch this one started",
+    )?;
     let ours = Hello::ours();
     send_json(sock, kind::HELLO, &ours)?;
     let theirs: Hello = expect(fd_channel::recv(sock, limits)?, kind::HELLO, "its versions")?;
@@ -194,11 +366,30 @@ mod tests {
 
     #[test]
     fn a_stranger_at_the_other_end_is_refused() {
-        // In one process the pair's other end is this process, not a child: the old side
-        // refuses to hand over to it, the new side to take from it.
-        let (a, b) = UnixStream::pair().unwrap();
-        let e = greet_as_old(&a, std::process::id() + 1, &limits()).unwrap_err();
-        assert!(matches!(e, HandoverError::Stranger { .. }), "{e}");
+        // The old side hands over only on a pair it made: not to a process that connected.
+        let path = std::env::temp_dir().join(format!("vs-handover-{}.sock", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let script = format!(
+            "import socket,time; s=socket.socket(socket.AF_UNIX); s.connect({:?}); time.sleep(3)",
+            path.display().to_string()
+        );
+        let mut stranger = std::process::Command::new("python3")
+            .args(["-c", &script])
+            .spawn()
+            .expect("python3 (apt-get install python3)");
+        let (a, _) = listener.accept().unwrap();
+        let e = greet_as_old(&a, &limits()).unwrap_err();
+        assert!(
+            matches!(e, HandoverError::Stranger { pid, .. } if pid == stranger.id()),
+            "{e}"
+        );
+        let _ = stranger.kill();
+        let _ = stranger.wait();
+        let _ = std::fs::remove_file(&path);
+        // The new side takes its state only from its parent: in one process the pair's
+        // other end is this process.
+        let (_a, b) = UnixStream::pair().unwrap();
         let e = greet_as_new(&b, &limits()).unwrap_err();
         assert!(
             e.to_string()
@@ -224,10 +415,7 @@ mod tests {
             };
             send_json(&new, kind::HELLO, &mine).unwrap();
         });
-        assert_eq!(
-            greet_as_old(&old, std::process::id(), &limits()).unwrap(),
-            1
-        );
+        assert_eq!(greet_as_old(&old, &limits()).unwrap(), 1);
         t.join().unwrap();
     }
 
@@ -245,7 +433,7 @@ mod tests {
             fd_channel::send(&new, kind::HELLO, &serde_json::to_vec(&mine).unwrap(), &[]).unwrap();
             fd_channel::recv(&new, &limits()).unwrap()
         });
-        let e = greet_as_old(&old, std::process::id(), &limits()).unwrap_err();
+        let e = greet_as_old(&old, &limits()).unwrap_err();
         assert!(
             e.to_string()
                 .contains("hands over versions 1 to 1, vringswitch 9.0.0 takes 7 to 9"),
@@ -264,7 +452,7 @@ mod tests {
             (&new).write_all(b"HTTP/1.1 200 OK\r\n\r\n").unwrap();
             new
         });
-        let e = greet_as_old(&old, std::process::id(), &limits()).unwrap_err();
+        let e = greet_as_old(&old, &limits()).unwrap_err();
         assert!(
             matches!(e, HandoverError::Channel(ChannelError::BadMagic)),
             "{e}"
@@ -277,7 +465,7 @@ mod tests {
             fd_channel::send(&new, 9, b"{}", &[]).unwrap();
             new
         });
-        let e = greet_as_old(&old, std::process::id(), &limits()).unwrap_err();
+        let e = greet_as_old(&old, &limits()).unwrap_err();
         assert!(
             e.to_string()
                 .contains("a frame of kind 9 where its versions was due"),
@@ -290,7 +478,7 @@ mod tests {
             fd_channel::send(&new, kind::HELLO, b"[1, 2", &[]).unwrap();
             new
         });
-        let e = greet_as_old(&old, std::process::id(), &limits()).unwrap_err();
+        let e = greet_as_old(&old, &limits()).unwrap_err();
         assert!(e.to_string().contains("a body that does not read"), "{e}");
         let _ = t.join();
     }

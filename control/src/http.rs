@@ -67,7 +67,8 @@ struct AppState {
         list_mirrors,
         add_mirror,
         get_mirror,
-        remove_mirror
+        remove_mirror,
+        upgrade
     ),
     components(schemas(
         ErrorBody,
@@ -91,7 +92,9 @@ struct AppState {
         crate::trace::TraceView,
         crate::trace::TraceOutput,
         ModuleLevel,
-        Level
+        Level,
+        UpgradeRequest,
+        crate::upgrade::Upgraded
     ))
 )]
 pub struct ApiDoc;
@@ -232,7 +235,12 @@ pub fn router(daemon: Arc<Daemon>, access: ApiAccess) -> Router {
         .route("/v1/trace", axum::routing::post(trace_frame))
         .route("/v1/mirrors", get(list_mirrors).post(add_mirror))
         .route("/v1/mirrors/{name}", get(get_mirror).delete(remove_mirror))
+        .route("/v1/upgrade", axum::routing::post(upgrade))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            daemon.clone(),
+            wait_for_upgrade,
+        ))
         .with_state(AppState {
             daemon,
             metrics: Arc::new(Metrics::new()),
@@ -255,6 +263,34 @@ pub fn router(daemon: Arc<Daemon>, access: ApiAccess) -> Router {
             refuse_changes,
         )),
     }
+}
+
+/// While the daemon replaces itself, `/v1` requests are answered "retry" (503 with
+/// Retry-After): its state is locked from the workers' stop until the new process runs
+/// (or the old one took everything back), and a change made meanwhile would be lost with
+/// the old process. /healthz and /metrics read no state and are served throughout.
+async fn wait_for_upgrade(
+    State(daemon): State<Arc<Daemon>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let path = req.uri().path();
+    let upgrading = daemon.upgrader().is_some_and(|u| u.in_progress());
+    if !upgrading || !is_v1(path) || path == "/v1/upgrade" {
+        return next.run(req).await;
+    }
+    let mut response = ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "upgrading",
+        "the daemon is being upgraded: retry in a moment (the new process answers on the \
+         same address)",
+    )
+    .into_response();
+    response.headers_mut().insert(
+        header::RETRY_AFTER,
+        axum::http::HeaderValue::from_static("1"),
+    );
+    response
 }
 
 fn is_v1(path: &str) -> bool {
@@ -916,6 +952,61 @@ async fn trace_frame(
 ) -> Result<Json<crate::trace::TraceView>, ApiError> {
     let req: crate::trace::TraceRequest = parse(&headers, &body)?;
     Ok(Json(s.daemon.trace(&req)?))
+}
+
+/// How long the new binary may take for each step of an upgrade.
+#[derive(Debug, Default, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct UpgradeRequest {
+    /// Seconds the new binary may take to start and answer, and again to take everything
+    /// over (default 30).
+    #[schema(minimum = 1, maximum = 600)]
+    deadline_s: Option<u64>,
+}
+
+#[utoipa::path(post, path = "/v1/upgrade", request_body(content = UpgradeRequest, description = "Optional"), responses((status = 200, body = crate::upgrade::Upgraded, description = "The binary installed at the daemon's path now serves every port and this API; the old process exits. No VM's link went down"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 409, body = ErrorBody, description = "Refused before anything stopped (a capture, a VM being migrated, a kind of port not carried over yet), or an upgrade is under way; the daemon serves on"), (status = 502, body = ErrorBody, description = "The new binary exited, hung, spoke no common handover version or refused the state: it was killed, and the running daemon took everything back and serves on"), (status = 501, body = ErrorBody, description = "This daemon cannot replace itself (embedded)"), (status = 403, body = ErrorBody, description = "A foreign Host or Origin, or a change over TCP on a daemon that takes changes on its unix socket only"), (status = 415, body = ErrorBody, description = "The body was not sent as application/json")))]
+async fn upgrade(
+    _: NoQuery,
+    State(s): State<AppState>,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> Result<Json<crate::upgrade::Upgraded>, ApiError> {
+    let req: UpgradeRequest = if body.is_empty() {
+        UpgradeRequest::default()
+    } else {
+        parse(&headers, &body)?
+    };
+    let deadline = match req.deadline_s {
+        None => crate::upgrade::DEFAULT_DEADLINE,
+        Some(n @ 1..=600) => std::time::Duration::from_secs(n),
+        Some(n) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("deadline_s {n} is not between 1 and 600"),
+            ))
+        }
+    };
+    let Some(upgrader) = s.daemon.upgrader().cloned() else {
+        return Err(ApiError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "not_supported",
+            "this daemon is embedded in another program and cannot replace itself",
+        ));
+    };
+    let daemon = s.daemon.clone();
+    let outcome = tokio::task::spawn_blocking(move || upgrader.run(&daemon, deadline))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    outcome.map(Json).map_err(|e| {
+        use crate::upgrade::UpgradeError;
+        let (status, code) = match &e {
+            UpgradeError::Refused(_) => (StatusCode::CONFLICT, "conflict"),
+            UpgradeError::Busy => (StatusCode::CONFLICT, "busy"),
+            UpgradeError::NewBinary { .. } => (StatusCode::BAD_GATEWAY, "new_binary_failed"),
+        };
+        ApiError::new(status, code, e.to_string())
+    })
 }
 
 /// The log levels, or why they cannot be changed here.

@@ -45,7 +45,7 @@ fn pid_text(pid: Option<u32>) -> String {
 /// The locks a running daemon holds; released when dropped.
 #[derive(Debug, Default)]
 pub struct InstanceLock {
-    _files: Vec<File>,
+    files: Vec<File>,
 }
 
 impl InstanceLock {
@@ -75,7 +75,44 @@ impl InstanceLock {
             name.push(".lock");
             files.push(lock(Path::new(&name), "the state file", state, "--state")?);
         }
-        Ok(InstanceLock { _files: files })
+        Ok(InstanceLock { files })
+    }
+
+    /// The lock files, to hand to the process replacing this one (the lock is the open
+    /// file's: it stays held as long as either process has it open).
+    pub fn files(&self) -> Vec<std::os::fd::BorrowedFd<'_>> {
+        use std::os::fd::AsFd;
+        self.files.iter().map(|f| f.as_fd()).collect()
+    }
+
+    /// The lock files the process before this one held, now this one's: each says this
+    /// process's pid from now on.
+    pub fn adopt(files: Vec<File>) -> Result<InstanceLock, LockError> {
+        for f in &files {
+            let io = |error| LockError::Io {
+                path: PathBuf::from(format!(
+                    "/proc/self/fd/{}",
+                    std::os::fd::AsRawFd::as_raw_fd(f)
+                )),
+                error,
+            };
+            // The same open file as the lock's holder: locking it again is taking what the
+            // handover gave; refused only if another process's lock is on the file.
+            match f.try_lock() {
+                Ok(()) => {}
+                Err(TryLockError::WouldBlock) => {
+                    return Err(io(std::io::Error::other(
+                        "a lock file handed over is locked by another process",
+                    )))
+                }
+                Err(TryLockError::Error(e)) => return Err(io(e)),
+            }
+            let mut f = f;
+            f.set_len(0).map_err(io)?;
+            f.rewind().map_err(io)?;
+            writeln!(f, "{}", std::process::id()).map_err(io)?;
+        }
+        Ok(InstanceLock { files })
     }
 }
 

@@ -28,3 +28,4 @@ pub mod state_file;
 pub mod systemd;
 mod topology;
 pub mod trace;
+pub mod upgrade;

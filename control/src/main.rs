@@ -12,7 +12,7 @@ use vringswitch_config::Config;
 use vringswitch_control::daemon::{Daemon, DaemonOptions};
 use vringswitch_control::log_levels::{self, LogControl};
 use vringswitch_control::manpage::{self, Section};
-use vringswitch_control::{drop_log, http, http_guard, http_server, state_file, systemd};
+use vringswitch_control::{drop_log, http, http_guard, http_server, state_file, systemd, upgrade};
 use vringswitch_ports::socket_file::{self, BoundSocket};
 
 /// A user-space virtual switch for VMs attached over vhost-user.
@@ -57,6 +57,10 @@ struct Args {
     /// Print this command's manual page (roff) and exit.
     #[arg(long)]
     manpage: bool,
+    /// Take over from the running daemon that started this one (`vringctl upgrade`):
+    /// its end of the handover channel. Not for use by hand.
+    #[arg(long, value_name = "FD", hide = true)]
+    handover_fd: Option<i32>,
 }
 
 /// The manual page's sections that the arguments do not give.
@@ -224,6 +228,9 @@ fn run() -> anyhow::Result<()> {
                 .map_err(|e| format!("cannot change the log levels: {e}"))
         }),
     ));
+    // As started: an upgrade starts the binary installed at this path, with these arguments.
+    let exe = std::env::current_exe().context("cannot tell where this binary is")?;
+    let all_args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
     let args = Args::parse();
     if args.manpage {
         use clap::CommandFactory;
@@ -282,6 +289,23 @@ fn run() -> anyhow::Result<()> {
         return Ok(());
     }
 
+    // Started by the running daemon to replace it: everything comes from it.
+    let mut from_parent = match args.handover_fd {
+        Some(fd) => Some(
+            // What takes time is done before the old daemon stops forwarding: the cycle
+            // counter's calibration (20 ms) here, the configuration above.
+            upgrade::take_from_parent(fd, upgrade::DEFAULT_DEADLINE, || {
+                vringswitch_switch::stats::cycles_per_second();
+                Ok(())
+            })
+            .map_err(|e| anyhow::anyhow!("cannot take over from the running daemon: {e}"))?,
+        ),
+        None => None,
+    };
+    let handed_api = from_parent
+        .as_mut()
+        .map(|p| (p.api_tcp.take(), p.api_unix.take()));
+
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -295,34 +319,81 @@ fn run() -> anyhow::Result<()> {
     };
     // The API's listeners next, before any port: a second daemon given a busy --api or
     // --api-socket stops here, before it binds a socket of its own ports or starts a worker.
+    // (Handed over by the daemon this one replaces: the same sockets, never closed.)
+    let (handed_tcp, handed_unix) = handed_api.unwrap_or((None, None));
     let (listener, unix_listener) = {
         let _in_runtime = runtime.enter();
-        let listener = std::net::TcpListener::bind(args.api)
+        let tcp = match handed_tcp {
+            Some(l) => Ok(l),
+            None => std::net::TcpListener::bind(args.api),
+        };
+        let listener = tcp
             .and_then(|l| {
                 l.set_nonblocking(true)?;
                 tokio::net::TcpListener::from_std(l)
             })
             .with_context(|| format!("cannot listen on --api {}", args.api))?;
-        let unix = match &args.api_socket {
-            Some(path) => Some(bind_api_socket(path)?),
-            None => None,
+        let unix = match (&args.api_socket, handed_unix) {
+            (Some(path), Some((l, bound))) => Some(
+                l.set_nonblocking(true)
+                    .and_then(|()| tokio::net::UnixListener::from_std(l))
+                    .map(|l| (l, bound))
+                    .with_context(|| format!("cannot listen on --api-socket {}", path.display()))?,
+            ),
+            (Some(path), None) => Some(bind_api_socket(path)?),
+            (None, _) => None,
         };
         (listener, unix)
+    };
+    // Copies of the API's sockets, for the process that may one day replace this one.
+    let api_fds = {
+        use std::os::fd::AsFd;
+        let tcp = listener.as_fd().try_clone_to_owned().ok();
+        let unix = unix_listener
+            .as_ref()
+            .and_then(|(l, b)| Some((l.as_fd().try_clone_to_owned().ok()?, *b)));
+        (tcp, unix)
     };
     let (unix_listener, api_socket_bound) = match unix_listener {
         Some((l, bound)) => (Some(l), Some(bound)),
         None => (None, None),
     };
-    let started = Daemon::start(
-        &config,
-        DaemonOptions {
-            state_file: args.state.clone(),
-            socket_dir: Some(socket_dir.clone()),
-            own_paths: args.api_socket.iter().cloned().collect(),
-            log_control: Some(log_control),
-        },
-    )
-    .context("cannot start vringswitch");
+    let options = DaemonOptions {
+        state_file: args.state.clone(),
+        socket_dir: Some(socket_dir.clone()),
+        own_paths: args.api_socket.iter().cloned().collect(),
+        log_control: Some(log_control),
+    };
+    let started = match from_parent.as_mut().and_then(|p| p.handed.take()) {
+        None => Daemon::start(&config, options).context("cannot start vringswitch"),
+        Some(handed) => {
+            let parent = from_parent.as_ref().map_or(0, |p| p.parent_pid());
+            match Daemon::start_handed(&config, options, handed) {
+                Ok((daemon, not_carried)) => {
+                    tracing::info!(
+                        old_pid = parent,
+                        ports = daemon.ports().len(),
+                        not_carried = not_carried.len(),
+                        "took over from the running daemon"
+                    );
+                    if let Some(Err(e)) = from_parent.as_ref().map(|p| p.say_running(not_carried)) {
+                        tracing::warn!(error = %e,
+                            "the daemon this one replaces did not confirm; serving anyway");
+                    }
+                    Ok(daemon)
+                }
+                Err(e) => {
+                    let e =
+                        anyhow::Error::from(e).context("cannot take over from the running daemon");
+                    if let Some(p) = &from_parent {
+                        p.refuse(&format!("{e:#}"));
+                    }
+                    // Its sockets are the running daemon's: not to be removed.
+                    return Err(e);
+                }
+            }
+        }
+    };
     let remove_api_socket = |bound: Option<BoundSocket>| {
         if let (Some(path), Some(bound)) = (&args.api_socket, bound) {
             vringswitch_ports::socket_file::remove_if_ours(path, bound);
@@ -335,12 +406,15 @@ fn run() -> anyhow::Result<()> {
             return Err(e);
         }
     };
+    let upgrader = Arc::new(upgrade::Upgrader::new(exe, all_args, api_fds.0, api_fds.1));
+    daemon.set_upgrader(upgrader.clone());
     let switch = daemon.switch.clone();
     let api_daemon = daemon.clone();
     let api_socket = args.api_socket.clone();
     let api_addr = args.api;
     let api_hosts = args.api_host.clone();
-    let result: anyhow::Result<()> = runtime.block_on(async move {
+    let finished = upgrader.clone();
+    let result: anyhow::Result<bool> = runtime.block_on(async move {
         let writes = match (&token, &api_socket) {
             (Some(_), _) => "with the token",
             (None, Some(_)) => "no (read-only: changes go through the unix socket)",
@@ -393,11 +467,20 @@ fn run() -> anyhow::Result<()> {
             }
         };
         tokio::select! {
-            () = tcp => Ok(()),
-            () = unix => Ok(()),
-            () = signals.until_stop() => Ok(()),
+            () = tcp => Ok(false),
+            () = unix => Ok(false),
+            () = signals.until_stop() => Ok(false),
+            () = finished.finished() => Ok(true),
         }
     });
+    if let Ok(true) = result {
+        // Replaced: the new process serves every port and the API on the same sockets.
+        // Nothing is closed or removed; a moment for the upgrade's own answer to go out.
+        std::thread::sleep(Duration::from_millis(300));
+        tracing::info!("exiting: the new process has taken over");
+        std::process::exit(0);
+    }
+    let result = result.map(|_| ());
     remove_api_socket(api_socket_bound);
     tracing::info!("stopping");
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);

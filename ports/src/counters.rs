@@ -338,7 +338,10 @@ mod tests {
         new.slot(1).add_rx(0, 1, 60);
         let s = new.snapshot();
         assert_eq!(s.drops(DropReason::NoRxBuffer), 4);
-        assert_eq!((s.rx_packets, s.rx_bytes, s.queue_rx_packets[0]), (3, 188, 3));
+        assert_eq!(
+            (s.rx_packets, s.rx_bytes, s.queue_rx_packets[0]),
+            (3, 188, 3)
+        );
         assert_eq!(s.queue_busy_cycles[1], 700);
         assert_eq!(s.offloads(OffloadAction::Segmented), 1);
     }

@@ -148,33 +148,42 @@ pub fn recv(sock: &UnixStream, limits: &Limits) -> Result<Frame, ChannelError> {
 
 /// Reads one descriptor chunk (its one byte of data) into `fds`; returns how many came.
 fn recv_chunk(sock: &UnixStream, fds: &mut Vec<OwnedFd>) -> Result<usize, ChannelError> {
+    use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags};
     let mut byte = [0u8; 1];
-    let mut raw = [-1 as RawFd; FDS_PER_CHUNK + 3];
-    let mut iov = [libc::iovec {
-        iov_base: byte.as_mut_ptr().cast(),
-        iov_len: 1,
-    }];
-    // SAFETY: the iovec points at `byte`, a live one-byte buffer that nothing else uses
-    // during the call; `raw` has room for more descriptors than a sender may attach.
-    let (n, count) = unsafe { sock.recv_with_fds(&mut iov, &mut raw) }
-        .map_err(|e| io::Error::from_raw_os_error(e.errno()))?;
-    let got: Vec<OwnedFd> = raw[..count.min(raw.len())]
-        .iter()
-        .filter(|&&fd| fd >= 0)
-        // SAFETY: recvmsg just installed these descriptors in our table; nothing else knows
-        // them, so they are ours to own (and to close, if the frame is refused).
-        .map(|&fd| unsafe { OwnedFd::from_raw_fd(fd) })
-        .collect();
-    if n == 0 {
+    // Room for more descriptors than a sender may attach: more would be cut (CTRUNC).
+    let mut space =
+        [std::mem::MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(FDS_PER_CHUNK + 3))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    // Close-on-exec as they arrive: no child this process starts (an upgrade's next
+    // binary, a helper) inherits them unasked.
+    let got = rustix::net::recvmsg(
+        sock,
+        &mut [io::IoSliceMut::new(&mut byte)],
+        &mut control,
+        RecvFlags::CMSG_CLOEXEC,
+    )
+    .map_err(io::Error::from)?;
+    let mut received = Vec::new();
+    for message in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(rights) = message {
+            received.extend(rights);
+        }
+    }
+    if got.bytes == 0 {
         return Err(ChannelError::Closed);
+    }
+    if got.flags.contains(ReturnFlags::CTRUNC) {
+        return Err(ChannelError::Descriptors(
+            "a chunk brought more descriptors than a chunk may".into(),
+        ));
     }
     if byte[0] != 1 {
         return Err(ChannelError::Descriptors(
             "a chunk's byte is not the chunk marker".into(),
         ));
     }
-    let n = got.len();
-    fds.extend(got);
+    let n = received.len();
+    fds.extend(received);
     Ok(n)
 }
 
@@ -212,8 +221,9 @@ pub fn pair_for_child() -> io::Result<(UnixStream, OwnedFd)> {
     Ok((ours, theirs.into()))
 }
 
-/// Spawns `cmd` with `keep` open in the child under its number (every other descriptor of
-/// this process is close-on-exec, as Rust opens them).
+/// Spawns `cmd` with `keep` open in the child under its number, and no other descriptor
+/// of this process beyond standard input, output and error (some libraries make theirs
+/// without close-on-exec: eventfds, for one).
 pub fn spawn_keeping(
     cmd: &mut std::process::Command,
     keep: &OwnedFd,
@@ -221,10 +231,23 @@ pub fn spawn_keeping(
     use std::os::unix::process::CommandExt;
     let fd = keep.as_raw_fd();
     // SAFETY: the closure runs in the child between fork and exec, where only
-    // async-signal-safe calls are allowed: it makes one fcntl call on a descriptor number
-    // it copied in, and allocates nothing.
+    // async-signal-safe calls are allowed: it makes close_range and fcntl system calls on
+    // numbers it copied in, and allocates nothing.
     unsafe {
         cmd.pre_exec(move || {
+            let all_cloexec = libc::syscall(
+                libc::SYS_close_range,
+                3 as libc::c_uint,
+                libc::c_uint::MAX,
+                libc::CLOSE_RANGE_CLOEXEC as libc::c_uint,
+            );
+            if all_cloexec < 0 {
+                // A kernel before 5.11: one descriptor at a time.
+                let max = libc::sysconf(libc::_SC_OPEN_MAX).clamp(3, 1 << 20) as libc::c_int;
+                for other in 3..max {
+                    libc::fcntl(other, libc::F_SETFD, libc::FD_CLOEXEC);
+                }
+            }
             if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
                 return Err(io::Error::last_os_error());
             }
@@ -334,10 +357,13 @@ mod tests {
     fn a_child_keeps_the_descriptor_it_is_given_and_no_other() {
         let (ours, theirs) = pair_for_child().unwrap();
         let (_other, other_theirs) = pair_for_child().unwrap();
+        // An eventfd made without close-on-exec, as some libraries make them.
+        let leaky = EventFd::new(0).unwrap();
         let script = format!(
-            "ls /proc/self/fd/{} && ! ls /proc/self/fd/{} 2>/dev/null",
+            "ls /proc/self/fd/{} && ! ls /proc/self/fd/{} 2>/dev/null && ! ls /proc/self/fd/{} 2>/dev/null",
             theirs.as_raw_fd(),
-            other_theirs.as_raw_fd()
+            other_theirs.as_raw_fd(),
+            leaky.as_raw_fd()
         );
         let mut cmd = std::process::Command::new("sh");
         cmd.args(["-c", &script])
@@ -366,6 +392,12 @@ mod tests {
             (7, &b"{\"state\": 1}"[..])
         );
         assert_eq!(sender.fds.len(), 600);
+        // Close-on-exec, every one: no child of the receiver inherits them.
+        for fd in &sender.fds {
+            // SAFETY: F_GETFD on a descriptor we own; no memory touched.
+            let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFD) };
+            assert_eq!(flags & libc::FD_CLOEXEC, libc::FD_CLOEXEC);
+        }
         // The same objects, in order: each eventfd still holds its count.
         for (i, fd) in sender.fds.into_iter().enumerate() {
             // SAFETY: the descriptor is ours (received) and is an eventfd.

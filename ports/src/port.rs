@@ -336,7 +336,8 @@ impl PortHandle {
     /// this one (a hitless upgrade).
     pub fn carry_counts(&self, connections: u64, protocol_errors: u64) {
         self.connections.store(connections, Ordering::Relaxed);
-        self.protocol_errors.store(protocol_errors, Ordering::Relaxed);
+        self.protocol_errors
+            .store(protocol_errors, Ordering::Relaxed);
     }
 
     /// How many connections ended in a protocol error since the port was created.

@@ -158,7 +158,10 @@ mod tests {
         new.carry(&old.snapshot());
         new.add_burst(3);
         let s = new.snapshot();
-        assert_eq!((s.busy_cycles, s.idle_cycles, s.packets, s.wakeups), (100, 50, 6, 1));
+        assert_eq!(
+            (s.busy_cycles, s.idle_cycles, s.packets, s.wakeups),
+            (100, 50, 6, 1)
+        );
         assert_eq!(s.bursts[bucket_of(3)], 2);
     }
 

@@ -112,6 +112,15 @@ enum Command {
         #[arg(long, short, value_name = "SECS", value_parser = parse_interval)]
         interval: Option<f64>,
     },
+    /// Replaces the running daemon by the binary now installed at its path, without any
+    /// VM's link going down (`systemctl reload vringswitch` runs this). If the new binary
+    /// fails, the running daemon serves on and this says why, with a non-zero exit.
+    Upgrade {
+        /// Seconds the new binary may take to start, and again to take everything over
+        /// [default: 30].
+        #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=600))]
+        deadline: Option<u64>,
+    },
     /// Per-core load (busy %, cycles per packet, bursts) and per-port counters.
     Stats {
         /// Show what happened over this many seconds instead of the totals since start.
@@ -790,6 +799,11 @@ async fn run(args: Args) -> Result<String, ClientError> {
             }
             let v = send(&api, Method::POST, "/v1/trace", Some(body)).await?;
             Ok(shown(&v, json, ctl::trace_text))
+        }
+        Command::Upgrade { deadline } => {
+            let body = deadline.map(|d| json!({ "deadline_s": d }));
+            let v = send(&api, Method::POST, "/v1/upgrade", body).await?;
+            Ok(shown(&v, json, ctl::upgrade_text))
         }
         Command::Cores { interval } => {
             let (s, scope) = stats_over(&api, interval).await?;
