@@ -250,11 +250,16 @@ impl ChildGuard {
         self.0.as_ref().map_or(0, Child::id)
     }
 
-    /// What went wrong, in words: the child's exit status if it exited, else `e`.
+    /// What went wrong, in words: for a channel that failed, the child's exit status if
+    /// it exited; else `e` (a refusal, an incompatible version: the child may exit right
+    /// after, which says nothing more).
     fn explain(&mut self, e: HandoverError) -> String {
         let Some(child) = self.0.as_mut() else {
             return e.to_string();
         };
+        if !matches!(e, HandoverError::Channel(_)) {
+            return e.to_string();
+        }
         // A child that exits closes its end: give it a moment to be reaped.
         let until = Instant::now() + Duration::from_millis(500);
         loop {

@@ -111,6 +111,11 @@ pub struct Daemon {
     pub prefix: Vec<String>,
     /// Its --socket-dir (default: `dir`).
     pub socket_dir: PathBuf,
+    /// The binary it runs (default: [`binary`]).
+    pub binary: PathBuf,
+    /// After an upgrade: the process serving now, which is not our child (the one before
+    /// it started it).
+    adopted: Option<u32>,
 }
 
 impl Daemon {
@@ -164,10 +169,72 @@ impl Daemon {
             args: args.iter().map(|a| a.to_string()).collect(),
             prefix: prefix.iter().map(|a| a.to_string()).collect(),
             socket_dir: socket_dir.to_path_buf(),
+            binary: binary(),
+            adopted: None,
         };
         d.spawn();
         d.wait_ready(sockets);
         d
+    }
+
+    /// [`Daemon::start_with`] running the binary at `binary` (a copy, which the test may
+    /// then replace: an upgrade starts whatever is at the daemon's path).
+    pub fn start_binary(
+        dir: &Path,
+        config: &str,
+        sockets: &[PathBuf],
+        args: &[&str],
+        binary: &Path,
+    ) -> Daemon {
+        let path = dir.join("vringswitch.toml");
+        std::fs::write(&path, config).unwrap();
+        let mut d = Daemon {
+            child: None,
+            api: format!("127.0.0.1:{}", free_port()),
+            config: path,
+            log: dir.join("vringswitch.log"),
+            dir: dir.to_path_buf(),
+            args: args.iter().map(|a| a.to_string()).collect(),
+            prefix: Vec::new(),
+            socket_dir: dir.to_path_buf(),
+            binary: binary.to_path_buf(),
+            adopted: None,
+        };
+        d.spawn();
+        d.wait_ready(sockets);
+        d
+    }
+
+    /// Runs `vringctl upgrade` with `args` and returns its exit status, its JSON answer
+    /// (or error text). On success the daemon followed is the new process from then on,
+    /// once the old one has exited.
+    pub fn upgrade(&mut self, args: &[&str]) -> Result<serde_json::Value, String> {
+        let out = Command::new(vringctl())
+            .arg("--api")
+            .arg(&self.api)
+            .arg("--json")
+            .arg("upgrade")
+            .args(args)
+            .output()
+            .expect("run vringctl");
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        let answer: serde_json::Value =
+            serde_json::from_slice(&out.stdout).expect("vringctl upgrade --json answers JSON");
+        let new_pid = answer["new_pid"].as_u64().expect("new_pid") as u32;
+        let old = self.pid();
+        assert_eq!(answer["old_pid"].as_u64(), Some(u64::from(old)));
+        match self.child.take() {
+            Some(c) => {
+                exit_status_within(c, Duration::from_secs(10), " of an upgrade");
+            }
+            None => wait_until(Duration::from_secs(10), "the old process to exit", || {
+                gone(old).then_some(())
+            }),
+        }
+        self.adopted = Some(new_pid);
+        Ok(answer)
     }
 
     fn spawn(&mut self) {
@@ -182,7 +249,7 @@ impl Daemon {
                 c.args(args).arg(binary());
                 c
             }
-            None => Command::new(binary()),
+            None => Command::new(&self.binary),
         };
         let child = cmd
             .arg("--config")
@@ -233,6 +300,16 @@ impl Daemon {
             let _ = c.kill();
             let _ = c.wait();
         }
+        if let Some(pid) = self.adopted.take() {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .stderr(Stdio::null())
+                .status();
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while !gone(pid) && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
     }
 
     /// Sends SIGTERM and waits up to `timeout` for the daemon to exit; returns its status.
@@ -261,7 +338,8 @@ impl Daemon {
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.as_ref().expect("running").id()
+        self.adopted
+            .unwrap_or_else(|| self.child.as_ref().expect("running").id())
     }
 
     pub fn log_text(&self) -> String {
@@ -422,6 +500,17 @@ pub fn http_request_unix(
         rest.to_owned()
     };
     (status, body)
+}
+
+/// Whether process `pid` has exited (gone, or a zombie nobody reaped yet).
+pub fn gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        // "pid (comm) S ...": the state follows the last ')'.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X'])),
+    }
 }
 
 /// A child process killed, with its whole process group if it leads one (spawn it with

@@ -74,10 +74,15 @@ pub enum TapRead {
 }
 
 impl TapQueue {
-    fn new(device: TapDevice, offloads: bool) -> io::Result<TapQueue> {
+    /// A queue on `device`, whose MTU is `mtu` if known (a handed-over interface may live
+    /// in another network namespace, where this one cannot ask), else asked.
+    fn new(device: TapDevice, offloads: bool, mtu: Option<u32>) -> io::Result<TapQueue> {
         let size = TAP_BUFFER as usize * TAP_BUFFERS;
         let mem = crate::frame::host_memory(size)?;
-        let mtu = crate::netif::mtu(device.name())?;
+        let mtu = match mtu {
+            Some(m) => m,
+            None => crate::netif::mtu(device.name())?,
+        };
         Ok(TapQueue {
             device,
             mem,
@@ -198,8 +203,13 @@ pub struct TapPort {
 }
 
 /// Publishes a queue on `device` to the workers.
-fn publish(handle: &PortHandle, device: TapDevice, offloads: bool) -> io::Result<()> {
-    let queue = TapQueue::new(device, offloads)?;
+fn publish(
+    handle: &PortHandle,
+    device: TapDevice,
+    offloads: bool,
+    mtu: Option<u32>,
+) -> io::Result<()> {
+    let queue = TapQueue::new(device, offloads, mtu)?;
     handle.set_connected(true);
     handle.attach(Arc::new(Attachment::Tap(queue)));
     Ok(())
@@ -220,43 +230,47 @@ impl TapPort {
             created = device.created(),
             "TAP interface open"
         );
-        Self::serve(handle, config, device)
+        Self::serve(handle, config, device, None)
     }
 
-    /// Carries on a TAP port from the descriptor the process before this one handed over
-    /// (`None`: its interface was gone then, and is opened as at a start).
+    /// Carries on a TAP port from the descriptor the process before this one handed over,
+    /// with whether it created the interface and the interface's MTU (`None`: its
+    /// interface was gone then, and is opened as at a start). The interface is left as it
+    /// is: it may have been moved to another network namespace.
     pub fn take_over(
         handle: Arc<PortHandle>,
         config: TapPortConfig,
-        handed: Option<(std::fs::File, bool)>,
+        handed: Option<(std::fs::File, bool, u32)>,
     ) -> Result<TapPort, TapError> {
-        let Some((file, created)) = handed else {
+        let Some((file, created, mtu)) = handed else {
             return Self::start(handle, config);
         };
-        let fail = |error| TapError {
-            ifname: config.ifname.clone(),
-            error,
-        };
-        let device = TapDevice::adopt(file, &config.ifname, created, config.offloads)
-            .and_then(|d| crate::netif::set_up(&config.ifname, config.mtu).map(|()| d))
-            .map_err(fail)?;
+        let device =
+            TapDevice::adopt(file, &config.ifname, created, config.offloads).map_err(|error| {
+                TapError {
+                    ifname: config.ifname.clone(),
+                    error,
+                }
+            })?;
         tracing::info!(port = %handle.name(), ifname = %config.ifname,
             "TAP interface carried on from the previous process");
-        Self::serve(handle, config, device)
+        Self::serve(handle, config, device, Some(mtu))
     }
 
-    /// Publishes `device` to the workers and starts the port's monitor.
+    /// Publishes `device` (of MTU `mtu`, if known) to the workers and starts the port's
+    /// monitor.
     fn serve(
         handle: Arc<PortHandle>,
         config: TapPortConfig,
         device: TapDevice,
+        mtu: Option<u32>,
     ) -> Result<TapPort, TapError> {
         let fail = |error| TapError {
             ifname: config.ifname.clone(),
             error,
         };
         let created = device.created();
-        publish(&handle, device, config.offloads).map_err(fail)?;
+        publish(&handle, device, config.offloads, mtu).map_err(fail)?;
         let mtu = Arc::new(AtomicU32::new(config.mtu.unwrap_or(0)));
         let watched = TapWatch {
             config: config.clone(),
@@ -326,8 +340,9 @@ impl RunningPort for TapPort {
     }
 
     /// Hands over a duplicate of the interface's descriptor (frames the kernel queued on
-    /// it wait there for the new process), and whether the port created the interface.
-    /// Bytes: that flag, 0 or 1; then a 1 if a descriptor follows.
+    /// it wait there for the new process), whether the port created the interface, and
+    /// its MTU. Bytes: that flag (0 or 1), then 1 and the MTU (4 bytes, little-endian) if
+    /// a descriptor follows, else 0.
     fn hand_over(&mut self) -> Result<crate::port::HandedPort, String> {
         let attachment = self.watch.stop_for_handover(&self.handle);
         self.handle.set_connected(false);
@@ -343,6 +358,9 @@ impl RunningPort for TapPort {
                     .try_clone()
                     .map_err(|e| format!("cannot duplicate its descriptor: {e}"))?;
                 handed.data[1] = 1;
+                handed
+                    .data
+                    .extend_from_slice(&q.mtu.load(Ordering::Relaxed).to_le_bytes());
                 handed.fds.push(fd.into());
             }
         }
@@ -369,9 +387,13 @@ pub fn take_over_port(
     };
     let mut fds = handed.fds.into_iter();
     let device = match (handed.data.as_slice(), fds.next(), fds.next()) {
-        (&[created @ (0 | 1), 1], Some(fd), None) => Some((std::fs::File::from(fd), created == 1)),
+        (&[created @ (0 | 1), 1, a, b, c, d], Some(fd), None) => Some((
+            std::fs::File::from(fd),
+            created == 1,
+            u32::from_le_bytes([a, b, c, d]),
+        )),
         (&[0 | 1, 0], None, None) => None,
-        _ => return Err(bad("not one flag and one descriptor")),
+        _ => return Err(bad("not a flag, an MTU and one descriptor")),
     };
     TapPort::take_over(handle, config, device)
         .map(|p| (Box::new(p) as Box<dyn RunningPort>, Ok(())))
@@ -435,7 +457,7 @@ impl Watched for TapWatch {
     fn reopen(&mut self, handle: &PortHandle) -> Result<(), String> {
         let mtu = Some(self.mtu.load(Ordering::Relaxed)).filter(|&m| m != 0);
         TapDevice::open(&self.config.ifname, mtu, self.config.offloads)
-            .and_then(|d| publish(handle, d, self.config.offloads))
+            .and_then(|d| publish(handle, d, self.config.offloads, None))
             .map_err(|e| e.to_string())
     }
 }

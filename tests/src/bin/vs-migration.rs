@@ -45,7 +45,7 @@ fn usage(why: &str) -> ! {
 
 /// Where each guest's NIC is: a vhost-user port or a TAP interface.
 enum Nics {
-    Vringswitch(Daemon),
+    Vringswitch(Box<Daemon>),
     Tap,
 }
 
@@ -164,7 +164,11 @@ fn main() {
             for port in ["a", "a2", "b"] {
                 layout = layout.port(vhost_user(port, "br0", &dir.join(format!("{port}.sock"))));
             }
-            Nics::Vringswitch(Daemon::start(&dir, &layout.toml(), &layout.sockets()))
+            Nics::Vringswitch(Box::new(Daemon::start(
+                &dir,
+                &layout.toml(),
+                &layout.sockets(),
+            )))
         }
         "tap" => {
             let _ = Command::new("ip").args(["link", "del", BRIDGE]).output();

@@ -1,0 +1,383 @@
+//! `vringctl upgrade`: the daemon replaced by the binary on disk while test VMs exchange
+//! frames (docs/operations.md, "Upgrading"; docs/architecture.md, "Hitless upgrade").
+//! Every connection is carried on (no socket closes: no reconnect is counted and each VM's
+//! protocol connection is still answered), every frame taken from a TX ring reaches its
+//! ring, the FDB is carried (no flooding after), counters never go backwards; and a new
+//! binary that exits, hangs or speaks no common handover version leaves the old daemon
+//! serving, with a message saying why.
+
+use std::os::unix::net::UnixListener;
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::Value;
+use vringswitch_tests::api::call;
+use vringswitch_tests::daemon::{binary, Daemon, TempDir};
+use vringswitch_tests::frontend::{TestVm, VmOptions};
+use vringswitch_tests::layout::{vhost_user_in, Layout, SocketMode};
+use vringswitch_tests::setup::{server_port, T};
+use vringswitch_tests::{frame, mac, wait_until, BROADCAST};
+
+/// The learnt addresses of `bridge`: (MAC, port), sorted.
+fn learnt(d: &Daemon, bridge: &str) -> Vec<(String, String)> {
+    let (code, fdb) = call(d, "GET", &format!("/v1/bridges/{bridge}/fdb"), None);
+    assert_eq!(code, 200, "{fdb}");
+    let mut out: Vec<(String, String)> = fdb
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["static"] != true)
+        .map(|e| {
+            (
+                e["mac"].as_str().unwrap().to_owned(),
+                e["port"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Every `vringswitch_*_total` series of /metrics, by its full name and labels.
+fn counters(d: &Daemon) -> std::collections::BTreeMap<String, u64> {
+    d.metrics()
+        .lines()
+        .filter(|l| l.starts_with("vringswitch_") && !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let name = series.split('{').next()?;
+            name.ends_with("_total")
+                .then(|| Some((series.to_owned(), value.parse::<f64>().ok()? as u64)))?
+        })
+        .collect()
+}
+
+#[test]
+fn ten_upgrades_carry_every_connection_frame_address_and_counter() {
+    let dir = TempDir::new("upgrade");
+    let socket = |p: &str| dir.path().join(format!("{p}.sock"));
+    // e's VM listens (QEMU's server=on): the daemon connects to it.
+    let e_listener = UnixListener::bind(socket("e")).unwrap();
+    let layout = Layout::new()
+        .bridge("br0")
+        .ports(["a", "b", "c"].map(|p| server_port(dir.path(), p, "br0", 1)))
+        .port(server_port(dir.path(), "d", "br0", 2))
+        .port(vhost_user_in(
+            "e",
+            "br0",
+            &socket("e"),
+            SocketMode::Client,
+            Some(1),
+        ));
+    let mut d = Daemon::start(dir.path(), &layout.toml(), &layout.sockets());
+    let vm = |p: &str, n: u8, pairs: u16| {
+        let opts = VmOptions {
+            queue_pairs: pairs,
+            ..VmOptions::default()
+        };
+        let mut vm = TestVm::connect(&socket(p), mac(n), opts);
+        for q in 0..pairs {
+            vm.post_rx(TestVm::rx(q), 200, 2048);
+        }
+        vm
+    };
+    let (mut a, mut b, mut c) = (vm("a", 1, 1), vm("b", 2, 1), vm("c", 3, 1));
+    let mut dq = vm("d", 4, 2);
+    let mut e = TestVm::accept(&e_listener, mac(5), VmOptions::default());
+    e.post_rx(TestVm::rx(0), 200, 2048);
+    for p in ["a", "b", "c", "d", "e"] {
+        d.wait_port_connected(p, true);
+    }
+    // Every VM but c makes itself known; what is flooded meanwhile is set aside.
+    for (vm, n) in [(&mut a, 1), (&mut b, 2), (&mut e, 5)] {
+        vm.send(TestVm::tx(0), &frame(BROADCAST, mac(n), 60, n));
+    }
+    dq.send(TestVm::tx(1), &frame(BROADCAST, mac(4), 60, 4));
+    std::thread::sleep(Duration::from_millis(300));
+    for vm in [&mut a, &mut b, &mut c, &mut e] {
+        vm.recv(TestVm::rx(0));
+    }
+    dq.recv(TestVm::rx(0));
+    dq.recv(TestVm::rx(1));
+    let fdb = learnt(&d, "br0");
+    assert_eq!(fdb.len(), 4, "{fdb:?}");
+
+    for round in 0..10u8 {
+        let before = counters(&d);
+        let old_pid = d.pid();
+        // Frames in flight while the daemon changes: a to b on one ring, d to e on its
+        // second queue pair.
+        let to_b: Vec<Vec<u8>> = (0..40u8)
+            .map(|i| frame(mac(2), mac(1), 100, round.wrapping_mul(40).wrapping_add(i)))
+            .collect();
+        let to_e: Vec<Vec<u8>> = (0..20u8)
+            .map(|i| frame(mac(5), mac(4), 200, round.wrapping_mul(20).wrapping_add(i)))
+            .collect();
+        a.offer_quietly(TestVm::tx(0), &to_b);
+        dq.offer_quietly(TestVm::tx(1), &to_e);
+        a.kick(TestVm::tx(0));
+        dq.kick(TestVm::tx(1));
+        let answer = d
+            .upgrade(&[])
+            .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        assert_ne!(d.pid(), old_pid);
+        assert_eq!(answer["ports"], 5, "{answer}");
+        assert_eq!(answer["not_carried"], Value::Array(vec![]), "{answer}");
+        let got: Vec<Vec<u8>> = b
+            .expect_frames(TestVm::rx(0), 40, T)
+            .into_iter()
+            .map(|r| r.frame)
+            .collect();
+        assert_eq!(got, to_b, "round {round}: a's frames, each once, in order");
+        let got: Vec<Vec<u8>> = e
+            .expect_frames(TestVm::rx(0), 20, T)
+            .into_iter()
+            .map(|r| r.frame)
+            .collect();
+        assert_eq!(got, to_e, "round {round}: d's frames, each once, in order");
+        // Their buffers back, for the next round.
+        b.post_rx(TestVm::rx(0), 40, 2048);
+        e.post_rx(TestVm::rx(0), 20, 2048);
+        // Nothing flooded: the new daemon knew where b and e are.
+        c.expect_nothing(TestVm::rx(0), Duration::from_millis(20));
+        a.wait_tx_done(TestVm::tx(0), T);
+        dq.wait_tx_done(TestVm::tx(1), T);
+        assert_eq!(
+            learnt(&d, "br0"),
+            fdb,
+            "round {round}: the FDB carried over"
+        );
+        // No counter went backwards; a's and b's moved by the round's frames.
+        let after = counters(&d);
+        for (series, was) in &before {
+            let now = after.get(series).copied();
+            assert!(
+                now.is_some_and(|n| n >= *was),
+                "round {round}: {series} went from {was} to {now:?}"
+            );
+        }
+        let rx_a = "vringswitch_port_rx_packets_total{bridge=\"br0\",port=\"a\"}";
+        assert!(after[rx_a] >= before[rx_a] + 40, "{rx_a}");
+    }
+    // No connection was ever closed: none counted as a reconnect, and each VM's protocol
+    // connection is answered by the last daemon.
+    for p in ["a", "b", "c", "d", "e"] {
+        assert_eq!(
+            d.metric("vringswitch_port_reconnects_total", &[("port", p)]),
+            0,
+            "port {p}"
+        );
+    }
+    use vhost::VhostBackend;
+    for vm in [&mut a, &mut b, &mut c, &mut dq, &mut e] {
+        assert_ne!(
+            vm.frontend.get_features().expect("GET_FEATURES answered"),
+            0
+        );
+    }
+    // Both directions still go.
+    b.send(TestVm::tx(0), &frame(mac(1), mac(2), 80, 7));
+    assert_eq!(
+        a.expect_frames(TestVm::rx(0), 1, T)[0].frame,
+        frame(mac(1), mac(2), 80, 7)
+    );
+    let log = d.log_text();
+    assert_eq!(log.matches("upgraded: the new process serves").count(), 10);
+    assert!(!log.contains("frontend disconnected"), "{log}");
+}
+
+/// A daemon running a copy of the binary in `dir`, which the test may then replace.
+fn daemon_from_copy(dir: &Path, tag_ports: &[&str]) -> (Daemon, std::path::PathBuf) {
+    let exe = dir.join("vringswitch");
+    std::fs::copy(binary(), &exe).unwrap();
+    let layout = Layout::new()
+        .bridge("br0")
+        .ports(tag_ports.iter().map(|p| server_port(dir, p, "br0", 1)));
+    let d = Daemon::start_binary(dir, &layout.toml(), &layout.sockets(), &[], &exe);
+    (d, exe)
+}
+
+/// Puts `content` (a script, or a binary's bytes) at `path` as an executable, replacing
+/// what is there as a package manager does (a new file renamed over the old one).
+fn install(path: &Path, content: &[u8]) {
+    use std::os::unix::fs::PermissionsExt;
+    let next = path.with_extension("new");
+    std::fs::write(&next, content).unwrap();
+    std::fs::set_permissions(&next, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::rename(&next, path).unwrap();
+}
+
+#[test]
+fn a_new_binary_that_fails_leaves_the_old_one_serving_and_says_why() {
+    let dir = TempDir::new("upgrade-refused");
+    let (mut d, exe) = daemon_from_copy(dir.path(), &["a", "b"]);
+    let sock = |p: &str| dir.path().join(format!("{p}.sock"));
+    let mut a = TestVm::connect(&sock("a"), mac(1), VmOptions::default());
+    let mut b = TestVm::connect(&sock("b"), mac(2), VmOptions::default());
+    a.post_rx(TestVm::rx(0), 64, 2048);
+    b.post_rx(TestVm::rx(0), 64, 2048);
+    d.wait_port_connected("a", true);
+    d.wait_port_connected("b", true);
+    let pid = d.pid();
+    let mut seed = 0u8;
+    let mut still_forwards = |a: &mut TestVm, b: &mut TestVm, what: &str| {
+        seed += 1;
+        a.send(TestVm::tx(0), &frame(mac(2), mac(1), 64, seed));
+        let got = b.expect_frames_at_least(TestVm::rx(0), 1, T);
+        assert_eq!(
+            got.last().unwrap().frame,
+            frame(mac(2), mac(1), 64, seed),
+            "{what}"
+        );
+    };
+    still_forwards(&mut a, &mut b, "before");
+
+    // 1. A binary that exits at once.
+    install(
+        &exe,
+        b"#!/bin/sh\necho 'new binary: broken on purpose' >&2\nexit 3\n",
+    );
+    let e = d
+        .upgrade(&[])
+        .expect_err("an upgrade to a binary that exits");
+    assert!(e.contains("exited at start") && e.contains("3"), "{e}");
+    assert!(e.contains("serves on"), "{e}");
+    assert_eq!(d.pid(), pid);
+    still_forwards(&mut a, &mut b, "after a binary that exits");
+
+    // 2. A binary that hangs: killed after the deadline.
+    install(&exe, b"#!/bin/sh\nexec sleep 600\n");
+    let started = std::time::Instant::now();
+    let e = d
+        .upgrade(&["--deadline", "2"])
+        .expect_err("an upgrade to a binary that hangs");
+    assert!(e.contains("did not answer in time"), "{e}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let hung = std::process::Command::new("pgrep")
+        .args(["-f", "sleep 600"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&hung.stdout).trim().is_empty() || !hung.status.success(),
+        "the hung binary was left running"
+    );
+    still_forwards(&mut a, &mut b, "after a binary that hangs");
+
+    // 3. A binary of a release that speaks other handover versions.
+    let fake = binary().with_file_name("vs-fake-upgrade");
+    assert!(
+        fake.exists(),
+        "{} is missing: cargo build --workspace --bins",
+        fake.display()
+    );
+    install(&exe, &std::fs::read(&fake).unwrap());
+    let e = d
+        .upgrade(&[])
+        .expect_err("an upgrade to an incompatible binary");
+    assert!(
+        e.contains("no handover version in common")
+            && e.contains("hands over versions 1 to 1")
+            && e.contains("vringswitch 9.9.9 takes 7 to 9"),
+        "{e}"
+    );
+    still_forwards(&mut a, &mut b, "after an incompatible binary");
+
+    // 4. The real binary, but a configuration it refuses (an operator's slip): the new
+    //    process exits, its error in the log.
+    install(&exe, &std::fs::read(binary()).unwrap());
+    let config = std::fs::read_to_string(&d.config).unwrap();
+    std::fs::write(&d.config, format!("{config}\n[dataplane\n")).unwrap();
+    let e = d
+        .upgrade(&[])
+        .expect_err("an upgrade with a broken configuration");
+    assert!(e.contains("exited at start"), "{e}");
+    assert!(
+        d.log_text().contains("vringswitch: error:"),
+        "the new process said why"
+    );
+    still_forwards(
+        &mut a,
+        &mut b,
+        "after a configuration the new binary refuses",
+    );
+
+    // Then, the configuration mended, the upgrade goes through, and b still gets a's
+    // frames without either VM reconnecting.
+    std::fs::write(&d.config, config).unwrap();
+    d.upgrade(&[])
+        .expect("the upgrade, once everything is right");
+    assert_ne!(d.pid(), pid);
+    still_forwards(&mut a, &mut b, "after the upgrade");
+    assert_eq!(
+        d.metric("vringswitch_port_reconnects_total", &[("port", "a")]),
+        0
+    );
+}
+
+#[test]
+fn an_upgrade_is_refused_during_a_capture_or_a_migration_and_the_daemon_serves_on() {
+    let dir = TempDir::new("upgrade-busy");
+    let layout = Layout::new()
+        .bridge("br0")
+        .ports(["a", "b"].map(|p| server_port(dir.path(), p, "br0", 1)));
+    let mut d = Daemon::start(dir.path(), &layout.toml(), &layout.sockets());
+    let sock = |p: &str| dir.path().join(format!("{p}.sock"));
+    let migrating = VmOptions {
+        migration: true,
+        ..VmOptions::default()
+    };
+    let mut a = TestVm::connect(&sock("a"), mac(1), migrating);
+    let _b = TestVm::connect(&sock("b"), mac(2), VmOptions::default());
+    d.wait_port_connected("a", true);
+    let pid = d.pid();
+
+    // A capture: its stream would end with the old process.
+    let mut capture = std::process::Command::new(vringswitch_tests::daemon::vringctl())
+        .args(["--api", &d.api, "capture", "b", "-w"])
+        .arg(dir.path().join("b.pcapng"))
+        .spawn()
+        .unwrap();
+    wait_until(T, "the capture to start", || {
+        d.log_text()
+            .contains("packet capture started")
+            .then_some(())
+    });
+    let e = d.upgrade(&[]).expect_err("no upgrade during a capture");
+    assert!(e.contains("packet capture is running on port b"), "{e}");
+    let _ = capture.kill();
+    let _ = capture.wait();
+    wait_until(T, "the capture to end", || {
+        d.log_text().contains("packet capture ended").then_some(())
+    });
+
+    // A migration's dirty logging on a.
+    let _log = a.start_dirty_log();
+    let e = d.upgrade(&[]).expect_err("no upgrade during a migration");
+    assert!(
+        e.contains("port a (vhost-user): its VM is being migrated"),
+        "{e}"
+    );
+    a.stop_dirty_log();
+    assert_eq!(d.pid(), pid, "the daemon serves on");
+    d.upgrade(&[]).expect("upgraded once the migration ended");
+    assert_eq!(
+        d.metric("vringswitch_port_reconnects_total", &[("port", "a")]),
+        0
+    );
+}
+
+#[test]
+fn a_process_given_a_handover_descriptor_that_is_no_channel_refuses_it() {
+    for fd in ["0", "7", "nonsense"] {
+        let out = std::process::Command::new(binary())
+            .args(["--api", "127.0.0.1:1", "--handover-fd", fd])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "--handover-fd {fd} was taken");
+        assert!(
+            err.contains("--handover-fd") || err.contains("invalid value"),
+            "--handover-fd {fd}: {err}"
+        );
+    }
+}
