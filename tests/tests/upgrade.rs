@@ -381,3 +381,73 @@ fn a_process_given_a_handover_descriptor_that_is_no_channel_refuses_it() {
         );
     }
 }
+
+/// `cat /sys/class/net/IF/FILE` in namespace `ns`.
+fn sys_in(ns: &vringswitch_tests::netns::Netns, ifname: &str, file: &str) -> String {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &ns.0, "cat"])
+        .arg(format!("/sys/class/net/{ifname}/{file}"))
+        .output()
+        .expect("ip netns exec");
+    assert!(out.status.success(), "{ifname}/{file}");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+#[test]
+fn a_tap_interface_is_carried_over_without_its_link_going_down() {
+    use vringswitch_tests::layout::{tap_with, TapSettings};
+    use vringswitch_tests::netns::{ip, ping_the_kernel, Netns};
+    assert!(
+        Path::new("/dev/net/tun").exists(),
+        "/dev/net/tun is missing: load the tun module (modprobe tun)"
+    );
+    let dir = TempDir::new("upgrade-tap");
+    let id = std::process::id() % 100_000;
+    let ns = Netns::new(&format!("vs-upt-{id}"));
+    let ifname = format!("vsu{id}");
+    let vm_sock = dir.path().join("vm.sock");
+    let layout = Layout::new()
+        .bridge("br0")
+        .port(server_port(dir.path(), "vm", "br0", 1))
+        .port(tap_with(
+            "up0",
+            "br0",
+            TapSettings {
+                ifname: Some(ifname.clone()),
+                mtu: Some(1400),
+                offloads: None,
+            },
+        ));
+    let mut d = Daemon::start(dir.path(), &layout.toml(), &layout.sockets());
+    // The kernel's side lives in a namespace, where the new daemon cannot even see the
+    // interface by name: it carries on its descriptor as it is.
+    ip(&["link", "set", &ifname, "netns", &ns.0]);
+    ns.ip(&["addr", "add", "10.77.0.1/24", "dev", &ifname]);
+    ns.ip(&["link", "set", &ifname, "up"]);
+    ping_the_kernel(&vm_sock, 1, &[&[0x5A; 1200]]);
+    let ifindex = sys_in(&ns, &ifname, "ifindex");
+    let carrier = sys_in(&ns, &ifname, "carrier_changes");
+    for round in 0..3 {
+        d.upgrade(&[])
+            .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        ping_the_kernel(&vm_sock, 1, &[&[round; 1200]]);
+        assert_eq!(
+            sys_in(&ns, &ifname, "ifindex"),
+            ifindex,
+            "the same interface"
+        );
+        assert_eq!(
+            sys_in(&ns, &ifname, "carrier_changes"),
+            carrier,
+            "round {round}: the interface's link never went down"
+        );
+        assert_eq!(sys_in(&ns, &ifname, "mtu"), "1400");
+    }
+    let (code, port) = call(&d, "GET", "/v1/ports/up0", None);
+    assert_eq!(code, 200, "{port}");
+    assert_eq!(port["state"]["connected"], true, "{port}");
+    assert!(
+        port["counters"]["rx_packets"].as_u64().unwrap() >= 8,
+        "{port}"
+    );
+}
