@@ -10,8 +10,8 @@
 #                       and VS-SENT; before it, VS-MD5-ADDR:PORT and VS-SENT-ADDR:PORT too)
 #   vs.recv=PORT[,PORT...]  receive one TCP stream on each PORT, printing
 #                       VS-RECV-PORT <md5> once it ended
-#   vs.stats=SECS       print eth0's packet counters every SECS seconds:
-#                       VS-NETSTATS rx=N tx=N
+#   vs.stats=SECS       print eth0's packet counters and link changes every SECS seconds:
+#                       VS-NETSTATS rx=N tx=N carrier_changes=N
 # It prints eth0's virtio features as VS-FEATURES <bits> (character i is feature bit i).
 # With two CPUs or more, each CPU pings (CPU 0 prints VS-PING rounds, CPU 1 VS-PING1): a
 # multiqueue NIC then sends on two queue pairs.
@@ -55,7 +55,7 @@ if [ -n "$stats" ]; then
     (
         c=/sys/class/net/eth0/statistics
         while true; do
-            echo "VS-NETSTATS rx=$(cat $c/rx_packets) tx=$(cat $c/tx_packets)"
+            echo "VS-NETSTATS rx=$(cat $c/rx_packets) tx=$(cat $c/tx_packets) carrier_changes=$(cat /sys/class/net/eth0/carrier_changes)"
             sleep "$stats"
         done
     ) &

@@ -266,8 +266,8 @@ impl GuestSpec {
         self
     }
 
-    /// The guest prints eth0's packet counters every `secs` seconds (see
-    /// [`Console::netstats`]).
+    /// The guest prints eth0's packet counters and carrier changes every `secs` seconds
+    /// (see [`Console::netstats`], [`Console::carrier_changes`]).
     pub fn counting(mut self, secs: &str) -> GuestSpec {
         self.cmdline_extra += &format!(" vs.stats={secs}");
         self
@@ -362,12 +362,21 @@ impl Console {
     /// The packets eth0 received and sent, as the guest printed them last (see
     /// [`GuestSpec::counting`]).
     pub fn netstats(&self) -> Option<(u64, u64)> {
+        Some((self.netstat("rx")?, self.netstat("tx")?))
+    }
+
+    /// How many times eth0's link went down or up since the guest booted, as it printed
+    /// last (see [`GuestSpec::counting`]): QEMU sets it down when its vhost-user
+    /// connection closes.
+    pub fn carrier_changes(&self) -> Option<u64> {
+        self.netstat("carrier_changes")
+    }
+
+    /// Field `key` of the last VS-NETSTATS line.
+    fn netstat(&self, key: &str) -> Option<u64> {
         let v = self.value_of("VS-NETSTATS ")?;
-        let (rx, tx) = v.split_once(' ')?;
-        Some((
-            rx.strip_prefix("rx=")?.parse().ok()?,
-            tx.strip_prefix("tx=")?.parse().ok()?,
-        ))
+        v.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
     }
 
     /// The md5 of what the guest sends with [`GuestSpec::sending`], once it printed it.

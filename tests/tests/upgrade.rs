@@ -451,3 +451,86 @@ fn a_tap_interface_is_carried_over_without_its_link_going_down() {
         "{port}"
     );
 }
+
+#[test]
+fn qemu_guests_lose_no_ping_and_no_byte_and_see_no_link_change_through_ten_upgrades() {
+    use vringswitch_tests::guest::{Guest, GuestSpec, BOOT_AND_PING};
+    const STREAM_MB: u32 = 120;
+    let dir = TempDir::new("upgrade-qemu");
+    let layout = Layout::new()
+        .bridge("br0")
+        .ports(["g1", "g2"].map(|p| server_port(dir.path(), p, "br0", 1)));
+    let mut d = Daemon::start(dir.path(), &layout.toml(), &layout.sockets());
+    let sock = |p: &str| dir.path().join(format!("{p}.sock"));
+    let g1 = Guest::boot(
+        dir.path(),
+        &GuestSpec::new("g1", &sock("g1"), 1, 2)
+            .sending("10.0.0.2", 5001, STREAM_MB)
+            .pinging_every("0.01", 100)
+            .counting("0.5"),
+    );
+    let g2 = Guest::boot(
+        dir.path(),
+        &GuestSpec::new("g2", &sock("g2"), 2, 1)
+            .receiving(&[5001])
+            .pinging_every("0.01", 100)
+            .counting("0.5"),
+    );
+    g1.wait_clean_round(0, "g1 -> g2 pings");
+    g2.wait_clean_round(0, "g2 -> g1 pings");
+    let md5 = wait_until(BOOT_AND_PING, "g1 to start its TCP stream", || {
+        g1.sent_md5()
+    });
+    let carrier = |g: &Guest| {
+        wait_until(T, "the guest's link counters", || {
+            g.console.carrier_changes()
+        })
+    };
+    let (c1, c2) = (carrier(&g1), carrier(&g2));
+    let (r1, r2) = (g1.last_round(), g2.last_round());
+    let mut paused = Vec::new();
+    for round in 0..10 {
+        let answer = d
+            .upgrade(&[])
+            .unwrap_or_else(|e| panic!("upgrade {round}: {e}"));
+        paused.push(answer["paused_ms"].as_f64().unwrap());
+    }
+    assert!(
+        g2.received_md5(5001).is_none(),
+        "the stream ended before the last upgrade: make STREAM_MB larger"
+    );
+    // Rounds that began after the upgrades started and ended after the last one.
+    let e1 = g1.wait_clean_round(g1.last_round(), "g1 pings after the upgrades");
+    let e2 = g2.wait_clean_round(g2.last_round(), "g2 pings after the upgrades");
+    let (lost1, rounds1) = g1.lost_pings(r1);
+    let (lost2, rounds2) = g2.lost_pings(r2);
+    eprintln!(
+        "ten upgrades: forwarding paused {paused:?} ms; pings of 10 ms lost: {lost1} over \
+         {rounds1} rounds from g1, {lost2} over {rounds2} from g2 (to rounds {e1}, {e2})"
+    );
+    assert_eq!((lost1, lost2), (0, 0), "no ping lost");
+    let got = wait_until(
+        Duration::from_secs(300),
+        "g2 to receive g1's stream",
+        || g2.received_md5(5001),
+    );
+    assert_eq!(got, md5, "the stream's md5");
+    wait_until(T, "fresh link counters", || {
+        (g1.console.text().matches("VS-NETSTATS").count() > 0).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(carrier(&g1), c1, "g1's link never changed");
+    assert_eq!(carrier(&g2), c2, "g2's link never changed");
+    for g in ["g1", "g2"] {
+        let log =
+            std::fs::read_to_string(dir.path().join(format!("{g}.qemu.log"))).unwrap_or_default();
+        assert!(
+            !log.contains("disconnect") && !log.contains("Failed"),
+            "QEMU {g} noticed: {log}"
+        );
+        assert_eq!(
+            d.metric("vringswitch_port_reconnects_total", &[("port", g)]),
+            0
+        );
+    }
+}

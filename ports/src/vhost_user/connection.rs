@@ -944,7 +944,7 @@ fn serve_connection(
     };
     // A connection carried over is set up again before anything else: the library has
     // answered every message of the replay.
-    if let Some(replayed) = replayed {
+    let replayed = replayed.map(|replayed| {
         let outcome = match replayed.join() {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(format!("setting the connection up again failed: {e}")),
@@ -963,8 +963,8 @@ fn serve_connection(
                 std::thread::sleep(Duration::from_micros(100));
             }
         }
-        say_replay(outcome);
-    }
+        outcome
+    });
     {
         let mut s = lock(&control.shutdown);
         *s = frontend.try_clone().ok();
@@ -986,6 +986,11 @@ fn serve_connection(
     } else {
         tracing::info!(port = %name, socket = %config.socket.display(),
             "vhost-user frontend connected");
+    }
+    // Said only now: whoever waits for it (a daemon taking ports over) then finds the
+    // port connected and counted, and may set its counts.
+    if let Some(outcome) = replayed {
+        say_replay(outcome);
     }
     drop(replay);
 

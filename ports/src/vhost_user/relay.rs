@@ -300,9 +300,11 @@ pub fn start_replaying(
     ended: Arc<EventFd>,
 ) -> io::Result<(JoinHandle<RelayEnd>, JoinHandle<io::Result<()>>)> {
     let (feed, fed) = UnixStream::pair()?;
-    let messages: Vec<(Vec<u8>, Vec<OwnedFd>)> = replay
-        .iter()
-        .map(|r| {
+    // As every frontend begins: the library honours NEED_REPLY only once asked for its
+    // features (the vhost crate), and the replay's replies must come as the original's.
+    let ask_features = (header(REPLAY_SYNC, FLAG_VERSION_1, 0).to_vec(), Vec::new());
+    let messages: Vec<(Vec<u8>, Vec<OwnedFd>)> = std::iter::once(Ok(ask_features))
+        .chain(replay.iter().map(|r| {
             let mut m = header(r.request, r.flags, r.body.len() as u32).to_vec();
             m.extend_from_slice(&r.body);
             let fds = r
@@ -311,7 +313,7 @@ pub fn start_replaying(
                 .map(OwnedFd::try_clone)
                 .collect::<io::Result<_>>()?;
             Ok((m, fds))
-        })
+        }))
         .collect::<io::Result<_>>()?;
     let real = frontend;
     let whole = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -345,9 +347,17 @@ pub fn start_replaying(
 const REPLAY_SYNC: u32 = 1;
 
 /// Writes `messages` (with their descriptors) into the relay as its frontend would, then a
-/// GET_FEATURES, and reads and drops replies until that one's.
+/// GET_FEATURES, and reads and drops replies until that one's (the messages' own
+/// GET_FEATURES are answered before it).
 fn feed_replay(feed: &UnixStream, messages: &[(Vec<u8>, Vec<OwnedFd>)]) -> io::Result<()> {
+    let mut syncs = 1;
     for (m, fds) in messages {
+        if m.get(..HDR_LEN)
+            .and_then(|h| <&[u8; HDR_LEN]>::try_from(h).ok())
+            .is_some_and(|h| Header::parse(h).request == REPLAY_SYNC)
+        {
+            syncs += 1;
+        }
         let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
         if raw.is_empty() {
             (&*feed).write_all(m)?;
@@ -358,16 +368,17 @@ fn feed_replay(feed: &UnixStream, messages: &[(Vec<u8>, Vec<OwnedFd>)]) -> io::R
     }
     (&*feed).write_all(&header(REPLAY_SYNC, FLAG_VERSION_1, 0))?;
     feed.set_read_timeout(Some(Duration::from_secs(10)))?;
-    loop {
+    while syncs > 0 {
         let mut hdr = [0u8; HDR_LEN];
         (&*feed).read_exact(&mut hdr)?;
         let h = Header::parse(&hdr);
         let mut body = vec![0u8; h.size as usize];
         (&*feed).read_exact(&mut body)?;
         if h.request == REPLAY_SYNC && h.flags & FLAG_REPLY != 0 {
-            return Ok(());
+            syncs -= 1;
         }
     }
+    Ok(())
 }
 
 /// Where the handler's replies go: the frontend the relay answers now.
@@ -421,6 +432,8 @@ fn start_relay(
                 log_covers: 0,
                 rings: Vec::new(),
                 deadlines,
+                features_asked: false,
+                reply_ack: false,
             };
             let end = match relay.run() {
                 Ok(never) => match never {},
@@ -471,6 +484,10 @@ struct Relay {
     /// What the relay knows of each ring, by index.
     rings: Vec<RingSeen>,
     deadlines: Deadlines,
+    /// Whether the library has been asked GET_FEATURES and has REPLY_ACK acknowledged: as
+    /// the vhost crate, which answers a NEED_REPLY only then (its `reply_ack_enabled`).
+    features_asked: bool,
+    reply_ack: bool,
 }
 
 /// A ring as the relay saw it set up.
@@ -663,7 +680,7 @@ impl Relay {
                 .map(AsRawFd::as_raw_fd)
                 .chain(stand_in.as_ref().map(AsRawFd::as_raw_fd))
                 .collect();
-            if always_answered(request) || flags & FLAG_NEED_REPLY != 0 {
+            if self.answered(request, flags, &body) {
                 self.detach.owed.fetch_add(1, Ordering::SeqCst);
             }
             self.handler.send_with_fds(&[&hdr[..], &body[..]], &raw)?;
@@ -693,29 +710,61 @@ impl Relay {
     /// reply. The frontend waits for it before its next message, so no reply of the
     /// handler's is in flight meanwhile.
     /// Waits for the frontend's next message, unless asked to let go: then, unless the
-    /// connection cannot be carried on elsewhere (the ask is declined), waits for the
-    /// replies owed to reach the frontend and ends (an error of kind `Other`, with the
-    /// detach marked done).
+    /// connection cannot be carried on elsewhere or a reply owed does not come (the ask is
+    /// declined), ends once every reply owed has reached the frontend (an error of kind
+    /// `Other`, with the detach marked done).
     fn wait_or_let_go(&mut self) -> io::Result<()> {
         loop {
-            if self.detach.take_ask() && self.detach.answer(self.may_let_go()) {
-                let deadline = std::time::Instant::now() + Duration::from_secs(5);
-                while self.detach.owed.load(Ordering::SeqCst) > 0 {
-                    if std::time::Instant::now() > deadline {
-                        return Err(io::Error::new(
-                            io::ErrorKind::TimedOut,
-                            "the handler never answered: cannot let go cleanly",
-                        ));
-                    }
-                    std::thread::sleep(Duration::from_millis(1));
+            if self.detach.take_ask() {
+                let verdict = self.may_let_go().and_then(|()| self.replies_delivered());
+                if self.detach.answer(verdict) {
+                    return Err(io::Error::other("let go of the frontend"));
                 }
-                return Err(io::Error::other("let go of the frontend"));
             }
             if readable_now(self.frontend.as_raw_fd()) {
                 return Ok(());
             }
             wait_either(self.frontend.as_raw_fd(), self.detach.asked.as_raw_fd())?;
         }
+    }
+
+    /// Waits until every reply the library owes the frontend has reached it (at most
+    /// 2 s: the library answers at once, or never).
+    fn replies_delivered(&self) -> Result<(), String> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        while self.detach.owed.load(Ordering::SeqCst) > 0 {
+            if std::time::Instant::now() > deadline {
+                return Err(format!(
+                    "its protocol handler still owes its VM {} repl(ies): the connection \
+                     cannot be let go of cleanly",
+                    self.detach.owed.load(Ordering::SeqCst)
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        Ok(())
+    }
+
+    /// Whether the library will answer `request`: queries always, others when they ask
+    /// for a reply and the library honours that (the vhost crate's rule, followed
+    /// message by message so that the count of replies owed stays exact).
+    fn answered(&mut self, request: u32, flags: u32, body: &[u8]) -> bool {
+        const GET_FEATURES: u32 = 1;
+        const SET_PROTOCOL_FEATURES: u32 = 16;
+        const REPLY_ACK: u64 = 1 << 3;
+        match request {
+            GET_FEATURES => self.features_asked = true,
+            SET_PROTOCOL_FEATURES => {
+                let bits = body
+                    .get(..8)
+                    .and_then(|b| b.try_into().ok())
+                    .map_or(0, u64::from_le_bytes);
+                self.reply_ack = bits & REPLY_ACK != 0;
+            }
+            _ => {}
+        }
+        always_answered(request)
+            || (flags & FLAG_NEED_REPLY != 0 && self.features_asked && self.reply_ack)
     }
 
     /// Whether another process could carry the connection on from its setup log.
@@ -1146,10 +1195,11 @@ mod tests {
         let ended2 = Arc::new(EventFd::new(EFD_NONBLOCK).unwrap());
         let (_t2, _replayed) =
             start_replaying(relay_end2, log.entries(), relay_side2, shared2, ended2).unwrap();
-        // The handler gets the setup as the first one did (the enable after the features),
-        // then the replay's closing query, which it answers.
+        // The handler gets the replay's opening query (as every frontend begins), the setup
+        // as the first one did (the enable after the features), then the replay's closing
+        // query; it answers both queries.
         let mut seen = Vec::new();
-        for _ in 0..4 {
+        for _ in 0..5 {
             let fds = recv_header(&handler2, &mut hdr, Duration::from_secs(5)).unwrap();
             let size = u32::from_le_bytes([hdr[8], hdr[9], hdr[10], hdr[11]]) as usize;
             (&handler2).read_exact(&mut vec![0u8; size]).unwrap();
@@ -1161,15 +1211,18 @@ mod tests {
         assert_eq!(
             seen,
             [
+                (1, 0),
                 (SET_FEATURES, 0),
                 (SET_VRING_ENABLE, 0),
                 (SET_VRING_KICK, 1),
                 (1, 0)
             ]
         );
-        handler2
-            .write_all(&msg(1, FLAG_VERSION_1 | FLAG_REPLY, &features))
-            .unwrap();
+        for _ in 0..2 {
+            handler2
+                .write_all(&msg(1, FLAG_VERSION_1 | FLAG_REPLY, &features))
+                .unwrap();
+        }
         // The frontend's real kick is the new relay's too.
         kick.write(1).unwrap();
         let mut kept = None;
@@ -1260,6 +1313,81 @@ mod tests {
         detach.ask();
         assert!(matches!(t.join().unwrap(), RelayEnd::Detached));
         assert!(detach.done());
+    }
+
+    #[test]
+    fn replies_are_owed_only_where_the_library_gives_them_and_one_never_given_declines() {
+        const NEED: u32 = FLAG_VERSION_1 | FLAG_NEED_REPLY;
+        const SET_PROTOCOL_FEATURES: u32 = 16;
+        let ask_and_wait = |detach: &Detach| {
+            detach.ask();
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            loop {
+                if detach.done() {
+                    return Ok(());
+                }
+                if let Some(r) = detach.declined() {
+                    return Err(r);
+                }
+                assert!(std::time::Instant::now() < deadline, "no answer");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        };
+        // NEED_REPLY before REPLY_ACK is in force: the library stays silent, nothing owed.
+        let (fe, relay_end) = UnixStream::pair().unwrap();
+        let (mut handler, relay_side) = UnixStream::pair().unwrap();
+        let shared = Shared::quiet(2);
+        let detach = shared.detach.clone();
+        let ended = Arc::new(EventFd::new(EFD_NONBLOCK).unwrap());
+        let t = start(relay_end, relay_side, shared, ended).unwrap();
+        (&fe).write_all(&msg(SET_OWNER_REQ, NEED, &[])).unwrap();
+        read_msg(&mut handler);
+        assert_eq!(ask_and_wait(&detach), Ok(()));
+        assert!(matches!(t.join().unwrap(), RelayEnd::Detached));
+
+        // Once asked for its features and given REPLY_ACK, it answers: a reply it never
+        // sends makes the relay decline (after 2 s) and carry on.
+        let (fe, relay_end) = UnixStream::pair().unwrap();
+        let (mut handler, relay_side) = UnixStream::pair().unwrap();
+        let shared = Shared::quiet(2);
+        let detach = shared.detach.clone();
+        let ended = Arc::new(EventFd::new(EFD_NONBLOCK).unwrap());
+        let t = start(relay_end, relay_side, shared, ended).unwrap();
+        let mut fe = fe;
+        (&fe).write_all(&msg(1, FLAG_VERSION_1, &[])).unwrap();
+        read_msg(&mut handler);
+        handler
+            .write_all(&msg(1, FLAG_VERSION_1 | FLAG_REPLY, &[0; 8]))
+            .unwrap();
+        read_msg(&mut fe);
+        (&fe)
+            .write_all(&msg(
+                SET_PROTOCOL_FEATURES,
+                NEED,
+                &(1u64 << 3).to_le_bytes(),
+            ))
+            .unwrap();
+        read_msg(&mut handler);
+        handler
+            .write_all(&msg(
+                SET_PROTOCOL_FEATURES,
+                FLAG_VERSION_1 | FLAG_REPLY,
+                &[0; 8],
+            ))
+            .unwrap();
+        read_msg(&mut fe);
+        (&fe).write_all(&msg(SET_OWNER_REQ, NEED, &[])).unwrap();
+        read_msg(&mut handler);
+        let declined = ask_and_wait(&detach).unwrap_err();
+        assert!(declined.contains("still owes its VM 1"), "{declined}");
+        assert!(!t.is_finished());
+        // Carrying on: the late reply reaches the frontend, and the next ask is taken.
+        handler
+            .write_all(&msg(SET_OWNER_REQ, FLAG_VERSION_1 | FLAG_REPLY, &[0; 8]))
+            .unwrap();
+        read_msg(&mut fe);
+        assert_eq!(ask_and_wait(&detach), Ok(()));
+        assert!(matches!(t.join().unwrap(), RelayEnd::Detached));
     }
 
     #[test]
