@@ -534,3 +534,34 @@ fn qemu_guests_lose_no_ping_and_no_byte_and_see_no_link_change_through_ten_upgra
         );
     }
 }
+
+#[test]
+fn upgrade_requests_are_checked_and_refused_with_reasons() {
+    use vringswitch_tests::api::{assert_error, call_raw};
+    let dir = TempDir::new("upgrade-api");
+    let layout = Layout::new()
+        .bridge("br0")
+        .port(server_port(dir.path(), "a", "br0", 1));
+    let d = Daemon::start(dir.path(), &layout.toml(), &layout.sockets());
+    let pid = d.pid();
+    for body in [
+        r#"{"deadline_s": 0}"#,
+        r#"{"deadline_s": 601}"#,
+        r#"{"deadline_s": "soon"}"#,
+        r#"{"deadline": 5}"#,
+        r#"[5]"#,
+    ] {
+        let (code, answer) = call_raw(&d, "POST", "/v1/upgrade", body);
+        assert_eq!(code, 400, "{body}: {answer}");
+        assert_eq!(answer["error"], "bad_request", "{body}: {answer}");
+    }
+    let (code, answer) = call_raw(&d, "POST", "/v1/upgrade?now=1", "");
+    assert_eq!(code, 400, "{answer}");
+    assert_error(
+        call(&d, "GET", "/v1/upgrade", None),
+        405,
+        "method_not_allowed",
+        "",
+    );
+    assert_eq!(d.pid(), pid, "nothing was upgraded");
+}
