@@ -50,14 +50,24 @@ fn run(cmd: &mut Command) -> String {
 // ---------------------------------------------------------------------------------------
 // systemd
 
-/// The unit with ExecStart pointing at the binary under test (verify checks it exists).
+/// The unit with ExecStart and ExecReload pointing at the binaries under test (verify
+/// checks they exist).
 fn unit_for_test(dir: &Path) -> PathBuf {
     let unit = std::fs::read_to_string(deploy("systemd/vringswitch.service")).unwrap();
     assert!(unit.contains("ExecStart=/usr/local/bin/vringswitch "));
-    let unit = unit.replace(
-        "ExecStart=/usr/local/bin/vringswitch ",
-        &format!("ExecStart={} ", binary().display()),
-    );
+    assert!(unit.contains("ExecReload=/usr/local/bin/vringctl "));
+    let unit = unit
+        .replace(
+            "ExecStart=/usr/local/bin/vringswitch ",
+            &format!("ExecStart={} ", binary().display()),
+        )
+        .replace(
+            "ExecReload=/usr/local/bin/vringctl ",
+            &format!(
+                "ExecReload={} ",
+                vringswitch_tests::daemon::vringctl().display()
+            ),
+        );
     let path = dir.join("vringswitch.service");
     std::fs::write(&path, unit).unwrap();
     path
@@ -245,8 +255,27 @@ fn every_system_call_of_the_daemon_passes_the_units_filter() {
         );
         assert_eq!(code, status, "{method} {path}: {text}");
     }
+    // Upgraded in place over the unix socket, as the unit's ExecReload does: the new
+    // process (traced too) carries every port on.
+    let (code, text) = vringswitch_tests::daemon::http_request_unix(
+        &dir.path().join("api.sock"),
+        "POST",
+        "/v1/upgrade",
+        None,
+    );
+    assert_eq!(code, 200, "upgrade: {text}");
+    let upgraded: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let new_pid = upgraded["new_pid"].as_u64().unwrap() as u32;
+    wait_until(Duration::from_secs(30), "the new daemon to answer", || {
+        let m = http_get(&api, "/metrics").ok()?;
+        (metric_value(&m, "vringswitch_port_ready", &[("port", "b")]) == Some(1)).then_some(())
+    });
     std::thread::sleep(Duration::from_millis(1500));
-    let (log, used) = stop_traced(&mut child, &trace);
+    let (log, used) = stop_traced(&mut child, &trace, Some(new_pid));
+    assert!(
+        used.contains("execve") && used.contains("sendmsg") && used.contains("recvmsg"),
+        "the upgrade was traced: {used:?}"
+    );
     assert!(used.contains("epoll_wait") || used.contains("epoll_pwait"));
     assert!(used.contains("sched_setaffinity"), "{used:?}");
     assert!(used.contains("mmap"), "{used:?}");
@@ -349,7 +378,7 @@ fn an_afxdp_ports_system_calls_pass_the_unit_with_its_drop_in() {
         "frames received on the AF_XDP port",
         || (counter("vringswitch_port_rx_packets_total")? >= 5).then_some(()),
     );
-    let (log, used) = stop_traced(&mut child, &trace);
+    let (log, used) = stop_traced(&mut child, &trace, None);
 
     for call in ["bpf", "sendto", "mmap", "setsockopt"] {
         assert!(used.contains(call), "{call} not seen: {used:?}");
@@ -449,14 +478,23 @@ fn start_traced(dir: &Path, config: &Path) -> (KillOnDrop, PathBuf, String) {
 }
 
 /// Stops the traced daemon with SIGTERM (it must exit cleanly) and returns strace's log and
-/// the system calls in it.
-fn stop_traced(child: &mut KillOnDrop, trace: &Path) -> (String, BTreeSet<String>) {
-    // SIGTERM goes to the daemon, strace's child; strace exits with the daemon's status.
+/// the system calls in it. The daemon is `upgraded` (the pid an upgrade gave it), else
+/// strace's child.
+fn stop_traced(
+    child: &mut KillOnDrop,
+    trace: &Path,
+    upgraded: Option<u32>,
+) -> (String, BTreeSet<String>) {
+    // SIGTERM goes to the daemon; strace exits once every process it traces has, with the
+    // status of its own child (the daemon as started, which an upgrade ends with 0).
     let strace = child.0.id();
-    let daemon = std::fs::read_to_string(format!("/proc/{strace}/task/{strace}/children"))
-        .unwrap()
-        .trim()
-        .to_owned();
+    let daemon = match upgraded {
+        Some(pid) => pid.to_string(),
+        None => std::fs::read_to_string(format!("/proc/{strace}/task/{strace}/children"))
+            .unwrap()
+            .trim()
+            .to_owned(),
+    };
     assert!(!daemon.is_empty() && !daemon.contains(' '), "{daemon:?}");
     let ok = Command::new("kill")
         .args(["-TERM", &daemon])
