@@ -565,3 +565,50 @@ fn upgrade_requests_are_checked_and_refused_with_reasons() {
     );
     assert_eq!(d.pid(), pid, "nothing was upgraded");
 }
+
+#[test]
+fn after_a_crash_qemu_guests_reconnect_by_themselves_and_ping_again() {
+    use vringswitch_tests::guest::{Guest, GuestSpec};
+    let dir = TempDir::new("crash-qemu");
+    let layout = Layout::new()
+        .bridge("br0")
+        .ports(["g1", "g2"].map(|p| server_port(dir.path(), p, "br0", 1)));
+    let sockets = layout.sockets();
+    let mut d = Daemon::start(dir.path(), &layout.toml(), &sockets);
+    // Booted with README.md's example (`reconnect=1` on the chardev).
+    let spec = |name: &str, n: u8, peer: u8| {
+        GuestSpec::new(name, &dir.path().join(format!("{name}.sock")), n, peer)
+            .pinging_every("0.01", 100)
+            .counting("0.5")
+    };
+    let g1 = Guest::boot(dir.path(), &spec("g1", 1, 2));
+    let _g2 = Guest::boot(dir.path(), &spec("g2", 2, 1));
+    g1.wait_clean_round(0, "g1 -> g2 pings");
+    let c1 = wait_until(T, "g1's link counters", || g1.console.carrier_changes());
+    let before = g1.last_round();
+    let killed = std::time::Instant::now();
+    d.kill();
+    d.restart(&sockets);
+    let restarted = killed.elapsed();
+    for p in ["g1", "g2"] {
+        d.wait_port_connected(p, true);
+    }
+    let reconnected = killed.elapsed();
+    g1.wait_clean_round(g1.last_round(), "g1 pings after the crash");
+    let (lost, rounds) = g1.lost_pings(before);
+    eprintln!(
+        "crash recovery: daemon up again {restarted:?} after kill -9, both guests \
+         reconnected after {reconnected:?}; {lost} pings of 10 ms lost (about {} ms without \
+         forwarding) over {rounds} rounds",
+        lost * 10
+    );
+    assert!(lost > 0, "a crash loses pings: the measure is wrong");
+    assert!(
+        reconnected < Duration::from_secs(10),
+        "QEMU with reconnect=1 came back after {reconnected:?}"
+    );
+    // Unlike an upgrade, QEMU saw the socket close: the guest's link went down and up.
+    std::thread::sleep(Duration::from_secs(1));
+    let c1_after = g1.console.carrier_changes().unwrap();
+    assert!(c1_after >= c1 + 2, "carrier changes {c1} -> {c1_after}");
+}
