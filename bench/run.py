@@ -252,14 +252,17 @@ def run_generator(work, socks, size, secs, **kw):
 
 
 class Vringswitch:
-    def __init__(self, work, nports=2, vlans=None, uplink=None, port_lines=(), extra_lines=()):
+    def __init__(self, work, nports=2, vlans=None, uplink=None, port_lines=(), extra_lines=(),
+                 mode="server"):
         self.work = Path(work)
         self.socks = [str(self.work / f"p{i}.sock") for i in range(nports)]
+        # After an upgrade, the process serving (not our child).
+        self.replaced_by = None
         lines = ["[dataplane]", f"cores = [{SWITCH_CPU}]", "[[bridges]]", 'name = "br0"']
         for i, s in enumerate(self.socks):
             lines += [
                 "[[ports]]", f'name = "p{i}"', 'bridge = "br0"', 'type = "vhost-user"',
-                f'socket = "{s}"', 'mode = "server"',
+                f'socket = "{s}"', f'mode = "{mode}"',
             ]
             if vlans:
                 lines.append(f'vlan = {{ mode = "access", tag = {vlans[i]} }}')
@@ -267,16 +270,29 @@ class Vringswitch:
         if uplink:
             lines += uplink.vs_lines()
         lines += extra_lines
-        cfg = self.work / "vs.toml"
-        cfg.write_text("\n".join(lines) + "\n")
-        binary = os.environ.get("VRINGSWITCH_BIN") or str(ROOT / "target/release/vringswitch")
+        self.cfg = self.work / "vs.toml"
+        self.cfg.write_text("\n".join(lines) + "\n")
         self.log = open(self.work / "vs.log", "w")
+        self.start()
+
+    def start(self):
+        binary = os.environ.get("VRINGSWITCH_BIN") or str(ROOT / "target/release/vringswitch")
         self.p = subprocess.Popen(
-            [binary, "--config", str(cfg), "--api", f"127.0.0.1:{API_PORT}"],
+            [binary, "--config", str(self.cfg), "--api", f"127.0.0.1:{API_PORT}"],
             stdout=self.log, stderr=subprocess.STDOUT,
         )
         wait_for(lambda: all(Path(s).exists() for s in self.socks), "vringswitch's sockets")
         wait_for(self.api_up, "vringswitch's API")
+
+    def upgrade(self):
+        """`vringctl upgrade`: its answer (the new process's pid, the pause)."""
+        out = subprocess.run([VRINGCTL, "--api", f"127.0.0.1:{API_PORT}", "--json", "upgrade"],
+                             capture_output=True, text=True)
+        if out.returncode != 0:
+            raise SystemExit(f"vringctl upgrade failed: {out.stderr}")
+        answer = json.loads(out.stdout)
+        self.replaced_by = answer["new_pid"]
+        return answer
 
     def api_up(self):
         try:
@@ -297,6 +313,18 @@ class Vringswitch:
         return w["busy_cycles"], w["packets"], sum(w["bursts"])
 
     def stop(self):
+        if self.replaced_by:
+            # The old process exited after handing over; the one serving is not our child.
+            self.p.wait(timeout=20)
+            try:
+                os.kill(self.replaced_by, signal.SIGTERM)
+                wait_for(lambda: not Path(f"/proc/{self.replaced_by}").exists()
+                         or "zombie" in Path(f"/proc/{self.replaced_by}/status").read_text(),
+                         "the upgraded vringswitch to stop")
+            except (ProcessLookupError, FileNotFoundError):
+                pass
+            self.log.close()
+            return
         self.p.send_signal(signal.SIGTERM)
         try:
             self.p.wait(timeout=20)
@@ -490,6 +518,129 @@ def mirror_report(res, L):
         drops = ", ".join(f"{k} {v}" for k, v in m["drops"].items()) or "none"
         L.append(f"| {m['round']} | {m['size']} | {m['offered_per_s']:,} | {m['mirrored']:,} "
                  f"| {m['copies']:,} | {drops} | {m['cpp']:.0f} |")
+    L.append("")
+
+
+UPGRADES = 10
+RESTARTS = 3
+
+
+def gap_probe(vs_socks, secs, accept=False):
+    """Starts `vs-probe gap` (A sends B numbered frames as fast as B takes them) on the
+    generator's core; returns it once it is ready (with --accept: once it listens)."""
+    cmd = ["taskset", "-c", str(GEN_CPU), PROBE, "gap", "--a", vs_socks[0], "--b", vs_socks[1],
+           "--secs", str(secs), "--size", "64"]
+    if accept:
+        cmd.append("--accept")
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def gap_result(probe, events):
+    """The probe's gaps and totals; for each event (start, end, seconds since the probe was
+    ready), the longest gap that began within it (or just before: the last frame before a
+    gap can precede the request)."""
+    out, _ = probe.communicate(timeout=120)
+    if probe.returncode != 0:
+        raise SystemExit(f"vs-probe gap failed (exit {probe.returncode})")
+    lines = [json.loads(x) for x in out.splitlines() if x.startswith("{")]
+    gaps = [x for x in lines if "gap_ms" in x]
+    total = next(x for x in lines if "sent" in x)
+    longest = []
+    for start, end in events:
+        inside = [g["gap_ms"] for g in gaps if start - 0.1 <= g["at_s"] <= end + 0.1]
+        longest.append(max(inside, default=0.0))
+    baseline = [g["gap_ms"] for g in gaps
+                if not any(s - 0.1 <= g["at_s"] <= e + 0.1 for s, e in events)]
+    return longest, total, max(baseline, default=0.0)
+
+
+def upgrade_run(work):
+    """64 B frames from p0 to p1 as fast as p1 takes them, through UPGRADES upgrades a
+    second apart: the longest forwarding gap around each, frames lost."""
+    vs = Vringswitch(work)
+    events, paused = [], []
+    try:
+        probe = gap_probe(vs.socks, UPGRADES + 4)
+        assert probe.stdout.readline().strip() == "ready", "vs-probe gap did not start"
+        t0 = time.monotonic()
+        for _ in range(UPGRADES):
+            time.sleep(1)
+            start = time.monotonic() - t0
+            paused.append(vs.upgrade()["paused_ms"])
+            events.append((start, time.monotonic() - t0))
+        longest, total, baseline = gap_result(probe, events)
+        st = vs.stats()
+    finally:
+        vs.stop()
+    drops = {f"{p['name']} {r}": n for p in st["ports"] for r, n in p["drops"].items() if n}
+    return {"gaps_ms": longest, "paused_ms": paused, "baseline_gap_ms": baseline,
+            "sent": total["sent"], "received": total["received"], "lost": total["lost"],
+            "out_of_order": total["out_of_order"], "drops": drops}
+
+
+def restart_run(work):
+    """The same frames through RESTARTS restarts of a daemon whose ports are in client mode
+    (kill -9 and start again; the VMs wait for it, as QEMU with server=on does): the gap
+    around each, the frames lost with the old process."""
+    work = Path(work)
+    socks = [str(work / f"p{i}.sock") for i in range(2)]
+    probe = gap_probe(socks, RESTARTS * 4 + 4, accept=True)
+    wait_for(lambda: all(Path(s).exists() for s in socks), "vs-probe's sockets")
+    vs = Vringswitch(work, mode="client")
+    events = []
+    try:
+        assert probe.stdout.readline().strip() == "ready", "vs-probe gap did not start"
+        t0 = time.monotonic()
+        for _ in range(RESTARTS):
+            time.sleep(2)
+            start = time.monotonic() - t0
+            vs.p.kill()
+            vs.p.wait()
+            vs.start()
+            events.append((start, time.monotonic() - t0 + 1.5))
+        longest, total, baseline = gap_result(probe, events)
+    finally:
+        vs.stop()
+    return {"gaps_ms": longest, "sent": total["sent"], "received": total["received"],
+            "lost": total["lost"], "out_of_order": total["out_of_order"],
+            "baseline_gap_ms": baseline}
+
+
+def upgrade_part(work, rounds):
+    runs = []
+    for r in range(1, rounds + 1):
+        u = upgrade_run(work())
+        u["round"] = r
+        log(f"upgrade round {r}: {u}")
+        c = restart_run(work())
+        c["round"] = r
+        log(f"restart round {r}: {c}")
+        runs.append({"round": r, "upgrade": u, "restart": c})
+    return runs
+
+
+def upgrade_report(res, L):
+    if not res.get("upgrade"):
+        return
+    L.append(f"### Hitless upgrade ({UPGRADES} upgrades per round, 64 B)\n")
+    L.append("vs-probe's A sends B numbered 64 B frames as fast as B takes them (at most 128 "
+             "unseen, fewer than B's receive buffers, so the switch never lacks one) while "
+             f"`vringctl upgrade` replaces the daemon {UPGRADES} times, a second apart. Gap: "
+             "the longest time B received nothing around each upgrade (median and worst over "
+             "the round); paused: from the old workers' stop to the new ones' start, as the "
+             "upgrade reports it; lost: numbers that never came. Against it, today's other "
+             f"way to replace the binary: kill -9 and start again, {RESTARTS} times, the "
+             "ports in client mode (the VMs listen and are connected again). Baseline: the "
+             "probe's own longest gap away from any upgrade or restart.\n")
+    L.append("| round | upgrade gap median / worst ms | paused median ms | lost | "
+             "restart gap median ms | lost at restarts | baseline gap ms |")
+    L.append("|---|---|---|---|---|---|---|")
+    for run in res["upgrade"]:
+        u, c = run["upgrade"], run["restart"]
+        L.append(f"| {run['round']} | {statistics.median(u['gaps_ms']):.1f} / "
+                 f"{max(u['gaps_ms']):.1f} | {statistics.median(u['paused_ms']):.1f} | "
+                 f"{u['lost']} of {u['sent']:,} | {statistics.median(c['gaps_ms']):.0f} | "
+                 f"{c['lost']} | {max(u['baseline_gap_ms'], c['baseline_gap_ms']):.1f} |")
     L.append("")
 
 
@@ -1104,6 +1255,7 @@ def report(res):
     capture_report(res, L)
     policing_report(res, L)
     mirror_report(res, L)
+    upgrade_report(res, L)
     for kind in UPLINKS:
         uplink_report(res, L, kind)
     tso_report(res, L)
@@ -1426,7 +1578,7 @@ def main():
     ap.add_argument("--switches", nargs="+", default=list(SWITCHES), choices=SWITCHES)
     ap.add_argument("--only", choices=["throughput", "scaling", "idle", "latency", "capture",
                                        "tso", "dirtylog", "migration", "policing", "mirror",
-                                       *UPLINKS],
+                                       "upgrade", *UPLINKS],
                     action="append", help="run only these parts (repeatable)")
     ap.add_argument("--gen-burst", type=int, default=32,
                     help="the generator's burst, and so the frames each port has in flight "
@@ -1516,6 +1668,8 @@ def main():
                               for size in (64, 1518)]
         if "mirror" in parts:
             res["mirror"] = mirror_part(work, args.secs, args.rounds)
+        if "upgrade" in parts:
+            res["upgrade"] = upgrade_part(work, args.rounds)
         if "policing" in parts:
             res["policing"] = [policing_cost(work, size, args.secs, args.rounds)
                                for size in (64, 1518)]

@@ -12,7 +12,18 @@
 //! vs-probe memcpy  [--size B] [--secs S] [--core C]
 //! vs-probe stream  --a SOCK --b SOCK [--accept] --secs S [--size B] [--dirty-log]
 //! vs-probe mirror  --a SOCK --b SOCK --c SOCK --secs S --pps N [--size B]
+//! vs-probe gap     --a SOCK --b SOCK [--accept] --secs S [--size B]
 //! ```
+//!
+//! `gap` measures how long forwarding stops (an upgrade, a restart): A sends B frames
+//! numbered in sequence as fast as B takes them (at most 128 sent and not yet received,
+//! fewer than B's receive buffers, so that the switch never lacks one), and B checks the
+//! numbers.
+//! Each time B received nothing for over 1 ms it prints `{"gap_ms", "at_s"}` once frames
+//! come again; at the end, the totals: frames sent and received, numbers missing (lost),
+//! numbers out of order or twice, the longest gap. With `--accept`, a switch that
+//! connects again (restarted, its ports in client mode) is accepted and the frames go on
+//! with the next numbers: what was in the old rings is lost with them.
 //!
 //! `mirror` has A and B send each other `--size`-byte frames at `--pps` frames per second
 //! in all (half each way, paced by the clock), and C, the output of a mirror of A, take
@@ -98,7 +109,7 @@ struct Args {
 fn usage(why: &str) -> ! {
     eprintln!("vs-probe: {why}");
     eprintln!(
-        "usage: vs-probe latency|hold|floor|sink|tso|memcpy|stream|mirror --a SOCK --b SOCK \
+        "usage: vs-probe latency|hold|floor|sink|tso|memcpy|stream|mirror|gap --a SOCK --b SOCK \
          [--c SOCK] [--accept] [--samples N] [--interval-us U] [--size BYTES] [--secs S] \
          [--core C] [--pps N] [--segment] [--dirty-log]"
     );
@@ -109,7 +120,7 @@ fn parse_args() -> Args {
     let mut it = std::env::args().skip(1);
     let mode = it.next().unwrap_or_else(|| usage("no mode"));
     if ![
-        "latency", "hold", "floor", "sink", "tso", "memcpy", "stream", "mirror",
+        "latency", "hold", "floor", "sink", "tso", "memcpy", "stream", "mirror", "gap",
     ]
     .contains(&mode.as_str())
     {
@@ -165,7 +176,8 @@ fn parse_args() -> Args {
             _ => usage(&format!("unknown flag {flag:?}")),
         }
     }
-    let needs_b = ["latency", "hold", "tso", "stream", "mirror"].contains(&args.mode.as_str());
+    let needs_b =
+        ["latency", "hold", "tso", "stream", "mirror", "gap"].contains(&args.mode.as_str());
     if args.mode == "mirror" && args.c.as_os_str().is_empty() {
         usage("--c is required");
     }
@@ -542,6 +554,128 @@ fn stream(args: &Args) {
     }
 }
 
+/// A frame from A to B carrying sequence number `seq` first in its payload.
+fn numbered(seq: u64, size: usize) -> Vec<u8> {
+    let mut f = frame(mac(2), mac(1), size - 14, 0);
+    f[14..22].copy_from_slice(&seq.to_le_bytes());
+    f
+}
+
+/// The `gap` mode.
+fn gap(args: &Args) {
+    const IN_FLIGHT: usize = 128;
+    const GAP: Duration = Duration::from_millis(1);
+    let opts = VmOptions {
+        strict: false,
+        ..VmOptions::default()
+    };
+    let listeners = args.accept.then(|| {
+        (
+            UnixListener::bind(&args.a).expect("bind --a"),
+            UnixListener::bind(&args.b).expect("bind --b"),
+        )
+    });
+    let connect = |listeners: &Option<(UnixListener, UnixListener)>| match listeners {
+        Some((la, lb)) => (
+            TestVm::accept(la, mac(1), opts),
+            TestVm::accept(lb, mac(2), opts),
+        ),
+        None => (
+            TestVm::connect(&args.a, mac(1), opts),
+            TestVm::connect(&args.b, mac(2), opts),
+        ),
+    };
+    let (mut a, mut b) = connect(&listeners);
+    let start_pair = |a: &mut TestVm, b: &mut TestVm, next: &mut u64| {
+        a.post_rx(RX, 16, 2048);
+        b.post_rx(RX, SINK_BUFS, 2048);
+        introduce(a, b, 2048);
+        let first: Vec<Vec<u8>> = (0..IN_FLIGHT as u64)
+            .map(|i| numbered(*next + i, args.size))
+            .collect();
+        *next += IN_FLIGHT as u64;
+        a.offer_quietly(TX, &first);
+        a.kick(TX);
+    };
+    let mut next = 1u64;
+    start_pair(&mut a, &mut b, &mut next);
+    println!("ready");
+    let start = Instant::now();
+    let (mut expected, mut lost, mut disorder, mut received) = (1u64, 0u64, 0u64, 0u64);
+    let mut last = Instant::now();
+    let mut longest = Duration::ZERO;
+    // Chains on A's TX ring not given back yet.
+    let mut on_ring = IN_FLIGHT as u64;
+    while start.elapsed() < Duration::from_secs(args.secs) {
+        on_ring -= a.reap_tx(TX) as u64;
+        // Frames sent and not yet seen by B (those lost are seen as such once a later one
+        // comes).
+        let unseen = next - expected;
+        let more = (IN_FLIGHT as u64 - on_ring).min((IN_FLIGHT as u64).saturating_sub(unseen));
+        if more > 0 {
+            let frames: Vec<Vec<u8>> = (0..more).map(|i| numbered(next + i, args.size)).collect();
+            next += more;
+            on_ring += more;
+            a.offer_quietly(TX, &frames);
+            a.kick(TX);
+        }
+        let got = b.recv(RX);
+        if !got.is_empty() {
+            let now = Instant::now();
+            let quiet = now - last;
+            if quiet > GAP {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "gap_ms": quiet.as_secs_f64() * 1e3,
+                        "at_s": (last - start).as_secs_f64(),
+                    })
+                );
+            }
+            longest = longest.max(quiet);
+            last = now;
+            b.post_rx(RX, got.len(), 2048);
+        }
+        for r in &got {
+            let seq = r
+                .frame
+                .get(14..22)
+                .map_or(0, |s| u64::from_le_bytes(s.try_into().unwrap_or([0; 8])));
+            received += 1;
+            match seq.cmp(&expected) {
+                std::cmp::Ordering::Equal => expected += 1,
+                std::cmp::Ordering::Greater => {
+                    lost += seq - expected;
+                    expected = seq + 1;
+                }
+                std::cmp::Ordering::Less => disorder += 1,
+            }
+        }
+        // A restarted switch connects again: carry on with the next numbers.
+        if let Some((la, _)) = &listeners {
+            la.set_nonblocking(true).expect("non-blocking listener");
+            if let Ok((stream, _)) = la.accept() {
+                stream.set_nonblocking(false).expect("blocking stream");
+                let frontend = vhost::vhost_user::Frontend::from_stream(stream, 2);
+                a = TestVm::handshake(frontend, mac(1), opts);
+                b = TestVm::accept(&listeners.as_ref().unwrap().1, mac(2), opts);
+                start_pair(&mut a, &mut b, &mut next);
+                on_ring = IN_FLIGHT as u64;
+            }
+        }
+    }
+    println!(
+        "{}",
+        serde_json::json!({
+            "sent": next - 1,
+            "received": received,
+            "lost": lost,
+            "out_of_order": disorder,
+            "longest_gap_ms": longest.as_secs_f64() * 1e3,
+        })
+    );
+}
+
 /// The `mirror` mode.
 fn mirror(args: &Args) {
     // At most 64 frames each of A and B in flight: whatever C misses while this process is
@@ -686,6 +820,9 @@ fn main() {
     }
     if args.mode == "mirror" {
         return mirror(&args);
+    }
+    if args.mode == "gap" {
+        return gap(&args);
     }
     let (mut a, mut b) = attach(&args);
     match args.mode.as_str() {
