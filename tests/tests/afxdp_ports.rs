@@ -471,3 +471,26 @@ fn frames_the_kernel_drops_for_want_of_room_are_counted() {
     let n = dropped();
     assert!(n <= sent + 20, "{n} drops counted for {sent} frames sent");
 }
+
+/// AF_XDP ports are not carried over by an upgrade yet: the upgrade is refused before
+/// anything stops, saying so, and the port (and the daemon) serve on.
+#[test]
+fn an_afxdp_port_refuses_an_upgrade_and_serves_on() {
+    let dir = TempDir::new("afxdp-upgrade");
+    let veth = Veth::new("xu");
+    let vm_sock = dir.path().join("vm.sock");
+    let config = Layout::new()
+        .bridge("br0")
+        .port(vhost_user("vm", "br0", &vm_sock))
+        .port(afxdp("wire", "br0", &veth.outer))
+        .toml();
+    let mut d = Daemon::start(dir.path(), &config, std::slice::from_ref(&vm_sock));
+    let pid = d.pid();
+    let e = d.upgrade(&[]).expect_err("an upgrade with an AF_XDP port");
+    assert!(
+        e.contains("port wire (afxdp): this kind of port is not carried over by an upgrade yet"),
+        "{e}"
+    );
+    assert_eq!(d.pid(), pid);
+    ping_the_kernel(&vm_sock, 1, &[&[0x33; 200]]);
+}
