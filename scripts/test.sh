@@ -83,7 +83,8 @@ cargo test -p vringswitch-tests --lib --test switching --test lifecycle --test o
     --test api --test vlans --test persistence --test openapi --test port_security \
     --test hostile --test memory_changes --test soak --test restart --test fairness \
     --test local_security --test capture --test tap_ports --test afxdp_ports --test offloads \
-    --test migration --test tenant_isolation --test policing --test trace --test mirror
+    --test migration --test tenant_isolation --test policing --test trace --test mirror \
+    --test handover
 
 # The fuzz targets (their own workspace, run with nightly: docs/fuzzing.md) must keep
 # compiling against the code they fuzz.
@@ -98,6 +99,8 @@ log "DPDK testpmd suite"
 cargo test -p vringswitch-tests --test dpdk_testpmd -- --test-threads=1
 log "QEMU guest suite"
 cargo test -p vringswitch-tests --test qemu_guests -- --test-threads=1
+log "upgrade suite"
+cargo test -p vringswitch-tests --test upgrade -- --test-threads=1
 log "live migration suite"
 cargo test -p vringswitch-tests --test live_migration -- --test-threads=1
 log "libvirt suite"
