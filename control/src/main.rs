@@ -473,7 +473,11 @@ fn run() -> anyhow::Result<()> {
             () = finished.finished() => Ok(true),
         }
     });
-    if let Ok(true) = result {
+    // A stop signal during an upgrade: its outcome decides. If the new process serves, it
+    // is the one to stop (under systemd, the main process by then, it gets the signal
+    // itself); this one must not stop ports that are no longer its own.
+    let replaced = matches!(result, Ok(true)) || (upgrader.in_progress() && upgrader.outcome());
+    if replaced {
         // Replaced: the new process serves every port and the API on the same sockets.
         // Nothing is closed or removed; a moment for the upgrade's own answer to go out.
         std::thread::sleep(Duration::from_millis(300));

@@ -30,8 +30,10 @@ pub fn stalled(before: &[u64], after: &[u64]) -> Vec<usize> {
 }
 
 /// Sends WATCHDOG=1 every `period` (at least 2 s, so that a sleeping worker has beaten)
-/// as long as every worker made progress since the previous ping. A stuck worker stops the
-/// pings and systemd restarts the service.
+/// as long as every worker made progress since the previous ping, or the workers were
+/// stopped on purpose (an upgrade waits for the new process with them stopped, up to its
+/// deadline, which may be longer than the watchdog's). A stuck worker stops the pings and
+/// systemd restarts the service.
 pub async fn feed_watchdog(switch: Arc<Switch>, period: Duration) {
     let mut tick = tokio::time::interval(period.max(Duration::from_secs(2)));
     // The first tick is immediate: no worker has had time to beat yet.
@@ -41,11 +43,15 @@ pub async fn feed_watchdog(switch: Arc<Switch>, period: Duration) {
         tick.tick().await;
         let now = heartbeats(&switch);
         let stuck = stalled(&last, &now);
-        if stuck.is_empty() {
+        if stuck.is_empty() || switch.stopping() {
             let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
         } else {
-            let cores: Vec<usize> = stuck.iter().map(|&i| switch.workers[i].core).collect();
-            tracing::error!(?cores, "worker made no progress; not feeding the watchdog");
+            let cores: Vec<String> = stuck
+                .iter()
+                .map(|&i| switch.workers[i].core.to_string())
+                .collect();
+            tracing::error!(cores = %cores.join(","),
+                "worker made no progress; not feeding the watchdog");
         }
         last = now;
     }

@@ -46,6 +46,8 @@ pub struct Upgrader {
     busy: Mutex<()>,
     /// Set from the start of an upgrade; cleared if it fails.
     in_progress: AtomicBool,
+    /// Set once an upgrade succeeded.
+    succeeded: AtomicBool,
     /// Notified once an upgrade succeeded: the process then exits.
     done: tokio::sync::Notify,
 }
@@ -96,6 +98,7 @@ impl Upgrader {
             api_unix,
             busy: Mutex::new(()),
             in_progress: AtomicBool::new(false),
+            succeeded: AtomicBool::new(false),
             done: tokio::sync::Notify::new(),
         }
     }
@@ -110,6 +113,15 @@ impl Upgrader {
         self.done.notified().await;
     }
 
+    /// Waits for an upgrade under way to end (each of its steps is bounded by its
+    /// deadline); whether it succeeded (the new process serves).
+    pub fn outcome(&self) -> bool {
+        while self.in_progress() && !self.succeeded.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.succeeded.load(Ordering::SeqCst)
+    }
+
     /// Replaces `daemon` by a new process of the binary at its path, waiting at most
     /// `deadline` for each of its steps.
     pub fn run(&self, daemon: &Daemon, deadline: Duration) -> Result<Upgraded, UpgradeError> {
@@ -122,6 +134,7 @@ impl Upgrader {
             Ok(u) => {
                 tracing::info!(new_pid = u.new_pid, version = %u.new_version,
                     paused_ms = u.paused_ms, ports = u.ports, "upgraded: the new process serves");
+                self.succeeded.store(true, Ordering::SeqCst);
                 self.done.notify_one();
             }
             Err(e) => {

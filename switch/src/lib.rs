@@ -127,8 +127,9 @@ impl Switch {
         self.topology_gen.load(Ordering::Acquire)
     }
 
+    /// Whether the workers were asked to stop (a shutdown, or an upgrade handing over).
     #[inline]
-    fn stopping(&self) -> bool {
+    pub fn stopping(&self) -> bool {
         self.stop.load(Ordering::Relaxed)
     }
 

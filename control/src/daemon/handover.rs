@@ -64,7 +64,10 @@ impl Daemon {
     /// running, or a port cannot be handed over (a kind not carried over yet, a VM being
     /// migrated).
     pub fn handover_refusal(&self) -> Option<String> {
-        let st = self.state();
+        Self::refusal_of(&self.state())
+    }
+
+    fn refusal_of(st: &State) -> Option<String> {
         if let Some(id) = st.captures.keys().next() {
             let name = st
                 .ports
@@ -88,6 +91,11 @@ impl Daemon {
     /// start again: the daemon serves on, and the error says which port and why.
     pub fn hand_over(&self) -> Result<Frozen<'_>, String> {
         let mut st = self.state();
+        // Asked again under the lock: a capture started since the first asking would end
+        // with the old process.
+        if let Some(why) = Self::refusal_of(&st) {
+            return Err(why);
+        }
         let since = Instant::now();
         self.stop_workers();
         let mut ports = Vec::new();

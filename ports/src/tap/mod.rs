@@ -344,13 +344,12 @@ impl RunningPort for TapPort {
     /// its MTU. Bytes: that flag (0 or 1), then 1 and the MTU (4 bytes, little-endian) if
     /// a descriptor follows, else 0.
     fn hand_over(&mut self) -> Result<crate::port::HandedPort, String> {
-        let attachment = self.watch.stop_for_handover(&self.handle);
-        self.handle.set_connected(false);
+        // What can fail comes first: until the monitor stops, nothing has changed.
         let mut handed = crate::port::HandedPort {
             data: vec![u8::from(self.created), 0],
             fds: Vec::new(),
         };
-        if let Some(Attachment::Tap(q)) = attachment.as_deref() {
+        if let Some(Attachment::Tap(q)) = self.handle.attachment().as_deref() {
             if !q.failed() {
                 let fd = q
                     .device
@@ -364,6 +363,9 @@ impl RunningPort for TapPort {
                 handed.fds.push(fd.into());
             }
         }
+        // The workers are stopped, and only the monitor changes the attachment.
+        self.watch.stop_for_handover(&self.handle);
+        self.handle.set_connected(false);
         Ok(handed)
     }
 }
