@@ -169,7 +169,8 @@ impl Upgrader {
             timeout: deadline,
             ..Limits::default()
         };
-        let failed = |child: &mut ChildGuard, e: HandoverError| new_binary(child.explain(e));
+        let failed =
+            |child: &mut ChildGuard, e: HandoverError| new_binary(child.explain(e, "at start"));
         let version = handover::greet_as_old(&ours, &limits).map_err(|e| failed(&mut child, e))?;
         handover::receive(&ours, &limits, kind::PREPARED, "word that it is ready")
             .map_err(|e| failed(&mut child, e))?;
@@ -185,7 +186,7 @@ impl Upgrader {
             Ok(r) => r,
             Err(e) => {
                 // Killed before anything is taken back: never two processes on one ring.
-                let why = child.explain(e);
+                let why = child.explain(e, "while taking over");
                 child.kill();
                 daemon.take_back(frozen);
                 return Err(new_binary(why));
@@ -266,7 +267,7 @@ impl ChildGuard {
     /// What went wrong, in words: for a channel that failed, the child's exit status if
     /// it exited; else `e` (a refusal, an incompatible version: the child may exit right
     /// after, which says nothing more).
-    fn explain(&mut self, e: HandoverError) -> String {
+    fn explain(&mut self, e: HandoverError, when: &str) -> String {
         let Some(child) = self.0.as_mut() else {
             return e.to_string();
         };
@@ -279,7 +280,7 @@ impl ChildGuard {
             match child.try_wait() {
                 Ok(Some(status)) => {
                     return format!(
-                        "exited at start ({status}); its own error is in the daemon's log"
+                        "exited {when} ({status}); its own error is in the daemon's log"
                     )
                 }
                 Ok(None) if Instant::now() < until => std::thread::sleep(Duration::from_millis(10)),

@@ -271,6 +271,7 @@ fn a_new_binary_that_fails_leaves_the_old_one_serving_and_says_why() {
         fake.display()
     );
     install(&exe, &std::fs::read(&fake).unwrap());
+    std::fs::write(exe.with_extension("mode"), "versions 7 9").unwrap();
     let e = d
         .upgrade(&[])
         .expect_err("an upgrade to an incompatible binary");
@@ -282,7 +283,45 @@ fn a_new_binary_that_fails_leaves_the_old_one_serving_and_says_why() {
     );
     still_forwards(&mut a, &mut b, "after an incompatible binary");
 
-    // 4. The real binary, but a configuration it refuses (an operator's slip): the new
+    // 4. A binary that takes everything, after the old workers stopped and every port let
+    //    go, then refuses it; then one that crashes once it has it all. Each time the old
+    //    daemon takes every port back from its own copies and forwards on, the VMs none
+    //    the wiser.
+    for (mode, says) in [
+        ("refuse-state", "this test binary refuses every state"),
+        (
+            "crash-after-state",
+            "exited while taking over (exit status: 101)",
+        ),
+    ] {
+        std::fs::write(exe.with_extension("mode"), mode).unwrap();
+        let e = d.upgrade(&[]).expect_err(mode);
+        assert!(e.contains(says), "{mode}: {e}");
+        assert_eq!(d.pid(), pid);
+        still_forwards(&mut a, &mut b, mode);
+        b.send(TestVm::tx(0), &frame(mac(1), mac(2), 64, 77));
+        assert_eq!(
+            a.expect_frames_at_least(TestVm::rx(0), 1, T)
+                .last()
+                .unwrap()
+                .frame,
+            frame(mac(1), mac(2), 64, 77),
+            "{mode}: the other way"
+        );
+        use vhost::VhostBackend;
+        a.frontend.get_features().expect("a's connection answered");
+        b.frontend.get_features().expect("b's connection answered");
+    }
+    assert!(
+        d.log_text().contains("vs-fake-upgrade: took"),
+        "the fake got the state"
+    );
+    assert_eq!(
+        d.metric("vringswitch_port_reconnects_total", &[("port", "a")]),
+        0
+    );
+
+    // 5. The real binary, but a configuration it refuses (an operator's slip): the new
     //    process exits, its error in the log.
     install(&exe, &std::fs::read(binary()).unwrap());
     let config = std::fs::read_to_string(&d.config).unwrap();

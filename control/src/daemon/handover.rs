@@ -148,9 +148,12 @@ impl Daemon {
                 continue;
             };
             let handle = entry.port.handle().clone();
-            match vringswitch_ports::port::take_over(handle, &entry.spec.kind, handed) {
+            // The same connections as before: not counted again.
+            let counts = (handle.connections(), handle.protocol_errors());
+            match vringswitch_ports::port::take_over(handle.clone(), &entry.spec.kind, handed) {
                 Ok((port, carried)) => {
                     entry.port = port;
+                    handle.carry_counts(counts.0, counts.1);
                     if let Err(why) = carried {
                         tracing::warn!(port = %name, error = %why,
                             "the port's peer could not be carried on after the upgrade failed");
