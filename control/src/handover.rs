@@ -166,19 +166,7 @@ pub fn receive(
     want: u16,
     expected: &'static str,
 ) -> Result<Frame, HandoverError> {
-    let frame = fd_channel::recv(sock, limits)?;
-    if frame.kind == kind::REFUSE {
-        return Err(HandoverError::Refused(
-            String::from_utf8_lossy(&frame.body).into_owned(),
-        ));
-    }
-    if frame.kind != want {
-        return Err(HandoverError::Unexpected {
-            what: format!("a frame of kind {}", frame.kind),
-            expected,
-        });
-    }
-    Ok(frame)
+    of_kind(fd_channel::recv(sock, limits)?, want, expected)
 }
 
 /// The body of `frame` as a `T`.
@@ -255,6 +243,11 @@ fn expect<T: for<'de> Deserialize<'de>>(
     want: u16,
     expected: &'static str,
 ) -> Result<T, HandoverError> {
+    body_of(&of_kind(frame, want, expected)?, expected)
+}
+
+/// `frame`, if it is of kind `want`; a refusal or another kind is an error saying so.
+fn of_kind(frame: Frame, want: u16, expected: &'static str) -> Result<Frame, HandoverError> {
     if frame.kind == kind::REFUSE {
         return Err(HandoverError::Refused(
             String::from_utf8_lossy(&frame.body).into_owned(),
@@ -266,10 +259,7 @@ fn expect<T: for<'de> Deserialize<'de>>(
             expected,
         });
     }
-    serde_json::from_slice(&frame.body).map_err(|e| HandoverError::Unexpected {
-        what: format!("a body that does not read ({e})"),
-        expected,
-    })
+    Ok(frame)
 }
 
 /// The version both `a` and `b` speak, the highest.

@@ -153,6 +153,24 @@ pub fn ping_the_kernel(socket: &std::path::Path, n: u8, payloads: &[&[u8]]) {
     }
 }
 
+/// A port of bridge `bridge` with one queue pair and nothing set: no VLAN, no port
+/// security, no policing, no capture or mirror, up; as engines built by hand use them.
+pub fn plain_port(handle: &Arc<PortHandle>, bridge: usize) -> PortRt {
+    PortRt {
+        handle: handle.clone(),
+        bridge,
+        queue_pairs: 1,
+        vlan: Default::default(),
+        security: Default::default(),
+        fdb_max_learned: usize::MAX,
+        police_rx: None,
+        police_tx: None,
+        admin_up: true,
+        capture: None,
+        mirror: Default::default(),
+    }
+}
+
 /// The forwarding engine alone, as the daemon runs it: one worker on core 1 and bridge br0
 /// with a vhost-user port for a test VM (port 0) and an uplink (port 1, whose handle the
 /// caller made and started).
@@ -182,21 +200,7 @@ impl Engine {
             },
         )
         .unwrap();
-        let port = |handle: &Arc<PortHandle>| {
-            Some(PortRt {
-                handle: handle.clone(),
-                bridge: 0,
-                queue_pairs: 1,
-                vlan: Default::default(),
-                security: Default::default(),
-                fdb_max_learned: usize::MAX,
-                police_rx: None,
-                police_tx: None,
-                admin_up: true,
-                capture: None,
-                mirror: Default::default(),
-            })
-        };
+        let port = |handle: &Arc<PortHandle>| Some(plain_port(handle, 0));
         switch.set_topology(Topology {
             bridges: vec![BridgeRt {
                 name: "br0".into(),

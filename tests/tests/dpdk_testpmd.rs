@@ -220,13 +220,7 @@ fn loopback(frame_len: usize) {
     // testpmd no longer polls; let the switch drain what testpmd handed over, then read
     // our counters while testpmd is still connected.
     let m = |name: &str, port: &str| daemon.metric(name, &[("port", port)]);
-    let drained = |port: &str| {
-        let a = m("vringswitch_port_rx_packets_total", port);
-        std::thread::sleep(Duration::from_millis(200));
-        (a == m("vringswitch_port_rx_packets_total", port)).then_some(a)
-    };
-    let rx1 = wait_until(Duration::from_secs(5), "vm1 drained", || drained("vm1"));
-    let rx2 = wait_until(Duration::from_secs(5), "vm2 drained", || drained("vm2"));
+    let (rx1, rx2) = (drained_rx(&daemon, "vm1"), drained_rx(&daemon, "vm2"));
     let drops = |port: &str| {
         daemon.metric(
             "vringswitch_port_drops_total",
@@ -333,6 +327,17 @@ fn loopback(frame_len: usize) {
         w.average_burst().unwrap_or(0.0)
     );
     assert!(cpp > 0.0);
+}
+
+/// What the switch took from `port` (`vringswitch_port_rx_packets_total`), once it stopped
+/// moving (testpmd stopped and the switch drained what it had been handed).
+fn drained_rx(daemon: &Daemon, port: &str) -> u64 {
+    let rx = || daemon.metric("vringswitch_port_rx_packets_total", &[("port", port)]);
+    wait_until(Duration::from_secs(5), &format!("{port} drained"), || {
+        let a = rx();
+        std::thread::sleep(Duration::from_millis(200));
+        (a == rx()).then_some(a)
+    })
 }
 
 /// Ports vm1 and vm2 on `s0` and `s1`, one queue pair each, in `mode`.
@@ -472,13 +477,7 @@ fn testpmd_forwards_through_ten_upgrades_and_every_frame_taken_is_delivered() {
     let longest = sampler.join().unwrap();
     let stats = pmd.stop();
     let m = |name: &str, port: &str| daemon.metric(name, &[("port", port)]);
-    let drained = |port: &str| {
-        let a = m("vringswitch_port_rx_packets_total", port);
-        std::thread::sleep(Duration::from_millis(200));
-        (a == m("vringswitch_port_rx_packets_total", port)).then_some(a)
-    };
-    let rx1 = wait_until(Duration::from_secs(5), "vm1 drained", || drained("vm1"));
-    let rx2 = wait_until(Duration::from_secs(5), "vm2 drained", || drained("vm2"));
+    let (rx1, rx2) = (drained_rx(&daemon, "vm1"), drained_rx(&daemon, "vm2"));
     let (tx1, tx2) = (
         m("vringswitch_port_tx_packets_total", "vm1"),
         m("vringswitch_port_tx_packets_total", "vm2"),

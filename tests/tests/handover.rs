@@ -11,8 +11,9 @@ use vringswitch_ports::vhost_user::connection::{SocketMode, VhostUserPortConfig}
 use vringswitch_ports::vhost_user::VhostUserPort;
 use vringswitch_ports::PortHandle;
 use vringswitch_switch::fdb::Fdb;
-use vringswitch_switch::{BridgeRt, PortRt, Switch, SwitchConfig, Topology};
+use vringswitch_switch::{BridgeRt, Switch, SwitchConfig, Topology};
 use vringswitch_tests::frontend::{TestVm, VmOptions};
+use vringswitch_tests::netns::plain_port;
 use vringswitch_tests::{frame, mac, wait_until};
 
 const T: Duration = Duration::from_secs(10);
@@ -38,28 +39,13 @@ impl Engine {
             .enumerate()
             .map(|(id, name)| Arc::new(PortHandle::new(id as u32, name, 1)))
             .collect();
-        let rt = |handle: &Arc<PortHandle>| {
-            Some(PortRt {
-                handle: handle.clone(),
-                bridge: 0,
-                queue_pairs: 1,
-                vlan: Default::default(),
-                security: Default::default(),
-                fdb_max_learned: usize::MAX,
-                police_rx: None,
-                police_tx: None,
-                admin_up: true,
-                capture: None,
-                mirror: Default::default(),
-            })
-        };
         switch.set_topology(Topology {
             bridges: vec![BridgeRt {
                 name: "br0".into(),
                 fdb: Arc::new(Fdb::new(300)),
                 ports: vec![0, 1],
             }],
-            ports: handles.iter().map(rt).collect(),
+            ports: handles.iter().map(|h| Some(plain_port(h, 0))).collect(),
         });
         Engine {
             switch,

@@ -1285,61 +1285,56 @@ mod tests {
         assert_eq!(h[0], 1);
     }
 
-    #[test]
-    fn a_relay_declines_to_let_go_while_its_vm_migrates_and_carries_on() {
+    /// A relay between a frontend and a handler (both returned), and its detach handle.
+    fn detachable() -> (UnixStream, UnixStream, Arc<Detach>, JoinHandle<RelayEnd>) {
         let (fe, relay_end) = UnixStream::pair().unwrap();
-        let (mut handler, relay_side) = UnixStream::pair().unwrap();
+        let (handler, relay_side) = UnixStream::pair().unwrap();
         let shared = Shared::quiet(2);
         let detach = shared.detach.clone();
         let ended = Arc::new(EventFd::new(EFD_NONBLOCK).unwrap());
         let t = start(relay_end, relay_side, shared, ended).unwrap();
-        let features = |bits: u64| msg(SET_FEATURES, FLAG_VERSION_1, &bits.to_le_bytes());
-        (&fe).write_all(&features(LOG_ALL_BIT | 1 << 32)).unwrap();
-        read_msg(&mut handler);
+        (fe, handler, detach, t)
+    }
+
+    /// Asks the relay to let go and waits for its answer: `Ok` once it did, the reason if
+    /// it declined.
+    fn ask_and_wait(detach: &Detach) -> Result<(), String> {
         detach.ask();
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        let reason = loop {
+        loop {
+            if detach.done() {
+                return Ok(());
+            }
             if let Some(r) = detach.declined() {
-                break r;
+                return Err(r);
             }
             assert!(std::time::Instant::now() < deadline, "no answer");
             std::thread::sleep(Duration::from_millis(1));
-        };
+        }
+    }
+
+    #[test]
+    fn a_relay_declines_to_let_go_while_its_vm_migrates_and_carries_on() {
+        let (fe, mut handler, detach, t) = detachable();
+        let features = |bits: u64| msg(SET_FEATURES, FLAG_VERSION_1, &bits.to_le_bytes());
+        (&fe).write_all(&features(LOG_ALL_BIT | 1 << 32)).unwrap();
+        read_msg(&mut handler);
+        let reason = ask_and_wait(&detach).unwrap_err();
         assert!(reason.contains("migrated"), "{reason}");
         assert!(!detach.done() && !t.is_finished());
         // Still relaying; once the migration is over, the next ask is taken.
         (&fe).write_all(&features(1 << 32)).unwrap();
         read_msg(&mut handler);
-        detach.ask();
+        assert_eq!(ask_and_wait(&detach), Ok(()));
         assert!(matches!(t.join().unwrap(), RelayEnd::Detached));
-        assert!(detach.done());
     }
 
     #[test]
     fn replies_are_owed_only_where_the_library_gives_them_and_one_never_given_declines() {
         const NEED: u32 = FLAG_VERSION_1 | FLAG_NEED_REPLY;
         const SET_PROTOCOL_FEATURES: u32 = 16;
-        let ask_and_wait = |detach: &Detach| {
-            detach.ask();
-            let deadline = std::time::Instant::now() + Duration::from_secs(5);
-            loop {
-                if detach.done() {
-                    return Ok(());
-                }
-                if let Some(r) = detach.declined() {
-                    return Err(r);
-                }
-                assert!(std::time::Instant::now() < deadline, "no answer");
-                std::thread::sleep(Duration::from_millis(1));
-            }
-        };
         // NEED_REPLY before REPLY_ACK is in force: the library stays silent, nothing owed.
-        let (fe, relay_end) = UnixStream::pair().unwrap();
-        let (mut handler, relay_side) = UnixStream::pair().unwrap();
-        let shared = Shared::quiet(2);
-        let detach = shared.detach.clone();
-        let ended = Arc::new(EventFd::new(EFD_NONBLOCK).unwrap());
-        let t = start(relay_end, relay_side, shared, ended).unwrap();
+        let (fe, mut handler, detach, t) = detachable();
         (&fe).write_all(&msg(SET_OWNER_REQ, NEED, &[])).unwrap();
         read_msg(&mut handler);
         assert_eq!(ask_and_wait(&detach), Ok(()));
@@ -1347,13 +1342,7 @@ mod tests {
 
         // Once asked for its features and given REPLY_ACK, it answers: a reply it never
         // sends makes the relay decline (after 2 s) and carry on.
-        let (fe, relay_end) = UnixStream::pair().unwrap();
-        let (mut handler, relay_side) = UnixStream::pair().unwrap();
-        let shared = Shared::quiet(2);
-        let detach = shared.detach.clone();
-        let ended = Arc::new(EventFd::new(EFD_NONBLOCK).unwrap());
-        let t = start(relay_end, relay_side, shared, ended).unwrap();
-        let mut fe = fe;
+        let (mut fe, mut handler, detach, t) = detachable();
         (&fe).write_all(&msg(1, FLAG_VERSION_1, &[])).unwrap();
         read_msg(&mut handler);
         handler
@@ -1392,12 +1381,7 @@ mod tests {
 
     #[test]
     fn an_ask_withdrawn_before_the_relay_answers_changes_nothing() {
-        let (fe, relay_end) = UnixStream::pair().unwrap();
-        let (mut handler, relay_side) = UnixStream::pair().unwrap();
-        let shared = Shared::quiet(2);
-        let detach = shared.detach.clone();
-        let ended = Arc::new(EventFd::new(EFD_NONBLOCK).unwrap());
-        let t = start(relay_end, relay_side, shared, ended).unwrap();
+        let (fe, mut handler, detach, t) = detachable();
         // Before its first message the relay does not look at asks.
         detach.ask();
         std::thread::sleep(Duration::from_millis(20));
