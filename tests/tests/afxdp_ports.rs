@@ -472,10 +472,12 @@ fn frames_the_kernel_drops_for_want_of_room_are_counted() {
     assert!(n <= sent + 20, "{n} drops counted for {sent} frames sent");
 }
 
-/// AF_XDP ports are not carried over by an upgrade yet: the upgrade is refused before
-/// anything stops, saying so, and the port (and the daemon) serve on.
+/// An AF_XDP port carried over three upgrades: the socket, its UMEM and the XDP program
+/// stay as they are (the kernel answers the VM after each), the port's counters go on; and
+/// removing the port afterwards removes the program, which no libxdp object of the new
+/// process knew of.
 #[test]
-fn an_afxdp_port_refuses_an_upgrade_and_serves_on() {
+fn an_afxdp_socket_is_carried_over_upgrades_and_its_program_goes_with_its_port() {
     let dir = TempDir::new("afxdp-upgrade");
     let veth = Veth::new("xu");
     let vm_sock = dir.path().join("vm.sock");
@@ -485,12 +487,37 @@ fn an_afxdp_port_refuses_an_upgrade_and_serves_on() {
         .port(afxdp("wire", "br0", &veth.outer))
         .toml();
     let mut d = Daemon::start(dir.path(), &config, std::slice::from_ref(&vm_sock));
-    let pid = d.pid();
-    let e = d.upgrade(&[]).expect_err("an upgrade with an AF_XDP port");
-    assert!(
-        e.contains("port wire (afxdp): this kind of port is not carried over by an upgrade yet"),
-        "{e}"
-    );
-    assert_eq!(d.pid(), pid);
     ping_the_kernel(&vm_sock, 1, &[&[0x33; 200]]);
+    let mode = xdp_attached(&veth.outer).expect("an XDP program on the interface");
+    let rx = |d: &Daemon| {
+        let (_, p) = call(d, "GET", "/v1/ports/wire", None);
+        p["counters"]["rx_packets"].as_u64().unwrap_or(0)
+    };
+    for round in 0..3u8 {
+        let before = rx(&d);
+        let answer = d
+            .upgrade(&[])
+            .unwrap_or_else(|e| panic!("upgrade {round}: {e}"));
+        assert_eq!(answer["ports"], 2, "{answer}");
+        assert!(rx(&d) >= before, "counters carried");
+        assert_eq!(
+            xdp_attached(&veth.outer).as_deref(),
+            Some(mode.as_str()),
+            "the program stayed"
+        );
+        ping_the_kernel(&vm_sock, 1, &[&[round; 300]]);
+        let (_, p) = call(&d, "GET", "/v1/ports/wire", None);
+        assert_eq!(p["state"]["connected"], true, "{p}");
+    }
+    assert!(
+        d.log_text()
+            .contains("AF_XDP socket carried on from the previous process"),
+        "{}",
+        d.log_text()
+    );
+    let (code, body) = call(&d, "DELETE", "/v1/ports/wire", None);
+    assert_eq!(code, 204, "{body}");
+    vringswitch_tests::wait_until(T, "the XDP program to go with its port", || {
+        xdp_attached(&veth.outer).is_none().then_some(())
+    });
 }

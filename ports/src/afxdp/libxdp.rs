@@ -17,7 +17,7 @@
 
 use std::ffi::{c_char, c_int, c_void, CString};
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
@@ -121,6 +121,10 @@ struct Api {
     ) -> c_int,
     socket_delete: unsafe extern "C" fn(*mut c_void),
     socket_fd: unsafe extern "C" fn(*const c_void) -> c_int,
+    multiprog_get: unsafe extern "C" fn(c_int) -> *mut c_void,
+    multiprog_detach: unsafe extern "C" fn(*mut c_void) -> c_int,
+    multiprog_close: unsafe extern "C" fn(*mut c_void),
+    get_error: unsafe extern "C" fn(*const c_void) -> std::ffi::c_long,
     /// Kept loaded for the life of the process: the functions above point into it.
     _lib: libloading::Library,
 }
@@ -144,9 +148,10 @@ fn load() -> Result<Api, LoadError> {
     // SAFETY: libxdp's and libbpf's initialisers only set up their own state.
     let lib = unsafe { libloading::Library::new(LIBXDP) }.map_err(err)?;
     // SAFETY: for each `get`, the types are those of the functions' prototypes in libxdp's
-    // xsk.h (`xsk_umem__create`, ...) and libxdp.h / libbpf.h (the print setters), with
-    // pointers to the opaque `xsk_umem` and `xsk_socket` as `c_void`; the setters take a
-    // callback of the type `print` has, or none.
+    // xsk.h (`xsk_umem__create`, ...) and libxdp.h / libbpf.h (the multiprog functions,
+    // `libxdp_get_error`, the print setters), with pointers to the opaque `xsk_umem`,
+    // `xsk_socket` and `xdp_multiprog` as `c_void`; the setters take a callback of the type
+    // `print` has, or none.
     unsafe {
         let api = Api {
             umem_create: *lib.get(b"xsk_umem__create\0").map_err(err)?,
@@ -154,6 +159,10 @@ fn load() -> Result<Api, LoadError> {
             socket_create: *lib.get(b"xsk_socket__create\0").map_err(err)?,
             socket_delete: *lib.get(b"xsk_socket__delete\0").map_err(err)?,
             socket_fd: *lib.get(b"xsk_socket__fd\0").map_err(err)?,
+            multiprog_get: *lib.get(b"xdp_multiprog__get_from_ifindex\0").map_err(err)?,
+            multiprog_detach: *lib.get(b"xdp_multiprog__detach\0").map_err(err)?,
+            multiprog_close: *lib.get(b"xdp_multiprog__close\0").map_err(err)?,
+            get_error: *lib.get(b"libxdp_get_error\0").map_err(err)?,
             _lib: lib,
         };
         // Their messages go to the log, not to stderr. libbpf comes with libxdp: its
@@ -248,9 +257,37 @@ pub struct Socket {
     comp: Option<Box<RawRing>>,
     rx: Option<Box<RawRing>>,
     tx: Option<Box<RawRing>>,
+    /// A socket adopted from the process before this one ([`Socket::adopt`]): its
+    /// descriptor and the rings as mapped here. No libxdp object: dropping it unmaps the
+    /// rings and closes the descriptor.
+    adopted: Option<Box<Adopted>>,
     /// The UMEM's memory, kept mapped until after the socket and UMEM are deleted (fields
     /// drop after `Drop::drop`).
     _umem_mem: FrameMem,
+}
+
+/// An adopted socket's own parts.
+struct Adopted {
+    /// Closed on drop.
+    _fd: OwnedFd,
+    /// Unmapped on drop.
+    _maps: Vec<RingMap>,
+}
+
+/// One ring of an adopted socket, mapped from its descriptor; unmapped on drop.
+struct RingMap {
+    at: NonNull<c_void>,
+    len: usize,
+}
+
+impl Drop for RingMap {
+    fn drop(&mut self) {
+        // SAFETY: `at` and `len` are what one mmap returned and was asked for. The ring
+        // ends pointing into the mapping (a Producer or Consumer) are no longer used: the
+        // socket is dropped with its queue, whose ring ends no one uses by then, and they
+        // touch nothing as they drop.
+        unsafe { libc::munmap(self.at.as_ptr(), self.len) };
+    }
 }
 
 // SAFETY: the handles are only used by `Drop` (libxdp's objects are not tied to a thread);
@@ -303,6 +340,7 @@ impl Socket {
         let mut s = Socket {
             umem: None,
             socket: None,
+            adopted: None,
             fd: -1,
             fill: Some(Box::new(RawRing::empty())),
             comp: Some(Box::new(RawRing::empty())),
@@ -395,6 +433,163 @@ impl Socket {
         self.fd
     }
 
+    /// A duplicate of the socket's descriptor, for the process replacing this one.
+    pub fn dup_fd(&self) -> io::Result<OwnedFd> {
+        // SAFETY: `fd` is the socket's, open for as long as `self` (libxdp's or ours).
+        unsafe { BorrowedFd::borrow_raw(self.fd) }.try_clone_to_owned()
+    }
+
+    /// Checks that `fd` is an AF_XDP socket. (Which interface and queue it is bound to the
+    /// kernel does not say through the socket: AF_XDP sockets have no getsockname.)
+    pub fn check_is_xdp(fd: &OwnedFd) -> io::Result<()> {
+        let mut domain: c_int = 0;
+        let mut len = std::mem::size_of::<c_int>() as libc::socklen_t;
+        // SAFETY: the kernel writes at most `len` bytes into `domain`, an int.
+        let r = unsafe {
+            libc::getsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_DOMAIN,
+                (&mut domain as *mut c_int).cast(),
+                &mut len,
+            )
+        };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if domain != libc::AF_XDP {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the descriptor is not an AF_XDP socket",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Takes on AF_XDP socket `fd`, bound by the process before this one with its UMEM in
+    /// `mem` (this process's mapping of the same memory) and rings of `geometry.ring`
+    /// entries: maps the four rings from the descriptor, as libxdp maps them, and starts
+    /// each ring end where that process left it (every entry it reserved submitted, every
+    /// entry it peeked released: true between two bursts).
+    pub fn adopt(fd: OwnedFd, mem: &FrameMem, geometry: Geometry) -> Result<Socket, SocketError> {
+        let bad =
+            |what: String| SocketError::Socket(io::Error::new(io::ErrorKind::InvalidData, what));
+        if !geometry.ring.is_power_of_two() || geometry.ring > 1 << 15 {
+            return Err(bad(format!("rings of {} entries", geometry.ring)));
+        }
+        Self::check_is_xdp(&fd).map_err(SocketError::Socket)?;
+        // SAFETY: xdp_mmap_offsets is plain data; all zeroes is a valid value.
+        let mut off: libc::xdp_mmap_offsets = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::xdp_mmap_offsets>() as libc::socklen_t;
+        // SAFETY: the kernel writes at most `len` bytes into `off`, an xdp_mmap_offsets.
+        let r = unsafe {
+            libc::getsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_XDP,
+                libc::XDP_MMAP_OFFSETS,
+                (&mut off as *mut libc::xdp_mmap_offsets).cast(),
+                &mut len,
+            )
+        };
+        if r < 0 {
+            return Err(SocketError::Socket(io::Error::last_os_error()));
+        }
+        if len as usize != std::mem::size_of::<libc::xdp_mmap_offsets>() {
+            return Err(bad("a kernel without ring flags (before 5.4)".into()));
+        }
+        let size = geometry.ring;
+        let mut maps = Vec::new();
+        let mut map = |pgoff: u64, o: &libc::xdp_ring_offset, entry: usize| {
+            let len = usize::try_from(o.desc)
+                .ok()
+                .and_then(|d| d.checked_add(size as usize * entry))
+                .ok_or_else(|| bad("ring offsets out of range".into()))?;
+            for field in [o.producer, o.consumer, o.flags] {
+                if field.checked_add(4).is_none_or(|end| end > o.desc) {
+                    return Err(bad("ring offsets out of order".into()));
+                }
+            }
+            // SAFETY: a new shared mapping of the socket's ring at `pgoff`, `len` bytes:
+            // the kernel refuses a length beyond the ring it made. Nothing else is mapped
+            // over; the result is checked.
+            let at = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    len,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_SHARED | libc::MAP_POPULATE,
+                    fd.as_raw_fd(),
+                    pgoff as libc::off_t,
+                )
+            };
+            if at == libc::MAP_FAILED {
+                return Err(SocketError::Socket(io::Error::last_os_error()));
+            }
+            let at = NonNull::new(at).ok_or_else(|| bad("mapped at address 0".into()))?;
+            maps.push(RingMap { at, len });
+            let base = at.as_ptr().cast::<u8>();
+            // SAFETY: each offset lies within the mapping (checked above: below `desc`, and
+            // `desc` plus the entries is `len`).
+            let ring = unsafe {
+                RawRing {
+                    cached_prod: 0,
+                    cached_cons: 0,
+                    mask: size - 1,
+                    size,
+                    producer: base.add(o.producer as usize).cast(),
+                    consumer: base.add(o.consumer as usize).cast(),
+                    ring: base.add(o.desc as usize).cast(),
+                    flags: base.add(o.flags as usize).cast(),
+                }
+            };
+            Ok(Box::new(ring))
+        };
+        let desc = std::mem::size_of::<XdpDesc>();
+        let mut rx = map(libc::XDP_PGOFF_RX_RING as u64, &off.rx, desc)?;
+        let mut tx = map(libc::XDP_PGOFF_TX_RING as u64, &off.tx, desc)?;
+        let mut fill = map(libc::XDP_UMEM_PGOFF_FILL_RING, &off.fr, 8)?;
+        let mut comp = map(libc::XDP_UMEM_PGOFF_COMPLETION_RING, &off.cr, 8)?;
+        // Producers as xsk.h sets them up, from where they are: the consumer seen `size`
+        // ahead. Consumers: nothing peeked.
+        for p in [&mut tx, &mut fill] {
+            p.cached_prod = p.producer().load(Ordering::Acquire);
+            p.cached_cons = p.consumer().load(Ordering::Acquire).wrapping_add(size);
+        }
+        for c in [&mut rx, &mut comp] {
+            c.cached_cons = c.consumer().load(Ordering::Acquire);
+            c.cached_prod = c.cached_cons;
+        }
+        let raw = fd.as_raw_fd();
+        Ok(Socket {
+            umem: None,
+            socket: None,
+            fd: raw,
+            fill: Some(fill),
+            comp: Some(comp),
+            rx: Some(rx),
+            tx: Some(tx),
+            adopted: Some(Box::new(Adopted {
+                _fd: fd,
+                _maps: maps,
+            })),
+            _umem_mem: mem.clone(),
+        })
+    }
+
+    /// Lets go of the socket without deleting it (another process carries it on): libxdp's
+    /// objects are left as they are, their descriptors open until this process exits, so
+    /// that the XDP program and its map entry stay. For a socket adopted here, nothing to
+    /// do but drop it.
+    pub fn leave_open(&mut self) {
+        self.umem = None;
+        self.socket = None;
+    }
+
+    /// Whether the socket was adopted from the process before this one.
+    pub fn is_adopted(&self) -> bool {
+        self.adopted.is_some()
+    }
+
     /// The fill and RX rings (the receiving side), once.
     pub fn take_rx_side(&mut self) -> Option<(Producer, Consumer)> {
         let fill = Producer::new(self.fill.take()?);
@@ -446,6 +641,29 @@ impl Drop for Socket {
             }
         }
     }
+}
+
+/// Detaches the XDP programs from interface `ifindex` (what libxdp does when the last of
+/// its own sockets on it goes; an adopted socket has no libxdp object to do it). Nothing
+/// to detach is no error.
+pub fn detach_programs(ifindex: u32) -> Result<(), String> {
+    let api = api().map_err(|e| e.to_string())?;
+    let ifindex = c_int::try_from(ifindex).map_err(|_| "interface index out of range")?;
+    // SAFETY: libxdp returns a multiprog object or an error pointer (checked with
+    // libxdp_get_error before any other use); the object is detached and closed once.
+    unsafe {
+        let mp = (api.multiprog_get)(ifindex);
+        if mp.is_null() || (api.get_error)(mp) != 0 {
+            // ENOENT: nothing attached.
+            return Ok(());
+        }
+        let r = (api.multiprog_detach)(mp);
+        (api.multiprog_close)(mp);
+        if r < 0 {
+            return Err(io::Error::from_raw_os_error(-r).to_string());
+        }
+    }
+    Ok(())
 }
 
 /// Wakes the kernel to send what a TX ring holds. `Ok(true)`: it took the call; `Ok(false)`:

@@ -92,9 +92,23 @@ pub struct AfXdpQueue {
     mem: FrameMem,
     attach: Attach,
     ifindex: u32,
+    /// Handed over: nothing of the socket is undone here.
+    left_open: bool,
+    /// What the data path never reads, apart.
+    cold: Box<ColdParts>,
     /// Sending found the interface gone. Workers leave the queue alone; the port's monitor
     /// withdraws it.
     failed: AtomicBool,
+}
+
+/// The parts of an [`AfXdpQueue`] the monitor and a handover use.
+struct ColdParts {
+    /// The UMEM's memory file, to hand to the process replacing this one.
+    umem_file: std::fs::File,
+    /// The queue of the interface the socket is bound to.
+    queue: u32,
+    /// What the kernel had counted as dropped on the socket when last looked at.
+    counted: Mutex<KernelDrops>,
 }
 
 /// The receiving side: frames the kernel filled, and the fill ring they go back to.
@@ -145,7 +159,8 @@ impl AfXdpQueue {
         })?;
         crate::netif::set_up(ifname, None).map_err(|e| fail(e.to_string()))?;
         let size = (UMEM_FRAMES * FRAME_SIZE) as usize;
-        let mem = crate::frame::host_memory(size).map_err(|e| fail(e.to_string()))?;
+        let (mem, umem_file) = crate::frame::shared_host_memory(size, "vringswitch-umem")
+            .map_err(|e| fail(e.to_string()))?;
         let geometry = Geometry {
             ring: RING_SIZE,
             frame: FRAME_SIZE,
@@ -201,6 +216,7 @@ impl AfXdpQueue {
             pending: 0,
             fd,
         };
+        live(ifindex, 1);
         Ok(AfXdpQueue {
             socket,
             rx: Mutex::new(rx),
@@ -208,8 +224,126 @@ impl AfXdpQueue {
             mem,
             attach,
             ifindex,
+            left_open: false,
+            cold: Box::new(ColdParts {
+                umem_file,
+                queue,
+                counted: Mutex::new(KernelDrops::default()),
+            }),
             failed: AtomicBool::new(false),
         })
+    }
+
+    /// Carries on the socket the process before this one bound to queue `queue` of
+    /// `ifname` ([`HandedQueue`]): checked to be an AF_XDP socket bound there, its UMEM a
+    /// sealed memory file of the size this release makes, its free sending frames frames
+    /// of the sending half, each once.
+    pub fn adopt(ifname: &str, queue: u32, handed: HandedQueue) -> Result<AfXdpQueue, AfXdpError> {
+        let fail = |error: String| AfXdpError {
+            ifname: ifname.to_owned(),
+            error: format!("the socket handed over cannot be carried on: {error}"),
+        };
+        let ifindex = crate::netif::ifindex(ifname)
+            .ok_or_else(|| fail("there is no interface of that name".into()))?;
+        if handed.bound != (ifindex, queue) {
+            return Err(fail(format!(
+                "it is bound to queue {} of interface index {}, not queue {queue} of {ifindex}",
+                handed.bound.1, handed.bound.0
+            )));
+        }
+        let size = (UMEM_FRAMES * FRAME_SIZE) as usize;
+        let mem = crate::frame::map_shared(&handed.umem, size).map_err(|e| fail(e.to_string()))?;
+        let sending = u64::from(RING_SIZE * FRAME_SIZE)..u64::from(UMEM_FRAMES * FRAME_SIZE);
+        let mut seen = std::collections::HashSet::new();
+        let well_formed = handed.free.len() <= SENDING_FRAMES
+            && handed
+                .free
+                .iter()
+                .all(|&a| sending.contains(&a) && a % u64::from(FRAME_SIZE) == 0 && seen.insert(a));
+        if !well_formed {
+            return Err(fail(
+                "its free frames are not frames of the sending half, each once".into(),
+            ));
+        }
+        let geometry = Geometry {
+            ring: RING_SIZE,
+            frame: FRAME_SIZE,
+        };
+        let mut socket =
+            Socket::adopt(handed.socket, &mem, geometry).map_err(|e| fail(explain(&e)))?;
+        let broken = || fail("its rings could not be mapped".into());
+        let (fill, rx) = socket.take_rx_side().ok_or_else(broken)?;
+        let (tx, comp) = socket.take_tx_side().ok_or_else(broken)?;
+        let fd = socket.fd();
+        live(ifindex, 1);
+        Ok(AfXdpQueue {
+            socket,
+            rx: Mutex::new(RxSide {
+                fill,
+                rx,
+                taken: Vec::with_capacity(RING_SIZE as usize),
+                rx_index: 0,
+                kick_fd: fd,
+            }),
+            tx: Mutex::new(TxSide {
+                tx,
+                comp,
+                free: handed.free,
+                pending: 0,
+                fd,
+            }),
+            mem,
+            attach: handed.attach,
+            ifindex,
+            left_open: false,
+            cold: Box::new(ColdParts {
+                umem_file: handed.umem,
+                queue,
+                counted: Mutex::new(KernelDrops {
+                    no_room: handed.counted.0,
+                    invalid: handed.counted.1,
+                }),
+            }),
+            failed: AtomicBool::new(false),
+        })
+    }
+
+    /// What the process replacing this one needs to carry the socket on, between two
+    /// bursts (no worker holds either side): the socket, the UMEM's file, how it is
+    /// attached, and the sending frames that are free.
+    pub fn hand_over(&self) -> Result<HandedQueue, String> {
+        let rx = self
+            .rx()
+            .ok_or("a worker is in the middle of receiving from it")?;
+        let tx = self.tx();
+        if !rx.taken.is_empty() || tx.pending != 0 {
+            return Err("a worker is in the middle of a burst on it".into());
+        }
+        let socket = self
+            .socket
+            .dup_fd()
+            .map_err(|e| format!("cannot duplicate its socket: {e}"))?;
+        let umem = self
+            .cold
+            .umem_file
+            .try_clone()
+            .map_err(|e| format!("cannot duplicate its memory file: {e}"))?;
+        let counted = self.cold.counted.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(HandedQueue {
+            socket,
+            umem,
+            attach: self.attach,
+            free: tx.free.clone(),
+            bound: (self.ifindex, self.cold.queue),
+            counted: (counted.no_room, counted.invalid),
+        })
+    }
+
+    /// Lets go of the socket without deleting it: the process that adopted it carries it
+    /// on, with the XDP program and its map entry as they are.
+    pub fn leave_open(mut self) {
+        self.left_open = true;
+        self.socket.leave_open();
     }
 
     /// The UMEM: the memory frames are received into and sent from.
@@ -262,6 +396,57 @@ impl AfXdpQueue {
     /// replaced by another of the same name).
     pub fn interface_is_there(&self, ifname: &str) -> bool {
         crate::netif::ifindex(ifname) == Some(self.ifindex)
+    }
+}
+
+/// What a process hands over of an AF_XDP socket ([`AfXdpQueue::hand_over`]).
+#[derive(Debug)]
+pub struct HandedQueue {
+    pub socket: std::os::fd::OwnedFd,
+    pub umem: std::fs::File,
+    pub attach: Attach,
+    /// Sending frames not in the kernel's hands.
+    pub free: Vec<u64>,
+    /// The interface index and queue it is bound to.
+    pub bound: (u32, u32),
+    /// What the kernel had counted as dropped on the socket (for want of room, invalid)
+    /// and the old process added to its counters.
+    pub counted: (u64, u64),
+}
+
+/// AF_XDP sockets of this process, by interface index: libxdp removes the XDP program
+/// with the last of its own sockets on an interface; for sockets adopted from the process
+/// before this one (which libxdp knows nothing of) it is removed here, with the last
+/// socket of either kind.
+fn live(ifindex: u32, delta: isize) -> usize {
+    static LIVE: Mutex<Vec<(u32, usize)>> = Mutex::new(Vec::new());
+    let mut live = LIVE.lock().unwrap_or_else(|p| p.into_inner());
+    let at = match live.iter().position(|(i, _)| *i == ifindex) {
+        Some(at) => at,
+        None => {
+            live.push((ifindex, 0));
+            live.len() - 1
+        }
+    };
+    let n = live[at].1.saturating_add_signed(delta);
+    live[at].1 = n;
+    if n == 0 {
+        live.swap_remove(at);
+    }
+    n
+}
+
+impl Drop for AfXdpQueue {
+    fn drop(&mut self) {
+        let left = live(self.ifindex, -1);
+        // An adopted socket, the last of this process on its interface: its program goes
+        // (a libxdp socket's goes with libxdp's own deletion).
+        if !self.left_open && self.socket.is_adopted() && left == 0 {
+            if let Err(e) = libxdp::detach_programs(self.ifindex) {
+                tracing::warn!(ifindex = self.ifindex, error = %e,
+                    "cannot remove the XDP program of an AF_XDP port carried over");
+            }
+        }
     }
 }
 
@@ -457,11 +642,32 @@ impl AfXdpPort {
         config: AfXdpPortConfig,
     ) -> Result<AfXdpPort, AfXdpError> {
         publish(&handle, &config)?;
-        let ifname = config.ifname.clone();
-        let watched = XdpWatch {
-            config,
-            counted: KernelDrops::default(),
+        Self::watch(handle, config)
+    }
+
+    /// Carries on the socket the process before this one handed over (`None`: its
+    /// interface was gone then; the port starts as at a start).
+    pub fn take_over(
+        handle: Arc<PortHandle>,
+        config: AfXdpPortConfig,
+        handed: Option<HandedQueue>,
+    ) -> Result<AfXdpPort, AfXdpError> {
+        let Some(handed) = handed else {
+            return Self::start(handle, config);
         };
+        let queue = AfXdpQueue::adopt(&config.ifname, config.queue, handed)?;
+        tracing::info!(port = %handle.name(), ifname = %config.ifname, queue = config.queue,
+            mode = %attach_name(queue.attach()),
+            "AF_XDP socket carried on from the previous process");
+        handle.set_connected(true);
+        handle.attach(Arc::new(Attachment::AfXdp(queue)));
+        Self::watch(handle, config)
+    }
+
+    /// Starts the port's monitor.
+    fn watch(handle: Arc<PortHandle>, config: AfXdpPortConfig) -> Result<AfXdpPort, AfXdpError> {
+        let ifname = config.ifname.clone();
+        let watched = XdpWatch { config };
         let watch =
             Watch::start(format!("xdp-{ifname}"), handle.clone(), watched).map_err(|e| {
                 AfXdpError {
@@ -503,6 +709,109 @@ impl RunningPort for AfXdpPort {
     fn stop(&mut self) {
         AfXdpPort::stop(self)
     }
+
+    fn handover_refusal(&self) -> Option<String> {
+        None
+    }
+
+    /// Hands over the socket (bound, its XDP program and map entry in place), the UMEM's
+    /// memory file and the state of the sending half, then lets go of the socket without
+    /// deleting it. Bytes: 1 if a socket follows (0: the interface was gone), then whether
+    /// it is native and zero-copy (a byte each), the interface index and queue it is bound
+    /// to (two u32), the kernel's drop counts as counted (two u64), and the free sending
+    /// frames (a u32 count, then u64 addresses), little-endian;
+    /// descriptors: the socket, the memory file.
+    fn hand_over(&mut self) -> Result<crate::port::HandedPort, String> {
+        let attachment = self.handle.attachment();
+        let queue = match attachment.as_deref() {
+            Some(Attachment::AfXdp(q)) if !q.failed() => {
+                q.count_kernel_drops(&self.handle);
+                Some(q.hand_over()?)
+            }
+            _ => None,
+        };
+        drop(attachment);
+        let withdrawn = self.watch.stop_for_handover(&self.handle);
+        self.handle.set_connected(false);
+        // The socket stays as it is for the new process: not deleted here.
+        if let Some(a) = withdrawn {
+            match Arc::try_unwrap(a) {
+                Ok(Attachment::AfXdp(q)) => q.leave_open(),
+                Ok(_) => {}
+                Err(shared) => std::mem::forget(shared),
+            }
+        }
+        let mut handed = crate::port::HandedPort::default();
+        let Some(q) = queue else {
+            handed.data.push(0);
+            return Ok(handed);
+        };
+        handed
+            .data
+            .extend([1, u8::from(q.attach.native), u8::from(q.attach.zero_copy)]);
+        handed.data.extend(q.bound.0.to_le_bytes());
+        handed.data.extend(q.bound.1.to_le_bytes());
+        handed.data.extend(q.counted.0.to_le_bytes());
+        handed.data.extend(q.counted.1.to_le_bytes());
+        handed.data.extend((q.free.len() as u32).to_le_bytes());
+        for a in &q.free {
+            handed.data.extend(a.to_le_bytes());
+        }
+        handed.fds.push(q.socket);
+        handed.fds.push(q.umem.into());
+        Ok(handed)
+    }
+}
+
+/// The socket of a [`crate::port::HandedPort`] an AF_XDP port wrote, or why it does not
+/// read.
+fn read_handed(handed: crate::port::HandedPort) -> Result<Option<HandedQueue>, String> {
+    let d = &handed.data;
+    let mut fds = handed.fds.into_iter();
+    let (Some(&has), rest) = (d.first(), d.get(1..).unwrap_or(&[])) else {
+        return Err("no bytes".into());
+    };
+    if has == 0 && rest.is_empty() && fds.next().is_none() {
+        return Ok(None);
+    }
+    let word = |at: usize, n: usize| -> Result<u64, String> {
+        let b = rest.get(at..at + n).ok_or("cut short")?;
+        let mut w = [0u8; 8];
+        w[..n].copy_from_slice(b);
+        Ok(u64::from_le_bytes(w))
+    };
+    let flag = |at: usize| match rest.get(at) {
+        Some(0) => Ok(false),
+        Some(1) => Ok(true),
+        _ => Err("a flag that is neither 0 nor 1".to_string()),
+    };
+    if has != 1 {
+        return Err("a flag that is neither 0 nor 1".into());
+    }
+    let attach = Attach {
+        native: flag(0)?,
+        zero_copy: flag(1)?,
+    };
+    let bound = (word(2, 4)? as u32, word(6, 4)? as u32);
+    let counted = (word(10, 8)?, word(18, 8)?);
+    let n = word(26, 4)? as usize;
+    if n > SENDING_FRAMES || rest.len() != 30 + 8 * n {
+        return Err(format!("{n} free frames in {} bytes", rest.len()));
+    }
+    let free = (0..n)
+        .map(|i| word(30 + 8 * i, 8))
+        .collect::<Result<Vec<_>, _>>()?;
+    let (Some(socket), Some(umem), None) = (fds.next(), fds.next(), fds.next()) else {
+        return Err("not a socket and a memory file".into());
+    };
+    Ok(Some(HandedQueue {
+        socket,
+        umem: std::fs::File::from(umem),
+        attach,
+        free,
+        bound,
+        counted,
+    }))
 }
 
 /// Starts an AF_XDP port as its settings say (on the interface named after the port
@@ -511,34 +820,40 @@ pub fn start_port(
     handle: Arc<PortHandle>,
     settings: &AfXdpSettings,
 ) -> Result<Box<dyn RunningPort>, StartError> {
-    let config = AfXdpPortConfig {
+    let config = config_of(&handle, settings);
+    AfXdpPort::start(handle, config)
+        .map(|p| Box::new(p) as Box<dyn RunningPort>)
+        .map_err(StartError::new)
+}
+
+/// Carries on an AF_XDP port the process before this one handed over
+/// ([`RunningPort::hand_over`]).
+pub fn take_over_port(
+    handle: Arc<PortHandle>,
+    settings: &AfXdpSettings,
+    handed: crate::port::HandedPort,
+) -> Result<crate::port::TakenOver, StartError> {
+    let config = config_of(&handle, settings);
+    let queue = read_handed(handed).map_err(|e| {
+        StartError::new(AfXdpError {
+            ifname: config.ifname.clone(),
+            error: format!("what the previous process handed over does not read: {e}"),
+        })
+    })?;
+    AfXdpPort::take_over(handle, config, queue)
+        .map(|p| (Box::new(p) as Box<dyn RunningPort>, Ok(())))
+        .map_err(StartError::new)
+}
+
+fn config_of(handle: &PortHandle, settings: &AfXdpSettings) -> AfXdpPortConfig {
+    AfXdpPortConfig {
         ifname: settings
             .ifname
             .clone()
             .unwrap_or_else(|| handle.name().to_owned()),
         queue: settings.queue.unwrap_or(0),
         mode: settings.xdp_mode.unwrap_or_default(),
-    };
-    AfXdpPort::start(handle, config)
-        .map(|p| Box::new(p) as Box<dyn RunningPort>)
-        .map_err(StartError::new)
-}
-
-/// An AF_XDP port is not carried over by an upgrade yet: the old process refuses the
-/// upgrade while it has one ([`RunningPort::handover_refusal`]'s default), so nothing of
-/// this kind ever arrives here; if something does, it is refused.
-pub fn take_over_port(
-    _handle: Arc<PortHandle>,
-    settings: &AfXdpSettings,
-    _handed: crate::port::HandedPort,
-) -> Result<crate::port::TakenOver, StartError> {
-    Err(StartError::new(std::io::Error::new(
-        std::io::ErrorKind::Unsupported,
-        format!(
-            "AF_XDP port on {} cannot be carried over by an upgrade",
-            settings.ifname.as_deref().unwrap_or("its interface")
-        ),
-    )))
+    }
 }
 
 /// Frames the kernel dropped on a socket's way in, as counted so far.
@@ -548,6 +863,17 @@ struct KernelDrops {
     no_room: u64,
     /// Descriptors it found invalid (the switch's own, on either ring).
     invalid: u64,
+}
+
+impl AfXdpQueue {
+    /// Adds to the port's counters what the kernel dropped on the socket since last time.
+    fn count_kernel_drops(&self, handle: &PortHandle) {
+        self.cold
+            .counted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .add_new(self, handle);
+    }
 }
 
 impl KernelDrops {
@@ -574,8 +900,6 @@ impl KernelDrops {
 /// The monitor's view of an AF_XDP port.
 struct XdpWatch {
     config: AfXdpPortConfig,
-    /// What the kernel had counted for the current socket when last looked at.
-    counted: KernelDrops,
 }
 
 impl Watched for XdpWatch {
@@ -589,11 +913,10 @@ impl Watched for XdpWatch {
         let Attachment::AfXdp(q) = att else {
             return None;
         };
-        self.counted.add_new(q, handle);
+        q.count_kernel_drops(handle);
         if !q.failed() && q.interface_is_there(&self.config.ifname) {
             return Some(Health::Up);
         }
-        self.counted = KernelDrops::default();
         Some(Health::Gone)
     }
 
@@ -602,7 +925,73 @@ impl Watched for XdpWatch {
     }
 
     fn reopen(&mut self, handle: &PortHandle) -> Result<(), String> {
-        self.counted = KernelDrops::default();
         publish(handle, &self.config).map_err(|e| e.error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::OwnedFd;
+
+    fn fd() -> OwnedFd {
+        OwnedFd::from(std::fs::File::open("/dev/null").unwrap())
+    }
+
+    /// Bytes as `hand_over` writes them: a socket, two free frames.
+    fn written() -> Vec<u8> {
+        let mut d = vec![1, 1, 0];
+        d.extend(7u32.to_le_bytes());
+        d.extend(0u32.to_le_bytes());
+        d.extend(5u64.to_le_bytes());
+        d.extend(6u64.to_le_bytes());
+        d.extend(2u32.to_le_bytes());
+        let base = u64::from(RING_SIZE * FRAME_SIZE);
+        d.extend(base.to_le_bytes());
+        d.extend((base + u64::from(FRAME_SIZE)).to_le_bytes());
+        d
+    }
+
+    fn handed(data: Vec<u8>, fds: usize) -> crate::port::HandedPort {
+        crate::port::HandedPort {
+            data,
+            fds: (0..fds).map(|_| fd()).collect(),
+        }
+    }
+
+    #[test]
+    fn a_handed_socket_reads_back_and_anything_else_is_refused() {
+        let q = read_handed(handed(written(), 2)).unwrap().unwrap();
+        assert_eq!(q.bound, (7, 0));
+        assert_eq!(q.counted, (5, 6));
+        assert_eq!(q.free.len(), 2);
+        assert!(q.attach.native && !q.attach.zero_copy);
+        // No socket (the interface was gone): nothing.
+        assert!(read_handed(handed(vec![0], 0)).unwrap().is_none());
+        // Every truncation, a flag that is not one, too many frames, wrong descriptors.
+        let good = written();
+        for cut in 0..good.len() {
+            assert!(read_handed(handed(good[..cut].to_vec(), 2)).is_err(), "cut {cut}");
+        }
+        let mut bad = good.clone();
+        bad[1] = 2;
+        assert!(read_handed(handed(bad, 2)).is_err());
+        let mut bad = good.clone();
+        bad[27..31].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(read_handed(handed(bad, 2)).is_err());
+        assert!(read_handed(handed(good.clone(), 1)).is_err());
+        assert!(read_handed(handed(good, 3)).is_err());
+        assert!(read_handed(handed(vec![0], 1)).is_err());
+    }
+
+    #[test]
+    fn the_live_sockets_of_an_interface_are_counted() {
+        // An interface index no test uses.
+        let i = u32::MAX - 7;
+        assert_eq!(live(i, 1), 1);
+        assert_eq!(live(i, 1), 2);
+        assert_eq!(live(i, -1), 1);
+        assert_eq!(live(i, -1), 0);
+        assert_eq!(live(i, -1), 0, "never below none");
     }
 }

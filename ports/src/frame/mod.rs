@@ -36,6 +36,42 @@ pub fn host_memory(len: usize) -> std::io::Result<FrameMem> {
         .map_err(|e| std::io::Error::other(format!("cannot map {len} bytes of buffers: {e}")))
 }
 
+/// [`host_memory`] in a memfd named `name`: memory another process can map too (an AF_XDP
+/// UMEM handed to the daemon replacing this one), with the file.
+pub fn shared_host_memory(len: usize, name: &str) -> std::io::Result<(FrameMem, std::fs::File)> {
+    use rustix::fs::{memfd_create, MemfdFlags};
+    let file = std::fs::File::from(
+        memfd_create(name, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)
+            .map_err(std::io::Error::from)?,
+    );
+    file.set_len(len as u64)?;
+    // Its size is fixed from now on: no one holding the file can shrink it under a mapping.
+    rustix::fs::fcntl_add_seals(
+        &file,
+        rustix::fs::SealFlags::SHRINK | rustix::fs::SealFlags::GROW | rustix::fs::SealFlags::SEAL,
+    )
+    .map_err(std::io::Error::from)?;
+    let mem = map_shared(&file, len)?;
+    Ok((mem, file))
+}
+
+/// Maps `file`, a memfd of [`shared_host_memory`] (another process's, handed over), as
+/// memory of `len` bytes from address 0: refused unless the file is that long and sealed
+/// against shrinking, so that no access through the mapping can fault.
+pub fn map_shared(file: &std::fs::File, len: usize) -> std::io::Result<FrameMem> {
+    let size = file.metadata()?.len();
+    let seals = rustix::fs::fcntl_get_seals(file).map_err(std::io::Error::from)?;
+    if size != len as u64 || !seals.contains(rustix::fs::SealFlags::SHRINK) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("the memory file is {size} bytes, or may shrink; {len} sealed bytes were due"),
+        ));
+    }
+    let offset = vm_memory::FileOffset::new(file.try_clone()?, 0);
+    FrameMem::from_ranges_with_files(&[(vm_memory::GuestAddress(0), len, Some(offset))])
+        .map_err(|e| std::io::Error::other(format!("cannot map {len} bytes of buffers: {e}")))
+}
+
 /// A range of the memory a frame lies in (a VM's buffer, a TAP or AF_XDP port's own), as
 /// its port kind took it: checked against that memory before any access.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
