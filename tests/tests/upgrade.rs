@@ -496,14 +496,17 @@ fn qemu_guests_lose_no_ping_and_no_byte_and_see_no_link_change_through_ten_upgra
     use vringswitch_tests::guest::{Guest, GuestSpec, BOOT_AND_PING};
     const STREAM_MB: u32 = 120;
     let dir = TempDir::new("upgrade-qemu");
+    // g1 is a multiqueue guest: each of its two CPUs pings over its own queue pair.
     let layout = Layout::new()
         .bridge("br0")
-        .ports(["g1", "g2"].map(|p| server_port(dir.path(), p, "br0", 1)));
+        .port(server_port(dir.path(), "g1", "br0", 2))
+        .port(server_port(dir.path(), "g2", "br0", 1));
     let mut d = Daemon::start(dir.path(), &layout.toml(), &layout.sockets());
     let sock = |p: &str| dir.path().join(format!("{p}.sock"));
     let g1 = Guest::boot(
         dir.path(),
         &GuestSpec::new("g1", &sock("g1"), 1, 2)
+            .multiqueue(2, 2)
             .sending("10.0.0.2", 5001, STREAM_MB)
             .pinging_every("0.01", 100)
             .counting("0.5"),
@@ -516,6 +519,7 @@ fn qemu_guests_lose_no_ping_and_no_byte_and_see_no_link_change_through_ten_upgra
             .counting("0.5"),
     );
     g1.wait_clean_round(0, "g1 -> g2 pings");
+    g1.wait_clean_round_of("VS-PING1", 0, "g1's second CPU's pings");
     g2.wait_clean_round(0, "g2 -> g1 pings");
     let md5 = wait_until(BOOT_AND_PING, "g1 to start its TCP stream", || {
         g1.sent_md5()
@@ -527,6 +531,8 @@ fn qemu_guests_lose_no_ping_and_no_byte_and_see_no_link_change_through_ten_upgra
     };
     let (c1, c2) = (carrier(&g1), carrier(&g2));
     let (r1, r2) = (g1.last_round(), g2.last_round());
+    let last_of = |g: &Guest, label: &str| g.rounds_of(label).last().map_or(0, |r| r.0);
+    let r1b = last_of(&g1, "VS-PING1");
     let mut paused = Vec::new();
     for round in 0..10 {
         let answer = d
@@ -541,8 +547,20 @@ fn qemu_guests_lose_no_ping_and_no_byte_and_see_no_link_change_through_ten_upgra
     // Rounds that began after the upgrades started and ended after the last one.
     let e1 = g1.wait_clean_round(g1.last_round(), "g1 pings after the upgrades");
     let e2 = g2.wait_clean_round(g2.last_round(), "g2 pings after the upgrades");
+    let e1b = g1.wait_clean_round_of(
+        "VS-PING1",
+        last_of(&g1, "VS-PING1"),
+        "g1's second CPU's pings after the upgrades",
+    );
     let (lost1, rounds1) = g1.lost_pings(r1);
     let (lost2, rounds2) = g2.lost_pings(r2);
+    let second: Vec<_> = g1
+        .rounds_of("VS-PING1")
+        .into_iter()
+        .filter(|r| r.0 > r1b && r.0 <= e1b)
+        .collect();
+    let lost1b: u32 = second.iter().map(|&(_, tx, rx)| tx - rx.min(tx)).sum();
+    assert_eq!(lost1b, 0, "g1's second queue pair lost pings: {second:?}");
     eprintln!(
         "ten upgrades: forwarding paused {paused:?} ms; pings of 10 ms lost: {lost1} over \
          {rounds1} rounds from g1, {lost2} over {rounds2} from g2 (to rounds {e1}, {e2})"

@@ -971,7 +971,10 @@ mod tests {
         // Every truncation, a flag that is not one, too many frames, wrong descriptors.
         let good = written();
         for cut in 0..good.len() {
-            assert!(read_handed(handed(good[..cut].to_vec(), 2)).is_err(), "cut {cut}");
+            assert!(
+                read_handed(handed(good[..cut].to_vec(), 2)).is_err(),
+                "cut {cut}"
+            );
         }
         let mut bad = good.clone();
         bad[1] = 2;
