@@ -14,7 +14,13 @@ pub mod protocol {
     pub const ICMP: u8 = 1;
     pub const TCP: u8 = 6;
     pub const UDP: u8 = 17;
+    /// IPv6 routing header.
+    pub const ROUTING: u8 = 43;
+    /// IPv6 fragment header.
+    pub const FRAGMENT: u8 = 44;
     pub const ICMPV6: u8 = 58;
+    /// IPv6: no next header.
+    pub const NO_NEXT: u8 = 59;
     /// IPv6 destination options.
     pub const DEST_OPTS: u8 = 60;
 }
@@ -92,6 +98,12 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
     /// Whether this is a fragment: more fragments follow, or it starts past offset 0.
     pub fn is_fragment(&self) -> bool {
         be16(self.buffer.as_ref(), v4::FLAGS_FRAG) & 0x3fff != 0
+    }
+
+    /// Where this fragment's data starts in the datagram, in bytes (0: the first, or no
+    /// fragment).
+    pub fn frag_offset(&self) -> u16 {
+        (be16(self.buffer.as_ref(), v4::FLAGS_FRAG) & 0x1fff) << 3
     }
 
     pub fn ttl(&self) -> u8 {
@@ -239,6 +251,13 @@ mod tests {
             (0x1c46, 64, protocol::TCP)
         );
         assert!(!p.is_fragment(), "DF alone is no fragment");
+        assert_eq!(p.frag_offset(), 0);
+        // MF with offset 185 (1480 bytes): a middle fragment.
+        let mut frag = V4;
+        frag[6..8].copy_from_slice(&[0x20, 0xb9]);
+        let f = Ipv4Packet::new_checked(&frag[..]).unwrap();
+        assert!(f.is_fragment());
+        assert_eq!(f.frag_offset(), 1480);
         assert_eq!((p.src(), p.dst()), ([172, 16, 10, 99], [172, 16, 10, 12]));
         assert_eq!(p.addresses(), &V4[12..20]);
         assert_eq!(p.checksum(), 0xb1e6);

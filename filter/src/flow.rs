@@ -1,0 +1,365 @@
+//! What a frame is to the filter: read from the bytes after its Ethernet header (and VLAN
+//! tag), which the caller copied to the stack. Every read is bounded by those bytes; a
+//! header that does not fit them, or is at odds with itself, is [`Classified::Malformed`]
+//! (dropped by a port with groups, never passed unfiltered).
+//!
+//! IPv6 extension headers are walked (hop-by-hop, routing, destination options, fragment),
+//! at most [`MAX_EXTENSIONS`] of them. A fragment says where it stands: the first carries
+//! the transport header and is classified by it; the others carry none and can only be
+//! judged by the verdict given to their first ([`Fragment::Later`] names the datagram).
+
+use vringswitch_wire::ethernet::ethertype;
+use vringswitch_wire::ip::{protocol, Ipv4Packet, Ipv6Packet, IPV6_HEADER_LEN};
+
+/// Most IPv6 extension headers walked before the transport header; more is malformed.
+pub const MAX_EXTENSIONS: usize = 8;
+
+/// An IP frame's addresses, protocol and transport fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Flow {
+    pub v6: bool,
+    /// IPv4 addresses in the first four bytes, the rest zero.
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    /// The transport protocol (the last next header, for IPv6).
+    pub proto: u8,
+    pub l4: L4,
+    pub fragment: Fragment,
+}
+
+/// The transport fields a rule or a connection looks at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum L4 {
+    /// TCP (with its flags) or UDP ports.
+    Ports { src: u16, dst: u16, tcp_flags: u8 },
+    /// ICMP or ICMPv6: type, code, and the echo's identifier for echo requests and
+    /// replies.
+    Icmp {
+        kind: u8,
+        code: u8,
+        echo_id: Option<u16>,
+    },
+    /// Another protocol, or a fragment after the first (no transport header).
+    None,
+}
+
+/// Where a frame stands in its datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fragment {
+    /// A whole datagram.
+    Whole,
+    /// The first fragment, with the transport header: the datagram's identification.
+    First { id: u32 },
+    /// A later fragment, without it.
+    Later { id: u32 },
+}
+
+/// What a frame is to the filter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Classified {
+    Ip(Flow),
+    /// Not IP: ARP, or another EtherType (its number).
+    NotIp(u16),
+    /// IP whose headers do not fit the bytes read, or are at odds with themselves.
+    Malformed,
+}
+
+/// Echo request and reply types, ICMP and ICMPv6.
+const ICMP_ECHO: [u8; 2] = [8, 0];
+const ICMPV6_ECHO: [u8; 2] = [128, 129];
+
+/// Classifies the frame whose bytes after the Ethernet header (and VLAN tag) are `l3`, of
+/// EtherType `ethertype`. `l3` may be cut short (the caller copies a bounded prefix): the
+/// headers must fit in it.
+pub fn classify(ethertype: u16, l3: &[u8]) -> Classified {
+    match ethertype {
+        ethertype::IPV4 => v4(l3).map_or(Classified::Malformed, Classified::Ip),
+        ethertype::IPV6 => v6(l3).map_or(Classified::Malformed, Classified::Ip),
+        other => Classified::NotIp(other),
+    }
+}
+
+fn v4(b: &[u8]) -> Option<Flow> {
+    let p = Ipv4Packet::new_checked(b).ok()?;
+    let id = u32::from(p.ident());
+    let fragment = match (p.is_fragment(), p.frag_offset()) {
+        (false, _) => Fragment::Whole,
+        (true, 0) => Fragment::First { id },
+        (true, _) => Fragment::Later { id },
+    };
+    let mut src = [0u8; 16];
+    let mut dst = [0u8; 16];
+    src[..4].copy_from_slice(&p.src());
+    dst[..4].copy_from_slice(&p.dst());
+    let proto = p.protocol();
+    let l4 = match fragment {
+        Fragment::Later { .. } => L4::None,
+        _ => transport(proto, b.get(p.header_len()..)?, false)?,
+    };
+    Some(Flow {
+        v6: false,
+        src,
+        dst,
+        proto,
+        l4,
+        fragment,
+    })
+}
+
+fn v6(b: &[u8]) -> Option<Flow> {
+    let p = Ipv6Packet::new_checked(b).ok()?;
+    let (src, dst) = (p.src(), p.dst());
+    let mut next = p.next_header();
+    let mut at = IPV6_HEADER_LEN;
+    let mut fragment = Fragment::Whole;
+    for _ in 0..=MAX_EXTENSIONS {
+        match next {
+            protocol::HOP_BY_HOP | protocol::ROUTING | protocol::DEST_OPTS => {
+                let h = b.get(at..at + 2)?;
+                next = h[0];
+                at += (usize::from(h[1]) + 1) * 8;
+            }
+            protocol::FRAGMENT => {
+                let h = b.get(at..at + 8)?;
+                next = h[0];
+                let offset = u16::from_be_bytes([h[2], h[3]]) & 0xfff8;
+                let more = h[3] & 1 != 0;
+                let id = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
+                fragment = match (offset, more) {
+                    // An atomic fragment (RFC 6946): a whole datagram.
+                    (0, false) => Fragment::Whole,
+                    (0, true) => Fragment::First { id },
+                    _ => Fragment::Later { id },
+                };
+                at += 8;
+            }
+            proto => {
+                let l4 = match fragment {
+                    Fragment::Later { .. } => L4::None,
+                    _ => transport(proto, b.get(at..)?, true)?,
+                };
+                return Some(Flow {
+                    v6: true,
+                    src,
+                    dst,
+                    proto,
+                    l4,
+                    fragment,
+                });
+            }
+        }
+    }
+    // Too many extension headers: not judged, dropped.
+    None
+}
+
+/// The transport fields of protocol `proto` at the start of `b`; `None` if its header
+/// does not fit.
+fn transport(proto: u8, b: &[u8], v6: bool) -> Option<L4> {
+    Some(match proto {
+        protocol::TCP => {
+            let h = b.get(..14)?;
+            L4::Ports {
+                src: u16::from_be_bytes([h[0], h[1]]),
+                dst: u16::from_be_bytes([h[2], h[3]]),
+                tcp_flags: h[13],
+            }
+        }
+        protocol::UDP => {
+            let h = b.get(..4)?;
+            L4::Ports {
+                src: u16::from_be_bytes([h[0], h[1]]),
+                dst: u16::from_be_bytes([h[2], h[3]]),
+                tcp_flags: 0,
+            }
+        }
+        protocol::ICMP | protocol::ICMPV6 => {
+            if (proto == protocol::ICMPV6) != v6 {
+                // ICMP over IPv6, ICMPv6 over IPv4: judged as another protocol.
+                return Some(L4::None);
+            }
+            let h = b.get(..8)?;
+            let echo = if v6 { ICMPV6_ECHO } else { ICMP_ECHO };
+            L4::Icmp {
+                kind: h[0],
+                code: h[1],
+                echo_id: echo
+                    .contains(&h[0])
+                    .then(|| u16::from_be_bytes([h[4], h[5]])),
+            }
+        }
+        _ => L4::None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 10.0.0.1 -> 10.0.0.2, protocol `proto`, fragment field `frag`, then `l4`.
+    fn ipv4(proto: u8, frag: [u8; 2], l4: &[u8]) -> Vec<u8> {
+        let mut b = vec![
+            0x45, 0, 0, 0, 0x12, 0x34, frag[0], frag[1], 64, proto, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2,
+        ];
+        let len = (20 + l4.len()) as u16;
+        b[2..4].copy_from_slice(&len.to_be_bytes());
+        b.extend_from_slice(l4);
+        b
+    }
+
+    /// TCP 40000 -> 22, SYN.
+    const SYN: [u8; 20] = [
+        0x9c, 0x40, 0, 22, 0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0,
+    ];
+
+    fn v4_addr(a: [u8; 4]) -> [u8; 16] {
+        let mut x = [0u8; 16];
+        x[..4].copy_from_slice(&a);
+        x
+    }
+
+    #[test]
+    fn an_ipv4_tcp_syn_reads_as_its_bytes_say() {
+        let c = classify(0x0800, &ipv4(6, [0x40, 0], &SYN));
+        let Classified::Ip(f) = c else {
+            panic!("{c:?}")
+        };
+        assert!(!f.v6);
+        assert_eq!(
+            (f.src, f.dst),
+            (v4_addr([10, 0, 0, 1]), v4_addr([10, 0, 0, 2]))
+        );
+        assert_eq!(f.proto, 6);
+        assert_eq!(
+            f.l4,
+            L4::Ports {
+                src: 40000,
+                dst: 22,
+                tcp_flags: 0x02
+            }
+        );
+        assert_eq!(f.fragment, Fragment::Whole, "DF alone");
+    }
+
+    #[test]
+    fn fragments_say_where_they_stand_and_later_ones_have_no_ports() {
+        // MF, offset 0: the first, with its ports.
+        let Classified::Ip(first) = classify(0x0800, &ipv4(17, [0x20, 0], &[0, 53, 0, 53])) else {
+            panic!()
+        };
+        assert_eq!(first.fragment, Fragment::First { id: 0x1234 });
+        assert!(matches!(first.l4, L4::Ports { dst: 53, .. }));
+        // Offset 185: a later one; its bytes are data, not ports.
+        let Classified::Ip(later) = classify(0x0800, &ipv4(17, [0x00, 0xb9], &[1, 2, 3, 4])) else {
+            panic!()
+        };
+        assert_eq!(later.fragment, Fragment::Later { id: 0x1234 });
+        assert_eq!(later.l4, L4::None);
+    }
+
+    #[test]
+    fn icmp_echo_carries_its_id_and_errors_do_not() {
+        let echo = [8, 0, 0, 0, 0x0b, 0xad, 0, 1];
+        let Classified::Ip(f) = classify(0x0800, &ipv4(1, [0, 0], &echo)) else {
+            panic!()
+        };
+        assert_eq!(
+            f.l4,
+            L4::Icmp {
+                kind: 8,
+                code: 0,
+                echo_id: Some(0x0bad)
+            }
+        );
+        let unreachable = [3, 3, 0, 0, 0, 0, 0, 0];
+        let Classified::Ip(f) = classify(0x0800, &ipv4(1, [0, 0], &unreachable)) else {
+            panic!()
+        };
+        assert_eq!(
+            f.l4,
+            L4::Icmp {
+                kind: 3,
+                code: 3,
+                echo_id: None
+            }
+        );
+    }
+
+    /// fe80::1 -> fe80::2, next header `next`, then `rest`.
+    fn ipv6(next: u8, rest: &[u8]) -> Vec<u8> {
+        let mut b = vec![0x60, 0, 0, 0];
+        b.extend_from_slice(&(rest.len() as u16).to_be_bytes());
+        b.extend_from_slice(&[next, 64]);
+        let mut a = [0u8; 16];
+        a[0] = 0xfe;
+        a[1] = 0x80;
+        a[15] = 1;
+        b.extend_from_slice(&a);
+        a[15] = 2;
+        b.extend_from_slice(&a);
+        b.extend_from_slice(rest);
+        b
+    }
+
+    #[test]
+    fn ipv6_extension_headers_are_walked_to_the_transport_header() {
+        // Hop-by-hop (8 bytes), then a first fragment (id 7), then UDP 1000 -> 2000.
+        let mut rest = vec![44, 0, 0, 0, 0, 0, 0, 0];
+        rest.extend_from_slice(&[17, 0, 0, 1, 0, 0, 0, 7]);
+        rest.extend_from_slice(&[0x03, 0xe8, 0x07, 0xd0, 0, 8, 0, 0]);
+        let Classified::Ip(f) = classify(0x86dd, &ipv6(0, &rest)) else {
+            panic!()
+        };
+        assert!(f.v6);
+        assert_eq!(f.src[15], 1);
+        assert_eq!(f.proto, 17);
+        assert_eq!(f.fragment, Fragment::First { id: 7 });
+        assert!(matches!(
+            f.l4,
+            L4::Ports {
+                src: 1000,
+                dst: 2000,
+                ..
+            }
+        ));
+        // An ICMPv6 echo request.
+        let Classified::Ip(f) = classify(0x86dd, &ipv6(58, &[128, 0, 0, 0, 0, 9, 0, 1])) else {
+            panic!()
+        };
+        assert_eq!(
+            f.l4,
+            L4::Icmp {
+                kind: 128,
+                code: 0,
+                echo_id: Some(9)
+            }
+        );
+    }
+
+    #[test]
+    fn headers_that_do_not_fit_or_loop_are_malformed_and_other_types_are_not_ip() {
+        assert_eq!(classify(0x0806, &[0; 28]), Classified::NotIp(0x0806));
+        // Cut in the TCP header, in the IPv4 header, an IHL below 5.
+        let syn = ipv4(6, [0, 0], &SYN);
+        assert_eq!(classify(0x0800, &syn[..30]), Classified::Malformed);
+        assert_eq!(classify(0x0800, &syn[..19]), Classified::Malformed);
+        let mut bad = syn.clone();
+        bad[0] = 0x44;
+        assert_eq!(classify(0x0800, &bad), Classified::Malformed);
+        // Nine destination-options headers in a row: one too many to walk.
+        let mut rest = Vec::new();
+        for _ in 0..9 {
+            rest.extend_from_slice(&[60, 0, 0, 0, 0, 0, 0, 0]);
+        }
+        assert_eq!(classify(0x86dd, &ipv6(60, &rest)), Classified::Malformed);
+        // An extension header whose length runs past the bytes.
+        assert_eq!(
+            classify(0x86dd, &ipv6(60, &[17, 200])),
+            Classified::Malformed
+        );
+        // Every prefix of a valid frame classifies without panicking.
+        for cut in 0..syn.len() {
+            let _ = classify(0x0800, &syn[..cut]);
+        }
+    }
+}

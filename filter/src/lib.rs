@@ -1,0 +1,18 @@
+//! Security groups (issue 39; docs/architecture.md, "Security groups"): stateful per-port
+//! filtering with OpenStack's model. This crate holds what needs no switch around it:
+//!
+//! - [`flow`]: what a frame is to the filter, read once from its headers (copied to the
+//!   stack first): addresses, protocol, ports or ICMP type, code and id, TCP flags, and
+//!   where a fragment stands;
+//! - [`rules`]: the rule model (direction, ethertype, protocol, port range, remote prefix
+//!   or group), rules compiled per port when they change, and the verdict for a flow.
+//!
+//! What is built on it next (connection tracking shared by the workers, the data path's
+//! call once per burst for ports with groups) is in the design, not here yet.
+#![deny(unsafe_code)]
+
+pub mod flow;
+pub mod rules;
+
+pub use flow::{classify, Classified, Flow, Fragment, L4};
+pub use rules::{Compiled, Direction, Prefix, Remote, Rule};
