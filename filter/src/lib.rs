@@ -5,12 +5,15 @@
 //!   stack first): addresses, protocol, ports or ICMP type, code and id, TCP flags, and
 //!   where a fragment stands;
 //! - [`rules`]: the rule model (direction, ethertype, protocol, port range, remote prefix
-//!   or group), rules compiled per port when they change, and the verdict for a flow.
+//!   or group), rules compiled per port when they change, and the verdict for a flow;
+//! - [`conntrack`]: the connection table, sized once and shared by the workers without a
+//!   lock.
 //!
-//! What is built on it next (connection tracking shared by the workers, the data path's
-//! call once per burst for ports with groups) is in the design, not here yet.
+//! What is built on it next (the TCP, UDP and ICMP trackers over the table, fragments, the
+//! data path's call once per burst for ports with groups) is in the design, not here yet.
 #![deny(unsafe_code)]
 
+pub mod conntrack;
 pub mod flow;
 pub mod rules;
 
