@@ -1,8 +1,8 @@
 //! The connection table: sized once, shared by every worker without a lock, nothing
 //! allocated per frame (docs/architecture.md, "Security groups").
 //!
-//! Entries live in one array; an open-addressed index of 64-bit slots (a 32-bit hash tag,
-//! a 32-bit entry number) finds them, two slots per connection, one per direction's tuple,
+//! Entries live in one array; an open-addressed index of 64-bit slots (a 24-bit hash tag,
+//! the entry's 8-bit generation, a 32-bit entry number) finds them, two slots per connection, one per direction's tuple,
 //! so that the workers of both VMs find it with one probe sequence of at most
 //! [`MAX_PROBE`] slots. An entry's key is written under its own sequence counter (odd while
 //! it changes) and read twice-checked, so a lookup that races with the entry's reuse sees
@@ -84,6 +84,8 @@ impl Key {
 struct Entry {
     /// Odd while the key is being written.
     seq: AtomicU32,
+    /// Bumped each time the entry serves a new connection (its low 8 bits in the slots).
+    generation: AtomicU32,
     key: [AtomicU64; 5],
     /// Seconds on the caller's clock; 0: free.
     expires: AtomicU32,
@@ -95,6 +97,8 @@ struct Entry {
 pub struct Found {
     pub entry: u32,
     pub reply: bool,
+    /// Which connection of the entry it is (see [`Table::remove`]).
+    pub generation: u8,
 }
 
 /// Why a connection could not be added.
@@ -134,6 +138,7 @@ impl Table {
             entries: (0..capacity)
                 .map(|_| Entry {
                     seq: AtomicU32::new(0),
+                    generation: AtomicU32::new(0),
                     key: Default::default(),
                     expires: AtomicU32::new(0),
                     state: AtomicU32::new(0),
@@ -199,25 +204,32 @@ impl Table {
     #[inline]
     pub fn lookup(&self, key: &Key, now: u32) -> Option<Found> {
         let h = self.hash(key);
-        let tag = (h >> 32) as u32;
         let start = h as usize;
         for p in 0..MAX_PROBE {
             let slot = self.slots[(start + p) & self.mask].load(Ordering::Acquire);
             if slot == EMPTY {
                 return None;
             }
-            if slot == GONE || (slot >> 32) as u32 != tag {
+            if slot == GONE || slot >> 40 != h >> 40 {
                 continue;
             }
             let i = (slot as u32).wrapping_sub(1);
+            let generation = (slot >> 32) as u8;
             let Some(stored) = self.key_of(i) else {
                 continue;
             };
             let reply = stored != *key;
-            if (reply && stored.reversed() != *key) || !self.alive(i, now) {
+            if (reply && stored.reversed() != *key)
+                || !self.alive(i, now)
+                || self.entries[i as usize].generation.load(Ordering::Relaxed) as u8 != generation
+            {
                 continue;
             }
-            return Some(Found { entry: i, reply });
+            return Some(Found {
+                entry: i,
+                reply,
+                generation,
+            });
         }
         None
     }
@@ -232,6 +244,7 @@ impl Table {
     pub fn insert(&self, key: &Key, expires: u32, state: u32) -> Result<u32, Full> {
         let i = self.free.pop().ok_or(Full::Table)?;
         let e = &self.entries[i as usize];
+        let generation = e.generation.fetch_add(1, Ordering::Relaxed).wrapping_add(1) as u8;
         e.seq.fetch_add(1, Ordering::AcqRel);
         for (slot, w) in e.key.iter().zip(key.words()) {
             slot.store(w, Ordering::Relaxed);
@@ -239,11 +252,11 @@ impl Table {
         e.state.store(state, Ordering::Relaxed);
         e.expires.store(expires.max(1), Ordering::Relaxed);
         e.seq.fetch_add(1, Ordering::Release);
-        let Some(first) = self.claim(key, i) else {
+        let Some(first) = self.claim(key, i, generation) else {
             self.release(i);
             return Err(Full::Probe);
         };
-        if self.claim(&key.reversed(), i).is_none() {
+        if self.claim(&key.reversed(), i, generation).is_none() {
             self.slots[first].store(GONE, Ordering::Release);
             self.release(i);
             return Err(Full::Probe);
@@ -252,10 +265,15 @@ impl Table {
         Ok(i)
     }
 
+    /// The slot value of entry `i`, generation `generation`, for a key of hash `h`.
+    fn slot_value(h: u64, generation: u8, i: u32) -> u64 {
+        (h >> 40) << 40 | u64::from(generation) << 32 | u64::from(i + 1)
+    }
+
     /// Claims a free slot on `k`'s probe sequence for entry `i`.
-    fn claim(&self, k: &Key, i: u32) -> Option<usize> {
+    fn claim(&self, k: &Key, i: u32, generation: u8) -> Option<usize> {
         let h = self.hash(k);
-        let value = (h >> 32) << 32 | u64::from(i + 1);
+        let value = Self::slot_value(h, generation, i);
         let start = h as usize;
         for p in 0..MAX_PROBE {
             let s = (start + p) & self.mask;
@@ -291,13 +309,17 @@ impl Table {
         e.expires.store(expires.max(1), Ordering::Relaxed);
     }
 
-    /// Removes entry `i` (a connection cut): its slots are marked gone, the entry freed.
-    pub fn remove(&self, i: u32) {
-        let Some(key) = self.key_of(i) else { return };
+    /// Removes connection `generation` of entry `i` (a connection cut): its slots are
+    /// marked gone, the entry freed. Nothing if the entry serves another connection now.
+    /// Returns whether it removed it.
+    pub fn remove(&self, i: u32, generation: u8) -> bool {
+        let Some(key) = self.key_of(i) else {
+            return false;
+        };
         let mut found = false;
         for k in [key, key.reversed()] {
             let h = self.hash(&k);
-            let value = (h >> 32) << 32 | u64::from(i + 1);
+            let value = Self::slot_value(h, generation, i);
             for p in 0..MAX_PROBE {
                 let s = (h as usize + p) & self.mask;
                 if self.slots[s]
@@ -313,6 +335,7 @@ impl Table {
             self.live.fetch_sub(1, Ordering::Relaxed);
             self.release(i);
         }
+        found
     }
 
     /// Removes every connection expired at `now`; returns how many. Off the data path
@@ -320,9 +343,10 @@ impl Table {
     pub fn expire(&self, now: u32) -> usize {
         let mut n = 0;
         for i in 0..self.entries.len() as u32 {
-            let at = self.entries[i as usize].expires.load(Ordering::Relaxed);
-            if at != 0 && at <= now {
-                self.remove(i);
+            let e = &self.entries[i as usize];
+            let generation = e.generation.load(Ordering::Relaxed) as u8;
+            let at = e.expires.load(Ordering::Relaxed);
+            if at != 0 && at <= now && self.remove(i, generation) {
                 n += 1;
             }
         }
@@ -355,20 +379,11 @@ mod tests {
         let t = Table::new(8);
         let k = key(1, 2, 40000, 22);
         let i = t.insert(&k, 100, 7).unwrap();
-        assert_eq!(
-            t.lookup(&k, 10),
-            Some(Found {
-                entry: i,
-                reply: false
-            })
-        );
-        assert_eq!(
-            t.lookup(&k.reversed(), 10),
-            Some(Found {
-                entry: i,
-                reply: true
-            })
-        );
+        let there = t.lookup(&k, 10).unwrap();
+        assert_eq!((there.entry, there.reply), (i, false));
+        let back = t.lookup(&k.reversed(), 10).unwrap();
+        assert_eq!((back.entry, back.reply), (i, true));
+        assert_eq!(back.generation, there.generation);
         assert_eq!(t.state(i), 7);
         // Another connection between the same hosts is another.
         assert_eq!(t.lookup(&key(1, 2, 40001, 22), 10), None);
@@ -378,8 +393,9 @@ mod tests {
         assert_eq!(t.expire(100), 1);
         assert!(t.is_empty());
         // Removed at once.
-        let j = t.insert(&k, 1000, 0).unwrap();
-        t.remove(j);
+        t.insert(&k, 1000, 0).unwrap();
+        let f = t.lookup(&k, 10).unwrap();
+        assert!(t.remove(f.entry, f.generation));
         assert_eq!(t.lookup(&k, 10), None);
         assert!(t.is_empty());
     }
@@ -392,11 +408,17 @@ mod tests {
             .collect();
         assert_eq!(t.insert(&key(1, 2, 2000, 80), 50, 0), Err(Full::Table));
         assert_eq!(t.len(), 4);
-        t.remove(ids[2]);
+        let old = t.lookup(&key(1, 2, 1002, 80), 1).unwrap();
+        assert!(t.remove(ids[2], old.generation));
         let again = t.insert(&key(1, 2, 2000, 80), 50, 0).unwrap();
         assert_eq!(again, ids[2], "the freed entry serves again");
         assert!(t.lookup(&key(1, 2, 1002, 80), 1).is_none());
+        let new = t.lookup(&key(1, 2, 2000, 80), 1).unwrap();
+        assert_ne!(new.generation, old.generation);
+        // A late removal of the old connection leaves the new one alone.
+        assert!(!t.remove(ids[2], old.generation));
         assert!(t.lookup(&key(1, 2, 2000, 80), 1).is_some());
+        assert_eq!(t.len(), 4);
     }
 
     #[test]
