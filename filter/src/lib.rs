@@ -7,15 +7,18 @@
 //! - [`rules`]: the rule model (direction, ethertype, protocol, port range, remote prefix
 //!   or group), rules compiled per port when they change, and the verdict for a flow;
 //! - [`conntrack`]: the connection table, sized once and shared by the workers without a
-//!   lock.
+//!   lock;
+//! - [`tracker`]: what each packet does to its connection (TCP's states with liberal
+//!   window tracking, UDP and ICMP by time) and how long each state lives.
 //!
-//! What is built on it next (the TCP, UDP and ICMP trackers over the table, fragments, the
-//! data path's call once per burst for ports with groups) is in the design, not here yet.
+//! What is built on it next (the per-packet step that joins the four, fragments, the data
+//! path's call once per burst for ports with groups) is in the design, not here yet.
 #![deny(unsafe_code)]
 
 pub mod conntrack;
 pub mod flow;
 pub mod rules;
+pub mod tracker;
 
 pub use flow::{classify, Classified, Flow, Fragment, L4};
 pub use rules::{Compiled, Direction, Prefix, Remote, Rule};
