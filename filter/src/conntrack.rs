@@ -90,6 +90,9 @@ struct Entry {
     /// Seconds on the caller's clock; 0: free.
     expires: AtomicU32,
     state: AtomicU32,
+    /// The rules epochs the connection was last allowed under: the opener's port in the
+    /// low half, the responder's in the high half (0: not checked there).
+    epochs: AtomicU32,
 }
 
 /// A connection found: its entry, and whether the frame goes the reply way.
@@ -142,6 +145,7 @@ impl Table {
                     key: Default::default(),
                     expires: AtomicU32::new(0),
                     state: AtomicU32::new(0),
+                    epochs: AtomicU32::new(0),
                 })
                 .collect(),
             slots: (0..slots).map(|_| AtomicU64::new(EMPTY)).collect(),
@@ -242,6 +246,17 @@ impl Table {
     /// Adds connection `key` (its first direction), alive until `expires`, with tracker
     /// state `state`; both directions' slots are published once its key is written.
     pub fn insert(&self, key: &Key, expires: u32, state: u32) -> Result<u32, Full> {
+        self.insert_checked(key, expires, state, 0)
+    }
+
+    /// [`Self::insert`], the connection allowed under `epochs` ([`Self::epochs`]).
+    pub fn insert_checked(
+        &self,
+        key: &Key,
+        expires: u32,
+        state: u32,
+        epochs: u32,
+    ) -> Result<u32, Full> {
         let i = self.free.pop().ok_or(Full::Table)?;
         let e = &self.entries[i as usize];
         let generation = e.generation.fetch_add(1, Ordering::Relaxed).wrapping_add(1) as u8;
@@ -250,6 +265,7 @@ impl Table {
             slot.store(w, Ordering::Relaxed);
         }
         e.state.store(state, Ordering::Relaxed);
+        e.epochs.store(epochs, Ordering::Relaxed);
         e.expires.store(expires.max(1), Ordering::Relaxed);
         e.seq.fetch_add(1, Ordering::Release);
         let Some(first) = self.claim(key, i, generation) else {
@@ -299,6 +315,24 @@ impl Table {
     #[inline]
     pub fn state(&self, i: u32) -> u32 {
         self.entries[i as usize].state.load(Ordering::Relaxed)
+    }
+
+    /// The rules epochs entry `i` was last allowed under: the opener's port's in the low
+    /// half, the responder's in the high half.
+    #[inline]
+    pub fn epochs(&self, i: u32) -> u32 {
+        self.entries[i as usize].epochs.load(Ordering::Relaxed)
+    }
+
+    /// Records that entry `i` is allowed under `epoch` on its opener's side
+    /// (`responder` false) or its responder's.
+    pub fn set_epoch(&self, i: u32, responder: bool, epoch: u16) {
+        let shift = if responder { 16 } else { 0 };
+        let _ = self.entries[i as usize].epochs.fetch_update(
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+            |e| Some(e & !(0xffff << shift) | u32::from(epoch) << shift),
+        );
     }
 
     /// Sets entry `i`'s tracker state and expiry (a frame of it went through).

@@ -9,13 +9,18 @@
 //! - [`conntrack`]: the connection table, sized once and shared by the workers without a
 //!   lock;
 //! - [`tracker`]: what each packet does to its connection (TCP's states with liberal
-//!   window tracking, UDP and ICMP by time) and how long each state lives.
+//!   window tracking, UDP and ICMP by time) and how long each state lives;
+//! - [`firewall`]: the verdict on one frame at one port, joining the four: the implicit
+//!   allows, the port's rules, the table and the tracker, each side of a connection
+//!   checked once under the rules' epoch, again when they change.
 //!
-//! What is built on it next (the per-packet step that joins the four, fragments, the data
-//! path's call once per burst for ports with groups) is in the design, not here yet.
+//! What is built on it next (fragments, ICMP errors as related, per-port limits, the data
+//! path's call once per burst for ports with groups, the control plane) is in the
+//! design, not here yet.
 #![deny(unsafe_code)]
 
 pub mod conntrack;
+pub mod firewall;
 pub mod flow;
 pub mod rules;
 pub mod tracker;

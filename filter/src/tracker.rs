@@ -2,6 +2,9 @@
 //! Linux's `nf_conntrack_tcp_be_liberal`: sequence numbers are not checked, flags and
 //! their order are), UDP and ICMP echo by time, and how long each state lives.
 //!
+//! Each packet moves its connection once: at the first port with groups it crosses (see
+//! [`crate::firewall::check`]'s `track`).
+//!
 //! A TCP connection starts with a SYN alone: any other segment of a connection the table
 //! does not hold is invalid (no mid-stream pick-up: a connection opened before its port
 //! had groups is cut once they come). Flag combinations no TCP sends (SYN with FIN or RST,
@@ -25,12 +28,14 @@ pub enum TcpState {
     /// The answer's SYN-ACK seen.
     SynRecv = 2,
     Established = 3,
-    /// One side sent FIN.
-    FinWait = 4,
+    /// The opener sent FIN (the other end not yet).
+    FinOpener = 4,
+    /// The other end sent FIN (the opener not yet).
+    FinResponder = 5,
     /// Both sides sent FIN.
-    TimeWait = 5,
+    TimeWait = 6,
     /// A RST: the connection is over, its entry lingers briefly.
-    Close = 6,
+    Close = 7,
 }
 
 impl TcpState {
@@ -39,9 +44,10 @@ impl TcpState {
             1 => TcpState::SynSent,
             2 => TcpState::SynRecv,
             3 => TcpState::Established,
-            4 => TcpState::FinWait,
-            5 => TcpState::TimeWait,
-            6 => TcpState::Close,
+            4 => TcpState::FinOpener,
+            5 => TcpState::FinResponder,
+            6 => TcpState::TimeWait,
+            7 => TcpState::Close,
             _ => return None,
         })
     }
@@ -52,7 +58,7 @@ impl TcpState {
             TcpState::SynSent => 120,
             TcpState::SynRecv => 60,
             TcpState::Established => 5 * 24 * 3600,
-            TcpState::FinWait => 120,
+            TcpState::FinOpener | TcpState::FinResponder => 120,
             TcpState::TimeWait => 120,
             TcpState::Close => 10,
         }
@@ -117,7 +123,7 @@ pub fn tcp_next(state: TcpState, f: u8, reply: bool) -> Result<TcpState, Invalid
         SynRecv if reply && syn && ack => SynRecv,
         SynRecv if !reply && ack && !syn => {
             if fin {
-                FinWait
+                FinOpener
             } else {
                 Established
             }
@@ -125,11 +131,14 @@ pub fn tcp_next(state: TcpState, f: u8, reply: bool) -> Result<TcpState, Invalid
         SynRecv => return Err(Invalid),
         // A new SYN in a connection under way (a reused tuple) is the tracker's to refuse:
         // the old entry must expire or be reset first.
-        Established | FinWait | TimeWait if syn => return Err(Invalid),
-        Established if fin => FinWait,
+        Established | FinOpener | FinResponder | TimeWait if syn => return Err(Invalid),
+        Established if fin && reply => FinResponder,
+        Established if fin => FinOpener,
         Established => Established,
-        FinWait if fin => TimeWait,
-        FinWait => FinWait,
+        // The other side's FIN ends it; the same side's again (a retransmission) does not.
+        FinOpener if fin && reply => TimeWait,
+        FinResponder if fin && !reply => TimeWait,
+        s @ (FinOpener | FinResponder) => s,
         TimeWait => TimeWait,
         // After a RST, only more RSTs (caught above) or the last ACKs in flight.
         Close if ack && !syn => Close,
@@ -153,11 +162,16 @@ mod tests {
         let s = tcp_next(s, ACK | 0x08, true).unwrap(); // PSH
         assert_eq!(s, Established);
         let s = tcp_next(s, FIN | ACK, false).unwrap();
-        assert_eq!(s, FinWait);
+        assert_eq!(s, FinOpener);
         let s = tcp_next(s, ACK, true).unwrap();
-        assert_eq!(s, FinWait);
+        assert_eq!(s, FinOpener);
+        // The opener's FIN again (retransmitted): still waiting for the other's.
+        assert_eq!(tcp_next(s, FIN | ACK, false), Ok(FinOpener));
         let s = tcp_next(s, FIN | ACK, true).unwrap();
         assert_eq!(s, TimeWait);
+        // The other end may close first.
+        assert_eq!(tcp_next(Established, FIN | ACK, true), Ok(FinResponder));
+        assert_eq!(tcp_next(FinResponder, FIN | ACK, false), Ok(TimeWait));
         assert_eq!(tcp_next(s, ACK, false), Ok(TimeWait));
         assert!(Established.timeout() > SynSent.timeout());
     }
@@ -167,7 +181,15 @@ mod tests {
         for f in [ACK, SYN | ACK, FIN | ACK, RST, 0, SYN | FIN, SYN | RST] {
             assert_eq!(tcp_open(f), Err(Invalid), "flags {f:#x}");
         }
-        for state in [SynSent, SynRecv, Established, FinWait, TimeWait, Close] {
+        for state in [
+            SynSent,
+            SynRecv,
+            Established,
+            FinOpener,
+            FinResponder,
+            TimeWait,
+            Close,
+        ] {
             for f in [0, SYN | FIN, SYN | RST, FIN] {
                 assert_eq!(tcp_next(state, f, false), Err(Invalid), "{state:?} {f:#x}");
             }
@@ -185,7 +207,15 @@ mod tests {
         assert_eq!(tcp_next(SynSent, SYN, false), Ok(SynSent));
         assert_eq!(tcp_next(SynRecv, SYN | ACK, true), Ok(SynRecv));
         // A RST from either end, in any state, closes.
-        for state in [SynSent, SynRecv, Established, FinWait, TimeWait, Close] {
+        for state in [
+            SynSent,
+            SynRecv,
+            Established,
+            FinOpener,
+            FinResponder,
+            TimeWait,
+            Close,
+        ] {
             assert_eq!(tcp_next(state, RST | ACK, true), Ok(Close));
         }
         assert_eq!(tcp_next(Close, SYN, false), Err(Invalid));

@@ -1,0 +1,586 @@
+//! The verdict on one frame at one port with security groups: what the port's VM sends
+//! (egress) or is to receive (ingress). It joins the pieces: what OpenStack lets every VM
+//! do without a rule, the port's compiled rules, and, for stateful groups, the connection
+//! table and the tracker.
+//!
+//! A connection is checked at each filtered port it crosses, on that port's side: the
+//! port whose VM opened it checks its egress rules, the port whose VM answers its ingress
+//! rules, each once, the first time the connection passes it. Each side's check is kept
+//! with the rules' epoch it was made under ([`Policy::epoch`]); a frame that finds its
+//! side checked under older rules is checked again against the current ones, and the
+//! connection is cut (removed, the frame dropped) if they no longer allow it.
+
+use crate::conntrack::{Full, Key, Table};
+use crate::flow::{Flow, L4};
+use crate::rules::{Compiled, Direction};
+use crate::tracker::{self, TcpState};
+
+/// A port's rules, compiled, and how they apply.
+#[derive(Debug, Clone, Default)]
+pub struct Policy {
+    pub rules: Compiled,
+    /// Connections tracked (replies pass without a rule); else every frame is checked
+    /// against the rules, both ways.
+    pub stateful: bool,
+    /// Changes whenever the rules do (never 0: 0 means "not checked").
+    pub epoch: u16,
+}
+
+/// Why a frame is dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drop {
+    /// No rule allows it (or it no longer does: the connection was cut).
+    AclDenied,
+    /// It does not go with its connection (TCP flags or order), or opens none it could.
+    CtInvalid,
+    /// The connection table (or the probe sequence of its key) is full.
+    CtFull,
+}
+
+/// What happens to a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Pass,
+    Drop(Drop),
+}
+
+const UDP: u8 = 17;
+const ICMPV6: u8 = 58;
+const TCP: u8 = 6;
+
+/// What OpenStack lets a VM do without a rule: IPv6 neighbour discovery both ways, DHCP
+/// and DHCPv6 as a client; and what it never lets it do: answer as a DHCP or DHCPv6
+/// server. (ARP is not IP: the caller passes it, under port security.)
+pub fn implicit(direction: Direction, flow: &Flow) -> Option<Verdict> {
+    match (flow.proto, flow.l4) {
+        // Router solicitation and advertisement, neighbour solicitation and advertisement,
+        // redirect; and multicast listener queries and reports (130 to 132, 143).
+        (ICMPV6, L4::Icmp { kind, .. }) if (130..=137).contains(&kind) || kind == 143 => {
+            Some(Verdict::Pass)
+        }
+        (UDP, L4::Ports { src, dst, .. }) => match (direction, flow.v6, src, dst) {
+            (Direction::Egress, false, 68, 67) | (Direction::Ingress, false, 67, 68) => {
+                Some(Verdict::Pass)
+            }
+            (Direction::Egress, true, 546, 547) | (Direction::Ingress, true, 547, 546) => {
+                Some(Verdict::Pass)
+            }
+            (Direction::Egress, false, 67, _) | (Direction::Egress, true, 547, _) => {
+                Some(Verdict::Drop(Drop::AclDenied))
+            }
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// The table's key of `flow` in zone `zone` (its bridge): an ICMP echo's identifier
+/// stands for both ports, so that the reply's key is the request's reversed.
+pub fn key_of(flow: &Flow, zone: u16) -> Key {
+    let (sport, dport) = match flow.l4 {
+        L4::Ports { src, dst, .. } => (src, dst),
+        L4::Icmp {
+            echo_id: Some(id), ..
+        } => (id, id),
+        _ => (0, 0),
+    };
+    Key {
+        v6: flow.v6,
+        proto: flow.proto,
+        zone,
+        src: flow.src,
+        dst: flow.dst,
+        sport,
+        dport,
+    }
+}
+
+/// The tracker's timeout and state for a new connection opened by `flow`, or why it
+/// cannot open one.
+fn opening(flow: &Flow) -> Result<(u32, u32), Drop> {
+    match (flow.proto, flow.l4) {
+        (TCP, L4::Ports { tcp_flags, .. }) => {
+            let s = tracker::tcp_open(tcp_flags).map_err(|_| Drop::CtInvalid)?;
+            Ok((s.timeout(), tracker::pack(Some(s), false)))
+        }
+        (UDP, _) => Ok((tracker::UDP_TIMEOUT, tracker::pack(None, false))),
+        (_, L4::Icmp { echo_id: None, .. }) => {
+            // An ICMP error or query that is not an echo opens nothing: it is related
+            // to a connection or not allowed (the related check is the next step).
+            Err(Drop::AclDenied)
+        }
+        _ => Ok((tracker::ICMP_TIMEOUT, tracker::pack(None, false))),
+    }
+}
+
+/// The verdict on `flow` going `direction` at a port with `policy`, in zone `zone`, at
+/// second `now`, the connections in `table`. With `track`, this is the first port with
+/// groups the frame crosses (its sender's, or its receiver's if the sender has none): the
+/// frame moves its connection's state here, and only here.
+pub fn check(
+    table: &Table,
+    policy: &Policy,
+    direction: Direction,
+    flow: &Flow,
+    zone: u16,
+    now: u32,
+    track: bool,
+) -> Verdict {
+    if let Some(v) = implicit(direction, flow) {
+        return v;
+    }
+    if !policy.stateful {
+        return if policy.rules.allows(direction, flow) {
+            Verdict::Pass
+        } else {
+            Verdict::Drop(Drop::AclDenied)
+        };
+    }
+    let key = key_of(flow, zone);
+    let Some(found) = table.lookup(&key, now) else {
+        // A new connection, opened here (egress) or arriving (ingress): this port's
+        // rules must allow it, and it must be able to open one.
+        if !policy.rules.allows(direction, flow) {
+            return Verdict::Drop(Drop::AclDenied);
+        }
+        let (timeout, state) = match opening(flow) {
+            Ok(s) => s,
+            Err(d) => return Verdict::Drop(d),
+        };
+        let responder = direction == Direction::Ingress;
+        let epochs = u32::from(policy.epoch) << if responder { 16 } else { 0 };
+        return match table.insert_checked(&key, now + timeout, state, epochs) {
+            Ok(_) => Verdict::Pass,
+            Err(Full::Table | Full::Probe) => Verdict::Drop(Drop::CtFull),
+        };
+    };
+    // This port's side of the connection: the opener's (it sent the first frame) or the
+    // responder's.
+    let responder = (direction == Direction::Ingress) != found.reply;
+    let shift = if responder { 16 } else { 0 };
+    if (table.epochs(found.entry) >> shift) as u16 != policy.epoch {
+        // Not checked here yet, or under older rules: the connection's first frame must
+        // be allowed by this port's rules as they are now.
+        let (first, first_direction) = if found.reply {
+            (reversed(flow), opposite(direction))
+        } else {
+            (*flow, direction)
+        };
+        if !policy.rules.allows(first_direction, &first) {
+            table.remove(found.entry, found.generation);
+            return Verdict::Drop(Drop::AclDenied);
+        }
+        table.set_epoch(found.entry, responder, policy.epoch);
+    }
+    if !track {
+        return Verdict::Pass;
+    }
+    let (tcp, replied) = tracker::unpack(table.state(found.entry));
+    let replied = replied || found.reply;
+    let (tcp, timeout) = match (tcp, flow.l4) {
+        (Some(s), L4::Ports { tcp_flags, .. }) => {
+            match tracker::tcp_next(s, tcp_flags, found.reply) {
+                Ok(next) => (Some(next), next.timeout()),
+                Err(_) => return Verdict::Drop(Drop::CtInvalid),
+            }
+        }
+        (Some(_), _) => return Verdict::Drop(Drop::CtInvalid),
+        (None, _) if flow.proto == UDP && replied => (None, tracker::UDP_STREAM_TIMEOUT),
+        (None, _) if flow.proto == UDP => (None, tracker::UDP_TIMEOUT),
+        (None, _) => (None, tracker::ICMP_TIMEOUT),
+    };
+    let closing = matches!(tcp, Some(TcpState::Close));
+    table.update(
+        found.entry,
+        tracker::pack(tcp, replied),
+        now + if closing {
+            TcpState::Close.timeout()
+        } else {
+            timeout
+        },
+    );
+    Verdict::Pass
+}
+
+fn opposite(d: Direction) -> Direction {
+    match d {
+        Direction::Ingress => Direction::Egress,
+        Direction::Egress => Direction::Ingress,
+    }
+}
+
+/// `flow` as its reply would be: addresses and ports swapped.
+fn reversed(flow: &Flow) -> Flow {
+    let l4 = match flow.l4 {
+        L4::Ports {
+            src,
+            dst,
+            tcp_flags,
+        } => L4::Ports {
+            src: dst,
+            dst: src,
+            tcp_flags,
+        },
+        other => other,
+    };
+    Flow {
+        src: flow.dst,
+        dst: flow.src,
+        l4,
+        ..*flow
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flow::Fragment;
+    use crate::rules::{Prefix, Remote, Rule};
+    use crate::tracker::flags::{ACK, FIN, SYN};
+
+    fn v4(a: [u8; 4]) -> [u8; 16] {
+        let mut x = [0u8; 16];
+        x[..4].copy_from_slice(&a);
+        x
+    }
+
+    const A: [u8; 4] = [10, 0, 0, 1];
+    const B: [u8; 4] = [10, 0, 0, 2];
+
+    fn tcp(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, flags: u8) -> Flow {
+        Flow {
+            v6: false,
+            src: v4(src),
+            dst: v4(dst),
+            proto: TCP,
+            l4: L4::Ports {
+                src: sport,
+                dst: dport,
+                tcp_flags: flags,
+            },
+            fragment: Fragment::Whole,
+        }
+    }
+
+    /// A stateful policy allowing ingress TCP `port` from 10.0.0.0/24 (and nothing out).
+    fn server(port: u16, epoch: u16) -> Policy {
+        let rule = Rule {
+            direction: Direction::Ingress,
+            v6: false,
+            protocol: Some(TCP),
+            port_range_min: Some(port),
+            port_range_max: Some(port),
+            remote: Remote::Prefix(Prefix::new(false, v4([10, 0, 0, 0]), 24).unwrap()),
+        };
+        Policy {
+            rules: Compiled::new(&[rule], |_| None),
+            stateful: true,
+            epoch,
+        }
+    }
+
+    /// A stateful policy allowing every egress (and nothing in).
+    fn client(epoch: u16) -> Policy {
+        let rule = Rule {
+            direction: Direction::Egress,
+            v6: false,
+            protocol: None,
+            port_range_min: None,
+            port_range_max: None,
+            remote: Remote::Any,
+        };
+        Policy {
+            rules: Compiled::new(&[rule], |_| None),
+            stateful: true,
+            epoch,
+        }
+    }
+
+    const PASS: Verdict = Verdict::Pass;
+
+    #[test]
+    fn an_allowed_connection_passes_both_ports_and_its_replies_need_no_rule() {
+        let t = Table::new(64);
+        let (a, b) = (client(1), server(22, 1));
+        // The sender's port tracks; both are filtered.
+        let go = |flow: &Flow, at_a: Direction, at_b: Direction| {
+            let a_sends = at_a == Direction::Egress;
+            (
+                check(&t, &a, at_a, flow, 0, 5, a_sends),
+                check(&t, &b, at_b, flow, 0, 5, !a_sends),
+            )
+        };
+        use Direction::{Egress as Out, Ingress as In};
+        // A opens to B's port 22: A's egress, B's ingress.
+        assert_eq!(go(&tcp(A, 40000, B, 22, SYN), Out, In), (PASS, PASS));
+        // B answers: no rule lets B send anything, the connection does.
+        assert_eq!(go(&tcp(B, 22, A, 40000, SYN | ACK), In, Out), (PASS, PASS));
+        assert_eq!(go(&tcp(A, 40000, B, 22, ACK), Out, In), (PASS, PASS));
+        assert_eq!(go(&tcp(B, 22, A, 40000, ACK), In, Out), (PASS, PASS));
+        assert_eq!(t.len(), 1, "one entry for the connection, both ports");
+        // B may not open anything to A.
+        assert_eq!(
+            check(&t, &b, Out, &tcp(B, 5000, A, 80, SYN), 0, 5, true),
+            Verdict::Drop(Drop::AclDenied)
+        );
+        // Another port of B: not allowed in.
+        assert_eq!(
+            check(&t, &b, In, &tcp(A, 40001, B, 23, SYN), 0, 5, true),
+            Verdict::Drop(Drop::AclDenied)
+        );
+        // Out of order in the connection: invalid.
+        assert_eq!(
+            check(&t, &b, In, &tcp(A, 40000, B, 22, SYN), 0, 5, true),
+            Verdict::Drop(Drop::CtInvalid)
+        );
+        // A FIN each way closes it; the entry expires in time.
+        assert_eq!(go(&tcp(A, 40000, B, 22, FIN | ACK), Out, In), (PASS, PASS));
+        assert_eq!(go(&tcp(B, 22, A, 40000, FIN | ACK), In, Out), (PASS, PASS));
+        let f = t.lookup(&key_of(&tcp(A, 40000, B, 22, ACK), 0), 5).unwrap();
+        assert_eq!(
+            tracker::unpack(t.state(f.entry)).0,
+            Some(TcpState::TimeWait),
+            "one FIN each way, each seen once"
+        );
+        assert_eq!(t.expire(5 + TcpState::TimeWait.timeout()), 1);
+    }
+
+    #[test]
+    fn a_segment_that_opens_nothing_is_invalid_and_a_full_table_refuses() {
+        let t = Table::new(1);
+        let b = server(22, 1);
+        assert_eq!(
+            check(
+                &t,
+                &b,
+                Direction::Ingress,
+                &tcp(A, 1, B, 22, ACK),
+                0,
+                1,
+                true
+            ),
+            Verdict::Drop(Drop::CtInvalid),
+            "no mid-stream pick-up"
+        );
+        assert_eq!(
+            check(
+                &t,
+                &b,
+                Direction::Ingress,
+                &tcp(A, 1, B, 22, SYN),
+                0,
+                1,
+                true
+            ),
+            PASS
+        );
+        assert_eq!(
+            check(
+                &t,
+                &b,
+                Direction::Ingress,
+                &tcp(A, 2, B, 22, SYN),
+                0,
+                1,
+                true
+            ),
+            Verdict::Drop(Drop::CtFull)
+        );
+    }
+
+    #[test]
+    fn a_rule_removed_cuts_its_connections_at_their_next_frame_and_others_carry_on() {
+        let t = Table::new(64);
+        // Ingress TCP 22 and 80 from anywhere.
+        let both = |epoch| {
+            let port = |p: u16| Rule {
+                direction: Direction::Ingress,
+                v6: false,
+                protocol: Some(TCP),
+                port_range_min: Some(p),
+                port_range_max: Some(p),
+                remote: Remote::Any,
+            };
+            Policy {
+                rules: Compiled::new(&[port(22), port(80)], |_| None),
+                stateful: true,
+                epoch,
+            }
+        };
+        let before = both(1);
+        for (sport, dport) in [(40000, 22), (40001, 80)] {
+            assert_eq!(
+                check(
+                    &t,
+                    &before,
+                    Direction::Ingress,
+                    &tcp(A, sport, B, dport, SYN),
+                    0,
+                    1,
+                    true
+                ),
+                PASS
+            );
+        }
+        // Port 80 no longer allowed: its connection is cut at its next frame (a reply,
+        // here); the one to 22 carries on.
+        let after = server(22, 2);
+        assert_eq!(
+            check(
+                &t,
+                &after,
+                Direction::Egress,
+                &tcp(B, 80, A, 40001, SYN | ACK),
+                0,
+                2,
+                true
+            ),
+            Verdict::Drop(Drop::AclDenied)
+        );
+        assert_eq!(
+            check(
+                &t,
+                &after,
+                Direction::Egress,
+                &tcp(B, 22, A, 40000, SYN | ACK),
+                0,
+                2,
+                true
+            ),
+            PASS
+        );
+        assert_eq!(t.len(), 1, "the cut connection's entry is gone");
+    }
+
+    #[test]
+    fn stateless_groups_check_every_frame_both_ways() {
+        let t = Table::new(4);
+        let mut p = server(22, 1);
+        p.stateful = false;
+        assert_eq!(
+            check(
+                &t,
+                &p,
+                Direction::Ingress,
+                &tcp(A, 1, B, 22, SYN),
+                0,
+                1,
+                true
+            ),
+            PASS
+        );
+        // The reply has no rule: dropped, and nothing was tracked.
+        assert_eq!(
+            check(
+                &t,
+                &p,
+                Direction::Egress,
+                &tcp(B, 22, A, 1, SYN | ACK),
+                0,
+                1,
+                true
+            ),
+            Verdict::Drop(Drop::AclDenied)
+        );
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn neighbour_discovery_and_dhcp_as_a_client_need_no_rule_and_a_dhcp_server_is_refused() {
+        let t = Table::new(4);
+        let nothing = Policy {
+            stateful: true,
+            epoch: 1,
+            ..Policy::default()
+        };
+        let udp = |src: u16, dst: u16, v6: bool| Flow {
+            v6,
+            proto: UDP,
+            l4: L4::Ports {
+                src,
+                dst,
+                tcp_flags: 0,
+            },
+            ..tcp(A, 0, B, 0, 0)
+        };
+        let ns = Flow {
+            v6: true,
+            proto: ICMPV6,
+            l4: L4::Icmp {
+                kind: 135,
+                code: 0,
+                echo_id: None,
+            },
+            ..tcp(A, 0, B, 0, 0)
+        };
+        for (d, f) in [
+            (Direction::Egress, ns),
+            (Direction::Ingress, ns),
+            (Direction::Egress, udp(68, 67, false)),
+            (Direction::Ingress, udp(67, 68, false)),
+            (Direction::Egress, udp(546, 547, true)),
+        ] {
+            assert_eq!(check(&t, &nothing, d, &f, 0, 1, true), PASS, "{d:?} {f:?}");
+        }
+        for f in [udp(67, 68, false), udp(547, 546, true)] {
+            assert_eq!(
+                check(&t, &nothing, Direction::Egress, &f, 0, 1, true),
+                Verdict::Drop(Drop::AclDenied)
+            );
+        }
+        // Anything else: no rule, no entry.
+        assert_eq!(
+            check(
+                &t,
+                &nothing,
+                Direction::Egress,
+                &udp(5000, 53, false),
+                0,
+                1,
+                true
+            ),
+            Verdict::Drop(Drop::AclDenied)
+        );
+    }
+
+    #[test]
+    fn an_echo_and_its_reply_share_a_key_and_an_icmp_error_opens_nothing() {
+        let echo = |src, dst, kind| Flow {
+            proto: 1,
+            l4: L4::Icmp {
+                kind,
+                code: 0,
+                echo_id: Some(7),
+            },
+            ..tcp(src, 0, dst, 0, 0)
+        };
+        assert_eq!(
+            key_of(&echo(A, B, 8), 3).reversed(),
+            key_of(&echo(B, A, 0), 3)
+        );
+        let t = Table::new(4);
+        let any_out = client(1);
+        let unreachable = Flow {
+            proto: 1,
+            l4: L4::Icmp {
+                kind: 3,
+                code: 1,
+                echo_id: None,
+            },
+            ..tcp(A, 0, B, 0, 0)
+        };
+        assert_eq!(
+            check(&t, &any_out, Direction::Egress, &unreachable, 0, 1, true),
+            Verdict::Drop(Drop::AclDenied)
+        );
+        assert_eq!(
+            check(&t, &any_out, Direction::Egress, &echo(A, B, 8), 0, 1, true),
+            PASS
+        );
+        assert_eq!(
+            check(&t, &any_out, Direction::Ingress, &echo(B, A, 0), 0, 1, true),
+            PASS,
+            "the reply"
+        );
+    }
+}
