@@ -136,6 +136,12 @@ pub fn check(
             Verdict::Drop(Drop::AclDenied)
         };
     }
+    // A later fragment has no transport header: no connection to find it by. Until the
+    // first fragment's verdict is kept for its datagram (the design's next step), it is
+    // dropped, never passed unfiltered.
+    if matches!(flow.fragment, crate::flow::Fragment::Later { .. }) {
+        return Verdict::Drop(Drop::AclDenied);
+    }
     let key = key_of(flow, zone);
     let Some(found) = table.lookup(&key, now) else {
         // A new connection, opened here (egress) or arriving (ingress): this port's
@@ -450,6 +456,32 @@ mod tests {
             PASS
         );
         assert_eq!(t.len(), 1, "the cut connection's entry is gone");
+    }
+
+    #[test]
+    fn a_later_fragment_is_dropped_by_a_stateful_group_and_judged_by_a_stateless_one() {
+        let t = Table::new(4);
+        let mut later = tcp(A, 0, B, 0, 0);
+        later.l4 = L4::None;
+        later.fragment = Fragment::Later { id: 9 };
+        assert_eq!(
+            check(&t, &client(1), Direction::Egress, &later, 0, 1, true),
+            Verdict::Drop(Drop::AclDenied)
+        );
+        // Stateless: a rule for the whole protocol allows it, one with ports cannot.
+        let mut any_out = client(1);
+        any_out.stateful = false;
+        assert_eq!(
+            check(&t, &any_out, Direction::Egress, &later, 0, 1, true),
+            PASS
+        );
+        let mut ports_in = server(22, 1);
+        ports_in.stateful = false;
+        assert_eq!(
+            check(&t, &ports_in, Direction::Ingress, &later, 0, 1, true),
+            Verdict::Drop(Drop::AclDenied)
+        );
+        assert!(t.is_empty());
     }
 
     #[test]
