@@ -521,3 +521,30 @@ fn an_afxdp_socket_is_carried_over_upgrades_and_its_program_goes_with_its_port()
         xdp_attached(&veth.outer).is_none().then_some(())
     });
 }
+
+/// An AF_XDP port whose interface is gone refuses an upgrade (a new process could not bind
+/// it); the port comes back by itself once the interface does, as without an upgrade.
+#[test]
+fn an_afxdp_port_whose_interface_is_gone_refuses_an_upgrade() {
+    let dir = TempDir::new("afxdp-gone-upgrade");
+    let veth = Veth::new("xw");
+    let vm_sock = dir.path().join("vm.sock");
+    let config = Layout::new()
+        .bridge("br0")
+        .port(vhost_user("vm", "br0", &vm_sock))
+        .port(afxdp("wire", "br0", &veth.outer))
+        .toml();
+    let mut d = Daemon::start(dir.path(), &config, std::slice::from_ref(&vm_sock));
+    ip(&["link", "del", &veth.outer]);
+    d.wait_port_connected("wire", false);
+    let pid = d.pid();
+    let e = d.upgrade(&[]).expect_err("an upgrade with a port whose interface is gone");
+    assert!(
+        e.contains(&format!(
+            "port wire (afxdp): its interface {} is gone",
+            veth.outer
+        )),
+        "{e}"
+    );
+    assert_eq!(d.pid(), pid);
+}

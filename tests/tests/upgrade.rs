@@ -669,3 +669,66 @@ fn after_a_crash_qemu_guests_reconnect_by_themselves_and_ping_again() {
     let c1_after = g1.console.carrier_changes().unwrap();
     assert!(c1_after >= c1 + 2, "carrier changes {c1} -> {c1_after}");
 }
+
+/// A TAP interface renamed under its port (which carries on with its descriptor) could
+/// not be found by a new process: the upgrade is refused before anything stops, saying
+/// so, and everything serves on, the TAP port included.
+#[test]
+fn a_renamed_tap_interface_refuses_an_upgrade_and_everything_serves_on() {
+    use vringswitch_tests::layout::{tap_with, TapSettings};
+    let dir = TempDir::new("upgrade-renamed");
+    let id = std::process::id() % 100_000;
+    let (ifname, renamed) = (format!("vsy{id}"), format!("vsr{id}"));
+    let layout = Layout::new()
+        .bridge("br0")
+        .ports(["a", "b"].map(|p| server_port(dir.path(), p, "br0", 1)))
+        .port(tap_with(
+            "up0",
+            "br0",
+            TapSettings {
+                ifname: Some(ifname.clone()),
+                mtu: None,
+                offloads: None,
+            },
+        ));
+    let mut d = Daemon::start(dir.path(), &layout.toml(), &layout.sockets());
+    let sock = |p: &str| dir.path().join(format!("{p}.sock"));
+    let mut a = TestVm::connect(&sock("a"), mac(1), VmOptions::default());
+    let mut b = TestVm::connect(&sock("b"), mac(2), VmOptions::default());
+    a.post_rx(TestVm::rx(0), 64, 2048);
+    b.post_rx(TestVm::rx(0), 64, 2048);
+    d.wait_port_connected("a", true);
+    d.wait_port_connected("b", true);
+    let pid = d.pid();
+    let ip = |args: &[&str]| {
+        let ok = std::process::Command::new("ip")
+            .args(args)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "ip {args:?}");
+    };
+    ip(&["link", "set", &ifname, "down"]);
+    ip(&["link", "set", &ifname, "name", &renamed]);
+    let e = d
+        .upgrade(&[])
+        .expect_err("an upgrade with a renamed TAP interface");
+    assert!(
+        e.contains(&format!("port up0 (tap): its interface {ifname} was renamed {renamed}")),
+        "{e}"
+    );
+    assert_eq!(d.pid(), pid);
+    for seed in 1..=3u8 {
+        a.send(TestVm::tx(0), &frame(mac(2), mac(1), 64, seed));
+        let got = b.expect_frames_at_least(TestVm::rx(0), 1, T);
+        assert_eq!(got.last().unwrap().frame, frame(mac(2), mac(1), 64, seed));
+    }
+    // The TAP port kept its interface (it would have gone with its last descriptor).
+    let (_, port) = call(&d, "GET", "/v1/ports/up0", None);
+    assert_eq!(port["state"]["connected"], true, "{port}");
+    ip(&["link", "set", &renamed, "name", &ifname]);
+    d.upgrade(&[]).expect("upgraded once the interface has its name back");
+    assert_eq!(
+        d.metric("vringswitch_port_reconnects_total", &[("port", "a")]),
+        0
+    );
+}

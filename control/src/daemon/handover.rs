@@ -237,6 +237,8 @@ impl Daemon {
     /// Starts a daemon from what the process before it handed over: its bridges and ports
     /// (each port carried on), then its FDB entries and counters, then its workers.
     /// Returns the daemon and the ports whose peer's connection could not be carried on.
+    /// On an error nothing is stopped or closed (the old process takes every port back
+    /// once this one is gone): the caller must exit.
     pub fn start_handed(
         config: &Config,
         options: DaemonOptions,
@@ -278,7 +280,9 @@ impl Daemon {
             .unwrap_or_else(|e| e.into_inner())
             .take();
         if let Err(e) = restored {
-            daemon.stop();
+            // Not stopped: stopping its ports would hang up on the VMs whose connections
+            // the old process takes back. The caller exits, closing nothing.
+            std::mem::forget(daemon);
             return Err(e.into());
         }
         let TakingOver { ports, not_carried } = taking.unwrap_or(TakingOver {
@@ -293,7 +297,8 @@ impl Daemon {
         match daemon.switch.start_workers() {
             Ok(w) => *daemon.workers.lock().unwrap_or_else(|e| e.into_inner()) = w,
             Err(e) => {
-                daemon.stop();
+                // As above: the ports are the old process's again.
+                std::mem::forget(daemon);
                 return Err(e.into());
             }
         }

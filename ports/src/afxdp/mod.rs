@@ -710,8 +710,16 @@ impl RunningPort for AfXdpPort {
         AfXdpPort::stop(self)
     }
 
+    /// A port whose interface is gone: the new process could not bind it, and would fail
+    /// as a start does. (This one brings it up again once the interface is back.)
     fn handover_refusal(&self) -> Option<String> {
-        None
+        let up = matches!(self.handle.attachment().as_deref(), Some(Attachment::AfXdp(q)) if !q.failed());
+        (!up).then(|| {
+            format!(
+                "its interface {} is gone: upgrade once it is back, or remove the port",
+                self.ifname
+            )
+        })
     }
 
     /// Hands over the socket (bound, its XDP program and map entry in place), the UMEM's

@@ -153,6 +153,20 @@ impl TapDevice {
         &self.name
     }
 
+    /// The name of the interface the descriptor is attached to now (someone may have
+    /// renamed it), if it still has one.
+    pub fn current_name(&self) -> Option<String> {
+        let mut req = ifreq("");
+        ioctl(&self.file, libc::TUNGETIFF as libc::c_ulong, &mut req).ok()?;
+        Some(
+            req.ifr_name
+                .iter()
+                .take_while(|&&c| c != 0)
+                .map(|&c| c as u8 as char)
+                .collect(),
+        )
+    }
+
     /// Whether the descriptor still has its interface: false once someone deleted it
     /// (`ip link del`), whichever network namespace it was moved to.
     pub fn is_attached(&self) -> bool {

@@ -335,8 +335,21 @@ impl RunningPort for TapPort {
         Ok(())
     }
 
+    /// A new process finds the interface by the port's `ifname`: one renamed under the
+    /// port (which carries on with its descriptor) could not be carried over.
     fn handover_refusal(&self) -> Option<String> {
-        None
+        let attachment = self.handle.attachment();
+        let Some(Attachment::Tap(q)) = attachment.as_deref() else {
+            return None;
+        };
+        match q.device.current_name() {
+            Some(now) if now != self.ifname => Some(format!(
+                "its interface {} was renamed {now}: give it its name back, or add the port \
+                 again with ifname = \"{now}\"",
+                self.ifname
+            )),
+            _ => None,
+        }
     }
 
     /// Hands over a duplicate of the interface's descriptor (frames the kernel queued on
