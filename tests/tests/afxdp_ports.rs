@@ -538,7 +538,9 @@ fn an_afxdp_port_whose_interface_is_gone_refuses_an_upgrade() {
     ip(&["link", "del", &veth.outer]);
     d.wait_port_connected("wire", false);
     let pid = d.pid();
-    let e = d.upgrade(&[]).expect_err("an upgrade with a port whose interface is gone");
+    let e = d
+        .upgrade(&[])
+        .expect_err("an upgrade with a port whose interface is gone");
     assert!(
         e.contains(&format!(
             "port wire (afxdp): its interface {} is gone",

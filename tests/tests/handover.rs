@@ -218,3 +218,68 @@ fn a_port_whose_vm_migrates_is_not_handed_over_and_serves_on() {
     engine.stop();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A daemon starting from a handover that takes a port over and then fails on another
+/// (what it was handed for it does not read) returns an error and hangs up on no VM: the
+/// old process takes every port back, and the VM's connection must still be there for it.
+#[test]
+fn a_daemon_that_fails_partway_through_a_handover_hangs_up_on_no_vm() {
+    use std::collections::HashMap;
+    use vringswitch_control::daemon::{Daemon, DaemonOptions, Handed};
+    use vringswitch_control::handover::Carried;
+    use vringswitch_ports::port::HandedPort;
+    use vringswitch_tests::layout::{tap, Layout};
+
+    let dir = std::env::temp_dir().join(vringswitch_tests::unique_name("vringswitch-handover"));
+    let socket = dir.join("a.sock");
+    let handle = Arc::new(PortHandle::new(0, "a", 1));
+    let mut old = VhostUserPort::start(handle.clone(), config(&socket)).unwrap();
+    let vm = TestVm::connect(&socket, mac(1), VmOptions::default());
+    wait_until(T, "the VM's rings", || handle.is_ready().then_some(()));
+    let handed_a = old.hand_over().expect("handed over");
+    let toml = Layout::new()
+        .bridge("br0")
+        .port(vringswitch_tests::setup::server_port(&dir, "a", "br0", 1))
+        .port(tap("up0", "br0", "vsnever0"))
+        .toml();
+    let config = vringswitch_config::Config::parse(&toml, &dir.join("x.toml")).unwrap();
+    let carried = Carried {
+        pid: std::process::id(),
+        saved: vringswitch_control::state_file::from_config(&config),
+        clock_secs: 0,
+        bridges: Vec::new(),
+        ports: Vec::new(),
+        workers: Vec::new(),
+        lock_files: 0,
+        api_tcp: false,
+        api_unix: None,
+    };
+    let mut ports = HashMap::new();
+    ports.insert(
+        "a".to_owned(),
+        vringswitch_ports::vhost_user::carry::write(handed_a),
+    );
+    // What no TAP port wrote.
+    ports.insert(
+        "up0".to_owned(),
+        HandedPort {
+            data: vec![7, 7, 7],
+            fds: Vec::new(),
+        },
+    );
+    let handed = Handed {
+        carried,
+        locks: Vec::new(),
+        ports,
+    };
+    let failed = Daemon::start_handed(&config, DaemonOptions::default(), handed);
+    let e = failed.err().expect("the handover fails on up0").to_string();
+    assert!(e.contains("up0"), "{e}");
+    // Port a was taken over before up0 failed: its VM's connection is still open, and
+    // answered (in this test process the daemon left as it was still serves it).
+    use vhost::VhostBackend;
+    vm.frontend
+        .get_features()
+        .expect("the VM's connection was not hung up on");
+    let _ = std::fs::remove_dir_all(&dir);
+}

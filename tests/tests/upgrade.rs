@@ -713,7 +713,9 @@ fn a_renamed_tap_interface_refuses_an_upgrade_and_everything_serves_on() {
         .upgrade(&[])
         .expect_err("an upgrade with a renamed TAP interface");
     assert!(
-        e.contains(&format!("port up0 (tap): its interface {ifname} was renamed {renamed}")),
+        e.contains(&format!(
+            "port up0 (tap): its interface {ifname} was renamed {renamed}"
+        )),
         "{e}"
     );
     assert_eq!(d.pid(), pid);
@@ -726,7 +728,8 @@ fn a_renamed_tap_interface_refuses_an_upgrade_and_everything_serves_on() {
     let (_, port) = call(&d, "GET", "/v1/ports/up0", None);
     assert_eq!(port["state"]["connected"], true, "{port}");
     ip(&["link", "set", &renamed, "name", &ifname]);
-    d.upgrade(&[]).expect("upgraded once the interface has its name back");
+    d.upgrade(&[])
+        .expect("upgraded once the interface has its name back");
     assert_eq!(
         d.metric("vringswitch_port_reconnects_total", &[("port", "a")]),
         0
