@@ -194,15 +194,26 @@ impl Upgrader {
         };
         let paused_ms = frozen.since.elapsed().as_secs_f64() * 1e3;
         let ports = frozen.ports.len();
+        // The pid systemd is told is the one we started, whatever the child says of itself:
+        // a wrong word there would have systemd follow (and later kill) another process.
+        let new_pid = child.pid();
+        if running.pid != new_pid {
+            tracing::warn!(
+                started = new_pid,
+                reported = running.pid,
+                "upgrade: the new process reports a pid other than the one started; \
+                 systemd is told the one started"
+            );
+        }
         // systemd follows the new process from now on (NotifyAccess=main lets the main
         // process say so); without systemd this does nothing.
-        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::MainPid(running.pid)]);
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::MainPid(new_pid)]);
         let _ = fd_channel::send(&ours, kind::HANDED, b"{}", &[]);
         child.let_live();
         frozen.keep_until_exit();
         Ok(Upgraded {
             old_pid: std::process::id(),
-            new_pid: running.pid,
+            new_pid,
             new_version: running.version,
             handover_version: version,
             paused_ms,
