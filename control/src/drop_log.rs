@@ -10,12 +10,13 @@ use vringswitch_metrics::Snapshot;
 use vringswitch_switch::Switch;
 
 /// Reasons that point at a guest or its driver doing something wrong.
-const GUEST_FAULTS: [&str; 5] = [
+const GUEST_FAULTS: [&str; 6] = [
     "bad_descriptor",
     "too_big",
     "invalid_src_mac",
     "mac_spoofed",
     "bad_offload",
+    "ip_spoofed",
 ];
 
 /// Drops of one port that grew between two readings.

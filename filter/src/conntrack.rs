@@ -2,9 +2,9 @@
 //! allocated per frame (docs/architecture.md, "Security groups").
 //!
 //! Entries live in one array; an open-addressed index of 64-bit slots (a 24-bit hash tag,
-//! the entry's 8-bit generation, a 32-bit entry number) finds them, two slots per connection, one per direction's tuple,
-//! so that the workers of both VMs find it with one probe sequence of at most
-//! [`MAX_PROBE`] slots. An entry's key is written under its own sequence counter (odd while
+//! the entry's 8-bit generation, a 32-bit entry number) finds them, two slots per
+//! connection, one per direction's tuple, so that the workers of both VMs find it among
+//! the [`MAX_PROBE`] slots of its tuple's two buckets (a cache line each). An entry's key is written under its own sequence counter (odd while
 //! it changes) and read twice-checked, so a lookup that races with the entry's reuse sees
 //! either the old key, the new one, or a retry, never a mix; a lookup compares the whole
 //! key, so a slot pointing at a reused entry is a miss. Free entries come from a lock-free
@@ -16,16 +16,35 @@ use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use crossbeam_queue::ArrayQueue;
 
-/// Most index slots a lookup or an insert looks at.
-pub const MAX_PROBE: usize = 16;
+/// Index slots per bucket: one cache line.
+const BUCKET: usize = 8;
+
+/// Most index slots a lookup or an insert looks at: the key's two buckets.
+pub const MAX_PROBE: usize = 2 * BUCKET;
+
+/// One cache line of index slots.
+#[repr(align(64))]
+struct Bucket([AtomicU64; BUCKET]);
+
+/// Zones are this many bits wide: a bridge's number and a VLAN (see [`zone`]).
+pub const ZONE_BITS: u32 = 22;
+
+/// The zone of VLAN `vlan` (0: untagged) of bridge number `bridge`: connections in two
+/// zones never meet, so that addresses may repeat across bridges and VLANs. Bridges
+/// beyond the 1024th share zones with the first ones.
+pub fn zone(bridge: usize, vlan: u16) -> u32 {
+    ((bridge as u32) << 12 | u32::from(vlan & 0xfff)) & ((1 << ZONE_BITS) - 1)
+}
 
 /// One direction of a connection: both addresses and ports (an ICMP echo's id as both
-/// ports), the protocol, the family and the zone (the bridge).
+/// ports), the protocol, the family and the zone ([`zone`]). A datagram's fragments have
+/// a key of their own kind (`fragments`), the datagram's id in the ports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Key {
     pub v6: bool,
+    pub fragments: bool,
     pub proto: u8,
-    pub zone: u16,
+    pub zone: u32,
     pub src: [u8; 16],
     pub dst: [u8; 16],
     pub sport: u16,
@@ -53,8 +72,9 @@ impl Key {
             w(&self.dst[..8]),
             w(&self.dst[8..]),
             u64::from(self.v6)
-                | u64::from(self.proto) << 8
-                | u64::from(self.zone) << 16
+                | u64::from(self.fragments) << 1
+                | u64::from(self.proto) << 2
+                | u64::from(self.zone & ((1 << ZONE_BITS) - 1)) << 10
                 | u64::from(self.sport) << 32
                 | u64::from(self.dport) << 48,
         ]
@@ -69,8 +89,9 @@ impl Key {
         dst[8..].copy_from_slice(&w[3].to_le_bytes());
         Key {
             v6: w[4] & 1 != 0,
-            proto: (w[4] >> 8) as u8,
-            zone: (w[4] >> 16) as u16,
+            fragments: w[4] & 2 != 0,
+            proto: (w[4] >> 2) as u8,
+            zone: (w[4] >> 10) as u32 & ((1 << ZONE_BITS) - 1),
             src,
             dst,
             sport: (w[4] >> 32) as u16,
@@ -93,6 +114,8 @@ struct Entry {
     /// The rules epochs the connection was last allowed under: the opener's port in the
     /// low half, the responder's in the high half (0: not checked there).
     epochs: AtomicU32,
+    /// The slot of [`Table::per_port`] the connection is charged to.
+    owner: AtomicU32,
 }
 
 /// A connection found: its entry, and whether the frame goes the reply way.
@@ -104,13 +127,54 @@ pub struct Found {
     pub generation: u8,
 }
 
+/// A connection as [`Table::list`] shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listed {
+    pub entry: u32,
+    pub generation: u8,
+    /// Its first direction.
+    pub key: Key,
+    /// The tracker's word ([`crate::tracker::unpack`]).
+    pub state: u32,
+    /// When it expires, on the table's clock.
+    pub expires: u32,
+    /// The port slot it is charged to (a port's number modulo [`PORT_SLOTS`]).
+    pub port: u32,
+}
+
 /// Why a connection could not be added.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Full {
     /// Every entry is in use.
     Table,
-    /// The key's probe sequence is full (the index is crowded there).
+    /// Both buckets of the key are full (the index is crowded there).
     Probe,
+    /// The port it would be charged to holds its limit of connections.
+    Port,
+}
+
+/// Ports are counted in this many slots (a port's number modulo it).
+pub const PORT_SLOTS: usize = 4096;
+
+/// The port a new connection is charged to and the most connections that port may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Charge {
+    pub port: u32,
+    pub limit: u32,
+}
+
+impl Charge {
+    /// Charged to nobody in particular (tests, tools): the last port slot, no limit.
+    pub const NONE: Charge = Charge {
+        port: PORT_SLOTS as u32 - 1,
+        limit: u32::MAX,
+    };
+}
+
+impl Default for Charge {
+    fn default() -> Charge {
+        Charge::NONE
+    }
 }
 
 const EMPTY: u64 = 0;
@@ -120,11 +184,17 @@ const GONE: u64 = u64::MAX;
 /// The connection table.
 pub struct Table {
     entries: Box<[Entry]>,
-    slots: Box<[AtomicU64]>,
+    /// The index: a key's slot is in one of two buckets (two choices, as a cuckoo
+    /// table's, without moving anything): a bucket is full only when both are, which at
+    /// most half full is vanishingly rare, where one linear probe sequence of 16 slots
+    /// overflowed in a table of ten thousand.
+    buckets: Box<[Bucket]>,
     mask: usize,
     free: ArrayQueue<u32>,
     seed: u64,
     live: AtomicUsize,
+    /// Connections each port holds, by port number modulo [`PORT_SLOTS`].
+    per_port: Box<[AtomicU32]>,
 }
 
 impl Table {
@@ -132,7 +202,7 @@ impl Table {
     /// connection (two in use: at most half full).
     pub fn new(capacity: usize) -> Table {
         let capacity = capacity.clamp(1, u32::MAX as usize - 1);
-        let slots = (capacity * 4).next_power_of_two();
+        let slots = (capacity * 4).next_power_of_two().max(2 * BUCKET);
         let free = ArrayQueue::new(capacity);
         for i in 0..capacity as u32 {
             let _ = free.push(i);
@@ -146,15 +216,19 @@ impl Table {
                     expires: AtomicU32::new(0),
                     state: AtomicU32::new(0),
                     epochs: AtomicU32::new(0),
+                    owner: AtomicU32::new(0),
                 })
                 .collect(),
-            slots: (0..slots).map(|_| AtomicU64::new(EMPTY)).collect(),
-            mask: slots - 1,
+            buckets: (0..slots / BUCKET)
+                .map(|_| Bucket(Default::default()))
+                .collect(),
+            mask: slots / BUCKET - 1,
             free,
             // Random per table: the index's layout cannot be predicted from outside, so a
             // VM cannot aim its connections at one probe sequence.
             seed: std::collections::hash_map::RandomState::new().hash_one(0x5eed_u64) | 1,
             live: AtomicUsize::new(0),
+            per_port: (0..PORT_SLOTS).map(|_| AtomicU32::new(0)).collect(),
         }
     }
 
@@ -208,12 +282,8 @@ impl Table {
     #[inline]
     pub fn lookup(&self, key: &Key, now: u32) -> Option<Found> {
         let h = self.hash(key);
-        let start = h as usize;
-        for p in 0..MAX_PROBE {
-            let slot = self.slots[(start + p) & self.mask].load(Ordering::Acquire);
-            if slot == EMPTY {
-                return None;
-            }
+        for slot in self.probe(h) {
+            let slot = slot.load(Ordering::Acquire);
             if slot == GONE || slot >> 40 != h >> 40 {
                 continue;
             }
@@ -246,19 +316,31 @@ impl Table {
     /// Adds connection `key` (its first direction), alive until `expires`, with tracker
     /// state `state`; both directions' slots are published once its key is written.
     pub fn insert(&self, key: &Key, expires: u32, state: u32) -> Result<u32, Full> {
-        self.insert_checked(key, expires, state, 0)
+        self.insert_checked(key, expires, state, 0, Charge::NONE)
     }
 
-    /// [`Self::insert`], the connection allowed under `epochs` ([`Self::epochs`]).
+    /// [`Self::insert`], the connection allowed under `epochs` ([`Self::epochs`]) and
+    /// charged to `charge`'s port, refused if that port holds its limit already.
     pub fn insert_checked(
         &self,
         key: &Key,
         expires: u32,
         state: u32,
         epochs: u32,
+        charge: Charge,
     ) -> Result<u32, Full> {
-        let i = self.free.pop().ok_or(Full::Table)?;
+        let owner = charge.port as usize % PORT_SLOTS;
+        let held = &self.per_port[owner];
+        held.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+            (n < charge.limit).then_some(n + 1)
+        })
+        .map_err(|_| Full::Port)?;
+        let Some(i) = self.free.pop() else {
+            held.fetch_sub(1, Ordering::Relaxed);
+            return Err(Full::Table);
+        };
         let e = &self.entries[i as usize];
+        e.owner.store(owner as u32, Ordering::Relaxed);
         let generation = e.generation.fetch_add(1, Ordering::Relaxed).wrapping_add(1) as u8;
         e.seq.fetch_add(1, Ordering::AcqRel);
         for (slot, w) in e.key.iter().zip(key.words()) {
@@ -269,11 +351,13 @@ impl Table {
         e.expires.store(expires.max(1), Ordering::Relaxed);
         e.seq.fetch_add(1, Ordering::Release);
         let Some(first) = self.claim(key, i, generation) else {
+            held.fetch_sub(1, Ordering::Relaxed);
             self.release(i);
             return Err(Full::Probe);
         };
         if self.claim(&key.reversed(), i, generation).is_none() {
-            self.slots[first].store(GONE, Ordering::Release);
+            first.store(GONE, Ordering::Release);
+            held.fetch_sub(1, Ordering::Relaxed);
             self.release(i);
             return Err(Full::Probe);
         }
@@ -286,23 +370,47 @@ impl Table {
         (h >> 40) << 40 | u64::from(generation) << 32 | u64::from(i + 1)
     }
 
-    /// Claims a free slot on `k`'s probe sequence for entry `i`.
-    fn claim(&self, k: &Key, i: u32, generation: u8) -> Option<usize> {
+    /// The two buckets a key of hash `h` may be in.
+    #[inline]
+    fn buckets_of(&self, h: u64) -> [&Bucket; 2] {
+        let first = h as usize & self.mask;
+        let mut second =
+            (h.rotate_right(24).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) as usize & self.mask;
+        if second == first {
+            second ^= 1;
+        }
+        [&self.buckets[first], &self.buckets[second]]
+    }
+
+    /// The slots a key of hash `h` may be in. Within a bucket slots are claimed in order
+    /// and never become empty again, so an empty slot ends the search of its bucket.
+    #[inline]
+    fn probe(&self, h: u64) -> impl Iterator<Item = &AtomicU64> {
+        self.buckets_of(h)
+            .into_iter()
+            .flat_map(|b| b.0.iter().take_while(|s| s.load(Ordering::Acquire) != EMPTY))
+    }
+
+    /// Claims a free slot for entry `i` in the less crowded of `k`'s two buckets (the
+    /// other if that one has none): with two choices the fullest bucket of a table at
+    /// its capacity stays well under its eight slots.
+    fn claim(&self, k: &Key, i: u32, generation: u8) -> Option<&AtomicU64> {
         let h = self.hash(k);
         let value = Self::slot_value(h, generation, i);
-        let start = h as usize;
-        for p in 0..MAX_PROBE {
-            let s = (start + p) & self.mask;
-            let cur = self.slots[s].load(Ordering::Relaxed);
-            if (cur == EMPTY || cur == GONE)
-                && self.slots[s]
+        let used = |b: &Bucket| {
+            b.0.iter()
+                .filter(|s| !matches!(s.load(Ordering::Relaxed), EMPTY | GONE))
+                .count()
+        };
+        let [one, two] = self.buckets_of(h);
+        let order = if used(two) < used(one) { [two, one] } else { [one, two] };
+        order.into_iter().flat_map(|b| b.0.iter()).find(|slot| {
+            let cur = slot.load(Ordering::Relaxed);
+            (cur == EMPTY || cur == GONE)
+                && slot
                     .compare_exchange(cur, value, Ordering::AcqRel, Ordering::Relaxed)
                     .is_ok()
-            {
-                return Some(s);
-            }
-        }
-        None
+        })
     }
 
     /// Gives entry `i` back once no slot names it.
@@ -344,32 +452,81 @@ impl Table {
     }
 
     /// Removes connection `generation` of entry `i` (a connection cut): its slots are
-    /// marked gone, the entry freed. Nothing if the entry serves another connection now.
-    /// Returns whether it removed it.
+    /// marked gone, the entry freed. Nothing if the entry serves another connection now,
+    /// or another caller removed it first: the one that takes its first direction's slot
+    /// removes it. Returns whether this call removed it.
     pub fn remove(&self, i: u32, generation: u8) -> bool {
         let Some(key) = self.key_of(i) else {
             return false;
         };
-        let mut found = false;
-        for k in [key, key.reversed()] {
-            let h = self.hash(&k);
-            let value = Self::slot_value(h, generation, i);
-            for p in 0..MAX_PROBE {
-                let s = (h as usize + p) & self.mask;
-                if self.slots[s]
-                    .compare_exchange(value, GONE, Ordering::AcqRel, Ordering::Relaxed)
-                    .is_ok()
-                {
-                    found = true;
-                    break;
-                }
+        if !self.unpublish(&key, i, generation) {
+            return false;
+        }
+        self.unpublish(&key.reversed(), i, generation);
+        self.live.fetch_sub(1, Ordering::Relaxed);
+        let owner = self.entries[i as usize].owner.load(Ordering::Relaxed);
+        if let Some(n) = self.per_port.get(owner as usize) {
+            let _ = n.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+        }
+        self.release(i);
+        true
+    }
+
+    /// Marks the slot of `k` naming entry `i`, generation `generation`, gone; whether this
+    /// call did.
+    fn unpublish(&self, k: &Key, i: u32, generation: u8) -> bool {
+        let h = self.hash(k);
+        let value = Self::slot_value(h, generation, i);
+        self.probe(h).any(|slot| {
+            slot.compare_exchange(value, GONE, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+        })
+    }
+
+    /// Connections port `port` holds (those it was charged for, see [`Charge`]).
+    pub fn port_connections(&self, port: u32) -> u32 {
+        self.per_port[port as usize % PORT_SLOTS].load(Ordering::Relaxed)
+    }
+
+    /// The connections alive at `now`, as the control side lists them (off the data path:
+    /// it reads every entry). A connection that changes meanwhile may be missed.
+    pub fn list(&self, now: u32) -> impl Iterator<Item = Listed> + '_ {
+        (0..self.entries.len() as u32).filter_map(move |i| {
+            let e = &self.entries[i as usize];
+            let generation = e.generation.load(Ordering::Relaxed) as u8;
+            let expires = e.expires.load(Ordering::Relaxed);
+            if expires <= now {
+                return None;
             }
-        }
-        if found {
-            self.live.fetch_sub(1, Ordering::Relaxed);
-            self.release(i);
-        }
-        found
+            let key = self.key_of(i)?;
+            // Listed only while published: an entry being added or removed is not.
+            let h = self.hash(&key);
+            let value = Self::slot_value(h, generation, i);
+            let published = self
+                .probe(h)
+                .any(|slot| slot.load(Ordering::Acquire) == value);
+            published.then(|| Listed {
+                entry: i,
+                generation,
+                key,
+                state: e.state.load(Ordering::Relaxed),
+                expires,
+                port: e.owner.load(Ordering::Relaxed),
+            })
+        })
+    }
+
+    /// Removes every connection alive at `now` that `which` picks; returns how many.
+    pub fn flush(&self, now: u32, mut which: impl FnMut(&Listed) -> bool) -> usize {
+        let picked: Vec<(u32, u8)> = self
+            .list(now)
+            .filter(|l| which(l))
+            .map(|l| (l.entry, l.generation))
+            .collect();
+        picked
+            .into_iter()
+            .filter(|&(i, g)| self.remove(i, g))
+            .count()
     }
 
     /// Removes every connection expired at `now`; returns how many. Off the data path
@@ -400,6 +557,7 @@ mod tests {
         Key {
             v6: false,
             proto: 6,
+            fragments: false,
             zone: 0,
             src,
             dst,
@@ -499,6 +657,85 @@ mod tests {
             for p in 0..5_000u16 {
                 assert!(t.lookup(&key(w, 9, p, 80).reversed(), 1).is_some());
             }
+        }
+    }
+
+    #[test]
+    fn two_threads_removing_one_connection_free_it_once() {
+        for round in 0..200u16 {
+            let t = std::sync::Arc::new(Table::new(4));
+            let i = t.insert(&key(1, 2, round, 80), 100, 0).unwrap();
+            let g = t.lookup(&key(1, 2, round, 80), 1).unwrap().generation;
+            let racers: Vec<_> = (0..2)
+                .map(|_| {
+                    let t = t.clone();
+                    std::thread::spawn(move || t.remove(i, g))
+                })
+                .collect();
+            let removed: usize = racers
+                .into_iter()
+                .map(|r| usize::from(r.join().unwrap()))
+                .sum();
+            assert_eq!(removed, 1);
+            assert_eq!(t.len(), 0);
+            // Freed once: the table still holds exactly its capacity.
+            for p in 0..4 {
+                t.insert(&key(3, 4, p, 80), 100, 0).unwrap();
+            }
+            assert_eq!(t.insert(&key(3, 4, 9, 80), 100, 0), Err(Full::Table));
+        }
+    }
+
+    #[test]
+    fn keys_keep_every_field_through_the_index_words() {
+        let k = Key {
+            v6: true,
+            fragments: true,
+            proto: 58,
+            zone: zone(1023, 4095),
+            src: [0xfe; 16],
+            dst: [0x80; 16],
+            sport: 0xfffe,
+            dport: 1,
+        };
+        assert_eq!(Key::from_words(k.words()), k);
+        assert_ne!(zone(1, 0), zone(0, 0));
+        assert_ne!(zone(0, 1), zone(0, 0));
+    }
+
+    #[test]
+    fn listing_shows_live_connections_and_flush_removes_the_picked() {
+        let t = Table::new(8);
+        let charged = Charge { port: 7, limit: 10 };
+        t.insert_checked(&key(1, 2, 1, 22), 100, 5, 0, charged)
+            .unwrap();
+        t.insert_checked(&key(1, 2, 2, 22), 3, 0, 0, charged)
+            .unwrap();
+        t.insert(&key(3, 4, 1, 53), 100, 0).unwrap();
+        let live: Vec<Listed> = t.list(10).collect();
+        assert_eq!(live.len(), 2, "the expired one is not listed");
+        let first = live.iter().find(|l| l.key == key(1, 2, 1, 22)).unwrap();
+        assert_eq!((first.state, first.expires, first.port), (5, 100, 7));
+        assert_eq!(t.flush(10, |l| l.port == 7), 1);
+        assert_eq!(t.list(10).count(), 1);
+        assert_eq!(
+            t.port_connections(7),
+            1,
+            "the expired one is still charged until swept"
+        );
+        assert_eq!(t.expire(10), 1);
+        assert_eq!(t.port_connections(7), 0);
+    }
+
+    #[test]
+    fn a_table_fills_to_its_capacity_without_a_crowded_bucket() {
+        for _ in 0..3 {
+            let t = Table::new(60_000);
+            for p in 0..60_000u32 {
+                let k = key((p >> 16) as u8, (p >> 8) as u8, p as u16, 80);
+                t.insert(&k, 100, 0).unwrap();
+            }
+            assert_eq!(t.insert(&key(9, 9, 9, 9), 100, 0), Err(Full::Table));
         }
     }
 }

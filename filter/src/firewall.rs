@@ -10,8 +10,8 @@
 //! side checked under older rules is checked again against the current ones, and the
 //! connection is cut (removed, the frame dropped) if they no longer allow it.
 
-use crate::conntrack::{Full, Key, Table};
-use crate::flow::{Flow, L4};
+use crate::conntrack::{Charge, Full, Key, Table};
+use crate::flow::{Flow, Fragment, L4};
 use crate::rules::{Compiled, Direction};
 use crate::tracker::{self, TcpState};
 
@@ -24,7 +24,12 @@ pub struct Policy {
     pub stateful: bool,
     /// Changes whenever the rules do (never 0: 0 means "not checked").
     pub epoch: u16,
+    /// The port the connections it opens are charged to, and its limit.
+    pub charge: Charge,
 }
+
+/// How long the verdict on a datagram's first fragment holds for the rest, in seconds.
+pub const FRAGMENT_TIMEOUT: u32 = 5;
 
 /// Why a frame is dropped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,7 +81,7 @@ pub fn implicit(direction: Direction, flow: &Flow) -> Option<Verdict> {
 
 /// The table's key of `flow` in zone `zone` (its bridge): an ICMP echo's identifier
 /// stands for both ports, so that the reply's key is the request's reversed.
-pub fn key_of(flow: &Flow, zone: u16) -> Key {
+pub fn key_of(flow: &Flow, zone: u32) -> Key {
     let (sport, dport) = match flow.l4 {
         L4::Ports { src, dst, .. } => (src, dst),
         L4::Icmp {
@@ -86,6 +91,7 @@ pub fn key_of(flow: &Flow, zone: u16) -> Key {
     };
     Key {
         v6: flow.v6,
+        fragments: false,
         proto: flow.proto,
         zone,
         src: flow.src,
@@ -122,7 +128,7 @@ pub fn check(
     policy: &Policy,
     direction: Direction,
     flow: &Flow,
-    zone: u16,
+    zone: u32,
     now: u32,
     track: bool,
 ) -> Verdict {
@@ -136,12 +142,81 @@ pub fn check(
             Verdict::Drop(Drop::AclDenied)
         };
     }
-    // A later fragment has no transport header: no connection to find it by. Until the
-    // first fragment's verdict is kept for its datagram (the design's next step), it is
-    // dropped, never passed unfiltered.
-    if matches!(flow.fragment, crate::flow::Fragment::Later { .. }) {
-        return Verdict::Drop(Drop::AclDenied);
+    match flow.fragment {
+        Fragment::Whole => connection(table, policy, direction, flow, zone, now, track),
+        // A later fragment has no transport header: it follows the verdict this port's
+        // side gave the datagram's first fragment, which must have come first.
+        Fragment::Later { id } => match table.lookup(&datagram_key(flow, zone, id), now) {
+            Some(f) if (table.epochs(f.entry) >> side_shift(direction)) & 0xffff != 0 => {
+                Verdict::Pass
+            }
+            _ => Verdict::Drop(Drop::AclDenied),
+        },
+        Fragment::First { id } => {
+            let v = connection(table, policy, direction, flow, zone, now, track);
+            if v != Verdict::Pass {
+                return v;
+            }
+            // Kept for the rest: where it cannot be, the first fragment goes too, so that
+            // no part of the datagram passes without the others.
+            let key = datagram_key(flow, zone, id);
+            let shift = side_shift(direction);
+            match table.lookup(&key, now) {
+                Some(f) => {
+                    table.set_epoch(f.entry, shift != 0, policy.epoch.max(1));
+                    Verdict::Pass
+                }
+                None => {
+                    let epochs = u32::from(policy.epoch.max(1)) << shift;
+                    match table.insert_checked(
+                        &key,
+                        now + FRAGMENT_TIMEOUT,
+                        0,
+                        epochs,
+                        policy.charge,
+                    ) {
+                        Ok(_) => Verdict::Pass,
+                        Err(_) => Verdict::Drop(Drop::CtFull),
+                    }
+                }
+            }
+        }
     }
+}
+
+/// Where a datagram's fragments record each side's verdict: egress in the low half of the
+/// entry's epochs, ingress in the high half.
+fn side_shift(direction: Direction) -> u32 {
+    match direction {
+        Direction::Egress => 0,
+        Direction::Ingress => 16,
+    }
+}
+
+/// The key of the datagram `flow` is a fragment of, identification `id`.
+fn datagram_key(flow: &Flow, zone: u32, id: u32) -> Key {
+    Key {
+        v6: flow.v6,
+        fragments: true,
+        proto: flow.proto,
+        zone,
+        src: flow.src,
+        dst: flow.dst,
+        sport: (id >> 16) as u16,
+        dport: id as u16,
+    }
+}
+
+/// [`check`] for a whole datagram or a first fragment, at a stateful port.
+fn connection(
+    table: &Table,
+    policy: &Policy,
+    direction: Direction,
+    flow: &Flow,
+    zone: u32,
+    now: u32,
+    track: bool,
+) -> Verdict {
     let key = key_of(flow, zone);
     let Some(found) = table.lookup(&key, now) else {
         // A new connection, opened here (egress) or arriving (ingress): this port's
@@ -155,9 +230,9 @@ pub fn check(
         };
         let responder = direction == Direction::Ingress;
         let epochs = u32::from(policy.epoch) << if responder { 16 } else { 0 };
-        return match table.insert_checked(&key, now + timeout, state, epochs) {
+        return match table.insert_checked(&key, now + timeout, state, epochs, policy.charge) {
             Ok(_) => Verdict::Pass,
-            Err(Full::Table | Full::Probe) => Verdict::Drop(Drop::CtFull),
+            Err(Full::Table | Full::Probe | Full::Port) => Verdict::Drop(Drop::CtFull),
         };
     };
     // This port's side of the connection: the opener's (it sent the first frame) or the
@@ -282,6 +357,7 @@ mod tests {
             rules: Compiled::new(&[rule], |_| None),
             stateful: true,
             epoch,
+            charge: Charge::NONE,
         }
     }
 
@@ -299,6 +375,7 @@ mod tests {
             rules: Compiled::new(&[rule], |_| None),
             stateful: true,
             epoch,
+            charge: Charge::NONE,
         }
     }
 
@@ -411,6 +488,7 @@ mod tests {
                 rules: Compiled::new(&[port(22), port(80)], |_| None),
                 stateful: true,
                 epoch,
+                charge: Charge::NONE,
             }
         };
         let before = both(1);
@@ -456,6 +534,94 @@ mod tests {
             PASS
         );
         assert_eq!(t.len(), 1, "the cut connection's entry is gone");
+    }
+
+    #[test]
+    fn later_fragments_follow_their_first_on_each_side_and_die_with_it() {
+        let t = Table::new(16);
+        let (a, b) = (client(1), server(22, 1));
+        let mut first = tcp(A, 40000, B, 22, SYN);
+        first.fragment = Fragment::First { id: 77 };
+        let mut later = tcp(A, 0, B, 0, 0);
+        later.l4 = L4::None;
+        later.fragment = Fragment::Later { id: 77 };
+        use Direction::{Egress as Out, Ingress as In};
+        // Not before the first.
+        assert_eq!(
+            check(&t, &a, Out, &later, 0, 1, true),
+            Verdict::Drop(Drop::AclDenied)
+        );
+        assert_eq!(check(&t, &a, Out, &first, 0, 1, true), PASS);
+        // The sender's side passed it: the rest may leave, but not yet arrive at B.
+        assert_eq!(check(&t, &a, Out, &later, 0, 1, true), PASS);
+        assert_eq!(
+            check(&t, &b, In, &later, 0, 1, false),
+            Verdict::Drop(Drop::AclDenied)
+        );
+        assert_eq!(check(&t, &b, In, &first, 0, 1, false), PASS);
+        assert_eq!(check(&t, &b, In, &later, 0, 1, false), PASS);
+        // Another datagram's fragments, or these in another zone, follow nothing.
+        let other = Flow {
+            fragment: Fragment::Later { id: 78 },
+            ..later
+        };
+        assert_eq!(
+            check(&t, &a, Out, &other, 0, 1, true),
+            Verdict::Drop(Drop::AclDenied)
+        );
+        assert_eq!(
+            check(&t, &a, Out, &later, 1, 1, true),
+            Verdict::Drop(Drop::AclDenied)
+        );
+        // A first fragment B's rules refuse lets none of the rest in.
+        let mut refused = tcp(A, 40000, B, 23, SYN);
+        refused.fragment = Fragment::First { id: 79 };
+        let refused_later = Flow {
+            fragment: Fragment::Later { id: 79 },
+            ..later
+        };
+        assert_eq!(check(&t, &a, Out, &refused, 0, 1, true), PASS);
+        assert_eq!(
+            check(&t, &b, In, &refused, 0, 1, false),
+            Verdict::Drop(Drop::AclDenied)
+        );
+        assert_eq!(
+            check(&t, &b, In, &refused_later, 0, 1, false),
+            Verdict::Drop(Drop::AclDenied)
+        );
+        // The datagram's verdict lasts FRAGMENT_TIMEOUT seconds.
+        let late = 1 + FRAGMENT_TIMEOUT;
+        assert_eq!(
+            check(&t, &a, Out, &later, 0, late, true),
+            Verdict::Drop(Drop::AclDenied)
+        );
+    }
+
+    #[test]
+    fn a_port_holding_its_limit_opens_no_more_connections_and_others_still_can() {
+        let t = Table::new(16);
+        let mut a = client(1);
+        a.charge = Charge { port: 3, limit: 2 };
+        let mut c = client(1);
+        c.charge = Charge { port: 4, limit: 2 };
+        let out = Direction::Egress;
+        assert_eq!(check(&t, &a, out, &tcp(A, 1, B, 22, SYN), 0, 1, true), PASS);
+        assert_eq!(check(&t, &a, out, &tcp(A, 2, B, 22, SYN), 0, 1, true), PASS);
+        assert_eq!(
+            check(&t, &a, out, &tcp(A, 3, B, 22, SYN), 0, 1, true),
+            Verdict::Drop(Drop::CtFull)
+        );
+        // Its open connections carry on; another port opens its own.
+        assert_eq!(check(&t, &a, out, &tcp(A, 1, B, 22, SYN), 0, 1, true), PASS);
+        assert_eq!(check(&t, &c, out, &tcp(B, 3, A, 22, SYN), 0, 1, true), PASS);
+        assert_eq!((t.port_connections(3), t.port_connections(4)), (2, 1));
+        // One gone (expired), one more may open.
+        assert_eq!(t.expire(1000), 3);
+        assert_eq!(t.port_connections(3), 0);
+        assert_eq!(
+            check(&t, &a, out, &tcp(A, 3, B, 22, SYN), 0, 1000, true),
+            PASS
+        );
     }
 
     #[test]

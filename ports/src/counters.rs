@@ -41,11 +41,24 @@ pub enum DropReason {
     /// Sent by a mirror's output port, which carries mirrored frames only (its frames are
     /// taken, so that its guest's transmit queue never stalls, and dropped).
     MirrorOutput,
+    /// A port with security groups: no rule allows the frame (on the sender's egress or
+    /// the receiver's ingress), its connection was cut by a rule change, or it is neither
+    /// IP nor ARP.
+    AclDenied,
+    /// A port with stateful security groups: the frame does not fit its connection's
+    /// state (TCP flags or their order), or its headers cannot be read.
+    CtInvalid,
+    /// A port with stateful security groups: the frame would open a connection, and the
+    /// connection table, or the port's share of it, is full.
+    CtFull,
+    /// A port with `allowed_ips`: the frame's source IP (an ARP or neighbour discovery
+    /// sender too) is not one of them.
+    IpSpoofed,
 }
 
 impl DropReason {
     /// Every reason, in a stable order.
-    pub const ALL: [DropReason; 11] = [
+    pub const ALL: [DropReason; 15] = [
         DropReason::NoRxBuffer,
         DropReason::BadDescriptor,
         DropReason::TooBig,
@@ -57,6 +70,10 @@ impl DropReason {
         DropReason::BadOffload,
         DropReason::Policed,
         DropReason::MirrorOutput,
+        DropReason::AclDenied,
+        DropReason::CtInvalid,
+        DropReason::CtFull,
+        DropReason::IpSpoofed,
     ];
 
     /// Label value used in metrics.
@@ -73,6 +90,10 @@ impl DropReason {
             DropReason::BadOffload => "bad_offload",
             DropReason::Policed => "policed",
             DropReason::MirrorOutput => "mirror_output",
+            DropReason::AclDenied => "acl_denied",
+            DropReason::CtInvalid => "ct_invalid",
+            DropReason::CtFull => "ct_full",
+            DropReason::IpSpoofed => "ip_spoofed",
         }
     }
 
