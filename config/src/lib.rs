@@ -13,9 +13,14 @@ use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 pub mod mirror;
+pub mod security_group;
 pub mod port;
 
 pub use mirror::{check_mirrors, MirrorDirection, MirrorSpec};
+pub use security_group::{
+    check_allowed_ips, check_port_groups, check_security_groups, parse_cidr, Cidr, Ethertype,
+    Protocol, RuleDirection, RuleSpec, SecurityGroupSpec,
+};
 pub use port::afxdp::{check_xdp_queue, AfXdpSettings, XdpMode, MAX_XDP_QUEUE};
 pub use port::tap::{check_mtu, TapSettings, MAX_MTU, MIN_MTU};
 pub use port::vhost_user::{
@@ -48,6 +53,13 @@ pub const DEFAULT_QUEUE_PAIRS: u16 = 4;
 pub const MAX_QUEUE_PAIRS: u16 = 16;
 /// Largest burst a worker may be configured with.
 pub const MAX_BURST: usize = 64;
+/// Connections tracked at most unless configured otherwise (about 150 bytes each).
+pub const DEFAULT_CONNTRACK_MAX: u32 = 1 << 20;
+/// Connections one port holds at most unless configured otherwise.
+pub const DEFAULT_CONNTRACK_PER_PORT: u32 = 65_536;
+/// The bounds of `conntrack_max`.
+pub const MIN_CONNTRACK: u32 = 1024;
+pub const MAX_CONNTRACK: u32 = 1 << 26;
 /// Largest vring size the switch accepts from a frontend.
 pub const MAX_QUEUE_SIZE: u16 = 1024;
 
@@ -90,6 +102,9 @@ pub struct Config {
     /// Port mirroring: frames of some ports copied to another.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mirrors: Vec<MirrorSpec>,
+    /// Security groups ports name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub security_groups: Vec<SecurityGroupSpec>,
     /// Where each port's fields lie in the file (one per port; none for a configuration
     /// not read from a file), for the line of an error.
     #[serde(skip)]
@@ -97,6 +112,9 @@ pub struct Config {
     /// Where each mirror lies in the file, likewise.
     #[serde(skip)]
     mirror_spans: MirrorSpans,
+    /// Where each security group lies in the file, likewise.
+    #[serde(skip)]
+    group_spans: MirrorSpans,
 }
 
 /// Where each mirror lies in the file it was read from (not part of what it says).
@@ -134,6 +152,8 @@ struct ConfigFile {
     ports: Vec<Spanned<std::collections::BTreeMap<String, Spanned<toml::Value>>>>,
     #[serde(default)]
     mirrors: Vec<Spanned<MirrorSpec>>,
+    #[serde(default)]
+    security_groups: Vec<Spanned<SecurityGroupSpec>>,
 }
 
 /// Where a port's table and each of its fields lie in the configuration file.
@@ -172,6 +192,15 @@ pub struct DataplaneConfig {
     /// Microseconds of empty polls before a worker sleeps on the kick eventfds.
     #[serde(default = "default_idle_us")]
     pub idle_poll_us: u64,
+    /// Connections the security groups' table tracks at most (its size, fixed at start;
+    /// memory is taken when the first port with groups comes).
+    #[serde(default = "default_conntrack_max")]
+    pub conntrack_max: Spanned<u32>,
+    /// Connections one port may hold at most (those it opened, or that came to it from a
+    /// port without groups); past it its new connections are refused (`ct_full`), so
+    /// that one VM cannot fill the table for the others.
+    #[serde(default = "default_conntrack_per_port")]
+    pub conntrack_per_port: Spanned<u32>,
 }
 
 impl Default for DataplaneConfig {
@@ -180,6 +209,8 @@ impl Default for DataplaneConfig {
             cores: default_cores(),
             burst: default_burst(),
             idle_poll_us: default_idle_us(),
+            conntrack_max: default_conntrack_max(),
+            conntrack_per_port: default_conntrack_per_port(),
         }
     }
 }
@@ -506,6 +537,14 @@ fn default_cores() -> Spanned<Vec<usize>> {
 fn default_burst() -> Spanned<usize> {
     Spanned::new(0..0, DEFAULT_BURST)
 }
+fn default_conntrack_max() -> Spanned<u32> {
+    Spanned::new(0..0, DEFAULT_CONNTRACK_MAX)
+}
+
+fn default_conntrack_per_port() -> Spanned<u32> {
+    Spanned::new(0..0, DEFAULT_CONNTRACK_PER_PORT)
+}
+
 fn default_idle_us() -> u64 {
     200
 }
@@ -536,14 +575,22 @@ impl Config {
             bridges,
             ports,
             mirrors: Vec::new(),
+            security_groups: Vec::new(),
             port_spans: SpansInFile::default(),
             mirror_spans: MirrorSpans::default(),
+            group_spans: MirrorSpans::default(),
         }
     }
 
     /// The same, with these mirrors.
     pub fn with_mirrors(mut self, mirrors: Vec<MirrorSpec>) -> Config {
         self.mirrors = mirrors;
+        self
+    }
+
+    /// The same, with these security groups.
+    pub fn with_security_groups(mut self, groups: Vec<SecurityGroupSpec>) -> Config {
+        self.security_groups = groups;
         self
     }
 
@@ -645,14 +692,21 @@ impl Config {
             port_spans.push(spans);
         }
         let mirror_spans = MirrorSpans(file.mirrors.iter().map(|m| m.span()).collect());
+        let group_spans = MirrorSpans(file.security_groups.iter().map(|g| g.span()).collect());
         let config = Config {
             socket_dir: file.socket_dir,
             dataplane: file.dataplane,
             bridges: file.bridges,
             ports,
             mirrors: file.mirrors.into_iter().map(Spanned::into_inner).collect(),
+            security_groups: file
+                .security_groups
+                .into_iter()
+                .map(Spanned::into_inner)
+                .collect(),
             port_spans: SpansInFile(port_spans),
             mirror_spans,
+            group_spans,
         };
         config.validate(text, path)?;
         Ok(config)
@@ -694,6 +748,32 @@ impl Config {
             return Err(invalid(
                 self.dataplane.burst.span(),
                 format!("dataplane.burst must be between 1 and {MAX_BURST}, not {burst}"),
+            ));
+        }
+
+        let (max, per_port) = (
+            &self.dataplane.conntrack_max,
+            &self.dataplane.conntrack_per_port,
+        );
+        if !(MIN_CONNTRACK..=MAX_CONNTRACK).contains(max.get_ref()) {
+            return Err(invalid(
+                max.span(),
+                format!(
+                    "dataplane.conntrack_max must be between {MIN_CONNTRACK} and \
+                     {MAX_CONNTRACK} connections, not {}",
+                    max.get_ref()
+                ),
+            ));
+        }
+        if *per_port.get_ref() == 0 || per_port.get_ref() > max.get_ref() {
+            return Err(invalid(
+                per_port.span(),
+                format!(
+                    "dataplane.conntrack_per_port must be between 1 and conntrack_max ({}), \
+                     not {}",
+                    max.get_ref(),
+                    per_port.get_ref()
+                ),
             ));
         }
 
@@ -763,6 +843,13 @@ impl Config {
         let specs: Vec<&PortSpec> = self.ports.iter().collect();
         check_mirrors(&self.mirrors, &specs).map_err(|(i, message)| {
             invalid(self.mirror_spans.0.get(i).cloned().unwrap_or(0..0), message)
+        })?;
+        check_security_groups(&self.security_groups, &specs).map_err(|(i, message)| {
+            let span = match i.checked_sub(self.security_groups.len()) {
+                None => self.group_spans.0.get(i).cloned(),
+                Some(p) => self.port_spans.0.get(p).map(|s| s.of(Some("security_groups"))),
+            };
+            invalid(span.unwrap_or(0..0), message)
         })?;
         Ok(())
     }
@@ -1418,5 +1505,32 @@ queues = 2
              direction = \"sideways\"\n"
         ));
         assert!(e.contains("sideways"), "{e}");
+    }
+
+    #[test]
+    fn security_groups_are_read_and_checked_with_their_line() {
+        let base = "[[bridges]]\nname = \"br0\"\n\
+            [[ports]]\nname = \"a\"\nbridge = \"br0\"\nsocket = \"/run/a.sock\"\n\
+            security_groups = [\"web\"]\nallowed_ips = [\"10.0.0.5\", \"2001:db8::5/128\"]\n";
+        let good = "[[security_groups]]\nname = \"web\"\n\
+            [[security_groups.rules]]\ndirection = \"ingress\"\nprotocol = \"tcp\"\n\
+            port_range_min = 22\nport_range_max = 22\nremote_group = \"web\"\n";
+        let c = parse(&format!("{base}{good}")).unwrap();
+        assert!(c.security_groups[0].stateful);
+        assert_eq!(c.security_groups[0].rules[0].protocol, Some(Protocol::Name("tcp".into())));
+        assert_eq!(c.ports[0].allowed_ips.as_ref().unwrap().len(), 2);
+        let again = parse(&to_toml(&c).unwrap()).unwrap();
+        assert_eq!(again.security_groups, c.security_groups);
+        assert_eq!(again.ports, c.ports);
+        // A port naming a group that is not there: the port's line.
+        let e = err(&format!("{base}{}", good.replace("\"web\"", "\"db\"")));
+        assert!(e.contains("line 7") && e.contains("no security group named \"web\""), "{e}");
+        // A bad rule: the group's line.
+        let e = err(&format!("{base}{}", good.replace("= 22\nport_range_max = 22", "= 80\nport_range_max = 22")));
+        assert!(e.contains("line 9") && e.contains("lowest first"), "{e}");
+        let e = err(&format!("{base}{good}").replace("10.0.0.5", "10.0.0.500"));
+        assert!(e.contains("allowed_ips"), "{e}");
+        let e = err(&format!("{base}{good}[dataplane]\nconntrack_max = 10\n"));
+        assert!(e.contains("conntrack_max must be between"), "{e}");
     }
 }

@@ -18,6 +18,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use vringswitch_config::Config;
+use vringswitch_filter::conntrack;
 use vringswitch_ports::{PortHandle, PortId};
 use vringswitch_switch::affinity::keep_off_cores;
 use vringswitch_switch::capture::{CaptureSettings, PortCapture};
@@ -27,12 +28,13 @@ use vringswitch_switch::{Switch, SwitchConfig};
 use vringswitch_wire::ethernet::MacAddr;
 
 use crate::desired::{BridgeEntry, PortEntry, PortUpdate, State};
-use crate::errors::{invalid, no_bridge, no_port, referenced};
+use crate::errors::{invalid, no_bridge, no_group, no_port, referenced};
 pub use crate::errors::{ChangeError, DaemonError};
 use crate::instance_lock::InstanceLock;
 pub use crate::schema::{
-    AdminState, BridgePatch, BridgeSpec, FdbEntryView, MirrorSpec, PortPatch, PortSpec, SavedState,
-    StaticMac, StaticMacRequest, VlanConfig, STATE_VERSION,
+    AdminState, BridgePatch, BridgeSpec, ConnectionFilter, ConnectionView, FdbEntryView,
+    MirrorSpec, PortPatch, PortSpec, SavedState, SecurityGroupSpec, StaticMac, StaticMacRequest,
+    VlanConfig, STATE_VERSION,
 };
 use crate::socket_dir::{check_inside, create_socket_dir};
 pub use crate::socket_dir::{check_own_dir, socket_pattern, CLIENT_SOCKET_SUBDIR};
@@ -137,7 +139,10 @@ impl Daemon {
         let workers = switch.start_workers()?;
         let daemon = Daemon {
             switch,
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State::with_conntrack_limits(
+                *config.dataplane.conntrack_max.get_ref(),
+                *config.dataplane.conntrack_per_port.get_ref(),
+            )),
             workers: Mutex::new(workers),
             options,
             lock,
@@ -180,6 +185,8 @@ impl Daemon {
         for b in saved.bridges {
             self.apply_add_bridge(b)?;
         }
+        // Before the ports, which name them.
+        self.apply_security_groups(saved.security_groups)?;
         for p in saved.ports {
             self.apply_add_port(p)?;
         }
@@ -496,6 +503,10 @@ impl Daemon {
             )));
         }
         st.check_new_port(&spec)?;
+        if spec.security_groups.is_some() {
+            st.check_security_groups(&st.security_groups, Some(&spec))
+                .map_err(referenced)?;
+        }
         let id = st.free_id();
         let handle = Arc::new(PortHandle::new(id, &spec.name, self.switch.workers.len()));
         forget_learnt_on_link_down(&handle, st.bridge(&spec.bridge)?, id);
@@ -512,6 +523,10 @@ impl Daemon {
         st.take_id(id);
         tracing::info!(port = %spec.name, bridge = %spec.bridge, kind = %spec.port_type(),
             settings = %spec.settings().describe(), carried_on, "port ready");
+        if spec.allowed_ips.is_some() {
+            // A new member of its groups: rules naming them admit it from now on.
+            st.next_filter_epoch();
+        }
         st.ports.insert(
             spec.name.clone(),
             PortEntry {
@@ -556,6 +571,16 @@ impl Daemon {
         if let Ok(b) = st.bridge_mut(&entry.spec.bridge) {
             b.fdb.flush_port(entry.id);
             b.statics.retain(|_, port| port != name);
+        }
+        // Its connections go with it (the next port of its id starts with none), and a
+        // member of groups gone changes what rules naming them admit.
+        if let Some(t) = st.conntrack.get() {
+            let slot = entry.id % conntrack::PORT_SLOTS as u32;
+            t.flush(self.switch.now_secs() as u32, |c| c.port == slot);
+        }
+        if entry.spec.allowed_ips.is_some() {
+            st.next_filter_epoch();
+            self.publish(&st);
         }
         // Every worker has rebuilt its caches from a topology without the port, and the FDB
         // no longer names it: the id may serve the next port. Unless a worker was late, so
@@ -617,6 +642,9 @@ impl Daemon {
             return Ok(new);
         }
         // Validated: apply.
+        if new.security_groups != old.security_groups || new.allowed_ips != old.allowed_ips {
+            st.next_filter_epoch();
+        }
         if let Some(e) = st.ports.get_mut(name) {
             if new.police_rx != old.police_rx {
                 e.police[0] = policer(new.police_rx.as_ref());
@@ -895,6 +923,140 @@ impl Daemon {
         self.publish(&st);
         tracing::info!(mirror = %name, "mirror removed");
         self.save(&st)
+    }
+
+    /// The security groups.
+    pub fn security_groups(&self) -> Vec<SecurityGroupSpec> {
+        self.state().security_groups.clone()
+    }
+
+    pub fn security_group(&self, name: &str) -> Result<SecurityGroupSpec, ChangeError> {
+        self.state()
+            .security_groups
+            .iter()
+            .find(|g| g.name == name)
+            .cloned()
+            .ok_or_else(|| no_group(name))
+    }
+
+    /// Creates group `spec`, or (with `replace`) replaces its namesake's rules: from the
+    /// next burst, every connection is checked again against the new rules (cut if they
+    /// no longer allow it). Returns whether it was created.
+    pub fn put_security_group(
+        &self,
+        spec: SecurityGroupSpec,
+        replace: bool,
+    ) -> Result<bool, ChangeError> {
+        let mut st = self.state();
+        let mut all = st.security_groups.clone();
+        let created = match all.iter_mut().find(|g| g.name == spec.name) {
+            Some(_) if !replace => {
+                return Err(ChangeError::Conflict(format!(
+                    "security group {:?} already exists: PUT /v1/security-groups/{} replaces \
+                     its rules",
+                    spec.name, spec.name
+                )))
+            }
+            Some(g) => {
+                *g = spec.clone();
+                false
+            }
+            None => {
+                all.push(spec.clone());
+                true
+            }
+        };
+        st.check_security_groups(&all, None)?;
+        st.security_groups = all;
+        st.next_filter_epoch();
+        self.publish(&st);
+        tracing::info!(group = %spec.name, rules = spec.rules.len(), stateful = spec.stateful,
+            created, "security group set");
+        self.save(&st)?;
+        Ok(created)
+    }
+
+    /// Deletes a group no port and no other group's rule names.
+    pub fn remove_security_group(&self, name: &str) -> Result<(), ChangeError> {
+        let mut st = self.state();
+        let i = st
+            .security_groups
+            .iter()
+            .position(|g| g.name == name)
+            .ok_or_else(|| no_group(name))?;
+        let ports: Vec<&str> = st
+            .ports
+            .values()
+            .filter(|p| p.spec.security_groups.iter().flatten().any(|g| g == name))
+            .map(|p| p.spec.name.as_str())
+            .collect();
+        if !ports.is_empty() {
+            return Err(ChangeError::Conflict(format!(
+                "security group {name:?} is a group of port {}: take it off first \
+                 (vringctl port set PORT --security-groups ...)",
+                ports.join(", ")
+            )));
+        }
+        if let Some(g) = st.security_groups.iter().find(|g| {
+            g.name != name && g.rules.iter().any(|r| r.remote_group.as_deref() == Some(name))
+        }) {
+            return Err(ChangeError::Conflict(format!(
+                "security group {name:?} is the remote_group of a rule of group {:?}: change \
+                 that rule first",
+                g.name
+            )));
+        }
+        st.security_groups.remove(i);
+        st.next_filter_epoch();
+        self.publish(&st);
+        tracing::info!(group = %name, "security group removed");
+        self.save(&st)
+    }
+
+    /// Sets every group at once (a state being restored).
+    fn apply_security_groups(&self, groups: Vec<SecurityGroupSpec>) -> Result<(), ChangeError> {
+        let mut st = self.state();
+        st.check_security_groups(&groups, None)?;
+        st.security_groups = groups;
+        st.next_filter_epoch();
+        Ok(())
+    }
+
+    /// The connections tracked now that `pick` picks (at most `limit`), and how many
+    /// there are in all.
+    pub fn connections(
+        &self,
+        pick: &ConnectionFilter,
+        limit: usize,
+    ) -> (Vec<ConnectionView>, usize) {
+        let st = self.state();
+        let Some(table) = st.conntrack.get() else {
+            return (Vec::new(), 0);
+        };
+        let now = self.switch.now_secs() as u32;
+        let names = crate::security_groups::names(&st);
+        let mut out = Vec::new();
+        for c in table.list(now) {
+            let view = ConnectionView::of(&c, now, &names);
+            if pick.picks(&view) && out.len() < limit {
+                out.push(view);
+            }
+        }
+        (out, table.len())
+    }
+
+    /// Removes the connections `pick` picks; returns how many. Their next frames must
+    /// open them again (a TCP segment that is not a SYN is `ct_invalid`).
+    pub fn flush_connections(&self, pick: &ConnectionFilter) -> usize {
+        let st = self.state();
+        let Some(table) = st.conntrack.get() else {
+            return 0;
+        };
+        let now = self.switch.now_secs() as u32;
+        let names = crate::security_groups::names(&st);
+        let n = table.flush(now, |c| pick.picks(&ConnectionView::of(c, now, &names)));
+        tracing::info!(connections = n, "connections flushed");
+        n
     }
 
     /// What the data path does with the frame `req` describes, computed by its own

@@ -14,7 +14,8 @@ use vringswitch_switch::police::Policer;
 
 use crate::errors::{no_bridge, no_port, referenced, ChangeError};
 use crate::schema::{
-    BridgeSpec, MirrorSpec, PortPatch, PortSpec, SavedState, StaticMac, STATE_VERSION,
+    BridgeSpec, MirrorSpec, PortPatch, PortSpec, SavedState, SecurityGroupSpec, StaticMac,
+    STATE_VERSION,
 };
 use crate::topology::policy;
 
@@ -54,9 +55,29 @@ pub(crate) struct State {
     pub captures: HashMap<PortId, Arc<PortCapture>>,
     /// Port mirrors, in the order made.
     pub mirrors: Vec<MirrorSpec>,
+    /// Security groups, in the order made.
+    pub security_groups: Vec<SecurityGroupSpec>,
+    /// The rules' epoch: changes with every change to a group or to a port's groups or
+    /// addresses, so that each connection is checked again, once, against the new rules.
+    /// Never 0.
+    pub filter_epoch: u16,
+    /// The connection table, once a port has had groups.
+    pub conntrack: std::sync::OnceLock<Arc<vringswitch_filter::conntrack::Table>>,
+    /// Its size and the most connections one port holds.
+    pub conntrack_limits: (u32, u32),
 }
 
 impl State {
+    /// An empty state whose connection table, once made, holds `max` connections, at
+    /// most `per_port` charged to one port.
+    pub fn with_conntrack_limits(max: u32, per_port: u32) -> State {
+        State {
+            conntrack_limits: (max, per_port),
+            filter_epoch: 1,
+            ..State::default()
+        }
+    }
+
     /// The id the next port gets: the lowest one a removed port gave back, else a new one.
     pub fn free_id(&self) -> PortId {
         self.free_ids.first().copied().unwrap_or(self.next_id)
@@ -168,6 +189,22 @@ impl State {
                 vringswitch_config::check_allowed_macs(m).map_err(ChangeError::Invalid)?;
             }
             new.allowed_macs = macs;
+        }
+        if let Some(ips) = patch.allowed_ips {
+            if let Some(i) = &ips {
+                vringswitch_config::check_allowed_ips(i).map_err(ChangeError::Invalid)?;
+            }
+            new.allowed_ips = ips;
+        }
+        if let Some(groups) = patch.security_groups {
+            if let Some(g) = &groups {
+                vringswitch_config::check_port_groups(g).map_err(ChangeError::Invalid)?;
+            }
+            new.security_groups = groups;
+        }
+        if new.security_groups != old.security_groups {
+            self.check_security_groups(&self.security_groups, Some(&new))
+                .map_err(referenced)?;
         }
         if let Some(n) = patch.fdb_max_learned {
             vringswitch_config::check_max_learned(n).map_err(ChangeError::Invalid)?;
@@ -288,7 +325,33 @@ impl State {
                 })
                 .collect(),
             mirrors: self.mirrors.clone(),
+            security_groups: self.security_groups.clone(),
         }
+    }
+
+    /// The rules changed: every connection is checked again at its next frame.
+    pub fn next_filter_epoch(&mut self) {
+        self.filter_epoch = self.filter_epoch.wrapping_add(1).max(1);
+    }
+
+    /// Checks `groups` against the ports as they are, with `changed` in place of its
+    /// namesake (a port about to change, or to be added).
+    pub fn check_security_groups(
+        &self,
+        groups: &[SecurityGroupSpec],
+        changed: Option<&PortSpec>,
+    ) -> Result<(), ChangeError> {
+        let specs: Vec<&PortSpec> = self
+            .ports
+            .values()
+            .map(|p| match changed {
+                Some(c) if c.name == p.spec.name => c,
+                _ => &p.spec,
+            })
+            .chain(changed.filter(|c| !self.ports.contains_key(&c.name)))
+            .collect();
+        vringswitch_config::check_security_groups(groups, &specs)
+            .map_err(|(_, m)| ChangeError::Invalid(m))
     }
 
     /// The mirrors `port` is part of, as a source or an output.

@@ -74,6 +74,10 @@ pub(crate) fn no_port(name: &str) -> ChangeError {
     ChangeError::NotFound(format!("no port named {name:?}"))
 }
 
+pub(crate) fn no_group(name: &str) -> ChangeError {
+    ChangeError::NotFound(format!("no security group named {name:?}"))
+}
+
 /// A missing bridge or port named in a request's body or query, rather than in its URL:
 /// the request is wrong (400), the resource addressed was found.
 pub(crate) fn referenced(e: ChangeError) -> ChangeError {

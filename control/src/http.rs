@@ -68,6 +68,13 @@ struct AppState {
         add_mirror,
         get_mirror,
         remove_mirror,
+        list_security_groups,
+        add_security_group,
+        get_security_group,
+        put_security_group,
+        remove_security_group,
+        list_connections,
+        flush_connections,
         upgrade
     ),
     components(schemas(
@@ -88,6 +95,14 @@ struct AppState {
         LogPatch,
         vringswitch_config::MirrorSpec,
         vringswitch_config::MirrorDirection,
+        vringswitch_config::SecurityGroupSpec,
+        vringswitch_config::RuleSpec,
+        vringswitch_config::RuleDirection,
+        vringswitch_config::Ethertype,
+        vringswitch_config::Protocol,
+        crate::schema::ConnectionView,
+        ConnectionsView,
+        FlushedView,
         crate::trace::TraceRequest,
         crate::trace::TraceView,
         crate::trace::TraceOutput,
@@ -235,6 +250,20 @@ pub fn router(daemon: Arc<Daemon>, access: ApiAccess) -> Router {
         .route("/v1/trace", axum::routing::post(trace_frame))
         .route("/v1/mirrors", get(list_mirrors).post(add_mirror))
         .route("/v1/mirrors/{name}", get(get_mirror).delete(remove_mirror))
+        .route(
+            "/v1/security-groups",
+            get(list_security_groups).post(add_security_group),
+        )
+        .route(
+            "/v1/security-groups/{name}",
+            get(get_security_group)
+                .put(put_security_group)
+                .delete(remove_security_group),
+        )
+        .route(
+            "/v1/conntrack",
+            get(list_connections).delete(flush_connections),
+        )
         .route("/v1/upgrade", axum::routing::post(upgrade))
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(
@@ -736,6 +765,13 @@ struct PortView {
     vlan: Option<VlanConfig>,
     #[serde(skip_serializing_if = "Option::is_none")]
     allowed_macs: Option<Vec<String>>,
+    /// The port's addresses: the sources it may send from, and what makes it a member
+    /// of its groups.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    allowed_ips: Option<Vec<String>>,
+    /// Its security groups (none: not filtered).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    security_groups: Option<Vec<String>>,
     /// Most addresses the bridge learns on the port (how many it has: `counters`).
     fdb_max_learned: u32,
     /// Policers of what the port sends and of what it is sent (frames dropped by them:
@@ -808,6 +844,8 @@ fn port_view(spec: PortSpec, handle: &PortHandle, snapshot: &Snapshot) -> PortVi
         queues,
         vlan: spec.vlan,
         allowed_macs: spec.allowed_macs,
+        allowed_ips: spec.allowed_ips,
+        security_groups: spec.security_groups,
         fdb_max_learned,
         police_rx: spec.police_rx,
         police_tx: spec.police_tx,
@@ -941,6 +979,120 @@ async fn remove_mirror(
     let daemon = s.daemon.clone();
     blocking(move || daemon.remove_mirror(&name)).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(get, path = "/v1/security-groups", responses((status = 200, body = [vringswitch_config::SecurityGroupSpec]), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody, description = "A foreign Host or Origin")))]
+async fn list_security_groups(
+    _: NoQuery,
+    State(s): State<AppState>,
+) -> Json<Vec<vringswitch_config::SecurityGroupSpec>> {
+    Json(s.daemon.security_groups())
+}
+
+#[utoipa::path(get, path = "/v1/security-groups/{name}", params(("name" = String, Path)), responses((status = 200, body = vringswitch_config::SecurityGroupSpec), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 403, body = ErrorBody, description = "A foreign Host or Origin")))]
+async fn get_security_group(
+    _: NoQuery,
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<vringswitch_config::SecurityGroupSpec>, ApiError> {
+    Ok(Json(s.daemon.security_group(&name)?))
+}
+
+#[utoipa::path(post, path = "/v1/security-groups", request_body = vringswitch_config::SecurityGroupSpec, responses((status = 201, body = vringswitch_config::SecurityGroupSpec, description = "Made; ports naming it are filtered by it from their next burst"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 409, body = ErrorBody, description = "A group of that name exists (PUT replaces it)"), (status = 500, body = ErrorBody), (status = 403, body = ErrorBody, description = "A foreign Host or Origin, or a change over TCP on a daemon that takes changes on its unix socket only"), (status = 415, body = ErrorBody, description = "The body was not sent as application/json")))]
+async fn add_security_group(
+    _: NoQuery,
+    State(s): State<AppState>,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> Result<(StatusCode, Json<vringswitch_config::SecurityGroupSpec>), ApiError> {
+    let spec: vringswitch_config::SecurityGroupSpec = parse(&headers, &body)?;
+    let daemon = s.daemon.clone();
+    let made = spec.clone();
+    blocking(move || daemon.put_security_group(spec, false)).await?;
+    Ok((StatusCode::CREATED, Json(made)))
+}
+
+#[utoipa::path(put, path = "/v1/security-groups/{name}", params(("name" = String, Path)), request_body = vringswitch_config::SecurityGroupSpec, responses((status = 200, body = vringswitch_config::SecurityGroupSpec, description = "Replaced, atomically from one burst to the next: connections the new rules no longer allow are cut at their next frame, the others carry on"), (status = 201, body = vringswitch_config::SecurityGroupSpec, description = "Made"), (status = 400, body = ErrorBody, description = "A bad rule, or a name in the body other than the path's"), (status = 401, body = ErrorBody), (status = 500, body = ErrorBody), (status = 403, body = ErrorBody, description = "A foreign Host or Origin, or a change over TCP on a daemon that takes changes on its unix socket only"), (status = 415, body = ErrorBody, description = "The body was not sent as application/json")))]
+async fn put_security_group(
+    _: NoQuery,
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> Result<(StatusCode, Json<vringswitch_config::SecurityGroupSpec>), ApiError> {
+    let spec: vringswitch_config::SecurityGroupSpec = parse(&headers, &body)?;
+    if spec.name != name {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!(
+                "the body names group {:?}, the path {name:?}: a group is not renamed",
+                spec.name
+            ),
+        ));
+    }
+    let daemon = s.daemon.clone();
+    let made = spec.clone();
+    let created = blocking(move || daemon.put_security_group(spec, true)).await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(made)))
+}
+
+#[utoipa::path(delete, path = "/v1/security-groups/{name}", params(("name" = String, Path)), responses((status = 204, description = "Deleted"), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody, description = "A port or another group's rule names it"), (status = 500, body = ErrorBody), (status = 403, body = ErrorBody, description = "A foreign Host or Origin, or a change over TCP on a daemon that takes changes on its unix socket only")))]
+async fn remove_security_group(
+    _: NoQuery,
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let daemon = s.daemon.clone();
+    blocking(move || daemon.remove_security_group(&name)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The connections tracked, as listed.
+#[derive(serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct ConnectionsView {
+    /// Connections in the table (all of them, not only those listed).
+    pub total: usize,
+    pub connections: Vec<crate::schema::ConnectionView>,
+}
+
+/// How many connections a flush removed.
+#[derive(serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct FlushedView {
+    pub flushed: usize,
+}
+
+/// Most connections one listing shows.
+const MAX_LISTED_CONNECTIONS: usize = 100_000;
+
+#[utoipa::path(get, path = "/v1/conntrack", params(crate::schema::ConnectionFilter), responses((status = 200, body = ConnectionsView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody, description = "A foreign Host or Origin")))]
+async fn list_connections(
+    State(s): State<AppState>,
+    query: Result<Query<crate::schema::ConnectionFilter>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<ConnectionsView>, ApiError> {
+    let Query(q) =
+        query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))?;
+    let limit = q.limit.unwrap_or(1000).min(MAX_LISTED_CONNECTIONS);
+    let daemon = s.daemon.clone();
+    let (connections, total) = blocking(move || Ok(daemon.connections(&q, limit))).await?;
+    Ok(Json(ConnectionsView { total, connections }))
+}
+
+#[utoipa::path(delete, path = "/v1/conntrack", params(crate::schema::ConnectionFilter), responses((status = 200, body = FlushedView, description = "Removed: their next frames must open them again"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody, description = "A foreign Host or Origin, or a change over TCP on a daemon that takes changes on its unix socket only")))]
+async fn flush_connections(
+    State(s): State<AppState>,
+    query: Result<Query<crate::schema::ConnectionFilter>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<FlushedView>, ApiError> {
+    let Query(q) =
+        query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))?;
+    let daemon = s.daemon.clone();
+    let flushed = blocking(move || Ok(daemon.flush_connections(&q))).await?;
+    Ok(Json(FlushedView { flushed }))
 }
 
 #[utoipa::path(post, path = "/v1/trace", request_body = crate::trace::TraceRequest, responses((status = 200, body = crate::trace::TraceView, description = "What the data path does with that frame now; nothing is learnt or sent"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody, description = "No such port"), (status = 403, body = ErrorBody, description = "A foreign Host or Origin"), (status = 415, body = ErrorBody, description = "The body was not sent as application/json")))]

@@ -23,6 +23,7 @@ pub mod log_levels;
 pub mod manpage;
 pub mod pcapng;
 pub mod schema;
+mod security_groups;
 pub mod socket_dir;
 pub mod state_file;
 pub mod systemd;

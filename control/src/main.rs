@@ -456,6 +456,7 @@ fn run() -> anyhow::Result<()> {
             loop {
                 tick.tick().await;
                 ager.age_fdbs();
+                ager.expire_connections();
             }
         });
         let limits = http_server::Limits::default();

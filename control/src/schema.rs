@@ -3,7 +3,9 @@
 //! static FDB entries, the FDB as shown, and the state file's whole.
 
 use serde::{Deserialize, Serialize};
-pub use vringswitch_config::{AdminState, MirrorDirection, MirrorSpec, PortSpec, VlanConfig};
+pub use vringswitch_config::{
+    AdminState, MirrorDirection, MirrorSpec, PortSpec, RuleSpec, SecurityGroupSpec, VlanConfig,
+};
 use vringswitch_config::{ExternalIds, PoliceConfig};
 
 /// A bridge as configured.
@@ -89,6 +91,14 @@ pub struct PortPatch {
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<Vec<String>>, nullable, min_items = 1, max_items = 16)]
     pub allowed_macs: Option<Option<Vec<String>>>,
+    /// The port's new addresses (IPv4 and IPv6 prefixes); null: any.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<Vec<String>>, nullable, min_items = 1, max_items = 64)]
+    pub allowed_ips: Option<Option<Vec<String>>>,
+    /// The port's new security groups; null or empty: none (nothing filtered).
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<Vec<String>>, nullable, max_items = 16)]
+    pub security_groups: Option<Option<Vec<String>>>,
     /// The new limit on addresses learnt on the port.
     #[serde(default)]
     #[schema(minimum = 1, maximum = 1_000_000)]
@@ -174,6 +184,59 @@ pub struct SavedState {
     pub static_macs: Vec<StaticMac>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mirrors: Vec<MirrorSpec>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub security_groups: Vec<SecurityGroupSpec>,
+}
+
+/// A connection the security groups track, as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ConnectionView {
+    /// `IPv4` or `IPv6`.
+    pub ethertype: String,
+    /// `tcp`, `udp`, `icmp`, `icmpv6` or the protocol's number.
+    pub protocol: String,
+    /// The opener's address and port (an ICMP echo's identifier as both ports).
+    pub src: String,
+    pub sport: u16,
+    /// The responder's.
+    pub dst: String,
+    pub dport: u16,
+    /// TCP: `SYN_SENT`, `SYN_RECV`, `ESTABLISHED`, `FIN_WAIT`, `CLOSE_WAIT`, `TIME_WAIT`,
+    /// `CLOSE`; others: `NEW` until answered, then `REPLIED`; `FRAGMENTS`: the verdict
+    /// on a fragmented datagram, kept for its later fragments (the ports then hold its
+    /// identification).
+    pub state: String,
+    /// Seconds until it expires without another packet.
+    pub expires_in_s: u32,
+    /// The port it is charged to (the first filtered port it crossed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<String>,
+    /// Its bridge and VLAN (0: untagged).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bridge: Option<String>,
+    pub vlan: u16,
+}
+
+/// Which connections to list or flush: each field given narrows them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ConnectionFilter {
+    /// Charged to this port.
+    #[serde(default)]
+    pub port: Option<String>,
+    /// On this bridge.
+    #[serde(default)]
+    pub bridge: Option<String>,
+    /// Of this protocol (`tcp`, `udp`, `icmp`, `icmpv6`, a number).
+    #[serde(default)]
+    pub protocol: Option<String>,
+    /// With this address at either end.
+    #[serde(default)]
+    pub address: Option<String>,
+    /// At most this many listed (1000 when left out).
+    #[serde(default)]
+    pub limit: Option<usize>,
 }
 
 /// The state file's format version.

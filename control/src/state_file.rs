@@ -37,6 +37,7 @@ pub fn from_config(config: &Config) -> SavedState {
             .collect(),
         static_macs: Vec::new(),
         mirrors: config.mirrors.clone(),
+        security_groups: config.security_groups.clone(),
     }
 }
 
@@ -60,6 +61,7 @@ pub fn to_config(config: &Config, saved: &SavedState) -> Config {
         saved.ports.clone(),
     )
     .with_mirrors(saved.mirrors.clone())
+    .with_security_groups(saved.security_groups.clone())
 }
 
 /// What of the configuration's topology (`config`, as [`from_config`] gives it) goes
@@ -277,6 +279,8 @@ mod tests {
                 }),
                 vlan: Some(VlanConfig::Trunk { tags: vec![5, 6] }),
                 allowed_macs: Some(vec!["02:00:00:00:00:01".into()]),
+                allowed_ips: Some(vec!["10.0.0.5/32".into()]),
+                security_groups: Some(vec!["web".into()]),
                 fdb_max_learned: Some(5),
                 police_rx: Some(vringswitch_config::PoliceConfig {
                     rate_kbps: Some(10_000),
@@ -300,6 +304,11 @@ mod tests {
                 direction: vringswitch_config::MirrorDirection::Rx,
                 output: "ids".into(),
             }],
+            security_groups: vec![serde_json::from_str(
+                r#"{"name": "web", "stateful": false, "rules": [{"direction": "ingress",
+                    "protocol": "tcp", "port_range_min": 22, "remote_group": "web"}]}"#,
+            )
+            .unwrap()],
         };
         write_atomically(&path, &state).unwrap();
         assert_eq!(load(&path).unwrap(), Some(state.clone()));
@@ -339,6 +348,7 @@ mod tests {
             ports,
             static_macs: vec![],
             mirrors: vec![],
+            security_groups: vec![],
         }
     }
 

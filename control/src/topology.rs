@@ -57,11 +57,13 @@ pub(crate) fn compile(st: &State) -> Topology {
             admin_up,
             capture: st.captures.get(&p.id).cloned(),
             mirror,
+            filter: crate::security_groups::port_filter(st, p),
         });
     }
     for b in &mut topology.bridges {
         b.ports.sort_unstable();
     }
+    topology.conntrack = crate::security_groups::table(st);
     topology
 }
 

@@ -414,7 +414,9 @@ mod tests {
                 police_tx: None,
                 capture: None,
                 mirror: Default::default(),
+                filter: None,
             })],
+            conntrack: None,
         });
         (sw, h)
     }

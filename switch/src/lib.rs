@@ -10,6 +10,7 @@ pub mod capture;
 pub mod fdb;
 pub mod police;
 pub mod port_security;
+pub mod security_groups;
 pub mod stats;
 pub mod topology;
 pub mod trace;
@@ -230,6 +231,15 @@ impl Switch {
     pub fn age_fdbs(&self) -> usize {
         let now = self.now_secs();
         self.topology().bridges.iter().map(|b| b.fdb.age(now)).sum()
+    }
+
+    /// Removes the connections of security groups that expired; call about once a second.
+    pub fn expire_connections(&self) -> usize {
+        let now = self.now_secs() as u32;
+        self.topology()
+            .conntrack
+            .as_deref()
+            .map_or(0, |t| t.expire(now))
     }
 }
 

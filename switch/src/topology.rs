@@ -9,6 +9,7 @@ use crate::capture::PortCapture;
 use crate::fdb::Fdb;
 use crate::police::Policer;
 use crate::port_security::PortSecurity;
+use crate::security_groups::PortFilter;
 use crate::vlan::VlanPolicy;
 
 /// One bridge.
@@ -42,6 +43,8 @@ pub struct PortRt {
     pub capture: Option<Arc<PortCapture>>,
     /// Port mirroring (SPAN) from and to this port.
     pub mirror: PortMirrors,
+    /// Its security groups and `allowed_ips`, if it has either.
+    pub filter: Option<Arc<PortFilter>>,
 }
 
 /// The mirrors a port is part of, as the workers use them.
@@ -64,6 +67,9 @@ pub struct PortMirrors {
 pub struct Topology {
     pub bridges: Vec<BridgeRt>,
     pub ports: Vec<Option<PortRt>>,
+    /// The connection table, made (once, at its configured size) when the first port
+    /// with security groups comes, and kept for the daemon's life.
+    pub conntrack: Option<Arc<vringswitch_filter::conntrack::Table>>,
 }
 
 impl Topology {
@@ -132,9 +138,11 @@ mod tests {
                         police_tx: None,
                         capture: None,
                         mirror: PortMirrors::default(),
+                        filter: None,
                     })
                 })
                 .collect(),
+            conntrack: None,
         }
     }
 

@@ -174,6 +174,7 @@ mod tests {
             admin_up: up,
             capture: None,
             mirror: Default::default(),
+            filter: None,
         }
     }
 
@@ -201,6 +202,7 @@ mod tests {
                 Some(port(3, 0, VlanPolicy::transparent(), false)),
                 Some(port(4, 1, VlanPolicy::transparent(), true)),
             ],
+            conntrack: None,
         }
     }
 

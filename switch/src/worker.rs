@@ -29,11 +29,14 @@ use vringswitch_ports::frame::{self, FrameEdit, FrameMem, IngressFrame, Seg, MAX
 use vringswitch_ports::offload::software::{self, Outgoing, Sent as OffloadSent};
 use vringswitch_ports::offload::{OffloadCaps, VnetHeader, VnetOffloads};
 use vringswitch_ports::{Attachment, DropReason, OffloadAction, PortId};
+use vringswitch_filter::conntrack;
+use vringswitch_filter::firewall::Policy;
 use vringswitch_wire::ethernet::{rarp_announcement, EthernetFrame, MacAddr, RARP_LEN};
 
 use crate::capture::{wall_clock_ns, PortCapture};
 use crate::fdb::{fdb_key, FdbCache};
 use crate::police::{Allowance, Policer};
+use crate::security_groups::{self, FrameClass, PortFilter};
 use crate::stats::cycles;
 use crate::topology::{BridgeRt, PortRt, Topology};
 use crate::vlan::{Ingress, VlanPolicy};
@@ -60,9 +63,14 @@ struct Slot {
     dest: Dest,
     /// The VLAN the frame came in on.
     ingress: Ingress,
-    /// The destination being delivered to has a policer, and it had no room for this frame
-    /// (meaningful only while such a destination is served: see `deliver_to`).
+    /// The destination being delivered to has a policer, and it had no room for this frame,
+    /// or security groups, and they refuse it (meaningful only while such a destination is
+    /// served: see `deliver_to`).
     held: bool,
+    /// What the frame is to security groups (meaningful once [`Burst::classified`]).
+    class: FrameClass,
+    /// A port's security groups moved the frame's connection already: none after may.
+    tracked: bool,
 }
 
 /// What a dropped frame is recorded with (it is never delivered).
@@ -81,6 +89,9 @@ struct Burst {
     offloads: bool,
     /// What the destinations' kinds need to take a burst (lent them per destination).
     scratch: Scratch,
+    /// The frames' headers were read for security groups ([`Slot::class`]): done once per
+    /// burst, by the first port with a filter that sees it.
+    classified: bool,
 }
 
 impl Burst {
@@ -89,6 +100,7 @@ impl Burst {
     fn start(&mut self) {
         self.len = 0;
         self.offloads = false;
+        self.classified = false;
         self.segs.clear();
         self.targets.clear();
     }
@@ -99,6 +111,8 @@ impl Burst {
             dest: Dest::Drop,
             ingress: UNTAGGED,
             held: false,
+            class: FrameClass::default(),
+            tracked: false,
         };
         Burst {
             slots: std::iter::repeat_with(empty).take(burst).collect(),
@@ -107,6 +121,7 @@ impl Burst {
             targets: Vec::with_capacity(256),
             offloads: false,
             scratch: Scratch::new(burst),
+            classified: false,
         }
     }
 }
@@ -538,6 +553,7 @@ impl ReceiveBurst for FromPort<'_> {
             rt: src_rt,
             qp: taking.qp,
             mem: taking.mem,
+            now: now_s as u32,
         };
         deliver_burst(worker, topology, ports, &from, b, flood);
         consumed
@@ -575,6 +591,8 @@ struct Source<'a> {
     qp: u16,
     /// The memory its frames are in.
     mem: &'a FrameMem,
+    /// The switch's clock, in seconds.
+    now: u32,
 }
 
 /// Delivers the decided frames of burst `b` from `from` to each destination (every other
@@ -595,7 +613,10 @@ fn deliver_burst(
     if let Some(cap) = from.rt.capture.as_deref() {
         capture_from_vm(cap, &mut src_view, &b.slots[..b.len], &b.segs);
     }
-    // After the capture: it shows what the port sent, policed or not.
+    // After the capture: it shows what the port sent, filtered, policed or not.
+    if let Some(f) = from.rt.filter.as_deref() {
+        filter_from_vm(worker, topology, from, f, &mut src_view, b);
+    }
     if let Some(p) = from.rt.police_rx.as_deref() {
         police(p, from.rt.handle.stats().slot(worker), b, |f, allowance| {
             let policed = f.dest != Dest::Drop && !allowance.admit(f.frame.len);
@@ -619,7 +640,7 @@ fn deliver_burst(
     }
     for t in 0..b.targets.len() {
         let dst = b.targets[t];
-        deliver_to(worker, topology, ports, dst, from.qp, &mut src_view, b);
+        deliver_to(worker, topology, ports, dst, from.qp, from.now, &mut src_view, b);
     }
 }
 
@@ -820,13 +841,16 @@ pub(crate) fn is_for(dest: Dest, vlan: u16, dst: PortId, policy: &VlanPolicy) ->
     }
 }
 
-/// Sends every frame of the burst meant for `dst` to it.
+/// Sends every frame of the burst meant for `dst` to it (`now`: the switch's clock, in
+/// seconds).
+#[allow(clippy::too_many_arguments)]
 fn deliver_to(
     worker: usize,
     topology: &Topology,
     ports: &mut [PortCache],
     dst: PortId,
     qp_hint: u16,
+    now: u32,
     src: &mut MemView<'_>,
     b: &mut Burst,
 ) {
@@ -842,18 +866,105 @@ fn deliver_to(
         return;
     }
     let to = (worker, dst, dst_rt, qp_hint);
-    match dst_rt.police_tx.as_deref() {
-        None => deliver_and_mirror(to, topology, ports, src, b, wanted),
-        Some(p) => {
-            // Held back for this destination: `held` is meaningful until the next one.
-            police(p, dst_rt.handle.stats().slot(worker), b, |f, allowance| {
+    let policy = dst_rt.filter.as_deref().and_then(|f| f.policy.as_ref());
+    if policy.is_none() && dst_rt.police_tx.is_none() {
+        return deliver_and_mirror(to, topology, ports, src, b, wanted);
+    }
+    // Held back for this destination: `held` is meaningful until the next one.
+    hold_back(worker, topology, dst_rt, policy, now, src, b, wanted);
+    deliver_and_mirror(to, topology, ports, src, b, |f| wanted(f) && !f.held);
+}
+
+/// Marks `held` the frames of `b` that `wanted` picks for destination `dst_rt` and that
+/// its security groups (`policy`) refuse or its policer has no room for, counting them
+/// on it; the others are not held.
+#[cold]
+#[inline(never)]
+#[allow(clippy::too_many_arguments)]
+fn hold_back(
+    worker: usize,
+    topology: &Topology,
+    dst_rt: &PortRt,
+    policy: Option<&Policy>,
+    now: u32,
+    src: &mut MemView<'_>,
+    b: &mut Burst,
+    wanted: impl Fn(&Slot) -> bool + Copy,
+) {
+    let counters = dst_rt.handle.stats().slot(worker);
+    match policy {
+        None => b.slots[..b.len].iter_mut().for_each(|f| f.held = false),
+        Some(policy) => {
+            classify_burst(src, b);
+            let table = topology.conntrack.as_deref();
+            for f in &mut b.slots[..b.len] {
+                f.held = false;
                 if !wanted(f) {
-                    return false;
+                    continue;
                 }
-                f.held = !allowance.admit(f.frame.len);
-                f.held
-            });
-            deliver_and_mirror(to, topology, ports, src, b, |f| wanted(f) && !f.held);
+                let zone = conntrack::zone(dst_rt.bridge, f.ingress.vlan);
+                match security_groups::to_vm(policy, table, &f.class, zone, now, !f.tracked) {
+                    Ok(tracked) => f.tracked |= tracked,
+                    Err(reason) => {
+                        f.held = true;
+                        counters.add_drop(reason, 1);
+                    }
+                }
+            }
+        }
+    }
+    if let Some(p) = dst_rt.police_tx.as_deref() {
+        police(p, counters, b, |f, allowance| {
+            if !wanted(f) || f.held {
+                return false;
+            }
+            f.held = !allowance.admit(f.frame.len);
+            f.held
+        });
+    }
+}
+
+/// Reads the headers of the burst's frames for security groups, once per burst.
+fn classify_burst(src: &mut MemView<'_>, b: &mut Burst) {
+    if b.classified {
+        return;
+    }
+    b.classified = true;
+    let segs = &b.segs;
+    for f in &mut b.slots[..b.len] {
+        let mut bytes = [0u8; security_groups::HEADER_LEN];
+        let n = copy_for_capture(src, f.frame.segs_in(segs), &FrameEdit::NONE, &mut bytes);
+        f.class = security_groups::frame_class(f.ingress.tci.is_some(), &bytes[..n]);
+        f.tracked = false;
+    }
+}
+
+/// Judges the frames of `b` that port `from` (with filter `filter`) sent: what its
+/// `allowed_ips` and egress rules refuse is dropped, counted on it.
+#[cold]
+#[inline(never)]
+fn filter_from_vm(
+    worker: usize,
+    topology: &Topology,
+    from: &Source<'_>,
+    filter: &PortFilter,
+    src: &mut MemView<'_>,
+    b: &mut Burst,
+) {
+    classify_burst(src, b);
+    let counters = from.rt.handle.stats().slot(worker);
+    let table = topology.conntrack.as_deref();
+    for f in &mut b.slots[..b.len] {
+        if f.dest == Dest::Drop {
+            continue;
+        }
+        let zone = conntrack::zone(from.rt.bridge, f.ingress.vlan);
+        match security_groups::from_vm(filter, table, &f.class, zone, from.now) {
+            Ok(tracked) => f.tracked = tracked,
+            Err(reason) => {
+                f.dest = Dest::Drop;
+                counters.add_drop(reason, 1);
+            }
         }
     }
 }
@@ -1228,6 +1339,7 @@ mod tests {
                 admin_up: true,
                 capture: None,
                 mirror: Default::default(),
+                filter: None,
             })
         };
         Topology {
@@ -1246,6 +1358,7 @@ mod tests {
                     PortSecurity::locked(&[MacAddr(mac(3))]).unwrap(),
                 ),
             ],
+            conntrack: None,
         }
     }
 

@@ -168,6 +168,7 @@ pub fn plain_port(handle: &Arc<PortHandle>, bridge: usize) -> PortRt {
         admin_up: true,
         capture: None,
         mirror: Default::default(),
+        filter: None,
     }
 }
 
@@ -208,6 +209,7 @@ impl Engine {
                 ports: vec![0, 1],
             }],
             ports: vec![port(&vm), port(uplink)],
+            conntrack: None,
         });
         let workers = switch.start_workers().unwrap();
         Engine {

@@ -46,6 +46,7 @@ impl Engine {
                 ports: vec![0, 1],
             }],
             ports: handles.iter().map(|h| Some(plain_port(h, 0))).collect(),
+            conntrack: None,
         });
         Engine {
             switch,

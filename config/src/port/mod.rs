@@ -266,6 +266,18 @@ pub struct PortSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(min_items = 1, max_items = 16)]
     pub allowed_macs: Option<Vec<String>>,
+    /// The port's IP addresses (IPv4 and IPv6 prefixes, as OpenStack's fixed IPs and
+    /// allowed address pairs): the only sources its VM may send from (an ARP or neighbour
+    /// discovery sender too; others are dropped as `ip_spoofed`), and what makes it a
+    /// member of its groups for rules naming them (`remote_group`). None: any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(min_items = 1, max_items = 64)]
+    pub allowed_ips: Option<Vec<String>>,
+    /// The port's security groups (up to 16): what its VM may send and receive is what
+    /// their rules allow. None or empty: nothing is filtered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_items = 16)]
+    pub security_groups: Option<Vec<String>>,
     /// Most addresses the bridge learns on this port (1024 when left out); past it, frames
     /// to the port's further addresses are flooded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -298,6 +310,10 @@ struct Common {
     #[serde(default)]
     allowed_macs: Option<Vec<String>>,
     #[serde(default)]
+    allowed_ips: Option<Vec<String>>,
+    #[serde(default)]
+    security_groups: Option<Vec<String>>,
+    #[serde(default)]
     fdb_max_learned: Option<u32>,
     #[serde(default)]
     police_rx: Option<PoliceConfig>,
@@ -315,6 +331,8 @@ const COMMON_FIELDS: &[&str] = &[
     "bridge",
     "vlan",
     "allowed_macs",
+    "allowed_ips",
+    "security_groups",
     "fdb_max_learned",
     "police_rx",
     "police_tx",
@@ -402,6 +420,8 @@ impl PortSpec {
             kind: kind.settings_from(own)?,
             vlan: common.vlan,
             allowed_macs: common.allowed_macs,
+            allowed_ips: common.allowed_ips,
+            security_groups: common.security_groups,
             fdb_max_learned: common.fdb_max_learned,
             police_rx: common.police_rx,
             police_tx: common.police_tx,
@@ -418,6 +438,8 @@ impl PortSpec {
             kind,
             vlan: None,
             allowed_macs: None,
+            allowed_ips: None,
+            security_groups: None,
             fdb_max_learned: None,
             police_rx: None,
             police_tx: None,
@@ -446,6 +468,13 @@ impl PortSpec {
         }
         if let Some(macs) = &self.allowed_macs {
             check_allowed_macs(macs).map_err(|m| FieldError::invalid("allowed_macs", m))?;
+        }
+        if let Some(ips) = &self.allowed_ips {
+            crate::check_allowed_ips(ips).map_err(|m| FieldError::invalid("allowed_ips", m))?;
+        }
+        if let Some(groups) = &self.security_groups {
+            crate::check_port_groups(groups)
+                .map_err(|m| FieldError::invalid("security_groups", m))?;
         }
         if let Some(n) = self.fdb_max_learned {
             check_max_learned(n).map_err(|m| FieldError::invalid("fdb_max_learned", m))?;

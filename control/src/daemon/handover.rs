@@ -79,6 +79,15 @@ impl Daemon {
                  would end with the old process)"
             ));
         }
+        // Connections are not carried over yet: the new process would cut every established
+        // one (its next segment opens nothing).
+        if let Some(tracked) = st.conntrack.get().filter(|t| !t.is_empty()) {
+            return Some(format!(
+                "security groups track {} connections, which an upgrade does not carry over \
+                 yet: the new process would cut them",
+                tracked.len()
+            ));
+        }
         st.ports.iter().find_map(|(name, p)| {
             p.port
                 .handover_refusal()

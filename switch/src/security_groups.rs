@@ -1,0 +1,318 @@
+//! Security groups in the data path (docs/architecture.md, "Security groups"): what a
+//! port with groups or `allowed_ips` lets its VM send and receive, decided on a copy of
+//! each frame's headers. The verdicts themselves are `vringswitch_filter`'s; this holds
+//! what the switch adds around them: reading a frame's headers once per burst, the
+//! address checks of `allowed_ips`, what is not IP, and the drop reasons.
+//!
+//! The worker asks [`from_vm`] for the frames a filtered port's VM sends (its egress
+//! rules, before the forwarding decision is acted on) and [`to_vm`] for those delivered
+//! to one (its ingress rules, per destination, flooding included); a port without a
+//! filter costs one branch per burst.
+
+use vringswitch_filter::conntrack::Table;
+use vringswitch_filter::firewall::{self, Drop, Policy, Verdict};
+use vringswitch_filter::{classify, Classified, Direction, Flow, Prefix};
+use vringswitch_ports::DropReason;
+use vringswitch_wire::ethernet::ethertype;
+
+/// What filters a port.
+#[derive(Debug, Clone, Default)]
+pub struct PortFilter {
+    /// The port's security groups, compiled; `None`: it has none (nothing is filtered by
+    /// rules, only its addresses are checked).
+    pub policy: Option<Policy>,
+    /// `allowed_ips`: the addresses its VM may send from (an ARP or neighbour discovery
+    /// sender too); `None`: any.
+    pub allowed_ips: Option<Box<[Prefix]>>,
+}
+
+/// Most bytes of a frame the filter reads: Ethernet and a VLAN tag, IPv6 with extension
+/// headers, the transport header.
+pub const HEADER_LEN: usize = 128;
+
+/// What a frame is to the filter, read from its first `bytes` (at most [`HEADER_LEN`]),
+/// tagged or not as the decision found it. ARP keeps its sender's address for the
+/// address check.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum FrameClass {
+    Ip(Flow),
+    /// ARP, with the sender's IPv4 address (`None`: too short to say).
+    Arp(Option<[u8; 4]>),
+    /// Another EtherType.
+    #[default]
+    Other,
+    /// IP whose headers cannot be read.
+    Malformed,
+}
+
+/// Classifies a frame from its first bytes; `tagged`: it carries an 802.1Q tag (its
+/// EtherType is after it).
+pub fn frame_class(tagged: bool, bytes: &[u8]) -> FrameClass {
+    let at = if tagged { 16 } else { 12 };
+    let Some(&[hi, lo]) = bytes.get(at..at + 2) else {
+        return FrameClass::Malformed;
+    };
+    let l3 = &bytes[at + 2..];
+    match u16::from_be_bytes([hi, lo]) {
+        ethertype::ARP => FrameClass::Arp(
+            l3.get(14..18)
+                .map(|s| [s[0], s[1], s[2], s[3]]),
+        ),
+        t => match classify(t, l3) {
+            Classified::Ip(flow) => FrameClass::Ip(flow),
+            Classified::Malformed => FrameClass::Malformed,
+            Classified::NotIp(_) => FrameClass::Other,
+        },
+    }
+}
+
+fn reason(d: Drop) -> DropReason {
+    match d {
+        Drop::AclDenied => DropReason::AclDenied,
+        Drop::CtInvalid => DropReason::CtInvalid,
+        Drop::CtFull => DropReason::CtFull,
+    }
+}
+
+/// Whether `allowed` lets a VM send from `src` (of family `v6`). The unspecified address
+/// passes: a DHCP client and IPv6 duplicate address detection send from it before the
+/// VM has an address.
+fn may_send_from(allowed: &[Prefix], v6: bool, src: &[u8; 16]) -> bool {
+    src.iter().all(|&b| b == 0) || allowed.iter().any(|p| p.contains(v6, src))
+}
+
+/// The verdict on a frame port `filter`'s VM sends, classified `class`, in zone `zone`
+/// at second `now`: `Ok(tracked)` if it passes (`tracked`: its connection's state moved
+/// here, so the receivers' ports must not move it again), else why it is dropped.
+#[inline]
+pub fn from_vm(
+    filter: &PortFilter,
+    table: Option<&Table>,
+    class: &FrameClass,
+    zone: u32,
+    now: u32,
+) -> Result<bool, DropReason> {
+    if let Some(allowed) = filter.allowed_ips.as_deref() {
+        let ok = match class {
+            FrameClass::Ip(f) => may_send_from(allowed, f.v6, &f.src),
+            FrameClass::Arp(Some(spa)) => {
+                let mut a = [0u8; 16];
+                a[..4].copy_from_slice(spa);
+                may_send_from(allowed, false, &a)
+            }
+            FrameClass::Arp(None) => false,
+            FrameClass::Other | FrameClass::Malformed => true,
+        };
+        if !ok {
+            return Err(DropReason::IpSpoofed);
+        }
+    }
+    let Some(policy) = filter.policy.as_ref() else {
+        return Ok(false);
+    };
+    judge(policy, table, Direction::Egress, class, zone, now, true)
+}
+
+/// The verdict on a frame delivered to a port with groups `policy`; `track`: no port
+/// before this one moved its connection's state (see [`from_vm`]). `Ok(tracked)` as
+/// there.
+#[inline]
+pub fn to_vm(
+    policy: &Policy,
+    table: Option<&Table>,
+    class: &FrameClass,
+    zone: u32,
+    now: u32,
+    track: bool,
+) -> Result<bool, DropReason> {
+    judge(policy, table, Direction::Ingress, class, zone, now, track)
+}
+
+fn judge(
+    policy: &Policy,
+    table: Option<&Table>,
+    direction: Direction,
+    class: &FrameClass,
+    zone: u32,
+    now: u32,
+    track: bool,
+) -> Result<bool, DropReason> {
+    let flow = match class {
+        FrameClass::Ip(f) => f,
+        // ARP is not IP: port security (and `allowed_ips`) judge it, no rule.
+        FrameClass::Arp(_) => return Ok(false),
+        // As Neutron's firewall: a port with groups carries IP and ARP only.
+        FrameClass::Other => return Err(DropReason::AclDenied),
+        FrameClass::Malformed => return Err(DropReason::CtInvalid),
+    };
+    // The control side makes the table before any stateful port runs; without one, a
+    // stateful port fails closed.
+    let Some(table) = table else {
+        return if policy.stateful {
+            Err(DropReason::CtFull)
+        } else {
+            verdict(firewall::check(&EMPTY_TABLE, policy, direction, flow, zone, now, false))
+                .map(|()| false)
+        };
+    };
+    verdict(firewall::check(
+        table, policy, direction, flow, zone, now, track,
+    ))
+    .map(|()| track && policy.stateful)
+}
+
+fn verdict(v: Verdict) -> Result<(), DropReason> {
+    match v {
+        Verdict::Pass => Ok(()),
+        Verdict::Drop(d) => Err(reason(d)),
+    }
+}
+
+/// Never read: [`judge`] passes it only for stateless checks, which look at no table.
+static EMPTY_TABLE: std::sync::LazyLock<Table> = std::sync::LazyLock::new(|| Table::new(1));
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vringswitch_filter::{Compiled, Remote, Rule};
+
+    /// An Ethernet frame (tagged with VLAN 5 if `tagged`) of EtherType `t` carrying `l3`.
+    fn frame(tagged: bool, t: u16, l3: &[u8]) -> Vec<u8> {
+        let mut f = vec![0x02, 0, 0, 0, 0, 2, 0x02, 0, 0, 0, 0, 1];
+        if tagged {
+            f.extend_from_slice(&[0x81, 0x00, 0x00, 0x05]);
+        }
+        f.extend_from_slice(&t.to_be_bytes());
+        f.extend_from_slice(l3);
+        f
+    }
+
+    /// IPv4 10.0.0.1 -> 10.0.0.2, UDP 5000 -> 53.
+    fn udp4(src: [u8; 4]) -> Vec<u8> {
+        let mut ip = vec![
+            0x45, 0, 0, 28, 0, 1, 0, 0, 64, 17, 0, 0, src[0], src[1], src[2], src[3], 10, 0, 0,
+            2,
+        ];
+        ip.extend_from_slice(&[0x13, 0x88, 0x00, 0x35, 0, 8, 0, 0]);
+        ip
+    }
+
+    /// An ARP request from `spa`.
+    fn arp(spa: [u8; 4]) -> Vec<u8> {
+        let mut a = vec![0, 1, 8, 0, 6, 4, 0, 1, 0x02, 0, 0, 0, 0, 1];
+        a.extend_from_slice(&spa);
+        a.extend_from_slice(&[0; 6]);
+        a.extend_from_slice(&[10, 0, 0, 2]);
+        a
+    }
+
+    fn allowing(ips: &[[u8; 4]]) -> PortFilter {
+        let p = |a: &[u8; 4]| {
+            let mut x = [0u8; 16];
+            x[..4].copy_from_slice(a);
+            Prefix::new(false, x, 32).unwrap()
+        };
+        PortFilter {
+            policy: None,
+            allowed_ips: Some(ips.iter().map(p).collect()),
+        }
+    }
+
+    #[test]
+    fn frames_are_classified_after_their_tag_and_arp_keeps_its_sender() {
+        let c = frame_class(true, &frame(true, 0x0800, &udp4([10, 0, 0, 1])));
+        let FrameClass::Ip(f) = c else {
+            panic!("{c:?}")
+        };
+        assert_eq!((f.proto, &f.src[..4]), (17, &[10, 0, 0, 1][..]));
+        assert_eq!(
+            frame_class(false, &frame(false, 0x0806, &arp([10, 0, 0, 9]))),
+            FrameClass::Arp(Some([10, 0, 0, 9]))
+        );
+        assert_eq!(
+            frame_class(false, &frame(false, 0x0806, &[0, 1])),
+            FrameClass::Arp(None)
+        );
+        assert_eq!(
+            frame_class(false, &frame(false, 0x88cc, &[0; 40])),
+            FrameClass::Other
+        );
+        // Cut inside the IP header, or no EtherType at all.
+        assert_eq!(
+            frame_class(false, &frame(false, 0x0800, &udp4([10, 0, 0, 1])[..12])),
+            FrameClass::Malformed
+        );
+        assert_eq!(frame_class(false, &[0; 13]), FrameClass::Malformed);
+    }
+
+    #[test]
+    fn allowed_ips_drop_a_spoofed_source_or_arp_sender_and_pass_the_unspecified() {
+        let f = allowing(&[[10, 0, 0, 1]]);
+        let class = |l3: Vec<u8>, t| frame_class(false, &frame(false, t, &l3));
+        let own = class(udp4([10, 0, 0, 1]), 0x0800);
+        assert_eq!(from_vm(&f, None, &own, 0, 1), Ok(false));
+        let spoofed = class(udp4([10, 0, 0, 7]), 0x0800);
+        assert_eq!(from_vm(&f, None, &spoofed, 0, 1), Err(DropReason::IpSpoofed));
+        let dhcp_discover = class(udp4([0, 0, 0, 0]), 0x0800);
+        assert_eq!(from_vm(&f, None, &dhcp_discover, 0, 1), Ok(false));
+        let arp_own = class(arp([10, 0, 0, 1]), 0x0806);
+        assert_eq!(from_vm(&f, None, &arp_own, 0, 1), Ok(false));
+        let arp_other = class(arp([10, 0, 0, 8]), 0x0806);
+        assert_eq!(from_vm(&f, None, &arp_other, 0, 1), Err(DropReason::IpSpoofed));
+        // Without groups, what is not IP passes (port security still judges its MAC).
+        assert_eq!(from_vm(&f, None, &FrameClass::Other, 0, 1), Ok(false));
+    }
+
+    #[test]
+    fn a_port_with_groups_carries_ip_and_arp_only_and_tracks_what_it_opens() {
+        let rule = Rule {
+            direction: Direction::Egress,
+            v6: false,
+            protocol: None,
+            port_range_min: None,
+            port_range_max: None,
+            remote: Remote::Any,
+        };
+        let f = PortFilter {
+            policy: Some(Policy {
+                rules: Compiled::new(&[rule], |_| None),
+                stateful: true,
+                epoch: 1,
+                ..Policy::default()
+            }),
+            allowed_ips: None,
+        };
+        let t = Table::new(8);
+        let udp = frame_class(false, &frame(false, 0x0800, &udp4([10, 0, 0, 1])));
+        assert_eq!(from_vm(&f, Some(&t), &udp, 0, 1), Ok(true));
+        assert_eq!(t.len(), 1);
+        assert_eq!(
+            from_vm(&f, Some(&t), &FrameClass::Arp(Some([10, 0, 0, 1])), 0, 1),
+            Ok(false)
+        );
+        assert_eq!(
+            from_vm(&f, Some(&t), &FrameClass::Other, 0, 1),
+            Err(DropReason::AclDenied)
+        );
+        assert_eq!(
+            from_vm(&f, Some(&t), &FrameClass::Malformed, 0, 1),
+            Err(DropReason::CtInvalid)
+        );
+        // Nothing comes in without a connection: the reply of the UDP flow does.
+        let policy = f.policy.as_ref().unwrap();
+        let mut back = udp4([10, 0, 0, 2]);
+        back[16..20].copy_from_slice(&[10, 0, 0, 1]);
+        back[20..24].copy_from_slice(&[0x00, 0x35, 0x13, 0x88]);
+        let reply = frame_class(false, &frame(false, 0x0800, &back));
+        assert_eq!(to_vm(policy, Some(&t), &reply, 0, 1, true), Ok(true));
+        let mut other = back.clone();
+        other[20..22].copy_from_slice(&[0x00, 0x36]);
+        let unasked = frame_class(false, &frame(false, 0x0800, &other));
+        assert_eq!(
+            to_vm(policy, Some(&t), &unasked, 0, 1, true),
+            Err(DropReason::AclDenied)
+        );
+        // Without a table a stateful port fails closed.
+        assert_eq!(from_vm(&f, None, &udp, 0, 1), Err(DropReason::CtFull));
+    }
+}
