@@ -83,7 +83,7 @@ cargo test -p vringswitch-tests --lib --test switching --test lifecycle --test o
     --test api --test vlans --test persistence --test openapi --test port_security \
     --test hostile --test memory_changes --test soak --test restart --test fairness \
     --test local_security --test capture --test tap_ports --test afxdp_ports --test offloads \
-    --test migration --test tenant_isolation --test policing --test trace --test mirror \
+    --test migration --test tenant_isolation --test policing --test trace --test mirror --test security_groups \
     --test handover
 
 # The fuzz targets (their own workspace, run with nightly: docs/fuzzing.md) must keep

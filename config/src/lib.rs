@@ -13,14 +13,10 @@ use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 pub mod mirror;
-pub mod security_group;
 pub mod port;
+pub mod security_group;
 
 pub use mirror::{check_mirrors, MirrorDirection, MirrorSpec};
-pub use security_group::{
-    check_allowed_ips, check_port_groups, check_security_groups, parse_cidr, Cidr, Ethertype,
-    Protocol, RuleDirection, RuleSpec, SecurityGroupSpec,
-};
 pub use port::afxdp::{check_xdp_queue, AfXdpSettings, XdpMode, MAX_XDP_QUEUE};
 pub use port::tap::{check_mtu, TapSettings, MAX_MTU, MIN_MTU};
 pub use port::vhost_user::{
@@ -30,6 +26,10 @@ pub use port::vhost_user::{
 pub use port::{
     check_ifname, check_port_settings, FieldError, KindSettings, KindSpec, KindWords, Live,
     PortSpec, PortType, MAX_IFNAME,
+};
+pub use security_group::{
+    check_allowed_ips, check_port_groups, check_security_groups, parse_cidr, Cidr, Ethertype,
+    Protocol, RuleDirection, RuleSpec, SecurityGroupSpec,
 };
 
 /// Default directory for vhost-user sockets of the built-in configuration.
@@ -847,7 +847,11 @@ impl Config {
         check_security_groups(&self.security_groups, &specs).map_err(|(i, message)| {
             let span = match i.checked_sub(self.security_groups.len()) {
                 None => self.group_spans.0.get(i).cloned(),
-                Some(p) => self.port_spans.0.get(p).map(|s| s.of(Some("security_groups"))),
+                Some(p) => self
+                    .port_spans
+                    .0
+                    .get(p)
+                    .map(|s| s.of(Some("security_groups"))),
             };
             invalid(span.unwrap_or(0..0), message)
         })?;
@@ -1517,16 +1521,25 @@ queues = 2
             port_range_min = 22\nport_range_max = 22\nremote_group = \"web\"\n";
         let c = parse(&format!("{base}{good}")).unwrap();
         assert!(c.security_groups[0].stateful);
-        assert_eq!(c.security_groups[0].rules[0].protocol, Some(Protocol::Name("tcp".into())));
+        assert_eq!(
+            c.security_groups[0].rules[0].protocol,
+            Some(Protocol::Name("tcp".into()))
+        );
         assert_eq!(c.ports[0].allowed_ips.as_ref().unwrap().len(), 2);
         let again = parse(&to_toml(&c).unwrap()).unwrap();
         assert_eq!(again.security_groups, c.security_groups);
         assert_eq!(again.ports, c.ports);
         // A port naming a group that is not there: the port's line.
         let e = err(&format!("{base}{}", good.replace("\"web\"", "\"db\"")));
-        assert!(e.contains("line 7") && e.contains("no security group named \"web\""), "{e}");
+        assert!(
+            e.contains("line 7") && e.contains("no security group named \"web\""),
+            "{e}"
+        );
         // A bad rule: the group's line.
-        let e = err(&format!("{base}{}", good.replace("= 22\nport_range_max = 22", "= 80\nport_range_max = 22")));
+        let e = err(&format!(
+            "{base}{}",
+            good.replace("= 22\nport_range_max = 22", "= 80\nport_range_max = 22")
+        ));
         assert!(e.contains("line 9") && e.contains("lowest first"), "{e}");
         let e = err(&format!("{base}{good}").replace("10.0.0.5", "10.0.0.500"));
         assert!(e.contains("allowed_ips"), "{e}");

@@ -163,7 +163,12 @@ pub fn parse_cidr(s: &str) -> Result<Cidr, String> {
 /// Checks one rule of group `group`.
 fn check_rule(group: &str, i: usize, r: &RuleSpec, groups: &[&str]) -> Result<(), String> {
     let at = |m: String| format!("security group {group:?}, rule {}: {m}", i + 1);
-    let proto = r.protocol.as_ref().map(Protocol::number).transpose().map_err(at)?;
+    let proto = r
+        .protocol
+        .as_ref()
+        .map(Protocol::number)
+        .transpose()
+        .map_err(at)?;
     let v6 = r.ethertype == Ethertype::IPv6;
     if proto == Some(58) && !v6 {
         return Err(at("icmpv6 is for IPv6 rules (ethertype = \"IPv6\")".into()));
@@ -176,7 +181,10 @@ fn check_rule(group: &str, i: usize, r: &RuleSpec, groups: &[&str]) -> Result<()
             ))
         }
         Some(6 | 17) => {
-            let (lo, hi) = (r.port_range_min.unwrap_or(1), r.port_range_max.unwrap_or(65535));
+            let (lo, hi) = (
+                r.port_range_min.unwrap_or(1),
+                r.port_range_max.unwrap_or(65535),
+            );
             if ranged && (lo == 0 || lo > hi) {
                 return Err(at(format!(
                     "port_range_min {lo} and port_range_max {hi}: ports are 1 to 65535, the \
@@ -190,11 +198,12 @@ fn check_rule(group: &str, i: usize, r: &RuleSpec, groups: &[&str]) -> Result<()
                                (port_range_min)"
                     .into()));
             }
-            for (what, v) in [("port_range_min", r.port_range_min), ("port_range_max", r.port_range_max)] {
+            for (what, v) in [
+                ("port_range_min", r.port_range_min),
+                ("port_range_max", r.port_range_max),
+            ] {
                 if v.is_some_and(|v| v > 255) {
-                    return Err(at(format!(
-                        "{what} is an ICMP type or code here: 0 to 255"
-                    )));
+                    return Err(at(format!("{what} is an ICMP type or code here: 0 to 255")));
                 }
             }
         }
@@ -208,9 +217,7 @@ fn check_rule(group: &str, i: usize, r: &RuleSpec, groups: &[&str]) -> Result<()
         _ => {}
     }
     match (&r.remote_ip_prefix, &r.remote_group) {
-        (Some(_), Some(_)) => Err(at(
-            "give remote_ip_prefix or remote_group, not both".into(),
-        )),
+        (Some(_), Some(_)) => Err(at("give remote_ip_prefix or remote_group, not both".into())),
         (Some(p), None) => {
             let c = parse_cidr(p).map_err(at)?;
             if c.v6 != v6 {
@@ -221,9 +228,9 @@ fn check_rule(group: &str, i: usize, r: &RuleSpec, groups: &[&str]) -> Result<()
             }
             Ok(())
         }
-        (None, Some(g)) if !groups.contains(&g.as_str()) => {
-            Err(at(format!("remote_group {g:?}: no security group of that name")))
-        }
+        (None, Some(g)) if !groups.contains(&g.as_str()) => Err(at(format!(
+            "remote_group {g:?}: no security group of that name"
+        ))),
         _ => Ok(()),
     }
 }
@@ -372,16 +379,46 @@ mod tests {
             assert_eq!(check_security_groups(&[g], &[]), Ok(()), "{r}");
         }
         let bad = [
-            (r#"{"direction": "ingress", "protocol": "tcp", "port_range_min": 80, "port_range_max": 22}"#, "lowest first"),
-            (r#"{"direction": "ingress", "protocol": "gre"}"#, "not one of"),
-            (r#"{"direction": "ingress", "port_range_min": 22}"#, "need protocol"),
-            (r#"{"direction": "ingress", "protocol": "icmp", "port_range_max": 0}"#, "needs its type"),
-            (r#"{"direction": "ingress", "protocol": "icmp", "port_range_min": 256}"#, "0 to 255"),
-            (r#"{"direction": "ingress", "remote_ip_prefix": "::/0"}"#, "not of the rule's ethertype"),
-            (r#"{"direction": "ingress", "remote_ip_prefix": "10.0.0.0/8", "remote_group": "web"}"#, "not both"),
-            (r#"{"direction": "ingress", "remote_group": "db"}"#, "no security group of that name"),
-            (r#"{"direction": "ingress", "protocol": "icmpv6"}"#, "for IPv6 rules"),
-            (r#"{"direction": "ingress", "protocol": "sctp", "port_range_min": 9}"#, "not filtered yet"),
+            (
+                r#"{"direction": "ingress", "protocol": "tcp", "port_range_min": 80, "port_range_max": 22}"#,
+                "lowest first",
+            ),
+            (
+                r#"{"direction": "ingress", "protocol": "gre"}"#,
+                "not one of",
+            ),
+            (
+                r#"{"direction": "ingress", "port_range_min": 22}"#,
+                "need protocol",
+            ),
+            (
+                r#"{"direction": "ingress", "protocol": "icmp", "port_range_max": 0}"#,
+                "needs its type",
+            ),
+            (
+                r#"{"direction": "ingress", "protocol": "icmp", "port_range_min": 256}"#,
+                "0 to 255",
+            ),
+            (
+                r#"{"direction": "ingress", "remote_ip_prefix": "::/0"}"#,
+                "not of the rule's ethertype",
+            ),
+            (
+                r#"{"direction": "ingress", "remote_ip_prefix": "10.0.0.0/8", "remote_group": "web"}"#,
+                "not both",
+            ),
+            (
+                r#"{"direction": "ingress", "remote_group": "db"}"#,
+                "no security group of that name",
+            ),
+            (
+                r#"{"direction": "ingress", "protocol": "icmpv6"}"#,
+                "for IPv6 rules",
+            ),
+            (
+                r#"{"direction": "ingress", "protocol": "sctp", "port_range_min": 9}"#,
+                "not filtered yet",
+            ),
         ];
         for (r, why) in bad {
             let g = group("web", vec![rule(r)]);
@@ -389,13 +426,18 @@ mod tests {
             assert!(e.1.contains(why) && e.1.contains("rule 1"), "{r}: {}", e.1);
         }
         assert!(serde_json::from_str::<RuleSpec>(r#"{"direction": "in"}"#).is_err());
-        assert!(serde_json::from_str::<RuleSpec>(r#"{"direction": "ingress", "ports": 1}"#).is_err());
+        assert!(
+            serde_json::from_str::<RuleSpec>(r#"{"direction": "ingress", "ports": 1}"#).is_err()
+        );
     }
 
     #[test]
     fn groups_and_the_ports_naming_them_are_checked_together() {
         let web = group("web", vec![]);
-        assert_eq!(check_security_groups(std::slice::from_ref(&web), &[&port(&["web"])]), Ok(()));
+        assert_eq!(
+            check_security_groups(std::slice::from_ref(&web), &[&port(&["web"])]),
+            Ok(())
+        );
         let e = check_security_groups(std::slice::from_ref(&web), &[&port(&["db"])]).unwrap_err();
         assert_eq!(e.0, 1);
         assert!(e.1.contains("no security group named \"db\""), "{}", e.1);

@@ -450,6 +450,150 @@ pub fn mirrors_table(mirrors: &serde_json::Value) -> String {
     table(&["mirror", "ports", "direction", "output"], 4, rows) + "\n"
 }
 
+/// `vringctl sg list`: one line per security group, with the ports in it.
+pub fn groups_table(groups: &serde_json::Value, ports: &serde_json::Value) -> String {
+    let rows = groups
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|g| {
+            let name = text(&g["name"]);
+            let members: Vec<String> = ports
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|p| {
+                    p["security_groups"]
+                        .as_array()
+                        .is_some_and(|gs| gs.iter().any(|x| x.as_str() == Some(name.as_str())))
+                })
+                .map(|p| text(&p["name"]))
+                .collect();
+            vec![
+                name,
+                if g["stateful"] == serde_json::Value::Bool(false) {
+                    "stateless".to_owned()
+                } else {
+                    "stateful".to_owned()
+                },
+                g["rules"].as_array().map_or(0, Vec::len).to_string(),
+                if members.is_empty() {
+                    "-".to_owned()
+                } else {
+                    members.join(",")
+                },
+            ]
+        })
+        .collect();
+    table(&["group", "kind", "rules", "ports"], 4, rows) + "\n"
+}
+
+/// One rule's transport in words: `tcp 22`, `udp 5000-5010`, `icmp type 8`, `any`.
+fn rule_transport(r: &serde_json::Value) -> String {
+    let proto = match &r["protocol"] {
+        serde_json::Value::Null => return "any".to_owned(),
+        p => text(p),
+    };
+    let icmp = matches!(proto.as_str(), "icmp" | "icmpv6" | "ipv6-icmp" | "1" | "58");
+    match (r["port_range_min"].as_u64(), r["port_range_max"].as_u64()) {
+        (None, None) => proto,
+        (Some(t), None) if icmp => format!("{proto} type {t}"),
+        (Some(t), Some(c)) if icmp => format!("{proto} type {t} code {c}"),
+        (lo, hi) => {
+            let (lo, hi) = (lo.unwrap_or(1), hi.or(lo).unwrap_or(65535));
+            if lo == hi {
+                format!("{proto} {lo}")
+            } else {
+                format!("{proto} {lo}-{hi}")
+            }
+        }
+    }
+}
+
+/// `vringctl sg show`: a group's rules, numbered as `sg rule-del` takes them.
+pub fn rules_table(g: &serde_json::Value) -> String {
+    let rows: Vec<Vec<String>> = g["rules"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+        .map(|(i, r)| {
+            let remote = match (&r["remote_ip_prefix"], &r["remote_group"]) {
+                (serde_json::Value::String(p), _) => p.clone(),
+                (_, serde_json::Value::String(g)) => format!("group {g}"),
+                _ => "any".to_owned(),
+            };
+            vec![
+                (i + 1).to_string(),
+                text(&r["direction"]),
+                r["ethertype"].as_str().unwrap_or("IPv4").to_owned(),
+                rule_transport(r),
+                remote,
+            ]
+        })
+        .collect();
+    let kind = if g["stateful"] == serde_json::Value::Bool(false) {
+        "stateless"
+    } else {
+        "stateful"
+    };
+    let head = format!("security group {} ({kind})\n", text(&g["name"]));
+    if rows.is_empty() {
+        return head + "no rules: it allows nothing\n";
+    }
+    head + &table(
+        &["#", "direction", "ethertype", "protocol", "remote"],
+        5,
+        rows,
+    ) + "\n"
+}
+
+/// `vringctl conntrack`: one line per connection, as conntrack -L.
+pub fn connections_table(v: &serde_json::Value) -> String {
+    let conns = v["connections"].as_array().cloned().unwrap_or_default();
+    let rows: Vec<Vec<String>> = conns
+        .iter()
+        .map(|c| {
+            let end = |a: &serde_json::Value, p: &serde_json::Value| {
+                let a = text(a);
+                if a.contains(':') {
+                    format!("[{a}]:{}", text(p))
+                } else {
+                    format!("{a}:{}", text(p))
+                }
+            };
+            vec![
+                text(&c["protocol"]),
+                end(&c["src"], &c["sport"]),
+                end(&c["dst"], &c["dport"]),
+                text(&c["state"]),
+                format!("{} s", text(&c["expires_in_s"])),
+                text(&c["port"]),
+                format!("{}/{}", text(&c["bridge"]), text(&c["vlan"])),
+            ]
+        })
+        .collect();
+    let total = v["total"].as_u64().unwrap_or(0);
+    let shown = rows.len();
+    let mut out = table(
+        &[
+            "proto",
+            "from",
+            "to",
+            "state",
+            "expires",
+            "port",
+            "bridge/vlan",
+        ],
+        7,
+        rows,
+    ) + "\n";
+    if (shown as u64) < total {
+        out += &format!("{shown} of {total} connections shown (--limit shows more)\n");
+    }
+    out
+}
+
 /// A bridge's or port's external IDs as `key=value` pairs (values with spaces quoted), or
 /// `None` without any.
 pub fn external_ids_text(v: &serde_json::Value) -> Option<String> {

@@ -998,7 +998,10 @@ impl Daemon {
             )));
         }
         if let Some(g) = st.security_groups.iter().find(|g| {
-            g.name != name && g.rules.iter().any(|r| r.remote_group.as_deref() == Some(name))
+            g.name != name
+                && g.rules
+                    .iter()
+                    .any(|r| r.remote_group.as_deref() == Some(name))
         }) {
             return Err(ChangeError::Conflict(format!(
                 "security group {name:?} is the remote_group of a rule of group {:?}: change \

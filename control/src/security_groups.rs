@@ -34,7 +34,10 @@ pub(crate) fn port_filter(st: &State, p: &PortEntry) -> Option<Arc<PortFilter>> 
         return None;
     }
     let policy = (!groups.is_empty()).then(|| {
-        let rules: Vec<Rule> = groups.iter().flat_map(|g| g.rules.iter().map(rule)).collect();
+        let rules: Vec<Rule> = groups
+            .iter()
+            .flat_map(|g| g.rules.iter().map(rule))
+            .collect();
         Policy {
             rules: Compiled::new(&rules, |group| Some(members(st, group))),
             // All of a port's groups are one or the other (checked on every change).
@@ -54,10 +57,12 @@ pub(crate) fn port_filter(st: &State, p: &PortEntry) -> Option<Arc<PortFilter>> 
 
 /// The connection table, made at its configured size the first time a port has groups.
 pub(crate) fn table(st: &State) -> Option<Arc<Table>> {
-    let needed = st
-        .ports
-        .values()
-        .any(|p| p.spec.security_groups.as_ref().is_some_and(|g| !g.is_empty()));
+    let needed = st.ports.values().any(|p| {
+        p.spec
+            .security_groups
+            .as_ref()
+            .is_some_and(|g| !g.is_empty())
+    });
     if !needed && st.conntrack.get().is_none() {
         return None;
     }
@@ -65,7 +70,10 @@ pub(crate) fn table(st: &State) -> Option<Arc<Table>> {
         st.conntrack
             .get_or_init(|| {
                 let size = st.conntrack_limits.0 as usize;
-                tracing::info!(connections = size, "connection table made for security groups");
+                tracing::info!(
+                    connections = size,
+                    "connection table made for security groups"
+                );
                 Arc::new(Table::new(size))
             })
             .clone(),
@@ -96,7 +104,10 @@ fn prefixes(ips: &[String]) -> Vec<Prefix> {
 fn rule(r: &RuleSpec) -> Rule {
     let v6 = r.ethertype == Ethertype::IPv6;
     let remote = match (&r.remote_ip_prefix, &r.remote_group) {
-        (Some(p), _) => match parse_cidr(p).ok().and_then(|c| Prefix::new(c.v6, c.addr, c.len)) {
+        (Some(p), _) => match parse_cidr(p)
+            .ok()
+            .and_then(|c| Prefix::new(c.v6, c.addr, c.len))
+        {
             Some(prefix) => Remote::Prefix(prefix),
             None => Remote::Group(String::new()),
         },
@@ -196,8 +207,13 @@ impl ConnectionView {
 impl ConnectionFilter {
     /// Whether `c` is one of those asked for.
     pub(crate) fn picks(&self, c: &ConnectionView) -> bool {
-        self.port.as_ref().is_none_or(|p| c.port.as_ref() == Some(p))
-            && self.bridge.as_ref().is_none_or(|b| c.bridge.as_ref() == Some(b))
+        self.port
+            .as_ref()
+            .is_none_or(|p| c.port.as_ref() == Some(p))
+            && self
+                .bridge
+                .as_ref()
+                .is_none_or(|b| c.bridge.as_ref() == Some(b))
             && self
                 .protocol
                 .as_ref()

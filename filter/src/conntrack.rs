@@ -386,9 +386,10 @@ impl Table {
     /// and never become empty again, so an empty slot ends the search of its bucket.
     #[inline]
     fn probe(&self, h: u64) -> impl Iterator<Item = &AtomicU64> {
-        self.buckets_of(h)
-            .into_iter()
-            .flat_map(|b| b.0.iter().take_while(|s| s.load(Ordering::Acquire) != EMPTY))
+        self.buckets_of(h).into_iter().flat_map(|b| {
+            b.0.iter()
+                .take_while(|s| s.load(Ordering::Acquire) != EMPTY)
+        })
     }
 
     /// Claims a free slot for entry `i` in the less crowded of `k`'s two buckets (the
@@ -403,7 +404,11 @@ impl Table {
                 .count()
         };
         let [one, two] = self.buckets_of(h);
-        let order = if used(two) < used(one) { [two, one] } else { [one, two] };
+        let order = if used(two) < used(one) {
+            [two, one]
+        } else {
+            [one, two]
+        };
         order.into_iter().flat_map(|b| b.0.iter()).find(|slot| {
             let cur = slot.load(Ordering::Relaxed);
             (cur == EMPTY || cur == GONE)

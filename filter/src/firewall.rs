@@ -50,6 +50,7 @@ pub enum Verdict {
 }
 
 const UDP: u8 = 17;
+const ICMP: u8 = 1;
 const ICMPV6: u8 = 58;
 const TCP: u8 = 6;
 
@@ -110,6 +111,10 @@ fn opening(flow: &Flow) -> Result<(u32, u32), Drop> {
             Ok((s.timeout(), tracker::pack(Some(s), false)))
         }
         (UDP, _) => Ok((tracker::UDP_TIMEOUT, tracker::pack(None, false))),
+        // An echo reply answers a request: alone, it opens nothing (as Linux's tracker).
+        (_, L4::Icmp { kind: 0 | 129, .. }) if flow.proto == ICMP || flow.proto == ICMPV6 => {
+            Err(Drop::CtInvalid)
+        }
         (_, L4::Icmp { echo_id: None, .. }) => {
             // An ICMP error or query that is not an echo opens nothing: it is related
             // to a connection or not allowed (the related check is the next step).
@@ -327,6 +332,7 @@ mod tests {
 
     const A: [u8; 4] = [10, 0, 0, 1];
     const B: [u8; 4] = [10, 0, 0, 2];
+    const C: [u8; 4] = [10, 0, 0, 3];
 
     fn tcp(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, flags: u8) -> Flow {
         Flow {
@@ -779,6 +785,11 @@ mod tests {
             check(&t, &any_out, Direction::Ingress, &echo(B, A, 0), 0, 1, true),
             PASS,
             "the reply"
+        );
+        // A reply to no request opens nothing, whatever the rules.
+        assert_eq!(
+            check(&t, &any_out, Direction::Egress, &echo(A, C, 0), 0, 1, true),
+            Verdict::Drop(Drop::CtInvalid)
         );
     }
 }

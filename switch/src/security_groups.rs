@@ -54,10 +54,7 @@ pub fn frame_class(tagged: bool, bytes: &[u8]) -> FrameClass {
     };
     let l3 = &bytes[at + 2..];
     match u16::from_be_bytes([hi, lo]) {
-        ethertype::ARP => FrameClass::Arp(
-            l3.get(14..18)
-                .map(|s| [s[0], s[1], s[2], s[3]]),
-        ),
+        ethertype::ARP => FrameClass::Arp(l3.get(14..18).map(|s| [s[0], s[1], s[2], s[3]])),
         t => match classify(t, l3) {
             Classified::Ip(flow) => FrameClass::Ip(flow),
             Classified::Malformed => FrameClass::Malformed,
@@ -151,8 +148,16 @@ fn judge(
         return if policy.stateful {
             Err(DropReason::CtFull)
         } else {
-            verdict(firewall::check(&EMPTY_TABLE, policy, direction, flow, zone, now, false))
-                .map(|()| false)
+            verdict(firewall::check(
+                &EMPTY_TABLE,
+                policy,
+                direction,
+                flow,
+                zone,
+                now,
+                false,
+            ))
+            .map(|()| false)
         };
     };
     verdict(firewall::check(
@@ -190,8 +195,7 @@ mod tests {
     /// IPv4 10.0.0.1 -> 10.0.0.2, UDP 5000 -> 53.
     fn udp4(src: [u8; 4]) -> Vec<u8> {
         let mut ip = vec![
-            0x45, 0, 0, 28, 0, 1, 0, 0, 64, 17, 0, 0, src[0], src[1], src[2], src[3], 10, 0, 0,
-            2,
+            0x45, 0, 0, 28, 0, 1, 0, 0, 64, 17, 0, 0, src[0], src[1], src[2], src[3], 10, 0, 0, 2,
         ];
         ip.extend_from_slice(&[0x13, 0x88, 0x00, 0x35, 0, 8, 0, 0]);
         ip
@@ -252,13 +256,19 @@ mod tests {
         let own = class(udp4([10, 0, 0, 1]), 0x0800);
         assert_eq!(from_vm(&f, None, &own, 0, 1), Ok(false));
         let spoofed = class(udp4([10, 0, 0, 7]), 0x0800);
-        assert_eq!(from_vm(&f, None, &spoofed, 0, 1), Err(DropReason::IpSpoofed));
+        assert_eq!(
+            from_vm(&f, None, &spoofed, 0, 1),
+            Err(DropReason::IpSpoofed)
+        );
         let dhcp_discover = class(udp4([0, 0, 0, 0]), 0x0800);
         assert_eq!(from_vm(&f, None, &dhcp_discover, 0, 1), Ok(false));
         let arp_own = class(arp([10, 0, 0, 1]), 0x0806);
         assert_eq!(from_vm(&f, None, &arp_own, 0, 1), Ok(false));
         let arp_other = class(arp([10, 0, 0, 8]), 0x0806);
-        assert_eq!(from_vm(&f, None, &arp_other, 0, 1), Err(DropReason::IpSpoofed));
+        assert_eq!(
+            from_vm(&f, None, &arp_other, 0, 1),
+            Err(DropReason::IpSpoofed)
+        );
         // Without groups, what is not IP passes (port security still judges its MAC).
         assert_eq!(from_vm(&f, None, &FrameClass::Other, 0, 1), Ok(false));
     }

@@ -19,6 +19,8 @@ use std::time::{Duration, Instant};
 
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
+use vringswitch_filter::conntrack;
+use vringswitch_filter::firewall::Policy;
 use vringswitch_ports::counters::PortCounters;
 use vringswitch_ports::datapath::{
     EgressBurst, IngressBurst, KindVisitor, Polled, PortKind, ReceiveBurst, Scratch, SendBuilt,
@@ -29,8 +31,6 @@ use vringswitch_ports::frame::{self, FrameEdit, FrameMem, IngressFrame, Seg, MAX
 use vringswitch_ports::offload::software::{self, Outgoing, Sent as OffloadSent};
 use vringswitch_ports::offload::{OffloadCaps, VnetHeader, VnetOffloads};
 use vringswitch_ports::{Attachment, DropReason, OffloadAction, PortId};
-use vringswitch_filter::conntrack;
-use vringswitch_filter::firewall::Policy;
 use vringswitch_wire::ethernet::{rarp_announcement, EthernetFrame, MacAddr, RARP_LEN};
 
 use crate::capture::{wall_clock_ns, PortCapture};
@@ -640,7 +640,16 @@ fn deliver_burst(
     }
     for t in 0..b.targets.len() {
         let dst = b.targets[t];
-        deliver_to(worker, topology, ports, dst, from.qp, from.now, &mut src_view, b);
+        deliver_to(
+            worker,
+            topology,
+            ports,
+            dst,
+            from.qp,
+            from.now,
+            &mut src_view,
+            b,
+        );
     }
 }
 

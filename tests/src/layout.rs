@@ -102,6 +102,22 @@ impl Layout {
         ports.into_iter().fold(self, Layout::port)
     }
 
+    /// Security groups (ports name them in `security_groups`).
+    pub fn security_groups(
+        mut self,
+        groups: impl IntoIterator<Item = vringswitch_config::SecurityGroupSpec>,
+    ) -> Layout {
+        self.config.security_groups.extend(groups);
+        self
+    }
+
+    /// The connection table's size and the most connections one port holds.
+    pub fn conntrack(mut self, max: u32, per_port: u32) -> Layout {
+        self.config.dataplane.conntrack_max = Spanned::new(0..0, max);
+        self.config.dataplane.conntrack_per_port = Spanned::new(0..0, per_port);
+        self
+    }
+
     /// The sockets of its vhost-user ports.
     pub fn sockets(&self) -> Vec<PathBuf> {
         self.config

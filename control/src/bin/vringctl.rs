@@ -83,6 +83,31 @@ enum Command {
     /// Port mirroring (SPAN): the frames of some ports copied to another, for an IDS.
     #[command(subcommand)]
     Mirror(MirrorCmd),
+    /// Security groups (OpenStack's model): named lists of allow rules that filter what
+    /// the VMs of their ports send and receive (port add/set --security-groups).
+    #[command(subcommand)]
+    Sg(SgCmd),
+    /// The connections security groups track (as conntrack -L), or --flush them.
+    Conntrack {
+        /// Removes them instead: their next frames must open them again.
+        #[arg(long)]
+        flush: bool,
+        /// Those charged to this port (the first filtered port they crossed).
+        #[arg(long)]
+        port: Option<String>,
+        /// Those on this bridge.
+        #[arg(long)]
+        bridge: Option<String>,
+        /// Those of this protocol: tcp, udp, icmp, icmpv6 or a number.
+        #[arg(long)]
+        protocol: Option<String>,
+        /// Those with this address at either end.
+        #[arg(long)]
+        address: Option<String>,
+        /// At most this many listed [default: 1000].
+        #[arg(long, value_name = "N")]
+        limit: Option<usize>,
+    },
     /// What the daemon logs, per module, changed at runtime (as ovs-appctl vlog/set).
     #[command(subcommand)]
     Log(LogCmd),
@@ -161,6 +186,71 @@ enum MirrorCmd {
         #[arg(long)]
         if_exists: bool,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum SgCmd {
+    /// Every group: its rules and the ports in it.
+    List,
+    /// One group's rules.
+    Show { name: String },
+    /// Creates a group, with no rules (it allows nothing until given some).
+    Add {
+        name: String,
+        /// Every frame checked against the rules both ways, nothing tracked (the default
+        /// is stateful: replies pass without a rule).
+        #[arg(long)]
+        stateless: bool,
+    },
+    /// Adds a rule to a group (as openstack security group rule create); its ports'
+    /// connections are checked against the new rules from their next frame.
+    RuleAdd {
+        group: String,
+        /// ingress: what the VMs may receive; egress: what they may send.
+        #[arg(long, value_parser = ["ingress", "egress"])]
+        direction: String,
+        /// IPv4 or IPv6 [default: IPv4].
+        #[arg(long, value_parser = ["IPv4", "IPv6"])]
+        ethertype: Option<String>,
+        /// tcp, udp, icmp, icmpv6, sctp or a number [default: any].
+        #[arg(long)]
+        protocol: Option<String>,
+        /// TCP or UDP destination ports, PORT or MIN:MAX.
+        #[arg(long, value_name = "PORTS", value_parser = port_range)]
+        dst_port: Option<(u16, u16)>,
+        /// ICMP type, and code.
+        #[arg(long, value_name = "TYPE")]
+        icmp_type: Option<u16>,
+        #[arg(long, value_name = "CODE", requires = "icmp_type")]
+        icmp_code: Option<u16>,
+        /// The other end's addresses, a CIDR.
+        #[arg(long, value_name = "CIDR", conflicts_with = "remote_group")]
+        remote_ip: Option<String>,
+        /// The other end is a port of this group.
+        #[arg(long, value_name = "GROUP")]
+        remote_group: Option<String>,
+    },
+    /// Removes rule N (as `sg show` numbers them) from a group.
+    RuleDel { group: String, number: usize },
+    /// Deletes a group no port and no other group's rule names.
+    Del {
+        name: String,
+        /// No group of that name is no error.
+        #[arg(long)]
+        if_exists: bool,
+    },
+}
+
+/// `22` or `8000:8080`.
+fn port_range(s: &str) -> Result<(u16, u16), String> {
+    let p = |x: &str| {
+        x.parse::<u16>()
+            .map_err(|_| format!("{x:?} is not a port number (1 to 65535)"))
+    };
+    match s.split_once(':') {
+        Some((a, b)) => Ok((p(a)?, p(b)?)),
+        None => p(s).map(|x| (x, x)),
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -427,6 +517,14 @@ enum PortCmd {
         /// Locks the port to these source MACs (port security), e.g. 02:00:00:00:00:01.
         #[arg(long = "allow-mac", value_name = "MAC", value_delimiter = ',', value_parser = mac_arg)]
         allow_mac: Option<Vec<String>>,
+        /// The port's security groups, e.g. web,ssh: its VM sends and receives what their
+        /// rules allow.
+        #[arg(long, value_name = "GROUPS", value_delimiter = ',')]
+        security_groups: Option<Vec<String>>,
+        /// The port's IP addresses, e.g. 10.0.0.5,2001:db8::5 (prefixes too): the only
+        /// sources its VM may send from, and what makes it a member of its groups.
+        #[arg(long, value_name = "IPS", value_delimiter = ',')]
+        allowed_ips: Option<Vec<String>>,
         /// Most addresses the bridge learns on this port [default: 1024]; past it, frames
         /// to the port's further addresses are flooded.
         #[arg(long, value_name = "N")]
@@ -463,6 +561,18 @@ enum PortCmd {
         /// Unlocks the port: any source MAC is accepted again.
         #[arg(long, conflicts_with = "allow_mac")]
         no_mac_lock: bool,
+        /// The port's security groups, replacing any list.
+        #[arg(long, value_name = "GROUPS", value_delimiter = ',')]
+        security_groups: Option<Vec<String>>,
+        /// Takes the port out of every group: nothing is filtered.
+        #[arg(long, conflicts_with = "security_groups")]
+        no_security_groups: bool,
+        /// The port's IP addresses, replacing any list.
+        #[arg(long, value_name = "IPS", value_delimiter = ',')]
+        allowed_ips: Option<Vec<String>>,
+        /// Any source IP is accepted again.
+        #[arg(long, conflicts_with = "allowed_ips")]
+        no_allowed_ips: bool,
         /// Most addresses the bridge learns on this port (those it has stay).
         #[arg(long, value_name = "N")]
         fdb_max_learned: Option<u32>,
@@ -775,6 +885,44 @@ async fn run(args: Args) -> Result<String, ClientError> {
             }
         }
         Command::Mirror(cmd) => mirror(&api, cmd, json).await,
+        Command::Sg(cmd) => security_group(&api, cmd, json).await,
+        Command::Conntrack {
+            flush,
+            port,
+            bridge,
+            protocol,
+            address,
+            limit,
+        } => {
+            let mut query = Vec::new();
+            for (k, v) in [
+                ("port", port),
+                ("bridge", bridge),
+                ("protocol", protocol),
+                ("address", address),
+                ("limit", limit.map(|n| n.to_string())),
+            ] {
+                if let Some(v) = v {
+                    query.push(format!("{k}={}", seg(&v)));
+                }
+            }
+            let path = if query.is_empty() {
+                "/v1/conntrack".to_owned()
+            } else {
+                format!("/v1/conntrack?{}", query.join("&"))
+            };
+            if flush {
+                let v = send(&api, Method::DELETE, &path, None).await?;
+                Ok(changed(
+                    &v,
+                    json,
+                    format!("{} connections flushed", v["flushed"].as_u64().unwrap_or(0)),
+                ))
+            } else {
+                let v = send(&api, Method::GET, &path, None).await?;
+                Ok(shown(&v, json, ctl::connections_table))
+            }
+        }
         Command::Stats { interval } => {
             let (s, scope) = stats_over(&api, interval).await?;
             if args.json {
@@ -1017,6 +1165,112 @@ async fn mirror(api: &ApiClient, cmd: MirrorCmd, json: bool) -> Result<String, C
     })
 }
 
+async fn security_group(api: &ApiClient, cmd: SgCmd, json: bool) -> Result<String, ClientError> {
+    let path = |name: &str| format!("/v1/security-groups/{}", seg(name));
+    Ok(match cmd {
+        SgCmd::List => {
+            let groups = send(api, Method::GET, "/v1/security-groups", None).await?;
+            let ports = send(api, Method::GET, "/v1/ports", None).await?;
+            if json {
+                pretty(&groups)
+            } else {
+                ctl::groups_table(&groups, &ports)
+            }
+        }
+        SgCmd::Show { name } => {
+            let v = send(api, Method::GET, &path(&name), None).await?;
+            shown(&v, json, ctl::rules_table)
+        }
+        SgCmd::Add { name, stateless } => {
+            let body = json!({"name": name, "stateful": !stateless, "rules": []});
+            let v = send(api, Method::POST, "/v1/security-groups", Some(body)).await?;
+            changed(
+                &v,
+                json,
+                format!("security group {name} added (no rules yet)"),
+            )
+        }
+        SgCmd::RuleAdd {
+            group,
+            direction,
+            ethertype,
+            protocol,
+            dst_port,
+            icmp_type,
+            icmp_code,
+            remote_ip,
+            remote_group,
+        } => {
+            let mut g = send(api, Method::GET, &path(&group), None).await?;
+            let mut rule = json!({"direction": direction});
+            if let Some(e) = ethertype {
+                rule["ethertype"] = json!(e);
+            }
+            if let Some(p) = &protocol {
+                rule["protocol"] = match p.parse::<u8>() {
+                    Ok(n) => json!(n),
+                    Err(_) => json!(p),
+                };
+            }
+            let range = dst_port.or(icmp_type.map(|t| (t, icmp_code.unwrap_or(u16::MAX))));
+            if let Some((lo, hi)) = range {
+                rule["port_range_min"] = json!(lo);
+                if hi != u16::MAX || dst_port.is_some() {
+                    rule["port_range_max"] = json!(hi);
+                }
+            }
+            if let Some(r) = remote_ip {
+                rule["remote_ip_prefix"] = json!(r);
+            }
+            if let Some(r) = remote_group {
+                rule["remote_group"] = json!(r);
+            }
+            let rules = g["rules"].as_array_mut();
+            match rules {
+                Some(rules) => rules.push(rule),
+                None => g["rules"] = json!([rule]),
+            }
+            let v = send(api, Method::PUT, &path(&group), Some(g)).await?;
+            let n = v["rules"].as_array().map_or(0, Vec::len);
+            changed(
+                &v,
+                json,
+                format!("rule {n} added to security group {group}"),
+            )
+        }
+        SgCmd::RuleDel { group, number } => {
+            let mut g = send(api, Method::GET, &path(&group), None).await?;
+            let rules = g["rules"].as_array_mut();
+            match rules {
+                Some(rules) if (1..=rules.len()).contains(&number) => {
+                    rules.remove(number - 1);
+                }
+                other => {
+                    return Err(ClientError::Refused(format!(
+                        "security group {group} has {} rules: there is no rule {number}",
+                        other.map_or(0, |r| r.len())
+                    )))
+                }
+            }
+            let v = send(api, Method::PUT, &path(&group), Some(g)).await?;
+            changed(
+                &v,
+                json,
+                format!("rule {number} removed from security group {group}"),
+            )
+        }
+        SgCmd::Del { name, if_exists } => {
+            match if_found(
+                if_exists,
+                send(api, Method::DELETE, &path(&name), None).await,
+            )? {
+                Some(v) => changed(&v, json, format!("security group {name} deleted")),
+                None => format!("no security group {name}: nothing to delete\n"),
+            }
+        }
+    })
+}
+
 async fn log(api: &ApiClient, cmd: LogCmd, json: bool) -> Result<String, ClientError> {
     let body = match cmd {
         LogCmd::Show => {
@@ -1149,6 +1403,8 @@ async fn port(api: &ApiClient, cmd: PortCmd, json: bool) -> Result<String, Clien
             offloads,
             vlan,
             allow_mac,
+            security_groups,
+            allowed_ips,
             fdb_max_learned,
             police,
             set,
@@ -1186,6 +1442,12 @@ async fn port(api: &ApiClient, cmd: PortCmd, json: bool) -> Result<String, Clien
             if let Some(macs) = allow_mac {
                 body["allowed_macs"] = json!(macs);
             }
+            if let Some(g) = security_groups {
+                body["security_groups"] = json!(g);
+            }
+            if let Some(ips) = allowed_ips {
+                body["allowed_ips"] = json!(ips);
+            }
             if let Some(n) = fdb_max_learned {
                 body["fdb_max_learned"] = json!(n);
             }
@@ -1213,6 +1475,10 @@ async fn port(api: &ApiClient, cmd: PortCmd, json: bool) -> Result<String, Clien
             no_vlan,
             allow_mac,
             no_mac_lock,
+            security_groups,
+            no_security_groups,
+            allowed_ips,
+            no_allowed_ips,
             fdb_max_learned,
             police,
             no_police_rx,
@@ -1241,6 +1507,16 @@ async fn port(api: &ApiClient, cmd: PortCmd, json: bool) -> Result<String, Clien
                 body["allowed_macs"] = json!(macs);
             } else if no_mac_lock {
                 body["allowed_macs"] = Value::Null;
+            }
+            if let Some(g) = security_groups {
+                body["security_groups"] = json!(g);
+            } else if no_security_groups {
+                body["security_groups"] = Value::Null;
+            }
+            if let Some(ips) = allowed_ips {
+                body["allowed_ips"] = json!(ips);
+            } else if no_allowed_ips {
+                body["allowed_ips"] = Value::Null;
             }
             if let Some(n) = fdb_max_learned {
                 body["fdb_max_learned"] = json!(n);

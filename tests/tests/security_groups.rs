@@ -1,0 +1,369 @@
+//! Security groups through the real daemon, with test frontends for exact counts: the rule
+//! model (remote groups, ports, ICMP), replies without rules, what is not IP, spoofed
+//! sources, TCP flag garbage and segments out of state, a rule removed mid-connection,
+//! fragments, IPv6, the per-port limit; the frames built by etherparse, not by the code
+//! under test.
+
+use etherparse::{PacketBuilder, PacketBuilderStep, TcpHeader};
+use serde_json::{json, Value};
+use vringswitch_config::SecurityGroupSpec;
+use vringswitch_tests::api::call;
+use vringswitch_tests::frontend::TestVm;
+use vringswitch_tests::layout::{vhost_user, Layout};
+use vringswitch_tests::setup::{Setup, T};
+use vringswitch_tests::{frame, mac};
+
+/// The group every filtered port here is in: members may reach each other on TCP 22, UDP
+/// 53 and by ICMP (ping6 too); anything may leave.
+fn web(with_ssh: bool) -> SecurityGroupSpec {
+    let mut rules = vec![
+        json!({"direction": "ingress", "protocol": "icmp", "remote_group": "web"}),
+        json!({"direction": "ingress", "protocol": "udp", "port_range_min": 53,
+               "port_range_max": 53, "remote_group": "web"}),
+        json!({"direction": "ingress", "ethertype": "IPv6", "protocol": "icmpv6",
+               "remote_group": "web"}),
+        json!({"direction": "egress"}),
+        json!({"direction": "egress", "ethertype": "IPv6"}),
+    ];
+    if with_ssh {
+        rules.push(
+            json!({"direction": "ingress", "protocol": "tcp", "port_range_min": 22,
+                          "port_range_max": 22, "remote_group": "web"}),
+        );
+    }
+    serde_json::from_value(json!({"name": "web", "rules": rules})).unwrap()
+}
+
+/// br0: a and b in group web (10.0.0.1 and .2, fd00::1 and ::2), c in none (10.0.0.3).
+fn layout(dir: &std::path::Path) -> Layout {
+    let p = |name: &str| vhost_user(name, "br0", &dir.join(format!("{name}.sock")));
+    let member = |name: &str, n: u8| {
+        let mut port = p(name);
+        port.security_groups = Some(vec!["web".into()]);
+        port.allowed_ips = Some(vec![format!("10.0.0.{n}"), format!("fd00::{n}/128")]);
+        port
+    };
+    Layout::new()
+        .bridge("br0")
+        .ports([member("a", 1), member("b", 2), p("c")])
+        .security_groups([web(true)])
+}
+
+fn ip4(n: u8) -> [u8; 4] {
+    [10, 0, 0, n]
+}
+
+fn ip6(n: u8) -> [u8; 16] {
+    let mut a = [0u8; 16];
+    a[0] = 0xfd;
+    a[15] = n;
+    a
+}
+
+/// From VM `from` to VM `to`, their IPv4 addresses, at the Ethernet and IP layers.
+fn eth4(from: u8, to: u8) -> etherparse::PacketBuilderStep<etherparse::IpHeaders> {
+    PacketBuilder::ethernet2(mac(from), mac(to)).ipv4(ip4(from), ip4(to), 64)
+}
+
+fn written<H>(b: PacketBuilderStep<H>, payload: &[u8]) -> Vec<u8>
+where
+    PacketBuilderStep<H>: Writes,
+{
+    b.bytes(payload)
+}
+
+/// The builder steps that end in a packet.
+trait Writes {
+    fn bytes(self, payload: &[u8]) -> Vec<u8>;
+}
+
+macro_rules! writes {
+    ($($h:ty),*) => {$(
+        impl Writes for PacketBuilderStep<$h> {
+            fn bytes(self, payload: &[u8]) -> Vec<u8> {
+                let mut out = Vec::with_capacity(self.size(payload.len()));
+                self.write(&mut out, payload).unwrap();
+                out
+            }
+        }
+    )*};
+}
+writes!(
+    TcpHeader,
+    etherparse::UdpHeader,
+    etherparse::Icmpv4Header,
+    etherparse::Icmpv6Header
+);
+
+/// A TCP segment with the flags `flags` sets.
+fn tcp(
+    from: u8,
+    to: u8,
+    ports: (u16, u16),
+    flags: impl FnOnce(PacketBuilderStep<TcpHeader>) -> PacketBuilderStep<TcpHeader>,
+) -> Vec<u8> {
+    written(
+        flags(eth4(from, to).tcp(ports.0, ports.1, 1000, 64240)),
+        b"",
+    )
+}
+
+fn udp(from: u8, to: u8, ports: (u16, u16), payload: &[u8]) -> Vec<u8> {
+    written(eth4(from, to).udp(ports.0, ports.1), payload)
+}
+
+fn ping(from: u8, to: u8, id: u16, reply: bool) -> Vec<u8> {
+    let b = eth4(from, to);
+    let b = if reply {
+        b.icmpv4_echo_reply(id, 1)
+    } else {
+        b.icmpv4_echo_request(id, 1)
+    };
+    written(b, b"ping")
+}
+
+/// The network with its frontends: send from one, see what another got.
+struct Net {
+    s: Setup,
+    vms: Vec<(String, TestVm)>,
+}
+
+impl Net {
+    fn new(tag: &str, build: impl FnOnce(&std::path::Path) -> Layout) -> Net {
+        let s = Setup::with_layout(tag, build);
+        let vms: Vec<(String, TestVm)> = [("a", 1), ("b", 2), ("c", 3)]
+            .into_iter()
+            .map(|(n, m)| (n.to_owned(), s.vm(n, m)))
+            .collect();
+        s.wait_connected(&["a", "b", "c"]);
+        let mut net = Net { s, vms };
+        // Each announces itself (ARP, its own address): the bridge learns every MAC, so
+        // that nothing below is flooded.
+        for n in 1..=3u8 {
+            let mut arp = vec![0xff; 6];
+            arp.extend_from_slice(&mac(n));
+            arp.extend_from_slice(&[0x08, 0x06, 0, 1, 8, 0, 6, 4, 0, 1]);
+            arp.extend_from_slice(&mac(n));
+            arp.extend_from_slice(&ip4(n));
+            arp.extend_from_slice(&[0; 6]);
+            arp.extend_from_slice(&ip4(n));
+            net.send(n, &arp);
+        }
+        for n in 1..=3u8 {
+            assert_eq!(
+                net.got_within(n, 2),
+                2,
+                "every ARP announcement reaches the others"
+            );
+        }
+        net
+    }
+
+    fn vm(&mut self, n: u8) -> &mut TestVm {
+        &mut self.vms[usize::from(n - 1)].1
+    }
+
+    fn send(&mut self, from: u8, f: &[u8]) {
+        let vm = self.vm(from);
+        vm.send(TestVm::tx(0), f);
+        vm.wait_tx_done(TestVm::tx(0), T);
+    }
+
+    /// Waits for `n` frames at VM `to` (and 50 ms for any more); returns how many came.
+    fn got_within(&mut self, to: u8, n: usize) -> usize {
+        let vm = self.vm(to);
+        let got = if n == 0 {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            vm.recv(TestVm::rx(0))
+        } else {
+            let mut got = vm.expect_frames_at_least(TestVm::rx(0), n, T);
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            got.extend(vm.recv(TestVm::rx(0)));
+            got
+        };
+        vm.post_rx(TestVm::rx(0), got.len(), 2048);
+        got.len()
+    }
+
+    /// Sends `f` from `from` and says how many frames `to` got.
+    fn through(&mut self, from: u8, to: u8, f: &[u8], expected: usize) {
+        self.send(from, f);
+        assert_eq!(
+            self.got_within(to, expected),
+            expected,
+            "from {from} to {to}"
+        );
+    }
+
+    fn drops(&self, port: &str, reason: &str) -> u64 {
+        self.s.drops(port, reason)
+    }
+
+    fn connections(&self, query: &str) -> Value {
+        let (status, v) = call(
+            &self.s.daemon,
+            "GET",
+            &format!("/v1/conntrack{query}"),
+            None,
+        );
+        assert_eq!(status, 200, "{v}");
+        v
+    }
+}
+
+#[test]
+fn groups_allow_what_their_rules_say_replies_need_none_and_everything_else_is_counted() {
+    let mut net = Net::new("sg-rules", layout);
+    let (syn, ack) = (
+        |t: PacketBuilderStep<TcpHeader>| t.syn(),
+        |t: PacketBuilderStep<TcpHeader>| t.ack(1),
+    );
+    // a opens TCP 22 to b (a member); b answers without any rule letting it.
+    net.through(1, 2, &tcp(1, 2, (40000, 22), syn), 1);
+    net.through(2, 1, &tcp(2, 1, (22, 40000), |t| t.syn().ack(1001)), 1);
+    net.through(1, 2, &tcp(1, 2, (40000, 22), ack), 1);
+    net.through(2, 1, &tcp(2, 1, (22, 40000), ack), 1);
+    // c is no member: b refuses it; a member on another port is refused too.
+    net.through(3, 2, &tcp(3, 2, (40000, 22), syn), 0);
+    net.through(1, 2, &tcp(1, 2, (40001, 23), syn), 0);
+    assert_eq!(net.drops("b", "acl_denied"), 2);
+    // Ping and its reply.
+    net.through(1, 2, &ping(1, 2, 7, false), 1);
+    net.through(2, 1, &ping(2, 1, 7, true), 1);
+    // A reply nobody asked for opens nothing.
+    net.through(2, 1, &ping(2, 1, 8, true), 0);
+    assert_eq!(net.drops("b", "ct_invalid"), 1);
+    // Flag garbage and a segment of no connection: invalid, at the sender.
+    net.through(1, 2, &tcp(1, 2, (40002, 22), |t| t.syn().fin()), 0);
+    net.through(1, 2, &tcp(1, 2, (40003, 22), ack), 0);
+    net.through(1, 2, &tcp(1, 2, (40004, 22), |t| t), 0);
+    assert_eq!(net.drops("a", "ct_invalid"), 3);
+    // A source outside a's allowed_ips, and something that is not IP.
+    let mut spoofed = udp(1, 2, (5000, 53), b"x");
+    spoofed[26..30].copy_from_slice(&ip4(9));
+    net.through(1, 2, &spoofed, 0);
+    assert_eq!(net.drops("a", "ip_spoofed"), 1);
+    net.through(1, 2, &frame(mac(2), mac(1), 46, 1), 0);
+    assert_eq!(net.drops("a", "acl_denied"), 1);
+    // c has no groups: it sends what it likes, b takes IP and ARP only.
+    net.through(3, 2, &frame(mac(2), mac(3), 46, 2), 0);
+    assert_eq!(net.drops("b", "acl_denied"), 3);
+    assert_eq!(net.drops("c", "acl_denied"), 0);
+
+    // The table shows the connections, charged to the port that opened them.
+    let v = net.connections("?port=a&protocol=tcp");
+    let conns = v["connections"].as_array().unwrap();
+    assert_eq!(conns.len(), 1, "{v}");
+    let c = &conns[0];
+    assert_eq!(
+        (
+            c["src"].as_str(),
+            c["sport"].as_u64(),
+            c["dst"].as_str(),
+            c["dport"].as_u64()
+        ),
+        (Some("10.0.0.1"), Some(40000), Some("10.0.0.2"), Some(22)),
+        "{v}"
+    );
+    assert_eq!(c["state"], "ESTABLISHED", "{v}");
+    assert_eq!(c["bridge"], "br0", "{v}");
+    let out = net.s.daemon.vringctl(&["conntrack", "--port", "a"]);
+    assert!(
+        out.contains("ESTABLISHED") && out.contains("10.0.0.1"),
+        "{out}"
+    );
+
+    // TCP 22 no longer allowed: the connection is cut at its next segment, the ping
+    // carries on.
+    let (status, v) = call(
+        &net.s.daemon,
+        "PUT",
+        "/v1/security-groups/web",
+        Some(serde_json::to_value(web(false)).unwrap()),
+    );
+    assert_eq!(status, 200, "{v}");
+    net.through(1, 2, &tcp(1, 2, (40000, 22), ack), 0);
+    assert_eq!(net.drops("b", "acl_denied"), 4);
+    net.through(1, 2, &ping(1, 2, 7, false), 1);
+    let v = net.connections("?protocol=tcp");
+    assert_eq!(v["connections"], json!([]), "{v}");
+}
+
+/// A first fragment of a UDP datagram to port 53 (its transport header and 8 bytes),
+/// identification `id`, or a later one at 8-byte offset `at8` (`at8` > 0).
+fn fragment(from: u8, to: u8, id: u16, at8: u16) -> Vec<u8> {
+    let mut f = udp(from, to, (5000, 53), &[7u8; 32]);
+    // The IPv4 header at 14: identification at 18, flags and offset at 20.
+    f[18..20].copy_from_slice(&id.to_be_bytes());
+    let more = if at8 == 0 { 0x2000 } else { 0 };
+    f[20..22].copy_from_slice(&(more | at8).to_be_bytes());
+    f
+}
+
+#[test]
+fn fragments_follow_their_first_ipv6_is_filtered_and_neighbour_discovery_needs_no_rule() {
+    let mut net = Net::new("sg-frags", layout);
+    net.through(1, 2, &fragment(1, 2, 0x1234, 0), 1);
+    net.through(1, 2, &fragment(1, 2, 0x1234, 5), 1);
+    // A later fragment whose first was not seen: dropped at the sender.
+    net.through(1, 2, &fragment(1, 2, 0x4321, 5), 0);
+    assert_eq!(net.drops("a", "acl_denied"), 1);
+    // From c (no member): b refuses the first, and so the rest.
+    net.through(3, 2, &fragment(3, 2, 0x1234, 0), 0);
+    net.through(3, 2, &fragment(3, 2, 0x1234, 5), 0);
+    assert_eq!(net.drops("b", "acl_denied"), 2);
+
+    // IPv6: ping6 between members; from an address outside a's allowed_ips, spoofed.
+    let eth6 = |from: u8, to: u8, src: u8| {
+        PacketBuilder::ethernet2(mac(from), mac(to)).ipv6(ip6(src), ip6(to), 64)
+    };
+    net.through(
+        1,
+        2,
+        &written(eth6(1, 2, 1).icmpv6_echo_request(3, 1), b"p6"),
+        1,
+    );
+    net.through(
+        2,
+        1,
+        &written(eth6(2, 1, 2).icmpv6_echo_reply(3, 1), b"p6"),
+        1,
+    );
+    net.through(
+        1,
+        2,
+        &written(eth6(1, 2, 9).icmpv6_echo_request(4, 1), b"p6"),
+        0,
+    );
+    assert_eq!(net.drops("a", "ip_spoofed"), 1);
+    // UDP over IPv6 to b: egress allows it, b's rules do not.
+    net.through(1, 2, &written(eth6(1, 2, 1).udp(5000, 9999), b"u6"), 0);
+    assert_eq!(net.drops("b", "acl_denied"), 3);
+    // A neighbour solicitation (type 135) from c, which no rule of b admits.
+    let ns = PacketBuilder::ethernet2(mac(3), mac(2))
+        .ipv6(ip6(3), ip6(2), 255)
+        .icmpv6_raw(135, 0, [0; 4]);
+    net.through(3, 2, &written(ns, &ip6(2)), 1);
+}
+
+#[test]
+fn a_port_at_its_connection_limit_is_refused_new_ones_and_starves_no_one() {
+    let mut net = Net::new("sg-limit", |dir| layout(dir).conntrack(1024, 8));
+    // b holds a connection to a before a floods.
+    net.through(2, 1, &udp(2, 1, (6000, 53), b"q"), 1);
+    for sport in 0..20u16 {
+        net.send(1, &udp(1, 2, (10_000 + sport, 53), b"q"));
+    }
+    assert_eq!(net.got_within(2, 8), 8, "a's first 8 connections only");
+    assert_eq!(net.drops("a", "ct_full"), 12);
+    // b's connection carries on, and b opens new ones.
+    net.through(2, 1, &udp(2, 1, (6000, 53), b"q"), 1);
+    net.through(1, 2, &udp(1, 2, (53, 6000), b"r"), 1);
+    net.through(2, 1, &udp(2, 1, (6001, 53), b"q"), 1);
+    let v = net.connections("?port=a");
+    assert_eq!(v["connections"].as_array().unwrap().len(), 8, "{v}");
+    // Flushed, a may open connections again.
+    let (status, v) = call(&net.s.daemon, "DELETE", "/v1/conntrack?port=a", None);
+    assert_eq!((status, v["flushed"].as_u64()), (200, Some(8)), "{v}");
+    net.through(1, 2, &udp(1, 2, (11_000, 53), b"q"), 1);
+}
