@@ -22,6 +22,7 @@ pub(crate) fn compile(st: &State) -> Topology {
             name: b.spec.name.clone(),
             fdb: b.fdb.clone(),
             ports: Vec::new(),
+            guarded: false,
         });
     }
     topology.ports.resize_with(st.id_space(), || None);
@@ -59,6 +60,13 @@ pub(crate) fn compile(st: &State) -> Topology {
             mirror,
             filter: crate::security_groups::port_filter(st, p),
         });
+        if topology.ports[p.id as usize]
+            .as_ref()
+            .and_then(|rt| rt.filter.as_deref())
+            .is_some_and(|f| f.policy.is_some())
+        {
+            topology.bridges[bridge].guarded = true;
+        }
     }
     for b in &mut topology.bridges {
         b.ports.sort_unstable();

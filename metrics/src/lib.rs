@@ -401,6 +401,7 @@ mod tests {
                 name: "br0".into(),
                 fdb: Arc::new(Fdb::new(300)),
                 ports: vec![0],
+                guarded: false,
             }],
             ports: vec![Some(PortRt {
                 admin_up: true,

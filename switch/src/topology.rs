@@ -18,6 +18,9 @@ pub struct BridgeRt {
     pub fdb: Arc<Fdb>,
     /// Ports on this bridge.
     pub ports: Vec<PortId>,
+    /// A port of the bridge has security groups: every burst on it is judged on the
+    /// worker's own copy of its frames.
+    pub guarded: bool,
 }
 
 /// One port and where it sits.

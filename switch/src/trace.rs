@@ -188,11 +188,13 @@ mod tests {
                     name: "br0".into(),
                     fdb: Arc::new(Fdb::new(300)),
                     ports: vec![0, 1, 2, 3],
+                    guarded: false,
                 },
                 BridgeRt {
                     name: "br1".into(),
                     fdb: Arc::new(Fdb::new(300)),
                     ports: vec![4],
+                    guarded: false,
                 },
             ],
             ports: vec![

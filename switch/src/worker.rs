@@ -144,6 +144,10 @@ pub struct Worker {
     epoll: Epoll,
     /// Where an announcement a frontend asked for is built (see [`Self::announce`]).
     announce_mem: FrameMem,
+    /// The worker's own copy of a burst whose frames security groups judge (see
+    /// [`bounce_burst`]): room for a burst of the largest frames, mapped when first
+    /// touched.
+    bounce: FrameMem,
 }
 
 /// A new wait set holding only `wake` (a kick's eventfd is added when the worker sleeps).
@@ -173,6 +177,7 @@ impl Worker {
             idle_poll: switch.idle_poll,
             epoll,
             announce_mem: frame::host_memory(4096)?,
+            bounce: frame::host_memory(switch.burst * BOUNCE_STRIDE)?,
             switch,
         })
     }
@@ -328,6 +333,7 @@ impl Worker {
                     ports: &mut self.ports,
                     cache: &mut self.fdb_caches[src_rt.bridge],
                     b: &mut self.burst,
+                    bounce: &self.bounce,
                     src,
                     src_rt,
                     now_s,
@@ -369,6 +375,7 @@ impl Worker {
             ports: &mut self.ports,
             cache: &mut self.fdb_caches[src_rt.bridge],
             b: &mut self.burst,
+            bounce: &self.bounce,
             src,
             src_rt,
             now_s,
@@ -455,6 +462,8 @@ struct FromPort<'w> {
     /// The source's bridge's FDB cache.
     cache: &'w mut FdbCache,
     b: &'w mut Burst,
+    /// The worker's copy of a filtered burst ([`bounce_burst`]).
+    bounce: &'w FrameMem,
     src: PortId,
     src_rt: &'w PortRt,
     now_s: u64,
@@ -474,6 +483,7 @@ impl ReceiveBurst for FromPort<'_> {
             ports,
             cache,
             b,
+            bounce,
             src,
             src_rt,
             now_s,
@@ -555,7 +565,7 @@ impl ReceiveBurst for FromPort<'_> {
             mem: taking.mem,
             now: now_s as u32,
         };
-        deliver_burst(worker, topology, ports, &from, b, flood);
+        deliver_burst(worker, topology, ports, &from, b, flood, bounce);
         consumed
     }
 }
@@ -604,12 +614,20 @@ fn deliver_burst(
     from: &Source<'_>,
     b: &mut Burst,
     flood: bool,
+    bounce: &FrameMem,
 ) {
     if flood {
         b.targets.clear();
         b.targets.extend(flood_targets(topology, from.id, from.rt));
     }
-    let mut src_view = MemView::new(from.mem);
+    // Security groups judge the frames where they lie; were that the sender's memory, it
+    // could change a frame between the verdict and the copy. Judged and copied from the
+    // worker's own copy instead, on bridges with groups only.
+    let mut src_view = if from.rt.filter.is_some() || topology.bridges[from.rt.bridge].guarded {
+        bounce_burst(worker, from, bounce, b)
+    } else {
+        MemView::new(from.mem)
+    };
     if let Some(cap) = from.rt.capture.as_deref() {
         capture_from_vm(cap, &mut src_view, &b.slots[..b.len], &b.segs);
     }
@@ -931,6 +949,58 @@ fn hold_back(
             f.held
         });
     }
+}
+
+/// Room for one frame in the bounce memory: the largest frame, rounded to a cache line.
+const BOUNCE_STRIDE: usize = (frame::MAX_FRAME_LEN + 63) & !63;
+
+/// Copies the burst's frames from the sender's memory into the worker's own (`bounce`),
+/// each starting with the bytes the forwarding decision read, and makes the slots name
+/// the copies: what security groups judge is then what is delivered, whatever the sender
+/// writes into its buffers meanwhile (a double fetch). The sender's kind still gives its
+/// buffers back by their heads. A frame that cannot be copied (its buffers are not the
+/// sender's memory any more) is dropped. Returns the view the burst is read through.
+#[cold]
+#[inline(never)]
+fn bounce_burst<'m>(
+    worker: usize,
+    from: &Source<'_>,
+    bounce: &'m FrameMem,
+    b: &mut Burst,
+) -> MemView<'m> {
+    let mut src = MemView::new(from.mem);
+    let mut out = MemView::new(bounce);
+    let Burst { slots, segs, .. } = b;
+    let mut at = 0u64;
+    for f in &mut slots[..b.len] {
+        let len = f.frame.len;
+        let n = (len as usize).min(PEEK_LEN);
+        // Room for every frame of a burst (`BOUNCE_STRIDE` each); `gather_from` checks the
+        // range in the bounce memory all the same.
+        let copied = out.gather_from(
+            at,
+            &mut src,
+            &f.frame.peek[..n],
+            f.frame.segs_in(segs),
+            n,
+            len as usize - n,
+        );
+        if !copied {
+            if f.dest != Dest::Drop {
+                f.dest = Dest::Drop;
+                from.rt
+                    .handle
+                    .stats()
+                    .slot(worker)
+                    .add_drop(DropReason::BadDescriptor, 1);
+            }
+            continue;
+        }
+        let (head, peek) = (f.frame.head, f.frame.peek);
+        f.frame.fill_one_buffer(head, at, len, peek);
+        at = (at + u64::from(len) + 63) & !63;
+    }
+    out
 }
 
 /// Reads the headers of the burst's frames for security groups, once per burst.
@@ -1356,6 +1426,7 @@ mod tests {
                 name: "br0".into(),
                 fdb: Arc::new(Fdb::new(300)),
                 ports: vec![0, 1, 2, 3],
+                guarded: false,
             }],
             ports: vec![
                 port(0, VlanPolicy::transparent(), PortSecurity::open()),
@@ -1515,5 +1586,78 @@ mod tests {
         let mut buf = [0u8; 64];
         let n = copy_for_capture(&mut view, &segs, &FrameEdit::NONE, &mut buf);
         assert_eq!(&buf[..n], &[0, 1, 2, 3]);
+    }
+
+    #[test]
+    fn a_bounced_burst_is_what_the_decision_read_whatever_the_sender_writes_after() {
+        let guest = frame::host_memory(1 << 16).unwrap();
+        let bounce = frame::host_memory(2 * BOUNCE_STRIDE).unwrap();
+        let t = topology();
+        let rt = t.port(0).unwrap();
+        // Two frames: one in one buffer, one in two segments.
+        let one: Vec<u8> = (0..100u8).collect();
+        let two: Vec<u8> = (100..=255u8).collect();
+        guest.write_slice(&one, GuestAddress(0x100)).unwrap();
+        guest.write_slice(&two[..50], GuestAddress(0x1000)).unwrap();
+        guest.write_slice(&two[50..], GuestAddress(0x3000)).unwrap();
+        let mut b = Burst::new(2);
+        b.start();
+        let mut peek = [0u8; PEEK_LEN];
+        peek.copy_from_slice(&one[..PEEK_LEN]);
+        b.slots[0].frame = IngressFrame::in_one_buffer(7, 0x100, 100, peek);
+        b.segs.extend([
+            Seg {
+                addr: 0x1000,
+                len: 50,
+            },
+            Seg {
+                addr: 0x3000,
+                len: two.len() as u32 - 50,
+            },
+        ]);
+        let mut peek2 = [0u8; PEEK_LEN];
+        peek2.copy_from_slice(&two[..PEEK_LEN]);
+        b.slots[1].frame = IngressFrame::new(9, 0..2, two.len() as u32, peek2);
+        b.slots[0].dest = Dest::Port(1);
+        b.slots[1].dest = Dest::Port(1);
+        b.len = 2;
+        // The sender changed its first bytes after the decision read them.
+        guest.write_slice(&[0xee; 4], GuestAddress(0x100)).unwrap();
+        let from = Source {
+            id: 0,
+            rt,
+            qp: 0,
+            mem: &guest,
+            now: 0,
+        };
+        let mut view = bounce_burst(0, &from, &bounce, &mut b);
+        // And changes them all again now: the copies do not follow.
+        guest
+            .write_slice(&[0xdd; 100], GuestAddress(0x100))
+            .unwrap();
+        guest
+            .write_slice(&[0xdd; 50], GuestAddress(0x1000))
+            .unwrap();
+        for (i, want) in [(0, &one), (1, &two)] {
+            let f = &b.slots[i].frame;
+            assert_eq!(
+                f.head,
+                [7, 9][i],
+                "the sender's buffers are given back by head"
+            );
+            let segs = f.segs_in(&b.segs);
+            assert_eq!(segs.len(), 1);
+            let mut got = vec![0u8; f.len as usize];
+            assert!(view.read_frame(segs, 0, &mut got));
+            assert_eq!(&got, want, "frame {i}");
+        }
+        // A frame whose buffer is not the sender's memory is dropped, counted.
+        b.start();
+        b.slots[0].frame = IngressFrame::in_one_buffer(1, 1 << 20, 100, peek);
+        b.slots[0].dest = Dest::Flood;
+        b.len = 1;
+        bounce_burst(0, &from, &bounce, &mut b);
+        assert_eq!(b.slots[0].dest, Dest::Drop);
+        assert_eq!(drops(&t, 0, DropReason::BadDescriptor), 1);
     }
 }

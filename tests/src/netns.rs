@@ -207,6 +207,7 @@ impl Engine {
                 name: "br0".into(),
                 fdb: Arc::new(Fdb::new(300)),
                 ports: vec![0, 1],
+                guarded: false,
             }],
             ports: vec![port(&vm), port(uplink)],
             conntrack: None,

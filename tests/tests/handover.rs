@@ -44,6 +44,7 @@ impl Engine {
                 name: "br0".into(),
                 fdb: Arc::new(Fdb::new(300)),
                 ports: vec![0, 1],
+                guarded: false,
             }],
             ports: handles.iter().map(|h| Some(plain_port(h, 0))).collect(),
             conntrack: None,

@@ -152,7 +152,7 @@ impl IngressFrame {
     /// A frame whose segments are `segs` of the caller's array (fewer than 2^32 entries,
     /// at least one).
     #[inline]
-    pub(crate) fn new(
+    pub fn new(
         head: u16,
         segs: std::ops::Range<usize>,
         len: u32,
