@@ -195,6 +195,15 @@ pub struct Table {
     live: AtomicUsize,
     /// Connections each port holds, by port number modulo [`PORT_SLOTS`].
     per_port: Box<[AtomicU32]>,
+    /// Connections in each bridge's zones, by bridge number (see [`zone`]).
+    per_bridge: Box<[AtomicU32]>,
+}
+
+/// Bridges counted apart: the bridge numbers zones hold.
+const BRIDGE_SLOTS: usize = 1 << (ZONE_BITS - 12);
+
+fn bridge_of(zone: u32) -> usize {
+    (zone >> 12) as usize % BRIDGE_SLOTS
 }
 
 impl Table {
@@ -229,6 +238,7 @@ impl Table {
             seed: std::collections::hash_map::RandomState::new().hash_one(0x5eed_u64) | 1,
             live: AtomicUsize::new(0),
             per_port: (0..PORT_SLOTS).map(|_| AtomicU32::new(0)).collect(),
+            per_bridge: (0..BRIDGE_SLOTS).map(|_| AtomicU32::new(0)).collect(),
         }
     }
 
@@ -362,6 +372,7 @@ impl Table {
             return Err(Full::Probe);
         }
         self.live.fetch_add(1, Ordering::Relaxed);
+        self.per_bridge[bridge_of(key.zone)].fetch_add(1, Ordering::Relaxed);
         Ok(i)
     }
 
@@ -469,6 +480,11 @@ impl Table {
         }
         self.unpublish(&key.reversed(), i, generation);
         self.live.fetch_sub(1, Ordering::Relaxed);
+        let _ = self.per_bridge[bridge_of(key.zone)].fetch_update(
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+            |n| n.checked_sub(1),
+        );
         let owner = self.entries[i as usize].owner.load(Ordering::Relaxed);
         if let Some(n) = self.per_port.get(owner as usize) {
             let _ = n.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
@@ -486,6 +502,12 @@ impl Table {
             slot.compare_exchange(value, GONE, Ordering::AcqRel, Ordering::Relaxed)
                 .is_ok()
         })
+    }
+
+    /// Connections in the zones of bridge number `bridge` (expired ones not yet swept
+    /// included).
+    pub fn bridge_connections(&self, bridge: usize) -> u32 {
+        self.per_bridge[bridge % BRIDGE_SLOTS].load(Ordering::Relaxed)
     }
 
     /// Connections port `port` holds (those it was charged for, see [`Charge`]).
@@ -730,6 +752,13 @@ mod tests {
         );
         assert_eq!(t.expire(10), 1);
         assert_eq!(t.port_connections(7), 0);
+        assert_eq!(t.bridge_connections(0), 1);
+        let other = Key {
+            zone: zone(3, 7),
+            ..key(1, 2, 1, 22)
+        };
+        t.insert(&other, 100, 0).unwrap();
+        assert_eq!((t.bridge_connections(0), t.bridge_connections(3)), (1, 1));
     }
 
     #[test]

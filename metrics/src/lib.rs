@@ -355,8 +355,14 @@ fn families(s: &Snapshot) -> Vec<MetricFamily> {
         "Source MAC addresses not learnt because a limit was reached: their port's \
          (limit=\"port\") or the bridge's (limit=\"bridge\"). Frames to them are flooded.",
     );
+    let mut connections = Family::gauge(
+        "vringswitch_bridge_connections",
+        "Connections the security groups of the bridge's ports track (expired ones not yet \
+         swept, at most a second, included).",
+    );
     for b in &s.bridges {
         let l = [("bridge", b.name.as_str())];
+        connections.add(&l, b.connections);
         entries.add(&l, b.fdb_entries);
         learned.add(&l, b.fdb_learned);
         moved.add(&l, b.fdb_moved);
@@ -372,6 +378,7 @@ fn families(s: &Snapshot) -> Vec<MetricFamily> {
         &mut aged,
         &mut max_learned,
         &mut refused,
+        &mut connections,
     ] {
         push(f);
     }

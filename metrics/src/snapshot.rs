@@ -188,6 +188,9 @@ pub struct BridgeSnapshot {
     /// Addresses not learnt because the bridge had learnt its most.
     #[serde(default)]
     pub fdb_refused_bridge_limit: u64,
+    /// Connections its security groups track.
+    #[serde(default)]
+    pub connections: u64,
 }
 
 /// Every counter of the switch at one instant.
@@ -272,7 +275,8 @@ impl Snapshot {
         let bridges = topology
             .bridges
             .iter()
-            .map(|b| {
+            .enumerate()
+            .map(|(i, b)| {
                 let (learned, moved, aged) = b.fdb.counts();
                 let (refused_port, refused_bridge) = b.fdb.refusals();
                 BridgeSnapshot {
@@ -284,6 +288,10 @@ impl Snapshot {
                     fdb_max_learned: b.fdb.max_learned() as u64,
                     fdb_refused_port_limit: refused_port,
                     fdb_refused_bridge_limit: refused_bridge,
+                    connections: topology
+                        .conntrack
+                        .as_deref()
+                        .map_or(0, |t| u64::from(t.bridge_connections(i))),
                 }
             })
             .collect();

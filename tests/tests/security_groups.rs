@@ -267,6 +267,14 @@ fn groups_allow_what_their_rules_say_replies_need_none_and_everything_else_is_co
     );
     assert_eq!(c["state"], "ESTABLISHED", "{v}");
     assert_eq!(c["bridge"], "br0", "{v}");
+    let total = net.connections("")["total"].as_u64().unwrap();
+    assert_eq!(
+        net.s
+            .daemon
+            .metric("vringswitch_bridge_connections", &[("bridge", "br0")]),
+        total,
+        "the gauge counts what the table holds"
+    );
     let out = net.s.daemon.vringctl(&["conntrack", "--port", "a"]);
     assert!(
         out.contains("ESTABLISHED") && out.contains("10.0.0.1"),
