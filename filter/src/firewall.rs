@@ -222,6 +222,25 @@ fn connection(
     now: u32,
     track: bool,
 ) -> Verdict {
+    if let L4::IcmpError { quoted, .. } = flow.l4 {
+        // Related, as Linux's tracker has it: an error about a datagram of a tracked
+        // connection, on its way back to that datagram's sender, passes without a rule;
+        // one about nothing tracked opens nothing.
+        let about = Key {
+            v6: flow.v6,
+            fragments: false,
+            proto: quoted.proto,
+            zone,
+            src: quoted.src,
+            dst: quoted.dst,
+            sport: quoted.sport,
+            dport: quoted.dport,
+        };
+        return match table.lookup(&about, now) {
+            Some(_) if flow.dst == quoted.src => Verdict::Pass,
+            _ => Verdict::Drop(Drop::CtInvalid),
+        };
+    }
     let key = key_of(flow, zone);
     let Some(found) = table.lookup(&key, now) else {
         // A new connection, opened here (egress) or arriving (ingress): this port's
@@ -791,5 +810,72 @@ mod tests {
             check(&t, &any_out, Direction::Egress, &echo(A, C, 0), 0, 1, true),
             Verdict::Drop(Drop::CtInvalid)
         );
+    }
+
+    #[test]
+    fn an_icmp_error_about_a_tracked_connection_is_related_and_passes_without_a_rule() {
+        use crate::flow::Quoted;
+        let t = Table::new(8);
+        // A opens UDP 5000 -> 53 at B; B's port has no rule for ICMP at all.
+        let (a, b) = (client(1), server(22, 1));
+        let query = Flow {
+            proto: UDP,
+            l4: L4::Ports {
+                src: 5000,
+                dst: 53,
+                tcp_flags: 0,
+            },
+            ..tcp(A, 0, B, 0, 0)
+        };
+        assert_eq!(check(&t, &a, Direction::Egress, &query, 0, 1, true), PASS);
+        let quoted = Quoted {
+            proto: UDP,
+            src: v4(A),
+            dst: v4(B),
+            sport: 5000,
+            dport: 53,
+        };
+        let error = |from: [u8; 4], to: [u8; 4], quoted: Quoted| Flow {
+            proto: 1,
+            l4: L4::IcmpError {
+                kind: 3,
+                code: 3,
+                quoted,
+            },
+            ..tcp(from, 0, to, 0, 0)
+        };
+        // B (or a router on the way) says port unreachable, back to A: related, both ports.
+        let back = error(B, A, quoted);
+        assert_eq!(check(&t, &b, Direction::Egress, &back, 0, 1, true), PASS);
+        assert_eq!(check(&t, &a, Direction::Ingress, &back, 0, 1, false), PASS);
+        // About a datagram of no connection, or sent to someone other than its sender.
+        let other = Quoted {
+            dport: 54,
+            ..quoted
+        };
+        assert_eq!(
+            check(&t, &a, Direction::Ingress, &error(B, A, other), 0, 1, true),
+            Verdict::Drop(Drop::CtInvalid)
+        );
+        assert_eq!(
+            check(&t, &a, Direction::Ingress, &error(B, C, quoted), 0, 1, true),
+            Verdict::Drop(Drop::CtInvalid)
+        );
+        // A stateless group judges it by its rules, as any ICMP.
+        let mut loose = client(1);
+        loose.stateful = false;
+        assert_eq!(
+            check(
+                &t,
+                &loose,
+                Direction::Egress,
+                &error(A, B, other),
+                0,
+                1,
+                true
+            ),
+            PASS
+        );
+        assert_eq!(t.len(), 1, "an error opens nothing");
     }
 }

@@ -39,8 +39,23 @@ pub enum L4 {
         code: u8,
         echo_id: Option<u16>,
     },
+    /// An ICMP or ICMPv6 error (destination unreachable, packet too big, time exceeded,
+    /// parameter problem) and the datagram it quotes: related to that datagram's
+    /// connection, if there is one.
+    IcmpError { kind: u8, code: u8, quoted: Quoted },
     /// Another protocol, or a fragment after the first (no transport header).
     None,
+}
+
+/// The datagram an ICMP error quotes, as its sender sent it: addresses, protocol, and
+/// ports (an echo's identifier as both, as a connection's key has it; 0 for others).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quoted {
+    pub proto: u8,
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub sport: u16,
+    pub dport: u16,
 }
 
 /// Where a frame stands in its datagram.
@@ -180,6 +195,17 @@ fn transport(proto: u8, b: &[u8], v6: bool) -> Option<L4> {
             }
             let h = b.get(..8)?;
             let echo = if v6 { ICMPV6_ECHO } else { ICMP_ECHO };
+            let errors: &[u8] = if v6 { &[1, 2, 3, 4] } else { &[3, 11, 12] };
+            if errors.contains(&h[0]) {
+                // One that quotes too little to say what it is about relates to nothing.
+                if let Some(quoted) = quoted(&b[8..], v6) {
+                    return Some(L4::IcmpError {
+                        kind: h[0],
+                        code: h[1],
+                        quoted,
+                    });
+                }
+            }
             L4::Icmp {
                 kind: h[0],
                 code: h[1],
@@ -189,6 +215,46 @@ fn transport(proto: u8, b: &[u8], v6: bool) -> Option<L4> {
             }
         }
         _ => L4::None,
+    })
+}
+
+/// The datagram quoted at the start of `b` by an ICMP error of family `v6`: its IP header
+/// and its transport's first 8 bytes (what RFC 792 and RFC 4443 promise at least).
+fn quoted(b: &[u8], v6: bool) -> Option<Quoted> {
+    let (src, dst, proto, at) = if v6 {
+        let p = Ipv6Packet::new_checked(b).ok()?;
+        (p.src(), p.dst(), p.next_header(), IPV6_HEADER_LEN)
+    } else {
+        let p = Ipv4Packet::new_checked(b).ok()?;
+        let mut src = [0u8; 16];
+        let mut dst = [0u8; 16];
+        src[..4].copy_from_slice(&p.src());
+        dst[..4].copy_from_slice(&p.dst());
+        (src, dst, p.protocol(), p.header_len())
+    };
+    let l4 = b.get(at..at + 8)?;
+    let (sport, dport) = match proto {
+        protocol::TCP | protocol::UDP => (
+            u16::from_be_bytes([l4[0], l4[1]]),
+            u16::from_be_bytes([l4[2], l4[3]]),
+        ),
+        protocol::ICMP | protocol::ICMPV6 => {
+            let echo = if v6 { ICMPV6_ECHO } else { ICMP_ECHO };
+            if echo.contains(&l4[0]) {
+                let id = u16::from_be_bytes([l4[4], l4[5]]);
+                (id, id)
+            } else {
+                (0, 0)
+            }
+        }
+        _ => (0, 0),
+    };
+    Some(Quoted {
+        proto,
+        src,
+        dst,
+        sport,
+        dport,
     })
 }
 
@@ -361,5 +427,55 @@ mod tests {
         for cut in 0..syn.len() {
             let _ = classify(0x0800, &syn[..cut]);
         }
+    }
+
+    #[test]
+    fn an_icmp_error_reads_the_datagram_it_quotes_and_one_quoting_too_little_does_not() {
+        // Port unreachable from 10.0.0.2, quoting 10.0.0.1 -> 10.0.0.2 UDP 5000 -> 53.
+        let udp = [0x13, 0x88, 0, 53, 0, 8, 0, 0];
+        let inner = ipv4(17, [0, 0], &udp);
+        let mut icmp = vec![3, 3, 0, 0, 0, 0, 0, 0];
+        icmp.extend_from_slice(&inner);
+        let c = classify(0x0800, &ipv4(1, [0, 0], &icmp));
+        let Classified::Ip(f) = c else {
+            panic!("{c:?}")
+        };
+        assert_eq!(
+            f.l4,
+            L4::IcmpError {
+                kind: 3,
+                code: 3,
+                quoted: Quoted {
+                    proto: 17,
+                    src: v4_addr([10, 0, 0, 1]),
+                    dst: v4_addr([10, 0, 0, 2]),
+                    sport: 5000,
+                    dport: 53,
+                }
+            }
+        );
+        // Quoting an echo request: its identifier as both ports.
+        let mut echo_quote = vec![11, 0, 0, 0, 0, 0, 0, 0];
+        echo_quote.extend_from_slice(&ipv4(1, [0, 0], &[8, 0, 0, 0, 0, 9, 0, 1]));
+        let Classified::Ip(f) = classify(0x0800, &ipv4(1, [0, 0], &echo_quote)) else {
+            panic!()
+        };
+        assert!(
+            matches!(f.l4, L4::IcmpError { quoted, .. } if (quoted.proto, quoted.sport, quoted.dport) == (1, 9, 9)),
+            "{f:?}"
+        );
+        // Cut inside the quoted transport header: an error about nothing known.
+        icmp.truncate(8 + 20 + 4);
+        let Classified::Ip(f) = classify(0x0800, &ipv4(1, [0, 0], &icmp)) else {
+            panic!()
+        };
+        assert_eq!(
+            f.l4,
+            L4::Icmp {
+                kind: 3,
+                code: 3,
+                echo_id: None
+            }
+        );
     }
 }

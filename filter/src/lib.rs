@@ -25,5 +25,5 @@ pub mod flow;
 pub mod rules;
 pub mod tracker;
 
-pub use flow::{classify, Classified, Flow, Fragment, L4};
+pub use flow::{classify, Classified, Flow, Fragment, Quoted, L4};
 pub use rules::{Compiled, Direction, Prefix, Remote, Rule};

@@ -192,6 +192,9 @@ impl Compiled {
                         Match::Icmp(kind, code),
                         L4::Icmp {
                             kind: k, code: c, ..
+                        }
+                        | L4::IcmpError {
+                            kind: k, code: c, ..
                         },
                     ) => kind == k && code.is_none_or(|code| code == c),
                     // Ports or a type asked of a frame without them (a later fragment):

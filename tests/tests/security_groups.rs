@@ -309,7 +309,7 @@ fn fragment(from: u8, to: u8, id: u16, at8: u16) -> Vec<u8> {
 }
 
 #[test]
-fn fragments_follow_their_first_ipv6_is_filtered_and_neighbour_discovery_needs_no_rule() {
+fn fragments_follow_their_first_icmp_errors_are_related_and_ipv6_is_filtered_too() {
     let mut net = Net::new("sg-frags", layout);
     net.through(1, 2, &fragment(1, 2, 0x1234, 0), 1);
     net.through(1, 2, &fragment(1, 2, 0x1234, 5), 1);
@@ -320,6 +320,22 @@ fn fragments_follow_their_first_ipv6_is_filtered_and_neighbour_discovery_needs_n
     net.through(3, 2, &fragment(3, 2, 0x1234, 0), 0);
     net.through(3, 2, &fragment(3, 2, 0x1234, 5), 0);
     assert_eq!(net.drops("b", "acl_denied"), 2);
+
+    // An ICMP error about a tracked connection is related: c (no member) may tell a its
+    // port is unreachable, though no rule of a admits ICMP from c; about anything else, not.
+    let query = udp(1, 3, (5000, 53), b"q");
+    net.through(1, 3, &query, 1);
+    let unreachable = |quoted: &[u8]| {
+        written(
+            PacketBuilder::ethernet2(mac(3), mac(1))
+                .ipv4(ip4(3), ip4(1), 64)
+                .icmpv4_raw(3, 3, [0; 4]),
+            &quoted[14..],
+        )
+    };
+    net.through(3, 1, &unreachable(&query), 1);
+    net.through(3, 1, &unreachable(&udp(1, 3, (5001, 53), b"q")), 0);
+    assert_eq!(net.drops("a", "ct_invalid"), 1);
 
     // IPv6: ping6 between members; from an address outside a's allowed_ips, spoofed.
     let eth6 = |from: u8, to: u8, src: u8| {
