@@ -136,7 +136,8 @@ def clean_hugepages():
 # ---------------------------------------------------------------- generator
 
 
-def generator(work, socks, size, secs, server=False, mode="mac", prefix="vsbgen", peers=None):
+def generator(work, socks, size, secs, server=False, mode="mac", prefix="vsbgen", peers=None,
+              extra=()):
     """Runs testpmd owning one virtio_user port per socket for `secs` seconds.
 
     Ports are paired (0-1, 2-3, ...); with `mode="mac"` each port forwards what it receives
@@ -155,6 +156,7 @@ def generator(work, socks, size, secs, server=False, mode="mac", prefix="vsbgen"
         "--no-pci", "--single-file-segments", "-m", str(mem), "--file-prefix", prefix,
         *vdevs, "--", "--nb-cores=1", f"--forward-mode={mode}", *peer_args,
         f"--txpkts={size}", "--stats-period", "1", "--record-core-cycles", f"--burst={GEN_BURST[0]}",
+        *extra,
     ]
     if mode == "mac":
         cmd.append("--tx-first")
@@ -253,12 +255,13 @@ def run_generator(work, socks, size, secs, **kw):
 
 class Vringswitch:
     def __init__(self, work, nports=2, vlans=None, uplink=None, port_lines=(), extra_lines=(),
-                 mode="server"):
+                 mode="server", dataplane_lines=()):
         self.work = Path(work)
         self.socks = [str(self.work / f"p{i}.sock") for i in range(nports)]
         # After an upgrade, the process serving (not our child).
         self.replaced_by = None
-        lines = ["[dataplane]", f"cores = [{SWITCH_CPU}]", "[[bridges]]", 'name = "br0"']
+        lines = ["[dataplane]", f"cores = [{SWITCH_CPU}]", *dataplane_lines, "[[bridges]]",
+                 'name = "br0"']
         for i, s in enumerate(self.socks):
             lines += [
                 "[[ports]]", f'name = "p{i}"', 'bridge = "br0"', 'type = "vhost-user"',
@@ -642,6 +645,265 @@ def upgrade_report(res, L):
                  f"{u['lost']} of {u['sent']:,} | {statistics.median(c['gaps_ms']):.0f} | "
                  f"{c['lost']} | {max(u['baseline_gap_ms'], c['baseline_gap_ms']):.1f} |")
     L.append("")
+
+
+# ---------------------------------------------------------------- security groups
+
+SG_FLOWS = 10_000
+SG_RULES = 50
+# TCP ports the filler rules admit: traffic never uses them, every new connection scans them.
+SG_FILLER = [2000 + i for i in range(SG_RULES - 2)]
+
+
+def sg_dataplane(conntrack):
+    """[dataplane] lines sizing the table at `conntrack` connections, all for any port."""
+    if not conntrack:
+        return []
+    return [f"conntrack_max = {conntrack}", f"conntrack_per_port = {conntrack}"]
+
+
+def sg_rules(rules=SG_RULES):
+    """The group's rules as the API takes them."""
+    out = [{"direction": "ingress", "protocol": "tcp", "port_range_min": 2000 + i,
+            "port_range_max": 2000 + i} for i in range(rules - 2)]
+    out.append({"direction": "ingress", "protocol": "udp"})
+    out.append({"direction": "egress"})
+    return out
+
+
+def sg_group_lines(rules=SG_RULES):
+    lines = ["[[security_groups]]", 'name = "bench"']
+    for r in sg_rules(rules):
+        lines.append("[[security_groups.rules]]")
+        for k, v in r.items():
+            lines.append(f'{k} = "{v}"' if isinstance(v, str) else f"{k} = {v}")
+    return lines
+
+
+def flowgen(flows):
+    """testpmd's flowgen mode over `flows` UDP flows (it varies the addresses per frame and
+    drops what it receives): both ports send, each the other's frames received."""
+    return dict(mode="flowgen", extra=(f"--flowgen-flows={flows}",))
+
+
+def api_call(method, path, body=None):
+    req = urllib.request.Request(f"http://127.0.0.1:{API_PORT}{path}", method=method,
+                                 data=json.dumps(body).encode() if body is not None else None,
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        text = r.read()
+        return json.loads(text) if text else None
+
+
+def vs_drops(vs, reasons):
+    st = vs.stats()
+    return {r: sum(p["drops"].get(r, 0) for p in st["ports"]) for r in reasons}
+
+
+def sg_vringswitch(work, size, secs, groups, flows=SG_FLOWS, conntrack=None, during=None):
+    """vringswitch's two ports under testpmd flowgen over `flows` flows, in group "bench"
+    (`groups`) or in none. Returns per-port Mpps, busy cycles per packet from 2 s in, the
+    security-group drops over that window, the connections tracked at the end and what
+    `during(vs)` returned (run 2 s in)."""
+    vs = Vringswitch(work, 2, port_lines=['security_groups = ["bench"]'] if groups else [],
+                     extra_lines=sg_group_lines() if groups else [],
+                     dataplane_lines=sg_dataplane(conntrack))
+    reasons = ("acl_denied", "ct_invalid", "ct_full", "ip_spoofed")
+    extra = None
+    try:
+        p, out = generator(work, vs.socks, size, secs, **flowgen(flows))
+        time.sleep(2)
+        c0, n0, _ = vs.cycles()
+        d0 = vs_drops(vs, reasons)
+        if during:
+            extra = during(vs)
+        time.sleep(max(secs - 2, 1))
+        c1, n1, _ = vs.cycles()
+        d1 = vs_drops(vs, reasons)
+        tracked = vs_metric("vringswitch_bridge_connections")
+        mpps, gen_cpp = stop_generator(p, out)
+    finally:
+        vs.stop()
+    cpp = (c1 - c0) / (n1 - n0) if n1 > n0 else 0.0
+    return {"mpps_ports": mpps, "cpp": cpp, "gen_cpp": gen_cpp, "tracked": tracked,
+            "drops": {r: d1[r] - d0[r] for r in reasons}, "during": extra}
+
+
+def vs_metric(name):
+    with urllib.request.urlopen(f"http://127.0.0.1:{API_PORT}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    return sum(float(l.rsplit(" ", 1)[1]) for l in text.splitlines()
+               if l.startswith(name + "{") or l.startswith(name + " "))
+
+
+# Neutron's OVS firewall driver, cut down to one network: each IP frame goes through
+# conntrack twice, as the sender's egress (zone 1) and the receiver's ingress; established
+# frames go on at once, new ones through the rules and are committed; invalid are dropped.
+OVS_CT_FLOWS = [
+    "table=0,priority=100,ip,actions=ct(table=1,zone=1)",
+    "table=0,priority=90,arp,actions=NORMAL",
+    "table=0,priority=0,actions=drop",
+    "table=1,priority=100,ct_state=+trk+est,ip,actions=resubmit(,3)",
+    "table=1,priority=100,ct_state=+trk+rel,ip,actions=resubmit(,3)",
+    "table=1,priority=90,ct_state=+trk+new,ip,actions=ct(commit,zone=1),resubmit(,3)",
+    "table=1,priority=0,actions=drop",
+    "table=3,priority=100,ip,actions=ct(table=4,zone=1)",
+    "table=4,priority=100,ct_state=+trk+est,ip,actions=NORMAL",
+    "table=4,priority=100,ct_state=+trk+rel,ip,actions=NORMAL",
+    "table=4,priority=90,ct_state=+trk+new,ip,actions=resubmit(,5)",
+    "table=4,priority=0,actions=drop",
+    *[f"table=5,priority=50,tcp,tp_dst={p},actions=ct(commit,zone=1),NORMAL" for p in SG_FILLER],
+    "table=5,priority=50,udp,actions=ct(commit,zone=1),NORMAL",
+    "table=5,priority=0,actions=drop",
+]
+
+
+def sg_ovs(work, size, secs, ct, flows=SG_FLOWS):
+    """OVS-DPDK's two ports under the same flowgen, NORMAL (`ct` False) or through the
+    conntrack pipeline above: per-port Mpps and the PMD's processing cycles per packet."""
+    ovs = Ovs(work)
+    try:
+        if ct:
+            flows_file = Path(work) / "ct.flows"
+            flows_file.write_text("\n".join(OVS_CT_FLOWS) + "\n")
+            sh("ovs-ofctl", "del-flows", "br0", env=ovs.env, stdout=subprocess.DEVNULL)
+            sh("ovs-ofctl", "add-flows", "br0", str(flows_file), env=ovs.env,
+               stdout=subprocess.DEVNULL)
+        p, out = generator(work, ovs.socks, size, secs, server=True, **flowgen(flows))
+        time.sleep(2)
+        ovs.appctl("dpif-netdev/pmd-stats-clear")
+        time.sleep(secs - 2)
+        cpp = ovs.processing_cycles_per_packet()
+        tracked = len(ovs.appctl("dpctl/dump-conntrack").splitlines()) if ct else 0
+        mpps, gen_cpp = stop_generator(p, out)
+    finally:
+        ovs.stop()
+    return {"mpps_ports": mpps, "cpp": cpp, "gen_cpp": gen_cpp, "tracked": tracked}
+
+
+def sg_new_connections(work, size):
+    """Every frame a new connection (flowgen over 2^31 flows) into a table of 4 M: the
+    worker's busy cycles per frame over a window while the table fills, and what a core
+    opens per second at that cost."""
+    vs = Vringswitch(work, 2, port_lines=['security_groups = ["bench"]'],
+                     extra_lines=sg_group_lines(), dataplane_lines=sg_dataplane(1 << 22))
+    try:
+        p, out = generator(work, vs.socks, size, 6, **flowgen((1 << 31) - 1))
+        wait_for(lambda: vs.cycles()[1] > 100_000, "frames through the switch")
+        c0, n0, _ = vs.cycles()
+        t0 = vs_metric("vringswitch_bridge_connections")
+        time.sleep(0.3)
+        c1, n1, _ = vs.cycles()
+        t1 = vs_metric("vringswitch_bridge_connections")
+        full = vs_drops(vs, ("ct_full",))["ct_full"]
+        stop_generator(p, out)
+    finally:
+        vs.stop()
+    cpp = (c1 - c0) / (n1 - n0) if n1 > n0 else 0.0
+    return {"cpp": cpp, "opened": t1 - t0, "frames": n1 - n0, "ct_full": full,
+            "per_core_s": TSC_HZ[0] / cpp if cpp else 0.0}
+
+
+def sg_memory(work):
+    """The daemon's resident memory with two ports in a group (the table made, 1 M
+    connections, the default) and without: bytes per connection the table holds."""
+    rss = {}
+    for groups in (False, True):
+        (work / str(groups)).mkdir()
+        vs = Vringswitch(work / str(groups), 2,
+                         port_lines=['security_groups = ["bench"]'] if groups else [],
+                         extra_lines=sg_group_lines() if groups else [])
+        try:
+            time.sleep(1)
+            status = Path(f"/proc/{vs.p.pid}/status").read_text()
+            rss[groups] = int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) * 1024
+        finally:
+            vs.stop()
+    return {"rss_off": rss[False], "rss_on": rss[True],
+            "per_connection": (rss[True] - rss[False]) / (1 << 20)}
+
+
+def sg_replace(vs):
+    """PUT a 1000-rule group "bench" (UDP still allowed) while traffic runs: its time, and
+    the drops meanwhile (none of an established, still-allowed flow may be dropped)."""
+    reasons = ("acl_denied", "ct_invalid", "ct_full")
+    d0 = vs_drops(vs, reasons)
+    t = time.perf_counter()
+    api_call("PUT", "/v1/security-groups/bench",
+             {"name": "bench", "rules": sg_rules(1000)})
+    ms = (time.perf_counter() - t) * 1e3
+    time.sleep(1)
+    d1 = vs_drops(vs, reasons)
+    return {"ms": ms, "drops": {r: d1[r] - d0[r] for r in reasons}}
+
+
+def sg_part(work, secs, rounds, switches):
+    runs = []
+    for r in range(1, rounds + 1):
+        run = {"round": r}
+        run["plain"] = sg_vringswitch(work(), 64, secs, groups=False)
+        log(f"security groups round {r}, vringswitch plain: {run['plain']}")
+        run["groups"] = sg_vringswitch(work(), 64, secs, groups=True)
+        log(f"security groups round {r}, vringswitch with groups: {run['groups']}")
+        if "ovs" in switches:
+            run["ovs_plain"] = sg_ovs(work(), 64, secs, ct=False)
+            log(f"security groups round {r}, OVS NORMAL: {run['ovs_plain']}")
+            run["ovs_ct"] = sg_ovs(work(), 64, secs, ct=True)
+            log(f"security groups round {r}, OVS ct(): {run['ovs_ct']}")
+        run["new"] = sg_new_connections(work(), 64)
+        log(f"security groups round {r}, new connections: {run['new']}")
+        run["replace"] = sg_vringswitch(work(), 64, max(secs, 6), groups=True,
+                                        during=sg_replace)["during"]
+        log(f"security groups round {r}, 1000-rule replace: {run['replace']}")
+        runs.append(run)
+    return {"runs": runs, "memory": sg_memory(work())}
+
+
+def sg_report(res, L):
+    sg = res.get("secgroups")
+    if not sg:
+        return
+    L.append(f"### Security groups ({SG_FLOWS:,} UDP flows, {SG_RULES} rules per port, 64 B)\n")
+    L.append("testpmd's flowgen mode on both ports sends 64 B UDP frames over "
+             f"{SG_FLOWS:,} flows (each port the other's frames received), through "
+             "vringswitch with both ports in one stateful group of "
+             f"{SG_RULES} rules ({SG_RULES - 2} TCP ports nobody uses, UDP in, anything out), "
+             "and without groups; through OVS-DPDK with NORMAL, and with Neutron's firewall "
+             "pipeline cut to one network: each IP frame through conntrack twice (the "
+             "sender's egress, the receiver's ingress), established ones on at once, new "
+             "ones through the same rules and committed. Mpps per port (the generator's "
+             "receive rate), the switch's busy cycles per packet.\n")
+    L.append("| round | vringswitch plain Mpps / cycles | with groups Mpps / cycles | "
+             "groups / plain Mpps | OVS NORMAL | OVS ct() | groups / OVS ct() Mpps | "
+             "cycles vs OVS ct() | tracked |")
+    L.append("|---|---|---|---|---|---|---|---|---|")
+    def mean(m):
+        return statistics.mean(m["mpps_ports"]) if m and m["mpps_ports"] else 0.0
+
+    def cell(m):
+        return f"{mean(m):.2f} / {m['cpp']:.0f}" if m else "-"
+
+    for run in sg["runs"]:
+        pl, g = run["plain"], run["groups"]
+        oc = run.get("ovs_ct")
+        vs_ovs = f"{ratio(mean(g), mean(oc)):.2f}x" if oc else "-"
+        cyc_ovs = f"{ratio(g['cpp'], oc['cpp']):.2f}x" if oc else "-"
+        L.append(f"| {run['round']} | {cell(pl)} | {cell(g)} | "
+                 f"{ratio(mean(g), mean(pl)):.2f}x | {cell(run.get('ovs_plain'))} | "
+                 f"{cell(oc)} | {vs_ovs} | {cyc_ovs} | {g['tracked']:.0f} |")
+    L.append("")
+    L.append("| round | new connections: cycles each | per second per core | "
+             "1000-rule group replaced, ms | drops meanwhile |")
+    L.append("|---|---|---|---|---|")
+    for run in sg["runs"]:
+        n, rp = run["new"], run["replace"] or {}
+        L.append(f"| {run['round']} | {n['cpp']:.0f} | {n['per_core_s'] / 1e6:.2f} M | "
+                 f"{rp.get('ms', 0):.1f} | {rp.get('drops')} |")
+    m = sg["memory"]
+    L.append("")
+    L.append(f"Memory per tracked connection: the daemon's resident memory with the table "
+             f"made (1 M connections) less without, over 1 M: **{m['per_connection']:.0f} "
+             f"bytes** ({m['rss_on'] / 2**20:.0f} MiB against {m['rss_off'] / 2**20:.0f} MiB).\n")
 
 
 # ---------------------------------------------------------------- testpmd io-fwd as the switch
@@ -1256,6 +1518,7 @@ def report(res):
     policing_report(res, L)
     mirror_report(res, L)
     upgrade_report(res, L)
+    sg_report(res, L)
     for kind in UPLINKS:
         uplink_report(res, L, kind)
     tso_report(res, L)
@@ -1578,7 +1841,7 @@ def main():
     ap.add_argument("--switches", nargs="+", default=list(SWITCHES), choices=SWITCHES)
     ap.add_argument("--only", choices=["throughput", "scaling", "idle", "latency", "capture",
                                        "tso", "dirtylog", "migration", "policing", "mirror",
-                                       "upgrade", *UPLINKS],
+                                       "upgrade", "secgroups", *UPLINKS],
                     action="append", help="run only these parts (repeatable)")
     ap.add_argument("--gen-burst", type=int, default=32,
                     help="the generator's burst, and so the frames each port has in flight "
@@ -1670,6 +1933,8 @@ def main():
             res["mirror"] = mirror_part(work, args.secs, args.rounds)
         if "upgrade" in parts:
             res["upgrade"] = upgrade_part(work, args.rounds)
+        if "secgroups" in parts:
+            res["secgroups"] = sg_part(work, args.secs, args.rounds, args.switches)
         if "policing" in parts:
             res["policing"] = [policing_cost(work, size, args.secs, args.rounds)
                                for size in (64, 1518)]

@@ -941,7 +941,8 @@ impl Daemon {
 
     /// Creates group `spec`, or (with `replace`) replaces its namesake's rules: from the
     /// next burst, every connection is checked again against the new rules (cut if they
-    /// no longer allow it). Returns whether it was created.
+    /// no longer allow it). Returns, whether it was created, once every worker judges by
+    /// the new rules.
     pub fn put_security_group(
         &self,
         spec: SecurityGroupSpec,
@@ -969,7 +970,9 @@ impl Daemon {
         st.check_security_groups(&all, None)?;
         st.security_groups = all;
         st.next_filter_epoch();
-        self.publish(&st);
+        // Answered once every worker judges by the new rules.
+        let generation = self.publish(&st);
+        self.quiesce(generation);
         tracing::info!(group = %spec.name, rules = spec.rules.len(), stateful = spec.stateful,
             created, "security group set");
         self.save(&st)?;

@@ -26,6 +26,9 @@ pub struct PortFilter {
     pub allowed_ips: Option<Box<[Prefix]>>,
 }
 
+/// RARP's EtherType.
+const RARP: u16 = 0x8035;
+
 /// Most bytes of a frame the filter reads: Ethernet and a VLAN tag, IPv6 with extension
 /// headers, the transport header.
 pub const HEADER_LEN: usize = 128;
@@ -38,6 +41,9 @@ pub enum FrameClass {
     Ip(Flow),
     /// ARP, with the sender's IPv4 address (`None`: too short to say).
     Arp(Option<[u8; 4]>),
+    /// RARP: what a VM's hypervisor announces it with after a live migration (its MAC,
+    /// no IP), so that the network learns where it is now.
+    Rarp,
     /// Another EtherType.
     #[default]
     Other,
@@ -54,6 +60,7 @@ pub fn frame_class(tagged: bool, bytes: &[u8]) -> FrameClass {
     };
     let l3 = &bytes[at + 2..];
     match u16::from_be_bytes([hi, lo]) {
+        RARP => FrameClass::Rarp,
         ethertype::ARP => FrameClass::Arp(l3.get(14..18).map(|s| [s[0], s[1], s[2], s[3]])),
         t => match classify(t, l3) {
             Classified::Ip(flow) => FrameClass::Ip(flow),
@@ -98,7 +105,7 @@ pub fn from_vm(
                 may_send_from(allowed, false, &a)
             }
             FrameClass::Arp(None) => false,
-            FrameClass::Other | FrameClass::Malformed => true,
+            FrameClass::Rarp | FrameClass::Other | FrameClass::Malformed => true,
         };
         if !ok {
             return Err(DropReason::IpSpoofed);
@@ -136,8 +143,8 @@ fn judge(
 ) -> Result<bool, DropReason> {
     let flow = match class {
         FrameClass::Ip(f) => f,
-        // ARP is not IP: port security (and `allowed_ips`) judge it, no rule.
-        FrameClass::Arp(_) => return Ok(false),
+        // ARP and RARP are not IP: port security (and `allowed_ips`) judge them, no rule.
+        FrameClass::Arp(_) | FrameClass::Rarp => return Ok(false),
         // As Neutron's firewall: a port with groups carries IP and ARP only.
         FrameClass::Other => return Err(DropReason::AclDenied),
         FrameClass::Malformed => return Err(DropReason::CtInvalid),
@@ -240,6 +247,10 @@ mod tests {
         assert_eq!(
             frame_class(false, &frame(false, 0x88cc, &[0; 40])),
             FrameClass::Other
+        );
+        assert_eq!(
+            frame_class(false, &frame(false, 0x8035, &[0; 28])),
+            FrameClass::Rarp
         );
         // Cut inside the IP header, or no EtherType at all.
         assert_eq!(
