@@ -99,6 +99,8 @@ log "DPDK testpmd suite"
 cargo test -p vringswitch-tests --test dpdk_testpmd -- --test-threads=1
 log "QEMU guest suite"
 cargo test -p vringswitch-tests --test qemu_guests -- --test-threads=1
+log "security groups with QEMU guests"
+cargo test -p vringswitch-tests --test security_groups_guests -- --test-threads=1
 log "upgrade suite"
 cargo test -p vringswitch-tests --test upgrade -- --test-threads=1
 log "live migration suite"

@@ -12,6 +12,8 @@
 #                       VS-RECV-PORT <md5> once it ended
 #   vs.stats=SECS       print eth0's packet counters and link changes every SECS seconds:
 #                       VS-NETSTATS rx=N tx=N carrier_changes=N
+#   vs.synretries=N     TCP connects give up after N SYN retries (Linux's default 6 waits
+#                       about two minutes): a connection nobody answers fails in seconds
 # It prints eth0's virtio features as VS-FEATURES <bits> (character i is feature bit i).
 # With two CPUs or more, each CPU pings (CPU 0 prints VS-PING rounds, CPU 1 VS-PING1): a
 # multiqueue NIC then sends on two queue pairs.
@@ -22,7 +24,7 @@ mount -t devtmpfs devtmpfs /dev 2>/dev/null
 for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_mmio failover net_failover virtio_net; do
     insmod /modules/$m.ko 2>/dev/null
 done
-ip=; ip6=; peer=; send=; recv=; ping=; stats=
+ip=; ip6=; peer=; send=; recv=; ping=; stats=; synretries=
 for arg in $(cat /proc/cmdline); do
     case $arg in
         vs.ip=*) ip=${arg#vs.ip=} ;;
@@ -32,10 +34,12 @@ for arg in $(cat /proc/cmdline); do
         vs.recv=*) recv=${arg#vs.recv=} ;;
         vs.ping=*) ping=${arg#vs.ping=} ;;
         vs.stats=*) stats=${arg#vs.stats=} ;;
+        vs.synretries=*) synretries=${arg#vs.synretries=} ;;
     esac
 done
 for i in $(seq 50); do [ -e /sys/class/net/eth0 ] && break; sleep 0.1; done
 ip link set lo up
+[ -n "$synretries" ] && echo "$synretries" > /proc/sys/net/ipv4/tcp_syn_retries
 ip addr add "$ip" dev eth0
 [ -n "$ip6" ] && ip -6 addr add "$ip6" dev eth0
 ip link set eth0 up
