@@ -13,10 +13,14 @@ use std::os::unix::net::UnixStream;
 use serde::{Deserialize, Serialize};
 use vringswitch_ports::fd_channel::{self, ChannelError, Frame, Limits};
 
-/// The handover format this binary writes.
-pub const VERSION: u32 = 1;
+/// The handover format this binary writes. 2: the connections security groups track are
+/// carried too ([`kind::CONNECTIONS`]); 1: they are not (an upgrade between a version-1
+/// binary and this one is refused while connections are tracked).
+pub const VERSION: u32 = 2;
 /// The oldest format this binary still reads.
 pub const OLDEST_READ: u32 = 1;
+/// The first version that carries connections.
+pub const CARRIES_CONNECTIONS: u32 = 2;
 
 /// Frame kinds, in the order they come.
 pub mod kind {
@@ -38,6 +42,94 @@ pub mod kind {
     /// Old to new: systemd (if any) knows the new one as the service's main process; the
     /// old one exits.
     pub const HANDED: u16 = 8;
+    /// Old to new, from version 2, after the state and before the ports: tracked
+    /// connections ([`super::encode_connections`]), as many frames as they fill.
+    pub const CONNECTIONS: u16 = 9;
+}
+
+/// A tracked connection as it moves to the new process: the table's key, with its bridge
+/// as the state's bridge number and the port it is charged to as a number in
+/// [`Carried::ports`] (`u32::MAX`: none), its tracker state and expiry on the carried
+/// clock. Its rules epochs are not carried: each side is checked again at its next
+/// frame, against the new process's rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CarriedConnection {
+    pub key: vringswitch_filter::conntrack::Key,
+    pub bridge: u16,
+    pub vlan: u16,
+    pub port: u32,
+    pub state: u32,
+    pub expires: u32,
+}
+
+/// Bytes of one connection in a [`kind::CONNECTIONS`] frame.
+pub const CONNECTION_LEN: usize = 54;
+/// Most connections in one frame (about 3.5 MB).
+pub const CONNECTIONS_PER_FRAME: usize = 65_536;
+
+/// `conns` as the body of one [`kind::CONNECTIONS`] frame.
+pub fn encode_connections(conns: &[CarriedConnection]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(conns.len() * CONNECTION_LEN);
+    for c in conns {
+        let k = &c.key;
+        out.push(u8::from(k.v6) | u8::from(k.fragments) << 1);
+        out.push(k.proto);
+        out.extend_from_slice(&c.bridge.to_le_bytes());
+        out.extend_from_slice(&c.vlan.to_le_bytes());
+        out.extend_from_slice(&c.port.to_le_bytes());
+        out.extend_from_slice(&k.src);
+        out.extend_from_slice(&k.dst);
+        out.extend_from_slice(&k.sport.to_le_bytes());
+        out.extend_from_slice(&k.dport.to_le_bytes());
+        out.extend_from_slice(&c.state.to_le_bytes());
+        out.extend_from_slice(&c.expires.to_le_bytes());
+    }
+    out
+}
+
+/// The connections of a [`kind::CONNECTIONS`] frame's body, or why it is not one.
+pub fn decode_connections(body: &[u8]) -> Result<Vec<CarriedConnection>, String> {
+    if !body.len().is_multiple_of(CONNECTION_LEN) {
+        return Err(format!(
+            "a connections frame of {} bytes, not a multiple of {CONNECTION_LEN}",
+            body.len()
+        ));
+    }
+    let u16_at = |b: &[u8], i: usize| u16::from_le_bytes([b[i], b[i + 1]]);
+    let u32_at = |b: &[u8], i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+    let addr = |b: &[u8], i: usize| {
+        let mut a = [0u8; 16];
+        a.copy_from_slice(&b[i..i + 16]);
+        a
+    };
+    body.chunks_exact(CONNECTION_LEN)
+        .map(|b| {
+            if b[0] & !3 != 0 {
+                return Err(format!("a connection with unknown flags {:#x}", b[0]));
+            }
+            let vlan = u16_at(b, 4);
+            if vlan > 4095 {
+                return Err(format!("a connection on VLAN {vlan}"));
+            }
+            Ok(CarriedConnection {
+                key: vringswitch_filter::conntrack::Key {
+                    v6: b[0] & 1 != 0,
+                    fragments: b[0] & 2 != 0,
+                    proto: b[1],
+                    zone: 0,
+                    src: addr(b, 10),
+                    dst: addr(b, 26),
+                    sport: u16_at(b, 42),
+                    dport: u16_at(b, 44),
+                },
+                bridge: u16_at(b, 2),
+                vlan,
+                port: u32_at(b, 6),
+                state: u32_at(b, 46),
+                expires: u32_at(b, 50),
+            })
+        })
+        .collect()
 }
 
 /// What the old process hands over besides its ports: the desired state, and what moves
@@ -405,7 +497,7 @@ mod tests {
             };
             send_json(&new, kind::HELLO, &mine).unwrap();
         });
-        assert_eq!(greet_as_old(&old, &limits()).unwrap(), 1);
+        assert_eq!(greet_as_old(&old, &limits()).unwrap(), VERSION);
         t.join().unwrap();
     }
 
@@ -426,7 +518,7 @@ mod tests {
         let e = greet_as_old(&old, &limits()).unwrap_err();
         assert!(
             e.to_string()
-                .contains("hands over versions 1 to 1, vringswitch 9.0.0 takes 7 to 9"),
+                .contains("hands over versions 1 to 2, vringswitch 9.0.0 takes 7 to 9"),
             "{e}"
         );
         let refusal = t.join().unwrap();
@@ -471,5 +563,44 @@ mod tests {
         let e = greet_as_old(&old, &limits()).unwrap_err();
         assert!(e.to_string().contains("a body that does not read"), "{e}");
         let _ = t.join();
+    }
+
+    #[test]
+    fn connections_go_through_their_frames_as_they_were_and_a_bad_frame_is_refused() {
+        let c = CarriedConnection {
+            key: vringswitch_filter::conntrack::Key {
+                v6: true,
+                fragments: false,
+                proto: 6,
+                zone: 0,
+                src: [1; 16],
+                dst: [2; 16],
+                sport: 40000,
+                dport: 22,
+            },
+            bridge: 3,
+            vlan: 4095,
+            port: 7,
+            state: 0x103,
+            expires: 123_456,
+        };
+        let other = CarriedConnection {
+            port: u32::MAX,
+            key: vringswitch_filter::conntrack::Key {
+                fragments: true,
+                ..c.key
+            },
+            ..c
+        };
+        let body = encode_connections(&[c, other]);
+        assert_eq!(body.len(), 2 * CONNECTION_LEN);
+        assert_eq!(decode_connections(&body).unwrap(), vec![c, other]);
+        assert!(decode_connections(&body[1..]).is_err());
+        let mut bad = body.clone();
+        bad[0] = 0x80;
+        assert!(decode_connections(&bad).unwrap_err().contains("flags"));
+        let mut bad = body;
+        bad[4..6].copy_from_slice(&5000u16.to_le_bytes());
+        assert!(decode_connections(&bad).unwrap_err().contains("VLAN"));
     }
 }

@@ -28,7 +28,7 @@ use vringswitch_ports::port::HandedPort;
 use vringswitch_ports::socket_file::BoundSocket;
 
 use crate::daemon::{Daemon, Handed};
-use crate::handover::{self, kind, Carried, HandoverError, Running};
+use crate::handover::{self, kind, Carried, CarriedConnection, HandoverError, Running};
 
 /// How long the new binary may take by default to start, load its configuration and take
 /// everything over.
@@ -174,12 +174,21 @@ impl Upgrader {
         let version = handover::greet_as_old(&ours, &limits).map_err(|e| failed(&mut child, e))?;
         handover::receive(&ours, &limits, kind::PREPARED, "word that it is ready")
             .map_err(|e| failed(&mut child, e))?;
+        if version < handover::CARRIES_CONNECTIONS && daemon.tracked_connections() > 0 {
+            let why = format!(
+                "security groups track {} connections, and the new binary speaks handover \
+                 version {version}, which does not carry them: it would cut them",
+                daemon.tracked_connections()
+            );
+            handover::refuse(&ours, &why);
+            return Err(UpgradeError::Refused(why));
+        }
         let mut frozen = daemon.hand_over().map_err(|why| {
             handover::refuse(&ours, &why);
             UpgradeError::Refused(why)
         })?;
         let taken = self
-            .send_all(&ours, daemon, &mut frozen)
+            .send_all(&ours, daemon, &mut frozen, version)
             .and_then(|()| handover::receive(&ours, &limits, kind::RUNNING, "word that it runs"))
             .and_then(|frame| handover::body_of::<Running>(&frame, "word that it runs"));
         let running = match taken {
@@ -228,6 +237,7 @@ impl Upgrader {
         sock: &UnixStream,
         daemon: &Daemon,
         frozen: &mut crate::daemon::Frozen<'_>,
+        version: u32,
     ) -> Result<(), HandoverError> {
         let mut fds: Vec<BorrowedFd<'_>> = daemon.lock_files();
         frozen.carried.api_tcp = self.api_tcp.is_some();
@@ -235,6 +245,14 @@ impl Upgrader {
         frozen.carried.api_unix = self.api_unix.as_ref().map(|(_, b)| b.to_words());
         fds.extend(self.api_unix.as_ref().map(|(f, _)| f.as_fd()));
         handover::send_with(sock, kind::STATE, &frozen.carried, &fds)?;
+        if version >= handover::CARRIES_CONNECTIONS {
+            let conns = frozen.connections(daemon.switch.now_secs() as u32);
+            for chunk in conns.chunks(handover::CONNECTIONS_PER_FRAME) {
+                let body = handover::encode_connections(chunk);
+                fd_channel::send(sock, kind::CONNECTIONS, &body, &[])
+                    .map_err(fd_channel::ChannelError::Io)?;
+            }
+        }
         for (name, port) in &frozen.ports {
             let fds: Vec<BorrowedFd<'_>> = port.fds.iter().map(|f| f.as_fd()).collect();
             let body = handover::port_frame(name, &port.data);
@@ -365,7 +383,7 @@ pub fn take_from_parent(
     }
     fd_channel::send(&channel, kind::PREPARED, b"{}", &[]).map_err(|e| e.to_string())?;
     let got = receive_all(&channel, &limits);
-    let (carried, fds, ports) = match got {
+    let (carried, fds, ports, connections) = match got {
         Ok(g) => g,
         Err(e) => {
             handover::refuse(&channel, &e);
@@ -402,6 +420,7 @@ pub fn take_from_parent(
             carried,
             locks,
             ports,
+            connections,
         }),
         api_tcp,
         api_unix,
@@ -411,7 +430,12 @@ pub fn take_from_parent(
 }
 
 /// The state, its descriptors, and the ports by name.
-type Received = (Carried, Vec<OwnedFd>, HashMap<String, HandedPort>);
+type Received = (
+    Carried,
+    Vec<OwnedFd>,
+    HashMap<String, HandedPort>,
+    Vec<CarriedConnection>,
+);
 
 /// The state frame and every port frame, up to SENT.
 fn receive_all(channel: &UnixStream, limits: &Limits) -> Result<Received, String> {
@@ -419,10 +443,14 @@ fn receive_all(channel: &UnixStream, limits: &Limits) -> Result<Received, String
         handover::receive(channel, limits, kind::STATE, "the state").map_err(|e| e.to_string())?;
     let carried: Carried = handover::body_of(&state, "the state").map_err(|e| e.to_string())?;
     let mut ports = HashMap::new();
+    let mut connections = Vec::new();
     loop {
         let frame = fd_channel::recv(channel, limits).map_err(|e| e.to_string())?;
         match frame.kind {
             kind::SENT => break,
+            kind::CONNECTIONS if ports.is_empty() && frame.fds.is_empty() => {
+                connections.extend(handover::decode_connections(&frame.body)?);
+            }
             kind::PORT => {
                 let (name, data) =
                     handover::parse_port_frame(&frame.body).map_err(|e| e.to_string())?;
@@ -443,7 +471,7 @@ fn receive_all(channel: &UnixStream, limits: &Limits) -> Result<Received, String
             other => return Err(format!("a frame of kind {other} where a port was due")),
         }
     }
-    Ok((carried, state.fds, ports))
+    Ok((carried, state.fds, ports, connections))
 }
 
 impl FromParent {

@@ -7,6 +7,7 @@
 //! - [`guest`]: real QEMU guests that ping each other, and their serial consoles;
 //! - [`healthy_pair`]: two ports forwarding in lock step, the measure of harm to others;
 //! - [`layout`]: the configuration a test starts a daemon with, built typed;
+//! - [`packets`]: IP frames between test VMs, built by etherparse;
 //! - [`process`]: the fds, threads and memory a process holds, for the leak checks;
 //! - [`wait_until`]: polling with a deadline instead of sleeps.
 #![deny(unsafe_code)]
@@ -18,6 +19,7 @@ pub mod guest;
 pub mod healthy_pair;
 pub mod layout;
 pub mod netns;
+pub mod packets;
 pub mod process;
 pub mod raw_frontend;
 pub mod setup;

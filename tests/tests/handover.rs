@@ -273,6 +273,7 @@ fn a_daemon_that_fails_partway_through_a_handover_hangs_up_on_no_vm() {
         carried,
         locks: Vec::new(),
         ports,
+        connections: Vec::new(),
     };
     let failed = Daemon::start_handed(&config, DaemonOptions::default(), handed);
     let e = failed.err().expect("the handover fails on up0").to_string();

@@ -10,6 +10,9 @@ use vringswitch_config::SecurityGroupSpec;
 use vringswitch_tests::api::call;
 use vringswitch_tests::frontend::TestVm;
 use vringswitch_tests::layout::{vhost_user, Layout};
+use vringswitch_tests::packets::{
+    arp_announcement, eth6, fragment, ip4, ip6, ping, tcp, udp, Writes,
+};
 use vringswitch_tests::setup::{Setup, T};
 use vringswitch_tests::{frame, mac};
 
@@ -49,77 +52,9 @@ fn layout(dir: &std::path::Path) -> Layout {
         .security_groups([web(true)])
 }
 
-fn ip4(n: u8) -> [u8; 4] {
-    [10, 0, 0, n]
-}
-
-fn ip6(n: u8) -> [u8; 16] {
-    let mut a = [0u8; 16];
-    a[0] = 0xfd;
-    a[15] = n;
-    a
-}
-
-/// From VM `from` to VM `to`, their IPv4 addresses, at the Ethernet and IP layers.
-fn eth4(from: u8, to: u8) -> etherparse::PacketBuilderStep<etherparse::IpHeaders> {
-    PacketBuilder::ethernet2(mac(from), mac(to)).ipv4(ip4(from), ip4(to), 64)
-}
-
-fn written<H>(b: PacketBuilderStep<H>, payload: &[u8]) -> Vec<u8>
-where
-    PacketBuilderStep<H>: Writes,
-{
+/// `b`'s frame with `payload` after its headers.
+fn written<B: Writes>(b: B, payload: &[u8]) -> Vec<u8> {
     b.bytes(payload)
-}
-
-/// The builder steps that end in a packet.
-trait Writes {
-    fn bytes(self, payload: &[u8]) -> Vec<u8>;
-}
-
-macro_rules! writes {
-    ($($h:ty),*) => {$(
-        impl Writes for PacketBuilderStep<$h> {
-            fn bytes(self, payload: &[u8]) -> Vec<u8> {
-                let mut out = Vec::with_capacity(self.size(payload.len()));
-                self.write(&mut out, payload).unwrap();
-                out
-            }
-        }
-    )*};
-}
-writes!(
-    TcpHeader,
-    etherparse::UdpHeader,
-    etherparse::Icmpv4Header,
-    etherparse::Icmpv6Header
-);
-
-/// A TCP segment with the flags `flags` sets.
-fn tcp(
-    from: u8,
-    to: u8,
-    ports: (u16, u16),
-    flags: impl FnOnce(PacketBuilderStep<TcpHeader>) -> PacketBuilderStep<TcpHeader>,
-) -> Vec<u8> {
-    written(
-        flags(eth4(from, to).tcp(ports.0, ports.1, 1000, 64240)),
-        b"",
-    )
-}
-
-fn udp(from: u8, to: u8, ports: (u16, u16), payload: &[u8]) -> Vec<u8> {
-    written(eth4(from, to).udp(ports.0, ports.1), payload)
-}
-
-fn ping(from: u8, to: u8, id: u16, reply: bool) -> Vec<u8> {
-    let b = eth4(from, to);
-    let b = if reply {
-        b.icmpv4_echo_reply(id, 1)
-    } else {
-        b.icmpv4_echo_request(id, 1)
-    };
-    written(b, b"ping")
 }
 
 /// The network with its frontends: send from one, see what another got.
@@ -140,14 +75,7 @@ impl Net {
         // Each announces itself (ARP, its own address): the bridge learns every MAC, so
         // that nothing below is flooded.
         for n in 1..=3u8 {
-            let mut arp = vec![0xff; 6];
-            arp.extend_from_slice(&mac(n));
-            arp.extend_from_slice(&[0x08, 0x06, 0, 1, 8, 0, 6, 4, 0, 1]);
-            arp.extend_from_slice(&mac(n));
-            arp.extend_from_slice(&ip4(n));
-            arp.extend_from_slice(&[0; 6]);
-            arp.extend_from_slice(&ip4(n));
-            net.send(n, &arp);
+            net.send(n, &arp_announcement(n));
         }
         for n in 1..=3u8 {
             assert_eq!(
@@ -297,17 +225,6 @@ fn groups_allow_what_their_rules_say_replies_need_none_and_everything_else_is_co
     assert_eq!(v["connections"], json!([]), "{v}");
 }
 
-/// A first fragment of a UDP datagram to port 53 (its transport header and 8 bytes),
-/// identification `id`, or a later one at 8-byte offset `at8` (`at8` > 0).
-fn fragment(from: u8, to: u8, id: u16, at8: u16) -> Vec<u8> {
-    let mut f = udp(from, to, (5000, 53), &[7u8; 32]);
-    // The IPv4 header at 14: identification at 18, flags and offset at 20.
-    f[18..20].copy_from_slice(&id.to_be_bytes());
-    let more = if at8 == 0 { 0x2000 } else { 0 };
-    f[20..22].copy_from_slice(&(more | at8).to_be_bytes());
-    f
-}
-
 #[test]
 fn fragments_follow_their_first_icmp_errors_are_related_and_ipv6_is_filtered_too() {
     let mut net = Net::new("sg-frags", layout);
@@ -338,9 +255,6 @@ fn fragments_follow_their_first_icmp_errors_are_related_and_ipv6_is_filtered_too
     assert_eq!(net.drops("a", "ct_invalid"), 1);
 
     // IPv6: ping6 between members; from an address outside a's allowed_ips, spoofed.
-    let eth6 = |from: u8, to: u8, src: u8| {
-        PacketBuilder::ethernet2(mac(from), mac(to)).ipv6(ip6(src), ip6(to), 64)
-    };
     net.through(
         1,
         2,
@@ -390,4 +304,60 @@ fn a_port_at_its_connection_limit_is_refused_new_ones_and_starves_no_one() {
     let (status, v) = call(&net.s.daemon, "DELETE", "/v1/conntrack?port=a", None);
     assert_eq!((status, v["flushed"].as_u64()), (200, Some(8)), "{v}");
     net.through(1, 2, &udp(1, 2, (11_000, 53), b"q"), 1);
+}
+
+#[test]
+fn a_full_table_refuses_every_port_even_under_its_own_limit() {
+    let mut net = Net::new("sg-full", |dir| layout(dir).conntrack(1024, 1000));
+    // a takes its 1000; b the table's last 24, then is refused though under its own limit.
+    for (from, to, n) in [(1u8, 2u8, 1000u16), (2, 1, 30)] {
+        for chunk in (0..n).collect::<Vec<_>>().chunks(50) {
+            for &i in chunk {
+                net.send(from, &udp(from, to, (20_000 + i, 53), b"q"));
+            }
+            net.got_within(to, 0);
+        }
+    }
+    assert_eq!(net.drops("a", "ct_full"), 0);
+    assert_eq!(net.drops("b", "ct_full"), 6, "the table holds 1024");
+    assert_eq!(net.connections("?limit=1")["total"], 1024);
+    // Established connections carry on.
+    net.through(1, 2, &udp(1, 2, (20_000, 53), b"q"), 1);
+}
+
+#[test]
+fn a_stateless_group_judges_every_frame_by_prefix_and_icmp_type_and_tracks_nothing() {
+    // b's group: echo requests in from 10.0.0.1 only, echo replies out; a and c have none.
+    let loose: SecurityGroupSpec = serde_json::from_value(json!({
+        "name": "loose", "stateful": false, "rules": [
+            {"direction": "ingress", "protocol": "icmp", "port_range_min": 8,
+             "port_range_max": 0, "remote_ip_prefix": "10.0.0.1/32"},
+            {"direction": "egress", "protocol": "icmp", "port_range_min": 0}]}))
+    .unwrap();
+    let mut net = Net::new("sg-stateless", |dir| {
+        let p = |name: &str| vhost_user(name, "br0", &dir.join(format!("{name}.sock")));
+        let mut b = p("b");
+        b.security_groups = Some(vec!["loose".into()]);
+        Layout::new()
+            .bridge("br0")
+            .ports([p("a"), b, p("c")])
+            .security_groups([loose])
+    });
+    net.through(1, 2, &ping(1, 2, 5, false), 1);
+    net.through(2, 1, &ping(2, 1, 5, true), 1);
+    // From outside the prefix; b's own request (only replies may leave); UDP.
+    net.through(3, 2, &ping(3, 2, 5, false), 0);
+    net.through(2, 1, &ping(2, 1, 6, false), 0);
+    net.through(1, 2, &udp(1, 2, (5000, 53), b"q"), 0);
+    assert_eq!(net.drops("b", "acl_denied"), 3);
+    // The code must match too: an echo request of code 1 is not one the rule names.
+    let mut odd = ping(1, 2, 7, false);
+    odd[35] = 1;
+    net.through(1, 2, &odd, 0);
+    assert_eq!(net.drops("b", "acl_denied"), 4);
+    assert_eq!(
+        net.connections("")["total"],
+        0,
+        "a stateless group tracks nothing"
+    );
 }

@@ -277,7 +277,7 @@ fn a_new_binary_that_fails_leaves_the_old_one_serving_and_says_why() {
         .expect_err("an upgrade to an incompatible binary");
     assert!(
         e.contains("no handover version in common")
-            && e.contains("hands over versions 1 to 1")
+            && e.contains("hands over versions 1 to 2")
             && e.contains("vringswitch 9.9.9 takes 7 to 9"),
         "{e}"
     );
@@ -734,4 +734,107 @@ fn a_renamed_tap_interface_refuses_an_upgrade_and_everything_serves_on() {
         d.metric("vringswitch_port_reconnects_total", &[("port", "a")]),
         0
     );
+}
+
+#[test]
+fn connections_security_groups_track_are_carried_over_and_judged_by_the_new_rules() {
+    use vringswitch_tests::packets::{arp_announcement, fragment, tcp, udp};
+    let dir = TempDir::new("upgrade-sg");
+    let group: vringswitch_config::SecurityGroupSpec = serde_json::from_value(serde_json::json!({
+        "name": "web", "rules": [
+            {"direction": "ingress", "protocol": "tcp", "port_range_min": 22,
+             "port_range_max": 22, "remote_group": "web"},
+            {"direction": "ingress", "protocol": "udp", "remote_group": "web"},
+            {"direction": "egress"}]}))
+    .unwrap();
+    let member = |p: &str, n: u8| {
+        let mut spec = server_port(dir.path(), p, "br0", 1);
+        spec.security_groups = Some(vec!["web".into()]);
+        spec.allowed_ips = Some(vec![format!("10.0.0.{n}")]);
+        spec
+    };
+    let layout = Layout::new()
+        .bridge("br0")
+        .ports([member("a", 1), member("b", 2)])
+        .security_groups([group]);
+    let mut d = Daemon::start(dir.path(), &layout.toml(), &layout.sockets());
+    let vm = |p: &str, n: u8| {
+        let mut vm = TestVm::connect(
+            &dir.path().join(format!("{p}.sock")),
+            mac(n),
+            VmOptions::default(),
+        );
+        vm.post_rx(TestVm::rx(0), 64, 2048);
+        vm
+    };
+    let (mut a, mut b) = (vm("a", 1), vm("b", 2));
+    d.wait_port_connected("a", true);
+    d.wait_port_connected("b", true);
+    let through = |from: &mut TestVm, to: &mut TestVm, f: &[u8], n: usize| {
+        from.send(TestVm::tx(0), f);
+        from.wait_tx_done(TestVm::tx(0), T);
+        std::thread::sleep(Duration::from_millis(100));
+        let got = to.recv(TestVm::rx(0));
+        to.post_rx(TestVm::rx(0), got.len(), 2048);
+        assert_eq!(got.len(), n, "frames delivered");
+    };
+    through(&mut a, &mut b, &arp_announcement(1), 1);
+    through(&mut b, &mut a, &arp_announcement(2), 1);
+    // A TCP connection to 22, a UDP flow the other way, a datagram's first fragment.
+    through(&mut a, &mut b, &tcp(1, 2, (40000, 22), |t| t.syn()), 1);
+    through(
+        &mut b,
+        &mut a,
+        &tcp(2, 1, (22, 40000), |t| t.syn().ack(1001)),
+        1,
+    );
+    through(&mut a, &mut b, &tcp(1, 2, (40000, 22), |t| t.ack(1)), 1);
+    through(&mut b, &mut a, &udp(2, 1, (6000, 53), b"q"), 1);
+    through(&mut a, &mut b, &fragment(1, 2, 0x77, 0), 1);
+    let total = |d: &Daemon| {
+        let (_, v) = call(d, "GET", "/v1/conntrack", None);
+        v["total"].as_u64().unwrap()
+    };
+    // The fragment's datagram: its UDP connection, and its verdict for the rest.
+    assert_eq!(total(&d), 4);
+
+    d.upgrade(&[]).expect("an upgrade with connections tracked");
+    assert_eq!(total(&d), 4, "every connection carried over");
+    let (_, v) = call(&d, "GET", "/v1/conntrack?protocol=tcp", None);
+    let c = &v["connections"][0];
+    assert_eq!(
+        (
+            c["state"].as_str(),
+            c["port"].as_str(),
+            c["bridge"].as_str()
+        ),
+        (Some("ESTABLISHED"), Some("a"), Some("br0")),
+        "{v}"
+    );
+    // Each goes on where it was: an established segment (a new process without the
+    // connection would find it invalid), the UDP reply, the datagram's next fragment.
+    through(&mut a, &mut b, &tcp(1, 2, (40000, 22), |t| t.ack(1)), 1);
+    through(&mut a, &mut b, &udp(1, 2, (53, 6000), b"r"), 1);
+    through(&mut a, &mut b, &fragment(1, 2, 0x77, 5), 1);
+    for p in ["a", "b"] {
+        for reason in ["ct_invalid", "acl_denied", "ct_full"] {
+            let n = d.metric(
+                "vringswitch_port_drops_total",
+                &[("port", p), ("reason", reason)],
+            );
+            assert_eq!(n, 0, "{reason} at {p}");
+        }
+    }
+    // Checked again under the new process's rules: TCP 22 gone, the connection is cut.
+    let (status, v) = call(
+        &d,
+        "PUT",
+        "/v1/security-groups/web",
+        Some(serde_json::json!({"name": "web", "rules": [
+            {"direction": "ingress", "protocol": "udp", "remote_group": "web"},
+            {"direction": "egress"}]})),
+    );
+    assert_eq!(status, 200, "{v}");
+    through(&mut a, &mut b, &tcp(1, 2, (40000, 22), |t| t.ack(1)), 0);
+    through(&mut b, &mut a, &udp(2, 1, (6000, 53), b"q"), 1);
 }

@@ -11,6 +11,7 @@ use std::sync::{Arc, MutexGuard};
 use std::time::{Duration, Instant};
 
 use vringswitch_config::Config;
+use vringswitch_filter::conntrack;
 use vringswitch_ports::counters::COUNTED_QUEUE_PAIRS;
 use vringswitch_ports::port::{HandedPort, RunningPort};
 use vringswitch_ports::{DropReason, OffloadAction, PortHandle};
@@ -20,7 +21,7 @@ use vringswitch_switch::{Switch, SwitchConfig};
 
 use super::{Daemon, DaemonError, DaemonOptions};
 use crate::desired::State;
-use crate::handover::{Carried, CarriedBridge, CarriedPort, CarriedWorker};
+use crate::handover::{Carried, CarriedBridge, CarriedConnection, CarriedPort, CarriedWorker};
 use crate::instance_lock::InstanceLock;
 use crate::schema::PortSpec;
 
@@ -37,6 +38,40 @@ pub struct Frozen<'a> {
 }
 
 impl Frozen<'_> {
+    /// The connections security groups track, read with the workers stopped, at second
+    /// `now` of the switch's clock, as [`Carried`] numbers bridges and ports.
+    pub fn connections(&self, now: u32) -> Vec<CarriedConnection> {
+        let Some(table) = self.st.conntrack.get() else {
+            return Vec::new();
+        };
+        let slots: HashMap<u32, u32> = self
+            .st
+            .ports
+            .iter()
+            .filter_map(|(name, p)| {
+                let i = self.carried.ports.iter().position(|c| &c.name == name)?;
+                Some((p.id % conntrack::PORT_SLOTS as u32, i as u32))
+            })
+            .collect();
+        table
+            .list(now)
+            .map(|c| CarriedConnection {
+                key: c.key,
+                bridge: (c.key.zone >> 12) as u16,
+                vlan: (c.key.zone & 0xfff) as u16,
+                port: slots.get(&c.port).copied().unwrap_or(u32::MAX),
+                // A datagram's fragments keep which sides passed them in their epochs;
+                // a connection's epochs are not carried (see `CarriedConnection`).
+                state: if c.key.fragments {
+                    table.epochs(c.entry)
+                } else {
+                    c.state
+                },
+                expires: c.expires,
+            })
+            .collect()
+    }
+
     /// The old process is about to exit: its state stays locked to the end, so that no
     /// change reaches a daemon that no longer serves anything.
     pub fn keep_until_exit(self) {
@@ -50,6 +85,8 @@ pub struct Handed {
     pub carried: Carried,
     pub locks: Vec<File>,
     pub ports: HashMap<String, HandedPort>,
+    /// The connections security groups tracked (handover version 2 on).
+    pub connections: Vec<CarriedConnection>,
 }
 
 /// Ports still to take over while a daemon starts from a handover, and those whose peer's
@@ -63,6 +100,11 @@ impl Daemon {
     /// Why the daemon cannot be upgraded in place right now, if it cannot: a capture is
     /// running, or a port cannot be handed over (a kind not carried over yet, a VM being
     /// migrated).
+    /// Connections security groups track now.
+    pub fn tracked_connections(&self) -> usize {
+        self.state().conntrack.get().map_or(0, |t| t.len())
+    }
+
     pub fn handover_refusal(&self) -> Option<String> {
         Self::refusal_of(&self.state())
     }
@@ -77,15 +119,6 @@ impl Daemon {
             return Some(format!(
                 "a packet capture is running on port {name}: stop it first (its stream \
                  would end with the old process)"
-            ));
-        }
-        // Connections are not carried over yet: the new process would cut every established
-        // one (its next segment opens nothing).
-        if let Some(tracked) = st.conntrack.get().filter(|t| !t.is_empty()) {
-            return Some(format!(
-                "security groups track {} connections, which an upgrade does not carry over \
-                 yet: the new process would cut them",
-                tracked.len()
             ));
         }
         st.ports.iter().find_map(|(name, p)| {
@@ -257,6 +290,7 @@ impl Daemon {
             carried,
             locks,
             ports,
+            connections,
         } = handed;
         let lock = InstanceLock::adopt(locks)?;
         let switch = Switch::continuing(
@@ -272,7 +306,10 @@ impl Daemon {
         }
         let daemon = Daemon {
             switch,
-            state: Default::default(),
+            state: std::sync::Mutex::new(State::with_conntrack_limits(
+                *config.dataplane.conntrack_max.get_ref(),
+                *config.dataplane.conntrack_per_port.get_ref(),
+            )),
             workers: Default::default(),
             options,
             lock,
@@ -303,6 +340,7 @@ impl Daemon {
                 "the previous process handed over a port its state does not have: let go");
         }
         daemon.carry_on(&carried);
+        daemon.carry_connections(&carried, &connections);
         match daemon.switch.start_workers() {
             Ok(w) => *daemon.workers.lock().unwrap_or_else(|e| e.into_inner()) = w,
             Err(e) => {
@@ -312,6 +350,73 @@ impl Daemon {
             }
         }
         Ok((daemon, not_carried))
+    }
+
+    /// The connections the previous process tracked, into this one's table, before any
+    /// worker runs: each charged to its port here, none refused for a port's limit (a
+    /// lowered limit applies to new ones), checked against this process's rules at its
+    /// next frame. Those that do not fit (a smaller table) are counted in the log.
+    fn carry_connections(&self, carried: &Carried, conns: &[CarriedConnection]) {
+        if conns.is_empty() {
+            return;
+        }
+        let st = self.state();
+        let Some(table) = crate::security_groups::table(&st) else {
+            tracing::warn!(
+                connections = conns.len(),
+                "connections handed over, but no port has security groups here: not carried"
+            );
+            return;
+        };
+        let mut lost = 0usize;
+        for c in conns {
+            let bridge = carried
+                .saved
+                .bridges
+                .get(usize::from(c.bridge))
+                .and_then(|b| st.bridges.iter().position(|x| x.spec.name == b.name));
+            let port = carried
+                .ports
+                .get(c.port as usize)
+                .and_then(|p| st.ports.get(&p.name))
+                .map_or(conntrack::Charge::NONE.port, |p| p.id);
+            let Some(bridge) = bridge else {
+                lost += 1;
+                continue;
+            };
+            let key = conntrack::Key {
+                zone: conntrack::zone(bridge, c.vlan),
+                ..c.key
+            };
+            let (state, epochs) = if key.fragments {
+                (0, c.state)
+            } else {
+                (c.state, 0)
+            };
+            let charge = conntrack::Charge {
+                port,
+                limit: u32::MAX,
+            };
+            if table
+                .insert_checked(&key, c.expires, state, epochs, charge)
+                .is_err()
+            {
+                lost += 1;
+            }
+        }
+        if lost > 0 {
+            tracing::warn!(
+                carried = conns.len() - lost,
+                lost,
+                "connections handed over that this process's table could not hold (or whose \
+                 bridge is gone): their next frames must open them again"
+            );
+        } else {
+            tracing::info!(
+                connections = conns.len(),
+                "tracked connections carried over"
+            );
+        }
     }
 
     /// The FDB entries and counters of `carried`, before any worker runs.
