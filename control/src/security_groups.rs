@@ -70,11 +70,13 @@ pub(crate) fn table(st: &State) -> Option<Arc<Table>> {
         st.conntrack
             .get_or_init(|| {
                 let size = st.conntrack_limits.0 as usize;
+                let table = Table::new(size);
                 tracing::info!(
                     connections = size,
+                    bytes = table.bytes(),
                     "connection table made for security groups"
                 );
-                Arc::new(Table::new(size))
+                Arc::new(table)
             })
             .clone(),
     )

@@ -22,6 +22,8 @@
 pub mod conntrack;
 pub mod firewall;
 pub mod flow;
+#[allow(unsafe_code)] // The one place: memory of its own, zeroed, with huge pages (see there).
+mod huge;
 pub mod rules;
 pub mod tracker;
 

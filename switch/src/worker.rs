@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 use vringswitch_filter::conntrack;
-use vringswitch_filter::firewall::Policy;
+use vringswitch_filter::firewall::{self, Policy};
 use vringswitch_ports::counters::PortCounters;
 use vringswitch_ports::datapath::{
     EgressBurst, IngressBurst, KindVisitor, Polled, PortKind, ReceiveBurst, Scratch, SendBuilt,
@@ -922,8 +922,8 @@ fn hold_back(
     match policy {
         None => b.slots[..b.len].iter_mut().for_each(|f| f.held = false),
         Some(policy) => {
-            classify_burst(src, b);
             let table = topology.conntrack.as_deref();
+            classify_burst(src, b, table, dst_rt.bridge);
             for f in &mut b.slots[..b.len] {
                 f.held = false;
                 if !wanted(f) {
@@ -1003,8 +1003,16 @@ fn bounce_burst<'m>(
     out
 }
 
-/// Reads the headers of the burst's frames for security groups, once per burst.
-fn classify_burst(src: &mut MemView<'_>, b: &mut Burst) {
+/// Reads the headers of the burst's frames for security groups, once per burst, and
+/// starts loading their connections' index buckets, then entries, into the cache (bridge
+/// `bridge`'s zones, `table`): a burst's misses overlap, where one lookup after another
+/// would wait for each in turn.
+fn classify_burst(
+    src: &mut MemView<'_>,
+    b: &mut Burst,
+    table: Option<&conntrack::Table>,
+    bridge: usize,
+) {
     if b.classified {
         return;
     }
@@ -1016,6 +1024,20 @@ fn classify_burst(src: &mut MemView<'_>, b: &mut Burst) {
         f.class = security_groups::frame_class(f.ingress.tci.is_some(), &bytes[..n]);
         f.tracked = false;
     }
+    let Some(table) = table else {
+        return;
+    };
+    let keys = || {
+        b.slots[..b.len].iter().filter_map(|f| match &f.class {
+            FrameClass::Ip(flow) => Some(firewall::key_of(
+                flow,
+                conntrack::zone(bridge, f.ingress.vlan),
+            )),
+            _ => None,
+        })
+    };
+    keys().for_each(|k| table.prefetch(&k));
+    keys().for_each(|k| table.prefetch_entries(&k));
 }
 
 /// Judges the frames of `b` that port `from` (with filter `filter`) sent: what its
@@ -1030,9 +1052,9 @@ fn filter_from_vm(
     src: &mut MemView<'_>,
     b: &mut Burst,
 ) {
-    classify_burst(src, b);
-    let counters = from.rt.handle.stats().slot(worker);
     let table = topology.conntrack.as_deref();
+    classify_burst(src, b, table, from.rt.bridge);
+    let counters = from.rt.handle.stats().slot(worker);
     for f in &mut b.slots[..b.len] {
         if f.dest == Dest::Drop {
             continue;
