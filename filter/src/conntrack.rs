@@ -608,6 +608,22 @@ impl Table {
     }
 }
 
+/// Starts loading the cache line of `t` (a hint: no architectural effect).
+#[inline(always)]
+#[allow(unsafe_code)]
+fn prefetch<T>(t: &T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: PREFETCHT0 only hints the cache; it reads nothing into the program and never
+    // faults. The address is a live reference's besides.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+            (t as *const T).cast(),
+        )
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = t;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -808,20 +824,4 @@ mod tests {
             assert_eq!(t.insert(&key(9, 9, 9, 9), 100, 0), Err(Full::Table));
         }
     }
-}
-
-/// Starts loading the cache line of `t` (a hint: no architectural effect).
-#[inline(always)]
-#[allow(unsafe_code)]
-fn prefetch<T>(t: &T) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: PREFETCHT0 only hints the cache; it reads nothing into the program and never
-    // faults. The address is a live reference's besides.
-    unsafe {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
-            (t as *const T).cast(),
-        )
-    };
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = t;
 }
