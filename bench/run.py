@@ -903,8 +903,9 @@ def sg_report(res, L):
     L.append("|---|---|---|---|---|")
     for run in sg["runs"]:
         n, rp = run["new"], run["replace"] or {}
+        drops = ", ".join(f"{r} {k}" for r, k in (rp.get("drops") or {}).items() if k) or "none"
         L.append(f"| {run['round']} | {n['cpp']:.0f} | {n['per_core_s'] / 1e6:.2f} M | "
-                 f"{rp.get('ms', 0):.1f} | {rp.get('drops')} |")
+                 f"{rp.get('ms', 0):.1f} | {drops} |")
     m = sg["memory"]
     L.append("")
     L.append(f"Memory per tracked connection: the table the daemon makes for 1 M connections "
