@@ -295,21 +295,22 @@ impl Table {
         None
     }
 
-    /// Starts loading the index's first bucket of `key` into the cache: the data path calls
+    /// Starts loading the index's first bucket of the key of hash `hash` ([`Self::hash_of`])
+    /// into the cache: the data path calls
     /// it for a burst's frames before it looks any up, so that their buckets' misses
     /// overlap instead of following one another (at ten thousand connections a lookup spent
     /// nearly half its time waiting for its bucket).
     #[inline]
-    pub fn prefetch(&self, key: &Key) {
-        let [first, _] = self.buckets_of(self.hash(key));
+    pub fn prefetch(&self, hash: u64) {
+        let [first, _] = self.buckets_of(hash);
         prefetch(first);
     }
 
-    /// Starts loading the entries `key`'s first bucket names with its tag (the bucket is in
-    /// the cache by then: see [`Self::prefetch`]).
+    /// Starts loading the entries the first bucket of the key of hash `hash` names with its
+    /// tag (the bucket is in the cache by then: see [`Self::prefetch`]).
     #[inline]
-    pub fn prefetch_entries(&self, key: &Key) {
-        let h = self.hash(key);
+    pub fn prefetch_entries(&self, hash: u64) {
+        let h = hash;
         let [first, _] = self.buckets_of(h);
         for slot in &first.0 {
             let v = slot.load(Ordering::Relaxed);
@@ -327,7 +328,20 @@ impl Table {
     /// The live connection `key` is a direction of, if there is one at `now`.
     #[inline]
     pub fn lookup(&self, key: &Key, now: u32) -> Option<Found> {
-        let h = self.hash(key);
+        self.lookup_hashed(key, self.hash(key), now)
+    }
+
+    /// `key`'s hash in this table: computed once per frame, it serves the prefetches and
+    /// every lookup of the frame ([`Self::lookup_hashed`]).
+    #[inline]
+    pub fn hash_of(&self, key: &Key) -> u64 {
+        self.hash(key)
+    }
+
+    /// [`Self::lookup`] with `key`'s [`Self::hash_of`] known.
+    #[inline]
+    pub fn lookup_hashed(&self, key: &Key, hash: u64, now: u32) -> Option<Found> {
+        let h = hash;
         for slot in self.probe(h) {
             let slot = slot.load(Ordering::Acquire);
             if slot == GONE || slot >> 40 != h >> 40 {

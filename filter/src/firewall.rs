@@ -137,6 +137,23 @@ pub fn check(
     now: u32,
     track: bool,
 ) -> Verdict {
+    let hash = table.hash_of(&key_of(flow, zone));
+    check_hashed(table, policy, direction, flow, (zone, hash), now, track)
+}
+
+/// [`check`] with the hash of `flow`'s key in `zone` known (`at`: the zone and
+/// [`Table::hash_of`] its key): the data path hashes each frame's key once, for its
+/// prefetches and every port that judges it.
+pub fn check_hashed(
+    table: &Table,
+    policy: &Policy,
+    direction: Direction,
+    flow: &Flow,
+    at: (u32, u64),
+    now: u32,
+    track: bool,
+) -> Verdict {
+    let zone = at.0;
     if let Some(v) = implicit(direction, flow) {
         return v;
     }
@@ -148,7 +165,7 @@ pub fn check(
         };
     }
     match flow.fragment {
-        Fragment::Whole => connection(table, policy, direction, flow, zone, now, track),
+        Fragment::Whole => connection(table, policy, direction, flow, at, now, track),
         // A later fragment has no transport header: it follows the verdict this port's
         // side gave the datagram's first fragment, which must have come first.
         Fragment::Later { id } => match table.lookup(&datagram_key(flow, zone, id), now) {
@@ -158,7 +175,7 @@ pub fn check(
             _ => Verdict::Drop(Drop::AclDenied),
         },
         Fragment::First { id } => {
-            let v = connection(table, policy, direction, flow, zone, now, track);
+            let v = connection(table, policy, direction, flow, at, now, track);
             if v != Verdict::Pass {
                 return v;
             }
@@ -218,7 +235,7 @@ fn connection(
     policy: &Policy,
     direction: Direction,
     flow: &Flow,
-    zone: u32,
+    (zone, hash): (u32, u64),
     now: u32,
     track: bool,
 ) -> Verdict {
@@ -242,7 +259,7 @@ fn connection(
         };
     }
     let key = key_of(flow, zone);
-    let Some(found) = table.lookup(&key, now) else {
+    let Some(found) = table.lookup_hashed(&key, hash, now) else {
         // A new connection, opened here (egress) or arriving (ingress): this port's
         // rules must allow it, and it must be able to open one.
         if !policy.rules.allows(direction, flow) {

@@ -9,7 +9,9 @@ use libfuzzer_sys::fuzz_target;
 use vringswitch_filter::conntrack::{Charge, Table};
 use vringswitch_filter::firewall::Policy;
 use vringswitch_filter::{Compiled, Direction, Prefix, Remote, Rule};
-use vringswitch_switch::security_groups::{frame_class, from_vm, to_vm, FrameClass, PortFilter};
+use vringswitch_switch::security_groups::{
+    frame_class, from_vm, to_vm, At, FrameClass, PortFilter,
+};
 
 const CAPACITY: usize = 64;
 
@@ -74,7 +76,7 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         now += u32::from(flags >> 4);
-        let zone = u32::from(flags >> 2 & 3);
+        let zone = At::zone(u32::from(flags >> 2 & 3));
         if flags & 2 == 0 {
             if let Ok(tracked) = from_vm(&a, Some(&table), &class, zone, now) {
                 let _ = to_vm(&b, Some(&table), &class, zone, now, !tracked);

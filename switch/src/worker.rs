@@ -36,7 +36,7 @@ use vringswitch_wire::ethernet::{rarp_announcement, EthernetFrame, MacAddr, RARP
 use crate::capture::{wall_clock_ns, PortCapture};
 use crate::fdb::{fdb_key, FdbCache};
 use crate::police::{Allowance, Policer};
-use crate::security_groups::{self, FrameClass, PortFilter};
+use crate::security_groups::{self, At, FrameClass, PortFilter};
 use crate::stats::cycles;
 use crate::topology::{BridgeRt, PortRt, Topology};
 use crate::vlan::{Ingress, VlanPolicy};
@@ -71,6 +71,9 @@ struct Slot {
     class: FrameClass,
     /// A port's security groups moved the frame's connection already: none after may.
     tracked: bool,
+    /// The hash of the frame's connection key in the table (an IP frame's, once
+    /// classified with a table): computed once for its prefetches and every lookup.
+    hash: u64,
 }
 
 /// What a dropped frame is recorded with (it is never delivered).
@@ -113,6 +116,7 @@ impl Burst {
             held: false,
             class: FrameClass::default(),
             tracked: false,
+            hash: 0,
         };
         Burst {
             slots: std::iter::repeat_with(empty).take(burst).collect(),
@@ -929,8 +933,8 @@ fn hold_back(
                 if !wanted(f) {
                     continue;
                 }
-                let zone = conntrack::zone(dst_rt.bridge, f.ingress.vlan);
-                match security_groups::to_vm(policy, table, &f.class, zone, now, !f.tracked) {
+                let at = at(f, dst_rt.bridge, table);
+                match security_groups::to_vm(policy, table, &f.class, at, now, !f.tracked) {
                     Ok(tracked) => f.tracked |= tracked,
                     Err(reason) => {
                         f.held = true;
@@ -1027,17 +1031,28 @@ fn classify_burst(
     let Some(table) = table else {
         return;
     };
-    let keys = || {
-        b.slots[..b.len].iter().filter_map(|f| match &f.class {
-            FrameClass::Ip(flow) => Some(firewall::key_of(
-                flow,
-                conntrack::zone(bridge, f.ingress.vlan),
-            )),
-            _ => None,
-        })
-    };
-    keys().for_each(|k| table.prefetch(&k));
-    keys().for_each(|k| table.prefetch_entries(&k));
+    for f in &mut b.slots[..b.len] {
+        if let FrameClass::Ip(flow) = &f.class {
+            let zone = conntrack::zone(bridge, f.ingress.vlan);
+            f.hash = table.hash_of(&firewall::key_of(flow, zone));
+            table.prefetch(f.hash);
+        }
+    }
+    for f in &b.slots[..b.len] {
+        if matches!(f.class, FrameClass::Ip(_)) {
+            table.prefetch_entries(f.hash);
+        }
+    }
+}
+
+/// Where frame `f` of a classified burst is looked up in `table`, on bridge number
+/// `bridge`.
+#[inline]
+fn at(f: &Slot, bridge: usize, table: Option<&conntrack::Table>) -> At {
+    At {
+        zone: conntrack::zone(bridge, f.ingress.vlan),
+        hash: table.map(|_| f.hash),
+    }
 }
 
 /// Judges the frames of `b` that port `from` (with filter `filter`) sent: what its
@@ -1059,8 +1074,8 @@ fn filter_from_vm(
         if f.dest == Dest::Drop {
             continue;
         }
-        let zone = conntrack::zone(from.rt.bridge, f.ingress.vlan);
-        match security_groups::from_vm(filter, table, &f.class, zone, from.now) {
+        let at = at(f, from.rt.bridge, table);
+        match security_groups::from_vm(filter, table, &f.class, at, from.now) {
             Ok(tracked) => f.tracked = tracked,
             Err(reason) => {
                 f.dest = Dest::Drop;
