@@ -715,19 +715,20 @@ def sg_vringswitch(work, size, secs, groups, flows=SG_FLOWS, conntrack=None, dur
     try:
         p, out = generator(work, vs.socks, size, secs, **flowgen(flows))
         time.sleep(2)
-        c0, n0, _ = vs.cycles()
+        c0, n0, b0 = vs.cycles()
         d0 = vs_drops(vs, reasons)
         if during:
             extra = during(vs)
         time.sleep(max(secs - 2, 1))
-        c1, n1, _ = vs.cycles()
+        c1, n1, b1 = vs.cycles()
         d1 = vs_drops(vs, reasons)
         tracked = vs_metric("vringswitch_bridge_connections")
         mpps, gen_cpp = stop_generator(p, out)
     finally:
         vs.stop()
     cpp = (c1 - c0) / (n1 - n0) if n1 > n0 else 0.0
-    return {"mpps_ports": mpps, "cpp": cpp, "gen_cpp": gen_cpp, "tracked": tracked,
+    burst = (n1 - n0) / (b1 - b0) if b1 > b0 else 0.0
+    return {"mpps_ports": mpps, "cpp": cpp, "gen_cpp": gen_cpp, "tracked": tracked, "burst": burst,
             "drops": {r: d1[r] - d0[r] for r in reasons}, "during": extra}
 
 
