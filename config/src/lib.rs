@@ -53,7 +53,7 @@ pub const DEFAULT_QUEUE_PAIRS: u16 = 4;
 pub const MAX_QUEUE_PAIRS: u16 = 16;
 /// Largest burst a worker may be configured with.
 pub const MAX_BURST: usize = 64;
-/// Connections tracked at most unless configured otherwise (about 150 bytes each).
+/// Connections tracked at most unless configured otherwise (112 bytes each).
 pub const DEFAULT_CONNTRACK_MAX: u32 = 1 << 20;
 /// Connections one port holds at most unless configured otherwise.
 pub const DEFAULT_CONNTRACK_PER_PORT: u32 = 65_536;
