@@ -184,24 +184,21 @@ impl State {
             }
             new.vlan = vlan;
         }
-        if let Some(macs) = patch.allowed_macs {
-            if let Some(m) = &macs {
-                vringswitch_config::check_allowed_macs(m).map_err(ChangeError::Invalid)?;
-            }
-            new.allowed_macs = macs;
-        }
-        if let Some(ips) = patch.allowed_ips {
-            if let Some(i) = &ips {
-                vringswitch_config::check_allowed_ips(i).map_err(ChangeError::Invalid)?;
-            }
-            new.allowed_ips = ips;
-        }
-        if let Some(groups) = patch.security_groups {
-            if let Some(g) = &groups {
-                vringswitch_config::check_port_groups(g).map_err(ChangeError::Invalid)?;
-            }
-            new.security_groups = groups;
-        }
+        patch_list(
+            &mut new.allowed_macs,
+            patch.allowed_macs,
+            vringswitch_config::check_allowed_macs,
+        )?;
+        patch_list(
+            &mut new.allowed_ips,
+            patch.allowed_ips,
+            vringswitch_config::check_allowed_ips,
+        )?;
+        patch_list(
+            &mut new.security_groups,
+            patch.security_groups,
+            vringswitch_config::check_port_groups,
+        )?;
         if new.security_groups != old.security_groups {
             self.check_security_groups(&self.security_groups, Some(&new))
                 .map_err(referenced)?;
@@ -379,6 +376,22 @@ impl State {
             .collect();
         vringswitch_config::check_mirrors(mirrors, &specs).map_err(|(_, m)| ChangeError::Invalid(m))
     }
+}
+
+/// A port's list setting as a patch leaves it: left out, as it was; `null`, none; a list,
+/// that list once `check` accepts it.
+fn patch_list<T>(
+    field: &mut Option<Vec<String>>,
+    patch: Option<Option<Vec<String>>>,
+    check: impl Fn(&[String]) -> Result<T, String>,
+) -> Result<(), ChangeError> {
+    if let Some(list) = patch {
+        if let Some(l) = &list {
+            check(l).map_err(ChangeError::Invalid)?;
+        }
+        *field = list;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

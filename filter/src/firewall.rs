@@ -405,14 +405,7 @@ mod tests {
 
     /// A stateful policy allowing every egress (and nothing in).
     fn client(epoch: u16) -> Policy {
-        let rule = Rule {
-            direction: Direction::Egress,
-            v6: false,
-            protocol: None,
-            port_range_min: None,
-            port_range_max: None,
-            remote: Remote::Any,
-        };
+        let rule = Rule::any(Direction::Egress, false);
         Policy {
             rules: Compiled::new(&[rule], |_| None),
             stateful: true,

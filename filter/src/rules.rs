@@ -83,6 +83,20 @@ pub struct Rule {
     pub remote: Remote,
 }
 
+impl Rule {
+    /// Anything of family `v6` going `direction` (`{"direction": "egress"}` in a group).
+    pub fn any(direction: Direction, v6: bool) -> Rule {
+        Rule {
+            direction,
+            v6,
+            protocol: None,
+            port_range_min: None,
+            port_range_max: None,
+            remote: Remote::Any,
+        }
+    }
+}
+
 /// What a compiled rule checks of the transport.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Match {

@@ -22,14 +22,7 @@ fn policy(port: u32, stateful: bool) -> Policy {
         x
     };
     let rules = [
-        Rule {
-            direction: Direction::Egress,
-            v6: false,
-            protocol: None,
-            port_range_min: None,
-            port_range_max: None,
-            remote: Remote::Any,
-        },
+        Rule::any(Direction::Egress, false),
         Rule {
             direction: Direction::Ingress,
             v6: false,

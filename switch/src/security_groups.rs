@@ -211,7 +211,7 @@ static EMPTY_TABLE: std::sync::LazyLock<Table> = std::sync::LazyLock::new(|| Tab
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vringswitch_filter::{Compiled, Remote, Rule};
+    use vringswitch_filter::{Compiled, Rule};
 
     /// An Ethernet frame (tagged with VLAN 5 if `tagged`) of EtherType `t` carrying `l3`.
     fn frame(tagged: bool, t: u16, l3: &[u8]) -> Vec<u8> {
@@ -314,14 +314,7 @@ mod tests {
 
     #[test]
     fn a_port_with_groups_carries_ip_and_arp_only_and_tracks_what_it_opens() {
-        let rule = Rule {
-            direction: Direction::Egress,
-            v6: false,
-            protocol: None,
-            port_range_min: None,
-            port_range_max: None,
-            remote: Remote::Any,
-        };
+        let rule = Rule::any(Direction::Egress, false);
         let f = PortFilter {
             policy: Some(Policy {
                 rules: Compiled::new(&[rule], |_| None),
