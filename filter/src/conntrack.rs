@@ -207,7 +207,12 @@ pub struct Table {
     per_port: Box<[AtomicU32]>,
     /// Connections in each bridge's zones, by bridge number (see [`zone`]).
     per_bridge: Box<[AtomicU32]>,
+    /// Where the next [`Table::expire_slice`] starts.
+    sweep: AtomicUsize,
 }
+
+/// [`Table::expire_slice`] reads the table in this many slices.
+pub const EXPIRY_SLICES: usize = 8;
 
 /// Bridges counted apart: the bridge numbers zones hold.
 const BRIDGE_SLOTS: usize = 1 << (ZONE_BITS - 12);
@@ -238,6 +243,7 @@ impl Table {
             live: AtomicUsize::new(0),
             per_port: (0..PORT_SLOTS).map(|_| AtomicU32::new(0)).collect(),
             per_bridge: (0..BRIDGE_SLOTS).map(|_| AtomicU32::new(0)).collect(),
+            sweep: AtomicUsize::new(0),
         }
     }
 
@@ -606,11 +612,31 @@ impl Table {
             .count()
     }
 
-    /// Removes every connection expired at `now`; returns how many. Off the data path
-    /// (once a second): it reads every entry.
+    /// Removes every connection expired at `now`; returns how many. Off the data path:
+    /// it reads every entry.
     pub fn expire(&self, now: u32) -> usize {
+        self.expire_range(now, 0..self.entries.len())
+    }
+
+    /// Removes the connections expired at `now` among the next of the table's
+    /// `1/EXPIRY_SLICES` (each call the next slice, round the table), or among all of them
+    /// when it is seven-eighths full; returns how many. Called once a second, each entry is
+    /// read every [`EXPIRY_SLICES`] seconds: an expired one is absent to lookups at once
+    /// (lazy expiry), it only holds its place longer, and a whole table is not read into
+    /// the cache the workers share every second.
+    pub fn expire_slice(&self, now: u32) -> usize {
+        let len = self.entries.len();
+        if self.len() >= len / 8 * 7 {
+            return self.expire(now);
+        }
+        let step = len.div_ceil(EXPIRY_SLICES);
+        let from = self.sweep.fetch_add(step, Ordering::Relaxed) % (step * EXPIRY_SLICES);
+        self.expire_range(now, from.min(len)..(from + step).min(len))
+    }
+
+    fn expire_range(&self, now: u32, range: std::ops::Range<usize>) -> usize {
         let mut n = 0;
-        for i in 0..self.entries.len() as u32 {
+        for i in range.start as u32..range.end as u32 {
             let e = &self.entries[i as usize];
             let generation = e.generation.load(Ordering::Relaxed) as u8;
             let at = e.expires.load(Ordering::Relaxed);
@@ -837,5 +863,27 @@ mod tests {
             }
             assert_eq!(t.insert(&key(9, 9, 9, 9), 100, 0), Err(Full::Table));
         }
+    }
+
+    #[test]
+    fn expiry_by_slices_reaches_every_entry_within_its_round_and_all_of_a_full_table() {
+        let t = Table::new(64);
+        for p in 0..16u16 {
+            t.insert(&key(1, 2, p, 80), 10, 0).unwrap();
+        }
+        let mut removed = 0;
+        for _ in 0..EXPIRY_SLICES {
+            removed += t.expire_slice(20);
+        }
+        assert_eq!(
+            (removed, t.len()),
+            (16, 0),
+            "one round of slices reads every entry"
+        );
+        // Seven-eighths full: one call reads all.
+        for p in 0..56u16 {
+            t.insert(&key(3, 4, p, 80), 10, 0).unwrap();
+        }
+        assert_eq!(t.expire_slice(20), 56);
     }
 }

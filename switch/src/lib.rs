@@ -233,13 +233,14 @@ impl Switch {
         self.topology().bridges.iter().map(|b| b.fdb.age(now)).sum()
     }
 
-    /// Removes the connections of security groups that expired; call about once a second.
+    /// Removes connections of security groups that expired, a slice of the table at a time
+    /// (see `Table::expire_slice`); call about once a second.
     pub fn expire_connections(&self) -> usize {
         let now = self.now_secs() as u32;
         self.topology()
             .conntrack
             .as_deref()
-            .map_or(0, |t| t.expire(now))
+            .map_or(0, |t| t.expire_slice(now))
     }
 }
 
