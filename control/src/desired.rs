@@ -338,16 +338,7 @@ impl State {
         groups: &[SecurityGroupSpec],
         changed: Option<&PortSpec>,
     ) -> Result<(), ChangeError> {
-        let specs: Vec<&PortSpec> = self
-            .ports
-            .values()
-            .map(|p| match changed {
-                Some(c) if c.name == p.spec.name => c,
-                _ => &p.spec,
-            })
-            .chain(changed.filter(|c| !self.ports.contains_key(&c.name)))
-            .collect();
-        vringswitch_config::check_security_groups(groups, &specs)
+        vringswitch_config::check_security_groups(groups, &self.specs_with(changed))
             .map_err(|(_, m)| ChangeError::Invalid(m))
     }
 
@@ -360,21 +351,28 @@ impl State {
     }
 
     /// Checks `mirrors` against the ports as they are, with `changed` in place of its
-    /// namesake (a port about to change).
+    /// namesake (a port about to change; one about to be added is beside them, which no
+    /// mirror names yet).
     pub fn check_mirrors(
         &self,
         mirrors: &[MirrorSpec],
         changed: Option<&PortSpec>,
     ) -> Result<(), ChangeError> {
-        let specs: Vec<&PortSpec> = self
-            .ports
+        vringswitch_config::check_mirrors(mirrors, &self.specs_with(changed))
+            .map_err(|(_, m)| ChangeError::Invalid(m))
+    }
+
+    /// The ports' specs as they are, with `changed` in place of its namesake (a port about
+    /// to change) or beside them (a port about to be added).
+    fn specs_with<'a>(&'a self, changed: Option<&'a PortSpec>) -> Vec<&'a PortSpec> {
+        self.ports
             .values()
             .map(|p| match changed {
                 Some(c) if c.name == p.spec.name => c,
                 _ => &p.spec,
             })
-            .collect();
-        vringswitch_config::check_mirrors(mirrors, &specs).map_err(|(_, m)| ChangeError::Invalid(m))
+            .chain(changed.filter(|c| !self.ports.contains_key(&c.name)))
+            .collect()
     }
 }
 

@@ -154,15 +154,11 @@ pub fn check_hashed(
     track: bool,
 ) -> Verdict {
     let zone = at.0;
+    if !policy.stateful {
+        return check_stateless(policy, direction, flow);
+    }
     if let Some(v) = implicit(direction, flow) {
         return v;
-    }
-    if !policy.stateful {
-        return if policy.rules.allows(direction, flow) {
-            Verdict::Pass
-        } else {
-            Verdict::Drop(Drop::AclDenied)
-        };
     }
     match flow.fragment {
         Fragment::Whole => connection(table, policy, direction, flow, at, now, track),
@@ -203,6 +199,19 @@ pub fn check_hashed(
                 }
             }
         }
+    }
+}
+
+/// [`check`] for a port whose groups are stateless: the implicit allows, then its rules,
+/// on every frame; no table is read.
+pub fn check_stateless(policy: &Policy, direction: Direction, flow: &Flow) -> Verdict {
+    if let Some(v) = implicit(direction, flow) {
+        return v;
+    }
+    if policy.rules.allows(direction, flow) {
+        Verdict::Pass
+    } else {
+        Verdict::Drop(Drop::AclDenied)
     }
 }
 

@@ -165,23 +165,13 @@ fn judge(
         FrameClass::Other => return Err(DropReason::AclDenied),
         FrameClass::Malformed => return Err(DropReason::CtInvalid),
     };
+    if !policy.stateful {
+        return verdict(firewall::check_stateless(policy, direction, flow)).map(|()| false);
+    }
     // The control side makes the table before any stateful port runs; without one, a
     // stateful port fails closed.
     let Some(table) = table else {
-        return if policy.stateful {
-            Err(DropReason::CtFull)
-        } else {
-            verdict(firewall::check(
-                &EMPTY_TABLE,
-                policy,
-                direction,
-                flow,
-                zone,
-                now,
-                false,
-            ))
-            .map(|()| false)
-        };
+        return Err(DropReason::CtFull);
     };
     let hash = at
         .hash
@@ -195,7 +185,7 @@ fn judge(
         now,
         track,
     ))
-    .map(|()| track && policy.stateful)
+    .map(|()| track)
 }
 
 fn verdict(v: Verdict) -> Result<(), DropReason> {
@@ -204,9 +194,6 @@ fn verdict(v: Verdict) -> Result<(), DropReason> {
         Verdict::Drop(d) => Err(reason(d)),
     }
 }
-
-/// Never read: [`judge`] passes it only for stateless checks, which look at no table.
-static EMPTY_TABLE: std::sync::LazyLock<Table> = std::sync::LazyLock::new(|| Table::new(1));
 
 #[cfg(test)]
 mod tests {
