@@ -69,10 +69,11 @@ impl Key {
         }
     }
 
-    /// The key as five words.
-    fn words(&self) -> [u64; 5] {
+    /// The key as the table compares and hashes it ([`Packed`]).
+    #[inline]
+    pub fn packed(&self) -> Packed {
         let w = |b: &[u8]| u64::from_le_bytes(b.try_into().unwrap_or([0; 8]));
-        [
+        Packed([
             w(&self.src[..8]),
             w(&self.src[8..]),
             w(&self.dst[..8]),
@@ -83,7 +84,11 @@ impl Key {
                 | u64::from(self.zone & ((1 << ZONE_BITS) - 1)) << 10
                 | u64::from(self.sport) << 32
                 | u64::from(self.dport) << 48,
-        ]
+        ])
+    }
+
+    fn words(&self) -> [u64; 5] {
+        self.packed().0
     }
 
     fn from_words(w: [u64; 5]) -> Key {
@@ -106,6 +111,26 @@ impl Key {
     }
 }
 
+/// A [`Key`] as five words, the form the table stores, hashes and compares: made once
+/// per frame, it serves the hash, the prefetches and every lookup of the frame.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Packed([u64; 5]);
+
+impl Packed {
+    /// The other direction's key ([`Key::reversed`]): addresses and ports swapped.
+    #[inline]
+    pub fn reversed(&self) -> Packed {
+        let [s0, s1, d0, d1, rest] = self.0;
+        let low = rest & 0xffff_ffff;
+        let (sport, dport) = ((rest >> 32) & 0xffff, rest >> 48);
+        Packed([d0, d1, s0, s1, low | dport << 32 | sport << 48])
+    }
+
+    pub fn key(&self) -> Key {
+        Key::from_words(self.0)
+    }
+}
+
 /// A connection as the table keeps it: its key (the first direction seen), when it
 /// expires, and a word of state its tracker owns (the TCP state and flags).
 struct Entry {
@@ -122,6 +147,26 @@ struct Entry {
     epochs: AtomicU32,
     /// The slot of [`Table::per_port`] the connection is charged to.
     owner: AtomicU32,
+}
+
+impl Entry {
+    /// The entry's key words, read consistently (`None` if a writer was at them both
+    /// times tried).
+    #[inline]
+    fn key_words(&self) -> Option<[u64; 5]> {
+        for _ in 0..2 {
+            let before = self.seq.load(Ordering::Acquire);
+            if before % 2 == 1 {
+                continue;
+            }
+            let w = [0, 1, 2, 3, 4].map(|j| self.key[j].load(Ordering::Relaxed));
+            std::sync::atomic::fence(Ordering::Acquire);
+            if self.seq.load(Ordering::Relaxed) == before {
+                return Some(w);
+            }
+        }
+        None
+    }
 }
 
 // SAFETY: atomics of zero bits: a free entry (expires 0), generation 0, no key.
@@ -270,8 +315,14 @@ impl Table {
 
     #[inline]
     fn hash(&self, k: &Key) -> u64 {
+        self.hash_packed(&k.packed())
+    }
+
+    /// `key`'s hash in this table ([`Self::hash_of`] for a [`Packed`] key).
+    #[inline]
+    pub fn hash_packed(&self, key: &Packed) -> u64 {
         let mut h = self.seed;
-        for w in k.words() {
+        for w in key.0 {
             h = (h ^ w).wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(31);
         }
         // MurmurHash3's finaliser: every bit of the words reaches the low bits (the slot)
@@ -286,19 +337,10 @@ impl Table {
     /// The key of entry `i`, read consistently (`None` if it changed meanwhile twice).
     #[inline]
     fn key_of(&self, i: u32) -> Option<Key> {
-        let e = self.entries.get(i as usize)?;
-        for _ in 0..2 {
-            let before = e.seq.load(Ordering::Acquire);
-            if before % 2 == 1 {
-                continue;
-            }
-            let w = [0, 1, 2, 3, 4].map(|j| e.key[j].load(Ordering::Relaxed));
-            std::sync::atomic::fence(Ordering::Acquire);
-            if e.seq.load(Ordering::Relaxed) == before {
-                return Some(Key::from_words(w));
-            }
-        }
-        None
+        self.entries
+            .get(i as usize)?
+            .key_words()
+            .map(Key::from_words)
     }
 
     /// Starts loading the index's first bucket of the key of hash `hash` ([`Self::hash_of`])
@@ -347,46 +389,78 @@ impl Table {
     /// [`Self::lookup`] with `key`'s [`Self::hash_of`] known.
     #[inline]
     pub fn lookup_hashed(&self, key: &Key, hash: u64, now: u32) -> Option<Found> {
-        let h = hash;
-        for slot in self.probe(h) {
-            let slot = slot.load(Ordering::Acquire);
-            if slot == GONE || slot >> 40 != h >> 40 {
-                continue;
+        self.lookup_packed(&key.packed(), hash, now)
+    }
+
+    /// [`Self::lookup`] of a [`Packed`] key whose [`Self::hash_packed`] is `hash`: the
+    /// data path's, the key's words compared as they are stored (both directions' at
+    /// once: a key is stored as its connection's first direction).
+    #[inline]
+    pub fn lookup_packed(&self, key: &Packed, hash: u64, now: u32) -> Option<Found> {
+        let back = key.reversed();
+        let tag = hash >> 40;
+        for bucket in self.buckets_of(hash) {
+            // Slots are claimed in order and never become empty again: an empty slot
+            // ends the bucket.
+            for slot in &bucket.0 {
+                let v = slot.load(Ordering::Acquire);
+                if v == EMPTY {
+                    break;
+                }
+                if v == GONE || v >> 40 != tag {
+                    continue;
+                }
+                let i = (v as u32).wrapping_sub(1);
+                let Some(e) = self.entries.get(i as usize) else {
+                    continue;
+                };
+                let Some(stored) = e.key_words() else {
+                    continue;
+                };
+                let reply = if stored == key.0 {
+                    false
+                } else if stored == back.0 {
+                    true
+                } else {
+                    continue;
+                };
+                let generation = (v >> 32) as u8;
+                if e.expires.load(Ordering::Relaxed) <= now
+                    || e.generation.load(Ordering::Relaxed) as u8 != generation
+                {
+                    continue;
+                }
+                return Some(Found {
+                    entry: i,
+                    reply,
+                    generation,
+                });
             }
-            let i = (slot as u32).wrapping_sub(1);
-            let generation = (slot >> 32) as u8;
-            let Some(stored) = self.key_of(i) else {
-                continue;
-            };
-            let reply = stored != *key;
-            if (reply && stored.reversed() != *key)
-                || !self.alive(i, now)
-                || self.entries[i as usize].generation.load(Ordering::Relaxed) as u8 != generation
-            {
-                continue;
-            }
-            return Some(Found {
-                entry: i,
-                reply,
-                generation,
-            });
         }
         None
     }
 
+    /// Whether connection `found` is still in the table at `now` (not expired, removed or
+    /// replaced since it was found): a frame judged at two ports looks its connection up
+    /// once, and the second port checks this instead.
     #[inline]
-    fn alive(&self, i: u32, now: u32) -> bool {
-        self.entries[i as usize].expires.load(Ordering::Relaxed) > now
+    pub fn still(&self, found: &Found, now: u32) -> bool {
+        self.entries.get(found.entry as usize).is_some_and(|e| {
+            e.expires.load(Ordering::Relaxed) > now
+                && e.generation.load(Ordering::Relaxed) as u8 == found.generation
+        })
     }
 
     /// Adds connection `key` (its first direction), alive until `expires`, with tracker
     /// state `state`; both directions' slots are published once its key is written.
     pub fn insert(&self, key: &Key, expires: u32, state: u32) -> Result<u32, Full> {
         self.insert_checked(key, expires, state, 0, Charge::NONE)
+            .map(|f| f.entry)
     }
 
     /// [`Self::insert`], the connection allowed under `epochs` ([`Self::epochs`]) and
-    /// charged to `charge`'s port, refused if that port holds its limit already.
+    /// charged to `charge`'s port, refused if that port holds its limit already; the
+    /// connection as a lookup of `key` would find it.
     pub fn insert_checked(
         &self,
         key: &Key,
@@ -394,7 +468,7 @@ impl Table {
         state: u32,
         epochs: u32,
         charge: Charge,
-    ) -> Result<u32, Full> {
+    ) -> Result<Found, Full> {
         let owner = charge.port as usize % PORT_SLOTS;
         let held = &self.per_port[owner];
         held.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
@@ -429,7 +503,11 @@ impl Table {
         }
         self.live.fetch_add(1, Ordering::Relaxed);
         self.per_bridge[bridge_of(key.zone)].fetch_add(1, Ordering::Relaxed);
-        Ok(i)
+        Ok(Found {
+            entry: i,
+            reply: false,
+            generation,
+        })
     }
 
     /// The slot value of entry `i`, generation `generation`, for a key of hash `h`.
@@ -516,11 +594,19 @@ impl Table {
     }
 
     /// Sets entry `i`'s tracker state and expiry (a frame of it went through).
+    /// What has not changed is not stored: an entry's cache line stays shared by the
+    /// cores that read it while its connection's state holds (within a second, the
+    /// expiry does too).
     #[inline]
     pub fn update(&self, i: u32, state: u32, expires: u32) {
         let e = &self.entries[i as usize];
-        e.state.store(state, Ordering::Relaxed);
-        e.expires.store(expires.max(1), Ordering::Relaxed);
+        let expires = expires.max(1);
+        if e.state.load(Ordering::Relaxed) != state {
+            e.state.store(state, Ordering::Relaxed);
+        }
+        if e.expires.load(Ordering::Relaxed) != expires {
+            e.expires.store(expires, Ordering::Relaxed);
+        }
     }
 
     /// Removes connection `generation` of entry `i` (a connection cut): its slots are
@@ -709,6 +795,36 @@ mod tests {
         assert!(t.remove(f.entry, f.generation));
         assert_eq!(t.lookup(&k, 10), None);
         assert!(t.is_empty());
+    }
+
+    #[test]
+    fn a_packed_key_reversed_is_the_reversed_key_packed_and_finds_the_reply() {
+        let mut k = key(1, 2, 40000, 22);
+        k.src[5] = 9;
+        k.dst[12] = 7;
+        k.zone = 0x2a_bcde;
+        k.v6 = true;
+        assert_eq!(k.packed().reversed(), k.reversed().packed());
+        assert_eq!(k.packed().key(), k);
+        let t = Table::new(8);
+        let i = t.insert(&k, 100, 0).unwrap();
+        let back = k.reversed().packed();
+        let f = t.lookup_packed(&back, t.hash_packed(&back), 10).unwrap();
+        assert_eq!((f.entry, f.reply), (i, true));
+        assert_eq!(t.hash_packed(&back), t.hash_of(&k.reversed()));
+    }
+
+    #[test]
+    fn an_update_that_changes_nothing_keeps_the_entry_as_it_was() {
+        let t = Table::new(8);
+        let k = key(1, 2, 40000, 22);
+        let i = t.insert(&k, 100, 7).unwrap();
+        t.update(i, 7, 100);
+        assert_eq!((t.state(i), t.lookup(&k, 99).is_some()), (7, true));
+        t.update(i, 8, 0);
+        // An expiry of 0 would free it: it is kept at 1 at least.
+        assert_eq!((t.state(i), t.lookup(&k, 0).is_some()), (8, true));
+        assert!(t.lookup(&k, 1).is_none());
     }
 
     #[test]

@@ -10,7 +10,7 @@
 //! side checked under older rules is checked again against the current ones, and the
 //! connection is cut (removed, the frame dropped) if they no longer allow it.
 
-use crate::conntrack::{Charge, Full, Key, Table};
+use crate::conntrack::{Charge, Found, Full, Key, Packed, Table};
 use crate::flow::{Flow, Fragment, L4};
 use crate::rules::{Compiled, Direction};
 use crate::tracker::{self, TcpState};
@@ -102,6 +102,60 @@ pub fn key_of(flow: &Flow, zone: u32) -> Key {
     }
 }
 
+/// Where a frame's connection is in the table: its zone, its key as the table stores it
+/// and that key's hash, made once per frame; and the connection the frame's first lookup
+/// found, which the next port judging the frame reuses (once [`Table::still`] says it is
+/// there), so that a frame between two ports with groups is looked up once.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Site {
+    pub zone: u32,
+    /// `key` and `hash` are made (else they are, from the flow, when first judged).
+    keyed: bool,
+    key: Packed,
+    hash: u64,
+    found: Option<Found>,
+}
+
+impl Site {
+    /// Where `flow`'s connection in zone `zone` is in `table`.
+    #[inline]
+    pub fn new(table: &Table, flow: &Flow, zone: u32) -> Site {
+        let key = key_of(flow, zone).packed();
+        Site {
+            zone,
+            keyed: true,
+            key,
+            hash: table.hash_packed(&key),
+            found: None,
+        }
+    }
+
+    /// In zone `zone`, the key to be made from the flow when first judged.
+    pub fn zone(zone: u32) -> Site {
+        Site {
+            zone,
+            ..Site::default()
+        }
+    }
+
+    /// The key's hash in the table (for [`Table::prefetch`]).
+    pub fn hash(&self) -> u64 {
+        self.hash
+    }
+
+    /// The connection, looked up unless a port before found it and it is still there.
+    #[inline]
+    fn find(&mut self, table: &Table, now: u32) -> Option<Found> {
+        match self.found {
+            Some(f) if table.still(&f, now) => Some(f),
+            _ => {
+                self.found = table.lookup_packed(&self.key, self.hash, now);
+                self.found
+            }
+        }
+    }
+}
+
 /// The tracker's timeout and state for a new connection opened by `flow`, or why it
 /// cannot open one.
 fn opening(flow: &Flow) -> Result<(u32, u32), Drop> {
@@ -137,23 +191,26 @@ pub fn check(
     now: u32,
     track: bool,
 ) -> Verdict {
-    let hash = table.hash_of(&key_of(flow, zone));
-    check_hashed(table, policy, direction, flow, (zone, hash), now, track)
+    let mut site = Site::new(table, flow, zone);
+    check_at(table, policy, direction, flow, &mut site, now, track)
 }
 
-/// [`check`] with the hash of `flow`'s key in `zone` known (`at`: the zone and
-/// [`Table::hash_of`] its key): the data path hashes each frame's key once, for its
-/// prefetches and every port that judges it.
-pub fn check_hashed(
+/// [`check`] with the frame's [`Site`] made: the data path makes it once per frame, for
+/// its prefetches and every port that judges it.
+#[inline]
+pub fn check_at(
     table: &Table,
     policy: &Policy,
     direction: Direction,
     flow: &Flow,
-    at: (u32, u64),
+    site: &mut Site,
     now: u32,
     track: bool,
 ) -> Verdict {
-    let zone = at.0;
+    let zone = site.zone;
+    if !site.keyed {
+        *site = Site::new(table, flow, zone);
+    }
     if !policy.stateful {
         return check_stateless(policy, direction, flow);
     }
@@ -161,7 +218,7 @@ pub fn check_hashed(
         return v;
     }
     match flow.fragment {
-        Fragment::Whole => connection(table, policy, direction, flow, at, now, track),
+        Fragment::Whole => connection(table, policy, direction, flow, site, now, track),
         // A later fragment has no transport header: it follows the verdict this port's
         // side gave the datagram's first fragment, which must have come first.
         Fragment::Later { id } => match table.lookup(&datagram_key(flow, zone, id), now) {
@@ -171,7 +228,7 @@ pub fn check_hashed(
             _ => Verdict::Drop(Drop::AclDenied),
         },
         Fragment::First { id } => {
-            let v = connection(table, policy, direction, flow, at, now, track);
+            let v = connection(table, policy, direction, flow, site, now, track);
             if v != Verdict::Pass {
                 return v;
             }
@@ -244,10 +301,11 @@ fn connection(
     policy: &Policy,
     direction: Direction,
     flow: &Flow,
-    (zone, hash): (u32, u64),
+    site: &mut Site,
     now: u32,
     track: bool,
 ) -> Verdict {
+    let zone = site.zone;
     if let L4::IcmpError { quoted, .. } = flow.l4 {
         // Related, as Linux's tracker has it: an error about a datagram of a tracked
         // connection, on its way back to that datagram's sender, passes without a rule;
@@ -267,8 +325,7 @@ fn connection(
             _ => Verdict::Drop(Drop::CtInvalid),
         };
     }
-    let key = key_of(flow, zone);
-    let Some(found) = table.lookup_hashed(&key, hash, now) else {
+    let Some(found) = site.find(table, now) else {
         // A new connection, opened here (egress) or arriving (ingress): this port's
         // rules must allow it, and it must be able to open one.
         if !policy.rules.allows(direction, flow) {
@@ -280,8 +337,12 @@ fn connection(
         };
         let responder = direction == Direction::Ingress;
         let epochs = u32::from(policy.epoch) << if responder { 16 } else { 0 };
+        let key = site.key.key();
         return match table.insert_checked(&key, now + timeout, state, epochs, policy.charge) {
-            Ok(_) => Verdict::Pass,
+            Ok(found) => {
+                site.found = Some(found);
+                Verdict::Pass
+            }
             Err(Full::Table | Full::Probe | Full::Port) => Verdict::Drop(Drop::CtFull),
         };
     };
@@ -470,6 +531,38 @@ mod tests {
             "one FIN each way, each seen once"
         );
         assert_eq!(t.expire(5 + TcpState::TimeWait.timeout()), 1);
+    }
+
+    #[test]
+    fn a_frame_judged_at_two_ports_is_looked_up_once_and_never_through_a_stale_site() {
+        let t = Table::new(1);
+        let (a, b) = (client(1), server(22, 1));
+        use Direction::{Egress as Out, Ingress as In};
+        let syn = tcp(A, 40000, B, 22, SYN);
+        // A's port opens the connection; B's port finds it through the site.
+        let mut site = Site::new(&t, &syn, 0);
+        assert_eq!(check_at(&t, &a, Out, &syn, &mut site, 5, true), PASS);
+        let opened = site.found.expect("the opening port keeps what it added");
+        assert_eq!(check_at(&t, &b, In, &syn, &mut site, 5, false), PASS);
+        assert_eq!(site.found, Some(opened));
+        assert_eq!(t.epochs(opened.entry) >> 16, 1, "B's side checked");
+        // Between the two ports the connection goes and another takes its entry: the
+        // second port looks again and does not judge the frame by the other connection.
+        let mut site = Site::new(&t, &syn, 0);
+        site.found = Some(opened);
+        assert!(t.remove(opened.entry, opened.generation));
+        let other = tcp(C, 1, B, 22, SYN);
+        assert_eq!(check(&t, &a, Out, &other, 0, 5, true), PASS);
+        assert!(!t.still(&opened, 5));
+        assert_eq!(
+            check_at(&t, &b, In, &syn, &mut site, 5, false),
+            Verdict::Drop(Drop::CtFull),
+            "a new connection to B, and the one entry is taken"
+        );
+        assert_eq!(site.found, None);
+        // An expired connection is not still there either.
+        let f = t.lookup(&key_of(&other, 0), 5).unwrap();
+        assert!(t.still(&f, 5) && !t.still(&f, 5 + TcpState::SynSent.timeout()));
     }
 
     #[test]

@@ -7,7 +7,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use vringswitch_filter::conntrack::{Charge, Table};
-use vringswitch_filter::firewall::Policy;
+use vringswitch_filter::firewall::{Policy, Site};
 use vringswitch_filter::{Compiled, Direction, Prefix, Remote, Rule};
 use vringswitch_switch::security_groups::{
     frame_class, from_vm, to_vm, At, FrameClass, PortFilter,
@@ -69,13 +69,14 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         now += u32::from(flags >> 4);
-        let zone = At::zone(u32::from(flags >> 2 & 3));
+        // One site per frame, shared by both ports as the data path shares it.
+        let site = &mut Site::zone(u32::from(flags >> 2 & 3));
         if flags & 2 == 0 {
-            if let Ok(tracked) = from_vm(&a, Some(&table), &class, zone, now) {
-                let _ = to_vm(&b, Some(&table), &class, zone, now, !tracked);
+            if let Ok(tracked) = from_vm(&a, Some(&table), &class, site, now) {
+                let _ = to_vm(&b, Some(&table), &class, site, now, !tracked);
             }
-        } else if let Ok(tracked) = to_vm(&b, Some(&table), &class, zone, now, true) {
-            let _ = from_vm(&a, Some(&table), &class, zone, now);
+        } else if let Ok(tracked) = to_vm(&b, Some(&table), &class, site, now, true) {
+            let _ = from_vm(&a, Some(&table), &class, site, now);
             let _ = tracked;
         }
         assert!(table.len() <= CAPACITY);

@@ -10,7 +10,7 @@
 //! filter costs one branch per burst.
 
 use vringswitch_filter::conntrack::Table;
-use vringswitch_filter::firewall::{self, Drop, Policy, Verdict};
+use vringswitch_filter::firewall::{self, Drop, Policy, Site, Verdict};
 use vringswitch_filter::{classify, Classified, Direction, Flow, Prefix};
 use vringswitch_ports::DropReason;
 use vringswitch_wire::ethernet::ethertype;
@@ -85,30 +85,16 @@ fn may_send_from(allowed: &[Prefix], v6: bool, src: &[u8; 16]) -> bool {
     src.iter().all(|&b| b == 0) || allowed.iter().any(|p| p.contains(v6, src))
 }
 
-/// Where a frame's connection is looked up: its zone, and its key's hash in the table if
-/// the caller has it (see [`Table::hash_of`]; computed here if not).
-#[derive(Debug, Clone, Copy)]
-pub struct At {
-    pub zone: u32,
-    pub hash: Option<u64>,
-}
-
-impl At {
-    /// In zone `zone`, the hash to be computed.
-    pub fn zone(zone: u32) -> At {
-        At { zone, hash: None }
-    }
-}
-
 /// The verdict on a frame port `filter`'s VM sends, classified `class`, at `at`, at
-/// second `now`: `Ok(tracked)` if it passes (`tracked`: its connection's state moved
+/// second `now` (`site`: where its connection is, shared by every port that judges the
+/// frame): `Ok(tracked)` if it passes (`tracked`: its connection's state moved
 /// here, so the receivers' ports must not move it again), else why it is dropped.
 #[inline]
 pub fn from_vm(
     filter: &PortFilter,
     table: Option<&Table>,
     class: &FrameClass,
-    at: At,
+    site: &mut Site,
     now: u32,
 ) -> Result<bool, DropReason> {
     if let Some(allowed) = filter.allowed_ips.as_deref() {
@@ -129,7 +115,7 @@ pub fn from_vm(
     let Some(policy) = filter.policy.as_ref() else {
         return Ok(false);
     };
-    judge(policy, table, Direction::Egress, class, at, now, true)
+    judge(policy, table, Direction::Egress, class, site, now, true)
 }
 
 /// The verdict on a frame delivered to a port with groups `policy`; `track`: no port
@@ -140,11 +126,11 @@ pub fn to_vm(
     policy: &Policy,
     table: Option<&Table>,
     class: &FrameClass,
-    at: At,
+    site: &mut Site,
     now: u32,
     track: bool,
 ) -> Result<bool, DropReason> {
-    judge(policy, table, Direction::Ingress, class, at, now, track)
+    judge(policy, table, Direction::Ingress, class, site, now, track)
 }
 
 fn judge(
@@ -152,11 +138,10 @@ fn judge(
     table: Option<&Table>,
     direction: Direction,
     class: &FrameClass,
-    at: At,
+    site: &mut Site,
     now: u32,
     track: bool,
 ) -> Result<bool, DropReason> {
-    let zone = at.zone;
     let flow = match class {
         FrameClass::Ip(f) => f,
         // ARP and RARP are not IP: port security (and `allowed_ips`) judge them, no rule.
@@ -173,17 +158,8 @@ fn judge(
     let Some(table) = table else {
         return Err(DropReason::CtFull);
     };
-    let hash = at
-        .hash
-        .unwrap_or_else(|| table.hash_of(&firewall::key_of(flow, zone)));
-    verdict(firewall::check_hashed(
-        table,
-        policy,
-        direction,
-        flow,
-        (zone, hash),
-        now,
-        track,
+    verdict(firewall::check_at(
+        table, policy, direction, flow, site, now, track,
     ))
     .map(|()| track)
 }
@@ -277,24 +253,30 @@ mod tests {
         let f = allowing(&[[10, 0, 0, 1]]);
         let class = |l3: Vec<u8>, t| frame_class(false, &frame(false, t, &l3));
         let own = class(udp4([10, 0, 0, 1]), 0x0800);
-        assert_eq!(from_vm(&f, None, &own, At::zone(0), 1), Ok(false));
+        assert_eq!(from_vm(&f, None, &own, &mut Site::zone(0), 1), Ok(false));
         let spoofed = class(udp4([10, 0, 0, 7]), 0x0800);
         assert_eq!(
-            from_vm(&f, None, &spoofed, At::zone(0), 1),
+            from_vm(&f, None, &spoofed, &mut Site::zone(0), 1),
             Err(DropReason::IpSpoofed)
         );
         let dhcp_discover = class(udp4([0, 0, 0, 0]), 0x0800);
-        assert_eq!(from_vm(&f, None, &dhcp_discover, At::zone(0), 1), Ok(false));
+        assert_eq!(
+            from_vm(&f, None, &dhcp_discover, &mut Site::zone(0), 1),
+            Ok(false)
+        );
         let arp_own = class(arp([10, 0, 0, 1]), 0x0806);
-        assert_eq!(from_vm(&f, None, &arp_own, At::zone(0), 1), Ok(false));
+        assert_eq!(
+            from_vm(&f, None, &arp_own, &mut Site::zone(0), 1),
+            Ok(false)
+        );
         let arp_other = class(arp([10, 0, 0, 8]), 0x0806);
         assert_eq!(
-            from_vm(&f, None, &arp_other, At::zone(0), 1),
+            from_vm(&f, None, &arp_other, &mut Site::zone(0), 1),
             Err(DropReason::IpSpoofed)
         );
         // Without groups, what is not IP passes (port security still judges its MAC).
         assert_eq!(
-            from_vm(&f, None, &FrameClass::Other, At::zone(0), 1),
+            from_vm(&f, None, &FrameClass::Other, &mut Site::zone(0), 1),
             Ok(false)
         );
     }
@@ -313,24 +295,24 @@ mod tests {
         };
         let t = Table::new(8);
         let udp = frame_class(false, &frame(false, 0x0800, &udp4([10, 0, 0, 1])));
-        assert_eq!(from_vm(&f, Some(&t), &udp, At::zone(0), 1), Ok(true));
+        assert_eq!(from_vm(&f, Some(&t), &udp, &mut Site::zone(0), 1), Ok(true));
         assert_eq!(t.len(), 1);
         assert_eq!(
             from_vm(
                 &f,
                 Some(&t),
                 &FrameClass::Arp(Some([10, 0, 0, 1])),
-                At::zone(0),
+                &mut Site::zone(0),
                 1
             ),
             Ok(false)
         );
         assert_eq!(
-            from_vm(&f, Some(&t), &FrameClass::Other, At::zone(0), 1),
+            from_vm(&f, Some(&t), &FrameClass::Other, &mut Site::zone(0), 1),
             Err(DropReason::AclDenied)
         );
         assert_eq!(
-            from_vm(&f, Some(&t), &FrameClass::Malformed, At::zone(0), 1),
+            from_vm(&f, Some(&t), &FrameClass::Malformed, &mut Site::zone(0), 1),
             Err(DropReason::CtInvalid)
         );
         // Nothing comes in without a connection: the reply of the UDP flow does.
@@ -340,19 +322,19 @@ mod tests {
         back[20..24].copy_from_slice(&[0x00, 0x35, 0x13, 0x88]);
         let reply = frame_class(false, &frame(false, 0x0800, &back));
         assert_eq!(
-            to_vm(policy, Some(&t), &reply, At::zone(0), 1, true),
+            to_vm(policy, Some(&t), &reply, &mut Site::zone(0), 1, true),
             Ok(true)
         );
         let mut other = back.clone();
         other[20..22].copy_from_slice(&[0x00, 0x36]);
         let unasked = frame_class(false, &frame(false, 0x0800, &other));
         assert_eq!(
-            to_vm(policy, Some(&t), &unasked, At::zone(0), 1, true),
+            to_vm(policy, Some(&t), &unasked, &mut Site::zone(0), 1, true),
             Err(DropReason::AclDenied)
         );
         // Without a table a stateful port fails closed.
         assert_eq!(
-            from_vm(&f, None, &udp, At::zone(0), 1),
+            from_vm(&f, None, &udp, &mut Site::zone(0), 1),
             Err(DropReason::CtFull)
         );
     }

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 use vringswitch_filter::conntrack;
-use vringswitch_filter::firewall::{self, Policy};
+use vringswitch_filter::firewall::{Policy, Site};
 use vringswitch_ports::counters::PortCounters;
 use vringswitch_ports::datapath::{
     EgressBurst, IngressBurst, KindVisitor, Polled, PortKind, ReceiveBurst, Scratch, SendBuilt,
@@ -36,7 +36,7 @@ use vringswitch_wire::ethernet::{rarp_announcement, EthernetFrame, MacAddr, RARP
 use crate::capture::{wall_clock_ns, PortCapture};
 use crate::fdb::{fdb_key, FdbCache};
 use crate::police::{Allowance, Policer};
-use crate::security_groups::{self, At, FrameClass, PortFilter};
+use crate::security_groups::{self, FrameClass, PortFilter};
 use crate::stats::cycles;
 use crate::topology::{BridgeRt, PortRt, Topology};
 use crate::vlan::{Ingress, VlanPolicy};
@@ -71,9 +71,9 @@ struct Slot {
     class: FrameClass,
     /// A port's security groups moved the frame's connection already: none after may.
     tracked: bool,
-    /// The hash of the frame's connection key in the table (an IP frame's, once
-    /// classified with a table): computed once for its prefetches and every lookup.
-    hash: u64,
+    /// Where the frame's connection is in the table (an IP frame's, once classified
+    /// with a table): made once for its prefetches and every port that judges it.
+    site: Site,
 }
 
 /// What a dropped frame is recorded with (it is never delivered).
@@ -116,7 +116,7 @@ impl Burst {
             held: false,
             class: FrameClass::default(),
             tracked: false,
-            hash: 0,
+            site: Site::default(),
         };
         Burst {
             slots: std::iter::repeat_with(empty).take(burst).collect(),
@@ -933,8 +933,8 @@ fn hold_back(
                 if !wanted(f) {
                     continue;
                 }
-                let at = at(f, dst_rt.bridge, table);
-                match security_groups::to_vm(policy, table, &f.class, at, now, !f.tracked) {
+                let site = &mut f.site;
+                match security_groups::to_vm(policy, table, &f.class, site, now, !f.tracked) {
                     Ok(tracked) => f.tracked |= tracked,
                     Err(reason) => {
                         f.held = true;
@@ -1027,31 +1027,23 @@ fn classify_burst(
         let n = copy_for_capture(src, f.frame.segs_in(segs), &FrameEdit::NONE, &mut bytes);
         f.class = security_groups::frame_class(f.ingress.tci.is_some(), &bytes[..n]);
         f.tracked = false;
+        let zone = conntrack::zone(bridge, f.ingress.vlan);
+        f.site = match (&f.class, table) {
+            (FrameClass::Ip(flow), Some(table)) => {
+                let site = Site::new(table, flow, zone);
+                table.prefetch(site.hash());
+                site
+            }
+            _ => Site::zone(zone),
+        };
     }
     let Some(table) = table else {
         return;
     };
-    for f in &mut b.slots[..b.len] {
-        if let FrameClass::Ip(flow) = &f.class {
-            let zone = conntrack::zone(bridge, f.ingress.vlan);
-            f.hash = table.hash_of(&firewall::key_of(flow, zone));
-            table.prefetch(f.hash);
-        }
-    }
     for f in &b.slots[..b.len] {
         if matches!(f.class, FrameClass::Ip(_)) {
-            table.prefetch_entries(f.hash);
+            table.prefetch_entries(f.site.hash());
         }
-    }
-}
-
-/// Where frame `f` of a classified burst is looked up in `table`, on bridge number
-/// `bridge`.
-#[inline]
-fn at(f: &Slot, bridge: usize, table: Option<&conntrack::Table>) -> At {
-    At {
-        zone: conntrack::zone(bridge, f.ingress.vlan),
-        hash: table.map(|_| f.hash),
     }
 }
 
@@ -1074,8 +1066,7 @@ fn filter_from_vm(
         if f.dest == Dest::Drop {
             continue;
         }
-        let at = at(f, from.rt.bridge, table);
-        match security_groups::from_vm(filter, table, &f.class, at, from.now) {
+        match security_groups::from_vm(filter, table, &f.class, &mut f.site, from.now) {
             Ok(tracked) => f.tracked = tracked,
             Err(reason) => {
                 f.dest = Dest::Drop;
