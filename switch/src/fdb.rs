@@ -404,10 +404,22 @@ pub const CACHE_CAPACITY: usize = 4096;
 
 /// A worker's private view of one bridge's FDB.
 pub struct FdbCache {
+    /// The shared table's generation the cache was last synced with: entries cached under
+    /// another are stale.
     generation: u64,
-    /// key -> (port, time this worker last wrote the entry to the shared table, or was
-    /// refused: then the entry is no destination, and only says when to try again)
-    map: HashMap<u64, (PortId, u64, bool), BuildHasherDefault<KeyHasher>>,
+    map: HashMap<u64, Cached, BuildHasherDefault<KeyHasher>>,
+}
+
+/// What a worker's cache knows of an address.
+#[derive(Debug, Clone, Copy)]
+struct Cached {
+    port: PortId,
+    /// When this worker last wrote the entry to the shared table, or was refused: then
+    /// the entry is no destination, and only says when to try again.
+    written: u64,
+    refused: bool,
+    /// The shared table's generation it was cached under.
+    generation: u64,
 }
 
 impl Default for FdbCache {
@@ -420,30 +432,47 @@ impl Default for FdbCache {
 }
 
 impl FdbCache {
-    /// Drops the cache if the shared table changed in a way that can make it wrong.
+    /// Forgets what the cache knows if the shared table changed in a way that can make it
+    /// wrong: its entries stay, stale, until overwritten, so that this costs the same
+    /// however many there are (a MAC address flapping between two ports changes the
+    /// table at every burst; clearing a map of this capacity wrote 8 KiB each time).
     #[inline]
     pub fn sync(&mut self, fdb: &Fdb) {
-        let g = fdb.generation();
-        if g != self.generation {
-            self.map.clear();
-            self.generation = g;
-        }
+        self.generation = fdb.generation();
     }
 
-    fn insert(&mut self, key: u64, value: (PortId, u64, bool)) {
+    /// The cache's current entry for `key`, if any.
+    #[inline]
+    fn get(&self, key: u64) -> Option<Cached> {
+        self.map
+            .get(&key)
+            .filter(|c| c.generation == self.generation)
+            .copied()
+    }
+
+    fn insert(&mut self, key: u64, port: PortId, written: u64, refused: bool) {
         if self.map.len() >= CACHE_CAPACITY && !self.map.contains_key(&key) {
             // Clearing keeps the allocation: no growth, no allocation on the hot path.
             self.map.clear();
         }
-        self.map.insert(key, value);
+        let generation = self.generation;
+        self.map.insert(
+            key,
+            Cached {
+                port,
+                written,
+                refused,
+                generation,
+            },
+        );
     }
 
     /// Learns a source address through the cache, within `port_limit` addresses for the
     /// port. A refused address is tried again a second later, not at every frame.
     #[inline]
     pub fn learn(&mut self, fdb: &Fdb, key: u64, port: PortId, now: u64, port_limit: usize) {
-        if let Some(&(p, t, _)) = self.map.get(&key) {
-            if p == port && now.saturating_sub(t) < REFRESH_S {
+        if let Some(c) = self.get(key) {
+            if c.port == port && now.saturating_sub(c.written) < REFRESH_S {
                 return;
             }
         }
@@ -452,25 +481,25 @@ impl FdbCache {
             Learned::Moved { .. } => {
                 // Our own move invalidated every cache, ours included.
                 self.sync(fdb);
-                self.insert(key, (port, now, false));
+                self.insert(key, port, now, false);
             }
-            Learned::New | Learned::Refreshed => self.insert(key, (port, now, false)),
-            Learned::Refused(_) => self.insert(key, (port, now, true)),
+            Learned::New | Learned::Refreshed => self.insert(key, port, now, false),
+            Learned::Refused(_) => self.insert(key, port, now, true),
         }
     }
 
     /// Looks a destination up, through the cache.
     #[inline]
     pub fn lookup(&mut self, fdb: &Fdb, key: u64) -> Option<PortId> {
-        match self.map.get(&key) {
-            Some(&(p, _, false)) => return Some(p),
+        match self.get(key) {
+            Some(c) if !c.refused => return Some(c.port),
             // Refused here a moment ago; another worker may have learnt it since.
-            Some(&(_, _, true)) => return fdb.lookup(key),
+            Some(_) => return fdb.lookup(key),
             None => {}
         }
         let p = fdb.lookup(key)?;
         // Time 0: the next time this address is a source here, it is written through.
-        self.insert(key, (p, 0, false));
+        self.insert(key, p, 0, false);
         Some(p)
     }
 }
@@ -628,6 +657,30 @@ mod tests {
         fdb.age(1000);
         b.sync(&fdb);
         assert_eq!(b.lookup(&fdb, k), None);
+    }
+
+    #[test]
+    fn a_cache_entry_from_before_a_move_elsewhere_is_not_trusted() {
+        let fdb = Fdb::new(300);
+        let (mut a, mut b) = (FdbCache::default(), FdbCache::default());
+        let k = fdb_key(mac(1), 0);
+        a.sync(&fdb);
+        b.sync(&fdb);
+        a.learn(&fdb, k, 1, 0, usize::MAX);
+        // Within the second, the address shows up on port 2 through worker b, then on port
+        // 1 again through a: a's entry (port 1, written at 0) is stale, so a writes through.
+        b.learn(&fdb, k, 2, 0, usize::MAX);
+        a.sync(&fdb);
+        a.learn(&fdb, k, 1, 0, usize::MAX);
+        assert_eq!(fdb.lookup(k), Some(1));
+        assert_eq!(fdb.counts().1, 2, "two moves");
+        // Flapping at every burst keeps following the address, and the cache its size.
+        for t in 0..100 {
+            a.sync(&fdb);
+            a.learn(&fdb, k, 1 + (t % 2) as PortId, 0, usize::MAX);
+            assert_eq!(a.lookup(&fdb, k), Some(1 + (t % 2) as PortId));
+        }
+        assert_eq!(a.map.len(), 1);
     }
 
     #[test]
