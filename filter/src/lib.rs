@@ -14,9 +14,9 @@
 //!   allows, the port's rules, the table and the tracker, each side of a connection
 //!   checked once under the rules' epoch, again when they change.
 //!
-//! What is built on it next (fragments, ICMP errors as related, per-port limits, the data
-//! path's call once per burst for ports with groups, the control plane) is in the
-//! design, not here yet.
+//! The switch (`vringswitch_switch::security_groups`) reads each frame's headers once per
+//! burst, makes its [`firewall::Site`] (key, hash, and the connection once found), and asks
+//! [`firewall`] for the verdict at each port with groups the frame crosses.
 #![deny(unsafe_code)]
 
 pub mod conntrack;

@@ -1024,7 +1024,18 @@ fn classify_burst(
     let segs = &b.segs;
     for f in &mut b.slots[..b.len] {
         let mut bytes = [0u8; security_groups::HEADER_LEN];
-        let n = copy_for_capture(src, f.frame.segs_in(segs), &FrameEdit::NONE, &mut bytes);
+        let n = match f.frame.segs_in(segs) {
+            // The usual frame, and every bounced one: in one buffer.
+            [one] => {
+                let n = (one.len as usize).min(bytes.len());
+                if src.read(one.addr, &mut bytes[..n]) {
+                    n
+                } else {
+                    0
+                }
+            }
+            more => copy_for_capture(src, more, &FrameEdit::NONE, &mut bytes),
+        };
         f.class = security_groups::frame_class(f.ingress.tci.is_some(), &bytes[..n]);
         f.tracked = false;
         let zone = conntrack::zone(bridge, f.ingress.vlan);
