@@ -30,8 +30,10 @@ pub struct PortFilter {
 const RARP: u16 = 0x8035;
 
 /// Most bytes of a frame the filter reads: Ethernet and a VLAN tag, IPv6 with extension
-/// headers, the transport header.
-pub const HEADER_LEN: usize = 128;
+/// headers, the transport header. They are delivered as judged ([`JUDGED_LEN`]).
+///
+/// [`JUDGED_LEN`]: vringswitch_ports::frame::JUDGED_LEN
+pub const HEADER_LEN: usize = vringswitch_ports::frame::JUDGED_LEN;
 
 /// What a frame is to the filter, read from its first `bytes` (at most [`HEADER_LEN`]),
 /// tagged or not as the decision found it. ARP keeps its sender's address for the

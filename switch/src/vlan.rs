@@ -166,11 +166,12 @@ impl VlanPolicy {
         let Ingress { vlan, tci } = ingress;
         // Every edit starts from the whole of `peek` (one 18-byte move, no zeroing) and
         // patches what changes.
-        edit.prefix = *peek;
+        let block = edit.vlan_block_mut();
+        *block = *peek;
         let (prefix_len, skip) = if self.native == Some(vlan) {
             match tci {
                 None => (UNTAGGED_HEADER_LEN, UNTAGGED_HEADER_LEN),
-                Some(_) => vlan::pop_tag(&mut edit.prefix, peek),
+                Some(_) => vlan::pop_tag(block, peek),
             }
         } else if !self.is_tagged(vlan) {
             return false;
@@ -178,8 +179,8 @@ impl VlanPolicy {
             match tci {
                 Some(t) if t & VID_MASK == vlan => (TAGGED_HEADER_LEN, TAGGED_HEADER_LEN),
                 // Re-tagged (from a priority tag): the priority bits are kept.
-                Some(t) => vlan::replace_tag(&mut edit.prefix, peek, (t & !VID_MASK) | vlan),
-                None => vlan::push_tag(&mut edit.prefix, peek, vlan),
+                Some(t) => vlan::replace_tag(block, peek, (t & !VID_MASK) | vlan),
+                None => vlan::push_tag(block, peek, vlan),
             }
         };
         edit.prefix_len = prefix_len as u8;
@@ -188,7 +189,7 @@ impl VlanPolicy {
     }
 }
 
-const _: () = assert!(PEEK_LEN == FrameEdit::MAX_PREFIX && PEEK_LEN == TAGGED_HEADER_LEN);
+const _: () = assert!(PEEK_LEN == FrameEdit::VLAN_PREFIX && PEEK_LEN == TAGGED_HEADER_LEN);
 
 #[cfg(test)]
 mod tests {

@@ -27,7 +27,9 @@ use vringswitch_ports::datapath::{
     SendBurst, Sent, Take, Taking, WaitSet,
 };
 use vringswitch_ports::frame::view::MemView;
-use vringswitch_ports::frame::{self, FrameEdit, FrameMem, IngressFrame, Seg, MAX_SEGS, PEEK_LEN};
+use vringswitch_ports::frame::{
+    self, FrameEdit, FrameMem, IngressFrame, Seg, JUDGED_LEN, MAX_SEGS, PEEK_LEN,
+};
 use vringswitch_ports::offload::software::{self, Outgoing, Sent as OffloadSent};
 use vringswitch_ports::offload::{OffloadCaps, VnetHeader, VnetOffloads};
 use vringswitch_ports::{Attachment, DropReason, OffloadAction, PortId};
@@ -71,6 +73,9 @@ struct Slot {
     class: FrameClass,
     /// A port's security groups moved the frame's connection already: none after may.
     tracked: bool,
+    /// How many of the frame's first bytes were read into its [`Burst::heads`] entry
+    /// (meaningful once [`Burst::classified`]).
+    head_len: u8,
     /// Where the frame's connection is in the table (an IP frame's, once classified
     /// with a table): made once for its prefetches and every port that judges it.
     site: Site,
@@ -95,6 +100,13 @@ struct Burst {
     /// The frames' headers were read for security groups ([`Slot::class`]): done once per
     /// burst, by the first port with a filter that sees it.
     classified: bool,
+    /// Each frame's first bytes as security groups judged them (once [`Self::classified`]),
+    /// one entry per slot.
+    heads: Vec<[u8; JUDGED_LEN]>,
+    /// The frames are where their sender put them (not copied into the worker's memory,
+    /// see [`bounce_burst`]): once judged, each is delivered with its judged bytes
+    /// ([`Self::heads`]) in place of the sender's.
+    in_place: bool,
 }
 
 impl Burst {
@@ -104,6 +116,7 @@ impl Burst {
         self.len = 0;
         self.offloads = false;
         self.classified = false;
+        self.in_place = true;
         self.segs.clear();
         self.targets.clear();
     }
@@ -116,6 +129,7 @@ impl Burst {
             held: false,
             class: FrameClass::default(),
             tracked: false,
+            head_len: 0,
             site: Site::default(),
         };
         Burst {
@@ -126,6 +140,8 @@ impl Burst {
             offloads: false,
             scratch: Scratch::new(burst),
             classified: false,
+            heads: vec![[0; JUDGED_LEN]; burst],
+            in_place: true,
         }
     }
 }
@@ -624,10 +640,14 @@ fn deliver_burst(
         b.targets.clear();
         b.targets.extend(flood_targets(topology, from.id, from.rt));
     }
-    // Security groups judge the frames where they lie; were that the sender's memory, it
-    // could change a frame between the verdict and the copy. Judged and copied from the
-    // worker's own copy instead, on bridges with groups only.
-    let mut src_view = if from.rt.filter.is_some() || topology.bridges[from.rt.bridge].guarded {
+    // Security groups judge a copy of each frame's headers; the sender could change the
+    // frame meanwhile, so the judged bytes are what is delivered (`Burst::heads`, written
+    // in place of the sender's during the one copy). A frame the switch may have to finish
+    // (a checksum, TSO segments) has its headers read again on the way: a burst holding one
+    // is judged and copied from the worker's own copy instead, on bridges with groups only.
+    let guarded = from.rt.filter.is_some() || topology.bridges[from.rt.bridge].guarded;
+    let mut src_view = if guarded && asks_offloads(b) {
+        b.in_place = false;
         bounce_burst(worker, from, bounce, b)
     } else {
         MemView::new(from.mem)
@@ -955,6 +975,13 @@ fn hold_back(
     }
 }
 
+/// Whether a frame of `b` asks its receivers for an offload the switch may have to do for
+/// them (see `send_offloaded`).
+#[inline]
+fn asks_offloads(b: &Burst) -> bool {
+    b.offloads && b.slots[..b.len].iter().any(|f| f.frame.vnet.flags != 0)
+}
+
 /// Room for one frame in the bounce memory: the largest frame, rounded to a cache line.
 const BOUNCE_STRIDE: usize = (frame::MAX_FRAME_LEN + 63) & !63;
 
@@ -1022,8 +1049,7 @@ fn classify_burst(
     }
     b.classified = true;
     let segs = &b.segs;
-    for f in &mut b.slots[..b.len] {
-        let mut bytes = [0u8; security_groups::HEADER_LEN];
+    for (f, bytes) in b.slots[..b.len].iter_mut().zip(b.heads.iter_mut()) {
         let n = match f.frame.segs_in(segs) {
             // The usual frame, and every bounced one: in one buffer.
             [one] => {
@@ -1034,8 +1060,9 @@ fn classify_burst(
                     0
                 }
             }
-            more => copy_for_capture(src, more, &FrameEdit::NONE, &mut bytes),
+            more => copy_for_capture(src, more, &FrameEdit::NONE, bytes),
         };
+        f.head_len = n as u8;
         f.class = security_groups::frame_class(f.ingress.tci.is_some(), &bytes[..n]);
         f.tracked = false;
         let zone = conntrack::zone(bridge, f.ingress.vlan);
@@ -1157,6 +1184,7 @@ fn deliver_wanted(
     let burst = ToPort {
         src,
         frames,
+        heads: (b.classified && b.in_place).then_some(&b.heads[..b.len]),
         segs: &b.segs,
         offloads: b.offloads,
         policy: &dst_rt.vlan,
@@ -1199,6 +1227,9 @@ impl<'m, S: SendBurst<'m>> KindVisitor for Send<'_, S> {
 struct ToPort<'b, 'v, 'm, W> {
     src: &'v mut MemView<'m>,
     frames: &'b [Slot],
+    /// The frames' judged first bytes, to deliver in place of the sender's (see
+    /// [`Burst::in_place`]).
+    heads: Option<&'b [[u8; JUDGED_LEN]]>,
     segs: &'b [Seg],
     /// The frames' virtio-net headers were read (see [`Burst::offloads`]).
     offloads: bool,
@@ -1214,6 +1245,7 @@ impl<'m, W: Fn(&Slot) -> bool> SendBurst<'m> for ToPort<'_, '_, 'm, W> {
         let ToPort {
             src,
             frames,
+            heads,
             segs,
             offloads,
             policy,
@@ -1222,11 +1254,11 @@ impl<'m, W: Fn(&Slot) -> bool> SendBurst<'m> for ToPort<'_, '_, 'm, W> {
             wanted,
         } = self;
         if let Some(cap) = capture {
-            capture_to_vm(cap, policy, src, frames, segs, &wanted);
+            capture_to_vm(cap, policy, src, frames, heads, segs, &wanted);
         }
         let mut sent = Sent::default();
         let mut edit = FrameEdit::NONE;
-        for f in frames {
+        for (i, f) in frames.iter().enumerate() {
             if !wanted(f) {
                 continue;
             }
@@ -1234,6 +1266,11 @@ impl<'m, W: Fn(&Slot) -> bool> SendBurst<'m> for ToPort<'_, '_, 'm, W> {
             if !policy.egress_into(f.ingress, &frame.peek, &mut edit) {
                 counters.add_drop(DropReason::VlanFiltered, 1);
                 continue;
+            }
+            if let Some(heads) = heads {
+                // A frame too short for its edit was judged malformed (only a port
+                // without groups gets it): sent as it is.
+                edit.carry_head(&heads[i][..usize::from(f.head_len)]);
             }
             if offloads && frame.vnet.flags != 0 {
                 // Only a frame whose source asked for an offload (see `accept_offload`).
@@ -1346,6 +1383,7 @@ fn capture_to_vm(
     policy: &VlanPolicy,
     src: &mut MemView<'_>,
     frames: &[Slot],
+    heads: Option<&[[u8; JUDGED_LEN]]>,
     segs: &[Seg],
     wanted: impl Fn(&Slot) -> bool,
 ) {
@@ -1354,10 +1392,14 @@ fn capture_to_vm(
     }
     let mut burst = cap.burst(wall_clock_ns());
     let mut edit = FrameEdit::NONE;
-    for f in frames.iter().filter(|f| wanted(f)) {
+    for (i, f) in frames.iter().enumerate().filter(|(_, f)| wanted(f)) {
         let frame = &f.frame;
         if !policy.egress_into(f.ingress, &frame.peek, &mut edit) {
             continue;
+        }
+        if let Some(heads) = heads {
+            // What is delivered (see `ToPort::send_to`).
+            edit.carry_head(&heads[i][..usize::from(f.head_len)]);
         }
         let Some(len) = edit.out_len(frame.len) else {
             continue;
@@ -1698,5 +1740,121 @@ mod tests {
         bounce_burst(0, &from, &bounce, &mut b);
         assert_eq!(b.slots[0].dest, Dest::Drop);
         assert_eq!(drops(&t, 0, DropReason::BadDescriptor), 1);
+    }
+
+    /// A port that records each frame as it would be written: the edit's prefix, then the
+    /// source's bytes after the bytes it replaces.
+    #[derive(Default)]
+    struct Recorder(Vec<Vec<u8>>);
+
+    impl<'m> EgressBurst<'m> for Recorder {
+        fn offloads(&self) -> OffloadCaps {
+            OffloadCaps::NONE
+        }
+
+        type Built<'p> = &'p mut Self;
+
+        fn built(&mut self) -> &mut Self {
+            self
+        }
+
+        fn send(
+            &mut self,
+            src: &mut MemView<'m>,
+            segs: &[Seg],
+            len: u32,
+            edit: &FrameEdit,
+        ) -> Result<u32, DropReason> {
+            let skip = usize::from(edit.skip);
+            let mut rest = vec![0u8; len as usize - skip];
+            assert!(src.read_frame(segs, skip, &mut rest));
+            self.0.push([edit.prefix(), &rest[..]].concat());
+            Ok(len)
+        }
+    }
+
+    impl<'m> SendBuilt<'m> for Recorder {
+        fn send_built(
+            &mut self,
+            _: &mut MemView<'m>,
+            _: &[Seg],
+            _: &Outgoing<'_>,
+        ) -> Result<u32, DropReason> {
+            unreachable!("no offloads asked")
+        }
+    }
+
+    #[test]
+    fn a_judged_frame_in_place_is_delivered_with_the_headers_judged_whatever_the_sender_writes() {
+        let guest = frame::host_memory(1 << 16).unwrap();
+        let t = topology();
+        // 10.0.0.1:5000 -> 10.0.0.2:53 over UDP, 200 bytes: the first 128 are judged.
+        let mut f: Vec<u8> = [mac(2), mac(1)].concat();
+        f.extend_from_slice(&[0x08, 0x00]);
+        f.extend_from_slice(&[
+            0x45, 0, 0, 186, 0, 1, 0, 0, 64, 17, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2,
+        ]);
+        f.extend_from_slice(&[0x13, 0x88, 0x00, 0x35, 0, 166, 0, 0]);
+        f.resize(200, 0x11);
+        guest.write_slice(&f, GuestAddress(0x100)).unwrap();
+        let mut b = Burst::new(1);
+        b.start();
+        let mut peek = [0u8; PEEK_LEN];
+        peek.copy_from_slice(&f[..PEEK_LEN]);
+        b.slots[0].frame = IngressFrame::in_one_buffer(7, 0x100, 200, peek);
+        b.slots[0].dest = Dest::Flood;
+        b.slots[0].ingress = Ingress {
+            vlan: 10,
+            tci: None,
+        };
+        b.len = 1;
+        let mut view = MemView::new(&guest);
+        classify_burst(&mut view, &mut b, None, 0);
+        let FrameClass::Ip(flow) = b.slots[0].class else {
+            panic!("classified {:?}", b.slots[0].class)
+        };
+        assert_eq!(
+            flow.l4,
+            vringswitch_filter::L4::Ports {
+                src: 5000,
+                dst: 53,
+                tcp_flags: 0
+            }
+        );
+        // After the verdict the sender makes it a frame to port 22, and changes its payload.
+        guest
+            .write_slice(&[0x00, 0x16], GuestAddress(0x100 + 36))
+            .unwrap();
+        guest
+            .write_slice(&[0x22; 72], GuestAddress(0x100 + 128))
+            .unwrap();
+        // In VLAN 10, to its access port and to a trunk (a tag pushed).
+        for (dst, tagged) in [(1, false), (2, true)] {
+            let dst_rt = t.port(dst).unwrap();
+            let counters = dst_rt.handle.stats().slot(0);
+            let mut got = Recorder::default();
+            let burst = ToPort {
+                src: &mut view,
+                frames: &b.slots[..1],
+                heads: (b.classified && b.in_place).then_some(&b.heads[..1]),
+                segs: &b.segs,
+                offloads: false,
+                policy: &dst_rt.vlan,
+                capture: None,
+                counters,
+                wanted: |_: &Slot| true,
+            };
+            assert_eq!(burst.send_to(&mut got).packets, 1);
+            let mut want = f.clone();
+            want[128..].fill(0x22);
+            if tagged {
+                want.splice(12..12, [0x81, 0x00, 0x00, 10]);
+            }
+            assert_eq!(
+                got.0,
+                [want],
+                "to port {dst}: judged headers, the payload as it is now"
+            );
+        }
     }
 }

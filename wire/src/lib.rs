@@ -8,6 +8,7 @@
 //!   or rewrite it during a frame's one copy;
 //! - [`ip`] and [`tcp`]: IPv4, IPv6 and TCP headers, read and rewritten (segmentation);
 //! - [`virtio_net`]: the virtio-net header (`struct virtio_net_hdr`);
+//! - [`vxlan`]: the VXLAN header and the outer IPv4 and UDP headers of a tunnel's packets;
 //! - [`checksum`]: the Internet checksum (RFC 1071), summed in any number of pieces (the
 //!   one module with `unsafe`: it sums guest memory where it lies).
 #![deny(unsafe_code)]
@@ -18,6 +19,7 @@ pub mod ip;
 pub mod tcp;
 pub mod virtio_net;
 pub mod vlan;
+pub mod vxlan;
 
 pub use checksum::Checksum;
 pub use ethernet::{EthernetFrame, MacAddr};

@@ -80,9 +80,15 @@ pub struct Seg {
     pub len: u32,
 }
 
+/// Most bytes of a frame's start the switch judges on a copy of its own (security groups'
+/// headers) and then writes from that copy ([`FrameEdit::carry_head`]), so that a sender
+/// cannot change what was judged before it is delivered.
+pub const JUDGED_LEN: usize = 128;
+
 /// How a frame is changed on its way out, without a second copy: the first `skip` bytes of
 /// the source frame are replaced by `prefix[..prefix_len]` (from the host), the rest is
-/// copied from the source VM as usual. Used to add, remove or rewrite an 802.1Q tag.
+/// copied from the source VM as usual. Used to add, remove or rewrite an 802.1Q tag, and to
+/// write a judged frame's headers from the switch's copy ([`Self::carry_head`]).
 ///
 /// The bytes of `prefix` past `prefix_len` mean nothing (an edit is cheaper to build when
 /// they need not be zeroed), and two edits are equal when they write the same frame.
@@ -94,8 +100,12 @@ pub struct FrameEdit {
 }
 
 impl FrameEdit {
-    /// Longest prefix: two MAC addresses, one 802.1Q tag and the EtherType after it.
-    pub const MAX_PREFIX: usize = 18;
+    /// Longest VLAN edit's prefix: two MAC addresses, one 802.1Q tag and the EtherType
+    /// after it.
+    pub const VLAN_PREFIX: usize = 18;
+    /// Longest prefix: a VLAN edit's (replacing at least the 12 bytes of the addresses)
+    /// and the rest of a judged frame's first [`JUDGED_LEN`] bytes.
+    pub const MAX_PREFIX: usize = Self::VLAN_PREFIX + JUDGED_LEN - 12;
     /// The frame as it is.
     pub const NONE: FrameEdit = FrameEdit {
         prefix: [0; FrameEdit::MAX_PREFIX],
@@ -116,6 +126,49 @@ impl FrameEdit {
     #[inline]
     pub fn prefix(&self) -> &[u8] {
         &self.prefix[..usize::from(self.prefix_len).min(Self::MAX_PREFIX)]
+    }
+
+    /// The first [`Self::VLAN_PREFIX`] bytes of the prefix array (the whole prefix of any
+    /// VLAN edit, padding after it): what the fast paths move as one fixed-size block.
+    #[inline(always)]
+    pub fn vlan_block(&self) -> &[u8; Self::VLAN_PREFIX] {
+        let (block, _) = self
+            .prefix
+            .split_first_chunk()
+            .expect("MAX_PREFIX >= VLAN_PREFIX");
+        block
+    }
+
+    /// [`Self::vlan_block`], to build a VLAN edit in.
+    #[inline(always)]
+    pub fn vlan_block_mut(&mut self) -> &mut [u8; Self::VLAN_PREFIX] {
+        let (block, _) = self
+            .prefix
+            .split_first_chunk_mut()
+            .expect("MAX_PREFIX >= VLAN_PREFIX");
+        block
+    }
+
+    /// Makes the edit write the frame's first `head.len()` bytes (at most [`JUDGED_LEN`])
+    /// from `head`, the switch's copy of them, after its own prefix: the source's bytes are
+    /// copied from there on. False, the edit unchanged, if `head` is shorter than the bytes
+    /// the edit replaces already, or longer than [`JUDGED_LEN`].
+    #[inline]
+    pub fn carry_head(&mut self, head: &[u8]) -> bool {
+        let p = self.prefix().len();
+        let Some(rest) = head.get(usize::from(self.skip)..) else {
+            return false;
+        };
+        let Some(to) = self.prefix.get_mut(p..p + rest.len()) else {
+            return false;
+        };
+        if head.len() > JUDGED_LEN {
+            return false;
+        }
+        to.copy_from_slice(rest);
+        self.prefix_len = (p + rest.len()) as u8;
+        self.skip = head.len() as u8;
+        true
     }
 }
 
@@ -226,5 +279,58 @@ impl IngressFrame {
         } else {
             &all[self.seg_start as usize..self.seg_end as usize]
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A frame's first 60 bytes: 0, 1, 2...
+    fn head() -> Vec<u8> {
+        (0..60).collect()
+    }
+
+    /// The VLAN edit that pushes tag 5 onto an untagged frame starting with `head`.
+    fn push_tag(head: &[u8]) -> FrameEdit {
+        let mut e = FrameEdit::NONE;
+        e.prefix[..12].copy_from_slice(&head[..12]);
+        e.prefix[12..16].copy_from_slice(&[0x81, 0x00, 0x00, 0x05]);
+        (e.prefix_len, e.skip) = (16, 12);
+        e
+    }
+
+    #[test]
+    fn a_carried_head_follows_the_edit_and_the_source_is_copied_after_it() {
+        let h = head();
+        let mut plain = FrameEdit::NONE;
+        assert!(plain.carry_head(&h));
+        assert_eq!((plain.prefix(), plain.skip), (&h[..], 60));
+        assert_eq!(plain.out_len(1000), Some(1000));
+        let mut tagged = push_tag(&h);
+        assert!(tagged.carry_head(&h));
+        let mut want = push_tag(&h).prefix().to_vec();
+        want.extend_from_slice(&h[12..]);
+        assert_eq!((tagged.prefix(), tagged.skip), (&want[..], 60));
+        assert_eq!(tagged.out_len(1000), Some(1004));
+        assert_eq!(&tagged.vlan_block()[..16], push_tag(&h).prefix());
+        // The longest head after the longest VLAN prefix fits.
+        let long: Vec<u8> = (0..JUDGED_LEN as u8).collect();
+        let mut e = push_tag(&long);
+        (e.prefix_len, e.skip) = (18, 12);
+        assert!(e.carry_head(&long));
+        assert_eq!(e.prefix().len(), FrameEdit::MAX_PREFIX);
+    }
+
+    #[test]
+    fn a_head_shorter_than_the_edit_or_longer_than_judged_is_not_carried() {
+        let h = head();
+        let mut e = push_tag(&h);
+        assert!(!e.carry_head(&h[..11]));
+        assert_eq!(e, push_tag(&h));
+        let long = vec![0u8; JUDGED_LEN + 1];
+        let mut plain = FrameEdit::NONE;
+        assert!(!plain.carry_head(&long));
+        assert_eq!(plain, FrameEdit::NONE);
     }
 }

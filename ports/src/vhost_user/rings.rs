@@ -59,7 +59,7 @@ pub const RX_BURST_DESCS: u32 = 16_384;
 pub const VNET_HDR_MAX: usize = 12;
 /// The block [`rx_head`] builds: the longest run of host bytes written before a frame's
 /// copied part (a 12-byte header and an 18-byte prefix), rounded up to two 16-byte moves.
-const HEAD_BLOCK: usize = 32;
+const HEAD_BLOCK: usize = (VNET_HDR_MAX + FrameEdit::MAX_PREFIX + 15) & !15;
 const _: () = assert!(VNET_HDR_MAX + FrameEdit::MAX_PREFIX <= HEAD_BLOCK);
 /// Result of popping one TX chain: the frame itself ([`RingView::pop_tx`]), or `()` when it
 /// was written where the caller asked ([`RingView::pop_tx_into`]).
@@ -676,10 +676,15 @@ fn rx_head(hdr_len: usize, edit: &FrameEdit, num_buffers: u16) -> ([u8; HEAD_BLO
     // and the prefix starts over it.
     head[..VNET_HDR_MAX].copy_from_slice(&vnet_header(num_buffers));
     let hdr_len = hdr_len.min(VNET_HDR_MAX);
-    // The whole prefix array (a fixed-size move); only its first `prefix().len()` bytes
-    // count.
-    head[hdr_len..hdr_len + FrameEdit::MAX_PREFIX].copy_from_slice(&edit.prefix);
-    (head, hdr_len + edit.prefix().len())
+    // A VLAN edit's prefix as its whole block (a fixed-size move; only its first
+    // `prefix().len()` bytes count); a longer one (a judged frame's headers) as it is.
+    let prefix = edit.prefix();
+    if prefix.len() <= FrameEdit::VLAN_PREFIX {
+        head[hdr_len..hdr_len + FrameEdit::VLAN_PREFIX].copy_from_slice(edit.vlan_block());
+    } else {
+        head[hdr_len..hdr_len + prefix.len()].copy_from_slice(prefix);
+    }
+    (head, hdr_len + prefix.len())
 }
 
 /// The 12-byte virtio-net header of a received frame spread over `num_buffers` chains that

@@ -623,8 +623,10 @@ fn deliver_in_one_buffer(
         // where the bytes are: a block assembled first, and a run-time length, had cost a
         // copy and a memcpy call per frame (callgrind).
         let hdr = vnet_header(1);
-        let written = if need as usize >= VNET_HDR_MAX + FrameEdit::MAX_PREFIX {
-            dst.write_array(VNET_HDR_MAX, &edit.prefix)
+        let written = if prefix.len() <= FrameEdit::VLAN_PREFIX
+            && need as usize >= VNET_HDR_MAX + FrameEdit::VLAN_PREFIX
+        {
+            dst.write_array(VNET_HDR_MAX, edit.vlan_block())
         } else {
             write_short(&dst, VNET_HDR_MAX, prefix)
         };
