@@ -84,7 +84,7 @@ cargo test -p vringswitch-tests --lib --test switching --test lifecycle --test o
     --test hostile --test memory_changes --test soak --test restart --test fairness \
     --test local_security --test capture --test tap_ports --test afxdp_ports --test offloads \
     --test migration --test tenant_isolation --test policing --test trace --test mirror --test security_groups \
-    --test handover
+    --test handover --test vxlan_ports
 
 # The fuzz targets (their own workspace, run with nightly: docs/fuzzing.md) must keep
 # compiling against the code they fuzz.

@@ -23,6 +23,7 @@ pub use port::vhost_user::{
     check_queues, check_socket_path, default_socket, SocketMode, VhostUserSettings,
     CLIENT_SOCKET_SUBDIR,
 };
+pub use port::vxlan::{VxlanControl, VxlanSettings};
 pub use port::{
     check_ifname, check_port_settings, FieldError, KindSettings, KindSpec, KindWords, Live,
     PortSpec, PortType, MAX_IFNAME,

@@ -10,13 +10,16 @@ use vringswitch_metrics::Snapshot;
 use vringswitch_switch::Switch;
 
 /// Reasons that point at a guest or its driver doing something wrong.
-const GUEST_FAULTS: [&str; 6] = [
+const GUEST_FAULTS: [&str; 8] = [
     "bad_descriptor",
     "too_big",
     "invalid_src_mac",
     "mac_spoofed",
     "bad_offload",
     "ip_spoofed",
+    // A tunnel's peers: the network, rather than a guest, doing something wrong.
+    "unknown_vtep",
+    "bad_tunnel",
 ];
 
 /// Drops of one port that grew between two readings.

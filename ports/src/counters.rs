@@ -54,11 +54,17 @@ pub enum DropReason {
     /// A port with `allowed_ips`: the frame's source IP (an ARP or neighbour discovery
     /// sender too) is not one of them.
     IpSpoofed,
+    /// A tunnel port: a packet from an address that is no tunnel end of its segment (not
+    /// in its static list, not named by the control plane). Counted on the tunnel port.
+    UnknownVtep,
+    /// A tunnel port: a packet from a tunnel end that is not VXLAN (no VNI flag), carries
+    /// another VNI, or less than an Ethernet header.
+    BadTunnel,
 }
 
 impl DropReason {
     /// Every reason, in a stable order.
-    pub const ALL: [DropReason; 15] = [
+    pub const ALL: [DropReason; 17] = [
         DropReason::NoRxBuffer,
         DropReason::BadDescriptor,
         DropReason::TooBig,
@@ -74,6 +80,8 @@ impl DropReason {
         DropReason::CtInvalid,
         DropReason::CtFull,
         DropReason::IpSpoofed,
+        DropReason::UnknownVtep,
+        DropReason::BadTunnel,
     ];
 
     /// Label value used in metrics.
@@ -94,6 +102,8 @@ impl DropReason {
             DropReason::CtInvalid => "ct_invalid",
             DropReason::CtFull => "ct_full",
             DropReason::IpSpoofed => "ip_spoofed",
+            DropReason::UnknownVtep => "unknown_vtep",
+            DropReason::BadTunnel => "bad_tunnel",
         }
     }
 

@@ -7,7 +7,8 @@
 //! [`frame`] is what every kind shares: frames, the memory they lie in, and how they change
 //! on the way out. [`socket_file`] binds socket files without taking a live one from another process.
 //! [`tap`] ports carry frames to and from the host's kernel through a TAP interface, and
-//! [`afxdp`] ports through an AF_XDP socket on a queue of a host interface.
+//! [`afxdp`] ports through an AF_XDP socket on a queue of a host interface; [`vxlan`] ports
+//! carry a bridge's frames to and from other hosts in VXLAN tunnels.
 #![deny(unsafe_code)]
 
 pub mod afxdp;
@@ -23,6 +24,7 @@ pub mod port;
 pub mod socket_file;
 pub mod tap;
 pub mod vhost_user;
+pub mod vxlan;
 
 pub use counters::{DropReason, OffloadAction, PortCounters, PortStats};
 pub use port::{Attachment, PortHandle, PortId};

@@ -22,6 +22,7 @@ use crate::datapath::{KindVisitor, PortStatus};
 use crate::frame::FrameMem;
 use crate::tap::TapQueue;
 use crate::vhost_user::VhostUserQueues;
+use crate::vxlan::VxlanQueue;
 
 /// Stable identifier of a port for the lifetime of the daemon (never reused).
 pub type PortId = u32;
@@ -108,6 +109,9 @@ port_kinds! {
     /// An AF_XDP socket on a queue of a host interface, and its UMEM.
     AfXdp(AfXdpQueue) started by crate::afxdp::start_port,
         taken over by crate::afxdp::take_over_port,
+    /// A VXLAN tunnel's sockets, receive buffers and remote ends.
+    Vxlan(VxlanQueue) started by crate::vxlan::start_port,
+        taken over by crate::vxlan::take_over_port,
 }
 
 /// A port's running side, whatever its kind: what serves it (a connection thread, an

@@ -2,7 +2,8 @@
 //! schema ([`PortSpec`]), flat as users write it and tagged by `type`.
 //!
 //! What every port has (its name, bridge, VLANs, port security, policers) is here; each
-//! kind's own settings are a type in this folder ([`vhost_user`], [`tap`], [`afxdp`]) with
+//! kind's own settings are a type in this folder ([`vhost_user`], [`tap`], [`afxdp`],
+//! [`vxlan`]) with
 //! its checks and defaults, listed once in [`port_kinds!`]. A port is read from its fields
 //! one by one ([`PortSpec::from_fields`]), so that whoever reads it (the TOML file with
 //! its line numbers, the API's JSON) learns which field is wrong.
@@ -10,6 +11,7 @@
 pub mod afxdp;
 pub mod tap;
 pub mod vhost_user;
+pub mod vxlan;
 
 use std::path::Path;
 
@@ -23,6 +25,7 @@ use crate::{
 pub use afxdp::AfXdpSettings;
 pub use tap::TapSettings;
 pub use vhost_user::VhostUserSettings;
+pub use vxlan::{VxlanControl, VxlanSettings};
 
 /// What is wrong with a port as given, and in which of its fields (none: the port as a
 /// whole, such as a field missing).
@@ -239,6 +242,9 @@ port_kinds! {
     /// An AF_XDP socket on one queue of a host interface: frames to and from the wire (or
     /// a veth) without the host's network stack.
     AfXdp = "afxdp", "an", AfXdpSettings;
+    /// A VXLAN tunnel to the other hosts of the segment (RFC 7348): the bridge's frames to
+    /// and from VMs elsewhere, learnt through BGP EVPN or from a static list of hosts.
+    Vxlan = "vxlan", "a", VxlanSettings;
 }
 
 impl std::fmt::Display for PortType {

@@ -397,13 +397,45 @@ impl<'m> MemView<'m> {
         skip: usize,
         len: usize,
     ) -> std::io::Result<usize> {
-        let bad =
-            |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidInput, what.to_owned());
         let empty = libc::iovec {
             iov_base: std::ptr::null_mut(),
             iov_len: 0,
         };
         let mut iov = [empty; MAX_WRITE_PIECES];
+        let n = self.gather_iovecs(&mut iov, heads, segs, skip, len)?;
+        // SAFETY: the first `n` iovecs point at `heads` (our own slices, borrowed for the
+        // call) or at guest memory valid for their lengths (gather_iovecs); writev only
+        // reads them.
+        let r = unsafe {
+            libc::writev(
+                std::os::fd::AsRawFd::as_raw_fd(&fd),
+                iov.as_ptr(),
+                n as libc::c_int,
+            )
+        };
+        if r < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(r as usize)
+        }
+    }
+
+    /// Fills the first entries of `iov` with `heads` (host bytes; empty ones left out) then
+    /// the host ranges of `len` bytes of guest memory from the ranges of `segs`, skipping
+    /// their first `skip` bytes (a segment crossing a region boundary is two entries), for
+    /// a system call that reads them while `heads` and this view's memory are borrowed.
+    /// Returns how many entries it filled; fails if `iov` is too short or a range is not
+    /// memory of this view.
+    pub fn gather_iovecs(
+        &mut self,
+        iov: &mut [libc::iovec],
+        heads: &[&[u8]],
+        segs: &[Seg],
+        skip: usize,
+        len: usize,
+    ) -> std::io::Result<usize> {
+        let bad =
+            |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidInput, what.to_owned());
         let mut n = 0;
         for head in heads.iter().filter(|h| !h.is_empty()) {
             let slot = iov.get_mut(n).ok_or_else(|| bad("too many pieces"))?;
@@ -413,6 +445,7 @@ impl<'m> MemView<'m> {
             };
             n += 1;
         }
+        let mut left = len;
         for (mut addr, mut want) in frame_ranges(segs, skip, len) {
             // Each step takes at least one byte: bounded by the range's length.
             while want > 0 {
@@ -426,24 +459,14 @@ impl<'m> MemView<'m> {
                 };
                 n += 1;
                 want -= got;
+                left -= got;
                 addr += got as u64;
             }
         }
-        // SAFETY: the first `n` iovecs point at `heads` (our own slices, borrowed for the
-        // call) or at guest memory valid for their lengths (piece, within a region that
-        // lives for 'm); writev only reads them.
-        let r = unsafe {
-            libc::writev(
-                std::os::fd::AsRawFd::as_raw_fd(&fd),
-                iov.as_ptr(),
-                n as libc::c_int,
-            )
-        };
-        if r < 0 {
-            Err(std::io::Error::last_os_error())
-        } else {
-            Ok(r as usize)
+        if left > 0 {
+            return Err(bad("the segments hold fewer bytes than the frame"));
         }
+        Ok(n)
     }
 
     /// Writes a frame at `dst_addr` of this view's memory: `prefix` (host bytes) then `len`

@@ -1,0 +1,323 @@
+//! A VXLAN tunnel port's settings: its VNI, this host's tunnel end (VTEP) address and UDP
+//! port, and how it learns the other ends: from BGP EVPN (through FRR) or from a static
+//! list, as OVS's `type=vxlan` interfaces take `options:key` and `options:remote_ip`.
+
+use std::net::Ipv4Addr;
+
+use serde::{Deserialize, Serialize};
+
+use super::{FieldError, KindSettings, KindWords, Live};
+
+/// The largest VNI (24 bits).
+pub const MAX_VNI: u32 = (1 << 24) - 1;
+/// VXLAN's IANA port, a tunnel port's when left out.
+pub const DEFAULT_UDP_PORT: u16 = 4789;
+/// Most remote tunnel ends a static port lists.
+pub const MAX_REMOTES: usize = 1024;
+
+/// How a tunnel port learns the other ends of its segment and the MAC addresses behind
+/// them.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum VxlanControl {
+    /// BGP EVPN through FRR (RFC 7432, RFC 8365): the local MACs advertised, the remote
+    /// ones and the flood list installed from the routes.
+    #[default]
+    Evpn,
+    /// A configured list of remote ends (`remotes`): broadcast and unknown frames go to
+    /// each, MAC addresses are learnt from what arrives (flood and learn).
+    Static,
+}
+
+impl std::fmt::Display for VxlanControl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            VxlanControl::Evpn => "evpn",
+            VxlanControl::Static => "static",
+        })
+    }
+}
+
+/// What only VXLAN ports have.
+// Without `deny_unknown_fields`, as the other kinds (see TapSettings).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize, utoipa::ToSchema)]
+pub struct VxlanSettings {
+    /// The VXLAN network identifier the segment has on the wire (1 to 16777215).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 16777215)]
+    pub vni: Option<u32>,
+    /// This host's tunnel end: an IPv4 address of the host, the source of what the port
+    /// sends and where it receives.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(format = Ipv4)]
+    pub local: Option<String>,
+    /// The UDP port tunnel packets are sent to and received on (4789 when left out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 65535, default = 4789)]
+    pub udp_port: Option<u16>,
+    /// How the other ends are learnt (`evpn` when left out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control: Option<VxlanControl>,
+    /// With `control = "static"`: the other ends' addresses (IPv4, up to 1024, this host's
+    /// own excluded). Only these are sent to and received from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_items = 1024)]
+    pub remotes: Option<Vec<String>>,
+}
+
+impl VxlanSettings {
+    pub const FIELDS: &'static [&'static str] = &["vni", "local", "udp_port", "control", "remotes"];
+
+    /// The VNI (checked: present).
+    pub fn vni(&self) -> u32 {
+        self.vni.unwrap_or(0)
+    }
+
+    /// This host's tunnel end (checked: present and an IPv4 address).
+    pub fn local_addr(&self) -> Ipv4Addr {
+        self.local
+            .as_deref()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(Ipv4Addr::UNSPECIFIED)
+    }
+
+    /// The UDP port.
+    pub fn udp_port(&self) -> u16 {
+        self.udp_port.unwrap_or(DEFAULT_UDP_PORT)
+    }
+
+    pub fn control(&self) -> VxlanControl {
+        self.control.unwrap_or_default()
+    }
+
+    /// The static remote ends (checked: IPv4 addresses).
+    pub fn remote_addrs(&self) -> Vec<Ipv4Addr> {
+        self.remotes
+            .iter()
+            .flatten()
+            .filter_map(|s| s.parse().ok())
+            .collect()
+    }
+}
+
+impl KindSettings for VxlanSettings {
+    fn fields(&self) -> &'static [&'static str] {
+        Self::FIELDS
+    }
+
+    fn check(&self, _port: &str) -> Result<(), FieldError> {
+        match self.vni {
+            None => {
+                return Err(FieldError::invalid(
+                    "vni",
+                    format!("a VXLAN port needs its vni (1 to {MAX_VNI})"),
+                ))
+            }
+            Some(v) if !(1..=MAX_VNI).contains(&v) => {
+                return Err(FieldError::invalid(
+                    "vni",
+                    format!("vni must be between 1 and {MAX_VNI}, not {v}"),
+                ))
+            }
+            Some(_) => {}
+        }
+        let local = match self.local.as_deref() {
+            None => {
+                return Err(FieldError::invalid(
+                    "local",
+                    "a VXLAN port needs local, this host's tunnel address (IPv4)",
+                ))
+            }
+            Some(s) => unicast_v4(s).map_err(|m| FieldError::invalid("local", m))?,
+        };
+        if self.udp_port == Some(0) {
+            return Err(FieldError::invalid("udp_port", "udp_port must not be 0"));
+        }
+        match (self.control(), self.remotes.as_deref()) {
+            (VxlanControl::Evpn, Some(_)) => return Err(FieldError::invalid(
+                "remotes",
+                "remotes are for control = \"static\"; with EVPN the routes name the other ends",
+            )),
+            (VxlanControl::Static, Some(remotes)) => {
+                if remotes.len() > MAX_REMOTES {
+                    return Err(FieldError::invalid(
+                        "remotes",
+                        format!("at most {MAX_REMOTES} remotes, not {}", remotes.len()),
+                    ));
+                }
+                let mut seen = std::collections::HashSet::new();
+                for r in remotes {
+                    let a = unicast_v4(r).map_err(|m| FieldError::invalid("remotes", m))?;
+                    if a == local {
+                        return Err(FieldError::invalid(
+                            "remotes",
+                            format!("{a} is this host's own address (local)"),
+                        ));
+                    }
+                    if !seen.insert(a) {
+                        return Err(FieldError::invalid(
+                            "remotes",
+                            format!("{a} is listed twice"),
+                        ));
+                    }
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn fill_defaults(&mut self, _port: &str) {
+        self.udp_port.get_or_insert(DEFAULT_UDP_PORT);
+        let control = *self.control.get_or_insert_with(VxlanControl::default);
+        if control == VxlanControl::Static {
+            self.remotes.get_or_insert_with(Vec::new);
+        }
+    }
+
+    /// Not yet: a frame asking for TSO or a checksum is finished by the switch before it is
+    /// encapsulated.
+    fn offloads(&self) -> bool {
+        false
+    }
+
+    fn words(&self, _port: &str, _live: &Live<'_>) -> KindWords {
+        let vni = self.vni();
+        let local = self.local.as_deref().unwrap_or("-");
+        let port = self.udp_port();
+        let summary = format!("vni {vni} from {local}:{port}");
+        let detail = match self.control() {
+            VxlanControl::Evpn => format!("{summary}, evpn"),
+            VxlanControl::Static => {
+                let remotes = self.remotes.as_deref().unwrap_or_default();
+                if remotes.is_empty() {
+                    format!("{summary}, static, no remote")
+                } else {
+                    format!("{summary}, static to {}", remotes.join(", "))
+                }
+            }
+        };
+        KindWords {
+            mode: "vxlan".into(),
+            attached_to: format!("vni {vni}"),
+            summary,
+            detail,
+            own_queues: false,
+        }
+    }
+
+    fn describe(&self) -> String {
+        let mut s = format!(
+            "vni={} local={} udp_port={} control={}",
+            self.vni(),
+            self.local.as_deref().unwrap_or(""),
+            self.udp_port(),
+            self.control()
+        );
+        if let Some(r) = self.remotes.as_deref() {
+            s.push_str(&format!(" remotes={}", r.join(",")));
+        }
+        s
+    }
+}
+
+/// Checks that `s` is a unicast IPv4 address a tunnel end may have.
+fn unicast_v4(s: &str) -> Result<Ipv4Addr, String> {
+    let a: Ipv4Addr = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not an IPv4 address"))?;
+    if a.is_unspecified() || a.is_broadcast() || a.is_multicast() || a.is_loopback() {
+        return Err(format!(
+            "{a} cannot be a tunnel end (unspecified, broadcast, multicast or loopback)"
+        ));
+    }
+    Ok(a)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(f: impl FnOnce(&mut VxlanSettings)) -> VxlanSettings {
+        let mut s = VxlanSettings {
+            vni: Some(42),
+            local: Some("10.0.0.1".into()),
+            ..VxlanSettings::default()
+        };
+        f(&mut s);
+        s
+    }
+
+    fn refused(s: VxlanSettings) -> (String, String) {
+        let e = s.check("t0").expect_err("refused");
+        (e.field.unwrap_or_default(), e.message)
+    }
+
+    #[test]
+    fn a_tunnel_needs_a_vni_and_a_local_unicast_address() {
+        assert_eq!(settings(|_| {}).check("t0"), Ok(()));
+        assert_eq!(refused(settings(|s| s.vni = None)).0, "vni");
+        let (field, msg) = refused(settings(|s| s.vni = Some(MAX_VNI + 1)));
+        assert_eq!(field, "vni");
+        assert!(msg.contains("16777215"), "{msg}");
+        assert_eq!(refused(settings(|s| s.vni = Some(0))).0, "vni");
+        assert_eq!(refused(settings(|s| s.local = None)).0, "local");
+        for bad in ["10.0.0", "::1", "0.0.0.0", "239.1.1.1", "127.0.0.1"] {
+            assert_eq!(
+                refused(settings(|s| s.local = Some(bad.into()))).0,
+                "local",
+                "{bad}"
+            );
+        }
+        assert_eq!(refused(settings(|s| s.udp_port = Some(0))).0, "udp_port");
+    }
+
+    #[test]
+    fn remotes_are_for_static_control_unique_and_not_this_host() {
+        let evpn = settings(|s| s.remotes = Some(vec!["10.0.0.2".into()]));
+        assert_eq!(refused(evpn).0, "remotes");
+        let ok = settings(|s| {
+            s.control = Some(VxlanControl::Static);
+            s.remotes = Some(vec!["10.0.0.2".into(), "10.0.0.3".into()]);
+        });
+        assert_eq!(ok.check("t0"), Ok(()));
+        assert_eq!(
+            ok.remote_addrs(),
+            [Ipv4Addr::new(10, 0, 0, 2), Ipv4Addr::new(10, 0, 0, 3)]
+        );
+        for bad in [
+            vec!["10.0.0.2", "10.0.0.2"],
+            vec!["10.0.0.1"],
+            vec!["nowhere"],
+        ] {
+            let s = settings(|s| {
+                s.control = Some(VxlanControl::Static);
+                s.remotes = Some(bad.iter().map(|r| r.to_string()).collect());
+            });
+            let (field, msg) = refused(s);
+            assert_eq!(field, "remotes", "{bad:?}: {msg}");
+        }
+    }
+
+    #[test]
+    fn defaults_and_words_say_what_the_port_does() {
+        let mut s = settings(|s| s.control = Some(VxlanControl::Static));
+        s.fill_defaults("t0");
+        assert_eq!(
+            (s.udp_port, s.remotes.as_deref()),
+            (Some(4789), Some(&[][..]))
+        );
+        assert_eq!(
+            s.words("t0", &Live::default()).detail,
+            "vni 42 from 10.0.0.1:4789, static, no remote"
+        );
+        let mut e = settings(|_| {});
+        e.fill_defaults("t0");
+        assert_eq!(e.remotes, None);
+        assert_eq!(e.control, Some(VxlanControl::Evpn));
+        assert_eq!(
+            e.describe(),
+            "vni=42 local=10.0.0.1 udp_port=4789 control=evpn"
+        );
+    }
+}

@@ -1,0 +1,145 @@
+//! Frames from the other hosts: a burst of tunnel packets received at once into the port's
+//! buffers, each checked (its sender an end of the segment, a VXLAN header of this VNI, an
+//! Ethernet frame inside) and its inner frame taken where it lies. In static mode each
+//! inner source address is learnt behind the end it came from.
+
+use super::socket::Received;
+use super::{VxlanQueue, VXLAN_BUFFER, VXLAN_BUFFERS};
+use crate::counters::DropReason;
+use crate::datapath::{
+    Ingress, IngressBurst, Polled, PortStatus, ReceiveBurst, Take, Taking, WaitSet,
+};
+use crate::frame::view::MemView;
+use crate::frame::{IngressFrame, Seg, MIN_FRAME_LEN};
+use crate::offload::OffloadCaps;
+use crate::vxlan::remotes::mac_key;
+use vringswitch_wire::vxlan::{VxlanHeader, VXLAN_HEADER_LEN};
+
+/// A tunnel port's received packets, taken one by one.
+struct VxlanTake<'q> {
+    q: &'q VxlanQueue,
+    view: MemView<'q>,
+    got: [Received; VXLAN_BUFFERS],
+    next: usize,
+    end: usize,
+    now: u32,
+}
+
+impl VxlanTake<'_> {
+    /// Checks packet `i` (in buffer `i`) and says where its inner frame lies.
+    #[inline]
+    fn check(&mut self, i: usize) -> Result<(u64, u32), DropReason> {
+        let r = self.got[i];
+        let Some(from) = r.from else {
+            return Err(DropReason::UnknownVtep);
+        };
+        let Some(end) = self.q.remotes.find(*from.ip()) else {
+            return Err(DropReason::UnknownVtep);
+        };
+        if r.truncated || r.len as u64 >= VXLAN_BUFFER {
+            return Err(DropReason::TooBig);
+        }
+        let addr = VxlanQueue::buffer(i);
+        // The header to the stack, and decided on there.
+        let mut hdr = [0u8; VXLAN_HEADER_LEN];
+        if r.len < VXLAN_HEADER_LEN + MIN_FRAME_LEN || !self.view.read(addr, &mut hdr) {
+            return Err(DropReason::BadTunnel);
+        }
+        match VxlanHeader::new_checked(&hdr[..]) {
+            Ok(h) if h.vni() == self.q.vni => {}
+            _ => return Err(DropReason::BadTunnel),
+        }
+        if let Some(remote) = self.q.remotes.get(end) {
+            let c = &remote.counters;
+            c.rx_packets
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            c.rx_bytes
+                .fetch_add(r.len as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+        let len = (r.len - VXLAN_HEADER_LEN) as u32;
+        let at = addr + VXLAN_HEADER_LEN as u64;
+        if self.q.learn {
+            let mut src = [0u8; 6];
+            if self.view.read(at + 6, &mut src) {
+                self.q.macs.learn(mac_key(src), end, self.now);
+            }
+        }
+        Ok((at, len))
+    }
+}
+
+impl<'m> IngressBurst<'m> for VxlanTake<'_> {
+    #[inline]
+    fn take(&mut self, frame: &mut IngressFrame, _segs: &mut Vec<Seg>) -> Take {
+        if self.next == self.end {
+            return Take::Empty;
+        }
+        let i = self.next;
+        self.next += 1;
+        match self.check(i) {
+            Ok((at, len)) if frame.fill_from_buffer(&mut self.view, at, len) => Take::Frame,
+            Ok(_) => Take::Dropped(DropReason::BadTunnel),
+            Err(reason) => Take::Dropped(reason),
+        }
+    }
+}
+
+impl Ingress for VxlanQueue {
+    fn ingress<R: ReceiveBurst>(&self, qp: u16, burst: R) -> Polled {
+        if self.failed.load(std::sync::atomic::Ordering::Relaxed) {
+            return Polled::default();
+        }
+        let mut view = MemView::new(self.mem());
+        let n = burst.room().min(VXLAN_BUFFERS);
+        let bufs: [(u64, usize); VXLAN_BUFFERS] =
+            std::array::from_fn(|i| (VxlanQueue::buffer(i), VXLAN_BUFFER as usize));
+        let mut got = [Received::default(); VXLAN_BUFFERS];
+        let end = match self.sockets.receive(&mut view, &bufs[..n], &mut got) {
+            Ok(0) => return Polled::default(),
+            Ok(end) => end,
+            Err(e) => {
+                tracing::warn!(vni = self.vni, error = %e,
+                    "a VXLAN port cannot receive any more; it is left out of polling");
+                self.failed
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                return Polled::default();
+            }
+        };
+        let mut port = VxlanTake {
+            q: self,
+            view,
+            got,
+            next: 0,
+            end,
+            now: self.now(),
+        };
+        let taking = Taking {
+            mem: self.mem(),
+            headers: None,
+            qp,
+        };
+        Polled {
+            taken: burst.receive_from(&mut port, taking),
+            announce: None,
+        }
+    }
+
+    /// The receiving socket, level-triggered: readable, it ends the sleep at once.
+    fn arm_wakeup(&self, _qp: u16, waits: &WaitSet<'_>) -> bool {
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&self.sockets.receiver());
+        if self.failed.load(std::sync::atomic::Ordering::Relaxed) {
+            waits.forget(fd);
+        } else {
+            waits.wake_while_readable(fd);
+        }
+        false
+    }
+}
+
+impl PortStatus for VxlanQueue {
+    /// None yet: the switch finishes a frame's checksum and segments before it is
+    /// encapsulated.
+    fn taken_offloads(&self) -> OffloadCaps {
+        OffloadCaps::NONE
+    }
+}

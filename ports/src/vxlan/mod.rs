@@ -1,0 +1,266 @@
+//! VXLAN tunnel ports (RFC 7348): the bridge's link to the same segment on other hosts.
+//!
+//! A tunnel port sends each frame for a VM elsewhere to the tunnel end (VTEP) that VM is
+//! behind, in an outer IPv4 / UDP / VXLAN packet the port builds itself: one `sendmsg` from
+//! where the frame lies, its UDP source port from a hash of the inner flow (so that the
+//! underlay's ECMP spreads the tunnel's flows), "don't fragment" set (a packet over the
+//! path's MTU is counted `too_big`, never fragmented). Broadcast, multicast and unknown
+//! frames go to every end of the flood list (head-end replication).
+//!
+//! It receives on its UDP port of this host's tunnel address, a burst at a time
+//! (`recvmmsg`) into its own buffers, and forwards the inner frames as a VM's, in one copy.
+//! Only the ends of the segment are listened to: a packet from any other address counts
+//! as `unknown_vtep`, one without the VXLAN flag, with another VNI or cut short as
+//! `bad_tunnel`.
+//!
+//! The ends and the MAC addresses behind them ([`remotes`]) come from the port's settings
+//! in static mode (`remotes`, flood and learn: each inner source address is learnt behind
+//! the end it came from). In EVPN mode they come from the control plane, which installs
+//! them; until it does, the port has no remote end.
+
+mod egress;
+mod ingress;
+pub mod remotes;
+pub mod socket;
+
+use std::io;
+use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use vringswitch_config::{VxlanControl, VxlanSettings};
+use vringswitch_wire::vxlan::VXLAN_HEADER_LEN;
+
+use crate::frame::{FrameMem, MAX_FRAME_LEN};
+use crate::port::{Attachment, PortHandle, RunningPort, StartError};
+pub use remotes::{Learnt, Remote, RemoteId, RemoteMacs, Remotes};
+pub use socket::TunnelSockets;
+
+/// Bytes of one receive buffer: a VXLAN header and the largest frame the switch forwards
+/// (an outer IPv4 datagram holds less), and one byte more: a packet that fills the buffer
+/// was cut.
+pub const VXLAN_BUFFER: u64 = (VXLAN_HEADER_LEN + MAX_FRAME_LEN + 1) as u64;
+/// Receive buffers: one per frame of the longest burst.
+pub const VXLAN_BUFFERS: usize = 64;
+/// Remote MAC addresses a port keeps (learnt and installed).
+pub const REMOTE_MACS: usize = 16 * 1024;
+/// A learnt remote address not seen for this long is forgotten (a Linux bridge's and the
+/// switch's own FDB ageing).
+pub const MAC_AGEING: Duration = Duration::from_secs(300);
+
+/// What the workers use of a tunnel port.
+pub struct VxlanQueue {
+    sockets: Arc<TunnelSockets>,
+    /// The receive buffers.
+    mem: FrameMem,
+    vni: u32,
+    remotes: Arc<Remotes>,
+    macs: Arc<RemoteMacs>,
+    /// Inner source addresses are learnt behind the end they came from (static mode).
+    learn: bool,
+    /// The port's clock: learnt addresses carry the second they were last seen.
+    epoch: Instant,
+    /// A receive failed other than for want of packets: the socket is broken.
+    failed: AtomicBool,
+}
+
+impl VxlanQueue {
+    /// The memory the receive buffers are in.
+    pub fn mem(&self) -> &FrameMem {
+        &self.mem
+    }
+
+    /// The address of receive buffer `i` in [`Self::mem`].
+    pub fn buffer(i: usize) -> u64 {
+        (i % VXLAN_BUFFERS) as u64 * VXLAN_BUFFER
+    }
+
+    pub fn vni(&self) -> u32 {
+        self.vni
+    }
+
+    pub fn remotes(&self) -> &Remotes {
+        &self.remotes
+    }
+
+    pub fn macs(&self) -> &RemoteMacs {
+        &self.macs
+    }
+
+    /// Seconds since the port started.
+    fn now(&self) -> u32 {
+        self.epoch.elapsed().as_secs() as u32
+    }
+}
+
+/// How a tunnel port is set up.
+#[derive(Debug, Clone)]
+pub struct VxlanPortConfig {
+    pub vni: u32,
+    pub local: Ipv4Addr,
+    pub udp_port: u16,
+    pub control: VxlanControl,
+    pub remotes: Vec<Ipv4Addr>,
+}
+
+impl VxlanPortConfig {
+    pub fn from_settings(s: &VxlanSettings) -> VxlanPortConfig {
+        VxlanPortConfig {
+            vni: s.vni(),
+            local: s.local_addr(),
+            udp_port: s.udp_port(),
+            control: s.control(),
+            remotes: s.remote_addrs(),
+        }
+    }
+}
+
+/// Why a tunnel port could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot open VXLAN tunnel on {local}:{port}: {error}")]
+pub struct VxlanError {
+    pub local: Ipv4Addr,
+    pub port: u16,
+    pub error: io::Error,
+}
+
+/// A running tunnel port: its sockets stay open until [`VxlanPort::stop`]. A thread ages
+/// the learnt remote addresses.
+pub struct VxlanPort {
+    handle: Arc<PortHandle>,
+    macs: Arc<RemoteMacs>,
+    stop: Arc<AtomicBool>,
+    ager: Option<std::thread::JoinHandle<()>>,
+}
+
+impl VxlanPort {
+    /// Opens the sockets and publishes the port to the workers.
+    pub fn start(
+        handle: Arc<PortHandle>,
+        config: VxlanPortConfig,
+    ) -> Result<VxlanPort, VxlanError> {
+        let fail = |error| VxlanError {
+            local: config.local,
+            port: config.udp_port,
+            error,
+        };
+        let sockets = Arc::new(TunnelSockets::open(config.local, config.udp_port).map_err(fail)?);
+        let mem = crate::frame::host_memory(VXLAN_BUFFER as usize * VXLAN_BUFFERS).map_err(fail)?;
+        let remotes = Arc::new(Remotes::new(
+            &config.remotes,
+            config.local,
+            config.udp_port,
+            config.vni,
+        ));
+        let macs = Arc::new(RemoteMacs::new(REMOTE_MACS));
+        let epoch = Instant::now();
+        let queue = VxlanQueue {
+            sockets,
+            mem,
+            vni: config.vni,
+            remotes,
+            macs: macs.clone(),
+            learn: config.control == VxlanControl::Static,
+            epoch,
+            failed: AtomicBool::new(false),
+        };
+        handle.set_connected(true);
+        handle.attach(Arc::new(Attachment::Vxlan(queue)));
+        tracing::info!(
+            port = %handle.name(),
+            vni = config.vni,
+            local = %config.local,
+            udp_port = config.udp_port,
+            control = %config.control,
+            remotes = config.remotes.len(),
+            "VXLAN tunnel open"
+        );
+        let stop = Arc::new(AtomicBool::new(false));
+        let ager = {
+            let (stop, macs) = (stop.clone(), macs.clone());
+            std::thread::Builder::new()
+                .name(format!("vxlan-{}", handle.name()))
+                .spawn(move || {
+                    // Woken every 100 ms to see the stop flag; ages once a second.
+                    let mut ticks = 0u32;
+                    while !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(Duration::from_millis(100));
+                        ticks += 1;
+                        if ticks.is_multiple_of(10) {
+                            let now = epoch.elapsed().as_secs() as u32;
+                            macs.age(now.saturating_sub(MAC_AGEING.as_secs() as u32));
+                        }
+                    }
+                })
+                .map_err(fail)?
+        };
+        Ok(VxlanPort {
+            handle,
+            macs,
+            stop,
+            ager: Some(ager),
+        })
+    }
+
+    /// The remote addresses the port knows.
+    pub fn macs(&self) -> &RemoteMacs {
+        &self.macs
+    }
+
+    /// Withdraws the port from the workers; its sockets close once the last worker let go.
+    pub fn stop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.ager.take() {
+            let _ = t.join();
+            self.handle.detach();
+            self.handle.set_connected(false);
+            tracing::debug!(port = %self.handle.name(), "VXLAN tunnel closed");
+        }
+    }
+}
+
+impl Drop for VxlanPort {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl RunningPort for VxlanPort {
+    fn handle(&self) -> &Arc<PortHandle> {
+        &self.handle
+    }
+
+    fn stop(&mut self) {
+        VxlanPort::stop(self)
+    }
+
+    fn change(&mut self, _settings: &vringswitch_config::KindSpec) -> Result<(), String> {
+        Err("a VXLAN port's settings change only by adding it again".into())
+    }
+}
+
+/// Starts a tunnel port as its settings say.
+pub fn start_port(
+    handle: Arc<PortHandle>,
+    settings: &VxlanSettings,
+) -> Result<Box<dyn RunningPort>, StartError> {
+    VxlanPort::start(handle, VxlanPortConfig::from_settings(settings))
+        .map(|p| Box::new(p) as Box<dyn RunningPort>)
+        .map_err(StartError::new)
+}
+
+/// A tunnel port is opened again by the new process (its sockets are not handed over
+/// yet): what arrives in between is lost, as on the wire.
+pub fn take_over_port(
+    handle: Arc<PortHandle>,
+    settings: &VxlanSettings,
+    _handed: crate::port::HandedPort,
+) -> Result<crate::port::TakenOver, StartError> {
+    start_port(handle, settings).map(|p| {
+        (
+            p,
+            Err("a VXLAN port's sockets are opened again, not carried over".to_owned()),
+        )
+    })
+}
