@@ -802,6 +802,7 @@ impl Config {
         let mut ports = HashSet::new();
         let mut sockets = HashSet::new();
         let mut ifnames = HashSet::new();
+        let mut endpoints = HashSet::new();
         let no_spans = PortSpans::default();
         for (i, port) in self.ports.iter().enumerate() {
             let spans = self.port_spans.0.get(i).unwrap_or(&no_spans);
@@ -828,6 +829,17 @@ impl Config {
                     return Err(invalid(
                         at("ifname"),
                         format!("interface {name} is used by two ports"),
+                    ));
+                }
+            }
+            if let Some(endpoint) = port.udp_endpoint() {
+                if !endpoints.insert(endpoint.clone()) {
+                    return Err(invalid(
+                        at("local"),
+                        format!(
+                            "UDP {endpoint} is used by two tunnel ports (one per local \
+                             address and udp_port for now)"
+                        ),
                     ));
                 }
             }
@@ -1208,6 +1220,62 @@ queues = 2
             "{}",
             err(&bad)
         );
+    }
+
+    #[test]
+    fn vxlan_ports_take_a_vni_a_local_address_and_how_they_learn_the_others() {
+        let base = "[dataplane]\ncores = [1]\n[[bridges]]\nname = \"br0\"\n";
+        let port = |name: &str, extra: &str| {
+            format!("[[ports]]\nname = \"{name}\"\nbridge = \"br0\"\ntype = \"vxlan\"\n{extra}")
+        };
+        let one = format!(
+            "{base}{}",
+            port(
+                "t0",
+                "vni = 42\nlocal = \"10.0.0.1\"\ncontrol = \"static\"\nremotes = [\"10.0.0.2\"]\n"
+            )
+        );
+        let c = Config::parse(&one, Path::new("t")).unwrap();
+        assert_eq!(c.ports[0].port_type(), PortType::Vxlan);
+        let KindSpec::Vxlan(v) = &c.ports[0].kind else {
+            panic!("a vxlan port")
+        };
+        assert_eq!(
+            (v.vni(), v.udp_port(), v.control()),
+            (42, 4789, VxlanControl::Static)
+        );
+        // Errors name the field and its line.
+        let e = err(&format!("{base}{}", port("t0", "local = \"10.0.0.1\"\n")));
+        assert!(e.contains("vni"), "{e}");
+        let e = err(&format!(
+            "{base}{}",
+            port(
+                "t0",
+                "vni = 42\nlocal = \"10.0.0.1\"\nremotes = [\"10.0.0.2\"]\n"
+            )
+        ));
+        assert!(e.contains("control = \"static\""), "{e}");
+        assert!(e.contains("line 11"), "{e}");
+        let e = err(&format!(
+            "{base}{}",
+            port("t0", "vni = 42\nlocal = \"10.0.0.1\"\nmtu = 1500\n")
+        ));
+        assert!(e.contains("mtu"), "{e}");
+        // Two tunnel ports may not share a local address and UDP port; on another port
+        // they may.
+        let two = |udp: &str| {
+            format!(
+                "{base}{}{}",
+                port("t0", "vni = 42\nlocal = \"10.0.0.1\"\n"),
+                port("t1", &format!("vni = 43\nlocal = \"10.0.0.1\"\n{udp}"))
+            )
+        };
+        let e = err(&two(""));
+        assert!(
+            e.contains("UDP 10.0.0.1:4789 is used by two tunnel ports"),
+            "{e}"
+        );
+        Config::parse(&two("udp_port = 4790\n"), Path::new("t")).unwrap();
     }
 
     #[test]

@@ -160,6 +160,19 @@ impl State {
                 )));
             }
         }
+        if let Some(endpoint) = spec.udp_endpoint() {
+            if let Some(other) = self
+                .ports
+                .values()
+                .find(|p| p.spec.udp_endpoint().as_ref() == Some(&endpoint))
+            {
+                return Err(ChangeError::Conflict(format!(
+                    "UDP {endpoint} is already used by tunnel port {:?} (one per local \
+                     address and udp_port for now)",
+                    other.spec.name
+                )));
+            }
+        }
         Ok(())
     }
 

@@ -117,6 +117,12 @@ pub trait KindSettings {
         None
     }
 
+    /// The host's UDP address and port the port receives on, which no other port may use
+    /// (a tunnel's: `10.0.0.1:4789`).
+    fn udp_endpoint(&self) -> Option<String> {
+        None
+    }
+
     /// Whether ports of this kind have a unix socket: one must lie in the daemon's socket
     /// directory when made over the API, and goes there when left out.
     fn has_a_socket(&self) -> bool {
@@ -567,6 +573,11 @@ impl PortSpec {
     /// The unix socket the port serves or connects to, once given.
     pub fn socket(&self) -> Option<&Path> {
         self.settings().socket()
+    }
+
+    /// The UDP address and port the port holds alone, if any.
+    pub fn udp_endpoint(&self) -> Option<String> {
+        self.settings().udp_endpoint()
     }
 
     /// The kind's settings as a view of the running port shows them beside its queue

@@ -175,6 +175,16 @@ impl KindSettings for VxlanSettings {
         }
     }
 
+    /// One tunnel port per local address and UDP port, for now: the socket receives every
+    /// VNI sent there.
+    fn udp_endpoint(&self) -> Option<String> {
+        Some(format!(
+            "{}:{}",
+            self.local.as_deref().unwrap_or(""),
+            self.udp_port()
+        ))
+    }
+
     /// Not yet: a frame asking for TSO or a checksum is finished by the switch before it is
     /// encapsulated.
     fn offloads(&self) -> bool {
