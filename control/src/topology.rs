@@ -59,6 +59,7 @@ pub(crate) fn compile(st: &State) -> Topology {
             capture: st.captures.get(&p.id).cloned(),
             mirror,
             filter: crate::security_groups::port_filter(st, p),
+            remote: p.spec.port_type() == vringswitch_config::PortType::Vxlan,
         });
         if topology.ports[p.id as usize]
             .as_ref()

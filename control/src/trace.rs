@@ -67,7 +67,8 @@ pub struct TraceView {
     /// Why it is dropped before reaching any port (a drop reason of the metrics), if it is.
     pub dropped: Option<String>,
     /// What learning its source address does: `new`, `refreshed`, `moved` (from
-    /// `learning_from`), `static_elsewhere` (a static entry keeps it), `refused_port_limit`,
+    /// `learning_from`), `static_elsewhere` (a static entry keeps it), `held_locally` (seen
+    /// on a tunnel port while a local port holds it), `refused_port_limit`,
     /// `refused_bridge_limit`; none if dropped on the way in.
     pub learning: Option<String>,
     pub learning_from: Option<String>,
@@ -107,6 +108,7 @@ pub fn view(port: &str, trace: &Trace, topology: &Topology) -> TraceView {
         Some(Learned::Refreshed) => (Some("refreshed"), None),
         Some(Learned::Moved { from }) => (Some("moved"), Some(name(from))),
         Some(Learned::StaticConflict) => (Some("static_elsewhere"), None),
+        Some(Learned::HeldLocally) => (Some("held_locally"), None),
         Some(Learned::Refused(Limit::Port)) => (Some("refused_port_limit"), None),
         Some(Learned::Refused(Limit::Bridge)) => (Some("refused_bridge_limit"), None),
     };

@@ -423,6 +423,7 @@ mod tests {
                 capture: None,
                 mirror: Default::default(),
                 filter: None,
+                remote: false,
             })],
             conntrack: None,
         });

@@ -43,6 +43,9 @@ pub struct FdbEntry {
     pub last_seen: u64,
     /// Static entries are never aged out nor moved by learning.
     pub is_static: bool,
+    /// Learnt on a tunnel port (the address is on another host): a local port's source
+    /// takes it over, never the other way round.
+    pub remote: bool,
 }
 
 /// What learning did.
@@ -57,6 +60,9 @@ pub enum Learned {
     StaticConflict,
     /// A limit kept the address from being learnt (or moved); nothing was changed.
     Refused(Limit),
+    /// Seen on a tunnel port while a local port holds it: the switch's own ports are
+    /// authoritative for their addresses; nothing was changed.
+    HeldLocally,
 }
 
 /// The limit that refused to learn an address.
@@ -195,6 +201,19 @@ impl Fdb {
     /// Records that `key` was seen on `port` at `now`: learns it, unless `port` has learnt
     /// `port_limit` addresses already or the bridge its [`Fdb::max_learned`].
     pub fn learn(&self, key: u64, port: PortId, now: u64, port_limit: usize) -> Learned {
+        self.learn_as(key, port, now, port_limit, false)
+    }
+
+    /// [`Self::learn`] for `port` a tunnel to other hosts (`remote`): an address a local
+    /// port holds is not taken from it.
+    pub fn learn_as(
+        &self,
+        key: u64,
+        port: PortId,
+        now: u64,
+        port_limit: usize,
+        remote: bool,
+    ) -> Learned {
         use dashmap::mapref::entry::Entry;
         match self.map.entry(key) {
             Entry::Vacant(v) => {
@@ -205,6 +224,7 @@ impl Fdb {
                     port,
                     last_seen: now,
                     is_static: false,
+                    remote,
                 });
                 self.learned.fetch_add(1, Ordering::Relaxed);
                 Learned::New
@@ -221,6 +241,8 @@ impl Fdb {
                 if e.port == port {
                     e.last_seen = now;
                     Learned::Refreshed
+                } else if remote && !e.remote {
+                    Learned::HeldLocally
                 } else {
                     // A move counts against the new port's limit (never the bridge's: the
                     // entry is there already).
@@ -232,7 +254,7 @@ impl Fdb {
                     *n += 1;
                     drop(n);
                     let from = e.port;
-                    (e.port, e.last_seen) = (port, now);
+                    (e.port, e.last_seen, e.remote) = (port, now, remote);
                     self.dynamic.fetch_add(1, Ordering::Relaxed);
                     self.forget(from);
                     drop(o);
@@ -246,7 +268,7 @@ impl Fdb {
 
     /// What [`Fdb::learn`] would do now with `key` seen on `port`, changing nothing (for
     /// `vringctl trace`; a worker learning meanwhile may make it otherwise).
-    pub fn would_learn(&self, key: u64, port: PortId, port_limit: usize) -> Learned {
+    pub fn would_learn(&self, key: u64, port: PortId, port_limit: usize, remote: bool) -> Learned {
         let on_port = self.learned_on(port);
         match self.get(key) {
             None if on_port >= port_limit => Learned::Refused(Limit::Port),
@@ -254,6 +276,7 @@ impl Fdb {
             None => Learned::New,
             Some(e) if e.port == port => Learned::Refreshed,
             Some(e) if e.is_static => Learned::StaticConflict,
+            Some(e) if remote && !e.remote => Learned::HeldLocally,
             Some(_) if on_port >= port_limit => Learned::Refused(Limit::Port),
             Some(e) => Learned::Moved { from: e.port },
         }
@@ -267,6 +290,7 @@ impl Fdb {
                 port,
                 last_seen: 0,
                 is_static: true,
+                remote: false,
             },
         );
         if let Some(e) = old.filter(|e| !e.is_static) {
@@ -468,15 +492,24 @@ impl FdbCache {
     }
 
     /// Learns a source address through the cache, within `port_limit` addresses for the
-    /// port. A refused address is tried again a second later, not at every frame.
+    /// port (`remote`: a tunnel port, see [`Fdb::learn_as`]). A refused address is tried
+    /// again a second later, not at every frame.
     #[inline]
-    pub fn learn(&mut self, fdb: &Fdb, key: u64, port: PortId, now: u64, port_limit: usize) {
+    pub fn learn(
+        &mut self,
+        fdb: &Fdb,
+        key: u64,
+        port: PortId,
+        now: u64,
+        port_limit: usize,
+        remote: bool,
+    ) {
         if let Some(c) = self.get(key) {
             if c.port == port && now.saturating_sub(c.written) < REFRESH_S {
                 return;
             }
         }
-        match fdb.learn(key, port, now, port_limit) {
+        match fdb.learn_as(key, port, now, port_limit, remote) {
             Learned::StaticConflict => {}
             Learned::Moved { .. } => {
                 // Our own move invalidated every cache, ours included.
@@ -484,7 +517,9 @@ impl FdbCache {
                 self.insert(key, port, now, false);
             }
             Learned::New | Learned::Refreshed => self.insert(key, port, now, false),
-            Learned::Refused(_) => self.insert(key, port, now, true),
+            // Kept as refused: tried again a second later, and looked up as a destination
+            // in the shared table (which says where it is).
+            Learned::Refused(_) | Learned::HeldLocally => self.insert(key, port, now, true),
         }
     }
 
@@ -538,6 +573,38 @@ mod tests {
     }
 
     #[test]
+    fn a_tunnel_never_takes_an_address_a_local_port_holds_and_a_local_port_takes_it_back() {
+        let fdb = Fdb::new(300);
+        let (local, other_local, tunnel) = (1, 2, 9);
+        let k = fdb_key(mac(1), 0);
+        assert_eq!(fdb.learn(k, local, 10, usize::MAX), Learned::New);
+        assert_eq!(
+            fdb.would_learn(k, tunnel, usize::MAX, true),
+            Learned::HeldLocally
+        );
+        assert_eq!(
+            fdb.learn_as(k, tunnel, 11, usize::MAX, true),
+            Learned::HeldLocally
+        );
+        assert_eq!(fdb.lookup(k), Some(local));
+        // Gone from its port (flushed, aged), it is learnt from the tunnel...
+        fdb.flush_port(local);
+        assert_eq!(fdb.learn_as(k, tunnel, 12, usize::MAX, true), Learned::New);
+        assert!(fdb.get(k).unwrap().remote);
+        // ...and a local port takes it back at once (a VM that moved here).
+        assert_eq!(
+            fdb.learn(k, other_local, 13, usize::MAX),
+            Learned::Moved { from: tunnel }
+        );
+        assert!(!fdb.get(k).unwrap().remote);
+        // Through a worker's cache too: the refusal is kept a second, the entry stands.
+        let mut c = FdbCache::default();
+        c.sync(&fdb);
+        c.learn(&fdb, k, tunnel, 14, usize::MAX, true);
+        assert_eq!(c.lookup(&fdb, k), Some(other_local));
+    }
+
+    #[test]
     fn would_learn_says_what_learn_then_does() {
         // Port 1 may learn 2 addresses, the bridge 3; mac 9 is static on port 3.
         let fdb = Fdb::with_limit(300, 3);
@@ -555,7 +622,7 @@ mod tests {
         ];
         for &(m, port) in steps {
             let k = fdb_key(mac(m), 0);
-            let said = fdb.would_learn(k, port, 2);
+            let said = fdb.would_learn(k, port, 2, false);
             assert_eq!(said, fdb.learn(k, port, 10, 2), "mac {m} on port {port}");
         }
     }
@@ -626,17 +693,17 @@ mod tests {
         let mut c = FdbCache::default();
         c.sync(&fdb);
         let k = fdb_key(mac(1), 0);
-        c.learn(&fdb, k, 1, 100, usize::MAX);
+        c.learn(&fdb, k, 1, 100, usize::MAX, false);
         assert_eq!(fdb.get(k).unwrap().last_seen, 100);
-        c.learn(&fdb, k, 1, 100, usize::MAX);
+        c.learn(&fdb, k, 1, 100, usize::MAX, false);
         fdb.learn(k, 1, 50, usize::MAX); // make the shared copy visibly older
-        c.learn(&fdb, k, 1, 100, usize::MAX);
+        c.learn(&fdb, k, 1, 100, usize::MAX, false);
         assert_eq!(
             fdb.get(k).unwrap().last_seen,
             50,
             "no write within the second"
         );
-        c.learn(&fdb, k, 1, 101, usize::MAX);
+        c.learn(&fdb, k, 1, 101, usize::MAX, false);
         assert_eq!(fdb.get(k).unwrap().last_seen, 101);
     }
 
@@ -647,10 +714,10 @@ mod tests {
         let k = fdb_key(mac(1), 0);
         a.sync(&fdb);
         b.sync(&fdb);
-        a.learn(&fdb, k, 1, 0, usize::MAX);
+        a.learn(&fdb, k, 1, 0, usize::MAX, false);
         assert_eq!(b.lookup(&fdb, k), Some(1));
         // The address moves, learnt by worker a.
-        a.learn(&fdb, k, 2, 1, usize::MAX);
+        a.learn(&fdb, k, 2, 1, usize::MAX, false);
         b.sync(&fdb);
         assert_eq!(b.lookup(&fdb, k), Some(2));
         // It ages out.
@@ -666,18 +733,18 @@ mod tests {
         let k = fdb_key(mac(1), 0);
         a.sync(&fdb);
         b.sync(&fdb);
-        a.learn(&fdb, k, 1, 0, usize::MAX);
+        a.learn(&fdb, k, 1, 0, usize::MAX, false);
         // Within the second, the address shows up on port 2 through worker b, then on port
         // 1 again through a: a's entry (port 1, written at 0) is stale, so a writes through.
-        b.learn(&fdb, k, 2, 0, usize::MAX);
+        b.learn(&fdb, k, 2, 0, usize::MAX, false);
         a.sync(&fdb);
-        a.learn(&fdb, k, 1, 0, usize::MAX);
+        a.learn(&fdb, k, 1, 0, usize::MAX, false);
         assert_eq!(fdb.lookup(k), Some(1));
         assert_eq!(fdb.counts().1, 2, "two moves");
         // Flapping at every burst keeps following the address, and the cache its size.
         for t in 0..100 {
             a.sync(&fdb);
-            a.learn(&fdb, k, 1 + (t % 2) as PortId, 0, usize::MAX);
+            a.learn(&fdb, k, 1 + (t % 2) as PortId, 0, usize::MAX, false);
             assert_eq!(a.lookup(&fdb, k), Some(1 + (t % 2) as PortId));
         }
         assert_eq!(a.map.len(), 1);
@@ -689,7 +756,7 @@ mod tests {
         let mut c = FdbCache::default();
         c.sync(&fdb);
         for i in 0..(CACHE_CAPACITY as u64 + 10) {
-            c.learn(&fdb, i, 1, 0, usize::MAX);
+            c.learn(&fdb, i, 1, 0, usize::MAX, false);
         }
         assert!(c.map.len() <= CACHE_CAPACITY);
         assert_eq!(fdb.len(), CACHE_CAPACITY + 10);
@@ -794,18 +861,18 @@ mod tests {
         let mut c = FdbCache::default();
         c.sync(&fdb);
         let (k1, k2) = (fdb_key(mac(1), 0), fdb_key(mac(2), 0));
-        c.learn(&fdb, k1, 1, 100, 1);
-        c.learn(&fdb, k2, 1, 100, 1);
+        c.learn(&fdb, k1, 1, 100, 1, false);
+        c.learn(&fdb, k2, 1, 100, 1, false);
         assert_eq!(fdb.refusals(), (1, 0));
         // Frames to it are flooded, not sent to the port it came from.
         assert_eq!(c.lookup(&fdb, k2), None);
         // Within the second, the shared table is not asked again.
-        c.learn(&fdb, k2, 1, 100, 1);
+        c.learn(&fdb, k2, 1, 100, 1, false);
         assert_eq!(fdb.refusals(), (1, 0));
         // Room made elsewhere (mac 1 removed): the next second learns it.
         fdb.remove(k1);
         c.sync(&fdb);
-        c.learn(&fdb, k2, 1, 101, 1);
+        c.learn(&fdb, k2, 1, 101, 1, false);
         assert_eq!(fdb.lookup(k2), Some(1));
         assert_eq!(c.lookup(&fdb, k2), Some(1));
     }

@@ -48,6 +48,9 @@ pub struct PortRt {
     pub mirror: PortMirrors,
     /// Its security groups and `allowed_ips`, if it has either.
     pub filter: Option<Arc<PortFilter>>,
+    /// A tunnel to other hosts: an address it brings never takes one a local port holds
+    /// ([`crate::fdb::Fdb::learn_as`]).
+    pub remote: bool,
 }
 
 /// The mirrors a port is part of, as the workers use them.
@@ -142,6 +145,7 @@ mod tests {
                         capture: None,
                         mirror: PortMirrors::default(),
                         filter: None,
+                        remote: false,
                     })
                 })
                 .collect(),

@@ -89,7 +89,12 @@ pub fn trace(topology: &Topology, src: PortId, frame: &[u8]) -> Option<Trace> {
         }
     };
     let fdb = &topology.bridges[src_rt.bridge].fdb;
-    let learning = fdb.would_learn(fdb_key(smac, ingress.vlan), src, src_rt.fdb_max_learned);
+    let learning = fdb.would_learn(
+        fdb_key(smac, ingress.vlan),
+        src,
+        src_rt.fdb_max_learned,
+        src_rt.remote,
+    );
     let (lookup, dest) = if dmac.is_multicast() {
         (Lookup::Group, Dest::Flood)
     } else {
@@ -175,6 +180,7 @@ mod tests {
             capture: None,
             mirror: Default::default(),
             filter: None,
+            remote: false,
         }
     }
 

@@ -807,8 +807,14 @@ impl Decision<'_> {
             self.cache.sync(fdb);
             self.synced = true;
         }
-        self.cache
-            .learn(fdb, skey, self.src, self.now_s, self.src_rt.fdb_max_learned);
+        self.cache.learn(
+            fdb,
+            skey,
+            self.src,
+            self.now_s,
+            self.src_rt.fdb_max_learned,
+            self.src_rt.remote,
+        );
         if multicast {
             return Dest::Flood;
         }
@@ -1500,6 +1506,7 @@ mod tests {
                 capture: None,
                 mirror: Default::default(),
                 filter: None,
+                remote: false,
             })
         };
         Topology {

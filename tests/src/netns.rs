@@ -169,6 +169,7 @@ pub fn plain_port(handle: &Arc<PortHandle>, bridge: usize) -> PortRt {
         capture: None,
         mirror: Default::default(),
         filter: None,
+        remote: false,
     }
 }
 
