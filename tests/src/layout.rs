@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use toml::Spanned;
 pub use vringswitch_config::{
     AdminState, AfXdpSettings, KindSpec, PoliceConfig, PortSpec, SocketMode, TapSettings,
-    VhostUserSettings, VlanConfig, XdpMode,
+    VhostUserSettings, VlanConfig, VxlanControl, VxlanSettings, XdpMode,
 };
 use vringswitch_config::{BridgeConfig, Config, DataplaneConfig};
 
@@ -209,6 +209,27 @@ pub fn afxdp(name: &str, bridge: &str, ifname: &str) -> PortSpec {
 /// An AF_XDP port on `bridge` with these settings.
 pub fn afxdp_with(name: &str, bridge: &str, settings: AfXdpSettings) -> PortSpec {
     port(name, bridge, KindSpec::AfXdp(settings))
+}
+
+/// A VXLAN port on `bridge` for VNI `vni` from `local`, in static mode to `remotes`.
+pub fn vxlan_static(
+    name: &str,
+    bridge: &str,
+    vni: u32,
+    local: std::net::Ipv4Addr,
+    remotes: &[std::net::Ipv4Addr],
+) -> PortSpec {
+    port(
+        name,
+        bridge,
+        KindSpec::Vxlan(VxlanSettings {
+            vni: Some(vni),
+            local: Some(local.to_string()),
+            control: Some(VxlanControl::Static),
+            remotes: Some(remotes.iter().map(|r| r.to_string()).collect()),
+            ..VxlanSettings::default()
+        }),
+    )
 }
 
 /// The VLAN setting of an access port of VLAN `tag`.

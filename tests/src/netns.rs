@@ -1,6 +1,7 @@
 //! Network namespaces and `ip` (iproute2) for the tests of ports that reach the host's
 //! network stack, and the kernel there as a peer of test VMs.
 
+use std::net::Ipv4Addr;
 use std::process::Command;
 use std::time::Duration;
 
@@ -309,4 +310,63 @@ pub fn ports_come_and_go(
         assert_eq!(s.drops("a", reason) + s.drops("b", reason), 0, "{reason}");
     }
     s
+}
+
+// The kernel's own VXLAN as a remote tunnel end.
+
+/// The underlay of a tunnel to the kernel's VXLAN device: a veth pair from this namespace
+/// to one where the device lives.
+pub struct KernelVtep {
+    pub ns: Netns,
+    pub here: Ipv4Addr,
+    pub there: Ipv4Addr,
+    /// This side's end of the veth pair.
+    pub veth: String,
+    /// The far side's.
+    pub peer: String,
+}
+
+impl Drop for KernelVtep {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", &self.veth])
+            .output();
+    }
+}
+
+/// A namespace across a veth pair (10.98.N.1 here, 10.98.N.2 there) whose kernel has a
+/// VXLAN device of VNI `vni` to this side, learning, with [`HOST_IP`]/24 on it.
+pub fn kernel_vtep(tag: &str, n: u8, vni: u32) -> KernelVtep {
+    let id = std::process::id() % 10_000;
+    let ns = Netns::new(&format!("vs-vx{tag}-{id}"));
+    let veth = format!("vx{tag}{id}");
+    let peer = format!("vx{tag}p{id}");
+    let _ = std::process::Command::new("ip")
+        .args(["link", "del", &veth])
+        .output();
+    ip(&["link", "add", &veth, "type", "veth", "peer", "name", &peer]);
+    ip(&["link", "set", &peer, "netns", &ns.0]);
+    let here = Ipv4Addr::new(10, 98, n, 1);
+    let there = Ipv4Addr::new(10, 98, n, 2);
+    ip(&["addr", "add", &format!("{here}/24"), "dev", &veth]);
+    ip(&["link", "set", &veth, "up"]);
+    ns.ip(&["addr", "add", &format!("{there}/24"), "dev", &peer]);
+    ns.ip(&["link", "set", &peer, "up"]);
+    ns.ip(&["link", "set", "lo", "up"]);
+    let vni_s = vni.to_string();
+    let (here_s, there_s) = (here.to_string(), there.to_string());
+    ns.ip(&[
+        "link", "add", "vx0", "type", "vxlan", "id", &vni_s, "local", &there_s, "remote", &here_s,
+        "dstport", "4789",
+    ]);
+    let host = Ipv4Addr::from(HOST_IP);
+    ns.ip(&["addr", "add", &format!("{host}/24"), "dev", "vx0"]);
+    ns.ip(&["link", "set", "vx0", "up"]);
+    KernelVtep {
+        ns,
+        here,
+        there,
+        veth,
+        peer,
+    }
 }

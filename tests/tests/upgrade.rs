@@ -492,6 +492,49 @@ fn a_tap_interface_is_carried_over_without_its_link_going_down() {
 }
 
 #[test]
+fn a_vxlan_tunnel_is_carried_over_with_its_sockets_and_the_addresses_it_learnt() {
+    use vringswitch_tests::layout::vxlan_static;
+    use vringswitch_tests::netns::{kernel_vtep, ping_the_kernel};
+    let dir = TempDir::new("upgrade-vxlan");
+    let underlay = kernel_vtep("u", 3, 4242);
+    let vm_sock = dir.path().join("vm.sock");
+    let layout = Layout::new()
+        .bridge("br0")
+        .port(server_port(dir.path(), "vm", "br0", 1))
+        .port(vxlan_static(
+            "t0",
+            "br0",
+            4242,
+            underlay.here,
+            &[underlay.there],
+        ));
+    let mut d = Daemon::start(dir.path(), &layout.toml(), &layout.sockets());
+    ping_the_kernel(&vm_sock, 1, &[&[0x5A; 1200]]);
+    let learnt_before = d.log_text().matches("VXLAN tunnel open").count();
+    assert_eq!(learnt_before, 1);
+    for round in 0..3 {
+        d.upgrade(&[])
+            .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        ping_the_kernel(&vm_sock, 1, &[&[round; 1200]]);
+    }
+    // Each new process carried the sockets and the kernel's address on (none opened
+    // the tunnel again).
+    let log = d.log_text();
+    assert_eq!(log.matches("VXLAN tunnel open").count(), 1, "{log}");
+    assert!(
+        log.contains("VXLAN tunnel carried on from the previous process port=t0 addresses=1"),
+        "{log}"
+    );
+    let (code, port) = call(&d, "GET", "/v1/ports/t0", None);
+    assert_eq!(code, 200, "{port}");
+    assert_eq!(port["state"]["connected"], true, "{port}");
+    assert!(
+        port["counters"]["rx_packets"].as_u64().unwrap() >= 8,
+        "{port}"
+    );
+}
+
+#[test]
 fn qemu_guests_lose_no_ping_and_no_byte_and_see_no_link_change_through_ten_upgrades() {
     use vringswitch_tests::guest::{Guest, GuestSpec, BOOT_AND_PING};
     const STREAM_MB: u32 = 120;

@@ -14,62 +14,10 @@ use vringswitch_config::VxlanControl;
 use vringswitch_ports::vxlan::{VxlanPort, VxlanPortConfig};
 use vringswitch_ports::{DropReason, PortHandle};
 use vringswitch_tests::daemon::TempDir;
-use vringswitch_tests::netns::{ip, ping_the_kernel, Engine, Netns, HOST_IP};
+use vringswitch_tests::netns::{kernel_vtep, ping_the_kernel, Engine, KernelVtep};
 use vringswitch_tests::setup::T;
 
-/// The underlay: this namespace's end of the veth pair and the remote namespace's.
-struct Underlay {
-    ns: Netns,
-    here: Ipv4Addr,
-    there: Ipv4Addr,
-    veth: String,
-}
-
-impl Drop for Underlay {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("ip")
-            .args(["link", "del", &self.veth])
-            .output();
-    }
-}
-
-/// A namespace across a veth pair (10.98.N.1 here, 10.98.N.2 there) whose kernel has a
-/// VXLAN device of VNI `vni` to this side, learning, with [`HOST_IP`]/24 on it.
-fn remote_kernel_vtep(tag: &str, n: u8, vni: u32) -> Underlay {
-    let id = std::process::id() % 10_000;
-    let ns = Netns::new(&format!("vs-vx{tag}-{id}"));
-    let veth = format!("vx{tag}{id}");
-    let peer = format!("vx{tag}p{id}");
-    let _ = std::process::Command::new("ip")
-        .args(["link", "del", &veth])
-        .output();
-    ip(&["link", "add", &veth, "type", "veth", "peer", "name", &peer]);
-    ip(&["link", "set", &peer, "netns", &ns.0]);
-    let here = Ipv4Addr::new(10, 98, n, 1);
-    let there = Ipv4Addr::new(10, 98, n, 2);
-    ip(&["addr", "add", &format!("{here}/24"), "dev", &veth]);
-    ip(&["link", "set", &veth, "up"]);
-    ns.ip(&["addr", "add", &format!("{there}/24"), "dev", &peer]);
-    ns.ip(&["link", "set", &peer, "up"]);
-    ns.ip(&["link", "set", "lo", "up"]);
-    let vni_s = vni.to_string();
-    let (here_s, there_s) = (here.to_string(), there.to_string());
-    ns.ip(&[
-        "link", "add", "vx0", "type", "vxlan", "id", &vni_s, "local", &there_s, "remote", &here_s,
-        "dstport", "4789",
-    ]);
-    let host = Ipv4Addr::from(HOST_IP);
-    ns.ip(&["addr", "add", &format!("{host}/24"), "dev", "vx0"]);
-    ns.ip(&["link", "set", "vx0", "up"]);
-    Underlay {
-        ns,
-        here,
-        there,
-        veth,
-    }
-}
-
-fn tunnel(underlay: &Underlay, vni: u32, handle: &Arc<PortHandle>) -> VxlanPort {
+fn tunnel(underlay: &KernelVtep, vni: u32, handle: &Arc<PortHandle>) -> VxlanPort {
     VxlanPort::start(
         handle.clone(),
         VxlanPortConfig {
@@ -99,7 +47,7 @@ fn eventually(what: &str, f: impl Fn() -> bool) {
 #[test]
 fn the_kernels_vxlan_answers_a_vm_through_a_tunnel_port_both_ways() {
     let dir = TempDir::new("vxlan");
-    let underlay = remote_kernel_vtep("a", 1, 42);
+    let underlay = kernel_vtep("a", 1, 42);
     let handle = Arc::new(PortHandle::new(1, "tunnel", 1));
     let mut port = tunnel(&underlay, 42, &handle);
     let socket = dir.path().join("vm.sock");
@@ -147,7 +95,7 @@ fn the_kernels_vxlan_answers_a_vm_through_a_tunnel_port_both_ways() {
 #[test]
 fn tunnel_packets_from_strangers_or_of_another_vni_are_dropped_and_counted() {
     let dir = TempDir::new("vxlan-bad");
-    let underlay = remote_kernel_vtep("b", 2, 43);
+    let underlay = kernel_vtep("b", 2, 43);
     let handle = Arc::new(PortHandle::new(1, "tunnel", 1));
     let mut port = tunnel(&underlay, 43, &handle);
     let socket = dir.path().join("vm.sock");
@@ -159,7 +107,7 @@ fn tunnel_packets_from_strangers_or_of_another_vni_are_dropped_and_counted() {
         "add",
         &format!("{stranger}/24"),
         "dev",
-        &format!("vxbp{}", std::process::id() % 10_000),
+        &underlay.peer,
     ]);
     let inner: Vec<u8> = [
         &[0xff; 6][..],

@@ -140,12 +140,39 @@ impl VxlanPort {
         handle: Arc<PortHandle>,
         config: VxlanPortConfig,
     ) -> Result<VxlanPort, VxlanError> {
+        let sockets =
+            TunnelSockets::open(config.local, config.udp_port).map_err(|error| VxlanError {
+                local: config.local,
+                port: config.udp_port,
+                error,
+            })?;
+        let port = Self::serve(handle, config.clone(), sockets, &[])?;
+        tracing::info!(
+            port = %port.handle.name(),
+            vni = config.vni,
+            local = %config.local,
+            udp_port = config.udp_port,
+            control = %config.control,
+            remotes = config.remotes.len(),
+            "VXLAN tunnel open"
+        );
+        Ok(port)
+    }
+
+    /// Publishes a port on `sockets` to the workers, knowing the remote addresses
+    /// `carried` (address, the end's address, learnt) from the process before.
+    fn serve(
+        handle: Arc<PortHandle>,
+        config: VxlanPortConfig,
+        sockets: TunnelSockets,
+        carried: &[([u8; 6], Ipv4Addr, bool)],
+    ) -> Result<VxlanPort, VxlanError> {
         let fail = |error| VxlanError {
             local: config.local,
             port: config.udp_port,
             error,
         };
-        let sockets = Arc::new(TunnelSockets::open(config.local, config.udp_port).map_err(fail)?);
+        let sockets = Arc::new(sockets);
         let mem = crate::frame::host_memory(VXLAN_BUFFER as usize * VXLAN_BUFFERS).map_err(fail)?;
         let remotes = Arc::new(Remotes::new(
             &config.remotes,
@@ -155,6 +182,17 @@ impl VxlanPort {
         ));
         let macs = Arc::new(RemoteMacs::new(REMOTE_MACS));
         let epoch = Instant::now();
+        for &(mac, end, learnt) in carried {
+            let Some(id) = remotes.find(end) else {
+                continue;
+            };
+            let key = remotes::mac_key(mac);
+            if learnt {
+                macs.learn(key, id, 0);
+            } else {
+                macs.install(key, id);
+            }
+        }
         let queue = VxlanQueue {
             sockets,
             mem,
@@ -167,15 +205,6 @@ impl VxlanPort {
         };
         handle.set_connected(true);
         handle.attach(Arc::new(Attachment::Vxlan(queue)));
-        tracing::info!(
-            port = %handle.name(),
-            vni = config.vni,
-            local = %config.local,
-            udp_port = config.udp_port,
-            control = %config.control,
-            remotes = config.remotes.len(),
-            "VXLAN tunnel open"
-        );
         let stop = Arc::new(AtomicBool::new(false));
         let ager = {
             let (stop, macs) = (stop.clone(), macs.clone());
@@ -203,6 +232,18 @@ impl VxlanPort {
         })
     }
 
+    /// Stops the ager thread (the port's only thread); whether it ran.
+    fn stop_ager(&mut self) -> bool {
+        self.stop.store(true, Ordering::Relaxed);
+        match self.ager.take() {
+            Some(t) => {
+                let _ = t.join();
+                true
+            }
+            None => false,
+        }
+    }
+
     /// The remote addresses the port knows.
     pub fn macs(&self) -> &RemoteMacs {
         &self.macs
@@ -210,9 +251,7 @@ impl VxlanPort {
 
     /// Withdraws the port from the workers; its sockets close once the last worker let go.
     pub fn stop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.ager.take() {
-            let _ = t.join();
+        if self.stop_ager() {
             self.handle.detach();
             self.handle.set_connected(false);
             tracing::debug!(port = %self.handle.name(), "VXLAN tunnel closed");
@@ -238,6 +277,38 @@ impl RunningPort for VxlanPort {
     fn change(&mut self, _settings: &vringswitch_config::KindSpec) -> Result<(), String> {
         Err("a VXLAN port's settings change only by adding it again".into())
     }
+
+    fn handover_refusal(&self) -> Option<String> {
+        None
+    }
+
+    /// Hands over duplicates of both sockets (packets queued on the receiving one wait
+    /// there for the new process) and the remote addresses known. Bytes: 1 (the version),
+    /// then per address its MAC (6 bytes), its end's IPv4 address (4) and whether it was
+    /// learnt (1).
+    fn hand_over(&mut self) -> Result<crate::port::HandedPort, String> {
+        let attachment = self.handle.attachment();
+        let Some(Attachment::Vxlan(q)) = attachment.as_deref() else {
+            return Err("its sockets are not open".into());
+        };
+        let dup = |fd: &std::os::fd::OwnedFd| {
+            fd.try_clone()
+                .map_err(|e| format!("cannot duplicate a socket: {e}"))
+        };
+        let fds = vec![dup(&q.sockets.udp)?, dup(&q.sockets.raw)?];
+        let mut data = vec![1u8];
+        for (mac, end, learnt) in q.macs.list() {
+            let Some(remote) = q.remotes.get(end) else {
+                continue;
+            };
+            data.extend_from_slice(&mac);
+            data.extend_from_slice(&remote.addr.octets());
+            data.push(u8::from(learnt));
+        }
+        self.stop_ager();
+        self.handle.set_connected(false);
+        Ok(crate::port::HandedPort { data, fds })
+    }
 }
 
 /// Starts a tunnel port as its settings say.
@@ -250,17 +321,44 @@ pub fn start_port(
         .map_err(StartError::new)
 }
 
-/// A tunnel port is opened again by the new process (its sockets are not handed over
-/// yet): what arrives in between is lost, as on the wire.
+/// Carries on a tunnel port on the sockets the process before this one handed over
+/// ([`RunningPort::hand_over`]), with the remote addresses it knew.
 pub fn take_over_port(
     handle: Arc<PortHandle>,
     settings: &VxlanSettings,
-    _handed: crate::port::HandedPort,
+    handed: crate::port::HandedPort,
 ) -> Result<crate::port::TakenOver, StartError> {
-    start_port(handle, settings).map(|p| {
-        (
-            p,
-            Err("a VXLAN port's sockets are opened again, not carried over".to_owned()),
-        )
-    })
+    let config = VxlanPortConfig::from_settings(settings);
+    let bad = |what: &str| {
+        StartError::new(VxlanError {
+            local: config.local,
+            port: config.udp_port,
+            error: io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("what the previous process handed over does not read: {what}"),
+            ),
+        })
+    };
+    let mut fds = handed.fds.into_iter();
+    let (Some(udp), Some(raw), None) = (fds.next(), fds.next(), fds.next()) else {
+        return Err(bad("not two sockets"));
+    };
+    let Some((&1, entries)) = handed.data.split_first() else {
+        return Err(bad("not version 1"));
+    };
+    if entries.len() % 11 != 0 {
+        return Err(bad("not addresses of 11 bytes each"));
+    }
+    let carried: Vec<([u8; 6], Ipv4Addr, bool)> = entries
+        .chunks_exact(11)
+        .map(|e| {
+            let mac = [e[0], e[1], e[2], e[3], e[4], e[5]];
+            (mac, Ipv4Addr::new(e[6], e[7], e[8], e[9]), e[10] == 1)
+        })
+        .collect();
+    tracing::info!(port = %handle.name(), addresses = carried.len(),
+        "VXLAN tunnel carried on from the previous process");
+    VxlanPort::serve(handle, config, TunnelSockets { udp, raw }, &carried)
+        .map(|p| (Box::new(p) as Box<dyn RunningPort>, Ok(())))
+        .map_err(StartError::new)
 }
