@@ -9,9 +9,7 @@ use libfuzzer_sys::fuzz_target;
 use vringswitch_filter::conntrack::{Charge, Table};
 use vringswitch_filter::firewall::{Policy, Site};
 use vringswitch_filter::{Compiled, Direction, Prefix, Remote, Rule};
-use vringswitch_switch::security_groups::{
-    frame_class, from_vm, to_vm, At, FrameClass, PortFilter,
-};
+use vringswitch_switch::security_groups::{frame_class, from_vm, to_vm, FrameClass, PortFilter};
 
 const CAPACITY: usize = 64;
 
@@ -41,7 +39,9 @@ fn policy(port: u32, stateful: bool) -> Policy {
         },
     ];
     Policy {
-        rules: Compiled::new(&rules, |_| Some(vec![Prefix::new(true, [0xfd; 16], 8).unwrap()])),
+        rules: Compiled::new(&rules, |_| {
+            Some(vec![Prefix::new(true, [0xfd; 16], 8).unwrap()])
+        }),
         stateful,
         epoch: 1,
         charge: Charge { port, limit: 16 },
@@ -86,7 +86,10 @@ fuzz_target!(|data: &[u8]| {
     table.expire(u32::MAX);
     assert!(table.is_empty());
     assert_eq!(table.list(0).count(), 0);
-    assert_eq!((table.port_connections(1), table.port_connections(2)), (0, 0));
+    assert_eq!(
+        (table.port_connections(1), table.port_connections(2)),
+        (0, 0)
+    );
     for z in 0..4 {
         assert_eq!(table.bridge_connections(z), 0);
     }

@@ -3,6 +3,9 @@
 //! Ethernet frame inside) and its inner frame taken where it lies. In static mode each
 //! inner source address is learnt behind the end it came from.
 
+use std::net::SocketAddrV4;
+
+use super::remotes::{RemoteId, Remotes};
 use super::socket::Received;
 use super::{VxlanQueue, VXLAN_BUFFER, VXLAN_BUFFERS};
 use crate::counters::DropReason;
@@ -25,30 +28,51 @@ struct VxlanTake<'q> {
     now: u32,
 }
 
+/// Whether a tunnel packet of `len` bytes (cut by the kernel: `truncated`) from `from`,
+/// whose first bytes are `header`, is one of segment `vni` from one of its `remotes`: the
+/// end it came from, else why it is dropped. Its inner frame is the rest of the packet.
+pub fn admit(
+    remotes: &Remotes,
+    vni: u32,
+    from: Option<SocketAddrV4>,
+    len: usize,
+    truncated: bool,
+    header: &[u8; VXLAN_HEADER_LEN],
+) -> Result<RemoteId, DropReason> {
+    let end = from
+        .and_then(|f| remotes.find(*f.ip()))
+        .ok_or(DropReason::UnknownVtep)?;
+    if truncated || len as u64 >= VXLAN_BUFFER {
+        return Err(DropReason::TooBig);
+    }
+    if len < VXLAN_HEADER_LEN + MIN_FRAME_LEN {
+        return Err(DropReason::BadTunnel);
+    }
+    match VxlanHeader::new_checked(&header[..]) {
+        Ok(h) if h.vni() == vni => Ok(end),
+        _ => Err(DropReason::BadTunnel),
+    }
+}
+
 impl VxlanTake<'_> {
     /// Checks packet `i` (in buffer `i`) and says where its inner frame lies.
     #[inline]
     fn check(&mut self, i: usize) -> Result<(u64, u32), DropReason> {
         let r = self.got[i];
-        let Some(from) = r.from else {
-            return Err(DropReason::UnknownVtep);
-        };
-        let Some(end) = self.q.remotes.find(*from.ip()) else {
-            return Err(DropReason::UnknownVtep);
-        };
-        if r.truncated || r.len as u64 >= VXLAN_BUFFER {
-            return Err(DropReason::TooBig);
-        }
         let addr = VxlanQueue::buffer(i);
         // The header to the stack, and decided on there.
         let mut hdr = [0u8; VXLAN_HEADER_LEN];
-        if r.len < VXLAN_HEADER_LEN + MIN_FRAME_LEN || !self.view.read(addr, &mut hdr) {
+        if !self.view.read(addr, &mut hdr) {
             return Err(DropReason::BadTunnel);
         }
-        match VxlanHeader::new_checked(&hdr[..]) {
-            Ok(h) if h.vni() == self.q.vni => {}
-            _ => return Err(DropReason::BadTunnel),
-        }
+        let end = admit(
+            &self.q.remotes,
+            self.q.vni,
+            r.from,
+            r.len,
+            r.truncated,
+            &hdr,
+        )?;
         if let Some(remote) = self.q.remotes.get(end) {
             let c = &remote.counters;
             c.rx_packets

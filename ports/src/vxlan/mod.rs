@@ -20,6 +20,7 @@
 
 mod egress;
 mod ingress;
+pub use ingress::admit;
 pub mod remotes;
 pub mod socket;
 
