@@ -1266,8 +1266,14 @@ queues = 2
         let two = |udp: &str| {
             format!(
                 "{base}{}{}",
-                port("t0", "vni = 42\nlocal = \"10.0.0.1\"\n"),
-                port("t1", &format!("vni = 43\nlocal = \"10.0.0.1\"\n{udp}"))
+                port(
+                    "t0",
+                    "vni = 42\nlocal = \"10.0.0.1\"\ncontrol = \"static\"\n"
+                ),
+                port(
+                    "t1",
+                    &format!("vni = 43\nlocal = \"10.0.0.1\"\ncontrol = \"static\"\n{udp}")
+                )
             )
         };
         let e = err(&two(""));

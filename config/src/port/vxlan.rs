@@ -134,6 +134,13 @@ impl KindSettings for VxlanSettings {
             return Err(FieldError::invalid("udp_port", "udp_port must not be 0"));
         }
         match (self.control(), self.remotes.as_deref()) {
+            (VxlanControl::Evpn, None) => {
+                return Err(FieldError::invalid(
+                    "control",
+                    "EVPN control is not built yet: give control = \"static\" and the other \
+                     hosts' addresses in remotes",
+                ))
+            }
             (VxlanControl::Evpn, Some(_)) => return Err(FieldError::invalid(
                 "remotes",
                 "remotes are for control = \"static\"; with EVPN the routes name the other ends",
@@ -252,6 +259,7 @@ mod tests {
         let mut s = VxlanSettings {
             vni: Some(42),
             local: Some("10.0.0.1".into()),
+            control: Some(VxlanControl::Static),
             ..VxlanSettings::default()
         };
         f(&mut s);
@@ -284,8 +292,15 @@ mod tests {
 
     #[test]
     fn remotes_are_for_static_control_unique_and_not_this_host() {
-        let evpn = settings(|s| s.remotes = Some(vec!["10.0.0.2".into()]));
+        let evpn = settings(|s| {
+            s.control = Some(VxlanControl::Evpn);
+            s.remotes = Some(vec!["10.0.0.2".into()]);
+        });
         assert_eq!(refused(evpn).0, "remotes");
+        // EVPN is not there yet: said so, not left to drop every frame.
+        let (field, msg) = refused(settings(|s| s.control = None));
+        assert_eq!(field, "control");
+        assert!(msg.contains("not built yet"), "{msg}");
         let ok = settings(|s| {
             s.control = Some(VxlanControl::Static);
             s.remotes = Some(vec!["10.0.0.2".into(), "10.0.0.3".into()]);
@@ -321,7 +336,7 @@ mod tests {
             s.words("t0", &Live::default()).detail,
             "vni 42 from 10.0.0.1:4789, static, no remote"
         );
-        let mut e = settings(|_| {});
+        let mut e = settings(|s| s.control = None);
         e.fill_defaults("t0");
         assert_eq!(e.remotes, None);
         assert_eq!(e.control, Some(VxlanControl::Evpn));
