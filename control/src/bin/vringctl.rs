@@ -481,7 +481,8 @@ enum PortCmd {
         #[arg(long)]
         bridge: String,
         /// vhost-user: a VM's socket; tap: a TAP interface on the host; afxdp: an AF_XDP
-        /// socket on a queue of a host interface.
+        /// socket on a queue of a host interface; vxlan: a tunnel to the segment on other
+        /// hosts.
         #[arg(long = "type", default_value = "vhost-user", value_parser = port_types())]
         kind: String,
         /// vhost-user: the socket, inside the daemon's socket directory [default:
@@ -508,6 +509,21 @@ enum PortCmd {
         /// with zero-copy, native and generic that the interface takes].
         #[arg(long, value_parser = ["best-effort", "native-with-zerocopy", "native", "generic"])]
         xdp_mode: Option<String>,
+        /// vxlan: the segment's VNI (1 to 16777215).
+        #[arg(long)]
+        vni: Option<u32>,
+        /// vxlan: this host's tunnel address (IPv4).
+        #[arg(long, value_name = "IP")]
+        local: Option<String>,
+        /// vxlan: the UDP port [default: 4789].
+        #[arg(long)]
+        udp_port: Option<u16>,
+        /// vxlan: how the other hosts are learnt (static: from --remote).
+        #[arg(long, value_parser = ["static", "evpn"])]
+        control: Option<String>,
+        /// vxlan, static: the other hosts' tunnel addresses, e.g. 192.0.2.11,192.0.2.12.
+        #[arg(long = "remote", value_name = "IPS", value_delimiter = ',')]
+        remotes: Option<Vec<String>>,
         /// vhost-user and tap: offer checksum and segmentation offloads to the peer
         /// [default: on]. Off, the peer sends complete frames and gets them.
         #[arg(long, value_parser = ["on", "off"])]
@@ -1400,6 +1416,11 @@ async fn port(api: &ApiClient, cmd: PortCmd, json: bool) -> Result<String, Clien
             mtu,
             queue,
             xdp_mode,
+            vni,
+            local,
+            udp_port,
+            control,
+            remotes,
             offloads,
             vlan,
             allow_mac,
@@ -1427,6 +1448,11 @@ async fn port(api: &ApiClient, cmd: PortCmd, json: bool) -> Result<String, Clien
                 ("mtu", mtu.map(|m| json!(m))),
                 ("queue", queue.map(|q| json!(q))),
                 ("xdp_mode", xdp_mode.map(|m| json!(m))),
+                ("vni", vni.map(|v| json!(v))),
+                ("local", local.map(|l| json!(l))),
+                ("udp_port", udp_port.map(|u| json!(u))),
+                ("control", control.map(|c| json!(c))),
+                ("remotes", remotes.map(|r| json!(r))),
                 ("offloads", offloads.map(|o| json!(o == "on"))),
             ] {
                 if let Some(v) = value {
