@@ -468,6 +468,8 @@ fn police_spec(s: &str) -> Result<Value, String> {
     Ok(Value::Object(o))
 }
 
+// Parsed once per run: the size of `Add` costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 enum PortCmd {
     /// Every port with its state and counters.
