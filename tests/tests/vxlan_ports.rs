@@ -163,3 +163,117 @@ fn tunnel_packets_from_strangers_or_of_another_vni_are_dropped_and_counted() {
     engine.stop();
     port.stop();
 }
+
+/// Addresses on `lo`, removed when dropped.
+struct LoAddrs(Vec<Ipv4Addr>);
+
+impl LoAddrs {
+    fn add(addrs: &[Ipv4Addr]) -> LoAddrs {
+        for a in addrs {
+            let _ = std::process::Command::new("ip")
+                .args(["addr", "del", &format!("{a}/32"), "dev", "lo"])
+                .output();
+            vringswitch_tests::netns::ip(&["addr", "add", &format!("{a}/32"), "dev", "lo"]);
+        }
+        LoAddrs(addrs.to_vec())
+    }
+}
+
+impl Drop for LoAddrs {
+    fn drop(&mut self) {
+        for a in &self.0 {
+            let _ = std::process::Command::new("ip")
+                .args(["addr", "del", &format!("{a}/32"), "dev", "lo"])
+                .output();
+        }
+    }
+}
+
+#[test]
+fn three_hosts_in_static_mode_carry_every_pair_and_broadcast_without_loss() {
+    use vringswitch_tests::daemon::Daemon;
+    use vringswitch_tests::frontend::{TestVm, VmOptions};
+    use vringswitch_tests::layout::{vhost_user, vxlan_static, Layout};
+    use vringswitch_tests::{frame, mac, BROADCAST};
+    // Three "hosts": three daemons, each with its own tunnel address (on `lo`: the tunnel
+    // packets cross the kernel's IP stack as between hosts) and two test VMs.
+    let hosts: Vec<Ipv4Addr> = (1..=3).map(|i| Ipv4Addr::new(10, 98, 9, i)).collect();
+    let _addrs = LoAddrs::add(&hosts);
+    let dirs: Vec<TempDir> = (0..3).map(|i| TempDir::new(&format!("vx3-{i}"))).collect();
+    let mut daemons = Vec::new();
+    for (i, dir) in dirs.iter().enumerate() {
+        let others: Vec<Ipv4Addr> = hosts.iter().copied().filter(|&h| h != hosts[i]).collect();
+        let sock = |n: usize| dir.path().join(format!("vm{n}.sock"));
+        let layout = Layout::new()
+            .bridge("br0")
+            .port(vhost_user("vm0", "br0", &sock(0)))
+            .port(vhost_user("vm1", "br0", &sock(1)))
+            .port(vxlan_static("tun", "br0", 77, hosts[i], &others));
+        daemons.push(Daemon::start(dir.path(), &layout.toml(), &layout.sockets()));
+    }
+    // VM k (MAC k + 1) is VM k % 2 of host k / 2.
+    let mut vms: Vec<TestVm> = (0..6)
+        .map(|k| {
+            let sock = dirs[k / 2].path().join(format!("vm{}.sock", k % 2));
+            let mut vm = TestVm::connect(&sock, mac(k as u8 + 1), VmOptions::default());
+            vm.post_rx(TestVm::rx(0), 128, 2048);
+            vm
+        })
+        .collect();
+    for (i, d) in daemons.iter().enumerate() {
+        d.wait_port_connected("vm0", true);
+        d.wait_port_connected("vm1", true);
+        assert!(d.log_text().contains("VXLAN tunnel open"), "host {i}");
+    }
+    // Each VM broadcasts once: every other VM gets it, wherever it is.
+    for k in 0..6 {
+        let b = frame(BROADCAST, mac(k as u8 + 1), 100, k as u8);
+        vms[k].send(TestVm::tx(0), &b);
+        for (j, vm) in vms.iter_mut().enumerate() {
+            if j == k {
+                continue;
+            }
+            let got = vm.expect_frames(TestVm::rx(0), 1, T);
+            assert_eq!(got[0].frame, b, "broadcast from VM {k} at VM {j}");
+        }
+    }
+    // Then unicast, every ordered pair, 20 frames each: each arrives once, whole, in order,
+    // and only at its destination.
+    for k in 0..6 {
+        for j in 0..6 {
+            if j == k {
+                continue;
+            }
+            let sent: Vec<Vec<u8>> = (0..20u8)
+                .map(|s| frame(mac(j as u8 + 1), mac(k as u8 + 1), 200 + usize::from(s), s))
+                .collect();
+            for f in &sent {
+                vms[k].send(TestVm::tx(0), f);
+            }
+            let got: Vec<Vec<u8>> = vms[j]
+                .expect_frames(TestVm::rx(0), sent.len(), T)
+                .into_iter()
+                .map(|r| r.frame)
+                .collect();
+            assert_eq!(got, sent, "VM {k} to VM {j}");
+            for (o, vm) in vms.iter_mut().enumerate() {
+                if o != j && o != k {
+                    assert!(
+                        vm.recv(TestVm::rx(0)).is_empty(),
+                        "VM {o} got VM {k}'s frames to {j}"
+                    );
+                }
+            }
+            vms[j].post_rx(TestVm::rx(0), sent.len(), 2048);
+        }
+    }
+    for d in &daemons {
+        let (code, tun) = vringswitch_tests::api::call(d, "GET", "/v1/ports/tun", None);
+        assert_eq!(code, 200, "{tun}");
+        let drops = &tun["counters"]["drops"];
+        assert!(
+            drops.as_object().unwrap().values().all(|v| v == 0),
+            "{drops}"
+        );
+    }
+}
