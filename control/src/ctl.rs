@@ -677,7 +677,45 @@ pub fn port_detail(port: &serde_json::Value) -> String {
         out += &table(&["queue pair", "rx packets", "tx packets"], 0, rows);
         out.push('\n');
     }
+    if let Some(remotes) = port["remotes"].as_array() {
+        out.push('\n');
+        out += &remotes_table(remotes);
+        out.push('\n');
+    }
     out
+}
+
+/// A tunnel port's remote ends: one row each, its MAC addresses (`*`: installed by the
+/// control plane) and counters.
+fn remotes_table(remotes: &[serde_json::Value]) -> String {
+    let rows: Vec<Vec<String>> = remotes
+        .iter()
+        .map(|r| {
+            let macs: Vec<String> = r["macs"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|m| {
+                    let star = if m["learnt"] == false { "*" } else { "" };
+                    format!("{}{star}", text(&m["mac"]))
+                })
+                .collect();
+            vec![
+                text(&r["address"]),
+                if macs.is_empty() {
+                    "-".to_owned()
+                } else {
+                    macs.join(" ")
+                },
+                text(&r["rx_packets"]),
+                text(&r["tx_packets"]),
+            ]
+        })
+        .collect();
+    if rows.is_empty() {
+        return "remote ends: none".to_owned();
+    }
+    table(&["remote end", "macs", "rx packets", "tx packets"], 2, rows)
 }
 
 /// `vringctl fdb show`: one line per entry.
@@ -942,6 +980,40 @@ mod tests {
         let row: Vec<&str> = out.lines().nth(2).unwrap().split_whitespace().collect();
         assert_eq!(row, ["1", "-", "-", "0", "-", "0"]);
         assert!(!out.contains("NaN"));
+    }
+
+    #[test]
+    fn a_tunnel_ports_detail_lists_its_remote_ends_and_the_macs_behind_them() {
+        let port = serde_json::json!({
+            "name": "tun", "bridge": "br0", "queues": 1,
+            "words": {"mode": "vxlan", "attached_to": "vni 42", "summary": "vni 42",
+                      "detail": "vni 42 from 10.0.0.1:4789, static to 10.0.0.2", "own_queues": false},
+            "state": {"connected": true, "ready": true, "queue_pairs_active": 1},
+            "counters": {"rx_packets": 3, "tx_packets": 4, "drops": {}},
+            "remotes": [
+                {"address": "10.0.0.2", "rx_packets": 3, "tx_packets": 4, "rx_bytes": 1, "tx_bytes": 1,
+                 "macs": [{"mac": "02:00:00:00:00:05", "learnt": true},
+                          {"mac": "02:00:00:00:00:06", "learnt": false}]},
+                {"address": "10.0.0.3", "rx_packets": 0, "tx_packets": 4, "rx_bytes": 0, "tx_bytes": 1,
+                 "macs": []}
+            ]
+        });
+        let out = port_detail(&port);
+        assert!(
+            out.contains("vni 42 from 10.0.0.1:4789, static to 10.0.0.2"),
+            "{out}"
+        );
+        let row = |addr: &str| {
+            out.lines()
+                .find(|l| l.starts_with(addr))
+                .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        };
+        assert_eq!(
+            row("10.0.0.2").as_deref(),
+            Some("10.0.0.2 02:00:00:00:00:05 02:00:00:00:00:06* 3 4"),
+            "{out}"
+        );
+        assert_eq!(row("10.0.0.3").as_deref(), Some("10.0.0.3 - 0 4"), "{out}");
     }
 
     #[test]

@@ -86,6 +86,8 @@ struct AppState {
         PortPatch,
         PortView,
         PortState,
+        RemoteView,
+        RemoteMacView,
         VlanConfig,
         StaticMacRequest,
         StaticMac,
@@ -788,13 +790,59 @@ struct PortView {
     state: PortState,
     /// How vringctl shows the port, in its kind's words.
     words: vringswitch_config::KindWords,
+    /// A tunnel port's remote ends (VTEPs): the MAC addresses behind each and its
+    /// counters.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    remotes: Option<Vec<RemoteView>>,
     /// Packet, byte and drop counters (as in /v1/stats).
     #[schema(value_type = Object)]
     counters: PortSnapshot,
 }
 
+/// A tunnel's remote end (VTEP).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct RemoteView {
+    /// Its tunnel address.
+    address: String,
+    /// MAC addresses behind it: learnt from what came from it, or installed by the
+    /// control plane.
+    macs: Vec<RemoteMacView>,
+    tx_packets: u64,
+    tx_bytes: u64,
+    rx_packets: u64,
+    rx_bytes: u64,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct RemoteMacView {
+    mac: String,
+    learnt: bool,
+}
+
+fn remote_view(r: vringswitch_ports::vxlan::RemoteEnd) -> RemoteView {
+    RemoteView {
+        address: r.address.to_string(),
+        macs: r
+            .macs
+            .into_iter()
+            .map(|(m, learnt)| RemoteMacView {
+                mac: vringswitch_wire::MacAddr(m).to_string(),
+                learnt,
+            })
+            .collect(),
+        tx_packets: r.tx_packets,
+        tx_bytes: r.tx_bytes,
+        rx_packets: r.rx_packets,
+        rx_bytes: r.rx_bytes,
+    }
+}
+
 fn port_view(spec: PortSpec, handle: &PortHandle, snapshot: &Snapshot) -> PortView {
     let attachment = handle.attachment();
+    let remotes = attachment
+        .as_ref()
+        .and_then(|a| a.status().remote_ends())
+        .map(|ends| ends.into_iter().map(remote_view).collect());
     let state = PortState {
         connected: handle.is_connected(),
         ready: attachment.is_some(),
@@ -838,6 +886,7 @@ fn port_view(spec: PortSpec, handle: &PortHandle, snapshot: &Snapshot) -> PortVi
     });
     PortView {
         words,
+        remotes,
         kind: spec.shown_kind(),
         name: spec.name,
         bridge: spec.bridge,

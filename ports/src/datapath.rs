@@ -287,6 +287,11 @@ pub trait PortStatus {
     fn attach_mode(&self) -> Option<&'static str> {
         None
     }
+
+    /// A tunnel port's remote ends, with their counters and the addresses behind them.
+    fn remote_ends(&self) -> Option<Vec<crate::vxlan::RemoteEnd>> {
+        None
+    }
 }
 
 /// A port kind: its data path both ways and its status. Each kind implements it in its

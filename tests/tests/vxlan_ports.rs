@@ -267,7 +267,7 @@ fn three_hosts_in_static_mode_carry_every_pair_and_broadcast_without_loss() {
             vms[j].post_rx(TestVm::rx(0), sent.len(), 2048);
         }
     }
-    for d in &daemons {
+    for (i, d) in daemons.iter().enumerate() {
         let (code, tun) = vringswitch_tests::api::call(d, "GET", "/v1/ports/tun", None);
         assert_eq!(code, 200, "{tun}");
         let drops = &tun["counters"]["drops"];
@@ -275,5 +275,42 @@ fn three_hosts_in_static_mode_carry_every_pair_and_broadcast_without_loss() {
             drops.as_object().unwrap().values().all(|v| v == 0),
             "{drops}"
         );
+        // Each other host is a remote end with its two VMs' addresses behind it, learnt.
+        let remotes = tun["remotes"]
+            .as_array()
+            .expect("a tunnel shows its remote ends");
+        assert_eq!(remotes.len(), 2, "{tun}");
+        for r in remotes {
+            let h = hosts
+                .iter()
+                .position(|a| r["address"] == a.to_string())
+                .unwrap_or_else(|| panic!("{r}"));
+            assert_ne!(h, i);
+            let macs: Vec<String> = r["macs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| {
+                    assert_eq!(m["learnt"], true, "{m}");
+                    m["mac"].as_str().unwrap().to_owned()
+                })
+                .collect();
+            let want: Vec<String> = [2 * h + 1, 2 * h + 2]
+                .iter()
+                .map(|&n| {
+                    let m = mac(n as u8);
+                    format!(
+                        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+                        m[0], m[1], m[2], m[3], m[4], m[5]
+                    )
+                })
+                .collect();
+            assert_eq!(macs, want, "host {i}'s view of host {h}");
+            // Both ways: 2 broadcasts, and 20 frames from each of 2 VMs to each of 2.
+            assert_eq!(r["rx_packets"], 82, "{r}");
+            assert_eq!(r["tx_packets"], 82, "{r}");
+        }
+        let shown = d.vringctl(&["port", "show", "tun"]);
+        assert!(shown.contains("REMOTE END"), "{shown}");
     }
 }

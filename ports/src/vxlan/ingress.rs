@@ -166,4 +166,8 @@ impl PortStatus for VxlanQueue {
     fn taken_offloads(&self) -> OffloadCaps {
         OffloadCaps::NONE
     }
+
+    fn remote_ends(&self) -> Option<Vec<super::RemoteEnd>> {
+        Some(super::remote_ends(&self.remotes, &self.macs))
+    }
 }

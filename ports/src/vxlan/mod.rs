@@ -95,6 +95,45 @@ impl VxlanQueue {
     }
 }
 
+/// A remote end as the control plane shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteEnd {
+    pub address: Ipv4Addr,
+    /// The MAC addresses behind it, and whether each was learnt (else installed by the
+    /// control plane).
+    pub macs: Vec<([u8; 6], bool)>,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+}
+
+/// The ends of `remotes` with the addresses `macs` puts behind them.
+fn remote_ends(remotes: &Remotes, macs: &RemoteMacs) -> Vec<RemoteEnd> {
+    let known = macs.list();
+    remotes
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+            let mut behind: Vec<([u8; 6], bool)> = known
+                .iter()
+                .filter(|&&(_, end, _)| usize::from(end) == i)
+                .map(|&(mac, _, learnt)| (mac, learnt))
+                .collect();
+            behind.sort_unstable();
+            RemoteEnd {
+                address: r.addr,
+                macs: behind,
+                tx_packets: load(&r.counters.tx_packets),
+                tx_bytes: load(&r.counters.tx_bytes),
+                rx_packets: load(&r.counters.rx_packets),
+                rx_bytes: load(&r.counters.rx_bytes),
+            }
+        })
+        .collect()
+}
+
 /// How a tunnel port is set up.
 #[derive(Debug, Clone)]
 pub struct VxlanPortConfig {
