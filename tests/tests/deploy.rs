@@ -92,6 +92,14 @@ fn systemd_analyze_verify_accepts_the_unit() {
         !out.contains("vringswitch.service:"),
         "warnings with the drop-in: {out}"
     );
+    // And with the tunnels' drop-in too.
+    let tunnels = std::fs::read_to_string(deploy("systemd/vxlan-ports.conf")).unwrap();
+    std::fs::write(&merged, format!("{unit}\n{dropin}\n{tunnels}")).unwrap();
+    let out = run(Command::new("systemd-analyze").arg("verify").arg(&merged));
+    assert!(
+        !out.contains("vringswitch.service:"),
+        "warnings with both drop-ins: {out}"
+    );
 }
 
 /// The system calls in systemd's filter set `set` (e.g. `@system-service`), groups expanded.
@@ -398,6 +406,105 @@ fn an_afxdp_ports_system_calls_pass_the_unit_with_its_drop_in() {
         "socket families outside the unit's and the drop-in's RestrictAddressFamilies: \
          {refused:?}"
     );
+}
+
+#[test]
+fn a_vxlan_ports_system_calls_pass_the_unit_and_its_socket_families() {
+    require("strace", "strace");
+    require("systemd-analyze", "systemd");
+    require("ip", "iproute2");
+    let unit = std::fs::read_to_string(deploy("systemd/vringswitch.service")).unwrap();
+    let dropin = std::fs::read_to_string(deploy("systemd/vxlan-ports.conf")).unwrap();
+    assert!(
+        dropin.contains("CAP_NET_RAW"),
+        "the drop-in gives the raw socket's capability"
+    );
+    // This host's tunnel address and the remote end's, on lo.
+    let (here, there) = ("10.98.8.1", "10.98.8.2");
+    struct DelAddr(&'static str);
+    impl Drop for DelAddr {
+        fn drop(&mut self) {
+            let _ = Command::new("ip")
+                .args(["addr", "del", &format!("{}/32", self.0), "dev", "lo"])
+                .output();
+        }
+    }
+    let mut held = Vec::new();
+    for a in [here, there] {
+        let _ = Command::new("ip")
+            .args(["addr", "del", &format!("{a}/32"), "dev", "lo"])
+            .output();
+        vringswitch_tests::netns::ip(&["addr", "add", &format!("{a}/32"), "dev", "lo"]);
+        held.push(DelAddr(a));
+    }
+    let dir = TempDir::new("syscalls-vxlan");
+    let sock = dir.path().join("e.sock");
+    let config = dir.path().join("vringswitch.toml");
+    let toml = Layout::new()
+        .bridge("br0")
+        .port(vhost_user("e", "br0", &sock))
+        .port(vringswitch_tests::layout::vxlan_static(
+            "t",
+            "br0",
+            8,
+            here.parse().unwrap(),
+            &[there.parse().unwrap()],
+        ))
+        .toml();
+    std::fs::write(&config, toml).unwrap();
+    // The remote end: a UDP socket on its address, which gets what the tunnel sends and
+    // sends it one packet back.
+    let remote = std::net::UdpSocket::bind((there, 4789)).unwrap();
+    remote
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let (mut child, trace, api) = start_traced(dir.path(), &config);
+    wait_until(Duration::from_secs(30), "the daemon under strace", || {
+        http_get(&api, "/healthz").ok()
+    });
+    let counter = |name: &str| {
+        let m = http_get(&api, "/metrics").ok()?;
+        metric_value(&m, name, &[("port", "t")])
+    };
+    let mut e = TestVm::connect(&sock, mac(5), VmOptions::default());
+    e.post_rx(TestVm::rx(0), 64, 2048);
+    wait_until(Duration::from_secs(30), "e ready", || {
+        let m = http_get(&api, "/metrics").ok()?;
+        (metric_value(&m, "vringswitch_port_ready", &[("port", "e")]) == Some(1)).then_some(())
+    });
+    e.send(TestVm::tx(0), &frame([0xff; 6], mac(5), 100, 0));
+    let mut buf = [0u8; 2048];
+    let (n, from) = remote.recv_from(&mut buf).expect("the broadcast through the tunnel");
+    assert_eq!(from.ip().to_string(), here);
+    assert_eq!(&buf[..8], &[0x08, 0, 0, 0, 0, 0, 8, 0], "VXLAN header of VNI 8");
+    assert_eq!(n, 8 + 114);
+    let inner = frame(mac(5), mac(9), 50, 1);
+    remote
+        .send_to(&[&[0x08, 0, 0, 0, 0, 0, 8, 0][..], &inner].concat(), (here, 4789))
+        .unwrap();
+    wait_until(
+        Duration::from_secs(30),
+        "the frame received on the tunnel",
+        || (counter("vringswitch_port_rx_packets_total")? >= 1).then_some(()),
+    );
+    let (log, used) = stop_traced(&mut child, &trace, None);
+    for call in ["recvmmsg", "sendmsg"] {
+        assert!(used.contains(call), "{call} not seen: {used:?}");
+    }
+    let allowed = allowed_calls(&[&unit, &dropin]);
+    let refused: Vec<&String> = used.difference(&allowed).collect();
+    assert!(
+        refused.is_empty(),
+        "system calls outside the unit's SystemCallFilter: {refused:?}"
+    );
+    let opened = families_used(&log);
+    let families = allowed_families(&[&unit, &dropin]);
+    let refused: Vec<&String> = opened.difference(&families).collect();
+    assert!(
+        refused.is_empty(),
+        "socket families outside the unit's RestrictAddressFamilies: {refused:?}"
+    );
+    drop(held);
 }
 
 /// What the `SystemCallFilter=` lines of `units` (a unit and its drop-ins) allow, groups
