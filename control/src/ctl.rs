@@ -840,6 +840,7 @@ mod tests {
                 offloads: Default::default(),
                 fdb_learned: 3,
                 fdb_max_learned: 1024,
+                remotes: vec![],
             }],
             bridges: vec![],
         }

@@ -241,6 +241,26 @@ fn families(s: &Snapshot) -> Vec<MetricFamily> {
         "vringswitch_port_fdb_max_learned",
         "Most MAC addresses the bridge learns on the port (fdb_max_learned).",
     );
+    let mut remote_rx = Family::counter(
+        "vringswitch_tunnel_remote_rx_packets_total",
+        "Tunnel packets a tunnel port took from one remote end (VTEP).",
+    );
+    let mut remote_rx_bytes = Family::counter(
+        "vringswitch_tunnel_remote_rx_bytes_total",
+        "Bytes of the tunnel packets (VXLAN header and inner frame) taken from one remote end.",
+    );
+    let mut remote_tx = Family::counter(
+        "vringswitch_tunnel_remote_tx_packets_total",
+        "Tunnel packets a tunnel port sent to one remote end (a flooded frame once per end).",
+    );
+    let mut remote_tx_bytes = Family::counter(
+        "vringswitch_tunnel_remote_tx_bytes_total",
+        "Bytes sent to one remote end, outer headers included.",
+    );
+    let mut remote_macs = Family::gauge(
+        "vringswitch_tunnel_remote_macs",
+        "MAC addresses a tunnel port knows behind one remote end.",
+    );
     for p in &s.ports {
         let l = [("port", p.name.as_str()), ("bridge", p.bridge.as_str())];
         for (i, q) in p.queues.iter().enumerate() {
@@ -266,6 +286,14 @@ fn families(s: &Snapshot) -> Vec<MetricFamily> {
         protocol_errors.add(&l[..1], p.protocol_errors);
         port_fdb.add(&l, p.fdb_learned);
         port_fdb_max.add(&l, p.fdb_max_learned);
+        for r in &p.remotes {
+            let rl = [l[0], l[1], ("remote", r.address.as_str())];
+            remote_rx.add(&rl, r.rx_packets);
+            remote_rx_bytes.add(&rl, r.rx_bytes);
+            remote_tx.add(&rl, r.tx_packets);
+            remote_tx_bytes.add(&rl, r.tx_bytes);
+            remote_macs.add(&rl, r.macs);
+        }
     }
     for f in [
         &mut rx_packets,
@@ -284,6 +312,11 @@ fn families(s: &Snapshot) -> Vec<MetricFamily> {
         &mut queue_busy,
         &mut port_fdb,
         &mut port_fdb_max,
+        &mut remote_rx,
+        &mut remote_rx_bytes,
+        &mut remote_tx,
+        &mut remote_tx_bytes,
+        &mut remote_macs,
     ] {
         push(f);
     }

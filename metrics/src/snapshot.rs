@@ -102,6 +102,21 @@ pub struct PortSnapshot {
     /// Most addresses the bridge learns on the port.
     #[serde(default)]
     pub fdb_max_learned: u64,
+    /// A tunnel port's remote ends.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remotes: Vec<RemoteSnapshot>,
+}
+
+/// A tunnel's remote end (VTEP) and what crossed to and from it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoteSnapshot {
+    pub address: String,
+    /// MAC addresses behind it.
+    pub macs: u64,
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
 }
 
 /// Frames of one queue pair of a port.
@@ -269,6 +284,21 @@ impl Snapshot {
                         .collect(),
                     fdb_learned: topology.bridges[p.bridge].fdb.learned_on(p.handle.id()) as u64,
                     fdb_max_learned: p.fdb_max_learned as u64,
+                    remotes: p
+                        .handle
+                        .attachment()
+                        .and_then(|a| a.status().remote_ends())
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|r| RemoteSnapshot {
+                            address: r.address.to_string(),
+                            macs: r.macs.len() as u64,
+                            rx_packets: r.rx_packets,
+                            rx_bytes: r.rx_bytes,
+                            tx_packets: r.tx_packets,
+                            tx_bytes: r.tx_bytes,
+                        })
+                        .collect(),
                 }
             })
             .collect();
