@@ -55,7 +55,7 @@ impl PortSecurity {
     }
 
     /// Whether a frame from `src` may enter the switch through this port.
-    #[inline]
+    #[inline(always)]
     pub fn permits(&self, src: MacAddr) -> bool {
         if self.len == 0 {
             return true;

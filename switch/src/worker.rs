@@ -1262,44 +1262,68 @@ impl<'m, W: Fn(&Slot) -> bool> SendBurst<'m> for ToPort<'_, '_, 'm, W> {
         if let Some(cap) = capture {
             capture_to_vm(cap, policy, src, frames, heads, segs, &wanted);
         }
-        let mut sent = Sent::default();
-        let mut edit = FrameEdit::NONE;
-        for (i, f) in frames.iter().enumerate() {
-            if !wanted(f) {
-                continue;
-            }
-            let frame = &f.frame;
-            if !policy.egress_into(f.ingress, &frame.peek, &mut edit) {
-                counters.add_drop(DropReason::VlanFiltered, 1);
-                continue;
-            }
-            if let Some(heads) = heads {
+        // The loop twice, with and without judged heads to carry: the plain path pays no
+        // branch and no index for them.
+        let to = (src, segs, offloads, policy, counters);
+        match heads {
+            None => send_frames(port, to, frames, &wanted, |_, _, _| {}),
+            Some(heads) => send_frames(port, to, frames, &wanted, |i, f: &Slot, edit| {
                 // A frame too short for its edit was judged malformed (only a port
                 // without groups gets it): sent as it is.
                 edit.carry_head(&heads[i][..usize::from(f.head_len)]);
-            }
-            if offloads && frame.vnet.flags != 0 {
-                // Only a frame whose source asked for an offload (see `accept_offload`).
-                let rx = port.offloads();
-                let frame_segs = frame.segs_in(segs);
-                let mut built = port.built();
-                let (p, n) =
-                    send_offloaded(src, frame, frame_segs, &edit, rx, counters, |v, out| {
-                        built.send_built(v, frame_segs, out)
-                    });
-                (sent.packets, sent.bytes) = (sent.packets + p, sent.bytes + n);
-                continue;
-            }
-            match port.send(src, frame.segs_in(segs), frame.len, &edit) {
-                Ok(n) => {
-                    sent.packets += 1;
-                    sent.bytes += u64::from(n);
-                }
-                Err(reason) => counters.add_drop(reason, 1),
-            }
+            }),
         }
-        sent
     }
+}
+
+/// [`ToPort::send_to`]'s loop over the frames `wanted` picks, `carry` changing each edit
+/// once it is made (the judged heads, see [`Burst::in_place`]).
+#[inline(always)]
+fn send_frames<'m, E: EgressBurst<'m>>(
+    port: &mut E,
+    (src, segs, offloads, policy, counters): (
+        &mut MemView<'m>,
+        &[Seg],
+        bool,
+        &VlanPolicy,
+        &PortCounters,
+    ),
+    frames: &[Slot],
+    wanted: &impl Fn(&Slot) -> bool,
+    carry: impl Fn(usize, &Slot, &mut FrameEdit),
+) -> Sent {
+    let mut sent = Sent::default();
+    let mut edit = FrameEdit::NONE;
+    for (i, f) in frames.iter().enumerate() {
+        if !wanted(f) {
+            continue;
+        }
+        let frame = &f.frame;
+        if !policy.egress_into(f.ingress, &frame.peek, &mut edit) {
+            counters.add_drop(DropReason::VlanFiltered, 1);
+            continue;
+        }
+        carry(i, f, &mut edit);
+        if offloads && frame.vnet.flags != 0 {
+            // Only a frame whose source asked for an offload (see `accept_offload`).
+            let rx = port.offloads();
+            let frame_segs = frame.segs_in(segs);
+            let mut built = port.built();
+            let (p, n) = send_offloaded(src, frame, frame_segs, &edit, rx, counters, |v, out| {
+                built.send_built(v, frame_segs, out)
+            });
+            (sent.packets, sent.bytes) = (sent.packets + p, sent.bytes + n);
+            continue;
+        }
+        match port.send(src, frame.segs_in(segs), frame.len, &edit) {
+            Ok(n) => {
+                sent.packets += 1;
+                sent.bytes += u64::from(n);
+            }
+            Err(reason) => counters.add_drop(reason, 1),
+        }
+    }
+    sent
 }
 
 /// Sends the frame `frame` (in `segs` of the source seen by `src`, changed by `edit`), whose

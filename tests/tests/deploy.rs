@@ -474,13 +474,22 @@ fn a_vxlan_ports_system_calls_pass_the_unit_and_its_socket_families() {
     });
     e.send(TestVm::tx(0), &frame([0xff; 6], mac(5), 100, 0));
     let mut buf = [0u8; 2048];
-    let (n, from) = remote.recv_from(&mut buf).expect("the broadcast through the tunnel");
+    let (n, from) = remote
+        .recv_from(&mut buf)
+        .expect("the broadcast through the tunnel");
     assert_eq!(from.ip().to_string(), here);
-    assert_eq!(&buf[..8], &[0x08, 0, 0, 0, 0, 0, 8, 0], "VXLAN header of VNI 8");
+    assert_eq!(
+        &buf[..8],
+        &[0x08, 0, 0, 0, 0, 0, 8, 0],
+        "VXLAN header of VNI 8"
+    );
     assert_eq!(n, 8 + 114);
     let inner = frame(mac(5), mac(9), 50, 1);
     remote
-        .send_to(&[&[0x08, 0, 0, 0, 0, 0, 8, 0][..], &inner].concat(), (here, 4789))
+        .send_to(
+            &[&[0x08, 0, 0, 0, 0, 0, 8, 0][..], &inner].concat(),
+            (here, 4789),
+        )
         .unwrap();
     wait_until(
         Duration::from_secs(30),

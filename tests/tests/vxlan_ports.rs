@@ -316,8 +316,14 @@ fn three_hosts_in_static_mode_carry_every_pair_and_broadcast_without_loss() {
         for h in (0..3).filter(|&h| h != i) {
             let remote = hosts[h].to_string();
             let l = [("port", "tun"), ("remote", remote.as_str())];
-            assert_eq!(d.metric("vringswitch_tunnel_remote_rx_packets_total", &l), 82);
-            assert_eq!(d.metric("vringswitch_tunnel_remote_tx_packets_total", &l), 82);
+            assert_eq!(
+                d.metric("vringswitch_tunnel_remote_rx_packets_total", &l),
+                82
+            );
+            assert_eq!(
+                d.metric("vringswitch_tunnel_remote_tx_packets_total", &l),
+                82
+            );
             assert_eq!(d.metric("vringswitch_tunnel_remote_macs", &l), 2);
         }
     }

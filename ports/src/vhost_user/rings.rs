@@ -369,7 +369,7 @@ impl<'q, 'm> RingView<'q, 'm> {
     /// Gives chain `head` back to the driver with `len` bytes written: its used entry is
     /// written now and published by [`Self::publish_used`]. A head past the ring (only a
     /// corrupt ring offers one) has no slot to go back to and is skipped.
-    #[inline]
+    #[inline(always)]
     pub fn add_used(&mut self, head: u16, len: u32) {
         match &self.split {
             Some(ring) => fast::put_used(ring, &mut self.used_next, head, len),
