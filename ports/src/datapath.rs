@@ -105,6 +105,41 @@ pub fn send_as_built<'m, P: SendBuilt<'m>>(
     port.send_built(src, segs, &out)
 }
 
+/// A port opened for a burst whose every frame goes out as one the offloads could have
+/// built ([`send_as_built`]: TAP, AF_XDP, VXLAN): it fills in [`SendBuilt`] and says which
+/// offloads its receiver takes, and is an [`EgressBurst`] by that.
+pub trait SendsAsBuilt<'m>: SendBuilt<'m> {
+    fn offloads(&self) -> OffloadCaps;
+}
+
+impl<'m, T: SendsAsBuilt<'m>> EgressBurst<'m> for T {
+    #[inline(always)]
+    fn offloads(&self) -> OffloadCaps {
+        SendsAsBuilt::offloads(self)
+    }
+
+    type Built<'p>
+        = &'p mut T
+    where
+        T: 'p;
+
+    #[inline(always)]
+    fn built(&mut self) -> &mut T {
+        self
+    }
+
+    #[inline(always)]
+    fn send(
+        &mut self,
+        src: &mut MemView<'m>,
+        segs: &[Seg],
+        len: u32,
+        edit: &FrameEdit,
+    ) -> Result<u32, DropReason> {
+        send_as_built(self, src, segs, len, edit)
+    }
+}
+
 /// The engine's side of one burst sent to a port: given the opened port, it sends every
 /// frame of the burst meant for it and says how many frames and bytes were written.
 pub trait SendBurst<'m> {

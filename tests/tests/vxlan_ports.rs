@@ -31,6 +31,21 @@ fn tunnel(underlay: &KernelVtep, vni: u32, handle: &Arc<PortHandle>) -> VxlanPor
     .expect("open a VXLAN tunnel (needs root: a raw socket)")
 }
 
+/// The engine with a test VM's port (`vm.sock` in the directory) and a tunnel port of VNI
+/// `vni` to the kernel's VXLAN across underlay `n` (see [`kernel_vtep`]).
+fn engine_with_tunnel(
+    tag: &str,
+    n: u8,
+    vni: u32,
+) -> (TempDir, KernelVtep, Arc<PortHandle>, VxlanPort, Engine) {
+    let dir = TempDir::new(&format!("vxlan-{tag}"));
+    let underlay = kernel_vtep(tag, n, vni);
+    let handle = Arc::new(PortHandle::new(1, "tunnel", 1));
+    let port = tunnel(&underlay, vni, &handle);
+    let engine = Engine::with_uplink(&dir.path().join("vm.sock"), &handle);
+    (dir, underlay, handle, port, engine)
+}
+
 fn drops(handle: &PortHandle, reason: DropReason) -> u64 {
     handle.stats().snapshot().drops[reason as usize]
 }
@@ -46,12 +61,8 @@ fn eventually(what: &str, f: impl Fn() -> bool) {
 
 #[test]
 fn the_kernels_vxlan_answers_a_vm_through_a_tunnel_port_both_ways() {
-    let dir = TempDir::new("vxlan");
-    let underlay = kernel_vtep("a", 1, 42);
-    let handle = Arc::new(PortHandle::new(1, "tunnel", 1));
-    let mut port = tunnel(&underlay, 42, &handle);
+    let (dir, underlay, handle, mut port, engine) = engine_with_tunnel("a", 1, 42);
     let socket = dir.path().join("vm.sock");
-    let engine = Engine::with_uplink(&socket, &handle);
 
     // 1400 bytes of payload: the frame (1442 bytes) and its 50 of tunnel fit the veth's
     // 1500-byte MTU.
@@ -94,12 +105,7 @@ fn the_kernels_vxlan_answers_a_vm_through_a_tunnel_port_both_ways() {
 
 #[test]
 fn tunnel_packets_from_strangers_or_of_another_vni_are_dropped_and_counted() {
-    let dir = TempDir::new("vxlan-bad");
-    let underlay = kernel_vtep("b", 2, 43);
-    let handle = Arc::new(PortHandle::new(1, "tunnel", 1));
-    let mut port = tunnel(&underlay, 43, &handle);
-    let socket = dir.path().join("vm.sock");
-    let engine = Engine::with_uplink(&socket, &handle);
+    let (_dir, underlay, handle, mut port, engine) = engine_with_tunnel("b", 2, 43);
     // A second address on the remote side: not an end of the segment.
     let stranger = Ipv4Addr::new(10, 98, 2, 3);
     underlay.ns.ip(&[

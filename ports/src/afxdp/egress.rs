@@ -4,9 +4,9 @@
 
 use super::{AfXdpQueue, SendError, TxSide};
 use crate::counters::{DropReason, PortCounters};
-use crate::datapath::{send_as_built, Egress, EgressBurst, Scratch, SendBuilt, SendBurst};
+use crate::datapath::{Egress, Scratch, SendBuilt, SendBurst, SendsAsBuilt};
 use crate::frame::view::MemView;
-use crate::frame::{FrameEdit, Seg};
+use crate::frame::Seg;
 use crate::offload::software::Outgoing;
 use crate::offload::OffloadCaps;
 
@@ -16,32 +16,10 @@ struct XdpBurst<'q> {
     umem: MemView<'q>,
 }
 
-impl<'m> EgressBurst<'m> for XdpBurst<'_> {
-    /// None: frames go on the wire as they are, checksums completed and segments cut.
+impl<'m> SendsAsBuilt<'m> for XdpBurst<'_> {
     #[inline]
     fn offloads(&self) -> OffloadCaps {
         OffloadCaps::NONE
-    }
-
-    type Built<'p>
-        = &'p mut Self
-    where
-        Self: 'p;
-
-    #[inline(always)]
-    fn built(&mut self) -> &mut Self {
-        self
-    }
-
-    #[inline]
-    fn send(
-        &mut self,
-        src: &mut MemView<'m>,
-        segs: &[Seg],
-        len: u32,
-        edit: &FrameEdit,
-    ) -> Result<u32, DropReason> {
-        send_as_built(self, src, segs, len, edit)
     }
 }
 

@@ -3,9 +3,9 @@
 
 use super::{TapQueue, TAP_VNET_HDR};
 use crate::counters::{DropReason, PortCounters};
-use crate::datapath::{send_as_built, Egress, EgressBurst, Scratch, SendBuilt, SendBurst};
+use crate::datapath::{Egress, Scratch, SendBuilt, SendBurst, SendsAsBuilt};
 use crate::frame::view::MemView;
-use crate::frame::{FrameEdit, Seg};
+use crate::frame::Seg;
 use crate::offload::software::Outgoing;
 use crate::offload::OffloadCaps;
 
@@ -17,31 +17,10 @@ struct TapBurst<'q> {
     max_frame: u32,
 }
 
-impl<'m> EgressBurst<'m> for TapBurst<'_> {
+impl<'m> SendsAsBuilt<'m> for TapBurst<'_> {
     #[inline]
     fn offloads(&self) -> OffloadCaps {
         self.q.offloads()
-    }
-
-    type Built<'p>
-        = &'p mut Self
-    where
-        Self: 'p;
-
-    #[inline(always)]
-    fn built(&mut self) -> &mut Self {
-        self
-    }
-
-    #[inline]
-    fn send(
-        &mut self,
-        src: &mut MemView<'m>,
-        segs: &[Seg],
-        len: u32,
-        edit: &FrameEdit,
-    ) -> Result<u32, DropReason> {
-        send_as_built(self, src, segs, len, edit)
     }
 }
 

@@ -7,9 +7,9 @@ use std::sync::atomic::Ordering;
 use super::remotes::{mac_key, RemoteId};
 use super::VxlanQueue;
 use crate::counters::{DropReason, PortCounters};
-use crate::datapath::{send_as_built, Egress, EgressBurst, Scratch, SendBuilt, SendBurst};
+use crate::datapath::{Egress, Scratch, SendBuilt, SendBurst, SendsAsBuilt};
 use crate::frame::view::MemView;
-use crate::frame::{FrameEdit, Seg};
+use crate::frame::Seg;
 use crate::offload::software::Outgoing;
 use crate::offload::OffloadCaps;
 use vringswitch_wire::vxlan::source_port;
@@ -19,31 +19,10 @@ struct VxlanBurst<'q> {
     q: &'q VxlanQueue,
 }
 
-impl<'m> EgressBurst<'m> for VxlanBurst<'_> {
+impl<'m> SendsAsBuilt<'m> for VxlanBurst<'_> {
     #[inline]
     fn offloads(&self) -> OffloadCaps {
         OffloadCaps::NONE
-    }
-
-    type Built<'p>
-        = &'p mut Self
-    where
-        Self: 'p;
-
-    #[inline(always)]
-    fn built(&mut self) -> &mut Self {
-        self
-    }
-
-    #[inline]
-    fn send(
-        &mut self,
-        src: &mut MemView<'m>,
-        segs: &[Seg],
-        len: u32,
-        edit: &FrameEdit,
-    ) -> Result<u32, DropReason> {
-        send_as_built(self, src, segs, len, edit)
     }
 }
 
