@@ -39,7 +39,7 @@ pub enum Ethertype {
 #[serde(untagged)]
 pub enum Protocol {
     Number(u8),
-    /// `tcp`, `udp`, `icmp`, `icmpv6` (also `ipv6-icmp`), `sctp` (no port range).
+    /// `tcp`, `udp`, `icmp`, `icmpv6` (also `ipv6-icmp`), `sctp`.
     Name(String),
 }
 
@@ -175,12 +175,7 @@ fn check_rule(group: &str, i: usize, r: &RuleSpec, groups: &[&str]) -> Result<()
     }
     let ranged = r.port_range_min.is_some() || r.port_range_max.is_some();
     match proto {
-        Some(132) if ranged => {
-            return Err(at(
-                "port ranges on sctp are not filtered yet: give tcp or udp, or no range".into(),
-            ))
-        }
-        Some(6 | 17) => {
+        Some(6 | 17 | 132) => {
             let (lo, hi) = (
                 r.port_range_min.unwrap_or(1),
                 r.port_range_max.unwrap_or(65535),
@@ -416,8 +411,8 @@ mod tests {
                 "for IPv6 rules",
             ),
             (
-                r#"{"direction": "ingress", "protocol": "sctp", "port_range_min": 9}"#,
-                "not filtered yet",
+                r#"{"direction": "ingress", "protocol": "sctp", "port_range_min": 0}"#,
+                "ports are 1 to 65535",
             ),
         ];
         for (r, why) in bad {

@@ -53,6 +53,7 @@ const UDP: u8 = 17;
 const ICMP: u8 = 1;
 const ICMPV6: u8 = 58;
 const TCP: u8 = 6;
+const SCTP: u8 = 132;
 
 /// What OpenStack lets a VM do without a rule: IPv6 neighbour discovery both ways, DHCP
 /// and DHCPv6 as a client; and what it never lets it do: answer as a DHCP or DHCPv6
@@ -164,7 +165,8 @@ fn opening(flow: &Flow) -> Result<(u32, u32), Drop> {
             let s = tracker::tcp_open(tcp_flags).map_err(|_| Drop::CtInvalid)?;
             Ok((s.timeout(), tracker::pack(Some(s), false)))
         }
-        (UDP, _) => Ok((tracker::UDP_TIMEOUT, tracker::pack(None, false))),
+        // SCTP as UDP: by time (its heartbeats keep an idle association seen).
+        (UDP | SCTP, _) => Ok((tracker::UDP_TIMEOUT, tracker::pack(None, false))),
         // An echo reply answers a request: alone, it opens nothing (as Linux's tracker).
         (_, L4::Icmp { kind: 0 | 129, .. }) if flow.proto == ICMP || flow.proto == ICMPV6 => {
             Err(Drop::CtInvalid)
@@ -377,8 +379,10 @@ fn connection(
             }
         }
         (Some(_), _) => return Verdict::Drop(Drop::CtInvalid),
-        (None, _) if flow.proto == UDP && replied => (None, tracker::UDP_STREAM_TIMEOUT),
-        (None, _) if flow.proto == UDP => (None, tracker::UDP_TIMEOUT),
+        (None, _) if matches!(flow.proto, UDP | SCTP) && replied => {
+            (None, tracker::UDP_STREAM_TIMEOUT)
+        }
+        (None, _) if matches!(flow.proto, UDP | SCTP) => (None, tracker::UDP_TIMEOUT),
         (None, _) => (None, tracker::ICMP_TIMEOUT),
     };
     let closing = matches!(tcp, Some(TcpState::Close));

@@ -180,7 +180,8 @@ fn transport(proto: u8, b: &[u8], v6: bool) -> Option<L4> {
                 tcp_flags: h[13],
             }
         }
-        protocol::UDP => {
+        // SCTP's common header starts with the ports too (RFC 9260).
+        protocol::UDP | protocol::SCTP => {
             let h = b.get(..4)?;
             L4::Ports {
                 src: u16::from_be_bytes([h[0], h[1]]),
@@ -305,6 +306,29 @@ mod tests {
             }
         );
         assert_eq!(f.fragment, Fragment::Whole, "DF alone");
+    }
+
+    #[test]
+    fn an_sctp_packet_reads_its_ports_from_its_common_header() {
+        // Source port 5000, destination 3868 (Diameter), verification tag, checksum.
+        let common = [0x13, 0x88, 0x0f, 0x1c, 0, 0, 0, 1, 0, 0, 0, 0];
+        let Classified::Ip(f) = classify(0x0800, &ipv4(132, [0x40, 0], &common)) else {
+            panic!("an SCTP packet is IP")
+        };
+        assert_eq!(f.proto, 132);
+        assert_eq!(
+            f.l4,
+            L4::Ports {
+                src: 5000,
+                dst: 3868,
+                tcp_flags: 0
+            }
+        );
+        // Cut inside its ports: malformed.
+        assert_eq!(
+            classify(0x0800, &ipv4(132, [0x40, 0], &common[..3])),
+            Classified::Malformed
+        );
     }
 
     #[test]

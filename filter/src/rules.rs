@@ -102,7 +102,7 @@ impl Rule {
 enum Match {
     /// Anything (no protocol given, or one without ports).
     Any,
-    /// Destination ports in this range (TCP, UDP).
+    /// Destination ports in this range (TCP, UDP, SCTP).
     Ports(u16, u16),
     /// ICMP type, and code if given.
     Icmp(u8, Option<u8>),
@@ -127,6 +127,7 @@ pub struct Compiled {
 
 const TCP: u8 = 6;
 const UDP: u8 = 17;
+const SCTP: u8 = 132;
 const ICMP: u8 = 1;
 const ICMPV6: u8 = 58;
 
@@ -146,7 +147,7 @@ impl Compiled {
             };
             let ports_given = r.port_range_min.is_some() || r.port_range_max.is_some();
             let transport = match protocol {
-                Some(TCP | UDP) if ports_given => Match::Ports(
+                Some(TCP | UDP | SCTP) if ports_given => Match::Ports(
                     r.port_range_min.unwrap_or(0),
                     r.port_range_max.or(r.port_range_min).unwrap_or(u16::MAX),
                 ),
@@ -324,6 +325,27 @@ mod tests {
         let mut v6 = ssh;
         v6.v6 = true;
         assert!(!c.allows(Direction::Ingress, &v6), "ethertype");
+        // SCTP's ports are ranged as TCP's and UDP's are.
+        let sctp = Compiled::new(
+            &[rule(
+                Direction::Ingress,
+                Some(SCTP),
+                Some((3868, 3868)),
+                Remote::Any,
+            )],
+            |_| None,
+        );
+        let mut diameter = tcp([10, 0, 0, 9], [10, 0, 0, 2], 3868);
+        diameter.proto = SCTP;
+        assert!(sctp.allows(Direction::Ingress, &diameter));
+        let mut other = tcp([10, 0, 0, 9], [10, 0, 0, 2], 3869);
+        other.proto = SCTP;
+        assert!(!sctp.allows(Direction::Ingress, &other), "sctp port");
+        diameter.proto = TCP;
+        assert!(
+            !sctp.allows(Direction::Ingress, &diameter),
+            "tcp is not sctp"
+        );
     }
 
     #[test]

@@ -65,6 +65,21 @@ pub fn udp(from: u8, to: u8, ports: (u16, u16), payload: &[u8]) -> Vec<u8> {
     eth4(from, to).udp(ports.0, ports.1).bytes(payload)
 }
 
+/// An SCTP packet from VM `from` to `to`: its common header (`ports`, source and
+/// destination; verification tag 1; no checksum: the switch does not read it) and `chunk`.
+pub fn sctp(from: u8, to: u8, ports: (u16, u16), chunk: &[u8]) -> Vec<u8> {
+    let mut payload = Vec::with_capacity(12 + chunk.len());
+    payload.extend_from_slice(&ports.0.to_be_bytes());
+    payload.extend_from_slice(&ports.1.to_be_bytes());
+    payload.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0]);
+    payload.extend_from_slice(chunk);
+    let mut out = Vec::new();
+    eth4(from, to)
+        .write(&mut out, etherparse::IpNumber(132), &payload)
+        .expect("a frame writes into a Vec");
+    out
+}
+
 /// An ICMP echo request (or reply) of identifier `id`.
 pub fn ping(from: u8, to: u8, id: u16, reply: bool) -> Vec<u8> {
     let b = eth4(from, to);

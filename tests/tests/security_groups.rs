@@ -11,7 +11,7 @@ use vringswitch_tests::api::call;
 use vringswitch_tests::frontend::TestVm;
 use vringswitch_tests::layout::{vhost_user, Layout};
 use vringswitch_tests::packets::{
-    arp_announcement, eth6, fragment, ip4, ip6, ping, tcp, udp, Writes,
+    arp_announcement, eth6, fragment, ip4, ip6, ping, sctp, tcp, udp, Writes,
 };
 use vringswitch_tests::setup::{Setup, T};
 use vringswitch_tests::{frame, mac};
@@ -323,6 +323,38 @@ fn a_full_table_refuses_every_port_even_under_its_own_limit() {
     assert_eq!(net.connections("?limit=1")["total"], 1024);
     // Established connections carry on.
     net.through(1, 2, &udp(1, 2, (20_000, 53), b"q"), 1);
+}
+
+#[test]
+fn sctp_is_filtered_by_its_ports_and_its_replies_need_no_rule() {
+    // b takes SCTP to port 3868 (Diameter) from a; everyone may send anything.
+    let diameter: SecurityGroupSpec = serde_json::from_value(json!({
+        "name": "diameter", "rules": [
+            {"direction": "ingress", "protocol": "sctp", "port_range_min": 3868,
+             "port_range_max": 3868, "remote_ip_prefix": "10.0.0.1/32"},
+            {"direction": "egress"}]}))
+    .unwrap();
+    let mut net = Net::new("sg-sctp", |dir| {
+        let p = |name: &str| vhost_user(name, "br0", &dir.join(format!("{name}.sock")));
+        let member = |name: &str| {
+            let mut port = p(name);
+            port.security_groups = Some(vec!["diameter".into()]);
+            port
+        };
+        Layout::new()
+            .bridge("br0")
+            .ports([member("a"), member("b"), p("c")])
+            .security_groups([diameter])
+    });
+    net.through(1, 2, &sctp(1, 2, (5000, 3868), b"INIT"), 1);
+    // The reply: no rule lets b's answers into a, the association does.
+    net.through(2, 1, &sctp(2, 1, (3868, 5000), b"INIT ACK"), 1);
+    // Another port; another source.
+    net.through(1, 2, &sctp(1, 2, (5000, 3869), b"INIT"), 0);
+    net.through(3, 2, &sctp(3, 2, (5000, 3868), b"INIT"), 0);
+    assert_eq!(net.drops("b", "acl_denied"), 2);
+    let listed = net.connections("?protocol=sctp");
+    assert_eq!(listed["total"], 1, "{listed}");
 }
 
 #[test]

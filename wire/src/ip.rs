@@ -14,6 +14,8 @@ pub mod protocol {
     pub const ICMP: u8 = 1;
     pub const TCP: u8 = 6;
     pub const UDP: u8 = 17;
+    /// SCTP (RFC 9260).
+    pub const SCTP: u8 = 132;
     /// IPv6 routing header.
     pub const ROUTING: u8 = 43;
     /// IPv6 fragment header.
