@@ -33,7 +33,8 @@ fuzz_target!(|data: &[u8]| {
     let truncated = cut & 1 == 1;
     let verdict = admit(&remotes, VNI, from, len, truncated, &hdr);
     let known = from.and_then(|f| remotes.find(*f.ip()));
-    let good_header = hdr[0] & 0x08 != 0 && VxlanHeader::new_checked(&hdr[..]).unwrap().vni() == VNI;
+    let good_header =
+        hdr[0] & 0x08 != 0 && VxlanHeader::new_checked(&hdr[..]).unwrap().vni() == VNI;
     match verdict {
         Ok(end) => {
             assert_eq!(Some(end), known);
