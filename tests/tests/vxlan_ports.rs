@@ -334,3 +334,73 @@ fn three_hosts_in_static_mode_carry_every_pair_and_broadcast_without_loss() {
         }
     }
 }
+
+#[test]
+fn a_static_tunnels_remote_ends_change_while_it_runs() {
+    use std::net::UdpSocket;
+    use std::time::Duration;
+    use vringswitch_tests::daemon::Daemon;
+    use vringswitch_tests::frontend::{TestVm, VmOptions};
+    use vringswitch_tests::layout::{vhost_user, vxlan_static, Layout};
+    use vringswitch_tests::{frame, mac, BROADCAST};
+    let addrs: Vec<Ipv4Addr> = (1..=3).map(|i| Ipv4Addr::new(10, 98, 7, i)).collect();
+    let _lo = LoAddrs::add(&addrs);
+    // The remote ends: UDP sockets on their addresses.
+    let ends: Vec<UdpSocket> = addrs[1..]
+        .iter()
+        .map(|a| {
+            let s = UdpSocket::bind((*a, 4789)).unwrap();
+            s.set_read_timeout(Some(Duration::from_millis(300)))
+                .unwrap();
+            s
+        })
+        .collect();
+    let dir = TempDir::new("vxlan-live");
+    let sock = dir.path().join("vm.sock");
+    let layout = Layout::new()
+        .bridge("br0")
+        .port(vhost_user("vm", "br0", &sock))
+        .port(vxlan_static("tun", "br0", 7, addrs[0], &addrs[1..2]));
+    let d = Daemon::start(dir.path(), &layout.toml(), &layout.sockets());
+    let mut vm = TestVm::connect(&sock, mac(1), VmOptions::default());
+    vm.post_rx(TestVm::rx(0), 64, 2048);
+    d.wait_port_connected("vm", true);
+    let mut buf = [0u8; 2048];
+    let mut flood = |seed: u8| {
+        vm.send(TestVm::tx(0), &frame(BROADCAST, mac(1), 100, seed));
+        ends.iter()
+            .map(|e| e.recv(&mut buf).map(|n| n == 8 + 114).unwrap_or(false))
+            .collect::<Vec<bool>>()
+    };
+    assert_eq!(flood(1), [true, false], "one remote end");
+    // A packet from the second address is no end's yet.
+    let inner = frame(mac(1), mac(9), 50, 0);
+    let packet = [&[0x08, 0, 0, 0, 0, 0, 7, 0][..], &inner].concat();
+    ends[1].send_to(&packet, (addrs[0], 4789)).unwrap();
+    eventually("an unknown_vtep drop", || {
+        d.metric(
+            "vringswitch_port_drops_total",
+            &[("port", "tun"), ("reason", "unknown_vtep")],
+        ) == 1
+    });
+    let (code, port) = vringswitch_tests::api::call(
+        &d,
+        "PATCH",
+        "/v1/ports/tun",
+        Some(serde_json::json!({"settings": {"remotes": ["10.98.7.2", "10.98.7.3"]}})),
+    );
+    assert_eq!(code, 200, "{port}");
+    assert_eq!(port["remotes"].as_array().map(Vec::len), Some(2), "{port}");
+    assert_eq!(flood(2), [true, true], "both remote ends");
+    ends[1].send_to(&packet, (addrs[0], 4789)).unwrap();
+    let got = vm.expect_frames(TestVm::rx(0), 1, T);
+    assert_eq!(got[0].frame, inner, "the new end's frame delivered");
+    // The VM noticed nothing.
+    assert_eq!(
+        d.metric("vringswitch_port_reconnects_total", &[("port", "vm")]),
+        0
+    );
+    let (_, shown) = vringswitch_tests::api::call(&d, "GET", "/v1/ports/tun", None);
+    assert_eq!(shown["remotes"][1]["address"], "10.98.7.3", "{shown}");
+    assert_eq!(shown["remotes"][1]["rx_packets"], 1, "{shown}");
+}

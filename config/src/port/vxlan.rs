@@ -182,6 +182,12 @@ impl KindSettings for VxlanSettings {
         }
     }
 
+    /// A static port's remote ends change while it runs (`vringctl port set NAME --set
+    /// 'remotes=["192.0.2.11"]'`).
+    fn live_fields(&self) -> &'static [&'static str] {
+        &["remotes"]
+    }
+
     /// One tunnel port per local address and UDP port, for now: the socket receives every
     /// VNI sent there.
     fn udp_endpoint(&self) -> Option<String> {

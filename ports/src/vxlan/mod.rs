@@ -169,9 +169,61 @@ pub struct VxlanError {
 /// the learnt remote addresses.
 pub struct VxlanPort {
     handle: Arc<PortHandle>,
+    sockets: Arc<TunnelSockets>,
+    /// The port's clock (see [`VxlanQueue::now`]), kept across changes.
+    epoch: Instant,
     macs: Arc<RemoteMacs>,
     stop: Arc<AtomicBool>,
     ager: Option<std::thread::JoinHandle<()>>,
+}
+
+/// A queue for the workers on `sockets`, its remote ends as `config` says, knowing the
+/// addresses `carried` (MAC, the end's address, learnt) behind those of them it has.
+fn new_queue(
+    config: &VxlanPortConfig,
+    sockets: Arc<TunnelSockets>,
+    epoch: Instant,
+    carried: &[([u8; 6], Ipv4Addr, bool)],
+) -> io::Result<VxlanQueue> {
+    let mem = crate::frame::host_memory(VXLAN_BUFFER as usize * VXLAN_BUFFERS)?;
+    let remotes = Arc::new(Remotes::new(
+        &config.remotes,
+        config.local,
+        config.udp_port,
+        config.vni,
+    ));
+    let macs = Arc::new(RemoteMacs::new(REMOTE_MACS));
+    let now = epoch.elapsed().as_secs() as u32;
+    for &(mac, end, learnt) in carried {
+        let Some(id) = remotes.find(end) else {
+            continue;
+        };
+        let key = remotes::mac_key(mac);
+        if learnt {
+            macs.learn(key, id, now);
+        } else {
+            macs.install(key, id);
+        }
+    }
+    Ok(VxlanQueue {
+        sockets,
+        mem,
+        vni: config.vni,
+        remotes,
+        macs,
+        learn: config.control == VxlanControl::Static,
+        epoch,
+        failed: AtomicBool::new(false),
+    })
+}
+
+/// The addresses `q` knows, with the address of the end each is behind.
+fn known(q: &VxlanQueue) -> Vec<([u8; 6], Ipv4Addr, bool)> {
+    q.macs
+        .list()
+        .into_iter()
+        .filter_map(|(mac, end, learnt)| Some((mac, q.remotes.get(end)?.addr, learnt)))
+        .collect()
 }
 
 impl VxlanPort {
@@ -213,41 +265,15 @@ impl VxlanPort {
             error,
         };
         let sockets = Arc::new(sockets);
-        let mem = crate::frame::host_memory(VXLAN_BUFFER as usize * VXLAN_BUFFERS).map_err(fail)?;
-        let remotes = Arc::new(Remotes::new(
-            &config.remotes,
-            config.local,
-            config.udp_port,
-            config.vni,
-        ));
-        let macs = Arc::new(RemoteMacs::new(REMOTE_MACS));
         let epoch = Instant::now();
-        for &(mac, end, learnt) in carried {
-            let Some(id) = remotes.find(end) else {
-                continue;
-            };
-            let key = remotes::mac_key(mac);
-            if learnt {
-                macs.learn(key, id, 0);
-            } else {
-                macs.install(key, id);
-            }
-        }
-        let queue = VxlanQueue {
-            sockets,
-            mem,
-            vni: config.vni,
-            remotes,
-            macs: macs.clone(),
-            learn: config.control == VxlanControl::Static,
-            epoch,
-            failed: AtomicBool::new(false),
-        };
+        let queue = new_queue(&config, sockets.clone(), epoch, carried).map_err(fail)?;
+        let macs = queue.macs.clone();
         handle.set_connected(true);
         handle.attach(Arc::new(Attachment::Vxlan(queue)));
         let stop = Arc::new(AtomicBool::new(false));
         let ager = {
-            let (stop, macs) = (stop.clone(), macs.clone());
+            // The queue in effect (a change of remotes publishes another).
+            let (stop, attached) = (stop.clone(), handle.clone());
             std::thread::Builder::new()
                 .name(format!("vxlan-{}", handle.name()))
                 .spawn(move || {
@@ -257,8 +283,10 @@ impl VxlanPort {
                         std::thread::sleep(Duration::from_millis(100));
                         ticks += 1;
                         if ticks.is_multiple_of(10) {
-                            let now = epoch.elapsed().as_secs() as u32;
-                            macs.age(now.saturating_sub(MAC_AGEING.as_secs() as u32));
+                            if let Some(Attachment::Vxlan(q)) = attached.attachment().as_deref() {
+                                let before = q.now().saturating_sub(MAC_AGEING.as_secs() as u32);
+                                q.macs.age(before);
+                            }
                         }
                     }
                 })
@@ -266,6 +294,8 @@ impl VxlanPort {
         };
         Ok(VxlanPort {
             handle,
+            sockets,
+            epoch,
             macs,
             stop,
             ager: Some(ager),
@@ -314,8 +344,26 @@ impl RunningPort for VxlanPort {
         VxlanPort::stop(self)
     }
 
-    fn change(&mut self, _settings: &vringswitch_config::KindSpec) -> Result<(), String> {
-        Err("a VXLAN port's settings change only by adding it again".into())
+    /// A static port's `remotes` change while it runs: a queue with the new ends is
+    /// published around the same sockets, keeping the addresses known behind the ends
+    /// that stay (those behind an end that went are forgotten).
+    fn change(&mut self, settings: &vringswitch_config::KindSpec) -> Result<(), String> {
+        let vringswitch_config::KindSpec::Vxlan(v) = settings else {
+            return Err("not the settings of a VXLAN port".into());
+        };
+        let config = VxlanPortConfig::from_settings(v);
+        let attachment = self.handle.attachment();
+        let carried = match attachment.as_deref() {
+            Some(Attachment::Vxlan(q)) => known(q),
+            _ => Vec::new(),
+        };
+        let queue = new_queue(&config, self.sockets.clone(), self.epoch, &carried)
+            .map_err(|e| format!("cannot make the port's buffers: {e}"))?;
+        self.macs = queue.macs.clone();
+        self.handle.attach(Arc::new(Attachment::Vxlan(queue)));
+        tracing::info!(port = %self.handle.name(), remotes = config.remotes.len(),
+            "VXLAN tunnel's remote ends changed");
+        Ok(())
     }
 
     fn handover_refusal(&self) -> Option<String> {
