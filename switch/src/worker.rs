@@ -1773,45 +1773,28 @@ mod tests {
         assert_eq!(drops(&t, 0, DropReason::BadDescriptor), 1);
     }
 
-    /// A port that records each frame as it would be written: the edit's prefix, then the
+    /// A port that records each frame as it would be written: the prefix, then the
     /// source's bytes after the bytes it replaces.
     #[derive(Default)]
     struct Recorder(Vec<Vec<u8>>);
 
-    impl<'m> EgressBurst<'m> for Recorder {
+    impl<'m> vringswitch_ports::datapath::SendsAsBuilt<'m> for Recorder {
         fn offloads(&self) -> OffloadCaps {
             OffloadCaps::NONE
-        }
-
-        type Built<'p> = &'p mut Self;
-
-        fn built(&mut self) -> &mut Self {
-            self
-        }
-
-        fn send(
-            &mut self,
-            src: &mut MemView<'m>,
-            segs: &[Seg],
-            len: u32,
-            edit: &FrameEdit,
-        ) -> Result<u32, DropReason> {
-            let skip = usize::from(edit.skip);
-            let mut rest = vec![0u8; len as usize - skip];
-            assert!(src.read_frame(segs, skip, &mut rest));
-            self.0.push([edit.prefix(), &rest[..]].concat());
-            Ok(len)
         }
     }
 
     impl<'m> SendBuilt<'m> for Recorder {
         fn send_built(
             &mut self,
-            _: &mut MemView<'m>,
-            _: &[Seg],
-            _: &Outgoing<'_>,
+            src: &mut MemView<'m>,
+            segs: &[Seg],
+            out: &Outgoing<'_>,
         ) -> Result<u32, DropReason> {
-            unreachable!("no offloads asked")
+            let mut rest = vec![0u8; out.len as usize];
+            assert!(src.read_frame(segs, out.skip, &mut rest));
+            self.0.push([out.head, &rest[..]].concat());
+            Ok(out.frame_len())
         }
     }
 

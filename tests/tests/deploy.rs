@@ -345,20 +345,11 @@ fn an_afxdp_ports_system_calls_pass_the_unit_with_its_drop_in() {
         .port(afxdp("x", "br0", &outer))
         .toml();
     std::fs::write(&config, toml).unwrap();
-    let (mut child, trace, api) = start_traced(dir.path(), &config);
-    wait_until(Duration::from_secs(30), "the daemon under strace", || {
-        http_get(&api, "/healthz").ok()
-    });
+    let (mut child, trace, api, mut e) = traced_with_vm(dir.path(), &config, &sock);
     let counter = |name: &str| {
         let m = http_get(&api, "/metrics").ok()?;
         metric_value(&m, name, &[("port", "x")])
     };
-    let mut e = TestVm::connect(&sock, mac(5), VmOptions::default());
-    e.post_rx(TestVm::rx(0), 64, 2048);
-    wait_until(Duration::from_secs(30), "e ready", || {
-        let m = http_get(&api, "/metrics").ok()?;
-        (metric_value(&m, "vringswitch_port_ready", &[("port", "e")]) == Some(1)).then_some(())
-    });
     e.send(TestVm::tx(0), &frame([0xff; 6], mac(5), 100, 0));
     wait_until(
         Duration::from_secs(30),
@@ -458,20 +449,11 @@ fn a_vxlan_ports_system_calls_pass_the_unit_and_its_socket_families() {
     remote
         .set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
-    let (mut child, trace, api) = start_traced(dir.path(), &config);
-    wait_until(Duration::from_secs(30), "the daemon under strace", || {
-        http_get(&api, "/healthz").ok()
-    });
+    let (mut child, trace, api, mut e) = traced_with_vm(dir.path(), &config, &sock);
     let counter = |name: &str| {
         let m = http_get(&api, "/metrics").ok()?;
         metric_value(&m, name, &[("port", "t")])
     };
-    let mut e = TestVm::connect(&sock, mac(5), VmOptions::default());
-    e.post_rx(TestVm::rx(0), 64, 2048);
-    wait_until(Duration::from_secs(30), "e ready", || {
-        let m = http_get(&api, "/metrics").ok()?;
-        (metric_value(&m, "vringswitch_port_ready", &[("port", "e")]) == Some(1)).then_some(())
-    });
     e.send(TestVm::tx(0), &frame([0xff; 6], mac(5), 100, 0));
     let mut buf = [0u8; 2048];
     let (n, from) = remote
@@ -566,6 +548,22 @@ fn families_used(log: &str) -> BTreeSet<String> {
 
 /// The daemon, run with `config` under `strace -f` as the unit runs it (a state file and the
 /// API's unix socket in `dir`). Returns strace, its log's path and the API's address.
+/// [`start_traced`], once the daemon answers, with test VM `e` (MAC 5) on `sock` and its
+/// port ready.
+fn traced_with_vm(dir: &Path, config: &Path, sock: &Path) -> (KillOnDrop, PathBuf, String, TestVm) {
+    let (child, trace, api) = start_traced(dir, config);
+    wait_until(Duration::from_secs(30), "the daemon under strace", || {
+        http_get(&api, "/healthz").ok()
+    });
+    let mut e = TestVm::connect(sock, mac(5), VmOptions::default());
+    e.post_rx(TestVm::rx(0), 64, 2048);
+    wait_until(Duration::from_secs(30), "e ready", || {
+        let m = http_get(&api, "/metrics").ok()?;
+        (metric_value(&m, "vringswitch_port_ready", &[("port", "e")]) == Some(1)).then_some(())
+    });
+    (child, trace, api, e)
+}
+
 fn start_traced(dir: &Path, config: &Path) -> (KillOnDrop, PathBuf, String) {
     let trace = dir.join("strace.log");
     let api = format!("127.0.0.1:{}", free_port());

@@ -2,9 +2,7 @@
 //! it goes to (the end its destination is behind, or every end of the flood list), the
 //! outer headers and the edit's prefix from the stack, the rest from the sender's buffers.
 
-use std::sync::atomic::Ordering;
-
-use super::remotes::{mac_key, RemoteId};
+use super::remotes::{mac_key, RemoteId, Tally, Way};
 use super::VxlanQueue;
 use crate::counters::{DropReason, PortCounters};
 use crate::datapath::{Egress, Scratch, SendBuilt, SendBurst, SendsAsBuilt};
@@ -17,6 +15,7 @@ use vringswitch_wire::vxlan::source_port;
 /// A tunnel port opened for a burst.
 struct VxlanBurst<'q> {
     q: &'q VxlanQueue,
+    sent: Tally,
 }
 
 impl<'m> SendsAsBuilt<'m> for VxlanBurst<'_> {
@@ -118,11 +117,7 @@ impl<'m> SendBuilt<'m> for VxlanBurst<'_> {
             ) {
                 Ok(n) => {
                     sent += 1;
-                    remote.counters.tx_packets.fetch_add(1, Ordering::Relaxed);
-                    remote
-                        .counters
-                        .tx_bytes
-                        .fetch_add(n as u64, Ordering::Relaxed);
+                    self.sent.add(&q.remotes, Way::Sent, end, n as u64);
                 }
                 Err(e) => last = Err(send_failed(&e)),
             }
@@ -156,8 +151,12 @@ impl Egress for VxlanQueue {
         _scratch: &mut Scratch,
         burst: S,
     ) -> Result<(), DropReason> {
-        let mut port = VxlanBurst { q: self };
+        let mut port = VxlanBurst {
+            q: self,
+            sent: Tally::default(),
+        };
         let sent = burst.send_to(&mut port);
+        port.sent.flush(&self.remotes, Way::Sent);
         counters.add_tx(0, sent.packets, sent.bytes);
         Ok(())
     }

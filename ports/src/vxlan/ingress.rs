@@ -5,7 +5,7 @@
 
 use std::net::SocketAddrV4;
 
-use super::remotes::{RemoteId, Remotes};
+use super::remotes::{RemoteId, Remotes, Tally, Way};
 use super::socket::Received;
 use super::{VxlanQueue, VXLAN_BUFFER, VXLAN_BUFFERS};
 use crate::counters::DropReason;
@@ -26,6 +26,7 @@ struct VxlanTake<'q> {
     next: usize,
     end: usize,
     now: u32,
+    received: Tally,
 }
 
 /// Whether a tunnel packet of `len` bytes (cut by the kernel: `truncated`) from `from`,
@@ -73,13 +74,8 @@ impl VxlanTake<'_> {
             r.truncated,
             &hdr,
         )?;
-        if let Some(remote) = self.q.remotes.get(end) {
-            let c = &remote.counters;
-            c.rx_packets
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            c.rx_bytes
-                .fetch_add(r.len as u64, std::sync::atomic::Ordering::Relaxed);
-        }
+        self.received
+            .add(&self.q.remotes, Way::Received, end, r.len as u64);
         let len = (r.len - VXLAN_HEADER_LEN) as u32;
         let at = addr + VXLAN_HEADER_LEN as u64;
         if self.q.learn {
@@ -136,14 +132,17 @@ impl Ingress for VxlanQueue {
             next: 0,
             end,
             now: self.now(),
+            received: Tally::default(),
         };
         let taking = Taking {
             mem: self.mem(),
             headers: None,
             qp,
         };
+        let taken = burst.receive_from(&mut port, taking);
+        port.received.flush(&self.remotes, Way::Received);
         Polled {
-            taken: burst.receive_from(&mut port, taking),
+            taken,
             announce: None,
         }
     }

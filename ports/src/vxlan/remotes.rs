@@ -25,6 +25,50 @@ pub struct RemoteCounters {
     pub rx_bytes: AtomicU64,
 }
 
+/// What a burst sent to (or took from) one end, frame after frame: added to the end's
+/// counters once per run of frames to the same end, not per frame (they are shared by the
+/// workers, which count per worker everything else).
+#[derive(Debug, Default)]
+pub struct Tally {
+    end: Option<RemoteId>,
+    packets: u64,
+    bytes: u64,
+}
+
+/// Which of an end's counters a [`Tally`] adds to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Way {
+    Sent,
+    Received,
+}
+
+impl Tally {
+    /// One frame of `bytes` to or from `end` of `remotes`.
+    #[inline]
+    pub fn add(&mut self, remotes: &Remotes, way: Way, end: RemoteId, bytes: u64) {
+        if self.end != Some(end) {
+            self.flush(remotes, way);
+            self.end = Some(end);
+        }
+        self.packets += 1;
+        self.bytes += bytes;
+    }
+
+    /// Adds what the run counted to its end's counters.
+    pub fn flush(&mut self, remotes: &Remotes, way: Way) {
+        if let Some(r) = self.end.take().and_then(|e| remotes.get(e)) {
+            let c = &r.counters;
+            let (packets, bytes) = match way {
+                Way::Sent => (&c.tx_packets, &c.tx_bytes),
+                Way::Received => (&c.rx_packets, &c.rx_bytes),
+            };
+            packets.fetch_add(self.packets, Ordering::Relaxed);
+            bytes.fetch_add(self.bytes, Ordering::Relaxed);
+        }
+        (self.packets, self.bytes) = (0, 0);
+    }
+}
+
 /// One remote tunnel end.
 #[derive(Debug)]
 pub struct Remote {
@@ -347,6 +391,32 @@ mod tests {
         assert_eq!(r.flood(), [0, 1, 2]);
         assert_eq!(r.get(0).unwrap().outer.destination(), [10, 0, 0, 9]);
         assert!(Remotes::new(&[], Ipv4Addr::new(10, 0, 0, 1), 4789, 42).is_empty());
+    }
+
+    #[test]
+    fn a_tally_adds_each_run_to_its_ends_counters_once() {
+        let addrs = [Ipv4Addr::new(10, 0, 0, 2), Ipv4Addr::new(10, 0, 0, 3)];
+        let r = Remotes::new(&addrs, Ipv4Addr::new(10, 0, 0, 1), 4789, 42);
+        let mut t = Tally::default();
+        for (end, bytes) in [(0, 100), (0, 50), (1, 10), (0, 1)] {
+            t.add(&r, Way::Sent, end, bytes);
+        }
+        // The last run is not counted until flushed.
+        let load = |e: RemoteId| {
+            let c = &r.get(e).unwrap().counters;
+            (
+                c.tx_packets.load(Ordering::Relaxed),
+                c.tx_bytes.load(Ordering::Relaxed),
+                c.rx_packets.load(Ordering::Relaxed),
+            )
+        };
+        assert_eq!((load(0), load(1)), ((2, 150, 0), (1, 10, 0)));
+        t.flush(&r, Way::Sent);
+        t.flush(&r, Way::Sent);
+        assert_eq!(load(0), (3, 151, 0));
+        t.add(&r, Way::Received, 1, 7);
+        t.flush(&r, Way::Received);
+        assert_eq!(load(1), (1, 10, 1));
     }
 
     #[test]
