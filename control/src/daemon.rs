@@ -527,6 +527,13 @@ impl Daemon {
             // A new member of its groups: rules naming them admit it from now on.
             st.next_filter_epoch();
         }
+        let evpn = crate::evpn::start(
+            &spec,
+            id,
+            port.handle(),
+            st.bridge(&spec.bridge)?.fdb.clone(),
+            self.switch.clone(),
+        );
         st.ports.insert(
             spec.name.clone(),
             PortEntry {
@@ -537,6 +544,7 @@ impl Daemon {
                 ],
                 spec,
                 port,
+                evpn,
             },
         );
         // A frontend that attached before this publication is picked up by the workers now:
@@ -590,6 +598,10 @@ impl Daemon {
         }
         let saved = self.save(&st);
         drop(st);
+        // The segment goes from this host: its mirror with it, and zebra withdraws it.
+        if let Some(c) = entry.evpn.as_mut() {
+            c.stop(vringswitch_evpn::Ending::Withdraw);
+        }
         entry.port.stop();
         tracing::info!(port = %name, "port removed");
         saved
@@ -670,6 +682,9 @@ impl Daemon {
             if let (Some(p), Ok(to)) = (st.ports.get(name), st.bridge(&new.bridge)) {
                 forget_learnt_on_link_down(p.port.handle(), to, id);
             }
+        }
+        if new.bridge != old.bridge || new.vlan != old.vlan {
+            restart_evpn(&self.switch, &mut st, name);
         }
         tracing::info!(
             port = %name,
@@ -1151,9 +1166,32 @@ impl Daemon {
         let ports: Vec<PortEntry> = std::mem::take(&mut st.ports).into_values().collect();
         drop(st);
         for mut p in ports {
+            if let Some(c) = p.evpn.as_mut() {
+                c.stop(vringswitch_evpn::Ending::Withdraw);
+            }
             p.port.stop();
         }
     }
+}
+
+/// Starts port `name`'s EVPN control again (if it has one) for the bridge and VLAN it has
+/// now; its mirror stays.
+fn restart_evpn(switch: &Arc<Switch>, st: &mut State, name: &str) {
+    let Some(fdb) = st
+        .ports
+        .get(name)
+        .and_then(|p| st.bridge(&p.spec.bridge).ok())
+        .map(|b| b.fdb.clone())
+    else {
+        return;
+    };
+    let Some(p) = st.ports.get_mut(name) else {
+        return;
+    };
+    if let Some(c) = p.evpn.as_mut() {
+        c.stop(vringswitch_evpn::Ending::HandOver);
+    }
+    p.evpn = crate::evpn::start(&p.spec, p.id, p.port.handle(), fdb, switch.clone());
 }
 
 /// Has port `id` forget what `bridge` learnt on it whenever its link goes down (its static

@@ -33,6 +33,8 @@ pub(crate) struct PortEntry {
     /// The policers of `spec` (what the port sends, what it is sent), kept across topology
     /// changes: a bucket is made anew only when its setting changes.
     pub police: [Option<Arc<Policer>>; 2],
+    /// An EVPN tunnel port's segment control.
+    pub evpn: Option<vringswitch_evpn::Controller>,
 }
 
 /// A change to a port, checked against the desired state (see [`State::plan_port_update`]).
@@ -468,6 +470,7 @@ mod tests {
                     spec,
                     port,
                     police: [None, None],
+                    evpn: None,
                 },
             );
         }

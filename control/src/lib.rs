@@ -14,6 +14,7 @@ pub mod daemon;
 mod desired;
 pub mod drop_log;
 pub mod errors;
+mod evpn;
 pub mod handover;
 pub mod http;
 pub mod http_guard;

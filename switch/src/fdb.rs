@@ -46,6 +46,8 @@ pub struct FdbEntry {
     /// Learnt on a tunnel port (the address is on another host): a local port's source
     /// takes it over, never the other way round.
     pub remote: bool,
+    /// Put there by a control plane (an EVPN route): not aged, gone when withdrawn.
+    pub pinned: bool,
 }
 
 /// What learning did.
@@ -225,6 +227,7 @@ impl Fdb {
                     last_seen: now,
                     is_static: false,
                     remote,
+                    pinned: false,
                 });
                 self.learned.fetch_add(1, Ordering::Relaxed);
                 Learned::New
@@ -254,7 +257,7 @@ impl Fdb {
                     *n += 1;
                     drop(n);
                     let from = e.port;
-                    (e.port, e.last_seen, e.remote) = (port, now, remote);
+                    (e.port, e.last_seen, e.remote, e.pinned) = (port, now, remote, false);
                     self.dynamic.fetch_add(1, Ordering::Relaxed);
                     self.forget(from);
                     drop(o);
@@ -282,6 +285,39 @@ impl Fdb {
         }
     }
 
+    /// Puts `key` behind tunnel port `port` as a control plane's route says (pinned: not
+    /// aged, see [`Self::withdraw`]), within `port_limit` addresses for the port. As for
+    /// learning on a tunnel, an address a local port holds stays there
+    /// ([`Learned::HeldLocally`]) and a static entry is not replaced.
+    pub fn install(&self, key: u64, port: PortId, now: u64, port_limit: usize) -> Learned {
+        let learned = self.learn_as(key, port, now, port_limit, true);
+        if matches!(
+            learned,
+            Learned::New | Learned::Moved { .. } | Learned::Refreshed
+        ) {
+            if let Some(mut e) = self.map.get_mut(&key) {
+                if e.port == port && !e.is_static {
+                    e.pinned = true;
+                }
+            }
+        }
+        learned
+    }
+
+    /// Removes `key` if a control plane put it behind `port` ([`Self::install`]) and it is
+    /// still there; whether it did.
+    pub fn withdraw(&self, key: u64, port: PortId) -> bool {
+        let gone = self
+            .map
+            .remove_if(&key, |_, e| e.pinned && e.port == port)
+            .is_some();
+        if gone {
+            self.forget(port);
+            self.invalidate();
+        }
+        gone
+    }
+
     /// Adds or replaces a static entry.
     pub fn add_static(&self, key: u64, port: PortId) {
         let old = self.map.insert(
@@ -291,6 +327,7 @@ impl Fdb {
                 last_seen: 0,
                 is_static: true,
                 remote: false,
+                pinned: false,
             },
         );
         if let Some(e) = old.filter(|e| !e.is_static) {
@@ -327,8 +364,9 @@ impl Fdb {
     /// Removes dynamic entries not seen for longer than the ageing time. Returns how many.
     pub fn age(&self, now: u64) -> usize {
         let aging = self.aging_s();
-        let removed =
-            self.remove_where(|e| !e.is_static && now.saturating_sub(e.last_seen) >= aging);
+        let removed = self.remove_where(|e| {
+            !e.is_static && !e.pinned && now.saturating_sub(e.last_seen) >= aging
+        });
         if removed > 0 {
             self.aged.fetch_add(removed as u64, Ordering::Relaxed);
             self.invalidate();
@@ -604,6 +642,44 @@ mod tests {
         assert_eq!(c.lookup(&fdb, k), Some(other_local));
     }
 
+    #[test]
+    fn an_installed_route_is_not_aged_goes_when_withdrawn_and_yields_to_a_local_port() {
+        let fdb = Fdb::new(300);
+        let (local, tunnel) = (1, 9);
+        let k = fdb_key(mac(1), 5);
+        assert_eq!(fdb.install(k, tunnel, 10, usize::MAX), Learned::New);
+        let e = fdb.get(k).unwrap();
+        assert!(e.pinned && e.remote && !e.is_static);
+        // Seen on the tunnel as a frame's source: still pinned. Never aged.
+        assert_eq!(
+            fdb.learn_as(k, tunnel, 11, usize::MAX, true),
+            Learned::Refreshed
+        );
+        assert_eq!(fdb.age(10_000), 0);
+        assert_eq!(fdb.lookup(k), Some(tunnel));
+        // Withdrawn: gone, counted gone.
+        assert!(fdb.withdraw(k, tunnel));
+        assert!(!fdb.withdraw(k, tunnel));
+        assert_eq!((fdb.lookup(k), fdb.learned_on(tunnel)), (None, 0));
+        // A local port holds it: the route does not take it; a withdrawal leaves it.
+        fdb.learn(k, local, 20, usize::MAX);
+        assert_eq!(fdb.install(k, tunnel, 21, usize::MAX), Learned::HeldLocally);
+        assert!(!fdb.withdraw(k, tunnel));
+        assert_eq!(fdb.lookup(k), Some(local));
+        // Learnt (not installed) on the tunnel, then installed: pinned from then on.
+        fdb.flush_port(local);
+        fdb.learn_as(k, tunnel, 30, usize::MAX, true);
+        assert!(!fdb.get(k).unwrap().pinned);
+        assert_eq!(fdb.install(k, tunnel, 31, usize::MAX), Learned::Refreshed);
+        assert!(fdb.get(k).unwrap().pinned);
+        // A VM moving here takes it over, unpinned: ageing applies again.
+        assert_eq!(
+            fdb.learn(k, local, 40, usize::MAX),
+            Learned::Moved { from: tunnel }
+        );
+        assert!(!fdb.get(k).unwrap().pinned);
+        assert_eq!(fdb.age(10_000), 1);
+    }
     #[test]
     fn would_learn_says_what_learn_then_does() {
         // Port 1 may learn 2 addresses, the bridge 3; mac 9 is static on port 3.

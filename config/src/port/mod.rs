@@ -477,6 +477,15 @@ impl PortSpec {
         self.kind.settings().check(&self.name)?;
         if let Some(vlan) = &self.vlan {
             check_vlan(vlan).map_err(|m| FieldError::invalid("vlan", m))?;
+            if let (KindSpec::Vxlan(v), VlanConfig::Trunk { .. }) = (&self.kind, vlan) {
+                if v.control() == VxlanControl::Evpn {
+                    return Err(FieldError::invalid(
+                        "vlan",
+                        "an EVPN tunnel carries one VLAN of the bridge (its VNI's): give it an \
+                         access vlan, or none for the untagged frames",
+                    ));
+                }
+            }
         }
         if let Some(macs) = &self.allowed_macs {
             check_allowed_macs(macs).map_err(|m| FieldError::invalid("allowed_macs", m))?;

@@ -12,6 +12,10 @@ use super::{FieldError, KindSettings, KindWords, Live};
 pub const MAX_VNI: u32 = (1 << 24) - 1;
 /// VXLAN's IANA port, a tunnel port's when left out.
 pub const DEFAULT_UDP_PORT: u16 = 4789;
+/// The UDP port of the kernel VXLAN devices EVPN keeps as FRR's mirror of each segment
+/// (Linux's historical VXLAN port): the kernel holds it while they are up, so no EVPN
+/// tunnel port may use it.
+pub const MIRROR_UDP_PORT: u16 = 8472;
 /// Most remote tunnel ends a static port lists.
 pub const MAX_REMOTES: usize = 1024;
 
@@ -133,14 +137,16 @@ impl KindSettings for VxlanSettings {
         if self.udp_port == Some(0) {
             return Err(FieldError::invalid("udp_port", "udp_port must not be 0"));
         }
+        if self.control() == VxlanControl::Evpn && self.udp_port() == MIRROR_UDP_PORT {
+            return Err(FieldError::invalid(
+                "udp_port",
+                format!(
+                    "{MIRROR_UDP_PORT} is the port of the kernel mirrors EVPN keeps for FRR: \
+                     give the tunnel another (4789 is VXLAN's)"
+                ),
+            ));
+        }
         match (self.control(), self.remotes.as_deref()) {
-            (VxlanControl::Evpn, None) => {
-                return Err(FieldError::invalid(
-                    "control",
-                    "EVPN control is not built yet: give control = \"static\" and the other \
-                     hosts' addresses in remotes",
-                ))
-            }
             (VxlanControl::Evpn, Some(_)) => return Err(FieldError::invalid(
                 "remotes",
                 "remotes are for control = \"static\"; with EVPN the routes name the other ends",
@@ -303,10 +309,14 @@ mod tests {
             s.remotes = Some(vec!["10.0.0.2".into()]);
         });
         assert_eq!(refused(evpn).0, "remotes");
-        // EVPN is not there yet: said so, not left to drop every frame.
-        let (field, msg) = refused(settings(|s| s.control = None));
-        assert_eq!(field, "control");
-        assert!(msg.contains("not built yet"), "{msg}");
+        // EVPN (the default) names no remote; the kernel mirrors' port is not its.
+        assert_eq!(settings(|s| s.control = None).check("t0"), Ok(()));
+        let (field, msg) = refused(settings(|s| {
+            s.control = None;
+            s.udp_port = Some(MIRROR_UDP_PORT);
+        }));
+        assert_eq!(field, "udp_port");
+        assert!(msg.contains("mirror"), "{msg}");
         let ok = settings(|s| {
             s.control = Some(VxlanControl::Static);
             s.remotes = Some(vec!["10.0.0.2".into(), "10.0.0.3".into()]);

@@ -147,7 +147,13 @@ impl Daemon {
                 continue;
             };
             match entry.port.hand_over() {
-                Ok(handed) => ports.push((name, handed)),
+                Ok(handed) => {
+                    // The next process follows the segment on the same mirror.
+                    if let Some(c) = entry.evpn.as_mut() {
+                        c.stop(vringswitch_evpn::Ending::HandOver);
+                    }
+                    ports.push((name, handed))
+                }
                 Err(why) => {
                     self.give_back(&mut st, ports);
                     return Err(format!("port {name}: {why}"));
@@ -189,12 +195,14 @@ impl Daemon {
             let Some(entry) = st.ports.get_mut(&name) else {
                 continue;
             };
+            let mut restart = false;
             let handle = entry.port.handle().clone();
             // The same connections as before: not counted again.
             let counts = (handle.connections(), handle.protocol_errors());
             match vringswitch_ports::port::take_over(handle.clone(), &entry.spec.kind, handed) {
                 Ok((port, carried)) => {
                     entry.port = port;
+                    restart = true;
                     handle.carry_counts(counts.0, counts.1);
                     if let Err(why) = carried {
                         tracing::warn!(port = %name, error = %why,
@@ -204,6 +212,9 @@ impl Daemon {
                 Err(e) => tracing::error!(port = %name, error = %e,
                     "the port could not be taken back after the upgrade failed; delete and \
                      add it again"),
+            }
+            if restart {
+                super::restart_evpn(&self.switch, st, &name);
             }
         }
         self.publish(st);

@@ -52,6 +52,8 @@ pub const MAC_AGEING: Duration = Duration::from_secs(300);
 
 /// What the workers use of a tunnel port.
 pub struct VxlanQueue {
+    /// What the port was set up with (`remotes`: the ends this queue has).
+    config: VxlanPortConfig,
     sockets: Arc<TunnelSockets>,
     /// The receive buffers.
     mem: FrameMem,
@@ -177,17 +179,20 @@ pub struct VxlanPort {
     ager: Option<std::thread::JoinHandle<()>>,
 }
 
-/// A queue for the workers on `sockets`, its remote ends as `config` says, knowing the
-/// addresses `carried` (MAC, the end's address, learnt) behind those of them it has.
+/// A queue for the workers on `sockets`, its remote ends as `config` says (flooding to
+/// those in `flood`, else to all), knowing the addresses `carried` (MAC, the end's
+/// address, learnt) behind those of them it has.
 fn new_queue(
     config: &VxlanPortConfig,
+    flood: Option<&[Ipv4Addr]>,
     sockets: Arc<TunnelSockets>,
     epoch: Instant,
     carried: &[([u8; 6], Ipv4Addr, bool)],
 ) -> io::Result<VxlanQueue> {
     let mem = crate::frame::host_memory(VXLAN_BUFFER as usize * VXLAN_BUFFERS)?;
-    let remotes = Arc::new(Remotes::new(
+    let remotes = Arc::new(Remotes::with_flood(
         &config.remotes,
+        flood.unwrap_or(&config.remotes),
         config.local,
         config.udp_port,
         config.vni,
@@ -202,10 +207,11 @@ fn new_queue(
         if learnt {
             macs.learn(key, id, now);
         } else {
-            macs.install(key, id);
+            let _ = macs.install(key, id);
         }
     }
     Ok(VxlanQueue {
+        config: config.clone(),
         sockets,
         mem,
         vni: config.vni,
@@ -266,7 +272,7 @@ impl VxlanPort {
         };
         let sockets = Arc::new(sockets);
         let epoch = Instant::now();
-        let queue = new_queue(&config, sockets.clone(), epoch, carried).map_err(fail)?;
+        let queue = new_queue(&config, None, sockets.clone(), epoch, carried).map_err(fail)?;
         let macs = queue.macs.clone();
         handle.set_connected(true);
         handle.attach(Arc::new(Attachment::Vxlan(queue)));
@@ -314,9 +320,12 @@ impl VxlanPort {
         }
     }
 
-    /// The remote addresses the port knows.
-    pub fn macs(&self) -> &RemoteMacs {
-        &self.macs
+    /// The remote addresses the port knows (those of the queue in effect).
+    pub fn macs(&self) -> Arc<RemoteMacs> {
+        match self.handle.attachment().as_deref() {
+            Some(Attachment::Vxlan(q)) => q.macs.clone(),
+            _ => self.macs.clone(),
+        }
     }
 
     /// Withdraws the port from the workers; its sockets close once the last worker let go.
@@ -357,7 +366,7 @@ impl RunningPort for VxlanPort {
             Some(Attachment::Vxlan(q)) => known(q),
             _ => Vec::new(),
         };
-        let queue = new_queue(&config, self.sockets.clone(), self.epoch, &carried)
+        let queue = new_queue(&config, None, self.sockets.clone(), self.epoch, &carried)
             .map_err(|e| format!("cannot make the port's buffers: {e}"))?;
         self.macs = queue.macs.clone();
         self.handle.attach(Arc::new(Attachment::Vxlan(queue)));
@@ -396,6 +405,83 @@ impl RunningPort for VxlanPort {
         self.stop_ager();
         self.handle.set_connected(false);
         Ok(crate::port::HandedPort { data, fds })
+    }
+}
+
+/// A control plane's hold on a running tunnel port (EVPN): which ends it has and floods
+/// to, which MAC address is behind which end. It works on the queue in effect: a change of
+/// ends publishes a new one around the same sockets.
+pub struct Routing {
+    handle: Arc<PortHandle>,
+}
+
+impl Routing {
+    pub fn new(handle: Arc<PortHandle>) -> Routing {
+        Routing { handle }
+    }
+
+    /// Gives the port the ends `ends`, flooding to those of them in `flood`, unless it has
+    /// them already: a queue with them is published around the same sockets, keeping the
+    /// addresses behind the ends that stay. Whether it changed anything.
+    pub fn set_ends(&self, ends: &[Ipv4Addr], flood: &[Ipv4Addr]) -> io::Result<bool> {
+        let attachment = self.handle.attachment();
+        let Some(Attachment::Vxlan(q)) = attachment.as_deref() else {
+            return Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                "the tunnel port is not open",
+            ));
+        };
+        let have: Vec<Ipv4Addr> = q.remotes.iter().map(|r| r.addr).collect();
+        let flooded: Vec<Ipv4Addr> = q
+            .remotes
+            .flood()
+            .iter()
+            .filter_map(|&i| q.remotes.get(i).map(|r| r.addr))
+            .collect();
+        let same = |a: &[Ipv4Addr], b: &[Ipv4Addr]| {
+            let (mut a, mut b) = (a.to_vec(), b.to_vec());
+            a.sort_unstable();
+            b.sort_unstable();
+            a == b
+        };
+        if same(&have, ends) && same(&flooded, flood) {
+            return Ok(false);
+        }
+        let mut config = q.config.clone();
+        config.remotes = ends.to_vec();
+        let queue = new_queue(&config, Some(flood), q.sockets.clone(), q.epoch, &known(q))?;
+        self.handle.attach(Arc::new(Attachment::Vxlan(queue)));
+        tracing::debug!(port = %self.handle.name(), ends = ends.len(), flood = flood.len(),
+            "VXLAN tunnel's remote ends changed by its control plane");
+        Ok(true)
+    }
+
+    /// Puts `mac` behind end `end`; false if the port has no such end (or is not open).
+    pub fn install(&self, mac: [u8; 6], end: Ipv4Addr) -> bool {
+        let attachment = self.handle.attachment();
+        let Some(Attachment::Vxlan(q)) = attachment.as_deref() else {
+            return false;
+        };
+        let Some(id) = q.remotes.find(end) else {
+            return false;
+        };
+        q.macs.install(remotes::mac_key(mac), id) != Learnt::Kept
+    }
+
+    /// Forgets where `mac` is; whether the port knew.
+    pub fn withdraw(&self, mac: [u8; 6]) -> bool {
+        match self.handle.attachment().as_deref() {
+            Some(Attachment::Vxlan(q)) => q.macs.remove(remotes::mac_key(mac)),
+            _ => false,
+        }
+    }
+
+    /// The addresses the port knows, each with its end's address.
+    pub fn known(&self) -> Vec<([u8; 6], Ipv4Addr)> {
+        match self.handle.attachment().as_deref() {
+            Some(Attachment::Vxlan(q)) => known(q).into_iter().map(|(m, a, _)| (m, a)).collect(),
+            _ => Vec::new(),
+        }
     }
 }
 

@@ -96,6 +96,18 @@ impl Remotes {
     /// The ends at `addrs` (at most 65,535), each in the flood list, sent to from `local`
     /// to UDP port `port` with VNI `vni`.
     pub fn new(addrs: &[Ipv4Addr], local: Ipv4Addr, port: u16, vni: u32) -> Remotes {
+        Self::with_flood(addrs, addrs, local, port, vni)
+    }
+
+    /// [`Self::new`] with only those of the ends in `flood` in the flood list (EVPN: the
+    /// ends with a type-3 route).
+    pub fn with_flood(
+        addrs: &[Ipv4Addr],
+        flood: &[Ipv4Addr],
+        local: Ipv4Addr,
+        port: u16,
+        vni: u32,
+    ) -> Remotes {
         let ends: Vec<Remote> = addrs
             .iter()
             .take(usize::from(RemoteId::MAX))
@@ -111,7 +123,9 @@ impl Remotes {
             .map(|(i, r)| (u32::from(r.addr), i as RemoteId))
             .collect();
         by_addr.sort_unstable();
-        let flood = (0..ends.len() as RemoteId).collect();
+        let flood = (0..ends.len() as RemoteId)
+            .filter(|&i| flood.contains(&ends[usize::from(i)].addr))
+            .collect();
         Remotes {
             ends,
             by_addr,
@@ -254,8 +268,9 @@ impl RemoteMacs {
     }
 
     /// Installs `mac` behind `end` for the control plane: never aged, never learnt over.
-    pub fn install(&self, mac: u64, end: RemoteId) {
-        self.put(mac, end, INSTALLED, true);
+    /// [`Learnt::Kept`] if it could not (a group address, or no free slot).
+    pub fn install(&self, mac: u64, end: RemoteId) -> Learnt {
+        self.put(mac, end, INSTALLED, true)
     }
 
     fn put(&self, mac: u64, end: RemoteId, seen: u32, control: bool) -> Learnt {
@@ -391,6 +406,10 @@ mod tests {
         assert_eq!(r.flood(), [0, 1, 2]);
         assert_eq!(r.get(0).unwrap().outer.destination(), [10, 0, 0, 9]);
         assert!(Remotes::new(&[], Ipv4Addr::new(10, 0, 0, 1), 4789, 42).is_empty());
+        // EVPN: every end is listened to, only those with a type-3 route flooded to.
+        let r = Remotes::with_flood(&addrs, &addrs[1..2], Ipv4Addr::new(10, 0, 0, 1), 4789, 42);
+        assert_eq!(r.find(Ipv4Addr::new(10, 0, 0, 9)), Some(0));
+        assert_eq!(r.flood(), [1]);
     }
 
     #[test]

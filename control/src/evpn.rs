@@ -1,0 +1,152 @@
+//! EVPN tunnel ports in the daemon: each has a segment control
+//! ([`vringswitch_evpn::Controller`]) whose data path side is the bridge's FDB and the
+//! port's routing. The host's MAC addresses advertised are those the bridge has on its
+//! own ports in the tunnel's VLAN; each remote MAC is installed twice: in the bridge's FDB
+//! as behind the tunnel port (pinned, not aged) and in the port's table as behind its end.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use vringswitch_config::{KindSpec, PortSpec, VlanConfig, VxlanControl};
+use vringswitch_evpn::{mac_text, Controller, Mac, MirrorSpec, RemoteRoutes, Segment};
+use vringswitch_ports::vxlan::Routing;
+use vringswitch_ports::{PortHandle, PortId};
+use vringswitch_switch::fdb::{fdb_key, split_key, Fdb, Learned};
+use vringswitch_switch::Switch;
+use vringswitch_wire::ethernet::MacAddr;
+
+/// The FDB VLAN of a tunnel port's segment: its access VLAN, else the untagged frames'.
+fn segment_vlan(spec: &PortSpec) -> u16 {
+    match spec.vlan {
+        Some(VlanConfig::Access { tag }) => tag,
+        _ => 0,
+    }
+}
+
+/// Starts the segment control of `spec` if it is an EVPN tunnel port (on `fdb`, its
+/// bridge's table; its handle `handle`).
+pub(crate) fn start(
+    spec: &PortSpec,
+    id: PortId,
+    handle: &Arc<PortHandle>,
+    fdb: Arc<Fdb>,
+    switch: Arc<Switch>,
+) -> Option<Controller> {
+    let KindSpec::Vxlan(v) = &spec.kind else {
+        return None;
+    };
+    if v.control() != VxlanControl::Evpn {
+        return None;
+    }
+    let mirror = MirrorSpec {
+        vni: v.vni(),
+        local: v.local_addr(),
+        udp_port: vringswitch_config::port::vxlan::MIRROR_UDP_PORT,
+    };
+    let segment = TunnelSegment {
+        fdb,
+        port: id,
+        vlan: segment_vlan(spec),
+        port_limit: spec.fdb_max_learned() as usize,
+        routing: Routing::new(handle.clone()),
+        switch,
+        on_port: HashMap::new(),
+        in_fdb: HashSet::new(),
+        name: spec.name.clone(),
+    };
+    match Controller::start(format!("evpn-{}", spec.name), mirror, segment) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::error!(port = %spec.name, error = %e,
+                "cannot start the port's EVPN control: its routes are not followed");
+            None
+        }
+    }
+}
+
+/// A tunnel port's segment as its control sees it.
+struct TunnelSegment {
+    fdb: Arc<Fdb>,
+    port: PortId,
+    vlan: u16,
+    port_limit: usize,
+    routing: Routing,
+    switch: Arc<Switch>,
+    /// The remote addresses installed in the port's table, with their ends.
+    on_port: HashMap<Mac, Ipv4Addr>,
+    /// Those installed in the bridge's FDB.
+    in_fdb: HashSet<Mac>,
+    name: String,
+}
+
+impl Segment for TunnelSegment {
+    fn local_macs(&mut self) -> BTreeSet<Mac> {
+        self.fdb
+            .entries()
+            .into_iter()
+            .filter(|(_, e)| !e.remote && e.port != self.port)
+            .map(|(k, _)| split_key(k))
+            .filter(|(m, vlan)| *vlan == self.vlan && m.0[0] & 1 == 0)
+            .map(|(m, _)| m.0)
+            .collect()
+    }
+
+    fn follow(&mut self, routes: &RemoteRoutes) {
+        let ends: Vec<Ipv4Addr> = routes.ends().into_iter().collect();
+        let flood: Vec<Ipv4Addr> = routes.flood.iter().copied().collect();
+        match self.routing.set_ends(&ends, &flood) {
+            // The new queue carried what was behind the ends that stayed.
+            Ok(true) => self.on_port = self.routing.known().into_iter().collect(),
+            Ok(false) => {}
+            Err(e) => {
+                tracing::debug!(port = %self.name, error = %e, "the tunnel's ends are not set yet");
+                return;
+            }
+        }
+        for (&mac, &end) in &routes.macs {
+            if self.on_port.get(&mac) != Some(&end) {
+                if self.routing.install(mac, end) {
+                    self.on_port.insert(mac, end);
+                } else {
+                    tracing::debug!(port = %self.name, mac = %mac_text(mac), "cannot install a remote address");
+                }
+            }
+        }
+        self.on_port.retain(|mac, _| {
+            let keep = routes.macs.contains_key(mac);
+            if !keep {
+                self.routing.withdraw(*mac);
+            }
+            keep
+        });
+        let now = self.switch.now_secs();
+        for &mac in routes.macs.keys() {
+            let key = fdb_key(MacAddr(mac), self.vlan);
+            let there = self
+                .fdb
+                .get(key)
+                .is_some_and(|e| e.port == self.port && e.pinned);
+            if there {
+                self.in_fdb.insert(mac);
+                continue;
+            }
+            self.in_fdb.remove(&mac);
+            // Held by a local port (or refused by a limit): tried again at the next tick.
+            if matches!(
+                self.fdb.install(key, self.port, now, self.port_limit),
+                Learned::New | Learned::Moved { .. } | Learned::Refreshed
+            ) {
+                self.in_fdb.insert(mac);
+            }
+        }
+        let (fdb, port, vlan) = (&self.fdb, self.port, self.vlan);
+        self.in_fdb.retain(|mac| {
+            let keep = routes.macs.contains_key(mac);
+            if !keep {
+                fdb.withdraw(fdb_key(MacAddr(*mac), vlan), port);
+            }
+            keep
+        });
+    }
+}
