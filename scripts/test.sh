@@ -1,7 +1,7 @@
 #!/bin/bash
 # Runs every vringswitch test: unit tests, the test-frontend suite, the deploy/ suite
-# (systemd, Prometheus), the DPDK testpmd suite, the QEMU guest suite (multiqueue and microvm
-# guests too) and the libvirt suite. Installs what is missing (QEMU, busybox, cpio, DPDK,
+# (systemd, Prometheus), the EVPN suite (FRR), the DPDK testpmd suite, the QEMU guest suite (multiqueue and microvm
+# guests too) and the libvirt suite. Installs what is missing (QEMU, busybox, cpio, DPDK, FRR,
 # Prometheus, strace, systemd, libvirt) with apt-get when run as root, schemathesis with
 # pip, and reserves hugepages for DPDK.
 set -euo pipefail
@@ -34,6 +34,7 @@ command -v script >/dev/null || need+=(bsdutils)  # a terminal for vringctl capt
 command -v ip >/dev/null || need+=(iproute2)  # network namespaces for the TAP and AF_XDP port tests
 command -v ethtool >/dev/null || need+=(ethtool)  # TX checksumming off on veth for AF_XDP
 compgen -G '/usr/lib/*/libxdp.so.1' >/dev/null || need+=(libxdp1)  # AF_XDP ports load it at runtime
+[[ -x /usr/lib/frr/zebra ]] || need+=(frr)  # BGP EVPN speakers for tests/evpn.rs
 if ((${#need[@]})); then
     if [[ $(id -u) -ne 0 ]]; then
         echo "missing packages: ${need[*]}; install them (apt-get install ${need[*]}) or run as root" >&2
@@ -90,6 +91,9 @@ cargo test -p vringswitch-tests --lib --test switching --test lifecycle --test o
 # compiling against the code they fuzz.
 log "fuzz targets compile"
 cargo check --manifest-path fuzz/Cargo.toml --bins
+
+log "EVPN suite: three hosts in namespaces, each with FRR (zebra, bfdd, bgpd)"
+cargo test -p vringswitch-tests --test evpn -- --test-threads=1
 
 log "deploy/ suite: systemd unit, Prometheus, dashboard and rules"
 cargo test -p vringswitch-tests --test deploy -- --test-threads=1

@@ -205,6 +205,32 @@ impl Daemon {
         d
     }
 
+    /// [`Daemon::start`] in network namespace `netns` (through `ip netns exec`): its API
+    /// is then a unix socket in `dir` (`api.sock`), which [`Daemon::api`] names and every
+    /// helper here reaches across namespaces.
+    pub fn start_in_netns(netns: &str, dir: &Path, config: &str, sockets: &[PathBuf]) -> Daemon {
+        let path = dir.join("vringswitch.toml");
+        std::fs::write(&path, config).unwrap();
+        let mut d = Daemon {
+            child: None,
+            api: dir.join("api.sock").display().to_string(),
+            config: path,
+            log: dir.join("vringswitch.log"),
+            dir: dir.to_path_buf(),
+            args: Vec::new(),
+            prefix: ["ip", "netns", "exec", netns]
+                .iter()
+                .map(|a| a.to_string())
+                .collect(),
+            socket_dir: dir.to_path_buf(),
+            binary: binary(),
+            adopted: None,
+        };
+        d.spawn();
+        d.wait_ready(sockets);
+        d
+    }
+
     /// Runs `vringctl upgrade` with `args` and returns its exit status, its JSON answer
     /// (or error text). On success the daemon followed is the new process from then on,
     /// once the old one has exited.
@@ -251,10 +277,17 @@ impl Daemon {
             }
             None => Command::new(&self.binary),
         };
+        // A unix API socket (a daemon in a namespace): the TCP one stays at its default,
+        // inside the namespace.
+        let api = if self.api.starts_with('/') {
+            "--api-socket"
+        } else {
+            "--api"
+        };
         let child = cmd
             .arg("--config")
             .arg(&self.config)
-            .arg("--api")
+            .arg(api)
             .arg(&self.api)
             .arg("--socket-dir")
             .arg(&self.socket_dir)
@@ -283,6 +316,12 @@ impl Daemon {
                 }
                 None => return None,
             };
+            if api.starts_with('/') {
+                // Its own socket file: only it answers there.
+                return (Path::new(&api).exists()
+                    && http_get(&api, "/healthz").is_ok_and(|b| b.contains("ok")))
+                .then_some(());
+            }
             // Answered by this daemon, not by another test's that got the same free port.
             (listens_on(pid, port) && http_get(&api, "/healthz").is_ok_and(|b| b.contains("ok")))
                 .then_some(())
@@ -429,6 +468,16 @@ pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<u
 /// GETs `http://{addr}{path}` and returns the body of a 2xx answer; anything else is an
 /// error saying what came back.
 pub fn http_get(addr: &str, path: &str) -> std::io::Result<String> {
+    if addr.starts_with('/') {
+        let (status, body) = http_request_unix(Path::new(addr), "GET", path, None);
+        return if (200..300).contains(&status) {
+            Ok(body)
+        } else {
+            Err(std::io::Error::other(format!(
+                "GET {path}: status {status}: {body}"
+            )))
+        };
+    }
     let resp = ureq::get(&format!("http://{addr}{path}"))
         .timeout(Duration::from_secs(5))
         .call()
@@ -439,6 +488,9 @@ pub fn http_get(addr: &str, path: &str) -> std::io::Result<String> {
 /// Sends `method path` with an optional JSON body; returns the status and the body, for
 /// error statuses too.
 pub fn http_request(addr: &str, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+    if addr.starts_with('/') {
+        return http_request_unix(Path::new(addr), method, path, body);
+    }
     let req = ureq::request(method, &format!("http://{addr}{path}"))
         .timeout(Duration::from_secs(10))
         .set("Content-Type", "application/json");

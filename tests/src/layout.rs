@@ -232,6 +232,20 @@ pub fn vxlan_static(
     )
 }
 
+/// A VXLAN tunnel port under EVPN control (FRR's routes name the other ends).
+pub fn vxlan_evpn(name: &str, bridge: &str, vni: u32, local: std::net::Ipv4Addr) -> PortSpec {
+    port(
+        name,
+        bridge,
+        KindSpec::Vxlan(VxlanSettings {
+            vni: Some(vni),
+            local: Some(local.to_string()),
+            control: Some(VxlanControl::Evpn),
+            ..VxlanSettings::default()
+        }),
+    )
+}
+
 /// The VLAN setting of an access port of VLAN `tag`.
 pub fn access(tag: u16) -> VlanConfig {
     VlanConfig::Access { tag }

@@ -15,6 +15,7 @@
 pub mod api;
 pub mod daemon;
 pub mod frontend;
+pub mod frr;
 pub mod guest;
 pub mod healthy_pair;
 pub mod layout;
