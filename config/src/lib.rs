@@ -106,6 +106,8 @@ pub struct Config {
     /// Security groups ports name.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub security_groups: Vec<SecurityGroupSpec>,
+    /// How EVPN tunnel ports work with FRR.
+    pub evpn: EvpnConfig,
     /// Where each port's fields lie in the file (one per port; none for a configuration
     /// not read from a file), for the line of an error.
     #[serde(skip)]
@@ -155,6 +157,8 @@ struct ConfigFile {
     mirrors: Vec<Spanned<MirrorSpec>>,
     #[serde(default)]
     security_groups: Vec<Spanned<SecurityGroupSpec>>,
+    #[serde(default)]
+    evpn: EvpnConfig,
 }
 
 /// Where a port's table and each of its fields lie in the configuration file.
@@ -177,6 +181,46 @@ impl PortSpans {
             .and_then(find)
             .or_else(|| find("name"))
             .unwrap_or_else(|| self.table.clone())
+    }
+}
+
+/// How EVPN tunnel ports work with FRR (the `[evpn]` table).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EvpnConfig {
+    /// FRR's run directory, where the pid files of zebra and bgpd are: how the daemon knows
+    /// FRR runs. While either does not, the routes zebra last installed are kept (stale)
+    /// and the data path forwards on them.
+    #[serde(default = "default_frr_run_dir")]
+    pub frr_run_dir: Spanned<PathBuf>,
+    /// Seconds the kept routes stay once FRR is back (unless every one of them comes
+    /// back sooner); then the routes zebra has are taken whole, the others dropped.
+    #[serde(default = "default_restart_hold_s")]
+    pub restart_hold_s: Spanned<u64>,
+}
+
+/// Debian's FRR (`/var/run/frr` is the same directory; FRR started with `-N NAME` has
+/// its files in `/var/run/frr/NAME`).
+pub const DEFAULT_FRR_RUN_DIR: &str = "/run/frr";
+/// FRR's BGP graceful restart time: the other hosts keep this host's routes as long.
+pub const DEFAULT_RESTART_HOLD_S: u64 = 120;
+/// Longest restart hold.
+pub const MAX_RESTART_HOLD_S: u64 = 3600;
+
+fn default_frr_run_dir() -> Spanned<PathBuf> {
+    Spanned::new(0..0, PathBuf::from(DEFAULT_FRR_RUN_DIR))
+}
+
+fn default_restart_hold_s() -> Spanned<u64> {
+    Spanned::new(0..0, DEFAULT_RESTART_HOLD_S)
+}
+
+impl Default for EvpnConfig {
+    fn default() -> Self {
+        EvpnConfig {
+            frr_run_dir: default_frr_run_dir(),
+            restart_hold_s: default_restart_hold_s(),
+        }
     }
 }
 
@@ -577,6 +621,7 @@ impl Config {
             ports,
             mirrors: Vec::new(),
             security_groups: Vec::new(),
+            evpn: EvpnConfig::default(),
             port_spans: SpansInFile::default(),
             mirror_spans: MirrorSpans::default(),
             group_spans: MirrorSpans::default(),
@@ -705,6 +750,7 @@ impl Config {
                 .into_iter()
                 .map(Spanned::into_inner)
                 .collect(),
+            evpn: file.evpn,
             port_spans: SpansInFile(port_spans),
             mirror_spans,
             group_spans,
@@ -743,6 +789,26 @@ impl Config {
                     format!("dataplane.cores names core {core} twice"),
                 ));
             }
+        }
+        let run_dir = &self.evpn.frr_run_dir;
+        if !run_dir.get_ref().is_absolute() {
+            return Err(invalid(
+                run_dir.span(),
+                format!(
+                    "evpn.frr_run_dir must be an absolute path, not {:?}",
+                    run_dir.get_ref().display().to_string()
+                ),
+            ));
+        }
+        let hold = &self.evpn.restart_hold_s;
+        if !(1..=MAX_RESTART_HOLD_S).contains(hold.get_ref()) {
+            return Err(invalid(
+                hold.span(),
+                format!(
+                    "evpn.restart_hold_s must be between 1 and {MAX_RESTART_HOLD_S}, not {}",
+                    hold.get_ref()
+                ),
+            ));
         }
         let burst = *self.dataplane.burst.get_ref();
         if burst == 0 || burst > MAX_BURST {
@@ -1433,6 +1499,19 @@ queues = 2
 
         let bad = GOOD.replace("cores = [1]", "cores = [1]\nburst = 65");
         assert!(err(&bad).contains("burst must be between 1 and 64"));
+
+        let evpn = |t: &str| format!("{GOOD}\n[evpn]\n{t}\n");
+        let c = parse(&evpn("frr_run_dir = \"/run/frr/h1\"")).unwrap();
+        assert_eq!(
+            (
+                c.evpn.frr_run_dir.get_ref().to_str(),
+                *c.evpn.restart_hold_s.get_ref()
+            ),
+            (Some("/run/frr/h1"), DEFAULT_RESTART_HOLD_S)
+        );
+        assert!(err(&evpn("frr_run_dir = \"frr\"")).contains("absolute path"));
+        assert!(err(&evpn("restart_hold_s = 0")).contains("between 1 and 3600"));
+        assert!(err(&evpn("hold = 3")).contains("unknown field"));
 
         let bad = GOOD.replace("name = \"vm1\"", "name = \"vm 1\"");
         assert!(err(&bad).contains("must be 1 to 64 characters"));

@@ -71,6 +71,8 @@ pub struct Daemon {
     taking_over: Mutex<Option<handover::TakingOver>>,
     /// How the daemon replaces itself (`vringctl upgrade`), if its process can.
     upgrader: std::sync::OnceLock<Arc<crate::upgrade::Upgrader>>,
+    /// How EVPN tunnel ports watch FRR.
+    frr: vringswitch_evpn::FrrWatch,
 }
 
 impl Daemon {
@@ -148,6 +150,7 @@ impl Daemon {
             lock,
             taking_over: Mutex::new(None),
             upgrader: Default::default(),
+            frr: crate::evpn::frr_watch(&config.evpn),
         };
         let from_state = saved.is_some();
         let from_config = state_file::from_config(config);
@@ -533,6 +536,7 @@ impl Daemon {
             port.handle(),
             st.bridge(&spec.bridge)?.fdb.clone(),
             self.switch.clone(),
+            &self.frr,
         );
         st.ports.insert(
             spec.name.clone(),
@@ -684,7 +688,7 @@ impl Daemon {
             }
         }
         if new.bridge != old.bridge || new.vlan != old.vlan {
-            restart_evpn(&self.switch, &mut st, name);
+            restart_evpn(&self.switch, &self.frr, &mut st, name);
         }
         tracing::info!(
             port = %name,
@@ -699,6 +703,16 @@ impl Daemon {
         );
         self.save(&st)?;
         Ok(new)
+    }
+
+    /// Where an EVPN tunnel port's control stands (none for another port).
+    pub fn evpn_status(&self, port: &str) -> Option<vringswitch_evpn::Status> {
+        self.state()
+            .ports
+            .get(port)?
+            .evpn
+            .as_ref()
+            .map(|c| c.status())
     }
 
     /// The FDB of a bridge, sorted by VLAN then MAC.
@@ -1176,7 +1190,12 @@ impl Daemon {
 
 /// Starts port `name`'s EVPN control again (if it has one) for the bridge and VLAN it has
 /// now; its mirror stays.
-fn restart_evpn(switch: &Arc<Switch>, st: &mut State, name: &str) {
+fn restart_evpn(
+    switch: &Arc<Switch>,
+    frr: &vringswitch_evpn::FrrWatch,
+    st: &mut State,
+    name: &str,
+) {
     let Some(fdb) = st
         .ports
         .get(name)
@@ -1191,7 +1210,7 @@ fn restart_evpn(switch: &Arc<Switch>, st: &mut State, name: &str) {
     if let Some(c) = p.evpn.as_mut() {
         c.stop(vringswitch_evpn::Ending::HandOver);
     }
-    p.evpn = crate::evpn::start(&p.spec, p.id, p.port.handle(), fdb, switch.clone());
+    p.evpn = crate::evpn::start(&p.spec, p.id, p.port.handle(), fdb, switch.clone(), frr);
 }
 
 /// Has port `id` forget what `bridge` learnt on it whenever its link goes down (its static

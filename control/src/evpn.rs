@@ -9,7 +9,7 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use vringswitch_config::{KindSpec, PortSpec, VlanConfig, VxlanControl};
-use vringswitch_evpn::{mac_text, Controller, Mac, MirrorSpec, RemoteRoutes, Segment};
+use vringswitch_evpn::{mac_text, Controller, FrrWatch, Mac, MirrorSpec, RemoteRoutes, Segment};
 use vringswitch_ports::vxlan::Routing;
 use vringswitch_ports::{PortHandle, PortId};
 use vringswitch_switch::fdb::{fdb_key, split_key, Fdb, Learned};
@@ -24,6 +24,14 @@ fn segment_vlan(spec: &PortSpec) -> u16 {
     }
 }
 
+/// How the segment controls watch FRR, as the configuration says.
+pub(crate) fn frr_watch(c: &vringswitch_config::EvpnConfig) -> FrrWatch {
+    FrrWatch {
+        run_dir: c.frr_run_dir.get_ref().clone(),
+        restart_hold: std::time::Duration::from_secs(*c.restart_hold_s.get_ref()),
+    }
+}
+
 /// Starts the segment control of `spec` if it is an EVPN tunnel port (on `fdb`, its
 /// bridge's table; its handle `handle`).
 pub(crate) fn start(
@@ -32,6 +40,7 @@ pub(crate) fn start(
     handle: &Arc<PortHandle>,
     fdb: Arc<Fdb>,
     switch: Arc<Switch>,
+    frr: &FrrWatch,
 ) -> Option<Controller> {
     let KindSpec::Vxlan(v) = &spec.kind else {
         return None;
@@ -55,7 +64,7 @@ pub(crate) fn start(
         in_fdb: HashSet::new(),
         name: spec.name.clone(),
     };
-    match Controller::start(format!("evpn-{}", spec.name), mirror, segment) {
+    match Controller::start(format!("evpn-{}", spec.name), mirror, frr.clone(), segment) {
         Ok(c) => Some(c),
         Err(e) => {
             tracing::error!(port = %spec.name, error = %e,

@@ -87,6 +87,7 @@ struct AppState {
         PortView,
         PortState,
         RemoteView,
+        EvpnView,
         RemoteMacView,
         VlanConfig,
         StaticMacRequest,
@@ -794,6 +795,9 @@ struct PortView {
     /// counters.
     #[serde(skip_serializing_if = "Option::is_none")]
     remotes: Option<Vec<RemoteView>>,
+    /// An EVPN tunnel port's control: where it stands with FRR.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    evpn: Option<EvpnView>,
     /// Packet, byte and drop counters (as in /v1/stats).
     #[schema(value_type = Object)]
     counters: PortSnapshot,
@@ -819,6 +823,40 @@ pub struct RemoteMacView {
     learnt: bool,
 }
 
+/// An EVPN tunnel port's control.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct EvpnView {
+    /// `following` (the routes zebra installed), `stale` (FRR is not running, or came
+    /// back less than the hold time ago: forwarding on the routes kept), `starting` or
+    /// `failed` (see `error`; tried again every second).
+    state: String,
+    /// Why it failed, when it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+    /// Whether FRR runs (the pid files of zebra and bgpd name live processes).
+    frr_running: bool,
+    /// This host's MAC addresses advertised (written on the segment's kernel mirror).
+    advertised: usize,
+    /// Remote MAC addresses the routes name (type 2).
+    remote_macs: usize,
+    /// The remote ends broadcast and unknown frames go to (type-3 routes).
+    flood: Vec<String>,
+}
+
+fn evpn_view(st: vringswitch_evpn::Status) -> EvpnView {
+    EvpnView {
+        state: st.state.to_string(),
+        error: match st.state {
+            vringswitch_evpn::ControlState::Failed(e) => Some(e),
+            _ => None,
+        },
+        frr_running: st.frr_running,
+        advertised: st.advertised,
+        remote_macs: st.routes.macs.len(),
+        flood: st.routes.flood.iter().map(|a| a.to_string()).collect(),
+    }
+}
+
 fn remote_view(r: vringswitch_ports::vxlan::RemoteEnd) -> RemoteView {
     RemoteView {
         address: r.address.to_string(),
@@ -837,7 +875,13 @@ fn remote_view(r: vringswitch_ports::vxlan::RemoteEnd) -> RemoteView {
     }
 }
 
-fn port_view(spec: PortSpec, handle: &PortHandle, snapshot: &Snapshot) -> PortView {
+fn port_view(
+    daemon: &Daemon,
+    spec: PortSpec,
+    handle: &PortHandle,
+    snapshot: &Snapshot,
+) -> PortView {
+    let evpn = daemon.evpn_status(&spec.name).map(evpn_view);
     let attachment = handle.attachment();
     let remotes = attachment
         .as_ref()
@@ -887,6 +931,7 @@ fn port_view(spec: PortSpec, handle: &PortHandle, snapshot: &Snapshot) -> PortVi
     PortView {
         words,
         remotes,
+        evpn,
         kind: spec.shown_kind(),
         name: spec.name,
         bridge: spec.bridge,
@@ -913,7 +958,7 @@ async fn list_ports(_: NoQuery, State(s): State<AppState>) -> Json<Vec<PortView>
         .daemon
         .ports()
         .into_iter()
-        .map(|(spec, handle)| port_view(spec, &handle, &snapshot))
+        .map(|(spec, handle)| port_view(&s.daemon, spec, &handle, &snapshot))
         .collect();
     Json(views)
 }
@@ -926,7 +971,7 @@ async fn get_port(
 ) -> Result<Json<PortView>, ApiError> {
     let (spec, handle) = s.daemon.port(&name)?;
     let snapshot = Snapshot::take(&s.daemon.switch);
-    Ok(Json(port_view(spec, &handle, &snapshot)))
+    Ok(Json(port_view(&s.daemon, spec, &handle, &snapshot)))
 }
 
 #[utoipa::path(post, path = "/v1/ports", request_body = PortSpec, responses((status = 201, body = PortView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody, description = "No such bridge"), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody, description = "The port could not be started"), (status = 500, body = ErrorBody), (status = 403, body = ErrorBody, description = "A foreign Host or Origin, or a change over TCP on a daemon that takes changes on its unix socket only"), (status = 415, body = ErrorBody, description = "The body was not sent as application/json")))]
@@ -957,7 +1002,7 @@ async fn add_port(
     let snapshot = Snapshot::take(&s.daemon.switch);
     Ok((
         StatusCode::CREATED,
-        Json(port_view(spec, &handle, &snapshot)),
+        Json(port_view(&s.daemon, spec, &handle, &snapshot)),
     ))
 }
 
@@ -986,7 +1031,7 @@ async fn update_port(
     blocking(move || daemon.update_port(&n, patch)).await?;
     let (spec, handle) = s.daemon.port(&name)?;
     let snapshot = Snapshot::take(&s.daemon.switch);
-    Ok(Json(port_view(spec, &handle, &snapshot)))
+    Ok(Json(port_view(&s.daemon, spec, &handle, &snapshot)))
 }
 
 #[utoipa::path(get, path = "/v1/mirrors", responses((status = 200, body = [vringswitch_config::MirrorSpec]), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody, description = "A foreign Host or Origin")))]

@@ -11,10 +11,11 @@
 //! A [`Controller`] runs one segment's control in a thread of its own.
 
 pub mod controller;
+pub mod hold;
 pub mod mirror;
 pub mod routes;
 
-pub use controller::{ControlState, Controller, Ending, Segment, Status};
+pub use controller::{ControlState, Controller, Ending, FrrWatch, Segment, Status};
 pub use mirror::{mac_text, Mirror, MirrorSpec, Names};
 pub use routes::{KernelEntry, Mac, RemoteRoutes};
 

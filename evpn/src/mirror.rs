@@ -17,11 +17,13 @@ use futures_util::TryStreamExt;
 use netlink_packet_route::link::{
     InfoData, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
-use netlink_packet_route::neighbour::{NeighbourFlags, NeighbourMessage, NeighbourState};
+use netlink_packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
+};
 use netlink_packet_route::AddressFamily;
 use rtnetlink::{Handle, LinkBridge, LinkBridgePort, LinkUnspec, LinkVeth, LinkVxlan};
 
-use crate::routes::{read_entry, Devices, KernelEntry, Mac};
+use crate::routes::{read_entry, Devices, KernelEntry, Mac, RemoteRoutes};
 use crate::EvpnError;
 
 /// What a segment's mirror is made of.
@@ -134,6 +136,13 @@ impl Mirror {
         }
         Self::remove(h, spec.vni).await?;
         Self::make(h, spec, names).await
+    }
+
+    /// Whether the mirror is still whole, up and as its spec says.
+    pub async fn is_whole(&self, h: &Handle) -> Result<bool, EvpnError> {
+        Ok(Self::adopt(h, self.spec, &self.names)
+            .await?
+            .is_some_and(|m| m.devices == self.devices && m.bridge == self.bridge))
     }
 
     /// The mirror of `spec` as a previous process left it, if whole and as `spec` says.
@@ -314,6 +323,44 @@ impl Mirror {
                 e,
             )),
         }
+    }
+
+    /// Deletes `routes` (zebra's entries) from the mirror: each on the VXLAN device, and
+    /// the bridge's entry of each MAC for its VXLAN port; gone already is fine.
+    pub async fn flush_routes(&self, h: &Handle, routes: &RemoteRoutes) -> Result<(), EvpnError> {
+        // (MAC, the tunnel end of a `self` entry; none: the bridge's `master` entry)
+        let entries = routes
+            .macs
+            .iter()
+            .flat_map(|(&m, &v)| [(m, Some(v)), (m, None)])
+            .chain(routes.flood.iter().map(|&v| ([0u8; 6], Some(v))));
+        for (mac, vtep) in entries {
+            let mut msg = NeighbourMessage::default();
+            msg.header.family = AddressFamily::Bridge;
+            msg.header.ifindex = self.devices.vxlan;
+            msg.attributes
+                .push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
+            match vtep {
+                Some(v) => {
+                    msg.header.flags = NeighbourFlags::Own;
+                    msg.attributes
+                        .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(v)));
+                }
+                None => msg.header.flags = NeighbourFlags::Controller,
+            }
+            match h.neighbours().del(msg).execute().await {
+                Ok(()) => {}
+                Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENOENT => {}
+                Err(e) => {
+                    let behind = vtep.map_or_else(|| "the bridge".to_owned(), |v| v.to_string());
+                    return Err(EvpnError::netlink(
+                        format!("cannot delete {} behind {behind}", mac_text(mac)),
+                        e,
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Whether interface `index` is one of the mirror's.

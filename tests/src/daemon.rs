@@ -469,7 +469,7 @@ pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<u
 /// error saying what came back.
 pub fn http_get(addr: &str, path: &str) -> std::io::Result<String> {
     if addr.starts_with('/') {
-        let (status, body) = http_request_unix(Path::new(addr), "GET", path, None);
+        let (status, body) = try_http_unix(Path::new(addr), "GET", path, None)?;
         return if (200..300).contains(&status) {
             Ok(body)
         } else {
@@ -512,27 +512,36 @@ pub fn http_request_unix(
     path: &str,
     body: Option<&str>,
 ) -> (u16, String) {
+    try_http_unix(socket, method, path, body)
+        .unwrap_or_else(|e| panic!("{method} {path} on {}: {e}", socket.display()))
+}
+
+/// [`http_request_unix`], an error if the socket does not answer.
+fn try_http_unix(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> std::io::Result<(u16, String)> {
     use std::io::{Read, Write};
-    let mut s = std::os::unix::net::UnixStream::connect(socket)
-        .unwrap_or_else(|e| panic!("connect to {}: {e}", socket.display()));
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut s = std::os::unix::net::UnixStream::connect(socket)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
     let body = body.unwrap_or("");
     write!(
         s,
         "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
          Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
-    )
-    .unwrap();
+    )?;
     let mut raw = Vec::new();
-    s.read_to_end(&mut raw).unwrap();
+    s.read_to_end(&mut raw)?;
     let text = String::from_utf8_lossy(&raw).into_owned();
     let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let status = head
         .split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("no HTTP status in {text:?}"));
+        .ok_or_else(|| std::io::Error::other(format!("no HTTP status in {text:?}")))?;
     let chunked = head
         .to_ascii_lowercase()
         .contains("transfer-encoding: chunked");
@@ -551,7 +560,7 @@ pub fn http_request_unix(
     } else {
         rest.to_owned()
     };
-    (status, body)
+    Ok((status, body))
 }
 
 /// Whether process `pid` has exited (gone, or a zombie nobody reaped yet).

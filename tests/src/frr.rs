@@ -81,6 +81,9 @@ impl Frr {
 
     fn start_daemons(&self) {
         for d in ORDER {
+            if self.pid(d).is_some() {
+                continue;
+            }
             // Left by a daemon killed before: removed, or the new one refuses to start.
             let _ = std::fs::remove_file(self.pid_file(d));
             let out = Command::new("ip")
@@ -105,6 +108,11 @@ impl Frr {
         }
     }
 
+    /// The run directory (pid files), for the daemon's `evpn.frr_run_dir`.
+    pub fn run_dir(&self) -> &Path {
+        &self.run
+    }
+
     fn pid_file(&self, daemon: &str) -> PathBuf {
         self.run.join(format!("{daemon}.pid"))
     }
@@ -119,19 +127,31 @@ impl Frr {
         Path::new(&format!("/proc/{pid}")).exists().then_some(pid)
     }
 
-    /// Kills every daemon with SIGKILL (a crash: zebra's kernel entries stay behind).
+    /// Kills every daemon at once with SIGKILL, as systemd kills a service's processes:
+    /// a crash, zebra's kernel entries stay behind.
     pub fn kill(&self) {
-        for d in ORDER.iter().rev() {
-            if let Some(pid) = self.pid(d) {
-                let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-                wait(Duration::from_secs(5), &format!("{d} to die"), || {
-                    !Path::new(&format!("/proc/{pid}")).exists()
-                });
-            }
+        self.kill_only(&ORDER);
+    }
+
+    /// Kills `daemons` at once with SIGKILL.
+    pub fn kill_only(&self, daemons: &[&str]) {
+        let pids: Vec<String> = daemons
+            .iter()
+            .filter_map(|d| self.pid(d))
+            .map(|p| p.to_string())
+            .collect();
+        if pids.is_empty() {
+            return;
+        }
+        let _ = Command::new("kill").arg("-9").args(&pids).status();
+        for pid in &pids {
+            wait(Duration::from_secs(5), "FRR's daemons to die", || {
+                !Path::new(&format!("/proc/{pid}")).exists()
+            });
         }
     }
 
-    /// Starts the daemons again (after [`Frr::kill`]).
+    /// Starts the daemons that do not run (after [`Frr::kill`]).
     pub fn restart(&self) {
         self.start_daemons();
     }

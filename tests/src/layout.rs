@@ -119,6 +119,15 @@ impl Layout {
     }
 
     /// The sockets of its vhost-user ports.
+    /// How EVPN tunnel ports watch FRR: its run directory, the restart hold.
+    pub fn evpn(mut self, frr_run_dir: &Path, restart_hold_s: u64) -> Layout {
+        self.config.evpn = vringswitch_config::EvpnConfig {
+            frr_run_dir: Spanned::new(0..0, frr_run_dir.to_path_buf()),
+            restart_hold_s: Spanned::new(0..0, restart_hold_s),
+        };
+        self
+    }
+
     pub fn sockets(&self) -> Vec<PathBuf> {
         self.config
             .ports

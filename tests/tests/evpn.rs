@@ -52,7 +52,8 @@ impl Drop for Fabric {
 }
 
 impl Fabric {
-    fn new(n: usize) -> Fabric {
+    /// `n` hosts; their daemons keep routes over an FRR restart for `hold_s` seconds.
+    fn new(n: usize, hold_s: u64) -> Fabric {
         require_frr();
         let id = std::process::id() % 100_000;
         let underlay = Netns::new(&format!("vs-evu-{id}"));
@@ -85,7 +86,8 @@ impl Fabric {
                 .port(vhost_user("vm0", "br0", &sock(0)))
                 .port(vhost_user("vm1", "br0", &sock(1)))
                 .port(vhost_user("vm2", "br0", &sock(2)))
-                .port(vxlan_evpn("tun", "br0", VNI, host_addr(i)));
+                .port(vxlan_evpn("tun", "br0", VNI, host_addr(i)))
+                .evpn(frr[i].run_dir(), hold_s);
             daemons.push(Daemon::start_in_netns(
                 &hosts[i].0,
                 dir.path(),
@@ -100,6 +102,97 @@ impl Fabric {
             frr,
             daemons,
         }
+    }
+
+    /// Waits for every BGP session, then for each host's flood list (type-3 routes: the
+    /// other hosts).
+    fn converge(&self) {
+        for f in &self.frr {
+            f.wait_established(Duration::from_secs(30));
+        }
+        let n = self.daemons.len();
+        for i in 0..n {
+            let want: Vec<String> = (0..n)
+                .filter(|&j| j != i)
+                .map(|j| host_addr(j).to_string())
+                .collect();
+            until(
+                Duration::from_secs(20),
+                &format!("host {i}'s flood list"),
+                || {
+                    self.ends(i)
+                        .iter()
+                        .map(|(a, _)| a.clone())
+                        .collect::<Vec<_>>()
+                        == want
+                },
+            );
+            let log = self.daemons[i].log_text();
+            assert!(
+                log.contains("EVPN mirror of the segment made"),
+                "host {i}: {log}"
+            );
+        }
+    }
+
+    /// Two test VMs per host: VM k (MAC k + 1) is port vm{k % 2} of host k / 2.
+    fn vms(&self) -> Vec<TestVm> {
+        let n = self.daemons.len();
+        let vms = (0..2 * n)
+            .map(|k| {
+                let mut vm = TestVm::connect(
+                    &self.socket(k / 2, k % 2),
+                    mac(k as u8 + 1),
+                    VmOptions::default(),
+                );
+                vm.post_rx(TestVm::rx(0), 256, 2048);
+                vm
+            })
+            .collect();
+        for d in &self.daemons {
+            d.wait_port_connected("vm0", true);
+            d.wait_port_connected("vm1", true);
+        }
+        vms
+    }
+
+    /// Each VM broadcasts once: every other VM gets it, wherever it is (head-end
+    /// replication to the type-3 ends), and its host learns and advertises its address.
+    /// Then waits until every host has every remote address installed (type-2 routes).
+    fn announce(&self, vms: &mut [TestVm]) {
+        for k in 0..vms.len() {
+            let b = frame(BROADCAST, mac(k as u8 + 1), 100, k as u8);
+            vms[k].send(TestVm::tx(0), &b);
+            for (j, vm) in vms.iter_mut().enumerate() {
+                if j != k {
+                    let got = vm.expect_frames(TestVm::rx(0), 1, T);
+                    assert_eq!(got[0].frame, b, "broadcast from VM {k} at VM {j}");
+                }
+            }
+        }
+        let n = self.daemons.len();
+        for i in 0..n {
+            let want: Vec<(String, Vec<String>)> = (0..n)
+                .filter(|&j| j != i)
+                .map(|j| {
+                    let macs = [2 * j + 1, 2 * j + 2]
+                        .iter()
+                        .map(|&m| mac_text(mac(m as u8)))
+                        .collect();
+                    (host_addr(j).to_string(), macs)
+                })
+                .collect();
+            until(
+                Duration::from_secs(10),
+                &format!("host {i}'s remote MACs"),
+                || self.ends(i) == want,
+            );
+        }
+    }
+
+    /// Host `i`'s EVPN control as its API shows it.
+    fn evpn(&self, i: usize) -> Value {
+        self.tunnel(i)["evpn"].clone()
     }
 
     fn socket(&self, host: usize, k: usize) -> PathBuf {
@@ -151,79 +244,20 @@ fn until(within: Duration, what: &str, mut f: impl FnMut() -> bool) -> Duration 
 
 #[test]
 fn three_hosts_under_evpn_carry_every_pair_follow_a_moved_mac_and_drop_a_cut_host() {
-    let fabric = Fabric::new(3);
-    for f in &fabric.frr {
-        f.wait_established(Duration::from_secs(30));
-    }
-    // Type-3 routes: each host floods to the two others.
+    let fabric = Fabric::new(3, 120);
+    fabric.converge();
+    let mut vms = fabric.vms();
+    fabric.announce(&mut vms);
     for i in 0..3 {
-        let want: Vec<String> = (0..3)
-            .filter(|&j| j != i)
-            .map(|j| host_addr(j).to_string())
-            .collect();
-        until(
-            Duration::from_secs(20),
-            &format!("host {i}'s flood list"),
-            || {
-                fabric
-                    .ends(i)
-                    .iter()
-                    .map(|(a, _)| a.clone())
-                    .collect::<Vec<_>>()
-                    == want
-            },
-        );
-        assert!(
-            fabric.daemons[i]
-                .log_text()
-                .contains("EVPN mirror of the segment made"),
-            "host {i}"
-        );
-    }
-    // VM k (MAC k + 1) is port vm{k % 2} of host k / 2.
-    let mut vms: Vec<TestVm> = (0..6)
-        .map(|k| {
-            let mut vm = TestVm::connect(
-                &fabric.socket(k / 2, k % 2),
-                mac(k as u8 + 1),
-                VmOptions::default(),
-            );
-            vm.post_rx(TestVm::rx(0), 256, 2048);
-            vm
-        })
-        .collect();
-    for d in &fabric.daemons {
-        d.wait_port_connected("vm0", true);
-        d.wait_port_connected("vm1", true);
-    }
-    // Each VM broadcasts once: every other VM gets it, wherever it is (head-end
-    // replication to the type-3 ends), and its host learns and advertises its address.
-    for k in 0..6 {
-        let b = frame(BROADCAST, mac(k as u8 + 1), 100, k as u8);
-        vms[k].send(TestVm::tx(0), &b);
-        for (j, vm) in vms.iter_mut().enumerate() {
-            if j != k {
-                let got = vm.expect_frames(TestVm::rx(0), 1, T);
-                assert_eq!(got[0].frame, b, "broadcast from VM {k} at VM {j}");
-            }
-        }
-    }
-    // Type-2 routes: each host has the four remote addresses installed behind their ends.
-    for i in 0..3 {
-        let want: Vec<(String, Vec<String>)> = (0..3)
-            .filter(|&j| j != i)
-            .map(|j| {
-                let macs = [2 * j + 1, 2 * j + 2]
-                    .iter()
-                    .map(|&n| mac_text(mac(n as u8)))
-                    .collect();
-                (host_addr(j).to_string(), macs)
-            })
-            .collect();
-        until(
-            Duration::from_secs(10),
-            &format!("host {i}'s remote MACs"),
-            || fabric.ends(i) == want,
+        let e = fabric.evpn(i);
+        assert_eq!(
+            (
+                e["state"].as_str(),
+                e["frr_running"].as_bool(),
+                e["advertised"].as_u64()
+            ),
+            (Some("following"), Some(true), Some(2)),
+            "host {i}: {e}"
         );
     }
     // Every ordered pair, 20 frames each: each arrives once, whole, in order, and only at
@@ -349,4 +383,250 @@ fn three_hosts_under_evpn_carry_every_pair_follow_a_moved_mac_and_drop_a_cut_hos
         );
         assert!(!log.contains(" ERROR "), "host {i}: {log}");
     }
+}
+
+/// Exchanges frames between `pairs` of `vms` ([`exchange`]) until `f` holds (within 40
+/// s); how long that took.
+fn talk(
+    fabric: &Fabric,
+    vms: &mut [TestVm],
+    pairs: &[(usize, usize)],
+    seq: &mut u32,
+    what: &str,
+    f: &mut dyn FnMut() -> bool,
+) -> Duration {
+    until(Duration::from_secs(40), what, || {
+        exchange(vms, pairs, seq, &|| {
+            (0..fabric.daemons.len())
+                .map(|i| {
+                    let t = fabric.tunnel(i);
+                    format!(
+                        "host {i}: evpn {}, drops {}, ends {:?}",
+                        t["evpn"],
+                        t["counters"]["drops"],
+                        fabric.ends(i)
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("; ")
+        });
+        f()
+    })
+}
+
+/// [`exchange`], counting the frames that did not arrive within 300 ms instead of failing.
+fn exchange_lossy(vms: &mut [TestVm], pairs: &[(usize, usize)], seq: &mut u32) -> u32 {
+    let mut lost = 0;
+    for &(a, b) in pairs {
+        for (from, to) in [(a, b), (b, a)] {
+            *seq += 1;
+            let f = frame(mac(to as u8 + 1), mac(from as u8 + 1), 100, *seq as u8);
+            vms[from].reap_tx(TestVm::tx(0));
+            vms[from].send(TestVm::tx(0), &f);
+            let deadline = Instant::now() + Duration::from_millis(300);
+            loop {
+                let got = vms[to].recv(TestVm::rx(0));
+                vms[to].post_rx(TestVm::rx(0), got.len(), 2048);
+                if got.iter().any(|r| r.frame == f) {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    lost += 1;
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    }
+    lost
+}
+
+/// Sends one frame each way between each pair of `pairs` (indices into `vms`) and checks
+/// it arrives, whole; `seq` numbers the frames. On a loss, panics with what `why` says.
+fn exchange(vms: &mut [TestVm], pairs: &[(usize, usize)], seq: &mut u32, why: &dyn Fn() -> String) {
+    for &(a, b) in pairs {
+        for (from, to) in [(a, b), (b, a)] {
+            *seq += 1;
+            let f = frame(mac(to as u8 + 1), mac(from as u8 + 1), 100, *seq as u8);
+            vms[from].reap_tx(TestVm::tx(0));
+            vms[from].send(TestVm::tx(0), &f);
+            let deadline = Instant::now() + Duration::from_secs(2);
+            let got = loop {
+                let got = vms[to].recv(TestVm::rx(0));
+                if !got.is_empty() || Instant::now() > deadline {
+                    break got;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            };
+            assert!(
+                got.len() == 1 && got[0].frame == f,
+                "frame {seq} from VM {from} to VM {to}: {} frames came; {}",
+                got.len(),
+                why()
+            );
+            vms[to].post_rx(TestVm::rx(0), 1, 2048);
+        }
+    }
+}
+
+#[test]
+fn a_host_whose_zebra_dies_and_restarts_forwards_on_its_kept_routes_throughout() {
+    // Kept routes stay 25 s once FRR is back, unless all come back sooner (FRR 8.4 takes
+    // 5 to 12 s to install them again after zebra restarts).
+    let fabric = Fabric::new(3, 25);
+    fabric.converge();
+    let mut vms = fabric.vms();
+    fabric.announce(&mut vms);
+    // Host 0's VMs talk to one on each other host, all along.
+    let pairs = [(0, 2), (1, 4)];
+    let mut seq = 0;
+    talk(
+        &fabric,
+        &mut vms,
+        &pairs,
+        &mut seq,
+        "a few rounds",
+        &mut || true,
+    );
+
+    // zebra dies on host 0 (SIGKILL: its kernel entries stay behind). The daemon sees it
+    // gone, keeps its routes (stale) and clears the mirror for the next zebra. bgpd keeps
+    // its sessions: the other hosts keep host 0's routes.
+    fabric.frr[0].kill_only(&["zebra"]);
+    let seen = talk(
+        &fabric,
+        &mut vms,
+        &pairs,
+        &mut seq,
+        "host 0 stale",
+        &mut || {
+            let e = fabric.evpn(0);
+            e["state"] == "stale" && e["frr_running"] == false
+        },
+    );
+    eprintln!("zebra's death seen in {seen:?}");
+    let log = fabric.daemons[0].log_text();
+    assert!(log.contains("FRR (zebra or bgpd) is not running"), "{log}");
+    let netns = &fabric.hosts[0].0;
+    let leftovers = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            netns,
+            "bridge",
+            "fdb",
+            "show",
+            "dev",
+            &format!("vsx{VNI}"),
+        ])
+        .output()
+        .unwrap();
+    let leftovers = String::from_utf8_lossy(&leftovers.stdout).into_owned();
+    assert!(
+        !leftovers.contains(" dst "),
+        "zebra's entries left in the mirror: {leftovers}"
+    );
+    // Meanwhile VM 5 (host 2) goes: the hosts with FRR forget it; host 0 cannot know.
+    drop(vms.pop());
+    let gone = mac_text(mac(6));
+    let host2 = host_addr(2).to_string();
+    talk(
+        &fabric,
+        &mut vms,
+        &pairs,
+        &mut seq,
+        "VM 5 withdrawn at host 1",
+        &mut || fabric.ends(1).iter().all(|(_, m)| !m.contains(&gone)),
+    );
+    assert!(fabric
+        .ends(0)
+        .iter()
+        .any(|(a, m)| *a == host2 && m.contains(&gone)));
+    talk(
+        &fabric,
+        &mut vms,
+        &pairs,
+        &mut seq,
+        "two more seconds",
+        &mut {
+            let t = Instant::now();
+            move || t.elapsed() > Duration::from_secs(2)
+        },
+    );
+
+    // zebra back. FRR 8.4 then resets host 0's BGP sessions (its BFD sessions, relayed
+    // through zebra, restart with it): the other hosts withdraw host 0 for a moment, and
+    // frames between it and them are lost meanwhile (`unknown_vtep` over there). Host 0
+    // keeps every route it had (stale) all along; traffic comes back by itself; and once
+    // the hold is over, the route that never came back (VM 5's) is dropped.
+    eprintln!("{seq} frames while zebra was down, none lost");
+    let kept = fabric.ends(0);
+    fabric.frr[0].restart();
+    let back = Instant::now();
+    let (mut lost, mut gap, mut lossy_since) = (0, Duration::ZERO, None::<Instant>);
+    while fabric.evpn(0)["state"] != "following" {
+        assert!(
+            back.elapsed() < Duration::from_secs(40),
+            "host 0 stale for 40 s"
+        );
+        let now = fabric.ends(0);
+        for (addr, macs) in &kept {
+            let have = now.iter().find(|(a, _)| a == addr);
+            assert!(
+                have.is_some_and(|(_, m)| macs.iter().all(|x| m.contains(x)))
+                    || fabric.evpn(0)["state"] == "following",
+                "host 0 lost a kept route while stale: {now:?}, kept {kept:?}"
+            );
+        }
+        let round = Instant::now();
+        let n = exchange_lossy(&mut vms, &pairs, &mut seq);
+        lost += n;
+        match (n, lossy_since) {
+            (0, Some(since)) => {
+                gap = gap.max(since.elapsed());
+                lossy_since = None;
+            }
+            (0, None) => {}
+            (_, None) => lossy_since = Some(round),
+            (_, Some(_)) => {}
+        }
+    }
+    let settled = back.elapsed();
+    eprintln!(
+        "zebra back; host 0 following again after {settled:?}; {lost} frames lost in FRR's \
+         session reset, the longest gap {gap:?}"
+    );
+    assert!(
+        lossy_since.is_none(),
+        "traffic had not come back when the hold ended"
+    );
+    assert!(gap < Duration::from_secs(10), "traffic stopped for {gap:?}");
+    assert!(settled >= Duration::from_secs(25), "held {settled:?}");
+    let ends = fabric.ends(0);
+    let want: Vec<(String, Vec<String>)> = vec![
+        (
+            host_addr(1).to_string(),
+            vec![mac_text(mac(3)), mac_text(mac(4))],
+        ),
+        (host2.clone(), vec![mac_text(mac(5))]),
+    ];
+    assert_eq!(
+        ends, want,
+        "VM 5's MAC, gone meanwhile, is dropped after the hold"
+    );
+    assert!(fabric.daemons[0]
+        .log_text()
+        .contains("did not all come back"));
+    let before = seq;
+    talk(&fabric, &mut vms, &pairs, &mut seq, "a last second", &mut {
+        let t = Instant::now();
+        move || t.elapsed() > Duration::from_secs(1)
+    });
+    eprintln!("{} frames after, none lost", seq - before);
+    // Following again: a VM leaving host 1 is withdrawn at host 0 at once.
+    drop(vms.remove(3));
+    let left = mac_text(mac(4));
+    until(Duration::from_secs(2), "VM 3 withdrawn at host 0", || {
+        fabric.ends(0).iter().all(|(_, m)| !m.contains(&left))
+    });
 }

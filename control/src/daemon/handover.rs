@@ -214,7 +214,7 @@ impl Daemon {
                      add it again"),
             }
             if restart {
-                super::restart_evpn(&self.switch, st, &name);
+                super::restart_evpn(&self.switch, &self.frr, st, &name);
             }
         }
         self.publish(st);
@@ -329,6 +329,7 @@ impl Daemon {
                 not_carried: Vec::new(),
             })),
             upgrader: Default::default(),
+            frr: crate::evpn::frr_watch(&config.evpn),
         };
         let restored = daemon.restore(carried.saved.clone());
         let taking = daemon
