@@ -677,12 +677,50 @@ pub fn port_detail(port: &serde_json::Value) -> String {
         out += &table(&["queue pair", "rx packets", "tx packets"], 0, rows);
         out.push('\n');
     }
+    if let Some(e) = port["evpn"].as_object() {
+        out.push_str(&evpn_line(e));
+    }
     if let Some(remotes) = port["remotes"].as_array() {
         out.push('\n');
         out += &remotes_table(remotes);
         out.push('\n');
     }
     out
+}
+
+/// An EVPN tunnel port's control, in a line: `evpn: following (FRR running), 2 local
+/// MACs advertised, routes: 4 remote MACs, flood to 10.0.0.2, 10.0.0.3`.
+fn evpn_line(e: &serde_json::Map<String, serde_json::Value>) -> String {
+    let state = e.get("state").and_then(|v| v.as_str()).unwrap_or("-");
+    let frr = if e.get("frr_running") == Some(&serde_json::Value::Bool(true)) {
+        "FRR running"
+    } else {
+        "FRR not running"
+    };
+    let error = e
+        .get("error")
+        .and_then(|v| v.as_str())
+        .map(|m| format!(": {m}"))
+        .unwrap_or_default();
+    let flood: Vec<&str> = e
+        .get("flood")
+        .and_then(|v| v.as_array())
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a.as_str())
+        .collect();
+    let num = |k: &str| e.get(k).map_or_else(|| "-".to_owned(), text);
+    format!(
+        "evpn: {state} ({frr}){error}, {} local MACs advertised, routes: {} remote MACs, \
+         flood to {}\n",
+        num("advertised"),
+        num("remote_macs"),
+        if flood.is_empty() {
+            "nobody".to_owned()
+        } else {
+            flood.join(", ")
+        }
+    )
 }
 
 /// A tunnel port's remote ends: one row each, its MAC addresses (`*`: installed by the
@@ -1015,6 +1053,40 @@ mod tests {
             "{out}"
         );
         assert_eq!(row("10.0.0.3").as_deref(), Some("10.0.0.3 - 0 4"), "{out}");
+        assert!(!out.contains("evpn:"), "{out}");
+    }
+
+    #[test]
+    fn an_evpn_ports_detail_says_where_its_control_stands() {
+        let mut port = serde_json::json!({
+            "name": "tun", "bridge": "br0", "queues": 1,
+            "words": {"mode": "vxlan", "attached_to": "vni 100", "summary": "vni 100",
+                      "detail": "vni 100 from 10.0.0.1:4789, evpn", "own_queues": false},
+            "state": {"connected": true, "ready": true, "queue_pairs_active": 1},
+            "counters": {"rx_packets": 0, "tx_packets": 0, "drops": {}},
+            "evpn": {"state": "stale", "frr_running": false, "advertised": 2,
+                     "remote_macs": 4, "flood": ["10.0.0.2", "10.0.0.3"]},
+            "remotes": []
+        });
+        let out = port_detail(&port);
+        assert!(
+            out.contains(
+                "evpn: stale (FRR not running), 2 local MACs advertised, routes: 4 remote \
+                 MACs, flood to 10.0.0.2, 10.0.0.3"
+            ),
+            "{out}"
+        );
+        port["evpn"] = serde_json::json!({"state": "failed", "frr_running": true,
+            "error": "cannot create bridge vsb100: Operation not permitted",
+            "advertised": 0, "remote_macs": 0, "flood": []});
+        let out = port_detail(&port);
+        assert!(
+            out.contains(
+                "evpn: failed (FRR running): cannot create bridge vsb100: Operation not \
+                 permitted, 0 local MACs advertised, routes: 0 remote MACs, flood to nobody"
+            ),
+            "{out}"
+        );
     }
 
     #[test]

@@ -705,6 +705,18 @@ impl Daemon {
         Ok(new)
     }
 
+    /// Every EVPN tunnel port's control: (port, bridge, where it stands).
+    pub fn evpn_statuses(&self) -> Vec<(String, String, vringswitch_evpn::Status)> {
+        self.state()
+            .ports
+            .values()
+            .filter_map(|p| {
+                let c = p.evpn.as_ref()?;
+                Some((p.spec.name.clone(), p.spec.bridge.clone(), c.status()))
+            })
+            .collect()
+    }
+
     /// Where an EVPN tunnel port's control stands (none for another port).
     pub fn evpn_status(&self, port: &str) -> Option<vringswitch_evpn::Status> {
         self.state()

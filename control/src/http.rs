@@ -620,7 +620,26 @@ async fn healthz() -> impl IntoResponse {
 
 #[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")))]
 async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
-    let body = s.metrics.render(&s.daemon.switch);
+    let evpn: Vec<vringswitch_metrics::EvpnGauges> = s
+        .daemon
+        .evpn_statuses()
+        .into_iter()
+        .map(|(port, bridge, st)| vringswitch_metrics::EvpnGauges {
+            port,
+            bridge,
+            state: match st.state {
+                vringswitch_evpn::ControlState::Following => "following",
+                vringswitch_evpn::ControlState::Stale => "stale",
+                vringswitch_evpn::ControlState::Starting => "starting",
+                vringswitch_evpn::ControlState::Failed(_) => "failed",
+            },
+            frr_running: st.frr_running,
+            advertised: st.advertised as u64,
+            remote_macs: st.routes.macs.len() as u64,
+            flood: st.routes.flood.len() as u64,
+        })
+        .collect();
+    let body = s.metrics.render_with_evpn(&s.daemon.switch, &evpn);
     (
         [(
             header::CONTENT_TYPE,

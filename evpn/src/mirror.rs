@@ -2,9 +2,9 @@
 //! kernel devices): a Linux bridge, a VXLAN device with the segment's VNI and this host's
 //! tunnel address (`nolearning`, on a UDP port other than the data path's, which the
 //! device holds while up), and the "advertise" end of a veth pair in the bridge, learning
-//! off. No frame is meant to cross it: IPv6 is off on all four devices (nothing sends a
-//! neighbour solicitation a bridge could learn and zebra advertise), the other end of the
-//! veth pair is up and unused.
+//! off. No frame is meant to cross it: IPv6 makes no address on any of the four devices
+//! (nothing sends a neighbour solicitation a bridge could learn and zebra advertise), the
+//! other end of the veth pair is up and unused.
 //!
 //! Devices are named after the VNI: `vsb<VNI>` (bridge), `vsx<VNI>` (VXLAN), `vsa<VNI>`
 //! (advertise) and `vsp<VNI>` (its peer). A mirror a previous process left with the same
@@ -15,7 +15,8 @@ use std::net::Ipv4Addr;
 
 use futures_util::TryStreamExt;
 use netlink_packet_route::link::{
-    InfoData, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+    AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InfoData, InfoVxlan, LinkAttribute, LinkFlags,
+    LinkInfo, LinkMessage,
 };
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
@@ -112,17 +113,40 @@ fn vxlan_matches(l: &LinkMessage, spec: &MirrorSpec) -> bool {
         && has(&InfoVxlan::Learning(false))
 }
 
-/// Turns IPv6 off on `name` (no link-local address, no neighbour discovery), before it is
-/// up. A host without IPv6 has nothing to turn off.
-fn ipv6_off(name: &str) -> Result<(), EvpnError> {
-    let path = format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6");
-    match std::fs::write(&path, "1") {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(EvpnError::System(format!(
-            "cannot turn IPv6 off on {name} ({path}): {e}"
-        ))),
+/// Keeps IPv6 quiet on interface `index` (`name`), before it is up: no address is made
+/// for it (`addrgenmode none`), so it sends no neighbour discovery a bridge could learn
+/// from; and IPv6 is turned off where the daemon may write its setting (systemd's
+/// ProtectKernelTunables keeps /proc/sys read-only: the first is enough).
+async fn ipv6_quiet(h: &Handle, index: u32, name: &str) -> Result<(), EvpnError> {
+    let no_address =
+        LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(vec![AfSpecInet6::AddrGenMode(
+            In6AddrGenMode::None,
+        )])]);
+    match h
+        .link()
+        .change(
+            LinkUnspec::new_with_index(index)
+                .append_extra_attribute(no_address)
+                .build(),
+        )
+        .execute()
+        .await
+    {
+        Ok(()) => {}
+        // A kernel without IPv6 has nothing to keep quiet.
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EAFNOSUPPORT => {}
+        Err(e) => {
+            return Err(EvpnError::netlink(
+                format!("cannot stop IPv6 addresses on {name}"),
+                e,
+            ))
+        }
     }
+    let path = format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6");
+    if let Err(e) = std::fs::write(&path, "1") {
+        tracing::debug!(interface = %name, error = %e, "IPv6 left on (without addresses)");
+    }
+    Ok(())
 }
 
 impl Mirror {
@@ -211,7 +235,6 @@ impl Mirror {
             )))?;
         let mut index = [0u32; 4];
         for (i, name) in names.all().into_iter().enumerate() {
-            ipv6_off(name)?;
             index[i] = link(h, name)
                 .await?
                 .ok_or_else(|| {
@@ -219,6 +242,7 @@ impl Mirror {
                 })?
                 .header
                 .index;
+            ipv6_quiet(h, index[i], name).await?;
         }
         let [bridge, vxlan, advertise, peer] = index;
         for port in [vxlan, advertise] {

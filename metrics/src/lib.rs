@@ -122,7 +122,17 @@ impl Metrics {
 
     /// Renders `s` in the Prometheus text format.
     pub fn render_snapshot(&self, s: &Snapshot) -> String {
+        self.render_with(s, &[])
+    }
+
+    /// Takes a snapshot of `switch` and renders it with the EVPN tunnel ports' `evpn`.
+    pub fn render_with_evpn(&self, switch: &Switch, evpn: &[EvpnGauges]) -> String {
+        self.render_with(&Snapshot::take(switch), evpn)
+    }
+
+    fn render_with(&self, s: &Snapshot, evpn: &[EvpnGauges]) -> String {
         let mut families = families(s);
+        families.extend(evpn_families(evpn));
         if let Some(p) = &self.process {
             families.extend(p.collect());
         }
@@ -131,6 +141,63 @@ impl Metrics {
         let _ = TextEncoder::new().encode(&families, &mut out);
         String::from_utf8(out).unwrap_or_default()
     }
+}
+
+/// Where an EVPN tunnel port's control stands, for /metrics.
+#[derive(Debug, Clone)]
+pub struct EvpnGauges {
+    pub port: String,
+    pub bridge: String,
+    /// `following`, `stale`, `starting` or `failed`.
+    pub state: &'static str,
+    pub frr_running: bool,
+    pub advertised: u64,
+    pub remote_macs: u64,
+    pub flood: u64,
+}
+
+/// The states an EVPN control can be in: each has its series, 1 for the one it is in.
+pub const EVPN_STATES: [&str; 4] = ["following", "stale", "starting", "failed"];
+
+/// The EVPN families of `ports` (none when there is no EVPN port).
+fn evpn_families(ports: &[EvpnGauges]) -> Vec<MetricFamily> {
+    let mut state = Family::gauge(
+        "vringswitch_evpn_state",
+        "1 for the state an EVPN tunnel port's control is in (following: zebra's routes; \
+         stale: FRR not running or back less than the hold time, forwarding on the routes \
+         kept; starting; failed), 0 for the others.",
+    );
+    let mut frr = Family::gauge(
+        "vringswitch_evpn_frr_running",
+        "1 while FRR's zebra and bgpd run (as their pid files say).",
+    );
+    let mut advertised = Family::gauge(
+        "vringswitch_evpn_advertised_macs",
+        "This host's MAC addresses written on the segment's kernel mirror for zebra.",
+    );
+    let mut macs = Family::gauge(
+        "vringswitch_evpn_route_macs",
+        "Remote MAC addresses the routes followed name (type 2).",
+    );
+    let mut flood = Family::gauge(
+        "vringswitch_evpn_flood_ends",
+        "Remote ends of the flood list the routes followed name (type 3).",
+    );
+    for p in ports {
+        let l = [("port", p.port.as_str()), ("bridge", p.bridge.as_str())];
+        for st in EVPN_STATES {
+            state.add(&[l[0], l[1], ("state", st)], u64::from(p.state == st));
+        }
+        frr.add(&l, u64::from(p.frr_running));
+        advertised.add(&l, p.advertised);
+        macs.add(&l, p.remote_macs);
+        flood.add(&l, p.flood);
+    }
+    [state, frr, advertised, macs, flood]
+        .into_iter()
+        .filter(|f| !f.mf.get_metric().is_empty())
+        .map(|f| f.mf)
+        .collect()
 }
 
 /// Every family of the switch's own metrics, none empty.

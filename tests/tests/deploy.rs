@@ -100,6 +100,14 @@ fn systemd_analyze_verify_accepts_the_unit() {
         !out.contains("vringswitch.service:"),
         "warnings with both drop-ins: {out}"
     );
+    // And with EVPN's.
+    let evpn = std::fs::read_to_string(deploy("systemd/evpn-ports.conf")).unwrap();
+    std::fs::write(&merged, format!("{unit}\n{dropin}\n{tunnels}\n{evpn}")).unwrap();
+    let out = run(Command::new("systemd-analyze").arg("verify").arg(&merged));
+    assert!(
+        !out.contains("vringswitch.service:"),
+        "warnings with the EVPN drop-in: {out}"
+    );
 }
 
 /// The system calls in systemd's filter set `set` (e.g. `@system-service`), groups expanded.
@@ -498,6 +506,119 @@ fn a_vxlan_ports_system_calls_pass_the_unit_and_its_socket_families() {
     drop(held);
 }
 
+#[test]
+fn an_evpn_ports_system_calls_pass_the_unit_and_its_drop_ins() {
+    require("strace", "strace");
+    require("systemd-analyze", "systemd");
+    require("ip", "iproute2");
+    let unit = std::fs::read_to_string(deploy("systemd/vringswitch.service")).unwrap();
+    let tunnels = std::fs::read_to_string(deploy("systemd/vxlan-ports.conf")).unwrap();
+    let evpn = std::fs::read_to_string(deploy("systemd/evpn-ports.conf")).unwrap();
+    assert!(evpn.contains("CAP_NET_ADMIN") && evpn.contains("AF_NETLINK"));
+    // A namespace of its own, the tunnel address on its loopback; no FRR (the control
+    // makes its mirror, reads it, and forwards on nothing, stale).
+    let ns =
+        vringswitch_tests::netns::Netns::new(&format!("vs-evsys-{}", std::process::id() % 100_000));
+    ns.ip(&["link", "set", "lo", "up"]);
+    ns.ip(&["addr", "add", "10.98.7.1/32", "dev", "lo"]);
+    let dir = TempDir::new("syscalls-evpn");
+    let sock = dir.path().join("e.sock");
+    let config = dir.path().join("vringswitch.toml");
+    let toml = Layout::new()
+        .bridge("br0")
+        .port(vhost_user("e", "br0", &sock))
+        .port(vringswitch_tests::layout::vxlan_evpn(
+            "t",
+            "br0",
+            7,
+            "10.98.7.1".parse().unwrap(),
+        ))
+        .evpn(&dir.path().join("no-frr"), 120)
+        .toml();
+    std::fs::write(&config, toml).unwrap();
+    let (mut child, trace, api) = start_traced_in(dir.path(), &config, Some(&ns.0));
+    wait_until(Duration::from_secs(30), "the daemon under strace", || {
+        http_get(&api, "/healthz").ok()
+    });
+    let mut e = TestVm::connect(&sock, mac(5), VmOptions::default());
+    e.post_rx(TestVm::rx(0), 64, 2048);
+    // The VM's address learnt and advertised on the mirror; the control stale (no FRR).
+    e.send(TestVm::tx(0), &frame([0xff; 6], mac(5), 100, 0));
+    wait_until(Duration::from_secs(30), "the address advertised", || {
+        let (_, port) = vringswitch_tests::daemon::http_request(&api, "GET", "/v1/ports/t", None);
+        let v: serde_json::Value = serde_json::from_str(&port).ok()?;
+        (v["evpn"]["advertised"] == 1 && v["evpn"]["state"] == "stale").then_some(())
+    });
+    let fdb = Command::new("ip")
+        .args([
+            "netns", "exec", &ns.0, "bridge", "fdb", "show", "dev", "vsa7",
+        ])
+        .output()
+        .unwrap();
+    let fdb = String::from_utf8_lossy(&fdb.stdout).into_owned();
+    assert!(
+        fdb.contains("02:00:00:00:00:05 master vsb7 static"),
+        "{fdb}"
+    );
+    let (log, used) = stop_traced(&mut child, &trace, None);
+    assert!(
+        used.contains("sendto") || used.contains("sendmsg"),
+        "{used:?}"
+    );
+    let allowed = allowed_calls(&[&unit, &tunnels, &evpn]);
+    let refused: Vec<&String> = used.difference(&allowed).collect();
+    assert!(
+        refused.is_empty(),
+        "system calls outside the unit's SystemCallFilter: {refused:?}"
+    );
+    let opened = families_used(&log);
+    assert!(opened.contains("AF_NETLINK"), "{opened:?}");
+    let families = allowed_families(&[&unit, &tunnels, &evpn]);
+    let refused: Vec<&String> = opened.difference(&families).collect();
+    assert!(
+        refused.is_empty(),
+        "socket families outside the unit's RestrictAddressFamilies: {refused:?}"
+    );
+}
+
+/// An EVPN tunnel port `evpn` added over the API (VNI `vni`, tunnel address `local` put
+/// on lo); on drop the port is deleted, and the address and its mirror's interfaces go
+/// whatever became of the daemon.
+struct EvpnPort {
+    local: &'static str,
+    vni: u32,
+}
+
+impl EvpnPort {
+    fn add(d: &vringswitch_tests::daemon::Daemon, local: &'static str, vni: u32) -> EvpnPort {
+        let _ = Command::new("ip")
+            .args(["addr", "del", &format!("{local}/32"), "dev", "lo"])
+            .output();
+        vringswitch_tests::netns::ip(&["addr", "add", &format!("{local}/32"), "dev", "lo"]);
+        let guard = EvpnPort { local, vni };
+        let body = format!(
+            r#"{{"name": "evpn", "bridge": "br0", "type": "vxlan", "vni": {vni}, "local": "{local}"}}"#
+        );
+        let (code, text) =
+            vringswitch_tests::daemon::http_request(&d.api, "POST", "/v1/ports", Some(&body));
+        assert_eq!(code, 201, "{text}");
+        guard
+    }
+}
+
+impl Drop for EvpnPort {
+    fn drop(&mut self) {
+        for dev in ["vsa", "vsx", "vsb"] {
+            let _ = Command::new("ip")
+                .args(["link", "del", &format!("{dev}{}", self.vni)])
+                .output();
+        }
+        let _ = Command::new("ip")
+            .args(["addr", "del", &format!("{}/32", self.local), "dev", "lo"])
+            .output();
+    }
+}
+
 /// What the `SystemCallFilter=` lines of `units` (a unit and its drop-ins) allow, groups
 /// expanded.
 fn allowed_calls(units: &[&str]) -> BTreeSet<String> {
@@ -565,9 +686,31 @@ fn traced_with_vm(dir: &Path, config: &Path, sock: &Path) -> (KillOnDrop, PathBu
 }
 
 fn start_traced(dir: &Path, config: &Path) -> (KillOnDrop, PathBuf, String) {
+    start_traced_in(dir, config, None)
+}
+
+/// [`start_traced`] in network namespace `netns` if given (then the API to use is the
+/// unix socket, returned instead of the TCP address).
+fn start_traced_in(
+    dir: &Path,
+    config: &Path,
+    netns: Option<&str>,
+) -> (KillOnDrop, PathBuf, String) {
     let trace = dir.join("strace.log");
-    let api = format!("127.0.0.1:{}", free_port());
-    let child = Command::new("strace")
+    let tcp = format!("127.0.0.1:{}", free_port());
+    let mut cmd = match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, "strace"]);
+            c
+        }
+        None => Command::new("strace"),
+    };
+    let api = match netns {
+        Some(_) => dir.join("api.sock").display().to_string(),
+        None => tcp.clone(),
+    };
+    let child = cmd
         .process_group(0)
         .args(["-f", "-qq", "-o"])
         .arg(&trace)
@@ -576,7 +719,7 @@ fn start_traced(dir: &Path, config: &Path) -> (KillOnDrop, PathBuf, String) {
         .arg("--config")
         .arg(config)
         .arg("--api")
-        .arg(&api)
+        .arg(&tcp)
         // As the unit runs it: a state file and the API's unix socket.
         .arg("--state")
         .arg(dir.join("state/state.json"))
@@ -803,6 +946,9 @@ fn prometheus_scrapes_and_every_dashboard_and_rule_expression_returns_data() {
     let mut a = s.vm("a", 1);
     let mut b = s.vm("b", 2);
     s.wait_connected(&["a", "b"]);
+    // An EVPN tunnel port without FRR: its control stale, its series there. Its address on
+    // lo and its kernel mirror are taken away however the test ends.
+    let _evpn = EvpnPort::add(&s.daemon, "10.98.6.1", 6);
 
     let dir = TempDir::new("prom");
     let config = std::fs::read_to_string(deploy("prometheus/prometheus.yml")).unwrap();

@@ -13,7 +13,7 @@ use vringswitch_tests::daemon::{Daemon, TempDir};
 use vringswitch_tests::frontend::{TestVm, VmOptions};
 use vringswitch_tests::frr::{require_frr, Frr};
 use vringswitch_tests::layout::{vhost_user, vxlan_evpn, Layout};
-use vringswitch_tests::netns::Netns;
+use vringswitch_tests::netns::{ping_the_kernel, Netns, HOST_IP};
 use vringswitch_tests::setup::T;
 use vringswitch_tests::{frame, mac, BROADCAST};
 
@@ -54,13 +54,19 @@ impl Drop for Fabric {
 impl Fabric {
     /// `n` hosts; their daemons keep routes over an FRR restart for `hold_s` seconds.
     fn new(n: usize, hold_s: u64) -> Fabric {
+        Fabric::build(n, 0, hold_s)
+    }
+
+    /// `n` vringswitch hosts and `kernels` more whose VTEP is the Linux kernel's own
+    /// (a bridge and a `vxlan` device under FRR, no vringswitch: see [`kernel_vtep`]).
+    fn build(n: usize, kernels: usize, hold_s: u64) -> Fabric {
         require_frr();
         let id = std::process::id() % 100_000;
         let underlay = Netns::new(&format!("vs-evu-{id}"));
         underlay.ip(&["link", "add", "fab", "type", "bridge"]);
         underlay.ip(&["link", "set", "fab", "up"]);
         let mut hosts = Vec::new();
-        for i in 0..n {
+        for i in 0..n + kernels {
             let h = Netns::new(&format!("vs-ev{i}-{id}"));
             let f = format!("f{i}");
             underlay.ip(&[
@@ -74,7 +80,13 @@ impl Fabric {
         }
         let mut frr = Vec::new();
         for (i, h) in hosts.iter().enumerate() {
-            let peers: Vec<Ipv4Addr> = (0..n).filter(|&j| j != i).map(host_addr).collect();
+            let peers: Vec<Ipv4Addr> = (0..n + kernels)
+                .filter(|&j| j != i)
+                .map(host_addr)
+                .collect();
+            if i >= n {
+                kernel_vtep(h, host_addr(i));
+            }
             frr.push(Frr::start(&h.0, host_addr(i), &peers));
         }
         let dirs: Vec<TempDir> = (0..n).map(|i| TempDir::new(&format!("evpn-{i}"))).collect();
@@ -104,15 +116,14 @@ impl Fabric {
         }
     }
 
-    /// Waits for every BGP session, then for each host's flood list (type-3 routes: the
-    /// other hosts).
+    /// Waits for every BGP session, then for each vringswitch host's flood list (type-3
+    /// routes: every other host).
     fn converge(&self) {
         for f in &self.frr {
             f.wait_established(Duration::from_secs(30));
         }
-        let n = self.daemons.len();
-        for i in 0..n {
-            let want: Vec<String> = (0..n)
+        for i in 0..self.daemons.len() {
+            let want: Vec<String> = (0..self.hosts.len())
                 .filter(|&j| j != i)
                 .map(|j| host_addr(j).to_string())
                 .collect();
@@ -232,6 +243,48 @@ impl Fabric {
     }
 }
 
+/// Makes namespace `h` a VTEP as Linux does it under FRR: a bridge `br100` with a `vxlan`
+/// device (VNI [`VNI`], `local`, UDP 4789, `nolearning`) and the end `k0` of a veth pair
+/// whose other end `k1` has [`HOST_IP`]/24: the bridge learns k1's MAC, zebra advertises it.
+fn kernel_vtep(h: &Netns, local: Ipv4Addr) {
+    let vni = VNI.to_string();
+    let local = local.to_string();
+    h.ip(&["link", "add", "br100", "type", "bridge"]);
+    h.ip(&[
+        "link",
+        "add",
+        "vx100",
+        "type",
+        "vxlan",
+        "id",
+        &vni,
+        "local",
+        &local,
+        "dstport",
+        "4789",
+        "nolearning",
+    ]);
+    h.ip(&["link", "set", "vx100", "master", "br100"]);
+    // As FRR's documentation sets a VTEP's VXLAN port: the routes say where MACs are.
+    h.ip(&[
+        "link",
+        "set",
+        "dev",
+        "vx100",
+        "type",
+        "bridge_slave",
+        "learning",
+        "off",
+    ]);
+    h.ip(&["link", "add", "k0", "type", "veth", "peer", "name", "k1"]);
+    h.ip(&["link", "set", "k0", "master", "br100"]);
+    let [a, b, c, d] = HOST_IP;
+    h.ip(&["addr", "add", &format!("{a}.{b}.{c}.{d}/24"), "dev", "k1"]);
+    for dev in ["vx100", "k0", "k1", "br100"] {
+        h.ip(&["link", "set", dev, "up"]);
+    }
+}
+
 /// Waits until `f` holds; how long it took. Fails the test with `what` after `within`.
 fn until(within: Duration, what: &str, mut f: impl FnMut() -> bool) -> Duration {
     let start = Instant::now();
@@ -249,6 +302,19 @@ fn three_hosts_under_evpn_carry_every_pair_follow_a_moved_mac_and_drop_a_cut_hos
     let mut vms = fabric.vms();
     fabric.announce(&mut vms);
     for i in 0..3 {
+        let d = &fabric.daemons[i];
+        let l = [("port", "tun"), ("state", "following")];
+        assert_eq!(d.metric("vringswitch_evpn_state", &l), 1, "host {i}");
+        let l = [("port", "tun")];
+        assert_eq!(d.metric("vringswitch_evpn_frr_running", &l), 1);
+        assert_eq!(d.metric("vringswitch_evpn_advertised_macs", &l), 2);
+        assert_eq!(d.metric("vringswitch_evpn_route_macs", &l), 4);
+        assert_eq!(d.metric("vringswitch_evpn_flood_ends", &l), 2);
+        let shown = d.vringctl(&["port", "show", "tun"]);
+        assert!(
+            shown.contains("evpn: following (FRR running), 2 local MACs advertised"),
+            "{shown}"
+        );
         let e = fabric.evpn(i);
         assert_eq!(
             (
@@ -629,4 +695,83 @@ fn a_host_whose_zebra_dies_and_restarts_forwards_on_its_kept_routes_throughout()
     until(Duration::from_secs(2), "VM 3 withdrawn at host 0", || {
         fabric.ends(0).iter().all(|(_, m)| !m.contains(&left))
     });
+}
+
+#[test]
+fn a_linux_kernel_vtep_under_frr_exchanges_frames_with_vringswitch_hosts() {
+    // Two vringswitch hosts and a third whose VTEP is the kernel's bridge and vxlan
+    // device: the wire format and the routes are everybody's.
+    let fabric = Fabric::build(2, 1, 120);
+    fabric.converge();
+    let kernel = host_addr(2).to_string();
+    // A test VM on each vringswitch host asks the kernel host's address (its ARP flooded
+    // to the kernel VTEP), then pings it with small and large payloads: the replies come
+    // back through the kernel's VXLAN, to the VM's MAC that FRR told the kernel about.
+    let big = vec![0x5a; 1400];
+    for host in 0..2 {
+        ping_the_kernel(&fabric.socket(host, 2), 20 + host as u8, &[b"evpn", &big]);
+        // The kernel host's MAC installed behind its end, from its type-2 route.
+        until(Duration::from_secs(5), "the kernel's MAC installed", || {
+            fabric
+                .ends(host)
+                .iter()
+                .any(|(a, m)| *a == kernel && !m.is_empty())
+        });
+        let tun = fabric.tunnel(host);
+        let drops = &tun["counters"]["drops"];
+        // Except `hairpin`: frames the kernel flooded (to a MAC it did not have a route
+        // for yet) reach every host, and one whose destination is behind another host
+        // goes no further here.
+        assert!(
+            drops
+                .as_object()
+                .unwrap()
+                .iter()
+                .all(|(reason, v)| v == 0 || reason == "hairpin"),
+            "host {host}: {drops}"
+        );
+    }
+    // What the kernel knows of the VMs comes from the routes: an `extern_learn` entry
+    // behind each vringswitch host, for as long as the VM is there.
+    let vms: Vec<TestVm> = (0..2)
+        .map(|host| {
+            let n = 20 + host as u8;
+            let mut vm = TestVm::connect(&fabric.socket(host, 2), mac(n), VmOptions::default());
+            vm.post_rx(TestVm::rx(0), 64, 2048);
+            vm.send(
+                TestVm::tx(0),
+                &vringswitch_tests::netns::arp_request(mac(n)),
+            );
+            vm
+        })
+        .collect();
+    let kernel_fdb = || {
+        let out = std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &fabric.hosts[2].0,
+                "bridge",
+                "fdb",
+                "show",
+                "dev",
+                "vx100",
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    for host in 0..2 {
+        let want = format!(
+            "{} dst {} self extern_learn",
+            mac_text(mac(20 + host as u8)),
+            host_addr(host)
+        );
+        until(
+            Duration::from_secs(5),
+            &format!("{want} in the kernel"),
+            || kernel_fdb().contains(&want),
+        );
+    }
+    drop(vms);
 }
