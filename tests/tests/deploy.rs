@@ -585,6 +585,7 @@ fn an_evpn_ports_system_calls_pass_the_unit_and_its_drop_ins() {
 /// on lo); on drop the port is deleted, and the address and its mirror's interfaces go
 /// whatever became of the daemon.
 struct EvpnPort {
+    api: String,
     local: &'static str,
     vni: u32,
 }
@@ -595,7 +596,11 @@ impl EvpnPort {
             .args(["addr", "del", &format!("{local}/32"), "dev", "lo"])
             .output();
         vringswitch_tests::netns::ip(&["addr", "add", &format!("{local}/32"), "dev", "lo"]);
-        let guard = EvpnPort { local, vni };
+        let guard = EvpnPort {
+            api: d.api.clone(),
+            local,
+            vni,
+        };
         let body = format!(
             r#"{{"name": "evpn", "bridge": "br0", "type": "vxlan", "vni": {vni}, "local": "{local}"}}"#
         );
@@ -608,6 +613,10 @@ impl EvpnPort {
 
 impl Drop for EvpnPort {
     fn drop(&mut self) {
+        // Deleted, the port takes its mirror with it; the daemon may be gone already.
+        let _ = std::panic::catch_unwind(|| {
+            vringswitch_tests::daemon::http_request(&self.api, "DELETE", "/v1/ports/evpn", None)
+        });
         for dev in ["vsa", "vsx", "vsb"] {
             let _ = Command::new("ip")
                 .args(["link", "del", &format!("{dev}{}", self.vni)])
