@@ -775,3 +775,103 @@ fn a_linux_kernel_vtep_under_frr_exchanges_frames_with_vringswitch_hosts() {
     }
     drop(vms);
 }
+
+/// The interface index of `dev` in namespace `ns`.
+fn ifindex(ns: &Netns, dev: &str) -> String {
+    let out = std::process::Command::new("ip")
+        .args(["-n", &ns.0, "-o", "link", "show", dev])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.split(':').next().unwrap_or_default().trim().to_owned()
+}
+
+#[test]
+fn an_upgrade_keeps_the_mirror_and_the_other_hosts_notice_nothing() {
+    let mut fabric = Fabric::new(2, 120);
+    fabric.converge();
+    let mut vms = fabric.vms();
+    fabric.announce(&mut vms);
+    let pairs = [(0, 2), (1, 3)];
+    let mut seq = 0;
+    talk(
+        &fabric,
+        &mut vms,
+        &pairs,
+        &mut seq,
+        "a few rounds",
+        &mut || true,
+    );
+    let mirror: Vec<String> = ["vsb100", "vsx100", "vsa100"]
+        .iter()
+        .map(|d| ifindex(&fabric.hosts[0], d))
+        .collect();
+    let host0 = host_addr(0).to_string();
+    let seen_by_1 = fabric.ends(1);
+    assert!(seen_by_1.iter().any(|(a, m)| *a == host0 && m.len() == 2));
+    // Host 0's daemon replaced three times while host 1 is watched: host 0's routes never
+    // leave it (zebra saw nothing change), and frames flow right after each upgrade.
+    for round in 0..3 {
+        let (first, rest) = fabric.daemons.split_at_mut(1);
+        let watcher = &rest[0];
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let lost = std::thread::scope(|s| {
+            let w = s.spawn(|| {
+                let mut lost = None;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let (_, tun) =
+                        vringswitch_tests::api::call(watcher, "GET", "/v1/ports/tun", None);
+                    let has = tun["remotes"].as_array().is_some_and(|r| {
+                        r.iter().any(|e| {
+                            e["address"] == host0.as_str()
+                                && e["macs"].as_array().is_some_and(|m| m.len() == 2)
+                        })
+                    });
+                    if !has {
+                        lost = Some(tun);
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                lost
+            });
+            let answer = first[0]
+                .upgrade(&[])
+                .unwrap_or_else(|e| panic!("round {round}: {e}"));
+            assert_eq!(answer["not_carried"], Value::Array(vec![]), "{answer}");
+            // A second more of watching, the routes settled or not.
+            std::thread::sleep(Duration::from_secs(1));
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            w.join().unwrap()
+        });
+        assert!(
+            lost.is_none(),
+            "round {round}: host 1 lost host 0's routes: {lost:?}"
+        );
+        talk(
+            &fabric,
+            &mut vms,
+            &pairs,
+            &mut seq,
+            "frames after the upgrade",
+            &mut || true,
+        );
+        let now: Vec<String> = ["vsb100", "vsx100", "vsa100"]
+            .iter()
+            .map(|d| ifindex(&fabric.hosts[0], d))
+            .collect();
+        assert_eq!(
+            now, mirror,
+            "round {round}: the mirror is the same interfaces"
+        );
+        let log = fabric.daemons[0].log_text();
+        assert_eq!(
+            log.matches("EVPN mirror of the segment found as it should be: kept")
+                .count(),
+            round + 1,
+            "{log}"
+        );
+        assert_eq!(fabric.evpn(0)["state"], "following");
+        assert_eq!(fabric.evpn(0)["advertised"], 2);
+    }
+    assert_eq!(fabric.ends(1), seen_by_1);
+}
