@@ -875,3 +875,60 @@ fn an_upgrade_keeps_the_mirror_and_the_other_hosts_notice_nothing() {
     }
     assert_eq!(fabric.ends(1), seen_by_1);
 }
+
+#[test]
+fn two_qemu_guests_on_two_hosts_ping_and_move_100_mib_through_the_tunnel() {
+    use vringswitch_tests::guest::{Guest, GuestSpec};
+    let fabric = Fabric::new(2, 120);
+    fabric.converge();
+    // Guest a (10.0.0.1) on host 0, guest b (10.0.0.2) on host 1, each told an MTU of
+    // 1450 by QEMU (VIRTIO_NET_F_MTU): with the 50 bytes of the tunnel, 1500 on the
+    // underlay. a pings b and sends it 100 MiB; TSO frames are cut for the tunnel.
+    let a = Guest::boot(
+        fabric.dirs[0].path(),
+        &GuestSpec::new("a", &fabric.socket(0, 0), 1, 2)
+            .nic("host_mtu=1450")
+            .sending("10.0.0.2", 5001, 100),
+    );
+    let b = Guest::boot(
+        fabric.dirs[1].path(),
+        &GuestSpec::new("b", &fabric.socket(1, 0), 2, 1)
+            .nic("host_mtu=1450")
+            .receiving(&[5001]),
+    );
+    let clean = a.wait_clean_round(0, "a clean round of a's pings to b across the tunnel");
+    let rc = wait_until(Duration::from_secs(1200), "100 MiB from a to b", || {
+        a.sent_status()
+    });
+    assert_eq!(rc, 0, "a's transfer failed:\n{}", a.text());
+    let got = wait_until(Duration::from_secs(60), "b's md5", || b.received_md5(5001));
+    assert_eq!(Some(got), a.sent_md5(), "md5 of what b got");
+    // Pings across the tunnel after the transfer: no loss.
+    let after = a.wait_clean_round(clean, "a clean round after the transfer");
+    let (lost, rounds) = a.lost_pings(clean);
+    eprintln!("a's rounds {clean}..{after}: {lost} pings lost in {rounds} rounds");
+    let segmented = fabric.daemons[0].metric(
+        "vringswitch_port_offloads_total",
+        &[("port", "tun"), ("action", "segmented")],
+    );
+    assert!(segmented > 100, "{segmented} TSO frames cut for the tunnel");
+    for i in 0..2 {
+        let tun = fabric.tunnel(i);
+        let drops = &tun["counters"]["drops"];
+        assert_eq!(drops["too_big"], 0, "host {i}: {drops}");
+        assert_eq!(drops["unknown_vtep"], 0, "host {i}: {drops}");
+        assert_eq!(drops["bad_tunnel"], 0, "host {i}: {drops}");
+    }
+}
+
+/// Waits until `f` gives a value, failing with `what` after `within`.
+fn wait_until<V>(within: Duration, what: &str, mut f: impl FnMut() -> Option<V>) -> V {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(start.elapsed() < within, "{what}: not within {within:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
