@@ -898,14 +898,11 @@ impl Config {
                     ));
                 }
             }
-            if let Some(endpoint) = port.udp_endpoint() {
-                if !endpoints.insert(endpoint.clone()) {
+            for claim in port.claims() {
+                if !endpoints.insert(claim.clone()) {
                     return Err(invalid(
-                        at("local"),
-                        format!(
-                            "UDP {endpoint} is used by two tunnel ports (one per local \
-                             address and udp_port for now)"
-                        ),
+                        at("vni"),
+                        format!("{claim} is taken by two tunnel ports"),
                     ));
                 }
             }
@@ -1327,27 +1324,47 @@ queues = 2
             port("t0", "vni = 42\nlocal = \"10.0.0.1\"\nmtu = 1500\n")
         ));
         assert!(e.contains("mtu"), "{e}");
-        // Two tunnel ports may not share a local address and UDP port; on another port
-        // they may.
-        let two = |udp: &str| {
+        // Two tunnel ports may share a local address and UDP port with different VNIs, not
+        // with the same one (on another port they may); two EVPN ports never take one VNI.
+        let two = |t1: &str| {
             format!(
                 "{base}{}{}",
                 port(
                     "t0",
                     "vni = 42\nlocal = \"10.0.0.1\"\ncontrol = \"static\"\n"
                 ),
-                port(
-                    "t1",
-                    &format!("vni = 43\nlocal = \"10.0.0.1\"\ncontrol = \"static\"\n{udp}")
-                )
+                port("t1", t1)
             )
         };
-        let e = err(&two(""));
+        Config::parse(
+            &two("vni = 43\nlocal = \"10.0.0.1\"\ncontrol = \"static\"\n"),
+            Path::new("t"),
+        )
+        .unwrap();
+        let e = err(&two(
+            "vni = 42\nlocal = \"10.0.0.1\"\ncontrol = \"static\"\n",
+        ));
         assert!(
-            e.contains("UDP 10.0.0.1:4789 is used by two tunnel ports"),
+            e.contains("VNI 42 on UDP 10.0.0.1:4789 is taken by two tunnel ports"),
             "{e}"
         );
-        Config::parse(&two("udp_port = 4790\n"), Path::new("t")).unwrap();
+        Config::parse(
+            &two("vni = 42\nlocal = \"10.0.0.1\"\ncontrol = \"static\"\nudp_port = 4790\n"),
+            Path::new("t"),
+        )
+        .unwrap();
+        let evpn = |local: &str| {
+            format!(
+                "{base}{}{}",
+                port("t0", "vni = 7\nlocal = \"10.0.0.1\"\n"),
+                port("t1", &format!("vni = 7\nlocal = \"{local}\"\n"))
+            )
+        };
+        let e = err(&evpn("10.0.0.2"));
+        assert!(
+            e.contains("the EVPN segment of VNI 7 is taken by two tunnel ports"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -162,15 +162,14 @@ impl State {
                 )));
             }
         }
-        if let Some(endpoint) = spec.udp_endpoint() {
+        for claim in spec.claims() {
             if let Some(other) = self
                 .ports
                 .values()
-                .find(|p| p.spec.udp_endpoint().as_ref() == Some(&endpoint))
+                .find(|p| p.spec.claims().contains(&claim))
             {
                 return Err(ChangeError::Conflict(format!(
-                    "UDP {endpoint} is already used by tunnel port {:?} (one per local \
-                     address and udp_port for now)",
+                    "{claim} is already taken by tunnel port {:?}",
                     other.spec.name
                 )));
             }

@@ -128,6 +128,11 @@ impl Layout {
         self
     }
 
+    /// The restart hold the layout's `evpn` settings have.
+    pub fn restart_hold_s(&self) -> u64 {
+        *self.config.evpn.restart_hold_s.get_ref()
+    }
+
     pub fn sockets(&self) -> Vec<PathBuf> {
         self.config
             .ports

@@ -5,7 +5,7 @@
 //! routes of the others. Needs root, iproute2 and FRR (`apt-get install frr`).
 
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -60,6 +60,24 @@ impl Fabric {
     /// `n` vringswitch hosts and `kernels` more whose VTEP is the Linux kernel's own
     /// (a bridge and a `vxlan` device under FRR, no vringswitch: see [`kernel_vtep`]).
     fn build(n: usize, kernels: usize, hold_s: u64) -> Fabric {
+        Fabric::build_with(n, kernels, |i, sock| {
+            Layout::new()
+                .bridge("br0")
+                .port(vhost_user("vm0", "br0", &sock(0)))
+                .port(vhost_user("vm1", "br0", &sock(1)))
+                .port(vhost_user("vm2", "br0", &sock(2)))
+                .port(vxlan_evpn("tun", "br0", VNI, host_addr(i)))
+                .evpn(Path::new("/"), hold_s)
+        })
+    }
+
+    /// [`Fabric::build`] with host `i`'s daemon laid out by `layout(i, socket)`
+    /// (`socket(k)`: the path of VM k's socket), its `evpn` settings pointed at its FRR.
+    fn build_with(
+        n: usize,
+        kernels: usize,
+        layout: impl Fn(usize, &dyn Fn(usize) -> PathBuf) -> Layout,
+    ) -> Fabric {
         require_frr();
         let id = std::process::id() % 100_000;
         let underlay = Netns::new(&format!("vs-evu-{id}"));
@@ -93,13 +111,9 @@ impl Fabric {
         let mut daemons = Vec::new();
         for (i, dir) in dirs.iter().enumerate() {
             let sock = |k: usize| dir.path().join(format!("vm{k}.sock"));
-            let layout = Layout::new()
-                .bridge("br0")
-                .port(vhost_user("vm0", "br0", &sock(0)))
-                .port(vhost_user("vm1", "br0", &sock(1)))
-                .port(vhost_user("vm2", "br0", &sock(2)))
-                .port(vxlan_evpn("tun", "br0", VNI, host_addr(i)))
-                .evpn(frr[i].run_dir(), hold_s);
+            let layout = layout(i, &sock);
+            let hold = layout.restart_hold_s();
+            let layout = layout.evpn(frr[i].run_dir(), hold);
             daemons.push(Daemon::start_in_netns(
                 &hosts[i].0,
                 dir.path(),
@@ -931,4 +945,165 @@ fn wait_until<V>(within: Duration, what: &str, mut f: impl FnMut() -> Option<V>)
         assert!(start.elapsed() < within, "{what}: not within {within:?}");
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+#[test]
+fn several_vnis_share_a_hosts_tunnel_address_each_on_its_vlan() {
+    use vringswitch_tests::layout::access;
+    // On each host, VNI 100 carries VLAN 10 and VNI 200 VLAN 20 of one bridge, both
+    // tunnel ports on the host's one address and UDP 4789; a VM in each VLAN.
+    let mut fabric = Fabric::build_with(2, 0, |i, sock| {
+        let vm = |k: usize, tag: u16| {
+            let mut p = vhost_user(&format!("vm{k}"), "br0", &sock(k));
+            p.vlan = Some(access(tag));
+            p
+        };
+        let tun = |name: &str, vni: u32, tag: u16| {
+            let mut p = vxlan_evpn(name, "br0", vni, host_addr(i));
+            p.vlan = Some(access(tag));
+            p
+        };
+        Layout::new()
+            .bridge("br0")
+            .port(vm(0, 10))
+            .port(vm(1, 20))
+            .port(tun("tun100", 100, 10))
+            .port(tun("tun200", 200, 20))
+            .evpn(Path::new("/"), 120)
+    });
+    for f in &fabric.frr {
+        f.wait_established(Duration::from_secs(30));
+    }
+    // VM k: port vm{k % 2} (VLAN 10 or 20) of host k / 2, MAC k + 1.
+    let mut vms: Vec<TestVm> = (0..4)
+        .map(|k| {
+            let mut vm = TestVm::connect(
+                &fabric.socket(k / 2, k % 2),
+                mac(k as u8 + 1),
+                VmOptions::default(),
+            );
+            vm.post_rx(TestVm::rx(0), 256, 2048);
+            vm
+        })
+        .collect();
+    for host in 0..2 {
+        for port in ["tun100", "tun200"] {
+            until(
+                Duration::from_secs(20),
+                &format!("host {host}'s {port} flood list"),
+                || {
+                    port_view(&fabric, host, port)["evpn"]["flood"]
+                        .as_array()
+                        .is_some_and(|f| f.len() == 1)
+                },
+            );
+        }
+    }
+    // A broadcast from each VM reaches the VM of its VLAN on the other host, and no other.
+    for k in 0..4 {
+        let b = frame(BROADCAST, mac(k as u8 + 1), 100, k as u8);
+        vms[k].send(TestVm::tx(0), &b);
+        let peer = (k + 2) % 4;
+        let got = vms[peer].expect_frames(TestVm::rx(0), 1, T);
+        assert_eq!(got[0].frame, b, "VM {k}'s broadcast at VM {peer}");
+        vms[peer].post_rx(TestVm::rx(0), 1, 2048);
+        for (o, vm) in vms.iter_mut().enumerate() {
+            if o != k && o != peer {
+                std::thread::sleep(Duration::from_millis(20));
+                assert!(
+                    vm.recv(TestVm::rx(0)).is_empty(),
+                    "VM {o} got VM {k}'s broadcast"
+                );
+            }
+        }
+    }
+    // Each segment's routes: the other host's VM of that VLAN behind its end.
+    for host in 0..2 {
+        for (port, k) in [("tun100", 0), ("tun200", 1)] {
+            let other = 2 * (1 - host) + k;
+            until(
+                Duration::from_secs(10),
+                &format!("host {host}'s {port} route"),
+                || {
+                    port_view(&fabric, host, port)["remotes"]
+                        .as_array()
+                        .is_some_and(|r| {
+                            r.iter().any(|e| {
+                                e["macs"].as_array().is_some_and(|m| {
+                                    m.iter().any(|x| x["mac"] == mac_text(mac(other as u8 + 1)))
+                                })
+                            })
+                        })
+                },
+            );
+        }
+    }
+    // Unicast both ways in both segments, 20 frames each, exact.
+    for (a, b) in [(0, 2), (2, 0), (1, 3), (3, 1)] {
+        let sent: Vec<Vec<u8>> = (0..20u8)
+            .map(|s| frame(mac(b as u8 + 1), mac(a as u8 + 1), 150 + usize::from(s), s))
+            .collect();
+        for f in &sent {
+            vms[a].send(TestVm::tx(0), f);
+        }
+        let got: Vec<Vec<u8>> = vms[b]
+            .expect_frames(TestVm::rx(0), 20, T)
+            .into_iter()
+            .map(|r| r.frame)
+            .collect();
+        assert_eq!(got, sent, "VM {a} to VM {b}");
+        vms[b].post_rx(TestVm::rx(0), 20, 2048);
+    }
+    // Host 0's daemon upgraded: both sockets keep their places in the group (handed over
+    // with them), so each VNI still reaches its port.
+    fabric.daemons[0].upgrade(&[]).expect("upgrade host 0");
+    for (a, b) in [(0, 2), (2, 0), (1, 3), (3, 1)] {
+        let f = frame(mac(b as u8 + 1), mac(a as u8 + 1), 90, 0xee);
+        vms[a].send(TestVm::tx(0), &f);
+        let got = vms[b].expect_frames(TestVm::rx(0), 1, T);
+        assert_eq!(got[0].frame, f, "VM {a} to VM {b} after the upgrade");
+        vms[b].post_rx(TestVm::rx(0), 1, 2048);
+    }
+    // A second port of VNI 100 on the address is refused, over the API, saying which
+    // port has it.
+    let body = serde_json::json!({"name": "again", "bridge": "br0", "type": "vxlan",
+        "vni": 100, "local": host_addr(0).to_string(), "control": "static", "remotes": []});
+    let (code, err) =
+        vringswitch_tests::api::call(&fabric.daemons[0], "POST", "/v1/ports", Some(body));
+    assert_eq!(code, 409, "{err}");
+    assert!(
+        err["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("VNI 100 on UDP 10.99.0.1:4789 is already taken by tunnel port \"tun100\""),
+        "{err}"
+    );
+    // Each port took its own VNI's packets only: none counted as another VNI's.
+    for host in 0..2 {
+        for port in ["tun100", "tun200"] {
+            let v = port_view(&fabric, host, port);
+            let drops = &v["counters"]["drops"];
+            assert_eq!(drops["bad_tunnel"], 0, "host {host} {port}: {drops}");
+            assert_eq!(drops["unknown_vtep"], 0, "host {host} {port}: {drops}");
+            // One broadcast, 20 frames and one after the upgrade each way.
+            let c = &v["counters"];
+            assert_eq!(
+                (c["rx_packets"].as_u64(), c["tx_packets"].as_u64()),
+                (Some(22), Some(22)),
+                "host {host} {port}: {v}"
+            );
+        }
+    }
+}
+
+/// Port `port` as host `host`'s API shows it.
+fn port_view(fabric: &Fabric, host: usize, port: &str) -> Value {
+    let (code, v) = vringswitch_tests::api::call(
+        &fabric.daemons[host],
+        "GET",
+        &format!("/v1/ports/{port}"),
+        None,
+    );
+    assert_eq!(code, 200, "{v}");
+    v
 }

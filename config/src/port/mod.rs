@@ -117,10 +117,10 @@ pub trait KindSettings {
         None
     }
 
-    /// The host's UDP address and port the port receives on, which no other port may use
-    /// (a tunnel's: `10.0.0.1:4789`).
-    fn udp_endpoint(&self) -> Option<String> {
-        None
+    /// What the port holds on the host that no other port may hold too, in words (a
+    /// tunnel's VNI on its address and UDP port: `VNI 42 on UDP 10.0.0.1:4789`).
+    fn claims(&self) -> Vec<String> {
+        Vec::new()
     }
 
     /// Whether ports of this kind have a unix socket: one must lie in the daemon's socket
@@ -585,8 +585,8 @@ impl PortSpec {
     }
 
     /// The UDP address and port the port holds alone, if any.
-    pub fn udp_endpoint(&self) -> Option<String> {
-        self.settings().udp_endpoint()
+    pub fn claims(&self) -> Vec<String> {
+        self.settings().claims()
     }
 
     /// The kind's settings as a view of the running port shows them beside its queue

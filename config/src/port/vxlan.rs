@@ -194,14 +194,20 @@ impl KindSettings for VxlanSettings {
         &["remotes"]
     }
 
-    /// One tunnel port per local address and UDP port, for now: the socket receives every
-    /// VNI sent there.
-    fn udp_endpoint(&self) -> Option<String> {
-        Some(format!(
-            "{}:{}",
+    /// One tunnel port per VNI on a local address and UDP port (several VNIs share them:
+    /// each port's socket gets its VNI's packets); under EVPN one per VNI on the host (the
+    /// VNI names its kernel mirror).
+    fn claims(&self) -> Vec<String> {
+        let mut c = vec![format!(
+            "VNI {} on UDP {}:{}",
+            self.vni(),
             self.local.as_deref().unwrap_or(""),
             self.udp_port()
-        ))
+        )];
+        if self.control() == VxlanControl::Evpn {
+            c.push(format!("the EVPN segment of VNI {}", self.vni()));
+        }
+        c
     }
 
     /// Not yet: a frame asking for TSO or a checksum is finished by the switch before it is

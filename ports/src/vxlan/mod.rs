@@ -19,6 +19,7 @@
 //! them; until it does, the port has no remote end.
 
 mod egress;
+pub mod endpoint;
 mod ingress;
 pub use ingress::admit;
 pub mod remotes;
@@ -239,10 +240,12 @@ impl VxlanPort {
         config: VxlanPortConfig,
     ) -> Result<VxlanPort, VxlanError> {
         let sockets =
-            TunnelSockets::open(config.local, config.udp_port).map_err(|error| VxlanError {
-                local: config.local,
-                port: config.udp_port,
-                error,
+            TunnelSockets::open(config.local, config.udp_port, config.vni).map_err(|error| {
+                VxlanError {
+                    local: config.local,
+                    port: config.udp_port,
+                    error,
+                }
             })?;
         let port = Self::serve(handle, config.clone(), sockets, &[])?;
         tracing::info!(
@@ -380,7 +383,8 @@ impl RunningPort for VxlanPort {
     }
 
     /// Hands over duplicates of both sockets (packets queued on the receiving one wait
-    /// there for the new process) and the remote addresses known. Bytes: 1 (the version),
+    /// there for the new process), the receiving socket's place in its group and the
+    /// remote addresses known. Bytes: 2 (the version), the place (2 bytes, little-endian),
     /// then per address its MAC (6 bytes), its end's IPv4 address (4) and whether it was
     /// learnt (1).
     fn hand_over(&mut self) -> Result<crate::port::HandedPort, String> {
@@ -393,7 +397,13 @@ impl RunningPort for VxlanPort {
                 .map_err(|e| format!("cannot duplicate a socket: {e}"))
         };
         let fds = vec![dup(&q.sockets.udp)?, dup(&q.sockets.raw)?];
-        let mut data = vec![1u8];
+        let place = q
+            .sockets
+            .membership
+            .place()
+            .ok_or("its receiving socket has no place in its group")?;
+        let mut data = vec![2u8];
+        data.extend_from_slice(&(place as u16).to_le_bytes());
         for (mac, end, learnt) in q.macs.list() {
             let Some(remote) = q.remotes.get(end) else {
                 continue;
@@ -402,6 +412,7 @@ impl RunningPort for VxlanPort {
             data.extend_from_slice(&remote.addr.octets());
             data.push(u8::from(learnt));
         }
+        q.sockets.membership.handed_over();
         self.stop_ager();
         self.handle.set_connected(false);
         Ok(crate::port::HandedPort { data, fds })
@@ -517,8 +528,11 @@ pub fn take_over_port(
     let (Some(udp), Some(raw), None) = (fds.next(), fds.next(), fds.next()) else {
         return Err(bad("not two sockets"));
     };
-    let Some((&1, entries)) = handed.data.split_first() else {
-        return Err(bad("not version 1"));
+    // Version 1 (one tunnel port per address and UDP port then): its socket alone there.
+    let (place, entries) = match handed.data.split_first() {
+        Some((&1, entries)) => (0, entries),
+        Some((&2, [a, b, entries @ ..])) => (usize::from(u16::from_le_bytes([*a, *b])), entries),
+        _ => return Err(bad("not version 1 or 2")),
     };
     if entries.len() % 11 != 0 {
         return Err(bad("not addresses of 11 bytes each"));
@@ -532,7 +546,15 @@ pub fn take_over_port(
         .collect();
     tracing::info!(port = %handle.name(), addresses = carried.len(),
         "VXLAN tunnel carried on from the previous process");
-    VxlanPort::serve(handle, config, TunnelSockets { udp, raw }, &carried)
+    let endpoint = std::net::SocketAddrV4::new(config.local, config.udp_port);
+    let sockets = TunnelSockets::adopt(udp, raw, endpoint, config.vni, place).map_err(|error| {
+        StartError::new(VxlanError {
+            local: config.local,
+            port: config.udp_port,
+            error,
+        })
+    })?;
+    VxlanPort::serve(handle, config, sockets, &carried)
         .map(|p| (Box::new(p) as Box<dyn RunningPort>, Ok(())))
         .map_err(StartError::new)
 }

@@ -26,10 +26,13 @@ pub const MAX_SEND_PIECES: usize = 2 + crate::frame::MAX_SEGS * 2;
 /// The tunnel's sockets.
 #[derive(Debug)]
 pub struct TunnelSockets {
-    /// Receives: bound to the local tunnel address and UDP port.
+    /// Receives: bound to the local tunnel address and UDP port, in the group of the
+    /// tunnel ports there (one per VNI, see [`super::endpoint`]).
     pub udp: OwnedFd,
     /// Sends: raw IPv4, headers included.
     pub raw: OwnedFd,
+    /// `udp`'s place in its group; dropped after it (fields drop in order).
+    pub membership: super::endpoint::Membership,
 }
 
 /// A packet received: its length and who sent it.
@@ -96,10 +99,11 @@ fn sockaddr(addr: SocketAddrV4) -> libc::sockaddr_in {
 const SOCKET_BUFFER: i32 = 4 << 20;
 
 impl TunnelSockets {
-    /// Binds the receiving socket to `local:port` and opens the sending one (needs
-    /// CAP_NET_RAW).
-    pub fn open(local: Ipv4Addr, port: u16) -> io::Result<TunnelSockets> {
+    /// Binds the receiving socket to `local:port` for the port of VNI `vni` (other VNIs'
+    /// ports may bind there too) and opens the sending one (needs CAP_NET_RAW).
+    pub fn open(local: Ipv4Addr, port: u16, vni: u32) -> io::Result<TunnelSockets> {
         let udp = socket(libc::SOCK_DGRAM, libc::IPPROTO_UDP)?;
+        set_int(udp.as_fd(), libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
         // Bigger buffers if the system allows; the defaults do otherwise.
         let _ = set_int(
             udp.as_fd(),
@@ -143,7 +147,30 @@ impl TunnelSockets {
             libc::IP_MTU_DISCOVER,
             libc::IP_PMTUDISC_DO,
         )?;
-        Ok(TunnelSockets { udp, raw })
+        let membership =
+            super::endpoint::join(SocketAddrV4::new(local, port), vni, udp.as_fd(), None)?;
+        Ok(TunnelSockets {
+            udp,
+            raw,
+            membership,
+        })
+    }
+
+    /// The sockets the process before this one opened for the port of VNI `vni` on
+    /// `local:port`, its receiving one at `place` in its group.
+    pub fn adopt(
+        udp: OwnedFd,
+        raw: OwnedFd,
+        endpoint: SocketAddrV4,
+        vni: u32,
+        place: usize,
+    ) -> io::Result<TunnelSockets> {
+        let membership = super::endpoint::join(endpoint, vni, udp.as_fd(), Some(place))?;
+        Ok(TunnelSockets {
+            udp,
+            raw,
+            membership,
+        })
     }
 
     /// Receives up to `bufs.len()` packets without waiting, each into its buffer (a range
