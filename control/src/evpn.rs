@@ -4,9 +4,10 @@
 //! own ports in the tunnel's VLAN; each remote MAC is installed twice: in the bridge's FDB
 //! as behind the tunnel port (pinned, not aged) and in the port's table as behind its end.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use vringswitch_config::{KindSpec, PortSpec, VlanConfig, VxlanControl};
 use vringswitch_evpn::{mac_text, Controller, FrrWatch, Mac, MirrorSpec, RemoteRoutes, Segment};
@@ -57,11 +58,12 @@ pub(crate) fn start(
         fdb,
         port: id,
         vlan: segment_vlan(spec),
-        port_limit: spec.fdb_max_learned() as usize,
         routing: Routing::new(handle.clone()),
         switch,
         on_port: HashMap::new(),
         in_fdb: HashSet::new(),
+        followed: BTreeMap::new(),
+        retried: None,
         name: spec.name.clone(),
     };
     match Controller::start(format!("evpn-{}", spec.name), mirror, frr.clone(), segment) {
@@ -79,15 +81,22 @@ struct TunnelSegment {
     fdb: Arc<Fdb>,
     port: PortId,
     vlan: u16,
-    port_limit: usize,
     routing: Routing,
     switch: Arc<Switch>,
     /// The remote addresses installed in the port's table, with their ends.
     on_port: HashMap<Mac, Ipv4Addr>,
     /// Those installed in the bridge's FDB.
     in_fdb: HashSet<Mac>,
+    /// The remote addresses of the routes followed last.
+    followed: BTreeMap<Mac, Ipv4Addr>,
+    /// When the FDB was last asked again for routes it did not take.
+    retried: Option<Instant>,
     name: String,
 }
+
+/// How often the FDB is asked again for a route it did not take (a local port holds the
+/// address, or the bridge learnt as many as it may), while the routes do not change.
+const FDB_RETRY: Duration = Duration::from_secs(1);
 
 impl Segment for TunnelSegment {
     fn local_macs(&mut self) -> BTreeSet<Mac> {
@@ -129,6 +138,16 @@ impl Segment for TunnelSegment {
             }
             keep
         });
+        // The FDB is asked again for what it did not take when the routes change, else
+        // once a second: each refusal is counted, and the routes come every 100 ms.
+        let changed = self.followed != routes.macs;
+        if changed {
+            self.followed.clone_from(&routes.macs);
+        }
+        let retry = changed || self.retried.is_none_or(|t| t.elapsed() >= FDB_RETRY);
+        if retry {
+            self.retried = Some(Instant::now());
+        }
         let now = self.switch.now_secs();
         for &mac in routes.macs.keys() {
             let key = fdb_key(MacAddr(mac), self.vlan);
@@ -141,9 +160,14 @@ impl Segment for TunnelSegment {
                 continue;
             }
             self.in_fdb.remove(&mac);
-            // Held by a local port (or refused by a limit): tried again at the next tick.
+            if !retry {
+                continue;
+            }
+            // A route is the control plane's: not held to the tunnel port's learning
+            // limit (the bridge's still holds). Held by a local port, or refused by the
+            // bridge's limit: asked again later.
             if matches!(
-                self.fdb.install(key, self.port, now, self.port_limit),
+                self.fdb.install(key, self.port, now, usize::MAX),
                 Learned::New | Learned::Moved { .. } | Learned::Refreshed
             ) {
                 self.in_fdb.insert(mac);

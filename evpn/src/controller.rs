@@ -498,7 +498,8 @@ impl<S: Segment> Following<'_, S> {
 
     /// FRR is not running: the routes followed until now are kept (the kernel's may have
     /// lost some already: zebra's cleanup when bgpd died), and what a dead zebra left in
-    /// the kernel is deleted for the next one to start from a clean mirror.
+    /// the kernel is deleted for the next one to start from a clean mirror (a zebra that
+    /// runs keeps its own entries: it deletes them itself when bgpd goes).
     async fn frr_gone(&mut self, mirror: &Mirror, h: &Handle, routes: &mut RemoteRoutes) {
         let before = self.gap.followed.clone().unwrap_or_else(|| routes.clone());
         self.gap.follower.lose(&before);
@@ -510,10 +511,12 @@ impl<S: Segment> Following<'_, S> {
             "FRR (zebra or bgpd) is not running: forwarding on the EVPN routes it installed \
              (stale) until it is back"
         );
-        match mirror.flush_routes(h, routes).await {
-            Ok(()) => *routes = RemoteRoutes::default(),
-            Err(e) => tracing::warn!(vni = self.spec.vni, error = %e,
-                "cannot delete what zebra left in the segment's mirror"),
+        if !self.gap.frr.zebra_running() {
+            match mirror.flush_routes(h, routes).await {
+                Ok(()) => *routes = RemoteRoutes::default(),
+                Err(e) => tracing::warn!(vni = self.spec.vni, error = %e,
+                    "cannot delete what zebra left in the segment's mirror"),
+            }
         }
         self.apply(routes);
     }

@@ -190,6 +190,14 @@ impl FrrProcesses {
         Some(pids)
     }
 
+    /// Whether zebra runs now (bgpd may not).
+    pub fn zebra_running(&self) -> bool {
+        std::fs::read_to_string(self.dir.join("zebra.pid"))
+            .ok()
+            .and_then(|p| p.trim().parse().ok())
+            .is_some_and(|pid| alive(pid, &self.names[0]))
+    }
+
     /// Whether FRR ran when last looked at.
     pub fn was_running(&self) -> bool {
         self.last.is_some()
@@ -290,7 +298,9 @@ mod tests {
         assert!(!w.was_running());
         assert_eq!(w.check(), FrrChange::Same);
         // zebra alone is not FRR running: bgpd too.
+        assert!(!w.zebra_running());
         write("zebra", &pid);
+        assert!(w.zebra_running());
         assert_eq!(w.check(), FrrChange::Same);
         write("bgpd", &format!("{pid}\n"));
         assert_eq!(w.check(), FrrChange::Back);
