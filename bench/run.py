@@ -257,16 +257,18 @@ def run_generator(work, socks, size, secs, **kw):
 
 class Vringswitch:
     def __init__(self, work, nports=2, vlans=None, uplink=None, port_lines=(), extra_lines=(),
-                 mode="server", dataplane_lines=()):
+                 mode="server", dataplane_lines=(), port_bridges=None):
         self.work = Path(work)
         self.socks = [str(self.work / f"p{i}.sock") for i in range(nports)]
         # After an upgrade, the process serving (not our child).
         self.replaced_by = None
-        lines = ["[dataplane]", f"cores = [{SWITCH_CPU}]", *dataplane_lines, "[[bridges]]",
-                 'name = "br0"']
+        port_bridges = port_bridges or ["br0"] * nports
+        lines = ["[dataplane]", f"cores = [{SWITCH_CPU}]", *dataplane_lines]
+        for b in dict.fromkeys(["br0", *port_bridges]):
+            lines += ["[[bridges]]", f'name = "{b}"']
         for i, s in enumerate(self.socks):
             lines += [
-                "[[ports]]", f'name = "p{i}"', 'bridge = "br0"', 'type = "vhost-user"',
+                "[[ports]]", f'name = "p{i}"', f'bridge = "{port_bridges[i]}"', 'type = "vhost-user"',
                 f'socket = "{s}"', f'mode = "{mode}"',
             ]
             if vlans:
@@ -1224,6 +1226,85 @@ def uplink_part(work, kind, sizes, secs, rounds, switches):
     return runs
 
 
+# ---------------------------------------------------------------- VXLAN tunnels
+
+# The two tunnel ends of the loop, on lo.
+VXLAN_ENDS = ("10.98.3.1", "10.98.3.2")
+
+
+def vxlan_vringswitch(work, size, secs):
+    """VM to VM through VXLAN, both hosts in one switch: bridge br0 has p0 and a static
+    tunnel from VXLAN_ENDS[0] to [1], br1 has p1 and the tunnel back; the generator's two
+    ports circulate frames p0 -> encap -> lo -> decap -> p1 and back. Every frame is
+    encapsulated once and decapsulated once per VM-to-VM crossing, all on the one worker.
+    Returns each port's Mpps, the worker's busy cycles per frame it took (a VM's frame or a
+    tunnel packet: half a crossing) and the generator's cycles per packet."""
+    a, b = VXLAN_ENDS
+    for ip in VXLAN_ENDS:
+        subprocess.run(["ip", "addr", "del", f"{ip}/32", "dev", "lo"], stderr=subprocess.DEVNULL)
+        sh("ip", "addr", "add", f"{ip}/32", "dev", "lo")
+    tunnels = []
+    for name, bridge, local, remote in (("ta", "br0", a, b), ("tb", "br1", b, a)):
+        tunnels += ["[[ports]]", f'name = "{name}"', f'bridge = "{bridge}"', 'type = "vxlan"',
+                    "vni = 10", f'local = "{local}"', 'control = "static"',
+                    f'remotes = ["{remote}"]']
+    vs = Vringswitch(work, 2, extra_lines=tunnels, port_bridges=["br0", "br1"])
+    try:
+        p, out = generator(work, vs.socks, size, secs)
+        time.sleep(2)
+        c0, n0, _ = vs.cycles()
+        time.sleep(secs - 2)
+        c1, n1, _ = vs.cycles()
+        mpps, gen_cpp = stop_generator(p, out)
+        drops = {}
+        for port in vs.stats()["ports"]:
+            for reason, n in port.get("drops", {}).items():
+                if n:
+                    drops[f"{port['name']}:{reason}"] = n
+    finally:
+        vs.stop()
+        for ip in VXLAN_ENDS:
+            subprocess.run(["ip", "addr", "del", f"{ip}/32", "dev", "lo"],
+                           stderr=subprocess.DEVNULL)
+    cpp = (c1 - c0) / (n1 - n0) if n1 > n0 else 0.0
+    return mpps, cpp, gen_cpp, drops
+
+
+def vxlan_part(work, sizes, secs, rounds, switches):
+    runs = []
+    for r in range(1, rounds + 1):
+        for size in sizes:
+            for sw in switches:
+                if sw != "vringswitch":
+                    continue
+                mpps, cpp, gen_cpp, drops = vxlan_vringswitch(work(), size, secs)
+                m = {"round": r, "size": size, "switch": sw, "mpps_ports": mpps,
+                     "cpp": cpp, "gen_cpp": gen_cpp, "drops": drops}
+                log(f"vxlan round {r} {size} B {sw}: {m}")
+                runs.append(m)
+    return runs
+
+
+def vxlan_report(res, L):
+    runs = res.get("vxlan")
+    if not runs:
+        return
+    L.append("\n### VXLAN, VM to VM through two tunnel ends (one switch, encap and decap)\n")
+    L.append("Both ways together: the two loops' latencies differ (one direction's packets "
+             "wait longer on a socket), so with frames in flight they run at different rates; "
+             "a VM-to-VM crossing is two frames taken (the VM's, then the tunnel packet).\n")
+    L.append("| size | switch | Mpps, both ways | busy cycles per frame taken | per crossing | rounds |")
+    L.append("|---|---|---|---|---|---|")
+    for size in dict.fromkeys(m["size"] for m in runs):
+        for sw in dict.fromkeys(m["switch"] for m in runs):
+            ms = [m for m in runs if m["size"] == size and m["switch"] == sw and any(m["mpps_ports"])]
+            if not ms:
+                continue
+            mpps = statistics.median(sum(m["mpps_ports"]) for m in ms)
+            cpp = statistics.median(m["cpp"] for m in ms)
+            L.append(f"| {size} B | {sw} | {mpps:.2f} | {cpp:.0f} | {2 * cpp:.0f} | {len(ms)} |")
+
+
 # ---------------------------------------------------------------- TSO, VM to VM
 
 
@@ -1532,6 +1613,7 @@ def report(res):
     for kind in UPLINKS:
         uplink_report(res, L, kind)
     tso_report(res, L)
+    vxlan_report(res, L)
     dirty_log_report(res, L)
     migration_report(res, L)
     return "\n".join(L)
@@ -1851,7 +1933,7 @@ def main():
     ap.add_argument("--switches", nargs="+", default=list(SWITCHES), choices=SWITCHES)
     ap.add_argument("--only", choices=["throughput", "scaling", "idle", "latency", "capture",
                                        "tso", "dirtylog", "migration", "policing", "mirror",
-                                       "upgrade", "secgroups", *UPLINKS],
+                                       "upgrade", "secgroups", "vxlan", *UPLINKS],
                     action="append", help="run only these parts (repeatable)")
     ap.add_argument("--gen-burst", type=int, default=32,
                     help="the generator's burst, and so the frames each port has in flight "
@@ -1932,6 +2014,9 @@ def main():
                                         args.switches)
         if "tso" in parts:
             res["tso"] = tso_part(work, args.secs, args.rounds, args.switches)
+        if "vxlan" in parts:
+            res["vxlan"] = vxlan_part(work, [s for s in args.sizes if s in (64, 1518)] or [64, 1518],
+                                      args.secs, args.rounds, args.switches)
         if "migration" in parts:
             res["migration"] = migration_part(work, args.rounds)
         if "dirtylog" in parts:
