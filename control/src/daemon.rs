@@ -1120,7 +1120,8 @@ impl Daemon {
             .map(|p| p.id)
             .ok_or_else(|| no_port(&req.port))?;
         let topology = self.switch.topology();
-        let trace = vringswitch_switch::trace::trace(&topology, id, &frame)
+        let now = self.switch.now_secs() as u32;
+        let trace = vringswitch_switch::trace::trace(&topology, id, &frame, now)
             .ok_or_else(|| no_port(&req.port))?;
         Ok(crate::trace::view(&req.port, &trace, &topology))
     }

@@ -261,6 +261,89 @@ pub fn check_at(
     }
 }
 
+/// What [`check`] would say of `flow` now, changing nothing: the connection table is only
+/// read (`vringctl trace`). A new connection passes if the rules allow it and it may open
+/// one; whether the table has room for it is only known by trying. Without a table, a
+/// stateful port fails closed, as in the data path.
+pub fn would_pass(
+    table: Option<&Table>,
+    policy: &Policy,
+    direction: Direction,
+    flow: &Flow,
+    zone: u32,
+    now: u32,
+    track: bool,
+) -> Verdict {
+    if !policy.stateful {
+        return check_stateless(policy, direction, flow);
+    }
+    if let Some(v) = implicit(direction, flow) {
+        return v;
+    }
+    let Some(table) = table else {
+        return Verdict::Drop(Drop::CtFull);
+    };
+    if let Fragment::Later { id } = flow.fragment {
+        return match table.lookup(&datagram_key(flow, zone, id), now) {
+            Some(f) if (table.epochs(f.entry) >> side_shift(direction)) & 0xffff != 0 => {
+                Verdict::Pass
+            }
+            _ => Verdict::Drop(Drop::AclDenied),
+        };
+    }
+    if let L4::IcmpError { quoted, .. } = flow.l4 {
+        let about = Key {
+            v6: flow.v6,
+            fragments: false,
+            proto: quoted.proto,
+            zone,
+            src: quoted.src,
+            dst: quoted.dst,
+            sport: quoted.sport,
+            dport: quoted.dport,
+        };
+        return match table.lookup(&about, now) {
+            Some(_) if flow.dst == quoted.src => Verdict::Pass,
+            _ => Verdict::Drop(Drop::CtInvalid),
+        };
+    }
+    let Some(found) = table.lookup(&key_of(flow, zone), now) else {
+        if !policy.rules.allows(direction, flow) {
+            return Verdict::Drop(Drop::AclDenied);
+        }
+        return match opening(flow) {
+            Ok(_) => Verdict::Pass,
+            Err(d) => Verdict::Drop(d),
+        };
+    };
+    let responder = (direction == Direction::Ingress) != found.reply;
+    let shift = if responder { 16 } else { 0 };
+    if (table.epochs(found.entry) >> shift) as u16 != policy.epoch {
+        let (first, first_direction) = if found.reply {
+            (reversed(flow), opposite(direction))
+        } else {
+            (*flow, direction)
+        };
+        if !policy.rules.allows(first_direction, &first) {
+            return Verdict::Drop(Drop::AclDenied);
+        }
+    }
+    if !track {
+        return Verdict::Pass;
+    }
+    let (tcp, _) = tracker::unpack(table.state(found.entry));
+    match (tcp, flow.l4) {
+        (Some(s), L4::Ports { tcp_flags, .. }) => {
+            match tracker::tcp_next(s, tcp_flags, found.reply) {
+                Ok(_) => Verdict::Pass,
+                Err(_) => Verdict::Drop(Drop::CtInvalid),
+            }
+        }
+        (Some(_), _) => Verdict::Drop(Drop::CtInvalid),
+        (None, _) => Verdict::Pass,
+    }
+}
+
 /// [`check`] for a port whose groups are stateless: the implicit allows, then its rules,
 /// on every frame; no table is read.
 pub fn check_stateless(policy: &Policy, direction: Direction, flow: &Flow) -> Verdict {
@@ -535,6 +618,64 @@ mod tests {
             "one FIN each way, each seen once"
         );
         assert_eq!(t.expire(5 + TcpState::TimeWait.timeout()), 1);
+    }
+
+    #[test]
+    fn would_pass_says_what_check_then_does_and_changes_nothing() {
+        let t = Table::new(64);
+        let (a, b) = (client(1), server(22, 1));
+        use Direction::{Egress as Out, Ingress as In};
+        let would = |p: &Policy, d, f: &Flow, track| would_pass(Some(&t), p, d, f, 0, 5, track);
+        let syn = tcp(A, 40000, B, 22, SYN);
+        // A new connection: allowed out of A and into B; nothing stored by asking.
+        assert_eq!(
+            (would(&a, Out, &syn, true), would(&b, In, &syn, false)),
+            (PASS, PASS)
+        );
+        assert_eq!(t.len(), 0);
+        // Not allowed into B on port 23; B may not open anything.
+        let deny = Verdict::Drop(Drop::AclDenied);
+        assert_eq!(would(&b, In, &tcp(A, 40001, B, 23, SYN), false), deny);
+        assert_eq!(would(&b, Out, &tcp(B, 5000, A, 80, SYN), true), deny);
+        // A segment that opens nothing: invalid.
+        assert_eq!(
+            would(&a, Out, &tcp(A, 40002, B, 22, ACK), true),
+            Verdict::Drop(Drop::CtInvalid)
+        );
+        // Opened for real, then asked of the reply, of a retransmitted SYN and of an ACK
+        // before any answer.
+        assert_eq!(check(&t, &a, Out, &syn, 0, 5, true), PASS);
+        assert_eq!(check(&t, &b, In, &syn, 0, 5, false), PASS);
+        let reply = tcp(B, 22, A, 40000, SYN | ACK);
+        assert_eq!(would(&b, Out, &reply, false), PASS);
+        assert_eq!(would(&a, In, &reply, true), PASS);
+        assert_eq!(would(&a, Out, &syn, true), PASS);
+        assert_eq!(
+            would(&a, Out, &tcp(A, 40000, B, 22, ACK), true),
+            Verdict::Drop(Drop::CtInvalid)
+        );
+        let f = t.lookup(&key_of(&syn, 0), 5).unwrap();
+        assert_eq!(tracker::unpack(t.state(f.entry)).0, Some(TcpState::SynSent));
+        // B's rules changed (epoch 2) to allow nothing: the connection would be cut, and
+        // asking does not cut it.
+        let closed = Policy {
+            rules: Compiled::new(&[], |_| None),
+            stateful: true,
+            epoch: 2,
+            charge: Charge::NONE,
+        };
+        assert_eq!(would(&closed, Out, &reply, false), deny);
+        assert!(t.lookup(&key_of(&syn, 0), 5).is_some());
+        // Stateless, and without a table.
+        let stateless = Policy {
+            stateful: false,
+            ..server(22, 1)
+        };
+        assert_eq!(would(&stateless, Out, &reply, false), deny);
+        assert_eq!(
+            would_pass(None, &b, In, &syn, 0, 5, false),
+            Verdict::Drop(Drop::CtFull)
+        );
     }
 
     #[test]

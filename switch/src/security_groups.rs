@@ -99,6 +99,44 @@ pub fn from_vm(
     site: &mut Site,
     now: u32,
 ) -> Result<bool, DropReason> {
+    sender_addresses(filter, class)?;
+    let Some(policy) = filter.policy.as_ref() else {
+        return Ok(false);
+    };
+    judge(policy, table, Direction::Egress, class, site, now, true)
+}
+
+/// What [`from_vm`] would say of the frame now, changing nothing (`vringctl trace`; its
+/// zone `zone`).
+pub fn would_from_vm(
+    filter: &PortFilter,
+    table: Option<&Table>,
+    class: &FrameClass,
+    zone: u32,
+    now: u32,
+) -> Result<bool, DropReason> {
+    sender_addresses(filter, class)?;
+    let Some(policy) = filter.policy.as_ref() else {
+        return Ok(false);
+    };
+    would_judge(policy, table, Direction::Egress, class, zone, now, true)
+}
+
+/// What [`to_vm`] would say of the frame now, changing nothing (`vringctl trace`).
+pub fn would_to_vm(
+    policy: &Policy,
+    table: Option<&Table>,
+    class: &FrameClass,
+    zone: u32,
+    now: u32,
+    track: bool,
+) -> Result<bool, DropReason> {
+    would_judge(policy, table, Direction::Ingress, class, zone, now, track)
+}
+
+/// The `allowed_ips` check of what a port's VM sends.
+#[inline]
+fn sender_addresses(filter: &PortFilter, class: &FrameClass) -> Result<(), DropReason> {
     if let Some(allowed) = filter.allowed_ips.as_deref() {
         let ok = match class {
             FrameClass::Ip(f) => may_send_from(allowed, f.v6, &f.src),
@@ -114,10 +152,7 @@ pub fn from_vm(
             return Err(DropReason::IpSpoofed);
         }
     }
-    let Some(policy) = filter.policy.as_ref() else {
-        return Ok(false);
-    };
-    judge(policy, table, Direction::Egress, class, site, now, true)
+    Ok(())
 }
 
 /// The verdict on a frame delivered to a port with groups `policy`; `track`: no port
@@ -135,6 +170,7 @@ pub fn to_vm(
     judge(policy, table, Direction::Ingress, class, site, now, track)
 }
 
+#[inline]
 fn judge(
     policy: &Policy,
     table: Option<&Table>,
@@ -144,13 +180,8 @@ fn judge(
     now: u32,
     track: bool,
 ) -> Result<bool, DropReason> {
-    let flow = match class {
-        FrameClass::Ip(f) => f,
-        // ARP and RARP are not IP: port security (and `allowed_ips`) judge them, no rule.
-        FrameClass::Arp(_) | FrameClass::Rarp => return Ok(false),
-        // As Neutron's firewall: a port with groups carries IP and ARP only.
-        FrameClass::Other => return Err(DropReason::AclDenied),
-        FrameClass::Malformed => return Err(DropReason::CtInvalid),
+    let Some(flow) = ip_flow(class)? else {
+        return Ok(false);
     };
     if !policy.stateful {
         return verdict(firewall::check_stateless(policy, direction, flow)).map(|()| false);
@@ -164,6 +195,41 @@ fn judge(
         table, policy, direction, flow, site, now, track,
     ))
     .map(|()| track)
+}
+
+/// [`judge`] changing nothing: the connection table only read.
+fn would_judge(
+    policy: &Policy,
+    table: Option<&Table>,
+    direction: Direction,
+    class: &FrameClass,
+    zone: u32,
+    now: u32,
+    track: bool,
+) -> Result<bool, DropReason> {
+    let Some(flow) = ip_flow(class)? else {
+        return Ok(false);
+    };
+    if !policy.stateful {
+        return verdict(firewall::check_stateless(policy, direction, flow)).map(|()| false);
+    }
+    verdict(firewall::would_pass(
+        table, policy, direction, flow, zone, now, track,
+    ))
+    .map(|()| track)
+}
+
+/// The IP flow of a frame a port with groups judges (`None`: ARP or RARP, which port
+/// security and `allowed_ips` judge, no rule), or why a frame that is not IP is dropped.
+#[inline(always)]
+fn ip_flow(class: &FrameClass) -> Result<Option<&Flow>, DropReason> {
+    match class {
+        FrameClass::Ip(f) => Ok(Some(f)),
+        FrameClass::Arp(_) | FrameClass::Rarp => Ok(None),
+        // As Neutron's firewall: a port with groups carries IP and ARP only.
+        FrameClass::Other => Err(DropReason::AclDenied),
+        FrameClass::Malformed => Err(DropReason::CtInvalid),
+    }
 }
 
 fn verdict(v: Verdict) -> Result<(), DropReason> {

@@ -4,6 +4,10 @@
 //! [`crate::worker::flood_targets`], [`crate::worker::is_for`], [`VlanPolicy::egress`])
 //! on the topology and FDB in effect, without learning, counting or sending anything.
 //!
+//! Security groups are asked too, as the frame would find them now: the sender's egress
+//! rules (and `allowed_ips`), then each receiver's ingress rules, the connection table read
+//! and never changed ([`crate::security_groups::would_from_vm`]).
+//!
 //! Not predicted: policers (whether a frame finds room depends on the rate of the frames
 //! before it) and a destination's RX ring being full.
 //!
@@ -66,11 +70,15 @@ pub enum OutputAction {
     NotInVlan,
     /// Not delivered: the port is set down, or has no peer to deliver to (`port_down`).
     Down,
+    /// Not delivered: the port's security groups drop it (`acl_denied`, `ct_invalid`,
+    /// `ct_full`).
+    Filtered(DropReason),
 }
 
 /// The fate of `frame` (its first bytes at least: the Ethernet header, and the 802.1Q tag if
-/// it has one) sent by port `src`, or `None` if there is no such port.
-pub fn trace(topology: &Topology, src: PortId, frame: &[u8]) -> Option<Trace> {
+/// it has one; the IP and transport headers for security groups) sent by port `src` at
+/// second `now` of the switch's clock, or `None` if there is no such port.
+pub fn trace(topology: &Topology, src: PortId, frame: &[u8], now: u32) -> Option<Trace> {
     let src_rt = topology.port(src)?;
     let mut peek = [0u8; PEEK_LEN];
     let n = frame.len().min(PEEK_LEN);
@@ -110,6 +118,26 @@ pub fn trace(topology: &Topology, src: PortId, frame: &[u8]) -> Option<Trace> {
         };
         (lookup, dest)
     };
+    // Security groups: the sender's on the way out, before any port is offered it.
+    let head = &frame[..frame.len().min(crate::security_groups::HEADER_LEN)];
+    let class = crate::security_groups::frame_class(ingress.tci.is_some(), head);
+    let zone = vringswitch_filter::conntrack::zone(src_rt.bridge, ingress.vlan);
+    let table = topology.conntrack.as_deref();
+    let mut tracked = false;
+    if let Some(filter) = src_rt.filter.as_deref() {
+        match crate::security_groups::would_from_vm(filter, table, &class, zone, now) {
+            Ok(t) => tracked = t,
+            Err(reason) => {
+                return Some(Trace {
+                    vlan: Some(ingress.vlan),
+                    dropped: Some(reason),
+                    learning: Some(learning),
+                    lookup,
+                    outputs: Vec::new(),
+                })
+            }
+        }
+    }
     let targets: Vec<PortId> = match dest {
         Dest::Drop => Vec::new(),
         Dest::Port(p) => vec![p],
@@ -126,6 +154,15 @@ pub fn trace(topology: &Topology, src: PortId, frame: &[u8]) -> Option<Trace> {
                 OutputAction::NotInVlan
             } else if !rt.admin_up || rt.handle.attachment().is_none() {
                 OutputAction::Down
+            } else if let Some(Err(reason)) = rt
+                .filter
+                .as_deref()
+                .and_then(|f| f.policy.as_ref())
+                .map(|policy| {
+                    crate::security_groups::would_to_vm(policy, table, &class, zone, now, !tracked)
+                })
+            {
+                OutputAction::Filtered(reason)
             } else {
                 let tagged = usize::from(edit.prefix_len) == TAGGED_HEADER_LEN;
                 OutputAction::Delivered {
@@ -230,7 +267,7 @@ mod tests {
     #[test]
     fn an_unknown_destination_floods_in_its_vlan_and_nothing_is_learnt() {
         let t = topology();
-        let tr = trace(&t, 1, &frame(mac(9), mac(2), None)).unwrap();
+        let tr = trace(&t, 1, &frame(mac(9), mac(2), None), 0).unwrap();
         assert_eq!(
             (tr.vlan, tr.dropped, tr.lookup),
             (Some(10), None, Lookup::Unknown)
@@ -256,7 +293,7 @@ mod tests {
         let fdb = &t.bridges[0].fdb;
         fdb.add_static(fdb_key(mac(5), 10), 2);
         fdb.learn(fdb_key(mac(6), 10), 1, 1, usize::MAX);
-        let tr = trace(&t, 1, &frame(mac(5), mac(2), None)).unwrap();
+        let tr = trace(&t, 1, &frame(mac(5), mac(2), None), 0).unwrap();
         assert_eq!(
             tr.lookup,
             Lookup::Found {
@@ -265,14 +302,14 @@ mod tests {
             }
         );
         assert_eq!(tr.outputs.len(), 1);
-        let tr = trace(&t, 1, &frame(mac(6), mac(2), None)).unwrap();
+        let tr = trace(&t, 1, &frame(mac(6), mac(2), None), 0).unwrap();
         assert_eq!(
             (tr.lookup, tr.dropped),
             (Lookup::Hairpin, Some(DropReason::Hairpin))
         );
         assert!(tr.outputs.is_empty());
         // Port 0 is locked to macs 1 and 7; group and zero sources never pass.
-        let dropped = |src: PortId, f: Vec<u8>| trace(&t, src, &f).unwrap().dropped;
+        let dropped = |src: PortId, f: Vec<u8>| trace(&t, src, &f, 0).unwrap().dropped;
         assert_eq!(
             dropped(0, frame(mac(9), mac(3), None)),
             Some(DropReason::MacSpoofed)
@@ -290,7 +327,7 @@ mod tests {
             dropped(2, frame(mac(9), mac(2), Some(30))),
             Some(DropReason::VlanFiltered)
         );
-        assert!(trace(&t, 9, &frame(mac(9), mac(2), None)).is_none());
+        assert!(trace(&t, 9, &frame(mac(9), mac(2), None), 0).is_none());
     }
 
     #[test]
@@ -298,7 +335,7 @@ mod tests {
         // No port has a peer here: members say Down (the tags they would get are checked
         // against the data path in tests/tests/trace.rs, with real frontends).
         let t = topology();
-        let tr = trace(&t, 2, &frame(MacAddr::BROADCAST, mac(2), Some(20))).unwrap();
+        let tr = trace(&t, 2, &frame(MacAddr::BROADCAST, mac(2), Some(20)), 0).unwrap();
         assert_eq!((tr.vlan, tr.lookup), (Some(20), Lookup::Group));
         let actions: Vec<(PortId, OutputAction)> =
             tr.outputs.iter().map(|o| (o.port, o.action)).collect();
@@ -312,7 +349,7 @@ mod tests {
         );
         // Sent to one port outside its VLAN (a static entry): not delivered either.
         t.bridges[0].fdb.add_static(fdb_key(mac(5), 20), 1);
-        let tr = trace(&t, 2, &frame(mac(5), mac(2), Some(20))).unwrap();
+        let tr = trace(&t, 2, &frame(mac(5), mac(2), Some(20)), 0).unwrap();
         assert_eq!(
             tr.outputs,
             [Output {
@@ -328,9 +365,9 @@ mod tests {
         let fdb = &t.bridges[0].fdb;
         fdb.learn(fdb_key(mac(2), 10), 1, 1, 2);
         fdb.learn(fdb_key(mac(3), 10), 1, 1, 2);
-        let tr = trace(&t, 1, &frame(mac(9), mac(4), None)).unwrap();
+        let tr = trace(&t, 1, &frame(mac(9), mac(4), None), 0).unwrap();
         assert_eq!(tr.learning, Some(Learned::Refused(Limit::Port)));
-        let tr = trace(&t, 2, &frame(mac(9), mac(2), Some(10))).unwrap();
+        let tr = trace(&t, 2, &frame(mac(9), mac(2), Some(10)), 0).unwrap();
         assert_eq!(tr.learning, Some(Learned::Moved { from: 1 }));
     }
 }

@@ -393,3 +393,99 @@ fn a_stateless_group_judges_every_frame_by_prefix_and_icmp_type_and_tracks_nothi
         "a stateless group tracks nothing"
     );
 }
+
+/// `POST /v1/trace` of a TCP segment `from` sends to `to`'s MAC, with these addresses,
+/// ports and flags.
+fn trace_tcp(
+    s: &Setup,
+    from: &str,
+    to: u8,
+    ips: (&str, &str),
+    ports: (u16, u16),
+    flags: &str,
+) -> Value {
+    let n = from.as_bytes()[0] - b'a' + 1;
+    let m = |k: u8| {
+        let x = mac(k);
+        format!(
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            x[0], x[1], x[2], x[3], x[4], x[5]
+        )
+    };
+    let body = json!({"port": from, "src": m(n), "dst": m(to), "ip_src": ips.0,
+        "ip_dst": ips.1, "protocol": "tcp", "src_port": ports.0, "dst_port": ports.1,
+        "tcp_flags": flags});
+    let (code, v) = call(&s.daemon, "POST", "/v1/trace", Some(body));
+    assert_eq!(code, 200, "{v}");
+    v
+}
+
+/// What a trace says port `port` does with the frame.
+fn action(t: &Value, port: &str) -> String {
+    t["outputs"]
+        .as_array()
+        .and_then(|o| o.iter().find(|x| x["port"] == port))
+        .and_then(|x| x["action"].as_str())
+        .unwrap_or("not offered")
+        .to_owned()
+}
+
+#[test]
+fn the_trace_says_what_the_groups_do_with_a_segment_and_the_data_path_does_it() {
+    let mut net = Net::new("sg-trace", layout);
+    let (a, b, c) = ("10.0.0.1", "10.0.0.2", "10.0.0.3");
+    // a to b's SSH: a's egress and b's ingress allow it; a new connection.
+    let t = trace_tcp(&net.s, "a", 2, (a, b), (40000, 22), "syn");
+    assert_eq!(
+        (t["dropped"].clone(), action(&t, "b")),
+        (Value::Null, "deliver".into()),
+        "{t}"
+    );
+    assert!(
+        t["summary"].as_str().unwrap().contains("delivered to b"),
+        "{t}"
+    );
+    // Port 23: b's rules do not allow it.
+    let t = trace_tcp(&net.s, "a", 2, (a, b), (40000, 23), "syn");
+    assert_eq!(action(&t, "b"), "acl_denied", "{t}");
+    assert!(
+        t["summary"]
+            .as_str()
+            .unwrap()
+            .contains("its security groups: acl_denied"),
+        "{t}"
+    );
+    // Not from a's address: dropped on the way out, offered to nobody.
+    let t = trace_tcp(&net.s, "a", 2, ("10.0.0.9", b), (40000, 22), "syn");
+    assert_eq!(t["dropped"], "ip_spoofed", "{t}");
+    assert_eq!(t["outputs"], json!([]), "{t}");
+    // An ACK that belongs to no connection: invalid at a.
+    let t = trace_tcp(&net.s, "a", 2, (a, b), (40000, 22), "ack");
+    assert_eq!(t["dropped"], "ct_invalid", "{t}");
+    // c is in no group, so not in b's remote group: b refuses it.
+    let t = trace_tcp(&net.s, "c", 2, (c, b), (40000, 22), "syn");
+    assert_eq!(action(&t, "b"), "acl_denied", "{t}");
+    // The data path agrees, frame by frame, and the trace changed nothing on the way.
+    assert_eq!(
+        net.connections("")["connections"],
+        json!([]),
+        "a trace opens nothing"
+    );
+    let denied = net.drops("b", "acl_denied");
+    net.through(1, 2, &tcp(1, 2, (40000, 23), |t| t.syn()), 0);
+    assert_eq!(net.drops("b", "acl_denied"), denied + 1);
+    let invalid = net.drops("a", "ct_invalid");
+    net.through(1, 2, &tcp(1, 2, (40000, 22), |t| t.ack(1)), 0);
+    assert_eq!(net.drops("a", "ct_invalid"), invalid + 1);
+    net.through(1, 2, &tcp(1, 2, (40000, 22), |t| t.syn()), 1);
+    // Now the connection is there: b's SYN-ACK needs no rule of a's, and a repeated
+    // bare ACK from a before it is out of order.
+    let t = trace_tcp(&net.s, "b", 1, (b, a), (22, 40000), "syn,ack");
+    assert_eq!(
+        (t["dropped"].clone(), action(&t, "a")),
+        (Value::Null, "deliver".into()),
+        "{t}"
+    );
+    let t = trace_tcp(&net.s, "a", 2, (a, b), (40000, 22), "ack");
+    assert_eq!(t["dropped"], "ct_invalid", "{t}");
+}

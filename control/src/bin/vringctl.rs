@@ -126,9 +126,33 @@ enum Command {
         /// The 802.1Q tag it carries (untagged without).
         #[arg(long, value_name = "VID", value_parser = clap::value_parser!(u16).range(0..=4094))]
         vlan: Option<u16>,
-        /// Its EtherType, e.g. 0x0806 [default: 0x0800].
+        /// Its EtherType, e.g. 0x0806 [default: 0x0800, or the addresses' family's].
         #[arg(long, value_name = "TYPE", value_parser = ethertype_arg)]
         ethertype: Option<u16>,
+        /// For security groups: the packet's source IP address (with --ip-dst).
+        #[arg(long, value_name = "IP")]
+        ip_src: Option<String>,
+        /// The packet's destination IP address.
+        #[arg(long, value_name = "IP")]
+        ip_dst: Option<String>,
+        /// tcp, udp, sctp, icmp, icmpv6 or a number [default: tcp].
+        #[arg(long, value_name = "PROTO")]
+        protocol: Option<String>,
+        /// TCP, UDP or SCTP source port [default: 40000].
+        #[arg(long, value_name = "PORT")]
+        src_port: Option<u16>,
+        /// TCP, UDP or SCTP destination port [default: 80].
+        #[arg(long, value_name = "PORT")]
+        dst_port: Option<u16>,
+        /// TCP flags, comma-separated (syn, ack, fin, rst, psh, urg) [default: syn].
+        #[arg(long, value_name = "FLAGS")]
+        tcp_flags: Option<String>,
+        /// ICMP type [default: echo request].
+        #[arg(long, value_name = "TYPE")]
+        icmp_type: Option<u8>,
+        /// ICMP code [default: 0].
+        #[arg(long, value_name = "CODE")]
+        icmp_code: Option<u8>,
     },
     /// Which queue runs on which core, and each one's share of its core (as ovs-appctl
     /// dpif-netdev/pmd-rxq-show).
@@ -955,6 +979,14 @@ async fn run(args: Args) -> Result<String, ClientError> {
             dst,
             vlan,
             ethertype,
+            ip_src,
+            ip_dst,
+            protocol,
+            src_port,
+            dst_port,
+            tcp_flags,
+            icmp_type,
+            icmp_code,
         } => {
             let mut body = json!({"port": port, "src": src, "dst": dst});
             if let Some(v) = vlan {
@@ -962,6 +994,20 @@ async fn run(args: Args) -> Result<String, ClientError> {
             }
             if let Some(t) = ethertype {
                 body["ethertype"] = json!(t);
+            }
+            for (key, value) in [
+                ("ip_src", ip_src.map(|v| json!(v))),
+                ("ip_dst", ip_dst.map(|v| json!(v))),
+                ("protocol", protocol.map(|v| json!(v))),
+                ("src_port", src_port.map(|v| json!(v))),
+                ("dst_port", dst_port.map(|v| json!(v))),
+                ("tcp_flags", tcp_flags.map(|v| json!(v))),
+                ("icmp_type", icmp_type.map(|v| json!(v))),
+                ("icmp_code", icmp_code.map(|v| json!(v))),
+            ] {
+                if let Some(v) = value {
+                    body[key] = v;
+                }
             }
             let v = send(&api, Method::POST, "/v1/trace", Some(body)).await?;
             Ok(shown(&v, json, ctl::trace_text))
