@@ -73,6 +73,10 @@ pub struct Daemon {
     upgrader: std::sync::OnceLock<Arc<crate::upgrade::Upgrader>>,
     /// How EVPN tunnel ports watch FRR.
     frr: vringswitch_evpn::FrrWatch,
+    /// Each EVPN tunnel port's control status by port (with its bridge), read without the
+    /// state's lock: /metrics must never wait for it (the lock is held for good by a
+    /// process that handed over, until it exits).
+    evpn_status: Mutex<BTreeMap<String, (String, vringswitch_evpn::StatusHandle)>>,
 }
 
 impl Daemon {
@@ -151,6 +155,7 @@ impl Daemon {
             taking_over: Mutex::new(None),
             upgrader: Default::default(),
             frr: crate::evpn::frr_watch(&config.evpn),
+            evpn_status: Default::default(),
         };
         let from_state = saved.is_some();
         let from_config = state_file::from_config(config);
@@ -538,6 +543,7 @@ impl Daemon {
             self.switch.clone(),
             &self.frr,
         );
+        self.note_evpn(&spec.name, &spec.bridge, evpn.as_ref());
         st.ports.insert(
             spec.name.clone(),
             PortEntry {
@@ -603,6 +609,7 @@ impl Daemon {
         let saved = self.save(&st);
         drop(st);
         // The segment goes from this host: its mirror with it, and zebra withdraws it.
+        self.note_evpn(name, "", None);
         if let Some(c) = entry.evpn.as_mut() {
             c.stop(vringswitch_evpn::Ending::Withdraw);
         }
@@ -689,6 +696,8 @@ impl Daemon {
         }
         if new.bridge != old.bridge || new.vlan != old.vlan {
             restart_evpn(&self.switch, &self.frr, &mut st, name);
+            let c = st.ports.get(name).and_then(|p| p.evpn.as_ref());
+            self.note_evpn(name, &new.bridge, c);
         }
         tracing::info!(
             port = %name,
@@ -705,16 +714,28 @@ impl Daemon {
         Ok(new)
     }
 
-    /// Every EVPN tunnel port's control: (port, bridge, where it stands).
+    /// Every EVPN tunnel port's control: (port, bridge, where it stands). Never waits for
+    /// the state's lock.
     pub fn evpn_statuses(&self) -> Vec<(String, String, vringswitch_evpn::Status)> {
-        self.state()
-            .ports
-            .values()
-            .filter_map(|p| {
-                let c = p.evpn.as_ref()?;
-                Some((p.spec.name.clone(), p.spec.bridge.clone(), c.status()))
-            })
+        self.evpn_status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(port, (bridge, h))| (port.clone(), bridge.clone(), h.get()))
             .collect()
+    }
+
+    /// Keeps the status of `port`'s EVPN control (if it has one) for [`Self::evpn_statuses`].
+    fn note_evpn(&self, port: &str, bridge: &str, c: Option<&vringswitch_evpn::Controller>) {
+        let mut m = self.evpn_status.lock().unwrap_or_else(|e| e.into_inner());
+        match c {
+            Some(c) => {
+                m.insert(port.to_owned(), (bridge.to_owned(), c.status_handle()));
+            }
+            None => {
+                m.remove(port);
+            }
+        }
     }
 
     /// Where an EVPN tunnel port's control stands (none for another port).
@@ -1192,6 +1213,10 @@ impl Daemon {
         }
         let ports: Vec<PortEntry> = std::mem::take(&mut st.ports).into_values().collect();
         drop(st);
+        self.evpn_status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
         for mut p in ports {
             if let Some(c) = p.evpn.as_mut() {
                 c.stop(vringswitch_evpn::Ending::Withdraw);

@@ -123,7 +123,9 @@ where
             continue;
         };
         let service = TowerToHyperService::new(app.clone());
+        let open = OpenConnection::new();
         tokio::spawn(async move {
+            let _open = open;
             let mut http = hyper::server::conn::http1::Builder::new();
             http.timer(TokioTimer::new())
                 .header_read_timeout(limits.header_timeout)
@@ -132,6 +134,31 @@ where
             drop(slot);
         });
     }
+}
+
+/// API connections open now, over every listener.
+static OPEN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// One open API connection, counted in [`open_connections`] while it lives.
+struct OpenConnection;
+
+impl OpenConnection {
+    fn new() -> OpenConnection {
+        OPEN.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        OpenConnection
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        OPEN.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// How many API connections are open (being served): a process that was replaced waits
+/// for them (the upgrade's own answer among them) before it exits.
+pub fn open_connections() -> usize {
+    OPEN.load(std::sync::atomic::Ordering::SeqCst)
 }
 
 /// Ends a request (reading its body included) that takes longer than the deadline.

@@ -480,8 +480,16 @@ fn run() -> anyhow::Result<()> {
     let replaced = matches!(result, Ok(true)) || (upgrader.in_progress() && upgrader.outcome());
     if replaced {
         // Replaced: the new process serves every port and the API on the same sockets.
-        // Nothing is closed or removed; a moment for the upgrade's own answer to go out.
-        std::thread::sleep(Duration::from_millis(300));
+        // Nothing is closed or removed. The upgrade's own answer must go out first: the
+        // API connections open here are waited for (their clients close them once
+        // answered), at least 300 ms and at most 1 s (a client that keeps its connection
+        // open is not waited for longer).
+        let since = std::time::Instant::now();
+        while since.elapsed() < Duration::from_millis(300)
+            || (http_server::open_connections() > 0 && since.elapsed() < Duration::from_secs(1))
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
         tracing::info!("exiting: the new process has taken over");
         std::process::exit(0);
     }

@@ -95,6 +95,16 @@ pub struct Status {
     pub frr_running: bool,
 }
 
+/// A control's status, shared: what it shows now, however the controller is held.
+#[derive(Debug, Clone)]
+pub struct StatusHandle(Arc<Mutex<Status>>);
+
+impl StatusHandle {
+    pub fn get(&self) -> Status {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
 /// How a control ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ending {
@@ -138,10 +148,12 @@ impl Controller {
 
     /// What the control shows now.
     pub fn status(&self) -> Status {
-        self.status
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.status_handle().get()
+    }
+
+    /// Where the status is kept: readable without the controller (for /metrics).
+    pub fn status_handle(&self) -> StatusHandle {
+        StatusHandle(self.status.clone())
     }
 
     /// Ends the control as `ending` says, and waits for it.

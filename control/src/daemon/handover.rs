@@ -215,6 +215,9 @@ impl Daemon {
             }
             if restart {
                 super::restart_evpn(&self.switch, &self.frr, st, &name);
+                if let Some(p) = st.ports.get(&name) {
+                    self.note_evpn(&name, &p.spec.bridge, p.evpn.as_ref());
+                }
             }
         }
         self.publish(st);
@@ -330,6 +333,7 @@ impl Daemon {
             })),
             upgrader: Default::default(),
             frr: crate::evpn::frr_watch(&config.evpn),
+            evpn_status: Default::default(),
         };
         let restored = daemon.restore(carried.saved.clone());
         let taking = daemon
