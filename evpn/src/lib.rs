@@ -15,9 +15,7 @@ pub mod hold;
 pub mod mirror;
 pub mod routes;
 
-pub use controller::{
-    ControlState, Controller, Ending, FrrWatch, Segment, Status, StatusHandle,
-};
+pub use controller::{ControlState, Controller, Ending, FrrWatch, Segment, Status, StatusHandle};
 pub use mirror::{mac_text, Mirror, MirrorSpec, Names};
 pub use routes::{KernelEntry, Mac, RemoteRoutes};
 
