@@ -32,7 +32,7 @@ use crate::EvpnError;
 pub struct FrrWatch {
     /// FRR's run directory, where `zebra.pid` and `bgpd.pid` are.
     pub run_dir: std::path::PathBuf,
-    /// How long kept routes stay once zebra is back (unless all come back sooner).
+    /// How long kept routes stay once FRR is back (unless all come back sooner).
     pub restart_hold: Duration,
 }
 
@@ -65,8 +65,8 @@ pub enum ControlState {
     Starting,
     /// Advertising and following the routes.
     Following,
-    /// zebra is not running, or came back less than the hold time ago: the data path
-    /// forwards on the routes it had (kept), plus those installed since.
+    /// FRR (zebra or bgpd) is not running, or came back less than the hold time ago: the
+    /// data path forwards on the routes it had (kept), plus those installed since.
     Stale,
     /// Failed (the reason); tried again every second.
     Failed(String),
