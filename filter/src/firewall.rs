@@ -223,12 +223,7 @@ pub fn check_at(
         Fragment::Whole => connection(table, policy, direction, flow, site, now, track),
         // A later fragment has no transport header: it follows the verdict this port's
         // side gave the datagram's first fragment, which must have come first.
-        Fragment::Later { id } => match table.lookup(&datagram_key(flow, zone, id), now) {
-            Some(f) if (table.epochs(f.entry) >> side_shift(direction)) & 0xffff != 0 => {
-                Verdict::Pass
-            }
-            _ => Verdict::Drop(Drop::AclDenied),
-        },
+        Fragment::Later { id } => later_fragment(table, direction, flow, zone, id, now),
         Fragment::First { id } => {
             let v = connection(table, policy, direction, flow, site, now, track);
             if v != Verdict::Pass {
@@ -284,28 +279,10 @@ pub fn would_pass(
         return Verdict::Drop(Drop::CtFull);
     };
     if let Fragment::Later { id } = flow.fragment {
-        return match table.lookup(&datagram_key(flow, zone, id), now) {
-            Some(f) if (table.epochs(f.entry) >> side_shift(direction)) & 0xffff != 0 => {
-                Verdict::Pass
-            }
-            _ => Verdict::Drop(Drop::AclDenied),
-        };
+        return later_fragment(table, direction, flow, zone, id, now);
     }
     if let L4::IcmpError { quoted, .. } = flow.l4 {
-        let about = Key {
-            v6: flow.v6,
-            fragments: false,
-            proto: quoted.proto,
-            zone,
-            src: quoted.src,
-            dst: quoted.dst,
-            sport: quoted.sport,
-            dport: quoted.dport,
-        };
-        return match table.lookup(&about, now) {
-            Some(_) if flow.dst == quoted.src => Verdict::Pass,
-            _ => Verdict::Drop(Drop::CtInvalid),
-        };
+        return related(table, flow, &quoted, zone, now);
     }
     let Some(found) = table.lookup(&key_of(flow, zone), now) else {
         if !policy.rules.allows(direction, flow) {
@@ -357,6 +334,48 @@ pub fn check_stateless(policy: &Policy, direction: Direction, flow: &Flow) -> Ve
     }
 }
 
+/// A later fragment's verdict at a port: the one this port's side gave its datagram's
+/// first fragment (recorded under the datagram's key), else dropped.
+fn later_fragment(
+    table: &Table,
+    direction: Direction,
+    flow: &Flow,
+    zone: u32,
+    id: u32,
+    now: u32,
+) -> Verdict {
+    match table.lookup(&datagram_key(flow, zone, id), now) {
+        Some(f) if (table.epochs(f.entry) >> side_shift(direction)) & 0xffff != 0 => Verdict::Pass,
+        _ => Verdict::Drop(Drop::AclDenied),
+    }
+}
+
+/// An ICMP error's verdict, related as Linux's tracker has it: an error about a datagram
+/// of a tracked connection, on its way back to that datagram's sender, passes without a
+/// rule; one about nothing tracked opens nothing.
+fn related(
+    table: &Table,
+    flow: &Flow,
+    quoted: &crate::flow::Quoted,
+    zone: u32,
+    now: u32,
+) -> Verdict {
+    let about = Key {
+        v6: flow.v6,
+        fragments: false,
+        proto: quoted.proto,
+        zone,
+        src: quoted.src,
+        dst: quoted.dst,
+        sport: quoted.sport,
+        dport: quoted.dport,
+    };
+    match table.lookup(&about, now) {
+        Some(_) if flow.dst == quoted.src => Verdict::Pass,
+        _ => Verdict::Drop(Drop::CtInvalid),
+    }
+}
+
 /// Where a datagram's fragments record each side's verdict: egress in the low half of the
 /// entry's epochs, ingress in the high half.
 fn side_shift(direction: Direction) -> u32 {
@@ -392,23 +411,7 @@ fn connection(
 ) -> Verdict {
     let zone = site.zone;
     if let L4::IcmpError { quoted, .. } = flow.l4 {
-        // Related, as Linux's tracker has it: an error about a datagram of a tracked
-        // connection, on its way back to that datagram's sender, passes without a rule;
-        // one about nothing tracked opens nothing.
-        let about = Key {
-            v6: flow.v6,
-            fragments: false,
-            proto: quoted.proto,
-            zone,
-            src: quoted.src,
-            dst: quoted.dst,
-            sport: quoted.sport,
-            dport: quoted.dport,
-        };
-        return match table.lookup(&about, now) {
-            Some(_) if flow.dst == quoted.src => Verdict::Pass,
-            _ => Verdict::Drop(Drop::CtInvalid),
-        };
+        return related(table, flow, &quoted, zone, now);
     }
     let Some(found) = site.find(table, now) else {
         // A new connection, opened here (egress) or arriving (ingress): this port's
