@@ -728,7 +728,7 @@ fn a_linux_kernel_vtep_under_frr_exchanges_frames_with_vringswitch_hosts() {
     // to the kernel VTEP), then pings it with small and large payloads: the replies come
     // back through the kernel's VXLAN, to the VM's MAC that FRR told the kernel about.
     let big = vec![0x5a; 1400];
-    for host in 0..2 {
+    for (host, before) in before.iter().enumerate() {
         ping_the_kernel(&fabric.socket(host, 2), 20 + host as u8, &[b"evpn", &big]);
         // The kernel host's MAC installed behind its end, from its type-2 route.
         until(Duration::from_secs(5), "the kernel's MAC installed", || {
@@ -747,9 +747,9 @@ fn a_linux_kernel_vtep_under_frr_exchanges_frames_with_vringswitch_hosts() {
                 .as_object()
                 .unwrap()
                 .iter()
-                .all(|(reason, v)| *v == before[host][reason] || reason == "hairpin"),
+                .all(|(reason, v)| *v == before[reason] || reason == "hairpin"),
             "host {host}: {drops}, before the pings {}",
-            before[host]
+            before
         );
     }
     // What the kernel knows of the VMs comes from the routes: an `extern_learn` entry
