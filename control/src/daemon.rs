@@ -535,14 +535,26 @@ impl Daemon {
             // A new member of its groups: rules naming them admit it from now on.
             st.next_filter_epoch();
         }
-        let evpn = crate::evpn::start(
-            &spec,
-            id,
-            port.handle(),
-            st.bridge(&spec.bridge)?.fdb.clone(),
-            self.switch.clone(),
-            &self.frr,
-        );
+        // Taking over from the process before, a port's EVPN control starts once the FDB
+        // it carried is in (`start_handed`): started now, it would find no local address
+        // and take every one it advertised off the mirror, and zebra would withdraw them.
+        let taking_over = self
+            .taking_over
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some();
+        let evpn = if taking_over {
+            None
+        } else {
+            crate::evpn::start(
+                &spec,
+                id,
+                port.handle(),
+                st.bridge(&spec.bridge)?.fdb.clone(),
+                self.switch.clone(),
+                &self.frr,
+            )
+        };
         self.note_evpn(&spec.name, &spec.bridge, evpn.as_ref());
         st.ports.insert(
             spec.name.clone(),

@@ -357,6 +357,17 @@ impl Daemon {
         }
         daemon.carry_on(&carried);
         daemon.carry_connections(&carried, &connections);
+        // The FDB is whole: the EVPN controls start (their mirrors adopted as they are).
+        {
+            let mut st = daemon.state();
+            let names: Vec<String> = st.ports.keys().cloned().collect();
+            for name in names {
+                super::restart_evpn(&daemon.switch, &daemon.frr, &mut st, &name);
+                if let Some(p) = st.ports.get(&name) {
+                    daemon.note_evpn(&name, &p.spec.bridge, p.evpn.as_ref());
+                }
+            }
+        }
         match daemon.switch.start_workers() {
             Ok(w) => *daemon.workers.lock().unwrap_or_else(|e| e.into_inner()) = w,
             Err(e) => {
