@@ -295,15 +295,10 @@ pub fn would_pass(
     };
     let responder = (direction == Direction::Ingress) != found.reply;
     let shift = if responder { 16 } else { 0 };
-    if (table.epochs(found.entry) >> shift) as u16 != policy.epoch {
-        let (first, first_direction) = if found.reply {
-            (reversed(flow), opposite(direction))
-        } else {
-            (*flow, direction)
-        };
-        if !policy.rules.allows(first_direction, &first) {
-            return Verdict::Drop(Drop::AclDenied);
-        }
+    if (table.epochs(found.entry) >> shift) as u16 != policy.epoch
+        && !allows_first(policy, direction, flow, found.reply)
+    {
+        return Verdict::Drop(Drop::AclDenied);
     }
     if !track {
         return Verdict::Pass;
@@ -441,12 +436,7 @@ fn connection(
     if (table.epochs(found.entry) >> shift) as u16 != policy.epoch {
         // Not checked here yet, or under older rules: the connection's first frame must
         // be allowed by this port's rules as they are now.
-        let (first, first_direction) = if found.reply {
-            (reversed(flow), opposite(direction))
-        } else {
-            (*flow, direction)
-        };
-        if !policy.rules.allows(first_direction, &first) {
+        if !allows_first(policy, direction, flow, found.reply) {
             table.remove(found.entry, found.generation);
             return Verdict::Drop(Drop::AclDenied);
         }
@@ -482,6 +472,16 @@ fn connection(
         },
     );
     Verdict::Pass
+}
+
+/// Whether `policy`'s rules allow the first frame of the connection `flow` (going
+/// `direction`, a reply if `reply`) belongs to.
+fn allows_first(policy: &Policy, direction: Direction, flow: &Flow, reply: bool) -> bool {
+    if reply {
+        policy.rules.allows(opposite(direction), &reversed(flow))
+    } else {
+        policy.rules.allows(direction, flow)
+    }
 }
 
 fn opposite(d: Direction) -> Direction {
