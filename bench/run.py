@@ -963,7 +963,7 @@ def throughput_testpmd(work, size, secs):
 class Ovs:
     """ovsdb-server and ovs-vswitchd-dpdk run by hand in a scratch folder."""
 
-    def __init__(self, work, nports=2, tso=False):
+    def __init__(self, work, nports=2, tso=False, port_bridges=None):
         self.dir = Path(work) / "ovs"
         self.dir.mkdir()
         d = str(self.dir)
@@ -984,11 +984,16 @@ class Ovs:
         sh(OVS_VSWITCHD, self.db, f"--pidfile={d}/vswitchd.pid", "--detach",
            f"--log-file={d}/vswitchd.log", env=self.env, stdout=subprocess.DEVNULL,
            stderr=subprocess.DEVNULL)
-        self.vsctl("add-br", "br0", "--", "set", "bridge", "br0", "datapath_type=netdev")
-        for i, s in enumerate(self.socks):
-            self.vsctl("add-port", "br0", f"o{i}", "--", "set", "Interface", f"o{i}",
+        bridges = port_bridges or ["br0"] * nports
+        for br in dict.fromkeys(bridges):
+            self.add_bridge(br)
+        for i, (s, br) in enumerate(zip(self.socks, bridges)):
+            self.vsctl("add-port", br, f"o{i}", "--", "set", "Interface", f"o{i}",
                        "type=dpdkvhostuserclient", f"options:vhost-server-path={s}")
         self.ctl = next(self.dir.glob("ovs-vswitchd*.ctl"))
+
+    def add_bridge(self, br):
+        self.vsctl("add-br", br, "--", "set", "bridge", br, "datapath_type=netdev")
 
     def vsctl(self, *args):
         sh("ovs-vsctl", f"--db={self.db}", *args, env=self.env, stdout=subprocess.DEVNULL)
@@ -1228,21 +1233,86 @@ def uplink_part(work, kind, sizes, secs, rounds, switches):
 
 # ---------------------------------------------------------------- VXLAN tunnels
 
-# The two tunnel ends of the loop, on lo.
-VXLAN_ENDS = ("10.98.3.1", "10.98.3.2")
+# The two tunnel ends: VXLAN_ENDS[0] on XDP_IF, [1] on XDP_PEER, a veth pair in a namespace
+# of the bench's own (VXLAN_NS), which both switches' tunnel packets cross.
+VXLAN_ENDS = ("10.98.5.1", "10.98.5.2")
+VXLAN_NS = "vsbvx"
+CLONE_NEWNET = 0x40000000
+
+
+class Netns:
+    """While in the `with`, this process (and what it starts) is in a fresh network
+    namespace `name` with lo up and the veth pair XDP_IF/XDP_PEER (MTU 3000, no addresses,
+    not even IPv6's link-local ones); the namespace is deleted on the way out, with every
+    device a switch made in it."""
+
+    def __init__(self, name):
+        self.name = name
+
+    def __enter__(self):
+        import ctypes
+        self.libc = ctypes.CDLL(None, use_errno=True)
+        subprocess.run(["ip", "netns", "del", self.name], stderr=subprocess.DEVNULL)
+        sh("ip", "netns", "add", self.name)
+        self.home = os.open("/proc/self/ns/net", os.O_RDONLY)
+        fd = os.open(f"/run/netns/{self.name}", os.O_RDONLY)
+        try:
+            if self.libc.setns(fd, CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), f"cannot enter network namespace {self.name}")
+        finally:
+            os.close(fd)
+        sh("ip", "link", "set", "lo", "up")
+        sh("ip", "link", "add", XDP_IF, "type", "veth", "peer", "name", XDP_PEER)
+        for i in (XDP_IF, XDP_PEER):
+            # No address at all, not even IPv6's link-local one: OVS takes a tunnel packet
+            # output to a port with an address for its own and decapsulates it there and
+            # then, and the underlay would never be crossed.
+            sh("ip", "link", "set", i, "addrgenmode", "none")
+            sh("ip", "link", "set", i, "mtu", "3000", "up")
+        return self
+
+    def __exit__(self, *exc):
+        self.libc.setns(self.home, CLONE_NEWNET)
+        os.close(self.home)
+        subprocess.run(["ip", "netns", "del", self.name], stderr=subprocess.DEVNULL)
+
+
+def link_info(link):
+    """`ip -s link show` of `link` as a dict (/sys shows the namespace it was mounted in,
+    not this one)."""
+    out = subprocess.run(["ip", "-j", "-s", "link", "show", "dev", link], check=True,
+                         capture_output=True, text=True).stdout
+    return json.loads(out)[0]
+
+
+def link_mac(link):
+    return link_info(link)["address"]
 
 
 def vxlan_vringswitch(work, size, secs):
     """VM to VM through VXLAN, both hosts in one switch: bridge br0 has p0 and a static
     tunnel from VXLAN_ENDS[0] to [1], br1 has p1 and the tunnel back; the generator's two
-    ports circulate frames p0 -> encap -> lo -> decap -> p1 and back. Every frame is
+    ports circulate frames p0 -> encap -> veth -> decap -> p1 and back. Every frame is
     encapsulated once and decapsulated once per VM-to-VM crossing, all on the one worker.
-    Returns each port's Mpps, the worker's busy cycles per frame it took (a VM's frame or a
-    tunnel packet: half a crossing) and the generator's cycles per packet."""
+    Both ends are this namespace's own addresses, so the kernel is told to send what this
+    host sends to the other end over the veth pair (a routing table consulted before the
+    local one for packets of this host's own, static neighbours as OVS's tnl/arp/set) and
+    to take packets of a local source address in. Returns each port's Mpps, the worker's
+    busy cycles per frame it took (a VM's frame or a tunnel packet: half a crossing) and
+    the generator's cycles per packet."""
     a, b = VXLAN_ENDS
-    for ip in VXLAN_ENDS:
-        subprocess.run(["ip", "addr", "del", f"{ip}/32", "dev", "lo"], stderr=subprocess.DEVNULL)
-        sh("ip", "addr", "add", f"{ip}/32", "dev", "lo")
+    for link, ip in ((XDP_IF, a), (XDP_PEER, b)):
+        sh("ip", "addr", "add", f"{ip}/32", "dev", link)
+        for knob in ("accept_local=1", "rp_filter=0"):
+            sh("sysctl", "-q", "-w", f"net.ipv4.conf.{link}.{knob}")
+    sh("sysctl", "-q", "-w", "net.ipv4.conf.all.rp_filter=0")
+    sh("ip", "route", "add", b, "dev", XDP_IF, "src", a, "table", "100")
+    sh("ip", "route", "add", a, "dev", XDP_PEER, "src", b, "table", "100")
+    sh("ip", "rule", "add", "pref", "10", "iif", "lo", "lookup", "100")
+    sh("ip", "rule", "add", "pref", "20", "lookup", "local")
+    sh("ip", "rule", "del", "pref", "0", "lookup", "local")
+    sh("ip", "neigh", "replace", b, "lladdr", link_mac(XDP_PEER), "dev", XDP_IF, "nud", "permanent")
+    sh("ip", "neigh", "replace", a, "lladdr", link_mac(XDP_IF), "dev", XDP_PEER, "nud", "permanent")
     tunnels = []
     for name, bridge, local, remote in (("ta", "br0", a, b), ("tb", "br1", b, a)):
         tunnels += ["[[ports]]", f'name = "{name}"', f'bridge = "{bridge}"', 'type = "vxlan"',
@@ -1253,8 +1323,10 @@ def vxlan_vringswitch(work, size, secs):
         p, out = generator(work, vs.socks, size, secs)
         time.sleep(2)
         c0, n0, _ = vs.cycles()
+        k0 = veth_packets()
         time.sleep(secs - 2)
         c1, n1, _ = vs.cycles()
+        k1 = veth_packets()
         mpps, gen_cpp = stop_generator(p, out)
         drops = {}
         for port in vs.stats()["ports"]:
@@ -1263,11 +1335,67 @@ def vxlan_vringswitch(work, size, secs):
                     drops[f"{port['name']}:{reason}"] = n
     finally:
         vs.stop()
-        for ip in VXLAN_ENDS:
-            subprocess.run(["ip", "addr", "del", f"{ip}/32", "dev", "lo"],
-                           stderr=subprocess.DEVNULL)
+    assert k1 > k0, "no tunnel packet crossed the veth pair"
     cpp = (c1 - c0) / (n1 - n0) if n1 > n0 else 0.0
     return mpps, cpp, gen_cpp, drops
+
+
+def veth_packets():
+    return link_info(XDP_PEER)["stats64"]["rx"]["packets"]
+
+
+# OVS's underlay: each end of the veth pair an AF_XDP port of a bridge whose own (LOCAL)
+# interface holds a tunnel end's address, as OVS's userspace tunnelling asks. (OVS routes
+# to an address only through a bridge with an address in its prefix.)
+OVS_UNDERLAY = (("brp0", XDP_IF, VXLAN_ENDS[0]), ("brp1", XDP_PEER, VXLAN_ENDS[1]))
+
+
+def vxlan_ovs(work, size, secs):
+    """The same loop through OVS-DPDK's userspace VXLAN (`type=vxlan`): br0 has o0 and a
+    tunnel to VXLAN_ENDS[1], br1 has o1 and the tunnel back. The tunnel packets cross the
+    veth pair between two underlay bridges (brp0, brp1), each end an AF_XDP port (OVS's
+    userspace datapath has no faster way to a kernel link); OVS routes and resolves the
+    ends itself (ovs/route/add, tnl/arp/set). One PMD polls it all: returns each port's
+    Mpps, OVS's processing cycles per packet received (a VM's frame or a tunnel packet, as
+    vringswitch's figure) and the generator's cycles per packet."""
+    ovs = Ovs(work, nports=2, port_bridges=["br0", "br1"])
+    try:
+        for br, link, ip in OVS_UNDERLAY:
+            ovs.add_bridge(br)
+            ovs.vsctl("add-port", br, link, "--", "set", "Interface", link, "type=afxdp",
+                      "options:xdp-mode=native", "mtu_request=3000")
+            wait_for(lambda: subprocess.run(["ip", "link", "show", "dev", br],
+                                            capture_output=True).returncode == 0,
+                     f"OVS's bridge {br}")
+            sh("ip", "addr", "add", f"{ip}/24", "dev", br)
+            sh("ip", "link", "set", br, "mtu", "3000", "up")
+            # The kernel's routes for the address (local, and its prefix) would outrank
+            # OVS's own ones below: both ends are in this one namespace.
+            sh("ip", "route", "del", "table", "local", ip, "dev", br)
+            subprocess.run(["ip", "route", "del", f"{ip.rsplit('.', 1)[0]}.0/24", "dev", br],
+                           stderr=subprocess.DEVNULL)
+        (pa, _, a), (pb, _, b) = OVS_UNDERLAY
+        # No local_ip: OVS would want it a local route of the kernel's, which would take
+        # the other end's address too (one namespace); the route's source stands for it.
+        for br, remote in (("br0", b), ("br1", a)):
+            ovs.vsctl("add-port", br, f"vx{br[-1]}", "--", "set", "Interface", f"vx{br[-1]}",
+                      "type=vxlan", f"options:remote_ip={remote}", "options:key=10")
+        ovs.appctl("ovs/route/add", f"{b}/32", pa)
+        ovs.appctl("ovs/route/add", f"{a}/32", pb)
+        ovs.appctl("tnl/arp/set", pa, b, link_mac(pb))
+        ovs.appctl("tnl/arp/set", pb, a, link_mac(pa))
+        p, out = generator(work, ovs.socks, size, secs, server=True)
+        time.sleep(2)
+        ovs.appctl("dpif-netdev/pmd-stats-clear")
+        k0 = veth_packets()
+        time.sleep(secs - 2)
+        k1 = veth_packets()
+        cpp = ovs.all_threads_cycles_per_packet()
+        mpps, gen_cpp = stop_generator(p, out)
+    finally:
+        ovs.stop()
+    assert k1 > k0, "no tunnel packet crossed the veth pair"
+    return mpps, cpp, gen_cpp, {}
 
 
 def vxlan_part(work, sizes, secs, rounds, switches):
@@ -1275,9 +1403,11 @@ def vxlan_part(work, sizes, secs, rounds, switches):
     for r in range(1, rounds + 1):
         for size in sizes:
             for sw in switches:
-                if sw != "vringswitch":
+                if sw == "testpmd":
                     continue
-                mpps, cpp, gen_cpp, drops = vxlan_vringswitch(work(), size, secs)
+                measure = vxlan_vringswitch if sw == "vringswitch" else vxlan_ovs
+                with Netns(VXLAN_NS):
+                    mpps, cpp, gen_cpp, drops = measure(work(), size, secs)
                 m = {"round": r, "size": size, "switch": sw, "mpps_ports": mpps,
                      "cpp": cpp, "gen_cpp": gen_cpp, "drops": drops}
                 log(f"vxlan round {r} {size} B {sw}: {m}")

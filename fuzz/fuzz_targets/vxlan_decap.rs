@@ -20,7 +20,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let ends = [Ipv4Addr::new(10, 0, 0, 2), Ipv4Addr::new(10, 0, 0, 3)];
-    let remotes = Remotes::new(&ends, Ipv4Addr::new(10, 0, 0, 1), 4789, VNI);
+    let remotes = Remotes::new(&ends, 4789);
     let from = match who % 4 {
         0 => None,
         1 => Some(SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 9), 4789)),

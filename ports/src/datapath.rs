@@ -176,6 +176,8 @@ pub struct Scratch {
     pub(crate) rx: RxScratch,
     /// The ranges of a migrating VM's memory a burst wrote into.
     pub(crate) written: WrittenRanges,
+    /// A tunnel port's packets, sent together at the burst's end.
+    pub(crate) tunnel: crate::vxlan::Batch,
 }
 
 impl Scratch {
@@ -186,6 +188,7 @@ impl Scratch {
             // A frame in one buffer takes one range; a burst that needs more is marked by
             // walking its chains again.
             written: WrittenRanges::with_capacity(burst * 64),
+            tunnel: crate::vxlan::Batch::default(),
         }
     }
 }

@@ -115,7 +115,7 @@ impl Egress for VhostUserQueues {
         let pending = self.migration().pending();
         let mut ring = RingView::new(st.get_queue_mut(), dst_mem);
         let (hdr_len, mrg, offloads) = (self.hdr_len(), self.mrg_rxbuf(), self.taken_offloads());
-        let Scratch { rx, written } = scratch;
+        let Scratch { rx, written, .. } = scratch;
         // The ring stays in its burst to be published: moved back out, its copy cost 2
         // instructions a frame (callgrind).
         let notify = if pending & LOGGING != 0 {

@@ -1,21 +1,89 @@
-//! Frames for the other hosts: each encapsulated and sent with one `sendmsg` per tunnel end
-//! it goes to (the end its destination is behind, or every end of the flood list), the
-//! outer headers and the edit's prefix from the stack, the rest from the sender's buffers.
+//! Frames for the other hosts, a burst at a time: each frame is queued in the worker's
+//! [`Batch`] once per tunnel end it goes to (the end its destination is behind, or every
+//! end of the flood list), as iovecs over the VXLAN header, the edit's prefix (copied) and
+//! the frame where it lies in the sender's memory. When the burst ends (or the batch is
+//! full) the packets go out with one `sendmmsg` per sending socket used: a run of
+//! packets of one size to one end, their iovecs adjacent, as one UDP GSO message.
+//!
+//! A frame counts as sent if it reached one end at least; else as dropped, for the reason
+//! the kernel gave for the last end it was refused by.
 
 use super::remotes::{mac_key, RemoteId, Tally, Way};
+use super::socket::{
+    Iovecs, Outbound, MAX_DATAGRAM, MAX_GSO_SEGMENTS, MAX_MESSAGES, MAX_SEND_PIECES,
+};
 use super::VxlanQueue;
 use crate::counters::{DropReason, PortCounters};
 use crate::datapath::{Egress, Scratch, SendBuilt, SendBurst, SendsAsBuilt};
 use crate::frame::view::MemView;
 use crate::frame::Seg;
 use crate::offload::software::Outgoing;
-use crate::offload::OffloadCaps;
-use vringswitch_wire::vxlan::source_port;
+use crate::offload::{OffloadCaps, MAX_HEADERS};
+
+/// Packets a batch holds before it is sent.
+const BATCH_PACKETS: usize = 256;
+/// Iovecs a batch holds (a frame takes two at least: header and bytes).
+const BATCH_IOVS: usize = 1024;
+/// Bytes of copied prefixes a batch holds.
+const BATCH_HEADS: usize = 16 * 1024;
+/// Frames a batch holds.
+const BATCH_FRAMES: usize = BATCH_IOVS / 2;
+
+/// One tunnel packet queued: a frame to one end.
+#[derive(Debug, Clone, Copy)]
+struct Packet {
+    end: RemoteId,
+    /// The sending socket (its flow's).
+    sender: u8,
+    /// The frame it carries, in [`Batch::frames`].
+    frame: u16,
+    /// Its iovecs in [`Batch::iov`] (shared by the copies of a frame to several ends).
+    iov_at: u16,
+    iov_n: u16,
+    /// Bytes of UDP payload: the VXLAN header and the frame.
+    len: u32,
+    /// Why the kernel refused it; `None` once sent (or before).
+    refused: Option<DropReason>,
+}
+
+/// What became of one frame of the batch.
+#[derive(Debug, Clone, Copy, Default)]
+struct Fate {
+    len: u32,
+    sent: bool,
+    refused: Option<DropReason>,
+}
+
+/// A worker's tunnel packets waiting to be sent, sized once: the data path never
+/// allocates.
+pub struct Batch {
+    packets: Vec<Packet>,
+    frames: Vec<Fate>,
+    iov: Iovecs,
+    iov_used: usize,
+    /// The copied prefixes (its length only grows within a batch: the iovecs into it stay
+    /// valid).
+    heads: Vec<u8>,
+}
+
+impl Default for Batch {
+    fn default() -> Self {
+        Batch {
+            packets: Vec::with_capacity(BATCH_PACKETS),
+            frames: Vec::with_capacity(BATCH_FRAMES),
+            iov: Iovecs::new(BATCH_IOVS),
+            iov_used: 0,
+            heads: Vec::with_capacity(BATCH_HEADS),
+        }
+    }
+}
 
 /// A tunnel port opened for a burst.
 struct VxlanBurst<'q> {
     q: &'q VxlanQueue,
+    batch: &'q mut Batch,
     sent: Tally,
+    counters: &'q PortCounters,
 }
 
 impl<'m> SendsAsBuilt<'m> for VxlanBurst<'_> {
@@ -60,6 +128,12 @@ fn flow_hash(b: &[u8]) -> u32 {
     (h ^ (h >> 32)) as u32
 }
 
+/// The sending socket of a flow that hashes to `hash`.
+fn sender_of(hash: u32) -> u8 {
+    let h = hash ^ (hash >> 16);
+    (h as usize % super::socket::SENDERS) as u8
+}
+
 impl<'m> SendBuilt<'m> for VxlanBurst<'_> {
     fn send_built(
         &mut self,
@@ -96,38 +170,268 @@ impl<'m> SendBuilt<'m> for VxlanBurst<'_> {
             // remotes): the frame has nowhere to go on this segment.
             return Err(DropReason::PortDown);
         }
-        let frame_len = out.frame_len() as usize;
-        let sport = source_port(flow_hash(seen));
-        let mut sent = 0;
-        let mut last = Ok(0);
-        for &end in ends {
-            let Some(remote) = q.remotes.get(end) else {
-                continue;
-            };
-            let Some(outer) = remote.outer.for_frame(frame_len, sport) else {
-                return Err(DropReason::TooBig);
-            };
-            match q.sockets.send(
-                remote.addr,
-                &[&outer, out.head],
-                src,
+        let frame_len = out.frame_len();
+        let len = frame_len as usize + super::VXLAN_HEADER_LEN;
+        if len > MAX_DATAGRAM {
+            return Err(DropReason::TooBig);
+        }
+        let sender = sender_of(flow_hash(seen));
+        self.queue(src, segs, out, ends, sender, len as u32)?;
+        Ok(frame_len)
+    }
+}
+
+impl VxlanBurst<'_> {
+    /// Queues the frame `out` (of `segs` in `src`) for `ends`, from `sender`, as packets of
+    /// `len` bytes; sends what the batch holds first if it has no room for it.
+    fn queue(
+        &mut self,
+        src: &mut MemView<'_>,
+        segs: &[Seg],
+        out: &Outgoing<'_>,
+        ends: &[RemoteId],
+        sender: u8,
+        len: u32,
+    ) -> Result<(), DropReason> {
+        let b = &mut *self.batch;
+        if b.iov.0.len() - b.iov_used < MAX_SEND_PIECES
+            || b.heads.capacity() - b.heads.len() < MAX_HEADERS
+            || b.frames.len() == b.frames.capacity()
+        {
+            self.flush();
+        }
+        let b = &mut *self.batch;
+        let head_at = b.heads.len();
+        b.heads
+            .extend_from_slice(&out.head[..out.head.len().min(MAX_HEADERS)]);
+        let head = &b.heads[head_at..];
+        let pieces = src
+            .gather_iovecs(
+                &mut b.iov.0[b.iov_used..],
+                &[&self.q.header, head],
                 segs,
                 out.skip,
                 out.len as usize,
-            ) {
-                Ok(n) => {
-                    sent += 1;
-                    self.sent.add(&q.remotes, Way::Sent, end, n as u64);
-                }
-                Err(e) => last = Err(send_failed(&e)),
+            )
+            .map_err(|_| DropReason::BadDescriptor)?;
+        let (iov_at, iov_n) = (b.iov_used as u16, pieces as u16);
+        b.iov_used += pieces;
+        let frame = b.frames.len() as u16;
+        b.frames.push(Fate {
+            len: out.frame_len(),
+            ..Fate::default()
+        });
+        for &end in ends {
+            if self.batch.packets.len() == self.batch.packets.capacity() {
+                self.send_packets();
+            }
+            self.batch.packets.push(Packet {
+                end,
+                sender,
+                frame,
+                iov_at,
+                iov_n,
+                len,
+                refused: None,
+            });
+        }
+        Ok(())
+    }
+
+    /// Sends every packet queued, then counts each frame of the batch as sent or dropped
+    /// and empties the batch.
+    fn flush(&mut self) {
+        self.send_packets();
+        let b = &mut *self.batch;
+        let (mut packets, mut bytes) = (0u64, 0u64);
+        for f in &b.frames {
+            if f.sent {
+                packets += 1;
+                bytes += u64::from(f.len);
+            } else if let Some(reason) = f.refused {
+                self.counters.add_drop(reason, 1);
             }
         }
-        // Delivered if it reached one end at least; else why not.
-        if sent > 0 {
-            Ok(frame_len as u32)
-        } else {
-            last
+        if packets > 0 {
+            self.counters.add_tx(0, packets, bytes);
         }
+        b.frames.clear();
+        b.heads.clear();
+        b.iov_used = 0;
+    }
+
+    /// Sends the packets queued, socket by socket, each socket's in their order, and
+    /// notes on their frames which went.
+    fn send_packets(&mut self) {
+        let b = &mut *self.batch;
+        if b.packets.is_empty() {
+            return;
+        }
+        let mut used = 0u32;
+        for p in &b.packets {
+            used |= 1 << p.sender;
+        }
+        while used != 0 {
+            let sender = used.trailing_zeros() as u8;
+            used &= used - 1;
+            send_from(self.q, b, sender);
+        }
+        for p in &b.packets {
+            let fate = &mut b.frames[usize::from(p.frame)];
+            match p.refused {
+                None => {
+                    fate.sent = true;
+                    self.sent
+                        .add(&self.q.remotes, Way::Sent, p.end, u64::from(p.len));
+                }
+                Some(reason) => fate.refused = Some(reason),
+            }
+        }
+        b.packets.clear();
+    }
+}
+
+/// A message being made of packets of one sender: the indexes of its packets in
+/// [`Batch::packets`] are `members[first..first + count]`.
+#[derive(Debug, Clone, Copy, Default)]
+struct Run {
+    first: u16,
+    count: u16,
+    bytes: u32,
+}
+
+/// Sends the packets of `b` from socket `sender`, a run of packets of one size to one end
+/// whose iovecs follow each other as one message, and notes on each packet refused why.
+fn send_from(q: &VxlanQueue, b: &mut Batch, sender: u8) {
+    let mut members = [0u16; BATCH_PACKETS];
+    let mut n = 0;
+    for (i, p) in b.packets.iter().enumerate() {
+        if p.sender == sender {
+            members[n] = i as u16;
+            n += 1;
+        }
+    }
+    let members = &members[..n];
+    let mut runs = [Run::default(); MAX_MESSAGES];
+    let mut i = 0;
+    while i < members.len() {
+        // Runs of at most MAX_MESSAGES messages, each sent with one system call.
+        let mut count = 0;
+        while i < members.len() && count < MAX_MESSAGES {
+            let first = b.packets[usize::from(members[i])];
+            let mut run = Run {
+                first: i as u16,
+                count: 1,
+                bytes: first.len,
+            };
+            let mut last = first;
+            i += 1;
+            while i < members.len() {
+                let p = b.packets[usize::from(members[i])];
+                let fits = p.end == first.end
+                    && p.len <= first.len
+                    && last.len == first.len
+                    && p.iov_at == last.iov_at + last.iov_n
+                    && usize::from(run.count) < MAX_GSO_SEGMENTS
+                    && (run.bytes + p.len) as usize <= MAX_DATAGRAM;
+                if !fits {
+                    break;
+                }
+                run.count += 1;
+                run.bytes += p.len;
+                last = p;
+                i += 1;
+            }
+            runs[count] = run;
+            count += 1;
+        }
+        send_runs(q, b, sender, members, &runs[..count]);
+    }
+}
+
+/// Sends `runs` (of `members` of `b`'s packets) from socket `sender`: one system call,
+/// then one per packet of a run the kernel refused (to know which of them it refuses and
+/// why), and again for the runs after a refused one.
+fn send_runs(q: &VxlanQueue, b: &mut Batch, sender: u8, members: &[u16], runs: &[Run]) {
+    let message = |b: &Batch, r: &Run| {
+        let first = b.packets[usize::from(members[usize::from(r.first)])];
+        let last = b.packets[usize::from(members[usize::from(r.first + r.count - 1)])];
+        let at = usize::from(first.iov_at);
+        let to = q.remotes.get(first.end).map(|e| e.to);
+        (
+            to,
+            at..usize::from(last.iov_at + last.iov_n),
+            (r.count > 1).then_some(first.len as u16),
+        )
+    };
+    let mut done = 0;
+    // Each turn sends one message at least, or marks it refused: bounded by the runs.
+    while done < runs.len() {
+        let mut msgs = [Outbound {
+            to: std::net::SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, 0),
+            iov: &[],
+            segment: None,
+        }; MAX_MESSAGES];
+        let mut k = 0;
+        for r in &runs[done..] {
+            let (to, iov, segment) = message(b, r);
+            let Some(to) = to else { break };
+            msgs[k] = Outbound {
+                to,
+                iov: &b.iov.0[iov],
+                segment,
+            };
+            k += 1;
+        }
+        let (went, refused) = match q.sockets.send_batch(usize::from(sender), &msgs[..k]) {
+            Ok(went) => (went, None),
+            Err((went, e)) => (went, Some(e)),
+        };
+        done += went;
+        let Some(e) = refused else {
+            if k == 0 {
+                // An end gone from the queue (cannot happen: a queue's ends are fixed).
+                mark(b, members, &runs[done], DropReason::PortDown);
+                done += 1;
+            }
+            continue;
+        };
+        let r = runs[done];
+        if r.count == 1 {
+            mark(b, members, &r, send_failed(&e));
+        } else {
+            // Each packet of the run alone: the kernel says which it refuses.
+            for m in &members[usize::from(r.first)..usize::from(r.first + r.count)] {
+                let p = b.packets[usize::from(*m)];
+                let to = q.remotes.get(p.end).map(|e| e.to);
+                let at = usize::from(p.iov_at);
+                let res = match to {
+                    Some(to) => q
+                        .sockets
+                        .send_batch(
+                            usize::from(sender),
+                            &[Outbound {
+                                to,
+                                iov: &b.iov.0[at..at + usize::from(p.iov_n)],
+                                segment: None,
+                            }],
+                        )
+                        .map_err(|(_, e)| send_failed(&e)),
+                    None => Err(DropReason::PortDown),
+                };
+                if let Err(reason) = res {
+                    b.packets[usize::from(*m)].refused = Some(reason);
+                }
+            }
+        }
+        done += 1;
+    }
+}
+
+/// Notes the packets of run `r` refused for `reason`.
+fn mark(b: &mut Batch, members: &[u16], r: &Run, reason: DropReason) {
+    for m in &members[usize::from(r.first)..usize::from(r.first + r.count)] {
+        b.packets[usize::from(*m)].refused = Some(reason);
     }
 }
 
@@ -148,16 +452,19 @@ impl Egress for VxlanQueue {
         &self,
         _qp_hint: u16,
         counters: &PortCounters,
-        _scratch: &mut Scratch,
+        scratch: &mut Scratch,
         burst: S,
     ) -> Result<(), DropReason> {
         let mut port = VxlanBurst {
             q: self,
+            batch: &mut scratch.tunnel,
             sent: Tally::default(),
+            counters,
         };
-        let sent = burst.send_to(&mut port);
+        // What the engine counts as sent is what was queued: the batch counts what went.
+        let _queued = burst.send_to(&mut port);
+        port.flush();
         port.sent.flush(&self.remotes, Way::Sent);
-        counters.add_tx(0, sent.packets, sent.bytes);
         Ok(())
     }
 }

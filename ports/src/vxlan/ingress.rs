@@ -1,7 +1,10 @@
-//! Frames from the other hosts: a burst of tunnel packets received at once into the port's
-//! buffers, each checked (its sender an end of the segment, a VXLAN header of this VNI, an
-//! Ethernet frame inside) and its inner frame taken where it lies. In static mode each
-//! inner source address is learnt behind the end it came from.
+//! Frames from the other hosts: a burst of tunnel messages received at once into the
+//! port's buffers, each packet checked (its sender an end of the segment, a VXLAN header
+//! of this VNI, an Ethernet frame inside) and its inner frame taken where it lies. A
+//! message may hold several packets of one sender (UDP GRO): they are taken one by one,
+//! and those the burst has no room for are taken first by the next poll, which receives
+//! nothing new meanwhile. In static mode each inner source address is learnt behind the
+//! end it came from.
 
 use std::net::SocketAddrV4;
 
@@ -18,13 +21,64 @@ use crate::offload::OffloadCaps;
 use crate::vxlan::remotes::mac_key;
 use vringswitch_wire::vxlan::{VxlanHeader, VXLAN_HEADER_LEN};
 
+/// Messages received and not all taken yet: `got[next..end]`, the first of them from
+/// byte `offset` on.
+#[derive(Debug)]
+pub struct Pending {
+    pub got: [Received; VXLAN_BUFFERS],
+    pub next: usize,
+    pub offset: usize,
+    pub end: usize,
+}
+
+impl Default for Pending {
+    fn default() -> Self {
+        Pending {
+            got: [Received::default(); VXLAN_BUFFERS],
+            next: 0,
+            offset: 0,
+            end: 0,
+        }
+    }
+}
+
+impl Pending {
+    /// Whether every packet received was taken.
+    pub fn is_empty(&self) -> bool {
+        self.next == self.end
+    }
+
+    /// The next packet: its message's index, where it starts in the message, its length
+    /// and whether the kernel cut it; `None` when every packet was taken.
+    fn next_packet(&mut self) -> Option<(usize, usize, usize, bool)> {
+        if self.next >= self.end {
+            return None;
+        }
+        let i = self.next;
+        let r = self.got[i];
+        let at = self.offset;
+        let size = if r.segment > 0 {
+            usize::from(r.segment)
+        } else {
+            r.len
+        };
+        let len = size.min(r.len.saturating_sub(at));
+        // Each step moves on by one packet's bytes, or to the next message.
+        if len == 0 || at + len >= r.len {
+            self.next += 1;
+            self.offset = 0;
+        } else {
+            self.offset = at + len;
+        }
+        Some((i, at, len, r.truncated && at + len >= r.len))
+    }
+}
+
 /// A tunnel port's received packets, taken one by one.
-struct VxlanTake<'q> {
+struct VxlanTake<'q, 'l> {
     q: &'q VxlanQueue,
     view: MemView<'q>,
-    got: [Received; VXLAN_BUFFERS],
-    next: usize,
-    end: usize,
+    left: &'l mut Pending,
     now: u32,
     received: Tally,
 }
@@ -55,28 +109,28 @@ pub fn admit(
     }
 }
 
-impl VxlanTake<'_> {
-    /// Checks packet `i` (in buffer `i`) and says where its inner frame lies.
+impl VxlanTake<'_, '_> {
+    /// Checks the `len`-byte packet at `at` in message `i` (in buffer `i`), cut by the
+    /// kernel if `truncated`, and says where its inner frame lies.
     #[inline]
-    fn check(&mut self, i: usize) -> Result<(u64, u32), DropReason> {
-        let r = self.got[i];
-        let addr = VxlanQueue::buffer(i);
+    fn check(
+        &mut self,
+        i: usize,
+        at: usize,
+        len: usize,
+        truncated: bool,
+    ) -> Result<(u64, u32), DropReason> {
+        let from = self.left.got[i].from;
+        let addr = VxlanQueue::buffer(i) + at as u64;
         // The header to the stack, and decided on there.
         let mut hdr = [0u8; VXLAN_HEADER_LEN];
-        if !self.view.read(addr, &mut hdr) {
+        if len >= VXLAN_HEADER_LEN && !self.view.read(addr, &mut hdr) {
             return Err(DropReason::BadTunnel);
         }
-        let end = admit(
-            &self.q.remotes,
-            self.q.vni,
-            r.from,
-            r.len,
-            r.truncated,
-            &hdr,
-        )?;
+        let end = admit(&self.q.remotes, self.q.vni, from, len, truncated, &hdr)?;
         self.received
-            .add(&self.q.remotes, Way::Received, end, r.len as u64);
-        let len = (r.len - VXLAN_HEADER_LEN) as u32;
+            .add(&self.q.remotes, Way::Received, end, len as u64);
+        let inner = (len - VXLAN_HEADER_LEN) as u32;
         let at = addr + VXLAN_HEADER_LEN as u64;
         if self.q.learn {
             let mut src = [0u8; 6];
@@ -84,19 +138,17 @@ impl VxlanTake<'_> {
                 self.q.macs.learn(mac_key(src), end, self.now);
             }
         }
-        Ok((at, len))
+        Ok((at, inner))
     }
 }
 
-impl<'m> IngressBurst<'m> for VxlanTake<'_> {
+impl<'m> IngressBurst<'m> for VxlanTake<'_, '_> {
     #[inline]
     fn take(&mut self, frame: &mut IngressFrame, _segs: &mut Vec<Seg>) -> Take {
-        if self.next == self.end {
+        let Some((i, at, len, truncated)) = self.left.next_packet() else {
             return Take::Empty;
-        }
-        let i = self.next;
-        self.next += 1;
-        match self.check(i) {
+        };
+        match self.check(i, at, len, truncated) {
             Ok((at, len)) if frame.fill_from_buffer(&mut self.view, at, len) => Take::Frame,
             Ok(_) => Take::Dropped(DropReason::BadTunnel),
             Err(reason) => Take::Dropped(reason),
@@ -109,28 +161,32 @@ impl Ingress for VxlanQueue {
         if self.failed.load(std::sync::atomic::Ordering::Relaxed) {
             return Polled::default();
         }
-        let mut view = MemView::new(self.mem());
-        let n = burst.room().min(VXLAN_BUFFERS);
-        let bufs: [(u64, usize); VXLAN_BUFFERS] =
-            std::array::from_fn(|i| (VxlanQueue::buffer(i), VXLAN_BUFFER as usize));
-        let mut got = [Received::default(); VXLAN_BUFFERS];
-        let end = match self.sockets.receive(&mut view, &bufs[..n], &mut got) {
-            Ok(0) => return Polled::default(),
-            Ok(end) => end,
-            Err(e) => {
-                tracing::warn!(vni = self.vni, error = %e,
-                    "a VXLAN port cannot receive any more; it is left out of polling");
-                self.failed
-                    .store(true, std::sync::atomic::Ordering::Relaxed);
-                return Polled::default();
-            }
+        // One worker polls a port; the lock is never waited for.
+        let Ok(mut left) = self.received.try_lock() else {
+            return Polled::default();
         };
+        let mut view = MemView::new(self.mem());
+        if left.is_empty() {
+            let n = burst.room().min(VXLAN_BUFFERS);
+            let bufs: [(u64, usize); VXLAN_BUFFERS] =
+                std::array::from_fn(|i| (VxlanQueue::buffer(i), VXLAN_BUFFER as usize));
+            let got = match self.sockets.receive(&mut view, &bufs[..n], &mut left.got) {
+                Ok(0) => return Polled::default(),
+                Ok(got) => got,
+                Err(e) => {
+                    tracing::warn!(vni = self.vni, error = %e,
+                        "a VXLAN port cannot receive any more; it is left out of polling");
+                    self.failed
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                    return Polled::default();
+                }
+            };
+            (left.next, left.offset, left.end) = (0, 0, got);
+        }
         let mut port = VxlanTake {
             q: self,
             view,
-            got,
-            next: 0,
-            end,
+            left: &mut left,
             now: self.now(),
             received: Tally::default(),
         };
@@ -152,10 +208,11 @@ impl Ingress for VxlanQueue {
         let fd = std::os::fd::AsRawFd::as_raw_fd(&self.sockets.receiver());
         if self.failed.load(std::sync::atomic::Ordering::Relaxed) {
             waits.forget(fd);
-        } else {
-            waits.wake_while_readable(fd);
+            return false;
         }
-        false
+        waits.wake_while_readable(fd);
+        // Packets received and not taken yet: work now.
+        self.received.try_lock().is_ok_and(|left| !left.is_empty())
     }
 }
 
@@ -168,5 +225,64 @@ impl PortStatus for VxlanQueue {
 
     fn remote_ends(&self) -> Option<Vec<super::RemoteEnd>> {
         Some(super::remote_ends(&self.remotes, &self.macs))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(len: usize, segment: u16, truncated: bool) -> Received {
+        Received {
+            len,
+            from: None,
+            truncated,
+            segment,
+        }
+    }
+
+    #[test]
+    fn joined_messages_are_taken_a_packet_at_a_time_the_last_one_shorter() {
+        let mut p = Pending::default();
+        p.got[0] = msg(100, 0, false);
+        // Three packets of 40 bytes joined, the last one 20; cut by the kernel.
+        p.got[1] = msg(100, 40, true);
+        p.got[2] = msg(0, 0, false);
+        p.got[3] = msg(80, 40, false);
+        p.end = 4;
+        let mut seen = Vec::new();
+        // Bounded: one step per packet.
+        for _ in 0..10 {
+            match p.next_packet() {
+                Some(x) => seen.push(x),
+                None => break,
+            }
+        }
+        assert_eq!(
+            seen,
+            [
+                (0, 0, 100, false),
+                (1, 0, 40, false),
+                (1, 40, 40, false),
+                (1, 80, 20, true),
+                (2, 0, 0, false),
+                (3, 0, 40, false),
+                (3, 40, 40, false),
+            ]
+        );
+        assert!(p.is_empty());
+        assert_eq!(p.next_packet(), None);
+    }
+
+    #[test]
+    fn a_joined_message_taken_in_part_is_carried_on_where_it_stopped() {
+        let mut p = Pending::default();
+        p.got[0] = msg(120, 40, false);
+        p.end = 1;
+        assert_eq!(p.next_packet(), Some((0, 0, 40, false)));
+        assert!(!p.is_empty());
+        assert_eq!(p.next_packet(), Some((0, 40, 40, false)));
+        assert_eq!(p.next_packet(), Some((0, 80, 40, false)));
+        assert!(p.is_empty());
     }
 }

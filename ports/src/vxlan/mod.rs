@@ -1,14 +1,17 @@
 //! VXLAN tunnel ports (RFC 7348): the bridge's link to the same segment on other hosts.
 //!
 //! A tunnel port sends each frame for a VM elsewhere to the tunnel end (VTEP) that VM is
-//! behind, in an outer IPv4 / UDP / VXLAN packet the port builds itself: one `sendmsg` from
-//! where the frame lies, its UDP source port from a hash of the inner flow (so that the
-//! underlay's ECMP spreads the tunnel's flows), "don't fragment" set (a packet over the
-//! path's MTU is counted `too_big`, never fragmented). Broadcast, multicast and unknown
-//! frames go to every end of the flood list (head-end replication).
+//! behind, behind a VXLAN header, through UDP sockets (the kernel adds the outer IPv4 and
+//! UDP headers): the frames of a burst go together from where they lie, each from the
+//! socket its inner flow's hash picks (so that the outer source port follows the flow and
+//! the underlay's ECMP spreads the tunnel's flows), "don't fragment" set (a packet over
+//! the path's MTU is counted `too_big`, never fragmented); see [`socket`] and the egress.
+//! Broadcast, multicast and unknown frames go to every end of the flood list (head-end
+//! replication).
 //!
 //! It receives on its UDP port of this host's tunnel address, a burst at a time
-//! (`recvmmsg`) into its own buffers, and forwards the inner frames as a VM's, in one copy.
+//! (`recvmmsg`, UDP GRO) into its own buffers, and forwards the inner frames as a VM's, in
+//! one copy.
 //! Only the ends of the segment are listened to: a packet from any other address counts
 //! as `unknown_vtep`, one without the VXLAN flag, with another VNI or cut short as
 //! `bad_tunnel`.
@@ -20,6 +23,7 @@
 
 mod egress;
 pub mod endpoint;
+pub(crate) use egress::Batch;
 mod ingress;
 pub use ingress::admit;
 pub mod remotes;
@@ -59,6 +63,8 @@ pub struct VxlanQueue {
     /// The receive buffers.
     mem: FrameMem,
     vni: u32,
+    /// The VXLAN header of what it sends.
+    header: [u8; VXLAN_HEADER_LEN],
     remotes: Arc<Remotes>,
     macs: Arc<RemoteMacs>,
     /// Inner source addresses are learnt behind the end they came from (static mode).
@@ -67,6 +73,8 @@ pub struct VxlanQueue {
     epoch: Instant,
     /// A receive failed other than for want of packets: the socket is broken.
     failed: AtomicBool,
+    /// What was received and not taken yet (see [`ingress`]).
+    received: std::sync::Mutex<Box<ingress::Pending>>,
 }
 
 impl VxlanQueue {
@@ -194,9 +202,7 @@ fn new_queue(
     let remotes = Arc::new(Remotes::with_flood(
         &config.remotes,
         flood.unwrap_or(&config.remotes),
-        config.local,
         config.udp_port,
-        config.vni,
     ));
     let macs = Arc::new(RemoteMacs::new(REMOTE_MACS));
     let now = epoch.elapsed().as_secs() as u32;
@@ -216,11 +222,13 @@ fn new_queue(
         sockets,
         mem,
         vni: config.vni,
+        header: vringswitch_wire::vxlan::header(config.vni),
         remotes,
         macs,
         learn: config.control == VxlanControl::Static,
         epoch,
         failed: AtomicBool::new(false),
+        received: Default::default(),
     })
 }
 
@@ -382,8 +390,8 @@ impl RunningPort for VxlanPort {
         None
     }
 
-    /// Hands over duplicates of both sockets (packets queued on the receiving one wait
-    /// there for the new process), the receiving socket's place in its group and the
+    /// Hands over duplicates of its sockets, the receiving one first (packets queued on it
+    /// wait there for the new process), the receiving socket's place in its group and the
     /// remote addresses known. Bytes: 2 (the version), the place (2 bytes, little-endian),
     /// then per address its MAC (6 bytes), its end's IPv4 address (4) and whether it was
     /// learnt (1).
@@ -396,7 +404,10 @@ impl RunningPort for VxlanPort {
             fd.try_clone()
                 .map_err(|e| format!("cannot duplicate a socket: {e}"))
         };
-        let fds = vec![dup(&q.sockets.udp)?, dup(&q.sockets.raw)?];
+        let mut fds = vec![dup(&q.sockets.udp)?];
+        for fd in &q.sockets.senders {
+            fds.push(dup(fd)?);
+        }
         let place = q
             .sockets
             .membership
@@ -525,9 +536,12 @@ pub fn take_over_port(
         })
     };
     let mut fds = handed.fds.into_iter();
-    let (Some(udp), Some(raw), None) = (fds.next(), fds.next(), fds.next()) else {
-        return Err(bad("not two sockets"));
+    let Some(udp) = fds.next() else {
+        return Err(bad("no socket"));
     };
+    // The sending sockets (a process that sent through one raw socket handed that over:
+    // it is closed, and sending sockets are opened).
+    let senders: Vec<_> = fds.collect();
     // Version 1 (one tunnel port per address and UDP port then): its socket alone there.
     let (place, entries) = match handed.data.split_first() {
         Some((&1, entries)) => (0, entries),
@@ -547,13 +561,14 @@ pub fn take_over_port(
     tracing::info!(port = %handle.name(), addresses = carried.len(),
         "VXLAN tunnel carried on from the previous process");
     let endpoint = std::net::SocketAddrV4::new(config.local, config.udp_port);
-    let sockets = TunnelSockets::adopt(udp, raw, endpoint, config.vni, place).map_err(|error| {
-        StartError::new(VxlanError {
-            local: config.local,
-            port: config.udp_port,
-            error,
-        })
-    })?;
+    let sockets =
+        TunnelSockets::adopt(udp, senders, endpoint, config.vni, place).map_err(|error| {
+            StartError::new(VxlanError {
+                local: config.local,
+                port: config.udp_port,
+                error,
+            })
+        })?;
     VxlanPort::serve(handle, config, sockets, &carried)
         .map(|p| (Box::new(p) as Box<dyn RunningPort>, Ok(())))
         .map_err(StartError::new)

@@ -11,10 +11,8 @@
 //! they receive, the control side ages and installs: every entry is one 64-bit word
 //! (address and end) changed by compare-and-swap, so nobody waits for anybody.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-
-use vringswitch_wire::vxlan::OuterIpv4;
 
 /// Counters of one remote end, as the workers write them.
 #[derive(Debug, Default)]
@@ -73,8 +71,8 @@ impl Tally {
 #[derive(Debug)]
 pub struct Remote {
     pub addr: Ipv4Addr,
-    /// The outer headers of what is sent to it.
-    pub outer: OuterIpv4,
+    /// Where what is sent to it goes: its address and the tunnel's UDP port.
+    pub to: SocketAddrV4,
     pub counters: RemoteCounters,
 }
 
@@ -93,27 +91,21 @@ pub struct Remotes {
 }
 
 impl Remotes {
-    /// The ends at `addrs` (at most 65,535), each in the flood list, sent to from `local`
-    /// to UDP port `port` with VNI `vni`.
-    pub fn new(addrs: &[Ipv4Addr], local: Ipv4Addr, port: u16, vni: u32) -> Remotes {
-        Self::with_flood(addrs, addrs, local, port, vni)
+    /// The ends at `addrs` (at most 65,535), each in the flood list, sent to on UDP port
+    /// `port`.
+    pub fn new(addrs: &[Ipv4Addr], port: u16) -> Remotes {
+        Self::with_flood(addrs, addrs, port)
     }
 
     /// [`Self::new`] with only those of the ends in `flood` in the flood list (EVPN: the
     /// ends with a type-3 route).
-    pub fn with_flood(
-        addrs: &[Ipv4Addr],
-        flood: &[Ipv4Addr],
-        local: Ipv4Addr,
-        port: u16,
-        vni: u32,
-    ) -> Remotes {
+    pub fn with_flood(addrs: &[Ipv4Addr], flood: &[Ipv4Addr], port: u16) -> Remotes {
         let ends: Vec<Remote> = addrs
             .iter()
             .take(usize::from(RemoteId::MAX))
             .map(|&a| Remote {
                 addr: a,
-                outer: OuterIpv4::new(local.octets(), a.octets(), port, vni),
+                to: SocketAddrV4::new(a, port),
                 counters: RemoteCounters::default(),
             })
             .collect();
@@ -399,15 +391,15 @@ mod tests {
             Ipv4Addr::new(10, 0, 0, 2),
             Ipv4Addr::new(192, 168, 1, 1),
         ];
-        let r = Remotes::new(&addrs, Ipv4Addr::new(10, 0, 0, 1), 4789, 42);
+        let r = Remotes::new(&addrs, 4789);
         assert_eq!(r.find(Ipv4Addr::new(10, 0, 0, 2)), Some(1));
         assert_eq!(r.find(Ipv4Addr::new(192, 168, 1, 1)), Some(2));
         assert_eq!(r.find(Ipv4Addr::new(10, 0, 0, 3)), None);
         assert_eq!(r.flood(), [0, 1, 2]);
-        assert_eq!(r.get(0).unwrap().outer.destination(), [10, 0, 0, 9]);
-        assert!(Remotes::new(&[], Ipv4Addr::new(10, 0, 0, 1), 4789, 42).is_empty());
+        assert_eq!(r.get(0).unwrap().to, "10.0.0.9:4789".parse().unwrap());
+        assert!(Remotes::new(&[], 4789).is_empty());
         // EVPN: every end is listened to, only those with a type-3 route flooded to.
-        let r = Remotes::with_flood(&addrs, &addrs[1..2], Ipv4Addr::new(10, 0, 0, 1), 4789, 42);
+        let r = Remotes::with_flood(&addrs, &addrs[1..2], 4789);
         assert_eq!(r.find(Ipv4Addr::new(10, 0, 0, 9)), Some(0));
         assert_eq!(r.flood(), [1]);
     }
@@ -415,7 +407,7 @@ mod tests {
     #[test]
     fn a_tally_adds_each_run_to_its_ends_counters_once() {
         let addrs = [Ipv4Addr::new(10, 0, 0, 2), Ipv4Addr::new(10, 0, 0, 3)];
-        let r = Remotes::new(&addrs, Ipv4Addr::new(10, 0, 0, 1), 4789, 42);
+        let r = Remotes::new(&addrs, 4789);
         let mut t = Tally::default();
         for (end, bytes) in [(0, 100), (0, 50), (1, 10), (0, 1)] {
             t.add(&r, Way::Sent, end, bytes);

@@ -1,14 +1,19 @@
-//! The tunnel's two sockets and the system calls on them: a UDP socket bound to this
-//! host's tunnel address and port, which receives (the kernel checks the outer IPv4 and UDP
-//! headers and says who sent each packet), and a raw IPv4 socket that sends packets whose
-//! outer headers the port builds itself (so that each frame's UDP source port follows its
-//! inner flow, and "don't fragment" is set).
+//! The tunnel's sockets and the system calls on them: a UDP socket bound to this host's
+//! tunnel address and port, which receives (the kernel checks the outer IPv4 and UDP
+//! headers and says who sent each packet), and a pool of [`SENDERS`] UDP sockets bound to
+//! the same address and ports of the kernel's choosing, which send: a frame goes out of
+//! the one its inner flow's hash picks, so that the outer UDP source port follows the
+//! flow (the underlay's ECMP spreads the tunnel's flows and keeps each in order). The
+//! kernel builds the outer IPv4 and UDP headers ("don't fragment" set: a packet over the
+//! path's MTU is refused, never fragmented) and keeps the route of each socket's last
+//! destination.
 //!
 //! Packets are received a burst at a time with `recvmmsg` straight into the port's buffers
 //! (memory of its own, read by the workers through the same checked views as a VM's), and
-//! each frame is sent with one `sendmsg` from where it lies: the outer headers and the
-//! edit's prefix from the stack, the rest from the sender's buffers.
-// The recvmmsg/sendmsg calls and the sockets' options: each unsafe block says why it is
+//! sent a burst at a time with `sendmmsg` from where the frames lie: consecutive packets
+//! of one size to one end go as one UDP GSO message (`UDP_SEGMENT`), which the kernel
+//! takes through its stack once and cuts at the device.
+// The recvmmsg/sendmmsg calls and the sockets' options: each unsafe block says why it is
 // sound.
 #![allow(unsafe_code)]
 
@@ -17,11 +22,23 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 use crate::frame::view::MemView;
-use crate::frame::Seg;
 
-/// Most pieces one packet is sent in: outer headers, the edit's prefix, and the frame's
-/// segments (split where they cross a region of the sender's memory).
+/// Most pieces one packet is sent in: the VXLAN header, the edit's prefix, and the
+/// frame's segments (split where they cross a region of the sender's memory).
 pub const MAX_SEND_PIECES: usize = 2 + crate::frame::MAX_SEGS * 2;
+
+/// Sending sockets of a port: as many outer UDP source ports for its flows.
+pub const SENDERS: usize = 16;
+
+/// Most packets one UDP GSO message carries (the kernel's limit is 64 or more).
+pub const MAX_GSO_SEGMENTS: usize = 64;
+
+/// Most bytes of UDP payload one message carries (an IPv4 datagram's limit, less the
+/// headers).
+pub const MAX_DATAGRAM: usize = 65_507;
+
+/// Most messages one `sendmmsg` is given.
+pub const MAX_MESSAGES: usize = 64;
 
 /// The tunnel's sockets.
 #[derive(Debug)]
@@ -29,19 +46,31 @@ pub struct TunnelSockets {
     /// Receives: bound to the local tunnel address and UDP port, in the group of the
     /// tunnel ports there (one per VNI, see [`super::endpoint`]).
     pub udp: OwnedFd,
-    /// Sends: raw IPv4, headers included.
-    pub raw: OwnedFd,
+    /// Send: UDP, bound to the local tunnel address, each to a port of its own.
+    pub senders: Vec<OwnedFd>,
     /// `udp`'s place in its group; dropped after it (fields drop in order).
     pub membership: super::endpoint::Membership,
 }
 
-/// A packet received: its length and who sent it.
+/// One message for [`TunnelSockets::send_batch`]: to `to`, the bytes of `iov`, cut into
+/// packets of `segment` bytes (the last one may be shorter) if it is set.
+#[derive(Debug, Clone, Copy)]
+pub struct Outbound<'a> {
+    pub to: SocketAddrV4,
+    pub iov: &'a [libc::iovec],
+    pub segment: Option<u16>,
+}
+
+/// A message received: its length and who sent it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Received {
     pub len: usize,
     pub from: Option<SocketAddrV4>,
     /// Longer than the buffer: cut by the kernel.
     pub truncated: bool,
+    /// Packets of one sender the kernel joined (UDP GRO): each `segment` bytes, the last
+    /// one maybe shorter; 0 if the message is one packet.
+    pub segment: u16,
 }
 
 fn last_error() -> io::Error {
@@ -98,9 +127,136 @@ fn sockaddr(addr: SocketAddrV4) -> libc::sockaddr_in {
 /// Socket buffers asked for both ways: a burst of large frames each way fits many times.
 const SOCKET_BUFFER: i32 = 4 << 20;
 
+/// Iovecs kept from one burst's frames until they are sent. They point into the sender's
+/// memory and into buffers of the batch that holds them, for the length of one burst: a
+/// batch is emptied before the burst that filled it ends.
+pub struct Iovecs(pub Box<[libc::iovec]>);
+
+impl Iovecs {
+    /// `n` empty iovecs.
+    pub fn new(n: usize) -> Iovecs {
+        let empty = libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        };
+        Iovecs(vec![empty; n].into_boxed_slice())
+    }
+}
+
+// SAFETY: the pointers are only handed to the kernel by the thread that owns the batch,
+// during the burst that wrote them; Rust never dereferences them.
+unsafe impl Send for Iovecs {}
+
+/// A classic BPF program that takes nothing: a sending socket never reads, and what
+/// somebody sends to its port is dropped before it is queued.
+fn refuse_all(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let mut insn = [libc::sock_filter {
+        code: (libc::BPF_RET | libc::BPF_K) as u16,
+        jt: 0,
+        jf: 0,
+        k: 0,
+    }];
+    let prog = libc::sock_fprog {
+        len: 1,
+        filter: insn.as_mut_ptr(),
+    };
+    // SAFETY: `prog` points at one instruction that lives for the call, its size given;
+    // the kernel copies it.
+    let r = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_FILTER,
+            (&prog as *const libc::sock_fprog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if r < 0 {
+        Err(last_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Binds `fd` to `addr`.
+fn bind(fd: BorrowedFd<'_>, addr: SocketAddrV4) -> io::Result<()> {
+    let sa = sockaddr(addr);
+    // SAFETY: `sa` is a sockaddr_in that lives for the call, its size given.
+    let r = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&sa as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    };
+    if r < 0 {
+        Err(last_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// A sending socket from `local`, on a port of the kernel's choosing.
+fn sender(local: Ipv4Addr) -> io::Result<OwnedFd> {
+    let fd = socket(libc::SOCK_DGRAM, libc::IPPROTO_UDP)?;
+    refuse_all(fd.as_fd())?;
+    let _ = set_int(fd.as_fd(), libc::SOL_SOCKET, libc::SO_SNDBUF, SOCKET_BUFFER);
+    // Path MTU discovery: a packet over the route's MTU is refused (EMSGSIZE) rather
+    // than fragmented, and "don't fragment" is set on every packet.
+    set_int(
+        fd.as_fd(),
+        libc::IPPROTO_IP,
+        libc::IP_MTU_DISCOVER,
+        libc::IP_PMTUDISC_DO,
+    )?;
+    set_int(
+        fd.as_fd(),
+        libc::IPPROTO_IP,
+        libc::IP_TTL,
+        i32::from(vringswitch_wire::vxlan::OUTER_TTL),
+    )?;
+    bind(fd.as_fd(), SocketAddrV4::new(local, 0)).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("cannot bind a UDP socket to send from {local}: {e}"),
+        )
+    })?;
+    Ok(fd)
+}
+
+/// Asks the kernel to hand packets of one sender that arrive together (from a GSO send,
+/// or joined by a device's GRO) as one message, with their size ([`Received::segment`]).
+fn join_packets(fd: BorrowedFd<'_>) -> io::Result<()> {
+    set_int(fd, libc::SOL_UDP, libc::UDP_GRO, 1)
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot turn on UDP GRO: {e}")))
+}
+
+/// The sending sockets of a port on `local`.
+fn senders(local: Ipv4Addr) -> io::Result<Vec<OwnedFd>> {
+    (0..SENDERS).map(|_| sender(local)).collect()
+}
+
+/// Space for one UDP_SEGMENT control message.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct SegmentCmsg {
+    hdr: libc::cmsghdr,
+    size: u16,
+    _pad: [u8; 6],
+}
+
+/// Space for one UDP_GRO control message (an int).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct GroCmsg {
+    hdr: libc::cmsghdr,
+    size: i32,
+    _pad: [u8; 4],
+}
+
 impl TunnelSockets {
     /// Binds the receiving socket to `local:port` for the port of VNI `vni` (other VNIs'
-    /// ports may bind there too) and opens the sending one (needs CAP_NET_RAW).
+    /// ports may bind there too) and the sending ones to `local`.
     pub fn open(local: Ipv4Addr, port: u16, vni: u32) -> io::Result<TunnelSockets> {
         let udp = socket(libc::SOCK_DGRAM, libc::IPPROTO_UDP)?;
         set_int(udp.as_fd(), libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
@@ -111,64 +267,40 @@ impl TunnelSockets {
             libc::SO_RCVBUF,
             SOCKET_BUFFER,
         );
-        let sa = sockaddr(SocketAddrV4::new(local, port));
-        // SAFETY: `sa` is a sockaddr_in that lives for the call, its size given.
-        let r = unsafe {
-            libc::bind(
-                udp.as_raw_fd(),
-                (&sa as *const libc::sockaddr_in).cast(),
-                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-            )
-        };
-        if r < 0 {
-            let e = last_error();
-            return Err(io::Error::new(
-                e.kind(),
-                format!("cannot bind UDP {local}:{port}: {e}"),
-            ));
-        }
-        let raw = socket(libc::SOCK_RAW, libc::IPPROTO_RAW).map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!("cannot open a raw IPv4 socket to send with (needs CAP_NET_RAW): {e}"),
-            )
+        bind(udp.as_fd(), SocketAddrV4::new(local, port)).map_err(|e| {
+            io::Error::new(e.kind(), format!("cannot bind UDP {local}:{port}: {e}"))
         })?;
-        let _ = set_int(
-            raw.as_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_SNDBUF,
-            SOCKET_BUFFER,
-        );
-        // Path MTU discovery: a packet over the route's MTU is refused (EMSGSIZE) rather
-        // than fragmented; the headers carry "don't fragment" besides.
-        set_int(
-            raw.as_fd(),
-            libc::IPPROTO_IP,
-            libc::IP_MTU_DISCOVER,
-            libc::IP_PMTUDISC_DO,
-        )?;
+        join_packets(udp.as_fd())?;
+        let senders = senders(local)?;
         let membership =
             super::endpoint::join(SocketAddrV4::new(local, port), vni, udp.as_fd(), None)?;
         Ok(TunnelSockets {
             udp,
-            raw,
+            senders,
             membership,
         })
     }
 
     /// The sockets the process before this one opened for the port of VNI `vni` on
-    /// `local:port`, its receiving one at `place` in its group.
+    /// `local:port`, its receiving one at `place` in its group: `senders` are its sending
+    /// sockets, or none (a process that sent otherwise), and new ones are opened.
     pub fn adopt(
         udp: OwnedFd,
-        raw: OwnedFd,
+        senders: Vec<OwnedFd>,
         endpoint: SocketAddrV4,
         vni: u32,
         place: usize,
     ) -> io::Result<TunnelSockets> {
+        let senders = if senders.len() == SENDERS {
+            senders
+        } else {
+            self::senders(*endpoint.ip())?
+        };
+        join_packets(udp.as_fd())?;
         let membership = super::endpoint::join(endpoint, vni, udp.as_fd(), Some(place))?;
         Ok(TunnelSockets {
             udp,
-            raw,
+            senders,
             membership,
         })
     }
@@ -208,15 +340,20 @@ impl TunnelSockets {
         let mut names: [libc::sockaddr_in; MAX] = unsafe { std::mem::zeroed() };
         // SAFETY: plain old data, all zeroes valid (null pointers, zero lengths).
         let mut msgs: [libc::mmsghdr; MAX] = unsafe { std::mem::zeroed() };
+        // SAFETY: plain old data, all zeroes valid.
+        let mut cmsgs: [GroCmsg; MAX] = unsafe { std::mem::zeroed() };
         for i in 0..n {
             let h = &mut msgs[i].msg_hdr;
             h.msg_name = (&mut names[i] as *mut libc::sockaddr_in).cast();
             h.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
             h.msg_iov = &mut iov[i];
             h.msg_iovlen = 1;
+            h.msg_control = (&mut cmsgs[i] as *mut GroCmsg).cast();
+            h.msg_controllen = std::mem::size_of::<GroCmsg>();
         }
-        // SAFETY: each of the first `n` headers names a sockaddr_in of ours and one iovec
-        // over a range of the port's own memory, mapped for as long as `view`'s memory
+        // SAFETY: each of the first `n` headers names a sockaddr_in of ours, space of ours
+        // for control messages (its size given) and one iovec over a range of the port's
+        // own memory, mapped for as long as `view`'s memory
         // lives and written by nobody else meanwhile (the buffers are the port's, reused
         // only by the one worker that polls it); the kernel writes at most the lengths
         // given.
@@ -248,49 +385,89 @@ impl TunnelSockets {
                         u16::from_be(name.sin_port),
                     )
                 });
+            // The one control message asked for, if the kernel wrote it first.
+            let c = &cmsgs[i];
+            // SAFETY: CMSG_LEN only computes a length.
+            let gro_len = unsafe { libc::CMSG_LEN(4) } as usize;
+            let segment = if m.msg_hdr.msg_controllen >= gro_len
+                && c.hdr.cmsg_len == gro_len
+                && c.hdr.cmsg_level == libc::SOL_UDP
+                && c.hdr.cmsg_type == libc::UDP_GRO
+            {
+                u16::try_from(c.size).unwrap_or(0)
+            } else {
+                0
+            };
             out[i] = Received {
                 len: (m.msg_len as usize).min(bufs[i].1),
                 from,
                 truncated: m.msg_hdr.msg_flags & libc::MSG_TRUNC != 0,
+                segment,
             };
         }
         Ok(got)
     }
 
-    /// Sends one packet to `to`: `heads` (host bytes: the outer headers, the edit's
-    /// prefix), then `len` bytes of the frame in `segs` of the memory `src` sees, after
-    /// its first `skip` bytes. Returns the bytes sent.
-    pub fn send(
+    /// Sends `msgs` from sending socket `sender` (taken modulo [`SENDERS`]), at most
+    /// [`MAX_MESSAGES`] of them, with one system call. Returns how many went: all, or
+    /// those before the first the kernel refused, with its error (an `Err` if it was the
+    /// first).
+    pub fn send_batch(
         &self,
-        to: Ipv4Addr,
-        heads: &[&[u8]],
-        src: &mut MemView<'_>,
-        segs: &[Seg],
-        skip: usize,
-        len: usize,
-    ) -> io::Result<usize> {
-        let empty = libc::iovec {
-            iov_base: std::ptr::null_mut(),
-            iov_len: 0,
-        };
-        let mut iov = [empty; MAX_SEND_PIECES];
-        let n = src.gather_iovecs(&mut iov, heads, segs, skip, len)?;
-        let sa = sockaddr(SocketAddrV4::new(to, 0));
-        // SAFETY: zeroed plain old data, then every pointer set below.
-        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-        msg.msg_name = (&sa as *const libc::sockaddr_in).cast_mut().cast();
-        msg.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-        msg.msg_iov = iov.as_mut_ptr();
-        msg.msg_iovlen = n;
-        // SAFETY: `msg` names `sa` and the first `n` iovecs, which point at `heads` (our
-        // own slices, borrowed for the call) or at memory of `src` valid for their lengths
-        // (gather_iovecs); sendmsg only reads them.
-        let r = unsafe { libc::sendmsg(self.raw.as_raw_fd(), &msg, libc::MSG_DONTWAIT) };
-        if r < 0 {
-            Err(last_error())
-        } else {
-            Ok(r as usize)
+        sender: usize,
+        msgs: &[Outbound<'_>],
+    ) -> Result<usize, (usize, io::Error)> {
+        let n = msgs.len().min(MAX_MESSAGES);
+        if n == 0 {
+            return Ok(0);
         }
+        let fd = self.senders[sender % self.senders.len()].as_raw_fd();
+        // SAFETY: plain old data, all zeroes valid.
+        let mut names: [libc::sockaddr_in; MAX_MESSAGES] = unsafe { std::mem::zeroed() };
+        // SAFETY: plain old data, all zeroes valid (null pointers, zero lengths).
+        let mut hdrs: [libc::mmsghdr; MAX_MESSAGES] = unsafe { std::mem::zeroed() };
+        // SAFETY: plain old data, all zeroes valid.
+        let mut cmsgs: [SegmentCmsg; MAX_MESSAGES] = unsafe { std::mem::zeroed() };
+        for (i, m) in msgs[..n].iter().enumerate() {
+            names[i] = sockaddr(m.to);
+            let h = &mut hdrs[i].msg_hdr;
+            h.msg_name = (&mut names[i] as *mut libc::sockaddr_in).cast();
+            h.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            h.msg_iov = m.iov.as_ptr().cast_mut();
+            h.msg_iovlen = m.iov.len();
+            if let Some(size) = m.segment {
+                let c = &mut cmsgs[i];
+                // SAFETY: CMSG_LEN only computes a length.
+                c.hdr.cmsg_len = unsafe { libc::CMSG_LEN(2) } as usize;
+                c.hdr.cmsg_level = libc::SOL_UDP;
+                c.hdr.cmsg_type = libc::UDP_SEGMENT;
+                c.size = size;
+                h.msg_control = (c as *mut SegmentCmsg).cast();
+                // SAFETY: CMSG_SPACE only computes a length.
+                h.msg_controllen = unsafe { libc::CMSG_SPACE(2) } as usize;
+            }
+        }
+        // SAFETY: each of the first `n` headers names a sockaddr_in of ours, at most one
+        // control message of ours (UDP_SEGMENT, its data right after its header as
+        // CMSG_DATA places it) and the iovecs of its message, which point at memory valid
+        // for their lengths for the call (the caller's: the VXLAN header and heads it
+        // keeps, the frames' bytes in the sender's mapped memory); sendmmsg only reads
+        // them.
+        let r =
+            unsafe { libc::sendmmsg(fd, hdrs.as_mut_ptr(), n as libc::c_uint, libc::MSG_DONTWAIT) };
+        if r < 0 {
+            return Err((0, last_error()));
+        }
+        let sent = r as usize;
+        if sent < n {
+            // The kernel stops at a refused message and reports the rest sent; the error
+            // is the next call's. Ask it alone.
+            return match self.send_batch(sender, &msgs[sent..sent + 1]) {
+                Ok(_) => Ok(sent + 1),
+                Err((_, e)) => Err((sent, e)),
+            };
+        }
+        Ok(sent)
     }
 
     /// The descriptor a sleeping worker waits on.
