@@ -1289,17 +1289,14 @@ def link_mac(link):
     return link_info(link)["address"]
 
 
-def vxlan_vringswitch(work, size, secs):
-    """VM to VM through VXLAN, both hosts in one switch: bridge br0 has p0 and a static
-    tunnel from VXLAN_ENDS[0] to [1], br1 has p1 and the tunnel back; the generator's two
-    ports circulate frames p0 -> encap -> veth -> decap -> p1 and back. Every frame is
-    encapsulated once and decapsulated once per VM-to-VM crossing, all on the one worker.
-    Both ends are this namespace's own addresses, so the kernel is told to send what this
-    host sends to the other end over the veth pair (a routing table consulted before the
-    local one for packets of this host's own, static neighbours as OVS's tnl/arp/set) and
-    to take packets of a local source address in. Returns each port's Mpps, the worker's
-    busy cycles per frame it took (a VM's frame or a tunnel packet: half a crossing) and
-    the generator's cycles per packet."""
+def vxlan_hosts(work):
+    """Both hosts in one vringswitch: bridge br0 has p0 and a static tunnel from
+    VXLAN_ENDS[0] to [1], br1 has p1 and the tunnel back, so that every frame from p0 to p1
+    (and back) is encapsulated once and decapsulated once, all on the one worker. Both
+    ends are this namespace's own addresses, so the kernel is told to send what this host
+    sends to the other end over the veth pair (a routing table consulted before the local
+    one for packets of this host's own, static neighbours as OVS's tnl/arp/set) and to
+    take packets of a local source address in."""
     a, b = VXLAN_ENDS
     for link, ip in ((XDP_IF, a), (XDP_PEER, b)):
         sh("ip", "addr", "add", f"{ip}/32", "dev", link)
@@ -1318,7 +1315,15 @@ def vxlan_vringswitch(work, size, secs):
         tunnels += ["[[ports]]", f'name = "{name}"', f'bridge = "{bridge}"', 'type = "vxlan"',
                     "vni = 10", f'local = "{local}"', 'control = "static"',
                     f'remotes = ["{remote}"]']
-    vs = Vringswitch(work, 2, extra_lines=tunnels, port_bridges=["br0", "br1"])
+    return Vringswitch(work, 2, extra_lines=tunnels, port_bridges=["br0", "br1"])
+
+
+def vxlan_vringswitch(work, size, secs):
+    """VM to VM through VXLAN (see `vxlan_hosts`): the generator's two ports circulate
+    frames p0 -> encap -> veth -> decap -> p1 and back. Returns each port's Mpps, the
+    worker's busy cycles per frame it took (a VM's frame or a tunnel packet: half a
+    crossing) and the generator's cycles per packet."""
+    vs = vxlan_hosts(work)
     try:
         p, out = generator(work, vs.socks, size, secs)
         time.sleep(2)
@@ -1398,6 +1403,41 @@ def vxlan_ovs(work, size, secs):
     return mpps, cpp, gen_cpp, {}
 
 
+def vxlan_tso_vringswitch(work, secs):
+    """vs-probe tso --segment from p0 to p1 through the tunnels (see `vxlan_hosts`): each
+    65214-byte TSO frame is cut by the switch into 45 segments (their checksums computed)
+    for the tunnel, which sends them as one UDP GSO message; the other end takes them as
+    one message (GRO) and delivers 45 frames to B. Returns A's frames per second, the
+    Gbps into B and the worker's busy cycles per frame A sent (both ends' work)."""
+    vs = vxlan_hosts(work)
+    try:
+        probe = subprocess.Popen(
+            ["taskset", "-c", str(GEN_CPU), PROBE, "tso", "--a", vs.socks[0], "--b",
+             vs.socks[1], "--secs", str(secs), "--segment"],
+            stdout=subprocess.PIPE, text=True, start_new_session=True)
+        assert probe.stdout.readline().strip() == "ready", "vs-probe tso did not start"
+        time.sleep(2)
+        c0, _, _ = vs.cycles()
+        t0 = time.time()
+        time.sleep(secs - 3)
+        c1, _, _ = vs.cycles()
+        t1 = time.time()
+        out, _ = probe.communicate(timeout=60)
+        drops = {}
+        for port in vs.stats()["ports"]:
+            for reason, n in port.get("drops", {}).items():
+                if n:
+                    drops[f"{port['name']}:{reason}"] = n
+    finally:
+        vs.stop()
+    lines = [json.loads(x) for x in out.splitlines() if x.startswith("{")][2:]
+    fps = statistics.median(x["frames"] for x in lines) if lines else 0
+    rx = statistics.median(x["rx_bytes"] for x in lines) if lines else 0
+    cpf = (c1 - c0) / (t1 - t0) / fps if fps else 0.0
+    return {"switch": "vringswitch", "frames_per_s": fps, "gbps": rx * 8 / 1e9,
+            "cycles_per_frame": cpf, "drops": drops}
+
+
 def vxlan_part(work, sizes, secs, rounds, switches):
     runs = []
     for r in range(1, rounds + 1):
@@ -1412,6 +1452,13 @@ def vxlan_part(work, sizes, secs, rounds, switches):
                      "cpp": cpp, "gen_cpp": gen_cpp, "drops": drops}
                 log(f"vxlan round {r} {size} B {sw}: {m}")
                 runs.append(m)
+        if "vringswitch" in switches:
+            with Netns(VXLAN_NS):
+                m = vxlan_tso_vringswitch(work(), secs)
+            m.update(memcpy_limit())
+            m["round"], m["size"] = r, "tso"
+            log(f"vxlan round {r} TSO: {m}")
+            runs.append(m)
     return runs
 
 
@@ -1419,20 +1466,40 @@ def vxlan_report(res, L):
     runs = res.get("vxlan")
     if not runs:
         return
-    L.append("\n### VXLAN, VM to VM through two tunnel ends (one switch, encap and decap)\n")
-    L.append("Both ways together: the two loops' latencies differ (one direction's packets "
-             "wait longer on a socket), so with frames in flight they run at different rates; "
-             "a VM-to-VM crossing is two frames taken (the VM's, then the tunnel packet).\n")
+    L.append("\n### VXLAN, VM to VM through two tunnel ends (encap and decap on one core)\n")
+    L.append("Both hosts in one switch (bridge br0: port 0 and a static tunnel from 10.98.5.1 "
+             "to 10.98.5.2; br1: port 1 and the tunnel back), the tunnel packets crossing a "
+             "veth pair in a namespace of the bench's own; testpmd's two ports circulate "
+             "frames both ways. OVS-DPDK 3.1: the same bridges with `type=vxlan` ports, "
+             "its underlay two bridges whose AF_XDP ports (`xdp-mode=native`) are the veth "
+             "pair's ends, routes and neighbours set with `ovs/route/add` and `tnl/arp/set`; "
+             "its processing cycles per packet received. A VM-to-VM crossing is two frames "
+             "taken (the VM's, then the tunnel packet). Both ways together: the two loops "
+             "run at different rates.\n")
     L.append("| size | switch | Mpps, both ways | busy cycles per frame taken | per crossing | rounds |")
     L.append("|---|---|---|---|---|---|")
-    for size in dict.fromkeys(m["size"] for m in runs):
-        for sw in dict.fromkeys(m["switch"] for m in runs):
-            ms = [m for m in runs if m["size"] == size and m["switch"] == sw and any(m["mpps_ports"])]
+    frames = [m for m in runs if m["size"] != "tso"]
+    for size in dict.fromkeys(m["size"] for m in frames):
+        for sw in dict.fromkeys(m["switch"] for m in frames):
+            ms = [m for m in frames if m["size"] == size and m["switch"] == sw and any(m["mpps_ports"])]
             if not ms:
                 continue
             mpps = statistics.median(sum(m["mpps_ports"]) for m in ms)
             cpp = statistics.median(m["cpp"] for m in ms)
             L.append(f"| {size} B | {sw} | {mpps:.2f} | {cpp:.0f} | {2 * cpp:.0f} | {len(ms)} |")
+    tso = [m for m in runs if m["size"] == "tso"]
+    if tso:
+        L.append("\nTSO through the tunnel: vs-probe `tso --segment` from port 0 to port 1, "
+                 "65214-byte frames (45 segments of 1448) cut and checksummed by the switch "
+                 "for the tunnel, sent as one UDP GSO message, taken as one GRO message and "
+                 "delivered as 45 frames; busy cycles per frame A sent (both ends), against "
+                 "a memcpy of the frame on the switch's core.\n")
+        L.append("| round | frames/s | Gbps into B | busy cycles/frame | memcpy cycles | vs memcpy |")
+        L.append("|---|---|---|---|---|---|")
+        for m in tso:
+            L.append(f"| {m['round']} | {m['frames_per_s']:.0f} | {m['gbps']:.1f} "
+                     f"| {m['cycles_per_frame']:.0f} | {m['cycles_per_copy']:.0f} "
+                     f"| {ratio(m['cycles_per_frame'], m['cycles_per_copy']):.2f} |")
 
 
 # ---------------------------------------------------------------- TSO, VM to VM
