@@ -17,6 +17,7 @@ use crate::datapath::{
 };
 use crate::frame::view::MemView;
 use crate::frame::{IngressFrame, Seg, MIN_FRAME_LEN};
+use crate::log_limit::LogLimiter;
 use crate::offload::OffloadCaps;
 use crate::vxlan::remotes::mac_key;
 use vringswitch_wire::vxlan::{VxlanHeader, VXLAN_HEADER_LEN};
@@ -29,6 +30,8 @@ pub struct Pending {
     pub next: usize,
     pub offset: usize,
     pub end: usize,
+    /// Receives that failed and may be tried again, logged at most every 10 s.
+    errors: LogLimiter,
 }
 
 impl Default for Pending {
@@ -38,6 +41,7 @@ impl Default for Pending {
             next: 0,
             offset: 0,
             end: 0,
+            errors: LogLimiter::new(std::time::Duration::from_secs(10)),
         }
     }
 }
@@ -156,6 +160,15 @@ impl<'m> IngressBurst<'m> for VxlanTake<'_, '_> {
     }
 }
 
+/// Whether a receive error means the socket cannot be read any more (else it may be tried
+/// again).
+fn broken(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EBADF | libc::ENOTSOCK | libc::EFAULT | libc::EINVAL)
+    ) || e.kind() == std::io::ErrorKind::InvalidInput
+}
+
 impl Ingress for VxlanQueue {
     fn ingress<R: ReceiveBurst>(&self, qp: u16, burst: R) -> Polled {
         if self.failed.load(std::sync::atomic::Ordering::Relaxed) {
@@ -173,11 +186,21 @@ impl Ingress for VxlanQueue {
             let got = match self.sockets.receive(&mut view, &bufs[..n], &mut left.got) {
                 Ok(0) => return Polled::default(),
                 Ok(got) => got,
-                Err(e) => {
-                    tracing::warn!(vni = self.vni, error = %e,
-                        "a VXLAN port cannot receive any more; it is left out of polling");
+                Err(e) if broken(&e) => {
+                    tracing::error!(vni = self.vni, error = %e,
+                        "a VXLAN port's receiving socket is broken; the port is left out of \
+                         polling (delete and add it again)");
                     self.failed
                         .store(true, std::sync::atomic::Ordering::Relaxed);
+                    return Polled::default();
+                }
+                Err(e) => {
+                    // Passing (memory short, an error the network reported): tried again
+                    // at the next poll.
+                    if let Some(held) = left.errors.check() {
+                        tracing::warn!(vni = self.vni, error = %e, similar_since = held,
+                            "a VXLAN port could not receive; it tries again");
+                    }
                     return Polled::default();
                 }
             };
@@ -272,6 +295,27 @@ mod tests {
         );
         assert!(p.is_empty());
         assert_eq!(p.next_packet(), None);
+    }
+
+    #[test]
+    fn a_receive_that_failed_for_want_of_memory_is_tried_again_a_bad_socket_is_not() {
+        let os = std::io::Error::from_raw_os_error;
+        for e in [
+            libc::ENOMEM,
+            libc::ENOBUFS,
+            libc::ECONNREFUSED,
+            libc::EHOSTUNREACH,
+        ] {
+            assert!(!broken(&os(e)), "{e}");
+        }
+        for e in [libc::EBADF, libc::ENOTSOCK, libc::EFAULT, libc::EINVAL] {
+            assert!(broken(&os(e)), "{e}");
+        }
+        // The port's own buffers outside its memory: a bug, not something to retry.
+        assert!(broken(&std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "buffer outside the port's memory"
+        )));
     }
 
     #[test]
