@@ -5,7 +5,7 @@
 //! as behind the tunnel port (pinned, not aged) and in the port's table as behind its end.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -49,9 +49,14 @@ pub(crate) fn start(
     if v.control() != VxlanControl::Evpn {
         return None;
     }
+    // The settings' check keeps an EVPN tunnel's address IPv4.
+    let std::net::IpAddr::V4(local) = v.local_addr() else {
+        tracing::error!(port = %spec.name, "an EVPN tunnel needs an IPv4 address: its routes are not followed");
+        return None;
+    };
     let mirror = MirrorSpec {
         vni: v.vni(),
-        local: v.local_addr(),
+        local,
         udp_port: vringswitch_config::port::vxlan::MIRROR_UDP_PORT,
     };
     let segment = TunnelSegment {
@@ -84,7 +89,7 @@ struct TunnelSegment {
     routing: Routing,
     switch: Arc<Switch>,
     /// The remote addresses installed in the port's table, with their ends.
-    on_port: HashMap<Mac, Ipv4Addr>,
+    on_port: HashMap<Mac, IpAddr>,
     /// Those installed in the bridge's FDB.
     in_fdb: HashSet<Mac>,
     /// The remote addresses of the routes followed last.
@@ -111,8 +116,8 @@ impl Segment for TunnelSegment {
     }
 
     fn follow(&mut self, routes: &RemoteRoutes) {
-        let ends: Vec<Ipv4Addr> = routes.ends().into_iter().collect();
-        let flood: Vec<Ipv4Addr> = routes.flood.iter().copied().collect();
+        let ends: Vec<IpAddr> = routes.ends().into_iter().map(IpAddr::V4).collect();
+        let flood: Vec<IpAddr> = routes.flood.iter().map(|&a| IpAddr::V4(a)).collect();
         match self.routing.set_ends(&ends, &flood) {
             // The new queue carried what was behind the ends that stayed.
             Ok(true) => self.on_port = self.routing.known().into_iter().collect(),
@@ -123,6 +128,7 @@ impl Segment for TunnelSegment {
             }
         }
         for (&mac, &end) in &routes.macs {
+            let end = IpAddr::V4(end);
             if self.on_port.get(&mac) != Some(&end) {
                 if self.routing.install(mac, end) {
                     self.on_port.insert(mac, end);

@@ -230,8 +230,8 @@ pub fn vxlan_static(
     name: &str,
     bridge: &str,
     vni: u32,
-    local: std::net::Ipv4Addr,
-    remotes: &[std::net::Ipv4Addr],
+    local: impl ToString,
+    remotes: &[impl ToString],
 ) -> PortSpec {
     port(
         name,

@@ -1,7 +1,7 @@
 //! Network namespaces and `ip` (iproute2) for the tests of ports that reach the host's
 //! network stack, and the kernel there as a peer of test VMs.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::process::Command;
 use std::time::Duration;
 
@@ -318,8 +318,8 @@ pub fn ports_come_and_go(
 /// to one where the device lives.
 pub struct KernelVtep {
     pub ns: Netns,
-    pub here: Ipv4Addr,
-    pub there: Ipv4Addr,
+    pub here: IpAddr,
+    pub there: IpAddr,
     /// This side's end of the veth pair.
     pub veth: String,
     /// The far side's.
@@ -337,6 +337,18 @@ impl Drop for KernelVtep {
 /// A namespace across a veth pair (10.98.N.1 here, 10.98.N.2 there) whose kernel has a
 /// VXLAN device of VNI `vni` to this side, learning, with [`HOST_IP`]/24 on it.
 pub fn kernel_vtep(tag: &str, n: u8, vni: u32) -> KernelVtep {
+    let (here, there) = (Ipv4Addr::new(10, 98, n, 1), Ipv4Addr::new(10, 98, n, 2));
+    kernel_vtep_on(tag, here.into(), there.into(), 24, vni)
+}
+
+/// [`kernel_vtep`] over IPv6: fd98:N::1 here, fd98:N::2 there.
+pub fn kernel_vtep6(tag: &str, n: u8, vni: u32) -> KernelVtep {
+    let here = std::net::Ipv6Addr::new(0xfd98, u16::from(n), 0, 0, 0, 0, 0, 1);
+    let there = std::net::Ipv6Addr::new(0xfd98, u16::from(n), 0, 0, 0, 0, 0, 2);
+    kernel_vtep_on(tag, here.into(), there.into(), 64, vni)
+}
+
+fn kernel_vtep_on(tag: &str, here: IpAddr, there: IpAddr, plen: u8, vni: u32) -> KernelVtep {
     let id = std::process::id() % 10_000;
     let ns = Netns::new(&format!("vs-vx{tag}-{id}"));
     let veth = format!("vx{tag}{id}");
@@ -346,11 +358,13 @@ pub fn kernel_vtep(tag: &str, n: u8, vni: u32) -> KernelVtep {
         .output();
     ip(&["link", "add", &veth, "type", "veth", "peer", "name", &peer]);
     ip(&["link", "set", &peer, "netns", &ns.0]);
-    let here = Ipv4Addr::new(10, 98, n, 1);
-    let there = Ipv4Addr::new(10, 98, n, 2);
-    ip(&["addr", "add", &format!("{here}/24"), "dev", &veth]);
+    // No duplicate address detection: the addresses are usable at once.
+    let nodad: &[&str] = if here.is_ipv6() { &["nodad"] } else { &[] };
+    let here_a = format!("{here}/{plen}");
+    let there_a = format!("{there}/{plen}");
+    ip(&[&["addr", "add", &here_a, "dev", &veth][..], nodad].concat());
     ip(&["link", "set", &veth, "up"]);
-    ns.ip(&["addr", "add", &format!("{there}/24"), "dev", &peer]);
+    ns.ip(&[&["addr", "add", &there_a, "dev", &peer][..], nodad].concat());
     ns.ip(&["link", "set", &peer, "up"]);
     ns.ip(&["link", "set", "lo", "up"]);
     let vni_s = vni.to_string();

@@ -447,8 +447,8 @@ fn a_vxlan_ports_system_calls_pass_the_unit_and_its_socket_families() {
             "t",
             "br0",
             8,
-            here.parse().unwrap(),
-            &[there.parse().unwrap()],
+            here,
+            &[there],
         ))
         .toml();
     std::fs::write(&config, toml).unwrap();

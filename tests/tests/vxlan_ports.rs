@@ -104,10 +104,47 @@ fn the_kernels_vxlan_answers_a_vm_through_a_tunnel_port_both_ways() {
 }
 
 #[test]
+fn an_ipv6_underlay_carries_the_vms_frames_to_the_kernels_vxlan_and_back() {
+    let dir = TempDir::new("vxlan-six");
+    let underlay = vringswitch_tests::netns::kernel_vtep6("s", 7, 47);
+    let handle = Arc::new(PortHandle::new(1, "tunnel", 1));
+    let mut port = tunnel(&underlay, 47, &handle);
+    let engine = Engine::with_uplink(&dir.path().join("vm.sock"), &handle);
+    // An IPv6 tunnel adds 70 bytes: a 1422-byte frame fills the veth's 1500.
+    let big: Vec<u8> = (0..1380u32).map(|i| (i * 7) as u8).collect();
+    ping_the_kernel(&dir.path().join("vm.sock"), 1, &[b"over IPv6", &big]);
+    let learnt = port.macs().list();
+    assert_eq!(learnt.len(), 1, "{learnt:?}");
+    let ends = port.macs().list();
+    assert!(ends.iter().all(|&(_, end, learnt)| end == 0 && learnt));
+    let fdb = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &underlay.ns.0,
+            "bridge",
+            "fdb",
+            "show",
+            "dev",
+            "vx0",
+        ])
+        .output()
+        .unwrap();
+    let fdb = String::from_utf8_lossy(&fdb.stdout);
+    assert!(
+        fdb.contains(&format!("dst {}", underlay.here)),
+        "the kernel learnt the VM behind this host's IPv6 end: {fdb}"
+    );
+    assert_eq!(drops(&handle, DropReason::TooBig), 0);
+    engine.stop();
+    port.stop();
+}
+
+#[test]
 fn tunnel_packets_from_strangers_or_of_another_vni_are_dropped_and_counted() {
     let (_dir, underlay, handle, mut port, engine) = engine_with_tunnel("b", 2, 43);
     // A second address on the remote side: not an end of the segment.
-    let stranger = Ipv4Addr::new(10, 98, 2, 3);
+    let stranger: std::net::IpAddr = Ipv4Addr::new(10, 98, 2, 3).into();
     underlay.ns.ip(&[
         "addr",
         "add",
@@ -126,7 +163,7 @@ fn tunnel_packets_from_strangers_or_of_another_vni_are_dropped_and_counted() {
         let v = vni.to_be_bytes();
         [&[flags, 0, 0, 0, v[1], v[2], v[3], 0][..], &inner].concat()
     };
-    let send_from = |from: Ipv4Addr, bytes: &[u8]| {
+    let send_from = |from: std::net::IpAddr, bytes: &[u8]| {
         // A UDP socket inside the remote namespace, bound to `from`.
         let ns_path = format!("/var/run/netns/{}", underlay.ns.0);
         let from_s = from.to_string();

@@ -2,7 +2,7 @@
 //! port, and how it learns the other ends: from BGP EVPN (through FRR) or from a static
 //! list, as OVS's `type=vxlan` interfaces take `options:key` and `options:remote_ip`.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
@@ -50,10 +50,9 @@ pub struct VxlanSettings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 1, maximum = 16777215)]
     pub vni: Option<u32>,
-    /// This host's tunnel end: an IPv4 address of the host, the source of what the port
-    /// sends and where it receives.
+    /// This host's tunnel end: an IPv4 or IPv6 address of the host (IPv4 under EVPN), the
+    /// source of what the port sends and where it receives.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(format = Ipv4)]
     pub local: Option<String>,
     /// The UDP port tunnel packets are sent to and received on (4789 when left out).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -62,8 +61,8 @@ pub struct VxlanSettings {
     /// How the other ends are learnt (`evpn` when left out).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub control: Option<VxlanControl>,
-    /// With `control = "static"`: the other ends' addresses (IPv4, up to 1024, this host's
-    /// own excluded). Only these are sent to and received from.
+    /// With `control = "static"`: the other ends' addresses (of `local`'s family, up to
+    /// 1024, this host's own excluded). Only these are sent to and received from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(max_items = 1024)]
     pub remotes: Option<Vec<String>>,
@@ -77,12 +76,17 @@ impl VxlanSettings {
         self.vni.unwrap_or(0)
     }
 
-    /// This host's tunnel end (checked: present and an IPv4 address).
-    pub fn local_addr(&self) -> Ipv4Addr {
+    /// This host's tunnel end (checked: present and an IP address).
+    pub fn local_addr(&self) -> IpAddr {
         self.local
             .as_deref()
             .and_then(|s| s.parse().ok())
-            .unwrap_or(Ipv4Addr::UNSPECIFIED)
+            .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
+    }
+
+    /// This host's tunnel end and UDP port.
+    pub fn endpoint(&self) -> SocketAddr {
+        SocketAddr::new(self.local_addr(), self.udp_port())
     }
 
     /// The UDP port.
@@ -94,8 +98,8 @@ impl VxlanSettings {
         self.control.unwrap_or_default()
     }
 
-    /// The static remote ends (checked: IPv4 addresses).
-    pub fn remote_addrs(&self) -> Vec<Ipv4Addr> {
+    /// The static remote ends (checked: addresses of `local`'s family).
+    pub fn remote_addrs(&self) -> Vec<IpAddr> {
         self.remotes
             .iter()
             .flatten()
@@ -129,11 +133,20 @@ impl KindSettings for VxlanSettings {
             None => {
                 return Err(FieldError::invalid(
                     "local",
-                    "a VXLAN port needs local, this host's tunnel address (IPv4)",
+                    "a VXLAN port needs local, this host's tunnel address (IPv4 or IPv6)",
                 ))
             }
-            Some(s) => unicast_v4(s).map_err(|m| FieldError::invalid("local", m))?,
+            Some(s) => unicast(s).map_err(|m| FieldError::invalid("local", m))?,
         };
+        if local.is_ipv6() && self.control() == VxlanControl::Evpn {
+            return Err(FieldError::invalid(
+                "local",
+                format!(
+                    "{local} is IPv6: EVPN tunnels have IPv4 ends (FRR 8.4's EVPN); an IPv6 \
+                     underlay takes control = \"static\""
+                ),
+            ));
+        }
         if self.udp_port == Some(0) {
             return Err(FieldError::invalid("udp_port", "udp_port must not be 0"));
         }
@@ -160,7 +173,13 @@ impl KindSettings for VxlanSettings {
                 }
                 let mut seen = std::collections::HashSet::new();
                 for r in remotes {
-                    let a = unicast_v4(r).map_err(|m| FieldError::invalid("remotes", m))?;
+                    let a = unicast(r).map_err(|m| FieldError::invalid("remotes", m))?;
+                    if a.is_ipv6() != local.is_ipv6() {
+                        return Err(FieldError::invalid(
+                            "remotes",
+                            format!("{a} is not of local's family ({local})"),
+                        ));
+                    }
                     if a == local {
                         return Err(FieldError::invalid(
                             "remotes",
@@ -198,12 +217,8 @@ impl KindSettings for VxlanSettings {
     /// each port's socket gets its VNI's packets); under EVPN one per VNI on the host (the
     /// VNI names its kernel mirror).
     fn claims(&self) -> Vec<String> {
-        let mut c = vec![format!(
-            "VNI {} on UDP {}:{}",
-            self.vni(),
-            self.local.as_deref().unwrap_or(""),
-            self.udp_port()
-        )];
+        // The address as parsed: one address written two ways is one claim.
+        let mut c = vec![format!("VNI {} on UDP {}", self.vni(), self.endpoint())];
         if self.control() == VxlanControl::Evpn {
             c.push(format!("the EVPN segment of VNI {}", self.vni()));
         }
@@ -218,9 +233,7 @@ impl KindSettings for VxlanSettings {
 
     fn words(&self, _port: &str, _live: &Live<'_>) -> KindWords {
         let vni = self.vni();
-        let local = self.local.as_deref().unwrap_or("-");
-        let port = self.udp_port();
-        let summary = format!("vni {vni} from {local}:{port}");
+        let summary = format!("vni {vni} from {}", self.endpoint());
         let detail = match self.control() {
             VxlanControl::Evpn => format!("{summary}, evpn"),
             VxlanControl::Static => {
@@ -256,14 +269,18 @@ impl KindSettings for VxlanSettings {
     }
 }
 
-/// Checks that `s` is a unicast IPv4 address a tunnel end may have.
-fn unicast_v4(s: &str) -> Result<Ipv4Addr, String> {
-    let a: Ipv4Addr = s
+/// Checks that `s` is a unicast IPv4 or IPv6 address a tunnel end may have.
+fn unicast(s: &str) -> Result<IpAddr, String> {
+    let a: IpAddr = s
         .parse()
-        .map_err(|_| format!("{s:?} is not an IPv4 address"))?;
-    if a.is_unspecified() || a.is_broadcast() || a.is_multicast() || a.is_loopback() {
+        .map_err(|_| format!("{s:?} is not an IPv4 or IPv6 address"))?;
+    let broadcast = matches!(a, IpAddr::V4(v4) if v4.is_broadcast());
+    // An IPv4-mapped IPv6 address is IPv4 written otherwise: the IPv4 one is asked for.
+    let mapped = matches!(a, IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some());
+    if a.is_unspecified() || broadcast || a.is_multicast() || a.is_loopback() || mapped {
         return Err(format!(
-            "{a} cannot be a tunnel end (unspecified, broadcast, multicast or loopback)"
+            "{a} cannot be a tunnel end (unspecified, broadcast, multicast, loopback or \
+             IPv4-mapped)"
         ));
     }
     Ok(a)
@@ -298,7 +315,16 @@ mod tests {
         assert!(msg.contains("16777215"), "{msg}");
         assert_eq!(refused(settings(|s| s.vni = Some(0))).0, "vni");
         assert_eq!(refused(settings(|s| s.local = None)).0, "local");
-        for bad in ["10.0.0", "::1", "0.0.0.0", "239.1.1.1", "127.0.0.1"] {
+        for bad in [
+            "10.0.0",
+            "::1",
+            "::",
+            "ff02::1",
+            "::ffff:10.0.0.1",
+            "0.0.0.0",
+            "239.1.1.1",
+            "127.0.0.1",
+        ] {
             assert_eq!(
                 refused(settings(|s| s.local = Some(bad.into()))).0,
                 "local",
@@ -330,12 +356,16 @@ mod tests {
         assert_eq!(ok.check("t0"), Ok(()));
         assert_eq!(
             ok.remote_addrs(),
-            [Ipv4Addr::new(10, 0, 0, 2), Ipv4Addr::new(10, 0, 0, 3)]
+            [
+                IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)),
+                IpAddr::V4(Ipv4Addr::new(10, 0, 0, 3))
+            ]
         );
         for bad in [
             vec!["10.0.0.2", "10.0.0.2"],
             vec!["10.0.0.1"],
             vec!["nowhere"],
+            vec!["2001:db8::2"],
         ] {
             let s = settings(|s| {
                 s.control = Some(VxlanControl::Static);
@@ -344,6 +374,34 @@ mod tests {
             let (field, msg) = refused(s);
             assert_eq!(field, "remotes", "{bad:?}: {msg}");
         }
+    }
+
+    #[test]
+    fn an_ipv6_underlay_is_static_and_of_one_family() {
+        let v6 = |local: &str, remotes: &[&str], control| {
+            settings(|s| {
+                s.local = Some(local.into());
+                s.control = Some(control);
+                s.remotes = (control == VxlanControl::Static)
+                    .then(|| remotes.iter().map(|r| r.to_string()).collect());
+            })
+        };
+        let ok = v6("2001:db8::1", &["2001:db8::2"], VxlanControl::Static);
+        assert_eq!(ok.check("t0"), Ok(()));
+        assert_eq!(
+            ok.remote_addrs(),
+            ["2001:db8::2".parse::<IpAddr>().unwrap()]
+        );
+        assert_eq!(ok.claims()[0], "VNI 42 on UDP [2001:db8::1]:4789");
+        // The same address written out in full claims the same.
+        let long = v6("2001:0db8:0:0::1", &[], VxlanControl::Static);
+        assert_eq!(long.claims()[0], ok.claims()[0]);
+        let (field, msg) = refused(v6("2001:db8::1", &["10.0.0.2"], VxlanControl::Static));
+        assert_eq!(field, "remotes");
+        assert!(msg.contains("family"), "{msg}");
+        let (field, msg) = refused(v6("2001:db8::1", &[], VxlanControl::Evpn));
+        assert_eq!(field, "local");
+        assert!(msg.contains("static"), "{msg}");
     }
 
     #[test]

@@ -538,7 +538,7 @@ enum PortCmd {
         /// vxlan: the segment's VNI (1 to 16777215).
         #[arg(long)]
         vni: Option<u32>,
-        /// vxlan: this host's tunnel address (IPv4).
+        /// vxlan: this host's tunnel address (IPv4; IPv6 with --control static).
         #[arg(long, value_name = "IP")]
         local: Option<String>,
         /// vxlan: the UDP port [default: 4789].

@@ -425,7 +425,7 @@ fn send_runs(q: &VxlanQueue, b: &mut Batch, sender: u8, members: &[u16], runs: &
             k += 1;
         }
         let mut msgs = [Outbound {
-            to: std::net::SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, 0),
+            to: std::net::SocketAddr::from(([0u8; 4], 0)),
             iov: &[],
             segment: None,
         }; MAX_MESSAGES];

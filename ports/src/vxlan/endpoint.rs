@@ -14,7 +14,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
@@ -34,8 +34,8 @@ struct Member {
 /// The groups of this process, by address and UDP port; each group's members in the
 /// kernel's order (`None`: a place whose socket this process does not know yet, during
 /// an upgrade).
-fn groups() -> &'static Mutex<HashMap<SocketAddrV4, Vec<Option<Member>>>> {
-    static GROUPS: OnceLock<Mutex<HashMap<SocketAddrV4, Vec<Option<Member>>>>> = OnceLock::new();
+fn groups() -> &'static Mutex<HashMap<SocketAddr, Vec<Option<Member>>>> {
+    static GROUPS: OnceLock<Mutex<HashMap<SocketAddr, Vec<Option<Member>>>>> = OnceLock::new();
     GROUPS.get_or_init(Default::default)
 }
 
@@ -45,7 +45,7 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 /// socket closed.
 #[derive(Debug)]
 pub struct Membership {
-    endpoint: SocketAddrV4,
+    endpoint: SocketAddr,
     id: u64,
     /// The socket lives on in another process (handed over): this process leaves the
     /// group as it is.
@@ -115,7 +115,7 @@ fn steer(members: &[Option<Member>]) -> io::Result<()> {
 /// `vni`; `place`: its index in the group, when it was made by the process before this
 /// one (and `socket` is it).
 pub fn join(
-    endpoint: SocketAddrV4,
+    endpoint: SocketAddr,
     vni: u32,
     socket: BorrowedFd<'_>,
     place: Option<usize>,
@@ -227,7 +227,7 @@ mod tests {
     }
 
     /// A member socket of VNI `vni` on `endpoint`, as the port opens it.
-    fn member(endpoint: SocketAddrV4, vni: u32) -> (UdpSocket, Membership) {
+    fn member(endpoint: SocketAddr, vni: u32) -> (UdpSocket, Membership) {
         let fd = udp_socket().unwrap();
         let one: i32 = 1;
         // SAFETY: `one` lives for the call, its size given; the socket is ours.
@@ -245,7 +245,10 @@ mod tests {
             sin_family: libc::AF_INET as libc::sa_family_t,
             sin_port: endpoint.port().to_be(),
             sin_addr: libc::in_addr {
-                s_addr: u32::from_ne_bytes(endpoint.ip().octets()),
+                s_addr: u32::from_ne_bytes(match endpoint.ip() {
+                    std::net::IpAddr::V4(a) => a.octets(),
+                    std::net::IpAddr::V6(_) => unreachable!("IPv4 here"),
+                }),
             },
             sin_zero: [0; 8],
         };
@@ -272,7 +275,7 @@ mod tests {
     fn who_gets(
         sockets: &[&UdpSocket],
         from: &UdpSocket,
-        to: SocketAddrV4,
+        to: SocketAddr,
         p: &[u8],
     ) -> Option<usize> {
         from.send_to(p, to).unwrap();
@@ -295,7 +298,7 @@ mod tests {
         let probe = UdpSocket::bind("127.0.0.1:0").unwrap();
         let port = probe.local_addr().unwrap().port();
         drop(probe);
-        let endpoint = SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
+        let endpoint = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), port);
         let (a, ma) = member(endpoint, 10);
         let (b, mb) = member(endpoint, 20);
         let (c, mc) = member(endpoint, 30);

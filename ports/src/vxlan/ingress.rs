@@ -6,7 +6,7 @@
 //! nothing new meanwhile. In static mode each inner source address is learnt behind the
 //! end it came from.
 
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 
 use super::remotes::{RemoteId, Remotes, Tally, Way};
 use super::socket::Received;
@@ -93,13 +93,13 @@ struct VxlanTake<'q, 'l> {
 pub fn admit(
     remotes: &Remotes,
     vni: u32,
-    from: Option<SocketAddrV4>,
+    from: Option<SocketAddr>,
     len: usize,
     truncated: bool,
     header: &[u8; VXLAN_HEADER_LEN],
 ) -> Result<RemoteId, DropReason> {
     let end = from
-        .and_then(|f| remotes.find(*f.ip()))
+        .and_then(|f| remotes.find(f.ip()))
         .ok_or(DropReason::UnknownVtep)?;
     if truncated || len as u64 >= VXLAN_BUFFER {
         return Err(DropReason::TooBig);

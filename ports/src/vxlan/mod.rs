@@ -30,7 +30,7 @@ pub mod remotes;
 pub mod socket;
 
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -109,7 +109,7 @@ impl VxlanQueue {
 /// A remote end as the control plane shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RemoteEnd {
-    pub address: Ipv4Addr,
+    pub address: IpAddr,
     /// The MAC addresses behind it, and whether each was learnt (else installed by the
     /// control plane).
     pub macs: Vec<([u8; 6], bool)>,
@@ -149,10 +149,10 @@ fn remote_ends(remotes: &Remotes, macs: &RemoteMacs) -> Vec<RemoteEnd> {
 #[derive(Debug, Clone)]
 pub struct VxlanPortConfig {
     pub vni: u32,
-    pub local: Ipv4Addr,
+    pub local: IpAddr,
     pub udp_port: u16,
     pub control: VxlanControl,
-    pub remotes: Vec<Ipv4Addr>,
+    pub remotes: Vec<IpAddr>,
 }
 
 impl VxlanPortConfig {
@@ -171,7 +171,7 @@ impl VxlanPortConfig {
 #[derive(Debug, thiserror::Error)]
 #[error("cannot open VXLAN tunnel on {local}:{port}: {error}")]
 pub struct VxlanError {
-    pub local: Ipv4Addr,
+    pub local: IpAddr,
     pub port: u16,
     pub error: io::Error,
 }
@@ -193,10 +193,10 @@ pub struct VxlanPort {
 /// address, learnt) behind those of them it has.
 fn new_queue(
     config: &VxlanPortConfig,
-    flood: Option<&[Ipv4Addr]>,
+    flood: Option<&[IpAddr]>,
     sockets: Arc<TunnelSockets>,
     epoch: Instant,
-    carried: &[([u8; 6], Ipv4Addr, bool)],
+    carried: &[([u8; 6], IpAddr, bool)],
 ) -> io::Result<VxlanQueue> {
     let mem = crate::frame::host_memory(VXLAN_BUFFER as usize * VXLAN_BUFFERS)?;
     let remotes = Arc::new(Remotes::with_flood(
@@ -233,7 +233,7 @@ fn new_queue(
 }
 
 /// The addresses `q` knows, with the address of the end each is behind.
-fn known(q: &VxlanQueue) -> Vec<([u8; 6], Ipv4Addr, bool)> {
+fn known(q: &VxlanQueue) -> Vec<([u8; 6], IpAddr, bool)> {
     q.macs
         .list()
         .into_iter()
@@ -274,7 +274,7 @@ impl VxlanPort {
         handle: Arc<PortHandle>,
         config: VxlanPortConfig,
         sockets: TunnelSockets,
-        carried: &[([u8; 6], Ipv4Addr, bool)],
+        carried: &[([u8; 6], IpAddr, bool)],
     ) -> Result<VxlanPort, VxlanError> {
         let fail = |error| VxlanError {
             local: config.local,
@@ -392,9 +392,9 @@ impl RunningPort for VxlanPort {
 
     /// Hands over duplicates of its sockets, the receiving one first (packets queued on it
     /// wait there for the new process), the receiving socket's place in its group and the
-    /// remote addresses known. Bytes: 2 (the version), the place (2 bytes, little-endian),
-    /// then per address its MAC (6 bytes), its end's IPv4 address (4) and whether it was
-    /// learnt (1).
+    /// remote addresses known. Bytes: 3 (the version), the place (2 bytes, little-endian),
+    /// then per address its MAC (6 bytes), whether it was learnt (1), the length of its
+    /// end's address (4 or 16) and that address (see [`carried_addresses`]).
     fn hand_over(&mut self) -> Result<crate::port::HandedPort, String> {
         let attachment = self.handle.attachment();
         let Some(Attachment::Vxlan(q)) = attachment.as_deref() else {
@@ -413,15 +413,24 @@ impl RunningPort for VxlanPort {
             .membership
             .place()
             .ok_or("its receiving socket has no place in its group")?;
-        let mut data = vec![2u8];
+        let mut data = vec![3u8];
         data.extend_from_slice(&(place as u16).to_le_bytes());
         for (mac, end, learnt) in q.macs.list() {
             let Some(remote) = q.remotes.get(end) else {
                 continue;
             };
             data.extend_from_slice(&mac);
-            data.extend_from_slice(&remote.addr.octets());
             data.push(u8::from(learnt));
+            match remote.addr {
+                IpAddr::V4(a) => {
+                    data.push(4);
+                    data.extend_from_slice(&a.octets());
+                }
+                IpAddr::V6(a) => {
+                    data.push(16);
+                    data.extend_from_slice(&a.octets());
+                }
+            }
         }
         q.sockets.membership.handed_over();
         self.stop_ager();
@@ -445,7 +454,7 @@ impl Routing {
     /// Gives the port the ends `ends`, flooding to those of them in `flood`, unless it has
     /// them already: a queue with them is published around the same sockets, keeping the
     /// addresses behind the ends that stay. Whether it changed anything.
-    pub fn set_ends(&self, ends: &[Ipv4Addr], flood: &[Ipv4Addr]) -> io::Result<bool> {
+    pub fn set_ends(&self, ends: &[IpAddr], flood: &[IpAddr]) -> io::Result<bool> {
         let attachment = self.handle.attachment();
         let Some(Attachment::Vxlan(q)) = attachment.as_deref() else {
             return Err(io::Error::new(
@@ -453,14 +462,14 @@ impl Routing {
                 "the tunnel port is not open",
             ));
         };
-        let have: Vec<Ipv4Addr> = q.remotes.iter().map(|r| r.addr).collect();
-        let flooded: Vec<Ipv4Addr> = q
+        let have: Vec<IpAddr> = q.remotes.iter().map(|r| r.addr).collect();
+        let flooded: Vec<IpAddr> = q
             .remotes
             .flood()
             .iter()
             .filter_map(|&i| q.remotes.get(i).map(|r| r.addr))
             .collect();
-        let same = |a: &[Ipv4Addr], b: &[Ipv4Addr]| {
+        let same = |a: &[IpAddr], b: &[IpAddr]| {
             let (mut a, mut b) = (a.to_vec(), b.to_vec());
             a.sort_unstable();
             b.sort_unstable();
@@ -479,7 +488,7 @@ impl Routing {
     }
 
     /// Puts `mac` behind end `end`; false if the port has no such end (or is not open).
-    pub fn install(&self, mac: [u8; 6], end: Ipv4Addr) -> bool {
+    pub fn install(&self, mac: [u8; 6], end: IpAddr) -> bool {
         let attachment = self.handle.attachment();
         let Some(Attachment::Vxlan(q)) = attachment.as_deref() else {
             return false;
@@ -499,7 +508,7 @@ impl Routing {
     }
 
     /// The addresses the port knows, each with its end's address.
-    pub fn known(&self) -> Vec<([u8; 6], Ipv4Addr)> {
+    pub fn known(&self) -> Vec<([u8; 6], IpAddr)> {
         match self.handle.attachment().as_deref() {
             Some(Attachment::Vxlan(q)) => known(q).into_iter().map(|(m, a, _)| (m, a)).collect(),
             _ => Vec::new(),
@@ -515,6 +524,57 @@ pub fn start_port(
     VxlanPort::start(handle, VxlanPortConfig::from_settings(settings))
         .map(|p| Box::new(p) as Box<dyn RunningPort>)
         .map_err(StartError::new)
+}
+
+/// What a process before this one handed over of a tunnel port ([`RunningPort::hand_over`]):
+/// its receiving socket's place in its group and the addresses it knew (MAC, the end's
+/// address, learnt). Version 3 is this one's; version 2 (IPv4 ends only) had per address
+/// its MAC, the end's IPv4 address and whether it was learnt, 11 bytes; version 1 had no
+/// place (one tunnel port per address and UDP port then: its socket alone there).
+#[allow(clippy::type_complexity)]
+fn carried_addresses(data: &[u8]) -> Result<(usize, Vec<([u8; 6], IpAddr, bool)>), &'static str> {
+    let place = |a: u8, b: u8| usize::from(u16::from_le_bytes([a, b]));
+    let v2 = |entries: &[u8]| {
+        if !entries.len().is_multiple_of(11) {
+            return Err("not addresses of 11 bytes each");
+        }
+        Ok(entries
+            .chunks_exact(11)
+            .map(|e| {
+                let mac = [e[0], e[1], e[2], e[3], e[4], e[5]];
+                let addr = std::net::Ipv4Addr::new(e[6], e[7], e[8], e[9]);
+                (mac, IpAddr::V4(addr), e[10] == 1)
+            })
+            .collect())
+    };
+    match data {
+        [1, entries @ ..] => Ok((0, v2(entries)?)),
+        [2, a, b, entries @ ..] => Ok((place(*a, *b), v2(entries)?)),
+        [3, a, b, entries @ ..] => {
+            let mut rest: &[u8] = entries;
+            let mut out = Vec::new();
+            // Each turn takes 8 bytes at least: bounded by the data's length.
+            while !rest.is_empty() {
+                let [m0, m1, m2, m3, m4, m5, learnt, len, tail @ ..] = rest else {
+                    return Err("an address cut short");
+                };
+                let mac = [*m0, *m1, *m2, *m3, *m4, *m5];
+                let (addr, tail) = match (*len, tail) {
+                    (4, [a, b, c, d, tail @ ..]) => (IpAddr::from([*a, *b, *c, *d]), tail),
+                    (16, t) if t.len() >= 16 => {
+                        let mut o = [0u8; 16];
+                        o.copy_from_slice(&t[..16]);
+                        (IpAddr::from(o), &t[16..])
+                    }
+                    _ => return Err("an address neither IPv4 nor IPv6"),
+                };
+                out.push((mac, addr, *learnt == 1));
+                rest = tail;
+            }
+            Ok((place(*a, *b), out))
+        }
+        _ => Err("not version 1, 2 or 3"),
+    }
 }
 
 /// Carries on a tunnel port on the sockets the process before this one handed over
@@ -542,25 +602,10 @@ pub fn take_over_port(
     // The sending sockets (a process that sent through one raw socket handed that over:
     // it is closed, and sending sockets are opened).
     let senders: Vec<_> = fds.collect();
-    // Version 1 (one tunnel port per address and UDP port then): its socket alone there.
-    let (place, entries) = match handed.data.split_first() {
-        Some((&1, entries)) => (0, entries),
-        Some((&2, [a, b, entries @ ..])) => (usize::from(u16::from_le_bytes([*a, *b])), entries),
-        _ => return Err(bad("not version 1 or 2")),
-    };
-    if entries.len() % 11 != 0 {
-        return Err(bad("not addresses of 11 bytes each"));
-    }
-    let carried: Vec<([u8; 6], Ipv4Addr, bool)> = entries
-        .chunks_exact(11)
-        .map(|e| {
-            let mac = [e[0], e[1], e[2], e[3], e[4], e[5]];
-            (mac, Ipv4Addr::new(e[6], e[7], e[8], e[9]), e[10] == 1)
-        })
-        .collect();
+    let (place, carried) = carried_addresses(&handed.data).map_err(bad)?;
     tracing::info!(port = %handle.name(), addresses = carried.len(),
         "VXLAN tunnel carried on from the previous process");
-    let endpoint = std::net::SocketAddrV4::new(config.local, config.udp_port);
+    let endpoint = std::net::SocketAddr::new(config.local, config.udp_port);
     let sockets =
         TunnelSockets::adopt(udp, senders, endpoint, config.vni, place).map_err(|error| {
             StartError::new(VxlanError {
@@ -572,4 +617,52 @@ pub fn take_over_port(
     VxlanPort::serve(handle, config, sockets, &carried)
         .map(|p| (Box::new(p) as Box<dyn RunningPort>, Ok(())))
         .map_err(StartError::new)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_a_process_before_handed_over_reads_in_every_version() {
+        let mac = [2, 0, 0, 0, 0, 7];
+        let v4: IpAddr = "10.0.0.2".parse().unwrap();
+        let v6: IpAddr = "2001:db8::2".parse().unwrap();
+        // Version 2: the place, then MAC, IPv4 address, learnt.
+        let v2 = [&[2, 5, 0][..], &mac, &[10, 0, 0, 2, 1]].concat();
+        assert_eq!(carried_addresses(&v2), Ok((5, vec![(mac, v4, true)])));
+        // Version 1: no place.
+        let v1 = [&[1][..], &mac, &[10, 0, 0, 2, 0]].concat();
+        assert_eq!(carried_addresses(&v1), Ok((0, vec![(mac, v4, false)])));
+        // Version 3: MAC, learnt, the address's length and the address.
+        let v3 = [
+            &[3, 1, 1][..],
+            &mac,
+            &[1, 4, 10, 0, 0, 2],
+            &mac,
+            &[0, 16],
+            &v6_octets(v6),
+        ]
+        .concat();
+        assert_eq!(
+            carried_addresses(&v3),
+            Ok((257, vec![(mac, v4, true), (mac, v6, false)]))
+        );
+        assert_eq!(carried_addresses(&[3, 0, 0]), Ok((0, vec![])));
+        // Cut short, a length of neither family, an unknown version: refused.
+        assert!(carried_addresses(&v3[..v3.len() - 1]).is_err());
+        assert!(
+            carried_addresses(&[&[3, 0, 0][..], &mac, &[1, 6, 1, 2, 3, 4, 5, 6]].concat()).is_err()
+        );
+        assert!(carried_addresses(&v2[..v2.len() - 1]).is_err());
+        assert!(carried_addresses(&[4, 0, 0]).is_err());
+        assert!(carried_addresses(&[]).is_err());
+    }
+
+    fn v6_octets(a: IpAddr) -> [u8; 16] {
+        match a {
+            IpAddr::V6(a) => a.octets(),
+            IpAddr::V4(_) => unreachable!(),
+        }
+    }
 }

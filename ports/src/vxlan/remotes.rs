@@ -11,7 +11,7 @@
 //! they receive, the control side ages and installs: every entry is one 64-bit word
 //! (address and end) changed by compare-and-swap, so nobody waits for anybody.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 /// Counters of one remote end, as the workers write them.
@@ -67,12 +67,21 @@ impl Tally {
     }
 }
 
+/// An address as a key that sorts: its family, then the address as a number.
+#[inline]
+fn addr_key(a: IpAddr) -> (bool, u128) {
+    match a {
+        IpAddr::V4(v4) => (false, u128::from(u32::from(v4))),
+        IpAddr::V6(v6) => (true, u128::from(v6)),
+    }
+}
+
 /// One remote tunnel end.
 #[derive(Debug)]
 pub struct Remote {
-    pub addr: Ipv4Addr,
+    pub addr: IpAddr,
     /// Where what is sent to it goes: its address and the tunnel's UDP port.
-    pub to: SocketAddrV4,
+    pub to: SocketAddr,
     pub counters: RemoteCounters,
 }
 
@@ -83,9 +92,9 @@ pub type RemoteId = u16;
 #[derive(Debug)]
 pub struct Remotes {
     ends: Vec<Remote>,
-    /// Their addresses (as big-endian numbers), sorted, with their index: a received
-    /// packet's source is found with a binary search.
-    by_addr: Vec<(u32, RemoteId)>,
+    /// Their addresses (as keys, see [`addr_key`]), sorted, with their index: a
+    /// received packet's source is found with a binary search.
+    by_addr: Vec<((bool, u128), RemoteId)>,
     /// The ends broadcast and unknown frames go to.
     flood: Vec<RemoteId>,
 }
@@ -93,26 +102,26 @@ pub struct Remotes {
 impl Remotes {
     /// The ends at `addrs` (at most 65,535), each in the flood list, sent to on UDP port
     /// `port`.
-    pub fn new(addrs: &[Ipv4Addr], port: u16) -> Remotes {
+    pub fn new(addrs: &[IpAddr], port: u16) -> Remotes {
         Self::with_flood(addrs, addrs, port)
     }
 
     /// [`Self::new`] with only those of the ends in `flood` in the flood list (EVPN: the
     /// ends with a type-3 route).
-    pub fn with_flood(addrs: &[Ipv4Addr], flood: &[Ipv4Addr], port: u16) -> Remotes {
+    pub fn with_flood(addrs: &[IpAddr], flood: &[IpAddr], port: u16) -> Remotes {
         let ends: Vec<Remote> = addrs
             .iter()
             .take(usize::from(RemoteId::MAX))
             .map(|&a| Remote {
                 addr: a,
-                to: SocketAddrV4::new(a, port),
+                to: SocketAddr::new(a, port),
                 counters: RemoteCounters::default(),
             })
             .collect();
-        let mut by_addr: Vec<(u32, RemoteId)> = ends
+        let mut by_addr: Vec<((bool, u128), RemoteId)> = ends
             .iter()
             .enumerate()
-            .map(|(i, r)| (u32::from(r.addr), i as RemoteId))
+            .map(|(i, r)| (addr_key(r.addr), i as RemoteId))
             .collect();
         by_addr.sort_unstable();
         let flood = (0..ends.len() as RemoteId)
@@ -127,8 +136,8 @@ impl Remotes {
 
     /// The end at `addr`, if it is one.
     #[inline]
-    pub fn find(&self, addr: Ipv4Addr) -> Option<RemoteId> {
-        let a = u32::from(addr);
+    pub fn find(&self, addr: IpAddr) -> Option<RemoteId> {
+        let a = addr_key(addr);
         self.by_addr
             .binary_search_by_key(&a, |&(x, _)| x)
             .ok()
@@ -384,29 +393,37 @@ mod tests {
         mac_key([2, 0, 0, (n >> 16) as u8, (n >> 8) as u8, n as u8])
     }
 
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
     #[test]
     fn remotes_are_found_by_address_and_all_flooded_to() {
-        let addrs = [
-            Ipv4Addr::new(10, 0, 0, 9),
-            Ipv4Addr::new(10, 0, 0, 2),
-            Ipv4Addr::new(192, 168, 1, 1),
-        ];
+        let addrs = [ip("10.0.0.9"), ip("10.0.0.2"), ip("192.168.1.1")];
         let r = Remotes::new(&addrs, 4789);
-        assert_eq!(r.find(Ipv4Addr::new(10, 0, 0, 2)), Some(1));
-        assert_eq!(r.find(Ipv4Addr::new(192, 168, 1, 1)), Some(2));
-        assert_eq!(r.find(Ipv4Addr::new(10, 0, 0, 3)), None);
+        assert_eq!(r.find(ip("10.0.0.2")), Some(1));
+        assert_eq!(r.find(ip("192.168.1.1")), Some(2));
+        assert_eq!(r.find(ip("10.0.0.3")), None);
+        // The same four bytes as an IPv4-mapped IPv6 address are no end.
+        assert_eq!(r.find(ip("::ffff:10.0.0.2")), None);
         assert_eq!(r.flood(), [0, 1, 2]);
         assert_eq!(r.get(0).unwrap().to, "10.0.0.9:4789".parse().unwrap());
         assert!(Remotes::new(&[], 4789).is_empty());
         // EVPN: every end is listened to, only those with a type-3 route flooded to.
         let r = Remotes::with_flood(&addrs, &addrs[1..2], 4789);
-        assert_eq!(r.find(Ipv4Addr::new(10, 0, 0, 9)), Some(0));
+        assert_eq!(r.find(ip("10.0.0.9")), Some(0));
         assert_eq!(r.flood(), [1]);
+        // IPv6 ends.
+        let v6 = [ip("2001:db8::9"), ip("2001:db8::2")];
+        let r = Remotes::new(&v6, 4789);
+        assert_eq!(r.find(ip("2001:db8::2")), Some(1));
+        assert_eq!(r.find(ip("2001:db8::3")), None);
+        assert_eq!(r.get(0).unwrap().to, "[2001:db8::9]:4789".parse().unwrap());
     }
 
     #[test]
     fn a_tally_adds_each_run_to_its_ends_counters_once() {
-        let addrs = [Ipv4Addr::new(10, 0, 0, 2), Ipv4Addr::new(10, 0, 0, 3)];
+        let addrs = [ip("10.0.0.2"), ip("10.0.0.3")];
         let r = Remotes::new(&addrs, 4789);
         let mut t = Tally::default();
         for (end, bytes) in [(0, 100), (0, 50), (1, 10), (0, 1)] {

@@ -18,7 +18,7 @@
 #![allow(unsafe_code)]
 
 use std::io;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 use crate::frame::view::MemView;
@@ -56,7 +56,7 @@ pub struct TunnelSockets {
 /// packets of `segment` bytes (the last one may be shorter) if it is set.
 #[derive(Debug, Clone, Copy)]
 pub struct Outbound<'a> {
-    pub to: SocketAddrV4,
+    pub to: SocketAddr,
     pub iov: &'a [libc::iovec],
     pub segment: Option<u16>,
 }
@@ -65,7 +65,7 @@ pub struct Outbound<'a> {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Received {
     pub len: usize,
-    pub from: Option<SocketAddrV4>,
+    pub from: Option<SocketAddr>,
     /// Longer than the buffer: cut by the kernel.
     pub truncated: bool,
     /// Packets of one sender the kernel joined (UDP GRO): each `segment` bytes, the last
@@ -96,31 +96,109 @@ fn set_int(fd: BorrowedFd<'_>, level: i32, name: i32, value: i32) -> io::Result<
     }
 }
 
-/// A new socket of `domain`, `kind` and `protocol`, non-blocking and close-on-exec.
-fn socket(kind: i32, protocol: i32) -> io::Result<OwnedFd> {
+/// A new UDP socket of the family of `family`, non-blocking and close-on-exec; an IPv6
+/// one takes IPv6 only.
+fn udp_socket(family: IpAddr) -> io::Result<OwnedFd> {
+    let domain = if family.is_ipv6() {
+        libc::AF_INET6
+    } else {
+        libc::AF_INET
+    };
     // SAFETY: no pointer is passed; a descriptor returned is ours to own.
     let fd = unsafe {
         libc::socket(
-            libc::AF_INET,
-            kind | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            protocol,
+            domain,
+            libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            libc::IPPROTO_UDP,
         )
     };
     if fd < 0 {
         return Err(last_error());
     }
     // SAFETY: a fresh descriptor nobody else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    if family.is_ipv6() {
+        set_int(fd.as_fd(), libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 1)?;
+    }
+    Ok(fd)
 }
 
-fn sockaddr(addr: SocketAddrV4) -> libc::sockaddr_in {
-    libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: addr.port().to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from_ne_bytes(addr.ip().octets()),
-        },
-        sin_zero: [0; 8],
+/// A socket address as the kernel takes it, of either family.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub union RawAddr {
+    v4: libc::sockaddr_in,
+    v6: libc::sockaddr_in6,
+}
+
+impl RawAddr {
+    /// Room for an address the kernel writes.
+    fn empty() -> RawAddr {
+        RawAddr {
+            // All zeroes: valid for both members.
+            v6: libc::sockaddr_in6 {
+                sin6_family: 0,
+                sin6_port: 0,
+                sin6_flowinfo: 0,
+                sin6_addr: libc::in6_addr { s6_addr: [0; 16] },
+                sin6_scope_id: 0,
+            },
+        }
+    }
+
+    fn new(addr: SocketAddr) -> (RawAddr, libc::socklen_t) {
+        match addr {
+            SocketAddr::V4(a) => (
+                RawAddr {
+                    v4: libc::sockaddr_in {
+                        sin_family: libc::AF_INET as libc::sa_family_t,
+                        sin_port: a.port().to_be(),
+                        sin_addr: libc::in_addr {
+                            s_addr: u32::from_ne_bytes(a.ip().octets()),
+                        },
+                        sin_zero: [0; 8],
+                    },
+                },
+                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            ),
+            SocketAddr::V6(a) => (
+                RawAddr {
+                    v6: libc::sockaddr_in6 {
+                        sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                        sin6_port: a.port().to_be(),
+                        sin6_flowinfo: 0,
+                        sin6_addr: libc::in6_addr {
+                            s6_addr: a.ip().octets(),
+                        },
+                        sin6_scope_id: a.scope_id(),
+                    },
+                },
+                std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t,
+            ),
+        }
+    }
+
+    /// The address the kernel wrote, `len` bytes of it; `None` if it is of neither family.
+    fn get(&self, len: libc::socklen_t) -> Option<SocketAddr> {
+        // SAFETY: both members are plain old data for which any bytes are valid, and the
+        // union was made whole (see `empty`); the family is read first.
+        unsafe {
+            match i32::from(self.v4.sin_family) {
+                libc::AF_INET if len as usize >= std::mem::size_of::<libc::sockaddr_in>() => {
+                    Some(SocketAddr::new(
+                        IpAddr::V4(Ipv4Addr::from(self.v4.sin_addr.s_addr.to_ne_bytes())),
+                        u16::from_be(self.v4.sin_port),
+                    ))
+                }
+                libc::AF_INET6 if len as usize >= std::mem::size_of::<libc::sockaddr_in6>() => {
+                    Some(SocketAddr::new(
+                        IpAddr::V6(Ipv6Addr::from(self.v6.sin6_addr.s6_addr)),
+                        u16::from_be(self.v6.sin6_port),
+                    ))
+                }
+                _ => None,
+            }
+        }
     }
 }
 
@@ -179,16 +257,10 @@ fn refuse_all(fd: BorrowedFd<'_>) -> io::Result<()> {
 }
 
 /// Binds `fd` to `addr`.
-fn bind(fd: BorrowedFd<'_>, addr: SocketAddrV4) -> io::Result<()> {
-    let sa = sockaddr(addr);
-    // SAFETY: `sa` is a sockaddr_in that lives for the call, its size given.
-    let r = unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            (&sa as *const libc::sockaddr_in).cast(),
-            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-        )
-    };
+fn bind(fd: BorrowedFd<'_>, addr: SocketAddr) -> io::Result<()> {
+    let (sa, len) = RawAddr::new(addr);
+    // SAFETY: `sa` is a socket address of `len` bytes that lives for the call.
+    let r = unsafe { libc::bind(fd.as_raw_fd(), (&sa as *const RawAddr).cast(), len) };
     if r < 0 {
         Err(last_error())
     } else {
@@ -197,25 +269,31 @@ fn bind(fd: BorrowedFd<'_>, addr: SocketAddrV4) -> io::Result<()> {
 }
 
 /// A sending socket from `local`, on a port of the kernel's choosing.
-fn sender(local: Ipv4Addr) -> io::Result<OwnedFd> {
-    let fd = socket(libc::SOCK_DGRAM, libc::IPPROTO_UDP)?;
+fn sender(local: IpAddr) -> io::Result<OwnedFd> {
+    let fd = udp_socket(local)?;
     refuse_all(fd.as_fd())?;
     let _ = set_int(fd.as_fd(), libc::SOL_SOCKET, libc::SO_SNDBUF, SOCKET_BUFFER);
     // Path MTU discovery: a packet over the route's MTU is refused (EMSGSIZE) rather
-    // than fragmented, and "don't fragment" is set on every packet.
-    set_int(
-        fd.as_fd(),
-        libc::IPPROTO_IP,
-        libc::IP_MTU_DISCOVER,
-        libc::IP_PMTUDISC_DO,
-    )?;
-    set_int(
-        fd.as_fd(),
-        libc::IPPROTO_IP,
-        libc::IP_TTL,
-        i32::from(vringswitch_wire::vxlan::OUTER_TTL),
-    )?;
-    bind(fd.as_fd(), SocketAddrV4::new(local, 0)).map_err(|e| {
+    // than fragmented (IPv4: "don't fragment" is set on every packet).
+    let ttl = i32::from(vringswitch_wire::vxlan::OUTER_TTL);
+    if local.is_ipv6() {
+        set_int(
+            fd.as_fd(),
+            libc::IPPROTO_IPV6,
+            libc::IPV6_MTU_DISCOVER,
+            libc::IPV6_PMTUDISC_DO,
+        )?;
+        set_int(fd.as_fd(), libc::IPPROTO_IPV6, libc::IPV6_UNICAST_HOPS, ttl)?;
+    } else {
+        set_int(
+            fd.as_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            libc::IP_PMTUDISC_DO,
+        )?;
+        set_int(fd.as_fd(), libc::IPPROTO_IP, libc::IP_TTL, ttl)?;
+    }
+    bind(fd.as_fd(), SocketAddr::new(local, 0)).map_err(|e| {
         io::Error::new(
             e.kind(),
             format!("cannot bind a UDP socket to send from {local}: {e}"),
@@ -232,7 +310,7 @@ fn join_packets(fd: BorrowedFd<'_>) -> io::Result<()> {
 }
 
 /// The sending sockets of a port on `local`.
-fn senders(local: Ipv4Addr) -> io::Result<Vec<OwnedFd>> {
+fn senders(local: IpAddr) -> io::Result<Vec<OwnedFd>> {
     (0..SENDERS).map(|_| sender(local)).collect()
 }
 
@@ -257,8 +335,8 @@ struct GroCmsg {
 impl TunnelSockets {
     /// Binds the receiving socket to `local:port` for the port of VNI `vni` (other VNIs'
     /// ports may bind there too) and the sending ones to `local`.
-    pub fn open(local: Ipv4Addr, port: u16, vni: u32) -> io::Result<TunnelSockets> {
-        let udp = socket(libc::SOCK_DGRAM, libc::IPPROTO_UDP)?;
+    pub fn open(local: IpAddr, port: u16, vni: u32) -> io::Result<TunnelSockets> {
+        let udp = udp_socket(local)?;
         set_int(udp.as_fd(), libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
         // Bigger buffers if the system allows; the defaults do otherwise.
         let _ = set_int(
@@ -267,13 +345,12 @@ impl TunnelSockets {
             libc::SO_RCVBUF,
             SOCKET_BUFFER,
         );
-        bind(udp.as_fd(), SocketAddrV4::new(local, port)).map_err(|e| {
-            io::Error::new(e.kind(), format!("cannot bind UDP {local}:{port}: {e}"))
-        })?;
+        let endpoint = SocketAddr::new(local, port);
+        bind(udp.as_fd(), endpoint)
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot bind UDP {endpoint}: {e}")))?;
         join_packets(udp.as_fd())?;
         let senders = senders(local)?;
-        let membership =
-            super::endpoint::join(SocketAddrV4::new(local, port), vni, udp.as_fd(), None)?;
+        let membership = super::endpoint::join(endpoint, vni, udp.as_fd(), None)?;
         Ok(TunnelSockets {
             udp,
             senders,
@@ -287,14 +364,14 @@ impl TunnelSockets {
     pub fn adopt(
         udp: OwnedFd,
         senders: Vec<OwnedFd>,
-        endpoint: SocketAddrV4,
+        endpoint: SocketAddr,
         vni: u32,
         place: usize,
     ) -> io::Result<TunnelSockets> {
         let senders = if senders.len() == SENDERS {
             senders
         } else {
-            self::senders(*endpoint.ip())?
+            self::senders(endpoint.ip())?
         };
         join_packets(udp.as_fd())?;
         let membership = super::endpoint::join(endpoint, vni, udp.as_fd(), Some(place))?;
@@ -336,22 +413,22 @@ impl TunnelSockets {
                 iov_len: len,
             };
         }
-        // SAFETY: plain old data, all zeroes valid.
-        let mut names: [libc::sockaddr_in; MAX] = unsafe { std::mem::zeroed() };
+        let mut names = [RawAddr::empty(); MAX];
         // SAFETY: plain old data, all zeroes valid (null pointers, zero lengths).
         let mut msgs: [libc::mmsghdr; MAX] = unsafe { std::mem::zeroed() };
         // SAFETY: plain old data, all zeroes valid.
         let mut cmsgs: [GroCmsg; MAX] = unsafe { std::mem::zeroed() };
         for i in 0..n {
             let h = &mut msgs[i].msg_hdr;
-            h.msg_name = (&mut names[i] as *mut libc::sockaddr_in).cast();
-            h.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            h.msg_name = (&mut names[i] as *mut RawAddr).cast();
+            h.msg_namelen = std::mem::size_of::<RawAddr>() as libc::socklen_t;
             h.msg_iov = &mut iov[i];
             h.msg_iovlen = 1;
             h.msg_control = (&mut cmsgs[i] as *mut GroCmsg).cast();
             h.msg_controllen = std::mem::size_of::<GroCmsg>();
         }
-        // SAFETY: each of the first `n` headers names a sockaddr_in of ours, space of ours
+        // SAFETY: each of the first `n` headers names room of ours for a socket address
+        // (its size given), space of ours
         // for control messages (its size given) and one iovec over a range of the port's
         // own memory, mapped for as long as `view`'s memory
         // lives and written by nobody else meanwhile (the buffers are the port's, reused
@@ -376,15 +453,7 @@ impl TunnelSockets {
         let got = r as usize;
         for i in 0..got {
             let m = &msgs[i];
-            let name = &names[i];
-            let from = (m.msg_hdr.msg_namelen as usize >= std::mem::size_of::<libc::sockaddr_in>()
-                && i32::from(name.sin_family) == libc::AF_INET)
-                .then(|| {
-                    SocketAddrV4::new(
-                        Ipv4Addr::from(name.sin_addr.s_addr.to_ne_bytes()),
-                        u16::from_be(name.sin_port),
-                    )
-                });
+            let from = names[i].get(m.msg_hdr.msg_namelen);
             // The one control message asked for, if the kernel wrote it first.
             let c = &cmsgs[i];
             // SAFETY: CMSG_LEN only computes a length.
@@ -422,17 +491,17 @@ impl TunnelSockets {
             return Ok(0);
         }
         let fd = self.senders[sender % self.senders.len()].as_raw_fd();
-        // SAFETY: plain old data, all zeroes valid.
-        let mut names: [libc::sockaddr_in; MAX_MESSAGES] = unsafe { std::mem::zeroed() };
+        let mut names = [RawAddr::empty(); MAX_MESSAGES];
         // SAFETY: plain old data, all zeroes valid (null pointers, zero lengths).
         let mut hdrs: [libc::mmsghdr; MAX_MESSAGES] = unsafe { std::mem::zeroed() };
         // SAFETY: plain old data, all zeroes valid.
         let mut cmsgs: [SegmentCmsg; MAX_MESSAGES] = unsafe { std::mem::zeroed() };
         for (i, m) in msgs[..n].iter().enumerate() {
-            names[i] = sockaddr(m.to);
+            let (name, len) = RawAddr::new(m.to);
+            names[i] = name;
             let h = &mut hdrs[i].msg_hdr;
-            h.msg_name = (&mut names[i] as *mut libc::sockaddr_in).cast();
-            h.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            h.msg_name = (&mut names[i] as *mut RawAddr).cast();
+            h.msg_namelen = len;
             h.msg_iov = m.iov.as_ptr().cast_mut();
             h.msg_iovlen = m.iov.len();
             if let Some(size) = m.segment {
@@ -447,7 +516,7 @@ impl TunnelSockets {
                 h.msg_controllen = unsafe { libc::CMSG_SPACE(2) } as usize;
             }
         }
-        // SAFETY: each of the first `n` headers names a sockaddr_in of ours, at most one
+        // SAFETY: each of the first `n` headers names a socket address of ours, at most one
         // control message of ours (UDP_SEGMENT, its data right after its header as
         // CMSG_DATA places it) and the iovecs of its message, which point at memory valid
         // for their lengths for the call (the caller's: the VXLAN header and heads it
