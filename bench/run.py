@@ -312,6 +312,11 @@ class Vringswitch:
         with urllib.request.urlopen(f"http://127.0.0.1:{API_PORT}/v1/stats", timeout=5) as r:
             return json.load(r)
 
+    def drops(self):
+        """Every port's drops that happened, as {"PORT:REASON": count}."""
+        return {f"{port['name']}:{reason}": n for port in self.stats()["ports"]
+                for reason, n in port.get("drops", {}).items() if n}
+
     def cycles(self):
         """Busy cycles of worker 0, packets it took and bursts it took them in, so far."""
         st = self.stats()
@@ -1333,11 +1338,7 @@ def vxlan_vringswitch(work, size, secs):
         c1, n1, _ = vs.cycles()
         k1 = veth_packets()
         mpps, gen_cpp = stop_generator(p, out)
-        drops = {}
-        for port in vs.stats()["ports"]:
-            for reason, n in port.get("drops", {}).items():
-                if n:
-                    drops[f"{port['name']}:{reason}"] = n
+        drops = vs.drops()
     finally:
         vs.stop()
     assert k1 > k0, "no tunnel packet crossed the veth pair"
@@ -1423,11 +1424,7 @@ def vxlan_tso_vringswitch(work, secs):
         c1, _, _ = vs.cycles()
         t1 = time.time()
         out, _ = probe.communicate(timeout=60)
-        drops = {}
-        for port in vs.stats()["ports"]:
-            for reason, n in port.get("drops", {}).items():
-                if n:
-                    drops[f"{port['name']}:{reason}"] = n
+        drops = vs.drops()
     finally:
         vs.stop()
     lines = [json.loads(x) for x in out.splitlines() if x.startswith("{")][2:]

@@ -50,6 +50,44 @@ fn drops(handle: &PortHandle, reason: DropReason) -> u64 {
     handle.stats().snapshot().drops[reason as usize]
 }
 
+/// The kernel's VXLAN device learnt the test VM's address behind this host's tunnel end
+/// (flood and learn on its side).
+fn kernel_learnt_the_vm_behind_this_host(underlay: &KernelVtep) {
+    let fdb = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &underlay.ns.0,
+            "bridge",
+            "fdb",
+            "show",
+            "dev",
+            "vx0",
+        ])
+        .output()
+        .expect("ip and bridge (apt-get install iproute2)");
+    let fdb = String::from_utf8_lossy(&fdb.stdout);
+    assert!(
+        fdb.contains(&format!("dst {}", underlay.here)),
+        "the kernel learnt the VM behind {}: {fdb}",
+        underlay.here
+    );
+}
+
+/// Runs the Python `script` in the far namespace of `underlay`, which must succeed.
+fn python_in(underlay: &KernelVtep, script: &str) {
+    let ns_path = format!("/var/run/netns/{}", underlay.ns.0);
+    let out = std::process::Command::new("nsenter")
+        .args([&format!("--net={ns_path}"), "python3", "-c", script])
+        .output()
+        .expect("nsenter and python3 (apt-get install util-linux python3)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Waits until `f` holds, failing the test with `what` after [`T`].
 fn eventually(what: &str, f: impl Fn() -> bool) {
     let deadline = std::time::Instant::now() + T;
@@ -80,24 +118,7 @@ fn the_kernels_vxlan_answers_a_vm_through_a_tunnel_port_both_ways() {
     let learnt = port.macs().list();
     assert_eq!(learnt.len(), 1, "{learnt:?}");
     assert!(learnt[0].2, "learnt, not installed");
-    let fdb = std::process::Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &underlay.ns.0,
-            "bridge",
-            "fdb",
-            "show",
-            "dev",
-            "vx0",
-        ])
-        .output()
-        .unwrap();
-    let fdb = String::from_utf8_lossy(&fdb.stdout);
-    assert!(
-        fdb.contains(&format!("dst {}", underlay.here)),
-        "the kernel learnt the VM behind this host: {fdb}"
-    );
+    kernel_learnt_the_vm_behind_this_host(&underlay);
 
     engine.stop();
     port.stop();
@@ -110,31 +131,14 @@ fn an_ipv6_underlay_carries_the_vms_frames_to_the_kernels_vxlan_and_back() {
     let handle = Arc::new(PortHandle::new(1, "tunnel", 1));
     let mut port = tunnel(&underlay, 47, &handle);
     let engine = Engine::with_uplink(&dir.path().join("vm.sock"), &handle);
-    // An IPv6 tunnel adds 70 bytes: a 1422-byte frame fills the veth's 1500.
+    // An IPv6 tunnel adds 70 bytes: a 1422-byte frame fits the veth's 1500.
     let big: Vec<u8> = (0..1380u32).map(|i| (i * 7) as u8).collect();
     ping_the_kernel(&dir.path().join("vm.sock"), 1, &[b"over IPv6", &big]);
+    // The kernel's address learnt behind its end, here.
     let learnt = port.macs().list();
     assert_eq!(learnt.len(), 1, "{learnt:?}");
-    let ends = port.macs().list();
-    assert!(ends.iter().all(|&(_, end, learnt)| end == 0 && learnt));
-    let fdb = std::process::Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &underlay.ns.0,
-            "bridge",
-            "fdb",
-            "show",
-            "dev",
-            "vx0",
-        ])
-        .output()
-        .unwrap();
-    let fdb = String::from_utf8_lossy(&fdb.stdout);
-    assert!(
-        fdb.contains(&format!("dst {}", underlay.here)),
-        "the kernel learnt the VM behind this host's IPv6 end: {fdb}"
-    );
+    assert!(learnt[0].2, "learnt, not installed");
+    kernel_learnt_the_vm_behind_this_host(&underlay);
     assert_eq!(drops(&handle, DropReason::TooBig), 0);
     engine.stop();
     port.stop();
@@ -165,7 +169,6 @@ fn tunnel_packets_from_strangers_or_of_another_vni_are_dropped_and_counted() {
     };
     let send_from = |from: std::net::IpAddr, bytes: &[u8]| {
         // A UDP socket inside the remote namespace, bound to `from`.
-        let ns_path = format!("/var/run/netns/{}", underlay.ns.0);
         let from_s = from.to_string();
         let here = underlay.here.to_string();
         let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
@@ -173,15 +176,7 @@ fn tunnel_packets_from_strangers_or_of_another_vni_are_dropped_and_counted() {
             "import socket,binascii\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n\
              s.bind(('{from_s}',0))\ns.sendto(binascii.unhexlify('{hex}'),('{here}',4789))\n"
         );
-        let out = std::process::Command::new("nsenter")
-            .args([&format!("--net={ns_path}"), "python3", "-c", &script])
-            .output()
-            .expect("nsenter and python3 (apt-get install util-linux python3)");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        python_in(&underlay, &script);
     };
     send_from(stranger, &packet(43, 0x08));
     eventually("an unknown_vtep drop", || {
@@ -271,7 +266,6 @@ fn bursts_go_out_and_come_in_as_few_system_calls_and_every_frame_is_counted() {
     // In: 120 packets sent by the far side as three UDP GSO messages of 40 (the kernel
     // hands each to the port whole, more than a burst of 32 takes: the rest is taken by
     // the next poll), one of them of another VNI: 119 frames reach the VM, in order.
-    let ns_path = format!("/var/run/netns/{}", underlay.ns.0);
     let script = format!(
         "import socket\n\
          s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n\
@@ -288,15 +282,7 @@ fn bursts_go_out_and_come_in_as_few_system_calls_and_every_frame_is_counted() {
         there = underlay.there,
         here = underlay.here,
     );
-    let out = std::process::Command::new("nsenter")
-        .args([&format!("--net={ns_path}"), "python3", "-c", &script])
-        .output()
-        .expect("nsenter and python3 (apt-get install util-linux python3)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    python_in(&underlay, &script);
     let mut got = Vec::new();
     let deadline = std::time::Instant::now() + T;
     while got.len() < 119 {
