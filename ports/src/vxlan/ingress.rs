@@ -54,7 +54,7 @@ impl Pending {
 
     /// The next packet: its message's index, where it starts in the message, its length
     /// and whether the kernel cut it; `None` when every packet was taken.
-    fn next_packet(&mut self) -> Option<(usize, usize, usize, bool)> {
+    pub fn next_packet(&mut self) -> Option<(usize, usize, usize, bool)> {
         if self.next >= self.end {
             return None;
         }

@@ -25,7 +25,7 @@ mod egress;
 pub mod endpoint;
 pub(crate) use egress::Batch;
 mod ingress;
-pub use ingress::admit;
+pub use ingress::{admit, Pending};
 pub mod remotes;
 pub mod socket;
 
