@@ -29,14 +29,20 @@ fuzz_target!(|data: &[u8]| {
             Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 3).into(),
         ]
     } else {
-        [Ipv4Addr::new(10, 0, 0, 2).into(), Ipv4Addr::new(10, 0, 0, 3).into()]
+        [
+            Ipv4Addr::new(10, 0, 0, 2).into(),
+            Ipv4Addr::new(10, 0, 0, 3).into(),
+        ]
     };
     let remotes = Remotes::new(&ends, 4789);
     let from = match who % 8 {
         0 => None,
         1 => Some(SocketAddr::new(Ipv4Addr::new(10, 0, 0, 9).into(), 4789)),
         // The ends' addresses of the other family: strangers.
-        2 => Some(SocketAddr::new(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2).into(), 1)),
+        2 => Some(SocketAddr::new(
+            Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2).into(),
+            1,
+        )),
         3 => Some(SocketAddr::new(Ipv4Addr::new(10, 0, 0, 2).into(), 1)),
         n => Some(SocketAddr::new(ends[usize::from(n) % 2], 50_000)),
     };
@@ -98,7 +104,10 @@ fn walk(data: &[u8]) {
         if r.segment > 0 {
             assert!(len <= usize::from(r.segment));
         }
-        assert!(!cut || (r.truncated && start + len == r.len), "only a cut message's last");
+        assert!(
+            !cut || (r.truncated && start + len == r.len),
+            "only a cut message's last"
+        );
         next = if len == 0 || start + len >= r.len {
             (i + 1, 0)
         } else {
