@@ -405,7 +405,7 @@ impl RunningPort for VxlanPort {
                 .map_err(|e| format!("cannot duplicate a socket: {e}"))
         };
         let mut fds = vec![dup(&q.sockets.udp)?];
-        for fd in &q.sockets.senders {
+        for fd in &q.sockets.senders.0 {
             fds.push(dup(fd)?);
         }
         let place = q

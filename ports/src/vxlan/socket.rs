@@ -17,9 +17,11 @@
 // sound.
 #![allow(unsafe_code)]
 
+use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use crate::frame::view::MemView;
 
@@ -46,8 +48,9 @@ pub struct TunnelSockets {
     /// Receives: bound to the local tunnel address and UDP port, in the group of the
     /// tunnel ports there (one per VNI, see [`super::endpoint`]).
     pub udp: OwnedFd,
-    /// Send: UDP, bound to the local tunnel address, each to a port of its own.
-    pub senders: Vec<OwnedFd>,
+    /// Send: UDP, bound to the local tunnel address, each to a port of its own; shared by
+    /// the tunnel ports on that address (see [`shared_senders`]).
+    pub senders: Arc<Senders>,
     /// `udp`'s place in its group; dropped after it (fields drop in order).
     pub membership: super::endpoint::Membership,
 }
@@ -309,9 +312,37 @@ fn join_packets(fd: BorrowedFd<'_>) -> io::Result<()> {
         .map_err(|e| io::Error::new(e.kind(), format!("cannot turn on UDP GRO: {e}")))
 }
 
-/// The sending sockets of a port on `local`.
-fn senders(local: IpAddr) -> io::Result<Vec<OwnedFd>> {
-    (0..SENDERS).map(|_| sender(local)).collect()
+/// The sending sockets of the tunnel ports on one address ([`SENDERS`] of them).
+#[derive(Debug)]
+pub struct Senders(pub Vec<OwnedFd>);
+
+/// The sending sockets of each local tunnel address in use: what a VXLAN header says
+/// (the VNI) is the packet's own, so every tunnel port there sends through the same
+/// ones, and a host with many VNIs holds [`SENDERS`] descriptors per address, not per
+/// port. Gone with the last port that holds them.
+fn pools() -> &'static Mutex<HashMap<IpAddr, Weak<Senders>>> {
+    static POOLS: OnceLock<Mutex<HashMap<IpAddr, Weak<Senders>>>> = OnceLock::new();
+    POOLS.get_or_init(Default::default)
+}
+
+/// The sending sockets of `local`: those the ports there share, else `handed` (the
+/// process before this one's, if it handed over a whole set), else new ones.
+fn shared_senders(local: IpAddr, handed: Vec<OwnedFd>) -> io::Result<Arc<Senders>> {
+    let mut pools = pools().lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(s) = pools.get(&local).and_then(Weak::upgrade) {
+        return Ok(s);
+    }
+    let fds = if handed.len() == SENDERS {
+        handed
+    } else {
+        (0..SENDERS)
+            .map(|_| sender(local))
+            .collect::<io::Result<_>>()?
+    };
+    let s = Arc::new(Senders(fds));
+    pools.retain(|_, w| w.strong_count() > 0);
+    pools.insert(local, Arc::downgrade(&s));
+    Ok(s)
 }
 
 /// Space for one UDP_SEGMENT control message.
@@ -349,7 +380,7 @@ impl TunnelSockets {
         bind(udp.as_fd(), endpoint)
             .map_err(|e| io::Error::new(e.kind(), format!("cannot bind UDP {endpoint}: {e}")))?;
         join_packets(udp.as_fd())?;
-        let senders = senders(local)?;
+        let senders = shared_senders(local, Vec::new())?;
         let membership = super::endpoint::join(endpoint, vni, udp.as_fd(), None)?;
         Ok(TunnelSockets {
             udp,
@@ -359,8 +390,9 @@ impl TunnelSockets {
     }
 
     /// The sockets the process before this one opened for the port of VNI `vni` on
-    /// `local:port`, its receiving one at `place` in its group: `senders` are its sending
-    /// sockets, or none (a process that sent otherwise), and new ones are opened.
+    /// `local:port`, its receiving one at `place` in its group: `senders` are the sending
+    /// sockets it handed over (those of the address, if another port took them over
+    /// already: these close), or none (a process that sent otherwise: new ones open).
     pub fn adopt(
         udp: OwnedFd,
         senders: Vec<OwnedFd>,
@@ -368,11 +400,7 @@ impl TunnelSockets {
         vni: u32,
         place: usize,
     ) -> io::Result<TunnelSockets> {
-        let senders = if senders.len() == SENDERS {
-            senders
-        } else {
-            self::senders(endpoint.ip())?
-        };
+        let senders = shared_senders(endpoint.ip(), senders)?;
         join_packets(udp.as_fd())?;
         let membership = super::endpoint::join(endpoint, vni, udp.as_fd(), Some(place))?;
         Ok(TunnelSockets {
@@ -490,7 +518,7 @@ impl TunnelSockets {
         if n == 0 {
             return Ok(0);
         }
-        let fd = self.senders[sender % self.senders.len()].as_raw_fd();
+        let fd = self.senders.0[sender % self.senders.0.len()].as_raw_fd();
         let mut names = [RawAddr::empty(); MAX_MESSAGES];
         // SAFETY: plain old data, all zeroes valid (null pointers, zero lengths).
         let mut hdrs: [libc::mmsghdr; MAX_MESSAGES] = unsafe { std::mem::zeroed() };
@@ -542,5 +570,47 @@ impl TunnelSockets {
     /// The descriptor a sleeping worker waits on.
     pub fn receiver(&self) -> BorrowedFd<'_> {
         self.udp.as_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ports_on_one_address_share_its_sending_sockets() {
+        let here = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        // A port of its own, so that no other test's sockets are in the way.
+        let port = {
+            let probe = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            probe.local_addr().unwrap().port()
+        };
+        let a = TunnelSockets::open(here, port, 10).unwrap();
+        let b = TunnelSockets::open(here, port, 11).unwrap();
+        assert!(Arc::ptr_eq(&a.senders, &b.senders));
+        assert_eq!(a.senders.0.len(), SENDERS);
+        // Another address has its own.
+        let there = IpAddr::V6(Ipv6Addr::LOCALHOST);
+        let c = TunnelSockets::open(there, port, 10).unwrap();
+        assert!(!Arc::ptr_eq(&a.senders, &c.senders));
+        // Handed-over sockets are taken only where the address has none yet.
+        let dups: Vec<OwnedFd> = a.senders.0.iter().map(|f| f.try_clone().unwrap()).collect();
+        let kept = shared_senders(here, dups).unwrap();
+        assert!(Arc::ptr_eq(&kept, &a.senders));
+        drop((a, b, c, kept));
+        let again = TunnelSockets::open(here, port, 10).unwrap();
+        assert_eq!(again.senders.0.len(), SENDERS);
+        let whole: Vec<OwnedFd> = again
+            .senders
+            .0
+            .iter()
+            .map(|f| f.try_clone().unwrap())
+            .collect();
+        let raw: Vec<i32> = whole.iter().map(|f| f.as_raw_fd()).collect();
+        drop(again);
+        // The last port gone, what is handed over is what the address sends through.
+        let adopted = shared_senders(here, whole).unwrap();
+        let fds: Vec<i32> = adopted.0.iter().map(|f| f.as_raw_fd()).collect();
+        assert_eq!(fds, raw);
     }
 }
