@@ -301,6 +301,35 @@ fn bursts_go_out_and_come_in_as_few_system_calls_and_every_frame_is_counted() {
     let want: Vec<u16> = (0..120).filter(|&i| i != 77).collect();
     assert_eq!(got, want, "every frame but the other VNI's, in order");
     assert_eq!(drops(&handle, DropReason::BadTunnel), 1);
+
+    // A change of ends publishes a queue that receives into the same buffers (what waits
+    // there is taken by it, and no change allocates).
+    let buffers = |h: &PortHandle| match h.attachment().as_deref() {
+        Some(vringswitch_ports::Attachment::Vxlan(q)) => q.mem() as *const _ as usize,
+        _ => panic!("the tunnel is attached"),
+    };
+    let before = buffers(&handle);
+    let mut settings = vringswitch_config::VxlanSettings {
+        vni: Some(45),
+        local: Some(underlay.here.to_string()),
+        control: Some(VxlanControl::Static),
+        remotes: Some(vec![underlay.there.to_string(), "10.98.4.9".into()]),
+        ..Default::default()
+    };
+    vringswitch_config::KindSettings::fill_defaults(&mut settings, "tunnel");
+    vringswitch_ports::port::RunningPort::change(
+        &mut port,
+        &vringswitch_config::KindSpec::Vxlan(settings),
+    )
+    .unwrap();
+    assert!(
+        port.macs()
+            .list()
+            .iter()
+            .any(|&(m, _, _)| m == [2, 0, 0, 0, 0, 9]),
+        "the address learnt behind the end that stayed is kept"
+    );
+    assert_eq!(buffers(&handle), before);
     engine.stop();
     port.stop();
 }

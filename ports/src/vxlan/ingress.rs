@@ -49,13 +49,13 @@ impl Default for Pending {
 impl Pending {
     /// Whether every packet received was taken.
     pub fn is_empty(&self) -> bool {
-        self.next == self.end
+        self.next >= self.end.min(VXLAN_BUFFERS)
     }
 
     /// The next packet: its message's index, where it starts in the message, its length
     /// and whether the kernel cut it; `None` when every packet was taken.
     pub fn next_packet(&mut self) -> Option<(usize, usize, usize, bool)> {
-        if self.next >= self.end {
+        if self.is_empty() {
             return None;
         }
         let i = self.next;
@@ -175,7 +175,7 @@ impl Ingress for VxlanQueue {
             return Polled::default();
         }
         // One worker polls a port; the lock is never waited for.
-        let Ok(mut left) = self.received.try_lock() else {
+        let Ok(mut left) = self.receiving.pending.try_lock() else {
             return Polled::default();
         };
         let mut view = MemView::new(self.mem());
@@ -235,7 +235,10 @@ impl Ingress for VxlanQueue {
         }
         waits.wake_while_readable(fd);
         // Packets received and not taken yet: work now.
-        self.received.try_lock().is_ok_and(|left| !left.is_empty())
+        self.receiving
+            .pending
+            .try_lock()
+            .is_ok_and(|left| !left.is_empty())
     }
 }
 

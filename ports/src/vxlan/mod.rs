@@ -60,8 +60,8 @@ pub struct VxlanQueue {
     /// What the port was set up with (`remotes`: the ends this queue has).
     config: VxlanPortConfig,
     sockets: Arc<TunnelSockets>,
-    /// The receive buffers.
-    mem: FrameMem,
+    /// The receive buffers and what they hold.
+    receiving: Arc<Receiving>,
     vni: u32,
     /// The VXLAN header of what it sends.
     header: [u8; VXLAN_HEADER_LEN],
@@ -73,14 +73,31 @@ pub struct VxlanQueue {
     epoch: Instant,
     /// A receive failed other than for want of packets: the socket is broken.
     failed: AtomicBool,
+}
+
+/// What a port receives into, shared by the queues published around its sockets (a change
+/// of ends publishes another): packets received and not taken yet are taken by the next
+/// queue polled, and no change allocates buffers.
+struct Receiving {
+    /// The receive buffers.
+    mem: FrameMem,
     /// What was received and not taken yet (see [`ingress`]).
-    received: std::sync::Mutex<Box<ingress::Pending>>,
+    pending: std::sync::Mutex<Box<ingress::Pending>>,
+}
+
+impl Receiving {
+    fn new() -> io::Result<Arc<Receiving>> {
+        Ok(Arc::new(Receiving {
+            mem: crate::frame::host_memory(VXLAN_BUFFER as usize * VXLAN_BUFFERS)?,
+            pending: Default::default(),
+        }))
+    }
 }
 
 impl VxlanQueue {
     /// The memory the receive buffers are in.
     pub fn mem(&self) -> &FrameMem {
-        &self.mem
+        &self.receiving.mem
     }
 
     /// The address of receive buffer `i` in [`Self::mem`].
@@ -188,17 +205,17 @@ pub struct VxlanPort {
     ager: Option<std::thread::JoinHandle<()>>,
 }
 
-/// A queue for the workers on `sockets`, its remote ends as `config` says (flooding to
-/// those in `flood`, else to all), knowing the addresses `carried` (MAC, the end's
-/// address, learnt) behind those of them it has.
+/// A queue for the workers on `sockets` (receiving into `receiving`), its remote ends as
+/// `config` says (flooding to those in `flood`, else to all), knowing the addresses
+/// `carried` (MAC, the end's address, learnt) behind those of them it has.
 fn new_queue(
     config: &VxlanPortConfig,
     flood: Option<&[IpAddr]>,
     sockets: Arc<TunnelSockets>,
+    receiving: Arc<Receiving>,
     epoch: Instant,
     carried: &[([u8; 6], IpAddr, bool)],
-) -> io::Result<VxlanQueue> {
-    let mem = crate::frame::host_memory(VXLAN_BUFFER as usize * VXLAN_BUFFERS)?;
+) -> VxlanQueue {
     let remotes = Arc::new(Remotes::with_flood(
         &config.remotes,
         flood.unwrap_or(&config.remotes),
@@ -217,10 +234,10 @@ fn new_queue(
             let _ = macs.install(key, id);
         }
     }
-    Ok(VxlanQueue {
+    VxlanQueue {
         config: config.clone(),
         sockets,
-        mem,
+        receiving,
         vni: config.vni,
         header: vringswitch_wire::vxlan::header(config.vni),
         remotes,
@@ -228,8 +245,7 @@ fn new_queue(
         learn: config.control == VxlanControl::Static,
         epoch,
         failed: AtomicBool::new(false),
-        received: Default::default(),
-    })
+    }
 }
 
 /// The addresses `q` knows, with the address of the end each is behind.
@@ -283,7 +299,8 @@ impl VxlanPort {
         };
         let sockets = Arc::new(sockets);
         let epoch = Instant::now();
-        let queue = new_queue(&config, None, sockets.clone(), epoch, carried).map_err(fail)?;
+        let receiving = Receiving::new().map_err(fail)?;
+        let queue = new_queue(&config, None, sockets.clone(), receiving, epoch, carried);
         let macs = queue.macs.clone();
         handle.set_connected(true);
         handle.attach(Arc::new(Attachment::Vxlan(queue)));
@@ -373,12 +390,17 @@ impl RunningPort for VxlanPort {
         };
         let config = VxlanPortConfig::from_settings(v);
         let attachment = self.handle.attachment();
-        let carried = match attachment.as_deref() {
-            Some(Attachment::Vxlan(q)) => known(q),
-            _ => Vec::new(),
+        let Some(Attachment::Vxlan(q)) = attachment.as_deref() else {
+            return Err("its sockets are not open".into());
         };
-        let queue = new_queue(&config, None, self.sockets.clone(), self.epoch, &carried)
-            .map_err(|e| format!("cannot make the port's buffers: {e}"))?;
+        let queue = new_queue(
+            &config,
+            None,
+            self.sockets.clone(),
+            q.receiving.clone(),
+            self.epoch,
+            &known(q),
+        );
         self.macs = queue.macs.clone();
         self.handle.attach(Arc::new(Attachment::Vxlan(queue)));
         tracing::info!(port = %self.handle.name(), remotes = config.remotes.len(),
@@ -480,7 +502,14 @@ impl Routing {
         }
         let mut config = q.config.clone();
         config.remotes = ends.to_vec();
-        let queue = new_queue(&config, Some(flood), q.sockets.clone(), q.epoch, &known(q))?;
+        let queue = new_queue(
+            &config,
+            Some(flood),
+            q.sockets.clone(),
+            q.receiving.clone(),
+            q.epoch,
+            &known(q),
+        );
         self.handle.attach(Arc::new(Attachment::Vxlan(queue)));
         tracing::debug!(port = %self.handle.name(), ends = ends.len(), flood = flood.len(),
             "VXLAN tunnel's remote ends changed by its control plane");
