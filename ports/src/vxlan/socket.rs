@@ -1,12 +1,12 @@
 //! The tunnel's sockets and the system calls on them: a UDP socket bound to this host's
-//! tunnel address and port, which receives (the kernel checks the outer IPv4 and UDP
+//! tunnel address and port, which receives (the kernel checks the outer IP and UDP
 //! headers and says who sent each packet), and a pool of [`SENDERS`] UDP sockets bound to
-//! the same address and ports of the kernel's choosing, which send: a frame goes out of
-//! the one its inner flow's hash picks, so that the outer UDP source port follows the
-//! flow (the underlay's ECMP spreads the tunnel's flows and keeps each in order). The
-//! kernel builds the outer IPv4 and UDP headers ("don't fragment" set: a packet over the
-//! path's MTU is refused, never fragmented) and keeps the route of each socket's last
-//! destination.
+//! the same address and ports of the kernel's choosing, shared by the tunnel ports there,
+//! which send: a frame goes out of the one its inner flow's hash picks, so that the outer
+//! UDP source port follows the flow (the underlay's ECMP spreads the tunnel's flows and
+//! keeps each in order). The kernel builds the outer IP and UDP headers (IPv4's "don't
+//! fragment" set: a packet over the path's MTU is refused, never fragmented). IPv4 or
+//! IPv6, as the tunnel address is.
 //!
 //! Packets are received a burst at a time with `recvmmsg` straight into the port's buffers
 //! (memory of its own, read by the workers through the same checked views as a VM's), and
@@ -29,14 +29,14 @@ use crate::frame::view::MemView;
 /// frame's segments (split where they cross a region of the sender's memory).
 pub const MAX_SEND_PIECES: usize = 2 + crate::frame::MAX_SEGS * 2;
 
-/// Sending sockets of a port: as many outer UDP source ports for its flows.
+/// Sending sockets of a tunnel address: as many outer UDP source ports for its flows.
 pub const SENDERS: usize = 16;
 
 /// Most packets one UDP GSO message carries (the kernel's limit is 64 or more).
 pub const MAX_GSO_SEGMENTS: usize = 64;
 
-/// Most bytes of UDP payload one message carries (an IPv4 datagram's limit, less the
-/// headers).
+/// Most bytes of UDP payload one message carries (an IPv4 datagram's limit less the
+/// headers; IPv6 would allow 20 more).
 pub const MAX_DATAGRAM: usize = 65_507;
 
 /// Most messages one `sendmmsg` is given.
