@@ -350,8 +350,7 @@ impl Table {
     /// nearly half its time waiting for its bucket).
     #[inline]
     pub fn prefetch(&self, hash: u64) {
-        let [first, _] = self.buckets_of(hash);
-        prefetch(first);
+        prefetch(self.first_bucket(hash));
     }
 
     /// Starts loading the entries the first bucket of the key of hash `hash` names with its
@@ -359,8 +358,7 @@ impl Table {
     #[inline]
     pub fn prefetch_entries(&self, hash: u64) {
         let h = hash;
-        let [first, _] = self.buckets_of(h);
-        for slot in &first.0 {
+        for slot in &self.first_bucket(h).0 {
             let v = slot.load(Ordering::Relaxed);
             if v == EMPTY {
                 break;
@@ -513,6 +511,13 @@ impl Table {
     /// The slot value of entry `i`, generation `generation`, for a key of hash `h`.
     fn slot_value(h: u64, generation: u8, i: u32) -> u64 {
         (h >> 40) << 40 | u64::from(generation) << 32 | u64::from(i + 1)
+    }
+
+    /// The first of [`Self::buckets_of`] alone (the prefetches': the second's index and
+    /// its bounds check are not worked out for nothing).
+    #[inline]
+    fn first_bucket(&self, h: u64) -> &Bucket {
+        &self.buckets[h as usize & self.mask]
     }
 
     /// The two buckets a key of hash `h` may be in.
