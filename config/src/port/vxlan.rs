@@ -283,6 +283,12 @@ fn unicast(s: &str) -> Result<IpAddr, String> {
              IPv4-mapped)"
         ));
     }
+    if matches!(a, IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80) {
+        return Err(format!(
+            "{a} is link-local (it needs an interface to mean anything): give a global or \
+             unique local address"
+        ));
+    }
     Ok(a)
 }
 
@@ -321,6 +327,7 @@ mod tests {
             "::",
             "ff02::1",
             "::ffff:10.0.0.1",
+            "fe80::1",
             "0.0.0.0",
             "239.1.1.1",
             "127.0.0.1",
