@@ -50,7 +50,7 @@ pub(crate) fn start(
         return None;
     }
     // The settings' check keeps an EVPN tunnel's address IPv4.
-    let std::net::IpAddr::V4(local) = v.local_addr() else {
+    let IpAddr::V4(local) = v.local_addr() else {
         tracing::error!(port = %spec.name, "an EVPN tunnel needs an IPv4 address: its routes are not followed");
         return None;
     };
