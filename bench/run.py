@@ -36,7 +36,12 @@ hugepages, builds the release binaries, then measures, interleaved in one run:
 - tap, afxdp: VM -> host through a TAP port, or an AF_XDP port on a veth pair (testpmd
   txonly into the switch, counted by the kernel), and host -> VM (testpmd txonly on
   af_packet, counted by vs-probe sink), vringswitch against OVS-DPDK's `type=tap` and
-  `type=afxdp`.
+  `type=afxdp`;
+- vxlan: VM to VM through two VXLAN tunnel ends of one switch (encap and decap on its one
+  core), the tunnel packets crossing a veth pair in a network namespace the bench makes
+  (vsbvx), at 64 and 1518 B, against OVS-DPDK's userspace VXLAN (`type=vxlan` over
+  AF_XDP ports on the same pair); and TSO frames through vringswitch's tunnel against a
+  memcpy. The namespace is deleted afterwards with everything either switch made in it.
 
 Layout of the machine (2 cores): every switch polls on CPU 1; generators and probes run on
 CPU 0. Nothing else should run meanwhile.
