@@ -334,6 +334,45 @@ fn bursts_go_out_and_come_in_as_few_system_calls_and_every_frame_is_counted() {
     port.stop();
 }
 
+#[test]
+fn without_checksum_offload_on_the_underlay_every_packet_of_a_burst_arrives() {
+    let (dir, underlay, handle, mut port, engine) = engine_with_tunnel("h", 5, 48);
+    // The kernel cannot leave the packets' UDP checksums to this device: it computes them
+    // (a kernel before 6.11 refuses a UDP GSO message then, and the port sends its packets
+    // one by one, as for any message refused).
+    let out = std::process::Command::new("ethtool")
+        .args(["-K", &underlay.veth, "tx", "off"])
+        .output()
+        .expect("ethtool (apt-get install ethtool)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    use vringswitch_tests::frontend::TestVm;
+    let mut vm = TestVm::connect(
+        &dir.path().join("vm.sock"),
+        vringswitch_tests::mac(1),
+        Default::default(),
+    );
+    let before = kernel_rx_packets(&underlay);
+    for round in 0..2u16 {
+        let burst: Vec<Vec<u8>> = (0..40)
+            .map(|i| numbered(vringswitch_tests::mac(1), round * 40 + i, 60))
+            .collect();
+        vm.offer_quietly(TestVm::tx(0), &burst);
+        vm.kick(TestVm::tx(0));
+        eventually("the burst through", || {
+            kernel_rx_packets(&underlay) - before >= 40 * u64::from(round + 1)
+        });
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(kernel_rx_packets(&underlay) - before, 80);
+    assert_eq!(handle.stats().snapshot().tx_packets, 80);
+    engine.stop();
+    port.stop();
+}
+
 /// Addresses on `lo`, removed when dropped.
 struct LoAddrs(Vec<Ipv4Addr>);
 
