@@ -338,7 +338,7 @@ fn bursts_go_out_and_come_in_as_few_system_calls_and_every_frame_is_counted() {
 fn without_checksum_offload_on_the_underlay_every_packet_of_a_burst_arrives() {
     let (dir, underlay, handle, mut port, engine) = engine_with_tunnel("h", 5, 48);
     // The kernel cannot leave the packets' UDP checksums to this device: it computes them
-    // (a kernel before 6.11 refuses a UDP GSO message then, and the port sends its packets
+    // (an older kernel refuses a UDP GSO message then, and the port sends its packets
     // one by one, as for any message refused).
     let out = std::process::Command::new("ethtool")
         .args(["-K", &underlay.veth, "tx", "off"])
