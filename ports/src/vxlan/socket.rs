@@ -557,8 +557,8 @@ impl TunnelSockets {
         }
         let sent = r as usize;
         if sent < n {
-            // The kernel stops at a refused message and reports the rest sent; the error
-            // is the next call's. Ask it alone.
+            // The kernel stops at a refused message and reports those before it as sent;
+            // the refusal's error is lost. Ask that message alone.
             return match self.send_batch(sender, &msgs[sent..sent + 1]) {
                 Ok(_) => Ok(sent + 1),
                 Err((_, e)) => Err((sent, e)),
