@@ -301,16 +301,46 @@ impl Daemon {
     }
 
     fn wait_ready(&mut self, sockets: &[PathBuf]) {
+        // The free port picked for the API can be taken by anything on the host before the
+        // daemon binds it (an outgoing connection's local port, say): then another.
+        for _ in 0..3 {
+            let logged = self.log_text().len();
+            match self.ready(sockets) {
+                Ok(()) => return,
+                Err(status) => {
+                    let log = self.log_text();
+                    let new = log.get(logged..).unwrap_or_default();
+                    let taken = new.contains("cannot listen on --api")
+                        && new.contains("Address already in use");
+                    if !taken || self.api.starts_with('/') {
+                        panic!("vringswitch exited with {status}: {log}");
+                    }
+                    self.api = format!("127.0.0.1:{}", free_port());
+                    self.spawn();
+                }
+            }
+        }
+        panic!(
+            "vringswitch found no free API port three times: {}",
+            self.log_text()
+        );
+    }
+
+    /// Waits until the daemon answers on its API and has made `sockets`; `Err` (its exit
+    /// status) if it exited first.
+    fn ready(&mut self, sockets: &[PathBuf]) -> Result<(), std::process::ExitStatus> {
         let api = self.api.clone();
         let port: u16 = api
             .rsplit_once(':')
             .and_then(|(_, p)| p.parse().ok())
             .unwrap_or(0);
+        let mut exited = None;
         wait_until(Duration::from_secs(20), "the daemon's /healthz", || {
             let pid = match self.child.as_mut() {
                 Some(c) => {
                     if let Ok(Some(status)) = c.try_wait() {
-                        panic!("vringswitch exited with {status}: {}", self.log_text());
+                        exited = Some(status);
+                        return Some(());
                     }
                     c.id()
                 }
@@ -326,11 +356,15 @@ impl Daemon {
             (listens_on(pid, port) && http_get(&api, "/healthz").is_ok_and(|b| b.contains("ok")))
                 .then_some(())
         });
+        if let Some(status) = exited {
+            return Err(status);
+        }
         for s in sockets {
             wait_until(Duration::from_secs(10), "the port sockets", || {
                 s.exists().then_some(())
             });
         }
+        Ok(())
     }
 
     /// Kills the daemon with SIGKILL.
