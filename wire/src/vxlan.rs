@@ -3,8 +3,11 @@
 //!
 //! A received packet is read through [`VxlanHeader::new_checked`]: it holds the header and
 //! has the "I" flag (a valid VNI); the reserved bits are ignored, as the RFC asks of a
-//! receiver. A sent one is built from an [`OuterIpv4`] template made once per remote
-//! tunnel end: per frame only the lengths, the checksum and the source port change.
+//! receiver. A sent one starts with [`header`]. The tunnel port sends through UDP sockets,
+//! the kernel writing the outer headers; [`OuterIpv4`] (a template per remote end: per
+//! frame only the lengths, the checksum and the source port change) is for a path that
+//! writes whole packets itself (as the port did through a raw socket, and an AF_XDP one
+//! would).
 
 use crate::checksum::Checksum;
 use crate::ip::{protocol, IPV4_MIN_HEADER_LEN};
