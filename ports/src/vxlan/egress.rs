@@ -189,19 +189,25 @@ impl<'m> SendBuilt<'m> for VxlanBurst<'_> {
             return Err(DropReason::TooBig);
         }
         let sender = sender_of(flow_hash(seen));
-        self.queue(src, segs, out, ends, sender, len as u32)?;
+        // The frame's bytes read already (after the prefix): a small frame's copy takes
+        // them from here, not from the sender's memory again.
+        let read = &first[n..n + more];
+        self.queue(src, segs, out, read, ends, sender, len as u32)?;
         Ok(frame_len)
     }
 }
 
 impl VxlanBurst<'_> {
-    /// Queues the frame `out` (of `segs` in `src`) for `ends`, from `sender`, as packets of
-    /// `len` bytes; sends what the batch holds first if it has no room for it.
+    /// Queues the frame `out` (of `segs` in `src`; its first bytes after the prefix, `read`,
+    /// read from there already) for `ends`, from `sender`, as packets of `len` bytes;
+    /// sends what the batch holds first if it has no room for it.
+    #[allow(clippy::too_many_arguments)]
     fn queue(
         &mut self,
         src: &mut MemView<'_>,
         segs: &[Seg],
         out: &Outgoing<'_>,
+        read: &[u8],
         ends: &[RemoteId],
         sender: u8,
         len: u32,
@@ -220,9 +226,13 @@ impl VxlanBurst<'_> {
             let at = b.bytes.len();
             b.bytes.extend_from_slice(&self.q.header);
             b.bytes.extend_from_slice(out.head);
+            b.bytes.extend_from_slice(read);
             let from = b.bytes.len();
             b.bytes.resize(at + len as usize, 0);
-            if !src.read_frame(segs, out.skip, &mut b.bytes[from..]) {
+            // The rest (none, for a frame of at most 64 bytes).
+            if from < b.bytes.len()
+                && !src.read_frame(segs, out.skip + read.len(), &mut b.bytes[from..])
+            {
                 b.bytes.truncate(at);
                 return Err(DropReason::BadDescriptor);
             }

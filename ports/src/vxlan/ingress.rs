@@ -171,7 +171,11 @@ fn broken(e: &std::io::Error) -> bool {
 
 impl Ingress for VxlanQueue {
     fn ingress<R: ReceiveBurst>(&self, qp: u16, burst: R) -> Polled {
-        if self.failed.load(std::sync::atomic::Ordering::Relaxed) {
+        if self
+            .receiving
+            .failed
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
             return Polled::default();
         }
         // One worker polls a port; the lock is never waited for.
@@ -190,7 +194,8 @@ impl Ingress for VxlanQueue {
                     tracing::error!(vni = self.vni, error = %e,
                         "a VXLAN port's receiving socket is broken; the port is left out of \
                          polling (delete and add it again)");
-                    self.failed
+                    self.receiving
+                        .failed
                         .store(true, std::sync::atomic::Ordering::Relaxed);
                     return Polled::default();
                 }
@@ -229,7 +234,11 @@ impl Ingress for VxlanQueue {
     /// The receiving socket, level-triggered: readable, it ends the sleep at once.
     fn arm_wakeup(&self, _qp: u16, waits: &WaitSet<'_>) -> bool {
         let fd = std::os::fd::AsRawFd::as_raw_fd(&self.sockets.receiver());
-        if self.failed.load(std::sync::atomic::Ordering::Relaxed) {
+        if self
+            .receiving
+            .failed
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
             waits.forget(fd);
             return false;
         }

@@ -71,8 +71,6 @@ pub struct VxlanQueue {
     learn: bool,
     /// The port's clock: learnt addresses carry the second they were last seen.
     epoch: Instant,
-    /// A receive failed other than for want of packets: the socket is broken.
-    failed: AtomicBool,
 }
 
 /// What a port receives into, shared by the queues published around its sockets (a change
@@ -83,6 +81,9 @@ struct Receiving {
     mem: FrameMem,
     /// What was received and not taken yet (see [`ingress`]).
     pending: std::sync::Mutex<Box<ingress::Pending>>,
+    /// A receive failed other than for want of packets: the socket is broken (for every
+    /// queue published around it).
+    failed: AtomicBool,
 }
 
 impl Receiving {
@@ -90,6 +91,7 @@ impl Receiving {
         Ok(Arc::new(Receiving {
             mem: crate::frame::host_memory(VXLAN_BUFFER as usize * VXLAN_BUFFERS)?,
             pending: Default::default(),
+            failed: AtomicBool::new(false),
         }))
     }
 }
@@ -244,7 +246,6 @@ fn new_queue(
         macs,
         learn: config.control == VxlanControl::Static,
         epoch,
-        failed: AtomicBool::new(false),
     }
 }
 
