@@ -11,7 +11,7 @@
 //! connection is cut (removed, the frame dropped) if they no longer allow it.
 
 use crate::conntrack::{Charge, Found, Full, Key, Packed, Table};
-use crate::flow::{Flow, Fragment, L4};
+use crate::flow::{Datagram, Flow, Fragment, L4};
 use crate::rules::{Compiled, Direction};
 use crate::tracker::{self, TcpState};
 
@@ -131,12 +131,35 @@ impl Site {
         }
     }
 
+    /// Where the connection of a datagram read straight ([`Datagram::read`]) is in
+    /// `table`: its key is made already.
+    #[inline]
+    pub fn of(table: &Table, key: Packed, zone: u32) -> Site {
+        Site {
+            zone,
+            keyed: true,
+            key,
+            hash: table.hash_packed(&key),
+            found: None,
+        }
+    }
+
     /// In zone `zone`, the key to be made from the flow when first judged.
     pub fn zone(zone: u32) -> Site {
         Site {
             zone,
             ..Site::default()
         }
+    }
+
+    /// Whether its key and hash are made (an IP frame's, classified with a table).
+    pub fn keyed(&self) -> bool {
+        self.keyed
+    }
+
+    /// The connection's key (zeroed until made).
+    pub fn key(&self) -> &Packed {
+        &self.key
     }
 
     /// The key's hash in the table (for [`Table::prefetch`]).
@@ -404,31 +427,111 @@ fn connection(
     now: u32,
     track: bool,
 ) -> Verdict {
-    let zone = site.zone;
     if let L4::IcmpError { quoted, .. } = flow.l4 {
-        return related(table, flow, &quoted, zone, now);
+        return related(table, flow, &quoted, site.zone, now);
     }
     let Some(found) = site.find(table, now) else {
-        // A new connection, opened here (egress) or arriving (ingress): this port's
-        // rules must allow it, and it must be able to open one.
-        if !policy.rules.allows(direction, flow) {
-            return Verdict::Drop(Drop::AclDenied);
-        }
-        let (timeout, state) = match opening(flow) {
-            Ok(s) => s,
-            Err(d) => return Verdict::Drop(d),
-        };
-        let responder = direction == Direction::Ingress;
-        let epochs = u32::from(policy.epoch) << if responder { 16 } else { 0 };
-        let key = site.key.key();
-        return match table.insert_checked(&key, now + timeout, state, epochs, policy.charge) {
-            Ok(found) => {
-                site.found = Some(found);
-                Verdict::Pass
-            }
-            Err(Full::Table | Full::Probe | Full::Port) => Verdict::Drop(Drop::CtFull),
-        };
+        return open(table, policy, direction, flow, site, now);
     };
+    let tcp_flags = match flow.l4 {
+        L4::Ports { tcp_flags, .. } => Some(tcp_flags),
+        _ => None,
+    };
+    let frame = Established {
+        found,
+        proto: flow.proto,
+        tcp_flags,
+    };
+    established(table, policy, direction, frame, now, track, || *flow)
+}
+
+/// [`check_at`] for a datagram read straight ([`Datagram::read`]: a whole TCP or UDP
+/// datagram no implicit rule judges), its key in `site` ([`Site::of`]), `tcp_flags` its
+/// TCP flags (0 for UDP): the data path's usual frame. What needs the frame's [`Flow`]
+/// (a new connection, rules changed since its side was checked, stateless groups) has it
+/// made from the key; an established connection's frame is judged from the key alone.
+#[inline]
+pub fn check_datagram(
+    table: &Table,
+    policy: &Policy,
+    direction: Direction,
+    tcp_flags: u8,
+    site: &mut Site,
+    now: u32,
+    track: bool,
+) -> Verdict {
+    let flow = |key: Packed| Datagram { key, tcp_flags }.flow();
+    if !policy.stateful {
+        return check_stateless(policy, direction, &flow(site.key));
+    }
+    let Some(found) = site.find(table, now) else {
+        return open(table, policy, direction, &flow(site.key), site, now);
+    };
+    let frame = Established {
+        found,
+        proto: site.key.proto(),
+        tcp_flags: Some(tcp_flags),
+    };
+    let key = &site.key;
+    established(table, policy, direction, frame, now, track, || flow(*key))
+}
+
+/// A new connection, opened here (egress) or arriving (ingress): this port's rules must
+/// allow it, and it must be able to open one. Added to the table, found in `site`.
+#[cold]
+fn open(
+    table: &Table,
+    policy: &Policy,
+    direction: Direction,
+    flow: &Flow,
+    site: &mut Site,
+    now: u32,
+) -> Verdict {
+    if !policy.rules.allows(direction, flow) {
+        return Verdict::Drop(Drop::AclDenied);
+    }
+    let (timeout, state) = match opening(flow) {
+        Ok(s) => s,
+        Err(d) => return Verdict::Drop(d),
+    };
+    let responder = direction == Direction::Ingress;
+    let epochs = u32::from(policy.epoch) << if responder { 16 } else { 0 };
+    let key = site.key.key();
+    match table.insert_checked(&key, now + timeout, state, epochs, policy.charge) {
+        Ok(found) => {
+            site.found = Some(found);
+            Verdict::Pass
+        }
+        Err(Full::Table | Full::Probe | Full::Port) => Verdict::Drop(Drop::CtFull),
+    }
+}
+
+/// A frame of a connection the table holds: where, its protocol and its TCP flags (if
+/// it has ports).
+#[derive(Clone, Copy)]
+struct Established {
+    found: Found,
+    proto: u8,
+    tcp_flags: Option<u8>,
+}
+
+/// The verdict on a frame of connection `frame.found`, going `direction` at a port with
+/// `policy`; `flow` makes its [`Flow`] if this side must be checked against the rules.
+#[inline]
+fn established(
+    table: &Table,
+    policy: &Policy,
+    direction: Direction,
+    frame: Established,
+    now: u32,
+    track: bool,
+    flow: impl FnOnce() -> Flow,
+) -> Verdict {
+    let Established {
+        found,
+        proto,
+        tcp_flags,
+    } = frame;
     // This port's side of the connection: the opener's (it sent the first frame) or the
     // responder's.
     let responder = (direction == Direction::Ingress) != found.reply;
@@ -436,7 +539,7 @@ fn connection(
     if (table.epochs(found.entry) >> shift) as u16 != policy.epoch {
         // Not checked here yet, or under older rules: the connection's first frame must
         // be allowed by this port's rules as they are now.
-        if !allows_first(policy, direction, flow, found.reply) {
+        if !allows_first(policy, direction, &flow(), found.reply) {
             table.remove(found.entry, found.generation);
             return Verdict::Drop(Drop::AclDenied);
         }
@@ -447,18 +550,14 @@ fn connection(
     }
     let (tcp, replied) = tracker::unpack(table.state(found.entry));
     let replied = replied || found.reply;
-    let (tcp, timeout) = match (tcp, flow.l4) {
-        (Some(s), L4::Ports { tcp_flags, .. }) => {
-            match tracker::tcp_next(s, tcp_flags, found.reply) {
-                Ok(next) => (Some(next), next.timeout()),
-                Err(_) => return Verdict::Drop(Drop::CtInvalid),
-            }
-        }
-        (Some(_), _) => return Verdict::Drop(Drop::CtInvalid),
-        (None, _) if matches!(flow.proto, UDP | SCTP) && replied => {
-            (None, tracker::UDP_STREAM_TIMEOUT)
-        }
-        (None, _) if matches!(flow.proto, UDP | SCTP) => (None, tracker::UDP_TIMEOUT),
+    let (tcp, timeout) = match (tcp, tcp_flags) {
+        (Some(s), Some(tcp_flags)) => match tracker::tcp_next(s, tcp_flags, found.reply) {
+            Ok(next) => (Some(next), next.timeout()),
+            Err(_) => return Verdict::Drop(Drop::CtInvalid),
+        },
+        (Some(_), None) => return Verdict::Drop(Drop::CtInvalid),
+        (None, _) if matches!(proto, UDP | SCTP) && replied => (None, tracker::UDP_STREAM_TIMEOUT),
+        (None, _) if matches!(proto, UDP | SCTP) => (None, tracker::UDP_TIMEOUT),
         (None, _) => (None, tracker::ICMP_TIMEOUT),
     };
     let closing = matches!(tcp, Some(TcpState::Close));
@@ -1137,5 +1236,143 @@ mod tests {
             PASS
         );
         assert_eq!(t.len(), 1, "an error opens nothing");
+    }
+
+    /// The verdict at a port as the data path asks it: through [`check_datagram`] when
+    /// the frame is a datagram read straight, else through [`check_at`] (the site shared
+    /// by the ports that judge the frame, as there).
+    fn judged_as_the_data_path(
+        t: &Table,
+        policy: &Policy,
+        direction: Direction,
+        flow: &Flow,
+        site: &mut Site,
+        now: u32,
+        track: bool,
+    ) -> Verdict {
+        match (flow.proto, flow.l4, flow.fragment) {
+            (TCP | UDP, L4::Ports { tcp_flags, .. }, Fragment::Whole)
+                if implicit(Direction::Egress, flow).is_none()
+                    && implicit(Direction::Ingress, flow).is_none() =>
+            {
+                check_datagram(t, policy, direction, tcp_flags, site, now, track)
+            }
+            _ => check_at(t, policy, direction, flow, site, now, track),
+        }
+    }
+
+    #[test]
+    fn a_datagram_judged_from_its_key_gets_the_verdicts_a_flow_does_whatever_the_sequence() {
+        use crate::tracker::flags::RST;
+        let mut rng = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        // Two tables, one judged as `check` does for everything, one as the data path.
+        let (flows, datagrams) = (Table::seeded(48, 3), Table::seeded(48, 3));
+        let hosts = [A, B, C];
+        // Mostly what a connection carries, sometimes what none does.
+        let flag_sets = [
+            SYN,
+            SYN | ACK,
+            ACK,
+            ACK,
+            ACK,
+            ACK | 0x08,
+            FIN | ACK,
+            RST,
+            0,
+            SYN | FIN,
+        ];
+        // B serves TCP on one port (22, then 23 after some changes) and any UDP, and may
+        // open anything; A only opens.
+        let server = |port: u16, epoch: u16| {
+            let tcp = Rule {
+                protocol: Some(TCP),
+                port_range_min: Some(port),
+                port_range_max: Some(port),
+                remote: Remote::Prefix(Prefix::new(false, v4([10, 0, 0, 0]), 24).unwrap()),
+                ..Rule::any(Direction::Ingress, false)
+            };
+            let udp = Rule {
+                protocol: Some(UDP),
+                ..Rule::any(Direction::Ingress, false)
+            };
+            Policy {
+                rules: Compiled::new(&[tcp, udp, Rule::any(Direction::Egress, false)], |_| None),
+                ..server(port, epoch)
+            }
+        };
+        let (mut a, mut b) = (client(1), server(22, 1));
+        let mut now = 1;
+        let mut passed = 0;
+        for step in 0..40_000 {
+            let r = next();
+            if step % 5000 == 4999 {
+                // The rules change (an epoch each time), or the group turns stateless.
+                b = match r % 3 {
+                    0 => server(22 + (r >> 8) as u16 % 2, b.epoch + 1),
+                    1 => Policy {
+                        stateful: false,
+                        epoch: b.epoch + 1,
+                        ..server(22, 1)
+                    },
+                    _ => server(22, b.epoch + 1),
+                };
+                a.epoch += 1;
+            }
+            now += (r >> 60) as u32 % 3;
+            let (src, dst) = (hosts[(r >> 8) as usize % 3], hosts[(r >> 10) as usize % 3]);
+            let ports = [22, 40000, 22, 40000, 23, 40001, 68, 67];
+            let (sport, dport) = (ports[(r >> 12) as usize % 8], ports[(r >> 15) as usize % 8]);
+            let flags = flag_sets[(r >> 18) as usize % flag_sets.len()];
+            let mut flow = tcp(src, sport, dst, dport, flags);
+            if r >> 22 & 3 == 0 {
+                flow.proto = UDP;
+                flow.l4 = L4::Ports {
+                    src: sport,
+                    dst: dport,
+                    tcp_flags: 0,
+                };
+            }
+            if r >> 24 & 15 == 0 {
+                flow.fragment = Fragment::First { id: 9 };
+            }
+            let zone = (r >> 28) as u32 % 2;
+            let a_sends = r >> 30 & 1 == 0;
+            let (first, second) = if a_sends {
+                ((&a, Direction::Egress), (&b, Direction::Ingress))
+            } else {
+                ((&b, Direction::Egress), (&a, Direction::Ingress))
+            };
+            let mut verdicts = [[PASS; 2]; 2];
+            for (i, t) in [&flows, &datagrams].into_iter().enumerate() {
+                let mut site = Site::new(t, &flow, zone);
+                let judge = |policy, direction, site: &mut Site, track| {
+                    if i == 0 {
+                        check_at(t, policy, direction, &flow, site, now, track)
+                    } else {
+                        judged_as_the_data_path(t, policy, direction, &flow, site, now, track)
+                    }
+                };
+                verdicts[i][0] = judge(first.0, first.1, &mut site, true);
+                verdicts[i][1] = if verdicts[i][0] == PASS {
+                    judge(second.0, second.1, &mut site, false)
+                } else {
+                    verdicts[i][0]
+                };
+            }
+            assert_eq!(verdicts[0], verdicts[1], "step {step}: {flow:?}");
+            assert_eq!(flows.len(), datagrams.len(), "step {step}");
+            passed += usize::from(verdicts[0] == [PASS; 2]);
+            if step % 1000 == 999 {
+                flows.expire(now);
+                datagrams.expire(now);
+            }
+        }
+        assert!(passed > 1000, "only {passed} frames passed both ports");
     }
 }

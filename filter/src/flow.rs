@@ -9,6 +9,8 @@
 //! judged by the verdict given to their first ([`Fragment::Later`] names the datagram).
 
 use vringswitch_wire::ethernet::ethertype;
+
+use crate::conntrack::Packed;
 use vringswitch_wire::ip::{protocol, Ipv4Packet, Ipv6Packet, IPV6_HEADER_LEN};
 
 /// Most IPv6 extension headers walked before the transport header; more is malformed.
@@ -77,6 +79,103 @@ pub enum Classified {
     NotIp(u16),
     /// IP whose headers do not fit the bytes read, or are at odds with themselves.
     Malformed,
+}
+
+/// The frame most traffic is, read straight into its connection's key: a whole (not
+/// fragmented) TCP or UDP datagram over IPv4 without options or IPv6 without extension
+/// headers, whose ports are not DHCP's or DHCPv6's (which [`crate::firewall::implicit`]
+/// judges). The data path judges it without a [`Flow`] made; its `flow()` is the one
+/// [`classify`] reads from the same bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Datagram {
+    /// Its connection's key, in the zone it was read for.
+    pub key: Packed,
+    /// The TCP flags (0 for UDP).
+    pub tcp_flags: u8,
+}
+
+impl Datagram {
+    /// Reads the frame whose bytes after the Ethernet header (and VLAN tag) are `l3`, of
+    /// EtherType `ethertype`, for zone `zone`; `None` if it is not such a datagram (or
+    /// its headers do not fit `l3`): [`classify`] reads it then.
+    #[inline]
+    pub fn read(ethertype: u16, l3: &[u8], zone: u32) -> Option<Datagram> {
+        let (v6, proto, src, dst, at) = match ethertype {
+            ethertype::IPV4 => {
+                let h: &[u8; 20] = l3.get(..20)?.try_into().ok()?;
+                // Version 4, a 20-byte header; neither more fragments nor an offset.
+                if h[0] != 0x45 || u16::from_be_bytes([h[6], h[7]]) & 0x3fff != 0 {
+                    return None;
+                }
+                let a =
+                    |i: usize| u64::from(u32::from_le_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]));
+                (false, h[9], [a(12), 0], [a(16), 0], 20)
+            }
+            ethertype::IPV6 => {
+                let h: &[u8; 40] = l3.get(..40)?.try_into().ok()?;
+                if h[0] >> 4 != 6 {
+                    return None;
+                }
+                let w = |i: usize| {
+                    u64::from_le_bytes([
+                        h[i],
+                        h[i + 1],
+                        h[i + 2],
+                        h[i + 3],
+                        h[i + 4],
+                        h[i + 5],
+                        h[i + 6],
+                        h[i + 7],
+                    ])
+                };
+                (true, h[6], [w(8), w(16)], [w(24), w(32)], 40)
+            }
+            _ => return None,
+        };
+        let port = |t: &[u8], i: usize| u16::from_be_bytes([t[i], t[i + 1]]);
+        let (ports, tcp_flags) = match proto {
+            protocol::TCP => {
+                let t = l3.get(at..at + 14)?;
+                ((port(t, 0), port(t, 2)), t[13])
+            }
+            protocol::UDP => {
+                let t = l3.get(at..at + 4)?;
+                let (s, d) = (port(t, 0), port(t, 2));
+                if dhcp(s) || dhcp(d) {
+                    return None;
+                }
+                ((s, d), 0)
+            }
+            _ => return None,
+        };
+        Some(Datagram {
+            key: Packed::of(v6, proto, zone, src, dst, ports),
+            tcp_flags,
+        })
+    }
+
+    /// The datagram as [`classify`] reads it.
+    pub fn flow(&self) -> Flow {
+        let (src, dst) = self.key.ports();
+        Flow {
+            v6: self.key.v6(),
+            src: self.key.src(),
+            dst: self.key.dst(),
+            proto: self.key.proto(),
+            l4: L4::Ports {
+                src,
+                dst,
+                tcp_flags: self.tcp_flags,
+            },
+            fragment: Fragment::Whole,
+        }
+    }
+}
+
+/// A port of DHCP's (67, 68) or DHCPv6's (546, 547).
+#[inline(always)]
+fn dhcp(port: u16) -> bool {
+    matches!(port, 67 | 68 | 546 | 547)
 }
 
 /// Echo request and reply types, ICMP and ICMPv6.
@@ -501,5 +600,121 @@ mod tests {
                 echo_id: None
             }
         );
+    }
+
+    /// The key [`crate::firewall::key_of`] makes of `flow`, packed.
+    fn packed_key(flow: &Flow, zone: u32) -> Packed {
+        crate::firewall::key_of(flow, zone).packed()
+    }
+
+    #[test]
+    fn a_plain_tcp_or_udp_datagram_reads_straight_into_its_key_as_classify_reads_it() {
+        let udp = [0x13, 0x88, 0x00, 0x35, 0, 8, 0, 0];
+        let frames = [
+            (0x0800, ipv4(6, [0x40, 0], &SYN)),
+            (0x0800, ipv4(17, [0, 0], &udp)),
+            (0x86dd, ipv6(6, &SYN)),
+            (0x86dd, ipv6(17, &udp)),
+        ];
+        for (t, l3) in &frames {
+            let d = Datagram::read(*t, l3, 77).expect("a plain datagram");
+            let Classified::Ip(flow) = classify(*t, l3) else {
+                panic!("IP")
+            };
+            assert_eq!(d.flow(), flow);
+            assert_eq!(d.key, packed_key(&flow, 77));
+        }
+        let d = Datagram::read(0x0800, &frames[0].1, 3).unwrap();
+        assert_eq!(
+            (d.key.v6(), d.key.proto(), d.key.ports(), d.tcp_flags),
+            (false, 6, (40000, 22), 0x02)
+        );
+        assert_eq!(&d.key.src()[..5], &[10, 0, 0, 1, 0]);
+        assert_eq!(&d.key.dst()[..5], &[10, 0, 0, 2, 0]);
+        // What is not such a datagram is left to `classify`: options, fragments, other
+        // protocols, extension headers, DHCP's ports, a header cut short, not IP.
+        let mut options = ipv4(6, [0, 0], &[[1u8; 4].as_slice(), &SYN].concat());
+        options[0] = 0x46;
+        let dhcp = [0, 68, 0, 67, 0, 8, 0, 0];
+        let dhcp6 = [0x02, 0x22, 0x02, 0x23, 0, 8, 0, 0];
+        let others = [
+            (0x0800, options),
+            (0x0800, ipv4(6, [0x20, 0], &SYN)),
+            (0x0800, ipv4(6, [0, 1], &SYN)),
+            (0x0800, ipv4(1, [0, 0], &[8, 0, 0, 0, 0, 1, 0, 1])),
+            (0x0800, ipv4(132, [0, 0], &udp)),
+            (0x0800, ipv4(17, [0, 0], &dhcp)),
+            (0x86dd, ipv6(17, &dhcp6)),
+            (
+                0x86dd,
+                ipv6(0, &[[17u8, 0, 0, 0, 0, 0, 0, 0].as_slice(), &udp].concat()),
+            ),
+            (0x0800, ipv4(6, [0, 0], &SYN[..13])),
+            (0x86dd, ipv6(17, &udp[..3])),
+            (0x0806, ipv4(6, [0, 0], &SYN)),
+        ];
+        for (t, l3) in &others {
+            assert_eq!(Datagram::read(*t, l3, 0), None, "{l3:?}");
+        }
+    }
+
+    /// A small deterministic generator (xorshift) for the cross-check below.
+    struct Bytes(u64);
+
+    impl Bytes {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+    }
+
+    #[test]
+    fn whatever_the_bytes_a_datagram_read_straight_is_what_classify_reads_and_no_implicit_rule_judges(
+    ) {
+        use crate::firewall::implicit;
+        use crate::rules::Direction;
+        let udp = [0x13, 0x88, 0x00, 0x35, 0, 8, 0, 0];
+        let bases = [
+            (0x0800, ipv4(6, [0x40, 0], &SYN)),
+            (0x0800, ipv4(17, [0, 0], &udp)),
+            (0x86dd, ipv6(6, &SYN)),
+            (0x86dd, ipv6(17, &udp)),
+            (0x0800, ipv4(17, [0, 0], &[0, 68, 0, 67, 0, 8, 0, 0])),
+        ];
+        let mut rng = Bytes(0x9e37_79b9_7f4a_7c15);
+        let mut read = 0;
+        for round in 0..200_000 {
+            let (t, base) = &bases[round % bases.len()];
+            let mut l3 = base.clone();
+            // A few bytes changed (the header's more often than the rest), maybe cut.
+            for _ in 0..rng.next() % 4 {
+                let r = rng.next();
+                let at = (r >> 8) as usize % if r & 1 == 0 { 24 } else { l3.len() };
+                l3[at] = match r >> 40 & 3 {
+                    0 => 0,
+                    1 => 0xff,
+                    _ => (r >> 48) as u8,
+                };
+            }
+            if rng.next().is_multiple_of(8) {
+                l3.truncate(rng.next() as usize % l3.len());
+            }
+            let zone = (rng.next() % 5) as u32;
+            let Some(d) = Datagram::read(*t, &l3, zone) else {
+                continue;
+            };
+            read += 1;
+            let Classified::Ip(flow) = classify(*t, &l3) else {
+                panic!("read straight, not IP to classify: {l3:?}")
+            };
+            assert_eq!(d.flow(), flow, "{l3:?}");
+            assert_eq!(d.key, packed_key(&flow, zone), "{l3:?}");
+            for dir in [Direction::Egress, Direction::Ingress] {
+                assert_eq!(implicit(dir, &flow), None, "{l3:?}");
+            }
+        }
+        assert!(read > 50_000, "only {read} frames read straight");
     }
 }

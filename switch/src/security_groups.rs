@@ -11,7 +11,8 @@
 
 use vringswitch_filter::conntrack::Table;
 use vringswitch_filter::firewall::{self, Drop, Policy, Site, Verdict};
-use vringswitch_filter::{classify, Classified, Direction, Flow, Prefix};
+use vringswitch_filter::flow::Datagram;
+use vringswitch_filter::{classify as classify_l3, Classified, Direction, Flow, Prefix};
 use vringswitch_ports::DropReason;
 use vringswitch_wire::ethernet::ethertype;
 
@@ -40,6 +41,12 @@ pub const HEADER_LEN: usize = vringswitch_ports::frame::JUDGED_LEN;
 /// address check.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum FrameClass {
+    /// A whole TCP or UDP datagram read straight into its connection's key
+    /// ([`Datagram::read`]): the key is in the frame's [`Site`], made by [`classify`],
+    /// with its TCP flags here (0 for UDP).
+    Datagram {
+        tcp_flags: u8,
+    },
     Ip(Flow),
     /// ARP, with the sender's IPv4 address (`None`: too short to say).
     Arp(Option<[u8; 4]>),
@@ -64,12 +71,57 @@ pub fn frame_class(tagged: bool, bytes: &[u8]) -> FrameClass {
     match u16::from_be_bytes([hi, lo]) {
         RARP => FrameClass::Rarp,
         ethertype::ARP => FrameClass::Arp(l3.get(14..18).map(|s| [s[0], s[1], s[2], s[3]])),
-        t => match classify(t, l3) {
+        t => match classify_l3(t, l3) {
             Classified::Ip(flow) => FrameClass::Ip(flow),
             Classified::Malformed => FrameClass::Malformed,
             Classified::NotIp(_) => FrameClass::Other,
         },
     }
+}
+
+/// Classifies a frame from its first bytes as the data path does, for zone `zone` of
+/// `table`, into `class` and `site` (written in place: a [`Flow`] is large, and only the
+/// frames that need one get it): a datagram read straight ([`FrameClass::Datagram`]) gets
+/// its key and hash in its [`Site`]; another IP frame gets them from its [`Flow`]; what
+/// is not IP, or comes without a table, a site in the zone alone.
+#[inline]
+pub fn classify(
+    tagged: bool,
+    bytes: &[u8],
+    table: Option<&Table>,
+    zone: u32,
+    class: &mut FrameClass,
+    site: &mut Site,
+) {
+    let at = if tagged { 16 } else { 12 };
+    if let (Some(table), Some(&[hi, lo])) = (table, bytes.get(at..at + 2)) {
+        if let Some(d) = Datagram::read(u16::from_be_bytes([hi, lo]), &bytes[at + 2..], zone) {
+            *site = Site::of(table, d.key, zone);
+            *class = FrameClass::Datagram {
+                tcp_flags: d.tcp_flags,
+            };
+            return;
+        }
+    }
+    classify_slowly(tagged, bytes, table, zone, class, site);
+}
+
+/// [`classify`] for a frame that is not a datagram read straight.
+#[cold]
+#[inline(never)]
+fn classify_slowly(
+    tagged: bool,
+    bytes: &[u8],
+    table: Option<&Table>,
+    zone: u32,
+    class: &mut FrameClass,
+    site: &mut Site,
+) {
+    *class = frame_class(tagged, bytes);
+    *site = match (&*class, table) {
+        (FrameClass::Ip(flow), Some(table)) => Site::new(table, flow, zone),
+        _ => Site::zone(zone),
+    };
 }
 
 fn reason(d: Drop) -> DropReason {
@@ -99,7 +151,7 @@ pub fn from_vm(
     site: &mut Site,
     now: u32,
 ) -> Result<bool, DropReason> {
-    sender_addresses(filter, class)?;
+    sender_addresses(filter, class, site)?;
     let Some(policy) = filter.policy.as_ref() else {
         return Ok(false);
     };
@@ -115,7 +167,8 @@ pub fn would_from_vm(
     zone: u32,
     now: u32,
 ) -> Result<bool, DropReason> {
-    sender_addresses(filter, class)?;
+    // Never a datagram read straight (that is the data path's `classify`): no key needed.
+    sender_addresses(filter, class, &Site::zone(zone))?;
     let Some(policy) = filter.policy.as_ref() else {
         return Ok(false);
     };
@@ -136,9 +189,16 @@ pub fn would_to_vm(
 
 /// The `allowed_ips` check of what a port's VM sends.
 #[inline]
-fn sender_addresses(filter: &PortFilter, class: &FrameClass) -> Result<(), DropReason> {
+fn sender_addresses(
+    filter: &PortFilter,
+    class: &FrameClass,
+    site: &Site,
+) -> Result<(), DropReason> {
     if let Some(allowed) = filter.allowed_ips.as_deref() {
         let ok = match class {
+            FrameClass::Datagram { .. } => {
+                may_send_from(allowed, site.key().v6(), &site.key().src())
+            }
             FrameClass::Ip(f) => may_send_from(allowed, f.v6, &f.src),
             FrameClass::Arp(Some(spa)) => {
                 let mut a = [0u8; 16];
@@ -180,8 +240,24 @@ fn judge(
     now: u32,
     track: bool,
 ) -> Result<bool, DropReason> {
-    let Some(flow) = ip_flow(class)? else {
-        return Ok(false);
+    let read_straight;
+    let flow = match (class, table) {
+        (&FrameClass::Datagram { tcp_flags }, Some(table)) => {
+            let v = firewall::check_datagram(table, policy, direction, tcp_flags, site, now, track);
+            return verdict(v).map(|()| track && policy.stateful);
+        }
+        (&FrameClass::Datagram { tcp_flags }, None) => {
+            read_straight = Datagram {
+                key: *site.key(),
+                tcp_flags,
+            }
+            .flow();
+            &read_straight
+        }
+        _ => match ip_flow(class)? {
+            Some(flow) => flow,
+            None => return Ok(false),
+        },
     };
     if !policy.stateful {
         return verdict(firewall::check_stateless(policy, direction, flow)).map(|()| false);
@@ -225,6 +301,9 @@ fn would_judge(
 fn ip_flow(class: &FrameClass) -> Result<Option<&Flow>, DropReason> {
     match class {
         FrameClass::Ip(f) => Ok(Some(f)),
+        // Its flow is made from its site's key (see `judge`); `vringctl trace` never
+        // reads one.
+        FrameClass::Datagram { .. } => Err(DropReason::CtInvalid),
         FrameClass::Arp(_) | FrameClass::Rarp => Ok(None),
         // As Neutron's firewall: a port with groups carries IP and ARP only.
         FrameClass::Other => Err(DropReason::AclDenied),

@@ -1069,23 +1069,21 @@ fn classify_burst(
             more => copy_for_capture(src, more, &FrameEdit::NONE, bytes),
         };
         f.head_len = n as u8;
-        f.class = security_groups::frame_class(f.ingress.tci.is_some(), &bytes[..n]);
-        f.tracked = false;
         let zone = conntrack::zone(bridge, f.ingress.vlan);
-        f.site = match (&f.class, table) {
-            (FrameClass::Ip(flow), Some(table)) => {
-                let site = Site::new(table, flow, zone);
-                table.prefetch(site.hash());
-                site
+        let tagged = f.ingress.tci.is_some();
+        security_groups::classify(tagged, &bytes[..n], table, zone, &mut f.class, &mut f.site);
+        f.tracked = false;
+        if let Some(table) = table {
+            if f.site.keyed() {
+                table.prefetch(f.site.hash());
             }
-            _ => Site::zone(zone),
-        };
+        }
     }
     let Some(table) = table else {
         return;
     };
     for f in &b.slots[..b.len] {
-        if matches!(f.class, FrameClass::Ip(_)) {
+        if f.site.keyed() {
             table.prefetch_entries(f.site.hash());
         }
     }
