@@ -121,9 +121,7 @@ impl HostSpan<'_> {
         }
         // SAFETY: the span's `len` bytes lie in one region mapped for 'm (MemView::span),
         // and `off + bytes.len() <= len`. The source is our own slice.
-        unsafe {
-            std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.ptr.as_ptr().add(off), bytes.len())
-        };
+        unsafe { move_bytes(bytes.as_ptr(), self.ptr.as_ptr().add(off), bytes.len()) };
         true
     }
 
@@ -359,7 +357,7 @@ impl<'m> MemView<'m> {
             // SAFETY: `p` is valid for `n` bytes of guest memory (piece); the destination is
             // our own buffer, in bounds since n <= buf.len() - done, and cannot overlap a
             // guest mapping.
-            unsafe { std::ptr::copy_nonoverlapping(p, buf.as_mut_ptr().add(done), n) };
+            unsafe { move_bytes(p, buf.as_mut_ptr().add(done), n) };
             done += n;
             addr += n as u64;
         }
