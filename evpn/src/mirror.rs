@@ -7,9 +7,10 @@
 //! other end of the veth pair is up and unused.
 //!
 //! Devices are named after the VNI: `vsb<VNI>` (bridge), `vsx<VNI>` (VXLAN), `vsa<VNI>`
-//! (advertise) and `vsp<VNI>` (its peer). A mirror a previous process left with the same
+//! (advertise) and `vsp<VNI>` (its peer), so one daemon per network namespace serves a
+//! VNI (as one zebra serves the namespace). A mirror a previous process left with the same
 //! settings is adopted as it is (an upgrade must not withdraw the segment's routes); one
-//! with other settings is made again.
+//! with other settings is made again, with a warning.
 
 use std::net::Ipv4Addr;
 
@@ -157,6 +158,15 @@ impl Mirror {
             tracing::info!(vni = spec.vni, bridge = %names.bridge,
                 "EVPN mirror of the segment found as it should be: kept");
             return Ok(m);
+        }
+        if let Some(vxlan) = link(h, &names.vxlan).await? {
+            if !vxlan_matches(&vxlan, &spec) {
+                // Names are the VNI's: one daemon per network namespace serves a VNI.
+                tracing::warn!(vni = spec.vni, device = %names.vxlan, local = %spec.local,
+                    "EVPN mirror of the segment found with another local address or port \
+                     (this host's earlier configuration, or another vringswitch in this \
+                     network namespace serving the same VNI): made again");
+            }
         }
         Self::remove(h, spec.vni).await?;
         Self::make(h, spec, names).await
