@@ -1069,8 +1069,14 @@ fn classify_burst(
             more => copy_for_capture(src, more, &FrameEdit::NONE, bytes),
         };
         f.head_len = n as u8;
+    }
+    // Read back once every frame's copy is made: a header read right after its copy
+    // waited for the copy's stores whenever a field straddled two of them (perf: the
+    // IPv4 destination address, bytes 30 to 33, across the copy's 16-byte moves).
+    for (f, bytes) in b.slots[..b.len].iter_mut().zip(b.heads.iter()) {
         let zone = conntrack::zone(bridge, f.ingress.vlan);
         let tagged = f.ingress.tci.is_some();
+        let n = usize::from(f.head_len);
         security_groups::classify(tagged, &bytes[..n], table, zone, &mut f.class, &mut f.site);
         f.tracked = false;
         if let Some(table) = table {
