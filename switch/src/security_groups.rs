@@ -230,7 +230,9 @@ pub fn to_vm(
     judge(policy, table, Direction::Ingress, class, site, now, track)
 }
 
-#[inline]
+/// The verdict at a port with groups: a datagram read straight is judged here, inlined
+/// into the worker's loops; any other frame by [`judge_flow`].
+#[inline(always)]
 fn judge(
     policy: &Policy,
     table: Option<&Table>,
@@ -240,13 +242,29 @@ fn judge(
     now: u32,
     track: bool,
 ) -> Result<bool, DropReason> {
+    // A compare and a branch the usual frame predicts, not a jump through the match's
+    // table (perf: the function's entry and that jump were a quarter of its time).
+    if let (&FrameClass::Datagram { tcp_flags }, Some(table)) = (class, table) {
+        let v = firewall::check_datagram(table, policy, direction, tcp_flags, site, now, track);
+        return verdict(v).map(|()| track && policy.stateful);
+    }
+    judge_flow(policy, table, direction, class, site, now, track)
+}
+
+/// [`judge`] for a frame judged by its [`Flow`], or not IP.
+#[inline(never)]
+fn judge_flow(
+    policy: &Policy,
+    table: Option<&Table>,
+    direction: Direction,
+    class: &FrameClass,
+    site: &mut Site,
+    now: u32,
+    track: bool,
+) -> Result<bool, DropReason> {
     let read_straight;
-    let flow = match (class, table) {
-        (&FrameClass::Datagram { tcp_flags }, Some(table)) => {
-            let v = firewall::check_datagram(table, policy, direction, tcp_flags, site, now, track);
-            return verdict(v).map(|()| track && policy.stateful);
-        }
-        (&FrameClass::Datagram { tcp_flags }, None) => {
+    let flow = match class {
+        &FrameClass::Datagram { tcp_flags } => {
             read_straight = Datagram {
                 key: *site.key(),
                 tcp_flags,
