@@ -477,11 +477,10 @@ impl Table {
     }
 
     /// [`Self::lookup`] of a [`Packed`] key whose [`Self::hash_packed`] is `hash`: the
-    /// data path's, the key's words compared as they are stored (both directions' at
-    /// once: a key is stored as its connection's first direction).
+    /// data path's, the key's words compared as they are stored (a key is stored as its
+    /// connection's first direction; a reply's frame finds it turned round).
     #[inline]
     pub fn lookup_packed(&self, key: &Packed, hash: u64, now: u32) -> Option<Found> {
-        let back = key.reversed();
         let tag = hash >> 40;
         for bucket in self.buckets_of(hash) {
             // Slots are claimed in order and never become empty again: an empty slot
@@ -501,9 +500,11 @@ impl Table {
                 let Some(stored) = e.key_words() else {
                     continue;
                 };
+                // The stored key turned round only when it is not the frame's as it is
+                // (a reply's frames), not the frame's key for every lookup.
                 let reply = if key.same(&stored) {
                     false
-                } else if back.same(&stored) {
+                } else if key.same(&Packed(stored).reversed().0) {
                     true
                 } else {
                     continue;
