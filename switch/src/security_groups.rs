@@ -503,4 +503,52 @@ mod tests {
             Err(DropReason::CtFull)
         );
     }
+
+    #[test]
+    fn the_data_path_reads_a_plain_datagram_into_its_site_and_judges_it_as_its_flow() {
+        let t = Table::new(8);
+        for tagged in [false, true] {
+            let bytes = frame(tagged, 0x0800, &udp4([10, 0, 0, 1]));
+            let (mut class, mut site) = (FrameClass::default(), Site::default());
+            classify(tagged, &bytes, Some(&t), 7, &mut class, &mut site);
+            assert_eq!(class, FrameClass::Datagram { tcp_flags: 0 });
+            let FrameClass::Ip(flow) = frame_class(tagged, &bytes) else {
+                panic!("IP")
+            };
+            assert_eq!(site.key(), Site::new(&t, &flow, 7).key());
+            assert_eq!(site.hash(), Site::new(&t, &flow, 7).hash());
+            // Without a table, or not a plain datagram: read as a flow, as before.
+            classify(tagged, &bytes, None, 7, &mut class, &mut site);
+            assert_eq!(class, FrameClass::Ip(flow));
+            assert!(!site.keyed());
+        }
+        let (mut class, mut site) = (FrameClass::default(), Site::default());
+        classify(
+            false,
+            &frame(false, 0x0806, &arp([10, 0, 0, 9])),
+            Some(&t),
+            0,
+            &mut class,
+            &mut site,
+        );
+        assert_eq!(class, FrameClass::Arp(Some([10, 0, 0, 9])));
+        assert!(!site.keyed());
+        // `allowed_ips` judge the key's source address.
+        let f = allowing(&[[10, 0, 0, 1]]);
+        for (src, want) in [
+            ([10, 0, 0, 1], Ok(false)),
+            ([10, 0, 0, 7], Err(DropReason::IpSpoofed)),
+        ] {
+            classify(
+                false,
+                &frame(false, 0x0800, &udp4(src)),
+                Some(&t),
+                0,
+                &mut class,
+                &mut site,
+            );
+            assert!(matches!(class, FrameClass::Datagram { .. }));
+            assert_eq!(from_vm(&f, Some(&t), &class, &mut site, 1), want);
+        }
+    }
 }
