@@ -416,15 +416,31 @@ fn multiqueue_guest(dir: &TempDir) {
                     seen.push(format!("{port} queue pair {queue}: {rx} from, {tx} to"));
                 }
             }
+            // And what the switch dropped for either, and how the sender saw it.
+            let drops: Vec<String> = d
+                .metrics()
+                .lines()
+                .filter(|l| l.starts_with("vringswitch_port_drops_total"))
+                .filter(|l| l.contains("port=\"a2\"") || l.contains("port=\"b\""))
+                .filter(|l| !l.ends_with(" 0"))
+                .map(str::to_string)
+                .collect();
+            let tail = |text: String| {
+                let mut lines: Vec<String> = text.lines().rev().take(8).map(String::from).collect();
+                lines.reverse();
+                lines.join("\n")
+            };
             panic!(
-                "a2 did not receive b's stream within 300 s; {}; a2's console ends:\n{}",
+                "a2 did not receive b's stream within 300 s; {}; drops: {}; a2's console \
+                 ends:\n{}\nb's console ends:\n{}",
                 seen.join("; "),
-                a2.text()
-                    .lines()
-                    .rev()
-                    .take(8)
-                    .collect::<Vec<_>>()
-                    .join("\n")
+                if drops.is_empty() {
+                    "none".to_string()
+                } else {
+                    drops.join(", ")
+                },
+                tail(a2.text()),
+                tail(b.text())
             );
         }
         std::thread::sleep(Duration::from_millis(200));
