@@ -9,9 +9,9 @@
 //! judged by the verdict given to their first ([`Fragment::Later`] names the datagram).
 
 use vringswitch_wire::ethernet::ethertype;
+use vringswitch_wire::ip::{protocol, Ipv4Packet, Ipv6Packet, IPV6_HEADER_LEN};
 
 use crate::conntrack::Packed;
-use vringswitch_wire::ip::{protocol, Ipv4Packet, Ipv6Packet, IPV6_HEADER_LEN};
 
 /// Most IPv6 extension headers walked before the transport header; more is malformed.
 pub const MAX_EXTENSIONS: usize = 8;

@@ -3,7 +3,9 @@
 //!
 //! - [`flow`]: what a frame is to the filter, read once from its headers (copied to the
 //!   stack first): addresses, protocol, ports or ICMP type, code and id, TCP flags, and
-//!   where a fragment stands;
+//!   where a fragment stands; the usual frame, a plain TCP or UDP datagram, straight into
+//!   its connection's key ([`flow::Datagram`]), judged from it
+//!   ([`firewall::check_datagram`]);
 //! - [`rules`]: the rule model (direction, ethertype, protocol, port range, remote prefix
 //!   or group), rules compiled per port when they change, and the verdict for a flow;
 //! - [`conntrack`]: the connection table, sized once and shared by the workers without a
